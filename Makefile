@@ -1,0 +1,47 @@
+# Set-up is part of every target: the venv in .venv/ is created or refreshed when pyproject.toml
+# changes (fast no-op otherwise). Everything here runs offline once packages are installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+WORDNET_STAMP := $(VENV)/.wordnet-stamp
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup wordnet test demo bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# WordNet for EDA and synonym attacks: nltk.download when online, else Debian's wordnet-base.
+wordnet: $(WORDNET_STAMP)
+
+$(WORDNET_STAMP): $(STAMP)
+	$(BIN)/augment setup-wordnet || { \
+	  echo "installing Debian's wordnet-base for an offline WordNet"; \
+	  (apt-get install -y --no-install-recommends wordnet-base || \
+	   (apt-get update -q && apt-get install -y --no-install-recommends wordnet-base)) >/dev/null && \
+	  $(BIN)/augment setup-wordnet; }
+	touch $(WORDNET_STAMP)
+
+test: $(STAMP) wordnet
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) wordnet
+	$(BIN)/python -m analysis.demo
+
+bench: $(STAMP) wordnet
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q --no-deps torchattacks
+	$(BIN)/python -m bench
+
+clean-demo:
+	rm -rf outputs/demo

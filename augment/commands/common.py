@@ -1,0 +1,28 @@
+"""Options and helpers shared by the commands that read a source."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_source_arguments(parser, required: bool = True) -> None:
+    parser.add_argument("--source", required=required, help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder, or Hub id")
+    parser.add_argument("--image-root", default=None, help="image folder for JSON/CSV sources (default: the file's folder, then images/ beside it)")
+    parser.add_argument("--source-split", default=None, help="split for sources that name none (CSV, ALBEF files without train/val/test in the name)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad records and write a report of them instead of stopping")
+    parser.add_argument("--skip-report", default=None, help="where --skip-bad writes its report (default: beside --out, else ./skipped.json)")
+
+
+def read_source(args):
+    """Load `args.source`; with --skip-bad write the report and say where it is."""
+    from augment.sources import load_source
+
+    dataset, report = load_source(
+        args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
+        progress=True,
+    )
+    if report.skipped:
+        out = getattr(args, "out", None)
+        target = args.skip_report or (Path(str(out).rstrip("/") + ".skipped.json") if out else Path("skipped.json"))
+        report.write(target)
+        print(f"skipped {len(report.skipped)} bad records; report: {target}")
+    return dataset, report

@@ -1,0 +1,42 @@
+"""`augment generate --method M --source SRC --out POOL --n N`: build a pool."""
+from __future__ import annotations
+
+from augment.commands.common import add_source_arguments, read_source
+from augment.generators import available_modules, build_generator, method_names
+from augment.generators.base import run_generation
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="build a 1:N augmentation pool",
+        description="Build a pool with one method. Re-running the same command resumes a killed run.",
+    )
+    parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
+    add_source_arguments(parser)
+    parser.add_argument("--out", required=True, help="pool folder to write (resumed if it holds the same pool)")
+    parser.add_argument("--n", type=int, default=4, help="augmentations per source caption or image (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="train", help="source split to augment (default train; 'all' for every split)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT source images (quick subset)")
+    parser.add_argument("--shard-size", type=int, default=256, help="source images per written shard (the resume unit)")
+    parser.add_argument("--batch-size", type=int, default=16, help="model batch size")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (under accelerate launch: each process's own)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
+    parser.add_argument("--no-progress", action="store_true")
+    for module in available_modules():
+        group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
+        module.add_arguments(group)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    source, _ = read_source(args)
+    generator = build_generator(args.method, args)
+    meta = run_generation(
+        generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
+        shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
+        progress=not args.no_progress,
+    )
+    if meta is not None:
+        print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
+    return 0

@@ -1,0 +1,21 @@
+"""Errors that the command line turns into one clear line and a non-zero exit (no traceback)."""
+
+
+class MatPlusError(Exception):
+    """Base of every expected, user-facing failure."""
+
+
+class SourceError(MatPlusError):
+    """A source dataset is missing, malformed, or has a bad record (the message names it)."""
+
+
+class PoolError(MatPlusError):
+    """A pool is missing, incomplete, or does not fit the source or the request."""
+
+
+class ModelLoadError(MatPlusError):
+    """A model name cannot be resolved or loaded (unknown name, offline without a cache...)."""
+
+
+class MissingDependencyError(MatPlusError):
+    """An optional dependency or data package is missing; the message says how to install it."""

@@ -1,0 +1,144 @@
+"""The generator interface and the sharded, resumable, multi-process run that drives it.
+
+A generator turns a batch of source items into pool rows. `run_generation` owns everything
+around it: split and `--limit` selection, work units (shards of source items in a fixed order),
+skipping finished shards (resume), progress, the share of shards each process takes under
+`accelerate launch`/`torchrun`, and `pool.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+from augment.pool import PoolWriter, make_row_id
+from augment.sources import select_split, source_fingerprint
+
+
+def row_seed(base_seed: int, image_id: str, caption_index: int, k: int) -> int:
+    """A per-row seed that depends only on the row's identity, never on batching or process."""
+    digest = hashlib.sha256(f"{base_seed}|{image_id}|{caption_index}|{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+class Generator(ABC):
+    """One augmentation method. Subclasses set `method` and `modality` and implement `generate`."""
+
+    method: str = ""
+    modality: str = "text"  # "text" | "image" | "pair"
+    model: str | None = None
+    model_revision: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
+        return {}
+
+    @abstractmethod
+    def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
+        """Return pool rows for `items` (source rows with decoded `image`, `captions`, ...).
+
+        Use `self.row(...)` to build rows and `row_seed` for every random draw, so a row's
+        content depends only on (seed, image id, caption index, k).
+        """
+
+    def row(self, item: dict, caption_index: int, k: int, seed: int, *, caption: str | None = None,
+            image: Any = None, modality: str | None = None, **provenance: Any) -> dict:
+        return {
+            "row_id": make_row_id(self.method, item["image_id"], caption_index, k),
+            "source_image_id": item["image_id"],
+            "source_caption_index": caption_index,
+            "split": item.get("split", "train"),
+            "modality": modality or self.modality,
+            "image": image,
+            "caption": caption,
+            "method": self.method,
+            "seed": row_seed(seed, item["image_id"], caption_index, k),
+            "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        }
+
+    def close(self) -> None:
+        """Release models (GPU memory) when a run ends."""
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under accelerate launch / torchrun; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def run_generation(
+    generator: Generator,
+    source,
+    out: str,
+    *,
+    n: int,
+    seed: int = 0,
+    split: str | None = "train",
+    limit: int | None = None,
+    shard_size: int = 256,
+    overwrite: bool = False,
+    source_name: str = "",
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    barrier=None,
+) -> dict | None:
+    """Generate the pool `out` from `source` (a SOURCE_FEATURES dataset); return pool.json's dict.
+
+    With several processes each takes shards `rank, rank + world, ...`; after `barrier()` (all
+    processes done) rank 0 writes the final pool.json. Shard boundaries depend only on the source,
+    `split`, `limit` and `shard_size`, so the pool is the same whatever the number of processes.
+    Returns None on ranks other than 0.
+    """
+    from tqdm.auto import tqdm
+
+    if rank is None or world_size is None:
+        rank, world_size = distributed_rank()
+    items = select_split(source, split)
+    if limit is not None:
+        items = items.select(range(min(limit, len(items))))
+    num_shards = max(1, math.ceil(len(items) / shard_size))
+    meta = {
+        "name": os.path.basename(os.path.normpath(out)),
+        "method": generator.method,
+        "modality": generator.modality,
+        "model": generator.model,
+        "model_revision": generator.model_revision,
+        "params": generator.params(),
+        "seed": seed,
+        "n": n,
+        "split": split,
+        "limit": limit,
+        "shard_size": shard_size,
+        "source": source_name,
+        "source_fingerprint": source_fingerprint(source),
+        "source_items": len(items),
+    }
+    # rank 0 creates (or clears, with overwrite) the pool before the others open it
+    if rank == 0:
+        writer = PoolWriter(out, meta, overwrite=overwrite)
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        writer = PoolWriter(out, meta)
+    mine = [k for k in range(num_shards) if k % world_size == rank]
+    todo = [k for k in mine if not writer.has_shard(k)]
+    bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
+               disable=not progress or rank != 0)
+    bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
+    try:
+        for k in todo:
+            start, stop = k * shard_size, min((k + 1) * shard_size, len(items))
+            batch = [items[i] for i in range(start, stop)]
+            writer.write_shard(k, generator.generate(batch, n, seed))
+            bar.update(stop - start)
+    finally:
+        bar.close()
+        generator.close()
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        return None
+    return writer.finalize(expected_shards=num_shards)
