@@ -138,12 +138,12 @@ def _default_image_roots(anchor: Path, image_root: str | None) -> list[Path]:
 
 
 def _resolve_image(relative: str, roots: list[Path]) -> str:
-    """Return the first existing candidate, else the first (so the error names a real path)."""
+    """Return the first existing candidate; else all of them joined by ' or ' for the error."""
     candidates = [root / relative for root in roots]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    return str(candidates[0])
+    return " or ".join(str(c) for c in candidates)
 
 
 def _read_karpathy(source: Path, image_root: str | None) -> Iterable[SourceRecord]:

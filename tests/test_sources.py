@@ -1,0 +1,224 @@
+"""Every source format loads into the one normalised schema; every bad input names its record."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from augment.errors import SourceError
+from augment.schema import SOURCE_FEATURES
+from augment.sources import detect_format, load_source, select_split, source_fingerprint
+from tests.conftest import write_image
+
+
+def _check_normalised(dataset, n_images):
+    assert dataset.features == SOURCE_FEATURES
+    assert len(dataset) == n_images
+    for row in dataset:
+        assert row["image"].mode == "RGB"
+        assert row["captions"] and all(c.strip() for c in row["captions"])
+
+
+def test_karpathy_json_and_folder(karpathy_dir):
+    by_file, report = load_source(str(karpathy_dir / "dataset_toy.json"))
+    by_folder, _ = load_source(str(karpathy_dir))
+    assert report.format == "karpathy"
+    _check_normalised(by_file, 6)
+    assert by_file["image_id"] == by_folder["image_id"] == ["000", "001", "002", "003", "004", "005"]
+    assert by_file["split"] == ["train", "train", "train", "val", "test", "test"]
+    assert json.loads(by_file[0]["meta"]) == {"scene": {"objects": 0}}
+    assert source_fingerprint(by_file) == source_fingerprint(by_folder)
+
+
+def test_every_pillow_mode_becomes_rgb(karpathy_dir):
+    dataset, _ = load_source(str(karpathy_dir))
+    assert {row["image"].mode for row in dataset} == {"RGB"}
+
+
+def test_coco_style_filepath_and_image_root(tmp_path):
+    write_image(tmp_path / "coco" / "val2014" / "a.jpg")
+    meta = {"images": [{"filepath": "val2014", "filename": "a.jpg", "cocoid": 42, "split": "restval",
+                        "sentences": [{"raw": "a cat"}]}]}
+    (tmp_path / "ann" / "dataset_coco.json").parent.mkdir()
+    (tmp_path / "ann" / "dataset_coco.json").write_text(json.dumps(meta))
+    dataset, _ = load_source(str(tmp_path / "ann" / "dataset_coco.json"), image_root=str(tmp_path / "coco"))
+    assert dataset["image_id"] == ["42"] and dataset["split"] == ["restval"]
+
+
+def test_albef_train_and_test_files(tmp_path):
+    for name in ("x.jpg", "y.jpg"):
+        write_image(tmp_path / "images" / "flickr" / name)
+    train = [{"image": "flickr/x.jpg", "caption": "one", "image_id": "7"},
+             {"image": "flickr/x.jpg", "caption": "two", "image_id": "7"},
+             {"image": "flickr/y.jpg", "caption": "three", "image_id": "8"}]
+    test = [{"image": "flickr/x.jpg", "caption": ["a", "b", "c"]}]
+    (tmp_path / "flickr30k_train.json").write_text(json.dumps(train))
+    (tmp_path / "flickr30k_test.json").write_text(json.dumps(test))
+    dataset, report = load_source(str(tmp_path / "flickr30k_train.json"))
+    assert report.format == "albef"
+    assert dataset["image_id"] == ["7", "8"] and dataset["captions"] == [["one", "two"], ["three"]]
+    assert set(dataset["split"]) == {"train"}
+    test_ds, _ = load_source(str(tmp_path / "flickr30k_test.json"))
+    assert test_ds["split"] == ["test"] and test_ds["captions"] == [["a", "b", "c"]] and test_ds["image_id"] == ["x"]
+
+
+def test_csv_groups_rows_per_image(tmp_path):
+    write_image(tmp_path / "p.png")
+    write_image(tmp_path / "q.png", mode="L")
+    with open(tmp_path / "caps.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows([["p.png", "first"], ["q.png", "other"], ["p.png", "second"]])
+    dataset, _ = load_source(str(tmp_path / "caps.csv"), split="val")
+    _check_normalised(dataset, 2)
+    assert dataset["captions"] == [["first", "second"], ["other"]]
+    assert dataset["split"] == ["val", "val"]
+
+
+def test_imagefolder_with_metadata(tmp_path):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", mode="RGBA")
+    lines = [{"file_name": "a.png", "captions": ["x", "y"], "split": "train"},
+             {"file_name": "b.png", "caption": "z"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    dataset, report = load_source(str(tmp_path))
+    assert report.format == "imagefolder"
+    _check_normalised(dataset, 2)
+    assert dataset["captions"] == [["x", "y"], ["z"]]
+
+
+def test_save_to_disk_and_parquet_round_trip(karpathy_dir, tmp_path):
+    original, _ = load_source(str(karpathy_dir))
+    original.save_to_disk(str(tmp_path / "disk"))
+    from_disk, report = load_source(str(tmp_path / "disk"))
+    assert report.format == "disk"
+    assert from_disk["image_id"] == original["image_id"] and from_disk["captions"] == original["captions"]
+    assert from_disk["meta"] == original["meta"]
+    original.to_parquet(str(tmp_path / "src.parquet"))
+    from_parquet, report = load_source(str(tmp_path / "src.parquet"))
+    assert report.format == "parquet"
+    _check_normalised(from_parquet, 6)
+    assert from_parquet["split"] == original["split"]
+
+
+def test_hub_id_fails_fast_offline():
+    import time
+
+    start = time.time()
+    with pytest.raises(Exception) as info:
+        load_source("nobody-here/not-a-dataset")
+    assert time.time() - start < 20
+    assert "not-a-dataset" in str(info.value) or "offline" in str(info.value).lower()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _karpathy(tmp_path, entries):
+    path = tmp_path / "dataset_bad.json"
+    path.write_text(json.dumps({"images": entries}))
+    return path
+
+
+def _entry(name, split="train", captions=("a dog",)):
+    return {"filename": name, "split": split, "sentences": [{"raw": c} for c in captions]}
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing", "image file not found"),
+        ("corrupt", "unreadable or corrupt image"),
+        ("truncated", "unreadable or corrupt image"),
+        ("empty_caption", "caption 1 is empty"),
+        ("no_captions", "has no captions"),
+        ("split", "unknown split 'holdout'"),
+        ("duplicate", "duplicate image id"),
+    ],
+)
+def test_bad_records_are_named(tmp_path, problem, expected):
+    write_image(tmp_path / "images" / "good.png")
+    entries = [_entry("good.png")]
+    if problem == "missing":
+        entries.append(_entry("gone.png"))
+    elif problem == "corrupt":
+        (tmp_path / "images" / "bad.png").write_bytes(b"not an image at all")
+        entries.append(_entry("bad.png"))
+    elif problem == "truncated":
+        write_image(tmp_path / "images" / "cut.jpg", size=(64, 64))
+        data = (tmp_path / "images" / "cut.jpg").read_bytes()
+        (tmp_path / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
+        entries.append(_entry("cut.jpg"))
+    elif problem == "empty_caption":
+        write_image(tmp_path / "images" / "e.png")
+        entries.append(_entry("e.png", captions=("fine", "   ")))
+    elif problem == "no_captions":
+        write_image(tmp_path / "images" / "e.png")
+        entries.append(_entry("e.png", captions=()))
+    elif problem == "split":
+        write_image(tmp_path / "images" / "s.png")
+        entries.append(_entry("s.png", split="holdout"))
+    elif problem == "duplicate":
+        entries.append(_entry("good.png"))
+    path = _karpathy(tmp_path, entries)
+    with pytest.raises(SourceError) as info:
+        load_source(str(path))
+    message = str(info.value)
+    assert expected in message
+    assert "images[1]" in message  # the record is named
+
+    dataset, report = load_source(str(path), skip_bad=True)
+    assert dataset["image_id"] == ["good"]
+    assert len(report.skipped) == 1 and expected in report.skipped[0]["problem"]
+
+
+def test_malformed_json_names_position(tmp_path):
+    path = tmp_path / "dataset_x.json"
+    path.write_text('{"images": [ {"filename": "a.png",, } ]}')
+    with pytest.raises(SourceError, match=r"malformed JSON at line 1"):
+        load_source(str(path))
+
+
+def test_unknown_path_and_format(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        detect_format(str(tmp_path / "nope.json"))
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(SourceError, match="unsupported file type"):
+        detect_format(str(tmp_path / "x.txt"))
+
+
+def test_select_split(karpathy_dir):
+    dataset, _ = load_source(str(karpathy_dir))
+    assert len(select_split(dataset, "test")) == 2
+    assert len(select_split(dataset, "all")) == 6
+    with pytest.raises(SourceError, match="no 'restval' rows"):
+        select_split(dataset, "restval")
+
+
+def _augment(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "augment.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_inspect_cli_summary_and_bad_input(karpathy_dir, tmp_path):
+    result = _augment("inspect", "--source", str(karpathy_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 6 and summary["captions"] == 30
+    assert summary["splits"]["train"] == {"images": 3, "captions": 15}
+    assert summary["captions_per_image"] == {"5": 6}
+    assert set(summary["image_modes"]) == {"RGB", "L", "RGBA", "P", "CMYK"}
+
+    (karpathy_dir / "images" / "003.png").unlink()
+    result = _augment("inspect", "--source", str(karpathy_dir))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "images[3] (003.png): image file not found" in last
+    assert "Traceback" not in result.stderr
+
+    result = _augment("inspect", "--source", str(karpathy_dir), "--skip-bad", "--skip-report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    skipped = json.loads((tmp_path / "r.json").read_text())["skipped"]
+    assert [s["image_id"] for s in skipped] == ["003"]
