@@ -1,0 +1,107 @@
+"""The pool schema is declared once; writers validate rows, readers refuse anything else."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from augment.errors import PoolError
+from augment.generators.base import Generator, row_seed, run_generation
+from augment.pool import PoolWriter, load_pool, write_pool
+from augment.schema import POOL_FEATURES, POOL_SCHEMA_VERSION, SchemaError
+from augment.sources import load_source
+
+
+def _row(i, modality="text", caption="a red circle", image=None):
+    return dict(row_id=f"m:{i}:0:0", source_image_id=str(i), source_caption_index=0, split="train",
+                modality=modality, image=image, caption=caption, method="m", seed=i, provenance="{}")
+
+
+def test_round_trip_text_and_image_rows(tmp_path):
+    rows = [_row(0), _row(1, "image", None, Image.new("RGB", (8, 8), (255, 0, 0)))]
+    meta = write_pool(tmp_path / "p", rows, {"method": "m"})
+    assert meta["status"] == "complete" and meta["num_rows"] == 2 and meta["schema_version"] == POOL_SCHEMA_VERSION
+    pool = load_pool(tmp_path / "p")
+    assert pool.dataset.features == POOL_FEATURES
+    assert pool.dataset[0]["caption"] == "a red circle" and pool.dataset[0]["image"] is None
+    assert pool.dataset[1]["image"].getpixel((0, 0)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(modality="video"), "modality must be one of"),
+    (dict(caption="  "), "empty caption"),
+    (dict(modality="image", caption=None), "has no image"),
+    (dict(source_image_id=""), "no source_image_id"),
+])
+def test_writer_refuses_bad_rows(tmp_path, bad, message):
+    with pytest.raises(SchemaError, match=message):
+        write_pool(tmp_path / "p", [{**_row(0), **bad}], {"method": "m"})
+    assert not list((tmp_path / "p" / "data").glob("*.parquet"))  # nothing half-written
+
+
+def test_reader_refuses_wrong_schema_and_version(tmp_path):
+    write_pool(tmp_path / "p", [_row(0)], {"method": "m"})
+    meta_path = tmp_path / "p" / "pool.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(SchemaError, match="schema v99"):
+        load_pool(tmp_path / "p")
+    meta_path.write_text(json.dumps(meta))
+
+    from datasets import Dataset
+
+    shard = next((tmp_path / "p" / "data").glob("*.parquet"))
+    Dataset.from_dict({"row_id": ["x"], "caption": ["y"]}).to_parquet(str(shard))
+    with pytest.raises(SchemaError, match="missing columns"):
+        load_pool(tmp_path / "p")
+
+
+def test_reader_refuses_unfinished_and_missing(tmp_path):
+    writer = PoolWriter(tmp_path / "p", {"method": "m"})
+    writer.write_shard(0, [_row(0)])
+    with pytest.raises(PoolError, match="not finished"):
+        load_pool(tmp_path / "p")
+    assert len(load_pool(tmp_path / "p", allow_partial=True)) == 1
+    with pytest.raises(PoolError, match="no such pool"):
+        load_pool(tmp_path / "nothing")
+
+
+def test_writer_refuses_changed_parameters(tmp_path):
+    PoolWriter(tmp_path / "p", {"method": "m", "seed": 0})
+    with pytest.raises(PoolError, match="different"):
+        PoolWriter(tmp_path / "p", {"method": "m", "seed": 1})
+    PoolWriter(tmp_path / "p", {"method": "m", "seed": 1}, overwrite=True)
+
+
+class _CountingGenerator(Generator):
+    """Makes one caption per source caption; can be told to die on a given call (a killed run)."""
+
+    method = "count"
+
+    def __init__(self, die_on_call=None):
+        self.calls = 0
+        self.die_on_call = die_on_call
+
+    def generate(self, items, n, seed):
+        self.calls += 1
+        if self.calls == self.die_on_call:
+            raise KeyboardInterrupt
+        return [self.row(item, c, 0, seed, caption=f"{caption} [{row_seed(seed, item['image_id'], c, 0) % 97}]")
+                for item in items for c, caption in enumerate(item["captions"])]
+
+
+def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path):
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    straight = run_generation(_CountingGenerator(), source, str(tmp_path / "a"), **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_CountingGenerator(die_on_call=2), source, str(tmp_path / "b"), **kwargs)
+    assert len(list((tmp_path / "b" / "data").glob("shard-*.parquet"))) == 1  # the finished shard stays
+    resumed_gen = _CountingGenerator()
+    resumed = run_generation(resumed_gen, source, str(tmp_path / "b"), **kwargs)
+    assert resumed_gen.calls == 2  # only the missing shards
+    assert resumed["num_rows"] == straight["num_rows"] == 30
+    a, b = load_pool(tmp_path / "a").dataset, load_pool(tmp_path / "b").dataset
+    assert a["row_id"] == b["row_id"] and a["caption"] == b["caption"]
+    assert len(set(b["row_id"])) == len(b)

@@ -1,0 +1,136 @@
+"""The one attack interface shared by training and evaluation.
+
+Every attack is a small class built on a victim model, with one call signature
+(in the spirit of torchattacks)::
+
+    attack = PGD(victim, eps=2 / 255, steps=10)
+    result = attack(images, texts, image_of_text)      # -> AttackResult
+
+* `images`: float tensor [B, 3, H, W], pixels in [0, 1] BEFORE normalisation (the perturbation
+  budget is defined on pixels; the victim normalises inside).
+* `texts`: list of T captions.
+* `image_of_text`: long tensor [T] giving the image index of each caption; `None` means 1:1
+  pairs (T == B, caption i belongs to image i). Evaluation passes every caption of every image;
+  SGA uses it to find each image's caption set; the trainer passes multi-positive groups.
+
+Attacks maximise an objective: `"pair"` (default; push each image away from its own captions
+and vice versa, as the attack papers do) or `"contrastive"` (the batch's image-text InfoNCE loss
+with multi-positive targets, as MAT's inner maximisation does).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("pair", "contrastive")
+
+
+class ClipVictim:
+    """A CLIP model as attacks see it: [0,1] pixels and caption strings in, unit embeddings out."""
+
+    def __init__(self, model, tokenizer, mean: Sequence[float], std: Sequence[float], device: str | torch.device | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "ClipVictim":
+        """Wrap an `augment.registry.ClipBundle`."""
+        return cls(bundle.model, bundle.tokenizer, bundle.mean, bundle.std)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.model.encode_image(self.normalize(pixels.to(self.device)))
+        return F.normalize(features, dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(texts))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is None:
+            return torch.tensor(100.0, device=self.device)
+        return scale.exp().detach()
+
+
+@dataclass
+class AttackResult:
+    images: torch.Tensor  # adversarial pixels in [0, 1], same shape as the input
+    texts: list[str]  # adversarial captions, same order as the input
+    info: dict = field(default_factory=dict)  # e.g. {"words_changed": [...]} per caption
+
+
+def default_pairing(num_images: int, num_texts: int, image_of_text: torch.Tensor | None) -> torch.Tensor:
+    if image_of_text is None:
+        if num_images != num_texts:
+            raise ValueError(f"{num_images} images and {num_texts} texts: pass image_of_text to pair them")
+        return torch.arange(num_texts)
+    if len(image_of_text) != num_texts:
+        raise ValueError(f"image_of_text has {len(image_of_text)} entries for {num_texts} texts")
+    return torch.as_tensor(image_of_text, dtype=torch.long)
+
+
+def positives_matrix(image_of_text: torch.Tensor, num_images: int) -> torch.Tensor:
+    """[B, T] boolean: image i and caption t are a true pair."""
+    return F.one_hot(image_of_text.cpu(), num_images).T.bool()
+
+
+def pair_objective(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor) -> torch.Tensor:
+    """Mean similarity of every true pair, negated: maximising it pulls pairs apart."""
+    sims = (image_emb[image_of_text.to(image_emb.device)] * text_emb).sum(-1)
+    return -sims.mean()
+
+
+def contrastive_objective(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor,
+                          logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE with multi-positive targets (captions of the same image are no negatives)."""
+    positives = positives_matrix(image_of_text, image_emb.shape[0]).to(image_emb.device).float()
+    logits = logit_scale * image_emb @ text_emb.T  # [B, T]
+    image_loss = -(positives * logits.log_softmax(dim=1)).sum(1) / positives.sum(1).clamp(min=1)
+    text_loss = -(positives.T * logits.T.log_softmax(dim=1)).sum(1)
+    has_caption = positives.sum(1) > 0
+    return 0.5 * (image_loss[has_caption].mean() + text_loss.mean())
+
+
+def objective_fn(objective: str, logit_scale) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if objective == "pair":
+        return pair_objective
+    if objective == "contrastive":
+        return lambda i, t, p: contrastive_objective(i, t, p, logit_scale)
+    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+
+class Attack(ABC):
+    """Base class: `Cls(victim, **params)(images, texts, image_of_text) -> AttackResult`."""
+
+    modality: str = ""  # "image", "text" or "multimodal"
+    name: str = ""
+
+    def __init__(self, victim: ClipVictim, objective: str = "pair"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+        self.victim = victim
+        self.objective = objective
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        ...
+
+    def params(self) -> dict:
+        """The attack's settings, for reports."""
+        return {"objective": self.objective}
