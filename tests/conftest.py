@@ -60,3 +60,45 @@ def karpathy_dir(tmp_path) -> Path:
         })
     (tmp_path / "dataset_toy.json").write_text(json.dumps({"images": images}))
     return tmp_path
+
+
+def _code_key(*modules: str) -> str:
+    """Hash of the source files a cached fixture depends on: edits invalidate the cache."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update((root / module).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+SAMPLE_WORLD_SIZE = 400  # 300 train / 50 val / 50 test scenes, 5 captions each
+
+
+@pytest.fixture(scope="session")
+def sample_world_dir(request) -> Path:
+    """A small sample world (Karpathy JSON + 64x64 PNGs), built once and cached across runs."""
+    from augment.sample_world import write_sample
+
+    key = _code_key("augment/sample_world.py")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"sample-world-{SAMPLE_WORLD_SIZE}-{key}"
+    if not folder.exists():
+        write_sample(folder, n=SAMPLE_WORLD_SIZE, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_clip(request, sample_world_dir) -> Path:
+    """A tiny-clip trained on the sample world (local-dir layout), cached across runs.
+
+    150 steps of batch 64: TR@1 ~0.3 on the 50 test scenes (chance 0.02), enough for attacks to
+    have something to break and for alignment to tell right captions from shuffled ones.
+    """
+    from train.quick import train_quick_clip
+
+    key = _code_key("augment/sample_world.py", "train/quick.py", "augment/tiny.py", "augment/model_configs/tiny-clip.json")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-clip-{key}"
+    if not (folder / "open_clip_model.safetensors").exists():
+        train_quick_clip(str(sample_world_dir), folder, steps=150, batch_size=64, seed=0)
+    return folder
