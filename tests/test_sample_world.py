@@ -1,0 +1,280 @@
+"""The sample world: scenes, captions, the truth checker, the writer and `augment make-sample`."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augment import sample_world as sw
+from augment.cli import main as augment_main
+from augment.errors import SourceError
+from augment.sample_world import Scene, SceneObject, check_caption
+
+
+def _scenes(count: int, seed: int = 0) -> list[Scene]:
+    return [sw.sample_scene(random.Random(f"test/{seed}/{i}")) for i in range(count)]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# a large red circle on the left, a small blue square on the right, a plain background
+TWO = Scene((SceneObject("circle", "red", "large", "left"), SceneObject("square", "blue", "small", "right")), "plain")
+
+
+# ----------------------------------------------------------------------------- scenes and images
+
+
+def test_scenes_are_seeded_valid_and_varied():
+    first, again = _scenes(200), _scenes(200)
+    assert [s.to_dict() for s in first] == [s.to_dict() for s in again]
+    for scene in first:
+        positions = [obj.position for obj in scene.objects]
+        assert 1 <= len(scene.objects) <= 3 and len(set(positions)) == len(positions)
+    assert {len(s.objects) for s in first} == {1, 2, 3}
+    assert {s.background for s in first} == set(sw.BACKGROUNDS)
+    assert {o.shape for s in first for o in s.objects} == set(sw.SHAPES)
+    assert {o.colour for s in first for o in s.objects} == set(sw.COLOURS)
+    # retrieval must not be trivial: many images share their canonical caption's objects
+    canonical = [sw.describe(s, random.Random(0), "canonical") for s in _scenes(1000)]
+    assert len(set(canonical)) < len(canonical)
+
+
+def test_pinned_first_images_of_seed_zero():
+    # guards the promise that seed 0 is the same world on every machine and every release
+    captions = [sw.build_item(0, i)[2][0] for i in range(3)]
+    assert captions == [
+        "a large red square, a large yellow star and a small red square",
+        "a large orange square, a large white circle and a small white star",
+        "a small orange square and a small green hexagon",
+    ]
+
+
+def test_scene_dict_round_trip_and_bad_dicts():
+    for scene in _scenes(30):
+        data = json.loads(json.dumps(scene.to_dict()))
+        assert Scene.from_dict(data) == scene
+    bad = TWO.to_dict()
+    bad["objects"][1]["position"] = "left"
+    with pytest.raises(SourceError, match="share a position"):
+        Scene.from_dict(bad)
+    with pytest.raises(SourceError):
+        Scene.from_dict({"objects": [{"shape": "banana"}]})
+
+
+def test_render_is_64x64_rgb_and_deterministic():
+    for scene in _scenes(10):
+        image = sw.render_scene(scene)
+        assert image.size == (64, 64) and image.mode == "RGB"
+        assert image.tobytes() == sw.render_scene(scene).tobytes()
+        # every object's colour is on the canvas
+        pixels = {tuple(p) for p in np.asarray(image).reshape(-1, 3)}
+        for obj in scene.objects:
+            assert sw.COLOURS[obj.colour] in pixels
+
+
+def test_rerender_variant_keeps_content_and_changes_pixels():
+    for index, scene in enumerate(_scenes(60)):
+        variant, image = sw.rerender_variant(scene, random.Random(index))
+        assert variant.content() == scene.content()
+        assert image.tobytes() != sw.render_scene(scene).tobytes()
+        assert image.tobytes() == sw.render_scene(variant).tobytes()
+        for caption in sw.captions_for_scene(scene, random.Random(index), 5):
+            assert check_caption(caption, variant) is True, caption
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def test_captions_are_distinct_and_true_of_their_scene():
+    for index, scene in enumerate(_scenes(400)):
+        captions = sw.captions_for_scene(scene, random.Random(index), 5)
+        assert len(captions) == 5 and len(set(captions)) == 5, captions
+        more = sw.captions_for_scene(scene, random.Random(index + 1), 8)
+        assert len(set(more)) == 8
+        partial = sw.partial_caption(scene, random.Random(index))
+        for caption in captions + more + [partial]:
+            assert check_caption(caption, scene) is True, (caption, scene.to_dict())
+            assert caption == caption.strip() and "  " not in caption and caption[-1].isalpha()
+            assert " a a" not in caption and " a o" not in caption and " a e" not in caption
+
+
+def test_captions_of_another_scene_are_mostly_false():
+    scenes = _scenes(300)
+    verdicts = []
+    for index, scene in enumerate(scenes):
+        other = scenes[(index + 1) % len(scenes)]
+        verdicts += [check_caption(c, other) for c in sw.captions_for_scene(scene, random.Random(index))]
+    assert None not in verdicts
+    assert sum(v is True for v in verdicts) / len(verdicts) < 0.10
+
+
+def test_partial_caption_names_one_object():
+    three = next(s for s in _scenes(50) if len(s.objects) == 3)
+    for index in range(20):
+        caption = sw.partial_caption(three, random.Random(index))
+        named = [shape for shape in sw.SHAPES
+                 if any(word in caption.split() for word in sw.SHAPE_WORDS[shape])]
+        assert len(named) <= 1 and check_caption(caption, three) is True
+
+
+def test_caption_styles_and_relation_phrase():
+    rng = random.Random(0)
+    assert sw.describe(TWO, rng, "canonical") == "a large red circle and a small blue square"
+    relation = sw.describe(TWO, rng, "relation")
+    assert any(p in relation for p in ("left of", "right of")), relation
+    with pytest.raises(ValueError):
+        sw.describe(TWO, rng, "haiku")
+
+
+def test_vocabulary_covers_every_generated_word():
+    vocabulary = set(sw.world_vocabulary())
+    assert sw.world_vocabulary() == sorted(vocabulary)
+    assert {"crimson", "disk", "left", "background", "picture"} <= vocabulary
+    seen = set()
+    for index, scene in enumerate(_scenes(300, seed=7)):
+        rng = random.Random(index)
+        captions = [sw.describe(scene, rng, style) for style in sw.STYLES for _ in range(2)]
+        captions += [sw.partial_caption(scene, rng)]
+        for caption in captions:
+            words = sw.caption_tokens(caption)
+            assert set(words) <= vocabulary, set(words) - vocabulary
+            seen.update(words)
+    # and the vocabulary holds nothing the generators never say
+    assert seen == vocabulary, vocabulary - seen
+
+
+# ----------------------------------------------------------------------------- truth checker
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a large red circle and a small blue square", True),
+        ("A large RED circle, and a small blue square.", True),
+        ("a red circle and a little blue square", True),  # synonym of small
+        ("a big crimson disk", True),  # synonyms of large, red, circle
+        ("a large blue circle and a small red square", False),  # colours swapped
+        ("a red circle and a small green square", False),  # green is absent
+        ("a red circle and a big blue square", False),  # the square is small
+        ("a red triangle", False),  # absent shape
+        ("a pink circle", False),  # a colour outside the world
+        ("a medium red circle", False),  # a size outside the world
+        ("a red circle to the left of a blue square", True),
+        ("a blue square to the right of a red circle", True),
+        ("a red circle to the right of a blue square", False),  # wrong relation
+        ("a red circle above a blue square", False),  # wrong relation
+        ("a crimson disc on the left", True),
+        ("a red circle at the top", False),  # wrong position
+        ("two shapes", True),
+        ("two shapes: a red circle and a blue square", True),
+        ("three shapes: a red circle and a blue square", False),  # wrong count
+        ("a single shape", False),  # wrong count
+        ("two red circles", False),  # only one red circle
+        ("a red circle and another red circle", False),  # one object cannot be both
+        ("a red circle on a plain grey background", True),
+        ("a red circle against a grainy gray backdrop", False),  # wrong background kind
+        ("a red circle on a red background", False),
+        ("a grey circle", False),  # grey is only the background
+        ("a picture of a red circle next to a blue square", True),
+        ("a red one and a blue one", True),
+        ("a square-shaped blue object", True),
+        ("a circle red and a square blue", True),  # words swapped by an attack
+        ("a bright red circle", True),  # modifiers say nothing checkable
+        ("a red banana", False),  # unknown content word: a claim this world cannot hold
+        ("a boastful red circle", False),
+        ("a banana", None),  # nothing about the world at all
+        ("hello world", None),
+        ("", None),
+        ("a red circle or a green star", None),  # disjunction cannot be checked by matching
+        ("a circle that is not blue", None),
+    ],
+)
+def test_check_caption_hand_made_cases(caption, expected):
+    assert check_caption(caption, TWO) is expected
+
+
+def test_check_caption_with_duplicate_objects():
+    twins = Scene((SceneObject("star", "red", "small", "top"), SceneObject("star", "red", "large", "bottom")), "noisy")
+    assert check_caption("a red star above another red star", twins) is True
+    assert check_caption("two red stars on a noisy background", twins) is True
+    assert check_caption("a single red star", twins) is False
+    assert check_caption("a small red star below a large red star", twins) is False
+    # top and bottom share the same column: neither is left of the other
+    assert check_caption("a red star to the left of another red star", twins) is False
+    assert check_caption("a red star right of a red star", twins) is False
+
+
+# ----------------------------------------------------------------------------- writer and command
+
+
+def test_write_sample_is_byte_identical_and_karpathy_shaped(tmp_path):
+    first = sw.write_sample(tmp_path / "a", n=40, seed=3)
+    second = sw.write_sample(tmp_path / "b", n=40, seed=3)
+    files = _files(first)
+    assert files == _files(second)
+    assert len(files) == 41
+    assert _files(sw.write_sample(tmp_path / "c", n=40, seed=4)) != files
+
+    data = json.loads((first / "dataset_sample.json").read_text())
+    assert data["dataset"] == "sample"
+    images = data["images"]
+    splits = [image["split"] for image in images]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (30, 5, 5)
+    sentids = [s for image in images for s in image["sentids"]]
+    assert len(sentids) == len(set(sentids)) == 200
+    for image in images:
+        assert (first / "images" / image["filename"]).is_file()
+        scene = Scene.from_dict(image["scene"])
+        assert [s["sentid"] for s in image["sentences"]] == image["sentids"]
+        for sentence in image["sentences"]:
+            assert sentence["imgid"] == image["imgid"]
+            assert sentence["tokens"] == sw.caption_tokens(sentence["raw"])
+            assert check_caption(sentence["raw"], scene) is True
+
+
+def test_write_sample_refuses_non_empty_and_bad_arguments(tmp_path):
+    out = tmp_path / "world"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(SourceError, match="not empty"):
+        sw.write_sample(out, n=5)
+    assert (out / "keep.txt").read_text() == "mine"
+    sw.write_sample(out, n=5, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_sample.json", "images"]
+    with pytest.raises(SourceError):
+        sw.write_sample(tmp_path / "x", n=0)
+    with pytest.raises(SourceError):
+        sw.write_sample(tmp_path / "x", n=10, val_frac=0.6, test_frac=0.5)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    real = sw.build_item
+
+    def failing(seed, index, n_captions=5):
+        if index == 7:
+            raise KeyboardInterrupt
+        return real(seed, index, n_captions)
+
+    monkeypatch.setattr(sw, "build_item", failing)
+    with pytest.raises(KeyboardInterrupt):
+        sw.write_sample(tmp_path / "world", n=20)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_sample_command(tmp_path, capsys):
+    out = tmp_path / "sample"
+    assert augment_main(["make-sample", str(out), "--n", "16", "--seed", "2", "--captions", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "train 12, val 2, test 2" in printed
+    data = json.loads((out / "dataset_sample.json").read_text())
+    assert len(data["images"]) == 16 and all(len(i["sentences"]) == 6 for i in data["images"])
+
+    assert augment_main(["make-sample", str(out), "--n", "16"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert augment_main(["make-sample", str(out), "--n", "8", "--overwrite"]) == 0
+    assert len(json.loads((out / "dataset_sample.json").read_text())["images"]) == 8
