@@ -36,6 +36,10 @@ class Generator(ABC):
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
         return {}
 
+    def prepare(self, items) -> None:
+        """Called once with every source item of the run (split and --limit applied) before any
+        shard, for methods that need more than the shard at hand (e.g. `shuffle`)."""
+
     @abstractmethod
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
         """Return pool rows for `items` (source rows with decoded `image`, `captions`, ...).
@@ -123,6 +127,7 @@ def run_generation(
         barrier()
     if rank != 0:
         writer = PoolWriter(out, meta)
+    generator.prepare(items)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if not writer.has_shard(k)]
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",

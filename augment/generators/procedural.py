@@ -1,0 +1,135 @@
+"""Procedural generators of the sample world, which knows each image's scene.
+
+* `t2i-render`: for a source caption, new images rendered from the image's scene: the same
+  content (so the caption stays true), other layout details (jitter, rotation, noise). The
+  world's analogue of text-to-image generation, well aligned and diverse by construction.
+* `i2t-scene`: new captions that are true of an image's scene, in wordings the source may lack
+  (`--caption-style partial` describes one object only).
+* `shuffle`: captions of other images, a deliberately misaligned control.
+
+Rows depend only on (seed, image id, caption index, k), like every generator.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+from augment.errors import SourceError
+from augment.generators.base import Generator, row_seed
+
+METHODS = ["t2i-render", "i2t-scene", "shuffle"]
+
+
+def _scene(item: dict):
+    from augment.sample_world import Scene
+
+    meta = json.loads(item.get("meta") or "{}")
+    if "scene" not in meta:
+        raise SourceError(
+            f"image {item['image_id']!r} has no scene description: procedural methods need the "
+            "sample world (augment make-sample)"
+        )
+    try:
+        return Scene.from_dict(meta["scene"])
+    except SourceError as exc:
+        raise SourceError(f"image {item['image_id']!r}: {exc}") from None
+
+
+class RenderGenerator(Generator):
+    method = "t2i-render"
+    modality = "image"
+    model = "sample-world-renderer"
+
+    def __init__(self, captions_per_image: int | None = None):
+        self.captions_per_image = captions_per_image
+
+    def params(self) -> dict:
+        return {"captions_per_image": self.captions_per_image}
+
+    def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
+        from augment.sample_world import rerender_variant
+
+        rows = []
+        for item in items:
+            scene = _scene(item)
+            for c in range(len(item["captions"][: self.captions_per_image])):
+                for k in range(n):
+                    rng = random.Random(row_seed(seed, item["image_id"], c, k))
+                    variant, image = rerender_variant(scene, rng)
+                    rows.append(self.row(item, c, k, seed, image=image, scene=variant.to_dict()))
+        return rows
+
+
+class SceneCaptionGenerator(Generator):
+    method = "i2t-scene"
+    modality = "text"
+    model = "sample-world-describer"
+    max_tries = 50  # per row: wordings are drawn until one is new
+
+    def __init__(self, caption_style: str = "full"):
+        if caption_style not in ("full", "partial", "mixed"):
+            raise SourceError(f"--caption-style must be full, partial or mixed, not {caption_style!r}")
+        self.caption_style = caption_style
+
+    def params(self) -> dict:
+        return {"caption_style": self.caption_style}
+
+    def _draw(self, scene, rng: random.Random) -> str:
+        from augment.sample_world import STYLES, describe, partial_caption
+
+        partial = self.caption_style == "partial" or (self.caption_style == "mixed" and rng.random() < 0.5)
+        return partial_caption(scene, rng) if partial else describe(scene, rng, rng.choice(STYLES))
+
+    def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
+        rows = []
+        for item in items:
+            scene = _scene(item)
+            seen = {caption.lower() for caption in item["captions"]}
+            for k in range(n):
+                rng = random.Random(row_seed(seed, item["image_id"], -1, k))
+                for _ in range(self.max_tries):
+                    caption = self._draw(scene, rng)
+                    if caption.lower() not in seen:
+                        break
+                else:
+                    continue  # this scene has no further wording; fewer than n rows
+                seen.add(caption.lower())
+                rows.append(self.row(item, -1, k, seed, caption=caption, style=self.caption_style))
+        return rows
+
+
+class ShuffleGenerator(Generator):
+    """Captions drawn from other images of the run: a deliberately misaligned control."""
+
+    method = "shuffle"
+    modality = "text"
+    model = "none"
+
+    def prepare(self, items) -> None:
+        self.bank = list(zip(items["image_id"], items["captions"]))
+        if len(self.bank) < 2:
+            raise SourceError("shuffle needs at least two source images")
+
+    def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
+        rows = []
+        for item in items:
+            for k in range(n):
+                rng = random.Random(row_seed(seed, item["image_id"], -1, k))
+                other_id, captions = self.bank[rng.randrange(len(self.bank))]
+                while other_id == item["image_id"]:
+                    other_id, captions = self.bank[rng.randrange(len(self.bank))]
+                rows.append(self.row(item, -1, k, seed, caption=rng.choice(captions), from_image_id=other_id))
+        return rows
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--caption-style", default="full", choices=["full", "partial", "mixed"],
+                        help="i2t-scene: whole-scene captions, one-object captions, or both")
+
+
+def build(method: str, args) -> Generator:
+    if method == "t2i-render":
+        return RenderGenerator(getattr(args, "captions_per_image", None))
+    if method == "i2t-scene":
+        return SceneCaptionGenerator(args.caption_style)
+    return ShuffleGenerator()

@@ -1,0 +1,77 @@
+"""The sample world's own generators agree with its scenes (and the shuffle control does not)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from augment.pool import load_pool
+from augment.sample_world import Scene, check_caption, render_scene
+from augment.sources import load_source, select_split
+
+
+def _generate(method, source, out, *extra):
+    result = subprocess.run(
+        [sys.executable, "-m", "augment.cli", "generate", "--method", method, "--source", str(source),
+         "--out", str(out), "--limit", "20", "--n", "2", "--no-progress", *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return load_pool(out)
+
+
+def _scenes(source):
+    dataset = select_split(load_source(str(source))[0], "train")
+    return {row["image_id"]: (Scene.from_dict(json.loads(row["meta"])["scene"]), row["captions"]) for row in dataset}
+
+
+def test_render_keeps_content_changes_pixels(sample_world_dir, tmp_path):
+    pool = _generate("t2i-render", sample_world_dir, tmp_path / "render")
+    scenes = _scenes(sample_world_dir)
+    assert len(pool) == 20 * 5 * 2 and set(pool.dataset["modality"]) == {"image"}
+    for row in pool.dataset.select(range(0, len(pool), 7)):
+        scene, captions = scenes[row["source_image_id"]]
+        variant = Scene.from_dict(json.loads(row["provenance"])["scene"])
+        assert variant.content() == scene.content()
+        assert check_caption(captions[row["source_caption_index"]], variant) is True
+        original = np.asarray(render_scene(scene), dtype=int)
+        assert np.abs(np.asarray(row["image"], dtype=int) - original).sum() > 0
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(render_scene(variant)))
+
+
+def test_scene_captions_true_and_new(sample_world_dir, tmp_path):
+    scenes = _scenes(sample_world_dir)
+    for style in ("full", "partial"):
+        pool = _generate("i2t-scene", sample_world_dir, tmp_path / style, "--caption-style", style)
+        assert len(pool) >= 30
+        for row in pool.dataset:
+            scene, captions = scenes[row["source_image_id"]]
+            assert check_caption(row["caption"], scene) is True, row["caption"]
+            assert row["caption"].lower() not in {c.lower() for c in captions}
+
+
+def test_shuffle_is_misaligned(sample_world_dir, tmp_path):
+    pool = _generate("shuffle", sample_world_dir, tmp_path / "shuffle")
+    scenes = _scenes(sample_world_dir)
+    verdicts = [check_caption(row["caption"], scenes[row["source_image_id"]][0]) for row in pool.dataset]
+    assert all(json.loads(r)["from_image_id"] != i for r, i in zip(pool.dataset["provenance"], pool.dataset["source_image_id"]))
+    assert sum(v is True for v in verdicts) < 0.2 * len(verdicts)
+
+
+def test_procedural_refuses_sources_without_scenes(karpathy_dir, tmp_path):
+    (karpathy_dir / "images.csv").write_text("image,caption\nimages/000.jpg,a cat\nimages/001.png,a dog\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "augment.cli", "generate", "--method", "i2t-scene", "--source", str(karpathy_dir / "images.csv"),
+         "--out", str(tmp_path / "p"), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "image 'images/000' has no scene description" in result.stderr
+
+    result = subprocess.run(
+        [sys.executable, "-m", "augment.cli", "generate", "--method", "t2i-render", "--source", str(karpathy_dir),
+         "--out", str(tmp_path / "q"), "--split", "all", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "image '000': malformed sample-world scene" in result.stderr
