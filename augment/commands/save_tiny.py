@@ -1,0 +1,34 @@
+"""`augment save-tiny DIR [--names ...]`: write the tiny offline models into DIR/<name>/."""
+from __future__ import annotations
+
+from augment.tiny import TINY_NAMES
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "save-tiny", help="write the tiny random-weight models (tiny-clip, tiny-sd, ...) to a folder",
+        description=(
+            "Build the tiny offline twins of every model role (seeded random weights, same classes as "
+            "the real models) and save each into DIR/<name>/ with the libraries' own save_pretrained "
+            "(tiny-clip in open_clip's local-dir layout). Any loader accepts the folder as a model name."
+        ),
+    )
+    parser.add_argument("dir", metavar="DIR", help="folder to write into (one sub-folder per model)")
+    parser.add_argument(
+        "--names", nargs="+", default=None, metavar="NAME",
+        help=f"subset to write, space or comma separated (default: all of {', '.join(TINY_NAMES)})",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from augment.tiny import save_tiny
+
+    names = [name for item in args.names for name in _names(item)] if args.names else None
+    for name, folder in save_tiny(args.dir, names).items():
+        print(f"{name}: {folder}")
+    return 0

@@ -1,0 +1,366 @@
+"""The model registry and the tiny offline models: build, save, reload, run; clear failures."""
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from augment import registry, tiny
+from augment.errors import ModelLoadError
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny-model cache of this test session (a temporary folder, never ~/.cache)."""
+    if not os.environ.get("MATPLUS_TINY_DIR"):
+        os.environ["MATPLUS_TINY_DIR"] = str(tmp_path_factory.mktemp("tiny"))
+    return tiny.tiny_cache_root()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine, 2 spinning OpenMP threads made the tiny UNet
+    ~40x slower (0.17 s -> 6 s per image). Restored after this module."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Offline, with an empty Hub cache: no real model can be found, whatever this machine holds."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+
+
+def _image(colour=(200, 30, 30), size=(80, 60)):
+    from PIL import Image
+
+    return Image.new("RGB", size, colour)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _safetensors_files(folder: Path) -> dict[str, dict]:
+    from safetensors.torch import load_file
+
+    return {str(p.relative_to(folder)): load_file(str(p)) for p in sorted(folder.rglob("*.safetensors"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism: the same name always gives the same files
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", tiny.TINY_NAMES)
+def test_tiny_build_is_deterministic(name, tmp_path, tiny_root):
+    # a fresh build and the cached copy the loaders use (built independently) hold the same weights
+    fresh = tiny.save_tiny(tmp_path, [name])[name]
+    cached = tiny.tiny_dir(name)
+    files_fresh, files_cached = _safetensors_files(fresh), _safetensors_files(cached)
+    assert files_fresh and files_fresh.keys() == files_cached.keys()
+    for key in files_fresh:
+        assert _same_state(files_fresh[key], files_cached[key]), key
+    assert tiny.read_manifest(fresh)["fingerprint"] == tiny.tiny_fingerprint(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny-clip
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_clip_bundle_and_forward(tiny_root):
+    bundle = registry.load_clip("tiny-clip")
+    model = bundle.model
+    assert type(model).__name__ == "CLIP"
+    assert bundle.image_size == 64 and bundle.context_length == 32
+    assert bundle.mean == tiny.OPENAI_MEAN and bundle.std == tiny.OPENAI_STD
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 6_500_000 < n_params < 8_000_000
+    assert not model.training
+
+    pixels = bundle.preprocess_eval(_image())
+    assert pixels.shape == (3, 64, 64) and 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert bundle.preprocess_train(_image()).shape == (3, 64, 64)
+    tokens = bundle.tokenizer(["a red circle", "a small blue square left of a star"])
+    assert tokens.shape == (2, 32) and tokens.dtype == torch.long
+    with torch.no_grad():
+        image_emb = bundle.encode_pixels(pixels[None])
+        text_emb = model.encode_text(tokens)
+        direct = model.encode_image(bundle.normalize(pixels[None]), normalize=True)
+    assert image_emb.shape == (1, 128) and text_emb.shape == (2, 128)
+    assert torch.allclose(image_emb, direct)
+    expected = (pixels[0] - bundle.mean[0]) / bundle.std[0]
+    assert torch.allclose(bundle.normalize(pixels)[0], expected)
+
+
+def test_tiny_clip_open_clip_names_and_local_dir(tiny_root, tmp_path):
+    import open_clip
+
+    bundle = registry.load_clip("tiny-clip")
+    tiny.register_open_clip_configs()
+    assert "tiny-clip" in open_clip.list_models()
+    assert open_clip.get_tokenizer("tiny-clip").context_length == 32
+    assert open_clip.create_model("tiny-clip", pretrained=None).visual.image_size == (64, 64)
+
+    # open_clip itself loads the cached folder, and a re-saved copy, with identical weights
+    cached = tiny.tiny_dir("tiny-clip")
+    from_cache = open_clip.create_model(f"local-dir:{cached}")
+    assert _same_state(from_cache.state_dict(), bundle.model.state_dict())
+
+    out = registry.save_clip_local_dir(bundle.model, tmp_path / "ckpt", bundle.model_cfg)
+    assert (out / "open_clip_config.json").is_file() and (out / "open_clip_model.safetensors").is_file()
+    reloaded = open_clip.create_model(f"local-dir:{out}")
+    assert _same_state(reloaded.state_dict(), bundle.model.state_dict())
+    assert open_clip.get_tokenizer(f"local-dir:{out}").context_length == 32
+
+    # the registry accepts both spellings of a folder
+    for name in (str(out), f"local-dir:{out}"):
+        again = registry.load_clip(name)
+        assert _same_state(again.model.state_dict(), bundle.model.state_dict())
+        assert again.image_size == 64 and again.mean == bundle.mean
+
+
+def test_save_clip_local_dir_keeps_quick_gelu(tmp_path, tiny_root):
+    import open_clip
+
+    tiny.register_open_clip_configs()
+    model = open_clip.create_model("tiny-clip", pretrained=None, force_quick_gelu=True)
+    # config given by name: quick_gelu is read off the model itself
+    out = registry.save_clip_local_dir(model, tmp_path / "qg", "tiny-clip")
+    reloaded = open_clip.create_model(f"local-dir:{out}")
+    assert open_clip.get_model_config(f"local-dir:{out}")["quick_gelu"] is True
+    assert _same_state(reloaded.state_dict(), model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(reloaded.eval().encode_image(x), model.eval().encode_image(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny-sd
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_sd_text_to_image_and_image_to_image(tiny_root):
+    pipe = registry.load_sd_pipeline("tiny-sd", kind="t2i")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.safety_checker is None
+    start = time.process_time()  # CPU time: wall time means little on a shared machine
+    result = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    cpu_seconds = time.process_time() - start
+    image = result.images[0]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert cpu_seconds < 5.0  # about 0.1 s on an idle 2-core machine
+
+    # the same seed gives the same image from a second load of the folder
+    again = registry.load_sd_pipeline(str(tiny.tiny_dir("tiny-sd")))
+    image_again = again("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(image_again))
+
+    img2img = registry.load_sd_pipeline("tiny-sd", kind="i2i")
+    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
+    edited = img2img("a blue square", image=_image(size=(64, 64)), strength=0.6, num_inference_steps=2).images[0]
+    assert edited.size == (64, 64)
+
+
+def test_tiny_sd_tokenizer_matches_open_clip(tiny_root):
+    import open_clip
+
+    pipe = registry.load_sd_pipeline("tiny-sd")
+    assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.model_max_length == 77
+    texts = ["a small red circle", "Two large hexagons, left of the star!", "über café 42"]
+    ours = pipe.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    theirs = open_clip.tokenize(texts, context_length=77)
+    for mine, reference in zip(ours, theirs):
+        n = int((reference != 0).sum())  # open_clip pads with 0, transformers with <|endoftext|>
+        assert mine[:n].tolist() == reference[:n].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny-captioner, tiny-paraphraser, tiny-mlm and their word-level tokenizer
+# ---------------------------------------------------------------------------------------------
+
+
+def test_word_vocabulary_is_stable_and_covers_the_sample_world(tiny_root):
+    vocabulary = tiny.word_vocabulary()
+    assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert vocabulary == tiny.word_vocabulary() and len(set(vocabulary)) == len(vocabulary)
+    world = tiny.sample_world_words()
+    assert set(tiny._split_words(world)) <= set(vocabulary)
+    _, tokenizer = registry.load_mlm("tiny-mlm")
+    assert tokenizer.convert_tokens_to_ids(vocabulary) == list(range(len(vocabulary)))
+    saved = (tiny.tiny_dir("tiny-mlm") / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert saved == vocabulary
+
+
+def test_tiny_captioner_generates_text(tiny_root):
+    model, processor = registry.load_captioner("tiny-captioner")
+    assert type(model).__name__ == "BlipForConditionalGeneration"
+    assert type(processor).__name__ == "BlipProcessor"
+    inputs = processor(images=[_image(), _image((10, 10, 200))], return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 64, 64)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=5, min_new_tokens=2)
+        ids_again = registry.load_captioner(str(tiny.tiny_dir("tiny-captioner")))[0].generate(
+            **inputs, max_new_tokens=5, min_new_tokens=2
+        )
+    assert torch.equal(ids, ids_again)
+    captions = processor.batch_decode(ids, skip_special_tokens=True)
+    assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions)
+    # with a text prompt, as BLIP's conditional captioning does
+    prompted = processor(images=[_image()], text=["a picture of"], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**prompted, max_new_tokens=3)
+    assert processor.decode(out[0], skip_special_tokens=True).startswith("a picture of")
+
+
+def test_tiny_paraphraser_generates(tiny_root):
+    model, tokenizer, kind = registry.load_paraphraser("tiny-paraphraser")
+    assert kind == "seq2seq" and type(model).__name__ == "T5ForConditionalGeneration"
+    batch = tokenizer(["a small red circle left of a square", "a star"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, num_beams=2, num_return_sequences=2)
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    reloaded, _, _ = registry.load_paraphraser(str(tiny.tiny_dir("tiny-paraphraser")))
+    assert _same_state(reloaded.state_dict(), model.state_dict())
+
+
+def test_tiny_mlm_logits_over_vocabulary(tiny_root):
+    model, tokenizer = registry.load_mlm("tiny-mlm")
+    assert type(model).__name__ == "BertForMaskedLM"
+    batch = tokenizer([f"a small {tokenizer.mask_token} circle"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (1, batch["input_ids"].shape[1], len(tokenizer))
+    assert tokenizer.mask_token_id in batch["input_ids"][0].tolist()
+    reloaded, _ = registry.load_mlm(f"local-dir:{tiny.tiny_dir('tiny-mlm')}")
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache, the command, and failures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_cache_builds_once_and_rebuilds_stale(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATPLUS_TINY_DIR", str(tmp_path / "cache"))
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(tiny.tiny_dir("tiny-mlm"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    folder = tmp_path / "cache" / "tiny-mlm"
+    assert results == [folder, folder] and tiny.is_current(folder, "tiny-mlm")
+    manifest = folder / tiny.MANIFEST_NAME
+    stamp = manifest.stat().st_mtime_ns
+    assert tiny.tiny_dir("tiny-mlm") == folder and manifest.stat().st_mtime_ns == stamp
+
+    manifest.write_text('{"fingerprint": "stale"}')
+    assert tiny.tiny_dir("tiny-mlm") == folder and tiny.is_current(folder, "tiny-mlm")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == ["tiny-mlm"]
+
+
+def test_save_tiny_command(tmp_path, capsys):
+    from augment.cli import main
+
+    assert main(["save-tiny", str(tmp_path / "out"), "--names", "tiny-mlm,tiny-paraphraser"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-mlm:" in printed and str(tmp_path / "out" / "tiny-paraphraser") in printed
+    assert (tmp_path / "out" / "tiny-mlm" / "config.json").is_file()
+    assert main(["save-tiny", str(tmp_path / "out"), "--names", "tiny-nope"]) == 2
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda: registry.load_clip(*registry.DEFAULT_MODELS["clip"]),
+        lambda: registry.load_clip("ViT-B-32", "laion2b_s34b_b79k"),
+        lambda: registry.load_clip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        lambda: registry.load_captioner(registry.DEFAULT_MODELS["captioner"]),
+        lambda: registry.load_captioner("blip"),
+        lambda: registry.load_paraphraser(registry.DEFAULT_MODELS["paraphraser"]),
+        lambda: registry.load_mlm(registry.DEFAULT_MODELS["mlm"]),
+        lambda: registry.load_sd_pipeline(registry.DEFAULT_MODELS["sd"]),
+        lambda: registry.load_sd_pipeline("sdxl", kind="i2i"),
+    ],
+)
+def test_real_names_fail_fast_offline(load, offline):
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load()
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE=1" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "load, fragment",
+    [
+        (lambda: registry.load_clip("not-an-architecture"), "unknown CLIP model"),
+        (lambda: registry.load_clip("ViT-B-16", "no-such-tag"), "neither a pretrained tag"),
+        (lambda: registry.load_clip("tiny-mlm"), "not a CLIP model"),
+        (lambda: registry.load_mlm("tiny-nope"), "unknown tiny model"),
+        (lambda: registry.load_mlm("tiny-sd"), "not a masked LM"),
+        (lambda: registry.load_captioner("/no/such/folder"), "does not exist"),
+        (lambda: registry.load_paraphraser("bad..id"), "not a tiny model, an alias"),
+        (lambda: registry.load_sd_pipeline("tiny-sd", kind="video"), "unknown pipeline kind"),
+        (lambda: registry.load_mlm("blip"), None),  # an alias of another role: offline, not cached
+    ],
+)
+def test_unknown_names_fail_clearly(load, fragment, offline, tiny_root):
+    with pytest.raises(ModelLoadError) as info:
+        load()
+    assert "\n" not in str(info.value)
+    if fragment:
+        assert fragment in str(info.value)
+
+
+def test_folder_without_model_files_fails_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        registry.load_mlm(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="has no open_clip_config.json"):
+        registry.load_clip(str(tmp_path / "empty"))
+
+
+def test_trust_remote_code_is_never_enabled(monkeypatch, tiny_root):
+    for loader in (registry.load_sd_pipeline, registry.load_captioner, registry.load_paraphraser, registry.load_mlm):
+        assert inspect.signature(loader).parameters["trust_remote_code"].default is False
+
+    import transformers
+
+    seen: list[object] = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForMaskedLM):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    registry.load_mlm("tiny-mlm")
+    assert seen == [False, False]
+
+
+def test_defaults_and_aliases_are_consistent():
+    assert set(registry.DEFAULT_MODELS) == set(registry.ROLES)
+    arch, tag = registry.DEFAULT_MODELS["clip"]
+    from open_clip.pretrained import get_pretrained_cfg
+
+    assert get_pretrained_cfg(arch, tag)
+    assert registry.ALIASES["blip"] == registry.DEFAULT_MODELS["captioner"]
+    assert registry.as_torch_dtype("bf16") == torch.bfloat16 and registry.as_torch_dtype(None) == torch.float32
