@@ -1,0 +1,68 @@
+"""`augment push POOL --repo-id ORG/NAME`: publish a pool (data, data card, provenance) on the Hub.
+
+`--to-dir DIR` writes the same repository to a folder instead (no network, no token): a way to
+review the card before publishing, or to publish by other means.
+"""
+from __future__ import annotations
+
+import re
+
+from augment.errors import MatPlusError
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="publish a pool on the Hugging Face Hub with its data card",
+        description="Upload a pool as a Hub dataset (parquet shards, README.md data card, pool.json, "
+        "scores.json), or write that repository to a local folder with --to-dir.",
+    )
+    parser.add_argument("pool", help="the pool folder (or a Hub id of a pool)")
+    parser.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub dataset repository to push to (with --to-dir: only named in the card)")
+    parser.add_argument("--to-dir", metavar="DIR", help="write the repository to DIR instead of uploading it")
+    parser.add_argument("--private", action="store_true", help="create the repository as private (an existing one keeps its visibility)")
+    parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
+    parser.add_argument("--license", default="unknown", help="the pool's license, a Hub license id (default: unknown)")
+    parser.add_argument("--source-license", default="unknown", help="the source dataset's license, shown in the card (default: unknown)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace what the target holds: another pool, a dataset that is not a pool, a non-empty --to-dir; "
+        "or create the dataset beside a model repository of the same name",
+    )
+    parser.set_defaults(func=run)
+
+
+def check_arguments(args) -> None:
+    if not args.repo_id and not args.to_dir:
+        raise MatPlusError("push needs --repo-id ORG/NAME (upload) or --to-dir DIR (write the repository locally)")
+    if args.repo_id and not _REPO_ID.fullmatch(args.repo_id):
+        raise MatPlusError(f"--repo-id {args.repo_id!r}: expected ORG/NAME (letters, digits, '.', '_', '-')")
+    if args.to_dir and (args.private or args.revision):
+        raise MatPlusError("--private and --revision apply to uploads only, not to --to-dir")
+
+
+def run(args) -> int:
+    from augment import hub
+    from augment.pool import load_pool
+    from data_cards.render import CardOptions
+
+    check_arguments(args)
+    if not args.to_dir:  # fail within seconds, before reading a possibly large pool
+        hub.require_online()
+        hub.require_token()
+    pool = load_pool(args.pool)
+    options = CardOptions(license=args.license, source_license=args.source_license, repo_id=args.repo_id)
+    if args.to_dir:
+        out = hub.write_repo_folder(pool, args.to_dir, options, force=args.force)
+        print(f"wrote {out}: {len(pool)} rows in {hub.shard_count(pool)} parquet shard(s), card and provenance")
+        return 0
+    target = hub.push_pool(pool, args.repo_id, options, private=args.private, revision=args.revision, force=args.force)
+    if args.private and target.exists and target.private is False:
+        print(f"note: {args.repo_id} already existed and stays public; --private applies to new repositories only")
+    if args.license == "unknown":
+        print("note: the card gives the license as 'unknown'; set one with --license")
+    print(f"pushed {len(pool)} rows to {hub.repo_url(args.repo_id, args.revision)}")
+    return 0

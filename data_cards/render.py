@@ -1,0 +1,303 @@
+"""Render a pool's data card (README.md) from its pool.json, and merge it with the Hub's card.
+
+One Jinja template per method family (`<family>.md.j2`, all extending `_base.md.j2`) writes the
+card's text; the YAML header is built here as `huggingface_hub.DatasetCardData` so that it is
+valid YAML whatever the values hold.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_cards import catalog
+
+TEMPLATE_DIR = Path(__file__).parent
+
+# The pool is one table, published as one split; shards are named like `push_to_hub` names them.
+SPLIT = "train"
+DATA_DIR = "data"
+DATA_FILES_PATTERN = f"{DATA_DIR}/{SPLIT}-*"
+
+# `push_to_hub` writes these from the uploaded files, so they win over ours when cards merge.
+HUB_MANAGED_KEYS = ("dataset_info", "configs")
+
+TAGS = ("mat-plus", "data-augmentation", "adversarial-robustness")
+
+# the Hub's size buckets: (upper bound, label), checked in order
+_SIZE_BUCKETS = (
+    (10**3, "n<1K"),
+    (10**4, "1K<n<10K"),
+    (10**5, "10K<n<100K"),
+    (10**6, "100K<n<1M"),
+    (10**7, "1M<n<10M"),
+    (10**8, "10M<n<100M"),
+    (10**9, "100M<n<1B"),
+    (10**10, "1B<n<10B"),
+    (10**11, "10B<n<100B"),
+    (10**12, "100B<n<1T"),
+)
+
+COLUMN_MEANINGS = {
+    "row_id": "unique id: method, source image, source caption index, k-th augmentation",
+    "source_image_id": "id of the source item the row was made from",
+    "source_caption_index": "index of the source caption the row was made from; -1 when none",
+    "split": "the source split the item came from",
+    "modality": '"text": new caption; "image": new image; "pair": both new',
+    "image": "the new image (image and pair rows); empty for text rows",
+    "caption": "the new caption (text and pair rows); empty for image rows",
+    "method": "the augmentation method",
+    "seed": "the seed this row alone was generated with",
+    "provenance": "row-level provenance as a JSON object string",
+}
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What the card needs that pool.json does not hold."""
+
+    license: str = "unknown"
+    source_license: str = "unknown"
+    # where the pool lives on the Hub; the "How to use" snippet shows a placeholder without it
+    repo_id: str | None = None
+
+
+def size_category(num_rows: int) -> str:
+    for upper, label in _SIZE_BUCKETS:
+        if num_rows < upper:
+            return label
+    return "n>1T"
+
+
+def source_name(source: str | None) -> str:
+    """How the card names the source: a Hub id as is, a local path by its last part only."""
+    if not source:
+        return "unknown"
+    if _looks_like_hub_id(source):
+        return source
+    return Path(str(source).rstrip("/")).name or str(source)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return (
+        len(parts) == 2
+        and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts)
+        and not Path(text).exists()
+    )
+
+
+def source_datasets(source: str | None) -> list[str]:
+    """The Hub's `source_datasets`: `extended|<id>` when the source is a Hub dataset."""
+    if source and _looks_like_hub_id(source):
+        return [f"extended|{source}"]
+    return ["extended"]
+
+
+def _is_human_text(method: str) -> bool:
+    return method == "i2t-human"
+
+
+def card_metadata(meta: dict, options: CardOptions) -> dict:
+    """The card's YAML header (without the Hub-managed `dataset_info`)."""
+    method = meta.get("method", "unknown")
+    modality = meta.get("modality")
+    # the pairing of image and caption is the annotation; only i2t-human's pairs are the data's own
+    annotations = "found" if _is_human_text(method) else "machine-generated"
+    # text rows carry new text; image rows keep the source's human caption
+    text_is_new = modality in ("text", "pair") and not _is_human_text(method)
+    return {
+        "license": options.license,
+        "pretty_name": pretty_name(meta),
+        "size_categories": [size_category(int(meta.get("num_rows") or 0))],
+        "source_datasets": source_datasets(meta.get("source")),
+        "task_categories": catalog.task_categories(method, modality),
+        "annotations_creators": [annotations],
+        "language_creators": ["machine-generated" if text_is_new else "found"],
+        "tags": [*TAGS, method],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": SPLIT, "path": DATA_FILES_PATTERN}]}
+        ],
+    }
+
+
+def pretty_name(meta: dict) -> str:
+    return f"mat-plus {meta.get('method', 'unknown')} pool of {source_name(meta.get('source'))}"
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def markdown_cell(value: Any) -> str:
+    """A value made safe for one Markdown table cell (no pipes, no line breaks)."""
+    return _display(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def score_rows(scores: Any) -> list[dict]:
+    """Summarise scores.json's top-level numeric entries (its schema is otherwise unknown).
+
+    A number is shown as is; an object shows its `mean` (or `value`) and `ci`, and its other
+    numeric fields as details. Anything else (lists, strings, nested tables) is left to the file.
+    """
+    if not isinstance(scores, dict):
+        return []
+    rows = []
+    for name, entry in scores.items():
+        if _is_number(entry):
+            rows.append({"name": name, "value": _fmt(entry), "ci": "", "details": ""})
+        elif isinstance(entry, dict):
+            row = _score_entry_row(name, entry)
+            if row:
+                rows.append(row)
+    return rows
+
+
+def _score_entry_row(name: str, entry: dict) -> dict | None:
+    value_key = next((k for k in ("mean", "value") if _is_number(entry.get(k))), None)
+    ci = _fmt_ci(entry.get("ci"))
+    details = {k: v for k, v in entry.items() if k not in (value_key, "ci") and _is_number(v)}
+    if value_key is None and not ci and not details:
+        return None
+    return {
+        "name": name,
+        "value": _fmt(entry[value_key]) if value_key else "",
+        "ci": ci,
+        "details": ", ".join(f"{k}: {_fmt(v)}" for k, v in details.items()),
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _fmt_ci(ci: Any) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
+        return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    if _is_number(ci):
+        return f"± {_fmt(ci)}"
+    return ""
+
+
+def _columns() -> list[dict]:
+    from augment.schema import POOL_FEATURES
+
+    return [
+        {"name": name, "dtype": _dtype_name(feature), "meaning": COLUMN_MEANINGS.get(name, "")}
+        for name, feature in POOL_FEATURES.items()
+    ]
+
+
+def _dtype_name(feature: Any) -> str:
+    from datasets import Value
+
+    return feature.dtype if isinstance(feature, Value) else type(feature).__name__.lower()
+
+
+def template_context(meta: dict, scores: Any, options: CardOptions, card_data: str) -> dict:
+    method = meta.get("method", "unknown")
+    model = meta.get("model")
+    versions = meta.get("package_versions") or {}
+    created = str(meta.get("created") or "")
+    return {
+        "card_data": card_data,
+        "pretty_name": pretty_name(meta),
+        "method": method,
+        "family_title": catalog.family_of(method).title,
+        "modality": meta.get("modality", "unknown"),
+        "model": model,
+        "model_url": catalog.model_url(model),
+        "model_revision": meta.get("model_revision"),
+        "model_license": catalog.model_license(model),
+        "params": sorted((meta.get("params") or {}).items()),
+        "seed": meta.get("seed"),
+        "n": meta.get("n"),
+        "split": meta.get("split"),
+        "limit": meta.get("limit"),
+        "parent": _parent_name(meta.get("parent")),
+        "source_name": source_name(meta.get("source")),
+        "source_items": meta.get("source_items"),
+        "source_fingerprint": meta.get("source_fingerprint"),
+        "source_license": options.source_license,
+        "license": options.license,
+        "num_rows": meta.get("num_rows", 0),
+        "scores": score_rows(scores),
+        "columns": _columns(),
+        "repo_id": options.repo_id or "ORG/NAME",
+        "schema_version": meta.get("schema_version"),
+        "created": created or None,
+        "package_versions": ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) or "not recorded",
+        "matplus_bibtex": catalog.matplus_bibtex(
+            version=versions.get("mat-plus", "unknown"), year=created[:4] or "unknown"
+        ),
+        "papers": catalog.method_papers(method, model),
+    }
+
+
+def _parent_name(parent: Any) -> Any:
+    # a parent pool given as a local folder is named like a local source: by its last part
+    return source_name(parent) if isinstance(parent, str) else parent
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not silently blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+    env.filters["cell"] = markdown_cell
+    return env
+
+
+def render_card_text(meta: dict, scores: Any = None, options: CardOptions = CardOptions()) -> str:
+    """The full README.md text: YAML header and the family template's body."""
+    from huggingface_hub import DatasetCardData
+
+    card_data = DatasetCardData(**card_metadata(meta, options)).to_yaml()
+    family = catalog.family_of(meta.get("method", "unknown"))
+    template = _environment().get_template(f"{family.name}.md.j2")
+    text = template.render(**template_context(meta, scores, options, card_data))
+    return re.sub(r"\n{3,}", "\n\n", text)  # blocks left empty leave blank runs behind
+
+
+def render_card(meta: dict, scores: Any = None, options: CardOptions = CardOptions()):
+    """The pool's card as a `huggingface_hub.DatasetCard`."""
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard(render_card_text(meta, scores, options))
+
+
+def merge_cards(existing, ours):
+    """Our card's text and metadata, keeping what the existing card says that we do not.
+
+    `existing` is the card on the Hub after `push_to_hub` (or None): its `dataset_info` and
+    `configs` describe the files really uploaded, so they are kept; any other key someone added
+    by hand is kept too. Keys we set replace theirs, and the text is ours (it is generated from
+    pool.json, so it is refreshed on every push).
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    if existing is None:
+        return DatasetCard(str(ours))
+    theirs = existing.data.to_dict()
+    merged = {**theirs, **ours.data.to_dict()}
+    for key in HUB_MANAGED_KEYS:
+        if key in theirs:
+            merged[key] = theirs[key]
+    header = DatasetCardData(**merged).to_yaml()
+    return DatasetCard(f"---\n{header}\n---\n{ours.text}")

@@ -1,0 +1,475 @@
+"""Data cards and `augment push`: card rendering per method family, the --to-dir repository,
+and every failure path of a Hub push. Offline throughout: the Hub is mocked or unreachable."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import yaml
+
+from augment.pool import write_pool
+
+SECRET = "hf_secret_test_value"
+REQUIRED_KEYS = {
+    "license", "source_datasets", "task_categories", "tags", "annotations_creators",
+    "size_categories", "configs", "pretty_name",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def png_bytes(i: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (30 * i % 256, 10, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pool_meta(method="t2i-sd", modality="image", model="stabilityai/stable-diffusion-2-1-base", **extra) -> dict:
+    return {
+        "method": method, "modality": modality, "model": model, "model_revision": "abc123",
+        "params": {"steps": 20, "guidance_scale": 7.5}, "seed": 7, "n": 1, "split": "train",
+        "limit": None, "source": "/data/sample-world", "source_fingerprint": "fp-123",
+        "source_items": 4, **extra,
+    }
+
+
+def make_pool(path: Path, method="t2i-sd", modality="image", rows=4, scores=None, **meta) -> Path:
+    """A small complete pool; image rows carry real PNG bytes."""
+    records = []
+    for i in range(rows):
+        with_image = modality in ("image", "pair")
+        records.append({
+            "row_id": f"{method}:{i}:0:0", "source_image_id": f"img{i}", "source_caption_index": 0,
+            "split": "train", "modality": modality,
+            "image": {"bytes": png_bytes(i), "path": None} if with_image else None,
+            "caption": f"a caption number {i}", "method": method, "seed": 100 + i,
+            "provenance": json.dumps({"k": i}),
+        })
+    write_pool(path, records, pool_meta(method, modality, **meta))
+    if scores is not None:
+        (path / "scores.json").write_text(json.dumps(scores))
+    return path
+
+
+def header_of(card_text: str) -> dict:
+    assert card_text.startswith("---\n")
+    return yaml.safe_load(card_text.split("---\n")[1])
+
+
+def cli(*argv: str) -> int:
+    from augment.cli import main
+
+    return main(list(argv))
+
+
+# ----------------------------------------------------------------------------- cards
+
+FAMILY_CASES = [
+    # method, modality, model, expected text in the body, model license, task categories
+    ("eda", "text", None, "EDA can change a caption's meaning", "rule-based", ["image-to-text"], "wei-zou-2019-eda"),
+    ("t2t-flan", "text", "google/flan-t5-base", "Paraphrasers can drop or add details", "apache-2.0", ["image-to-text"], None),
+    ("i2t-human", "text", "human", "No new information", "source dataset's own captions", ["image-to-text"], None),
+    ("i2t-blip", "text", "Salesforce/blip-image-captioning-base", "Captioners hallucinate", "bsd-3-clause", ["image-to-text"], "li2022blip"),
+    ("i2t-scene", "text", None, "Templated language", "rule-based", ["image-to-text"], None),
+    ("t2i-sd", "image", "stabilityai/stable-diffusion-2-1-base", "misaligned with their caption", "openrail++", ["text-to-image"], "rombach2022high"),
+    ("t2i-render", "image", None, "Synthetic look", "rule-based", ["text-to-image"], None),
+    ("t-i2i-sd", "image", "runwayml/stable-diffusion-v1-5", "Low strength gives near-copies", "creativeml-openrail-m", ["image-to-image", "text-to-image"], "meng2022sdedit"),
+    ("img-aug", "image", None, "Flips break captions", "rule-based", ["image-to-image", "text-to-image"], None),
+    ("shuffle", "text", None, "never use these rows as positive", "rule-based", ["image-to-text"], None),
+    ("select", "text", None, "Inherits all limitations of the parent", "rule-based", ["image-to-text"], None),
+    ("adversarial", "pair", "tiny-clip", "specific to the attacked model", "random-weight test model", ["image-to-text", "text-to-image"], None),
+]
+
+
+@pytest.mark.parametrize("method, modality, model, limitation, license_text, tasks, paper", FAMILY_CASES)
+def test_card_for_every_method_family(method, modality, model, limitation, license_text, tasks, paper):
+    from huggingface_hub import DatasetCard
+
+    from data_cards.render import CardOptions, render_card_text
+
+    meta = {**pool_meta(method, modality, model, parent="pools/eda-full"), "num_rows": 2500,
+            "schema_version": 1, "created": "2026-03-01T00:00:00+00:00",
+            "package_versions": {"mat-plus": "0.1.0"}}
+    text = render_card_text(meta, None, CardOptions(license="cc-by-4.0", source_license="cc-by-4.0", repo_id="org/pool"))
+
+    header = header_of(text)
+    assert REQUIRED_KEYS <= set(header)
+    assert header["license"] == "cc-by-4.0"
+    assert header["size_categories"] == ["1K<n<10K"]
+    assert header["task_categories"] == tasks
+    assert {"mat-plus", "data-augmentation", "adversarial-robustness", method} <= set(header["tags"])
+    assert header["annotations_creators"] == (["found"] if method == "i2t-human" else ["machine-generated"])
+    assert header["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert method in header["pretty_name"] and "sample-world" in header["pretty_name"]
+    assert DatasetCard(text).data.license == "cc-by-4.0"  # the Hub's own parser reads it too
+
+    body = text.split("---\n", 2)[2]
+    assert f"`{model or 'none'}`" in body
+    assert license_text in body
+    for name, value in (("steps", "20"), ("guidance_scale", "7.5")):
+        assert f"| `{name}` | {value} |" in body
+    assert "| seed (pool) | 7 |" in body
+    assert limitation in body
+    assert "Known limitations" in body and "Intended use" in body and "MAT+" in body
+    assert "@software{mat_plus" in body
+    if paper:
+        assert paper in body
+    assert 'load_dataset("org/pool", split="train")' in body
+    assert "/data/sample-world" not in text  # a local path is named by its last part only
+    if method == "select":
+        assert "pools/eda-full" in body
+    assert "{{ " not in text and "{%" not in text  # no template syntax left unrendered
+
+
+@pytest.mark.parametrize("rows, bucket", [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (12_345, "10K<n<100K"),
+                                          (999_999, "100K<n<1M"), (10**6, "1M<n<10M"), (10**13, "n>1T")])
+def test_size_categories_follow_the_hub_buckets(rows, bucket):
+    from data_cards.render import size_category
+
+    assert size_category(rows) == bucket
+
+
+def test_unknown_model_license_points_to_the_model_card_and_hub_source_is_extended():
+    from data_cards.render import CardOptions, render_card_text
+
+    meta = {**pool_meta("i2t-mycap", "text", "someone/my-captioner", source="org/coco-captions"), "num_rows": 3}
+    text = render_card_text(meta, None, CardOptions())
+    assert "unknown, check the model card" in text
+    assert "(https://huggingface.co/someone/my-captioner)" in text
+    header = header_of(text)
+    assert header["source_datasets"] == ["extended|org/coco-captions"]
+    assert header["license"] == "unknown"
+    assert 'load_dataset("ORG/NAME"' in text
+
+
+def test_scores_summary_only_when_scores_exist():
+    from data_cards.render import render_card_text
+
+    meta = {**pool_meta(), "num_rows": 4}
+    scores = {"alignment": {"mean": 0.312345, "ci": [0.3, 0.33], "n": 400}, "diversity": {"mean": 0.8, "ci": 0.05},
+              "gap": 0.125, "per_row": [1, 2], "scorer": "tiny-clip"}
+    with_scores = render_card_text(meta, scores)
+    assert "## Scores" in with_scores
+    assert "| `alignment` | 0.3123 | [0.3, 0.33] | n: 400 |" in with_scores
+    assert "| `diversity` | 0.8 | ± 0.05 |" in with_scores
+    assert "| `gap` | 0.125 |" in with_scores
+    assert "per_row" not in with_scores and "`scorer`" not in with_scores
+    assert "## Scores" not in render_card_text(meta, None)
+
+
+def test_merge_keeps_the_hub_managed_metadata_and_hand_added_keys():
+    from huggingface_hub import DatasetCard
+
+    from data_cards.render import CardOptions, merge_cards, render_card
+
+    existing = DatasetCard(
+        "---\nlicense: mit\nfoo: kept\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 4\n"
+        "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\nold text\n"
+    )
+    ours = render_card({**pool_meta(), "num_rows": 4}, None, CardOptions(license="cc-by-4.0"))
+    merged = merge_cards(existing, ours).data.to_dict()
+    assert merged["dataset_info"] == {"splits": [{"name": "train", "num_examples": 4}]}
+    assert merged["configs"][0]["data_files"][0]["path"] == "data/train-*"
+    assert merged["foo"] == "kept"
+    assert merged["license"] == "cc-by-4.0"
+    assert "old text" not in str(merge_cards(existing, ours))
+
+
+# ----------------------------------------------------------------------------- --to-dir
+
+
+def test_to_dir_writes_the_hub_layout_and_round_trips(tmp_path, capsys):
+    from datasets import Image, load_dataset
+
+    from augment.pool import load_pool
+    from augment.schema import POOL_FEATURES
+
+    pool = make_pool(tmp_path / "pool", scores={"alignment": {"mean": 0.3, "ci": [0.2, 0.4]}})
+    out = tmp_path / "repo"
+    assert cli("push", str(pool), "--to-dir", str(out), "--license", "cc-by-4.0", "--repo-id", "org/sd-pool") == 0
+
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["README.md", "data/train-00000-of-00001.parquet", "pool.json", "scores.json"]
+    assert (out / "pool.json").read_bytes() == (pool / "pool.json").read_bytes()
+    readme = (out / "README.md").read_text()
+    header = header_of(readme)
+    assert header["dataset_info"]["splits"] == [{"name": "train", "num_bytes": header["dataset_info"]["splits"][0]["num_bytes"], "num_examples": 4}]
+    assert header["license"] == "cc-by-4.0" and "| `alignment` | 0.3 |" in readme
+
+    original = load_pool(pool).dataset.cast_column("image", Image(decode=False))
+    pushed = load_dataset(str(out), split="train")
+    assert pushed.features == POOL_FEATURES
+    pushed = pushed.cast_column("image", Image(decode=False))
+    assert pushed.column_names == original.column_names
+    for mine, theirs in zip(original, pushed):
+        assert theirs["image"]["bytes"] == mine["image"]["bytes"]
+        assert {k: v for k, v in theirs.items() if k != "image"} == {k: v for k, v in mine.items() if k != "image"}
+
+    again = load_pool(out)  # load_pool reads the published layout too
+    assert len(again) == 4 and again.meta == json.loads((pool / "pool.json").read_text())
+
+
+def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool", method="eda", modality="text", model=None)
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "scores.json").write_text("{}")  # left by another pool: --force must drop it
+    assert cli("push", str(pool), "--to-dir", str(out)) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert cli("push", str(pool), "--to-dir", str(out), "--force") == 0
+    assert not (out / "scores.json").exists()
+    assert cli("push", str(pool), "--to-dir", str(pool / "export")) == 2
+    assert "overlaps the pool folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- failures in a subprocess
+
+
+def run_cli(args: list[str], env_changes: dict[str, str | None], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE"):
+        env.pop(name, None)
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, "-m", "augment.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def assert_one_clean_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_offline_push_fails_at_once(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    start = time.monotonic()
+    result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
+                     {"HF_HUB_OFFLINE": "1", "HF_TOKEN": SECRET, "HF_HOME": str(tmp_path / "hf")}, tmp_path)
+    assert time.monotonic() - start < 10
+    assert_one_clean_line(result, "HF_HUB_OFFLINE")
+
+
+def test_push_without_token_fails_at_once(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    start = time.monotonic()
+    result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
+                     {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": None,
+                      "HF_HOME": str(tmp_path / "hf")}, tmp_path)
+    assert time.monotonic() - start < 10
+    assert_one_clean_line(result, "no Hugging Face token found")
+    assert "HF_TOKEN" in result.stderr
+
+
+def closed_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_push_without_network_fails_fast_and_never_shows_the_token(tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    endpoint = f"http://127.0.0.1:{closed_local_port()}"
+    start = time.monotonic()
+    result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
+                     {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": SECRET,
+                      "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf")}, tmp_path)
+    assert time.monotonic() - start < 10
+    assert_one_clean_line(result, "cannot reach the Hub")
+
+
+def test_token_is_never_written_into_the_repository(tmp_path):
+    pool = make_pool(tmp_path / "pool", scores={"gap": 0.1})
+    out = tmp_path / "repo"
+    result = run_cli(["push", str(pool), "--to-dir", str(out), "--repo-id", "org/pool"],
+                     {"HF_TOKEN": SECRET, "HF_HOME": str(tmp_path / "hf")}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) == 4
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ----------------------------------------------------------------------------- a mocked Hub
+
+
+def http_error(cls, status: int):
+    """A huggingface_hub HTTP error as the client raises it for `status`."""
+    try:
+        import httpx2 as httpx
+    except ImportError:  # huggingface_hub 1.x
+        import httpx
+    request = httpx.Request("GET", "https://hub.test/api/x")
+    return cls(f"{status} Client Error", response=httpx.Response(status, request=request))
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The Hub client believes it is online and has a token; no request can leave the process."""
+    from huggingface_hub import constants
+
+    import augment.hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setattr(augment.hub, "require_reachable", lambda *a, **k: None)
+
+
+@pytest.fixture
+def hub(online, tmp_path):
+    """HfApi and Dataset.push_to_hub replaced by mocks; `hub.files` is what hf_hub_download serves."""
+    import datasets
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    served: dict[str, Path] = {}
+
+    def download(repo_id, filename, **kwargs):
+        if filename not in served:
+            raise EntryNotFoundError(filename)
+        return str(served[filename])
+
+    with mock.patch.object(HfApi, "whoami", return_value={"name": "me"}) as whoami, \
+         mock.patch.object(HfApi, "repo_info", side_effect=http_error(RepositoryNotFoundError, 404)) as repo_info, \
+         mock.patch.object(HfApi, "repo_exists", return_value=False) as repo_exists, \
+         mock.patch.object(HfApi, "hf_hub_download", side_effect=download), \
+         mock.patch.object(HfApi, "list_repo_files", return_value=["README.md", "data/train-00000-of-00001.parquet"]) as list_files, \
+         mock.patch.object(HfApi, "create_commit") as create_commit, \
+         mock.patch.object(datasets.Dataset, "push_to_hub") as push_to_hub:
+        yield SimpleNamespace(whoami=whoami, repo_info=repo_info, repo_exists=repo_exists, served=served,
+                              list_files=list_files, create_commit=create_commit, push_to_hub=push_to_hub,
+                              dir=tmp_path / "served")
+
+
+def serve(hub, name: str, text: str) -> None:
+    hub.dir.mkdir(exist_ok=True)
+    path = hub.dir / name
+    path.write_text(text)
+    hub.served[name] = path
+
+
+def repo_with(*files: str):
+    return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files], private=False)
+
+
+def test_push_uploads_data_then_merged_card_and_provenance(hub, tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool", scores={"alignment": {"mean": 0.3}})
+    serve(hub, "README.md", "---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 4\n"
+                           "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n")
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--license", "cc-by-4.0", "--private") == 0
+
+    (repo_id,), kwargs = hub.push_to_hub.call_args
+    assert repo_id == "org/pool" and kwargs["split"] == "train" and kwargs["num_shards"] == 1
+    assert kwargs["private"] is True and kwargs["token"] == SECRET
+    operations = {op.path_in_repo: op for op in hub.create_commit.call_args.kwargs["operations"]}
+    assert set(operations) == {"README.md", "pool.json", "scores.json"}
+    readme = operations["README.md"].path_or_fileobj.decode()
+    header = header_of(readme)
+    assert header["dataset_info"] == {"splits": [{"name": "train", "num_examples": 4}]}
+    assert header["license"] == "cc-by-4.0" and "t2i-sd" in header["tags"]
+    assert operations["pool.json"].path_or_fileobj == (pool / "pool.json").read_bytes()
+    for op in operations.values():
+        assert SECRET.encode() not in op.path_or_fileobj
+    out = capsys.readouterr()
+    assert "pushed 4 rows to" in out.out and SECRET not in out.out + out.err
+
+
+def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
+    pool = make_pool(tmp_path / "pool")
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with("README.md", "pool.json", "scores.json", "data/train-00000-of-00001.parquet")
+    serve(hub, "pool.json", (pool / "pool.json").read_text())
+    hub.list_files.return_value = ["README.md", "pool.json", "scores.json"]
+    assert cli("push", str(pool), "--repo-id", "org/pool") == 0
+    deleted = [op.path_in_repo for op in hub.create_commit.call_args.kwargs["operations"] if not hasattr(op, "path_or_fileobj")]
+    assert deleted == ["scores.json"]
+
+
+def test_401_is_one_clear_line(hub, tmp_path, capsys):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub.whoami.side_effect = http_error(HfHubHTTPError, 401)
+    assert cli("push", str(make_pool(tmp_path / "pool")), "--repo-id", "org/pool") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "401 Unauthorized" in err and "hf auth login" in err
+    assert SECRET not in err
+    hub.push_to_hub.assert_not_called()
+
+
+@pytest.mark.parametrize("status, expected", [(404, "org/pool: not found on the Hub (404) while uploading the data"),
+                                              (403, "may not write to org/pool (403 Forbidden)")])
+def test_hub_refusals_during_upload(hub, tmp_path, capsys, status, expected):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub.push_to_hub.side_effect = http_error(HfHubHTTPError, status)
+    assert cli("push", str(make_pool(tmp_path / "pool")), "--repo-id", "org/pool") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    hub.create_commit.assert_not_called()
+
+
+def test_a_different_pool_in_the_repo_is_a_clash(hub, tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool")
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with(".gitattributes", "README.md", "pool.json", "data/train-00000-of-00001.parquet")
+    other = {**json.loads((pool / "pool.json").read_text()), "method": "eda", "seed": 1}
+    serve(hub, "pool.json", json.dumps(other))
+
+    assert cli("push", str(pool), "--repo-id", "org/pool") == 2
+    err = capsys.readouterr().err
+    assert "holds a different pool (method 'eda'" in err and "--revision" in err and "--force" in err
+    hub.push_to_hub.assert_not_called()
+
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--force") == 0
+    hub.push_to_hub.assert_called_once()
+
+
+def test_a_new_branch_never_clashes(hub, tmp_path):
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    hub.repo_info.side_effect = http_error(RevisionNotFoundError, 404)
+    assert cli("push", str(make_pool(tmp_path / "pool")), "--repo-id", "org/pool", "--revision", "sd-v2") == 0
+    assert hub.push_to_hub.call_args.kwargs["revision"] == "sd-v2"
+    assert hub.create_commit.call_args.kwargs["revision"] == "sd-v2"
+
+
+def test_a_model_or_a_foreign_dataset_of_that_name_is_a_clash(hub, tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool")
+    hub.repo_exists.return_value = True  # no dataset org/pool, but a model org/pool
+    assert cli("push", str(pool), "--repo-id", "org/pool") == 2
+    assert "is a model repository" in capsys.readouterr().err
+    assert hub.repo_exists.call_args.kwargs["repo_type"] == "model"
+
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with("README.md", "train.csv")
+    assert cli("push", str(pool), "--repo-id", "org/pool") == 2
+    assert "not a mat-plus pool" in capsys.readouterr().err
+    hub.push_to_hub.assert_not_called()
+
+
+def test_push_arguments_are_checked(tmp_path, capsys):
+    pool = str(make_pool(tmp_path / "pool"))
+    assert cli("push", pool) == 2
+    assert "--repo-id" in capsys.readouterr().err
+    assert cli("push", pool, "--repo-id", "not a repo") == 2
+    assert "ORG/NAME" in capsys.readouterr().err
+    assert cli("push", pool, "--to-dir", str(tmp_path / "x"), "--revision", "b") == 2
+    assert "uploads only" in capsys.readouterr().err
