@@ -183,18 +183,21 @@ class Pool:
 
 
 def resolve_pool_path(path_or_id: str) -> Path:
-    """A local pool folder, or a Hub dataset id downloaded (or taken from the cache) as one."""
+    """A local pool folder, or a Hub dataset id (`org/name` or `org/name@revision`) downloaded,
+    or taken from the cache, as one."""
     path = Path(path_or_id)
     if path.exists():
         return path
-    parts = str(path_or_id).split("/")
-    if len(parts) == 2 and all(parts) and not str(path_or_id).startswith((".", "/", "~")):
+    repo_id, _, revision = str(path_or_id).partition("@")
+    parts = repo_id.split("/")
+    if len(parts) == 2 and all(parts) and not repo_id.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(snapshot_download(repo_id=str(path_or_id), repo_type="dataset"))
+            return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision or None))
         except Exception as exc:  # offline, 401/404...: one line, never a token
-            raise PoolError(f"cannot fetch pool {path_or_id!r} from the Hub: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise PoolError(f"cannot fetch pool {path_or_id!r} from the Hub: {type(exc).__name__}: {first}") from None
     raise PoolError(f"{path_or_id}: no such pool folder")
 
 

@@ -105,3 +105,12 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path):
     a, b = load_pool(tmp_path / "a").dataset, load_pool(tmp_path / "b").dataset
     assert a["row_id"] == b["row_id"] and a["caption"] == b["caption"]
     assert len(set(b["row_id"])) == len(b)
+
+
+def test_hub_pool_id_fails_fast_offline():
+    import time
+
+    start = time.time()
+    with pytest.raises(PoolError, match="cannot fetch pool 'someone/some-pool@v2' from the Hub"):
+        load_pool("someone/some-pool@v2")
+    assert time.time() - start < 15
