@@ -1,0 +1,88 @@
+"""`analysis` command line: `study` runs the property-robustness study, `compare` tabulates evaluations."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from augment.cli_common import run_main
+from augment.errors import MatPlusError
+
+
+def _study(args) -> int:
+    from analysis.config import load_study_config
+    from analysis.study import Study
+
+    overrides = {}
+    if args.out:
+        overrides["out"] = args.out
+    if args.seeds:
+        overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
+    config = load_study_config(args.config, overrides)
+    report = Study(config).run()
+    print(f"report: {report}")
+    return 0
+
+
+def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
+    """eval.json files from the given folders (an eval folder, a run folder, or a study's evals/)."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        candidates = [path] if path.is_file() else sorted(path.glob("eval.json")) or sorted(path.glob("*/eval.json"))
+        if not candidates:
+            raise MatPlusError(f"{raw}: no eval.json here (run `train eval ... --out DIR` first)")
+        for candidate in candidates:
+            try:
+                found.append((candidate.parent.name if candidate.name == "eval.json" else candidate.stem, json.loads(candidate.read_text())))
+            except json.JSONDecodeError as exc:
+                raise MatPlusError(f"{candidate}: malformed JSON: {exc.msg}") from None
+    return found
+
+
+def compare_table(evaluations: list[tuple[str, dict]]) -> str:
+    attacks = list(dict.fromkeys(a for _, report in evaluations for a in report.get("attacks", {})))
+    header = ["evaluation"] + [f"{a} TR@1/IR@1" for a in attacks] + ["RSUM (clean)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, report in evaluations:
+        entries = report.get("attacks", {})
+        cells = [name]
+        for attack in attacks:
+            entry = entries.get(attack)
+            cells.append("-" if entry is None else f"{entry['tr@1']:.1f} / {entry['ir@1']:.1f}")
+        clean = entries.get("clean", {})
+        cells.append(f"{clean['rsum']:.1f}" if "rsum" in clean else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _compare(args) -> int:
+    table = compare_table(find_evaluations(args.evaluations))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="analysis", description="Which pool properties predict robustness.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    study = sub.add_parser("study", help="build pools, score them, train and evaluate every method, write the report")
+    study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: default, demo, mini")
+    study.add_argument("--out", default=None, help="output folder (default: the config's)")
+    study.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
+    study.set_defaults(func=_study)
+    compare = sub.add_parser("compare", help="print a table of finished evaluations")
+    compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
+    compare.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    compare.set_defaults(func=_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

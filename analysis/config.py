@@ -1,0 +1,97 @@
+"""The study's configuration: one YAML file, defaults below, every budget a fixed step count.
+
+Budgets are steps, never wall-clock time: this machine's speed varies several-fold with load.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from augment.errors import MatPlusError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "name": "study",
+    "out": "outputs/study",
+    "model": "tiny-clip",
+    "seeds": [0, 1, 2],
+    # the sample world; 75% of it is the train split
+    "world": {"n": 2000, "seed": 0},
+    # adversarial fine-tuning sees only this many train scenes (adversarial training is data
+    # hungry: this is where 1:N pools should matter most); pretraining sees every train scene
+    "finetune_scenes": 300,
+    # clean pretraining from random weights: the world's "pretrained CLIP"
+    "pretrain": {"steps": 600, "batch_size": 128, "lr": 1e-3, "seed": 0},
+    # adversarial fine-tuning, shared by every method
+    "train": {
+        "steps": 120, "batch_size": 64, "lr": 1e-4, "warmup_steps": 10, "eps": "2/255",
+        "pgd_steps": 3, "text_attack": "wordnet", "word_budget": 1, "p_original": 0.5,
+    },
+    # pools: name -> augment generate arguments (method, n, extra options)
+    "pools": {
+        "human": {"method": "i2t-human", "n": 4},
+        "scene": {"method": "i2t-scene", "n": 4},
+        "scene-partial": {"method": "i2t-scene", "n": 4, "caption_style": "partial"},
+        "render": {"method": "t2i-render", "n": 1, "captions_per_image": 2},
+        "eda": {"method": "eda", "n": 2},
+        "shuffle": {"method": "shuffle", "n": 4},
+    },
+    # baselines on the original pairs, then mat+ once per pool
+    "methods": ["clean", "tecoa", "fare", "mat", "mat+"],
+    # robust R@1 against the number of augmentations per item (mat+ on this pool)
+    "n_aug_sweep": {"pool": "scene", "values": [1, 2, 4]},
+    # the four ways of using more samples at equal steps, on this pool: original pairs only
+    # (mat), pool rows as independent pairs (mat+ expand), pool sampled 1:N (mat+ sample), and
+    # more original scenes (mat on finetune_scenes x oracle_factor scenes, the oracle)
+    "more_samples": {"pool": "scene", "oracle_factor": 3},
+    "eval": {
+        "split": "test", "limit": 200, "captions_per_image": 2, "batch_size": 50,
+        "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
+        "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",
+    },
+    # the attack whose R@1 is "robust R@1" in plots (mean of TR@1 and IR@1)
+    "headline_attack": "sga",
+    "scorer": None,  # None: the pretrained world model scores the pools
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "pools":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_study_config(path: str | Path | None, overrides: dict | None = None) -> dict:
+    """DEFAULTS < the YAML file < overrides; unknown top-level keys are refused."""
+    layer: dict = {}
+    if path is not None:
+        candidate = Path(path)
+        if not candidate.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+            candidate = CONFIG_DIR / f"{path}.yaml"
+        if not candidate.exists():
+            raise MatPlusError(f"study config {path}: no such file (bundled: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
+        try:
+            layer = yaml.safe_load(candidate.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MatPlusError(f"study config {candidate}: malformed YAML: {str(exc).splitlines()[0]}") from None
+    config = _merge(DEFAULTS, layer)
+    config = _merge(config, overrides or {})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise MatPlusError(f"study config: unknown keys {unknown}")
+    for name, spec in config["pools"].items():
+        if "method" not in spec:
+            raise MatPlusError(f"study config: pool {name!r} has no method")
+    for section in ("n_aug_sweep", "more_samples"):
+        pool = (config.get(section) or {}).get("pool")
+        if pool and pool not in config["pools"]:
+            raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
+    return config

@@ -1,0 +1,290 @@
+"""The study's report: tables with mean and spread over seeds, property plots, JSON of every number.
+
+"Robust R@1" is the mean of TR@1 and IR@1 under the configured headline attack (SGA by
+default); "clean R@1" the same without attack. Spread is the sample standard deviation over
+seeds. Rank correlations are Spearman's (scipy), over the pools of the single-pool MAT+ runs.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from augment.pool import write_json_atomic
+
+PROPERTY_LABELS = {
+    "alignment": "alignment (mean cosine, image vs caption)",
+    "diversity": "diversity (mean Vendi score per item)",
+    "gap": "distribution gap (Frechet distance to the source)",
+}
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def r_at_1(eval_report: dict, attack: str, suffix: str = "") -> float | None:
+    entry = eval_report["attacks"].get(attack)
+    if entry is None or entry.get(f"tr@1{suffix}") is None:
+        return None
+    return (entry[f"tr@1{suffix}"] + entry[f"ir@1{suffix}"]) / 2
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread, len(values)
+
+
+def fmt(stat: tuple[float | None, float | None, int]) -> str:
+    mean, spread, n = stat
+    if mean is None:
+        return "-"
+    return f"{mean:.1f} ± {spread:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def pool_properties(scores: dict) -> dict[str, float | None]:
+    """Alignment, diversity and gap of a pool from its scores.json (the latest scorer's entry)."""
+    entry = scores["scorers"][scores["latest"]] if "scorers" in scores else scores
+
+    def mean_of(stat: Any) -> float | None:
+        if isinstance(stat, dict):
+            for key in ("mean", "value", "estimate"):
+                if isinstance(stat.get(key), (int, float)):
+                    return float(stat[key])
+        return float(stat) if isinstance(stat, (int, float)) else None
+
+    alignment = mean_of((entry.get("alignment") or {}).get("all"))
+    diversities = [mean_of(d.get("vendi")) for d in (entry.get("diversity") or {}).values() if isinstance(d, dict)]
+    gaps = [mean_of(g.get("frechet")) for g in (entry.get("gap") or {}).values() if isinstance(g, dict)]
+    diversities = [d for d in diversities if d is not None]
+    gaps = [g for g in gaps if g is not None]
+    return {
+        "alignment": alignment,
+        "diversity": statistics.fmean(diversities) if diversities else None,
+        "gap": statistics.fmean(gaps) if gaps else None,
+    }
+
+
+def summarise_runs(results: list[dict], attacks: list[str], headline: str) -> dict[str, dict]:
+    """Per run name: mean/std over seeds of clean and attacked R@1 (TR, IR and their mean)."""
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for result in results:
+        by_run[result["run"]].append(result)
+    summary = {}
+    for run, entries in by_run.items():
+        row: dict[str, Any] = {"method": entries[0]["method"], "pools": entries[0]["pools"], "seeds": [e["seed"] for e in entries]}
+        for attack in attacks:
+            reports = [e["eval"] for e in entries]
+            row[attack] = {
+                "tr@1": mean_std([r["attacks"].get(attack, {}).get("tr@1") for r in reports]),
+                "ir@1": mean_std([r["attacks"].get(attack, {}).get("ir@1") for r in reports]),
+                "r@1": mean_std([r_at_1(r, attack) for r in reports]),
+                "r@1_meaning_preserved": mean_std([r_at_1(r, attack, "_meaning_preserved") for r in reports]),
+                "true_pct": mean_std([(r["attacks"].get(attack, {}).get("meaning_preserved") or {}).get("true_pct") for r in reports]),
+            }
+        row["robust"] = row[headline]["r@1"] if headline in row else (None, None, 0)
+        summary[run] = row
+    return summary
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def main_table(summary: dict, attacks: list[str]) -> str:
+    attacked = [a for a in attacks if a != "clean"]
+    header = ["run", "clean TR@1", "clean IR@1"] + [f"{a} R@1" for a in attacked]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, row in summary.items():
+        cells = [run, fmt(row["clean"]["tr@1"]), fmt(row["clean"]["ir@1"])] + [fmt(row[a]["r@1"]) for a in attacked]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def meaning_table(summary: dict, attacks: list[str]) -> str:
+    text_attacks = [a for a in attacks if any(row[a]["true_pct"][0] is not None for row in summary.values())]
+    if not text_attacks:
+        return "(no text attack was evaluated)"
+    header = ["run"] + [f"{a}: R@1 / R@1 meaning-preserved / % attacked captions still true" for a in text_attacks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, row in summary.items():
+        cells = [run] + [f"{fmt(row[a]['r@1'])} / {fmt(row[a]['r@1_meaning_preserved'])} / {fmt(row[a]['true_pct'])}" for a in text_attacks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pool_table(properties: dict[str, dict], robust: dict[str, tuple]) -> str:
+    lines = ["| pool | alignment | diversity (Vendi) | gap (Frechet) | MAT+ robust R@1 |", "|---|---|---|---|---|"]
+    for pool, props in properties.items():
+        cells = [pool] + [("-" if props[k] is None else f"{props[k]:.3f}") for k in ("alignment", "diversity", "gap")]
+        cells.append(fmt(robust.get(pool, (None, None, 0))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def spearman(xs: list[float], ys: list[float]) -> dict:
+    from scipy.stats import spearmanr
+
+    if len(xs) < 3:
+        return {"rho": None, "p": None, "n": len(xs)}
+    result = spearmanr(xs, ys)
+    rho, p = float(result.statistic), float(result.pvalue)
+    return {"rho": None if rho != rho else rho, "p": None if p != p else p, "n": len(xs)}
+
+
+def plot_properties(out: Path, properties: dict[str, dict], robust: dict[str, tuple]) -> tuple[Path, dict]:
+    plt = _plt()
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    correlations = {}
+    for axis, prop in zip(axes, ("alignment", "diversity", "gap")):
+        pools = [p for p in properties if properties[p][prop] is not None and robust.get(p, (None,))[0] is not None]
+        xs = [properties[p][prop] for p in pools]
+        ys = [robust[p][0] for p in pools]
+        errs = [robust[p][1] or 0 for p in pools]
+        axis.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3)
+        for x, y, p in zip(xs, ys, pools):
+            axis.annotate(p, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        correlations[prop] = spearman(xs, ys)
+        rho = correlations[prop]["rho"]
+        axis.set_title(f"Spearman rho = {rho:.2f}" if rho is not None else "too few pools for a correlation")
+        axis.set_xlabel(PROPERTY_LABELS[prop])
+        axis.set_ylabel("MAT+ robust R@1 (%)")
+    figure.tight_layout()
+    path = out / "properties_vs_robustness.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path, correlations
+
+
+def plot_series(out: Path, name: str, labels: list[str], stats: list[tuple], xlabel: str, title: str, bars: bool) -> Path:
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    means = [s[0] if s[0] is not None else 0 for s in stats]
+    errs = [s[1] or 0 for s in stats]
+    if bars:
+        axis.bar(range(len(labels)), means, yerr=errs, capsize=4)
+        axis.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
+    else:
+        axis.errorbar(labels, means, yerr=errs, fmt="o-", capsize=4)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("robust R@1 (%)")
+    axis.set_title(title)
+    figure.tight_layout()
+    path = out / name
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(out: Path, config: dict, scores: dict[str, dict], results: list[dict]) -> Path:
+    out = Path(out)
+    attacks = list(config["eval"]["attacks"])
+    if "clean" not in attacks:
+        attacks = ["clean"] + attacks
+    headline = config.get("headline_attack", "sga")
+    if headline not in attacks:
+        headline = attacks[-1]
+    summary = summarise_runs(results, attacks, headline)
+    main_runs = {run: row for run, row in summary.items()
+                 if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
+
+    properties = {name: pool_properties(s) for name, s in scores.items() if "@" not in name}
+    pool_robust = {pools[0]: row["robust"] for run, row in summary.items()
+                   if row["method"] == "mat+" and len(pools := row["pools"]) == 1 and run == f"mat+:{pools[0]}"}
+    properties_png, correlations = plot_properties(out, properties, pool_robust)
+
+    sections = [
+        f"# Study report: {config['name']}",
+        "",
+        f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
+        f"for {config['train']['steps']} steps (batch {config['train']['batch_size']}, eps {config['train']['eps']}, "
+        f"{config['train']['pgd_steps']} PGD steps, text attack `{config['train']['text_attack']}`, word budget "
+        f"{config['train']['word_budget']}) from a CLIP pretrained for {config['pretrain']['steps']} steps on every train scene. "
+        f"Evaluation: {config['eval']['split']} split, up to {config['eval']['limit']} images x "
+        f"{config['eval']['captions_per_image']} captions, eps {config['eval']['eps']}, {config['eval']['pgd_steps']} PGD steps.",
+        "",
+        f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
+        f"`{headline}`. Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
+        "",
+        "## Clean and robust R@1 per method and pool",
+        "",
+        main_table(main_runs, attacks),
+        "",
+        "## Text attacks and meaning",
+        "",
+        "The world's truth checker judges every attacked caption. An attacked caption that is false of its image "
+        "(e.g. red -> blue) is not a robustness failure when the model rejects it, so 'R@1 meaning-preserved' counts "
+        "only attacks that kept the caption true (a false one counts as not attacked).",
+        "",
+        meaning_table(main_runs, attacks),
+        "",
+        "## Pool properties and robustness",
+        "",
+        pool_table(properties, pool_robust),
+        "",
+        "Spearman rank correlations with MAT+ robust R@1: "
+        + ", ".join(f"{p}: rho={c['rho']:.2f} (p={c['p']:.2f}, n={c['n']})" if c["rho"] is not None else f"{p}: n/a (n={c['n']})"
+                    for p, c in correlations.items()),
+        "",
+        f"![properties]({properties_png.name})",
+    ]
+    plots = {"properties": properties_png.name}
+
+    sweep = config.get("n_aug_sweep") or {}
+    sweep_rows = sorted(((r["n_aug"], r["run"]) for r in results if r["group"] == "n_aug"), key=lambda t: t[0])
+    if sweep_rows:
+        labels, stats = [], []
+        for k, run in dict.fromkeys(sweep_rows):
+            labels.append(str(k))
+            stats.append(summary[run]["robust"])
+        full = summary.get(f"mat+:{sweep['pool']}")
+        if full is not None:
+            labels.append(f"all ({config['pools'][sweep['pool']].get('n', '?')})")
+            stats.append(full["robust"])
+        path = plot_series(out, "robust_vs_n_augmentations.png", labels, stats, "augmentations per item",
+                           f"MAT+ with pool '{sweep['pool']}'", bars=False)
+        plots["n_augmentations"] = path.name
+        sections += ["", "## Robust R@1 against the number of augmentations per item", "",
+                     "| augmentations per item | robust R@1 |", "|---|---|"]
+        sections += [f"| {label} | {fmt(stat)} |" for label, stat in zip(labels, stats)]
+        sections += ["", f"![n augmentations]({path.name})"]
+
+    more = config.get("more_samples") or {}
+    if more.get("pool"):
+        pool = more["pool"]
+        ways = [("original pairs only (mat)", "mat"), ("pool as independent pairs (mat+ expand)", f"mat+expand:{pool}"),
+                ("pool sampled 1:N (mat+)", f"mat+:{pool}"),
+                (f"{more.get('oracle_factor', 3)}x original scenes (oracle)", "mat:oracle")]
+        ways = [(label, run) for label, run in ways if run in summary]
+        path = plot_series(out, "more_samples.png", [l for l, _ in ways], [summary[r]["robust"] for _, r in ways],
+                           "", f"four ways to use more samples (equal steps; pool '{pool}')", bars=True)
+        plots["more_samples"] = path.name
+        sections += ["", "## Four ways of using more samples, at equal steps", "",
+                     "| way | clean R@1 | robust R@1 |", "|---|---|---|"]
+        sections += [f"| {label} | {fmt(summary[run]['clean']['r@1'])} | {fmt(summary[run]['robust'])} |" for label, run in ways]
+        sections += ["", f"![more samples]({path.name})"]
+
+    (out / "report.md").write_text("\n".join(sections) + "\n")
+    write_json_atomic(out / "results.json", {
+        "config": config, "headline_attack": headline, "pool_properties": properties,
+        "correlations": correlations, "summary": summary, "plots": plots, "runs": results,
+    })
+    return out / "report.md"
