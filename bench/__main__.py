@@ -1,0 +1,36 @@
+"""`make bench` / `python -m bench [NAME ...]`: run the benchmarks (all by default).
+
+Each benchmark measures mat-plus against a named baseline in the same run and reports ratios;
+results go to outputs/bench/<name>.json. Benchmarks are never part of the test suite.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trainer"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or BENCHMARKS
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        print(f"\n=== bench_{name} ===", flush=True)
+        module = importlib.import_module(f"bench.bench_{name}")
+        try:
+            code = module.main([])
+        except SystemExit as exc:  # argparse or a missing optional dependency
+            code = exc.code
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
