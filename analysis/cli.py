@@ -42,7 +42,7 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
 
 
 def compare_table(evaluations: list[tuple[str, dict]]) -> str:
-    attacks = list(dict.fromkeys(a for _, report in evaluations for a in report.get("attacks", {})))
+    attacks = list(dict.fromkeys(["clean"] + [a for _, report in evaluations for a in report.get("attacks", {})]))
     header = ["evaluation"] + [f"{a} TR@1/IR@1" for a in attacks] + ["RSUM (clean)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, report in evaluations:

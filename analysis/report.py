@@ -140,7 +140,7 @@ def _plt():
 def spearman(xs: list[float], ys: list[float]) -> dict:
     from scipy.stats import spearmanr
 
-    if len(xs) < 3:
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:  # undefined for constant input
         return {"rho": None, "p": None, "n": len(xs)}
     result = spearmanr(xs, ys)
     rho, p = float(result.statistic), float(result.pvalue)
