@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, method_names
-from augment.generators.base import run_generation
+from augment.generators.base import distributed_rank, run_generation
 
 
 def register(subparsers) -> None:
@@ -33,13 +33,44 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    source, _ = read_source(args)
-    generator = build_generator(args.method, args)
-    meta = run_generation(
-        generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
-        shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
-        progress=not args.no_progress,
-    )
+    state = distributed_state(args)
+    try:
+        source, _ = read_source(args)
+        generator = build_generator(args.method, args)
+        meta = run_generation(
+            generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
+            shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
+            progress=not args.no_progress, **process_share(state),
+        )
+    finally:
+        if state is not None:
+            state.destroy_process_group()
     if meta is not None:
         print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
     return 0
+
+
+def distributed_state(args):
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun),
+    else None (a single process needs no process group).
+
+    With `--device cpu` the processes talk over gloo; otherwise each takes its own GPU
+    (`state.device`, e.g. cuda:LOCAL_RANK) in place of `--device`.
+    """
+    rank, world_size = distributed_rank()
+    if world_size <= 1:
+        return None
+    from accelerate import PartialState
+
+    on_cpu = str(args.device).startswith("cpu")
+    state = PartialState(cpu=on_cpu)
+    if not on_cpu:
+        args.device = str(state.device)
+    return state
+
+
+def process_share(state) -> dict:
+    """run_generation's rank, world_size and barrier for a PartialState; none for one process."""
+    if state is None:
+        return {}
+    return {"rank": state.process_index, "world_size": state.num_processes, "barrier": state.wait_for_everyone}

@@ -1,0 +1,476 @@
+"""Stable Diffusion image generators: `t2i-sd` (text-to-image) and `t-i2i-sd` (text-guided img2img).
+
+Both write rows of modality "image" keyed by the source caption they were made from
+(`source_caption_index`): `--n` new images per caption, for the first `--captions-per-image`
+captions of each source image (default: all).
+
+* `t2i-sd`: a new image from the caption alone, at `--height`/`--width` (default: the model's).
+* `t-i2i-sd`: the source image re-drawn under its caption with `--strength`. The source is
+  resized so that its short side is the model's resolution and both sides are multiples of 8
+  (aspect ratio kept); the image generated at that size is resized back to the source's size, so
+  a pool image is a drop-in replacement for its source image. Both sizes are in the row's
+  provenance (`source_size`, `generation_size`).
+
+Batching. `t2i-sd` calls the pipeline with up to `--batch-size` images per call: several prompts,
+`num_images_per_prompt` images each. `t-i2i-sd` passes one prompt and one source image per image
+(diffusers duplicates the init images of a multi-prompt call as i0, i1, i0, i1 while it repeats
+the prompts as p0, p0, p1, p1, which would pair images with the wrong captions).
+
+Determinism. Every image has its own CPU `torch.Generator` seeded with `row_seed(...)`, so its
+noise never depends on the other images of its call. Floating-point kernels do, slightly: the
+same image computed in a batch of 8 and alone differs by ~1e-6, which flips a few 8-bit pixels.
+Results are bit-exact for the same call SHAPE and the same SLOT in it, whatever the other slots
+hold, so each row records its call layout (`batch`: prompts per call, images per prompt, slot)
+and `regenerate_row` replays exactly that layout with padding in the other slots. A run with
+`--batch-size 1` gives rows that a single-image call reproduces exactly. Same device, dtype and
+(on CPU) thread count are assumed: intra-op thread count also changes CPU float results.
+
+Provenance. pool.json `params` holds every setting that changes the images (steps, guidance,
+negative prompt, strength or size, dtype, scheduler and pipeline class, whether a safety checker
+ran); each row repeats them with the model id, revision, prompt, its call layout and, with
+`--safety-checker`, the checker's NSFW flag (None when no checker ran). Flagged images are the
+black images diffusers returns for them; filter on the flag.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from augment.errors import MatPlusError
+from augment.generators.base import Generator, row_seed
+
+log = logging.getLogger(__name__)
+
+METHODS = ["t2i-sd", "t-i2i-sd"]
+KIND_OF_METHOD = {"t2i-sd": "t2i", "t-i2i-sd": "i2i"}
+SIZE_MULTIPLE = 8  # SD pipelines need image sides divisible by 8
+PAD_PROMPT = ""  # filler prompt for the unused slots of a replayed call
+PAD_SEED = 0
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Everything that shapes the generated images (recorded as the pool's params)."""
+
+    model: str
+    revision: str | None = None
+    device: str = "cpu"
+    dtype: str = "fp32"
+    batch_size: int = 8
+    steps: int = 50
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = None
+    scheduler: str | None = None  # diffusers scheduler class to swap in; None keeps the model's
+    safety_checker: bool = False
+    captions_per_image: int | None = None  # first K captions of each image; None = all
+    height: int | None = None  # t2i only; None = the pipeline's default
+    width: int | None = None
+    strength: float = 0.75  # i2i only
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to make: source item, caption index (the prompt) and k (the image's number)."""
+
+    item: dict
+    caption_index: int
+    k: int
+
+    @property
+    def prompt(self) -> str:
+        return self.item["captions"][self.caption_index]
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.item["image_id"], self.caption_index, self.k
+
+
+@dataclass
+class Call:
+    """One pipeline call: `prompts`, each with `images_per_prompt` slots (task or padding None)."""
+
+    prompts: list[str]
+    images_per_prompt: int
+    slots: list[Task | None]
+    init_images: list | None = None  # i2i: one (resized) source image per slot
+    generation_size: tuple[int, int] | None = None  # i2i: (width, height) the call runs at
+
+    def layout(self, slot: int) -> dict:
+        return {"prompts": len(self.prompts), "images_per_prompt": self.images_per_prompt, "slot": slot}
+
+
+# ----------------------------------------------------------------------------- sizes
+
+
+def round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def generation_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) with the short side at `resolution`, aspect ratio kept, multiples of 8."""
+    scale = resolution / min(width, height)
+    return round_to_multiple(width * scale), round_to_multiple(height * scale)
+
+
+def model_resolution(pipe) -> int:
+    """The square size the model was trained at (UNet sample size x VAE scale factor)."""
+    sample_size = getattr(getattr(pipe, "unet", None), "config", None)
+    sample_size = getattr(sample_size, "sample_size", None)
+    if sample_size is None:
+        return int(getattr(pipe, "default_sample_size", 64) * pipe.vae_scale_factor)
+    if isinstance(sample_size, (list, tuple)):
+        sample_size = min(sample_size)
+    return int(sample_size * pipe.vae_scale_factor)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def swap_scheduler(pipe, name: str) -> None:
+    """Replace the pipeline's scheduler by diffusers class `name`, built from the same config."""
+    import diffusers
+
+    compatible = sorted(cls.__name__ for cls in getattr(pipe.scheduler, "compatibles", []))
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
+        raise MatPlusError(f"--scheduler {name!r} is not a diffusers scheduler; compatible: {', '.join(compatible)}")
+    if compatible and name not in compatible and name != type(pipe.scheduler).__name__:
+        raise MatPlusError(f"--scheduler {name!r} does not fit this model; compatible: {', '.join(compatible)}")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def load_pipeline(settings: DiffusionSettings, kind: str):
+    from augment.registry import load_sd_pipeline
+
+    if settings.dtype == "fp16" and str(settings.device).startswith("cpu"):
+        raise MatPlusError("--dtype fp16 needs a GPU; use --dtype fp32 (or bf16) with --device cpu")
+    pipe = load_sd_pipeline(settings.model, kind=kind, device=settings.device, dtype=settings.dtype,
+                            revision=settings.revision, safety_checker=settings.safety_checker)
+    if settings.safety_checker and getattr(pipe, "safety_checker", None) is None:
+        log.warning("--safety-checker: model %s has no safety checker; images are not checked", settings.model)
+    if settings.scheduler:
+        swap_scheduler(pipe, settings.scheduler)
+    return pipe
+
+
+def seeded_generators(seeds: list[int]) -> list:
+    """One CPU generator per image: CPU noise is the same whichever device runs the model."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class DiffusionGenerator(Generator):
+    """Shared machinery; subclasses plan calls (`plan_calls`) and run one (`call_pipeline`)."""
+
+    modality = "image"
+    kind = "t2i"
+
+    def __init__(self, settings: DiffusionSettings, pipe=None):
+        self.settings = settings
+        self.model = settings.model
+        self.model_revision = settings.revision
+        self._pipe = pipe
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            self._pipe = load_pipeline(self.settings, self.kind)
+        return self._pipe
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe = None
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def params(self) -> dict[str, Any]:
+        """Settings that change the images. Device and batch size are left out: a resumed run
+        may use another GPU or batch size (each row's own layout is in its provenance)."""
+        params = asdict(self.settings)
+        for key in ("model", "revision", "device", "batch_size") + self._unused_settings():
+            params.pop(key)
+        params["pipeline"] = type(self.pipe).__name__
+        # what ran, not what was asked: a model may ship without a checker (tiny-sd, SDXL)
+        params["safety_checker"] = getattr(self.pipe, "safety_checker", None) is not None
+        params["scheduler"] = type(self.pipe.scheduler).__name__
+        params["resolution"] = model_resolution(self.pipe)
+        return params
+
+    def _unused_settings(self) -> tuple[str, ...]:
+        return ()
+
+    # --- planning
+
+    def tasks(self, items: list[dict], n: int) -> list[Task]:
+        limit = self.settings.captions_per_image
+        return [
+            Task(item, c, k)
+            for item in items
+            for c in range(min(limit or len(item["captions"]), len(item["captions"])))
+            for k in range(n)
+        ]
+
+    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
+        """Group `tasks` (n per caption, in order) into pipeline calls."""
+        raise NotImplementedError
+
+    def call_pipeline(self, call: Call, seeds: list[int]):
+        """Run `call`; returns (images, nsfw flags or None), one per slot."""
+        raise NotImplementedError
+
+    # --- running
+
+    def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
+        rows_by_task: dict[tuple, dict] = {}
+        tasks = self.tasks(items, n)
+        for call in self.plan_calls(tasks, n):
+            rows_by_task.update(self._run_call(call, seed))
+        # rows in source order (item, caption, k) whatever order the calls ran in
+        return [rows_by_task[t.key] for t in tasks]
+
+    def _run_call(self, call: Call, seed: int) -> dict[tuple, dict]:
+        seeds = [PAD_SEED if t is None else row_seed(seed, t.item["image_id"], t.caption_index, t.k) for t in call.slots]
+        images, nsfw = self.call_pipeline(call, seeds)
+        rows = {}
+        for slot, task in enumerate(call.slots):
+            if task is None:
+                continue
+            flag = None if nsfw is None else bool(nsfw[slot])
+            rows[task.key] = self._row(task, call, slot, images[slot], seed, flag)
+        return rows
+
+    def _row(self, task: Task, call: Call, slot: int, image, seed: int, nsfw: bool | None) -> dict:
+        return self.row(
+            task.item, task.caption_index, task.k, seed, image=image,
+            model=self.model, revision=self.model_revision, prompt=task.prompt,
+            batch=call.layout(slot), nsfw=nsfw, params=self.params(), **self._row_extras(task, call, image),
+        )
+
+    def _row_extras(self, task: Task, call: Call, image) -> dict:
+        return {"size": [image.width, image.height]}
+
+    # --- regeneration
+
+    def regenerate_row(self, item: dict, caption_index: int, k: int, seed: int, batch: dict | None = None) -> dict:
+        """Make one row again, alone. With the row's recorded `batch` layout (its provenance) the
+        call has the original shape and the row its original slot, the other slots padding, which
+        makes the image bit-identical; without it, a one-image call (identical up to rounding)."""
+        batch = batch or {"prompts": 1, "images_per_prompt": 1, "slot": 0}
+        task = Task(item, caption_index, k)
+        return self._run_call(self.replay_call(task, batch), seed)[task.key]
+
+    def replay_call(self, task: Task, batch: dict) -> Call:
+        """A call of the recorded layout `batch` with `task` in its slot and padding elsewhere."""
+        raise NotImplementedError
+
+
+class TextToImageGenerator(DiffusionGenerator):
+    """`t2i-sd`: each source caption -> `--n` new images."""
+
+    method = "t2i-sd"
+    kind = "t2i"
+
+    def _unused_settings(self) -> tuple[str, ...]:
+        return ("strength",)
+
+    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
+        """Calls of `prompts_per_call` prompts x `images_per_prompt` images (<= batch size).
+
+        Each caption's n images are cut into chunks of `images_per_prompt`; chunks of the same
+        length share a call. With n <= batch size a call holds batch_size // n whole captions.
+        """
+        images_per_prompt = min(n, self.settings.batch_size)
+        prompts_per_call = max(1, self.settings.batch_size // images_per_prompt)
+        per_caption = [tasks[i:i + n] for i in range(0, len(tasks), n)]  # tasks() gives n per caption
+        chunks = [c[j:j + images_per_prompt] for c in per_caption for j in range(0, n, images_per_prompt)]
+        pending: list[list[Task]] = []
+        for chunk in chunks:
+            if pending and (len(chunk) != len(pending[0]) or len(pending) == prompts_per_call):
+                yield self._call_of(pending)
+                pending = []
+            pending.append(chunk)
+        if pending:
+            yield self._call_of(pending)
+
+    @staticmethod
+    def _call_of(chunks: list[list[Task]]) -> Call:
+        return Call(prompts=[c[0].prompt for c in chunks], images_per_prompt=len(chunks[0]),
+                    slots=[t for c in chunks for t in c])
+
+    def replay_call(self, task: Task, batch: dict) -> Call:
+        prompts, per_prompt, slot = batch["prompts"], batch["images_per_prompt"], batch["slot"]
+        slots: list[Task | None] = [None] * (prompts * per_prompt)
+        slots[slot] = task
+        prompt_list = [PAD_PROMPT] * prompts
+        prompt_list[slot // per_prompt] = task.prompt
+        return Call(prompts=prompt_list, images_per_prompt=per_prompt, slots=slots)
+
+    def call_pipeline(self, call: Call, seeds: list[int]):
+        s = self.settings
+        out = self.pipe(
+            prompt=call.prompts,
+            negative_prompt=[s.negative_prompt] * len(call.prompts) if s.negative_prompt else None,
+            num_images_per_prompt=call.images_per_prompt,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
+            generator=seeded_generators(seeds),
+            output_type="pil",
+        )
+        return out.images, getattr(out, "nsfw_content_detected", None)
+
+
+class ImageToImageGenerator(DiffusionGenerator):
+    """`t-i2i-sd`: each source image re-drawn under each of its captions, `--n` times."""
+
+    method = "t-i2i-sd"
+    kind = "i2i"
+
+    def _unused_settings(self) -> tuple[str, ...]:
+        return ("height", "width")
+
+    def generation_size_of(self, image) -> tuple[int, int]:
+        return generation_size(image.width, image.height, model_resolution(self.pipe))
+
+    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
+        """Calls of up to `batch_size` consecutive tasks that share a generation size."""
+        pending: list[Task] = []
+        pending_size = None
+        for task in tasks:
+            size = self.generation_size_of(task.item["image"])
+            if pending and (size != pending_size or len(pending) == self.settings.batch_size):
+                yield self._call_of(pending, pending_size)
+                pending = []
+            pending.append(task)
+            pending_size = size
+        if pending:
+            yield self._call_of(pending, pending_size)
+
+    def _call_of(self, slots: list[Task | None], size: tuple[int, int]) -> Call:
+        from PIL import Image
+
+        resized = {}
+        init_images = []
+        filler = next(t for t in slots if t is not None)
+        for task in slots:
+            item = (task or filler).item
+            if item["image_id"] not in resized:
+                resized[item["image_id"]] = item["image"].convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            init_images.append(resized[item["image_id"]])
+        prompts = [PAD_PROMPT if t is None else t.prompt for t in slots]
+        return Call(prompts=prompts, images_per_prompt=1, slots=list(slots), init_images=init_images,
+                    generation_size=size)
+
+    def replay_call(self, task: Task, batch: dict) -> Call:
+        slots: list[Task | None] = [None] * (batch["prompts"] * batch["images_per_prompt"])
+        slots[batch["slot"]] = task
+        return self._call_of(slots, self.generation_size_of(task.item["image"]))
+
+    def call_pipeline(self, call: Call, seeds: list[int]):
+        from PIL import Image
+
+        s = self.settings
+        out = self.pipe(
+            prompt=call.prompts,
+            image=call.init_images,
+            strength=s.strength,
+            negative_prompt=[s.negative_prompt] * len(call.prompts) if s.negative_prompt else None,
+            num_images_per_prompt=1,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            generator=seeded_generators(seeds),
+            output_type="pil",
+        )
+        # back to each source's own size (padding slots have none: leave them as they are)
+        images = [
+            image if task is None else image.resize(task.item["image"].size, Image.Resampling.LANCZOS)
+            for image, task in zip(out.images, call.slots)
+        ]
+        return images, getattr(out, "nsfw_content_detected", None)
+
+    def _row_extras(self, task: Task, call: Call, image) -> dict:
+        return {"source_size": list(task.item["image"].size), "generation_size": list(call.generation_size)}
+
+
+GENERATOR_CLASSES = {"t2i-sd": TextToImageGenerator, "t-i2i-sd": ImageToImageGenerator}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    value = _positive_int(text)
+    if value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of {SIZE_MULTIPLE}, got {text}")
+    return value
+
+
+def _strength(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--captions-per-image", type=_positive_int, default=None, metavar="K",
+                       help="t2i-sd/t-i2i-sd: use the first K captions of each image (default: all)")
+    group.add_argument("--steps", type=_positive_int, default=50,
+                       help="t2i-sd/t-i2i-sd: denoising steps (default 50; i2i runs strength x steps)")
+    group.add_argument("--guidance-scale", type=float, default=7.5,
+                       help="t2i-sd/t-i2i-sd: classifier-free guidance scale (default 7.5; <= 1 turns it off)")
+    group.add_argument("--negative-prompt", default=None, help="t2i-sd/t-i2i-sd: negative prompt for every image")
+    group.add_argument("--scheduler", default=None, metavar="CLASS",
+                       help="t2i-sd/t-i2i-sd: diffusers scheduler class to use instead of the model's, "
+                            "e.g. EulerDiscreteScheduler, DPMSolverMultistepScheduler")
+    group.add_argument("--safety-checker", action="store_true",
+                       help="t2i-sd/t-i2i-sd: load the model's NSFW checker (flagged images come back "
+                            "black) and record its flag in each row's provenance (default: off)")
+    group.add_argument("--height", type=_size, default=None, help="t2i-sd: image height (default: the model's)")
+    group.add_argument("--width", type=_size, default=None, help="t2i-sd: image width (default: the model's)")
+    group.add_argument("--strength", type=_strength, default=0.75,
+                       help="t-i2i-sd: how far to move from the source image, 0-1 (default 0.75)")
+
+
+def settings_from_args(method: str, args) -> DiffusionSettings:
+    from augment.registry import default_model
+
+    settings = DiffusionSettings(
+        model=getattr(args, "model", None) or default_model("sd"),
+        revision=getattr(args, "model_revision", None),
+        device=getattr(args, "device", "cpu"),
+        dtype=getattr(args, "dtype", "fp32"),
+        batch_size=getattr(args, "batch_size", 8),
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler,
+        safety_checker=args.safety_checker,
+        captions_per_image=args.captions_per_image,
+        height=args.height if method == "t2i-sd" else None,
+        width=args.width if method == "t2i-sd" else None,
+        strength=args.strength,
+    )
+    if method == "t-i2i-sd" and settings.steps * settings.strength < 1:
+        raise MatPlusError(f"--steps {settings.steps} x --strength {settings.strength} leaves no denoising step")
+    return settings
+
+
+def build(method: str, args) -> Generator:
+    return GENERATOR_CLASSES[method](settings_from_args(method, args))

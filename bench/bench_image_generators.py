@@ -1,0 +1,252 @@
+"""Image generators: batched generation against a plain one-image-at-a-time loop.
+
+For `t2i-sd` and `t-i2i-sd`, the same pipeline makes the same images (same prompts, same
+per-image seeds) twice in one run:
+
+* **loop**: one pipeline call per image (`num_images_per_prompt=1`, one generator);
+* **batched**: mat-plus's generator (`--batch-size` images per call, `num_images_per_prompt`
+  for t2i, one CPU generator per image).
+
+Reported: images per second of each, their ratio (> 1: batching is faster), peak memory of each
+(GPU: `torch.cuda.max_memory_allocated`; CPU: peak resident set size sampled every 5 ms, and its
+rise over the level before the mode ran), and the largest pixel difference between the two
+outputs (0 or a few levels: they do the same work; float kernels differ slightly by batch shape).
+
+Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
+overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
+
+`python -m bench.bench_image_generators [--out PATH]` prints a table and writes JSON
+(default outputs/bench/image_generators.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+DEFAULT_OUT = "outputs/bench/image_generators.json"
+METHODS = ("t2i-sd", "t-i2i-sd")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_image_generators", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    parser.add_argument("--model", default="tiny-sd", help="SD model: tiny-sd (default), alias, Hub id or folder")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS} (default both)")
+    parser.add_argument("--images", type=int, default=16, help="images per mode and method (default 16)")
+    parser.add_argument("--n", type=int, default=2, help="images per caption (default 2)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batched call (default 8)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
+    parser.add_argument("--strength", type=float, default=0.75, help="t-i2i-sd strength (default 0.75)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def sample_world_items(count: int, seed: int) -> list[dict]:
+    """Source-like items (image_id, image, captions) rendered from sample-world scenes."""
+    from augment.sample_world import captions_for_scene, render_scene, sample_scene
+
+    items = []
+    for i in range(count):
+        scene = sample_scene(random.Random(f"bench-images/{seed}/{i}"))
+        captions = captions_for_scene(scene, random.Random(f"bench-images/{seed}/captions/{i}"), 5)
+        items.append({"image_id": f"bench-{i}", "image": render_scene(scene), "captions": captions, "split": "train"})
+    return items
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class PeakRss:
+    """Peak resident set size of this process, sampled by a background thread."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval_s = interval_s
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+@contextmanager
+def peak_memory(device: str) -> Iterator[dict]:
+    """Fills the yielded dict with peak memory (MiB) of the block it wraps."""
+    import torch
+
+    result: dict = {}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        yield result
+        torch.cuda.synchronize()
+        result.update(kind="cuda max_memory_allocated", peak_mib=torch.cuda.max_memory_allocated() / 2**20)
+        return
+    with PeakRss() as rss:
+        yield result
+    result.update(kind="process RSS", peak_mib=rss.peak / 2**20, rise_mib=(rss.peak - rss.start) / 2**20)
+
+
+# ----------------------------------------------------------------------------- the two modes
+
+
+def loop_runner(generator, tasks: list, seed: int) -> Callable[[], list]:
+    """One pipeline call per image: the same prompt, init image and seed a row of the pool gets."""
+    from augment.generators.base import row_seed
+
+    def run() -> list:
+        images = []
+        for task in tasks:
+            call = generator.replay_call(task, {"prompts": 1, "images_per_prompt": 1, "slot": 0})
+            seeds = [row_seed(seed, task.item["image_id"], task.caption_index, task.k)]
+            images.append(generator.call_pipeline(call, seeds)[0][0])
+        return images
+    return run
+
+
+def batched_runner(generator, items: list[dict], n: int, seed: int) -> Callable[[], list]:
+    return lambda: [row["image"] for row in generator.generate(items, n, seed)]
+
+
+def timed(device: str, run: Callable[[], list]) -> tuple[list, float, dict]:
+    import torch
+
+    with peak_memory(device) as memory:
+        start = time.perf_counter()
+        images = run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return images, seconds, memory
+
+
+def max_pixel_difference(first: list, second: list) -> int:
+    import numpy as np
+
+    return int(max(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max()
+                   for a, b in zip(first, second)))
+
+
+def bench_method(method: str, args, device: str, dtype: str) -> dict:
+    from augment.generators.diffusion import GENERATOR_CLASSES, DiffusionSettings
+
+    settings = DiffusionSettings(model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
+                                 steps=args.steps, strength=args.strength, captions_per_image=1)
+    generator = GENERATOR_CLASSES[method](settings)
+    items = sample_world_items(-(-args.images // args.n), args.seed)
+    tasks = generator.tasks(items, args.n)[: args.images]
+    items = items[: -(-len(tasks) // args.n)]
+    # warm-up: the first calls pay for kernel selection and allocator growth
+    batched_runner(generator, items[:1], args.n, args.seed + 1)()
+    loop_runner(generator, tasks[:1], args.seed + 1)()
+
+    loop_images, loop_s, loop_memory = timed(device, loop_runner(generator, tasks, args.seed))
+    batched_images, batched_s, batched_memory = timed(device, batched_runner(generator, items, args.n, args.seed))
+    images = len(tasks)
+    return {
+        "method": method,
+        "images": images,
+        "loop": {"seconds": loop_s, "images_per_s": images / loop_s, "memory": loop_memory},
+        "batched": {"seconds": batched_s, "images_per_s": images / batched_s, "memory": batched_memory},
+        "speedup": loop_s / batched_s,
+        "max_pixel_difference": max_pixel_difference(loop_images, batched_images),
+        "params": generator.params(),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def print_table(results: list[dict]) -> None:
+    header = f"{'method':<10} {'mode':<8} {'images':>6} {'s':>8} {'img/s':>8} {'peak MiB':>9} {'rise MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        for mode in ("loop", "batched"):
+            entry = result[mode]
+            memory = entry["memory"]
+            rise = f"{memory['rise_mib']:9.0f}" if "rise_mib" in memory else f"{'-':>9}"
+            print(f"{result['method']:<10} {mode:<8} {result['images']:>6} {entry['seconds']:8.2f} "
+                  f"{entry['images_per_s']:8.2f} {memory['peak_mib']:9.0f} {rise}")
+        print(f"{result['method']:<10} batched / loop speed: {result['speedup']:.2f}x; "
+              f"largest pixel difference {result['max_pixel_difference']}")
+
+
+def environment(device: str, dtype: str) -> dict:
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "dtype": dtype,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv if argv is not None else [])
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"unknown method(s) {unknown}; choose from {METHODS}")
+        return 2
+    results = [bench_method(m, args, device, dtype) for m in methods]
+    print_table(results)
+    payload = {
+        "benchmark": "image_generators",
+        "model": args.model,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "environment": environment(device, dtype),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

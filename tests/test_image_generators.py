@@ -1,0 +1,332 @@
+"""Image pool generators: t2i-sd, t-i2i-sd (tiny-sd, offline) and img-aug (torchvision v2).
+
+Every diffusion run here is a handful of 64x64 images at 2 steps, so the whole file stays fast on
+a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from augment.cli import main as augment_main
+from augment.errors import MatPlusError
+from augment.pool import PoolWriter, load_pool
+
+STEPS = "2"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """8 sample-world scenes (6 train), 64x64, 5 captions each."""
+    from augment.sample_world import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("imggen") / "sample", n=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def train_items(sample_dir) -> list[dict]:
+    from augment.sources import load_source, select_split
+
+    source, _ = load_source(str(sample_dir))
+    train = select_split(source, "train")
+    return [train[i] for i in range(len(train))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_pipelines():
+    """Load each tiny pipeline once for the in-process runs of this file (CLI runs included).
+
+    Keyed by everything `load_pipeline` reads, so a run never gets a pipeline other settings
+    would have built; generation itself never changes a pipeline.
+    """
+    from augment.generators import diffusion
+
+    real_load = diffusion.load_pipeline
+    loaded = {}
+
+    def load_once(settings, kind):
+        key = (settings.model, settings.revision, settings.device, settings.dtype, settings.scheduler,
+               settings.safety_checker, kind)
+        if key not in loaded:
+            loaded[key] = real_load(settings, kind)
+        return loaded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(diffusion, "load_pipeline", load_once)
+        yield loaded
+
+
+def tiny_settings(**overrides):
+    from augment.generators.diffusion import DiffusionSettings
+
+    return DiffusionSettings(**{"model": "tiny-sd", "steps": int(STEPS), "batch_size": 4, **overrides})
+
+
+def generate(tmp_path: Path, sample_dir: Path, method: str, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    code = augment_main([
+        "generate", "--method", method, "--source", str(sample_dir), "--out", str(out),
+        "--seed", "3", "--no-progress", *extra,
+    ])
+    assert code == 0
+    return out
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pool_images(path: Path) -> dict[str, bytes]:
+    """row_id -> the stored (encoded) image bytes, exactly as written."""
+    from datasets import Image
+
+    dataset = load_pool(path).dataset.cast_column("image", Image(decode=False))
+    return {row["row_id"]: row["image"]["bytes"] for row in dataset}
+
+
+def item_by_id(items: list[dict], image_id: str) -> dict:
+    return next(i for i in items if i["image_id"] == image_id)
+
+
+# ----------------------------------------------------------------------------- diffusion, via the CLI
+
+
+T2I_ARGS = ["--model", "tiny-sd", "--steps", STEPS, "--limit", "2", "--captions-per-image", "2",
+            "--n", "1", "--batch-size", "2", "--shard-size", "1"]
+I2I_SCHEDULER = "EulerDiscreteScheduler"
+
+
+@pytest.fixture(scope="module")
+def t2i_pool(tmp_path_factory, sample_dir) -> Path:
+    """2 images x 2 captions x 1: one shard per image, each one call of 2 prompts x 1 image."""
+    return generate(tmp_path_factory.mktemp("t2i"), sample_dir, "t2i-sd", "pool", *T2I_ARGS)
+
+
+@pytest.fixture(scope="module")
+def i2i_pool(tmp_path_factory, sample_dir) -> Path:
+    """2 images x 2 captions x 1 in calls of 3 then 1 images, with a swapped-in scheduler."""
+    return generate(tmp_path_factory.mktemp("i2i"), sample_dir, "t-i2i-sd", "pool",
+                    "--model", "tiny-sd", "--steps", STEPS, "--strength", "0.5", "--limit", "2",
+                    "--captions-per-image", "2", "--n", "1", "--batch-size", "3", "--scheduler", I2I_SCHEDULER)
+
+
+def test_t2i_pool_through_cli(t2i_pool):
+    pool = load_pool(t2i_pool)
+    rows = pool.dataset
+    assert len(rows) == 4 and pool.meta["num_shards"] == 2
+    assert set(rows["modality"]) == {"image"} and rows["source_caption_index"] == [0, 1, 0, 1]
+    assert rows["row_id"][:2] == ["t2i-sd:000000:0:0", "t2i-sd:000000:1:0"]
+    assert all(image.size == (64, 64) for image in rows["image"])
+    assert pool.meta["model"] == "tiny-sd"
+    params = pool.meta["params"]
+    assert params["scheduler"] == "DDIMScheduler" and params["steps"] == 2 and params["captions_per_image"] == 2
+    provenance = json.loads(rows[3]["provenance"])
+    assert provenance["batch"] == {"prompts": 2, "images_per_prompt": 1, "slot": 1}
+    assert provenance["model"] == "tiny-sd" and provenance["params"] == params
+    assert provenance["nsfw"] is None  # no safety checker by default
+    # distinct seeds give distinct images
+    assert len({png_bytes(image) for image in rows["image"]}) == 4
+
+
+def test_i2i_pool_through_cli(i2i_pool, train_items):
+    pool = load_pool(i2i_pool)
+    rows = pool.dataset
+    assert len(rows) == 4
+    assert rows["source_caption_index"] == [0, 1, 0, 1]
+    assert pool.meta["params"]["scheduler"] == "EulerDiscreteScheduler"
+    assert pool.meta["params"]["strength"] == 0.5
+    first = json.loads(rows[0]["provenance"])
+    assert first["prompt"] == train_items[0]["captions"][0]
+    assert first["generation_size"] == [64, 64] and first["source_size"] == [64, 64]
+    assert [json.loads(p)["batch"]["slot"] for p in rows["provenance"]] == [0, 1, 2, 0]
+
+
+def test_t2i_row_regenerates_alone_bit_identical(t2i_pool, train_items):
+    from augment.generators.diffusion import TextToImageGenerator
+
+    stored = pool_images(t2i_pool)
+    row = load_pool(t2i_pool).dataset[3]  # last slot of its call: where batching effects show
+    provenance = json.loads(row["provenance"])
+    generator = TextToImageGenerator(tiny_settings(captions_per_image=2))
+    again = generator.regenerate_row(item_by_id(train_items, row["source_image_id"]),
+                                     row["source_caption_index"], 0, seed=3, batch=provenance["batch"])
+    assert again["row_id"] == row["row_id"] == "t2i-sd:000001:1:0" and again["seed"] == row["seed"]
+    assert png_bytes(again["image"]) == stored[row["row_id"]]
+
+
+def test_i2i_row_regenerates_alone_bit_identical(i2i_pool, train_items):
+    from augment.generators.diffusion import ImageToImageGenerator
+
+    stored = pool_images(i2i_pool)
+    row = load_pool(i2i_pool).dataset[2]
+    provenance = json.loads(row["provenance"])
+    generator = ImageToImageGenerator(tiny_settings(strength=0.5, scheduler=I2I_SCHEDULER, batch_size=3))
+    again = generator.regenerate_row(item_by_id(train_items, row["source_image_id"]),
+                                     row["source_caption_index"], 0, seed=3, batch=provenance["batch"])
+    assert png_bytes(again["image"]) == stored[row["row_id"]]
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, sample_dir, monkeypatch, t2i_pool):
+    """Kill the run after its first shard, re-run the same command: same pool as t2i_pool."""
+    real_write = PoolWriter.write_shard
+    written = []
+
+    def write_then_interrupt(self, index, rows):
+        if written:
+            raise KeyboardInterrupt
+        written.append(index)
+        return real_write(self, index, rows)
+
+    args = T2I_ARGS
+    out = tmp_path / "pool"
+    monkeypatch.setattr(PoolWriter, "write_shard", write_then_interrupt)
+    assert augment_main(["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--out", str(out),
+                         "--seed", "3", "--no-progress", *args]) == 130
+    assert json.loads((out / "pool.json").read_text())["status"] == "in-progress"
+    assert len(list((out / "data").glob("*.parquet"))) == 1
+    monkeypatch.setattr(PoolWriter, "write_shard", real_write)
+    generate(tmp_path, sample_dir, "t2i-sd", "pool", *args)
+    assert pool_images(out) == pool_images(t2i_pool)
+
+
+def test_i2i_keeps_aspect_ratio_of_non_square_source():
+    from PIL import Image
+
+    from augment.generators.diffusion import ImageToImageGenerator, generation_size
+
+    assert generation_size(80, 48, 64) == (104, 64)  # short side 64; 80 * 64 / 48 = 106.7 -> 104
+    assert generation_size(48, 80, 512) == (512, 856)
+    wide = {"image_id": "wide", "image": Image.new("RGB", (80, 48), (200, 30, 30)),
+            "captions": ["a wide red rectangle"], "split": "train"}
+    generator = ImageToImageGenerator(tiny_settings(strength=0.5, scheduler=I2I_SCHEDULER))
+    (row,) = generator.generate([wide], 1, seed=0)
+    provenance = json.loads(row["provenance"])
+    assert provenance["generation_size"] == [104, 64] and provenance["source_size"] == [80, 48]
+    assert row["image"].size == (80, 48)  # resized back to the source's size
+
+
+def test_two_processes_equal_one_process(tmp_path, sample_dir):
+    """accelerate launch with 2 CPU processes (gloo) writes the same pool as one process.
+
+    Both runs use 1 intra-op thread: on the CPU the thread count changes float results too.
+    """
+    import torch
+
+    common = ["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--model", "tiny-sd",
+              "--steps", STEPS, "--limit", "2", "--captions-per-image", "1", "--n", "1",
+              "--shard-size", "1", "--seed", "5", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "augment.cli"]
+    two = subprocess.run([*launch, *common, "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stderr.count("reading sample") == 2  # both processes ran
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert augment_main([*common, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert load_pool(tmp_path / "two").meta["num_shards"] == 2
+    assert pool_images(tmp_path / "two") == pool_images(tmp_path / "one")
+
+
+# ----------------------------------------------------------------------------- diffusion, units
+
+
+def test_t2i_call_plan_chunks_and_orders_rows():
+    """n larger than the batch is cut into chunks; rows come back in (image, caption, k) order."""
+    from augment.generators.diffusion import Task, TextToImageGenerator
+
+    generator = TextToImageGenerator(tiny_settings(batch_size=4), pipe=object())
+    items = [{"image_id": f"i{j}", "captions": ["a", "b"], "split": "train"} for j in range(2)]
+    tasks = generator.tasks(items, 5)
+    assert len(tasks) == 20 and tasks[5] == Task(items[0], 1, 0)
+    calls = list(generator.plan_calls(tasks, 5))
+    # each caption: a chunk of 4 images, then a tail of 1 (calls never mix chunk lengths)
+    assert [(len(c.prompts), c.images_per_prompt) for c in calls] == [(1, 4), (1, 1), (1, 4), (1, 1), (1, 4), (1, 1), (1, 4), (1, 1)]
+    small = list(generator.plan_calls(generator.tasks(items, 2), 2))
+    assert [(len(c.prompts), c.images_per_prompt) for c in small] == [(2, 2), (2, 2)]
+    assert [(t.item["image_id"], t.caption_index, t.k) for t in small[1].slots] == [("i1", 0, 0), ("i1", 0, 1), ("i1", 1, 0), ("i1", 1, 1)]
+
+
+def test_bad_options_fail_with_one_line(tmp_path, sample_dir, capsys):
+    from augment.generators.diffusion import load_pipeline
+
+    with pytest.raises(MatPlusError, match="fp16 needs a GPU"):
+        load_pipeline(tiny_settings(dtype="fp16"), "t2i")
+    code = augment_main(["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--out", str(tmp_path / "p"),
+                         "--model", "tiny-sd", "--scheduler", "NoSuchScheduler", "--no-progress"])
+    assert code == 2 and "compatible:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- img-aug
+
+
+POLICY_ARGS = {
+    "randaugment": ["--num-ops", "3", "--magnitude", "12"],
+    "autoaugment": ["--autoaugment-policy", "cifar10"],
+    "trivialaugment": [],
+    "crop-flip": ["--crop-scale", "0.3", "0.6", "--flip-p", "1.0"],
+    "color-jitter": ["--jitter", "0.8", "0.5", "0.5", "0.2"],
+    "custom": ["--transforms", "RandomResizedCrop(size=(64, 64), scale=(0.5, 1.0)); GaussianBlur(kernel_size=3)"],
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICY_ARGS))
+def test_img_aug_policies_through_cli(tmp_path, sample_dir, train_items, policy):
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    out = generate(tmp_path, sample_dir, "img-aug", "pool", "--policy", policy, *POLICY_ARGS[policy],
+                   "--n", "2", "--limit", "3", "--shard-size", "2")
+    pool = load_pool(out)
+    rows = pool.dataset
+    assert len(rows) == 6 and set(rows["source_caption_index"]) == {-1} and set(rows["modality"]) == {"image"}
+    assert pool.meta["params"]["policy"] == policy
+    sources = {item["image_id"]: png_bytes(item["image"]) for item in train_items}
+    changed = sum(png_bytes(image) != sources[image_id] for image, image_id in zip(rows["image"], rows["source_image_id"]))
+    assert changed >= 1  # an op may by chance be the identity (or skipped), but not everywhere
+    # any row alone, from its seed: byte-identical
+    row = rows[5]
+    params = pool.meta["params"]
+    generator = ImageAugmentGenerator(policy, {k: v for k, v in params.items() if k != "policy"})
+    again = generator.regenerate_row(item_by_id(train_items, row["source_image_id"]), 1, seed=3)
+    assert again["row_id"] == row["row_id"]
+    assert png_bytes(again["image"]) == pool_images(out)[row["row_id"]]
+
+
+def test_img_aug_custom_spec_is_parsed_not_executed():
+    from augment.generators.imgaug import parse_transforms
+
+    assert parse_transforms("RandomHorizontalFlip(p=1.0); ColorJitter(brightness=0.4)") == [
+        ["RandomHorizontalFlip", [], {"p": 1.0}], ["ColorJitter", [], {"brightness": 0.4}]]
+    for bad, message in [("Foo(1)", "not a torchvision"), ("__import__('os')", "not a torchvision"),
+                         ("ColorJitter(brightness=x)", "literals"), ("ColorJitter(nope=1)", "ColorJitter"),
+                         ("", "no transform")]:
+        with pytest.raises(MatPlusError, match=message):
+            parse_transforms(bad)
+
+
+def test_img_aug_leaves_global_rng_alone(train_items):
+    import torch
+
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    generator = ImageAugmentGenerator("trivialaugment", {"num_magnitude_bins": 31, "interpolation": "nearest"})
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    generator.generate(train_items[:1], 2, seed=0)
+    assert torch.equal(torch.rand(3), expected)
