@@ -1,0 +1,468 @@
+"""Text pool generators: `eda`, `t2t-<model>` paraphrasers, `i2t-<model>` captioners.
+
+All offline: the sample world as the source, the tiny random-weight twins as models, WordNet
+from nltk's data (built from Debian's wordnet-base by `augment setup-wordnet`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from augment.errors import MissingDependencyError
+from augment.generators import eda
+from augment.generators.base import run_generation
+from augment.pool import load_pool
+from augment.schema import POOL_FEATURES
+from augment.sources import load_source
+from augment.wordnet import STOP_WORDS
+
+TINY_SAMPLING = {"max_new_tokens": 6, "max_rounds": 2}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def wordnet_ready(tmp_path_factory):
+    """nltk's WordNet; built into a temp folder (and NLTK_DATA) when the venv has none."""
+    from augment import wordnet
+
+    if not wordnet.wordnet_loads():
+        data_dir = tmp_path_factory.mktemp("nltk_data")
+        wordnet.setup_wordnet(data_dir, download=False)  # fails clearly without wordnet-base
+        os.environ["NLTK_DATA"] = str(data_dir)  # for the CLI subprocesses
+    wordnet.require_wordnet()
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    from augment.sample_world import write_sample
+
+    out = write_sample(tmp_path_factory.mktemp("world") / "sample", n=60, seed=0)
+    return out / "dataset_sample.json"
+
+
+@pytest.fixture(scope="session")
+def source(world):
+    dataset, _ = load_source(str(world))
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def train_items(source):
+    train = source.filter(lambda split: split == "train", input_columns="split")
+    return [train[i] for i in range(4)]
+
+
+class CliRuns:
+    """`augment generate` subprocesses started together and read when a test needs one."""
+
+    def __init__(self, root: Path, commands: dict[str, list[str]]):
+        self.root, self.processes = root, {}
+        for name, args in commands.items():
+            with open(root / f"{name}.out", "w") as out, open(root / f"{name}.err", "w") as err:
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "augment.cli", "generate", *args, "--no-progress"],
+                    stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def result(self, name: str) -> tuple[int, str]:
+        code = self.processes[name].wait(timeout=300)
+        return code, (self.root / f"{name}.err").read_text()
+
+    def kill(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny models run ~10x faster on one thread than on two busy cores (thread hand-offs
+    dominate such small matrices); the setting is restored for other test modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_cli_runs_early(request):
+    """Start the CLI runs with the module's first test (when a CLI test is selected at all), so
+    they run beside the in-process tests instead of after them."""
+    if any("cli_runs" in item.fixturenames for item in request.session.items
+           if getattr(item, "module", None) is request.module):
+        request.getfixturevalue("cli_runs")
+
+
+@pytest.fixture(scope="module")
+def cli_runs(world, wordnet_ready, tmp_path_factory):
+    """One `augment generate` run per method, all started at once."""
+    root = tmp_path_factory.mktemp("cli")
+    runs = CliRuns(root, {
+        "eda": ["--method", "eda", "--source", str(world), "--out", str(root / "eda"), "--n", "3",
+                "--limit", "5", "--shard-size", "2", "--eda-ops", "sr,rd", "--alpha-sr", "0.2"],
+        "t2t": ["--method", "t2t-tiny-paraphraser", "--source", str(world), "--out", str(root / "t2t"),
+                "--n", "2", "--limit", "3", "--batch-size", "4", "--max-new-tokens", "6", "--top-p", "0.8"],
+        "i2t": ["--method", "i2t-tiny-captioner", "--source", str(world), "--out", str(root / "i2t"),
+                "--n", "2", "--limit", "3", "--batch-size", "2", "--max-new-tokens", "6", "--temperature", "1.2"],
+    })
+    yield runs
+    runs.kill()
+
+
+def _rows(pool_dir: Path) -> list[dict]:
+    pool = load_pool(pool_dir)
+    assert pool.dataset.features == POOL_FEATURES
+    return sorted(pool.dataset.remove_columns("image").to_list(), key=lambda r: r["row_id"])
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(",.!?;:").lower() for w in text.split() if w.strip(",.!?;:")]
+
+
+def _is_subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(word in it for word in short)
+
+
+def _by_caption(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["source_image_id"], row["source_caption_index"]), []).append(row)
+    return groups
+
+
+class FailOnSecondShard:
+    """Wraps a generator and raises on its second shard, like a run killed half-way."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, items, n, seed):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt("killed")
+        return self.inner.generate(items, n, seed)
+
+
+def _check_resume(generator, source, tmp_path, **run):
+    whole = run_generation(generator, source, str(tmp_path / "whole"), progress=False, **run)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(FailOnSecondShard(generator), source, str(tmp_path / "resumed"), progress=False, **run)
+    assert json.loads((tmp_path / "resumed" / "pool.json").read_text())["status"] == "in-progress"
+    with pytest.raises(Exception, match="not finished"):
+        load_pool(tmp_path / "resumed")
+    resumed = run_generation(generator, source, str(tmp_path / "resumed"), progress=False, **run)
+    assert resumed["num_rows"] == whole["num_rows"] > 0
+    first, second = _rows(tmp_path / "whole"), _rows(tmp_path / "resumed")
+    ids = [r["row_id"] for r in second]
+    assert len(ids) == len(set(ids))
+    assert first == second
+
+
+# ----------------------------------------------------------------------------- EDA operations
+
+CAPTIONS = [
+    "A large red square, a large yellow star and a small red square.",
+    "a tiny green hexagon and a tiny orange square",
+    "NASA photographs the big moon over London!",
+    "an image of a big yellow star, a large crimson square and a small red square on a plain gray background",
+]
+
+
+def _edits(op: str, text: str, seeds=range(40)):
+    caption = eda.parse_caption(text)
+    for seed in seeds:
+        edit = eda.apply_op(op, caption, 0.2, random.Random(seed))
+        assert edit is not None
+        yield edit, eda.render_caption(edit.caption)
+
+
+@pytest.mark.parametrize("text", CAPTIONS + ["  spaced   out ,  words  ", "Dog", "(a) tricky - case?"])
+def test_parse_and_render_round_trip(text):
+    assert eda.render_caption(eda.parse_caption(text)) == " ".join(text.split())
+
+
+@pytest.mark.parametrize("text", CAPTIONS)
+def test_synonym_replacement_uses_wordnet_synonyms_of_non_stop_words(wordnet_ready, text):
+    original = eda.parse_caption(text)
+    for edit, out in _edits("sr", text):
+        assert normalised_differs(out, text)
+        changed = [(a.core, b.core) for a, b in zip(original.chunks, edit.caption.chunks) if a.core != b.core]
+        assert len(edit.caption.chunks) == len(original.chunks) and changed
+        for old, new in changed:
+            assert old.lower() not in STOP_WORDS
+            assert new.lower() in _lower(eda.eda_synonyms(old)) and new.lower() not in STOP_WORDS
+            assert new[0].isupper() or not old[0].isupper()
+        _check_shape(text, out)
+
+
+@pytest.mark.parametrize("text", CAPTIONS)
+def test_random_insertion_inserts_synonyms_of_caption_words(wordnet_ready, text):
+    words = _words(text)
+    for edit, out in _edits("ri", text):
+        assert _is_subsequence(words, _words(out)) and len(_words(out)) > len(words)
+        for op, source_word, inserted in edit.changes:
+            assert op == "ri" and source_word.lower() in words and source_word.lower() not in STOP_WORDS
+            assert inserted.lower() in _lower(eda.eda_synonyms(source_word))
+        _check_shape(text, out)
+
+
+@pytest.mark.parametrize("text", CAPTIONS)
+def test_random_swap_keeps_the_words(text):
+    for _edit, out in _edits("rs", text):
+        # (two swaps may undo each other: the generator draws again then, see the augment test)
+        assert Counter(_words(out)) == Counter(_words(text))
+        assert [c for c in out if c in ",.!?"] == [c for c in text if c in ",.!?"]  # punctuation stays put
+        _check_shape(text, out)
+
+
+@pytest.mark.parametrize("text", CAPTIONS)
+def test_random_deletion_only_removes_words(text):
+    for _edit, out in _edits("rd", text):
+        assert _is_subsequence(_words(out), _words(text)) and 0 < len(_words(out)) < len(_words(text))
+        _check_shape(text, out)
+
+
+def _lower(words: list[str]) -> list[str]:
+    return [w.lower() for w in words]
+
+
+def normalised_differs(out: str, text: str) -> bool:
+    return eda.normalised(out) != eda.normalised(text)
+
+
+def _check_shape(text: str, out: str) -> None:
+    """Final punctuation kept; a capitalised caption stays capitalised; other capitals kept."""
+    assert out[-1] in ".!?" if text[-1] in ".!?" else out[-1] not in ".!?"
+    assert out[0].isupper() == text[0].isupper() or not out[0].isalpha()
+    if "NASA" in text and "NASA" in out:
+        assert "nasa" not in out and "Nasa" not in out
+    if "London" in _words_raw(out):
+        assert "london" not in _words_raw(out)
+
+
+def _words_raw(text: str) -> list[str]:
+    return [w.strip(",.!?") for w in text.split()]
+
+
+def test_moved_first_word_loses_its_sentence_capital():
+    caption = eda.parse_caption("The red circle.")
+    moved = eda.Caption((caption.chunks[1], caption.chunks[0], caption.chunks[2]), caption.end, caption.capitalised)
+    assert eda.render_caption(moved) == "Red the circle."
+
+
+def test_augment_never_returns_the_input_and_skips_captions_too_short(wordnet_ready):
+    generator = eda.EdaGenerator()
+    for text in CAPTIONS:
+        results = generator.augment(text, 6, list(range(6)))
+        texts = [eda.normalised(t) for _k, _op, t, _e in results]
+        assert len(results) == 6 and len(set(texts)) == 6 and eda.normalised(text) not in texts
+        assert [op for _k, op, _t, _e in results] == ["sr", "ri", "rs", "rd", "sr", "ri"]
+    no_wordnet_ops = eda.EdaGenerator(ops=("rs", "rd"))
+    assert no_wordnet_ops.augment("dog", 4, list(range(4))) == []  # one word: nothing to swap or delete
+    assert generator.augment("a", 4, list(range(4))) == []  # a stop word without synonyms
+    assert generator.augment("...", 4, list(range(4))) == []
+    # "dog" has synonyms: the rs/rd slots fall back to the WordNet ops
+    assert {op for _k, op, _t, _e in generator.augment("dog", 4, list(range(4)))} <= {"sr", "ri"}
+
+
+def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
+    monkeypatch.setattr(eda, "require_wordnet", _raise_missing)
+    with pytest.raises(MissingDependencyError, match="augment setup-wordnet"):
+        eda.EdaGenerator()
+    assert eda.EdaGenerator(ops=("rs", "rd")).params() == {"ops": ["rs", "rd"], "alpha_rs": 0.1, "alpha_rd": 0.1}
+
+
+def _raise_missing():
+    raise MissingDependencyError("WordNet for nltk is not installed: run `augment setup-wordnet`")
+
+
+# ----------------------------------------------------------------------------- EDA pools
+
+
+def test_eda_rows_are_distinct_and_seeded(wordnet_ready, source, train_items):
+    generator = eda.EdaGenerator()
+    rows = generator.generate(train_items, 4, seed=0)
+    assert rows == generator.generate(train_items, 4, seed=0)
+    assert [r["caption"] for r in rows] != [r["caption"] for r in generator.generate(train_items, 4, seed=1)]
+    for (image_id, c), group in _by_caption(rows).items():
+        item = next(i for i in train_items if i["image_id"] == image_id)
+        texts = [eda.normalised(r["caption"]) for r in group]
+        assert len(texts) == len(set(texts)) == 4 and eda.normalised(item["captions"][c]) not in texts
+
+
+def test_eda_pool_resumes_after_a_kill(wordnet_ready, source, tmp_path):
+    _check_resume(eda.EdaGenerator(), source, tmp_path, n=2, seed=3, limit=6, shard_size=2)
+
+
+# ----------------------------------------------------------------------------- paraphrases
+
+
+@pytest.fixture(scope="module")
+def paraphraser():
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    return ParaphraseGenerator("t2t-tiny-paraphraser", "tiny-paraphraser", batch_size=4,
+                               sampling=Sampling(**TINY_SAMPLING))
+
+
+def test_paraphrases_are_distinct_from_each_other_and_the_input(paraphraser, train_items):
+    from augment.generators.paraphrase import normalised
+
+    rows = paraphraser.generate(train_items[:2], 3, seed=0)
+    assert rows
+    for (image_id, c), group in _by_caption(rows).items():
+        item = next(i for i in train_items if i["image_id"] == image_id)
+        texts = [normalised(r["caption"]) for r in group]
+        assert len(texts) == len(set(texts)) and normalised(item["captions"][c]) not in texts
+        assert all(r["caption"].strip() for r in group)
+        assert [r["row_id"].rsplit(":", 1)[1] for r in group] == [str(k) for k in range(len(group))]
+
+
+def test_paraphrases_are_seeded(paraphraser, train_items):
+    items = train_items[:1]
+    first = paraphraser.generate(items, 2, seed=0)
+    assert first == paraphraser.generate(items, 2, seed=0)
+    assert [r["caption"] for r in first] != [r["caption"] for r in paraphraser.generate(items, 2, seed=1)]
+
+
+def test_paraphrase_shortfall_is_noted_and_inputs_refused(paraphraser, train_items, monkeypatch):
+    item = train_items[0]
+
+    def stuck(captions, per_caption):  # a model that only repeats itself and the input
+        return [["A Copy.", "a copy", captions[i], ""] for i in range(len(captions))]
+
+    monkeypatch.setattr(paraphraser, "sample", stuck)
+    rows = paraphraser.generate([item], 3, seed=0)
+    assert [r["caption"] for r in rows] == ["A Copy."] * len(item["captions"])
+    note = json.loads(rows[0]["provenance"])["note"]
+    assert note == "only 1 of 3 distinct paraphrases after 2 sampling rounds"
+
+
+def test_paraphrase_pool_resumes_after_a_kill(paraphraser, source, tmp_path):
+    _check_resume(paraphraser, source, tmp_path, n=2, seed=0, limit=2, shard_size=1)
+
+
+def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
+    from augment.generators.paraphrase import ParaphraseGenerator, clean_output
+
+    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
+    generator.kind, generator.tokenizer = "causal", type("Plain", (), {"chat_template": None})()
+    generator.prompt_template = "Rewrite: {caption} {not a field}"
+    assert generator.prompt("a red square") == "Rewrite: a red square {not a field}\nNew caption:"
+    assert clean_output('\n  "a square  that is red"\nCaption: more') == "a square that is red"
+
+
+def test_causal_paraphraser_reads_only_the_generated_tokens(tmp_path, train_items):
+    """A decoder-only LM (a tiny GPT-2 on the tiny word vocabulary) through a local folder."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from augment import tiny
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny.tiny_dir("tiny-paraphraser"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                                       eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(tmp_path / "causal")
+    tokenizer.save_pretrained(tmp_path / "causal")
+    generator = ParaphraseGenerator("t2t-causal", str(tmp_path / "causal"), batch_size=3,
+                                    prompt_template="a picture of {caption}",
+                                    sampling=Sampling(max_new_tokens=5, max_rounds=1))
+    assert generator.kind == "causal" and generator.tokenizer.padding_side == "left"
+    item = {**train_items[0], "captions": ["a red square", "a big blue circle on the left", "a star"]}
+    rows = generator.generate([item], 2, seed=0)
+    assert rows
+    for row in rows:  # the prompt (left-padded, of several lengths) is never part of the output
+        assert not row["caption"].startswith("a picture of") and "new caption" not in row["caption"]
+
+
+# ----------------------------------------------------------------------------- captioners
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import Sampling
+
+    return CaptionerGenerator("i2t-tiny-captioner", "tiny-captioner", batch_size=2, prompt="a picture of",
+                              sampling=Sampling(**TINY_SAMPLING))
+
+
+def test_captions_are_distinct_per_image_and_keep_the_prompt(captioner, train_items):
+    rows = captioner.generate(train_items[:2], 3, seed=0)
+    groups = _by_caption(rows)
+    assert {image_id for image_id, _c in groups} == {i["image_id"] for i in train_items[:2]}
+    for (_image_id, c), group in groups.items():
+        assert c == -1
+        texts = [r["caption"].lower() for r in group]
+        assert len(set(texts)) == len(texts) and all(t.startswith("a picture of") for t in texts)
+    assert rows == captioner.generate(train_items[:2], 3, seed=0)
+    assert rows != captioner.generate(train_items[:2], 3, seed=1)
+
+
+def test_captioner_pool_resumes_after_a_kill(captioner, source, tmp_path):
+    _check_resume(captioner, source, tmp_path, n=2, seed=0, limit=2, shard_size=1)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_eda_pool_through_the_cli(cli_runs):
+    code, err = cli_runs.result("eda")
+    assert code == 0, err
+    out = cli_runs.root / "eda"
+    rows = _rows(out)
+    meta = json.loads((out / "pool.json").read_text())
+    assert meta["params"] == {"ops": ["sr", "rd"], "alpha_sr": 0.2, "alpha_rd": 0.1} and meta["num_shards"] == 3
+    assert len(rows) == 5 * 5 * 3  # every sample-world caption is long enough for 3
+    for row in rows:
+        provenance = json.loads(row["provenance"])
+        assert provenance["op"] in ("sr", "rd") and provenance["edits"]
+        assert row["modality"] == "text" and row["method"] == "eda"
+
+
+def test_paraphrase_pool_through_the_cli(cli_runs):
+    code, err = cli_runs.result("t2t")
+    assert code == 0, err
+    out = cli_runs.root / "t2t"
+    rows = _rows(out)
+    meta = json.loads((out / "pool.json").read_text())
+    assert meta["model"] == "tiny-paraphraser" and meta["params"]["kind"] == "seq2seq"
+    assert meta["params"]["top_p"] == 0.8 and meta["params"]["prompt_template"] == "paraphrase: {caption}"
+    assert rows and len(rows) <= 3 * 5 * 2
+    assert all(json.loads(r["provenance"])["model"] == "tiny-paraphraser" for r in rows)
+
+
+def test_captioner_pool_through_the_cli(cli_runs):
+    code, err = cli_runs.result("i2t")
+    assert code == 0, err
+    out = cli_runs.root / "i2t"
+    rows = _rows(out)
+    assert rows and all(r["source_caption_index"] == -1 for r in rows)
+    assert len({r["source_image_id"] for r in rows}) == 3
+    assert json.loads((out / "pool.json").read_text())["params"]["temperature"] == 1.2
+
+
+def test_unknown_models_fail_before_writing(world, tmp_path, capsys):
+    from augment.cli import main as augment_main
+
+    code = augment_main(["generate", "--method", "i2t-no-such/model-here", "--source", str(world),
+                         "--out", str(tmp_path / "x"), "--no-progress"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: cannot load captioner 'no-such/model-here'")
+    assert not (tmp_path / "x").exists()
