@@ -1,0 +1,151 @@
+"""Cost of a MAT step against a clean step, and of the batched text attack against a one-by-one loop.
+
+    python -m bench.bench_trainer [--source DIR] [--batch-size 64] [--pgd-steps 10] [--repeats 3]
+
+Both comparisons run in the same process on the same batches (the tiny CLIP on the sample world),
+measurements interleaved so that load on a shared machine hits both sides alike; medians are
+reported as ratios, of wall time and of this process's CPU time (steadier when other jobs share
+the cores):
+
+* MAT step / clean step, against the issue's target: 1 + 0.5 x PGD steps + 1 (text attack);
+* the text attack scoring each candidate caption in its own forward pass (`text_batch=1`) against
+  the batched attack (all candidates of a round in one chunked pass); both must give the same
+  captions.
+
+Writes the table's numbers as JSON to `--out` (default outputs/bench/trainer.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_OUT = "outputs/bench/trainer.json"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=None, help="dataset to train on (default: a fresh 200-scene sample world)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--pgd-steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per method (after one warm-up step)")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    return parser.parse_args(argv)
+
+
+def _timed(fn) -> tuple[tuple[float, float], object]:
+    """((wall seconds, process CPU seconds), result)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return (time.perf_counter() - wall, time.process_time() - cpu), result
+
+
+def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def _trainer(method: str, source: str, out: Path, args):
+    from train.config import resolve_config
+    from train.trainer import Trainer
+
+    config = resolve_config({"method": method, "source": source, "out": str(out), "batch_size": args.batch_size,
+                             "pgd_steps": args.pgd_steps, "max_steps": 1000, "progress": False, "cpu": True,
+                             "overwrite": True})
+    trainer = Trainer(config)
+    trainer.setup()
+    return trainer
+
+
+def bench_steps(source: str, work: Path, args) -> dict:
+    clean = _trainer("clean", source, work / "clean", args)
+    mat = _trainer("mat", source, work / "mat", args)
+    clean.train_step(0), mat.train_step(0)  # warm-up: lazy inits, allocator
+    clean_times, mat_times = [], []
+    for step in range(1, args.repeats + 1):
+        clean_times.append(_timed(lambda: clean.train_step(step))[0])
+        mat_times.append(_timed(lambda: mat.train_step(step))[0])
+    (clean_s, clean_cpu), (mat_s, mat_cpu) = _medians(clean_times), _medians(mat_times)
+    target = 1 + 0.5 * args.pgd_steps + 1
+    return {"clean_step_s": clean_s, "mat_step_s": mat_s, "mat_over_clean": mat_s / clean_s,
+            "clean_step_cpu_s": clean_cpu, "mat_step_cpu_s": mat_cpu, "mat_over_clean_cpu": mat_cpu / clean_cpu,
+            "target_mat_over_clean": target, "within_target": mat_s / clean_s <= target,
+            "within_target_cpu": mat_cpu / clean_cpu <= target, "mat_trainer": mat}
+
+
+def bench_text_attack(mat_trainer, repeats: int) -> dict:
+    from train.attacks.text import BertAttack
+
+    victim = mat_trainer.context.victim
+    plan = mat_trainer.data.plan(0, mat_trainer.global_batch)
+    batch = mat_trainer.data.materialise(plan, 0, mat_trainer.cfg.batch_size, mat_trainer.bundle.preprocess_eval)
+    pixels = batch.pixels.to(victim.device)
+    mlm = mat_trainer.cfg.mlm
+    batched = BertAttack(victim, mlm=mlm, objective="contrastive")
+    one_by_one = BertAttack(victim, mlm=mlm, objective="contrastive", text_batch=1)
+    batched(pixels, batch.texts), one_by_one(pixels, batch.texts)  # warm-up
+    batched_times, loop_times, same = [], [], True
+    for _ in range(repeats):
+        seconds, fast = _timed(lambda: batched(pixels, batch.texts))
+        batched_times.append(seconds)
+        seconds, slow = _timed(lambda: one_by_one(pixels, batch.texts))
+        loop_times.append(seconds)
+        same = same and fast.texts == slow.texts
+    (batched_s, batched_cpu), (loop_s, loop_cpu) = _medians(batched_times), _medians(loop_times)
+    changed = sum(a != b for a, b in zip(batch.texts, fast.texts))
+    return {"captions": len(batch.texts), "captions_changed": changed, "text_attack_batched_s": batched_s,
+            "text_attack_one_by_one_s": loop_s, "loop_over_batched": loop_s / batched_s,
+            "text_attack_batched_cpu_s": batched_cpu, "text_attack_one_by_one_cpu_s": loop_cpu,
+            "loop_over_batched_cpu": loop_cpu / batched_cpu, "same_captions": same}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        work = Path(tmp)
+        source = args.source
+        if source is None:
+            from augment.sample_world import write_sample
+
+            source = str(write_sample(work / "world", n=200, seed=0))
+        steps = bench_steps(source, work, args)
+        mat_trainer = steps.pop("mat_trainer")
+        text = bench_text_attack(mat_trainer, args.repeats)
+
+    result = {"batch_size": args.batch_size, "pgd_steps": args.pgd_steps, "repeats": args.repeats,
+              "torch_threads": torch.get_num_threads(), "model": "tiny-clip", **steps, **text}
+    met = {True: "met", False: "NOT met"}
+    rows = [
+        ("clean step (s)", f"{steps['clean_step_s']:.3f}", f"{steps['clean_step_cpu_s']:.3f}"),
+        ("MAT step (s)", f"{steps['mat_step_s']:.3f}", f"{steps['mat_step_cpu_s']:.3f}"),
+        ("MAT / clean", f"{steps['mat_over_clean']:.2f} ({met[steps['within_target']]})",
+         f"{steps['mat_over_clean_cpu']:.2f} ({met[steps['within_target_cpu']]})"),
+        (f"target: 1 + 0.5 x {args.pgd_steps} PGD + 1 text", f"{steps['target_mat_over_clean']:.2f}", ""),
+        (f"text attack, batched ({text['captions']} captions, s)", f"{text['text_attack_batched_s']:.3f}",
+         f"{text['text_attack_batched_cpu_s']:.3f}"),
+        ("text attack, one candidate per forward (s)", f"{text['text_attack_one_by_one_s']:.3f}",
+         f"{text['text_attack_one_by_one_cpu_s']:.3f}"),
+        ("one-by-one / batched", f"{text['loop_over_batched']:.2f}", f"{text['loop_over_batched_cpu']:.2f}"),
+        ("same adversarial captions", str(text["same_captions"]), ""),
+    ]
+    width = max(len(row[0]) for row in rows)
+    print(f"{'measure'.ljust(width)}  {'wall':>14}  {'cpu':>14}")
+    for name, wall, cpu in rows:
+        print(f"{name.ljust(width)}  {wall:>14}  {cpu:>14}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The trainer: every method on the tiny CLIP, pools, the loss, resume, config, two processes.
+
+Runs are a few steps of small batches on the sample world; each test says what it checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment.errors import MatPlusError
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = dict(batch_size=8, lr=1e-4, pgd_steps=2, progress=False, log_every=1)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def source(sample_world_dir):
+    from augment.sources import load_source
+
+    dataset, _ = load_source(str(sample_world_dir))
+    return dataset
+
+
+def _pool_row(method, image_id, caption_index, k, modality, caption=None, image=None):
+    return {
+        "row_id": f"{method}:{image_id}:{caption_index}:{k}", "source_image_id": image_id,
+        "source_caption_index": caption_index, "split": "train", "modality": modality, "image": image,
+        "caption": caption, "method": method, "seed": k, "provenance": "{}",
+    }
+
+
+def _write_pool(folder, rows, fingerprint, method) -> str:
+    from augment.pool import write_pool
+
+    write_pool(folder, rows, {"name": Path(folder).name, "method": method, "source_fingerprint": fingerprint})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory, source):
+    """For every train image: a text pool (tied captions and an untied one), an image pool (flips) and a
+    pair pool (tied to caption 0 only)."""
+    from PIL import ImageOps
+
+    from augment.sources import select_split, source_fingerprint
+
+    root = tmp_path_factory.mktemp("pools")
+    fingerprint = source_fingerprint(source)
+    train = select_split(source, "train")
+    text_rows, image_rows, pair_rows = [], [], []
+    for row in train:
+        image_id = row["image_id"]
+        for c, caption in enumerate(row["captions"]):
+            text_rows.append(_pool_row("t", image_id, c, 0, "text", caption=f"{caption} today"))
+        text_rows.append(_pool_row("t", image_id, -1, 1, "text", caption="a picture of shapes"))
+        flipped = ImageOps.mirror(row["image"])
+        image_rows.append(_pool_row("i", image_id, -1, 0, "image", image=flipped))
+        pair_rows.append(_pool_row("p", image_id, 0, 0, "pair", caption=row["captions"][0], image=flipped))
+    return {
+        "text": _write_pool(root / "text-pool", text_rows, fingerprint, "t"),
+        "image": _write_pool(root / "image-pool", image_rows, fingerprint, "i"),
+        "pair": _write_pool(root / "pair-pool", pair_rows, fingerprint, "p"),
+        "fingerprint": fingerprint,
+        "train": train,
+    }
+
+
+def _run(tmp_path, name, world, **settings):
+    from train.trainer import train_run
+
+    config = {"source": str(world), "out": str(tmp_path / name), "max_steps": 2, **FAST, **settings}
+    records = []
+    summary = train_run(config, callbacks=[records.append])
+    return summary, records
+
+
+def _checkpoint_state(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "ckpt" / "open_clip_model.safetensors"))
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_loads_in_open_clip(run_dir: Path) -> None:
+    import open_clip
+
+    model = open_clip.create_model(f"local-dir:{run_dir / 'ckpt'}")
+    saved = _checkpoint_state(run_dir)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def _assert_within_eps(records, eps):
+    for record in records:
+        adv, clean = record.output.adv_pixels, record.batch.pixels
+        assert adv is not None and adv.shape == clean.shape
+        assert (adv - clean).abs().max().item() <= eps + 1e-6
+        assert adv.min().item() >= 0 and adv.max().item() <= 1
+        assert (adv - clean).abs().max().item() > 0  # the attack did move the pixels
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def test_multi_positive_loss_equals_clip_loss_for_distinct_keys_and_never_repels_one_item():
+    from open_clip.loss import ClipLoss
+
+    from train.losses import ContrastiveLoss, multi_positive_contrastive_loss
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    scale = torch.tensor(10.0)
+    distinct = torch.arange(6)
+    expected = ClipLoss()(image, text, scale)
+    assert torch.allclose(multi_positive_contrastive_loss(image, text, distinct, distinct, scale), expected, atol=1e-6)
+    assert torch.allclose(ContrastiveLoss()(image, text, distinct, scale), expected, atol=1e-6)
+
+    # rows 0 and 1 are two views of one source item: each caption is a positive of both images
+    keys = torch.tensor([0, 0, 1, 2, 3, 4])
+    loss = ContrastiveLoss()(image, text, keys, scale)
+    swapped = text[[1, 0, 2, 3, 4, 5]]
+    assert torch.allclose(loss, ContrastiveLoss()(image, swapped, keys, scale), atol=1e-6)
+    assert not torch.allclose(ClipLoss()(image, text, scale), ClipLoss()(image, swapped, scale), atol=1e-4)
+    # explicit targets: image 0's softmax row has 1/2 on captions 0 and 1
+    logits = scale * image @ text.T
+    image_term = -(logits.log_softmax(1)[0, :2].mean() + logits.log_softmax(1)[1, :2].mean()
+                   + sum(logits.log_softmax(1)[i, i] for i in range(2, 6)))
+    text_term = -(logits.T.log_softmax(1)[0, :2].mean() + logits.T.log_softmax(1)[1, :2].mean()
+                  + sum(logits.T.log_softmax(1)[i, i] for i in range(2, 6)))
+    assert torch.allclose(loss, (image_term + text_term) / 12, atol=1e-5)
+    # the gradient never pushes caption 1 away from image 0: moving it onto image 0 lowers the loss
+    closer = text.clone()
+    closer[1] = torch.nn.functional.normalize(text[1] + image[0], dim=-1)
+    apart = text.clone()
+    apart[1] = torch.nn.functional.normalize(text[1] - image[0], dim=-1)
+    assert ContrastiveLoss()(image, apart, keys, scale) > ContrastiveLoss()(image, closer, keys, scale)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
+    import yaml
+
+    from train.cli import build_parser, config_from_args
+    from train.config import ConfigError, read_yaml_config, resolve_config, save_config
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "model": "tiny-clip", "source": str(sample_world_dir), "batch-size": 32, "eps": "4/255",
+        "pgd_steps": 3, "lr": "5e-5", "word_budget": 2,
+    }))
+    args = build_parser().parse_args([
+        "mat", "--config", str(config_file), "--out", str(tmp_path / "run"), "--batch-size", "8", "--eps", "1/255",
+    ])
+    config = config_from_args(args)
+    assert config.method == "mat"
+    assert config.batch_size == 8  # command line beats the file
+    assert config.eps == pytest.approx(1 / 255)
+    assert config.pgd_step_size == pytest.approx(1 / 255 / 4)  # derived from the resolved eps
+    assert config.pgd_steps == 3 and config.lr == pytest.approx(5e-5) and config.word_budget == 2  # from the file
+    assert config.weight_decay == 0.1  # default
+    assert config.mlm == "tiny-mlm" and config.freeze_text is False
+    # a folder holding a tiny-clip (a run's checkpoint) also gets the offline tiny-mlm
+    from augment.tiny import tiny_clip_config
+    from train.config import default_mlm
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_clip_config()}))
+    assert default_mlm(str(tmp_path / "ckpt")) == "tiny-mlm"
+    assert resolve_config({"method": "tecoa", "source": "s", "out": "o"}).freeze_text is True
+
+    # the saved config resolves back to the same settings
+    save_config(config, tmp_path / "saved")
+    assert resolve_config(read_yaml_config(tmp_path / "saved" / "config.yaml")) == config
+
+    (tmp_path / "bad.yaml").write_text("batch_sise: 3\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        read_yaml_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="needs --pools"):
+        resolve_config({"method": "mat+", "source": "s", "out": "o"})
+    with pytest.raises(ConfigError, match="pool-weights"):
+        resolve_config({"method": "mat+", "source": "s", "out": "o", "pools": ["a", "b"], "pool_weights": [1]})
+    # options a method does not use are not offered
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["clean", "--eps", "2/255"])
+
+
+# ----------------------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", ["clean", "tecoa", "fare"])
+def test_method_runs_and_checkpoint_loads_in_open_clip(tmp_path, sample_world_dir, method):
+    summary, records = _run(tmp_path, method, sample_world_dir, method=method)
+    run_dir = tmp_path / method
+    _assert_loads_in_open_clip(run_dir)
+    metrics = _metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["loss"] is not None and m["clean_loss"] is not None for m in metrics)
+    assert summary["steps"] == 2 and summary["pool_draws"] == {"original": 16}
+    if method == "clean":
+        assert all(m["robust_loss"] is None for m in metrics)
+    else:
+        assert all(m["robust_loss"] is not None for m in metrics)
+        _assert_within_eps(records, 2 / 255)
+    if method == "fare":  # the text tower and the logit scale stay as they were
+        from augment.registry import load_clip
+
+        original = load_clip("tiny-clip").model.state_dict()
+        trained = _checkpoint_state(run_dir)
+        assert torch.equal(trained["token_embedding.weight"], original["token_embedding.weight"])
+        assert torch.equal(trained["logit_scale"], original["logit_scale"])
+        assert not torch.equal(trained["visual.conv1.weight"], original["visual.conv1.weight"])
+
+
+def _changed_words(clean: str, adversarial: str) -> int:
+    a, b = clean.split(), adversarial.split()
+    assert len(a) == len(b)  # substitutions only
+    return sum(x != y for x, y in zip(a, b))
+
+
+def test_mat_attacks_text_within_budget_then_image_within_eps(tmp_path, sample_world_dir):
+    summary, records = _run(tmp_path, "mat", sample_world_dir, method="mat", word_budget=1, inner_order="alternate")
+    _assert_loads_in_open_clip(tmp_path / "mat")
+    _assert_within_eps(records, 2 / 255)
+    changes = [_changed_words(c, a) for r in records for c, a in zip(r.batch.texts, r.output.adv_texts)]
+    assert max(changes) <= 1
+    assert sum(changes) > 0  # the attack did replace words
+    assert summary["final"]["robust_loss"] is not None
+
+
+# ----------------------------------------------------------------------------- MAT+ and pools
+
+
+def test_mat_plus_draws_pool_rows_and_counts_them(tmp_path, sample_world_dir, pools):
+    from train.cli import main
+
+    out = tmp_path / "matplus"
+    code = main([
+        "mat+", "--source", str(sample_world_dir), "--out", str(out), "--pools", pools["text"], pools["image"],
+        pools["pair"], "--pool-weights", "2", "1", "1", "--p-original", "0", "--max-steps", "2", "--batch-size", "8",
+        "--pgd-steps", "1", "--no-progress", "--seed", "3",
+    ])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = _metrics(out)
+    totals = {name: sum(m["pool_draws"][name] for m in metrics) for name in summary["pool_draws"]}
+    assert totals == summary["pool_draws"]
+    assert sum(totals.values()) == 16  # every position of both batches is one draw
+    assert totals["original"] == 0  # p_original 0 and every item has views
+    assert totals["text-pool"] > 0 and totals["image-pool"] > 0
+    _assert_loads_in_open_clip(out)
+
+
+def test_pool_sampling_draws_views_of_the_item_and_none_with_p_original_1(source, pools):
+    from augment.pool import load_pool
+    from train.data import ORIGINAL, TrainData
+
+    loaded = [load_pool(pools[k]) for k in ("text", "image", "pair")]
+    data = TrainData(source, loaded, p_original=0.0, seed=0)
+    seen_sources = set()
+    for step in range(20):
+        plan = data.plan(step, 32)
+        assert sum(plan.draws.values()) == 32 and plan.draws[ORIGINAL] == 0
+        for view in plan.views:
+            assert view.pool >= 0
+            pool = data.pools[view.pool]
+            assert pool.image_index[view.row] == view.key
+            assert pool.caption_index[view.row] in (-1, view.caption)  # tied to this caption or to none
+            image, caption, name = data.view_content(view)
+            seen_sources.add((name, pool.modality[view.row]))
+            if pool.modality[view.row] == "image":
+                assert caption == data.captions[view.key][view.caption]
+    assert {name for name, _ in seen_sources} == {"text-pool", "image-pool", "pair-pool"}
+    # plans depend on (seed, step) only
+    assert data.plan(7, 32) == TrainData(source, loaded, p_original=0.0, seed=0).plan(7, 32)
+
+    never = TrainData(source, loaded, p_original=1.0, seed=0)
+    draws = [never.plan(step, 64).draws for step in range(20)]
+    assert all(d[ORIGINAL] == 64 and d["text-pool"] == d["image-pool"] == d["pair-pool"] == 0 for d in draws)
+
+    expand = TrainData(source, loaded, pool_mode="expand", seed=0)
+    assert expand.num_entries == expand.num_items + sum(len(p) for p in loaded)
+    drawn = sum(sum(v for k, v in expand.plan(s, 64).draws.items() if k != ORIGINAL) for s in range(10))
+    assert drawn > 0
+    # two views of one source image share a key: the loss sees them as positives
+    plan = data.plan(0, 256)
+    keys = [v.key for v in plan.views]
+    assert len(set(keys)) < len(keys)
+
+
+def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, sample_world_dir, source, pools):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from augment.sources import select_split
+    from train.cli import main
+    from train.trainer import train_run
+
+    fingerprint = pools["fingerprint"]
+    _write_pool(tmp_path / "unknown", [_pool_row("t", "no-such-image", 0, 0, "text", caption="a cat")], fingerprint, "t")
+    test_id = select_split(source, "test")[0]["image_id"]
+    _write_pool(tmp_path / "leak", [_pool_row("t", test_id, 0, 0, "text", caption="a cat")], fingerprint, "t")
+    train_id = pools["train"][0]["image_id"]
+    _write_pool(tmp_path / "foreign", [_pool_row("t", train_id, 0, 0, "text", caption="a cat")], "0123456789abcdef", "t")
+    _write_pool(tmp_path / "badindex", [_pool_row("t", train_id, 9, 0, "text", caption="a cat")], fingerprint, "t")
+    # wrong schema: a shard with a column too many
+    schema_dir = tmp_path / "schema"
+    (schema_dir / "data").mkdir(parents=True)
+    meta = json.loads((Path(pools["text"]) / "pool.json").read_text())
+    (schema_dir / "pool.json").write_text(json.dumps(meta))
+    table = pq.read_table(next((Path(pools["text"]) / "data").glob("*.parquet")))
+    pq.write_table(table.append_column("score", pa.array([0.5] * table.num_rows)), schema_dir / "data" / "shard-00000.parquet")
+
+    cases = {"unknown": "not in the source", "leak": "leak", "foreign": "another source", "badindex": "caption 9",
+             "schema": "unexpected columns"}
+    for name, message in cases.items():
+        out = tmp_path / f"run-{name}"
+        with pytest.raises(MatPlusError, match=message):
+            train_run({"method": "mat+", "source": str(sample_world_dir), "out": str(out),
+                       "pools": [str(tmp_path / name)], **FAST})
+        assert not out.exists()  # refused before anything was written
+    # through the command line: one line, exit code 2
+    code = main(["mat+", "--source", str(sample_world_dir), "--out", str(tmp_path / "cli"), "--pools",
+                 str(tmp_path / "unknown"), "--no-progress"])
+    assert code == 2 and not (tmp_path / "cli").exists()
+    # a foreign fingerprint is accepted when asked for
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    TrainData(source, [load_pool(tmp_path / "foreign")], allow_pool_mismatch=True)
+
+
+def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir):
+    """FARE's loss is a per-sample mean, so 2 x 4 accumulated equals one batch of 8 (same crops, same PGD)."""
+    common = dict(method="fare", pgd_steps=1, random_start=False, seed=2)
+    _run(tmp_path, "whole", sample_world_dir, batch_size=8, **common)
+    _run(tmp_path, "accumulated", sample_world_dir, batch_size=4, grad_accum=2, **common)
+    whole, accumulated = _checkpoint_state(tmp_path / "whole"), _checkpoint_state(tmp_path / "accumulated")
+    for name in whole:
+        assert torch.allclose(whole[name], accumulated[name], atol=1e-5), name
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_world_dir):
+    common = dict(method="tecoa", pgd_steps=1, seed=5, warmup_steps=1)
+    _run(tmp_path, "straight", sample_world_dir, max_steps=4, **common)
+    # "killed" after 2 steps: same schedule, stops early
+    _run(tmp_path, "resumed", sample_world_dir, max_steps=2, schedule_steps=4, **common)
+    state = json.loads((tmp_path / "resumed" / "ckpt" / "train_state" / "state.json").read_text())
+    assert state["step"] == 2
+    summary, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume=True, **common)
+    assert [r.step for r in records] == [2, 3] and summary["resumed_from_step"] == 2
+    straight, resumed = _checkpoint_state(tmp_path / "straight"), _checkpoint_state(tmp_path / "resumed")
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    assert [m["step"] for m in _metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+    assert [m["loss"] for m in _metrics(tmp_path / "resumed")] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "straight")], abs=1e-5)
+    # a finished run is not silently replaced, and resuming with other settings is refused
+    with pytest.raises(MatPlusError, match="--resume"):
+        _run(tmp_path, "resumed", sample_world_dir, max_steps=4, **common)
+    with pytest.raises(MatPlusError, match="lr"):
+        _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume=True, **{**common, "lr": 1e-3})
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def test_two_process_cpu_run_equals_one_process_with_the_global_batch(tmp_path, sample_world_dir, source):
+    """DDP over gloo: gathered embeddings and keys give the single-process update exactly."""
+    from train.data import TrainData
+
+    seed = 16  # its first global batch holds two captions of one image, one on each process
+    first = [view.key for view in TrainData(source, seed=seed).plan(0, 8).views]
+    assert set(first[:4]) & set(first[4:])
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MATPLUS_LOGLEVEL": "ERROR"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train.cli",
+        "clean", "--source", str(sample_world_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "4",
+        "--lr", "1e-4", "--cpu", "--no-progress", "--seed", str(seed),
+    ]
+    # own process group, so a hang kills the launcher's workers too
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    try:
+        output, _ = launcher.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        raise
+    assert launcher.returncode == 0, output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 8
+    _run(tmp_path, "single", sample_world_dir, method="clean", batch_size=8, seed=seed)
+    two, one = _checkpoint_state(out), _checkpoint_state(tmp_path / "single")
+    for name in one:
+        assert torch.allclose(two[name], one[name], atol=1e-5), name
+    assert [m["loss"] for m in _metrics(out)] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "single")], abs=1e-4)

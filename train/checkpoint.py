@@ -1,0 +1,136 @@
+"""Checkpoints: the model in open_clip's local-dir layout, plus what `--resume` needs.
+
+Layout (one folder, replaced as a whole so a kill never leaves a model from one step beside an
+optimizer from another)::
+
+    RUN/ckpt/
+      open_clip_config.json          open_clip.create_model("local-dir:RUN/ckpt") loads these two
+      open_clip_model.safetensors
+      train_state/
+        state.json                   steps done, draws so far, world size
+        optimizer.pt                 torch.save'd state dicts, read back with weights_only=True
+        scheduler.pt
+        scaler.pt                    fp16 only
+        rng-<rank>.pt                torch / CUDA / Python / NumPy RNG states of each process
+
+To share only the model, copy `RUN/ckpt` without `train_state/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from augment.errors import MatPlusError
+
+CKPT_DIR = "ckpt"
+STATE_DIR = "train_state"
+STATE_FILE = "state.json"
+_PARTIAL = ".ckpt-partial"
+_OLD = ".ckpt-old"
+
+
+class CheckpointError(MatPlusError):
+    """A checkpoint is missing, incomplete, or does not fit the run."""
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # NumPy's state as plain tensors and numbers, so torch.load(weights_only=True) reads it
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, *, model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict,
+                    optimizer: Any, scheduler: Any, scaler: Any, state: dict, rank: int, is_main: bool,
+                    barrier: Callable[[], None]) -> Path:
+    """Write RUN/ckpt; every process must call it (each saves its RNG state)."""
+    from augment.registry import save_clip_local_dir
+
+    run_dir = Path(run_dir)
+    partial, final, old = run_dir / _PARTIAL, checkpoint_dir(run_dir), run_dir / _OLD
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / STATE_DIR).mkdir(parents=True)
+    barrier()
+    torch.save(_rng_state(), partial / STATE_DIR / f"rng-{rank}.pt")
+    barrier()
+    if is_main:
+        save_clip_local_dir(model, partial, model_cfg, preprocess_cfg=preprocess_cfg)
+        torch.save(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), partial / STATE_DIR / "scaler.pt")
+        (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        # swap folders: a kill between the two renames leaves .ckpt-old, which loading falls back to
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    for folder in (checkpoint_dir(run_dir), Path(run_dir) / _OLD):
+        if (folder / STATE_DIR / STATE_FILE).is_file():
+            return folder
+    return None
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((folder / STATE_DIR / STATE_FILE).read_text())
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    from augment.registry import OPEN_CLIP_WEIGHTS_NAME
+
+    weights = load_file(str(folder / OPEN_CLIP_WEIGHTS_NAME), device="cpu")
+    model.load_state_dict(weights, strict=True)
+
+
+def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int) -> None:
+    """Restore optimizer, scheduler, grad scaler and this process's RNG states."""
+    state_dir = folder / STATE_DIR
+    optimizer.load_state_dict(_load(state_dir / "optimizer.pt"))
+    scheduler.load_state_dict(_load(state_dir / "scheduler.pt"))
+    if scaler is not None:
+        if not (state_dir / "scaler.pt").is_file():
+            raise CheckpointError(f"{folder}: no grad-scaler state (was the run started without fp16?)")
+        scaler.load_state_dict(_load(state_dir / "scaler.pt"))
+    rng_file = state_dir / f"rng-{rank}.pt"
+    if rng_file.is_file():  # absent when resuming with more processes than the run had
+        _set_rng_state(_load(rng_file))

@@ -1,0 +1,167 @@
+"""`train` command line: one sub-command per method (clean, tecoa, fare, mat, mat+) plus `eval`.
+
+    train METHOD --model M [--pretrained TAG] --source SRC [--pools P1 P2 ...] --out RUN [options]
+
+Every method sub-command is built by `add_method_parser` from the same option groups; a method
+only gets the groups it uses (attack options for the adversarial methods, text-attack options for
+mat/mat+). Settings resolve as defaults < `--config FILE` (YAML) < options given on the command
+line; the result is saved as RUN/config.yaml. Expected failures print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from augment.cli_common import run_main
+from train.config import (
+    ADVERSARIAL_METHODS,
+    INNER_ORDERS,
+    METHODS,
+    MULTIMODAL_METHODS,
+    POOL_MODES,
+    PRECISIONS,
+    TEXT_ATTACKS,
+    TrainConfig,
+    parse_fraction,
+    read_yaml_config,
+    resolve_config,
+)
+
+DEFAULTS = TrainConfig()
+
+METHOD_HELP = {
+    "clean": "contrastive fine-tuning (CLIP InfoNCE) on clean pairs",
+    "tecoa": "TeCoA: contrastive loss of PGD images against the clean captions",
+    "fare": "FARE: L2 between adversarial image embeddings and the frozen original model's clean ones",
+    "mat": "MAT: text (word substitutions) then image (PGD) inner maximisation of the contrastive loss",
+    "mat+": "MAT+: MAT with each item's image and caption drawn from its 1:N pools every step",
+}
+
+
+def _fraction(text: str) -> float:
+    try:
+        return parse_fraction(text)
+    except Exception as exc:  # argparse turns ArgumentTypeError into a usage line
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _default(name: str) -> str:
+    value = getattr(DEFAULTS, name)
+    return "" if value is None or value is False or value == [] else f" (default: {value})"
+
+
+def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
+    """The sub-command of one training method; options are only the ones that method reads."""
+    parser = subparsers.add_parser(
+        method, help=METHOD_HELP[method], description=METHOD_HELP[method],
+        # only options given on the command line enter the namespace: they override --config
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings (keys as the options, '-' or '_'); options given here override it")
+
+    group = parser.add_argument_group("model and data")
+    group.add_argument("--model", help="open_clip architecture (with --pretrained), a local folder / local-dir:PATH, or tiny-clip" + _default("model"))
+    group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name")
+    group.add_argument("--source", help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder or Hub id")
+    group.add_argument("--image-root", help="image folder for JSON/CSV sources")
+    group.add_argument("--train-split", help="split of the source to train on" + _default("train_split"))
+    group.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")
+
+    pools = parser.add_argument_group("pools (1:N views of each item; required by mat+)")
+    pools.add_argument("--pools", nargs="+", metavar="POOL", help="pool folders or Hub ids made from this source")
+    pools.add_argument("--pool-weights", nargs="+", type=_fraction, metavar="W", help="one weight per pool for choosing which pool a view comes from (default: equal)")
+    pools.add_argument("--p-original", type=_fraction, help="chance that an item keeps its original pair in a step" + _default("p_original"))
+    pools.add_argument("--pool-mode", choices=POOL_MODES, help="sample: one view per item per step; expand: pool rows as extra independent pairs (control)" + _default("pool_mode"))
+    pools.add_argument("--allow-pool-mismatch", action="store_true", help="use pools made from a source with another fingerprint (warn instead of refusing)")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, help="passes over the train items" + _default("epochs"))
+    opt.add_argument("--max-steps", type=int, help="optimizer steps to run (overrides --epochs)")
+    opt.add_argument("--schedule-steps", type=int, help="length of the cosine LR schedule (default: the run's length)")
+    opt.add_argument("--batch-size", type=int, help="items per process per micro step" + _default("batch_size"))
+    opt.add_argument("--lr", type=_fraction, help="peak AdamW learning rate" + _default("lr"))
+    opt.add_argument("--weight-decay", type=_fraction, help="AdamW weight decay (not on gains, biases, logit scale)" + _default("weight_decay"))
+    opt.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup_steps"))
+    opt.add_argument("--grad-accum", type=int, help="micro steps per optimizer step" + _default("grad_accum"))
+    opt.add_argument("--max-grad-norm", type=_fraction, help="clip gradients to this norm (default: no clipping)")
+    opt.add_argument("--precision", choices=PRECISIONS, help="mixed precision through accelerate" + _default("precision"))
+    opt.add_argument("--seed", type=int, help="seed of data order, pool draws, crops and attacks" + _default("seed"))
+    opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    opt.add_argument("--freeze-text", action=argparse.BooleanOptionalAction,
+                     help="freeze the text tower (default: frozen for tecoa and fare, trained otherwise)")
+
+    if method in ADVERSARIAL_METHODS:
+        attack = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels)")
+        attack.add_argument("--eps", type=_fraction, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+        attack.add_argument("--pgd-steps", type=int, help="PGD iterations" + _default("pgd_steps"))
+        attack.add_argument("--pgd-step-size", type=_fraction, help="PGD step (default: eps/4)")
+        attack.add_argument("--random-start", action=argparse.BooleanOptionalAction, help="start PGD from a random point of the ball (default: yes)")
+        attack.add_argument("--clean-weight", type=_fraction, help="weight of an added clean loss term (default: 0, robust loss only)")
+    if method in MULTIMODAL_METHODS:
+        text = parser.add_argument_group("text attack (word substitutions)")
+        text.add_argument("--inner-order", choices=INNER_ORDERS, help="order of the inner maximisation" + _default("inner_order"))
+        text.add_argument("--text-attack", choices=TEXT_ATTACKS, help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms" + _default("text_attack"))
+        text.add_argument("--mlm", help="masked LM for --text-attack mlm (default: tiny-mlm for tiny models, else the registry's default)")
+        text.add_argument("--mlm-top-k", type=int, help="substitutes per word" + _default("mlm_top_k"))
+        text.add_argument("--word-budget", type=int, help="words changed per caption at most" + _default("word_budget"))
+
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
+    run.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps" + _default("log_every"))
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: yes)")
+    run.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
+    run.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
+    run.add_argument("--wandb-project", help="W&B project" + _default("wandb_project"))
+    parser.set_defaults(func=run_method, method=method)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (argparse.SUPPRESS left the others out)."""
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    return given
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    file_settings = read_yaml_config(args.config) if getattr(args, "config", None) else {}
+    return resolve_config(file_settings, settings_from_args(args))
+
+
+def run_method(args: argparse.Namespace) -> int:
+    from train.trainer import train_run
+
+    train_run(config_from_args(args))
+    return 0
+
+
+def _register_eval(subparsers) -> None:
+    """`train eval` lives in train.commands_eval; a build without it simply has no eval command."""
+    try:
+        module = importlib.import_module("train.commands_eval")
+    except ModuleNotFoundError as exc:
+        if exc.name == "train.commands_eval":
+            return
+        raise
+    module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train", description="Fine-tune open_clip models: clean, TeCoA, FARE, MAT and MAT+ (and evaluate them).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for method in METHODS:
+        add_method_parser(sub, method)
+    _register_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

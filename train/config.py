@@ -1,0 +1,282 @@
+"""Training configuration: defaults < YAML file (`--config`) < command line, resolved once.
+
+`TrainConfig` lists every setting with its default. `resolve_config` merges the three layers,
+checks values, and fills the settings whose default depends on others (`pgd_step_size`, `mlm`,
+`freeze_text`), so the `config.yaml` written into RUN says exactly what ran and can be fed back
+with `--config` to repeat it.
+
+YAML keys are the option names with `_` or `-` (`batch_size` or `batch-size`); `eps` and the
+PGD step size also accept fractions such as "2/255".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from augment.errors import MatPlusError
+
+METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
+ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
+MULTIMODAL_METHODS = ("mat", "mat+")
+INNER_ORDERS = ("text-image", "image-text", "alternate")
+TEXT_ATTACKS = ("mlm", "wordnet")
+POOL_MODES = ("sample", "expand")
+PRECISIONS = ("no", "fp16", "bf16")
+
+CONFIG_FILE = "config.yaml"
+# masked LM of the text attack for the tiny CLIP (real models get the registry's default)
+TINY_MLM = "tiny-mlm"
+
+
+class ConfigError(MatPlusError):
+    """A training setting is missing, unknown or out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting. Field names are the command-line options with `_` for `-`."""
+
+    method: str = "clean"
+    # model: open_clip architecture (+ pretrained tag), local folder / local-dir:PATH, or tiny-clip
+    model: str = "tiny-clip"
+    pretrained: str | None = None
+    # data
+    source: str | None = None
+    image_root: str | None = None
+    train_split: str = "train"
+    pools: list[str] = field(default_factory=list)
+    pool_weights: list[float] | None = None  # one per pool; None: equal weights
+    p_original: float = 0.5  # chance that an item's view in a step is its original pair
+    pool_mode: str = "sample"
+    allow_pool_mismatch: bool = False  # pools from another source fingerprint: warn, not refuse
+    out: str | None = None
+    # optimisation
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    schedule_steps: int | None = None  # length of the cosine schedule; None: the run's length
+    batch_size: int = 64  # per process
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    precision: str = "no"
+    seed: int = 0
+    cpu: bool = False  # force the CPU even when a GPU is present
+    # which towers train; None: the method's default (TeCoA and FARE freeze the text tower)
+    freeze_text: bool | None = None
+    # attacks
+    eps: float = 2 / 255
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None  # None: eps / 4
+    random_start: bool = True
+    clean_weight: float = 0.0
+    inner_order: str = "text-image"
+    text_attack: str = "mlm"
+    mlm: str | None = None  # None: tiny-mlm for tiny-clip, else the registry's default masked LM
+    mlm_top_k: int = 10
+    word_budget: int = 1
+    # checkpoints and logging
+    save_every: int = 0  # 0: only at the end
+    log_every: int = 1
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "mat-plus"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# settings that may change when a killed run is resumed (how long, how often, how loud)
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite",
+    "progress", "tensorboard", "wandb", "wandb_project", "cpu",
+})
+
+
+def parse_fraction(value: Any, name: str = "value") -> float:
+    """A float from 0.0078, "0.0078" or "2/255"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{name}: cannot read {value!r} as a number (e.g. 0.0078 or 2/255)") from None
+
+
+def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a YAML mapping; keys may use '-' or '_'; unknown keys are refused."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(settings) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}")
+    return settings
+
+
+def _is_tiny_clip(model: str) -> bool:
+    """tiny-clip itself, or a local folder holding a model of its architecture (e.g. a run's ckpt)."""
+    if model.startswith("tiny-"):
+        return True
+    folder = Path(model.removeprefix("local-dir:")).expanduser()
+    try:
+        saved = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+        from augment.tiny import tiny_clip_config
+    except (OSError, ValueError, ImportError):
+        return False
+    model_cfg = {k: v for k, v in saved.get("model_cfg", {}).items() if k != "quick_gelu"}
+    return model_cfg == tiny_clip_config()
+
+
+def default_mlm(model: str) -> str:
+    """The text attack's masked LM: tiny-mlm for tiny-clip models (offline), else the registry's."""
+    if _is_tiny_clip(model):
+        return TINY_MLM
+    from augment.registry import DEFAULT_MODELS
+
+    return DEFAULT_MODELS["mlm"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _coerce(settings: dict[str, Any]) -> dict[str, Any]:
+    """Types from YAML/CLI values (numbers as strings, fractions, single pools)."""
+    out = dict(settings)
+    for name in ("eps", "pgd_step_size"):
+        if out.get(name) is not None:
+            out[name] = parse_fraction(out[name], name)
+    if "pools" in out:
+        out["pools"] = [str(p) for p in _as_list(out["pools"])]
+    if out.get("pool_weights") is not None:
+        out["pool_weights"] = [parse_fraction(w, "pool_weights") for w in _as_list(out["pool_weights"])]
+    for name in ("lr", "weight_decay", "p_original", "clean_weight", "max_grad_norm"):
+        if out.get(name) is not None:
+            out[name] = parse_fraction(out[name], name)
+    return out
+
+
+def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge setting layers (later wins) over the defaults, check them, fill derived defaults."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(set(layer) - set(FIELD_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}")
+        merged.update(layer)
+    config = TrainConfig(**_coerce(merged))
+    _validate(config)
+    _fill_derived(config)
+    return config
+
+
+def _validate(c: TrainConfig) -> None:
+    _check(c.method in METHODS, f"unknown method {c.method!r}; expected one of {list(METHODS)}")
+    _check(bool(c.source), "no --source given (a dataset to train on)")
+    _check(bool(c.out), "no --out given (the run folder)")
+    _check(bool(c.model), "no --model given")
+    if c.method == "mat+":
+        _check(bool(c.pools), "mat+ needs --pools (MAT without pools is `train mat`)")
+    if c.pool_weights is not None:
+        _check(len(c.pool_weights) == len(c.pools),
+               f"--pool-weights has {len(c.pool_weights)} values for {len(c.pools)} pools")
+        _check(all(w >= 0 for w in c.pool_weights) and sum(c.pool_weights) > 0,
+               "--pool-weights must be non-negative and not all zero")
+    _check(0.0 <= c.p_original <= 1.0, f"--p-original must lie in [0, 1], got {c.p_original}")
+    _check(c.pool_mode in POOL_MODES, f"unknown --pool-mode {c.pool_mode!r}; expected one of {list(POOL_MODES)}")
+    _check(c.inner_order in INNER_ORDERS, f"unknown --inner-order {c.inner_order!r}; expected one of {list(INNER_ORDERS)}")
+    _check(c.text_attack in TEXT_ATTACKS, f"unknown --text-attack {c.text_attack!r}; expected one of {list(TEXT_ATTACKS)}")
+    _check(c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; expected one of {list(PRECISIONS)}")
+    _check(c.epochs >= 1, "--epochs must be at least 1")
+    _check(c.max_steps is None or c.max_steps >= 1, "--max-steps must be at least 1")
+    _check(c.schedule_steps is None or c.schedule_steps >= 1, "--schedule-steps must be at least 1")
+    _check(c.batch_size >= 1, "--batch-size must be at least 1")
+    _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
+    _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
+    _check(c.weight_decay >= 0, "--weight-decay must be non-negative")
+    _check(c.warmup_steps >= 0, "--warmup-steps must be non-negative")
+    _check(0 <= c.eps <= 1, f"--eps must lie in [0, 1] (pixels in [0, 1]), got {c.eps}")
+    _check(c.pgd_steps >= 0, "--pgd-steps must be non-negative")
+    _check(c.pgd_step_size is None or c.pgd_step_size > 0, "--pgd-step-size must be positive")
+    _check(c.clean_weight >= 0, "--clean-weight must be non-negative")
+    _check(c.word_budget >= 0, "--word-budget must be non-negative")
+    _check(c.mlm_top_k >= 1, "--mlm-top-k must be at least 1")
+    _check(c.save_every >= 0, "--save-every must be non-negative")
+    _check(c.log_every >= 1, "--log-every must be at least 1")
+    _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
+
+
+def _fill_derived(c: TrainConfig) -> None:
+    if c.pgd_step_size is None:
+        c.pgd_step_size = c.eps / 4
+    if c.freeze_text is None:
+        # TeCoA and FARE fine-tune the vision encoder only (as in their papers); FARE's loss does
+        # not even reach the text tower. Clean and MAT train both towers.
+        c.freeze_text = c.method in ("tecoa", "fare")
+    if c.mlm is None and c.method in MULTIMODAL_METHODS and c.text_attack == "mlm":
+        c.mlm = default_mlm(c.model)
+    if c.pools and c.pool_weights is None:
+        c.pool_weights = [1.0] * len(c.pools)
+
+
+def config_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as RUN/config.yaml (atomically), ready to be fed back with --config."""
+    import yaml
+
+    path = config_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # how this run was started, not what it is: fed back with --config, they must not carry over
+    settings = {**config.to_dict(), "resume": False, "overwrite": False}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = config_path(run_dir)
+    return read_yaml_config(path) if path.is_file() else None
+
+
+def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Settings that differ from the run being resumed and would change its result."""
+    current = json.loads(json.dumps(config.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))

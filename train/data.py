@@ -1,0 +1,344 @@
+"""Training data: items of the train split, their 1:N pool views, and each step's batch.
+
+**Item.** One (image, caption) pair of the train split, as in CLIP fine-tuning on Flickr30k or
+COCO: an image with 5 captions gives 5 items. Items of the same image share a *key* (the index of
+the source image), and the contrastive loss treats everything with one key as positives of each
+other, never as negatives.
+
+**Pool views of an item** (image i, caption c), from each selected pool:
+
+* a "text" row of image i (tied to caption c, or to no caption: index -1) -> (image i, new caption);
+* an "image" row of image i (tied to c or -1)                            -> (new image, caption c);
+* a "pair" row of image i (tied to c or -1)                              -> (new image, new caption).
+
+**Pool draw** (`pool_mode="sample"`, MAT+): each step, each item of the batch keeps its original
+pair with probability `p_original`; otherwise one pool is chosen in proportion to `pool_weights`
+among the pools that have views of the item, and one of that pool's views uniformly. Items with no
+view anywhere keep the original. A draw is counted for the pool whose row was used.
+
+`pool_mode="expand"` (the control without 1:N modelling) adds every pool row to the epoch as an
+extra, independent entry (an untied image row takes a caption of its image, drawn per epoch); a
+draw is then a pool entry landing in a batch. Keys still follow the source image.
+
+**Determinism.** The batch of global micro-step m is a function of (seed, m) only: the epoch's
+order is a permutation seeded by (seed, epoch), and each *slot* of that order (its position in
+the epoch) seeds its own pool draw and random crop with (seed, epoch, slot). Every process
+computes the same global plan and materialises its own slice, so draw counts need no
+communication, `--resume` replays the same data, and what an epoch shows does not depend on the
+number of processes, the batch size or gradient accumulation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from augment.errors import PoolError
+from train.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "original"  # name under which draws of the original pair are counted
+_NO_POOL = -1
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (same on every platform, process and Python run)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+@dataclass
+class PoolViews:
+    """One pool, checked against the train split, indexed by the items it augments."""
+
+    name: str
+    dataset: Any  # datasets.Dataset with POOL_FEATURES
+    modality: list[str]
+    caption: list[str | None]
+    image_index: np.ndarray  # train image index of each row
+    caption_index: np.ndarray  # source caption index of each row (-1: tied to no caption)
+    tied: dict[tuple[int, int], list[int]]  # (image, caption) -> rows tied to that caption
+    untied: dict[int, list[int]]  # image -> rows tied to no caption
+    _image_column: Any = None
+
+    def views_of(self, image: int, caption: int) -> list[int]:
+        return self.tied.get((image, caption), []) + self.untied.get(image, [])
+
+    def image(self, row: int):
+        if self._image_column is None:
+            self._image_column = self.dataset.select_columns(["image"])
+        return self._image_column[int(row)]["image"]
+
+    def __len__(self) -> int:
+        return len(self.modality)
+
+
+def _pool_names(pools: Sequence[Any]) -> list[str]:
+    """Each pool's name, made unique (a pool given twice counts its draws separately)."""
+    names, seen = [], Counter()
+    for pool in pools:
+        base = pool.name
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return names
+
+
+def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts: Sequence[int],
+               all_ids: dict[str, str], fingerprint: str, allow_mismatch: bool) -> PoolViews:
+    """Check that `pool` fits the train split and index its rows; refuse it with PoolError if not.
+
+    Refused: rows naming image ids the source lacks, rows of images outside the train split (they
+    would leak evaluation data), caption indices the image does not have, unknown modalities, and
+    (unless `allow_mismatch`) a pool made from a source with another fingerprint.
+    """
+    where = f"pool {name} ({pool.path})"
+    made_from = pool.meta.get("source_fingerprint")
+    if made_from and made_from != fingerprint:
+        message = (f"{where} was made from another source (fingerprint {made_from}, this source "
+                   f"{fingerprint})")
+        if not allow_mismatch:
+            raise PoolError(message + "; pass --allow-pool-mismatch to use it anyway")
+        log.warning("%s; used anyway (--allow-pool-mismatch)", message)
+    columns = pool.dataset.select_columns(["source_image_id", "source_caption_index", "modality", "caption"])
+    image_ids = columns["source_image_id"]
+    caption_indices = columns["source_caption_index"]
+    modalities = columns["modality"]
+    captions = columns["caption"]
+
+    unknown = sorted({i for i in image_ids if i not in all_ids})
+    if unknown:
+        raise PoolError(f"{where}: {len(unknown)} source image ids are not in the source "
+                        f"(e.g. {unknown[:3]}); was it made from another dataset?")
+    outside = sorted({i for i in image_ids if i not in train_index})
+    if outside:
+        splits = sorted({all_ids[i] for i in outside})
+        raise PoolError(f"{where}: rows augment {len(outside)} images of split(s) {splits} "
+                        f"(e.g. {outside[:3]}); training on them would leak evaluation data")
+    bad_modality = sorted({m for m in modalities if m not in ("text", "image", "pair")})
+    if bad_modality:
+        raise PoolError(f"{where}: unknown modalities {bad_modality}")
+
+    image_index = np.fromiter((train_index[i] for i in image_ids), dtype=np.int64, count=len(image_ids))
+    caption_index = np.asarray(caption_indices, dtype=np.int64)
+    counts = np.asarray(caption_counts, dtype=np.int64)[image_index] if len(image_index) else np.zeros(0, np.int64)
+    wrong = np.flatnonzero((caption_index < -1) | (caption_index >= counts))
+    if len(wrong):
+        row = int(wrong[0])
+        raise PoolError(f"{where}: row {row} ties to caption {caption_index[row]} of image "
+                        f"{image_ids[row]!r}, which has {counts[row]} captions")
+    for row, (modality, caption) in enumerate(zip(modalities, captions)):
+        if modality in ("text", "pair") and not (caption or "").strip():
+            raise PoolError(f"{where}: {modality} row {row} has no caption")
+
+    tied: dict[tuple[int, int], list[int]] = defaultdict(list)
+    untied: dict[int, list[int]] = defaultdict(list)
+    for row, (image, caption) in enumerate(zip(image_index.tolist(), caption_index.tolist())):
+        if caption < 0:
+            untied[image].append(row)
+        else:
+            tied[(image, caption)].append(row)
+    if not len(image_index):
+        log.warning("%s has no rows; it will never be drawn", where)
+    return PoolViews(name, pool.dataset, list(modalities), list(captions), image_index, caption_index,
+                     dict(tied), dict(untied))
+
+
+# ----------------------------------------------------------------------------- batch plans
+
+
+@dataclass(frozen=True)
+class View:
+    """What one batch position shows: an item's original pair or one pool row of it."""
+
+    key: int  # train image index: positives share it
+    caption: int  # the item's source caption index
+    pool: int = _NO_POOL  # index into the pools, -1 for the original pair
+    row: int = -1  # row in that pool
+    slot: int = -1  # position in the epoch's order: seeds this view's draw and crop
+
+
+@dataclass
+class BatchPlan:
+    """The global micro-batch of one step: its views and how many came from each pool."""
+
+    micro_step: int
+    epoch: int
+    views: list[View]
+    draws: dict[str, int] = field(default_factory=dict)
+
+    def local(self, rank: int, per_process: int) -> list[View]:
+        return self.views[rank * per_process:(rank + 1) * per_process]
+
+
+@dataclass
+class Batch:
+    """One process's share of a step: [0, 1] pixels, captions, keys."""
+
+    pixels: torch.Tensor  # [B, 3, H, W], unnormalised
+    texts: list[str]
+    keys: torch.Tensor  # [B] long: train image index
+    sources: list[str]  # "original" or the pool name, per position
+
+
+class TrainData:
+    """The train split as items (or expand-mode entries), plus the selected pools' views."""
+
+    def __init__(self, source: Any, pools: Sequence[Any] = (), *, split: str = "train",
+                 pool_weights: Sequence[float] | None = None, p_original: float = 0.5,
+                 pool_mode: str = "sample", seed: int = 0, allow_pool_mismatch: bool = False):
+        from augment.sources import select_split, source_fingerprint
+
+        self.seed = int(seed)
+        self.pool_mode = pool_mode
+        self.p_original = float(p_original)
+        self.fingerprint = source_fingerprint(source)
+        self.train = select_split(source, split)
+        self.image_ids: list[str] = list(self.train["image_id"])
+        self.captions: list[list[str]] = list(self.train["captions"])
+        self._images = self.train.select_columns(["image"])
+        train_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        all_ids = dict(zip(source["image_id"], source["split"]))
+        caption_counts = [len(c) for c in self.captions]
+        self.pool_names = _pool_names(pools)
+        self.pools = [
+            index_pool(pool, name, train_index, caption_counts, all_ids, self.fingerprint, allow_pool_mismatch)
+            for pool, name in zip(pools, self.pool_names)
+        ]
+        weights = list(pool_weights) if pool_weights is not None else [1.0] * len(self.pools)
+        self.pool_weights = np.asarray(weights, dtype=np.float64)
+
+        # items: every (image, caption) pair of the split, in the source's order
+        self.item_image = np.repeat(np.arange(len(self.image_ids)), caption_counts)
+        self.item_caption = np.concatenate([np.arange(n) for n in caption_counts]).astype(np.int64)
+        entries_image, entries_caption = [self.item_image], [self.item_caption]
+        entries_pool, entries_row = [np.full(len(self.item_image), _NO_POOL)], [np.full(len(self.item_image), -1)]
+        if pool_mode == "expand":
+            for k, pool in enumerate(self.pools):
+                entries_image.append(pool.image_index)
+                entries_caption.append(pool.caption_index)
+                entries_pool.append(np.full(len(pool), k))
+                entries_row.append(np.arange(len(pool)))
+        self.entry_image = np.concatenate(entries_image)
+        self.entry_caption = np.concatenate(entries_caption)
+        self.entry_pool = np.concatenate(entries_pool)
+        self.entry_row = np.concatenate(entries_row)
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    # sizes -------------------------------------------------------------------------------------
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_image)
+
+    @property
+    def num_entries(self) -> int:
+        """Items, plus every pool row in expand mode: what one epoch goes through."""
+        return len(self.entry_image)
+
+    def micro_steps_per_epoch(self, global_batch: int) -> int:
+        return self.num_entries // global_batch
+
+    # planning ----------------------------------------------------------------------------------
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            rng = np.random.default_rng(derive_seed(self.seed, "order", epoch))
+            self._order_cache = (epoch, rng.permutation(self.num_entries))
+        return self._order_cache[1]
+
+    def plan(self, micro_step: int, global_batch: int) -> BatchPlan:
+        """The global micro-batch number `micro_step` (0-based, counted over the whole run)."""
+        per_epoch = self.micro_steps_per_epoch(global_batch)
+        if per_epoch < 1:
+            raise ConfigError(f"the train split has {self.num_entries} entries, fewer than one global "
+                              f"batch of {global_batch}; lower --batch-size")
+        epoch, position = divmod(micro_step, per_epoch)
+        first = position * global_batch
+        entries = self._epoch_order(epoch)[first:first + global_batch]
+        views = []
+        for slot, entry in enumerate(entries.tolist(), start=first):
+            rng = np.random.default_rng(derive_seed(self.seed, "draw", epoch, slot))
+            if self.pool_mode == "expand":
+                view = self._expand_view(entry, rng)
+            else:
+                view = self._sample_view(int(self.entry_image[entry]), int(self.entry_caption[entry]), rng)
+            views.append(dataclasses.replace(view, slot=slot))
+        draws = Counter({name: 0 for name in [ORIGINAL, *self.pool_names]})
+        draws.update(ORIGINAL if v.pool == _NO_POOL else self.pool_names[v.pool] for v in views)
+        return BatchPlan(micro_step, epoch, views, dict(draws))
+
+    def _sample_view(self, image: int, caption: int, rng: np.random.Generator) -> View:
+        # draw order is fixed (one uniform, then pool, then row) so a plan depends on seeds only
+        keep = rng.random() < self.p_original
+        if keep or not self.pools:
+            return View(image, caption)
+        candidates = [(k, self.pools[k].views_of(image, caption)) for k in range(len(self.pools))]
+        candidates = [(k, rows) for k, rows in candidates if rows and self.pool_weights[k] > 0]
+        if not candidates:
+            return View(image, caption)
+        weights = np.asarray([self.pool_weights[k] for k, _ in candidates])
+        choice = rng.choice(len(candidates), p=weights / weights.sum())
+        k, rows = candidates[choice]
+        return View(image, caption, k, int(rows[rng.integers(len(rows))]))
+
+    def _expand_view(self, entry: int, rng: np.random.Generator) -> View:
+        image, caption = int(self.entry_image[entry]), int(self.entry_caption[entry])
+        pool = int(self.entry_pool[entry])
+        if caption < 0:  # an untied pool row: an image row needs one of its image's captions, drawn per epoch
+            caption = int(rng.integers(len(self.captions[image])))
+        return View(image, caption, pool, int(self.entry_row[entry]))
+
+    # materialising ------------------------------------------------------------------------------
+
+    def source_image(self, image: int):
+        return self._images[int(image)]["image"]
+
+    def view_content(self, view: View) -> tuple[Any, str, str]:
+        """(PIL image, caption, source name) of a view."""
+        if view.pool == _NO_POOL:
+            return self.source_image(view.key), self.captions[view.key][view.caption], ORIGINAL
+        pool = self.pools[view.pool]
+        modality = pool.modality[view.row]
+        image = pool.image(view.row) if modality in ("image", "pair") else self.source_image(view.key)
+        caption = pool.caption[view.row] if modality in ("text", "pair") else self.captions[view.key][view.caption]
+        return image, caption, pool.name
+
+    def materialise(self, plan: BatchPlan, rank: int, per_process: int,
+                    preprocess: Callable[[Any], torch.Tensor]) -> Batch:
+        """Decode and preprocess this process's share of the plan.
+
+        Each image's random augmentation is seeded by (seed, epoch, slot), so it does not depend
+        on which process handles it, nor on the batch size.
+        """
+        views = plan.local(rank, per_process)
+        pixels, texts, sources = [], [], []
+        for view in views:
+            image, caption, source = self.view_content(view)
+            torch.manual_seed(derive_seed(self.seed, "crop", plan.epoch, view.slot))
+            pixels.append(preprocess(image))
+            texts.append(caption)
+            sources.append(source)
+        keys = torch.tensor([v.key for v in views], dtype=torch.long)
+        return Batch(torch.stack(pixels), texts, keys, sources)
+
+
+def load_train_data(config, progress: bool = False) -> TrainData:
+    """Read the source and the pools named in `config` and check that they fit together."""
+    from augment.pool import load_pool
+    from augment.sources import load_source
+
+    source, _ = load_source(config.source, image_root=config.image_root, progress=progress)
+    pools = [load_pool(path) for path in config.pools]
+    return TrainData(source, pools, split=config.train_split, pool_weights=config.pool_weights,
+                     p_original=config.p_original, pool_mode=config.pool_mode, seed=config.seed,
+                     allow_pool_mismatch=config.allow_pool_mismatch)

@@ -1,0 +1,723 @@
+"""The training loop shared by every method: clean, TeCoA, FARE, MAT and MAT+.
+
+`train_run(config)` is the whole run (the `train` command calls it; a study driver may call it
+in-process, once per process under `accelerate launch`/`torchrun`). Each method is an `Objective`
+that turns one batch into a loss, running its attacks (from `train.attacks`) first:
+
+* clean: CLIP's contrastive loss on the clean pairs;
+* tecoa: contrastive loss of PGD images (maximising that loss) against the clean captions;
+* fare: squared L2 between the adversarial image embedding and the frozen original model's
+  clean embedding, PGD maximising that distance;
+* mat / mat+: inner maximisation on the caption (word substitutions within `word_budget`) and on
+  the image (PGD), in the order `inner_order`, both maximising the contrastive loss; outer loss
+  on the adversarial pairs (+ `clean_weight` x clean loss). mat+ only differs in its data: each
+  item's view is drawn from its 1:N pool every step (see `train.data`).
+
+`clean_loss` is logged for every method (computed without gradient when it is not trained on),
+`robust_loss` for the adversarial ones.
+
+Determinism: each micro step reseeds the torch / NumPy / Python RNGs and the PGD start from
+(seed, micro step, process), and the data plan depends on (seed, micro step) only, so a resumed
+run continues exactly as the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from augment.errors import MissingDependencyError
+from train import checkpoint as ckpt
+from train.config import (
+    ConfigError,
+    TrainConfig,
+    load_saved_config,
+    resolve_config,
+    resume_conflicts,
+    save_config,
+)
+from train.data import ORIGINAL, Batch, BatchPlan, TrainData, derive_seed, load_train_data
+from train.losses import ContrastiveLoss, fare_loss
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+# what --overwrite may delete in RUN (never anything else the user keeps there)
+RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml")
+
+
+# ----------------------------------------------------------------------------- the model as trained
+
+
+class ClipForTraining(nn.Module):
+    """What DDP wraps: one forward per micro step computing the embeddings the loss needs.
+
+    Pixels come in [0, 1] and are normalised here, so attacks and training share one pixel space.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                normalize_image: bool = True):
+        image = None
+        if pixels is not None:
+            image = self.model.encode_image((pixels - self.mean) / self.std, normalize=normalize_image)
+        text = self.model.encode_text(tokens, normalize=True) if tokens is not None else None
+        return image, text, self.model.logit_scale.exp()
+
+
+def text_tower_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Everything outside the vision tower and the logit scale/bias (works for CLIP and CustomTextCLIP)."""
+    return [p for n, p in model.named_parameters() if not n.startswith("visual.") and not n.startswith("logit_")]
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as open_clip's training script: no decay on gains, biases, norms, logit scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier of (0-based) step s: linear warm-up, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what is back-propagated
+    clean_loss: torch.Tensor  # detached
+    robust_loss: torch.Tensor | None = None  # detached
+    adv_pixels: torch.Tensor | None = None
+    adv_texts: list[str] | None = None
+    gradient_scale: float = 1.0  # see ContrastiveLoss.gradient_scale
+
+
+@dataclass
+class StepContext:
+    """What objectives share: the wrapped model, the bare model for attacks, the loss."""
+
+    forward: nn.Module  # ClipForTraining, possibly DDP-wrapped: the one call with gradients
+    victim: Any  # train.attacks.ClipVictim on the bare model (attacks take input gradients only)
+    contrastive: ContrastiveLoss
+    tokenize: Callable[[list[str]], torch.Tensor]
+    config: TrainConfig
+    pgd_generator: torch.Generator
+    frozen: nn.Module | None = None  # FARE's original model
+
+
+class Objective:
+    """One training method: a batch in, a loss out (attacks included)."""
+
+    def __init__(self, context: StepContext):
+        self.ctx = context
+        self.cfg = context.config
+
+    def __call__(self, batch: Batch, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def _pgd(self):
+        from train.attacks import PGD
+
+        return PGD(self.ctx.victim, eps=self.cfg.eps, steps=self.cfg.pgd_steps, step_size=self.cfg.pgd_step_size,
+                   random_start=self.cfg.random_start, objective="contrastive", generator=self.ctx.pgd_generator)
+
+    def _contrastive_pair(self, adv_pixels: torch.Tensor, adv_tokens: torch.Tensor, clean_pixels: torch.Tensor,
+                          clean_tokens: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(robust, clean) contrastive losses; one forward with gradients, the clean one only if trained."""
+        ctx = self.ctx
+        if self.cfg.clean_weight > 0:
+            # one forward for both halves: DDP wants a single forward per backward
+            images, texts, scale = ctx.forward(torch.cat([adv_pixels, clean_pixels]), torch.cat([adv_tokens, clean_tokens]))
+            half = len(adv_pixels)
+            robust = ctx.contrastive(images[:half], texts[:half], keys, scale)
+            clean = ctx.contrastive(images[half:], texts[half:], keys, scale)
+            return robust, clean
+        images, texts, scale = ctx.forward(adv_pixels, adv_tokens)
+        robust = ctx.contrastive(images, texts, keys, scale)
+        with torch.no_grad():
+            clean = ctx.contrastive(ctx.victim.encode_image(clean_pixels), ctx.victim.encode_tokens(clean_tokens),
+                                    keys, ctx.victim.logit_scale)
+        return robust, clean
+
+    def _output(self, robust: torch.Tensor, clean: torch.Tensor, **extra) -> StepOutput:
+        loss = robust + self.cfg.clean_weight * clean if self.cfg.clean_weight > 0 else robust
+        return StepOutput(loss=loss, clean_loss=clean.detach(), robust_loss=robust.detach(),
+                          gradient_scale=self.ctx.contrastive.gradient_scale, **extra)
+
+
+class CleanObjective(Objective):
+    def __call__(self, batch: Batch, step: int) -> StepOutput:
+        images, texts, scale = self.ctx.forward(batch.pixels, self.ctx.tokenize(batch.texts))
+        loss = self.ctx.contrastive(images, texts, batch.keys, scale)
+        return StepOutput(loss=loss, clean_loss=loss.detach(), gradient_scale=self.ctx.contrastive.gradient_scale)
+
+
+class TeCoAObjective(Objective):
+    def __init__(self, context: StepContext):
+        super().__init__(context)
+        self.pgd = self._pgd()
+
+    def __call__(self, batch: Batch, step: int) -> StepOutput:
+        tokens = self.ctx.tokenize(batch.texts)
+        with torch.no_grad():
+            text_emb = self.ctx.victim.encode_tokens(tokens)
+        adv = self.pgd.perturb(batch.pixels, text_emb, torch.arange(len(batch.texts)))
+        robust, clean = self._contrastive_pair(adv, tokens, batch.pixels, tokens, batch.keys)
+        return self._output(robust, clean, adv_pixels=adv)
+
+
+class FAREObjective(Objective):
+    def __call__(self, batch: Batch, step: int) -> StepOutput:
+        from train.attacks import pgd_linf
+
+        ctx, cfg = self.ctx, self.cfg
+        victim = ctx.victim
+        with torch.no_grad():
+            target = ctx.frozen.encode_image(victim.normalize(batch.pixels), normalize=False)
+        adv = pgd_linf(
+            batch.pixels,
+            lambda x: fare_loss(victim.model.encode_image(victim.normalize(x), normalize=False), target),
+            cfg.eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator,
+        )
+        if cfg.clean_weight > 0:
+            images, _, _ = ctx.forward(torch.cat([adv, batch.pixels]), None, normalize_image=False)
+            robust, clean = fare_loss(images[:len(adv)], target), fare_loss(images[len(adv):], target)
+        else:
+            images, _, _ = ctx.forward(adv, None, normalize_image=False)
+            robust = fare_loss(images, target)
+            with torch.no_grad():
+                clean = fare_loss(victim.model.encode_image(victim.normalize(batch.pixels), normalize=False), target)
+        loss = robust + cfg.clean_weight * clean if cfg.clean_weight > 0 else robust
+        # a per-process mean: DDP's gradient average is already the global mean
+        return StepOutput(loss=loss, clean_loss=clean.detach(), robust_loss=robust.detach(), adv_pixels=adv)
+
+
+class MATObjective(Objective):
+    """MAT (and MAT+, whose difference is the data): text and image inner maximisation.
+
+    The inner attacks use the shared attack classes with the "contrastive" objective on this
+    process's batch paired 1:1; unlike the outer loss, they do not know which positions share a
+    source image (the common attack signature maps each caption to one image).
+    """
+
+    def __init__(self, context: StepContext):
+        super().__init__(context)
+        self.pgd = self._pgd()
+        self.text_attack = build_text_attack(context.victim, self.cfg)
+
+    def _order(self, step: int) -> str:
+        if self.cfg.inner_order == "alternate":
+            return "text-image" if step % 2 == 0 else "image-text"
+        return self.cfg.inner_order
+
+    def _attack_text(self, pixels: torch.Tensor, texts: list[str]) -> list[str]:
+        if self.text_attack is None:
+            return list(texts)
+        return self.text_attack(pixels, texts, None).texts
+
+    def __call__(self, batch: Batch, step: int) -> StepOutput:
+        victim, pairs = self.ctx.victim, torch.arange(len(batch.texts))
+        if self._order(step) == "text-image":
+            adv_texts = self._attack_text(batch.pixels, batch.texts)
+            adv_tokens = self.ctx.tokenize(adv_texts)
+            with torch.no_grad():
+                adv_text_emb = victim.encode_tokens(adv_tokens)
+            adv = self.pgd.perturb(batch.pixels, adv_text_emb, pairs)
+        else:
+            with torch.no_grad():
+                text_emb = victim.encode_tokens(self.ctx.tokenize(batch.texts))
+            adv = self.pgd.perturb(batch.pixels, text_emb, pairs)
+            adv_texts = self._attack_text(adv, batch.texts)
+            adv_tokens = self.ctx.tokenize(adv_texts)
+        robust, clean = self._contrastive_pair(adv, adv_tokens, batch.pixels, self.ctx.tokenize(batch.texts), batch.keys)
+        return self._output(robust, clean, adv_pixels=adv, adv_texts=adv_texts)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "clean": CleanObjective,
+    "tecoa": TeCoAObjective,
+    "fare": FAREObjective,
+    "mat": MATObjective,
+    "mat+": MATObjective,
+}
+
+
+def build_text_attack(victim, config: TrainConfig):
+    """MAT's word-substitution attack on the contrastive objective; None with a zero word budget."""
+    if config.word_budget == 0:
+        return None
+    from train.attacks.text import BertAttack, SynonymAttack
+
+    if config.text_attack == "mlm":
+        return BertAttack(victim, mlm=config.mlm, top_k=config.mlm_top_k, budget=config.word_budget,
+                          objective="contrastive")
+    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, objective="contrastive")
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def require_logging_packages(config: TrainConfig) -> None:
+    """Fail before training when --tensorboard / --wandb lack their package (imported lazily)."""
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+        except ImportError:
+            raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if config.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--wandb needs the wandb package: pip install wandb") from None
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl on the main process, plus TensorBoard / W&B when asked for."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, is_main: bool, resume_step: int):
+        self.path = run_dir / METRICS_FILE
+        self.is_main = is_main
+        self.tensorboard = self.wandb = None
+        if not is_main:
+            return
+        self._truncate_after(resume_step)
+        require_logging_packages(config)
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        if config.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=config.wandb_project, name=run_dir.name, dir=str(run_dir),
+                                    config=config.to_dict(), resume="allow")
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines a killed run logged after its last checkpoint (they are replayed)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and v is not None}
+        scalars.update({f"pool_draws/{k}": v for k, v in record.get("pool_draws", {}).items()})
+        if self.tensorboard is not None:
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class StepRecord:
+    """Handed to `callbacks` after every micro step (tests use it to check the attacks)."""
+
+    step: int  # optimizer step (0-based)
+    micro_step: int
+    plan: BatchPlan
+    batch: Batch
+    output: StepOutput
+
+
+def _is_distributed_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if not _is_distributed_launch():
+        # accelerate keeps one global state per process; an in-process caller (a study driver,
+        # the tests) may run several trainings with different precisions one after the other
+        AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        return Accelerator(cpu=config.cpu, mixed_precision=config.precision)
+    except ValueError as exc:  # e.g. fp16 on a CPU
+        raise ConfigError(f"--precision {config.precision}: {str(exc).splitlines()[0]}") from None
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
+    """Check RUN against --resume / --overwrite; return the checkpoint to resume from, if any.
+
+    Only reads: every process runs it before any process writes, so all fail alike.
+    """
+    found = ckpt.find_checkpoint(run_dir)
+    has_outputs = any((run_dir / name).exists() for name in RUN_OUTPUTS)
+    if config.resume:
+        if found is None:
+            log.warning("--resume: %s has no checkpoint yet; starting from step 0", run_dir)
+            return None
+        saved = load_saved_config(run_dir)
+        if saved is not None:
+            conflicts = resume_conflicts(saved, config)
+            if conflicts:
+                raise ConfigError(f"--resume: settings differ from the run in {run_dir}: {conflicts}")
+        return found
+    if has_outputs and not config.overwrite:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start over")
+    return None
+
+
+def _clear_run_outputs(run_dir: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run; `run()` returns the summary dict (also written to RUN/summary.json)."""
+
+    def __init__(self, config: TrainConfig, callbacks: Iterable[Callable[[StepRecord], None]] = ()):
+        self.cfg = config
+        self.callbacks = list(callbacks)
+        self.run_dir = Path(config.out)
+
+    # set-up -------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml."""
+        from augment.registry import load_clip
+        from train.attacks import ClipVictim
+
+        cfg = self.cfg
+        self.accelerator = acc = make_accelerator(cfg)
+        self.rank, self.world_size = acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
+        resume_from = _prepare_run_dir(self.run_dir, cfg)
+        require_logging_packages(cfg)
+        self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress)
+        self.global_batch = cfg.batch_size * self.world_size
+        micro_per_epoch = self.data.micro_steps_per_epoch(self.global_batch)
+        self.steps_per_epoch = micro_per_epoch // cfg.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the train split has {self.data.num_entries} entries: less than one optimizer step of "
+                f"{cfg.grad_accum} x {self.global_batch}; lower --batch-size or --grad-accum")
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.schedule_steps = cfg.schedule_steps or self.total_steps
+
+        _seed_everything(cfg.seed)
+        bundle = load_clip(cfg.model, cfg.pretrained, device="cpu")
+        self.bundle = bundle
+        model = bundle.model
+        frozen = None
+        if cfg.method == "fare":  # FARE's target: the model as it was before any fine-tuning
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
+        state = None
+        if resume_from is not None:
+            ckpt.load_model_weights(model, resume_from)
+            state = ckpt.read_state(resume_from)
+            self._check_resumable(state)
+        if cfg.freeze_text:
+            for param in text_tower_parameters(model):
+                param.requires_grad_(False)
+        if cfg.method == "fare":  # the logit scale takes no part in FARE's loss
+            model.logit_scale.requires_grad_(False)
+        model.train()
+
+        optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, self.schedule_steps))
+        self.forward_module, self.optimizer = acc.prepare(ClipForTraining(model, bundle.mean, bundle.std), optimizer)
+        self.model = model
+        if resume_from is not None:
+            ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
+                                     scaler=acc.scaler, rank=self.rank)
+            self.start_step = int(state["step"])
+            self.draws_total = Counter(state.get("draws_total", {}))
+            self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        if frozen is not None:
+            frozen.to(acc.device)
+
+        tokenizer, device = bundle.tokenizer, acc.device
+        self.context = StepContext(
+            forward=self.forward_module,
+            victim=ClipVictim(model, tokenizer, bundle.mean, bundle.std, device=device),
+            contrastive=ContrastiveLoss(self.rank, self.world_size),
+            tokenize=lambda texts: tokenizer(list(texts)).to(device),
+            config=cfg,
+            pgd_generator=torch.Generator(device="cpu"),
+            frozen=frozen,
+        )
+        self.objective = OBJECTIVES[cfg.method](self.context)
+
+        # every check passed: only now touch RUN
+        if self.is_main:
+            if cfg.overwrite:
+                _clear_run_outputs(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir)
+        acc.wait_for_everyone()
+        self.metrics = MetricsLog(self.run_dir, cfg, self.is_main, self.start_step)
+
+    def _check_resumable(self, state: dict) -> None:
+        if state.get("global_batch") != self.global_batch:
+            raise ConfigError(
+                f"--resume: the run used a global batch of {state.get('global_batch')}, now "
+                f"{self.cfg.batch_size} x {self.world_size} processes = {self.global_batch}; "
+                "keep batch size x processes the same")
+        if state.get("schedule_steps") not in (None, self.schedule_steps):
+            log.warning("--resume: the LR schedule now spans %d steps (the run planned %s); "
+                        "the result will differ from an uninterrupted run", self.schedule_steps, state["schedule_steps"])
+
+    # the loop -----------------------------------------------------------------------------------
+
+    def _seed_micro_step(self, micro_step: int) -> None:
+        seed = derive_seed(self.cfg.seed, "step", micro_step, self.rank)
+        _seed_everything(seed)
+        self.context.pgd_generator.manual_seed(derive_seed(self.cfg.seed, "pgd", micro_step, self.rank))
+
+    def _micro_step(self, step: int, micro: int, sync: bool) -> tuple[StepOutput, BatchPlan]:
+        acc, cfg = self.accelerator, self.cfg
+        micro_step = step * cfg.grad_accum + micro
+        plan = self.data.plan(micro_step, self.global_batch)
+        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.bundle.preprocess_train)
+        batch.pixels = batch.pixels.to(acc.device)
+        batch.keys = batch.keys.to(acc.device)
+        self._seed_micro_step(micro_step)
+        no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
+        with no_sync:
+            with acc.autocast():
+                output = self.objective(batch, step)
+            acc.backward(output.loss * (output.gradient_scale / cfg.grad_accum))
+        for callback in self.callbacks:
+            callback(StepRecord(step, micro_step, plan, batch, output))
+        return output, plan
+
+    def train_step(self, step: int) -> list[tuple[StepOutput, BatchPlan]]:
+        """One optimizer step (all its micro steps); the set-up must have run."""
+        results = []
+        for micro in range(self.cfg.grad_accum):
+            output, plan = self._micro_step(step, micro, sync=micro == self.cfg.grad_accum - 1)
+            self.draws_total.update(plan.draws)
+            results.append((output, plan))
+        self._optimizer_step()
+        return results
+
+    def _optimizer_step(self) -> None:
+        acc = self.accelerator
+        if self.cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # as CLIP and open_clip: temperature no lower than 1/100
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    def _reduce(self, values: list[float | None]) -> list[float | None]:
+        """Mean over processes (identical for gathered contrastive losses, needed for FARE)."""
+        present = [v for v in values if v is not None]
+        tensor = torch.tensor(present or [0.0], device=self.accelerator.device, dtype=torch.float64)
+        reduced = self.accelerator.reduce(tensor, "mean").tolist() if self.world_size > 1 else tensor.tolist()
+        it = iter(reduced)
+        return [next(it) if v is not None else None for v in values]
+
+    def _save(self, step: int, elapsed: float) -> None:
+        state = {
+            "step": step,
+            "micro_steps": step * self.cfg.grad_accum,
+            "draws_total": dict(self.draws_total),
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
+            "schedule_steps": self.schedule_steps,
+            "elapsed_seconds": elapsed,
+        }
+        ckpt.save_checkpoint(
+            self.run_dir, model=self.model, model_cfg=self.bundle.model_cfg, preprocess_cfg=self.bundle.preprocess_cfg,
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.accelerator.scaler, state=state,
+            rank=self.rank, is_main=self.is_main, barrier=self.accelerator.wait_for_everyone,
+        )
+
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        self.setup()
+        cfg = self.cfg
+        started = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {cfg.method}", unit="step",
+                   disable=not (self.is_main and cfg.progress), dynamic_ncols=True)
+        window = _LogWindow()
+        running: dict[str, float] = {}
+        last: dict[str, Any] = {}
+        try:
+            for step in range(self.start_step, self.total_steps):
+                step_started = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]
+                for output, plan in self.train_step(step):
+                    window.add(output, plan, cfg.grad_accum)
+                elapsed = self.elapsed_before + time.perf_counter() - started
+                window.seconds += time.perf_counter() - step_started
+                done = step + 1
+                saving = done == self.total_steps or (cfg.save_every and done % cfg.save_every == 0)
+                # a checkpoint step always closes the log window, so metrics.jsonl stays complete on resume
+                if done % cfg.log_every == 0 or saving:
+                    last = self._log(done, plan.epoch, lr, elapsed, window)
+                    window = _LogWindow()
+                    for name in ("loss", "robust_loss"):
+                        if last.get(name) is not None:  # exponential running mean for the bar
+                            running[name] = last[name] if name not in running else 0.9 * running[name] + 0.1 * last[name]
+                    bar.set_postfix({("robust" if k == "robust_loss" else k): f"{v:.4f}" for k, v in running.items()})
+                bar.update(1)
+                if saving and done < self.total_steps:
+                    self._save(done, elapsed)
+        finally:
+            bar.close()
+        elapsed = self.elapsed_before + time.perf_counter() - started
+        self._save(self.total_steps, elapsed)
+        summary = self._summary(last, elapsed)
+        self.metrics.close()
+        if self.is_main:
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            print(_summary_line(summary))
+        return summary
+
+    def _log(self, step: int, epoch: int, lr: float, elapsed: float, window: "_LogWindow") -> dict:
+        loss, clean, robust = self._reduce([window.mean("loss"), window.mean("clean_loss"), window.mean("robust_loss")])
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss,
+            "clean_loss": clean,
+            "robust_loss": robust,
+            "lr": lr,
+            "seconds": window.seconds / max(1, window.steps),
+            "elapsed": elapsed,
+            "pool_draws": dict(window.draws),
+        }
+        self.metrics.write(record)
+        return record
+
+    def _summary(self, last: dict, elapsed: float) -> dict:
+        cfg = self.cfg
+        return {
+            "method": cfg.method,
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "steps": self.total_steps,
+            "resumed_from_step": self.start_step or None,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.global_batch,
+            "world_size": self.world_size,
+            "train_items": self.data.num_items,
+            "train_entries": self.data.num_entries,
+            "pools": {name: len(pool) for name, pool in zip(self.data.pool_names, self.data.pools)},
+            "pool_draws": {name: int(self.draws_total.get(name, 0)) for name in [ORIGINAL, *self.data.pool_names]},
+            "final": {k: last.get(k) for k in ("loss", "clean_loss", "robust_loss")},
+            "seconds": elapsed,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(ckpt.checkpoint_dir(self.run_dir)),
+            "config": str(self.run_dir / "config.yaml"),
+            "metrics": str(self.run_dir / METRICS_FILE),
+        }
+
+
+@dataclass
+class _LogWindow:
+    """Sums over the steps since the last metrics line."""
+
+    sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    draws: Counter = field(default_factory=Counter)
+    steps: int = 0
+    micro: int = 0
+    seconds: float = 0.0
+
+    def add(self, output: StepOutput, plan: BatchPlan, grad_accum: int) -> None:
+        self.micro += 1
+        if self.micro % grad_accum == 0:
+            self.steps += 1
+        self.draws.update(plan.draws)
+        for name in ("loss", "clean_loss", "robust_loss"):
+            value = getattr(output, name)
+            if value is not None:
+                self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def mean(self, name: str) -> float | None:
+        return self.sums[name] / self.counts[name] if self.counts.get(name) else None
+
+
+def _summary_line(summary: dict) -> str:
+    draws = ", ".join(f"{k} {v}" for k, v in summary["pool_draws"].items())
+    final = summary["final"]
+    losses = f"loss {final['loss']:.4f}" if final.get("loss") is not None else "no steps run"
+    if final.get("robust_loss") is not None:
+        losses += f" (clean {final['clean_loss']:.4f}, robust {final['robust_loss']:.4f})"
+    return (f"{summary['method']}: {summary['steps']} steps, {losses}; draws: {draws}; "
+            f"checkpoint {summary['checkpoint']}")
+
+
+def train_run(config: TrainConfig | dict, callbacks: Iterable[Callable[[StepRecord], None]] = ()) -> dict:
+    """Train as `config` says (a TrainConfig, or a dict of settings resolved over the defaults).
+
+    Returns the summary (steps, final losses, pool draws per pool, paths); RUN holds config.yaml,
+    metrics.jsonl, summary.json and ckpt/. Raises MatPlusError subclasses for expected failures
+    (bad settings, pools that do not fit the source, missing optional packages).
+    """
+    if not isinstance(config, TrainConfig):
+        config = resolve_config(dict(config))
+    return Trainer(config, callbacks).run()
+
+
+__all__ = ["Trainer", "TrainConfig", "StepRecord", "train_run"]
