@@ -1,0 +1,253 @@
+"""Attack speed against named baselines, measured in the same run, reported as ratios.
+
+    python -m bench.bench_attacks [--images 16] [--captions 5] [--repeats 3] [--device cpu]
+                                  [--out outputs/bench/attacks.json]
+
+1. **Image PGD vs torchattacks.PGD**: the same tiny CLIP (tiny-clip architecture, random
+   weights), the same images and settings (eps 2/255, 10 steps of 0.5/255, random start). The
+   CLIP is wrapped as a classifier over the batch's captions (logits = scale * image_emb @
+   text_emb.T, label = the paired caption), and mat-plus's `pgd_linf` maximises the same cross
+   entropy as torchattacks does. Reported: time ratio (torchattacks / mat-plus, > 1 means
+   mat-plus is faster) and the final loss of both (they should be close). For context, the
+   `PGD` class with its default "pair" objective is timed too.
+2. **Multimodal attacks, batched vs one sample at a time**: Sep-Attack, Co-Attack and SGA (and
+   BERT-Attack alone) on `--images` images with `--captions` captions each, once as one batch
+   and once as a loop over single images (each with its captions), same model and settings.
+   Reported: time ratio (loop / batched) and the mean image-caption similarity each leaves.
+
+Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
+alike; times are medians of wall time and of process CPU time (which barely moves with other
+processes' load). torchattacks pins an old `requests`, so it must be installed with
+`pip install --no-deps torchattacks`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_OUT = "outputs/bench/attacks.json"
+INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattacks (its requests pin breaks huggingface_hub)"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16, help="images per batch")
+    parser.add_argument("--captions", type=int, default=5, help="captions per image")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (median)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    return parser.parse_args(argv)
+
+
+def _offline() -> None:
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+
+
+def _timed(fn):
+    """(wall seconds, process CPU seconds, result). CPU time barely moves with other processes'
+    load on a shared machine, so its ratios are the steadier ones there."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def _interleaved(sides: dict, repeats: int) -> dict:
+    """{name: {"seconds", "cpu_seconds", "result"}}: medians, the sides run in turn `repeats` times."""
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    cpus: dict[str, list[float]] = {name: [] for name in sides}
+    results = {}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            wall, cpu, results[name] = _timed(fn)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return {name: {"seconds": statistics.median(walls[name]), "cpu_seconds": statistics.median(cpus[name]),
+                   "result": results[name]} for name in sides}
+
+
+class CaptionClassifier(torch.nn.Module):
+    """CLIP as a classifier over fixed captions: [0,1] pixels -> scale * image_emb @ text_emb.T."""
+
+    def __init__(self, victim, text_emb: torch.Tensor):
+        super().__init__()
+        self.victim = victim
+        self.clip = victim.model  # registered, so torchattacks finds its device and training mode
+        self.text_emb = text_emb
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.victim.logit_scale * self.victim.encode_image(pixels) @ self.text_emb.T
+
+
+def bench_pgd(victim, pixels, captions_per_image: list[str], repeats: int) -> dict:
+    import torch.nn.functional as F
+    import torchattacks
+
+    from train.attacks import PGD, pgd_linf
+
+    eps, steps, step_size = 2 / 255, 10, 0.5 / 255
+    with torch.no_grad():
+        text_emb = victim.encode_text(captions_per_image)
+    labels = torch.arange(len(pixels), device=pixels.device)
+    classifier = CaptionClassifier(victim, text_emb).eval()
+    baseline = torchattacks.PGD(classifier, eps=eps, alpha=step_size, steps=steps, random_start=True)
+
+    def cross_entropy(adversarial):
+        return F.cross_entropy(classifier(adversarial), labels)
+
+    def ours():
+        return pgd_linf(pixels, cross_entropy, eps, steps, step_size, random_start=True)
+
+    pair_pgd = PGD(victim, eps=eps, steps=steps, step_size=step_size)
+    measured = _interleaved({
+        "torchattacks": lambda: baseline(pixels, labels),
+        "mat-plus pgd_linf": ours,
+        "mat-plus PGD (pair objective)": lambda: pair_pgd(pixels, captions_per_image).images,
+    }, repeats)
+    with torch.no_grad():
+        losses = {name: float(cross_entropy(side["result"])) for name, side in measured.items()}
+        clean_loss = float(cross_entropy(pixels))
+    return {
+        "settings": {"eps": eps, "steps": steps, "step_size": step_size, "images": len(pixels)},
+        "seconds": {name: side["seconds"] for name, side in measured.items()},
+        "cpu_seconds": {name: side["cpu_seconds"] for name, side in measured.items()},
+        "ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks", "mat-plus pgd_linf", "seconds"),
+        "cpu_ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks", "mat-plus pgd_linf", "cpu_seconds"),
+        "clean_loss": clean_loss,
+        "final_loss": losses,
+        "linf": {name: float((side["result"] - pixels).abs().max()) for name, side in measured.items()},
+    }
+
+
+def _ratio(measured: dict, baseline: str, ours: str, key: str) -> float:
+    return measured[baseline][key] / measured[ours][key]
+
+
+def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int) -> dict:
+    from train.attacks import build_attack
+
+    def mean_similarity(images, texts):
+        with torch.no_grad():
+            return float((victim.encode_image(images)[image_of_text] * victim.encode_text(texts)).sum(-1).mean())
+
+    out = {"clean_similarity": mean_similarity(pixels, captions), "attacks": {}}
+    per_image = torch.bincount(image_of_text).tolist()
+    for name in ("bert-attack", "sep", "co-attack", "sga"):
+        attack = build_attack(name, victim, mlm=mlm, seed=0)
+
+        def batched():
+            return attack(pixels, captions, image_of_text)
+
+        def one_at_a_time():
+            images, texts, start = [], [], 0
+            for index, count in enumerate(per_image):
+                result = attack(pixels[index:index + 1], captions[start:start + count], torch.zeros(count, dtype=torch.long))
+                images.append(result.images)
+                texts += result.texts
+                start += count
+            return torch.cat(images), texts
+
+        measured = _interleaved({"one_at_a_time": one_at_a_time, "batched": batched}, repeats)
+        loop_images, loop_texts = measured["one_at_a_time"]["result"]
+        batch_result = measured["batched"]["result"]
+        out["attacks"][name] = {
+            "seconds": {side: m["seconds"] for side, m in measured.items()},
+            "cpu_seconds": {side: m["cpu_seconds"] for side, m in measured.items()},
+            "ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "seconds"),
+            "cpu_ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "cpu_seconds"),
+            "similarity_after": {
+                "batched": mean_similarity(batch_result.images, batch_result.texts),
+                "one_at_a_time": mean_similarity(loop_images, loop_texts),
+            },
+        }
+        print(f"  {name}: batched {measured['batched']['seconds']:.2f}s, loop {measured['one_at_a_time']['seconds']:.2f}s", flush=True)
+    return out
+
+
+def _table(report: dict) -> str:
+    pgd = report["pgd"]
+    ours, theirs = "mat-plus pgd_linf", "torchattacks"
+    lines = [
+        "| comparison | baseline s | mat-plus s | ratio wall | ratio CPU | loss or similarity (baseline / mat-plus) |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| PGD vs torchattacks.PGD | {pgd['seconds'][theirs]:.3f} | {pgd['seconds'][ours]:.3f} | "
+        f"{pgd['ratio_torchattacks_over_matplus']:.2f} | {pgd['cpu_ratio_torchattacks_over_matplus']:.2f} | "
+        f"CE {pgd['final_loss'][theirs]:.3f} / {pgd['final_loss'][ours]:.3f} (clean {pgd['clean_loss']:.3f}) |",
+    ]
+    for name, entry in report["multimodal"]["attacks"].items():
+        seconds, similarity = entry["seconds"], entry["similarity_after"]
+        lines.append(
+            f"| {name}: one at a time vs batched | {seconds['one_at_a_time']:.3f} | {seconds['batched']:.3f} | "
+            f"{entry['ratio_loop_over_batched']:.2f} | {entry['cpu_ratio_loop_over_batched']:.2f} | "
+            f"sim {similarity['one_at_a_time']:.3f} / {similarity['batched']:.3f} "
+            f"(clean {report['multimodal']['clean_similarity']:.3f}) |"
+        )
+    lines.append("ratio = baseline time / mat-plus time (> 1: mat-plus faster); CPU = process CPU time, "
+                 "steadier than wall time on a shared machine.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        print(INSTALL_HINT, file=sys.stderr)
+        return 2
+    _offline()
+    from augment.registry import load_clip, load_mlm
+    from augment.sample_world import write_sample
+    from augment.sources import load_source
+    from train.attacks import ClipVictim
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bundle = load_clip("tiny-clip", device=device)
+    victim = ClipVictim.from_bundle(bundle)
+    model, tokenizer = load_mlm("tiny-mlm", device=device)
+    mlm = (model, tokenizer, "tiny-mlm")
+    with tempfile.TemporaryDirectory(prefix="bench-attacks-") as work:
+        world = write_sample(Path(work) / "world", n=args.images, seed=2, val_frac=0.0, test_frac=0.0,
+                             n_captions=args.captions)
+        rows = load_source(str(world))[0]
+        pixels = torch.stack([bundle.preprocess_eval(row["image"]) for row in rows]).to(device)
+        captions = [c for row in rows for c in row["captions"]]
+        image_of_text = torch.tensor([i for i, row in enumerate(rows) for _ in row["captions"]])
+        first_captions = [row["captions"][0] for row in rows]
+
+    print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, tiny-clip, tiny-mlm", flush=True)
+    report = {
+        "device": device, "threads": args.threads, "images": len(pixels), "captions_per_image": args.captions,
+        "repeats": args.repeats, "model": "tiny-clip (random weights)", "mlm": "tiny-mlm",
+        "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
+    }
+    print("PGD vs torchattacks.PGD ...", flush=True)
+    report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
+    print("multimodal attacks, batched vs one sample at a time ...", flush=True)
+    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats)
+    table = _table(report)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["table"] = table
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

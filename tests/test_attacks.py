@@ -1,0 +1,261 @@
+"""Attacks on the tiny CLIP trained on the sample world: budgets, batching, objectives, registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.attacks import (
+    ATTACK_NAMES,
+    SGA,
+    BertAttack,
+    ClipVictim,
+    CoAttack,
+    NoAttack,
+    PGD,
+    SepAttack,
+    SynonymAttack,
+    build_attack,
+)
+from train.attacks.base import contrastive_objective
+from train.attacks.multimodal import resized_views
+from train.attacks.text import Token, substitution_objective
+
+EPS = 2 / 255
+FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_clip):
+    from augment.registry import load_clip
+
+    return load_clip(str(trained_clip))
+
+
+@pytest.fixture(scope="module")
+def victim(bundle):
+    return ClipVictim.from_bundle(bundle)
+
+
+@pytest.fixture(scope="module")
+def mlm():
+    from augment.registry import load_mlm
+
+    model, tokenizer = load_mlm("tiny-mlm")
+    return model, tokenizer, "tiny-mlm"
+
+
+@pytest.fixture(scope="module")
+def batch(bundle, sample_world_dir):
+    """6 test images with 2 captions each: (pixels [6, 3, 64, 64], captions, image_of_text)."""
+    from augment.sources import load_source, select_split
+
+    rows = select_split(load_source(str(sample_world_dir))[0], "test").select(range(6))
+    pixels = torch.stack([bundle.preprocess_eval(row["image"]) for row in rows])
+    captions = [c for row in rows for c in row["captions"][:2]]
+    image_of_text = torch.arange(6).repeat_interleave(2)
+    return pixels, captions, image_of_text
+
+
+def changed_positions(original: str, adversarial: str) -> int:
+    before, after = original.split(), adversarial.split()
+    assert len(before) == len(after), "a substitution must keep the number of words"
+    return sum(a != b for a, b in zip(before, after))
+
+
+def pair_similarity(victim, images, texts, image_of_text) -> float:
+    with torch.no_grad():
+        return float((victim.encode_image(images)[image_of_text] * victim.encode_text(texts)).sum(-1).mean())
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def test_token_keeps_punctuation_and_case():
+    token = Token.parse('"Dog,')
+    assert (token.prefix, token.word, token.suffix) == ('"', "Dog", ",")
+    assert token.replaceable
+    assert token.replaced_by("cat") == '"Cat,'
+    assert Token.parse("RED").replaced_by("blue") == "BLUE"
+    assert not Token.parse("the").replaceable  # stop word
+    assert not Token.parse("3.5").replaceable
+    assert Token.parse("t-shirt.").word == "t-shirt"
+    assert Token.parse("man's").replaced_by("woman") == "woman's"
+    assert Token.parse("(left)").masked() == "([UNK])"
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+@pytest.mark.parametrize("budget", [1, 2])
+def test_bert_attack_respects_word_budget(victim, mlm, batch, budget):
+    pixels, captions, image_of_text = batch
+    attack = BertAttack(victim, mlm=mlm, top_k=5, budget=budget)
+    result = attack(pixels, captions, image_of_text)
+    assert torch.equal(result.images, pixels)
+    changes = result.info["words_changed"]
+    assert len(result.texts) == len(captions)
+    for original, adversarial, change in zip(captions, result.texts, changes):
+        assert changed_positions(original, adversarial) == len(change) <= budget
+    assert sum(map(len, changes)) > 0
+    assert pair_similarity(victim, pixels, result.texts, image_of_text) < pair_similarity(victim, pixels, captions, image_of_text)
+
+
+def test_multimodal_attacks_respect_both_budgets(victim, mlm, batch):
+    pixels, captions, image_of_text = batch
+    clean_similarity = pair_similarity(victim, pixels, captions, image_of_text)
+    for cls in (SepAttack, CoAttack, SGA):
+        attack = cls(victim, image_attack=PGD(victim, **FAST_PGD), text_attack=BertAttack(victim, mlm=mlm, top_k=5))
+        result = attack(pixels, captions, image_of_text)
+        assert result.images.shape == pixels.shape
+        assert float((result.images - pixels).abs().max()) <= EPS + 1e-6, cls.name
+        assert float(result.images.min()) >= 0 and float(result.images.max()) <= 1
+        for original, adversarial, change in zip(captions, result.texts, result.info["words_changed"]):
+            assert changed_positions(original, adversarial) == len(change) <= 1
+        assert pair_similarity(victim, result.images, result.texts, image_of_text) < clean_similarity, cls.name
+
+
+def test_pgd_lowers_similarity_within_budget(victim, batch):
+    pixels, captions, image_of_text = batch
+    result = PGD(victim, **FAST_PGD)(pixels, captions, image_of_text)
+    assert result.texts == captions
+    assert float((result.images - pixels).abs().max()) <= EPS + 1e-6
+    assert pair_similarity(victim, result.images, captions, image_of_text) < pair_similarity(victim, pixels, captions, image_of_text)
+
+
+def test_zero_budget_changes_nothing(victim, mlm, batch):
+    pixels, captions, image_of_text = batch
+    result = BertAttack(victim, mlm=mlm, budget=0)(pixels, captions, image_of_text)
+    assert result.texts == captions
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def one_at_a_time(attack, victim, texts, image_emb, image_of_text):
+    """Reference BERT-Attack loop: one caption, one masked text, one candidate per forward pass."""
+    out = []
+    with torch.no_grad():
+        for index, text in enumerate(texts):
+            tokens = [Token.parse(t) for t in text.split()]
+            substitutes = attack.source.substitutes([tokens])[0]
+            clean = victim.encode_text([text])[0]
+
+            def score(candidate: str) -> float:
+                embedding = victim.encode_text([candidate])[0]
+                if attack.guide == "text":
+                    return float(1 - embedding @ clean)
+                return float(-(embedding @ image_emb[image_of_text[index]]))
+
+            importance = {}
+            for position in sorted(substitutes):
+                masked = text.split()
+                masked[position] = tokens[position].masked()
+                importance[position] = float(1 - victim.encode_text([" ".join(masked)])[0] @ clean)
+            current, current_score, changes = text.split(), score(text), 0
+            for position in sorted(substitutes, key=lambda p: -importance[p]):
+                if changes >= attack.budget:
+                    break
+                best_token = None
+                for word in substitutes[position]:
+                    candidate = current.copy()
+                    candidate[position] = tokens[position].replaced_by(word)
+                    candidate_score = score(" ".join(candidate))
+                    if candidate_score > current_score:
+                        current_score, best_token = candidate_score, candidate[position]
+                if best_token is not None:
+                    current[position] = best_token
+                    changes += 1
+            out.append(" ".join(current) if changes else text)
+    return out
+
+
+@pytest.mark.parametrize("guide", ["image", "text"])
+def test_batched_text_attack_equals_one_at_a_time(victim, mlm, batch, guide):
+    pixels, captions, image_of_text = batch
+    texts = captions[:6] + ["Two shapes: a small, red circle!"]
+    pairing = torch.cat([image_of_text[:6], torch.tensor([0])])
+    attack = BertAttack(victim, mlm=mlm, top_k=4, budget=2, guide=guide, text_batch=7)
+    with torch.no_grad():
+        image_emb = victim.encode_image(pixels)
+    batched, _ = attack.perturb(texts, image_emb, pairing)
+    assert batched == one_at_a_time(attack, victim, texts, image_emb, pairing)
+    # substitutes found for all captions in one MLM pass equal those found one caption at a time
+    tokens = [[Token.parse(t) for t in text.split()] for text in texts]
+    assert attack.source.substitutes(tokens) == [attack.source.substitutes([t])[0] for t in tokens]
+
+
+def test_contrastive_substitution_objective_is_exact():
+    generator = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
+    image_emb, text_emb, candidates = unit(4, 8), unit(7, 8), unit(5, 8)
+    image_of_text = torch.tensor([0, 0, 1, 2, 2, 2, 1])  # image 3 has no caption
+    owners = torch.tensor([0, 3, 3, 6, 4])
+    fast = substitution_objective(candidates, owners, image_emb, text_emb, image_of_text, "contrastive", 10.0)
+    for c, owner in enumerate(owners.tolist()):
+        replaced = text_emb.clone()
+        replaced[owner] = candidates[c]
+        assert float(fast[c]) == pytest.approx(float(contrastive_objective(image_emb, replaced, image_of_text, 10.0)), abs=1e-5)
+
+
+def test_contrastive_text_attack_raises_the_batch_loss(victim, mlm, batch):
+    pixels, captions, image_of_text = batch
+    attack = BertAttack(victim, mlm=mlm, top_k=5, objective="contrastive")
+    result = attack(pixels, captions, image_of_text)
+    with torch.no_grad():
+        image_emb = victim.encode_image(pixels)
+        before = contrastive_objective(image_emb, victim.encode_text(captions), image_of_text, victim.logit_scale)
+        after = contrastive_objective(image_emb, victim.encode_text(result.texts), image_of_text, victim.logit_scale)
+    assert float(after) > float(before)
+
+
+# ----------------------------------------------------------------------------- pieces and registry
+
+
+def test_resized_views_keep_shape_range_and_gradient():
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    views = resized_views(images, (0.5, 1.5), noise_std=0.05, generator=torch.Generator().manual_seed(0))
+    assert [v.shape for v in views] == [images.shape] * 2
+    assert all(float(v.detach().min()) >= 0 and float(v.detach().max()) <= 1 for v in views)
+    sum(v.sum() for v in views).backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
+
+
+def test_synonym_attack_uses_wordnet(victim, batch):
+    from augment.wordnet import wordnet_loads
+
+    if not wordnet_loads():
+        pytest.skip("WordNet not installed (augment setup-wordnet)")
+    pixels, captions, image_of_text = batch
+    result = SynonymAttack(victim, top_k=5)(pixels, captions, image_of_text)
+    for original, adversarial, change in zip(captions, result.texts, result.info["words_changed"]):
+        assert changed_positions(original, adversarial) == len(change) <= 1
+    assert any(result.info["words_changed"])
+
+
+def test_build_attack_names_and_options(victim, mlm):
+    built = {name: build_attack(name, victim, mlm=mlm, seed=0, **FAST_PGD) for name in ATTACK_NAMES if name != "synonym"}
+    assert isinstance(built["clean"], NoAttack)
+    assert {name: attack.modality for name, attack in built.items()} == {
+        "clean": "none", "pgd": "image", "bert-attack": "text", "sep": "multimodal", "co-attack": "multimodal", "sga": "multimodal",
+    }
+    sga = build_attack("sga", victim, mlm=mlm, scales=(0.5, 2.0), top_k=3, budget=2)
+    assert sga.params()["scales"] == [0.5, 2.0]
+    assert sga.text_attack.params()["top_k"] == 3 and sga.text_attack.budget == 2
+    assert build_attack("co-attack", victim, mlm=mlm, alpha=1.5).params()["alpha"] == 1.5
+    with pytest.raises(ValueError, match="unknown attack"):
+        build_attack("fgsm", victim)
+
+
+def test_seeded_pgd_is_reproducible(victim, batch):
+    pixels, captions, image_of_text = batch
+    first = build_attack("pgd", victim, seed=3, eps=EPS, steps=1)(pixels, captions, image_of_text).images
+    second = build_attack("pgd", victim, seed=3, eps=EPS, steps=1)(pixels, captions, image_of_text).images
+    assert torch.equal(first, second)

@@ -1,0 +1,167 @@
+"""`train eval`: retrieval robustness of a CLIP model, clean and under attacks.
+
+    train eval CKPT --source SRC --split test --attacks clean,pgd,bert-attack,sep,co-attack,sga --out DIR
+
+CKPT is anything `augment.registry.load_clip` accepts: an open_clip architecture with
+`--pretrained TAG`, a training run's checkpoint folder (open_clip local-dir layout), or
+`tiny-clip`. Writes DIR/eval.json (every number, the settings, the model ids) and DIR/eval.md (a
+table: rows = attacks, columns = recalls under attack and attack success rates).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# the same list as train.evaluate.DEFAULT_ATTACKS, spelt out so `train --help` needs no torch import
+DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
+
+
+def _fraction(text: str) -> float:
+    from train.config import parse_fraction
+
+    try:
+        value = parse_fraction(text)
+    except Exception as exc:  # argparse turns ArgumentTypeError into a usage line
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must not be negative")
+    return value
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0.5,0.75,1.25,1.5") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive")
+    return scales
+
+
+def _attack_names(text: str) -> list[str]:
+    from train.attacks import ATTACK_NAMES
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in ATTACK_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACK_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from augment.commands.common import add_source_arguments
+
+    parser = subparsers.add_parser(
+        "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
+        description=__doc__.split("\n\n")[0] + " " + "Defaults follow the attack papers' protocol.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="open_clip name (with --pretrained), checkpoint folder / local-dir:PATH, or tiny-clip")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for an architecture name")
+    add_source_arguments(parser)
+    parser.add_argument("--split", default="test", help="split to evaluate ('all' for every row; default: test)")
+    parser.add_argument("--attacks", type=_attack_names, default=DEFAULT_ATTACKS.split(","),
+                        help=f"comma-separated attacks (default: {DEFAULT_ATTACKS}; also: synonym)")
+    parser.add_argument("--out", required=True, help="folder for eval.json and eval.md")
+
+    transfer = parser.add_argument_group("transfer attacks (default: white-box, the attacker is the evaluated model)")
+    transfer.add_argument("--attacker-model", default=None, help="craft the attacks on this CLIP instead (same name forms as CKPT)")
+    transfer.add_argument("--attacker-pretrained", default=None, help="pretrained tag of --attacker-model")
+
+    image = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels before normalisation)")
+    image.add_argument("--eps", type=_fraction, default=2 / 255, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+    image.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: 10)")
+    image.add_argument("--pgd-step-size", type=_fraction, default=0.5 / 255, help="PGD step (default: 0.5/255)")
+
+    text = parser.add_argument_group("text attack (word substitutions)")
+    text.add_argument("--text-candidates", choices=("mlm", "wordnet"), default="mlm",
+                      help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms (default: mlm)")
+    text.add_argument("--mlm", default=None, help="masked LM (default: tiny-mlm for tiny models, else the registry's default)")
+    text.add_argument("--top-k", type=int, default=10, help="substitutes per word (default: 10)")
+    text.add_argument("--word-budget", type=int, default=1, help="words changed per caption at most (default: 1)")
+    text.add_argument("--max-length", type=int, default=30, help="MLM tokens read per caption; later words are kept (default: 30)")
+    text.add_argument("--text-guide", choices=("image", "text"), default="image",
+                      help="image: lower the caption's similarity to its image; text: move the caption embedding the most (default: image)")
+
+    multi = parser.add_argument_group("multimodal attacks")
+    multi.add_argument("--sga-scales", type=_scales, default=(0.5, 0.75, 1.25, 1.5), help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")
+    multi.add_argument("--co-alpha", type=float, default=3.0, help="Co-Attack weight of the attacked-text term (default: 3)")
+
+    runtime = parser.add_argument_group("run")
+    runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
+    runtime.add_argument("--text-batch", type=int, default=256, help="captions per text-encoder forward pass (default: 256)")
+    runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
+    runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
+    runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
+    runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
+    runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar (default: yes)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _is_tiny(name: str, bundle) -> bool:
+    """tiny-clip itself or a checkpoint of its architecture (it gets the tiny MLM)."""
+    from augment import tiny
+
+    if name.startswith("tiny-"):
+        return True
+    config = tiny.tiny_clip_config()
+    return all(bundle.model_cfg.get(key) == config[key] for key in ("embed_dim", "vision_cfg", "text_cfg"))
+
+
+def default_mlm(name: str, bundle) -> str:
+    from augment.registry import DEFAULT_MODELS
+
+    return "tiny-mlm" if _is_tiny(name, bundle) else DEFAULT_MODELS["mlm"]
+
+
+def _check_positive(args) -> None:
+    from augment.errors import MatPlusError
+
+    for option in ("pgd_steps", "top_k", "batch_size", "text_batch"):
+        if getattr(args, option) < 1:
+            raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
+    for option in ("word_budget", "limit", "captions_per_image"):
+        value = getattr(args, option)
+        if value is not None and value < (0 if option == "word_budget" else 1):
+            raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from augment.commands.common import read_source
+    from augment.registry import load_clip
+    from train.evaluate import evaluate, markdown_report
+
+    _check_positive(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    victim = load_clip(args.checkpoint, pretrained=args.pretrained, device=device)
+    attacker = None
+    if args.attacker_model:
+        attacker = load_clip(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
+    attacker_name, attacker_bundle = (args.attacker_model, attacker) if attacker else (args.checkpoint, victim)
+    dataset, _ = read_source(args)
+    options = {
+        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
+        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name, attacker_bundle),
+        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
+        "scales": args.sga_scales, "alpha": args.co_alpha,
+    }
+    report = evaluate(
+        victim, dataset, split=args.split, attacks=args.attacks, attacker_bundle=attacker,
+        batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
+        save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
+        progress=args.progress,
+    )
+    report["settings"].update({"source": args.source, "device": device, "command": "train eval"})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    table = markdown_report(report)
+    (out / "eval.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    return 0
