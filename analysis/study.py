@@ -221,6 +221,7 @@ class Study:
 
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
         from augment.registry import load_clip
+        from augment.sample_world import check_caption_of_row
         from augment.sources import load_source
         from train.config import parse_fraction
         from train.evaluate import evaluate, markdown_report
@@ -236,7 +237,7 @@ class Study:
             report = evaluate(
                 load_clip(str(checkpoint)), source, split=e["split"], attacks=e["attacks"],
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
-                attack_options=options, caption_checker=world_truth_checker, seed=seed, progress=False,
+                attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / "eval.json", report)
@@ -267,14 +268,6 @@ class Study:
                     "eval": self.evaluate(spec.folder_name(seed), checkpoint, seed),
                 })
         return write_report(self.out, config, scores, results)
-
-
-def world_truth_checker(caption: str, row: dict) -> bool | None:
-    """The sample world's truth checker on an evaluation row (its scene is in `meta`)."""
-    from augment.sample_world import Scene, check_caption
-
-    scene = json.loads(row.get("meta") or "{}").get("scene")
-    return None if scene is None else check_caption(caption, Scene.from_dict(scene))
 
 
 def run_augment(argv: list[str]) -> None:

@@ -1015,3 +1015,18 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
         shutil.rmtree(building, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_caption_of_row(caption: str, row: dict) -> bool | None:
+    """`check_caption` against a source row's scene (kept in its `meta`); None without a scene.
+
+    The signature evaluation's `caption_checker` takes: it judges whether an attacked caption is
+    still true of its image.
+    """
+    scene = json.loads(row.get("meta") or "{}").get("scene")
+    return None if scene is None else check_caption(caption, Scene.from_dict(scene))
+
+
+def has_scenes(dataset) -> bool:
+    """True when every row of a source dataset carries a sample-world scene."""
+    return all("scene" in json.loads(meta or "{}") for meta in dataset["meta"])

@@ -196,6 +196,9 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     assert list(report["attacks"]) == ["clean", "pgd", "bert-attack"]
     assert report["settings"]["attack_options"]["mlm"] == "tiny-mlm"  # a tiny-clip checkpoint gets the tiny MLM
     assert report["settings"]["attack_options"]["eps"] == pytest.approx(2 / 255)
+    # the sample world's truth checker is picked up automatically
+    assert report["settings"]["caption_checker"] == "check_caption_of_row"
+    assert "meaning_preserved" in report["attacks"]["bert-attack"]
     table = (out / "eval.md").read_text()
     assert "| pgd |" in table and "ASR TR@1" in table and "R@1 under attack" in table
     with pytest.raises(SystemExit):

@@ -95,6 +95,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
+    runtime.add_argument("--truth-checker", choices=("auto", "world", "none"), default="auto",
+                         help="judge attacked captions with the sample world's truth checker: 'auto' when every image has a scene (default)")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar (default: yes)")
     parser.set_defaults(func=run)
     return parser
@@ -128,6 +130,19 @@ def _check_positive(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
 
 
+def _truth_checker(choice: str, dataset):
+    from augment.errors import MatPlusError
+    from augment.sample_world import check_caption_of_row, has_scenes
+
+    if choice == "none":
+        return None
+    if has_scenes(dataset):
+        return check_caption_of_row
+    if choice == "world":
+        raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -150,11 +165,12 @@ def run(args: argparse.Namespace) -> int:
         "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
         "scales": args.sga_scales, "alpha": args.co_alpha,
     }
+    checker = _truth_checker(args.truth_checker, dataset)
     report = evaluate(
         victim, dataset, split=args.split, attacks=args.attacks, attacker_bundle=attacker,
         batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
         save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
-        progress=args.progress,
+        progress=args.progress, caption_checker=checker,
     )
     report["settings"].update({"source": args.source, "device": device, "command": "train eval"})
     out = Path(args.out)
