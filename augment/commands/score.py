@@ -1,0 +1,124 @@
+"""`augment score POOL [POOL ...]`: alignment, diversity and distribution gap of pools.
+
+Writes per pool: scores/<scorer-slug>/rows.parquet and items.parquet (side tables keyed by
+row_id / item), scores.json (summaries with bootstrap CIs) and scores.png; with several pools
+prints one comparison table (`--table FILE` writes it as Markdown). The source defaults to the
+one each pool.json records, when that path exists here. Definitions: see
+`augment.scoring.pool_scores`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from augment.errors import PoolError
+
+
+def register(subparsers) -> None:
+    from augment.commands.common import add_source_arguments
+
+    parser = subparsers.add_parser(
+        "score", help="score pools: alignment, diversity, distribution gap",
+        description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pools", nargs="+", metavar="POOL", help="pool folders (or Hub dataset ids)")
+    parser.add_argument("--scorer", default="default",
+                        help="embedding model: open_clip name (with --pretrained), tiny-clip, local folder, "
+                             "or a transformers CLIP (Hub id / folder, optionally prefixed 'transformers:') "
+                             "(default: the registry's default CLIP, ViT-B-16 openai)")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or checkpoint file) for --scorer")
+    add_source_arguments(parser, required=False)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64, help="scorer batch size")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of means (default 1000)")
+    parser.add_argument("--gap-bootstrap", type=int, default=200, help="bootstrap resamples for the gap CIs (default 200)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the gap samples")
+    parser.add_argument("--gap-samples", type=int, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
+    parser.add_argument("--chunk-rows", type=int, default=1024, help="pool rows read and embedded at a time")
+    parser.add_argument("--cache-dir", default=None,
+                        help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
+    parser.add_argument("--table", default=None, metavar="FILE", help="write the comparison table (Markdown) here")
+    parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from augment.pool import load_pool
+    from augment.scoring.pool_scores import ScoreSettings, score_and_save
+    from augment.scoring.report import comparison_table
+    from augment.scoring.scorers import load_scorer
+
+    settings = ScoreSettings(
+        bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
+        seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
+    )
+    pools = [load_pool(path) for path in args.pools]  # fail on a bad pool before loading a model
+    scorer = load_scorer(args.scorer, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size)
+    sources: dict[str, object] = {}
+    entries = []
+    for pool in pools:
+        source_name = source_of(pool, args.source)
+        if source_name not in sources:
+            sources[source_name] = read_source_named(args, source_name)
+        source = sources[source_name]
+        warn_if_other_source(pool, source)
+        entry = score_and_save(
+            pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
+            plot=not args.no_plot, progress=not args.no_progress,
+        )
+        entries.append(entry)
+        print(one_line_summary(entry))
+    if len(entries) > 1 or args.table:
+        table = comparison_table(entries)
+        print(table)
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table)
+            print(f"table: {args.table}")
+    return 0
+
+
+def source_of(pool, given: str | None) -> str:
+    """--source, else the pool's recorded source when it is a path that exists here."""
+    if given:
+        return given
+    recorded = pool.meta.get("source")
+    if recorded and Path(recorded).exists():
+        return str(recorded)
+    raise PoolError(f"{pool.path}: pass --source (the pool records {recorded!r}, which is not a path here)")
+
+
+def warn_if_other_source(pool, source) -> None:
+    """A source with another fingerprint may still hold the pool's items (e.g. a superset); the
+    scoring checks the ids, so this only warns."""
+    from augment.sources import source_fingerprint
+
+    recorded = pool.meta.get("source_fingerprint")
+    current = source_fingerprint(source)
+    if recorded and recorded != current:
+        print(f"warning: {pool.path}: the source differs from the one the pool was made from "
+              f"(fingerprint {current} vs {recorded})", file=sys.stderr)
+
+
+def read_source_named(args, source_name: str):
+    from augment.commands.common import read_source
+
+    source_args = argparse.Namespace(**{**vars(args), "source": source_name, "out": None})
+    dataset, _ = read_source(source_args)
+    return dataset
+
+
+def one_line_summary(entry: dict) -> str:
+    alignment = entry["alignment"]["all"]
+    parts = [f"{entry['pool']['name']}: {entry['pool']['num_rows']} rows, alignment {alignment['mean']:.3f}"]
+    for modality, stats in entry["diversity"].items():
+        parts.append(f"{modality} diversity {stats['mean_pairwise_distance']['mean']:.3f} (Vendi {stats['vendi']['mean']:.2f})")
+    for modality, gap in entry["gap"].items():
+        if gap.get("frechet"):
+            parts.append(f"{modality} gap FD {gap['frechet']['value']:.3f} MMD² {gap['mmd2']['value']:.4f}")
+    encoded = entry["encoding"]["encoded"]
+    parts.append(f"encoded {encoded['text']} texts + {encoded['image']} images")
+    return "; ".join(parts)

@@ -1,0 +1,227 @@
+"""Embeddings computed once per content and kept on disk, so re-scoring never re-encodes.
+
+Layout of a cache folder (by default `POOL/scores/<scorer-slug>/embeddings/`)::
+
+    text-<stamp>.safetensors    "keys" (m, 16) uint8 and "embeddings" (m, d) float32,
+    image-<stamp>.safetensors   metadata {"scorer_id", "kind", "cache_version"}
+
+A key is the first 16 bytes of the SHA-256 of the content: the caption's UTF-8 text, or the
+image file's bytes. Keys are per folder and the folder is per scorer (its slug), and every
+file records the scorer id; files of another scorer are ignored. Each `put` writes one new
+file atomically (temporary name, then rename), so a killed run leaves only whole files.
+
+The in-memory index is numpy arrays (24 bytes per cached embedding), and embeddings are read
+back a file at a time (a few files kept), so memory does not hold every embedding.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+CACHE_VERSION = "1"
+KINDS = ("text", "image")
+KEY_BYTES = 16
+OPEN_FILES = 4  # embedding files kept in memory at once
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()[:KEY_BYTES]
+
+
+def image_key(image_bytes: bytes) -> bytes:
+    return hashlib.sha256(image_bytes).digest()[:KEY_BYTES]
+
+
+def image_bytes_of(image: Any) -> bytes:
+    """The encoded bytes of an undecoded `datasets` image ({"bytes", "path"}) or a PIL image."""
+    if isinstance(image, dict):
+        if image.get("bytes"):
+            return image["bytes"]
+        if image.get("path"):
+            return Path(image["path"]).read_bytes()
+        raise ValueError("image has neither bytes nor a path")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # a decoded image: hash its lossless encoding
+    return buffer.getvalue()
+
+
+def decode_image(image_bytes: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image_bytes)) as opened:
+        return opened.convert("RGB")
+
+
+class EmbeddingCache:
+    """Content-keyed embeddings of one scorer in one folder."""
+
+    def __init__(self, folder: str | os.PathLike, scorer_id: str):
+        self.folder = Path(folder)
+        self.scorer_id = scorer_id
+        self._files: list[Path] = []
+        self._index = {kind: _KeyIndex() for kind in KINDS}
+        self._loaded: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._read_index()
+
+    def __len__(self) -> int:
+        return sum(len(index) for index in self._index.values())
+
+    def _read_index(self) -> None:
+        from safetensors import safe_open
+
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.safetensors")):
+            with safe_open(str(path), framework="numpy") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("scorer_id") != self.scorer_id or meta.get("cache_version") != CACHE_VERSION:
+                    continue
+                keys = handle.get_tensor("keys")
+            self._register(meta["kind"], path, keys)
+
+    def _register(self, kind: str, path: Path, keys: np.ndarray) -> None:
+        self._files.append(path)
+        self._index[kind].add(keys, len(self._files) - 1)
+
+    def lookup(self, kind: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(found mask, embeddings of the found keys in order, or None when none is found)."""
+        file_ids, rows = self._index[kind].find(keys)
+        found = file_ids >= 0
+        if not found.any():
+            return found, None
+        out = None
+        for file_id in np.unique(file_ids[found]):
+            embeddings = self._embeddings_of(int(file_id))
+            if out is None:
+                out = np.empty((len(keys), embeddings.shape[1]), dtype=np.float32)
+            chosen = file_ids == file_id
+            out[chosen] = embeddings[rows[chosen]]
+        return found, out[found]
+
+    def _embeddings_of(self, file_id: int) -> np.ndarray:
+        from safetensors.numpy import load_file
+
+        if file_id in self._loaded:
+            self._loaded.move_to_end(file_id)
+            return self._loaded[file_id]
+        embeddings = load_file(str(self._files[file_id]))["embeddings"]
+        self._loaded[file_id] = embeddings
+        if len(self._loaded) > OPEN_FILES:
+            self._loaded.popitem(last=False)
+        return embeddings
+
+    def put(self, kind: str, keys: np.ndarray, embeddings: np.ndarray) -> Path:
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.time_ns()}-{os.getpid()}"
+        path = self.folder / f"{kind}-{stamp}.safetensors"
+        tmp = self.folder / f".{path.name}.tmp"
+        tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
+        save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
+        os.replace(tmp, path)
+        self._register(kind, path, tensors["keys"])
+        return path
+
+
+class _KeyIndex:
+    """Sorted 16-byte keys -> (file id, row), looked up with numpy's searchsorted."""
+
+    def __init__(self):
+        self._parts: list[tuple[np.ndarray, int]] = []
+        self._keys = np.empty(0, dtype=f"S{KEY_BYTES}")
+        self._file_ids = np.empty(0, dtype=np.int32)
+        self._rows = np.empty(0, dtype=np.int32)
+        self._stale = False
+
+    def __len__(self) -> int:
+        return len(self._keys) + sum(len(keys) for keys, _ in self._parts)
+
+    def add(self, keys: np.ndarray, file_id: int) -> None:
+        self._parts.append((as_key_strings(keys), file_id))
+        self._stale = True
+
+    def _merge(self) -> None:
+        keys = [self._keys] + [part for part, _ in self._parts]
+        file_ids = [self._file_ids] + [np.full(len(part), fid, dtype=np.int32) for part, fid in self._parts]
+        rows = [self._rows] + [np.arange(len(part), dtype=np.int32) for part, _ in self._parts]
+        keys, file_ids, rows = np.concatenate(keys), np.concatenate(file_ids), np.concatenate(rows)
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._file_ids, self._rows = keys[order], file_ids[order], rows[order]
+        self._parts, self._stale = [], False
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(file id, row) per key; file id -1 where the key is not cached."""
+        if self._stale:
+            self._merge()
+        wanted = as_key_strings(keys)
+        file_ids = np.full(len(wanted), -1, dtype=np.int32)
+        rows = np.zeros(len(wanted), dtype=np.int32)
+        if len(self._keys) == 0:
+            return file_ids, rows
+        positions = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+        hit = self._keys[positions] == wanted
+        file_ids[hit] = self._file_ids[positions[hit]]
+        rows[hit] = self._rows[positions[hit]]
+        return file_ids, rows
+
+
+def as_key_strings(keys: np.ndarray | Sequence[bytes]) -> np.ndarray:
+    """(n,) fixed-width byte strings from (n, 16) uint8 arrays or lists of 16-byte digests."""
+    if isinstance(keys, np.ndarray) and keys.dtype == np.uint8:
+        return np.ascontiguousarray(keys).view(f"S{KEY_BYTES}").reshape(-1)
+    return np.array(list(keys), dtype=f"S{KEY_BYTES}")
+
+
+def as_key_bytes(keys: Sequence[bytes]) -> np.ndarray:
+    """(n, 16) uint8 array of digests, the form stored in cache files."""
+    if len(keys) == 0:
+        return np.empty((0, KEY_BYTES), dtype=np.uint8)
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, KEY_BYTES)
+
+
+class Embedder:
+    """A scorer behind a cache: each distinct content is encoded once, ever, per scorer."""
+
+    def __init__(self, scorer, cache: EmbeddingCache):
+        self.scorer = scorer
+        self.cache = cache
+        self.encoded = {"text": 0, "image": 0}
+        self.reused = {"text": 0, "image": 0}
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        return self._embed("text", keys, list(texts), self.scorer.encode_texts)
+
+    def images(self, images: Sequence[Any]) -> np.ndarray:
+        """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images."""
+        encoded = [image_bytes_of(image) for image in images]
+        keys = [image_key(data) for data in encoded]
+        return self._embed("image", keys, encoded, lambda batch: self.scorer.encode_images([decode_image(b) for b in batch]))
+
+    def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:
+        if not keys:
+            return np.empty((0, 0), dtype=np.float32)
+        unique: "OrderedDict[bytes, int]" = OrderedDict()
+        for position, key in enumerate(keys):
+            unique.setdefault(key, position)
+        unique_keys = list(unique)
+        found, cached = self.cache.lookup(kind, as_key_bytes(unique_keys))
+        missing = [key for key, hit in zip(unique_keys, found) if not hit]
+        table: dict[bytes, np.ndarray] = {}
+        if cached is not None:
+            table.update(zip([k for k, hit in zip(unique_keys, found) if hit], cached))
+        if missing:
+            new = encode([payloads[unique[key]] for key in missing]).numpy().astype(np.float32)
+            self.cache.put(kind, as_key_bytes(missing), new)
+            table.update(zip(missing, new))
+        self.encoded[kind] += len(missing)
+        self.reused[kind] += len(keys) - len(missing)
+        return np.stack([table[key] for key in keys])

@@ -1,0 +1,400 @@
+"""Score one pool against its source: per-row alignment, per-item diversity, distribution gap.
+
+Definitions (the reference for everything `augment score` writes):
+
+* **Alignment** of a row is the cosine of one image and one caption embedding:
+  text rows: the source image with the row's new caption; pair rows: the row's image with its
+  caption; image rows: the row's new image with the source caption it was made from
+  (`source_caption_index`), and for image rows made from the image alone (index -1) the MEAN of
+  the cosines with every caption of the source image (no single caption is "its" caption, and
+  taking the first would be arbitrary). CLIPScore = 100 * max(alignment, 0).
+* An **item** is (source image, source caption index): the 1:N set training draws from. Its text
+  set is the original caption (all of the image's captions when the index is -1, e.g. captions
+  generated from the image) plus every new caption of the item's rows; its image set is the
+  source image plus every new image of the item's rows. **Diversity** of a set is its mean
+  pairwise cosine distance and its Vendi score; a pool's diversity is the mean over its items
+  (per modality).
+* The **distribution gap** per modality compares the embeddings of the pool's new content with
+  the source's content for the items the pool covers (their split(s)): all captions of those
+  source images, or the images themselves. It is measured on a seeded uniform sample of at most
+  `gap_samples` embeddings per side: Frechet distance and unbiased RBF MMD^2.
+
+Rows are read and embedded in chunks that end at item boundaries, so memory does not grow with
+the pool beyond a few numbers per row.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from augment.errors import PoolError
+from augment.scoring import measures, store
+from augment.scoring.embeddings import Embedder
+
+TEXT_CONTENT = ("text", "pair")  # modalities whose rows carry a new caption
+IMAGE_CONTENT = ("image", "pair")  # ... a new image
+ROW_COLUMNS = ["row_id", "source_image_id", "source_caption_index", "modality", "method", "caption", "image"]
+
+
+@dataclass
+class ScoreSettings:
+    bootstrap: int = 1000  # resamples for the CIs of means (alignment, diversity)
+    gap_bootstrap: int = 200  # resamples for the gap CIs (each one fits two Gaussians)
+    confidence: float = 0.95
+    seed: int = 0
+    gap_samples: int = 2000  # per side; the MMD kernel is (2 * gap_samples)^2
+    chunk_rows: int = 1024  # pool rows read and embedded at a time (bounds memory with images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Items and chunks
+# ---------------------------------------------------------------------------------------------
+
+
+def item_order(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices grouped by item in order of first appearance, start offset of each item)."""
+    table = dataset.select_columns(["source_image_id", "source_caption_index"]).with_format("arrow")[:]
+    image_codes = table["source_image_id"].combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
+    caption_index = table["source_caption_index"].to_numpy().astype(np.int64)
+    item_codes = image_codes * (int(caption_index.max()) + 2) + (caption_index + 1)
+    _, first_row, inverse = np.unique(item_codes, return_index=True, return_inverse=True)
+    rank_by_first_row = np.argsort(np.argsort(first_row))
+    item_of_row = rank_by_first_row[inverse.reshape(-1)]
+    order = np.argsort(item_of_row, kind="stable")
+    starts = np.flatnonzero(np.diff(item_of_row[order], prepend=-1))
+    return order, starts
+
+
+def chunk_bounds(starts: np.ndarray, total: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """[begin, end) ranges of the grouped order, about `chunk_rows` long, ending at item starts."""
+    bounds, begin = [], 0
+    boundaries = list(starts[1:]) + [total]
+    for boundary in boundaries:
+        if boundary - begin >= chunk_rows or boundary == total:
+            bounds.append((begin, int(boundary)))
+            begin = int(boundary)
+    return bounds
+
+
+# ---------------------------------------------------------------------------------------------
+# Source
+# ---------------------------------------------------------------------------------------------
+
+
+class SourceItems:
+    """Source rows by image id, images left undecoded (the cache hashes their bytes)."""
+
+    def __init__(self, source):
+        from datasets import Image
+
+        self.dataset = source.cast_column("image", Image(decode=False))
+        self.row_of = {image_id: i for i, image_id in enumerate(source.select_columns(["image_id"]).to_dict()["image_id"])}
+
+    def check_covers(self, image_ids: list[str], where: str) -> None:
+        missing = [i for i in image_ids if i not in self.row_of]
+        if missing:
+            raise PoolError(f"{where}: {len(missing)} source image ids are not in the source (e.g. {missing[0]!r}); "
+                            "pass the pool's source with --source")
+
+    def fetch(self, image_ids: list[str]) -> tuple[list, list[list[str]]]:
+        rows = self.dataset.select_columns(["image", "captions"]).select([self.row_of[i] for i in image_ids]).to_dict()
+        return rows["image"], rows["captions"]
+
+
+@dataclass
+class SourceVectors:
+    """Embeddings of the source items one chunk touches."""
+
+    image: dict[str, np.ndarray]
+    captions: dict[str, np.ndarray]  # (captions, d) per image id
+
+
+def embed_sources(image_ids: list[str], source: SourceItems, embedder: Embedder) -> SourceVectors:
+    images, captions = source.fetch(image_ids)
+    image_vectors = embedder.images(images)
+    flat = [c for caps in captions for c in caps]
+    caption_vectors = embedder.texts(flat)
+    bounds = np.cumsum([0] + [len(caps) for caps in captions])
+    return SourceVectors(
+        image=dict(zip(image_ids, image_vectors)),
+        captions={i: caption_vectors[bounds[k]:bounds[k + 1]] for k, i in enumerate(image_ids)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkRows:
+    row_id: list
+    source_image_id: list
+    source_caption_index: list
+    modality: list
+    method: list
+    caption: list
+    image: list
+
+    def __len__(self) -> int:
+        return len(self.row_id)
+
+
+def read_chunk(undecoded, indices: np.ndarray) -> ChunkRows:
+    # to_dict gives plain lists (a dataset's column is a lazy Column read row by row)
+    return ChunkRows(**undecoded.select_columns(ROW_COLUMNS).select(indices).to_dict())
+
+
+def _row_vectors(rows: ChunkRows, kinds: tuple[str, ...], values: list, embed) -> dict[int, np.ndarray]:
+    """Row position -> embedding of its new content, for rows whose modality is in `kinds`."""
+    positions = [k for k, m in enumerate(rows.modality) if m in kinds]
+    if not positions:
+        return {}
+    return dict(zip(positions, embed([values[k] for k in positions])))
+
+
+def check_caption_indices(rows: ChunkRows, source: SourceVectors) -> None:
+    for row_id, image_id, index in zip(rows.row_id, rows.source_image_id, rows.source_caption_index):
+        if index >= len(source.captions[image_id]) or index < -1:
+            raise PoolError(f"row {row_id!r}: source_caption_index {index} but source image {image_id!r} "
+                            f"has {len(source.captions[image_id])} captions")
+
+
+def row_scores(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors) -> dict[str, list]:
+    """The rows.parquet columns of one chunk (see the module docstring for the definitions)."""
+    columns: dict[str, list] = {name: [] for name in ("alignment", "alignment_partner", "text_distance_to_source", "image_distance_to_source")}
+    for k, (image_id, index, modality) in enumerate(zip(rows.source_image_id, rows.source_caption_index, rows.modality)):
+        originals = source.captions[image_id] if index < 0 else source.captions[image_id][index:index + 1]
+        if modality == "text":
+            alignment, partner = float(source.image[image_id] @ texts[k]), "source image"
+        elif modality == "pair":
+            alignment, partner = float(images[k] @ texts[k]), "row"
+        elif index >= 0:
+            alignment, partner = float(originals[0] @ images[k]), "source caption"
+        else:
+            alignment, partner = float(np.mean(originals @ images[k])), "source captions (mean)"
+        columns["alignment"].append(alignment)
+        columns["alignment_partner"].append(partner)
+        columns["text_distance_to_source"].append(float(1.0 - np.max(originals @ texts[k])) if k in texts else None)
+        columns["image_distance_to_source"].append(float(1.0 - source.image[image_id] @ images[k]) if k in images else None)
+    columns["clipscore"] = measures.clipscore(columns["alignment"]).tolist()
+    return columns
+
+
+def item_sets(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors) -> list[tuple[tuple, str, np.ndarray]]:
+    """[(item key, modality, set embeddings incl. originals)] for the items of one chunk."""
+    new_texts: dict[tuple, list] = {}
+    new_images: dict[tuple, list] = {}
+    for k, key in enumerate(zip(rows.source_image_id, rows.source_caption_index)):
+        if k in texts:
+            new_texts.setdefault(key, []).append(texts[k])
+        if k in images:
+            new_images.setdefault(key, []).append(images[k])
+    sets = []
+    for (image_id, index), members in new_texts.items():
+        originals = source.captions[image_id] if index < 0 else source.captions[image_id][index:index + 1]
+        sets.append(((image_id, index), "text", np.concatenate([originals, np.stack(members)])))
+    for (image_id, index), members in new_images.items():
+        sets.append(((image_id, index), "image", np.stack([source.image[image_id]] + members)))
+    return sets
+
+
+def item_columns(sets: list) -> dict[str, list]:
+    distances, vendi = measures.set_diversity([members for _, _, members in sets])
+    return {
+        "source_image_id": [key[0] for key, _, _ in sets],
+        "source_caption_index": [key[1] for key, _, _ in sets],
+        "modality": [modality for _, modality, _ in sets],
+        "set_size": [len(members) for _, _, members in sets],
+        "mean_pairwise_distance": distances.tolist(),
+        "vendi": vendi.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulators over the whole pool
+# ---------------------------------------------------------------------------------------------
+
+
+class Totals:
+    """What the summary needs, kept small: per-row and per-item values, fixed-size samples."""
+
+    def __init__(self, settings: ScoreSettings):
+        seed, size = settings.seed, settings.gap_samples
+        self.alignment: dict[str, list] = {m: [] for m in ("text", "image", "pair")}
+        self.diversity: dict[str, dict[str, list]] = {m: {"mean_pairwise_distance": [], "vendi": []} for m in ("text", "image")}
+        self.source_alignment: list = []
+        self.pool_sample = {"text": measures.Reservoir(size, seed + 1), "image": measures.Reservoir(size, seed + 2)}
+        self.source_sample = {"text": measures.Reservoir(size, seed + 3), "image": measures.Reservoir(size, seed + 4)}
+        self.sources_seen: set[str] = set()
+
+    def add_rows(self, rows: ChunkRows, columns: dict, texts: dict, images: dict) -> None:
+        for modality, alignment in zip(rows.modality, columns["alignment"]):
+            self.alignment[modality].append(alignment)
+        if texts:
+            self.pool_sample["text"].add(np.stack(list(texts.values())))
+        if images:
+            self.pool_sample["image"].add(np.stack(list(images.values())))
+
+    def add_items(self, columns: dict) -> None:
+        for modality, distance, vendi in zip(columns["modality"], columns["mean_pairwise_distance"], columns["vendi"]):
+            self.diversity[modality]["mean_pairwise_distance"].append(distance)
+            self.diversity[modality]["vendi"].append(vendi)
+
+    def add_sources(self, source: SourceVectors) -> None:
+        """Each source item once: its captions and image join the gap's reference sample."""
+        for image_id, image in source.image.items():
+            if image_id in self.sources_seen:
+                continue
+            self.sources_seen.add(image_id)
+            captions = source.captions[image_id]
+            self.source_sample["text"].add(captions)
+            self.source_sample["image"].add(image[None, :])
+            self.source_alignment.extend((captions @ image).tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pool
+# ---------------------------------------------------------------------------------------------
+
+
+def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings, source_name: str = "",
+               progress: bool = False) -> dict:
+    """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry."""
+    from datasets import Image
+    from tqdm.auto import tqdm
+
+    if len(pool) == 0:
+        raise PoolError(f"{pool.path}: pool has no rows to score")
+    source = SourceItems(source_dataset)
+    source.check_covers(pool_source_ids(pool.dataset), str(pool.path))
+    encoded_before, reused_before = dict(embedder.encoded), dict(embedder.reused)
+    undecoded = pool.dataset.cast_column("image", Image(decode=False))
+    order, starts = item_order(pool.dataset)
+    totals = Totals(settings)
+    folder = store.scorer_dir(pool.path, embedder.scorer.slug)
+    table_meta = {"scores_version": store.SCORES_VERSION, "scorer": embedder.scorer.describe(), "pool_rows": len(pool)}
+    rows_writer = store.TableWriter(folder / store.ROWS_FILE, store.row_schema(), table_meta)
+    items_writer = store.TableWriter(folder / store.ITEMS_FILE, store.item_schema(), table_meta)
+    bar = tqdm(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
+    try:
+        for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows):
+            _score_chunk(read_chunk(undecoded, order[begin:end]), source, embedder, totals, rows_writer, items_writer)
+            bar.update(end - begin)
+        rows_writer.close()
+        items_writer.close()
+    except BaseException:
+        rows_writer.abort()
+        items_writer.abort()
+        raise
+    finally:
+        bar.close()
+    summary = summarise(pool, totals, embedder, settings, source_name, source_dataset)
+    summary["encoding"] = {
+        "encoded": {k: v - encoded_before[k] for k, v in embedder.encoded.items()},
+        "reused": {k: v - reused_before[k] for k, v in embedder.reused.items()},
+    }
+    return summary
+
+
+def pool_source_ids(dataset) -> list[str]:
+    column = dataset.select_columns(["source_image_id"]).with_format("arrow")[:]["source_image_id"]
+    return column.unique().to_pylist()
+
+
+def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, totals: Totals,
+                 rows_writer: store.TableWriter, items_writer: store.TableWriter) -> None:
+    source_vectors = embed_sources(list(dict.fromkeys(rows.source_image_id)), source, embedder)
+    check_caption_indices(rows, source_vectors)
+    texts = _row_vectors(rows, TEXT_CONTENT, rows.caption, embedder.texts)
+    images = _row_vectors(rows, IMAGE_CONTENT, rows.image, embedder.images)
+    columns = row_scores(rows, texts, images, source_vectors)
+    rows_writer.write({
+        "row_id": rows.row_id, "source_image_id": rows.source_image_id,
+        "source_caption_index": rows.source_caption_index, "modality": rows.modality, "method": rows.method,
+        **columns,
+    })
+    item_table = item_columns(item_sets(rows, texts, images, source_vectors))
+    items_writer.write(item_table)
+    totals.add_rows(rows, columns, texts, images)
+    totals.add_items(item_table)
+    totals.add_sources(source_vectors)
+
+
+def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings, source_name: str,
+              source_dataset) -> dict:
+    """The scores.json entry of this pool and scorer."""
+    from augment.pool import package_versions
+    from augment.sources import source_fingerprint
+
+    def ci(values, offset: int = 0):
+        return measures.bootstrap_mean(values, settings.bootstrap, settings.confidence, settings.seed + offset)
+
+    all_alignment = [v for values in totals.alignment.values() for v in values]
+    present = {m: len(v) for m, v in totals.alignment.items() if v}
+    slug = embedder.scorer.slug
+    return {
+        "scores_version": store.SCORES_VERSION,
+        "scorer": embedder.scorer.describe(),
+        # "finished" (pool.json's) tells select whether the pool was rewritten after scoring
+        "pool": {"path": str(pool.path), "name": pool.name, "method": pool.method, "num_rows": len(pool),
+                 "rows_by_modality": present, "finished": pool.meta.get("finished")},
+        "source": {"path": source_name, "fingerprint": source_fingerprint(source_dataset),
+                   "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
+                   "items_covered": len(totals.sources_seen)},
+        "settings": asdict(settings),
+        "alignment": {"all": ci(all_alignment), **{m: ci(v) for m, v in totals.alignment.items() if v}},
+        "clipscore": {"all": ci(measures.clipscore(all_alignment))},
+        "source_alignment": ci(totals.source_alignment),
+        "diversity": {
+            modality: {name: ci(values) for name, values in measures_of.items()} | {"items": len(measures_of["vendi"])}
+            for modality, measures_of in totals.diversity.items() if measures_of["vendi"]
+        },
+        "gap": {modality: _gap(totals, modality, settings) for modality in _content_modalities(present)},
+        "tables": {
+            "rows": f"{store.SCORES_DIR}/{slug}/{store.ROWS_FILE}",
+            "items": f"{store.SCORES_DIR}/{slug}/{store.ITEMS_FILE}",
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "package_versions": package_versions(),
+    }
+
+
+def _content_modalities(present: dict) -> list[str]:
+    kinds = []
+    if any(m in present for m in TEXT_CONTENT):
+        kinds.append("text")
+    if any(m in present for m in IMAGE_CONTENT):
+        kinds.append("image")
+    return kinds
+
+
+def _gap(totals: Totals, modality: str, settings: ScoreSettings) -> dict:
+    return measures.gap_measures(
+        totals.pool_sample[modality].sample(), totals.source_sample[modality].sample(),
+        n_resamples=settings.gap_bootstrap, confidence=settings.confidence, seed=settings.seed,
+    )
+
+
+
+def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None = None,
+                   cache_dir: str | None = None, source_name: str = "", plot: bool = True,
+                   progress: bool = False) -> dict:
+    """Score `pool` with `scorer`, write rows/items tables, scores.json and (with `plot`) the PNG.
+
+    The embedding cache lives in `cache_dir` (share one between pools of the same source to
+    encode the source once) or by default in POOL/scores/<slug>/embeddings.
+    """
+    from augment.scoring import report
+    from augment.scoring.embeddings import EmbeddingCache
+
+    settings = settings or ScoreSettings()
+    folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
+    embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id))
+    entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress)
+    report.update_scores_json(pool.path, entry)
+    if plot:
+        report.plot_scores(pool.path, entry)
+    return entry

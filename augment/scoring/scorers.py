@@ -1,0 +1,235 @@
+"""Scorer models: one small interface over open_clip and transformers CLIP models.
+
+A `Scorer` turns images and captions into unit-normalised embeddings in batches. Its `id` names
+the exact weights (a content hash for local folders, the Hub commit for Hub models), so embedding
+caches keyed by it are never shared between different models; `slug` is a short folder name.
+
+Names `load_scorer` accepts:
+
+* everything `augment.registry.load_clip` accepts (open_clip): `tiny-clip`, aliases and
+  `default`, an open_clip architecture with `--pretrained TAG`, `hf-hub:org/repo`,
+  `local-dir:PATH` or a folder holding `open_clip_config.json`;
+* a transformers CLIP (`CLIPModel` + `CLIPProcessor`): a folder holding `config.json`, a Hub id
+  (`openai/clip-vit-base-patch32`), or either prefixed with `transformers:` to be explicit.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+from augment.errors import ModelLoadError
+
+DEFAULT_BATCH_SIZE = 64
+TRANSFORMERS_PREFIX = "transformers:"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+class Scorer(ABC):
+    """Embeds images and captions; every output row has unit L2 norm (float32, on the CPU)."""
+
+    kind: str = ""
+
+    def __init__(self, name: str, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE, device: Any = "cpu"):
+        self.name = name
+        self.id = scorer_id
+        self.batch_size = int(batch_size)
+        self.device = device
+
+    @property
+    def slug(self) -> str:
+        return scorer_slug(self.name, self.id)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "id": self.id, "slug": self.slug, "kind": self.kind}
+
+    def encode_images(self, images: Sequence[Any]):
+        """(n, d) unit-norm embeddings of PIL images, computed `batch_size` at a time."""
+        return self._batched(list(images), self._encode_image_batch)
+
+    def encode_texts(self, texts: Sequence[str]):
+        """(n, d) unit-norm embeddings of captions, computed `batch_size` at a time."""
+        return self._batched(list(texts), self._encode_text_batch)
+
+    def _batched(self, inputs: list, encode_batch):
+        import torch
+
+        if not inputs:
+            raise ValueError("nothing to encode")
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                features = encode_batch(inputs[start : start + self.batch_size]).float()
+                parts.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+        return torch.cat(parts)
+
+    @abstractmethod
+    def _encode_image_batch(self, images: list):
+        """Raw (unnormalised) image features of one batch."""
+
+    @abstractmethod
+    def _encode_text_batch(self, texts: list[str]):
+        """Raw (unnormalised) text features of one batch."""
+
+
+class OpenClipScorer(Scorer):
+    """An open_clip model loaded through `augment.registry.load_clip`."""
+
+    kind = "open_clip"
+
+    def __init__(self, bundle, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE, device: Any = "cpu"):
+        name = bundle.name if not bundle.pretrained else f"{bundle.name}:{bundle.pretrained}"
+        super().__init__(name, scorer_id, batch_size, device)
+        self.bundle = bundle
+
+    def _encode_image_batch(self, images: list):
+        import torch
+
+        pixels = torch.stack([self.bundle.preprocess_eval(_rgb(image)) for image in images])
+        return self.bundle.encode_pixels(pixels.to(self.device), normalize=False)
+
+    def _encode_text_batch(self, texts: list[str]):
+        return self.bundle.encode_text(texts, normalize=False)
+
+
+class TransformersClipScorer(Scorer):
+    """A transformers `CLIPModel` with its `CLIPProcessor`."""
+
+    kind = "transformers"
+
+    def __init__(self, model, processor, name: str, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                 device: Any = "cpu"):
+        super().__init__(name, scorer_id, batch_size, device)
+        self.model = model
+        self.processor = processor
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
+
+    def _encode_image_batch(self, images: list):
+        inputs = self.processor(images=[_rgb(image) for image in images], return_tensors="pt")
+        output = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+        return _projected_features(output)
+
+    def _encode_text_batch(self, texts: list[str]):
+        inputs = self.processor(
+            text=texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+        )
+        output = self.model.get_text_features(
+            input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
+        )
+        return _projected_features(output)
+
+
+def _rgb(image):
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _projected_features(output):
+    """transformers 5 returns a model output whose `pooler_output` holds the projected features;
+    transformers 4 returned the tensor itself."""
+    return output if not hasattr(output, "pooler_output") else output.pooler_output
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def scorer_slug(name: str, scorer_id: str) -> str:
+    """Folder-safe short name: readable part of the model name plus a hash of its id."""
+    readable = Path(name.rstrip("/")).name if ("/" in name and Path(name).exists()) else name
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-.")[-40:] or "scorer"
+    return f"{readable}-{hashlib.sha256(scorer_id.encode()).hexdigest()[:8]}"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _folder_weights_digest(folder: Path, candidates: Sequence[str]) -> str:
+    for name in candidates:
+        if (folder / name).is_file():
+            return file_digest(folder / name)
+    raise ModelLoadError(f"cannot score with {folder}: no weights file (expected one of {list(candidates)})")
+
+
+def scorer_kind(name: str) -> str:
+    """"open_clip" or "transformers" for a scorer name (see the module docstring)."""
+    if name.startswith(TRANSFORMERS_PREFIX):
+        return "transformers"
+    folder = Path(name.removeprefix("local-dir:")).expanduser()
+    if folder.is_dir():
+        if (folder / OPEN_CLIP_CONFIG).is_file():
+            return "open_clip"
+        if (folder / "config.json").is_file():
+            return "transformers"
+        raise ModelLoadError(f"cannot score with {folder}: neither {OPEN_CLIP_CONFIG} (open_clip) nor config.json (transformers) in it")
+    if name.startswith(("tiny-", "local-dir:", "hf-hub:")) or "/" not in name:
+        return "open_clip"  # aliases, `default`, architectures; load_clip explains unknown names
+    return "transformers"  # org/name: a Hub id
+
+
+def load_scorer(name: str = "default", pretrained: str | None = None, device: Any = "cpu",
+                batch_size: int = DEFAULT_BATCH_SIZE) -> Scorer:
+    """Load the scorer model `name` (with open_clip tag `pretrained`); ModelLoadError if it cannot."""
+    if scorer_kind(name) == "transformers":
+        if pretrained:
+            raise ModelLoadError(f"--pretrained is an open_clip tag; transformers scorer {name!r} takes none")
+        return _load_transformers_scorer(name.removeprefix(TRANSFORMERS_PREFIX), device, batch_size)
+    return _load_open_clip_scorer(name, pretrained, device, batch_size)
+
+
+def _load_open_clip_scorer(name: str, pretrained: str | None, device: Any, batch_size: int) -> OpenClipScorer:
+    from augment.registry import load_clip
+
+    bundle = load_clip(name, pretrained=pretrained, device=device)
+    return OpenClipScorer(bundle, _open_clip_id(name, bundle), batch_size, device)
+
+
+def _open_clip_id(name: str, bundle) -> str:
+    """Weights hash for folders (tiny-clip included); architecture + tag (or tag file hash) otherwise."""
+    from augment import tiny
+
+    if name == tiny.TINY_CLIP:
+        folder = tiny.tiny_dir(name)
+    else:
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+    if folder.is_dir() and (folder / OPEN_CLIP_CONFIG).is_file():
+        return f"open_clip:{_folder_weights_digest(folder, [OPEN_CLIP_WEIGHTS])}"
+    tag = bundle.pretrained
+    if tag and Path(tag).expanduser().is_file():
+        tag = file_digest(Path(tag).expanduser())
+    return f"open_clip:{name}:{tag}"
+
+
+def _load_transformers_scorer(name: str, device: Any, batch_size: int) -> TransformersClipScorer:
+    from augment.registry import resolve_source
+    from transformers import CLIPModel, CLIPProcessor
+
+    resolved = resolve_source(name, "clip")
+    kwargs = {"local_files_only": True} if resolved.is_local else _hub_kwargs()
+    # trust_remote_code stays False: CLIPModel is a class transformers ships
+    try:
+        model = CLIPModel.from_pretrained(resolved.source, **kwargs).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line}") from exc
+    if resolved.is_local:
+        scorer_id = f"transformers:{_folder_weights_digest(Path(resolved.source), TRANSFORMERS_WEIGHTS)}"
+    else:
+        scorer_id = f"transformers:{resolved.source}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    return TransformersClipScorer(model, processor, name, scorer_id, batch_size, device)
+
+
+def _hub_kwargs() -> dict:
+    from augment.registry import is_offline
+
+    return {"local_files_only": True} if is_offline() else {}

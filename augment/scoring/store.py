@@ -1,0 +1,153 @@
+"""Where scores live beside a pool, and reading them back.
+
+Layout (all paths relative to the pool folder)::
+
+    scores.json                          summaries with CIs, one entry per scorer (see report.py)
+    scores.png                           distributions drawn for the latest scorer
+    scores/<scorer-slug>/rows.parquet    one row per pool row, keyed by row_id (ROW_SCHEMA)
+    scores/<scorer-slug>/items.parquet   one row per item and modality (ITEM_SCHEMA)
+    scores/<scorer-slug>/embeddings/     the embedding cache (embeddings.py)
+
+Side tables carry `scores_version` in their parquet metadata and scores.json at its top level;
+readers refuse other versions. The pool's own rows are never modified.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from augment.errors import PoolError
+
+SCORES_VERSION = 1
+SCORES_JSON = "scores.json"
+SCORES_PLOT = "scores.png"
+SCORES_DIR = "scores"
+ROWS_FILE = "rows.parquet"
+ITEMS_FILE = "items.parquet"
+EMBEDDINGS_DIR = "embeddings"
+
+
+def _schemas():
+    import pyarrow as pa
+
+    rows = pa.schema([
+        ("row_id", pa.string()),
+        ("source_image_id", pa.string()),
+        ("source_caption_index", pa.int32()),
+        ("modality", pa.string()),
+        ("method", pa.string()),
+        # cosine of the row's image and caption embeddings (see alignment_partner)
+        ("alignment", pa.float64()),
+        ("clipscore", pa.float64()),
+        # what the row's new content was paired with: "source image", "source caption",
+        # "source captions (mean)" or "row" (pair rows: both new)
+        ("alignment_partner", pa.string()),
+        # 1 - cos to the nearest original of the same modality; null where the row has none new
+        ("text_distance_to_source", pa.float64()),
+        ("image_distance_to_source", pa.float64()),
+    ])
+    items = pa.schema([
+        ("source_image_id", pa.string()),
+        ("source_caption_index", pa.int32()),
+        ("modality", pa.string()),  # "text" or "image": which embeddings the set holds
+        ("set_size", pa.int32()),  # originals + augmentations
+        ("mean_pairwise_distance", pa.float64()),
+        ("vendi", pa.float64()),
+    ])
+    return rows, items
+
+
+def row_schema():
+    return _schemas()[0]
+
+
+def item_schema():
+    return _schemas()[1]
+
+
+def scorer_dir(pool_path: str | os.PathLike, slug: str) -> Path:
+    return Path(pool_path) / SCORES_DIR / slug
+
+
+def default_cache_dir(pool_path: str | os.PathLike, slug: str) -> Path:
+    return scorer_dir(pool_path, slug) / EMBEDDINGS_DIR
+
+
+class TableWriter:
+    """Streams record batches into a parquet file under a temporary name; `close` renames it."""
+
+    def __init__(self, path: Path, schema, metadata: dict):
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.schema = schema.with_metadata({k: json.dumps(v) for k, v in metadata.items()})
+        self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
+
+    def write(self, columns: dict) -> None:
+        import pyarrow as pa
+
+        if columns and len(next(iter(columns.values()))):
+            self.writer.write_table(pa.Table.from_pydict(columns, schema=self.schema))
+
+    def close(self) -> Path:
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
+    path = Path(pool_path) / SCORES_JSON
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    if document.get("scores_version") != SCORES_VERSION:
+        raise PoolError(f"{path}: scores version {document.get('scores_version')}, this mat-plus reads "
+                        f"{SCORES_VERSION}; run `augment score {pool_path}` again")
+    return document
+
+
+def find_scorer_entry(pool_path: str | os.PathLike, scorer: str | None) -> dict:
+    """The scores.json entry of `scorer` (its slug, or the model name it was scored with);
+    without `scorer`, the latest one. PoolError telling to run `augment score` when absent."""
+    document = read_scores_json(pool_path)
+    hint = f"run `augment score {pool_path}" + (f" --scorer {scorer}`" if scorer else "`") + " first"
+    if not document or not document.get("scorers"):
+        raise PoolError(f"{pool_path}: has no scores; {hint}")
+    entries = document["scorers"]
+    if scorer is None:
+        return entries[document["latest"]]
+    matches = [e for slug, e in entries.items() if scorer in (slug, e["scorer"]["name"], _bare_name(e))]
+    if not matches:
+        known = ", ".join(f"{e['scorer']['name']} ({slug})" for slug, e in entries.items())
+        raise PoolError(f"{pool_path}: not scored with {scorer!r} (scored with: {known}); {hint}")
+    return matches[-1]
+
+
+def _bare_name(entry: dict) -> str:
+    """The name without the open_clip tag suffix ("ViT-B-16" for "ViT-B-16:openai")."""
+    return entry["scorer"]["name"].split(":")[0]
+
+
+def read_table(path: Path, columns: list[str] | None = None):
+    """A side table as a pyarrow Table, refusing another scores_version."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise PoolError(f"{path}: missing; run `augment score` on the pool again")
+    metadata = pq.read_schema(path).metadata or {}
+    version = json.loads(metadata.get(b"scores_version", b"null"))
+    if version != SCORES_VERSION:
+        raise PoolError(f"{path}: scores version {version}, this mat-plus reads {SCORES_VERSION}; run `augment score` again")
+    return pq.read_table(path, columns=columns)

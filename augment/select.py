@@ -1,0 +1,155 @@
+"""Select a sub-pool by method, modality and stored per-row scores.
+
+Filters apply in this order:
+
+1. row filters: `methods`, `modality`, `min_alignment` <= alignment <= `max_alignment`;
+2. `top_k_per_item`: per item (source image, source caption index) the K best-aligned rows
+   (ties keep pool order);
+3. `max_per_item`: per item at most K rows, the first in pool order (deterministic).
+
+Alignment filters and top-k need the scores `augment score` stored beside the pool; the other
+filters do not. The selected pool keeps the parent's rows unchanged (images byte for byte) and
+records its provenance in pool.json: method "select", `parent` (path and pool.json), the
+filters and the scorer.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augment.errors import PoolError
+from augment.schema import MODALITIES
+
+
+@dataclass
+class SelectFilters:
+    min_alignment: float | None = None
+    max_alignment: float | None = None
+    max_per_item: int | None = None
+    top_k_per_item: int | None = None
+    methods: list[str] = field(default_factory=list)
+    modality: str | None = None
+
+    def needs_scores(self) -> bool:
+        return self.min_alignment is not None or self.max_alignment is not None or self.top_k_per_item is not None
+
+    def check(self) -> None:
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise PoolError(f"--modality must be one of {list(MODALITIES)}, got {self.modality!r}")
+        for name in ("max_per_item", "top_k_per_item"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PoolError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.min_alignment is not None and self.max_alignment is not None and self.min_alignment > self.max_alignment:
+            raise PoolError(f"--min-alignment {self.min_alignment} is above --max-alignment {self.max_alignment}")
+
+
+def pool_columns(pool, names: list[str]) -> dict[str, np.ndarray]:
+    table = pool.dataset.select_columns(names).with_format("arrow")[:]
+    return {name: table[name].to_numpy(zero_copy_only=False) for name in names}
+
+
+def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
+    """Per-row alignment in pool order from the stored side table, and the scorer entry.
+
+    PoolError when the pool has no scores (of that scorer) or they miss some of its rows.
+    """
+    import pyarrow.compute as pc
+
+    from augment.scoring import store
+
+    entry = store.find_scorer_entry(pool.path, scorer)
+    hint = f"run `augment score {pool.path} --scorer {entry['scorer']['name']}` again"
+    if entry["pool"].get("finished") != pool.meta.get("finished"):
+        raise PoolError(f"{pool.path}: the pool was rewritten after it was scored; {hint}")
+    table = store.read_table(Path(pool.path) / entry["tables"]["rows"], ["row_id", "alignment"])
+    row_ids = pool.dataset.select_columns(["row_id"]).with_format("arrow")[:]["row_id"]
+    positions = pc.index_in(row_ids, value_set=table["row_id"].combine_chunks())
+    missing = positions.null_count
+    if missing:
+        raise PoolError(f"{pool.path}: {missing} rows have no stored scores (the pool changed since it was scored); {hint}")
+    alignment = table["alignment"].combine_chunks().take(positions)
+    return alignment.to_numpy(zero_copy_only=False), entry
+
+
+def select_rows(pool, filters: SelectFilters, scorer: str | None = None) -> tuple[np.ndarray, dict | None]:
+    """(indices of the selected rows in pool order, the scorer entry used or None)."""
+    filters.check()
+    columns = pool_columns(pool, ["source_image_id", "source_caption_index", "modality", "method"])
+    keep = np.ones(len(pool), dtype=bool)
+    if filters.methods:
+        keep &= np.isin(columns["method"], filters.methods)
+    if filters.modality:
+        keep &= columns["modality"] == filters.modality
+    alignment, entry = (None, None)
+    if filters.needs_scores():
+        alignment, entry = row_alignment(pool, scorer)
+        if filters.min_alignment is not None:
+            keep &= alignment >= filters.min_alignment
+        if filters.max_alignment is not None:
+            keep &= alignment <= filters.max_alignment
+    kept = np.flatnonzero(keep)
+    items = [(a, int(c)) for a, c in zip(columns["source_image_id"][kept], columns["source_caption_index"][kept])]
+    if filters.top_k_per_item is not None:
+        kept, items = _per_item(kept, items, filters.top_k_per_item, rank=-alignment[kept])
+    if filters.max_per_item is not None:
+        kept, items = _per_item(kept, items, filters.max_per_item, rank=None)
+    return kept, entry
+
+
+def _per_item(indices: np.ndarray, items: list, limit: int, rank: np.ndarray | None) -> tuple[np.ndarray, list]:
+    """At most `limit` rows per item: the lowest `rank` (stable), else the first in pool order."""
+    order = np.argsort(rank, kind="stable") if rank is not None else np.arange(len(indices))
+    taken: dict = {}
+    chosen = []
+    for position in order:
+        item = items[position]
+        if taken.get(item, 0) < limit:
+            taken[item] = taken.get(item, 0) + 1
+            chosen.append(position)
+    chosen = np.sort(np.asarray(chosen, dtype=np.int64))  # back to pool order
+    return indices[chosen], [items[p] for p in chosen]
+
+
+def iter_rows(pool, indices: np.ndarray):
+    """The selected rows as dicts, images undecoded so their bytes are copied unchanged."""
+    from datasets import Image
+
+    undecoded = pool.dataset.cast_column("image", Image(decode=False))
+    for start in range(0, len(indices), 1000):
+        yield from undecoded.select(indices[start:start + 1000])
+
+
+def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = None, overwrite: bool = False) -> dict:
+    """Write the selected rows of `pool` as a new pool at `out`; return its pool.json."""
+    from augment.pool import write_pool
+
+    indices, entry = select_rows(pool, filters, scorer)
+    meta = selection_meta(pool, out, filters, entry, len(indices))
+    return write_pool(out, iter_rows(pool, indices), meta, overwrite=overwrite)
+
+
+def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, selected: int) -> dict:
+    parent = pool.meta
+    return {
+        "name": Path(out).name,
+        "method": "select",
+        "modality": filters.modality or parent.get("modality"),
+        "model": None,
+        # the identity keys a resume compares: selecting again with other filters needs --overwrite
+        "params": {"filters": asdict(filters), "scorer": entry["scorer"]["id"] if entry else None},
+        "seed": parent.get("seed"),
+        "n": parent.get("n"),
+        "split": parent.get("split"),
+        "limit": parent.get("limit"),
+        "source": parent.get("source"),
+        "source_fingerprint": parent.get("source_fingerprint"),
+        "source_items": parent.get("source_items"),
+        "parent": {"path": str(Path(pool.path).resolve()), "meta": parent},
+        "filters": asdict(filters),
+        "scorer": entry["scorer"] if entry else None,
+        "selected_rows": selected,
+        "parent_rows": len(pool),
+    }

@@ -1,0 +1,345 @@
+"""Pool scoring speed against torchmetrics' CLIPScore, and memory as the pool grows.
+
+    python -m bench.bench_scoring [--pairs 1024] [--batch-size 64] [--repeats 3]
+                                  [--sizes 10000,30000,100000] [--out outputs/bench/scoring.json]
+
+1. **Pairs per second**, the same tiny transformers `CLIPModel` (random weights, built from a
+   config) on the same image-caption pairs, measurements interleaved so that load on a shared
+   machine hits both sides alike; medians:
+   * mat-plus's scorer (`TransformersClipScorer`: batched encode + cosine), no cache;
+   * torchmetrics `CLIPScore` (update per batch, then compute), same batch size;
+   * for context, the whole `augment score` pipeline on a pool of those pairs: cold (fresh
+     cache) and warm (re-score: every embedding from the cache). The pipeline also encodes the
+     source's captions and computes diversity, gap, bootstrap CIs and the side tables.
+   The two CLIPScores are checked to agree (mean of 100 * cos before clamping).
+2. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
+   tiny-clip, each in a fresh process: peak RSS above the process's RSS before scoring, and the
+   tracemalloc peak (Python and numpy allocations), plus rows per second (with tracemalloc on).
+
+torchmetrics 1.9.0's CLIPScore calls `.norm` on what `get_image_features` returns, which in
+transformers 5 is a model output, not a tensor (torchmetrics issue 3407, fixed after 1.9.0);
+it also only takes a Hub name or a callable returning (model, processor). The benchmark passes
+a callable and, only when needed, a thin adapter that returns `pooler_output` (the projected
+features, what transformers 4 returned): the computation path stays torchmetrics' own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_OUT = "outputs/bench/scoring.json"
+MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 source captions
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1024, help="image-caption pairs for the speed comparison")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="10000,30000,100000", help="text-pool sizes for the memory run")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    # internal: one memory measurement in a fresh process
+    parser.add_argument("--memory-child", nargs=3, metavar=("POOL", "SOURCE", "JSON"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _offline() -> None:
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+
+
+def _timed(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Pairs per second against torchmetrics
+# ---------------------------------------------------------------------------------------------
+
+
+def make_pairs(work: Path, count: int):
+    """`count` pairs of distinct sample-world images with their first caption, and the source."""
+    from augment.sample_world import write_sample
+    from augment.sources import load_source
+
+    world = write_sample(work / "world", n=count, seed=1, val_frac=0.0, test_frac=0.0)
+    source, _ = load_source(str(world))
+    images = [row["image"] for row in source]
+    captions = [row["captions"][0] for row in source]
+    return source, images, captions, world
+
+
+class _FeatureTensors:
+    """transformers-5 CLIPModel seen through the transformers-4 API torchmetrics 1.9.0 expects:
+    get_image_features / get_text_features return the projected feature tensor."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def get_image_features(self, *args, **kwargs):
+        output = self.model.get_image_features(*args, **kwargs)
+        return getattr(output, "pooler_output", output)
+
+    def get_text_features(self, *args, **kwargs):
+        output = self.model.get_text_features(*args, **kwargs)
+        return getattr(output, "pooler_output", output)
+
+
+def _needs_adapter(model) -> bool:
+    import torch
+
+    with torch.inference_mode():
+        output = model.get_text_features(input_ids=torch.tensor([[0, 1]]), attention_mask=torch.ones(1, 2, dtype=torch.long))
+    return not isinstance(output, torch.Tensor)
+
+
+def torchmetrics_clipscore(scorer):
+    """(CLIPScore metric on the scorer's own model and processor, note on how it was built)."""
+    from importlib.metadata import version
+
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    adapted = _needs_adapter(scorer.model)
+    model = _FeatureTensors(scorer.model) if adapted else scorer.model
+    metric = CLIPScore(model_name_or_path=lambda: (model, scorer.processor))
+    note = f"torchmetrics {version('torchmetrics')} with transformers {version('transformers')}"
+    if adapted:
+        note += ": get_*_features return model outputs, wrapped to return pooler_output (torchmetrics issue 3407)"
+    return metric, note
+
+
+def run_torchmetrics(metric, image_tensors, captions, batch_size: int) -> float:
+    """Mean 100 * cos over the pairs, before CLIPScore's clamp at 0 (comparable per pair)."""
+    import torch
+
+    metric.reset()
+    with torch.inference_mode():
+        for start in range(0, len(captions), batch_size):
+            metric.update(image_tensors[start:start + batch_size], captions[start:start + batch_size])
+        metric.compute()
+    return float(metric.score / metric.n_samples)
+
+
+def run_ours(scorer, images, captions) -> float:
+    image_embeddings = scorer.encode_images(images)
+    text_embeddings = scorer.encode_texts(captions)
+    return float(100 * (image_embeddings * text_embeddings).sum(dim=1).mean())
+
+
+def pair_pool(work: Path, source, world: Path):
+    """The same pairs as a pool of pair rows (image bytes and caption), for the pipeline."""
+    from datasets import Image
+
+    from augment.pool import load_pool, write_pool
+
+    undecoded = source.cast_column("image", Image(decode=False))
+    rows = ({
+        "row_id": f"pairs:{row['image_id']}:0:0", "source_image_id": row["image_id"], "source_caption_index": 0,
+        "split": row["split"], "modality": "pair", "image": row["image"], "caption": row["captions"][0],
+        "method": "pairs", "seed": 0, "provenance": "{}",
+    } for row in undecoded)
+    write_pool(work / "pairs", rows, {"method": "pairs", "source": str(world)}, overwrite=True)
+    return load_pool(work / "pairs")
+
+
+def run_pipeline(pool, source, scorer, cache_dir: Path) -> None:
+    from augment.scoring.pool_scores import ScoreSettings, score_and_save
+
+    score_and_save(pool, source, scorer, ScoreSettings(), cache_dir=str(cache_dir), plot=False)
+
+
+def bench_pairs(work: Path, args) -> dict:
+    import numpy as np
+    import torch
+
+    from augment.scoring.scorers import load_scorer
+    from augment.scoring.tiny_hf import save_tiny_transformers_clip
+
+    source, images, captions, world = make_pairs(work, args.pairs)
+    scorer = load_scorer(str(save_tiny_transformers_clip(work / "tiny-transformers-clip")), batch_size=args.batch_size)
+    metric, note = torchmetrics_clipscore(scorer)
+    image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
+    pool = pair_pool(work, source, world)
+    times: dict[str, list[float]] = {"ours": [], "torchmetrics": [], "pipeline_cold": [], "pipeline_warm": []}
+    ours_value = tm_value = None
+    run_ours(scorer, images[:8], captions[:8])  # warm-up: first calls allocate
+    for repeat in range(args.repeats):
+        elapsed, ours_value = _timed(lambda: run_ours(scorer, images, captions))
+        times["ours"].append(elapsed)
+        elapsed, tm_value = _timed(lambda: run_torchmetrics(metric, image_tensors, captions, args.batch_size))
+        times["torchmetrics"].append(elapsed)
+        cache = work / f"cache-{repeat}"
+        times["pipeline_cold"].append(_timed(lambda: run_pipeline(pool, source, scorer, cache))[0])
+        times["pipeline_warm"].append(_timed(lambda: run_pipeline(pool, source, scorer, cache))[0])
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    per_second = {name: args.pairs / seconds for name, seconds in medians.items()}
+    return {
+        "pairs": args.pairs,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "model": "tiny transformers CLIPModel (random weights; vision 64px/16, width 32, 2 layers)",
+        "torchmetrics_note": note,
+        "seconds_median": medians,
+        "seconds_all": times,
+        "pairs_per_second": per_second,
+        "ratio_ours_vs_torchmetrics": per_second["ours"] / per_second["torchmetrics"],
+        "ratio_pipeline_cold_vs_torchmetrics": per_second["pipeline_cold"] / per_second["torchmetrics"],
+        "ratio_pipeline_warm_vs_torchmetrics": per_second["pipeline_warm"] / per_second["torchmetrics"],
+        "mean_100cos": {"ours": ours_value, "torchmetrics": tm_value, "abs_difference": abs(ours_value - tm_value)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Memory as the pool grows
+# ---------------------------------------------------------------------------------------------
+
+
+def text_pool(path: Path, source, world: Path, size: int):
+    """`size` text rows: numbered variants of every train caption (all distinct, all encoded)."""
+    from augment.pool import write_pool
+
+    train = [row for row in source.select_columns(["image_id", "captions", "split"]) if row["split"] == "train"]
+    per_caption = math.ceil(size / sum(len(row["captions"]) for row in train))
+
+    def rows():
+        produced = 0
+        for k in range(per_caption):
+            for row in train:
+                for c, caption in enumerate(row["captions"]):
+                    if produced == size:
+                        return
+                    produced += 1
+                    yield {
+                        "row_id": f"variant:{row['image_id']}:{c}:{k}", "source_image_id": row["image_id"],
+                        "source_caption_index": c, "split": "train", "modality": "text", "image": None,
+                        "caption": f"{caption}, variant {k}", "method": "variant", "seed": k, "provenance": "{}",
+                    }
+
+    write_pool(path, rows(), {"method": "variant", "source": str(world)}, overwrite=True)
+    return path
+
+
+def memory_child(pool_path: str, source_path: str, out_json: str) -> int:
+    """Score one pool in this (fresh) process and write what it cost."""
+    import resource
+    import tracemalloc
+
+    import psutil
+
+    from augment.pool import load_pool
+    from augment.scoring.pool_scores import ScoreSettings, score_and_save
+    from augment.scoring.scorers import load_scorer
+    from augment.sources import load_source
+
+    scorer = load_scorer("tiny-clip", batch_size=256)
+    source, _ = load_source(source_path)
+    pool = load_pool(pool_path)
+    baseline = psutil.Process().memory_info().rss
+    tracemalloc.start()
+    elapsed, entry = _timed(lambda: score_and_save(pool, source, scorer, ScoreSettings(), plot=False))
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    result = {
+        "rows": len(pool),
+        "seconds": elapsed,
+        "rows_per_second": len(pool) / elapsed,
+        "rss_before_mib": baseline / 2**20,
+        "peak_rss_mib": peak_rss / 2**20,
+        "peak_rss_growth_mib": (peak_rss - baseline) / 2**20,
+        "tracemalloc_peak_mib": traced_peak / 2**20,
+        "encoded": entry["encoding"]["encoded"],
+    }
+    Path(out_json).write_text(json.dumps(result))
+    return 0
+
+
+def bench_memory(work: Path, sizes: list[int]) -> list[dict]:
+    from augment.sample_world import write_sample
+    from augment.sources import load_source
+
+    world = write_sample(work / "memory-world", n=MEMORY_SOURCE_SIZE, seed=2)
+    source, _ = load_source(str(world))
+    results = []
+    for size in sizes:
+        pool = text_pool(work / f"text-{size}", source, world, size)
+        out = work / f"memory-{size}.json"
+        env = {**os.environ, "MATPLUS_LOGLEVEL": "ERROR"}
+        command = [sys.executable, "-m", "bench.bench_scoring", "--memory-child", str(pool), str(world), str(out)]
+        subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+        results.append(json.loads(out.read_text()))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def print_tables(speed: dict, memory: list[dict]) -> None:
+    print(f"\nCLIPScore on {speed['pairs']} pairs, batch {speed['batch_size']}, median of {speed['repeats']} "
+          f"({speed['model']})")
+    print(f"{'':<34}{'seconds':>9}{'pairs/s':>10}{'vs torchmetrics':>17}")
+    base = speed["pairs_per_second"]["torchmetrics"]
+    labels = {
+        "torchmetrics": "torchmetrics CLIPScore",
+        "ours": "mat-plus scorer (no cache)",
+        "pipeline_cold": "augment score, cold cache*",
+        "pipeline_warm": "augment score, re-score (cached)*",
+    }
+    for name, label in labels.items():
+        rate = speed["pairs_per_second"][name]
+        print(f"{label:<34}{speed['seconds_median'][name]:>9.2f}{rate:>10.0f}{rate / base:>16.2f}x")
+    print("* whole pipeline: also encodes the source's 5 captions per image, diversity, gap, CIs, side tables")
+    print(f"mean 100*cos: mat-plus {speed['mean_100cos']['ours']:.4f}, torchmetrics "
+          f"{speed['mean_100cos']['torchmetrics']:.4f} (|diff| {speed['mean_100cos']['abs_difference']:.2e})")
+    print(f"note: {speed['torchmetrics_note']}")
+    if memory:
+        print("\nMemory scoring text pools with tiny-clip (fresh process each; tracemalloc on)")
+        print(f"{'rows':>8}{'rows/s':>9}{'RSS before':>12}{'RSS growth':>12}{'tracemalloc peak':>18}")
+        for m in memory:
+            print(f"{m['rows']:>8}{m['rows_per_second']:>9.0f}{m['rss_before_mib']:>10.0f}Mi"
+                  f"{m['peak_rss_growth_mib']:>10.0f}Mi{m['tracemalloc_peak_mib']:>16.1f}Mi")
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    _offline()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
+    try:
+        import torchmetrics  # noqa: F401
+    except ImportError:
+        print("bench_scoring needs torchmetrics: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
+        work = Path(tmp)
+        speed = bench_pairs(work, args)
+        memory = [] if args.skip_memory else bench_memory(work, sizes)
+    print_tables(speed, memory)
+    result = {"speed": speed, "memory": memory}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,495 @@
+"""Pool scoring and selection: measures against direct computations, pool-level properties that
+hold for any scorer, the embedding cache, side tables, select, and the CLI."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augment.errors import PoolError
+from augment.scoring import measures
+
+N_ITEMS = 24  # source images per test pool (train split of the sample world)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_vendi_and_pairwise_distance_of_identical_and_orthogonal_sets():
+    vector = np.ones(8) / math.sqrt(8)
+    identical = np.stack([vector] * 5)
+    orthogonal = np.eye(6)
+    assert measures.vendi_score(identical) == pytest.approx(1.0, abs=1e-9)
+    assert measures.mean_pairwise_cosine_distance(identical) == pytest.approx(0.0, abs=1e-12)
+    assert measures.vendi_score(orthogonal) == pytest.approx(6.0, abs=1e-9)
+    assert measures.mean_pairwise_cosine_distance(orthogonal) == pytest.approx(1.0)
+    # two identical pairs of orthogonal vectors: effectively two distinct items
+    assert measures.vendi_score(np.eye(4)[[0, 0, 1, 1]]) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_set_diversity_batches_sets_of_mixed_sizes():
+    rng = np.random.default_rng(0)
+    sets = [_unit(rng.normal(size=(size, 5))) for size in (2, 3, 3, 5, 2)]
+    distances, vendi = measures.set_diversity(sets)
+    for members, distance, score in zip(sets, distances, vendi):
+        pairs = [1 - members[i] @ members[j] for i, j in itertools.combinations(range(len(members)), 2)]
+        eigenvalues = np.linalg.eigvalsh(members @ members.T / len(members))
+        eigenvalues = eigenvalues[eigenvalues > 1e-12]
+        assert distance == pytest.approx(np.mean(pairs))
+        assert score == pytest.approx(math.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
+def test_frechet_matches_the_closed_form_for_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([0.5, 0.0, -1.0])
+    variances1, variances2 = np.array([1.0, 2.0, 0.5]), np.array([4.0, 0.5, 0.5])
+    # diagonal covariances commute: Tr(C1 + C2 - 2 sqrt(C1 C2)) = sum (sqrt(a) - sqrt(b))^2
+    closed = float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(variances1) - np.sqrt(variances2)) ** 2))
+    cov1, cov2 = np.diag(variances1), np.diag(variances2)
+    assert measures.frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(closed, rel=1e-9)
+    assert measures.frechet_distance_eigh(mu1, cov1, mu2, cov2) == pytest.approx(closed, rel=1e-9)
+    # from samples: the estimate converges to the closed form
+    rng = np.random.default_rng(0)
+    x = rng.normal(mu1, np.sqrt(variances1), size=(40000, 3))
+    y = rng.normal(mu2, np.sqrt(variances2), size=(40000, 3))
+    assert measures.frechet_between(x, y) == pytest.approx(closed, rel=0.03)
+
+
+def test_frechet_forms_agree_on_non_commuting_covariances():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    cov1, cov2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)
+    mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+    assert measures.frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(
+        measures.frechet_distance_eigh(mu1, cov1, mu2, cov2), rel=1e-8)
+
+
+def _naive_mmd2(x, y, gamma):
+    def k(a, b):
+        return math.exp(-gamma * float(np.sum((a - b) ** 2)))
+
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_mmd_matches_a_naive_double_loop_and_the_median_heuristic():
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 1.0, size=(12, 3))
+    y = rng.normal(0.7, 1.5, size=(15, 3))
+    value, gamma = measures.mmd2_unbiased(x, y, gamma=0.3)
+    assert gamma == 0.3
+    assert value == pytest.approx(_naive_mmd2(x, y, 0.3), rel=1e-10)
+    pooled = np.concatenate([x, y])
+    distances = [float(np.sum((pooled[i] - pooled[j]) ** 2)) for i, j in itertools.combinations(range(len(pooled)), 2)]
+    median_value, median_gamma = measures.mmd2_unbiased(x, y)
+    assert median_gamma == pytest.approx(1 / (2 * np.median(distances)))
+    assert median_value == pytest.approx(_naive_mmd2(x, y, median_gamma), rel=1e-10)
+    assert median_value > 0
+    # the same sample twice: unbiased MMD^2 is at most 0
+    assert measures.mmd2_unbiased(x, x)[0] <= 1e-12
+
+
+def test_count_weighted_resamples_equal_the_resampled_rows():
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(9, 3)), rng.normal(size=(7, 3))
+    ix, iy = rng.integers(0, 9, 9), rng.integers(0, 7, 7)
+    counts_x, counts_y = np.bincount(ix, minlength=9).astype(float), np.bincount(iy, minlength=7).astype(float)
+    mean, cov = measures.weighted_gaussian_fit(x, counts_x)
+    np.testing.assert_allclose(mean, x[ix].mean(axis=0))
+    np.testing.assert_allclose(cov, np.cov(x[ix], rowvar=False))
+    kernel = rbf_kernel(np.concatenate([x, y]), gamma=0.4)
+    value = measures.resampled_mmd2(kernel, 9, counts_x[None, :], counts_y[None, :])[0]
+    assert value == pytest.approx(_naive_mmd2(x[ix], y[iy], 0.4), rel=1e-10)
+
+
+def test_gap_measures_and_bootstrap_are_seeded():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(60, 4)), rng.normal(0.5, 1.0, size=(50, 4))
+    first = measures.gap_measures(x, y, n_resamples=30, seed=5)
+    assert first == measures.gap_measures(x, y, n_resamples=30, seed=5)
+    assert first["frechet"]["value"] == pytest.approx(measures.frechet_between(x, y))
+    assert first["mmd2"]["value"] == pytest.approx(measures.mmd2_unbiased(x, y)[0], abs=1e-6)  # float32 kernel
+    assert first["frechet"]["low"] <= first["frechet"]["high"]
+    ci = measures.bootstrap_mean(np.arange(100.0), n_resamples=500, seed=1)
+    assert ci["low"] < ci["mean"] == 49.5 < ci["high"]
+    assert ci == measures.bootstrap_mean(np.arange(100.0), n_resamples=500, seed=1)
+
+
+def test_reservoir_keeps_a_fixed_size_uniform_sample():
+    reservoir = measures.Reservoir(capacity=100, seed=0)
+    for start in range(0, 10000, 700):
+        block = np.arange(start, min(start + 700, 10000), dtype=np.float32)[:, None]
+        reservoir.add(block)
+    sample = reservoir.sample()[:, 0]
+    assert sample.shape == (100,) and len(set(sample)) == 100
+    assert 3000 < sample.mean() < 7000  # roughly uniform over 0..9999
+
+
+def _unit(rows):
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a source, pools built from it, scorers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(sample_world_dir):
+    from augment.sources import load_source
+
+    dataset, _ = load_source(str(sample_world_dir))
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def train_items(source):
+    from datasets import Image
+
+    undecoded = source.cast_column("image", Image(decode=False))
+    train = [i for i, split in enumerate(source["split"]) if split == "train"][:N_ITEMS]
+    return list(undecoded.select(train))
+
+
+def _row(item, index, k, method, modality, caption=None, image=None):
+    return {
+        "row_id": f"{method}:{item['image_id']}:{index}:{k}", "source_image_id": item["image_id"],
+        "source_caption_index": index, "split": item["split"], "modality": modality, "image": image,
+        "caption": caption, "method": method, "seed": k, "provenance": "{}",
+    }
+
+
+def _write(path, rows, source_dir, method="test"):
+    from augment.pool import load_pool, write_pool
+
+    write_pool(path, rows, {"method": method, "source": str(source_dir)})
+    return load_pool(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer():
+    from augment.scoring.scorers import load_scorer
+
+    return load_scorer("tiny-clip", batch_size=128)
+
+
+class EncodeCounter:
+    """Counts the scorer's encoder calls and the items encoded."""
+
+    def __init__(self, scorer):
+        self.calls = {"text": 0, "image": 0}
+        self.items = {"text": 0, "image": 0}
+        for kind, attribute in (("text", "encode_texts"), ("image", "encode_images")):
+            setattr(scorer, attribute, self._wrap(kind, getattr(scorer, attribute)))
+
+    def _wrap(self, kind, encode):
+        def counted(inputs):
+            self.calls[kind] += 1
+            self.items[kind] += len(inputs)
+            return encode(inputs)
+
+        return counted
+
+
+@pytest.fixture
+def counted_scorer():
+    from augment.scoring.scorers import load_scorer
+
+    scorer = load_scorer("tiny-clip", batch_size=128)
+    return scorer, EncodeCounter(scorer)
+
+
+def _settings(**overrides):
+    from augment.scoring.pool_scores import ScoreSettings
+
+    return ScoreSettings(**{"bootstrap": 200, "gap_bootstrap": 20, **overrides})
+
+
+def _score(pool, source, scorer, **overrides):
+    from augment.scoring.pool_scores import score_and_save
+
+    return score_and_save(pool, source, scorer, _settings(**overrides), plot=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool-level properties
+# ---------------------------------------------------------------------------------------------
+
+
+def test_exact_copies_have_no_diversity_and_no_gap(tmp_path, source, train_items, tiny_scorer, sample_world_dir):
+    rows = [_row(item, c, 0, "copy", "text", caption=caption)
+            for item in train_items for c, caption in enumerate(item["captions"])]
+    pool = _write(tmp_path / "copies", rows, sample_world_dir)
+    entry = _score(pool, source, tiny_scorer)
+    text = entry["diversity"]["text"]
+    assert text["mean_pairwise_distance"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert text["vendi"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert text["items"] == len(rows)
+    gap = entry["gap"]["text"]
+    assert gap["n_pool"] == gap["n_source"] == len(rows)
+    assert gap["frechet"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert gap["mmd2"]["value"] <= 1e-9
+    # a text row's alignment is the source image with the caption: the source pairs themselves
+    assert entry["alignment"]["text"]["mean"] == pytest.approx(entry["source_alignment"]["mean"], abs=1e-6)
+
+
+def test_image_rows_made_from_the_image_use_the_mean_over_captions(tmp_path, source, train_items, tiny_scorer, sample_world_dir):
+    import pyarrow.parquet as pq
+
+    rows = [_row(item, -1, 0, "same-image", "image", image=item["image"]) for item in train_items]
+    pool = _write(tmp_path / "images", rows, sample_world_dir)
+    entry = _score(pool, source, tiny_scorer)
+    assert entry["diversity"]["image"]["mean_pairwise_distance"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert entry["gap"]["image"]["frechet"]["value"] == pytest.approx(0.0, abs=1e-6)
+    table = pq.read_table(pool.path / entry["tables"]["rows"]).to_pylist()
+    first = next(r for r in table if r["source_image_id"] == train_items[0]["image_id"])
+    assert first["alignment_partner"] == "source captions (mean)"
+    from PIL import Image
+    import io
+
+    image = tiny_scorer.encode_images([Image.open(io.BytesIO(train_items[0]["image"]["bytes"] or Path(train_items[0]["image"]["path"]).read_bytes()))])
+    captions = tiny_scorer.encode_texts(train_items[0]["captions"])
+    assert first["alignment"] == pytest.approx(float((captions @ image.T).mean()), abs=1e-5)
+    assert first["clipscore"] == pytest.approx(100 * max(first["alignment"], 0.0))
+    assert first["image_distance_to_source"] == pytest.approx(0.0, abs=1e-5)
+    assert first["text_distance_to_source"] is None
+
+
+def test_shuffled_captions_are_less_aligned_under_a_trained_clip(tmp_path, source, train_items, trained_clip, sample_world_dir):
+    from augment.scoring.scorers import load_scorer
+
+    scorer = load_scorer(str(trained_clip), batch_size=128)
+    matched, shuffled = [], []
+    for position, item in enumerate(train_items):
+        other = train_items[(position + 1) % len(train_items)]  # a derangement: never its own
+        for c in range(len(item["captions"])):
+            matched.append(_row(item, c, 0, "own", "text", caption=item["captions"][c]))
+            shuffled.append(_row(item, c, 0, "shuffled", "text", caption=other["captions"][c]))
+    own = _score(_write(tmp_path / "own", matched, sample_world_dir), source, scorer)["alignment"]["all"]
+    other = _score(_write(tmp_path / "shuffled", shuffled, sample_world_dir), source, scorer)["alignment"]["all"]
+    assert other["mean"] < own["mean"]
+    assert other["high"] < own["low"]  # and clearly so: the CIs do not overlap
+
+
+def test_rescoring_takes_every_embedding_from_the_cache(tmp_path, source, train_items, counted_scorer, sample_world_dir):
+    scorer, counter = counted_scorer
+    rows = [_row(item, 0, k, "mixed", "pair", caption=f"{item['captions'][0]} {k}", image=item["image"])
+            for item in train_items for k in range(2)]
+    pool = _write(tmp_path / "pairs", rows, sample_world_dir)
+    first = _score(pool, source, scorer, chunk_rows=16)
+    assert counter.calls["text"] > 0 and counter.calls["image"] > 0
+    # every distinct content once: N captions of each source image + 2 new captions; source images only
+    assert counter.items["text"] == sum(len(i["captions"]) for i in train_items) + 2 * len(train_items)
+    assert counter.items["image"] == len(train_items)  # the pair rows reuse the source image bytes
+    assert first["encoding"]["encoded"]["text"] == counter.items["text"]
+    before = dict(counter.calls)
+    second = _score(pool, source, scorer, chunk_rows=7, bootstrap=100)  # other chunks, other settings
+    assert counter.calls == before
+    assert second["encoding"]["encoded"] == {"text": 0, "image": 0}
+    assert second["alignment"]["all"]["mean"] == pytest.approx(first["alignment"]["all"]["mean"], abs=1e-9)
+
+
+def test_cache_is_per_scorer_and_survives_reopening(tmp_path):
+    from augment.scoring.embeddings import Embedder, EmbeddingCache, text_key
+
+    class FakeScorer:
+        def __init__(self):
+            self.calls = 0
+
+        def encode_texts(self, texts):
+            import torch
+
+            self.calls += 1
+            return torch.nn.functional.normalize(torch.tensor([[len(t), 1.0] for t in texts]), dim=-1)
+
+    scorer = FakeScorer()
+    first = Embedder(scorer, EmbeddingCache(tmp_path, "scorer-a")).texts(["a", "bb", "a"])
+    assert scorer.calls == 1 and first.shape == (3, 2)
+    again = Embedder(scorer, EmbeddingCache(tmp_path, "scorer-a")).texts(["bb", "a"])
+    assert scorer.calls == 1
+    np.testing.assert_array_equal(again, first[[1, 0]])
+    other = EmbeddingCache(tmp_path, "scorer-b")
+    found, _ = other.lookup("text", np.frombuffer(text_key("a"), dtype=np.uint8)[None, :])
+    assert not found.any()
+
+
+def test_transformers_clip_scorer(tmp_path, source, train_items, sample_world_dir):
+    from augment.scoring.scorers import load_scorer, scorer_kind
+    from augment.scoring.tiny_hf import save_tiny_transformers_clip
+
+    folder = save_tiny_transformers_clip(tmp_path / "hf-clip")
+    assert scorer_kind(str(folder)) == "transformers"
+    scorer = load_scorer(str(folder))
+    assert scorer.id.startswith("transformers:") and scorer.slug.startswith("hf-clip-")
+    rows = [_row(item, 1, 0, "copy", "text", caption=item["captions"][1]) for item in train_items[:6]]
+    entry = _score(_write(tmp_path / "pool", rows, sample_world_dir), source, scorer)
+    assert entry["scorer"]["kind"] == "transformers"
+    assert entry["diversity"]["text"]["mean_pairwise_distance"]["mean"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_scoring_refuses_a_pool_of_another_source(tmp_path, source, train_items, tiny_scorer, sample_world_dir):
+    rows = [_row(train_items[0], 0, 0, "x", "text", caption="a red circle")]
+    rows[0]["source_image_id"] = "not-in-the-source"
+    with pytest.raises(PoolError, match="not in the source"):
+        _score(_write(tmp_path / "stray", rows, sample_world_dir), source, tiny_scorer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Select
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored_mixed_pool(tmp_path_factory, source, train_items, tiny_scorer, sample_world_dir):
+    """Per item (image, caption 0): two text rows of method a, one of method b, one image row."""
+    rows = []
+    for position, item in enumerate(train_items[:10]):
+        other = train_items[position + 10]
+        rows += [
+            _row(item, 0, 0, "a", "text", caption=item["captions"][1]),
+            _row(item, 0, 1, "a", "text", caption=other["captions"][0]),
+            _row(item, 0, 2, "b", "text", caption=item["captions"][2]),
+            _row(item, 0, 3, "c", "image", image=other["image"]),
+        ]
+    pool = _write(tmp_path_factory.mktemp("select") / "mixed", rows, sample_world_dir)
+    _score(pool, source, tiny_scorer)
+    return pool
+
+
+def _stored_alignment(pool):
+    import pyarrow.parquet as pq
+
+    from augment.scoring.store import find_scorer_entry
+
+    entry = find_scorer_entry(pool.path, None)
+    table = pq.read_table(pool.path / entry["tables"]["rows"]).to_pylist()
+    return {r["row_id"]: r for r in table}
+
+
+def test_select_filters_by_alignment_method_modality_and_per_item(tmp_path, scored_mixed_pool):
+    from augment.pool import load_pool
+    from augment.select import SelectFilters, select_pool
+
+    scores = _stored_alignment(scored_mixed_pool)
+    threshold = float(np.median([r["alignment"] for r in scores.values()]))
+    meta = select_pool(scored_mixed_pool, str(tmp_path / "high"), SelectFilters(min_alignment=threshold))
+    selected = load_pool(tmp_path / "high")
+    expected = {rid for rid, r in scores.items() if r["alignment"] >= threshold}
+    assert set(selected.dataset["row_id"]) == expected
+    assert meta["method"] == "select" and meta["filters"]["min_alignment"] == threshold
+    assert meta["parent"]["path"] == str(scored_mixed_pool.path.resolve())
+    assert meta["parent"]["meta"]["method"] == "test"
+    assert meta["scorer"]["name"] == "tiny-clip"
+
+    select_pool(scored_mixed_pool, str(tmp_path / "top1"), SelectFilters(top_k_per_item=1, modality="text"))
+    top = load_pool(tmp_path / "top1")
+    by_item = {}
+    for rid, r in scores.items():
+        if r["modality"] == "text":
+            by_item.setdefault(r["source_image_id"], []).append((r["alignment"], rid))
+    assert set(top.dataset["row_id"]) == {max(rows)[1] for rows in by_item.values()}
+
+    meta = select_pool(scored_mixed_pool, str(tmp_path / "a1"), SelectFilters(methods=["a", "c"], max_per_item=2))
+    kept = load_pool(tmp_path / "a1")
+    assert meta["scorer"] is None  # no score-based filter: no scores needed
+    assert set(kept.dataset["method"]) == {"a"}  # the first two rows of each item are method a
+    assert len(kept) == 20
+
+
+def test_select_keeps_rows_and_images_unchanged(tmp_path, scored_mixed_pool):
+    from datasets import Image
+
+    from augment.pool import load_pool
+    from augment.select import SelectFilters, select_pool
+
+    select_pool(scored_mixed_pool, str(tmp_path / "images"), SelectFilters(modality="image"))
+    selected = load_pool(tmp_path / "images").dataset.cast_column("image", Image(decode=False))
+    parent = scored_mixed_pool.dataset.cast_column("image", Image(decode=False))
+    parent_rows = {r["row_id"]: r for r in parent if r["modality"] == "image"}
+    assert len(selected) == len(parent_rows)
+    for row in selected:
+        assert row == parent_rows[row["row_id"]]
+
+
+def test_select_refuses_scores_of_a_rewritten_pool(tmp_path, scored_mixed_pool):
+    import shutil
+
+    from augment.pool import load_pool
+    from augment.select import SelectFilters, select_pool
+
+    copy = Path(shutil.copytree(scored_mixed_pool.path, tmp_path / "rewritten"))
+    meta = json.loads((copy / "pool.json").read_text())
+    meta["finished"] = "2099-01-01T00:00:00+00:00"  # as if generate had rewritten it since
+    (copy / "pool.json").write_text(json.dumps(meta))
+    with pytest.raises(PoolError, match="rewritten after it was scored"):
+        select_pool(load_pool(copy), str(tmp_path / "out"), SelectFilters(min_alignment=0.0))
+
+
+def test_select_refuses_without_scores(tmp_path, train_items, sample_world_dir):
+    from augment.select import SelectFilters, select_pool
+
+    pool = _write(tmp_path / "unscored", [_row(train_items[0], 0, 0, "a", "text", caption="a red circle")], sample_world_dir)
+    with pytest.raises(PoolError, match="run `augment score"):
+        select_pool(pool, str(tmp_path / "out"), SelectFilters(min_alignment=0.1))
+    (tmp_path / "unscored" / "scores.json").write_text(json.dumps(
+        {"scores_version": 1, "latest": "x", "scorers": {"x": {"scorer": {"name": "tiny-clip"}}}}))
+    with pytest.raises(PoolError, match="not scored with 'ViT-B-16'"):
+        select_pool(pool, str(tmp_path / "out"), SelectFilters(top_k_per_item=1), scorer="ViT-B-16")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_scores_pools_writes_side_tables_plot_and_table_then_selects(tmp_path, train_items, sample_world_dir, capsys):
+    from augment.cli import main
+    from augment.pool import load_pool
+
+    for name, index in (("first", 0), ("second", 1)):
+        rows = [_row(item, index, 0, name, "text", caption=item["captions"][(index + 1) % 5]) for item in train_items[:8]]
+        _write(tmp_path / name, rows, sample_world_dir, method=name)
+    table = tmp_path / "compare.md"
+    code = main(["score", str(tmp_path / "first"), str(tmp_path / "second"), "--scorer", "tiny-clip",
+                 "--bootstrap", "100", "--gap-bootstrap", "10", "--no-progress", "--table", str(table),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| pool | method |" in out and "| first | first |" in out and "| second | second |" in out
+    assert table.read_text().startswith("| pool | method |")
+    entries = {}
+    for name in ("first", "second"):
+        document = json.loads((tmp_path / name / "scores.json").read_text())
+        entry = entries[name] = document["scorers"][document["latest"]]
+        assert document["scores_version"] == 1 and entry["scorer"]["name"] == "tiny-clip"
+        assert {"alignment", "clipscore", "diversity", "gap", "source_alignment"} <= set(entry)
+        assert (tmp_path / name / entry["tables"]["rows"]).is_file()
+        assert (tmp_path / name / entry["tables"]["items"]).is_file()
+        assert (tmp_path / name / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    # the shared cache: the second pool re-used the source captions and images the first encoded
+    assert entries["first"]["encoding"]["encoded"]["image"] == 8
+    assert entries["second"]["encoding"]["encoded"]["image"] == 0
+
+    code = main(["select", str(tmp_path / "first"), "--out", str(tmp_path / "best"), "--top-k-per-item", "1",
+                 "--min-alignment", "-1", "--scorer", "tiny-clip"])
+    assert code == 0
+    selected = load_pool(tmp_path / "best")
+    assert len(selected) == 8 and selected.meta["parent"]["meta"]["method"] == "first"
+
+
+def test_cli_select_without_scores_is_one_clear_line(tmp_path, train_items, sample_world_dir, capsys):
+    from augment.cli import main
+
+    _write(tmp_path / "pool", [_row(train_items[0], 0, 0, "a", "text", caption="a red circle")], sample_world_dir)
+    assert main(["select", str(tmp_path / "pool"), "--out", str(tmp_path / "out"), "--min-alignment", "0.2"]) == 2
+    assert "run `augment score" in capsys.readouterr().err
