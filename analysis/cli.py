@@ -42,7 +42,11 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
 
 
 def compare_table(evaluations: list[tuple[str, dict]]) -> str:
-    attacks = list(dict.fromkeys(["clean"] + [a for _, report in evaluations for a in report.get("attacks", {})]))
+    from train.attacks import ATTACK_NAMES
+
+    present = {a for _, report in evaluations for a in report.get("attacks", {})}
+    # the attacks' canonical order (eval.json may hold them sorted), then any others
+    attacks = [a for a in ATTACK_NAMES if a in present] + sorted(present - set(ATTACK_NAMES))
     header = ["evaluation"] + [f"{a} TR@1/IR@1" for a in attacks] + ["RSUM (clean)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, report in evaluations:

@@ -102,3 +102,16 @@ def trained_clip(request, sample_world_dir) -> Path:
     if not (folder / "open_clip_model.safetensors").exists():
         train_quick_clip(str(sample_world_dir), folder, steps=150, batch_size=64, seed=0)
     return folder
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(trained_clip):
+    """The trained tiny CLIP loaded as a `ClipBundle`, at most 2 torch threads while a module uses it."""
+    import torch
+
+    from augment.registry import load_clip
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield load_clip(str(trained_clip))
+    torch.set_num_threads(previous)

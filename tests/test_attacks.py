@@ -24,24 +24,9 @@ EPS = 2 / 255
 FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def bundle(trained_clip):
-    from augment.registry import load_clip
-
-    return load_clip(str(trained_clip))
-
-
-@pytest.fixture(scope="module")
-def victim(bundle):
-    return ClipVictim.from_bundle(bundle)
+def victim(trained_bundle):
+    return ClipVictim.from_bundle(trained_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +38,12 @@ def mlm():
 
 
 @pytest.fixture(scope="module")
-def batch(bundle, sample_world_dir):
+def batch(trained_bundle, sample_world_dir):
     """6 test images with 2 captions each: (pixels [6, 3, 64, 64], captions, image_of_text)."""
     from augment.sources import load_source, select_split
 
     rows = select_split(load_source(str(sample_world_dir))[0], "test").select(range(6))
-    pixels = torch.stack([bundle.preprocess_eval(row["image"]) for row in rows])
+    pixels = torch.stack([trained_bundle.preprocess_eval(row["image"]) for row in rows])
     captions = [c for row in rows for c in row["captions"][:2]]
     image_of_text = torch.arange(6).repeat_interleave(2)
     return pixels, captions, image_of_text

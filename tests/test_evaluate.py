@@ -70,21 +70,6 @@ def test_attack_success_rate_on_hand_made_matrix():
 FAST = dict(mlm="tiny-mlm", steps=5, step_size=0.5 / 255, top_k=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def bundle(trained_clip):
-    from augment.registry import load_clip
-
-    return load_clip(str(trained_clip))
-
-
 @pytest.fixture(scope="module")
 def world(sample_world_dir):
     from augment.sources import load_source
@@ -100,12 +85,12 @@ def scene_checker(caption: str, row: dict):
 
 
 @pytest.fixture(scope="module")
-def report(bundle, world, tmp_path_factory):
+def report(trained_bundle, world, tmp_path_factory):
     """Every attack, white-box, 16 test images x 2 captions, adversarial pools and the truth checker."""
     from train.evaluate import evaluate
 
     save_adv = tmp_path_factory.mktemp("adversarial")
-    result = evaluate(bundle, world, split="test", attacks=["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
+    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
                       batch_size=8, captions_per_image=2, limit=16, save_adv=save_adv, attack_options=FAST,
                       caption_checker=scene_checker, progress=False)
     return result, save_adv
@@ -167,15 +152,15 @@ def test_save_adv_writes_loadable_pools(report):
     assert provenance["attack"] == "sga" and "words_changed" in provenance
 
 
-def test_transfer_mode_runs(bundle, world):
+def test_transfer_mode_runs(trained_bundle, world):
     from augment.registry import load_clip
     from train.evaluate import evaluate
 
     attacker = load_clip("tiny-clip")  # untrained: a different model of the same architecture
-    result = evaluate(bundle, world, split="test", attacks=["clean", "pgd", "bert-attack"], attacker_bundle=attacker,
+    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd", "bert-attack"], attacker_bundle=attacker,
                       limit=8, captions_per_image=1, attack_options=dict(FAST, steps=2), progress=False)
     assert result["settings"]["mode"] == "transfer"
-    assert result["attacker"]["name"] == "tiny-clip" and result["victim"]["name"] == str(bundle.name)
+    assert result["attacker"]["name"] == "tiny-clip" and result["victim"]["name"] == str(trained_bundle.name)
     assert set(result["attacks"]) == {"clean", "pgd", "bert-attack"}
     assert result["attacks"]["pgd"]["linf_max"] <= 2 / 255 + 1e-6
 
