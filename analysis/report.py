@@ -6,7 +6,6 @@ seeds. Rank correlations are Spearman's (scipy), over the pools of the single-po
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path

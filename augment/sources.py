@@ -27,10 +27,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from augment.errors import SourceError
 from augment.schema import SOURCE_FEATURES, SPLITS
+
+if TYPE_CHECKING:
+    import datasets
 
 KARPATHY_KEYS = {"filename", "filepath", "split", "sentences", "sentids", "imgid", "cocoid"}
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
@@ -335,7 +338,7 @@ def load_source(
     skip_bad: bool = False,
     verify_images: bool = True,
     progress: bool = False,
-) -> tuple["datasets.Dataset", LoadReport]:  # noqa: F821
+) -> tuple["datasets.Dataset", LoadReport]:
     """Read `source` into a `SOURCE_FEATURES` dataset; raise `SourceError` on the first bad record.
 
     `split` is the split for formats that carry none (CSV, ALBEF without a split in its name).
@@ -385,7 +388,7 @@ def load_source(
     return dataset, report
 
 
-def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Dataset":  # noqa: F821
+def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Dataset":
     """Rows of one split (None or "all" keeps every row); an absent split is an error."""
     if split in (None, "all"):
         return dataset
@@ -398,7 +401,7 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
     return dataset.select(indices)
 
 
-def source_fingerprint(dataset: "datasets.Dataset") -> str:  # noqa: F821
+def source_fingerprint(dataset: "datasets.Dataset") -> str:
     """Content hash of ids, splits and captions: pools record it to detect a changed source."""
     digest = hashlib.sha256()
     for image_id, split, captions in zip(dataset["image_id"], dataset["split"], dataset["captions"]):

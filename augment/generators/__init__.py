@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from augment.errors import MatPlusError
+
+if TYPE_CHECKING:
+    from augment.generators.base import Generator
 
 GENERATOR_MODULES = [
     "human",
@@ -58,5 +62,5 @@ def module_for(method: str) -> ModuleType:
     raise MatPlusError(f"unknown method {method!r}; available: {', '.join(method_names())}")
 
 
-def build_generator(method: str, args) -> "Generator":  # noqa: F821
+def build_generator(method: str, args) -> "Generator":
     return module_for(method).build(method, args)
