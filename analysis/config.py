@@ -53,8 +53,11 @@ DEFAULTS: dict[str, Any] = {
         "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
         "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",
     },
-    # the attack whose R@1 is "robust R@1" in plots (mean of TR@1 and IR@1)
+    # "robust R@1" in the plots: the mean of TR@1 and IR@1 under this attack, counting only
+    # attacked captions the truth checker still calls true ("meaning_preserved"; an attack that
+    # makes a caption false is not a robustness failure), or every attacked caption ("all")
     "headline_attack": "sga",
+    "headline_captions": "meaning_preserved",
     "scorer": None,  # None: the pretrained world model scores the pools
 }
 

@@ -1,7 +1,7 @@
 """The study's report: tables with mean and spread over seeds, property plots, JSON of every number.
 
 "Robust R@1" is the mean of TR@1 and IR@1 under the configured headline attack (SGA by
-default); "clean R@1" the same without attack. Spread is the sample standard deviation over
+default), by default counting only attacks that keep captions true (the world's truth checker); "clean R@1" the same without attack. Spread is the sample standard deviation over
 seeds. Rank correlations are Spearman's (scipy), over the pools of the single-pool MAT+ runs.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def pool_properties(scores: dict) -> dict[str, float | None]:
     }
 
 
-def summarise_runs(results: list[dict], attacks: list[str], headline: str) -> dict[str, dict]:
+def summarise_runs(results: list[dict], attacks: list[str], headline: str, meaning_preserved: bool = False) -> dict[str, dict]:
     """Per run name: mean/std over seeds of clean and attacked R@1 (TR, IR and their mean)."""
     by_run: dict[str, list[dict]] = defaultdict(list)
     for result in results:
@@ -85,7 +85,11 @@ def summarise_runs(results: list[dict], attacks: list[str], headline: str) -> di
                 "r@1_meaning_preserved": mean_std([r_at_1(r, attack, "_meaning_preserved") for r in reports]),
                 "true_pct": mean_std([(r["attacks"].get(attack, {}).get("meaning_preserved") or {}).get("true_pct") for r in reports]),
             }
-        row["robust"] = row[headline]["r@1"] if headline in row else (None, None, 0)
+        robust = row.get(headline, {})
+        if meaning_preserved and robust.get("r@1_meaning_preserved", (None,))[0] is not None:
+            row["robust"] = robust["r@1_meaning_preserved"]
+        else:  # an image-only headline attack has no captions to judge
+            row["robust"] = robust.get("r@1", (None, None, 0))
         summary[run] = row
     return summary
 
@@ -95,10 +99,11 @@ def summarise_runs(results: list[dict], attacks: list[str], headline: str) -> di
 
 def main_table(summary: dict, attacks: list[str]) -> str:
     attacked = [a for a in attacks if a != "clean"]
-    header = ["run", "clean TR@1", "clean IR@1"] + [f"{a} R@1" for a in attacked]
+    header = ["run", "clean TR@1", "clean IR@1"] + [f"{a} R@1" for a in attacked] + ["**robust R@1**"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, row in summary.items():
         cells = [run, fmt(row["clean"]["tr@1"]), fmt(row["clean"]["ir@1"])] + [fmt(row[a]["r@1"]) for a in attacked]
+        cells.append(fmt(row["robust"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -201,7 +206,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     headline = config.get("headline_attack", "sga")
     if headline not in attacks:
         headline = attacks[-1]
-    summary = summarise_runs(results, attacks, headline)
+    meaning_preserved = config.get("headline_captions", "meaning_preserved") == "meaning_preserved"
+    summary = summarise_runs(results, attacks, headline, meaning_preserved)
     main_runs = {run: row for run, row in summary.items()
                  if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
 
@@ -221,7 +227,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         f"{config['eval']['captions_per_image']} captions, eps {config['eval']['eps']}, {config['eval']['pgd_steps']} PGD steps.",
         "",
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
-        f"`{headline}`. Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
+        f"`{headline}`" + (" counting only attacked captions that stay true (see below)" if meaning_preserved else "")
+        + f". Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
         "",
         "## Clean and robust R@1 per method and pool",
         "",
@@ -283,7 +290,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
 
     (out / "report.md").write_text("\n".join(sections) + "\n")
     write_json_atomic(out / "results.json", {
-        "config": config, "headline_attack": headline, "pool_properties": properties,
+        "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
+        "pool_properties": properties,
         "correlations": correlations, "summary": summary, "plots": plots, "runs": results,
     })
     return out / "report.md"

@@ -141,18 +141,15 @@ class Study:
     # ------------------------------------------------------------------ 2. pretraining
 
     def pretrain(self) -> Path:
-        from train.trainer import train_run
-
         folder = self.out / "pretrain"
         settings = {"world": self.config["world"], "model": self.config["model"], **self.config["pretrain"]}
         if not is_done(folder, settings):
             self.log(f"[pretrain] clean, {settings['steps']} steps on every train scene")
             p = self.config["pretrain"]
-            train_run({
+            train_resumable(folder, {
                 "method": "clean", "model": self.config["model"], "source": str(self.world()),
-                "out": str(folder), "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
-                "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0), "resume": folder.exists(),
-                "progress": False,
+                "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
+                "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0),
             })
             mark_done(folder, settings)
         return folder / "ckpt"
@@ -196,8 +193,6 @@ class Study:
     # ------------------------------------------------------------------ 5-6. runs and evaluations
 
     def train(self, spec: RunSpec, seed: int) -> Path:
-        from train.trainer import train_run
-
         folder = self.out / "runs" / spec.folder_name(seed)
         pools = [str(self.pool(p)) for p in spec.pools]
         t = self.config["train"]
@@ -213,9 +208,7 @@ class Study:
             train_settings = dict(settings)
             if spec.method != "mat+":
                 train_settings.pop("pools"), train_settings.pop("pool_mode"), train_settings.pop("p_original")
-            # a killed run left a checkpoint to resume from; otherwise start afresh
-            train_run({**train_settings, "out": str(folder), "resume": folder.exists(),
-                       "progress": False})
+            train_resumable(folder, train_settings)
             mark_done(folder, settings)
         return folder / "ckpt"
 
@@ -268,6 +261,22 @@ class Study:
                     "eval": self.evaluate(spec.folder_name(seed), checkpoint, seed),
                 })
         return write_report(self.out, config, scores, results)
+
+
+def train_resumable(folder: Path, settings: dict) -> dict:
+    """Train into `folder`: resume a killed run of the same settings, replace one of other settings."""
+    from train.config import ConfigError
+    from train.trainer import train_run
+
+    common = {**settings, "out": str(folder), "progress": False}
+    if not folder.exists():
+        return train_run(common)
+    try:
+        return train_run({**common, "resume": True})
+    except ConfigError as exc:
+        if "settings differ" not in str(exc):
+            raise
+        return train_run({**common, "overwrite": True})
 
 
 def run_augment(argv: list[str]) -> None:
