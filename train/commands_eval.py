@@ -102,22 +102,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _is_tiny(name: str, bundle) -> bool:
-    """tiny-clip itself or a checkpoint of its architecture (it gets the tiny MLM)."""
-    from augment import tiny
-
-    if name.startswith("tiny-"):
-        return True
-    config = tiny.tiny_clip_config()
-    return all(bundle.model_cfg.get(key) == config[key] for key in ("embed_dim", "vision_cfg", "text_cfg"))
-
-
-def default_mlm(name: str, bundle) -> str:
-    from augment.registry import DEFAULT_MODELS
-
-    return "tiny-mlm" if _is_tiny(name, bundle) else DEFAULT_MODELS["mlm"]
-
-
 def _check_positive(args) -> None:
     from augment.errors import MatPlusError
 
@@ -148,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     from augment.commands.common import read_source
     from augment.registry import load_clip
+    from train.config import default_mlm
     from train.evaluate import evaluate, markdown_report
 
     _check_positive(args)
@@ -157,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
     attacker = None
     if args.attacker_model:
         attacker = load_clip(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
-    attacker_name, attacker_bundle = (args.attacker_model, attacker) if attacker else (args.checkpoint, victim)
+    attacker_name = args.attacker_model or args.checkpoint
     dataset, _ = read_source(args)
     options = {
         "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
-        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name, attacker_bundle),
+        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
         "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
         "scales": args.sga_scales, "alpha": args.co_alpha,
     }
