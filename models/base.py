@@ -1,0 +1,296 @@
+"""The one interface every vision-language model family implements, as every consumer sees it.
+
+Consumers (the trainer, the training methods, the attacks, evaluation, pool scoring, the study)
+talk to a `VisionLanguageModel` only; none of them imports open_clip or a transformers model
+class. A family is one module in `models/` (a subclass of this class) plus one entry in the
+name -> family table of `models/__init__.py`.
+
+Conventions every family keeps:
+
+* Pixels are float tensors [B, 3, H, W] in [0, 1] BEFORE normalisation: attacks perturb them
+  and the L-inf budget is defined on them. The family's own normalisation (mean/std) happens
+  inside `encode_image` / `image_features` / `forward`.
+* `preprocess_train` / `preprocess_eval` turn a PIL image into such a [0, 1] tensor at the
+  model's resolution (`image_size`); they never normalise.
+* Text goes through `tokenize` (captions -> `TextTokens` on the model's device) or, for
+  convenience, `encode_text(list_of_str)`. Tokens are opaque to consumers: they only batch,
+  index, concatenate and move them.
+* ITC embeddings (`encode_image`, `encode_tokens`) are unit vectors by default; `similarity`
+  turns them into logits with the family's scale and bias (CLIP: scale only; SigLIP: scale and
+  bias; BLIP/ALBEF: 1 / temperature).
+* Fusion families (`has_itm = True`: BLIP, ALBEF) also score (image, caption) pairs with their
+  image-text matching head: `itm_logits(image_features(pixels), tokens)` -> [N] match logits of
+  row-aligned pairs (the log-odds of "match").
+* `forward(pixels, tokens)` is the single call with parameter gradients that a training step
+  makes (DDP wraps a module that calls it); it returns `EncoderOutput`.
+* Saving writes the family's native layout (open_clip `local-dir`, transformers
+  `save_pretrained`, ...) plus `matplus_model.json` (family, name, pretrained, image_size), so
+  `models.load_model(FOLDER)` finds the family again.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# written beside every saved model: which family reads the folder back
+MODEL_INFO_NAME = "matplus_model.json"
+
+
+@dataclass
+class TextTokens:
+    """Tokenised captions: ids [T, L] and, for BERT-style families, the attention mask [T, L]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: Any) -> "TextTokens":
+        mask = self.attention_mask.to(device) if self.attention_mask is not None else None
+        return TextTokens(self.input_ids.to(device), mask)
+
+    def __getitem__(self, index: Any) -> "TextTokens":
+        mask = self.attention_mask[index] if self.attention_mask is not None else None
+        return TextTokens(self.input_ids[index], mask)
+
+    @staticmethod
+    def cat(parts: Sequence["TextTokens"]) -> "TextTokens":
+        """Concatenate along the batch; pads to the longest when lengths differ (mask 0, id 0 or pad)."""
+        length = max(p.input_ids.shape[1] for p in parts)
+        ids, masks, any_mask = [], [], any(p.attention_mask is not None for p in parts)
+        for p in parts:
+            pad = length - p.input_ids.shape[1]
+            ids.append(F.pad(p.input_ids, (0, pad), value=0))
+            if any_mask:
+                mask = p.attention_mask if p.attention_mask is not None else torch.ones_like(p.input_ids)
+                masks.append(F.pad(mask, (0, pad), value=0))
+        return TextTokens(torch.cat(ids), torch.cat(masks) if any_mask else None)
+
+
+@dataclass
+class EncoderOutput:
+    """What `VisionLanguageModel.forward` returns (any field None when its input was None)."""
+
+    image_emb: torch.Tensor | None  # [B, D] (unit unless normalize_image=False)
+    text_emb: torch.Tensor | None  # [T, D] unit
+    logit_scale: torch.Tensor  # scalar, with gradient when the scale is trained
+    logit_bias: torch.Tensor | None = None  # scalar (SigLIP), else None
+    image_features: torch.Tensor | None = None  # [B, N, W] vision hidden states (fusion families)
+    extras: dict = field(default_factory=dict)  # family-specific (e.g. momentum embeddings)
+
+
+class ImageTextModel(nn.Module):
+    """What every model family shares: identity, pixels, tokens, training hooks, saving.
+
+    Retrieval-style families (embeddings, ITM) subclass `VisionLanguageModel`; captioners
+    subclass `CaptioningModel`.
+    """
+
+    family: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "retrieval" (VisionLanguageModel) or "captioning" (CaptioningModel)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str = ""  # what the user asked for (name, folder, tiny twin)
+        self.pretrained: str | None = None  # a pretrained tag / checkpoint, when there is one
+        self.image_size: int = 224
+        self.mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+        self.std: tuple[float, ...] = (1.0, 1.0, 1.0)
+        self.context_length: int = 77
+        self.preprocess_train: Callable[[Any], torch.Tensor] = _missing_transform
+        self.preprocess_eval: Callable[[Any], torch.Tensor] = _missing_transform
+
+    # -- identity ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def describe(self) -> dict:
+        """Identity for reports and caches: family, name, pretrained tag."""
+        return {"family": self.family, "name": self.name, "pretrained": self.pretrained}
+
+    # -- pixels -----------------------------------------------------------------------------
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        return (pixels - mean) / std
+
+    # -- text -------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> TextTokens:
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(texts), normalize=normalize)
+
+    # -- training hooks ---------------------------------------------------------------------
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        """Parameters of the "image" or "text" tower (freezing; FARE's image-only training)."""
+        raise NotImplementedError
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: no decay on gains, biases, norms, embeddings of scale/temperature."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            exclude = param.ndim < 2 or any(word in name for word in _NO_DECAY_WORDS)
+            (no_decay if exclude else decay).append(param)
+        return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step (clamp the temperature, update momentum encoders)."""
+
+    def frozen_copy(self) -> "ImageTextModel":
+        """A deep copy with no gradients, in eval mode (FARE's reference model)."""
+        import copy
+
+        return copy.deepcopy(self).eval().requires_grad_(False)
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model in its family's native layout plus `matplus_model.json`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_native(folder)
+        info = {**self.describe(), "kind": self.kind, "image_size": self.image_size, "format": 1}
+        tmp = folder / f".{MODEL_INFO_NAME}.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(folder / MODEL_INFO_NAME)
+        return folder
+
+    def save_native(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def can_load(cls, folder: Path) -> bool:
+        """Whether `folder` holds this family's native layout (used when there is no matplus_model.json)."""
+        return False
+
+    @classmethod
+    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "ImageTextModel":
+        """Load a folder this family saved (or its native layout); eval mode."""
+        raise NotImplementedError
+
+
+class VisionLanguageModel(ImageTextModel):
+    """Retrieval-style families: ITC embeddings, and for fusion families ITM (and grounding)."""
+
+    kind: ClassVar[str] = "retrieval"
+    # capabilities consumers check instead of branching on the family
+    has_itm: ClassVar[bool] = False  # image-text matching head (fusion encoder)
+    itc_loss: ClassVar[str] = "softmax"  # "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP)
+    has_grounding: ClassVar[bool] = False  # `grounding_heatmap` available (ALBEF)
+
+    # -- ITC embeddings ---------------------------------------------------------------------
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """[B, D] image embeddings of [0, 1] pixels (normalised inside)."""
+        raise NotImplementedError
+
+    def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
+        """[T, D] text embeddings."""
+        raise NotImplementedError
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The multiplier of cosine similarities (exp of the learnt log scale, or 1/temp), detached."""
+        return self.logit_scale_param().detach()
+
+    def logit_scale_param(self) -> torch.Tensor:
+        """The same scale with its gradient (what losses use)."""
+        raise NotImplementedError
+
+    def logit_bias_param(self) -> torch.Tensor | None:
+        return None
+
+    def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """[B, T] logits: scale x cosine (+ bias)."""
+        logits = self.logit_scale_param() * image_emb @ text_emb.T
+        bias = self.logit_bias_param()
+        return logits + bias if bias is not None else logits
+
+    def forward(self, pixels: torch.Tensor | None = None, tokens: TextTokens | None = None,
+                normalize_image: bool = True, image_features: bool = False) -> EncoderOutput:
+        """The training forward: embeddings of whichever inputs are given.
+
+        `image_features=True` also returns the vision hidden states (fusion families use them
+        for the ITM loss inside the same forward).
+        """
+        image_emb = feats = None
+        if pixels is not None:
+            if image_features and self.has_itm:
+                feats = self.image_features(pixels)
+                image_emb = self.embed_image_features(feats, normalize=normalize_image)
+            else:
+                image_emb = self.encode_image(pixels, normalize=normalize_image)
+        text_emb = self.encode_tokens(tokens) if tokens is not None else None
+        return EncoderOutput(image_emb, text_emb, self.logit_scale_param(), self.logit_bias_param(), feats)
+
+    # -- fusion (ITM) -----------------------------------------------------------------------
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, N, W] vision hidden states of [0, 1] pixels (fusion families)."""
+        raise NotImplementedError(f"{self.family} has no image-text matching head")
+
+    def embed_image_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """ITC embedding from `image_features` output (projection of the [CLS] state)."""
+        raise NotImplementedError(f"{self.family} has no image-text matching head")
+
+    def itm_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+        """[N] match logits (log-odds) of row-aligned (image, caption) pairs."""
+        raise NotImplementedError(f"{self.family} has no image-text matching head")
+
+    def itm_scores(self, pixels: torch.Tensor, texts: Sequence[str] | TextTokens) -> torch.Tensor:
+        """[N] match probabilities of row-aligned pairs of [0, 1] pixels and captions."""
+        tokens = texts if isinstance(texts, TextTokens) else self.tokenize(texts)
+        return torch.sigmoid(self.itm_logits(self.image_features(pixels), tokens))
+
+    # -- grounding (ALBEF) ------------------------------------------------------------------
+
+    def grounding_heatmap(self, pixels: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+        """[B, h, w] Grad-CAM heat of the ITM score over image patches (row-aligned pairs)."""
+        raise NotImplementedError(f"{self.family} does not ground referring expressions")
+
+
+class CaptioningModel(ImageTextModel):
+    """Captioners (image -> text): a language-model loss of captions given pixels, and generation."""
+
+    kind: ClassVar[str] = "captioning"
+
+    def caption_loss(self, pixels: torch.Tensor, tokens: TextTokens, reduction: str = "mean") -> torch.Tensor:
+        """LM loss (cross-entropy per token) of `tokens` given [0, 1] `pixels`, row-aligned.
+
+        reduction "mean" -> scalar; "none" -> [B] per caption.
+        """
+        raise NotImplementedError
+
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int = 30, **kwargs) -> list[str]:
+        """Captions of [0, 1] pixels (beam search by default; kwargs go to the generator)."""
+        raise NotImplementedError
+
+
+_NO_DECAY_WORDS = ("bn", "ln", "norm", "bias", "logit_scale", "logit_bias", "temp", "embeddings.position", "cls_token", "pos_embed")
+
+
+def _missing_transform(image: Any) -> torch.Tensor:
+    raise NotImplementedError("this model has no image transform set")
+
+
+def read_model_info(folder: Path) -> dict | None:
+    path = Path(folder) / MODEL_INFO_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
