@@ -7,6 +7,7 @@ training, checkpoint loading) runs end to end in tests and on a laptop.
 | name               | what it is                                                      |
 |--------------------|-----------------------------------------------------------------|
 | `tiny-clip`        | open_clip `CLIP`, 64 px, ViT 2x128, text 2x128, context 32 (~7.3 M) |
+| `tiny-siglip`      | the same open_clip `CLIP` with SigLIP's logit bias (-10) and scale (10) |
 | `tiny-sd`          | diffusers `StableDiffusionPipeline` (UNet/VAE/CLIP text of diffusers' tests) |
 | `tiny-captioner`   | transformers `BlipForConditionalGeneration` + `BlipProcessor`  |
 | `tiny-paraphraser` | transformers `T5ForConditionalGeneration` (seq2seq)            |
@@ -48,10 +49,20 @@ TINY_SD = "tiny-sd"
 TINY_CAPTIONER = "tiny-captioner"
 TINY_PARAPHRASER = "tiny-paraphraser"
 TINY_MLM = "tiny-mlm"
-TINY_NAMES = (TINY_CLIP, TINY_SD, TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM)
-# the registry role each tiny model stands in for
+TINY_SIGLIP = "tiny-siglip"
+# vision-language twins built by their model family's module (`models/`): name -> module. The
+# module has `tiny_config(name) -> dict` (what the fingerprint hashes) and `build_tiny(name, dir)`;
+# looked up by name, so this module imports no model family (no import cycle).
+FAMILY_TWINS: dict[str, str] = {
+    TINY_CLIP: "models.open_clip_family",
+    TINY_SIGLIP: "models.open_clip_family",
+}
+TINY_NAMES = (TINY_SD, TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM, *FAMILY_TWINS)
+# the registry role each tiny model stands in for ("vlm": a vision-language model of `models/`)
 TINY_ROLES = {
+    **{name: "vlm" for name in FAMILY_TWINS},
     TINY_CLIP: "clip",
+    TINY_SIGLIP: "clip",
     TINY_SD: "sd",
     TINY_CAPTIONER: "captioner",
     TINY_PARAPHRASER: "paraphraser",
@@ -318,15 +329,20 @@ def build_clip_tokenizer(work_dir: Path):
 
 
 def register_open_clip_configs() -> None:
-    """Make `open_clip.create_model("tiny-clip")` / `get_tokenizer("tiny-clip")` work (idempotent)."""
+    """Make `open_clip.create_model("tiny-clip")` / `get_tokenizer("tiny-siglip")` work (idempotent)."""
     import open_clip
 
-    if TINY_CLIP not in open_clip.list_models():
+    if any(name not in open_clip.list_models() for name in (TINY_CLIP, TINY_SIGLIP)):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
+def open_clip_config(name: str) -> dict:
+    """The open_clip architecture config of tiny twin `name` (model_configs/<name>.json)."""
+    return json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
 def tiny_clip_config() -> dict:
-    return json.loads((MODEL_CONFIG_DIR / f"{TINY_CLIP}.json").read_text(encoding="utf-8"))
+    return open_clip_config(TINY_CLIP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,23 +390,6 @@ def _seeded(name: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(name))
         yield
-
-
-def _build_tiny_clip(out_dir: Path) -> None:
-    import open_clip
-
-    from augment.registry import save_clip_local_dir
-
-    register_open_clip_configs()
-    previous_disable = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point
-    try:
-        with _seeded(TINY_CLIP):
-            model = open_clip.create_model(TINY_CLIP, pretrained=None)
-    finally:
-        logging.disable(previous_disable)
-    preprocess_cfg = {"size": 64, "mean": OPENAI_MEAN, "std": OPENAI_STD}
-    save_clip_local_dir(model, out_dir, tiny_clip_config(), preprocess_cfg=preprocess_cfg)
 
 
 def build_tiny_sd_pipeline(work_dir: Path):
@@ -486,7 +485,6 @@ def _build_tiny_mlm(out_dir: Path) -> None:
 
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {
-    TINY_CLIP: _build_tiny_clip,
     TINY_SD: _build_tiny_sd,
     TINY_CAPTIONER: _build_tiny_captioner,
     TINY_PARAPHRASER: _build_tiny_paraphraser,
@@ -515,8 +513,26 @@ def check_tiny_name(name: str) -> str:
 def tiny_recipe(name: str) -> dict:
     """Everything that determines a tiny model's files (its fingerprint is this dict's hash)."""
     check_tiny_name(name)
-    configs = {
-        TINY_CLIP: {"clip": tiny_clip_config()},
+    if name in FAMILY_TWINS:
+        configs = _family_module(name).tiny_config(name)
+    else:
+        configs = _own_recipe_configs(name)
+    recipe = {"name": name, "recipe_version": RECIPE_VERSION, "seed": _seed_for(name), "configs": configs}
+    if name in _USES_WORD_VOCAB:
+        recipe["word_vocabulary_sha256"] = hashlib.sha256(
+            "\n".join(word_vocabulary()).encode("utf-8")
+        ).hexdigest()
+    return recipe
+
+
+def _family_module(name: str):
+    import importlib
+
+    return importlib.import_module(FAMILY_TWINS[name])
+
+
+def _own_recipe_configs(name: str) -> dict:
+    return {
         TINY_SD: {
             "unet": SD_UNET_CONFIG,
             "vae": SD_VAE_CONFIG,
@@ -528,12 +544,6 @@ def tiny_recipe(name: str) -> dict:
         TINY_PARAPHRASER: {"t5": PARAPHRASER_CONFIG},
         TINY_MLM: {"bert": MLM_CONFIG},
     }[name]
-    recipe = {"name": name, "recipe_version": RECIPE_VERSION, "seed": _seed_for(name), "configs": configs}
-    if name in _USES_WORD_VOCAB:
-        recipe["word_vocabulary_sha256"] = hashlib.sha256(
-            "\n".join(word_vocabulary()).encode("utf-8")
-        ).hexdigest()
-    return recipe
 
 
 @functools.lru_cache(maxsize=None)  # the recipe cannot change within one process
@@ -581,7 +591,11 @@ def is_current(folder: Path, name: str) -> bool:
 
 def _build_into(folder: Path, name: str) -> None:
     with quiet_progress_bars(progress_bar_libraries(name)):
-        _BUILDERS[name](folder)
+        with _seeded(name):
+            if name in FAMILY_TWINS:
+                _family_module(name).build_tiny(name, folder)
+            else:
+                _BUILDERS[name](folder)
     _write_manifest(folder, name)  # written last: its presence means the folder is complete
 
 

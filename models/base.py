@@ -2,7 +2,7 @@
 
 Consumers (the trainer, the training methods, the attacks, evaluation, pool scoring, the study)
 talk to a `VisionLanguageModel` only; none of them imports open_clip or a transformers model
-class. A family is one module in `models/` (a subclass of this class) plus one entry in the
+class. A family is one module in `models/` (a subclass of these classes) plus one entry in the
 name -> family table of `models/__init__.py`.
 
 Conventions every family keeps:

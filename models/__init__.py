@@ -1,0 +1,144 @@
+"""Vision-language models: every family behind one interface (`models.base`), one loader.
+
+    from models import load_model
+    model = load_model("tiny-clip")                       # open_clip twin
+    model = load_model("ViT-B-16", pretrained="openai")   # open_clip architecture + tag
+    model = load_model("Salesforce/blip-itm-base-coco")   # BLIP retrieval (transformers)
+    model = load_model("runs/mat/ckpt")                   # any folder a family saved
+
+`FAMILIES` maps a family name to the class that implements it ("module:Class", imported on
+use); `family_of(name)` says which family a name belongs to. Every `--model`, `--scorer` and
+`--attacker-model` goes through `load_model`. Adding a family = one module in `models/` with a
+`VisionLanguageModel` (or `CaptioningModel`) subclass and a `load(name, pretrained, device)`
+function, plus one entry in `FAMILIES` (and in `HF_ARCHITECTURES` / `TINY_FAMILY` for its names).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from augment.errors import ModelLoadError
+from models.base import (  # noqa: F401  (re-exported: the interface)
+    MODEL_INFO_NAME,
+    CaptioningModel,
+    EncoderOutput,
+    ImageTextModel,
+    TextTokens,
+    VisionLanguageModel,
+    read_model_info,
+)
+
+# family -> the module implementing it (`load(...)`, the model class, `build_tiny`, `tiny_config`)
+FAMILIES: dict[str, str] = {
+    "open_clip": "models.open_clip_family",
+}
+
+# tiny twin -> family
+TINY_FAMILY: dict[str, str] = {
+    "tiny-clip": "open_clip",
+    "tiny-siglip": "open_clip",
+}
+
+# transformers `architectures[0]` of a Hub id or folder (config.json) -> family
+HF_ARCHITECTURES: dict[str, str] = {}
+
+
+def family_module(family: str):
+    if family not in FAMILIES:
+        raise ModelLoadError(f"unknown model family '{family}'; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[family])
+
+
+def _folder_family(folder: Path) -> str | None:
+    info = read_model_info(folder)
+    if info and info.get("family") in FAMILIES:
+        return info["family"]
+    for family in FAMILIES:
+        module = family_module(family)
+        model_class = getattr(module, "MODEL_CLASS", None)
+        if model_class is not None and model_class.can_load(folder):
+            return family
+    config = folder / "config.json"
+    if config.is_file():
+        return _architecture_family(config, str(folder))
+    return None
+
+
+def _architecture_family(config_path: Path, name: str) -> str:
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model '{name}': unreadable config.json ({exc})") from None
+    for architecture in config.get("architectures") or []:
+        if architecture in HF_ARCHITECTURES:
+            return HF_ARCHITECTURES[architecture]
+    found = ", ".join(config.get("architectures") or []) or config.get("model_type", "unknown")
+    raise ModelLoadError(
+        f"cannot load model '{name}': transformers architecture {found} is not a supported family "
+        f"(supported: {', '.join(sorted(HF_ARCHITECTURES)) or 'none'})")
+
+
+def _hub_family(repo_id: str, revision: str | None) -> str | None:
+    """Family of a Hub id from its cached/downloaded config.json; None when it has none."""
+    from augment.registry import _translated_errors, is_offline
+
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if is_offline():
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            return None
+        return _architecture_family(Path(cached), repo_id)
+    with _translated_errors("vlm", repo_id):
+        path = hf_hub_download(repo_id, "config.json", revision=revision)
+    return _architecture_family(Path(path), repo_id)
+
+
+def family_of(name: str, pretrained: str | None = None, revision: str | None = None) -> str:
+    """The family a model name belongs to (see the module docstring for accepted names)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError("no model name given")
+    name = name.strip()
+    if name in TINY_FAMILY:
+        return TINY_FAMILY[name]
+    path = Path(name.removeprefix("local-dir:")).expanduser()
+    if name.startswith("local-dir:") or path.is_dir():
+        if not path.is_dir():
+            raise ModelLoadError(f"cannot load model '{name}': folder {path} does not exist")
+        family = _folder_family(path)
+        if family is None:
+            raise ModelLoadError(
+                f"cannot load model '{name}': {path} holds no model of a known family "
+                f"(no {MODEL_INFO_NAME}, open_clip_config.json or config.json)")
+        return family
+    for family in FAMILIES:  # families that claim names of their own (checkpoint files, prefixes)
+        claims = getattr(family_module(family), "claims_name", None)
+        if claims is not None and claims(name, pretrained):
+            return family
+    if "/" in name and not name.startswith("hf-hub:") and not os.path.exists(path):
+        family = _hub_family(name, revision)
+        if family is not None:
+            return family
+    return "open_clip"  # architectures, tags, hf-hub: ids, aliases: open_clip decides and explains
+
+
+def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
+               kind: str | None = None, **options: Any) -> ImageTextModel:
+    """Load any model by name into its family's class, in eval mode on `device`.
+
+    `kind`: "retrieval" or "captioning" to refuse a model of the other kind with one line.
+    Extra `options` go to the family's loader (e.g. ALBEF's `config=`).
+    """
+    family = family_of(name, pretrained)
+    model = family_module(family).load(name, pretrained, device=device, precision=precision, **options)
+    if kind is not None and model.kind != kind:
+        raise ModelLoadError(f"'{name}' is a {model.kind} model ({family}), not a {kind} model")
+    return model
+
+
+def save_model(model: ImageTextModel, folder: str | os.PathLike) -> Path:
+    """Write `model` in its family's native layout plus matplus_model.json."""
+    return model.save(folder)

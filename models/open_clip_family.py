@@ -1,0 +1,328 @@
+"""The open_clip family: CLIP and SigLIP models from open_clip, behind `VisionLanguageModel`.
+
+Names: an open_clip architecture with a pretrained tag (`ViT-B-16` + `openai`), `hf-hub:org/repo`,
+`local-dir:PATH` or a folder holding `open_clip_config.json` (what training writes), and the tiny
+twins `tiny-clip` / `tiny-siglip`. SigLIP is any open_clip model with a logit bias: its retrieval
+loss is the sigmoid loss (`itc_loss = "sigmoid"`, decided per instance).
+Saved in open_clip's local-dir layout, so `open_clip.create_model("local-dir:FOLDER")` loads it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from augment import tiny
+from augment.errors import ModelLoadError
+from augment.registry import (
+    ALIASES,
+    DEFAULT_MODELS,
+    _check_hub_id,
+    _looks_like_path,
+    _offline_message,
+    _translated_errors,
+    is_offline,
+)
+from models.base import TextTokens, VisionLanguageModel
+
+log = logging.getLogger(__name__)
+
+OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
+TINY_NAMES = (tiny.TINY_CLIP, tiny.TINY_SIGLIP)
+
+
+class OpenClipModel(VisionLanguageModel):
+    """An open_clip CLIP / CustomTextCLIP (SigLIP when it has a logit bias)."""
+
+    family = "open_clip"
+
+    def __init__(self, model, tokenizer, *, name: str, pretrained: str | None, preprocess_train, preprocess_eval,
+                 model_cfg: dict, preprocess_cfg: dict):
+        super().__init__()
+        self.model = model  # the open_clip module (its state dict keys are open_clip's)
+        self.tokenizer = tokenizer
+        self.name, self.pretrained = name, pretrained
+        self.model_cfg, self.preprocess_cfg = model_cfg, preprocess_cfg
+        self.image_size = _square_size(preprocess_cfg["size"])
+        self.mean = tuple(float(v) for v in preprocess_cfg["mean"])
+        self.std = tuple(float(v) for v in preprocess_cfg["std"])
+        self.preprocess_train, self.preprocess_eval = preprocess_train, preprocess_eval
+        context = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", None)
+        self.context_length = int(context)
+
+    @property
+    def itc_loss(self) -> str:  # type: ignore[override]
+        return "sigmoid" if getattr(self.model, "logit_bias", None) is not None else "softmax"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "itc_loss": self.itc_loss}
+
+    # text
+    def tokenize(self, texts: Sequence[str]) -> TextTokens:
+        return TextTokens(self.tokenizer(list(texts)).to(self.device))
+
+    # embeddings
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.model.encode_image(self.normalize(pixels.to(self.device)), normalize=normalize)
+
+    def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
+        return self.model.encode_text(tokens.input_ids.to(self.device), normalize=normalize)
+
+    def logit_scale_param(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def logit_bias_param(self) -> torch.Tensor | None:
+        return getattr(self.model, "logit_bias", None)
+
+    # training hooks
+    def tower_parameters(self, tower: str) -> list[torch.nn.Parameter]:
+        if tower == "image":
+            return list(self.model.visual.parameters())
+        if tower == "text":  # everything outside the vision tower and the scale/bias (CLIP and CustomTextCLIP)
+            return [p for n, p in self.model.named_parameters() if not n.startswith(("visual.", "logit_"))]
+        raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
+
+    def after_optimizer_step(self) -> None:
+        with torch.no_grad():  # as CLIP and open_clip: temperature no lower than 1/100
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    # saving
+    def save_native(self, folder: Path) -> None:
+        save_clip_local_dir(self.model, folder, self.model_cfg, preprocess_cfg=self.preprocess_cfg)
+
+    @classmethod
+    def can_load(cls, folder: Path) -> bool:
+        return (Path(folder) / OPEN_CLIP_CONFIG_NAME).is_file()
+
+    @classmethod
+    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
+        return load(f"local-dir:{folder}", None, device=device, display_name=name)
+
+
+def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
+         cache_dir: str | None = None, display_name: str | None = None) -> OpenClipModel:
+    """Load an open_clip model by any accepted name (module docstring); eval mode on `device`.
+
+    `pretrained` is an open_clip tag (or a checkpoint file) and only used with a bare
+    architecture name; `None` there gives random weights (with a warning).
+    """
+    tiny.register_open_clip_configs()
+    model_name, tag, force_quick_gelu = _resolve_clip(name, pretrained, cache_dir)
+    import open_clip
+
+    with _translated_errors("clip", name if not pretrained else f"{name} {pretrained}"):
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            model_name, pretrained=tag, device=device, precision=precision,
+            force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
+        )
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+        model_cfg = open_clip.get_model_config(model_name) or {}
+    if force_quick_gelu:
+        model_cfg["quick_gelu"] = True
+    wrapped = OpenClipModel(
+        model, tokenizer, name=display_name or name, pretrained=tag,
+        preprocess_train=_without_normalize(preprocess_train), preprocess_eval=_without_normalize(preprocess_eval),
+        model_cfg=model_cfg, preprocess_cfg=dict(model.visual.preprocess_cfg),
+    )
+    return wrapped.eval()
+
+
+def _without_normalize(transform):
+    """The same torchvision Compose minus its Normalize step (pixels stay in [0, 1])."""
+    from torchvision.transforms import Compose, Normalize
+
+    if not isinstance(transform, Compose):
+        raise ModelLoadError(f"unexpected open_clip transform {type(transform).__name__}; cannot drop Normalize")
+    kept = [t for t in transform.transforms if not isinstance(t, Normalize)]
+    if len(kept) != len(transform.transforms) - 1:
+        raise ModelLoadError("open_clip transform does not end in exactly one Normalize step")
+    return Compose(kept)
+
+
+def _square_size(size) -> int:
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ModelLoadError(f"non-square CLIP image size {tuple(size)} is not supported")
+        return int(size[0])
+    return int(size)
+
+
+def _open_clip_arch(name: str) -> str | None:
+    import open_clip
+
+    cleaned = name.replace("/", "-")  # open_clip accepts "ViT-B/16" for "ViT-B-16"
+    return cleaned if cleaned in open_clip.list_models() else None
+
+
+def _check_pretrained_tag_cached(arch: str, tag: str, display: str, cache_dir: str | None) -> dict:
+    """Pretrained config of (arch, tag); offline, fail now unless its weights are cached.
+
+    open_clip downloads tags from the Hub or, for URL-only tags, with urllib (which ignores
+    HF_HUB_OFFLINE and would wait on the network), hence the explicit check.
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    cfg = get_pretrained_cfg(arch, tag)
+    if not cfg:
+        if os.path.isfile(os.path.expanduser(tag)):
+            return {}
+        tags = ", ".join(list_pretrained_tags_by_model(arch)[:12]) or "none"
+        raise ModelLoadError(
+            f"cannot load CLIP '{display}': '{tag}' is neither a pretrained tag of {arch} nor a file (tags: {tags})"
+        )
+    if not is_offline() or "file" in cfg:
+        return cfg
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        # same split as open_clip.pretrained.download_pretrained: "org/repo/" or "org/repo/file"
+        repo_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename]
+        if filename == "open_clip_pytorch_model.bin":
+            candidates.append("open_clip_model.safetensors")
+        elif filename.endswith((".bin", ".pth")):
+            candidates.append(filename[:-4] + ".safetensors")
+        if any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str) for f in candidates):
+            return cfg
+    else:
+        url_file = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(cfg.get("url", "")))
+        if cfg.get("url") and os.path.isfile(url_file):
+            return cfg
+    raise ModelLoadError(_offline_message("clip", display))
+
+
+def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:
+    """(open_clip model name, pretrained, force_quick_gelu) for any accepted CLIP name."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError("no CLIP model name given")
+    name = name.strip()
+    if name == "default" or (name in ALIASES and not isinstance(ALIASES[name], str)):
+        arch, tag = DEFAULT_MODELS["clip"] if name == "default" else ALIASES[name]
+        name, pretrained = arch, pretrained or tag
+    if name.startswith("tiny-"):
+        tiny.check_tiny_name(name)
+        if name not in TINY_NAMES:
+            raise ModelLoadError(f"'{name}' is not an open_clip model (open_clip twins: {', '.join(TINY_NAMES)})")
+        return f"local-dir:{tiny.tiny_dir(name)}", None, False
+    if name.startswith("local-dir:") or os.path.isdir(os.path.expanduser(name)) or _looks_like_path(name):
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+        if not (folder / OPEN_CLIP_CONFIG_NAME).is_file():
+            what = "does not exist" if not folder.is_dir() else f"has no {OPEN_CLIP_CONFIG_NAME}"
+            raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} {what}")
+        return f"local-dir:{folder}", None, False
+    if name.startswith("hf-hub:"):
+        repo_id = name.removeprefix("hf-hub:")
+        _check_hub_id(repo_id, "clip", name, OPEN_CLIP_CONFIG_NAME, None)
+        return name, None, False
+    arch = _open_clip_arch(name)
+    if arch is None:
+        raise ModelLoadError(
+            f"unknown CLIP model '{name}': not an open_clip architecture, 'hf-hub:org/repo', "
+            f"'local-dir:PATH', a folder with {OPEN_CLIP_CONFIG_NAME}, or tiny-clip"
+        )
+    if not pretrained:
+        log.warning("CLIP %s without a pretrained tag: random weights", arch)
+        return arch, None, False
+    tag_cfg = _check_pretrained_tag_cached(arch, pretrained, f"{name} {pretrained}", cache_dir)
+    # open_clip 3.x only warns when a tag was trained with QuickGELU (e.g. all 'openai' tags) but
+    # the architecture config uses GELU; force it so the weights compute what they were trained for
+    import open_clip
+
+    arch_quick_gelu = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    return arch, pretrained, bool(tag_cfg.get("quick_gelu", False)) and not arch_quick_gelu
+
+
+def _uses_quick_gelu(model) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_clip_local_dir(
+    model,
+    out_dir: str | os.PathLike,
+    model_name_or_cfg: str | dict,
+    *,
+    preprocess_cfg: dict | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write `model` in open_clip's `local-dir:` layout; returns the folder.
+
+    Files: `open_clip_config.json` = {"model_cfg": architecture config, "preprocess_cfg": size,
+    mean, std, interpolation, resize_mode, fill_color} and `open_clip_model.safetensors` (the
+    state dict), so `open_clip.create_model("local-dir:DIR")` and `load_clip(DIR)` load the same
+    weights. `model_name_or_cfg`: an architecture config dict (e.g. `ClipBundle.model_cfg`) or a
+    name open_clip resolves (built-in, `hf-hub:`, `local-dir:`). `preprocess_cfg` defaults to the
+    one open_clip attached to `model.visual`. Give `tokenizer` for models whose config names a
+    Hugging Face tokenizer (open_clip then loads it from the same folder).
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    if isinstance(model_name_or_cfg, dict):
+        model_cfg = json.loads(json.dumps(_jsonable(model_name_or_cfg)))
+    else:
+        found = open_clip.get_model_config(model_name_or_cfg)
+        if found is None:
+            raise ModelLoadError(f"cannot save CLIP: no open_clip config for '{model_name_or_cfg}'")
+        model_cfg = _jsonable(found)
+    if _uses_quick_gelu(model):
+        model_cfg["quick_gelu"] = True  # e.g. OpenAI weights loaded with force_quick_gelu
+    visual_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    visual_cfg.update(preprocess_cfg or {})
+    config = {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(visual_cfg)}
+
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # open_clip keeps no tied tensors, so a plain state dict saves; contiguous copies on CPU
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # write to temporary names, then rename: a crash never leaves a half-written checkpoint
+    weights_tmp = out_dir / f".{OPEN_CLIP_WEIGHTS_NAME}.tmp"
+    config_tmp = out_dir / f".{OPEN_CLIP_CONFIG_NAME}.tmp"
+    save_file(state, str(weights_tmp), metadata={"format": "pt"})
+    config_tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    os.replace(weights_tmp, out_dir / OPEN_CLIP_WEIGHTS_NAME)
+    os.replace(config_tmp, out_dir / OPEN_CLIP_CONFIG_NAME)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def build_tiny(name: str, out_dir: Path) -> None:
+    """Write tiny twin `name` (tiny-clip, tiny-siglip) in open_clip's local-dir layout (seeded by the caller)."""
+    import open_clip
+
+    tiny.register_open_clip_configs()
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    finally:
+        logging.disable(previous_disable)
+    preprocess_cfg = {"size": 64, "mean": tiny.OPENAI_MEAN, "std": tiny.OPENAI_STD}
+    save_clip_local_dir(model, out_dir, tiny.open_clip_config(name), preprocess_cfg=preprocess_cfg)
+
+
+def tiny_config(name: str) -> dict:
+    """What tiny twin `name`'s fingerprint hashes (its open_clip architecture config)."""
+    return {"clip": tiny.open_clip_config(name)}
+
+
+MODEL_CLASS = OpenClipModel
