@@ -8,6 +8,8 @@ training, checkpoint loading) runs end to end in tests and on a laptop.
 |--------------------|-----------------------------------------------------------------|
 | `tiny-clip`        | open_clip `CLIP`, 64 px, ViT 2x128, text 2x128, context 32 (~7.3 M) |
 | `tiny-siglip`      | the same open_clip `CLIP` with SigLIP's logit bias (-10) and scale (10) |
+| `tiny-blip`        | transformers `BlipForImageTextRetrieval`, 64 px, 2+2 layers of width 64 (models/blip.py) |
+| `tiny-hf-clip`     | transformers `CLIPModel`, 64 px, 2+2 layers of width 32 (models/hf_clip.py) |
 | `tiny-sd`          | diffusers `StableDiffusionPipeline` (UNet/VAE/CLIP text of diffusers' tests) |
 | `tiny-captioner`   | transformers `BlipForConditionalGeneration` + `BlipProcessor`  |
 | `tiny-paraphraser` | transformers `T5ForConditionalGeneration` (seq2seq)            |
