@@ -104,6 +104,11 @@ class BlipRetrievalModel(VisionLanguageModel):
         self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=hflip)
         self.preprocess_eval = tio.square_resize_transform(self.image_size)
 
+    def describe(self) -> dict:
+        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
+        commit = getattr(self.model.config, "_commit_hash", None)
+        return {**super().describe(), **({"commit": commit} if commit else {})}
+
     # text
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
         encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,

@@ -62,6 +62,11 @@ class HFClipModel(VisionLanguageModel):
         self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=False)
         self.preprocess_eval = tio.resize_crop_transform(resize or self.image_size, self.image_size)
 
+    def describe(self) -> dict:
+        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
+        commit = getattr(self.model.config, "_commit_hash", None)
+        return {**super().describe(), **({"commit": commit} if commit else {})}
+
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
         encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
                                  return_tensors="pt")
