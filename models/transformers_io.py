@@ -132,8 +132,9 @@ def save_pretrained_all_or_nothing(folder: Path, *parts: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".save-", dir=folder))
     try:
-        for part in parts:
-            part.save_pretrained(str(work))
+        with tiny.quiet_progress_bars(("transformers",)):  # checkpoints are saved often; no bar per save
+            for part in parts:
+                part.save_pretrained(str(work))
         for path in sorted(work.iterdir()):
             os.replace(path, folder / path.name)
     finally:
