@@ -6,8 +6,8 @@ one width; gradients reach the pixels; `similarity` applies the family's scale a
 families score row-aligned pairs with ITM; the two towers partition the trainable parameters;
 tokens batch, index and concatenate; the after-step hook keeps the logit scale in range.
 
-Adding a family: append its twin to `TWINS`, its scale range to `SCALE_RANGE` and its native
-loader check to `NATIVE_CHECKS`.
+Adding a family: append its twin to `TWINS`, its scale range to `SCALE_RANGE`, its native
+loader check to `NATIVE_CHECKS` and its own eval preprocessing to `NATIVE_EVAL_PIXELS`.
 """
 from __future__ import annotations
 
@@ -94,6 +94,36 @@ def test_identity_and_transforms(twin):
         assert 0.0 <= pixels.min() and pixels.max() <= 1.0  # never normalised
     assert model.preprocess_eval(image.convert("L")).shape == pixels.shape  # grey -> RGB
     assert pixels[0].mean() > 0.9 and pixels[1].mean() < 0.1  # red stays red: no normalisation
+
+
+def _open_clip_eval_pixels(name, model, image):
+    import open_clip
+
+    from augment import tiny
+
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny.tiny_dir(name)}")
+    return preprocess(image)
+
+
+def _processor_eval_pixels(name, model, image):
+    return model.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+# family -> normalised eval pixels as the family's own library prepares them
+NATIVE_EVAL_PIXELS = {"open_clip": _open_clip_eval_pixels, "blip": _processor_eval_pixels,
+                      "hf_clip": _processor_eval_pixels}
+
+
+def test_eval_transform_matches_the_family_preprocessing(twin):
+    from PIL import Image
+
+    name, model = twin
+    image = Image.radial_gradient("L").convert("RGB").resize((150, 100))  # not square, not the model's size
+    ours = model.normalize(model.preprocess_eval(image))
+    theirs = NATIVE_EVAL_PIXELS[model.family](name, model, image)
+    assert ours.shape == theirs.shape
+    difference = (ours - theirs).abs()
+    assert difference.mean() < 1e-3 and difference.max() < 0.02  # at most one grey level of rounding
 
 
 def test_embeddings_are_unit_vectors_of_one_width(twin):
