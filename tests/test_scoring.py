@@ -328,7 +328,7 @@ def test_transformers_clip_scorer(tmp_path, source, train_items, sample_world_di
     from augment.scoring.tiny_hf import save_tiny_transformers_clip
 
     folder = save_tiny_transformers_clip(tmp_path / "hf-clip")
-    assert scorer_kind(str(folder)) == "transformers"
+    assert scorer_kind(str(folder)) == "hf_clip"  # models.family_of: a CLIPModel folder is the hf_clip family
     scorer = load_scorer(str(folder))
     assert scorer.id.startswith("transformers:") and scorer.slug.startswith("hf-clip-")
     rows = [_row(item, 1, 0, "copy", "text", caption=item["captions"][1]) for item in train_items[:6]]
