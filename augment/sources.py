@@ -130,7 +130,9 @@ def to_rgb(image: "PILImage.Image") -> "PILImage.Image":
     from PIL import Image
 
     if image.mode not in _WIDE_GREY_MODES:
-        return image.convert("RGB") if image.mode != "RGB" else image.copy()
+        rgb = image.convert("RGB") if image.mode != "RGB" else image.copy()
+        rgb.info.pop("exif", None)  # so no later reader (datasets applies it) turns the pixels
+        return rgb
     values = np.asarray(image).astype(np.float64)
     if image.mode == "F":
         scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0  # [0, 1] floats or 8-bit range

@@ -1,6 +1,8 @@
 """`augment generate --method M --source SRC --out POOL --n N`: build a pool."""
 from __future__ import annotations
 
+import sys
+
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, method_names
 from augment.generators.base import distributed_rank, run_generation
@@ -40,14 +42,23 @@ def run(args) -> int:
         meta = run_generation(
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
-            progress=not args.no_progress, **process_share(state),
+            progress=not args.no_progress, source_meta=source_meta(args), **process_share(state),
         )
     finally:
         if state is not None:
             state.destroy_process_group()
     if meta is not None:
         print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
+        if meta["num_rows"] == 0:
+            print(f"warning: {args.out}: {args.method} wrote no rows from {meta['source_items']} source images "
+                  "(captions too short to change? a filter too strict?); training and scoring refuse an empty pool",
+                  file=sys.stderr)
     return 0
+
+
+def source_meta(args) -> dict:
+    """How the source was read, as given, so `augment score POOL` can read it again by itself."""
+    return {"image_root": args.image_root, "source_split": args.source_split}
 
 
 def distributed_state(args):

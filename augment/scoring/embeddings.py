@@ -53,10 +53,9 @@ def image_bytes_of(image: Any) -> bytes:
 
 
 def decode_image(image_bytes: bytes):
-    from PIL import Image
+    from augment.sources import open_image
 
-    with Image.open(io.BytesIO(image_bytes)) as opened:
-        return opened.convert("RGB")
+    return open_image({"path": None, "bytes": image_bytes})  # the sources' one decoding rule
 
 
 class EmbeddingCache:
