@@ -94,22 +94,33 @@ def check_shard_readable(shard: Path, where: str | None = None) -> int:
 
 
 def write_pool_card(out_dir: Path, meta: dict) -> None:
-    """A minimal README.md declaring the rows' files, unless the folder has a card of its own."""
+    """A minimal README.md declaring the rows' files, unless the folder has a card of its own.
+
+    Its `dataset_info` (row count and byte sizes) is there for `datasets`' cache: the cache key
+    of a local folder with a card is its folder name plus the card's configs and infos, so without
+    it two pools both called `pool` would share one cache entry.
+    """
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
     card = out_dir / POOL_CARD
     if card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace"):
         return
+    shards = sorted((out_dir / DATA_DIR).glob("*.parquet"))
+    size = sum(shard.stat().st_size for shard in shards)
+    info = DatasetInfo(config_name="default", features=POOL_FEATURES, splits=SplitDict())
+    info.splits.add(SplitInfo(name="train", num_bytes=size, num_examples=int(meta.get("num_rows") or 0)))
+    info.download_size = info.dataset_size = size
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}}).to_dataset_card_data(card_data)
     atomic_write_text(card, (
-        "---\n"
-        "configs:\n"
-        "- config_name: default\n"
-        "  data_files:\n"
-        "  - split: train\n"
-        f"    path: {DATA_DIR}/*.parquet\n"
-        "---\n"
-        f"{_POOL_CARD_MARK}\n"
+        f"---\n{card_data.to_yaml()}\n---\n{_POOL_CARD_MARK}\n"
         f"# {meta.get('name') or out_dir.name}\n\n"
-        f"A mat-plus pool (method `{meta.get('method')}`, {meta.get('num_rows')} rows); provenance in `{POOL_META}`.\n"
-        "`augment push` writes its full data card.\n"
+        f"A mat-plus pool (method `{meta.get('method')}`, {meta.get('num_rows')} rows, finished "
+        f"{meta.get('finished')}); provenance in `{POOL_META}`. `augment push` writes its full data card.\n"
     ))
 
 
@@ -190,7 +201,7 @@ class PoolWriter:
         self.meta["num_shards"] = len(shards)
         self.meta["status"] = "complete"
         self.meta["finished"] = _utc_now()
-        write_pool_card(self.out_dir, self.meta)
+        write_pool_card(self.out_dir, self.meta)  # before pool.json: a complete pool always has its card
         write_json_atomic(self.out_dir / POOL_META, self.meta)
         return self.meta
 

@@ -18,10 +18,11 @@ Supported inputs (detected from the path):
 no image is opened); an image is decoded only when a row is read (`dataset[i]["image"]`), by
 `open_image`, which raises `SourceError` naming the file when it is missing, corrupt, or too
 large. `validate=True` (`--validate`, `augment inspect`, and `--skip-bad`, which must know what
-to skip) decodes every image once at load time instead. The `image` column is stored undecoded
-(`datasets.Image(decode=False)`) and decoded by a format transform (`DecodeImages`), so
-`select`, `select_columns`, `cast_column`, `filter` and iteration keep returning PIL images;
-`undecoded(dataset)` gives the stored `{"path", "bytes"}` values.
+to skip) decodes every image once at load time instead. The `image` column holds each image
+as stored (path or bytes) under `SourceImage`, a `datasets.Image` feature whose decoding is
+`open_image`: row access, `select`, `select_columns`, `filter` and iteration give PIL images,
+column access (`dataset["captions"]`) decodes nothing, `undecoded(dataset)` gives the stored
+`{"path", "bytes"}` values.
 
 **One decoding rule** (`open_image`), used by every command: pixels as stored, EXIF orientation
 not applied (what ALBEF, BLIP, SGA and open_clip do: `Image.open(path).convert("RGB")`, so
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
 from augment.schema import SOURCE_FEATURES, SPLITS
+from datasets import Image  # augment.schema imports datasets already
 
 if TYPE_CHECKING:
     import datasets
@@ -144,28 +146,32 @@ def to_rgb(image: "PILImage.Image") -> "PILImage.Image":
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-class DecodeImages:
-    """A `datasets` format transform: the `image` column decoded by `open_image` when rows are
-    read; other columns unchanged. A class (not a closure) so datasets can pickle it."""
+@dataclass(repr=False)
+class SourceImage(Image):
+    """datasets' Image feature decoded by `open_image` (one rule, one-line errors). It serialises
+    as a plain Image: a saved source reads back with datasets' own decoding."""
 
-    def __call__(self, batch: dict) -> dict:
-        if "image" in batch:
-            batch["image"] = [None if value is None else open_image(value) for value in batch["image"]]
-        return batch
+    def decode_example(self, value, token_per_repo_id=None):
+        if not self.decode:
+            raise RuntimeError("decoding is disabled for this feature")
+        return open_image(value)
+
+    def __repr__(self) -> str:
+        return f"SourceImage(mode={self.mode!r}, decode={self.decode})"
 
 
 def lazy_source_features():
-    """SOURCE_FEATURES with the image stored undecoded (DecodeImages decodes it)."""
-    from datasets import Features, Image
+    """SOURCE_FEATURES with the image column decoded by `open_image` when a row is read."""
+    from datasets import Features
 
     features = Features(dict(SOURCE_FEATURES))
-    features["image"] = Image(mode=SOURCE_FEATURES["image"].mode, decode=False)
+    features["image"] = SourceImage(mode=SOURCE_FEATURES["image"].mode)
     return features
 
 
 def undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
     """The source with its stored images (`{"path", "bytes"}`), without decoding any."""
-    return dataset.with_format(None)
+    return dataset.cast_column("image", Image(decode=False))
 
 
 # ----------------------------------------------------------------------------- detection
@@ -219,9 +225,16 @@ def _looks_like_hub_id(source: str) -> bool:
     )
 
 
-def _not_utf8(path: Path, exc: UnicodeDecodeError, line: int | None = None) -> SourceError:
-    at = f"line {line}" if line else f"byte {exc.start}"
-    return SourceError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {at}); save it as UTF-8")
+def _not_utf8(path: Path) -> SourceError:
+    """One line naming the first line of `path` that is not UTF-8 (decoders report chunk offsets)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return SourceError(f"{path}: not UTF-8 text (byte 0x{line[exc.start]:02x} on line {number}, "
+                                   f"column {exc.start + 1}); save it as UTF-8")
+    return SourceError(f"{path}: not UTF-8 text; save it as UTF-8")
 
 
 def _read_json(path: Path) -> Any:
@@ -234,8 +247,8 @@ def _read_json_cached(path: str, mtime_ns: int, size: int) -> Any:
     try:
         with open(path, encoding="utf-8-sig") as handle:  # -sig: a UTF-8 byte-order mark is fine
             return json.load(handle)
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(Path(path), exc) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(Path(path)) from None
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
@@ -375,8 +388,8 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     if not image:
                         grouped[image].problem = "empty 'image' field"
                 grouped[image].captions.append(row["caption"] or "")
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(source, exc, reader.line_num + 1) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(source) from None
         except csv.Error as exc:
             raise SourceError(f"{source}: malformed CSV at line {reader.line_num}: {exc}") from None
     yield from grouped.values()
@@ -385,7 +398,6 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
 def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
     folder = source if source.is_dir() else source.parent
     metadata = folder / "metadata.jsonl"
-    line_no = 0
     try:
         with open(metadata, encoding="utf-8-sig") as handle:
             for line_no, line in enumerate(handle, start=1):
@@ -405,8 +417,8 @@ def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool)
                 row_split = _string(entry.get("split") or split or "train", where, "'split'")
                 yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,
                                          [folder], allow_outside_root, meta)
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(metadata, exc, line_no + 1) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(metadata) from None
 
 
 def _captions_of(entry: dict, where: str) -> list[str]:
@@ -569,8 +581,7 @@ def load_source(
         columns["meta"].append(json.dumps(record.meta, sort_keys=True))
     if not columns["image_id"]:
         raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
-    dataset = datasets.Dataset.from_dict(columns, features=lazy_source_features())
-    return dataset.with_transform(DecodeImages()), report
+    return datasets.Dataset.from_dict(columns, features=lazy_source_features()), report
 
 
 def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
@@ -588,7 +599,7 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
         return dataset
     if split not in SPLITS:
         raise SourceError(f"unknown split {split!r} (expected one of {list(SPLITS)} or 'all')")
-    splits = list(dataset["split"])
+    splits = dataset["split"]
     indices = [i for i, s in enumerate(splits) if s == split]
     if not indices:
         present = sorted(set(splits))

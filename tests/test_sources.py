@@ -15,9 +15,10 @@ from tests.conftest import write_image
 
 
 def _check_normalised(dataset, n_images):
-    # the columns of SOURCE_FEATURES; the image is stored undecoded and decoded when a row is read
+    # SOURCE_FEATURES' columns; the image is decoded by augment.sources.open_image when a row is read
     assert dataset.features == lazy_source_features()
     assert list(dataset.features) == list(SOURCE_FEATURES)
+    assert set(undecoded(dataset)[0]["image"]) == {"path", "bytes"}
     assert len(dataset) == n_images
     for row in dataset:
         assert row["image"].mode == "RGB"
@@ -94,7 +95,7 @@ def test_imagefolder_with_metadata(tmp_path):
 
 def test_save_to_disk_and_parquet_round_trip(karpathy_dir, tmp_path):
     original, _ = load_source(str(karpathy_dir))
-    undecoded(original).save_to_disk(str(tmp_path / "disk"))  # datasets saves no format transform
+    original.save_to_disk(str(tmp_path / "disk"))
     from_disk, report = load_source(str(tmp_path / "disk"))
     assert report.format == "disk"
     assert from_disk["image_id"] == original["image_id"] and from_disk["captions"] == original["captions"]
