@@ -313,7 +313,7 @@ def test_failing_hub_source_is_one_line_without_the_token(capsys, monkeypatch):
     secret = "hf_" + "Q" * 30
 
     def broken(*args, **kwargs):
-        raise ConnectionError(f"Max retries exceeded\n" + "\n".join(f"  frame {i}" for i in range(30))
+        raise ConnectionError("Max retries exceeded\n" + "\n".join(f"  frame {i}" for i in range(30))
                               + f"\nheaders: Authorization: Bearer {secret}")
 
     monkeypatch.setattr(datasets, "load_dataset", broken)

@@ -61,6 +61,8 @@ def run(args) -> int:
     for pool in pools:  # temporaries of a killed score run
         remove_stale_temporaries(pool.path / SCORES_DIR)
         remove_stale_temporaries(pool.path, recursive=False)
+    if args.cache_dir:
+        remove_stale_temporaries(args.cache_dir)
     scorer = load_scorer_or_fail(args)
     sources: dict[tuple, object] = {}
     entries = []

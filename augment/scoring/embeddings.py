@@ -122,7 +122,9 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}-{os.getpid()}"
         path = self.folder / f"{kind}-{stamp}.safetensors"
-        tmp = self.folder / f".{path.name}.tmp"
+        from augment.atomic import temporary_path
+
+        tmp = temporary_path(path)  # .NAME.tmp-PID: the next run deletes it if this one is killed
         tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
         save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
         os.replace(tmp, path)
