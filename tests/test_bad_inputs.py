@@ -493,3 +493,18 @@ def test_accelerate_launch_of_two_cpu_processes_stops_with_one_line(tmp_path, sa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "single process" in errors[0] and "torch.distributed.run" in errors[0], result.stderr[-2000:]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_torchrun_of_two_cpu_processes_without_cpu_flag_trains_as_one_group(tmp_path, sample_world_dir):
+    """The launch of the issue: before, two independent copies raced into one folder (world_size 1)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MATPLUS_LOGLEVEL": "ERROR", "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train.cli",
+               "clean", "--model", "tiny-clip", "--source", str(sample_world_dir), "--out", str(out),
+               "--max-steps", "1", "--batch-size", "2", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
+                            start_new_session=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4
