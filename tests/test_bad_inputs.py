@@ -508,3 +508,13 @@ def test_torchrun_of_two_cpu_processes_without_cpu_flag_trains_as_one_group(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 4
+
+
+def test_generate_under_a_single_process_accelerate_launch_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    source = small_source(tmp_path / "src", n=1)
+    for name, value in {"ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    fails(capsys, ["generate", "--method", "i2t-human", "--source", source, "--out", tmp_path / "pool", "--n", "1"],
+          "accelerate launch started a single process")
+    assert not (tmp_path / "pool").exists()
