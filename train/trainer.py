@@ -155,12 +155,17 @@ def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if not _is_distributed_launch():
+    from train.launch import check_launch_environment, check_process_group
+
+    plan = check_launch_environment(config.cpu)  # torchrun/accelerate on a CPU: gloo, or one line
+    if not plan.distributed:
         # accelerate keeps one global state per process; an in-process caller (a study driver,
         # the tests) may run several trainings with different precisions one after the other
         AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        return Accelerator(cpu=config.cpu, mixed_precision=config.precision)
+        accelerator = Accelerator(cpu=plan.cpu, mixed_precision=config.precision)
+        check_process_group(plan, accelerator.num_processes)
+        return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
         raise ConfigError(f"--precision {config.precision}: {str(exc).splitlines()[0]}") from None
 
