@@ -147,10 +147,6 @@ class StepRecord:
     output: StepOutput
 
 
-def _is_distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
