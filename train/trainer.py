@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from augment.errors import MissingDependencyError
+from augment.errors import MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
     ConfigError,
@@ -162,7 +162,7 @@ def make_accelerator(config: TrainConfig):
         check_process_group(plan, accelerator.num_processes)
         return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
-        raise ConfigError(f"--precision {config.precision}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"--precision {config.precision}: {first_line(exc)}") from None
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
