@@ -8,7 +8,7 @@ from augment.generators.base import distributed_rank, run_generation
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="build a 1:N augmentation pool",
+        "generate", allow_abbrev=False, help="build a 1:N augmentation pool",
         description="Build a pool with one method. Re-running the same command resumes a killed run.",
     )
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     from augment.commands.common import add_source_arguments
 
     parser = subparsers.add_parser(
-        "score", help="score pools: alignment, diversity, distribution gap",
+        "score", allow_abbrev=False, help="score pools: alignment, diversity, distribution gap",
         description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pools", nargs="+", metavar="POOL", help="pool folders (or Hub dataset ids)")
