@@ -88,13 +88,15 @@ def run_generation(
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
+    workers: int = 0,
 ) -> dict | None:
     """Generate the pool `out` from `source` (a SOURCE_FEATURES dataset); return pool.json's dict.
 
     With several processes each takes shards `rank, rank + world, ...`; after `barrier()` (all
     processes done) rank 0 writes the final pool.json. Shard boundaries depend only on the source,
     `split`, `limit` and `shard_size`, so the pool is the same whatever the number of processes.
-    Returns None on ranks other than 0.
+    Returns None on ranks other than 0. `workers` DataLoader processes read and decode the next
+    shards' source items while the generator works (in order: the pool does not depend on it).
     """
     from tqdm.auto import tqdm
 
@@ -133,12 +135,13 @@ def run_generation(
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
+    from augment.loading import ordered_batches
+
+    shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
     try:
-        for k in todo:
-            start, stop = k * shard_size, min((k + 1) * shard_size, len(items))
-            batch = [items[i] for i in range(start, stop)]
+        for k, batch in zip(todo, ordered_batches(items, shard_rows, workers)):
             writer.write_shard(k, generator.generate(batch, n, seed))
-            bar.update(stop - start)
+            bar.update(len(batch))
     finally:
         bar.close()
         generator.close()

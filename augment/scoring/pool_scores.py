@@ -403,7 +403,8 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     key = inputs_key(pool, source_fp, scorer, settings, source_name)
     stored = None if force else reusable_entry(pool.path, scorer.slug, key)
     if stored is not None:
-        report.update_scores_json(pool.path, stored)  # it becomes the latest again
+        if store.read_scores_json(pool.path).get("latest") != scorer.slug:
+            report.update_scores_json(pool.path, stored)  # it becomes the latest again
         if plot and not (pool.path / store.SCORES_PLOT).is_file():
             report.plot_scores(pool.path, stored)
         return {**stored, "reused": True}
