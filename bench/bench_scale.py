@@ -12,10 +12,11 @@ timed is what the command does):
 * one training step: `train clean --model tiny-clip --max-steps 1 --batch-size 8`;
 * one evaluation batch: `train eval tiny-clip --split test --limit 8 --batch-size 8 --attacks clean`.
 
-Reported: seconds per job and size, and the ratio of each size's seconds to the smallest
+Reported: seconds per job and size (the fastest of `--repeats` runs: the least disturbed by
+other load on a shared machine), and the ratio of each size's seconds to the smallest
 size's. Flat (ratios near 1) is the target of issue 18; linear would be 10x and 100x. The
-three jobs of one size share one `datasets` cache folder, as a user's commands would; each
-size starts with an empty one; every job runs once untimed on the smallest source first
+three jobs of one size and repeat share one `datasets` cache folder, as a user's commands
+would; each size and repeat starts with an empty one; every job runs once untimed on the smallest source first
 (one-time costs: byte-compiling, building the tiny models' cache). A job that fails is reported with its error line instead of a
 time (the benchmark measures whatever the code base has when it runs).
 """
@@ -42,6 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scale", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
     parser.add_argument("--jobs", default="generate,train_step,eval_batch", help="which jobs to time")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per job and size; the fastest counts (default 2)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the sources and outputs here and keep them")
     # internal: time one job in this (fresh) process
@@ -202,11 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             source, images = synthetic_source(work, size, base, base_images)
             print(f"source of {size} images written in {time.perf_counter() - started:.1f} s", flush=True)
-            env = {**os.environ, "HF_DATASETS_CACHE": str(work / f"datasets-cache-{size}"),
-                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MATPLUS_LOGLEVEL": "ERROR"}
+            runs: dict[str, list[dict]] = {job: [] for job in jobs}
+            for repeat in range(args.repeats):
+                env = {**os.environ, "HF_DATASETS_CACHE": str(work / f"datasets-cache-{size}-{repeat}"),
+                       "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MATPLUS_LOGLEVEL": "ERROR"}
+                for job in jobs:
+                    runs[job].append(time_job(job, source, images, work / f"out-{size}", env))
             results[str(size)] = {}
             for job in jobs:
-                result = time_job(job, source, images, work / f"out-{size}", env)
+                timed = [r for r in runs[job] if r["seconds"] is not None]
+                result = dict(min(timed, key=lambda r: r["seconds"]) if timed else runs[job][-1])
+                result["seconds_all"] = [r["seconds"] for r in runs[job]]
                 results[str(size)][job] = result
                 shown = f"{result['seconds']:.2f} s" if result["seconds"] is not None else f"failed: {result['error']}"
                 print(f"  {job}: {shown}", flush=True)
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, table, sizes, jobs)
     payload = {
         "benchmark": "scale",
-        "settings": {"sizes": sizes, "jobs": jobs, "limit": LIMIT, "batch_size": BATCH,
+        "settings": {"sizes": sizes, "jobs": jobs, "limit": LIMIT, "batch_size": BATCH, "repeats": args.repeats,
                      "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"), "cpu_count": os.cpu_count(),
                      "load_average_1m": os.getloadavg()[0]},
         "seconds": results,
