@@ -60,6 +60,24 @@ class MappedSequence:
         return item if self.function is None else self.function(item)
 
 
+class _Raised:
+    """An exception a worker caught, carried back whole: torch would re-raise it as a new
+    exception whose first line names the worker, not the bad record."""
+
+    def __init__(self, exception: Exception):
+        self.exception = exception
+
+
+def _catching(function: Callable[[Any], Any] | None):
+    def call(item):
+        try:
+            return item if function is None else function(item)
+        except Exception as exc:  # noqa: BLE001 - re-raised as it is in the main process
+            return _Raised(exc)
+
+    return call
+
+
 def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
                     function: Callable[[Any], Any] | None = None) -> Iterator[list]:
     """Lists `[function(items[i]) for i in batch]` for each index batch, in order; computed
@@ -73,6 +91,10 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(MappedSequence(items, function), batch_sampler=batches, collate_fn=as_list,
+    loader = DataLoader(MappedSequence(items, _catching(function)), batch_sampler=batches, collate_fn=as_list,
                         num_workers=workers, prefetch_factor=PREFETCH_FACTOR)
-    yield from loader
+    for batch in loader:
+        for value in batch:
+            if isinstance(value, _Raised):
+                raise value.exception
+        yield batch

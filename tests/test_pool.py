@@ -127,3 +127,18 @@ def test_hub_pool_id_fails_fast_offline():
     with pytest.raises(PoolError, match="cannot fetch pool 'someone/some-pool@v2' from the Hub"):
         load_pool("someone/some-pool@v2")
     assert time.time() - start < 15
+
+
+def test_loader_workers_raise_the_records_own_error():
+    from augment.errors import SourceError
+    from augment.loading import ordered_batches
+
+    def check(value):
+        if value == 3:
+            raise SourceError("images.json, record 3: image file missing")
+        return value * 2
+
+    assert list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 0, lambda v: v * 2)) == [[0, 2], [4, 6], [8, 10]]
+    assert list(ordered_batches(list(range(4)), [[0, 1], [2]], 2, lambda v: v * 2)) == [[0, 2], [4]]
+    with pytest.raises(SourceError, match="^images.json, record 3: image file missing$"):
+        list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 2, check))
