@@ -79,7 +79,7 @@ def _catching(function: Callable[[Any], Any] | None):
 
 
 def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
-                    function: Callable[[Any], Any] | None = None) -> Iterator[list]:
+                    function: Callable[[Any], Any] | None = None, prefetch: int = PREFETCH_FACTOR) -> Iterator[list]:
     """Lists `[function(items[i]) for i in batch]` for each index batch, in order; computed
     by `workers` DataLoader processes ahead of the consumer (inline when workers is 0)."""
     batches = [list(batch) for batch in batches]
@@ -92,7 +92,7 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
     from torch.utils.data import DataLoader
 
     loader = DataLoader(MappedSequence(items, _catching(function)), batch_sampler=batches, collate_fn=as_list,
-                        num_workers=workers, prefetch_factor=PREFETCH_FACTOR)
+                        num_workers=workers, prefetch_factor=prefetch)
     for batch in loader:
         for value in batch:
             if isinstance(value, _Raised):

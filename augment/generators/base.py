@@ -18,6 +18,9 @@ from augment.pool import PoolWriter, make_row_id
 from augment.sources import select_split, source_fingerprint
 
 
+SHARD_WORKERS = 2  # at most this many processes decode shards ahead (see run_generation)
+
+
 def row_seed(base_seed: int, image_id: str, caption_index: int, k: int) -> int:
     """A per-row seed that depends only on the row's identity, never on batching or process."""
     digest = hashlib.sha256(f"{base_seed}|{image_id}|{caption_index}|{k}".encode()).digest()
@@ -138,8 +141,11 @@ def run_generation(
     from augment.loading import ordered_batches
 
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
+    # a shard is the unit: decoding one takes far less than generating from it, so a worker or
+    # two, one shard ahead each, keep the model fed without holding many decoded shards
+    loader = ordered_batches(items, shard_rows, min(workers, SHARD_WORKERS), prefetch=1)
     try:
-        for k, batch in zip(todo, ordered_batches(items, shard_rows, workers)):
+        for k, batch in zip(todo, loader):
             writer.write_shard(k, generator.generate(batch, n, seed))
             bar.update(len(batch))
     finally:
