@@ -25,6 +25,7 @@ the pool beyond a few numbers per row.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -424,16 +425,22 @@ def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_nam
     modification time) and pool.json's finish stamp, the source's fingerprint, the scorer's
     weights id, the settings and the package versions (mat-plus, torch, transformers...). Equal
     keys mean a re-score would write the same numbers."""
-    from augment.pool import package_versions
-
     shards = sorted(pool.path.glob("data/*.parquet"))
     files = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
     inputs = {
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
         "pool_files": files, "source": source_fp, "source_name": source_name, "scorer": scorer.id,
-        "settings": asdict(settings), "packages": package_versions(),
+        "settings": asdict(settings), "packages": _package_versions(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple:
+    """Installed versions, looked up once per process (the metadata scan takes tens of ms)."""
+    from augment.pool import package_versions
+
+    return tuple(sorted(package_versions().items()))
 
 
 def reusable_entry(pool_path, slug: str, key: str) -> dict | None:
