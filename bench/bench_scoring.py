@@ -6,7 +6,7 @@
 1. **Pairs per second**, the same tiny transformers `CLIPModel` (random weights, built from a
    config) on the same image-caption pairs, measurements interleaved so that load on a shared
    machine hits both sides alike; medians:
-   * mat-plus's scorer (`TransformersClipScorer`: batched encode + cosine), no cache;
+   * mat-plus's scorer (`ModelScorer` over the transformers CLIP family: batched encode + cosine), no cache;
    * torchmetrics `CLIPScore` (update per batch, then compute), same batch size;
    * the whole `augment score` pipeline on a pool of those pairs, with `--workers` decoding
      processes: cold (fresh cache: the first pass), re-score of the unchanged pool (the stored
