@@ -252,7 +252,8 @@ def world_grounding(seed: int = 0, n: int = 200, split: str = "test", n_expressi
 
 def load_world_grounding(folder: str | Path, n_expressions: int = 3) -> GroundingData:
     """A written sample world (`augment make-sample`): its scenes, images and splits, each object
-    with expressions drawn from a stream seeded by the image's file name (deterministic)."""
+    with the expressions its record lists (`make-sample --expressions N`), else `n_expressions`
+    drawn from a stream seeded by the image's file name (deterministic)."""
     from augment.sample_world import Scene, expressions_for_scene
 
     folder = Path(folder)
@@ -277,8 +278,10 @@ def load_world_grounding(folder: str | Path, n_expressions: int = 3) -> Groundin
                 pil = pil.convert("RGB")
         except OSError as exc:
             raise SourceError(f"{where}: unreadable image {path} ({exc})") from None
-        rng = random.Random(f"sample-world/expressions/{record['filename']}")
-        objects = expressions_for_scene(scene, rng, n_expressions)
+        objects = record.get("objects")  # written by `make-sample --expressions`
+        if objects is None:
+            objects = expressions_for_scene(scene, random.Random(f"sample-world/expressions/{record['filename']}"),
+                                            n_expressions)
         image, found_expressions = _world_image(Path(record["filename"]).stem, scene, pil, objects,
                                                 str(record.get("split", "")))
         for expression in found_expressions:

@@ -983,13 +983,17 @@ def build_item(seed: int, index: int, n_captions: int = 5) -> tuple[Scene, Image
 
 
 def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125, test_frac: float = 0.125,
-                 n_captions: int = 5, overwrite: bool = False) -> Path:
+                 n_captions: int = 5, overwrite: bool = False, expressions: int = 0) -> Path:
     """Write the sample world in the Karpathy layout and return `out_dir`.
 
     `out_dir/dataset_sample.json` lists the images (train first, then val, then test, each with
     its scene) and `out_dir/images/` holds the PNGs. The same arguments give byte-identical
     files. The folder is built as a hidden sibling and renamed into place at the end, so an
     interrupted run leaves `out_dir` untouched.
+
+    `expressions` > 0 (grounding): each image's captions are instead its objects' referring
+    expressions, that many per object, and its record lists them per object with the true box
+    (`objects`), as `build_grounding_item` makes them.
     """
     out_dir = Path(out_dir)
     _check_arguments(n, val_frac, test_frac, n_captions)
@@ -1003,10 +1007,17 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
         (building / "images").mkdir(parents=True)
         records = []
         for index in _progress(range(n), n):
-            scene, image, captions = build_item(seed, index, n_captions)
+            if expressions > 0:
+                scene, image, objects = build_grounding_item(seed, index, expressions)
+                captions = [text for obj in objects for text in obj["expressions"]]
+            else:
+                scene, image, captions = build_item(seed, index, n_captions)
             filename = f"{index:0{digits}d}.png"
             image.save(building / "images" / filename, format="PNG", optimize=False, compress_level=6)
-            records.append(_image_record(index, filename, splits[index], scene, captions, n_captions))
+            per_image = n_captions if expressions <= 0 else expressions * len(POSITIONS)
+            records.append(_image_record(index, filename, splits[index], scene, captions, per_image))
+            if expressions > 0:
+                records[-1]["objects"] = objects
         document = {"dataset": "sample", "images": records}
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         (building / "dataset_sample.json").write_text(text + "\n", encoding="utf-8")

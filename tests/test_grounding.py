@@ -69,6 +69,18 @@ def test_world_folder_and_in_memory_forms(tmp_path):
     assert [i.scene for i in memory.images] == [i.scene for i in data.images[:3]]
 
 
+def test_make_sample_with_expressions_is_a_training_source(tmp_path):
+    from augment.sources import load_source
+
+    folder = sw.write_sample(tmp_path / "world", n=6, seed=2, val_frac=0.0, test_frac=0.5, expressions=2)
+    data = load_grounding(folder)
+    memory = world_grounding(seed=2, n=6, n_expressions=2)
+    assert [e.text for e in data.expressions] == [e.text for e in memory.expressions]
+    assert [e.box for e in data.expressions] == [e.box for e in memory.expressions]
+    source, _ = load_source(str(folder))  # what the trainer reads: captions = the expressions
+    assert [c for captions in source["captions"] for c in captions] == [e.text for e in data.expressions]
+
+
 # ----------------------------------------------------------------------------- RefCOCO+ in ALBEF's layout
 
 

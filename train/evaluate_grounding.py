@@ -181,3 +181,4 @@ def markdown_grounding_report(report: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", report["protocol"], ""]
     return "\n".join(lines)
+
