@@ -155,9 +155,10 @@ def test_box_scores_pick_the_heat_and_normalise_by_area():
 
 
 class _ColourGrounder(nn.Module):
-    """Test double: heat = how much each 8x8 patch has the colour the expression names."""
+    """Test double (scoring and attack mechanics, not the end-to-end check): heat = how much each
+    8x8 patch has the colour the expression names; ITM = a soft maximum of that over patches."""
 
-    family, name, kind, has_itm, has_grounding = "fake", "colour-grounder", "retrieval", True, True
+    family, name, kind, has_itm, has_grounding, image_size = "fake", "colour-grounder", "retrieval", True, True, 64
 
     def __init__(self):
         super().__init__()
@@ -169,22 +170,37 @@ class _ColourGrounder(nn.Module):
     def device(self):
         return self.colours.device
 
+    def describe(self):
+        return {"family": self.family, "name": self.name, "pretrained": None}
+
+    def preprocess_eval(self, image):
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+
     def tokenize(self, texts):
         ids = [[self.words.get(w, 0) for w in text.split()] or [0] for text in texts]
         length = max(len(i) for i in ids)
         return TextTokens(torch.tensor([i + [0] * (length - len(i)) for i in ids]))
 
+    def image_features(self, pixels):
+        return (nn.functional.avg_pool2d(pixels, 8) - 0.5).flatten(2).transpose(1, 2)  # [B, 64, 3]
+
+    def encode_image(self, pixels):
+        return nn.functional.normalize(self.image_features(pixels).flatten(1), dim=-1)
+
+    def itm_logits(self, features, tokens):
+        wanted = self.colours[tokens.input_ids].sum(1)  # [N, 3]
+        return (10 * features @ wanted[:, :, None]).squeeze(-1).logsumexp(1)
+
     def grounding_heatmap(self, pixels, tokens):
-        patches = nn.functional.avg_pool2d(pixels, 8) - 0.5  # [B, 3, 8, 8]
-        wanted = self.colours[tokens.input_ids].sum(1)  # [B, 3]
-        return (patches * wanted[:, :, None, None]).sum(1).clamp_min(0)
+        wanted = self.colours[tokens.input_ids].sum(1)
+        heat = (self.image_features(pixels) @ wanted[:, :, None]).squeeze(-1).clamp_min(0)
+        return heat.view(len(pixels), 8, 8)
 
 
 def test_ground_with_a_heat_model_beats_the_random_box():
     data = world_grounding(seed=0, n=30)
     model = _ColourGrounder()
-    pixels = torch.stack([torch.from_numpy(np.array(data.images[e.image].load())).permute(2, 0, 1).float() / 255
-                          for e in data.expressions])
+    pixels = torch.stack([model.preprocess_eval(data.images[e.image].load()) for e in data.expressions])
     candidates = [data.images[e.image].candidates for e in data.expressions]
     sizes = [(64, 64)] * len(data)
     chosen = ground(model, pixels, [e.text for e in data.expressions], candidates, sizes)
@@ -194,3 +210,50 @@ def test_ground_with_a_heat_model_beats_the_random_box():
     named = [k for k, e in enumerate(data.expressions) if sum(w in sw.COLOURS for w in e.text.split()) == 1]
     accuracy = 100 * sum(hits[k] for k in named) / len(named)
     assert accuracy > random_box_accuracy([candidates[k] for k in named], [truth[k] for k in named]) + 25
+
+
+def _one_colour(data):
+    return [k for k, e in enumerate(data.expressions) if sum(w in sw.COLOURS for w in e.text.split()) == 1]
+
+
+def test_grounding_attacks_lower_the_itm_score_within_budget():
+    from augment.registry import load_mlm
+    from train.attacks.grounding import build_grounding_attack
+
+    data = world_grounding(seed=4, n=6)
+    model = _ColourGrounder()
+    images = torch.stack([model.preprocess_eval(i.load()) for i in data.images])
+    texts = [e.text for e in data.expressions]
+    pairing = torch.tensor(data.image_of_text())
+    with torch.no_grad():
+        clean = model.itm_logits(model.image_features(images)[pairing], model.tokenize(texts))
+    mlm = (*load_mlm("tiny-mlm"), "tiny-mlm")
+    for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
+        result = build_grounding_attack(name, model, eps=8 / 255, steps=5, step_size=2 / 255, mlm=mlm, seed=0)(
+            images, texts, pairing)
+        assert float((result.images - images).abs().max()) <= 8 / 255 + 1e-6
+        for change in result.info.get("words_changed", []):
+            assert len(change) <= 1
+        with torch.no_grad():
+            attacked = model.itm_logits(model.image_features(result.images)[pairing], model.tokenize(result.texts))
+        assert float(attacked.mean()) < float(clean.mean()) - 0.1, name
+        if name in ("pgd", "bert-attack"):  # one modality: no expression gets easier to ground
+            assert (attacked <= clean + 1e-4).float().mean() > 0.9, name
+
+
+def test_evaluate_grounding_report_and_truth_checked_rows():
+    from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
+
+    data = world_grounding(seed=5, n=5)
+    report = evaluate_grounding(_ColourGrounder(), data, attacks=["clean", "pgd", "synonym"],
+                                attack_options={"eps": 16 / 255, "steps": 3, "step_size": 6 / 255},
+                                expression_checker=world_expression_checker)
+    clean, pgd, synonym = (report["attacks"][n] for n in ("clean", "pgd", "synonym"))
+    assert clean["accuracy"] > report["baselines"]["random_box"]
+    assert 0 <= pgd["asr"] <= 100 and 0 < pgd["linf"] <= 16 / 255 + 1e-6
+    judged = synonym["meaning_preserved"]
+    assert judged["true"] + judged["false"] + judged["unknown"] == synonym["texts_changed"] > 0
+    # an expression made false (another colour) counts as not attacked: never below the raw accuracy
+    assert synonym["accuracy_meaning_preserved"] >= synonym["accuracy"]
+    table = markdown_grounding_report(report)
+    assert "| pgd |" in table and "Random box" in table
