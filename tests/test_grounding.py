@@ -244,7 +244,7 @@ def test_grounding_attacks_lower_the_itm_score_within_budget():
 def test_evaluate_grounding_report_and_truth_checked_rows():
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
 
-    data = world_grounding(seed=5, n=5)
+    data = world_grounding(seed=5, n=8)
     report = evaluate_grounding(_ColourGrounder(), data, attacks=["clean", "pgd", "synonym"],
                                 attack_options={"eps": 16 / 255, "steps": 3, "step_size": 6 / 255},
                                 expression_checker=world_expression_checker)
