@@ -141,10 +141,12 @@ def itm_loss(model: "VisionLanguageModel", features: torch.Tensor, tokens: TextT
     if not bool(has_negative.any()):
         return F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits))
     with torch.no_grad():
-        weights = logits.detach().float().softmax(1).masked_fill(~negatives_allowed, 0) + 1e-12 * negatives_allowed
+        def weights(scores: torch.Tensor) -> torch.Tensor:
+            return scores.float().softmax(1).masked_fill(~negatives_allowed, 0) + 1e-12 * negatives_allowed
+
         rows = torch.nonzero(has_negative).flatten()
-        negative_text = torch.multinomial(weights[rows], 1).flatten()  # for image i: a text of another key
-        negative_image = torch.multinomial(weights.T[rows], 1).flatten()  # for text t: an image of another key
+        negative_text = torch.multinomial(weights(logits.detach())[rows], 1).flatten()  # image i: another key's text
+        negative_image = torch.multinomial(weights(logits.detach().T)[rows], 1).flatten()  # text t: another key's image
     pair_features = torch.cat([features[rows], features[negative_image]])
     pair_tokens = TextTokens.cat([tokens[negative_text], tokens[rows]])
     negative_logits = model.itm_logits(pair_features, pair_tokens)
