@@ -4,7 +4,7 @@ ALBEF's weakly supervised protocol (its Grounding.py and `grounding_eval`):
 
 * training: ITC + ITM on (image, expression) pairs, as ALBEF fine-tunes for grounding
   (expressions of the same image are positives of each other; ITM negatives are mined from the
-  ITC similarities);
+  ITC similarities): the retrieval task's loss for fusion families;
 * evaluation: `heat = model.grounding_heatmap(pixels, tokens)` (Grad-CAM of the ITM score on the
   fusion encoder's cross-attention), upsampled bicubically to the original image size; each
   candidate box scores `sum of the heat inside it / area ** 0.5`; the best box is chosen;
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import TextTokens
-from tasks.base import Task
+from tasks.retrieval import RetrievalTask
 
 if TYPE_CHECKING:
     from models.base import VisionLanguageModel
@@ -115,48 +115,18 @@ def ground(model: "VisionLanguageModel", pixels: torch.Tensor, texts: Sequence[s
     return chosen
 
 
-# ----------------------------------------------------------------------------- training losses
+# ----------------------------------------------------------------------------- the task
 
 
-def itc_loss(model: "VisionLanguageModel", image_emb: torch.Tensor, text_emb: torch.Tensor,
-             keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE with every row of the same key as a positive (ALBEF's `idx` targets);
-    also returns the similarity logits [B, B] for hard-negative mining."""
-    logits = model.similarity(image_emb, text_emb)
-    positives = (keys[:, None] == keys[None, :]).float()
-    targets = positives / positives.sum(1, keepdim=True)
-    loss_i2t = -(targets * logits.log_softmax(1)).sum(1).mean()
-    loss_t2i = -(targets * logits.T.log_softmax(1)).sum(1).mean()
-    return 0.5 * (loss_i2t + loss_t2i), logits
+class GroundingTask(RetrievalTask):
+    """Referring-expression grounding with an ITM-capable family that grounds (ALBEF).
 
-
-def itm_loss(model: "VisionLanguageModel", features: torch.Tensor, tokens: TextTokens, keys: torch.Tensor,
-             logits: torch.Tensor) -> torch.Tensor:
-    """ITM on the positive pairs and, per image and per text, one hard negative drawn with
-    probability softmax(ITC similarity) among the rows of other keys (ALBEF's mining)."""
-    batch = len(keys)
-    positive_logits = model.itm_logits(features, tokens)
-    negatives_allowed = keys[:, None] != keys[None, :]
-    has_negative = negatives_allowed.any(1)
-    if not bool(has_negative.any()):
-        return F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits))
-    with torch.no_grad():
-        def weights(scores: torch.Tensor) -> torch.Tensor:
-            return scores.float().softmax(1).masked_fill(~negatives_allowed, 0) + 1e-12 * negatives_allowed
-
-        rows = torch.nonzero(has_negative).flatten()
-        negative_text = torch.multinomial(weights(logits.detach())[rows], 1).flatten()  # image i: another key's text
-        negative_image = torch.multinomial(weights(logits.detach().T)[rows], 1).flatten()  # text t: another key's image
-    pair_features = torch.cat([features[rows], features[negative_image]])
-    pair_tokens = TextTokens.cat([tokens[negative_text], tokens[rows]])
-    negative_logits = model.itm_logits(pair_features, pair_tokens)
-    all_logits = torch.cat([positive_logits, negative_logits])
-    labels = torch.cat([torch.ones(batch), torch.zeros(len(negative_logits))]).to(all_logits)
-    return F.binary_cross_entropy_with_logits(all_logits, labels)
-
-
-class GroundingTask(Task):
-    """Referring-expression grounding with an ITM-capable family that grounds (ALBEF)."""
+    Training loss = the retrieval task's for fusion models (ITC with multi-positive targets, or the
+    family's own, + ITM with hard negatives) on (image, expression) pairs: what ALBEF's Grounding.py
+    fine-tunes with. Adversarial training attacks the grounding objective instead of ITC: PGD
+    lowers the ITM score of each (image, expression) pair, the word substitutions are
+    `train.attacks.grounding.GroundingTextAttack` (ITM-guided).
+    """
 
     name: ClassVar[str] = "grounding"
     model_kind: ClassVar[str] = "retrieval"
@@ -168,19 +138,21 @@ class GroundingTask(Task):
             raise ValueError(f"the grounding task needs a model with an ITM head and grounding_heatmap (ALBEF); "
                              f"'{model.name}' ({model.family}) has none")
 
-    def loss(self, model, pixels, tokens, keys, texts=None) -> torch.Tensor:
-        out = model(pixels, tokens, image_features=True)
-        itc, logits = itc_loss(model, out.image_emb, out.text_emb, keys)
-        return itc + itm_loss(model, out.image_features, tokens, keys, logits)
+    def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor):
+        """pixels -> minus the mean ITM match logit of each row with its expression."""
+        def loss(pixels: torch.Tensor) -> torch.Tensor:
+            return -model.itm_logits(model.image_features(pixels), tokens).float().mean()
 
-    def attack_loss(self, model, pixels, tokens, keys) -> torch.Tensor:
-        """MAT's inner maximisation: the grounding training objective itself (ITC + ITM)."""
-        return self.loss(model, pixels, tokens, keys)
+        return loss
 
     def text_attack(self, model, config: Any):
-        """The ITM-guided word-substitution attack (`train.attacks.grounding.GroundingTextAttack`)."""
+        """MAT's word substitutions on the grounding objective; None with a zero word budget."""
         from train.attacks.grounding import build_grounding_attack
 
-        options = {k: getattr(config, k) for k in ("top_k", "budget", "max_length", "mlm", "candidates")
-                   if getattr(config, k, None) is not None}
-        return build_grounding_attack("bert-attack", model, **options)
+        if getattr(config, "word_budget", 1) == 0:
+            return None
+        name = "bert-attack" if getattr(config, "text_attack", "mlm") == "mlm" else "synonym"
+        options = {"top_k": getattr(config, "mlm_top_k", 10), "budget": getattr(config, "word_budget", 1)}
+        if getattr(config, "mlm", None):
+            options["mlm"] = config.mlm
+        return build_grounding_attack(name, model, **options)
