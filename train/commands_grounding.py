@@ -21,17 +21,6 @@ def add_grounding_arguments(parser) -> None:
     group.add_argument("--instances", default=None, help="COCO instances (default: refcoco+/instances.json beside --source)")
 
 
-def _default_mlm(checkpoint: str, model) -> str:
-    from pathlib import Path
-
-    from models.base import read_model_info
-    from train.config import TINY_MLM, default_mlm
-
-    info = read_model_info(Path(checkpoint)) if Path(checkpoint).is_dir() else None
-    names = [checkpoint, getattr(model, "name", ""), (info or {}).get("name", "")]
-    return TINY_MLM if any(str(n).startswith("tiny-") for n in names) else default_mlm(checkpoint)
-
-
 def run(args) -> int:
     """`train eval CKPT --task grounding --source SRC --out DIR`: eval.json and eval.md."""
     import json
@@ -43,13 +32,14 @@ def run(args) -> int:
     from augment.referring import load_grounding
     from models import load_model
     from tasks.grounding import GroundingTask
+    from train.config import default_mlm
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.attacker_model:
         raise MatPlusError("--attacker-model (transfer attacks) is not supported for --task grounding yet")
     torch.manual_seed(args.seed)
-    model = load_model(args.checkpoint, pretrained=args.pretrained, device=device)
+    model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, precision=getattr(args, "precision", "fp32"))
     try:
         GroundingTask().check_model(model)
     except ValueError as exc:
@@ -67,7 +57,7 @@ def run(args) -> int:
     options = {
         "objective": args.grounding_objective, "eps": args.eps, "steps": args.pgd_steps,
         "step_size": args.pgd_step_size, "candidates": args.text_candidates,
-        "mlm": args.mlm or _default_mlm(args.checkpoint, model), "top_k": args.top_k, "budget": args.word_budget,
+        "mlm": args.mlm or default_mlm(args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
         "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
         "text_batch": args.text_batch,
     }
