@@ -257,3 +257,13 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
     assert synonym["accuracy_meaning_preserved"] >= synonym["accuracy"]
     table = markdown_grounding_report(report)
     assert "| pgd |" in table and "Random box" in table
+
+
+def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
+    from train.cli import main
+
+    folder = sw.write_sample(tmp_path / "world", n=4, seed=1, val_frac=0.0, test_frac=0.5, expressions=1)
+    code = main(["eval", "tiny-clip", "--task", "grounding", "--source", str(folder), "--out", str(tmp_path / "eval")])
+    assert code == 2
+    assert "needs a model with an ITM head and grounding_heatmap" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
