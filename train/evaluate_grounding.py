@@ -75,7 +75,6 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     model.eval()
     attacks = ["clean", *[a for a in attacks if a != "clean"]]
     options = {"seed": seed, **(attack_options or {})}
-    pixels = _pixels(model, data.images)
     truth = [e.box for e in data.expressions]
     candidates = [data.images[e.image].candidates for e in data.expressions]
     sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
@@ -90,38 +89,44 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
                      "attack_options": {k: v for k, v in options.items() if k != "mlm" or isinstance(v, str)}},
         "attacks": {},
     }
+
+    def hits_of(pixels: torch.Tensor, texts: list[str], ids: list[int]) -> list[bool]:
+        chosen = ground(model, pixels, texts, [candidates[i] for i in ids], [sizes[i] for i in ids], ground_batch)
+        return [box_iou(candidates[i][c], truth[i]) >= IOU_THRESHOLD for i, c in zip(ids, chosen)]
+
     clean_hits: list[bool] | None = None
     for name in attacks:
         torch.manual_seed(seed)
         attack = build_grounding_attack(name, model, **options)
         started = time.time()
-        texts: list[str] = [""] * len(data)
-        kept_texts: list[str] = [""] * len(data)
-        rows_pixels: list[torch.Tensor | None] = [None] * len(data)
+        hits, kept_hits = [False] * len(data), [False] * len(data)
         words_changed, verdicts, linf = [0] * len(data), [None] * len(data), 0.0
+        # a batch at a time (images decoded, attacked and grounded per batch): memory stays bounded
         for start in range(0, len(data.images), batch_size):
             stop = min(start + batch_size, len(data.images))
             ids = torch.nonzero((image_of_text >= start) & (image_of_text < stop)).flatten().tolist()
-            batch_texts = [data.expressions[i].text for i in ids]
             pairing = image_of_text[ids] - start
-            result = attack(pixels[start:stop].to(model.device), batch_texts, pairing,
+            result = attack(_pixels(model, data.images[start:stop]).to(model.device),
+                            [data.expressions[i].text for i in ids], pairing,
                             boxes=[truth[i] for i in ids], sizes=[sizes[i] for i in ids])
             linf = max(linf, float(result.info.get("linf", 0.0)))
             changes = result.info.get("words_changed", [[] for _ in ids])
-            adversarial = result.images.detach().cpu()
+            row_pixels = result.images.detach()[pairing.to(result.images.device)]
+            batch_hits = hits_of(row_pixels, list(result.texts), ids)
+            rejected = []
             for local, i in enumerate(ids):
-                texts[i] = result.texts[local]
-                kept_texts[i] = result.texts[local]
-                rows_pixels[i] = adversarial[int(pairing[local])]
+                hits[i] = kept_hits[i] = batch_hits[local]
                 words_changed[i] = len(changes[local])
                 if expression_checker is not None and changes[local]:
                     expression = data.expressions[i]
-                    verdicts[i] = expression_checker(texts[i], data.images[expression.image], expression)
+                    verdicts[i] = expression_checker(result.texts[local], data.images[expression.image], expression)
                     if verdicts[i] is False:
-                        kept_texts[i] = expression.text
-        row_pixels = torch.stack(rows_pixels)
-        chosen = ground(model, row_pixels, texts, candidates, sizes, batch_size=ground_batch)
-        hits = [box_iou(candidates[k][c], truth[k]) >= IOU_THRESHOLD for k, c in enumerate(chosen)]
+                        rejected.append(local)
+            if rejected:  # an expression the attack made refer elsewhere counts as not attacked
+                regrounded = hits_of(row_pixels[rejected], [data.expressions[ids[k]].text for k in rejected],
+                                     [ids[k] for k in rejected])
+                for local, hit in zip(rejected, regrounded):
+                    kept_hits[ids[local]] = hit
         entry: dict[str, Any] = {
             "modality": attack.modality, "params": attack.params(), "accuracy": _accuracy(hits),
             "seconds": round(time.time() - started, 2),
@@ -140,14 +145,6 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
                 judged = [v for v in verdicts if v is not None]
                 entry["meaning_preserved"] = {"true": sum(judged), "false": len(judged) - sum(judged),
                                               "unknown": len(changed) - len(judged)}
-                rejected = [k for k, v in enumerate(verdicts) if v is False]
-                kept_hits = list(hits)
-                if rejected:
-                    regrounded = ground(model, row_pixels[rejected], [kept_texts[k] for k in rejected],
-                                        [candidates[k] for k in rejected], [sizes[k] for k in rejected],
-                                        batch_size=ground_batch)
-                    for k, c in zip(rejected, regrounded):
-                        kept_hits[k] = box_iou(candidates[k][c], truth[k]) >= IOU_THRESHOLD
                 entry["accuracy_meaning_preserved"] = _accuracy(kept_hits)
                 entry["asr_meaning_preserved"] = _asr(clean_hits, kept_hits)
         report["attacks"][name] = entry
