@@ -9,17 +9,20 @@ from augment.commands.common import add_source_arguments, read_source
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("inspect", help="validate a source dataset and print a summary")
+    parser = subparsers.add_parser("inspect", allow_abbrev=False, help="validate a source dataset and print a summary")
     add_source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
 
 def summarise(dataset) -> dict:
-    from datasets import Image as ImageFeature
+    """Counts per split, captions per image, and each image's stored size and mode (the size is
+    the decoded size too: EXIF orientation is not applied, see augment.sources)."""
     from PIL import Image
 
-    raw = dataset.cast_column("image", ImageFeature(decode=False))
+    from augment.sources import undecoded
+
+    raw = undecoded(dataset)
     per_split: dict[str, dict[str, int]] = {}
     per_image = Counter()
     sizes = Counter()
@@ -46,7 +49,7 @@ def summarise(dataset) -> dict:
 
 
 def run(args) -> int:
-    dataset, report = read_source(args)
+    dataset, report = read_source(args, validate=True)  # inspect decodes every image once
     summary = summarise(dataset)
     summary["format"] = report.format
     summary["skipped"] = len(report.skipped)

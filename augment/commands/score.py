@@ -12,14 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.errors import PoolError
+from augment.errors import ModelLoadError, PoolError, first_line
 
 
 def register(subparsers) -> None:
     from augment.commands.common import add_source_arguments
+    from augment.loading import add_workers_argument
 
     parser = subparsers.add_parser(
-        "score", help="score pools: alignment, diversity, distribution gap",
+        "score", allow_abbrev=False, help="score pools: alignment, diversity, distribution gap",
         description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pools", nargs="+", metavar="POOL", help="pool folders (or Hub dataset ids)")
@@ -42,33 +43,51 @@ def register(subparsers) -> None:
     parser.add_argument("--table", default=None, metavar="FILE", help="write the comparison table (Markdown) here")
     parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--force", action="store_true",
+                        help="score again even when the pool, source, scorer and settings are those of its stored scores")
+    add_workers_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from augment.pool import load_pool
     from augment.scoring.pool_scores import ScoreSettings, score_and_save
+    from augment.atomic import atomic_write_text, remove_stale_temporaries
+    from augment.pool import write_pool_card
     from augment.scoring.report import comparison_table
-    from augment.scoring.scorers import load_scorer
+    from augment.scoring.store import SCORES_DIR
 
     settings = ScoreSettings(
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
     pools = [load_pool(path) for path in args.pools]  # fail on a bad pool before loading a model
-    scorer = load_scorer(args.scorer, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size)
-    sources: dict[str, object] = {}
+    for pool in pools:  # temporaries of a killed score run
+        remove_stale_temporaries(pool.path / SCORES_DIR)
+        remove_stale_temporaries(pool.path, recursive=False)
+    if args.cache_dir:
+        remove_stale_temporaries(args.cache_dir)
+    scorer = load_scorer_or_fail(args)
+    from augment.sources import source_fingerprint
+
+    sources: dict[tuple, object] = {}
+    fingerprints: dict[tuple, str] = {}
     entries = []
     for pool in pools:
         source_name = source_of(pool, args.source)
-        if source_name not in sources:
-            sources[source_name] = read_source_named(args, source_name)
-        source = sources[source_name]
-        warn_if_other_source(pool, source)
+        reading = source_reading(pool, args)
+        key = (source_name, *reading.values())
+        if key not in sources:
+            sources[key] = read_source_named(args, source_name, reading)
+            fingerprints[key] = source_fingerprint(sources[key])
+        source = sources[key]
+        warn_if_other_source(pool, fingerprints[key])
         entry = score_and_save(
             pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-            plot=not args.no_plot, progress=not args.no_progress,
+            plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
+            source_fp=fingerprints[key],
         )
+        write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
         print(one_line_summary(entry))
     if len(entries) > 1 or args.table:
@@ -76,9 +95,42 @@ def run(args) -> int:
         print(table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table)
+            atomic_write_text(args.table, table)
             print(f"table: {args.table}")
     return 0
+
+
+def load_scorer_or_fail(args):
+    """The scorer, or one line when --scorer names something that is not a CLIP (a BERT folder...)."""
+    import contextlib
+    import io
+    import logging
+
+    from augment.scoring.scorers import load_scorer
+
+    quiet = io.StringIO()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # a failed load prints a long load report first; the error says enough
+    try:
+        with contextlib.redirect_stdout(quiet):
+            return load_scorer(args.scorer, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size)
+    except (ModelLoadError, PoolError):
+        raise
+    except Exception as exc:  # RuntimeError, ValueError, KeyError, OSError from the model libraries
+        raise ModelLoadError(f"--scorer {args.scorer}: cannot be loaded as a CLIP scorer (open_clip or transformers "
+                             f"CLIPModel): {type(exc).__name__}: {first_line(exc)}") from None
+    finally:
+        logging.disable(previous)
+
+
+def source_reading(pool, args) -> dict:
+    """--image-root and --source-split as given, else as the pool recorded them (when the pool's
+    own source is used)."""
+    use_recorded = not args.source
+    return {
+        "image_root": args.image_root or (pool.meta.get("image_root") if use_recorded else None),
+        "source_split": args.source_split or (pool.meta.get("source_split") if use_recorded else None),
+    }
 
 
 def source_of(pool, given: str | None) -> str:
@@ -91,22 +143,19 @@ def source_of(pool, given: str | None) -> str:
     raise PoolError(f"{pool.path}: pass --source (the pool records {recorded!r}, which is not a path here)")
 
 
-def warn_if_other_source(pool, source) -> None:
-    """A source with another fingerprint may still hold the pool's items (e.g. a superset); the
-    scoring checks the ids, so this only warns."""
-    from augment.sources import source_fingerprint
-
+def warn_if_other_source(pool, current: str) -> None:
+    """A source with another fingerprint (`current`) may still hold the pool's items (e.g. a
+    superset); the scoring checks the ids, so this only warns."""
     recorded = pool.meta.get("source_fingerprint")
-    current = source_fingerprint(source)
     if recorded and recorded != current:
         print(f"warning: {pool.path}: the source differs from the one the pool was made from "
               f"(fingerprint {current} vs {recorded})", file=sys.stderr)
 
 
-def read_source_named(args, source_name: str):
+def read_source_named(args, source_name: str, reading: dict | None = None):
     from augment.commands.common import read_source
 
-    source_args = argparse.Namespace(**{**vars(args), "source": source_name, "out": None})
+    source_args = argparse.Namespace(**{**vars(args), **(reading or {}), "source": source_name, "out": None})
     dataset, _ = read_source(source_args)
     return dataset
 
@@ -119,6 +168,9 @@ def one_line_summary(entry: dict) -> str:
     for modality, gap in entry["gap"].items():
         if gap.get("frechet"):
             parts.append(f"{modality} gap FD {gap['frechet']['value']:.3f} MMD² {gap['mmd2']['value']:.4f}")
-    encoded = entry["encoding"]["encoded"]
-    parts.append(f"encoded {encoded['text']} texts + {encoded['image']} images")
+    if entry.get("reused"):
+        parts.append(f"unchanged since {entry['created']}: stored scores reused (--force recomputes)")
+    else:
+        encoded = entry["encoding"]["encoded"]
+        parts.append(f"encoded {encoded['text']} texts + {encoded['image']} images")
     return "; ".join(parts)

@@ -53,10 +53,9 @@ def image_bytes_of(image: Any) -> bytes:
 
 
 def decode_image(image_bytes: bytes):
-    from PIL import Image
+    from augment.sources import open_image
 
-    with Image.open(io.BytesIO(image_bytes)) as opened:
-        return opened.convert("RGB")
+    return open_image({"path": None, "bytes": image_bytes})  # the sources' one decoding rule
 
 
 class EmbeddingCache:
@@ -123,7 +122,9 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}-{os.getpid()}"
         path = self.folder / f"{kind}-{stamp}.safetensors"
-        tmp = self.folder / f".{path.name}.tmp"
+        from augment.atomic import temporary_path
+
+        tmp = temporary_path(path)  # .NAME.tmp-PID: the next run deletes it if this one is killed
         tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
         save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
         os.replace(tmp, path)
@@ -190,9 +191,10 @@ def as_key_bytes(keys: Sequence[bytes]) -> np.ndarray:
 class Embedder:
     """A scorer behind a cache: each distinct content is encoded once, ever, per scorer."""
 
-    def __init__(self, scorer, cache: EmbeddingCache):
+    def __init__(self, scorer, cache: EmbeddingCache, workers: int = 0):
         self.scorer = scorer
         self.cache = cache
+        self.workers = workers  # DataLoader processes decoding images ahead of the scorer
         self.encoded = {"text": 0, "image": 0}
         self.reused = {"text": 0, "image": 0}
 
@@ -204,7 +206,19 @@ class Embedder:
         """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images."""
         encoded = [image_bytes_of(image) for image in images]
         keys = [image_key(data) for data in encoded]
-        return self._embed("image", keys, encoded, lambda batch: self.scorer.encode_images([decode_image(b) for b in batch]))
+        return self._embed("image", keys, encoded, self._encode_images)
+
+    def _encode_images(self, payloads: list[bytes]):
+        """Decode (in worker processes when there are several batches) and encode, in order."""
+        import torch
+
+        from augment.loading import ordered_batches
+
+        size = self.scorer.batch_size
+        index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
+        workers = self.workers if len(index_batches) > 1 else 0  # one batch: a worker only adds start-up
+        parts = [self.scorer.encode_images(images) for images in ordered_batches(payloads, index_batches, workers, decode_image)]
+        return torch.cat(parts)
 
     def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:
         if not keys:
