@@ -983,13 +983,17 @@ def build_item(seed: int, index: int, n_captions: int = 5) -> tuple[Scene, Image
 
 
 def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125, test_frac: float = 0.125,
-                 n_captions: int = 5, overwrite: bool = False) -> Path:
+                 n_captions: int = 5, overwrite: bool = False, expressions: int = 0) -> Path:
     """Write the sample world in the Karpathy layout and return `out_dir`.
 
     `out_dir/dataset_sample.json` lists the images (train first, then val, then test, each with
     its scene) and `out_dir/images/` holds the PNGs. The same arguments give byte-identical
     files. The folder is built as a hidden sibling and renamed into place at the end, so an
     interrupted run leaves `out_dir` untouched.
+
+    `expressions` > 0 (grounding): each image's captions are instead its objects' referring
+    expressions, that many per object, and its record lists them per object with the true box
+    (`objects`), as `build_grounding_item` makes them.
     """
     out_dir = Path(out_dir)
     _check_arguments(n, val_frac, test_frac, n_captions)
@@ -1003,10 +1007,17 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
         (building / "images").mkdir(parents=True)
         records = []
         for index in _progress(range(n), n):
-            scene, image, captions = build_item(seed, index, n_captions)
+            if expressions > 0:
+                scene, image, objects = build_grounding_item(seed, index, expressions)
+                captions = [text for obj in objects for text in obj["expressions"]]
+            else:
+                scene, image, captions = build_item(seed, index, n_captions)
             filename = f"{index:0{digits}d}.png"
             image.save(building / "images" / filename, format="PNG", optimize=False, compress_level=6)
-            records.append(_image_record(index, filename, splits[index], scene, captions, n_captions))
+            per_image = n_captions if expressions <= 0 else expressions * len(POSITIONS)
+            records.append(_image_record(index, filename, splits[index], scene, captions, per_image))
+            if expressions > 0:
+                records[-1]["objects"] = objects
         document = {"dataset": "sample", "images": records}
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         (building / "dataset_sample.json").write_text(text + "\n", encoding="utf-8")
@@ -1030,3 +1041,147 @@ def check_caption_of_row(caption: str, row: dict) -> bool | None:
 def has_scenes(dataset) -> bool:
     """True when every row of a source dataset carries a sample-world scene."""
     return all("scene" in json.loads(meta or "{}") for meta in dataset["meta"])
+
+
+# ----------------------------------------------------------------------------- referring expressions
+# Visual grounding (issue 15): each object of a scene gets expressions that single it out ("the red
+# circle", "the large square on the left"), its true box, and every object of the scene as a
+# candidate box. `check_expression` judges an (attacked) expression: does it still single out the
+# same object?
+
+# which content words an expression names, in the order the canonical expression tries them:
+# the first that singles the object out is its canonical (shortest) expression
+EXPRESSION_FORMS = (
+    ("shape",), ("colour", "shape"), ("size", "shape"), ("size", "colour", "shape"),
+    ("colour",), ("size",), ("position",), ("shape", "position"), ("colour", "shape", "position"),
+    ("size", "colour", "shape", "position"),
+)
+
+
+def object_box(obj: SceneObject) -> tuple[int, int, int, int]:
+    """The object's box [x, y, w, h] in pixels of the 64x64 image (inclusive pixel extents, as
+    COCO/RefCOCO boxes are read by ALBEF's IoU), from the same geometry `_draw_object` draws."""
+    cx, cy = POSITION_PIXELS[obj.position]
+    cx, cy = cx + obj.dx, cy + obj.dy
+    radius = SIZE_RADIUS[obj.size]
+    if obj.shape == "circle":
+        xs = [round(cx - radius), round(cx + radius)]
+        ys = [round(cy - radius), round(cy + radius)]
+    else:
+        cos_r, sin_r = _cos(obj.rotation), _sin(obj.rotation)
+        points = [(round(cx + radius * (x * cos_r - y * sin_r)), round(cy + radius * (x * sin_r + y * cos_r)))
+                  for x, y in _unit_outline(obj.shape)]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, y0 = max(0, min(xs)), max(0, min(ys))
+    x1, y1 = min(IMAGE_SIZE - 1, max(xs)), min(IMAGE_SIZE - 1, max(ys))
+    return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+
+
+def _form_matches(form: tuple[str, ...], obj: SceneObject, other: SceneObject) -> bool:
+    return all(getattr(obj, name) == getattr(other, name) for name in form)
+
+
+def singles_out(form: tuple[str, ...], scene: Scene, target: int) -> bool:
+    """Whether naming `form`'s attributes of object `target` matches no other object."""
+    obj = scene.objects[target]
+    return not any(_form_matches(form, obj, other) for k, other in enumerate(scene.objects) if k != target)
+
+
+def _expression_text(obj: SceneObject, form: tuple[str, ...], rng: random.Random | None) -> str:
+    def word(options: tuple[str, ...]) -> str:
+        return options[0] if rng is None else rng.choice(options)
+
+    words = ["the"]
+    if "size" in form:
+        words.append(word(SIZE_WORDS[obj.size]))
+    if "colour" in form:
+        words.append(word(COLOUR_WORDS[obj.colour]))
+    words.append(word(SHAPE_WORDS[obj.shape]) if "shape" in form else GENERIC_NOUN)
+    if "position" in form:
+        words.append(word(POSITION_PHRASES[obj.position]))
+    return " ".join(words)
+
+
+def _relation_expression(scene: Scene, target: int, rng: random.Random) -> str | None:
+    """'the red circle to the left of the blue square', when the landmark singles itself out."""
+    obj = scene.objects[target]
+    landmarks = [k for k in range(len(scene.objects)) if k != target]
+    if not landmarks:
+        return None
+    landmark = rng.choice(landmarks)
+    relation = rng.choice(_holding_relations(obj, scene.objects[landmark]))
+    own = _expression_text(obj, ("colour", "shape"), rng)
+    forms = [f for f in EXPRESSION_FORMS if "position" not in f and singles_out(f, scene, landmark)]
+    other = _expression_text(scene.objects[landmark], rng.choice(forms) if forms else ("colour", "shape"), rng)
+    return f"{own} {rng.choice(RELATION_PHRASES[relation])} {other}"
+
+
+def canonical_expression(scene: Scene, target: int) -> str:
+    """The shortest expression (first of `EXPRESSION_FORMS`) that singles out object `target`."""
+    form = next(f for f in EXPRESSION_FORMS if singles_out(f, scene, target))
+    return _expression_text(scene.objects[target], form, None)
+
+
+def referring_expressions(scene: Scene, target: int, rng: random.Random, n: int = 3) -> list[str]:
+    """Up to `n` distinct expressions that single out object `target` (each checked by
+    `check_expression`): the canonical one first, then random forms and synonyms, and a relation to
+    another object. Fewer than `n` only when the scene offers no more distinct wordings."""
+    expressions = [canonical_expression(scene, target)]
+    forms = [f for f in EXPRESSION_FORMS if singles_out(f, scene, target)]
+    attempts = 0
+    while len(expressions) < n and attempts < 50 * n:
+        attempts += 1
+        if len(scene.objects) > 1 and rng.random() < 0.25:
+            text = _relation_expression(scene, target, rng)
+        else:
+            text = _expression_text(scene.objects[target], rng.choice(forms), rng)
+        if text and text not in expressions and check_expression(text, scene, target):
+            expressions.append(text)
+    return expressions
+
+
+def expressions_for_scene(scene: Scene, rng: random.Random, n: int = 3) -> list[dict]:
+    """Every object's referring expressions with its true box: [{object, box, expressions}]."""
+    return [{"object": k, "box": list(object_box(obj)), "expressions": referring_expressions(scene, k, rng, n)}
+            for k, obj in enumerate(scene.objects)]
+
+
+def build_grounding_item(seed: int, index: int, n_expressions: int = 3) -> tuple[Scene, Image.Image, list[dict]]:
+    """Scene, image and per-object expressions of image `index` of the world with `seed`
+    (the same scene and image as `build_item`; expressions from their own random stream)."""
+    scene = sample_scene(_item_rng(seed, index, "scene"))
+    return scene, render_scene(scene), expressions_for_scene(scene, _item_rng(seed, index, "expressions"), n_expressions)
+
+
+def referents(expression: str, scene: Scene) -> list[int] | None:
+    """Indices of the objects `expression` can refer to (its first object phrase, with every
+    relation and landmark holding); None when the checker cannot read it (see `check_caption`)."""
+    units = _tag(_caption_words(expression))
+    if any(kind == "logic" for kind, _ in units):
+        return None
+    has_claim = any(kind in _CLAIM_KINDS or (kind == "noun" and value[0] != "frame") for kind, value in units)
+    if not has_claim:
+        return None
+    items, unknown = _parse(units)
+    if unknown:
+        return []  # a claim this closed world cannot contain: it refers to nothing here
+    individuals = [k for k, (kind, value) in enumerate(items) if kind == "phrase" and value.is_individual()]
+    if not individuals:
+        return None
+    relations = _relations(items)
+    found = set()
+    for chosen in itertools.permutations(range(len(scene.objects)), len(individuals)):
+        assigned = {k: scene.objects[c] for k, c in zip(individuals, chosen)}
+        if chosen[0] in found or not all(items[k][1].matches(obj) for k, obj in assigned.items()):
+            continue
+        if all(_relation_true(items, assigned, scene, rel) for rel in relations):
+            found.add(chosen[0])
+    return sorted(found)
+
+
+def check_expression(expression: str, scene: Scene, target: int) -> bool | None:
+    """True if `expression` singles out object `target` of `scene` (it can refer to that object
+    and to no other), False if it refers to another object, to several or to none, None if the
+    checker cannot read it (no word about the world; negation, 'or', 'every')."""
+    found = referents(expression, scene)
+    return None if found is None else found == [target]

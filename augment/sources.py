@@ -356,6 +356,8 @@ def _read_albef(source: Path, image_root: str | None, split: str | None,
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     for index, entry in enumerate(data):
         where = f"{source.name}: [{index}]"
+        if isinstance(entry, dict) and "caption" not in entry and "text" in entry:
+            entry = {**entry, "caption": entry["text"]}  # ALBEF's grounding files: referring expressions
         if not isinstance(entry, dict) or "image" not in entry or "caption" not in entry:
             raise SourceError(f"{where}: entry needs 'image' and 'caption'")
         image = _string(entry["image"], where, "'image'")

@@ -99,6 +99,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--truth-checker", choices=("auto", "world", "none"), default="auto",
                          help="judge attacked captions with the sample world's truth checker: 'auto' when every image has a scene (default)")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar (default: yes)")
+    from train.commands_grounding import add_grounding_arguments
+
+    add_grounding_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -139,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate, write_report
 
     _check_positive(args)
+    if args.task == "grounding":
+        from train import commands_grounding
+
+        return commands_grounding.run(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval")

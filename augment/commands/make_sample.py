@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--val-frac", type=float, default=0.125, help="share of images in val (default 0.125)")
     parser.add_argument("--test-frac", type=float, default=0.125, help="share of images in test (default 0.125)")
     parser.add_argument("--captions", type=int, default=5, help="captions per image (default 5)")
+    parser.add_argument("--expressions", type=int, default=0, metavar="N",
+                        help="grounding: captions are referring expressions, N per object, with true boxes (default: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     parser.set_defaults(func=run)
 
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         test_frac=args.test_frac,
         n_captions=args.captions,
         overwrite=args.overwrite,
+        expressions=args.expressions,
     )
     sizes = split_sizes(args.n, args.val_frac, args.test_frac)
     print(f"wrote {args.n} images with {args.captions} captions each to {out_dir / 'dataset_sample.json'}")

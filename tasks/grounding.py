@@ -1,0 +1,158 @@
+"""Visual grounding (issue 15): pick the box a referring expression refers to.
+
+ALBEF's weakly supervised protocol (its Grounding.py and `grounding_eval`):
+
+* training: ITC + ITM on (image, expression) pairs, as ALBEF fine-tunes for grounding
+  (expressions of the same image are positives of each other; ITM negatives are mined from the
+  ITC similarities): the retrieval task's loss for fusion families;
+* evaluation: `heat = model.grounding_heatmap(pixels, tokens)` (Grad-CAM of the ITM score on the
+  fusion encoder's cross-attention), upsampled bicubically to the original image size; each
+  candidate box scores `sum of the heat inside it / area ** 0.5`; the best box is chosen;
+  accuracy = share of expressions whose chosen box has IoU >= 0.5 with the true box.
+
+Departures from ALBEF's code, on purpose: ties and all-zero heat pick the first candidate (ALBEF
+keeps the previous expression's box when no score exceeds 0); the random-box baseline is the
+exact expectation of choosing a candidate uniformly (no sampling noise).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from models.base import TextTokens
+from tasks.retrieval import RetrievalTask
+
+if TYPE_CHECKING:
+    from models.base import VisionLanguageModel
+
+IOU_THRESHOLD = 0.5
+AREA_EXPONENT = 0.5  # ALBEF's alpha: a box's heat is divided by area ** 0.5
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def box_iou(box1: Sequence[float], box2: Sequence[float]) -> float:
+    """IoU of two [x, y, w, h] boxes with ALBEF's (RefCOCO's) inclusive-pixel rule.
+
+    Written out (not torchvision's box_iou) because the RefCOCO numbers count a box as covering
+    pixels x .. x + w - 1, which continuous-coordinate IoUs do not.
+    """
+    inter_x1, inter_y1 = max(box1[0], box2[0]), max(box1[1], box2[1])
+    inter_x2 = min(box1[0] + box1[2] - 1, box2[0] + box2[2] - 1)
+    inter_y2 = min(box1[1] + box1[3] - 1, box2[1] + box2[3] - 1)
+    inter = (inter_x2 - inter_x1 + 1) * (inter_y2 - inter_y1 + 1) if inter_x1 < inter_x2 and inter_y1 < inter_y2 else 0
+    union = box1[2] * box1[3] + box2[2] * box2[3] - inter
+    return float(inter) / union if union > 0 else 0.0
+
+
+def upsample_heat(heat: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[h, w] patch heat -> [height, width] (bicubic, as ALBEF)."""
+    return F.interpolate(heat[None, None].float(), size=(height, width), mode="bicubic", align_corners=False)[0, 0]
+
+
+def box_scores(heat: torch.Tensor, boxes: Sequence[Sequence[float]], alpha: float = AREA_EXPONENT) -> torch.Tensor:
+    """[K] scores of candidate boxes on a full-resolution heat map [H, W]: heat inside / area ** alpha.
+
+    The box's pixels are rows int(y) .. int(y + h) - 1 and columns int(x) .. int(x + w) - 1
+    (ALBEF's slicing); sums come from an integral image.
+    """
+    height, width = heat.shape
+    integral = F.pad(heat.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    scores = []
+    for x, y, w, h in (b[:4] for b in boxes):
+        x0, y0 = min(max(int(x), 0), width), min(max(int(y), 0), height)
+        x1, y1 = min(max(int(x + w), 0), width), min(max(int(y + h), 0), height)
+        inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] if x1 > x0 and y1 > y0 else 0.0
+        scores.append(float(inside) / (w * h) ** alpha)
+    return torch.tensor(scores)
+
+
+def choose_box(heat: torch.Tensor, boxes: Sequence[Sequence[float]], height: int, width: int,
+               alpha: float = AREA_EXPONENT) -> int:
+    """Index of the best candidate for a patch heat map [h, w] of an image `height` x `width`."""
+    return int(box_scores(upsample_heat(heat, height, width), boxes, alpha).argmax())
+
+
+def grounding_hits(chosen: Sequence[Sequence[float]], truth: Sequence[Sequence[float]],
+                   threshold: float = IOU_THRESHOLD) -> list[bool]:
+    return [box_iou(c, t) >= threshold for c, t in zip(chosen, truth)]
+
+
+def random_box_accuracy(candidates: Sequence[Sequence[Sequence[float]]], truth: Sequence[Sequence[float]],
+                        threshold: float = IOU_THRESHOLD) -> float:
+    """Expected accuracy (percent) of choosing one candidate uniformly at random per expression."""
+    shares = [sum(box_iou(c, t) >= threshold for c in boxes) / len(boxes) for boxes, t in zip(candidates, truth)]
+    return 100.0 * sum(shares) / max(len(shares), 1)
+
+
+def oracle_accuracy(candidates: Sequence[Sequence[Sequence[float]]], truth: Sequence[Sequence[float]],
+                    threshold: float = IOU_THRESHOLD) -> float:
+    """Percent of expressions with at least one candidate good enough: the ceiling of any grounder."""
+    hits = [any(box_iou(c, t) >= threshold for c in boxes) for boxes, t in zip(candidates, truth)]
+    return 100.0 * sum(hits) / max(len(hits), 1)
+
+
+def ground(model: "VisionLanguageModel", pixels: torch.Tensor, texts: Sequence[str] | TextTokens,
+           candidates: Sequence[Sequence[Sequence[float]]], sizes: Sequence[tuple[int, int]],
+           batch_size: int = 64, alpha: float = AREA_EXPONENT) -> list[int]:
+    """The chosen candidate of each row-aligned (pixels [N, 3, S, S], expression) pair.
+
+    `sizes`: (height, width) of each row's original image (the candidates' coordinates).
+    """
+    tokens = texts if isinstance(texts, TextTokens) else model.tokenize(list(texts))
+    chosen = []
+    for start in range(0, len(pixels), batch_size):
+        part = slice(start, start + batch_size)
+        with torch.enable_grad():  # Grad-CAM differentiates the ITM score
+            heat = model.grounding_heatmap(pixels[part].to(model.device), tokens[part].to(model.device))
+        heat = heat.detach().cpu()
+        for k, row_heat in enumerate(heat):
+            height, width = sizes[start + k]
+            chosen.append(choose_box(row_heat, candidates[start + k], height, width, alpha))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class GroundingTask(RetrievalTask):
+    """Referring-expression grounding with an ITM-capable family that grounds (ALBEF).
+
+    Training loss = the retrieval task's for fusion models (ITC with multi-positive targets, or the
+    family's own, + ITM with hard negatives) on (image, expression) pairs: what ALBEF's Grounding.py
+    fine-tunes with. Adversarial training attacks the grounding objective instead of ITC: PGD
+    lowers the ITM score of each (image, expression) pair, the word substitutions are
+    `train.attacks.grounding.GroundingTextAttack` (ITM-guided).
+    """
+
+    name: ClassVar[str] = "grounding"
+    model_kind: ClassVar[str] = "retrieval"
+    methods: ClassVar[tuple[str, ...]] = ("clean", "mat", "mat+")
+
+    def check_model(self, model: Any) -> None:
+        super().check_model(model)
+        if not getattr(model, "has_grounding", False) or not getattr(model, "has_itm", False):
+            raise ValueError(f"the grounding task needs a model with an ITM head and grounding_heatmap (ALBEF); "
+                             f"'{model.name}' ({model.family}) has none")
+
+    def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor):
+        """pixels -> minus the mean ITM match logit of each row with its expression."""
+        def loss(pixels: torch.Tensor) -> torch.Tensor:
+            return -model.itm_logits(model.image_features(pixels), tokens).float().mean()
+
+        return loss
+
+    def text_attack(self, model, config: Any):
+        """MAT's word substitutions on the grounding objective; None with a zero word budget."""
+        from train.attacks.grounding import build_grounding_attack
+
+        if getattr(config, "word_budget", 1) == 0:
+            return None
+        name = "bert-attack" if getattr(config, "text_attack", "mlm") == "mlm" else "synonym"
+        options = {"top_k": getattr(config, "mlm_top_k", 10), "budget": getattr(config, "word_budget", 1)}
+        if getattr(config, "mlm", None):
+            options["mlm"] = config.mlm
+        return build_grounding_attack(name, model, **options)
