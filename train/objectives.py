@@ -58,7 +58,7 @@ class Objective:
         from train.attacks import PGD
 
         return PGD(self.ctx.victim, eps=self.cfg.eps, steps=self.cfg.pgd_steps, step_size=self.cfg.pgd_step_size,
-                   random_start=self.cfg.random_start, objective="contrastive", generator=self.ctx.pgd_generator)
+                   random_start=self.cfg.random_start, loss="contrastive", generator=self.ctx.pgd_generator)
 
     def _contrastive_pair(self, adv_pixels: torch.Tensor, adv_tokens: torch.Tensor, clean_pixels: torch.Tensor,
                           clean_tokens: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,5 +189,5 @@ def build_text_attack(victim, config: TrainConfig):
 
     if config.text_attack == "mlm":
         return BertAttack(victim, mlm=config.mlm, top_k=config.mlm_top_k, budget=config.word_budget,
-                          objective="contrastive")
-    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, objective="contrastive")
+                          loss="contrastive")
+    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, loss="contrastive")
