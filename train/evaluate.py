@@ -65,8 +65,9 @@ class Gallery:
 
     @classmethod
     def from_source(cls, source_dataset, split: str | None = "test", limit: int | None = None,
-                    captions_per_image: int | None = None) -> "Gallery":
+                    captions_per_image: int | None = None, caption_preprocess: str | None = None) -> "Gallery":
         from augment.sources import select_split
+        from augment.words import preprocess_caption
 
         rows = select_split(source_dataset, split)
         if limit is not None:
@@ -74,7 +75,7 @@ class Gallery:
         captions, image_of_text, caption_index = [], [], []
         for image, image_captions in enumerate(rows["captions"]):
             kept = image_captions if captions_per_image is None else image_captions[:captions_per_image]
-            captions += kept
+            captions += [preprocess_caption(c, caption_preprocess) for c in kept]
             image_of_text += [image] * len(kept)
             caption_index += list(range(len(kept)))
         return cls(rows, captions, torch.tensor(image_of_text, dtype=torch.long), caption_index)
@@ -252,6 +253,7 @@ def evaluate(
     text_batch: int = 256,
     seed: int = 0,
     progress: bool = True,
+    caption_preprocess: str | None = None,
 ) -> dict:
     """Retrieval metrics of `victim_bundle` on `split` of `source_dataset`, clean and under `attacks`.
 
@@ -259,7 +261,8 @@ def evaluate(
     `attack_options`, see `build_attack`; the seed defaults to `seed`) or ready-made `Attack`
     objects (built on the attacker). `attacker_bundle`: None for white-box, another
     `ClipBundle` for transfer. `save_adv`: folder; each attack's adversarial examples are written
-    there as a pool (`save_adv/<attack>/`). Returns the dict `train eval` writes as eval.json:
+    there as a pool (`save_adv/<attack>/`). `caption_preprocess`: "none" or "pre_caption"
+    (None: the protocol's choice, `attack_options["protocol"]`). Returns the dict `train eval` writes as eval.json:
     {"protocol", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
     from tqdm.auto import tqdm
@@ -271,7 +274,11 @@ def evaluate(
     options = {"seed": seed, "text_batch": text_batch, **(attack_options or {})}
     built = build_attacks(list(attacks), attacker, options)
     built.pop("clean", None)  # clean numbers are always computed
-    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
+    if caption_preprocess is None:
+        from train.attacks import PROTOCOL_CHOICES
+
+        caption_preprocess = PROTOCOL_CHOICES[options.get("protocol") or "project"].caption_preprocess
+    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
     records = {name: AttackRecord(attack) for name, attack in built.items()}
@@ -321,6 +328,7 @@ def evaluate(
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
             "text_batch": text_batch, "seed": seed, "ks": list(KS),
             "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+            "caption_preprocess": caption_preprocess,
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
         },
         "attacks": {name: results[name] for name in order},

@@ -55,7 +55,7 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
                        loss="image-kl" if kind == "pgd" else s.loss)
         nan_bug = s.reference_bugs and kind in ("sga", "pgd") and choices.pgd == "pair"
         loss = choices.pgd if kind == "pgd" and choices.pgd == "image-kl" else s.loss
-        return PGD(victim, step_size=s.pgd_step_size, loss=loss, nan_on_zero_gradient=nan_bug, **common)
+        return PGD(victim, step_size=s.pgd_step_size, loss=loss, scale_by_mean_gradient=nan_bug, **common)
 
     def text_attack(guide: str | None = None) -> WordSubstitutionAttack:
         guide = guide or s.guide

@@ -6,9 +6,11 @@ image attackers (see `train.attacks.settings` and README "Protocols"):
 * `start="symmetric"` (default; the project and the SGA code): uniform in [-eps, eps], clamped to
   [0, 1]. `start="positive"` (the Co-Attack code): uniform in [0, eps] and not clamped before the
   first step.
-* `nan_on_zero_gradient=True` (SGA code with `--reference-bugs`): the gradient is divided by its
-  mean absolute value before its sign is taken, so an all-zero gradient makes NaN pixels. The
-  division never changes a sign otherwise, so without the bug it is left out.
+* `scale_by_mean_gradient=True` (SGA code with `--reference-bugs`): the gradient is divided by its
+  mean absolute value before its sign is taken. That never changes a sign, except that an
+  all-zero (or infinite) gradient becomes NaN, whose sign torch takes as 0: such an image does
+  not move at that step, where the plain sign moves an infinite gradient. Without the bug the
+  division is left out.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def pgd_linf(
     generator: torch.Generator | None = None,
     *,
     start: str = "symmetric",
-    nan_on_zero_gradient: bool = False,
+    scale_by_mean_gradient: bool = False,
 ) -> torch.Tensor:
     """Maximise `loss_fn(adv_pixels)` within the L-inf ball of radius eps around `images` in [0,1].
 
@@ -60,7 +62,7 @@ def pgd_linf(
             loss = loss_fn(images + delta)
             (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            if nan_on_zero_gradient:
+            if scale_by_mean_gradient:
                 grad = grad / grad.abs().mean(dim=tuple(range(1, grad.dim())), keepdim=True)
             delta = delta + step_size * grad.sign()
             delta = delta.clamp(-eps, eps)
@@ -73,7 +75,7 @@ class PGD(Attack):
 
     Defaults follow the attack papers' public protocol (eps 2/255, 10 steps, step eps / 4 =
     0.5/255). `loss`: "pair" / "contrastive" against the captions, or "image-kl" (away from the
-    clean image embedding; captions unused). `start`, `nan_on_zero_gradient`: see `pgd_linf`.
+    clean image embedding; captions unused). `start`, `scale_by_mean_gradient`: see `pgd_linf`.
     """
 
     modality = "image"
@@ -81,24 +83,24 @@ class PGD(Attack):
 
     def __init__(self, victim, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, loss: str = "pair", generator: torch.Generator | None = None,
-                 start: str = "symmetric", nan_on_zero_gradient: bool = False):
+                 start: str = "symmetric", scale_by_mean_gradient: bool = False):
         if loss not in IMAGE_LOSSES:
             raise ValueError(f"unknown PGD loss {loss!r}; expected one of {IMAGE_LOSSES}")
         super().__init__(victim, "pair" if loss == "image-kl" else loss)
         self.loss = loss
         self.eps, self.steps, self.random_start = eps, steps, random_start
         self.step_size = eps / 4 if step_size is None else step_size
-        self.generator, self.start, self.nan_on_zero_gradient = generator, start, nan_on_zero_gradient
+        self.generator, self.start, self.scale_by_mean_gradient = generator, start, scale_by_mean_gradient
 
     def params(self) -> dict:
         return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
                 "random_start": self.random_start, "start": self.start,
-                "nan_on_zero_gradient": self.nan_on_zero_gradient}
+                "scale_by_mean_gradient": self.scale_by_mean_gradient}
 
     def run(self, images: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """This attack's budget and schedule on a custom loss (the multimodal attacks' image step)."""
         return pgd_linf(images, loss_fn, self.eps, self.steps, self.step_size, self.random_start, self.generator,
-                        start=self.start, nan_on_zero_gradient=self.nan_on_zero_gradient)
+                        start=self.start, scale_by_mean_gradient=self.scale_by_mean_gradient)
 
     def perturb(self, images: torch.Tensor, text_emb: torch.Tensor | None, image_of_text: torch.Tensor | None) -> torch.Tensor:
         """Attack images against fixed caption embeddings (reused by the multimodal attacks)."""

@@ -40,7 +40,8 @@ REFERENCE_BUGS = {
     "mlm-offset": "the masked LM's predictions are read one position early (the [CLS] offset is missing)",
     "special-tokens": "[UNK], [SEP], [PAD], ... are accepted as substitute words",
     "logit-threshold": "single-piece substitutes stop at the first raw MLM logit below 0.3 (a bert-base scale)",
-    "nan-gradient": "SGA's gradient normalisation divides by zero when a gradient is all zero (NaN images)",
+    "nan-gradient": "SGA's image step divides the gradient by its mean absolute value: NaN for an all-zero or "
+                    "infinite gradient (torch's sign(NaN) = 0, so that image skips the step)",
 }
 
 
