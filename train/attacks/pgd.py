@@ -56,6 +56,8 @@ def pgd_linf(
             delta = (images + (noise * 2 - 1) * eps).clamp(0, 1) - images
         else:
             delta = noise * eps
+    # the eps ball and the [0, 1] range in one clamp: delta in [max(-eps, -x), min(eps, 1 - x)]
+    low, high = (-images).clamp(min=-eps), (1 - images).clamp(max=eps)
     for _ in range(steps):
         delta.requires_grad_(True)
         with torch.enable_grad():
@@ -64,10 +66,8 @@ def pgd_linf(
         with torch.no_grad():
             if scale_by_mean_gradient:
                 grad = grad / grad.abs().mean(dim=tuple(range(1, grad.dim())), keepdim=True)
-            delta = delta + step_size * grad.sign()
-            delta = delta.clamp(-eps, eps)
-            delta = (images + delta).clamp(0, 1) - images
-    return (images + delta).detach()
+            delta = torch.clamp(delta.add_(grad.sign_(), alpha=step_size), low, high)
+    return (images + delta).clamp(0, 1).detach()  # the clamp only absorbs float rounding
 
 
 class PGD(Attack):

@@ -372,11 +372,19 @@ class WordNetSubstitutes(SubstituteSource):
 
 @torch.no_grad()
 def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> torch.Tensor:
-    """Unit caption embeddings [len(texts), D], `batch_size` captions per forward pass, no gradients."""
+    """Unit caption embeddings [len(texts), D], `batch_size` captions per forward pass, no gradients.
+
+    Each distinct text is encoded once, and texts go to the encoder sorted by length, so a
+    forward pass holds texts of similar length (less padding where the victim trims it).
+    """
     texts = list(texts)
     if not texts:
         return torch.empty(0, 0, device=victim.device)
-    return torch.cat([victim.encode_text(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    unique = list(dict.fromkeys(texts))
+    unique.sort(key=len)
+    embeddings = torch.cat([victim.encode_text(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
+    row = {text: index for index, text in enumerate(unique)}
+    return embeddings[torch.tensor([row[text] for text in texts], device=embeddings.device)]
 
 
 @torch.no_grad()
