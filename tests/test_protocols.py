@@ -141,7 +141,7 @@ class GuideSpy(WordSubstitutionAttack):
         super().__init__(victim, substitutes=None, budget=0)
         self.guides = []
 
-    def perturb(self, texts, image_emb, image_of_text):
+    def perturb(self, texts, image_emb, image_of_text, prepared=None):
         self.guides.append(image_emb.clone())
         return list(texts), [[] for _ in texts]
 

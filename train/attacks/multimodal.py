@@ -228,7 +228,8 @@ class SGA(MultimodalAttack):
         # (1) captions against the image (or the set of its views)
         with torch.no_grad():
             guide = self.image_set_embedding(images)
-        first_texts, _ = self.text_attack.perturb(texts, guide, pairing)
+        prepared = self.text_attack.prepare(texts) if self.text_attack.budget > 0 and texts else None
+        first_texts, _ = self.text_attack.perturb(texts, guide, pairing, prepared=prepared)
         caption_set_emb = self.encode_texts(first_texts)
         # (2) image views against the set of attacked captions of each image
         loss_fn = attack_loss_fn(self.loss, self.victim.logit_scale)
@@ -241,5 +242,6 @@ class SGA(MultimodalAttack):
 
         adversarial_images = self.run_pgd(images, loss)
         # (3) the original captions against the adversarial images
-        adversarial_texts, changes = self.text_attack.perturb(texts, self.encode_images(adversarial_images), pairing)
+        adversarial_texts, changes = self.text_attack.perturb(texts, self.encode_images(adversarial_images), pairing,
+                                                              prepared=prepared)
         return self.result(images, adversarial_images, adversarial_texts, changes)

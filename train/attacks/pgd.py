@@ -66,7 +66,7 @@ def pgd_linf(
         with torch.no_grad():
             if scale_by_mean_gradient:
                 grad = grad / grad.abs().mean(dim=tuple(range(1, grad.dim())), keepdim=True)
-            delta = torch.clamp(delta.add_(grad.sign_(), alpha=step_size), low, high)
+            delta = torch.clamp(delta + step_size * grad.sign(), low, high)
     return (images + delta).clamp(0, 1).detach()  # the clamp only absorbs float rounding
 
 

@@ -561,7 +561,23 @@ class WordSubstitutionAttack(Attack):
         return True
 
     @torch.no_grad()
-    def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor) -> tuple[list[str], list[list[dict]]]:
+    def prepare(self, texts: Sequence[str]) -> tuple:
+        """Words, substitutes, importance order and clean embeddings of `texts`: they depend on the
+        texts and the victim alone, so an attack that attacks the same captions twice with the
+        same victim (SGA) computes them once and passes them to `perturb(..., prepared=)`."""
+        texts = list(texts)
+        words = [self.source.split(text) for text in texts]
+        chunk_lists = [[self.source.chunk(w) for w in caption] for caption in words]
+        substitutes = self.source.substitutes(chunk_lists)
+        states = [_CaptionState(chunks=chunks, order=sorted(subs), current=list(caption), changes=[])
+                  for caption, chunks, subs in zip(words, chunk_lists, substitutes)]
+        clean_emb = encode_texts(self.victim, texts, self.text_batch)
+        self._importance_order(states, clean_emb)
+        return words, chunk_lists, substitutes, [s.order for s in states], clean_emb
+
+    @torch.no_grad()
+    def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
+                prepared: tuple | None = None) -> tuple[list[str], list[list[dict]]]:
         """(adversarial captions, per caption the words changed) against fixed image embeddings.
 
         `image_emb` [B, D] may be any guide, e.g. the mean embedding of a set of image views (SGA);
@@ -573,18 +589,14 @@ class WordSubstitutionAttack(Attack):
         image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
         if self.budget == 0 or not texts:
             return texts, [[] for _ in texts]
-        words = [self.source.split(text) for text in texts]
-        chunk_lists = [[self.source.chunk(w) for w in caption] for caption in words]
-        substitutes = self.source.substitutes(chunk_lists)
+        words, chunk_lists, substitutes, orders, clean_emb = prepared if prepared is not None else self.prepare(texts)
         states = [
-            _CaptionState(chunks=chunks, order=sorted(subs), current=list(caption), changes=[])
-            for caption, chunks, subs in zip(words, chunk_lists, substitutes)
+            _CaptionState(chunks=chunks, order=list(order), current=list(caption), changes=[])
+            for caption, chunks, order in zip(words, chunk_lists, orders)
         ]
-        clean_emb = encode_texts(self.victim, texts, self.text_batch)
         current_emb = clean_emb.clone()
         if image_emb is not None:
             image_emb = image_emb.to(clean_emb.device, clean_emb.dtype)
-        self._importance_order(states, clean_emb)
         while self._greedy_round(states, substitutes, image_emb, clean_emb, current_emb, image_of_text):
             pass
         adversarial = [" ".join(s.current) if s.changes else text for s, text in zip(states, texts)]
