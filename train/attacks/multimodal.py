@@ -158,10 +158,14 @@ class CoAttack(MultimodalAttack):
                                adversarial_texts, changes)
         loss_fn = attack_loss_fn(self.loss, self.victim.logit_scale)
 
+        # sums, not means, for "pair": an image's gradient is then the same in any batch (means
+        # would weigh the two terms by 1/images and 1/captions, whose rounding flips near-zero signs)
+        scale = len(pairing) if self.loss == "pair" else len(images)
+
         def loss(adversarial: torch.Tensor) -> torch.Tensor:
             embedding = self.victim.encode_image(adversarial)
-            away_from_clean = (1 - (embedding * clean_image_emb).sum(-1)).mean()
-            return away_from_clean + self.alpha * loss_fn(embedding, attacked_text_emb, pairing)
+            away_from_clean = (1 - (embedding * clean_image_emb).sum(-1)).sum()
+            return away_from_clean + self.alpha * scale * loss_fn(embedding, attacked_text_emb, pairing)
 
         return self.result(images, self.run_pgd(images, loss), adversarial_texts, changes)
 
