@@ -226,7 +226,8 @@ class Study:
         if not is_done(folder, settings):
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
-            options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
+            options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"],
+                       **{k: e[k] for k in ("protocol", "attack_protocol", "reference_bugs") if k in e}}
             report = evaluate(
                 load_model(str(checkpoint), kind="retrieval"), source, split=e["split"], attacks=e["attacks"],
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),

@@ -12,8 +12,11 @@
    `PGD` class with its default "pair" objective is timed too.
 2. **Multimodal attacks, batched vs one sample at a time**: Sep-Attack, Co-Attack and SGA (and
    BERT-Attack alone) on `--images` images with `--captions` captions each, once as one batch
-   and once as a loop over single images (each with its captions), same model and settings.
-   Reported: time ratio (loop / batched) and the mean image-caption similarity each leaves.
+   and once as a loop over single images (each with its captions), same model and settings
+   (`--protocol`; no random start and no SGA noise, so both sides must give the same
+   adversarial examples). Reported: time ratio (loop / batched; target >= 5), whether the
+   adversarial captions are identical, the largest pixel difference, and the mean
+   image-caption similarity each leaves.
 
 Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
 alike; times are medians of wall time and of process CPU time (which barely moves with other
@@ -44,6 +47,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (median)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
     parser.add_argument("--out", default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -85,7 +89,8 @@ class CaptionClassifier(torch.nn.Module):
     def __init__(self, victim, text_emb: torch.Tensor):
         super().__init__()
         self.victim = victim
-        self.clip = victim.model  # registered, so torchattacks finds its device and training mode
+        # registered, so torchattacks finds its device and training mode
+        self.clip = victim
         self.text_emb = text_emb
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -136,7 +141,7 @@ def _ratio(measured: dict, baseline: str, ours: str, key: str) -> float:
     return measured[baseline][key] / measured[ours][key]
 
 
-def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int) -> dict:
+def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project") -> dict:
     from train.attacks import build_attack
 
     def mean_similarity(images, texts):
@@ -146,7 +151,8 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
     out = {"clean_similarity": mean_similarity(pixels, captions), "attacks": {}}
     per_image = torch.bincount(image_of_text).tolist()
     for name in ("bert-attack", "sep", "co-attack", "sga"):
-        attack = build_attack(name, victim, mlm=mlm, seed=0)
+        # deterministic (no random start, no SGA noise): batched and looped must agree exactly
+        attack = build_attack(name, victim, mlm=mlm, seed=0, protocol=protocol, random_start=False, noise_std=0.0)
 
         def batched():
             return attack(pixels, captions, image_of_text)
@@ -167,6 +173,8 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
             "seconds": {side: m["seconds"] for side, m in measured.items()},
             "cpu_seconds": {side: m["cpu_seconds"] for side, m in measured.items()},
             "ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "seconds"),
+            "identical_texts": loop_texts == batch_result.texts,
+            "max_image_difference": float((loop_images - batch_result.images).abs().max()),
             "cpu_ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "cpu_seconds"),
             "similarity_after": {
                 "batched": mean_similarity(batch_result.images, batch_result.texts),
@@ -181,11 +189,11 @@ def _table(report: dict) -> str:
     pgd = report["pgd"]
     ours, theirs = "mat-plus pgd_linf", "torchattacks"
     lines = [
-        "| comparison | baseline s | mat-plus s | ratio wall | ratio CPU | loss or similarity (baseline / mat-plus) |",
-        "|---|---:|---:|---:|---:|---|",
+        "| comparison | baseline s | mat-plus s | ratio wall | ratio CPU | loss or similarity (baseline / mat-plus) | same result |",
+        "|---|---:|---:|---:|---:|---|---|",
         f"| PGD vs torchattacks.PGD | {pgd['seconds'][theirs]:.3f} | {pgd['seconds'][ours]:.3f} | "
         f"{pgd['ratio_torchattacks_over_matplus']:.2f} | {pgd['cpu_ratio_torchattacks_over_matplus']:.2f} | "
-        f"CE {pgd['final_loss'][theirs]:.3f} / {pgd['final_loss'][ours]:.3f} (clean {pgd['clean_loss']:.3f}) |",
+        f"CE {pgd['final_loss'][theirs]:.3f} / {pgd['final_loss'][ours]:.3f} (clean {pgd['clean_loss']:.3f}) | - |",
     ]
     for name, entry in report["multimodal"]["attacks"].items():
         seconds, similarity = entry["seconds"], entry["similarity_after"]
@@ -193,7 +201,8 @@ def _table(report: dict) -> str:
             f"| {name}: one at a time vs batched | {seconds['one_at_a_time']:.3f} | {seconds['batched']:.3f} | "
             f"{entry['ratio_loop_over_batched']:.2f} | {entry['cpu_ratio_loop_over_batched']:.2f} | "
             f"sim {similarity['one_at_a_time']:.3f} / {similarity['batched']:.3f} "
-            f"(clean {report['multimodal']['clean_similarity']:.3f}) |"
+            f"(clean {report['multimodal']['clean_similarity']:.3f}) | texts {'yes' if entry['identical_texts'] else 'NO'}, "
+            f"pixels {entry['max_image_difference']:.1e} |"
         )
     lines.append("ratio = baseline time / mat-plus time (> 1: mat-plus faster); CPU = process CPU time, "
                  "steadier than wall time on a shared machine.")
@@ -237,7 +246,8 @@ def main(argv: list[str]) -> int:
     print("PGD vs torchattacks.PGD ...", flush=True)
     report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
     print("multimodal attacks, batched vs one sample at a time ...", flush=True)
-    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats)
+    report["protocol"] = args.protocol
+    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol)
     table = _table(report)
     print(table)
     out = Path(args.out)

@@ -85,8 +85,8 @@ def bench_text_attack(mat_trainer, repeats: int) -> dict:
     batch = mat_trainer.data.materialise(plan, 0, mat_trainer.cfg.batch_size, mat_trainer.model.preprocess_eval)
     pixels = batch.pixels.to(victim.device)
     mlm = mat_trainer.cfg.mlm
-    batched = BertAttack(victim, mlm=mlm, objective="contrastive")
-    one_by_one = BertAttack(victim, mlm=mlm, objective="contrastive", text_batch=1)
+    batched = BertAttack(victim, mlm=mlm, loss="contrastive")
+    one_by_one = BertAttack(victim, mlm=mlm, loss="contrastive", text_batch=1)
     batched(pixels, batch.texts), one_by_one(pixels, batch.texts)  # warm-up
     batched_times, loop_times, same = [], [], True
     for _ in range(repeats):

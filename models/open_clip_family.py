@@ -73,7 +73,38 @@ class OpenClipModel(VisionLanguageModel):
         return self.model.encode_image(self.normalize(pixels.to(self.device)), normalize=normalize)
 
     def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
-        return self.model.encode_text(tokens.input_ids.to(self.device), normalize=normalize)
+        ids = tokens.input_ids.to(self.device)
+        features = self._encode_trimmed(ids)
+        if features is None:
+            return self.model.encode_text(ids, normalize=normalize)
+        return torch.nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def _encode_trimmed(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """open_clip's `encode_text` on the tokens up to the batch's last end-of-text token only.
+
+        CLIP's text transformer is causal and pools at the end-of-text token, so the padding
+        after it cannot change the embedding: cutting it is exact and makes the text tower
+        several times cheaper for captions (~15 of 77 tokens). Text attacks encode thousands of
+        candidates, so this is where their time goes. None when the model is not of that form.
+        """
+        model = self.model
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+        if getattr(model, "text_pool_type", "argmax") != "argmax" or not all(hasattr(model, n) for n in needed):
+            return None
+        if model.attn_mask is None or tokens.dim() != 2:
+            return None
+        length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
+        if length >= tokens.shape[1]:
+            return None
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens[:, :length]).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+        x = x[torch.arange(x.shape[0], device=x.device), tokens[:, :length].argmax(dim=-1)]
+        projection = model.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
 
     def logit_scale_param(self) -> torch.Tensor:
         return self.model.logit_scale.exp()

@@ -1,4 +1,4 @@
-"""Attacks on the tiny CLIP trained on the sample world: budgets, batching, objectives, registry."""
+"""Attacks on the tiny CLIP trained on the sample world: budgets, batching, attack losses, registry."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,6 @@ from train.attacks import (
     ATTACK_NAMES,
     SGA,
     BertAttack,
-    ClipVictim,
     CoAttack,
     NoAttack,
     PGD,
@@ -16,9 +15,10 @@ from train.attacks import (
     SynonymAttack,
     build_attack,
 )
-from train.attacks.base import contrastive_objective
+from augment.words import split_chunk
+from train.attacks.base import contrastive_loss
 from train.attacks.multimodal import resized_views
-from train.attacks.text import Token, substitution_objective
+from train.attacks.text import MASK_WORD, substitution_loss
 
 EPS = 2 / 255
 FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
@@ -26,7 +26,7 @@ FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
 
 @pytest.fixture(scope="module")
 def victim(trained_bundle):
-    return ClipVictim.from_bundle(trained_bundle)
+    return trained_bundle
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +63,19 @@ def pair_similarity(victim, images, texts, image_of_text) -> float:
 # ----------------------------------------------------------------------------- words
 
 
-def test_token_keeps_punctuation_and_case():
-    token = Token.parse('"Dog,')
-    assert (token.prefix, token.word, token.suffix) == ('"', "Dog", ",")
-    assert token.replaceable
-    assert token.replaced_by("cat") == '"Cat,'
-    assert Token.parse("RED").replaced_by("blue") == "BLUE"
-    assert not Token.parse("the").replaceable  # stop word
-    assert not Token.parse("3.5").replaceable
-    assert Token.parse("t-shirt.").word == "t-shirt"
-    assert Token.parse("man's").replaced_by("woman") == "woman's"
-    assert Token.parse("(left)").masked() == "([UNK])"
+def test_chunk_keeps_punctuation_and_case():
+    from augment.wordnet import STOP_WORDS
+
+    chunk = split_chunk('"Dog,', possessive=True)
+    assert tuple(chunk) == ('"', "Dog", ",")
+    assert chunk.replaceable(STOP_WORDS)
+    assert chunk.replaced_by("cat") == '"Cat,'
+    assert split_chunk("RED").replaced_by("blue") == "BLUE"
+    assert not split_chunk("the").replaceable(STOP_WORDS)  # stop word
+    assert not split_chunk("3.5").replaceable(STOP_WORDS)
+    assert split_chunk("t-shirt.").core == "t-shirt"
+    assert split_chunk("man's", possessive=True).replaced_by("woman") == "woman's"
+    assert split_chunk("man's").core == "man's"  # EDA's split keeps the possessive in the word
 
 
 # ----------------------------------------------------------------------------- budgets
@@ -129,7 +131,7 @@ def one_at_a_time(attack, victim, texts, image_emb, image_of_text):
     out = []
     with torch.no_grad():
         for index, text in enumerate(texts):
-            tokens = [Token.parse(t) for t in text.split()]
+            tokens = [split_chunk(t, possessive=True) for t in text.split()]
             substitutes = attack.source.substitutes([tokens])[0]
             clean = victim.encode_text([text])[0]
 
@@ -142,7 +144,7 @@ def one_at_a_time(attack, victim, texts, image_emb, image_of_text):
             importance = {}
             for position in sorted(substitutes):
                 masked = text.split()
-                masked[position] = tokens[position].masked()
+                masked[position] = tokens[position].prefix + MASK_WORD + tokens[position].suffix
                 importance[position] = float(1 - victim.encode_text([" ".join(masked)])[0] @ clean)
             current, current_score, changes = text.split(), score(text), 0
             for position in sorted(substitutes, key=lambda p: -importance[p]):
@@ -173,31 +175,31 @@ def test_batched_text_attack_equals_one_at_a_time(victim, mlm, batch, guide):
     batched, _ = attack.perturb(texts, image_emb, pairing)
     assert batched == one_at_a_time(attack, victim, texts, image_emb, pairing)
     # substitutes found for all captions in one MLM pass equal those found one caption at a time
-    tokens = [[Token.parse(t) for t in text.split()] for text in texts]
+    tokens = [[split_chunk(t, possessive=True) for t in text.split()] for text in texts]
     assert attack.source.substitutes(tokens) == [attack.source.substitutes([t])[0] for t in tokens]
 
 
-def test_contrastive_substitution_objective_is_exact():
+def test_contrastive_substitution_loss_is_exact():
     generator = torch.Generator().manual_seed(0)
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
     image_emb, text_emb, candidates = unit(4, 8), unit(7, 8), unit(5, 8)
     image_of_text = torch.tensor([0, 0, 1, 2, 2, 2, 1])  # image 3 has no caption
     owners = torch.tensor([0, 3, 3, 6, 4])
-    fast = substitution_objective(candidates, owners, image_emb, text_emb, image_of_text, "contrastive", 10.0)
+    fast = substitution_loss(candidates, owners, image_emb, text_emb, image_of_text, "contrastive", 10.0)
     for c, owner in enumerate(owners.tolist()):
         replaced = text_emb.clone()
         replaced[owner] = candidates[c]
-        assert float(fast[c]) == pytest.approx(float(contrastive_objective(image_emb, replaced, image_of_text, 10.0)), abs=1e-5)
+        assert float(fast[c]) == pytest.approx(float(contrastive_loss(image_emb, replaced, image_of_text, 10.0)), abs=1e-5)
 
 
 def test_contrastive_text_attack_raises_the_batch_loss(victim, mlm, batch):
     pixels, captions, image_of_text = batch
-    attack = BertAttack(victim, mlm=mlm, top_k=5, objective="contrastive")
+    attack = BertAttack(victim, mlm=mlm, top_k=5, loss="contrastive")
     result = attack(pixels, captions, image_of_text)
     with torch.no_grad():
         image_emb = victim.encode_image(pixels)
-        before = contrastive_objective(image_emb, victim.encode_text(captions), image_of_text, victim.logit_scale)
-        after = contrastive_objective(image_emb, victim.encode_text(result.texts), image_of_text, victim.logit_scale)
+        before = contrastive_loss(image_emb, victim.encode_text(captions), image_of_text, victim.logit_scale)
+        after = contrastive_loss(image_emb, victim.encode_text(result.texts), image_of_text, victim.logit_scale)
     assert float(after) > float(before)
 
 

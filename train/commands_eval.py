@@ -44,6 +44,7 @@ def _attack_names(text: str) -> list[str]:
 
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
+    from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
 
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
@@ -63,23 +64,32 @@ def register(subparsers) -> argparse.ArgumentParser:
     transfer.add_argument("--attacker-pretrained", default=None, help="pretrained tag of --attacker-model")
 
     image = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels before normalisation)")
-    image.add_argument("--eps", type=non_negative_number, default=2 / 255, help="perturbation budget, e.g. 2/255 (default: 2/255)")
-    image.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: 10)")
-    image.add_argument("--pgd-step-size", type=non_negative_number, default=0.5 / 255, help="PGD step (default: 0.5/255)")
+    image.add_argument("--eps", type=non_negative_number, default=D.eps, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+    image.add_argument("--pgd-steps", type=int, default=D.steps, help="PGD iterations (default: 10)")
+    image.add_argument("--pgd-step-size", type=non_negative_number, default=None, help="PGD step (default: eps/4, i.e. 0.5/255 at eps 2/255)")
 
     text = parser.add_argument_group("text attack (word substitutions)")
     text.add_argument("--text-candidates", choices=("mlm", "wordnet"), default="mlm",
                       help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms (default: mlm)")
     text.add_argument("--mlm", default=None, help="masked LM (default: tiny-mlm for tiny models, else the registry's default)")
-    text.add_argument("--top-k", type=int, default=10, help="substitutes per word (default: 10)")
-    text.add_argument("--word-budget", type=int, default=1, help="words changed per caption at most (default: 1)")
-    text.add_argument("--max-length", type=int, default=30, help="MLM tokens read per caption; later words are kept (default: 30)")
+    text.add_argument("--top-k", type=int, default=D.top_k, help="substitutes per word (default: 10)")
+    text.add_argument("--word-budget", type=int, default=D.budget, help="words changed per caption at most (default: 1)")
+    text.add_argument("--max-length", type=int, default=None,
+                      help="MLM tokens read per caption; later words are kept (default: 30; 77 under --protocol sga)")
     text.add_argument("--text-guide", choices=("image", "text"), default="image",
                       help="image: lower the caption's similarity to its image; text: move the caption embedding the most (default: image)")
 
+    protocol = parser.add_argument_group("protocol (README: Protocols)")
+    protocol.add_argument("--protocol", choices=("project", "sga", "co-attack"), default="project",
+                          help="whose choices the attacks follow: the project's, or the SGA / Co-Attack code's, item by item (default: project)")
+    protocol.add_argument("--reference-bugs", action="store_true",
+                          help="with --protocol sga|co-attack: also reproduce the reference code's bugs (MLM offset, special tokens, logit threshold, NaN gradients)")
+    protocol.add_argument("--caption-preprocess", choices=("none", "pre_caption"), default=None,
+                          help="pre_caption: lower case, no punctuation, 30 words, as the reference code (default: none; pre_caption under a reference protocol)")
+
     multi = parser.add_argument_group("multimodal attacks")
-    multi.add_argument("--sga-scales", type=_scales, default=(0.5, 0.75, 1.25, 1.5), help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")
-    multi.add_argument("--co-alpha", type=float, default=3.0, help="Co-Attack weight of the attacked-text term (default: 3)")
+    multi.add_argument("--sga-scales", type=_scales, default=D.scales, help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")
+    multi.add_argument("--co-alpha", type=float, default=D.alpha, help="Co-Attack weight of the attacked-text term (default: 3)")
 
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
@@ -146,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         from train import commands_grounding
 
         return commands_grounding.run(args)
+    if args.reference_bugs and args.protocol == "project":
+        from augment.errors import MatPlusError
+
+        raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval")
@@ -159,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
         "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
         "scales": args.sga_scales, "alpha": args.co_alpha,
+        "protocol": args.protocol, "reference_bugs": args.reference_bugs,
     }
     checker = _truth_checker(args.truth_checker, dataset)
     out = Path(args.out)
@@ -173,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
             save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
+            caption_preprocess=args.caption_preprocess,
         )
     report["settings"].update({"source": args.source, "device": device, "precision": args.precision,
                                "command": "train eval"})

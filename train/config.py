@@ -21,6 +21,7 @@ from typing import Any
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
+from train.attacks.settings import ATTACK_DEFAULTS
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
@@ -75,16 +76,17 @@ class TrainConfig:
     # which towers train; None: the method's default (TeCoA and FARE freeze the text tower)
     freeze_text: bool | None = None
     # attacks
-    eps: float = 2 / 255
-    pgd_steps: int = 10
-    pgd_step_size: float | None = None  # None: eps / 4
-    random_start: bool = True
+    # attack defaults are shared with `train eval` and the study (train.attacks.settings)
+    eps: float = ATTACK_DEFAULTS.eps
+    pgd_steps: int = ATTACK_DEFAULTS.steps
+    pgd_step_size: float | None = ATTACK_DEFAULTS.step_size  # None: eps / 4
+    random_start: bool = ATTACK_DEFAULTS.random_start
     clean_weight: float = 0.0
     inner_order: str = "text-image"
     text_attack: str = "mlm"
     mlm: str | None = None  # None: tiny-mlm for tiny twins, else the registry's default masked LM
-    mlm_top_k: int = 10
-    word_budget: int = 1
+    mlm_top_k: int = ATTACK_DEFAULTS.top_k
+    word_budget: int = ATTACK_DEFAULTS.budget
     # checkpoints and logging
     save_every: int = 0  # 0: only at the end
     log_every: int = 1

@@ -30,7 +30,6 @@ number of processes, the batch size or gradient accumulation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -40,18 +39,13 @@ import numpy as np
 import torch
 
 from augment.errors import PoolError
+from augment.seeds import derive_seed  # noqa: F401  (re-exported: the trainer imports it from here)
 from train.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 ORIGINAL = "original"  # name under which draws of the original pair are counted
 _NO_POOL = -1
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any parts (same on every platform, process and Python run)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 # ----------------------------------------------------------------------------- pools

@@ -73,8 +73,9 @@ class Gallery:
 
     @classmethod
     def from_source(cls, source_dataset, split: str | None = "test", limit: int | None = None,
-                    captions_per_image: int | None = None) -> "Gallery":
+                    captions_per_image: int | None = None, caption_preprocess: str | None = None) -> "Gallery":
         from augment.sources import select_split
+        from augment.words import preprocess_caption
 
         rows = select_split(source_dataset, split)
         if limit is not None:
@@ -82,7 +83,7 @@ class Gallery:
         captions, image_of_text, caption_index = [], [], []
         for image, image_captions in enumerate(rows["captions"]):
             kept = image_captions if captions_per_image is None else image_captions[:captions_per_image]
-            captions += kept
+            captions += [preprocess_caption(c, caption_preprocess) for c in kept]
             image_of_text += [image] * len(kept)
             caption_index += list(range(len(kept)))
         return cls(rows, captions, torch.tensor(image_of_text, dtype=torch.long), caption_index)
@@ -370,6 +371,7 @@ def evaluate(
     progress: bool = True,
     rerank_k: int = DEFAULT_RERANK_K,
     progress_dir: str | Path | None = None,
+    caption_preprocess: str | None = None,
 ) -> dict:
     """Retrieval metrics of `victim` on `split` of `source_dataset`, clean and under `attacks`.
 
@@ -381,7 +383,8 @@ def evaluate(
     attack's adversarial examples are written there as a pool (`save_adv/<attack>/`).
     `progress_dir`: a folder where every finished batch of every attack is kept
     (`BatchStore`); a killed evaluation called again with the same settings and folder skips
-    what is there and gives the same report as an uninterrupted one. Returns the
+    what is there and gives the same report as an uninterrupted one. `caption_preprocess`:
+    "none" or "pre_caption" (None: the protocol's choice, `attack_options["protocol"]`). Returns the
     dict `train eval` writes as eval.json:
     {"protocol", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
@@ -392,7 +395,11 @@ def evaluate(
     options = {"seed": seed, "text_batch": text_batch, **(attack_options or {})}
     built = build_attacks(list(attacks), attacker, options)
     built.pop("clean", None)  # clean numbers are always computed
-    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
+    if caption_preprocess is None:
+        from train.attacks import PROTOCOL_CHOICES
+
+        caption_preprocess = PROTOCOL_CHOICES[options.get("protocol") or "project"].caption_preprocess
+    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
     scorer = Scorer(victim, rerank_k, gallery.image_of_text, batch_size)
@@ -402,6 +409,7 @@ def evaluate(
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
         "options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
+        "caption_preprocess": caption_preprocess,
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
@@ -463,6 +471,7 @@ def evaluate(
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
             "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": scorer.rerank_k,
             "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+            "caption_preprocess": caption_preprocess,
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
         },
         "attacks": {name: results[name] for name in order},

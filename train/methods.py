@@ -182,5 +182,5 @@ def build_text_attack(victim, config: TrainConfig):
 
     if config.text_attack == "mlm":
         return BertAttack(victim, mlm=config.mlm, top_k=config.mlm_top_k, budget=config.word_budget,
-                          objective="contrastive")
-    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, objective="contrastive")
+                          loss="contrastive")
+    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, loss="contrastive")

@@ -7,7 +7,6 @@ skipping finished shards (resume), progress, the share of shards each process ta
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -15,16 +14,11 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from augment.pool import PoolWriter, make_row_id
+from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import select_split, source_fingerprint
 
 
 SHARD_WORKERS = 2  # at most this many processes decode shards ahead (see run_generation)
-
-
-def row_seed(base_seed: int, image_id: str, caption_index: int, k: int) -> int:
-    """A per-row seed that depends only on the row's identity, never on batching or process."""
-    digest = hashlib.sha256(f"{base_seed}|{image_id}|{caption_index}|{k}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 class Generator(ABC):

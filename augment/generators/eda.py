@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
 from augment.generators.base import Generator, row_seed
 from augment.wordnet import STOP_WORDS, require_wordnet, synonyms
+from augment.words import Chunk, is_word, keeps_case, match_case, split_chunk
 
 METHODS = ["eda"]
 OPS = ("sr", "ri", "rs", "rd")
@@ -46,27 +46,8 @@ WORDNET_OPS = ("sr", "ri")
 DEFAULT_ALPHA = 0.1
 MAX_ATTEMPTS = 10
 
-_CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
-# a word WordNet may know: letters, with inner hyphens or apostrophes
-_WORD = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
-
 
 # ----------------------------------------------------------------------------- caption form
-
-
-class Chunk(NamedTuple):
-    """A whitespace-separated piece of a caption: punctuation, a core word, punctuation.
-
-    (NamedTuples, not dataclasses: EDA builds millions of them and tuples are several times
-    cheaper to create.)
-    """
-
-    prefix: str
-    core: str
-    suffix: str
-
-    def with_core(self, core: str) -> "Chunk":
-        return Chunk(self.prefix, core, self.suffix)
 
 
 class Caption(NamedTuple):
@@ -82,15 +63,6 @@ class Caption(NamedTuple):
         return Caption(tuple(chunks), self.end, self.capitalised)
 
 
-def _keeps_case(word: str) -> bool:
-    """Words whose capitals are not sentence case: "I", acronyms like "NASA"."""
-    return word == "I" or (len(word) > 1 and word.isupper())
-
-
-def _split_chunk(piece: str) -> Chunk:
-    return Chunk(*_CHUNK.match(piece).groups())
-
-
 def parse_caption(text: str) -> Caption:
     """Split a caption; the first word is lowered out of sentence case (see `render_caption`)."""
     pieces = text.split()
@@ -102,10 +74,10 @@ def parse_caption(text: str) -> Caption:
             pieces[-1] = last
         else:
             pieces.pop()
-    chunks = [Chunk("", piece, "") if piece.isalnum() else _split_chunk(piece) for piece in pieces]
+    chunks = [split_chunk(piece) for piece in pieces]
     first = next((i for i, chunk in enumerate(chunks) if chunk.core), None)
     capitalised = first is not None and chunks[first].core[0].isupper()
-    if capitalised and not _keeps_case(chunks[first].core):
+    if capitalised and not keeps_case(chunks[first].core):
         core = chunks[first].core
         chunks[first] = chunks[first].with_core(core[0].lower() + core[1:])
     return Caption(tuple(chunks), end, capitalised)
@@ -124,15 +96,6 @@ def render_caption(caption: Caption) -> str:
 def normalised(text: str) -> str:
     """The form captions are deduplicated in: lower case, single spaces."""
     return " ".join(text.lower().split())
-
-
-def match_case(replacement: str, original: str) -> str:
-    """`replacement` in the case of the word it replaces (proper nouns keep their capitals)."""
-    if _keeps_case(original) and original != "I":
-        return replacement.upper()
-    if original[:1].isupper():
-        return replacement[:1].upper() + replacement[1:]
-    return replacement
 
 
 # ----------------------------------------------------------------------------- the operations
@@ -206,7 +169,7 @@ def _synonym_candidates(caption: Caption, synonyms_of: Callable[[str], list[str]
     slots = []
     for i in caption.word_slots():
         core = caption.chunks[i].core
-        if _WORD.match(core) and core.lower() not in STOP_WORDS and synonyms_of(core.lower()):
+        if is_word(core) and core.lower() not in STOP_WORDS and synonyms_of(core.lower()):
             slots.append(i)
     return slots
 

@@ -13,9 +13,13 @@ Every attack is a small class built on a victim model, with one call signature
   pairs (T == B, caption i belongs to image i). Evaluation passes every caption of every image;
   SGA uses it to find each image's caption set; the trainer passes multi-positive groups.
 
-Attacks maximise an objective: `"pair"` (default; push each image away from its own captions
-and vice versa, as the attack papers do) or `"contrastive"` (the batch's image-text InfoNCE loss
-with multi-positive targets, as MAT's inner maximisation does).
+Attacks maximise an attack loss (`loss=`): `"pair"` (default; push each image away from its
+own captions and vice versa, as the attack papers do) or `"contrastive"` (the batch's image-text
+InfoNCE loss with multi-positive targets, `train.losses.multi_positive_contrastive_loss`, as
+MAT's inner maximisation does).
+
+Victims: attacks use only `encode_image(pixels)`, `encode_text(list_of_str)`, `device` and
+`logit_scale` of the victim: any `models.base.VisionLanguageModel` (every family).
 """
 from __future__ import annotations
 
@@ -26,46 +30,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("pair", "contrastive")
-
-
-class ClipVictim:
-    """A CLIP model as attacks see it: [0,1] pixels and caption strings in, unit embeddings out."""
-
-    def __init__(self, model, tokenizer, mean: Sequence[float], std: Sequence[float], device: str | torch.device | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-
-    @classmethod
-    def from_bundle(cls, bundle) -> "ClipVictim":
-        """Wrap an `augment.registry.ClipBundle`."""
-        return cls(bundle.model, bundle.tokenizer, bundle.mean, bundle.std)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels - self.mean) / self.std
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = self.model.encode_image(self.normalize(pixels.to(self.device)))
-        return F.normalize(features, dim=-1)
-
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts)).to(self.device)
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.encode_tokens(self.tokenize(texts))
-
-    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(tokens), dim=-1)
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        scale = getattr(self.model, "logit_scale", None)
-        if scale is None:
-            return torch.tensor(100.0, device=self.device)
-        return scale.exp().detach()
+from train.attacks.settings import LOSSES
 
 
 @dataclass
@@ -90,29 +55,38 @@ def positives_matrix(image_of_text: torch.Tensor, num_images: int) -> torch.Tens
     return F.one_hot(image_of_text.cpu(), num_images).T.bool()
 
 
-def pair_objective(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor) -> torch.Tensor:
+def pair_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor) -> torch.Tensor:
     """Mean similarity of every true pair, negated: maximising it pulls pairs apart."""
     sims = (image_emb[image_of_text.to(image_emb.device)] * text_emb).sum(-1)
     return -sims.mean()
 
 
-def contrastive_objective(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor,
-                          logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE with multi-positive targets (captions of the same image are no negatives)."""
-    positives = positives_matrix(image_of_text, image_emb.shape[0]).to(image_emb.device).float()
-    logits = logit_scale * image_emb @ text_emb.T  # [B, T]
-    image_loss = -(positives * logits.log_softmax(dim=1)).sum(1) / positives.sum(1).clamp(min=1)
-    text_loss = -(positives.T * logits.T.log_softmax(dim=1)).sum(1)
-    has_caption = positives.sum(1) > 0
-    return 0.5 * (image_loss[has_caption].mean() + text_loss.mean())
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor,
+                     logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """The training loss (multi-positive InfoNCE) of a batch where caption t belongs to image `image_of_text[t]`."""
+    from train.losses import multi_positive_contrastive_loss
+
+    image_of_text = image_of_text.to(image_emb.device)
+    image_keys = torch.arange(image_emb.shape[0], device=image_emb.device)
+    return multi_positive_contrastive_loss(image_emb, text_emb, image_keys, image_of_text, logit_scale)
 
 
-def objective_fn(objective: str, logit_scale) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    if objective == "pair":
-        return pair_objective
-    if objective == "contrastive":
-        return lambda i, t, p: contrastive_objective(i, t, p, logit_scale)
-    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+def kl_to(reference_emb: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """[N] KL(softmax(reference) || softmax(emb)) over the embedding dimensions, row by row.
+
+    The reference codes' distance between embeddings (Co-Attack's image and text terms, the
+    BERT-Attack importance and candidate scores): `KLDivLoss(emb.log_softmax, reference.softmax)`.
+    """
+    target = reference_emb.float().log_softmax(dim=-1)
+    return (target.exp() * (target - emb.float().log_softmax(dim=-1))).sum(-1)
+
+
+def attack_loss_fn(loss: str, logit_scale) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss == "pair":
+        return pair_loss
+    if loss == "contrastive":
+        return lambda i, t, p: contrastive_loss(i, t, p, logit_scale)
+    raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
 
 
 class Attack(ABC):
@@ -121,11 +95,11 @@ class Attack(ABC):
     modality: str = ""  # "image", "text" or "multimodal"
     name: str = ""
 
-    def __init__(self, victim: ClipVictim, objective: str = "pair"):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    def __init__(self, victim, loss: str = "pair"):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
         self.victim = victim
-        self.objective = objective
+        self.loss = loss
 
     @abstractmethod
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
@@ -133,4 +107,14 @@ class Attack(ABC):
 
     def params(self) -> dict:
         """The attack's settings, for reports."""
-        return {"objective": self.objective}
+        return {"loss": self.loss}
+
+
+class NoAttack(Attack):
+    """The identity: clean images and captions (the `clean` row of an evaluation)."""
+
+    modality = "none"
+    name = "clean"
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        return AttackResult(images=images, texts=list(texts), info={})

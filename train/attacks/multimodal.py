@@ -3,22 +3,25 @@
 * `SepAttack`: PGD and the text attack run independently, each against the clean other modality.
 * `CoAttack` (Zhang et al. 2022): text first; then the image is pushed away both from its clean
   embedding and from the attacked captions: maximise
-  `(1 - cos(adv image, clean image)) + alpha * objective(adv image, attacked captions)`
-  (alpha = 3 for CLIP, the paper's setting). The paper's code measures both terms as KL
-  divergences between softmaxed embeddings; the cosine form here measures the same pushes in
-  CLIP's own similarity.
+  `(1 - cos(adv image, clean image)) + alpha * loss(adv image, attacked captions)`
+  (alpha = 3 for CLIP, the paper's setting), each image once against all its captions
+  (`mode="per-image"`). `mode="per-pair"` is the Co-Attack code: every (image, caption) pair
+  attacked on its own, both terms KL divergences between softmaxed embeddings, and each image's
+  LAST copy kept.
 * `SGA` (Set-level Guidance Attack, Lu et al. 2023): (1) the text is attacked against the mean
   embedding of a set of resized copies of the clean image (scales 0.5, 0.75, 1.25, 1.5, each
-  resized back to the model's resolution, plus the original); (2) the image is attacked against
-  the SET of attacked captions of that image (`image_of_text`), the objective summed over the
+  resized back to the model's resolution, plus the original; `first_guide="clean"`: the clean
+  image only, as the SGA code does); (2) the image is attacked against
+  the SET of attacked captions of that image (`image_of_text`), the loss summed over the
   resized copies of the adversarial image (Gaussian noise, std 0.05, added before resizing, as
-  in the public code); (3) the ORIGINAL captions are attacked again against the adversarial
+  in the public code; `views="torchvision"`: torchvision's Resize and no clamp after resizing
+  back, as the SGA code does); (3) the ORIGINAL captions are attacked again against the adversarial
   image (so the word budget still holds).
 
 The text part is guided as its `guide` says: "image" (default) scores captions against the
 image embeddings each step hands it (clean images for Sep/Co-Attack, the view set or the
-adversarial images for SGA); "text" is the original BERT-Attack criterion (move the caption
-embedding the most), which ignores them.
+adversarial images for SGA); "text" / "text-kl" move the caption embedding the most (the
+reference codes' BERT-Attack criterion is "text-kl"), ignoring them.
 
 All three take their parts as objects, `Cls(victim, image_attack=PGD(...), text_attack=BertAttack(...))`,
 and default to the papers' protocol (PGD eps 2/255, 10 steps of 0.5/255; BERT-Attack k 10,
@@ -31,8 +34,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from train.attacks.base import Attack, AttackResult, ClipVictim, default_pairing, objective_fn
-from train.attacks.pgd import PGD, pgd_linf
+from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
+from train.attacks.pgd import PGD
 from train.attacks.text import BertAttack, WordSubstitutionAttack, encode_images, encode_texts
 
 SGA_SCALES = (0.5, 0.75, 1.25, 1.5)
@@ -40,13 +43,21 @@ SGA_NOISE_STD = 0.05
 CO_ATTACK_ALPHA = 3.0
 
 
+VIEW_MODES = ("clamped", "torchvision")
+
+
 def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: float = 0.0,
-                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                  generator: torch.Generator | None = None, mode: str = "clamped") -> list[torch.Tensor]:
     """One view per scale: (images + noise) resized by `scale`, clamped to [0, 1], resized back.
 
-    Differentiable in `images` (bicubic interpolation), so PGD can optimise through the views.
+    `mode="clamped"` (project): torch bicubic interpolation, antialiased when shrinking, and the
+    view clamped to [0, 1] again after resizing back (bicubic overshoots). `mode="torchvision"`
+    (SGA code): torchvision's bicubic `Resize` (antialiased, its default since 0.17) both ways,
+    no clamp after resizing back. Differentiable in `images`, so PGD optimises through the views.
     """
-    size = images.shape[-2:]
+    if mode not in VIEW_MODES:
+        raise ValueError(f"unknown view mode {mode!r}; expected one of {VIEW_MODES}")
+    size = tuple(images.shape[-2:])
     views = []
     for scale in scales:
         view = images
@@ -55,6 +66,13 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
                                 device="cpu" if generator is None else generator.device)
             view = view + noise_std * noise.to(images.device, images.dtype)
         scaled_size = (max(1, int(scale * size[0])), max(1, int(scale * size[1])))
+        if mode == "torchvision":
+            from torchvision.transforms import InterpolationMode
+            from torchvision.transforms.functional import resize
+
+            view = resize(view, list(scaled_size), InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+            views.append(resize(view, list(size), InterpolationMode.BICUBIC, antialias=True))
+            continue
         view = F.interpolate(view, size=scaled_size, mode="bicubic", align_corners=False, antialias=scale < 1)
         view = F.interpolate(view.clamp(0, 1), size=size, mode="bicubic", align_corners=False, antialias=scale > 1)
         views.append(view.clamp(0, 1))
@@ -66,11 +84,11 @@ class MultimodalAttack(Attack):
 
     modality = "multimodal"
 
-    def __init__(self, victim: ClipVictim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
-                 objective: str = "pair"):
-        super().__init__(victim, objective)
-        self.image_attack = image_attack if image_attack is not None else PGD(victim, objective=objective)
-        self.text_attack = text_attack if text_attack is not None else BertAttack(victim, objective=objective)
+    def __init__(self, victim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
+                 loss: str = "pair"):
+        super().__init__(victim, loss)
+        self.image_attack = image_attack if image_attack is not None else PGD(victim, loss=loss)
+        self.text_attack = text_attack if text_attack is not None else BertAttack(victim, loss=loss)
 
     def params(self) -> dict:
         return {**super().params(), "image": self.image_attack.params(), "text": self.text_attack.params()}
@@ -83,8 +101,7 @@ class MultimodalAttack(Attack):
 
     def run_pgd(self, images: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """PGD with the image attack's budget and schedule, on a custom loss."""
-        pgd = self.image_attack
-        return pgd_linf(images, loss_fn, pgd.eps, pgd.steps, pgd.step_size, pgd.random_start, pgd.generator)
+        return self.image_attack.run(images, loss_fn)
 
     def result(self, images: torch.Tensor, adversarial_images: torch.Tensor, texts: list[str], changes: list) -> AttackResult:
         linf = float((adversarial_images - images).abs().max()) if len(images) else 0.0
@@ -92,46 +109,89 @@ class MultimodalAttack(Attack):
 
 
 class SepAttack(MultimodalAttack):
-    """PGD against the clean captions and the text attack against the clean images, independently."""
+    """The image attack against the clean captions and the text attack against the clean images, independently."""
 
     name = "sep"
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
-        clean_text_emb = self.encode_texts(list(texts))
+        clean_text_emb = self.encode_texts(list(texts)) if self.image_attack.loss != "image-kl" else None
         adversarial_images = self.image_attack.perturb(images, clean_text_emb, pairing)
-        clean_image_emb = self.encode_images(images)
+        clean_image_emb = self.encode_images(images) if self.text_attack.needs_image else None
         adversarial_texts, changes = self.text_attack.perturb(texts, clean_image_emb, pairing)
         return self.result(images, adversarial_images, adversarial_texts, changes)
 
 
+CO_ATTACK_MODES = ("per-image", "per-pair")
+
+
 class CoAttack(MultimodalAttack):
-    """Text first, then the image away from its clean embedding and from the attacked captions."""
+    """Text first, then the image away from its clean embedding and from the attacked captions.
+
+    `mode="per-image"` (project): each image once, against all its attacked captions,
+    `(1 - cos(adv, clean image)) + alpha * loss(adv, attacked captions)`. `mode="per-pair"`
+    (Co-Attack code): each (image, caption) pair attacked on its own with
+    `KL(clean image || adv) + alpha * KL(attacked caption || adv)` over softmaxed embeddings; an
+    image with several captions is attacked once per caption and its last copy is returned.
+    """
 
     name = "co-attack"
 
-    def __init__(self, victim: ClipVictim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
-                 alpha: float = CO_ATTACK_ALPHA, objective: str = "pair"):
-        super().__init__(victim, image_attack, text_attack, objective)
-        self.alpha = alpha
+    def __init__(self, victim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
+                 alpha: float = CO_ATTACK_ALPHA, loss: str = "pair", mode: str = "per-image"):
+        super().__init__(victim, image_attack, text_attack, loss)
+        if mode not in CO_ATTACK_MODES:
+            raise ValueError(f"unknown Co-Attack mode {mode!r}; expected one of {CO_ATTACK_MODES}")
+        self.alpha, self.mode = alpha, mode
 
     def params(self) -> dict:
-        return {**super().params(), "alpha": self.alpha}
+        return {**super().params(), "alpha": self.alpha, "mode": self.mode}
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
         clean_image_emb = self.encode_images(images)
-        adversarial_texts, changes = self.text_attack.perturb(texts, clean_image_emb, pairing)
+        guide = clean_image_emb if self.text_attack.needs_image else None
+        adversarial_texts, changes = self.text_attack.perturb(texts, guide, pairing)
         attacked_text_emb = self.encode_texts(adversarial_texts)
-        objective = objective_fn(self.objective, self.victim.logit_scale)
+        if self.mode == "per-pair":
+            return self.result(images, self._per_pair(images, pairing, clean_image_emb, attacked_text_emb),
+                               adversarial_texts, changes)
+        loss_fn = attack_loss_fn(self.loss, self.victim.logit_scale)
+
+        # sums, not means, for "pair": an image's gradient is then the same in any batch (means
+        # would weigh the two terms by 1/images and 1/captions, whose rounding flips near-zero signs)
+        scale = len(pairing) if self.loss == "pair" else len(images)
 
         def loss(adversarial: torch.Tensor) -> torch.Tensor:
             embedding = self.victim.encode_image(adversarial)
-            away_from_clean = (1 - (embedding * clean_image_emb).sum(-1)).mean()
-            return away_from_clean + self.alpha * objective(embedding, attacked_text_emb, pairing)
+            away_from_clean = (1 - (embedding * clean_image_emb).sum(-1)).sum()
+            return away_from_clean + self.alpha * scale * loss_fn(embedding, attacked_text_emb, pairing)
 
-        adversarial_images = self.run_pgd(images, loss)
-        return self.result(images, adversarial_images, adversarial_texts, changes)
+        return self.result(images, self.run_pgd(images, loss), adversarial_texts, changes)
+
+    def _per_pair(self, images: torch.Tensor, pairing: torch.Tensor, clean_image_emb: torch.Tensor,
+                  attacked_text_emb: torch.Tensor) -> torch.Tensor:
+        """One attacked copy of its image per caption, all in one batch; each image's last copy.
+
+        The pairs are independent (each copy's loss depends on it alone), so one batch gives the
+        copies the reference attacks batch by batch; images without a caption stay clean.
+        """
+        if len(pairing) == 0:
+            return images.clone()
+        index = pairing.to(images.device)
+        copies, clean = images[index], clean_image_emb[index]
+
+        def loss(adversarial: torch.Tensor) -> torch.Tensor:
+            embedding = self.victim.encode_image(adversarial)
+            return (kl_to(clean, embedding) + self.alpha * kl_to(attacked_text_emb, embedding)).mean()
+
+        attacked = self.run_pgd(copies, loss)
+        out = images.clone()
+        last = torch.zeros(len(images), dtype=torch.long).scatter_reduce(
+            0, pairing.cpu(), torch.arange(len(pairing)), "amax", include_self=False)
+        has_caption = torch.bincount(pairing.cpu(), minlength=len(images)) > 0
+        out[has_caption.to(images.device)] = attacked[last[has_caption].to(images.device)]
+        return out
 
 
 class SGA(MultimodalAttack):
@@ -139,41 +199,53 @@ class SGA(MultimodalAttack):
 
     name = "sga"
 
-    def __init__(self, victim: ClipVictim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
-                 scales: Sequence[float] = SGA_SCALES, noise_std: float = SGA_NOISE_STD, objective: str = "pair"):
-        super().__init__(victim, image_attack, text_attack, objective)
+    def __init__(self, victim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
+                 scales: Sequence[float] = SGA_SCALES, noise_std: float = SGA_NOISE_STD, loss: str = "pair",
+                 first_guide: str = "views", views: str = "clamped"):
+        super().__init__(victim, image_attack, text_attack, loss)
+        if first_guide not in ("views", "clean"):
+            raise ValueError(f"unknown SGA first guide {first_guide!r}; expected views or clean")
+        if views not in VIEW_MODES:
+            raise ValueError(f"unknown view mode {views!r}; expected one of {VIEW_MODES}")
         self.scales, self.noise_std = tuple(float(s) for s in scales), noise_std
+        self.first_guide, self.views = first_guide, views
 
     def params(self) -> dict:
-        return {**super().params(), "scales": list(self.scales), "noise_std": self.noise_std}
+        return {**super().params(), "scales": list(self.scales), "noise_std": self.noise_std,
+                "first_guide": self.first_guide, "views": self.views}
 
     def image_set_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean embedding of the image and its resized copies: the text step's guide.
+        """The first text step's guide: the clean image's embedding (`first_guide="clean"`) or the
+        mean embedding of the image and its resized copies ("views").
 
         The mean of cosines to a set equals the cosine to the (unnormalised) mean embedding, so
         guiding by the mean scores every caption against the whole set.
         """
-        views = [images, *resized_views(images, self.scales)]
+        if self.first_guide == "clean":
+            return self.encode_images(images)
+        views = [images, *resized_views(images, self.scales, mode=self.views)]
         return torch.stack([self.encode_images(view) for view in views]).mean(0)
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
         texts = list(texts)
-        # (1) captions against the set of image views
+        # (1) captions against the image (or the set of its views)
         with torch.no_grad():
             guide = self.image_set_embedding(images)
-        first_texts, _ = self.text_attack.perturb(texts, guide, pairing)
+        prepared = self.text_attack.prepare(texts) if self.text_attack.budget > 0 and texts else None
+        first_texts, _ = self.text_attack.perturb(texts, guide, pairing, prepared=prepared)
         caption_set_emb = self.encode_texts(first_texts)
         # (2) image views against the set of attacked captions of each image
-        objective = objective_fn(self.objective, self.victim.logit_scale)
+        loss_fn = attack_loss_fn(self.loss, self.victim.logit_scale)
         generator = self.image_attack.generator
 
         def loss(adversarial: torch.Tensor) -> torch.Tensor:
-            views = [adversarial, *resized_views(adversarial, self.scales, self.noise_std, generator)]
+            views = [adversarial, *resized_views(adversarial, self.scales, self.noise_std, generator, self.views)]
             embeddings = self.victim.encode_image(torch.cat(views)).split(len(adversarial))
-            return sum(objective(embedding, caption_set_emb, pairing) for embedding in embeddings)
+            return sum(loss_fn(embedding, caption_set_emb, pairing) for embedding in embeddings)
 
         adversarial_images = self.run_pgd(images, loss)
         # (3) the original captions against the adversarial images
-        adversarial_texts, changes = self.text_attack.perturb(texts, self.encode_images(adversarial_images), pairing)
+        adversarial_texts, changes = self.text_attack.perturb(texts, self.encode_images(adversarial_images), pairing,
+                                                              prepared=prepared)
         return self.result(images, adversarial_images, adversarial_texts, changes)

@@ -1,151 +1,189 @@
 """Word-substitution text attacks (BERT-Attack style), batched over captions and candidates.
 
-One attack, two sources of substitute words:
+One attack, three sources of substitute words:
 
-* `BertAttack`: a masked language model's top-k predictions at each word (Li et al. 2020, as used
-  by Co-Attack and SGA): any transformers masked LM (`augment.registry.load_mlm` names, e.g.
-  `bert-base-uncased` or the offline `tiny-mlm`).
-* `SynonymAttack`: WordNet synonyms (`augment.wordnet.synonyms`).
+* `MaskedLMSubstitutes` (`BertAttack`): a masked language model's top-k predictions at each word
+  (Li et al. 2020, as used by Co-Attack and SGA): any transformers masked LM
+  (`augment.registry.load_mlm` names, e.g. `bert-base-uncased` or the offline `tiny-mlm`).
+* `ReferenceMLMSubstitutes`: the same predictions read the way the reference codes read them
+  (`--protocol sga|co-attack`, see README "Protocols").
+* `WordNetSubstitutes` (`SynonymAttack`): WordNet synonyms (`augment.wordnet.synonyms`).
 
 Algorithm, for every caption of the batch at once:
 
-1. Split the caption into whitespace tokens; a token's punctuation stays attached to it
-   (`"dog,"` -> prefix `""`, word `"dog"`, suffix `","`). Stop words, non-alphabetic words and
-   words past `max_length` (MLM tokens, or words for WordNet) are never replaced.
-2. Substitutes: the source's top-k words for each position; sub-word pieces (`##ing`), special
-   tokens, stop words, the word itself and multi-word phrases are dropped.
+1. Split the caption into whitespace chunks (`augment.words.split_chunk`): punctuation stays
+   attached (`"dog,"` -> word `"dog"` + `","`). Stop words, non-alphabetic words and words past
+   `max_length` (MLM tokens, or words for WordNet) are never replaced.
+2. Substitutes: the source's top-k words for each position; pieces (`##ing`), special tokens,
+   stop words and the word itself are dropped. A word the MLM splits into several pieces gets,
+   as in BERT-Attack, the combinations of its pieces' top-4 predictions (the first 24, over at
+   most 12 pieces) ranked by the MLM's perplexity of the combination (`pieces="combine"`), or
+   the first piece's predictions (`pieces="first"`).
 3. Importance: each replaceable word is masked (`[UNK]`, as in the papers' code) and the masked
-   caption encoded; importance = 1 - cos(masked, clean) embedding, i.e. how far masking the word
-   moves the caption embedding.
+   caption encoded; importance = how far that moves the caption embedding: 1 - cos
+   (`importance="cosine"`) or the reference codes' KL divergence between softmaxed embeddings
+   (`importance="kl"`).
 4. Greedy rounds, as BERT-Attack: in each round every caption still under its word budget tries
    its next most important position (`words_per_round` of them): every substitute there is
    scored, the best one is kept if it beats the current caption. All candidates of all captions
-   of a round are encoded in one chunked `encode_text` pass (`text_batch` texts per forward).
+   of a round are encoded in one chunked pass (`text_batch` texts per forward).
 
 Score to maximise (`guide`):
 
-* `"image"` (default): the attack objective against fixed image embeddings: with `"pair"`, the
+* `"image"` (default): the attack loss against fixed image embeddings: with `"pair"`, the
   negated similarity of the caption to its image (the SGA text attack); with `"contrastive"`,
-  the batch's InfoNCE loss with only this caption replaced (exact, see `substitution_objective`).
-* `"text"`: 1 - cos(candidate, clean caption): moves the embedding the most (the original
-  BERT-Attack criterion used by Co-Attack); needs no image.
+  the batch's InfoNCE loss with only this caption replaced (exact, see `substitution_loss`).
+* `"text"`: 1 - cos(candidate, clean caption): moves the embedding the most; needs no image.
+* `"text-kl"`: KL(softmax(clean caption) || softmax(candidate)): the reference codes' BERT-Attack
+  criterion (Co-Attack's code, SGA's `TextAttacker.attack`); needs no image.
 """
 from __future__ import annotations
 
-import re
-from abc import ABC, abstractmethod
+import itertools
+from abc import ABC
 from dataclasses import dataclass
-from typing import Sequence
+from typing import AbstractSet, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from augment.wordnet import STOP_WORDS
-from train.attacks.base import Attack, AttackResult, ClipVictim, default_pairing, positives_matrix
+from augment.words import Chunk, is_word, split_chunk
+from train.attacks.base import Attack, AttackResult, default_pairing, kl_to, positives_matrix
 
 MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
-GUIDES = ("image", "text")
+GUIDES = ("image", "text", "text-kl")
+IMPORTANCES = ("cosine", "kl")
 DEFAULT_TEXT_BATCH = 256
-
-# leading punctuation, the word (letters, digits, inner ' and -), trailing punctuation
-_TOKEN_PARTS = re.compile(r"^([^\w]*)(.*?)([^\w]*)$", re.DOTALL)
-_REPLACEABLE = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
+# BERT-Attack's limits on a multi-piece word: pieces read, predictions per piece, combinations kept
+MAX_PIECES, PIECE_TOP_K, MAX_COMBINATIONS = 12, 4, 24
+REFERENCE_LOGIT_THRESHOLD = 0.3  # the reference codes' raw-logit floor for single-piece substitutes
 
 
 # ----------------------------------------------------------------------------- words
 
 
-@dataclass(frozen=True)
-class Token:
-    """A whitespace token split into punctuation and the word proper."""
-
-    prefix: str
-    word: str
-    suffix: str
-
-    @classmethod
-    def parse(cls, token: str) -> "Token":
-        prefix, word, suffix = _TOKEN_PARTS.match(token).groups()
-        if word[-2:].lower() == "'s" and len(word) > 2:  # a possessive stays with the token: man's -> woman's
-            word, suffix = word[:-2], word[-2:] + suffix
-        return cls(prefix, word, suffix)
-
-    @property
-    def replaceable(self) -> bool:
-        return bool(_REPLACEABLE.match(self.word)) and self.word.lower() not in STOP_WORDS
-
-    def replaced_by(self, substitute: str) -> str:
-        """The token with its word replaced, the punctuation kept and the case matched."""
-        if self.word.isupper() and len(self.word) > 1:
-            substitute = substitute.upper()
-        elif self.word[:1].isupper():
-            substitute = substitute[:1].upper() + substitute[1:]
-        return f"{self.prefix}{substitute}{self.suffix}"
-
-    def masked(self) -> str:
-        return f"{self.prefix}{MASK_WORD}{self.suffix}"
-
-
-def acceptable_substitute(substitute: str, original: str) -> bool:
+def acceptable_substitute(substitute: str, original: str, stop_words: AbstractSet[str] = STOP_WORDS) -> bool:
     """A single alphabetic non-stop word different from the original."""
-    return (
-        bool(_REPLACEABLE.match(substitute))
-        and substitute.lower() != original.lower()
-        and substitute.lower() not in STOP_WORDS
-    )
+    return is_word(substitute) and substitute.lower() != original.lower() and substitute.lower() not in stop_words
 
 
 # ----------------------------------------------------------------------------- substitute sources
 
 
 class SubstituteSource(ABC):
-    """Candidate words for every replaceable position of every caption."""
+    """Candidate words for every replaceable position of every caption, and how captions are split."""
 
     name = ""
+    stop_words: AbstractSet[str] = STOP_WORDS
 
-    @abstractmethod
-    def substitutes(self, captions: list[list[Token]]) -> list[dict[int, list[str]]]:
-        """Per caption: {token position: substitute words, best first}; positions without any left out."""
+    def split(self, text: str) -> list[str]:
+        return text.split()
+
+    def chunk(self, word: str) -> Chunk:
+        return split_chunk(word, possessive=True)
+
+    def replaceable(self, chunk: Chunk) -> bool:
+        return chunk.replaceable(self.stop_words)
+
+    def replacement(self, chunk: Chunk, substitute: str) -> str:
+        """The whitespace token that replaces `chunk` (punctuation kept, case matched)."""
+        return chunk.replaced_by(substitute)
+
+    def masked(self, chunk: Chunk) -> str:
+        return f"{chunk.prefix}{MASK_WORD}{chunk.suffix}"
+
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        """Per caption: {chunk position: substitute words, best first}; positions without any left out."""
+        raise NotImplementedError
 
     def params(self) -> dict:
         return {"source": self.name}
 
 
-class MaskedLMSubstitutes(SubstituteSource):
-    """The masked LM's top-k predictions at each word's (first) sub-word token.
+def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop_ids: set[int] | None = None) -> list[list[str]]:
+    """Substitutes of multi-piece words, as BERT-Attack builds them.
 
-    As in BERT-Attack, the MLM reads the unmasked caption. A word the MLM splits into several
-    pieces gets the predictions of its first piece; pieces, special tokens and stop words among
-    the top k are dropped (so a position may get fewer than k substitutes).
+    `piece_predictions[w]`: [pieces, k] top predicted ids at each piece of word w. The first
+    `MAX_PIECES` pieces' top `PIECE_TOP_K` ids are combined (every combination, in order), the
+    first `MAX_COMBINATIONS` kept, and ranked by the MLM's perplexity of the combination read
+    alone (exp of the mean cross entropy of each piece); returned as strings, lowest perplexity
+    first. `drop_ids` (special tokens): combinations holding one are left out. All words with the
+    same number of pieces share one MLM forward pass (the reference code runs one per word).
+    """
+    combos_of: list[torch.Tensor] = []
+    for predictions in piece_predictions:
+        rows = predictions[:MAX_PIECES, :PIECE_TOP_K].tolist()
+        combos = list(itertools.islice(itertools.product(*rows), MAX_COMBINATIONS))
+        if drop_ids:
+            combos = [c for c in combos if not drop_ids.intersection(c)]
+        combos_of.append(torch.tensor(combos, dtype=torch.long).view(len(combos), len(rows)))
+    out: list[list[str]] = [[] for _ in piece_predictions]
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for index, combos in enumerate(combos_of):
+        if len(combos):
+            by_length.setdefault(combos.shape[1], []).append(index)
+    for length, words in by_length.items():
+        ids = torch.cat([combos_of[w] for w in words]).to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits  # [N, L, vocab]
+        entropy = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1), reduction="none")
+        perplexity = entropy.view(-1, length).mean(-1).exp().cpu()
+        start = 0
+        for w in words:
+            count = len(combos_of[w])
+            order = torch.sort(perplexity[start:start + count], stable=True).indices.tolist()
+            out[w] = [tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(combos_of[w][i].tolist())).strip()
+                      for i in order]
+            start += count
+    return out
+
+
+class MaskedLMSubstitutes(SubstituteSource):
+    """The masked LM's top-k predictions at each word (the project's reading).
+
+    As in BERT-Attack, the MLM reads the unmasked caption; punctuation is passed to it as words of
+    its own. Pieces, special tokens and stop words among the top k are dropped (so a position may
+    get fewer than k substitutes). Multi-piece words: see `combine_pieces` (`pieces="combine"`),
+    or the first piece's predictions (`pieces="first"`).
     """
 
     name = "mlm"
 
-    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = 32, model_id: str | None = None):
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = 32,
+                 model_id: str | None = None, pieces: str = "combine"):
+        if pieces not in ("combine", "first"):
+            raise ValueError(f"unknown piece mode {pieces!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.top_k, self.batch_size = top_k, batch_size
+        self.top_k, self.batch_size, self.pieces = top_k, batch_size, pieces
         limit = min(getattr(model.config, "max_position_embeddings", max_length), tokenizer.model_max_length or max_length)
         self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
         self.model_id = model_id
         self._special_ids = set(tokenizer.all_special_ids)
 
-    def params(self) -> dict:
-        return {**super().params(), "mlm": self.model_id, "top_k": self.top_k, "max_length": self.max_length}
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-    def _pieces(self, caption: list[Token]) -> tuple[list[str], dict[int, int]]:
-        """Words for the MLM tokenizer (punctuation as its own word) and token position -> piece index."""
-        pieces: list[str] = []
-        word_piece: dict[int, int] = {}
-        for position, token in enumerate(caption):
-            if token.prefix:
-                pieces.append(token.prefix)
-            if token.word:
-                if token.replaceable:
-                    word_piece[position] = len(pieces)
-                pieces.append(token.word)
-            if token.suffix:
-                pieces.append(token.suffix)
-        return pieces, word_piece
+    def params(self) -> dict:
+        return {**super().params(), "mlm": self.model_id, "top_k": self.top_k, "max_length": self.max_length,
+                "pieces": self.pieces}
+
+    def _words_for_mlm(self, caption: list[Chunk]) -> tuple[list[str], dict[int, int]]:
+        """Words for the MLM tokenizer (punctuation as its own word) and chunk position -> word index."""
+        words: list[str] = []
+        word_of: dict[int, int] = {}
+        for position, chunk in enumerate(caption):
+            if chunk.prefix:
+                words.append(chunk.prefix)
+            if chunk.core:
+                if self.replaceable(chunk):
+                    word_of[position] = len(words)
+                words.append(chunk.core)
+            if chunk.suffix:
+                words.append(chunk.suffix)
+        return words, word_of
 
     def _decode(self, token_id: int) -> str | None:
         if token_id in self._special_ids:
@@ -155,35 +193,147 @@ class MaskedLMSubstitutes(SubstituteSource):
             return None
         return self.tokenizer.convert_tokens_to_string([piece]).strip()
 
+    def _keep(self, words: list[str | None], original: str) -> list[str]:
+        return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
+
     @torch.no_grad()
-    def substitutes(self, captions: list[list[Token]]) -> list[dict[int, list[str]]]:
-        device = next(self.model.parameters()).device
-        found: list[dict[int, list[str]]] = []
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        found: list[dict[int, list[str]]] = [{} for _ in captions]
+        combine: list[tuple[int, int, torch.Tensor]] = []  # (caption, position, [pieces, k] ids)
         for start in range(0, len(captions), self.batch_size):
             chunk = captions[start:start + self.batch_size]
-            split = [self._pieces(caption) for caption in chunk]
+            split = [self._words_for_mlm(caption) for caption in chunk]
             encoded = self.tokenizer(
-                [pieces or [""] for pieces, _ in split], is_split_into_words=True, truncation=True,
+                [words or [""] for words, _ in split], is_split_into_words=True, truncation=True,
                 max_length=self.max_length, padding=True, return_tensors="pt",
-            ).to(device)
-            logits = self.model(**encoded).logits  # [chunk, seq, vocab]
-            for row, (caption, (_, word_piece)) in enumerate(zip(chunk, split)):
-                first_token: dict[int, int] = {}
-                for token_index, piece_index in enumerate(encoded.word_ids(row)):
-                    if piece_index is not None and piece_index not in first_token:
-                        first_token[piece_index] = token_index
+            ).to(self.device)
+            top_ids = self.model(**encoded).logits.topk(self.top_k, dim=-1).indices.cpu()  # [chunk, seq, k]
+            for row, (caption, (_, word_of)) in enumerate(zip(chunk, split)):
+                tokens_of: dict[int, list[int]] = {}
+                for token_index, word_index in enumerate(encoded.word_ids(row)):
+                    if word_index is not None:
+                        tokens_of.setdefault(word_index, []).append(token_index)
                 # words truncated away by max_length have no token, hence no substitutes
-                positions = [p for p, piece in word_piece.items() if piece in first_token]
-                per_position: dict[int, list[str]] = {}
-                if positions:
-                    token_rows = torch.tensor([first_token[word_piece[p]] for p in positions], device=device)
-                    top_ids = logits[row, token_rows].topk(self.top_k, dim=-1).indices.tolist()
-                    for position, ids in zip(positions, top_ids):
-                        words = [self._decode(i) for i in ids]
-                        kept = [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, caption[position].word)]
-                        if kept:
-                            per_position[position] = kept
-                found.append(per_position)
+                for position, word_index in word_of.items():
+                    tokens = tokens_of.get(word_index)
+                    if not tokens:
+                        continue
+                    if len(tokens) > 1 and self.pieces == "combine":
+                        combine.append((start + row, position, top_ids[row, tokens]))
+                        continue
+                    kept = self._keep([self._decode(i) for i in top_ids[row, tokens[0]].tolist()], caption[position].core)
+                    if kept:
+                        found[start + row][position] = kept
+        if combine:
+            combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], self._special_ids)
+            for (index, position, _), words in zip(combine, combined):
+                kept = self._keep(words, captions[index][position].core)
+                if kept:
+                    found[index][position] = kept
+        return found
+
+
+class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
+    """The masked LM's substitutes read as the reference codes (SGA, Co-Attack) read them.
+
+    Captions split on single spaces, punctuation stays inside the word and a substitute replaces
+    the whole word as predicted (no case matching); the MLM reads the caption text padded to
+    `max_length`; a word's pieces are found by tokenizing the word alone; a word whose first
+    piece lies past the truncation is skipped; substitutes are filtered by the reference's word
+    list (`REFERENCE_FILTER_WORDS`), by "##" and by equality with the word, nothing else.
+    Single-piece words take the top-k predictions; multi-piece words `combine_pieces`.
+
+    `reference_bugs=True` brings back the reference's bugs (fixed otherwise): predictions read
+    one position early (no [CLS] offset), special tokens accepted, and single-piece substitutes
+    cut at the first raw logit below 0.3.
+    """
+
+    name = "mlm-reference"
+
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = 32,
+                 model_id: str | None = None, reference_bugs: bool = False):
+        super().__init__(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=batch_size,
+                         model_id=model_id, pieces="combine")
+        from train.attacks.protocols import REFERENCE_FILTER_WORDS
+
+        self.stop_words = REFERENCE_FILTER_WORDS
+        self.reference_bugs = reference_bugs
+
+    def params(self) -> dict:
+        return {**super().params(), "reading": "reference", "reference_bugs": self.reference_bugs}
+
+    def split(self, text: str) -> list[str]:
+        return text.split(" ")
+
+    def chunk(self, word: str) -> Chunk:
+        return Chunk("", word, "")
+
+    def replaceable(self, chunk: Chunk) -> bool:
+        return chunk.core not in self.stop_words
+
+    def replacement(self, chunk: Chunk, substitute: str) -> str:
+        return substitute
+
+    def masked(self, chunk: Chunk) -> str:
+        return MASK_WORD
+
+    def _word_spans(self, words: list[str]) -> list[tuple[int, int]]:
+        """Each word's pieces [start, end) counted from 0 (without [CLS]), as the reference counts them."""
+        spans, index = [], 0
+        for word in words:
+            count = len(self.tokenizer.tokenize(word))
+            spans.append((index, index + count))
+            index += count
+        return spans
+
+    def _single(self, ids: list[int], scores: list[float]) -> list[str]:
+        words = []
+        for token_id, score in zip(ids, scores):
+            if self.reference_bugs and score < REFERENCE_LOGIT_THRESHOLD:
+                break
+            if not self.reference_bugs and token_id in self._special_ids:
+                continue
+            words.append(self.tokenizer.convert_ids_to_tokens(token_id))
+        return words
+
+    def _keep(self, words: list[str | None], original: str) -> list[str]:
+        return [w for w in dict.fromkeys(words) if w and w != original and "##" not in w and w not in self.stop_words]
+
+    @torch.no_grad()
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        found: list[dict[int, list[str]]] = [{} for _ in captions]
+        combine: list[tuple[int, int, torch.Tensor]] = []
+        offset = 0 if self.reference_bugs else 1  # [CLS] comes first
+        last_row = self.max_length if self.reference_bugs else self.max_length - 1  # fixed: never read [SEP]
+        for start in range(0, len(captions), self.batch_size):
+            chunk = captions[start:start + self.batch_size]
+            texts = [" ".join(c.core for c in caption) for caption in chunk]
+            encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                     return_tensors="pt").to(self.device)
+            logits = self.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+            top_scores, top_ids = (t.cpu() for t in logits.topk(self.top_k, dim=-1))
+            for row, caption in enumerate(chunk):
+                words = [c.core for c in caption]
+                for position, (first, end) in enumerate(self._word_spans(words)):
+                    if not self.replaceable(caption[position]) or first + offset > self.max_length - 2:
+                        continue
+                    rows = slice(first + offset, min(end + offset, last_row))
+                    ids, scores = top_ids[row, rows], top_scores[row, rows]
+                    if len(ids) == 0:
+                        continue
+                    if len(ids) > 1:
+                        combine.append((start + row, position, ids))
+                        continue
+                    kept = self._keep(self._single(ids[0].tolist(), scores[0].tolist()), words[position])
+                    if kept:
+                        found[start + row][position] = kept
+        if combine:
+            drop = None if self.reference_bugs else self._special_ids
+            combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop)
+            for (index, position, _), words in zip(combine, combined):
+                kept = self._keep(words, captions[index][position].core)
+                if kept:
+                    found[index][position] = kept
         return found
 
 
@@ -201,16 +351,16 @@ class WordNetSubstitutes(SubstituteSource):
     def params(self) -> dict:
         return {**super().params(), "top_k": self.top_k, "max_length_words": self.max_length, "pos": self.pos}
 
-    def substitutes(self, captions: list[list[Token]]) -> list[dict[int, list[str]]]:
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
         from augment.wordnet import synonyms
 
         found = []
         for caption in captions:
             per_position = {}
-            for position, token in enumerate(caption[: self.max_length]):
-                if not token.replaceable:
+            for position, chunk in enumerate(caption[: self.max_length]):
+                if not self.replaceable(chunk):
                     continue
-                kept = [w for w in synonyms(token.word, self.pos) if acceptable_substitute(w, token.word)][: self.top_k]
+                kept = [w for w in synonyms(chunk.core, self.pos) if acceptable_substitute(w, chunk.core)][: self.top_k]
                 if kept:
                     per_position[position] = kept
             found.append(per_position)
@@ -221,16 +371,24 @@ class WordNetSubstitutes(SubstituteSource):
 
 
 @torch.no_grad()
-def encode_texts(victim: ClipVictim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> torch.Tensor:
-    """Unit caption embeddings [len(texts), D], `batch_size` captions per forward pass, no gradients."""
+def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> torch.Tensor:
+    """Unit caption embeddings [len(texts), D], `batch_size` captions per forward pass, no gradients.
+
+    Each distinct text is encoded once, and texts go to the encoder sorted by length, so a
+    forward pass holds texts of similar length (less padding where the victim trims it).
+    """
+    texts = list(texts)
     if not texts:
         return torch.empty(0, 0, device=victim.device)
-    chunks = [victim.encode_text(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    return torch.cat(chunks)
+    unique = list(dict.fromkeys(texts))
+    unique.sort(key=len)
+    embeddings = torch.cat([victim.encode_text(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
+    row = {text: index for index, text in enumerate(unique)}
+    return embeddings[torch.tensor([row[text] for text in texts], device=embeddings.device)]
 
 
 @torch.no_grad()
-def encode_images(victim: ClipVictim, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def encode_images(victim, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Unit image embeddings of [0, 1] pixels, `batch_size` images per forward pass, no gradients."""
     return torch.cat([victim.encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
@@ -243,25 +401,26 @@ def _leave_one_out_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(prefix, suffix)
 
 
-def substitution_objective(candidate_emb: torch.Tensor, caption_of_candidate: torch.Tensor, image_emb: torch.Tensor,
-                           text_emb: torch.Tensor, image_of_text: torch.Tensor, objective: str,
-                           logit_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """[C] attack objective after replacing caption `caption_of_candidate[c]` by candidate c alone.
+def substitution_loss(candidate_emb: torch.Tensor, caption_of_candidate: torch.Tensor, image_emb: torch.Tensor,
+                      text_emb: torch.Tensor, image_of_text: torch.Tensor, loss: str,
+                      logit_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """[C] attack loss after replacing caption `caption_of_candidate[c]` by candidate c alone.
 
     "pair": only the replaced caption's term changes, so the score is its negated similarity to
-    its image. "contrastive": `base.contrastive_objective` of the whole batch with that one
-    column replaced, computed for all candidates at once.
+    its image. "contrastive": `base.contrastive_loss` of the whole batch with that one column
+    replaced, computed for all candidates at once.
     """
     image_of_text = image_of_text.to(candidate_emb.device)
     own_image = image_of_text[caption_of_candidate]
-    if objective == "pair":
+    if loss == "pair":
         return -(candidate_emb * image_emb[own_image]).sum(-1)
-    if objective != "contrastive":
-        raise ValueError(f"unknown objective {objective!r}")
+    if loss != "contrastive":
+        raise ValueError(f"unknown attack loss {loss!r}")
+    candidate_emb, image_emb, text_emb = candidate_emb.float(), image_emb.float(), text_emb.float()
     num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
     positives = positives_matrix(image_of_text, num_images).to(candidate_emb.device).float()  # [B, T]
     captions_per_image = positives.sum(1)
-    has_caption = captions_per_image > 0
+    has_caption = (captions_per_image > 0).float()
     logits = logit_scale * image_emb @ text_emb.T  # [B, T]
     candidate_logits = logit_scale * candidate_emb @ image_emb.T  # [C, B]
     # caption -> image terms: the replaced caption's term changes, the others stay
@@ -276,7 +435,7 @@ def substitution_objective(candidate_emb: torch.Tensor, caption_of_candidate: to
     own = F.one_hot(own_image, num_images).float()  # [C, B]
     positive_mean = (positive_sum + own * (candidate_logits - replaced_logit)) / captions_per_image.clamp(min=1)
     image_terms = normaliser - positive_mean  # [C, B]
-    image_loss = image_terms[:, has_caption].mean(dim=1)
+    image_loss = (image_terms * has_caption).sum(dim=1) / num_images  # images without a caption add nothing
     return 0.5 * (image_loss + text_loss)
 
 
@@ -287,7 +446,7 @@ def substitution_objective(candidate_emb: torch.Tensor, caption_of_candidate: to
 class _CaptionState:
     """One caption during the greedy search."""
 
-    tokens: list[Token]
+    chunks: list[Chunk]
     order: list[int]  # replaceable positions with substitutes, most important first
     current: list[str]  # the caption's whitespace tokens as they stand
     changes: list[dict]
@@ -310,26 +469,35 @@ class WordSubstitutionAttack(Attack):
     modality = "text"
     name = "word-substitution"
 
-    def __init__(self, victim: ClipVictim, substitutes: SubstituteSource, budget: int = 1, guide: str = "image",
-                 words_per_round: int = 1, text_batch: int = DEFAULT_TEXT_BATCH, objective: str = "pair"):
-        super().__init__(victim, objective)
+    def __init__(self, victim, substitutes: SubstituteSource, budget: int = 1, guide: str = "image",
+                 words_per_round: int = 1, text_batch: int = DEFAULT_TEXT_BATCH, loss: str = "pair",
+                 importance: str = "cosine"):
+        super().__init__(victim, loss)
         if guide not in GUIDES:
             raise ValueError(f"unknown guide {guide!r}; expected one of {GUIDES}")
+        if importance not in IMPORTANCES:
+            raise ValueError(f"unknown importance {importance!r}; expected one of {IMPORTANCES}")
         if budget < 0 or words_per_round < 1 or text_batch < 1:
             raise ValueError("budget must be >= 0, words_per_round and text_batch >= 1")
         self.source = substitutes
-        self.budget, self.guide = budget, guide
+        self.budget, self.guide, self.importance = budget, guide, importance
         self.words_per_round, self.text_batch = words_per_round, text_batch
+
+    @property
+    def needs_image(self) -> bool:
+        return self.guide == "image"
 
     def params(self) -> dict:
         return {**super().params(), **self.source.params(), "budget": self.budget, "guide": self.guide,
-                "words_per_round": self.words_per_round}
+                "importance": self.importance, "words_per_round": self.words_per_round}
 
     def _scores(self, candidate_emb, caption_of_candidate, image_emb, clean_emb, current_emb, image_of_text):
         if self.guide == "text":
             return 1 - (candidate_emb * clean_emb[caption_of_candidate]).sum(-1)
-        return substitution_objective(candidate_emb, caption_of_candidate, image_emb, current_emb, image_of_text,
-                                      self.objective, self.victim.logit_scale)
+        if self.guide == "text-kl":
+            return kl_to(clean_emb[caption_of_candidate], candidate_emb)
+        return substitution_loss(candidate_emb, caption_of_candidate, image_emb, current_emb, image_of_text,
+                                 self.loss, self.victim.logit_scale)
 
     @torch.no_grad()
     def _importance_order(self, states: list[_CaptionState], clean_emb: torch.Tensor) -> None:
@@ -337,11 +505,15 @@ class WordSubstitutionAttack(Attack):
         masked_texts, owners = [], []
         for index, state in enumerate(states):
             for position in state.order:
-                masked_texts.append(" ".join(state.with_token(position, state.tokens[position].masked())))
+                masked_texts.append(" ".join(state.with_token(position, self.source.masked(state.chunks[position]))))
                 owners.append(index)
         if not masked_texts:
             return
-        shift = 1 - (encode_texts(self.victim, masked_texts, self.text_batch) * clean_emb[owners]).sum(-1)
+        masked_emb = encode_texts(self.victim, masked_texts, self.text_batch)
+        if self.importance == "kl":
+            shift = kl_to(clean_emb[owners], masked_emb)
+        else:
+            shift = 1 - (masked_emb * clean_emb[owners]).sum(-1)
         cursor = 0
         for state in states:
             count = len(state.order)
@@ -360,9 +532,9 @@ class WordSubstitutionAttack(Attack):
         texts, owners, changes = [], [], []
         for index, state in enumerate(states):
             for position in state.next_positions(self.words_per_round, self.budget):
-                token = state.tokens[position]
+                chunk = state.chunks[position]
                 for word in substitutes[index][position]:
-                    new_token = token.replaced_by(word)
+                    new_token = self.source.replacement(chunk, word)
                     texts.append(" ".join(state.with_token(position, new_token)))
                     owners.append(index)
                     changes.append((position, new_token))
@@ -373,7 +545,8 @@ class WordSubstitutionAttack(Attack):
         scores = self._scores(candidate_emb, owner_ids, image_emb, clean_emb, current_emb, image_of_text)
         every_caption = torch.arange(len(states), device=candidate_emb.device)
         current = self._scores(current_emb, every_caption, image_emb, clean_emb, current_emb, image_of_text).tolist()
-        best = torch.full((len(states),), float("-inf"), device=scores.device).scatter_reduce(0, owner_ids, scores, "amax").tolist()
+        best = torch.full((len(states),), float("-inf"), device=scores.device, dtype=scores.dtype)
+        best = best.scatter_reduce(0, owner_ids, scores, "amax").tolist()
         chosen: dict[int, int] = {}
         for candidate, (owner, score) in enumerate(zip(owners, scores.tolist())):
             # the first candidate reaching its caption's best score, if it beats the caption as it stands
@@ -388,29 +561,42 @@ class WordSubstitutionAttack(Attack):
         return True
 
     @torch.no_grad()
-    def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor) -> tuple[list[str], list[list[dict]]]:
+    def prepare(self, texts: Sequence[str]) -> tuple:
+        """Words, substitutes, importance order and clean embeddings of `texts`: they depend on the
+        texts and the victim alone, so an attack that attacks the same captions twice with the
+        same victim (SGA) computes them once and passes them to `perturb(..., prepared=)`."""
+        texts = list(texts)
+        words = [self.source.split(text) for text in texts]
+        chunk_lists = [[self.source.chunk(w) for w in caption] for caption in words]
+        substitutes = self.source.substitutes(chunk_lists)
+        states = [_CaptionState(chunks=chunks, order=sorted(subs), current=list(caption), changes=[])
+                  for caption, chunks, subs in zip(words, chunk_lists, substitutes)]
+        clean_emb = encode_texts(self.victim, texts, self.text_batch)
+        self._importance_order(states, clean_emb)
+        return words, chunk_lists, substitutes, [s.order for s in states], clean_emb
+
+    @torch.no_grad()
+    def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
+                prepared: tuple | None = None) -> tuple[list[str], list[list[dict]]]:
         """(adversarial captions, per caption the words changed) against fixed image embeddings.
 
         `image_emb` [B, D] may be any guide, e.g. the mean embedding of a set of image views (SGA);
-        it may be None with `guide="text"`.
+        it may be None with the text guides.
         """
         texts = list(texts)
-        if self.guide == "image" and image_emb is None:
+        if self.needs_image and image_emb is None:
             raise ValueError("guide='image' needs image embeddings")
         image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
         if self.budget == 0 or not texts:
             return texts, [[] for _ in texts]
-        token_lists = [[Token.parse(t) for t in text.split()] for text in texts]
-        substitutes = self.source.substitutes(token_lists)
+        words, chunk_lists, substitutes, orders, clean_emb = prepared if prepared is not None else self.prepare(texts)
         states = [
-            _CaptionState(tokens=tokens, order=sorted(subs), current=text.split(), changes=[])
-            for text, tokens, subs in zip(texts, token_lists, substitutes)
+            _CaptionState(chunks=chunks, order=list(order), current=list(caption), changes=[])
+            for caption, chunks, order in zip(words, chunk_lists, orders)
         ]
-        clean_emb = encode_texts(self.victim, texts, self.text_batch)
         current_emb = clean_emb.clone()
         if image_emb is not None:
             image_emb = image_emb.to(clean_emb.device, clean_emb.dtype)
-        self._importance_order(states, clean_emb)
         while self._greedy_round(states, substitutes, image_emb, clean_emb, current_emb, image_of_text):
             pass
         adversarial = [" ".join(s.current) if s.changes else text for s, text in zip(states, texts)]
@@ -418,9 +604,21 @@ class WordSubstitutionAttack(Attack):
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
-        image_emb = encode_images(self.victim, images) if self.guide == "image" else None
+        image_emb = encode_images(self.victim, images) if self.needs_image else None
         adversarial, changes = self.perturb(texts, image_emb, pairing)
         return AttackResult(images=images, texts=adversarial, info={"words_changed": changes})
+
+
+def load_masked_lm(mlm, device) -> tuple:
+    """(model, tokenizer, name) from a registry name ("default" = the registry's default) or a loaded tuple."""
+    if isinstance(mlm, str):
+        from augment.registry import DEFAULT_MODELS, load_mlm
+
+        model_id = DEFAULT_MODELS["mlm"] if mlm == "default" else mlm
+        model, tokenizer = load_mlm(model_id, device=device)
+        return model, tokenizer, model_id
+    model, tokenizer, *name = mlm
+    return model, tokenizer, (name[0] if name else getattr(model.config, "name_or_path", None))
 
 
 class BertAttack(WordSubstitutionAttack):
@@ -429,26 +627,27 @@ class BertAttack(WordSubstitutionAttack):
     `mlm`: a name `augment.registry.load_mlm` accepts (default: the registry's default masked LM,
     bert-base-uncased; `tiny-mlm` offline) or an already loaded `(model, tokenizer[, name])`, so
     several attacks can share one MLM. `max_length`: MLM tokens read per caption (30 in the
-    papers' protocol); words past it are not replaced.
+    papers' protocol); words past it are not replaced. `reading="reference"` reads the MLM as the
+    reference codes do (`ReferenceMLMSubstitutes`, with `reference_bugs`).
     """
 
     name = "bert-attack"
 
-    def __init__(self, victim: ClipVictim, mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
+    def __init__(self, victim, mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
                  max_length: int = 30, guide: str = "image", words_per_round: int = 1,
-                 text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = 32, objective: str = "pair"):
-        if isinstance(mlm, str):
-            from augment.registry import DEFAULT_MODELS, load_mlm
-
-            model_id = DEFAULT_MODELS["mlm"] if mlm == "default" else mlm
-            model, tokenizer = load_mlm(model_id, device=victim.device)
+                 text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = 32, loss: str = "pair",
+                 pieces: str = "combine", importance: str = "cosine", reading: str = "project",
+                 reference_bugs: bool = False):
+        model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
+        common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
+        if reading == "reference":
+            source = ReferenceMLMSubstitutes(model, tokenizer, reference_bugs=reference_bugs, **common)
+        elif reading == "project":
+            source = MaskedLMSubstitutes(model, tokenizer, pieces=pieces, **common)
         else:
-            model, tokenizer, *name = mlm
-            model_id = name[0] if name else getattr(model.config, "name_or_path", None)
-        source = MaskedLMSubstitutes(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=mlm_batch,
-                                     model_id=model_id)
+            raise ValueError(f"unknown MLM reading {reading!r}; expected project or reference")
         super().__init__(victim, source, budget=budget, guide=guide, words_per_round=words_per_round,
-                         text_batch=text_batch, objective=objective)
+                         text_batch=text_batch, loss=loss, importance=importance)
 
 
 class SynonymAttack(WordSubstitutionAttack):
@@ -459,8 +658,9 @@ class SynonymAttack(WordSubstitutionAttack):
 
     name = "synonym"
 
-    def __init__(self, victim: ClipVictim, top_k: int = 10, budget: int = 1, max_length: int = 30, guide: str = "image",
+    def __init__(self, victim, top_k: int = 10, budget: int = 1, max_length: int = 30, guide: str = "image",
                  words_per_round: int = 1, text_batch: int = DEFAULT_TEXT_BATCH, pos: str | None = None,
-                 objective: str = "pair"):
+                 loss: str = "pair", importance: str = "cosine"):
         super().__init__(victim, WordNetSubstitutes(top_k=top_k, max_length=max_length, pos=pos), budget=budget,
-                         guide=guide, words_per_round=words_per_round, text_batch=text_batch, objective=objective)
+                         guide=guide, words_per_round=words_per_round, text_batch=text_batch, loss=loss,
+                         importance=importance)

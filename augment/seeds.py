@@ -1,0 +1,22 @@
+"""The one seed hash of the project: stable seeds from the identity of what is drawn.
+
+Every random draw that must not depend on batching, process count or Python's hash
+randomisation (a pool row, a training step's crop, a data order) takes its seed from here.
+SHA-256 of the parts joined by "|", first 8 bytes, 63 bits: the same value on every platform,
+so pools and runs made before this module existed reproduce exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (their `str`), e.g. `derive_seed(seed, "crop", epoch, slot)`."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def row_seed(base_seed: int, image_id: str, caption_index: int, k: int) -> int:
+    """The seed of one pool row: depends only on the row's identity, never on batching or process."""
+    return derive_seed(base_seed, image_id, caption_index, k)

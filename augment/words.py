@@ -1,0 +1,100 @@
+"""The one caption word splitter: whitespace chunks, each punctuation + a core word + punctuation.
+
+EDA (`augment.generators.eda`) and the word-substitution attacks (`train.attacks.text`) both
+edit captions word by word and must leave punctuation where it was (`"dog,"` -> prefix `""`,
+core `"dog"`, suffix `","`); both split with `split_chunk` and write replacements back in the
+replaced word's case with `match_case`.
+
+`pre_caption` is the caption preprocessing of the attack papers' public code (ALBEF's, reused by
+Co-Attack and SGA): lower case, punctuation removed, at most `max_words` words. The project keeps
+captions as given unless asked (`train eval --caption-preprocess pre_caption`, or a reference
+protocol).
+"""
+from __future__ import annotations
+
+import re
+from typing import AbstractSet, NamedTuple
+
+# leading punctuation, the core (anything), trailing punctuation
+_CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
+# a word WordNet or a masked LM may replace: letters, with inner hyphens or apostrophes
+_WORD = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
+# what pre_caption deletes (replaced by nothing) and what it turns into a space
+_PRE_CAPTION_DROP = re.compile(r"[,.'!?\"()*#:;~]")
+_SPACES = re.compile(r"\s{2,}")
+
+
+class Chunk(NamedTuple):
+    """A whitespace-separated piece of a caption: punctuation, a core word, punctuation.
+
+    (NamedTuples, not dataclasses: EDA builds millions of them and tuples are several times
+    cheaper to create.)
+    """
+
+    prefix: str
+    core: str
+    suffix: str
+
+    def with_core(self, core: str) -> "Chunk":
+        return Chunk(self.prefix, core, self.suffix)
+
+    def text(self) -> str:
+        return f"{self.prefix}{self.core}{self.suffix}"
+
+    def replaceable(self, stop_words: AbstractSet[str]) -> bool:
+        """An alphabetic word that is not a stop word."""
+        return is_word(self.core) and self.core.lower() not in stop_words
+
+    def replaced_by(self, substitute: str) -> str:
+        """The chunk's text with its core replaced (case matched, punctuation kept)."""
+        return f"{self.prefix}{match_case(substitute, self.core)}{self.suffix}"
+
+
+def split_chunk(piece: str, possessive: bool = False) -> Chunk:
+    """Split one whitespace token; `possessive=True` keeps a trailing "'s" out of the core
+    (`"man's"` -> core `"man"`, suffix `"'s"`), so a substitute keeps the possessive."""
+    if piece.isalnum():
+        return Chunk("", piece, "")
+    prefix, core, suffix = _CHUNK.match(piece).groups()
+    if possessive and len(core) > 2 and core[-2:].lower() == "'s":
+        core, suffix = core[:-2], core[-2:] + suffix
+    return Chunk(prefix, core, suffix)
+
+
+def is_word(text: str) -> bool:
+    return bool(_WORD.match(text))
+
+
+def keeps_case(word: str) -> bool:
+    """Words whose capitals are not sentence case: "I", acronyms like "NASA"."""
+    return word == "I" or (len(word) > 1 and word.isupper())
+
+
+def match_case(replacement: str, original: str) -> str:
+    """`replacement` in the case of the word it replaces (acronyms stay upper case)."""
+    if keeps_case(original) and original != "I":
+        return replacement.upper()
+    if original[:1].isupper():
+        return replacement[:1].upper() + replacement[1:]
+    return replacement
+
+
+def pre_caption(caption: str, max_words: int = 30) -> str:
+    """The reference code's caption preprocessing: lower case; , . ' ! ? " ( ) * # : ; ~ removed;
+    - and / become spaces; "<person>" becomes "person"; spaces collapsed; first `max_words` words."""
+    text = _PRE_CAPTION_DROP.sub("", caption.lower()).replace("-", " ").replace("/", " ").replace("<person>", "person")
+    text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+CAPTION_PREPROCESSING = ("none", "pre_caption")
+
+
+def preprocess_caption(caption: str, how: str | None) -> str:
+    """`how`: None or "none" (as given) or "pre_caption"."""
+    if how in (None, "none"):
+        return caption
+    if how == "pre_caption":
+        return pre_caption(caption)
+    raise ValueError(f"unknown caption preprocessing {how!r}; expected one of {CAPTION_PREPROCESSING}")

@@ -1,0 +1,335 @@
+"""`--protocol sga|co-attack`: each departure from the project's attacks, on hand-made cases.
+
+A toy victim (linear image encoder over pooled pixels, bag-of-words text encoder) and a
+hand-made WordPiece vocabulary keep every test well under a second; the echo masked LM predicts
+the token it reads, so where the reference reads its predictions is visible.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from augment.seeds import derive_seed
+from augment.words import Chunk, pre_caption, split_chunk
+from train.attacks import PROTOCOL_CHOICES, AttackSettings, build_attack
+from train.attacks.base import kl_to
+from train.attacks.multimodal import SGA, CoAttack, resized_views
+from train.attacks.pgd import PGD, pgd_linf
+from train.attacks.protocols import REFERENCE_FILTER_WORDS
+from train.attacks.text import (
+    MaskedLMSubstitutes,
+    ReferenceMLMSubstitutes,
+    WordSubstitutionAttack,
+    combine_pieces,
+)
+
+EPS = 2 / 255
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "cat", "red", "blue", "ball",
+         "runs", "on", "grass", "behind", "sk", "##ate", "##board", "##s", "big", "small", "green"]
+
+
+class ToyVictim:
+    """Unit embeddings from a fixed linear map of 4x4-pooled pixels, and from summed word vectors."""
+
+    def __init__(self, dim: int = 8):
+        generator = torch.Generator().manual_seed(0)
+        self.weight = torch.randn(3 * 16, dim, generator=generator)
+        self.dim, self.device, self.logit_scale = dim, torch.device("cpu"), torch.tensor(10.0)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.adaptive_avg_pool2d(pixels, 4).flatten(1) @ self.weight, dim=-1)
+
+    def word(self, word: str) -> torch.Tensor:
+        return torch.randn(self.dim, generator=torch.Generator().manual_seed(derive_seed("toy", word) % 2**31))
+
+    def encode_text(self, texts) -> torch.Tensor:
+        return F.normalize(torch.stack([sum((self.word(w) for w in t.split()), torch.zeros(self.dim)) + 1e-3
+                                        for t in texts]), dim=-1)
+
+
+class EchoMLM(torch.nn.Module):
+    """Predicts the token it reads (logit +10), then the vocabulary by `base` scores."""
+
+    def __init__(self, base: torch.Tensor):
+        super().__init__()
+        self.base = torch.nn.Parameter(base.clone(), requires_grad=False)
+        self.config = SimpleNamespace(max_position_embeddings=512, name_or_path="echo")
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        return SimpleNamespace(logits=self.base + 10 * F.one_hot(input_ids, len(self.base)).float())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    return BertTokenizer(str(vocab), do_lower_case=True)
+
+
+def echo(tokenizer, favourites: dict[str, float]) -> EchoMLM:
+    base = torch.zeros(len(VOCAB))
+    for word, score in favourites.items():
+        base[tokenizer.convert_tokens_to_ids(word)] = score
+    return EchoMLM(base)
+
+
+@pytest.fixture(scope="module")
+def victim():
+    return ToyVictim()
+
+
+def images(count: int = 2) -> torch.Tensor:
+    return torch.rand(count, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+# ----------------------------------------------------------------------------- settings and table
+
+
+def test_settings_are_one_object_with_shared_defaults():
+    from train.config import TrainConfig
+
+    settings = AttackSettings()
+    assert settings.pgd_step_size == pytest.approx(0.5 / 255)  # eps / 4 at the papers' eps
+    assert settings.replace(eps=4 / 255).pgd_step_size == pytest.approx(1 / 255)
+    train = TrainConfig()
+    assert (train.eps, train.pgd_steps, train.mlm_top_k, train.word_budget) == (settings.eps, settings.steps, settings.top_k, settings.budget)
+    assert AttackSettings.from_options(attack_protocol="sga", objective="contrastive").protocol == "sga"
+    with pytest.raises(ValueError, match="reference protocol"):
+        AttackSettings(reference_bugs=True)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        AttackSettings(protocol="albef")
+
+
+def test_reference_protocols_read_their_max_length(victim, tokenizer):
+    mlm = (echo(tokenizer, {}), tokenizer, "echo")
+    lengths = {p: build_attack("bert-attack", victim, mlm=mlm, protocol=p).source.max_length for p in PROTOCOL_CHOICES}
+    assert lengths == {"project": 30, "sga": 77, "co-attack": 30}
+    assert build_attack("bert-attack", victim, mlm=mlm, protocol="sga", max_length=40).source.max_length == 40
+
+
+# ----------------------------------------------------------------------------- 7. captions
+
+
+def test_pre_caption_is_the_reference_preprocessing():
+    assert pre_caption("A Dog's ball, (red)!  Jumps-over/the <person>.") == "a dogs ball red jumps over the person"
+    assert pre_caption(" ".join(["word"] * 40)) == " ".join(["word"] * 30)
+    assert [PROTOCOL_CHOICES[p].caption_preprocess for p in ("project", "sga", "co-attack")] == ["none", "pre_caption", "pre_caption"]
+
+
+def test_gallery_applies_the_protocols_caption_preprocessing():
+    import datasets
+
+    from train.evaluate import Gallery
+
+    rows = datasets.Dataset.from_dict({"captions": [["A red Ball.", "Dog, running!"]], "split": ["test"]})
+    assert Gallery.from_source(rows, "test").captions == ["A red Ball.", "Dog, running!"]
+    assert Gallery.from_source(rows, "test", caption_preprocess="pre_caption").captions == ["a red ball", "dog running"]
+
+
+# ----------------------------------------------------------------------------- 1-2. SGA
+
+
+class GuideSpy(WordSubstitutionAttack):
+    """Records the image embeddings each text step is guided by; changes nothing."""
+
+    def __init__(self, victim):
+        super().__init__(victim, substitutes=None, budget=0)
+        self.guides = []
+
+    def perturb(self, texts, image_emb, image_of_text, prepared=None):
+        self.guides.append(image_emb.clone())
+        return list(texts), [[] for _ in texts]
+
+
+@pytest.mark.parametrize("protocol", ["project", "sga"])
+def test_sga_first_text_step_guide(victim, tokenizer, protocol):
+    pixels = images()
+    attack = build_attack("sga", victim, mlm=(echo(tokenizer, {}), tokenizer, "echo"), protocol=protocol, steps=1, seed=0)
+    spy = GuideSpy(victim)
+    attack.text_attack = spy
+    attack(pixels, ["red ball", "blue dog"], torch.tensor([0, 1]))
+    clean = victim.encode_image(pixels)
+    views = torch.stack([victim.encode_image(v) for v in [pixels, *resized_views(pixels, attack.scales, mode=attack.views)]]).mean(0)
+    expected = clean if protocol == "sga" else views
+    assert torch.allclose(spy.guides[0], expected, atol=1e-6)
+    assert not torch.allclose(spy.guides[0], views if protocol == "sga" else clean, atol=1e-4)
+
+
+def test_sga_views_torchvision_unclamped_vs_project_clamped():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    checker = torch.zeros(1, 3, 16, 16)
+    checker[..., 8:] = 1  # a sharp edge: bicubic upsampling overshoots it
+    reference = resized_views(checker, (0.5, 1.5), mode="torchvision")
+    project = resized_views(checker, (0.5, 1.5), mode="clamped")
+    assert min(float(v.min()) for v in reference) < 0 or max(float(v.max()) for v in reference) > 1  # bicubic overshoot kept
+    assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in project)
+    by_hand = resize(resize(checker, [8, 8], InterpolationMode.BICUBIC, antialias=True).clamp(0, 1), [16, 16],
+                     InterpolationMode.BICUBIC, antialias=True)
+    assert torch.allclose(reference[0], by_hand)
+    assert {p: PROTOCOL_CHOICES[p].sga_views for p in PROTOCOL_CHOICES} == {"project": "clamped", "sga": "torchvision", "co-attack": "torchvision"}
+
+
+# ----------------------------------------------------------------------------- 3. text scores
+
+
+def test_reference_text_attack_ignores_the_image(victim, tokenizer):
+    mlm = (echo(tokenizer, {"cat": 3, "blue": 2, "grass": 1}), tokenizer, "echo")
+    captions = ["a red dog", "the blue ball"]
+    for protocol in ("sga", "co-attack"):
+        attack = build_attack("bert-attack", victim, mlm=mlm, protocol=protocol)
+        assert (attack.guide, attack.importance, attack.needs_image) == ("text-kl", "kl", False)
+        first = attack(images(), captions, torch.tensor([0, 1])).texts
+        other = attack(torch.zeros(2, 3, 16, 16), captions, torch.tensor([0, 1])).texts
+        assert first == other and first != captions
+    assert build_attack("bert-attack", victim, mlm=mlm).needs_image
+    # the score is the KL divergence of softmaxed embeddings (torch's KLDivLoss as the reference calls it)
+    a, b = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    expected = torch.nn.KLDivLoss(reduction="none")(b.log_softmax(-1), a.softmax(-1)).sum(-1)
+    assert torch.allclose(kl_to(a, b), expected, atol=1e-6)
+
+
+def test_reference_word_list_and_whole_word_replacement(tokenizer):
+    project = MaskedLMSubstitutes(echo(tokenizer, {}), tokenizer)
+    reference = ReferenceMLMSubstitutes(echo(tokenizer, {}), tokenizer)
+    assert project.replaceable(split_chunk("behind")) and not reference.replaceable(Chunk("", "behind", ""))
+    assert "behind" in REFERENCE_FILTER_WORDS and "," in REFERENCE_FILTER_WORDS
+    assert project.replacement(split_chunk("Dog,", possessive=True), "cat") == "Cat,"
+    assert reference.split("dog,  cat") == ["dog,", "", "cat"] and reference.replacement(Chunk("", "Dog,", ""), "cat") == "cat"
+
+
+# ----------------------------------------------------------------------------- 4-5. Sep and Co-Attack
+
+
+def test_co_attack_protocol_pgd_and_sep_are_unsupervised(victim, tokenizer):
+    mlm = (echo(tokenizer, {}), tokenizer, "echo")
+    pixels = images()
+    for name in ("pgd", "sep"):
+        attack = build_attack(name, victim, mlm=mlm, protocol="co-attack", seed=0)
+        pgd = attack if name == "pgd" else attack.image_attack
+        assert (pgd.loss, pgd.start) == ("image-kl", "positive")
+        assert pgd.step_size == pytest.approx(EPS / 10 * 1.25)  # 0.25/255
+    make = lambda: build_attack("pgd", victim, protocol="co-attack", seed=0)  # noqa: E731
+    one = make()(pixels, ["red ball", "blue dog"], torch.tensor([0, 1])).images
+    two = make()(pixels, ["green grass", "small cat"], torch.tensor([0, 1])).images
+    assert torch.equal(one, two) and not torch.equal(one, pixels)
+    sga_pgd = build_attack("pgd", victim, protocol="sga")
+    assert (sga_pgd.loss, sga_pgd.start, sga_pgd.step_size) == ("pair", "symmetric", pytest.approx(0.5 / 255))
+
+
+def test_positive_start_is_not_clamped_before_the_first_step():
+    ones = torch.ones(1, 3, 4, 4)
+    seen = {}
+
+    def record(kind):
+        def loss(adv):
+            seen.setdefault(kind, adv.detach().clone())
+            return adv.sum() * 0
+        return loss
+
+    out = pgd_linf(ones, record("positive"), EPS, 1, EPS, generator=torch.Generator().manual_seed(0), start="positive")
+    pgd_linf(ones, record("symmetric"), EPS, 1, EPS, generator=torch.Generator().manual_seed(0))
+    assert float(seen["positive"].max()) > 1 and float(seen["positive"].min()) >= 1
+    assert float(seen["symmetric"].max()) <= 1
+    assert float(out.max()) <= 1  # the range is enforced after every step
+
+
+class CopySpy(PGD):
+    """Returns each copy shifted by its row index / 1000, and records what it was given."""
+
+    def run(self, images, loss_fn):
+        self.given = images.clone()
+        loss_fn(images)  # the loss must accept the batch of copies
+        return images + torch.arange(len(images)).view(-1, 1, 1, 1) / 1000
+
+
+def test_co_attack_per_pair_attacks_every_copy_and_keeps_the_last(victim, tokenizer):
+    pixels = images(3)
+    pairing = torch.tensor([0, 1, 0, 1, 0])  # image 2 has no caption
+    spy = CopySpy(victim)
+    attack = CoAttack(victim, image_attack=spy, text_attack=GuideSpy(victim), mode="per-pair")
+    out = attack(pixels, ["a", "b", "c", "d", "e"], pairing).images
+    assert torch.equal(spy.given, pixels[pairing])  # one copy per (image, caption) pair
+    assert torch.allclose(out[0], pixels[0] + 4 / 1000) and torch.allclose(out[1], pixels[1] + 3 / 1000)
+    assert torch.equal(out[2], pixels[2])
+    built = build_attack("co-attack", victim, mlm=(echo(tokenizer, {}), tokenizer, "echo"), protocol="sga")
+    assert built.mode == "per-pair" and built.image_attack.step_size == pytest.approx(EPS / 10 * 1.25)
+    assert build_attack("co-attack", victim, mlm=(echo(tokenizer, {}), tokenizer, "echo")).mode == "per-image"
+
+
+# ----------------------------------------------------------------------------- 6. multi-piece words
+
+
+def test_multi_piece_words_combine_pieces_ranked_by_perplexity(tokenizer):
+    torch.manual_seed(0)
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=64)).eval()
+    predictions = [torch.tensor([[16, 7, 8, 9, 10], [17, 18, 19, 11, 12]]), torch.tensor([[7, 8, 9, 1], [18, 19, 17, 2]])]
+    combined = combine_pieces(model, tokenizer, predictions, drop_ids=set(tokenizer.all_special_ids))
+
+    def by_hand(ids):  # the reference: one forward per combination set, sorted by perplexity
+        combos = [list(c) for c in __import__("itertools").product(*ids[:, :4].tolist())][:24]
+        combos = [c for c in combos if not set(c) & set(tokenizer.all_special_ids)]
+        with torch.no_grad():
+            logits = model(torch.tensor(combos)).logits
+        ppl = [float(F.cross_entropy(logit, torch.tensor(c)).exp()) for logit, c in zip(logits, combos)]
+        return [tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(combos[i])).strip()
+                for i in sorted(range(len(combos)), key=ppl.__getitem__)]
+
+    assert combined == [by_hand(p) for p in predictions]
+    assert "skate" in combined[0] and len(combined[0]) == 16 and len(combined[1]) == 9  # [UNK]/[CLS] combos dropped
+
+
+def test_multi_piece_word_gets_combined_substitutes(tokenizer):
+    mlm = echo(tokenizer, {"sk": 3, "##ate": 2.5, "##board": 2, "cat": 1})
+    caption = [split_chunk(w, possessive=True) for w in "a skateboard on grass".split()]
+    assert tokenizer.tokenize("skateboard") == ["sk", "##ate", "##board"]
+    combined = MaskedLMSubstitutes(mlm, tokenizer, top_k=4).substitutes([caption])[0]
+    first = MaskedLMSubstitutes(mlm, tokenizer, top_k=4, pieces="first").substitutes([caption])[0]
+    # combinations of the pieces' top 4 (sk, ##ate, ##board, cat at each piece), whole words only
+    assert combined[1] and "skboardate" in combined[1]
+    assert all(w.isalpha() and w != "skateboard" for w in combined[1])
+    assert first[1] == ["sk", "cat"]  # the first piece's top 4 (sk, ##ate, ##board, cat) as words
+
+
+# ----------------------------------------------------------------------------- reference bugs
+
+
+@pytest.mark.parametrize("bugs", [False, True])
+def test_reference_mlm_reading_and_its_bugs(tokenizer, bugs):
+    # "red" at position 2 ([CLS] a red ...): the echo MLM predicts the token it reads first
+    mlm = echo(tokenizer, {"[UNK]": 5, "blue": 4, "green": 0.5, "big": 0.2, "small": 0.1})
+    source = ReferenceMLMSubstitutes(mlm, tokenizer, top_k=6, reference_bugs=bugs)
+    found = source.substitutes([[Chunk("", w, "") for w in "a red ball".split()]])[0]
+    if bugs:
+        # read one position early: "red" gets the predictions at "a" (echoed "a" is a filter word);
+        # [UNK] is accepted; the list stops at the first raw logit below 0.3 ("big")
+        assert found[1] == ["[UNK]", "blue", "green"]
+        assert found[2][0] == "red"  # "ball" gets the echo of "red"
+    else:
+        assert found[1] == ["blue", "green", "big", "small"]  # echo of "red" = the word itself, dropped
+        assert "red" not in found[2]
+
+
+def test_mean_gradient_scaling_bug_only_on_request(victim, tokenizer):
+    pixels = images(1)
+    zero = lambda adv: adv.sum() * 0  # noqa: E731
+    infinite = lambda adv: (adv * float("inf")).sum()  # noqa: E731
+    run = lambda loss, bug: pgd_linf(pixels, loss, EPS, 1, EPS, random_start=False, scale_by_mean_gradient=bug)  # noqa: E731
+    # an all-zero gradient: 0 / 0 = NaN, and torch's sign(NaN) = 0, so both leave the image as it is
+    assert torch.equal(run(zero, True), pixels) and torch.equal(run(zero, False), pixels)
+    # an infinite gradient: inf / inf = NaN -> no step with the bug; the plain sign steps by eps
+    assert torch.equal(run(infinite, True), pixels)
+    assert float((run(infinite, False) - pixels).max()) > EPS / 2
+    mlm = (echo(tokenizer, {}), tokenizer, "echo")
+    assert build_attack("sga", victim, mlm=mlm, protocol="sga", reference_bugs=True).image_attack.scale_by_mean_gradient
+    assert not build_attack("sga", victim, mlm=mlm, protocol="sga").image_attack.scale_by_mean_gradient
+    assert isinstance(build_attack("sga", victim, mlm=mlm, protocol="co-attack"), SGA)

@@ -1,0 +1,82 @@
+"""`build_attack`: any attack by name, as an `AttackSettings` and its protocol make it."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from train.attacks.base import Attack, NoAttack
+from train.attacks.multimodal import SGA, CoAttack, SepAttack
+from train.attacks.pgd import PGD
+from train.attacks.protocols import PROTOCOL_CHOICES, ProtocolChoices
+from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings
+from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack, load_masked_lm
+
+
+def resolve_settings(settings: AttackSettings | None = None, **options) -> AttackSettings:
+    """`settings` (default `ATTACK_DEFAULTS`) with flat `options` on top; a reference protocol's
+    own `max_length` applies unless `max_length` is given."""
+    base = settings or ATTACK_DEFAULTS
+    options = {k: v for k, v in options.items() if v is not None}
+    merged = AttackSettings.from_options(**{**dataclasses.asdict(base), **options}) if options else base
+    choices = PROTOCOL_CHOICES[merged.protocol]
+    if choices.max_length is not None and "max_length" not in options and base.max_length == ATTACK_DEFAULTS.max_length:
+        merged = merged.replace(max_length=choices.max_length)
+    return merged
+
+
+def build_attack(name: str, victim, settings: AttackSettings | None = None, *, seed: int | None = None,
+                 mlm: str | tuple = "default", **options) -> Attack:
+    """An attack by name, as `settings.protocol` makes it (defaults = the papers' protocol, README).
+
+    `seed` seeds PGD's random start and SGA's noise; `mlm` is a masked-LM name or a loaded
+    `(model, tokenizer[, name])` shared by several attacks; `options` are `AttackSettings` fields.
+    """
+    if name not in ATTACK_NAMES:
+        raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACK_NAMES)}")
+    s = resolve_settings(settings, **options)
+    choices: ProtocolChoices = PROTOCOL_CHOICES[s.protocol]
+    if name == "clean":
+        return NoAttack(victim, s.loss)
+    if s.candidates == "mlm" and name in ("bert-attack", "sep", "co-attack", "sga") and isinstance(mlm, str):
+        mlm = load_masked_lm(mlm, victim.device)  # one MLM for both text attacks of a protocol
+
+    def generator() -> torch.Generator | None:
+        return torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def image_attack(kind: str) -> PGD:
+        """kind: "pgd" (the protocol's PGD), "sga" (SGA's image attacker), "co-attack" (Co-Attack's)."""
+        common = dict(eps=s.eps, steps=s.steps, random_start=s.random_start, generator=generator())
+        co_attack_schedule = kind == "co-attack" and s.reference or (kind == "pgd" and choices.pgd_schedule == "co-attack")
+        if co_attack_schedule:
+            # the Co-Attack code: step eps / steps x 1.25, start in [0, eps]
+            step = s.eps / max(s.steps, 1) * 1.25
+            return PGD(victim, step_size=step, start="positive", **common,
+                       loss="image-kl" if kind == "pgd" else s.loss)
+        nan_bug = s.reference_bugs and kind in ("sga", "pgd") and choices.pgd == "pair"
+        loss = choices.pgd if kind == "pgd" and choices.pgd == "image-kl" else s.loss
+        return PGD(victim, step_size=s.pgd_step_size, loss=loss, scale_by_mean_gradient=nan_bug, **common)
+
+    def text_attack(guide: str | None = None) -> WordSubstitutionAttack:
+        guide = guide or s.guide
+        common = dict(top_k=s.top_k, budget=s.budget, max_length=s.max_length, guide=guide,
+                      words_per_round=s.words_per_round, text_batch=s.text_batch, loss=s.loss,
+                      importance=choices.importance)
+        if s.candidates == "wordnet" or name == "synonym":
+            return SynonymAttack(victim, **common)
+        return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
+                          reference_bugs=s.reference_bugs, **common)
+
+    if name == "pgd":
+        return image_attack("pgd")
+    if name in ("bert-attack", "synonym"):
+        return text_attack(choices.text_guide)
+    if name == "sep":
+        return SepAttack(victim, image_attack=image_attack("pgd"), text_attack=text_attack(choices.text_guide), loss=s.loss)
+    if name == "co-attack":
+        return CoAttack(victim, image_attack=image_attack("co-attack"), text_attack=text_attack(choices.text_guide),
+                        alpha=s.alpha, loss=s.loss, mode=choices.co_attack)
+    # SGA's text steps are image-guided in every protocol (the SGA code's img_guided_attack)
+    return SGA(victim, image_attack=image_attack("sga"), text_attack=text_attack("image" if s.reference else None),
+               scales=s.scales, noise_std=s.noise_std, loss=s.loss, first_guide=choices.sga_first_guide,
+               views=choices.sga_views)

@@ -1,0 +1,137 @@
+"""The one attack-settings object: what training, `train eval` and the study share.
+
+`AttackSettings` holds every knob of the attacks with the project's defaults; the trainer's
+config, the `train eval` options and the study's `eval` section all take their defaults from
+`ATTACK_DEFAULTS`, so a default changes in one place.
+
+PGD step: `step_size=None` means eps / 4 everywhere (training and evaluation). At the papers'
+eps 2/255 that is their 0.5/255, and it scales with eps, so a larger training eps still reaches
+the boundary within the same number of steps.
+
+`protocol` says whose choices the attacks follow (README "Protocols" has the table):
+
+* `project` (default): the project's attacks (module docs of `train.attacks.*`).
+* `sga`: the choices of the SGA code (github:Zoky-2020/SGA, `attacker.py`): its SGA, its PGD
+  (the SGA image attacker without scales) and its text attack scored by KL to the clean caption
+  for BERT-Attack and Sep; Co-Attack as the Co-Attack code does it.
+* `co-attack`: the choices of the Co-Attack code (github:adversarial-for-goodness/Co-Attack,
+  `attack/`): unsupervised image attack (away from the clean image embedding, step eps/steps x
+  1.25, start in [0, eps]) for PGD and Sep, KL-scored text attack, Co-Attack per (image, caption)
+  pair; SGA as the SGA code does it.
+
+`reference_bugs=True` (only with a reference protocol) also reproduces the reference code's bugs
+(see `REFERENCE_BUGS`); they are fixed otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ATTACK_NAMES = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
+PROTOCOLS = ("project", "sga", "co-attack")
+LOSSES = ("pair", "contrastive")
+GUIDES = ("image", "text")
+TEXT_CANDIDATES = ("mlm", "wordnet")
+PIECE_MODES = ("combine", "first")
+
+# the reference bugs `reference_bugs=True` brings back (each tested in tests/test_protocols.py)
+REFERENCE_BUGS = {
+    "mlm-offset": "the masked LM's predictions are read one position early (the [CLS] offset is missing)",
+    "special-tokens": "[UNK], [SEP], [PAD], ... are accepted as substitute words",
+    "logit-threshold": "single-piece substitutes stop at the first raw MLM logit below 0.3 (a bert-base scale)",
+    "nan-gradient": "SGA's image step divides the gradient by its mean absolute value: NaN for an all-zero or "
+                    "infinite gradient (torch's sign(NaN) = 0, so that image skips the step)",
+}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Every attack knob with its default (the attack papers' protocol, see README)."""
+
+    # image attack: L-inf PGD on [0, 1] pixels before normalisation
+    eps: float = 2 / 255
+    steps: int = 10
+    step_size: float | None = None  # None: eps / 4
+    random_start: bool = True
+    # text attack: word substitutions
+    candidates: str = "mlm"  # "mlm" (BERT-Attack) or "wordnet"
+    top_k: int = 10
+    budget: int = 1  # words changed per caption at most
+    max_length: int = 30  # MLM tokens read per caption
+    guide: str = "image"  # project protocol: score candidates against the image, or "text"
+    pieces: str = "combine"  # words the MLM splits: combine the pieces' predictions, or "first" piece only
+    words_per_round: int = 1
+    text_batch: int = 256
+    mlm_batch: int = 32
+    # multimodal attacks
+    scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)  # SGA
+    noise_std: float = 0.05  # SGA
+    alpha: float = 3.0  # Co-Attack
+    # what the attacks maximise ("pair": evaluation; "contrastive": MAT's inner maximisation)
+    loss: str = "pair"
+    protocol: str = "project"
+    reference_bugs: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"unknown protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        if self.loss not in LOSSES:
+            problems.append(f"unknown attack loss {self.loss!r}; expected one of {LOSSES}")
+        if self.guide not in GUIDES:
+            problems.append(f"unknown text guide {self.guide!r}; expected one of {GUIDES}")
+        if self.candidates not in TEXT_CANDIDATES:
+            problems.append(f"unknown text candidates {self.candidates!r}; expected one of {TEXT_CANDIDATES}")
+        if self.pieces not in PIECE_MODES:
+            problems.append(f"unknown piece mode {self.pieces!r}; expected one of {PIECE_MODES}")
+        if self.reference_bugs and self.protocol == "project":
+            problems.append("reference_bugs needs a reference protocol (sga or co-attack)")
+        if not 0 <= self.eps <= 1:
+            problems.append(f"eps must lie in [0, 1], got {self.eps}")
+        if self.steps < 0 or self.budget < 0 or self.top_k < 1 or self.max_length < 3:
+            problems.append("steps and budget must be >= 0, top_k >= 1, max_length >= 3")
+        if self.step_size is not None and self.step_size <= 0:
+            problems.append("step_size must be positive")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            problems.append("SGA scales must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+    @property
+    def pgd_step_size(self) -> float:
+        return self.eps / 4 if self.step_size is None else self.step_size
+
+    @property
+    def reference(self) -> bool:
+        return self.protocol != "project"
+
+    def replace(self, **changes: Any) -> "AttackSettings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "AttackSettings":
+        """From flat options (command lines, study YAML); unknown names are an error.
+
+        `objective` and `attack_protocol` are accepted as older spellings of `loss` / `protocol`.
+        """
+        options = {k: v for k, v in options.items() if v is not None}
+        if "objective" in options:
+            options["loss"] = options.pop("objective")
+        if "attack_protocol" in options:
+            options["protocol"] = options.pop("attack_protocol")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(f"unknown attack setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        return cls(**options)
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["scales"] = list(self.scales)
+        out["pgd_step_size"] = self.pgd_step_size
+        return out
+
+
+ATTACK_DEFAULTS = AttackSettings()
