@@ -383,10 +383,10 @@ def test_transformers_clip_scorer(tmp_path, source, train_items, sample_world_di
     folder = save_tiny_transformers_clip(tmp_path / "hf-clip")
     assert scorer_kind(str(folder)) == "hf_clip"  # models.family_of: a CLIPModel folder is the hf_clip family
     scorer = load_scorer(str(folder))
-    assert scorer.id.startswith("transformers:") and scorer.slug.startswith("hf-clip-")
+    assert scorer.id.startswith("hf_clip:") and scorer.slug.startswith("hf-clip-")
     rows = [_row(item, 1, 0, "copy", "text", caption=item["captions"][1]) for item in train_items[:6]]
     entry = _score(_write(tmp_path / "pool", rows, sample_world_dir), source, scorer)
-    assert entry["scorer"]["kind"] == "transformers"
+    assert entry["scorer"]["kind"] == "hf_clip"
     assert entry["diversity"]["text"]["mean_pairwise_distance"]["mean"] == pytest.approx(0.0, abs=1e-9)
 
 
