@@ -56,6 +56,7 @@ TINY_SIGLIP = "tiny-siglip"
 FAMILY_TWINS: dict[str, str] = {
     TINY_CLIP: "models.open_clip_family",
     TINY_SIGLIP: "models.open_clip_family",
+    "tiny-albef": "models.albef",
 }
 TINY_NAMES = (TINY_SD, TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM, *FAMILY_TWINS)
 # the registry role each tiny model stands in for ("vlm": a vision-language model of `models/`)

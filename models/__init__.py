@@ -34,12 +34,14 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
 # family -> the module implementing it (`load(...)`, the model class, `build_tiny`, `tiny_config`)
 FAMILIES: dict[str, str] = {
     "open_clip": "models.open_clip_family",
+    "albef": "models.albef",
 }
 
 # tiny twin -> family
 TINY_FAMILY: dict[str, str] = {
     "tiny-clip": "open_clip",
     "tiny-siglip": "open_clip",
+    "tiny-albef": "albef",
 }
 
 # transformers `architectures[0]` of a Hub id or folder (config.json) -> family
