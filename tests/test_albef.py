@@ -14,6 +14,7 @@ from models import family_of, load_model
 from models.albef.checkpoint import official_state_dict
 from models.albef.text import pre_caption
 from tasks.momentum_distillation import momentum_distilled_itc_loss
+from tests.albef_reference import reference_albef
 
 CAPTIONS = ["A dog, running on the GRASS!", "a red circle left of a blue square"]
 
@@ -87,7 +88,7 @@ def test_pretraining_layout_with_bert_prefix_and_mlm_head(tiny_albef, official):
                for k, v in state.items()}
     renamed["text_encoder.cls.predictions.bias"] = torch.zeros(3)
     torch.save({"model": renamed}, folder / "ALBEF.pth")
-    pixels = torch.rand(1, 3, 64, 64)
+    pixels = torch.rand(2, 3, 64, 64)
     expected, got = _outputs(tiny_albef, pixels), _outputs(_load_official(folder, "ALBEF.pth"), pixels)
     torch.testing.assert_close(got[2], expected[2], rtol=0, atol=1e-6)
 
@@ -164,10 +165,16 @@ def test_momentum_distillation_update_and_queue(tiny_albef):
 
 
 def test_grounding_heatmap_shape_and_text_dependence(tiny_albef):
-    pixels = torch.rand(1, 3, 64, 64).repeat(2, 1, 1, 1)
-    heat = tiny_albef.grounding_heatmap(pixels, tiny_albef.tokenize(CAPTIONS))
-    assert heat.shape == (2, 4, 4) and (heat >= 0).all() and heat.sum() > 0
-    assert not torch.allclose(heat[0], heat[1])  # same image, different caption
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)).repeat(3, 1, 1, 1)
+    texts = ["a red circle on the left", "two blue squares under a tree", CAPTIONS[1] + " and a green star"]
+    tokens = tiny_albef.tokenize(texts)
+    assert tokens.attention_mask[0].sum() == tokens.attention_mask[1].sum() < tokens.attention_mask[2].sum()
+    heat = tiny_albef.grounding_heatmap(pixels, tokens)
+    assert heat.shape == (3, 4, 4) and (heat >= 0).all() and heat.sum() > 0
+    # same image, different words of the same length (random weights ground weakly: ~1e-3, deterministic)
+    assert (heat[0] - heat[1]).abs().max() > 1e-4 * heat.max()
+    alone = tiny_albef.grounding_heatmap(pixels[:1], tiny_albef.tokenize(texts[:1]))
+    torch.testing.assert_close(alone[0], heat[0], rtol=1e-4, atol=1e-9)  # padding in the batch changes nothing
     assert all(p.grad is None for p in tiny_albef.parameters())
 
 
@@ -175,7 +182,7 @@ def test_saved_folder_round_trip(tiny_albef, tmp_path):
     tiny_albef.save(tmp_path / "albef")
     assert family_of(str(tmp_path / "albef")) == "albef"
     loaded = load_model(str(tmp_path / "albef"))
-    pixels = torch.rand(1, 3, 64, 64)
+    pixels = torch.rand(2, 3, 64, 64)
     for expected, got in zip(_outputs(tiny_albef, pixels), _outputs(loaded, pixels)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -185,65 +192,13 @@ def test_missing_checkpoint_file_is_one_line(tmp_path):
         load_model(str(tmp_path / "absent.pth"))
 
 
-def _linear(sd, name, x):
-    return F.linear(x, sd[name + ".weight"], sd[name + ".bias"])
-
-
-def _norm(sd, name, x, eps):
-    return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps)
-
-
-def _heads(x, heads):
-    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-
-def _reference_attention(sd, prefix, hidden, context, additive_mask, heads):
-    """xbert's BertAttention: scaled dot product, softmax, output dense + residual + LayerNorm."""
-    q, k, v = (_heads(_linear(sd, prefix + "self." + n, x), heads)
-               for n, x in (("query", hidden), ("key", context), ("value", context)))
-    probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + additive_mask).softmax(-1)
-    out = (probs @ v).transpose(1, 2).reshape(hidden.shape)
-    return _norm(sd, prefix + "output.LayerNorm", _linear(sd, prefix + "output.dense", out) + hidden, 1e-12)
-
-
-def _reference_albef(sd, cfg, pixels, ids, mask):
-    """ALBEF's forward written from its models/vit.py and models/xbert.py, on the raw official
-    state dict: (image ITC embedding, text ITC embedding, ITM logits)."""
-    v, heads = "visual_encoder.", cfg["vision_heads"]
-    x = F.conv2d(pixels, sd[v + "patch_embed.proj.weight"], sd[v + "patch_embed.proj.bias"], stride=cfg["patch_size"])
-    x = torch.cat([sd[v + "cls_token"].expand(len(x), -1, -1), x.flatten(2).transpose(1, 2)], 1) + sd[v + "pos_embed"]
-    for i in range(cfg["vision_depth"]):
-        b = f"{v}blocks.{i}."
-        h = _norm(sd, b + "norm1", x, 1e-6)
-        q, k, val = _linear(sd, b + "attn.qkv", h).view(*h.shape[:2], 3, heads, -1).permute(2, 0, 3, 1, 4)
-        att = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1)
-        x = x + _linear(sd, b + "attn.proj", (att @ val).transpose(1, 2).reshape(x.shape))
-        x = x + _linear(sd, b + "mlp.fc2", F.gelu(_linear(sd, b + "mlp.fc1", _norm(sd, b + "norm2", x, 1e-6))))
-    image = _norm(sd, v + "norm", x, 1e-6)
-    e, bert = "text_encoder.embeddings.", cfg["bert"]
-    t = sd[e + "word_embeddings.weight"][ids] + sd[e + "token_type_embeddings.weight"][0]
-    t = _norm(sd, e + "LayerNorm", t + sd[e + "position_embeddings.weight"][: ids.shape[1]], 1e-12)
-    additive = (1.0 - mask[:, None, None, :].float()) * -10000.0
-    for i in range(bert["num_hidden_layers"]):
-        p = f"text_encoder.encoder.layer.{i}."
-        if i == bert["fusion_layer"]:
-            text_cls = t[:, 0]
-        h = _reference_attention(sd, p + "attention.", t, t, additive, bert["num_attention_heads"])
-        if i >= bert["fusion_layer"]:
-            h = _reference_attention(sd, p + "crossattention.", h, image, 0.0, bert["num_attention_heads"])
-        t = _norm(sd, p + "output.LayerNorm", _linear(sd, p + "output.dense",
-                                                      F.gelu(_linear(sd, p + "intermediate.dense", h))) + h, 1e-12)
-    return (F.normalize(_linear(sd, "vision_proj", image[:, 0]), dim=-1),
-            F.normalize(_linear(sd, "text_proj", text_cls), dim=-1), _linear(sd, "itm_head", t[:, 0]))
-
-
 def test_outputs_equal_albef_reference_math(official):
     folder, state = official
     model = _load_official(folder)
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     tokens = model.tokenize(CAPTIONS)
     with torch.no_grad():
-        expected = _reference_albef(state, model.config, model.normalize(pixels), tokens.input_ids,
+        expected = reference_albef(state, model.config, model.normalize(pixels), tokens.input_ids,
                                     tokens.attention_mask)
     for want, got in zip(expected, _outputs(model, pixels)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -82,6 +82,7 @@ TINY_CONFIG: dict[str, Any] = {
     "vision_heads": 4,
     "embed_dim": 16,
     "queue_size": 32,
+    "grounding_layer": 2,  # not the last layer: there only the [CLS] row reaches the ITM score
     "tokenizer": None,  # saved in the twin's folder
 }
 

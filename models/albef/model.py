@@ -239,6 +239,8 @@ class AlbefModel(VisionLanguageModel):
 
     def fusion_states(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         """[N, L, H] fusion-encoder states of row-aligned (image, caption) pairs."""
+        if len(image_features) != len(tokens):
+            raise ValueError(f"ITM pairs are row-aligned: {len(image_features)} images, {len(tokens)} captions")
         hidden, mask = self._text_hidden(tokens)
         return self.text_encoder.forward_fusion(hidden, mask, image_features.to(self.device))
 
@@ -263,7 +265,8 @@ class AlbefModel(VisionLanguageModel):
     def grounding_heatmap(self, pixels: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         """[B, h, w] Grad-CAM of the ITM match logit on one fusion layer's cross-attention (ALBEF's
         Grounding.py, gradcam_mode 'itm'): attention x positive gradient, masked to real tokens,
-        averaged over heads and text positions. Parameter gradients are left untouched."""
+        averaged over heads and real tokens. Parameter gradients are left untouched. Not under
+        torch.inference_mode (it needs a graph)."""
         cross = self.text_encoder.encoder.layer[self.grounding_layer].crossattention.self
         captured: dict[str, torch.Tensor] = {}
         handle = cross.register_forward_hook(lambda module, args, out: captured.__setitem__("attention", out[1]))
@@ -283,7 +286,9 @@ class AlbefModel(VisionLanguageModel):
         text_mask = mask.view(mask.shape[0], 1, -1, 1).to(attention.dtype)
         cam = attention.detach()[:, :, :, 1:] * text_mask
         grad = gradient[:, :, :, 1:].clamp(min=0) * text_mask
-        heat = (cam * grad).mean(1).mean(1)
+        # mean over heads and the caption's real tokens (ALBEF divides by the padded length, a
+        # per-row factor that depends on the batch; the ranking of patches is the same)
+        heat = (cam * grad).mean(1).sum(1) / mask.sum(1, keepdim=True).to(cam.dtype)
         return heat.reshape(heat.shape[0], side, side).float()
 
     # -- momentum distillation --------------------------------------------------------------
