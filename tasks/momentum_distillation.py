@@ -9,10 +9,11 @@ softmax over the same candidates:
     loss   = (CE(image -> text) + CE(text -> image)) / 2
 
 A model that does this (ALBEF after `set_momentum_distillation(True)`) reports
-`itc_loss == "momentum-distilled"` and, in a training forward of (pixels, tokens), returns in
-`EncoderOutput.extras`: `image_emb_m`, `text_emb_m` [B, D] (momentum embeddings), `image_queue`,
-`text_queue` [Q, D], `queue_keys` [Q] (-100 = empty), `alpha`, and `enqueue` (a callable that
-stages the batch for the queue; the model enqueues staged batches in `after_optimizer_step`).
+`itc_loss == "momentum-distilled"` and, in a training forward of (pixels, tokens), puts in
+`EncoderOutput.extras["momentum"]` a callable (run only when a loss needs it) returning:
+`image_emb_m`, `text_emb_m` [B, D] (momentum embeddings of the batch), `image_queue`,
+`text_queue` [Q, D], `queue_keys` [Q] (-100 = empty), `alpha`, and `enqueue` (stages the batch
+for the queue; the model enqueues staged batches in `after_optimizer_step`).
 """
 from __future__ import annotations
 
@@ -32,11 +33,14 @@ def momentum_distilled_itc_loss(output: EncoderOutput, keys: torch.Tensor, alpha
     model's, 0.4; ALBEF ramps it up from 0 over the first epoch). `enqueue=False` leaves the
     queue alone (e.g. for a loss that is only inspected).
     """
-    extras = output.extras
+    provider = output.extras.get("momentum")
+    if not callable(provider):
+        raise ValueError("momentum-distilled ITC needs a training forward of (pixels, tokens) of a model with momentum "
+                         "distillation on (model.set_momentum_distillation(True), model.train())")
+    extras = provider()
     absent = [k for k in REQUIRED_EXTRAS if k not in extras]
     if absent:
-        raise ValueError("momentum-distilled ITC needs a training forward of a model with momentum distillation on "
-                         f"(model.set_momentum_distillation(True), model.train()); missing extras: {', '.join(absent)}")
+        raise ValueError(f"the model's momentum features lack {', '.join(absent)}")
     if output.image_emb is None or output.text_emb is None or len(output.image_emb) != len(output.text_emb):
         raise ValueError("momentum-distilled ITC needs row-aligned image and text embeddings")
     alpha = float(extras.get("alpha", 0.4) if alpha is None else alpha)

@@ -9,10 +9,10 @@ checkpoints map onto it by renaming almost nothing (see `checkpoint.py`).
   text only (ITC), layers [fusion_layer, L) also cross-attend to the image (ITM, grounding).
   transformers' `BertModel` cannot run half its layers, so the split encoder is written here.
 * momentum distillation (ALBEF's retrieval fine-tuning): `set_momentum_distillation(True)` builds
-  the momentum encoders and queues; a training forward with both inputs then returns the
-  momentum embeddings and queues in `EncoderOutput.extras` for
-  `tasks.momentum_distillation.momentum_distilled_itc_loss`, and `after_optimizer_step` moves
-  the momentum encoders and enqueues what the loss staged.
+  the momentum encoders and queues; a training forward with both inputs then puts
+  `extras["momentum"]` in its `EncoderOutput`, a callable giving the momentum embeddings and
+  queues to `tasks.momentum_distillation.momentum_distilled_itc_loss`, and
+  `after_optimizer_step` moves the momentum encoders and enqueues what the loss staged.
 """
 from __future__ import annotations
 
@@ -230,10 +230,22 @@ class AlbefModel(VisionLanguageModel):
     def forward(self, pixels: torch.Tensor | None = None, tokens: TextTokens | None = None,
                 normalize_image: bool = True, image_features: bool = False) -> EncoderOutput:
         output = super().forward(pixels, tokens, normalize_image=normalize_image, image_features=image_features)
-        # a training forward of pairs: what momentum distillation needs (ALBEF computes it in the same call)
+        # a training forward of pairs: what momentum distillation needs, computed only when the
+        # loss asks (an attack's forward passes never pay for the momentum encoders)
         if self.momentum_distillation and self.training and pixels is not None and tokens is not None:
-            output.extras.update(self._momentum_extras(pixels, tokens))
+            output.extras["momentum"] = self._momentum_provider(pixels.detach(), tokens)
         return output
+
+    def _momentum_provider(self, pixels: torch.Tensor, tokens: TextTokens):
+        """A callable computing the momentum features of this batch once (later calls: the same)."""
+        computed: dict[str, Any] = {}
+
+        def momentum_features() -> dict[str, Any]:
+            if not computed:
+                computed.update(self._momentum_extras(pixels, tokens))
+            return computed
+
+        return momentum_features
 
     # -- ITM and the fused embedding --------------------------------------------------------
 
