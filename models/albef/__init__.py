@@ -51,6 +51,8 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         tiny.check_tiny_name(name)
         if name not in TINY_NAMES:
             raise ModelLoadError(f"'{name}' is not an ALBEF model (ALBEF twins: {', '.join(TINY_NAMES)})")
+        if pretrained:
+            raise ModelLoadError(f"{name} has random weights of its own; it takes no pretrained checkpoint")
         folder, display_name = tiny.tiny_dir(name), display_name or name
     else:
         folder = Path(name.removeprefix("local-dir:")).expanduser()
