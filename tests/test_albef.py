@@ -176,6 +176,11 @@ def test_grounding_heatmap_shape_and_text_dependence(tiny_albef):
     assert (heat[0] - heat[1]).abs().max() > 1e-4 * heat.max()
     alone = tiny_albef.grounding_heatmap(pixels[:1], tiny_albef.tokenize(texts[:1]))
     torch.testing.assert_close(alone[0], heat[0], rtol=1e-4, atol=1e-9)  # padding in the batch changes nothing
+    assert not heat.requires_grad
+    pixels = pixels[:1].clone().requires_grad_(True)  # attacks on the heat map differentiate it
+    share = tiny_albef.grounding_heatmap(pixels, tokens[:1])[0, :2].sum()
+    (gradient,) = torch.autograd.grad(share, pixels)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
     assert all(p.grad is None for p in tiny_albef.parameters())
 
 

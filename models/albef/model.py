@@ -277,26 +277,32 @@ class AlbefModel(VisionLanguageModel):
     def grounding_heatmap(self, pixels: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         """[B, h, w] Grad-CAM of the ITM match logit on one fusion layer's cross-attention (ALBEF's
         Grounding.py, gradcam_mode 'itm'): attention x positive gradient, masked to real tokens,
-        averaged over heads and real tokens. Parameter gradients are left untouched. Not under
-        torch.inference_mode (it needs a graph)."""
+        averaged over heads and real tokens. Parameter gradients are left untouched.
+
+        When `pixels` require a gradient (and grad mode is on) the heat is differentiable in them
+        (second order through the fusion layers: attacks on the heat map); otherwise it is
+        detached. Not under torch.inference_mode (it needs a graph)."""
+        differentiable = pixels.requires_grad and torch.is_grad_enabled()
         cross = self.text_encoder.encoder.layer[self.grounding_layer].crossattention.self
         captured: dict[str, torch.Tensor] = {}
         handle = cross.register_forward_hook(lambda module, args, out: captured.__setitem__("attention", out[1]))
         try:
             with torch.enable_grad(), self.text_encoder.eager_fusion_attention():
-                # image features as a leaf with a gradient: the attention then has one even in a
-                # frozen model
-                features = self.image_features(pixels).detach().requires_grad_(True)
+                features = self.image_features(pixels)
+                if not differentiable:  # a leaf with a gradient: the attention has one even in a frozen model
+                    features = features.detach().requires_grad_(True)
                 hidden, mask = self._text_hidden(tokens)
                 states = self.text_encoder.forward_fusion(hidden, mask, features)
                 score = self.itm_head(states[:, 0, :])[:, 1].sum()
                 attention = captured["attention"]  # [B, heads, L, 1 + patches]
-                (gradient,) = torch.autograd.grad(score, attention)
+                (gradient,) = torch.autograd.grad(score, attention, create_graph=differentiable)
         finally:
             handle.remove()
+        if not differentiable:
+            attention, gradient = attention.detach(), gradient.detach()
         side = self.image_size // int(self.config["patch_size"])
         text_mask = mask.view(mask.shape[0], 1, -1, 1).to(attention.dtype)
-        cam = attention.detach()[:, :, :, 1:] * text_mask
+        cam = attention[:, :, :, 1:] * text_mask
         grad = gradient[:, :, :, 1:].clamp(min=0) * text_mask
         # mean over heads and the caption's real tokens (ALBEF divides by the padded length, a
         # per-row factor that depends on the batch; the ranking of patches is the same)
