@@ -52,8 +52,15 @@ class AlbefTextEncoder(nn.Module):
 
     def __init__(self, bert: dict):
         super().__init__()
+        import transformers
         from transformers import BertConfig
         from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
+
+        if int(transformers.__version__.split(".")[0]) < 5:  # 4.x: other BertLayer signature and attention classes
+            from augment.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"the ALBEF family needs transformers>=5 (found {transformers.__version__}); "
+                                         "pip install -U transformers")
 
         self.fusion_layer = int(bert["fusion_layer"])
         encoder_width = int(bert["encoder_width"])
@@ -79,10 +86,6 @@ class AlbefTextEncoder(nn.Module):
         self.encoder.layer = nn.ModuleList(layers)
         self.apply(partial(_init_bert_weights, std=text_config.initializer_range))
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.encoder.layer)
-
     def _additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # ALBEF's 2021 transformers: -10000 on masked keys, broadcast over heads and queries
         return (1.0 - mask[:, None, None, :].to(dtype)) * -10000.0
@@ -91,7 +94,7 @@ class AlbefTextEncoder(nn.Module):
         hidden = self.embeddings(input_ids=input_ids)
         mask = self._additive_mask(attention_mask, hidden.dtype)
         for layer in self.encoder.layer[: self.fusion_layer]:
-            hidden = layer(hidden, mask)
+            hidden = layer(hidden, attention_mask=mask)
         return hidden
 
     def forward_fusion(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
@@ -99,7 +102,7 @@ class AlbefTextEncoder(nn.Module):
         hidden = text_hidden
         mask = self._additive_mask(attention_mask, hidden.dtype)
         for layer in self.encoder.layer[self.fusion_layer:]:  # every image token is attended (no image mask)
-            hidden = layer(hidden, mask, image_hidden.to(hidden.dtype), None)
+            hidden = layer(hidden, attention_mask=mask, encoder_hidden_states=image_hidden.to(hidden.dtype))
         return hidden
 
     @contextlib.contextmanager
