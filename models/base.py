@@ -100,6 +100,7 @@ class ImageTextModel(nn.Module):
         super().__init__()
         self.name: str = ""  # what the user asked for (name, folder, tiny twin)
         self.pretrained: str | None = None  # a pretrained tag / checkpoint, when there is one
+        self.tiny_twin: str | None = None  # the tiny twin this model is (or was trained from)
         self.image_size: int = 224
         self.mean: tuple[float, ...] = (0.0, 0.0, 0.0)
         self.std: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -115,7 +116,7 @@ class ImageTextModel(nn.Module):
 
     def describe(self) -> dict:
         """Identity for reports and caches: family, name, pretrained tag."""
-        return {"family": self.family, "name": self.name, "pretrained": self.pretrained}
+        return {"family": self.family, "name": self.name, "pretrained": self.pretrained, "tiny_twin": self.tiny_twin}
 
     # -- pixels -----------------------------------------------------------------------------
 

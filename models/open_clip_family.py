@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from augment import tiny
 from augment.errors import ModelLoadError
@@ -267,7 +266,7 @@ def save_clip_local_dir(
 
     Files: `open_clip_config.json` = {"model_cfg": architecture config, "preprocess_cfg": size,
     mean, std, interpolation, resize_mode, fill_color} and `open_clip_model.safetensors` (the
-    state dict), so `open_clip.create_model("local-dir:DIR")` and `load_clip(DIR)` load the same
+    state dict), so `open_clip.create_model("local-dir:DIR")` and `load(DIR)` load the same
     weights. `model_name_or_cfg`: an architecture config dict (e.g. `ClipBundle.model_cfg`) or a
     name open_clip resolves (built-in, `hf-hub:`, `local-dir:`). `preprocess_cfg` defaults to the
     one open_clip attached to `model.visual`. Give `tokenizer` for models whose config names a
