@@ -139,7 +139,7 @@ def test_tokens_are_cls_words_pad_without_sep(tiny_albef):
     assert tiny_albef.tokenize(["word " * 80]).input_ids.shape[1] == 30  # [CLS] + 29 (ALBEF's max_length 30)
 
 
-def test_momentum_distillation_update_and_queue(tiny_albef):
+def test_momentum_distillation_update_and_queue(tiny_albef, tmp_path):
     import copy
 
     model = copy.deepcopy(tiny_albef)
@@ -161,6 +161,12 @@ def test_momentum_distillation_update_and_queue(tiny_albef):
     torch.testing.assert_close(model.image_queue[:2], momentum["image_emb_m"])
     assert model.idx_queue[:2].tolist() == [7, 9] and int(model.queue_ptr) == 2
     assert (model.idx_queue[2:] == -100).all()
+    # a training checkpoint keeps the momentum encoders and queues (resuming loads them strictly)
+    reloaded = load_model(str(model.save(tmp_path / "ckpt")))
+    assert reloaded.momentum_distillation and int(reloaded.queue_ptr) == 2
+    model.load_state_dict(reloaded.state_dict(), strict=True)
+    torch.testing.assert_close(reloaded.vision_proj_m.weight, model.vision_proj_m.weight)
+    assert not load_model(str(tmp_path / "ckpt"), momentum_distillation=False).momentum_distillation
     with pytest.raises(ValueError, match="momentum distillation on"):
         momentum_distilled_itc_loss(tiny_albef(pixels, tiny_albef.tokenize(CAPTIONS)), keys)
 

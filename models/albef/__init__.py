@@ -43,9 +43,13 @@ def claims_name(name: str, pretrained: str | None = None) -> bool:
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
          config: str | dict | None = None, bert_config: str | dict | None = None, tokenizer: str | None = None,
-         image_size: int | None = None, pre_caption: bool | None = None, momentum_distillation: bool = False,
+         image_size: int | None = None, pre_caption: bool | None = None, momentum_distillation: bool | None = None,
          display_name: str | None = None) -> AlbefModel:
-    """Load an ALBEF / TCL model by any accepted name (module docstring); eval mode on `device`."""
+    """Load an ALBEF / TCL model by any accepted name (module docstring); eval mode on `device`.
+
+    `momentum_distillation`: None keeps what a saved folder holds (a training checkpoint saves its
+    momentum encoders and queues; a released checkpoint gives none), True builds them, False drops them.
+    """
     name = name.strip()
     if name.startswith("tiny-"):
         tiny.check_tiny_name(name)
@@ -62,8 +66,8 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         checkpoint = pretrained if name.lower() in ARCHITECTURE_NAMES and pretrained else name
         model = _load_checkpoint(checkpoint, config, bert_config, tokenizer, image_size, pre_caption,
                                  display_name or name)
-    if momentum_distillation:
-        model.set_momentum_distillation(True)
+    if momentum_distillation is not None:
+        model.set_momentum_distillation(bool(momentum_distillation))
     return model.to(device=device, dtype=_dtype(precision)).eval()
 
 
@@ -104,9 +108,13 @@ def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_c
     cfg = check_config(cfg)
     model = AlbefModel(cfg, _load_tokenizer(str(folder), display), name=display, pretrained=None)
     grid = model.image_size // int(cfg["patch_size"])
-    state["visual_encoder.pos_embed"] = resample_pos_embed(state["visual_encoder.pos_embed"], grid)
+    for key in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
+        if key in state:
+            state[key] = resample_pos_embed(state[key], grid)
+    if "image_queue" in state:  # saved during training with momentum distillation: continue it
+        model.set_momentum_distillation(True)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(("visual_encoder_m", "text_encoder_m")) for k in missing):
+    if missing or unexpected:
         raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / WEIGHTS_NAME} does not match its "
                              f"{CONFIG_NAME} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model

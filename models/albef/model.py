@@ -415,7 +415,7 @@ class AlbefModel(VisionLanguageModel):
     # -- saving -----------------------------------------------------------------------------
 
     def main_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights without the momentum copies and queues (what is saved and loaded)."""
+        """The weights without the momentum copies and queues (what a released checkpoint gives)."""
         return {k: v for k, v in self.state_dict().items()
                 if not k.startswith(MOMENTUM_PREFIXES) and k not in QUEUE_NAMES}
 
@@ -423,7 +423,8 @@ class AlbefModel(VisionLanguageModel):
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.main_state_dict().items()}
+        # everything, momentum encoders and queues included when on (a resumed run continues them)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         weights_tmp, config_tmp = folder / f".{WEIGHTS_NAME}.tmp", folder / f".{CONFIG_NAME}.tmp"
         save_file(state, str(weights_tmp), metadata={"format": "pt"})
         config_tmp.write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
