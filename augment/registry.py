@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from augment import tiny
-from augment.errors import MissingDependencyError, ModelLoadError
+from augment.errors import MissingDependencyError, ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,6 @@ def _offline_message(role: str, name: str) -> str:
     return f"cannot load {_label(role)} '{name}': not in the local cache and HF_HUB_OFFLINE=1 is set; {_OFFLINE_HINT}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _message_for(exc: BaseException, role: str, name: str) -> str:
@@ -135,7 +132,7 @@ def _message_for(exc: BaseException, role: str, name: str) -> str:
         if is_offline():
             return _offline_message(role, name)
         return f"cannot load {what}: not in the local cache and the Hub cannot be reached; {_OFFLINE_HINT}"
-    return f"cannot load {what}: {type(exc).__name__}: {_first_line(exc)}"
+    return f"cannot load {what}: {type(exc).__name__}: {first_line(exc)}"
 
 
 @contextlib.contextmanager
@@ -146,7 +143,7 @@ def _translated_errors(role: str, name: str) -> Iterator[None]:
     except (ModelLoadError, MissingDependencyError):
         raise
     except ImportError as exc:
-        missing = getattr(exc, "name", None) or _first_line(exc)
+        missing = getattr(exc, "name", None) or first_line(exc)
         raise MissingDependencyError(
             f"loading {_label(role)} '{name}' needs a package that is not installed ({missing}); pip install it"
         ) from exc

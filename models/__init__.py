@@ -153,3 +153,9 @@ def _is_folder(name: str) -> bool:
 def save_model(model: ImageTextModel, folder: str | os.PathLike) -> Path:
     """Write `model` in its family's native layout plus matplus_model.json."""
     return model.save(folder)
+
+
+__all__ = [
+    "FAMILIES", "HF_ARCHITECTURES", "TINY_FAMILY", "CaptioningModel", "EncoderOutput", "ImageTextModel", "TextTokens",
+    "VisionLanguageModel", "family_module", "family_of", "load_model", "read_model_info", "save_model",
+]

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.atomic import atomic_write_text
+
 # written beside every saved model: which family reads the folder back
 MODEL_INFO_NAME = "matplus_model.json"
 
@@ -166,9 +168,7 @@ class ImageTextModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.save_native(folder)
         info = {**self.describe(), "kind": self.kind, "image_size": self.image_size, "format": 1}
-        tmp = folder / f".{MODEL_INFO_NAME}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(folder / MODEL_INFO_NAME)
+        atomic_write_text(folder / MODEL_INFO_NAME, json.dumps(info, indent=2) + "\n")
         return folder
 
     def save_native(self, folder: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from augment import tiny
+from augment.atomic import atomic_write_text, temporary_path
 from augment.errors import ModelLoadError
 from augment.registry import (
     ALIASES,
@@ -293,12 +294,10 @@ def save_clip_local_dir(
     # open_clip keeps no tied tensors, so a plain state dict saves; contiguous copies on CPU
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # write to temporary names, then rename: a crash never leaves a half-written checkpoint
-    weights_tmp = out_dir / f".{OPEN_CLIP_WEIGHTS_NAME}.tmp"
-    config_tmp = out_dir / f".{OPEN_CLIP_CONFIG_NAME}.tmp"
+    weights_tmp = temporary_path(out_dir / OPEN_CLIP_WEIGHTS_NAME)
     save_file(state, str(weights_tmp), metadata={"format": "pt"})
-    config_tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     os.replace(weights_tmp, out_dir / OPEN_CLIP_WEIGHTS_NAME)
-    os.replace(config_tmp, out_dir / OPEN_CLIP_CONFIG_NAME)
+    atomic_write_text(out_dir / OPEN_CLIP_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out_dir))
     return out_dir

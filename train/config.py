@@ -19,7 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from augment.errors import MatPlusError
+from augment.atomic import atomic_write_text
+from augment.errors import MatPlusError, first_line
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
@@ -127,7 +128,7 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -268,9 +269,7 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # how this run was started, not what it is: fed back with --config, they must not carry over
     settings = {**config.to_dict(), "resume": False, "overwrite": False}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
     return path
 
 

@@ -500,13 +500,13 @@ def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attack
 
 def write_report(report: dict, out_dir: str | Path) -> str:
     """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table."""
+    from augment.atomic import atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_report(report)
-    for name, text in (("eval.json", json.dumps(report, indent=2, default=str) + "\n"), ("eval.md", table)):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "eval.md", table)
     return table
 
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -32,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from augment.errors import MissingDependencyError
+from augment.errors import MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
     ConfigError,
@@ -147,22 +146,23 @@ class StepRecord:
     output: StepOutput
 
 
-def _is_distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if not _is_distributed_launch():
+    from train.launch import check_launch_environment, check_process_group
+
+    plan = check_launch_environment(config.cpu)  # torchrun/accelerate on a CPU: gloo, or one line
+    if not plan.distributed:
         # accelerate keeps one global state per process; an in-process caller (a study driver,
         # the tests) may run several trainings with different precisions one after the other
         AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        return Accelerator(cpu=config.cpu, mixed_precision=config.precision)
+        accelerator = Accelerator(cpu=plan.cpu, mixed_precision=config.precision)
+        check_process_group(plan, accelerator.num_processes)
+        return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
-        raise ConfigError(f"--precision {config.precision}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"--precision {config.precision}: {first_line(exc)}") from None
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:

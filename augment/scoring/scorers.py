@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 
 DEFAULT_BATCH_SIZE = 64
 TRANSFORMERS_PREFIX = "transformers:"
@@ -215,8 +215,7 @@ def _load_transformers_scorer(name: str, device: Any, batch_size: int) -> Transf
         model = CLIPModel.from_pretrained(resolved.source, **kwargs).to(device).eval()
         processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line}") from exc
+        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line(exc)}") from exc
     if resolved.is_local:
         scorer_id = f"transformers:{_folder_weights_digest(Path(resolved.source), TRANSFORMERS_WEIGHTS)}"
     else:
