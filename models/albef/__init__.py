@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from augment import tiny
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 from models.albef.config import TINY_BERT_CONFIG, TINY_CONFIG, check_config, make_config
 from models.albef.model import CONFIG_NAME, WEIGHTS_NAME, AlbefModel
 
@@ -100,7 +100,7 @@ def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_c
         cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
         state = load_file(str(folder / WEIGHTS_NAME))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load ALBEF '{display}': {folder} is unreadable ({exc})") from None
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {folder} is unreadable ({first_line(exc)})") from None
     if image_size is not None:
         cfg["image_res"] = int(image_size)
     if pre_caption is not None:

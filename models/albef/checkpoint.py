@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 from models.albef.model import MOMENTUM_PREFIXES, QUEUE_NAMES, AlbefModel
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"refusing to load {path}: it needs pickle ({holds}) and checkpoints are read with "
             f"torch.load(weights_only=True); if you trust the file, re-save only its 'model' state dict") from None
     except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: {first}") from None
+        raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: {type(exc).__name__}: {first_line(exc)}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: no state dict under 'model' or at the top level")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 
 # CLIP's pixel statistics: ALBEF normalises with these, not ImageNet's
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -91,7 +91,7 @@ def _read_json(path: str | Path, what: str) -> dict:
     try:
         data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read ALBEF {what} {path}: {exc}") from None
+        raise ModelLoadError(f"cannot read ALBEF {what} {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"ALBEF {what} {path} is not a JSON object")
     return data
@@ -112,7 +112,7 @@ def read_yaml_config(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"cannot read ALBEF config {path}: {str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot read ALBEF config {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"ALBEF config {path} is not a YAML mapping")
     return {k: data[k] for k in YAML_KEYS if k in data}

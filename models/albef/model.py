@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -422,15 +423,19 @@ class AlbefModel(VisionLanguageModel):
     def save_native(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
+        from augment.atomic import atomic_write_text, temporary_path
+
         folder = Path(folder)
         # everything, momentum encoders and queues included when on (a resumed run continues them)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        weights_tmp, config_tmp = folder / f".{WEIGHTS_NAME}.tmp", folder / f".{CONFIG_NAME}.tmp"
-        save_file(state, str(weights_tmp), metadata={"format": "pt"})
-        config_tmp.write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
-        self.tokenizer.save_pretrained(str(folder))
-        weights_tmp.replace(folder / WEIGHTS_NAME)
-        config_tmp.replace(folder / CONFIG_NAME)
+        weights_tmp = temporary_path(folder / WEIGHTS_NAME)
+        try:
+            save_file(state, str(weights_tmp), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(str(folder))
+            os.replace(weights_tmp, folder / WEIGHTS_NAME)
+        finally:
+            weights_tmp.unlink(missing_ok=True)
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config, indent=2) + "\n")  # last: marks it complete
 
     @classmethod
     def can_load(cls, folder: Path) -> bool:
