@@ -70,14 +70,14 @@ def _compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="analysis", description="Which pool properties predict robustness.")
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="analysis", description="Which pool properties predict robustness.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    study = sub.add_parser("study", help="build pools, score them, train and evaluate every method, write the report")
+    study = sub.add_parser("study", allow_abbrev=False, help="build pools, score them, train and evaluate every method, write the report")
     study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: default, demo, mini")
     study.add_argument("--out", default=None, help="output folder (default: the config's)")
     study.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
     study.set_defaults(func=_study)
-    compare = sub.add_parser("compare", help="print a table of finished evaluations")
+    compare = sub.add_parser("compare", allow_abbrev=False, help="print a table of finished evaluations")
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
     compare.add_argument("--out", default=None, help="also write the table (Markdown) here")
     compare.set_defaults(func=_compare)

@@ -70,6 +70,7 @@ ROLE_LABELS = {
     "captioner": "captioner",
     "paraphraser": "paraphraser",
     "mlm": "masked LM",
+    "vlm": "vision-language model",
 }
 
 

@@ -610,8 +610,14 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
 def source_fingerprint(dataset: "datasets.Dataset") -> str:
     """Content hash of ids, splits and captions: pools record it to detect a changed source."""
     digest = hashlib.sha256()
-    for image_id, split, captions in zip(dataset["image_id"], dataset["split"], dataset["captions"]):
-        digest.update(json.dumps([image_id, split, list(captions)]).encode())
+    # whole columns through arrow (read row by row they cost 40x more), formatted in place:
+    # select_columns/with_format deep-copy the dataset object
+    names = ["image_id", "split", "captions"]
+    with dataset.formatted_as("arrow", columns=names):
+        table = dataset[:]
+    columns = [table[name].to_pylist() for name in names]
+    for image_id, split, captions in zip(*columns):
+        digest.update(json.dumps([image_id, split, captions]).encode())
     return digest.hexdigest()[:16]
 
 

@@ -8,6 +8,8 @@ training, checkpoint loading) runs end to end in tests and on a laptop.
 |--------------------|-----------------------------------------------------------------|
 | `tiny-clip`        | open_clip `CLIP`, 64 px, ViT 2x128, text 2x128, context 32 (~7.3 M) |
 | `tiny-siglip`      | the same open_clip `CLIP` with SigLIP's logit bias (-10) and scale (10) |
+| `tiny-blip`        | transformers `BlipForImageTextRetrieval`, 64 px, 2+2 layers of width 64 (models/blip.py) |
+| `tiny-hf-clip`     | transformers `CLIPModel`, 64 px, 2+2 layers of width 32 (models/hf_clip.py) |
 | `tiny-sd`          | diffusers `StableDiffusionPipeline` (UNet/VAE/CLIP text of diffusers' tests) |
 | `tiny-captioner`   | transformers `BlipForConditionalGeneration` + `BlipProcessor`  |
 | `tiny-paraphraser` | transformers `T5ForConditionalGeneration` (seq2seq)            |
@@ -56,6 +58,8 @@ TINY_SIGLIP = "tiny-siglip"
 FAMILY_TWINS: dict[str, str] = {
     TINY_CLIP: "models.open_clip_family",
     TINY_SIGLIP: "models.open_clip_family",
+    "tiny-blip": "models.blip",
+    "tiny-hf-clip": "models.hf_clip",
     "tiny-albef": "models.albef",
 }
 TINY_NAMES = (TINY_SD, TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM, *FAMILY_TWINS)

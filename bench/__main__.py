@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trainer"]
+BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trainer", "scale"]
 
 
 def main(argv: list[str]) -> int:

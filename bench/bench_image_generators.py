@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -36,7 +37,8 @@ METHODS = ("t2i-sd", "t-i2i-sd")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench_image_generators", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench_image_generators", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--model", default="tiny-sd", help="SD model: tiny-sd (default), alias, Hub id or folder")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS} (default both)")
@@ -49,6 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved loop/batched repeats, medians (default 3)")
     return parser.parse_args(argv)
 
 
@@ -168,14 +171,21 @@ def bench_method(method: str, args, device: str, dtype: str) -> dict:
     batched_runner(generator, items[:1], args.n, args.seed + 1)()
     loop_runner(generator, tasks[:1], args.seed + 1)()
 
-    loop_images, loop_s, loop_memory = timed(device, loop_runner(generator, tasks, args.seed))
-    batched_images, batched_s, batched_memory = timed(device, batched_runner(generator, items, args.n, args.seed))
+    # interleaved repeats, medians: load on a shared machine hits both modes alike
+    loop_times, batched_times = [], []
+    for _ in range(args.repeats):
+        loop_images, loop_s, loop_memory = timed(device, loop_runner(generator, tasks, args.seed))
+        batched_images, batched_s, batched_memory = timed(device, batched_runner(generator, items, args.n, args.seed))
+        loop_times.append(loop_s)
+        batched_times.append(batched_s)
+    loop_s, batched_s = statistics.median(loop_times), statistics.median(batched_times)
     images = len(tasks)
     return {
         "method": method,
         "images": images,
-        "loop": {"seconds": loop_s, "images_per_s": images / loop_s, "memory": loop_memory},
-        "batched": {"seconds": batched_s, "images_per_s": images / batched_s, "memory": batched_memory},
+        "loop": {"seconds": loop_s, "seconds_all": loop_times, "images_per_s": images / loop_s, "memory": loop_memory},
+        "batched": {"seconds": batched_s, "seconds_all": batched_times, "images_per_s": images / batched_s,
+                    "memory": batched_memory},
         "speedup": loop_s / batched_s,
         "max_pixel_difference": max_pixel_difference(loop_images, batched_images),
         "params": generator.params(),
@@ -231,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown method(s) {unknown}; choose from {METHODS}")
         return 2
     results = [bench_method(m, args, device, dtype) for m in methods]
+    env = environment(device, dtype)
+    print(f"settings: {args.model}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
+          f"{args.steps} steps, {device} {dtype}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs "
+          f"(load {env['load_average_1m']:.1f}), median of {args.repeats}")
     print_table(results)
     payload = {
         "benchmark": "image_generators",

@@ -34,6 +34,8 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
 # family -> the module implementing it (`load(...)`, the model class, `build_tiny`, `tiny_config`)
 FAMILIES: dict[str, str] = {
     "open_clip": "models.open_clip_family",
+    "blip": "models.blip",
+    "hf_clip": "models.hf_clip",
     "albef": "models.albef",
 }
 
@@ -41,11 +43,16 @@ FAMILIES: dict[str, str] = {
 TINY_FAMILY: dict[str, str] = {
     "tiny-clip": "open_clip",
     "tiny-siglip": "open_clip",
+    "tiny-blip": "blip",
+    "tiny-hf-clip": "hf_clip",
     "tiny-albef": "albef",
 }
 
 # transformers `architectures[0]` of a Hub id or folder (config.json) -> family
-HF_ARCHITECTURES: dict[str, str] = {}
+HF_ARCHITECTURES: dict[str, str] = {
+    "BlipForImageTextRetrieval": "blip",
+    "CLIPModel": "hf_clip",
+}
 
 
 def family_module(family: str):

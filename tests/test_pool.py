@@ -107,6 +107,19 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path):
     assert len(set(b["row_id"])) == len(b)
 
 
+def test_loader_workers_give_the_same_pool_and_resume(karpathy_dir, tmp_path):
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    inline = run_generation(_CountingGenerator(), source, str(tmp_path / "inline"), **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_CountingGenerator(die_on_call=2), source, str(tmp_path / "loaded"), workers=2, **kwargs)
+    resumed_gen = _CountingGenerator()
+    resumed = run_generation(resumed_gen, source, str(tmp_path / "loaded"), workers=2, **kwargs)
+    assert resumed_gen.calls == 2 and resumed["num_rows"] == inline["num_rows"]
+    a, b = load_pool(tmp_path / "inline").dataset, load_pool(tmp_path / "loaded").dataset
+    assert a["row_id"] == b["row_id"] and a["caption"] == b["caption"]
+
+
 def test_hub_pool_id_fails_fast_offline():
     import time
 
@@ -114,3 +127,18 @@ def test_hub_pool_id_fails_fast_offline():
     with pytest.raises(PoolError, match="cannot fetch pool 'someone/some-pool@v2' from the Hub"):
         load_pool("someone/some-pool@v2")
     assert time.time() - start < 15
+
+
+def test_loader_workers_raise_the_records_own_error():
+    from augment.errors import SourceError
+    from augment.loading import ordered_batches
+
+    def check(value):
+        if value == 3:
+            raise SourceError("images.json, record 3: image file missing")
+        return value * 2
+
+    assert list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 0, lambda v: v * 2)) == [[0, 2], [4, 6], [8, 10]]
+    assert list(ordered_batches(list(range(4)), [[0, 1], [2]], 2, lambda v: v * 2)) == [[0, 2], [4]]
+    with pytest.raises(SourceError, match="^images.json, record 3: image file missing$"):
+        list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 2, check))

@@ -209,6 +209,21 @@ def counted_scorer():
     return scorer, EncodeCounter(scorer)
 
 
+@pytest.fixture(scope="module")
+def hf_clip_dir(tmp_path_factory):
+    from augment.scoring.tiny_hf import save_tiny_transformers_clip
+
+    return save_tiny_transformers_clip(tmp_path_factory.mktemp("hf-clip") / "tiny-transformers-clip")
+
+
+@pytest.fixture
+def counted_hf_scorer(hf_clip_dir):
+    from augment.scoring.scorers import load_scorer
+
+    scorer = load_scorer(str(hf_clip_dir), batch_size=128)
+    return scorer, EncodeCounter(scorer)
+
+
 def _settings(**overrides):
     from augment.scoring.pool_scores import ScoreSettings
 
@@ -299,6 +314,44 @@ def test_rescoring_takes_every_embedding_from_the_cache(tmp_path, source, train_
     assert second["alignment"]["all"]["mean"] == pytest.approx(first["alignment"]["all"]["mean"], abs=1e-9)
 
 
+def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_items, counted_hf_scorer, sample_world_dir):
+    import os
+
+    from augment.scoring.pool_scores import score_and_save
+
+    scorer, counter = counted_hf_scorer
+    rows = [_row(item, 0, 0, "own", "text", caption=f"{item['captions'][0]} again") for item in train_items]
+    pool = _write(tmp_path / "texts", rows, sample_world_dir)
+    first = _score(pool, source, scorer)
+    assert "reused" not in first and first["inputs_key"]
+    calls = dict(counter.calls)
+    again = _score(pool, source, scorer)
+    assert again["reused"] is True and counter.calls == calls  # nothing encoded, nothing recomputed
+    assert again["alignment"] == first["alignment"] and again["created"] == first["created"]
+    forced = score_and_save(pool, source, scorer, _settings(), plot=False, force=True)
+    assert "reused" not in forced and forced["alignment"] == first["alignment"]
+    # any input changed: the settings, a pool file, a missing side table -> scored again
+    assert "reused" not in _score(pool, source, scorer, bootstrap=150)
+    shard = sorted((pool.path / "data").glob("*.parquet"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1))
+    assert "reused" not in _score(pool, source, scorer)
+    (pool.path / first["tables"]["items"]).unlink()
+    assert "reused" not in _score(pool, source, scorer)
+    assert _score(pool, source, scorer)["reused"] is True
+
+
+def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer):
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    scorer, counter = counted_hf_scorer
+    images = [item["image"] for item in train_items[:12]]
+    scorer.batch_size = 4  # three batches: the workers decode ahead, in order
+    inline = Embedder(scorer, EmbeddingCache(tmp_path / "inline", scorer.id)).images(images)
+    loaded = Embedder(scorer, EmbeddingCache(tmp_path / "loaded", scorer.id), workers=2).images(images)
+    assert counter.calls["image"] == 6
+    assert np.array_equal(inline, loaded)
+
+
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):
     from augment.scoring.embeddings import Embedder, EmbeddingCache, text_key
 
@@ -328,7 +381,7 @@ def test_transformers_clip_scorer(tmp_path, source, train_items, sample_world_di
     from augment.scoring.tiny_hf import save_tiny_transformers_clip
 
     folder = save_tiny_transformers_clip(tmp_path / "hf-clip")
-    assert scorer_kind(str(folder)) == "transformers"
+    assert scorer_kind(str(folder)) == "hf_clip"  # models.family_of: a CLIPModel folder is the hf_clip family
     scorer = load_scorer(str(folder))
     assert scorer.id.startswith("transformers:") and scorer.slug.startswith("hf-clip-")
     rows = [_row(item, 1, 0, "copy", "text", caption=item["captions"][1]) for item in train_items[:6]]

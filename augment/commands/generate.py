@@ -5,12 +5,13 @@ import sys
 
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, method_names
-from augment.generators.base import run_generation
+from augment.generators.base import distributed_rank, run_generation
+from augment.loading import add_workers_argument
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="build a 1:N augmentation pool",
+        "generate", allow_abbrev=False, help="build a 1:N augmentation pool",
         description="Build a pool with one method. Re-running the same command resumes a killed run.",
     )
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (under accelerate launch: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     parser.add_argument("--no-progress", action="store_true")
+    add_workers_argument(parser)
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
         module.add_arguments(group)
@@ -46,7 +48,7 @@ def run(args) -> int:
         meta = run_generation(
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
-            progress=not args.no_progress, source_meta=source_meta(args), **process_share(state),
+            progress=not args.no_progress, source_meta=source_meta(args), workers=args.workers, **process_share(state),
         )
     finally:
         if state is not None:

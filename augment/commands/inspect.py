@@ -9,7 +9,7 @@ from augment.commands.common import add_source_arguments, read_source
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("inspect", help="validate a source dataset and print a summary")
+    parser = subparsers.add_parser("inspect", allow_abbrev=False, help="validate a source dataset and print a summary")
     add_source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)

@@ -8,7 +8,7 @@ from augment.sample_world import split_sizes, write_sample
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "make-sample",
+        "make-sample", allow_abbrev=False,
         help="write the procedural captioned-scenes sample dataset",
         description="Write DIR/dataset_sample.json and DIR/images/*.png: 64x64 scenes of 1-3 "
         "shapes with true captions. The same --n and --seed always give identical files.",

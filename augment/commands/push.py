@@ -14,7 +14,7 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "push",
+        "push", allow_abbrev=False,
         help="publish a pool on the Hugging Face Hub with its data card",
         description="Upload a pool as a Hub dataset (parquet shards, README.md data card, pool.json, "
         "scores.json), or write that repository to a local folder with --to-dir.",

@@ -10,7 +10,7 @@ def _names(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "save-tiny", help="write the tiny random-weight models (tiny-clip, tiny-sd, ...) to a folder",
+        "save-tiny", allow_abbrev=False, help="write the tiny random-weight models (tiny-clip, tiny-sd, ...) to a folder",
         description=(
             "Build the tiny offline twins of every model role (seeded random weights, same classes as "
             "the real models) and save each into DIR/<name>/ with the libraries' own save_pretrained "

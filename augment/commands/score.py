@@ -17,9 +17,10 @@ from augment.errors import ModelLoadError, PoolError, first_line
 
 def register(subparsers) -> None:
     from augment.commands.common import add_source_arguments
+    from augment.loading import add_workers_argument
 
     parser = subparsers.add_parser(
-        "score", help="score pools: alignment, diversity, distribution gap",
+        "score", allow_abbrev=False, help="score pools: alignment, diversity, distribution gap",
         description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pools", nargs="+", metavar="POOL", help="pool folders (or Hub dataset ids)")
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
     parser.add_argument("--table", default=None, metavar="FILE", help="write the comparison table (Markdown) here")
     parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--force", action="store_true",
+                        help="score again even when the pool, source, scorer and settings are those of its stored scores")
+    add_workers_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,7 +68,10 @@ def run(args) -> int:
     if args.cache_dir:
         remove_stale_temporaries(args.cache_dir)
     scorer = load_scorer_or_fail(args)
+    from augment.sources import source_fingerprint
+
     sources: dict[tuple, object] = {}
+    fingerprints: dict[tuple, str] = {}
     entries = []
     for pool in pools:
         source_name = source_of(pool, args.source)
@@ -72,11 +79,13 @@ def run(args) -> int:
         key = (source_name, *reading.values())
         if key not in sources:
             sources[key] = read_source_named(args, source_name, reading)
+            fingerprints[key] = source_fingerprint(sources[key])
         source = sources[key]
-        warn_if_other_source(pool, source)
+        warn_if_other_source(pool, fingerprints[key])
         entry = score_and_save(
             pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-            plot=not args.no_plot, progress=not args.no_progress,
+            plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
+            source_fp=fingerprints[key],
         )
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
@@ -134,13 +143,10 @@ def source_of(pool, given: str | None) -> str:
     raise PoolError(f"{pool.path}: pass --source (the pool records {recorded!r}, which is not a path here)")
 
 
-def warn_if_other_source(pool, source) -> None:
-    """A source with another fingerprint may still hold the pool's items (e.g. a superset); the
-    scoring checks the ids, so this only warns."""
-    from augment.sources import source_fingerprint
-
+def warn_if_other_source(pool, current: str) -> None:
+    """A source with another fingerprint (`current`) may still hold the pool's items (e.g. a
+    superset); the scoring checks the ids, so this only warns."""
     recorded = pool.meta.get("source_fingerprint")
-    current = source_fingerprint(source)
     if recorded and recorded != current:
         print(f"warning: {pool.path}: the source differs from the one the pool was made from "
               f"(fingerprint {current} vs {recorded})", file=sys.stderr)
@@ -162,6 +168,9 @@ def one_line_summary(entry: dict) -> str:
     for modality, gap in entry["gap"].items():
         if gap.get("frechet"):
             parts.append(f"{modality} gap FD {gap['frechet']['value']:.3f} MMD² {gap['mmd2']['value']:.4f}")
-    encoded = entry["encoding"]["encoded"]
-    parts.append(f"encoded {encoded['text']} texts + {encoded['image']} images")
+    if entry.get("reused"):
+        parts.append(f"unchanged since {entry['created']}: stored scores reused (--force recomputes)")
+    else:
+        encoded = entry["encoding"]["encoded"]
+        parts.append(f"encoded {encoded['text']} texts + {encoded['image']} images")
     return "; ".join(parts)

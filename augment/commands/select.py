@@ -10,7 +10,7 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "select", help="write a sub-pool filtered by method, modality and stored scores",
+        "select", allow_abbrev=False, help="write a sub-pool filtered by method, modality and stored scores",
         description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pool", metavar="POOL", help="the scored pool to select from")

@@ -6,7 +6,7 @@ from augment.wordnet import DEBIAN_WORDNET_DIR, default_data_dir, setup_wordnet
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "setup-wordnet", help="install WordNet for nltk (download, or build from Debian's wordnet-base)",
+        "setup-wordnet", allow_abbrev=False, help="install WordNet for nltk (download, or build from Debian's wordnet-base)",
         description=(
             "Make nltk's WordNet load: nothing to do if it already does; else nltk.download when "
             "online; else build it from Debian's wordnet-base files (apt-get install wordnet-base)."

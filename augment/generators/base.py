@@ -18,6 +18,9 @@ from augment.pool import PoolWriter, make_row_id
 from augment.sources import select_split, source_fingerprint
 
 
+SHARD_WORKERS = 2  # at most this many processes decode shards ahead (see run_generation)
+
+
 def row_seed(base_seed: int, image_id: str, caption_index: int, k: int) -> int:
     """A per-row seed that depends only on the row's identity, never on batching or process."""
     digest = hashlib.sha256(f"{base_seed}|{image_id}|{caption_index}|{k}".encode()).digest()
@@ -89,6 +92,7 @@ def run_generation(
     world_size: int | None = None,
     barrier=None,
     source_meta: dict | None = None,
+    workers: int = 0,
 ) -> dict | None:
     """Generate the pool `out` from `source` (a SOURCE_FEATURES dataset); return pool.json's dict.
 
@@ -96,6 +100,8 @@ def run_generation(
     processes done) rank 0 writes the final pool.json. Shard boundaries depend only on the source,
     `split`, `limit` and `shard_size`, so the pool is the same whatever the number of processes.
     Returns None on ranks other than 0. `source_meta` (e.g. the image root) joins pool.json.
+    `workers` DataLoader processes read and decode the next shards' source items while the
+    generator works (in order: the pool does not depend on it).
     """
     from tqdm.auto import tqdm
 
@@ -135,12 +141,16 @@ def run_generation(
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
+    from augment.loading import ordered_batches
+
+    shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
+    # a shard is the unit: decoding one takes far less than generating from it, so a worker or
+    # two, one shard ahead each, keep the model fed without holding many decoded shards
+    loader = ordered_batches(items, shard_rows, min(workers, SHARD_WORKERS), prefetch=1)
     try:
-        for k in todo:
-            start, stop = k * shard_size, min((k + 1) * shard_size, len(items))
-            batch = [items[i] for i in range(start, stop)]
+        for k, batch in zip(todo, loader):
             writer.write_shard(k, generator.generate(batch, n, seed))
-            bar.update(stop - start)
+            bar.update(len(batch))
     finally:
         bar.close()
         generator.close()

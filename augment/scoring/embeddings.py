@@ -191,9 +191,10 @@ def as_key_bytes(keys: Sequence[bytes]) -> np.ndarray:
 class Embedder:
     """A scorer behind a cache: each distinct content is encoded once, ever, per scorer."""
 
-    def __init__(self, scorer, cache: EmbeddingCache):
+    def __init__(self, scorer, cache: EmbeddingCache, workers: int = 0):
         self.scorer = scorer
         self.cache = cache
+        self.workers = workers  # DataLoader processes decoding images ahead of the scorer
         self.encoded = {"text": 0, "image": 0}
         self.reused = {"text": 0, "image": 0}
 
@@ -205,7 +206,19 @@ class Embedder:
         """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images."""
         encoded = [image_bytes_of(image) for image in images]
         keys = [image_key(data) for data in encoded]
-        return self._embed("image", keys, encoded, lambda batch: self.scorer.encode_images([decode_image(b) for b in batch]))
+        return self._embed("image", keys, encoded, self._encode_images)
+
+    def _encode_images(self, payloads: list[bytes]):
+        """Decode (in worker processes when there are several batches) and encode, in order."""
+        import torch
+
+        from augment.loading import ordered_batches
+
+        size = self.scorer.batch_size
+        index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
+        workers = self.workers if len(index_batches) > 1 else 0  # one batch: a worker only adds start-up
+        parts = [self.scorer.encode_images(images) for images in ordered_batches(payloads, index_batches, workers, decode_image)]
+        return torch.cat(parts)
 
     def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:
         if not keys:

@@ -25,6 +25,9 @@ the pool beyond a few numbers per row.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -261,7 +264,7 @@ class Totals:
 
 
 def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings, source_name: str = "",
-               progress: bool = False) -> dict:
+               progress: bool = False, source_fp: str | None = None) -> dict:
     """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry."""
     from datasets import Image
     from tqdm.auto import tqdm
@@ -291,7 +294,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
         raise
     finally:
         bar.close()
-    summary = summarise(pool, totals, embedder, settings, source_name, source_dataset)
+    summary = summarise(pool, totals, embedder, settings, source_name, source_dataset, source_fp)
     summary["encoding"] = {
         "encoded": {k: v - encoded_before[k] for k, v in embedder.encoded.items()},
         "reused": {k: v - reused_before[k] for k, v in embedder.reused.items()},
@@ -324,7 +327,7 @@ def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, total
 
 
 def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings, source_name: str,
-              source_dataset) -> dict:
+              source_dataset, source_fp: str | None = None) -> dict:
     """The scores.json entry of this pool and scorer."""
     from augment.pool import package_versions
     from augment.sources import source_fingerprint
@@ -341,7 +344,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
         # "finished" (pool.json's) tells select whether the pool was rewritten after scoring
         "pool": {"path": str(pool.path), "name": pool.name, "method": pool.method, "num_rows": len(pool),
                  "rows_by_modality": present, "finished": pool.meta.get("finished")},
-        "source": {"path": source_name, "fingerprint": source_fingerprint(source_dataset),
+        "source": {"path": source_name, "fingerprint": source_fp or source_fingerprint(source_dataset),
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
         "settings": asdict(settings),
@@ -381,20 +384,76 @@ def _gap(totals: Totals, modality: str, settings: ScoreSettings) -> dict:
 
 def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None = None,
                    cache_dir: str | None = None, source_name: str = "", plot: bool = True,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, force: bool = False, workers: int = 0,
+                   source_fp: str | None = None) -> dict:
     """Score `pool` with `scorer`, write rows/items tables, scores.json and (with `plot`) the PNG.
 
     The embedding cache lives in `cache_dir` (share one between pools of the same source to
-    encode the source once) or by default in POOL/scores/<slug>/embeddings.
+    encode the source once) or by default in POOL/scores/<slug>/embeddings. When the pool was
+    already scored from the same inputs (`inputs_key`: pool files, source, scorer, settings)
+    and its side tables are there, nothing is recomputed (`force` recomputes): the stored
+    entry comes back with "reused": True. `workers` decode images for the scorer in DataLoader
+    worker processes (0: in this process).
     """
     from augment.scoring import report
     from augment.scoring.embeddings import EmbeddingCache
+    from augment.sources import source_fingerprint
 
     settings = settings or ScoreSettings()
+    source_fp = source_fp or source_fingerprint(source_dataset)
+    key = inputs_key(pool, source_fp, scorer, settings, source_name)
+    stored = None if force else reusable_entry(pool.path, scorer.slug, key)
+    if stored is not None:
+        if store.read_scores_json(pool.path).get("latest") != scorer.slug:
+            report.update_scores_json(pool.path, stored)  # it becomes the latest again
+        if plot and not (pool.path / store.SCORES_PLOT).is_file():
+            report.plot_scores(pool.path, stored)
+        return {**stored, "reused": True}
     folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
-    embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id))
-    entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress)
+    embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
+    entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
+                       source_fp=source_fp)
+    entry["inputs_key"] = key
     report.update_scores_json(pool.path, entry)
     if plot:
         report.plot_scores(pool.path, entry)
+    return entry
+
+
+def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str) -> str:
+    """A digest of everything a pool's scores depend on: the pool's data files (name, size,
+    modification time) and pool.json's finish stamp, the source's fingerprint, the scorer's
+    weights id, the settings and the package versions (mat-plus, torch, transformers...). Equal
+    keys mean a re-score would write the same numbers."""
+    shards = sorted(pool.path.glob("data/*.parquet"))
+    files = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
+    inputs = {
+        "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
+        "pool_files": files, "source": source_fp, "source_name": source_name, "scorer": scorer.id,
+        "settings": asdict(settings), "packages": _package_versions(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple:
+    """Installed versions, looked up once per process (the metadata scan takes tens of ms)."""
+    from augment.pool import package_versions
+
+    return tuple(sorted(package_versions().items()))
+
+
+def reusable_entry(pool_path, slug: str, key: str) -> dict | None:
+    """The stored entry of scorer `slug` when it was computed from inputs `key` and both side
+    tables are present in this scores version; else None."""
+    try:
+        document = store.read_scores_json(pool_path)
+    except (PoolError, ValueError):  # another version or a broken file: score again
+        return None
+    entry = ((document or {}).get("scorers") or {}).get(slug)
+    if not entry or entry.get("inputs_key") != key:
+        return None
+    folder = store.scorer_dir(pool_path, slug)
+    if not all(store.table_is_current(folder / name) for name in (store.ROWS_FILE, store.ITEMS_FILE)):
+        return None
     return entry

@@ -18,12 +18,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
-from augment.errors import ModelLoadError, first_line
+from augment.errors import ModelLoadError
 
 DEFAULT_BATCH_SIZE = 64
-TRANSFORMERS_PREFIX = "transformers:"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 class Scorer(ABC):
@@ -92,41 +89,8 @@ class ModelScorer(Scorer):
         return self.model.encode_text(texts, normalize=False)
 
 
-class TransformersClipScorer(Scorer):
-    """A transformers `CLIPModel` with its `CLIPProcessor`."""
-
-    kind = "transformers"
-
-    def __init__(self, model, processor, name: str, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE,
-                 device: Any = "cpu"):
-        super().__init__(name, scorer_id, batch_size, device)
-        self.model = model
-        self.processor = processor
-        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
-
-    def _encode_image_batch(self, images: list):
-        inputs = self.processor(images=[_rgb(image) for image in images], return_tensors="pt")
-        output = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
-        return _projected_features(output)
-
-    def _encode_text_batch(self, texts: list[str]):
-        inputs = self.processor(
-            text=texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
-        )
-        output = self.model.get_text_features(
-            input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
-        )
-        return _projected_features(output)
-
-
 def _rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _projected_features(output):
-    """transformers 5 returns a model output whose `pooler_output` holds the projected features;
-    transformers 4 returned the tensor itself."""
-    return output if not hasattr(output, "pooler_output") else output.pooler_output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,20 +113,10 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _folder_weights_digest(folder: Path, candidates: Sequence[str]) -> str:
-    for name in candidates:
-        if (folder / name).is_file():
-            return file_digest(folder / name)
-    raise ModelLoadError(f"cannot score with {folder}: no weights file (expected one of {list(candidates)})")
-
-
 def scorer_kind(name: str) -> str:
-    """The model family a scorer name belongs to (`models.family_of`); "transformers" for the
-    explicit `transformers:` prefix."""
+    """The model family a scorer name belongs to (`models.family_of`)."""
     from models import family_of
 
-    if name.startswith(TRANSFORMERS_PREFIX):
-        return "transformers"
     return family_of(name)
 
 
@@ -171,18 +125,8 @@ def load_scorer(name: str = "default", pretrained: str | None = None, device: An
     """Load the scorer model `name` (with open_clip tag `pretrained`); ModelLoadError if it cannot."""
     from models import load_model
 
-    if name.startswith(TRANSFORMERS_PREFIX) or _is_transformers_clip(name):
-        if pretrained:
-            raise ModelLoadError(f"--pretrained is an open_clip tag; transformers scorer {name!r} takes none")
-        return _load_transformers_scorer(name.removeprefix(TRANSFORMERS_PREFIX), device, batch_size)
     model = load_model(name, pretrained=pretrained, device=device, kind="retrieval")
     return ModelScorer(model, _model_id(name, model), batch_size, device)
-
-
-def _is_transformers_clip(name: str) -> bool:
-    folder = Path(name).expanduser()
-    return folder.is_dir() and not (folder / OPEN_CLIP_CONFIG).is_file() and (folder / "config.json").is_file() \
-        and "CLIPModel" in (folder / "config.json").read_text(encoding="utf-8")
 
 
 def _model_id(name: str, model) -> str:
@@ -202,28 +146,3 @@ def _model_id(name: str, model) -> str:
     if tag and Path(tag).expanduser().is_file():
         tag = file_digest(Path(tag).expanduser())
     return f"{model.family}:{name}:{tag}"
-
-
-def _load_transformers_scorer(name: str, device: Any, batch_size: int) -> TransformersClipScorer:
-    from augment.registry import resolve_source
-    from transformers import CLIPModel, CLIPProcessor
-
-    resolved = resolve_source(name, "clip")
-    kwargs = {"local_files_only": True} if resolved.is_local else _hub_kwargs()
-    # trust_remote_code stays False: CLIPModel is a class transformers ships
-    try:
-        model = CLIPModel.from_pretrained(resolved.source, **kwargs).to(device).eval()
-        processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line(exc)}") from exc
-    if resolved.is_local:
-        scorer_id = f"transformers:{_folder_weights_digest(Path(resolved.source), TRANSFORMERS_WEIGHTS)}"
-    else:
-        scorer_id = f"transformers:{resolved.source}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
-    return TransformersClipScorer(model, processor, name, scorer_id, batch_size, device)
-
-
-def _hub_kwargs() -> dict:
-    from augment.registry import is_offline
-
-    return {"local_files_only": True} if is_offline() else {}

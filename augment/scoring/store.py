@@ -147,6 +147,16 @@ def _bare_name(entry: dict) -> str:
     return entry["scorer"]["name"].split(":")[0]
 
 
+def table_is_current(path: Path) -> bool:
+    """Whether side table `path` exists in this scores version (reads only its schema)."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return False
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata.get(b"scores_version", b"null")) == SCORES_VERSION
+
+
 def read_table(path: Path, columns: list[str] | None = None):
     """A side table as a pyarrow Table, refusing another scores_version."""
     import pyarrow.parquet as pq

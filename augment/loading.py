@@ -1,0 +1,100 @@
+"""DataLoader plumbing shared by generation and scoring: `--workers`, ordered prefetching.
+
+Both read items whose decoding (image files) is worth moving off the main process, in a fixed
+order, and hand plain Python objects (source rows, PIL images) to a model wrapper that does
+its own preprocessing. So the loaders here batch with `collate_fn=as_list` (no tensors: pinned
+memory has nothing to pin; the trainer's loaders, which do build tensors, pin theirs) and keep
+torch's order guarantee: the output is the same with 0 or N workers, so resume and the
+1-vs-2-process equality of pools hold whatever `--workers` is.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+MAX_DEFAULT_WORKERS = 8
+PREFETCH_FACTOR = 2  # batches each worker keeps ready
+
+
+def default_workers() -> int:
+    """CPUs this process may use, minus one for the main process, at most 8; 0 on one CPU."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
+
+
+def add_workers_argument(parser) -> None:
+    parser.add_argument("--workers", type=_non_negative_int, default=default_workers(),
+                        help="DataLoader worker processes that decode images ahead of the model "
+                             f"(default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}, here {default_workers()}; 0: decode inline)")
+
+
+def _non_negative_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def as_list(batch: list) -> list:
+    """collate_fn that keeps a batch as the list of what __getitem__ returned."""
+    return batch
+
+
+class MappedSequence:
+    """`function(items[i])` for each i: a map-style dataset (DataLoader needs only len and [])."""
+
+    def __init__(self, items: Sequence, function: Callable[[Any], Any] | None = None):
+        self.items = items
+        self.function = function
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        return item if self.function is None else self.function(item)
+
+
+class _Raised:
+    """An exception a worker caught, carried back whole: torch would re-raise it as a new
+    exception whose first line names the worker, not the bad record."""
+
+    def __init__(self, exception: Exception):
+        self.exception = exception
+
+
+def _catching(function: Callable[[Any], Any] | None):
+    def call(item):
+        try:
+            return item if function is None else function(item)
+        except Exception as exc:  # noqa: BLE001 - re-raised as it is in the main process
+            return _Raised(exc)
+
+    return call
+
+
+def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
+                    function: Callable[[Any], Any] | None = None, prefetch: int = PREFETCH_FACTOR) -> Iterator[list]:
+    """Lists `[function(items[i]) for i in batch]` for each index batch, in order; computed
+    by `workers` DataLoader processes ahead of the consumer (inline when workers is 0)."""
+    batches = [list(batch) for batch in batches]
+    workers = min(workers, len(batches))
+    if workers <= 0:
+        dataset = MappedSequence(items, function)
+        for batch in batches:
+            yield [dataset[i] for i in batch]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(MappedSequence(items, _catching(function)), batch_sampler=batches, collate_fn=as_list,
+                        num_workers=workers, prefetch_factor=prefetch)
+    for batch in loader:
+        for value in batch:
+            if isinstance(value, _Raised):
+                raise value.exception
+        yield batch

@@ -1,0 +1,165 @@
+"""The transformers CLIP family: `CLIPModel` (+ its CLIPProcessor) behind `VisionLanguageModel`.
+
+Names: Hub ids of CLIPModel checkpoints (`openai/clip-vit-base-patch16`,
+`openai/clip-vit-base-patch32`, ...), any folder a CLIPModel was saved into with
+`save_pretrained` (with its processor), either prefixed with `transformers:` to be explicit, and
+the tiny twin `tiny-hf-clip`. The same CLIP weights as open_clip's `ViT-B-16` + `openai`, read
+through transformers: ITC only (no ITM head), softmax InfoNCE, learnt logit scale clamped to 100.
+
+Pixels: size, mean and std of the CLIPImageProcessor config; eval = bicubic resize of the
+shortest side and a centre crop (as the processor); train = RandomResizedCrop (scale 0.9..1,
+open_clip's default train transform). Saved with `save_pretrained` (model + processor).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augment import tiny
+from augment.errors import ModelLoadError
+from models import transformers_io as tio
+from models.base import TextTokens, VisionLanguageModel
+
+ARCHITECTURE = "CLIPModel"
+PREFIX = "transformers:"
+TINY_HF_CLIP = "tiny-hf-clip"
+TINY_NAMES = (TINY_HF_CLIP,)
+TRAIN_CROP_SCALE = (0.9, 1.0)  # open_clip's default RandomResizedCrop scale for CLIP training
+MAX_LOGIT_SCALE = 100.0  # CLIP: temperature no lower than 1/100
+
+# tiny-hf-clip: same class, 64 px, 2 layers per tower, width 32, CLIP's BPE vocabulary
+TINY_TEXT_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "max_position_embeddings": 77, "vocab_size": 49408}
+TINY_VISION_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                      "image_size": 64, "patch_size": 16}
+TINY_EMBED_DIM = 32
+
+
+class HFClipModel(VisionLanguageModel):
+    """A transformers `CLIPModel` with its processor."""
+
+    family = "hf_clip"
+    itc_loss = "softmax"
+
+    def __init__(self, model, processor, *, name: str):
+        super().__init__()
+        self.model = model  # transformers' module (its state dict keys are transformers')
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name, self.pretrained = name, None
+        image_processor = processor.image_processor
+        crop = tio.processor_size(getattr(image_processor, "crop_size", None), "height")
+        resize = tio.processor_size(image_processor.size, "shortest_edge", "height")
+        self.image_size = int(crop or resize or model.config.vision_config.image_size)
+        self.mean = tuple(float(v) for v in image_processor.image_mean)
+        self.std = tuple(float(v) for v in image_processor.image_std)
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+        self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=False)
+        self.preprocess_eval = tio.resize_crop_transform(resize or self.image_size, self.image_size)
+
+    def describe(self) -> dict:
+        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
+        commit = getattr(self.model.config, "_commit_hash", None)
+        return {**super().describe(), **({"commit": commit} if commit else {})}
+
+    def tokenize(self, texts: Sequence[str]) -> TextTokens:
+        encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
+                                 return_tensors="pt")
+        return TextTokens(encoded["input_ids"], encoded["attention_mask"]).to(self.device)
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        vision = self.model.vision_model
+        pixels = self.normalize(pixels.to(self.device)).to(vision.embeddings.patch_embedding.weight.dtype)
+        embedding = self.model.visual_projection(vision(pixel_values=pixels).pooler_output)
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+    def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        pooled = self.model.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
+        embedding = self.model.text_projection(pooled)
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+    def logit_scale_param(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        if tower == "image":
+            return [*self.model.vision_model.parameters(), *self.model.visual_projection.parameters()]
+        if tower == "text":
+            return [*self.model.text_model.parameters(), *self.model.text_projection.parameters()]
+        raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
+
+    def after_optimizer_step(self) -> None:
+        with torch.no_grad():  # as CLIP: temperature no lower than 1/100
+            self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+
+    def save_native(self, folder: Path) -> None:
+        tio.save_pretrained_all_or_nothing(folder, self.model, self.processor)
+
+    @classmethod
+    def can_load(cls, folder: Path) -> bool:
+        return ARCHITECTURE in tio.folder_architectures(folder)
+
+    @classmethod
+    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "HFClipModel":
+        return load(str(folder), None, device=device, display_name=name)
+
+
+def claims_name(name: str, pretrained: str | None = None) -> bool:
+    """`transformers:NAME` says "read NAME with transformers' CLIPModel"."""
+    return name.startswith(PREFIX)
+
+
+def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
+         revision: str | None = None, display_name: str | None = None) -> HFClipModel:
+    """Load a transformers CLIP by any accepted name (module docstring); eval mode on `device`."""
+    if pretrained:
+        raise ModelLoadError(f"--pretrained is an open_clip tag; transformers CLIP '{name}' takes none")
+    from transformers import CLIPModel, CLIPProcessor
+
+    source_name = name.removeprefix(PREFIX)
+    resolved = tio.resolve(source_name, family="transformers CLIP", tiny_names=TINY_NAMES, aliases={},
+                           revision=revision)
+    tio.check_architecture(resolved, ARCHITECTURE, "transformers CLIP", revision)
+    kwargs = tio.pretrained_kwargs(resolved, revision)
+    with tio.loading(resolved):
+        model = CLIPModel.from_pretrained(resolved.source, **kwargs, **tio.dtype_kwargs(tio.weights_dtype(precision)))
+        processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
+    return HFClipModel(model.to(device), processor, name=display_name or name).eval()
+
+
+def build_tiny(name: str, out_dir: Path) -> None:
+    """Write tiny-hf-clip with save_pretrained (seeded by the caller): CLIP's BPE tokenizer, random weights."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    if name not in TINY_NAMES:
+        raise ModelLoadError(f"'{name}' is not a transformers CLIP twin ({', '.join(TINY_NAMES)})")
+    tokenizer = tiny.build_clip_tokenizer(out_dir)
+    size = TINY_VISION_CONFIG["image_size"]
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                         image_mean=list(tiny.OPENAI_MEAN), image_std=list(tiny.OPENAI_STD))
+    config = CLIPConfig(text_config=dict(TINY_TEXT_CONFIG), vision_config=dict(TINY_VISION_CONFIG),
+                        projection_dim=TINY_EMBED_DIM)
+    model = CLIPModel(config)
+    model.save_pretrained(str(out_dir))
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out_dir))
+
+
+def tiny_config(name: str) -> dict:
+    """What tiny-hf-clip's fingerprint hashes."""
+    return {"vision": TINY_VISION_CONFIG, "text": TINY_TEXT_CONFIG, "embed_dim": TINY_EMBED_DIM,
+            "bpe_sha256": _sha256(tiny.open_clip_bpe_path())}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+MODEL_CLASS = HFClipModel

@@ -1,0 +1,197 @@
+"""Loading and saving for the families built on transformers models (BLIP, transformers CLIP).
+
+One place for what those families share: resolving a name (tiny twin, alias, folder, Hub id)
+to a folder or Hub id, the dtype of a `precision`, `from_pretrained` with one-line errors and
+no trust_remote_code, the architecture named in a `config.json`, an all-or-nothing
+`save_pretrained`, and the pixel transforms (PIL -> [0, 1] tensors, never normalised).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from augment import tiny
+from augment.errors import ModelLoadError
+from augment.registry import (
+    ResolvedSource,
+    _check_hub_id,
+    _looks_like_path,
+    _translated_errors,
+    as_torch_dtype,
+    is_offline,
+)
+
+ROLE = "vlm"  # augment.registry's role (and tiny role) of every vision-language model
+
+# open_clip's precision names -> the dtype the weights are loaded in ("amp" keeps fp32 weights)
+_PRECISION_DTYPES = {
+    "fp32": torch.float32, "amp": torch.float32, "amp_bf16": torch.float32, "amp_bfloat16": torch.float32,
+    "fp16": torch.float16, "pure_fp16": torch.float16, "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16,
+}
+
+
+def weights_dtype(precision: str | None) -> torch.dtype:
+    """The dtype a transformers family loads its weights in for `precision` (open_clip's names too)."""
+    if precision is None:
+        return torch.float32
+    return _PRECISION_DTYPES.get(str(precision).lower()) or as_torch_dtype(precision)
+
+
+def resolve(name: str, *, family: str, tiny_names: Sequence[str], aliases: dict[str, str],
+            revision: str | None = None) -> ResolvedSource:
+    """Folder or Hub id of `name`: one of `tiny_names` (built on first use), an alias, a folder
+    (`local-dir:PATH` too) holding config.json, or a Hub id (offline: it must be cached)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"no {family} model name given")
+    name = name.strip()
+    if name.startswith("tiny-"):
+        if name not in tiny_names:
+            raise ModelLoadError(f"'{name}' is not a {family} model ({family} twins: {', '.join(tiny_names)})")
+        return ResolvedSource(name, str(tiny.tiny_dir(name)), True, tiny=name)
+    target = aliases.get(name, name)
+    if target.startswith("local-dir:") or os.path.isdir(os.path.expanduser(target)) or _looks_like_path(target):
+        folder = Path(target.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"cannot load {family} model '{name}': folder {folder} does not exist")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"cannot load {family} model '{name}': folder {folder} has no config.json")
+        return ResolvedSource(name, str(folder), True)
+    _check_hub_id(target, ROLE, name, "config.json", revision)
+    return ResolvedSource(name, target, False)
+
+
+def pretrained_kwargs(resolved: ResolvedSource, revision: str | None = None) -> dict:
+    """from_pretrained keywords: local files only for folders and offline; never remote code."""
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if resolved.is_local or is_offline():
+        kwargs["local_files_only"] = True
+    if revision is not None and not resolved.is_local:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """transformers 5 takes `dtype=`; 4.x takes `torch_dtype=`."""
+    import transformers
+
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    return {key: dtype}
+
+
+def loading(resolved: ResolvedSource):
+    """Context for from_pretrained calls: one-line errors; tiny twins load without progress bars."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_translated_errors(ROLE, resolved.name))
+    if resolved.tiny:
+        stack.enter_context(tiny.quiet_progress_bars(("transformers",)))
+    return stack
+
+
+def config_architectures(resolved: ResolvedSource, revision: str | None = None) -> list[str]:
+    """`architectures` of the model's config.json (a folder's, or the Hub's cached/downloaded copy)."""
+    if resolved.is_local:
+        path = Path(resolved.source) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        with _translated_errors(ROLE, resolved.name):
+            path = Path(hf_hub_download(resolved.source, "config.json", revision=revision,
+                                        local_files_only=is_offline()))
+    return folder_architectures(path.parent)
+
+
+def folder_architectures(folder: Path) -> list[str]:
+    """`architectures` of `folder/config.json` ([] when absent or unreadable)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return list(config.get("architectures") or []) if isinstance(config, dict) else []
+
+
+def check_architecture(resolved: ResolvedSource, expected: str, family: str, revision: str | None = None) -> None:
+    """Refuse a model of another architecture (e.g. a BLIP captioner given as BLIP retrieval) with one line."""
+    found = config_architectures(resolved, revision)
+    if found and expected not in found:
+        raise ModelLoadError(
+            f"cannot load {family} model '{resolved.name}': it is a {', '.join(found)}, not a {expected}")
+
+
+def save_pretrained_all_or_nothing(folder: Path, *parts: Any) -> None:
+    """`save_pretrained` of each part (model, processor) into a temporary sibling folder, then the
+    files are moved into `folder`: an interrupted save leaves the previous files, not half of them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".save-", dir=folder))
+    try:
+        with tiny.quiet_progress_bars(("transformers",)):  # checkpoints are saved often; no bar per save
+            for part in parts:
+                part.save_pretrained(str(work))
+        for path in sorted(work.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel transforms: PIL image -> float [3, H, W] in [0, 1] (normalisation happens in the model)
+# ---------------------------------------------------------------------------------------------
+
+
+def to_rgb(image):
+    """PIL image in RGB (a module-level function, so transforms pickle for DataLoader workers)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def train_transform(size: int, scale: tuple[float, float], hflip: bool) -> Callable[[Any], torch.Tensor]:
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    steps = [transforms.Lambda(to_rgb),
+             transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)]
+    if hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps.append(transforms.ToTensor())
+    return transforms.Compose(steps)
+
+
+def square_resize_transform(size: int) -> Callable[[Any], torch.Tensor]:
+    """Resize to size x size (aspect ratio not kept), bicubic: BLIP's evaluation transform."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    return transforms.Compose([transforms.Lambda(to_rgb),
+                               transforms.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
+                               transforms.ToTensor()])
+
+
+def resize_crop_transform(resize: int, crop: int) -> Callable[[Any], torch.Tensor]:
+    """Shortest side to `resize`, centre crop `crop`, bicubic: CLIP's evaluation transform."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    return transforms.Compose([transforms.Lambda(to_rgb),
+                               transforms.Resize(resize, interpolation=InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(crop),
+                               transforms.ToTensor()])
+
+
+def processor_size(size: Any, *keys: str) -> int | None:
+    """An int from a transformers image-processor size (int, dict or SizeDict), trying `keys` in order."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    for key in keys:
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return None

@@ -1,0 +1,429 @@
+"""The model contract: one suite, run for the tiny twin of every model family.
+
+A family passes when its model builds, saves and reloads (through `models.load_model` and
+through the family's own native loader) with identical outputs; embeddings are unit vectors of
+one width; gradients reach the pixels; `similarity` applies the family's scale and bias; fusion
+families score row-aligned pairs with ITM; the two towers partition the trainable parameters;
+tokens batch, index and concatenate; the after-step hook keeps the logit scale in range.
+
+Adding a family: append its twin to `TWINS`, its scale range to `SCALE_RANGE`, its native
+loader check to `NATIVE_CHECKS` and its own eval preprocessing to `NATIVE_EVAL_PIXELS`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import models
+from models import TextTokens, load_model
+
+TWINS = ["tiny-clip", "tiny-siglip", "tiny-blip", "tiny-hf-clip", "tiny-albef"]
+# (smallest, largest) logit scale the family's after_optimizer_step allows
+SCALE_RANGE = {
+    "open_clip": (1.0, 100.0),  # CLIP: log scale clamped to [0, ln 100]
+    "hf_clip": (1.0, 100.0),
+    "blip": (2.0, 1000.0),  # BLIP: temperature clamped to [0.001, 0.5]
+    "albef": (2.0, 1000.0),  # ALBEF: the same bound
+}
+CAPTIONS = ["a red circle on the left", "two blue squares", "a small green triangle above a star"]
+MORE_CAPTIONS = ["a yellow hexagon", "the sky"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", params=TWINS)
+def twin(request):
+    """(name, model) of one tiny twin, loaded once per module."""
+    return request.param, load_model(request.param)
+
+
+def _pixels(model, n: int = 3, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, model.image_size, model.image_size, generator=generator)
+
+
+def _outputs(model, pixels: torch.Tensor, texts=CAPTIONS) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        tokens = model.tokenize(texts)
+        out = {"image": model.encode_image(pixels), "text": model.encode_tokens(tokens),
+               "scale": model.logit_scale.clone()}
+        if model.logit_bias_param() is not None:
+            out["bias"] = model.logit_bias_param().detach().clone()
+        if model.has_itm:
+            out["itm"] = model.itm_logits(model.image_features(pixels), tokens)
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _scale_parameters(model) -> list[torch.nn.Parameter]:
+    """The parameters the logit scale is computed from (found by autograd, family-independent)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(model.logit_scale_param(), params, allow_unused=True)
+    return [p for p, g in zip(params, grads) if g is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# identity, transforms, embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_identity_and_transforms(twin):
+    from PIL import Image
+
+    name, model = twin
+    assert models.family_of(name) == model.family and model.kind == "retrieval"
+    assert model.describe()["family"] == model.family and model.name == name
+    assert not model.training  # load_model gives eval mode
+    image = Image.new("RGB", (90, 50), (250, 10, 10))
+    for transform in (model.preprocess_eval, model.preprocess_train):
+        pixels = transform(image)
+        assert pixels.shape == (3, model.image_size, model.image_size) and pixels.dtype == torch.float32
+        assert 0.0 <= pixels.min() and pixels.max() <= 1.0  # never normalised
+    assert model.preprocess_eval(image.convert("L")).shape == pixels.shape  # grey -> RGB
+    assert pixels[0].mean() > 0.9 and pixels[1].mean() < 0.1  # red stays red: no normalisation
+
+
+def _open_clip_eval_pixels(name, model, image):
+    import open_clip
+
+    from augment import tiny
+
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny.tiny_dir(name)}")
+    return preprocess(image)
+
+
+def _processor_eval_pixels(name, model, image):
+    return model.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+# family -> normalised eval pixels as the family's own library prepares them
+def _albef_eval_pixels(name, model, image):
+    from PIL import Image
+    from torchvision.transforms.functional import normalize, to_tensor
+
+    # ALBEF's test transform: PIL bicubic resize to a square, ToTensor, CLIP's mean/std
+    resized = image.convert("RGB").resize((model.image_size, model.image_size), Image.BICUBIC)
+    return normalize(to_tensor(resized), model.mean, model.std)
+
+
+NATIVE_EVAL_PIXELS = {"open_clip": _open_clip_eval_pixels, "blip": _processor_eval_pixels,
+                      "hf_clip": _processor_eval_pixels, "albef": _albef_eval_pixels}
+
+
+def test_eval_transform_matches_the_family_preprocessing(twin):
+    from PIL import Image
+
+    name, model = twin
+    image = Image.radial_gradient("L").convert("RGB").resize((150, 100))  # not square, not the model's size
+    ours = model.normalize(model.preprocess_eval(image))
+    theirs = NATIVE_EVAL_PIXELS[model.family](name, model, image)
+    assert ours.shape == theirs.shape
+    difference = (ours - theirs).abs()
+    assert difference.mean() < 1e-3 and difference.max() < 0.02  # at most one grey level of rounding
+
+
+def test_embeddings_are_unit_vectors_of_one_width(twin):
+    _, model = twin
+    with torch.no_grad():
+        images = model.encode_image(_pixels(model))
+        texts = model.encode_text(CAPTIONS)
+        raw = model.encode_image(_pixels(model), normalize=False)
+    assert images.shape[0] == 3 and texts.shape[0] == len(CAPTIONS) and images.shape[1] == texts.shape[1]
+    torch.testing.assert_close(images.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(len(CAPTIONS)))
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), images, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(images[0], images[1])  # different pixels, different embeddings
+    assert not torch.allclose(texts[0], texts[1])
+
+
+def test_similarity_applies_the_family_scale_and_bias(twin):
+    name, model = twin
+    with torch.no_grad():
+        images, texts = model.encode_image(_pixels(model)), model.encode_text(CAPTIONS)
+        logits = model.similarity(images, texts)
+        bias = model.logit_bias_param()
+    expected = model.logit_scale * images @ texts.T + (bias if bias is not None else 0.0)
+    torch.testing.assert_close(logits, expected)
+    assert (bias is not None) == (name == "tiny-siglip") == (model.itc_loss == "sigmoid")
+    assert model.logit_scale_param().requires_grad  # the scale is trained
+    out = model(_pixels(model), model.tokenize(CAPTIONS))
+    torch.testing.assert_close(out.image_emb.detach(), images)
+    torch.testing.assert_close(out.logit_scale.detach(), model.logit_scale)
+
+
+def test_pixel_gradients_flow(twin):
+    _, model = twin
+    pixels = _pixels(model).requires_grad_(True)
+    texts = model.encode_text(CAPTIONS).detach()
+    logits = model.similarity(model.encode_image(pixels), texts)
+    (grad,) = torch.autograd.grad(logits.diagonal().sum(), pixels)
+    assert grad.shape == pixels.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_itm_scores_row_aligned_pairs(twin):
+    _, model = twin
+    pixels, tokens = _pixels(model), model.tokenize(CAPTIONS)
+    if not model.has_itm:
+        with pytest.raises(NotImplementedError):
+            model.image_features(pixels)
+        return
+    pixels.requires_grad_(True)
+    out = model(pixels, tokens, image_features=True)
+    assert out.image_features is not None and out.image_features.shape[0] == 3
+    torch.testing.assert_close(out.image_emb, model.embed_image_features(out.image_features))
+    logits = model.itm_logits(out.image_features, tokens)
+    assert logits.shape == (3,)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(logits.sum(), [pixels, *params], allow_unused=True)
+    assert grads[0].abs().sum() > 0  # reaches the pixels
+    assert sum(int(g is not None and bool(g.abs().sum() > 0)) for g in grads[1:]) > len(params) // 2
+    with torch.no_grad():
+        scores = model.itm_scores(pixels.detach(), CAPTIONS)
+        torch.testing.assert_close(scores, torch.sigmoid(logits.detach()))
+        swapped = model.itm_logits(out.image_features.detach(), tokens[[1, 2, 0]])
+    assert not torch.allclose(swapped, logits.detach())  # the pair matters, not only the image
+    with pytest.raises(ValueError):
+        model.itm_logits(out.image_features.detach()[:2], tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# training hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tower_parameters_partition_the_model(twin):
+    _, model = twin
+    image = {id(p) for p in model.tower_parameters("image")}
+    text = {id(p) for p in model.tower_parameters("text")}
+    everything = {id(p): p for p in model.parameters()}
+    assert image and text and not image & text
+    rest = [p for key, p in everything.items() if key not in image | text]
+    scale = {id(p) for p in _scale_parameters(model)}
+    bias = model.logit_bias_param()
+    assert {id(p) for p in rest} == scale | ({id(bias)} if bias is not None else set())
+    assert all(p.numel() == 1 for p in rest)
+    groups = model.parameter_groups(weight_decay=0.1)
+    assert sum(len(g["params"]) for g in groups) == len(everything)
+    no_decay = {id(p) for p in groups[0]["params"]}
+    assert scale <= no_decay and groups[1]["weight_decay"] == 0.1
+    with pytest.raises(ValueError):
+        model.tower_parameters("audio")
+
+
+def test_after_optimizer_step_keeps_the_scale_in_range(twin):
+    _, model = twin
+    model = copy.deepcopy(model)
+    low, high = SCALE_RANGE[model.family]
+    (param,) = _scale_parameters(model)
+    seen = []
+    for value in (1e-6, 50.0):  # too hot or too cold, whichever the parameter stores
+        with torch.no_grad():
+            param.fill_(value)
+        model.after_optimizer_step()
+        seen.append(float(model.logit_scale))
+        assert low - 1e-3 <= seen[-1] <= high * (1 + 1e-5), seen
+    assert pytest.approx(high) in seen or pytest.approx(low) in seen  # one of them was clamped
+
+
+def test_text_tokens_batch_index_and_concatenate(twin):
+    _, model = twin
+    first, second = model.tokenize(CAPTIONS), model.tokenize(MORE_CAPTIONS)
+    both = TextTokens.cat([first, second])
+    assert len(both) == len(CAPTIONS) + len(MORE_CAPTIONS)
+    assert both.input_ids.device == model.device
+    with torch.no_grad():
+        together = model.encode_tokens(both)
+        apart = torch.cat([model.encode_tokens(first), model.encode_tokens(second)])
+        picked = model.encode_tokens(both[[3, 0]])
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)  # padding changes nothing
+    torch.testing.assert_close(picked, apart[[3, 0]], rtol=1e-4, atol=1e-5)
+    assert len(both[1:3]) == 2 and both.to("cpu").input_ids.device.type == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _changed_copy(model):
+    """A copy whose scale (and weights) differ from the twin's, so reloading must read them."""
+    changed = copy.deepcopy(model)
+    (param,) = _scale_parameters(changed)
+    with torch.no_grad():
+        param.mul_(0.9)
+        next(iter(changed.tower_parameters("image"))).add_(0.01)
+    changed.after_optimizer_step()
+    return changed
+
+
+def test_save_and_reload_through_load_model(twin, tmp_path):
+    _, model = twin
+    changed = _changed_copy(model)
+    folder = models.save_model(changed, tmp_path / "saved")
+    info = json.loads((folder / models.MODEL_INFO_NAME).read_text())
+    assert info["family"] == model.family and info["image_size"] == model.image_size
+    assert not list(folder.glob(".*tmp*")) and not list(folder.glob(".save-*"))  # nothing half-written
+    pixels = _pixels(model)
+    expected = _outputs(changed, pixels)
+    with pytest.raises(AssertionError):
+        _assert_same(expected, _outputs(model, pixels))  # the change is visible
+    reloaded = load_model(str(folder))
+    assert type(reloaded) is type(model) and not reloaded.training
+    _assert_same(_outputs(reloaded, pixels), expected)
+    # the native layout alone (no matplus_model.json) still finds the family
+    (folder / models.MODEL_INFO_NAME).unlink()
+    assert models.family_of(str(folder)) == model.family
+    _assert_same(_outputs(load_model(f"local-dir:{folder}"), pixels), expected)
+
+
+def _native_open_clip(folder, model, pixels, tokens):
+    import open_clip
+
+    native = open_clip.create_model(f"local-dir:{folder}").eval()
+    image = native.encode_image(model.normalize(pixels), normalize=True)
+    text = native.encode_text(tokens.input_ids, normalize=True)
+    logits = native.logit_scale.exp() * image @ text.T
+    if getattr(native, "logit_bias", None) is not None:
+        logits = logits + native.logit_bias
+    return {"image": image, "text": text, "logits": logits}
+
+
+def _native_blip(folder, model, pixels, tokens):
+    from transformers import BlipForImageTextRetrieval
+
+    native = BlipForImageTextRetrieval.from_pretrained(str(folder), local_files_only=True).eval()
+    normalized = model.normalize(pixels)
+    cosine = native(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=normalized,
+                    use_itm_head=False).itm_score
+    itm = native(input_ids=model.itm_input_ids(tokens.input_ids), attention_mask=tokens.attention_mask,
+                 pixel_values=normalized, use_itm_head=True).itm_score
+    return {"cosine": cosine, "itm": itm[:, 1] - itm[:, 0],
+            "scale": torch.tensor(1.0 / native.config.itc_temperature)}
+
+
+def _native_hf_clip(folder, model, pixels, tokens):
+    from transformers import CLIPModel
+
+    native = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
+    out = native(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                 pixel_values=model.normalize(pixels))
+    return {"logits": out.logits_per_image}
+
+
+# family -> what the family's own library computes from the saved folder
+def _native_albef(folder, model, pixels, tokens):
+    from safetensors.torch import load_file
+
+    from tests.albef_reference import reference_albef
+
+    # no ALBEF library to load with: ALBEF's forward written out in plain torch, on the saved
+    # weights (ALBEF's own key names)
+    state = load_file(str(folder / "albef_model.safetensors"))
+    config = json.loads((folder / "albef_config.json").read_text())
+    image, text, itm = reference_albef(state, config, model.normalize(pixels), tokens.input_ids,
+                                       tokens.attention_mask)
+    return {"image": image, "text": text, "itm": itm[:, 1] - itm[:, 0], "scale": 1.0 / state["temp"]}
+
+
+NATIVE_CHECKS = {"open_clip": _native_open_clip, "blip": _native_blip, "hf_clip": _native_hf_clip,
+                 "albef": _native_albef}
+
+
+def test_native_loader_reads_the_saved_folder(twin, tmp_path):
+    _, model = twin
+    changed = _changed_copy(model)
+    folder = changed.save(tmp_path / "native")
+    pixels = _pixels(model)
+    with torch.no_grad():
+        tokens = changed.tokenize(CAPTIONS)
+        native = NATIVE_CHECKS[model.family](folder, changed, pixels, tokens)
+        image, text = changed.encode_image(pixels), changed.encode_tokens(tokens)
+        ours = {"image": image, "text": text, "logits": changed.similarity(image, text),
+                "cosine": image @ text.T, "scale": changed.logit_scale}
+        if model.has_itm:
+            ours["itm"] = changed.itm_logits(changed.image_features(pixels), tokens)
+    for key, value in native.items():
+        torch.testing.assert_close(value, ours[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# names (not per family): which family a name belongs to, clear failures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, family", [
+    ("Salesforce/blip-itm-base-coco", "blip"),
+    ("Salesforce/blip-itm-large-flickr", "blip"),
+    ("blip-itm-base-flickr", "blip"),
+    ("transformers:openai/clip-vit-base-patch32", "hf_clip"),
+    ("tiny-blip", "blip"),
+    ("tiny-hf-clip", "hf_clip"),
+    ("tiny-albef", "albef"),
+    ("checkpoints/albef_retrieval_flickr.pth", "albef"),
+    ("ViT-B-16", "open_clip"),
+])
+def test_family_of_names(name, family):
+    assert models.family_of(name) == family
+
+
+def test_uncached_hub_models_fail_with_one_line_offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from augment.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    for name in ("blip-itm-large-coco", "transformers:openai/clip-vit-base-patch16"):
+        with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE") as caught:
+            load_model(name)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ModelLoadError, match="pretrained tag"):
+        load_model("tiny-blip", pretrained="openai")
+    with pytest.raises(ModelLoadError, match="not a BLIP model"):
+        models.family_module("blip").load("tiny-hf-clip")
+
+
+def test_a_blip_captioner_is_not_a_retrieval_model(tmp_path):
+    from augment import tiny
+    from augment.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="BlipForConditionalGeneration, not a BlipForImageTextRetrieval"):
+        models.family_module("blip").load(str(tiny.tiny_dir("tiny-captioner")))
+
+
+def test_blip_enc_token_follows_blip_tokenizer_layout():
+    from types import SimpleNamespace
+
+    from models.blip import enc_token_id
+
+    class Tokenizer:  # bert-base-uncased size, with or without BLIP's added tokens
+        unk_token_id = 100
+
+        def __init__(self, size, enc=None):
+            self.size, self.enc = size, enc
+
+        def __len__(self):
+            return self.size
+
+        def convert_tokens_to_ids(self, token):
+            return self.enc if token == "[ENC]" and self.enc is not None else self.unk_token_id
+
+    blip_text = SimpleNamespace(vocab_size=30524, bos_token_id=30522)
+    assert enc_token_id(Tokenizer(30524, enc=30523), blip_text) == 30523  # BLIP's own tokenizer
+    assert enc_token_id(Tokenizer(30523), blip_text) == 30523  # converted: [DEC] kept, [ENC] dropped
+    assert enc_token_id(Tokenizer(30522), blip_text) == 30523  # converted: neither kept
+    assert enc_token_id(Tokenizer(30522), SimpleNamespace(vocab_size=30522, bos_token_id=101)) is None
