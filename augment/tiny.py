@@ -60,6 +60,7 @@ FAMILY_TWINS: dict[str, str] = {
     TINY_SIGLIP: "models.open_clip_family",
     "tiny-blip": "models.blip",
     "tiny-hf-clip": "models.hf_clip",
+    "tiny-albef": "models.albef",
 }
 TINY_NAMES = (TINY_SD, TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM, *FAMILY_TWINS)
 # the registry role each tiny model stands in for ("vlm": a vision-language model of `models/`)

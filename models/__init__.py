@@ -36,6 +36,7 @@ FAMILIES: dict[str, str] = {
     "open_clip": "models.open_clip_family",
     "blip": "models.blip",
     "hf_clip": "models.hf_clip",
+    "albef": "models.albef",
 }
 
 # tiny twin -> family
@@ -44,6 +45,7 @@ TINY_FAMILY: dict[str, str] = {
     "tiny-siglip": "open_clip",
     "tiny-blip": "blip",
     "tiny-hf-clip": "hf_clip",
+    "tiny-albef": "albef",
 }
 
 # transformers `architectures[0]` of a Hub id or folder (config.json) -> family

@@ -20,12 +20,13 @@ import torch
 import models
 from models import TextTokens, load_model
 
-TWINS = ["tiny-clip", "tiny-siglip", "tiny-blip", "tiny-hf-clip"]
+TWINS = ["tiny-clip", "tiny-siglip", "tiny-blip", "tiny-hf-clip", "tiny-albef"]
 # (smallest, largest) logit scale the family's after_optimizer_step allows
 SCALE_RANGE = {
     "open_clip": (1.0, 100.0),  # CLIP: log scale clamped to [0, ln 100]
     "hf_clip": (1.0, 100.0),
     "blip": (2.0, 1000.0),  # BLIP: temperature clamped to [0.001, 0.5]
+    "albef": (2.0, 1000.0),  # ALBEF: the same bound
 }
 CAPTIONS = ["a red circle on the left", "two blue squares", "a small green triangle above a star"]
 MORE_CAPTIONS = ["a yellow hexagon", "the sky"]
@@ -110,8 +111,17 @@ def _processor_eval_pixels(name, model, image):
 
 
 # family -> normalised eval pixels as the family's own library prepares them
+def _albef_eval_pixels(name, model, image):
+    from PIL import Image
+    from torchvision.transforms.functional import normalize, to_tensor
+
+    # ALBEF's test transform: PIL bicubic resize to a square, ToTensor, CLIP's mean/std
+    resized = image.convert("RGB").resize((model.image_size, model.image_size), Image.BICUBIC)
+    return normalize(to_tensor(resized), model.mean, model.std)
+
+
 NATIVE_EVAL_PIXELS = {"open_clip": _open_clip_eval_pixels, "blip": _processor_eval_pixels,
-                      "hf_clip": _processor_eval_pixels}
+                      "hf_clip": _processor_eval_pixels, "albef": _albef_eval_pixels}
 
 
 def test_eval_transform_matches_the_family_preprocessing(twin):
@@ -315,7 +325,22 @@ def _native_hf_clip(folder, model, pixels, tokens):
 
 
 # family -> what the family's own library computes from the saved folder
-NATIVE_CHECKS = {"open_clip": _native_open_clip, "blip": _native_blip, "hf_clip": _native_hf_clip}
+def _native_albef(folder, model, pixels, tokens):
+    from safetensors.torch import load_file
+
+    from tests.albef_reference import reference_albef
+
+    # no ALBEF library to load with: ALBEF's forward written out in plain torch, on the saved
+    # weights (ALBEF's own key names)
+    state = load_file(str(folder / "albef_model.safetensors"))
+    config = json.loads((folder / "albef_config.json").read_text())
+    image, text, itm = reference_albef(state, config, model.normalize(pixels), tokens.input_ids,
+                                       tokens.attention_mask)
+    return {"image": image, "text": text, "itm": itm[:, 1] - itm[:, 0], "scale": 1.0 / state["temp"]}
+
+
+NATIVE_CHECKS = {"open_clip": _native_open_clip, "blip": _native_blip, "hf_clip": _native_hf_clip,
+                 "albef": _native_albef}
 
 
 def test_native_loader_reads_the_saved_folder(twin, tmp_path):
@@ -347,6 +372,8 @@ def test_native_loader_reads_the_saved_folder(twin, tmp_path):
     ("transformers:openai/clip-vit-base-patch32", "hf_clip"),
     ("tiny-blip", "blip"),
     ("tiny-hf-clip", "hf_clip"),
+    ("tiny-albef", "albef"),
+    ("checkpoints/albef_retrieval_flickr.pth", "albef"),
     ("ViT-B-16", "open_clip"),
 ])
 def test_family_of_names(name, family):

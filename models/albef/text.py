@@ -1,0 +1,39 @@
+"""ALBEF's text conventions: caption cleaning (`pre_caption`) and `[CLS] w1 ... wn [PAD]` tokens.
+
+ALBEF's own BERT tokenizer adds only [CLS] (no trailing [SEP]) to a single sentence, and its
+datasets pass every caption through `pre_caption` first; the released checkpoints were trained
+and evaluated on exactly these inputs, so the family reproduces both.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from models.base import TextTokens
+
+_PUNCTUATION = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int = 30) -> str:
+    """Lower-case, drop punctuation, '-' and '/' become spaces, at most `max_words` words (as ALBEF)."""
+    caption = _PUNCTUATION.sub("", str(caption).lower())
+    caption = caption.replace("-", " ").replace("/", " ").replace("<person>", "person")
+    caption = _SPACES.sub(" ", caption).rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else caption
+
+
+def tokenize_without_sep(tokenizer, texts: Sequence[str], max_length: int) -> TextTokens:
+    """[CLS] + word pieces (truncated to max_length - 1), padded to the longest; no [SEP]."""
+    pieces = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)["input_ids"]
+    rows = [[tokenizer.cls_token_id, *ids] for ids in pieces]
+    length = max((len(r) for r in rows), default=1)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return TextTokens(input_ids, attention_mask)

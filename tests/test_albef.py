@@ -1,0 +1,216 @@
+"""The ALBEF family: official checkpoints by key mapping, ALBEF's text conventions, momentum
+distillation and Grad-CAM grounding, all on tiny-albef (random weights, offline)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from augment.errors import ModelLoadError
+from models import family_of, load_model
+from models.albef.checkpoint import official_state_dict
+from models.albef.text import pre_caption
+from tasks.momentum_distillation import momentum_distilled_itc_loss
+from tests.albef_reference import reference_albef
+
+CAPTIONS = ["A dog, running on the GRASS!", "a red circle left of a blue square"]
+
+# key names of ALBEF's models/model_retrieval.py ALBEF.state_dict() (xbert.BertModel, timm-style ViT)
+OFFICIAL_KEYS = [
+    "visual_encoder.cls_token", "visual_encoder.pos_embed", "visual_encoder.patch_embed.proj.weight",
+    "visual_encoder.blocks.1.attn.qkv.weight", "visual_encoder.blocks.1.mlp.fc2.bias", "visual_encoder.norm.weight",
+    "text_encoder.embeddings.word_embeddings.weight", "text_encoder.embeddings.position_ids",
+    "text_encoder.embeddings.LayerNorm.weight", "text_encoder.encoder.layer.0.attention.self.query.weight",
+    "text_encoder.encoder.layer.3.crossattention.self.key.weight",
+    "text_encoder.encoder.layer.3.crossattention.output.LayerNorm.bias",
+    "text_encoder.encoder.layer.3.intermediate.dense.weight", "vision_proj.weight", "text_proj.bias", "temp",
+    "itm_head.weight", "visual_encoder_m.pos_embed", "text_encoder_m.encoder.layer.2.crossattention.self.value.bias",
+    "vision_proj_m.weight", "text_proj_m.weight", "image_queue", "text_queue", "idx_queue", "queue_ptr",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_albef():
+    return load_model("tiny-albef")
+
+
+@pytest.fixture(scope="module")
+def official(tiny_albef, tmp_path_factory):
+    """tiny-albef written as ALBEF writes checkpoints, plus its ALBEF config files."""
+    folder = tmp_path_factory.mktemp("albef_official")
+    state = official_state_dict(tiny_albef)
+    # momentum copies that differ from the main weights: loading must not pick them up
+    state = {k: (v + 1.0 if k.startswith("visual_encoder_m.") and v.is_floating_point() else v)
+             for k, v in state.items()}
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "config": {"image_res": 64},
+                "epoch": 3}, folder / "flickr30k.pth")
+    cfg = tiny_albef.config
+    (folder / "config_bert.json").write_text(json.dumps(cfg["bert"]))
+    yaml_keys = ("image_res", "vision_width", "embed_dim", "temp", "queue_size", "patch_size", "vision_depth",
+                 "vision_heads")
+    (folder / "Retrieval_flickr.yaml").write_text("".join(f"{k}: {cfg[k]}\n" for k in yaml_keys))
+    return folder, state
+
+
+def _load_official(folder, name="flickr30k.pth", **options):
+    from augment.tiny import tiny_dir
+
+    return load_model(str(folder / name), config=str(folder / "Retrieval_flickr.yaml"),
+                      bert_config=str(folder / "config_bert.json"), tokenizer=str(tiny_dir("tiny-albef")), **options)
+
+
+def _outputs(model, pixels):
+    tokens = model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        features = model.image_features(pixels)
+        return (model.embed_image_features(features), model.encode_tokens(tokens),
+                model.itm_pair_logits(features, tokens))
+
+
+def test_official_checkpoint_loads_identically(tiny_albef, official):
+    folder, state = official
+    assert all(key in state for key in OFFICIAL_KEYS)
+    assert family_of(str(folder / "flickr30k.pth")) == "albef"
+    loaded = _load_official(folder, momentum_distillation=True)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for expected, got in zip(_outputs(tiny_albef, pixels), _outputs(loaded, pixels)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # momentum copies start from the main weights, not from the checkpoint's *_m entries
+    torch.testing.assert_close(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed)
+
+
+def test_pretraining_layout_with_bert_prefix_and_mlm_head(tiny_albef, official):
+    folder, state = official
+    renamed = {k.replace("text_encoder.", "text_encoder.bert.", 1) if k.startswith("text_encoder.") else k: v
+               for k, v in state.items()}
+    renamed["text_encoder.cls.predictions.bias"] = torch.zeros(3)
+    torch.save({"model": renamed}, folder / "ALBEF.pth")
+    pixels = torch.rand(2, 3, 64, 64)
+    expected, got = _outputs(tiny_albef, pixels), _outputs(_load_official(folder, "ALBEF.pth"), pixels)
+    torch.testing.assert_close(got[2], expected[2], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_of_another_size_needs_its_config(official):
+    folder, _ = official
+    config = (folder / "Retrieval_flickr.yaml").read_text().replace("embed_dim: 16", "embed_dim: 8")
+    (folder / "other.yaml").write_text(config)
+    with pytest.raises(ModelLoadError, match="vision_proj.weight is \\(16, 48\\) in the checkpoint") as info:
+        load_model(str(folder / "flickr30k.pth"), config=str(folder / "other.yaml"),
+                   bert_config=str(folder / "config_bert.json"), tokenizer="unused")
+    assert "\n" not in str(info.value)
+
+
+def test_pickle_checkpoint_is_refused_in_one_line(official, tmp_path):
+    _, state = official
+    torch.save({"model": state, "args": argparse.Namespace(lr=1e-5)}, tmp_path / "needs_pickle.pth")
+    with pytest.raises(ModelLoadError, match="refusing to load .*needs_pickle.pth") as info:
+        _load_official_from(tmp_path, "needs_pickle.pth", official[0])
+    assert "\n" not in str(info.value)
+
+
+def _load_official_from(folder, name, config_folder):
+    return load_model(str(folder / name), config=str(config_folder / "Retrieval_flickr.yaml"),
+                      bert_config=str(config_folder / "config_bert.json"), tokenizer="unused")
+
+
+def test_position_embeddings_are_interpolated_as_albef(official):
+    folder, state = official
+    model = _load_official(folder, image_size=96)
+    pos = state["visual_encoder.pos_embed"]  # [1, 1 + 4 * 4, W] -> [1, 1 + 6 * 6, W]
+    grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    torch.testing.assert_close(model.visual_encoder.pos_embed.detach(), torch.cat([pos[:, :1], resized], dim=1))
+    assert model.encode_image(torch.rand(1, 3, 96, 96)).shape == (1, 16)
+
+
+def test_tokens_are_cls_words_pad_without_sep(tiny_albef):
+    tokens = tiny_albef.tokenize(CAPTIONS)
+    tok = tiny_albef.tokenizer
+    assert (tokens.input_ids[:, 0] == tok.cls_token_id).all()
+    assert not (tokens.input_ids == tok.sep_token_id).any()
+    length = int(tokens.attention_mask[0].sum())
+    assert tok.convert_ids_to_tokens(tokens.input_ids[0, :length].tolist()) == ["[CLS]", "a", "dog", "running", "on",
+                                                                                "the", "grass"]
+    assert tokens.input_ids[0, length:].eq(tok.pad_token_id).all() and length < tokens.input_ids.shape[1]
+    assert pre_caption("Two men-at work/play (outside)!", max_words=3) == "two men at"
+    assert tiny_albef.tokenize(["word " * 80]).input_ids.shape[1] == 30  # [CLS] + 29 (ALBEF's max_length 30)
+
+
+def test_momentum_distillation_update_and_queue(tiny_albef, tmp_path):
+    import copy
+
+    model = copy.deepcopy(tiny_albef)
+    model.set_momentum_distillation(True)
+    assert model.itc_loss == "momentum-distilled"
+    model.train()
+    pixels, keys = torch.rand(2, 3, 64, 64), torch.tensor([7, 9])
+    output = model(pixels, model.tokenize(CAPTIONS))
+    loss = momentum_distilled_itc_loss(output, keys)
+    loss.backward()
+    assert torch.isfinite(loss) and model.temp.grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if "_m." in n)
+    before_m = model.vision_proj_m.weight.detach().clone()
+    with torch.no_grad():
+        model.vision_proj.weight.add_(1.0)  # stands in for an optimizer step
+    model.after_optimizer_step()
+    torch.testing.assert_close(model.vision_proj_m.weight, 0.995 * before_m + 0.005 * model.vision_proj.weight)
+    momentum = output.extras["momentum"]()
+    torch.testing.assert_close(model.image_queue[:2], momentum["image_emb_m"])
+    assert model.idx_queue[:2].tolist() == [7, 9] and int(model.queue_ptr) == 2
+    assert (model.idx_queue[2:] == -100).all()
+    # a training checkpoint keeps the momentum encoders and queues (resuming loads them strictly)
+    reloaded = load_model(str(model.save(tmp_path / "ckpt")))
+    assert reloaded.momentum_distillation and int(reloaded.queue_ptr) == 2
+    model.load_state_dict(reloaded.state_dict(), strict=True)
+    torch.testing.assert_close(reloaded.vision_proj_m.weight, model.vision_proj_m.weight)
+    assert not load_model(str(tmp_path / "ckpt"), momentum_distillation=False).momentum_distillation
+    with pytest.raises(ValueError, match="momentum distillation on"):
+        momentum_distilled_itc_loss(tiny_albef(pixels, tiny_albef.tokenize(CAPTIONS)), keys)
+
+
+def test_grounding_heatmap_shape_and_text_dependence(tiny_albef):
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)).repeat(3, 1, 1, 1)
+    texts = ["a red circle on the left", "two blue squares under a tree", CAPTIONS[1] + " and a green star"]
+    tokens = tiny_albef.tokenize(texts)
+    assert tokens.attention_mask[0].sum() == tokens.attention_mask[1].sum() < tokens.attention_mask[2].sum()
+    heat = tiny_albef.grounding_heatmap(pixels, tokens)
+    assert heat.shape == (3, 4, 4) and (heat >= 0).all() and heat.sum() > 0
+    # same image, different words of the same length (random weights ground weakly: ~1e-3, deterministic)
+    assert (heat[0] - heat[1]).abs().max() > 1e-4 * heat.max()
+    alone = tiny_albef.grounding_heatmap(pixels[:1], tiny_albef.tokenize(texts[:1]))
+    torch.testing.assert_close(alone[0], heat[0], rtol=1e-4, atol=1e-9)  # padding in the batch changes nothing
+    assert not heat.requires_grad
+    pixels = pixels[:1].clone().requires_grad_(True)  # attacks on the heat map differentiate it
+    share = tiny_albef.grounding_heatmap(pixels, tokens[:1])[0, :2].sum()
+    (gradient,) = torch.autograd.grad(share, pixels)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_albef.parameters())
+
+
+def test_saved_folder_round_trip(tiny_albef, tmp_path):
+    tiny_albef.save(tmp_path / "albef")
+    assert family_of(str(tmp_path / "albef")) == "albef"
+    loaded = load_model(str(tmp_path / "albef"))
+    pixels = torch.rand(2, 3, 64, 64)
+    for expected, got in zip(_outputs(tiny_albef, pixels), _outputs(loaded, pixels)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_missing_checkpoint_file_is_one_line(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(str(tmp_path / "absent.pth"))
+
+
+def test_outputs_equal_albef_reference_math(official):
+    folder, state = official
+    model = _load_official(folder)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    tokens = model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        expected = reference_albef(state, model.config, model.normalize(pixels), tokens.input_ids,
+                                    tokens.attention_mask)
+    for want, got in zip(expected, _outputs(model, pixels)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
