@@ -53,9 +53,14 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, model: "ImageTextModel", pixels: torch.Tensor, tokens: "TextTokens", keys: torch.Tensor,
-             texts: Sequence[str] | None = None) -> torch.Tensor:
+             texts: Sequence[str] | None = None, inspect: bool = False) -> torch.Tensor:
         """Training loss (scalar, with parameter gradients) of row-aligned pairs; `keys` [B]: the
-        source image of each row (rows with equal keys are positives of each other)."""
+        source image of each row (rows with equal keys are positives of each other). `inspect`:
+        the loss is only looked at (logged, or a second chunk of the same step), so it must not
+        change training state (e.g. push features into a momentum queue)."""
+
+    def on_step(self, model: "ImageTextModel", step: int, steps_per_epoch: int) -> None:
+        """Called before every optimizer step (schedules inside the loss, e.g. ALBEF's alpha warm-up)."""
 
     @abstractmethod
     def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens",
@@ -87,5 +92,5 @@ class TaskForward(nn.Module):
         for c in range(chunks):
             part = slice(c * size, (c + 1) * size)
             chunk_texts = list(texts)[part] if texts is not None else None
-            losses.append(self.task.loss(self.model, pixels[part], tokens[part], keys[part], chunk_texts))
+            losses.append(self.task.loss(self.model, pixels[part], tokens[part], keys[part], chunk_texts, inspect=c > 0))
         return losses

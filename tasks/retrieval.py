@@ -59,8 +59,21 @@ def sigmoid_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
 
 
 ItcLoss = Callable[["VisionLanguageModel", "EncoderOutput", torch.Tensor, "RetrievalTask"], torch.Tensor]
-# extra ITC losses by the name a model declares in `itc_loss` (families register theirs here)
-ITC_LOSSES: dict[str, ItcLoss] = {}
+
+
+def _momentum_distilled(model, output, keys, task) -> torch.Tensor:
+    """ALBEF's ITC with momentum distillation and a feature queue (tasks/momentum_distillation.py).
+
+    Computed on this process's batch and queue: divided by the world size so that the task's
+    gradient scale leaves it a mean over processes."""
+    from tasks.momentum_distillation import momentum_distilled_itc_loss
+
+    loss = momentum_distilled_itc_loss(output, keys, alpha=task.distill_alpha, enqueue=not task.inspecting)
+    return loss / task.world_size
+
+
+# extra ITC losses by the name a model declares in `itc_loss`
+ITC_LOSSES: dict[str, ItcLoss] = {"momentum-distilled": _momentum_distilled}
 
 
 def _gathered(task: "RetrievalTask", output: "EncoderOutput", keys: torch.Tensor):
@@ -144,6 +157,14 @@ class RetrievalTask(Task):
     def __init__(self, rank: int = 0, world_size: int = 1, itm_weight: float = 1.0, **options: Any):
         super().__init__(rank, world_size, **options)
         self.itm_weight = float(itm_weight)
+        self.distill_alpha: float | None = None  # momentum distillation's alpha this step (None: the model's)
+        self.inspecting = False
+
+    def on_step(self, model, step: int, steps_per_epoch: int) -> None:
+        # ALBEF ramps the distillation weight up over the first epoch: alpha x min(1, step / epoch)
+        alpha = getattr(model, "alpha", None)
+        if getattr(model, "momentum_distillation", False) and alpha is not None:
+            self.distill_alpha = float(alpha) * min(1.0, step / max(1, steps_per_epoch))
 
     @property
     def gradient_scale(self) -> float:
@@ -151,8 +172,9 @@ class RetrievalTask(Task):
         # average then divides by the world size once too often
         return float(self.world_size)
 
-    def loss(self, model, pixels, tokens, keys, texts=None) -> torch.Tensor:
+    def loss(self, model, pixels, tokens, keys, texts=None, inspect: bool = False) -> torch.Tensor:
         output = model(pixels, tokens, image_features=model.has_itm)
+        self.inspecting = inspect
         loss = itc_loss(model, output, keys, self)
         if model.has_itm and self.itm_weight > 0:
             # local-only term: divide by the world size so gradient_scale leaves it a mean
@@ -202,6 +224,8 @@ def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: torc
     top_texts = sims.topk(k_text, dim=1).indices  # [N, k]
     top_images = sims.topk(k_image, dim=0).indices.T  # [T, k]
     tokens = model.tokenize(list(texts))
+    # the score a family's own evaluation re-ranks by (ALBEF/TCL/SGA: the raw match logit), else ITM log-odds
+    rerank = getattr(model, "itm_rerank_scores", model.itm_logits)
     features = torch.cat([model.image_features(pixels[i:i + batch_size].to(device).float()).cpu()
                           for i in range(0, n_images, batch_size)])
     pairs_i2t = [(i, int(t)) for i in range(n_images) for t in top_texts[i]]
@@ -211,6 +235,6 @@ def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: torc
             chunk = pairs[start:start + batch_size]
             image_index = torch.tensor([p[0] for p in chunk])
             text_index = torch.tensor([p[1] for p in chunk])
-            logits = model.itm_logits(features[image_index].to(device), tokens[text_index.to(tokens.input_ids.device)])
+            logits = rerank(features[image_index].to(device), tokens[text_index.to(tokens.input_ids.device)])
             out[image_index, text_index] = logits.float().cpu()
     return i2t, t2i

@@ -58,6 +58,12 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     group.add_argument("--model", help="any model name: open_clip architecture (with --pretrained), Hub id (BLIP, CLIP), "
                        "local folder, or a tiny twin (tiny-clip, tiny-siglip, tiny-blip, ...)" + _default("model"))
     group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name")
+    albef = parser.add_argument_group("ALBEF / TCL checkpoints (models/albef)")
+    albef.add_argument("--albef-config", help="ALBEF's YAML (image_res, vision sizes) for a checkpoint of another size")
+    albef.add_argument("--albef-bert-config", help="ALBEF's BERT config JSON (with fusion_layer)")
+    albef.add_argument("--albef-tokenizer", help="BERT tokenizer name or folder (default: bert-base-uncased)")
+    albef.add_argument("--momentum-distillation", action=argparse.BooleanOptionalAction,
+                       help="ALBEF's momentum encoders and queue with distillation (default: on for clean, off for adversarial methods)")
     group.add_argument("--source", help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder or Hub id")
     group.add_argument("--image-root", help="image folder for JSON/CSV sources")
     group.add_argument("--train-split", help="split of the source to train on" + _default("train_split"))

@@ -53,6 +53,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="model: open_clip name (with --pretrained), Hub id, checkpoint folder, or a tiny twin")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for an architecture name")
+    parser.add_argument("--albef-config", default=None, help="ALBEF/TCL checkpoint of another size: ALBEF's YAML (image_res, vision sizes)")
+    parser.add_argument("--albef-bert-config", default=None, help="ALBEF/TCL: ALBEF's BERT config JSON (with fusion_layer)")
+    parser.add_argument("--albef-tokenizer", default=None, help="ALBEF/TCL: BERT tokenizer name or folder (default: bert-base-uncased)")
     add_source_arguments(parser)
     parser.add_argument("--split", default="test", help="split to evaluate ('all' for every row; default: test)")
     parser.add_argument("--attacks", type=_attack_names, default=DEFAULT_ATTACKS.split(","),
@@ -162,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
         raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval")
+    from train.trainer import model_options
+
+    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval", **model_options(args))
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")

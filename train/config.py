@@ -50,6 +50,13 @@ class TrainConfig:
     # local folder, tiny twin)
     model: str = "tiny-clip"
     pretrained: str | None = None
+    # ALBEF/TCL checkpoints of another size: ALBEF's YAML (image_res, vision sizes) and BERT config
+    # JSON (fusion_layer), and the tokenizer (default bert-base-uncased)
+    albef_config: str | None = None
+    albef_bert_config: str | None = None
+    albef_tokenizer: str | None = None
+    # ALBEF's momentum distillation (momentum encoders + queue); None: on for clean, off otherwise
+    momentum_distillation: bool | None = None
     # data
     source: str | None = None
     image_root: str | None = None

@@ -84,7 +84,7 @@ class Method:
             return robust, clean
         (robust,) = ctx.forward(adv_pixels, adv_tokens, keys, texts=adv_texts)
         with torch.no_grad():
-            clean = ctx.task.loss(ctx.model, clean_pixels, clean_tokens, keys, batch.texts)
+            clean = ctx.task.loss(ctx.model, clean_pixels, clean_tokens, keys, batch.texts, inspect=True)
         return robust, clean
 
     def _output(self, robust: torch.Tensor, clean: torch.Tensor, **extra) -> StepOutput:

@@ -165,6 +165,12 @@ def make_accelerator(config: TrainConfig):
         raise ConfigError(f"--precision {config.precision}: {first_line(exc)}") from None
 
 
+def model_options(config: TrainConfig) -> dict:
+    """Family-specific loading options the config sets (only the ones given)."""
+    options = {"config": config.albef_config, "bert_config": config.albef_bert_config, "tokenizer": config.albef_tokenizer}
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
     """Check RUN against --resume / --overwrite; return the checkpoint to resume from, if any.
 
@@ -241,7 +247,7 @@ class Trainer:
             task.check_method(cfg.method)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        model = load_model(cfg.model, cfg.pretrained, device="cpu")
+        model = load_model(cfg.model, cfg.pretrained, device="cpu", **model_options(cfg))
         try:
             task.check_model(model)
         except ValueError as exc:
@@ -255,6 +261,12 @@ class Trainer:
             ckpt.load_model_weights(model, resume_from)
             state = ckpt.read_state(resume_from)
             self._check_resumable(state)
+        if getattr(model, "supports_momentum_distillation", False):
+            # before resuming weights, the optimizer and DDP: the momentum copies are trained state
+            distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
+            model.set_momentum_distillation(bool(distill))
+        elif cfg.momentum_distillation:
+            raise ConfigError(f"--momentum-distillation: {model.family} models have no momentum encoders")
         if cfg.method == "fare":  # FARE's loss reaches the image tower only
             image_tower = {id(p) for p in model.tower_parameters("image")}
             for param in model.parameters():
@@ -321,6 +333,7 @@ class Trainer:
         batch.pixels = batch.pixels.to(acc.device)
         batch.keys = batch.keys.to(acc.device)
         self._seed_micro_step(micro_step)
+        self.task.on_step(self.model, step, self.steps_per_epoch)
         no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
         with no_sync:
             with acc.autocast():
