@@ -34,16 +34,20 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
 # family -> the module implementing it (`load(...)`, the model class, `build_tiny`, `tiny_config`)
 FAMILIES: dict[str, str] = {
     "open_clip": "models.open_clip_family",
+    "captioner": "models.captioner",
 }
 
 # tiny twin -> family
 TINY_FAMILY: dict[str, str] = {
     "tiny-clip": "open_clip",
     "tiny-siglip": "open_clip",
+    "tiny-captioner": "captioner",  # built by augment.tiny (the registry's captioner role uses it too)
 }
 
 # transformers `architectures[0]` of a Hub id or folder (config.json) -> family
-HF_ARCHITECTURES: dict[str, str] = {}
+HF_ARCHITECTURES: dict[str, str] = {
+    "BlipForConditionalGeneration": "captioner",
+}
 
 
 def family_module(family: str):

@@ -11,6 +11,7 @@ from tasks.base import Task  # noqa: F401
 
 TASKS: dict[str, str] = {
     "retrieval": "tasks.retrieval:RetrievalTask",
+    "captioning": "tasks.captioning:CaptioningTask",
 }
 
 
