@@ -1,0 +1,319 @@
+"""Captioning: the captioner family, the task, attacks on captioners, metrics, evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import _code_key
+
+# the background world: the sample world's images, captions about the background only (a tiny
+# captioner learns them in a few dozen steps; the truth checker judges them)
+BACKGROUND_WORDS = {"plain": ("plain", "flat", "uniform"), "noisy": ("noisy", "grainy", "speckled")}
+GENERATION = {"min_length": 1}  # BLIP's 5-token minimum would pad the world's short captions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    from models import load_model
+
+    return load_model("tiny-captioner", kind="captioning")
+
+
+@pytest.fixture(scope="session")
+def background_world(request, sample_world_dir) -> Path:
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"background-world-{_code_key('augment/sample_world.py')}"
+    if not (folder / "dataset_background.json").exists():
+        document = json.loads((sample_world_dir / "dataset_sample.json").read_text())
+        for image in document["images"]:
+            words = BACKGROUND_WORDS[image["scene"]["background"]]
+            image["sentences"] = [{"raw": f"a shape on a {w} grey background", "sentid": k} for k, w in enumerate(words)]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "images").exists():
+            (folder / "images").symlink_to(sample_world_dir / "images")
+        (folder / "dataset_background.json").write_text(json.dumps(document))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_captioner(request, background_world) -> Path:
+    """tiny-captioner trained 60 steps on the background world (transformers layout), cached across runs."""
+    from train.quick_captioning import train_quick_captioner
+
+    key = _code_key("augment/sample_world.py", "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-captioner-{key}"
+    if not (folder / "config.json").exists():
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+        train_quick_captioner(str(background_world), folder, steps=60, batch_size=32, lr=3e-3, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def test_split(background_world):
+    from augment.sources import load_source, select_split
+
+    return select_split(load_source(str(background_world))[0], "test")
+
+
+def _batch(model, rows, count=12):
+    pixels = torch.stack([model.preprocess_eval(rows[i]["image"]) for i in range(count)])
+    texts = [t for i in range(count) for t in rows[i]["captions"]]
+    pairing = torch.tensor([i for i in range(count) for _ in rows[i]["captions"]])
+    return pixels, texts, pairing
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+def test_tiny_captioner_is_the_captioner_family(captioner, tmp_path):
+    import models
+    from transformers import BlipForConditionalGeneration
+
+    assert models.family_of("tiny-captioner") == "captioner"
+    assert models.HF_ARCHITECTURES["BlipForConditionalGeneration"] == "captioner"
+    assert captioner.kind == "captioning" and captioner.image_size == 64
+    pixels = torch.rand(3, 3, 64, 64)
+    tokens = captioner.tokenize(["a red circle", "two shapes on a plain grey background", "a star"])
+    assert tokens.input_ids[:, 0].eq(captioner.bos_id).all() and tokens.prompt_lengths.tolist() == [1, 1, 1]
+    per_caption = captioner.caption_loss(pixels, tokens, reduction="none")
+    assert per_caption.shape == (3,) and torch.isclose(per_caption.mean(), captioner.caption_loss(pixels, tokens))
+    # padding is not scored: a caption alone has the loss it has in a padded batch
+    alone = captioner.caption_loss(pixels[:1], captioner.tokenize(["a red circle"]), reduction="none")
+    assert torch.allclose(alone, per_caption[:1], atol=1e-5)
+    # save = save_pretrained: transformers reads it back, and so does load_model
+    folder = captioner.save(tmp_path / "saved")
+    again = BlipForConditionalGeneration.from_pretrained(str(folder))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), captioner.model.state_dict().values()))
+    reloaded = models.load_model(str(folder))
+    assert reloaded.family == "captioner"
+    assert torch.allclose(reloaded.caption_loss(pixels, reloaded.tokenize(["a star"] * 3)),
+                          captioner.caption_loss(pixels, captioner.tokenize(["a star"] * 3)), atol=1e-5)
+
+
+def test_prompt_tokens_are_not_scored_and_survive_slicing(captioner):
+    from models.captioner import CaptionTokens
+
+    tokens = captioner.tokenize(["a red circle", "a star"], prompts="a picture of")
+    assert tokens.prompt_lengths.tolist() == [4, 4]  # bos + "a picture of"
+    assert isinstance(tokens[1:], CaptionTokens) and tokens[1:].prompt_lengths.tolist() == [4]
+    joined = CaptionTokens.cat([tokens, captioner.tokenize(["a triangle"])])
+    assert joined.prompt_lengths.tolist() == [4, 4, 1]
+    # the prompt changes the loss only through the context: same caption, prompt tokens unscored
+    pixels = torch.rand(2, 3, 64, 64)
+    with_prompt = captioner.caption_loss(pixels, tokens, reduction="none")
+    unscored = CaptionTokens(tokens.input_ids, tokens.attention_mask, torch.ones(2, dtype=torch.long))
+    assert not torch.allclose(with_prompt, captioner.caption_loss(pixels, unscored, reduction="none"))
+
+
+def test_generate_with_and_without_prompt(captioner):
+    pixels = torch.rand(2, 3, 64, 64)
+    plain = captioner.generate(pixels, max_length=8)
+    prompted = captioner.generate(pixels, prompts=["a picture of", "an image of"], max_length=10)
+    assert len(plain) == len(prompted) == 2 and all(isinstance(c, str) for c in plain + prompted)
+    assert not any(c.startswith("a picture of") for c in prompted)  # the prompt is not returned
+
+
+def test_unknown_architecture_is_refused_in_one_line():
+    from augment.errors import ModelLoadError
+    from models.captioner import HFCaptioner
+
+    with pytest.raises(ModelLoadError, match="not supported"):
+        HFCaptioner(torch.nn.Linear(1, 1), object(), name="x")
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def test_captioning_task_loss_decreases_with_a_few_steps(captioner):
+    import copy
+
+    from tasks import build_task
+
+    task = build_task("captioning")
+    assert task.model_kind == "captioning" and "mat+" in task.methods and "fare" not in task.methods
+    task.check_model(captioner)
+    model = copy.deepcopy(captioner).train()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(4, 3, 64, 64, generator=generator)
+    texts = ["a red circle on the left", "two shapes", "a big blue square", "a star on a noisy background"]
+    tokens, keys = model.tokenize(texts), torch.arange(4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(10):
+        loss = task.loss(model, pixels, tokens, keys, texts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_rows_with_one_key_are_references_of_each_other(captioner):
+    from tasks.captioning import CaptioningTask
+
+    pixels = torch.rand(3, 3, 64, 64)
+    texts = ["a red circle", "a crimson circle", "a star"]
+    tokens, keys = captioner.tokenize(texts), torch.tensor([7, 7, 2])
+    with torch.no_grad():
+        pair = lambda i, j: float(captioner.caption_loss(pixels[i:i + 1], captioner.tokenize([texts[j]])))  # noqa: E731
+        expected = ((pair(0, 0) + pair(0, 1)) / 2 + (pair(1, 0) + pair(1, 1)) / 2 + pair(2, 2)) / 3
+        batch = float(CaptioningTask(references="batch").loss(captioner, pixels, tokens, keys))
+        row = float(CaptioningTask(references="row").loss(captioner, pixels, tokens, keys))
+        task = CaptioningTask()
+        task.set_references([[]] * 7 + [["a circle", "a red circle"]], max_references=4)
+        with_table = float(task.loss(captioner, pixels, tokens, keys, texts))
+    assert batch == pytest.approx(expected, rel=1e-4)
+    assert row == pytest.approx((pair(0, 0) + pair(1, 1) + pair(2, 2)) / 3, rel=1e-4)
+    # "a red circle" is already in the batch: only "a circle" is added for the two rows of key 7
+    table_expected = ((pair(0, 0) + pair(0, 1) + _loss(captioner, pixels[0], "a circle")) / 3
+                      + (pair(1, 0) + pair(1, 1) + _loss(captioner, pixels[1], "a circle")) / 3 + pair(2, 2)) / 3
+    assert with_table == pytest.approx(table_expected, rel=1e-4)
+
+
+def _loss(model, pixels, text):
+    return float(model.caption_loss(pixels[None], model.tokenize([text])))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_caption_scores_rank_right_captions_above_wrong_ones():
+    from train.caption_metrics import caption_scores
+
+    references = [["a red circle on the left", "a crimson circle"], ["two shapes on a grey background", "a blue square and a red star"]]
+    right = caption_scores(references, ["a red circle on the left", "two shapes on a grey background"], java=False, meteor=False)
+    wrong = caption_scores(references, ["a green banana", ""], java=False, meteor=False)
+    assert right["bleu4"] == pytest.approx(100.0) and right["rouge_l"] == pytest.approx(100.0)
+    assert right["cider"] > 100 and wrong["cider"] == 0.0 and wrong["bleu4"] < 1e-3
+    assert right["meteor"] is None and any("METEOR" in n for n in right["notes"])
+    assert any("tokenizer" in n for n in right["notes"])
+
+
+@pytest.mark.skipif(__import__("shutil").which("java") is None, reason="METEOR and the PTB tokenizer need Java")
+def test_meteor_and_ptb_tokenizer_with_java():
+    from train.caption_metrics import caption_scores
+
+    references = [["A red circle, on the left."], ["Two shapes."]]
+    scores = caption_scores(references, ["a red circle on the left", "a banana"])
+    assert scores["notes"] == [] and 0 < scores["meteor"] < 100
+    assert scores["per_image_cider"][0] > scores["per_image_cider"][1]
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+@pytest.fixture(scope="module")
+def prompted(captioner):
+    import copy
+
+    model = copy.deepcopy(captioner)
+    model.prompt = "a picture of"
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm():
+    from augment.registry import load_mlm
+
+    model, tokenizer = load_mlm("tiny-mlm")
+    return model, tokenizer, "tiny-mlm"
+
+
+def _reference_loss(model, pixels, texts, pairing, prompts=None):
+    from train.attacks.captioning import lm_losses
+
+    text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
+    return float(lm_losses(model, pixels[pairing], texts, text_prompts).mean())
+
+
+WORLD_TEXTS = ["a red circle on the left", "a crimson circle", "two shapes on a plain grey background",
+               "a small blue square", "a big yellow star"]
+WORLD_PAIRING = torch.tensor([0, 0, 1, 2, 2])
+
+
+def test_caption_pgd_raises_the_references_loss_within_budget(captioner):
+    from train.attacks.captioning import CaptionPGD, TargetedCaptionPGD
+
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    before = _reference_loss(captioner, pixels, WORLD_TEXTS, WORLD_PAIRING)
+    attack = CaptionPGD(captioner, eps=2 / 255, steps=5, generator=torch.Generator().manual_seed(0))
+    result = attack(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    assert result.texts == WORLD_TEXTS and (result.images - pixels).abs().max() <= 2 / 255 + 1e-6
+    assert _reference_loss(captioner, result.images, WORLD_TEXTS, WORLD_PAIRING) > before + 0.01
+    targeted = TargetedCaptionPGD(captioner, target="a black triangle", eps=2 / 255, steps=5)
+    adversarial = targeted(pixels, WORLD_TEXTS, WORLD_PAIRING).images
+    target_pairing = torch.arange(3)
+    assert (_reference_loss(captioner, adversarial, ["a black triangle"] * 3, target_pairing)
+            < _reference_loss(captioner, pixels, ["a black triangle"] * 3, target_pairing) - 0.01)
+
+
+def test_word_attacks_raise_the_lm_loss_within_the_word_budget(prompted, tiny_mlm):
+    from train.attacks.captioning import PromptAttack, PromptPGD, ReferenceTextAttack
+
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    # the reference captions themselves (MAT's inner text attack)
+    text = ReferenceTextAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1)
+    result = text(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    changes = result.info["words_changed"]
+    assert any(changes) and all(len(c) <= 1 for c in changes)
+    with torch.no_grad():
+        for before, after, row, change in zip(WORLD_TEXTS, result.texts, WORLD_PAIRING, changes):
+            if change:
+                assert after != before
+                assert _loss(prompted, pixels[row], after) > _loss(prompted, pixels[row], before)
+    # the prompt (one per image), then the prompt and the image together
+    prompt = PromptAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1)
+    prompts = prompt(pixels, WORLD_TEXTS, WORLD_PAIRING).info["prompts"]
+    assert len(prompts) == 3 and any(p != "a picture of" for p in prompts)
+    clean = _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, ["a picture of"] * 3)
+    assert _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, prompts) > clean
+    both = PromptPGD(prompted, prompt_attack=prompt)(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    assert both.info["prompts"] == prompts
+    assert _reference_loss(prompted, both.images, WORLD_TEXTS, WORLD_PAIRING, prompts) > \
+        _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, prompts)
+
+
+def test_prompt_attack_needs_a_prompted_captioner(captioner, tiny_mlm):
+    from train.attacks.captioning import PromptAttack
+
+    with pytest.raises(ValueError, match="prompted captioner"):
+        PromptAttack(captioner, mlm=tiny_mlm)(torch.rand(1, 3, 64, 64), ["a star"])
+
+
+def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
+    """MAT's inner maximisation through the task (text attack, then PGD), then one outer step."""
+    import copy
+    from types import SimpleNamespace
+
+    from tasks.captioning import CaptioningTask
+
+    task = CaptioningTask()
+    model = copy.deepcopy(prompted).train()
+    config = SimpleNamespace(word_budget=1, text_attack="mlm", mlm="tiny-mlm", mlm_top_k=5, eps=2 / 255,
+                             pgd_steps=3, pgd_step_size=None, random_start=True)
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    texts, keys = WORLD_TEXTS[::2], torch.arange(3)
+    adv_texts = task.text_attack(model, config)(pixels, texts, None).texts
+    adv_tokens = model.tokenize(adv_texts)
+    adv_pixels = task.image_attack(model, config).perturb(pixels, adv_texts, keys)
+    with torch.no_grad():
+        clean = float(task.attack_loss(model, pixels, model.tokenize(texts), keys))
+        adversarial = float(task.attack_loss(model, adv_pixels, adv_tokens, keys))
+    assert adv_texts != texts and adversarial > clean
+    assert task.text_attack(model, SimpleNamespace(word_budget=0)) is None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = task.loss(model, adv_pixels, adv_tokens, keys, adv_texts)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert float(task.loss(model, adv_pixels, adv_tokens, keys, adv_texts)) < float(loss)
