@@ -127,6 +127,8 @@ class HFCaptioner(CaptioningModel):
         targets = tokens.input_ids[:, 1:]
         keep = mask[:, 1:].bool()
         lengths = getattr(tokens, "prompt_lengths", None)
+        if lengths is None and self.prompt:  # plain TextTokens (e.g. joined by TextTokens.cat): the model's prompt
+            lengths = torch.full((len(targets),), self._prompt_length(self.prompt), device=targets.device)
         if lengths is not None:  # the prompt is given, not predicted
             positions = torch.arange(1, tokens.input_ids.shape[1], device=targets.device)
             keep &= positions[None, :] >= lengths.to(targets.device)[:, None]

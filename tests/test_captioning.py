@@ -9,9 +9,8 @@ import torch
 
 from tests.conftest import _code_key
 
-# the background world: the sample world's images, captions about the background only (a tiny
-# captioner learns them in a few dozen steps; the truth checker judges them)
-BACKGROUND_WORDS = {"plain": ("plain", "flat", "uniform"), "noisy": ("noisy", "grainy", "speckled")}
+# the colour world: the sample world's images, one caption "a <colour> shape" per object colour (a
+# tiny captioner learns them in one or two hundred steps; the truth checker judges them)
 GENERATION = {"min_length": 1}  # BLIP's 5-token minimum would pad the world's short captions
 
 
@@ -31,45 +30,33 @@ def captioner():
 
 
 @pytest.fixture(scope="session")
-def background_world(request, sample_world_dir) -> Path:
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"background-world-{_code_key('augment/sample_world.py')}"
-    if not (folder / "dataset_background.json").exists():
+def colour_world(request, sample_world_dir) -> Path:
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"colour-world-{_code_key('augment/sample_world.py')}"
+    if not (folder / "dataset_colour.json").exists():
         document = json.loads((sample_world_dir / "dataset_sample.json").read_text())
         for image in document["images"]:
-            words = BACKGROUND_WORDS[image["scene"]["background"]]
-            image["sentences"] = [{"raw": f"a shape on a {w} grey background", "sentid": k} for k, w in enumerate(words)]
+            colours = dict.fromkeys(obj["colour"] for obj in image["scene"]["objects"])
+            image["sentences"] = [{"raw": f"a {colour} shape", "sentid": k} for k, colour in enumerate(colours)]
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "images").exists():
             (folder / "images").symlink_to(sample_world_dir / "images")
-        (folder / "dataset_background.json").write_text(json.dumps(document))
+        (folder / "dataset_colour.json").write_text(json.dumps(document))
     return folder
 
 
 @pytest.fixture(scope="session")
-def trained_captioner(request, background_world) -> Path:
-    """tiny-captioner trained 60 steps on the background world (transformers layout), cached across runs."""
+def trained_captioner(request, colour_world) -> Path:
+    """tiny-captioner trained 200 steps on the colour world with the prompt "a picture of"
+    (transformers layout; the prompt is saved with it), cached across runs."""
     from train.quick_captioning import train_quick_captioner
 
     key = _code_key("augment/sample_world.py", "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
     folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-captioner-{key}"
     if not (folder / "config.json").exists():
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-        train_quick_captioner(str(background_world), folder, steps=60, batch_size=32, lr=3e-3, seed=0)
+        train_quick_captioner(str(colour_world), folder, steps=200, batch_size=32, lr=3e-3, seed=0,
+                              prompt="a picture of")
     return folder
-
-
-@pytest.fixture(scope="module")
-def test_split(background_world):
-    from augment.sources import load_source, select_split
-
-    return select_split(load_source(str(background_world))[0], "test")
-
-
-def _batch(model, rows, count=12):
-    pixels = torch.stack([model.preprocess_eval(rows[i]["image"]) for i in range(count)])
-    texts = [t for i in range(count) for t in rows[i]["captions"]]
-    pairing = torch.tensor([i for i in range(count) for _ in rows[i]["captions"]])
-    return pixels, texts, pairing
 
 
 # ----------------------------------------------------------------------------- the family
@@ -317,3 +304,67 @@ def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
     optimizer.step()
     with torch.no_grad():
         assert float(task.loss(model, adv_pixels, adv_tokens, keys, adv_texts)) < float(loss)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner, colour_world):
+    """The issue's bar: each attack lowers CIDEr and the truth-checked share of a briefly trained captioner."""
+    from augment.sample_world import check_caption_of_row
+    from augment.sources import load_source
+    from models import load_model
+    from train.evaluate_captioning import evaluate_captioning, markdown_report
+
+    victim = load_model(str(trained_captioner))
+    assert victim.prompt == "a picture of"
+    report = evaluate_captioning(
+        victim, load_source(str(colour_world))[0], split="test", limit=24, batch_size=24,
+        attacks=["clean", "pgd", "pgd-targeted", "prompt-pgd"], generation=GENERATION, caption_checker=check_caption_of_row,
+        attack_options={"mlm": "tiny-mlm", "top_k": 5, "target": "a white shape"},
+        meteor=False, java=False, progress=False,
+    )
+    clean = report["attacks"]["clean"]
+    assert clean["truth"]["true_pct"] >= 60 and clean["cider"] > 50  # it has learned the colours
+    for name in ("pgd", "pgd-targeted", "prompt-pgd"):
+        entry = report["attacks"][name]
+        assert entry["drop"]["cider"] > 0 and entry["drop"]["truth_pct"] > 0, name
+        assert entry["linf_max"] <= 2 / 255 + 1e-6
+    assert report["attacks"]["pgd"]["reference_loss"] > clean["reference_loss"]
+    assert report["attacks"]["pgd-targeted"]["target_hit_pct"] > 0
+    assert report["attacks"]["prompt-pgd"]["prompts_changed_pct"] > 0
+    assert len(report["captions"]["pgd"]) == 24 and report["notes"]
+    table = markdown_report(report)
+    assert "| pgd |" in table and "CIDEr" in table and "METEOR not computed" in table
+
+
+def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour_world, tmp_path):
+    from train.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--limit", "6", "--attacks", "clean,pgd", "--pgd-steps", "2", "--gen-min-length", "1",
+                 "--no-meteor", "--no-progress", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["task"] == "captioning" and set(report["attacks"]) == {"clean", "pgd"}
+    assert report["settings"]["num_images"] == 6 and "truth" in report["attacks"]["clean"]
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 6
+    assert "| clean |" in (out / "eval.md").read_text()
+    # a retrieval attack name or a prompt attack without a prompt: one line, exit 2
+    assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--attacks", "sga", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--attacks", "prompt", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad" / "eval.json").exists()
+
+
+def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner, colour_world, tmp_path):
+    from analysis.captioning_arm import evaluate_captioner, headline
+
+    settings = {"attacks": ["clean", "pgd"], "pgd_steps": 2, "limit": 4, "min_length": 1, "meteor": False}
+    report = evaluate_captioner(trained_captioner, colour_world, settings, seed=0, folder=tmp_path / "arm")
+    assert (tmp_path / "arm" / "eval.json").exists() and (tmp_path / "arm" / "eval.md").exists()
+    numbers = headline(report)
+    assert numbers["attack"] == "pgd" and numbers["clean_cider"] == report["attacks"]["clean"]["cider"]
+    assert numbers["robust_true_pct"] == report["attacks"]["pgd"]["truth"]["true_pct"]
