@@ -213,8 +213,8 @@ class Study:
         return folder / "ckpt"
 
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
-        from augment.registry import load_clip
         from augment.sample_world import check_caption_of_row
+        from models import load_model
         from augment.sources import load_source
         from train.config import parse_fraction
         from train.evaluate import evaluate, markdown_report
@@ -228,7 +228,7 @@ class Study:
             source, _ = load_source(str(self.source_dir("finetune")))
             options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
             report = evaluate(
-                load_clip(str(checkpoint)), source, split=e["split"], attacks=e["attacks"],
+                load_model(str(checkpoint), kind="retrieval"), source, split=e["split"], attacks=e["attacks"],
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )

@@ -4,10 +4,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
-from augment.errors import MatPlusError
+from augment.errors import MatPlusError, first_line
+
+# an echoed HTTP header or a token-looking word: what debug logs of HTTP clients may print
+_AUTH_HEADER = re.compile(r"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*['\"]?)(bearer\s+|basic\s+|token\s+)?[^\s'\",}\]]+")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+_known_tokens: list[str] | None = None
 
 
 def _hub_error_types() -> tuple[type[BaseException], ...]:
@@ -28,14 +34,62 @@ def _hub_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _tokens() -> list[str]:
+    """The Hub tokens this process could send (read once; never printed)."""
+    global _known_tokens
+    if _known_tokens is None:
+        found = [os.environ.get(name) for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")]
+        try:
+            from huggingface_hub import get_token
+
+            found.append(get_token())
+        except Exception:  # no huggingface_hub, unreadable token file: nothing more to hide
+            pass
+        _known_tokens = [t for t in found if t and len(t) >= 8]
+    return _known_tokens
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` with Hub tokens and Authorization header values replaced by <redacted>."""
+    for token in _tokens():
+        text = text.replace(token, "<redacted>")
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}<redacted>", text)
+    return _HF_TOKEN.sub("hf_<redacted>", text)
+
+
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    first = text.splitlines()[0]
-    return first
+    return scrub_secrets(first_line(exc))
+
+
+def install_log_redaction() -> None:
+    """Every log record, of any library and through any handler, leaves with its secrets scrubbed.
+
+    Done in the record factory, not a handler filter: libraries such as transformers log through
+    handlers of their own that a root-handler filter would not see. Records below a logger's level
+    are never created, so this costs nothing unless debug logging is on.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "matplus_redacting", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error report
+            return record
+        cleaned = scrub_secrets(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, ()
+        return record
+
+    factory.matplus_redacting = True
+    logging.setLogRecordFactory(factory)
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
     logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING"))
+    install_log_redaction()
     try:  # datasets' per-shard bars drown our own progress bars
         import datasets
 

@@ -19,3 +19,15 @@ class ModelLoadError(MatPlusError):
 
 class MissingDependencyError(MatPlusError):
     """An optional dependency or data package is missing; the message says how to install it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none.
+
+    Third-party errors often carry multi-line reports (HTTP bodies, load reports); a user-facing
+    error shows one line.
+    """
+    for line in str(exc).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

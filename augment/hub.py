@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from augment.errors import MatPlusError, PoolError
+from augment.atomic import atomic_write_bytes, atomic_write_text, temporary_path
+from augment.errors import MatPlusError, PoolError, first_line
 from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
@@ -104,9 +105,9 @@ def write_repo_folder(pool: Pool, out_dir: str | Path, options: CardOptions, for
     shards = _write_shards(pool, out)
     hub_card = _local_hub_card(pool, shards)
     card = merge_cards(hub_card, pool_card(pool, options))
-    (out / CARD_FILE).write_text(str(card), encoding="utf-8")
+    atomic_write_text(out / CARD_FILE, str(card))
     for name, payload in side_files(pool).items():
-        (out / name).write_bytes(payload)
+        atomic_write_bytes(out / name, payload)
     return out
 
 
@@ -134,7 +135,12 @@ def _write_shards(pool: Pool, out: Path) -> list[Path]:
     for index in range(num_shards):
         shard = pool.dataset.shard(num_shards=num_shards, index=index, contiguous=True)
         path = out / shard_name(index, num_shards)
-        _embedded(shard).to_parquet(str(path), batch_size=_writer_batch_size(shard))
+        tmp = temporary_path(path)
+        try:
+            _embedded(shard).to_parquet(str(tmp), batch_size=_writer_batch_size(shard))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths
 
@@ -205,7 +211,7 @@ def require_reachable(timeout: float = REACH_TIMEOUT_S) -> None:
         socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
     except OSError as exc:
         raise HubError(
-            f"cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}: {first_line(exc)}); "
             "check the network or HF_ENDPOINT"
         ) from None
 
@@ -236,12 +242,9 @@ def _http_message(status: int | None, what: str, repo_id: str | None) -> str:
 
 
 def _scrubbed(text: str, token: str | None) -> str:
-    return text.replace(token, "<token>") if token else text
+    from augment.cli_common import scrub_secrets
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return scrub_secrets(text.replace(token, "<token>") if token else text)
 
 
 @contextlib.contextmanager
@@ -262,10 +265,14 @@ def hub_errors(what: str, repo_id: str | None, token: str | None) -> Iterator[No
     except HfHubHTTPError as exc:
         raise HubError(_scrubbed(_http_message(_status_code(exc), what, repo_id), token)) from None
     except (ConnectionError, TimeoutError, _transport_error()) as exc:
-        reason = _scrubbed(f"{type(exc).__name__}: {_first_line(exc)}", token)
+        reason = _scrubbed(f"{type(exc).__name__}: {first_line(exc)}", token)
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} while {what} ({reason}); check the network or HF_ENDPOINT") from None
     except OSError as exc:  # local files (temporary shards, the card) rather than the network
-        raise HubError(_scrubbed(f"failed while {what}: {type(exc).__name__}: {_first_line(exc)}", token)) from None
+        raise HubError(_scrubbed(f"failed while {what}: {type(exc).__name__}: {first_line(exc)}", token)) from None
+    except MatPlusError:
+        raise
+    except Exception as exc:  # anything else the client raises: still one line, still no token
+        raise HubError(_scrubbed(f"the Hub client failed while {what}: {type(exc).__name__}: {first_line(exc)}", token)) from None
 
 
 def _transport_error() -> type[BaseException]:

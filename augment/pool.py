@@ -11,6 +11,10 @@ reads it)::
 
 Every shard is written to a temporary name and renamed into place, so a killed run leaves only
 whole shards; re-running the same command skips them and writes the rest (resume).
+
+A finished pool also gets a minimal README.md whose YAML `configs` names `data/*.parquet` as the
+rows, so `datasets.load_dataset(POOL)` reads the rows only, never the side tables that
+`augment score` writes under `scores/` (`augment push` writes the full data card elsewhere).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from augment.errors import PoolError
+# write_json_atomic lives in augment.atomic; importing it from here keeps working
+from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
+from augment.errors import PoolError, first_line
 from augment.schema import (
     POOL_FEATURES,
     POOL_SCHEMA_VERSION,
@@ -56,10 +62,66 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+POOL_CARD = "README.md"
+_POOL_CARD_MARK = "<!-- mat-plus pool: rows are data/*.parquet -->"
+
+
+def read_pool_meta(path: Path) -> dict:
+    """pool.json as a dict; PoolError (one line) when it is unreadable, not JSON, or not an object."""
+    meta_path = path / POOL_META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise PoolError(f"{meta_path}: not UTF-8 text; the pool's provenance is damaged") from None
+    except json.JSONDecodeError as exc:
+        raise PoolError(f"{meta_path}: corrupt JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
+                        "the pool's provenance is damaged: regenerate it, or restore pool.json") from None
+    if not isinstance(meta, dict):
+        raise PoolError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; "
+                        "the pool's provenance is damaged: regenerate it, or restore pool.json")
+    return meta
+
+
+def check_shard_readable(shard: Path, where: str | None = None) -> int:
+    """The number of rows of a parquet shard; PoolError naming it when it is truncated or not parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(shard).metadata.num_rows
+    except Exception as exc:  # ArrowInvalid, OSError...: a damaged file, whatever pyarrow calls it
+        raise PoolError(f"{where or shard}: unreadable parquet shard (truncated or not parquet: {first_line(exc)}); "
+                        "delete it and re-run the command that wrote it") from None
+
+
+def write_pool_card(out_dir: Path, meta: dict) -> None:
+    """A minimal README.md declaring the rows' files, unless the folder has a card of its own.
+
+    Its `dataset_info` (row count and byte sizes) is there for `datasets`' cache: the cache key
+    of a local folder with a card is its folder name plus the card's configs and infos, so without
+    it two pools both called `pool` would share one cache entry.
+    """
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    card = out_dir / POOL_CARD
+    if card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace"):
+        return
+    shards = sorted((out_dir / DATA_DIR).glob("*.parquet"))
+    size = sum(shard.stat().st_size for shard in shards)
+    info = DatasetInfo(config_name="default", features=POOL_FEATURES, splits=SplitDict())
+    info.splits.add(SplitInfo(name="train", num_bytes=size, num_examples=int(meta.get("num_rows") or 0)))
+    info.download_size = info.dataset_size = size
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}}).to_dataset_card_data(card_data)
+    atomic_write_text(card, (
+        f"---\n{card_data.to_yaml()}\n---\n{_POOL_CARD_MARK}\n"
+        f"# {meta.get('name') or out_dir.name}\n\n"
+        f"A mat-plus pool (method `{meta.get('method')}`, {meta.get('num_rows')} rows, finished "
+        f"{meta.get('finished')}); provenance in `{POOL_META}`. `augment push` writes its full data card.\n"
+    ))
 
 
 def make_row_id(method: str, image_id: str, caption_index: int, k: int) -> str:
@@ -82,7 +144,7 @@ class PoolWriter:
         if self.out_dir.exists() and any(self.out_dir.iterdir()):
             if not meta_path.exists():
                 raise PoolError(f"{self.out_dir}: exists and is not a pool; choose another --out")
-            old = json.loads(meta_path.read_text())
+            old = read_pool_meta(self.out_dir)
             if overwrite:
                 for shard in self.data_dir.glob("*.parquet"):
                     shard.unlink()
@@ -94,7 +156,10 @@ class PoolWriter:
                         "use another --out, or --overwrite to replace it"
                     )
                 meta = {**old, **meta, "created": old.get("created")}
+                for shard in sorted(self.data_dir.glob("shard-*.parquet")):  # resume: kept shards must be whole
+                    check_shard_readable(shard)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.data_dir, recursive=False)  # shards of a killed run
         self.meta = {
             "schema_version": POOL_SCHEMA_VERSION,
             "created": meta.get("created") or _utc_now(),
@@ -119,22 +184,24 @@ class PoolWriter:
         columns = {name: [row.get(name) for row in rows] for name in POOL_FEATURES}
         table = Dataset.from_dict(columns, features=POOL_FEATURES)
         final = self.shard_path(index)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        table.to_parquet(str(tmp))
-        os.replace(tmp, final)
+        tmp = temporary_path(final)
+        try:
+            table.to_parquet(str(tmp))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
         return final
 
     def finalize(self, expected_shards: int | None = None, extra: dict | None = None) -> dict:
         shards = sorted(self.data_dir.glob("shard-*.parquet"))
         if expected_shards is not None and len(shards) != expected_shards:
             raise PoolError(f"{self.out_dir}: {len(shards)} of {expected_shards} shards written; re-run to finish")
-        import pyarrow.parquet as pq
-
         self.meta.update(extra or {})
-        self.meta["num_rows"] = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
+        self.meta["num_rows"] = sum(check_shard_readable(s) for s in shards)
         self.meta["num_shards"] = len(shards)
         self.meta["status"] = "complete"
         self.meta["finished"] = _utc_now()
+        write_pool_card(self.out_dir, self.meta)  # before pool.json: a complete pool always has its card
         write_json_atomic(self.out_dir / POOL_META, self.meta)
         return self.meta
 
@@ -196,13 +263,15 @@ def resolve_pool_path(path_or_id: str) -> Path:
         try:
             return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision or None))
         except Exception as exc:  # offline, 401/404...: one line, never a token
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise PoolError(f"cannot fetch pool {path_or_id!r} from the Hub: {type(exc).__name__}: {first}") from None
+            from augment.cli_common import scrub_secrets
+
+            raise PoolError(scrub_secrets(f"cannot fetch pool {path_or_id!r} from the Hub: {type(exc).__name__}: {first_line(exc)}")) from None
     raise PoolError(f"{path_or_id}: no such pool folder")
 
 
-def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False) -> Pool:
-    """Read and validate a pool; refuse wrong schemas and unfinished pools with a clear error."""
+def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_empty: bool = False) -> Pool:
+    """Read and validate a pool; refuse wrong schemas, damaged files, unfinished pools and (unless
+    `allow_empty`) pools without rows, each with one clear line."""
     import pyarrow.parquet as pq
     from datasets import Features, load_dataset
 
@@ -210,7 +279,7 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False) -> Poo
     meta_path = path / POOL_META
     if not meta_path.exists():
         raise PoolError(f"{path}: not a pool (no {POOL_META})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_pool_meta(path)
     version = meta.get("schema_version")
     if version != POOL_SCHEMA_VERSION:
         raise SchemaError(f"{path}: pool schema v{version}, this mat-plus reads v{POOL_SCHEMA_VERSION}")
@@ -219,8 +288,30 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False) -> Poo
     shards = sorted((path / DATA_DIR).glob("*.parquet"))
     if not shards:
         raise PoolError(f"{path}: pool has no data shards")
+    rows = 0
     for shard in shards:
+        where = f"{path}/{DATA_DIR}/{shard.name}"
+        rows += check_shard_readable(shard, where)
         features = Features.from_arrow_schema(pq.read_schema(shard))
         check_pool_features(features, f"{path.name}/{DATA_DIR}/{shard.name}")
-    dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", features=POOL_FEATURES)
+    if rows == 0 and not allow_empty:
+        raise PoolError(f"{path}: the pool has no rows (method {meta.get('method')!r} wrote none); "
+                        "nothing to train, score, select or push")
+    try:
+        dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", features=POOL_FEATURES)
+    except Exception as exc:  # a shard whose footer is whole but whose pages are not
+        raise PoolError(f"{path}: {_damaged_shard(shards) or 'a data shard'} is damaged "
+                        f"({first_line(exc.__cause__ or exc)}); delete it and re-run the command that wrote it") from None
     return Pool(path=path, dataset=dataset, meta=meta)
+
+
+def _damaged_shard(shards: list[Path]) -> str | None:
+    """The first shard whose pages cannot be read (only looked for after a failed load)."""
+    import pyarrow.parquet as pq
+
+    for shard in shards:
+        try:
+            pq.read_table(shard)
+        except Exception:
+            return f"{DATA_DIR}/{shard.name}"
+    return None

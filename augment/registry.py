@@ -1,17 +1,16 @@
-"""One place that turns a model name into a loaded model, for every role mat-plus uses.
+"""One place that turns a model name into a loaded generator model, and the loading helpers
+every model family shares (name resolution, offline checks, one-line errors).
 
-Roles and loaders:
+Vision-language models (CLIP, SigLIP, BLIP, ALBEF: what is trained, attacked, evaluated and
+scores pools) load through `models.load_model`, which uses the helpers here. Roles and loaders:
 
-* CLIP (`load_clip`): open_clip models -> `ClipBundle` (model, tokenizer, UNNORMALISED transforms,
-  `normalize`). Checkpoints are written with `save_clip_local_dir` in open_clip's `local-dir:` layout.
 * Stable Diffusion (`load_sd_pipeline`): diffusers text-to-image / image-to-image pipelines.
 * Captioner (`load_captioner`): BLIP or any transformers image-text-to-text model + processor.
 * Paraphraser (`load_paraphraser`): a seq2seq or causal LM + tokenizer.
 * Masked LM (`load_mlm`): any transformers masked LM + tokenizer.
 
 Names each loader accepts: a `tiny-*` name (see `augment.tiny`), a short alias (`ALIASES`), a local
-folder (plain path or `local-dir:PATH`), or a Hugging Face Hub id; `load_clip` also takes open_clip
-architectures with a pretrained tag and `hf-hub:org/repo`.
+folder (plain path or `local-dir:PATH`), or a Hugging Face Hub id.
 
 Every failure to resolve or load raises `ModelLoadError` with one line that says what to do;
 Hub ids that are not cached fail at once when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set.
@@ -24,12 +23,12 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from augment import tiny
-from augment.errors import MissingDependencyError, ModelLoadError
+from augment.errors import MissingDependencyError, ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,7 @@ ROLES = ("clip", "sd", "captioner", "paraphraser", "mlm")
 # how messages name each role
 ROLE_LABELS = {
     "clip": "CLIP model",
+    "vlm": "vision-language model",
     "sd": "Stable Diffusion pipeline",
     "captioner": "captioner",
     "paraphraser": "paraphraser",
@@ -104,9 +104,6 @@ def _offline_message(role: str, name: str) -> str:
     return f"cannot load {_label(role)} '{name}': not in the local cache and HF_HUB_OFFLINE=1 is set; {_OFFLINE_HINT}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _message_for(exc: BaseException, role: str, name: str) -> str:
@@ -135,7 +132,7 @@ def _message_for(exc: BaseException, role: str, name: str) -> str:
         if is_offline():
             return _offline_message(role, name)
         return f"cannot load {what}: not in the local cache and the Hub cannot be reached; {_OFFLINE_HINT}"
-    return f"cannot load {what}: {type(exc).__name__}: {_first_line(exc)}"
+    return f"cannot load {what}: {type(exc).__name__}: {first_line(exc)}"
 
 
 @contextlib.contextmanager
@@ -146,7 +143,7 @@ def _translated_errors(role: str, name: str) -> Iterator[None]:
     except (ModelLoadError, MissingDependencyError):
         raise
     except ImportError as exc:
-        missing = getattr(exc, "name", None) or _first_line(exc)
+        missing = getattr(exc, "name", None) or first_line(exc)
         raise MissingDependencyError(
             f"loading {_label(role)} '{name}' needs a package that is not installed ({missing}); pip install it"
         ) from exc
@@ -214,8 +211,8 @@ class ResolvedSource:
 
 def _resolve_alias(name: str, role: str) -> str:
     target = DEFAULT_MODELS.get(role, name) if name == "default" else ALIASES.get(name, name)
-    if not isinstance(target, str):  # (architecture, tag) pairs: open_clip names, see load_clip
-        raise ModelLoadError(f"'{name}' names an open_clip model; load it with load_clip, not as a {_label(role)}")
+    if not isinstance(target, str):  # (architecture, tag) pairs: open_clip names, see models.load_model
+        raise ModelLoadError(f"'{name}' names an open_clip model; load it with models.load_model, not as a {_label(role)}")
     return target
 
 

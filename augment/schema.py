@@ -58,8 +58,6 @@ POOL_FEATURES = Features(
     }
 )
 
-POOL_COLUMNS = tuple(POOL_FEATURES.keys())
-
 
 class SchemaError(MatPlusError):
     """A table does not match the declared schema."""

@@ -122,13 +122,25 @@ def iter_rows(pool, indices: np.ndarray):
         yield from undecoded.select(indices[start:start + 1000])
 
 
-def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = None, overwrite: bool = False) -> dict:
-    """Write the selected rows of `pool` as a new pool at `out`; return its pool.json."""
+def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = None, overwrite: bool = False,
+                allow_empty: bool = False) -> dict:
+    """Write the selected rows of `pool` as a new pool at `out`; return its pool.json.
+
+    A selection that keeps no row is refused (nothing is written) unless `allow_empty`.
+    """
     from augment.pool import write_pool
 
     indices, entry = select_rows(pool, filters, scorer)
+    if len(indices) == 0 and not allow_empty:
+        raise PoolError(f"{pool.path}: no row of {len(pool)} passes the filters ({describe_filters(filters)}); "
+                        f"nothing written to {out} (--allow-empty writes an empty pool anyway)")
     meta = selection_meta(pool, out, filters, entry, len(indices))
     return write_pool(out, iter_rows(pool, indices), meta, overwrite=overwrite)
+
+
+def describe_filters(filters: SelectFilters) -> str:
+    chosen = {k: v for k, v in asdict(filters).items() if v not in (None, [], "")}
+    return ", ".join(f"{k}={v}" for k, v in chosen.items()) or "no filters"
 
 
 def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, selected: int) -> dict:
@@ -145,6 +157,8 @@ def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, s
         "split": parent.get("split"),
         "limit": parent.get("limit"),
         "source": parent.get("source"),
+        "image_root": parent.get("image_root"),
+        "source_split": parent.get("source_split"),
         "source_fingerprint": parent.get("source_fingerprint"),
         "source_items": parent.get("source_items"),
         "parent": {"path": str(Path(pool.path).resolve()), "meta": parent},

@@ -1,7 +1,7 @@
 """Load any supported image-caption source into one normalised `datasets.Dataset`.
 
-Every command that reads data calls `load_source`. The result always has `SOURCE_FEATURES`:
-one row per image with `image_id`, `image` (decoded as RGB), `captions`, `split`, `meta`.
+Every command that reads data calls `load_source`. The result always has the columns of
+`SOURCE_FEATURES`: one row per image with `image_id`, `image`, `captions`, `split`, `meta`.
 
 Supported inputs (detected from the path):
 
@@ -14,14 +14,34 @@ Supported inputs (detected from the path):
 * a CSV with `image,caption` rows (several rows per image allowed, optional `split` column);
 * a Hugging Face Hub dataset id (`org/name`).
 
+**Lazy images.** Ids, captions, splits and image paths are read and checked up front (cheap:
+no image is opened); an image is decoded only when a row is read (`dataset[i]["image"]`), by
+`open_image`, which raises `SourceError` naming the file when it is missing, corrupt, or too
+large. `validate=True` (`--validate`, `augment inspect`, and `--skip-bad`, which must know what
+to skip) decodes every image once at load time instead. The `image` column holds each image
+as stored (path or bytes) under `SourceImage`, a `datasets.Image` feature whose decoding is
+`open_image`: row access, `select`, `select_columns`, `filter` and iteration give PIL images,
+column access (`dataset["captions"]`) decodes nothing, `undecoded(dataset)` gives the stored
+`{"path", "bytes"}` values.
+
+**One decoding rule** (`open_image`), used by every command: pixels as stored, EXIF orientation
+not applied (what ALBEF, BLIP, SGA and open_clip do: `Image.open(path).convert("RGB")`, so
+numbers stay comparable with theirs); 16-bit and 32-bit greyscale scaled to 8 bits (not clipped
+to white); every mode converted to RGB; PIL's decompression-bomb limit enforced as an error.
+
+**Image paths stay under the image root**: a record whose path leaves it (`../x.png`, an
+absolute path, a symlink pointing out) is refused unless `allow_outside_root=True`
+(`--allow-outside-root`).
+
 Bad records raise `SourceError` naming the record; with `skip_bad=True` they are skipped and
 listed in the returned report instead.
 """
 from __future__ import annotations
 
 import csv
-import io
+import functools
 import hashlib
+import io
 import json
 import os
 from collections import OrderedDict
@@ -29,15 +49,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from augment.errors import SourceError
+from augment.atomic import write_json_atomic
+from augment.errors import SourceError, first_line
 from augment.schema import SOURCE_FEATURES, SPLITS
+from datasets import Image  # augment.schema imports datasets already
 
 if TYPE_CHECKING:
     import datasets
+    from PIL import Image as PILImage
 
 KARPATHY_KEYS = {"filename", "filepath", "split", "sentences", "sentids", "imgid", "cocoid"}
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
 ID_COLUMNS = ("image_id", "img_id", "id", "filename", "file_name")
+# modes holding more than 8 bits per grey value: scaled down, never clipped (PIL's convert clips)
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 @dataclass
@@ -50,8 +75,8 @@ class SourceRecord:
     split: str
     image_path: str | None = None
     image_bytes: bytes | None = None
-    image_obj: Any = None  # an already-decoded PIL image (datasets / Hub sources)
     meta: dict = field(default_factory=dict)
+    problem: str | None = None  # found while reading (a path outside the root...), raised by the checks
 
 
 @dataclass
@@ -61,14 +86,92 @@ class LoadReport:
     source: str
     format: str
     skipped: list[dict] = field(default_factory=list)
+    validated: bool = False  # every image decoded once at load time
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"source": self.source, "format": self.format, "skipped": self.skipped}, indent=2))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"source": self.source, "format": self.format, "skipped": self.skipped})
         return path
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
+    """Decode one image by the project's single rule (module docstring); SourceError naming it.
+
+    `value` is a stored image (`{"path", "bytes"}`), a file path, or an already decoded PIL image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    path, data = (value.get("path"), value.get("bytes")) if isinstance(value, dict) else (value, None)
+    if where is None:
+        where = f"image file {path}" if data is None else f"image {path or '(embedded bytes)'}"
+    if data is None:
+        if not path:
+            raise SourceError(f"{where}: no image")
+        if not os.path.isfile(path):
+            raise SourceError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise SourceError(f"{where}: image too large to decode safely ({first_line(exc)})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise SourceError(f"{where}: unreadable or corrupt image ({first_line(exc)})") from None
+
+
+def to_rgb(image: "PILImage.Image") -> "PILImage.Image":
+    """RGB pixels of `image`: wide greyscale (16-bit PNG, 32-bit int, float) scaled to 8 bits,
+    every other mode through PIL's own conversion. EXIF orientation is deliberately ignored."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode not in _WIDE_GREY_MODES:
+        rgb = image.convert("RGB") if image.mode != "RGB" else image.copy()
+        rgb.info.pop("exif", None)  # so no later reader (datasets applies it) turns the pixels
+        return rgb
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0  # [0, 1] floats or 8-bit range
+    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        scale = 255.0 / 65535.0  # 16-bit range (PIL reads 16-bit greyscale PNGs as I;16 or I)
+    else:
+        scale = 1.0
+    grey = np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+@dataclass(repr=False)
+class SourceImage(Image):
+    """datasets' Image feature decoded by `open_image` (one rule, one-line errors). It serialises
+    as a plain Image: a saved source reads back with datasets' own decoding."""
+
+    def decode_example(self, value, token_per_repo_id=None):
+        if not self.decode:
+            raise RuntimeError("decoding is disabled for this feature")
+        return open_image(value)
+
+    def __repr__(self) -> str:
+        return f"SourceImage(mode={self.mode!r}, decode={self.decode})"
+
+
+def lazy_source_features():
+    """SOURCE_FEATURES with the image column decoded by `open_image` when a row is read."""
+    from datasets import Features
+
+    features = Features(dict(SOURCE_FEATURES))
+    features["image"] = SourceImage(mode=SOURCE_FEATURES["image"].mode)
+    return features
+
+
+def undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
+    """The source with its stored images (`{"path", "bytes"}`), without decoding any."""
+    return dataset.cast_column("image", Image(decode=False))
 
 
 # ----------------------------------------------------------------------------- detection
@@ -122,12 +225,65 @@ def _looks_like_hub_id(source: str) -> bool:
     )
 
 
+def _not_utf8(path: Path) -> SourceError:
+    """One line naming the first line of `path` that is not UTF-8 (decoders report chunk offsets)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return SourceError(f"{path}: not UTF-8 text (byte 0x{line[exc.start]:02x} on line {number}, "
+                                   f"column {exc.start + 1}); save it as UTF-8")
+    return SourceError(f"{path}: not UTF-8 text; save it as UTF-8")
+
+
 def _read_json(path: Path) -> Any:
+    stat = path.stat()
+    return _read_json_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)  # detect_format and the reader parse the same file once
+def _read_json_cached(path: str, mtime_ns: int, size: int) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a UTF-8 byte-order mark is fine
             return json.load(handle)
+    except UnicodeDecodeError:
+        raise _not_utf8(Path(path)) from None
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+# ----------------------------------------------------------------------------- field checks
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _string(value: Any, where: str, name: str) -> str:
+    """A field that must hold text (a number is not silently turned into a file name or caption)."""
+    if not isinstance(value, str):
+        raise SourceError(f"{where}: {name} must be a string, got {_type_name(value)} {json.dumps(value, default=str)[:40]}")
+    return value
+
+
+def _caption_list(value: Any, where: str, name: str) -> list[str]:
+    """Captions given as a list of strings or of {"raw": str} (Karpathy sentences)."""
+    if not isinstance(value, list):
+        raise SourceError(f"{where}: {name} must be a list of captions, got {_type_name(value)}")
+    captions = []
+    for number, item in enumerate(value):
+        if isinstance(item, dict):
+            captions.append(_string(item.get("raw"), where, f"{name}[{number}].raw"))
+        else:
+            captions.append(_string(item, where, f"{name}[{number}]"))
+    return captions
+
+
+def _id(value: Any, where: str, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise SourceError(f"{where}: {name} must be a string or an integer, got {_type_name(value)}")
+    return str(value)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -140,16 +296,30 @@ def _default_image_roots(anchor: Path, image_root: str | None) -> list[Path]:
     return [folder, folder / "images"]
 
 
-def _resolve_image(relative: str, roots: list[Path]) -> str:
-    """Return the first existing candidate; else all of them joined by ' or ' for the error."""
+def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool) -> tuple[str, str | None]:
+    """(path, problem): the first existing candidate, else all of them joined by ' or '.
+
+    A candidate that resolves (symlinks followed) outside its root is a problem unless allowed.
+    """
     candidates = [root / relative for root in roots]
-    for candidate in candidates:
+    for root, candidate in zip(roots, candidates):
         if candidate.is_file():
-            return str(candidate)
-    return " or ".join(str(c) for c in candidates)
+            if not allow_outside_root:
+                real, base = candidate.resolve(), root.resolve()
+                if real != base and base not in real.parents:
+                    return str(candidate), (f"image path {relative!r} leads outside the image root {root} (to {real}); "
+                                            "pass --allow-outside-root to read it anyway")
+            return str(candidate), None
+    return " or ".join(str(c) for c in candidates), None
 
 
-def _read_karpathy(source: Path, image_root: str | None) -> Iterable[SourceRecord]:
+def _record_with_image(where: str, image_id: str, captions: list[str], split: str, relative: str,
+                       roots: list[Path], allow_outside_root: bool, meta: dict | None = None) -> SourceRecord:
+    path, problem = _resolve_image(relative, roots, allow_outside_root)
+    return SourceRecord(where, image_id, captions, split, path, meta=meta or {}, problem=problem)
+
+
+def _read_karpathy(source: Path, image_root: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
     json_path = source if source.is_file() else sorted(source.glob("dataset_*.json"))[0]
     data = _read_json(json_path)
     images = data.get("images") if isinstance(data, dict) else None
@@ -160,14 +330,14 @@ def _read_karpathy(source: Path, image_root: str | None) -> Iterable[SourceRecor
         where = f"{json_path.name}: images[{index}]"
         if not isinstance(entry, dict) or "filename" not in entry:
             raise SourceError(f"{where}: entry has no 'filename'")
-        filename = entry["filename"]
+        filename = _string(entry["filename"], where, "'filename'")
         where = f"{where} ({filename})"
-        relative = os.path.join(entry.get("filepath", ""), filename)
-        image_id = str(entry["cocoid"]) if "cocoid" in entry else Path(filename).stem
-        sentences = entry.get("sentences", [])
-        captions = [s.get("raw", "") if isinstance(s, dict) else str(s) for s in sentences]
+        relative = os.path.join(_string(entry.get("filepath", ""), where, "'filepath'"), filename)
+        image_id = _id(entry["cocoid"], where, "'cocoid'") if "cocoid" in entry else Path(filename).stem
+        captions = _caption_list(entry.get("sentences", []), where, "'sentences'")
+        split = _string(entry.get("split", ""), where, "'split'")
         meta = {k: v for k, v in entry.items() if k not in KARPATHY_KEYS}
-        yield SourceRecord(where, image_id, captions, str(entry.get("split", "")), _resolve_image(relative, roots), meta=meta)
+        yield _record_with_image(where, image_id, captions, split, relative, roots, allow_outside_root, meta)
 
 
 def _split_from_name(name: str, default: str | None) -> str:
@@ -178,7 +348,8 @@ def _split_from_name(name: str, default: str | None) -> str:
     return default or "train"
 
 
-def _read_albef(source: Path, image_root: str | None, split: str | None) -> Iterable[SourceRecord]:
+def _read_albef(source: Path, image_root: str | None, split: str | None,
+                allow_outside_root: bool) -> Iterable[SourceRecord]:
     data = _read_json(source)
     roots = _default_image_roots(source, image_root)
     file_split = split or _split_from_name(source.stem, None)
@@ -187,57 +358,67 @@ def _read_albef(source: Path, image_root: str | None, split: str | None) -> Iter
         where = f"{source.name}: [{index}]"
         if not isinstance(entry, dict) or "image" not in entry or "caption" not in entry:
             raise SourceError(f"{where}: entry needs 'image' and 'caption'")
-        image = entry["image"]
-        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-        key = image
-        if key not in grouped:
-            image_id = str(entry.get("image_id", Path(image).stem))
-            grouped[key] = SourceRecord(f"{where} ({image})", image_id, [], file_split, _resolve_image(image, roots))
-        grouped[key].captions.extend(captions)
+        image = _string(entry["image"], where, "'image'")
+        caption = entry["caption"]
+        captions = _caption_list(caption, where, "'caption'") if isinstance(caption, list) else [_string(caption, where, "'caption'")]
+        if image not in grouped:
+            image_id = _id(entry["image_id"], where, "'image_id'") if "image_id" in entry else Path(image).stem
+            grouped[image] = _record_with_image(f"{where} ({image})", image_id, [], file_split, image, roots, allow_outside_root)
+        grouped[image].captions.extend(captions)
     yield from grouped.values()
 
 
-def _read_csv(source: Path, image_root: str | None, split: str | None) -> Iterable[SourceRecord]:
+def _read_csv(source: Path, image_root: str | None, split: str | None,
+              allow_outside_root: bool) -> Iterable[SourceRecord]:
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
-    with open(source, newline="", encoding="utf-8") as handle:
+    with open(source, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-            raise SourceError(f"{source}: CSV needs a header with 'image' and 'caption' columns, got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            image = row["image"]
-            if image not in grouped:
-                image_id = str(Path(image).with_suffix(""))
-                grouped[image] = SourceRecord(
-                    f"{source.name}: line {line} ({image})", image_id, [], row.get("split") or split or "train",
-                    _resolve_image(image, roots),
-                )
-            grouped[image].captions.append(row["caption"] or "")
+        try:
+            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+                raise SourceError(f"{source}: CSV needs a header with 'image' and 'caption' columns, got {reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                image = row["image"] or ""
+                if image not in grouped:
+                    image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
+                    grouped[image] = _record_with_image(
+                        f"{source.name}: line {line} ({image})", image_id, [], row.get("split") or split or "train",
+                        image, roots, allow_outside_root,
+                    )
+                    if not image:
+                        grouped[image].problem = "empty 'image' field"
+                grouped[image].captions.append(row["caption"] or "")
+        except UnicodeDecodeError:
+            raise _not_utf8(source) from None
+        except csv.Error as exc:
+            raise SourceError(f"{source}: malformed CSV at line {reader.line_num}: {exc}") from None
     yield from grouped.values()
 
 
-def _read_imagefolder(source: Path, split: str | None) -> Iterable[SourceRecord]:
+def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
     folder = source if source.is_dir() else source.parent
     metadata = folder / "metadata.jsonl"
-    with open(metadata, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"metadata.jsonl: line {line_no}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{where}: malformed JSON: {exc.msg}") from None
-            if "file_name" not in entry:
-                raise SourceError(f"{where}: entry has no 'file_name'")
-            captions = _captions_of(entry, where)
-            file_name = entry["file_name"]
-            image_id = str(entry.get("image_id", Path(file_name).stem))
-            meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
-            yield SourceRecord(
-                f"{where} ({file_name})", image_id, captions, entry.get("split") or split or "train",
-                str(folder / file_name), meta=meta,
-            )
+    try:
+        with open(metadata, encoding="utf-8-sig") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"metadata.jsonl: line {line_no}"
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{where}: malformed JSON: {exc.msg}") from None
+                if not isinstance(entry, dict) or "file_name" not in entry:
+                    raise SourceError(f"{where}: entry has no 'file_name'")
+                file_name = _string(entry["file_name"], where, "'file_name'")
+                captions = _captions_of(entry, where)
+                image_id = _id(entry["image_id"], where, "'image_id'") if "image_id" in entry else Path(file_name).stem
+                meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
+                row_split = _string(entry.get("split") or split or "train", where, "'split'")
+                yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,
+                                         [folder], allow_outside_root, meta)
+    except UnicodeDecodeError:
+        raise _not_utf8(metadata) from None
 
 
 def _captions_of(entry: dict, where: str) -> list[str]:
@@ -245,20 +426,24 @@ def _captions_of(entry: dict, where: str) -> list[str]:
         if column in entry and entry[column] is not None:
             value = entry[column]
             if isinstance(value, list):
-                return [v.get("raw", "") if isinstance(v, dict) else str(v) for v in value]
-            return [str(value)]
+                return _caption_list(value, where, repr(column))
+            return [_string(value, where, repr(column))]
     raise SourceError(f"{where}: no caption column (expected one of {list(CAPTION_COLUMNS)})")
 
 
 def _read_table(dataset_or_dict: Any, name: str, split: str | None) -> Iterable[SourceRecord]:
-    """Normalise a `datasets` Dataset/DatasetDict (disk, parquet or Hub) into records."""
-    from datasets import DatasetDict
+    """Normalise a `datasets` Dataset/DatasetDict (disk, parquet or Hub) into records, without
+    decoding its images (an Image column is read as stored bytes/paths)."""
+    from datasets import DatasetDict, Image
 
     parts = dataset_or_dict.items() if isinstance(dataset_or_dict, DatasetDict) else [(None, dataset_or_dict)]
     for part_split, table in parts:
         columns = set(table.column_names)
         if "image" not in columns:
             raise SourceError(f"{name}: table has no 'image' column (columns: {sorted(columns)})")
+        if isinstance(table.features.get("image"), Image):
+            table = table.cast_column("image", Image(decode=False))
+        table = table.with_format(None)
         id_column = next((c for c in ID_COLUMNS if c in columns), None)
         for index, row in enumerate(table):
             where = f"{name}: row {index}" + (f" of split {part_split!r}" if part_split else "")
@@ -270,26 +455,42 @@ def _read_table(dataset_or_dict: Any, name: str, split: str | None) -> Iterable[
             )
             if isinstance(image, dict):
                 record.image_bytes, record.image_path = image.get("bytes"), image.get("path")
+                if record.image_bytes is not None and not record.image_path:
+                    record.image_path = where  # a name for errors; the bytes are the image
             elif isinstance(image, str):
                 record.image_path = image
+            elif isinstance(image, (bytes, bytearray)):
+                record.image_bytes, record.image_path = bytes(image), where
             else:
-                record.image_obj = image
+                record.problem = f"unsupported 'image' value of type {_type_name(image)}"
             meta = row.get("meta")
             if isinstance(meta, str) and meta:
-                record.meta = json.loads(meta)
+                try:
+                    record.meta = json.loads(meta)
+                except json.JSONDecodeError as exc:
+                    record.problem = f"'meta' is not JSON ({exc.msg})"
             yield record
 
 
 def _load_table(source: str, fmt: str) -> Any:
     import datasets
 
-    if fmt == "disk":
-        return datasets.load_from_disk(source)
-    if fmt == "parquet":
-        path = Path(source)
-        files = [str(path)] if path.is_file() else sorted(str(p) for p in list(path.glob("*.parquet")) + list(path.glob("data/*.parquet")))
-        return datasets.load_dataset("parquet", data_files=files, split="train")
-    return datasets.load_dataset(source)
+    try:
+        if fmt == "disk":
+            return datasets.load_from_disk(source)
+        if fmt == "parquet":
+            path = Path(source)
+            files = [str(path)] if path.is_file() else sorted(str(p) for p in list(path.glob("*.parquet")) + list(path.glob("data/*.parquet")))
+            return datasets.load_dataset("parquet", data_files=files, split="train")
+        return datasets.load_dataset(source)
+    except SourceError:
+        raise
+    except Exception as exc:  # offline, 404, damaged files, any client error: one line, no token
+        from augment.cli_common import scrub_secrets
+
+        what = "the Hub dataset" if fmt == "hub" else f"the {fmt} source"
+        cause = exc.__cause__ or exc
+        raise SourceError(scrub_secrets(f"{source}: cannot load {what} ({type(cause).__name__}: {first_line(cause)})")) from None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -297,24 +498,17 @@ def _load_table(source: str, fmt: str) -> Any:
 
 def _check_image(record: SourceRecord) -> None:
     """Fully decode the image once so truncated files fail here, not mid-training."""
-    from PIL import Image, UnidentifiedImageError
-
-    if record.image_obj is not None:
-        return
     if record.image_bytes is None:
         if not record.image_path:
             raise SourceError(f"{record.where}: no image")
         if not os.path.isfile(record.image_path):
             raise SourceError(f"{record.where}: image file not found: {record.image_path}")
-    try:
-        handle = io.BytesIO(record.image_bytes) if record.image_bytes is not None else record.image_path
-        with Image.open(handle) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise SourceError(f"{record.where}: unreadable or corrupt image ({exc})") from None
+    open_image({"path": record.image_path, "bytes": record.image_bytes}, where=record.where)
 
 
-def _check_record(record: SourceRecord, seen_ids: set[str], verify_images: bool) -> None:
+def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> None:
+    if record.problem:
+        raise SourceError(f"{record.where}: {record.problem}")
     if record.split not in SPLITS:
         raise SourceError(f"{record.where}: unknown split {record.split!r} (expected one of {list(SPLITS)})")
     if record.image_id in seen_ids:
@@ -324,7 +518,9 @@ def _check_record(record: SourceRecord, seen_ids: set[str], verify_images: bool)
     for number, caption in enumerate(record.captions):
         if not isinstance(caption, str) or not caption.strip():
             raise SourceError(f"{record.where}: caption {number} is empty")
-    if verify_images:
+    if record.image_bytes is None and (not record.image_path or not os.path.isfile(record.image_path)):
+        raise SourceError(f"{record.where}: image file not found: {record.image_path}")
+    if validate:
         _check_image(record)
 
 
@@ -336,13 +532,16 @@ def load_source(
     image_root: str | None = None,
     split: str | None = None,
     skip_bad: bool = False,
-    verify_images: bool = True,
+    validate: bool = False,
     progress: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple["datasets.Dataset", LoadReport]:
-    """Read `source` into a `SOURCE_FEATURES` dataset; raise `SourceError` on the first bad record.
+    """Read `source` into a dataset with SOURCE_FEATURES' columns; SourceError on the first bad record.
 
-    `split` is the split for formats that carry none (CSV, ALBEF without a split in its name).
-    With `skip_bad`, bad records are left out and listed in the report instead.
+    Ids, captions, splits and image paths are checked now; images are decoded when rows are read
+    (module docstring), or all now with `validate`. `split` is the split for formats that carry
+    none (CSV, ALBEF without a split in its name). With `skip_bad`, bad records are left out and
+    listed in the report instead (this decodes every image now: a skipped record must be known).
     """
     import datasets
     from tqdm.auto import tqdm
@@ -351,23 +550,24 @@ def load_source(
     fmt = detect_format(source)
     path = Path(source)
     if fmt == "karpathy":
-        records = _read_karpathy(path, image_root)
+        records = _read_karpathy(path, image_root, allow_outside_root)
     elif fmt == "albef":
-        records = _read_albef(path, image_root, split)
+        records = _read_albef(path, image_root, split, allow_outside_root)
     elif fmt == "csv":
-        records = _read_csv(path, image_root, split)
+        records = _read_csv(path, image_root, split, allow_outside_root)
     elif fmt == "imagefolder":
-        records = _read_imagefolder(path, split)
+        records = _read_imagefolder(path, split, allow_outside_root)
     else:
         records = _read_table(_load_table(source, fmt), source, split)
 
-    report = LoadReport(source=source, format=fmt)
+    validate = validate or skip_bad
+    report = LoadReport(source=source, format=fmt, validated=validate)
     columns: dict[str, list] = {name: [] for name in SOURCE_FEATURES}
     seen: set[str] = set()
     for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
         record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
         try:
-            _check_record(record, seen, verify_images)
+            _check_record(record, seen, validate)
         except SourceError as exc:
             if not skip_bad:
                 raise
@@ -375,17 +575,22 @@ def load_source(
             continue
         seen.add(record.image_id)
         columns["image_id"].append(record.image_id)
-        if record.image_obj is not None:
-            columns["image"].append(record.image_obj)
-        else:
-            columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
+        columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
         columns["captions"].append(record.captions)
         columns["split"].append(record.split)
         columns["meta"].append(json.dumps(record.meta, sort_keys=True))
     if not columns["image_id"]:
         raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
-    dataset = datasets.Dataset.from_dict(columns, features=SOURCE_FEATURES)
-    return dataset, report
+    return datasets.Dataset.from_dict(columns, features=lazy_source_features()), report
+
+
+def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
+    """Decode every image of a loaded source once (SourceError naming the first bad one)."""
+    from tqdm.auto import tqdm
+
+    stored = undecoded(dataset).select_columns(["image_id", "image"])
+    for row in tqdm(stored, total=len(stored), desc="decoding images", unit="img", disable=not progress):
+        open_image(row["image"], where=f"image {row['image_id']!r} ({(row['image'] or {}).get('path')})")
 
 
 def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Dataset":
@@ -394,9 +599,10 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
         return dataset
     if split not in SPLITS:
         raise SourceError(f"unknown split {split!r} (expected one of {list(SPLITS)} or 'all')")
-    indices = [i for i, s in enumerate(dataset["split"]) if s == split]
+    splits = dataset["split"]
+    indices = [i for i, s in enumerate(splits) if s == split]
     if not indices:
-        present = sorted(set(dataset["split"]))
+        present = sorted(set(splits))
         raise SourceError(f"source has no {split!r} rows (splits present: {present})")
     return dataset.select(indices)
 
@@ -405,7 +611,7 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
     """Content hash of ids, splits and captions: pools record it to detect a changed source."""
     digest = hashlib.sha256()
     for image_id, split, captions in zip(dataset["image_id"], dataset["split"], dataset["captions"]):
-        digest.update(json.dumps([image_id, split, captions]).encode())
+        digest.update(json.dumps([image_id, split, list(captions)]).encode())
     return digest.hexdigest()[:16]
 
 

@@ -501,10 +501,6 @@ _USES_WORD_VOCAB = {TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM}
 # ---------------------------------------------------------------------------------------------
 
 
-def is_tiny_name(name: str) -> bool:
-    return name in TINY_NAMES
-
-
 def check_tiny_name(name: str) -> str:
     if name not in TINY_NAMES:
         from augment.errors import ModelLoadError

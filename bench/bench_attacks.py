@@ -208,16 +208,15 @@ def main(argv: list[str]) -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
     _offline()
-    from augment.registry import load_clip, load_mlm
+    from augment.registry import load_mlm
     from augment.sample_world import write_sample
     from augment.sources import load_source
-    from train.attacks import ClipVictim
+    from models import load_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = load_clip("tiny-clip", device=device)
-    victim = ClipVictim.from_bundle(bundle)
+    bundle = victim = load_model("tiny-clip", device=device)
     model, tokenizer = load_mlm("tiny-mlm", device=device)
     mlm = (model, tokenizer, "tiny-mlm")
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as work:

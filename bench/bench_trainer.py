@@ -80,9 +80,9 @@ def bench_steps(source: str, work: Path, args) -> dict:
 def bench_text_attack(mat_trainer, repeats: int) -> dict:
     from train.attacks.text import BertAttack
 
-    victim = mat_trainer.context.victim
+    victim = mat_trainer.context.model
     plan = mat_trainer.data.plan(0, mat_trainer.global_batch)
-    batch = mat_trainer.data.materialise(plan, 0, mat_trainer.cfg.batch_size, mat_trainer.bundle.preprocess_eval)
+    batch = mat_trainer.data.materialise(plan, 0, mat_trainer.cfg.batch_size, mat_trainer.model.preprocess_eval)
     pixels = batch.pixels.to(victim.device)
     mlm = mat_trainer.cfg.mlm
     batched = BertAttack(victim, mlm=mlm, objective="contrastive")

@@ -62,6 +62,10 @@ class CardOptions:
     source_license: str = "unknown"
     # where the pool lives on the Hub; the "How to use" snippet shows a placeholder without it
     repo_id: str | None = None
+    # the captions' language(s), ISO 639-1 (Flickr30k and COCO captions are English)
+    language: tuple[str, ...] = ("en",)
+    # the source's Hub dataset id when the pool was made from a local copy of it
+    source_dataset: str | None = None
 
 
 def size_category(num_rows: int) -> str:
@@ -89,11 +93,15 @@ def _looks_like_hub_id(text: str) -> bool:
     )
 
 
-def source_datasets(source: str | None) -> list[str]:
-    """The Hub's `source_datasets`: `extended|<id>` when the source is a Hub dataset."""
+def source_datasets(source: str | None, source_dataset: str | None = None) -> list[str]:
+    """The Hub's `source_datasets`: `extended|<id>` for a Hub dataset (the source itself, or
+    `source_dataset` naming the Hub copy of a local source), else `extended|<local name>`."""
+    if source_dataset:
+        return [f"extended|{source_dataset}"]
     if source and _looks_like_hub_id(source):
         return [f"extended|{source}"]
-    return ["extended"]
+    name = Path(source_name(source)).stem if source else ""
+    return [f"extended|{name}"] if name and name != "unknown" else ["extended"]
 
 
 def _is_human_text(method: str) -> bool:
@@ -112,7 +120,8 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
         "license": options.license,
         "pretty_name": pretty_name(meta),
         "size_categories": [size_category(int(meta.get("num_rows") or 0))],
-        "source_datasets": source_datasets(meta.get("source")),
+        "language": list(options.language),
+        "source_datasets": source_datasets(meta.get("source"), options.source_dataset),
         "task_categories": catalog.task_categories(method, modality),
         "annotations_creators": [annotations],
         "language_creators": ["machine-generated" if text_is_new else "found"],
@@ -141,13 +150,17 @@ def markdown_cell(value: Any) -> str:
 
 
 def score_rows(scores: Any) -> list[dict]:
-    """Summarise scores.json's top-level numeric entries (its schema is otherwise unknown).
+    """Summarise scores.json for the card.
 
-    A number is shown as is; an object shows its `mean` (or `value`) and `ci`, and its other
-    numeric fields as details. Anything else (lists, strings, nested tables) is left to the file.
+    The document `augment score` writes (`{"scorers": {slug: ENTRY}, "latest": slug}`, see
+    augment/scoring/report.py) gives one row per measure and scorer, latest scorer first. Any
+    other document: its top-level numeric entries (a number as is; an object its `mean` or
+    `value`, its `ci` or `low`/`high`, and other numbers as details).
     """
     if not isinstance(scores, dict):
         return []
+    if isinstance(scores.get("scorers"), dict):
+        return _scorer_rows(scores)
     rows = []
     for name, entry in scores.items():
         if _is_number(entry):
@@ -159,10 +172,41 @@ def score_rows(scores: Any) -> list[dict]:
     return rows
 
 
+def _scorer_rows(document: dict) -> list[dict]:
+    entries = document["scorers"]
+    latest = document.get("latest")
+    order = sorted(entries, key=lambda slug: slug != latest)
+    rows = []
+    for slug in order:
+        entry = entries[slug]
+        if not isinstance(entry, dict):
+            continue
+        scorer = (entry.get("scorer") or {}).get("name", slug) if isinstance(entry.get("scorer"), dict) else slug
+        measures: list[tuple[str, Any]] = []
+        for group in ("alignment", "clipscore"):
+            for modality, stats in (entry.get(group) or {}).items():
+                measures.append((f"{group} ({modality})", stats))
+        measures.append(("source alignment", entry.get("source_alignment")))
+        for modality, stats in (entry.get("diversity") or {}).items():
+            for name in ("mean_pairwise_distance", "vendi"):
+                measures.append((f"{modality} diversity: {name}", (stats or {}).get(name)))
+        for modality, gap in (entry.get("gap") or {}).items():
+            for name, label in (("frechet", "Frechet distance"), ("mmd2", "MMD²")):
+                measures.append((f"{modality} gap: {label}", (gap or {}).get(name)))
+        for name, stats in measures:
+            row = _score_entry_row(name, stats) if isinstance(stats, dict) else None
+            if row:
+                row["details"] = ", ".join(part for part in (row["details"], f"scorer: {scorer}") if part)
+                rows.append(row)
+    return rows
+
+
 def _score_entry_row(name: str, entry: dict) -> dict | None:
     value_key = next((k for k in ("mean", "value") if _is_number(entry.get(k))), None)
     ci = _fmt_ci(entry.get("ci"))
-    details = {k: v for k, v in entry.items() if k not in (value_key, "ci") and _is_number(v)}
+    if not ci and _is_number(entry.get("low")) and _is_number(entry.get("high")):
+        ci = _fmt_ci([entry["low"], entry["high"]])
+    details = {k: v for k, v in entry.items() if k not in (value_key, "ci", "low", "high") and _is_number(v)}
     if value_key is None and not ci and not details:
         return None
     return {

@@ -138,11 +138,26 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     """
     family = family_of(name, pretrained)
     model = family_module(family).load(name, pretrained, device=device, precision=precision, **options)
+    if name in TINY_FAMILY:
+        model.tiny_twin = name
+    else:
+        info = read_model_info(Path(name.removeprefix("local-dir:")).expanduser()) if _is_folder(name) else None
+        model.tiny_twin = (info or {}).get("tiny_twin")
     if kind is not None and model.kind != kind:
         raise ModelLoadError(f"'{name}' is a {model.kind} model ({family}), not a {kind} model")
     return model
 
 
+def _is_folder(name: str) -> bool:
+    return Path(name.removeprefix("local-dir:")).expanduser().is_dir()
+
+
 def save_model(model: ImageTextModel, folder: str | os.PathLike) -> Path:
     """Write `model` in its family's native layout plus matplus_model.json."""
     return model.save(folder)
+
+
+__all__ = [
+    "FAMILIES", "HF_ARCHITECTURES", "TINY_FAMILY", "CaptioningModel", "EncoderOutput", "ImageTextModel", "TextTokens",
+    "VisionLanguageModel", "family_module", "family_of", "load_model", "read_model_info", "save_model",
+]

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.atomic import atomic_write_text
+
 # written beside every saved model: which family reads the folder back
 MODEL_INFO_NAME = "matplus_model.json"
 
@@ -100,6 +102,7 @@ class ImageTextModel(nn.Module):
         super().__init__()
         self.name: str = ""  # what the user asked for (name, folder, tiny twin)
         self.pretrained: str | None = None  # a pretrained tag / checkpoint, when there is one
+        self.tiny_twin: str | None = None  # the tiny twin this model is (or was trained from)
         self.image_size: int = 224
         self.mean: tuple[float, ...] = (0.0, 0.0, 0.0)
         self.std: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -115,7 +118,7 @@ class ImageTextModel(nn.Module):
 
     def describe(self) -> dict:
         """Identity for reports and caches: family, name, pretrained tag."""
-        return {"family": self.family, "name": self.name, "pretrained": self.pretrained}
+        return {"family": self.family, "name": self.name, "pretrained": self.pretrained, "tiny_twin": self.tiny_twin}
 
     # -- pixels -----------------------------------------------------------------------------
 
@@ -165,9 +168,7 @@ class ImageTextModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.save_native(folder)
         info = {**self.describe(), "kind": self.kind, "image_size": self.image_size, "format": 1}
-        tmp = folder / f".{MODEL_INFO_NAME}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(folder / MODEL_INFO_NAME)
+        atomic_write_text(folder / MODEL_INFO_NAME, json.dumps(info, indent=2) + "\n")
         return folder
 
     def save_native(self, folder: Path) -> None:

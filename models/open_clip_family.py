@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from augment import tiny
+from augment.atomic import atomic_write_text, temporary_path
 from augment.errors import ModelLoadError
 from augment.registry import (
     ALIASES,
@@ -267,7 +267,7 @@ def save_clip_local_dir(
 
     Files: `open_clip_config.json` = {"model_cfg": architecture config, "preprocess_cfg": size,
     mean, std, interpolation, resize_mode, fill_color} and `open_clip_model.safetensors` (the
-    state dict), so `open_clip.create_model("local-dir:DIR")` and `load_clip(DIR)` load the same
+    state dict), so `open_clip.create_model("local-dir:DIR")` and `load(DIR)` load the same
     weights. `model_name_or_cfg`: an architecture config dict (e.g. `ClipBundle.model_cfg`) or a
     name open_clip resolves (built-in, `hf-hub:`, `local-dir:`). `preprocess_cfg` defaults to the
     one open_clip attached to `model.visual`. Give `tokenizer` for models whose config names a
@@ -294,12 +294,10 @@ def save_clip_local_dir(
     # open_clip keeps no tied tensors, so a plain state dict saves; contiguous copies on CPU
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # write to temporary names, then rename: a crash never leaves a half-written checkpoint
-    weights_tmp = out_dir / f".{OPEN_CLIP_WEIGHTS_NAME}.tmp"
-    config_tmp = out_dir / f".{OPEN_CLIP_CONFIG_NAME}.tmp"
+    weights_tmp = temporary_path(out_dir / OPEN_CLIP_WEIGHTS_NAME)
     save_file(state, str(weights_tmp), metadata={"format": "pt"})
-    config_tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     os.replace(weights_tmp, out_dir / OPEN_CLIP_WEIGHTS_NAME)
-    os.replace(config_tmp, out_dir / OPEN_CLIP_CONFIG_NAME)
+    atomic_write_text(out_dir / OPEN_CLIP_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out_dir))
     return out_dir

@@ -4,18 +4,20 @@ The training methods (`train/methods.py`: clean, tecoa, fare, mat, mat+) are wri
 this interface:
 
 * clean:  loss(model, pixels, tokens, keys)
-* tecoa:  PGD maximising attack_loss on the image, then loss on (adversarial image, clean text)
+* tecoa:  PGD maximising image_attack_loss, then loss on (adversarial image, clean text)
 * mat:    the task's text attack, then PGD against the attacked text, then loss on both
 * mat+:   mat on views drawn from 1:N pools (the data differs, not the task)
 
 `loss` runs inside the one forward call that DDP wraps (`TaskForward`), so it may use any part
 of the model (ITC, ITM, the language-model head) with gradients. `attack_loss` is what the
 inner maximisation of adversarial training maximises; it needs input gradients only.
+`image_attack_loss` returns it as a function of the pixels alone, so the text side is encoded
+once per attack, not once per PGD step.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -56,9 +58,10 @@ class Task(ABC):
         source image of each row (rows with equal keys are positives of each other)."""
 
     @abstractmethod
-    def attack_loss(self, model: "ImageTextModel", pixels: torch.Tensor, tokens: "TextTokens",
-                    keys: torch.Tensor) -> torch.Tensor:
-        """Scalar that the inner image attack (PGD) of adversarial training maximises."""
+    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens",
+                          keys: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """pixels -> scalar that the inner image attack (PGD) of adversarial training maximises,
+        against the captions `tokens` (encoded once, here)."""
 
     def text_attack(self, model: "ImageTextModel", config: Any):
         """MAT's inner word-substitution attack (an Attack from train/attacks), or None."""

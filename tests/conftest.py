@@ -88,30 +88,52 @@ def sample_world_dir(request) -> Path:
     return folder
 
 
+# the code a trained twin depends on: edits invalidate the cached fixture
+TRAINER_CODE = ("augment/sample_world.py", "augment/tiny.py", "train/trainer.py", "train/methods.py", "train/data.py",
+                "tasks/retrieval.py", "models/base.py")
+
+
+def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, steps: int = 150,
+               batch_size: int = 64, lr: float = 1e-3) -> Path:
+    """A tiny twin trained clean on the sample world with the trainer, cached across runs; its ckpt folder."""
+    from train.trainer import train_run
+
+    key = _code_key(*TRAINER_CODE, *family_code)
+    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{twin}-{steps}-{key}"
+    if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
+        resume = (run / "ckpt").is_dir()
+        train_run({"method": "clean", "model": twin, "source": str(sample_world_dir), "out": str(run),
+                   "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": steps // 10,
+                   "weight_decay": 0.1, "seed": 0, "progress": False, "save_every": 50,
+                   "resume": resume, "overwrite": not resume})
+    return run / "ckpt"
+
+
 @pytest.fixture(scope="session")
 def trained_clip(request, sample_world_dir) -> Path:
-    """A tiny-clip trained on the sample world (local-dir layout), cached across runs.
+    """tiny-clip trained on the sample world by `train clean` (150 steps of batch 64), cached across runs.
 
-    150 steps of batch 64: TR@1 ~0.3 on the 50 test scenes (chance 0.02), enough for attacks to
-    have something to break and for alignment to tell right captions from shuffled ones.
+    TR@1 ~0.3 on the 50 test scenes (chance 0.02): enough for attacks to have something to break
+    and for alignment to tell right captions from shuffled ones.
     """
-    from train.quick import train_quick_clip
-
-    key = _code_key("augment/sample_world.py", "train/quick.py", "augment/tiny.py", "augment/model_configs/tiny-clip.json")
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-clip-{key}"
-    if not (folder / "open_clip_model.safetensors").exists():
-        train_quick_clip(str(sample_world_dir), folder, steps=150, batch_size=64, seed=0)
-    return folder
+    return train_twin(request, sample_world_dir, "tiny-clip", "models/open_clip_family.py",
+                      "augment/model_configs/tiny-clip.json")
 
 
 @pytest.fixture(scope="module")
 def trained_bundle(trained_clip):
-    """The trained tiny CLIP loaded as a `ClipBundle`, at most 2 torch threads while a module uses it."""
+    """The trained tiny CLIP loaded with `models.load_model`, at most 2 torch threads while a module uses it."""
     import torch
 
-    from augment.registry import load_clip
+    from models import load_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(min(previous, 2))
-    yield load_clip(str(trained_clip))
+    yield load_model(str(trained_clip))
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def twin_trainer(request, sample_world_dir):
+    """`twin_trainer(twin, *family_code_files, steps=150)`: that twin trained clean on the sample world (cached)."""
+    return lambda twin, *code, steps=150: train_twin(request, sample_world_dir, twin, *code, steps=steps)

@@ -153,11 +153,11 @@ def test_save_adv_writes_loadable_pools(report):
 
 
 def test_transfer_mode_runs(trained_bundle, world):
-    from augment.registry import load_clip
+    from models import load_model
     from train.evaluate import evaluate
 
-    attacker = load_clip("tiny-clip")  # untrained: a different model of the same architecture
-    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd", "bert-attack"], attacker_bundle=attacker,
+    attacker = load_model("tiny-clip")  # untrained: a different model of the same architecture
+    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd", "bert-attack"], attacker=attacker,
                       limit=8, captions_per_image=1, attack_options=dict(FAST, steps=2), progress=False)
     assert result["settings"]["mode"] == "transfer"
     assert result["attacker"]["name"] == "tiny-clip" and result["victim"]["name"] == str(trained_bundle.name)
@@ -188,3 +188,32 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     assert "| pgd |" in table and "ASR TR@1" in table and "R@1 under attack" in table
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
+
+
+def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp_path, monkeypatch):
+    """Finished batches are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted report."""
+    from train import evaluate as evaluation
+
+    kwargs = dict(split="test", attacks=["clean", "pgd", "bert-attack"], limit=8, batch_size=4, captions_per_image=1,
+                  attack_options=dict(FAST, steps=2), progress=False)
+    whole = evaluation.evaluate(trained_bundle, world, **kwargs)
+
+    calls = {"n": 0}
+    original = evaluation.AttackRecord.add_batch
+
+    def dying(self, *args, **kw):  # the third attacked batch never finishes
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(evaluation.AttackRecord, "add_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
+    monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
+    assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
+    resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
+    for name in whole["attacks"]:
+        a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
+        a.pop("seconds", None), b.pop("seconds", None)
+        assert a == b, name

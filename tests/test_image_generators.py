@@ -217,22 +217,22 @@ def test_i2i_keeps_aspect_ratio_of_non_square_source():
 
 
 def test_two_processes_equal_one_process(tmp_path, sample_dir):
-    """accelerate launch with 2 CPU processes (gloo) writes the same pool as one process.
+    """torchrun with 2 CPU processes (gloo) writes the same pool as one process.
 
+    (accelerate launch starts a single process on a CPU-only machine: generate refuses that.)
     Both runs use 1 intra-op thread: on the CPU the thread count changes float results too.
     """
     import torch
 
     common = ["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--model", "tiny-sd",
-              "--steps", STEPS, "--limit", "2", "--captions-per-image", "1", "--n", "1",
+              "--steps", STEPS, "--limit", "2", "--captions-per-image", "1", "--augmentations", "1",  # torchrun's parser takes --n
               "--shard-size", "1", "--seed", "5", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "augment.cli"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "augment.cli"]
     two = subprocess.run([*launch, *common, "--out", str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert two.stderr.count("reading sample") == 2  # both processes ran
+    assert "process 1 of 2 (gloo)" in two.stderr and "process 2 of 2 (gloo)" in two.stderr  # both processes ran
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from augment import registry, tiny
+from models import open_clip_family
 from augment.errors import ModelLoadError
 
 
@@ -81,7 +82,7 @@ def test_tiny_build_is_deterministic(name, tmp_path, tiny_root):
 
 
 def test_tiny_clip_bundle_and_forward(tiny_root):
-    bundle = registry.load_clip("tiny-clip")
+    bundle = open_clip_family.load("tiny-clip")
     model = bundle.model
     assert type(model).__name__ == "CLIP"
     assert bundle.image_size == 64 and bundle.context_length == 32
@@ -96,7 +97,7 @@ def test_tiny_clip_bundle_and_forward(tiny_root):
     tokens = bundle.tokenizer(["a red circle", "a small blue square left of a star"])
     assert tokens.shape == (2, 32) and tokens.dtype == torch.long
     with torch.no_grad():
-        image_emb = bundle.encode_pixels(pixels[None])
+        image_emb = bundle.encode_image(pixels[None])
         text_emb = model.encode_text(tokens)
         direct = model.encode_image(bundle.normalize(pixels[None]), normalize=True)
     assert image_emb.shape == (1, 128) and text_emb.shape == (2, 128)
@@ -108,7 +109,7 @@ def test_tiny_clip_bundle_and_forward(tiny_root):
 def test_tiny_clip_open_clip_names_and_local_dir(tiny_root, tmp_path):
     import open_clip
 
-    bundle = registry.load_clip("tiny-clip")
+    bundle = open_clip_family.load("tiny-clip")
     tiny.register_open_clip_configs()
     assert "tiny-clip" in open_clip.list_models()
     assert open_clip.get_tokenizer("tiny-clip").context_length == 32
@@ -119,7 +120,7 @@ def test_tiny_clip_open_clip_names_and_local_dir(tiny_root, tmp_path):
     from_cache = open_clip.create_model(f"local-dir:{cached}")
     assert _same_state(from_cache.state_dict(), bundle.model.state_dict())
 
-    out = registry.save_clip_local_dir(bundle.model, tmp_path / "ckpt", bundle.model_cfg)
+    out = open_clip_family.save_clip_local_dir(bundle.model, tmp_path / "ckpt", bundle.model_cfg)
     assert (out / "open_clip_config.json").is_file() and (out / "open_clip_model.safetensors").is_file()
     reloaded = open_clip.create_model(f"local-dir:{out}")
     assert _same_state(reloaded.state_dict(), bundle.model.state_dict())
@@ -127,7 +128,7 @@ def test_tiny_clip_open_clip_names_and_local_dir(tiny_root, tmp_path):
 
     # the registry accepts both spellings of a folder
     for name in (str(out), f"local-dir:{out}"):
-        again = registry.load_clip(name)
+        again = open_clip_family.load(name)
         assert _same_state(again.model.state_dict(), bundle.model.state_dict())
         assert again.image_size == 64 and again.mean == bundle.mean
 
@@ -138,7 +139,7 @@ def test_save_clip_local_dir_keeps_quick_gelu(tmp_path, tiny_root):
     tiny.register_open_clip_configs()
     model = open_clip.create_model("tiny-clip", pretrained=None, force_quick_gelu=True)
     # config given by name: quick_gelu is read off the model itself
-    out = registry.save_clip_local_dir(model, tmp_path / "qg", "tiny-clip")
+    out = open_clip_family.save_clip_local_dir(model, tmp_path / "qg", "tiny-clip")
     reloaded = open_clip.create_model(f"local-dir:{out}")
     assert open_clip.get_model_config(f"local-dir:{out}")["quick_gelu"] is True
     assert _same_state(reloaded.state_dict(), model.state_dict())
@@ -287,9 +288,9 @@ def test_save_tiny_command(tmp_path, capsys):
 @pytest.mark.parametrize(
     "load",
     [
-        lambda: registry.load_clip(*registry.DEFAULT_MODELS["clip"]),
-        lambda: registry.load_clip("ViT-B-32", "laion2b_s34b_b79k"),
-        lambda: registry.load_clip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        lambda: open_clip_family.load(*registry.DEFAULT_MODELS["clip"]),
+        lambda: open_clip_family.load("ViT-B-32", "laion2b_s34b_b79k"),
+        lambda: open_clip_family.load("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
         lambda: registry.load_captioner(registry.DEFAULT_MODELS["captioner"]),
         lambda: registry.load_captioner("blip"),
         lambda: registry.load_paraphraser(registry.DEFAULT_MODELS["paraphraser"]),
@@ -310,9 +311,9 @@ def test_real_names_fail_fast_offline(load, offline):
 @pytest.mark.parametrize(
     "load, fragment",
     [
-        (lambda: registry.load_clip("not-an-architecture"), "unknown CLIP model"),
-        (lambda: registry.load_clip("ViT-B-16", "no-such-tag"), "neither a pretrained tag"),
-        (lambda: registry.load_clip("tiny-mlm"), "not a CLIP model"),
+        (lambda: open_clip_family.load("not-an-architecture"), "unknown CLIP model"),
+        (lambda: open_clip_family.load("ViT-B-16", "no-such-tag"), "neither a pretrained tag"),
+        (lambda: open_clip_family.load("tiny-mlm"), "not an open_clip model"),
         (lambda: registry.load_mlm("tiny-nope"), "unknown tiny model"),
         (lambda: registry.load_mlm("tiny-sd"), "not a masked LM"),
         (lambda: registry.load_captioner("/no/such/folder"), "does not exist"),
@@ -334,7 +335,7 @@ def test_folder_without_model_files_fails_clearly(tmp_path):
     with pytest.raises(ModelLoadError, match="has no config.json"):
         registry.load_mlm(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="has no open_clip_config.json"):
-        registry.load_clip(str(tmp_path / "empty"))
+        open_clip_family.load(str(tmp_path / "empty"))
 
 
 def test_trust_remote_code_is_never_enabled(monkeypatch, tiny_root):

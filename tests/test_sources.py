@@ -10,12 +10,15 @@ import pytest
 
 from augment.errors import SourceError
 from augment.schema import SOURCE_FEATURES
-from augment.sources import detect_format, load_source, select_split, source_fingerprint
+from augment.sources import detect_format, lazy_source_features, load_source, select_split, source_fingerprint, undecoded
 from tests.conftest import write_image
 
 
 def _check_normalised(dataset, n_images):
-    assert dataset.features == SOURCE_FEATURES
+    # SOURCE_FEATURES' columns; the image is decoded by augment.sources.open_image when a row is read
+    assert dataset.features == lazy_source_features()
+    assert list(dataset.features) == list(SOURCE_FEATURES)
+    assert set(undecoded(dataset)[0]["image"]) == {"path", "bytes"}
     assert len(dataset) == n_images
     for row in dataset:
         assert row["image"].mode == "RGB"
@@ -165,7 +168,7 @@ def test_bad_records_are_named(tmp_path, problem, expected):
         entries.append(_entry("good.png"))
     path = _karpathy(tmp_path, entries)
     with pytest.raises(SourceError) as info:
-        load_source(str(path))
+        load_source(str(path), validate=True)
     message = str(info.value)
     assert expected in message
     assert "images[1]" in message  # the record is named
@@ -173,6 +176,13 @@ def test_bad_records_are_named(tmp_path, problem, expected):
     dataset, report = load_source(str(path), skip_bad=True)
     assert dataset["image_id"] == ["good"]
     assert len(report.skipped) == 1 and expected in report.skipped[0]["problem"]
+
+    if problem in ("corrupt", "truncated"):  # lazily: the load passes, reading the row names the file
+        lazy, report = load_source(str(path))
+        assert not report.validated and len(lazy) == 2
+        assert lazy[0]["image"].size == (16, 12)
+        with pytest.raises(SourceError, match=r"(bad\.png|cut\.jpg): unreadable or corrupt image"):
+            lazy[1]["image"]
 
 
 def test_malformed_json_names_position(tmp_path):

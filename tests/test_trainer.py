@@ -175,13 +175,15 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     assert config.pgd_steps == 3 and config.lr == pytest.approx(5e-5) and config.word_budget == 2  # from the file
     assert config.weight_decay == 0.1  # default
     assert config.mlm == "tiny-mlm" and config.freeze_text is False
-    # a folder holding a tiny-clip (a run's checkpoint) also gets the offline tiny-mlm
-    from augment.tiny import tiny_clip_config
+    # a folder holding a model trained from a tiny twin (a run's checkpoint) also gets the offline tiny-mlm
     from train.config import default_mlm
 
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_clip_config()}))
+    (tmp_path / "ckpt" / "matplus_model.json").write_text(json.dumps({"family": "open_clip", "tiny_twin": "tiny-clip"}))
     assert default_mlm(str(tmp_path / "ckpt")) == "tiny-mlm"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "matplus_model.json").write_text(json.dumps({"family": "open_clip", "tiny_twin": None}))
+    assert default_mlm(str(tmp_path / "real")) != "tiny-mlm"
     assert resolve_config({"method": "tecoa", "source": "s", "out": "o"}).freeze_text is True
 
     # the saved config resolves back to the same settings
@@ -218,9 +220,9 @@ def test_method_runs_and_checkpoint_loads_in_open_clip(tmp_path, sample_world_di
         assert all(m["robust_loss"] is not None for m in metrics)
         _assert_within_eps(records, 2 / 255)
     if method == "fare":  # the text tower and the logit scale stay as they were
-        from augment.registry import load_clip
+        from models import load_model
 
-        original = load_clip("tiny-clip").model.state_dict()
+        original = load_model("tiny-clip").model.state_dict()
         trained = _checkpoint_state(run_dir)
         assert torch.equal(trained["token_embedding.weight"], original["token_embedding.weight"])
         assert torch.equal(trained["logit_scale"], original["logit_scale"])

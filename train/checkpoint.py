@@ -1,11 +1,13 @@
-"""Checkpoints: the model in open_clip's local-dir layout, plus what `--resume` needs.
+"""Checkpoints: the model in its family's native layout, plus what `--resume` needs.
 
 Layout (one folder, replaced as a whole so a kill never leaves a model from one step beside an
 optimizer from another)::
 
     RUN/ckpt/
-      open_clip_config.json          open_clip.create_model("local-dir:RUN/ckpt") loads these two
-      open_clip_model.safetensors
+      matplus_model.json             family, name: `models.load_model("RUN/ckpt")` loads the folder
+      ...                            the family's own files (open_clip: open_clip_config.json +
+                                     open_clip_model.safetensors, so open_clip's "local-dir:RUN/ckpt"
+                                     loads it; transformers families: save_pretrained's files)
       train_state/
         state.json                   steps done, draws so far, world size
         optimizer.pt                 torch.save'd state dicts, read back with weights_only=True
@@ -70,12 +72,10 @@ def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, *, model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict,
-                    optimizer: Any, scheduler: Any, scaler: Any, state: dict, rank: int, is_main: bool,
-                    barrier: Callable[[], None]) -> Path:
-    """Write RUN/ckpt; every process must call it (each saves its RNG state)."""
-    from augment.registry import save_clip_local_dir
-
+def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                    state: dict, rank: int, is_main: bool, barrier: Callable[[], None]) -> Path:
+    """Write RUN/ckpt (`model`: a `models.base.ImageTextModel`); every process must call it
+    (each saves its RNG state)."""
     run_dir = Path(run_dir)
     partial, final, old = run_dir / _PARTIAL, checkpoint_dir(run_dir), run_dir / _OLD
     if is_main:
@@ -85,7 +85,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: torch.nn.Module, model
     torch.save(_rng_state(), partial / STATE_DIR / f"rng-{rank}.pt")
     barrier()
     if is_main:
-        save_clip_local_dir(model, partial, model_cfg, preprocess_cfg=preprocess_cfg)
+        model.save(partial)
         torch.save(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
         if scaler is not None:
@@ -114,12 +114,11 @@ def read_state(folder: Path) -> dict:
 
 
 def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
+    """Copy the weights (and buffers: momentum encoders, queues) saved in `folder` into `model`."""
+    from models import load_model
 
-    from augment.registry import OPEN_CLIP_WEIGHTS_NAME
-
-    weights = load_file(str(folder / OPEN_CLIP_WEIGHTS_NAME), device="cpu")
-    model.load_state_dict(weights, strict=True)
+    saved = load_model(str(folder), device="cpu")
+    model.load_state_dict(saved.state_dict(), strict=True)
 
 
 def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int) -> None:

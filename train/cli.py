@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from augment.arguments import number
 from augment.cli_common import run_main
 from train.config import (
     ADVERSARIAL_METHODS,
@@ -23,7 +24,6 @@ from train.config import (
     PRECISIONS,
     TEXT_ATTACKS,
     TrainConfig,
-    parse_fraction,
     read_yaml_config,
     resolve_config,
 )
@@ -31,19 +31,12 @@ from train.config import (
 DEFAULTS = TrainConfig()
 
 METHOD_HELP = {
-    "clean": "contrastive fine-tuning (CLIP InfoNCE) on clean pairs",
-    "tecoa": "TeCoA: contrastive loss of PGD images against the clean captions",
+    "clean": "fine-tuning with the task's loss on clean pairs (retrieval: the family's ITC loss, + ITM for fusion models)",
+    "tecoa": "TeCoA: the task's loss of PGD images against the clean captions",
     "fare": "FARE: L2 between adversarial image embeddings and the frozen original model's clean ones",
-    "mat": "MAT: text (word substitutions) then image (PGD) inner maximisation of the contrastive loss",
+    "mat": "MAT: text (word substitutions) then image (PGD) inner maximisation of the task's loss",
     "mat+": "MAT+: MAT with each item's image and caption drawn from its 1:N pools every step",
 }
-
-
-def _fraction(text: str) -> float:
-    try:
-        return parse_fraction(text)
-    except Exception as exc:  # argparse turns ArgumentTypeError into a usage line
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _default(name: str) -> str:
@@ -56,12 +49,14 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         method, help=METHOD_HELP[method], description=METHOD_HELP[method],
         # only options given on the command line enter the namespace: they override --config
-        argument_default=argparse.SUPPRESS,
+        argument_default=argparse.SUPPRESS, allow_abbrev=False,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings (keys as the options, '-' or '_'); options given here override it")
 
     group = parser.add_argument_group("model and data")
-    group.add_argument("--model", help="open_clip architecture (with --pretrained), a local folder / local-dir:PATH, or tiny-clip" + _default("model"))
+    group.add_argument("--task", help="what to train for: retrieval, captioning, grounding" + _default("task"))
+    group.add_argument("--model", help="any model name: open_clip architecture (with --pretrained), Hub id (BLIP, CLIP), "
+                       "local folder, or a tiny twin (tiny-clip, tiny-siglip, tiny-blip, ...)" + _default("model"))
     group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name")
     group.add_argument("--source", help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder or Hub id")
     group.add_argument("--image-root", help="image folder for JSON/CSV sources")
@@ -70,8 +65,8 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
 
     pools = parser.add_argument_group("pools (1:N views of each item; required by mat+)")
     pools.add_argument("--pools", nargs="+", metavar="POOL", help="pool folders or Hub ids made from this source")
-    pools.add_argument("--pool-weights", nargs="+", type=_fraction, metavar="W", help="one weight per pool for choosing which pool a view comes from (default: equal)")
-    pools.add_argument("--p-original", type=_fraction, help="chance that an item keeps its original pair in a step" + _default("p_original"))
+    pools.add_argument("--pool-weights", nargs="+", type=number, metavar="W", help="one weight per pool for choosing which pool a view comes from (default: equal)")
+    pools.add_argument("--p-original", type=number, help="chance that an item keeps its original pair in a step" + _default("p_original"))
     pools.add_argument("--pool-mode", choices=POOL_MODES, help="sample: one view per item per step; expand: pool rows as extra independent pairs (control)" + _default("pool_mode"))
     pools.add_argument("--allow-pool-mismatch", action="store_true", help="use pools made from a source with another fingerprint (warn instead of refusing)")
 
@@ -80,11 +75,11 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     opt.add_argument("--max-steps", type=int, help="optimizer steps to run (overrides --epochs)")
     opt.add_argument("--schedule-steps", type=int, help="length of the cosine LR schedule (default: the run's length)")
     opt.add_argument("--batch-size", type=int, help="items per process per micro step" + _default("batch_size"))
-    opt.add_argument("--lr", type=_fraction, help="peak AdamW learning rate" + _default("lr"))
-    opt.add_argument("--weight-decay", type=_fraction, help="AdamW weight decay (not on gains, biases, logit scale)" + _default("weight_decay"))
+    opt.add_argument("--lr", type=number, help="peak AdamW learning rate" + _default("lr"))
+    opt.add_argument("--weight-decay", type=number, help="AdamW weight decay (not on gains, biases, logit scale)" + _default("weight_decay"))
     opt.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup_steps"))
     opt.add_argument("--grad-accum", type=int, help="micro steps per optimizer step" + _default("grad_accum"))
-    opt.add_argument("--max-grad-norm", type=_fraction, help="clip gradients to this norm (default: no clipping)")
+    opt.add_argument("--max-grad-norm", type=number, help="clip gradients to this norm (default: no clipping)")
     opt.add_argument("--precision", choices=PRECISIONS, help="mixed precision through accelerate" + _default("precision"))
     opt.add_argument("--seed", type=int, help="seed of data order, pool draws, crops and attacks" + _default("seed"))
     opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
@@ -93,11 +88,11 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
 
     if method in ADVERSARIAL_METHODS:
         attack = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels)")
-        attack.add_argument("--eps", type=_fraction, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+        attack.add_argument("--eps", type=number, help="perturbation budget, e.g. 2/255 (default: 2/255)")
         attack.add_argument("--pgd-steps", type=int, help="PGD iterations" + _default("pgd_steps"))
-        attack.add_argument("--pgd-step-size", type=_fraction, help="PGD step (default: eps/4)")
+        attack.add_argument("--pgd-step-size", type=number, help="PGD step (default: eps/4)")
         attack.add_argument("--random-start", action=argparse.BooleanOptionalAction, help="start PGD from a random point of the ball (default: yes)")
-        attack.add_argument("--clean-weight", type=_fraction, help="weight of an added clean loss term (default: 0, robust loss only)")
+        attack.add_argument("--clean-weight", type=number, help="weight of an added clean loss term (default: 0, robust loss only)")
     if method in MULTIMODAL_METHODS:
         text = parser.add_argument_group("text attack (word substitutions)")
         text.add_argument("--inner-order", choices=INNER_ORDERS, help="order of the inner maximisation" + _default("inner_order"))
@@ -150,7 +145,9 @@ def _register_eval(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train", description="Fine-tune open_clip models: clean, TeCoA, FARE, MAT and MAT+ (and evaluate them).",
+        prog="train", allow_abbrev=False,
+        description="Fine-tune vision-language models of every family for retrieval, captioning or grounding: "
+                    "clean, TeCoA, FARE, MAT and MAT+ (and evaluate them).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for method in METHODS:

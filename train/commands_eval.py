@@ -1,32 +1,25 @@
-"""`train eval`: retrieval robustness of a CLIP model, clean and under attacks.
+"""`train eval`: retrieval robustness of any vision-language model, clean and under attacks.
 
     train eval CKPT --source SRC --split test --attacks clean,pgd,bert-attack,sep,co-attack,sga --out DIR
 
-CKPT is anything `augment.registry.load_clip` accepts: an open_clip architecture with
-`--pretrained TAG`, a training run's checkpoint folder (open_clip local-dir layout), or
-`tiny-clip`. Writes DIR/eval.json (every number, the settings, the model ids) and DIR/eval.md (a
+CKPT is anything `models.load_model` accepts: an open_clip architecture with `--pretrained TAG`,
+a Hub id (BLIP, transformers CLIP), a training run's checkpoint folder, or a tiny twin. Fusion
+models (BLIP, ALBEF) are ranked by ITC and re-ranked by ITM (`--rerank-k`). Writes DIR/eval.json (every number, the settings, the model ids) and DIR/eval.md (a
 table: rows = attacks, columns = recalls under attack and attack success rates).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import shutil
 from pathlib import Path
+
+from augment.arguments import non_negative_number
 
 # the same list as train.evaluate.DEFAULT_ATTACKS, spelt out so `train --help` needs no torch import
 DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
-
-
-def _fraction(text: str) -> float:
-    from train.config import parse_fraction
-
-    try:
-        value = parse_fraction(text)
-    except Exception as exc:  # argparse turns ArgumentTypeError into a usage line
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must not be negative")
-    return value
+# finished batches of a running evaluation, inside --out (removed once eval.json is written)
+PROGRESS_DIR = ".progress"
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -57,8 +50,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
         description=__doc__.split("\n\n")[0] + " " + "Defaults follow the attack papers' protocol.",
+        allow_abbrev=False,
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="open_clip name (with --pretrained), checkpoint folder / local-dir:PATH, or tiny-clip")
+    parser.add_argument("checkpoint", metavar="CKPT", help="model: open_clip name (with --pretrained), Hub id, checkpoint folder, or a tiny twin")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for an architecture name")
     add_source_arguments(parser)
     parser.add_argument("--split", default="test", help="split to evaluate ('all' for every row; default: test)")
@@ -70,13 +64,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for eval.json and eval.md")
 
     transfer = parser.add_argument_group("transfer attacks (default: white-box, the attacker is the evaluated model)")
-    transfer.add_argument("--attacker-model", default=None, help="craft the attacks on this CLIP instead (same name forms as CKPT)")
+    transfer.add_argument("--attacker-model", default=None, help="craft the attacks on this model instead (any family; same name forms as CKPT)")
     transfer.add_argument("--attacker-pretrained", default=None, help="pretrained tag of --attacker-model")
 
     image = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels before normalisation)")
-    image.add_argument("--eps", type=_fraction, default=2 / 255, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+    image.add_argument("--eps", type=non_negative_number, default=2 / 255, help="perturbation budget, e.g. 2/255 (default: 2/255)")
     image.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: 10)")
-    image.add_argument("--pgd-step-size", type=_fraction, default=0.5 / 255, help="PGD step (default: 0.5/255)")
+    image.add_argument("--pgd-step-size", type=non_negative_number, default=0.5 / 255, help="PGD step (default: 0.5/255)")
 
     text = parser.add_argument_group("text attack (word substitutions)")
     text.add_argument("--text-candidates", choices=("mlm", "wordnet"), default="mlm",
@@ -95,10 +89,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
     runtime.add_argument("--text-batch", type=int, default=256, help="captions per text-encoder forward pass (default: 256)")
+    runtime.add_argument("--rerank-k", type=int, default=128,
+                         help="fusion models (BLIP, ALBEF): ITM re-ranks each query's top k of the ITC ranking; 0: ITC only "
+                              "(default: 128, the Flickr30k protocol; ALBEF/BLIP's COCO configs use 256)")
     runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
     runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
     runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    runtime.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                         help="autocast dtype of the forward passes (fp16/bf16 on a GPU; default: fp32)")
+    runtime.add_argument("--restart", action="store_true",
+                         help="discard the finished batches a killed evaluation left in OUT/.progress (default: resume from them)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
     runtime.add_argument("--truth-checker", choices=("auto", "world", "none"), default="auto",
                          help="judge attacked captions with the sample world's truth checker: 'auto' when every image has a scene (default)")
@@ -116,6 +117,8 @@ def _check_positive(args) -> None:
     for option in ("pgd_steps", "top_k", "batch_size", "text_batch"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
+    if args.rerank_k < 0:
+        raise MatPlusError(f"--rerank-k must not be negative: {args.rerank_k}")
     for option in ("word_budget", "limit", "captions_per_image"):
         value = getattr(args, option)
         if value is not None and value < (0 if option == "word_budget" else 1):
@@ -139,9 +142,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from augment.commands.common import read_source
-    from augment.registry import load_clip
+    from models import load_model
     from train.config import default_mlm
-    from train.evaluate import evaluate, markdown_report
+    from train.evaluate import evaluate, write_report
 
     _check_positive(args)
     if args.task == "captioning":
@@ -157,10 +160,10 @@ def run(args: argparse.Namespace) -> int:
                            f"choose from {', '.join(ATTACK_NAMES)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    victim = load_clip(args.checkpoint, pretrained=args.pretrained, device=device)
+    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval")
     attacker = None
     if args.attacker_model:
-        attacker = load_clip(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
+        attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
     attacker_name = args.attacker_model or args.checkpoint
     dataset, _ = read_source(args)
     options = {
@@ -170,18 +173,23 @@ def run(args: argparse.Namespace) -> int:
         "scales": args.sga_scales, "alpha": args.co_alpha,
     }
     checker = _truth_checker(args.truth_checker, dataset)
-    report = evaluate(
-        victim, dataset, split=args.split, attacks=args.attacks, attacker_bundle=attacker,
-        batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
-        save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
-        progress=args.progress, caption_checker=checker,
-    )
-    report["settings"].update({"source": args.source, "device": device, "command": "train eval"})
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    table = markdown_report(report)
-    (out / "eval.md").write_text(table, encoding="utf-8")
+    progress_dir = out / PROGRESS_DIR
+    if args.restart and progress_dir.exists():
+        shutil.rmtree(progress_dir)
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with autocast:
+        report = evaluate(
+            victim, dataset, split=args.split, attacks=args.attacks, attacker=attacker, rerank_k=args.rerank_k,
+            batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
+            save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
+            progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
+        )
+    report["settings"].update({"source": args.source, "device": device, "precision": args.precision,
+                               "command": "train eval"})
+    table = write_report(report, out)
+    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return 0

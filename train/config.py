@@ -19,7 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from augment.errors import MatPlusError
+from augment.atomic import atomic_write_text
+from augment.errors import MatPlusError, first_line
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
@@ -43,7 +44,9 @@ class TrainConfig:
     """Every training setting. Field names are the command-line options with `_` for `-`."""
 
     method: str = "clean"
-    # model: open_clip architecture (+ pretrained tag), local folder / local-dir:PATH, or tiny-clip
+    task: str = "retrieval"  # tasks.TASKS: retrieval, captioning, grounding
+    # model: any name models.load_model accepts (open_clip architecture + pretrained tag, Hub id,
+    # local folder, tiny twin)
     model: str = "tiny-clip"
     pretrained: str | None = None
     # data
@@ -79,7 +82,7 @@ class TrainConfig:
     clean_weight: float = 0.0
     inner_order: str = "text-image"
     text_attack: str = "mlm"
-    mlm: str | None = None  # None: tiny-mlm for tiny-clip, else the registry's default masked LM
+    mlm: str | None = None  # None: tiny-mlm for tiny twins, else the registry's default masked LM
     mlm_top_k: int = 10
     word_budget: int = 1
     # checkpoints and logging
@@ -125,7 +128,7 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -137,23 +140,22 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
-def _is_tiny_clip(model: str) -> bool:
-    """tiny-clip itself, or a local folder holding a model of its architecture (e.g. a run's ckpt)."""
+def _is_tiny_twin(model: str) -> bool:
+    """A tiny twin itself, or a folder holding a model trained from one (e.g. a run's ckpt)."""
     if model.startswith("tiny-"):
         return True
-    folder = Path(model.removeprefix("local-dir:")).expanduser()
+    from models.base import read_model_info
+
     try:
-        saved = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
-        from augment.tiny import tiny_clip_config
-    except (OSError, ValueError, ImportError):
+        info = read_model_info(Path(model.removeprefix("local-dir:")).expanduser())
+    except (OSError, ValueError):
         return False
-    model_cfg = {k: v for k, v in saved.get("model_cfg", {}).items() if k != "quick_gelu"}
-    return model_cfg == tiny_clip_config()
+    return bool(info and info.get("tiny_twin"))
 
 
 def default_mlm(model: str) -> str:
-    """The text attack's masked LM: tiny-mlm for tiny-clip models (offline), else the registry's."""
-    if _is_tiny_clip(model):
+    """The text attack's masked LM: tiny-mlm for tiny twins (offline), else the registry's."""
+    if _is_tiny_twin(model):
         return TINY_MLM
     from augment.registry import DEFAULT_MODELS
 
@@ -205,6 +207,9 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
 
 def _validate(c: TrainConfig) -> None:
     _check(c.method in METHODS, f"unknown method {c.method!r}; expected one of {list(METHODS)}")
+    from tasks import TASKS
+
+    _check(c.task in TASKS, f"unknown --task {c.task!r}; expected one of {list(TASKS)}")
     _check(bool(c.source), "no --source given (a dataset to train on)")
     _check(bool(c.out), "no --out given (the run folder)")
     _check(bool(c.model), "no --model given")
@@ -264,9 +269,7 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # how this run was started, not what it is: fed back with --config, they must not carry over
     settings = {**config.to_dict(), "resume": False, "overwrite": False}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
     return path
 
 

@@ -7,13 +7,17 @@ Protocol (the SGA / Co-Attack evaluation code's):
 2. Clean: every image and caption is encoded by the victim; similarity matrix S [N, T].
 3. Each attack crafts adversarial examples batch by batch: a batch = `batch_size` images with ALL
    their captions (so SGA sees each image's caption set), on the attacker model (the victim in
-   white-box mode; `attacker_bundle` in transfer mode).
+   white-box mode; `attacker` in transfer mode, any family). One attack runs over the whole
+   gallery before the next starts, so memory holds one attack's results at a time.
 4. The victim then encodes the adversarial side(s) and S is recomputed over the WHOLE gallery:
    * image attacks (pgd): adversarial images x clean captions;
    * text attacks (bert-attack, synonym): clean images x adversarial captions;
    * multimodal attacks (sep, co-attack, sga): adversarial images x adversarial captions.
    TR@K queries with the (adversarial) images, IR@K with the (adversarial) captions; each
    query competes against the whole gallery, which shares the same attack.
+   Fusion victims (`has_itm`: BLIP, ALBEF) are ranked as their papers evaluate retrieval: ITC
+   similarities rank the gallery, ITM re-ranks each query's top `rerank_k` (0: ITC only).
+   Attacks craft on ITC embeddings, as the SGA and Co-Attack code attack ALBEF.
 5. Metrics (`train.metrics`): tr@1/5/10, ir@1/5/10, rsum (percent), and the attack success rate
    asr_tr@K / asr_ir@K = percent of the queries correct at K on clean data that are wrong under
    the attack. "R@1 under attack" is `tr@1`/`ir@1` of an attack's entry; ASR is relative to clean.
@@ -30,6 +34,7 @@ meaning-preserving attacks only.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +43,13 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from train.attacks import Attack, ClipVictim, build_attack
+from train.attacks import Attack, build_attack
+from train.data import derive_seed
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
+# ITM re-ranking depth of fusion models: ALBEF/BLIP's Flickr30k protocol (their COCO configs use 256)
+DEFAULT_RERANK_K = 128
 # the papers' set; "synonym" (WordNet substitutes) is available too
 DEFAULT_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 
@@ -97,22 +105,44 @@ class AttackRecord:
     attack: Attack
     image_emb: list[torch.Tensor] = field(default_factory=list)
     text_emb: list[torch.Tensor] = field(default_factory=list)
+    images: list[torch.Tensor] = field(default_factory=list)  # victim-resolution pixels (ITM re-ranking only)
+    texts: list[str] = field(default_factory=list)
     words_changed: list[int] = field(default_factory=list)
     checker_verdicts: list[bool | None] = field(default_factory=list)  # per caption, None = unchanged/unknown
     linf: float = 0.0
     seconds: float = 0.0
 
-    def add_batch(self, result, attacker_pixels: torch.Tensor, victim: ClipVictim, victim_size: int, text_batch: int,
-                  caption_checker: CaptionChecker | None, caption_rows: list[dict]) -> None:
+    def extend(self, other: "AttackRecord") -> None:
+        """Append another batch's record (in gallery order)."""
+        self.image_emb += other.image_emb
+        self.text_emb += other.text_emb
+        self.images += other.images
+        self.texts += other.texts
+        self.words_changed += other.words_changed
+        self.checker_verdicts += other.checker_verdicts
+        self.linf = max(self.linf, other.linf)
+        self.seconds += other.seconds
+
+    def state(self) -> dict:
+        """Plain tensors, lists and numbers: what `torch.load(weights_only=True)` reads back."""
+        return {"image_emb": self.image_emb, "text_emb": self.text_emb, "images": self.images, "texts": self.texts,
+                "words_changed": self.words_changed, "checker_verdicts": self.checker_verdicts,
+                "linf": self.linf, "seconds": self.seconds}
+
+    def add_batch(self, result, attacker_pixels: torch.Tensor, victim, text_batch: int,
+                  caption_checker: CaptionChecker | None, caption_rows: list[dict], keep_pixels: bool) -> None:
         """Encode the attacked side(s) of one batch with the victim; keep budgets and verdicts."""
         modality = self.attack.modality
         if modality in ("image", "multimodal"):
             self.linf = max(self.linf, float((result.images - attacker_pixels).abs().max()))
-            victim_pixels = _to_victim_resolution(result.images.to(victim.device), victim_size)
+            victim_pixels = _to_victim_resolution(result.images.to(victim.device), victim.image_size)
             self.image_emb.append(_encode_images(victim, victim_pixels))
+            if keep_pixels:
+                self.images.append(victim_pixels.detach().cpu())
         if modality in ("text", "multimodal"):
             changes = result.info.get("words_changed", [])
             self.text_emb.append(_encode_texts(victim, result.texts, text_batch))
+            self.texts += list(result.texts)
             self.words_changed += [len(c) for c in changes]
             if caption_checker is not None:
                 # only changed captions are judged: an unchanged one is as true as the source's
@@ -120,12 +150,12 @@ class AttackRecord:
                                           for text, row, change in zip(result.texts, caption_rows, changes)]
 
 
-def model_id(bundle) -> dict:
-    return {"name": bundle.name, "pretrained": bundle.pretrained}
+def model_id(model) -> dict:
+    return model.describe()
 
 
-def _pixels(bundle, rows: list[dict], device) -> torch.Tensor:
-    return torch.stack([bundle.preprocess_eval(row["image"]) for row in rows]).to(device)
+def _pixels(model, rows: list[dict], device) -> torch.Tensor:
+    return torch.stack([model.preprocess_eval(row["image"]) for row in rows]).to(device)
 
 
 def _to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -135,16 +165,16 @@ def _to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _encode_images(victim: ClipVictim, images: torch.Tensor) -> torch.Tensor:
+def _encode_images(victim, images: torch.Tensor) -> torch.Tensor:
     return victim.encode_image(images).float().cpu()
 
 
 @torch.no_grad()
-def _encode_texts(victim: ClipVictim, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+def _encode_texts(victim, texts: Sequence[str], batch_size: int) -> torch.Tensor:
     return torch.cat([victim.encode_text(texts[i:i + batch_size]).float().cpu() for i in range(0, len(texts), batch_size)])
 
 
-def build_attacks(names: Sequence[str | Attack], attacker: ClipVictim, options: dict) -> dict[str, Attack]:
+def build_attacks(names: Sequence[str | Attack], attacker, options: dict) -> dict[str, Attack]:
     """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones."""
     options = dict(options)
     needs_mlm = any(n in ("bert-attack", "sep", "co-attack", "sga") for n in names if isinstance(n, str))
@@ -204,12 +234,97 @@ def _adversarial_pool_rows(name: str, attack: Attack, rows: list[dict], gallery:
     return out
 
 
-def _summarise(record: AttackRecord, clean_image_emb, clean_text_emb, image_of_text, clean_hits, with_checker: bool) -> dict:
+class BatchStore:
+    """Finished batches of an evaluation, one file each, so a killed evaluation resumes.
+
+    `DIR/settings.json` holds the settings the batches were made with; a folder made with other
+    settings is cleared first. Each batch is written to a temporary name and renamed into place,
+    and read back with `torch.load(weights_only=True)` (tensors, strings, numbers only).
+    """
+
+    def __init__(self, folder: str | Path, settings: dict):
+        import shutil
+
+        self.folder = Path(folder)
+        wanted = json.dumps(settings, sort_keys=True, default=str)
+        marker = self.folder / "settings.json"
+        if self.folder.exists() and (not marker.is_file() or marker.read_text(encoding="utf-8") != wanted):
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            marker.write_text(wanted, encoding="utf-8")
+
+    def _path(self, attack: str, batch: int) -> Path:
+        return self.folder / attack / f"batch-{batch:05d}.pt"
+
+    def has(self, attack: str, batch: int) -> bool:
+        return self._path(attack, batch).is_file()
+
+    def save(self, attack: str, batch: int, record: "AttackRecord") -> None:
+        path = self._path(attack, batch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(record.state(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, attack: str, batch: int) -> "AttackRecord":
+        state = torch.load(self._path(attack, batch), map_location="cpu", weights_only=True)
+        record = AttackRecord(attack=None)  # type: ignore[arg-type]
+        for key, value in state.items():
+            setattr(record, key, value)
+        return record
+
+
+def _reseed(attack, seed: int) -> None:
+    """Seed the attack's random generators (its own and its parts') for one batch."""
+    for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
+        generator = getattr(part, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+class Scorer:
+    """Score matrices of the gallery for one victim: ITC similarities, re-ranked by ITM for fusion
+    models (`rerank_k` > 0)."""
+
+    def __init__(self, victim, rerank_k: int, image_of_text: torch.Tensor, batch_size: int):
+        self.victim = victim
+        self.rerank_k = rerank_k if getattr(victim, "has_itm", False) else 0
+        self.image_of_text = image_of_text
+        self.batch_size = batch_size
+
+    def hits(self, image_emb: torch.Tensor, text_emb: torch.Tensor, pixels: torch.Tensor | None,
+             texts: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        sims = image_emb @ text_emb.T
+        if not self.rerank_k:
+            return retrieval_hits(sims, self.image_of_text)
+        from tasks.retrieval import rerank_scores
+
+        i2t, t2i = rerank_scores(self.victim, sims, pixels, texts, self.rerank_k, self.batch_size)
+        return {**{k: v for k, v in retrieval_hits(i2t, self.image_of_text).items() if k.startswith("tr@")},
+                **{k: v for k, v in retrieval_hits(t2i, self.image_of_text).items() if k.startswith("ir@")}}
+
+
+@dataclass
+class CleanGallery:
+    """The victim's clean view of the gallery: embeddings, and for re-ranking pixels and captions."""
+
+    image_emb: torch.Tensor
+    text_emb: torch.Tensor
+    pixels: torch.Tensor | None
+    texts: list[str]
+    hits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_checker: bool) -> dict:
     attack = record.attack
-    image_emb = torch.cat(record.image_emb) if record.image_emb else clean_image_emb
-    text_emb = torch.cat(record.text_emb) if record.text_emb else clean_text_emb
-    hits = retrieval_hits(image_emb @ text_emb.T, image_of_text)
-    entry: dict[str, Any] = {"modality": attack.modality, **recall_from_hits(hits), **attack_success_rates(clean_hits, hits)}
+    image_emb = torch.cat(record.image_emb) if record.image_emb else clean.image_emb
+    text_emb = torch.cat(record.text_emb) if record.text_emb else clean.text_emb
+    pixels = torch.cat(record.images) if record.images else clean.pixels
+    texts = record.texts or clean.texts
+    hits = scorer.hits(image_emb, text_emb, pixels, texts)
+    entry: dict[str, Any] = {"modality": attack.modality, **recall_from_hits(hits), **attack_success_rates(clean.hits, hits)}
     entry["params"] = attack.params()
     entry["seconds"] = round(record.seconds, 3)
     if attack.modality in ("image", "multimodal"):
@@ -230,19 +345,20 @@ def _summarise(record: AttackRecord, clean_image_emb, clean_text_emb, image_of_t
             }
             # an attacked caption the checker calls false is not a valid attack: use the clean one
             invalid = torch.tensor([v is False for v in record.checker_verdicts], dtype=torch.bool)
-            preserved_text_emb = torch.where(invalid[:, None], clean_text_emb, text_emb)
-            preserved_hits = retrieval_hits(image_emb @ preserved_text_emb.T, image_of_text)
-            preserved = {**recall_from_hits(preserved_hits), **attack_success_rates(clean_hits, preserved_hits)}
+            preserved_text_emb = torch.where(invalid[:, None], clean.text_emb, text_emb)
+            preserved_texts = [c if bad else t for t, c, bad in zip(texts, clean.texts, invalid.tolist())]
+            preserved_hits = scorer.hits(image_emb, preserved_text_emb, pixels, preserved_texts)
+            preserved = {**recall_from_hits(preserved_hits), **attack_success_rates(clean.hits, preserved_hits)}
             entry.update({f"{key}_meaning_preserved": value for key, value in preserved.items()})
     return entry
 
 
 def evaluate(
-    victim_bundle,
+    victim,
     source_dataset,
     split: str | None = "test",
     attacks: Sequence[str | Attack] = DEFAULT_ATTACKS,
-    attacker_bundle=None,
+    attacker=None,
     batch_size: int = 32,
     captions_per_image: int | None = None,
     limit: int | None = None,
@@ -252,74 +368,100 @@ def evaluate(
     text_batch: int = 256,
     seed: int = 0,
     progress: bool = True,
+    rerank_k: int = DEFAULT_RERANK_K,
+    progress_dir: str | Path | None = None,
 ) -> dict:
-    """Retrieval metrics of `victim_bundle` on `split` of `source_dataset`, clean and under `attacks`.
+    """Retrieval metrics of `victim` on `split` of `source_dataset`, clean and under `attacks`.
 
+    `victim`, `attacker`: `models.base.VisionLanguageModel`s (any family; `models.load_model`).
     `attacks`: names from `train.attacks.ATTACK_NAMES` (built on the attacker with
     `attack_options`, see `build_attack`; the seed defaults to `seed`) or ready-made `Attack`
-    objects (built on the attacker). `attacker_bundle`: None for white-box, another
-    `ClipBundle` for transfer. `save_adv`: folder; each attack's adversarial examples are written
-    there as a pool (`save_adv/<attack>/`). Returns the dict `train eval` writes as eval.json:
+    objects (built on the attacker). `attacker`: None for white-box, another model for transfer.
+    `rerank_k`: ITM re-ranking depth for fusion victims (0: ITC only). `save_adv`: folder; each
+    attack's adversarial examples are written there as a pool (`save_adv/<attack>/`).
+    `progress_dir`: a folder where every finished batch of every attack is kept
+    (`BatchStore`); a killed evaluation called again with the same settings and folder skips
+    what is there and gives the same report as an uninterrupted one. Returns the
+    dict `train eval` writes as eval.json:
     {"protocol", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
     from tqdm.auto import tqdm
 
-    victim = ClipVictim.from_bundle(victim_bundle)
-    attacker_bundle = attacker_bundle or victim_bundle
-    transfer = attacker_bundle is not victim_bundle
-    attacker = ClipVictim.from_bundle(attacker_bundle) if transfer else victim
+    attacker = attacker or victim
+    transfer = attacker is not victim
     options = {"seed": seed, "text_batch": text_batch, **(attack_options or {})}
     built = build_attacks(list(attacks), attacker, options)
     built.pop("clean", None)  # clean numbers are always computed
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
-    records = {name: AttackRecord(attack) for name, attack in built.items()}
-    writers = _pool_writers(save_adv, built, gallery, attacker_bundle, split, limit, seed, batch_size)
+    scorer = Scorer(victim, rerank_k, gallery.image_of_text, batch_size)
+    keep_pixels = scorer.rerank_k > 0
+    settings = {
+        "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
+        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
+        "options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+        "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
+    }
+    store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+    writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
 
-    clean_image_emb, clean_text_emb = [], []
-    bar = tqdm(total=len(gallery), desc="evaluating", unit="img", disable=not progress)
-    for batch_index, (start, rows, text_ids) in enumerate(gallery.batches(batch_size)):
-        texts = [gallery.captions[i] for i in text_ids.tolist()]
-        local_pairing = gallery.image_of_text[text_ids] - start
-        victim_pixels = _pixels(victim_bundle, rows, victim.device)
-        clean_image_emb.append(_encode_images(victim, victim_pixels))
-        clean_text_emb.append(_encode_texts(victim, texts, text_batch))
-        attacker_pixels = _pixels(attacker_bundle, rows, attacker.device) if transfer else victim_pixels
-        for name, record in records.items():
-            bar.set_postfix_str(name)
+    # clean: the victim's embeddings of the whole gallery
+    image_emb, text_emb, pixels = [], [], []
+    for start, rows, text_ids in gallery.batches(batch_size):
+        victim_pixels = _pixels(victim, rows, victim.device)
+        image_emb.append(_encode_images(victim, victim_pixels))
+        text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
+        if keep_pixels:
+            pixels.append(victim_pixels.cpu())
+    clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), torch.cat(pixels) if pixels else None,
+                         list(gallery.captions))
+    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixels, clean.texts)
+    results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
+                                         **attack_success_rates(clean.hits, clean.hits), "params": {}}}
+
+    bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
+    for name, attack in built.items():
+        bar.set_postfix_str(name)
+        record = AttackRecord(attack)
+        for batch_index, (start, rows, text_ids) in enumerate(gallery.batches(batch_size)):
+            if store is not None and store.has(name, batch_index) and (name not in writers or writers[name].has_shard(batch_index)):
+                record.extend(store.load(name, batch_index))
+                bar.update(len(rows))
+                continue
+            texts = [gallery.captions[i] for i in text_ids.tolist()]
+            local_pairing = gallery.image_of_text[text_ids] - start
+            attacker_pixels = _pixels(attacker, rows, attacker.device)
+            _reseed(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
             began = time.perf_counter()
-            result = record.attack(attacker_pixels, texts, local_pairing)
-            record.seconds += time.perf_counter() - began
+            result = attack(attacker_pixels, texts, local_pairing)
+            seconds = time.perf_counter() - began
             caption_rows = [rows[int(image) - start] for image in gallery.image_of_text[text_ids]]
-            record.add_batch(result, attacker_pixels, victim, victim_bundle.image_size, text_batch, caption_checker, caption_rows)
+            part = AttackRecord(attack, seconds=seconds)
+            part.add_batch(result, attacker_pixels, victim, text_batch, caption_checker, caption_rows, keep_pixels)
+            if store is not None:
+                store.save(name, batch_index, part)
+            record.extend(part)
             if name in writers:
                 writers[name].write_shard(batch_index, _adversarial_pool_rows(
-                    name, record.attack, rows, gallery, text_ids, start, result.images, result.texts,
-                    result.info.get("words_changed", []), model_id(attacker_bundle), seed))
-        bar.update(len(rows))
+                    name, attack, rows, gallery, text_ids, start, result.images, result.texts,
+                    result.info.get("words_changed", []), model_id(attacker), seed))
+            bar.update(len(rows))
+        results[name] = _summarise(record, clean, scorer, caption_checker is not None)
+        if name in writers:
+            writers[name].finalize(expected_shards=batch_index + 1)
+            results[name]["adversarial_pool"] = str(writers[name].out_dir)
     bar.close()
-
-    clean_image = torch.cat(clean_image_emb)
-    clean_text = torch.cat(clean_text_emb)
-    clean_hits = retrieval_hits(clean_image @ clean_text.T, gallery.image_of_text)
-    results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean_hits),
-                                         **attack_success_rates(clean_hits, clean_hits), "params": {}}}
-    for name, record in records.items():
-        results[name] = _summarise(record, clean_image, clean_text, gallery.image_of_text, clean_hits, caption_checker is not None)
-    for name, writer in writers.items():
-        writer.finalize(expected_shards=batch_index + 1)
-        results[name]["adversarial_pool"] = str(writer.out_dir)
-    order = ["clean"] + [name for name in records]
+    order = ["clean"] + list(built)
     return {
-        "protocol": PROTOCOL,
-        "victim": model_id(victim_bundle),
-        "attacker": model_id(attacker_bundle),
+        "protocol": PROTOCOL + (f" Fusion victim: ITC ranks, ITM re-ranks the top {scorer.rerank_k}." if scorer.rerank_k else ""),
+        "victim": model_id(victim),
+        "attacker": model_id(attacker),
         "settings": {
             "mode": "transfer" if transfer else "white-box",
             "split": split, "num_images": len(gallery), "num_captions": len(gallery.captions),
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
-            "text_batch": text_batch, "seed": seed, "ks": list(KS),
+            "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": scorer.rerank_k,
             "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
         },
@@ -327,10 +469,12 @@ def evaluate(
     }
 
 
-def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker_bundle, split, limit, seed, batch_size) -> dict:
-    """One pool writer per attack under `save_adv` (overwritten: evaluation recomputes everything)."""
+def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
+                  resume: bool = False) -> dict:
+    """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards)."""
     if save_adv is None:
         return {}
+    from augment.errors import PoolError
     from augment.pool import PoolWriter
     from augment.sources import source_fingerprint
 
@@ -338,16 +482,32 @@ def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attack
     writers = {}
     for name, attack in attacks.items():
         meta = {
-            "method": "adversarial", "name": f"adversarial-{name}", "model": model_id(attacker_bundle),
+            "method": "adversarial", "name": f"adversarial-{name}", "model": model_id(attacker),
             "params": {"attack": name, **attack.params()}, "seed": seed, "source_fingerprint": fingerprint,
             "split": split, "limit": limit, "n": 1, "shard_size": batch_size,
             "description": f"adversarial examples of the {name} attack ({attack.modality}); see provenance per row",
         }
-        writers[name] = PoolWriter(Path(save_adv) / name, meta, overwrite=True)
+        folder = Path(save_adv) / name
+        try:
+            writers[name] = PoolWriter(folder, meta, overwrite=not resume)
+        except PoolError:  # another evaluation's pool there: start it over
+            writers[name] = PoolWriter(folder, meta, overwrite=True)
     return writers
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def write_report(report: dict, out_dir: str | Path) -> str:
+    """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table."""
+    from augment.atomic import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_report(report)
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "eval.md", table)
+    return table
 
 
 TABLE_COLUMNS = (("TR@1", "tr@1"), ("TR@5", "tr@5"), ("TR@10", "tr@10"), ("IR@1", "ir@1"), ("IR@5", "ir@5"),

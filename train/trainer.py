@@ -1,17 +1,11 @@
-"""The training loop shared by every method: clean, TeCoA, FARE, MAT and MAT+.
+"""The training loop shared by every method (clean, TeCoA, FARE, MAT, MAT+), task and model family.
 
 `train_run(config)` is the whole run (the `train` command calls it; a study driver may call it
-in-process, once per process under `accelerate launch`/`torchrun`). Each method is an `Objective`
-that turns one batch into a loss, running its attacks (from `train.attacks`) first:
-
-* clean: CLIP's contrastive loss on the clean pairs;
-* tecoa: contrastive loss of PGD images (maximising that loss) against the clean captions;
-* fare: squared L2 between the adversarial image embedding and the frozen original model's
-  clean embedding, PGD maximising that distance;
-* mat / mat+: inner maximisation on the caption (word substitutions within `word_budget`) and on
-  the image (PGD), in the order `inner_order`, both maximising the contrastive loss; outer loss
-  on the adversarial pairs (+ `clean_weight` x clean loss). mat+ only differs in its data: each
-  item's view is drawn from its 1:N pool every step (see `train.data`).
+in-process, once per process under `accelerate launch`/`torchrun`). The model comes from
+`models.load_model` (any family), the losses from the task (`tasks/`, `--task`), and each method
+(`train.methods`) turns one batch into a loss, running its attacks (from `train.attacks`) first.
+Nothing here knows a model family: parameters, towers, the after-step hook (temperature clamp,
+momentum encoders) and saving are the model's; losses and attack losses are the task's.
 
 `clean_loss` is logged for every method (computed without gradient when it is not trained on),
 `robust_loss` for the adversarial ones.
@@ -23,24 +17,21 @@ run continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch import nn
 
-from augment.errors import MissingDependencyError
+from augment.errors import MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
     ConfigError,
@@ -51,8 +42,7 @@ from train.config import (
     save_config,
 )
 from train.data import ORIGINAL, Batch, BatchPlan, TrainData, derive_seed, load_train_data
-from train.losses import ContrastiveLoss
-from train.objectives import OBJECTIVES, StepContext, StepOutput
+from train.methods import METHODS, StepContext, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -61,46 +51,6 @@ SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 # what --overwrite may delete in RUN (never anything else the user keeps there)
 RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml")
-
-
-# ----------------------------------------------------------------------------- the model as trained
-
-
-class ClipForTraining(nn.Module):
-    """What DDP wraps: one forward per micro step computing the embeddings the loss needs.
-
-    Pixels come in [0, 1] and are normalised here, so attacks and training share one pixel space.
-    """
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, pixels: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                normalize_image: bool = True):
-        image = None
-        if pixels is not None:
-            image = self.model.encode_image((pixels - self.mean) / self.std, normalize=normalize_image)
-        text = self.model.encode_text(tokens, normalize=True) if tokens is not None else None
-        return image, text, self.model.logit_scale.exp()
-
-
-def text_tower_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Everything outside the vision tower and the logit scale/bias (works for CLIP and CustomTextCLIP)."""
-    return [p for n, p in model.named_parameters() if not n.startswith("visual.") and not n.startswith("logit_")]
-
-
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as open_clip's training script: no decay on gains, biases, norms, logit scale."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exclude else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -196,22 +146,23 @@ class StepRecord:
     output: StepOutput
 
 
-def _is_distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if not _is_distributed_launch():
+    from train.launch import check_launch_environment, check_process_group
+
+    plan = check_launch_environment(config.cpu)  # torchrun/accelerate on a CPU: gloo, or one line
+    if not plan.distributed:
         # accelerate keeps one global state per process; an in-process caller (a study driver,
         # the tests) may run several trainings with different precisions one after the other
         AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        return Accelerator(cpu=config.cpu, mixed_precision=config.precision)
+        accelerator = Accelerator(cpu=plan.cpu, mixed_precision=config.precision)
+        check_process_group(plan, accelerator.num_processes)
+        return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
-        raise ConfigError(f"--precision {config.precision}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"--precision {config.precision}: {first_line(exc)}") from None
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
@@ -263,8 +214,9 @@ class Trainer:
 
     def setup(self) -> None:
         """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml."""
-        from augment.registry import load_clip
-        from train.attacks import ClipVictim
+        from models import load_model
+        from tasks import build_task
+        from tasks.base import TaskForward
 
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg)
@@ -284,28 +236,37 @@ class Trainer:
         self.schedule_steps = cfg.schedule_steps or self.total_steps
 
         _seed_everything(cfg.seed)
-        bundle = load_clip(cfg.model, cfg.pretrained, device="cpu")
-        self.bundle = bundle
-        model = bundle.model
+        self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size)
+        try:
+            task.check_method(cfg.method)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        model = load_model(cfg.model, cfg.pretrained, device="cpu")
+        try:
+            task.check_model(model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         frozen = None
         if cfg.method == "fare":  # FARE's target: the model as it was before any fine-tuning
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            frozen = model.frozen_copy()
         self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
         state = None
         if resume_from is not None:
             ckpt.load_model_weights(model, resume_from)
             state = ckpt.read_state(resume_from)
             self._check_resumable(state)
-        if cfg.freeze_text:
-            for param in text_tower_parameters(model):
+        if cfg.method == "fare":  # FARE's loss reaches the image tower only
+            image_tower = {id(p) for p in model.tower_parameters("image")}
+            for param in model.parameters():
+                param.requires_grad_(id(param) in image_tower)
+        elif cfg.freeze_text:
+            for param in model.tower_parameters("text"):
                 param.requires_grad_(False)
-        if cfg.method == "fare":  # the logit scale takes no part in FARE's loss
-            model.logit_scale.requires_grad_(False)
         model.train()
 
-        optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, self.schedule_steps))
-        self.forward_module, self.optimizer = acc.prepare(ClipForTraining(model, bundle.mean, bundle.std), optimizer)
+        self.forward_module, self.optimizer = acc.prepare(TaskForward(model, task), optimizer)
         self.model = model
         if resume_from is not None:
             ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -316,17 +277,15 @@ class Trainer:
         if frozen is not None:
             frozen.to(acc.device)
 
-        tokenizer, device = bundle.tokenizer, acc.device
         self.context = StepContext(
             forward=self.forward_module,
-            victim=ClipVictim(model, tokenizer, bundle.mean, bundle.std, device=device),
-            contrastive=ContrastiveLoss(self.rank, self.world_size),
-            tokenize=lambda texts: tokenizer(list(texts)).to(device),
+            model=model,
+            task=task,
             config=cfg,
             pgd_generator=torch.Generator(device="cpu"),
             frozen=frozen,
         )
-        self.objective = OBJECTIVES[cfg.method](self.context)
+        self.method = METHODS[cfg.method](self.context)
 
         # every check passed: only now touch RUN
         if self.is_main:
@@ -358,14 +317,14 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         micro_step = step * cfg.grad_accum + micro
         plan = self.data.plan(micro_step, self.global_batch)
-        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.bundle.preprocess_train)
+        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.model.preprocess_train)
         batch.pixels = batch.pixels.to(acc.device)
         batch.keys = batch.keys.to(acc.device)
         self._seed_micro_step(micro_step)
         no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
         with no_sync:
             with acc.autocast():
-                output = self.objective(batch, step)
+                output = self.method(batch, step)
             acc.backward(output.loss * (output.gradient_scale / cfg.grad_accum))
         for callback in self.callbacks:
             callback(StepRecord(step, micro_step, plan, batch, output))
@@ -388,8 +347,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():  # as CLIP and open_clip: temperature no lower than 1/100
-            self.model.logit_scale.clamp_(0, math.log(100))
+        self.model.after_optimizer_step()  # the family's: temperature clamp, momentum encoders
 
     def _reduce(self, values: list[float | None]) -> list[float | None]:
         """Mean over processes (identical for gathered contrastive losses, needed for FARE)."""
@@ -410,7 +368,7 @@ class Trainer:
             "elapsed_seconds": elapsed,
         }
         ckpt.save_checkpoint(
-            self.run_dir, model=self.model, model_cfg=self.bundle.model_cfg, preprocess_cfg=self.bundle.preprocess_cfg,
+            self.run_dir, model=self.model,
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.accelerator.scaler, state=state,
             rank=self.rank, is_main=self.is_main, barrier=self.accelerator.wait_for_everyone,
         )
@@ -478,7 +436,9 @@ class Trainer:
         cfg = self.cfg
         return {
             "method": cfg.method,
+            "task": cfg.task,
             "model": cfg.model,
+            "family": self.model.family,
             "pretrained": cfg.pretrained,
             "steps": self.total_steps,
             "resumed_from_step": self.start_step or None,

@@ -8,17 +8,22 @@ def add_source_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--source", required=required, help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder, or Hub id")
     parser.add_argument("--image-root", default=None, help="image folder for JSON/CSV sources (default: the file's folder, then images/ beside it)")
     parser.add_argument("--source-split", default=None, help="split for sources that name none (CSV, ALBEF files without train/val/test in the name)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip bad records and write a report of them instead of stopping")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad records and write a report of them instead of stopping (decodes every image first)")
     parser.add_argument("--skip-report", default=None, help="where --skip-bad writes its report (default: beside --out, else ./skipped.json)")
+    parser.add_argument("--validate", action="store_true",
+                        help="decode every source image before starting (default: each image is checked when it is used)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read image paths that lead outside the image root (../, absolute paths, symlinks pointing out)")
 
 
-def read_source(args):
+def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
     from augment.sources import load_source
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
-        progress=True,
+        validate=validate or getattr(args, "validate", False), progress=True,
+        allow_outside_root=getattr(args, "allow_outside_root", False),
     )
     if report.skipped:
         out = getattr(args, "out", None)

@@ -1,9 +1,11 @@
 """`augment generate --method M --source SRC --out POOL --n N`: build a pool."""
 from __future__ import annotations
 
+import sys
+
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, method_names
-from augment.generators.base import distributed_rank, run_generation
+from augment.generators.base import run_generation
 
 
 def register(subparsers) -> None:
@@ -14,7 +16,9 @@ def register(subparsers) -> None:
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="pool folder to write (resumed if it holds the same pool)")
-    parser.add_argument("--n", type=int, default=4, help="augmentations per source caption or image (default 4)")
+    parser.add_argument("--n", "--augmentations", dest="n", type=int, default=4,
+                        help="augmentations per source caption or image (default 4); spell it --augmentations "
+                             "under torchrun, whose parser takes --n for one of its own options")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="source split to augment (default train; 'all' for every split)")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT source images (quick subset)")
@@ -34,37 +38,52 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     state = distributed_state(args)
+    if state is not None:
+        print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
     try:
         source, _ = read_source(args)
         generator = build_generator(args.method, args)
         meta = run_generation(
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
-            progress=not args.no_progress, **process_share(state),
+            progress=not args.no_progress, source_meta=source_meta(args), **process_share(state),
         )
     finally:
         if state is not None:
             state.destroy_process_group()
     if meta is not None:
         print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
+        if meta["num_rows"] == 0:
+            print(f"warning: {args.out}: {args.method} wrote no rows from {meta['source_items']} source images "
+                  "(captions too short to change? a filter too strict?); training and scoring refuse an empty pool",
+                  file=sys.stderr)
     return 0
 
 
-def distributed_state(args):
-    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun),
-    else None (a single process needs no process group).
+def source_meta(args) -> dict:
+    """How the source was read, as given, so `augment score POOL` can read it again by itself."""
+    return {"image_root": args.image_root, "source_split": args.source_split}
 
-    With `--device cpu` the processes talk over gloo; otherwise each takes its own GPU
-    (`state.device`, e.g. cuda:LOCAL_RANK) in place of `--device`.
+
+def distributed_state(args):
+    """accelerate's PartialState when launched with several processes (torchrun, accelerate launch
+    on GPUs), else None (a single process needs no process group).
+
+    The launcher's environment is checked first (train/launch.py, shared with the trainer): with
+    `--device cpu` or no GPU the processes talk over gloo; otherwise each takes its own GPU
+    (`state.device`, e.g. cuda:LOCAL_RANK) in place of `--device`. A launch that would silently
+    run one process (accelerate launch of several CPU processes) stops with one line.
     """
-    rank, world_size = distributed_rank()
-    if world_size <= 1:
+    from train.launch import check_launch_environment, check_process_group
+
+    plan = check_launch_environment(cpu=str(args.device).startswith("cpu"))
+    if not plan.distributed:
         return None
     from accelerate import PartialState
 
-    on_cpu = str(args.device).startswith("cpu")
-    state = PartialState(cpu=on_cpu)
-    if not on_cpu:
+    state = PartialState(cpu=plan.cpu)
+    check_process_group(plan, state.num_processes)
+    if not plan.cpu:
         args.device = str(state.device)
     return state
 

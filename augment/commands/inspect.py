@@ -16,10 +16,13 @@ def register(subparsers) -> None:
 
 
 def summarise(dataset) -> dict:
-    from datasets import Image as ImageFeature
+    """Counts per split, captions per image, and each image's stored size and mode (the size is
+    the decoded size too: EXIF orientation is not applied, see augment.sources)."""
     from PIL import Image
 
-    raw = dataset.cast_column("image", ImageFeature(decode=False))
+    from augment.sources import undecoded
+
+    raw = undecoded(dataset)
     per_split: dict[str, dict[str, int]] = {}
     per_image = Counter()
     sizes = Counter()
@@ -46,7 +49,7 @@ def summarise(dataset) -> dict:
 
 
 def run(args) -> int:
-    dataset, report = read_source(args)
+    dataset, report = read_source(args, validate=True)  # inspect decodes every image once
     summary = summarise(dataset)
     summary["format"] = report.format
     summary["skipped"] = len(report.skipped)

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
     parser.add_argument("--license", default="unknown", help="the pool's license, a Hub license id (default: unknown)")
     parser.add_argument("--source-license", default="unknown", help="the source dataset's license, shown in the card (default: unknown)")
+    parser.add_argument("--language", default="en", help="the captions' language(s), comma-separated ISO 639-1 codes (default: en)")
+    parser.add_argument("--source-dataset", metavar="ORG/NAME", default=None,
+                        help="the Hub id of the source dataset, for the card's source_datasets (default: the pool's source when it is a Hub id)")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -54,7 +57,9 @@ def run(args) -> int:
         hub.require_online()
         hub.require_token()
     pool = load_pool(args.pool)
-    options = CardOptions(license=args.license, source_license=args.source_license, repo_id=args.repo_id)
+    options = CardOptions(license=args.license, source_license=args.source_license, repo_id=args.repo_id,
+                          language=tuple(code.strip() for code in args.language.split(",") if code.strip()),
+                          source_dataset=args.source_dataset)
     if args.to_dir:
         out = hub.write_repo_folder(pool, args.to_dir, options, force=args.force)
         print(f"wrote {out}: {len(pool)} rows in {hub.shard_count(pool)} parquet shard(s), card and provenance")

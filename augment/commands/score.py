@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.errors import PoolError
+from augment.errors import ModelLoadError, PoolError, first_line
 
 
 def register(subparsers) -> None:
@@ -48,27 +48,37 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from augment.pool import load_pool
     from augment.scoring.pool_scores import ScoreSettings, score_and_save
+    from augment.atomic import atomic_write_text, remove_stale_temporaries
+    from augment.pool import write_pool_card
     from augment.scoring.report import comparison_table
-    from augment.scoring.scorers import load_scorer
+    from augment.scoring.store import SCORES_DIR
 
     settings = ScoreSettings(
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
     pools = [load_pool(path) for path in args.pools]  # fail on a bad pool before loading a model
-    scorer = load_scorer(args.scorer, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size)
-    sources: dict[str, object] = {}
+    for pool in pools:  # temporaries of a killed score run
+        remove_stale_temporaries(pool.path / SCORES_DIR)
+        remove_stale_temporaries(pool.path, recursive=False)
+    if args.cache_dir:
+        remove_stale_temporaries(args.cache_dir)
+    scorer = load_scorer_or_fail(args)
+    sources: dict[tuple, object] = {}
     entries = []
     for pool in pools:
         source_name = source_of(pool, args.source)
-        if source_name not in sources:
-            sources[source_name] = read_source_named(args, source_name)
-        source = sources[source_name]
+        reading = source_reading(pool, args)
+        key = (source_name, *reading.values())
+        if key not in sources:
+            sources[key] = read_source_named(args, source_name, reading)
+        source = sources[key]
         warn_if_other_source(pool, source)
         entry = score_and_save(
             pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
             plot=not args.no_plot, progress=not args.no_progress,
         )
+        write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
         print(one_line_summary(entry))
     if len(entries) > 1 or args.table:
@@ -76,9 +86,42 @@ def run(args) -> int:
         print(table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table)
+            atomic_write_text(args.table, table)
             print(f"table: {args.table}")
     return 0
+
+
+def load_scorer_or_fail(args):
+    """The scorer, or one line when --scorer names something that is not a CLIP (a BERT folder...)."""
+    import contextlib
+    import io
+    import logging
+
+    from augment.scoring.scorers import load_scorer
+
+    quiet = io.StringIO()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # a failed load prints a long load report first; the error says enough
+    try:
+        with contextlib.redirect_stdout(quiet):
+            return load_scorer(args.scorer, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size)
+    except (ModelLoadError, PoolError):
+        raise
+    except Exception as exc:  # RuntimeError, ValueError, KeyError, OSError from the model libraries
+        raise ModelLoadError(f"--scorer {args.scorer}: cannot be loaded as a CLIP scorer (open_clip or transformers "
+                             f"CLIPModel): {type(exc).__name__}: {first_line(exc)}") from None
+    finally:
+        logging.disable(previous)
+
+
+def source_reading(pool, args) -> dict:
+    """--image-root and --source-split as given, else as the pool recorded them (when the pool's
+    own source is used)."""
+    use_recorded = not args.source
+    return {
+        "image_root": args.image_root or (pool.meta.get("image_root") if use_recorded else None),
+        "source_split": args.source_split or (pool.meta.get("source_split") if use_recorded else None),
+    }
 
 
 def source_of(pool, given: str | None) -> str:
@@ -103,10 +146,10 @@ def warn_if_other_source(pool, source) -> None:
               f"(fingerprint {current} vs {recorded})", file=sys.stderr)
 
 
-def read_source_named(args, source_name: str):
+def read_source_named(args, source_name: str, reading: dict | None = None):
     from augment.commands.common import read_source
 
-    source_args = argparse.Namespace(**{**vars(args), "source": source_name, "out": None})
+    source_args = argparse.Namespace(**{**vars(args), **(reading or {}), "source": source_name, "out": None})
     dataset, _ = read_source(source_args)
     return dataset
 

@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", default=None,
                         help="whose stored scores to use: the model name given to `augment score` or its slug (default: the latest)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
+    parser.add_argument("--allow-empty", action="store_true", help="write the pool even when no row passes the filters (default: refuse)")
     parser.set_defaults(func=run)
 
 
@@ -37,6 +38,6 @@ def run(args) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else [],
     )
     pool = load_pool(args.pool)
-    meta = select_pool(pool, args.out, filters, scorer=args.scorer, overwrite=args.overwrite)
+    meta = select_pool(pool, args.out, filters, scorer=args.scorer, overwrite=args.overwrite, allow_empty=args.allow_empty)
     print(f"pool {args.out}: {meta['num_rows']} of {meta['parent_rows']} rows selected from {pool.name}")
     return 0

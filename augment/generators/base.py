@@ -88,13 +88,14 @@ def run_generation(
     rank: int | None = None,
     world_size: int | None = None,
     barrier=None,
+    source_meta: dict | None = None,
 ) -> dict | None:
     """Generate the pool `out` from `source` (a SOURCE_FEATURES dataset); return pool.json's dict.
 
     With several processes each takes shards `rank, rank + world, ...`; after `barrier()` (all
     processes done) rank 0 writes the final pool.json. Shard boundaries depend only on the source,
     `split`, `limit` and `shard_size`, so the pool is the same whatever the number of processes.
-    Returns None on ranks other than 0.
+    Returns None on ranks other than 0. `source_meta` (e.g. the image root) joins pool.json.
     """
     from tqdm.auto import tqdm
 
@@ -119,6 +120,7 @@ def run_generation(
         "source": source_name,
         "source_fingerprint": source_fingerprint(source),
         "source_items": len(items),
+        **(source_meta or {}),
     }
     # rank 0 creates (or clears, with overwrite) the pool before the others open it
     if rank == 0:

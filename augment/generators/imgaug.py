@@ -23,7 +23,7 @@ import argparse
 import ast
 from typing import Any, Callable
 
-from augment.errors import MatPlusError
+from augment.errors import MatPlusError, first_line
 from augment.generators.base import Generator, row_seed
 
 METHODS = ["img-aug"]
@@ -118,9 +118,35 @@ def parse_transforms(spec: str) -> list[list]:
         calls.append(_parse_call(part))
     if not calls:
         raise MatPlusError("--transforms: no transform given (e.g. 'RandomHorizontalFlip(p=1.0); ColorJitter(brightness=0.4)')")
-    for name, args, kwargs in calls:
-        _build_transform(name, args, kwargs)  # fail now, with the spec's own words, not mid-run
+    built = [_build_transform(name, args, kwargs) for name, args, kwargs in calls]  # fail now, not mid-run
+    _dry_run(built, spec)
     return calls
+
+
+# transforms whose argument is a list of transforms: there each element is a nested spec string
+CONTAINERS = ("Compose", "RandomApply", "RandomChoice", "RandomOrder")
+DRY_RUN_SIZE = (224, 224)  # a typical source size; a transform that fails on it fails on most sources
+
+
+def _dry_run(transforms: list, spec: str) -> None:
+    """Apply the whole spec once to a blank image, so a transform that only fails when called
+    (a wrong argument type, a tensor-only transform on a PIL image) stops the run before any
+    pool file is written."""
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    image = Image.new("RGB", DRY_RUN_SIZE, (127, 127, 127))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            result = v2.Compose(transforms)(image)
+    except Exception as exc:
+        raise MatPlusError(f"--transforms {spec!r} fails on a {DRY_RUN_SIZE[0]}x{DRY_RUN_SIZE[1]} RGB image: "
+                           f"{type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(result, Image.Image):
+        raise MatPlusError(f"--transforms {spec!r} returns a {type(result).__module__}.{type(result).__name__}, not a PIL image "
+                           "(end with transforms that keep a PIL image, e.g. no ToImage/ToDtype/Normalize)")
 
 
 def _parse_call(text: str) -> list:
@@ -144,10 +170,29 @@ def _build_transform(name: str, args: list, kwargs: dict):
     cls = getattr(v2, name, None)
     if not isinstance(cls, type) or not issubclass(cls, v2.Transform):
         raise MatPlusError(f"--transforms: {name!r} is not a torchvision.transforms.v2 transform")
+    if name in CONTAINERS:
+        if args:
+            args = [_nested_transforms(name, args[0]), *args[1:]]
+        if "transforms" in kwargs:
+            kwargs = {**kwargs, "transforms": _nested_transforms(name, kwargs["transforms"])}
     try:
         return cls(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         raise MatPlusError(f"--transforms: {name}: {exc}") from None
+
+
+def _nested_transforms(container: str, value) -> list:
+    """A container's transforms, each written as a spec string: `RandomApply(['ColorJitter(0.4)'], p=0.5)`."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise MatPlusError(f"--transforms: {container} needs a non-empty list of transforms written as strings, "
+                           f"e.g. {container}(['RandomHorizontalFlip(p=1.0)']), got {value!r}")
+    nested = []
+    for item in value:
+        if not isinstance(item, str):
+            raise MatPlusError(f"--transforms: {container}: {item!r} is not a transform; write each as a string, "
+                               "e.g. 'GaussianBlur(kernel_size=3)'")
+        nested.append(_build_transform(*_parse_call(item.strip())))
+    return nested
 
 
 # ----------------------------------------------------------------------------- generator
@@ -180,12 +225,20 @@ class ImageAugmentGenerator(Generator):
             torch.manual_seed(seed)
             return transform(image).convert("RGB")
 
+    def _augment_item(self, item: dict, seed: int):
+        try:
+            return self.augment(item["image"], seed)
+        except Exception as exc:  # a spec that passed the dry run but fails on this image's size
+            raise MatPlusError(f"img-aug: image {item['image_id']!r} ({item['image'].width}x{item['image'].height}): "
+                               f"policy {self.policy} failed: {type(exc).__name__}: {first_line(exc)}; "
+                               "finished shards are kept") from None
+
     def regenerate_row(self, item: dict, k: int, seed: int) -> dict:
         """Row k of `item`, made alone (identical to the row a whole run writes)."""
         return self._row(item, k, seed)
 
     def _row(self, item: dict, k: int, seed: int) -> dict:
-        image = self.augment(item["image"], row_seed(seed, item["image_id"], NO_CAPTION, k))
+        image = self._augment_item(item, row_seed(seed, item["image_id"], NO_CAPTION, k))
         return self.row(item, NO_CAPTION, k, seed, image=image, policy=self.policy,
                         params=self.policy_params, source_size=[item["image"].width, item["image"].height])
 

@@ -53,10 +53,9 @@ def image_bytes_of(image: Any) -> bytes:
 
 
 def decode_image(image_bytes: bytes):
-    from PIL import Image
+    from augment.sources import open_image
 
-    with Image.open(io.BytesIO(image_bytes)) as opened:
-        return opened.convert("RGB")
+    return open_image({"path": None, "bytes": image_bytes})  # the sources' one decoding rule
 
 
 class EmbeddingCache:
@@ -123,7 +122,9 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}-{os.getpid()}"
         path = self.folder / f"{kind}-{stamp}.safetensors"
-        tmp = self.folder / f".{path.name}.tmp"
+        from augment.atomic import temporary_path
+
+        tmp = temporary_path(path)  # .NAME.tmp-PID: the next run deletes it if this one is killed
         tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
         save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
         os.replace(tmp, path)

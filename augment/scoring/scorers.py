@@ -1,16 +1,14 @@
-"""Scorer models: one small interface over open_clip and transformers CLIP models.
+"""Scorers: any vision-language model of `models/` seen as a batch embedder of PIL images and captions.
 
-A `Scorer` turns images and captions into unit-normalised embeddings in batches. Its `id` names
-the exact weights (a content hash for local folders, the Hub commit for Hub models), so embedding
-caches keyed by it are never shared between different models; `slug` is a short folder name.
+A `Scorer` turns images and captions into unit-normalised ITC embeddings in batches. Its `id`
+names the exact weights (a content hash for local folders and tiny twins, name + tag otherwise),
+so embedding caches keyed by it are never shared between different models; `slug` is a short
+folder name.
 
-Names `load_scorer` accepts:
-
-* everything `augment.registry.load_clip` accepts (open_clip): `tiny-clip`, aliases and
-  `default`, an open_clip architecture with `--pretrained TAG`, `hf-hub:org/repo`,
-  `local-dir:PATH` or a folder holding `open_clip_config.json`;
-* a transformers CLIP (`CLIPModel` + `CLIPProcessor`): a folder holding `config.json`, a Hub id
-  (`openai/clip-vit-base-patch32`), or either prefixed with `transformers:` to be explicit.
+`load_scorer` accepts every name `models.load_model` accepts (open_clip architectures with
+`--pretrained TAG`, tiny twins, Hub ids of BLIP or transformers CLIP, folders), so `--scorer`,
+`--model` and `--attacker-model` name models the same way. A `transformers:` prefix is accepted
+for compatibility (transformers CLIP ids and folders).
 """
 from __future__ import annotations
 
@@ -20,12 +18,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 
 DEFAULT_BATCH_SIZE = 64
 TRANSFORMERS_PREFIX = "transformers:"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -76,24 +73,23 @@ class Scorer(ABC):
         """Raw (unnormalised) text features of one batch."""
 
 
-class OpenClipScorer(Scorer):
-    """An open_clip model loaded through `augment.registry.load_clip`."""
+class ModelScorer(Scorer):
+    """A `models.base.VisionLanguageModel` (any family) as a scorer."""
 
-    kind = "open_clip"
-
-    def __init__(self, bundle, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE, device: Any = "cpu"):
-        name = bundle.name if not bundle.pretrained else f"{bundle.name}:{bundle.pretrained}"
+    def __init__(self, model, scorer_id: str, batch_size: int = DEFAULT_BATCH_SIZE, device: Any = "cpu"):
+        name = model.name if not model.pretrained else f"{model.name}:{model.pretrained}"
         super().__init__(name, scorer_id, batch_size, device)
-        self.bundle = bundle
+        self.model = model
+        self.kind = model.family
 
     def _encode_image_batch(self, images: list):
         import torch
 
-        pixels = torch.stack([self.bundle.preprocess_eval(_rgb(image)) for image in images])
-        return self.bundle.encode_pixels(pixels.to(self.device), normalize=False)
+        pixels = torch.stack([self.model.preprocess_eval(_rgb(image)) for image in images])
+        return self.model.encode_image(pixels.to(self.device), normalize=False)
 
     def _encode_text_batch(self, texts: list[str]):
-        return self.bundle.encode_text(texts, normalize=False)
+        return self.model.encode_text(texts, normalize=False)
 
 
 class TransformersClipScorer(Scorer):
@@ -161,52 +157,51 @@ def _folder_weights_digest(folder: Path, candidates: Sequence[str]) -> str:
 
 
 def scorer_kind(name: str) -> str:
-    """"open_clip" or "transformers" for a scorer name (see the module docstring)."""
+    """The model family a scorer name belongs to (`models.family_of`); "transformers" for the
+    explicit `transformers:` prefix."""
+    from models import family_of
+
     if name.startswith(TRANSFORMERS_PREFIX):
         return "transformers"
-    folder = Path(name.removeprefix("local-dir:")).expanduser()
-    if folder.is_dir():
-        if (folder / OPEN_CLIP_CONFIG).is_file():
-            return "open_clip"
-        if (folder / "config.json").is_file():
-            return "transformers"
-        raise ModelLoadError(f"cannot score with {folder}: neither {OPEN_CLIP_CONFIG} (open_clip) nor config.json (transformers) in it")
-    if name.startswith(("tiny-", "local-dir:", "hf-hub:")) or "/" not in name:
-        return "open_clip"  # aliases, `default`, architectures; load_clip explains unknown names
-    return "transformers"  # org/name: a Hub id
+    return family_of(name)
 
 
 def load_scorer(name: str = "default", pretrained: str | None = None, device: Any = "cpu",
                 batch_size: int = DEFAULT_BATCH_SIZE) -> Scorer:
     """Load the scorer model `name` (with open_clip tag `pretrained`); ModelLoadError if it cannot."""
-    if scorer_kind(name) == "transformers":
+    from models import load_model
+
+    if name.startswith(TRANSFORMERS_PREFIX) or _is_transformers_clip(name):
         if pretrained:
             raise ModelLoadError(f"--pretrained is an open_clip tag; transformers scorer {name!r} takes none")
         return _load_transformers_scorer(name.removeprefix(TRANSFORMERS_PREFIX), device, batch_size)
-    return _load_open_clip_scorer(name, pretrained, device, batch_size)
+    model = load_model(name, pretrained=pretrained, device=device, kind="retrieval")
+    return ModelScorer(model, _model_id(name, model), batch_size, device)
 
 
-def _load_open_clip_scorer(name: str, pretrained: str | None, device: Any, batch_size: int) -> OpenClipScorer:
-    from augment.registry import load_clip
+def _is_transformers_clip(name: str) -> bool:
+    folder = Path(name).expanduser()
+    return folder.is_dir() and not (folder / OPEN_CLIP_CONFIG).is_file() and (folder / "config.json").is_file() \
+        and "CLIPModel" in (folder / "config.json").read_text(encoding="utf-8")
 
-    bundle = load_clip(name, pretrained=pretrained, device=device)
-    return OpenClipScorer(bundle, _open_clip_id(name, bundle), batch_size, device)
 
-
-def _open_clip_id(name: str, bundle) -> str:
-    """Weights hash for folders (tiny-clip included); architecture + tag (or tag file hash) otherwise."""
+def _model_id(name: str, model) -> str:
+    """Weights hash for folders and tiny twins; family + name + tag (or tag file hash) otherwise."""
     from augment import tiny
 
-    if name == tiny.TINY_CLIP:
+    if name in tiny.FAMILY_TWINS:
         folder = tiny.tiny_dir(name)
     else:
         folder = Path(name.removeprefix("local-dir:")).expanduser()
-    if folder.is_dir() and (folder / OPEN_CLIP_CONFIG).is_file():
-        return f"open_clip:{_folder_weights_digest(folder, [OPEN_CLIP_WEIGHTS])}"
-    tag = bundle.pretrained
+    if folder.is_dir():
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        if not weights:
+            raise ModelLoadError(f"cannot score with {folder}: no weights file (*.safetensors or *.bin)")
+        return f"{model.family}:{file_digest(weights[0])}"
+    tag = model.pretrained
     if tag and Path(tag).expanduser().is_file():
         tag = file_digest(Path(tag).expanduser())
-    return f"open_clip:{name}:{tag}"
+    return f"{model.family}:{name}:{tag}"
 
 
 def _load_transformers_scorer(name: str, device: Any, batch_size: int) -> TransformersClipScorer:
@@ -220,8 +215,7 @@ def _load_transformers_scorer(name: str, device: Any, batch_size: int) -> Transf
         model = CLIPModel.from_pretrained(resolved.source, **kwargs).to(device).eval()
         processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line}") from exc
+        raise ModelLoadError(f"cannot load transformers CLIP scorer {name!r}: {first_line(exc)}") from exc
     if resolved.is_local:
         scorer_id = f"transformers:{_folder_weights_digest(Path(resolved.source), TRANSFORMERS_WEIGHTS)}"
     else:

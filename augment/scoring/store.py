@@ -17,7 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from augment.errors import PoolError
+from augment.atomic import temporary_path
+from augment.errors import PoolError, first_line
 
 SCORES_VERSION = 1
 SCORES_JSON = "scores.json"
@@ -82,7 +83,7 @@ class TableWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = temporary_path(self.path)  # a killed run's leftovers: augment.atomic.remove_stale_temporaries
         self.schema = schema.with_metadata({k: json.dumps(v) for k, v in metadata.items()})
         self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
 
@@ -111,7 +112,13 @@ def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
     path = Path(pool_path) / SCORES_JSON
     if not path.is_file():
         return None
-    document = json.loads(path.read_text())
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoolError(f"{path}: corrupt ({first_line(exc)}); delete it and run `augment score {pool_path}` again") from None
+    if not isinstance(document, dict) or not isinstance(document.get("scorers", {}), dict):
+        raise PoolError(f"{path}: not a scores document (expected an object with 'scorers'); "
+                        f"delete it and run `augment score {pool_path}` again")
     if document.get("scores_version") != SCORES_VERSION:
         raise PoolError(f"{path}: scores version {document.get('scores_version')}, this mat-plus reads "
                         f"{SCORES_VERSION}; run `augment score {pool_path}` again")
@@ -146,7 +153,10 @@ def read_table(path: Path, columns: list[str] | None = None):
 
     if not path.is_file():
         raise PoolError(f"{path}: missing; run `augment score` on the pool again")
-    metadata = pq.read_schema(path).metadata or {}
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # truncated or not parquet
+        raise PoolError(f"{path}: unreadable ({first_line(exc)}); run `augment score` on the pool again") from None
     version = json.loads(metadata.get(b"scores_version", b"null"))
     if version != SCORES_VERSION:
         raise PoolError(f"{path}: scores version {version}, this mat-plus reads {SCORES_VERSION}; run `augment score` again")

@@ -1,0 +1,216 @@
+"""Image-text retrieval: the task's training losses, the loss its attacks maximise, and ITM re-ranking.
+
+Training loss, chosen by what the model declares (never by its family's name):
+
+* ITC, `model.itc_loss == "softmax"` (CLIP): symmetric InfoNCE with multi-positive targets (rows
+  with equal keys = views of one source image are positives), over the batch gathered from all
+  processes (`train.losses.ContrastiveLoss`);
+* ITC, `"sigmoid"` (SigLIP): the pairwise sigmoid loss with the model's learnt bias, labels +1 for
+  positives and -1 otherwise, also over the gathered batch;
+* other names are looked up in `ITC_LOSSES` (a family may register one, e.g. ALBEF's momentum
+  distillation);
+* fusion families (`model.has_itm`) add BLIP/ALBEF's image-text matching loss: every image with
+  its caption (match), with a hard negative caption and every caption with a hard negative image
+  (no match), negatives drawn in proportion to the softmaxed ITC similarity among the
+  non-positives of this process's batch. (BLIP gathers candidates across processes; mining within
+  the local batch is a simplification that changes nothing on one process.)
+
+Attack loss (what PGD and the word substitutions of adversarial training maximise): the ITC loss
+of the local batch, as the attack papers' code attacks fusion models through their ITC embeddings.
+
+Evaluation of fusion families: ITC ranks the gallery, ITM re-ranks each query's top k
+(`rerank_scores`), as ALBEF and BLIP evaluate retrieval.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tasks.base import Task
+
+if TYPE_CHECKING:
+    from models.base import EncoderOutput, TextTokens, VisionLanguageModel
+
+
+def multi_positive_targets(image_keys: torch.Tensor, text_keys: torch.Tensor) -> torch.Tensor:
+    """[N, M] float: 1 where image and caption share a key."""
+    return (image_keys.view(-1, 1) == text_keys.view(1, -1)).float()
+
+
+def softmax_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE on [N, M] logits with multi-positive (uniform soft) targets."""
+    logits = logits.float()
+    image_targets = positives / positives.sum(1, keepdim=True).clamp(min=1)
+    text_targets = positives.T / positives.T.sum(1, keepdim=True).clamp(min=1)
+    image_loss = -(image_targets * logits.log_softmax(dim=1)).sum(1)
+    text_loss = -(text_targets * logits.T.log_softmax(dim=1)).sum(1)
+    # rows without any positive contribute nothing
+    image_loss = image_loss[positives.sum(1) > 0].mean()
+    text_loss = text_loss[positives.T.sum(1) > 0].mean()
+    return (image_loss + text_loss) / 2
+
+
+def sigmoid_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP: -mean over images of sum over captions of log sigmoid(label x logit), label +-1."""
+    labels = 2 * positives - 1
+    return -F.logsigmoid(labels * logits.float()).sum() / logits.shape[0]
+
+
+ItcLoss = Callable[["VisionLanguageModel", "EncoderOutput", torch.Tensor, "RetrievalTask"], torch.Tensor]
+# extra ITC losses by the name a model declares in `itc_loss` (families register theirs here)
+ITC_LOSSES: dict[str, ItcLoss] = {}
+
+
+def _gathered(task: "RetrievalTask", output: "EncoderOutput", keys: torch.Tensor):
+    """(image_emb, text_emb, keys) of the global batch; local rows keep their gradient."""
+    from train.losses import gather_keys
+
+    image_emb, text_emb = output.image_emb.float(), output.text_emb.float()
+    all_keys = gather_keys(keys.to(image_emb.device), task.world_size)
+    if task.world_size > 1:
+        from open_clip.loss import gather_features  # a plain all_gather that keeps local gradients
+
+        image_emb, text_emb = gather_features(image_emb, text_emb, rank=task.rank, world_size=task.world_size)
+    return image_emb, text_emb, all_keys
+
+
+def itc_loss(model: "VisionLanguageModel", output: "EncoderOutput", keys: torch.Tensor, task: "RetrievalTask",
+             gather: bool = True, kind: str | None = None) -> torch.Tensor:
+    """The model's ITC loss (or `kind`) of a forward's embeddings (gathered across processes when `gather`)."""
+    kind = kind or model.itc_loss
+    if kind in ITC_LOSSES:
+        return ITC_LOSSES[kind](model, output, keys, task)
+    if gather:
+        image_emb, text_emb, all_keys = _gathered(task, output, keys)
+    else:
+        image_emb, text_emb, all_keys = output.image_emb.float(), output.text_emb.float(), keys.to(output.image_emb.device)
+    logits = output.logit_scale * image_emb @ text_emb.T
+    positives = multi_positive_targets(all_keys, all_keys)
+    if kind == "softmax":
+        return softmax_itc_loss(logits, positives)
+    if kind == "sigmoid":
+        if output.logit_bias is not None:
+            logits = logits + output.logit_bias
+        return sigmoid_itc_loss(logits, positives)
+    raise ValueError(f"unknown ITC loss {kind!r} declared by {model.family}; known: softmax, sigmoid, {', '.join(ITC_LOSSES)}")
+
+
+def hard_negatives(similarity: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per row, one column drawn with probability softmax(similarity) over its non-positives.
+
+    Rows whose every column is positive get a uniformly drawn column (nothing harder exists).
+    """
+    weights = similarity.detach().float().softmax(dim=1).masked_fill(positives.bool(), 0)
+    empty = weights.sum(1) <= 0
+    if empty.any():
+        weights[empty] = 1.0
+    return torch.multinomial(weights + 1e-12 * (weights.sum(1, keepdim=True) <= 0), 1, generator=generator).squeeze(1)
+
+
+def itm_loss(model: "VisionLanguageModel", output: "EncoderOutput", tokens: "TextTokens", keys: torch.Tensor) -> torch.Tensor:
+    """BLIP/ALBEF ITM with hard negatives mined from ITC similarities (local batch)."""
+    image_emb, text_emb = output.image_emb.detach(), output.text_emb.detach()
+    features = output.image_features
+    positives = multi_positive_targets(keys, keys).to(image_emb.device)
+    sims = image_emb.float() @ text_emb.float().T
+    negative_text = hard_negatives(sims, positives)  # [B] caption for each image
+    negative_image = hard_negatives(sims.T, positives.T)  # [B] image for each caption
+    batch = len(keys)
+    all_features = torch.cat([features, features, features[negative_image]])
+    all_tokens = _cat_tokens([tokens, tokens[negative_text], tokens])
+    logits = model.itm_logits(all_features, all_tokens)
+    labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).to(logits.device)
+    # a drawn "negative" that shares the key (only when no true negative exists) is a positive
+    labels[batch:2 * batch] = positives[torch.arange(batch), negative_text].float()
+    labels[2 * batch:] = positives[negative_image, torch.arange(batch)].float()
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+def _cat_tokens(parts):
+    from models.base import TextTokens
+
+    return TextTokens.cat(parts)
+
+
+class RetrievalTask(Task):
+    """Image-text retrieval (see the module docstring)."""
+
+    name = "retrieval"
+    model_kind = "retrieval"
+    methods = ("clean", "tecoa", "fare", "mat", "mat+")
+
+    def __init__(self, rank: int = 0, world_size: int = 1, itm_weight: float = 1.0, **options: Any):
+        super().__init__(rank, world_size, **options)
+        self.itm_weight = float(itm_weight)
+
+    @property
+    def gradient_scale(self) -> float:
+        # the ITC loss is computed over the gathered global batch on every process: DDP's gradient
+        # average then divides by the world size once too often
+        return float(self.world_size)
+
+    def loss(self, model, pixels, tokens, keys, texts=None) -> torch.Tensor:
+        output = model(pixels, tokens, image_features=model.has_itm)
+        loss = itc_loss(model, output, keys, self)
+        if model.has_itm and self.itm_weight > 0:
+            # local-only term: divide by the world size so gradient_scale leaves it a mean
+            loss = loss + self.itm_weight * itm_loss(model, output, tokens, keys) / self.world_size
+        return loss
+
+    def image_attack_loss(self, model, tokens, keys):
+        from models.base import EncoderOutput
+
+        with torch.no_grad():
+            text_emb = model.encode_tokens(tokens)
+            scale, bias = model.logit_scale, model.logit_bias_param()
+            bias = bias.detach() if bias is not None else None
+        # the plain ITC loss even for families that train with a stateful one (momentum queues)
+        kind = "sigmoid" if model.itc_loss == "sigmoid" else "softmax"
+
+        def loss(pixels: torch.Tensor) -> torch.Tensor:
+            output = EncoderOutput(model.encode_image(pixels), text_emb, scale, bias)
+            return itc_loss(model, output, keys, self, gather=False, kind=kind)
+
+        return loss
+
+    def text_attack(self, model, config):
+        from train.methods import build_text_attack
+
+        return build_text_attack(model, config)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: torch.Tensor, texts: Sequence[str],
+                  k: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t, t2i) [N, T] score matrices: ITM log-odds for each query's top-k ITC candidates.
+
+    Candidates outside the top k keep their ITC order below every re-ranked one (ITC minus a
+    constant larger than any ITM logit), so R@K for K > k still ranks by ITC, as ALBEF's
+    -100 fill does for K <= k. `pixels` [N, 3, H, W] are the gallery's (possibly adversarial)
+    images in [0, 1], on any device; `texts` its (possibly adversarial) captions.
+    """
+    device = model.device
+    n_images, n_texts = sims.shape
+    floor = sims.float() - 1e4
+    i2t, t2i = floor.clone(), floor.clone()
+    k_text, k_image = min(k, n_texts), min(k, n_images)
+    top_texts = sims.topk(k_text, dim=1).indices  # [N, k]
+    top_images = sims.topk(k_image, dim=0).indices.T  # [T, k]
+    tokens = model.tokenize(list(texts))
+    features = torch.cat([model.image_features(pixels[i:i + batch_size].to(device).float()).cpu()
+                          for i in range(0, n_images, batch_size)])
+    pairs_i2t = [(i, int(t)) for i in range(n_images) for t in top_texts[i]]
+    pairs_t2i = [(int(i), t) for t in range(n_texts) for i in top_images[t]]
+    for pairs, out in ((pairs_i2t, i2t), (pairs_t2i, t2i)):
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            image_index = torch.tensor([p[0] for p in chunk])
+            text_index = torch.tensor([p[1] for p in chunk])
+            logits = model.itm_logits(features[image_index].to(device), tokens[text_index.to(tokens.input_ids.device)])
+            out[image_index, text_index] = logits.float().cpu()
+    return i2t, t2i

@@ -1,0 +1,141 @@
+"""The contract every vision-language family keeps in training and evaluation (its tiny twin).
+
+One suite, parametrised over the families' twins: every training method runs through the trainer
+(the same `train` code path as the command line) and lowers its loss; a briefly trained twin
+loses R@1 under every attack; fusion twins are re-ranked by ITM; attacks transfer between
+families; a checkpoint reloads through `models.load_model` and the family's native loader.
+Model-level checks (shapes, norms, gradients, save/reload) live in tests/test_model_contract.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from train.config import METHODS
+
+# every registered vision-language twin (open_clip CLIP and SigLIP, BLIP, ALBEF)
+TWINS = [name for name in ("tiny-clip", "tiny-siglip", "tiny-blip", "tiny-albef") if name in models.TINY_FAMILY]
+ATTACKS = ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory) -> Path:
+    """16 train scenes with one caption each: every step sees the whole train split (loss curves are not noise)."""
+    from augment.sample_world import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("small-world"), n=20, seed=3, val_frac=0.0, test_frac=0.2, n_captions=1)
+
+
+def _losses(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_every_family(twin, method, small_world, tmp_path, sample_pools_for):
+    from train.trainer import train_run
+
+    settings = {"method": method, "model": twin, "source": str(small_world), "out": str(tmp_path / "run"),
+                "max_steps": 8, "batch_size": 16, "lr": 2e-3, "pgd_steps": 2, "seed": 0, "progress": False}
+    if method == "mat+":
+        settings["pools"] = [sample_pools_for(small_world)]
+    summary = train_run(settings)
+    records = _losses(tmp_path / "run")
+    key = "loss"
+    first, last = sum(r[key] for r in records[:2]) / 2, sum(r[key] for r in records[-2:]) / 2
+    assert last < first, f"{twin} {method}: loss {first:.4f} -> {last:.4f}"
+    assert summary["family"] == models.TINY_FAMILY[twin]
+    reloaded = models.load_model(str(tmp_path / "run" / "ckpt"))
+    assert reloaded.family == summary["family"] and reloaded.tiny_twin == twin
+
+
+@pytest.fixture(scope="module")
+def sample_pools_for(tmp_path_factory):
+    """An `i2t-human`-style pool (the image's other captions are none here: a reworded caption) per world."""
+    made: dict[str, str] = {}
+
+    def make(world: Path) -> str:
+        if str(world) in made:
+            return made[str(world)]
+        from augment.pool import write_pool
+        from augment.sources import load_source, select_split, source_fingerprint
+
+        source, _ = load_source(str(world))
+        train = select_split(source, "train")
+        rows = [{"row_id": f"reword:{row['image_id']}:0:0", "source_image_id": row["image_id"],
+                 "source_caption_index": 0, "split": "train", "modality": "text", "image": None,
+                 "caption": "a picture of " + row["captions"][0], "method": "reword", "seed": 0, "provenance": "{}"}
+                for row in train]
+        folder = tmp_path_factory.mktemp("pool") / "reword"
+        write_pool(folder, rows, {"name": "reword", "method": "reword", "source_fingerprint": source_fingerprint(source)})
+        made[str(world)] = str(folder)
+        return str(folder)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def trained_twins(twin_trainer, trained_clip):
+    """Each twin briefly trained clean on the sample world (cached across runs)."""
+    out = {"tiny-clip": trained_clip}
+    for twin in TWINS:
+        if twin not in out:
+            module = models.FAMILIES[models.TINY_FAMILY[twin]].replace(".", "/") + ".py"
+            if not Path(module).is_file():  # a family package (models/albef/)
+                module = module.removesuffix(".py") + "/__init__.py"
+            out[twin] = twin_trainer(twin, module)
+    return out
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_every_attack_lowers_recall_of_every_family(twin, trained_twins, sample_world_dir):
+    from augment.sources import load_source
+    from train.evaluate import evaluate
+
+    victim = models.load_model(str(trained_twins[twin]))
+    source, _ = load_source(str(sample_world_dir))
+    report = evaluate(victim, source, split="test", attacks=ATTACKS, limit=24, batch_size=12, rerank_k=8,
+                      attack_options={"mlm": "tiny-mlm", "steps": 5}, progress=False)
+    clean = report["attacks"]["clean"]
+    assert clean["tr@1"] + clean["ir@1"] > 2 * 100 / 24, f"{twin} did not learn the world: {clean}"
+    for name in ATTACKS[1:]:
+        attacked = report["attacks"][name]
+        assert attacked["tr@1"] + attacked["ir@1"] < clean["tr@1"] + clean["ir@1"], f"{twin} {name}: {attacked}"
+    assert report["settings"]["rerank_k"] == (8 if victim.has_itm else 0)
+
+
+def test_itm_reranking_changes_the_ranking_of_fusion_models(trained_twins, sample_world_dir):
+    from augment.sources import load_source
+    from train.evaluate import evaluate
+
+    fusion = [t for t in TWINS if models.load_model(t).has_itm]
+    if not fusion:
+        pytest.fail("no fusion twin registered (tiny-blip / tiny-albef)")
+    source, _ = load_source(str(sample_world_dir))
+    victim = models.load_model(str(trained_twins[fusion[0]]))
+    itc = evaluate(victim, source, split="test", attacks=["clean"], limit=24, rerank_k=0, progress=False)
+    itm = evaluate(victim, source, split="test", attacks=["clean"], limit=24, rerank_k=8, progress=False)
+    assert itc["attacks"]["clean"] != itm["attacks"]["clean"]
+    assert "ITM re-ranks the top 8" in itm["protocol"] and "ITM" not in itc["protocol"]
+
+
+def test_transfer_attacks_cross_families(trained_twins, sample_world_dir):
+    from augment.sources import load_source
+    from train.evaluate import evaluate
+
+    source, _ = load_source(str(sample_world_dir))
+    families = {models.TINY_FAMILY[t]: t for t in TWINS}
+    assert len(families) >= 2, "transfer between families needs two registered families"
+    (source_twin, target_twin) = list(families.values())[:2]
+    for attacker_twin, victim_twin in ((source_twin, target_twin), (target_twin, source_twin)):
+        victim = models.load_model(str(trained_twins[victim_twin]))
+        attacker = models.load_model(str(trained_twins[attacker_twin]))
+        report = evaluate(victim, source, split="test", attacks=["clean", "pgd"], attacker=attacker, limit=12,
+                          attack_options={"steps": 3}, progress=False)
+        assert report["settings"]["mode"] == "transfer"
+        assert report["attacker"]["family"] != report["victim"]["family"]
+        assert report["attacks"]["pgd"]["linf_max"] <= 2 / 255 + 1e-6

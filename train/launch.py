@@ -1,0 +1,101 @@
+"""How this process was launched: alone, or as one rank of a process group (torchrun, accelerate).
+
+`check_launch_environment` reads the launcher's environment before the trainer builds its
+`Accelerator` and says how to set the process group up, or stops with one line when it cannot be
+set up as asked. It exists because two launches went wrong silently:
+
+* `python -m torch.distributed.run --nproc_per_node 2 -m train.cli ...` on a machine without a
+  GPU and without `--cpu`: accelerate saw no GPU and no CPU request, built no process group,
+  and two independent copies raced into one run folder (each reporting world_size 1). A launch
+  with WORLD_SIZE > 1 and no usable GPU now runs the process group over gloo on the CPU.
+* `accelerate launch --num_processes 2` on a CPU-only machine starts ONE process (accelerate runs
+  several CPU processes only through mpirun) with MASTER_ADDR set and no WORLD_SIZE: that is
+  refused, pointing to torchrun, instead of training alone while the user expects two.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from augment.errors import MatPlusError
+
+
+class LaunchError(MatPlusError):
+    """The launcher's environment asks for something this process cannot set up."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How to set up this process: `Accelerator(cpu=plan.cpu)` builds the group on `backend`."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    cpu: bool = False  # pass to Accelerator(cpu=...): True runs a process group over gloo
+    backend: str | None = None  # "gloo" (CPU) or "nccl" (GPUs); None for one process
+    launcher: str | None = None  # "torchrun", "accelerate" or None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int_env(name: str, default: int, env) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise LaunchError(f"environment variable {name}={value!r} is not an integer; check the launcher") from None
+
+
+def _launcher(env) -> str | None:
+    if any(name.startswith("ACCELERATE_") for name in env):
+        return "accelerate"
+    if "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env:
+        return "torchrun"
+    return None
+
+
+def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = None) -> LaunchPlan:
+    """The launch plan for this process, or LaunchError (one line).
+
+    `cpu` is the trainer's --cpu; `env` and `cuda_devices` default to os.environ and the GPUs
+    torch sees (tests pass their own).
+    """
+    env = os.environ if env is None else env
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    launcher = _launcher(env)
+    world_size = _int_env("WORLD_SIZE", 1, env)
+    rank = _int_env("RANK", 0, env)
+    local_rank = _int_env("LOCAL_RANK", 0, env)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise LaunchError(f"inconsistent launch environment: RANK={rank}, WORLD_SIZE={world_size}")
+    if world_size == 1:
+        if launcher == "accelerate" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+            raise LaunchError(
+                "accelerate launch started a single process although several were asked for (it runs several "
+                "CPU processes only through mpirun): on a CPU use `python -m torch.distributed.run "
+                "--nproc_per_node N -m train.cli ...`; with GPUs, `accelerate launch --multi_gpu`"
+            )
+        return LaunchPlan(cpu=cpu, launcher=launcher)
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        raise LaunchError(f"WORLD_SIZE={world_size} but MASTER_ADDR/MASTER_PORT are not set: launch with "
+                          "`python -m torch.distributed.run` (torchrun) or `accelerate launch`")
+    on_cpu = cpu or cuda_devices == 0
+    if not on_cpu and local_rank >= cuda_devices:
+        raise LaunchError(f"LOCAL_RANK {local_rank} but only {cuda_devices} GPU(s) visible: start at most "
+                          f"{cuda_devices} processes per machine, or pass --cpu to train on the CPU (gloo)")
+    return LaunchPlan(world_size=world_size, rank=rank, local_rank=local_rank, cpu=on_cpu,
+                      backend="gloo" if on_cpu else "nccl", launcher=launcher)
+
+
+def check_process_group(plan: LaunchPlan, num_processes: int) -> None:
+    """After the Accelerator is built: the group it formed must be the one the launcher started."""
+    if num_processes != plan.world_size:
+        raise LaunchError(f"the launcher started {plan.world_size} processes but the process group has "
+                          f"{num_processes}: each process would train alone into the same folder")
