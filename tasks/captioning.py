@@ -5,7 +5,7 @@
   against every caption of its key in the batch (captioning's counterpart of retrieval's
   multi-positive loss), and, when a reference table is set (`set_references`, MAT+: the image's
   source captions and its pools' text views), against up to `max_references` of those too.
-* attack_loss: the same LM loss of the reference captions; PGD maximises it (untargeted).
+* image_attack_loss: the same LM loss of the reference captions; PGD maximises it (untargeted).
 * text_attack: MAT's inner text attack: word substitutions in the reference captions (within
   `word_budget`) maximising their LM loss given the image (`ReferenceTextAttack`).
 
@@ -14,7 +14,7 @@ caption); FARE is an embedding-space method with no captioning counterpart here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -29,6 +29,9 @@ class CaptioningTask(Task):
     model_kind: ClassVar[str] = "captioning"
     methods: ClassVar[tuple[str, ...]] = ("clean", "tecoa", "mat", "mat+")
 
+    # extra references per row when the trainer sets the table (MAT+); each costs one more decoder pass
+    POOL_REFERENCES = 4
+
     def __init__(self, rank: int = 0, world_size: int = 1, *, references: str = "batch", max_references: int = 0,
                  **options: Any):
         super().__init__(rank, world_size, **options)
@@ -41,8 +44,12 @@ class CaptioningTask(Task):
     def set_references(self, table: Sequence[Sequence[str]], max_references: int | None = None) -> None:
         """All reference captions of each key (train image index), e.g. its captions plus pool text views."""
         self.reference_table = table
-        if max_references is not None:
-            self.max_references = int(max_references)
+        self.max_references = int(max_references if max_references is not None else self.max_references or self.POOL_REFERENCES)
+
+    def prepare_training(self, data: Any, method: str) -> None:
+        """Called by the trainer with its `TrainData`: MAT+ scores each image against all its captions."""
+        if method == "mat+":
+            self.set_references(references_from_train_data(data))
 
     # losses -----------------------------------------------------------------------------------
 
@@ -98,9 +105,14 @@ class CaptioningTask(Task):
              texts: Sequence[str] | None = None) -> torch.Tensor:
         return self.reference_loss(model, pixels, tokens, keys, texts)
 
-    def attack_loss(self, model: "ImageTextModel", pixels: torch.Tensor, tokens: "TextTokens",
-                    keys: torch.Tensor) -> torch.Tensor:
-        return self.reference_loss(model, pixels, tokens, keys)
+    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens",
+                          keys: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """pixels -> the references' LM loss (what untargeted PGD maximises)."""
+
+        def loss(pixels: torch.Tensor) -> torch.Tensor:
+            return self.reference_loss(model, pixels, tokens, keys)
+
+        return loss
 
     def text_attack(self, model: "ImageTextModel", config: Any):
         """MAT's inner text attack: reference-caption word substitutions maximising the LM loss."""
@@ -122,3 +134,15 @@ class CaptioningTask(Task):
         step_size = getattr(config, "pgd_step_size", None) or eps / 4
         return CaptionPGD(model, eps=eps, steps=int(getattr(config, "pgd_steps", 10)), step_size=step_size,
                           random_start=bool(getattr(config, "random_start", True)), generator=generator)
+
+
+def references_from_train_data(data) -> list[list[str]]:
+    """Every caption of each train image (its source captions, then its pools' text views): the
+    reference table of MAT+ (`CaptioningTask.set_references`), indexed by key."""
+    table = [list(captions) for captions in data.captions]
+    for pool in data.pools:
+        for row, modality in enumerate(pool.modality):
+            caption = pool.caption[row]
+            if modality in ("text", "pair") and caption:
+                table[int(pool.image_index[row])].append(caption)
+    return [list(dict.fromkeys(captions)) for captions in table]

@@ -294,8 +294,8 @@ def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
     adv_tokens = model.tokenize(adv_texts)
     adv_pixels = task.image_attack(model, config).perturb(pixels, adv_texts, keys)
     with torch.no_grad():
-        clean = float(task.attack_loss(model, pixels, model.tokenize(texts), keys))
-        adversarial = float(task.attack_loss(model, adv_pixels, adv_tokens, keys))
+        clean = float(task.image_attack_loss(model, model.tokenize(texts), keys)(pixels))
+        adversarial = float(task.image_attack_loss(model, adv_tokens, keys)(adv_pixels))
     assert adv_texts != texts and adversarial > clean
     assert task.text_attack(model, SimpleNamespace(word_budget=0)) is None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -368,3 +368,45 @@ def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner
     numbers = headline(report)
     assert numbers["attack"] == "pgd" and numbers["clean_cider"] == report["attacks"]["clean"]["cider"]
     assert numbers["robust_true_pct"] == report["attacks"]["pgd"]["truth"]["true_pct"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(tmp_path, colour_world):
+    from transformers import BlipForConditionalGeneration
+
+    from augment.pool import write_pool
+    from augment.sources import load_source, select_split, source_fingerprint
+    from models import load_model
+    from tasks.captioning import references_from_train_data
+    from train.cli import main
+    from train.data import load_train_data
+    from train.config import resolve_config
+
+    source = load_source(str(colour_world))[0]
+    rows = [{"row_id": f"t:{row['image_id']}:0:0", "source_image_id": row["image_id"], "source_caption_index": 0,
+             "split": "train", "modality": "text", "image": None, "caption": row["captions"][0].replace("shape", "object"),
+             "method": "t", "seed": 0, "provenance": "{}"} for row in select_split(source, "train")]
+    pool = tmp_path / "text-pool"
+    write_pool(pool, rows, {"name": "text-pool", "method": "t", "source_fingerprint": source_fingerprint(source)})
+    out = tmp_path / "run"
+    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+                 "--pools", str(pool), "--p-original", "0", "--max-steps", "2", "--batch-size", "4",
+                 "--pgd-steps", "1", "--lr", "1e-4", "--no-progress", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    draws = summary["pool_draws"]  # items of captions other than the first have no view: original
+    assert draws["text-pool"] > draws["original"] and sum(draws.values()) == 8 and summary["final"]["robust_loss"] > 0
+    # every caption of an image is a reference: its source captions and its pool views
+    data = load_train_data(resolve_config({"source": str(colour_world), "pools": [str(pool)], "method": "mat+",
+                                           "task": "captioning", "model": "tiny-captioner", "out": str(tmp_path / "x")}))
+    table = references_from_train_data(data)
+    assert table[0] == list(data.captions[0]) + [data.captions[0][0].replace("shape", "object")]
+    # the checkpoint is a transformers folder
+    assert isinstance(BlipForConditionalGeneration.from_pretrained(str(out / "ckpt")), BlipForConditionalGeneration)
+    reloaded = load_model(str(out / "ckpt"))
+    assert reloaded.family == "captioner" and reloaded.tiny_twin == "tiny-captioner"
+    # FARE has no captioning counterpart: one line, exit 2
+    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+                 "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2

@@ -241,6 +241,8 @@ class Trainer:
             task.check_method(cfg.method)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if hasattr(task, "prepare_training"):  # e.g. captioning's MAT+ reference table from the data
+            task.prepare_training(self.data, cfg.method)
         model = load_model(cfg.model, cfg.pretrained, device="cpu")
         try:
             task.check_model(model)
