@@ -152,7 +152,7 @@ def test_rows_with_one_key_are_references_of_each_other(captioner):
     texts = ["a red circle", "a crimson circle", "a star"]
     tokens, keys = captioner.tokenize(texts), torch.tensor([7, 7, 2])
     with torch.no_grad():
-        pair = lambda i, j: float(captioner.caption_loss(pixels[i:i + 1], captioner.tokenize([texts[j]])))  # noqa: E731
+        pair = lambda i, j: float(captioner.caption_loss(pixels[i:i + 1], captioner.tokenize([texts[j]])).detach())  # noqa: E731
         expected = ((pair(0, 0) + pair(0, 1)) / 2 + (pair(1, 0) + pair(1, 1)) / 2 + pair(2, 2)) / 3
         batch = float(CaptioningTask(references="batch").loss(captioner, pixels, tokens, keys))
         row = float(CaptioningTask(references="row").loss(captioner, pixels, tokens, keys))
@@ -168,7 +168,7 @@ def test_rows_with_one_key_are_references_of_each_other(captioner):
 
 
 def _loss(model, pixels, text):
-    return float(model.caption_loss(pixels[None], model.tokenize([text])))
+    return float(model.caption_loss(pixels[None], model.tokenize([text])).detach())
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -228,9 +228,17 @@ WORLD_TEXTS = ["a red circle on the left", "a crimson circle", "two shapes on a 
 WORLD_PAIRING = torch.tensor([0, 0, 1, 2, 2])
 
 
-def test_caption_pgd_raises_the_references_loss_within_budget(captioner):
+@pytest.fixture(scope="module")
+def trained(trained_captioner):
+    from models import load_model
+
+    return load_model(str(trained_captioner), kind="captioning")
+
+
+def test_caption_pgd_raises_the_references_loss_within_budget(trained):
     from train.attacks.captioning import CaptionPGD, TargetedCaptionPGD
 
+    captioner = trained
     pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     before = _reference_loss(captioner, pixels, WORLD_TEXTS, WORLD_PAIRING)
     attack = CaptionPGD(captioner, eps=2 / 255, steps=5, generator=torch.Generator().manual_seed(0))
@@ -321,7 +329,9 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
     report = evaluate_captioning(
         victim, load_source(str(colour_world))[0], split="test", limit=24, batch_size=24,
         attacks=["clean", "pgd", "pgd-targeted", "prompt-pgd"], generation=GENERATION, caption_checker=check_caption_of_row,
-        attack_options={"mlm": "tiny-mlm", "top_k": 5, "target": "a white shape"},
+        # 8/255: the tiny captioner's colour words have wide margins; at the default 2/255 the
+        # references' loss rises (test above) but its beam-searched captions do not change yet
+        attack_options={"mlm": "tiny-mlm", "top_k": 5, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
         meteor=False, java=False, progress=False,
     )
     clean = report["attacks"]["clean"]
@@ -329,7 +339,7 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
     for name in ("pgd", "pgd-targeted", "prompt-pgd"):
         entry = report["attacks"][name]
         assert entry["drop"]["cider"] > 0 and entry["drop"]["truth_pct"] > 0, name
-        assert entry["linf_max"] <= 2 / 255 + 1e-6
+        assert entry["linf_max"] <= 8 / 255 + 1e-6
     assert report["attacks"]["pgd"]["reference_loss"] > clean["reference_loss"]
     assert report["attacks"]["pgd-targeted"]["target_hit_pct"] > 0
     assert report["attacks"]["prompt-pgd"]["prompts_changed_pct"] > 0
