@@ -141,6 +141,9 @@ CAPTIONER_VISION_CONFIG = {
     "image_size": 64,
     "patch_size": 16,
     "projection_dim": 32,
+    # transformers' BlipVisionConfig defaults to 1e-10 (real weights are loaded over it): at that
+    # scale LayerNorm erases the image and the twin's captions cannot depend on it
+    "initializer_range": 0.02,
 }
 CAPTIONER_TEXT_CONFIG = {
     "hidden_size": 32,

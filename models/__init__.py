@@ -37,6 +37,7 @@ FAMILIES: dict[str, str] = {
     "blip": "models.blip",
     "hf_clip": "models.hf_clip",
     "albef": "models.albef",
+    "captioner": "models.captioner",
 }
 
 # tiny twin -> family
@@ -46,12 +47,14 @@ TINY_FAMILY: dict[str, str] = {
     "tiny-blip": "blip",
     "tiny-hf-clip": "hf_clip",
     "tiny-albef": "albef",
+    "tiny-captioner": "captioner",  # built by augment.tiny (the registry's captioner role uses it too)
 }
 
 # transformers `architectures[0]` of a Hub id or folder (config.json) -> family
 HF_ARCHITECTURES: dict[str, str] = {
     "BlipForImageTextRetrieval": "blip",
     "CLIPModel": "hf_clip",
+    "BlipForConditionalGeneration": "captioner",
 }
 
 

@@ -12,6 +12,7 @@ from tasks.base import Task  # noqa: F401
 TASKS: dict[str, str] = {
     "retrieval": "tasks.retrieval:RetrievalTask",
     "grounding": "tasks.grounding:GroundingTask",
+    "captioning": "tasks.captioning:CaptioningTask",
 }
 
 

@@ -59,6 +59,10 @@ class Task(ABC):
         the loss is only looked at (logged, or a second chunk of the same step), so it must not
         change training state (e.g. push features into a momentum queue)."""
 
+    def prepare_training(self, data: Any, method: str) -> None:
+        """Called once with the training data (`train.data.TrainData`) before the first step
+        (e.g. captioning's table of every image's reference captions for MAT+)."""
+
     def on_step(self, model: "ImageTextModel", step: int, steps_per_epoch: int) -> None:
         """Called before every optimizer step (schedules inside the loss, e.g. ALBEF's alpha warm-up)."""
 

@@ -34,11 +34,13 @@ def _scales(text: str) -> tuple[float, ...]:
 
 def _attack_names(text: str) -> list[str]:
     from train.attacks import ATTACK_NAMES
+    from train.attacks.captioning import CAPTION_ATTACK_NAMES
 
+    known = tuple(dict.fromkeys(ATTACK_NAMES + CAPTION_ATTACK_NAMES))  # each task checks its own after parsing
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in ATTACK_NAMES]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACK_NAMES)}")
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -58,8 +60,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--albef-tokenizer", default=None, help="ALBEF/TCL: BERT tokenizer name or folder (default: bert-base-uncased)")
     add_source_arguments(parser)
     parser.add_argument("--split", default="test", help="split to evaluate ('all' for every row; default: test)")
-    parser.add_argument("--attacks", type=_attack_names, default=DEFAULT_ATTACKS.split(","),
-                        help=f"comma-separated attacks (default: {DEFAULT_ATTACKS}; also: synonym)")
+    parser.add_argument("--task", choices=("retrieval", "captioning", "grounding"), default="retrieval",
+                        help="retrieval (default; recall@K), captioning (captioners: BLEU-4, METEOR, ROUGE-L, CIDEr) "
+                             "or grounding (referring expressions: accuracy at IoU 0.5)")
+    parser.add_argument("--attacks", type=_attack_names, default=None,
+                        help=f"comma-separated attacks (retrieval default: {DEFAULT_ATTACKS}; also: synonym; "
+                             "captioning: clean,pgd,pgd-targeted[,prompt,prompt-pgd])")
     parser.add_argument("--out", required=True, help="folder for eval.json and eval.md")
 
     transfer = parser.add_argument_group("transfer attacks (default: white-box, the attacker is the evaluated model)")
@@ -115,6 +121,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     from train.commands_grounding import add_grounding_arguments
 
     add_grounding_arguments(parser)
+
+    from train.commands_eval_captioning import add_arguments as add_captioning_arguments
+
+    add_captioning_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -155,13 +165,22 @@ def run(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate, write_report
 
     _check_positive(args)
+    if args.task == "captioning":
+        from train.commands_eval_captioning import run as run_captioning
+
+        return run_captioning(args)
+    from augment.errors import MatPlusError
+    from train.attacks import ATTACK_NAMES
+
+    args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
+    if any(name not in ATTACK_NAMES for name in args.attacks):
+        raise MatPlusError(f"unknown {args.task} attack(s) {[n for n in args.attacks if n not in ATTACK_NAMES]}; "
+                           f"choose from {', '.join(ATTACK_NAMES)}")
     if args.task == "grounding":
         from train import commands_grounding
 
         return commands_grounding.run(args)
     if args.reference_bugs and args.protocol == "project":
-        from augment.errors import MatPlusError
-
         raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)

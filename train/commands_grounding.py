@@ -10,9 +10,6 @@ from __future__ import annotations
 def add_grounding_arguments(parser) -> None:
     """The options `train eval` gets for `--task grounding` (the rest are shared with retrieval)."""
     group = parser.add_argument_group("grounding (--task grounding)")
-    group.add_argument("--task", choices=("retrieval", "grounding"), default="retrieval",
-                       help="retrieval (default) or grounding: referring expressions on a sample-world folder "
-                            "or an ALBEF refcoco+ JSON")
     group.add_argument("--grounding-objective", choices=("itm", "heat"), default="itm",
                        help="what the grounding attacks lower: the ITM score of the pair, or the heat share on the "
                             "true box (default: itm)")

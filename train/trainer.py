@@ -247,6 +247,7 @@ class Trainer:
             task.check_method(cfg.method)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        task.prepare_training(self.data, cfg.method)
         model = load_model(cfg.model, cfg.pretrained, device="cpu", **model_options(cfg))
         try:
             task.check_model(model)

@@ -1,0 +1,422 @@
+"""Captioning: the captioner family, the task, attacks on captioners, metrics, evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import _code_key
+
+# the colour world: the sample world's images, one caption "a <colour> shape" per object colour (a
+# tiny captioner learns them in one or two hundred steps; the truth checker judges them)
+GENERATION = {"min_length": 1}  # BLIP's 5-token minimum would pad the world's short captions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    from models import load_model
+
+    return load_model("tiny-captioner", kind="captioning")
+
+
+@pytest.fixture(scope="session")
+def colour_world(request, sample_world_dir) -> Path:
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"colour-world-{_code_key('augment/sample_world.py')}"
+    if not (folder / "dataset_colour.json").exists():
+        document = json.loads((sample_world_dir / "dataset_sample.json").read_text())
+        for image in document["images"]:
+            colours = dict.fromkeys(obj["colour"] for obj in image["scene"]["objects"])
+            image["sentences"] = [{"raw": f"a {colour} shape", "sentid": k} for k, colour in enumerate(colours)]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "images").exists():
+            (folder / "images").symlink_to(sample_world_dir / "images")
+        (folder / "dataset_colour.json").write_text(json.dumps(document))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_captioner(request, colour_world) -> Path:
+    """tiny-captioner trained 200 steps on the colour world with the prompt "a picture of"
+    (transformers layout; the prompt is saved with it), cached across runs."""
+    from train.quick_captioning import train_quick_captioner
+
+    key = _code_key("augment/sample_world.py", "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-captioner-{key}"
+    if not (folder / "config.json").exists():
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+        train_quick_captioner(str(colour_world), folder, steps=200, batch_size=32, lr=3e-3, seed=0,
+                              prompt="a picture of")
+    return folder
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+def test_tiny_captioner_is_the_captioner_family(captioner, tmp_path):
+    import models
+    from transformers import BlipForConditionalGeneration
+
+    assert models.family_of("tiny-captioner") == "captioner"
+    assert models.HF_ARCHITECTURES["BlipForConditionalGeneration"] == "captioner"
+    assert captioner.kind == "captioning" and captioner.image_size == 64
+    pixels = torch.rand(3, 3, 64, 64)
+    tokens = captioner.tokenize(["a red circle", "two shapes on a plain grey background", "a star"])
+    assert tokens.input_ids[:, 0].eq(captioner.bos_id).all() and tokens.prompt_lengths.tolist() == [1, 1, 1]
+    per_caption = captioner.caption_loss(pixels, tokens, reduction="none")
+    assert per_caption.shape == (3,) and torch.isclose(per_caption.mean(), captioner.caption_loss(pixels, tokens))
+    # padding is not scored: a caption alone has the loss it has in a padded batch
+    alone = captioner.caption_loss(pixels[:1], captioner.tokenize(["a red circle"]), reduction="none")
+    assert torch.allclose(alone, per_caption[:1], atol=1e-5)
+    # save = save_pretrained: transformers reads it back, and so does load_model
+    folder = captioner.save(tmp_path / "saved")
+    again = BlipForConditionalGeneration.from_pretrained(str(folder))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), captioner.model.state_dict().values()))
+    reloaded = models.load_model(str(folder))
+    assert reloaded.family == "captioner"
+    assert torch.allclose(reloaded.caption_loss(pixels, reloaded.tokenize(["a star"] * 3)),
+                          captioner.caption_loss(pixels, captioner.tokenize(["a star"] * 3)), atol=1e-5)
+
+
+def test_prompt_tokens_are_not_scored_and_survive_slicing(captioner):
+    from models.captioner import CaptionTokens
+
+    tokens = captioner.tokenize(["a red circle", "a star"], prompts="a picture of")
+    assert tokens.prompt_lengths.tolist() == [4, 4]  # bos + "a picture of"
+    assert isinstance(tokens[1:], CaptionTokens) and tokens[1:].prompt_lengths.tolist() == [4]
+    joined = CaptionTokens.cat([tokens, captioner.tokenize(["a triangle"])])
+    assert joined.prompt_lengths.tolist() == [4, 4, 1]
+    # the prompt changes the loss only through the context: same caption, prompt tokens unscored
+    pixels = torch.rand(2, 3, 64, 64)
+    with_prompt = captioner.caption_loss(pixels, tokens, reduction="none")
+    unscored = CaptionTokens(tokens.input_ids, tokens.attention_mask, torch.ones(2, dtype=torch.long))
+    assert not torch.allclose(with_prompt, captioner.caption_loss(pixels, unscored, reduction="none"))
+
+
+def test_generate_with_and_without_prompt(captioner):
+    pixels = torch.rand(2, 3, 64, 64)
+    plain = captioner.generate(pixels, max_length=8)
+    prompted = captioner.generate(pixels, prompts=["a picture of", "an image of"], max_length=10)
+    assert len(plain) == len(prompted) == 2 and all(isinstance(c, str) for c in plain + prompted)
+    assert not any(c.startswith("a picture of") for c in prompted)  # the prompt is not returned
+
+
+def test_unknown_architecture_is_refused_in_one_line():
+    from augment.errors import ModelLoadError
+    from models.captioner import HFCaptioner
+
+    with pytest.raises(ModelLoadError, match="not supported"):
+        HFCaptioner(torch.nn.Linear(1, 1), object(), name="x")
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def test_captioning_task_loss_decreases_with_a_few_steps(captioner):
+    import copy
+
+    from tasks import build_task
+
+    task = build_task("captioning")
+    assert task.model_kind == "captioning" and "mat+" in task.methods and "fare" not in task.methods
+    task.check_model(captioner)
+    model = copy.deepcopy(captioner).train()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(4, 3, 64, 64, generator=generator)
+    texts = ["a red circle on the left", "two shapes", "a big blue square", "a star on a noisy background"]
+    tokens, keys = model.tokenize(texts), torch.arange(4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(10):
+        loss = task.loss(model, pixels, tokens, keys, texts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_rows_with_one_key_are_references_of_each_other(captioner):
+    from tasks.captioning import CaptioningTask
+
+    pixels = torch.rand(3, 3, 64, 64)
+    texts = ["a red circle", "a crimson circle", "a star"]
+    tokens, keys = captioner.tokenize(texts), torch.tensor([7, 7, 2])
+    with torch.no_grad():
+        pair = lambda i, j: float(captioner.caption_loss(pixels[i:i + 1], captioner.tokenize([texts[j]])).detach())  # noqa: E731
+        expected = ((pair(0, 0) + pair(0, 1)) / 2 + (pair(1, 0) + pair(1, 1)) / 2 + pair(2, 2)) / 3
+        batch = float(CaptioningTask(references="batch").loss(captioner, pixels, tokens, keys))
+        row = float(CaptioningTask(references="row").loss(captioner, pixels, tokens, keys))
+        task = CaptioningTask()
+        task.set_references([[]] * 7 + [["a circle", "a red circle"]], max_references=4)
+        with_table = float(task.loss(captioner, pixels, tokens, keys, texts))
+    assert batch == pytest.approx(expected, rel=1e-4)
+    assert row == pytest.approx((pair(0, 0) + pair(1, 1) + pair(2, 2)) / 3, rel=1e-4)
+    # "a red circle" is already in the batch: only "a circle" is added for the two rows of key 7
+    table_expected = ((pair(0, 0) + pair(0, 1) + _loss(captioner, pixels[0], "a circle")) / 3
+                      + (pair(1, 0) + pair(1, 1) + _loss(captioner, pixels[1], "a circle")) / 3 + pair(2, 2)) / 3
+    assert with_table == pytest.approx(table_expected, rel=1e-4)
+
+
+def _loss(model, pixels, text):
+    return float(model.caption_loss(pixels[None], model.tokenize([text])).detach())
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_caption_scores_rank_right_captions_above_wrong_ones():
+    from train.caption_metrics import caption_scores
+
+    references = [["a red circle on the left", "a crimson circle"], ["two shapes on a grey background", "a blue square and a red star"]]
+    right = caption_scores(references, ["a red circle on the left", "two shapes on a grey background"], java=False, meteor=False)
+    wrong = caption_scores(references, ["a green banana", ""], java=False, meteor=False)
+    assert right["bleu4"] == pytest.approx(100.0) and right["rouge_l"] == pytest.approx(100.0)
+    assert right["cider"] > 100 and wrong["cider"] == 0.0 and wrong["bleu4"] < 1e-3
+    assert right["meteor"] is None and any("METEOR" in n for n in right["notes"])
+    assert any("tokenizer" in n for n in right["notes"])
+
+
+@pytest.mark.skipif(__import__("shutil").which("java") is None, reason="METEOR and the PTB tokenizer need Java")
+def test_meteor_and_ptb_tokenizer_with_java():
+    from train.caption_metrics import caption_scores
+
+    references = [["A red circle, on the left."], ["Two shapes."]]
+    scores = caption_scores(references, ["a red circle on the left", "a banana"])
+    assert scores["notes"] == [] and 0 < scores["meteor"] < 100
+    assert scores["per_image_cider"][0] > scores["per_image_cider"][1]
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+@pytest.fixture(scope="module")
+def prompted(captioner):
+    import copy
+
+    model = copy.deepcopy(captioner)
+    model.prompt = "a picture of"
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm():
+    from augment.registry import load_mlm
+
+    model, tokenizer = load_mlm("tiny-mlm")
+    return model, tokenizer, "tiny-mlm"
+
+
+def _reference_loss(model, pixels, texts, pairing, prompts=None):
+    from train.attacks.captioning import lm_losses
+
+    text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
+    return float(lm_losses(model, pixels[pairing], texts, text_prompts).mean())
+
+
+WORLD_TEXTS = ["a red circle on the left", "a crimson circle", "two shapes on a plain grey background",
+               "a small blue square", "a big yellow star"]
+WORLD_PAIRING = torch.tensor([0, 0, 1, 2, 2])
+
+
+@pytest.fixture(scope="module")
+def trained(trained_captioner):
+    from models import load_model
+
+    return load_model(str(trained_captioner), kind="captioning")
+
+
+def test_caption_pgd_raises_the_references_loss_within_budget(trained):
+    from train.attacks.captioning import CaptionPGD, TargetedCaptionPGD
+
+    captioner = trained
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    before = _reference_loss(captioner, pixels, WORLD_TEXTS, WORLD_PAIRING)
+    attack = CaptionPGD(captioner, eps=2 / 255, steps=5, generator=torch.Generator().manual_seed(0))
+    result = attack(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    assert result.texts == WORLD_TEXTS and (result.images - pixels).abs().max() <= 2 / 255 + 1e-6
+    assert _reference_loss(captioner, result.images, WORLD_TEXTS, WORLD_PAIRING) > before + 0.01
+    targeted = TargetedCaptionPGD(captioner, target="a black triangle", eps=2 / 255, steps=5)
+    adversarial = targeted(pixels, WORLD_TEXTS, WORLD_PAIRING).images
+    target_pairing = torch.arange(3)
+    assert (_reference_loss(captioner, adversarial, ["a black triangle"] * 3, target_pairing)
+            < _reference_loss(captioner, pixels, ["a black triangle"] * 3, target_pairing) - 0.01)
+
+
+def test_word_attacks_raise_the_lm_loss_within_the_word_budget(prompted, tiny_mlm):
+    from train.attacks.captioning import PromptAttack, PromptPGD, ReferenceTextAttack
+
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    # the reference captions themselves (MAT's inner text attack)
+    text = ReferenceTextAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1)
+    result = text(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    changes = result.info["words_changed"]
+    assert any(changes) and all(len(c) <= 1 for c in changes)
+    with torch.no_grad():
+        for before, after, row, change in zip(WORLD_TEXTS, result.texts, WORLD_PAIRING, changes):
+            if change:
+                assert after != before
+                assert _loss(prompted, pixels[row], after) > _loss(prompted, pixels[row], before)
+    # the prompt (one per image), then the prompt and the image together
+    prompt = PromptAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1)
+    prompts = prompt(pixels, WORLD_TEXTS, WORLD_PAIRING).info["prompts"]
+    assert len(prompts) == 3 and any(p != "a picture of" for p in prompts)
+    clean = _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, ["a picture of"] * 3)
+    assert _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, prompts) > clean
+    both = PromptPGD(prompted, prompt_attack=prompt)(pixels, WORLD_TEXTS, WORLD_PAIRING)
+    assert both.info["prompts"] == prompts
+    assert _reference_loss(prompted, both.images, WORLD_TEXTS, WORLD_PAIRING, prompts) > \
+        _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, prompts)
+
+
+def test_prompt_attack_needs_a_prompted_captioner(captioner, tiny_mlm):
+    from train.attacks.captioning import PromptAttack
+
+    with pytest.raises(ValueError, match="prompted captioner"):
+        PromptAttack(captioner, mlm=tiny_mlm)(torch.rand(1, 3, 64, 64), ["a star"])
+
+
+def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
+    """MAT's inner maximisation through the task (text attack, then PGD), then one outer step."""
+    import copy
+    from types import SimpleNamespace
+
+    from tasks.captioning import CaptioningTask
+
+    task = CaptioningTask()
+    model = copy.deepcopy(prompted).train()
+    config = SimpleNamespace(word_budget=1, text_attack="mlm", mlm="tiny-mlm", mlm_top_k=5, eps=2 / 255,
+                             pgd_steps=3, pgd_step_size=None, random_start=True)
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    texts, keys = WORLD_TEXTS[::2], torch.arange(3)
+    adv_texts = task.text_attack(model, config)(pixels, texts, None).texts
+    adv_tokens = model.tokenize(adv_texts)
+    adv_pixels = task.image_attack(model, config).perturb(pixels, adv_texts, keys)
+    with torch.no_grad():
+        clean = float(task.image_attack_loss(model, model.tokenize(texts), keys)(pixels))
+        adversarial = float(task.image_attack_loss(model, adv_tokens, keys)(adv_pixels))
+    assert adv_texts != texts and adversarial > clean
+    assert task.text_attack(model, SimpleNamespace(word_budget=0)) is None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = task.loss(model, adv_pixels, adv_tokens, keys, adv_texts)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert float(task.loss(model, adv_pixels, adv_tokens, keys, adv_texts)) < float(loss)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner, colour_world):
+    """The issue's bar: each attack lowers CIDEr and the truth-checked share of a briefly trained captioner."""
+    from augment.sample_world import check_caption_of_row
+    from augment.sources import load_source
+    from models import load_model
+    from train.evaluate_captioning import evaluate_captioning, markdown_report
+
+    victim = load_model(str(trained_captioner))
+    assert victim.prompt == "a picture of"
+    report = evaluate_captioning(
+        victim, load_source(str(colour_world))[0], split="test", limit=24, batch_size=24,
+        attacks=["clean", "pgd", "pgd-targeted", "prompt-pgd"], generation=GENERATION, caption_checker=check_caption_of_row,
+        # 8/255: the tiny captioner's colour words have wide margins; at the default 2/255 the
+        # references' loss rises (test above) but its beam-searched captions do not change yet
+        attack_options={"mlm": "tiny-mlm", "top_k": 5, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
+        meteor=False, java=False, progress=False,
+    )
+    clean = report["attacks"]["clean"]
+    assert clean["truth"]["true_pct"] >= 60 and clean["cider"] > 50  # it has learned the colours
+    for name in ("pgd", "pgd-targeted", "prompt-pgd"):
+        entry = report["attacks"][name]
+        assert entry["drop"]["cider"] > 0 and entry["drop"]["truth_pct"] > 0, name
+        assert entry["linf_max"] <= 8 / 255 + 1e-6
+    assert report["attacks"]["pgd"]["reference_loss"] > clean["reference_loss"]
+    assert report["attacks"]["pgd-targeted"]["target_hit_pct"] > 0
+    assert report["attacks"]["prompt-pgd"]["prompts_changed_pct"] > 0
+    assert len(report["captions"]["pgd"]) == 24 and report["notes"]
+    table = markdown_report(report)
+    assert "| pgd |" in table and "CIDEr" in table and "METEOR not computed" in table
+
+
+def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour_world, tmp_path):
+    from train.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--limit", "6", "--attacks", "clean,pgd", "--pgd-steps", "2", "--gen-min-length", "1",
+                 "--no-meteor", "--no-progress", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["task"] == "captioning" and set(report["attacks"]) == {"clean", "pgd"}
+    assert report["settings"]["num_images"] == 6 and "truth" in report["attacks"]["clean"]
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 6
+    assert "| clean |" in (out / "eval.md").read_text()
+    # a retrieval attack name or a prompt attack without a prompt: one line, exit 2
+    assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--attacks", "sga", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
+                 "--attacks", "prompt", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad" / "eval.json").exists()
+
+
+def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner, colour_world, tmp_path):
+    from analysis.captioning_arm import evaluate_captioner, headline
+
+    settings = {"attacks": ["clean", "pgd"], "pgd_steps": 2, "limit": 4, "min_length": 1, "meteor": False}
+    report = evaluate_captioner(trained_captioner, colour_world, settings, seed=0, folder=tmp_path / "arm")
+    assert (tmp_path / "arm" / "eval.json").exists() and (tmp_path / "arm" / "eval.md").exists()
+    numbers = headline(report)
+    assert numbers["attack"] == "pgd" and numbers["clean_cider"] == report["attacks"]["clean"]["cider"]
+    assert numbers["robust_true_pct"] == report["attacks"]["pgd"]["truth"]["true_pct"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(tmp_path, colour_world):
+    from transformers import BlipForConditionalGeneration
+
+    from augment.pool import write_pool
+    from augment.sources import load_source, select_split, source_fingerprint
+    from models import load_model
+    from tasks.captioning import references_from_train_data
+    from train.cli import main
+    from train.data import load_train_data
+    from train.config import resolve_config
+
+    source = load_source(str(colour_world))[0]
+    rows = [{"row_id": f"t:{row['image_id']}:0:0", "source_image_id": row["image_id"], "source_caption_index": 0,
+             "split": "train", "modality": "text", "image": None, "caption": row["captions"][0].replace("shape", "object"),
+             "method": "t", "seed": 0, "provenance": "{}"} for row in select_split(source, "train")]
+    pool = tmp_path / "text-pool"
+    write_pool(pool, rows, {"name": "text-pool", "method": "t", "source_fingerprint": source_fingerprint(source)})
+    out = tmp_path / "run"
+    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+                 "--pools", str(pool), "--p-original", "0", "--max-steps", "2", "--batch-size", "4",
+                 "--pgd-steps", "1", "--lr", "1e-4", "--no-progress", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    draws = summary["pool_draws"]  # items of captions other than the first have no view: original
+    assert draws["text-pool"] > draws["original"] and sum(draws.values()) == 8 and summary["final"]["robust_loss"] > 0
+    # every caption of an image is a reference: its source captions and its pool views
+    data = load_train_data(resolve_config({"source": str(colour_world), "pools": [str(pool)], "method": "mat+",
+                                           "task": "captioning", "model": "tiny-captioner", "out": str(tmp_path / "x")}))
+    table = references_from_train_data(data)
+    assert table[0] == list(data.captions[0]) + [data.captions[0][0].replace("shape", "object")]
+    # the checkpoint is a transformers folder
+    assert isinstance(BlipForConditionalGeneration.from_pretrained(str(out / "ckpt")), BlipForConditionalGeneration)
+    reloaded = load_model(str(out / "ckpt"))
+    assert reloaded.family == "captioner" and reloaded.tiny_twin == "tiny-captioner"
+    # FARE has no captioning counterpart: one line, exit 2
+    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+                 "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2

@@ -1,0 +1,361 @@
+"""Attacks on captioners (a `models.CaptioningModel` victim), with the shared attack signature.
+
+    attack = CaptionPGD(captioner, eps=2 / 255, steps=10)
+    result = attack(images, references, image_of_text)      # -> AttackResult
+
+`texts` are the REFERENCE captions of the images (`image_of_text` maps each to its image, as
+for retrieval); what the attacks maximise is the language-model loss of those references given
+the image (and the prompt), i.e. they make the true captions unlikely:
+
+* `CaptionPGD` ("pgd"): L-inf PGD on [0, 1] pixels maximising the mean LM loss of every
+  reference of each image (untargeted; eps 2/255, 10 steps of 0.5/255 by default).
+* `TargetedCaptionPGD` ("pgd-targeted"): PGD MINIMISING the LM loss of a given target caption
+  (one for all images, or one per image): the captioner is pushed to say the target.
+* `PromptAttack` ("prompt"): for prompted captioners (BLIP's "a picture of "), the prompt's
+  words are substituted (BERT-Attack's greedy search, `word_budget` words) to maximise the
+  references' LM loss; the attacked prompt of each image is returned in `info["prompts"]`.
+* `PromptPGD` ("prompt-pgd"): both: the prompt attack first, then PGD against the attacked
+  prompt (MAT's text-then-image order).
+* `ReferenceTextAttack`: the reference captions themselves substituted to maximise their own
+  LM loss given the image: MAT's inner text attack for captioners (training only: a captioner
+  does not read references, so it changes no generated caption).
+
+Word substitutions reuse the candidate machinery of `train.attacks.text` (`Token`, the masked
+LM and WordNet substitute sources); only the score differs (LM loss instead of embedding
+similarity), hence the greedy loop `substitute_words` here.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from train.attacks.base import Attack, AttackResult, default_pairing
+from train.attacks.pgd import pgd_linf
+from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, Token, WordNetSubstitutes
+
+CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
+DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
+DEFAULT_LOSS_BATCH = 64  # (image, caption) pairs per LM-loss forward when scoring candidates
+
+
+def _check_victim(victim) -> None:
+    if getattr(victim, "kind", None) != "captioning":
+        raise ValueError(f"captioning attacks need a captioning model, not {type(victim).__name__}")
+
+
+@torch.no_grad()
+def lm_losses(victim, pixels: torch.Tensor, texts: Sequence[str], prompts: Sequence[str] | None = None,
+              batch_size: int = DEFAULT_LOSS_BATCH) -> torch.Tensor:
+    """[len(texts)] LM loss of each caption given its row of `pixels` (and prompt), no gradients."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        part = slice(start, start + batch_size)
+        chunk_prompts = list(prompts[part]) if prompts is not None else None
+        tokens = victim.tokenize(list(texts[part]), prompts=chunk_prompts) if chunk_prompts is not None \
+            else victim.tokenize(list(texts[part]))
+        out.append(victim.caption_loss(pixels[part], tokens, reduction="none").float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+class CaptionAttack(Attack):
+    """Base of the captioning attacks: a captioner victim; objective = the references' LM loss."""
+
+    def __init__(self, victim):
+        _check_victim(victim)
+        self.victim = victim
+        self.objective = "lm-loss"
+
+    def params(self) -> dict:
+        return {"objective": self.objective}
+
+
+class CaptionPGD(CaptionAttack):
+    """Untargeted PGD: maximise the mean LM loss of every reference caption of each image."""
+
+    modality = "image"
+    name = "pgd"
+
+    def __init__(self, victim, eps: float = 2 / 255, steps: int = 10, step_size: float = 0.5 / 255,
+                 random_start: bool = True, generator: torch.Generator | None = None):
+        super().__init__(victim)
+        self.eps, self.steps, self.step_size, self.random_start = eps, steps, step_size, random_start
+        self.generator = generator
+
+    def params(self) -> dict:
+        return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
+
+    def perturb(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor,
+                prompts: Sequence[str] | None = None, sign: float = 1.0) -> torch.Tensor:
+        """Images maximising `sign` x mean LM loss of `texts` (prompts: one per image, optional)."""
+        rows = torch.as_tensor(image_of_text, dtype=torch.long, device=images.device)
+        text_prompts = [prompts[int(i)] for i in rows] if prompts is not None else None
+        tokens = self.victim.tokenize(list(texts), prompts=text_prompts) if text_prompts is not None \
+            else self.victim.tokenize(list(texts))
+
+        def loss(adv: torch.Tensor) -> torch.Tensor:
+            return sign * self.victim.caption_loss(adv[rows], tokens, reduction="mean")
+
+        return pgd_linf(images, loss, self.eps, self.steps, self.step_size, self.random_start, self.generator)
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        pairing = default_pairing(len(images), len(texts), image_of_text)
+        adversarial = self.perturb(images, texts, pairing)
+        return AttackResult(images=adversarial, texts=list(texts),
+                            info={"linf": float((adversarial - images).abs().max())})
+
+
+class TargetedCaptionPGD(CaptionPGD):
+    """Targeted PGD: minimise the LM loss of `target` (one caption, or one per image)."""
+
+    name = "pgd-targeted"
+
+    def __init__(self, victim, target: str | Sequence[str] = DEFAULT_TARGET, **pgd):
+        super().__init__(victim, **pgd)
+        self.target = target
+        self.objective = "target-lm-loss"
+
+    def params(self) -> dict:
+        target = self.target if isinstance(self.target, str) else list(self.target)
+        return {**super().params(), "target": target}
+
+    def targets_for(self, count: int) -> list[str]:
+        if isinstance(self.target, str):
+            return [self.target] * count
+        if len(self.target) != count:
+            raise ValueError(f"{len(self.target)} target captions for {count} images")
+        return list(self.target)
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        targets = self.targets_for(len(images))
+        adversarial = self.perturb(images, targets, torch.arange(len(images)), sign=-1.0)
+        return AttackResult(images=adversarial, texts=list(texts),
+                            info={"linf": float((adversarial - images).abs().max()), "targets": targets})
+
+
+# ----------------------------------------------------------------------------- word substitutions
+
+
+def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Callable[[list[str], list[int]], torch.Tensor],
+                     budget: int = 1, words_per_round: int = 1) -> tuple[list[str], list[list[dict]]]:
+    """BERT-Attack's greedy search with any score to maximise: (new texts, per text the changes).
+
+    `score(candidates, owners)` -> [C] scores of candidate texts, `owners[c]` = the index of the
+    text candidate c replaces. Positions are tried most important first (importance = score of
+    the text with the word masked as `[UNK]`, as in the papers' code); at each, the best
+    substitute is kept when it beats the text as it stands; at most `budget` words change.
+    """
+    texts = list(texts)
+    if budget <= 0 or not texts:
+        return texts, [[] for _ in texts]
+    tokens = [[Token.parse(t) for t in text.split()] for text in texts]
+    substitutes = source.substitutes(tokens)
+    current = [text.split() for text in texts]
+    changes: list[list[dict]] = [[] for _ in texts]
+    base = score(texts, list(range(len(texts)))).tolist()
+    # importance order of each text's positions
+    masked, owners, positions = [], [], []
+    for index, subs in enumerate(substitutes):
+        for position in sorted(subs):
+            words = current[index][:position] + [tokens[index][position].masked()] + current[index][position + 1:]
+            masked.append(" ".join(words))
+            owners.append(index)
+            positions.append(position)
+    importance = score(masked, owners).tolist() if masked else []
+    order: list[list[int]] = [[] for _ in texts]
+    for value, owner, position in sorted(zip(importance, owners, positions), key=lambda item: -item[0]):
+        order[owner].append(position)
+    tried = [0] * len(texts)
+    while True:
+        candidates, owners, picks = [], [], []
+        for index in range(len(texts)):
+            if len(changes[index]) >= budget:
+                continue
+            for position in order[index][tried[index]:tried[index] + words_per_round]:
+                for word in substitutes[index][position]:
+                    new_token = tokens[index][position].replaced_by(word)
+                    words = current[index][:position] + [new_token] + current[index][position + 1:]
+                    candidates.append(" ".join(words))
+                    owners.append(index)
+                    picks.append((position, new_token))
+            tried[index] += words_per_round
+        if not candidates:
+            break
+        scores = score(candidates, owners).tolist()
+        best: dict[int, int] = {}
+        for c, (owner, value) in enumerate(zip(owners, scores)):
+            if value > base[owner] and (owner not in best or value > scores[best[owner]]):
+                best[owner] = c
+        for owner, c in best.items():
+            position, new_token = picks[c]
+            changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
+            current[owner][position] = new_token
+            base[owner] = scores[c]
+    return [" ".join(words) if changes[i] else texts[i] for i, words in enumerate(current)], changes
+
+
+def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10,
+                      max_length: int = 30, mlm_batch: int = 32) -> SubstituteSource:
+    """The substitute words: a masked LM's top-k ("mlm", BERT-Attack) or WordNet synonyms."""
+    if candidates == "wordnet":
+        return WordNetSubstitutes(top_k=top_k, max_length=max_length)
+    if candidates != "mlm":
+        raise ValueError(f"unknown text candidates {candidates!r}; expected 'mlm' or 'wordnet'")
+    if isinstance(mlm, str):
+        from augment.registry import load_mlm
+
+        model_id = default_caption_mlm(victim) if mlm == "default" else mlm
+        model, tokenizer = load_mlm(model_id, device=victim.device)
+    else:
+        model, tokenizer, *name = mlm
+        model_id = name[0] if name else getattr(model.config, "name_or_path", None)
+    return MaskedLMSubstitutes(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=mlm_batch,
+                               model_id=model_id)
+
+
+def default_caption_mlm(victim) -> str:
+    """tiny-mlm for captioners with the tiny word vocabulary (offline twins), else the registry's default."""
+    from augment import tiny
+    from augment.registry import DEFAULT_MODELS
+
+    tokenizer = getattr(victim, "tokenizer", None)
+    if tokenizer is not None and len(tokenizer) < 10_000:
+        vocabulary = tiny.word_vocabulary()
+        if len(tokenizer) == len(vocabulary) and tokenizer.convert_ids_to_tokens(list(range(len(vocabulary)))) == vocabulary:
+            return tiny.TINY_MLM
+    return DEFAULT_MODELS["mlm"]
+
+
+class _WordAttack(CaptionAttack):
+    """Shared settings of the word-substitution attacks on captioners."""
+
+    def __init__(self, victim, source: SubstituteSource | None = None, budget: int = 1, words_per_round: int = 1,
+                 loss_batch: int = DEFAULT_LOSS_BATCH, **source_options):
+        super().__init__(victim)
+        if budget < 0 or words_per_round < 1 or loss_batch < 1:
+            raise ValueError("budget must be >= 0, words_per_round and loss_batch >= 1")
+        self.source = source if source is not None else substitute_source(victim, **source_options)
+        self.budget, self.words_per_round, self.loss_batch = budget, words_per_round, loss_batch
+
+    def params(self) -> dict:
+        return {**super().params(), **self.source.params(), "budget": self.budget,
+                "words_per_round": self.words_per_round}
+
+
+class ReferenceTextAttack(_WordAttack):
+    """Substitute words of each reference caption to maximise its own LM loss given its image."""
+
+    modality = "text"
+    name = "reference-text"
+
+    def perturb(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor,
+                prompts: Sequence[str] | None = None) -> tuple[list[str], list[list[dict]]]:
+        rows = torch.as_tensor(image_of_text, dtype=torch.long)
+
+        def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
+            image_rows = rows[owners].to(images.device)
+            candidate_prompts = [prompts[int(rows[o])] for o in owners] if prompts is not None else None
+            return lm_losses(self.victim, images[image_rows], candidates, candidate_prompts, self.loss_batch)
+
+        return substitute_words(texts, self.source, score, self.budget, self.words_per_round)
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        pairing = default_pairing(len(images), len(texts), image_of_text)
+        adversarial, changes = self.perturb(images, texts, pairing)
+        return AttackResult(images=images, texts=adversarial, info={"words_changed": changes})
+
+
+class PromptAttack(_WordAttack):
+    """Substitute words of each image's prompt to maximise the mean LM loss of its references."""
+
+    modality = "text"
+    name = "prompt"
+
+    def perturb(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor) -> tuple[list[str], list[list[dict]]]:
+        prompt = getattr(self.victim, "prompt", None)
+        if not prompt:
+            raise ValueError(f"the prompt attack needs a prompted captioner; '{self.victim.name}' has no prompt "
+                             "(load it with prompt=..., e.g. 'a picture of')")
+        rows = torch.as_tensor(image_of_text, dtype=torch.long).tolist()
+        references = [[t for t, r in zip(texts, rows) if r == image] for image in range(len(images))]
+
+        def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
+            # every reference of the owner image under each candidate prompt, averaged
+            pairs = [(c, image, ref) for c, image in enumerate(owners) for ref in references[image]]
+            losses = lm_losses(self.victim, images[torch.tensor([p[1] for p in pairs], device=images.device)],
+                               [p[2] for p in pairs], [candidates[p[0]] for p in pairs], self.loss_batch)
+            counts = torch.tensor([len(references[image]) for image in owners], dtype=losses.dtype)
+            owner_of_pair = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+            return torch.zeros(len(candidates), dtype=losses.dtype).index_add_(0, owner_of_pair, losses.cpu()) / counts
+
+        return substitute_words([prompt] * len(images), self.source, score, self.budget, self.words_per_round)
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        pairing = default_pairing(len(images), len(texts), image_of_text)
+        prompts, changes = self.perturb(images, texts, pairing)
+        return AttackResult(images=images, texts=list(texts), info={"prompts": prompts, "prompt_changes": changes})
+
+
+class PromptPGD(CaptionAttack):
+    """The prompt attack, then PGD on the image against the attacked prompt (both together)."""
+
+    modality = "multimodal"
+    name = "prompt-pgd"
+
+    def __init__(self, victim, prompt_attack: PromptAttack | None = None, image_attack: CaptionPGD | None = None):
+        super().__init__(victim)
+        self.prompt_attack = prompt_attack if prompt_attack is not None else PromptAttack(victim)
+        self.image_attack = image_attack if image_attack is not None else CaptionPGD(victim)
+
+    def params(self) -> dict:
+        return {**super().params(), "prompt": self.prompt_attack.params(), "image": self.image_attack.params()}
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        pairing = default_pairing(len(images), len(texts), image_of_text)
+        prompts, changes = self.prompt_attack.perturb(images, texts, pairing)
+        adversarial = self.image_attack.perturb(images, texts, pairing, prompts=prompts)
+        return AttackResult(images=adversarial, texts=list(texts),
+                            info={"linf": float((adversarial - images).abs().max()), "prompts": prompts,
+                                  "prompt_changes": changes})
+
+
+class NoCaptionAttack(CaptionAttack):
+    """The identity (the `clean` row)."""
+
+    modality = "none"
+    name = "clean"
+
+    def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
+        return AttackResult(images=images, texts=list(texts), info={})
+
+
+def build_caption_attack(name: str, victim, *, eps: float = 2 / 255, steps: int = 10, step_size: float = 0.5 / 255,
+                         random_start: bool = True, seed: int | None = None, target: str | Sequence[str] = DEFAULT_TARGET,
+                         candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
+                         max_length: int = 30, words_per_round: int = 1, mlm_batch: int = 32,
+                         loss_batch: int = DEFAULT_LOSS_BATCH, **_ignored) -> CaptionAttack:
+    """A captioning attack by name (`CAPTION_ATTACK_NAMES`) from flat options (what commands pass).
+
+    Options of the retrieval attacks that mean nothing here (guide, scales, ...) are ignored.
+    """
+    if name not in CAPTION_ATTACK_NAMES:
+        raise ValueError(f"unknown captioning attack {name!r}; expected one of {', '.join(CAPTION_ATTACK_NAMES)}")
+    if name == "clean":
+        return NoCaptionAttack(victim)
+
+    def image_attack(cls=CaptionPGD, **extra) -> CaptionPGD:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return cls(victim, eps=eps, steps=steps, step_size=step_size, random_start=random_start, generator=generator, **extra)
+
+    def prompt_attack() -> PromptAttack:
+        return PromptAttack(victim, budget=budget, words_per_round=words_per_round, loss_batch=loss_batch,
+                            candidates=candidates, mlm=mlm, top_k=top_k, max_length=max_length, mlm_batch=mlm_batch)
+
+    if name == "pgd":
+        return image_attack()
+    if name == "pgd-targeted":
+        return image_attack(TargetedCaptionPGD, target=target)
+    if name == "prompt":
+        return prompt_attack()
+    return PromptPGD(victim, prompt_attack=prompt_attack(), image_attack=image_attack())

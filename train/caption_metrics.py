@@ -1,0 +1,88 @@
+"""Captioning metrics as captioning papers report them: BLEU-4, METEOR, ROUGE-L, CIDEr.
+
+All four come from `pycocoevalcap` (the MS-COCO caption evaluation code that BLIP and every
+COCO-captioning paper report with), so numbers are comparable with published ones; writing
+CIDEr's corpus-level IDF or METEOR's matcher by hand would not be. METEOR runs its Java jar and
+is reported only when `java` is on the PATH (else None, with the reason in `notes`). Captions
+are tokenised as COCO's evaluation does with Stanford's PTBTokenizer (also Java); without Java a
+small lower-casing word tokenizer that drops the same punctuation stands in (noted in `notes`).
+
+Scores are in percent (x100), as papers print them (BLIP base on COCO: CIDEr ~ 133).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from typing import Sequence
+
+METRICS = ("bleu4", "meteor", "rouge_l", "cider")
+# COCO's PTBTokenizer drops these tokens after tokenising
+_PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def simple_tokenize(text: str) -> str:
+    """Lower-case words without punctuation (what PTBTokenizer + COCO's filter give for plain captions)."""
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, list[str]]:
+    if use_java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
+
+
+def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str], *, meteor: bool | None = None,
+                   java: bool | None = None) -> dict:
+    """Corpus scores of `candidates[i]` against `references[i]` (several per image).
+
+    `meteor`: None = when Java is present. `java`: None = use the PTB tokenizer when Java is
+    present. Returns {"bleu4", "meteor", "rouge_l", "cider", "per_image_cider", "notes"}.
+    """
+    if len(references) != len(candidates):
+        raise ValueError(f"{len(references)} reference sets for {len(candidates)} captions")
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        from augment.errors import MissingDependencyError
+
+        raise MissingDependencyError("captioning metrics need pycocoevalcap: pip install pycocoevalcap") from None
+    has_java = java_available()
+    use_java = has_java if java is None else bool(java) and has_java
+    notes = []
+    if not use_java:
+        notes.append("captions tokenised by a lower-casing word tokenizer (no Java for COCO's PTBTokenizer)")
+    gts = tokenize_all({i: list(refs) for i, refs in enumerate(references)}, use_java)
+    res = tokenize_all({i: [c] for i, c in enumerate(candidates)}, use_java)
+    # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word
+    res = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res.items()}
+    scores: dict = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores["bleu4"] = 100.0 * float(bleu[3])
+    scores["rouge_l"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
+    cider, per_image = Cider().compute_score(gts, res)
+    scores["cider"] = 100.0 * float(cider)
+    scores["meteor"] = None
+    run_meteor = has_java if meteor is None else bool(meteor)
+    if run_meteor and not has_java:
+        notes.append("METEOR not computed: it needs Java (its scorer is a jar); install a JRE")
+    elif run_meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            scores["meteor"] = 100.0 * float(scorer.compute_score(gts, res)[0])
+        finally:
+            del scorer  # ends the Java process
+    elif meteor is False:
+        notes.append("METEOR not computed (switched off)")
+    scores["per_image_cider"] = [100.0 * float(v) for v in per_image]
+    scores["notes"] = notes
+    return scores

@@ -1,0 +1,89 @@
+"""`train eval --task captioning`: caption metrics of a captioner, clean and under attacks.
+
+    train eval CKPT --task captioning --source SRC --split test --attacks clean,pgd,pgd-targeted --out DIR
+
+CKPT is anything the captioner family loads (`models.captioner`): a Hub id such as
+`Salesforce/blip-image-captioning-base`, the aliases `blip` / `blip-large`, a training run's
+checkpoint folder, or `tiny-captioner`. Writes DIR/eval.json (every number and setting),
+DIR/eval.md (a table: rows = attacks, columns = metrics under attack and drops) and
+DIR/captions.jsonl (every generated caption, per attack).
+
+`train eval`'s shared options keep their meaning (--eps, --pgd-steps, --pgd-step-size,
+--text-candidates, --mlm, --top-k, --word-budget, --max-length, --batch-size, --limit,
+--captions-per-image, --device, --seed, --truth-checker); the options below are captioning's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("captioning (--task captioning)")
+    group.add_argument("--prompt", default=None,
+                       help="text the captioner starts from, e.g. 'a picture of' (BLIP's COCO setting); enables the prompt attacks")
+    group.add_argument("--target", default=None,
+                       help="target caption of pgd-targeted (default: 'a black triangle')")
+    group.add_argument("--num-beams", type=int, default=3, help="beam search width (default: 3, BLIP's COCO setting)")
+    group.add_argument("--gen-max-length", type=int, default=20, help="caption tokens at most, prompt included (default: 20)")
+    group.add_argument("--gen-min-length", type=int, default=5, help="caption tokens at least, prompt included (default: 5)")
+    group.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=None,
+                       help="compute METEOR (needs Java; default: when Java is present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from augment.commands.common import read_source
+    from augment.errors import MatPlusError
+    from models import load_model
+    from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
+    from train.evaluate_captioning import default_attacks, evaluate_captioning, markdown_report
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.attacker_model:
+        raise MatPlusError("--task captioning evaluates white-box attacks only; drop --attacker-model")
+    if args.save_adv:
+        raise MatPlusError("--save-adv is not available with --task captioning")
+    for option in ("num_beams", "gen_max_length"):
+        if getattr(args, option) < 1:
+            raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
+    torch.manual_seed(args.seed)
+    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
+    attacks = args.attacks or list(default_attacks(victim))
+    unknown = [a for a in attacks if a not in CAPTION_ATTACK_NAMES]
+    if unknown:
+        raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
+    dataset, _ = read_source(args)
+    options = {
+        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
+        "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,
+        "budget": args.word_budget, "max_length": args.max_length,
+    }
+    generation = {"num_beams": args.num_beams, "max_length": args.gen_max_length, "min_length": args.gen_min_length}
+    from train.commands_eval import _truth_checker
+
+    try:
+        report = evaluate_captioning(
+            victim, dataset, split=args.split, attacks=attacks, batch_size=args.batch_size,
+            captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
+            caption_checker=_truth_checker(args.truth_checker, dataset), generation=generation, meteor=args.meteor,
+            seed=args.seed, progress=args.progress,
+        )
+    except ValueError as exc:
+        raise MatPlusError(str(exc)) from None
+    report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning"})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    captions = report.pop("captions")
+    image_ids = report.pop("image_ids")
+    with open(out / "captions.jsonl", "w", encoding="utf-8") as handle:
+        for index, image_id in enumerate(image_ids):
+            handle.write(json.dumps({"image_id": image_id, **{name: c[index] for name, c in captions.items()}}) + "\n")
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    table = markdown_report(report)
+    (out / "eval.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'captions.jsonl'}")
+    return 0
