@@ -18,7 +18,7 @@ def read_source(args):
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
-        progress=True,
+        progress=not getattr(args, "no_progress", False),
     )
     if report.skipped:
         out = getattr(args, "out", None)
