@@ -20,12 +20,14 @@ def comparison(report_text: str) -> str:
     return section.split("\n## ", 1)[0].split("Learning curves on", 1)[0].strip()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    argv = sys.argv[1:] if argv is None else argv
     began = time.time()
-    config = load_study_config("demo")
+    # another study config may be named (e.g. `python -m analysis.demo mini` for a quick check)
+    config = load_study_config(argv[0] if argv else "demo")
     report = Study(config, log=lambda line: print(line, flush=True)).run()
     print(f"\ndemo finished in {time.time() - began:.0f} s\n")
     print(comparison(report.read_text()))

@@ -171,6 +171,10 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
     for v in verdicts:
         if v is None:
             continue
+        if v["n"] < 2:
+            lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
+                         "one seed: no seed spread to judge it against (run more seeds)")
+            continue
         word = "beyond" if v["beyond_twice_spread"] else "within"
         lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
                      f"{word} twice the larger seed spread (2 x {v['spread']:.1f}, n = {v['n']} seeds)")

@@ -288,6 +288,18 @@ class Study:
     # ------------------------------------------------------------------ 7. everything, then the report
 
     def run(self) -> Path:
+        """Every step (cached ones skipped), then the report; one log line per step, no library progress bars."""
+        import datasets
+
+        shown = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # pools are written and read many times: bars would swamp the log
+        try:
+            return self._run()
+        finally:
+            if shown:
+                datasets.enable_progress_bars()
+
+    def _run(self) -> Path:
         from analysis.report import write_report
 
         config = self.config
