@@ -175,7 +175,10 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
             lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
                          "one seed: no seed spread to judge it against (run more seeds)")
             continue
-        word = "beyond" if v["beyond_twice_spread"] else "within"
+        if v["beyond_twice_spread"]:
+            word = f"{v['run']} {'better' if v['difference'] > 0 else 'worse'}: beyond"
+        else:
+            word = "no difference: within"
         lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
                      f"{word} twice the larger seed spread (2 x {v['spread']:.1f}, n = {v['n']} seeds)")
     return lines
