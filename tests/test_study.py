@@ -220,3 +220,12 @@ def test_regimes_table_of_finished_studies(one_caption_study, tmp_path):
     assert (tmp_path / "r.md").read_text().startswith("| regime | model |")
     result = subprocess.run([sys.executable, "-m", "analysis.cli", "regimes", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no results.json" in result.stderr
+
+
+def test_demo_prints_the_comparison_section(one_caption_study):
+    from analysis.demo import comparison
+
+    _, _, report = one_caption_study
+    shown = comparison(report.read_text())
+    assert shown.startswith("| model | clean R@1 | **robust R@1** |") and "| mat+:scene |" in shown
+    assert "## " not in shown and "![" not in shown
