@@ -69,6 +69,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _regimes(args) -> int:
+    from analysis.report import regimes_table
+
+    missing = [d for d in args.studies if not (Path(d) / "results.json").exists()]
+    if missing:
+        raise MatPlusError(f"{missing[0]}: no results.json (run `analysis study` into it first)")
+    table = regimes_table([Path(d) for d in args.studies])
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="analysis", description="Which pool properties predict robustness.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
     compare.add_argument("--out", default=None, help="also write the table (Markdown) here")
     compare.set_defaults(func=_compare)
+    regimes = sub.add_parser("regimes", help="one table of the headline comparison of several finished studies")
+    regimes.add_argument("studies", nargs="+", help="study output folders (each with results.json)")
+    regimes.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    regimes.set_defaults(func=_regimes)
     return parser
 
 

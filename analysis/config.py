@@ -24,13 +24,23 @@ DEFAULTS: dict[str, Any] = {
     # adversarial fine-tuning sees only this many train scenes (adversarial training is data
     # hungry: this is where 1:N pools should matter most); pretraining sees every train scene
     "finetune_scenes": 300,
-    # clean pretraining from random weights: the world's "pretrained CLIP"
-    "pretrain": {"steps": 500, "batch_size": 128, "lr": 1e-3, "seed": 0},
+    # captions the fine-tuning source keeps per train image (None: all five). {per_image: 1}
+    # gives 1:1 data as in web-scale caption sets; choice "rotate" makes image j keep captions
+    # j, j+1, ... (mod 5), so the source mixes wordings across images; "first" keeps the first
+    "finetune_captions": None,
+    # clean pretraining from random weights: the world's "pretrained CLIP", on every train
+    # scene (scenes: all) or only on those the fine-tuning set lacks (scenes: rest)
+    "pretrain": {"steps": 500, "batch_size": 128, "lr": 1e-3, "seed": 0, "scenes": "all"},
     # adversarial fine-tuning, shared by every method
     "train": {
         "steps": 60, "batch_size": 64, "lr": 1e-4, "warmup_steps": 10, "eps": "2/255",
         "pgd_steps": 3, "text_attack": "wordnet", "word_budget": 1, "p_original": 0.5,
+        "mlm": None,  # masked LM of text_attack mlm (None: the trainer's default; world-mlm: trained on the world)
     },
+    # validation during fine-tuning (None: off): R@1 under `attack` on `split` every `every`
+    # steps, written to RUN/validation.jsonl (learning curves); the best weights go to RUN/best/
+    # and are evaluated on the test split beside the last ones
+    "validation": None,
     # pools: name -> augment generate arguments (method, n, extra options)
     "pools": {
         "human": {"method": "i2t-human", "n": 4},
@@ -53,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
         "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
         "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",
     },
+    # the runs the report's first table compares (pretrained and every mat+ run are always in it)
+    "headline_runs": ["tecoa", "mat"],
     # "robust R@1" in the plots: the mean of TR@1 and IR@1 under this attack, counting only
     # attacked captions the truth checker still calls true ("meaning_preserved"; an attack that
     # makes a caption false is not a robustness failure), or every attacked caption ("all")
@@ -93,6 +105,15 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     for name, spec in config["pools"].items():
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
+    captions = config.get("finetune_captions")
+    if captions is not None and (not isinstance(captions, dict) or int(captions.get("per_image", 0)) < 1
+                                 or captions.get("choice", "rotate") not in ("rotate", "first")):
+        raise MatPlusError("study config: finetune_captions must be null or {per_image: K >= 1, choice: rotate|first}")
+    if config["pretrain"].get("scenes", "all") not in ("all", "rest"):
+        raise MatPlusError("study config: pretrain.scenes must be 'all' or 'rest'")
+    validation = config.get("validation")
+    if validation is not None and (not isinstance(validation, dict) or int(validation.get("every", 0)) < 1):
+        raise MatPlusError("study config: validation must be null or a mapping with every: K >= 1")
     for section in ("n_aug_sweep", "more_samples"):
         pool = (config.get(section) or {}).get("pool")
         if pool and pool not in config["pools"]:

@@ -129,6 +129,101 @@ def pool_table(properties: dict[str, dict], robust: dict[str, tuple]) -> str:
     return "\n".join(lines)
 
 
+def headline_rows(summary: dict, best_summary: dict, runs: list[str]) -> list[dict]:
+    """The comparison that matters: clean and robust R@1 of `runs`, last and best-on-val checkpoints."""
+    rows = []
+    for run in runs:
+        if run not in summary:
+            continue
+        best = best_summary.get(run)
+        rows.append({"run": run, "clean": summary[run]["clean"]["r@1"], "robust": summary[run]["robust"],
+                     "clean_best": best["clean"]["r@1"] if best else None, "robust_best": best["robust"] if best else None,
+                     "n": summary[run]["robust"][2]})
+    return rows
+
+
+def verdict(summary: dict, run: str, baseline: str = "mat", key: str = "robust") -> dict | None:
+    """Difference of mean robust R@1 of `run` and `baseline`, and whether it exceeds twice the larger seed spread."""
+    if run not in summary or baseline not in summary:
+        return None
+    (m1, s1, n1), (m0, s0, n0) = summary[run][key], summary[baseline][key]
+    if m1 is None or m0 is None:
+        return None
+    spread = max(s1 or 0.0, s0 or 0.0)
+    return {"run": run, "baseline": baseline, "difference": m1 - m0, "spread": spread, "n": min(n1, n0),
+            "beyond_twice_spread": n1 > 1 and n0 > 1 and abs(m1 - m0) > 2 * spread}
+
+
+def headline_table(rows: list[dict]) -> str:
+    with_best = any(r["robust_best"] is not None for r in rows)
+    header = ["model", "clean R@1", "**robust R@1**"] + (["clean R@1 (best val ckpt)", "robust R@1 (best val ckpt)"] if with_best else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["run"], fmt(r["clean"]), fmt(r["robust"])]
+        if with_best:
+            cells += [fmt(r["clean_best"]) if r["clean_best"] else "-", fmt(r["robust_best"]) if r["robust_best"] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_lines(verdicts: list[dict]) -> list[str]:
+    lines = []
+    for v in verdicts:
+        if v is None:
+            continue
+        if v["n"] < 2:
+            lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
+                         "one seed: no seed spread to judge it against (run more seeds)")
+            continue
+        if v["beyond_twice_spread"]:
+            word = f"{v['run']} {'better' if v['difference'] > 0 else 'worse'}: beyond"
+        else:
+            word = "no difference: within"
+        lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
+                     f"{word} twice the larger seed spread (2 x {v['spread']:.1f}, n = {v['n']} seeds)")
+    return lines
+
+
+def curves_by_run(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """run -> step -> the validation lines of every seed at that step."""
+    curves: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        for line in result.get("curve") or []:
+            curves[result["run"]][line["step"]].append(line)
+    return curves
+
+
+def plot_curves(out: Path, results: list[dict], runs: list[str], title: str) -> Path | None:
+    """Validation robust (solid) and clean (dotted) R@1 against the step, mean over seeds ± sd."""
+    curves = curves_by_run(results)
+    runs = [r for r in runs if r in curves]
+    if not runs:
+        return None
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, run in enumerate(runs):
+        colour = f"C{index}"
+        steps = sorted(curves[run])
+        for key, style in (("robust", "-"), ("clean", ":")):
+            stats = [mean_std([line[key] for line in curves[run][step]]) for step in steps]
+            means = [st[0] for st in stats]
+            spreads = [st[1] or 0.0 for st in stats]
+            axis.plot(steps, means, style, color=colour, marker="o" if key == "robust" else None, markersize=3,
+                      label=f"{run} ({key})")
+            if key == "robust":
+                axis.fill_between(steps, [m - e for m, e in zip(means, spreads)], [m + e for m, e in zip(means, spreads)],
+                                  color=colour, alpha=0.15)
+    axis.set_xlabel("fine-tuning step")
+    axis.set_ylabel("validation R@1 (%)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    path = out / "learning_curves.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -216,19 +311,49 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
                    if row["method"] == "mat+" and len(pools := row["pools"]) == 1 and run == f"mat+:{pools[0]}"}
     properties_png, correlations = plot_properties(out, properties, pool_robust)
 
+    best_results = [{**r, "eval": r["eval_best"]} for r in results if r.get("eval_best")]
+    best_summary = summarise_runs(best_results, attacks, headline, meaning_preserved) if best_results else {}
+    mat_plus = [run for run, row in main_runs.items() if row["method"] == "mat+"]
+    compared = ["pretrained"] + [r for r in config.get("headline_runs", ["tecoa", "mat"]) if r in summary] + mat_plus
+    rows = headline_rows(summary, best_summary, compared)
+    verdicts = [dict(v, checkpoint="last") for run in mat_plus if (v := verdict(summary, run))]
+    verdicts += [dict(v, checkpoint="best-on-val") for run in mat_plus if (v := verdict(best_summary, run))]
+    validation = config.get("validation")
+    curves_png = plot_curves(out, results, [r for r in compared if r != "pretrained"],
+                             f"{config['name']}: validation R@1 under {validation.get('attack', headline) if validation else '-'}"
+                             f" every {validation['every'] if validation else '-'} steps (mean ± sd over seeds {config['seeds']})")
+    captions = config.get("finetune_captions")
+    comparison = [
+        "## The comparison that matters",
+        "",
+        headline_table(rows),
+        "",
+        *verdict_lines(verdicts),
+    ]
+    if curves_png is not None:
+        comparison += ["", f"Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
+                       "the best checkpoint is the step with the highest validation robust R@1.", "",
+                       f"![learning curves]({curves_png.name})"]
+
     sections = [
         f"# Study report: {config['name']}",
         "",
         f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
         f"for {config['train']['steps']} steps (batch {config['train']['batch_size']}, eps {config['train']['eps']}, "
         f"{config['train']['pgd_steps']} PGD steps, text attack `{config['train']['text_attack']}`, word budget "
-        f"{config['train']['word_budget']}) from a CLIP pretrained for {config['pretrain']['steps']} steps on every train scene. "
+        f"{config['train']['word_budget']}" + (f", masked LM `{config['train']['mlm']}`" if config['train'].get('mlm') else "")
+        + f") from a CLIP pretrained for {config['pretrain']['steps']} steps on "
+        + ("the train scenes outside the fine-tuning set. " if config['pretrain'].get('scenes') == 'rest' else "every train scene. ")
+        + (f"The fine-tuning source keeps {captions['per_image']} caption(s) per train image ({captions.get('choice', 'rotate')}). " if captions else "")
+        + f"Text attacks in evaluation use the masked LM `{config['eval']['mlm']}`. "
         f"Evaluation: {config['eval']['split']} split, up to {config['eval']['limit']} images x "
         f"{config['eval']['captions_per_image']} captions, eps {config['eval']['eps']}, {config['eval']['pgd_steps']} PGD steps.",
         "",
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
         f"`{headline}`" + (" counting only attacked captions that stay true (see below)" if meaning_preserved else "")
         + f". Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
+        "",
+        *comparison,
         "",
         "## Clean and robust R@1 per method and pool",
         "",
@@ -253,6 +378,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         f"![properties]({properties_png.name})",
     ]
     plots = {"properties": properties_png.name}
+    if curves_png is not None:
+        plots["learning_curves"] = curves_png.name
 
     sweep = config.get("n_aug_sweep") or {}
     sweep_rows = sorted(((r["n_aug"], r["run"]) for r in results if r["group"] == "n_aug"), key=lambda t: t[0])
@@ -292,6 +419,30 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     write_json_atomic(out / "results.json", {
         "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
         "pool_properties": properties,
-        "correlations": correlations, "summary": summary, "plots": plots, "runs": results,
+        "correlations": correlations, "summary": summary, "summary_best": best_summary, "headline": rows,
+        "verdicts": verdicts, "plots": plots, "runs": results,
     })
     return out / "report.md"
+
+
+# ----------------------------------------------------------------------------- several studies
+
+
+def regimes_table(study_dirs: list[Path]) -> str:
+    """One Markdown table of the headline comparison of several finished studies (one regime
+    each): every run, clean and robust R@1 at the last and the best-on-validation checkpoint,
+    then the MAT+ - MAT verdicts."""
+    import json
+
+    lines = ["| regime | model | clean R@1 | robust R@1 | clean R@1 (best val) | robust R@1 (best val) |",
+             "|---|---|---|---|---|---|"]
+    verdicts = []
+    for folder in study_dirs:
+        results = json.loads((Path(folder) / "results.json").read_text())
+        name = results["config"]["name"]
+        for row in results["headline"]:
+            def cell(key):
+                return fmt(tuple(row[key])) if row.get(key) else "-"
+            lines.append(f"| {name} | {row['run']} | {cell('clean')} | {cell('robust')} | {cell('clean_best')} | {cell('robust_best')} |")
+        verdicts += [f"* {name}: " + line[2:] for line in verdict_lines(results.get("verdicts", []))]
+    return "\n".join(lines + [""] + verdicts)

@@ -108,20 +108,27 @@ class Study:
             mark_done(folder, settings)
         return folder
 
-    def subset(self, name: str, train_scenes: int) -> Path:
-        """A Karpathy JSON with the first `train_scenes` train scenes and all val/test scenes."""
+    def subset(self, name: str, train_scenes: int | None, skip: int = 0, captions: dict | None = None) -> Path:
+        """A Karpathy JSON with train scenes `skip` .. `skip + train_scenes` (None: all the rest)
+        and all val/test scenes; `captions` ({per_image, choice}) thins the train captions."""
         world = self.world()
         folder = self.out / name
-        settings = {"world": self.config["world"], "train_scenes": train_scenes}
+        settings = {"world": self.config["world"], "train_scenes": train_scenes, "skip": skip, "captions": captions}
+        if skip == 0 and captions is None:  # the settings subsets had before these options (keeps caches valid)
+            settings = {"world": self.config["world"], "train_scenes": train_scenes}
         if not is_done(folder, settings):
             data = json.loads((world / "dataset_sample.json").read_text())
             kept, seen = [], 0
             for entry in data["images"]:
                 if entry["split"] == "train":
                     seen += 1
-                    if seen > train_scenes:
+                    if seen <= skip or (train_scenes is not None and seen > skip + train_scenes):
                         continue
+                    if captions is not None:
+                        entry = {**entry, "sentences": keep_captions(entry["sentences"], seen - skip - 1, captions)}
+                        entry["sentids"] = [c["sentid"] for c in entry["sentences"]]
                 kept.append(entry)
+            train_scenes = seen - skip if train_scenes is None else train_scenes
             if seen < train_scenes:
                 self.log(f"[{name}] the world has only {seen} train scenes (asked for {train_scenes})")
             folder.mkdir(parents=True, exist_ok=True)
@@ -133,21 +140,34 @@ class Study:
         return folder
 
     def source_dir(self, which: str) -> Path:
+        captions = self.config.get("finetune_captions")
         if which == "oracle":
             factor = (self.config.get("more_samples") or {}).get("oracle_factor", 3)
-            return self.subset("oracle", self.config["finetune_scenes"] * factor)
-        return self.subset("finetune", self.config["finetune_scenes"])
+            return self.subset("oracle", self.config["finetune_scenes"] * factor, captions=captions)
+        return self.subset("finetune", self.config["finetune_scenes"], captions=captions)
 
     # ------------------------------------------------------------------ 2. pretraining
 
     def pretrain(self) -> Path:
+        if self.config["pretrain"].get("checkpoint"):  # another study's pretrained CLIP (same world)
+            checkpoint = Path(self.config["pretrain"]["checkpoint"])
+            if not (checkpoint / "open_clip_config.json").exists():
+                from augment.errors import MatPlusError
+
+                raise MatPlusError(f"study config: pretrain.checkpoint {checkpoint} is not a CLIP checkpoint folder")
+            return checkpoint
         folder = self.out / "pretrain"
         settings = {"world": self.config["world"], "model": self.config["model"], **self.config["pretrain"]}
+        rest = settings.pop("scenes", "all") == "rest"
+        if rest:  # pretrained on the scenes the fine-tuning set lacks: fine-tuning brings new scenes
+            settings["skip_scenes"] = self.config["finetune_scenes"]
         if not is_done(folder, settings):
-            self.log(f"[pretrain] clean, {settings['steps']} steps on every train scene")
+            which = f"the {settings['skip_scenes']}+ train scenes not fine-tuned on" if rest else "every train scene"
+            self.log(f"[pretrain] clean, {settings['steps']} steps on {which}")
             p = self.config["pretrain"]
+            source = self.subset("pretrain-rest", None, skip=self.config["finetune_scenes"]) if rest else self.world()
             train_resumable(folder, {
-                "method": "clean", "model": self.config["model"], "source": str(self.world()),
+                "method": "clean", "model": self.config["model"], "source": str(source),
                 "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
                 "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0),
             })
@@ -162,6 +182,8 @@ class Study:
         spec = self.config["pools"][base]
         folder = self.out / "pools" / base
         settings = {"spec": spec, "finetune_scenes": self.config["finetune_scenes"], "world": self.config["world"]}
+        if self.config.get("finetune_captions") is not None:
+            settings["finetune_captions"] = self.config["finetune_captions"]
         if not is_done(folder, settings):
             self.log(f"[pool] {base}: {spec['method']} x{spec.get('n', 4)}")
             argv = ["generate", "--method", spec["method"], "--source", str(self.source_dir("finetune")),
@@ -203,21 +225,46 @@ class Study:
             "eps": t["eps"], "pgd_steps": t["pgd_steps"], "text_attack": t["text_attack"],
             "word_budget": t["word_budget"], "p_original": t.get("p_original", 0.5),
         }
-        if not is_done(folder, settings):
+        if t.get("mlm"):
+            settings["mlm"] = t["mlm"]
+        validation = self.config.get("validation")
+        marker = dict(settings, validation=validation) if validation else settings
+        if not is_done(folder, marker):
             self.log(f"[train] {spec.name} seed {seed}")
             train_settings = dict(settings)
             if spec.method != "mat+":
                 train_settings.pop("pools"), train_settings.pop("pool_mode"), train_settings.pop("p_original")
-            train_resumable(folder, train_settings)
-            mark_done(folder, settings)
+            if spec.method not in ("mat", "mat+"):
+                train_settings.pop("text_attack"), train_settings.pop("word_budget"), train_settings.pop("mlm", None)
+            validator = self.validator(folder, seed) if validation else None
+            train_resumable(folder, train_settings, validator)
+            mark_done(folder, marker)
         return folder / "ckpt"
+
+    def validator(self, folder: Path, seed: int):
+        """The trainer callback validating a run every `validation.every` steps (see train.validation)."""
+        from augment.sample_world import check_caption_of_row
+        from augment.sources import load_source
+        from train.config import parse_fraction
+        from train.validation import ValidationSettings, Validator
+
+        v = dict(self.config["validation"])
+        e = self.config["eval"]
+        options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
+        settings = ValidationSettings(
+            every=int(v["every"]), attack=v.get("attack", self.config.get("headline_attack", "sga")),
+            split=v.get("split", "val"), limit=v.get("limit", 50), captions_per_image=v.get("captions_per_image", 2),
+            batch_size=v.get("batch_size", e["batch_size"]), captions=self.config.get("headline_captions", "meaning_preserved"),
+            attack_options=options, seed=seed)
+        source, _ = load_source(str(self.source_dir("finetune")))
+        return Validator(folder, source, settings, caption_checker=check_caption_of_row, log=self.log)
 
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
         from augment.sample_world import check_caption_of_row
         from models import load_model
         from augment.sources import load_source
         from train.config import parse_fraction
-        from train.evaluate import evaluate, markdown_report
+        from train.evaluate import evaluate, write_report
 
         folder = self.out / "evals" / name
         e = self.config["eval"]
@@ -233,19 +280,33 @@ class Study:
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / "eval.json", report)
-            (folder / "eval.md").write_text(markdown_report(report))
+            write_report(report, folder)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, settings)
         return json.loads((folder / "eval.json").read_text())
 
     # ------------------------------------------------------------------ 7. everything, then the report
 
     def run(self) -> Path:
+        """Every step (cached ones skipped), then the report; one log line per step, no library progress bars."""
+        import datasets
+
+        shown = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # pools are written and read many times: bars would swamp the log
+        try:
+            return self._run()
+        finally:
+            if shown:
+                datasets.enable_progress_bars()
+
+    def _run(self) -> Path:
         from analysis.report import write_report
 
         config = self.config
         specs = run_specs(config)
+        if "world-mlm" in (config["eval"].get("mlm"), config["train"].get("mlm")):
+            from augment.world_mlm import world_mlm_dir
+
+            world_mlm_dir(log=self.log)  # trained once (about 30 s), then cached with the tiny models
         pool_names = sorted({p for spec in specs for p in spec.pools} | set(config["pools"]))
         scores = {name: self.score(name) for name in pool_names}
         pretrained = self.pretrain()
@@ -253,31 +314,61 @@ class Study:
         for seed in config["seeds"]:
             results.append({"run": "pretrained", "method": "pretrained", "pools": [], "seed": seed, "group": "main",
                             "eval": self.evaluate(f"pretrained-s{seed}", pretrained, seed)})
-        for spec in specs:
-            for seed in config["seeds"]:
-                checkpoint = self.train(spec, seed)
-                results.append({
-                    "run": spec.name, "method": spec.method, "pools": spec.pools, "pool_mode": spec.pool_mode,
-                    "source": spec.source, "group": spec.group, "n_aug": spec.n_aug, "seed": seed,
-                    "eval": self.evaluate(spec.folder_name(seed), checkpoint, seed),
-                })
+        # seed by seed, so an interrupted study already has every method for its first seeds
+        for seed, spec in [(seed, spec) for seed in config["seeds"] for spec in specs]:
+            checkpoint = self.train(spec, seed)
+            entry = {
+                "run": spec.name, "method": spec.method, "pools": spec.pools, "pool_mode": spec.pool_mode,
+                "source": spec.source, "group": spec.group, "n_aug": spec.n_aug, "seed": seed,
+                "eval": self.evaluate(spec.folder_name(seed), checkpoint, seed),
+            }
+            if config.get("validation"):
+                from train.validation import BEST_DIR, read_curve
+
+                entry["curve"] = read_curve(checkpoint.parent)
+                best = checkpoint.parent / BEST_DIR
+                entry["best_step"] = json.loads((best / "validation.json").read_text())["step"]
+                # the last step's weights are the best ones: the same evaluation
+                entry["eval_best"] = (entry["eval"] if entry["best_step"] == config["train"]["steps"]
+                                      else self.evaluate(spec.folder_name(seed) + "-best", best, seed))
+            results.append(entry)
         return write_report(self.out, config, scores, results)
 
 
-def train_resumable(folder: Path, settings: dict) -> dict:
-    """Train into `folder`: resume a killed run of the same settings, replace one of other settings."""
-    from train.config import ConfigError
-    from train.trainer import train_run
+def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dict]:
+    """`captions["per_image"]` of an image's sentences: its first ones, or (choice rotate) those
+    from index `image` mod their number on, so consecutive images keep different wordings."""
+    k = min(int(captions["per_image"]), len(sentences))
+    start = image % len(sentences) if captions.get("choice", "rotate") == "rotate" else 0
+    return [sentences[(start + i) % len(sentences)] for i in range(k)]
 
-    common = {**settings, "out": str(folder), "progress": False}
+
+def train_resumable(folder: Path, settings: dict, validator=None) -> dict:
+    """Train into `folder`: resume a killed run of the same settings, replace one of other settings.
+
+    With a `validator` (train.validation.Validator) the run is validated every K steps and once
+    more after its last step."""
+    from train.config import ConfigError, resolve_config
+    from train.trainer import Trainer
+
+    def run(extra: dict) -> dict:
+        trainer = Trainer(resolve_config({**settings, "out": str(folder), "progress": False, **extra}),
+                          callbacks=[validator] if validator else [])
+        if validator is None:
+            return trainer.run()
+        validator.attach(trainer)
+        summary = trainer.run()
+        validator.validate(trainer.total_steps)
+        return summary
+
     if not folder.exists():
-        return train_run(common)
+        return run({})
     try:
-        return train_run({**common, "resume": True})
+        return run({"resume": True})
     except ConfigError as exc:
         if "settings differ" not in str(exc):
             raise
-        return train_run({**common, "overwrite": True})
+        return run({"overwrite": True})
 
 
 def run_augment(argv: list[str]) -> None:

@@ -231,6 +231,12 @@ def resolve_source(
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"no {_label(role)} name given")
     name = name.strip()
+    if name == "world-mlm":  # trained on the sample world's captions, cached like the tiny twins
+        from augment import world_mlm
+
+        if role != "mlm":
+            raise ModelLoadError(f"'{name}' is a {_label('mlm')}, not a {_label(role)}")
+        return ResolvedSource(name, str(world_mlm.world_mlm_dir(name)), True, tiny=name)
     if name.startswith("tiny-"):
         tiny.check_tiny_name(name)
         if tiny.TINY_ROLES[name] != role:

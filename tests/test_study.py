@@ -98,3 +98,134 @@ def test_statistics_helpers():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40])["rho"] == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1])["rho"] == pytest.approx(-1.0)
     assert spearman([1, 2], [1, 2])["rho"] is None
+
+
+# ----------------------------------------------------------------------------- regime features
+
+
+def test_keep_captions_first_and_rotating():
+    from analysis.study import keep_captions
+
+    sentences = [{"raw": f"c{i}", "sentid": i} for i in range(5)]
+    assert [s["raw"] for s in keep_captions(sentences, 3, {"per_image": 1, "choice": "first"})] == ["c0"]
+    assert [s["raw"] for s in keep_captions(sentences, 3, {"per_image": 1})] == ["c3"]
+    assert [s["raw"] for s in keep_captions(sentences, 4, {"per_image": 2})] == ["c4", "c0"]
+    assert len(keep_captions(sentences, 0, {"per_image": 9})) == 5
+
+
+def test_new_config_keys_are_checked():
+    with pytest.raises(MatPlusError, match="finetune_captions"):
+        load_study_config("mini", {"finetune_captions": {"per_image": 0}})
+    with pytest.raises(MatPlusError, match="pretrain.scenes"):
+        load_study_config("mini", {"pretrain": {"scenes": "some"}})
+    with pytest.raises(MatPlusError, match="validation"):
+        load_study_config("mini", {"validation": {"every": 0}})
+
+
+@pytest.fixture(scope="module")
+def one_caption_study(tmp_path_factory):
+    """1:1 fine-tuning data, pretraining on the other scenes, validation every step, world-mlm attacks."""
+    import augment.world_mlm as world_mlm
+
+    saved = dict(world_mlm.TRAINING), dict(world_mlm.TRAIN_WORLD)
+    world_mlm.TRAINING.update(steps=20, batch_size=16)  # a small recipe: another fingerprint, built in seconds
+    world_mlm.TRAIN_WORLD.update(n=80)
+    out = tmp_path_factory.mktemp("study") / "one-caption"
+    config = load_study_config("mini", {
+        "out": str(out), "seeds": [0, 1], "finetune_captions": {"per_image": 1}, "pretrain": {"scenes": "rest"},
+        "train": {"text_attack": "mlm", "mlm": "world-mlm"}, "eval": {"mlm": "world-mlm"},
+        "validation": {"every": 1, "attack": "pgd", "limit": 8, "captions_per_image": 1, "batch_size": 8},
+        "pools": {"scene": {"method": "i2t-scene", "n": 2}}, "methods": ["tecoa", "mat", "mat+"],
+        "n_aug_sweep": None, "more_samples": None,
+    })
+    try:
+        report = Study(config, log=lambda line: None).run()
+    finally:
+        world_mlm.TRAINING.clear(), world_mlm.TRAINING.update(saved[0])
+        world_mlm.TRAIN_WORLD.clear(), world_mlm.TRAIN_WORLD.update(saved[1])
+    return config, out, report
+
+
+def test_one_caption_source_and_pretraining_on_the_other_scenes(one_caption_study):
+    config, out, _ = one_caption_study
+    finetune = json.loads((out / "finetune" / "dataset_sample.json").read_text())["images"]
+    train = [e for e in finetune if e["split"] == "train"]
+    assert len(train) == config["finetune_scenes"] and all(len(e["sentences"]) == 1 for e in train)
+    assert len({e["sentences"][0]["sentid"] % 5 for e in train}) == 5  # rotating: every wording occurs
+    assert all(len(e["sentences"]) == 5 for e in finetune if e["split"] != "train")
+    rest = json.loads((out / "pretrain-rest" / "dataset_sample.json").read_text())["images"]
+    rest_train = {e["imgid"] for e in rest if e["split"] == "train"}
+    assert rest_train and not rest_train & {e["imgid"] for e in train}
+    # the pool is built from the 1:1 source, and MAT's text attack used world-mlm
+    saved = (out / "runs" / "mat-s0" / "config.yaml").read_text()
+    assert "mlm: world-mlm" in saved and "text_attack: mlm" in saved
+
+
+def test_learning_curves_best_checkpoint_and_headline(one_caption_study):
+    config, out, report = one_caption_study
+    results = json.loads((out / "results.json").read_text())
+    steps = config["train"]["steps"]
+    for run in results["runs"]:
+        if run["run"] == "pretrained":
+            continue
+        assert [line["step"] for line in run["curve"]] == list(range(steps + 1))
+        best = max(run["curve"], key=lambda line: line["robust"])
+        assert run["best_step"] == best["step"]
+        assert run["eval_best"]["attacks"]["clean"]["tr@1"] is not None
+        folder = run["run"].replace("+", "plus").replace(":", "-") + f"-s{run['seed']}"
+        assert (out / "runs" / folder / "best" / "open_clip_model.safetensors").exists()
+    text = report.read_text()
+    assert text.index("## The comparison that matters") < text.index("## Clean and robust R@1 per method and pool")
+    for run in ("| pretrained |", "| tecoa |", "| mat |", "| mat+:scene |"):
+        assert run in text.split("## Clean and robust")[0]
+    assert "mat+:scene - mat:" in text and (out / "learning_curves.png").stat().st_size > 1000
+    assert {v["checkpoint"] for v in results["verdicts"]} == {"last", "best-on-val"}
+
+
+def test_validation_does_not_change_training(tmp_path, sample_world_dir):
+    """A run validated every step trains to the same weights as one without validation."""
+    import torch
+    from safetensors.torch import load_file
+
+    from analysis.study import train_resumable
+    from augment.sample_world import check_caption_of_row
+    from augment.sources import load_source
+    from train.validation import ValidationSettings, Validator
+
+    settings = dict(method="mat", model="tiny-clip", source=str(sample_world_dir), max_steps=3, batch_size=8,
+                    pgd_steps=1, text_attack="wordnet", seed=3, warmup_steps=1)
+    train_resumable(tmp_path / "plain", settings)
+    source, _ = load_source(str(sample_world_dir))
+    validator = Validator(tmp_path / "validated", source, ValidationSettings(every=1, attack="pgd", limit=6, batch_size=6,
+                          captions_per_image=1, attack_options={"steps": 1}), caption_checker=check_caption_of_row)
+    train_resumable(tmp_path / "validated", settings, validator)
+    plain = load_file(str(tmp_path / "plain" / "ckpt" / "open_clip_model.safetensors"))
+    validated = load_file(str(tmp_path / "validated" / "ckpt" / "open_clip_model.safetensors"))
+    assert all(torch.equal(plain[k], validated[k]) for k in plain)
+    lines = validator.records()
+    assert [line["step"] for line in lines] == [0, 1, 2, 3]
+    best = json.loads((tmp_path / "validated" / "best" / "validation.json").read_text())
+    assert best["robust"] == max(line["robust"] for line in lines)
+    # validating a step again replaces its line (a resumed run redoes what it had not saved)
+    validator.validate(3)
+    assert [line["step"] for line in validator.records()] == [0, 1, 2, 3]
+
+
+def test_regimes_table_of_finished_studies(one_caption_study, tmp_path):
+    _, out, _ = one_caption_study
+    result = subprocess.run([sys.executable, "-m", "analysis.cli", "regimes", str(out), "--out", str(tmp_path / "r.md")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| mini | mat+:scene |" in result.stdout and "mini: mat+:scene - mat:" in result.stdout
+    assert (tmp_path / "r.md").read_text().startswith("| regime | model |")
+    result = subprocess.run([sys.executable, "-m", "analysis.cli", "regimes", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no results.json" in result.stderr
+
+
+def test_demo_prints_the_comparison_section(one_caption_study):
+    from analysis.demo import comparison
+
+    _, _, report = one_caption_study
+    shown = comparison(report.read_text())
+    assert shown.startswith("| model | clean R@1 | **robust R@1** |") and "| mat+:scene |" in shown
+    assert "## " not in shown and "![" not in shown

@@ -22,7 +22,7 @@ def read_source(args, validate: bool = False):
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
-        validate=validate or getattr(args, "validate", False), progress=True,
+        validate=validate or getattr(args, "validate", False), progress=not getattr(args, "no_progress", False),
         allow_outside_root=getattr(args, "allow_outside_root", False),
     )
     if report.skipped:
