@@ -105,6 +105,8 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
         train_run({"method": "clean", "model": twin, "source": str(sample_world_dir), "out": str(run),
                    "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": steps // 10,
                    "weight_decay": 0.1, "seed": 0, "progress": False, "save_every": 50,
+                   # from random weights the momentum model only distils noise (ALBEF fine-tunes from pre-training)
+                   "momentum_distillation": False,
                    "resume": resume, "overwrite": not resume})
     return run / "ckpt"
 

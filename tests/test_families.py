@@ -84,10 +84,9 @@ def trained_twins(twin_trainer, trained_clip):
     out = {"tiny-clip": trained_clip}
     for twin in TWINS:
         if twin not in out:
-            module = models.FAMILIES[models.TINY_FAMILY[twin]].replace(".", "/") + ".py"
-            if not Path(module).is_file():  # a family package (models/albef/)
-                module = module.removesuffix(".py") + "/__init__.py"
-            out[twin] = twin_trainer(twin, module)
+            module = models.FAMILIES[models.TINY_FAMILY[twin]].replace(".", "/")
+            code = [f"{module}.py"] if Path(f"{module}.py").is_file() else sorted(str(p) for p in Path(module).glob("*.py"))
+            out[twin] = twin_trainer(twin, *code)
     return out
 
 
