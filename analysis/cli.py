@@ -61,8 +61,45 @@ def compare_table(evaluations: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _model_label(entry: dict) -> str:
+    name = str(entry.get("tiny_twin") or entry.get("name") or "?")
+    return f"{name}:{entry['pretrained']}" if entry.get("pretrained") and not entry.get("tiny_twin") else name
+
+
+def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
+    """Source (attacker) x target (victim) tables of mean R@1 ((TR@1 + IR@1) / 2) under each attack,
+    from white-box and transfer evaluations; empty when they hold fewer than two models."""
+    from train.attacks import ATTACK_NAMES
+
+    cells: dict[str, dict[tuple[str, str], float]] = {}
+    sources, targets = [], []
+    for _, report in evaluations:
+        attacker, victim = _model_label(report.get("attacker", {})), _model_label(report.get("victim", {}))
+        for label, seen in ((attacker, sources), (victim, targets)):
+            if label not in seen:
+                seen.append(label)
+        for attack, entry in report.get("attacks", {}).items():
+            if attack != "clean" and "tr@1" in entry:
+                cells.setdefault(attack, {})[(attacker, victim)] = (entry["tr@1"] + entry["ir@1"]) / 2
+    if len(set(sources) | set(targets)) < 2:
+        return ""
+    blocks = []
+    for attack in [a for a in ATTACK_NAMES if a in cells] + sorted(set(cells) - set(ATTACK_NAMES)):
+        lines = [f"R@1 under {attack} (mean of TR@1 and IR@1): rows = source (attacker), columns = target (victim)", "",
+                 "| source \\ target | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
+        for source in sources:
+            row = [f"{cells[attack][(source, t)]:.1f}" if (source, t) in cells[attack] else "-" for t in targets]
+            lines.append(f"| {source} | " + " | ".join(row) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def _compare(args) -> int:
-    table = compare_table(find_evaluations(args.evaluations))
+    evaluations = find_evaluations(args.evaluations)
+    table = compare_table(evaluations)
+    transfer = transfer_tables(evaluations)
+    if transfer:
+        table += "\n\n" + transfer
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

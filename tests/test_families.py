@@ -138,3 +138,30 @@ def test_transfer_attacks_cross_families(trained_twins, sample_world_dir):
         assert report["settings"]["mode"] == "transfer"
         assert report["attacker"]["family"] != report["victim"]["family"]
         assert report["attacks"]["pgd"]["linf_max"] <= 2 / 255 + 1e-6
+
+
+def test_transfer_table_across_families(trained_twins, sample_world_dir, tmp_path):
+    """Every (source, target) pair of families: `analysis compare` prints the transfer matrix."""
+    from analysis.cli import compare_table, find_evaluations, transfer_tables
+    from augment.sources import load_source
+    from train.evaluate import evaluate, write_report
+
+    source, _ = load_source(str(sample_world_dir))
+    twins = [t for t in ("tiny-clip", "tiny-blip", "tiny-albef") if t in TWINS]
+    assert len(twins) == 3, f"the transfer table spans CLIP, BLIP and ALBEF; registered: {TWINS}"
+    loaded = {t: models.load_model(str(trained_twins[t])) for t in twins}
+    for attacker in twins:
+        for victim in twins:
+            report = evaluate(loaded[victim], source, split="test", attacks=["clean", "pgd"],
+                              attacker=None if attacker == victim else loaded[attacker], limit=8, rerank_k=4,
+                              attack_options={"steps": 2}, progress=False)
+            write_report(report, tmp_path / f"{attacker}-to-{victim}")
+    evaluations = find_evaluations([str(tmp_path)])
+    tables = transfer_tables(evaluations)
+    lines = tables.splitlines()
+    assert "rows = source (attacker), columns = target (victim)" in lines[0]
+    assert lines[2] == "| source \\ target | " + " | ".join(twins) + " |"
+    for twin in twins:  # a full row per source: every target was attacked from it
+        row = next(line for line in lines if line.startswith(f"| {twin} |"))
+        assert "-" not in row.split("|")[2:-1], row
+    assert len(compare_table(evaluations).splitlines()) == 2 + 9
