@@ -83,6 +83,7 @@ def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
                 cells.setdefault(attack, {})[(attacker, victim)] = (entry["tr@1"] + entry["ir@1"]) / 2
     if len(set(sources) | set(targets)) < 2:
         return ""
+    sources, targets = sorted(sources), sorted(targets)
     blocks = []
     for attack in [a for a in ATTACK_NAMES if a in cells] + sorted(set(cells) - set(ATTACK_NAMES)):
         lines = [f"R@1 under {attack} (mean of TR@1 and IR@1): rows = source (attacker), columns = target (victim)", "",
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
     compare.add_argument("--out", default=None, help="also write the table (Markdown) here")
     compare.set_defaults(func=_compare)
-    regimes = sub.add_parser("regimes", help="one table of the headline comparison of several finished studies")
+    regimes = sub.add_parser("regimes", allow_abbrev=False, help="one table of the headline comparison of several finished studies")
     regimes.add_argument("studies", nargs="+", help="study output folders (each with results.json)")
     regimes.add_argument("--out", default=None, help="also write the table (Markdown) here")
     regimes.set_defaults(func=_regimes)

@@ -202,7 +202,9 @@ def test_images_are_decoded_when_used_and_limit_reads_only_what_it_needs(tmp_pat
     opened = []
     real_open = sources.open_image
     monkeypatch.setattr(sources, "open_image", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
-    common = ["generate", "--method", "i2t-human", "--source", path, "--n", "1", "--shard-size", "1", "--no-progress"]
+    # decoding inline (--workers 0): the count below watches this process
+    common = ["generate", "--method", "i2t-human", "--source", path, "--n", "1", "--shard-size", "1", "--no-progress",
+              "--workers", "0"]
     capsys.readouterr()
     assert augment_main([str(a) for a in [*common, "--out", tmp_path / "two", "--limit", "2"]]) == 0
     assert len(opened) == 2  # two rows read, two images decoded, the three bad ones never opened
@@ -403,12 +405,12 @@ def test_score_reads_the_recorded_image_root_and_cleans_killed_runs(scored):
 def test_a_scored_pool_still_loads_with_datasets(scored, made_pool):
     import datasets
 
-    from augment.schema import POOL_COLUMNS
+    from augment.schema import POOL_FEATURES
 
     pool, _, _ = scored
     rows = datasets.load_dataset(str(pool), split="train")
     assert len(rows) == json.loads((pool / "pool.json").read_text())["num_rows"] > 0
-    assert tuple(rows.column_names) == POOL_COLUMNS
+    assert tuple(rows.column_names) == tuple(POOL_FEATURES)
     other = made_pool[1]  # another pool folder also called "pool": its own rows, not a cached copy
     assert other.name == pool.name
     assert len(datasets.load_dataset(str(other), split="train")) == json.loads((other / "pool.json").read_text())["num_rows"]

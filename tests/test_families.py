@@ -160,7 +160,7 @@ def test_transfer_table_across_families(trained_twins, sample_world_dir, tmp_pat
     tables = transfer_tables(evaluations)
     lines = tables.splitlines()
     assert "rows = source (attacker), columns = target (victim)" in lines[0]
-    assert lines[2] == "| source \\ target | " + " | ".join(twins) + " |"
+    assert lines[2] == "| source \\ target | " + " | ".join(sorted(twins)) + " |"
     for twin in twins:  # a full row per source: every target was attacked from it
         row = next(line for line in lines if line.startswith(f"| {twin} |"))
         assert "-" not in row.split("|")[2:-1], row

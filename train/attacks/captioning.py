@@ -20,7 +20,7 @@ the image (and the prompt), i.e. they make the true captions unlikely:
   LM loss given the image: MAT's inner text attack for captioners (training only: a captioner
   does not read references, so it changes no generated caption).
 
-Word substitutions reuse the candidate machinery of `train.attacks.text` (`Token`, the masked
+Word substitutions reuse the candidate machinery of `train.attacks.text` (`SubstituteSource` chunks, the masked
 LM and WordNet substitute sources); only the score differs (LM loss instead of embedding
 similarity), hence the greedy loop `substitute_words` here.
 """
@@ -32,7 +32,7 @@ import torch
 
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
-from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, Token, WordNetSubstitutes
+from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
@@ -149,16 +149,16 @@ def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Call
     texts = list(texts)
     if budget <= 0 or not texts:
         return texts, [[] for _ in texts]
-    tokens = [[Token.parse(t) for t in text.split()] for text in texts]
+    tokens = [[source.chunk(t) for t in source.split(text)] for text in texts]
     substitutes = source.substitutes(tokens)
-    current = [text.split() for text in texts]
+    current = [source.split(text) for text in texts]
     changes: list[list[dict]] = [[] for _ in texts]
     base = score(texts, list(range(len(texts)))).tolist()
     # importance order of each text's positions
     masked, owners, positions = [], [], []
     for index, subs in enumerate(substitutes):
         for position in sorted(subs):
-            words = current[index][:position] + [tokens[index][position].masked()] + current[index][position + 1:]
+            words = current[index][:position] + [source.masked(tokens[index][position])] + current[index][position + 1:]
             masked.append(" ".join(words))
             owners.append(index)
             positions.append(position)
@@ -174,7 +174,7 @@ def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Call
                 continue
             for position in order[index][tried[index]:tried[index] + words_per_round]:
                 for word in substitutes[index][position]:
-                    new_token = tokens[index][position].replaced_by(word)
+                    new_token = source.replacement(tokens[index][position], word)
                     words = current[index][:position] + [new_token] + current[index][position + 1:]
                     candidates.append(" ".join(words))
                     owners.append(index)

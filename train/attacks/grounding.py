@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from train.attacks.base import AttackResult
 from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES, resized_views
 from train.attacks.pgd import pgd_linf
-from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource, Token
+from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 GROUNDING_OBJECTIVES = ("itm", "heat")
@@ -211,16 +211,16 @@ class GroundingTextAttack(GroundingAttack):
         features = None
         if self.victim.objective == "itm":
             features = [self.victim.model.image_features(g.to(self.victim.device)) for g in guides]
-        tokens = [[Token.parse(t) for t in text.split()] for text in texts]
+        tokens = [[self.source.chunk(t) for t in self.source.split(text)] for text in texts]
         substitutes = self.source.substitutes(tokens)
-        current = [text.split() for text in texts]
+        current = [self.source.split(text) for text in texts]
         every = list(range(len(texts)))
         current_score = self._guided_scores(guides, texts, every, target, features)
         # importance: how far masking a word lowers the score (most important first)
         masked, owners, positions = [], [], []
         for index, subs in enumerate(substitutes):
             for position in sorted(subs):
-                words = current[index][:position] + [tokens[index][position].masked()] + current[index][position + 1:]
+                words = current[index][:position] + [self.source.masked(tokens[index][position])] + current[index][position + 1:]
                 masked.append(" ".join(words))
                 owners.append(index)
                 positions.append(position)
@@ -240,7 +240,7 @@ class GroundingTextAttack(GroundingAttack):
                 position = order[index][tried[index]]
                 tried[index] += 1
                 for word in substitutes[index][position]:
-                    new_token = tokens[index][position].replaced_by(word)
+                    new_token = self.source.replacement(tokens[index][position], word)
                     words = current[index][:position] + [new_token] + current[index][position + 1:]
                     candidates.append(" ".join(words))
                     cand_owner.append(index)
