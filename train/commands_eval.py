@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate, write_report
 
     _check_positive(args)
+    if args.task != "retrieval" and args.pgd_step_size is None:
+        args.pgd_step_size = args.eps / 4  # the shared default (retrieval protocols may pick their own)
     if args.task == "captioning":
         from train.commands_eval_captioning import run as run_captioning
 
