@@ -4,7 +4,7 @@ Training loss, chosen by what the model declares (never by its family's name):
 
 * ITC, `model.itc_loss == "softmax"` (CLIP): symmetric InfoNCE with multi-positive targets (rows
   with equal keys = views of one source image are positives), over the batch gathered from all
-  processes (`train.losses.ContrastiveLoss`);
+  processes (`softmax_itc_loss`, the one contrastive loss training and attacks share);
 * ITC, `"sigmoid"` (SigLIP): the pairwise sigmoid loss with the model's learnt bias, labels +1 for
   positives and -1 otherwise, also over the gathered batch;
 * other names are looked up in `ITC_LOSSES` (a family may register one, e.g. ALBEF's momentum
@@ -44,11 +44,9 @@ def softmax_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
     logits = logits.float()
     image_targets = positives / positives.sum(1, keepdim=True).clamp(min=1)
     text_targets = positives.T / positives.T.sum(1, keepdim=True).clamp(min=1)
-    image_loss = -(image_targets * logits.log_softmax(dim=1)).sum(1)
-    text_loss = -(text_targets * logits.T.log_softmax(dim=1)).sum(1)
-    # rows without any positive contribute nothing
-    image_loss = image_loss[positives.sum(1) > 0].mean()
-    text_loss = text_loss[positives.T.sum(1) > 0].mean()
+    # rows without any positive (an image with no caption in the batch) add nothing to the mean
+    image_loss = -(image_targets * logits.log_softmax(dim=1)).sum(1).mean()
+    text_loss = -(text_targets * logits.T.log_softmax(dim=1)).sum(1).mean()
     return (image_loss + text_loss) / 2
 
 

@@ -15,7 +15,7 @@ Every attack is a small class built on a victim model, with one call signature
 
 Attacks maximise an attack loss (`loss=`): `"pair"` (default; push each image away from its
 own captions and vice versa, as the attack papers do) or `"contrastive"` (the batch's image-text
-InfoNCE loss with multi-positive targets, `train.losses.multi_positive_contrastive_loss`, as
+InfoNCE loss with multi-positive targets, `tasks.retrieval.softmax_itc_loss`, as
 MAT's inner maximisation does).
 
 Victims: attacks use only `encode_image(pixels)`, `encode_text(list_of_str)`, `device` and
@@ -64,11 +64,12 @@ def pair_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: to
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_of_text: torch.Tensor,
                      logit_scale: torch.Tensor | float) -> torch.Tensor:
     """The training loss (multi-positive InfoNCE) of a batch where caption t belongs to image `image_of_text[t]`."""
-    from train.losses import multi_positive_contrastive_loss
+    from tasks.retrieval import multi_positive_targets, softmax_itc_loss
 
     image_of_text = image_of_text.to(image_emb.device)
     image_keys = torch.arange(image_emb.shape[0], device=image_emb.device)
-    return multi_positive_contrastive_loss(image_emb, text_emb, image_keys, image_of_text, logit_scale)
+    logits = logit_scale * image_emb.float() @ text_emb.float().T
+    return softmax_itc_loss(logits, multi_positive_targets(image_keys, image_of_text))
 
 
 def kl_to(reference_emb: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
