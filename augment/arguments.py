@@ -39,6 +39,14 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_fraction(text: str) -> float:
+    """A number in (0, 1] (e.g. nucleus sampling's top-p)."""
+    value = number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must lie in (0, 1]")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

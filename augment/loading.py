@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from augment.arguments import non_negative_int
+
 MAX_DEFAULT_WORKERS = 8
 PREFETCH_FACTOR = 2  # batches each worker keeps ready
 
@@ -26,18 +28,9 @@ def default_workers() -> int:
 
 
 def add_workers_argument(parser) -> None:
-    parser.add_argument("--workers", type=_non_negative_int, default=default_workers(),
+    parser.add_argument("--workers", type=non_negative_int, default=default_workers(),
                         help="DataLoader worker processes that decode images ahead of the model "
                              f"(default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}, here {default_workers()}; 0: decode inline)")
-
-
-def _non_negative_int(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def as_list(batch: list) -> list:

@@ -26,7 +26,6 @@ IMAGE_TO_IMAGE = Family("image_to_image", "image to image", ("image-to-image", "
 # control pools take their task categories from their modality (see `task_categories`)
 CONTROL = Family("control", "control and derived pools", ())
 
-FAMILIES = (TEXT_FROM_TEXT, IMAGE_TO_TEXT, TEXT_TO_IMAGE, IMAGE_TO_IMAGE, CONTROL)
 
 _EXACT_METHODS = {
     "eda": TEXT_FROM_TEXT,

@@ -99,7 +99,7 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
     from train.trainer import train_run
 
     key = _code_key(*TRAINER_CODE, *family_code)
-    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{twin}-{steps}-{key}"
+    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{twin}-{steps}-{lr:g}-{key}"
     if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
         resume = (run / "ckpt").is_dir()
         train_run({"method": "clean", "model": twin, "source": str(sample_world_dir), "out": str(run),
@@ -137,5 +137,5 @@ def trained_bundle(trained_clip):
 
 @pytest.fixture(scope="session")
 def twin_trainer(request, sample_world_dir):
-    """`twin_trainer(twin, *family_code_files, steps=150)`: that twin trained clean on the sample world (cached)."""
-    return lambda twin, *code, steps=150: train_twin(request, sample_world_dir, twin, *code, steps=steps)
+    """`twin_trainer(twin, *family_code_files, steps=150, lr=1e-3)`: that twin trained clean on the sample world (cached)."""
+    return lambda twin, *code, steps=150, lr=1e-3: train_twin(request, sample_world_dir, twin, *code, steps=steps, lr=lr)

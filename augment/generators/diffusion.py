@@ -38,13 +38,13 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
+from augment.arguments import positive_int
 from augment.errors import MatPlusError
 from augment.generators.base import Generator, row_seed
 
 log = logging.getLogger(__name__)
 
 METHODS = ["t2i-sd", "t-i2i-sd"]
-KIND_OF_METHOD = {"t2i-sd": "t2i", "t-i2i-sd": "i2i"}
 SIZE_MULTIPLE = 8  # SD pipelines need image sides divisible by 8
 PAD_PROMPT = ""  # filler prompt for the unused slots of a replayed call
 PAD_SEED = 0
@@ -407,15 +407,8 @@ GENERATOR_CLASSES = {"t2i-sd": TextToImageGenerator, "t-i2i-sd": ImageToImageGen
 # ----------------------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def _size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value % SIZE_MULTIPLE:
         raise argparse.ArgumentTypeError(f"must be a multiple of {SIZE_MULTIPLE}, got {text}")
     return value
@@ -429,9 +422,9 @@ def _strength(text: str) -> float:
 
 
 def add_arguments(group) -> None:
-    group.add_argument("--captions-per-image", type=_positive_int, default=None, metavar="K",
+    group.add_argument("--captions-per-image", type=positive_int, default=None, metavar="K",
                        help="t2i-sd/t-i2i-sd: use the first K captions of each image (default: all)")
-    group.add_argument("--steps", type=_positive_int, default=50,
+    group.add_argument("--steps", type=positive_int, default=50,
                        help="t2i-sd/t-i2i-sd: denoising steps (default 50; i2i runs strength x steps)")
     group.add_argument("--guidance-scale", type=float, default=7.5,
                        help="t2i-sd/t-i2i-sd: classifier-free guidance scale (default 7.5; <= 1 turns it off)")

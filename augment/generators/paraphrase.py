@@ -28,10 +28,10 @@ The sampling options defined here (`--top-p`, `--top-k`, `--temperature`, `--max
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from augment.arguments import positive_fraction, positive_int, positive_number
 from augment.errors import MatPlusError
 from augment.generators.base import Generator, row_seed
 
@@ -76,38 +76,17 @@ class Sampling:
         }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def add_sampling_arguments(group) -> None:
     defaults = Sampling()
-    group.add_argument("--top-p", type=_probability, default=defaults.top_p,
+    group.add_argument("--top-p", type=positive_fraction, default=defaults.top_p,
                        help=f"t2t-/i2t-: nucleus sampling mass (default {defaults.top_p})")
     group.add_argument("--top-k", type=int, default=defaults.top_k,
                        help="t2t-/i2t-: also keep only the k likeliest tokens (default 0: off)")
-    group.add_argument("--temperature", type=_positive_float, default=defaults.temperature,
+    group.add_argument("--temperature", type=positive_number, default=defaults.temperature,
                        help=f"t2t-/i2t-: sampling temperature (default {defaults.temperature})")
-    group.add_argument("--max-new-tokens", type=_positive_int, default=defaults.max_new_tokens,
+    group.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
                        help=f"t2t-/i2t-: longest generated text in tokens (default {defaults.max_new_tokens})")
-    group.add_argument("--max-rounds", type=_positive_int, default=defaults.max_rounds,
+    group.add_argument("--max-rounds", type=positive_int, default=defaults.max_rounds,
                        help=f"t2t-/i2t-: sampling rounds to reach N distinct outputs (default {defaults.max_rounds})")
 
 
