@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.evaluate_captioning import default_attacks, evaluate_captioning, markdown_report
+    from train.evaluate import write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.attacker_model:
@@ -81,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
     with open(out / "captions.jsonl", "w", encoding="utf-8") as handle:
         for index, image_id in enumerate(image_ids):
             handle.write(json.dumps({"image_id": image_id, **{name: c[index] for name, c in captions.items()}}) + "\n")
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    table = markdown_report(report)
-    (out / "eval.md").write_text(table, encoding="utf-8")
+    table = write_report(report, out, markdown_report)
     print(table)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'captions.jsonl'}")
     return 0

@@ -20,7 +20,6 @@ def add_grounding_arguments(parser) -> None:
 
 def run(args) -> int:
     """`train eval CKPT --task grounding --source SRC --out DIR`: eval.json and eval.md."""
-    import json
     from pathlib import Path
 
     import torch
@@ -31,6 +30,7 @@ def run(args) -> int:
     from tasks.grounding import GroundingTask
     from train.config import default_mlm
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
+    from train.evaluate import write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.attacker_model:
@@ -63,10 +63,7 @@ def run(args) -> int:
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint})
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    table = markdown_grounding_report(report)
-    (out / "eval.md").write_text(table, encoding="utf-8")
+    table = write_report(report, out, markdown_grounding_report)
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return 0

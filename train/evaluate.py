@@ -507,13 +507,16 @@ def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attack
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(report: dict, out_dir: str | Path) -> str:
-    """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table."""
+def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str] | None = None) -> str:
+    """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table.
+
+    `table`: the report's markdown renderer (default: retrieval's `markdown_report`; captioning and
+    grounding pass theirs)."""
     from augment.atomic import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_report(report)
+    table = (table or markdown_report)(report)
     atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(out / "eval.md", table)
     return table
