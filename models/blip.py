@@ -219,13 +219,9 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
                              f"name a Hub id or a folder")
     from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-    resolved = tio.resolve(name, family="BLIP", tiny_names=TINY_NAMES, aliases=ALIASES, revision=revision)
-    tio.check_architecture(resolved, ARCHITECTURE, "BLIP", revision)
-    kwargs = tio.pretrained_kwargs(resolved, revision)
-    with tio.loading(resolved):
-        model = BlipForImageTextRetrieval.from_pretrained(
-            resolved.source, **kwargs, **tio.dtype_kwargs(tio.weights_dtype(precision)))
-        processor = BlipProcessor.from_pretrained(resolved.source, **kwargs)
+    model, processor = tio.load_pretrained(name, BlipForImageTextRetrieval, BlipProcessor, family="BLIP",
+                                           architecture=ARCHITECTURE, tiny_names=TINY_NAMES, aliases=ALIASES,
+                                           precision=precision, revision=revision)
     model = model.to(device)
     temperature = getattr(model.config, TEMPERATURE_CONFIG_KEY, None)
     if temperature is None:  # a checkpoint we did not save: BLIP's initial temperature

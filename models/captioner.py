@@ -230,14 +230,12 @@ def _square_size(size) -> int:
 
 
 def _transforms(size: int):
-    """(train, eval) PIL -> [0, 1] tensors at `size` (BLIP resizes to a square with bicubic)."""
-    from torchvision import transforms as T
+    """(train, eval) PIL -> [0, 1] tensors at `size`: BLIP's bicubic square resize at eval; a mild
+    random-resized crop and no flip in training (captions name left and right)."""
+    from models import transformers_io as tio
 
-    rgb = T.Lambda(lambda image: image.convert("RGB"))
-    bicubic = T.InterpolationMode.BICUBIC
-    train = T.Compose([rgb, T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=bicubic), T.ToTensor()])
-    evaluation = T.Compose([rgb, T.Resize((size, size), interpolation=bicubic), T.ToTensor()])
-    return train, evaluation
+    return (tio.train_transform(size, scale=TRAIN_CROP_SCALE, hflip=False),
+            tio.square_resize_transform(size))
 
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,

@@ -123,13 +123,9 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     from transformers import CLIPModel, CLIPProcessor
 
     source_name = name.removeprefix(PREFIX)
-    resolved = tio.resolve(source_name, family="transformers CLIP", tiny_names=TINY_NAMES, aliases={},
-                           revision=revision)
-    tio.check_architecture(resolved, ARCHITECTURE, "transformers CLIP", revision)
-    kwargs = tio.pretrained_kwargs(resolved, revision)
-    with tio.loading(resolved):
-        model = CLIPModel.from_pretrained(resolved.source, **kwargs, **tio.dtype_kwargs(tio.weights_dtype(precision)))
-        processor = CLIPProcessor.from_pretrained(resolved.source, **kwargs)
+    model, processor = tio.load_pretrained(source_name, CLIPModel, CLIPProcessor, family="transformers CLIP",
+                                           architecture=ARCHITECTURE, tiny_names=TINY_NAMES, aliases={},
+                                           precision=precision, revision=revision)
     return HFClipModel(model.to(device), processor, name=display_name or name).eval()
 
 

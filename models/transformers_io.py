@@ -125,6 +125,21 @@ def check_architecture(resolved: ResolvedSource, expected: str, family: str, rev
             f"cannot load {family} model '{resolved.name}': it is a {', '.join(found)}, not a {expected}")
 
 
+def load_pretrained(name: str, model_class: Any, processor_class: Any, *, family: str, architecture: str,
+                    tiny_names: Sequence[str], aliases: dict[str, str], precision: str | None = "fp32",
+                    revision: str | None = None) -> tuple[Any, Any]:
+    """(model, processor) of `name` through `from_pretrained`: the one loading prologue of the
+    transformers families (resolve the name, refuse another architecture, no remote code, local
+    files offline, one-line errors, weights in the dtype of `precision`)."""
+    resolved = resolve(name, family=family, tiny_names=tiny_names, aliases=aliases, revision=revision)
+    check_architecture(resolved, architecture, family, revision)
+    kwargs = pretrained_kwargs(resolved, revision)
+    with loading(resolved):
+        model = model_class.from_pretrained(resolved.source, **kwargs, **dtype_kwargs(weights_dtype(precision)))
+        processor = processor_class.from_pretrained(resolved.source, **kwargs)
+    return model, processor
+
+
 def save_pretrained_all_or_nothing(folder: Path, *parts: Any) -> None:
     """`save_pretrained` of each part (model, processor) into a temporary sibling folder, then the
     files are moved into `folder`: an interrupted save leaves the previous files, not half of them."""
