@@ -36,6 +36,7 @@ import random
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
+from augment.arguments import positive_fraction
 from augment.generators.base import Generator, row_seed
 from augment.wordnet import STOP_WORDS, require_wordnet, synonyms
 from augment.words import Chunk, is_word, keeps_case, match_case, split_chunk
@@ -320,13 +321,6 @@ def _ops_list(text: str) -> tuple[str, ...]:
     return ops
 
 
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1], got {text}")
-    return value
-
-
 def add_arguments(group) -> None:
     group.add_argument("--eda-ops", type=_ops_list, default=OPS, metavar="OPS",
                        help="EDA operations to cycle through, comma list of sr,ri,rs,rd (default all)")
@@ -334,7 +328,7 @@ def add_arguments(group) -> None:
                      ("ri", "random insertion: synonyms inserted per word"),
                      ("rs", "random swap: swaps per word"),
                      ("rd", "random deletion: probability each word is deleted")):
-        group.add_argument(f"--alpha-{op}", type=_alpha, default=DEFAULT_ALPHA,
+        group.add_argument(f"--alpha-{op}", type=positive_fraction, default=DEFAULT_ALPHA,
                            help=f"EDA {what} (default {DEFAULT_ALPHA})")
 
 
