@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AbstractSet, Callable, Sequence
 
 import torch
@@ -161,6 +161,7 @@ class MaskedLMSubstitutes(SubstituteSource):
         self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
         self.model_id = model_id
         self._special_ids = set(tokenizer.all_special_ids)
+        self._decoded: dict[int, str | None] = {}
 
     @property
     def device(self) -> torch.device:
@@ -186,12 +187,12 @@ class MaskedLMSubstitutes(SubstituteSource):
         return words, word_of
 
     def _decode(self, token_id: int) -> str | None:
-        if token_id in self._special_ids:
-            return None
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
-        if piece.startswith("##"):
-            return None
-        return self.tokenizer.convert_tokens_to_string([piece]).strip()
+        if token_id not in self._decoded:  # the same few ids recur across a batch's k x positions
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            word = None if token_id in self._special_ids or piece.startswith("##") else \
+                self.tokenizer.convert_tokens_to_string([piece]).strip()
+            self._decoded[token_id] = word
+        return self._decoded[token_id]
 
     def _keep(self, words: list[str | None], original: str) -> list[str]:
         return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
@@ -556,6 +557,23 @@ def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Scor
 # ----------------------------------------------------------------------------- the attack
 
 
+@dataclass
+class PreparedTexts:
+    """`WordSubstitutionAttack.prepare`'s result: the search plan, the clean caption embeddings,
+    and the candidate lists already encoded for these texts (by the exact list, so a second
+    search of the same texts, SGA's third step, reuses its first round bit for bit)."""
+
+    plan: SearchPlan
+    clean_emb: torch.Tensor
+    encoded: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
+
+    def encode(self, victim, texts: list[str], batch_size: int) -> torch.Tensor:
+        key = tuple(texts)
+        if key not in self.encoded:
+            self.encoded[key] = encode_texts(victim, texts, batch_size)
+        return self.encoded[key]
+
+
 class WordSubstitutionAttack(Attack):
     """Replace at most `budget` words per caption to maximise the guide score (see module doc)."""
 
@@ -593,7 +611,7 @@ class WordSubstitutionAttack(Attack):
                                  self.loss, self.victim.logit_scale)
 
     @torch.no_grad()
-    def prepare(self, texts: Sequence[str]) -> tuple[SearchPlan, torch.Tensor]:
+    def prepare(self, texts: Sequence[str]) -> "PreparedTexts":
         """The search plan (words, substitutes, importance order) and clean embeddings of `texts`:
         they depend on the texts and the victim alone, so an attack that attacks the same captions
         twice with the same victim (SGA) computes them once and passes them to `perturb(..., prepared=)`.
@@ -609,11 +627,11 @@ class WordSubstitutionAttack(Attack):
                 return kl_to(clean_emb[owners], masked_emb)
             return 1 - (masked_emb * clean_emb[owners]).sum(-1)
 
-        return plan_search(texts, self.source, importance), clean_emb
+        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb)
 
     @torch.no_grad()
     def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
-                prepared: tuple | None = None) -> tuple[list[str], list[list[dict]]]:
+                prepared: "PreparedTexts | None" = None) -> tuple[list[str], list[list[dict]]]:
         """(adversarial captions, per caption the words changed) against fixed image embeddings.
 
         `image_emb` [B, D] may be any guide, e.g. the mean embedding of a set of image views (SGA);
@@ -625,7 +643,8 @@ class WordSubstitutionAttack(Attack):
         image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
         if self.budget == 0 or not texts:
             return texts, [[] for _ in texts]
-        plan, clean_emb = prepared if prepared is not None else self.prepare(texts)
+        prepared = prepared if prepared is not None else self.prepare(texts)
+        plan, clean_emb = prepared.plan, prepared.clean_emb
         current_emb = clean_emb.clone()  # the captions as they stand (the contrastive score reads all of them)
         if image_emb is not None:
             image_emb = image_emb.to(clean_emb.device, clean_emb.dtype)
@@ -633,7 +652,7 @@ class WordSubstitutionAttack(Attack):
         every_caption = torch.arange(len(texts), device=clean_emb.device)
 
         def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
-            last["emb"] = encode_texts(self.victim, candidates, self.text_batch)
+            last["emb"] = prepared.encode(self.victim, candidates, self.text_batch)
             owner_ids = torch.tensor(owners, device=clean_emb.device)
             return self._scores(last["emb"], owner_ids, image_emb, clean_emb, current_emb, image_of_text)
 
