@@ -1,6 +1,6 @@
 """Attack speed against named baselines, measured in the same run, reported as ratios.
 
-    python -m bench.bench_attacks [--images 16] [--captions 5] [--repeats 3] [--device cpu]
+    python -m bench.bench_attacks [--images 32] [--captions 5] [--repeats 3] [--device cpu]
                                   [--out outputs/bench/attacks.json]
 
 1. **Image PGD vs torchattacks.PGD**: the same tiny CLIP (tiny-clip architecture, random
@@ -42,7 +42,7 @@ INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattack
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16, help="images per batch")
+    parser.add_argument("--images", type=int, default=32, help="images per batch (an evaluation batch)")
     parser.add_argument("--captions", type=int, default=5, help="captions per image")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (median)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -175,6 +175,8 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
             "ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "seconds"),
             "identical_texts": loop_texts == batch_result.texts,
             "max_image_difference": float((loop_images - batch_result.images).abs().max()),
+            "pixels_differing": int((loop_images != batch_result.images).sum()),
+            "pixels": int(loop_images.numel()),
             "cpu_ratio_loop_over_batched": _ratio(measured, "one_at_a_time", "batched", "cpu_seconds"),
             "similarity_after": {
                 "batched": mean_similarity(batch_result.images, batch_result.texts),
@@ -202,7 +204,7 @@ def _table(report: dict) -> str:
             f"{entry['ratio_loop_over_batched']:.2f} | {entry['cpu_ratio_loop_over_batched']:.2f} | "
             f"sim {similarity['one_at_a_time']:.3f} / {similarity['batched']:.3f} "
             f"(clean {report['multimodal']['clean_similarity']:.3f}) | texts {'yes' if entry['identical_texts'] else 'NO'}, "
-            f"pixels {entry['max_image_difference']:.1e} |"
+            f"pixels {entry['max_image_difference']:.1e} ({entry['pixels_differing']} of {entry['pixels']} differ) |"
         )
     lines.append("ratio = baseline time / mat-plus time (> 1: mat-plus faster); CPU = process CPU time, "
                  "steadier than wall time on a shared machine.")
