@@ -28,6 +28,10 @@ Algorithm, for every caption of the batch at once:
    scored, the best one is kept if it beats the current caption. All candidates of all captions
    of a round are encoded in one chunked pass (`text_batch` texts per forward).
 
+Steps 1-3 are `plan_search` and step 4 `greedy_search`, written once for any score function:
+the captioning (`train.attacks.captioning`) and grounding (`train.attacks.grounding`) text
+attacks are the same search with their own scores (LM loss, ITM score).
+
 Score to maximise (`guide`):
 
 * `"image"` (default): the attack loss against fixed image embeddings: with `"pair"`, the
