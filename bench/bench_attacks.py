@@ -15,8 +15,9 @@
    and once as a loop over single images (each with its captions), same model and settings
    (`--protocol`; no random start and no SGA noise, so both sides must give the same
    adversarial examples). Reported: time ratio (loop / batched; target >= 5), whether the
-   adversarial captions are identical, the largest pixel difference, and the mean
-   image-caption similarity each leaves.
+   adversarial captions are identical (exit status 1 if not), the largest pixel difference and
+   how many pixel values differ (the encoders' rounding depends on the batch size, which can
+   flip the sign of a near-zero gradient), and the mean image-caption similarity each leaves.
 
 Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
 alike; times are medians of wall time and of process CPU time (which barely moves with other
@@ -257,6 +258,10 @@ def main(argv: list[str]) -> int:
     report["table"] = table
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
+    differ = [name for name, entry in report["multimodal"]["attacks"].items() if not entry["identical_texts"]]
+    if differ:  # a speed-up that changes the adversarial captions is not one
+        print(f"batched and one-at-a-time adversarial captions differ: {', '.join(differ)}", file=sys.stderr)
+        return 1
     return 0
 
 
