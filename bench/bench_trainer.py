@@ -10,7 +10,7 @@ the cores):
 * MAT step / clean step, against the issue's target: 1 + 0.5 x PGD steps + 1 (text attack);
 * the text attack scoring each candidate caption in its own forward pass (`text_batch=1`) against
   the batched attack (all candidates of a round in one chunked pass); both must give the same
-  captions.
+  captions (exit status 1 if not).
 
 Writes the table's numbers as JSON to `--out` (default outputs/bench/trainer.json).
 """
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+    if not text["same_captions"]:  # a speed-up that changes the adversarial captions is not one
+        print("batched and one-candidate text attacks gave different captions", file=sys.stderr)
+        return 1
     return 0
 
 

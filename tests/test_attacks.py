@@ -18,7 +18,8 @@ from train.attacks import (
 from augment.words import split_chunk
 from train.attacks.base import contrastive_loss
 from train.attacks.multimodal import resized_views
-from train.attacks.text import MASK_WORD, substitution_loss
+from train.attacks.text import (MASK_WORD, SubstituteSource, greedy_search, plan_search, substitute_words,
+                                substitution_loss)
 
 EPS = 2 / 255
 FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
@@ -177,6 +178,46 @@ def test_batched_text_attack_equals_one_at_a_time(victim, mlm, batch, guide):
     # substitutes found for all captions in one MLM pass equal those found one caption at a time
     tokens = [[split_chunk(t, possessive=True) for t in text.split()] for text in texts]
     assert attack.source.substitutes(tokens) == [attack.source.substitutes([t])[0] for t in tokens]
+
+
+class FixedSubstitutes(SubstituteSource):
+    """Substitutes from a table (word -> substitutes): the search alone, no model."""
+
+    name = "fixed"
+
+    def __init__(self, table):
+        self.table = table
+
+    def substitutes(self, captions):
+        return [{p: self.table[c.core] for p, c in enumerate(caption) if c.core in self.table} for caption in captions]
+
+
+def count_x(texts, owners):
+    return torch.tensor([float(t.count("x")) for t in texts])
+
+
+def test_one_greedy_search_order_ties_budget_and_rounds():
+    source = FixedSubstitutes({"red": ["xa", "xb", "rexx"], "ball": ["box"], "blue": ["bl"], "dog": ["dox"]})
+    texts = ["red ball", "blue dog", "a cat"]
+    # positions by importance (higher first, ties in word order), then the best substitute that beats the text
+    assert substitute_words(texts, source, count_x) == (
+        ["rexx ball", "blue dox", "a cat"],
+        [[{"position": 0, "from": "red", "to": "rexx"}], [{"position": 1, "from": "dog", "to": "dox"}], []])
+    by_length = lambda masked, owners: torch.tensor([-float(len(m)) for m in masked])  # noqa: E731 (shorter word first)
+    assert substitute_words(texts, source, count_x, importance=by_length)[0] == ["red box", "blue dox", "a cat"]
+    # ties: the first candidate reaching the best score; budget 2 takes a second word in a later round
+    tied = FixedSubstitutes({"red": ["xa", "xb"], "ball": ["box"]})
+    assert substitute_words(["red ball"], tied, count_x, budget=2)[0] == ["xa box"]
+    # two positions in one round: only the best candidate of the round is kept, then no position is left
+    assert substitute_words(["red ball"], tied, count_x, budget=2, words_per_round=2)[0] == ["xa ball"]
+    assert substitute_words(texts, source, count_x, budget=0) == (texts, [[], [], []])
+    # a score that depends on the other texts re-scores the texts as they stand each round
+    plan = plan_search(texts, source, count_x)
+    accepted = []
+    assert greedy_search(texts, plan, count_x, rescore=lambda: [9.0] * 3, on_accept=lambda o, c: accepted.append(o))[0] == texts
+    assert accepted == []
+    greedy_search(texts, plan, count_x, initial=[0.0] * 3, on_accept=lambda o, c: accepted.append(o))
+    assert accepted == [0, 1]
 
 
 def test_contrastive_substitution_loss_is_exact():

@@ -20,19 +20,19 @@ the image (and the prompt), i.e. they make the true captions unlikely:
   LM loss given the image: MAT's inner text attack for captioners (training only: a captioner
   does not read references, so it changes no generated caption).
 
-Word substitutions reuse the candidate machinery of `train.attacks.text` (`SubstituteSource` chunks, the masked
-LM and WordNet substitute sources); only the score differs (LM loss instead of embedding
-similarity), hence the greedy loop `substitute_words` here.
+Word substitutions are `train.attacks.text.substitute_words`: the one BERT-Attack greedy search
+(substitute sources, importance by masking, best substitute per position) the retrieval and
+grounding text attacks use too; only the score differs (LM loss instead of embedding similarity).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
-from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes
+from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
@@ -135,64 +135,6 @@ class TargetedCaptionPGD(CaptionPGD):
 
 
 # ----------------------------------------------------------------------------- word substitutions
-
-
-def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Callable[[list[str], list[int]], torch.Tensor],
-                     budget: int = 1, words_per_round: int = 1) -> tuple[list[str], list[list[dict]]]:
-    """BERT-Attack's greedy search with any score to maximise: (new texts, per text the changes).
-
-    `score(candidates, owners)` -> [C] scores of candidate texts, `owners[c]` = the index of the
-    text candidate c replaces. Positions are tried most important first (importance = score of
-    the text with the word masked as `[UNK]`, as in the papers' code); at each, the best
-    substitute is kept when it beats the text as it stands; at most `budget` words change.
-    """
-    texts = list(texts)
-    if budget <= 0 or not texts:
-        return texts, [[] for _ in texts]
-    tokens = [[source.chunk(t) for t in source.split(text)] for text in texts]
-    substitutes = source.substitutes(tokens)
-    current = [source.split(text) for text in texts]
-    changes: list[list[dict]] = [[] for _ in texts]
-    base = score(texts, list(range(len(texts)))).tolist()
-    # importance order of each text's positions
-    masked, owners, positions = [], [], []
-    for index, subs in enumerate(substitutes):
-        for position in sorted(subs):
-            words = current[index][:position] + [source.masked(tokens[index][position])] + current[index][position + 1:]
-            masked.append(" ".join(words))
-            owners.append(index)
-            positions.append(position)
-    importance = score(masked, owners).tolist() if masked else []
-    order: list[list[int]] = [[] for _ in texts]
-    for value, owner, position in sorted(zip(importance, owners, positions), key=lambda item: -item[0]):
-        order[owner].append(position)
-    tried = [0] * len(texts)
-    while True:
-        candidates, owners, picks = [], [], []
-        for index in range(len(texts)):
-            if len(changes[index]) >= budget:
-                continue
-            for position in order[index][tried[index]:tried[index] + words_per_round]:
-                for word in substitutes[index][position]:
-                    new_token = source.replacement(tokens[index][position], word)
-                    words = current[index][:position] + [new_token] + current[index][position + 1:]
-                    candidates.append(" ".join(words))
-                    owners.append(index)
-                    picks.append((position, new_token))
-            tried[index] += words_per_round
-        if not candidates:
-            break
-        scores = score(candidates, owners).tolist()
-        best: dict[int, int] = {}
-        for c, (owner, value) in enumerate(zip(owners, scores)):
-            if value > base[owner] and (owner not in best or value > scores[best[owner]]):
-                best[owner] = c
-        for owner, c in best.items():
-            position, new_token = picks[c]
-            changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
-            current[owner][position] = new_token
-            base[owner] = scores[c]
-    return [" ".join(words) if changes[i] else texts[i] for i, words in enumerate(current)], changes
 
 
 def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10,

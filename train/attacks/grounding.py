@@ -20,9 +20,9 @@ The attacks (the retrieval ones rebuilt on these objectives; Co-Attack's groundi
 ALBEF's unimodal embeddings before fusion, here every part aims at the grounding score itself):
 
 * `GroundingPGD`: L-inf PGD on pixels.
-* `GroundingTextAttack`: BERT-Attack's greedy word substitution (masked-LM or WordNet substitutes,
-  importance = how much masking a word lowers the score), keeping the substitute that lowers the
-  score most.
+* `GroundingTextAttack`: BERT-Attack's greedy word substitution (`train.attacks.text.greedy_search`;
+  masked-LM or WordNet substitutes, importance = how much masking a word lowers the score),
+  keeping the substitute that lowers the score most.
 * `GroundingSepAttack`: both, independently, each against the clean other modality.
 * `GroundingCoAttack`: text first; then PGD on `(1 - cos(adv, clean image embedding)) + alpha *
   (- score(adv image, attacked expressions))`.
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from train.attacks.base import AttackResult
 from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES, resized_views
 from train.attacks.pgd import pgd_linf
-from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource
+from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource, greedy_search, plan_search
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 GROUNDING_OBJECTIVES = ("itm", "heat")
@@ -205,60 +205,23 @@ class GroundingTextAttack(GroundingAttack):
 
     @torch.no_grad()
     def perturb(self, guides: list[torch.Tensor], texts: list[str], target: _Target) -> tuple[list[str], list[list[dict]]]:
-        """(attacked texts, words changed per text) against fixed guide images (no pixel gradients)."""
+        """(attacked texts, words changed per text) against fixed guide images (no pixel gradients).
+
+        `train.attacks.text`'s greedy search maximising minus the score; importance = how far
+        masking a word lowers the score.
+        """
         if self.budget == 0 or not texts:
             return list(texts), [[] for _ in texts]
         features = None
         if self.victim.objective == "itm":
             features = [self.victim.model.image_features(g.to(self.victim.device)) for g in guides]
-        tokens = [[self.source.chunk(t) for t in self.source.split(text)] for text in texts]
-        substitutes = self.source.substitutes(tokens)
-        current = [self.source.split(text) for text in texts]
-        every = list(range(len(texts)))
-        current_score = self._guided_scores(guides, texts, every, target, features)
-        # importance: how far masking a word lowers the score (most important first)
-        masked, owners, positions = [], [], []
-        for index, subs in enumerate(substitutes):
-            for position in sorted(subs):
-                words = current[index][:position] + [self.source.masked(tokens[index][position])] + current[index][position + 1:]
-                masked.append(" ".join(words))
-                owners.append(index)
-                positions.append(position)
-        order: list[list[int]] = [[] for _ in texts]
-        if masked:
-            drop = current_score[owners] - self._guided_scores(guides, masked, owners, target, features)
-            ranked = sorted(zip(drop.tolist(), range(len(owners))), key=lambda pair: -pair[0])
-            for _, k in ranked:
-                order[owners[k]].append(positions[k])
-        changes: list[list[dict]] = [[] for _ in texts]
-        tried = [0] * len(texts)
-        while True:
-            candidates, cand_owner, cand_change = [], [], []
-            for index in every:
-                if len(changes[index]) >= self.budget or tried[index] >= len(order[index]):
-                    continue
-                position = order[index][tried[index]]
-                tried[index] += 1
-                for word in substitutes[index][position]:
-                    new_token = self.source.replacement(tokens[index][position], word)
-                    words = current[index][:position] + [new_token] + current[index][position + 1:]
-                    candidates.append(" ".join(words))
-                    cand_owner.append(index)
-                    cand_change.append((position, new_token))
-            if not candidates:
-                break
-            scores = self._guided_scores(guides, candidates, cand_owner, target, features).tolist()
-            best: dict[int, int] = {}
-            for k, (owner, score) in enumerate(zip(cand_owner, scores)):
-                if score < current_score[owner] and (owner not in best or score < scores[best[owner]]):
-                    best[owner] = k
-            for owner, k in best.items():
-                position, new_token = cand_change[k]
-                changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
-                current[owner][position] = new_token
-                current_score[owner] = scores[k]
-        attacked = [" ".join(words) if change else text for words, change, text in zip(current, changes, texts)]
-        return attacked, changes
+
+        def lowered(candidates: list[str], owners: list[int]) -> torch.Tensor:
+            return -self._guided_scores(guides, candidates, owners, target, features)
+
+        initial = lowered(texts, list(range(len(texts))))
+        plan = plan_search(texts, self.source, lambda masked, owners: lowered(masked, owners) - initial[owners])
+        return greedy_search(texts, plan, lowered, self.budget, initial=initial.tolist())
 
     def run(self, images, texts, target):
         attacked, changes = self.perturb([images.to(self.victim.device)], texts, target)

@@ -115,10 +115,15 @@ class SepAttack(MultimodalAttack):
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
-        clean_text_emb = self.encode_texts(list(texts)) if self.image_attack.loss != "image-kl" else None
+        texts = list(texts)
+        # the text attack's clean caption embeddings are the ones PGD needs: encoded once
+        prepared = self.text_attack.prepare(texts) if self.text_attack.budget > 0 and texts else None
+        clean_text_emb = None
+        if self.image_attack.loss != "image-kl":
+            clean_text_emb = prepared.clean_emb if prepared is not None else self.encode_texts(texts)
         adversarial_images = self.image_attack.perturb(images, clean_text_emb, pairing)
         clean_image_emb = self.encode_images(images) if self.text_attack.needs_image else None
-        adversarial_texts, changes = self.text_attack.perturb(texts, clean_image_emb, pairing)
+        adversarial_texts, changes = self.text_attack.perturb(texts, clean_image_emb, pairing, prepared=prepared)
         return self.result(images, adversarial_images, adversarial_texts, changes)
 
 

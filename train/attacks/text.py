@@ -28,6 +28,10 @@ Algorithm, for every caption of the batch at once:
    scored, the best one is kept if it beats the current caption. All candidates of all captions
    of a round are encoded in one chunked pass (`text_batch` texts per forward).
 
+Steps 1-3 are `plan_search` and step 4 `greedy_search`, written once for any score function:
+the captioning (`train.attacks.captioning`) and grounding (`train.attacks.grounding`) text
+attacks are the same search with their own scores (LM loss, ITM score).
+
 Score to maximise (`guide`):
 
 * `"image"` (default): the attack loss against fixed image embeddings: with `"pair"`, the
@@ -41,8 +45,8 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC
-from dataclasses import dataclass
-from typing import AbstractSet, Sequence
+from dataclasses import dataclass, field
+from typing import AbstractSet, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +165,7 @@ class MaskedLMSubstitutes(SubstituteSource):
         self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
         self.model_id = model_id
         self._special_ids = set(tokenizer.all_special_ids)
+        self._decoded: dict[int, str | None] = {}
 
     @property
     def device(self) -> torch.device:
@@ -186,12 +191,12 @@ class MaskedLMSubstitutes(SubstituteSource):
         return words, word_of
 
     def _decode(self, token_id: int) -> str | None:
-        if token_id in self._special_ids:
-            return None
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
-        if piece.startswith("##"):
-            return None
-        return self.tokenizer.convert_tokens_to_string([piece]).strip()
+        if token_id not in self._decoded:  # the same few ids recur across a batch's k x positions
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            word = None if token_id in self._special_ids or piece.startswith("##") else \
+                self.tokenizer.convert_tokens_to_string([piece]).strip()
+            self._decoded[token_id] = word
+        return self._decoded[token_id]
 
     def _keep(self, words: list[str | None], original: str) -> list[str]:
         return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
@@ -439,28 +444,138 @@ def substitution_loss(candidate_emb: torch.Tensor, caption_of_candidate: torch.T
     return 0.5 * (image_loss + text_loss)
 
 
+# ----------------------------------------------------------------------------- the greedy search
+
+# (candidate texts, owners) -> [C] scores to MAXIMISE; owners[c] = the index of the text candidate c replaces
+Score = Callable[[list[str], list[int]], torch.Tensor]
+
+
+@dataclass
+class SearchPlan:
+    """What the greedy search needs that depends on the texts and the substitute source alone, so an
+    attack that searches the same texts twice (SGA) builds it once."""
+
+    source: SubstituteSource
+    words: list[list[str]]  # each text's whitespace tokens
+    chunks: list[list[Chunk]]
+    substitutes: list[dict[int, list[str]]]  # {position: substitute words, best first}
+    order: list[list[int]]  # positions with substitutes, most important first
+
+    def masked(self) -> tuple[list[str], list[int], list[int]]:
+        """(texts with one word masked, owner text, masked position) for every position with substitutes."""
+        texts, owners, positions = [], [], []
+        for index, subs in enumerate(self.substitutes):
+            for position in sorted(subs):
+                mask = self.source.masked(self.chunks[index][position])
+                texts.append(" ".join(self.words[index][:position] + [mask] + self.words[index][position + 1:]))
+                owners.append(index)
+                positions.append(position)
+        return texts, owners, positions
+
+
+def plan_search(texts: Sequence[str], source: SubstituteSource, importance: Score) -> SearchPlan:
+    """Split `texts`, find their substitutes and order each text's positions by `importance`
+    (scores of the texts with that word masked as `[UNK]`, higher = tried first; ties keep the
+    word order), as BERT-Attack does."""
+    words = [source.split(text) for text in texts]
+    chunks = [[source.chunk(w) for w in caption] for caption in words]
+    plan = SearchPlan(source, words, chunks, source.substitutes(chunks), [[] for _ in words])
+    masked, owners, positions = plan.masked()
+    values = importance(masked, owners).tolist() if masked else []
+    ranked: list[list[tuple[float, int]]] = [[] for _ in words]
+    for value, owner, position in zip(values, owners, positions):
+        ranked[owner].append((value, position))
+    plan.order = [[p for _, p in sorted(pairs, key=lambda pair: -pair[0])] for pairs in ranked]
+    return plan
+
+
+def greedy_search(texts: Sequence[str], plan: SearchPlan, score: Score, budget: int = 1, words_per_round: int = 1,
+                  initial: list[float] | None = None, rescore: Callable[[], list[float]] | None = None,
+                  on_accept: Callable[[int, int], None] | None = None) -> tuple[list[str], list[list[dict]]]:
+    """BERT-Attack's greedy word substitution with any score to maximise: (new texts, per text the changes).
+
+    Rounds: every text still under its `budget` tries its next `words_per_round` positions (plan
+    order); all candidates of all texts of a round are scored in ONE `score` call; each text keeps
+    its best candidate (the first reaching the best score) when it beats the text as it stands.
+    The scores of the texts as they stand are `initial` (default: `score` of the texts), then the
+    accepted candidates' scores; a score that depends on the other texts (the batch's contrastive
+    loss) passes `rescore` (all current scores, called each round after `score`) and `on_accept`
+    (owner, candidate index), told of each accepted candidate.
+    """
+    texts = list(texts)
+    if budget <= 0 or not texts:
+        return texts, [[] for _ in texts]
+    if initial is None and rescore is None:
+        initial = score(texts, list(range(len(texts)))).tolist()
+    base = list(initial) if initial is not None else []
+    current = [list(words) for words in plan.words]
+    changes: list[list[dict]] = [[] for _ in texts]
+    tried = [0] * len(texts)
+    while True:
+        candidates, owners, picks = [], [], []
+        for index in range(len(texts)):
+            if len(changes[index]) >= budget:
+                continue
+            positions = plan.order[index][tried[index]:tried[index] + words_per_round]
+            tried[index] += len(positions)
+            words = current[index]
+            for position in positions:
+                chunk, prefix, suffix = plan.chunks[index][position], words[:position], words[position + 1:]
+                for word in plan.substitutes[index][position]:
+                    new_token = plan.source.replacement(chunk, word)
+                    candidates.append(" ".join(prefix + [new_token] + suffix))
+                    owners.append(index)
+                    picks.append((position, new_token))
+        if not candidates:
+            break
+        scores = score(candidates, owners).tolist()
+        if rescore is not None:
+            base = rescore()
+        best: dict[int, int] = {}
+        for c, (owner, value) in enumerate(zip(owners, scores)):
+            # the first candidate reaching its text's best score, if it beats the text as it stands
+            if value > base[owner] and (owner not in best or value > scores[best[owner]]):
+                best[owner] = c
+        for owner, c in best.items():
+            position, new_token = picks[c]
+            changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
+            current[owner][position] = new_token
+            base[owner] = scores[c]
+            if on_accept is not None:
+                on_accept(owner, c)
+    return [" ".join(words) if changes[i] else texts[i] for i, words in enumerate(current)], changes
+
+
+def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Score, budget: int = 1,
+                     words_per_round: int = 1, importance: Score | None = None) -> tuple[list[str], list[list[dict]]]:
+    """The whole search with one score: positions ordered by the score of the masked text
+    (`importance`, default `score` itself), then `greedy_search`."""
+    texts = list(texts)
+    if budget <= 0 or not texts:
+        return texts, [[] for _ in texts]
+    initial = score(texts, list(range(len(texts))))
+    plan = plan_search(texts, source, importance or score)
+    return greedy_search(texts, plan, score, budget, words_per_round, initial=initial.tolist())
+
+
 # ----------------------------------------------------------------------------- the attack
 
 
 @dataclass
-class _CaptionState:
-    """One caption during the greedy search."""
+class PreparedTexts:
+    """`WordSubstitutionAttack.prepare`'s result: the search plan, the clean caption embeddings,
+    and the candidate lists already encoded for these texts (by the exact list, so a second
+    search of the same texts, SGA's third step, reuses its first round bit for bit)."""
 
-    chunks: list[Chunk]
-    order: list[int]  # replaceable positions with substitutes, most important first
-    current: list[str]  # the caption's whitespace tokens as they stand
-    changes: list[dict]
-    tried: int = 0
+    plan: SearchPlan
+    clean_emb: torch.Tensor
+    encoded: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
 
-    def next_positions(self, count: int, budget: int) -> list[int]:
-        if len(self.changes) >= budget:
-            return []
-        positions = self.order[self.tried:self.tried + count]
-        self.tried += len(positions)
-        return positions
-
-    def with_token(self, position: int, new_token: str) -> list[str]:
-        return self.current[:position] + [new_token] + self.current[position + 1:]
+    def encode(self, victim, texts: list[str], batch_size: int) -> torch.Tensor:
+        key = tuple(texts)
+        if key not in self.encoded:
+            self.encoded[key] = encode_texts(victim, texts, batch_size)
+        return self.encoded[key]
 
 
 class WordSubstitutionAttack(Attack):
@@ -500,84 +615,27 @@ class WordSubstitutionAttack(Attack):
                                  self.loss, self.victim.logit_scale)
 
     @torch.no_grad()
-    def _importance_order(self, states: list[_CaptionState], clean_emb: torch.Tensor) -> None:
-        """Sort each caption's positions by how far masking the word moves its embedding."""
-        masked_texts, owners = [], []
-        for index, state in enumerate(states):
-            for position in state.order:
-                masked_texts.append(" ".join(state.with_token(position, self.source.masked(state.chunks[position]))))
-                owners.append(index)
-        if not masked_texts:
-            return
-        masked_emb = encode_texts(self.victim, masked_texts, self.text_batch)
-        if self.importance == "kl":
-            shift = kl_to(clean_emb[owners], masked_emb)
-        else:
-            shift = 1 - (masked_emb * clean_emb[owners]).sum(-1)
-        cursor = 0
-        for state in states:
-            count = len(state.order)
-            importance = shift[cursor:cursor + count].tolist()
-            cursor += count
-            # most important first; ties keep the caption's word order
-            state.order = [p for _, p in sorted(zip(importance, state.order), key=lambda pair: -pair[0])]
+    def prepare(self, texts: Sequence[str]) -> "PreparedTexts":
+        """The search plan (words, substitutes, importance order) and clean embeddings of `texts`:
+        they depend on the texts and the victim alone, so an attack that attacks the same captions
+        twice with the same victim (SGA) computes them once and passes them to `perturb(..., prepared=)`.
 
-    def _greedy_round(self, states: list[_CaptionState], substitutes: list[dict[int, list[str]]], image_emb,
-                      clean_emb: torch.Tensor, current_emb: torch.Tensor, image_of_text: torch.Tensor) -> bool:
-        """One BERT-Attack step for every caption still under budget; False when none had one left.
-
-        Every candidate of every caption is encoded in one chunked pass; each caption keeps its
-        best candidate if that beats the caption as it stands (`current_emb` is updated in place).
+        Importance = how far masking the word moves the caption embedding (1 - cos, or KL).
         """
-        texts, owners, changes = [], [], []
-        for index, state in enumerate(states):
-            for position in state.next_positions(self.words_per_round, self.budget):
-                chunk = state.chunks[position]
-                for word in substitutes[index][position]:
-                    new_token = self.source.replacement(chunk, word)
-                    texts.append(" ".join(state.with_token(position, new_token)))
-                    owners.append(index)
-                    changes.append((position, new_token))
-        if not texts:
-            return False
-        candidate_emb = encode_texts(self.victim, texts, self.text_batch)
-        owner_ids = torch.tensor(owners, device=candidate_emb.device)
-        scores = self._scores(candidate_emb, owner_ids, image_emb, clean_emb, current_emb, image_of_text)
-        every_caption = torch.arange(len(states), device=candidate_emb.device)
-        current = self._scores(current_emb, every_caption, image_emb, clean_emb, current_emb, image_of_text).tolist()
-        best = torch.full((len(states),), float("-inf"), device=scores.device, dtype=scores.dtype)
-        best = best.scatter_reduce(0, owner_ids, scores, "amax").tolist()
-        chosen: dict[int, int] = {}
-        for candidate, (owner, score) in enumerate(zip(owners, scores.tolist())):
-            # the first candidate reaching its caption's best score, if it beats the caption as it stands
-            if owner not in chosen and score == best[owner] > current[owner]:
-                chosen[owner] = candidate
-        for owner, candidate in chosen.items():
-            state = states[owner]
-            position, new_token = changes[candidate]
-            state.changes.append({"position": position, "from": state.current[position], "to": new_token})
-            state.current[position] = new_token
-            current_emb[owner] = candidate_emb[candidate]
-        return True
-
-    @torch.no_grad()
-    def prepare(self, texts: Sequence[str]) -> tuple:
-        """Words, substitutes, importance order and clean embeddings of `texts`: they depend on the
-        texts and the victim alone, so an attack that attacks the same captions twice with the
-        same victim (SGA) computes them once and passes them to `perturb(..., prepared=)`."""
         texts = list(texts)
-        words = [self.source.split(text) for text in texts]
-        chunk_lists = [[self.source.chunk(w) for w in caption] for caption in words]
-        substitutes = self.source.substitutes(chunk_lists)
-        states = [_CaptionState(chunks=chunks, order=sorted(subs), current=list(caption), changes=[])
-                  for caption, chunks, subs in zip(words, chunk_lists, substitutes)]
         clean_emb = encode_texts(self.victim, texts, self.text_batch)
-        self._importance_order(states, clean_emb)
-        return words, chunk_lists, substitutes, [s.order for s in states], clean_emb
+
+        def importance(masked: list[str], owners: list[int]) -> torch.Tensor:
+            masked_emb = encode_texts(self.victim, masked, self.text_batch)
+            if self.importance == "kl":
+                return kl_to(clean_emb[owners], masked_emb)
+            return 1 - (masked_emb * clean_emb[owners]).sum(-1)
+
+        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb)
 
     @torch.no_grad()
     def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
-                prepared: tuple | None = None) -> tuple[list[str], list[list[dict]]]:
+                prepared: "PreparedTexts | None" = None) -> tuple[list[str], list[list[dict]]]:
         """(adversarial captions, per caption the words changed) against fixed image embeddings.
 
         `image_emb` [B, D] may be any guide, e.g. the mean embedding of a set of image views (SGA);
@@ -589,18 +647,26 @@ class WordSubstitutionAttack(Attack):
         image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
         if self.budget == 0 or not texts:
             return texts, [[] for _ in texts]
-        words, chunk_lists, substitutes, orders, clean_emb = prepared if prepared is not None else self.prepare(texts)
-        states = [
-            _CaptionState(chunks=chunks, order=list(order), current=list(caption), changes=[])
-            for caption, chunks, order in zip(words, chunk_lists, orders)
-        ]
-        current_emb = clean_emb.clone()
+        prepared = prepared if prepared is not None else self.prepare(texts)
+        plan, clean_emb = prepared.plan, prepared.clean_emb
+        current_emb = clean_emb.clone()  # the captions as they stand (the contrastive score reads all of them)
         if image_emb is not None:
             image_emb = image_emb.to(clean_emb.device, clean_emb.dtype)
-        while self._greedy_round(states, substitutes, image_emb, clean_emb, current_emb, image_of_text):
-            pass
-        adversarial = [" ".join(s.current) if s.changes else text for s, text in zip(states, texts)]
-        return adversarial, [s.changes for s in states]
+        last: dict[str, torch.Tensor] = {}
+        every_caption = torch.arange(len(texts), device=clean_emb.device)
+
+        def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
+            last["emb"] = prepared.encode(self.victim, candidates, self.text_batch)
+            owner_ids = torch.tensor(owners, device=clean_emb.device)
+            return self._scores(last["emb"], owner_ids, image_emb, clean_emb, current_emb, image_of_text)
+
+        def rescore() -> list[float]:
+            return self._scores(current_emb, every_caption, image_emb, clean_emb, current_emb, image_of_text).tolist()
+
+        def accept(owner: int, candidate: int) -> None:
+            current_emb[owner] = last["emb"][candidate]
+
+        return greedy_search(texts, plan, score, self.budget, self.words_per_round, rescore=rescore, on_accept=accept)
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
