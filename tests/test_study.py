@@ -277,6 +277,9 @@ def test_task_configs_refuse_what_the_task_lacks(tmp_path):
     config = load_study_config(None, {"task": "captioning", "n_aug_sweep": None, "eval": {"eps": "8/255"}})
     assert config["methods"] == ["clean", "tecoa", "mat", "mat+"] and config["eval"]["eps"] == "8/255"
     assert config["eval"]["attacks"] == ["clean", "pgd", "pgd-targeted"]  # the arm's eval defaults, not retrieval's
+    bundled = load_study_config("captioning")
+    assert bundled["task"] == "captioning" and bundled["eval"]["eps"] == bundled["train"]["eps"] == "8/255"
+    assert bundled["methods"] == ["clean", "tecoa", "mat", "mat+"] and len(bundled["seeds"]) == 3
     # through the command: one line, exit status 2, nothing written
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(f"task: captioning\nout: {tmp_path / 'out'}\nmore_samples: {{pool: scene}}\n")
