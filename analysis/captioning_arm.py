@@ -1,57 +1,71 @@
-"""The study's captioning arm (`task: captioning`): evaluate a captioner checkpoint, headline numbers.
+"""The study's captioning arm (`task: captioning`, see `analysis.task_arms`).
 
-Kept apart from `analysis/study.py` (which owns the retrieval arm): the study calls
-`evaluate_captioner` where it would call retrieval's `evaluate` for a run whose task is
-captioning, and reports `headline(report)` beside retrieval's robust R@1.
+The study pretrains `tiny-captioner` clean on the sample world, fine-tunes it with clean, tecoa,
+mat and mat+ (`train ... --task captioning`), evaluates every checkpoint here and reports
+`headline(report)`: clean and robust CIDEr (robust = under untargeted PGD) and the share of
+generated captions the world's truth checker calls true.
 
-Study config keys read from `eval` (with these defaults): attacks [clean, pgd, pgd-targeted],
-eps "2/255", pgd_steps 10, batch_size 32, limit (all), captions_per_image (all), prompt (none),
-target ("a black triangle"), min_length 5, meteor (when Java is present).
+`eval` keys (defaults in DEFAULT_EVAL): split, limit, captions_per_image (None: all), batch_size,
+attacks (clean, pgd, pgd-targeted; prompt, prompt-pgd need `prompt`), eps, pgd_steps, target,
+prompt, min_length, mlm (of the prompt attacks), meteor (None: when Java is present).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+MODEL = "tiny-captioner"
+METHODS = ("clean", "tecoa", "mat", "mat+")  # fare is an embedding-space method: no captioning counterpart
 HEADLINE_ATTACK = "pgd"  # the untargeted image attack: the captioning counterpart of robust R@1
+DEFAULT_EVAL = {
+    "split": "test", "limit": 100, "captions_per_image": None, "batch_size": 50,
+    "attacks": ["clean", "pgd", "pgd-targeted"],
+    # the attack papers' budget; the tiny captioner's beam-searched captions barely move below
+    # about 8/255 (tests/test_captioning.py), so bundled captioning studies set eps 8/255
+    "eps": "2/255", "pgd_steps": 10, "target": "a black triangle", "prompt": None,
+    "min_length": 1,  # BLIP's 5-token minimum would pad the world's short captions
+    "mlm": "default", "meteor": None,
+}
 
 
-def evaluate_captioner(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
-                       folder: str | Path) -> dict:
-    """Evaluate `checkpoint` on the sample world `source_dir`; write folder/eval.json and eval.md."""
+def write_world(folder: Path, n: int, seed: int) -> None:
+    """The plain sample world: a captioner reads the same images and captions as retrieval."""
+    from augment.sample_world import write_sample
+
+    write_sample(folder, n=n, seed=seed)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
+                        folder: str | Path) -> dict:
+    """Evaluate `checkpoint` on `source_dir` under every configured attack; writes folder/eval.json,
+    eval.md and captions.jsonl (train.evaluate.write_report) and returns the report."""
     from augment.sample_world import check_caption_of_row
     from augment.sources import load_source
     from models import load_model
-    from train.attacks.captioning import DEFAULT_TARGET
     from train.config import parse_fraction
-    from train.evaluate_captioning import evaluate_captioning, markdown_report
+    from train.evaluate_captioning import evaluate_captioning, write_captioning_report
 
-    e = eval_settings
-    victim = load_model(str(checkpoint), kind="captioning", prompt=e.get("prompt"))
+    e = {**DEFAULT_EVAL, **eval_settings}
+    victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"])
     source, _ = load_source(str(source_dir))
-    options = {"eps": parse_fraction(e.get("eps", 2 / 255), "eval.eps"), "steps": int(e.get("pgd_steps", 10)),
-               "target": e.get("target", DEFAULT_TARGET), "mlm": e.get("mlm", "default")}
+    eps = parse_fraction(e["eps"], "eval.eps")
+    options = {"eps": eps, "steps": int(e["pgd_steps"]), "step_size": eps / 4, "target": e["target"], "mlm": e["mlm"]}
     report = evaluate_captioning(
-        victim, source, split=e.get("split", "test"), attacks=e.get("attacks", ["clean", "pgd", "pgd-targeted"]),
-        batch_size=int(e.get("batch_size", 32)), captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
-        attack_options=options, caption_checker=check_caption_of_row,
-        generation={"min_length": int(e.get("min_length", 5))}, meteor=e.get("meteor"), seed=seed, progress=False,
+        victim, source, split=e["split"], attacks=e["attacks"], batch_size=int(e["batch_size"]),
+        captions_per_image=e["captions_per_image"], limit=e["limit"], attack_options=options,
+        caption_checker=check_caption_of_row, generation={"min_length": int(e["min_length"])}, meteor=e["meteor"],
+        seed=seed, progress=False,
     )
-    report.pop("captions"), report.pop("image_ids")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (folder / "eval.md").write_text(markdown_report(report), encoding="utf-8")
+    write_captioning_report(report, folder)  # takes the per-caption lists out into captions.jsonl
     return report
 
 
 def headline(report: dict) -> dict:
-    """Clean and robust CIDEr and truth-checked share (robust = under `HEADLINE_ATTACK`)."""
+    """Clean and robust CIDEr (robust = under `HEADLINE_ATTACK`) and the truth-checked shares."""
     attacks = report["attacks"]
-    clean, robust = attacks["clean"], attacks.get(HEADLINE_ATTACK, attacks["clean"])
+    attack = HEADLINE_ATTACK if HEADLINE_ATTACK in attacks else "clean"
+    clean, robust = attacks["clean"], attacks[attack]
     return {
-        "clean_cider": clean["cider"], "robust_cider": robust["cider"],
+        "metric": "CIDEr", "clean": clean["cider"], "robust": robust["cider"], "attack": attack,
         "clean_true_pct": (clean.get("truth") or {}).get("true_pct"),
         "robust_true_pct": (robust.get("truth") or {}).get("true_pct"),
-        "attack": HEADLINE_ATTACK if HEADLINE_ATTACK in attacks else "clean",
     }

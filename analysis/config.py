@@ -16,6 +16,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 DEFAULTS: dict[str, Any] = {
     "name": "study",
+    # retrieval (CLIP, R@1), or another task's arm (analysis.task_arms): captioning, grounding
+    "task": "retrieval",
     "out": "outputs/study",
     "model": "tiny-clip",
     "seeds": [0, 1, 2],
@@ -102,6 +104,8 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise MatPlusError(f"study config: unknown keys {unknown}")
+    if config["task"] != "retrieval":
+        config = _task_config(config, _merge(layer, overrides or {}))
     for name, spec in config["pools"].items():
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
@@ -118,4 +122,29 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         pool = (config.get(section) or {}).get("pool")
         if pool and pool not in config["pools"]:
             raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
+    return config
+
+
+# keys only the retrieval study reads: another task refuses them unless empty
+RETRIEVAL_ONLY = ("validation", "n_aug_sweep", "more_samples", "headline_attack", "headline_captions")
+
+
+def _task_config(config: dict, given: dict) -> dict:
+    """A study of another task: its arm's model, methods and `eval` defaults under what the config gives."""
+    from analysis.task_arms import load_arm
+
+    task = config["task"]
+    arm = load_arm(task)
+    asked = [key for key in RETRIEVAL_ONLY if given.get(key) not in (None, "", {}, [])]
+    if asked:
+        raise MatPlusError(f"study config: {', '.join(asked)} apply to task retrieval only, not {task}")
+    config = {**config, **{key: None for key in RETRIEVAL_ONLY}}
+    config["model"] = given.get("model") or arm.MODEL
+    config["methods"] = list(given.get("methods") or arm.METHODS)
+    refused = [m for m in config["methods"] if m not in arm.METHODS]
+    if refused:
+        raise MatPlusError(f"study config: method(s) {', '.join(refused)} not available for task {task} "
+                           f"(choose from {', '.join(arm.METHODS)})")
+    config["headline_runs"] = [r for r in config["headline_runs"] if r in config["methods"]]
+    config["eval"] = _merge(arm.DEFAULT_EVAL, given.get("eval") or {})
     return config

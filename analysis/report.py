@@ -425,6 +425,61 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     return out / "report.md"
 
 
+# ----------------------------------------------------------------------------- other tasks
+
+
+def task_table(results: list[dict]) -> tuple[str, dict[str, dict]]:
+    """The comparison table of a non-retrieval study: one row per run (pretrained, each method,
+    mat+ per pool), the arm's clean and robust metric and its numeric extras, mean ± sd over seeds.
+
+    Each result carries `headline` (the arm's `headline(report)`); returns (markdown, summary)."""
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for result in results:
+        by_run[result["run"]].append(result["headline"])
+    first = results[0]["headline"]
+    metric, attack = first["metric"], first["attack"]
+    extras = [key for key, value in first.items()
+              if key not in ("metric", "clean", "robust", "attack") and (value is None or isinstance(value, (int, float)))]
+    header = ["run", f"clean {metric}", f"**robust {metric}** ({attack})"] + [key.replace("_pct", " (%)").replace("_", " ") for key in extras]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary: dict[str, dict] = {}
+    for run, headlines in by_run.items():
+        row = {key: mean_std([h.get(key) for h in headlines]) for key in ("clean", "robust", *extras)}
+        summary[run] = {"metric": metric, "attack": attack, **row}
+        lines.append("| " + " | ".join([run] + [fmt(row[key]) for key in ("clean", "robust", *extras)]) + " |")
+    return "\n".join(lines), summary
+
+
+def write_task_report(out: Path, config: dict, results: list[dict]) -> Path:
+    """report.md and results.json of a study whose `task` is not retrieval (analysis.task_arms)."""
+    out = Path(out)
+    table, summary = task_table(results)
+    metric, attack = results[0]["headline"]["metric"], results[0]["headline"]["attack"]
+    e, t = config["eval"], config["train"]
+    sections = [
+        f"# Study report: {config['name']} (task {config['task']})",
+        "",
+        f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
+        f"for {t['steps']} steps (batch {t['batch_size']}, eps {t['eps']}, {t['pgd_steps']} PGD steps, text attack "
+        f"`{t['text_attack']}`, word budget {t['word_budget']}) from a model trained clean for "
+        f"{config['pretrain']['steps']} steps on every train scene. Evaluation: {e.get('split')} split, up to "
+        f"{e.get('limit')} images, attacks {', '.join(e.get('attacks') or [])}, eps {e.get('eps')}, "
+        f"{e.get('pgd_steps')} PGD steps.",
+        "",
+        f"## Clean and robust {metric} per method and pool",
+        "",
+        table,
+        "",
+        f"Mean ± standard deviation over seeds; **robust {metric}** is {metric} under `{attack}`; further columns "
+        "are the arm's own numbers (e.g. the share of outputs the sample world's truth checker calls true). "
+        "Each run's eval.md (under evals/) has every attack.",
+    ]
+    (out / "report.md").write_text("\n".join(sections) + "\n")
+    write_json_atomic(out / "results.json", {"config": config, "task": config["task"], "metric": metric,
+                                             "headline_attack": attack, "summary": summary, "runs": results})
+    return out / "report.md"
+
+
 # ----------------------------------------------------------------------------- several studies
 
 

@@ -13,6 +13,11 @@ skipped when a re-run finds it done with the same settings, so an interrupted st
 6. `evals/<run>-s<seed>/eval.json`: retrieval under attack, with the world's truth checker
    reporting which attacked captions are still true;
 7. `report.md`, `results.json` and PNG plots (see `analysis.report`).
+
+`task: captioning|grounding` runs the same chain for another task through its arm
+(`analysis.task_arms`): the arm writes the world, the trainer gets `task`, the arm evaluates
+each checkpoint and gives its headline numbers; pool scores and the retrieval-only sections
+are left out, and the report is the per-task comparison table.
 """
 from __future__ import annotations
 
@@ -92,19 +97,34 @@ class Study:
         self.config = config
         self.out = Path(config["out"])
         self.log = log
+        self.task = config.get("task", "retrieval")
+        self.arm = None
+        if self.task != "retrieval":
+            from analysis.task_arms import load_arm
+
+            self.arm = load_arm(self.task)
+
+    def world_key(self) -> dict:
+        """The world's settings in cache keys (retrieval's as they always were; another task's world may differ)."""
+        return self.config["world"] if self.arm is None else {**self.config["world"], "task": self.task}
+
+    def task_settings(self) -> dict:
+        """What a non-retrieval run adds to its trainer settings (nothing for retrieval: its caches stay valid)."""
+        return {} if self.arm is None else {"task": self.task}
 
     # ------------------------------------------------------------------ 1. the world and its subsets
 
     def world(self) -> Path:
         folder = self.out / "world"
-        settings = self.config["world"]
+        settings = self.world_key()
         if not is_done(folder, settings):
             from augment.sample_world import write_sample
 
             if folder.exists():
                 shutil.rmtree(folder)
             self.log(f"[world] {settings['n']} scenes")
-            write_sample(folder, n=settings["n"], seed=settings["seed"])
+            write = self.arm.write_world if self.arm is not None else write_sample
+            write(folder, n=settings["n"], seed=settings["seed"])
             mark_done(folder, settings)
         return folder
 
@@ -113,9 +133,9 @@ class Study:
         and all val/test scenes; `captions` ({per_image, choice}) thins the train captions."""
         world = self.world()
         folder = self.out / name
-        settings = {"world": self.config["world"], "train_scenes": train_scenes, "skip": skip, "captions": captions}
+        settings = {"world": self.world_key(), "train_scenes": train_scenes, "skip": skip, "captions": captions}
         if skip == 0 and captions is None:  # the settings subsets had before these options (keeps caches valid)
-            settings = {"world": self.config["world"], "train_scenes": train_scenes}
+            settings = {"world": self.world_key(), "train_scenes": train_scenes}
         if not is_done(folder, settings):
             data = json.loads((world / "dataset_sample.json").read_text())
             kept, seen = [], 0
@@ -149,15 +169,19 @@ class Study:
     # ------------------------------------------------------------------ 2. pretraining
 
     def pretrain(self) -> Path:
-        if self.config["pretrain"].get("checkpoint"):  # another study's pretrained CLIP (same world)
+        if self.config["pretrain"].get("checkpoint"):  # another study's pretrained model (same world)
             checkpoint = Path(self.config["pretrain"]["checkpoint"])
-            if not (checkpoint / "open_clip_config.json").exists():
+            if self.arm is not None and not checkpoint.is_dir():
+                from augment.errors import MatPlusError
+
+                raise MatPlusError(f"study config: pretrain.checkpoint {checkpoint} is not a checkpoint folder")
+            if self.arm is None and not (checkpoint / "open_clip_config.json").exists():
                 from augment.errors import MatPlusError
 
                 raise MatPlusError(f"study config: pretrain.checkpoint {checkpoint} is not a CLIP checkpoint folder")
             return checkpoint
         folder = self.out / "pretrain"
-        settings = {"world": self.config["world"], "model": self.config["model"], **self.config["pretrain"]}
+        settings = {"world": self.world_key(), "model": self.config["model"], **self.config["pretrain"], **self.task_settings()}
         rest = settings.pop("scenes", "all") == "rest"
         if rest:  # pretrained on the scenes the fine-tuning set lacks: fine-tuning brings new scenes
             settings["skip_scenes"] = self.config["finetune_scenes"]
@@ -169,7 +193,7 @@ class Study:
             train_resumable(folder, {
                 "method": "clean", "model": self.config["model"], "source": str(source),
                 "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
-                "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0),
+                "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0), **self.task_settings(),
             })
             mark_done(folder, settings)
         return folder / "ckpt"
@@ -181,7 +205,7 @@ class Study:
         base, _, cut = name.partition("@n")
         spec = self.config["pools"][base]
         folder = self.out / "pools" / base
-        settings = {"spec": spec, "finetune_scenes": self.config["finetune_scenes"], "world": self.config["world"]}
+        settings = {"spec": spec, "finetune_scenes": self.config["finetune_scenes"], "world": self.world_key()}
         if self.config.get("finetune_captions") is not None:
             settings["finetune_captions"] = self.config["finetune_captions"]
         if not is_done(folder, settings):
@@ -223,7 +247,7 @@ class Study:
             "pools": pools, "pool_mode": spec.pool_mode, "seed": seed, "max_steps": t["steps"],
             "batch_size": t["batch_size"], "lr": t["lr"], "warmup_steps": t.get("warmup_steps", 0),
             "eps": t["eps"], "pgd_steps": t["pgd_steps"], "text_attack": t["text_attack"],
-            "word_budget": t["word_budget"], "p_original": t.get("p_original", 0.5),
+            "word_budget": t["word_budget"], "p_original": t.get("p_original", 0.5), **self.task_settings(),
         }
         if t.get("mlm"):
             settings["mlm"] = t["mlm"]
@@ -270,6 +294,10 @@ class Study:
         e = self.config["eval"]
         settings = {"checkpoint": str(checkpoint), "eval": e, "seed": seed,
                     "trained": json.loads((checkpoint.parent / DONE).read_text()) if (checkpoint.parent / DONE).exists() else None}
+        if self.arm is not None and not is_done(folder, settings):
+            self.log(f"[eval] {name}")
+            self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder)
+            mark_done(folder, settings)
         if not is_done(folder, settings):
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
@@ -290,17 +318,25 @@ class Study:
         """Every step (cached ones skipped), then the report; one log line per step, no library progress bars."""
         import datasets
 
+        from transformers.utils import logging as transformers_logging
+
         shown = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # pools are written and read many times: bars would swamp the log
+        loading_bars = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # so are checkpoints (transformers' loading bars)
         try:
             return self._run()
         finally:
             if shown:
                 datasets.enable_progress_bars()
+            if loading_bars:
+                transformers_logging.enable_progress_bar()
 
     def _run(self) -> Path:
         from analysis.report import write_report
 
+        if self.arm is not None:
+            return self._run_task()
         config = self.config
         specs = run_specs(config)
         if "world-mlm" in (config["eval"].get("mlm"), config["train"].get("mlm")):
@@ -333,6 +369,30 @@ class Study:
                                       else self.evaluate(spec.folder_name(seed) + "-best", best, seed))
             results.append(entry)
         return write_report(self.out, config, scores, results)
+
+
+    def _run_task(self) -> Path:
+        """Another task's study: pretrained model, then every run seed by seed, each evaluated by the arm."""
+        from analysis.report import write_task_report
+
+        config = self.config
+        specs = run_specs(config)
+        if "world-mlm" in (config["eval"].get("mlm"), config["train"].get("mlm")):
+            from augment.world_mlm import world_mlm_dir
+
+            world_mlm_dir(log=self.log)
+        pretrained = self.pretrain()
+        results: list[dict] = []
+        for seed in config["seeds"]:
+            report = self.evaluate(f"pretrained-s{seed}", pretrained, seed)
+            results.append({"run": "pretrained", "method": "pretrained", "pools": [], "seed": seed, "group": "main",
+                            "headline": self.arm.headline(report), "eval": report})
+        for seed, spec in [(seed, spec) for seed in config["seeds"] for spec in specs]:
+            report = self.evaluate(spec.folder_name(seed), self.train(spec, seed), seed)
+            results.append({"run": spec.name, "method": spec.method, "pools": spec.pools, "pool_mode": spec.pool_mode,
+                            "source": spec.source, "group": spec.group, "seed": seed,
+                            "headline": self.arm.headline(report), "eval": report})
+        return write_task_report(self.out, config, results)
 
 
 def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dict]:

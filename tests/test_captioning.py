@@ -370,14 +370,115 @@ def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour
 
 
 def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner, colour_world, tmp_path):
-    from analysis.captioning_arm import evaluate_captioner, headline
+    from analysis import captioning_arm as arm
+    from analysis.task_arms import load_arm
 
-    settings = {"attacks": ["clean", "pgd"], "pgd_steps": 2, "limit": 4, "min_length": 1, "meteor": False}
-    report = evaluate_captioner(trained_captioner, colour_world, settings, seed=0, folder=tmp_path / "arm")
-    assert (tmp_path / "arm" / "eval.json").exists() and (tmp_path / "arm" / "eval.md").exists()
-    numbers = headline(report)
-    assert numbers["attack"] == "pgd" and numbers["clean_cider"] == report["attacks"]["clean"]["cider"]
+    assert load_arm("captioning") is arm and arm.MODEL == "tiny-captioner" and "fare" not in arm.METHODS
+    settings = {"attacks": ["clean", "pgd"], "pgd_steps": 2, "limit": 4, "meteor": False}
+    report = arm.evaluate_checkpoint(trained_captioner, colour_world, settings, seed=0, folder=tmp_path / "arm")
+    written = json.loads((tmp_path / "arm" / "eval.json").read_text())
+    assert written["attacks"]["pgd"]["cider"] == report["attacks"]["pgd"]["cider"] and "captions" not in written
+    assert "| pgd |" in (tmp_path / "arm" / "eval.md").read_text()
+    assert len((tmp_path / "arm" / "captions.jsonl").read_text().splitlines()) == 4
+    numbers = arm.headline(report)
+    assert numbers["metric"] == "CIDEr" and numbers["attack"] == "pgd"
+    assert numbers["clean"] == report["attacks"]["clean"]["cider"] and numbers["robust"] == report["attacks"]["pgd"]["cider"]
     assert numbers["robust_true_pct"] == report["attacks"]["pgd"]["truth"]["true_pct"]
+
+
+def _eval_argv(checkpoint, source, out, *extra):
+    return ["eval", str(checkpoint), "--task", "captioning", "--source", str(source), "--limit", "6", "--batch-size", "3",
+            "--attacks", "clean,pgd,pgd-targeted", "--pgd-steps", "2", "--eps", "8/255", "--gen-min-length", "1",
+            "--no-meteor", "--no-progress", "--out", str(out), *extra]
+
+
+def _without_timings(report: dict) -> dict:
+    report = json.loads(json.dumps(report))
+    for entry in report["attacks"].values():
+        entry.pop("seconds")
+    return report
+
+
+def test_killed_captioning_evaluation_resumes_to_the_same_report(trained_captioner, colour_world, tmp_path, monkeypatch):
+    from train.attacks.captioning import CaptionPGD, TargetedCaptionPGD
+    from train.cli import main
+
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "whole")) == 0
+    calls = {"pgd": 0}
+    original, targeted = CaptionPGD.__call__, TargetedCaptionPGD.__call__
+
+    def counted(self, *args, **kwargs):
+        calls["pgd"] += 1
+        return original(self, *args, **kwargs)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the process dies during the second attack
+
+    monkeypatch.setattr(CaptionPGD, "__call__", counted)
+    monkeypatch.setattr(TargetedCaptionPGD, "__call__", killed)
+    out = tmp_path / "killed"
+    assert main(_eval_argv(trained_captioner, colour_world, out)) == 130  # Ctrl-C's exit status
+    assert calls["pgd"] == 2 and not (out / "eval.json").exists()
+    assert len(list((out / ".progress" / "pgd").glob("batch-*.pt"))) == 2
+    monkeypatch.setattr(TargetedCaptionPGD, "__call__", targeted)
+    assert main(_eval_argv(trained_captioner, colour_world, out)) == 0
+    assert calls["pgd"] == 2  # pgd's two batches came from .progress
+    whole, resumed = (json.loads((folder / "eval.json").read_text()) for folder in (tmp_path / "whole", out))
+    assert _without_timings(resumed) == _without_timings(whole)
+    assert (out / "captions.jsonl").read_text() == (tmp_path / "whole" / "captions.jsonl").read_text()
+    assert not (out / ".progress").exists()
+    # --restart throws the finished batches away: every attack runs again
+    (out / ".progress" / "pgd").mkdir(parents=True)
+    assert main(_eval_argv(trained_captioner, colour_world, out, "--restart")) == 0
+    assert calls["pgd"] == 4
+
+
+def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_world, tmp_path):
+    import shutil
+
+    from train.cli import main
+
+    twin = tmp_path / "same-weights"  # the victim's weights in another folder: transfer must equal white-box
+    shutil.copytree(trained_captioner, twin)
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "white")) == 0
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "transfer", "--attacker-model", str(twin))) == 0
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "random", "--attacker-model", "tiny-captioner")) == 0
+    white, transfer, random = (json.loads((tmp_path / name / "eval.json").read_text()) for name in ("white", "transfer", "random"))
+    assert transfer["settings"]["mode"] == "transfer" and transfer["attacker"]["name"] != transfer["victim"]["name"]
+    assert "transfer attacks crafted on" in (tmp_path / "transfer" / "eval.md").read_text()
+    for attack in ("clean", "pgd", "pgd-targeted"):
+        assert transfer["attacks"][attack]["examples"] == white["attacks"][attack]["examples"]
+        assert transfer["attacks"][attack]["cider"] == pytest.approx(white["attacks"][attack]["cider"])
+    # a random captioner's gradients are not the victim's: its attack hurts the victim less
+    assert random["attacker"]["name"] == "tiny-captioner"
+    assert random["attacks"]["pgd"]["reference_loss"] < white["attacks"]["pgd"]["reference_loss"]
+
+
+def test_save_adv_writes_each_attack_as_a_pool(trained_captioner, colour_world, tmp_path):
+    import numpy as np
+
+    from augment.pool import load_pool
+    from augment.sources import load_source, select_split
+    from models import load_model
+    from train.cli import main
+
+    out, pools = tmp_path / "eval", tmp_path / "adv"
+    assert main(_eval_argv(trained_captioner, colour_world, out, "--save-adv", str(pools))) == 0
+    report = json.loads((out / "eval.json").read_text())
+    victim = load_model(str(trained_captioner))
+    rows = select_split(load_source(str(colour_world))[0], "test").select(range(6))
+    for attack in ("pgd", "pgd-targeted"):
+        assert report["attacks"][attack]["adversarial_pool"] == str(pools / attack)
+        pool = load_pool(pools / attack).dataset
+        assert len(pool) == 6 and set(pool["modality"]) == {"image"} and pool["source_image_id"] == rows["image_id"]
+        provenance = json.loads(pool[0]["provenance"])
+        assert provenance["attack"] == attack and provenance["attack_params"]["eps"] == pytest.approx(8 / 255)
+        for row, source in zip(pool, rows):
+            adversarial = np.asarray(row["image"], dtype=np.float32) / 255
+            clean = victim.preprocess_eval(source["image"]).permute(1, 2, 0).numpy()
+            assert np.abs(adversarial - clean).max() <= 8 / 255 + 0.5 / 255 + 1e-4
+    assert json.loads(load_pool(pools / "pgd-targeted").dataset[0]["provenance"])["target"] == "a black triangle"
+    assert "clean" not in {p.name for p in pools.iterdir()}
 
 
 # ----------------------------------------------------------------------------- training

@@ -229,3 +229,69 @@ def test_demo_prints_the_comparison_section(one_caption_study):
     shown = comparison(report.read_text())
     assert shown.startswith("| model | clean R@1 | **robust R@1** |") and "| mat+:scene |" in shown
     assert "## " not in shown and "![" not in shown
+
+
+# ----------------------------------------------------------------------------- other tasks (analysis.task_arms)
+
+
+def test_captioning_study_runs_end_to_end_with_its_table(tmp_path):
+    """A tiny `task: captioning` study: world, pretrained captioner, the methods, the arm's evaluation, the table."""
+    out = tmp_path / "captioning"
+    config = load_study_config(None, {
+        "name": "tiny-captioning", "task": "captioning", "out": str(out), "seeds": [0], "world": {"n": 80, "seed": 0},
+        "finetune_scenes": 20, "pretrain": {"steps": 4, "batch_size": 8}, "train": {"steps": 1, "batch_size": 4, "pgd_steps": 1},
+        "pools": {"eda": {"method": "eda", "n": 2}}, "methods": ["tecoa", "mat+"],
+        "eval": {"limit": 4, "batch_size": 4, "pgd_steps": 1, "attacks": ["clean", "pgd"], "meteor": False},
+    })
+    assert config["model"] == "tiny-captioner" and config["eval"]["target"] == "a black triangle"
+    assert config["n_aug_sweep"] is None and config["headline_attack"] is None
+    logged: list[str] = []
+    report = Study(config, log=logged.append).run()
+    text = report.read_text()
+    assert "## Clean and robust CIDEr per method and pool" in text and "(task captioning)" in text
+    assert "| run | clean CIDEr | **robust CIDEr** (pgd) | clean true (%) | robust true (%) |" in text
+    for run in ("pretrained", "tecoa", "mat+:eda"):
+        assert f"| {run} |" in text
+    assert "R@1" not in text and not (out / "pools" / "eda" / "scores.json").exists()  # no retrieval scoring
+    results = json.loads((out / "results.json").read_text())
+    pgd = results["runs"][-1]["eval"]["attacks"]["pgd"]
+    assert results["summary"]["mat+:eda"]["robust"][0] == pytest.approx(pgd["cider"])
+    trained = (out / "runs" / "matplus-eda-s0" / "config.yaml").read_text()
+    assert "task: captioning" in trained and "tiny-captioner" in (out / "pretrain" / "config.yaml").read_text()
+    assert (out / "evals" / "tecoa-s0" / "captions.jsonl").exists()
+    logged.clear()
+    Study(config, log=logged.append).run()
+    assert logged == []  # every step reused
+
+
+def test_task_configs_refuse_what_the_task_lacks(tmp_path):
+    assert load_study_config("mini")["task"] == "retrieval"
+    with pytest.raises(MatPlusError, match=r"n_aug_sweep apply to task retrieval only, not captioning"):
+        load_study_config(None, {"task": "captioning", "n_aug_sweep": {"pool": "scene", "values": [1]}})
+    with pytest.raises(MatPlusError, match=r"validation, headline_attack apply to task retrieval only"):
+        load_study_config(None, {"task": "captioning", "validation": {"every": 2}, "headline_attack": "sga"})
+    with pytest.raises(MatPlusError, match=r"method\(s\) fare not available for task captioning"):
+        load_study_config(None, {"task": "captioning", "methods": ["mat", "fare"]})
+    with pytest.raises(MatPlusError, match=r"task 'ranking' has no arm"):
+        load_study_config(None, {"task": "ranking"})
+    config = load_study_config(None, {"task": "captioning", "n_aug_sweep": None, "eval": {"eps": "8/255"}})
+    assert config["methods"] == ["clean", "tecoa", "mat", "mat+"] and config["eval"]["eps"] == "8/255"
+    assert config["eval"]["attacks"] == ["clean", "pgd", "pgd-targeted"]  # the arm's eval defaults, not retrieval's
+    bundled = load_study_config("captioning")
+    assert bundled["task"] == "captioning" and bundled["eval"]["eps"] == bundled["train"]["eps"] == "8/255"
+    assert bundled["methods"] == ["clean", "tecoa", "mat", "mat+"] and len(bundled["seeds"]) == 3
+    # through the command: one line, exit status 2, nothing written
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(f"task: captioning\nout: {tmp_path / 'out'}\nmore_samples: {{pool: scene}}\n")
+    result = subprocess.run([sys.executable, "-m", "analysis.cli", "study", "--config", str(config_file)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "more_samples apply to task retrieval only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_missing_task_arm_is_one_line(monkeypatch):
+    from analysis import task_arms
+
+    monkeypatch.setitem(task_arms.TASK_ARMS, "grounding", "analysis.no_such_grounding_arm")
+    with pytest.raises(MatPlusError, match=r"task 'grounding' needs the module analysis.no_such_grounding_arm"):
+        load_study_config(None, {"task": "grounding"})

@@ -10,7 +10,9 @@ DIR/captions.jsonl (every generated caption, per attack).
 
 `train eval`'s shared options keep their meaning (--eps, --pgd-steps, --pgd-step-size,
 --text-candidates, --mlm, --top-k, --word-budget, --max-length, --batch-size, --limit,
---captions-per-image, --device, --seed, --truth-checker); the options below are captioning's own.
+--captions-per-image, --device, --seed, --truth-checker, --restart: a killed evaluation resumes
+from DIR/.progress, --attacker-model: transfer attacks crafted on another captioner, --save-adv:
+each attack's adversarial inputs as a pool); the options below are captioning's own.
 """
 from __future__ import annotations
 
@@ -33,26 +35,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+
     import torch
 
     from augment.commands.common import read_source
     from augment.errors import MatPlusError
     from models import load_model
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
-    from train.evaluate_captioning import default_attacks, evaluate_captioning, markdown_report
-    from train.evaluate import write_report
+    from train.commands_eval import PROGRESS_DIR, _truth_checker
+    from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.attacker_model:
-        raise MatPlusError("--task captioning evaluates white-box attacks only; drop --attacker-model")
-    if args.save_adv:
-        raise MatPlusError("--save-adv is not available with --task captioning")
     for option in ("num_beams", "gen_max_length"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
     torch.manual_seed(args.seed)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
-    attacks = args.attacks or list(default_attacks(victim))
+    attacker = None
+    if args.attacker_model:  # transfer: the attacks run on this captioner (with the same --prompt), the victim is evaluated
+        attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="captioning",
+                              prompt=args.prompt)
+    attacks = args.attacks or list(default_attacks(attacker or victim))
     unknown = [a for a in attacks if a not in CAPTION_ATTACK_NAMES]
     if unknown:
         raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
@@ -63,26 +67,23 @@ def run(args: argparse.Namespace) -> int:
         "budget": args.word_budget, "max_length": args.max_length,
     }
     generation = {"num_beams": args.num_beams, "max_length": args.gen_max_length, "min_length": args.gen_min_length}
-    from train.commands_eval import _truth_checker
-
+    out = Path(args.out)
+    progress_dir = out / PROGRESS_DIR
+    if args.restart and progress_dir.exists():
+        shutil.rmtree(progress_dir)
     try:
         report = evaluate_captioning(
-            victim, dataset, split=args.split, attacks=attacks, batch_size=args.batch_size,
+            victim, dataset, split=args.split, attacks=attacks, attacker=attacker, batch_size=args.batch_size,
             captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
             caption_checker=_truth_checker(args.truth_checker, dataset), generation=generation, meteor=args.meteor,
-            seed=args.seed, progress=args.progress,
+            seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
         )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
     report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning"})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    captions = report.pop("captions")
-    image_ids = report.pop("image_ids")
-    with open(out / "captions.jsonl", "w", encoding="utf-8") as handle:
-        for index, image_id in enumerate(image_ids):
-            handle.write(json.dumps({"image_id": image_id, **{name: c[index] for name, c in captions.items()}}) + "\n")
-    table = write_report(report, out, markdown_report)
+    table = write_captioning_report(report, out)
+    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'captions.jsonl'}")
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'captions.jsonl'}"
+          + (f"; adversarial pools under {args.save_adv}" if args.save_adv else ""))
     return 0

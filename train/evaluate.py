@@ -175,20 +175,29 @@ def _encode_texts(victim, texts: Sequence[str], batch_size: int) -> torch.Tensor
     return torch.cat([victim.encode_text(texts[i:i + batch_size]).float().cpu() for i in range(0, len(texts), batch_size)])
 
 
-def build_attacks(names: Sequence[str | Attack], attacker, options: dict) -> dict[str, Attack]:
-    """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones."""
+MLM_ATTACKS = ("bert-attack", "sep", "co-attack", "sga")  # retrieval attacks that draw substitutes from a masked LM
+
+
+def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build: Callable | None = None,
+                  mlm_attacks: Sequence[str] = MLM_ATTACKS, default_mlm: Callable | None = None) -> dict[str, Attack]:
+    """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones.
+
+    Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`), the names
+    of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default"."""
+    build = build or build_attack
     options = dict(options)
-    needs_mlm = any(n in ("bert-attack", "sep", "co-attack", "sga") for n in names if isinstance(n, str))
+    needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str))
     if needs_mlm and options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
         from augment.registry import DEFAULT_MODELS, load_mlm
 
-        name = options.get("mlm", "default")
-        name = DEFAULT_MODELS["mlm"] if name == "default" else name
+        name = options.get("mlm") or "default"
+        if name == "default":
+            name = default_mlm(attacker) if default_mlm is not None else DEFAULT_MODELS["mlm"]
         model, tokenizer = load_mlm(name, device=attacker.device)
         options["mlm"] = (model, tokenizer, name)
     attacks: dict[str, Attack] = {}
     for entry in names:
-        attack = build_attack(entry, attacker, **options) if isinstance(entry, str) else entry
+        attack = build(entry, attacker, **options) if isinstance(entry, str) else entry
         key = entry if isinstance(entry, str) else attack.name
         if key in attacks:
             raise ValueError(f"attack {key!r} listed twice")
@@ -268,8 +277,12 @@ class BatchStore:
         torch.save(record.state(), tmp)
         os.replace(tmp, path)
 
+    def load_state(self, attack: str, batch: int) -> dict:
+        """The saved `state()` of a batch (any task's record)."""
+        return torch.load(self._path(attack, batch), map_location="cpu", weights_only=True)
+
     def load(self, attack: str, batch: int) -> "AttackRecord":
-        state = torch.load(self._path(attack, batch), map_location="cpu", weights_only=True)
+        state = self.load_state(attack, batch)
         record = AttackRecord(attack=None)  # type: ignore[arg-type]
         for key, value in state.items():
             setattr(record, key, value)

@@ -3,27 +3,35 @@
 Protocol:
 
 1. The split's images (at most `limit`) and their captions (the first `captions_per_image`, or
-   all) are the evaluated images and their references.
-2. Batch by batch (`batch_size` images with all their references), the victim captions the
-   clean images (beam search 3, 20 tokens at most, 5 at least: BLIP's COCO setting, unless
-   `generation` says otherwise), then every attack crafts its adversarial images (and, for
-   prompted captioners, prompts) against the references and the victim captions those.
+   all) are the evaluated images and their references (`train.evaluate.Gallery`, as retrieval).
+2. Attack by attack, batch by batch (`batch_size` images with all their references): the
+   attacker (the victim in white-box mode, another captioner in transfer mode) crafts
+   adversarial images (and, for prompted captioners, prompts) against the references; the victim
+   captions them (beam search 3, 20 tokens at most, 5 at least: BLIP's COCO setting, unless
+   `generation` says otherwise). "clean" captions the unattacked images. In transfer mode the
+   adversarial images are resized (bicubic) to the victim's resolution when the two differ.
 3. Metrics over all images (`train.caption_metrics`, pycocoevalcap): BLEU-4, METEOR (when Java
    is present), ROUGE-L, CIDEr, in percent; `drop` = clean minus attacked for each. The mean LM
-   loss of the references (what the untargeted attacks maximise) is reported too.
+   loss of the references under the victim (what the untargeted attacks maximise) is reported too.
 4. With a `caption_checker` (the sample world's truth checker), the share of generated captions
    it calls true of their image (`truth.true_pct`), clean and under each attack: the world's
    ground truth for "the caption is still right".
 5. The targeted attack also reports how often the generated caption IS the target.
+
+Every finished batch can be kept (`progress_dir`, retrieval's `BatchStore`; each batch's attack is
+seeded from (seed, attack, batch)), so a killed evaluation resumes to the same report.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from train.attacks.captioning import CAPTION_ATTACK_NAMES, CaptionAttack, build_caption_attack, lm_losses
+from train.attacks.captioning import (CAPTION_ATTACK_NAMES, CaptionAttack, build_caption_attack, default_caption_mlm,
+                                      lm_losses)
 from train.caption_metrics import METRICS, caption_scores, simple_tokenize
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -46,27 +54,14 @@ def default_attacks(victim) -> tuple[str, ...]:
     return DEFAULT_CAPTION_ATTACKS + (PROMPT_ATTACKS if getattr(victim, "prompt", None) else ())
 
 
-def build_caption_attacks(names: Sequence[str | CaptionAttack], victim, options: dict) -> dict[str, CaptionAttack]:
-    options = dict(options)
-    if any(n in PROMPT_ATTACKS for n in names if isinstance(n, str)):
-        if not getattr(victim, "prompt", None):
-            raise ValueError(f"the prompt attacks need a prompted captioner; '{victim.name}' has no prompt (pass --prompt)")
-        if options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
-            from augment.registry import load_mlm
-            from train.attacks.captioning import default_caption_mlm
+def build_caption_attacks(names: Sequence[str | CaptionAttack], attacker, options: dict) -> dict[str, CaptionAttack]:
+    """Captioning attacks by name on `attacker` (retrieval's `build_attacks` with captioning's table)."""
+    from train.evaluate import build_attacks
 
-            name = options.get("mlm") or "default"
-            name = default_caption_mlm(victim) if name == "default" else name
-            model, tokenizer = load_mlm(name, device=victim.device)
-            options["mlm"] = (model, tokenizer, name)
-    attacks: dict[str, CaptionAttack] = {}
-    for entry in names:
-        attack = build_caption_attack(entry, victim, **options) if isinstance(entry, str) else entry
-        key = entry if isinstance(entry, str) else attack.name
-        if key in attacks:
-            raise ValueError(f"attack {key!r} listed twice")
-        attacks[key] = attack
-    return attacks
+    if any(n in PROMPT_ATTACKS for n in names if isinstance(n, str)) and not getattr(attacker, "prompt", None):
+        raise ValueError(f"the prompt attacks need a prompted captioner; '{attacker.name}' has no prompt (pass --prompt)")
+    return build_attacks(names, attacker, options, build=build_caption_attack, mlm_attacks=PROMPT_ATTACKS,
+                         default_mlm=default_caption_mlm)
 
 
 def _normalised(text: str) -> str:
@@ -74,7 +69,9 @@ def _normalised(text: str) -> str:
 
 
 class _Record:
-    """What one attack produced: generated captions, verdicts, budgets."""
+    """What one attack produced: generated captions, verdicts, budgets (batch by batch, in order)."""
+
+    FIELDS = ("captions", "verdicts", "reference_losses", "prompts", "target_hits")
 
     def __init__(self, attack: CaptionAttack | None):
         self.attack = attack
@@ -86,12 +83,24 @@ class _Record:
         self.linf = 0.0
         self.seconds = 0.0
 
+    def state(self) -> dict:
+        """Plain lists, tensors and numbers: what `BatchStore` saves and `torch.load(weights_only=True)` reads."""
+        return {**{key: getattr(self, key) for key in self.FIELDS}, "linf": self.linf, "seconds": self.seconds}
+
+    def extend(self, state: dict) -> None:
+        """Append one batch (a `state()`)."""
+        for key in self.FIELDS:
+            getattr(self, key).extend(state[key])
+        self.linf = max(self.linf, float(state["linf"]))
+        self.seconds += float(state["seconds"])
+
 
 def evaluate_captioning(
     victim,
     source_dataset,
     split: str | None = "test",
     attacks: Sequence[str | CaptionAttack] | None = None,
+    attacker=None,
     batch_size: int = 32,
     captions_per_image: int | None = None,
     limit: int | None = None,
@@ -102,62 +111,97 @@ def evaluate_captioning(
     java: bool | None = None,
     seed: int = 0,
     progress: bool = True,
+    progress_dir: str | Path | None = None,
+    save_adv: str | Path | None = None,
 ) -> dict:
     """Captioning metrics of `victim` (a `CaptioningModel`) on `split`, clean and under `attacks`.
 
-    `attacks`: names from `CAPTION_ATTACK_NAMES` (default: `default_attacks(victim)`), built
-    with `attack_options` (see `build_caption_attack`; the seed defaults to `seed`), or ready
-    objects. `generation`: keyword arguments for `victim.generate`. Returns the dict that
-    `train eval --task captioning` writes as eval.json; its "captions" entry holds every
-    generated caption per attack (the command writes them to captions.jsonl).
+    `attacks`: names from `CAPTION_ATTACK_NAMES` (default: `default_attacks(attacker)`), built on
+    the attacker with `attack_options` (see `build_caption_attack`; the seed defaults to `seed`),
+    or ready objects. `attacker`: None for white-box, another captioner for transfer.
+    `generation`: keyword arguments for `victim.generate`. `progress_dir`: a folder keeping every
+    finished batch (`train.evaluate.BatchStore`): a killed evaluation called again with the same
+    settings skips them and gives the same report. `save_adv`: folder; each attack's adversarial
+    inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`).
+    Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
+    every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
     from tqdm.auto import tqdm
 
-    from augment.sources import select_split
+    from train.data import derive_seed
+    from train.evaluate import BatchStore, Gallery, _pixels, _pool_writers, _reseed, _to_victim_resolution
 
-    rows_all = select_split(source_dataset, split)
-    if limit is not None:
-        rows_all = rows_all.select(range(min(limit, len(rows_all))))
-    if len(rows_all) == 0:
+    attacker = attacker or victim
+    transfer = attacker is not victim
+    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
+    if len(gallery) == 0:
         raise ValueError(f"split {split!r} has no images")
-    references = [list(c if captions_per_image is None else c[:captions_per_image]) for c in rows_all["captions"]]
+    references: list[list[str]] = [[] for _ in range(len(gallery))]
+    for caption, image in zip(gallery.captions, gallery.image_of_text.tolist()):
+        references[image].append(caption)
     if any(not refs for refs in references):
         raise ValueError("every evaluated image needs at least one reference caption")
-    names = list(attacks) if attacks is not None else list(default_attacks(victim))
+    names = list(attacks) if attacks is not None else list(default_attacks(attacker))
+    if transfer and any(n in PROMPT_ATTACKS for n in names) and not getattr(victim, "prompt", None):
+        raise ValueError(f"transferred prompt attacks need a prompted victim; '{victim.name}' has no prompt (pass --prompt)")
     options = {"seed": seed, **(attack_options or {})}
-    built = build_caption_attacks([n for n in names if n != "clean"], victim, options)
+    built = build_caption_attacks([n for n in names if n != "clean"], attacker, options)
     generation = dict(generation or {})
+    plain_options = {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()}
+    settings = {
+        "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
+        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,
+        "generation": generation, "checker": getattr(caption_checker, "__name__", None),
+        "attacks": {n: a.params() for n, a in built.items()},
+    }
+    store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+    writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
-    bar = tqdm(total=len(rows_all), desc="evaluating captions", unit="img", disable=not progress)
-    for start in range(0, len(rows_all), batch_size):
-        rows = [rows_all[i] for i in range(start, min(start + batch_size, len(rows_all)))]
-        pixels = torch.stack([victim.preprocess_eval(row["image"]) for row in rows]).to(victim.device)
-        texts = [t for image in range(len(rows)) for t in references[start + image]]
-        pairing = torch.tensor([image for image in range(len(rows)) for _ in references[start + image]], dtype=torch.long)
-        for name, record in records.items():
-            bar.set_postfix_str(name)
+    bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)
+    for name, record in records.items():
+        bar.set_postfix_str(name)
+        batch_index = -1
+        for batch_index, (start, rows, text_ids) in enumerate(gallery.batches(batch_size)):
+            if store is not None and store.has(name, batch_index) and (name not in writers or writers[name].has_shard(batch_index)):
+                record.extend(store.load_state(name, batch_index))
+                bar.update(len(rows))
+                continue
+            texts = [gallery.captions[i] for i in text_ids.tolist()]
+            pairing = gallery.image_of_text[text_ids] - start
+            part = _Record(record.attack)
             began = time.perf_counter()
+            victim_pixels = _pixels(victim, rows, victim.device)
             if record.attack is None:
-                images, prompts, info = pixels, None, {}
+                images, prompts, info = victim_pixels, None, {}
             else:
-                result = record.attack(pixels, texts, pairing)
-                images, info = result.images, result.info
+                attacker_pixels = _pixels(attacker, rows, attacker.device) if transfer else victim_pixels
+                _reseed(record.attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
+                result = record.attack(attacker_pixels, texts, pairing)
+                info = result.info
                 prompts = info.get("prompts")
-                record.linf = max(record.linf, float((images - pixels).abs().max()))
+                part.linf = float((result.images - attacker_pixels).abs().max())
+                images = _to_victim_resolution(result.images.to(victim.device), victim.image_size)
+                if name in writers:
+                    writers[name].write_shard(batch_index, _adversarial_rows(
+                        name, record.attack, rows, result.images, prompts, info, attacker.describe(), seed))
             captions = victim.generate(images, prompts=prompts, **generation)
-            record.seconds += time.perf_counter() - began
+            part.seconds = time.perf_counter() - began
             with torch.no_grad():
                 text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
-                record.reference_losses.append(lm_losses(victim, images[pairing.to(images.device)], texts, text_prompts).cpu())
-            record.captions += captions
-            if prompts is not None:
-                record.prompts += list(prompts)
+                part.reference_losses.append(lm_losses(victim, images[pairing.to(images.device)], texts, text_prompts).cpu())
+            part.captions = list(captions)
+            part.prompts = list(prompts) if prompts is not None else []
             if "targets" in info:
-                record.target_hits += [_normalised(c) == _normalised(t) for c, t in zip(captions, info["targets"])]
+                part.target_hits = [_normalised(c) == _normalised(t) for c, t in zip(captions, info["targets"])]
             if caption_checker is not None:
-                record.verdicts += [caption_checker(caption, row) for caption, row in zip(captions, rows)]
-        bar.update(len(rows))
+                part.verdicts = [caption_checker(caption, row) for caption, row in zip(captions, rows)]
+            if store is not None:
+                store.save(name, batch_index, part)
+            record.extend(part.state())
+            bar.update(len(rows))
+        if name in writers:
+            writers[name].finalize(expected_shards=batch_index + 1)
     bar.close()
 
     results: dict[str, Any] = {}
@@ -177,7 +221,7 @@ def evaluate_captioning(
         if record.attack is not None and record.attack.modality in ("image", "multimodal"):
             entry["linf_max"] = record.linf
         if record.prompts:
-            default_prompt = getattr(victim, "prompt", "") or ""
+            default_prompt = getattr(attacker, "prompt", "") or ""
             entry["prompts_changed_pct"] = 100.0 * sum(p != default_prompt for p in record.prompts) / len(record.prompts)
             entry["prompt_examples"] = record.prompts[:EXAMPLES]
         if record.target_hits:
@@ -187,6 +231,8 @@ def evaluate_captioning(
             entry["truth"] = {"captions": len(record.verdicts), "judged": len(judged), "true": sum(judged),
                               "false": len(judged) - sum(judged),
                               "true_pct": 100.0 * sum(judged) / len(record.verdicts) if record.verdicts else None}
+        if name in writers:
+            entry["adversarial_pool"] = str(writers[name].out_dir)
         results[name] = entry
     clean = results["clean"]
     for name, entry in results.items():
@@ -198,19 +244,66 @@ def evaluate_captioning(
         "task": "captioning",
         "protocol": PROTOCOL,
         "victim": victim.describe(),
+        "attacker": attacker.describe(),
         "settings": {
-            "split": split, "num_images": len(rows_all), "num_references": sum(len(r) for r in references),
+            "mode": "transfer" if transfer else "white-box",
+            "split": split, "num_images": len(gallery), "num_references": len(gallery.captions),
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size, "seed": seed,
             "generation": {**_generation_defaults(), **generation},
-            "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+            "attack_options": plain_options,
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
             "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
         },
         "notes": notes,
         "attacks": results,
         "captions": {name: record.captions for name, record in records.items()},
-        "image_ids": list(rows_all["image_id"]),
+        "image_ids": list(gallery.rows["image_id"]),
     }
+
+
+def _adversarial_rows(name: str, attack: CaptionAttack, rows: list[dict], adversarial_images: torch.Tensor,
+                      prompts: Sequence[str] | None, info: dict, attacker: dict, seed: int) -> list[dict]:
+    """Pool rows (schema `augment.schema.POOL_FEATURES`) for one batch: one image row per image,
+    the adversarial input the captioner saw: its (attacked) image as PNG, and in the provenance the
+    attacked prompt and the target caption, if any (a prompt is no caption of the image, so it is
+    not put in the caption column). The prompt attack leaves images as they are."""
+    from PIL import Image
+
+    from augment.pool import make_row_id
+
+    # PNG (lossless) keeps the perturbation up to 8-bit rounding (<= 0.5/255 per pixel)
+    array = (adversarial_images.detach().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    out = []
+    for index, source in enumerate(rows):
+        provenance = {"attack": name, "attack_params": attack.params(), "attacker": attacker}
+        if prompts is not None:
+            provenance["prompt"] = prompts[index]
+        if "targets" in info:
+            provenance["target"] = info["targets"][index]
+        out.append({
+            "row_id": make_row_id(f"adversarial-{name}", source["image_id"], -1, 0),
+            "source_image_id": source["image_id"], "source_caption_index": -1, "split": source["split"],
+            "modality": "image", "image": Image.fromarray(array[index], mode="RGB"), "caption": None,
+            "method": "adversarial", "seed": seed, "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        })
+    return out
+
+
+def write_captioning_report(report: dict, out_dir: str | Path) -> str:
+    """eval.json and eval.md (through `train.evaluate.write_report`, the one writer) and captions.jsonl
+    (every generated caption per attack, taken out of the report); returns the markdown table."""
+    from augment.atomic import atomic_write_text
+    from train.evaluate import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    captions = report.pop("captions", None)
+    image_ids = report.pop("image_ids", None)
+    if captions is not None and image_ids is not None:
+        atomic_write_text(out / "captions.jsonl", "".join(
+            json.dumps({"image_id": image_id, **{name: c[index] for name, c in captions.items()}}) + "\n"
+            for index, image_id in enumerate(image_ids)))
+    return write_report(report, out, markdown_report)
 
 
 def _generation_defaults() -> dict:
@@ -246,7 +339,8 @@ def markdown_report(report: dict) -> str:
         f"# Captioning robustness: {victim['name']}" + (f" (prompt: '{victim['prompt']}')" if victim.get("prompt") else ""),
         "",
         f"Split `{settings['split']}`: {settings['num_images']} images, {settings['num_references']} reference captions; "
-        f"white-box attacks.",
+        + ("white-box attacks." if settings.get("mode", "white-box") == "white-box"
+           else f"transfer attacks crafted on {report['attacker']['name']}."),
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
@@ -270,4 +364,4 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CAPTION_ATTACK_NAMES", "DEFAULT_CAPTION_ATTACKS", "evaluate_captioning", "markdown_report"]
+__all__ = ["CAPTION_ATTACK_NAMES", "DEFAULT_CAPTION_ATTACKS", "evaluate_captioning", "markdown_report", "write_captioning_report"]
