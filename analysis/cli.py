@@ -41,22 +41,40 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
     return found
 
 
+# what one cell of `analysis compare` shows per task: (column suffix, cell of an attack's entry)
+_COMPARE_CELLS = {
+    "retrieval": ("TR@1/IR@1", lambda e: f"{e['tr@1']:.1f} / {e['ir@1']:.1f}"),
+    "captioning": ("CIDEr", lambda e: f"{e['cider']:.1f}"),
+    "grounding": ("accuracy", lambda e: f"{e['accuracy']:.1f}"),
+}
+
+
 def compare_table(evaluations: list[tuple[str, dict]]) -> str:
+    """One table per task (retrieval, captioning, grounding) of the evaluations found."""
+    by_task: dict[str, list[tuple[str, dict]]] = {}
+    for name, report in evaluations:
+        by_task.setdefault(report.get("task", "retrieval"), []).append((name, report))
+    return "\n\n".join(_task_table(task, found) for task, found in by_task.items())
+
+
+def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     from train.attacks import ATTACK_NAMES
 
+    if task not in _COMPARE_CELLS:
+        raise MatPlusError(f"analysis compare: {evaluations[0][0]} is an evaluation of task {task!r}, "
+                           f"not one of {', '.join(_COMPARE_CELLS)}")
+    suffix, cell = _COMPARE_CELLS[task]
     present = {a for _, report in evaluations for a in report.get("attacks", {})}
     # the attacks' canonical order (eval.json may hold them sorted), then any others
     attacks = [a for a in ATTACK_NAMES if a in present] + sorted(present - set(ATTACK_NAMES))
-    header = ["evaluation"] + [f"{a} TR@1/IR@1" for a in attacks] + ["RSUM (clean)"]
+    header = ["evaluation"] + [f"{a} {suffix}" for a in attacks] + (["RSUM (clean)"] if task == "retrieval" else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, report in evaluations:
         entries = report.get("attacks", {})
-        cells = [name]
-        for attack in attacks:
-            entry = entries.get(attack)
-            cells.append("-" if entry is None else f"{entry['tr@1']:.1f} / {entry['ir@1']:.1f}")
-        clean = entries.get("clean", {})
-        cells.append(f"{clean['rsum']:.1f}" if "rsum" in clean else "-")
+        cells = [name] + ["-" if entries.get(attack) is None else cell(entries[attack]) for attack in attacks]
+        if task == "retrieval":
+            clean = entries.get("clean", {})
+            cells.append(f"{clean['rsum']:.1f}" if "rsum" in clean else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -295,3 +295,20 @@ def test_a_missing_task_arm_is_one_line(monkeypatch):
     monkeypatch.setitem(task_arms.TASK_ARMS, "grounding", "analysis.no_such_grounding_arm")
     with pytest.raises(MatPlusError, match=r"task 'grounding' needs the module analysis.no_such_grounding_arm"):
         load_study_config(None, {"task": "grounding"})
+
+
+def test_compare_tables_each_task_with_its_metric(tmp_path):
+    """`analysis compare` reads captioning and grounding evaluations too: one table per task."""
+    from augment.errors import MatPlusError
+
+    retrieval = {"attacks": {"clean": {"tr@1": 80.0, "ir@1": 70.0, "rsum": 400.0}, "pgd": {"tr@1": 10.0, "ir@1": 12.5}}}
+    captioning = {"task": "captioning", "attacks": {"clean": {"cider": 91.25}, "pgd": {"cider": 40.5}}}
+    grounding = {"task": "grounding", "attacks": {"clean": {"accuracy": 62.0}, "sga": {"accuracy": 31.0}}}
+    table = compare_table([("r", retrieval), ("c", captioning), ("g", grounding)])
+    blocks = table.split("\n\n")
+    assert len(blocks) == 3
+    assert "| r | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |" in blocks[0]
+    assert "clean CIDEr" in blocks[1] and "| c | 91.2 | 40.5 |" in blocks[1]
+    assert "sga accuracy" in blocks[2] and "| g | 62.0 | 31.0 |" in blocks[2]
+    with pytest.raises(MatPlusError, match="task 'vqa'"):
+        compare_table([("v", {"task": "vqa", "attacks": {}})])

@@ -11,8 +11,12 @@ Scores are in percent (x100), as papers print them (BLIP base on COCO: CIDEr ~ 1
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import sys
+import tempfile
 from typing import Sequence
 
 METRICS = ("bleu4", "meteor", "rouge_l", "cider")
@@ -29,11 +33,32 @@ def simple_tokenize(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
+@contextlib.contextmanager
+def _java_stderr_captured():
+    """Collect what child processes write to file descriptor 2 (PTBTokenizer's Java prints a
+    "tokenized N tokens" line per call, which would swamp logs); re-emitted if the call fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, list[str]]:
     if use_java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        with _java_stderr_captured():
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
