@@ -188,6 +188,11 @@ class HFCaptioner(CaptioningModel):
 
     # saving -----------------------------------------------------------------------------------
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        from models import transformers_io
+
+        transformers_io.set_grad_checkpointing(self.model, enable)
+
     def save_native(self, folder: Path) -> None:
         self.model.save_pretrained(str(folder))
         self.processor.save_pretrained(str(folder))

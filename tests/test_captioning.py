@@ -409,7 +409,7 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     draws = summary["pool_draws"]  # items of captions other than the first have no view: original
     assert draws["text-pool"] > draws["original"] and sum(draws.values()) == 8 and summary["final"]["robust_loss"] > 0
     # every caption of an image is a reference: its source captions and its pool views
-    data = load_train_data(resolve_config({"source": str(colour_world), "pools": [str(pool)], "method": "mat+",
+    data = load_train_data(resolve_config({"train_data": str(colour_world), "pools": [str(pool)], "method": "mat+",
                                            "task": "captioning", "model": "tiny-captioner", "out": str(tmp_path / "x")}))
     table = references_from_train_data(data)
     assert table[0] == list(data.captions[0]) + [data.captions[0][0].replace("shape", "object")]
