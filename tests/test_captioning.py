@@ -401,7 +401,7 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     pool = tmp_path / "text-pool"
     write_pool(pool, rows, {"name": "text-pool", "method": "t", "source_fingerprint": source_fingerprint(source)})
     out = tmp_path / "run"
-    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--pools", str(pool), "--p-original", "0", "--max-steps", "2", "--batch-size", "4",
                  "--pgd-steps", "1", "--lr", "1e-4", "--no-progress", "--out", str(out)])
     assert code == 0
@@ -418,5 +418,5 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     reloaded = load_model(str(out / "ckpt"))
     assert reloaded.family == "captioner" and reloaded.tiny_twin == "tiny-captioner"
     # FARE has no captioning counterpart: one line, exit 2
-    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2
