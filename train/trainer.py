@@ -213,7 +213,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
                 raise ConfigError(f"--resume: settings differ from the run in {made_by}: {conflicts}")
         return found
     if has_outputs and not config.overwrite:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start over")
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume latest to continue it or --overwrite to start over")
     return None
 
 
