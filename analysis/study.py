@@ -191,9 +191,9 @@ class Study:
             p = self.config["pretrain"]
             source = self.subset("pretrain-rest", None, skip=self.config["finetune_scenes"]) if rest else self.world()
             train_resumable(folder, {
-                "method": "clean", "model": self.config["model"], "source": str(source),
+                "method": "clean", "model": self.config["model"], "train_data": str(source),
                 "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
-                "warmup_steps": max(1, p["steps"] // 20), "seed": p.get("seed", 0), **self.task_settings(),
+                "warmup": max(1, p["steps"] // 20), "seed": p.get("seed", 0), **self.task_settings(),
             })
             mark_done(folder, settings)
         return folder / "ckpt"
@@ -243,10 +243,10 @@ class Study:
         pools = [str(self.pool(p)) for p in spec.pools]
         t = self.config["train"]
         settings = {
-            "method": spec.method, "model": str(self.pretrain()), "source": str(self.source_dir(spec.source)),
+            "method": spec.method, "model": str(self.pretrain()), "train_data": str(self.source_dir(spec.source)),
             "pools": pools, "pool_mode": spec.pool_mode, "seed": seed, "max_steps": t["steps"],
-            "batch_size": t["batch_size"], "lr": t["lr"], "warmup_steps": t.get("warmup_steps", 0),
-            "eps": t["eps"], "pgd_steps": t["pgd_steps"], "text_attack": t["text_attack"],
+            "batch_size": t["batch_size"], "lr": t["lr"], "warmup": t.get("warmup_steps", 0),
+            "attack_eps": t["eps"], "pgd_steps": t["pgd_steps"], "text_attack": t["text_attack"],
             "word_budget": t["word_budget"], "p_original": t.get("p_original", 0.5), **self.task_settings(),
         }
         if t.get("mlm"):

@@ -203,7 +203,7 @@ def detect_format(source: str) -> str:
             if isinstance(head, list):
                 return "albef"
             raise SourceError(f"{source}: JSON is neither Karpathy ({{'images': [...]}}) nor ALBEF ([{{image, caption}}])")
-        if suffix == ".csv":
+        if suffix in (".csv", ".tsv"):  # .tsv: open_clip_train's tab-separated file
             return "csv"
         if suffix == ".parquet":
             return "parquet"
@@ -371,16 +371,19 @@ def _read_albef(source: Path, image_root: str | None, split: str | None,
 
 
 def _read_csv(source: Path, image_root: str | None, split: str | None,
-              allow_outside_root: bool) -> Iterable[SourceRecord]:
+              allow_outside_root: bool, img_key: str = "image", caption_key: str = "caption",
+              separator: str | None = None) -> Iterable[SourceRecord]:
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
+    separator = separator or ("\t" if source.suffix.lower() == ".tsv" else ",")
     with open(source, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(handle, delimiter=separator)
         try:
-            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-                raise SourceError(f"{source}: CSV needs a header with 'image' and 'caption' columns, got {reader.fieldnames}")
+            if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
+                raise SourceError(f"{source}: CSV needs a header with {img_key!r} and {caption_key!r} columns "
+                                  f"(separator {separator!r}), got {reader.fieldnames}")
             for line, row in enumerate(reader, start=2):
-                image = row["image"] or ""
+                image = row[img_key] or ""
                 if image not in grouped:
                     image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
                     grouped[image] = _record_with_image(
@@ -389,7 +392,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     )
                     if not image:
                         grouped[image].problem = "empty 'image' field"
-                grouped[image].captions.append(row["caption"] or "")
+                grouped[image].captions.append(row[caption_key] or "")
         except UnicodeDecodeError:
             raise _not_utf8(source) from None
         except csv.Error as exc:
@@ -537,6 +540,9 @@ def load_source(
     validate: bool = False,
     progress: bool = False,
     allow_outside_root: bool = False,
+    csv_img_key: str = "image",
+    csv_caption_key: str = "caption",
+    csv_separator: str | None = None,
 ) -> tuple["datasets.Dataset", LoadReport]:
     """Read `source` into a dataset with SOURCE_FEATURES' columns; SourceError on the first bad record.
 
@@ -544,6 +550,8 @@ def load_source(
     (module docstring), or all now with `validate`. `split` is the split for formats that carry
     none (CSV, ALBEF without a split in its name). With `skip_bad`, bad records are left out and
     listed in the report instead (this decodes every image now: a skipped record must be known).
+    `csv_*`: a CSV/TSV's image and caption columns and separator (open_clip_train's names; None:
+    "," for .csv, tab for .tsv).
     """
     import datasets
     from tqdm.auto import tqdm
@@ -556,7 +564,7 @@ def load_source(
     elif fmt == "albef":
         records = _read_albef(path, image_root, split, allow_outside_root)
     elif fmt == "csv":
-        records = _read_csv(path, image_root, split, allow_outside_root)
+        records = _read_csv(path, image_root, split, allow_outside_root, csv_img_key, csv_caption_key, csv_separator)
     elif fmt == "imagefolder":
         records = _read_imagefolder(path, split, allow_outside_root)
     else:

@@ -105,7 +105,8 @@ def job_argv(job: str, source: Path, images: Path, out: Path) -> tuple[str, list
         return "augment.cli", ["generate", "--method", "img-aug", *where, "--out", str(out / "pool"), "--n", "1",
                                "--limit", str(LIMIT), "--no-progress", "--overwrite"]
     if job == "train_step":
-        return "train.cli", ["clean", "--model", "tiny-clip", *where, "--out", str(out / "run"), "--max-steps", "1",
+        return "train.cli", ["clean", "--model", "tiny-clip", "--train-data", str(source), "--image-root", str(images),
+                             "--out", str(out / "run"), "--max-steps", "1",
                              "--batch-size", str(BATCH), "--cpu", "--no-progress", "--overwrite"]
     if job == "eval_batch":
         return "train.cli", ["eval", "tiny-clip", *where, "--split", "test", "--limit", str(LIMIT), "--batch-size",

@@ -53,9 +53,11 @@ def _trainer(method: str, source: str, out: Path, args):
     from train.config import resolve_config
     from train.trainer import Trainer
 
-    config = resolve_config({"method": method, "source": source, "out": str(out), "batch_size": args.batch_size,
+    config = resolve_config({"method": method, "train_data": source, "out": str(out), "batch_size": args.batch_size,
                              "pgd_steps": args.pgd_steps, "max_steps": 1000, "progress": False, "cpu": True,
-                             "overwrite": True})
+                             # decoding inside the timed step, as before the DataLoader: the ratio
+                             # compares the steps' work, not how well a worker hides decoding
+                             "workers": 0, "overwrite": True})
     trainer = Trainer(config)
     trainer.setup()
     return trainer

@@ -154,6 +154,11 @@ class ImageTextModel(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called after every optimizer step (clamp the temperature, update momentum encoders)."""
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass instead of keeping them (`--grad-checkpointing`):
+        less memory for the same gradients. Families implement it with their library's switch."""
+        raise NotImplementedError(f"the {self.family or type(self).__name__} family has no gradient checkpointing")
+
     def frozen_copy(self) -> "ImageTextModel":
         """A deep copy with no gradients, in eval mode (FARE's reference model)."""
         import copy

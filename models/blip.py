@@ -168,6 +168,11 @@ class BlipRetrievalModel(VisionLanguageModel):
             return [p for n, p in self.model.named_parameters() if not n.startswith(("vision_model.", "vision_proj."))]
         raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        from models import transformers_io
+
+        transformers_io.set_grad_checkpointing(self.model, enable)
+
     def after_optimizer_step(self) -> None:
         with torch.no_grad():
             self.temp.clamp_(*TEMPERATURE_RANGE)

@@ -186,6 +186,11 @@ class HFCaptioner(CaptioningModel):
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        from models import transformers_io
+
+        transformers_io.set_grad_checkpointing(self.model, enable)
+
     # saving -----------------------------------------------------------------------------------
 
     def save_native(self, folder: Path) -> None:

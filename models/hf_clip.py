@@ -94,6 +94,11 @@ class HFClipModel(VisionLanguageModel):
             return [*self.model.text_model.parameters(), *self.model.text_projection.parameters()]
         raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        from models import transformers_io
+
+        transformers_io.set_grad_checkpointing(self.model, enable)
+
     def after_optimizer_step(self) -> None:
         with torch.no_grad():  # as CLIP: temperature no lower than 1/100
             self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))

@@ -120,6 +120,9 @@ class OpenClipModel(VisionLanguageModel):
             return [p for n, p in self.model.named_parameters() if not n.startswith(("visual.", "logit_"))]
         raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)  # open_clip's own switch (both towers)
+
     def after_optimizer_step(self) -> None:
         with torch.no_grad():  # as CLIP and open_clip: temperature no lower than 1/100
             self.model.logit_scale.clamp_(0, math.log(100))

@@ -210,3 +210,17 @@ def processor_size(size: Any, *keys: str) -> int | None:
         if value:
             return int(value)
     return None
+
+
+def set_grad_checkpointing(module, enable: bool) -> None:
+    """transformers' gradient checkpointing of a PreTrainedModel (non-reentrant: attacks take input gradients)."""
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names warn)
+    if hasattr(module, "activation_checkpointing_enable"):
+        if enable:
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.activation_checkpointing_disable()
+    elif enable:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        module.gradient_checkpointing_disable()

@@ -130,7 +130,7 @@ class CaptioningTask(Task):
         """The inner image attack (untargeted PGD on the references' LM loss) from a train config."""
         from train.attacks.captioning import CaptionPGD
 
-        eps = float(getattr(config, "eps", 2 / 255))
+        eps = float(getattr(config, "attack_eps", 2 / 255))
         step_size = getattr(config, "pgd_step_size", None) or eps / 4
         return CaptionPGD(model, eps=eps, steps=int(getattr(config, "pgd_steps", 10)), step_size=step_size,
                           random_start=bool(getattr(config, "random_start", True)), generator=generator)

@@ -102,12 +102,12 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
     run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{twin}-{steps}-{lr:g}-{key}"
     if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
         resume = (run / "ckpt").is_dir()
-        train_run({"method": "clean", "model": twin, "source": str(sample_world_dir), "out": str(run),
-                   "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": steps // 10,
-                   "weight_decay": 0.1, "seed": 0, "progress": False, "save_every": 50,
+        train_run({"method": "clean", "model": twin, "train_data": str(sample_world_dir), "out": str(run),
+                   "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup": steps // 10,
+                   "wd": 0.1, "seed": 0, "progress": False, "save_every": 50,
                    # from random weights the momentum model only distils noise (ALBEF fine-tunes from pre-training)
                    "momentum_distillation": False,
-                   "resume": resume, "overwrite": not resume})
+                   "resume": "latest" if resume else None, "overwrite": not resume})
     return run / "ckpt"
 
 

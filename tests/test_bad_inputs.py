@@ -253,7 +253,7 @@ def test_damaged_pool_is_one_line_in_every_command(tmp_path, capsys, made_pool, 
     fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--source", source], expected)
     fails(capsys, ["select", pool, "--out", tmp_path / "sel", "--max-per-item", "1"], expected)
     fails(capsys, ["push", pool, "--to-dir", tmp_path / "hub"], expected)
-    fails(capsys, ["mat+", "--model", "tiny-clip", "--source", source, "--pools", pool, "--out", tmp_path / "run",
+    fails(capsys, ["mat+", "--model", "tiny-clip", "--train-data", source, "--pools", pool, "--out", tmp_path / "run",
                    "--max-steps", "1", "--batch-size", "2", "--cpu", "--no-progress"], expected, main=train_main)
     fails(capsys, generate, expected)  # generate into that folder (a resume)
     assert not (tmp_path / "sel").exists() and not (tmp_path / "hub").exists()
@@ -267,7 +267,7 @@ def test_empty_pools_are_refused_and_empty_results_are_loud(tmp_path, capsys, ma
     fails(capsys, ["select", pool, "--out", tmp_path / "none", "--methods", "eda"], "no row of", "passes the filters")
     assert not (tmp_path / "none").exists()
     assert augment_main(["select", str(pool), "--out", str(tmp_path / "empty"), "--methods", "eda", "--allow-empty"]) == 0
-    fails(capsys, ["mat+", "--model", "tiny-clip", "--source", source, "--pools", tmp_path / "empty", "--out",
+    fails(capsys, ["mat+", "--model", "tiny-clip", "--train-data", source, "--pools", tmp_path / "empty", "--out",
                    tmp_path / "run", "--max-steps", "1", "--batch-size", "2", "--cpu", "--no-progress"],
           "empty", "has no rows", main=train_main)
     one_caption = small_source(tmp_path / "single", captions=1)  # i2t-human has no other caption to give
@@ -489,7 +489,7 @@ def test_accelerate_launch_of_two_cpu_processes_stops_with_one_line(tmp_path, sa
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train.cli", "clean", "--model", "tiny-clip",
-               "--source", str(sample_world_dir), "--out", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]
+               "--train-data", str(sample_world_dir), "--out", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -503,7 +503,7 @@ def test_torchrun_of_two_cpu_processes_without_cpu_flag_trains_as_one_group(tmp_
            "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train.cli",
-               "clean", "--model", "tiny-clip", "--source", str(sample_world_dir), "--out", str(out),
+               "clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out),
                "--max-steps", "1", "--batch-size", "2", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
                             start_new_session=True)

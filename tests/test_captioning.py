@@ -502,7 +502,7 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     pool = tmp_path / "text-pool"
     write_pool(pool, rows, {"name": "text-pool", "method": "t", "source_fingerprint": source_fingerprint(source)})
     out = tmp_path / "run"
-    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+    code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--pools", str(pool), "--p-original", "0", "--max-steps", "2", "--batch-size", "4",
                  "--pgd-steps", "1", "--lr", "1e-4", "--no-progress", "--out", str(out)])
     assert code == 0
@@ -510,7 +510,7 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     draws = summary["pool_draws"]  # items of captions other than the first have no view: original
     assert draws["text-pool"] > draws["original"] and sum(draws.values()) == 8 and summary["final"]["robust_loss"] > 0
     # every caption of an image is a reference: its source captions and its pool views
-    data = load_train_data(resolve_config({"source": str(colour_world), "pools": [str(pool)], "method": "mat+",
+    data = load_train_data(resolve_config({"train_data": str(colour_world), "pools": [str(pool)], "method": "mat+",
                                            "task": "captioning", "model": "tiny-captioner", "out": str(tmp_path / "x")}))
     table = references_from_train_data(data)
     assert table[0] == list(data.captions[0]) + [data.captions[0][0].replace("shape", "object")]
@@ -519,5 +519,5 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     reloaded = load_model(str(out / "ckpt"))
     assert reloaded.family == "captioner" and reloaded.tiny_twin == "tiny-captioner"
     # FARE has no captioning counterpart: one line, exit 2
-    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--source", str(colour_world),
+    assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2

@@ -191,7 +191,8 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
 
 
 def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp_path, monkeypatch):
-    """Finished batches are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted report."""
+    """Finished batches are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted report
+    (also when DataLoader workers decode the images)."""
     from train import evaluate as evaluation
 
     kwargs = dict(split="test", attacks=["clean", "pgd", "bert-attack"], limit=8, batch_size=4, captions_per_image=1,
@@ -212,7 +213,8 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
         evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
     monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
-    resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
+    # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
+    resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2, **kwargs)
     for name in whole["attacks"]:
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)

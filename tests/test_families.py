@@ -42,7 +42,7 @@ def _losses(run: Path) -> list[dict]:
 def test_every_method_trains_every_family(twin, method, small_world, tmp_path, sample_pools_for):
     from train.trainer import train_run
 
-    settings = {"method": method, "model": twin, "source": str(small_world), "out": str(tmp_path / "run"),
+    settings = {"method": method, "model": twin, "train_data": str(small_world), "out": str(tmp_path / "run"),
                 "max_steps": 8, "batch_size": 16, "lr": 2e-3, "pgd_steps": 2, "seed": 0, "progress": False}
     if method == "mat+":
         settings["pools"] = [sample_pools_for(small_world)]

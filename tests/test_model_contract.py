@@ -174,6 +174,36 @@ def test_pixel_gradients_flow(twin):
     assert grad.shape == pixels.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_grad_checkpointing_recomputes_and_keeps_the_gradients(twin):
+    """`set_grad_checkpointing(True)` (the trainer's --grad-checkpointing): the backward pass re-runs
+    forward passes (module hooks fire in it) and the parameter gradients stay the same."""
+    _, shared = twin
+    model = copy.deepcopy(shared).train()
+    calls = {"n": 0}
+    for module in model.modules():
+        module.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    pixels = _pixels(model, 2)
+
+    def backward() -> tuple[int, list]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        loss = model.encode_image(pixels).sum() + model.encode_text(CAPTIONS[:2]).sum()
+        if model.has_itm:
+            loss = loss + model.itm_scores(pixels, CAPTIONS[:2]).sum()
+        calls["n"] = 0
+        loss.backward()
+        return calls["n"], [p.grad for p in model.parameters()]
+
+    plain_calls, plain = backward()
+    model.set_grad_checkpointing(True)
+    recomputed_calls, recomputed = backward()
+    assert plain_calls == 0 and recomputed_calls > 0
+    for a, b in zip(plain, recomputed):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_itm_scores_row_aligned_pairs(twin):
     _, model = twin
     pixels, tokens = _pixels(model), model.tokenize(CAPTIONS)

@@ -192,8 +192,8 @@ def test_validation_does_not_change_training(tmp_path, sample_world_dir):
     from augment.sources import load_source
     from train.validation import ValidationSettings, Validator
 
-    settings = dict(method="mat", model="tiny-clip", source=str(sample_world_dir), max_steps=3, batch_size=8,
-                    pgd_steps=1, text_attack="wordnet", seed=3, warmup_steps=1)
+    settings = dict(method="mat", model="tiny-clip", train_data=str(sample_world_dir), max_steps=3, batch_size=8,
+                    pgd_steps=1, text_attack="wordnet", seed=3, warmup=1)
     train_resumable(tmp_path / "plain", settings)
     source, _ = load_source(str(sample_world_dir))
     validator = Validator(tmp_path / "validated", source, ValidationSettings(every=1, attack="pgd", limit=6, batch_size=6,

@@ -17,7 +17,8 @@ import torch
 from augment.errors import MatPlusError
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = dict(batch_size=8, lr=1e-4, pgd_steps=2, progress=False, log_every=1)
+# decoding in this process (workers 0): test_workers_* checks that workers give the same weights
+FAST = dict(batch_size=8, lr=1e-4, pgd_steps=2, progress=False, log_every=1, workers=0)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -78,7 +79,7 @@ def pools(tmp_path_factory, source):
 def _run(tmp_path, name, world, **settings):
     from train.trainer import train_run
 
-    config = {"source": str(world), "out": str(tmp_path / name), "max_steps": 2, **FAST, **settings}
+    config = {"train_data": str(world), "out": str(tmp_path / name), "max_steps": 2, **FAST, **settings}
     records = []
     summary = train_run(config, callbacks=[records.append])
     return summary, records
@@ -163,20 +164,21 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump({
-        "model": "tiny-clip", "source": str(sample_world_dir), "batch-size": 32, "eps": "4/255",
+        "model": "tiny-clip", "train-data": str(sample_world_dir), "batch-size": 32, "attack-eps": "4/255",
         "pgd_steps": 3, "lr": "5e-5", "word_budget": 2,
     }))
     args = build_parser().parse_args([
-        "mat", "--config", str(config_file), "--out", str(tmp_path / "run"), "--batch-size", "8", "--eps", "1/255",
+        "mat", "--config", str(config_file), "--out", str(tmp_path / "run"), "--batch-size", "8", "--attack-eps", "1/255",
     ])
     config = config_from_args(args)
     assert config.method == "mat"
     assert config.batch_size == 8  # command line beats the file
-    assert config.eps == pytest.approx(1 / 255)
+    assert config.attack_eps == pytest.approx(1 / 255)
+    assert config.eps == pytest.approx(1e-6)  # AdamW's epsilon, open_clip's --eps
     assert config.pgd_step_size == pytest.approx(1 / 255 / 4)  # derived from the resolved eps
     assert config.pgd_steps == 3 and config.lr == pytest.approx(5e-5) and config.word_budget == 2  # from the file
-    assert config.weight_decay == 0.1  # default
-    assert config.mlm == "tiny-mlm" and config.freeze_text is False
+    assert config.wd == 0.1  # default
+    assert config.mlm == "tiny-mlm" and config.lock_text is False
     # a folder holding a model trained from a tiny twin (a run's checkpoint) also gets the offline tiny-mlm
     from train.config import default_mlm
 
@@ -186,7 +188,7 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "matplus_model.json").write_text(json.dumps({"family": "open_clip", "tiny_twin": None}))
     assert default_mlm(str(tmp_path / "real")) != "tiny-mlm"
-    assert resolve_config({"method": "tecoa", "source": "s", "out": "o"}).freeze_text is True
+    assert resolve_config({"method": "tecoa", "train_data": "s", "out": "o"}).lock_text is True
 
     # the saved config resolves back to the same settings
     save_config(config, tmp_path / "saved")
@@ -196,12 +198,12 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     with pytest.raises(ConfigError, match="batch_sise"):
         read_yaml_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="needs --pools"):
-        resolve_config({"method": "mat+", "source": "s", "out": "o"})
+        resolve_config({"method": "mat+", "train_data": "s", "out": "o"})
     with pytest.raises(ConfigError, match="pool-weights"):
-        resolve_config({"method": "mat+", "source": "s", "out": "o", "pools": ["a", "b"], "pool_weights": [1]})
+        resolve_config({"method": "mat+", "train_data": "s", "out": "o", "pools": ["a", "b"], "pool_weights": [1]})
     # options a method does not use are not offered
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["clean", "--eps", "2/255"])
+        build_parser().parse_args(["clean", "--attack-eps", "2/255"])
 
 
 # ----------------------------------------------------------------------------- every method
@@ -255,7 +257,7 @@ def test_mat_plus_draws_pool_rows_and_counts_them(tmp_path, sample_world_dir, po
 
     out = tmp_path / "matplus"
     code = main([
-        "mat+", "--source", str(sample_world_dir), "--out", str(out), "--pools", pools["text"], pools["image"],
+        "mat+", "--train-data", str(sample_world_dir), "--out", str(out), "--pools", pools["text"], pools["image"],
         pools["pair"], "--pool-weights", "2", "1", "1", "--p-original", "0", "--max-steps", "2", "--batch-size", "8",
         "--pgd-steps", "1", "--no-progress", "--seed", "3",
     ])
@@ -335,11 +337,11 @@ def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, 
     for name, message in cases.items():
         out = tmp_path / f"run-{name}"
         with pytest.raises(MatPlusError, match=message):
-            train_run({"method": "mat+", "source": str(sample_world_dir), "out": str(out),
+            train_run({"method": "mat+", "train_data": str(sample_world_dir), "out": str(out),
                        "pools": [str(tmp_path / name)], **FAST})
         assert not out.exists()  # refused before anything was written
     # through the command line: one line, exit code 2
-    code = main(["mat+", "--source", str(sample_world_dir), "--out", str(tmp_path / "cli"), "--pools",
+    code = main(["mat+", "--train-data", str(sample_world_dir), "--out", str(tmp_path / "cli"), "--pools",
                  str(tmp_path / "unknown"), "--no-progress"])
     assert code == 2 and not (tmp_path / "cli").exists()
     # a foreign fingerprint is accepted when asked for
@@ -363,13 +365,13 @@ def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir
 
 
 def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_world_dir):
-    common = dict(method="tecoa", pgd_steps=1, seed=5, warmup_steps=1)
+    common = dict(method="tecoa", pgd_steps=1, seed=5, warmup=1)
     _run(tmp_path, "straight", sample_world_dir, max_steps=4, **common)
     # "killed" after 2 steps: same schedule, stops early
     _run(tmp_path, "resumed", sample_world_dir, max_steps=2, schedule_steps=4, **common)
     state = json.loads((tmp_path / "resumed" / "ckpt" / "train_state" / "state.json").read_text())
     assert state["step"] == 2
-    summary, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume=True, **common)
+    summary, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume="latest", **common)
     assert [r.step for r in records] == [2, 3] and summary["resumed_from_step"] == 2
     straight, resumed = _checkpoint_state(tmp_path / "straight"), _checkpoint_state(tmp_path / "resumed")
     for name in straight:
@@ -380,7 +382,7 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     with pytest.raises(MatPlusError, match="--resume"):
         _run(tmp_path, "resumed", sample_world_dir, max_steps=4, **common)
     with pytest.raises(MatPlusError, match="lr"):
-        _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume=True, **{**common, "lr": 1e-3})
+        _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume="latest", **{**common, "lr": 1e-3})
 
 
 # ----------------------------------------------------------------------------- two processes
@@ -397,7 +399,7 @@ def test_two_process_cpu_run_equals_one_process_with_the_global_batch(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MATPLUS_LOGLEVEL": "ERROR"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train.cli",
-        "clean", "--source", str(sample_world_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "4",
+        "clean", "--train-data", str(sample_world_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "4",
         "--lr", "1e-4", "--cpu", "--no-progress", "--seed", str(seed),
     ]
     # own process group, so a hang kills the launcher's workers too
@@ -417,3 +419,91 @@ def test_two_process_cpu_run_equals_one_process_with_the_global_batch(tmp_path, 
     for name in one:
         assert torch.allclose(two[name], one[name], atol=1e-5), name
     assert [m["loss"] for m in _metrics(out)] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "single")], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- open_clip_train's flags, loader workers
+
+
+def test_workers_give_bit_identical_weights(tmp_path, sample_world_dir):
+    """Batches decoded by 2 DataLoader workers train to exactly the weights of decoding in-process."""
+    common = dict(method="tecoa", pgd_steps=1, seed=4, max_steps=3)
+    _, inline = _run(tmp_path, "inline", sample_world_dir, **{**common, "workers": 0})
+    _, workers = _run(tmp_path, "workers", sample_world_dir, **{**common, "workers": 2})
+    assert [r.plan.views for r in inline] == [r.plan.views for r in workers]
+    zero, two = _checkpoint_state(tmp_path / "inline"), _checkpoint_state(tmp_path / "workers")
+    assert zero.keys() == two.keys()
+    for name in zero:
+        assert torch.equal(zero[name], two[name]), name
+
+
+def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
+    import yaml
+
+    from train.cli import build_parser, config_from_args, main
+    from train.config import ACCELERATE_PRECISION, ConfigError, read_yaml_config, report_targets
+
+    args = build_parser().parse_args([
+        "tecoa", "--train-data", "data.tsv", "--out", "run", "--wd", "0.2", "--warmup", "10", "--eps", "1e-8",
+        "--precision", "amp_bf16", "--workers", "0", "--report-to", "tensorboard,wandb", "--wandb-project-name", "p",
+        "--lock-image", "--no-lock-text", "--grad-checkpointing", "--attack-eps", "4/255", "--resume", "latest",
+        "--val-frequency", "2", "--val-attack", "sga", "--csv-img-key", "filepath", "--csv-caption-key", "title",
+        "--csv-separator", ";",
+    ])
+    config = config_from_args(args)
+    assert (config.wd, config.warmup, config.eps, config.attack_eps) == (0.2, 10, 1e-8, pytest.approx(4 / 255))
+    assert ACCELERATE_PRECISION[config.precision] == "bf16" and config.workers == 0
+    assert report_targets(config) == {"tensorboard", "wandb"} and config.wandb_project_name == "p"
+    assert config.lock_image and config.lock_text is False and config.grad_checkpointing and config.resume == "latest"
+    assert (config.csv_img_key, config.csv_caption_key, config.csv_separator) == ("filepath", "title", ";")
+    assert config.pgd_step_size == pytest.approx(1 / 255)
+
+    def fails(argv, *expected):
+        out = tmp_path / "refused"
+        assert main([*argv, "--train-data", str(sample_world_dir), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(e in err for e in expected), err
+        assert not out.exists()
+
+    # the old PGD spelling names the new flag; a budget-sized Adam epsilon too
+    fails(["tecoa", "--eps", "2/255"], "AdamW's epsilon", "--attack-eps")
+    fails(["tecoa", "--eps", "0.0078"], "AdamW's epsilon", "--attack-eps")
+    fails(["clean", "--precision", "pure_bf16"], "--precision pure_bf16", "amp_bf16")
+    fails(["clean", "--report-to", "mlflow"], "--report-to")
+    fails(["fare", "--lock-image"], "nothing to train")
+    fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
+    # old flags are gone (argparse's error), abbreviations are refused
+    for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
+                ["--source", "x"], ["--warm", "10"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["tecoa", *old])
+    # a YAML file of the old keys names the new ones
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"source": "s", "weight_decay": 0.1, "eps": "2/255"}))
+    with pytest.raises(ConfigError, match="source is now train_data; weight_decay is now wd"):
+        read_yaml_config(tmp_path / "old.yaml")
+
+
+def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source):
+    """open_clip's TSV with its column names; --lock-image keeps the image tower; --val-frequency
+    validates at the start and after the last step; --resume CKPT continues another run's checkpoint."""
+    from augment.sources import select_split
+    from models import load_model
+
+    train = select_split(source, "train")
+    lines = ["filepath\ttitle"] + [f"{Path(row['image']['path']).relative_to(sample_world_dir)}\t{caption}"
+                                   for row in train.cast_column("image", train.features["image"].__class__(decode=False))
+                                   for caption in row["captions"]]
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    common = dict(method="clean", csv_img_key="filepath", csv_caption_key="title", image_root=str(sample_world_dir),
+                  lock_image=True, grad_checkpointing=True, seed=1)
+    summary, _ = _run(tmp_path, "tsv", sample_world_dir, train_data=str(tsv), val_frequency=1,
+                      val_data=str(sample_world_dir), val_limit=4, val_attack="pgd", **common)
+    assert summary["train_items"] == len(lines) - 1
+    original, trained = load_model("tiny-clip").model.state_dict(), _checkpoint_state(tmp_path / "tsv")
+    assert torch.equal(trained["visual.conv1.weight"], original["visual.conv1.weight"])
+    assert not torch.equal(trained["token_embedding.weight"], original["token_embedding.weight"])
+    assert [json.loads(line)["step"] for line in (tmp_path / "tsv" / "validation.jsonl").read_text().splitlines()] == [0, 2]
+    assert (tmp_path / "tsv" / "best" / "validation.json").is_file()
+    resumed, records = _run(tmp_path, "continued", sample_world_dir, train_data=str(tsv), max_steps=3,
+                            resume=str(tmp_path / "tsv" / "ckpt"), **common)
+    assert resumed["resumed_from_step"] == 2 and [r.step for r in records] == [2]

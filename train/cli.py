@@ -1,11 +1,13 @@
 """`train` command line: one sub-command per method (clean, tecoa, fare, mat, mat+) plus `eval`.
 
-    train METHOD --model M [--pretrained TAG] --source SRC [--pools P1 P2 ...] --out RUN [options]
+    train METHOD --model M [--pretrained TAG] --train-data SRC [--pools P1 P2 ...] --out RUN [options]
 
 Every method sub-command is built by `add_method_parser` from the same option groups; a method
 only gets the groups it uses (attack options for the adversarial methods, text-attack options for
 mat/mat+). Settings resolve as defaults < `--config FILE` (YAML) < options given on the command
 line; the result is saved as RUN/config.yaml. Expected failures print one line and exit 2.
+Options that open_clip_train also has carry its names and meanings (`--train-data`, `--wd`,
+`--warmup`, `--eps` = AdamW's epsilon, `--precision`, `--workers`, `--report-to`, ...).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import sys
 from augment.arguments import number
 from augment.cli_common import run_main
 from train.config import (
+    ACCELERATE_PRECISION,
     ADVERSARIAL_METHODS,
     INNER_ORDERS,
     METHODS,
     MULTIMODAL_METHODS,
     POOL_MODES,
     PRECISIONS,
+    REPORT_TO,
     TEXT_ATTACKS,
     TrainConfig,
     read_yaml_config,
@@ -64,9 +68,15 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     albef.add_argument("--albef-tokenizer", help="BERT tokenizer name or folder (default: bert-base-uncased)")
     albef.add_argument("--momentum-distillation", action=argparse.BooleanOptionalAction,
                        help="ALBEF's momentum encoders and queue with distillation (default: on for clean, off for adversarial methods)")
-    group.add_argument("--source", help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder or Hub id")
+    group.add_argument("--train-data", help="dataset: Karpathy/ALBEF JSON, CSV/TSV (open_clip's), parquet, datasets folder, "
+                       "imagefolder or Hub id")
     group.add_argument("--image-root", help="image folder for JSON/CSV sources")
     group.add_argument("--train-split", help="split of the source to train on" + _default("train_split"))
+    group.add_argument("--csv-img-key", help="CSV/TSV column of image paths" + _default("csv_img_key"))
+    group.add_argument("--csv-caption-key", help="CSV/TSV column of captions" + _default("csv_caption_key"))
+    group.add_argument("--csv-separator", help="CSV/TSV column separator (default: ',' for .csv, tab for .tsv)")
+    group.add_argument("--workers", type=int, help="DataLoader worker processes per training process, 0: decode in the "
+                       "main process (default: the usable CPUs less one, at most 8)")
     group.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")
 
     pools = parser.add_argument_group("pools (1:N views of each item; required by mat+)")
@@ -82,21 +92,28 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     opt.add_argument("--schedule-steps", type=int, help="length of the cosine LR schedule (default: the run's length)")
     opt.add_argument("--batch-size", type=int, help="items per process per micro step" + _default("batch_size"))
     opt.add_argument("--lr", type=number, help="peak AdamW learning rate" + _default("lr"))
-    opt.add_argument("--weight-decay", type=number, help="AdamW weight decay (not on gains, biases, logit scale)" + _default("weight_decay"))
-    opt.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup_steps"))
+    opt.add_argument("--wd", type=number, help="AdamW weight decay (not on gains, biases, logit scale)" + _default("wd"))
+    # read by the config (not argparse) so that the old PGD spelling "--eps 2/255" fails in one line
+    opt.add_argument("--eps", help="AdamW epsilon, as in open_clip (the PGD budget is --attack-eps)" + _default("eps"))
+    opt.add_argument("--warmup", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup"))
     opt.add_argument("--grad-accum", type=int, help="micro steps per optimizer step" + _default("grad_accum"))
     opt.add_argument("--max-grad-norm", type=number, help="clip gradients to this norm (default: no clipping)")
-    opt.add_argument("--precision", choices=PRECISIONS, help="mixed precision through accelerate" + _default("precision"))
+    opt.add_argument("--precision", choices=PRECISIONS,
+                     help=f"open_clip's names; mixed precision through accelerate: {', '.join(ACCELERATE_PRECISION)} "
+                          "(the half-weight ones are refused)" + _default("precision"))
+    opt.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
+                     help="recompute activations in the backward pass (less memory, more time)")
     opt.add_argument("--seed", type=int, help="seed of data order, pool draws, crops and attacks" + _default("seed"))
     opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    opt.add_argument("--freeze-text", action=argparse.BooleanOptionalAction,
-                     help="freeze the text tower (default: frozen for tecoa and fare, trained otherwise)")
+    opt.add_argument("--lock-image", action=argparse.BooleanOptionalAction, help="freeze the image tower")
+    opt.add_argument("--lock-text", action=argparse.BooleanOptionalAction,
+                     help="freeze the text tower (default: locked for tecoa and fare, trained otherwise)")
 
     if method in ADVERSARIAL_METHODS:
         attack = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels)")
-        attack.add_argument("--eps", type=number, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+        attack.add_argument("--attack-eps", type=number, help="PGD perturbation budget, e.g. 2/255 (default: 2/255)")
         attack.add_argument("--pgd-steps", type=int, help="PGD iterations" + _default("pgd_steps"))
-        attack.add_argument("--pgd-step-size", type=number, help="PGD step (default: eps/4)")
+        attack.add_argument("--pgd-step-size", type=number, help="PGD step (default: attack-eps/4)")
         attack.add_argument("--random-start", action=argparse.BooleanOptionalAction, help="start PGD from a random point of the ball (default: yes)")
         attack.add_argument("--clean-weight", type=number, help="weight of an added clean loss term (default: 0, robust loss only)")
     if method in MULTIMODAL_METHODS:
@@ -110,12 +127,20 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
     run.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps" + _default("log_every"))
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--resume", metavar="latest|CKPT", help="continue from a checkpoint: 'latest' (the one in --out) "
+                     "or a checkpoint folder such as RUN/ckpt")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: yes)")
-    run.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
-    run.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
-    run.add_argument("--wandb-project", help="W&B project" + _default("wandb_project"))
+    run.add_argument("--report-to", help=f"also log to {', '.join(REPORT_TO)} (comma-separated list allowed; "
+                     "install the logging extra)" + _default("report_to"))
+    run.add_argument("--wandb-project-name", help="W&B project" + _default("wandb_project_name"))
+
+    val = parser.add_argument_group("validation during training (robust R@1, best checkpoint in RUN/best)")
+    val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
+    val.add_argument("--val-data", help="source to validate on (default: --train-data)")
+    val.add_argument("--val-split", help="its split" + _default("val_split"))
+    val.add_argument("--val-attack", help="attack of the robust score (train eval's names)" + _default("val_attack"))
+    val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
     parser.set_defaults(func=run_method, method=method)
     return parser
 

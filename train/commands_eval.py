@@ -115,6 +115,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--restart", action="store_true",
                          help="discard the finished batches a killed evaluation left in OUT/.progress (default: resume from them)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
+    runtime.add_argument("--workers", type=int, default=None,
+                         help="DataLoader processes decoding the next batches' images, 0: none (default: the usable CPUs less one, at most 8)")
     runtime.add_argument("--truth-checker", choices=("auto", "world", "none"), default="auto",
                          help="judge attacked captions with the sample world's truth checker: 'auto' when every image has a scene (default)")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar (default: yes)")
@@ -154,6 +156,15 @@ def _truth_checker(choice: str, dataset):
     if choice == "world":
         raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
     return None
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from augment.loading import default_workers
+    from train.config import ConfigError
+
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers must be non-negative")
+    return default_workers() if args.workers is None else args.workers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
             save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
-            caption_preprocess=args.caption_preprocess,
+            caption_preprocess=args.caption_preprocess, workers=_workers(args),
         )
     report["settings"].update({"source": args.source, "device": device, "precision": args.precision,
                                "command": "train eval"})

@@ -2,11 +2,16 @@
 
 `TrainConfig` lists every setting with its default. `resolve_config` merges the three layers,
 checks values, and fills the settings whose default depends on others (`pgd_step_size`, `mlm`,
-`freeze_text`), so the `config.yaml` written into RUN says exactly what ran and can be fed back
+`lock_text`, `workers`), so the `config.yaml` written into RUN says exactly what ran and can be fed back
 with `--config` to repeat it.
 
-YAML keys are the option names with `_` or `-` (`batch_size` or `batch-size`); `eps` and the
-PGD step size also accept fractions such as "2/255".
+YAML keys are the option names with `_` or `-` (`batch_size` or `batch-size`); `attack_eps` and
+the PGD step size also accept fractions such as "2/255".
+
+Names follow open_clip_train where a setting means the same thing there (`--train-data`, `--wd`,
+`--warmup`, `--eps` = AdamW's epsilon, `--precision amp|amp_bf16|fp32`, `--workers`,
+`--report-to`, `--lock-image`/`--lock-text`, `--grad-checkpointing`, `--val-frequency`,
+`--resume latest`); a key of the old spelling is refused with one line naming the new one.
 """
 from __future__ import annotations
 
@@ -29,7 +34,18 @@ MULTIMODAL_METHODS = ("mat", "mat+")
 INNER_ORDERS = ("text-image", "image-text", "alternate")
 TEXT_ATTACKS = ("mlm", "wordnet")
 POOL_MODES = ("sample", "expand")
-PRECISIONS = ("no", "fp16", "bf16")
+# open_clip_train's --precision names; the trainer runs mixed precision through accelerate
+# (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
+PRECISIONS = ("amp", "amp_bf16", "amp_fp16", "fp16", "bf16", "pure_bf16", "pure_fp16", "fp32")
+ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "fp32": "no"}
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+# old keys of this trainer -> their open_clip_train spelling (refused with this hint, never aliased)
+RENAMED = {
+    "source": "train_data", "weight_decay": "wd", "warmup_steps": "warmup", "freeze_text": "lock_text",
+    "tensorboard": "report_to", "wandb": "report_to", "wandb_project": "wandb_project_name",
+}
+# Adam's epsilon above this is a PGD budget given under open_clip's name, not an optimizer setting
+_ADAM_EPS_MAX = 1e-3
 
 CONFIG_FILE = "config.yaml"
 # masked LM of the text attack for the tiny CLIP (real models get the registry's default)
@@ -57,10 +73,14 @@ class TrainConfig:
     albef_tokenizer: str | None = None
     # ALBEF's momentum distillation (momentum encoders + queue); None: on for clean, off otherwise
     momentum_distillation: bool | None = None
-    # data
-    source: str | None = None
+    # data (open_clip_train's --train-data: any source augment reads; CSV/TSV columns as open_clip names them)
+    train_data: str | None = None
     image_root: str | None = None
     train_split: str = "train"
+    csv_img_key: str = "image"
+    csv_caption_key: str = "caption"
+    csv_separator: str | None = None  # None: "," for .csv, tab for .tsv
+    workers: int | None = None  # DataLoader worker processes per training process; None: from the CPU count
     pools: list[str] = field(default_factory=list)
     pool_weights: list[float] | None = None  # one per pool; None: equal weights
     p_original: float = 0.5  # chance that an item's view in a step is its original pair
@@ -73,18 +93,21 @@ class TrainConfig:
     schedule_steps: int | None = None  # length of the cosine schedule; None: the run's length
     batch_size: int = 64  # per process
     lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 0
+    wd: float = 0.1  # AdamW weight decay
+    eps: float = 1e-6  # AdamW epsilon (open_clip's --eps); the PGD budget is attack_eps
+    warmup: int = 0  # linear warm-up steps
     grad_accum: int = 1
     max_grad_norm: float | None = None
-    precision: str = "no"
+    precision: str = "fp32"
     seed: int = 0
     cpu: bool = False  # force the CPU even when a GPU is present
-    # which towers train; None: the method's default (TeCoA and FARE freeze the text tower)
-    freeze_text: bool | None = None
+    grad_checkpointing: bool = False  # recompute activations in the backward pass (models' set_grad_checkpointing)
+    # which towers train; lock_text None: the method's default (TeCoA and FARE lock the text tower)
+    lock_image: bool = False
+    lock_text: bool | None = None
     # attacks
     # attack defaults are shared with `train eval` and the study (train.attacks.settings)
-    eps: float = ATTACK_DEFAULTS.eps
+    attack_eps: float = ATTACK_DEFAULTS.eps
     pgd_steps: int = ATTACK_DEFAULTS.steps
     pgd_step_size: float | None = ATTACK_DEFAULTS.step_size  # None: eps / 4
     random_start: bool = ATTACK_DEFAULTS.random_start
@@ -97,12 +120,18 @@ class TrainConfig:
     # checkpoints and logging
     save_every: int = 0  # 0: only at the end
     log_every: int = 1
-    resume: bool = False
+    resume: str | None = None  # "latest" (the checkpoint in `out`) or a checkpoint folder
     overwrite: bool = False
     progress: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "mat-plus"
+    report_to: str = "none"  # tensorboard, wandb, all, none (comma-separated list allowed)
+    wandb_project_name: str = "mat-plus"
+    # in-training validation (train.validation.Validator): every val_frequency epochs, robust R@1
+    # under val_attack on val_split of val_data (default: the train data's source)
+    val_frequency: int = 0  # 0: no validation
+    val_data: str | None = None
+    val_split: str = "val"
+    val_attack: str = "pgd"
+    val_limit: int | None = 50
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,9 +140,20 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # settings that may change when a killed run is resumed (how long, how often, how loud)
 RESUMABLE_CHANGES = frozenset({
-    "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite",
-    "progress", "tensorboard", "wandb", "wandb_project", "cpu",
+    "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite", "out",
+    "progress", "report_to", "wandb_project_name", "cpu", "workers", "grad_checkpointing",
+    "val_frequency", "val_data", "val_split", "val_attack", "val_limit",
 })
+
+
+def _unknown_settings(names, where: str) -> None:
+    """Refuse unknown keys in one line; a key of the old spelling names its new one."""
+    unknown = sorted(set(names) - set(FIELD_NAMES))
+    if not unknown:
+        return
+    renamed = [f"{k} is now {RENAMED[k]}" for k in unknown if k in RENAMED]
+    hint = f" ({'; '.join(renamed)})" if renamed else ""
+    raise ConfigError(f"{where}unknown settings {unknown}{hint}")
 
 
 def parse_fraction(value: Any, name: str = "value") -> float:
@@ -143,9 +183,7 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     settings = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(settings) - set(FIELD_NAMES))
-    if unknown:
-        raise ConfigError(f"{path}: unknown settings {unknown}")
+    _unknown_settings(settings, f"{path}: ")
     return settings
 
 
@@ -187,14 +225,18 @@ def _as_list(value: Any) -> list:
 def _coerce(settings: dict[str, Any]) -> dict[str, Any]:
     """Types from YAML/CLI values (numbers as strings, fractions, single pools)."""
     out = dict(settings)
-    for name in ("eps", "pgd_step_size"):
+    if isinstance(out.get("eps"), str) and "/" in out["eps"]:
+        raise ConfigError(f"--eps {out['eps']}: --eps is AdamW's epsilon (as in open_clip); the PGD budget is --attack-eps")
+    if isinstance(out.get("resume"), bool):  # config.yaml of a run: resume false
+        out["resume"] = "latest" if out["resume"] else None
+    for name in ("attack_eps", "pgd_step_size", "eps"):
         if out.get(name) is not None:
             out[name] = parse_fraction(out[name], name)
     if "pools" in out:
         out["pools"] = [str(p) for p in _as_list(out["pools"])]
     if out.get("pool_weights") is not None:
         out["pool_weights"] = [parse_fraction(w, "pool_weights") for w in _as_list(out["pool_weights"])]
-    for name in ("lr", "weight_decay", "p_original", "clean_weight", "max_grad_norm"):
+    for name in ("lr", "wd", "p_original", "clean_weight", "max_grad_norm"):
         if out.get(name) is not None:
             out[name] = parse_fraction(out[name], name)
     return out
@@ -204,9 +246,7 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     """Merge setting layers (later wins) over the defaults, check them, fill derived defaults."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        unknown = sorted(set(layer) - set(FIELD_NAMES))
-        if unknown:
-            raise ConfigError(f"unknown settings {unknown}")
+        _unknown_settings(layer, "")
         merged.update(layer)
     config = TrainConfig(**_coerce(merged))
     _validate(config)
@@ -219,7 +259,7 @@ def _validate(c: TrainConfig) -> None:
     from tasks import TASKS
 
     _check(c.task in TASKS, f"unknown --task {c.task!r}; expected one of {list(TASKS)}")
-    _check(bool(c.source), "no --source given (a dataset to train on)")
+    _check(bool(c.train_data), "no --train-data given (a dataset to train on)")
     _check(bool(c.out), "no --out given (the run folder)")
     _check(bool(c.model), "no --model given")
     if c.method == "mat+":
@@ -234,15 +274,37 @@ def _validate(c: TrainConfig) -> None:
     _check(c.inner_order in INNER_ORDERS, f"unknown --inner-order {c.inner_order!r}; expected one of {list(INNER_ORDERS)}")
     _check(c.text_attack in TEXT_ATTACKS, f"unknown --text-attack {c.text_attack!r}; expected one of {list(TEXT_ATTACKS)}")
     _check(c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; expected one of {list(PRECISIONS)}")
+    _check(c.precision in ACCELERATE_PRECISION,
+           f"--precision {c.precision}: half-precision weights are not supported by this trainer "
+           f"(mixed precision only): use one of {list(ACCELERATE_PRECISION)}")
+    _check(c.eps > 0 and c.eps < _ADAM_EPS_MAX,
+           f"--eps {c.eps:g} is AdamW's epsilon (as in open_clip), expected a small positive number such as 1e-6; "
+           "the PGD budget is --attack-eps")
+    reports = [r.strip() for r in str(c.report_to).split(",") if r.strip()]
+    _check(bool(reports) and all(r in REPORT_TO for r in reports),
+           f"unknown --report-to {c.report_to!r}; expected one of {list(REPORT_TO)} or a comma-separated list")
+    _check(c.workers is None or c.workers >= 0, "--workers must be non-negative")
+    _check(bool(c.csv_img_key) and bool(c.csv_caption_key), "--csv-img-key and --csv-caption-key must not be empty")
+    _check(c.csv_separator is None or len(c.csv_separator) == 1,
+           f"--csv-separator must be one character, got {c.csv_separator!r}")
+    _check(c.val_frequency >= 0, "--val-frequency must be non-negative")
+    _check(c.val_limit is None or c.val_limit >= 1, "--val-limit must be at least 1")
+    if c.val_frequency:
+        from train.attacks import ATTACK_NAMES
+
+        _check(c.val_attack in ATTACK_NAMES, f"unknown --val-attack {c.val_attack!r}; expected one of {list(ATTACK_NAMES)}")
+        _check(c.task == "retrieval", f"--val-frequency validates retrieval (robust R@1); not available for --task {c.task}")
+    _check(not (c.method == "fare" and c.lock_image), "--lock-image with fare leaves nothing to train (FARE trains the image tower only)")
+    _check(not (c.lock_image and c.lock_text), "--lock-image and --lock-text together leave nothing to train")
     _check(c.epochs >= 1, "--epochs must be at least 1")
     _check(c.max_steps is None or c.max_steps >= 1, "--max-steps must be at least 1")
     _check(c.schedule_steps is None or c.schedule_steps >= 1, "--schedule-steps must be at least 1")
     _check(c.batch_size >= 1, "--batch-size must be at least 1")
     _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
     _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
-    _check(c.weight_decay >= 0, "--weight-decay must be non-negative")
-    _check(c.warmup_steps >= 0, "--warmup-steps must be non-negative")
-    _check(0 <= c.eps <= 1, f"--eps must lie in [0, 1] (pixels in [0, 1]), got {c.eps}")
+    _check(c.wd >= 0, "--wd must be non-negative")
+    _check(c.warmup >= 0, "--warmup must be non-negative")
+    _check(0 <= c.attack_eps <= 1, f"--attack-eps must lie in [0, 1] (pixels in [0, 1]), got {c.attack_eps}")
     _check(c.pgd_steps >= 0, "--pgd-steps must be non-negative")
     _check(c.pgd_step_size is None or c.pgd_step_size > 0, "--pgd-step-size must be positive")
     _check(c.clean_weight >= 0, "--clean-weight must be non-negative")
@@ -251,19 +313,33 @@ def _validate(c: TrainConfig) -> None:
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every must be at least 1")
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
+    _check(c.resume is None or c.resume == "latest" or Path(c.resume).is_dir(),
+           f"--resume {c.resume}: expected 'latest' or a checkpoint folder (RUN/ckpt)")
 
 
 def _fill_derived(c: TrainConfig) -> None:
     if c.pgd_step_size is None:
-        c.pgd_step_size = c.eps / 4
-    if c.freeze_text is None:
+        c.pgd_step_size = c.attack_eps / 4
+    if c.lock_text is None:
         # TeCoA and FARE fine-tune the vision encoder only (as in their papers); FARE's loss does
         # not even reach the text tower. Clean and MAT train both towers.
-        c.freeze_text = c.method in ("tecoa", "fare")
+        c.lock_text = c.method in ("tecoa", "fare") and not c.lock_image
+    if c.workers is None:
+        from augment.loading import default_workers
+
+        c.workers = default_workers()
     if c.mlm is None and c.method in MULTIMODAL_METHODS and c.text_attack == "mlm":
         c.mlm = default_mlm(c.model)
     if c.pools and c.pool_weights is None:
         c.pool_weights = [1.0] * len(c.pools)
+
+
+def report_targets(config: TrainConfig) -> set[str]:
+    """Where metrics go besides metrics.jsonl: a subset of {"tensorboard", "wandb"}."""
+    names = {r.strip() for r in str(config.report_to).split(",") if r.strip()}
+    if "all" in names:
+        return {"tensorboard", "wandb"}
+    return names - {"none"}
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:
@@ -277,7 +353,7 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     path = config_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     # how this run was started, not what it is: fed back with --config, they must not carry over
-    settings = {**config.to_dict(), "resume": False, "overwrite": False}
+    settings = {**config.to_dict(), "resume": None, "overwrite": False}
     atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
     return path
 

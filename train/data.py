@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -75,6 +76,14 @@ class PoolViews:
 
     def __len__(self) -> int:
         return len(self.modality)
+
+
+def _columns(dataset: Any, *names: str) -> list[list]:
+    """Whole columns as Python lists, read through arrow: iterating `dataset[name]` goes row by
+    row (seconds for a 20,000-image source, against milliseconds)."""
+    with dataset.formatted_as("arrow", columns=list(names)):
+        table = dataset[:]
+    return [table[name].to_pylist() for name in names]
 
 
 def _pool_names(pools: Sequence[Any]) -> list[str]:
@@ -183,6 +192,10 @@ class Batch:
     keys: torch.Tensor  # [B] long: train image index
     sources: list[str]  # "original" or the pool name, per position
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pinning thread (pin_memory=True on CUDA)."""
+        return dataclasses.replace(self, pixels=self.pixels.pin_memory(), keys=self.keys.pin_memory())
+
 
 class TrainData:
     """The train split as items (or expand-mode entries), plus the selected pools' views."""
@@ -195,13 +208,13 @@ class TrainData:
         self.seed = int(seed)
         self.pool_mode = pool_mode
         self.p_original = float(p_original)
+        self.source = source  # every split (in-training validation reads its val split)
         self.fingerprint = source_fingerprint(source)
         self.train = select_split(source, split)
-        self.image_ids: list[str] = list(self.train["image_id"])
-        self.captions: list[list[str]] = list(self.train["captions"])
+        self.image_ids, self.captions = _columns(self.train, "image_id", "captions")
         self._images = self.train.select_columns(["image"])
         train_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
-        all_ids = dict(zip(source["image_id"], source["split"]))
+        all_ids = dict(zip(*_columns(source, "image_id", "split")))
         caption_counts = [len(c) for c in self.captions]
         self.pool_names = _pool_names(pools)
         self.pools = [
@@ -312,13 +325,17 @@ class TrainData:
         """Decode and preprocess this process's share of the plan.
 
         Each image's random augmentation is seeded by (seed, epoch, slot), so it does not depend
-        on which process handles it, nor on the batch size.
+        on which process or DataLoader worker handles it, nor on the batch size.
         """
         views = plan.local(rank, per_process)
         pixels, texts, sources = [], [], []
         for view in views:
             image, caption, source = self.view_content(view)
-            torch.manual_seed(derive_seed(self.seed, "crop", plan.epoch, view.slot))
+            crop_seed = derive_seed(self.seed, "crop", plan.epoch, view.slot)
+            # every RNG a transform may draw from (torchvision: torch; others: random, NumPy)
+            torch.manual_seed(crop_seed)
+            random.seed(crop_seed)
+            np.random.seed(crop_seed % (2**32))
             pixels.append(preprocess(image))
             texts.append(caption)
             sources.append(source)
@@ -326,12 +343,64 @@ class TrainData:
         return Batch(torch.stack(pixels), texts, keys, sources)
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Map-style dataset of one process's micro batches, indexed by the global micro step.
+
+    Item m is (plan, batch) of micro step m: a DataLoader over `range(first, last)` with
+    `batch_size=None` decodes whole micro batches in its workers, ahead of the loop, and because a
+    batch depends on (seed, m) only it is the same whichever worker (or the main process, with 0
+    workers) makes it.
+    """
+
+    def __init__(self, data: TrainData, global_batch: int, rank: int, per_process: int,
+                 preprocess: Callable[[Any], torch.Tensor]):
+        self.data, self.global_batch, self.rank, self.per_process = data, global_batch, rank, per_process
+        self.preprocess = preprocess
+
+    def __getitem__(self, micro_step: int) -> tuple[BatchPlan, Batch] | "_Failed":
+        try:
+            plan = self.data.plan(int(micro_step), self.global_batch)
+            return plan, self.data.materialise(plan, self.rank, self.per_process, self.preprocess)
+        except Exception as exc:  # noqa: BLE001 - re-raised as itself by `micro_batches`
+            return _Failed(exc)
+
+
+class _Failed:
+    """An exception a worker caught, carried back whole: torch would re-raise it wrapped in a new
+    one whose first line names the worker, not the bad image (as augment.loading does)."""
+
+    def __init__(self, exception: Exception):
+        self.exception = exception
+
+
+def _keep_items(item):
+    """collate_fn of `batch_size=None` loaders whose items are already batches."""
+    return item
+
+
+def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pin_memory: bool,
+                  prefetch: int = 2):
+    """(plan, batch) for micro steps first..last-1 in order, decoded by a DataLoader with `workers`
+    processes (0: in this process), `prefetch` batches ahead per worker, pinned when asked."""
+    options = {}
+    if workers > 0:
+        options = {"prefetch_factor": prefetch, "persistent_workers": True}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(first, last), num_workers=workers,
+                                         pin_memory=pin_memory, collate_fn=_keep_items, **options)
+    for item in loader:
+        if isinstance(item, _Failed):
+            raise item.exception
+        yield item
+
+
 def load_train_data(config, progress: bool = False) -> TrainData:
     """Read the source and the pools named in `config` and check that they fit together."""
     from augment.pool import load_pool
     from augment.sources import load_source
 
-    source, _ = load_source(config.source, image_root=config.image_root, progress=progress)
+    source, _ = load_source(config.train_data, image_root=config.image_root, progress=progress,
+                            csv_img_key=config.csv_img_key, csv_caption_key=config.csv_caption_key,
+                            csv_separator=config.csv_separator)
     pools = [load_pool(path) for path in config.pools]
     return TrainData(source, pools, split=config.train_split, pool_weights=config.pool_weights,
                      p_original=config.p_original, pool_mode=config.pool_mode, seed=config.seed,

@@ -91,12 +91,13 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batches(self, batch_size: int):
-        """(first image, source rows, caption ids) per batch of images with all their captions."""
+    def batches(self, batch_size: int, rows: bool = True):
+        """(first image, source rows, caption ids) per batch of images with all their captions
+        (`rows=False`: None for the rows, which `gallery_pixels` decodes in DataLoader workers)."""
         for start in range(0, len(self.rows), batch_size):
             stop = min(start + batch_size, len(self.rows))
             text_ids = torch.nonzero((self.image_of_text >= start) & (self.image_of_text < stop)).flatten()
-            yield start, [self.rows[i] for i in range(start, stop)], text_ids
+            yield start, [self.rows[i] for i in range(start, stop)] if rows else None, text_ids
 
 
 @dataclass
@@ -155,8 +156,20 @@ def model_id(model) -> dict:
     return model.describe()
 
 
-def _pixels(model, rows: list[dict], device) -> torch.Tensor:
-    return torch.stack([model.preprocess_eval(row["image"]) for row in rows]).to(device)
+def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
+                   indices: Sequence[int], workers: int):
+    """(pixels preprocessed by one model, rows without their image) of the gallery batches
+    `indices`, in that order. `augment.loading.ordered_batches` decodes them in `workers`
+    DataLoader processes, so batch i+1 is read while batch i is attacked, and a bad image still
+    fails with its own one-line error."""
+    from augment.loading import ordered_batches
+
+    def decode(row: dict) -> tuple[torch.Tensor, dict]:
+        return preprocess(row["image"]), {k: v for k, v in row.items() if k != "image"}
+
+    batches = [range(i * batch_size, min((i + 1) * batch_size, len(gallery))) for i in indices]
+    for batch in ordered_batches(gallery.rows, batches, workers, decode):
+        yield torch.stack([pixels for pixels, _ in batch]), [row for _, row in batch]
 
 
 def _to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -385,6 +398,7 @@ def evaluate(
     rerank_k: int = DEFAULT_RERANK_K,
     progress_dir: str | Path | None = None,
     caption_preprocess: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Retrieval metrics of `victim` on `split` of `source_dataset`, clean and under `attacks`.
 
@@ -397,7 +411,8 @@ def evaluate(
     `progress_dir`: a folder where every finished batch of every attack is kept
     (`BatchStore`); a killed evaluation called again with the same settings and folder skips
     what is there and gives the same report as an uninterrupted one. `caption_preprocess`:
-    "none" or "pre_caption" (None: the protocol's choice, `attack_options["protocol"]`). Returns the
+    "none" or "pre_caption" (None: the protocol's choice, `attack_options["protocol"]`). `workers`:
+    DataLoader processes decoding the next batches' images (0: in this process). Returns the
     dict `train eval` writes as eval.json:
     {"protocol", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
@@ -429,8 +444,10 @@ def evaluate(
 
     # clean: the victim's embeddings of the whole gallery
     image_emb, text_emb, pixels = [], [], []
-    for start, rows, text_ids in gallery.batches(batch_size):
-        victim_pixels = _pixels(victim, rows, victim.device)
+    batch_starts = list(range(0, len(gallery), batch_size))
+    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(len(batch_starts)), workers)
+    for start, _, text_ids in gallery.batches(batch_size, rows=False):
+        victim_pixels = next(decoded)[0].to(victim.device)
         image_emb.append(_encode_images(victim, victim_pixels))
         text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
         if keep_pixels:
@@ -445,14 +462,19 @@ def evaluate(
     for name, attack in built.items():
         bar.set_postfix_str(name)
         record = AttackRecord(attack)
-        for batch_index, (start, rows, text_ids) in enumerate(gallery.batches(batch_size)):
-            if store is not None and store.has(name, batch_index) and (name not in writers or writers[name].has_shard(batch_index)):
+        done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
+                for b in range(len(batch_starts))]
+        decoded = gallery_pixels(gallery, batch_size, attacker.preprocess_eval,
+                                 [b for b, finished in enumerate(done) if not finished], workers)
+        for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
+            if done[batch_index]:
                 record.extend(store.load(name, batch_index))
-                bar.update(len(rows))
+                bar.update(min(batch_size, len(gallery) - start))
                 continue
+            decoded_pixels, rows = next(decoded)
             texts = [gallery.captions[i] for i in text_ids.tolist()]
             local_pairing = gallery.image_of_text[text_ids] - start
-            attacker_pixels = _pixels(attacker, rows, attacker.device)
+            attacker_pixels = decoded_pixels.to(attacker.device)
             _reseed(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
             began = time.perf_counter()
             result = attack(attacker_pixels, texts, local_pairing)

@@ -66,10 +66,10 @@ class Method:
         from train.attacks import pgd_linf
 
         cfg, ctx = self.cfg, self.ctx
-        if cfg.pgd_steps == 0 or cfg.eps == 0:
+        if cfg.pgd_steps == 0 or cfg.attack_eps == 0:
             return pixels
         loss = ctx.task.image_attack_loss(ctx.model, tokens, keys)
-        return pgd_linf(pixels, loss, cfg.eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
+        return pgd_linf(pixels, loss, cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
 
     def _robust_and_clean(self, adv_pixels: torch.Tensor, adv_tokens, clean_pixels: torch.Tensor, clean_tokens,
                           batch: Batch, adv_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +115,7 @@ class FAREMethod(Method):
         with torch.no_grad():
             target = ctx.frozen.encode_image(batch.pixels, normalize=False)
         adv = pgd_linf(batch.pixels, lambda x: fare_loss(model.encode_image(x, normalize=False), target),
-                       cfg.eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
+                       cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
         if cfg.clean_weight > 0:
             robust_emb, clean_emb = ctx.forward(torch.cat([adv, batch.pixels]), chunks=2, image_embeddings=True)
             robust, clean = fare_loss(robust_emb, target), fare_loss(clean_emb, target)

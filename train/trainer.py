@@ -12,7 +12,10 @@ momentum encoders) and saving are the model's; losses and attack losses are the 
 
 Determinism: each micro step reseeds the torch / NumPy / Python RNGs and the PGD start from
 (seed, micro step, process), and the data plan depends on (seed, micro step) only, so a resumed
-run continues exactly as the uninterrupted one would have.
+run continues exactly as the uninterrupted one would have. Batches are decoded by a
+`torch.utils.data.DataLoader` (`--workers`, pinned memory on CUDA, prefetch, persistent
+workers); every image's augmentation is seeded from (seed, epoch, slot), never from the worker,
+so any number of workers gives the same batches.
 """
 from __future__ import annotations
 
@@ -34,14 +37,25 @@ import torch
 from augment.errors import MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
+    ACCELERATE_PRECISION,
     ConfigError,
     TrainConfig,
     load_saved_config,
     resolve_config,
+    report_targets,
     resume_conflicts,
     save_config,
 )
-from train.data import ORIGINAL, Batch, BatchPlan, TrainData, derive_seed, load_train_data
+from train.data import (
+    ORIGINAL,
+    Batch,
+    BatchPlan,
+    MicroBatches,
+    TrainData,
+    derive_seed,
+    load_train_data,
+    micro_batches,
+)
 from train.methods import METHODS, StepContext, StepOutput
 
 log = logging.getLogger(__name__)
@@ -50,7 +64,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 # what --overwrite may delete in RUN (never anything else the user keeps there)
-RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml")
+RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml",
+               "validation.jsonl", "best")  # the last two: train.validation's (--val-frequency)
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -70,17 +85,18 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], f
 
 
 def require_logging_packages(config: TrainConfig) -> None:
-    """Fail before training when --tensorboard / --wandb lack their package (imported lazily)."""
-    if config.tensorboard:
+    """Fail before training when --report-to names a logger whose package is missing (imported lazily)."""
+    targets = report_targets(config)
+    if "tensorboard" in targets:
         try:
             import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
         except ImportError:
-            raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    if config.wandb:
+            raise MissingDependencyError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if "wandb" in targets:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise MissingDependencyError("--wandb needs the wandb package: pip install wandb") from None
+            raise MissingDependencyError("--report-to wandb needs the wandb package: pip install wandb") from None
 
 
 class MetricsLog:
@@ -94,14 +110,15 @@ class MetricsLog:
             return
         self._truncate_after(resume_step)
         require_logging_packages(config)
-        if config.tensorboard:
+        targets = report_targets(config)
+        if "tensorboard" in targets:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
-        if config.wandb:
+        if "wandb" in targets:
             import wandb
 
-            self.wandb = wandb.init(project=config.wandb_project, name=run_dir.name, dir=str(run_dir),
+            self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
                                     config=config.to_dict(), resume="allow")
 
     def _truncate_after(self, step: int) -> None:
@@ -158,7 +175,7 @@ def make_accelerator(config: TrainConfig):
         # the tests) may run several trainings with different precisions one after the other
         AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        accelerator = Accelerator(cpu=plan.cpu, mixed_precision=config.precision)
+        accelerator = Accelerator(cpu=plan.cpu, mixed_precision=ACCELERATE_PRECISION[config.precision])
         check_process_group(plan, accelerator.num_processes)
         return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
@@ -176,20 +193,27 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
 
     Only reads: every process runs it before any process writes, so all fail alike.
     """
-    found = ckpt.find_checkpoint(run_dir)
     has_outputs = any((run_dir / name).exists() for name in RUN_OUTPUTS)
     if config.resume:
-        if found is None:
-            log.warning("--resume: %s has no checkpoint yet; starting from step 0", run_dir)
-            return None
-        saved = load_saved_config(run_dir)
+        if config.resume == "latest":  # open_clip's spelling: the newest checkpoint of this run
+            found = ckpt.find_checkpoint(run_dir)
+            if found is None:
+                log.warning("--resume latest: %s has no checkpoint yet; starting from step 0", run_dir)
+                return None
+            made_by = run_dir
+        else:  # a checkpoint folder (RUN/ckpt of this or another run)
+            found = Path(config.resume)
+            if not (found / ckpt.STATE_DIR / ckpt.STATE_FILE).is_file():
+                raise ConfigError(f"--resume {found}: not a checkpoint folder (no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
+            made_by = found.parent
+        saved = load_saved_config(made_by)
         if saved is not None:
             conflicts = resume_conflicts(saved, config)
             if conflicts:
-                raise ConfigError(f"--resume: settings differ from the run in {run_dir}: {conflicts}")
+                raise ConfigError(f"--resume: settings differ from the run in {made_by}: {conflicts}")
         return found
     if has_outputs and not config.overwrite:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start over")
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume latest to continue it or --overwrite to start over")
     return None
 
 
@@ -272,13 +296,20 @@ class Trainer:
             image_tower = {id(p) for p in model.tower_parameters("image")}
             for param in model.parameters():
                 param.requires_grad_(id(param) in image_tower)
-        elif cfg.freeze_text:
-            for param in model.tower_parameters("text"):
-                param.requires_grad_(False)
+        else:
+            for tower, locked in (("image", cfg.lock_image), ("text", cfg.lock_text)):
+                if locked:
+                    for param in model.tower_parameters(tower):
+                        param.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            try:
+                model.set_grad_checkpointing(True)
+            except NotImplementedError as exc:
+                raise ConfigError(f"--grad-checkpointing: {exc}") from None
         model.train()
 
-        optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, self.schedule_steps))
+        optimizer = torch.optim.AdamW(model.parameter_groups(cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=cfg.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, self.schedule_steps))
         self.forward_module, self.optimizer = acc.prepare(TaskForward(model, task), optimizer)
         self.model = model
         if resume_from is not None:
@@ -308,6 +339,32 @@ class Trainer:
             save_config(cfg, self.run_dir)
         acc.wait_for_everyone()
         self.metrics = MetricsLog(self.run_dir, cfg, self.is_main, self.start_step)
+        self.validator = self._make_validator() if cfg.val_frequency and self.is_main else None
+
+    def _make_validator(self):
+        """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), main process only."""
+        from augment.sources import load_source
+        from train.validation import ValidationSettings, Validator
+
+        cfg = self.cfg
+        if cfg.val_data is None:
+            source = self.data.source
+        else:
+            # its images are found from its own location (--image-root is the train data's)
+            source, _ = load_source(cfg.val_data, csv_img_key=cfg.csv_img_key,
+                                    csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
+        options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
+                   "budget": cfg.word_budget, "top_k": cfg.mlm_top_k}
+        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga"):  # they draw substitutes from a masked LM
+            from train.config import default_mlm
+
+            options["mlm"] = cfg.mlm or default_mlm(cfg.model)
+        settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, attack=cfg.val_attack,
+                                      split=cfg.val_split, limit=cfg.val_limit, captions="all",
+                                      attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
+        validator = Validator(self.run_dir, source, settings).attach(self)
+        self.callbacks.append(validator)
+        return validator
 
     def _check_resumable(self, state: dict) -> None:
         if state.get("global_batch") != self.global_batch:
@@ -326,13 +383,32 @@ class Trainer:
         _seed_everything(seed)
         self.context.pgd_generator.manual_seed(derive_seed(self.cfg.seed, "pgd", micro_step, self.rank))
 
+    def batches(self, first_step: int | None = None):
+        """(plan, batch) of every micro step from `first_step` (default: where the run starts) to the end,
+        decoded by a DataLoader (`--workers`)."""
+        cfg = self.cfg
+        first = (self.start_step if first_step is None else first_step) * cfg.grad_accum
+        dataset = MicroBatches(self.data, self.global_batch, self.rank, cfg.batch_size, self.model.preprocess_train)
+        pin = self.accelerator.device.type == "cuda"
+        return micro_batches(dataset, first, self.total_steps * cfg.grad_accum, cfg.workers, pin)
+
+    def _next_batch(self, micro_step: int) -> tuple[BatchPlan, Batch]:
+        if getattr(self, "_loader", None) is None or self._loader_next != micro_step:
+            self._loader = self.batches(micro_step // self.cfg.grad_accum)
+            self._loader_next = micro_step - micro_step % self.cfg.grad_accum
+            while self._loader_next < micro_step:  # only when a caller starts mid-step
+                next(self._loader)
+                self._loader_next += 1
+        plan, batch = next(self._loader)
+        self._loader_next += 1
+        return plan, batch
+
     def _micro_step(self, step: int, micro: int, sync: bool) -> tuple[StepOutput, BatchPlan]:
         acc, cfg = self.accelerator, self.cfg
         micro_step = step * cfg.grad_accum + micro
-        plan = self.data.plan(micro_step, self.global_batch)
-        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.model.preprocess_train)
-        batch.pixels = batch.pixels.to(acc.device)
-        batch.keys = batch.keys.to(acc.device)
+        plan, batch = self._next_batch(micro_step)
+        batch.pixels = batch.pixels.to(acc.device, non_blocking=True)
+        batch.keys = batch.keys.to(acc.device, non_blocking=True)
         self._seed_micro_step(micro_step)
         self.task.on_step(self.model, step, self.steps_per_epoch)
         no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
@@ -421,6 +497,9 @@ class Trainer:
                     self._save(done, elapsed)
         finally:
             bar.close()
+            self._loader = None  # stops the DataLoader's workers
+        if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
+            self.validator.validate(self.total_steps)
         elapsed = self.elapsed_before + time.perf_counter() - started
         self._save(self.total_steps, elapsed)
         summary = self._summary(last, elapsed)

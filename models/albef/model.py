@@ -401,6 +401,17 @@ class AlbefModel(VisionLanguageModel):
 
     # -- training hooks ---------------------------------------------------------------------
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch for the ViT; transformers' per-layer switch for the BERT layers (text and fusion)."""
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint
+
+        self.visual_encoder.set_grad_checkpointing(enable)
+        for layer in self.text_encoder.encoder.layer:
+            layer.gradient_checkpointing = enable
+            layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+
     def tower_parameters(self, tower: str) -> list[nn.Parameter]:
         if tower == "image":
             return [*self.visual_encoder.parameters(), *self.vision_proj.parameters()]
