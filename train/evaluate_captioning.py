@@ -95,6 +95,11 @@ class _Record:
         self.seconds += float(state["seconds"])
 
 
+def _pixels(model, rows: list[dict], device) -> torch.Tensor:
+    """The rows' images in `model`'s evaluation transform (a captioning batch is small: decoded in-process)."""
+    return torch.stack([model.preprocess_eval(row["image"]) for row in rows]).to(device)
+
+
 def evaluate_captioning(
     victim,
     source_dataset,
@@ -129,7 +134,7 @@ def evaluate_captioning(
     from tqdm.auto import tqdm
 
     from train.data import derive_seed
-    from train.evaluate import BatchStore, Gallery, _pixels, _pool_writers, _reseed, _to_victim_resolution
+    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution
 
     attacker = attacker or victim
     transfer = attacker is not victim
