@@ -330,7 +330,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         micro_step = step * cfg.grad_accum + micro
         plan = self.data.plan(micro_step, self.global_batch)
-        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.model.preprocess_train)
+        batch = self.data.materialise(plan, self.rank, cfg.batch_size, self.task.train_transform(self.model))
         batch.pixels = batch.pixels.to(acc.device)
         batch.keys = batch.keys.to(acc.device)
         self._seed_micro_step(micro_step)
