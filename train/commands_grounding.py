@@ -62,6 +62,9 @@ def run(args) -> int:
         "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
         "text_batch": args.text_batch,
     }
+    if options["step_size"] is None:  # the retrieval attacks' default: eps / 4
+        options["step_size"] = args.eps / 4
+    options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options, batch_size=args.batch_size,
                                 expression_checker=checker, seed=args.seed, progress=args.progress, attacker=attacker)
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
