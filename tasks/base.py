@@ -63,6 +63,10 @@ class Task(ABC):
         """Called once with the training data (`train.data.TrainData`) before the first step
         (e.g. captioning's table of every image's reference captions for MAT+)."""
 
+    def train_transform(self, model: "ImageTextModel"):
+        """PIL image -> [0, 1] tensor for training pairs (default: the model's own train transform)."""
+        return model.preprocess_train
+
     def on_step(self, model: "ImageTextModel", step: int, steps_per_epoch: int) -> None:
         """Called before every optimizer step (schedules inside the loss, e.g. ALBEF's alpha warm-up)."""
 

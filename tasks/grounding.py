@@ -4,7 +4,8 @@ ALBEF's weakly supervised protocol (its Grounding.py and `grounding_eval`):
 
 * training: ITC + ITM on (image, expression) pairs, as ALBEF fine-tunes for grounding
   (expressions of the same image are positives of each other; ITM negatives are mined from the
-  ITC similarities): the retrieval task's loss for fusion families;
+  ITC similarities): the retrieval task's loss for fusion families, except that rows whose
+  expressions are the same text are positives too (`expression_positives`);
 * evaluation: `heat = model.grounding_heatmap(pixels, tokens)` (Grad-CAM of the ITM score on the
   fusion encoder's cross-attention), upsampled bicubically to the original image size; each
   candidate box scores `sum of the heat inside it / area ** 0.5`; the best box is chosen;
@@ -12,7 +13,10 @@ ALBEF's weakly supervised protocol (its Grounding.py and `grounding_eval`):
 
 Departures from ALBEF's code, on purpose: ties and all-zero heat pick the first candidate (ALBEF
 keeps the previous expression's box when no score exceeds 0); the random-box baseline is the
-exact expectation of choosing a candidate uniformly (no sampling noise).
+exact expectation of choosing a candidate uniformly (no sampling noise); equal expressions of
+different images are positives, not negatives (short expressions such as "the star" recur across
+the sample world's scenes: as negatives, ITM learns that a star does not match a star; ALBEF
+keys positives by image, which RefCOCO+'s long free-form expressions rarely contradict).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import TextTokens
-from tasks.retrieval import RetrievalTask
+from tasks.retrieval import ITC_LOSSES, RetrievalTask, hard_negatives, itc_loss, softmax_itc_loss
 
 if TYPE_CHECKING:
     from models.base import VisionLanguageModel
@@ -115,6 +119,37 @@ def ground(model: "VisionLanguageModel", pixels: torch.Tensor, texts: Sequence[s
     return chosen
 
 
+# ----------------------------------------------------------------------------- the training loss
+
+
+def expression_positives(keys: torch.Tensor, texts: Sequence[str] | None) -> torch.Tensor:
+    """[B, B] float: 1 where two rows share their image (key) or their expression's text
+    (compared in lower case, whitespace normalised)."""
+    positives = keys.view(-1, 1) == keys.view(1, -1)
+    if texts is not None:
+        ids: dict[str, int] = {}
+        text_ids = torch.tensor([ids.setdefault(" ".join(t.lower().split()), len(ids)) for t in texts],
+                                device=keys.device)
+        positives = positives | (text_ids.view(-1, 1) == text_ids.view(1, -1))
+    return positives.float()
+
+
+def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tensor) -> torch.Tensor:
+    """ALBEF's ITM (each pair; a hard negative expression per image and image per expression,
+    drawn by ITC similarity among the non-positives), with `positives` as the labels."""
+    sims = output.image_emb.detach().float() @ output.text_emb.detach().float().T
+    negative_text = hard_negatives(sims, positives)
+    negative_image = hard_negatives(sims.T, positives.T)
+    batch = len(positives)
+    features = output.image_features
+    logits = model.itm_logits(torch.cat([features, features, features[negative_image]]),
+                              TextTokens.cat([tokens, tokens[negative_text], tokens]))
+    rows = torch.arange(batch, device=positives.device)
+    labels = torch.cat([torch.ones(batch, device=positives.device), positives[rows, negative_text],
+                        positives[negative_image, rows]])
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device))
+
+
 # ----------------------------------------------------------------------------- the task
 
 
@@ -137,6 +172,29 @@ class GroundingTask(RetrievalTask):
         if not getattr(model, "has_grounding", False) or not getattr(model, "has_itm", False):
             raise ValueError(f"the grounding task needs a model with an ITM head and grounding_heatmap (ALBEF); "
                              f"'{model.name}' ({model.family}) has none")
+
+    def train_transform(self, model):
+        """The evaluation resize, no crop and no flip: a crop can cut the referred object out and a
+        flip swaps the left and right that expressions name (ALBEF's grounding transform is a
+        resize plus a flip: RefCOCO+ has no location words)."""
+        return model.preprocess_eval
+
+    @property
+    def gradient_scale(self) -> float:
+        return 1.0  # the loss is this process's batch only (no gathering), a mean over processes
+
+    def loss(self, model, pixels, tokens, keys, texts=None, inspect: bool = False) -> torch.Tensor:
+        """ITC + ITM on this process's batch, rows with equal expressions positive too; a model's
+        own ITC loss (ALBEF's momentum distillation, keyed by image) is kept when it declares one."""
+        output = model(pixels, tokens, image_features=True)
+        self.inspecting = inspect
+        positives = expression_positives(keys.to(output.image_emb.device), texts)
+        if model.itc_loss in ITC_LOSSES:
+            contrastive = itc_loss(model, output, keys, self) * self.world_size  # undo its per-process division
+        else:
+            logits = output.logit_scale * output.image_emb.float() @ output.text_emb.float().T
+            contrastive = softmax_itc_loss(logits, positives)
+        return contrastive + self.itm_weight * grounding_itm_loss(model, output, tokens, positives)
 
     def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor):
         """pixels -> minus the mean ITM match logit of each row with its expression."""

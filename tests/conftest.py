@@ -94,15 +94,18 @@ TRAINER_CODE = ("augment/sample_world.py", "augment/tiny.py", "train/trainer.py"
 
 
 def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, steps: int = 150,
-               batch_size: int = 64, lr: float = 1e-3) -> Path:
-    """A tiny twin trained clean on the sample world with the trainer, cached across runs; its ckpt folder."""
+               batch_size: int = 64, lr: float = 1e-3, task: str = "retrieval") -> Path:
+    """A tiny twin trained clean on the sample world with the trainer, cached across runs; its ckpt folder.
+
+    `task` other than retrieval: trained for that task (`sample_world_dir` is then that task's world)."""
     from train.trainer import train_run
 
     key = _code_key(*TRAINER_CODE, *family_code)
-    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{twin}-{steps}-{lr:g}-{key}"
+    name = twin if task == "retrieval" else f"{twin}-{task}"
+    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{name}-{steps}-{lr:g}-{key}"
     if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
         resume = (run / "ckpt").is_dir()
-        train_run({"method": "clean", "model": twin, "train_data": str(sample_world_dir), "out": str(run),
+        train_run({"method": "clean", "task": task, "model": twin, "train_data": str(sample_world_dir), "out": str(run),
                    "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup": steps // 10,
                    "wd": 0.1, "seed": 0, "progress": False, "save_every": 50,
                    # from random weights the momentum model only distils noise (ALBEF fine-tunes from pre-training)
@@ -139,3 +142,18 @@ def trained_bundle(trained_clip):
 def twin_trainer(request, sample_world_dir):
     """`twin_trainer(twin, *family_code_files, steps=150, lr=1e-3)`: that twin trained clean on the sample world (cached)."""
     return lambda twin, *code, steps=150, lr=1e-3: train_twin(request, sample_world_dir, twin, *code, steps=steps, lr=lr)
+
+
+GROUNDING_WORLD_SIZE = 400  # 300 train / 50 val / 50 test scenes, 2 expressions per object
+
+
+@pytest.fixture(scope="session")
+def grounding_world_dir(request) -> Path:
+    """The sample world with referring expressions (`make-sample --expressions 2`), cached across runs."""
+    from augment.sample_world import write_sample
+
+    key = _code_key("augment/sample_world.py")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"grounding-world-{GROUNDING_WORLD_SIZE}-{key}"
+    if not folder.exists():
+        write_sample(folder, n=GROUNDING_WORLD_SIZE, seed=0, expressions=2)
+    return folder

@@ -266,3 +266,151 @@ def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
     assert code == 2
     assert "needs a model with an ITM head and grounding_heatmap" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+# ----------------------------------------------------------------------------- training for grounding
+
+
+def test_equal_expressions_of_different_images_are_positives():
+    from tasks.grounding import expression_positives
+
+    keys = torch.tensor([0, 0, 1, 2])
+    positives = expression_positives(keys, ["the star", "the red circle", "The  star", "the square"])
+    assert positives.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]]
+    assert expression_positives(keys, None).tolist()[0] == [1, 1, 0, 0]
+
+
+def test_grounding_trains_on_unflipped_uncropped_images():
+    from PIL import Image
+
+    from models import load_model
+    from tasks.grounding import GroundingTask
+
+    model = load_model("tiny-albef")
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    image.paste((255, 0, 0), (0, 0, 16, 64))  # a red band on the left: a flip or crop would move it
+    transform = GroundingTask().train_transform(model)
+    for _ in range(8):
+        assert torch.equal(transform(image), model.preprocess_eval(image))
+
+
+ALBEF_CODE = tuple(f"models/albef/{name}.py" for name in ("__init__", "checkpoint", "config", "model", "text"))
+# the ITM loss leaves chance after ~150 steps at 2e-3 (1e-3: later; 5e-3: collapses); the twin does NOT yet
+# ground above the random box at any budget tried (README, "Grounding": what was measured)
+GROUNDING_STEPS, GROUNDING_LR = 200, 2e-3
+
+
+@pytest.fixture(scope="module")
+def grounding_twin(request, grounding_world_dir):
+    """tiny-albef trained by `train clean --task grounding` on the world's expressions, cached across runs."""
+    from tests.conftest import train_twin
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield train_twin(request, grounding_world_dir, "tiny-albef", *ALBEF_CODE, "tasks/grounding.py", "tasks/base.py",
+                     steps=GROUNDING_STEPS, lr=GROUNDING_LR, task="grounding")
+    torch.set_num_threads(previous)
+
+
+def _eval_report(folder) -> dict:
+    return json.loads((folder / "eval.json").read_text())
+
+
+def test_mat_and_mat_plus_train_for_grounding_and_their_checkpoints_evaluate(grounding_twin, grounding_world_dir,
+                                                                              tmp_path):
+    from augment.cli import main as augment_main
+    from train.cli import main as train_main
+
+    pool = tmp_path / "eda"
+    assert augment_main(["generate", "--method", "eda", "--source", str(grounding_world_dir), "--split", "train",
+                         "--n", "2", "--out", str(pool), "--no-progress"]) == 0
+    common = ["--task", "grounding", "--model", str(grounding_twin), "--train-data", str(grounding_world_dir),
+              "--max-steps", "2", "--batch-size", "8", "--pgd-steps", "1", "--lr", "1e-5", "--no-progress"]
+    assert train_main(["mat", *common, "--out", str(tmp_path / "mat")]) == 0
+    assert train_main(["mat+", *common, "--pools", str(pool), "--out", str(tmp_path / "mat+")]) == 0
+    summary = json.loads((tmp_path / "mat+" / "summary.json").read_text())
+    assert summary["task"] == "grounding" and sum(summary["pool_draws"].values()) == 16
+    assert any(name != "original" for name in summary["pool_draws"]), summary["pool_draws"]
+    for run in ("mat", "mat+"):
+        out = tmp_path / f"eval-{run}"
+        assert train_main(["eval", str(tmp_path / run / "ckpt"), "--task", "grounding", "--source",
+                           str(grounding_world_dir), "--split", "test", "--limit", "4", "--attacks", "clean,pgd",
+                           "--pgd-steps", "1", "--out", str(out)]) == 0
+        report = _eval_report(out)
+        assert report["task"] == "grounding" and report["data"]["images"] == 4
+        assert 0 <= report["attacks"]["pgd"]["accuracy"] <= 100
+
+
+def test_transfer_attacks_craft_on_the_attacker_and_ground_with_the_victim(grounding_twin, grounding_world_dir,
+                                                                           tmp_path, capsys):
+    from train.cli import main as train_main
+
+    common = ["--task", "grounding", "--source", str(grounding_world_dir), "--split", "test", "--limit", "6",
+              "--attacks", "clean,pgd,sep", "--pgd-steps", "3", "--eps", "8/255"]
+    assert train_main(["eval", str(grounding_twin), *common, "--out", str(tmp_path / "white")]) == 0
+    assert train_main(["eval", str(grounding_twin), *common, "--attacker-model", "tiny-albef",
+                       "--out", str(tmp_path / "transfer")]) == 0
+    white, transfer = _eval_report(tmp_path / "white"), _eval_report(tmp_path / "transfer")
+    assert white["settings"]["mode"] == "white-box" and transfer["settings"]["mode"] == "transfer"
+    assert transfer["attacker"]["name"] == "tiny-albef" and transfer["model"]["name"] != "tiny-albef"
+    # the clean row is the victim's own; the attacked rows differ from white-box ones (another attacker)
+    assert transfer["attacks"]["clean"]["accuracy"] == white["attacks"]["clean"]["accuracy"]
+    for name in ("pgd", "sep"):
+        assert 0 < transfer["attacks"][name]["linf"] <= 8 / 255 + 1e-6
+    assert "Transfer attacks crafted on tiny-albef" in (tmp_path / "transfer" / "eval.md").read_text()
+    capsys.readouterr()
+    code = train_main(["eval", str(grounding_twin), *common, "--attacker-model", "tiny-clip",
+                       "--out", str(tmp_path / "refused")])
+    assert code == 2 and "has no ITM head" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+# ----------------------------------------------------------------------------- the study's grounding arm
+
+
+def test_grounding_arm_writes_the_world_evaluates_and_gives_the_headline(grounding_twin, grounding_world_dir,
+                                                                         tmp_path):
+    from analysis import grounding_arm as arm
+
+    assert arm.MODEL == "tiny-albef" and arm.METHODS == ("clean", "mat", "mat+")
+    arm.write_world(tmp_path / "world", n=8, seed=3)
+    world = load_grounding(tmp_path / "world")
+    assert len(world.images) == 8 and all(len(world.images[e.image].candidates) >= 1 for e in world.expressions)
+    assert len(world) == 2 * sum(len(image.candidates) for image in world.images)
+    settings = {"limit": 5, "batch_size": 5, "pgd_steps": 2, "attacks": ["clean", "pgd", "synonym", "sga"],
+                "captions_per_image": 2}  # a retrieval key: ignored
+    report = arm.evaluate_checkpoint(grounding_twin, grounding_world_dir, settings, seed=0, folder=tmp_path / "eval")
+    assert _eval_report(tmp_path / "eval")["attacks"].keys() == report["attacks"].keys() == {"clean", "pgd", "synonym", "sga"}
+    assert (tmp_path / "eval" / "eval.md").read_text().startswith("# Grounding robustness")
+    assert report["settings"]["attack_options"]["steps"] == 2
+    headline = arm.headline(report)
+    assert headline["metric"] == "accuracy" and headline["attack"] == "sga"
+    assert headline["clean"] == report["attacks"]["clean"]["accuracy"]
+    assert headline["robust"] == report["attacks"]["sga"]["accuracy_meaning_preserved"] >= headline["robust_all"]
+    assert headline["random_box"] == report["baselines"]["random_box"]
+    assert arm.headline({**report, "attacks": {"clean": report["attacks"]["clean"]}})["attack"] == "clean"
+    json.dumps(report)  # JSON-able
+
+
+def test_every_attack_lowers_the_trained_twins_grounding_objective(grounding_twin, grounding_world_dir):
+    from augment.registry import load_mlm
+    from models import load_model
+    from train.attacks.grounding import build_grounding_attack
+
+    model = load_model(str(grounding_twin))
+    data = load_grounding(grounding_world_dir).select("test", 6)
+    images = torch.stack([model.preprocess_eval(image.load()) for image in data.images])
+    texts, pairing = [e.text for e in data.expressions], torch.tensor(data.image_of_text())
+
+    def itm(pixels, expressions):
+        with torch.no_grad():
+            return model.itm_logits(model.image_features(pixels)[pairing], model.tokenize(expressions))
+
+    clean = itm(images, texts)
+    mlm = (*load_mlm("tiny-mlm"), "tiny-mlm")
+    for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
+        result = build_grounding_attack(name, model, eps=2 / 255, steps=5, step_size=1 / 255, mlm=mlm, seed=0)(
+            images, texts, pairing)
+        assert float((result.images - images).abs().max()) <= 2 / 255 + 1e-6, name
+        assert all(len(change) <= 1 for change in result.info.get("words_changed", [])), name
+        assert float(itm(result.images, list(result.texts)).mean()) < float(clean.mean()) - 0.05, name

@@ -1,6 +1,7 @@
 """`train eval CKPT --task grounding`: grounding accuracy, clean and under attack (eval.json, eval.md).
 
     train eval tiny-albef --task grounding --source data/sample --split test --out runs/ground-eval
+    train eval VICTIM --task grounding --attacker-model ATTACKER ...   (transfer: crafted on ATTACKER)
 
 Imports nothing heavy at module level, so `train --help` stays fast.
 """
@@ -29,16 +30,19 @@ def run(args) -> int:
     from models import load_model
     from tasks.grounding import GroundingTask
     from train.config import default_mlm
-    from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
+    from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
+                                          world_expression_checker)
     from train.evaluate import write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.attacker_model:
-        raise MatPlusError("--attacker-model (transfer attacks) is not supported for --task grounding yet")
     torch.manual_seed(args.seed)
     model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, precision=getattr(args, "precision", "fp32"))
+    attacker = None
     try:
         GroundingTask().check_model(model)
+        if args.attacker_model:  # transfer: the attacks craft on the attacker's grounding objective
+            attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
+            check_attacker(attacker, args.grounding_objective)
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
     data = load_grounding(args.source, image_root=args.image_root, dets_file=args.dets, refs_file=args.refs,
@@ -54,14 +58,18 @@ def run(args) -> int:
     options = {
         "objective": args.grounding_objective, "eps": args.eps, "steps": args.pgd_steps,
         "step_size": args.pgd_step_size, "candidates": args.text_candidates,
-        "mlm": args.mlm or default_mlm(args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
+        "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
         "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
         "text_batch": args.text_batch,
     }
+    if options["step_size"] is None:  # the retrieval attacks' default: eps / 4
+        options["step_size"] = args.eps / 4
+    options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options, batch_size=args.batch_size,
-                                expression_checker=checker, seed=args.seed, progress=args.progress)
+                                expression_checker=checker, seed=args.seed, progress=args.progress, attacker=attacker)
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
-                               "command": "train eval --task grounding", "checkpoint": args.checkpoint})
+                               "command": "train eval --task grounding", "checkpoint": args.checkpoint,
+                               "attacker_model": args.attacker_model})
     out = Path(args.out)
     table = write_report(report, out, markdown_grounding_report)
     print(table)

@@ -17,6 +17,11 @@ attacked expression still single out the same object?) adds, for attacks that ch
 `meaning_preserved` (changed expressions still true) and `accuracy_meaning_preserved` /
 `asr_meaning_preserved`, where an attacked expression the checker rejects counts as not
 attacked (its clean text is grounded against the attacked image).
+
+Transfer (`attacker`: another model with an ITM head, any family): the attacks craft on the
+attacker's grounding objective and its preprocessed pixels; adversarial images are resized
+(bicubic) to the victim's resolution when they differ, and the victim grounds them. Image-free
+attacks (clean, text) leave the victim's own pixels untouched.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
+from train.evaluate import _to_victim_resolution
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -53,6 +59,15 @@ def _pixels(model, images: Sequence[GroundingImage]) -> torch.Tensor:
     return torch.stack([model.preprocess_eval(image.load()) for image in images])
 
 
+def check_attacker(attacker, objective: str = "itm") -> None:
+    """Raise ValueError (one line) when `attacker` cannot compute the grounding objective."""
+    needs = "has_grounding" if objective == "heat" else "has_itm"
+    if not getattr(attacker, needs, False):
+        raise ValueError(f"the attacker '{attacker.name}' ({attacker.family}) has no "
+                         f"{'grounding_heatmap' if objective == 'heat' else 'ITM head'}: grounding attacks "
+                         f"need one for the '{objective}' objective")
+
+
 def _accuracy(hits: Sequence[bool]) -> float:
     return 100.0 * sum(hits) / max(len(hits), 1)
 
@@ -65,14 +80,20 @@ def _asr(clean: Sequence[bool], attacked: Sequence[bool]) -> float:
 def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFAULT_GROUNDING_ATTACKS,
                        attack_options: dict | None = None, batch_size: int = 16, ground_batch: int = 64,
                        expression_checker: ExpressionChecker | None = None, seed: int = 0,
-                       progress: bool = False) -> dict[str, Any]:
-    """Clean and robust grounding accuracy of `model` on `data` (already the split to evaluate)."""
+                       progress: bool = False, attacker=None) -> dict[str, Any]:
+    """Clean and robust grounding accuracy of `model` on `data` (already the split to evaluate);
+    `attacker`: None (white-box) or the model the attacks craft on (transfer)."""
     unknown = [a for a in attacks if a not in GROUNDING_ATTACKS]
     if unknown:
         raise ValueError(f"unknown grounding attack(s) {unknown}; expected {', '.join(GROUNDING_ATTACKS)}")
     if not len(data):
         raise ValueError("no expressions to evaluate")
     model.eval()
+    transfer = attacker is not None and attacker is not model
+    attacker = attacker if transfer else model
+    if transfer:
+        attacker.eval()
+        check_attacker(attacker, (attack_options or {}).get("objective", "itm"))
     attacks = ["clean", *[a for a in attacks if a != "clean"]]
     options = {"seed": seed, **(attack_options or {})}
     truth = [e.box for e in data.expressions]
@@ -80,12 +101,13 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
     image_of_text = torch.tensor(data.image_of_text(), dtype=torch.long)
     report: dict[str, Any] = {
-        "task": "grounding", "model": model.describe(), "protocol": PROTOCOL,
+        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "protocol": PROTOCOL,
         "data": {"source": data.source, "format": data.format, "images": len(data.images),
                  "expressions": len(data), "splits": data.splits()},
         "baselines": {"random_box": random_box_accuracy(candidates, truth),
                       "oracle": oracle_accuracy(candidates, truth)},
         "settings": {"attacks": attacks, "batch_size": batch_size, "iou_threshold": IOU_THRESHOLD,
+                     "mode": "transfer" if transfer else "white-box",
                      "attack_options": {k: v for k, v in options.items() if k != "mlm" or isinstance(v, str)}},
         "attacks": {},
     }
@@ -97,7 +119,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     clean_hits: list[bool] | None = None
     for name in attacks:
         torch.manual_seed(seed)
-        attack = build_grounding_attack(name, model, **options)
+        attack = build_grounding_attack(name, attacker, **options)
         started = time.time()
         hits, kept_hits = [False] * len(data), [False] * len(data)
         words_changed, verdicts, linf = [0] * len(data), [None] * len(data), 0.0
@@ -106,12 +128,18 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
             stop = min(start + batch_size, len(data.images))
             ids = torch.nonzero((image_of_text >= start) & (image_of_text < stop)).flatten().tolist()
             pairing = image_of_text[ids] - start
-            result = attack(_pixels(model, data.images[start:stop]).to(model.device),
-                            [data.expressions[i].text for i in ids], pairing,
+            pixels = _pixels(attacker, data.images[start:stop]).to(attacker.device)
+            result = attack(pixels, [data.expressions[i].text for i in ids], pairing,
                             boxes=[truth[i] for i in ids], sizes=[sizes[i] for i in ids])
             linf = max(linf, float(result.info.get("linf", 0.0)))
             changes = result.info.get("words_changed", [[] for _ in ids])
-            row_pixels = result.images.detach()[pairing.to(result.images.device)]
+            if not transfer:
+                images = result.images.detach()
+            elif attack.modality in ("image", "multimodal"):  # the attacker's pixels, at the victim's size
+                images = _to_victim_resolution(result.images.detach().to(model.device), model.image_size)
+            else:
+                images = _pixels(model, data.images[start:stop]).to(model.device)
+            row_pixels = images[pairing.to(images.device)]
             batch_hits = hits_of(row_pixels, list(result.texts), ids)
             rejected = []
             for local, i in enumerate(ids):
@@ -157,8 +185,11 @@ def markdown_grounding_report(report: dict) -> str:
     """One table: rows = attacks; accuracy, ASR, and the meaning-preserving numbers when judged."""
     judged = any("accuracy_meaning_preserved" in e for e in report["attacks"].values())
     model = report["model"]
+    attacker = report.get("attacker") or model
     lines = [
         f"# Grounding robustness: {model.get('name')} ({model.get('family')})", "",
+        *([f"Transfer attacks crafted on {attacker.get('name')} ({attacker.get('family')}).", ""]
+          if report["settings"].get("mode") == "transfer" else []),
         f"{report['data']['expressions']} expressions on {report['data']['images']} images "
         f"({report['data']['format']}: {report['data']['source']}). "
         f"Random box: {report['baselines']['random_box']:.1f}%; oracle (best candidate): "

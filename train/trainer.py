@@ -388,7 +388,7 @@ class Trainer:
         decoded by a DataLoader (`--workers`)."""
         cfg = self.cfg
         first = (self.start_step if first_step is None else first_step) * cfg.grad_accum
-        dataset = MicroBatches(self.data, self.global_batch, self.rank, cfg.batch_size, self.model.preprocess_train)
+        dataset = MicroBatches(self.data, self.global_batch, self.rank, cfg.batch_size, self.task.train_transform(self.model))
         pin = self.accelerator.device.type == "cuda"
         return micro_batches(dataset, first, self.total_steps * cfg.grad_accum, cfg.workers, pin)
 

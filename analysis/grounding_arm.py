@@ -1,0 +1,87 @@
+"""The study's grounding arm (`task: grounding`): the world, evaluation and headline numbers.
+
+The study (`analysis/study.py`) finds this module through `analysis/task_arms.py` and calls:
+
+* `write_world(folder, n, seed)`: the sample world with referring expressions (captions = two
+  expressions per object, true boxes in the JSON: `augment make-sample --expressions 2`);
+* `evaluate_checkpoint(...)`: grounding accuracy, clean and under every configured attack
+  (`train.evaluate_grounding`), on the world's test split, with the world's truth checker;
+  eval.json / eval.md through `train.evaluate.write_report`;
+* `headline(report)`: clean and robust accuracy (robust = under `HEADLINE_ATTACK`, counting an
+  attacked expression the checker says no longer singles out its object as not attacked, as
+  the retrieval arm's `headline_captions: meaning_preserved`), with the random-box baseline.
+
+Eval settings (`DEFAULT_EVAL`, overridden by the study config's `eval`): split, limit (images),
+batch_size (images per attack batch), attacks, eps, pgd_steps, pgd_step_size (default eps / 4),
+mlm, top_k, word_budget, objective (itm | heat). Other keys (retrieval's) are ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL = "tiny-albef"
+METHODS = ("clean", "mat", "mat+")
+HEADLINE_ATTACK = "sga"  # the retrieval study's headline attack too
+EXPRESSIONS_PER_OBJECT = 2
+DEFAULT_EVAL: dict = {
+    "split": "test", "limit": None, "batch_size": 16,
+    "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
+    "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm", "top_k": 10, "word_budget": 1, "objective": "itm",
+}
+
+
+def write_world(folder: Path, n: int, seed: int) -> None:
+    """The sample world with referring expressions (Karpathy JSON + images/) in `folder`."""
+    from augment.sample_world import write_sample
+
+    write_sample(folder, n=n, seed=seed, expressions=EXPRESSIONS_PER_OBJECT)
+
+
+def attack_options(eval_settings: dict, seed: int) -> dict:
+    """`build_grounding_attack` options from the study's eval settings."""
+    from train.config import parse_fraction
+
+    e = {**DEFAULT_EVAL, **eval_settings}
+    eps = parse_fraction(e["eps"], "eval.eps")
+    step = e.get("pgd_step_size")
+    return {"objective": e["objective"], "eps": eps, "steps": int(e["pgd_steps"]),
+            "step_size": eps / 4 if step is None else parse_fraction(step, "eval.pgd_step_size"),
+            "mlm": e["mlm"], "top_k": int(e["top_k"]), "budget": int(e["word_budget"]), "seed": seed}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
+                        folder: str | Path) -> dict:
+    """Grounding accuracy of `checkpoint` on the world `source_dir`, clean and under attack;
+    writes folder/eval.json and eval.md and returns the report."""
+    import torch
+
+    from augment.referring import load_grounding
+    from models import load_model
+    from train.evaluate import write_report
+    from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
+
+    e = {**DEFAULT_EVAL, **eval_settings}
+    torch.manual_seed(seed)
+    model = load_model(str(checkpoint))
+    data = load_grounding(source_dir).select(e["split"], e["limit"])
+    report = evaluate_grounding(model, data, attacks=list(e["attacks"]), attack_options=attack_options(e, seed),
+                                batch_size=int(e["batch_size"]), expression_checker=world_expression_checker,
+                                seed=seed)
+    report["settings"].update({"source": str(source_dir), "split": e["split"], "checkpoint": str(checkpoint),
+                               "command": "analysis study (grounding arm)"})
+    write_report(report, folder, markdown_grounding_report)
+    return report
+
+
+def headline(report: dict) -> dict:
+    """Clean and robust grounding accuracy (percent); robust = under `HEADLINE_ATTACK` with
+    meaning-preserving expressions (the raw number beside it), else the clean one."""
+    attacks = report["attacks"]
+    name = HEADLINE_ATTACK if HEADLINE_ATTACK in attacks else "clean"
+    robust = attacks[name]
+    return {
+        "metric": "accuracy", "clean": attacks["clean"]["accuracy"],
+        "robust": robust.get("accuracy_meaning_preserved", robust["accuracy"]), "attack": name,
+        "robust_all": robust["accuracy"], "random_box": report["baselines"]["random_box"],
+        "oracle": report["baselines"]["oracle"],
+    }
