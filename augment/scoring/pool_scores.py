@@ -337,6 +337,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
 
     all_alignment = [v for values in totals.alignment.values() for v in values]
     present = {m: len(v) for m, v in totals.alignment.items() if v}
+    overall = ci(all_alignment)
     slug = embedder.scorer.slug
     return {
         "scores_version": store.SCORES_VERSION,
@@ -348,7 +349,8 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
         "settings": asdict(settings),
-        "alignment": {"all": ci(all_alignment), **{m: ci(v) for m, v in totals.alignment.items() if v}},
+        "alignment": {"all": overall, **{m: overall if len(present) == 1 else ci(v)  # one modality: the same numbers
+                                         for m, v in totals.alignment.items() if v}},
         "clipscore": {"all": ci(measures.clipscore(all_alignment))},
         "source_alignment": ci(totals.source_alignment),
         "diversity": {
