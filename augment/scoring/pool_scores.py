@@ -329,7 +329,6 @@ def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, total
 def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings, source_name: str,
               source_dataset, source_fp: str | None = None) -> dict:
     """The scores.json entry of this pool and scorer."""
-    from augment.pool import package_versions
     from augment.sources import source_fingerprint
 
     def ci(values, offset: int = 0):
@@ -363,7 +362,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
             "items": f"{store.SCORES_DIR}/{slug}/{store.ITEMS_FILE}",
         },
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "package_versions": package_versions(),
+        "package_versions": dict(_package_versions()),
     }
 
 
