@@ -625,7 +625,12 @@ def load_source(
     listed in the report instead (this decodes every image now: a skipped record must be known).
     """
     with _without_cycle_collection():
-        return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root)
+        try:
+            return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root)
+        finally:
+            # the parsed JSON is read: drop it now (millions of objects the collector would
+            # otherwise scan for as long as the process lives)
+            _read_json_cached.cache_clear()
 
 
 def _load_source(source: str, image_root: str | None, split: str | None, skip_bad: bool, validate: bool,
