@@ -15,16 +15,14 @@ outputs (0 or a few levels: they do the same work; float kernels differ slightly
 Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
 overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
 
-Threads. On the CPU the benchmark uses every CPU this process may run on as torch intra-op
-threads (`--threads N` to choose), whatever OMP_NUM_THREADS says. That is the setting that
-stands for a GPU: there a one-image call leaves most of the device idle and a batch fills it;
-with all cores as intra-op threads, a one-image call of the tiny UNet's small kernels cannot
-keep them busy and a batch can. At one thread there is no idle hardware for a batch to use:
-the tiny UNet is compute-bound and a batch only saves the per-call work (prompt encoding, the
-VAE call, small-kernel inefficiency), 1.3-1.6x here. The per-call overhead of mat-plus's own
-loop (planning, seeds, rows) is below 0.1% of a call (profiled), so there is nothing of ours
-left to remove; the speed-up is the pipeline's. Both numbers are worth knowing: `--threads 1`
-shows the compute-bound floor.
+What the CPU ratio can show. The work of mat-plus's own loop around the pipeline (planning,
+seeds, rows) is under 0.1% of a call (profiled), so the ratio is diffusers' batching of the tiny
+UNet. At one thread that UNet is compute-bound: a batch saves only the per-call work (prompt
+encoding, the VAE call, small-kernel inefficiency), 1.2-1.6x. More intra-op threads than free
+cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
+one-image loop 16x slower than at one thread (thread hand-offs stall on busy cores) and the
+"speed-up" 3-4x, which measures that contention, not batching. Use `--threads` only on
+quiet cores; the default is torch's own (OMP_NUM_THREADS).
 
 `python -m bench.bench_image_generators [--out PATH]` prints a table and writes JSON
 (default outputs/bench/image_generators.json).
@@ -60,8 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=0.75, help="t-i2i-sd strength (default 0.75)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: every CPU this process may use; see the module docstring)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved loop/batched repeats, medians (default 3)")
     return parser.parse_args(argv)
@@ -222,13 +219,6 @@ def print_table(results: list[dict]) -> None:
               f"largest pixel difference {result['max_pixel_difference']}")
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def environment(device: str, dtype: str) -> dict:
     import torch
 
@@ -250,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else [])
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(args.threads or usable_cpus())
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
