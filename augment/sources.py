@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import csv
 import functools
+import gc
 import hashlib
 import io
 import json
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -77,6 +79,7 @@ class SourceRecord:
     image_bytes: bytes | None = None
     meta: dict = field(default_factory=dict)
     problem: str | None = None  # found while reading (a path outside the root...), raised by the checks
+    image_found: bool = False  # image_path was seen to be a file while reading (no second stat)
 
 
 @dataclass
@@ -296,27 +299,89 @@ def _default_image_roots(anchor: Path, image_root: str | None) -> list[Path]:
     return [folder, folder / "images"]
 
 
-def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool) -> tuple[str, str | None]:
-    """(path, problem): the first existing candidate, else all of them joined by ' or '.
+class _FolderListings:
+    """Which names each image folder holds, read once per `load_source` (one `os.scandir` per
+    folder) with each folder's real path: resolving a record is then two dictionary lookups, not
+    a stat and a realpath (a dozen system calls) per record, so reading a source's paths does not
+    cost per-record file-system work on top of its JSON."""
+
+    def __init__(self):
+        self._names: dict[str, dict[str, bool]] = {}  # folder -> {name: is a symlink}, regular files and links only
+        self._real: dict[str, str] = {}
+
+    def kind(self, folder: str, name: str) -> str | None:
+        """"file" (a regular file), "link" (a symlink: resolved the slow way), or None."""
+        names = self._names.get(folder)
+        if names is None:
+            names = {}
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.is_symlink():
+                            names[entry.name] = True
+                        elif entry.is_file(follow_symlinks=False):
+                            names[entry.name] = False
+            except OSError:  # no such folder, not a folder, unreadable: nothing found there
+                pass
+            self._names[folder] = names
+        if name not in names:
+            return None
+        return "link" if names[name] else "file"
+
+    def real(self, folder: str) -> str:
+        if folder not in self._real:
+            self._real[folder] = os.path.realpath(folder)
+        return self._real[folder]
+
+
+_listings: _FolderListings | None = None  # set for the duration of one load_source
+
+
+def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool) -> tuple[str, str | None, bool]:
+    """(path, problem, found): the first existing candidate, else all of them joined by ' or '.
 
     A candidate that resolves (symlinks followed) outside its root is a problem unless allowed.
+    A plain relative path (no '..', not absolute) to a regular file is looked up in the folder
+    listings; anything else (symlinks, '..', absolute paths) takes the per-file route.
     """
-    candidates = [root / relative for root in roots]
-    for root, candidate in zip(roots, candidates):
-        if candidate.is_file():
+    listings = _listings or _FolderListings()
+    plain = bool(relative) and not os.path.isabs(relative) and os.path.normpath(relative) == relative \
+        and not relative.startswith("..")
+    candidates = []
+    for root in roots:
+        candidate = os.path.join(str(root), relative) if plain else str(root / relative)
+        candidates.append(candidate)
+        if plain:
+            folder, name = os.path.split(candidate)
+            kind = listings.kind(folder, name)
+            if kind is None:
+                continue
+            if kind == "file":
+                if allow_outside_root:
+                    return candidate, None, True
+                real_folder, base = listings.real(folder), listings.real(str(root))
+                if real_folder == base or real_folder.startswith(base.rstrip(os.sep) + os.sep):
+                    return candidate, None, True
+                return candidate, _outside_root(relative, root, os.path.join(real_folder, name)), True
+        path = Path(candidate)
+        if path.is_file():
             if not allow_outside_root:
-                real, base = candidate.resolve(), root.resolve()
+                real, base = path.resolve(), root.resolve()
                 if real != base and base not in real.parents:
-                    return str(candidate), (f"image path {relative!r} leads outside the image root {root} (to {real}); "
-                                            "pass --allow-outside-root to read it anyway")
-            return str(candidate), None
-    return " or ".join(str(c) for c in candidates), None
+                    return candidate, _outside_root(relative, root, real), True
+            return candidate, None, True
+    return " or ".join(candidates), None, False
+
+
+def _outside_root(relative: str, root: Path, real) -> str:
+    return (f"image path {relative!r} leads outside the image root {root} (to {real}); "
+            "pass --allow-outside-root to read it anyway")
 
 
 def _record_with_image(where: str, image_id: str, captions: list[str], split: str, relative: str,
                        roots: list[Path], allow_outside_root: bool, meta: dict | None = None) -> SourceRecord:
-    path, problem = _resolve_image(relative, roots, allow_outside_root)
-    return SourceRecord(where, image_id, captions, split, path, meta=meta or {}, problem=problem)
+    path, problem, found = _resolve_image(relative, roots, allow_outside_root)
+    return SourceRecord(where, image_id, captions, split, path, meta=meta or {}, problem=problem, image_found=found)
 
 
 def _read_karpathy(source: Path, image_root: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
@@ -523,13 +588,27 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
     for number, caption in enumerate(record.captions):
         if not isinstance(caption, str) or not caption.strip():
             raise SourceError(f"{record.where}: caption {number} is empty")
-    if record.image_bytes is None and (not record.image_path or not os.path.isfile(record.image_path)):
+    if record.image_bytes is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
         raise SourceError(f"{record.where}: image file not found: {record.image_path}")
     if validate:
         _check_image(record)
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+@contextmanager
+def _without_cycle_collection():
+    """Python's cycle collector paused while a source is read: reading a large JSON builds
+    millions of long-lived objects, and the collector's repeated scans of them cost more than
+    the reading (1.5 s of 4 s at 20,000 images). They hold no cycles to collect."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def load_source(
@@ -553,7 +632,17 @@ def load_source(
     `csv_*`: a CSV/TSV's image and caption columns and separator (open_clip_train's names; None:
     "," for .csv, tab for .tsv).
     """
-    import datasets
+    with _without_cycle_collection():
+        try:
+            return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root)
+        finally:
+            # the parsed JSON is read: drop it now (millions of objects the collector would
+            # otherwise scan for as long as the process lives)
+            _read_json_cached.cache_clear()
+
+
+def _load_source(source: str, image_root: str | None, split: str | None, skip_bad: bool, validate: bool,
+                 progress: bool, allow_outside_root: bool) -> tuple["datasets.Dataset", LoadReport]:
     from tqdm.auto import tqdm
 
     source = str(source)
@@ -574,24 +663,41 @@ def load_source(
     report = LoadReport(source=source, format=fmt, validated=validate)
     columns: dict[str, list] = {name: [] for name in SOURCE_FEATURES}
     seen: set[str] = set()
-    for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
-        record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
-        try:
-            _check_record(record, seen, validate)
-        except SourceError as exc:
-            if not skip_bad:
-                raise
-            report.skipped.append({"record": record.where, "image_id": record.image_id, "problem": str(exc)})
-            continue
-        seen.add(record.image_id)
-        columns["image_id"].append(record.image_id)
-        columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
-        columns["captions"].append(record.captions)
-        columns["split"].append(record.split)
-        columns["meta"].append(json.dumps(record.meta, sort_keys=True))
+    global _listings
+    _listings = _FolderListings()
+    try:
+        for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
+            record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
+            try:
+                _check_record(record, seen, validate)
+            except SourceError as exc:
+                if not skip_bad:
+                    raise
+                report.skipped.append({"record": record.where, "image_id": record.image_id, "problem": str(exc)})
+                continue
+            seen.add(record.image_id)
+            columns["image_id"].append(record.image_id)
+            columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
+            columns["captions"].append(record.captions)
+            columns["split"].append(record.split)
+            columns["meta"].append(json.dumps(record.meta, sort_keys=True) if record.meta else "{}")
+    finally:
+        _listings = None
     if not columns["image_id"]:
         raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
-    return datasets.Dataset.from_dict(columns, features=lazy_source_features()), report
+    return _dataset_of(columns), report
+
+
+def _dataset_of(columns: dict[str, list]) -> "datasets.Dataset":
+    """The source dataset from plain column lists, converted by arrow in one go: the same table
+    `Dataset.from_dict` builds, without its per-value Python encoding (12x faster at 20k rows)."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    features = lazy_source_features()
+    table = pa.table(columns, schema=features.arrow_schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
@@ -609,10 +715,14 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
         return dataset
     if split not in SPLITS:
         raise SourceError(f"unknown split {split!r} (expected one of {list(SPLITS)} or 'all')")
-    splits = dataset["split"]
-    indices = [i for i, s in enumerate(splits) if s == split]
-    if not indices:
-        present = sorted(set(splits))
+    import numpy as np
+    import pyarrow.compute as pc
+
+    with dataset.formatted_as("arrow", columns=["split"]):  # one arrow column, not a row-by-row read
+        splits = dataset[:]["split"]
+    indices = np.flatnonzero(pc.equal(splits, split).to_numpy(zero_copy_only=False))
+    if not len(indices):
+        present = sorted(set(splits.to_pylist()))
         raise SourceError(f"source has no {split!r} rows (splits present: {present})")
     return dataset.select(indices)
 

@@ -15,6 +15,15 @@ outputs (0 or a few levels: they do the same work; float kernels differ slightly
 Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
 overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
 
+What the CPU ratio can show. The work of mat-plus's own loop around the pipeline (planning,
+seeds, rows) is under 0.1% of a call (profiled), so the ratio is diffusers' batching of the tiny
+UNet. At one thread that UNet is compute-bound: a batch saves only the per-call work (prompt
+encoding, the VAE call, small-kernel inefficiency), 1.2-1.6x. More intra-op threads than free
+cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
+one-image loop 16x slower than at one thread (thread hand-offs stall on busy cores) and the
+"speed-up" 3-4x, which measures that contention, not batching. Use `--threads` only on
+quiet cores; the default is torch's own (OMP_NUM_THREADS).
+
 `python -m bench.bench_image_generators [--out PATH]` prints a table and writes JSON
 (default outputs/bench/image_generators.json).
 """

@@ -6,15 +6,22 @@
 1. **Pairs per second**, the same tiny transformers `CLIPModel` (random weights, built from a
    config) on the same image-caption pairs, measurements interleaved so that load on a shared
    machine hits both sides alike; medians:
+   * torchmetrics `CLIPScore` (update per batch, then compute), same batch size, given the
+     images already decoded as tensors, and again reading and decoding the same image files
+     (the same inputs `augment score` starts from);
    * mat-plus's scorer (`ModelScorer` over the transformers CLIP family: batched encode + cosine), no cache;
-   * torchmetrics `CLIPScore` (update per batch, then compute), same batch size;
-   * the whole `augment score` pipeline on a pool of those pairs, with `--workers` decoding
-     processes: cold (fresh cache: the first pass), re-score of the unchanged pool (the stored
-     scores are reused: the issue-18 target is >= 20x torchmetrics), and re-score with other
-     settings (every embedding from the cache, every statistic recomputed). The pipeline also
-     encodes the source's 5 captions per image and computes diversity, gap, bootstrap CIs and
-     the side tables; the cold pass is timed again without those statistics' resamples
-     (`--bootstrap 0 --gap-bootstrap 0`) to show what they cost.
+   * the whole `augment score` pipeline on a pool of those pairs (pair rows: each image's bytes
+     and its caption) against a source holding exactly those pairs (one caption per image), with
+     `--workers` decoding processes: it encodes the same 1,024 images and 1,024 captions as
+     CLIPScore (the pool's copies are cache hits) and adds diversity, gap, bootstrap CIs and
+     the side tables. Timed cold (fresh cache: the first pass), cold without the statistics'
+     resamples (`--bootstrap 0 --gap-bootstrap 0`), re-score of the unchanged pool (the stored
+     scores are reused: the issue-18 target is >= 20x torchmetrics), re-score with other
+     settings (every embedding from the cache, every statistic recomputed), and cold against
+     the sample world's own source, 5 captions per image (what a Flickr or COCO source looks
+     like: the source's captions are encoded too, for the gap and the source alignment).
+   * one more cold pass with inline decoding, timed by stage (encode, decode, hash and cache,
+     statistics, tables, rest): what remains of the first pass.
    The two CLIPScores are checked to agree (mean of 100 * cos before clamping).
 2. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
    tiny-clip, each in a fresh process: peak RSS above the process's RSS before scoring, and the
@@ -41,12 +48,14 @@ from pathlib import Path
 
 DEFAULT_OUT = "outputs/bench/scoring.json"
 LABELS = {
-    "torchmetrics": "torchmetrics CLIPScore",
+    "torchmetrics": "torchmetrics CLIPScore (decoded tensors)",
+    "torchmetrics_from_files": "torchmetrics CLIPScore, reading the files",
     "ours": "mat-plus scorer (no cache)",
     "pipeline_cold": "augment score, first pass*",
     "pipeline_cold_no_resampling": "augment score, first pass, no resampling*",
     "pipeline_rescore": "augment score, re-score unchanged pool*",
     "pipeline_new_settings": "augment score, re-score other settings*",
+    "pipeline_cold_world_source": "augment score, first pass, 5-caption source**",
 }
 MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 source captions
 
@@ -83,15 +92,28 @@ def _timed(fn) -> tuple[float, object]:
 
 
 def make_pairs(work: Path, count: int):
-    """`count` pairs of distinct sample-world images with their first caption, and the source."""
+    """`count` pairs of distinct sample-world images with their first caption.
+
+    Returns (pairs source, images, captions, world folder, world source): the pairs source is a
+    Karpathy JSON holding exactly those pairs (one caption per image), so `augment score` of a
+    pool of them encodes the same 1,024 images and 1,024 captions CLIPScore does; the world
+    source keeps the sample world's 5 captions per image (what a Flickr/COCO source looks like).
+    """
     from augment.sample_world import write_sample
     from augment.sources import load_source
 
     world = write_sample(work / "world", n=count, seed=1, val_frac=0.0, test_frac=0.0)
-    source, _ = load_source(str(world))
+    world_source, _ = load_source(str(world))
+    document = json.loads((world / "dataset_sample.json").read_text())
+    pairs_json = work / "pairs-source" / "dataset_pairs.json"
+    pairs_json.parent.mkdir(parents=True, exist_ok=True)
+    pairs_json.write_text(json.dumps({"images": [
+        {"filename": entry["filename"], "split": "train", "sentences": entry["sentences"][:1]}
+        for entry in document["images"]]}))
+    source, _ = load_source(str(pairs_json), image_root=str(world / "images"))
     images = [row["image"] for row in source]
     captions = [row["captions"][0] for row in source]
-    return source, images, captions, world
+    return source, images, captions, world, world_source
 
 
 class _FeatureTensors:
@@ -129,9 +151,10 @@ def torchmetrics_clipscore(scorer):
 
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    adapted = _needs_adapter(scorer.model)
-    model = _FeatureTensors(scorer.model) if adapted else scorer.model
-    metric = CLIPScore(model_name_or_path=lambda: (model, scorer.processor))
+    family = scorer.model  # models.hf_clip.HFClipModel: the transformers CLIPModel and its processor inside
+    adapted = _needs_adapter(family.model)
+    model = _FeatureTensors(family.model) if adapted else family.model
+    metric = CLIPScore(model_name_or_path=lambda: (model, family.processor))
     note = f"torchmetrics {version('torchmetrics')} with transformers {version('transformers')}"
     if adapted:
         note += ": get_*_features return model outputs, wrapped to return pooler_output (torchmetrics issue 3407)"
@@ -179,6 +202,79 @@ def run_pipeline(pool, source, scorer, cache_dir: Path, workers: int = 0, force:
                           workers=workers, force=force)
 
 
+def decoded_tensors(source) -> list:
+    """The source's images read from their files and decoded as CHW uint8 tensors (what
+    CLIPScore takes): the part of a CLIPScore run that reads the data."""
+    import numpy as np
+    import torch
+
+    from augment.sources import open_image, undecoded
+
+    return [torch.from_numpy(np.array(open_image(value))).permute(2, 0, 1).contiguous()
+            for value in undecoded(source)["image"]]
+
+
+class StageTimer:
+    """Seconds spent in each stage of one `augment score` pass, by wrapping the functions that
+    do each job for the duration of the pass (inline decoding: `--workers 0`):
+
+    * encode: the scorer's batches (preprocessing, tokenising, the model);
+    * decode: image bytes to pixels;
+    * hash and cache: content keys, cache look-ups and writes;
+    * statistics: bootstrap CIs, distribution gap, per-item diversity;
+    * tables: the parquet side tables;
+    * rest: everything else (reading pool rows, per-row scores, scores.json).
+    """
+
+    def __init__(self, scorer):
+        from augment.scoring import embeddings, measures, store
+
+        self.seconds: dict[str, float] = {}
+        self._patches = [
+            (scorer, "_encode_image_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
+            (embeddings, "decode_image", "decode"),
+            (embeddings, "image_key", "hash and cache"), (embeddings, "text_key", "hash and cache"),
+            (embeddings, "image_bytes_of", "hash and cache"),
+            (embeddings.EmbeddingCache, "lookup", "hash and cache"), (embeddings.EmbeddingCache, "put", "hash and cache"),
+            (measures, "bootstrap_mean", "statistics"), (measures, "gap_measures", "statistics"),
+            (measures, "set_diversity", "statistics"),
+            (store.TableWriter, "write", "tables"), (store.TableWriter, "close", "tables"),
+        ]
+        self._saved: list = []
+
+    def _wrap(self, function, stage: str):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+        return timed
+
+    def __enter__(self):
+        for owner, name, stage in self._patches:
+            original = owner.__dict__.get(name, getattr(owner, name))
+            self._saved.append((owner, name, original, name in owner.__dict__))
+            setattr(owner, name, self._wrap(getattr(owner, name), stage))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original, own in reversed(self._saved):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+
+
+def stage_breakdown(pool, source, scorer, cache: Path, **settings) -> dict:
+    with StageTimer(scorer) as timer:
+        total, _ = _timed(lambda: run_pipeline(pool, source, scorer, cache, 0, force=True, **settings))
+    stages = dict(sorted(timer.seconds.items(), key=lambda item: -item[1]))
+    stages["rest"] = total - sum(stages.values())
+    return {"total": total, **stages}
+
+
 def bench_pairs(work: Path, args) -> dict:
     import numpy as np
     import torch
@@ -189,7 +285,7 @@ def bench_pairs(work: Path, args) -> dict:
 
     workers = default_workers() if args.workers is None else args.workers
     torch.set_num_threads(args.threads)
-    source, images, captions, world = make_pairs(work, args.pairs)
+    source, images, captions, world, world_source = make_pairs(work, args.pairs)
     scorer = load_scorer(str(save_tiny_transformers_clip(work / "tiny-transformers-clip")), batch_size=args.batch_size)
     metric, note = torchmetrics_clipscore(scorer)
     image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
@@ -197,11 +293,14 @@ def bench_pairs(work: Path, args) -> dict:
     times: dict[str, list[float]] = {name: [] for name in LABELS}
     ours_value = tm_value = None
     run_ours(scorer, images[:8], captions[:8])  # warm-up: first calls allocate
+    run_pipeline(pool, source, scorer, work / "cache-warm-up", workers, force=True)  # imports (scipy, sklearn...)
     for repeat in range(args.repeats):
         elapsed, ours_value = _timed(lambda: run_ours(scorer, images, captions))
         times["ours"].append(elapsed)
         elapsed, tm_value = _timed(lambda: run_torchmetrics(metric, image_tensors, captions, args.batch_size))
         times["torchmetrics"].append(elapsed)
+        times["torchmetrics_from_files"].append(
+            _timed(lambda: run_torchmetrics(metric, decoded_tensors(source), captions, args.batch_size))[0])
         cache = work / f"cache-{repeat}"
         # force: the pool's stored scores of the previous repeat must not be reused here
         times["pipeline_cold"].append(_timed(lambda: run_pipeline(pool, source, scorer, cache, workers, force=True))[0])
@@ -214,6 +313,11 @@ def bench_pairs(work: Path, args) -> dict:
         bare = dict(bootstrap=0, gap_bootstrap=0)
         times["pipeline_cold_no_resampling"].append(
             _timed(lambda: run_pipeline(pool, source, scorer, work / f"bare-{repeat}", workers, force=True, **bare))[0])
+        elapsed, entry = _timed(lambda: run_pipeline(pool, world_source, scorer, work / f"world-{repeat}", workers,
+                                                     force=True))
+        times["pipeline_cold_world_source"].append(elapsed)
+    encoded_world = entry["encoding"]["encoded"]
+    breakdown = stage_breakdown(pool, source, scorer, work / "breakdown")
     medians = {name: statistics.median(values) for name, values in times.items()}
     per_second = {name: args.pairs / seconds for name, seconds in medians.items()}
     return {
@@ -230,6 +334,10 @@ def bench_pairs(work: Path, args) -> dict:
         "ratio_ours_vs_torchmetrics": per_second["ours"] / per_second["torchmetrics"],
         **{f"ratio_{name}_vs_torchmetrics": per_second[name] / per_second["torchmetrics"] for name in LABELS
            if name.startswith("pipeline")},
+        **{f"ratio_{name}_vs_torchmetrics_from_files": per_second[name] / per_second["torchmetrics_from_files"]
+           for name in LABELS if name.startswith("pipeline")},
+        "world_source_encoded": encoded_world,
+        "cold_pass_stages_seconds": breakdown,
         "mean_100cos": {"ours": ours_value, "torchmetrics": tm_value, "abs_difference": abs(ours_value - tm_value)},
     }
 
@@ -332,7 +440,12 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
     for name, label in LABELS.items():
         rate = speed["pairs_per_second"][name]
         print(f"{label:<44}{speed['seconds_median'][name]:>9.3f}{rate:>10.0f}{rate / base:>16.2f}x")
-    print("* whole pipeline: also encodes the source's 5 captions per image, diversity, gap, CIs, side tables")
+    print("* whole pipeline on a pool of the pairs against a source holding exactly those pairs: the same 1,024 images\n"
+          "  and captions encoded once (the pool's copies are cache hits), plus diversity, gap, CIs, side tables")
+    print(f"** the same pool against the sample world's source (5 captions per image): encodes "
+          f"{speed['world_source_encoded']['text']} texts + {speed['world_source_encoded']['image']} images")
+    stages = speed["cold_pass_stages_seconds"]
+    print("first pass by stage (inline decoding): " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
     print(f"mean 100*cos: mat-plus {speed['mean_100cos']['ours']:.4f}, torchmetrics "
           f"{speed['mean_100cos']['torchmetrics']:.4f} (|diff| {speed['mean_100cos']['abs_difference']:.2e})")
     print(f"note: {speed['torchmetrics_note']}")

@@ -112,6 +112,33 @@ def test_count_weighted_resamples_equal_the_resampled_rows():
     assert value == pytest.approx(_naive_mmd2(x[ix], y[iy], 0.4), rel=1e-10)
 
 
+def test_batched_resample_fits_and_frechet_equal_one_at_a_time(monkeypatch):
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(30, 5)) + 3.0, rng.normal(size=(25, 5))  # an offset mean: the shift must not matter
+    counts_x = rng.multinomial(30, np.full(30, 1 / 30), size=7).astype(float)
+    counts_y = rng.multinomial(25, np.full(25, 1 / 25), size=7).astype(float)
+    means, covariances = measures.weighted_gaussian_fits(x, counts_x)
+    for r in range(7):
+        rows = np.repeat(x, counts_x[r].astype(int), axis=0)
+        np.testing.assert_allclose(means[r], rows.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(covariances[r], np.cov(rows, rowvar=False), rtol=1e-9, atol=1e-12)
+    fits_y = measures.weighted_gaussian_fits(y, counts_y)
+    batched = measures.frechet_distance_eigh(means, covariances, *fits_y)
+    single = [measures.frechet_distance_eigh(means[r], covariances[r], fits_y[0][r], fits_y[1][r]) for r in range(7)]
+    assert batched.shape == (7,) and isinstance(single[0], float)
+    np.testing.assert_allclose(batched, single, rtol=1e-12)
+    # wide embeddings take the per-resample products: the same numbers
+    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10)
+    wide_means, wide_covariances = measures.weighted_gaussian_fits(x, counts_x)
+    np.testing.assert_allclose(wide_means, means, rtol=1e-12)
+    np.testing.assert_allclose(wide_covariances, covariances, rtol=1e-9, atol=1e-12)
+    # and blocks of resamples in the bootstrap give what one block gives
+    kernel = np.ones((55, 55), dtype=np.float32)
+    blocked = measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0]
+    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10**9)
+    np.testing.assert_allclose(blocked, measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0], rtol=1e-9)
+
+
 def test_gap_measures_and_bootstrap_are_seeded():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(60, 4)), rng.normal(0.5, 1.0, size=(50, 4))

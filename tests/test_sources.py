@@ -232,3 +232,20 @@ def test_inspect_cli_summary_and_bad_input(karpathy_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     skipped = json.loads((tmp_path / "r.json").read_text())["skipped"]
     assert [s["image_id"] for s in skipped] == ["003"]
+
+
+def test_paths_are_resolved_from_folder_listings_with_the_same_checks(tmp_path):
+    """Records are resolved against one listing per folder: missing files still fail at load
+    (no --validate), a folder symlinked out of the image root is still refused, and the
+    second default root (images/ beside the JSON) is still searched."""
+    write_image(tmp_path / "images" / "sub" / "a.png")
+    write_image(tmp_path / "outside" / "b.png")
+    (tmp_path / "images" / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    dataset, _ = load_source(str(_karpathy(tmp_path, [_entry("sub/a.png")])))
+    assert undecoded(dataset)["image"][0]["path"] == str(tmp_path / "images" / "sub" / "a.png")
+    with pytest.raises(SourceError, match=r"images\[1\] \(gone\.png\): image file not found"):
+        load_source(str(_karpathy(tmp_path, [_entry("sub/a.png"), _entry("gone.png")])))
+    with pytest.raises(SourceError, match=r"images\[0\].*leads outside the image root"):
+        load_source(str(_karpathy(tmp_path, [_entry("linked/b.png")])))
+    allowed, _ = load_source(str(_karpathy(tmp_path, [_entry("linked/b.png")])), allow_outside_root=True)
+    assert allowed[0]["image"].size == (16, 12)

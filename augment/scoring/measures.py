@@ -23,6 +23,8 @@ CLIPSCORE_WEIGHT = 100.0
 EIGENVALUE_FLOOR = 1e-12
 # points the median heuristic looks at (its distance matrix is MEDIAN_POINTS^2)
 MEDIAN_POINTS = 1000
+# numbers held at once by a block of bootstrap resamples of the Frechet distance (~32 MB of float64)
+RESAMPLE_BLOCK_VALUES = 4_000_000
 
 
 def single_blas_thread(function):
@@ -120,14 +122,20 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt)
 
 
-def frechet_distance_eigh(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+def frechet_distance_eigh(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray):
     """The same distance via Tr (C1 C2)^1/2 = sum sqrt(eig(C1^1/2 C2 C1^1/2)), symmetric and
-    several times faster than sqrtm: used for the many bootstrap resamples."""
+    several times faster than sqrtm: used for the many bootstrap resamples. Takes one pair of
+    Gaussians (returns a float) or stacks of them, (k, d) means and (k, d, d) covariances
+    (returns k distances, computed by numpy's batched eigh in one call)."""
     values, vectors = np.linalg.eigh(cov1)
-    root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]) @ np.swapaxes(vectors, -1, -2)
     inner = np.linalg.eigvalsh(root1 @ cov2 @ root1)
-    trace_sqrt = float(np.sqrt(np.clip(inner, 0.0, None)).sum())
-    return _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt)
+    trace_sqrt = np.sqrt(np.clip(inner, 0.0, None)).sum(axis=-1)
+    difference = mu1 - mu2
+    value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
+             + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
+    value = np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt: float) -> float:
@@ -260,28 +268,55 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, n_resamples
 
     A resample is its draw counts per point, so no resampled matrix is ever gathered: MMD^2 of
     all resamples is two matrix products with the kernel, the Gaussians are count-weighted
-    fits (equal to fits of the resampled rows). Duplicated draws count as distinct points in
-    MMD^2's within-sample terms, which biases the resampled values up a little: the usual price
-    of bootstrapping a U-statistic.
+    fits (equal to fits of the resampled rows), fitted and compared a block of resamples at a
+    time with batched matrix products and eigensolvers. Duplicated draws count as distinct
+    points in MMD^2's within-sample terms, which biases the resampled values up a little: the
+    usual price of bootstrapping a U-statistic.
     """
     n, m = len(x), len(y)
     rng = np.random.default_rng(seed)
     counts_x = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
     counts_y = rng.multinomial(m, np.full(m, 1.0 / m), size=n_resamples).astype(np.float64)
     mmd_samples = resampled_mmd2(kernel, n, counts_x, counts_y)
-    frechet_samples = [
-        frechet_distance_eigh(*weighted_gaussian_fit(x, cx), *weighted_gaussian_fit(y, cy))
-        for cx, cy in zip(counts_x, counts_y)
-    ]
+    dims = x.shape[1]
+    # resamples per block: its (block, points, d) weighted rows and (block, d, d) covariances
+    # stay near RESAMPLE_BLOCK_VALUES numbers whatever the embedding width
+    block = max(1, RESAMPLE_BLOCK_VALUES // (max(n, m, dims) * dims))
+    frechet_samples = []
+    for start in range(0, n_resamples, block):
+        chunk = slice(start, start + block)
+        frechet_samples.extend(frechet_distance_eigh(*weighted_gaussian_fits(x, counts_x[chunk]),
+                                                     *weighted_gaussian_fits(y, counts_y[chunk])).tolist())
     return frechet_samples, mmd_samples.tolist()
 
 
 def weighted_gaussian_fit(samples: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, covariance) of the rows repeated `counts` times (np.cov with frequency weights)."""
-    total = counts.sum()
-    mean = counts @ samples / total
-    centred = samples - mean
-    return mean, (centred * counts[:, None]).T @ centred / (total - 1)
+    means, covariances = weighted_gaussian_fits(samples, counts[None, :])
+    return means[0], covariances[0]
+
+
+def weighted_gaussian_fits(samples: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, d) means and (k, d, d) covariances of the rows repeated counts[r] times, for each of
+    the k rows of `counts`. The rows are first shifted by their plain mean (covariances do not
+    change; the products stay small, so the one-pass formula sum c z z^T - total mean mean^T
+    loses nothing to cancellation). Narrow embeddings: every resample's second moments in one
+    matrix product with the rows' outer products; wide ones: one product per resample (large
+    enough to keep BLAS busy)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    shift = samples.mean(axis=0)
+    centred = samples - shift
+    count, dims = centred.shape
+    totals = counts.sum(axis=1)
+    shifted_means = counts @ centred / totals[:, None]
+    if count * dims * dims <= RESAMPLE_BLOCK_VALUES:
+        outer = (centred[:, :, None] * centred[:, None, :]).reshape(count, dims * dims)
+        second = (counts @ outer).reshape(len(counts), dims, dims)
+    else:
+        second = np.stack([(centred * weights[:, None]).T @ centred for weights in counts])
+    covariances = (second - totals[:, None, None] * shifted_means[:, :, None] * shifted_means[:, None, :]) \
+        / (totals - 1.0)[:, None, None]
+    return shifted_means + shift, covariances
 
 
 def resampled_mmd2(kernel: np.ndarray, n: int, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:

@@ -329,7 +329,6 @@ def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, total
 def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings, source_name: str,
               source_dataset, source_fp: str | None = None) -> dict:
     """The scores.json entry of this pool and scorer."""
-    from augment.pool import package_versions
     from augment.sources import source_fingerprint
 
     def ci(values, offset: int = 0):
@@ -337,6 +336,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
 
     all_alignment = [v for values in totals.alignment.values() for v in values]
     present = {m: len(v) for m, v in totals.alignment.items() if v}
+    overall = ci(all_alignment)
     slug = embedder.scorer.slug
     return {
         "scores_version": store.SCORES_VERSION,
@@ -348,7 +348,8 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
         "settings": asdict(settings),
-        "alignment": {"all": ci(all_alignment), **{m: ci(v) for m, v in totals.alignment.items() if v}},
+        "alignment": {"all": overall, **{m: overall if len(present) == 1 else ci(v)  # one modality: the same numbers
+                                         for m, v in totals.alignment.items() if v}},
         "clipscore": {"all": ci(measures.clipscore(all_alignment))},
         "source_alignment": ci(totals.source_alignment),
         "diversity": {
@@ -361,7 +362,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
             "items": f"{store.SCORES_DIR}/{slug}/{store.ITEMS_FILE}",
         },
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "package_versions": package_versions(),
+        "package_versions": dict(_package_versions()),
     }
 
 
