@@ -127,7 +127,7 @@ def pool_table(properties: dict[str, dict], robust: dict[str, tuple], gains: dic
     for pool, props in properties.items():
         cells = [pool] + [("-" if props[k] is None else f"{props[k]:.3f}") for k in ("alignment", "diversity", "gap")]
         gain = gains.get(pool, (None, None, 0))
-        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f} ± {gain[1]:.1f}",
+        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else ""),
                   str(robust.get(pool, (None, None, 0))[2])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

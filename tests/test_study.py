@@ -232,7 +232,7 @@ def test_demo_prints_the_comparison_section(one_caption_study):
 
 
 def test_pool_gains_are_paired_by_seed_and_correlated():
-    from analysis.report import correlation_table, pool_gains
+    from analysis.report import correlation_table, pool_gains, pool_table
 
     def entry(run, method, pools, seed, tr, ir):
         return {"run": run, "method": method, "pools": pools, "seed": seed, "group": "main",
@@ -245,5 +245,8 @@ def test_pool_gains_are_paired_by_seed_and_correlated():
     assert gains["a"][:2] == (3.0, pytest.approx(1.414, abs=1e-3)) and gains["a"][2] == 2
     assert gains["b"] == (-10.0, 0.0, 1)
     assert pool_gains(results, "sga", meaning_preserved=False)["a"] == (0.0, 0.0, 2)  # every attacked caption counted
+    props = {"alignment": 0.7, "diversity": 1.5, "gap": 0.01}
+    table = pool_table({"a": props, "b": props}, {"a": (28.0, 1.0, 2), "b": (10.0, 0.0, 1)}, gains)
+    assert "| +3.0 ± 1.4 | 2 |" in table and "| -10.0 | 1 |" in table
     table = correlation_table({"alignment": {"rho": 0.5, "p": 0.2, "n": 9}}, {"alignment": {"rho": -0.1, "p": 0.8, "n": 9}})
     assert "| alignment | 0.50 | 0.200 | -0.10 | 0.800 | 9 |" in table
