@@ -120,12 +120,44 @@ def meaning_table(summary: dict, attacks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def pool_table(properties: dict[str, dict], robust: dict[str, tuple]) -> str:
-    lines = ["| pool | alignment | diversity (Vendi) | gap (Frechet) | MAT+ robust R@1 |", "|---|---|---|---|---|"]
+def pool_table(properties: dict[str, dict], robust: dict[str, tuple], gains: dict[str, tuple] | None = None) -> str:
+    gains = gains or {}
+    lines = ["| pool | alignment | diversity (Vendi) | gap (Frechet) | MAT+ robust R@1 | gain: MAT+ - MAT (paired by seed) | n |",
+             "|---|---|---|---|---|---|---|"]
     for pool, props in properties.items():
         cells = [pool] + [("-" if props[k] is None else f"{props[k]:.3f}") for k in ("alignment", "diversity", "gap")]
-        cells.append(fmt(robust.get(pool, (None, None, 0))))
+        gain = gains.get(pool, (None, None, 0))
+        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else ""),
+                  str(robust.get(pool, (None, None, 0))[2])]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pool_gains(results: list[dict], headline: str, meaning_preserved: bool, baseline: str = "mat") -> dict[str, tuple]:
+    """Per pool: mean ± sd over seeds of (MAT+ with the pool - `baseline`) robust R@1, paired by seed."""
+    def robust(entry: dict) -> float | None:
+        value = r_at_1(entry["eval"], headline, "_meaning_preserved") if meaning_preserved else None
+        return value if value is not None else r_at_1(entry["eval"], headline)
+
+    base = {r["seed"]: robust(r) for r in results if r["run"] == baseline and r.get("group", "main") == "main"}
+    gains: dict[str, list] = defaultdict(list)
+    for r in results:
+        pools = r.get("pools") or []
+        if r["method"] == "mat+" and len(pools) == 1 and r["run"] == f"mat+:{pools[0]}" and base.get(r["seed"]) is not None:
+            value = robust(r)
+            if value is not None:
+                gains[pools[0]].append(value - base[r["seed"]])
+    return {pool: mean_std(values) for pool, values in gains.items()}
+
+
+def correlation_table(correlations: dict[str, dict], gain_correlations: dict[str, dict]) -> str:
+    lines = ["| pool property | Spearman rho with MAT+ robust R@1 | p | Spearman rho with the gain over MAT | p | n pools |",
+             "|---|---|---|---|---|---|"]
+    for prop, c in correlations.items():
+        g = gain_correlations.get(prop, {"rho": None, "p": None, "n": 0})
+        cell = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        p_cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {prop} | {cell(c['rho'])} | {p_cell(c['p'])} | {cell(g['rho'])} | {p_cell(g['p'])} | {c['n']} |")
     return "\n".join(lines)
 
 
@@ -310,6 +342,11 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     pool_robust = {pools[0]: row["robust"] for run, row in summary.items()
                    if row["method"] == "mat+" and len(pools := row["pools"]) == 1 and run == f"mat+:{pools[0]}"}
     properties_png, correlations = plot_properties(out, properties, pool_robust)
+    gains = pool_gains(results, headline, meaning_preserved)
+    gain_correlations = {}
+    for prop in ("alignment", "diversity", "gap"):
+        pools = [p for p in properties if properties[p][prop] is not None and gains.get(p, (None,))[0] is not None]
+        gain_correlations[prop] = spearman([properties[p][prop] for p in pools], [gains[p][0] for p in pools])
 
     best_results = [{**r, "eval": r["eval_best"]} for r in results if r.get("eval_best")]
     best_summary = summarise_runs(best_results, attacks, headline, meaning_preserved) if best_results else {}
@@ -369,11 +406,11 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         "",
         "## Pool properties and robustness",
         "",
-        pool_table(properties, pool_robust),
+        pool_table(properties, pool_robust, gains),
         "",
-        "Spearman rank correlations with MAT+ robust R@1: "
-        + ", ".join(f"{p}: rho={c['rho']:.2f} (p={c['p']:.2f}, n={c['n']})" if c["rho"] is not None else f"{p}: n/a (n={c['n']})"
-                    for p, c in correlations.items()),
+        "Spearman rank correlations over the pools (the gain is MAT+'s robust R@1 minus MAT's, paired by seed):",
+        "",
+        correlation_table(correlations, gain_correlations),
         "",
         f"![properties]({properties_png.name})",
     ]
@@ -419,7 +456,7 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     write_json_atomic(out / "results.json", {
         "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
         "pool_properties": properties,
-        "correlations": correlations, "summary": summary, "summary_best": best_summary, "headline": rows,
+        "correlations": correlations, "pool_gains": gains, "correlations_gain": gain_correlations, "summary": summary, "summary_best": best_summary, "headline": rows,
         "verdicts": verdicts, "plots": plots, "runs": results,
     })
     return out / "report.md"

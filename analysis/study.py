@@ -251,6 +251,8 @@ class Study:
         }
         if t.get("mlm"):
             settings["mlm"] = t["mlm"]
+        if t.get("text_attack_filter"):  # meaning-preserving inner text attack (train.text_filter)
+            settings["text_attack_filter"] = t["text_attack_filter"]
         validation = self.config.get("validation")
         marker = dict(settings, validation=validation) if validation else settings
         if not is_done(folder, marker):
@@ -260,6 +262,7 @@ class Study:
                 train_settings.pop("pools"), train_settings.pop("pool_mode"), train_settings.pop("p_original")
             if spec.method not in ("mat", "mat+"):
                 train_settings.pop("text_attack"), train_settings.pop("word_budget"), train_settings.pop("mlm", None)
+                train_settings.pop("text_attack_filter", None)
             validator = self.validator(folder, seed) if validation else None
             train_resumable(folder, train_settings, validator)
             mark_done(folder, marker)

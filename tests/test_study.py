@@ -312,3 +312,24 @@ def test_compare_tables_each_task_with_its_metric(tmp_path):
     assert "sga accuracy" in blocks[2] and "| g | 62.0 | 31.0 |" in blocks[2]
     with pytest.raises(MatPlusError, match="task 'vqa'"):
         compare_table([("v", {"task": "vqa", "attacks": {}})])
+
+
+def test_pool_gains_are_paired_by_seed_and_correlated():
+    from analysis.report import correlation_table, pool_gains, pool_table
+
+    def entry(run, method, pools, seed, tr, ir):
+        return {"run": run, "method": method, "pools": pools, "seed": seed, "group": "main",
+                "eval": {"attacks": {"sga": {"tr@1": 0.0, "ir@1": 0.0, "tr@1_meaning_preserved": tr, "ir@1_meaning_preserved": ir}}}}
+
+    results = [entry("mat", "mat", [], 0, 20, 20), entry("mat", "mat", [], 1, 30, 30),
+               entry("mat+:a", "mat+", ["a"], 0, 22, 22), entry("mat+:a", "mat+", ["a"], 1, 34, 34),
+               entry("mat+:b", "mat+", ["b"], 0, 10, 10)]
+    gains = pool_gains(results, "sga", meaning_preserved=True)
+    assert gains["a"][:2] == (3.0, pytest.approx(1.414, abs=1e-3)) and gains["a"][2] == 2
+    assert gains["b"] == (-10.0, 0.0, 1)
+    assert pool_gains(results, "sga", meaning_preserved=False)["a"] == (0.0, 0.0, 2)  # every attacked caption counted
+    props = {"alignment": 0.7, "diversity": 1.5, "gap": 0.01}
+    table = pool_table({"a": props, "b": props}, {"a": (28.0, 1.0, 2), "b": (10.0, 0.0, 1)}, gains)
+    assert "| +3.0 ± 1.4 | 2 |" in table and "| -10.0 | 1 |" in table
+    table = correlation_table({"alignment": {"rho": 0.5, "p": 0.2, "n": 9}}, {"alignment": {"rho": -0.1, "p": 0.8, "n": 9}})
+    assert "| alignment | 0.50 | 0.200 | -0.10 | 0.800 | 9 |" in table

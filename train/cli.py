@@ -123,6 +123,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
         text.add_argument("--mlm", help="masked LM for --text-attack mlm (default: tiny-mlm for tiny models, else the registry's default)")
         text.add_argument("--mlm-top-k", type=int, help="substitutes per word" + _default("mlm_top_k"))
         text.add_argument("--word-budget", type=int, help="words changed per caption at most" + _default("word_budget"))
+        text.add_argument("--text-attack-filter", choices=["truth"],
+                          help="keep only substitutions this checker calls true of the image (truth: the sample world's; "
+                               "see train/text_filter.py for others) (default: every substitution)")
 
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")

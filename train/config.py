@@ -117,6 +117,9 @@ class TrainConfig:
     mlm: str | None = None  # None: tiny-mlm for tiny twins, else the registry's default masked LM
     mlm_top_k: int = ATTACK_DEFAULTS.top_k
     word_budget: int = ATTACK_DEFAULTS.budget
+    # keep only inner text substitutions this caption filter accepts (train.text_filter; "truth":
+    # the sample world's checker); None: every substitution
+    text_attack_filter: str | None = None
     # checkpoints and logging
     save_every: int = 0  # 0: only at the end
     log_every: int = 1
@@ -310,6 +313,11 @@ def _validate(c: TrainConfig) -> None:
     _check(c.clean_weight >= 0, "--clean-weight must be non-negative")
     _check(c.word_budget >= 0, "--word-budget must be non-negative")
     _check(c.mlm_top_k >= 1, "--mlm-top-k must be at least 1")
+    if c.text_attack_filter is not None:
+        from train.text_filter import CAPTION_FILTERS
+
+        _check(c.text_attack_filter in CAPTION_FILTERS,
+               f"unknown --text-attack-filter {c.text_attack_filter!r}; expected one of {sorted(CAPTION_FILTERS)}")
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every must be at least 1")
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")

@@ -47,6 +47,7 @@ class StepContext:
     config: TrainConfig
     pgd_generator: torch.Generator
     frozen: Any = None  # FARE's original model
+    data: Any = None  # train.data.TrainData: its rows, for MAT's text attack filter
 
 
 class Method:
@@ -140,26 +141,53 @@ class MATMethod(Method):
     def __init__(self, context: StepContext):
         super().__init__(context)
         self.text_attack = context.task.text_attack(context.model, self.cfg)
+        self.accept, self._rows = None, None
+        name = getattr(self.cfg, "text_attack_filter", None)
+        if name and self.text_attack is not None:  # meaning-preserving inner attack: see train.text_filter
+            from train.text_filter import FilteredSubstitutes, get_caption_filter
+
+            if not hasattr(self.text_attack, "source"):
+                from train.config import ConfigError
+
+                raise ConfigError(f"--text-attack-filter needs a word-substitution text attack; the {type(context.task).__name__} task's has none")
+            self.accept = get_caption_filter(name)
+            self.text_attack.source = FilteredSubstitutes(self.text_attack.source, self.accept, name)
+
+    def _batch_rows(self, keys: torch.Tensor) -> list[dict]:
+        if self._rows is None:  # the train rows without pixels, read once
+            train = self.ctx.data.train
+            self._rows = train.select_columns([c for c in train.column_names if c != "image"]).to_list()
+        return [self._rows[int(k)] for k in keys]
 
     def _order(self, step: int) -> str:
         if self.cfg.inner_order == "alternate":
             return "text-image" if step % 2 == 0 else "image-text"
         return self.cfg.inner_order
 
-    def _attack_text(self, pixels: torch.Tensor, texts: list[str]) -> list[str]:
+    def _attack_text(self, pixels: torch.Tensor, texts: list[str], keys: torch.Tensor) -> list[str]:
         if self.text_attack is None:
             return list(texts)
-        return self.text_attack(pixels, texts, None).texts
+        if self.accept is None:
+            return self.text_attack(pixels, texts, None).texts
+        from train.text_filter import accepted_prefix
+
+        rows = self._batch_rows(keys)
+        source = self.text_attack.source
+        source.set_batch(texts, rows)
+        result = self.text_attack(pixels, texts, None)
+        # one word: every substitution passed the filter; more: check their combination
+        return [adv if len(changes) < 2 else accepted_prefix(text, changes, row, self.accept, source.split)
+                for text, adv, changes, row in zip(texts, result.texts, result.info["words_changed"], rows)]
 
     def __call__(self, batch: Batch, step: int) -> StepOutput:
         clean_tokens = self._tokenize(batch.texts)
         if self._order(step) == "text-image":
-            adv_texts = self._attack_text(batch.pixels, batch.texts)
+            adv_texts = self._attack_text(batch.pixels, batch.texts, batch.keys)
             adv_tokens = self._tokenize(adv_texts)
             adv = self._pgd(batch.pixels, adv_tokens, batch.keys)
         else:
             adv = self._pgd(batch.pixels, clean_tokens, batch.keys)
-            adv_texts = self._attack_text(adv, batch.texts)
+            adv_texts = self._attack_text(adv, batch.texts, batch.keys)
             adv_tokens = self._tokenize(adv_texts)
         robust, clean = self._robust_and_clean(adv, adv_tokens, batch.pixels, clean_tokens, batch, adv_texts)
         return self._output(robust, clean, adv_pixels=adv, adv_texts=adv_texts)

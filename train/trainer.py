@@ -328,6 +328,7 @@ class Trainer:
             config=cfg,
             pgd_generator=torch.Generator(device="cpu"),
             frozen=frozen,
+            data=self.data,
         )
         self.method = METHODS[cfg.method](self.context)
 

@@ -4,7 +4,8 @@
   content (so the caption stays true), other layout details (jitter, rotation, noise). The
   world's analogue of text-to-image generation, well aligned and diverse by construction.
 * `i2t-scene`: new captions that are true of an image's scene, in wordings the source may lack
-  (`--caption-style partial` describes one object only).
+  (`--caption-style partial` describes one object only; `noisy` corrupts one attribute word of
+  a whole-scene caption so that it is false of the image: a deliberately noisy pool).
 * `shuffle`: captions of other images, a deliberately misaligned control.
 
 Rows depend only on (seed, image id, caption index, k), like every generator.
@@ -18,6 +19,25 @@ from augment.errors import SourceError
 from augment.generators.base import Generator, row_seed
 
 METHODS = ["t2i-render", "i2t-scene", "shuffle"]
+CAPTION_STYLES = ("full", "partial", "mixed", "noisy")
+
+
+def corrupt_attribute(caption: str, scene, rng: random.Random, tries: int = 20) -> str:
+    """`caption` with one colour, shape or size word swapped for another of its kind so that the
+    world's checker calls it false (the caption unchanged if no swap makes it false)."""
+    from augment.sample_world import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, check_caption
+
+    kinds = [tuple(w for words in table.values() for w in words) for table in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS)]
+    words = caption.split()
+    slots = [(i, kind) for i, word in enumerate(words) for kind in kinds if word.lower().strip(",.") in kind]
+    for _ in range(tries if slots else 0):
+        i, kind = rng.choice(slots)
+        original = words[i].lower().strip(",.")
+        new = rng.choice([w for w in kind if w != original])
+        candidate = " ".join(words[:i] + [words[i].lower().replace(original, new)] + words[i + 1:])
+        if check_caption(candidate, scene) is False:
+            return candidate
+    return caption
 
 
 def _scene(item: dict):
@@ -67,8 +87,8 @@ class SceneCaptionGenerator(Generator):
     max_tries = 50  # per row: wordings are drawn until one is new
 
     def __init__(self, caption_style: str = "full"):
-        if caption_style not in ("full", "partial", "mixed"):
-            raise SourceError(f"--caption-style must be full, partial or mixed, not {caption_style!r}")
+        if caption_style not in CAPTION_STYLES:
+            raise SourceError(f"--caption-style must be one of {', '.join(CAPTION_STYLES)}, not {caption_style!r}")
         self.caption_style = caption_style
 
     def params(self) -> dict:
@@ -78,7 +98,8 @@ class SceneCaptionGenerator(Generator):
         from augment.sample_world import STYLES, describe, partial_caption
 
         partial = self.caption_style == "partial" or (self.caption_style == "mixed" and rng.random() < 0.5)
-        return partial_caption(scene, rng) if partial else describe(scene, rng, rng.choice(STYLES))
+        caption = partial_caption(scene, rng) if partial else describe(scene, rng, rng.choice(STYLES))
+        return corrupt_attribute(caption, scene, rng) if self.caption_style == "noisy" else caption
 
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
         rows = []
@@ -123,8 +144,9 @@ class ShuffleGenerator(Generator):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--caption-style", default="full", choices=["full", "partial", "mixed"],
-                        help="i2t-scene: whole-scene captions, one-object captions, or both")
+    parser.add_argument("--caption-style", default="full", choices=list(CAPTION_STYLES),
+                        help="i2t-scene: whole-scene captions, one-object captions, both, or whole-scene "
+                             "captions with one attribute word corrupted (false: a noisy pool)")
 
 
 def build(method: str, args) -> Generator:

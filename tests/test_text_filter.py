@@ -1,0 +1,59 @@
+"""MAT's meaning-preserving inner text attack (train/text_filter.py) and the noisy scene pool."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+
+def _substitutions(tmp_path, world, name, **settings):
+    """(changed caption, its train row) for every caption MAT's inner attack changed in 2 steps."""
+    from augment.sources import load_source, select_split
+    from train.trainer import train_run
+
+    records = []
+    train_run({"source": str(world), "out": str(tmp_path / name), "method": "mat", "max_steps": 2, "batch_size": 16,
+               "lr": 1e-4, "pgd_steps": 0, "word_budget": 1, "mlm_top_k": 20, "progress": False, "seed": 1, **settings},
+              callbacks=[records.append])
+    source, _ = load_source(str(world))
+    train = select_split(source, "train").select_columns(["image_id", "captions", "meta"])
+    return [(adv, train[int(key)]) for r in records
+            for clean, adv, key in zip(r.batch.texts, r.output.adv_texts, r.batch.keys) if adv != clean]
+
+
+def test_truth_filter_keeps_only_true_substitutions(tmp_path, sample_world_dir):
+    from augment.sample_world import check_caption_of_row
+
+    unfiltered = _substitutions(tmp_path, sample_world_dir, "plain")
+    filtered = _substitutions(tmp_path, sample_world_dir, "truth", text_attack_filter="truth")
+    assert any(check_caption_of_row(caption, row) is not True for caption, row in unfiltered)
+    assert filtered  # the filtered attack still substitutes words
+    assert all(check_caption_of_row(caption, row) is True for caption, row in filtered)
+
+
+def test_accepted_prefix_stops_at_the_first_rejected_change():
+    from train.text_filter import accepted_prefix
+
+    changes = [{"position": 1, "to": "big"}, {"position": 2, "to": "blue"}]
+    accept = lambda caption, row: "blue" not in caption  # noqa: E731
+    assert accepted_prefix("a large red circle", changes, {}, accept) == "a big red circle"
+    assert accepted_prefix("a large red circle", changes, {}, lambda c, r: True) == "a big blue circle"
+
+
+def test_unknown_filter_is_refused():
+    from train.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match="text-attack-filter"):
+        resolve_config({"method": "mat", "source": "x", "out": "y", "text_attack_filter": "nope"})
+
+
+def test_noisy_scene_captions_are_false_of_their_scene():
+    from augment.generators.procedural import SceneCaptionGenerator
+    from augment.sample_world import check_caption, sample_scene
+
+    generator, verdicts = SceneCaptionGenerator("noisy"), []
+    for i in range(100):
+        rng = random.Random(i)
+        scene = sample_scene(rng)
+        verdicts.append(check_caption(generator._draw(scene, rng), scene))
+    assert sum(v is False for v in verdicts) >= 90  # a few captions have no corruptible word
