@@ -12,7 +12,7 @@ def _substitutions(tmp_path, world, name, **settings):
     from train.trainer import train_run
 
     records = []
-    train_run({"source": str(world), "out": str(tmp_path / name), "method": "mat", "max_steps": 2, "batch_size": 16,
+    train_run({"train_data": str(world), "out": str(tmp_path / name), "method": "mat", "max_steps": 2, "batch_size": 16,
                "lr": 1e-4, "pgd_steps": 0, "word_budget": 1, "mlm_top_k": 20, "progress": False, "seed": 1, **settings},
               callbacks=[records.append])
     source, _ = load_source(str(world))
@@ -44,7 +44,7 @@ def test_unknown_filter_is_refused():
     from train.config import ConfigError, resolve_config
 
     with pytest.raises(ConfigError, match="text-attack-filter"):
-        resolve_config({"method": "mat", "source": "x", "out": "y", "text_attack_filter": "nope"})
+        resolve_config({"method": "mat", "train_data": "x", "out": "y", "text_attack_filter": "nope"})
 
 
 def test_noisy_scene_captions_are_false_of_their_scene():
