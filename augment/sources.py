@@ -634,7 +634,8 @@ def load_source(
     """
     with _without_cycle_collection():
         try:
-            return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root)
+            return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root,
+                                (csv_img_key, csv_caption_key, csv_separator))
         finally:
             # the parsed JSON is read: drop it now (millions of objects the collector would
             # otherwise scan for as long as the process lives)
@@ -642,7 +643,8 @@ def load_source(
 
 
 def _load_source(source: str, image_root: str | None, split: str | None, skip_bad: bool, validate: bool,
-                 progress: bool, allow_outside_root: bool) -> tuple["datasets.Dataset", LoadReport]:
+                 progress: bool, allow_outside_root: bool,
+                 csv_options: tuple[str, str, str | None]) -> tuple["datasets.Dataset", LoadReport]:
     from tqdm.auto import tqdm
 
     source = str(source)
@@ -653,7 +655,7 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
     elif fmt == "albef":
         records = _read_albef(path, image_root, split, allow_outside_root)
     elif fmt == "csv":
-        records = _read_csv(path, image_root, split, allow_outside_root, csv_img_key, csv_caption_key, csv_separator)
+        records = _read_csv(path, image_root, split, allow_outside_root, *csv_options)
     elif fmt == "imagefolder":
         records = _read_imagefolder(path, split, allow_outside_root)
     else:
