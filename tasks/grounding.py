@@ -208,7 +208,7 @@ class GroundingTask(RetrievalTask):
 
         In-batch ITM negatives are otherwise other images' expressions, and the most similar one
         (the one mined) is often true of this image too ('the star' of another scene, here a star
-        as well): labelled a mismatch, ITM learns contradicting labels and stays at chance."""
+        as well): labelled a mismatch, ITM learns contradicting labels (README, "Grounding")."""
         scenes = getattr(self, "scenes", None)
         if not scenes or texts is None:
             return None
