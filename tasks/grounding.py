@@ -16,10 +16,14 @@ keeps the previous expression's box when no score exceeds 0); the random-box bas
 exact expectation of choosing a candidate uniformly (no sampling noise); equal expressions of
 different images are positives, not negatives (short expressions such as "the star" recur across
 the sample world's scenes: as negatives, ITM learns that a star does not match a star; ALBEF
-keys positives by image, which RefCOCO+'s long free-form expressions rarely contradict).
+keys positives by image, which RefCOCO+'s long free-form expressions rarely contradict); on the
+sample world (every training row carries its scene) an expression the world's checker finds true
+of another image is a positive of that image too (`GroundingTask.true_pairs`): mined ITM
+negatives are otherwise often true of their image, and ITM learns contradicting labels.
 """
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
@@ -136,7 +140,7 @@ def expression_positives(keys: torch.Tensor, texts: Sequence[str] | None) -> tor
 
 def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tensor) -> torch.Tensor:
     """ALBEF's ITM (each pair; a hard negative expression per image and image per expression,
-    drawn by ITC similarity among the non-positives), with `positives` as the labels."""
+    drawn by ITC similarity among the non-positives), with `positives` [image row, text row] as the labels."""
     sims = output.image_emb.detach().float() @ output.text_emb.detach().float().T
     negative_text = hard_negatives(sims, positives)
     negative_image = hard_negatives(sims.T, positives.T)
@@ -148,6 +152,19 @@ def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tenso
     labels = torch.cat([torch.ones(batch, device=positives.device), positives[rows, negative_text],
                         positives[negative_image, rows]])
     return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device))
+
+
+def scenes_of_rows(metas: Sequence[str | None]) -> list | None:
+    """Per source row its sample-world `Scene` (from the row's meta JSON); None unless every row has one."""
+    from augment.sample_world import Scene
+
+    scenes = []
+    for meta in metas:
+        scene = json.loads(meta or "{}").get("scene")
+        if not isinstance(scene, dict):
+            return None
+        scenes.append(Scene.from_dict(scene))
+    return scenes
 
 
 # ----------------------------------------------------------------------------- the task
@@ -179,6 +196,34 @@ class GroundingTask(RetrievalTask):
         resize plus a flip: RefCOCO+ has no location words)."""
         return model.preprocess_eval
 
+    def prepare_training(self, data: Any, method: str) -> None:
+        """When every training row carries a sample-world scene: the scenes (`true_pairs` labels ITM)."""
+        train = data.train
+        metas = train["meta"] if "meta" in getattr(train, "column_names", ()) else [None] * len(train)
+        self.scenes = scenes_of_rows(metas)
+
+    def true_pairs(self, keys: torch.Tensor, texts: Sequence[str] | None) -> torch.Tensor | None:
+        """[B, B] float, image row x text row: 1 where the world's checker says the expression refers
+        to some object of the image (`sample_world.referents` not empty); None without scenes.
+
+        In-batch ITM negatives are otherwise other images' expressions, and the most similar one
+        (the one mined) is often true of this image too ('the star' of another scene, here a star
+        as well): labelled a mismatch, ITM learns contradicting labels (README, "Grounding")."""
+        scenes = getattr(self, "scenes", None)
+        if not scenes or texts is None:
+            return None
+        from augment.sample_world import referents
+
+        cache = self.__dict__.setdefault("_truth_cache", {})  # (image, text) pairs recur across steps
+
+        def true_of(key: int, text: str) -> bool:
+            if (key, text) not in cache:
+                cache[key, text] = bool(referents(text, scenes[key]))
+            return cache[key, text]
+
+        table = [[true_of(key, text) for text in texts] for key in keys.tolist()]
+        return torch.tensor(table, dtype=torch.float32, device=keys.device)
+
     @property
     def gradient_scale(self) -> float:
         return 1.0  # the loss is this process's batch only (no gathering), a mean over processes
@@ -189,6 +234,9 @@ class GroundingTask(RetrievalTask):
         output = model(pixels, tokens, image_features=True)
         self.inspecting = inspect
         positives = expression_positives(keys.to(output.image_emb.device), texts)
+        truth = self.true_pairs(keys.to(output.image_emb.device), texts)
+        if truth is not None:
+            positives = torch.maximum(positives, truth)
         if model.itc_loss in ITC_LOSSES:
             contrastive = itc_loss(model, output, keys, self) * self.world_size  # undo its per-process division
         else:

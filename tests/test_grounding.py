@@ -256,6 +256,14 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
     assert synonym["accuracy_meaning_preserved"] >= synonym["accuracy"]
     table = markdown_grounding_report(report)
     assert "| pgd |" in table and "Random box" in table
+    # the rows a grounder can get wrong: images with two or more candidates, a lower random box
+    multi = [e for e in data.expressions if len(data.images[e.image].candidates) >= 2]
+    assert report["baselines"]["expressions_multi"] == len(multi) > 0
+    assert report["baselines"]["random_box_multi"] == pytest.approx(
+        random_box_accuracy([data.images[e.image].candidates for e in multi], [e.box for e in multi]))
+    assert report["baselines"]["random_box_multi"] < report["baselines"]["random_box"]
+    single = len(data) - len(multi)  # a single candidate is always right
+    assert clean["accuracy"] == pytest.approx((clean["accuracy_multi"] * len(multi) + 100 * single) / len(data))
 
 
 def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
@@ -280,6 +288,23 @@ def test_equal_expressions_of_different_images_are_positives():
     assert expression_positives(keys, None).tolist()[0] == [1, 1, 0, 0]
 
 
+def test_true_pairs_label_an_expression_true_of_another_image_positive():
+    from tasks.grounding import GroundingTask, scenes_of_rows
+
+    scenes = [sw.Scene((sw.SceneObject("star", "red", "small", "left"),)),
+              sw.Scene((sw.SceneObject("star", "blue", "large", "right"), sw.SceneObject("circle", "red", "small", "top"))),
+              sw.Scene((sw.SceneObject("square", "green", "large", "centre"),))]
+    metas = [json.dumps({"scene": scene.to_dict()}) for scene in scenes]
+    task = GroundingTask()
+    task.scenes = scenes_of_rows(metas)
+    assert scenes_of_rows(metas + [None]) is None  # only when every row has a scene
+    keys = torch.tensor([0, 1, 2])
+    texts = ["the star", "the red circle", "the square"]
+    # image rows x text rows: 'the star' of image 0 is true of image 1 (its blue star) too
+    assert task.true_pairs(keys, texts).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert GroundingTask().true_pairs(keys, texts) is None  # no scenes: today's labels
+
+
 def test_grounding_trains_on_unflipped_uncropped_images():
     from PIL import Image
 
@@ -295,9 +320,9 @@ def test_grounding_trains_on_unflipped_uncropped_images():
 
 
 ALBEF_CODE = tuple(f"models/albef/{name}.py" for name in ("__init__", "checkpoint", "config", "model", "text"))
-# the ITM loss leaves chance after ~150 steps at 2e-3 (1e-3: later; 5e-3: collapses); the twin does NOT yet
-# ground above the random box at any budget tried (README, "Grounding": what was measured)
-GROUNDING_STEPS, GROUNDING_LR = 200, 2e-3
+# with the world's truth labelling ITM pairs (GroundingTask.true_pairs) 300 steps at 2e-3 ground 47.0% of the
+# 2+ candidate test expressions (random box 39.3%; seed 1 47.0%, seed 2 44.0%) (README, "Grounding": what was measured)
+GROUNDING_STEPS, GROUNDING_LR = 300, 2e-3
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +439,24 @@ def test_every_attack_lowers_the_trained_twins_grounding_objective(grounding_twi
         assert float((result.images - images).abs().max()) <= 2 / 255 + 1e-6, name
         assert all(len(change) <= 1 for change in result.info.get("words_changed", [])), name
         assert float(itm(result.images, list(result.texts)).mean()) < float(clean.mean()) - 0.05, name
+
+
+def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(grounding_twin, grounding_world_dir,
+                                                                              tmp_path):
+    """The issue's Done-when on the world: measured 47.0% on the 168 test expressions with 2+ candidates
+    (random box 39.3%; seed 1 the same, seed 2 44.0%, 600 steps 45.2%); pgd and bert-attack 42.9, sep 41.7, co-attack 38.1,
+    sga 36.9. The margin (4 points) is below every seed and budget measured."""
+    from train.cli import main as train_main
+
+    out = tmp_path / "eval"
+    assert train_main(["eval", str(grounding_twin), "--task", "grounding", "--source", str(grounding_world_dir),
+                       "--split", "test", "--out", str(out)]) == 0  # the default attacks, eps 2/255, one word
+    report = _eval_report(out)
+    baselines, attacks = report["baselines"], report["attacks"]
+    assert baselines["expressions_multi"] > 150 and baselines["random_box_multi"] < baselines["random_box"]
+    clean = attacks["clean"]
+    assert clean["accuracy_multi"] >= baselines["random_box_multi"] + 4, (clean, baselines)
+    assert clean["accuracy"] > baselines["random_box"]
+    for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
+        assert attacks[name]["accuracy"] < clean["accuracy"], name
+        assert attacks[name]["accuracy_multi"] < clean["accuracy_multi"], name

@@ -11,6 +11,8 @@ Protocol:
 4. Metrics (percent): accuracy = chosen box with IoU >= 0.5 with the true box; asr = share of the
    expressions grounded correctly when clean that the attack makes wrong; random_box = expected
    accuracy of a uniformly random candidate; oracle = expressions with any good candidate.
+   `accuracy_multi` / `random_box_multi`: the same on the expressions whose image has at least two
+   candidates (one candidate is always right: those rows only raise both numbers).
 
 `expression_checker(text, image, expression) -> bool | None` (the sample world's: does the
 attacked expression still single out the same object?) adds, for attacks that change text,
@@ -100,12 +102,15 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     candidates = [data.images[e.image].candidates for e in data.expressions]
     sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
     image_of_text = torch.tensor(data.image_of_text(), dtype=torch.long)
+    multi = [i for i, boxes in enumerate(candidates) if len(boxes) >= 2]  # rows a grounder can get wrong
     report: dict[str, Any] = {
         "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "protocol": PROTOCOL,
         "data": {"source": data.source, "format": data.format, "images": len(data.images),
                  "expressions": len(data), "splits": data.splits()},
         "baselines": {"random_box": random_box_accuracy(candidates, truth),
-                      "oracle": oracle_accuracy(candidates, truth)},
+                      "oracle": oracle_accuracy(candidates, truth),
+                      "random_box_multi": random_box_accuracy([candidates[i] for i in multi], [truth[i] for i in multi]),
+                      "expressions_multi": len(multi)},
         "settings": {"attacks": attacks, "batch_size": batch_size, "iou_threshold": IOU_THRESHOLD,
                      "mode": "transfer" if transfer else "white-box",
                      "attack_options": {k: v for k, v in options.items() if k != "mlm" or isinstance(v, str)}},
@@ -157,6 +162,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
                     kept_hits[ids[local]] = hit
         entry: dict[str, Any] = {
             "modality": attack.modality, "params": attack.params(), "accuracy": _accuracy(hits),
+            "accuracy_multi": _accuracy([hits[i] for i in multi]),
             "seconds": round(time.time() - started, 2),
         }
         if name == "clean":
@@ -193,12 +199,14 @@ def markdown_grounding_report(report: dict) -> str:
         f"{report['data']['expressions']} expressions on {report['data']['images']} images "
         f"({report['data']['format']}: {report['data']['source']}). "
         f"Random box: {report['baselines']['random_box']:.1f}%; oracle (best candidate): "
-        f"{report['baselines']['oracle']:.1f}%.", "",
+        f"{report['baselines']['oracle']:.1f}%. On the {report['baselines'].get('expressions_multi', 0)} expressions "
+        f"with two or more candidates, random box: {report['baselines'].get('random_box_multi', 0.0):.1f}%.", "",
     ]
-    header = ["attack", "accuracy", "ASR"] + (["accuracy (meaning kept)", "ASR (meaning kept)", "changed true/false/?"] if judged else [])
+    header = ["attack", "accuracy", "accuracy (2+ candidates)", "ASR"] + (["accuracy (meaning kept)", "ASR (meaning kept)", "changed true/false/?"] if judged else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in report["attacks"].items():
-        row = [name, f"{entry['accuracy']:.1f}", f"{entry['asr']:.1f}" if "asr" in entry else "-"]
+        row = [name, f"{entry['accuracy']:.1f}", f"{entry.get('accuracy_multi', 0.0):.1f}",
+               f"{entry['asr']:.1f}" if "asr" in entry else "-"]
         if judged:
             if "accuracy_meaning_preserved" in entry:
                 mp = entry["meaning_preserved"]
