@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ TINY_TEXT_CONFIG = {
 TINY_EMBED_DIM = 64
 
 
-class BlipRetrievalModel(VisionLanguageModel):
+class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     """A transformers `BlipForImageTextRetrieval` with its processor and BLIP's ITC temperature."""
 
     family = "blip"
@@ -103,17 +103,6 @@ class BlipRetrievalModel(VisionLanguageModel):
         self.enc_token_id = enc_token_id(self.tokenizer, model.config.text_config)
         self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=hflip)
         self.preprocess_eval = tio.square_resize_transform(self.image_size)
-
-    def describe(self) -> dict:
-        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
-        commit = getattr(self.model.config, "_commit_hash", None)
-        return {**super().describe(), **({"commit": commit} if commit else {})}
-
-    # text
-    def tokenize(self, texts: Sequence[str]) -> TextTokens:
-        encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
-                                 return_tensors="pt")
-        return TextTokens(encoded["input_ids"], encoded["attention_mask"]).to(self.device)
 
     def _text_states(self, tokens: TextTokens, **cross) -> torch.Tensor:
         tokens = tokens.to(self.device)
@@ -167,11 +156,6 @@ class BlipRetrievalModel(VisionLanguageModel):
         if tower == "text":  # the text encoder holds the cross-attention (fusion) layers too
             return [p for n, p in self.model.named_parameters() if not n.startswith(("vision_model.", "vision_proj."))]
         raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        from models import transformers_io
-
-        transformers_io.set_grad_checkpointing(self.model, enable)
 
     def after_optimizer_step(self) -> None:
         with torch.no_grad():

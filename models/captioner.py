@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import ModelLoadError
+from models import transformers_io as tio
 from models.base import CaptioningModel, TextTokens
 
 # transformers architectures whose caption loss and generation this wrapper implements
@@ -62,7 +63,7 @@ class CaptionTokens(TextTokens):
         return CaptionTokens(joined.input_ids, joined.attention_mask, torch.cat(lengths))
 
 
-class HFCaptioner(CaptioningModel):
+class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
     """A transformers image-to-text model (BLIP captioning) and its processor."""
 
     family = "captioner"
@@ -186,11 +187,6 @@ class HFCaptioner(CaptioningModel):
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        from models import transformers_io
-
-        transformers_io.set_grad_checkpointing(self.model, enable)
-
     # saving -----------------------------------------------------------------------------------
 
     def save_native(self, folder: Path) -> None:
@@ -237,8 +233,6 @@ def _square_size(size) -> int:
 def _transforms(size: int):
     """(train, eval) PIL -> [0, 1] tensors at `size`: BLIP's bicubic square resize at eval; a mild
     random-resized crop and no flip in training (captions name left and right)."""
-    from models import transformers_io as tio
-
     return (tio.train_transform(size, scale=TRAIN_CROP_SCALE, hflip=False),
             tio.square_resize_transform(size))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ TINY_VISION_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_la
 TINY_EMBED_DIM = 32
 
 
-class HFClipModel(VisionLanguageModel):
+class HFClipModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     """A transformers `CLIPModel` with its processor."""
 
     family = "hf_clip"
@@ -61,16 +61,6 @@ class HFClipModel(VisionLanguageModel):
         self.context_length = int(model.config.text_config.max_position_embeddings)
         self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=False)
         self.preprocess_eval = tio.resize_crop_transform(resize or self.image_size, self.image_size)
-
-    def describe(self) -> dict:
-        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
-        commit = getattr(self.model.config, "_commit_hash", None)
-        return {**super().describe(), **({"commit": commit} if commit else {})}
-
-    def tokenize(self, texts: Sequence[str]) -> TextTokens:
-        encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
-                                 return_tensors="pt")
-        return TextTokens(encoded["input_ids"], encoded["attention_mask"]).to(self.device)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         vision = self.model.vision_model
@@ -93,11 +83,6 @@ class HFClipModel(VisionLanguageModel):
         if tower == "text":
             return [*self.model.text_model.parameters(), *self.model.text_projection.parameters()]
         raise ValueError(f"unknown tower {tower!r}; expected 'image' or 'text'")
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        from models import transformers_io
-
-        transformers_io.set_grad_checkpointing(self.model, enable)
 
     def after_optimizer_step(self) -> None:
         with torch.no_grad():  # as CLIP: temperature no lower than 1/100

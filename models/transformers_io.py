@@ -212,6 +212,31 @@ def processor_size(size: Any, *keys: str) -> int | None:
     return None
 
 
+class TransformersWrapped:
+    """What the families wrapping a transformers model in `self.model` share: gradient
+    checkpointing through transformers. Listed before the model interface in the bases."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        set_grad_checkpointing(self.model, enable)
+
+
+class TransformersEncoderWrapped(TransformersWrapped):
+    """A transformers dual/fusion encoder (BLIP, transformers CLIP): its identity names the Hub
+    commit its weights came from, and texts tokenise to the longest of the batch."""
+
+    def describe(self) -> dict:
+        """Identity; a Hub model adds the commit its weights came from (cache keys, reports)."""
+        commit = getattr(self.model.config, "_commit_hash", None)
+        return {**super().describe(), **({"commit": commit} if commit else {})}
+
+    def tokenize(self, texts: Sequence[str]):
+        from models.base import TextTokens
+
+        encoded = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
+                                 return_tensors="pt")
+        return TextTokens(encoded["input_ids"], encoded["attention_mask"]).to(self.device)
+
+
 def set_grad_checkpointing(module, enable: bool) -> None:
     """transformers' gradient checkpointing of a PreTrainedModel (non-reentrant: attacks take input gradients)."""
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names warn)
