@@ -229,13 +229,20 @@ class MaskedLMSubstitutes(SubstituteSource):
                     kept = self._keep([self._decode(i) for i in top_ids[row, tokens[0]].tolist()], caption[position].core)
                     if kept:
                         found[start + row][position] = kept
-        if combine:
-            combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], self._special_ids)
-            for (index, position, _), words in zip(combine, combined):
-                kept = self._keep(words, captions[index][position].core)
-                if kept:
-                    found[index][position] = kept
+        self._add_combined(found, captions, combine, self._special_ids)
         return found
+
+    def _add_combined(self, found: list[dict[int, list[str]]], captions: list[list[Chunk]],
+                      combine: list[tuple[int, int, list[int]]], drop) -> None:
+        """The substitutes of multi-piece words ((caption, position, piece ids) in `combine`),
+        combined by `combine_pieces` (ids in `drop` never proposed), into `found`."""
+        if not combine:
+            return
+        combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop)
+        for (index, position, _), words in zip(combine, combined):
+            kept = self._keep(words, captions[index][position].core)
+            if kept:
+                found[index][position] = kept
 
 
 class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
@@ -332,13 +339,7 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
                     kept = self._keep(self._single(ids[0].tolist(), scores[0].tolist()), words[position])
                     if kept:
                         found[start + row][position] = kept
-        if combine:
-            drop = None if self.reference_bugs else self._special_ids
-            combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop)
-            for (index, position, _), words in zip(combine, combined):
-                kept = self._keep(words, captions[index][position].core)
-                if kept:
-                    found[index][position] = kept
+        self._add_combined(found, captions, combine, None if self.reference_bugs else self._special_ids)
         return found
 
 
