@@ -184,6 +184,11 @@ class GroundingTask(RetrievalTask):
     model_kind: ClassVar[str] = "retrieval"
     methods: ClassVar[tuple[str, ...]] = ("clean", "mat", "mat+")
 
+    def __init__(self, rank: int = 0, world_size: int = 1, **options: Any):
+        super().__init__(rank, world_size, **options)
+        self.scenes: list | None = None  # the training rows' world scenes (prepare_training)
+        self._truth: dict[tuple[int, str], bool] = {}  # (row, text) -> the checker's verdict; pairs recur across steps
+
     def check_model(self, model: Any) -> None:
         super().check_model(model)
         if not getattr(model, "has_grounding", False) or not getattr(model, "has_itm", False):
@@ -201,6 +206,7 @@ class GroundingTask(RetrievalTask):
         train = data.train
         metas = train["meta"] if "meta" in getattr(train, "column_names", ()) else [None] * len(train)
         self.scenes = scenes_of_rows(metas)
+        self._truth.clear()
 
     def true_pairs(self, keys: torch.Tensor, texts: Sequence[str] | None) -> torch.Tensor | None:
         """[B, B] float, image row x text row: 1 where the world's checker says the expression refers
@@ -209,17 +215,15 @@ class GroundingTask(RetrievalTask):
         In-batch ITM negatives are otherwise other images' expressions, and the most similar one
         (the one mined) is often true of this image too ('the star' of another scene, here a star
         as well): labelled a mismatch, ITM learns contradicting labels (README, "Grounding")."""
-        scenes = getattr(self, "scenes", None)
+        scenes = self.scenes
         if not scenes or texts is None:
             return None
         from augment.sample_world import referents
 
-        cache = self.__dict__.setdefault("_truth_cache", {})  # (image, text) pairs recur across steps
-
         def true_of(key: int, text: str) -> bool:
-            if (key, text) not in cache:
-                cache[key, text] = bool(referents(text, scenes[key]))
-            return cache[key, text]
+            if (key, text) not in self._truth:
+                self._truth[key, text] = bool(referents(text, scenes[key]))
+            return self._truth[key, text]
 
         table = [[true_of(key, text) for text in texts] for key in keys.tolist()]
         return torch.tensor(table, dtype=torch.float32, device=keys.device)
