@@ -59,6 +59,27 @@ def trained_captioner(request, colour_world) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def world_mlm(request):
+    """(model, tokenizer, name) of `world-mlm` (the masked LM trained on world captions: it proposes the
+    world's words), built once into pytest's cache (about 30 s of one core) instead of each session's."""
+    import shutil
+
+    from augment import world_mlm as builder
+    from augment.registry import load_mlm
+
+    key = _code_key("augment/world_mlm.py", "augment/sample_world.py", "augment/tiny.py")
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"world-mlm-{key}"
+    if not (folder / "config.json").exists():
+        building = folder.with_name(folder.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        builder.build_world_mlm(building)
+        building.rename(folder)
+    model, tokenizer = load_mlm(str(folder))
+    return model, tokenizer, "world-mlm"
+
+
 # ----------------------------------------------------------------------------- the family
 
 
@@ -108,6 +129,27 @@ def test_generate_with_and_without_prompt(captioner):
     prompted = captioner.generate(pixels, prompts=["a picture of", "an image of"], max_length=10)
     assert len(plain) == len(prompted) == 2 and all(isinstance(c, str) for c in plain + prompted)
     assert not any(c.startswith("a picture of") for c in prompted)  # the prompt is not returned
+
+
+def test_generation_reads_the_prompt_tokens_the_loss_reads(captioner, monkeypatch):
+    """What `generate` feeds the decoder for a prompt (BLIP drops its trailing [SEP]) is the prefix the
+    loss conditions on: the prompt the attacks optimise is the prompt the captions continue."""
+    fed = []
+    original = captioner.model.generate
+
+    def recording(*args, input_ids=None, **kwargs):
+        fed.append(input_ids.clone())
+        return original(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(captioner.model, "generate", recording)
+    prompts = ["a picture of", "a picture purple ", "image bike whose"]
+    captioner.generate(torch.rand(3, 3, 64, 64), prompts=prompts, max_length=8)
+    assert len(fed) == 3  # one group per distinct prompt
+    for prompt, ids in zip(prompts, fed):
+        tokens = captioner.tokenize(["a red shape"], prompts=[prompt])
+        length = int(tokens.prompt_lengths[0])
+        assert ids.shape[1] == length + 1 and ids[0, -1] == captioner.tokenizer.sep_token_id  # dropped by BLIP
+        assert ids[0, 1:-1].tolist() == tokens.input_ids[0, 1:length].tolist()  # position 0 becomes bos in both
 
 
 def test_unknown_architecture_is_refused_in_one_line():
@@ -278,6 +320,22 @@ def test_word_attacks_raise_the_lm_loss_within_the_word_budget(prompted, tiny_ml
         _reference_loss(prompted, pixels, WORLD_TEXTS, WORLD_PAIRING, prompts)
 
 
+def test_prompt_attack_replaces_function_words(prompted, tiny_mlm):
+    """A prompt is no caption: its function words ("a", "of": what the caption continues) are
+    replaceable, whereas BERT-Attack on a caption leaves stop words alone."""
+    from train.attacks.captioning import PromptAttack, ReferenceTextAttack
+
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    attack = PromptAttack(prompted, mlm=tiny_mlm, top_k=5, budget=3)
+    changes = attack(pixels, WORLD_TEXTS, WORLD_PAIRING).info["prompt_changes"]
+    assert {c["from"] for change in changes for c in change} & {"a", "of"}
+    assert attack.params()["skipped_words"] == []
+    # the reference-caption attack keeps BERT-Attack's stop words
+    caption = ReferenceTextAttack(prompted, mlm=tiny_mlm, top_k=5, budget=3)
+    changed = caption(pixels, ["a red circle of a star"], torch.tensor([0])).info["words_changed"][0]
+    assert changed and not {c["from"] for c in changed} & {"a", "of"}
+
+
 def test_prompt_attack_needs_a_prompted_captioner(captioner, tiny_mlm):
     from train.attacks.captioning import PromptAttack
 
@@ -317,7 +375,7 @@ def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner, colour_world):
+def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner, colour_world, world_mlm):
     """The issue's bar: each attack lowers CIDEr and the truth-checked share of a briefly trained captioner."""
     from augment.sample_world import check_caption_of_row
     from augment.sources import load_source
@@ -328,24 +386,53 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
     assert victim.prompt == "a picture of"
     report = evaluate_captioning(
         victim, load_source(str(colour_world))[0], split="test", limit=24, batch_size=24,
-        attacks=["clean", "pgd", "pgd-targeted", "prompt-pgd"], generation=GENERATION, caption_checker=check_caption_of_row,
+        attacks=["clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd"], generation=GENERATION,
+        caption_checker=check_caption_of_row,
         # 8/255: the tiny captioner's colour words have wide margins; at the default 2/255 the
-        # references' loss rises (test above) but its beam-searched captions do not change yet
-        attack_options={"mlm": "tiny-mlm", "top_k": 5, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
+        # references' loss rises (test above) but its beam-searched captions do not change yet.
+        # world-mlm proposes the world's words for the prompt ("a picture of" -> "a picture shape":
+        # the twin ends the sentence); top 5: from the top 8 on it proposes a colour, the twin
+        # continues "shape", which the checker calls true (README, Captioning)
+        attack_options={"mlm": world_mlm, "top_k": 5, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
         meteor=False, java=False, progress=False,
     )
     clean = report["attacks"]["clean"]
     assert clean["truth"]["true_pct"] >= 60 and clean["cider"] > 50  # it has learned the colours
-    for name in ("pgd", "pgd-targeted", "prompt-pgd"):
+    for name in ("pgd", "pgd-targeted", "prompt", "prompt-pgd"):
         entry = report["attacks"][name]
         assert entry["drop"]["cider"] > 0 and entry["drop"]["truth_pct"] > 0, name
-        assert entry["linf_max"] <= 8 / 255 + 1e-6
+        assert name == "prompt" or entry["linf_max"] <= 8 / 255 + 1e-6
+    assert report["attacks"]["prompt"]["reference_loss"] > clean["reference_loss"]
     assert report["attacks"]["pgd"]["reference_loss"] > clean["reference_loss"]
     assert report["attacks"]["pgd-targeted"]["target_hit_pct"] > 0
-    assert report["attacks"]["prompt-pgd"]["prompts_changed_pct"] > 0
+    assert report["attacks"]["prompt"]["prompts_changed_pct"] > 0 and report["attacks"]["prompt-pgd"]["prompts_changed_pct"] > 0
     assert len(report["captions"]["pgd"]) == 24 and report["notes"]
     table = markdown_report(report)
     assert "| pgd |" in table and "CIDEr" in table and "METEOR not computed" in table
+
+
+def test_evaluation_captions_each_image_with_its_attacked_prompt(trained, colour_world, tiny_mlm, monkeypatch):
+    """The prompts the prompt attack returns reach `generate` image by image (a fixed attack here:
+    "a blue" for even images, the clean prompt for odd ones; batches of two keep the parity)."""
+    from augment.sources import load_source, select_split
+    from train.attacks.captioning import PromptAttack
+    from train.evaluate_captioning import evaluate_captioning
+
+    def fixed(self, images, texts, image_of_text):
+        prompts = ["a blue" if i % 2 == 0 else "a picture of" for i in range(len(images))]
+        return prompts, [[] for _ in prompts]
+
+    monkeypatch.setattr(PromptAttack, "perturb", fixed)
+    source = load_source(str(colour_world))[0]
+    report = evaluate_captioning(trained, source, split="test", limit=6, batch_size=2, attacks=["clean", "prompt"],
+                                 generation=GENERATION, attack_options={"mlm": tiny_mlm}, meteor=False, java=False,
+                                 progress=False)
+    clean, attacked = report["captions"]["clean"], report["captions"]["prompt"]
+    assert attacked[1::2] == clean[1::2]  # the clean prompt: the clean captions
+    pixels = torch.stack([trained.preprocess_eval(row["image"]) for row in select_split(source, "test").select(range(6))])
+    assert attacked[0::2] == trained.generate(pixels[0::2], prompts="a blue", **GENERATION)
+    assert attacked[0::2] != clean[0::2]  # the twin continues "a blue" ("shape"), not "a picture of"
+    assert report["attacks"]["prompt"]["prompts_changed_pct"] == pytest.approx(50.0)
 
 
 def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour_world, tmp_path):

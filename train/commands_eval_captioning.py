@@ -10,7 +10,7 @@ DIR/captions.jsonl (every generated caption, per attack).
 
 `train eval`'s shared options keep their meaning (--eps, --pgd-steps, --pgd-step-size,
 --text-candidates, --mlm, --top-k, --word-budget, --max-length, --batch-size, --limit,
---captions-per-image, --device, --seed, --truth-checker, --restart: a killed evaluation resumes
+--captions-per-image, --device, --seed, --truth-checker, --workers, --restart: a killed evaluation resumes
 from DIR/.progress, --attacker-model: transfer attacks crafted on another captioner, --save-adv:
 each attack's adversarial inputs as a pool); the options below are captioning's own.
 """
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from augment.errors import MatPlusError
     from models import load_model
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
-    from train.commands_eval import PROGRESS_DIR, _truth_checker
+    from train.commands_eval import PROGRESS_DIR, _truth_checker, _workers
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
             caption_checker=_truth_checker(args.truth_checker, dataset), generation=generation, meteor=args.meteor,
             seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
+            workers=_workers(args),
         )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None

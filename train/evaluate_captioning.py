@@ -95,11 +95,6 @@ class _Record:
         self.seconds += float(state["seconds"])
 
 
-def _pixels(model, rows: list[dict], device) -> torch.Tensor:
-    """The rows' images in `model`'s evaluation transform (a captioning batch is small: decoded in-process)."""
-    return torch.stack([model.preprocess_eval(row["image"]) for row in rows]).to(device)
-
-
 def evaluate_captioning(
     victim,
     source_dataset,
@@ -118,6 +113,7 @@ def evaluate_captioning(
     progress: bool = True,
     progress_dir: str | Path | None = None,
     save_adv: str | Path | None = None,
+    workers: int = 0,
 ) -> dict:
     """Captioning metrics of `victim` (a `CaptioningModel`) on `split`, clean and under `attacks`.
 
@@ -127,14 +123,16 @@ def evaluate_captioning(
     `generation`: keyword arguments for `victim.generate`. `progress_dir`: a folder keeping every
     finished batch (`train.evaluate.BatchStore`): a killed evaluation called again with the same
     settings skips them and gives the same report. `save_adv`: folder; each attack's adversarial
-    inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`).
+    inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`). `workers`:
+    DataLoader processes decoding the next batches' images (`train.evaluate.gallery_pixels`, as
+    retrieval; 0: in this process).
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
     from tqdm.auto import tqdm
 
     from train.data import derive_seed
-    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution
+    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, gallery_pixels
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -167,20 +165,26 @@ def evaluate_captioning(
     for name, record in records.items():
         bar.set_postfix_str(name)
         batch_index = -1
-        for batch_index, (start, rows, text_ids) in enumerate(gallery.batches(batch_size)):
-            if store is not None and store.has(name, batch_index) and (name not in writers or writers[name].has_shard(batch_index)):
+        done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
+                for b in range(-(-len(gallery) // batch_size))]
+        # the clean row captions the victim's pixels; an attack is crafted on the attacker's
+        reader = victim if record.attack is None else attacker
+        decoded = gallery_pixels(gallery, batch_size, reader.preprocess_eval,
+                                 [b for b, finished in enumerate(done) if not finished], workers)
+        for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
+            if done[batch_index]:
                 record.extend(store.load_state(name, batch_index))
-                bar.update(len(rows))
+                bar.update(min(batch_size, len(gallery) - start))
                 continue
+            pixels, rows = next(decoded)
             texts = [gallery.captions[i] for i in text_ids.tolist()]
             pairing = gallery.image_of_text[text_ids] - start
             part = _Record(record.attack)
             began = time.perf_counter()
-            victim_pixels = _pixels(victim, rows, victim.device)
             if record.attack is None:
-                images, prompts, info = victim_pixels, None, {}
+                images, prompts, info = pixels.to(victim.device), None, {}
             else:
-                attacker_pixels = _pixels(attacker, rows, attacker.device) if transfer else victim_pixels
+                attacker_pixels = pixels.to(attacker.device)
                 _reseed(record.attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
                 result = record.attack(attacker_pixels, texts, pairing)
                 info = result.info

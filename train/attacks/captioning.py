@@ -37,6 +37,11 @@ from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSub
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
 DEFAULT_LOSS_BATCH = 64  # (image, caption) pairs per LM-loss forward when scoring candidates
+# words the prompt attack never replaces nor proposes: none. BERT-Attack skips stop words so that an
+# attacked caption keeps its meaning for a reader; a prompt states nothing about the image, and its
+# function words are what the caption continues ("a picture of" -> "a ..."): with BERT-Attack's
+# list, "a picture of" has one replaceable word ("picture"), which a captioner may well ignore
+PROMPT_SKIPPED_WORDS: frozenset[str] = frozenset()
 
 
 def _check_victim(victim) -> None:
@@ -209,10 +214,27 @@ class ReferenceTextAttack(_WordAttack):
 
 
 class PromptAttack(_WordAttack):
-    """Substitute words of each image's prompt to maximise the mean LM loss of its references."""
+    """Substitute words of each image's prompt to maximise the mean LM loss of its references.
+
+    Every word of the prompt may be replaced, function words included, and by any word the source
+    proposes (`skipped_words`: words left alone and never proposed; default none, see
+    `PROMPT_SKIPPED_WORDS`). A `source` given ready keeps its own stop-word list.
+    """
 
     modality = "text"
     name = "prompt"
+
+    def __init__(self, victim, source: SubstituteSource | None = None, *,
+                 skipped_words: frozenset[str] | set[str] = PROMPT_SKIPPED_WORDS, **options):
+        super().__init__(victim, source, **options)
+        self.skipped_words = None  # None: the given source's own stop words
+        if source is None:
+            self.skipped_words = frozenset(skipped_words)
+            self.source.stop_words = self.skipped_words
+
+    def params(self) -> dict:
+        skipped = sorted(self.skipped_words) if self.skipped_words is not None else "source stop words"
+        return {**super().params(), "skipped_words": skipped}
 
     def perturb(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor) -> tuple[list[str], list[list[dict]]]:
         prompt = getattr(self.victim, "prompt", None)
