@@ -17,7 +17,6 @@ each attack's adversarial inputs as a pool); the options below are captioning's 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
