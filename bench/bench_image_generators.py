@@ -11,15 +11,21 @@ Reported: images per second of each, their ratio (> 1: batching is faster), peak
 (GPU: `torch.cuda.max_memory_allocated`; CPU: peak resident set size sampled every 5 ms, and its
 rise over the level before the mode ran), and the largest pixel difference between the two
 outputs (0 or a few levels: they do the same work; float kernels differ slightly by batch shape).
+Where the time goes: seconds inside the UNet, VAE encoder/decoder and text encoder (forward
+hooks) and the rest, the UNet's milliseconds per sample (a guided image is 2 samples per step),
+and the bound: the ratio batching would reach if it removed all of the loop's time outside the
+UNet and VAE while they cost per image what they cost in the loop.
 
 Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
 overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
 
-What the CPU ratio can show. The work of mat-plus's own loop around the pipeline (planning,
-seeds, rows) is under 0.1% of a call (profiled), so the ratio is diffusers' batching of the tiny
-UNet. At one thread that UNet is compute-bound: a batch saves only the per-call work (prompt
-encoding, the VAE call, small-kernel inefficiency), 1.2-1.6x. More intra-op threads than free
-cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
+What the CPU ratio can show. At the twin's own 64x64 px and one thread the UNet is
+compute-bound: its cost per sample is the same at batch 2 and 16 (within a few %), and the
+per-call work a batch saves (prompt encoding, scheduler, latents, PIL, mat-plus's loop) is
+~3-5% of the loop, so the bound above is ~1.05x. `--size` (t2i) shows where batching pays: at
+32 or 16 px fixed per-op cost dominates the UNet and batching gives 2.4x / 3.5x (no user makes
+such images; it stands for the per-kernel launch cost of a GPU). More intra-op threads than
+free cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
 one-image loop 16x slower than at one thread (thread hand-offs stall on busy cores) and the
 "speed-up" 3-4x, which measures that contention, not batching. Use `--threads` only on
 quiet cores; the default is torch's own (OMP_NUM_THREADS).
