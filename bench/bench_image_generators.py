@@ -11,15 +11,21 @@ Reported: images per second of each, their ratio (> 1: batching is faster), peak
 (GPU: `torch.cuda.max_memory_allocated`; CPU: peak resident set size sampled every 5 ms, and its
 rise over the level before the mode ran), and the largest pixel difference between the two
 outputs (0 or a few levels: they do the same work; float kernels differ slightly by batch shape).
+Where the time goes: seconds inside the UNet, VAE encoder/decoder and text encoder (forward
+hooks) and the rest, the UNet's milliseconds per sample (a guided image is 2 samples per step),
+and the bound: the ratio batching would reach if it removed all of the loop's time outside the
+UNet and VAE while they cost per image what they cost in the loop.
 
 Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
 overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
 
-What the CPU ratio can show. The work of mat-plus's own loop around the pipeline (planning,
-seeds, rows) is under 0.1% of a call (profiled), so the ratio is diffusers' batching of the tiny
-UNet. At one thread that UNet is compute-bound: a batch saves only the per-call work (prompt
-encoding, the VAE call, small-kernel inefficiency), 1.2-1.6x. More intra-op threads than free
-cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
+What the CPU ratio can show. At the twin's own 64x64 px and one thread the UNet is
+compute-bound: its cost per sample is the same at batch 2 and 16 (within a few %), and the
+per-call work a batch saves (prompt encoding, scheduler, latents, PIL, mat-plus's loop) is
+~3-5% of the loop, so the bound above is ~1.05x. `--size` (t2i) shows where batching pays: at
+32 or 16 px fixed per-op cost dominates the UNet and batching gives 2.4x / 3.5x (no user makes
+such images; it stands for the per-kernel launch cost of a GPU). More intra-op threads than
+free cores do not stand for a GPU: on a shared 2-core machine (load 5-12) two threads made the
 one-image loop 16x slower than at one thread (thread hand-offs stall on busy cores) and the
 "speed-up" 3-4x, which measures that contention, not batching. Use `--threads` only on
 quiet cores; the default is torch's own (OMP_NUM_THREADS).
@@ -56,6 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="images per batched call (default 8)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     parser.add_argument("--strength", type=float, default=0.75, help="t-i2i-sd strength (default 0.75)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="t2i-sd image side in pixels, a multiple of 8 (default: the model's, 64 for tiny-sd)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -127,6 +135,74 @@ def peak_memory(device: str) -> Iterator[dict]:
     result.update(kind="process RSS", peak_mib=rss.peak / 2**20, rise_mib=(rss.peak - rss.start) / 2**20)
 
 
+# ----------------------------------------------------------------------------- where the time goes
+
+
+COMPONENTS = {"unet": "unet", "vae_encode": "vae.encoder", "vae_decode": "vae.decoder", "text_encoder": "text_encoder"}
+
+
+class ComponentTimes:
+    """Seconds spent in each model of the pipeline (forward hooks), and the UNet's samples.
+
+    What is left of a run's time ("rest") is the pipeline's own work around the models
+    (scheduler, latents, pre/post-processing, PIL) plus mat-plus's loop. On CUDA each hook
+    synchronises so that time lands on the model that spent it.
+    """
+
+    def __init__(self, pipe, device: str):
+        self.pipe = pipe
+        self.sync = device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+        self.unet_samples = 0
+        self._handles: list = []
+
+    def _module(self, path: str):
+        module = self.pipe
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        return module
+
+    def _clock(self) -> float:
+        if self.sync:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def __enter__(self) -> "ComponentTimes":
+        for name, path in COMPONENTS.items():
+            module = self._module(path)
+            if module is None:
+                continue
+            started: list[float] = []
+
+            def before(_module, args, kwargs, started=started, name=name):
+                if name == "unet":
+                    sample = args[0] if args else kwargs["sample"]
+                    self.unet_samples += sample.shape[0]
+                started.append(self._clock())
+
+            def after(_module, _args, _kwargs, _output, started=started, name=name):
+                self.seconds[name] = self.seconds.get(name, 0.0) + self._clock() - started.pop()
+
+            self._handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(after, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def summary(self, total_s: float) -> dict:
+        unet_s = self.seconds.get("unet", 0.0)
+        return {
+            "seconds": dict(self.seconds),
+            "rest_s": total_s - sum(self.seconds.values()),
+            "unet_samples": self.unet_samples,
+            "unet_ms_per_sample": 1000 * unet_s / self.unet_samples if self.unet_samples else None,
+        }
+
+
 # ----------------------------------------------------------------------------- the two modes
 
 
@@ -148,16 +224,29 @@ def batched_runner(generator, items: list[dict], n: int, seed: int) -> Callable[
     return lambda: [row["image"] for row in generator.generate(items, n, seed)]
 
 
-def timed(device: str, run: Callable[[], list]) -> tuple[list, float, dict]:
+def timed(device: str, run: Callable[[], list], pipe) -> tuple[list, float, dict, dict]:
     import torch
 
-    with peak_memory(device) as memory:
+    with peak_memory(device) as memory, ComponentTimes(pipe, device) as components:
         start = time.perf_counter()
         images = run()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return images, seconds, memory
+    return images, seconds, memory, components.summary(seconds)
+
+
+def median_run(seconds: list[float], breakdowns: list[dict]) -> dict:
+    """The component breakdown of the run whose time is the median (lower median if even)."""
+    order = sorted(range(len(seconds)), key=seconds.__getitem__)
+    return breakdowns[order[(len(order) - 1) // 2]]
+
+
+def per_image_bound(loop_s: float, breakdown: dict) -> float:
+    """The speed-up batching would reach if it removed ALL of the loop's time outside the UNet
+    and VAE while their per-sample cost stayed as in the loop: loop / (UNet + VAE of the loop)."""
+    per_image_s = sum(breakdown["seconds"].get(k, 0.0) for k in ("unet", "vae_encode", "vae_decode"))
+    return loop_s / per_image_s if per_image_s else float("inf")
 
 
 def max_pixel_difference(first: list, second: list) -> int:
@@ -171,7 +260,8 @@ def bench_method(method: str, args, device: str, dtype: str) -> dict:
     from augment.generators.diffusion import GENERATOR_CLASSES, DiffusionSettings
 
     settings = DiffusionSettings(model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
-                                 steps=args.steps, strength=args.strength, captions_per_image=1)
+                                 steps=args.steps, strength=args.strength, captions_per_image=1,
+                                 **({"height": args.size, "width": args.size} if method == "t2i-sd" and args.size else {}))
     generator = GENERATOR_CLASSES[method](settings)
     items = sample_world_items(-(-args.images // args.n), args.seed)
     tasks = generator.tasks(items, args.n)[: args.images]
@@ -181,21 +271,27 @@ def bench_method(method: str, args, device: str, dtype: str) -> dict:
     loop_runner(generator, tasks[:1], args.seed + 1)()
 
     # interleaved repeats, medians: load on a shared machine hits both modes alike
-    loop_times, batched_times = [], []
+    loop_times, batched_times, loop_parts, batched_parts = [], [], [], []
     for _ in range(args.repeats):
-        loop_images, loop_s, loop_memory = timed(device, loop_runner(generator, tasks, args.seed))
-        batched_images, batched_s, batched_memory = timed(device, batched_runner(generator, items, args.n, args.seed))
+        loop_images, loop_s, loop_memory, parts = timed(device, loop_runner(generator, tasks, args.seed), generator.pipe)
         loop_times.append(loop_s)
+        loop_parts.append(parts)
+        batched_images, batched_s, batched_memory, parts = timed(
+            device, batched_runner(generator, items, args.n, args.seed), generator.pipe)
         batched_times.append(batched_s)
+        batched_parts.append(parts)
     loop_s, batched_s = statistics.median(loop_times), statistics.median(batched_times)
+    loop_breakdown = median_run(loop_times, loop_parts)
     images = len(tasks)
     return {
         "method": method,
         "images": images,
-        "loop": {"seconds": loop_s, "seconds_all": loop_times, "images_per_s": images / loop_s, "memory": loop_memory},
+        "loop": {"seconds": loop_s, "seconds_all": loop_times, "images_per_s": images / loop_s, "memory": loop_memory,
+                 "breakdown": loop_breakdown},
         "batched": {"seconds": batched_s, "seconds_all": batched_times, "images_per_s": images / batched_s,
-                    "memory": batched_memory},
+                    "memory": batched_memory, "breakdown": median_run(batched_times, batched_parts)},
         "speedup": loop_s / batched_s,
+        "per_image_bound": per_image_bound(loop_s, loop_breakdown),
         "max_pixel_difference": max_pixel_difference(loop_images, batched_images),
         "params": generator.params(),
     }
@@ -205,17 +301,23 @@ def bench_method(method: str, args, device: str, dtype: str) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    header = f"{'method':<10} {'mode':<8} {'images':>6} {'s':>8} {'img/s':>8} {'peak MiB':>9} {'rise MiB':>9}"
+    parts = ("unet", "vae_encode", "vae_decode", "text_encoder")
+    header = (f"{'method':<10} {'mode':<8} {'images':>6} {'s':>8} {'img/s':>8} {'peak MiB':>9} {'rise MiB':>9} "
+              + " ".join(f"{p + ' s':>13}" for p in parts) + f" {'rest s':>7} {'UNet ms/sample':>15}")
     print(header)
     print("-" * len(header))
     for result in results:
         for mode in ("loop", "batched"):
             entry = result[mode]
-            memory = entry["memory"]
+            memory, breakdown = entry["memory"], entry["breakdown"]
             rise = f"{memory['rise_mib']:9.0f}" if "rise_mib" in memory else f"{'-':>9}"
+            seconds = " ".join(f"{breakdown['seconds'].get(p, 0.0):13.3f}" for p in parts)
+            per_sample = breakdown["unet_ms_per_sample"]
             print(f"{result['method']:<10} {mode:<8} {result['images']:>6} {entry['seconds']:8.2f} "
-                  f"{entry['images_per_s']:8.2f} {memory['peak_mib']:9.0f} {rise}")
-        print(f"{result['method']:<10} batched / loop speed: {result['speedup']:.2f}x; "
+                  f"{entry['images_per_s']:8.2f} {memory['peak_mib']:9.0f} {rise} {seconds} "
+                  f"{breakdown['rest_s']:7.3f} {per_sample if per_sample is None else round(per_sample, 2):>15}")
+        print(f"{result['method']:<10} batched / loop speed: {result['speedup']:.2f}x "
+              f"(bound if batching removed all per-call work: {result['per_image_bound']:.2f}x); "
               f"largest pixel difference {result['max_pixel_difference']}")
 
 
@@ -251,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = [bench_method(m, args, device, dtype) for m in methods]
     env = environment(device, dtype)
-    print(f"settings: {args.model}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
+    size = f"t2i {args.size}x{args.size} px" if args.size else "the model's size"
+    print(f"settings: {args.model}, {size}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
           f"{args.steps} steps, {device} {dtype}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs "
           f"(load {env['load_average_1m']:.1f}), median of {args.repeats}")
     print_table(results)
