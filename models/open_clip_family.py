@@ -46,10 +46,10 @@ class OpenClipModel(VisionLanguageModel):
     """An open_clip CLIP / CustomTextCLIP (SigLIP when it has a logit bias)."""
 
     family = "open_clip"
-    # Text shortcuts, both exact (tests/test_families.py checks them against open_clip): the text
-    # tower runs on the tokens up to the batch's last pooled token only, and captions are
-    # tokenised from per-word token ids. False = open_clip's tokenizer and full-context
-    # `encode_text` (what `bench attacks` / `bench trainer` time as the code before them).
+    # Text shortcuts, both exact (tests/test_model_contract.py checks them against open_clip): the
+    # text tower runs each text up to its pooled token only (`_encode_trimmed`), and captions are
+    # tokenised from per-word token ids (`_tokenize_by_word`). False = open_clip's tokenizer and
+    # full-context `encode_text` (what `bench attacks` / `bench trainer` time as the code before them).
     fast_text = True
 
     def __init__(self, model, tokenizer, *, name: str, pretrained: str | None, preprocess_train, preprocess_eval,
@@ -85,8 +85,10 @@ class OpenClipModel(VisionLanguageModel):
 
         The tokenizer cleans a text (ftfy, HTML unescaping, whitespace, case) and splits it with a
         regex whose pieces never span whitespace. For a printable-ASCII text without `&` the
-        cleaning acts on each character alone (ftfy and the unescaping have nothing to change), so
-        the text's ids are its words' ids in order. Other texts take the tokenizer's own path. Text
+        cleaning acts within words (ftfy changes no printable ASCII, there is nothing to unescape,
+        and whitespace is only collapsed), so the text's ids are its words' ids in order. Other
+        texts take the tokenizer's own path: ftfy unescapes HTML only in a text without `<` (a
+        whole-text property), and drops control characters that `str.split` takes for spaces. Text
         attacks tokenise thousands of candidates that differ in one word: ftfy and the regex on
         each were a quarter of their time.
         """
@@ -136,9 +138,8 @@ class OpenClipModel(VisionLanguageModel):
         cutting it is exact and makes the text tower several times cheaper for captions (~15 of
         77 tokens). Texts run in sub-batches of similar length (`length_groups`), each cut after
         its longest text. Text attacks encode thousands of candidates, so this is where their
-        time goes. None where that does not hold: no causal
-        mask (SigLIP-style towers), pooling at the first/last token or over all tokens, and
-        other text towers (`CustomTextCLIP`).
+        time goes. None where that does not hold: no causal mask (SigLIP-style towers), pooling
+        at the first/last token or over all tokens, and other text towers (`CustomTextCLIP`).
         """
         model = self.model
         needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_pool_type")
