@@ -36,12 +36,21 @@ log = logging.getLogger(__name__)
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 TINY_NAMES = (tiny.TINY_CLIP, tiny.TINY_SIGLIP)
+# a text-tower forward pass costs about this many token positions' work on top (tiny-clip, CPU, measured):
+# sub-batches by length are cut only where they save more padding than that
+GROUP_OVERHEAD_TOKENS = 32
+WORD_CACHE_LIMIT = 1 << 20  # words whose token ids a model keeps (cleared when full)
 
 
 class OpenClipModel(VisionLanguageModel):
     """An open_clip CLIP / CustomTextCLIP (SigLIP when it has a logit bias)."""
 
     family = "open_clip"
+    # Text shortcuts, both exact (tests/test_model_contract.py checks them against open_clip): the
+    # text tower runs each text up to its pooled token only (`_encode_trimmed`), and captions are
+    # tokenised from per-word token ids (`_tokenize_by_word`). False = open_clip's tokenizer and
+    # full-context `encode_text` (what `bench attacks` / `bench trainer` time as the code before them).
+    fast_text = True
 
     def __init__(self, model, tokenizer, *, name: str, pretrained: str | None, preprocess_train, preprocess_eval,
                  model_cfg: dict, preprocess_cfg: dict):
@@ -56,6 +65,7 @@ class OpenClipModel(VisionLanguageModel):
         self.preprocess_train, self.preprocess_eval = preprocess_train, preprocess_eval
         context = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", None)
         self.context_length = int(context)
+        self._word_ids: dict[str, list[int]] = {}  # word -> its token ids (see `_tokenize_by_word`)
 
     @property
     def itc_loss(self) -> str:  # type: ignore[override]
@@ -66,7 +76,48 @@ class OpenClipModel(VisionLanguageModel):
 
     # text
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
-        return TextTokens(self.tokenizer(list(texts)).to(self.device))
+        texts = list(texts)
+        ids = self._tokenize_by_word(texts) if self.fast_text else None
+        return TextTokens((self.tokenizer(texts) if ids is None else ids).to(self.device))
+
+    def _tokenize_by_word(self, texts: list[str]) -> torch.Tensor | None:
+        """open_clip's `SimpleTokenizer(texts)`, from cached token ids per word; None for other tokenizers.
+
+        The tokenizer cleans a text (ftfy, HTML unescaping, whitespace, case) and splits it with a
+        regex whose pieces never span whitespace. For a printable-ASCII text without `&` the
+        cleaning acts within words (ftfy changes no printable ASCII, there is nothing to unescape,
+        and whitespace is only collapsed), so the text's ids are its words' ids in order. Other
+        texts take the tokenizer's own path: ftfy unescapes HTML only in a text without `<` (a
+        whole-text property), and drops control characters that `str.split` takes for spaces. Text
+        attacks tokenise thousands of candidates that differ in one word: ftfy and the regex on
+        each were a quarter of their time.
+        """
+        from open_clip.tokenizer import SimpleTokenizer, _clean_canonicalize, _clean_lower, _clean_whitespace
+
+        tokenizer = self.tokenizer
+        if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.reduction_fn is not None \
+                or tokenizer.clean_fn not in (_clean_lower, _clean_whitespace, _clean_canonicalize):
+            return None
+        if len(self._word_ids) > WORD_CACHE_LIMIT:
+            self._word_ids.clear()
+        context = tokenizer.context_length
+        rows = []
+        for text in texts:
+            if text.isascii() and text.isprintable() and "&" not in text:
+                ids = [tokenizer.sot_token_id]
+                for word in text.split():
+                    cached = self._word_ids.get(word)
+                    if cached is None:
+                        cached = self._word_ids[word] = tokenizer.encode(word)
+                    ids += cached
+                ids.append(tokenizer.eot_token_id)
+            else:
+                ids = [tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id]
+            if len(ids) > context:  # as SimpleTokenizer: cut, and end on the end-of-text token
+                ids = ids[:context]
+                ids[-1] = tokenizer.eot_token_id
+            rows.append(ids + [0] * (context - len(ids)))  # 0 pads, as SimpleTokenizer
+        return torch.tensor(rows, dtype=torch.long).view(len(texts), context)
 
     # embeddings
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -74,37 +125,56 @@ class OpenClipModel(VisionLanguageModel):
 
     def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
         ids = tokens.input_ids.to(self.device)
-        features = self._encode_trimmed(ids)
+        features = self._encode_trimmed(ids) if self.fast_text else None
         if features is None:
             return self.model.encode_text(ids, normalize=normalize)
         return torch.nn.functional.normalize(features, dim=-1) if normalize else features
 
     def _encode_trimmed(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """open_clip's `encode_text` on the tokens up to the batch's last end-of-text token only.
+        """open_clip's `CLIP.encode_text` (unnormalised) on each text's tokens up to its pooled token only.
 
-        CLIP's text transformer is causal and pools at the end-of-text token, so the padding
-        after it cannot change the embedding: cutting it is exact and makes the text tower
-        several times cheaper for captions (~15 of 77 tokens). Text attacks encode thousands of
-        candidates, so this is where their time goes. None when the model is not of that form.
+        CLIP's text transformer is causal and pools one token per text (the end-of-text token:
+        the largest id, `argmax`, or `eos`), so the padding after it cannot change the embedding:
+        cutting it is exact and makes the text tower several times cheaper for captions (~15 of
+        77 tokens). Texts run in sub-batches of similar length (`length_groups`), each cut after
+        its longest text. Text attacks encode thousands of candidates, so this is where their
+        time goes. None where that does not hold: no causal mask (SigLIP-style towers), pooling
+        at the first/last token or over all tokens, and other text towers (`CustomTextCLIP`).
         """
         model = self.model
-        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-        if getattr(model, "text_pool_type", "argmax") != "argmax" or not all(hasattr(model, n) for n in needed):
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_pool_type")
+        if not all(hasattr(model, n) for n in needed) or model.attn_mask is None or tokens.dim() != 2:
             return None
-        if model.attn_mask is None or tokens.dim() != 2:
+        if model.text_pool_type == "argmax":
+            pooled = tokens.argmax(dim=-1)
+        elif model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is not None:
+            pooled = (tokens == model.text_eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
+        else:
             return None
-        length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
-        if length >= tokens.shape[1]:
-            return None
+        lengths = pooled + 1
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        groups = length_groups(sorted_lengths)
+        if len(groups) == 1:
+            return self._text_tower(tokens[:, :sorted_lengths[-1]], pooled)
+        parts = [self._text_tower(tokens[order[start:end], :sorted_lengths[end - 1]], pooled[order[start:end]])
+                 for start, end in groups]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts)[inverse]
+
+    def _text_tower(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """`CLIP.encode_text`'s steps on `tokens` [N, L] (L <= the context), pooled at `pooled` [N]."""
+        model = self.model
+        length = tokens.shape[1]
         cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens[:, :length]).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
-        x = x[torch.arange(x.shape[0], device=x.device), tokens[:, :length].argmax(dim=-1)]
+        x = x[torch.arange(x.shape[0], device=x.device), pooled]
         projection = model.text_projection
         if projection is None:
             return x
         return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-
 
     def logit_scale_param(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
@@ -138,6 +208,24 @@ class OpenClipModel(VisionLanguageModel):
     @classmethod
     def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
         return load(f"local-dir:{folder}", None, device=device, display_name=name)
+
+
+def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Split ascending `lengths` into contiguous groups [(start, end)], each run as one batch padded
+    to its longest: the split with the fewest token positions computed, counting `overhead`
+    positions per extra forward pass (dynamic programming over the places where the length changes)."""
+    n = len(lengths)
+    cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n]
+    best = [0] + [None] * (len(cuts) - 1)  # best[k]: cost of the first cuts[k] texts
+    back = [0] * len(cuts)
+    for k in range(1, len(cuts)):
+        end = cuts[k]
+        best[k], back[k] = min((best[j] + overhead + (end - cuts[j]) * lengths[end - 1], j) for j in range(k))
+    groups, k = [], len(cuts) - 1
+    while k > 0:
+        groups.append((cuts[back[k]], cuts[k]))
+        k = back[k]
+    return groups[::-1]
 
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,

@@ -287,3 +287,19 @@ def test_seeded_pgd_is_reproducible(victim, batch):
     first = build_attack("pgd", victim, seed=3, eps=EPS, steps=1)(pixels, captions, image_of_text).images
     second = build_attack("pgd", victim, seed=3, eps=EPS, steps=1)(pixels, captions, image_of_text).images
     assert torch.equal(first, second)
+
+
+def test_text_shortcuts_leave_the_adversarial_captions_unchanged(victim, mlm, batch):
+    """`fast_text` (trimmed tower, per-word token ids) is exact: the attacks' captions are the same
+    as with open_clip's own tokenizer and full-context text tower."""
+    pixels, captions, image_of_text = batch
+    attack = SGA(victim, image_attack=PGD(victim, random_start=False, **FAST_PGD),
+                 text_attack=BertAttack(victim, mlm=mlm, top_k=5), noise_std=0.0)
+    fast = attack(pixels, captions, image_of_text)
+    victim.fast_text = False
+    try:
+        slow = attack(pixels, captions, image_of_text)
+    finally:
+        victim.fast_text = True
+    assert fast.texts == slow.texts and fast.texts != captions
+    torch.testing.assert_close(fast.images, slow.images, rtol=0, atol=1 / 255)

@@ -457,3 +457,139 @@ def test_blip_enc_token_follows_blip_tokenizer_layout():
     assert enc_token_id(Tokenizer(30523), blip_text) == 30523  # converted: [DEC] kept, [ENC] dropped
     assert enc_token_id(Tokenizer(30522), blip_text) == 30523  # converted: neither kept
     assert enc_token_id(Tokenizer(30522), SimpleNamespace(vocab_size=30522, bos_token_id=101)) is None
+
+
+# ----------------------------------------------------------------------------- open_clip text shortcuts
+# `OpenClipModel.fast_text`: the trimmed text tower and the per-word token ids must give exactly
+# what open_clip's own tokenizer and full-context `encode_text` give.
+
+SHORTCUT_CAPTIONS = [
+    "a dog.",
+    "A man in a red shirt rides a bicycle down a busy city street while people watch from the side",
+    " ".join(["many words"] * 60),  # past 77 tokens: truncated, ends on the end-of-text token
+    "two  cats,sleeping on a [UNK] sofa!",
+    "the woman's hat (blue) -- 3.5 m tall; isn't it?",
+    "",
+]
+
+
+def _open_clip_wrapped(text_cfg: dict, clean: str = "lower"):
+    """OpenClipModel around a random-weight open_clip CLIP with `text_cfg` and a tiny image tower."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from models.open_clip_family import OpenClipModel
+
+    torch.manual_seed(0)
+    clip = open_clip.model.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "patch_size": 16, "width": 32,
+                                                          "layers": 1, "head_width": 16}, text_cfg=text_cfg).eval()
+    tokenizer = SimpleTokenizer(context_length=clip.context_length, clean=clean)
+    return OpenClipModel(clip, tokenizer, name="random", pretrained=None, preprocess_train=None,
+                         preprocess_eval=None, model_cfg={}, preprocess_cfg={"size": 32, "mean": (0.5,) * 3,
+                                                                               "std": (0.5,) * 3})
+
+
+TINY_TEXT = {"context_length": 77, "width": 64, "heads": 4, "layers": 2}
+
+
+def _vit_b_16_text() -> dict:
+    import open_clip
+
+    return dict(open_clip.get_model_config("ViT-B-16")["text_cfg"])
+
+
+@pytest.mark.parametrize("text_cfg, trims", [
+    (TINY_TEXT, True),
+    (_vit_b_16_text, True),  # ViT-B-16's text tower shape (12 x 512, context 77), random weights
+    ({**TINY_TEXT, "pool_type": "eos", "eos_id": 49407}, True),
+    ({**TINY_TEXT, "pool_type": "first"}, False),
+    ({**TINY_TEXT, "pool_type": "last"}, False),
+    ({**TINY_TEXT, "no_causal_mask": True}, False),  # every token sees the padding: not trimmable
+], ids=["tiny", "vit-b-16-text", "eos", "first", "last", "no-causal-mask"])
+def test_trimmed_text_tower_equals_open_clip(text_cfg, trims):
+    model = _open_clip_wrapped(text_cfg() if callable(text_cfg) else text_cfg)
+    for texts in (SHORTCUT_CAPTIONS, SHORTCUT_CAPTIONS[:1], SHORTCUT_CAPTIONS[3:5]):
+        ids = model.tokenizer(texts)
+        with torch.no_grad():
+            expected = model.model.encode_text(ids)
+            trimmed = model._encode_trimmed(ids)
+            assert (trimmed is not None) == trims, "trimmed where it is not exact, or not where it is"
+            fast = model.encode_tokens(TextTokens(ids), normalize=False)
+            model.fast_text = False
+            slow = model.encode_tokens(TextTokens(ids), normalize=False)
+            model.fast_text = True
+        torch.testing.assert_close(slow, expected, rtol=0, atol=0)  # the switch gives open_clip's own path
+        torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+        if trims:
+            assert not torch.equal(model._text_tower(ids[:, :3], ids[:, :3].argmax(-1)), expected), \
+                "a tower cut before the pooled token must differ (the comparison can fail)"
+
+
+def test_trimmed_text_tower_keeps_gradients():
+    model = _open_clip_wrapped(TINY_TEXT)
+    ids = model.tokenizer(SHORTCUT_CAPTIONS)
+    model.encode_tokens(TextTokens(ids)).square().sum().backward()
+    fast = [p.grad.clone() for p in model.model.transformer.parameters()]
+    model.zero_grad()
+    model.model.encode_text(ids, normalize=True).square().sum().backward()
+    for a, b in zip(fast, (p.grad for p in model.model.transformer.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_length_groups_partition_sorted_lengths():
+    from models.open_clip_family import length_groups
+
+    lengths = [3, 3, 4, 9, 9, 9, 20, 21]
+    assert length_groups(lengths, overhead=0) == [(0, 2), (2, 3), (3, 6), (6, 7), (7, 8)]  # one per length
+    assert length_groups(lengths, overhead=10_000) == [(0, 8)]
+    groups = length_groups(lengths, overhead=5)
+    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert groups == [(0, 3), (3, 6), (6, 8)]  # cost 3x4 + 3x9 + 2x21 + 3x5 = 96, the least
+
+
+def _tokenizer_texts() -> list[str]:
+    """Captions that stress the tokenizer's cleaning: punctuation, case, unicode, HTML, mojibake,
+    control characters, odd whitespace, truncation; plus random strings."""
+    import random
+
+    texts = SHORTCUT_CAPTIONS + [
+        "Dog's BALL isn't red.", "a café, naïve façade", "Ã© mojibake Ã\xa0 here", "a &amp; b &lt;c&gt; &amp;amp;",
+        "<b>bold</b> & <i>it</i>", "<b> &amp;amp;amp;",  # ftfy unescapes a word alone, not next to "<"
+        "a\x0bb vertical\x1ctab",  # whitespace to str.split, removed by ftfy: one word, not two
+        "tab\tand\nnewline\r\nhere", "nbsp\u00a0word", "emoji 🐶🐱 dog",
+        "中文 字幕 測試", "ﬁne ligature", "ｆｕｌｌ width", "curly “quotes” ‘here’", "ctrl\x07bell\x1bcode",
+        "  leading and trailing  ", "x" * 300, "<start_of_text> literal <end_of_text>", "123 4,567.89 1st",
+    ]
+    rng = random.Random(0)
+    alphabet = "abcdefghij KLMNO .,;:!?'\"-()[]&<>#@$%^*_+=~`/\\|{}0123456789  é中🐶\t"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(300)]
+    words = "a man woman dog's riding red blue bicycle, street. the of (tall) UNK [UNK]".split()
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 90))) for _ in range(300)]
+    return texts
+
+
+@pytest.mark.parametrize("clean", ["lower", "whitespace", "canonicalize"])
+def test_word_cached_tokenizer_equals_open_clip(clean):
+    model = _open_clip_wrapped(TINY_TEXT, clean=clean)
+    texts = _tokenizer_texts()
+    expected = model.tokenizer(texts)
+    first = model.tokenize(texts).input_ids  # fills the word cache
+    assert len(model._word_ids) > 0, "the per-word path was not taken"
+    again = model.tokenize(list(reversed(texts))).input_ids.flip(0)  # from the cache
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    assert (expected[:, -1] == model.tokenizer.eot_token_id).any(), "no text reached the truncation"
+    model._word_ids["dog's"] = [1, 2, 3]  # a wrong cache entry must show: the comparison can fail
+    assert not torch.equal(model.tokenize(["a dog's ball"]).input_ids, model.tokenizer(["a dog's ball"]))
+
+
+def test_tiny_clip_text_shortcuts_match_open_clip():
+    model = load_model("tiny-clip")  # context 32: the captions' truncation differs from 77
+    texts = _tokenizer_texts()[:200]
+    assert torch.equal(model.tokenize(texts).input_ids, model.tokenizer(texts))
+    with torch.no_grad():
+        fast = model.encode_text(texts)
+        model.fast_text = False
+        slow = model.encode_text(texts)
+        model.fast_text = True
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
