@@ -218,8 +218,9 @@ class StageTimer:
     """Seconds spent in each stage of one `augment score` pass, by wrapping the functions that
     do each job for the duration of the pass (inline decoding: `--workers 0`):
 
-    * encode: the scorer's batches (preprocessing, tokenising, the model);
+    * encode: the scorer's batches (tokenising, the model);
     * decode: image bytes to pixels;
+    * preprocess: the model's eval transform of each decoded image;
     * hash and cache: content keys, cache look-ups and writes;
     * statistics: bootstrap CIs, distribution gap, per-item diversity;
     * tables: the parquet side tables;
@@ -231,13 +232,13 @@ class StageTimer:
 
         self.seconds: dict[str, float] = {}
         self._patches = [
-            (scorer, "_encode_image_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
-            (embeddings, "decode_image", "decode"),
+            (scorer, "_encode_pixel_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
+            (embeddings, "decode_image", "decode"), (scorer, "prepare_image", "preprocess"),
             (embeddings, "image_key", "hash and cache"), (embeddings, "text_key", "hash and cache"),
             (embeddings, "image_bytes_of", "hash and cache"),
             (embeddings.EmbeddingCache, "lookup", "hash and cache"), (embeddings.EmbeddingCache, "put", "hash and cache"),
-            (measures, "bootstrap_mean", "statistics"), (measures, "gap_measures", "statistics"),
-            (measures, "set_diversity", "statistics"),
+            (measures, "bootstrap_means", "statistics"), (measures, "gap_measures", "statistics"),
+            (measures, "set_diversity_indexed", "statistics"),
             (store.TableWriter, "write", "tables"), (store.TableWriter, "close", "tables"),
         ]
         self._saved: list = []

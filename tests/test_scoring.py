@@ -216,7 +216,8 @@ class EncodeCounter:
     def __init__(self, scorer):
         self.calls = {"text": 0, "image": 0}
         self.items = {"text": 0, "image": 0}
-        for kind, attribute in (("text", "encode_texts"), ("image", "encode_images")):
+        # images reach the model through encode_prepared (one call per batch of preprocessed pixels)
+        for kind, attribute in (("text", "encode_texts"), ("image", "encode_prepared")):
             setattr(scorer, attribute, self._wrap(kind, getattr(scorer, attribute)))
 
     def _wrap(self, kind, encode):
@@ -367,9 +368,11 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     assert _score(pool, source, scorer)["reused"] is True
 
 
-def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer):
+def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer, monkeypatch):
+    from augment.scoring import embeddings
     from augment.scoring.embeddings import EmbeddingCache, Embedder
 
+    monkeypatch.setattr(embeddings, "WORKER_MIN_BYTES", 0)  # a few small images: use the workers anyway
     scorer, counter = counted_hf_scorer
     images = [item["image"] for item in train_items[:12]]
     scorer.batch_size = 4  # three batches: the workers decode ahead, in order
