@@ -51,7 +51,8 @@ def image_bytes_of(image: Any) -> bytes:
         if image.get("bytes"):
             return image["bytes"]
         if image.get("path"):
-            return Path(image["path"]).read_bytes()
+            with open(image["path"], "rb") as handle:  # not pathlib: its parsing cost as much as the read
+                return handle.read()
         raise ValueError("image has neither bytes nor a path")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")  # a decoded image: hash its lossless encoding
