@@ -23,6 +23,9 @@ import math
 import numpy as np
 
 CLIPSCORE_WEIGHT = 100.0
+# how the resamples are drawn: part of a pool's inputs key, so scores stored under another
+# scheme (multinomial gap counts before this one) are recomputed, not reused as if equal
+RESAMPLING = "index-matrix-1"
 # below this an eigenvalue of K/n counts as zero in the Vendi entropy (0 * log 0 = 0)
 EIGENVALUE_FLOOR = 1e-12
 # points the median heuristic looks at (its distance matrix is MEDIAN_POINTS^2)

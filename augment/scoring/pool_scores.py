@@ -464,14 +464,15 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
 def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str) -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
     modification time) and pool.json's finish stamp, the source's fingerprint, the scorer's
-    weights id, the settings and the package versions (mat-plus, torch, transformers...). Equal
-    keys mean a re-score would write the same numbers."""
+    weights id, the settings, the package versions (mat-plus, torch, transformers...) and the
+    resampling scheme (`measures.RESAMPLING`). Equal keys mean a re-score would write the same
+    numbers."""
     shards = sorted(pool.path.glob("data/*.parquet"))
     files = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
     inputs = {
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
         "pool_files": files, "source": source_fp, "source_name": source_name, "scorer": scorer.id,
-        "settings": asdict(settings), "packages": _package_versions(),
+        "settings": asdict(settings), "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
