@@ -218,6 +218,37 @@ def test_reservoir_gives_the_same_sample_whatever_the_call_sizes():
     np.testing.assert_array_equal(one_by_one.sample(), in_blocks.sample())
 
 
+def test_item_sets_gathered_by_row_number_equal_sets_built_one_by_one():
+    from augment.scoring.pool_scores import ChunkRows, SourceVectors, item_columns, item_sets
+
+    rng = np.random.default_rng(11)
+    ids = [f"image-{k}" for k in range(5)]
+    source = SourceVectors(image={i: _unit(rng.normal(size=(1, 6)))[0] for i in ids},
+                           captions={i: _unit(rng.normal(size=(int(rng.integers(1, 5)), 6))) for i in ids})
+    modality = rng.choice(["text", "image", "pair"], 30).tolist()
+    image_id = rng.choice(ids, 30).tolist()
+    index = [int(rng.integers(-1, len(source.captions[i]))) for i in image_id]
+    rows = ChunkRows(row_id=list(range(30)), source_image_id=image_id, source_caption_index=index, modality=modality,
+                     method=["m"] * 30, caption=[None] * 30, image=[None] * 30)
+    texts = {k: _unit(rng.normal(size=(1, 6)))[0] for k, m in enumerate(modality) if m in ("text", "pair")}
+    images = {k: _unit(rng.normal(size=(1, 6)))[0] for k, m in enumerate(modality) if m in ("image", "pair")}
+    expected = []  # (key, modality, members): originals (all captions for index -1) then new content, rows in order
+    for kind, new in (("text", texts), ("image", images)):
+        for key in dict.fromkeys((image_id[k], index[k]) for k in new):
+            i, c = key
+            originals = ([source.image[i]] if kind == "image"
+                         else list(source.captions[i]) if c < 0 else [source.captions[i][c]])
+            members = originals + [new[k] for k in new if (image_id[k], index[k]) == key]
+            expected.append((key, kind, np.stack(members)))
+    columns = item_columns(item_sets(rows, texts, images, source))
+    distances, vendi = measures.set_diversity([members for _, _, members in expected])
+    assert list(zip(columns["source_image_id"], columns["source_caption_index"])) == [key for key, _, _ in expected]
+    assert columns["modality"] == [kind for _, kind, _ in expected]
+    assert columns["set_size"] == [len(members) for _, _, members in expected]
+    np.testing.assert_allclose(columns["mean_pairwise_distance"], distances, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(columns["vendi"], vendi, rtol=1e-12)
+
+
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
     reservoir = measures.Reservoir(capacity=100, seed=0)
     for start in range(0, 10000, 700):

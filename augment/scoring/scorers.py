@@ -45,10 +45,10 @@ class Scorer(ABC):
         """(n, d) unit-norm embeddings of PIL images, computed `batch_size` at a time."""
         return self._batched(list(images), self._encode_image_batch)
 
+    @abstractmethod
     def prepare_image(self, image):
         """The model's input tensor of one decoded image (its eval preprocessing): the part of
         image encoding that DataLoader workers can do ahead of the model (`encode_prepared`)."""
-        raise NotImplementedError
 
     def encode_prepared(self, pixels):
         """(n, d) unit-norm embeddings of a batch of `prepare_image` tensors, stacked."""
@@ -58,8 +58,9 @@ class Scorer(ABC):
             features = self._encode_pixel_batch(pixels).float()
             return torch.nn.functional.normalize(features, dim=-1).cpu()
 
+    @abstractmethod
     def _encode_pixel_batch(self, pixels):
-        raise NotImplementedError
+        """Raw (unnormalised) image features of a stacked batch of prepared images."""
 
     def encode_texts(self, texts: Sequence[str]):
         """(n, d) unit-norm embeddings of captions, computed `batch_size` at a time."""
