@@ -12,7 +12,8 @@
    * mat-plus's scorer (`ModelScorer` over the transformers CLIP family: batched encode + cosine), no cache;
    * the whole `augment score` pipeline on a pool of those pairs (pair rows: each image's bytes
      and its caption) against a source holding exactly those pairs (one caption per image), with
-     `--workers` decoding processes: it encodes the same 1,024 images and 1,024 captions as
+     `--workers` decoding processes (used only above `embeddings.WORKER_MIN_BYTES` of images:
+     the 4 MiB of 64 px PNGs here are decoded inline): it encodes the same 1,024 images and 1,024 captions as
      CLIPScore (the pool's copies are cache hits) and adds diversity, gap, bootstrap CIs and
      the side tables. Timed cold (fresh cache: the first pass), cold without the statistics'
      resamples (`--bootstrap 0 --gap-bootstrap 0`), re-score of the unchanged pool (the stored
@@ -20,8 +21,11 @@
      settings (every embedding from the cache, every statistic recomputed), and cold against
      the sample world's own source, 5 captions per image (what a Flickr or COCO source looks
      like: the source's captions are encoded too, for the gap and the source alignment).
-   * one more cold pass with inline decoding, timed by stage (encode, decode, hash and cache,
-     statistics, tables, rest): what remains of the first pass.
+   * one more cold pass with inline decoding, timed by stage (encode, decode, preprocess, hash
+     and cache, statistics, tables, rest): what remains of the first pass.
+   The first pass and CLIPScore reading the files are also timed in CPU seconds (this process
+   and its workers): the ratio a loaded machine distorts least. The issue-18 target (first pass
+   >= 1x CLIPScore) is the comparison with CLIPScore reading the same files.
    The two CLIPScores are checked to agree (mean of 100 * cos before clamping).
 2. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
    tiny-clip, each in a fresh process: peak RSS above the process's RSS before scoring, and the
