@@ -12,7 +12,8 @@
    * mat-plus's scorer (`ModelScorer` over the transformers CLIP family: batched encode + cosine), no cache;
    * the whole `augment score` pipeline on a pool of those pairs (pair rows: each image's bytes
      and its caption) against a source holding exactly those pairs (one caption per image), with
-     `--workers` decoding processes: it encodes the same 1,024 images and 1,024 captions as
+     `--workers` decoding processes (used only above `embeddings.WORKER_MIN_BYTES` of images:
+     the 4 MiB of 64 px PNGs here are decoded inline): it encodes the same 1,024 images and 1,024 captions as
      CLIPScore (the pool's copies are cache hits) and adds diversity, gap, bootstrap CIs and
      the side tables. Timed cold (fresh cache: the first pass), cold without the statistics'
      resamples (`--bootstrap 0 --gap-bootstrap 0`), re-score of the unchanged pool (the stored
@@ -20,8 +21,11 @@
      settings (every embedding from the cache, every statistic recomputed), and cold against
      the sample world's own source, 5 captions per image (what a Flickr or COCO source looks
      like: the source's captions are encoded too, for the gap and the source alignment).
-   * one more cold pass with inline decoding, timed by stage (encode, decode, hash and cache,
-     statistics, tables, rest): what remains of the first pass.
+   * one more cold pass with inline decoding, timed by stage (encode, decode, preprocess, hash
+     and cache, statistics, tables, rest): what remains of the first pass.
+   The first pass and CLIPScore reading the files are also timed in CPU seconds (this process
+   and its workers): the ratio a loaded machine distorts least. The issue-18 target (first pass
+   >= 1x CLIPScore) is the comparison with CLIPScore reading the same files.
    The two CLIPScores are checked to agree (mean of 100 * cos before clamping).
 2. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
    tiny-clip, each in a fresh process: peak RSS above the process's RSS before scoring, and the
@@ -84,6 +88,20 @@ def _timed(fn) -> tuple[float, object]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
+
+
+def _cpu_timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process and its finished children, result): CPU time
+    is what load on a shared machine inflates least."""
+    import resource
+
+    def cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    started, started_cpu = time.perf_counter(), cpu()
+    result = fn()
+    return time.perf_counter() - started, cpu() - started_cpu, result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +236,9 @@ class StageTimer:
     """Seconds spent in each stage of one `augment score` pass, by wrapping the functions that
     do each job for the duration of the pass (inline decoding: `--workers 0`):
 
-    * encode: the scorer's batches (preprocessing, tokenising, the model);
+    * encode: the scorer's batches (tokenising, the model);
     * decode: image bytes to pixels;
+    * preprocess: the model's eval transform of each decoded image;
     * hash and cache: content keys, cache look-ups and writes;
     * statistics: bootstrap CIs, distribution gap, per-item diversity;
     * tables: the parquet side tables;
@@ -231,13 +250,13 @@ class StageTimer:
 
         self.seconds: dict[str, float] = {}
         self._patches = [
-            (scorer, "_encode_image_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
-            (embeddings, "decode_image", "decode"),
+            (scorer, "_encode_pixel_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
+            (embeddings, "decode_image", "decode"), (scorer, "prepare_image", "preprocess"),
             (embeddings, "image_key", "hash and cache"), (embeddings, "text_key", "hash and cache"),
             (embeddings, "image_bytes_of", "hash and cache"),
             (embeddings.EmbeddingCache, "lookup", "hash and cache"), (embeddings.EmbeddingCache, "put", "hash and cache"),
-            (measures, "bootstrap_mean", "statistics"), (measures, "gap_measures", "statistics"),
-            (measures, "set_diversity", "statistics"),
+            (measures, "bootstrap_means", "statistics"), (measures, "gap_measures", "statistics"),
+            (measures, "set_diversity_indexed", "statistics"),
             (store.TableWriter, "write", "tables"), (store.TableWriter, "close", "tables"),
         ]
         self._saved: list = []
@@ -280,17 +299,21 @@ def bench_pairs(work: Path, args) -> dict:
     import torch
 
     from augment.loading import default_workers
+    from augment.scoring.embeddings import WORKER_MIN_BYTES, image_bytes_of
+    from augment.sources import undecoded
     from augment.scoring.scorers import load_scorer
     from augment.scoring.tiny_hf import save_tiny_transformers_clip
 
     workers = default_workers() if args.workers is None else args.workers
     torch.set_num_threads(args.threads)
     source, images, captions, world, world_source = make_pairs(work, args.pairs)
+    image_bytes = sum(len(image_bytes_of(value)) for value in undecoded(source)["image"])  # what the pipeline decodes
     scorer = load_scorer(str(save_tiny_transformers_clip(work / "tiny-transformers-clip")), batch_size=args.batch_size)
     metric, note = torchmetrics_clipscore(scorer)
     image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
     pool = pair_pool(work, source, world)
     times: dict[str, list[float]] = {name: [] for name in LABELS}
+    cpu_times: dict[str, list[float]] = {"torchmetrics_from_files": [], "pipeline_cold": []}
     ours_value = tm_value = None
     run_ours(scorer, images[:8], captions[:8])  # warm-up: first calls allocate
     run_pipeline(pool, source, scorer, work / "cache-warm-up", workers, force=True)  # imports (scipy, sklearn...)
@@ -299,11 +322,14 @@ def bench_pairs(work: Path, args) -> dict:
         times["ours"].append(elapsed)
         elapsed, tm_value = _timed(lambda: run_torchmetrics(metric, image_tensors, captions, args.batch_size))
         times["torchmetrics"].append(elapsed)
-        times["torchmetrics_from_files"].append(
-            _timed(lambda: run_torchmetrics(metric, decoded_tensors(source), captions, args.batch_size))[0])
+        elapsed, cpu, _ = _cpu_timed(lambda: run_torchmetrics(metric, decoded_tensors(source), captions, args.batch_size))
+        times["torchmetrics_from_files"].append(elapsed)
+        cpu_times["torchmetrics_from_files"].append(cpu)
         cache = work / f"cache-{repeat}"
         # force: the pool's stored scores of the previous repeat must not be reused here
-        times["pipeline_cold"].append(_timed(lambda: run_pipeline(pool, source, scorer, cache, workers, force=True))[0])
+        elapsed, cpu, _ = _cpu_timed(lambda: run_pipeline(pool, source, scorer, cache, workers, force=True))
+        times["pipeline_cold"].append(elapsed)
+        cpu_times["pipeline_cold"].append(cpu)
         elapsed, entry = _timed(lambda: run_pipeline(pool, source, scorer, cache, workers))
         assert entry.get("reused"), "the unchanged re-score should reuse the stored scores"
         times["pipeline_rescore"].append(elapsed)
@@ -324,7 +350,8 @@ def bench_pairs(work: Path, args) -> dict:
         "pairs": args.pairs,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "settings": {"workers": workers, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "settings": {"workers": workers, "image_bytes": image_bytes, "worker_min_bytes": WORKER_MIN_BYTES,
+                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                      "load_average_1m": os.getloadavg()[0], "score_settings": "ScoreSettings() defaults"},
         "model": "tiny transformers CLIPModel (random weights; vision 64px/16, width 32, 2 layers)",
         "torchmetrics_note": note,
@@ -337,6 +364,9 @@ def bench_pairs(work: Path, args) -> dict:
         **{f"ratio_{name}_vs_torchmetrics_from_files": per_second[name] / per_second["torchmetrics_from_files"]
            for name in LABELS if name.startswith("pipeline")},
         "world_source_encoded": encoded_world,
+        "cpu_seconds_median": {name: statistics.median(values) for name, values in cpu_times.items()},
+        "cpu_ratio_pipeline_cold_vs_torchmetrics_from_files":
+            statistics.median(cpu_times["torchmetrics_from_files"]) / statistics.median(cpu_times["pipeline_cold"]),
         "cold_pass_stages_seconds": breakdown,
         "mean_100cos": {"ours": ours_value, "torchmetrics": tm_value, "abs_difference": abs(ours_value - tm_value)},
     }
@@ -433,8 +463,10 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
     print(f"\nCLIPScore on {speed['pairs']} pairs, batch {speed['batch_size']}, median of {speed['repeats']} "
           f"({speed['model']})")
     settings = speed["settings"]
-    print(f"settings: {settings['workers']} decoding workers, {settings['torch_threads']} torch thread(s), "
-          f"{settings['cpu_count']} CPUs, load {settings['load_average_1m']:.1f}")
+    inline = settings["image_bytes"] < settings["worker_min_bytes"]
+    print(f"settings: --workers {settings['workers']} ({'unused: ' if inline else ''}{settings['image_bytes'] / 2**20:.1f} MiB "
+          f"of images, workers start at {settings['worker_min_bytes'] / 2**20:.0f} MiB), {settings['torch_threads']} "
+          f"torch thread(s), {settings['cpu_count']} CPUs, load {settings['load_average_1m']:.1f}")
     print(f"{'':<44}{'seconds':>9}{'pairs/s':>10}{'vs torchmetrics':>17}")
     base = speed["pairs_per_second"]["torchmetrics"]
     for name, label in LABELS.items():
@@ -444,6 +476,10 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
           "  and captions encoded once (the pool's copies are cache hits), plus diversity, gap, CIs, side tables")
     print(f"** the same pool against the sample world's source (5 captions per image): encodes "
           f"{speed['world_source_encoded']['text']} texts + {speed['world_source_encoded']['image']} images")
+    cpu = speed["cpu_seconds_median"]
+    print(f"CPU seconds (this process and its workers): CLIPScore reading the files {cpu['torchmetrics_from_files']:.3f}, "
+          f"first pass {cpu['pipeline_cold']:.3f}: "
+          f"{speed['cpu_ratio_pipeline_cold_vs_torchmetrics_from_files']:.2f}x")
     stages = speed["cold_pass_stages_seconds"]
     print("first pass by stage (inline decoding): " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
     print(f"mean 100*cos: mat-plus {speed['mean_100cos']['ours']:.4f}, torchmetrics "

@@ -152,6 +152,103 @@ def test_gap_measures_and_bootstrap_are_seeded():
     assert ci == measures.bootstrap_mean(np.arange(100.0), n_resamples=500, seed=1)
 
 
+def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkeypatch):
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(8)
+    monkeypatch.setattr(measures, "MEAN_BLOCK_VALUES", 2000)  # 300 values: blocks of 6 resamples
+    for size in (7, 300):
+        values = rng.normal(size=size)
+        ours = measures.bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4)
+        batch = max(1, min(200, measures.MEAN_BLOCK_VALUES // size))
+        reference = bootstrap((values,), np.mean, n_resamples=200, batch=batch, confidence_level=0.9,
+                              method="percentile", vectorized=True, rng=np.random.default_rng(4)).confidence_interval
+        assert ours["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert ours["low"] == pytest.approx(reference.low, rel=1e-12)
+        assert ours["high"] == pytest.approx(reference.high, rel=1e-12)
+    # several series in one call: each as if alone (the same draws for one length), constant and empty kept apart
+    series = [rng.normal(size=50), rng.normal(size=50) * 3, rng.normal(size=20), np.full(5, 2.0), []]
+    together = measures.bootstrap_means(series, n_resamples=150, seed=1)
+    assert together == [measures.bootstrap_mean(values, n_resamples=150, seed=1) for values in series]
+    assert together[3] == {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 5} and together[4] is None
+
+
+@pytest.mark.parametrize("n, m, dims", [(40, 30, 3), (9, 12, 16), (14, 14, 14)])
+def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
+    """Each resample's Frechet distance (Cholesky factor; the data's span when fewer points than
+    dimensions; the eigen root when a covariance is singular) and MMD^2 equal the formulas applied
+    to the rows the index matrix draws."""
+    rng = np.random.default_rng(n + dims)
+    x, y = _unit(rng.normal(size=(n, dims)) + 0.3), _unit(rng.normal(size=(m, dims)))
+    draws = np.random.default_rng(2)
+    counts_x, counts_y = measures.resample_counts(draws, n, 6), measures.resample_counts(draws, m, 6)
+    again = np.random.default_rng(2)
+    index_x, index_y = again.integers(0, n, (6, n)), again.integers(0, m, (6, m))
+    np.testing.assert_array_equal(counts_x, [np.bincount(row, minlength=n) for row in index_x])
+    np.testing.assert_array_equal(counts_y, [np.bincount(row, minlength=m) for row in index_y])
+    frechet = measures.resampled_frechet(x, y, counts_x, counts_y)
+    direct = [measures.frechet_between(x[ix], y[iy]) for ix, iy in zip(index_x, index_y)]
+    np.testing.assert_allclose(frechet, direct, rtol=1e-6, atol=1e-10)
+    squared = measures.squared_distances(np.concatenate([x, y]))
+    kernel = np.exp(-0.7 * squared)
+    mmd = measures.resampled_mmd2(kernel, n, counts_x, counts_y)
+    np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
+
+
+def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    rng = np.random.default_rng(5)
+    pooled = _unit(rng.normal(size=(60, 8)))
+    squared = measures.squared_distances(pooled)
+    np.testing.assert_allclose(squared, euclidean_distances(pooled, squared=True), atol=1e-6)
+    assert np.all(np.diag(squared) == 0) and squared.dtype == np.float32
+    for max_points in (1000, 25):  # all points, and a seeded subsample read from the matrix
+        assert measures.median_heuristic_gamma(pooled, max_points, seed=3, squared=squared) == pytest.approx(
+            measures.median_heuristic_gamma(pooled, max_points, seed=3), rel=1e-6)
+
+
+def test_reservoir_gives_the_same_sample_whatever_the_call_sizes():
+    rows = np.random.default_rng(1).normal(size=(900, 2)).astype(np.float32)
+    one_by_one, in_blocks = measures.Reservoir(100, seed=3), measures.Reservoir(100, seed=3)
+    for k in range(len(rows)):
+        one_by_one.add(rows[k:k + 1])
+    for start in (0, 70, 455):
+        in_blocks.add(rows[start:{0: 70, 70: 455, 455: 900}[start]])
+    np.testing.assert_array_equal(one_by_one.sample(), in_blocks.sample())
+
+
+def test_item_sets_gathered_by_row_number_equal_sets_built_one_by_one():
+    from augment.scoring.pool_scores import ChunkRows, SourceVectors, item_columns, item_sets
+
+    rng = np.random.default_rng(11)
+    ids = [f"image-{k}" for k in range(5)]
+    source = SourceVectors(image={i: _unit(rng.normal(size=(1, 6)))[0] for i in ids},
+                           captions={i: _unit(rng.normal(size=(int(rng.integers(1, 5)), 6))) for i in ids})
+    modality = rng.choice(["text", "image", "pair"], 30).tolist()
+    image_id = rng.choice(ids, 30).tolist()
+    index = [int(rng.integers(-1, len(source.captions[i]))) for i in image_id]
+    rows = ChunkRows(row_id=list(range(30)), source_image_id=image_id, source_caption_index=index, modality=modality,
+                     method=["m"] * 30, caption=[None] * 30, image=[None] * 30)
+    texts = {k: _unit(rng.normal(size=(1, 6)))[0] for k, m in enumerate(modality) if m in ("text", "pair")}
+    images = {k: _unit(rng.normal(size=(1, 6)))[0] for k, m in enumerate(modality) if m in ("image", "pair")}
+    expected = []  # (key, modality, members): originals (all captions for index -1) then new content, rows in order
+    for kind, new in (("text", texts), ("image", images)):
+        for key in dict.fromkeys((image_id[k], index[k]) for k in new):
+            i, c = key
+            originals = ([source.image[i]] if kind == "image"
+                         else list(source.captions[i]) if c < 0 else [source.captions[i][c]])
+            members = originals + [new[k] for k in new if (image_id[k], index[k]) == key]
+            expected.append((key, kind, np.stack(members)))
+    columns = item_columns(item_sets(rows, texts, images, source))
+    distances, vendi = measures.set_diversity([members for _, _, members in expected])
+    assert list(zip(columns["source_image_id"], columns["source_caption_index"])) == [key for key, _, _ in expected]
+    assert columns["modality"] == [kind for _, kind, _ in expected]
+    assert columns["set_size"] == [len(members) for _, _, members in expected]
+    np.testing.assert_allclose(columns["mean_pairwise_distance"], distances, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(columns["vendi"], vendi, rtol=1e-12)
+
+
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
     reservoir = measures.Reservoir(capacity=100, seed=0)
     for start in range(0, 10000, 700):
@@ -216,7 +313,8 @@ class EncodeCounter:
     def __init__(self, scorer):
         self.calls = {"text": 0, "image": 0}
         self.items = {"text": 0, "image": 0}
-        for kind, attribute in (("text", "encode_texts"), ("image", "encode_images")):
+        # images reach the model through encode_prepared (one call per batch of preprocessed pixels)
+        for kind, attribute in (("text", "encode_texts"), ("image", "encode_prepared")):
             setattr(scorer, attribute, self._wrap(kind, getattr(scorer, attribute)))
 
     def _wrap(self, kind, encode):
@@ -367,9 +465,11 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     assert _score(pool, source, scorer)["reused"] is True
 
 
-def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer):
+def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer, monkeypatch):
+    from augment.scoring import embeddings
     from augment.scoring.embeddings import EmbeddingCache, Embedder
 
+    monkeypatch.setattr(embeddings, "WORKER_MIN_BYTES", 0)  # a few small images: use the workers anyway
     scorer, counter = counted_hf_scorer
     images = [item["image"] for item in train_items[:12]]
     scorer.batch_size = 4  # three batches: the workers decode ahead, in order

@@ -15,6 +15,7 @@ back a file at a time (a few files kept), so memory does not hold every embeddin
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -29,6 +30,11 @@ CACHE_VERSION = "1"
 KINDS = ("text", "image")
 KEY_BYTES = 16
 OPEN_FILES = 4  # embedding files kept in memory at once
+# encoded image bytes below which images are decoded inline, whatever --workers says: starting
+# a DataLoader worker (fork, shared-memory hand-back) cost ~0.1 s CPU and 0.3 s wall per pass
+# on a shared 2-core machine, about what inline decoding of 16 MB of PNG/JPEG costs (1,024
+# small 64 px PNGs, 4 MB, decode in 0.1 s; 1,024 Flickr JPEGs, ~150 MB, take seconds)
+WORKER_MIN_BYTES = 16 * 2**20
 
 
 def text_key(text: str) -> bytes:
@@ -45,7 +51,8 @@ def image_bytes_of(image: Any) -> bytes:
         if image.get("bytes"):
             return image["bytes"]
         if image.get("path"):
-            return Path(image["path"]).read_bytes()
+            with open(image["path"], "rb") as handle:  # not pathlib: its parsing cost as much as the read
+                return handle.read()
         raise ValueError("image has neither bytes nor a path")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")  # a decoded image: hash its lossless encoding
@@ -56,6 +63,14 @@ def decode_image(image_bytes: bytes):
     from augment.sources import open_image
 
     return open_image({"path": None, "bytes": image_bytes})  # the sources' one decoding rule
+
+
+def _prepared_batch(scorer, payloads: list[bytes], positions: range):
+    """The images at `positions` decoded, preprocessed and stacked: what a DataLoader worker
+    hands the scorer's model."""
+    import torch
+
+    return torch.stack([scorer.prepare_image(decode_image(payloads[k])) for k in positions])
 
 
 class EmbeddingCache:
@@ -209,15 +224,23 @@ class Embedder:
         return self._embed("image", keys, encoded, self._encode_images)
 
     def _encode_images(self, payloads: list[bytes]):
-        """Decode (in worker processes when there are several batches) and encode, in order."""
+        """Decode and preprocess (in worker processes when there are several batches), encode
+        in this one, in order: the workers' share is the decoding and the model's eval
+        transform, so the main process only runs the model."""
         import torch
 
         from augment.loading import ordered_batches
 
         size = self.scorer.batch_size
         index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
-        workers = self.workers if len(index_batches) > 1 else 0  # one batch: a worker only adds start-up
-        parts = [self.scorer.encode_images(images) for images in ordered_batches(payloads, index_batches, workers, decode_image)]
+        # one batch, or too little to decode: a worker's start-up would cost more than it saves
+        enough = len(index_batches) > 1 and sum(len(data) for data in payloads) >= WORKER_MIN_BYTES
+        workers = self.workers if enough else 0
+        # a loader item is a whole model batch, stacked in the worker: one tensor crosses the
+        # process boundary per batch (per-image tensors would each open a shared-memory handle)
+        prepare = functools.partial(_prepared_batch, self.scorer, payloads)
+        parts = [self.scorer.encode_prepared(pixels)
+                 for [pixels] in ordered_batches(index_batches, [[k] for k in range(len(index_batches))], workers, prepare)]
         return torch.cat(parts)
 
     def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:

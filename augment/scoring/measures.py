@@ -8,8 +8,12 @@
 * percentile bootstrap confidence intervals (bias-shifted for the gap measures).
 
 Library code does the numerics wherever a well-kept implementation exists: scipy.linalg.sqrtm
-(Frechet), sklearn's pairwise distances and RBF kernel (MMD), scipy.stats.bootstrap (means),
-numpy's eigvalsh (Vendi).
+(the Frechet estimate), sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's
+eigvalsh (Vendi, the resampled Frechet distances). The bootstraps are written here as array
+code, because the libraries' versions are the slow part of a first scoring pass: the means'
+percentile intervals draw exactly what scipy.stats.bootstrap draws (one index matrix shared by
+every statistic of one length, tested equal to scipy's), and the gap's resamples are one index
+matrix per side whose draw counts weight one kernel and one set of per-point outer products.
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ import math
 import numpy as np
 
 CLIPSCORE_WEIGHT = 100.0
+# how the resamples are drawn: part of a pool's inputs key, so scores stored under another
+# scheme (multinomial gap counts before this one) are recomputed, not reused as if equal
+RESAMPLING = "index-matrix-1"
 # below this an eigenvalue of K/n counts as zero in the Vendi entropy (0 * log 0 = 0)
 EIGENVALUE_FLOOR = 1e-12
 # points the median heuristic looks at (its distance matrix is MEDIAN_POINTS^2)
@@ -27,15 +34,22 @@ MEDIAN_POINTS = 1000
 RESAMPLE_BLOCK_VALUES = 4_000_000
 
 
+@functools.lru_cache(maxsize=1)
+def _thread_pools():
+    """threadpoolctl's view of the loaded BLAS libraries, built once: building it scans every
+    loaded library (about 10 ms, paid on each call by `threadpool_limits`)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def single_blas_thread(function):
     """Run `function` with one BLAS thread. Its matrices are small (at most a few thousand
     rows): extra threads only contend, and on two busy cores made sqrtm 40x slower here."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _thread_pools().limit(limits=1, user_api="blas"):
             return function(*args, **kwargs)
 
     return wrapper
@@ -67,19 +81,30 @@ def vendi_score(embeddings: np.ndarray) -> float:
     return float(set_diversity([embeddings])[1][0])
 
 
-@single_blas_thread
 def set_diversity(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(mean pairwise cosine distance, Vendi score) of each set, sets of one size batched."""
-    distances = np.zeros(len(sets))
-    vendi = np.zeros(len(sets))
+    if not sets:
+        return np.zeros(0), np.zeros(0)
+    vectors = np.concatenate([np.asarray(members, dtype=np.float64).reshape(len(members), -1) for members in sets])
+    bounds = np.cumsum([0] + [len(members) for members in sets])
+    return set_diversity_indexed(vectors, [range(bounds[k], bounds[k + 1]) for k in range(len(sets))])
+
+
+@single_blas_thread
+def set_diversity_indexed(vectors: np.ndarray, index_sets) -> tuple[np.ndarray, np.ndarray]:
+    """`set_diversity` of the sets vectors[index_set], one gather per set size: the pool's
+    items are given as row numbers, never copied out one set at a time."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    distances = np.zeros(len(index_sets))
+    vendi = np.zeros(len(index_sets))
     by_size: dict[int, list[int]] = {}
-    for index, members in enumerate(sets):
+    for index, members in enumerate(index_sets):
         by_size.setdefault(len(members), []).append(index)
     for size, indices in by_size.items():
         if size < 2:
             distances[indices], vendi[indices] = 0.0, 1.0
             continue
-        stacked = np.stack([np.asarray(sets[i], dtype=np.float64) for i in indices])
+        stacked = vectors[np.array([index_sets[i] for i in indices], dtype=np.int64)]  # (k, m, d)
         # renormalise in float64: float32 unit vectors give cos(v, v) = 1 - 3e-8, not 1
         stacked /= np.linalg.norm(stacked, axis=-1, keepdims=True)
         similarity = stacked @ stacked.transpose(0, 2, 1)  # (k, m, m) cosine kernels
@@ -148,20 +173,44 @@ def frechet_between(x: np.ndarray, y: np.ndarray) -> float:
     return frechet_distance(*gaussian_fit(x), *gaussian_fit(y))
 
 
-def median_heuristic_gamma(samples: np.ndarray, max_points: int = MEDIAN_POINTS, seed: int = 0) -> float:
+def median_heuristic_gamma(samples: np.ndarray, max_points: int = MEDIAN_POINTS, seed: int = 0,
+                           squared: np.ndarray | None = None) -> float:
     """RBF gamma = 1 / (2 sigma^2), sigma^2 the median squared distance between distinct pooled
     points; on a seeded subsample of `max_points` when there are more (a median needs no more,
-    and the full distance matrix would dominate the memory)."""
-    from sklearn.metrics.pairwise import euclidean_distances
-
+    and the full distance matrix would dominate the memory). `squared`: the samples' squared
+    distance matrix when the caller has it (the subsample's entries are read from it)."""
+    subset = None
     if len(samples) > max_points:
-        samples = samples[np.random.default_rng(seed).choice(len(samples), max_points, replace=False)]
-    squared = euclidean_distances(samples, squared=True)
-    upper = squared[np.triu_indices(len(samples), 1)]
+        subset = np.sort(np.random.default_rng(seed).choice(len(samples), max_points, replace=False))
+    if squared is None:
+        from sklearn.metrics.pairwise import euclidean_distances
+
+        points = samples if subset is None else samples[subset]
+        squared = euclidean_distances(points, squared=True)
+    elif subset is not None:
+        squared = squared[np.ix_(subset, subset)]
+    upper = squared[np.triu(np.ones(squared.shape, dtype=bool), 1)]  # a mask: index arrays cost more
     positive = upper[upper > 0]
     if positive.size == 0:  # all points identical: any bandwidth gives MMD 0
         return 1.0
     return 1.0 / (2.0 * float(np.median(positive)))
+
+
+def squared_distances(samples: np.ndarray) -> np.ndarray:
+    """(n, n) float32 squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b on rows centred first
+    (distances do not change; small norms keep float32's cancellation error near 1e-7 for unit
+    embeddings), the diagonal exactly 0. float32: the matrix feeds a float32 kernel anyway, and
+    its product is the largest single cost of the gap at small embedding widths; torch's matmul
+    computes it (3x faster than numpy's OpenBLAS here for narrow rows, 32 wide)."""
+    import torch
+
+    centred = np.asarray(samples, dtype=np.float64)
+    rows = torch.from_numpy((centred - centred.mean(axis=0)).astype(np.float32))
+    norms = (rows * rows).sum(dim=1)
+    squared = torch.addmm(norms[:, None], rows, rows.T, alpha=-2.0)  # |a|^2 - 2 a.b in one pass
+    squared += norms[None, :]
+    squared.clamp_(min=0.0).fill_diagonal_(0.0)
+    return squared.numpy()
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, gamma: float | None = None) -> tuple[float, float]:
@@ -190,24 +239,51 @@ def mmd2_from_kernels(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> floa
 # ---------------------------------------------------------------------------------------------
 
 
+# values gathered at once by a block of mean resamples (scipy's bootstrap batch, as used before)
+MEAN_BLOCK_VALUES = 4_000_000
+
+
 def bootstrap_mean(values, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict | None:
     """{"mean", "low", "high", "n"}: percentile bootstrap CI of the mean; None for no values."""
-    from scipy.stats import bootstrap
+    return bootstrap_means([values], n_resamples, confidence, seed)[0]
 
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return None
-    mean = float(values.mean())
-    if values.size == 1 or np.ptp(values) == 0 or n_resamples <= 0:
-        return {"mean": mean, "low": mean, "high": mean, "n": int(values.size)}
-    # batch bounds memory: each batch holds batch x n resampled values
-    batch = max(1, min(n_resamples, 4_000_000 // values.size))
-    result = bootstrap(
-        (values,), np.mean, n_resamples=n_resamples, batch=batch, confidence_level=confidence,
-        method="percentile", vectorized=True, rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
-    return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": int(values.size)}
+
+def bootstrap_means(series, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict | None]:
+    """`bootstrap_mean` of each value series, the resamples shared: series of one length use
+    one index matrix (drawn once, a block of rows at a time), each gathered once per block.
+
+    The numbers are scipy.stats.bootstrap's (method="percentile", vectorized, batch of
+    MEAN_BLOCK_VALUES // n rows, the same seeded generator): the same index draws, the same
+    quantiles. Written as array code because scipy's per-call set-up and per-statistic draws
+    were a fifth of a first scoring pass of 1,024 pairs.
+    """
+    arrays = [np.asarray(values, dtype=np.float64).reshape(-1) for values in series]
+    results: list[dict | None] = [None] * len(arrays)
+    resampled: dict[int, list[int]] = {}
+    for index, values in enumerate(arrays):
+        if values.size == 0:
+            continue
+        mean = float(values.mean())
+        if values.size == 1 or np.ptp(values) == 0 or n_resamples <= 0:
+            results[index] = {"mean": mean, "low": mean, "high": mean, "n": int(values.size)}
+        else:
+            resampled.setdefault(values.size, []).append(index)
+    tail = (1.0 - confidence) / 2.0
+    for size, members in resampled.items():
+        rng = np.random.default_rng(seed)
+        block = max(1, min(n_resamples, MEAN_BLOCK_VALUES // size))
+        distributions = np.empty((len(members), n_resamples))
+        for start in range(0, n_resamples, block):
+            rows = min(block, n_resamples - start)
+            indices = rng.integers(0, size, (rows, size))
+            for k, index in enumerate(members):
+                distributions[k, start:start + rows] = arrays[index][indices].mean(axis=-1)
+        low, high = np.quantile(distributions, [tail, 1.0 - tail], axis=-1)
+        for k, index in enumerate(members):
+            values = arrays[index]
+            results[index] = {"mean": float(values.mean()), "low": float(low[k]), "high": float(high[k]),
+                              "n": int(values.size)}
+    return results
 
 
 def percentile_interval(estimate: float, resampled: list[float], confidence: float) -> dict:
@@ -236,21 +312,22 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
                  seed: int = 0) -> dict:
     """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs.
 
-    Each resample draws x and y with replacement; the kernel is computed once and reweighted
-    per resample, the Frechet resamples use the symmetric-eigenvalue form. The intervals are
-    bias-shifted percentile intervals (`percentile_interval`): they contain the estimate.
+    One squared-distance matrix of the pooled samples gives both the median-heuristic bandwidth
+    and the kernel; each resample draws x and y with replacement (`_bootstrap_gap`). The
+    intervals are bias-shifted percentile intervals (`percentile_interval`): they contain the
+    estimate.
     """
-    from sklearn.metrics.pairwise import rbf_kernel
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         return {"n_pool": n, "n_source": m, "frechet": None, "mmd2": None, "gamma": None}
     pooled = np.concatenate([x, y])
-    gamma = median_heuristic_gamma(pooled, seed=seed)
+    squared = squared_distances(pooled)
+    gamma = median_heuristic_gamma(pooled, seed=seed, squared=squared)
     # float32 halves the (n + m)^2 kernel; its entries are in [0, 1], sums are taken in float64
-    kernel = rbf_kernel(pooled.astype(np.float32), gamma=gamma)
+    squared *= -gamma
+    kernel = np.exp(squared, out=squared)
     frechet = frechet_between(x, y)
     mmd2 = mmd2_from_kernels(kernel[:n, :n], kernel[n:, n:], kernel[:n, n:])
     frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernel, n_resamples, seed)
@@ -263,31 +340,75 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
     }
 
 
+def resample_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
+    """(n_resamples, size) draw counts of `n_resamples` resamples of `size` points drawn with
+    replacement: one index matrix, counted in one bincount (offset per resample)."""
+    indices = rng.integers(0, size, (n_resamples, size))
+    indices += size * np.arange(n_resamples)[:, None]
+    return np.bincount(indices.reshape(-1), minlength=n_resamples * size).reshape(n_resamples, size).astype(np.float64)
+
+
 def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, n_resamples: int, seed: int):
     """Frechet and MMD^2 of `n_resamples` resamples of x and y (drawn with replacement).
 
     A resample is its draw counts per point, so no resampled matrix is ever gathered: MMD^2 of
     all resamples is two matrix products with the kernel, the Gaussians are count-weighted
-    fits (equal to fits of the resampled rows), fitted and compared a block of resamples at a
-    time with batched matrix products and eigensolvers. Duplicated draws count as distinct
-    points in MMD^2's within-sample terms, which biases the resampled values up a little: the
-    usual price of bootstrapping a U-statistic.
+    fits (equal to fits of the resampled rows) compared a block of resamples at a time
+    (`resampled_frechet`). Duplicated draws count as distinct points in MMD^2's within-sample
+    terms, which biases the resampled values up a little: the usual price of bootstrapping a
+    U-statistic.
     """
     n, m = len(x), len(y)
     rng = np.random.default_rng(seed)
-    counts_x = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
-    counts_y = rng.multinomial(m, np.full(m, 1.0 / m), size=n_resamples).astype(np.float64)
+    counts_x = resample_counts(rng, n, n_resamples)
+    counts_y = resample_counts(rng, m, n_resamples)
     mmd_samples = resampled_mmd2(kernel, n, counts_x, counts_y)
+    return resampled_frechet(x, y, counts_x, counts_y).tolist(), mmd_samples.tolist()
+
+
+def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+    """Frechet distance of each resample (rows of the count matrices), a block at a time: the
+    count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`)."""
     dims = x.shape[1]
-    # resamples per block: its (block, points, d) weighted rows and (block, d, d) covariances
-    # stay near RESAMPLE_BLOCK_VALUES numbers whatever the embedding width
-    block = max(1, RESAMPLE_BLOCK_VALUES // (max(n, m, dims) * dims))
-    frechet_samples = []
-    for start in range(0, n_resamples, block):
+    # the side with fewer points is factored (its factor has at most that many columns)
+    small, large, counts_small, counts_large = (x, y, counts_x, counts_y) if len(x) <= len(y) else (y, x, counts_y, counts_x)
+    # resamples per block: its (block, d, d) covariances, and the (block, points, d) weighted
+    # rows of a factor of fewer points than dimensions, stay near RESAMPLE_BLOCK_VALUES numbers
+    block = max(1, RESAMPLE_BLOCK_VALUES // (min(len(small), dims) * dims))
+    values = []
+    for start in range(0, len(counts_x), block):
         chunk = slice(start, start + block)
-        frechet_samples.extend(frechet_distance_eigh(*weighted_gaussian_fits(x, counts_x[chunk]),
-                                                     *weighted_gaussian_fits(y, counts_y[chunk])).tolist())
-    return frechet_samples, mmd_samples.tolist()
+        mu1, cov1 = weighted_gaussian_fits(small, counts_small[chunk])
+        mu2, cov2 = weighted_gaussian_fits(large, counts_large[chunk])
+        trace_sqrt = trace_sqrt_products(cov1, cov2, small, counts_small[chunk], mu1)
+        difference = mu1 - mu2
+        value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
+                 + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
+        values.append(np.maximum(value, 0.0))  # rounding can give -1e-12 for identical samples
+    return np.concatenate(values) if values else np.empty(0)
+
+
+def trace_sqrt_products(cov1: np.ndarray, cov2: np.ndarray, samples1: np.ndarray | None = None,
+                        counts1: np.ndarray | None = None, means1: np.ndarray | None = None) -> np.ndarray:
+    """Tr (C1 C2)^1/2 for stacks of covariances: with any factor C1 = F F^T, C1 C2 has the
+    eigenvalues of the symmetric F^T C2 F, so the trace is the sum of the square roots of its
+    eigenvalues (one eigvalsh, no eigenvectors). F is the Cholesky factor (d x d); the
+    count-weighted centred rows of the samples (d x n: the data's span) when there are fewer
+    points than dimensions, and the eigen square root when C1 is singular otherwise."""
+    dims = cov1.shape[-1]
+    factor = None
+    if samples1 is not None and len(samples1) < dims:
+        centred = samples1[None, :, :] - means1[:, None, :]  # (k, n, d)
+        weights = np.sqrt(counts1 / (counts1.sum(axis=1, keepdims=True) - 1.0))
+        factor = np.swapaxes(centred * weights[:, :, None], -1, -2)  # (k, d, n), F F^T = C1
+    else:
+        try:
+            factor = np.linalg.cholesky(cov1)
+        except np.linalg.LinAlgError:  # singular (duplicates, rank < d): the symmetric root
+            values, vectors = np.linalg.eigh(cov1)
+            factor = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
+    inner = np.linalg.eigvalsh(np.swapaxes(factor, -1, -2) @ cov2 @ factor)
+    return np.sqrt(np.clip(inner, 0.0, None)).sum(axis=-1)
 
 
 def weighted_gaussian_fit(samples: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,17 +422,20 @@ def weighted_gaussian_fits(samples: np.ndarray, counts: np.ndarray) -> tuple[np.
     the k rows of `counts`. The rows are first shifted by their plain mean (covariances do not
     change; the products stay small, so the one-pass formula sum c z z^T - total mean mean^T
     loses nothing to cancellation). Narrow embeddings: every resample's second moments in one
-    matrix product with the rows' outer products; wide ones: one product per resample (large
-    enough to keep BLAS busy)."""
+    matrix product with the rows' outer products (upper triangles only: half the work); wide
+    ones: one product per resample (large enough to keep BLAS busy)."""
     samples = np.asarray(samples, dtype=np.float64)
     shift = samples.mean(axis=0)
     centred = samples - shift
     count, dims = centred.shape
     totals = counts.sum(axis=1)
     shifted_means = counts @ centred / totals[:, None]
-    if count * dims * dims <= RESAMPLE_BLOCK_VALUES:
-        outer = (centred[:, :, None] * centred[:, None, :]).reshape(count, dims * dims)
-        second = (counts @ outer).reshape(len(counts), dims, dims)
+    rows, cols = np.triu_indices(dims)
+    if count * len(rows) <= RESAMPLE_BLOCK_VALUES:
+        upper = counts @ (centred[:, rows] * centred[:, cols])  # (k, d(d+1)/2)
+        second = np.empty((len(counts), dims, dims))
+        second[:, rows, cols] = upper
+        second[:, cols, rows] = upper
     else:
         second = np.stack([(centred * weights[:, None]).T @ centred for weights in counts])
     covariances = (second - totals[:, None, None] * shifted_means[:, :, None] * shifted_means[:, None, :]) \

@@ -186,31 +186,63 @@ def row_scores(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors
     return columns
 
 
-def item_sets(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors) -> list[tuple[tuple, str, np.ndarray]]:
-    """[(item key, modality, set embeddings incl. originals)] for the items of one chunk."""
-    new_texts: dict[tuple, list] = {}
-    new_images: dict[tuple, list] = {}
-    for k, key in enumerate(zip(rows.source_image_id, rows.source_caption_index)):
-        if k in texts:
-            new_texts.setdefault(key, []).append(texts[k])
-        if k in images:
-            new_images.setdefault(key, []).append(images[k])
-    sets = []
-    for (image_id, index), members in new_texts.items():
-        originals = source.captions[image_id] if index < 0 else source.captions[image_id][index:index + 1]
-        sets.append(((image_id, index), "text", np.concatenate([originals, np.stack(members)])))
-    for (image_id, index), members in new_images.items():
-        sets.append(((image_id, index), "image", np.stack([source.image[image_id]] + members)))
+@dataclass
+class ItemSets:
+    """The items of one chunk as row numbers into one matrix per modality (originals first,
+    then the rows' new content): sets are gathered by size, never copied one at a time."""
+
+    keys: list  # (source image id, caption index) per set
+    modalities: list  # "text" or "image" per set
+    members: list  # row numbers into vectors[modality] per set
+    vectors: dict  # modality -> (rows, d) embeddings
+
+
+def item_sets(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors) -> ItemSets:
+    """The text and image sets (originals included) of the items of one chunk."""
+    sets = ItemSets([], [], [], {})
+    image_ids = list(source.image)
+    if not image_ids:
+        return sets
+    first_caption = dict(zip(image_ids, np.cumsum([0] + [len(source.captions[i]) for i in image_ids]).tolist()))
+    image_row = {image_id: k for k, image_id in enumerate(image_ids)}
+
+    def caption_rows(image_id: str, index: int) -> list[int]:  # all of the image's captions for index -1
+        start = first_caption[image_id]
+        return list(range(start, start + len(source.captions[image_id]))) if index < 0 else [start + index]
+
+    originals = {
+        "text": (np.concatenate([source.captions[i] for i in image_ids]), caption_rows),
+        "image": (np.stack([source.image[i] for i in image_ids]), lambda image_id, index: [image_row[image_id]]),
+    }
+    for modality, new in (("text", texts), ("image", images)):
+        if not new:
+            continue
+        base, original_rows = originals[modality]
+        members: dict[tuple, list[int]] = {}
+        positions = list(new)
+        for offset, k in enumerate(positions):
+            key = (rows.source_image_id[k], rows.source_caption_index[k])
+            if key not in members:
+                members[key] = original_rows(*key)
+            members[key].append(len(base) + offset)
+        sets.vectors[modality] = np.concatenate([base, np.stack([new[k] for k in positions])])
+        for key, member_rows in members.items():
+            sets.keys.append(key)
+            sets.modalities.append(modality)
+            sets.members.append(member_rows)
     return sets
 
 
-def item_columns(sets: list) -> dict[str, list]:
-    distances, vendi = measures.set_diversity([members for _, _, members in sets])
+def item_columns(sets: ItemSets) -> dict[str, list]:
+    distances, vendi = np.zeros(len(sets.keys)), np.zeros(len(sets.keys))
+    for modality, vectors in sets.vectors.items():
+        chosen = [k for k, m in enumerate(sets.modalities) if m == modality]
+        distances[chosen], vendi[chosen] = measures.set_diversity_indexed(vectors, [sets.members[k] for k in chosen])
     return {
-        "source_image_id": [key[0] for key, _, _ in sets],
-        "source_caption_index": [key[1] for key, _, _ in sets],
-        "modality": [modality for _, modality, _ in sets],
-        "set_size": [len(members) for _, _, members in sets],
+        "source_image_id": [key[0] for key in sets.keys],
+        "source_caption_index": [key[1] for key in sets.keys],
+        "modality": list(sets.modalities),
+        "set_size": [len(members) for members in sets.members],
         "mean_pairwise_distance": distances.tolist(),
         "vendi": vendi.tolist(),
     }
@@ -247,15 +279,17 @@ class Totals:
             self.diversity[modality]["vendi"].append(vendi)
 
     def add_sources(self, source: SourceVectors) -> None:
-        """Each source item once: its captions and image join the gap's reference sample."""
-        for image_id, image in source.image.items():
-            if image_id in self.sources_seen:
-                continue
-            self.sources_seen.add(image_id)
-            captions = source.captions[image_id]
-            self.source_sample["text"].add(captions)
-            self.source_sample["image"].add(image[None, :])
-            self.source_alignment.extend((captions @ image).tolist())
+        """Each source item once: its captions and image join the gap's reference sample (in
+        one reservoir call per modality: the same sample as one call per item, the draws being
+        made row by row in order)."""
+        new = [image_id for image_id in source.image if image_id not in self.sources_seen]
+        if not new:
+            return
+        self.sources_seen.update(new)
+        captions = [source.captions[image_id] for image_id in new]
+        self.source_sample["text"].add(np.concatenate(captions))
+        self.source_sample["image"].add(np.stack([source.image[image_id] for image_id in new]))
+        self.source_alignment.extend(np.concatenate([c @ source.image[i] for i, c in zip(new, captions)]).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +365,19 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
     """The scores.json entry of this pool and scorer."""
     from augment.sources import source_fingerprint
 
-    def ci(values, offset: int = 0):
-        return measures.bootstrap_mean(values, settings.bootstrap, settings.confidence, settings.seed + offset)
-
     all_alignment = [v for values in totals.alignment.values() for v in values]
     present = {m: len(v) for m, v in totals.alignment.items() if v}
-    overall = ci(all_alignment)
+    # every mean's interval in one call: series of one length share one index matrix
+    series = {"all": all_alignment, "clipscore": measures.clipscore(all_alignment),
+              "source": totals.source_alignment}
+    if len(present) > 1:  # one modality: its numbers are the overall ones
+        series.update({("alignment", m): v for m, v in totals.alignment.items() if v})
+    diversity_present = {m: measures_of for m, measures_of in totals.diversity.items() if measures_of["vendi"]}
+    series.update({(modality, name): values for modality, measures_of in diversity_present.items()
+                   for name, values in measures_of.items()})
+    intervals = dict(zip(series, measures.bootstrap_means(list(series.values()), settings.bootstrap,
+                                                         settings.confidence, settings.seed)))
+    overall = intervals["all"]
     slug = embedder.scorer.slug
     return {
         "scores_version": store.SCORES_VERSION,
@@ -348,13 +389,12 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
         "settings": asdict(settings),
-        "alignment": {"all": overall, **{m: overall if len(present) == 1 else ci(v)  # one modality: the same numbers
-                                         for m, v in totals.alignment.items() if v}},
-        "clipscore": {"all": ci(measures.clipscore(all_alignment))},
-        "source_alignment": ci(totals.source_alignment),
+        "alignment": {"all": overall, **{m: intervals.get(("alignment", m), overall) for m in present}},
+        "clipscore": {"all": intervals["clipscore"]},
+        "source_alignment": intervals["source"],
         "diversity": {
-            modality: {name: ci(values) for name, values in measures_of.items()} | {"items": len(measures_of["vendi"])}
-            for modality, measures_of in totals.diversity.items() if measures_of["vendi"]
+            modality: {name: intervals[(modality, name)] for name in measures_of} | {"items": len(measures_of["vendi"])}
+            for modality, measures_of in diversity_present.items()
         },
         "gap": {modality: _gap(totals, modality, settings) for modality in _content_modalities(present)},
         "tables": {
@@ -424,14 +464,15 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
 def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str) -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
     modification time) and pool.json's finish stamp, the source's fingerprint, the scorer's
-    weights id, the settings and the package versions (mat-plus, torch, transformers...). Equal
-    keys mean a re-score would write the same numbers."""
+    weights id, the settings, the package versions (mat-plus, torch, transformers...) and the
+    resampling scheme (`measures.RESAMPLING`). Equal keys mean a re-score would write the same
+    numbers."""
     shards = sorted(pool.path.glob("data/*.parquet"))
     files = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
     inputs = {
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
         "pool_files": files, "source": source_fp, "source_name": source_name, "scorer": scorer.id,
-        "settings": asdict(settings), "packages": _package_versions(),
+        "settings": asdict(settings), "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -45,6 +45,23 @@ class Scorer(ABC):
         """(n, d) unit-norm embeddings of PIL images, computed `batch_size` at a time."""
         return self._batched(list(images), self._encode_image_batch)
 
+    @abstractmethod
+    def prepare_image(self, image):
+        """The model's input tensor of one decoded image (its eval preprocessing): the part of
+        image encoding that DataLoader workers can do ahead of the model (`encode_prepared`)."""
+
+    def encode_prepared(self, pixels):
+        """(n, d) unit-norm embeddings of a batch of `prepare_image` tensors, stacked."""
+        import torch
+
+        with torch.inference_mode():
+            features = self._encode_pixel_batch(pixels).float()
+            return torch.nn.functional.normalize(features, dim=-1).cpu()
+
+    @abstractmethod
+    def _encode_pixel_batch(self, pixels):
+        """Raw (unnormalised) image features of a stacked batch of prepared images."""
+
     def encode_texts(self, texts: Sequence[str]):
         """(n, d) unit-norm embeddings of captions, computed `batch_size` at a time."""
         return self._batched(list(texts), self._encode_text_batch)
@@ -79,10 +96,15 @@ class ModelScorer(Scorer):
         self.model = model
         self.kind = model.family
 
+    def prepare_image(self, image):
+        return self.model.preprocess_eval(_rgb(image))
+
     def _encode_image_batch(self, images: list):
         import torch
 
-        pixels = torch.stack([self.model.preprocess_eval(_rgb(image)) for image in images])
+        return self._encode_pixel_batch(torch.stack([self.prepare_image(image) for image in images]))
+
+    def _encode_pixel_batch(self, pixels):
         return self.model.encode_image(pixels.to(self.device), normalize=False)
 
     def _encode_text_batch(self, texts: list[str]):
