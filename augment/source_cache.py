@@ -20,6 +20,9 @@ JSON costs a tenth of parsing it, and stat is what `datasets` trusts for local f
 began could change again within the same timestamp tick unseen, so such a read is not cached (the
 next read caches it).
 
+**Size.** A hit marks its entry used (mtime); each write keeps the `MAX_ENTRIES` most recently
+used entries within `MAX_BYTES` and deletes the rest (sources come and go: a study writes many).
+
 A cache file that cannot be read back (truncated, garbage, another version, a schema that is not
 the source schema) is a miss and is rewritten, never an error; a cache folder that cannot be
 written is a warning. Writes are atomic (`augment.atomic.temporary_path` + `os.replace`), so a
@@ -36,12 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment.atomic import temporary_path
+from augment.atomic import remove_stale_temporaries, temporary_path
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the reading rules change what a source's table holds
 METADATA_KEY = b"mat-plus-source-cache"
+MAX_ENTRIES = 64  # the folder keeps the most recently used entries: sources come and go (a study writes many)
+MAX_BYTES = 4 * 2**30
 RACY_SECONDS = 2.0  # longer than any file-system timestamp tick in use (FAT: 2 s; ext4, xfs, tmpfs: < 10 ms)
 DEFAULT_ROOT = Path("~/.cache/mat-plus")
 
@@ -110,8 +115,11 @@ class SourceCache:
                 return None
             if any(folder_stamp(path) != stamp for path, stamp in folders.items()):
                 return None
-            stat = self.path.stat()
-            state = hashlib.sha256(f"{self.path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            state = hashlib.sha256(self.path.name.encode() + table.schema.metadata[METADATA_KEY]).hexdigest()[:16]
+            try:
+                os.utime(self.path)  # recently used: pruned last
+            except OSError:
+                pass
             return CachedSource(table.replace_schema_metadata(schema.metadata), str(recorded["format"]),
                                 str(recorded["fingerprint"]), state)
         except (OSError, pa.ArrowException, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -152,4 +160,26 @@ class SourceCache:
             return False
         finally:
             tmp.unlink(missing_ok=True)
+        prune(self.folder, keep=self.path)
         return True
+
+
+def prune(folder: Path, keep: Path | None = None, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> list[Path]:
+    """Delete the least recently used entries beyond `max_entries` or `max_bytes` (never `keep`),
+    and the temporaries of killed writers."""
+    remove_stale_temporaries(folder, recursive=False)
+    entries = []
+    for path in folder.glob("*.arrow"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((path == keep, stat.st_mtime_ns, stat.st_size, path))
+    entries.sort(reverse=True)  # `keep`, then the most recently used
+    removed, total = [], 0
+    for number, (_, _, size, path) in enumerate(entries):
+        total += size
+        if path != keep and (number >= max_entries or total > max_bytes):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

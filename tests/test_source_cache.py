@@ -144,3 +144,16 @@ def test_a_bad_record_is_one_line_and_exit_2_and_nothing_is_cached(tmp_path, cap
         assert code == 2 and len(err) == 1
         assert "dataset_bad.json: images[1] (a.png): unknown split 'nowhere'" in err[0]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "pool").exists()
+
+
+def test_the_least_recently_used_entries_are_pruned(tmp_path):
+    from augment.source_cache import prune
+
+    for number in range(5):
+        (tmp_path / f"{number}.arrow").write_bytes(b"x" * 10)
+        age(tmp_path / f"{number}.arrow", seconds=OLD + number)  # 4 is the most recently used
+    (tmp_path / ".0.arrow.tmp-999999999").write_bytes(b"half")  # a killed writer's (no such process)
+    removed = prune(tmp_path, keep=tmp_path / "0.arrow", max_entries=3)
+    assert sorted(p.name for p in removed) == ["1.arrow", "2.arrow"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.arrow", "3.arrow", "4.arrow"]
+    assert [p.name for p in prune(tmp_path, max_entries=10, max_bytes=25)] == ["0.arrow"]
