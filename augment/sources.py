@@ -35,6 +35,10 @@ absolute path, a symlink pointing out) is refused unless `allow_outside_root=Tru
 
 Bad records raise `SourceError` naming the record; with `skip_bad=True` they are skipped and
 listed in the returned report instead.
+
+**Read once.** A JSON, CSV or metadata.jsonl source's normalised table and content fingerprint
+are kept in the source cache (`augment.source_cache`) after its first read; later reads map
+that Arrow file while the source's files and image folders are unchanged.
 """
 from __future__ import annotations
 
