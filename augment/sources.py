@@ -35,6 +35,10 @@ absolute path, a symlink pointing out) is refused unless `allow_outside_root=Tru
 
 Bad records raise `SourceError` naming the record; with `skip_bad=True` they are skipped and
 listed in the returned report instead.
+
+**Read once.** A JSON, CSV or metadata.jsonl source's normalised table and content fingerprint
+are kept in the source cache (`augment.source_cache`) after its first read; later reads map
+that Arrow file while the source's files and image folders are unchanged.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
 from augment.schema import SOURCE_FEATURES, SPLITS
+from augment.source_cache import SourceCache, default_cache_folder, file_identity, folder_stamp
 from datasets import Image  # augment.schema imports datasets already
 
 if TYPE_CHECKING:
@@ -308,12 +313,19 @@ class _FolderListings:
     def __init__(self):
         self._names: dict[str, dict[str, bool]] = {}  # folder -> {name: is a symlink}, regular files and links only
         self._real: dict[str, str] = {}
+        self.stamps: dict[str, int | None] = {}  # folder -> mtime_ns before it was read (the source cache's check)
+
+    def note(self, folder: str) -> None:
+        """Record a folder whose contents the reading depended on (its mtime, taken before reading it)."""
+        if folder not in self.stamps:
+            self.stamps[folder] = folder_stamp(folder)
 
     def kind(self, folder: str, name: str) -> str | None:
         """"file" (a regular file), "link" (a symlink: resolved the slow way), or None."""
         names = self._names.get(folder)
         if names is None:
             names = {}
+            self.note(folder)
             try:
                 with os.scandir(folder) as entries:
                     for entry in entries:
@@ -363,6 +375,7 @@ def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool) -
                 if real_folder == base or real_folder.startswith(base.rstrip(os.sep) + os.sep):
                     return candidate, None, True
                 return candidate, _outside_root(relative, root, os.path.join(real_folder, name)), True
+        listings.note(os.path.dirname(candidate) or ".")
         path = Path(candidate)
         if path.is_file():
             if not allow_outside_root:
@@ -622,6 +635,7 @@ def load_source(
     csv_img_key: str = "image",
     csv_caption_key: str = "caption",
     csv_separator: str | None = None,
+    cache: bool | str | os.PathLike = True,
 ) -> tuple["datasets.Dataset", LoadReport]:
     """Read `source` into a dataset with SOURCE_FEATURES' columns; SourceError on the first bad record.
 
@@ -631,25 +645,72 @@ def load_source(
     listed in the report instead (this decodes every image now: a skipped record must be known).
     `csv_*`: a CSV/TSV's image and caption columns and separator (open_clip_train's names; None:
     "," for .csv, tab for .tsv).
+    `cache`: JSON, CSV and metadata.jsonl sources are read once and mapped from an Arrow file in
+    the source cache afterwards (`augment.source_cache`; True: `$MATPLUS_CACHE/sources`, a
+    path: that folder, False: no cache). `skip_bad` never uses it (what it skips depends on the
+    images); `validate` reads the source afresh (it decodes every image anyway) and refreshes it.
     """
     with _without_cycle_collection():
         try:
             return _load_source(source, image_root, split, skip_bad, validate, progress, allow_outside_root,
-                                (csv_img_key, csv_caption_key, csv_separator))
+                                (csv_img_key, csv_caption_key, csv_separator), cache)
         finally:
             # the parsed JSON is read: drop it now (millions of objects the collector would
             # otherwise scan for as long as the process lives)
             _read_json_cached.cache_clear()
 
 
+_CACHED_FORMATS = ("karpathy", "albef", "csv", "imagefolder")  # parsed record by record; images are paths
+_CACHED_SUFFIXES = (".json", ".csv", ".tsv", ".jsonl")
+
+
+def _source_cache(source: str, image_root: str | None, split: str | None, allow_outside_root: bool,
+                  csv_options: tuple, cache: bool | str | os.PathLike) -> SourceCache | None:
+    """The cache entry for this read, or None for sources not worth caching: `datasets` folders,
+    parquet and Hub ids are Arrow already, and copying their tables would copy embedded images."""
+    if cache is False or cache is None:
+        return None
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() not in _CACHED_SUFFIXES:
+            return None
+    elif not path.is_dir() or not (any(path.glob("dataset_*.json")) or (path / "metadata.jsonl").exists()):
+        return None
+    folder = default_cache_folder() if cache is True else Path(cache)
+    options = {"image_root": image_root, "split": split, "allow_outside_root": allow_outside_root,
+               "csv": list(csv_options)}
+    return SourceCache(folder, source, options)
+
+
+def _parsed_files(path: Path, fmt: str) -> list[Path]:
+    """The files a reader of `fmt` parses for `path` (their identity keys the cache)."""
+    if path.is_file():
+        return [path]
+    if fmt == "karpathy":
+        return sorted(path.glob("dataset_*.json"))[:1]
+    return [path / "metadata.jsonl"]
+
+
 def _load_source(source: str, image_root: str | None, split: str | None, skip_bad: bool, validate: bool,
-                 progress: bool, allow_outside_root: bool,
-                 csv_options: tuple[str, str, str | None]) -> tuple["datasets.Dataset", LoadReport]:
+                 progress: bool, allow_outside_root: bool, csv_options: tuple[str, str, str | None],
+                 cache: bool | str | os.PathLike = True) -> tuple["datasets.Dataset", LoadReport]:
     from tqdm.auto import tqdm
 
     source = str(source)
-    fmt = detect_format(source)
     path = Path(source)
+    entry = None if skip_bad else _source_cache(source, image_root, split, allow_outside_root, csv_options, cache)
+    if entry is not None and not validate:
+        hit = entry.load(lazy_source_features().arrow_schema)
+        if hit is not None:
+            dataset = _dataset_of_table(hit.table, hit.fingerprint, state=hit.state)
+            return dataset, LoadReport(source=source, format=hit.format)
+    # identities before reading: a file changed during the read then fails the next hit's check
+    identities = {source: file_identity(path)} if path.is_file() else {}
+    fmt = detect_format(source)
+    if entry is not None and fmt not in _CACHED_FORMATS:
+        entry = None
+    if entry is not None and path.is_dir():
+        identities = {str(p): file_identity(p) for p in _parsed_files(path, fmt)}
     if fmt == "karpathy":
         records = _read_karpathy(path, image_root, allow_outside_root)
     elif fmt == "albef":
@@ -666,7 +727,9 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
     columns: dict[str, list] = {name: [] for name in SOURCE_FEATURES}
     seen: set[str] = set()
     global _listings
-    _listings = _FolderListings()
+    _listings = listings = _FolderListings()
+    if path.is_dir():
+        listings.note(source)  # a file added there can change what the folder is read as
     try:
         for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
             record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
@@ -687,19 +750,30 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
         _listings = None
     if not columns["image_id"]:
         raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
-    return _dataset_of(columns), report
-
-
-def _dataset_of(columns: dict[str, list]) -> "datasets.Dataset":
-    """The source dataset from plain column lists, converted by arrow in one go: the same table
-    `Dataset.from_dict` builds, without its per-value Python encoding (12x faster at 20k rows)."""
-    import datasets
     import pyarrow as pa
+
+    # the same table `Dataset.from_dict` builds, converted by arrow in one go, without its
+    # per-value Python encoding (12x faster at 20k rows)
+    table = pa.table(columns, schema=lazy_source_features().arrow_schema)
+    dataset = _dataset_of_table(table)
+    if entry is not None and not report.skipped and not entry.racy(identities, listings.stamps):
+        entry.store(table, fmt, source_fingerprint(dataset), identities, listings.stamps)
+    return dataset, report
+
+
+def _dataset_of_table(table, fingerprint: str | None = None, state: str | None = None) -> "datasets.Dataset":
+    """The source dataset over an arrow table of SOURCE_FEATURES' schema (in memory or mapped
+    from the source cache: `InMemoryTable` either way, so `datasets` writes no cache files of
+    its own beside ours); `fingerprint`: its content fingerprint when already known; `state`:
+    `datasets`' fingerprint of the table when known (else `datasets` hashes every row)."""
+    import datasets
     from datasets.table import InMemoryTable
 
-    features = lazy_source_features()
-    table = pa.table(columns, schema=features.arrow_schema)
-    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
+    dataset = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=lazy_source_features()),
+                               fingerprint=state)
+    if fingerprint is not None:
+        _remember_fingerprint(dataset, fingerprint)
+    return dataset
 
 
 def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
@@ -726,11 +800,48 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
     if not len(indices):
         present = sorted(set(splits.to_pylist()))
         raise SourceError(f"source has no {split!r} rows (splits present: {present})")
+    if getattr(dataset, "_indices", None) is None and dataset.format["type"] is None:
+        # a whole table (a loaded source): its split's rows taken by arrow in one call. `select`
+        # would keep an indices mapping through which every later whole-column read gathers
+        # rows one slice at a time in Python (0.3 s for a 15,000-image split, on every start)
+        import datasets
+        from datasets.fingerprint import generate_random_fingerprint
+        from datasets.table import InMemoryTable
+
+        table = dataset.data.table.take(indices)
+        return datasets.Dataset(InMemoryTable(table), info=dataset.info.copy(), split=dataset.split,
+                                fingerprint=generate_random_fingerprint())
     return dataset.select(indices)
+
+
+# content fingerprints of whole loaded sources, by their arrow table's id (with a weak reference to
+# tell a recycled id): set at load (the cache stores it), so it is computed once per source change
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+def _remember_fingerprint(dataset: "datasets.Dataset", fingerprint: str) -> None:
+    import weakref
+
+    table = dataset.data.table
+    key = id(table)
+    _FINGERPRINTS[key] = (weakref.ref(table, lambda _ref, key=key: _FINGERPRINTS.pop(key, None)), fingerprint)
+
+
+def _known_fingerprint(dataset: "datasets.Dataset") -> str | None:
+    """The remembered fingerprint if `dataset` is a loaded source's whole table (a `select`ed or
+    otherwise derived dataset has other rows or another table; a format change keeps both)."""
+    table = getattr(getattr(dataset, "data", None), "table", None)
+    known = _FINGERPRINTS.get(id(table))
+    if known is None or known[0]() is not table or getattr(dataset, "_indices", None) is not None:
+        return None
+    return known[1]
 
 
 def source_fingerprint(dataset: "datasets.Dataset") -> str:
     """Content hash of ids, splits and captions: pools record it to detect a changed source."""
+    known = _known_fingerprint(dataset)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     # whole columns through arrow (read row by row they cost 40x more), formatted in place:
     # select_columns/with_format deep-copy the dataset object
@@ -740,7 +851,10 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
     columns = [table[name].to_pylist() for name in names]
     for image_id, split, captions in zip(*columns):
         digest.update(json.dumps([image_id, split, captions]).encode())
-    return digest.hexdigest()[:16]
+    fingerprint = digest.hexdigest()[:16]
+    if getattr(dataset, "_indices", None) is None and hasattr(dataset, "data"):
+        _remember_fingerprint(dataset, fingerprint)
+    return fingerprint
 
 
 def scene_of(row: dict) -> dict | None:

@@ -16,10 +16,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory):
-    """Keep datasets' cache and the tiny models in a per-session folder."""
+    """Keep datasets' cache, the tiny models and the source cache in a per-session folder."""
     root = tmp_path_factory.mktemp("caches")
     os.environ.setdefault("HF_DATASETS_CACHE", str(root / "datasets"))
     os.environ.setdefault("MATPLUS_TINY_DIR", str(root / "tiny"))
+    os.environ.setdefault("MATPLUS_CACHE", str(root / "mat-plus"))  # the source cache
     yield
 
 

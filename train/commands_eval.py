@@ -145,13 +145,17 @@ def _check_positive(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
 
 
-def _truth_checker(choice: str, dataset):
+def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | None = None):
     from augment.errors import MatPlusError
     from augment.sample_world import check_caption_of_row, has_scenes
+    from augment.sources import select_split
 
     if choice == "none":
         return None
-    if has_scenes(dataset):
+    rows = select_split(dataset, split)  # only the rows evaluated: start-up stays flat in the source size
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    if has_scenes(rows):
         return check_caption_of_row
     if choice == "world":
         raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
@@ -212,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         "scales": args.sga_scales, "alpha": args.co_alpha,
         "protocol": args.protocol, "reference_bugs": args.reference_bugs,
     }
-    checker = _truth_checker(args.truth_checker, dataset)
+    checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     out = Path(args.out)
     progress_dir = out / PROGRESS_DIR
     if args.restart and progress_dir.exists():

@@ -86,6 +86,33 @@ def _columns(dataset: Any, *names: str) -> list[list]:
     return [table[name].to_pylist() for name in names]
 
 
+class _ListColumn:
+    """An arrow list column read one row at a time (`column[i]` is a Python list): the trainer
+    draws a few captions per step, and turning every caption of a 20,000-image source into
+    Python objects up front cost most of its start-up."""
+
+    def __init__(self, dataset: Any, name: str):
+        import pyarrow as pa
+
+        with dataset.formatted_as("arrow", columns=[name]):
+            column = dataset[:][name]
+        self.array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> list:
+        return self.array[int(index)].as_py()
+
+    def __iter__(self):  # every row (the captioning task's reference table): one conversion
+        return iter(self.array.to_pylist())
+
+    def lengths(self) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(self.array).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _pool_names(pools: Sequence[Any]) -> list[str]:
     """Each pool's name, made unique (a pool given twice counts its draws separately)."""
     names, seen = [], Counter()
@@ -211,11 +238,12 @@ class TrainData:
         self.source = source  # every split (in-training validation reads its val split)
         self.fingerprint = source_fingerprint(source)
         self.train = select_split(source, split)
-        self.image_ids, self.captions = _columns(self.train, "image_id", "captions")
+        [self.image_ids] = _columns(self.train, "image_id")
+        self.captions = _ListColumn(self.train, "captions")
         self._images = self.train.select_columns(["image"])
         train_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
-        all_ids = dict(zip(*_columns(source, "image_id", "split")))
-        caption_counts = [len(c) for c in self.captions]
+        all_ids = dict(zip(*_columns(source, "image_id", "split"))) if pools else {}  # only pools need them
+        caption_counts = self.captions.lengths()
         self.pool_names = _pool_names(pools)
         self.pools = [
             index_pool(pool, name, train_index, caption_counts, all_ids, self.fingerprint, allow_pool_mismatch)
@@ -226,7 +254,8 @@ class TrainData:
 
         # items: every (image, caption) pair of the split, in the source's order
         self.item_image = np.repeat(np.arange(len(self.image_ids)), caption_counts)
-        self.item_caption = np.concatenate([np.arange(n) for n in caption_counts]).astype(np.int64)
+        starts = np.cumsum(caption_counts) - caption_counts  # each image's first item
+        self.item_caption = (np.arange(len(self.item_image)) - np.repeat(starts, caption_counts)).astype(np.int64)
         entries_image, entries_caption = [self.item_image], [self.item_caption]
         entries_pool, entries_row = [np.full(len(self.item_image), _NO_POOL)], [np.full(len(self.item_image), -1)]
         if pool_mode == "expand":
