@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_captioning(
             victim, dataset, split=args.split, attacks=attacks, attacker=attacker, batch_size=args.batch_size,
             captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
-            caption_checker=_truth_checker(args.truth_checker, dataset), generation=generation, meteor=args.meteor,
+            caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
             seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
             workers=_workers(args),
         )
