@@ -1,7 +1,15 @@
 """Attack speed against named baselines, measured in the same run, reported as ratios.
 
     python -m bench.bench_attacks [--images 32] [--captions 5] [--repeats 3] [--device cpu]
+                                  [--model tiny-clip] [--attacks pgd,bert-attack,sep,co-attack,sga]
                                   [--out outputs/bench/attacks.json]
+
+`--model` takes any name `load_model` accepts; an open_clip architecture without a pretrained tag
+(e.g. `ViT-B-16`) is built with random weights, offline: a real-size tower (77-token context, 224 px)
+to time what the text shortcuts save for real users, where tiny-clip's 32-token context
+understates it. A random-weight victim's attack may stop at other steps than a trained one's; both
+sides of each comparison still run the same attack on the same model and must give the same
+captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CPU).
 
 1. **Image PGD vs torchattacks.PGD**: the same tiny CLIP (tiny-clip architecture, random
    weights), the same images and settings (eps 2/255, 10 steps of 0.5/255, random start). The
@@ -21,6 +29,7 @@
    The loop runs twice: with the product's text encoding (the ratio of batching alone), and
    encoding as the code did before the text shortcuts (`fast_text = False` on the victim:
    open_clip's tokenizer and full-context text tower), the ratio of "the attack loops faster".
+   Also reported: the token positions each side's text tower computed (an open_clip victim).
 
 Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
 alike; times are medians of wall time and of process CPU time (which barely moves with other
@@ -42,6 +51,8 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUT = "outputs/bench/attacks.json"
+MULTIMODAL = ("bert-attack", "sep", "co-attack", "sga")
+COMPARISONS = ("pgd",) + MULTIMODAL
 INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattacks (its requests pin breaks huggingface_hub)"
 
 
@@ -53,6 +64,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
+    parser.add_argument("--model", default="tiny-clip",
+                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights")
+    parser.add_argument("--attacks", default=",".join(COMPARISONS),
+                        help=f"comma-separated comparisons to run, of {', '.join(COMPARISONS)}")
     parser.add_argument("--out", default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -158,7 +173,38 @@ def encoding_before(victim):
         victim.fast_text = previous
 
 
-def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project") -> dict:
+@contextmanager
+def text_tokens_counted(victim):
+    """Yields a list whose one number grows by the token positions (texts x length) the victim's
+    open_clip text tower computes within the block; stays 0 for other families."""
+    counted = [0]
+    tower = getattr(getattr(victim, "model", None), "transformer", None)
+    if tower is None:
+        yield counted
+        return
+
+    def count(module, args, output):
+        counted[0] += args[0].shape[0] * args[0].shape[1]  # [texts, length, width] (batch first)
+
+    handle = tower.register_forward_hook(count)
+    try:
+        yield counted
+    finally:
+        handle.remove()
+
+
+def _counting(victim, fn, tokens: dict, side: str):
+    """`fn` that records in tokens[side] the text-tower token positions of its latest run."""
+    def run():
+        with text_tokens_counted(victim) as counted:
+            result = fn()
+        tokens[side] = counted[0]
+        return result
+    return run
+
+
+def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project",
+                     names: tuple[str, ...] = MULTIMODAL) -> dict:
     from train.attacks import build_attack
 
     def mean_similarity(images, texts):
@@ -167,7 +213,7 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
 
     out = {"clean_similarity": mean_similarity(pixels, captions), "attacks": {}}
     per_image = torch.bincount(image_of_text).tolist()
-    for name in ("bert-attack", "sep", "co-attack", "sga"):
+    for name in names:
         # deterministic (no random start, no SGA noise): batched and looped must agree exactly
         attack = build_attack(name, victim, mlm=mlm, seed=0, protocol=protocol, random_start=False, noise_std=0.0)
 
@@ -187,8 +233,9 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
             with encoding_before(victim):
                 return one_at_a_time()
 
-        measured = _interleaved({"one_at_a_time_before": one_at_a_time_before, "one_at_a_time": one_at_a_time,
-                                 "batched": batched}, repeats)
+        tokens: dict[str, int] = {}
+        sides = {"one_at_a_time_before": one_at_a_time_before, "one_at_a_time": one_at_a_time, "batched": batched}
+        measured = _interleaved({side: _counting(victim, fn, tokens, side) for side, fn in sides.items()}, repeats)
         loop_images, loop_texts = measured["one_at_a_time"]["result"]
         before_images, before_texts = measured["one_at_a_time_before"]["result"]
         batch_result = measured["batched"]["result"]
@@ -206,26 +253,31 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
             "identical_texts_before": before_texts == batch_result.texts,
             "max_image_difference_before": float((before_images - batch_result.images).abs().max()),
             "pixels_differing_before": int((before_images != batch_result.images).sum()),
+            "text_tokens": tokens,
             "similarity_after": {
                 "batched": mean_similarity(batch_result.images, batch_result.texts),
                 "one_at_a_time": mean_similarity(loop_images, loop_texts),
             },
         }
         print(f"  {name}: batched {measured['batched']['seconds']:.2f}s, loop {measured['one_at_a_time']['seconds']:.2f}s, "
-              f"loop encoding as before {measured['one_at_a_time_before']['seconds']:.2f}s", flush=True)
+              f"loop encoding as before {measured['one_at_a_time_before']['seconds']:.2f}s (CPU "
+              f"{measured['batched']['cpu_seconds']:.2f}s / {measured['one_at_a_time']['cpu_seconds']:.2f}s / "
+              f"{measured['one_at_a_time_before']['cpu_seconds']:.2f}s); text tokens {tokens}", flush=True)
     return out
 
 
 def _table(report: dict) -> str:
-    pgd = report["pgd"]
-    ours, theirs = "mat-plus pgd_linf", "torchattacks"
     lines = [
         "| comparison | baseline s | mat-plus s | ratio wall | ratio CPU | loss or similarity (baseline / mat-plus) | same result |",
         "|---|---:|---:|---:|---:|---|---|",
-        f"| PGD vs torchattacks.PGD | {pgd['seconds'][theirs]:.3f} | {pgd['seconds'][ours]:.3f} | "
-        f"{pgd['ratio_torchattacks_over_matplus']:.2f} | {pgd['cpu_ratio_torchattacks_over_matplus']:.2f} | "
-        f"CE {pgd['final_loss'][theirs]:.3f} / {pgd['final_loss'][ours]:.3f} (clean {pgd['clean_loss']:.3f}) | - |",
     ]
+    if "pgd" in report:
+        pgd = report["pgd"]
+        ours, theirs = "mat-plus pgd_linf", "torchattacks"
+        lines.append(
+            f"| PGD vs torchattacks.PGD | {pgd['seconds'][theirs]:.3f} | {pgd['seconds'][ours]:.3f} | "
+            f"{pgd['ratio_torchattacks_over_matplus']:.2f} | {pgd['cpu_ratio_torchattacks_over_matplus']:.2f} | "
+            f"CE {pgd['final_loss'][theirs]:.3f} / {pgd['final_loss'][ours]:.3f} (clean {pgd['clean_loss']:.3f}) | - |")
     for name, entry in report["multimodal"]["attacks"].items():
         seconds, similarity = entry["seconds"], entry["similarity_after"]
         lines.append(
@@ -233,14 +285,16 @@ def _table(report: dict) -> str:
             f"{entry['ratio_loop_over_batched']:.2f} | {entry['cpu_ratio_loop_over_batched']:.2f} | "
             f"sim {similarity['one_at_a_time']:.3f} / {similarity['batched']:.3f} "
             f"(clean {report['multimodal']['clean_similarity']:.3f}) | texts {'yes' if entry['identical_texts'] else 'NO'}, "
-            f"pixels {entry['max_image_difference']:.1e} ({entry['pixels_differing']} of {entry['pixels']} differ) |"
+            f"pixels {entry['max_image_difference']:.1e} ({entry['pixels_differing']} of {entry['pixels']} differ); "
+            f"text tokens {entry['text_tokens']['one_at_a_time']:,} / {entry['text_tokens']['batched']:,} |"
         )
         lines.append(
             f"| {name}: one at a time encoding as before vs batched | {seconds['one_at_a_time_before']:.3f} | "
             f"{seconds['batched']:.3f} | {entry['ratio_before_loop_over_batched']:.2f} | "
             f"{entry['cpu_ratio_before_loop_over_batched']:.2f} | - | "
             f"texts {'yes' if entry['identical_texts_before'] else 'NO'}, pixels {entry['max_image_difference_before']:.1e} "
-            f"({entry['pixels_differing_before']} of {entry['pixels']} differ) |"
+            f"({entry['pixels_differing_before']} of {entry['pixels']} differ); "
+            f"text tokens {entry['text_tokens']['one_at_a_time_before']:,} / {entry['text_tokens']['batched']:,} |"
         )
     lines.append("ratio = baseline time / mat-plus time (> 1: mat-plus faster); CPU = process CPU time, "
                  "steadier than wall time on a shared machine.")
@@ -249,6 +303,12 @@ def _table(report: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parse(argv)
+    chosen = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
+    unknown = sorted(set(chosen) - set(COMPARISONS))
+    if unknown or not chosen:
+        print(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; expected some of {', '.join(COMPARISONS)}",
+              file=sys.stderr)
+        return 2
     try:
         import torchattacks  # noqa: F401
     except ImportError:
@@ -263,7 +323,8 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = victim = load_model("tiny-clip", device=device)
+    bundle = victim = load_model(args.model, device=device)
+    model_name = args.model + (" (random weights)" if getattr(victim, "pretrained", None) is None else "")
     model, tokenizer = load_mlm("tiny-mlm", device=device)
     mlm = (model, tokenizer, "tiny-mlm")
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as work:
@@ -275,17 +336,20 @@ def main(argv: list[str]) -> int:
         image_of_text = torch.tensor([i for i, row in enumerate(rows) for _ in row["captions"]])
         first_captions = [row["captions"][0] for row in rows]
 
-    print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, tiny-clip, tiny-mlm", flush=True)
+    print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, {model_name}, tiny-mlm", flush=True)
     report = {
         "device": device, "threads": args.threads, "load_average_at_start": os.getloadavg(), "images": len(pixels), "captions_per_image": args.captions,
-        "repeats": args.repeats, "model": "tiny-clip (random weights)", "mlm": "tiny-mlm",
+        "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm",
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
     }
-    print("PGD vs torchattacks.PGD ...", flush=True)
-    report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
-    print("multimodal attacks, batched vs one sample at a time ...", flush=True)
+    if "pgd" in chosen:
+        print("PGD vs torchattacks.PGD ...", flush=True)
+        report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
     report["protocol"] = args.protocol
-    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol)
+    names = tuple(name for name in MULTIMODAL if name in chosen)
+    print("multimodal attacks, batched vs one sample at a time ...", flush=True)
+    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol,
+                                            names)
     report["load_average_at_end"] = os.getloadavg()
     table = _table(report)
     print(table)

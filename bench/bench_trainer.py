@@ -1,6 +1,7 @@
 """Cost of a MAT step against a clean step, and of the batched text attack against a one-by-one loop.
 
     python -m bench.bench_trainer [--source DIR] [--batch-size 64] [--pgd-steps 10] [--repeats 3]
+                                  [--model tiny-clip] [--mlm tiny-mlm] [--text-attack-only]
 
 Both comparisons run in the same process on the same batches (the tiny CLIP on the sample world),
 measurements interleaved so that load on a shared machine hits both sides alike; medians are
@@ -13,6 +14,11 @@ the cores):
   captions (exit status 1 if not). The one-candidate loop runs twice: with the product's text
   encoding, and encoding as the code did before the text shortcuts (`fast_text = False`:
   open_clip's tokenizer and full-context text tower).
+
+`--model` takes any name training accepts; an open_clip architecture without a pretrained tag
+(e.g. `ViT-B-16`) is built with random weights, offline (a real CLIP's 77-token context, where
+tiny-clip's 32 understates what the text shortcuts save). `--text-attack-only` skips the step
+timings (a real-size MAT step takes minutes on CPU).
 
 Writes the table's numbers as JSON to `--out` (default outputs/bench/trainer.json).
 """
@@ -36,6 +42,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per method (after one warm-up step)")
+    parser.add_argument("--model", default="tiny-clip",
+                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights")
+    parser.add_argument("--mlm", default="tiny-mlm", help="the text attack's masked LM")
+    parser.add_argument("--text-attack-only", action="store_true", help="time only the text attack, not the steps")
     parser.add_argument("--out", default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -55,7 +65,8 @@ def _trainer(method: str, source: str, out: Path, args):
     from train.config import resolve_config
     from train.trainer import Trainer
 
-    config = resolve_config({"method": method, "train_data": source, "out": str(out), "batch_size": args.batch_size,
+    config = resolve_config({"method": method, "model": args.model, "mlm": args.mlm,
+                             "train_data": source, "out": str(out), "batch_size": args.batch_size,
                              "pgd_steps": args.pgd_steps, "max_steps": 1000, "progress": False, "cpu": True,
                              # decoding inside the timed step, as before the DataLoader: the ratio
                              # compares the steps' work, not how well a worker hides decoding
@@ -89,28 +100,34 @@ def bench_text_attack(mat_trainer, repeats: int) -> dict:
     batch = mat_trainer.data.materialise(plan, 0, mat_trainer.cfg.batch_size, mat_trainer.model.preprocess_eval)
     pixels = batch.pixels.to(victim.device)
     mlm = mat_trainer.cfg.mlm
-    batched = BertAttack(victim, mlm=mlm, loss="contrastive")
-    one_by_one = BertAttack(victim, mlm=mlm, loss="contrastive", text_batch=1)
-    from bench.bench_attacks import encoding_before
+    batched_attack = BertAttack(victim, mlm=mlm, loss="contrastive")
+    one_by_one_attack = BertAttack(victim, mlm=mlm, loss="contrastive", text_batch=1)
+    from bench.bench_attacks import _counting, encoding_before
 
-    def one_by_one_before():
+    def one_by_one_as_before():
         with encoding_before(victim):
-            return one_by_one(pixels, batch.texts)
+            return one_by_one_attack(pixels, batch.texts)
 
-    batched(pixels, batch.texts), one_by_one(pixels, batch.texts), one_by_one_before()  # warm-up
+    tokens: dict[str, int] = {}  # text-tower token positions of each side's latest run
+    batched = _counting(victim, lambda: batched_attack(pixels, batch.texts), tokens, "batched")
+    one_by_one = _counting(victim, lambda: one_by_one_attack(pixels, batch.texts), tokens, "one_by_one")
+    one_by_one_before = _counting(victim, one_by_one_as_before, tokens, "one_by_one_before")
+
+    batched(), one_by_one(), one_by_one_before()  # warm-up
     batched_times, loop_times, before_times, same = [], [], [], True
     for _ in range(repeats):
         seconds, before = _timed(one_by_one_before)
         before_times.append(seconds)
-        seconds, fast = _timed(lambda: batched(pixels, batch.texts))
+        seconds, fast = _timed(batched)
         batched_times.append(seconds)
-        seconds, slow = _timed(lambda: one_by_one(pixels, batch.texts))
+        seconds, slow = _timed(one_by_one)
         loop_times.append(seconds)
         same = same and fast.texts == slow.texts == before.texts
     (batched_s, batched_cpu), (loop_s, loop_cpu) = _medians(batched_times), _medians(loop_times)
     before_s, before_cpu = _medians(before_times)
     changed = sum(a != b for a, b in zip(batch.texts, fast.texts))
-    return {"captions": len(batch.texts), "captions_changed": changed, "text_attack_batched_s": batched_s,
+    return {"captions": len(batch.texts), "captions_changed": changed, "text_tokens": tokens,
+            "text_attack_batched_s": batched_s,
             "text_attack_one_by_one_s": loop_s, "loop_over_batched": loop_s / batched_s,
             "text_attack_batched_cpu_s": batched_cpu, "text_attack_one_by_one_cpu_s": loop_cpu,
             "loop_over_batched_cpu": loop_cpu / batched_cpu,
@@ -132,20 +149,25 @@ def main(argv: list[str] | None = None) -> int:
             from augment.sample_world import write_sample
 
             source = str(write_sample(work / "world", n=200, seed=0))
-        steps = bench_steps(source, work, args)
-        mat_trainer = steps.pop("mat_trainer")
+        if args.text_attack_only:
+            steps, mat_trainer = {}, _trainer("mat", source, work / "mat", args)
+        else:
+            steps = bench_steps(source, work, args)
+            mat_trainer = steps.pop("mat_trainer")
         text = bench_text_attack(mat_trainer, args.repeats)
 
     result = {"batch_size": args.batch_size, "pgd_steps": args.pgd_steps, "repeats": args.repeats,
-              "torch_threads": torch.get_num_threads(), "model": "tiny-clip", "load_average_at_end": os.getloadavg(),
+              "torch_threads": torch.get_num_threads(), "model": args.model, "mlm": args.mlm, "load_average_at_end": os.getloadavg(),
               **steps, **text}
     met = {True: "met", False: "NOT met"}
-    rows = [
+    rows = [] if not steps else [
         ("clean step (s)", f"{steps['clean_step_s']:.3f}", f"{steps['clean_step_cpu_s']:.3f}"),
         ("MAT step (s)", f"{steps['mat_step_s']:.3f}", f"{steps['mat_step_cpu_s']:.3f}"),
         ("MAT / clean", f"{steps['mat_over_clean']:.2f} ({met[steps['within_target']]})",
          f"{steps['mat_over_clean_cpu']:.2f} ({met[steps['within_target_cpu']]})"),
         (f"target: 1 + 0.5 x {args.pgd_steps} PGD + 1 text", f"{steps['target_mat_over_clean']:.2f}", ""),
+    ]
+    rows += [
         (f"text attack, batched ({text['captions']} captions, s)", f"{text['text_attack_batched_s']:.3f}",
          f"{text['text_attack_batched_cpu_s']:.3f}"),
         ("text attack, one candidate per forward (s)", f"{text['text_attack_one_by_one_s']:.3f}",
@@ -155,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{text['text_attack_one_by_one_before_cpu_s']:.3f}"),
         ("one-by-one as before / batched", f"{text['before_loop_over_batched']:.2f}",
          f"{text['before_loop_over_batched_cpu']:.2f}"),
+        ("text tokens: batched / one-by-one / as before", f"{text['text_tokens']['batched']:,}",
+         f"{text['text_tokens']['one_by_one']:,} / {text['text_tokens']['one_by_one_before']:,}"),
         ("same adversarial captions", str(text["same_captions"]), ""),
     ]
     width = max(len(row[0]) for row in rows)
