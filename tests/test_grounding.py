@@ -387,8 +387,9 @@ GROUNDING_STEPS, GROUNDING_LR, GROUNDING_TRAIN_SCENES = 600, 2e-3, 2000
 def grounding_train_world(request):
     """The world the grounding twin trains on: 2,000 scenes with 2 expressions per object, all train, cached.
 
-    With the evaluation world's 300 training scenes the twin learns those scenes: at 600 steps its ITM
-    tells the referred object's removal from another's in 71% of the training pairs and 52% of the test ones."""
+    With the evaluation world's 300 training scenes the twin learns those scenes: at 600 steps (with the
+    counterfactual pairs) its ITM tells the referred object's removal from another's in 71% of the
+    training pairs and 52% of the test ones."""
     from pathlib import Path
 
     from tests.conftest import _code_key
@@ -518,9 +519,9 @@ def test_every_attack_lowers_the_trained_twins_grounding_objective(grounding_twi
 
 def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(grounding_twin, grounding_world_dir,
                                                                               tmp_path):
-    """The issue's Done-when on the world: measured 47.0% on the 168 test expressions with 2+ candidates
-    (random box 39.3%; seed 1 the same, seed 2 44.0%, 600 steps 45.2%); pgd and bert-attack 42.9, sep 41.7, co-attack 38.1,
-    sga 36.9. The margin (4 points) is below every seed and budget measured."""
+    """The issue's Done-when on the world: measured 56.0% on the 168 test expressions with 2+ candidates
+    (random box 39.3%); pgd 54.2, bert-attack 42.3, sep 40.5, co-attack and sga 38.7. The same recipe on
+    other training data and seeds: 56.5-58.3 (README, "Grounding"); the margin (10 points) is below all."""
     from train.cli import main as train_main
 
     out = tmp_path / "eval"
@@ -530,7 +531,7 @@ def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(gr
     baselines, attacks = report["baselines"], report["attacks"]
     assert baselines["expressions_multi"] > 150 and baselines["random_box_multi"] < baselines["random_box"]
     clean = attacks["clean"]
-    assert clean["accuracy_multi"] >= baselines["random_box_multi"] + 4, (clean, baselines)
+    assert clean["accuracy_multi"] >= baselines["random_box_multi"] + 10, (clean, baselines)
     assert clean["accuracy"] > baselines["random_box"]
     for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
         assert attacks[name]["accuracy"] < clean["accuracy"], name
