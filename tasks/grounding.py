@@ -19,7 +19,13 @@ the sample world's scenes: as negatives, ITM learns that a star does not match a
 keys positives by image, which RefCOCO+'s long free-form expressions rarely contradict); on the
 sample world (every training row carries its scene) an expression the world's checker finds true
 of another image is a positive of that image too (`GroundingTask.true_pairs`): mined ITM
-negatives are otherwise often true of their image, and ITM learns contradicting labels.
+negatives are otherwise often true of their image, and ITM learns contradicting labels; and on
+the sample world each expression also meets two counterfactual images of its scene, re-rendered
+from the scene's spec (`counterfactual_scenes`): the referred object removed or changed so that
+the world's checker finds the expression false (an ITM negative), another object removed or
+changed so that it stays true (an ITM positive). ALBEF has no such pairs (its localisation comes
+from pre-training on 14M images); real data has no scenes to re-render, so they are off there
+(`GroundingTask(counterfactual_pairs=False)` turns them off on the world too).
 """
 from __future__ import annotations
 
@@ -138,9 +144,13 @@ def expression_positives(keys: torch.Tensor, texts: Sequence[str] | None) -> tor
     return positives.float()
 
 
-def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tensor) -> torch.Tensor:
+def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tensor,
+                       counterfactuals: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """ALBEF's ITM (each pair; a hard negative expression per image and image per expression,
-    drawn by ITC similarity among the non-positives), with `positives` [image row, text row] as the labels."""
+    drawn by ITC similarity among the non-positives), with `positives` [image row, text row] as the labels.
+
+    `counterfactuals` (rows [R], pixels [R, 3, S, S], labels [R]): more pairs, each row's expression
+    with an edited image of its scene, labelled by the world's checker (`GroundingTask.counterfactual_pixels`)."""
     sims = output.image_emb.detach().float() @ output.text_emb.detach().float().T
     negative_text = hard_negatives(sims, positives)
     negative_image = hard_negatives(sims.T, positives.T)
@@ -151,6 +161,11 @@ def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tenso
     rows = torch.arange(batch, device=positives.device)
     labels = torch.cat([torch.ones(batch, device=positives.device), positives[rows, negative_text],
                         positives[negative_image, rows]])
+    if counterfactuals is not None:
+        cf_rows, cf_pixels, cf_labels = counterfactuals
+        cf_logits = model.itm_logits(model.image_features(cf_pixels.to(features.dtype)), tokens[cf_rows])
+        logits = torch.cat([logits, cf_logits])
+        labels = torch.cat([labels, cf_labels.to(labels.dtype)])
     return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device))
 
 
@@ -165,6 +180,54 @@ def scenes_of_rows(metas: Sequence[str | None]) -> list | None:
             return None
         scenes.append(Scene.from_dict(scene))
     return scenes
+
+
+# ----------------------------------------------------------------------------- counterfactual negatives
+
+
+def object_edits(scene, index: int) -> list[list]:
+    """The scenes that differ from `scene` only in object `index`, grouped by edit: [removed],
+    [each other colour], [each other shape], [the other size]. Same background noise and other
+    objects: rendered, each differs from the scene's image only inside that object's box."""
+    from dataclasses import replace
+
+    from augment.sample_world import COLOURS, SHAPES, SIZES, Scene
+
+    objects, obj = scene.objects, scene.objects[index]
+
+    def edited(new_obj) -> Scene:
+        kept = objects[:index] + ((new_obj,) if new_obj is not None else ()) + objects[index + 1:]
+        return Scene(kept, scene.background, scene.noise_seed)
+
+    return [[edited(None)],
+            [edited(replace(obj, colour=c)) for c in sorted(COLOURS) if c != obj.colour],
+            [edited(replace(obj, shape=s)) for s in SHAPES if s != obj.shape],
+            [edited(replace(obj, size=z)) for z in SIZES if z != obj.size]]
+
+
+def counterfactual_scenes(text: str, scene) -> tuple[list[list], list[list]]:
+    """(false, true): edits of `scene` (`object_edits`, grouped by edit kind, empty groups left out)
+    that the world's checker says make `text` refer to nothing (edits of the object it singles
+    out), and that leave it singling out the same object (edits of the other objects); ([], [])
+    unless `text` singles out one object.
+
+    A false edit differs from the true image only inside the referred object's box, a true edit
+    only inside another object's: together they leave ITM one way to tell match from mismatch,
+    looking at the referred object, which is what Grad-CAM grounding reads."""
+    from augment.sample_world import referents
+
+    found = referents(text, scene)
+    if not found or len(found) != 1:
+        return [], []
+    target = found[0]
+    false = [[s for s in group if referents(text, s) == []] for group in object_edits(scene, target)]
+    true = []
+    for other in (k for k in range(len(scene.objects)) if k != target):
+        for group in object_edits(scene, other):
+            # removing an object listed before the target moves the target's index down by one
+            shifted = [target - (other < target and len(s.objects) < len(scene.objects)) for s in group]
+            true.append([s for s, index in zip(group, shifted) if referents(text, s) == [index]])
+    return [g for g in false if g], [g for g in true if g]
 
 
 # ----------------------------------------------------------------------------- the task
@@ -184,10 +247,15 @@ class GroundingTask(RetrievalTask):
     model_kind: ClassVar[str] = "retrieval"
     methods: ClassVar[tuple[str, ...]] = ("clean", "mat", "mat+")
 
-    def __init__(self, rank: int = 0, world_size: int = 1, **options: Any):
+    def __init__(self, rank: int = 0, world_size: int = 1, counterfactual_pairs: bool = True,
+                 counterfactual_every: int = 2, **options: Any):
         super().__init__(rank, world_size, **options)
+        self.counterfactual_pairs = bool(counterfactual_pairs)
+        # every n-th row of a batch (rows come shuffled) gets counterfactual pairs: each costs two image encodings
+        self.counterfactual_every = max(1, int(counterfactual_every))
         self.scenes: list | None = None  # the training rows' world scenes (prepare_training)
         self._truth: dict[tuple[int, str], bool] = {}  # (row, text) -> the checker's verdict; pairs recur across steps
+        self._counterfactuals: dict[tuple[int, str], list] = {}  # (row, text) -> counterfactual_scenes
 
     def check_model(self, model: Any) -> None:
         super().check_model(model)
@@ -207,6 +275,7 @@ class GroundingTask(RetrievalTask):
         metas = train["meta"] if "meta" in getattr(train, "column_names", ()) else [None] * len(train)
         self.scenes = scenes_of_rows(metas)
         self._truth.clear()
+        self._counterfactuals.clear()
 
     def true_pairs(self, keys: torch.Tensor, texts: Sequence[str] | None) -> torch.Tensor | None:
         """[B, B] float, image row x text row: 1 where the world's checker says the expression refers
@@ -228,6 +297,34 @@ class GroundingTask(RetrievalTask):
         table = [[true_of(key, text) for text in texts] for key in keys.tolist()]
         return torch.tensor(table, dtype=torch.float32, device=keys.device)
 
+    def counterfactual_pixels(self, model, keys: torch.Tensor, texts: Sequence[str] | None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(rows [R], pixels [R, 3, S, S], labels [R]): for each row whose expression singles out one
+        object of its scene, one false edit (label 0) and one true edit (label 1) of the scene,
+        rendered (`counterfactual_scenes`; the edit kind, then the edit, drawn uniformly); None
+        without scenes, with the option off, or when no row has one."""
+        if not self.counterfactual_pairs or not self.scenes or texts is None:
+            return None
+        from augment.sample_world import render_scene
+
+        transform = self.train_transform(model)
+        rows, images, labels = [], [], []
+        for row, (key, text) in enumerate(zip(keys.tolist(), texts)):
+            if row % self.counterfactual_every:
+                continue
+            if (key, text) not in self._counterfactuals:
+                self._counterfactuals[key, text] = counterfactual_scenes(text, self.scenes[key])
+            for label, groups in zip((0.0, 1.0), self._counterfactuals[key, text]):
+                if groups:
+                    group = groups[int(torch.randint(len(groups), ()))]
+                    rows.append(row)
+                    labels.append(label)
+                    images.append(transform(render_scene(group[int(torch.randint(len(group), ()))])))
+        if not rows:
+            return None
+        device = keys.device
+        return torch.tensor(rows, device=device), torch.stack(images).to(device), torch.tensor(labels, device=device)
+
     @property
     def gradient_scale(self) -> float:
         return 1.0  # the loss is this process's batch only (no gathering), a mean over processes
@@ -246,7 +343,8 @@ class GroundingTask(RetrievalTask):
         else:
             logits = output.logit_scale * output.image_emb.float() @ output.text_emb.float().T
             contrastive = softmax_itc_loss(logits, positives)
-        return contrastive + self.itm_weight * grounding_itm_loss(model, output, tokens, positives)
+        return contrastive + self.itm_weight * grounding_itm_loss(
+            model, output, tokens, positives, self.counterfactual_pixels(model, keys, texts))
 
     def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor):
         """pixels -> minus the mean ITM match logit of each row with its expression."""

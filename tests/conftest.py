@@ -102,7 +102,7 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
     from train.trainer import train_run
 
     key = _code_key(*TRAINER_CODE, *family_code)
-    name = twin if task == "retrieval" else f"{twin}-{task}"
+    name = twin if task == "retrieval" else f"{twin}-{task}-{Path(sample_world_dir).name}"  # the world it learnt
     run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{name}-{steps}-{lr:g}-{key}"
     if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
         resume = (run / "ckpt").is_dir()

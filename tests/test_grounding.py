@@ -305,6 +305,64 @@ def test_true_pairs_label_an_expression_true_of_another_image_positive():
     assert GroundingTask().true_pairs(keys, texts) is None  # no scenes: today's labels
 
 
+def test_counterfactual_edits_are_checked_and_change_only_their_object():
+    from tasks.grounding import counterfactual_scenes
+
+    scene = sw.Scene((sw.SceneObject("circle", "red", "small", "left"), sw.SceneObject("circle", "blue", "small", "right"),
+                      sw.SceneObject("square", "green", "large", "centre")), "noisy", 7)
+    original = np.asarray(sw.render_scene(scene)).astype(int)
+    false, true = counterfactual_scenes("the red circle", scene)
+    # removed, recoloured, reshaped; resized it is still the red circle
+    assert [len(s.objects) for s in false[0]] == [2] and [len(g) for g in false[1:]] == [len(sw.COLOURS) - 1, 5]
+    assert len(true) == 8  # each other object: removed or one attribute changed, where it stays true
+
+    def changed_box(edited):
+        ys, xs = np.nonzero((np.asarray(sw.render_scene(edited)).astype(int) != original).any(-1))
+        return xs.min(), ys.min(), xs.max(), ys.max()
+
+    def inside(corners, edited, index):
+        """Whether the changed pixels lie in object `index`'s box before or after the edit."""
+        boxes = [sw.object_box(scene.objects[index])]
+        boxes += [sw.object_box(o) for o in edited.objects if o.position == scene.objects[index].position]
+        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+        return x0 <= corners[0] and y0 <= corners[1] and corners[2] < x1 and corners[3] < y1
+
+    for edited in (s for group in false for s in group):
+        assert sw.referents("the red circle", edited) == []
+        assert inside(changed_box(edited), edited, 0)  # the same noise and other objects
+    for edited in (s for group in true for s in group):
+        found = sw.referents("the red circle", edited)
+        assert len(found) == 1 and edited.objects[found[0]].content() == scene.objects[0].content()
+        assert any(inside(changed_box(edited), edited, k) for k in (1, 2))
+    assert not any(obj.colour == "red" and obj.shape == "circle" for group in true for s in group
+                   for obj in s.objects[1:])  # a second red circle would make the expression ambiguous
+    assert counterfactual_scenes("the circle", scene) == ([], [])  # refers to two objects
+    assert counterfactual_scenes("the yellow star", scene) == ([], [])  # refers to none
+
+
+def test_counterfactual_pixels_label_edits_by_the_checker():
+    from models import load_model
+    from tasks.grounding import GroundingTask, scenes_of_rows
+
+    scenes = [sw.Scene((sw.SceneObject("star", "red", "small", "left"), sw.SceneObject("circle", "blue", "large", "top"))),
+              sw.Scene((sw.SceneObject("square", "green", "large", "centre"),))]
+    model = load_model("tiny-albef")
+    task = GroundingTask(counterfactual_every=1)
+    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
+    keys = torch.tensor([0, 1, 1])
+    rows, pixels, labels = task.counterfactual_pixels(model, keys, ["the star", "the square", "hello there"])
+    # the star: a false edit and a true one; the lone square: only false edits; an unreadable text: none
+    assert rows.tolist() == [0, 0, 1] and labels.tolist() == [0.0, 1.0, 0.0]
+    assert pixels.shape == (3, 3, model.image_size, model.image_size)
+    for pixel, row in zip(pixels, rows.tolist()):
+        assert not torch.equal(pixel, model.preprocess_eval(sw.render_scene(scenes[keys[row]])))
+    task.counterfactual_every = 2  # rows 0, 2, ...: the star's pairs, none for row 2's unreadable text
+    assert task.counterfactual_pixels(model, keys, ["the star", "the square", "hello there"])[0].tolist() == [0, 0]
+    assert GroundingTask(counterfactual_pairs=False).counterfactual_pixels(model, keys, ["the star"] * 3) is None
+    assert GroundingTask().counterfactual_pixels(model, keys, ["the star"] * 3) is None  # no scenes (real data)
+
+
 def test_grounding_trains_on_unflipped_uncropped_images():
     from PIL import Image
 
@@ -320,19 +378,37 @@ def test_grounding_trains_on_unflipped_uncropped_images():
 
 
 ALBEF_CODE = tuple(f"models/albef/{name}.py" for name in ("__init__", "checkpoint", "config", "model", "text"))
-# with the world's truth labelling ITM pairs (GroundingTask.true_pairs) 300 steps at 2e-3 ground 47.0% of the
-# 2+ candidate test expressions (random box 39.3%; seed 1 47.0%, seed 2 44.0%) (README, "Grounding": what was measured)
-GROUNDING_STEPS, GROUNDING_LR = 300, 2e-3
+# the twin learns from its own world of 2,000 scenes (seed 1: none of the evaluation world's 50 test scenes) with
+# counterfactual ITM pairs (GroundingTask.counterfactual_pixels); measured: README, "Grounding"
+GROUNDING_STEPS, GROUNDING_LR, GROUNDING_TRAIN_SCENES = 600, 2e-3, 2000
 
 
 @pytest.fixture(scope="module")
-def grounding_twin(request, grounding_world_dir):
-    """tiny-albef trained by `train clean --task grounding` on the world's expressions, cached across runs."""
+def grounding_train_world(request):
+    """The world the grounding twin trains on: 2,000 scenes with 2 expressions per object, all train, cached.
+
+    With the evaluation world's 300 training scenes the twin learns those scenes: at 600 steps (with the
+    counterfactual pairs) its ITM tells the referred object's removal from another's in 71% of the
+    training pairs and 52% of the test ones."""
+    from pathlib import Path
+
+    from tests.conftest import _code_key
+
+    folder = Path(request.config.cache.mkdir("mat-plus")) / (
+        f"grounding-train-world-{GROUNDING_TRAIN_SCENES}-{_code_key('augment/sample_world.py')}")
+    if not folder.exists():
+        sw.write_sample(folder, n=GROUNDING_TRAIN_SCENES, seed=1, val_frac=0.0, test_frac=0.0, expressions=2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def grounding_twin(request, grounding_train_world):
+    """tiny-albef trained by `train clean --task grounding` on the training world's expressions, cached across runs."""
     from tests.conftest import train_twin
 
     previous = torch.get_num_threads()
     torch.set_num_threads(min(previous, 2))
-    yield train_twin(request, grounding_world_dir, "tiny-albef", *ALBEF_CODE, "tasks/grounding.py", "tasks/base.py",
+    yield train_twin(request, grounding_train_world, "tiny-albef", *ALBEF_CODE, "tasks/grounding.py", "tasks/base.py",
                      steps=GROUNDING_STEPS, lr=GROUNDING_LR, task="grounding")
     torch.set_num_threads(previous)
 
@@ -443,9 +519,9 @@ def test_every_attack_lowers_the_trained_twins_grounding_objective(grounding_twi
 
 def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(grounding_twin, grounding_world_dir,
                                                                               tmp_path):
-    """The issue's Done-when on the world: measured 47.0% on the 168 test expressions with 2+ candidates
-    (random box 39.3%; seed 1 the same, seed 2 44.0%, 600 steps 45.2%); pgd and bert-attack 42.9, sep 41.7, co-attack 38.1,
-    sga 36.9. The margin (4 points) is below every seed and budget measured."""
+    """The issue's Done-when on the world: measured 56.0% on the 168 test expressions with 2+ candidates
+    (random box 39.3%); pgd 54.2, bert-attack 42.3, sep 40.5, co-attack and sga 38.7. The same recipe on
+    other training data and seeds: 56.5-58.3 (README, "Grounding"); the margin (10 points) is below all."""
     from train.cli import main as train_main
 
     out = tmp_path / "eval"
@@ -455,7 +531,7 @@ def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(gr
     baselines, attacks = report["baselines"], report["attacks"]
     assert baselines["expressions_multi"] > 150 and baselines["random_box_multi"] < baselines["random_box"]
     clean = attacks["clean"]
-    assert clean["accuracy_multi"] >= baselines["random_box_multi"] + 4, (clean, baselines)
+    assert clean["accuracy_multi"] >= baselines["random_box_multi"] + 10, (clean, baselines)
     assert clean["accuracy"] > baselines["random_box"]
     for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
         assert attacks[name]["accuracy"] < clean["accuracy"], name
