@@ -536,3 +536,26 @@ def test_trained_twin_grounds_above_the_random_box_and_every_attack_lowers_it(gr
     for name in ("pgd", "bert-attack", "sep", "co-attack", "sga"):
         assert attacks[name]["accuracy"] < clean["accuracy"], name
         assert attacks[name]["accuracy_multi"] < clean["accuracy_multi"], name
+
+
+def test_counterfactual_pairs_flag_reaches_the_grounding_task(grounding_world_dir, sample_world_dir, tmp_path,
+                                                              monkeypatch, capsys):
+    from tasks.grounding import GroundingTask
+    from train.cli import main as train_main
+
+    seen = []
+    prepare = GroundingTask.prepare_training
+
+    def spy(self, data, method):
+        seen.append(self.counterfactual_pairs)
+        return prepare(self, data, method)
+
+    monkeypatch.setattr(GroundingTask, "prepare_training", spy)
+    for flag in ("--counterfactual-pairs", "--no-counterfactual-pairs"):
+        assert train_main(["clean", "--task", "grounding", "--model", "tiny-albef", "--train-data",
+                           str(grounding_world_dir), "--max-steps", "1", "--batch-size", "4", "--no-progress", flag,
+                           "--out", str(tmp_path / flag)]) == 0
+    assert seen == [True, False]
+    assert train_main(["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--max-steps", "1",
+                       "--no-counterfactual-pairs", "--out", str(tmp_path / "retrieval")]) == 2
+    assert "--no-counterfactual-pairs applies to --task grounding" in capsys.readouterr().err

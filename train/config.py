@@ -73,6 +73,8 @@ class TrainConfig:
     albef_tokenizer: str | None = None
     # ALBEF's momentum distillation (momentum encoders + queue); None: on for clean, off otherwise
     momentum_distillation: bool | None = None
+    # grounding on the sample world: counterfactual (edited-scene) ITM pairs (tasks/grounding.py)
+    counterfactual_pairs: bool = True
     # data (open_clip_train's --train-data: any source augment reads; CSV/TSV columns as open_clip names them)
     train_data: str | None = None
     image_root: str | None = None
@@ -318,6 +320,7 @@ def _validate(c: TrainConfig) -> None:
 
         _check(c.text_attack_filter in CAPTION_FILTERS,
                f"unknown --text-attack-filter {c.text_attack_filter!r}; expected one of {sorted(CAPTION_FILTERS)}")
+    _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every must be at least 1")
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")

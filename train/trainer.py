@@ -266,7 +266,8 @@ class Trainer:
         self.schedule_steps = cfg.schedule_steps or self.total_steps
 
         _seed_everything(cfg.seed)
-        self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size)
+        task_options = {"counterfactual_pairs": cfg.counterfactual_pairs} if cfg.task == "grounding" else {}
+        self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size, **task_options)
         try:
             task.check_method(cfg.method)
         except ValueError as exc:
