@@ -249,6 +249,25 @@ def test_item_sets_gathered_by_row_number_equal_sets_built_one_by_one():
     np.testing.assert_allclose(columns["vendi"], vendi, rtol=1e-12)
 
 
+@pytest.mark.parametrize("sizes", [[(64, 64)] * 3, [(80, 64), (64, 90), (50, 70), (64, 64)]])
+def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
+    import torch
+    from PIL import Image
+
+    from augment.scoring.scorers import prepare_batch
+    from models import transformers_io
+
+    rng = np.random.default_rng(5)
+    modes = ["RGB", "L", "RGBA", "RGB"]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(modes[k % 4])
+              for k, (w, h) in enumerate(sizes)]
+    for transform in (transformers_io.resize_crop_transform(64, 64), transformers_io.resize_crop_transform(72, 64),
+                      transformers_io.square_resize_transform(64)):
+        expected = torch.stack([transform(image) for image in images])
+        batched = prepare_batch(transform, images)
+        assert batched.dtype == expected.dtype and torch.equal(batched, expected)
+
+
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
     reservoir = measures.Reservoir(capacity=100, seed=0)
     for start in range(0, 10000, 700):
