@@ -268,6 +268,24 @@ def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
         assert batched.dtype == expected.dtype and torch.equal(batched, expected)
 
 
+def test_take_rows_equals_dataset_select_also_through_an_index_mapping():
+    from datasets import Dataset, Features, Image, Sequence, Value
+
+    from augment.scoring.pool_scores import take_rows
+
+    features = Features({"id": Value("string"), "n": Value("int32"), "captions": Sequence(Value("string")),
+                         "image": Image(decode=False)})
+    rows = {"id": [f"r{k}" for k in range(40)], "n": list(range(40)),
+            "captions": [[f"c{k}"] * (k % 3) for k in range(40)],
+            "image": [{"bytes": bytes([k]), "path": None} if k % 4 else None for k in range(40)]}
+    plain = Dataset.from_dict(rows, features=features)
+    mapped = plain.shuffle(seed=1).select(range(0, 40, 3))  # an indices mapping over the table
+    for dataset in (plain, mapped):
+        order = np.random.default_rng(2).permutation(len(dataset))[:9]
+        assert take_rows(dataset, ["id", "n", "captions", "image"], order) == \
+            dataset.select_columns(["id", "n", "captions", "image"]).select(order).to_dict()
+
+
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
     reservoir = measures.Reservoir(capacity=100, seed=0)
     for start in range(0, 10000, 700):
