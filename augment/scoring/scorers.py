@@ -133,10 +133,13 @@ def prepare_batch(transform, images: list):
     steps = getattr(transform, "transforms", None) if isinstance(transform, T.Compose) else None
     if not images or not steps or type(steps[-1]) is not T.ToTensor:
         return torch.stack([transform(image) for image in images])
-    pictures = []
+    pictures, skips = [], {}  # (step, size, mode) of the image as it reaches the step -> skip it?
     for image in images:
-        for step in steps[:-1]:
-            if not _leaves_pixels(step, image):
+        for k, step in enumerate(steps[:-1]):
+            state = (k, image.size, image.mode)
+            if state not in skips:
+                skips[state] = _leaves_pixels(step, image)
+            if not skips[state]:
                 image = step(image)
         pictures.append(image)
     if any(p.mode != "RGB" or p.size != pictures[0].size for p in pictures):
