@@ -238,7 +238,7 @@ class StageTimer:
 
     * encode: the scorer's batches (tokenising, the model);
     * decode: image bytes to pixels;
-    * preprocess: the model's eval transform of each decoded image;
+    * preprocess: the model's eval transform of each batch of decoded images;
     * hash and cache: content keys, cache look-ups and writes;
     * statistics: bootstrap CIs, distribution gap, per-item diversity;
     * tables: the parquet side tables;
@@ -251,7 +251,7 @@ class StageTimer:
         self.seconds: dict[str, float] = {}
         self._patches = [
             (scorer, "_encode_pixel_batch", "encode"), (scorer, "_encode_text_batch", "encode"),
-            (embeddings, "decode_image", "decode"), (scorer, "prepare_image", "preprocess"),
+            (embeddings, "decode_image", "decode"), (scorer, "prepare_images", "preprocess"),
             (embeddings, "image_key", "hash and cache"), (embeddings, "text_key", "hash and cache"),
             (embeddings, "image_bytes_of", "hash and cache"),
             (embeddings.EmbeddingCache, "lookup", "hash and cache"), (embeddings.EmbeddingCache, "put", "hash and cache"),

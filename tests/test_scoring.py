@@ -249,6 +249,43 @@ def test_item_sets_gathered_by_row_number_equal_sets_built_one_by_one():
     np.testing.assert_allclose(columns["vendi"], vendi, rtol=1e-12)
 
 
+@pytest.mark.parametrize("sizes", [[(64, 64)] * 3, [(80, 64), (64, 90), (50, 70), (64, 64)]])
+def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
+    import torch
+    from PIL import Image
+
+    from augment.scoring.scorers import prepare_batch
+    from models import transformers_io
+
+    rng = np.random.default_rng(5)
+    modes = ["RGB", "L", "RGBA", "RGB"]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(modes[k % 4])
+              for k, (w, h) in enumerate(sizes)]
+    for transform in (transformers_io.resize_crop_transform(64, 64), transformers_io.resize_crop_transform(72, 64),
+                      transformers_io.square_resize_transform(64)):
+        expected = torch.stack([transform(image) for image in images])
+        batched = prepare_batch(transform, images)
+        assert batched.dtype == expected.dtype and torch.equal(batched, expected)
+
+
+def test_take_rows_equals_dataset_select_also_through_an_index_mapping():
+    from datasets import Dataset, Features, Image, Sequence, Value
+
+    from augment.scoring.pool_scores import take_rows
+
+    features = Features({"id": Value("string"), "n": Value("int32"), "captions": Sequence(Value("string")),
+                         "image": Image(decode=False)})
+    rows = {"id": [f"r{k}" for k in range(40)], "n": list(range(40)),
+            "captions": [[f"c{k}"] * (k % 3) for k in range(40)],
+            "image": [{"bytes": bytes([k]), "path": None} if k % 4 else None for k in range(40)]}
+    plain = Dataset.from_dict(rows, features=features)
+    mapped = plain.shuffle(seed=1).select(range(0, 40, 3))  # an indices mapping over the table
+    for dataset in (plain, mapped):
+        order = np.random.default_rng(2).permutation(len(dataset))[:9]
+        assert take_rows(dataset, ["id", "n", "captions", "image"], order) == \
+            dataset.select_columns(["id", "n", "captions", "image"]).select(order).to_dict()
+
+
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
     reservoir = measures.Reservoir(capacity=100, seed=0)
     for start in range(0, 10000, 700):

@@ -68,9 +68,7 @@ def decode_image(image_bytes: bytes):
 def _prepared_batch(scorer, payloads: list[bytes], positions: range):
     """The images at `positions` decoded, preprocessed and stacked: what a DataLoader worker
     hands the scorer's model."""
-    import torch
-
-    return torch.stack([scorer.prepare_image(decode_image(payloads[k])) for k in positions])
+    return scorer.prepare_images([decode_image(payloads[k]) for k in positions])
 
 
 class EmbeddingCache:

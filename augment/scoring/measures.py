@@ -188,12 +188,21 @@ def median_heuristic_gamma(samples: np.ndarray, max_points: int = MEDIAN_POINTS,
         points = samples if subset is None else samples[subset]
         squared = euclidean_distances(points, squared=True)
     elif subset is not None:
-        squared = squared[np.ix_(subset, subset)]
-    upper = squared[np.triu(np.ones(squared.shape, dtype=bool), 1)]  # a mask: index arrays cost more
+        squared = squared.take(subset, axis=0).take(subset, axis=1)  # the np.ix_ block at half the cost
+    upper = squared[_upper_mask(len(squared))]
     positive = upper[upper > 0]
     if positive.size == 0:  # all points identical: any bandwidth gives MMD 0
         return 1.0
     return 1.0 / (2.0 * float(np.median(positive)))
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_mask(size: int) -> np.ndarray:
+    """(size, size) mask of the strict upper triangle (a mask: index arrays cost more), made once
+    per size (every gap of a pass asks for the same MEDIAN_POINTS one)."""
+    mask = np.triu(np.ones((size, size), dtype=bool), 1)
+    mask.flags.writeable = False
+    return mask
 
 
 def squared_distances(samples: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class ScoreSettings:
 
 def item_order(dataset) -> tuple[np.ndarray, np.ndarray]:
     """(row indices grouped by item in order of first appearance, start offset of each item)."""
-    table = dataset.select_columns(["source_image_id", "source_caption_index"]).with_format("arrow")[:]
+    table = {name: table_column(dataset, name) for name in ("source_image_id", "source_caption_index")}
     image_codes = table["source_image_id"].combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
     caption_index = table["source_caption_index"].to_numpy().astype(np.int64)
     item_codes = image_codes * (int(caption_index.max()) + 2) + (caption_index + 1)
@@ -90,10 +90,8 @@ class SourceItems:
     """Source rows by image id, images left undecoded (the cache hashes their bytes)."""
 
     def __init__(self, source):
-        from datasets import Image
-
-        self.dataset = source.cast_column("image", Image(decode=False))
-        self.row_of = {image_id: i for i, image_id in enumerate(source.select_columns(["image_id"]).to_dict()["image_id"])}
+        self.dataset = undecoded_images(source)
+        self.row_of = {image_id: i for i, image_id in enumerate(table_column(source, "image_id").to_pylist())}
 
     def check_covers(self, image_ids: list[str], where: str) -> None:
         missing = [i for i in image_ids if i not in self.row_of]
@@ -102,7 +100,7 @@ class SourceItems:
                             "pass the pool's source with --source")
 
     def fetch(self, image_ids: list[str]) -> tuple[list, list[list[str]]]:
-        rows = self.dataset.select_columns(["image", "captions"]).select([self.row_of[i] for i in image_ids]).to_dict()
+        rows = take_rows(self.dataset, ["image", "captions"], [self.row_of[i] for i in image_ids])
         return rows["image"], rows["captions"]
 
 
@@ -145,9 +143,38 @@ class ChunkRows:
         return len(self.row_id)
 
 
-def read_chunk(undecoded, indices: np.ndarray) -> ChunkRows:
-    # to_dict gives plain lists (a dataset's column is a lazy Column read row by row)
-    return ChunkRows(**undecoded.select_columns(ROW_COLUMNS).select(indices).to_dict())
+def table_column(dataset, name: str):
+    """Column `name` of `dataset` as a pyarrow ChunkedArray in the dataset's row order, read from
+    its table (Dataset.select_columns would fingerprint a new dataset first)."""
+    column = dataset.data.table.column(name)
+    mapping = getattr(dataset, "_indices", None)  # a selected/shuffled dataset's row mapping
+    return column if mapping is None else column.take(mapping.column(0))
+
+
+def undecoded_images(dataset):
+    """`dataset` whose table holds its images as datasets' Image storage ({"bytes", "path"}):
+    as it is when the column is an Image feature already (the storage does not depend on
+    `decode`), else cast (a cast fingerprints a new dataset: milliseconds per call)."""
+    from datasets import Image
+
+    if isinstance(dataset.features.get("image"), Image):
+        return dataset
+    return dataset.cast_column("image", Image(decode=False))
+
+
+def take_rows(dataset, columns: list[str], indices) -> dict[str, list]:
+    """Rows `indices` of `dataset`'s `columns` as plain lists, the stored values (images as
+    {"bytes", "path"}, undecoded): one arrow take. Dataset.select(...).to_dict() gives the same
+    lists at 5-20x the cost (it fingerprints the index list and formats through Python)."""
+    positions = np.asarray(indices, dtype=np.int64)
+    mapping = getattr(dataset, "_indices", None)  # a selected/shuffled dataset's row mapping
+    if mapping is not None:
+        positions = mapping.column(0).to_numpy()[positions]
+    return dataset.data.table.select(columns).take(positions).to_pydict()
+
+
+def read_chunk(dataset, indices: np.ndarray) -> ChunkRows:
+    return ChunkRows(**take_rows(dataset, ROW_COLUMNS, indices))
 
 
 def _row_vectors(rows: ChunkRows, kinds: tuple[str, ...], values: list, embed) -> dict[int, np.ndarray]:
@@ -300,7 +327,6 @@ class Totals:
 def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings, source_name: str = "",
                progress: bool = False, source_fp: str | None = None) -> dict:
     """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry."""
-    from datasets import Image
     from tqdm.auto import tqdm
 
     if len(pool) == 0:
@@ -308,7 +334,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     source = SourceItems(source_dataset)
     source.check_covers(pool_source_ids(pool.dataset), str(pool.path))
     encoded_before, reused_before = dict(embedder.encoded), dict(embedder.reused)
-    undecoded = pool.dataset.cast_column("image", Image(decode=False))
+    undecoded = undecoded_images(pool.dataset)  # images in their stored form
     order, starts = item_order(pool.dataset)
     totals = Totals(settings)
     folder = store.scorer_dir(pool.path, embedder.scorer.slug)
@@ -337,8 +363,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
 
 
 def pool_source_ids(dataset) -> list[str]:
-    column = dataset.select_columns(["source_image_id"]).with_format("arrow")[:]["source_image_id"]
-    return column.unique().to_pylist()
+    return table_column(dataset, "source_image_id").unique().to_pylist()
 
 
 def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, totals: Totals,
