@@ -172,6 +172,19 @@ def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[An
         yield torch.stack([pixels for pixels, _ in batch]), [row for _, row in batch]
 
 
+def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor], workers: int,
+                      store: "BatchStore | None", writers: dict, name: str):
+    """(batch index, first image, text ids, (pixels, rows) or None) for every gallery batch in order: None
+    where a resumed evaluation already has attack `name`'s results for the batch (and its adversarial pool
+    shard, when one is written); only the other batches are decoded (`gallery_pixels`)."""
+    count = -(-len(gallery) // batch_size)
+    done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
+            for b in range(count)]
+    decoded = gallery_pixels(gallery, batch_size, preprocess, [b for b in range(count) if not done[b]], workers)
+    for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
+        yield batch_index, start, text_ids, None if done[batch_index] else next(decoded)
+
+
 def _to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -462,16 +475,13 @@ def evaluate(
     for name, attack in built.items():
         bar.set_postfix_str(name)
         record = AttackRecord(attack)
-        done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
-                for b in range(len(batch_starts))]
-        decoded = gallery_pixels(gallery, batch_size, attacker.preprocess_eval,
-                                 [b for b, finished in enumerate(done) if not finished], workers)
-        for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
-            if done[batch_index]:
+        for batch_index, start, text_ids, decoded in resumable_batches(
+                gallery, batch_size, attacker.preprocess_eval, workers, store, writers, name):
+            if decoded is None:
                 record.extend(store.load(name, batch_index))
                 bar.update(min(batch_size, len(gallery) - start))
                 continue
-            decoded_pixels, rows = next(decoded)
+            decoded_pixels, rows = decoded
             texts = [gallery.captions[i] for i in text_ids.tolist()]
             local_pairing = gallery.image_of_text[text_ids] - start
             attacker_pixels = decoded_pixels.to(attacker.device)

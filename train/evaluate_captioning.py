@@ -132,7 +132,7 @@ def evaluate_captioning(
     from tqdm.auto import tqdm
 
     from train.data import derive_seed
-    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, gallery_pixels
+    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, resumable_batches
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -165,18 +165,15 @@ def evaluate_captioning(
     for name, record in records.items():
         bar.set_postfix_str(name)
         batch_index = -1
-        done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
-                for b in range(-(-len(gallery) // batch_size))]
         # the clean row captions the victim's pixels; an attack is crafted on the attacker's
         reader = victim if record.attack is None else attacker
-        decoded = gallery_pixels(gallery, batch_size, reader.preprocess_eval,
-                                 [b for b, finished in enumerate(done) if not finished], workers)
-        for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
-            if done[batch_index]:
+        for batch_index, start, text_ids, decoded in resumable_batches(
+                gallery, batch_size, reader.preprocess_eval, workers, store, writers, name):
+            if decoded is None:
                 record.extend(store.load_state(name, batch_index))
                 bar.update(min(batch_size, len(gallery) - start))
                 continue
-            pixels, rows = next(decoded)
+            pixels, rows = decoded
             texts = [gallery.captions[i] for i in text_ids.tolist()]
             pairing = gallery.image_of_text[text_ids] - start
             part = _Record(record.attack)
