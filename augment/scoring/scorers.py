@@ -46,18 +46,13 @@ class Scorer(ABC):
         return self._batched(list(images), self._encode_image_batch)
 
     @abstractmethod
-    def prepare_image(self, image):
-        """The model's input tensor of one decoded image (its eval preprocessing): the part of
-        image encoding that DataLoader workers can do ahead of the model (`encode_prepared`)."""
-
     def prepare_images(self, images: Sequence[Any]):
-        """`prepare_image` of each image, stacked (n, 3, H, W): what `encode_prepared` takes."""
-        import torch
-
-        return torch.stack([self.prepare_image(image) for image in images])
+        """The model's input tensor (n, 3, H, W) of decoded images (its eval preprocessing,
+        stacked): the part of image encoding that DataLoader workers can do ahead of the model
+        (`encode_prepared`)."""
 
     def encode_prepared(self, pixels):
-        """(n, d) unit-norm embeddings of a batch of `prepare_image` tensors, stacked."""
+        """(n, d) unit-norm embeddings of a batch `prepare_images` made."""
         import torch
 
         with torch.inference_mode():
@@ -84,9 +79,9 @@ class Scorer(ABC):
                 parts.append(torch.nn.functional.normalize(features, dim=-1).cpu())
         return torch.cat(parts)
 
-    @abstractmethod
     def _encode_image_batch(self, images: list):
         """Raw (unnormalised) image features of one batch."""
+        return self._encode_pixel_batch(self.prepare_images(images))
 
     @abstractmethod
     def _encode_text_batch(self, texts: list[str]):
@@ -102,14 +97,8 @@ class ModelScorer(Scorer):
         self.model = model
         self.kind = model.family
 
-    def prepare_image(self, image):
-        return self.model.preprocess_eval(_rgb(image))
-
     def prepare_images(self, images: Sequence[Any]):
         return prepare_batch(self.model.preprocess_eval, [_rgb(image) for image in images])
-
-    def _encode_image_batch(self, images: list):
-        return self._encode_pixel_batch(self.prepare_images(images))
 
     def _encode_pixel_batch(self, pixels):
         return self.model.encode_image(pixels.to(self.device), normalize=False)
