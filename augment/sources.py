@@ -346,17 +346,14 @@ class _FolderListings:
         return self._real[folder]
 
 
-_listings: _FolderListings | None = None  # set for the duration of one load_source
-
-
-def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool) -> tuple[str, str | None, bool]:
+def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool,
+                   listings: _FolderListings) -> tuple[str, str | None, bool]:
     """(path, problem, found): the first existing candidate, else all of them joined by ' or '.
 
     A candidate that resolves (symlinks followed) outside its root is a problem unless allowed.
     A plain relative path (no '..', not absolute) to a regular file is looked up in the folder
     listings; anything else (symlinks, '..', absolute paths) takes the per-file route.
     """
-    listings = _listings or _FolderListings()
     plain = bool(relative) and not os.path.isabs(relative) and os.path.normpath(relative) == relative \
         and not relative.startswith("..")
     candidates = []
@@ -392,12 +389,14 @@ def _outside_root(relative: str, root: Path, real) -> str:
 
 
 def _record_with_image(where: str, image_id: str, captions: list[str], split: str, relative: str,
-                       roots: list[Path], allow_outside_root: bool, meta: dict | None = None) -> SourceRecord:
-    path, problem, found = _resolve_image(relative, roots, allow_outside_root)
+                       roots: list[Path], allow_outside_root: bool, listings: _FolderListings,
+                       meta: dict | None = None) -> SourceRecord:
+    path, problem, found = _resolve_image(relative, roots, allow_outside_root, listings)
     return SourceRecord(where, image_id, captions, split, path, meta=meta or {}, problem=problem, image_found=found)
 
 
-def _read_karpathy(source: Path, image_root: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
+def _read_karpathy(source: Path, image_root: str | None, allow_outside_root: bool,
+                   listings: _FolderListings) -> Iterable[SourceRecord]:
     json_path = source if source.is_file() else sorted(source.glob("dataset_*.json"))[0]
     data = _read_json(json_path)
     images = data.get("images") if isinstance(data, dict) else None
@@ -415,7 +414,7 @@ def _read_karpathy(source: Path, image_root: str | None, allow_outside_root: boo
         captions = _caption_list(entry.get("sentences", []), where, "'sentences'")
         split = _string(entry.get("split", ""), where, "'split'")
         meta = {k: v for k, v in entry.items() if k not in KARPATHY_KEYS}
-        yield _record_with_image(where, image_id, captions, split, relative, roots, allow_outside_root, meta)
+        yield _record_with_image(where, image_id, captions, split, relative, roots, allow_outside_root, listings, meta)
 
 
 def _split_from_name(name: str, default: str | None) -> str:
@@ -426,8 +425,8 @@ def _split_from_name(name: str, default: str | None) -> str:
     return default or "train"
 
 
-def _read_albef(source: Path, image_root: str | None, split: str | None,
-                allow_outside_root: bool) -> Iterable[SourceRecord]:
+def _read_albef(source: Path, image_root: str | None, split: str | None, allow_outside_root: bool,
+                listings: _FolderListings) -> Iterable[SourceRecord]:
     data = _read_json(source)
     roots = _default_image_roots(source, image_root)
     file_split = split or _split_from_name(source.stem, None)
@@ -443,14 +442,15 @@ def _read_albef(source: Path, image_root: str | None, split: str | None,
         captions = _caption_list(caption, where, "'caption'") if isinstance(caption, list) else [_string(caption, where, "'caption'")]
         if image not in grouped:
             image_id = _id(entry["image_id"], where, "'image_id'") if "image_id" in entry else Path(image).stem
-            grouped[image] = _record_with_image(f"{where} ({image})", image_id, [], file_split, image, roots, allow_outside_root)
+            grouped[image] = _record_with_image(f"{where} ({image})", image_id, [], file_split, image, roots, allow_outside_root,
+                                                listings)
         grouped[image].captions.extend(captions)
     yield from grouped.values()
 
 
 def _read_csv(source: Path, image_root: str | None, split: str | None,
-              allow_outside_root: bool, img_key: str = "image", caption_key: str = "caption",
-              separator: str | None = None) -> Iterable[SourceRecord]:
+              allow_outside_root: bool, listings: _FolderListings, img_key: str = "image",
+              caption_key: str = "caption", separator: str | None = None) -> Iterable[SourceRecord]:
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     separator = separator or ("\t" if source.suffix.lower() == ".tsv" else ",")
@@ -466,7 +466,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
                     grouped[image] = _record_with_image(
                         f"{source.name}: line {line} ({image})", image_id, [], row.get("split") or split or "train",
-                        image, roots, allow_outside_root,
+                        image, roots, allow_outside_root, listings,
                     )
                     if not image:
                         grouped[image].problem = "empty 'image' field"
@@ -478,7 +478,8 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
     yield from grouped.values()
 
 
-def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool) -> Iterable[SourceRecord]:
+def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool,
+                      listings: _FolderListings) -> Iterable[SourceRecord]:
     folder = source if source.is_dir() else source.parent
     metadata = folder / "metadata.jsonl"
     try:
@@ -499,7 +500,7 @@ def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool)
                 meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
                 row_split = _string(entry.get("split") or split or "train", where, "'split'")
                 yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,
-                                         [folder], allow_outside_root, meta)
+                                         [folder], allow_outside_root, listings, meta)
     except UnicodeDecodeError:
         raise _not_utf8(metadata) from None
 
@@ -711,14 +712,17 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
         entry = None
     if entry is not None and path.is_dir():
         identities = {str(p): file_identity(p) for p in _parsed_files(path, fmt)}
+    listings = _FolderListings()  # one listing per image folder for this read
+    if path.is_dir():
+        listings.note(source)  # a file added there can change what the folder is read as
     if fmt == "karpathy":
-        records = _read_karpathy(path, image_root, allow_outside_root)
+        records = _read_karpathy(path, image_root, allow_outside_root, listings)
     elif fmt == "albef":
-        records = _read_albef(path, image_root, split, allow_outside_root)
+        records = _read_albef(path, image_root, split, allow_outside_root, listings)
     elif fmt == "csv":
-        records = _read_csv(path, image_root, split, allow_outside_root, *csv_options)
+        records = _read_csv(path, image_root, split, allow_outside_root, listings, *csv_options)
     elif fmt == "imagefolder":
-        records = _read_imagefolder(path, split, allow_outside_root)
+        records = _read_imagefolder(path, split, allow_outside_root, listings)
     else:
         records = _read_table(_load_table(source, fmt), source, split)
 
@@ -726,28 +730,21 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
     report = LoadReport(source=source, format=fmt, validated=validate)
     columns: dict[str, list] = {name: [] for name in SOURCE_FEATURES}
     seen: set[str] = set()
-    global _listings
-    _listings = listings = _FolderListings()
-    if path.is_dir():
-        listings.note(source)  # a file added there can change what the folder is read as
-    try:
-        for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
-            record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
-            try:
-                _check_record(record, seen, validate)
-            except SourceError as exc:
-                if not skip_bad:
-                    raise
-                report.skipped.append({"record": record.where, "image_id": record.image_id, "problem": str(exc)})
-                continue
-            seen.add(record.image_id)
-            columns["image_id"].append(record.image_id)
-            columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
-            columns["captions"].append(record.captions)
-            columns["split"].append(record.split)
-            columns["meta"].append(json.dumps(record.meta, sort_keys=True) if record.meta else "{}")
-    finally:
-        _listings = None
+    for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
+        record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
+        try:
+            _check_record(record, seen, validate)
+        except SourceError as exc:
+            if not skip_bad:
+                raise
+            report.skipped.append({"record": record.where, "image_id": record.image_id, "problem": str(exc)})
+            continue
+        seen.add(record.image_id)
+        columns["image_id"].append(record.image_id)
+        columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
+        columns["captions"].append(record.captions)
+        columns["split"].append(record.split)
+        columns["meta"].append(json.dumps(record.meta, sort_keys=True) if record.meta else "{}")
     if not columns["image_id"]:
         raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
     import pyarrow as pa
