@@ -29,7 +29,7 @@ DEFAULT_EVAL = {
 
 def write_world(folder: Path, n: int, seed: int) -> None:
     """The plain sample world: a captioner reads the same images and captions as retrieval."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     write_sample(folder, n=n, seed=seed)
 
@@ -38,7 +38,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
                         folder: str | Path) -> dict:
     """Evaluate `checkpoint` on `source_dir` under every configured attack; writes folder/eval.json,
     eval.md and captions.jsonl (train.evaluate.write_report) and returns the report."""
-    from augment.sample_world import check_caption_of_row
+    from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from models import load_model
     from train.config import parse_fraction

@@ -32,7 +32,7 @@ DEFAULT_EVAL: dict = {
 
 def write_world(folder: Path, n: int, seed: int) -> None:
     """The sample world with referring expressions (Karpathy JSON + images/) in `folder`."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     write_sample(folder, n=n, seed=seed, expressions=EXPRESSIONS_PER_OBJECT)
 

@@ -118,7 +118,7 @@ class Study:
         folder = self.out / "world"
         settings = self.world_key()
         if not is_done(folder, settings):
-            from augment.sample_world import write_sample
+            from augment.world.writer import write_sample
 
             if folder.exists():
                 shutil.rmtree(folder)
@@ -270,7 +270,7 @@ class Study:
 
     def validator(self, folder: Path, seed: int):
         """The trainer callback validating a run every `validation.every` steps (see train.validation)."""
-        from augment.sample_world import check_caption_of_row
+        from augment.world.truth import check_caption_of_row
         from augment.sources import load_source
         from train.config import parse_fraction
         from train.validation import ValidationSettings, Validator
@@ -287,7 +287,7 @@ class Study:
         return Validator(folder, source, settings, caption_checker=check_caption_of_row, log=self.log)
 
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
-        from augment.sample_world import check_caption_of_row
+        from augment.world.truth import check_caption_of_row
         from models import load_model
         from augment.sources import load_source
         from train.config import parse_fraction

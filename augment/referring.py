@@ -16,7 +16,7 @@ Readers:
   The split of an expression is its ref's `split` (val, testA, testB), else the record's, else
   the file name's.
 * `world_grounding(seed, n, ...)` / `load_world_grounding(folder)`: the sample world's scenes,
-  each object with expressions that single it out (`augment.sample_world.referring_expressions`),
+  each object with expressions that single it out (`augment.world.expressions.referring_expressions`),
   its true box, and every object of the scene as a candidate.
 
 `load_grounding(source)` picks the reader from the path.
@@ -222,7 +222,7 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
 
 
 def _world_image(image_id: str, scene, pil, objects: list[dict], split: str):
-    from augment.sample_world import IMAGE_SIZE
+    from augment.world.render import IMAGE_SIZE
 
     image = GroundingImage(image_id, IMAGE_SIZE, IMAGE_SIZE, [list(map(float, o["box"])) for o in objects],
                            split, pil=pil, scene=scene.to_dict())
@@ -237,7 +237,7 @@ def _world_image(image_id: str, scene, pil, objects: list[dict], split: str):
 def world_grounding(seed: int = 0, n: int = 200, split: str = "test", n_expressions: int = 3,
                     start: int = 0) -> GroundingData:
     """Images `start`..`start+n-1` of the sample world with `seed`, every object's expressions."""
-    from augment.sample_world import build_grounding_item
+    from augment.world.writer import build_grounding_item
 
     images, expressions = [], []
     for index in range(start, start + n):
@@ -254,7 +254,8 @@ def load_world_grounding(folder: str | Path, n_expressions: int = 3) -> Groundin
     """A written sample world (`augment make-sample`): its scenes, images and splits, each object
     with the expressions its record lists (`make-sample --expressions N`), else `n_expressions`
     drawn from a stream seeded by the image's file name (deterministic)."""
-    from augment.sample_world import Scene, expressions_for_scene
+    from augment.world.expressions import expressions_for_scene
+    from augment.world.scene import Scene
 
     folder = Path(folder)
     found = sorted(folder.glob("dataset_*.json")) if folder.is_dir() else [folder]

@@ -184,7 +184,7 @@ PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 _SINGLE_CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789") + list(".,;:!?'\"-()/&%+=*#@$")
 
 # Common English words (captions, paraphrases, scene descriptions). Used together with the sample
-# world's own words; on its own it is the fallback while `augment.sample_world` is absent.
+# world's own words.
 _COMMON_WORDS = """
 a an the this that these those some any each every all both few many much more most other
 another such no not only same one two three four five six seven eight nine ten first second
@@ -230,17 +230,9 @@ def _split_words(words: Iterable[str]) -> list[str]:
 
 
 def sample_world_words() -> list[str]:
-    """The sample world's caption words, or [] while `augment.sample_world` does not exist yet."""
-    try:
-        from augment import sample_world
-    except ModuleNotFoundError as exc:
-        if exc.name != "augment.sample_world":
-            raise  # the module exists but is broken: say so rather than change the vocabulary
-        sample_world = None
-    world_vocabulary = getattr(sample_world, "world_vocabulary", None)
-    if world_vocabulary is None:
-        log.info("augment.sample_world.world_vocabulary unavailable; tiny vocabulary = common words only")
-        return []
+    """The sample world's caption words."""
+    from augment.world.captions import world_vocabulary
+
     return list(world_vocabulary())
 
 

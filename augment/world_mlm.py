@@ -41,15 +41,17 @@ TRAINING = {"steps": 600, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "mas
 
 def train_captions(world: dict | None = None) -> list[str]:
     """The captions of the train split of the sample world `world` (no images are rendered)."""
-    from augment.sample_world import _item_rng, captions_for_scene, sample_scene, split_sizes
+    from augment.world.captions import captions_for_scene
+    from augment.world.scene import sample_scene
+    from augment.world.writer import item_rng, split_sizes
 
     world = world or TRAIN_WORLD
     n_train = split_sizes(world["n"], 0.125, 0.125)
     n_train = world["n"] - n_train["val"] - n_train["test"]
     captions = []
     for index in range(n_train):  # the train split is the world's first images
-        scene = sample_scene(_item_rng(world["seed"], index, "scene"))
-        captions += captions_for_scene(scene, _item_rng(world["seed"], index, "captions"), world["captions_per_scene"])
+        scene = sample_scene(item_rng(world["seed"], index, "scene"))
+        captions += captions_for_scene(scene, item_rng(world["seed"], index, "captions"), world["captions_per_scene"])
     return captions
 
 

@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
         return 2
     _offline()
     from augment.registry import load_mlm
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
     from augment.sources import load_source
     from models import load_model
 

@@ -77,7 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def sample_world_items(count: int, seed: int) -> list[dict]:
     """Source-like items (image_id, image, captions) rendered from sample-world scenes."""
-    from augment.sample_world import captions_for_scene, render_scene, sample_scene
+    from augment.world.captions import captions_for_scene
+    from augment.world.render import render_scene
+    from augment.world.scene import sample_scene
 
     items = []
     for i in range(count):

@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def base_world(work: Path) -> tuple[dict, Path]:
     """The sample world's Karpathy JSON and image folder, BASE_IMAGES scenes."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     folder = write_sample(work / "base", n=BASE_IMAGES, seed=0)
     document = json.loads(next(Path(folder).glob("dataset_*.json")).read_text())

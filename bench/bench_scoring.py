@@ -117,7 +117,7 @@ def make_pairs(work: Path, count: int):
     pool of them encodes the same 1,024 images and 1,024 captions CLIPScore does; the world
     source keeps the sample world's 5 captions per image (what a Flickr/COCO source looks like).
     """
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
     from augment.sources import load_source
 
     world = write_sample(work / "world", n=count, seed=1, val_frac=0.0, test_frac=0.0)
@@ -438,7 +438,7 @@ def memory_child(pool_path: str, source_path: str, out_json: str) -> int:
 
 
 def bench_memory(work: Path, sizes: list[int]) -> list[dict]:
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
     from augment.sources import load_source
 
     world = write_sample(work / "memory-world", n=MEMORY_SOURCE_SIZE, seed=2)

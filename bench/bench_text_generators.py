@@ -53,14 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def sample_world_scenes(count: int, seed: int) -> list:
-    from augment.sample_world import sample_scene
+    from augment.world.scene import sample_scene
 
     return [sample_scene(random.Random(f"bench/{seed}/{i}")) for i in range(count)]
 
 
 def sample_world_captions(count: int, seed: int) -> list[str]:
     """`count` captions of sample-world scenes (5 per scene), no images rendered."""
-    from augment.sample_world import captions_for_scene
+    from augment.world.captions import captions_for_scene
 
     captions: list[str] = []
     for i, scene in enumerate(sample_world_scenes((count + 4) // 5, seed)):
@@ -70,7 +70,8 @@ def sample_world_captions(count: int, seed: int) -> list[str]:
 
 def sample_world_items(count: int, seed: int) -> list[dict]:
     """Source-like items (image_id, image, captions) for the model generators."""
-    from augment.sample_world import captions_for_scene, render_scene
+    from augment.world.captions import captions_for_scene
+    from augment.world.render import render_scene
 
     items = []
     for i, scene in enumerate(sample_world_scenes(count, seed)):

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         source = args.source
         if source is None:
-            from augment.sample_world import write_sample
+            from augment.world.writer import write_sample
 
             source = str(write_sample(work / "world", n=200, seed=0))
         if args.text_attack_only:

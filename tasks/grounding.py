@@ -171,7 +171,7 @@ def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tenso
 
 def scenes_of_rows(metas: Sequence[str | None]) -> list | None:
     """Per source row its sample-world `Scene` (from the row's meta JSON); None unless every row has one."""
-    from augment.sample_world import Scene
+    from augment.world.scene import Scene
 
     scenes = []
     for meta in metas:
@@ -191,7 +191,7 @@ def object_edits(scene, index: int) -> list[list]:
     objects: rendered, each differs from the scene's image only inside that object's box."""
     from dataclasses import replace
 
-    from augment.sample_world import COLOURS, SHAPES, SIZES, Scene
+    from augment.world.scene import COLOURS, SHAPES, SIZES, Scene
 
     objects, obj = scene.objects, scene.objects[index]
 
@@ -214,7 +214,7 @@ def counterfactual_scenes(text: str, scene) -> tuple[list[list], list[list]]:
     A false edit differs from the true image only inside the referred object's box, a true edit
     only inside another object's: together they leave ITM one way to tell match from mismatch,
     looking at the referred object, which is what Grad-CAM grounding reads."""
-    from augment.sample_world import referents
+    from augment.world.truth import referents
 
     found = referents(text, scene)
     if not found or len(found) != 1:
@@ -279,7 +279,7 @@ class GroundingTask(RetrievalTask):
 
     def true_pairs(self, keys: torch.Tensor, texts: Sequence[str] | None) -> torch.Tensor | None:
         """[B, B] float, image row x text row: 1 where the world's checker says the expression refers
-        to some object of the image (`sample_world.referents` not empty); None without scenes.
+        to some object of the image (`augment.world.truth.referents` not empty); None without scenes.
 
         In-batch ITM negatives are otherwise other images' expressions, and the most similar one
         (the one mined) is often true of this image too ('the star' of another scene, here a star
@@ -287,7 +287,7 @@ class GroundingTask(RetrievalTask):
         scenes = self.scenes
         if not scenes or texts is None:
             return None
-        from augment.sample_world import referents
+        from augment.world.truth import referents
 
         def true_of(key: int, text: str) -> bool:
             if (key, text) not in self._truth:
@@ -305,7 +305,7 @@ class GroundingTask(RetrievalTask):
         without scenes, with the option off, or when no row has one."""
         if not self.counterfactual_pairs or not self.scenes or texts is None:
             return None
-        from augment.sample_world import render_scene
+        from augment.world.render import render_scene
 
         transform = self.train_transform(model)
         rows, images, labels = [], [], []

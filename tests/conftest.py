@@ -74,15 +74,19 @@ def _code_key(*modules: str) -> str:
     return digest.hexdigest()[:12]
 
 
+# every module of the sample world: a cached fixture built from the world depends on all of them
+WORLD_CODE = tuple(sorted(str(path.relative_to(Path(__file__).resolve().parent.parent))
+                          for path in (Path(__file__).resolve().parent.parent / "augment" / "world").glob("*.py")))
+
 SAMPLE_WORLD_SIZE = 400  # 300 train / 50 val / 50 test scenes, 5 captions each
 
 
 @pytest.fixture(scope="session")
 def sample_world_dir(request) -> Path:
     """A small sample world (Karpathy JSON + 64x64 PNGs), built once and cached across runs."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
-    key = _code_key("augment/sample_world.py")
+    key = _code_key(*WORLD_CODE)
     folder = Path(request.config.cache.mkdir("mat-plus")) / f"sample-world-{SAMPLE_WORLD_SIZE}-{key}"
     if not folder.exists():
         write_sample(folder, n=SAMPLE_WORLD_SIZE, seed=0)
@@ -90,7 +94,7 @@ def sample_world_dir(request) -> Path:
 
 
 # the code a trained twin depends on: edits invalidate the cached fixture
-TRAINER_CODE = ("augment/sample_world.py", "augment/tiny.py", "train/trainer.py", "train/methods.py", "train/data.py",
+TRAINER_CODE = (*WORLD_CODE, "augment/tiny.py", "train/trainer.py", "train/methods.py", "train/data.py",
                 "tasks/retrieval.py", "models/base.py")
 
 
@@ -151,9 +155,9 @@ GROUNDING_WORLD_SIZE = 400  # 300 train / 50 val / 50 test scenes, 2 expressions
 @pytest.fixture(scope="session")
 def grounding_world_dir(request) -> Path:
     """The sample world with referring expressions (`make-sample --expressions 2`), cached across runs."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
-    key = _code_key("augment/sample_world.py")
+    key = _code_key(*WORLD_CODE)
     folder = Path(request.config.cache.mkdir("mat-plus")) / f"grounding-world-{GROUNDING_WORLD_SIZE}-{key}"
     if not folder.exists():
         write_sample(folder, n=GROUNDING_WORLD_SIZE, seed=0, expressions=2)

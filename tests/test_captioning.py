@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import _code_key
+from tests.conftest import WORLD_CODE, _code_key
 
 # the colour world: the sample world's images, one caption "a <colour> shape" per object colour (a
 # tiny captioner learns them in one or two hundred steps; the truth checker judges them)
@@ -31,7 +31,7 @@ def captioner():
 
 @pytest.fixture(scope="session")
 def colour_world(request, sample_world_dir) -> Path:
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"colour-world-{_code_key('augment/sample_world.py')}"
+    folder = Path(request.config.cache.mkdir("mat-plus")) / f"colour-world-{_code_key(*WORLD_CODE)}"
     if not (folder / "dataset_colour.json").exists():
         document = json.loads((sample_world_dir / "dataset_sample.json").read_text())
         for image in document["images"]:
@@ -50,7 +50,7 @@ def trained_captioner(request, colour_world) -> Path:
     (transformers layout; the prompt is saved with it), cached across runs."""
     from train.quick_captioning import train_quick_captioner
 
-    key = _code_key("augment/sample_world.py", "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
+    key = _code_key(*WORLD_CODE, "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
     folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-captioner-{key}"
     if not (folder / "config.json").exists():
         torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -68,7 +68,7 @@ def world_mlm(request):
     from augment import world_mlm as builder
     from augment.registry import load_mlm
 
-    key = _code_key("augment/world_mlm.py", "augment/sample_world.py", "augment/tiny.py")
+    key = _code_key("augment/world_mlm.py", *WORLD_CODE, "augment/tiny.py")
     folder = Path(request.config.cache.mkdir("mat-plus")) / f"world-mlm-{key}"
     if not (folder / "config.json").exists():
         building = folder.with_name(folder.name + ".building")
@@ -377,7 +377,7 @@ def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
 
 def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner, colour_world, world_mlm):
     """The issue's bar: each attack lowers CIDEr and the truth-checked share of a briefly trained captioner."""
-    from augment.sample_world import check_caption_of_row
+    from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from models import load_model
     from train.evaluate_captioning import evaluate_captioning, markdown_report

@@ -78,7 +78,8 @@ def world(sample_world_dir):
 
 
 def scene_checker(caption: str, row: dict):
-    from augment.sample_world import Scene, check_caption
+    from augment.world.scene import Scene
+    from augment.world.truth import check_caption
     from augment.sources import scene_of
 
     return check_caption(caption, Scene.from_dict(scene_of(row)))

@@ -28,7 +28,7 @@ TWIN_LR = {"tiny-blip": 3e-4}
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
     """16 train scenes with one caption each: every step sees the whole train split (loss curves are not noise)."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     return write_sample(tmp_path_factory.mktemp("small-world"), n=20, seed=3, val_frac=0.0, test_frac=0.2, n_captions=1)
 

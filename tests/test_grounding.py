@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from augment import sample_world as sw
 from augment.errors import SourceError
+from augment.world.expressions import canonical_expression
+from augment.world.render import object_box, render_scene
+from augment.world.scene import COLOURS, Scene, SceneObject
+from augment.world.truth import check_expression, referents
+from augment.world.writer import build_grounding_item, write_sample
 from augment.referring import load_grounding, load_refcoco, world_grounding
 from models.base import TextTokens
 from tasks.grounding import box_iou, box_scores, choose_box, ground, oracle_accuracy, random_box_accuracy
@@ -19,16 +23,16 @@ from tasks.grounding import box_iou, box_scores, choose_box, ground, oracle_accu
 
 def test_world_expressions_single_out_their_object_with_the_drawn_box():
     for index in range(40):
-        scene, image, objects = sw.build_grounding_item(3, index)
-        assert objects == sw.build_grounding_item(3, index)[2]  # deterministic
+        scene, image, objects = build_grounding_item(3, index)
+        assert objects == build_grounding_item(3, index)[2]  # deterministic
         pixels = np.asarray(image)
         for obj in objects:
             assert len(obj["expressions"]) == 3 and len(set(obj["expressions"])) == 3
-            assert obj["expressions"][0] == sw.canonical_expression(scene, obj["object"])
+            assert obj["expressions"][0] == canonical_expression(scene, obj["object"])
             for text in obj["expressions"]:
-                assert sw.check_expression(text, scene, obj["object"]) is True, text
+                assert check_expression(text, scene, obj["object"]) is True, text
                 others = [k for k in range(len(scene.objects)) if k != obj["object"]]
-                assert all(sw.check_expression(text, scene, k) is False for k in others), text
+                assert all(check_expression(text, scene, k) is False for k in others), text
             if len(scene.objects) == 1 and scene.background == "plain":
                 ys, xs = np.nonzero((pixels != 128).any(-1))
                 assert obj["box"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
@@ -47,21 +51,21 @@ def test_world_expressions_single_out_their_object_with_the_drawn_box():
     ("not the red circle", 0, None),
 ])
 def test_check_expression_hand_made_cases(text, target, expected):
-    scene = sw.Scene((sw.SceneObject("circle", "red", "small", "left"), sw.SceneObject("circle", "blue", "small", "right"),
-                      sw.SceneObject("square", "green", "large", "centre")))
-    assert sw.check_expression(text, scene, target) is expected
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
+                      SceneObject("square", "green", "large", "centre")))
+    assert check_expression(text, scene, target) is expected
 
 
 def test_world_folder_and_in_memory_forms(tmp_path):
-    folder = sw.write_sample(tmp_path / "world", n=8, seed=1, val_frac=0.25, test_frac=0.25)
+    folder = write_sample(tmp_path / "world", n=8, seed=1, val_frac=0.25, test_frac=0.25)
     data = load_grounding(folder)
     assert len(data.images) == 8 and data.splits() == ["test", "train", "val"]
     test = data.select("test")
     assert {e.split for e in test.expressions} == {"test"} and len(test.images) == 2
     for expression in data.expressions:
         image = data.images[expression.image]
-        scene = sw.Scene.from_dict(image.scene)
-        assert expression.box == list(map(float, sw.object_box(scene.objects[expression.target])))
+        scene = Scene.from_dict(image.scene)
+        assert expression.box == list(map(float, object_box(scene.objects[expression.target])))
         assert expression.box in image.candidates and len(image.candidates) == len(scene.objects)
     assert [e.text for e in load_grounding(folder).expressions] == [e.text for e in data.expressions]
     memory = world_grounding(seed=1, n=3)
@@ -71,7 +75,7 @@ def test_world_folder_and_in_memory_forms(tmp_path):
 def test_make_sample_with_expressions_is_a_training_source(tmp_path):
     from augment.sources import load_source
 
-    folder = sw.write_sample(tmp_path / "world", n=6, seed=2, val_frac=0.0, test_frac=0.5, expressions=2)
+    folder = write_sample(tmp_path / "world", n=6, seed=2, val_frac=0.0, test_frac=0.5, expressions=2)
     data = load_grounding(folder)
     memory = world_grounding(seed=2, n=6, n_expressions=2)
     assert [e.text for e in data.expressions] == [e.text for e in memory.expressions]
@@ -161,8 +165,8 @@ class _ColourGrounder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.words = {word: k + 1 for k, word in enumerate(sw.COLOURS)}
-        colours = torch.tensor([[0.5, 0.5, 0.5], *[[c / 255 for c in rgb] for rgb in sw.COLOURS.values()]]) - 0.5
+        self.words = {word: k + 1 for k, word in enumerate(COLOURS)}
+        colours = torch.tensor([[0.5, 0.5, 0.5], *[[c / 255 for c in rgb] for rgb in COLOURS.values()]]) - 0.5
         self.register_buffer("colours", colours)
 
     @property
@@ -206,13 +210,13 @@ def test_ground_with_a_heat_model_beats_the_random_box():
     truth = [e.box for e in data.expressions]
     hits = [box_iou(candidates[k][c], truth[k]) >= 0.5 for k, c in enumerate(chosen)]
     # the double reads colour words only: expressions naming one colour are grounded by it
-    named = [k for k, e in enumerate(data.expressions) if sum(w in sw.COLOURS for w in e.text.split()) == 1]
+    named = [k for k, e in enumerate(data.expressions) if sum(w in COLOURS for w in e.text.split()) == 1]
     accuracy = 100 * sum(hits[k] for k in named) / len(named)
     assert accuracy > random_box_accuracy([candidates[k] for k in named], [truth[k] for k in named]) + 25
 
 
 def _one_colour(data):
-    return [k for k, e in enumerate(data.expressions) if sum(w in sw.COLOURS for w in e.text.split()) == 1]
+    return [k for k, e in enumerate(data.expressions) if sum(w in COLOURS for w in e.text.split()) == 1]
 
 
 def test_grounding_attacks_lower_the_itm_score_within_budget():
@@ -269,7 +273,7 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
 def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
     from train.cli import main
 
-    folder = sw.write_sample(tmp_path / "world", n=4, seed=1, val_frac=0.0, test_frac=0.5, expressions=1)
+    folder = write_sample(tmp_path / "world", n=4, seed=1, val_frac=0.0, test_frac=0.5, expressions=1)
     code = main(["eval", "tiny-clip", "--task", "grounding", "--source", str(folder), "--out", str(tmp_path / "eval")])
     assert code == 2
     assert "needs a model with an ITM head and grounding_heatmap" in capsys.readouterr().err
@@ -291,9 +295,9 @@ def test_equal_expressions_of_different_images_are_positives():
 def test_true_pairs_label_an_expression_true_of_another_image_positive():
     from tasks.grounding import GroundingTask, scenes_of_rows
 
-    scenes = [sw.Scene((sw.SceneObject("star", "red", "small", "left"),)),
-              sw.Scene((sw.SceneObject("star", "blue", "large", "right"), sw.SceneObject("circle", "red", "small", "top"))),
-              sw.Scene((sw.SceneObject("square", "green", "large", "centre"),))]
+    scenes = [Scene((SceneObject("star", "red", "small", "left"),)),
+              Scene((SceneObject("star", "blue", "large", "right"), SceneObject("circle", "red", "small", "top"))),
+              Scene((SceneObject("square", "green", "large", "centre"),))]
     metas = [json.dumps({"scene": scene.to_dict()}) for scene in scenes]
     task = GroundingTask()
     task.scenes = scenes_of_rows(metas)
@@ -308,31 +312,31 @@ def test_true_pairs_label_an_expression_true_of_another_image_positive():
 def test_counterfactual_edits_are_checked_and_change_only_their_object():
     from tasks.grounding import counterfactual_scenes
 
-    scene = sw.Scene((sw.SceneObject("circle", "red", "small", "left"), sw.SceneObject("circle", "blue", "small", "right"),
-                      sw.SceneObject("square", "green", "large", "centre")), "noisy", 7)
-    original = np.asarray(sw.render_scene(scene)).astype(int)
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
+                      SceneObject("square", "green", "large", "centre")), "noisy", 7)
+    original = np.asarray(render_scene(scene)).astype(int)
     false, true = counterfactual_scenes("the red circle", scene)
     # removed, recoloured, reshaped; resized it is still the red circle
-    assert [len(s.objects) for s in false[0]] == [2] and [len(g) for g in false[1:]] == [len(sw.COLOURS) - 1, 5]
+    assert [len(s.objects) for s in false[0]] == [2] and [len(g) for g in false[1:]] == [len(COLOURS) - 1, 5]
     assert len(true) == 8  # each other object: removed or one attribute changed, where it stays true
 
     def changed_box(edited):
-        ys, xs = np.nonzero((np.asarray(sw.render_scene(edited)).astype(int) != original).any(-1))
+        ys, xs = np.nonzero((np.asarray(render_scene(edited)).astype(int) != original).any(-1))
         return xs.min(), ys.min(), xs.max(), ys.max()
 
     def inside(corners, edited, index):
         """Whether the changed pixels lie in object `index`'s box before or after the edit."""
-        boxes = [sw.object_box(scene.objects[index])]
-        boxes += [sw.object_box(o) for o in edited.objects if o.position == scene.objects[index].position]
+        boxes = [object_box(scene.objects[index])]
+        boxes += [object_box(o) for o in edited.objects if o.position == scene.objects[index].position]
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
         return x0 <= corners[0] and y0 <= corners[1] and corners[2] < x1 and corners[3] < y1
 
     for edited in (s for group in false for s in group):
-        assert sw.referents("the red circle", edited) == []
+        assert referents("the red circle", edited) == []
         assert inside(changed_box(edited), edited, 0)  # the same noise and other objects
     for edited in (s for group in true for s in group):
-        found = sw.referents("the red circle", edited)
+        found = referents("the red circle", edited)
         assert len(found) == 1 and edited.objects[found[0]].content() == scene.objects[0].content()
         assert any(inside(changed_box(edited), edited, k) for k in (1, 2))
     assert not any(obj.colour == "red" and obj.shape == "circle" for group in true for s in group
@@ -345,8 +349,8 @@ def test_counterfactual_pixels_label_edits_by_the_checker():
     from models import load_model
     from tasks.grounding import GroundingTask, scenes_of_rows
 
-    scenes = [sw.Scene((sw.SceneObject("star", "red", "small", "left"), sw.SceneObject("circle", "blue", "large", "top"))),
-              sw.Scene((sw.SceneObject("square", "green", "large", "centre"),))]
+    scenes = [Scene((SceneObject("star", "red", "small", "left"), SceneObject("circle", "blue", "large", "top"))),
+              Scene((SceneObject("square", "green", "large", "centre"),))]
     model = load_model("tiny-albef")
     task = GroundingTask(counterfactual_every=1)
     task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
@@ -356,7 +360,7 @@ def test_counterfactual_pixels_label_edits_by_the_checker():
     assert rows.tolist() == [0, 0, 1] and labels.tolist() == [0.0, 1.0, 0.0]
     assert pixels.shape == (3, 3, model.image_size, model.image_size)
     for pixel, row in zip(pixels, rows.tolist()):
-        assert not torch.equal(pixel, model.preprocess_eval(sw.render_scene(scenes[keys[row]])))
+        assert not torch.equal(pixel, model.preprocess_eval(render_scene(scenes[keys[row]])))
     task.counterfactual_every = 2  # rows 0, 2, ...: the star's pairs, none for row 2's unreadable text
     assert task.counterfactual_pixels(model, keys, ["the star", "the square", "hello there"])[0].tolist() == [0, 0]
     assert GroundingTask(counterfactual_pairs=False).counterfactual_pixels(model, keys, ["the star"] * 3) is None
@@ -392,12 +396,12 @@ def grounding_train_world(request):
     training pairs and 52% of the test ones."""
     from pathlib import Path
 
-    from tests.conftest import _code_key
+    from tests.conftest import WORLD_CODE, _code_key
 
     folder = Path(request.config.cache.mkdir("mat-plus")) / (
-        f"grounding-train-world-{GROUNDING_TRAIN_SCENES}-{_code_key('augment/sample_world.py')}")
+        f"grounding-train-world-{GROUNDING_TRAIN_SCENES}-{_code_key(*WORLD_CODE)}")
     if not folder.exists():
-        sw.write_sample(folder, n=GROUNDING_TRAIN_SCENES, seed=1, val_frac=0.0, test_frac=0.0, expressions=2)
+        write_sample(folder, n=GROUNDING_TRAIN_SCENES, seed=1, val_frac=0.0, test_frac=0.0, expressions=2)
     return folder
 
 

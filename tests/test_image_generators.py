@@ -27,7 +27,7 @@ STEPS = "2"
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """8 sample-world scenes (6 train), 64x64, 5 captions each."""
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     return write_sample(tmp_path_factory.mktemp("imggen") / "sample", n=8, seed=0)
 

@@ -8,7 +8,9 @@ import sys
 import numpy as np
 
 from augment.pool import load_pool
-from augment.sample_world import Scene, check_caption, render_scene
+from augment.world.render import render_scene
+from augment.world.scene import Scene
+from augment.world.truth import check_caption
 from augment.sources import load_source, select_split
 
 

@@ -8,14 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment import sample_world as sw
 from augment.cli import main as augment_main
 from augment.errors import SourceError
-from augment.sample_world import Scene, SceneObject, check_caption
+from augment.world import writer as world_writer
+from augment.world.captions import (
+    SHAPE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption, world_vocabulary,
+)
+from augment.world.render import render_scene, rerender_variant
+from augment.world.scene import BACKGROUNDS, COLOURS, SHAPES, Scene, SceneObject, sample_scene
+from augment.world.truth import check_caption
+from augment.world.writer import build_item, write_sample
 
 
 def _scenes(count: int, seed: int = 0) -> list[Scene]:
-    return [sw.sample_scene(random.Random(f"test/{seed}/{i}")) for i in range(count)]
+    return [sample_scene(random.Random(f"test/{seed}/{i}")) for i in range(count)]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -36,17 +42,17 @@ def test_scenes_are_seeded_valid_and_varied():
         positions = [obj.position for obj in scene.objects]
         assert 1 <= len(scene.objects) <= 3 and len(set(positions)) == len(positions)
     assert {len(s.objects) for s in first} == {1, 2, 3}
-    assert {s.background for s in first} == set(sw.BACKGROUNDS)
-    assert {o.shape for s in first for o in s.objects} == set(sw.SHAPES)
-    assert {o.colour for s in first for o in s.objects} == set(sw.COLOURS)
+    assert {s.background for s in first} == set(BACKGROUNDS)
+    assert {o.shape for s in first for o in s.objects} == set(SHAPES)
+    assert {o.colour for s in first for o in s.objects} == set(COLOURS)
     # retrieval must not be trivial: many images share their canonical caption's objects
-    canonical = [sw.describe(s, random.Random(0), "canonical") for s in _scenes(1000)]
+    canonical = [describe(s, random.Random(0), "canonical") for s in _scenes(1000)]
     assert len(set(canonical)) < len(canonical)
 
 
 def test_pinned_first_images_of_seed_zero():
     # guards the promise that seed 0 is the same world on every machine and every release
-    captions = [sw.build_item(0, i)[2][0] for i in range(3)]
+    captions = [build_item(0, i)[2][0] for i in range(3)]
     assert captions == [
         "a large red square, a large yellow star and a small red square",
         "a large orange square, a large white circle and a small white star",
@@ -68,22 +74,22 @@ def test_scene_dict_round_trip_and_bad_dicts():
 
 def test_render_is_64x64_rgb_and_deterministic():
     for scene in _scenes(10):
-        image = sw.render_scene(scene)
+        image = render_scene(scene)
         assert image.size == (64, 64) and image.mode == "RGB"
-        assert image.tobytes() == sw.render_scene(scene).tobytes()
+        assert image.tobytes() == render_scene(scene).tobytes()
         # every object's colour is on the canvas
         pixels = {tuple(p) for p in np.asarray(image).reshape(-1, 3)}
         for obj in scene.objects:
-            assert sw.COLOURS[obj.colour] in pixels
+            assert COLOURS[obj.colour] in pixels
 
 
 def test_rerender_variant_keeps_content_and_changes_pixels():
     for index, scene in enumerate(_scenes(60)):
-        variant, image = sw.rerender_variant(scene, random.Random(index))
+        variant, image = rerender_variant(scene, random.Random(index))
         assert variant.content() == scene.content()
-        assert image.tobytes() != sw.render_scene(scene).tobytes()
-        assert image.tobytes() == sw.render_scene(variant).tobytes()
-        for caption in sw.captions_for_scene(scene, random.Random(index), 5):
+        assert image.tobytes() != render_scene(scene).tobytes()
+        assert image.tobytes() == render_scene(variant).tobytes()
+        for caption in captions_for_scene(scene, random.Random(index), 5):
             assert check_caption(caption, variant) is True, caption
 
 
@@ -92,11 +98,11 @@ def test_rerender_variant_keeps_content_and_changes_pixels():
 
 def test_captions_are_distinct_and_true_of_their_scene():
     for index, scene in enumerate(_scenes(400)):
-        captions = sw.captions_for_scene(scene, random.Random(index), 5)
+        captions = captions_for_scene(scene, random.Random(index), 5)
         assert len(captions) == 5 and len(set(captions)) == 5, captions
-        more = sw.captions_for_scene(scene, random.Random(index + 1), 8)
+        more = captions_for_scene(scene, random.Random(index + 1), 8)
         assert len(set(more)) == 8
-        partial = sw.partial_caption(scene, random.Random(index))
+        partial = partial_caption(scene, random.Random(index))
         for caption in captions + more + [partial]:
             assert check_caption(caption, scene) is True, (caption, scene.to_dict())
             assert caption == caption.strip() and "  " not in caption and caption[-1].isalpha()
@@ -108,7 +114,7 @@ def test_captions_of_another_scene_are_mostly_false():
     verdicts = []
     for index, scene in enumerate(scenes):
         other = scenes[(index + 1) % len(scenes)]
-        verdicts += [check_caption(c, other) for c in sw.captions_for_scene(scene, random.Random(index))]
+        verdicts += [check_caption(c, other) for c in captions_for_scene(scene, random.Random(index))]
     assert None not in verdicts
     assert sum(v is True for v in verdicts) / len(verdicts) < 0.10
 
@@ -116,32 +122,32 @@ def test_captions_of_another_scene_are_mostly_false():
 def test_partial_caption_names_one_object():
     three = next(s for s in _scenes(50) if len(s.objects) == 3)
     for index in range(20):
-        caption = sw.partial_caption(three, random.Random(index))
-        named = [shape for shape in sw.SHAPES
-                 if any(word in caption.split() for word in sw.SHAPE_WORDS[shape])]
+        caption = partial_caption(three, random.Random(index))
+        named = [shape for shape in SHAPES
+                 if any(word in caption.split() for word in SHAPE_WORDS[shape])]
         assert len(named) <= 1 and check_caption(caption, three) is True
 
 
 def test_caption_styles_and_relation_phrase():
     rng = random.Random(0)
-    assert sw.describe(TWO, rng, "canonical") == "a large red circle and a small blue square"
-    relation = sw.describe(TWO, rng, "relation")
+    assert describe(TWO, rng, "canonical") == "a large red circle and a small blue square"
+    relation = describe(TWO, rng, "relation")
     assert any(p in relation for p in ("left of", "right of")), relation
     with pytest.raises(ValueError):
-        sw.describe(TWO, rng, "haiku")
+        describe(TWO, rng, "haiku")
 
 
 def test_vocabulary_covers_every_generated_word():
-    vocabulary = set(sw.world_vocabulary())
-    assert sw.world_vocabulary() == sorted(vocabulary)
+    vocabulary = set(world_vocabulary())
+    assert world_vocabulary() == sorted(vocabulary)
     assert {"crimson", "disk", "left", "background", "picture"} <= vocabulary
     seen = set()
     for index, scene in enumerate(_scenes(300, seed=7)):
         rng = random.Random(index)
-        captions = [sw.describe(scene, rng, style) for style in sw.STYLES for _ in range(2)]
-        captions += [sw.partial_caption(scene, rng)]
+        captions = [describe(scene, rng, style) for style in STYLES for _ in range(2)]
+        captions += [partial_caption(scene, rng)]
         for caption in captions:
-            words = sw.caption_tokens(caption)
+            words = caption_tokens(caption)
             assert set(words) <= vocabulary, set(words) - vocabulary
             seen.update(words)
     # and the vocabulary holds nothing the generators never say
@@ -213,12 +219,12 @@ def test_check_caption_with_duplicate_objects():
 
 
 def test_write_sample_is_byte_identical_and_karpathy_shaped(tmp_path):
-    first = sw.write_sample(tmp_path / "a", n=40, seed=3)
-    second = sw.write_sample(tmp_path / "b", n=40, seed=3)
+    first = write_sample(tmp_path / "a", n=40, seed=3)
+    second = write_sample(tmp_path / "b", n=40, seed=3)
     files = _files(first)
     assert files == _files(second)
     assert len(files) == 41
-    assert _files(sw.write_sample(tmp_path / "c", n=40, seed=4)) != files
+    assert _files(write_sample(tmp_path / "c", n=40, seed=4)) != files
 
     data = json.loads((first / "dataset_sample.json").read_text())
     assert data["dataset"] == "sample"
@@ -233,7 +239,7 @@ def test_write_sample_is_byte_identical_and_karpathy_shaped(tmp_path):
         assert [s["sentid"] for s in image["sentences"]] == image["sentids"]
         for sentence in image["sentences"]:
             assert sentence["imgid"] == image["imgid"]
-            assert sentence["tokens"] == sw.caption_tokens(sentence["raw"])
+            assert sentence["tokens"] == caption_tokens(sentence["raw"])
             assert check_caption(sentence["raw"], scene) is True
 
 
@@ -242,27 +248,27 @@ def test_write_sample_refuses_non_empty_and_bad_arguments(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(SourceError, match="not empty"):
-        sw.write_sample(out, n=5)
+        write_sample(out, n=5)
     assert (out / "keep.txt").read_text() == "mine"
-    sw.write_sample(out, n=5, overwrite=True)
+    write_sample(out, n=5, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["dataset_sample.json", "images"]
     with pytest.raises(SourceError):
-        sw.write_sample(tmp_path / "x", n=0)
+        write_sample(tmp_path / "x", n=0)
     with pytest.raises(SourceError):
-        sw.write_sample(tmp_path / "x", n=10, val_frac=0.6, test_frac=0.5)
+        write_sample(tmp_path / "x", n=10, val_frac=0.6, test_frac=0.5)
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    real = sw.build_item
+    real = build_item
 
     def failing(seed, index, n_captions=5):
         if index == 7:
             raise KeyboardInterrupt
         return real(seed, index, n_captions)
 
-    monkeypatch.setattr(sw, "build_item", failing)
+    monkeypatch.setattr(world_writer, "build_item", failing)
     with pytest.raises(KeyboardInterrupt):
-        sw.write_sample(tmp_path / "world", n=20)
+        write_sample(tmp_path / "world", n=20)
     assert list(tmp_path.iterdir()) == []
 
 

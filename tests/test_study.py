@@ -188,7 +188,7 @@ def test_validation_does_not_change_training(tmp_path, sample_world_dir):
     from safetensors.torch import load_file
 
     from analysis.study import train_resumable
-    from augment.sample_world import check_caption_of_row
+    from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from train.validation import ValidationSettings, Validator
 

@@ -22,7 +22,7 @@ def _substitutions(tmp_path, world, name, **settings):
 
 
 def test_truth_filter_keeps_only_true_substitutions(tmp_path, sample_world_dir):
-    from augment.sample_world import check_caption_of_row
+    from augment.world.truth import check_caption_of_row
 
     unfiltered = _substitutions(tmp_path, sample_world_dir, "plain")
     filtered = _substitutions(tmp_path, sample_world_dir, "truth", text_attack_filter="truth")
@@ -49,7 +49,8 @@ def test_unknown_filter_is_refused():
 
 def test_noisy_scene_captions_are_false_of_their_scene():
     from augment.generators.procedural import SceneCaptionGenerator
-    from augment.sample_world import check_caption, sample_scene
+    from augment.world.scene import sample_scene
+    from augment.world.truth import check_caption
 
     generator, verdicts = SceneCaptionGenerator("noisy"), []
     for i in range(100):

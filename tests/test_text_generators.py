@@ -43,7 +43,7 @@ def wordnet_ready(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
-    from augment.sample_world import write_sample
+    from augment.world.writer import write_sample
 
     out = write_sample(tmp_path_factory.mktemp("world") / "sample", n=60, seed=0)
     return out / "dataset_sample.json"

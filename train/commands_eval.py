@@ -147,7 +147,7 @@ def _check_positive(args) -> None:
 
 def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | None = None):
     from augment.errors import MatPlusError
-    from augment.sample_world import check_caption_of_row, has_scenes
+    from augment.world.truth import check_caption_of_row, has_scenes
     from augment.sources import select_split
 
     if choice == "none":

@@ -50,7 +50,8 @@ PROTOCOL = (
 
 def world_expression_checker(text: str, image: GroundingImage, expression: ReferringExpression) -> bool | None:
     """The sample world's truth checker: does `text` still single out the expression's object?"""
-    from augment.sample_world import Scene, check_expression
+    from augment.world.scene import Scene
+    from augment.world.truth import check_expression
 
     if image.scene is None or expression.target is None:
         return None

@@ -9,7 +9,7 @@ attack's greedy choice, so MAT only ever makes accepted substitutions.
 
 `row` is the training source row of the caption's image without its pixels: `image_id`,
 `captions` (the image's reference captions) and `meta`. Built in: `truth`, the sample world's
-checker (`augment.sample_world.check_caption_of_row`, exact on the world). On real data
+checker (`augment.world.truth.check_caption_of_row`, exact on the world). On real data
 register your own, e.g. an entailment model that accepts a candidate when one of the row's
 reference captions entails it:
 
@@ -26,7 +26,7 @@ CaptionFilter = Callable[[str, dict], Any]
 
 
 def _world_truth(caption: str, row: dict) -> bool:
-    from augment.sample_world import check_caption_of_row
+    from augment.world.truth import check_caption_of_row
 
     return check_caption_of_row(caption, row) is True  # None (no scene, unparseable) is not accepted
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from augment.sample_world import split_sizes, write_sample
+from augment.world.writer import split_sizes, write_sample
 
 
 def register(subparsers) -> None:

@@ -25,7 +25,8 @@ CAPTION_STYLES = ("full", "partial", "mixed", "noisy")
 def corrupt_attribute(caption: str, scene, rng: random.Random, tries: int = 20) -> str:
     """`caption` with one colour, shape or size word swapped for another of its kind so that the
     world's checker calls it false (the caption unchanged if no swap makes it false)."""
-    from augment.sample_world import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, check_caption
+    from augment.world.captions import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS
+    from augment.world.truth import check_caption
 
     kinds = [tuple(w for words in table.values() for w in words) for table in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS)]
     words = caption.split()
@@ -41,7 +42,7 @@ def corrupt_attribute(caption: str, scene, rng: random.Random, tries: int = 20) 
 
 
 def _scene(item: dict):
-    from augment.sample_world import Scene
+    from augment.world.scene import Scene
 
     meta = json.loads(item.get("meta") or "{}")
     if "scene" not in meta:
@@ -67,7 +68,7 @@ class RenderGenerator(Generator):
         return {"captions_per_image": self.captions_per_image}
 
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
-        from augment.sample_world import rerender_variant
+        from augment.world.render import rerender_variant
 
         rows = []
         for item in items:
@@ -95,7 +96,7 @@ class SceneCaptionGenerator(Generator):
         return {"caption_style": self.caption_style}
 
     def _draw(self, scene, rng: random.Random) -> str:
-        from augment.sample_world import STYLES, describe, partial_caption
+        from augment.world.captions import STYLES, describe, partial_caption
 
         partial = self.caption_style == "partial" or (self.caption_style == "mixed" and rng.random() < 0.5)
         caption = partial_caption(scene, rng) if partial else describe(scene, rng, rng.choice(STYLES))
