@@ -387,6 +387,26 @@ def counted_hf_scorer(hf_clip_dir):
     return scorer, EncodeCounter(scorer)
 
 
+def test_captions_grouped_by_length_give_the_embeddings_of_batches_in_order(hf_clip_dir):
+    """encode_texts batches captions by length (less padding to compute): the embeddings equal
+    those of batches taken in the given order to float rounding, and come back in that order."""
+    import torch
+
+    from augment.scoring.scorers import load_scorer
+
+    scorer = load_scorer(str(hf_clip_dir), batch_size=4)
+    words = "a red cube on a blue sphere next to the green cone under a lamp".split()
+    rng = np.random.default_rng(0)
+    captions = [" ".join(words[: int(n)]) for n in rng.integers(1, len(words) + 1, 13)]
+    in_order = scorer._batched(captions, scorer._encode_text_batch)
+    batches = []
+    encode_batch = scorer._encode_text_batch
+    scorer._encode_text_batch = lambda texts: batches.append(list(texts)) or encode_batch(texts)
+    grouped = scorer.encode_texts(captions)
+    assert [len(c) for batch in batches for c in batch] == sorted(len(c) for c in captions)
+    torch.testing.assert_close(grouped, in_order, rtol=0, atol=1e-6)
+
+
 def _settings(**overrides):
     from augment.scoring.pool_scores import ScoreSettings
 
