@@ -269,6 +269,42 @@ def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
         assert batched.dtype == expected.dtype and torch.equal(batched, expected)
 
 
+def test_row_scores_equal_the_per_row_definitions():
+    """Row-wise products of stacked embeddings give each row's definition (module docstring of
+    pool_scores), for every modality and for rows made from all of an image's captions."""
+    from augment.scoring.pool_scores import ChunkRows, SourceVectors, row_scores
+
+    rng = np.random.default_rng(9)
+    vectors = lambda n: _unit(rng.normal(size=(n, 8))).astype(np.float32)  # noqa: E731
+    source = SourceVectors(image={"a": vectors(1)[0], "b": vectors(1)[0]}, captions={"a": vectors(3), "b": vectors(2)})
+    cases = [("text", "a", 1), ("text", "b", -1), ("pair", "a", 0), ("pair", "b", -1), ("image", "a", 2),
+             ("image", "b", -1), ("image", "a", 0), ("text", "a", 2)]
+    rows = ChunkRows(row_id=[f"r{k}" for k in range(len(cases))], source_image_id=[c[1] for c in cases],
+                     source_caption_index=[c[2] for c in cases], modality=[c[0] for c in cases],
+                     method=["m"] * len(cases), caption=[None] * len(cases), image=[None] * len(cases))
+    texts = {k: vectors(1)[0] for k, case in enumerate(cases) if case[0] in ("text", "pair")}
+    images = {k: vectors(1)[0] for k, case in enumerate(cases) if case[0] in ("image", "pair")}
+    columns = row_scores(rows, texts, images, source)
+    for k, (modality, image_id, index) in enumerate(cases):
+        captions = source.captions[image_id]
+        originals = captions if index < 0 else captions[index:index + 1]
+        if modality == "text":
+            expected, partner = source.image[image_id] @ texts[k], "source image"
+        elif modality == "pair":
+            expected, partner = images[k] @ texts[k], "row"
+        elif index >= 0:
+            expected, partner = originals[0] @ images[k], "source caption"
+        else:
+            expected, partner = np.mean(originals @ images[k]), "source captions (mean)"
+        assert columns["alignment"][k] == pytest.approx(float(expected), abs=1e-6)
+        assert columns["alignment_partner"][k] == partner
+        assert columns["clipscore"][k] == pytest.approx(100 * max(float(expected), 0.0), abs=1e-4)
+        text_distance = 1.0 - np.max(originals @ texts[k]) if k in texts else None
+        image_distance = 1.0 - source.image[image_id] @ images[k] if k in images else None
+        for name, value in (("text_distance_to_source", text_distance), ("image_distance_to_source", image_distance)):
+            assert (columns[name][k] is None) if value is None else columns[name][k] == pytest.approx(float(value), abs=1e-6)
+
+
 def test_take_rows_equals_dataset_select_also_through_an_index_mapping():
     from datasets import Dataset, Features, Image, Sequence, Value
 
