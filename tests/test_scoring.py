@@ -573,6 +573,32 @@ def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counte
     assert np.array_equal(inline, loaded)
 
 
+def test_image_files_read_by_the_previous_call_are_not_read_again(tmp_path, train_items, tiny_scorer, monkeypatch):
+    from augment.scoring import embeddings
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    paths = [item["image"]["path"] for item in train_items[:4]]
+    assert all(paths)
+    reads = []
+    read = embeddings.image_bytes_of
+    monkeypatch.setattr(embeddings, "image_bytes_of", lambda image: reads.append(image) or read(image))
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "a", tiny_scorer.id))
+    first = embedder.images([{"path": p, "bytes": None} for p in paths[:3]])
+    assert len(reads) == 3
+    second = embedder.images([{"path": p, "bytes": None} for p in paths[1:] + paths[1:2]])  # paths[3] is new
+    assert len(reads) == 4 and embedder.encoded["image"] == 4
+    np.testing.assert_array_equal(second[:2], first[1:])
+    np.testing.assert_array_equal(second[3], first[1])
+    # a remembered key whose embedding is not cached: its bytes are read and encoded after all
+    hashed = []
+    hash_bytes = embeddings.image_key
+    monkeypatch.setattr(embeddings, "image_key", lambda data: hashed.append(data) or hash_bytes(data))
+    fresh = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "b", tiny_scorer.id))
+    fresh._path_keys = dict(embedder._path_keys)
+    np.testing.assert_allclose(fresh.images([{"path": paths[1], "bytes": None}])[0], first[1], atol=1e-6)
+    assert fresh.encoded["image"] == 1 and len(reads) == 5 and not hashed
+
+
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):
     from augment.scoring.embeddings import Embedder, EmbeddingCache, text_key
 
