@@ -266,7 +266,7 @@ def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
                       transformers_io.square_resize_transform(64)):
         expected = torch.stack([transform(image) for image in images])
         batched = prepare_batch(transform, images)
-        assert batched.dtype == expected.dtype and torch.equal(batched, expected)
+        assert batched.dtype == expected.dtype and batched.is_contiguous() and torch.equal(batched, expected)
 
 
 def test_row_scores_equal_the_per_row_definitions():
