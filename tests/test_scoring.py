@@ -209,6 +209,14 @@ def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
             measures.median_heuristic_gamma(pooled, max_points, seed=3), rel=1e-6)
 
 
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 1001])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_in_place_equals_numpy_median(size, dtype):
+    values = np.random.default_rng(size).normal(size=size).astype(dtype)
+    values[: size // 3] = values[0]  # ties
+    assert measures.median_in_place(values.copy()) == float(np.median(values))
+
+
 def test_reservoir_gives_the_same_sample_whatever_the_call_sizes():
     rows = np.random.default_rng(1).normal(size=(900, 2)).astype(np.float32)
     one_by_one, in_blocks = measures.Reservoir(100, seed=3), measures.Reservoir(100, seed=3)
