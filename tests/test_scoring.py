@@ -107,8 +107,8 @@ def test_count_weighted_resamples_equal_the_resampled_rows():
     mean, cov = measures.weighted_gaussian_fit(x, counts_x)
     np.testing.assert_allclose(mean, x[ix].mean(axis=0))
     np.testing.assert_allclose(cov, np.cov(x[ix], rowvar=False))
-    kernel = rbf_kernel(np.concatenate([x, y]), gamma=0.4)
-    value = measures.resampled_mmd2(kernel, 9, counts_x[None, :], counts_y[None, :])[0]
+    kernels = (rbf_kernel(x, gamma=0.4), rbf_kernel(y, gamma=0.4), rbf_kernel(x, y, gamma=0.4))
+    value = measures.resampled_mmd2(kernels, counts_x[None, :], counts_y[None, :])[0]
     assert value == pytest.approx(_naive_mmd2(x[ix], y[iy], 0.4), rel=1e-10)
 
 
@@ -133,7 +133,7 @@ def test_batched_resample_fits_and_frechet_equal_one_at_a_time(monkeypatch):
     np.testing.assert_allclose(wide_means, means, rtol=1e-12)
     np.testing.assert_allclose(wide_covariances, covariances, rtol=1e-9, atol=1e-12)
     # and blocks of resamples in the bootstrap give what one block gives
-    kernel = np.ones((55, 55), dtype=np.float32)
+    kernel = tuple(np.ones(shape, dtype=np.float32) for shape in ((30, 30), (25, 25), (30, 25)))
     blocked = measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0]
     monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10**9)
     np.testing.assert_allclose(blocked, measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0], rtol=1e-9)
@@ -190,20 +190,24 @@ def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     frechet = measures.resampled_frechet(x, y, counts_x, counts_y)
     direct = [measures.frechet_between(x[ix], y[iy]) for ix, iy in zip(index_x, index_y)]
     np.testing.assert_allclose(frechet, direct, rtol=1e-6, atol=1e-10)
-    squared = measures.squared_distances(np.concatenate([x, y]))
-    kernel = np.exp(-0.7 * squared)
-    mmd = measures.resampled_mmd2(kernel, n, counts_x, counts_y)
+    mmd = measures.resampled_mmd2(measures.rbf_kernel_blocks(x, y, 0.7), counts_x, counts_y)
     np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
 
 
 def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
-    from sklearn.metrics.pairwise import euclidean_distances
+    from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
 
     rng = np.random.default_rng(5)
     pooled = _unit(rng.normal(size=(60, 8)))
     squared = measures.squared_distances(pooled)
     np.testing.assert_allclose(squared, euclidean_distances(pooled, squared=True), atol=1e-6)
     assert np.all(np.diag(squared) == 0) and squared.dtype == np.float32
+    x, y = pooled[:35], pooled[35:]
+    blocks = measures.rbf_kernel_blocks(x, y, 0.6)
+    for block, expected in zip(blocks, (rbf_kernel(x, gamma=0.6), rbf_kernel(y, gamma=0.6), rbf_kernel(x, y, gamma=0.6))):
+        assert block.dtype == np.float32 and block.flags.c_contiguous
+        np.testing.assert_allclose(block, expected, atol=1e-6)
+    assert np.all(np.diag(blocks[0]) == 1) and np.all(np.diag(blocks[1]) == 1)
     for max_points in (1000, 25):  # all points, and a seeded subsample read from the matrix
         assert measures.median_heuristic_gamma(pooled, max_points, seed=3, squared=squared) == pytest.approx(
             measures.median_heuristic_gamma(pooled, max_points, seed=3), rel=1e-6)
