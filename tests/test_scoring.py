@@ -435,12 +435,15 @@ def counted_hf_scorer(hf_clip_dir):
     return scorer, EncodeCounter(scorer)
 
 
-def test_captions_grouped_by_length_give_the_embeddings_of_batches_in_order(hf_clip_dir):
+def test_captions_grouped_by_length_give_the_embeddings_of_batches_in_order(hf_clip_dir, tiny_scorer):
     """encode_texts batches captions by length (less padding to compute): the embeddings equal
-    those of batches taken in the given order to float rounding, and come back in that order."""
+    those of batches taken in the given order to float rounding, and come back in that order.
+    open_clip models group texts themselves: their scorer passes captions as given."""
     import torch
 
     from augment.scoring.scorers import load_scorer
+
+    assert tiny_scorer.kind == "open_clip" and not tiny_scorer.groups_texts
 
     scorer = load_scorer(str(hf_clip_dir), batch_size=4)
     words = "a red cube on a blue sphere next to the green cone under a lamp".split()

@@ -262,10 +262,10 @@ def _centred_rows(samples: np.ndarray):
 
 def _squared_block(a, b, same: bool):
     """|a_i - b_j|^2 of float32 torch rows, clamped at 0; the diagonal exactly 0 when a is b."""
-    norms_a = (a * a).sum(dim=1)
-    norms_b = norms_a if same else (b * b).sum(dim=1)
     import torch
 
+    norms_a = (a * a).sum(dim=1)
+    norms_b = norms_a if same else (b * b).sum(dim=1)
     squared = torch.addmm(norms_a[:, None], a, b.T, alpha=-2.0)  # |a|^2 - 2 a.b in one pass
     squared += norms_b[None, :]
     squared.clamp_(min=0.0)
@@ -375,9 +375,8 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
 
     The squared distances of the median heuristic's subsample give the bandwidth, then the
     kernel's blocks are computed (`rbf_kernel_blocks`); each resample draws x and y with
-    replacement (`_bootstrap_gap`). The
-    intervals are bias-shifted percentile intervals (`percentile_interval`): they contain the
-    estimate.
+    replacement (`_bootstrap_gap`). The intervals are bias-shifted percentile intervals
+    (`percentile_interval`): they contain the estimate.
     """
     import torch
 
