@@ -204,7 +204,8 @@ def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
     assert np.all(np.diag(squared) == 0) and squared.dtype == np.float32
     x, y = pooled[:35], pooled[35:]
     blocks = measures.rbf_kernel_blocks(x, y, 0.6)
-    for block, expected in zip(blocks, (rbf_kernel(x, gamma=0.6), rbf_kernel(y, gamma=0.6), rbf_kernel(x, y, gamma=0.6))):
+    expected_blocks = (rbf_kernel(x, gamma=0.6), rbf_kernel(y, gamma=0.6), rbf_kernel(x, y, gamma=0.6))
+    for block, expected in zip(blocks, expected_blocks):
         assert block.dtype == np.float32 and block.flags.c_contiguous
         np.testing.assert_allclose(block, expected, atol=1e-6)
     assert np.all(np.diag(blocks[0]) == 1) and np.all(np.diag(blocks[1]) == 1)
@@ -314,7 +315,10 @@ def test_row_scores_equal_the_per_row_definitions():
         text_distance = 1.0 - np.max(originals @ texts[k]) if k in texts else None
         image_distance = 1.0 - source.image[image_id] @ images[k] if k in images else None
         for name, value in (("text_distance_to_source", text_distance), ("image_distance_to_source", image_distance)):
-            assert (columns[name][k] is None) if value is None else columns[name][k] == pytest.approx(float(value), abs=1e-6)
+            if value is None:
+                assert columns[name][k] is None
+            else:
+                assert columns[name][k] == pytest.approx(float(value), abs=1e-6)
 
 
 def test_take_rows_equals_dataset_select_also_through_an_index_mapping():

@@ -227,10 +227,14 @@ def row_scores(rows: ChunkRows, texts: dict, images: dict, source: SourceVectors
         "alignment": alignment.tolist(),
         "alignment_partner": [names.get(m) or ("source captions (mean)" if whole else "source caption")
                               for m, whole in zip(rows.modality, all_captions.tolist())],
-        "text_distance_to_source": [v if present else None for v, present in zip(text_distance.tolist(), has_text.tolist())],
-        "image_distance_to_source": [v if present else None for v, present in zip(image_distance.tolist(), has_image.tolist())],
+        "text_distance_to_source": _where_present(text_distance, has_text),
+        "image_distance_to_source": _where_present(image_distance, has_image),
         "clipscore": measures.clipscore(alignment.tolist()).tolist(),
     }
+
+
+def _where_present(values: np.ndarray, present: np.ndarray) -> list:
+    return [value if here else None for value, here in zip(values.tolist(), present.tolist())]
 
 
 @dataclass
