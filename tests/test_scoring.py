@@ -107,8 +107,8 @@ def test_count_weighted_resamples_equal_the_resampled_rows():
     mean, cov = measures.weighted_gaussian_fit(x, counts_x)
     np.testing.assert_allclose(mean, x[ix].mean(axis=0))
     np.testing.assert_allclose(cov, np.cov(x[ix], rowvar=False))
-    kernel = rbf_kernel(np.concatenate([x, y]), gamma=0.4)
-    value = measures.resampled_mmd2(kernel, 9, counts_x[None, :], counts_y[None, :])[0]
+    kernels = (rbf_kernel(x, gamma=0.4), rbf_kernel(y, gamma=0.4), rbf_kernel(x, y, gamma=0.4))
+    value = measures.resampled_mmd2(kernels, counts_x[None, :], counts_y[None, :])[0]
     assert value == pytest.approx(_naive_mmd2(x[ix], y[iy], 0.4), rel=1e-10)
 
 
@@ -133,7 +133,7 @@ def test_batched_resample_fits_and_frechet_equal_one_at_a_time(monkeypatch):
     np.testing.assert_allclose(wide_means, means, rtol=1e-12)
     np.testing.assert_allclose(wide_covariances, covariances, rtol=1e-9, atol=1e-12)
     # and blocks of resamples in the bootstrap give what one block gives
-    kernel = np.ones((55, 55), dtype=np.float32)
+    kernel = tuple(np.ones(shape, dtype=np.float32) for shape in ((30, 30), (25, 25), (30, 25)))
     blocked = measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0]
     monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10**9)
     np.testing.assert_allclose(blocked, measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0], rtol=1e-9)
@@ -173,11 +173,12 @@ def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkey
     assert together[3] == {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 5} and together[4] is None
 
 
-@pytest.mark.parametrize("n, m, dims", [(40, 30, 3), (9, 12, 16), (14, 14, 14)])
+@pytest.mark.parametrize("n, m, dims", [(40, 30, 3), (9, 12, 16), (14, 14, 14), (300, 260, 24)])
 def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     """Each resample's Frechet distance (Cholesky factor; the data's span when fewer points than
     dimensions; the eigen root when a covariance is singular) and MMD^2 equal the formulas applied
-    to the rows the index matrix draws."""
+    to the rows the index matrix draws. MMD^2 within 2e-6 absolute, its terms being kernel means
+    near 1 (float32 kernel; the within terms from one triangle of it)."""
     rng = np.random.default_rng(n + dims)
     x, y = _unit(rng.normal(size=(n, dims)) + 0.3), _unit(rng.normal(size=(m, dims)))
     draws = np.random.default_rng(2)
@@ -189,23 +190,36 @@ def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     frechet = measures.resampled_frechet(x, y, counts_x, counts_y)
     direct = [measures.frechet_between(x[ix], y[iy]) for ix, iy in zip(index_x, index_y)]
     np.testing.assert_allclose(frechet, direct, rtol=1e-6, atol=1e-10)
-    squared = measures.squared_distances(np.concatenate([x, y]))
-    kernel = np.exp(-0.7 * squared)
-    mmd = measures.resampled_mmd2(kernel, n, counts_x, counts_y)
+    mmd = measures.resampled_mmd2(measures.rbf_kernel_blocks(x, y, 0.7), counts_x, counts_y)
     np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
 
 
 def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
-    from sklearn.metrics.pairwise import euclidean_distances
+    from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
 
     rng = np.random.default_rng(5)
     pooled = _unit(rng.normal(size=(60, 8)))
     squared = measures.squared_distances(pooled)
     np.testing.assert_allclose(squared, euclidean_distances(pooled, squared=True), atol=1e-6)
     assert np.all(np.diag(squared) == 0) and squared.dtype == np.float32
+    x, y = pooled[:35], pooled[35:]
+    blocks = measures.rbf_kernel_blocks(x, y, 0.6)
+    expected_blocks = (rbf_kernel(x, gamma=0.6), rbf_kernel(y, gamma=0.6), rbf_kernel(x, y, gamma=0.6))
+    for block, expected in zip(blocks, expected_blocks):
+        assert block.dtype == np.float32 and block.flags.c_contiguous
+        np.testing.assert_allclose(block, expected, atol=1e-6)
+    assert np.all(np.diag(blocks[0]) == 1) and np.all(np.diag(blocks[1]) == 1)
     for max_points in (1000, 25):  # all points, and a seeded subsample read from the matrix
         assert measures.median_heuristic_gamma(pooled, max_points, seed=3, squared=squared) == pytest.approx(
             measures.median_heuristic_gamma(pooled, max_points, seed=3), rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 1001])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_in_place_equals_numpy_median(size, dtype):
+    values = np.random.default_rng(size).normal(size=size).astype(dtype)
+    values[: size // 3] = values[0]  # ties
+    assert measures.median_in_place(values.copy()) == float(np.median(values))
 
 
 def test_reservoir_gives_the_same_sample_whatever_the_call_sizes():
@@ -265,7 +279,46 @@ def test_batched_preprocessing_equals_the_transform_image_by_image(sizes):
                       transformers_io.square_resize_transform(64)):
         expected = torch.stack([transform(image) for image in images])
         batched = prepare_batch(transform, images)
-        assert batched.dtype == expected.dtype and torch.equal(batched, expected)
+        assert batched.dtype == expected.dtype and batched.is_contiguous() and torch.equal(batched, expected)
+
+
+def test_row_scores_equal_the_per_row_definitions():
+    """Row-wise products of stacked embeddings give each row's definition (module docstring of
+    pool_scores), for every modality and for rows made from all of an image's captions."""
+    from augment.scoring.pool_scores import ChunkRows, SourceVectors, row_scores
+
+    rng = np.random.default_rng(9)
+    vectors = lambda n: _unit(rng.normal(size=(n, 8))).astype(np.float32)  # noqa: E731
+    source = SourceVectors(image={"a": vectors(1)[0], "b": vectors(1)[0]}, captions={"a": vectors(3), "b": vectors(2)})
+    cases = [("text", "a", 1), ("text", "b", -1), ("pair", "a", 0), ("pair", "b", -1), ("image", "a", 2),
+             ("image", "b", -1), ("image", "a", 0), ("text", "a", 2)]
+    rows = ChunkRows(row_id=[f"r{k}" for k in range(len(cases))], source_image_id=[c[1] for c in cases],
+                     source_caption_index=[c[2] for c in cases], modality=[c[0] for c in cases],
+                     method=["m"] * len(cases), caption=[None] * len(cases), image=[None] * len(cases))
+    texts = {k: vectors(1)[0] for k, case in enumerate(cases) if case[0] in ("text", "pair")}
+    images = {k: vectors(1)[0] for k, case in enumerate(cases) if case[0] in ("image", "pair")}
+    columns = row_scores(rows, texts, images, source)
+    for k, (modality, image_id, index) in enumerate(cases):
+        captions = source.captions[image_id]
+        originals = captions if index < 0 else captions[index:index + 1]
+        if modality == "text":
+            expected, partner = source.image[image_id] @ texts[k], "source image"
+        elif modality == "pair":
+            expected, partner = images[k] @ texts[k], "row"
+        elif index >= 0:
+            expected, partner = originals[0] @ images[k], "source caption"
+        else:
+            expected, partner = np.mean(originals @ images[k]), "source captions (mean)"
+        assert columns["alignment"][k] == pytest.approx(float(expected), abs=1e-6)
+        assert columns["alignment_partner"][k] == partner
+        assert columns["clipscore"][k] == pytest.approx(100 * max(float(expected), 0.0), abs=1e-4)
+        text_distance = 1.0 - np.max(originals @ texts[k]) if k in texts else None
+        image_distance = 1.0 - source.image[image_id] @ images[k] if k in images else None
+        for name, value in (("text_distance_to_source", text_distance), ("image_distance_to_source", image_distance)):
+            if value is None:
+                assert columns[name][k] is None
+            else:
+                assert columns[name][k] == pytest.approx(float(value), abs=1e-6)
 
 
 def test_take_rows_equals_dataset_select_also_through_an_index_mapping():
@@ -384,6 +437,29 @@ def counted_hf_scorer(hf_clip_dir):
 
     scorer = load_scorer(str(hf_clip_dir), batch_size=128)
     return scorer, EncodeCounter(scorer)
+
+
+def test_captions_grouped_by_length_give_the_embeddings_of_batches_in_order(hf_clip_dir, tiny_scorer):
+    """encode_texts batches captions by length (less padding to compute): the embeddings equal
+    those of batches taken in the given order to float rounding, and come back in that order.
+    open_clip models group texts themselves: their scorer passes captions as given."""
+    import torch
+
+    from augment.scoring.scorers import load_scorer
+
+    assert tiny_scorer.kind == "open_clip" and not tiny_scorer.groups_texts
+
+    scorer = load_scorer(str(hf_clip_dir), batch_size=4)
+    words = "a red cube on a blue sphere next to the green cone under a lamp".split()
+    rng = np.random.default_rng(0)
+    captions = [" ".join(words[: int(n)]) for n in rng.integers(1, len(words) + 1, 13)]
+    in_order = scorer._batched(captions, scorer._encode_text_batch)
+    batches = []
+    encode_batch = scorer._encode_text_batch
+    scorer._encode_text_batch = lambda texts: batches.append(list(texts)) or encode_batch(texts)
+    grouped = scorer.encode_texts(captions)
+    assert [len(c) for batch in batches for c in batch] == sorted(len(c) for c in captions)
+    torch.testing.assert_close(grouped, in_order, rtol=0, atol=1e-6)
 
 
 def _settings(**overrides):
@@ -514,6 +590,32 @@ def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counte
     loaded = Embedder(scorer, EmbeddingCache(tmp_path / "loaded", scorer.id), workers=2).images(images)
     assert counter.calls["image"] == 6
     assert np.array_equal(inline, loaded)
+
+
+def test_image_files_read_by_the_previous_call_are_not_read_again(tmp_path, train_items, tiny_scorer, monkeypatch):
+    from augment.scoring import embeddings
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    paths = [item["image"]["path"] for item in train_items[:4]]
+    assert all(paths)
+    reads = []
+    read = embeddings.image_bytes_of
+    monkeypatch.setattr(embeddings, "image_bytes_of", lambda image: reads.append(image) or read(image))
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "a", tiny_scorer.id))
+    first = embedder.images([{"path": p, "bytes": None} for p in paths[:3]])
+    assert len(reads) == 3
+    second = embedder.images([{"path": p, "bytes": None} for p in paths[1:] + paths[1:2]])  # paths[3] is new
+    assert len(reads) == 4 and embedder.encoded["image"] == 4
+    np.testing.assert_array_equal(second[:2], first[1:])
+    np.testing.assert_array_equal(second[3], first[1])
+    # a remembered key whose embedding is not cached: its bytes are read and encoded after all
+    hashed = []
+    hash_bytes = embeddings.image_key
+    monkeypatch.setattr(embeddings, "image_key", lambda data: hashed.append(data) or hash_bytes(data))
+    fresh = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "b", tiny_scorer.id))
+    fresh._path_keys = dict(embedder._path_keys)
+    np.testing.assert_allclose(fresh.images([{"path": paths[1], "bytes": None}])[0], first[1], atol=1e-6)
+    assert fresh.encoded["image"] == 1 and len(reads) == 5 and not hashed
 
 
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):

@@ -210,18 +210,36 @@ class Embedder:
         self.workers = workers  # DataLoader processes decoding images ahead of the scorer
         self.encoded = {"text": 0, "image": 0}
         self.reused = {"text": 0, "image": 0}
+        self._path_keys: dict[str, bytes] = {}  # image file path -> key, of the last `images` call
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         keys = [text_key(t) for t in texts]
         return self._embed("text", keys, list(texts), self.scorer.encode_texts)
 
     def images(self, images: Sequence[Any]) -> np.ndarray:
-        """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images."""
-        encoded = [image_bytes_of(image) for image in images]
-        keys = [image_key(data) for data in encoded]
-        return self._embed("image", keys, encoded, self._encode_images)
+        """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images.
 
-    def _encode_images(self, payloads: list[bytes]):
+        An image file this call or the previous one read (a pool row pointing at its source
+        image: the source items of a chunk are embedded just before its rows) keeps the key
+        hashed then instead of being read and hashed again; its bytes are read only if it must
+        be encoded."""
+        previous, self._path_keys = self._path_keys, {}
+        keys, payloads = [], []
+        for image in images:
+            path = image.get("path") if isinstance(image, dict) and not image.get("bytes") else None
+            key = (previous.get(path) or self._path_keys.get(path)) if path else None
+            if key is None:
+                data = image_bytes_of(image)
+                key = image_key(data)
+            else:
+                data = image  # read in _encode_images if needed
+            if path:
+                self._path_keys[path] = key
+            keys.append(key)
+            payloads.append(data)
+        return self._embed("image", keys, payloads, self._encode_images)
+
+    def _encode_images(self, payloads: list):
         """Decode and preprocess (in worker processes when there are several batches), encode
         in this one, in order: the workers' share is the decoding and the model's eval
         transform, so the main process only runs the model."""
@@ -229,6 +247,7 @@ class Embedder:
 
         from augment.loading import ordered_batches
 
+        payloads = [data if isinstance(data, bytes) else image_bytes_of(data) for data in payloads]
         size = self.scorer.batch_size
         index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
         # one batch, or too little to decode: a worker's start-up would cost more than it saves

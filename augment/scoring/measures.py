@@ -179,9 +179,7 @@ def median_heuristic_gamma(samples: np.ndarray, max_points: int = MEDIAN_POINTS,
     points; on a seeded subsample of `max_points` when there are more (a median needs no more,
     and the full distance matrix would dominate the memory). `squared`: the samples' squared
     distance matrix when the caller has it (the subsample's entries are read from it)."""
-    subset = None
-    if len(samples) > max_points:
-        subset = np.sort(np.random.default_rng(seed).choice(len(samples), max_points, replace=False))
+    subset = median_subset(len(samples), max_points, seed)
     if squared is None:
         from sklearn.metrics.pairwise import euclidean_distances
 
@@ -193,7 +191,26 @@ def median_heuristic_gamma(samples: np.ndarray, max_points: int = MEDIAN_POINTS,
     positive = upper[upper > 0]
     if positive.size == 0:  # all points identical: any bandwidth gives MMD 0
         return 1.0
-    return 1.0 / (2.0 * float(np.median(positive)))
+    return 1.0 / (2.0 * median_in_place(positive))
+
+
+def median_subset(count: int, max_points: int = MEDIAN_POINTS, seed: int = 0) -> np.ndarray | None:
+    """The sorted seeded subsample of `max_points` of `count` points the median heuristic looks
+    at; None when it looks at all of them."""
+    if count <= max_points:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, max_points, replace=False))
+
+
+def median_in_place(values: np.ndarray) -> float:
+    """np.median(values), the same number, reordering `values`: one partition at the upper
+    middle, the lower middle being the largest value left of it (np.median partitions at both,
+    twice the selection work on the half-million distances of the median heuristic)."""
+    middle = len(values) // 2
+    values.partition(middle)
+    if len(values) % 2:
+        return float(np.mean(values[middle:middle + 1]))
+    return float(np.mean(np.array([values[:middle].max(), values[middle]], dtype=values.dtype)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -211,15 +228,50 @@ def squared_distances(samples: np.ndarray) -> np.ndarray:
     embeddings), the diagonal exactly 0. float32: the matrix feeds a float32 kernel anyway, and
     its product is the largest single cost of the gap at small embedding widths; torch's matmul
     computes it (3x faster than numpy's OpenBLAS here for narrow rows, 32 wide)."""
+    rows = _centred_rows(samples)
+    return _squared_block(rows, rows, same=True).numpy()
+
+
+def rbf_kernel_blocks(x: np.ndarray, y: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K_xx, K_yy, K_xy), K = exp(-gamma |a - b|^2) with the squared distances of
+    `squared_distances` (rows centred by the pooled mean), as three contiguous float32 arrays:
+    the y-x block of the pooled kernel (the transpose of K_xy) is never computed, and BLAS takes
+    each block without a copy. float32 halves the memory; entries are in [0, 1] and every sum
+    of them is taken in float64."""
+    rows = _centred_rows(np.concatenate([x, y]))
+    return _kernel_blocks(rows[: len(x)], rows[len(x):], gamma)
+
+
+def _kernel_blocks(rows_x, rows_y, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    blocks = []
+    for a, b, same in ((rows_x, rows_x, True), (rows_y, rows_y, True), (rows_x, rows_y, False)):
+        block = _squared_block(a, b, same).numpy()
+        block *= -gamma
+        blocks.append(np.exp(block, out=block))
+    return tuple(blocks)
+
+
+def _centred_rows(samples: np.ndarray):
+    """float32 torch rows of `samples` less their mean (in float64): distances do not change,
+    and small norms keep float32's cancellation error small."""
     import torch
 
     centred = np.asarray(samples, dtype=np.float64)
-    rows = torch.from_numpy((centred - centred.mean(axis=0)).astype(np.float32))
-    norms = (rows * rows).sum(dim=1)
-    squared = torch.addmm(norms[:, None], rows, rows.T, alpha=-2.0)  # |a|^2 - 2 a.b in one pass
-    squared += norms[None, :]
-    squared.clamp_(min=0.0).fill_diagonal_(0.0)
-    return squared.numpy()
+    return torch.from_numpy((centred - centred.mean(axis=0)).astype(np.float32))
+
+
+def _squared_block(a, b, same: bool):
+    """|a_i - b_j|^2 of float32 torch rows, clamped at 0; the diagonal exactly 0 when a is b."""
+    import torch
+
+    norms_a = (a * a).sum(dim=1)
+    norms_b = norms_a if same else (b * b).sum(dim=1)
+    squared = torch.addmm(norms_a[:, None], a, b.T, alpha=-2.0)  # |a|^2 - 2 a.b in one pass
+    squared += norms_b[None, :]
+    squared.clamp_(min=0.0)
+    if same:
+        squared.fill_diagonal_(0.0)
+    return squared
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, gamma: float | None = None) -> tuple[float, float]:
@@ -321,25 +373,27 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
                  seed: int = 0) -> dict:
     """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs.
 
-    One squared-distance matrix of the pooled samples gives both the median-heuristic bandwidth
-    and the kernel; each resample draws x and y with replacement (`_bootstrap_gap`). The
-    intervals are bias-shifted percentile intervals (`percentile_interval`): they contain the
-    estimate.
+    The squared distances of the median heuristic's subsample give the bandwidth, then the
+    kernel's blocks are computed (`rbf_kernel_blocks`); each resample draws x and y with
+    replacement (`_bootstrap_gap`). The intervals are bias-shifted percentile intervals
+    (`percentile_interval`): they contain the estimate.
     """
+    import torch
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         return {"n_pool": n, "n_source": m, "frechet": None, "mmd2": None, "gamma": None}
-    pooled = np.concatenate([x, y])
-    squared = squared_distances(pooled)
-    gamma = median_heuristic_gamma(pooled, seed=seed, squared=squared)
-    # float32 halves the (n + m)^2 kernel; its entries are in [0, 1], sums are taken in float64
-    squared *= -gamma
-    kernel = np.exp(squared, out=squared)
+    rows = _centred_rows(np.concatenate([x, y]))  # one centring: the distances the pooled matrix had
+    subset = median_subset(len(rows), seed=seed)
+    points = rows if subset is None else rows[torch.from_numpy(subset)]
+    squared = _squared_block(points, points, same=True).numpy()
+    gamma = median_heuristic_gamma(points, seed=seed, squared=squared)
+    kernels = _kernel_blocks(rows[:n], rows[n:], gamma)
     frechet = frechet_between(x, y)
-    mmd2 = mmd2_from_kernels(kernel[:n, :n], kernel[n:, n:], kernel[:n, n:])
-    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernel, n_resamples, seed)
+    mmd2 = mmd2_from_kernels(*kernels)
+    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed)
     return {
         "n_pool": n,
         "n_source": m,
@@ -357,7 +411,7 @@ def resample_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np
     return np.bincount(indices.reshape(-1), minlength=n_resamples * size).reshape(n_resamples, size).astype(np.float64)
 
 
-def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, n_resamples: int, seed: int):
+def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int):
     """Frechet and MMD^2 of `n_resamples` resamples of x and y (drawn with replacement).
 
     A resample is its draw counts per point, so no resampled matrix is ever gathered: MMD^2 of
@@ -371,7 +425,7 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, n_resamples
     rng = np.random.default_rng(seed)
     counts_x = resample_counts(rng, n, n_resamples)
     counts_y = resample_counts(rng, m, n_resamples)
-    mmd_samples = resampled_mmd2(kernel, n, counts_x, counts_y)
+    mmd_samples = resampled_mmd2(kernels, counts_x, counts_y)
     return resampled_frechet(x, y, counts_x, counts_y).tolist(), mmd_samples.tolist()
 
 
@@ -431,40 +485,70 @@ def weighted_gaussian_fits(samples: np.ndarray, counts: np.ndarray) -> tuple[np.
     the k rows of `counts`. The rows are first shifted by their plain mean (covariances do not
     change; the products stay small, so the one-pass formula sum c z z^T - total mean mean^T
     loses nothing to cancellation). Narrow embeddings: every resample's second moments in one
-    matrix product with the rows' outer products (upper triangles only: half the work); wide
-    ones: one product per resample (large enough to keep BLAS busy)."""
+    matrix product with the rows' outer products (upper triangles only: half the work; built
+    a row of the triangle at a time from contiguous slices, 10x faster than fancy indexing);
+    wide ones: one symmetric product A^T A per resample, A the rows scaled by sqrt(count)
+    (numpy hands it to BLAS syrk: half a general product's work)."""
     samples = np.asarray(samples, dtype=np.float64)
     shift = samples.mean(axis=0)
     centred = samples - shift
     count, dims = centred.shape
     totals = counts.sum(axis=1)
     shifted_means = counts @ centred / totals[:, None]
-    rows, cols = np.triu_indices(dims)
-    if count * len(rows) <= RESAMPLE_BLOCK_VALUES:
-        upper = counts @ (centred[:, rows] * centred[:, cols])  # (k, d(d+1)/2)
-        second = np.empty((len(counts), dims, dims))
-        second[:, rows, cols] = upper
-        second[:, cols, rows] = upper
+    pairs = dims * (dims + 1) // 2
+    if count * pairs <= RESAMPLE_BLOCK_VALUES:
+        columns = np.ascontiguousarray(centred.T)
+        # (d(d+1)/2, n): z_i z_j for i <= j in np.triu_indices order
+        products = np.concatenate([columns[i:i + 1] * columns[i:] for i in range(dims)])
+        upper = counts @ products.T  # (k, d(d+1)/2)
+        second = upper[:, _symmetric_positions(dims)].reshape(len(counts), dims, dims)
     else:
-        second = np.stack([(centred * weights[:, None]).T @ centred for weights in counts])
+        second = np.empty((len(counts), dims, dims))
+        for k, scale in enumerate(np.sqrt(counts)):
+            scaled = centred * scale[:, None]
+            second[k] = scaled.T @ scaled
     covariances = (second - totals[:, None, None] * shifted_means[:, :, None] * shifted_means[:, None, :]) \
         / (totals - 1.0)[:, None, None]
     return shifted_means + shift, covariances
 
 
-def resampled_mmd2(kernel: np.ndarray, n: int, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _symmetric_positions(dims: int) -> np.ndarray:
+    """(d * d,) position of each entry (i, j) of a symmetric d x d matrix in its upper
+    triangle listed in np.triu_indices order: one gather rebuilds the full matrices."""
+    rows, cols = np.triu_indices(dims)
+    positions = np.empty((dims, dims), dtype=np.intp)
+    positions[rows, cols] = positions[cols, rows] = np.arange(len(rows))
+    positions = positions.reshape(-1)
+    positions.flags.writeable = False
+    return positions
+
+
+def resampled_mmd2(kernels: tuple, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
     """MMD^2_u of each resample, from draw counts: sum over draws a != b of K[a, b] is
-    c^T K c - sum_i c_i K_ii for counts c."""
-    kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
-    m = len(kyy)
+    c^T K c - sum_i c_i K_ii for counts c. The within-sample quadratic forms use the kernel's
+    symmetry, c^T K c = 2 c^T U c - sum_i c_i^2 K_ii with U its upper triangle (diagonal
+    included), one BLAS triangular product (trmm: half a general product's work); the kernel
+    is symmetric up to float rounding, so the values agree with the full product to rounding
+    (tested against the formula on the resampled rows)."""
+    kxx, kyy, kxy = kernels  # (K_xx, K_yy, K_xy)
+    n, m = len(kxx), len(kyy)
 
     def weighted(counts: np.ndarray, block: np.ndarray) -> np.ndarray:
         # in the kernel's own dtype: a float64 copy of a float32 kernel would double the memory
         return (counts.astype(block.dtype) @ block).astype(np.float64)
 
     def within(block: np.ndarray, counts: np.ndarray, size: int) -> np.ndarray:
-        quadratic = np.einsum("rn,rn->r", weighted(counts, block), counts)
-        return (quadratic - counts @ np.diag(block)) / (size * (size - 1))
+        from scipy.linalg.blas import get_blas_funcs
+
+        trmm = get_blas_funcs("trmm", (block,))
+        # counts @ one triangle of K (block.T: Fortran order for BLAS, no copy of a contiguous
+        # block; for the quadratic form either triangle does, as c^T U c = c^T U^T c)
+        upper_product = trmm(1.0, block.T, np.array(counts, dtype=block.dtype, order="F"), side=1,
+                             overwrite_b=1).astype(np.float64)
+        diagonal = np.diag(block).astype(np.float64)
+        quadratic = 2.0 * np.einsum("rn,rn->r", upper_product, counts) - (counts * counts) @ diagonal
+        return (quadratic - counts @ diagonal) / (size * (size - 1))
 
     cross = np.einsum("rn,rn->r", weighted(counts_x, kxy), counts_y) / (n * m)
     return within(kxx, counts_x, n) + within(kyy, counts_y, m) - 2.0 * cross
