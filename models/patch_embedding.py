@@ -48,11 +48,15 @@ class PatchMatmulConv2d(nn.Conv2d):
 
 
 def is_patch_conv(module: nn.Module) -> bool:
-    """Whether `module` is a plain `nn.Conv2d` (or an already switched one) that is exactly a patch matmul."""
+    """Whether `module` is a plain `nn.Conv2d` (or an already switched one) that cuts non-overlapping
+    patches of more than one pixel: exactly a patch matmul."""
     if type(module) not in (nn.Conv2d, PatchMatmulConv2d):  # subclasses may override forward: left alone
         return False
     padding = module.padding
-    return (tuple(module.stride) == tuple(module.kernel_size) and module.groups == 1
+    # a 1 x 1 conv is a matmul too, but a pointwise layer inside a network (ResNet bottlenecks), whose
+    # inputs need gradients in every training step: not a patch embedding, and not measured
+    kernel = tuple(module.kernel_size)
+    return (kernel != (1, 1) and tuple(module.stride) == kernel and module.groups == 1
             and tuple(module.dilation) == (1, 1) and (padding == "valid" or tuple(padding) == (0, 0)))
 
 

@@ -77,6 +77,7 @@ def test_matmul_path_runs_only_when_the_input_needs_a_gradient(monkeypatch):
     nn.Conv2d(3, 4, 4, stride=4, padding=1),
     nn.Conv2d(3, 4, 2, stride=2, dilation=2),
     nn.Conv2d(4, 4, 2, stride=2, groups=2),
+    nn.Conv2d(3, 4, 1),  # pointwise: a layer inside a network (ResNet), not a patch embedding
     nn.Conv1d(3, 4, 4, stride=4),
 ])
 def test_other_convs_are_left_alone(conv):
