@@ -160,7 +160,8 @@ def bench_pgd(victim, pixels, captions_per_image: list[str], repeats: int) -> di
         "seconds": {name: side["seconds"] for name, side in measured.items()},
         "cpu_seconds": {name: side["cpu_seconds"] for name, side in measured.items()},
         # against torchattacks on the model as the library builds it (the baseline) ...
-        "ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library conv", "mat-plus pgd_linf", "seconds"),
+        "ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library conv", "mat-plus pgd_linf",
+                                                  "seconds"),
         "cpu_ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library conv", "mat-plus pgd_linf",
                                                       "cpu_seconds"),
         # ... and on mat-plus's victim (the same patch matmul): the PGD loops alone
