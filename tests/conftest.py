@@ -63,6 +63,19 @@ def karpathy_dir(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread while a module runs (`pytestmark = pytest.mark.usefixtures(...)`):
+    on a busy 2-core machine 2 spinning OpenMP threads made tiny models up to ~40x slower (the
+    tiny UNet: 0.17 s -> 6 s per image). Restored after the module."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _code_key(*modules: str) -> str:
     """Hash of the source files a cached fixture depends on: edits invalidate the cache."""
     import hashlib

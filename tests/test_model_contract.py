@@ -32,12 +32,7 @@ CAPTIONS = ["a red circle on the left", "two blue squares", "a small green trian
 MORE_CAPTIONS = ["a yellow hexagon", "the sky"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=TWINS)

@@ -13,12 +13,7 @@ from models.patch_embedding import PatchMatmulConv2d, is_patch_conv, use_patch_m
 TWINS = ["tiny-clip", "tiny-siglip", "tiny-hf-clip", "tiny-blip", "tiny-albef", "tiny-captioner"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gradients(conv: nn.Conv2d, pixels: torch.Tensor, weights: torch.Tensor):

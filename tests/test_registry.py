@@ -24,14 +24,7 @@ def tiny_root(tmp_path_factory) -> Path:
     return tiny.tiny_cache_root()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 spinning OpenMP threads made the tiny UNet
-    ~40x slower (0.17 s -> 6 s per image). Restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
