@@ -526,8 +526,8 @@ def test_trained_twin_grounds_above_the_random_box_and_the_attacks_lower_it(grou
     """The issue's Done-when on the world: measured 53.0-56.0% on the 168 test expressions with 2+ candidates
     (random box 39.3%; the same recipe on other training data and seeds: 56.5-58.3, README "Grounding"); the
     margin (10 points) is below all. The four attacks that change the expression lower it by 10.7-17.3 points.
-    Image-only PGD at eps 2/255 moved it by -1.8 to +1.2 points on three twins of this recipe (this training is
-    not bit-reproducible across processes, so each fresh clone trains a slightly different twin): Grad-CAM's
+    Image-only PGD at eps 2/255 moved it by -1.8 to +1.2 points on three twins of this recipe (with 2 threads on
+    busy cores this training is not bit-reproducible, README "Training", so each fresh clone trains a slightly different twin): Grad-CAM's
     localisation barely moves when PGD lowers the match logit, so PGD is held to "not above clean + 2"."""
     from train.cli import main as train_main
 
