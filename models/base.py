@@ -142,8 +142,8 @@ class ImageTextModel(nn.Module):
     def patch_matmul(self) -> bool:
         """Whether the vision tower's patch-embedding conv runs as a matmul over patches where an input
         gradient is wanted on CPU (`models/patch_embedding.py`: exact up to float rounding, 2.7-6x
-        faster input gradients). Every family's `load` switches it on; False = the conv as the
-        library builds it. Setting it swaps the conv's class only: parameters and checkpoints are the same."""
+        faster input gradients). `models.load_model` switches it on for every family; False = the conv
+        as the library builds it. Setting it swaps the conv's class only: parameters and checkpoints are the same."""
         return uses_patch_matmul(self)
 
     @patch_matmul.setter

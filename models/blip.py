@@ -217,7 +217,6 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         temperature = math.exp(-float(model.config.logit_scale_init_value))
     wrapped = BlipRetrievalModel(model, processor, name=display_name or name, temperature=float(temperature),
                                  hflip=hflip)
-    wrapped.patch_matmul = True  # the ViT patch embedding's input gradient as a matmul on CPU (models/base.py)
     return wrapped.eval()
 
 

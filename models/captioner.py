@@ -254,9 +254,7 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         prompt = info.get("prompt")
     source = str(folder) if folder.is_dir() else name
     model, processor = load_captioner(source, device=device, dtype=precision, revision=revision)
-    wrapped = HFCaptioner(model, processor, name=display_name or name, pretrained=pretrained, prompt=prompt)
-    wrapped.patch_matmul = True  # the ViT patch embedding's input gradient as a matmul on CPU (models/base.py)
-    return wrapped.eval()
+    return HFCaptioner(model, processor, name=display_name or name, pretrained=pretrained, prompt=prompt).eval()
 
 
 def claims_name(name: str, pretrained: str | None = None) -> bool:

@@ -116,9 +116,7 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     model, processor = tio.load_pretrained(source_name, CLIPModel, CLIPProcessor, family="transformers CLIP",
                                            architecture=ARCHITECTURE, tiny_names=TINY_NAMES, aliases={},
                                            precision=precision, revision=revision)
-    wrapped = HFClipModel(model.to(device), processor, name=display_name or name)
-    wrapped.patch_matmul = True  # the ViT patch embedding's input gradient as a matmul on CPU (models/base.py)
-    return wrapped.eval()
+    return HFClipModel(model.to(device), processor, name=display_name or name).eval()
 
 
 def build_tiny(name: str, out_dir: Path) -> None:

@@ -253,7 +253,6 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         preprocess_train=_without_normalize(preprocess_train), preprocess_eval=_without_normalize(preprocess_eval),
         model_cfg=model_cfg, preprocess_cfg=dict(model.visual.preprocess_cfg),
     )
-    wrapped.patch_matmul = True  # the ViT patch embedding's input gradient as a matmul on CPU (models/base.py)
     return wrapped.eval()
 
 

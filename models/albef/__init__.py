@@ -68,7 +68,6 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
                                  display_name or name)
     if momentum_distillation is not None:
         model.set_momentum_distillation(bool(momentum_distillation))
-    model.patch_matmul = True  # the ViT patch embedding's input gradient as a matmul on CPU (models/base.py)
     return model.to(device=device, dtype=_dtype(precision)).eval()
 
 
