@@ -52,7 +52,7 @@ def test_world_expressions_single_out_their_object_with_the_drawn_box():
 ])
 def test_check_expression_hand_made_cases(text, target, expected):
     scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
-                      SceneObject("square", "green", "large", "centre")))
+                   SceneObject("square", "green", "large", "centre")))
     assert check_expression(text, scene, target) is expected
 
 
@@ -313,7 +313,7 @@ def test_counterfactual_edits_are_checked_and_change_only_their_object():
     from tasks.grounding import counterfactual_scenes
 
     scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
-                      SceneObject("square", "green", "large", "centre")), "noisy", 7)
+                   SceneObject("square", "green", "large", "centre")), "noisy", 7)
     original = np.asarray(render_scene(scene)).astype(int)
     false, true = counterfactual_scenes("the red circle", scene)
     # removed, recoloured, reshaped; resized it is still the red circle
