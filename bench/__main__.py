@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trainer", "scale"]
+BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trainer", "train_loop", "scale"]
 
 
 def main(argv: list[str]) -> int:

@@ -60,8 +60,8 @@ COMPARISONS = ("pgd",) + MULTIMODAL
 INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattacks (its requests pin breaks huggingface_hub)"
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--images", type=int, default=32, help="images per batch (an evaluation batch)")
     parser.add_argument("--captions", type=int, default=5, help="captions per image")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (median)")
@@ -335,7 +335,7 @@ def _table(report: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = _parse(argv)
+    args = parse_args(argv)
     chosen = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
     unknown = sorted(set(chosen) - set(COMPARISONS))
     if unknown or not chosen:

@@ -64,7 +64,7 @@ LABELS = {
 MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 source captions
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--pairs", type=int, default=1024, help="image-caption pairs for the speed comparison")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -494,7 +494,7 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = _parse(argv)
+    args = parse_args(argv)
     _offline()
     if args.memory_child:
         return memory_child(*args.memory_child)

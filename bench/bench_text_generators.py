@@ -32,7 +32,7 @@ TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench_text_generators", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench_text_generators", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--captions", type=int, default=10_000, help="captions for the EDA comparison (default 10000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per EDA measurement, best kept (default 3)")

@@ -38,8 +38,8 @@ from pathlib import Path
 DEFAULT_OUT = "outputs/bench/trainer.json"
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench_trainer", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench_trainer", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--source", default=None, help="dataset to train on (default: a fresh 200-scene sample world)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pgd-steps", type=int, default=10)
@@ -148,7 +148,7 @@ def bench_text_attack(mat_trainer, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
     import torch

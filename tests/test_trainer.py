@@ -436,6 +436,27 @@ def test_workers_give_bit_identical_weights(tmp_path, sample_world_dir):
         assert torch.equal(zero[name], two[name]), name
 
 
+def test_metrics_report_the_time_each_step_waited_for_its_batch(tmp_path, sample_world_dir, monkeypatch):
+    """`data_seconds` (open_clip_train's data time) is the loader's share of `seconds`: a loader made
+    0.3 s slower per batch shows up there, and the step's seconds include it."""
+    import time
+
+    from train import data
+
+    decode = data.MicroBatches.__getitem__
+
+    def slow(self, micro_step):
+        time.sleep(0.3)
+        return decode(self, micro_step)
+
+    monkeypatch.setattr(data.MicroBatches, "__getitem__", slow)
+    _run(tmp_path, "slow", sample_world_dir, method="clean", workers=0)
+    metrics = _metrics(tmp_path / "slow")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for record in metrics:
+        assert 0.3 <= record["data_seconds"] <= record["seconds"]
+
+
 def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     import yaml
 

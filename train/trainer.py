@@ -239,6 +239,7 @@ class Trainer:
         self.cfg = config
         self.callbacks = list(callbacks)
         self.run_dir = Path(config.out)
+        self.step_data_seconds = 0.0  # of the latest optimizer step: waiting for its batches
 
     # set-up -------------------------------------------------------------------------------------
 
@@ -405,12 +406,19 @@ class Trainer:
         self._loader_next += 1
         return plan, batch
 
+    def stop_loader(self) -> None:
+        """Stop the DataLoader's workers (the next step starts a new loader where it is needed)."""
+        self._loader = None
+
     def _micro_step(self, step: int, micro: int, sync: bool) -> tuple[StepOutput, BatchPlan]:
         acc, cfg = self.accelerator, self.cfg
         micro_step = step * cfg.grad_accum + micro
+        waited = time.perf_counter()
         plan, batch = self._next_batch(micro_step)
         batch.pixels = batch.pixels.to(acc.device, non_blocking=True)
         batch.keys = batch.keys.to(acc.device, non_blocking=True)
+        # open_clip_train's "data time": how long the step waited for its batch (a slow data path shows here)
+        self.step_data_seconds += time.perf_counter() - waited
         self._seed_micro_step(micro_step)
         self.task.on_step(self.model, step, self.steps_per_epoch)
         no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
@@ -425,6 +433,7 @@ class Trainer:
     def train_step(self, step: int) -> list[tuple[StepOutput, BatchPlan]]:
         """One optimizer step (all its micro steps); the set-up must have run."""
         results = []
+        self.step_data_seconds = 0.0
         for micro in range(self.cfg.grad_accum):
             output, plan = self._micro_step(step, micro, sync=micro == self.cfg.grad_accum - 1)
             self.draws_total.update(plan.draws)
@@ -484,6 +493,7 @@ class Trainer:
                     window.add(output, plan, cfg.grad_accum)
                 elapsed = self.elapsed_before + time.perf_counter() - started
                 window.seconds += time.perf_counter() - step_started
+                window.data_seconds += self.step_data_seconds
                 done = step + 1
                 saving = done == self.total_steps or (cfg.save_every and done % cfg.save_every == 0)
                 # a checkpoint step always closes the log window, so metrics.jsonl stays complete on resume
@@ -499,7 +509,7 @@ class Trainer:
                     self._save(done, elapsed)
         finally:
             bar.close()
-            self._loader = None  # stops the DataLoader's workers
+            self.stop_loader()
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
             self.validator.validate(self.total_steps)
         elapsed = self.elapsed_before + time.perf_counter() - started
@@ -521,6 +531,7 @@ class Trainer:
             "robust_loss": robust,
             "lr": lr,
             "seconds": window.seconds / max(1, window.steps),
+            "data_seconds": window.data_seconds / max(1, window.steps),
             "elapsed": elapsed,
             "pool_draws": dict(window.draws),
         }
@@ -563,6 +574,7 @@ class _LogWindow:
     steps: int = 0
     micro: int = 0
     seconds: float = 0.0
+    data_seconds: float = 0.0  # of `seconds`, waiting for batches (loader and host-to-device copy)
 
     def add(self, output: StepOutput, plan: BatchPlan, grad_accum: int) -> None:
         self.micro += 1
