@@ -35,6 +35,12 @@ class Task(ABC):
         self.rank, self.world_size = int(rank), int(world_size)
         self.options = options
 
+    @classmethod
+    def options_from_config(cls, config: Any) -> dict[str, Any]:
+        """This task's constructor options from a training config (`train.config.TrainConfig`):
+        the trainer builds every task alike, so a task with settings of its own names them here."""
+        return {}
+
     def check_model(self, model: "ImageTextModel") -> None:
         """Raise ValueError with one line when `model` cannot do this task."""
         if model.kind != self.model_kind:

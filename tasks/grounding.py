@@ -257,6 +257,10 @@ class GroundingTask(RetrievalTask):
         self._truth: dict[tuple[int, str], bool] = {}  # (row, text) -> the checker's verdict; pairs recur across steps
         self._counterfactuals: dict[tuple[int, str], list] = {}  # (row, text) -> counterfactual_scenes
 
+    @classmethod
+    def options_from_config(cls, config: Any) -> dict[str, Any]:
+        return {"counterfactual_pairs": config.counterfactual_pairs}
+
     def check_model(self, model: Any) -> None:
         super().check_model(model)
         if not getattr(model, "has_grounding", False) or not getattr(model, "has_itm", False):

@@ -246,7 +246,7 @@ class Trainer:
     def setup(self) -> None:
         """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml."""
         from models import load_model
-        from tasks import build_task
+        from tasks import build_task, task_class
         from tasks.base import TaskForward
 
         cfg = self.cfg
@@ -267,8 +267,8 @@ class Trainer:
         self.schedule_steps = cfg.schedule_steps or self.total_steps
 
         _seed_everything(cfg.seed)
-        task_options = {"counterfactual_pairs": cfg.counterfactual_pairs} if cfg.task == "grounding" else {}
-        self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size, **task_options)
+        self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size,
+                                      **task_class(cfg.task).options_from_config(cfg))
         try:
             task.check_method(cfg.method)
         except ValueError as exc:
