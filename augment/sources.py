@@ -782,6 +782,15 @@ def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None
         open_image(row["image"], where=f"image {row['image_id']!r} ({(row['image'] or {}).get('path')})")
 
 
+def table_rows(dataset: "datasets.Dataset"):
+    """The rows of its arrow table a selected or shuffled `dataset` holds, in its order (a pyarrow
+    ChunkedArray), or None when it is the table as it is. `datasets` keeps them in the private
+    `_indices` and has no public reader short of `flatten_indices`, which copies the whole table:
+    this is the one place that reads it."""
+    mapping = getattr(dataset, "_indices", None)
+    return None if mapping is None else mapping.column(0)
+
+
 def arrow_columns(dataset: "datasets.Dataset", names: list[str]) -> list:
     """Whole columns of `dataset` as arrow arrays, in its row order: read row by row they cost 40x
     more, and they are formatted in place (select_columns/with_format deep-copy the dataset object)."""
@@ -804,7 +813,7 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
     if not len(indices):
         present = sorted(set(splits.to_pylist()))
         raise SourceError(f"source has no {split!r} rows (splits present: {present})")
-    if getattr(dataset, "_indices", None) is None and dataset.format["type"] is None:
+    if table_rows(dataset) is None and dataset.format["type"] is None:
         # a whole table (a loaded source): its split's rows taken by arrow in one call. `select`
         # would keep an indices mapping through which every later whole-column read gathers
         # rows one slice at a time in Python (0.3 s for a 15,000-image split, on every start)
@@ -836,7 +845,7 @@ def _known_fingerprint(dataset: "datasets.Dataset") -> str | None:
     otherwise derived dataset has other rows or another table; a format change keeps both)."""
     table = getattr(getattr(dataset, "data", None), "table", None)
     known = _FINGERPRINTS.get(id(table))
-    if known is None or known[0]() is not table or getattr(dataset, "_indices", None) is not None:
+    if known is None or known[0]() is not table or table_rows(dataset) is not None:
         return None
     return known[1]
 
@@ -851,7 +860,7 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
     for image_id, split, captions in zip(*columns):
         digest.update(json.dumps([image_id, split, captions]).encode())
     fingerprint = digest.hexdigest()[:16]
-    if getattr(dataset, "_indices", None) is None and hasattr(dataset, "data"):
+    if table_rows(dataset) is None and hasattr(dataset, "data"):
         _remember_fingerprint(dataset, fingerprint)
     return fingerprint
 

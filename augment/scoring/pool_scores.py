@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from augment.errors import PoolError
+from augment.sources import table_rows
 from augment.scoring import measures, store
 from augment.scoring.embeddings import Embedder
 
@@ -147,8 +148,8 @@ def table_column(dataset, name: str):
     """Column `name` of `dataset` as a pyarrow ChunkedArray in the dataset's row order, read from
     its table (Dataset.select_columns would fingerprint a new dataset first)."""
     column = dataset.data.table.column(name)
-    mapping = getattr(dataset, "_indices", None)  # a selected/shuffled dataset's row mapping
-    return column if mapping is None else column.take(mapping.column(0))
+    rows = table_rows(dataset)
+    return column if rows is None else column.take(rows)
 
 
 def undecoded_images(dataset):
@@ -167,9 +168,9 @@ def take_rows(dataset, columns: list[str], indices) -> dict[str, list]:
     {"bytes", "path"}, undecoded): one arrow take. Dataset.select(...).to_dict() gives the same
     lists at 5-20x the cost (it fingerprints the index list and formats through Python)."""
     positions = np.asarray(indices, dtype=np.int64)
-    mapping = getattr(dataset, "_indices", None)  # a selected/shuffled dataset's row mapping
-    if mapping is not None:
-        positions = mapping.column(0).to_numpy()[positions]
+    rows = table_rows(dataset)
+    if rows is not None:
+        positions = rows.to_numpy()[positions]
     return dataset.data.table.select(columns).take(positions).to_pydict()
 
 
