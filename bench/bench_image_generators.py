@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench.real_shapes import SHAPED_MODELS
+from bench.real_shapes import SHAPED_MODELS, sd_pipeline
 
 DEFAULT_OUT = "outputs/bench/image_generators.json"
 METHODS = ("t2i-sd", "t-i2i-sd")
@@ -275,11 +275,7 @@ def bench_method(method: str, args, device: str, dtype: str, components: dict | 
                                  steps=args.steps, strength=args.strength, captions_per_image=1,
                                  **({"height": args.size, "width": args.size} if method == "t2i-sd" and args.size else {}))
     generator_class = GENERATOR_CLASSES[method]
-    pipe = None
-    if components is not None:
-        from bench.real_shapes import sd_pipeline
-
-        pipe = sd_pipeline(components, generator_class.kind)
+    pipe = sd_pipeline(components, generator_class.kind) if components is not None else None
     generator = generator_class(settings, pipe=pipe)
     items = sample_world_items(-(-args.images // args.n), args.seed)
     tasks = generator.tasks(items, args.n)[: args.images]
