@@ -17,7 +17,11 @@ and the bound: the ratio batching would reach if it removed all of the loop's ti
 UNet and VAE while they cost per image what they cost in the loop.
 
 Default model `tiny-sd` (random weights, 64x64, CPU): it measures the batching and bookkeeping
-overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`.
+overhead, not real model speed. On a GPU pass `--model sd15 --device cuda --dtype fp16`; on a GPU
+without the Hub, `--model sd15-shaped`: Stable Diffusion 1.5's architecture (UNet, VAE, CLIP
+ViT-L/14 text encoder, CLIP tokenizer; 512 px unless `--size`) with seeded random weights, built
+offline on the device by bench/real_shapes.py, with tiny-sd's scheduler class (DDIM, SD 1.5's
+betas). Its images are noise, its cost is SD 1.5's; the JSON records the build time.
 
 What the CPU ratio can show. At the twin's own 64x64 px and one thread the UNet is
 compute-bound: its cost per sample is the same at batch 2 and 16 (within a few %), and the
@@ -47,6 +51,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bench.real_shapes import SHAPED_MODELS, sd_pipeline
+
 DEFAULT_OUT = "outputs/bench/image_generators.json"
 METHODS = ("t2i-sd", "t-i2i-sd")
 
@@ -55,7 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_image_generators", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    parser.add_argument("--model", default="tiny-sd", help="SD model: tiny-sd (default), alias, Hub id or folder")
+    parser.add_argument("--model", default="tiny-sd",
+                        help="SD model: tiny-sd (default), sd15-shaped (SD 1.5's architecture, random weights, "
+                             "offline), alias, Hub id or folder")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS} (default both)")
     parser.add_argument("--images", type=int, default=16, help="images per mode and method (default 16)")
     parser.add_argument("--n", type=int, default=2, help="images per caption (default 2)")
@@ -63,7 +71,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     parser.add_argument("--strength", type=float, default=0.75, help="t-i2i-sd strength (default 0.75)")
     parser.add_argument("--size", type=int, default=None,
-                        help="t2i-sd image side in pixels, a multiple of 8 (default: the model's, 64 for tiny-sd)")
+                        help="t2i-sd image side in pixels, a multiple of 8 (default: the model's, 64 for tiny-sd, "
+                             "512 for sd15-shaped)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -258,13 +267,16 @@ def max_pixel_difference(first: list, second: list) -> int:
                    for a, b in zip(first, second)))
 
 
-def bench_method(method: str, args, device: str, dtype: str) -> dict:
+def bench_method(method: str, args, device: str, dtype: str, components: dict | None = None) -> dict:
+    """`components`: modules of a real-shaped model (bench.real_shapes); None loads `args.model`."""
     from augment.generators.diffusion import GENERATOR_CLASSES, DiffusionSettings
 
     settings = DiffusionSettings(model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
                                  steps=args.steps, strength=args.strength, captions_per_image=1,
                                  **({"height": args.size, "width": args.size} if method == "t2i-sd" and args.size else {}))
-    generator = GENERATOR_CLASSES[method](settings)
+    generator_class = GENERATOR_CLASSES[method]
+    pipe = sd_pipeline(components, generator_class.kind) if components is not None else None
+    generator = generator_class(settings, pipe=pipe)
     items = sample_world_items(-(-args.images // args.n), args.seed)
     tasks = generator.tasks(items, args.n)[: args.images]
     items = items[: -(-len(tasks) // args.n)]
@@ -353,7 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown method(s) {unknown}; choose from {METHODS}")
         return 2
-    results = [bench_method(m, args, device, dtype) for m in methods]
+    components, build_s = None, None
+    if args.model in SHAPED_MODELS:
+        if dtype == "fp16" and device.startswith("cpu"):
+            print("--dtype fp16 needs a GPU; use --dtype fp32 (or bf16) with --device cpu")
+            return 2
+        start = time.perf_counter()
+        components = SHAPED_MODELS[args.model](device, dtype, args.seed)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        build_s = time.perf_counter() - start
+        print(f"built {args.model} (random weights) on {device} {dtype} in {build_s:.1f} s")
+    results = [bench_method(m, args, device, dtype, components) for m in methods]
     env = environment(device, dtype)
     size = f"t2i {args.size}x{args.size} px" if args.size else "the model's size"
     print(f"settings: {args.model}, {size}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
@@ -365,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "environment": environment(device, dtype),
+        "model_build_s": build_s,  # sd15-shaped: building the random-weight modules (None: loaded)
         "results": results,
     }
     out = Path(args.out)

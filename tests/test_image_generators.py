@@ -352,3 +352,32 @@ def test_img_aug_leaves_global_rng_alone(train_items):
     torch.manual_seed(123)
     generator.generate(train_items[:1], 2, seed=0)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_sd15_shaped_has_sd15_sizes_and_clip_tokenizer():
+    """bench's `--model sd15-shaped`: SD 1.5's published parameter counts (modules built on the
+    meta device: no memory, no init) and the real CLIP tokenizer (ids equal open_clip's)."""
+    import open_clip
+
+    from augment.generators.diffusion import model_resolution
+    from bench import real_shapes
+
+    components = {"unet": real_shapes.sd15_unet("meta"), "vae": real_shapes.sd15_vae("meta"),
+                  "text_encoder": real_shapes.sd15_text_encoder("meta"), "tokenizer": real_shapes.sd15_tokenizer()}
+    # stable-diffusion-v1-5's unet/, vae/ and text_encoder/ (num_parameters() of the Hub weights)
+    expected = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert {name: sum(p.numel() for p in components[name].parameters()) for name in expected} == expected
+    # head counts change no count but do change speed: SD 1.5's UNet has 8 heads (of 40 channels at
+    # the first level), CLIP ViT-L/14's text tower 12 (of 64)
+    attention = components["unet"].down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    assert (attention.heads, attention.inner_dim // attention.heads) == (8, 40)
+    text_attention = next(module for name, module in components["text_encoder"].named_modules()
+                          if name.endswith("encoder.layers.0.self_attn"))  # under text_model. before transformers 5
+    assert (text_attention.num_heads, text_attention.head_dim) == (12, 64)
+    pipe = real_shapes.sd_pipeline(components, "i2i")
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline" and model_resolution(pipe) == 512
+    caption = "A red cube to the left of two small blue spheres, on grass."
+    ids = pipe.tokenizer(caption).input_ids
+    reference = open_clip.get_tokenizer("ViT-L-14")([caption])[0].tolist()  # zero-padded to 77
+    assert len(ids) > 10 and ids == reference[:len(ids)] and not any(reference[len(ids):])
+    assert pipe.tokenizer.model_max_length == 77
