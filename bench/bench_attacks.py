@@ -16,9 +16,9 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    CLIP is wrapped as a classifier over the batch's captions (logits = scale * image_emb @
    text_emb.T, label = the paired caption), and mat-plus's `pgd_linf` maximises the same cross
    entropy as torchattacks does. torchattacks runs on the model as the library builds it (its
-   patch-embedding conv: `patch_matmul = False`, what a user running torchattacks on open_clip
-   gets), and, for transparency, on mat-plus's loaded victim (the patch matmul too): the gain
-   is the model's patch embedding, not the PGD loop. Reported: time ratios (torchattacks /
+   layers: `victim.library_layers()`, i.e. `patch_matmul` and `contiguous_attention` off, what a
+   user running torchattacks on open_clip gets), and, for transparency, on mat-plus's loaded
+   victim (those layers too): the gain is the model's layers, not the PGD loop. Reported: time ratios (torchattacks /
    mat-plus, > 1 means mat-plus is faster) and the final loss of each (they should be close).
    For context, the `PGD` class with its default "pair" objective is timed too.
 2. **Multimodal attacks, batched vs one sample at a time**: Sep-Attack, Co-Attack and SGA (and
@@ -30,9 +30,9 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    how many pixel values differ (the encoders' rounding depends on the batch size, which can
    flip the sign of a near-zero gradient), and the mean image-caption similarity each leaves.
    The loop runs twice: with the product's text encoding (the ratio of batching alone), and
-   encoding as the code did before the shortcuts (`fast_text = False` and `patch_matmul = False`
-   on the victim: open_clip's tokenizer, full-context text tower and the library's patch
-   conv), the ratio of "the attack loops faster".
+   encoding as the code did before the shortcuts (`fast_text = False` and the library's layers
+   on the victim: open_clip's tokenizer, full-context text tower, the library's patch conv and
+   `nn.MultiheadAttention`), the ratio of "the attack loops faster".
    Also reported: the token positions each side's text tower computed (an open_clip victim).
 
 Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
@@ -142,12 +142,12 @@ def bench_pgd(victim, pixels, captions_per_image: list[str], repeats: int) -> di
 
     pair_pgd = PGD(victim, eps=eps, steps=steps, step_size=step_size)
 
-    def baseline_library_conv():
-        with library_patch_conv(victim):
+    def baseline_library_layers():
+        with victim.library_layers():
             return baseline(pixels, labels)
 
     measured = _interleaved({
-        "torchattacks, library conv": baseline_library_conv,
+        "torchattacks, library layers": baseline_library_layers,
         "torchattacks": lambda: baseline(pixels, labels),
         "mat-plus pgd_linf": ours,
         "mat-plus PGD (pair objective)": lambda: pair_pgd(pixels, captions_per_image).images,
@@ -160,9 +160,9 @@ def bench_pgd(victim, pixels, captions_per_image: list[str], repeats: int) -> di
         "seconds": {name: side["seconds"] for name, side in measured.items()},
         "cpu_seconds": {name: side["cpu_seconds"] for name, side in measured.items()},
         # against torchattacks on the model as the library builds it (the issue's baseline) ...
-        "ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library conv", "mat-plus pgd_linf",
+        "ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library layers", "mat-plus pgd_linf",
                                                   "seconds"),
-        "cpu_ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library conv", "mat-plus pgd_linf",
+        "cpu_ratio_torchattacks_over_matplus": _ratio(measured, "torchattacks, library layers", "mat-plus pgd_linf",
                                                       "cpu_seconds"),
         # ... and on mat-plus's victim (the same patch matmul): the PGD loops alone
         "ratio_torchattacks_same_model_over_matplus": _ratio(measured, "torchattacks", "mat-plus pgd_linf", "seconds"),
@@ -179,24 +179,14 @@ def _ratio(measured: dict, baseline: str, ours: str, key: str) -> float:
 
 
 @contextmanager
-def library_patch_conv(victim):
-    """The victim's patch embedding is the library's conv (`patch_matmul = False`) within the block."""
-    previous, victim.patch_matmul = victim.patch_matmul, False
-    try:
-        yield
-    finally:
-        victim.patch_matmul = previous
-
-
-@contextmanager
 def encoding_before(victim):
     """The victim encodes as the code did before the shortcuts, within the block: text as before the
-    text shortcuts (`OpenClipModel.fast_text`) and images through the library's patch conv."""
+    text shortcuts (`OpenClipModel.fast_text`) and the layers as the libraries build them."""
     if not hasattr(victim, "fast_text"):  # a silent no-op would report a ratio of the wrong baseline
         raise ValueError(f"{type(victim).__name__} has no fast_text switch")
     previous, victim.fast_text = victim.fast_text, False
     try:
-        with library_patch_conv(victim):
+        with victim.library_layers():
             yield
     finally:
         victim.fast_text = previous
@@ -303,7 +293,7 @@ def _table(report: dict) -> str:
     if "pgd" in report:
         pgd = report["pgd"]
         ours = "mat-plus pgd_linf"
-        for theirs, label, key in (("torchattacks, library conv", "PGD vs torchattacks.PGD (library's conv)", ""),
+        for theirs, label, key in (("torchattacks, library layers", "PGD vs torchattacks.PGD (library's layers)", ""),
                                    ("torchattacks", "PGD vs torchattacks.PGD on the same patched model",
                                     "_same_model")):
             lines.append(

@@ -40,18 +40,15 @@ quiet cores; the default is torch's own (OMP_NUM_THREADS).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.real_shapes import SHAPED_MODELS, sd_pipeline
+from bench.report import environment, write_report
 
 DEFAULT_OUT = "outputs/bench/image_generators.json"
 METHODS = ("t2i-sd", "t-i2i-sd")
@@ -335,23 +332,6 @@ def print_table(results: list[dict]) -> None:
               f"largest pixel difference {result['max_pixel_difference']}")
 
 
-def environment(device: str, dtype: str) -> dict:
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-        "dtype": dtype,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else [])
     import torch
@@ -377,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - start
         print(f"built {args.model} (random weights) on {device} {dtype} in {build_s:.1f} s")
     results = [bench_method(m, args, device, dtype, components) for m in methods]
-    env = environment(device, dtype)
+    env = environment(device, dtype=dtype)
     size = f"t2i {args.size}x{args.size} px" if args.size else "the model's size"
     print(f"settings: {args.model}, {size}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
           f"{args.steps} steps, {device} {dtype}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs "
@@ -387,14 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "image_generators",
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "environment": environment(device, dtype),
+        "environment": env,
         "model_build_s": build_s,  # sd15-shaped: building the random-weight modules (None: loaded)
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, payload)
     return 0
 
 

@@ -13,9 +13,10 @@ the cores):
   the batched attack (all candidates of a round in one chunked pass); both must give the same
   captions (exit status 1 if not). The one-candidate loop runs twice: with the product's text
   encoding, and encoding as the code did before the shortcuts (`fast_text = False`:
-  open_clip's tokenizer and full-context text tower; `patch_matmul = False`: the library's patch conv);
-* each step also with the library's patch-embedding conv (`patch_matmul = False`, in turn with
-  the matmul on the same trainer): what the patch matmul saves a clean and a MAT step.
+  open_clip's tokenizer and full-context text tower; the layers as the libraries build them);
+* each step also with the libraries' layers (`model.library_layers()`: the patch conv and
+  `nn.MultiheadAttention`, in turn with mat-plus's on the same trainer): what `patch_matmul` and
+  `contiguous_attention` save a clean and a MAT step.
 
 `--model` takes any name training accepts; an open_clip architecture without a pretrained tag
 (e.g. `ViT-B-16`) is built with random weights, offline (a real CLIP's 77-token context, where
@@ -79,27 +80,26 @@ def _trainer(method: str, source: str, out: Path, args):
 
 
 def bench_steps(source: str, work: Path, args) -> dict:
-    """Clean and MAT steps, each also with the library's patch conv (`patch_matmul = False`) in turn."""
+    """Clean and MAT steps, each also with the libraries' layers (`model.library_layers()`) in turn."""
     clean = _trainer("clean", source, work / "clean", args)
     mat = _trainer("mat", source, work / "mat", args)
     clean.train_step(0), mat.train_step(0)  # warm-up: lazy inits, allocator
-    times: dict[str, list] = {"clean": [], "mat": [], "clean_library_conv": [], "mat_library_conv": []}
+    times: dict[str, list] = {"clean": [], "mat": [], "clean_library_layers": [], "mat_library_layers": []}
     for step in range(1, args.repeats + 1):
         for name, trainer in (("clean", clean), ("mat", mat)):
             times[name].append(_timed(lambda: trainer.train_step(step))[0])
-            trainer.model.patch_matmul = False
-            times[f"{name}_library_conv"].append(_timed(lambda: trainer.train_step(step))[0])
-            trainer.model.patch_matmul = True
+            with trainer.model.library_layers():
+                times[f"{name}_library_layers"].append(_timed(lambda: trainer.train_step(step))[0])
     (clean_s, clean_cpu), (mat_s, mat_cpu) = _medians(times["clean"]), _medians(times["mat"])
-    (clean_lib_s, clean_lib_cpu), (mat_lib_s, mat_lib_cpu) = (_medians(times["clean_library_conv"]),
-                                                              _medians(times["mat_library_conv"]))
+    (clean_lib_s, clean_lib_cpu), (mat_lib_s, mat_lib_cpu) = (_medians(times["clean_library_layers"]),
+                                                              _medians(times["mat_library_layers"]))
     target = 1 + 0.5 * args.pgd_steps + 1
     return {"clean_step_s": clean_s, "mat_step_s": mat_s, "mat_over_clean": mat_s / clean_s,
             "clean_step_cpu_s": clean_cpu, "mat_step_cpu_s": mat_cpu, "mat_over_clean_cpu": mat_cpu / clean_cpu,
             "target_mat_over_clean": target, "within_target": mat_s / clean_s <= target,
             "within_target_cpu": mat_cpu / clean_cpu <= target,
-            "clean_step_library_conv_s": clean_lib_s, "clean_step_library_conv_cpu_s": clean_lib_cpu,
-            "mat_step_library_conv_s": mat_lib_s, "mat_step_library_conv_cpu_s": mat_lib_cpu,
+            "clean_step_library_layers_s": clean_lib_s, "clean_step_library_layers_cpu_s": clean_lib_cpu,
+            "mat_step_library_layers_s": mat_lib_s, "mat_step_library_layers_cpu_s": mat_lib_cpu,
             "mat_trainer": mat}
 
 
@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         ("MAT / clean", f"{steps['mat_over_clean']:.2f} ({met[steps['within_target']]})",
          f"{steps['mat_over_clean_cpu']:.2f} ({met[steps['within_target_cpu']]})"),
         (f"target: 1 + 0.5 x {args.pgd_steps} PGD + 1 text", f"{steps['target_mat_over_clean']:.2f}", ""),
-        ("clean step, library's patch conv (s)", f"{steps['clean_step_library_conv_s']:.3f}",
-         f"{steps['clean_step_library_conv_cpu_s']:.3f}"),
-        ("MAT step, library's patch conv (s)", f"{steps['mat_step_library_conv_s']:.3f}",
-         f"{steps['mat_step_library_conv_cpu_s']:.3f}"),
+        ("clean step, library's layers (s)", f"{steps['clean_step_library_layers_s']:.3f}",
+         f"{steps['clean_step_library_layers_cpu_s']:.3f}"),
+        ("MAT step, library's layers (s)", f"{steps['mat_step_library_layers_s']:.3f}",
+         f"{steps['mat_step_library_layers_cpu_s']:.3f}"),
     ]
     rows += [
         (f"text attack, batched ({text['captions']} captions, s)", f"{text['text_attack_batched_s']:.3f}",
