@@ -156,8 +156,9 @@ class ImageTextModel(nn.Module):
     def contiguous_attention(self) -> bool:
         """Whether the model's `nn.MultiheadAttention` layers (open_clip's towers) hand their
         in-projection a contiguous input where gradients are needed (`models/multihead_attention.py`:
-        one matmul instead of one per sequence position; bit-identical on CPU, 1.31x a ViT-B-16
-        forward and input gradient). `models.load_model` switches it on; False = the library's module.
+        with frozen weights one matmul instead of one per sequence position, bit-identical on CPU, 1.31x
+        a frozen ViT-B-16's forward and input gradient; trainable weights: the same speed). `models.load_model`
+        switches it on; False = the library's module.
         Setting it swaps the modules' class only: parameters and checkpoints are the same."""
         return uses_contiguous_attention(self)
 

@@ -1,20 +1,21 @@
 """`nn.MultiheadAttention` whose in-projection is one matrix product where gradients are needed.
 
 open_clip's transformers (every open_clip ViT and text tower) run `nn.MultiheadAttention(...,
-batch_first=True)`. Whenever a gradient is needed (training steps, image and text attacks) torch
-takes the module's general path, which transposes the (batch, sequence, width) input to
-(sequence, batch, width) as a strided view and hands it to `F.multi_head_attention_forward`. Its
-in-projection `linear(x, in_proj_weight)` on that non-contiguous view cannot be folded into one
-matrix product, so torch runs it as a batched product over the sequence positions, each with an
-expanded copy of the weight: at ViT-B-16's size (197 positions, 4 images, one CPU thread) 69 ms
-per layer forward and as much backward, against 28 ms for the same product as one matmul; a
-PGD step's forward and input gradient took 4.2 s instead of 3.2 s (measured: 1.31x, bit-identical
-loss and gradients).
+batch_first=True)`. Whenever a gradient is needed torch takes the module's general path, which
+transposes the (batch, sequence, width) input to (sequence, batch, width) as a strided view and
+hands it to `F.multi_head_attention_forward`. Where the in-projection weight requires a gradient
+(training), torch's matmul copies that view and runs one matrix product; where it does not (a
+frozen tower under an image attack: `--lock-image`, a victim frozen with `requires_grad_(False)`)
+it runs a batched product over the sequence positions, each with an expanded copy of the weight:
+at ViT-B-16's size (197 positions, 4 images, one CPU thread) 69 ms per layer forward and as much
+backward, against 28 ms as one matmul; that frozen model's PGD step (forward and input gradient)
+took 4.2 s instead of 3.2 s (1.31x, bit-identical loss and gradients). With trainable weights both
+take ~3.3 s.
 
 `ContiguousMultiheadAttention` makes that sequence-first copy contiguous (0.6M floats at that size)
 before calling the same `F.multi_head_attention_forward` with the module's own parameters, for
 batched self-attention (query, key and value the same tensor) where torch would take the general
-path anyway (a gradient is needed or the module is training). Everything else, the inference fast
+path anyway (a gradient is needed, the module is training, or autocast is on). Everything else, the inference fast
 path included, is `nn.MultiheadAttention.forward` unchanged. `use_contiguous_attention(module)`
 switches modules by swapping their class, so parameters, state-dict keys, checkpoints and
 `isinstance(m, nn.MultiheadAttention)` stay as they were; `enabled=False` switches them back.
@@ -57,7 +58,8 @@ class ContiguousMultiheadAttention(nn.MultiheadAttention):
             return False
         wants_gradient = torch.is_grad_enabled() and (
             query.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return self.training or wants_gradient
+        # torch's fast path also refuses autocast (mixed-precision evaluation on a GPU)
+        return self.training or wants_gradient or torch.is_autocast_enabled(query.device.type)
 
 
 def use_contiguous_attention(module: nn.Module, enabled: bool = True) -> int:

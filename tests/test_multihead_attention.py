@@ -58,6 +58,9 @@ def test_only_the_general_path_of_batch_first_self_attention_is_taken_over():
         assert not switched._takes_general_path(x, x, x)
         torch.testing.assert_close(switched(x, x, x)[0], library.eval()(x, x, x)[0])
     assert switched._takes_general_path(x, x, x)  # parameters need gradients
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # torch refuses its fast path under autocast
+        assert switched._takes_general_path(x, x, x)
+        torch.testing.assert_close(switched(x, x, x)[0], library(x, x, x)[0])
     assert not switched._takes_general_path(x, x.clone(), x.clone())  # cross-attention: the library's forward
     assert not switched._takes_general_path(x[0], x[0], x[0])  # unbatched
     seq_first = copy.deepcopy(library)
