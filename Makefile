@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup wordnet test demo bench clean-demo
+.PHONY: setup wordnet test demo bench device-wheels clean-demo
 
 setup: $(STAMP)
 
@@ -42,6 +42,13 @@ bench: $(STAMP) wordnet
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m pip install -q --no-deps torchattacks
 	$(BIN)/python -m bench
+
+# the wheels a lent GPU machine lacks (bench/device_wheels.txt), for bench.device_check there
+# (README, "Measuring on a GPU machine"); cp312 manylinux x86-64, as that machine runs
+device-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl -r bench/device_wheels.txt
 
 clean-demo:
 	rm -rf outputs/demo

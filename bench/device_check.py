@@ -1,0 +1,176 @@
+"""The prepared GPU run: the real-size measurements issues 18 and 19 still owe, in one command.
+
+    python -m bench.device_check [--out DIR] [--smoke]
+
+A session that is lent a GPU machine (an H200, no network, a 15-minute budget that a start and
+every idle minute also spend) runs this once, as it is, and copies the printed numbers into the
+README's benchmark table. Each measurement runs in its own process under its own time limit, so
+one that hangs or fails costs only its slot and the others still report; each writes NAME.json
+under `--out` (the device tool's `$OUT`, from where at most eight files come back), all their
+output goes to one `device_check.log` there, and the last lines printed are a summary of all of
+them. Models are real-size architectures with random weights, built offline (the machine has no Hub):
+
+1. `train_loop`: ViT-B-16 at 224 px, batch 128, `--precision amp`, 12 loader workers: clean step,
+   MAT step (10 PGD steps), and the share of each step spent waiting for data (issue 18);
+2. `image_generators_tiny`: batched vs one-image loop on the tiny SD twin on the GPU, fp16
+   (issue 18's 2x target is stated for the tiny twin);
+3. `attacks_pgd`: PGD against torchattacks.PGD, ViT-B-16, 32 images (issue 19's 1.1x);
+4. `attacks_multimodal`: BERT-Attack, Sep, Co-Attack and SGA batched vs a per-image loop,
+   ViT-B-16, 8 images x 5 captions (issue 19's 5x);
+5. `image_generators_sd15`: as 2, at Stable Diffusion 1.5's size (512 px, `sd15-shaped`).
+
+`--smoke` runs the same five with tiny settings on the CPU (about a minute here): what to run
+before spending device time, so that a renamed flag or a broken import is found for free.
+
+Needed there besides the machine's own packages (see KINDS.md of the device tool): the wheels that
+`make device-wheels` downloads into `.whl/`; the README's "Measuring on a GPU machine" gives the
+device command that installs them and runs this module.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_OUT = "outputs/bench/device"
+LOG_NAME = "device_check.log"  # every measurement's output, one after another
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str  # also its file name: NAME.json (its output goes to device_check.log)
+    module: str  # bench module run with `python -m`
+    argv: tuple[str, ...]
+    limit_s: int  # killed after this many seconds
+    smoke_argv: tuple[str, ...] = field(default=())  # CPU, tiny: replaces argv under --smoke
+
+
+MEASUREMENTS = (
+    Measurement("train_loop", "bench.bench_train_loop",
+                ("--model", "ViT-B-16", "--device", "cuda", "--batch-size", "128", "--precision", "amp",
+                 "--workers", "12", "--images", "1024", "--steps", "4", "--warmup", "2"),
+                limit_s=150,
+                smoke_argv=("--device", "cpu", "--batch-size", "8", "--images", "32", "--steps", "1", "--warmup", "1",
+                            "--pgd-steps", "2", "--workers", "1", "--threads", "1")),
+    Measurement("image_generators_tiny", "bench.bench_image_generators",
+                ("--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8", "--repeats", "3"),
+                limit_s=45,
+                smoke_argv=("--device", "cpu", "--images", "2", "--n", "1", "--batch-size", "2", "--steps", "2",
+                            "--repeats", "1", "--threads", "1")),
+    Measurement("attacks_pgd", "bench.bench_attacks",
+                ("--model", "ViT-B-16", "--device", "cuda", "--attacks", "pgd", "--images", "32", "--repeats", "3"),
+                limit_s=60,
+                smoke_argv=("--device", "cpu", "--attacks", "pgd", "--images", "2", "--captions", "2", "--repeats", "1",
+                            "--threads", "1")),
+    Measurement("attacks_multimodal", "bench.bench_attacks",
+                ("--model", "ViT-B-16", "--device", "cuda", "--attacks", "bert-attack,sep,co-attack,sga",
+                 "--images", "8", "--repeats", "2"),
+                limit_s=120,
+                smoke_argv=("--device", "cpu", "--attacks", "bert-attack,sga", "--images", "2", "--captions", "2",
+                            "--repeats", "1", "--threads", "1")),
+    Measurement("image_generators_sd15", "bench.bench_image_generators",
+                ("--model", "sd15-shaped", "--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8",
+                 "--repeats", "2"),
+                limit_s=75,
+                # t2i only, at 64 px: building the 860M-parameter UNet on CPU is the rehearsal (i2i would run at 512 px)
+                smoke_argv=("--device", "cpu", "--model", "sd15-shaped", "--methods", "t2i-sd", "--size", "64",
+                            "--images", "2", "--n", "1", "--batch-size", "2", "--steps", "2", "--repeats", "1",
+                            "--threads", "1")),
+)
+# the device tool's longest command is 600 s; leave room for installing the wheels and a rerun
+TOTAL_LIMIT_S = 450
+
+
+def planned_argv(measurement: Measurement, smoke: bool, out: Path) -> list[str]:
+    argv = list(measurement.smoke_argv if smoke else measurement.argv)
+    return [*argv, "--out", str(out / f"{measurement.name}.json")]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="device_check", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--out", default=os.environ.get("OUT") or DEFAULT_OUT, help="folder for NAME.json and device_check.log")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings on the CPU (a rehearsal, not a measurement)")
+    parser.add_argument("--only", default=None, help="comma list of measurement names (default: all)")
+    return parser.parse_args(argv)
+
+
+PACKAGES = ("torch", "torchvision", "transformers", "huggingface_hub", "diffusers", "datasets", "open_clip",
+            "accelerate", "timm", "torchattacks")
+
+
+def preflight() -> list[str]:
+    """One line per package the benchmarks import (version and where from), failures first named."""
+    import importlib
+
+    lines, missing = [], []
+    for name in PACKAGES:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - reported, the run stops before spending time
+            missing.append(name)
+            lines.append(f"{name}: cannot import ({type(exc).__name__}: {exc})")
+            continue
+        lines.append(f"{name} {getattr(module, '__version__', '?')} ({Path(module.__file__).parent})")
+    if missing:
+        lines.insert(0, f"missing: {', '.join(missing)}: install the wheels of `make device-wheels` (README)")
+    return lines
+
+
+def run_one(measurement: Measurement, argv: list[str], log_path: Path) -> dict:
+    """Run one measurement in its own process; its output is appended to `log_path` under a header."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", measurement.module, *argv]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {measurement.name}: {' '.join(command[1:])}\n")
+        log.flush()
+        start = log.tell()
+        started = time.perf_counter()
+        try:
+            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    timeout=measurement.limit_s).returncode
+        except subprocess.TimeoutExpired:
+            status = f"killed after {measurement.limit_s} s"
+    seconds = time.perf_counter() - started
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        log.seek(start)
+        tail = log.read().splitlines()[-12:]
+    return {"name": measurement.name, "status": status, "seconds": round(seconds, 1), "tail": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = MEASUREMENTS if not args.only else [m for m in MEASUREMENTS if m.name in args.only.split(",")]
+    lines = preflight()
+    print("\n".join(lines), flush=True)
+    if lines[0].startswith("missing:"):
+        return 2
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("device_check: torch sees no GPU (use --smoke for the CPU rehearsal)", file=sys.stderr)
+            return 2
+        print(f"GPU: {torch.cuda.get_device_name(0)}", flush=True)
+    results = []
+    log_path = out / LOG_NAME
+    log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for measurement in chosen:
+        print(f"=== {measurement.name} (limit {measurement.limit_s} s)", flush=True)
+        result = run_one(measurement, planned_argv(measurement, args.smoke, out), log_path)
+        results.append(result)
+        print(f"    status {result['status']} in {result['seconds']} s", flush=True)
+    print("\n=== summary")
+    for result in results:
+        print(f"--- {result['name']}: status {result['status']}, {result['seconds']} s")
+        print("\n".join(result["tail"]))
+    return 0 if all(r["status"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
