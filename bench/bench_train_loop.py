@@ -24,6 +24,10 @@ up, so decoding costs what a real JPEG of that size costs). Reported per method,
   drawn with no model, i.e. what the data path can supply);
 * peak GPU memory on a GPU.
 
+`--loader-only` times the data path alone (no model steps; any `--model`'s training transform):
+images per second, and per decoding process, so the workers a GPU needs can be worked out on a CPU machine
+(a GPU step of S seconds at batch B needs B / S images per second).
+
 And MAT / clean against the issue's budget of 1 + 0.5 x PGD steps + 1 clean steps. MAT's text
 attack uses `--mlm` (default tiny-mlm, random weights: a real masked LM such as bert-base, which
 needs the Hub, makes the text attack costlier).
@@ -60,6 +64,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--image-size", default="500x375", help="WIDTHxHEIGHT of its JPEG files (default 500x375)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="time only the data path (decoding and the model's training transform), no steps: "
+                             "how many workers a GPU's step rate needs, measurable on any machine")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -181,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         source = jpeg_source(work, args.images, (args.width, args.height))
         print(f"source: {args.images} JPEG images of {args.width}x{args.height} px in {time.perf_counter() - made:.1f} s")
         results = {}
+        if args.loader_only:  # clean and MAT draw the same batches: one method's loader tells it
+            trainer = trainer_for(methods[0], source, work / "run-loader", args, device)
+            loader = {**time_loader(trainer, args), "workers": trainer.cfg.workers}
+            # per decoding process: the workers, or the main process itself with --workers 0
+            loader["images_per_s_per_process"] = loader["loader_images_per_s"] / max(1, loader["workers"])
+            results["loader"] = loader
+            print(f"loader alone ({loader['workers'] or 'no'} workers, {args.model}'s training transform): "
+                  f"{loader['loader_images_per_s']:.1f} img/s, {loader['images_per_s_per_process']:.1f} per decoding process")
+            methods = []
         for method in methods:
             trainer = trainer_for(method, source, work / f"run-{method}", args, device)
             results[method] = time_steps(trainer, args, device)
