@@ -29,6 +29,7 @@ device command that installs them and runs this module.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,33 @@ def preflight() -> list[str]:
     return lines
 
 
+def headline(payload: dict) -> list[str]:
+    """The numbers of one benchmark's JSON that go into the README's table, one line each."""
+    lines = []
+    if payload.get("benchmark") == "train_loop":
+        for method, r in payload["results"].items():
+            if "step_s" in r:
+                lines.append(f"{method}: step {r['step_s']:.3f} s ({r['images_per_s']:.0f} img/s), waited for data "
+                             f"{100 * r['data_share']:.1f}%, loader alone {r['loader_images_per_s']:.0f} img/s"
+                             + (f", peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""))
+        if "mat_over_clean" in payload:
+            lines.append(f"MAT/clean {payload['mat_over_clean']:.2f} (budget {payload['target_mat_over_clean']:.1f})")
+    elif payload.get("benchmark") == "image_generators":
+        for r in payload["results"]:
+            lines.append(f"{r['method']}: batched {r['speedup']:.2f}x the loop (bound {r['per_image_bound']:.2f}x), "
+                         f"{r['batched']['images_per_s']:.1f} img/s, largest pixel difference {r['max_pixel_difference']}")
+    else:  # bench_attacks
+        if "pgd" in payload:
+            pgd = payload["pgd"]
+            lines.append(f"PGD: {pgd['ratio_torchattacks_over_matplus']:.2f}x torchattacks.PGD on the library's layers, "
+                         f"{pgd['ratio_torchattacks_same_model_over_matplus']:.2f}x on the same model")
+        for name, entry in payload.get("multimodal", {}).get("attacks", {}).items():
+            lines.append(f"{name}: batched {entry['ratio_loop_over_batched']:.2f}x the loop, "
+                         f"{entry['ratio_before_loop_over_batched']:.2f}x the loop encoding as before; "
+                         f"same captions {entry['identical_texts'] and entry['identical_texts_before']}")
+    return lines
+
+
 def run_one(measurement: Measurement, argv: list[str], log_path: Path) -> dict:
     """Run one measurement in its own process; its output is appended to `log_path` under a header."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -168,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== summary")
     for result in results:
         print(f"--- {result['name']}: status {result['status']}, {result['seconds']} s")
-        print("\n".join(result["tail"]))
+        report = out / f"{result['name']}.json"
+        try:
+            print("\n".join(headline(json.loads(report.read_text(encoding="utf-8")))))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # the log's tail says what happened
+            print(f"(no headline from {report.name}: {type(exc).__name__}: {exc})")
+            print("\n".join(result["tail"]))
     return 0 if all(r["status"] == 0 for r in results) else 1
 
 
