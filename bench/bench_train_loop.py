@@ -113,6 +113,16 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _release(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def trainer_for(method: str, source: Path, out: Path, args, device: str):
     from train.config import resolve_config
     from train.trainer import Trainer
@@ -202,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             results[method] = time_steps(trainer, args, device)
             results[method]["workers"] = trainer.cfg.workers
             del trainer
+            _release(device)  # the next method's peak memory must not include this one's model
             r = results[method]
             print(f"{method:<6} step {r['step_s']:.3f} s ({r['images_per_s']:.1f} img/s), waited for data "
                   f"{r['data_s']:.3f} s ({100 * r['data_share']:.1f}%); loader alone {r['loader_images_per_s']:.1f} img/s"
