@@ -220,3 +220,19 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)
         assert a == b, name
+
+
+def test_truth_checker_choice_is_one_rule_for_every_task():
+    """--truth-checker: 'auto' uses the checker only where every image has a scene, 'world' insists, 'none' never."""
+    from augment.errors import MatPlusError
+    from train.commands_eval import truth_checker_for
+
+    def checker(*_):
+        return True
+
+    assert truth_checker_for("auto", True, checker) is checker
+    assert truth_checker_for("auto", False, checker) is None
+    assert truth_checker_for("world", True, checker) is checker
+    assert truth_checker_for("none", True, checker) is None
+    with pytest.raises(MatPlusError, match="--truth-checker world needs a sample-world source"):
+        truth_checker_for("world", False, checker)

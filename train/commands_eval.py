@@ -145,8 +145,17 @@ def _check_positive(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
 
 
-def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | None = None):
+def truth_checker_for(choice: str, has_scenes: bool, checker):
+    """`--truth-checker`: `checker` where every evaluated image has a world scene ('auto', 'world'), else
+    None ('auto', 'none'); 'world' without scenes is an error. Shared by every task's evaluation."""
     from augment.errors import MatPlusError
+
+    if choice == "world" and not has_scenes:
+        raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
+    return checker if choice != "none" and has_scenes else None
+
+
+def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | None = None):
     from augment.world.truth import check_caption_of_row, has_scenes
     from augment.sources import select_split
 
@@ -155,11 +164,7 @@ def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | 
     rows = select_split(dataset, split)  # only the rows evaluated: start-up stays flat in the source size
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    if has_scenes(rows):
-        return check_caption_of_row
-    if choice == "world":
-        raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
-    return None
+    return truth_checker_for(choice, has_scenes(rows), check_caption_of_row)
 
 
 def _workers(args: argparse.Namespace) -> int:

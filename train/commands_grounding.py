@@ -29,6 +29,7 @@ def run(args) -> int:
     from augment.referring import load_grounding
     from models import load_model
     from tasks.grounding import GroundingTask
+    from train.commands_eval import truth_checker_for
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
@@ -51,10 +52,8 @@ def run(args) -> int:
         raise MatPlusError(f"{args.source}: no expressions in split '{args.split}'")
     checker = None
     if args.truth_checker != "none":
-        has_scenes = all(image.scene is not None for image in data.images)
-        if args.truth_checker == "world" and not has_scenes:
-            raise MatPlusError("--truth-checker world needs a sample-world source (every image with a scene)")
-        checker = world_expression_checker if has_scenes else None
+        checker = truth_checker_for(args.truth_checker, all(image.scene is not None for image in data.images),
+                                    world_expression_checker)
     options = {
         "objective": args.grounding_objective, "eps": args.eps, "steps": args.pgd_steps,
         "step_size": args.pgd_step_size, "candidates": args.text_candidates,
