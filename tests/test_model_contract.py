@@ -520,6 +520,22 @@ def test_trimmed_text_tower_equals_open_clip(text_cfg, trims):
                 "a tower cut before the pooled token must differ (the comparison can fail)"
 
 
+@pytest.mark.parametrize("text_cfg", [TINY_TEXT, _vit_b_16_text], ids=["tiny", "vit-b-16-text"])
+def test_trimmed_tower_runs_its_last_block_at_the_pooled_token_only(text_cfg):
+    """The last block's MLP sees one row per text (the pooled token), the others every position."""
+    model = _open_clip_wrapped(text_cfg() if callable(text_cfg) else text_cfg)
+    ids = model.tokenizer(SHORTCUT_CAPTIONS)
+    rows = []
+    hooks = [block.mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+             for block in model.model.transformer.resblocks]
+    with torch.no_grad():
+        model._text_tower(ids, ids.argmax(-1))
+    for hook in hooks:
+        hook.remove()
+    blocks = len(model.model.transformer.resblocks)
+    assert rows[:blocks - 1] == [ids.numel()] * (blocks - 1) and rows[-1] == len(ids)
+
+
 def test_trimmed_text_tower_keeps_gradients():
     model = _open_clip_wrapped(TINY_TEXT)
     ids = model.tokenizer(SHORTCUT_CAPTIONS)
