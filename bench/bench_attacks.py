@@ -201,6 +201,8 @@ def text_tokens_counted(victim):
     if tower is None:
         yield counted
         return
+    # the first block sees every text's positions, whether the whole tower runs or the trimmed one
+    tower = tower.resblocks[0] if len(getattr(tower, "resblocks", ())) else tower
 
     def count(module, args, output):
         counted[0] += args[0].shape[0] * args[0].shape[1]  # [texts, length, width] (batch first)
