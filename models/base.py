@@ -42,6 +42,7 @@ from torch import nn
 from augment.atomic import atomic_write_text
 from models.multihead_attention import use_contiguous_attention, uses_contiguous_attention
 from models.patch_embedding import use_patch_matmul, uses_patch_matmul
+from models.pooled_block import use_class_token_transformer, uses_class_token_transformer
 
 # written beside every saved model: which family reads the folder back
 MODEL_INFO_NAME = "matplus_model.json"
@@ -166,16 +167,30 @@ class ImageTextModel(nn.Module):
     def contiguous_attention(self, enabled: bool) -> None:
         use_contiguous_attention(self, bool(enabled))
 
+    @property
+    def class_token_vision(self) -> bool:
+        """Whether open_clip ViTs that pool their class token run their last block at that token only
+        (`models/pooled_block.py`: every token's keys and values, the class token's query, attention
+        output and MLP; equal within float rounding, ~40% of a 2-block tower, ~7% of ViT-B-16's, forward
+        and backward). `models.load_model` switches it on; False = open_clip's `Transformer`. Setting it
+        swaps the transformer's class only: parameters and checkpoints are the same."""
+        return uses_class_token_transformer(self)
+
+    @class_token_vision.setter
+    def class_token_vision(self, enabled: bool) -> None:
+        use_class_token_transformer(self, bool(enabled))
+
     @contextlib.contextmanager
     def library_layers(self):
-        """Within the block the model runs its layers as the libraries build them (`patch_matmul` and
-        `contiguous_attention` off): the baseline the benchmarks measure those switches against."""
-        previous = self.patch_matmul, self.contiguous_attention
-        self.patch_matmul = self.contiguous_attention = False
+        """Within the block the model runs its layers as the libraries build them (`patch_matmul`,
+        `contiguous_attention` and `class_token_vision` off): the baseline the benchmarks measure those
+        switches against."""
+        previous = self.patch_matmul, self.contiguous_attention, self.class_token_vision
+        self.patch_matmul = self.contiguous_attention = self.class_token_vision = False
         try:
             yield self
         finally:
-            self.patch_matmul, self.contiguous_attention = previous
+            self.patch_matmul, self.contiguous_attention, self.class_token_vision = previous
 
     # -- training hooks ---------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from models.pooled_block import plain_block_stack, pooled_last_block
+
 from augment import tiny
 from augment.atomic import atomic_write_text, temporary_path
 from augment.errors import ModelLoadError
@@ -175,7 +177,7 @@ class OpenClipModel(VisionLanguageModel):
         x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         mask = model.attn_mask[:length, :length]
         transformer = model.transformer
-        if _splits_last_block(transformer):
+        if plain_block_stack(transformer):
             *blocks, last = transformer.resblocks
             # as open_clip's Transformer.forward: each block recomputed in the backward under --grad-checkpointing
             recompute = getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled()
@@ -224,39 +226,6 @@ class OpenClipModel(VisionLanguageModel):
     @classmethod
     def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
         return load(f"local-dir:{folder}", None, device=device, display_name=name)
-
-
-def _splits_last_block(transformer) -> bool:
-    """Whether open_clip's text `transformer` is the plain block stack `pooled_last_block` reproduces:
-    batch-first self-attention blocks (`nn.MultiheadAttention`)."""
-    from open_clip.transformer import ResidualAttentionBlock
-
-    blocks = getattr(transformer, "resblocks", None)
-    return (bool(blocks) and getattr(transformer, "batch_first", False)
-            and all(type(b) is ResidualAttentionBlock and isinstance(b.attn, torch.nn.MultiheadAttention)
-                    and not hasattr(b, "ln_1_kv") for b in blocks))
-
-
-def pooled_last_block(block, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """open_clip's `ResidualAttentionBlock(x, attn_mask=causal)` at one position per text, `pooled` [N]:
-    its output rows x[n, pooled[n]] as [N, D].
-
-    Every position's keys and values are still needed, but the query, the attention output, the
-    residuals and the MLP are needed at the pooled position only: in the last block of a causal text
-    tower that is 10 of its 12 width-squared products per token (a tiny-clip text tower of 2 blocks:
-    ~40% of its work; ViT-B-16's 12: ~7%). Equal to the whole block's pooled row up to float summation
-    order. The causal mask's row `pooled[n]` becomes a per-text key mask (keys after the pooled token,
-    padding included, are masked, as the causal row masks them)."""
-    rows = torch.arange(x.shape[0], device=x.device)
-    normed = block.ln_1(x)
-    query = normed[rows, pooled].unsqueeze(1)  # [N, 1, D]
-    after = torch.arange(x.shape[1], device=x.device)[None, :] > pooled[:, None]  # [N, L]
-    mask = torch.zeros(after.shape, dtype=normed.dtype, device=x.device).masked_fill(after, float("-inf"))
-    mask = mask.repeat_interleave(block.attn.num_heads, dim=0).unsqueeze(1)  # [N * heads, 1, L]
-    attended = block.attn(query, normed, normed, need_weights=False, attn_mask=mask)[0]
-    out = x[rows, pooled].unsqueeze(1) + block.ls_1(attended)
-    out = out + block.ls_2(block.mlp(block.ln_2(out)))
-    return out[:, 0]
 
 
 def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
