@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from augment.tiny import SD_SCHEDULER_CONFIG
+
 SD15_SHAPED = "sd15-shaped"
 
 # unet/config.json (values that differ from diffusers' defaults, and the block layout)
@@ -79,17 +81,9 @@ SD15_TEXT_CONFIG = {
     "eos_token_id": 2,
     "pad_token_id": 1,
 }
-# scheduler/scheduler_config.json's noise schedule, for DDIMScheduler (see the module docstring)
-SD15_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
+# scheduler/scheduler_config.json's noise schedule: the one tiny-sd's DDIMScheduler is built from (see the
+# module docstring), with DDIM's defaults for the training steps and the prediction written out
+SD15_SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
 SD15_TOKENIZER_MAX_LENGTH = 77  # tokenizer/tokenizer_config.json model_max_length
 
 

@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
-
-from models.pooled_block import plain_block_stack, pooled_last_block
 
 from augment import tiny
 from augment.atomic import atomic_write_text, temporary_path
@@ -33,6 +30,7 @@ from augment.registry import (
     is_offline,
 )
 from models.base import TextTokens, VisionLanguageModel
+from models.pooled_block import plain_block_stack, run_to_pooled
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +167,7 @@ class OpenClipModel(VisionLanguageModel):
     def _text_tower(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """`CLIP.encode_text`'s steps on `tokens` [N, L] (L <= the context), pooled at `pooled` [N].
 
-        The last block runs for the pooled token only (`pooled_last_block`): nothing after it reads the
+        The last block runs for the pooled token only (`models.pooled_block.run_to_pooled`): nothing after it reads the
         other positions' outputs."""
         model = self.model
         length = tokens.shape[1]
@@ -178,14 +176,7 @@ class OpenClipModel(VisionLanguageModel):
         mask = model.attn_mask[:length, :length]
         transformer = model.transformer
         if plain_block_stack(transformer):
-            *blocks, last = transformer.resblocks
-            # as open_clip's Transformer.forward: each block recomputed in the backward under --grad-checkpointing
-            recompute = getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled()
-            for block in blocks:
-                x = checkpoint(block, x, None, None, mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
-            x = (checkpoint(pooled_last_block, last, x, pooled, use_reentrant=False) if recompute
-                 else pooled_last_block(last, x, pooled))
-            x = model.ln_final(x)
+            x = model.ln_final(run_to_pooled(transformer, x, pooled, attn_mask=mask))
         else:
             x = model.ln_final(transformer(x, attn_mask=mask))
             x = x[torch.arange(x.shape[0], device=x.device), pooled]

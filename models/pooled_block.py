@@ -50,6 +50,21 @@ def pooled_last_block(block, x: torch.Tensor, pooled: torch.Tensor, causal: bool
     return out[:, 0]
 
 
+def run_to_pooled(transformer, x: torch.Tensor, pooled: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                  causal: bool = True) -> torch.Tensor:
+    """A plain open_clip block stack (`plain_block_stack`) on x [N, L, D], its last block at `pooled`
+    only: [N, D]. Under the stack's grad checkpointing each block is recomputed in the backward, as
+    open_clip's `Transformer.forward` does."""
+    *blocks, last = transformer.resblocks
+    recompute = getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled()
+    for block in blocks:
+        x = (checkpoint(block, x, None, None, attn_mask, use_reentrant=False) if recompute
+             else block(x, attn_mask=attn_mask))
+    if recompute:
+        return checkpoint(pooled_last_block, last, x, pooled, causal, use_reentrant=False)
+    return pooled_last_block(last, x, pooled, causal=causal)
+
+
 def _class_token_transformer_class():
     from open_clip.transformer import Transformer
 
@@ -60,14 +75,8 @@ def _class_token_transformer_class():
         def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
             if attn_mask is not None or x.dim() != 3:  # not the ViT call it was made for
                 return super().forward(x, attn_mask=attn_mask)
-            *blocks, last = self.resblocks
-            recompute = self.grad_checkpointing and torch.is_grad_enabled()  # as Transformer.forward
-            for block in blocks:
-                x = checkpoint(block, x, None, None, None, use_reentrant=False) if recompute else block(x)
             first = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            if recompute:
-                return checkpoint(pooled_last_block, last, x, first, False, use_reentrant=False).unsqueeze(1)
-            return pooled_last_block(last, x, first, causal=False).unsqueeze(1)
+            return run_to_pooled(self, x, first, causal=False).unsqueeze(1)
 
     return ClassTokenTransformer
 
