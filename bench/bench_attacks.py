@@ -32,7 +32,8 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    The loop runs twice: with the product's text encoding (the ratio of batching alone), and
    encoding as the code did before the shortcuts (`fast_text = False` and the library's layers
    on the victim: open_clip's tokenizer, full-context text tower, the library's patch conv and
-   `nn.MultiheadAttention`), the ratio of "the attack loops faster".
+   `nn.MultiheadAttention`; SGA's views resized by torch's and torchvision's own bicubic kernels),
+   the ratio of "the attack loops faster".
    Also reported: the token positions each side's text tower computed (an open_clip victim).
 
 Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
@@ -180,13 +181,16 @@ def _ratio(measured: dict, baseline: str, ours: str, key: str) -> float:
 
 @contextmanager
 def encoding_before(victim):
-    """The victim encodes as the code did before the shortcuts, within the block: text as before the
-    text shortcuts (`OpenClipModel.fast_text`) and the layers as the libraries build them."""
+    """Within the block the attacks run as the code did before the shortcuts: the victim encodes
+    text as before the text shortcuts (`OpenClipModel.fast_text`) with its layers as the libraries
+    build them, and images are resized by the libraries' kernels (`library_resize`: SGA's views)."""
+    from train.attacks.resize import library_resize
+
     if not hasattr(victim, "fast_text"):  # a silent no-op would report a ratio of the wrong baseline
         raise ValueError(f"{type(victim).__name__} has no fast_text switch")
     previous, victim.fast_text = victim.fast_text, False
     try:
-        with victim.library_layers():
+        with victim.library_layers(), library_resize():
             yield
     finally:
         victim.fast_text = previous

@@ -32,10 +32,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
 from train.attacks.pgd import PGD
+from train.attacks.resize import resize
 from train.attacks.text import BertAttack, WordSubstitutionAttack, encode_images, encode_texts
 
 SGA_SCALES = (0.5, 0.75, 1.25, 1.5)
@@ -54,6 +54,7 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
     view clamped to [0, 1] again after resizing back (bicubic overshoots). `mode="torchvision"`
     (SGA code): torchvision's bicubic `Resize` (antialiased, its default since 0.17) both ways,
     no clamp after resizing back. Differentiable in `images`, so PGD optimises through the views.
+    Each resize is the library's operator as two matrix products (`train.attacks.resize`).
     """
     if mode not in VIEW_MODES:
         raise ValueError(f"unknown view mode {mode!r}; expected one of {VIEW_MODES}")
@@ -67,14 +68,11 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
             view = view + noise_std * noise.to(images.device, images.dtype)
         scaled_size = (max(1, int(scale * size[0])), max(1, int(scale * size[1])))
         if mode == "torchvision":
-            from torchvision.transforms import InterpolationMode
-            from torchvision.transforms.functional import resize
-
-            view = resize(view, list(scaled_size), InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
-            views.append(resize(view, list(size), InterpolationMode.BICUBIC, antialias=True))
+            view = resize(view, scaled_size, "torchvision").clamp(0, 1)
+            views.append(resize(view, size, "torchvision"))
             continue
-        view = F.interpolate(view, size=scaled_size, mode="bicubic", align_corners=False, antialias=scale < 1)
-        view = F.interpolate(view.clamp(0, 1), size=size, mode="bicubic", align_corners=False, antialias=scale > 1)
+        view = resize(view, scaled_size, "bicubic-aa" if scale < 1 else "bicubic")
+        view = resize(view.clamp(0, 1), size, "bicubic-aa" if scale > 1 else "bicubic")
         views.append(view.clamp(0, 1))
     return views
 
