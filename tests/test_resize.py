@@ -39,6 +39,7 @@ def test_resize_gradient_is_the_library_operators(method):
         (fn(pixels) * weights).sum().backward()
         gradients.append(pixels.grad)
     assert gradients[0].dtype == torch.float64  # float64 images stay float64
+    assert resize(images.half(), (36, 18), method).dtype == torch.float16  # and half stays half, as the library's
     assert float((gradients[0] - gradients[1]).abs().max()) < 1e-12
 
 

@@ -54,7 +54,8 @@ def resize_matrix(n_in: int, n_out: int, method: str = "bicubic", device: torch.
 
 def resize(images: torch.Tensor, size: tuple[int, int], method: str = "bicubic") -> torch.Tensor:
     """[..., H, W] float images resized to `size` (h, w) by `method`: `A_h @ images @ A_w^T`,
-    differentiable in `images`, in float32 (float64 kept) with autocast off, as torch resizes."""
+    differentiable in `images`; computed in float32 (float64 kept) with autocast off, returned in
+    the images' dtype, as the library's resize returns it."""
     if _LIBRARY_KERNELS[0]:
         return _library_resize(images, tuple(size), method)
     height, width = images.shape[-2:]
@@ -62,7 +63,7 @@ def resize(images: torch.Tensor, size: tuple[int, int], method: str = "bicubic")
     rows = resize_matrix(height, size[0], method, images.device, dtype)
     columns = resize_matrix(width, size[1], method, images.device, dtype)
     with torch.autocast(images.device.type, enabled=False):
-        return rows @ images.to(dtype) @ columns.T
+        return (rows @ images.to(dtype) @ columns.T).to(images.dtype)
 
 
 _LIBRARY_KERNELS = [False]
