@@ -106,6 +106,8 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         raise MatPlusError(f"study config: unknown keys {unknown}")
     if config["task"] != "retrieval":
         config = _task_config(config, _merge(layer, overrides or {}))
+    else:
+        _check_retrieval_eval(config["eval"])
     for name, spec in config["pools"].items():
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
@@ -123,6 +125,27 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if pool and pool not in config["pools"]:
             raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
     return config
+
+
+# what the retrieval study's evaluation reads (train eval's options of the same meaning): a key it
+# does not read (a typo of `protocol`) would silently evaluate under the defaults after hours of training
+RETRIEVAL_EVAL_KEYS = (*DEFAULTS["eval"], "protocol", "attack_protocol", "reference_bugs")
+
+
+def _check_retrieval_eval(evaluation: dict) -> None:
+    from train.attacks.protocols import PROTOCOL_CHOICES
+
+    unknown = sorted(set(evaluation) - set(RETRIEVAL_EVAL_KEYS))
+    if unknown:
+        raise MatPlusError(f"study config: unknown eval keys {unknown} (known: {', '.join(RETRIEVAL_EVAL_KEYS)})")
+    protocols = {evaluation[key] for key in ("protocol", "attack_protocol") if evaluation.get(key) is not None}
+    wrong = sorted(str(p) for p in protocols if p not in PROTOCOL_CHOICES)
+    if wrong:
+        raise MatPlusError(f"study config: eval.protocol {wrong[0]!r} is not one of {', '.join(PROTOCOL_CHOICES)}")
+    if len(protocols) > 1:
+        raise MatPlusError(f"study config: eval.protocol and eval.attack_protocol disagree ({' vs '.join(sorted(protocols))})")
+    if evaluation.get("reference_bugs") and protocols <= {"project"}:
+        raise MatPlusError("study config: eval.reference_bugs needs eval.protocol sga or co-attack")
 
 
 # keys only the retrieval study reads: another task refuses them unless empty

@@ -333,3 +333,45 @@ def test_mean_gradient_scaling_bug_only_on_request(victim, tokenizer):
     assert build_attack("sga", victim, mlm=mlm, protocol="sga", reference_bugs=True).image_attack.scale_by_mean_gradient
     assert not build_attack("sga", victim, mlm=mlm, protocol="sga").image_attack.scale_by_mean_gradient
     assert isinstance(build_attack("sga", victim, mlm=mlm, protocol="co-attack"), SGA)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("protocol, bugs", [("sga", False), ("co-attack", True)])
+def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world_dir, tmp_path, protocol, bugs):
+    """The issue's Done-when: `train eval --protocol sga|co-attack` runs all six attacks; each attack's
+    recorded parameters are the protocol's (tiny-clip with random weights: the wiring, not the numbers)."""
+    import json
+
+    from train.cli import main as train_main
+
+    out = tmp_path / "eval"
+    attacks = ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"]
+    assert train_main(["eval", "tiny-clip", "--source", str(sample_world_dir), "--split", "test", "--attacks", ",".join(attacks),
+                       "--pgd-steps", "2", "--top-k", "3", "--limit", "4", "--captions-per-image", "2",
+                       "--protocol", protocol, *(["--reference-bugs"] if bugs else []), "--out", str(out),
+                       "--no-progress"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["attacks"]) == attacks
+    assert report["settings"]["attack_options"]["protocol"] == protocol
+    assert report["settings"]["caption_preprocess"] == "pre_caption"  # the reference codes' captions
+    params = {name: report["attacks"][name]["params"] for name in attacks[1:]}
+    for name in attacks[1:]:
+        entry = report["attacks"][name]
+        assert entry.get("linf_max", 0.0) <= EPS + 1e-6 and entry.get("words_changed_max", 0) <= 1, name
+    text = params["bert-attack"]
+    assert (text["guide"], text["importance"], text["reading"], text["reference_bugs"]) == ("text-kl", "kl", "reference", bugs)
+    # each reference protocol runs the other paper's attack as that paper's code does
+    assert params["sga"]["first_guide"] == "clean" and params["sga"]["views"] == "torchvision"
+    assert params["co-attack"]["mode"] == "per-pair" and params["co-attack"]["image"]["start"] == "positive"
+    assert params["co-attack"]["image"]["step_size"] == pytest.approx(EPS / 2 * 1.25)  # eps / steps x 1.25
+    assert params["pgd"]["loss"] == ("image-kl" if protocol == "co-attack" else "pair")  # SGA's PGD is the project's
+
+
+def test_reference_bugs_need_a_reference_protocol(sample_world_dir, tmp_path, capsys):
+    from train.cli import main as train_main
+
+    assert train_main(["eval", "tiny-clip", "--source", str(sample_world_dir), "--split", "test", "--attacks", "clean",
+                       "--limit", "2", "--reference-bugs", "--out", str(tmp_path / "eval")]) == 2
+    assert "--reference-bugs needs --protocol sga or co-attack" in capsys.readouterr().err

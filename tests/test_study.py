@@ -122,6 +122,37 @@ def test_new_config_keys_are_checked():
         load_study_config("mini", {"validation": {"every": 0}})
 
 
+def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, monkeypatch, sample_world_dir):
+    import models
+    import train.evaluate
+
+    for bad, message in [({"protocol": "albef"}, "eval.protocol 'albef' is not one of project, sga, co-attack"),
+                         ({"protocl": "sga"}, "unknown eval keys \\['protocl'\\]"),
+                         ({"reference_bugs": True}, "eval.reference_bugs needs eval.protocol sga or co-attack"),
+                         ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree")]:
+        with pytest.raises(MatPlusError, match=message):
+            load_study_config("mini", {"eval": bad})
+    config = load_study_config("mini", {"out": str(tmp_path), "eval": {"protocol": "co-attack", "reference_bugs": True}})
+    study, seen = Study(config, log=lambda line: None), {}
+
+    def evaluate(victim, source, **kwargs):
+        seen.update(kwargs["attack_options"])
+        return {"attacks": {}, "settings": {}}
+
+    def write_report(report, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text("{}")
+
+    monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "victim")
+    monkeypatch.setattr(train.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(train.evaluate, "write_report", write_report)
+    checkpoint = tmp_path / "run" / "ckpt"
+    checkpoint.mkdir(parents=True)
+    study.evaluate("run", checkpoint, seed=0)
+    assert seen["protocol"] == "co-attack" and seen["reference_bugs"] is True
+
+
 @pytest.fixture(scope="module")
 def one_caption_study(tmp_path_factory):
     """1:1 fine-tuning data, pretraining on the other scenes, validation every step, world-mlm attacks."""
