@@ -132,20 +132,28 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
 RETRIEVAL_EVAL_KEYS = (*DEFAULTS["eval"], "protocol", "attack_protocol", "reference_bugs")
 
 
+def eval_attack_options(evaluation: dict) -> dict:
+    """The attack options the retrieval study's evaluation passes to `train.evaluate.evaluate`."""
+    from train.config import parse_fraction
+
+    return {"eps": parse_fraction(evaluation["eps"], "eval.eps"), "steps": evaluation["pgd_steps"],
+            "mlm": evaluation["mlm"],
+            **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
+
+
 def _check_retrieval_eval(evaluation: dict) -> None:
-    from train.attacks.protocols import PROTOCOL_CHOICES
+    """Unknown eval keys, and the attack options `AttackSettings` refuses, before any training."""
+    from train.attacks.settings import AttackSettings
 
     unknown = sorted(set(evaluation) - set(RETRIEVAL_EVAL_KEYS))
     if unknown:
         raise MatPlusError(f"study config: unknown eval keys {unknown} (known: {', '.join(RETRIEVAL_EVAL_KEYS)})")
-    protocols = {evaluation[key] for key in ("protocol", "attack_protocol") if evaluation.get(key) is not None}
-    wrong = sorted(str(p) for p in protocols if p not in PROTOCOL_CHOICES)
-    if wrong:
-        raise MatPlusError(f"study config: eval.protocol {wrong[0]!r} is not one of {', '.join(PROTOCOL_CHOICES)}")
-    if len(protocols) > 1:
-        raise MatPlusError(f"study config: eval.protocol and eval.attack_protocol disagree ({' vs '.join(sorted(protocols))})")
-    if evaluation.get("reference_bugs") and protocols <= {"project"}:
-        raise MatPlusError("study config: eval.reference_bugs needs eval.protocol sga or co-attack")
+    options = eval_attack_options(evaluation)
+    options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
+    try:
+        AttackSettings.from_options(**options)
+    except ValueError as exc:
+        raise MatPlusError(f"study config: eval: {exc}") from None
 
 
 # keys only the retrieval study reads: another task refuses them unless empty

@@ -289,8 +289,8 @@ class Study:
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
         from augment.world.truth import check_caption_of_row
         from models import load_model
+        from analysis.config import eval_attack_options
         from augment.sources import load_source
-        from train.config import parse_fraction
         from train.evaluate import evaluate, write_report
 
         folder = self.out / "evals" / name
@@ -304,8 +304,7 @@ class Study:
         if not is_done(folder, settings):
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
-            options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"],
-                       **{k: e[k] for k in ("protocol", "attack_protocol", "reference_bugs") if k in e}}
+            options = eval_attack_options(e)
             report = evaluate(
                 load_model(str(checkpoint), kind="retrieval"), source, split=e["split"], attacks=e["attacks"],
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),

@@ -99,6 +99,9 @@ def test_settings_are_one_object_with_shared_defaults():
     train = TrainConfig()
     assert (train.attack_eps, train.pgd_steps, train.mlm_top_k, train.word_budget) == (settings.eps, settings.steps, settings.top_k, settings.budget)
     assert AttackSettings.from_options(attack_protocol="sga", objective="contrastive").protocol == "sga"
+    assert AttackSettings.from_options(attack_protocol="sga", protocol="sga").protocol == "sga"
+    with pytest.raises(ValueError, match="protocol and attack_protocol disagree \\('co-attack' vs 'sga'\\)"):
+        AttackSettings.from_options(attack_protocol="sga", protocol="co-attack")
     with pytest.raises(ValueError, match="reference protocol"):
         AttackSettings(reference_bugs=True)
     with pytest.raises(ValueError, match="unknown protocol"):

@@ -126,9 +126,9 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
     import models
     import train.evaluate
 
-    for bad, message in [({"protocol": "albef"}, "eval.protocol 'albef' is not one of project, sga, co-attack"),
+    for bad, message in [({"protocol": "albef"}, "study config: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
                          ({"protocl": "sga"}, "unknown eval keys \\['protocl'\\]"),
-                         ({"reference_bugs": True}, "eval.reference_bugs needs eval.protocol sga or co-attack"),
+                         ({"reference_bugs": True}, "study config: eval: reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
                          ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree")]:
         with pytest.raises(MatPlusError, match=message):
             load_study_config("mini", {"eval": bad})

@@ -120,7 +120,9 @@ class AttackSettings:
         if "objective" in options:
             options["loss"] = options.pop("objective")
         if "attack_protocol" in options:
-            options["protocol"] = options.pop("attack_protocol")
+            spelt = options.pop("attack_protocol")
+            if options.setdefault("protocol", spelt) != spelt:
+                raise ValueError(f"protocol and attack_protocol disagree ({options['protocol']!r} vs {spelt!r})")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
