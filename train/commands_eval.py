@@ -10,7 +10,6 @@ table: rows = attacks, columns = recalls under attack and attack success rates).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -181,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     from augment.commands.common import read_source
     from models import load_model
+    from models.half_precision import autocast
     from train.config import default_mlm
     from train.evaluate import evaluate, write_report
 
@@ -226,9 +226,7 @@ def run(args: argparse.Namespace) -> int:
     progress_dir = out / PROGRESS_DIR
     if args.restart and progress_dir.exists():
         shutil.rmtree(progress_dir)
-    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
-    with autocast:
+    with autocast(device, args.precision):
         report = evaluate(
             victim, dataset, split=args.split, attacks=args.attacks, attacker=attacker, rerank_k=args.rerank_k,
             batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,

@@ -31,6 +31,7 @@ from torch import nn
 from models.albef.config import grounding_layer
 from models.albef.text import pre_caption, tokenize_without_sep
 from models.base import EncoderOutput, TextTokens, VisionLanguageModel
+from models.half_precision import input_gradient
 
 CONFIG_NAME = "albef_config.json"
 WEIGHTS_NAME = "albef_model.safetensors"
@@ -299,7 +300,7 @@ class AlbefModel(VisionLanguageModel):
                 states = self.text_encoder.forward_fusion(hidden, mask, features)
                 score = self.itm_head(states[:, 0, :])[:, 1].sum()
                 attention = captured["attention"]  # [B, heads, L, 1 + patches]
-                (gradient,) = torch.autograd.grad(score, attention, create_graph=differentiable)
+                gradient = input_gradient(score, attention, create_graph=differentiable)  # fp16: loss-scaled
         finally:
             handle.remove()
         if not differentiable:

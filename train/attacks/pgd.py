@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from models.half_precision import input_gradient
 from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
 
 STARTS = ("symmetric", "positive")
@@ -40,8 +41,9 @@ def pgd_linf(
 ) -> torch.Tensor:
     """Maximise `loss_fn(adv_pixels)` within the L-inf ball of radius eps around `images` in [0,1].
 
-    Gradients are taken with respect to the perturbation only (`torch.autograd.grad`), so the
-    model's parameter gradients are left untouched, as training needs.
+    Gradients are taken with respect to the perturbation only (`torch.autograd.grad`, loss-scaled
+    under fp16 autocast: `models.half_precision.input_gradient`), so the model's parameter
+    gradients are left untouched, as training needs.
     """
     if start not in STARTS:
         raise ValueError(f"unknown PGD start {start!r}; expected one of {STARTS}")
@@ -61,8 +63,7 @@ def pgd_linf(
     for _ in range(steps):
         delta.requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(images + delta)
-            (grad,) = torch.autograd.grad(loss, delta)
+            grad = input_gradient(loss_fn(images + delta), delta)  # loss-scaled under fp16 autocast
         with torch.no_grad():
             if scale_by_mean_gradient:
                 grad = grad / grad.abs().mean(dim=tuple(range(1, grad.dim())), keepdim=True)

@@ -1,0 +1,64 @@
+"""models.half_precision: the --precision context and input gradients that do not underflow in fp16."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models.half_precision import active_precision, autocast, input_gradient
+
+
+def _layer_and_input():
+    torch.manual_seed(0)
+    return nn.Linear(64, 64), torch.rand(8, 64, requires_grad=True)
+
+
+def test_autocast_context_and_the_precision_it_reports():
+    assert active_precision("cpu") == "fp32"
+    for precision in ("fp16", "bf16"):
+        with autocast("cpu", precision):
+            assert active_precision("cpu") == precision
+    with autocast("cpu", "fp32"):
+        assert active_precision("cpu") == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'amp'"):
+        autocast("cpu", "amp")
+
+
+@pytest.mark.parametrize("loss_factor", [1e-9, 10.0])
+def test_fp16_input_gradient_is_loss_scaled(loss_factor):
+    """1e-9: the plain fp16 backward flushes every gradient to 0 (fp16's smallest step is 6e-8);
+    10: GradScaler's 2**16 overflows fp16, so the smaller scale is used. Both match fp32."""
+    layer, x = _layer_and_input()
+    (reference,) = torch.autograd.grad(layer(x).sum() * loss_factor, x)
+    with autocast("cpu", "fp16"):
+        output = layer(x).float().sum() * loss_factor
+        (plain,) = torch.autograd.grad(output, x, retain_graph=True)
+        scaled = input_gradient(output, x)
+    if loss_factor < 1:
+        assert torch.count_nonzero(plain) == 0  # what the scale is for
+    assert scaled.dtype == torch.float32 and torch.isfinite(scaled).all()
+    torch.testing.assert_close(scaled, reference, rtol=2e-2, atol=2e-3 * float(reference.abs().max()))
+
+
+def test_input_gradient_is_plain_autograd_outside_fp16():
+    layer, x = _layer_and_input()
+    for precision in ("fp32", "bf16"):
+        with autocast("cpu", precision):
+            output = layer(x).float().sum() * 1e-3
+            (plain,) = torch.autograd.grad(output, x, retain_graph=True)
+            assert torch.equal(input_gradient(output, x), plain)
+
+
+def test_pgd_under_fp16_autocast_moves_where_the_plain_gradient_underflows():
+    from train.attacks.pgd import pgd_linf
+
+    layer, x = _layer_and_input()
+    images = x.detach()
+
+    def tiny_loss(adv):  # a loss whose gradient underflows in fp16 without a scale
+        return layer(adv).float().pow(2).sum() * 1e-9
+    reference = pgd_linf(images, tiny_loss, eps=0.1, steps=3, step_size=0.05, random_start=False)
+    with autocast("cpu", "fp16"):
+        adversarial = pgd_linf(images, tiny_loss, eps=0.1, steps=3, step_size=0.05, random_start=False)
+    assert not torch.equal(reference, images)
+    assert (adversarial - reference).abs().max() < 1e-6  # every sign as in fp32
