@@ -145,7 +145,11 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     Extra `options` go to the family's loader (e.g. ALBEF's `config=`).
     """
     family = family_of(name, pretrained)
-    model = family_module(family).load(name, pretrained, device=device, precision=precision, **options)
+    module = family_module(family)
+    model_class = getattr(module, "MODEL_CLASS", None)
+    if kind is not None and model_class is not None and model_class.kind != kind:  # before loading: its options differ
+        raise ModelLoadError(f"'{name}' is a {model_class.kind} model ({family}), not a {kind} model")
+    model = module.load(name, pretrained, device=device, precision=precision, **options)
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
     model.contiguous_attention = True  # every nn.MultiheadAttention: one in-projection matmul where gradients flow
     model.class_token_vision = True  # open_clip ViTs: the last block at the class token only

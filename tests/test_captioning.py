@@ -520,6 +520,16 @@ def test_killed_captioning_evaluation_resumes_to_the_same_report(trained_caption
     assert calls["pgd"] == 4
 
 
+def test_captioning_evaluation_runs_under_the_chosen_precision(trained_captioner, colour_world, tmp_path):
+    """--precision is autocast for captioning too (it was silently ignored): the report says what ran."""
+    from train.cli import main
+
+    out = tmp_path / "bf16"
+    assert main(_eval_argv(trained_captioner, colour_world, out, "--precision", "bf16", "--attacks", "clean,pgd")) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["settings"]["precision"] == "bf16" and set(report["attacks"]) == {"clean", "pgd"}
+
+
 def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_world, tmp_path):
     import shutil
 

@@ -40,3 +40,44 @@ def test_abbreviated_trainer_flag_is_refused(capsys):
         train_parser().parse_args(["clean", "--train-data", "d", "--warm", "10"])
     assert exc.value.code == 2 and "unrecognized arguments: --warm" in capsys.readouterr().err
     assert train_parser().parse_args(["clean", "--train-data", "d", "--warmup", "10"]).warmup == 10
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    return next(p for p in all_parsers(train_parser()) if p.prog.endswith(" eval"))
+
+
+def test_every_eval_option_is_shared_or_belongs_to_named_tasks():
+    """A new `train eval` option must say which tasks read it (or it could be silently ignored by the others)."""
+    from train.commands_eval import SHARED_OPTIONS, TASK_OPTIONS
+
+    dests = {a.dest for a in _eval_parser()._actions if a.dest != "help"}
+    classified = set(SHARED_OPTIONS).union(*TASK_OPTIONS.values())
+    assert dests == classified
+    assert not SHARED_OPTIONS & set().union(*TASK_OPTIONS.values())
+
+
+@pytest.mark.parametrize("task, extra, named", [
+    ("captioning", ["--protocol", "sga"], "--protocol (retrieval)"),
+    ("captioning", ["--albef-config", "a.yaml", "--rerank-k", "0"], "--albef-config (retrieval and grounding), --rerank-k (retrieval)"),
+    ("grounding", ["--save-adv", "adv"], "--save-adv (retrieval and captioning)"),
+    ("retrieval", ["--prompt", "a picture of"], "--prompt (captioning)"),
+    ("retrieval", ["--no-meteor"], "--meteor (captioning)"),
+])
+def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_path, capsys):
+    from train.cli import main
+
+    code = main(["eval", "tiny-clip", "--task", task, "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 *extra])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: --task {task} does not read {named}: leave them out"
+
+
+def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys):
+    from train.cli import main
+
+    # --rerank-k at its default value is not "set": the run goes on to load the model
+    code = main(["eval", "tiny-clip", "--task", "captioning", "--rerank-k", "128", "--source",
+                 str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    # ... and a retrieval model is refused by its kind before its loader sees captioning's options
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: 'tiny-clip' is a retrieval model (open_clip), not a captioning model"

@@ -182,6 +182,7 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     assert list(report["attacks"]) == ["clean", "pgd", "bert-attack"]
     assert report["settings"]["attack_options"]["mlm"] == "tiny-mlm"  # a tiny-clip checkpoint gets the tiny MLM
     assert report["settings"]["attack_options"]["eps"] == pytest.approx(2 / 255)
+    assert report["settings"]["precision"] == "fp32"
     # the sample world's truth checker is picked up automatically
     assert report["settings"]["caption_checker"] == "check_caption_of_row"
     assert "meaning_preserved" in report["attacks"]["bert-attack"]
@@ -213,6 +214,15 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
     with pytest.raises(KeyboardInterrupt):
         evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
     monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
+    assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
+    # the same folder with other settings is refused, naming them, and loses nothing
+    from augment.errors import MatPlusError
+    from models.half_precision import autocast
+
+    with pytest.raises(MatPlusError, match=r"holds 2 finished batches of an evaluation with other settings "
+                                           r"\(differ: .*precision, seed\): run that evaluation's command again"):
+        with autocast("cpu", "bf16"):
+            evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=1, **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
     resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2, **kwargs)

@@ -20,6 +20,25 @@ DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
 # finished batches of a running evaluation, inside --out (removed once eval.json is written)
 PROGRESS_DIR = ".progress"
 
+# `train eval`'s options (argparse dests) every task reads
+SHARED_OPTIONS = frozenset({
+    "checkpoint", "pretrained", "source", "image_root", "split", "task", "attacks", "out", "attacker_model",
+    "attacker_pretrained", "eps", "pgd_steps", "pgd_step_size", "text_candidates", "mlm", "top_k", "word_budget",
+    "max_length", "batch_size", "limit", "device", "precision", "restart", "seed", "workers", "truth_checker", "progress",
+})
+_SOURCE_TABLE = ("source_split", "skip_bad", "skip_report", "validate", "allow_outside_root")  # read_source's
+_ALBEF = ("albef_config", "albef_bert_config", "albef_tokenizer")
+# the options only some tasks read: one set explicitly for a task that does not read it is refused
+# in one line rather than silently ignored
+TASK_OPTIONS: dict[str, frozenset[str]] = {
+    "retrieval": frozenset({*_SOURCE_TABLE, *_ALBEF, "text_guide", "protocol", "reference_bugs", "caption_preprocess",
+                            "sga_scales", "co_alpha", "text_batch", "rerank_k", "captions_per_image", "save_adv"}),
+    "captioning": frozenset({*_SOURCE_TABLE, "captions_per_image", "save_adv", "prompt", "target", "num_beams",
+                             "gen_max_length", "gen_min_length", "meteor"}),
+    "grounding": frozenset({*_ALBEF, "sga_scales", "co_alpha", "text_batch", "grounding_objective", "dets", "refs",
+                            "instances"}),
+}
+
 
 def _scales(text: str) -> tuple[float, ...]:
     try:
@@ -110,7 +129,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     runtime.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                         help="autocast dtype of the forward passes (fp16/bf16 on a GPU; default: fp32)")
+                         help="autocast dtype of every task's forward passes, weights kept fp32 (fp16/bf16 on a GPU; "
+                              "fp16's attack gradients are loss-scaled; default: fp32)")
     runtime.add_argument("--restart", action="store_true",
                          help="discard the finished batches a killed evaluation left in OUT/.progress (default: resume from them)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
@@ -126,8 +146,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     from train.commands_eval_captioning import add_arguments as add_captioning_arguments
 
     add_captioning_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, option_default=parser.get_default)
     return parser
+
+
+def _refuse_other_tasks_options(args: argparse.Namespace) -> None:
+    """One line naming every option set (not left at its default) that `--task` does not read."""
+    from augment.errors import MatPlusError
+
+    stray = [dest for dest, value in vars(args).items()
+             if any(dest in options for options in TASK_OPTIONS.values()) and dest not in TASK_OPTIONS[args.task]
+             and value != args.option_default(dest)]
+    if stray:
+        named = ", ".join(f"--{dest.replace('_', '-')} ({' and '.join(t for t, o in TASK_OPTIONS.items() if dest in o)})"
+                          for dest in stray)
+        raise MatPlusError(f"--task {args.task} does not read {named}: leave them out")
 
 
 def _check_positive(args) -> None:
@@ -184,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     from train.config import default_mlm
     from train.evaluate import evaluate, write_report
 
+    _refuse_other_tasks_options(args)
     _check_positive(args)
     if args.task != "retrieval" and args.pgd_step_size is None:
         args.pgd_step_size = args.eps / 4  # the shared default (retrieval protocols may pick their own)
@@ -234,8 +268,7 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
             caption_preprocess=args.caption_preprocess, workers=_workers(args),
         )
-    report["settings"].update({"source": args.source, "device": device, "precision": args.precision,
-                               "command": "train eval"})
+    report["settings"].update({"source": args.source, "device": device, "command": "train eval"})
     table = write_report(report, out)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)

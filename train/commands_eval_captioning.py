@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from augment.commands.common import read_source
     from augment.errors import MatPlusError
     from models import load_model
+    from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.commands_eval import PROGRESS_DIR, _truth_checker, _workers
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
@@ -71,13 +72,14 @@ def run(args: argparse.Namespace) -> int:
     if args.restart and progress_dir.exists():
         shutil.rmtree(progress_dir)
     try:
-        report = evaluate_captioning(
-            victim, dataset, split=args.split, attacks=attacks, attacker=attacker, batch_size=args.batch_size,
-            captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
-            caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
-            seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
-            workers=_workers(args),
-        )
+        with autocast(device, args.precision):
+            report = evaluate_captioning(
+                victim, dataset, split=args.split, attacks=attacks, attacker=attacker, batch_size=args.batch_size,
+                captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
+                caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
+                seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
+                workers=_workers(args),
+            )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
     report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning"})

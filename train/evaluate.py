@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
 from train.data import derive_seed
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -273,9 +274,12 @@ def _adversarial_pool_rows(name: str, attack: Attack, rows: list[dict], gallery:
 class BatchStore:
     """Finished batches of an evaluation, one file each, so a killed evaluation resumes.
 
-    `DIR/settings.json` holds the settings the batches were made with; a folder made with other
-    settings is cleared first. Each batch is written to a temporary name and renamed into place,
-    and read back with `torch.load(weights_only=True)` (tensors, strings, numbers only).
+    `DIR/settings.json` holds the settings the batches were made with. A folder holding finished
+    batches made with other settings is refused (MatPlusError naming the settings that differ:
+    hours of attacks are not thrown away because an option changed; `train eval --restart` discards
+    them); a folder without finished batches is simply reused. Each batch is written to a
+    temporary name and renamed into place, and read back with `torch.load(weights_only=True)`
+    (tensors, strings, numbers only).
     """
 
     def __init__(self, folder: str | Path, settings: dict):
@@ -284,7 +288,16 @@ class BatchStore:
         self.folder = Path(folder)
         wanted = json.dumps(settings, sort_keys=True, default=str)
         marker = self.folder / "settings.json"
-        if self.folder.exists() and (not marker.is_file() or marker.read_text(encoding="utf-8") != wanted):
+        found = marker.read_text(encoding="utf-8") if marker.is_file() else None
+        if self.folder.exists() and found != wanted:
+            finished = sorted(self.folder.rglob("batch-*.pt"))
+            if finished:
+                from augment.errors import MatPlusError
+
+                raise MatPlusError(
+                    f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
+                    f"({_settings_differences(found, wanted)}): run that evaluation's command again to finish it, "
+                    f"or discard them (train eval --restart)")
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not marker.is_file():
@@ -313,6 +326,27 @@ class BatchStore:
         for key, value in state.items():
             setattr(record, key, value)
         return record
+
+
+def _settings_differences(found: str | None, wanted: str) -> str:
+    """The settings keys (one level into nested ones, as `options.eps`) whose values differ."""
+    try:
+        before = json.loads(found) if found is not None else None
+    except json.JSONDecodeError:
+        before = None
+    if not isinstance(before, dict):
+        return "settings.json missing or unreadable"
+    after = json.loads(wanted)
+    differ = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            differ += [f"{key}.{sub}" for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+        else:
+            differ.append(key)
+    return "differ: " + ", ".join(differ)
 
 
 def _reseed(attack, seed: int) -> None:
@@ -450,7 +484,7 @@ def evaluate(
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
         "options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
-        "caption_preprocess": caption_preprocess,
+        "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
@@ -516,7 +550,7 @@ def evaluate(
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
             "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": scorer.rerank_k,
             "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
-            "caption_preprocess": caption_preprocess,
+            "caption_preprocess": caption_preprocess, "precision": settings["precision"],
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
         },
         "attacks": {name: results[name] for name in order},

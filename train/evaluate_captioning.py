@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, CaptionAttack, build_caption_attack, default_caption_mlm,
                                       lm_losses)
 from train.caption_metrics import METRICS, caption_scores, simple_tokenize
@@ -155,7 +156,7 @@ def evaluate_captioning(
         "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,
         "generation": generation, "checker": getattr(caption_checker, "__name__", None),
-        "attacks": {n: a.params() for n, a in built.items()},
+        "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
@@ -258,7 +259,7 @@ def evaluate_captioning(
             "generation": {**_generation_defaults(), **generation},
             "attack_options": plain_options,
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
-            "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
+            "precision": settings["precision"], "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
         },
         "notes": notes,
         "attacks": results,
