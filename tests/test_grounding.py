@@ -270,6 +270,51 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
     assert clean["accuracy"] == pytest.approx((clean["accuracy_multi"] * len(multi) + 100 * single) / len(data))
 
 
+def _without_seconds(report: dict) -> dict:
+    return {**report, "attacks": {name: {k: v for k, v in entry.items() if k != "seconds"}
+                                  for name, entry in report["attacks"].items()}}
+
+
+def test_killed_grounding_evaluation_resumes_to_the_same_report(tmp_path, monkeypatch):
+    """Finished (attack, batch)es are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted
+    report, each batch it attacks again drawing what it drew before (its seed is (seed, attack, batch)), and
+    images decoded by 2 DataLoader workers give the same numbers."""
+    from train.attacks.grounding import GroundingPGD
+    from train.evaluate_grounding import evaluate_grounding, world_expression_checker
+
+    data = world_grounding(seed=5, n=8)  # 4 batches of 2 images
+    kwargs = dict(attacks=["clean", "synonym", "pgd"], batch_size=2, expression_checker=world_expression_checker,
+                  attack_options={"eps": 16 / 255, "steps": 2, "step_size": 6 / 255})
+    adversarial = []
+    run = GroundingPGD.run
+
+    def kept(self, *args):  # every attacked batch's adversarial images, in order
+        result = run(self, *args)
+        adversarial.append(result.images)
+        return result
+
+    def dying(self, *args):  # the third pgd batch never finishes
+        if len(adversarial) == 2:
+            raise KeyboardInterrupt
+        return kept(self, *args)
+
+    monkeypatch.setattr(GroundingPGD, "run", kept)
+    whole = evaluate_grounding(_ColourGrounder(), data, **kwargs)
+    whole_images = list(adversarial)
+    adversarial.clear()
+    monkeypatch.setattr(GroundingPGD, "run", dying)
+    progress = tmp_path / "progress"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_grounding(_ColourGrounder(), data, progress_dir=progress, **kwargs)
+    assert [len(list((progress / name).glob("batch-*.pt"))) for name in ("clean", "synonym", "pgd")] == [4, 4, 2]
+    monkeypatch.setattr(GroundingPGD, "run", kept)
+    resumed = evaluate_grounding(_ColourGrounder(), data, progress_dir=progress, workers=2, **kwargs)
+    assert len(adversarial) == 4  # only pgd's last two batches were attacked again, as in the whole run
+    assert all(torch.equal(a, b) for a, b in zip(adversarial[2:], whole_images[2:]))
+    assert resumed["attacks"]["synonym"]["meaning_preserved"]["false"] > 0  # verdicts came back from the files
+    assert _without_seconds(resumed) == _without_seconds(whole)
+
+
 def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
     from train.cli import main
 
