@@ -270,6 +270,51 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
     assert clean["accuracy"] == pytest.approx((clean["accuracy_multi"] * len(multi) + 100 * single) / len(data))
 
 
+def _without_seconds(report: dict) -> dict:
+    return {**report, "attacks": {name: {k: v for k, v in entry.items() if k != "seconds"}
+                                  for name, entry in report["attacks"].items()}}
+
+
+def test_killed_grounding_evaluation_resumes_to_the_same_report(tmp_path, monkeypatch):
+    """Finished (attack, batch)es are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted
+    report, each batch it attacks again drawing what it drew before (its seed is (seed, attack, batch)), and
+    images decoded by 2 DataLoader workers give the same numbers."""
+    from train.attacks.grounding import GroundingPGD
+    from train.evaluate_grounding import evaluate_grounding, world_expression_checker
+
+    data = world_grounding(seed=5, n=8)  # 4 batches of 2 images
+    kwargs = dict(attacks=["clean", "synonym", "pgd"], batch_size=2, expression_checker=world_expression_checker,
+                  attack_options={"eps": 16 / 255, "steps": 2, "step_size": 6 / 255})
+    adversarial = []
+    run = GroundingPGD.run
+
+    def kept(self, *args):  # every attacked batch's adversarial images, in order
+        result = run(self, *args)
+        adversarial.append(result.images)
+        return result
+
+    def dying(self, *args):  # the third pgd batch never finishes
+        if len(adversarial) == 2:
+            raise KeyboardInterrupt
+        return kept(self, *args)
+
+    monkeypatch.setattr(GroundingPGD, "run", kept)
+    whole = evaluate_grounding(_ColourGrounder(), data, **kwargs)
+    whole_images = list(adversarial)
+    adversarial.clear()
+    monkeypatch.setattr(GroundingPGD, "run", dying)
+    progress = tmp_path / "progress"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_grounding(_ColourGrounder(), data, progress_dir=progress, **kwargs)
+    assert [len(list((progress / name).glob("batch-*.pt"))) for name in ("clean", "synonym", "pgd")] == [4, 4, 2]
+    monkeypatch.setattr(GroundingPGD, "run", kept)
+    resumed = evaluate_grounding(_ColourGrounder(), data, progress_dir=progress, workers=2, **kwargs)
+    assert len(adversarial) == 4  # only pgd's last two batches were attacked again, as in the whole run
+    assert all(torch.equal(a, b) for a, b in zip(adversarial[2:], whole_images[2:]))
+    assert resumed["attacks"]["synonym"]["meaning_preserved"]["false"] > 0  # verdicts came back from the files
+    assert _without_seconds(resumed) == _without_seconds(whole)
+
+
 def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
     from train.cli import main
 
@@ -468,6 +513,79 @@ def test_transfer_attacks_craft_on_the_attacker_and_ground_with_the_victim(groun
                        "--out", str(tmp_path / "refused")])
     assert code == 2 and "has no ITM head" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_killed_grounding_eval_command_resumes_and_restarts(grounding_twin, grounding_world_dir, tmp_path,
+                                                            monkeypatch):
+    from train.attacks.grounding import GroundingPGD
+    from train.cli import main as train_main
+
+    def argv(out, *extra):
+        return ["eval", str(grounding_twin), "--task", "grounding", "--source", str(grounding_world_dir), "--split",
+                "test", "--limit", "4", "--batch-size", "2", "--attacks", "clean,pgd", "--pgd-steps", "1",
+                "--no-progress", "--out", str(out), *extra]
+
+    calls = {"pgd": 0}
+    run = GroundingPGD.run
+
+    def counted(self, *args):
+        calls["pgd"] += 1
+        return run(self, *args)
+
+    def dying(self, *args):  # the second pgd batch never finishes
+        if calls["pgd"] == 1:
+            raise KeyboardInterrupt
+        return counted(self, *args)
+
+    assert train_main(argv(tmp_path / "whole")) == 0
+    monkeypatch.setattr(GroundingPGD, "run", dying)
+    out = tmp_path / "killed"
+    assert train_main(argv(out, "--workers", "0")) == 130  # Ctrl-C's exit status
+    assert not (out / "eval.json").exists()
+    assert [len(list((out / ".progress" / name).glob("batch-*.pt"))) for name in ("clean", "pgd")] == [2, 1]
+    monkeypatch.setattr(GroundingPGD, "run", counted)
+    assert train_main(argv(out, "--workers", "2")) == 0
+    assert calls["pgd"] == 2  # pgd's first batch came from .progress
+    assert _without_seconds(_eval_report(out)) == _without_seconds(_eval_report(tmp_path / "whole"))
+    assert not (out / ".progress").exists()
+    # killed again, then --restart throws the finished batches away: both pgd batches run again
+    calls["pgd"] = 0
+    monkeypatch.setattr(GroundingPGD, "run", dying)
+    assert train_main(argv(out)) == 130
+    monkeypatch.setattr(GroundingPGD, "run", counted)
+    assert train_main(argv(out, "--restart")) == 0
+    assert calls["pgd"] == 3 and not (out / ".progress").exists()
+
+
+def test_grounding_eval_precision_is_autocast_over_fp32_weights(grounding_world_dir, tmp_path, monkeypatch):
+    """--precision bf16 means what it means for retrieval: autocast, the weights stay fp32; --albef-* reach the loader."""
+    import models
+    from models.half_precision import active_precision
+    from train import evaluate_grounding as grounding
+    from train.cli import main as train_main
+
+    loaded, seen = [], []
+    load_model, evaluate = models.load_model, grounding.evaluate_grounding
+
+    def loading(*args, **kwargs):
+        loaded.append(kwargs)
+        return load_model(*args, **kwargs)
+
+    def evaluating(model, *args, **kwargs):
+        seen.append((next(model.parameters()).dtype, active_precision(model.device)))
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", loading)
+    monkeypatch.setattr(grounding, "evaluate_grounding", evaluating)
+    out = tmp_path / "bf16"
+    assert train_main(["eval", "tiny-albef", "--task", "grounding", "--source", str(grounding_world_dir), "--split",
+                       "test", "--limit", "2", "--attacks", "clean,sep", "--pgd-steps", "1", "--precision", "bf16",
+                       "--albef-tokenizer", "bert-base-uncased", "--no-progress", "--out", str(out)]) == 0
+    assert seen == [(torch.float32, "bf16")]
+    assert loaded[0].get("tokenizer") == "bert-base-uncased" and loaded[0].get("precision", "fp32") == "fp32"
+    report = _eval_report(out)
+    assert report["settings"]["precision"] == "bf16"
+    assert 0 < report["attacks"]["sep"]["linf"] <= 2 / 255 + 1e-6 and 0 <= report["attacks"]["sep"]["accuracy"] <= 100
 
 
 # ----------------------------------------------------------------------------- the study's grounding arm

@@ -21,6 +21,7 @@ def add_grounding_arguments(parser) -> None:
 
 def run(args) -> int:
     """`train eval CKPT --task grounding --source SRC --out DIR`: eval.json and eval.md."""
+    import shutil
     from pathlib import Path
 
     import torch
@@ -28,16 +29,19 @@ def run(args) -> int:
     from augment.errors import MatPlusError
     from augment.referring import load_grounding
     from models import load_model
+    from models.half_precision import autocast
     from tasks.grounding import GroundingTask
-    from train.commands_eval import truth_checker_for
+    from train.commands_eval import PROGRESS_DIR, _workers, truth_checker_for
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
     from train.evaluate import write_report
+    from train.trainer import model_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, precision=getattr(args, "precision", "fp32"))
+    # fp32 weights: --precision is the autocast the evaluation runs in, as for every task
+    model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, **model_options(args))
     attacker = None
     try:
         GroundingTask().check_model(model)
@@ -64,13 +68,24 @@ def run(args) -> int:
     if options["step_size"] is None:  # the retrieval attacks' default: eps / 4
         options["step_size"] = args.eps / 4
     options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
-    report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options, batch_size=args.batch_size,
-                                expression_checker=checker, seed=args.seed, progress=args.progress, attacker=attacker)
+    workers = _workers(args)
+    out = Path(args.out)
+    progress_dir = out / PROGRESS_DIR
+    if args.restart and progress_dir.exists():
+        shutil.rmtree(progress_dir)
+    try:  # the evaluation's one-line refusals (e.g. OUT/.progress made with other settings)
+        with autocast(device, args.precision):
+            report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options,
+                                        batch_size=args.batch_size, expression_checker=checker, seed=args.seed,
+                                        progress=args.progress, attacker=attacker, progress_dir=progress_dir,
+                                        workers=workers)
+    except ValueError as exc:
+        raise MatPlusError(str(exc)) from None
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint,
                                "attacker_model": args.attacker_model})
-    out = Path(args.out)
     table = write_report(report, out, markdown_grounding_report)
+    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return 0
