@@ -516,7 +516,7 @@ def test_transfer_attacks_craft_on_the_attacker_and_ground_with_the_victim(groun
 
 
 def test_killed_grounding_eval_command_resumes_and_restarts(grounding_twin, grounding_world_dir, tmp_path,
-                                                            monkeypatch):
+                                                            monkeypatch, capsys):
     from train.attacks.grounding import GroundingPGD
     from train.cli import main as train_main
 
@@ -543,6 +543,10 @@ def test_killed_grounding_eval_command_resumes_and_restarts(grounding_twin, grou
     assert train_main(argv(out, "--workers", "0")) == 130  # Ctrl-C's exit status
     assert not (out / "eval.json").exists()
     assert [len(list((out / ".progress" / name).glob("batch-*.pt"))) for name in ("clean", "pgd")] == [2, 1]
+    # another seed on the same folder: refused in one line, the finished batches kept
+    assert train_main(argv(out, "--seed", "1")) == 2
+    assert "holds 3 finished batches of an evaluation with other settings (differ: " in capsys.readouterr().err
+    assert len(list((out / ".progress").rglob("batch-*.pt"))) == 3
     monkeypatch.setattr(GroundingPGD, "run", counted)
     assert train_main(argv(out, "--workers", "2")) == 0
     assert calls["pgd"] == 2  # pgd's first batch came from .progress
