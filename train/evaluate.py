@@ -349,6 +349,15 @@ def _settings_differences(found: str | None, wanted: str) -> str:
     return "differ: " + ", ".join(differ)
 
 
+def plain_attack_options(options: dict) -> dict:
+    """Attack options as JSON (settings, resume tags): a loaded masked LM `(model, tokenizer[, name])`
+    by its name (None when the tuple has none)."""
+    plain = dict(options)
+    if isinstance(plain.get("mlm"), tuple):
+        plain["mlm"] = plain["mlm"][2] if len(plain["mlm"]) > 2 else None
+    return plain
+
+
 def _reseed(attack, seed: int) -> None:
     """Seed the attack's random generators (its own and its parts') for one batch."""
     for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
@@ -482,7 +491,7 @@ def evaluate(
     settings = {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
-        "options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+        "options": plain_attack_options(options),
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
         "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
     }
@@ -549,7 +558,7 @@ def evaluate(
             "split": split, "num_images": len(gallery), "num_captions": len(gallery.captions),
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
             "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": scorer.rerank_k,
-            "attack_options": {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()},
+            "attack_options": plain_attack_options(options),
             "caption_preprocess": caption_preprocess, "precision": settings["precision"],
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
         },

@@ -133,7 +133,8 @@ def evaluate_captioning(
     from tqdm.auto import tqdm
 
     from train.data import derive_seed
-    from train.evaluate import BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, resumable_batches
+    from train.evaluate import (BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, plain_attack_options,
+                                resumable_batches)
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -151,7 +152,7 @@ def evaluate_captioning(
     options = {"seed": seed, **(attack_options or {})}
     built = build_caption_attacks([n for n in names if n != "clean"], attacker, options)
     generation = dict(generation or {})
-    plain_options = {k: (v[2] if k == "mlm" and isinstance(v, tuple) else v) for k, v in options.items()}
+    plain_options = plain_attack_options(options)
     settings = {
         "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,

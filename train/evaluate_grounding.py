@@ -42,7 +42,7 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
-from train.evaluate import _to_victim_resolution
+from train.evaluate import BatchStore, _reseed, _to_victim_resolution, build_attacks, plain_attack_options
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -124,14 +124,6 @@ def _data_fingerprint(data: GroundingData) -> str:
     return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
 
 
-def _plain_options(options: dict) -> dict:
-    """The attack options as JSON: a loaded masked LM `(model, tokenizer[, name])` by its name."""
-    plain = dict(options)
-    if isinstance(plain.get("mlm"), tuple):
-        plain["mlm"] = plain["mlm"][2] if len(plain["mlm"]) > 2 else None
-    return plain
-
-
 def _image_views(modality: str, model, attacker, transfer: bool) -> list[Callable]:
     """The preprocessings one attack needs of each image: the attacker's view (what it crafts on),
     then the victim's own where the victim grounds the unattacked image (clean; text attacks in
@@ -177,7 +169,6 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
 
     from models.half_precision import active_precision
     from train.data import derive_seed
-    from train.evaluate import BatchStore, _reseed, build_attacks
 
     unknown = [a for a in attacks if a not in GROUNDING_ATTACKS]
     if unknown:
@@ -202,7 +193,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     batch_ids = [torch.nonzero((image_of_text >= start) & (image_of_text < stop)).flatten().tolist()
                  for start, stop in spans]
     precision = active_precision(model.device)
-    plain_options = _plain_options(options)
+    plain_options = plain_attack_options(options)
     report: dict[str, Any] = {
         "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "protocol": PROTOCOL,
         "data": {"source": data.source, "format": data.format, "images": len(data.images),
