@@ -81,3 +81,77 @@ def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys):
     # ... and a retrieval model is refused by its kind before its loader sees captioning's options
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: 'tiny-clip' is a retrieval model (open_clip), not a captioning model"
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    return next(p for p in all_parsers(augment_parser()) if p.prog.endswith(" generate"))
+
+
+def _method_variants():
+    """(method, extra options) covering every generator and every setting that changes what it reads."""
+    from augment.generators import available_modules
+    from augment.generators.imgaug import POLICIES
+
+    for module in available_modules():
+        for method in getattr(module, "METHODS", []):
+            policies = POLICIES if method == "img-aug" else (None,)
+            for policy in policies:
+                yield method, ["--policy", policy] if policy else []
+        for prefix in getattr(module, "PREFIXES", []):
+            yield prefix + "tiny-model", []
+
+
+def test_every_generate_option_is_common_or_read_by_some_method():
+    """A new `augment generate` option must be common or read by a method (or it could be silently ignored)."""
+    from augment.commands.generate import COMMON_OPTIONS
+    from augment.generators import check_options_read, method_options, module_for
+
+    parser = _generate_parser()
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == COMMON_OPTIONS | method_options()
+    assert not COMMON_OPTIONS & method_options()
+    read = set()
+    for method, extra in _method_variants():
+        args = parser.parse_args(["--method", method, "--source", "s", "--out", "o", *extra])
+        options = set(module_for(method).options_read(method, args))
+        assert options <= method_options(), method
+        check_options_read(method, args, options)  # what a method reads is never refused
+        read |= options
+    assert read == method_options()
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--method", "eda", "--steps", "30", "--guidance-scale", "3"],
+     "--method eda does not read --guidance-scale, --steps (options of other methods or settings"),
+    (["--method", "eda", "--model", "bert"], "--method eda does not read --model (an option of other methods"),
+    (["--method", "eda", "--eda-ops", "rs,rd", "--alpha-sr", "0.2"], "--method eda --eda-ops rs,rd does not read --alpha-sr ("),
+    (["--method", "img-aug", "--policy", "crop-flip", "--magnitude", "3"],
+     "--method img-aug --policy crop-flip does not read --magnitude ("),
+    (["--method", "t2i-sd", "--strength", "0.5"], "--method t2i-sd does not read --strength ("),
+    (["--method", "t-i2i-sd", "--height", "64"], "--method t-i2i-sd does not read --height ("),
+    (["--method", "i2t-scene", "--captions-per-image", "2"], "--method i2t-scene does not read --captions-per-image ("),
+    (["--method", "i2t-tiny-blip", "--prompt-template", "{caption}"], "--method i2t-tiny-blip does not read --prompt-template ("),
+])
+def test_generate_refuses_an_option_its_method_does_not_read(extra, line, tmp_path, capsys):
+    from augment.cli import main
+
+    out = tmp_path / "pool"
+    assert main(["generate", "--source", str(tmp_path / "missing"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: " + line) and err.endswith("nothing was written"), err
+    assert "\n" not in err and not out.exists()
+
+
+def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
+    from augment.commands.generate import options_given
+    from augment.generators import check_options_read
+
+    parser = _generate_parser()
+    base = ["--source", "s", "--out", "o"]
+    # the diffusion default (--steps 50) and the model default (--dtype fp32), spelled out, are not "given"
+    args = parser.parse_args([*base, "--method", "eda", "--steps", "50", "--dtype", "fp32", "--alpha-sr", "0.3"])
+    assert options_given(args) == {"alpha_sr"}
+    check_options_read("eda", args, options_given(args))
+    args = parser.parse_args([*base, "--method", "t2i-render", "--captions-per-image", "2", "--device", "cuda"])
+    assert options_given(args) == {"captions_per_image"}
+    check_options_read("t2i-render", args, options_given(args))

@@ -4,9 +4,17 @@ from __future__ import annotations
 import sys
 
 from augment.commands.common import add_source_arguments, read_source
-from augment.generators import available_modules, build_generator, method_names
+from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import distributed_rank, run_generation
 from augment.loading import add_workers_argument
+
+MODEL_METHODS = "t2t-, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that read the model options (generators.MODEL_OPTIONS)
+# options every method reads (the run's, the source's); the others are method options, each read
+# only by the methods whose `options_read` names it, and refused for the rest
+COMMON_OPTIONS = frozenset({
+    "method", "source", "image_root", "source_split", "skip_bad", "skip_report", "validate", "allow_outside_root",
+    "out", "n", "seed", "split", "limit", "shard_size", "device", "overwrite", "no_progress", "workers",
+})
 
 
 def register(subparsers) -> None:
@@ -24,10 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="train", help="source split to augment (default train; 'all' for every split)")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT source images (quick subset)")
     parser.add_argument("--shard-size", type=int, default=256, help="source images per written shard (the resume unit)")
-    parser.add_argument("--batch-size", type=int, default=16, help="model batch size")
-    parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's)")
-    parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model dtype (fp16/bf16 on GPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="model batch size (" + MODEL_METHODS + ")")
+    parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's; " + MODEL_METHODS + ")")
+    parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model (" + MODEL_METHODS + ")")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model dtype, fp16/bf16 on GPU (" + MODEL_METHODS + ")")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (under accelerate launch: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     parser.add_argument("--no-progress", action="store_true")
@@ -35,10 +43,17 @@ def register(subparsers) -> None:
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
         module.add_arguments(group)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, option_default=parser.get_default)
+
+
+def options_given(args) -> set[str]:
+    """The method options (a generator group's or a model option) set to other than their default."""
+    return {dest for dest in method_options() if getattr(args, dest) != args.option_default(dest)}
 
 
 def run(args) -> int:
+    # before anything is read or launched: an option the method ignores would silently change nothing
+    check_options_read(args.method, args, options_given(args))
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)

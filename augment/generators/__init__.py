@@ -5,12 +5,17 @@ Each module listed in `GENERATOR_MODULES` defines:
 * `METHODS`: exact method names it serves (e.g. ["eda"]) and/or `PREFIXES` (e.g. ["t2t-"]:
   `t2t-<model>` with the model alias after the prefix);
 * `add_arguments(parser)`: its options, added to `augment generate` in their own group;
+* `options_read(method, args) -> set`: the method options (`method_options()`: every module's
+  group and `MODEL_OPTIONS`) that `build(method, args)` reads; `augment generate` refuses any
+  other method option given a value other than its default (`check_options_read`), so that
+  `--method eda --steps 30` is not silently an EDA pool made as if `--steps` were never given;
 * `build(method, args) -> Generator`.
 
 Exact names win over prefixes, so `i2t-human` is not read as a captioner called "human".
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -19,6 +24,9 @@ from augment.errors import MatPlusError
 
 if TYPE_CHECKING:
     from augment.generators.base import Generator
+
+# options of the common group that only the model-based methods read
+MODEL_OPTIONS = frozenset({"model", "model_revision", "dtype", "batch_size"})
 
 GENERATOR_MODULES = [
     "human",
@@ -64,3 +72,26 @@ def module_for(method: str) -> ModuleType:
 
 def build_generator(method: str, args) -> "Generator":
     return module_for(method).build(method, args)
+
+
+def method_options() -> frozenset[str]:
+    """Destinations of the options only some methods read: every module's group and MODEL_OPTIONS."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for module in available_modules():
+        module.add_arguments(parser)
+    return MODEL_OPTIONS | {action.dest for action in parser._actions}
+
+
+def check_options_read(method: str, args, given: set[str]) -> None:
+    """Refuse, in one line, the method options in `given` (those set to a value other than their
+    default) that `method` does not read with these `args`."""
+    module = module_for(method)
+    unread = sorted(given - set(module.options_read(method, args)))
+    if not unread:
+        return
+    context = module.options_context(args) if hasattr(module, "options_context") else ""
+    named = ", ".join("--" + dest.replace("_", "-") for dest in unread)
+    raise MatPlusError(
+        f"--method {method}{context} does not read {named} ({'options' if len(unread) > 1 else 'an option'} of "
+        "other methods or settings; `augment generate --help` says which method reads each); nothing was written"
+    )

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from augment.generators import MODEL_OPTIONS
 from augment.generators.base import Generator
 from augment.generators.paraphrase import (
+    SAMPLING_OPTIONS,
     DistinctCollector,
     Sampling,
     batch_seed,
@@ -132,6 +134,10 @@ def add_arguments(group) -> None:
     """`--prompt` only: the sampling options are defined once, in paraphrase.py."""
     group.add_argument("--prompt", default=None,
                        help="i2t-: text every caption starts from (BLIP conditional captioning, e.g. 'a picture of')")
+
+
+def options_read(method: str, args) -> set[str]:
+    return {"prompt", *SAMPLING_OPTIONS, *MODEL_OPTIONS}
 
 
 def build(method: str, args) -> Generator:

@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 from augment.arguments import positive_int
 from augment.errors import MatPlusError
+from augment.generators import MODEL_OPTIONS
 from augment.generators.base import Generator, row_seed
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class DiffusionGenerator(Generator):
         """Settings that change the images. Device and batch size are left out: a resumed run
         may use another GPU or batch size (each row's own layout is in its provenance)."""
         params = asdict(self.settings)
-        for key in ("model", "revision", "device", "batch_size") + self._unused_settings():
+        for key in ("model", "revision", "device", "batch_size") + self.unused_settings:
             params.pop(key)
         params["pipeline"] = type(self.pipe).__name__
         # what ran, not what was asked: a model may ship without a checker (tiny-sd, SDXL)
@@ -204,8 +205,7 @@ class DiffusionGenerator(Generator):
         params["resolution"] = model_resolution(self.pipe)
         return params
 
-    def _unused_settings(self) -> tuple[str, ...]:
-        return ()
+    unused_settings: tuple[str, ...] = ()  # settings this method ignores: not in its params, refused as options
 
     # --- planning
 
@@ -278,8 +278,7 @@ class TextToImageGenerator(DiffusionGenerator):
     method = "t2i-sd"
     kind = "t2i"
 
-    def _unused_settings(self) -> tuple[str, ...]:
-        return ("strength",)
+    unused_settings = ("strength",)
 
     def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
         """Calls of `prompts_per_call` prompts x `images_per_prompt` images (<= batch size).
@@ -335,8 +334,7 @@ class ImageToImageGenerator(DiffusionGenerator):
     method = "t-i2i-sd"
     kind = "i2i"
 
-    def _unused_settings(self) -> tuple[str, ...]:
-        return ("height", "width")
+    unused_settings = ("height", "width")
 
     def generation_size_of(self, image) -> tuple[int, int]:
         return generation_size(image.width, image.height, model_resolution(self.pipe))
@@ -423,7 +421,7 @@ def _strength(text: str) -> float:
 
 def add_arguments(group) -> None:
     group.add_argument("--captions-per-image", type=positive_int, default=None, metavar="K",
-                       help="t2i-sd/t-i2i-sd: use the first K captions of each image (default: all)")
+                       help="t2i-sd/t-i2i-sd/t2i-render: use the first K captions of each image (default: all)")
     group.add_argument("--steps", type=positive_int, default=50,
                        help="t2i-sd/t-i2i-sd: denoising steps (default 50; i2i runs strength x steps)")
     group.add_argument("--guidance-scale", type=float, default=7.5,
@@ -439,6 +437,13 @@ def add_arguments(group) -> None:
     group.add_argument("--width", type=_size, default=None, help="t2i-sd: image width (default: the model's)")
     group.add_argument("--strength", type=_strength, default=0.75,
                        help="t-i2i-sd: how far to move from the source image, 0-1 (default 0.75)")
+
+
+def options_read(method: str, args) -> set[str]:
+    """Both methods' options less the ones the method's settings leave unused (size for i2i, strength for t2i)."""
+    shared = {"captions_per_image", "steps", "guidance_scale", "negative_prompt", "scheduler", "safety_checker",
+              "height", "width", "strength"}
+    return (shared - set(GENERATOR_CLASSES[method].unused_settings)) | MODEL_OPTIONS
 
 
 def settings_from_args(method: str, args) -> DiffusionSettings:

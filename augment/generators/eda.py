@@ -332,6 +332,17 @@ def add_arguments(group) -> None:
                            help=f"EDA {what} (default {DEFAULT_ALPHA})")
 
 
+def options_read(method: str, args) -> set[str]:
+    """The operations chosen and their strengths (an op left out reads no --alpha)."""
+    return {"eda_ops"} | {f"alpha_{op}" for op in getattr(args, "eda_ops", OPS)}
+
+
+def options_context(args) -> str:
+    """Which --alpha options are read depends on the ops chosen: the refusal names them."""
+    ops = tuple(getattr(args, "eda_ops", OPS))
+    return "" if ops == OPS else f" --eda-ops {','.join(ops)}"
+
+
 def build(method: str, args) -> Generator:
     ops = getattr(args, "eda_ops", OPS)
     alphas = {op: getattr(args, f"alpha_{op}", DEFAULT_ALPHA) for op in OPS}

@@ -32,5 +32,9 @@ def add_arguments(parser) -> None:
     """No options beyond the common ones."""
 
 
+def options_read(method: str, args) -> set[str]:
+    return set()
+
+
 def build(method: str, args) -> Generator:
     return HumanCaptionsGenerator()

@@ -291,6 +291,15 @@ def policy_params_from_args(policy: str, args) -> dict:
     return params
 
 
+def options_read(method: str, args) -> set[str]:
+    return {"policy", *POLICY_PARAMS[getattr(args, "policy", "randaugment")]}
+
+
+def options_context(args) -> str:
+    """Which options are read depends on the policy: the refusal names it."""
+    return f" --policy {getattr(args, 'policy', 'randaugment')}"
+
+
 def build(method: str, args) -> Generator:
     policy = getattr(args, "policy", "randaugment")
     return ImageAugmentGenerator(policy, policy_params_from_args(policy, args))

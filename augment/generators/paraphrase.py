@@ -28,11 +28,12 @@ The sampling options defined here (`--top-p`, `--top-k`, `--temperature`, `--max
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
 from augment.arguments import positive_fraction, positive_int, positive_number
 from augment.errors import MatPlusError
+from augment.generators import MODEL_OPTIONS
 from augment.generators.base import Generator, row_seed
 
 PREFIXES = ["t2t-"]
@@ -74,6 +75,9 @@ class Sampling:
             "max_new_tokens": self.max_new_tokens,
             "num_return_sequences": num_return_sequences,
         }
+
+
+SAMPLING_OPTIONS = frozenset(field.name for field in fields(Sampling))
 
 
 def add_sampling_arguments(group) -> None:
@@ -278,6 +282,10 @@ def add_arguments(group) -> None:
                        help=f"t2t-: prompt with {{caption}} (default {SEQ2SEQ_TEMPLATE!r} for seq2seq models, "
                             "an instruction in the chat template for causal ones)")
     add_sampling_arguments(group)
+
+
+def options_read(method: str, args) -> set[str]:
+    return {"prompt_template", *SAMPLING_OPTIONS, *MODEL_OPTIONS}
 
 
 def build(method: str, args) -> Generator:

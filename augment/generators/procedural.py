@@ -150,6 +150,13 @@ def add_arguments(parser) -> None:
                              "captions with one attribute word corrupted (false: a noisy pool)")
 
 
+OPTIONS_READ = {"t2i-render": {"captions_per_image"}, "i2t-scene": {"caption_style"}, "shuffle": set()}
+
+
+def options_read(method: str, args) -> set[str]:
+    return set(OPTIONS_READ[method])
+
+
 def build(method: str, args) -> Generator:
     if method == "t2i-render":
         return RenderGenerator(getattr(args, "captions_per_image", None))
