@@ -111,6 +111,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     for name, spec in config["pools"].items():
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
+        _check_pool_spec(name, spec)
     captions = config.get("finetune_captions")
     if captions is not None and (not isinstance(captions, dict) or int(captions.get("per_image", 0)) < 1
                                  or captions.get("choice", "rotate") not in ("rotate", "first")):
@@ -125,6 +126,39 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if pool and pool not in config["pools"]:
             raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
     return config
+
+
+def generate_arguments(spec: dict) -> list[str]:
+    """The `augment generate` options of a pool spec: its method, then each key as an option (a
+    true value as a bare switch, a false one left out)."""
+    argv = ["--method", str(spec["method"])]
+    for key, value in spec.items():
+        if key == "method" or value is False:
+            continue
+        argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return argv
+
+
+def _check_pool_spec(name: str, spec: dict) -> None:
+    """Before anything runs: a pool spec `augment generate` would refuse (an unknown or unread
+    option, an unknown method) is one line naming the pool, not a failure after pretraining."""
+    import contextlib
+    import io
+
+    from augment.cli import build_parser
+    from augment.commands.generate import options_given
+    from augment.generators import check_options_read
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):  # argparse prints its usage; its last line is the error
+            args = build_parser().parse_args(["generate", *generate_arguments(spec), "--source", "-", "--out", "-"])
+        check_options_read(args.method, args, options_given(args))
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines()
+        raise MatPlusError(f"study config: pool {name!r}: {lines[-1] if lines else 'bad options'}") from None
+    except MatPlusError as exc:
+        raise MatPlusError(f"study config: pool {name!r}: {exc}") from None
 
 
 # what the retrieval study's evaluation reads (train eval's options of the same meaning): a key it

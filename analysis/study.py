@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from analysis.config import generate_arguments
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
@@ -210,12 +211,8 @@ class Study:
             settings["finetune_captions"] = self.config["finetune_captions"]
         if not is_done(folder, settings):
             self.log(f"[pool] {base}: {spec['method']} x{spec.get('n', 4)}")
-            argv = ["generate", "--method", spec["method"], "--source", str(self.source_dir("finetune")),
-                    "--out", str(folder), "--no-progress", "--overwrite"]
-            for key, value in spec.items():
-                if key != "method":
-                    argv += [f"--{key.replace('_', '-')}", str(value)]
-            run_augment(argv)
+            run_augment(["generate", *generate_arguments(spec), "--source", str(self.source_dir("finetune")),
+                         "--out", str(folder), "--no-progress", "--overwrite"])
             mark_done(folder, settings)
         if not cut:
             return folder
@@ -260,6 +257,8 @@ class Study:
             train_settings = dict(settings)
             if spec.method != "mat+":
                 train_settings.pop("pools"), train_settings.pop("pool_mode"), train_settings.pop("p_original")
+            elif spec.pool_mode == "expand":  # every pool row is a pair of its own: no original-pair chance
+                train_settings.pop("p_original")
             if spec.method not in ("mat", "mat+"):
                 train_settings.pop("text_attack"), train_settings.pop("word_budget"), train_settings.pop("mlm", None)
                 train_settings.pop("text_attack_filter", None)

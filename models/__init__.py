@@ -15,6 +15,7 @@ function, plus one entry in `FAMILIES` (and in `HF_ARCHITECTURES` / `TINY_FAMILY
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -149,6 +150,11 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     model_class = getattr(module, "MODEL_CLASS", None)
     if kind is not None and model_class is not None and model_class.kind != kind:  # before loading: its options differ
         raise ModelLoadError(f"'{name}' is a {model_class.kind} model ({family}), not a {kind} model")
+    taken = inspect.signature(module.load).parameters
+    unknown = sorted(option for option in options if option not in taken)
+    if unknown:  # a TypeError traceback otherwise, e.g. train clean --model tiny-clip --albef-config ...
+        raise ModelLoadError(f"model '{name}' ({family}) has no loading option {', '.join(unknown)} "
+                             "(the --albef-* options are for ALBEF/TCL checkpoints)")
     model = module.load(name, pretrained, device=device, precision=precision, **options)
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
     model.contiguous_attention = True  # every nn.MultiheadAttention: one in-projection matmul where gradients flow

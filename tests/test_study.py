@@ -91,6 +91,20 @@ def test_config_errors_are_clear(tmp_path):
         load_study_config(None, {"colour": "red"})
     with pytest.raises(MatPlusError, match="is not one of the pools"):
         load_study_config(None, {"n_aug_sweep": {"pool": "nope", "values": [1]}})
+    # a pool spec `augment generate` would refuse fails at load time, naming the pool, not after pretraining
+    with pytest.raises(MatPlusError, match=r"^study config: pool 'eda': --method eda does not read --steps \("):
+        load_study_config(None, {"pools": {"eda": {"method": "eda", "n": 2, "steps": 30}}})
+    with pytest.raises(MatPlusError, match=r"^study config: pool 'eda': .*unrecognized arguments: --alpha 0.3$"):
+        load_study_config(None, {"pools": {"eda": {"method": "eda", "alpha": 0.3}}})
+    with pytest.raises(MatPlusError, match=r"^study config: pool 'x': unknown method 'nope'"):
+        load_study_config(None, {"pools": {"x": {"method": "nope"}}})
+    # every bundled study's pools pass, and a true value is a bare switch
+    from analysis.config import CONFIG_DIR, generate_arguments
+
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        load_study_config(str(path))
+    assert generate_arguments({"method": "t2i-sd", "safety_checker": True, "n": 2, "negative_prompt": False}) == [
+        "--method", "t2i-sd", "--safety-checker", "--n", "2"]
 
 
 def test_statistics_helpers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,6 +205,53 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     # options a method does not use are not offered
     with pytest.raises(SystemExit):
         build_parser().parse_args(["clean", "--attack-eps", "2/255"])
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"method": "mat", "text_attack": "wordnet", "mlm": "bert"}, "--mlm is not read with --text-attack wordnet"),
+    ({"method": "clean", "p_original": 0.9}, "--p-original is not read without --pools"),
+    ({"method": "mat+", "pools": ["p"], "pool_mode": "expand", "p_original": 0.2}, "--p-original is not read without --pools or with --pool-mode expand"),
+    ({"method": "mat", "pool_mode": "expand"}, "--pool-mode is not read without --pools"),
+    ({"method": "clean", "val_split": "test", "val_limit": 10}, "--val-split is not read without --val-frequency; --val-limit is not"),
+    ({"method": "clean", "wandb_project_name": "x", "report_to": "tensorboard"}, "--wandb-project-name is not read without --report-to wandb"),
+    ({"method": "clean", "csv_img_key": "filepath"}, "--csv-img-key is not read for a source that is not a .csv/.tsv file"),
+    ({"method": "fare", "lock_text": False}, "--lock-text is not read by fare"),
+])
+def test_a_setting_other_settings_leave_unread_is_refused(settings, named):
+    from train.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match="^" + re.escape(named)):
+        resolve_config({"train_data": "s.json", "out": "o", **settings})
+
+
+def test_unread_settings_are_accepted_where_read_and_saved_configs_feed_back(tmp_path):
+    from train.config import read_yaml_config, resolve_config, save_config
+
+    read = [
+        {"method": "mat", "text_attack": "mlm", "mlm": "bert"},
+        {"method": "mat+", "pools": ["p"], "p_original": 0.2, "allow_pool_mismatch": True},
+        {"method": "clean", "val_frequency": 1, "val_split": "test", "val_data": "v.json"},
+        {"method": "clean", "wandb_project_name": "x", "report_to": "tensorboard,wandb"},
+        {"method": "clean", "train_data": "t.tsv", "csv_img_key": "filepath", "csv_separator": "\t"},
+        {"method": "clean", "val_frequency": 1, "val_data": "v.csv", "csv_caption_key": "title"},
+        {"method": "tecoa", "lock_text": False},
+        {"method": "mat", "text_attack": "wordnet", "mlm": None},
+    ]
+    for settings in read:
+        resolve_config({"train_data": "s.json", "out": "o", **settings})
+    # a run's config.yaml holds every setting, derived ones too: fed back, none is refused
+    for method in ("clean", "tecoa", "fare", "mat", "mat+"):
+        config = resolve_config({"method": method, "train_data": "s.json", "out": "o", "pools": ["p"] if method == "mat+" else []})
+        save_config(config, tmp_path / method)
+        assert resolve_config(read_yaml_config(tmp_path / method / "config.yaml")) == config
+
+
+def test_albef_options_for_another_family_are_one_line(tmp_path):
+    from augment.errors import ModelLoadError
+    from models import load_model
+
+    with pytest.raises(ModelLoadError, match=r"^model 'tiny-clip' \(open_clip\) has no loading option bert_config, config "):
+        load_model("tiny-clip", config="a.yaml", bert_config="b.json")
 
 
 # ----------------------------------------------------------------------------- every method

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
@@ -142,6 +142,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+_DEFAULTS = TrainConfig()
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # settings that may change when a killed run is resumed (how long, how often, how loud)
 RESUMABLE_CHANGES = frozenset({
@@ -259,6 +260,40 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     return config
 
 
+def _is_table_file(source: str | None) -> bool:
+    """A CSV/TSV source (the only kind the --csv-* options describe) is a file with that suffix."""
+    return source is not None and Path(str(source)).suffix.lower() in (".csv", ".tsv")
+
+
+# settings that other settings make unread: name -> (unread?, why). A value other than the
+# default there would be silently ignored, so it is refused; the method-specific ones (attack
+# options for clean, text-attack options for tecoa) are kept off the command line by the
+# method's parser instead, and a saved RUN/config.yaml (fed back with --config) holds only
+# defaults or read values here
+UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    "p_original": (lambda c: not c.pools or c.pool_mode == "expand", "without --pools or with --pool-mode expand"),
+    "pool_mode": (lambda c: not c.pools, "without --pools"),
+    "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
+    "mlm": (lambda c: c.text_attack != "mlm", "with --text-attack wordnet (WordNet synonyms, no masked LM)"),
+    "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
+    **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
+       for name in ("val_data", "val_split", "val_attack", "val_limit")},
+    "wandb_project_name": (lambda c: "wandb" not in report_targets(c), "without --report-to wandb"),
+    **{name: (lambda c: not (_is_table_file(c.train_data) or _is_table_file(c.val_data)),
+              "for a source that is not a .csv/.tsv file")
+       for name in ("csv_img_key", "csv_caption_key", "csv_separator")},
+}
+
+
+def _check_read(c: TrainConfig) -> None:
+    """Refuse, in one line, settings given a value that the other settings leave unread."""
+    unread = [(name, why) for name, (is_unread, why) in UNREAD_WHEN.items()
+              if getattr(c, name) != getattr(_DEFAULTS, name) and is_unread(c)]
+    if unread:
+        named = "; ".join(f"--{name.replace('_', '-')} is not read {why}" for name, why in unread)
+        raise ConfigError(f"{named}: leave {'them' if len(unread) > 1 else 'it'} out")
+
+
 def _validate(c: TrainConfig) -> None:
     _check(c.method in METHODS, f"unknown method {c.method!r}; expected one of {list(METHODS)}")
     from tasks import TASKS
@@ -326,6 +361,7 @@ def _validate(c: TrainConfig) -> None:
     _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
     _check(c.resume is None or c.resume == "latest" or Path(c.resume).is_dir(),
            f"--resume {c.resume}: expected 'latest' or a checkpoint folder (RUN/ckpt)")
+    _check_read(c)
 
 
 def _fill_derived(c: TrainConfig) -> None:
