@@ -72,6 +72,17 @@ def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_p
     assert capsys.readouterr().err.strip() == f"error: --task {task} does not read {named}: leave them out"
 
 
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "grounding"])
+def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys):
+    from train.cli import main
+
+    code = main(["eval", "tiny-clip", "--task", task, "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--text-candidates", "wordnet", "--mlm", "bert-base-uncased"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
+
+
 def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys):
     from train.cli import main
 

@@ -106,6 +106,12 @@ def test_settings_are_one_object_with_shared_defaults():
         AttackSettings(reference_bugs=True)
     with pytest.raises(ValueError, match="unknown protocol"):
         AttackSettings(protocol="albef")
+    # the project protocol's own choices would be silently ignored under a reference protocol
+    with pytest.raises(ValueError, match="^text guide 'text' is a project-protocol choice: under protocol sga"):
+        AttackSettings(protocol="sga", guide="text")
+    with pytest.raises(ValueError, match="^piece mode 'first' is a project-protocol choice: under protocol co-attack"):
+        AttackSettings(protocol="co-attack", pieces="first")
+    assert AttackSettings(protocol="project", guide="text", pieces="first").guide == "text"
 
 
 def test_reference_protocols_read_their_max_length(victim, tokenizer):
@@ -378,3 +384,14 @@ def test_reference_bugs_need_a_reference_protocol(sample_world_dir, tmp_path, ca
     assert train_main(["eval", "tiny-clip", "--source", str(sample_world_dir), "--split", "test", "--attacks", "clean",
                        "--limit", "2", "--reference-bugs", "--out", str(tmp_path / "eval")]) == 2
     assert "--reference-bugs needs --protocol sga or co-attack" in capsys.readouterr().err
+
+
+def test_text_guide_under_a_reference_protocol_is_refused_before_loading(tmp_path, capsys):
+    from train.cli import main as train_main
+
+    # a missing source: the refusal must come before the model or the data is read
+    assert train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--protocol", "co-attack",
+                       "--text-guide", "text", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: text guide 'text' is a project-protocol choice: under protocol co-attack") and "\n" not in err
+    assert not (tmp_path / "eval").exists()

@@ -40,6 +40,18 @@ TASK_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
+def _check_attack_options(options: dict) -> None:
+    """Before any model loads: settings the attacks refuse (e.g. `--text-guide text` under a
+    reference protocol, which would be ignored there) are one line, not a traceback mid-run."""
+    from augment.errors import MatPlusError
+    from train.attacks.settings import AttackSettings
+
+    try:
+        AttackSettings.from_options(**{key: value for key, value in options.items() if key != "mlm"})
+    except ValueError as exc:
+        raise MatPlusError(str(exc)) from None
+
+
 def _scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
@@ -171,6 +183,8 @@ def _check_positive(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
     if args.rerank_k < 0:
         raise MatPlusError(f"--rerank-k must not be negative: {args.rerank_k}")
+    if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
+        raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     for option in ("word_budget", "limit", "captions_per_image"):
         value = getattr(args, option)
         if value is not None and value < (0 if option == "word_budget" else 1):
@@ -238,6 +252,15 @@ def run(args: argparse.Namespace) -> int:
         return commands_grounding.run(args)
     if args.reference_bugs and args.protocol == "project":
         raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
+    attacker_name = args.attacker_model or args.checkpoint
+    options = {
+        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
+        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
+        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
+        "scales": args.sga_scales, "alpha": args.co_alpha,
+        "protocol": args.protocol, "reference_bugs": args.reference_bugs,
+    }
+    _check_attack_options(options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     from train.trainer import model_options
@@ -246,15 +269,7 @@ def run(args: argparse.Namespace) -> int:
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
-    attacker_name = args.attacker_model or args.checkpoint
     dataset, _ = read_source(args)
-    options = {
-        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
-        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
-        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
-        "scales": args.sga_scales, "alpha": args.co_alpha,
-        "protocol": args.protocol, "reference_bugs": args.reference_bugs,
-    }
     checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     out = Path(args.out)
     progress_dir = out / PROGRESS_DIR

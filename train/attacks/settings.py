@@ -87,6 +87,14 @@ class AttackSettings:
             problems.append(f"unknown piece mode {self.pieces!r}; expected one of {PIECE_MODES}")
         if self.reference_bugs and self.protocol == "project":
             problems.append("reference_bugs needs a reference protocol (sga or co-attack)")
+        # the project protocol's choices a reference protocol replaces by the reference code's: a
+        # value other than the default would be silently ignored there
+        if self.protocol != "project" and self.guide != "image":
+            problems.append(f"text guide {self.guide!r} is a project-protocol choice: under protocol {self.protocol} the "
+                            "text attacks score candidates as the reference code does (README: Protocols)")
+        if self.protocol != "project" and self.pieces != "combine":
+            problems.append(f"piece mode {self.pieces!r} is a project-protocol choice: under protocol {self.protocol} "
+                            "multi-piece words are combined as the reference code does")
         if not 0 <= self.eps <= 1:
             problems.append(f"eps must lie in [0, 1], got {self.eps}")
         if self.steps < 0 or self.budget < 0 or self.top_k < 1 or self.max_length < 3:
