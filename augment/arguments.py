@@ -39,6 +39,14 @@ def probability(text: str) -> float:
     return value
 
 
+def confidence_level(text: str) -> float:
+    """A number strictly between 0 and 1 (a confidence interval's level)."""
+    value = number(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must lie strictly between 0 and 1")
+    return value
+
+
 def positive_fraction(text: str) -> float:
     """A number in (0, 1] (e.g. nucleus sampling's top-p)."""
     value = number(text)

@@ -166,3 +166,26 @@ def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
     args = parser.parse_args([*base, "--method", "t2i-render", "--captions-per-image", "2", "--device", "cuda"])
     assert options_given(args) == {"captions_per_image"}
     check_options_read("t2i-render", args, options_given(args))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--method", "eda", "--n", "0"], "argument --n/--augmentations: 0: must be at least 1"),
+    (["generate", "--method", "eda", "--limit", "-3"], "argument --limit: -3: must be at least 1"),
+    (["generate", "--method", "eda", "--shard-size", "0"], "argument --shard-size: 0: must be at least 1"),
+    (["generate", "--method", "t2t-tiny-paraphraser", "--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
+    (["score", "pool", "--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
+    (["score", "pool", "--chunk-rows", "0"], "argument --chunk-rows: 0: must be at least 1"),
+    (["score", "pool", "--gap-bootstrap", "-1"], "argument --gap-bootstrap: -1: must not be negative"),
+    (["score", "pool", "--bootstrap", "-5"], "argument --bootstrap: -5: must not be negative"),
+    (["score", "pool", "--gap-samples", "1"], "argument --gap-samples: 1: must be at least 2"),
+    (["score", "pool", "--confidence", "2"], "argument --confidence: 2: must lie strictly between 0 and 1"),
+    (["make-sample", "dir", "--expressions", "-1"], "argument --expressions: -1: must not be negative"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(argv, message, tmp_path, capsys):
+    """Each was a traceback (ZeroDivisionError, ValueError) or a silently empty or interval-less result."""
+    if argv[0] == "generate":
+        argv = [*argv, "--source", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        augment_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

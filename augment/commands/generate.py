@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from augment.arguments import positive_int
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import distributed_rank, run_generation
@@ -25,14 +26,14 @@ def register(subparsers) -> None:
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="pool folder to write (resumed if it holds the same pool)")
-    parser.add_argument("--n", "--augmentations", dest="n", type=int, default=4,
+    parser.add_argument("--n", "--augmentations", dest="n", type=positive_int, default=4,
                         help="augmentations per source caption or image (default 4); spell it --augmentations "
                              "under torchrun, whose parser takes --n for one of its own options")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="source split to augment (default train; 'all' for every split)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT source images (quick subset)")
-    parser.add_argument("--shard-size", type=int, default=256, help="source images per written shard (the resume unit)")
-    parser.add_argument("--batch-size", type=int, default=16, help="model batch size (" + MODEL_METHODS + ")")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first LIMIT source images (quick subset)")
+    parser.add_argument("--shard-size", type=positive_int, default=256, help="source images per written shard (the resume unit)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (" + MODEL_METHODS + ")")
     parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's; " + MODEL_METHODS + ")")
     parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model (" + MODEL_METHODS + ")")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model dtype, fp16/bf16 on GPU (" + MODEL_METHODS + ")")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from augment.arguments import non_negative_int
 from augment.world.writer import split_sizes, write_sample
 
 
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--val-frac", type=float, default=0.125, help="share of images in val (default 0.125)")
     parser.add_argument("--test-frac", type=float, default=0.125, help="share of images in test (default 0.125)")
     parser.add_argument("--captions", type=int, default=5, help="captions per image (default 5)")
-    parser.add_argument("--expressions", type=int, default=0, metavar="N",
+    parser.add_argument("--expressions", type=non_negative_int, default=0, metavar="N",
                         help="grounding: captions are referring expressions, N per object, with true boxes (default: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     parser.set_defaults(func=run)

@@ -12,7 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from augment.arguments import confidence_level, non_negative_int, positive_int
 from augment.errors import ModelLoadError, PoolError, first_line
+
+
+def _gap_sample_size(text: str) -> int:
+    """Embeddings per side for the gap: a Frechet distance or an unbiased MMD needs two at least."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 2 (a distance between distributions needs two samples)")
+    return value
 
 
 def register(subparsers) -> None:
@@ -31,13 +40,15 @@ def register(subparsers) -> None:
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or checkpoint file) for --scorer")
     add_source_arguments(parser, required=False)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="scorer batch size")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs of means (default 1000)")
-    parser.add_argument("--gap-bootstrap", type=int, default=200, help="bootstrap resamples for the gap CIs (default 200)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="scorer batch size")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                        help="bootstrap resamples for the CIs of means (default 1000; 0: no interval)")
+    parser.add_argument("--gap-bootstrap", type=non_negative_int, default=200,
+                        help="bootstrap resamples for the gap CIs (default 200; 0: no interval)")
+    parser.add_argument("--confidence", type=confidence_level, default=0.95, help="CI level, in (0, 1) (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the gap samples")
-    parser.add_argument("--gap-samples", type=int, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
-    parser.add_argument("--chunk-rows", type=int, default=1024, help="pool rows read and embedded at a time")
+    parser.add_argument("--gap-samples", type=_gap_sample_size, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
+    parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time")
     parser.add_argument("--cache-dir", default=None,
                         help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
     parser.add_argument("--table", default=None, metavar="FILE", help="write the comparison table (Markdown) here")
