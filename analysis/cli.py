@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from augment.arguments import seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
 
@@ -17,8 +18,8 @@ def _study(args) -> int:
     overrides = {}
     if args.out:
         overrides["out"] = args.out
-    if args.seeds:
-        overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
     config = load_study_config(args.config, overrides)
     report = Study(config).run()
     print(f"report: {report}")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", allow_abbrev=False, help="build pools, score them, train and evaluate every method, write the report")
     study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: default, demo, mini")
     study.add_argument("--out", default=None, help="output folder (default: the config's)")
-    study.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
+    study.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
     study.set_defaults(func=_study)
     compare = sub.add_parser("compare", allow_abbrev=False, help="print a table of finished evaluations")
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")

@@ -108,6 +108,10 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         config = _task_config(config, _merge(layer, overrides or {}))
     else:
         _check_retrieval_eval(config["eval"])
+    seeds = config.get("seeds")
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise MatPlusError(f"study config: seeds must be a list of distinct non-negative whole numbers, got {seeds!r}")
     for name, spec in config["pools"].items():
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")

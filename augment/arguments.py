@@ -65,6 +65,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_list(text: str) -> list[int]:
+    """Comma-separated distinct non-negative whole numbers: "0,1,2"."""
+    seeds = [non_negative_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: no seed given (e.g. 0,1,2)")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text}: a seed is repeated")
+    return seeds
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)

@@ -180,6 +180,7 @@ def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
     (["score", "pool", "--gap-samples", "1"], "argument --gap-samples: 1: must be at least 2"),
     (["score", "pool", "--confidence", "2"], "argument --confidence: 2: must lie strictly between 0 and 1"),
     (["make-sample", "dir", "--expressions", "-1"], "argument --expressions: -1: must not be negative"),
+    (["generate", "--method", "t2t-tiny-paraphraser", "--top-k", "-1"], "argument --top-k: -1: must not be negative"),
 ])
 def test_out_of_range_numbers_are_refused_by_the_parser(argv, message, tmp_path, capsys):
     """Each was a traceback (ZeroDivisionError, ValueError) or a silently empty or interval-less result."""
@@ -189,3 +190,16 @@ def test_out_of_range_numbers_are_refused_by_the_parser(argv, message, tmp_path,
         augment_parser().parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ("a,b", "argument --seeds: 'a' is not a whole number"),  # was: a ValueError traceback
+    ("1,1", "argument --seeds: 1,1: a seed is repeated"),
+    (",", "argument --seeds: ',': no seed given"),
+    ("-1", "argument --seeds: -1: must not be negative"),
+])
+def test_study_seeds_are_checked_by_the_parser(seeds, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        analysis_parser().parse_args(["study", "--seeds", seeds])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert analysis_parser().parse_args(["study", "--seeds", "2, 0"]).seeds == [2, 0]

@@ -341,6 +341,23 @@ def test_img_aug_custom_spec_is_parsed_not_executed():
             parse_transforms(bad)
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--magnitude", "-1"], r"--magnitude -1: must lie in \[0, --num-magnitude-bins 31\)"),  # was: silently the last bin
+    (["--magnitude", "5", "--num-magnitude-bins", "5"], r"--magnitude 5: must lie in \[0, --num-magnitude-bins 5\)"),
+    (["--policy", "color-jitter", "--jitter", "-0.1", "0", "0", "0"], "brightness, contrast and saturation must not be negative"),
+    (["--policy", "color-jitter", "--jitter", "0", "0", "0", "0.6"], r"hue must lie in \[0, 0.5\]"),
+])
+def test_img_aug_policy_values_are_checked_before_anything_runs(options, message):
+    from augment.cli import build_parser
+    from augment.generators.imgaug import policy_params_from_args
+
+    args = build_parser().parse_args(["generate", "--method", "img-aug", "--source", "s", "--out", "o", *options])
+    with pytest.raises(MatPlusError, match=message):
+        policy_params_from_args(args.policy, args)
+    args = build_parser().parse_args(["generate", "--method", "img-aug", "--source", "s", "--out", "o", "--magnitude", "30"])
+    assert policy_params_from_args(args.policy, args)["magnitude"] == 30  # the last bin, asked for
+
+
 def test_img_aug_leaves_global_rng_alone(train_items):
     import torch
 

@@ -91,6 +91,9 @@ def test_config_errors_are_clear(tmp_path):
         load_study_config(None, {"colour": "red"})
     with pytest.raises(MatPlusError, match="is not one of the pools"):
         load_study_config(None, {"n_aug_sweep": {"pool": "nope", "values": [1]}})
+    for seeds in ([], [0, 0], ["a"], [-1], 3):
+        with pytest.raises(MatPlusError, match="seeds must be a list of distinct non-negative whole numbers"):
+            load_study_config(None, {"seeds": seeds})
     # a pool spec `augment generate` would refuse fails at load time, naming the pool, not after pretraining
     with pytest.raises(MatPlusError, match=r"^study config: pool 'eda': --method eda does not read --steps \("):
         load_study_config(None, {"pools": {"eda": {"method": "eda", "n": 2, "steps": 30}}})

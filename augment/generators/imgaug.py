@@ -286,7 +286,15 @@ def policy_params_from_args(policy: str, args) -> dict:
         if not 0 < low <= high:
             raise MatPlusError(f"--crop-scale: need 0 < MIN <= MAX, got {low} {high}")
         params["crop_scale"] = [low, high]
+    if "magnitude" in params and not 0 <= params["magnitude"] < params["num_magnitude_bins"]:
+        # a negative bin would silently index from the end of torchvision's magnitude table
+        raise MatPlusError(f"--magnitude {params['magnitude']}: must lie in [0, --num-magnitude-bins "
+                           f"{params['num_magnitude_bins']})")
     if "jitter" in params:
+        brightness, contrast, saturation, hue = params["jitter"]
+        if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
+            raise MatPlusError(f"--jitter {brightness:g} {contrast:g} {saturation:g} {hue:g}: brightness, contrast and "
+                               "saturation must not be negative, hue must lie in [0, 0.5] (torchvision's ColorJitter)")
         params["jitter"] = list(params["jitter"])
     return params
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
-from augment.arguments import positive_fraction, positive_int, positive_number
+from augment.arguments import non_negative_int, positive_fraction, positive_int, positive_number
 from augment.errors import MatPlusError
 from augment.generators import MODEL_OPTIONS
 from augment.generators.base import Generator, row_seed
@@ -84,7 +84,7 @@ def add_sampling_arguments(group) -> None:
     defaults = Sampling()
     group.add_argument("--top-p", type=positive_fraction, default=defaults.top_p,
                        help=f"t2t-/i2t-: nucleus sampling mass (default {defaults.top_p})")
-    group.add_argument("--top-k", type=int, default=defaults.top_k,
+    group.add_argument("--top-k", type=non_negative_int, default=defaults.top_k,
                        help="t2t-/i2t-: also keep only the k likeliest tokens (default 0: off)")
     group.add_argument("--temperature", type=positive_number, default=defaults.temperature,
                        help=f"t2t-/i2t-: sampling temperature (default {defaults.temperature})")
