@@ -83,6 +83,19 @@ def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys
         "error: --mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "captioning", "--gen-min-length", "30"], "--gen-min-length 30 must lie in [0, --gen-max-length 20]"),
+    (["--task", "retrieval", "--co-alpha", "-1"], "Co-Attack's alpha must not be negative, got -1.0"),
+])
+def test_eval_refuses_out_of_range_settings_before_loading(extra, message, tmp_path, capsys):
+    from train.cli import main
+
+    code = main(["eval", "tiny-captioner" if "captioning" in extra else "tiny-clip", "--source",
+                 str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *extra])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
 def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys):
     from train.cli import main
 

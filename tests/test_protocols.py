@@ -112,6 +112,8 @@ def test_settings_are_one_object_with_shared_defaults():
     with pytest.raises(ValueError, match="^piece mode 'first' is a project-protocol choice: under protocol co-attack"):
         AttackSettings(protocol="co-attack", pieces="first")
     assert AttackSettings(protocol="project", guide="text", pieces="first").guide == "text"
+    with pytest.raises(ValueError, match="alpha must not be negative"):
+        AttackSettings(alpha=-1.0)
 
 
 def test_reference_protocols_read_their_max_length(victim, tokenizer):

@@ -246,6 +246,15 @@ def test_unread_settings_are_accepted_where_read_and_saved_configs_feed_back(tmp
         assert resolve_config(read_yaml_config(tmp_path / method / "config.yaml")) == config
 
 
+@pytest.mark.parametrize("norm", [0, -1.0])
+def test_max_grad_norm_must_be_positive(norm):
+    from train.config import ConfigError, resolve_config
+
+    # a negative norm made torch's clipping multiply every gradient by a negative scale
+    with pytest.raises(ConfigError, match="--max-grad-norm must be positive"):
+        resolve_config({"train_data": "s.json", "out": "o", "max_grad_norm": norm})
+
+
 def test_albef_options_for_another_family_are_one_line(tmp_path):
     from augment.errors import ModelLoadError
     from models import load_model

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     for option in ("num_beams", "gen_max_length"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
+    if not 0 <= args.gen_min_length <= args.gen_max_length:  # transformers only warns, then ignores one of them
+        raise MatPlusError(f"--gen-min-length {args.gen_min_length} must lie in [0, --gen-max-length {args.gen_max_length}]")
     torch.manual_seed(args.seed)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
     attacker = None

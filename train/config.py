@@ -342,6 +342,8 @@ def _validate(c: TrainConfig) -> None:
     _check(c.batch_size >= 1, "--batch-size must be at least 1")
     _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
     _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
+    # clipping to a negative norm flips every gradient's sign (torch clamps the scale only from above)
+    _check(c.max_grad_norm is None or c.max_grad_norm > 0, f"--max-grad-norm must be positive, got {c.max_grad_norm}")
     _check(c.wd >= 0, "--wd must be non-negative")
     _check(c.warmup >= 0, "--warmup must be non-negative")
     _check(0 <= c.attack_eps <= 1, f"--attack-eps must lie in [0, 1] (pixels in [0, 1]), got {c.attack_eps}")

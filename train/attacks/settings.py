@@ -103,6 +103,8 @@ class AttackSettings:
             problems.append("step_size must be positive")
         if not self.scales or any(s <= 0 for s in self.scales):
             problems.append("SGA scales must be positive")
+        if self.alpha < 0:
+            problems.append(f"Co-Attack's alpha must not be negative, got {self.alpha}")
         if problems:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
