@@ -189,6 +189,11 @@ def detect_format(source: str) -> str:
     """Name the reader for `source`: karpathy, albef, disk, parquet, imagefolder, csv or hub."""
     path = Path(source)
     if path.is_dir():
+        from augment.pool import POOL_META
+
+        if (path / POOL_META).is_file():  # its parquet shards would otherwise read as a source without images
+            raise SourceError(f"{source}: is a pool ({POOL_META}), not an image-caption source; pass the source "
+                              f"it was made from (its {POOL_META} names it; training takes pools with --pools)")
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return "disk"
         if (path / "metadata.jsonl").exists():

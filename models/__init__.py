@@ -123,9 +123,10 @@ def family_of(name: str, pretrained: str | None = None, revision: str | None = N
             raise ModelLoadError(f"cannot load model '{name}': folder {path} does not exist")
         family = _folder_family(path)
         if family is None:
+            hint = f"; a training run's weights are in {path / 'ckpt'}" if (path / "ckpt").is_dir() else ""
             raise ModelLoadError(
                 f"cannot load model '{name}': {path} holds no model of a known family "
-                f"(no {MODEL_INFO_NAME}, open_clip_config.json or config.json)")
+                f"(no {MODEL_INFO_NAME}, open_clip_config.json or config.json){hint}")
         return family
     for family in FAMILIES:  # families that claim names of their own (checkpoint files, prefixes)
         claims = getattr(family_module(family), "claims_name", None)

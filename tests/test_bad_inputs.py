@@ -520,3 +520,20 @@ def test_generate_under_a_single_process_accelerate_launch_stops_with_one_line(t
     fails(capsys, ["generate", "--method", "i2t-human", "--source", source, "--out", tmp_path / "pool", "--n", "1"],
           "accelerate launch started a single process")
     assert not (tmp_path / "pool").exists()
+
+
+def test_a_pool_given_as_a_source_and_a_run_given_as_a_model_say_what_to_pass(tmp_path):
+    from augment.errors import ModelLoadError, SourceError
+    from augment.sources import load_source
+    from models import load_model
+
+    pool = tmp_path / "pool"
+    (pool / "data").mkdir(parents=True)
+    (pool / "pool.json").write_text("{}")
+    (pool / "data" / "shard-00000.parquet").write_bytes(b"")  # was read as a parquet source without images
+    with pytest.raises(SourceError, match=r"is a pool \(pool.json\), not an image-caption source; pass the source it was made from"):
+        load_source(str(pool))
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=f"a training run's weights are in {run / 'ckpt'}$"):
+        load_model(str(run))
