@@ -152,7 +152,8 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     if kind is not None and model_class is not None and model_class.kind != kind:  # before loading: its options differ
         raise ModelLoadError(f"'{name}' is a {model_class.kind} model ({family}), not a {kind} model")
     taken = inspect.signature(module.load).parameters
-    unknown = sorted(option for option in options if option not in taken)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in taken.values())
+    unknown = [] if takes_any else sorted(option for option in options if option not in taken)
     if unknown:  # a TypeError traceback otherwise, e.g. train clean --model tiny-clip --albef-config ...
         raise ModelLoadError(f"model '{name}' ({family}) has no loading option {', '.join(unknown)} "
                              "(the --albef-* options are for ALBEF/TCL checkpoints)")

@@ -9,7 +9,7 @@ from augment.generators import available_modules, build_generator, check_options
 from augment.generators.base import distributed_rank, run_generation
 from augment.loading import add_workers_argument
 
-MODEL_METHODS = "t2t-, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that read the model options (generators.MODEL_OPTIONS)
+MODEL_METHODS = "t2t-<model>, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that read the model options (generators.MODEL_OPTIONS)
 # options every method reads (the run's, the source's); the others are method options, each read
 # only by the methods whose `options_read` names it, and refused for the rest
 COMMON_OPTIONS = frozenset({
