@@ -569,6 +569,15 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
         read_yaml_config(tmp_path / "old.yaml")
 
 
+def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sample_world_dir):
+    from augment.errors import SourceError
+
+    # was: config.yaml written, then the first validation (step 0, or an epoch in) failed
+    with pytest.raises(SourceError, match="restval"):
+        _run(tmp_path, "badval", sample_world_dir, method="clean", val_frequency=1, val_split="restval")
+    assert not (tmp_path / "badval").exists()
+
+
 def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source):
     """open_clip's TSV with its column names; --lock-image keeps the image tower; --val-frequency
     validates at the start and after the last step; --resume CKPT continues another run's checkpoint."""

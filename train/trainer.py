@@ -265,6 +265,9 @@ class Trainer:
                 f"{cfg.grad_accum} x {self.global_batch}; lower --batch-size or --grad-accum")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.schedule_steps = cfg.schedule_steps or self.total_steps
+        # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
+        # written; a wrong --val-split used to stop the run at its first validation, an epoch in
+        self.validator = self._make_validator() if cfg.val_frequency else None
 
         _seed_everything(cfg.seed)
         self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size,
@@ -342,11 +345,11 @@ class Trainer:
             save_config(cfg, self.run_dir)
         acc.wait_for_everyone()
         self.metrics = MetricsLog(self.run_dir, cfg, self.is_main, self.start_step)
-        self.validator = self._make_validator() if cfg.val_frequency and self.is_main else None
 
     def _make_validator(self):
-        """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), main process only."""
-        from augment.sources import load_source
+        """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), on the main
+        process; every process checks the validation split, so that all stop alike."""
+        from augment.sources import load_source, select_split
         from train.validation import ValidationSettings, Validator
 
         cfg = self.cfg
@@ -356,6 +359,9 @@ class Trainer:
             # its images are found from its own location (--image-root is the train data's)
             source, _ = load_source(cfg.val_data, csv_img_key=cfg.csv_img_key,
                                     csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
+        select_split(source, cfg.val_split)  # an unknown or absent split: one line now
+        if not self.is_main:
+            return None
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                    "budget": cfg.word_budget, "top_k": cfg.mlm_top_k}
         if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga"):  # they draw substitutes from a masked LM
