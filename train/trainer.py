@@ -266,7 +266,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.schedule_steps = cfg.schedule_steps or self.total_steps
         # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
-        # written; a wrong --val-split used to stop the run at its first validation, an epoch in
+        # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
         self.validator = self._make_validator() if cfg.val_frequency else None
 
         _seed_everything(cfg.seed)
