@@ -175,6 +175,14 @@ def _refuse_other_tasks_options(args: argparse.Namespace) -> None:
         raise MatPlusError(f"--task {args.task} does not read {named}: leave them out")
 
 
+def progress_folder(args: argparse.Namespace) -> Path:
+    """OUT/.progress, the finished batches a killed evaluation left (every task's); emptied first under --restart."""
+    folder = Path(args.out) / PROGRESS_DIR
+    if args.restart and folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
 def _check_positive(args) -> None:
     from augment.errors import MatPlusError
 
@@ -183,8 +191,6 @@ def _check_positive(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
     if args.rerank_k < 0:
         raise MatPlusError(f"--rerank-k must not be negative: {args.rerank_k}")
-    if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
-        raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     for option in ("word_budget", "limit", "captions_per_image"):
         value = getattr(args, option)
         if value is not None and value < (0 if option == "word_budget" else 1):
@@ -226,12 +232,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from augment.commands.common import read_source
+    from augment.errors import MatPlusError
     from models import load_model
     from models.half_precision import autocast
     from train.config import default_mlm
     from train.evaluate import evaluate, write_report
 
     _refuse_other_tasks_options(args)
+    if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
+        raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_positive(args)
     if args.task != "retrieval" and args.pgd_step_size is None:
         args.pgd_step_size = args.eps / 4  # the shared default (retrieval protocols may pick their own)
@@ -239,7 +248,6 @@ def run(args: argparse.Namespace) -> int:
         from train.commands_eval_captioning import run as run_captioning
 
         return run_captioning(args)
-    from augment.errors import MatPlusError
     from train.attacks import ATTACK_NAMES
 
     args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
@@ -272,9 +280,7 @@ def run(args: argparse.Namespace) -> int:
     dataset, _ = read_source(args)
     checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     out = Path(args.out)
-    progress_dir = out / PROGRESS_DIR
-    if args.restart and progress_dir.exists():
-        shutil.rmtree(progress_dir)
+    progress_dir = progress_folder(args)
     with autocast(device, args.precision):
         report = evaluate(
             victim, dataset, split=args.split, attacks=args.attacks, attacker=attacker, rerank_k=args.rerank_k,

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
-    from train.commands_eval import PROGRESS_DIR, _truth_checker, _workers
+    from train.commands_eval import _truth_checker, _workers, progress_folder
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     }
     generation = {"num_beams": args.num_beams, "max_length": args.gen_max_length, "min_length": args.gen_min_length}
     out = Path(args.out)
-    progress_dir = out / PROGRESS_DIR
-    if args.restart and progress_dir.exists():
-        shutil.rmtree(progress_dir)
+    progress_dir = progress_folder(args)
     try:
         with autocast(device, args.precision):
             report = evaluate_captioning(

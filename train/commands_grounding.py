@@ -31,7 +31,7 @@ def run(args) -> int:
     from models import load_model
     from models.half_precision import autocast
     from tasks.grounding import GroundingTask
-    from train.commands_eval import PROGRESS_DIR, _workers, truth_checker_for
+    from train.commands_eval import _workers, progress_folder, truth_checker_for
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
@@ -70,9 +70,7 @@ def run(args) -> int:
     options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     workers = _workers(args)
     out = Path(args.out)
-    progress_dir = out / PROGRESS_DIR
-    if args.restart and progress_dir.exists():
-        shutil.rmtree(progress_dir)
+    progress_dir = progress_folder(args)
     try:  # the evaluation's one-line refusals (e.g. OUT/.progress made with other settings)
         with autocast(device, args.precision):
             report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options,
