@@ -23,7 +23,7 @@ Evaluation of fusion families: ITC ranks the gallery, ITM re-ranks each query's 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -205,34 +205,48 @@ class RetrievalTask(Task):
 
 
 @torch.no_grad()
-def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: torch.Tensor, texts: Sequence[str],
-                  k: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: "torch.Tensor | Iterable[torch.Tensor]",
+                  texts: Sequence[str], k: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(i2t, t2i) [N, T] score matrices: ITM log-odds for each query's top-k ITC candidates.
 
     Candidates outside the top k keep their ITC order below every re-ranked one (ITC minus a
     constant larger than any ITM logit), so R@K for K > k still ranks by ITC, as ALBEF's
-    -100 fill does for K <= k. `pixels` [N, 3, H, W] are the gallery's (possibly adversarial)
-    images in [0, 1], on any device; `texts` its (possibly adversarial) captions.
+    -100 fill does for K <= k. `pixels`: the gallery's (possibly adversarial) images in [0, 1],
+    in gallery order, on any device: one [N, 3, H, W] tensor, or its consecutive batches (any
+    iterable, e.g. read back from disk one at a time). Every re-ranked pair holds one image, so
+    each batch's image features score all the pairs of its images (image queries' top k and the
+    caption queries that have them in their top k) and are dropped: memory holds one batch of
+    pixels and features, not the gallery's. `texts`: the gallery's (possibly adversarial) captions.
     """
     device = model.device
     n_images, n_texts = sims.shape
     floor = sims.float() - 1e4
     i2t, t2i = floor.clone(), floor.clone()
-    k_text, k_image = min(k, n_texts), min(k, n_images)
-    top_texts = sims.topk(k_text, dim=1).indices  # [N, k]
-    top_images = sims.topk(k_image, dim=0).indices.T  # [T, k]
+    top_texts = sims.topk(min(k, n_texts), dim=1).indices.cpu()  # [N, k]
+    top_images = sims.topk(min(k, n_images), dim=0).indices.T.cpu()  # [T, k]
+    # the caption queries' (image, caption) pairs sorted by image: a batch's pairs are one slice
+    pair_images = top_images.reshape(-1)
+    pair_texts = torch.arange(n_texts).repeat_interleave(top_images.shape[1])
+    order = torch.argsort(pair_images, stable=True)
+    pair_images, pair_texts = pair_images[order], pair_texts[order]
     tokens = model.tokenize(list(texts))
     # the score a family's own evaluation re-ranks by (ALBEF/TCL/SGA: the raw match logit), else ITM log-odds
     rerank = getattr(model, "itm_rerank_scores", model.itm_logits)
-    features = torch.cat([model.image_features(pixels[i:i + batch_size].to(device).float()).cpu()
-                          for i in range(0, n_images, batch_size)])
-    pairs_i2t = [(i, int(t)) for i in range(n_images) for t in top_texts[i]]
-    pairs_t2i = [(int(i), t) for t in range(n_texts) for i in top_images[t]]
-    for pairs, out in ((pairs_i2t, i2t), (pairs_t2i, t2i)):
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            image_index = torch.tensor([p[0] for p in chunk])
-            text_index = torch.tensor([p[1] for p in chunk])
-            logits = rerank(features[image_index].to(device), tokens[text_index.to(tokens.input_ids.device)])
-            out[image_index, text_index] = logits.float().cpu()
+    start = 0
+    for batch in (pixels.split(batch_size) if isinstance(pixels, torch.Tensor) else pixels):
+        end = start + len(batch)
+        if end > n_images:
+            raise ValueError(f"the pixel batches hold more than the {n_images} images of the similarities")
+        features = model.image_features(batch.to(device).float())
+        first, last = torch.searchsorted(pair_images, torch.tensor([start, end])).tolist()
+        image_queries = (torch.arange(start, end).repeat_interleave(top_texts.shape[1]), top_texts[start:end].reshape(-1))
+        caption_queries = (pair_images[first:last], pair_texts[first:last])
+        for (image_index, text_index), out in ((image_queries, i2t), (caption_queries, t2i)):
+            for chunk in range(0, len(image_index), batch_size):
+                images, captions = image_index[chunk:chunk + batch_size], text_index[chunk:chunk + batch_size]
+                logits = rerank(features[(images - start).to(device)], tokens[captions.to(tokens.input_ids.device)])
+                out[images, captions] = logits.float().cpu()
+        start = end
+    if start != n_images:
+        raise ValueError(f"the pixel batches hold {start} images; the similarities {n_images}")
     return i2t, t2i

@@ -24,6 +24,28 @@ def _isolated_caches(tmp_path_factory):
     yield
 
 
+def evaluation_killed_at_batch(monkeypatch, batch: int, run) -> None:
+    """Call `run()` with `train.evaluate`'s `batch`-th attacked batch (counted over all attacks, from 1)
+    never finishing, as if the process were killed there; it must die there."""
+    from train import evaluate as evaluation
+
+    original = evaluation.AttackRecord.add_batch
+    calls = {"n": 0}
+
+    def dying(self, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == batch:
+            raise KeyboardInterrupt
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(evaluation.AttackRecord, "add_batch", dying)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
+
+
 def write_image(path: Path, mode: str = "RGB", size=(16, 12), colour=120) -> Path:
     from PIL import Image
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import evaluation_killed_at_batch
 from train.metrics import (
     attack_success_rates,
     image_retrieval_ranks,
@@ -201,19 +202,9 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
                   attack_options=dict(FAST, steps=2), progress=False)
     whole = evaluation.evaluate(trained_bundle, world, **kwargs)
 
-    calls = {"n": 0}
-    original = evaluation.AttackRecord.add_batch
-
-    def dying(self, *args, **kw):  # the third attacked batch never finishes
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kw)
-
-    monkeypatch.setattr(evaluation.AttackRecord, "add_batch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
-    monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
+    # the third attacked batch never finishes
+    evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
+        trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs))
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # the same folder with other settings is refused, naming them, and loses nothing
     from augment.errors import MatPlusError

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import models
+from tests.conftest import evaluation_killed_at_batch
 from train.config import METHODS
 
 # every registered vision-language twin (open_clip CLIP and SigLIP, BLIP, ALBEF)
@@ -123,6 +124,75 @@ def test_itm_reranking_changes_the_ranking_of_fusion_models(trained_twins, sampl
     itm = evaluate(victim, source, split="test", attacks=["clean"], limit=24, rerank_k=8, progress=False)
     assert itc["attacks"]["clean"] != itm["attacks"]["clean"]
     assert "ITM re-ranks the top 8" in itm["protocol"] and "ITM" not in itc["protocol"]
+
+
+@pytest.mark.parametrize("twin", [t for t in TWINS if models.load_model(t).has_itm])
+def test_rerank_scores_from_pixel_batches_equal_every_pair_scored(twin):
+    """ITM re-ranking fed batch after batch (as evaluation streams them) scores exactly each query's
+    top-k pairs, as scoring every pair at once does; the rest keep ITC order below them."""
+    from tasks.retrieval import rerank_scores
+
+    model = models.load_model(twin)
+    torch.manual_seed(0)
+    n, k = 7, 3
+    pixels = torch.rand(n, 3, model.image_size, model.image_size)
+    texts = [f"a {'red ' * (t % 3)}shape number {t}" for t in range(2 * n)]
+    sims = torch.randn(n, 2 * n)
+    rerank = getattr(model, "itm_rerank_scores", model.itm_logits)
+    with torch.no_grad():
+        every = rerank(model.image_features(pixels).repeat_interleave(2 * n, dim=0),
+                       model.tokenize(texts * n)).float().view(n, 2 * n)
+    in_top_texts = torch.zeros(n, 2 * n, dtype=torch.bool).scatter_(1, sims.topk(k, dim=1).indices, True)
+    in_top_images = torch.zeros(n, 2 * n, dtype=torch.bool).scatter_(0, sims.topk(k, dim=0).indices, True)
+    for batches in (pixels, iter(pixels.split(3)), [pixels[:1], pixels[1:]]):  # one tensor, uneven batches
+        i2t, t2i = rerank_scores(model, sims, batches, texts, k, batch_size=4)
+        for scores, chosen in ((i2t, in_top_texts), (t2i, in_top_images)):
+            assert torch.allclose(scores[chosen], every[chosen], atol=1e-5)
+            assert torch.equal(scores[~chosen], sims[~chosen] - 1e4)
+    with pytest.raises(ValueError, match="the pixel batches hold 6 images; the similarities 7"):
+        rerank_scores(model, sims, iter(pixels[:6].split(3)), texts, k)
+
+
+def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins, sample_world_dir, tmp_path,
+                                                                   monkeypatch):
+    """A fusion victim's re-ranking reads the gallery's pixels a batch at a time (clean ones decoded
+    again, adversarial ones from the batch store), never the whole gallery; a killed evaluation
+    resumes to the uninterrupted report."""
+    import tempfile
+
+    from augment.sources import load_source
+    from tasks import retrieval
+    from train import evaluate as evaluation
+
+    fusion = [t for t in TWINS if models.load_model(t).has_itm]
+    victim = models.load_model(str(trained_twins[fusion[0]]))
+    source, _ = load_source(str(sample_world_dir))
+    seen: list[int] = []
+    original_rerank = retrieval.rerank_scores
+
+    def counting(model, sims, pixels, *args, **kw):
+        assert not isinstance(pixels, torch.Tensor), "re-ranking was handed the whole gallery's pixels"
+        def batches():
+            for batch in pixels:
+                seen.append(len(batch))
+                yield batch
+        return original_rerank(model, sims, batches(), *args, **kw)
+
+    monkeypatch.setattr(retrieval, "rerank_scores", counting)
+    kwargs = dict(split="test", attacks=["clean", "pgd", "bert-attack", "sep"], limit=10, batch_size=4, rerank_k=4,
+                  attack_options={"mlm": "tiny-mlm", "steps": 2}, progress=False)
+    whole = evaluation.evaluate(victim, source, **kwargs)
+    assert seen and max(seen) <= 4 and sum(seen) == 10 * 4  # four re-ranked passes of 4 + 4 + 2 images
+    assert not list(Path(tempfile.gettempdir()).glob("mat-plus-eval-*")), "the scratch folder was left behind"
+
+    # pgd's first two batches finish, the third never does
+    evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
+        victim, source, progress_dir=tmp_path / "progress", **kwargs))
+    resumed = evaluation.evaluate(victim, source, progress_dir=tmp_path / "progress", **kwargs)
+    for name in whole["attacks"]:
+        a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
+        a.pop("seconds", None), b.pop("seconds", None)
+        assert a == b, name
 
 
 def test_transfer_attacks_cross_families(trained_twins, sample_world_dir):

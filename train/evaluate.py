@@ -17,7 +17,9 @@ Protocol (the SGA / Co-Attack evaluation code's):
    query competes against the whole gallery, which shares the same attack.
    Fusion victims (`has_itm`: BLIP, ALBEF) are ranked as their papers evaluate retrieval: ITC
    similarities rank the gallery, ITM re-ranks each query's top `rerank_k` (0: ITC only).
-   Attacks craft on ITC embeddings, as the SGA and Co-Attack code attack ALBEF.
+   Attacks craft on ITC embeddings, as the SGA and Co-Attack code attack ALBEF. Re-ranking
+   reads the gallery's pixels one batch at a time (clean ones decoded again, adversarial ones
+   read back from the batch store), so memory is bounded by the batch, not the gallery.
 5. Metrics (`train.metrics`): tr@1/5/10, ir@1/5/10, rsum (percent), and the attack success rate
    asr_tr@K / asr_ir@K = percent of the queries correct at K on clean data that are wrong under
    the attack. "R@1 under attack" is `tr@1`/`ir@1` of an attack's entry; ASR is relative to clean.
@@ -38,7 +40,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +110,9 @@ class AttackRecord:
     attack: Attack
     image_emb: list[torch.Tensor] = field(default_factory=list)
     text_emb: list[torch.Tensor] = field(default_factory=list)
-    images: list[torch.Tensor] = field(default_factory=list)  # victim-resolution pixels (ITM re-ranking only)
+    # victim-resolution pixels of ONE batch (ITM re-ranking only): saved with the batch, never
+    # gathered over the gallery (`extend` leaves them out; re-ranking reads them back per batch)
+    images: list[torch.Tensor] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     words_changed: list[int] = field(default_factory=list)
     checker_verdicts: list[bool | None] = field(default_factory=list)  # per caption, None = unchanged/unknown
@@ -116,10 +120,9 @@ class AttackRecord:
     seconds: float = 0.0
 
     def extend(self, other: "AttackRecord") -> None:
-        """Append another batch's record (in gallery order)."""
+        """Append another batch's record (in gallery order), its pixels left out (see `images`)."""
         self.image_emb += other.image_emb
         self.text_emb += other.text_emb
-        self.images += other.images
         self.texts += other.texts
         self.words_changed += other.words_changed
         self.checker_verdicts += other.checker_verdicts
@@ -377,34 +380,43 @@ class Scorer:
         self.image_of_text = image_of_text
         self.batch_size = batch_size
 
-    def hits(self, image_emb: torch.Tensor, text_emb: torch.Tensor, pixels: torch.Tensor | None,
+    def hits(self, image_emb: torch.Tensor, text_emb: torch.Tensor, pixel_batches: "PixelBatches | None",
              texts: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        """Hits of the gallery's queries; re-ranking reads the images from `pixel_batches()`."""
         sims = image_emb @ text_emb.T
         if not self.rerank_k:
             return retrieval_hits(sims, self.image_of_text)
         from tasks.retrieval import rerank_scores
 
-        i2t, t2i = rerank_scores(self.victim, sims, pixels, texts, self.rerank_k, self.batch_size)
+        i2t, t2i = rerank_scores(self.victim, sims, pixel_batches(), texts, self.rerank_k, self.batch_size)
         return {**{k: v for k, v in retrieval_hits(i2t, self.image_of_text).items() if k.startswith("tr@")},
                 **{k: v for k, v in retrieval_hits(t2i, self.image_of_text).items() if k.startswith("ir@")}}
 
 
+# a fresh iterable of the gallery's victim-resolution pixels, batch after batch, in gallery order
+PixelBatches = Callable[[], Iterable[torch.Tensor]]
+
+
 @dataclass
 class CleanGallery:
-    """The victim's clean view of the gallery: embeddings, and for re-ranking pixels and captions."""
+    """The victim's clean view of the gallery: embeddings, captions, and for re-ranking its pixels
+    (decoded again at each call of `pixel_batches`, not kept)."""
 
     image_emb: torch.Tensor
     text_emb: torch.Tensor
-    pixels: torch.Tensor | None
+    pixel_batches: PixelBatches | None
     texts: list[str]
     hits: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_checker: bool) -> dict:
+def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_checker: bool,
+               adversarial_pixels: PixelBatches | None = None) -> dict:
+    """The attack's report entry; `adversarial_pixels`: its images' batches (re-ranking of an
+    attack that changes images)."""
     attack = record.attack
     image_emb = torch.cat(record.image_emb) if record.image_emb else clean.image_emb
     text_emb = torch.cat(record.text_emb) if record.text_emb else clean.text_emb
-    pixels = torch.cat(record.images) if record.images else clean.pixels
+    pixels = adversarial_pixels if record.image_emb else clean.pixel_batches
     texts = record.texts or clean.texts
     hits = scorer.hits(image_emb, text_emb, pixels, texts)
     entry: dict[str, Any] = {"modality": attack.modality, **recall_from_hits(hits), **attack_success_rates(clean.hits, hits)}
@@ -497,20 +509,29 @@ def evaluate(
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
+    batch_count = -(-len(gallery) // batch_size)
+    pixel_store, scratch = store, None
+    if keep_pixels and store is None:
+        # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="mat-plus-eval-")
+        pixel_store = BatchStore(scratch.name, settings)
+
+    def clean_pixels() -> Iterable[torch.Tensor]:
+        return (pixels for pixels, _ in gallery_pixels(gallery, batch_size, victim.preprocess_eval,
+                                                       range(batch_count), workers))
 
     # clean: the victim's embeddings of the whole gallery
-    image_emb, text_emb, pixels = [], [], []
-    batch_starts = list(range(0, len(gallery), batch_size))
-    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(len(batch_starts)), workers)
+    image_emb, text_emb = [], []
+    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(batch_count), workers)
     for start, _, text_ids in gallery.batches(batch_size, rows=False):
         victim_pixels = next(decoded)[0].to(victim.device)
         image_emb.append(_encode_images(victim, victim_pixels))
         text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
-        if keep_pixels:
-            pixels.append(victim_pixels.cpu())
-    clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), torch.cat(pixels) if pixels else None,
+    clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), clean_pixels if keep_pixels else None,
                          list(gallery.captions))
-    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixels, clean.texts)
+    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixel_batches, clean.texts)
     results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                          **attack_success_rates(clean.hits, clean.hits), "params": {}}}
 
@@ -535,19 +556,22 @@ def evaluate(
             caption_rows = [rows[int(image) - start] for image in gallery.image_of_text[text_ids]]
             part = AttackRecord(attack, seconds=seconds)
             part.add_batch(result, attacker_pixels, victim, text_batch, caption_checker, caption_rows, keep_pixels)
-            if store is not None:
-                store.save(name, batch_index, part)
+            if pixel_store is not None:
+                pixel_store.save(name, batch_index, part)
             record.extend(part)
             if name in writers:
                 writers[name].write_shard(batch_index, _adversarial_pool_rows(
                     name, attack, rows, gallery, text_ids, start, result.images, result.texts,
                     result.info.get("words_changed", []), model_id(attacker), seed))
             bar.update(len(rows))
-        results[name] = _summarise(record, clean, scorer, caption_checker is not None)
+        results[name] = _summarise(record, clean, scorer, caption_checker is not None,
+                                   _stored_pixels(pixel_store, name, batch_count) if keep_pixels else None)
         if name in writers:
             writers[name].finalize(expected_shards=batch_index + 1)
             results[name]["adversarial_pool"] = str(writers[name].out_dir)
     bar.close()
+    if scratch is not None:
+        scratch.cleanup()
     order = ["clean"] + list(built)
     return {
         "protocol": PROTOCOL + (f" Fusion victim: ITC ranks, ITM re-ranks the top {scorer.rerank_k}." if scorer.rerank_k else ""),
@@ -564,6 +588,11 @@ def evaluate(
         },
         "attacks": {name: results[name] for name in order},
     }
+
+
+def _stored_pixels(store: "BatchStore", name: str, batch_count: int) -> PixelBatches:
+    """Attack `name`'s victim-resolution pixels read back from `store`, one batch at a time."""
+    return lambda: (torch.cat(store.load_state(name, b)["images"]) for b in range(batch_count))
 
 
 def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
