@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from augment import tiny
@@ -105,24 +106,26 @@ class OpenClipModel(VisionLanguageModel):
             return None
         if len(self._word_ids) > WORD_CACHE_LIMIT:
             self._word_ids.clear()
-        context = tokenizer.context_length
-        rows = []
-        for text in texts:
+        context, sot, eot = tokenizer.context_length, tokenizer.sot_token_id, tokenizer.eot_token_id
+        word_ids = self._word_ids
+        # 0 pads, as SimpleTokenizer; rows filled in place (half the time of padded lists to torch.tensor)
+        out = np.zeros((len(texts), context), dtype=np.int64)
+        for row, text in enumerate(texts):
             if text.isascii() and text.isprintable() and "&" not in text:
-                ids = [tokenizer.sot_token_id]
+                ids = [sot]
                 for word in text.split():
-                    cached = self._word_ids.get(word)
+                    cached = word_ids.get(word)
                     if cached is None:
-                        cached = self._word_ids[word] = tokenizer.encode(word)
+                        cached = word_ids[word] = tokenizer.encode(word)
                     ids += cached
-                ids.append(tokenizer.eot_token_id)
+                ids.append(eot)
             else:
-                ids = [tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id]
+                ids = [sot, *tokenizer.encode(text), eot]
             if len(ids) > context:  # as SimpleTokenizer: cut, and end on the end-of-text token
                 ids = ids[:context]
-                ids[-1] = tokenizer.eot_token_id
-            rows.append(ids + [0] * (context - len(ids)))  # 0 pads, as SimpleTokenizer
-        return torch.tensor(rows, dtype=torch.long).view(len(texts), context)
+                ids[-1] = eot
+            out[row, :len(ids)] = ids
+        return torch.from_numpy(out)
 
     # embeddings
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -196,6 +196,30 @@ def count_x(texts, owners):
     return torch.tensor([float(t.count("x")) for t in texts])
 
 
+def test_substitutes_kept_from_token_ids_as_from_their_words(mlm):
+    """The cached per-id filter keeps what `_keep` keeps of the decoded predictions, for every id of
+    the masked LM's vocabulary (special tokens, pieces, stop words, case and the word itself)."""
+    from train.attacks.text import MaskedLMSubstitutes
+
+    model, tokenizer, _ = mlm
+    source = MaskedLMSubstitutes(model, tokenizer)
+    ids = list(range(len(tokenizer)))
+    special = set(tokenizer.all_special_ids)
+
+    def decoded(i):
+        piece = tokenizer.convert_ids_to_tokens(i)
+        return None if i in special or piece.startswith("##") else tokenizer.convert_tokens_to_string([piece]).strip()
+
+    words = [decoded(i) for i in ids]
+    kept_any = False
+    for original in ("dog", "Dog", "the", "red", "zebra"):
+        for chunk in (ids, ids[::-1], ids[: 40] * 2):  # every id, another order, repeated ids
+            expected = source._keep([words[i] for i in chunk], original)
+            assert source._keep_ids(chunk, original) == expected, original
+            kept_any = kept_any or bool(expected)
+    assert kept_any and source._keep_ids(ids, "the") != source._keep_ids(ids, "red")
+
+
 def test_one_greedy_search_order_ties_budget_and_rounds():
     source = FixedSubstitutes({"red": ["xa", "xb", "rexx"], "ball": ["box"], "blue": ["bl"], "dog": ["dox"]})
     texts = ["red ball", "blue dog", "a cat"]
