@@ -39,11 +39,12 @@ OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 TINY_NAMES = (tiny.TINY_CLIP, tiny.TINY_SIGLIP)
 # a text-tower forward pass costs about this many token positions' work on top: sub-batches by
-# length are cut only where they save more padding than that. Measured on 2 CPU cores (one pass of
-# 1 text against the extra tokens of 64): tiny-clip 173 positions (op dispatch and thread
-# hand-offs), ViT-B-16's text tower 66 (its weights read once per pass); BERT-Attack on the bench
-# world took 0.349 / 0.312 / 0.303 s with 32 / 128 / 256 (2 threads), 0.426 / 0.412 / 0.427 s
-# (1 thread). 128 is near both towers' best; 32, the value before, cut 3-4 sub-batches per call.
+# length are cut only where they save more padding than that. Measured on 2 CPU cores (a pass over
+# one 2-token text, in units of the per-token cost of 64 texts grown from 16 to 24 tokens): tiny-clip
+# 173 positions (op dispatch, thread hand-offs), ViT-B-16's text tower 66 (its weights read once per
+# pass); BERT-Attack on the bench world took 0.349 / 0.312 / 0.303 s with 32 / 128 / 256 (2 threads),
+# 0.426 / 0.412 / 0.427 s (1 thread). 128 is near both towers' best; 32, the value before, cut 3-4
+# sub-batches per call.
 GROUP_OVERHEAD_TOKENS = 128
 WORD_CACHE_LIMIT = 1 << 20  # words whose token ids a model keeps (cleared when full)
 
