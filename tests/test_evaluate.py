@@ -200,11 +200,12 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
 
     kwargs = dict(split="test", attacks=["clean", "pgd", "bert-attack"], limit=8, batch_size=4, captions_per_image=1,
                   attack_options=dict(FAST, steps=2), progress=False)
-    whole = evaluation.evaluate(trained_bundle, world, **kwargs)
+    whole = evaluation.evaluate(trained_bundle, world, save_adv=tmp_path / "adv-whole", **kwargs)
 
-    # the third attacked batch never finishes
+    # the third attacked batch never finishes: pgd's two are done, bert-attack's first dies
     evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
-        trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs))
+        trained_bundle, world, progress_dir=tmp_path / "progress", save_adv=tmp_path / "adv", **kwargs))
+    assert (tmp_path / "progress" / "pgd" / "summary.json").is_file()
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # the same folder with other settings is refused, naming them, and loses nothing
     from augment.errors import MatPlusError
@@ -216,11 +217,19 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
             evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=1, **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
-    resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2, **kwargs)
+    resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2,
+                                  save_adv=tmp_path / "adv", **kwargs)
     for name in whole["attacks"]:
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)
+        a.pop("adversarial_pool", None), b.pop("adversarial_pool", None)
         assert a == b, name
+    # pgd's pool, finished before the kill and reopened by the resumed run, is complete again, the same rows
+    from augment.pool import load_pool
+
+    for name in ("pgd", "bert-attack"):
+        kept, again = load_pool(tmp_path / "adv-whole" / name).dataset, load_pool(tmp_path / "adv" / name).dataset
+        assert kept["row_id"] == again["row_id"] and kept["caption"] == again["caption"], name
 
 
 def test_truth_checker_choice_is_one_rule_for_every_task():

@@ -156,8 +156,9 @@ def test_rerank_scores_from_pixel_batches_equal_every_pair_scored(twin):
 def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins, sample_world_dir, tmp_path,
                                                                    monkeypatch):
     """A fusion victim's re-ranking reads the gallery's pixels a batch at a time (clean ones decoded
-    again, adversarial ones from the batch store), never the whole gallery; a killed evaluation
-    resumes to the uninterrupted report."""
+    again, adversarial ones from the batch store), never the whole gallery; a finished attack's
+    entry is kept and its pixels deleted; an evaluation killed twice resumes to the uninterrupted
+    report without re-ranking the finished attack again."""
     import tempfile
 
     from augment.sources import load_source
@@ -185,10 +186,20 @@ def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins
     assert seen and max(seen) <= 4 and sum(seen) == 10 * 4  # four re-ranked passes of 4 + 4 + 2 images
     assert not list(Path(tempfile.gettempdir()).glob("mat-plus-eval-*")), "the scratch folder was left behind"
 
-    # pgd's first two batches finish, the third never does
+    progress = tmp_path / "progress"
+    # killed at pgd's third batch (its first two finished), then, resumed, at bert-attack's second
     evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
-        victim, source, progress_dir=tmp_path / "progress", **kwargs))
-    resumed = evaluation.evaluate(victim, source, progress_dir=tmp_path / "progress", **kwargs)
+        victim, source, progress_dir=progress, **kwargs))
+    assert sorted(f.name for f in (progress / "pgd").iterdir()) == [
+        "batch-00000.pt", "batch-00001.pt", "pixels-00000.pt", "pixels-00001.pt"]
+    evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
+        victim, source, progress_dir=progress, **kwargs))
+    # pgd finished: its entry is kept and its pixels deleted (disk holds one attack's pixels)
+    assert sorted(f.name for f in (progress / "pgd").iterdir()) == [
+        "batch-00000.pt", "batch-00001.pt", "batch-00002.pt", "summary.json"]
+    seen.clear()
+    resumed = evaluation.evaluate(victim, source, progress_dir=progress, **kwargs)
+    assert sum(seen) == 10 * 3  # clean, bert-attack and sep re-ranked again; pgd's entry taken as kept
     for name in whole["attacks"]:
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)

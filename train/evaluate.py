@@ -130,8 +130,9 @@ class AttackRecord:
         self.seconds += other.seconds
 
     def state(self) -> dict:
-        """Plain tensors, lists and numbers: what `torch.load(weights_only=True)` reads back."""
-        return {"image_emb": self.image_emb, "text_emb": self.text_emb, "images": self.images, "texts": self.texts,
+        """Plain tensors, lists and numbers: what `torch.load(weights_only=True)` reads back (the
+        pixels are saved apart, `BatchStore.save`)."""
+        return {"image_emb": self.image_emb, "text_emb": self.text_emb, "texts": self.texts,
                 "words_changed": self.words_changed, "checker_verdicts": self.checker_verdicts,
                 "linf": self.linf, "seconds": self.seconds}
 
@@ -282,7 +283,10 @@ class BatchStore:
     hours of attacks are not thrown away because an option changed; `train eval --restart` discards
     them); a folder without finished batches is simply reused. Each batch is written to a
     temporary name and renamed into place, and read back with `torch.load(weights_only=True)`
-    (tensors, strings, numbers only).
+    (tensors, strings, numbers only): `ATTACK/batch-NNNNN.pt`, and `ATTACK/pixels-NNNNN.pt` for
+    the adversarial pixels re-ranking reads back. A finished attack's report entry is kept as
+    `ATTACK/summary.json` and its pixels deleted, so a resumed evaluation neither re-ranks it nor
+    keeps more than one attack's pixels on disk.
     """
 
     def __init__(self, folder: str | Path, settings: dict):
@@ -309,15 +313,66 @@ class BatchStore:
     def _path(self, attack: str, batch: int) -> Path:
         return self.folder / attack / f"batch-{batch:05d}.pt"
 
+    def _pixels_path(self, attack: str, batch: int) -> Path:
+        return self.folder / attack / f"pixels-{batch:05d}.pt"
+
+    def _summary_path(self, attack: str) -> Path:
+        return self.folder / attack / "summary.json"
+
     def has(self, attack: str, batch: int) -> bool:
         return self._path(attack, batch).is_file()
 
-    def save(self, attack: str, batch: int, record: "AttackRecord") -> None:
-        path = self._path(attack, batch)
+    @staticmethod
+    def _write(path: Path, value) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(record.state(), tmp)
+        torch.save(value, tmp)
         os.replace(tmp, path)
+
+    def save(self, attack: str, batch: int, record) -> None:
+        """A finished batch: `record.state()`, and apart from it the record's `images` when it has
+        some (re-ranking reads them back, `load_pixels`), written first: a batch counted as
+        finished always has its pixels."""
+        pixels = getattr(record, "images", None)
+        if pixels:
+            self._write(self._pixels_path(attack, batch), pixels)
+        self._write(self._path(attack, batch), record.state())
+
+    def load_pixels(self, attack: str, batch: int) -> torch.Tensor:
+        """The pixels saved with a batch ([B, 3, H, W], on the CPU); a batch saved before pixels
+        had files of their own holds them itself."""
+        path = self._pixels_path(attack, batch)
+        pixels = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else \
+            self.load_state(attack, batch).get("images")
+        if not pixels:
+            from augment.errors import MatPlusError
+
+            raise MatPlusError(f"{path}: the pixels of a finished batch are missing; run train eval with --restart")
+        return torch.cat(pixels)
+
+    def save_summary(self, attack: str, entry: dict) -> None:
+        """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
+        instead of re-ranking the gallery again; its batches' pixels are then deleted (disk holds
+        one attack's pixels at a time)."""
+        from augment.atomic import atomic_write_text
+
+        path = self._summary_path(attack)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entry, default=str))
+        for pixels in path.parent.glob("pixels-*.pt"):
+            pixels.unlink()
+
+    def load_summary(self, attack: str) -> dict | None:
+        """The entry `save_summary` kept, or None."""
+        path = self._summary_path(attack)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            from augment.errors import MatPlusError
+
+            raise MatPlusError(f"{path}: unreadable ({error}); run train eval with --restart") from error
 
     def load_state(self, attack: str, batch: int) -> dict:
         """The saved `state()` of a batch (any task's record)."""
@@ -538,6 +593,13 @@ def evaluate(
     bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
     for name, attack in built.items():
         bar.set_postfix_str(name)
+        finished = store.load_summary(name) if store is not None else None
+        if finished is not None:  # resumed after this attack's entry was written: nothing to redo
+            results[name] = finished
+            if name in writers:  # opening the kept pool for resuming marked it in progress again
+                writers[name].finalize(expected_shards=batch_count)
+            bar.update(len(gallery))
+            continue
         record = AttackRecord(attack)
         for batch_index, start, text_ids, decoded in resumable_batches(
                 gallery, batch_size, attacker.preprocess_eval, workers, store, writers, name):
@@ -564,11 +626,14 @@ def evaluate(
                     name, attack, rows, gallery, text_ids, start, result.images, result.texts,
                     result.info.get("words_changed", []), model_id(attacker), seed))
             bar.update(len(rows))
-        results[name] = _summarise(record, clean, scorer, caption_checker is not None,
-                                   _stored_pixels(pixel_store, name, batch_count) if keep_pixels else None)
+        entry = _summarise(record, clean, scorer, caption_checker is not None,
+                           _stored_pixels(pixel_store, name, batch_count) if keep_pixels else None)
         if name in writers:
             writers[name].finalize(expected_shards=batch_index + 1)
-            results[name]["adversarial_pool"] = str(writers[name].out_dir)
+            entry["adversarial_pool"] = str(writers[name].out_dir)
+        results[name] = _as_written(entry)
+        if pixel_store is not None:
+            pixel_store.save_summary(name, results[name])
     bar.close()
     if scratch is not None:
         scratch.cleanup()
@@ -592,7 +657,12 @@ def evaluate(
 
 def _stored_pixels(store: "BatchStore", name: str, batch_count: int) -> PixelBatches:
     """Attack `name`'s victim-resolution pixels read back from `store`, one batch at a time."""
-    return lambda: (torch.cat(store.load_state(name, b)["images"]) for b in range(batch_count))
+    return lambda: (store.load_pixels(name, b) for b in range(batch_count))
+
+
+def _as_written(entry: dict) -> dict:
+    """`entry` as eval.json holds it (and a resumed evaluation reads it back): JSON types only."""
+    return json.loads(json.dumps(entry, default=str))
 
 
 def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
