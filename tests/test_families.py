@@ -157,8 +157,8 @@ def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins
                                                                    monkeypatch):
     """A fusion victim's re-ranking reads the gallery's pixels a batch at a time (clean ones decoded
     again, adversarial ones from the batch store), never the whole gallery; a finished attack's
-    entry is kept and its pixels deleted; an evaluation killed twice resumes to the uninterrupted
-    report without re-ranking the finished attack again."""
+    entry and the clean pass are kept, its pixels deleted; an evaluation killed twice resumes to the
+    uninterrupted report without re-ranking the clean gallery or the finished attack again."""
     import tempfile
 
     from augment.sources import load_source
@@ -192,6 +192,7 @@ def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins
         victim, source, progress_dir=progress, **kwargs))
     assert sorted(f.name for f in (progress / "pgd").iterdir()) == [
         "batch-00000.pt", "batch-00001.pt", "pixels-00000.pt", "pixels-00001.pt"]
+    assert (progress / "clean.pt").is_file()
     evaluation_killed_at_batch(monkeypatch, 3, lambda: evaluation.evaluate(
         victim, source, progress_dir=progress, **kwargs))
     # pgd finished: its entry is kept and its pixels deleted (disk holds one attack's pixels)
@@ -199,7 +200,7 @@ def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins
         "batch-00000.pt", "batch-00001.pt", "batch-00002.pt", "summary.json"]
     seen.clear()
     resumed = evaluation.evaluate(victim, source, progress_dir=progress, **kwargs)
-    assert sum(seen) == 10 * 3  # clean, bert-attack and sep re-ranked again; pgd's entry taken as kept
+    assert sum(seen) == 10 * 2  # bert-attack and sep re-ranked; the clean pass and pgd's entry taken as kept
     for name in whole["attacks"]:
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)

@@ -94,6 +94,9 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def batch_count(self, batch_size: int) -> int:
+        return -(-len(self.rows) // batch_size)
+
     def batches(self, batch_size: int, rows: bool = True):
         """(first image, source rows, caption ids) per batch of images with all their captions
         (`rows=False`: None for the rows, which `gallery_pixels` decodes in DataLoader workers)."""
@@ -182,7 +185,7 @@ def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[
     """(batch index, first image, text ids, (pixels, rows) or None) for every gallery batch in order: None
     where a resumed evaluation already has attack `name`'s results for the batch (and its adversarial pool
     shard, when one is written); only the other batches are decoded (`gallery_pixels`)."""
-    count = -(-len(gallery) // batch_size)
+    count = gallery.batch_count(batch_size)
     done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
             for b in range(count)]
     decoded = gallery_pixels(gallery, batch_size, preprocess, [b for b in range(count) if not done[b]], workers)
@@ -284,9 +287,9 @@ class BatchStore:
     them); a folder without finished batches is simply reused. Each batch is written to a
     temporary name and renamed into place, and read back with `torch.load(weights_only=True)`
     (tensors, strings, numbers only): `ATTACK/batch-NNNNN.pt`, and `ATTACK/pixels-NNNNN.pt` for
-    the adversarial pixels re-ranking reads back. A finished attack's report entry is kept as
-    `ATTACK/summary.json` and its pixels deleted, so a resumed evaluation neither re-ranks it nor
-    keeps more than one attack's pixels on disk.
+    the adversarial pixels re-ranking reads back. The clean pass is kept as `clean.pt`, and a
+    finished attack's report entry as `ATTACK/summary.json` (its pixels then deleted), so a resumed
+    evaluation neither encodes nor re-ranks them again and disk holds one attack's pixels.
     """
 
     def __init__(self, folder: str | Path, settings: dict):
@@ -349,6 +352,16 @@ class BatchStore:
 
             raise MatPlusError(f"{path}: the pixels of a finished batch are missing; run train eval with --restart")
         return torch.cat(pixels)
+
+    def save_clean(self, clean: "CleanGallery") -> None:
+        """The clean pass (embeddings and per-query hits), so a resumed evaluation does not encode
+        and score (re-rank) the gallery again."""
+        self._write(self.folder / "clean.pt", {"image_emb": clean.image_emb, "text_emb": clean.text_emb,
+                                               "hits": clean.hits})
+
+    def load_clean(self) -> dict | None:
+        path = self.folder / "clean.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
     def save_summary(self, attack: str, entry: dict) -> None:
         """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
@@ -564,7 +577,7 @@ def evaluate(
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
-    batch_count = -(-len(gallery) // batch_size)
+    batch_count = gallery.batch_count(batch_size)
     pixel_store, scratch = store, None
     if keep_pixels and store is None:
         # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory
@@ -577,16 +590,8 @@ def evaluate(
         return (pixels for pixels, _ in gallery_pixels(gallery, batch_size, victim.preprocess_eval,
                                                        range(batch_count), workers))
 
-    # clean: the victim's embeddings of the whole gallery
-    image_emb, text_emb = [], []
-    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(batch_count), workers)
-    for start, _, text_ids in gallery.batches(batch_size, rows=False):
-        victim_pixels = next(decoded)[0].to(victim.device)
-        image_emb.append(_encode_images(victim, victim_pixels))
-        text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
-    clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), clean_pixels if keep_pixels else None,
-                         list(gallery.captions))
-    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixel_batches, clean.texts)
+    clean = _clean_pass(victim, gallery, batch_size, text_batch, workers, scorer, store,
+                        clean_pixels if keep_pixels else None)
     results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                          **attack_success_rates(clean.hits, clean.hits), "params": {}}}
 
@@ -653,6 +658,26 @@ def evaluate(
         },
         "attacks": {name: results[name] for name in order},
     }
+
+
+def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, workers: int, scorer: Scorer,
+                store: "BatchStore | None", pixel_batches: PixelBatches | None) -> CleanGallery:
+    """The victim's clean view of the whole gallery: embeddings and per-query hits (taken from
+    `store` when a killed evaluation kept them, else computed and kept there)."""
+    kept = store.load_clean() if store is not None else None
+    if kept is not None:
+        return CleanGallery(kept["image_emb"], kept["text_emb"], pixel_batches, list(gallery.captions), kept["hits"])
+    image_emb, text_emb = [], []
+    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(gallery.batch_count(batch_size)), workers)
+    for _, _, text_ids in gallery.batches(batch_size, rows=False):
+        victim_pixels = next(decoded)[0].to(victim.device)
+        image_emb.append(_encode_images(victim, victim_pixels))
+        text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
+    clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), pixel_batches, list(gallery.captions))
+    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixel_batches, clean.texts)
+    if store is not None:
+        store.save_clean(clean)
+    return clean
 
 
 def _stored_pixels(store: "BatchStore", name: str, batch_count: int) -> PixelBatches:
