@@ -16,7 +16,7 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    CLIP is wrapped as a classifier over the batch's captions (logits = scale * image_emb @
    text_emb.T, label = the paired caption), and mat-plus's `pgd_linf` maximises the same cross
    entropy as torchattacks does. torchattacks runs on the model as the library builds it (its
-   layers: `victim.library_layers()`, i.e. `patch_matmul` and `contiguous_attention` off, what a
+   layers: `victim.library_layers()`, i.e. `patch_matmul` and `batch_first_attention` off, what a
    user running torchattacks on open_clip gets), and, for transparency, on mat-plus's loaded
    victim (those layers too): the gain is the model's layers, not the PGD loop. Reported: time ratios (torchattacks /
    mat-plus, > 1 means mat-plus is faster) and the final loss of each (they should be close).

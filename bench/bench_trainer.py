@@ -16,7 +16,7 @@ the cores):
   open_clip's tokenizer and full-context text tower; the layers as the libraries build them);
 * each step also with the libraries' layers (`model.library_layers()`: the patch conv and
   `nn.MultiheadAttention`, in turn with mat-plus's on the same trainer): what `patch_matmul` and
-  `contiguous_attention` save a clean and a MAT step.
+  `batch_first_attention` save a clean and a MAT step.
 
 `--model` takes any name training accepts; an open_clip architecture without a pretrained tag
 (e.g. `ViT-B-16`) is built with random weights, offline (a real CLIP's 77-token context, where

@@ -159,7 +159,7 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
                              "(the --albef-* options are for ALBEF/TCL checkpoints)")
     model = module.load(name, pretrained, device=device, precision=precision, **options)
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
-    model.contiguous_attention = True  # every nn.MultiheadAttention: one in-projection matmul where gradients flow
+    model.batch_first_attention = True  # every nn.MultiheadAttention: attention without sequence-first copies
     model.class_token_vision = True  # open_clip ViTs: the last block at the class token only
     if name in TINY_FAMILY:
         model.tiny_twin = name

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.atomic import atomic_write_text
-from models.multihead_attention import use_contiguous_attention, uses_contiguous_attention
+from models.multihead_attention import use_batch_first_attention, uses_batch_first_attention
 from models.patch_embedding import use_patch_matmul, uses_patch_matmul
 from models.pooled_block import use_class_token_transformer, uses_class_token_transformer
 
@@ -154,18 +154,19 @@ class ImageTextModel(nn.Module):
         use_patch_matmul(self, bool(enabled))
 
     @property
-    def contiguous_attention(self) -> bool:
-        """Whether the model's `nn.MultiheadAttention` layers (open_clip's towers) hand their
-        in-projection a contiguous input where gradients are needed (`models/multihead_attention.py`:
-        with frozen weights one matmul instead of one per sequence position, bit-identical on CPU, 1.31x
-        a frozen ViT-B-16's forward and input gradient; trainable weights: the same speed). `models.load_model`
+    def batch_first_attention(self) -> bool:
+        """Whether the model's `nn.MultiheadAttention` layers (open_clip's towers) compute attention in
+        the batch-first layout they are called with (`models/multihead_attention.py`: no sequence-first
+        copies; bit-identical to the library's module; on CPU a tiny-clip image tower's forward and input
+        gradient 1.15x, its text tower without gradients 1.1-1.3x; with frozen weights one in-projection
+        matmul instead of one per sequence position, 1.31x a frozen ViT-B-16's PGD step). `models.load_model`
         switches it on; False = the library's module.
         Setting it swaps the modules' class only: parameters and checkpoints are the same."""
-        return uses_contiguous_attention(self)
+        return uses_batch_first_attention(self)
 
-    @contiguous_attention.setter
-    def contiguous_attention(self, enabled: bool) -> None:
-        use_contiguous_attention(self, bool(enabled))
+    @batch_first_attention.setter
+    def batch_first_attention(self, enabled: bool) -> None:
+        use_batch_first_attention(self, bool(enabled))
 
     @property
     def class_token_vision(self) -> bool:
@@ -183,14 +184,14 @@ class ImageTextModel(nn.Module):
     @contextlib.contextmanager
     def library_layers(self):
         """Within the block the model runs its layers as the libraries build them (`patch_matmul`,
-        `contiguous_attention` and `class_token_vision` off): the baseline the benchmarks measure those
+        `batch_first_attention` and `class_token_vision` off): the baseline the benchmarks measure those
         switches against."""
-        previous = self.patch_matmul, self.contiguous_attention, self.class_token_vision
-        self.patch_matmul = self.contiguous_attention = self.class_token_vision = False
+        previous = self.patch_matmul, self.batch_first_attention, self.class_token_vision
+        self.patch_matmul = self.batch_first_attention = self.class_token_vision = False
         try:
             yield self
         finally:
-            self.patch_matmul, self.contiguous_attention, self.class_token_vision = previous
+            self.patch_matmul, self.batch_first_attention, self.class_token_vision = previous
 
     # -- training hooks ---------------------------------------------------------------------
 
