@@ -157,7 +157,8 @@ class ImageTextModel(nn.Module):
     def batch_first_attention(self) -> bool:
         """Whether the model's `nn.MultiheadAttention` layers (open_clip's towers) compute attention in
         the batch-first layout they are called with (`models/multihead_attention.py`: no sequence-first
-        copies; bit-identical to the library's module; on CPU a tiny-clip image tower's forward and input
+        copies; outputs and input gradients bit-identical to the library's module, weight gradients up to
+        float summation order; on CPU a tiny-clip image tower's forward and input
         gradient 1.15x, its text tower without gradients 1.1-1.3x; with frozen weights one in-projection
         matmul instead of one per sequence position, 1.31x a frozen ViT-B-16's PGD step). `models.load_model`
         switches it on; False = the library's module.
