@@ -65,12 +65,16 @@ class BatchFirstMultiheadAttention(nn.MultiheadAttention):
         return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
 
+    def _batched_key_value(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+        """Batch-first attention on plain batched tensors whose key is the value (self-attention, or
+        the pooled last block's query): the calls this class may take over."""
+        return (self.batch_first and self._qkv_same_embed_dim and key is value and query.dim() == 3
+                and key.dim() == 3 and not query.is_nested)
+
     def _takes_general_path(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-        """Batch-first attention on plain batched tensors, key = value, where torch would not take its
-        fast path (which wants self-attention, no gradient, eval mode and no autocast)."""
-        if not (self.batch_first and self._qkv_same_embed_dim and key is value):
-            return False
-        if query.dim() != 3 or query.is_nested or key.dim() != 3:
+        """`_batched_key_value` calls where torch would not take its fast path (which wants
+        self-attention, no gradient, eval mode and no autocast)."""
+        if not self._batched_key_value(query, key, value):
             return False
         wants_gradient = torch.is_grad_enabled() and (
             query.requires_grad or key.requires_grad or any(p.requires_grad for p in self.parameters()))
@@ -79,8 +83,7 @@ class BatchFirstMultiheadAttention(nn.MultiheadAttention):
 
     def _runs_batch_first(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
         """Whether `_batch_first` computes this call exactly as the library's module would."""
-        if not (self.batch_first and self._qkv_same_embed_dim and key is value and query.dim() == 3
-                and key.dim() == 3 and not query.is_nested and query.shape[0] == key.shape[0]):
+        if not self._batched_key_value(query, key, value) or query.shape[0] != key.shape[0]:
             return False
         if key_padding_mask is not None or need_weights or is_causal or self.bias_k is not None or self.add_zero_attn:
             return False
