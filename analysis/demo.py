@@ -23,9 +23,6 @@ def comparison(report_text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from augment.cpu_allocator import reuse_freed_memory
-
-    reuse_freed_memory()  # as the commands run
     torch.set_num_threads(min(2, torch.get_num_threads()))
     argv = sys.argv[1:] if argv is None else argv
     began = time.time()

@@ -8,7 +8,6 @@ import re
 import sys
 from typing import Callable
 
-from augment.cpu_allocator import reuse_freed_memory
 from augment.errors import MatPlusError, first_line
 
 # an echoed HTTP header or a token-looking word: what debug logs of HTTP clients may print
@@ -91,7 +90,6 @@ def install_log_redaction() -> None:
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
     logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING"))
     install_log_redaction()
-    reuse_freed_memory()
     try:  # datasets' per-shard bars drown our own progress bars
         import datasets
 

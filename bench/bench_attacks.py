@@ -55,8 +55,6 @@ from pathlib import Path
 
 import torch
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/attacks.json"
 MULTIMODAL = ("bert-attack", "sep", "co-attack", "sga")
 COMPARISONS = ("pgd",) + MULTIMODAL
@@ -334,7 +332,6 @@ def _table(report: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     chosen = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
     unknown = sorted(set(chosen) - set(COMPARISONS))
     if unknown or not chosen:
@@ -371,7 +368,7 @@ def main(argv: list[str]) -> int:
     print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, {model_name}, tiny-mlm", flush=True)
     report = {
         "device": device, "threads": args.threads, "load_average_at_start": os.getloadavg(), "images": len(pixels), "captions_per_image": args.captions,
-        "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm", "freed_memory_reused": reuse_freed_memory(),
+        "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm",
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
     }
     if "pgd" in chosen:

@@ -47,7 +47,6 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from augment.cpu_allocator import reuse_freed_memory
 from bench.real_shapes import SHAPED_MODELS, sd_pipeline
 from bench.report import environment, write_report
 
@@ -335,7 +334,6 @@ def print_table(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else [])
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     import torch
 
     if args.threads:

@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/scale.json"
 DEFAULT_SIZES = "200,2000,20000"
 BASE_IMAGES = 200  # distinct sample-world scenes the synthetic sources repeat
@@ -192,7 +190,6 @@ def print_table(results: dict, table: dict, sizes: list[int], jobs: list[str], k
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else [])
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     if args.child:
         return child(*args.child)
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())

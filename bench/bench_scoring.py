@@ -50,8 +50,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/scoring.json"
 LABELS = {
     "torchmetrics": "torchmetrics CLIPScore (decoded tensors)",
@@ -497,7 +495,6 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     _offline()
     if args.memory_child:
         return memory_child(*args.memory_child)

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/text_generators.json"
 NLPAUG_MISSING = "nlpaug is not installed: pip install -e '.[bench]' (or pip install nlpaug)"
 TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
@@ -231,7 +229,6 @@ def environment() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     try:
         import nlpaug  # noqa: F401
     except ImportError:

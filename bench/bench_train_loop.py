@@ -42,7 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
 from bench.report import environment, write_report
 
 DEFAULT_OUT = "outputs/bench/train_loop.json"
@@ -183,7 +182,6 @@ def time_loader(trainer, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     import torch
 
     if args.threads:

@@ -36,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/trainer.json"
 
 
@@ -151,7 +149,6 @@ def bench_text_attack(mat_trainer, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
     import torch

@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
-
 DEFAULT_OUT = "outputs/bench/device"
 LOG_NAME = "device_check.log"  # every measurement's output, one after another
 
@@ -173,7 +171,6 @@ def run_one(measurement: Measurement, argv: list[str], log_path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
-    reuse_freed_memory()  # as the commands run (augment/cpu_allocator.py)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = MEASUREMENTS if not args.only else [m for m in MEASUREMENTS if m.name in args.only.split(",")]

@@ -6,8 +6,6 @@ import os
 import platform
 from pathlib import Path
 
-from augment.cpu_allocator import reuse_freed_memory
-
 
 def environment(device: str, **extra) -> dict:
     """Python, torch, threads, CPUs, load (a shared machine's speed varies several-fold), the GPU's name."""
@@ -15,8 +13,7 @@ def environment(device: str, **extra) -> dict:
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "device": device, **extra,
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-           "freed_memory_reused": reuse_freed_memory()}
+           "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
