@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from augment.atomic import atomic_write_text, temporary_path
 from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
 from train.data import derive_seed
@@ -328,7 +329,7 @@ class BatchStore:
     @staticmethod
     def _write(path: Path, value) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_path(path)
         torch.save(value, tmp)
         os.replace(tmp, path)
 
@@ -367,8 +368,6 @@ class BatchStore:
         """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
         instead of re-ranking the gallery again; its batches' pixels are then deleted (disk holds
         one attack's pixels at a time)."""
-        from augment.atomic import atomic_write_text
-
         path = self._summary_path(attack)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(entry, default=str))
@@ -724,8 +723,6 @@ def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str]
 
     `table`: the report's markdown renderer (default: retrieval's `markdown_report`; captioning and
     grounding pass theirs)."""
-    from augment.atomic import atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = (table or markdown_report)(report)
