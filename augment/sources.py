@@ -116,13 +116,14 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
     if isinstance(value, Image.Image):
         return to_rgb(value)
     path, data = (value.get("path"), value.get("bytes")) if isinstance(value, dict) else (value, None)
+    named = where is not None
     if where is None:
         where = f"image file {path}" if data is None else f"image {path or '(embedded bytes)'}"
     if data is None:
         if not path:
             raise SourceError(f"{where}: no image")
-        if not os.path.isfile(path):
-            raise SourceError(f"{where}: image file not found: {path}")
+        if not os.path.isfile(path):  # the default `where` already names the path: say it once
+            raise SourceError(f"{where}: image file not found: {path}" if named else f"image file not found: {path}")
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image.load()

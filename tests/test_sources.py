@@ -234,6 +234,18 @@ def test_inspect_cli_summary_and_bad_input(karpathy_dir, tmp_path):
     assert [s["image_id"] for s in skipped] == ["003"]
 
 
+def test_a_missing_image_decoded_later_is_named_once(tmp_path):
+    """A row decoded after its file went away (sources are read lazily) names the path once."""
+    from augment.sources import open_image
+
+    gone = tmp_path / "gone.png"
+    with pytest.raises(SourceError) as caught:
+        open_image({"path": str(gone), "bytes": None})
+    assert str(caught.value) == f"image file not found: {gone}"
+    with pytest.raises(SourceError, match=rf"^images\[4\] \(gone\.png\): image file not found: {gone}$"):
+        open_image(str(gone), where="images[4] (gone.png)")
+
+
 def test_paths_are_resolved_from_folder_listings_with_the_same_checks(tmp_path):
     """Records are resolved against one listing per folder: missing files still fail at load
     (no --validate), a folder symlinked out of the image root is still refused, and the
