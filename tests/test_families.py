@@ -123,7 +123,7 @@ def test_itm_reranking_changes_the_ranking_of_fusion_models(trained_twins, sampl
     itc = evaluate(victim, source, split="test", attacks=["clean"], limit=24, rerank_k=0, progress=False)
     itm = evaluate(victim, source, split="test", attacks=["clean"], limit=24, rerank_k=8, progress=False)
     assert itc["attacks"]["clean"] != itm["attacks"]["clean"]
-    assert "ITM re-ranks the top 8" in itm["protocol"] and "ITM" not in itc["protocol"]
+    assert "ITM re-ranks the top 8" in itm["procedure"] and "ITM" not in itc["procedure"]
 
 
 @pytest.mark.parametrize("twin", [t for t in TWINS if models.load_model(t).has_itm])

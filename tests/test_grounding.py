@@ -608,7 +608,8 @@ def test_grounding_arm_writes_the_world_evaluates_and_gives_the_headline(groundi
                 "captions_per_image": 2}  # a retrieval key: ignored
     report = arm.evaluate_checkpoint(grounding_twin, grounding_world_dir, settings, seed=0, folder=tmp_path / "eval")
     assert _eval_report(tmp_path / "eval")["attacks"].keys() == report["attacks"].keys() == {"clean", "pgd", "synonym", "sga"}
-    assert (tmp_path / "eval" / "eval.md").read_text().startswith("# Grounding robustness")
+    table = (tmp_path / "eval" / "eval.md").read_text()
+    assert table.startswith("# Grounding robustness") and "- `pgd`: " in table and "steps 2," in table
     assert report["settings"]["attack_options"]["steps"] == 2
     headline = arm.headline(report)
     assert headline["metric"] == "accuracy" and headline["attack"] == "sga"

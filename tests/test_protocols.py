@@ -116,6 +116,15 @@ def test_settings_are_one_object_with_shared_defaults():
         AttackSettings(alpha=-1.0)
 
 
+def test_attack_params_in_words_for_reports():
+    from train.attacks.settings import describe_params
+
+    params = {"eps": 2 / 255, "step_size": 1.25 / 255, "random_start": False, "scales": [0.5, 1.5], "alpha": 3.0,
+              "target": None, "skipped": [], "image": {"eps": 4 / 255, "steps": 10}}
+    assert describe_params(params) == ("eps 2/255, step_size 1.25/255, random_start no, scales 0.5/1.5, alpha 3, "
+                                       "skipped none, image (eps 4/255, steps 10)")
+
+
 def test_reference_protocols_read_their_max_length(victim, tokenizer):
     mlm = (echo(tokenizer, {}), tokenizer, "echo")
     lengths = {p: build_attack("bert-attack", victim, mlm=mlm, protocol=p).source.max_length for p in PROTOCOL_CHOICES}
@@ -378,6 +387,12 @@ def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world
     assert params["co-attack"]["mode"] == "per-pair" and params["co-attack"]["image"]["start"] == "positive"
     assert params["co-attack"]["image"]["step_size"] == pytest.approx(EPS / 2 * 1.25)  # eps / steps x 1.25
     assert params["pgd"]["loss"] == ("image-kl" if protocol == "co-attack" else "pair")  # SGA's PGD is the project's
+    # eval.md says under which protocol the numbers were measured, and with what each attack ran
+    table = (out / "eval.md").read_text()
+    assert f"attack protocol `{protocol}`" + (" with the reference code's bugs" if bugs else ";") in table
+    assert "captions preprocessed: pre_caption" in table
+    assert "- `bert-attack`: loss pair, source mlm-reference, mlm tiny-mlm, top_k 3," in table
+    assert "- `pgd`: " + ("loss image-kl" if protocol == "co-attack" else "loss pair") + ", eps 2/255, steps 2," in table
 
 
 def test_reference_bugs_need_a_reference_protocol(sample_world_dir, tmp_path, capsys):

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from augment.atomic import atomic_write_text, temporary_path
 from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
+from train.attacks.settings import describe_params
 from train.data import derive_seed
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
@@ -57,7 +58,7 @@ DEFAULT_RERANK_K = 128
 # the papers' set; "synonym" (WordNet substitutes) is available too
 DEFAULT_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 
-PROTOCOL = (
+PROCEDURE = (
     "Retrieval over the whole gallery after attacking it batch by batch (batch = images + all their captions). "
     "Image attacks: adversarial images vs clean captions; text attacks: clean images vs adversarial captions; "
     "multimodal attacks: adversarial images vs adversarial captions. tr@K: image queries (correct if any own "
@@ -549,7 +550,7 @@ def evaluate(
     "none" or "pre_caption" (None: the protocol's choice, `attack_options["protocol"]`). `workers`:
     DataLoader processes decoding the next batches' images (0: in this process). Returns the
     dict `train eval` writes as eval.json:
-    {"protocol", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
+    {"procedure", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
     from tqdm.auto import tqdm
 
@@ -643,7 +644,7 @@ def evaluate(
         scratch.cleanup()
     order = ["clean"] + list(built)
     return {
-        "protocol": PROTOCOL + (f" Fusion victim: ITC ranks, ITM re-ranks the top {scorer.rerank_k}." if scorer.rerank_k else ""),
+        "procedure": PROCEDURE + (f" Fusion victim: ITC ranks, ITM re-ranks the top {scorer.rerank_k}." if scorer.rerank_k else ""),
         "victim": model_id(victim),
         "attacker": model_id(attacker),
         "settings": {
@@ -739,6 +740,25 @@ def _cell(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def settings_markdown(report: dict) -> list[str]:
+    """eval.md's settings lines (every task): the attack protocol where the task has one, the
+    caption preprocessing, precision and seed, then each attack's parameters as it ran, so a
+    number in the table can be read against a paper's without opening eval.json."""
+    settings = report["settings"]
+    options = settings.get("attack_options", {})
+    said = []
+    if options.get("protocol"):
+        said.append(f"attack protocol `{options['protocol']}`"
+                    + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
+    if settings.get("caption_preprocess"):
+        said.append(f"captions preprocessed: {settings['caption_preprocess']}")
+    said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
+    lines = ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", ""]
+    lines += [f"- `{name}`: {describe_params(entry['params'])}"
+              for name, entry in report["attacks"].items() if entry.get("params")]
+    return lines
+
+
 def markdown_report(report: dict) -> str:
     """eval.md: one row per attack, recalls under attack and attack success rates."""
     settings = report["settings"]
@@ -760,7 +780,7 @@ def markdown_report(report: dict) -> str:
         "TR@K / IR@K / RSUM are recalls (%) UNDER the attack (R@1 under attack); ASR columns are attack success "
         "rates (%): the share of queries correct at R@1 on clean data that the attack makes wrong.",
         "",
-        report["protocol"],
+        report["procedure"],
     ]
     checked = {n: e for n, e in report["attacks"].items() if "meaning_preserved" in e}
     if checked:
@@ -769,4 +789,5 @@ def markdown_report(report: dict) -> str:
         for name, entry in checked.items():
             lines.append(f"| {name} | {_cell(entry['meaning_preserved']['true_pct'])} | "
                          f"{_cell(entry.get('tr@1_meaning_preserved'))} | {_cell(entry.get('ir@1_meaning_preserved'))} |")
+    lines += settings_markdown(report)
     return "\n".join(lines) + "\n"

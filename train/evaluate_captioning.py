@@ -40,7 +40,7 @@ DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
 PROMPT_ATTACKS = ("prompt", "prompt-pgd")
 EXAMPLES = 5  # generated captions per attack kept in the report
 
-PROTOCOL = (
+PROCEDURE = (
     "Each attack perturbs the images (L-inf PGD on [0, 1] pixels) and/or the prompt (word substitutions) of a batch "
     "against all reference captions of its images; the victim then captions the attacked inputs (beam search). "
     "pgd maximises the references' LM loss (untargeted); pgd-targeted minimises the LM loss of a target caption; "
@@ -250,7 +250,7 @@ def evaluate_captioning(
             entry["drop"]["truth_pct"] = clean["truth"]["true_pct"] - entry["truth"]["true_pct"]
     return {
         "task": "captioning",
-        "protocol": PROTOCOL,
+        "procedure": PROCEDURE,
         "victim": victim.describe(),
         "attacker": attacker.describe(),
         "settings": {
@@ -338,6 +338,8 @@ def _cell(value) -> str:
 
 def markdown_report(report: dict) -> str:
     """eval.md: one row per attack: the four metrics, the CIDEr drop, the truth-checked share."""
+    from train.evaluate import settings_markdown
+
     settings, victim = report["settings"], report["victim"]
     with_truth = any("truth" in entry for entry in report["attacks"].values())
     header = ["attack", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr drop", "ref. LM loss"]
@@ -368,7 +370,8 @@ def markdown_report(report: dict) -> str:
                      f"{entry['target_hit_pct']:.1f}% of the images.")
     for note in report.get("notes", []):
         lines.append(f"Note: {note}.")
-    lines += ["", report["protocol"]]
+    lines += ["", report["procedure"]]
+    lines += settings_markdown(report)
     return "\n".join(lines) + "\n"
 
 

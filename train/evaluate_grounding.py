@@ -42,12 +42,13 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
-from train.evaluate import BatchStore, _reseed, _to_victim_resolution, build_attacks, plain_attack_options
+from train.evaluate import (BatchStore, _reseed, _to_victim_resolution, build_attacks, plain_attack_options,
+                            settings_markdown)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
 
-PROTOCOL = (
+PROCEDURE = (
     "Grounding: Grad-CAM heat of the ITM score (model.grounding_heatmap) upsampled to the image, each candidate box "
     "scored by heat inside / area**0.5 (ALBEF), best box chosen; accuracy = percent of expressions whose box has "
     "IoU >= 0.5 with the truth. Attacks run per batch of images with all their expressions and lower the grounding "
@@ -195,7 +196,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     precision = active_precision(model.device)
     plain_options = plain_attack_options(options)
     report: dict[str, Any] = {
-        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "protocol": PROTOCOL,
+        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "procedure": PROCEDURE,
         "data": {"source": data.source, "format": data.format, "images": len(data.images),
                  "expressions": len(data), "splits": data.splits()},
         "baselines": {"random_box": random_box_accuracy(candidates, truth),
@@ -326,6 +327,7 @@ def markdown_grounding_report(report: dict) -> str:
             else:
                 row += ["-", "-", "-"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", report["protocol"], ""]
+    lines += ["", report["procedure"]]
+    lines += settings_markdown(report) + [""]
     return "\n".join(lines)
 

@@ -147,3 +147,27 @@ class AttackSettings:
 
 
 ATTACK_DEFAULTS = AttackSettings()
+
+
+# keys whose values are L-inf pixel budgets or steps: written as multiples of 1/255, as papers do
+_PIXEL_KEYS = frozenset({"eps", "step_size"})
+
+
+def _value_in_words(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if key in _PIXEL_KEYS:
+            return f"{round(value * 255, 4):g}/255"
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_value_in_words(key, item) for item in value) if value else "none"
+    if isinstance(value, dict):
+        return f"({describe_params(value)})"
+    return str(value)
+
+
+def describe_params(params: dict) -> str:
+    """One attack's `params()` as one line for a report ("eps 2/255, steps 10, ..."): every
+    setting the attack ran with, nested parts (SGA's image and text attacks) in parentheses."""
+    return ", ".join(f"{key} {_value_in_words(key, value)}" for key, value in params.items() if value is not None)
