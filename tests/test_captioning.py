@@ -292,6 +292,11 @@ def test_caption_pgd_raises_the_references_loss_within_budget(trained):
     target_pairing = torch.arange(3)
     assert (_reference_loss(captioner, adversarial, ["a black triangle"] * 3, target_pairing)
             < _reference_loss(captioner, pixels, ["a black triangle"] * 3, target_pairing) - 0.01)
+    # the step defaults to eps / 4 as every PGD here (it was 0.5/255 whatever the budget)
+    from train.attacks.captioning import build_caption_attack
+
+    assert build_caption_attack("pgd", captioner, eps=8 / 255).step_size == pytest.approx(2 / 255)
+    assert CaptionPGD(captioner, eps=4 / 255).step_size == pytest.approx(1 / 255)
 
 
 def test_word_attacks_raise_the_lm_loss_within_the_word_budget(prompted, tiny_mlm):

@@ -242,6 +242,9 @@ def test_grounding_attacks_lower_the_itm_score_within_budget():
         assert float(attacked.mean()) < float(clean.mean()) - 0.1, name
         if name in ("pgd", "bert-attack"):  # one modality: no expression gets easier to ground
             assert (attacked <= clean + 1e-4).float().mean() > 0.9, name
+    # the PGD step defaults to eps / 4 as everywhere (it was 0.5/255 whatever the budget)
+    assert build_grounding_attack("pgd", model, eps=8 / 255).step_size == pytest.approx(2 / 255)
+    assert build_grounding_attack("pgd", model, eps=8 / 255).params()["random_start"] is True
 
 
 def test_evaluate_grounding_report_and_truth_checked_rows():

@@ -81,10 +81,11 @@ class CaptionPGD(CaptionAttack):
     modality = "image"
     name = "pgd"
 
-    def __init__(self, victim, eps: float = 2 / 255, steps: int = 10, step_size: float = 0.5 / 255,
+    def __init__(self, victim, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, generator: torch.Generator | None = None):
         super().__init__(victim)
-        self.eps, self.steps, self.step_size, self.random_start = eps, steps, step_size, random_start
+        self.eps, self.steps, self.random_start = eps, steps, random_start
+        self.step_size = eps / 4 if step_size is None else step_size  # as every PGD here (train.attacks.settings)
         self.generator = generator
 
     def params(self) -> dict:
@@ -294,7 +295,7 @@ class NoCaptionAttack(CaptionAttack):
         return AttackResult(images=images, texts=list(texts), info={})
 
 
-def build_caption_attack(name: str, victim, *, eps: float = 2 / 255, steps: int = 10, step_size: float = 0.5 / 255,
+def build_caption_attack(name: str, victim, *, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                          random_start: bool = True, seed: int | None = None, target: str | Sequence[str] = DEFAULT_TARGET,
                          candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
                          max_length: int = 30, words_per_round: int = 1, mlm_batch: int = 32,

@@ -152,13 +152,15 @@ class GroundingPGD(GroundingAttack):
 
     modality, name = "image", "pgd"
 
-    def __init__(self, victim: GroundingVictim, eps: float = 2 / 255, steps: int = 10, step_size: float = 0.5 / 255,
+    def __init__(self, victim: GroundingVictim, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, generator: torch.Generator | None = None):
         super().__init__(victim)
-        self.eps, self.steps, self.step_size, self.random_start, self.generator = eps, steps, step_size, random_start, generator
+        self.eps, self.steps, self.random_start, self.generator = eps, steps, random_start, generator
+        self.step_size = eps / 4 if step_size is None else step_size  # as every PGD here (train.attacks.settings)
 
     def params(self) -> dict:
-        return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size}
+        return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start}
 
     def perturb(self, images: torch.Tensor, loss_fn) -> torch.Tensor:
         return pgd_linf(images, loss_fn, self.eps, self.steps, self.step_size, self.random_start, self.generator)
@@ -304,13 +306,13 @@ class GroundingSGA(_Multimodal):
 
 
 def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: float = 2 / 255, steps: int = 10,
-                           step_size: float = 0.5 / 255, random_start: bool = True, seed: int | None = None,
+                           step_size: float | None = None, random_start: bool = True, seed: int | None = None,
                            candidates: str = "mlm", mlm: Any = "default", top_k: int = 10, budget: int = 1,
                            max_length: int = 30, mlm_batch: int = 32, text_batch: int = DEFAULT_TEXT_BATCH,
                            scales: Sequence[float] = SGA_SCALES, noise_std: float = SGA_NOISE_STD,
                            alpha: float = CO_ATTACK_ALPHA, **_ignored) -> GroundingAttack:
     """A grounding attack by name (`GROUNDING_ATTACKS`) on a model with ITM (and grounding);
-    defaults = the retrieval attacks' protocol (eps 2/255, 10 steps of 0.5/255; k 10, budget 1)."""
+    defaults = the retrieval attacks' protocol (eps 2/255, 10 steps of eps / 4 = 0.5/255; k 10, budget 1)."""
     if name not in GROUNDING_ATTACKS:
         raise ValueError(f"unknown grounding attack {name!r}; expected one of {', '.join(GROUNDING_ATTACKS)}")
     victim = GroundingVictim(model, objective, text_batch)
