@@ -1,9 +1,11 @@
 """Half-precision autocast for evaluation and attacks: the `--precision` context, the precision in
 force, and input gradients that do not underflow in fp16.
 
-Weights stay fp32; `autocast(device, "fp16" | "bf16")` runs the forward passes in half precision
-(torch.autocast), as `train eval --precision` does for every task and accelerate's `amp` does in
-training. Every attack that follows a gradient (PGD, the multimodal attacks' image steps, ALBEF's
+Weights stay fp32; `autocast(device, "amp_fp16" | "amp_bf16")` runs the forward passes in half
+precision (torch.autocast), as `train eval --precision` does for every task and accelerate's `amp`
+does in training. The names are open_clip_train's, the trainer's too (`amp` = `amp_fp16`); its
+`fp16`, `bf16`, `pure_*` mean half-precision weights there and are refused here, so that one
+word never means two things across `train` and `train eval`. Every attack that follows a gradient (PGD, the multimodal attacks' image steps, ALBEF's
 Grad-CAM) takes it with `input_gradient`, which under fp16 autocast multiplies the loss by a scale
 before the backward pass and divides the gradient by it afterwards: fp16's smallest step is 6e-8,
 and a pixel's gradient of a batch-mean loss is about that size (measured on a random-weight ViT-B-16
@@ -18,18 +20,29 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "amp", "amp_fp16", "amp_bf16")
+_DTYPES = {"fp32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
+HALF_WEIGHTS = ("fp16", "bf16", "pure_fp16", "pure_bf16")  # open_clip_train: half-precision weights
 # tried in turn under fp16 autocast until the gradient is finite (GradScaler's initial scale, then a
 # smaller one); if neither is, the gradient is taken unscaled, as it would be without this
 FP16_LOSS_SCALES = (2.0 ** 16, 2.0 ** 8)
 
 
-def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """The context `--precision` runs forward passes in: torch.autocast for fp16/bf16, nothing for fp32."""
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`; else ValueError in one line (open_clip's half-weight
+    names told what to use instead)."""
+    if precision in HALF_WEIGHTS:
+        raise ValueError(f"precision {precision!r} means half-precision weights (open_clip_train); evaluation keeps "
+                         f"fp32 weights under autocast: use amp_fp16 (= amp) or amp_bf16")
     if precision not in _DTYPES:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    dtype = _DTYPES[precision]
+    return precision
+
+
+def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """The context `--precision` runs forward passes in: torch.autocast for amp/amp_fp16/amp_bf16,
+    nothing for fp32."""
+    dtype = _DTYPES[check_precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
@@ -44,9 +57,10 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
 
 
 def active_precision(device: torch.device | str) -> str:
-    """"fp32", "fp16" or "bf16": what forward passes on `device` run in now (reports and resume tags)."""
+    """"fp32", "amp_fp16" or "amp_bf16": what forward passes on `device` run in now (reports and
+    resume tags; `amp` is recorded by what it runs, amp_fp16)."""
     dtype = autocast_dtype(device)
-    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return {None: "fp32", torch.float16: "amp_fp16", torch.bfloat16: "amp_bf16"}.get(dtype, str(dtype))
 
 
 def input_gradient(output: torch.Tensor, inputs: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:

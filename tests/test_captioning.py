@@ -532,9 +532,9 @@ def test_captioning_evaluation_runs_under_the_chosen_precision(trained_captioner
     from train.cli import main
 
     out = tmp_path / "bf16"
-    assert main(_eval_argv(trained_captioner, colour_world, out, "--precision", "bf16", "--attacks", "clean,pgd")) == 0
+    assert main(_eval_argv(trained_captioner, colour_world, out, "--precision", "amp_bf16", "--attacks", "clean,pgd")) == 0
     report = json.loads((out / "eval.json").read_text())
-    assert report["settings"]["precision"] == "bf16" and set(report["attacks"]) == {"clean", "pgd"}
+    assert report["settings"]["precision"] == "amp_bf16" and set(report["attacks"]) == {"clean", "pgd"}
 
 
 def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_world, tmp_path):

@@ -565,7 +565,7 @@ def test_killed_grounding_eval_command_resumes_and_restarts(grounding_twin, grou
 
 
 def test_grounding_eval_precision_is_autocast_over_fp32_weights(grounding_world_dir, tmp_path, monkeypatch):
-    """--precision bf16 means what it means for retrieval: autocast, the weights stay fp32; --albef-* reach the loader."""
+    """--precision amp_bf16 means what it means for retrieval: autocast, the weights stay fp32; --albef-* reach the loader."""
     import models
     from models.half_precision import active_precision
     from train import evaluate_grounding as grounding
@@ -586,12 +586,12 @@ def test_grounding_eval_precision_is_autocast_over_fp32_weights(grounding_world_
     monkeypatch.setattr(grounding, "evaluate_grounding", evaluating)
     out = tmp_path / "bf16"
     assert train_main(["eval", "tiny-albef", "--task", "grounding", "--source", str(grounding_world_dir), "--split",
-                       "test", "--limit", "2", "--attacks", "clean,sep", "--pgd-steps", "1", "--precision", "bf16",
+                       "test", "--limit", "2", "--attacks", "clean,sep", "--pgd-steps", "1", "--precision", "amp_bf16",
                        "--albef-tokenizer", "bert-base-uncased", "--no-progress", "--out", str(out)]) == 0
-    assert seen == [(torch.float32, "bf16")]
+    assert seen == [(torch.float32, "amp_bf16")]
     assert loaded[0].get("tokenizer") == "bert-base-uncased" and loaded[0].get("precision", "fp32") == "fp32"
     report = _eval_report(out)
-    assert report["settings"]["precision"] == "bf16"
+    assert report["settings"]["precision"] == "amp_bf16"
     assert 0 < report["attacks"]["sep"]["linf"] <= 2 / 255 + 1e-6 and 0 <= report["attacks"]["sep"]["accuracy"] <= 100
 
 

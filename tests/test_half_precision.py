@@ -15,13 +15,17 @@ def _layer_and_input():
 
 def test_autocast_context_and_the_precision_it_reports():
     assert active_precision("cpu") == "fp32"
-    for precision in ("fp16", "bf16"):
+    for precision, recorded in (("amp", "amp_fp16"), ("amp_fp16", "amp_fp16"), ("amp_bf16", "amp_bf16")):
         with autocast("cpu", precision):
-            assert active_precision("cpu") == precision
+            assert active_precision("cpu") == recorded
     with autocast("cpu", "fp32"):
         assert active_precision("cpu") == "fp32"
-    with pytest.raises(ValueError, match="unknown precision 'amp'"):
-        autocast("cpu", "amp")
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        autocast("cpu", "half")
+    # the trainer's vocabulary (open_clip_train's): fp16/bf16 are half-precision weights there, refused here
+    for weights in ("fp16", "bf16", "pure_bf16"):
+        with pytest.raises(ValueError, match=f"^precision '{weights}' means half-precision weights .*use amp_fp16"):
+            autocast("cpu", weights)
 
 
 @pytest.mark.parametrize("loss_factor", [1e-9, 10.0])
@@ -30,7 +34,7 @@ def test_fp16_input_gradient_is_loss_scaled(loss_factor):
     10: GradScaler's 2**16 overflows fp16, so the smaller scale is used. Both match fp32."""
     layer, x = _layer_and_input()
     (reference,) = torch.autograd.grad(layer(x).sum() * loss_factor, x)
-    with autocast("cpu", "fp16"):
+    with autocast("cpu", "amp_fp16"):
         output = layer(x).float().sum() * loss_factor
         (plain,) = torch.autograd.grad(output, x, retain_graph=True)
         scaled = input_gradient(output, x)
@@ -42,7 +46,7 @@ def test_fp16_input_gradient_is_loss_scaled(loss_factor):
 
 def test_input_gradient_is_plain_autograd_outside_fp16():
     layer, x = _layer_and_input()
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "amp_bf16"):
         with autocast("cpu", precision):
             output = layer(x).float().sum() * 1e-3
             (plain,) = torch.autograd.grad(output, x, retain_graph=True)
@@ -58,7 +62,20 @@ def test_pgd_under_fp16_autocast_moves_where_the_plain_gradient_underflows():
     def tiny_loss(adv):  # a loss whose gradient underflows in fp16 without a scale
         return layer(adv).float().pow(2).sum() * 1e-9
     reference = pgd_linf(images, tiny_loss, eps=0.1, steps=3, step_size=0.05, random_start=False)
-    with autocast("cpu", "fp16"):
+    with autocast("cpu", "amp_fp16"):
         adversarial = pgd_linf(images, tiny_loss, eps=0.1, steps=3, step_size=0.05, random_start=False)
     assert not torch.equal(reference, images)
     assert (adversarial - reference).abs().max() < 1e-6  # every sign as in fp32
+
+
+def test_train_eval_takes_the_trainers_precision_names(tmp_path, capsys):
+    """`train eval --precision` speaks the trainer's (open_clip_train's) names: fp16 is refused in one
+    line before anything loads (the source does not even exist), naming what to use."""
+    from train.cli import main as train_main
+
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--precision", "fp16",
+                    "--out", str(tmp_path / "eval")])
+    assert stopped.value.code == 2
+    assert "precision 'fp16' means half-precision weights (open_clip_train)" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

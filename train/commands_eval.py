@@ -62,6 +62,15 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def _precision(text: str) -> str:
+    from models.half_precision import check_precision
+
+    try:
+        return check_precision(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _attack_names(text: str) -> list[str]:
     from train.attacks import ATTACK_NAMES
     from train.attacks.captioning import CAPTION_ATTACK_NAMES
@@ -140,9 +149,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
     runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    runtime.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                         help="autocast dtype of every task's forward passes, weights kept fp32 (fp16/bf16 on a GPU; "
-                              "fp16's attack gradients are loss-scaled; default: fp32)")
+    runtime.add_argument("--precision", type=_precision, default="fp32", metavar="{fp32,amp,amp_fp16,amp_bf16}",
+                         help="as the trainer's (open_clip_train's names): autocast of every task's forward passes, "
+                              "weights kept fp32 (amp = amp_fp16, on a GPU; its attack gradients are loss-scaled; "
+                              "default: fp32)")
     runtime.add_argument("--restart", action="store_true",
                          help="discard the finished batches a killed evaluation left in OUT/.progress (default: resume from them)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
