@@ -482,7 +482,7 @@ def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner
 
 def _eval_argv(checkpoint, source, out, *extra):
     return ["eval", str(checkpoint), "--task", "captioning", "--source", str(source), "--limit", "6", "--batch-size", "3",
-            "--attacks", "clean,pgd,pgd-targeted", "--pgd-steps", "2", "--eps", "8/255", "--gen-min-length", "1",
+            "--attacks", "clean,pgd,pgd-targeted", "--pgd-steps", "2", "--attack-eps", "8/255", "--gen-min-length", "1",
             "--no-meteor", "--no-progress", "--out", str(out), *extra]
 
 

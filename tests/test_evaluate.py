@@ -175,7 +175,7 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     out = tmp_path / "eval"
     args = parser.parse_args([
         "eval", str(trained_clip), "--source", str(sample_world_dir), "--split", "test", "--attacks", "clean,pgd,bert-attack",
-        "--eps", "2/255", "--pgd-steps", "2", "--top-k", "3", "--limit", "8", "--captions-per-image", "1",
+        "--attack-eps", "2/255", "--pgd-steps", "2", "--top-k", "3", "--limit", "8", "--captions-per-image", "1",
         "--out", str(out), "--no-progress",
     ])
     assert args.func(args) == 0
@@ -246,3 +246,13 @@ def test_truth_checker_choice_is_one_rule_for_every_task():
     assert truth_checker_for("none", True, checker) is None
     with pytest.raises(MatPlusError, match="--truth-checker world needs a sample-world source"):
         truth_checker_for("world", False, checker)
+
+
+def test_train_eval_takes_the_trainers_pgd_budget_name(tmp_path, capsys):
+    """The PGD budget is --attack-eps in `train eval` as in training, where --eps is AdamW's epsilon."""
+    from train.cli import main as train_main
+
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--eps", "2/255", "--out", str(tmp_path / "e")])
+    assert stopped.value.code == 2
+    assert "the PGD budget is --attack-eps 2/255, as in training (where --eps is AdamW's epsilon" in capsys.readouterr().err

@@ -499,7 +499,7 @@ def test_transfer_attacks_craft_on_the_attacker_and_ground_with_the_victim(groun
     from train.cli import main as train_main
 
     common = ["--task", "grounding", "--source", str(grounding_world_dir), "--split", "test", "--limit", "6",
-              "--attacks", "clean,pgd,sep", "--pgd-steps", "3", "--eps", "8/255"]
+              "--attacks", "clean,pgd,sep", "--pgd-steps", "3", "--attack-eps", "8/255"]
     assert train_main(["eval", str(grounding_twin), *common, "--out", str(tmp_path / "white")]) == 0
     assert train_main(["eval", str(grounding_twin), *common, "--attacker-model", "tiny-albef",
                        "--out", str(tmp_path / "transfer")]) == 0

@@ -79,3 +79,4 @@ def test_train_eval_takes_the_trainers_precision_names(tmp_path, capsys):
     assert stopped.value.code == 2
     assert "precision 'fp16' means half-precision weights (open_clip_train)" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+

@@ -23,7 +23,7 @@ PROGRESS_DIR = ".progress"
 # `train eval`'s options (argparse dests) every task reads
 SHARED_OPTIONS = frozenset({
     "checkpoint", "pretrained", "source", "image_root", "split", "task", "attacks", "out", "attacker_model",
-    "attacker_pretrained", "eps", "pgd_steps", "pgd_step_size", "text_candidates", "mlm", "top_k", "word_budget",
+    "attacker_pretrained", "attack_eps", "eps", "pgd_steps", "pgd_step_size", "text_candidates", "mlm", "top_k", "word_budget",
     "max_length", "batch_size", "limit", "device", "precision", "restart", "seed", "workers", "truth_checker", "progress",
 })
 _SOURCE_TABLE = ("source_split", "skip_bad", "skip_report", "validate", "allow_outside_root")  # read_source's
@@ -60,6 +60,11 @@ def _scales(text: str) -> tuple[float, ...]:
     if not scales or any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive")
     return scales
+
+
+def _not_the_pgd_budget(text: str) -> None:
+    raise argparse.ArgumentTypeError(f"the PGD budget is --attack-eps {text}, as in training (where --eps is AdamW's "
+                                     "epsilon, open_clip's name)")
 
 
 def _precision(text: str) -> str:
@@ -112,9 +117,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     transfer.add_argument("--attacker-pretrained", default=None, help="pretrained tag of --attacker-model")
 
     image = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels before normalisation)")
-    image.add_argument("--eps", type=non_negative_number, default=D.eps, help="perturbation budget, e.g. 2/255 (default: 2/255)")
+    image.add_argument("--attack-eps", type=non_negative_number, default=D.eps,
+                       help="perturbation budget, e.g. 2/255, as in training (default: 2/255)")
+    # training's --eps is AdamW's epsilon (open_clip's name): here it is one line pointing to --attack-eps
+    image.add_argument("--eps", type=_not_the_pgd_budget, default=None, help=argparse.SUPPRESS)
     image.add_argument("--pgd-steps", type=int, default=D.steps, help="PGD iterations (default: 10)")
-    image.add_argument("--pgd-step-size", type=non_negative_number, default=None, help="PGD step (default: eps/4, i.e. 0.5/255 at eps 2/255)")
+    image.add_argument("--pgd-step-size", type=non_negative_number, default=None,
+                       help="PGD step (default: attack-eps/4, i.e. 0.5/255 at 2/255)")
 
     text = parser.add_argument_group("text attack (word substitutions)")
     text.add_argument("--text-candidates", choices=("mlm", "wordnet"), default="mlm",
@@ -253,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_positive(args)
     if args.task != "retrieval" and args.pgd_step_size is None:
-        args.pgd_step_size = args.eps / 4  # the shared default (retrieval protocols may pick their own)
+        args.pgd_step_size = args.attack_eps / 4  # the shared default (retrieval protocols may pick their own)
     if args.task == "captioning":
         from train.commands_eval_captioning import run as run_captioning
 
@@ -272,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
     attacker_name = args.attacker_model or args.checkpoint
     options = {
-        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
+        "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
         "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
         "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
         "scales": args.sga_scales, "alpha": args.co_alpha,

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
     dataset, _ = read_source(args)
     options = {
-        "eps": args.eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
+        "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
         "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,
         "budget": args.word_budget, "max_length": args.max_length,
     }

@@ -59,14 +59,14 @@ def run(args) -> int:
         checker = truth_checker_for(args.truth_checker, all(image.scene is not None for image in data.images),
                                     world_expression_checker)
     options = {
-        "objective": args.grounding_objective, "eps": args.eps, "steps": args.pgd_steps,
+        "objective": args.grounding_objective, "eps": args.attack_eps, "steps": args.pgd_steps,
         "step_size": args.pgd_step_size, "candidates": args.text_candidates,
         "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
         "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
         "text_batch": args.text_batch,
     }
     if options["step_size"] is None:  # the retrieval attacks' default: eps / 4
-        options["step_size"] = args.eps / 4
+        options["step_size"] = args.attack_eps / 4
     options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     workers = _workers(args)
     out = Path(args.out)
