@@ -96,15 +96,16 @@ def test_eval_refuses_out_of_range_settings_before_loading(extra, message, tmp_p
     assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
-def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys):
+def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys, sample_world_dir):
     from train.cli import main
 
-    # --rerank-k at its default value is not "set": the run goes on to load the model
+    # --rerank-k at its default value is not "set": the run goes on to read the data and load the model
     code = main(["eval", "tiny-clip", "--task", "captioning", "--rerank-k", "128", "--source",
-                 str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+                 str(sample_world_dir), "--out", str(tmp_path / "o")])
     # ... and a retrieval model is refused by its kind before its loader sees captioning's options
     assert code == 2
-    assert capsys.readouterr().err.strip() == "error: 'tiny-clip' is a retrieval model (open_clip), not a captioning model"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: 'tiny-clip' is a retrieval model (open_clip), not a captioning model"
 
 
 def _generate_parser() -> argparse.ArgumentParser:

@@ -256,3 +256,20 @@ def test_train_eval_takes_the_trainers_pgd_budget_name(tmp_path, capsys):
         train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--eps", "2/255", "--out", str(tmp_path / "e")])
     assert stopped.value.code == 2
     assert "the PGD budget is --attack-eps 2/255, as in training (where --eps is AdamW's epsilon" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "grounding"])
+def test_train_eval_reads_the_data_before_loading_any_model(tmp_path, capsys, monkeypatch, task):
+    """A wrong --source stops in one line before a model loads (a real one takes minutes)."""
+    import models
+    from train.cli import main as train_main
+
+    def loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was read")
+
+    monkeypatch.setattr(models, "load_model", loading)
+    missing = tmp_path / "missing"
+    assert train_main(["eval", "tiny-clip", "--task", task, "--source", str(missing), "--attacks", "clean",
+                       "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "AssertionError" not in err and not (tmp_path / "e").exists()

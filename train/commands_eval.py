@@ -292,12 +292,13 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     from train.trainer import model_options
 
+    # the data first: a wrong path or split stops in one line before minutes of model loading
+    dataset, _ = read_source(args)
+    checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval", **model_options(args))
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
-    dataset, _ = read_source(args)
-    checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     out = Path(args.out)
     progress_dir = progress_folder(args)
     with autocast(device, args.precision):

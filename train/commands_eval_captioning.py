@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.gen_min_length <= args.gen_max_length:  # transformers only warns, then ignores one of them
         raise MatPlusError(f"--gen-min-length {args.gen_min_length} must lie in [0, --gen-max-length {args.gen_max_length}]")
     torch.manual_seed(args.seed)
+    dataset, _ = read_source(args)  # the data first: a wrong path stops in one line before any model loads
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
     attacker = None
     if args.attacker_model:  # transfer: the attacks run on this captioner (with the same --prompt), the victim is evaluated
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     unknown = [a for a in attacks if a not in CAPTION_ATTACK_NAMES]
     if unknown:
         raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
-    dataset, _ = read_source(args)
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
         "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,

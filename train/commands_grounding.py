@@ -40,6 +40,15 @@ def run(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
+    # the data first: a wrong path or split stops in one line before any model loads
+    data = load_grounding(args.source, image_root=args.image_root, dets_file=args.dets, refs_file=args.refs,
+                          instances_file=args.instances).select(args.split, args.limit)
+    if not len(data):
+        raise MatPlusError(f"{args.source}: no expressions in split '{args.split}'")
+    checker = None
+    if args.truth_checker != "none":
+        checker = truth_checker_for(args.truth_checker, all(image.scene is not None for image in data.images),
+                                    world_expression_checker)
     # fp32 weights: --precision is the autocast the evaluation runs in, as for every task
     model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, **model_options(args))
     attacker = None
@@ -50,14 +59,6 @@ def run(args) -> int:
             check_attacker(attacker, args.grounding_objective)
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
-    data = load_grounding(args.source, image_root=args.image_root, dets_file=args.dets, refs_file=args.refs,
-                          instances_file=args.instances).select(args.split, args.limit)
-    if not len(data):
-        raise MatPlusError(f"{args.source}: no expressions in split '{args.split}'")
-    checker = None
-    if args.truth_checker != "none":
-        checker = truth_checker_for(args.truth_checker, all(image.scene is not None for image in data.images),
-                                    world_expression_checker)
     options = {
         "objective": args.grounding_objective, "eps": args.attack_eps, "steps": args.pgd_steps,
         "step_size": args.pgd_step_size, "candidates": args.text_candidates,
