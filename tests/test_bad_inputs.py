@@ -243,6 +243,18 @@ EXPECTED = {
 }
 
 
+def test_score_reads_the_source_before_loading_the_scorer(tmp_path, capsys, made_pool, monkeypatch):
+    """A wrong --source stops `augment score` in one line before the scorer (a real CLIP) loads."""
+    from augment.scoring import scorers
+
+    def loading(*args, **kwargs):
+        raise AssertionError("the scorer was loaded before the source was read")
+
+    monkeypatch.setattr(scorers, "load_scorer", loading)
+    _, pool, _ = made_pool
+    fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--source", tmp_path / "missing"], str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_pool_is_one_line_in_every_command(tmp_path, capsys, made_pool, damage):
     from train.cli import main as train_main

@@ -78,12 +78,12 @@ def run(args) -> int:
         remove_stale_temporaries(pool.path, recursive=False)
     if args.cache_dir:
         remove_stale_temporaries(args.cache_dir)
-    scorer = load_scorer_or_fail(args)
     from augment.sources import source_fingerprint
 
+    # every pool's source before the scorer: a wrong path stops in one line before a model loads
     sources: dict[tuple, object] = {}
     fingerprints: dict[tuple, str] = {}
-    entries = []
+    keys, names = [], []
     for pool in pools:
         source_name = source_of(pool, args.source)
         reading = source_reading(pool, args)
@@ -91,6 +91,11 @@ def run(args) -> int:
         if key not in sources:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
+        keys.append(key)
+        names.append(source_name)
+    scorer = load_scorer_or_fail(args)
+    entries = []
+    for pool, key, source_name in zip(pools, keys, names):
         source = sources[key]
         warn_if_other_source(pool, fingerprints[key])
         entry = score_and_save(
