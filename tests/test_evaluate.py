@@ -193,7 +193,7 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
         parser.parse_args(["eval", "tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
 
 
-def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp_path, monkeypatch):
+def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp_path, monkeypatch, capsys):
     """Finished batches are kept in progress_dir; a run killed mid-attack resumes to the uninterrupted report
     (also when DataLoader workers decode the images)."""
     from train import evaluate as evaluation
@@ -217,8 +217,12 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
             evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=1, **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
+    capsys.readouterr()
     resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2,
                                   save_adv=tmp_path / "adv", **kwargs)
+    # and it says what it kept, in one line
+    assert (f"resuming from {tmp_path / 'progress'}: 2 finished batches kept (pgd 2); train eval --restart discards them"
+            in capsys.readouterr().err)
     for name in whole["attacks"]:
         a, b = dict(whole["attacks"][name]), dict(resumed["attacks"][name])
         a.pop("seconds", None), b.pop("seconds", None)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +315,18 @@ class BatchStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not marker.is_file():
             marker.write_text(wanted, encoding="utf-8")
+        kept = self.finished_batches()
+        if kept:  # say so: a resumed evaluation's progress bar alone does not tell why it starts ahead
+            print(f"resuming from {self.folder}: {sum(kept.values())} finished batches kept "
+                  f"({', '.join(f'{name} {count}' for name, count in kept.items())}); train eval --restart discards them",
+                  file=sys.stderr)
+
+    def finished_batches(self) -> dict[str, int]:
+        """{attack: finished batches} held in the folder, in attack-name order."""
+        counts: dict[str, int] = {}
+        for path in sorted(self.folder.glob("*/batch-*.pt")):
+            counts[path.parent.name] = counts.get(path.parent.name, 0) + 1
+        return counts
 
     def _path(self, attack: str, batch: int) -> Path:
         return self.folder / attack / f"batch-{batch:05d}.pt"
