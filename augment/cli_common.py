@@ -88,7 +88,10 @@ def install_log_redaction() -> None:
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
-    logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING"))
+    # "warning: ..." as the commands' own "error: ..." lines (logging's default is "WARNING:name:...")
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+    logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING").upper(), format="%(levelname)s: %(message)s")
     install_log_redaction()
     try:  # datasets' per-shard bars drown our own progress bars
         import datasets

@@ -360,6 +360,7 @@ def work(args):
     logging.getLogger("urllib3").debug("send: Authorization: Bearer {secret}")
     logging.getLogger("httpx").debug("headers %s", [("authorization", "Bearer {secret}")])
     lib.warning("token is {secret}")
+    logging.getLogger("train.trainer").warning("the LR schedule now spans 10 steps")
     return 0
 def parser():
     p = argparse.ArgumentParser(); p.set_defaults(func=work); return p
@@ -370,6 +371,8 @@ sys.exit(run_main(parser, []))
     assert result.returncode == 0, result.stderr
     assert "send: Authorization: Bearer <redacted>" in result.stderr  # the records are there, scrubbed
     assert secret not in result.stderr and secret not in result.stdout
+    # the project's own log lines read as its "error: ..." lines do (logging's default was "WARNING:name:...")
+    assert "\nwarning: the LR schedule now spans 10 steps\n" in result.stderr and "WARNING:" not in result.stderr
 
 
 def test_scorer_folder_of_another_kind_is_one_line(tmp_path, capsys, made_pool):

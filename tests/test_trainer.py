@@ -430,15 +430,17 @@ def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir
 # ----------------------------------------------------------------------------- resume
 
 
-def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_world_dir):
+def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_world_dir, capsys):
     common = dict(method="tecoa", pgd_steps=1, seed=5, warmup=1)
     _run(tmp_path, "straight", sample_world_dir, max_steps=4, **common)
     # "killed" after 2 steps: same schedule, stops early
     _run(tmp_path, "resumed", sample_world_dir, max_steps=2, schedule_steps=4, **common)
     state = json.loads((tmp_path / "resumed" / "ckpt" / "train_state" / "state.json").read_text())
     assert state["step"] == 2
+    capsys.readouterr()
     summary, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume="latest", **common)
     assert [r.step for r in records] == [2, 3] and summary["resumed_from_step"] == 2
+    assert f"resuming from {tmp_path / 'resumed' / 'ckpt'} at step 2 of 4" in capsys.readouterr().err  # said, in one line
     straight, resumed = _checkpoint_state(tmp_path / "straight"), _checkpoint_state(tmp_path / "resumed")
     for name in straight:
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name

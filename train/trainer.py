@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -323,6 +324,8 @@ class Trainer:
             self.start_step = int(state["step"])
             self.draws_total = Counter(state.get("draws_total", {}))
             self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+            if self.is_main:  # one line, so a long run's restart is seen to have taken
+                print(f"resuming from {resume_from} at step {self.start_step} of {self.total_steps}", file=sys.stderr)
         if frozen is not None:
             frozen.to(acc.device)
 
