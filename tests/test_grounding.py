@@ -617,7 +617,11 @@ def test_grounding_arm_writes_the_world_evaluates_and_gives_the_headline(groundi
     headline = arm.headline(report)
     assert headline["metric"] == "accuracy" and headline["attack"] == "sga"
     assert headline["clean"] == report["attacks"]["clean"]["accuracy"]
-    assert headline["robust"] == report["attacks"]["sga"]["accuracy_meaning_preserved"] >= headline["robust_all"]
+    # robust: meaning-preserving expressions only (a rejected one is grounded by its clean text), beside
+    # the raw number; which is higher depends on the twin's weights (they moved in the 7th digit when
+    # it was trained on busy cores, and this once read 50 vs 55), so only the fields are checked
+    assert headline["robust"] == report["attacks"]["sga"]["accuracy_meaning_preserved"]
+    assert headline["robust_all"] == report["attacks"]["sga"]["accuracy"]
     assert headline["random_box"] == report["baselines"]["random_box"]
     assert arm.headline({**report, "attacks": {"clean": report["attacks"]["clean"]}})["attack"] == "clean"
     json.dumps(report)  # JSON-able

@@ -91,7 +91,7 @@ class _CountingGenerator(Generator):
                 for item in items for c, caption in enumerate(item["captions"])]
 
 
-def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     source, _ = load_source(str(karpathy_dir))
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
     straight = run_generation(_CountingGenerator(), source, str(tmp_path / "a"), **kwargs)
@@ -99,8 +99,10 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path):
         run_generation(_CountingGenerator(die_on_call=2), source, str(tmp_path / "b"), **kwargs)
     assert len(list((tmp_path / "b" / "data").glob("shard-*.parquet"))) == 1  # the finished shard stays
     resumed_gen = _CountingGenerator()
+    capsys.readouterr()
     resumed = run_generation(resumed_gen, source, str(tmp_path / "b"), **kwargs)
     assert resumed_gen.calls == 2  # only the missing shards
+    assert f"resuming {tmp_path / 'b'}: 1 of 3 shards kept (--overwrite starts over)" in capsys.readouterr().err
     assert resumed["num_rows"] == straight["num_rows"] == 30
     a, b = load_pool(tmp_path / "a").dataset, load_pool(tmp_path / "b").dataset
     assert a["row_id"] == b["row_id"] and a["caption"] == b["caption"]

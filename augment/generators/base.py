@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -129,6 +130,9 @@ def run_generation(
         barrier()
     if rank != 0:
         writer = PoolWriter(out, meta)
+    kept = sum(writer.has_shard(k) for k in range(num_shards))
+    if kept and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
+        print(f"resuming {out}: {kept} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
     generator.prepare(items)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if not writer.has_shard(k)]
