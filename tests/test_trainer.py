@@ -580,7 +580,8 @@ def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sa
     assert not (tmp_path / "badval").exists()
 
 
-def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source):
+def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source,
+                                                                                   capsys):
     """open_clip's TSV with its column names; --lock-image keeps the image tower; --val-frequency
     validates at the start and after the last step; --resume CKPT continues another run's checkpoint."""
     from augment.sources import select_split
@@ -600,8 +601,15 @@ def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoi
     original, trained = load_model("tiny-clip").model.state_dict(), _checkpoint_state(tmp_path / "tsv")
     assert torch.equal(trained["visual.conv1.weight"], original["visual.conv1.weight"])
     assert not torch.equal(trained["token_embedding.weight"], original["token_embedding.weight"])
-    assert [json.loads(line)["step"] for line in (tmp_path / "tsv" / "validation.jsonl").read_text().splitlines()] == [0, 2]
-    assert (tmp_path / "tsv" / "best" / "validation.json").is_file()
+    curve = [json.loads(line) for line in (tmp_path / "tsv" / "validation.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in curve] == [0, 2]
+    best = json.loads((tmp_path / "tsv" / "best" / "validation.json").read_text())
+    # summary.json and the run's output say how validation went, not only validation.jsonl
+    assert summary["validation"]["last"] == curve[-1] and summary["validation"]["best"] == best
+    assert summary["validation"]["best_weights"] == str(tmp_path / "tsv" / "best")
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0].strip() for line in err.splitlines() if "val robust R@1" in line] == ["step    0", "step    2"]
+    assert f"validation (pgd): best robust R@1 {best['robust']:.1f} at step {best['step']}" in out
     resumed, records = _run(tmp_path, "continued", sample_world_dir, train_data=str(tsv), max_steps=3,
                             resume=str(tmp_path / "tsv" / "ckpt"), **common)
     assert resumed["resumed_from_step"] == 2 and [r.step for r in records] == [2]

@@ -374,7 +374,10 @@ class Trainer:
         settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, attack=cfg.val_attack,
                                       split=cfg.val_split, limit=cfg.val_limit, captions="all",
                                       attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
-        validator = Validator(self.run_dir, source, settings).attach(self)
+        from tqdm.auto import tqdm
+
+        # one line per validation on stderr, above the progress bar
+        validator = Validator(self.run_dir, source, settings, log=lambda text: tqdm.write(text, file=sys.stderr)).attach(self)
         self.callbacks.append(validator)
         return validator
 
@@ -573,6 +576,7 @@ class Trainer:
             "checkpoint": str(ckpt.checkpoint_dir(self.run_dir)),
             "config": str(self.run_dir / "config.yaml"),
             "metrics": str(self.run_dir / METRICS_FILE),
+            "validation": self.validator.summary() if self.validator is not None else None,
         }
 
 
@@ -609,8 +613,14 @@ def _summary_line(summary: dict) -> str:
     losses = f"loss {final['loss']:.4f}" if final.get("loss") is not None else "no steps run"
     if final.get("robust_loss") is not None:
         losses += f" (clean {final['clean_loss']:.4f}, robust {final['robust_loss']:.4f})"
-    return (f"{summary['method']}: {summary['steps']} steps, {losses}; draws: {draws}; "
+    line = (f"{summary['method']}: {summary['steps']} steps, {losses}; draws: {draws}; "
             f"checkpoint {summary['checkpoint']}")
+    validation = summary.get("validation")
+    if validation:
+        best = validation["best"]
+        line += (f"\nvalidation ({best['attack']}): best robust R@1 {best['robust']:.1f} at step {best['step']} "
+                 f"(clean {best['clean']:.1f}), weights in {validation['best_weights']}; last {validation['last']['robust']:.1f}")
+    return line
 
 
 def train_run(config: TrainConfig | dict, callbacks: Iterable[Callable[[StepRecord], None]] = ()) -> dict:

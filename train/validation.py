@@ -115,11 +115,22 @@ class Validator:
         previous = [r["robust"] for r in self.records()]
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
-        if not previous or line["robust"] > max(previous):
+        best = not previous or line["robust"] > max(previous)
+        if best:
             self._save_best(snapshot, line)
         if self.log:
-            self.log(f"  step {step:4d}: val robust R@1 {line['robust']:5.1f}  clean R@1 {line['clean']:5.1f}")
+            self.log(f"  step {step:4d}: val robust R@1 {line['robust']:5.1f}  clean R@1 {line['clean']:5.1f}  "
+                     f"({s.attack}{', best so far' if best else ''})")
         return line
+
+    def summary(self) -> dict | None:
+        """The run's validation for summary.json: the last line, the best one and where its weights are."""
+        records = self.records()
+        if not records:
+            return None
+        best = max(records, key=lambda r: (r["robust"], -r["step"]))  # the first step reaching the best score
+        return {"last": records[-1], "best": best, "best_weights": str(self.run_dir / BEST_DIR),
+                "curve": str(self.path)}
 
     def _save_best(self, snapshot, line: dict) -> None:
         best = self.run_dir / BEST_DIR
