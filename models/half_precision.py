@@ -4,15 +4,15 @@ force, and input gradients that do not underflow in fp16.
 Weights stay fp32; `autocast(device, "amp_fp16" | "amp_bf16")` runs the forward passes in half
 precision (torch.autocast), as `train eval --precision` does for every task and accelerate's `amp`
 does in training. The names are open_clip_train's, the trainer's too (`amp` = `amp_fp16`); its
-`fp16`, `bf16`, `pure_*` mean half-precision weights there and are refused here, so that one
-word never means two things across `train` and `train eval`. Every attack that follows a gradient (PGD, the multimodal attacks' image steps, ALBEF's
-Grad-CAM) takes it with `input_gradient`, which under fp16 autocast multiplies the loss by a scale
-before the backward pass and divides the gradient by it afterwards: fp16's smallest step is 6e-8,
-and a pixel's gradient of a batch-mean loss is about that size (measured on a random-weight ViT-B-16
-at 224 px, 8 images: 1.4% of the pixels' gradients were exactly 0 and 4.2% of their signs differed
-from fp32's; with the scale 0.05%, under bf16 0.4%). bf16 has fp32's exponent range and needs no scale. This is
-what torch.amp.GradScaler does for parameter gradients, which an attack's `torch.autograd.grad` on
-the input does not get.
+`fp16`, `bf16`, `pure_*` mean half-precision weights there and are refused here, so that one word
+never means two things across `train` and `train eval`. Every attack that follows a gradient (PGD,
+the multimodal attacks' image steps, ALBEF's Grad-CAM) takes it with `input_gradient`, which under
+fp16 autocast multiplies the loss by a scale before the backward pass and divides the gradient by it
+afterwards: fp16's smallest step is 6e-8, and a pixel's gradient of a batch-mean loss is about that
+size (measured on a random-weight ViT-B-16 at 224 px, 8 images: 1.4% of the pixels' gradients were
+exactly 0 and 4.2% of their signs differed from fp32's; with the scale 0.05%, under bf16 0.4%). bf16
+has fp32's exponent range and needs no scale. This is what torch.amp.GradScaler does for parameter
+gradients, which an attack's `torch.autograd.grad` on the input does not get.
 """
 from __future__ import annotations
 
