@@ -277,3 +277,19 @@ def test_train_eval_reads_the_data_before_loading_any_model(tmp_path, capsys, mo
                        "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "AssertionError" not in err and not (tmp_path / "e").exists()
+
+
+def test_settings_lines_of_a_report():
+    """eval.md's settings: the protocol where there is one, then one line per attack that has parameters
+    (a clean-only report ends after the settings sentence, with no empty list)."""
+    from train.evaluate import settings_markdown
+
+    report = {"settings": {"precision": "amp_bf16", "seed": 3, "caption_preprocess": "none",
+                           "attack_options": {"protocol": "sga", "reference_bugs": True}},
+              "attacks": {"clean": {"params": {}}}}
+    assert settings_markdown(report) == [
+        "", "Settings: attack protocol `sga` with the reference code's bugs (`--reference-bugs`); captions preprocessed: "
+            "none; precision amp_bf16; seed 3."]
+    report["attacks"]["pgd"] = {"params": {"eps": 4 / 255, "steps": 5}}
+    assert settings_markdown(report)[-2:] == ["", "- `pgd`: eps 4/255, steps 5"]
+    assert settings_markdown(report)[1].endswith("seed 3. Each attack ran with:")

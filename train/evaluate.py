@@ -766,10 +766,11 @@ def settings_markdown(report: dict) -> list[str]:
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
     said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
-    lines = ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", ""]
-    lines += [f"- `{name}`: {describe_params(entry['params'])}"
-              for name, entry in report["attacks"].items() if entry.get("params")]
-    return lines
+    attacks = [f"- `{name}`: {describe_params(entry['params'])}"
+               for name, entry in report["attacks"].items() if entry.get("params")]
+    if not attacks:  # clean only
+        return ["", "Settings: " + "; ".join(said) + "."]
+    return ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", "", *attacks]
 
 
 def markdown_report(report: dict) -> str:
