@@ -124,7 +124,7 @@ class CaptioningTask(Task):
         candidates = getattr(config, "text_attack", "mlm")
         return ReferenceTextAttack(model, budget=budget, candidates="wordnet" if candidates == "wordnet" else "mlm",
                                    mlm=getattr(config, "mlm", None) or "default",
-                                   top_k=int(getattr(config, "mlm_top_k", 10)))
+                                   top_k=int(getattr(config, "top_k", 10)))
 
     def image_attack(self, model: "ImageTextModel", config: Any, generator: torch.Generator | None = None):
         """The inner image attack (untargeted PGD on the references' LM loss) from a train config."""

@@ -97,7 +97,7 @@ def test_settings_are_one_object_with_shared_defaults():
     assert settings.pgd_step_size == pytest.approx(0.5 / 255)  # eps / 4 at the papers' eps
     assert settings.replace(eps=4 / 255).pgd_step_size == pytest.approx(1 / 255)
     train = TrainConfig()
-    assert (train.attack_eps, train.pgd_steps, train.mlm_top_k, train.word_budget) == (settings.eps, settings.steps, settings.top_k, settings.budget)
+    assert (train.attack_eps, train.pgd_steps, train.top_k, train.word_budget) == (settings.eps, settings.steps, settings.top_k, settings.budget)
     assert AttackSettings.from_options(attack_protocol="sga", objective="contrastive").protocol == "sga"
     assert AttackSettings.from_options(attack_protocol="sga", protocol="sga").protocol == "sga"
     with pytest.raises(ValueError, match="protocol and attack_protocol disagree \\('co-attack' vs 'sga'\\)"):

@@ -13,7 +13,7 @@ def _substitutions(tmp_path, world, name, **settings):
 
     records = []
     train_run({"train_data": str(world), "out": str(tmp_path / name), "method": "mat", "max_steps": 2, "batch_size": 16,
-               "lr": 1e-4, "pgd_steps": 0, "word_budget": 1, "mlm_top_k": 20, "progress": False, "seed": 1, **settings},
+               "lr": 1e-4, "pgd_steps": 0, "word_budget": 1, "top_k": 20, "progress": False, "seed": 1, **settings},
               callbacks=[records.append])
     source, _ = load_source(str(world))
     train = select_split(source, "train").select_columns(["image_id", "captions", "meta"])

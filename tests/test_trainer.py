@@ -562,13 +562,15 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
-                ["--source", "x"], ["--warm", "10"]):
+                ["--source", "x"], ["--warm", "10"], ["--mlm-top-k", "5"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["tecoa", *old])
     # a YAML file of the old keys names the new ones
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"source": "s", "weight_decay": 0.1, "eps": "2/255"}))
-    with pytest.raises(ConfigError, match="source is now train_data; weight_decay is now wd"):
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"source": "s", "weight_decay": 0.1, "eps": "2/255", "mlm_top_k": 5}))
+    with pytest.raises(ConfigError, match="mlm_top_k is now top_k; source is now train_data; weight_decay is now wd"):
         read_yaml_config(tmp_path / "old.yaml")
+    # substitutes per word: one name in training and in train eval (it also limits WordNet's synonyms)
+    assert build_parser().parse_args(["mat", "--top-k", "5"]).top_k == 5
 
 
 def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sample_world_dir):

@@ -124,7 +124,8 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
         text.add_argument("--inner-order", choices=INNER_ORDERS, help="order of the inner maximisation" + _default("inner_order"))
         text.add_argument("--text-attack", choices=TEXT_ATTACKS, help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms" + _default("text_attack"))
         text.add_argument("--mlm", help="masked LM for --text-attack mlm (default: tiny-mlm for tiny models, else the registry's default)")
-        text.add_argument("--mlm-top-k", type=int, help="substitutes per word" + _default("mlm_top_k"))
+        text.add_argument("--top-k", type=int, help="substitutes per word (masked LM or WordNet), as train eval's"
+                          + _default("top_k"))
         text.add_argument("--word-budget", type=int, help="words changed per caption at most" + _default("word_budget"))
         text.add_argument("--text-attack-filter", choices=["truth"],
                           help="keep only substitutions this checker calls true of the image (truth: the sample world's; "

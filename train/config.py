@@ -43,6 +43,7 @@ REPORT_TO = ("tensorboard", "wandb", "all", "none")
 RENAMED = {
     "source": "train_data", "weight_decay": "wd", "warmup_steps": "warmup", "freeze_text": "lock_text",
     "tensorboard": "report_to", "wandb": "report_to", "wandb_project": "wandb_project_name",
+    "mlm_top_k": "top_k",  # it also limits WordNet's synonyms; train eval's name
 }
 # Adam's epsilon above this is a PGD budget given under open_clip's name, not an optimizer setting
 _ADAM_EPS_MAX = 1e-3
@@ -117,7 +118,7 @@ class TrainConfig:
     inner_order: str = "text-image"
     text_attack: str = "mlm"
     mlm: str | None = None  # None: tiny-mlm for tiny twins, else the registry's default masked LM
-    mlm_top_k: int = ATTACK_DEFAULTS.top_k
+    top_k: int = ATTACK_DEFAULTS.top_k  # substitutes per word, from the masked LM or WordNet
     word_budget: int = ATTACK_DEFAULTS.budget
     # keep only inner text substitutions this caption filter accepts (train.text_filter; "truth":
     # the sample world's checker); None: every substitution
@@ -351,7 +352,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.pgd_step_size is None or c.pgd_step_size > 0, "--pgd-step-size must be positive")
     _check(c.clean_weight >= 0, "--clean-weight must be non-negative")
     _check(c.word_budget >= 0, "--word-budget must be non-negative")
-    _check(c.mlm_top_k >= 1, "--mlm-top-k must be at least 1")
+    _check(c.top_k >= 1, "--top-k must be at least 1")
     if c.text_attack_filter is not None:
         from train.text_filter import CAPTION_FILTERS
 

@@ -209,6 +209,6 @@ def build_text_attack(victim, config: TrainConfig):
     from train.attacks.text import BertAttack, SynonymAttack
 
     if config.text_attack == "mlm":
-        return BertAttack(victim, mlm=config.mlm, top_k=config.mlm_top_k, budget=config.word_budget,
+        return BertAttack(victim, mlm=config.mlm, top_k=config.top_k, budget=config.word_budget,
                           loss="contrastive")
-    return SynonymAttack(victim, top_k=config.mlm_top_k, budget=config.word_budget, loss="contrastive")
+    return SynonymAttack(victim, top_k=config.top_k, budget=config.word_budget, loss="contrastive")

@@ -366,7 +366,7 @@ class Trainer:
         if not self.is_main:
             return None
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
-                   "budget": cfg.word_budget, "top_k": cfg.mlm_top_k}
+                   "budget": cfg.word_budget, "top_k": cfg.top_k}
         if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga"):  # they draw substitutes from a masked LM
             from train.config import default_mlm
 
