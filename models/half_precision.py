@@ -20,8 +20,8 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("fp32", "amp", "amp_fp16", "amp_bf16")
 _DTYPES = {"fp32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
+PRECISIONS = tuple(_DTYPES)
 HALF_WEIGHTS = ("fp16", "bf16", "pure_fp16", "pure_bf16")  # open_clip_train: half-precision weights
 # tried in turn under fp16 autocast until the gradient is finite (GradScaler's initial scale, then a
 # smaller one); if neither is, the gradient is taken unscaled, as it would be without this

@@ -131,8 +131,8 @@ class CaptioningTask(Task):
         from train.attacks.captioning import CaptionPGD
 
         eps = float(getattr(config, "attack_eps", 2 / 255))
-        step_size = getattr(config, "pgd_step_size", None) or eps / 4
-        return CaptionPGD(model, eps=eps, steps=int(getattr(config, "pgd_steps", 10)), step_size=step_size,
+        return CaptionPGD(model, eps=eps, steps=int(getattr(config, "pgd_steps", 10)),
+                          step_size=getattr(config, "pgd_step_size", None),
                           random_start=bool(getattr(config, "random_start", True)), generator=generator)
 
 

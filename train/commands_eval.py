@@ -254,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     from augment.errors import MatPlusError
     from models import load_model
     from models.half_precision import autocast
+    from train.attacks.settings import pgd_step_size
     from train.config import default_mlm
     from train.evaluate import evaluate, write_report
 
@@ -261,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_positive(args)
-    if args.task != "retrieval" and args.pgd_step_size is None:
-        args.pgd_step_size = args.attack_eps / 4  # the shared default (retrieval protocols may pick their own)
+    if args.task != "retrieval":  # the shared default, recorded in the report (retrieval protocols may pick their own)
+        args.pgd_step_size = pgd_step_size(args.attack_eps, args.pgd_step_size)
     if args.task == "captioning":
         from train.commands_eval_captioning import run as run_captioning
 

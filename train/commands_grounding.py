@@ -66,8 +66,6 @@ def run(args) -> int:
         "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
         "text_batch": args.text_batch,
     }
-    if options["step_size"] is None:  # the retrieval attacks' default: eps / 4
-        options["step_size"] = args.attack_eps / 4
     options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     workers = _workers(args)
     out = Path(args.out)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
-from train.attacks.settings import ATTACK_DEFAULTS
+from train.attacks.settings import ATTACK_DEFAULTS, pgd_step_size
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
@@ -368,8 +368,7 @@ def _validate(c: TrainConfig) -> None:
 
 
 def _fill_derived(c: TrainConfig) -> None:
-    if c.pgd_step_size is None:
-        c.pgd_step_size = c.attack_eps / 4
+    c.pgd_step_size = pgd_step_size(c.attack_eps, c.pgd_step_size)
     if c.lock_text is None:
         # TeCoA and FARE fine-tune the vision encoder only (as in their papers); FARE's loss does
         # not even reach the text tower. Clean and MAT train both towers.

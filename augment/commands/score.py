@@ -83,7 +83,7 @@ def run(args) -> int:
     # every pool's source before the scorer: a wrong path stops in one line before a model loads
     sources: dict[tuple, object] = {}
     fingerprints: dict[tuple, str] = {}
-    keys, names = [], []
+    planned = []  # (pool, its source's key, the source's name)
     for pool in pools:
         source_name = source_of(pool, args.source)
         reading = source_reading(pool, args)
@@ -91,11 +91,10 @@ def run(args) -> int:
         if key not in sources:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
-        keys.append(key)
-        names.append(source_name)
+        planned.append((pool, key, source_name))
     scorer = load_scorer_or_fail(args)
     entries = []
-    for pool, key, source_name in zip(pools, keys, names):
+    for pool, key, source_name in planned:
         source = sources[key]
         warn_if_other_source(pool, fingerprints[key])
         entry = score_and_save(

@@ -130,12 +130,12 @@ def run_generation(
         barrier()
     if rank != 0:
         writer = PoolWriter(out, meta)
-    kept = sum(writer.has_shard(k) for k in range(num_shards))
-    if kept and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
-        print(f"resuming {out}: {kept} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
+    finished = {k for k in range(num_shards) if writer.has_shard(k)}
+    if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
+        print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
     generator.prepare(items)
     mine = [k for k in range(num_shards) if k % world_size == rank]
-    todo = [k for k in mine if not writer.has_shard(k)]
+    todo = [k for k in mine if k not in finished]
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))

@@ -32,6 +32,7 @@ import torch
 
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
+from train.attacks.settings import pgd_step_size
 from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
@@ -85,7 +86,7 @@ class CaptionPGD(CaptionAttack):
                  random_start: bool = True, generator: torch.Generator | None = None):
         super().__init__(victim)
         self.eps, self.steps, self.random_start = eps, steps, random_start
-        self.step_size = eps / 4 if step_size is None else step_size  # as every PGD here (train.attacks.settings)
+        self.step_size = pgd_step_size(eps, step_size)
         self.generator = generator
 
     def params(self) -> dict:

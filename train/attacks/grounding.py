@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from train.attacks.base import AttackResult
 from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES, resized_views
 from train.attacks.pgd import pgd_linf
+from train.attacks.settings import pgd_step_size
 from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource, greedy_search, plan_search
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
@@ -156,7 +157,7 @@ class GroundingPGD(GroundingAttack):
                  random_start: bool = True, generator: torch.Generator | None = None):
         super().__init__(victim)
         self.eps, self.steps, self.random_start, self.generator = eps, steps, random_start, generator
-        self.step_size = eps / 4 if step_size is None else step_size  # as every PGD here (train.attacks.settings)
+        self.step_size = pgd_step_size(eps, step_size)
 
     def params(self) -> dict:
         return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,

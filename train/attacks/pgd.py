@@ -20,6 +20,7 @@ import torch
 
 from models.half_precision import input_gradient
 from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
+from train.attacks.settings import pgd_step_size
 
 STARTS = ("symmetric", "positive")
 # what a PGD attack maximises: a loss against the captions, or (Co-Attack code) the KL divergence
@@ -90,7 +91,7 @@ class PGD(Attack):
         super().__init__(victim, "pair" if loss == "image-kl" else loss)
         self.loss = loss
         self.eps, self.steps, self.random_start = eps, steps, random_start
-        self.step_size = eps / 4 if step_size is None else step_size
+        self.step_size = pgd_step_size(eps, step_size)
         self.generator, self.start, self.scale_by_mean_gradient = generator, start, scale_by_mean_gradient
 
     def params(self) -> dict:
