@@ -6,7 +6,8 @@ mat and mat+ (`train ... --task captioning`), evaluates every checkpoint here an
 generated captions the world's truth checker calls true.
 
 `eval` keys (defaults in DEFAULT_EVAL): split, limit, captions_per_image (None: all), batch_size,
-attacks (clean, pgd, pgd-targeted; prompt, prompt-pgd need `prompt`), eps, pgd_steps, target,
+attacks (clean, pgd, pgd-targeted; prompt, prompt-pgd need `prompt`), attack_eps, pgd_steps,
+pgd_step_size (None: attack_eps / 4), target,
 prompt, min_length, mlm (of the prompt attacks), meteor (None: when Java is present).
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ DEFAULT_EVAL = {
     "split": "test", "limit": 100, "captions_per_image": None, "batch_size": 50,
     "attacks": ["clean", "pgd", "pgd-targeted"],
     # the attack papers' budget; the tiny captioner's beam-searched captions barely move below
-    # about 8/255 (tests/test_captioning.py), so bundled captioning studies set eps 8/255
-    "eps": "2/255", "pgd_steps": 10, "target": "a black triangle", "prompt": None,
+    # about 8/255 (tests/test_captioning.py), so bundled captioning studies set attack_eps 8/255
+    "attack_eps": "2/255", "pgd_steps": 10, "pgd_step_size": None, "target": "a black triangle", "prompt": None,
     "min_length": 1,  # BLIP's 5-token minimum would pad the world's short captions
     "mlm": "default", "meteor": None,
 }
@@ -41,14 +42,17 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
     from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from models import load_model
+    from train.attacks.settings import pgd_step_size
     from train.config import parse_fraction
     from train.evaluate_captioning import evaluate_captioning, write_captioning_report
 
     e = {**DEFAULT_EVAL, **eval_settings}
     victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"])
     source, _ = load_source(str(source_dir))
-    eps = parse_fraction(e["eps"], "eval.eps")
-    options = {"eps": eps, "steps": int(e["pgd_steps"]), "step_size": eps / 4, "target": e["target"], "mlm": e["mlm"]}
+    eps = parse_fraction(e["attack_eps"], "eval.attack_eps")
+    step = None if e["pgd_step_size"] is None else parse_fraction(e["pgd_step_size"], "eval.pgd_step_size")
+    options = {"eps": eps, "steps": int(e["pgd_steps"]), "step_size": pgd_step_size(eps, step), "target": e["target"],
+               "mlm": e["mlm"]}
     report = evaluate_captioning(
         victim, source, split=e["split"], attacks=e["attacks"], batch_size=int(e["batch_size"]),
         captions_per_image=e["captions_per_image"], limit=e["limit"], attack_options=options,

@@ -33,11 +33,13 @@ DEFAULTS: dict[str, Any] = {
     # clean pretraining from random weights: the world's "pretrained CLIP", on every train
     # scene (scenes: all) or only on those the fine-tuning set lacks (scenes: rest)
     "pretrain": {"steps": 500, "batch_size": 128, "lr": 1e-3, "seed": 0, "scenes": "all"},
-    # adversarial fine-tuning, shared by every method
+    # adversarial fine-tuning, shared by every method: `train METHOD`'s settings by their names
+    # (train.config.TrainConfig; any of them except those the study sets per run, STUDY_SETS);
+    # each method gets the ones its sub-command offers (clean no attack, tecoa no text attack)
     "train": {
-        "steps": 60, "batch_size": 64, "lr": 1e-4, "warmup_steps": 10, "eps": "2/255",
-        "pgd_steps": 3, "text_attack": "wordnet", "word_budget": 1, "p_original": 0.5,
-        "mlm": None,  # masked LM of text_attack mlm (None: the trainer's default; world-mlm: trained on the world)
+        "max_steps": 60, "batch_size": 64, "lr": 1e-4, "warmup": 10, "attack_eps": "2/255",
+        "pgd_steps": 3, "text_candidates": "wordnet", "word_budget": 1, "p_original": 0.5,
+        "mlm": None,  # masked LM of text_candidates mlm (None: the trainer's default; world-mlm: trained on the world)
     },
     # validation during fine-tuning (None: off): R@1 under `attack` on `split` every `every`
     # steps, written to RUN/validation.jsonl (learning curves); the best weights go to RUN/best/
@@ -63,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "split": "test", "limit": 100, "captions_per_image": 2, "batch_size": 50,
         "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
-        "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",
+        "attack_eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",  # train eval's names
     },
     # the runs the report's first table compares (pretrained and every mat+ run are always in it)
     "headline_runs": ["tecoa", "mat"],
@@ -108,6 +110,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         config = _task_config(config, _merge(layer, overrides or {}))
     else:
         _check_retrieval_eval(config["eval"])
+    _check_train(config)
     seeds = config.get("seeds")
     if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
@@ -116,6 +119,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
         _check_pool_spec(name, spec)
+    _refuse_unknown_section_keys(config)
     captions = config.get("finetune_captions")
     if captions is not None and (not isinstance(captions, dict) or int(captions.get("per_image", 0)) < 1
                                  or captions.get("choice", "rotate") not in ("rotate", "first")):
@@ -130,6 +134,26 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if pool and pool not in config["pools"]:
             raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
     return config
+
+
+# what the study reads of each small section (a typo, `validation: {atack: pgd}`, would silently run
+# the default); train, eval and pools are checked against what the trainer, evaluation and generator read
+SECTION_KEYS = {
+    "world": ("n", "seed"),
+    "pretrain": ("steps", "batch_size", "lr", "seed", "scenes", "checkpoint"),
+    "finetune_captions": ("per_image", "choice"),
+    "validation": ("every", "attack", "split", "limit", "captions_per_image", "batch_size"),
+    "n_aug_sweep": ("pool", "values"),
+    "more_samples": ("pool", "oracle_factor"),
+}
+
+
+def _refuse_unknown_section_keys(config: dict) -> None:
+    for section, known in SECTION_KEYS.items():
+        value = config.get(section)
+        unknown = sorted(set(value) - set(known)) if isinstance(value, dict) else []
+        if unknown:
+            raise MatPlusError(f"study config: unknown {section} keys {unknown} (known: {', '.join(known)})")
 
 
 def generate_arguments(spec: dict) -> list[str]:
@@ -174,7 +198,7 @@ def eval_attack_options(evaluation: dict) -> dict:
     """The attack options the retrieval study's evaluation passes to `train.evaluate.evaluate`."""
     from train.config import parse_fraction
 
-    return {"eps": parse_fraction(evaluation["eps"], "eval.eps"), "steps": evaluation["pgd_steps"],
+    return {"eps": parse_fraction(evaluation["attack_eps"], "eval.attack_eps"), "steps": evaluation["pgd_steps"],
             "mlm": evaluation["mlm"],
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 
@@ -183,9 +207,7 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     """Unknown eval keys, and the attack options `AttackSettings` refuses, before any training."""
     from train.attacks.settings import AttackSettings
 
-    unknown = sorted(set(evaluation) - set(RETRIEVAL_EVAL_KEYS))
-    if unknown:
-        raise MatPlusError(f"study config: unknown eval keys {unknown} (known: {', '.join(RETRIEVAL_EVAL_KEYS)})")
+    _refuse_unknown_eval(evaluation, RETRIEVAL_EVAL_KEYS)
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
@@ -216,4 +238,85 @@ def _task_config(config: dict, given: dict) -> dict:
                            f"(choose from {', '.join(arm.METHODS)})")
     config["headline_runs"] = [r for r in config["headline_runs"] if r in config["methods"]]
     config["eval"] = _merge(arm.DEFAULT_EVAL, given.get("eval") or {})
+    _refuse_unknown_eval(config["eval"], tuple(arm.DEFAULT_EVAL))
     return config
+
+
+# the study's old eval key -> train eval's name (refused with this hint, never aliased)
+RENAMED_EVAL = {"eps": "attack_eps"}
+
+
+def _refuse_unknown_eval(evaluation: dict, known: tuple) -> None:
+    """An eval key the evaluation does not read (a typo, an old name) would silently evaluate under
+    the defaults after hours of training: one line naming it."""
+    unknown = sorted(set(evaluation) - set(known))
+    if unknown:
+        renamed = [f"eval.{k} is now eval.{RENAMED_EVAL[k]}" for k in unknown if k in RENAMED_EVAL]
+        hint = f"; {'; '.join(renamed)}" if renamed else ""
+        raise MatPlusError(f"study config: unknown eval keys {unknown} (known: {', '.join(known)}{hint})")
+
+
+# trainer settings the study sets for each run itself (from `model`, `seeds`, `pools`, its folders,
+# `validation:`): a value in `train:` would be overwritten or fight the study's own
+STUDY_SETS = ("method", "task", "model", "pretrained", "train_data", "pools", "pool_mode", "pool_weights", "seed",
+              "out", "resume", "overwrite", "progress", "val_frequency", "val_data", "val_split", "val_attack",
+              "val_limit")
+# the study's own old train key -> the trainer's name (with the trainer's renames, train.config.RENAMED:
+# warmup_steps, text_attack, ...; refused with this hint, never aliased)
+RENAMED_TRAIN = {"steps": "max_steps"}
+
+
+def method_train_settings(train: dict, method: str) -> dict:
+    """The `train:` settings `train METHOD` offers (clean takes no attack options, tecoa and fare no
+    text attack's); the others belong to other methods."""
+    from train.cli import method_settings
+
+    offered = method_settings(method)
+    return {key: value for key, value in train.items() if key in offered}
+
+
+def _check_train(config: dict) -> None:
+    """`train:` holds trainer settings by the trainer's names; each method's settings are checked
+    by the trainer's own rules now, not after pretraining."""
+    from train.config import FIELD_NAMES, RENAMED, ConfigError, resolve_config
+
+    train = config["train"]
+    owned = sorted(set(train) & set(STUDY_SETS))
+    if owned:
+        raise MatPlusError(f"study config: train.{', train.'.join(owned)} {'is' if len(owned) == 1 else 'are'} "
+                           f"set by the study for each run (model, seeds, pools, validation:): leave "
+                           f"{'it' if len(owned) == 1 else 'them'} out")
+    unknown = sorted(set(train) - set(FIELD_NAMES))
+    if unknown:
+        names = {**RENAMED, **RENAMED_TRAIN}
+        renamed = [f"train.{k} is now train.{names[k]}" for k in unknown if k in names]
+        hint = f" ({'; '.join(renamed)})" if renamed else ""
+        raise MatPlusError(f"study config: unknown train keys {unknown}{hint}; train: takes `train METHOD`'s "
+                           "settings by their names")
+    eps = train.get("eps")
+    if eps is not None and (isinstance(eps, str) and "/" in eps or isinstance(eps, (int, float)) and eps >= 1e-3):
+        raise MatPlusError(f"study config: train.eps {eps} is AdamW's epsilon (the trainer's --eps); "
+                           "the PGD budget is train.attack_eps")
+    steps = train.get("max_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise MatPlusError(f"study config: train.max_steps must be a whole number of steps >= 1 (budgets are steps), "
+                           f"got {steps!r}")
+    for method in config["methods"]:
+        placeholders = {"method": method, "model": config["model"], "train_data": "study", "out": "study",
+                        "pools": ["pool"] if method == "mat+" else []}
+        if config["task"] != "retrieval":
+            placeholders["task"] = config["task"]
+        try:
+            resolve_config(run_train_settings(method_train_settings(train, method), pooled=method == "mat+"), placeholders)
+        except ConfigError as exc:
+            raise MatPlusError(f"study config: train ({method}): {exc}") from None
+
+
+def run_train_settings(settings: dict, pooled: bool, pool_mode: str = "sample") -> dict:
+    """A method's `train:` settings less the ones its run leaves unread: p_original needs sampled pools."""
+    settings = dict(settings)
+    if not pooled or pool_mode == "expand":
+        settings.pop("p_original", None)
+    if settings.get("mlm") is None:  # the trainer's default masked LM
+        settings.pop("mlm", None)
+    return settings

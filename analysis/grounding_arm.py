@@ -12,8 +12,8 @@ The study (`analysis/study.py`) finds this module through `analysis/task_arms.py
   the retrieval arm's `headline_captions: meaning_preserved`), with the random-box baseline.
 
 Eval settings (`DEFAULT_EVAL`, overridden by the study config's `eval`): split, limit (images),
-batch_size (images per attack batch), attacks, eps, pgd_steps, pgd_step_size (default eps / 4),
-mlm, top_k, word_budget, objective (itm | heat). Other keys (retrieval's) are ignored.
+batch_size (images per attack batch), attacks, attack_eps, pgd_steps, pgd_step_size (None:
+attack_eps / 4), mlm, top_k, word_budget, objective (itm | heat). Other keys are refused.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ EXPRESSIONS_PER_OBJECT = 2
 DEFAULT_EVAL: dict = {
     "split": "test", "limit": None, "batch_size": 16,
     "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
-    "eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm", "top_k": 10, "word_budget": 1, "objective": "itm",
+    "attack_eps": "2/255", "pgd_steps": 10, "pgd_step_size": None, "mlm": "tiny-mlm", "top_k": 10, "word_budget": 1, "objective": "itm",
 }
 
 
@@ -39,13 +39,14 @@ def write_world(folder: Path, n: int, seed: int) -> None:
 
 def attack_options(eval_settings: dict, seed: int) -> dict:
     """`build_grounding_attack` options from the study's eval settings."""
+    from train.attacks.settings import pgd_step_size
     from train.config import parse_fraction
 
     e = {**DEFAULT_EVAL, **eval_settings}
-    eps = parse_fraction(e["eps"], "eval.eps")
-    step = e.get("pgd_step_size")
+    eps = parse_fraction(e["attack_eps"], "eval.attack_eps")
+    step = None if e["pgd_step_size"] is None else parse_fraction(e["pgd_step_size"], "eval.pgd_step_size")
     return {"objective": e["objective"], "eps": eps, "steps": int(e["pgd_steps"]),
-            "step_size": eps / 4 if step is None else parse_fraction(step, "eval.pgd_step_size"),
+            "step_size": pgd_step_size(eps, step),
             "mlm": e["mlm"], "top_k": int(e["top_k"]), "budget": int(e["word_budget"]), "seed": seed}
 
 

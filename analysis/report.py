@@ -376,15 +376,15 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         f"# Study report: {config['name']}",
         "",
         f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
-        f"for {config['train']['steps']} steps (batch {config['train']['batch_size']}, eps {config['train']['eps']}, "
-        f"{config['train']['pgd_steps']} PGD steps, text attack `{config['train']['text_attack']}`, word budget "
+        f"for {config['train']['max_steps']} steps (batch {config['train']['batch_size']}, attack eps {config['train']['attack_eps']}, "
+        f"{config['train']['pgd_steps']} PGD steps, text candidates `{config['train']['text_candidates']}`, word budget "
         f"{config['train']['word_budget']}" + (f", masked LM `{config['train']['mlm']}`" if config['train'].get('mlm') else "")
         + f") from a CLIP pretrained for {config['pretrain']['steps']} steps on "
         + ("the train scenes outside the fine-tuning set. " if config['pretrain'].get('scenes') == 'rest' else "every train scene. ")
         + (f"The fine-tuning source keeps {captions['per_image']} caption(s) per train image ({captions.get('choice', 'rotate')}). " if captions else "")
         + f"Text attacks in evaluation use the masked LM `{config['eval']['mlm']}`. "
         f"Evaluation: {config['eval']['split']} split, up to {config['eval']['limit']} images x "
-        f"{config['eval']['captions_per_image']} captions, eps {config['eval']['eps']}, {config['eval']['pgd_steps']} PGD steps.",
+        f"{config['eval']['captions_per_image']} captions, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps.",
         "",
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
         f"`{headline}`" + (" counting only attacked captions that stay true (see below)" if meaning_preserved else "")
@@ -497,10 +497,10 @@ def write_task_report(out: Path, config: dict, results: list[dict]) -> Path:
         f"# Study report: {config['name']} (task {config['task']})",
         "",
         f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
-        f"for {t['steps']} steps (batch {t['batch_size']}, eps {t['eps']}, {t['pgd_steps']} PGD steps, text attack "
-        f"`{t['text_attack']}`, word budget {t['word_budget']}) from a model trained clean for "
+        f"for {t['max_steps']} steps (batch {t['batch_size']}, attack eps {t['attack_eps']}, {t['pgd_steps']} PGD steps, "
+        f"text candidates `{t['text_candidates']}`, word budget {t['word_budget']}) from a model trained clean for "
         f"{config['pretrain']['steps']} steps on every train scene. Evaluation: {e.get('split')} split, up to "
-        f"{e.get('limit')} images, attacks {', '.join(e.get('attacks') or [])}, eps {e.get('eps')}, "
+        f"{e.get('limit')} images, attacks {', '.join(e.get('attacks') or [])}, attack eps {e.get('attack_eps')}, "
         f"{e.get('pgd_steps')} PGD steps.",
         "",
         f"## Clean and robust {metric} per method and pool",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from analysis.config import generate_arguments
+from analysis.config import generate_arguments, method_train_settings, run_train_settings
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
@@ -238,32 +238,21 @@ class Study:
     def train(self, spec: RunSpec, seed: int) -> Path:
         folder = self.out / "runs" / spec.folder_name(seed)
         pools = [str(self.pool(p)) for p in spec.pools]
-        t = self.config["train"]
+        # the method's `train:` settings (analysis.config.method_train_settings), then what the study sets
         settings = {
+            **run_train_settings(method_train_settings(self.config["train"], spec.method), pooled=bool(pools),
+                                 pool_mode=spec.pool_mode),
             "method": spec.method, "model": str(self.pretrain()), "train_data": str(self.source_dir(spec.source)),
-            "pools": pools, "pool_mode": spec.pool_mode, "seed": seed, "max_steps": t["steps"],
-            "batch_size": t["batch_size"], "lr": t["lr"], "warmup": t.get("warmup_steps", 0),
-            "attack_eps": t["eps"], "pgd_steps": t["pgd_steps"], "text_attack": t["text_attack"],
-            "word_budget": t["word_budget"], "p_original": t.get("p_original", 0.5), **self.task_settings(),
+            "seed": seed, **self.task_settings(),
         }
-        if t.get("mlm"):
-            settings["mlm"] = t["mlm"]
-        if t.get("text_attack_filter"):  # meaning-preserving inner text attack (train.text_filter)
-            settings["text_attack_filter"] = t["text_attack_filter"]
+        if pools:
+            settings.update(pools=pools, pool_mode=spec.pool_mode)
         validation = self.config.get("validation")
         marker = dict(settings, validation=validation) if validation else settings
         if not is_done(folder, marker):
             self.log(f"[train] {spec.name} seed {seed}")
-            train_settings = dict(settings)
-            if spec.method != "mat+":
-                train_settings.pop("pools"), train_settings.pop("pool_mode"), train_settings.pop("p_original")
-            elif spec.pool_mode == "expand":  # every pool row is a pair of its own: no original-pair chance
-                train_settings.pop("p_original")
-            if spec.method not in ("mat", "mat+"):
-                train_settings.pop("text_attack"), train_settings.pop("word_budget"), train_settings.pop("mlm", None)
-                train_settings.pop("text_attack_filter", None)
             validator = self.validator(folder, seed) if validation else None
-            train_resumable(folder, train_settings, validator)
+            train_resumable(folder, settings, validator)
             mark_done(folder, marker)
         return folder / "ckpt"
 
@@ -276,7 +265,7 @@ class Study:
 
         v = dict(self.config["validation"])
         e = self.config["eval"]
-        options = {"eps": parse_fraction(e["eps"], "eval.eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
+        options = {"eps": parse_fraction(e["attack_eps"], "eval.attack_eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
         settings = ValidationSettings(
             every=int(v["every"]), attack=v.get("attack", self.config.get("headline_attack", "sga")),
             split=v.get("split", "val"), limit=v.get("limit", 50), captions_per_image=v.get("captions_per_image", 2),
@@ -366,7 +355,7 @@ class Study:
                 best = checkpoint.parent / BEST_DIR
                 entry["best_step"] = json.loads((best / "validation.json").read_text())["step"]
                 # the last step's weights are the best ones: the same evaluation
-                entry["eval_best"] = (entry["eval"] if entry["best_step"] == config["train"]["steps"]
+                entry["eval_best"] = (entry["eval"] if entry["best_step"] == config["train"]["max_steps"]
                                       else self.evaluate(spec.folder_name(seed) + "-best", best, seed))
             results.append(entry)
         return write_report(self.out, config, scores, results)

@@ -121,7 +121,7 @@ class CaptioningTask(Task):
             return None
         from train.attacks.captioning import ReferenceTextAttack
 
-        candidates = getattr(config, "text_attack", "mlm")
+        candidates = getattr(config, "text_candidates", "mlm")
         return ReferenceTextAttack(model, budget=budget, candidates="wordnet" if candidates == "wordnet" else "mlm",
                                    mlm=getattr(config, "mlm", None) or "default",
                                    top_k=int(getattr(config, "top_k", 10)))

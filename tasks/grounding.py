@@ -363,7 +363,7 @@ class GroundingTask(RetrievalTask):
 
         if getattr(config, "word_budget", 1) == 0:
             return None
-        name = "bert-attack" if getattr(config, "text_attack", "mlm") == "mlm" else "synonym"
+        name = "bert-attack" if getattr(config, "text_candidates", "mlm") == "mlm" else "synonym"
         options = {"top_k": getattr(config, "top_k", 10), "budget": getattr(config, "word_budget", 1)}
         if getattr(config, "mlm", None):
             options["mlm"] = config.mlm

@@ -357,7 +357,7 @@ def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
 
     task = CaptioningTask()
     model = copy.deepcopy(prompted).train()
-    config = SimpleNamespace(word_budget=1, text_attack="mlm", mlm="tiny-mlm", top_k=5, eps=2 / 255,
+    config = SimpleNamespace(word_budget=1, text_candidates="mlm", mlm="tiny-mlm", top_k=5, eps=2 / 255,
                              pgd_steps=3, pgd_step_size=None, random_start=True)
     pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     texts, keys = WORLD_TEXTS[::2], torch.arange(3)

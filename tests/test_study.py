@@ -130,6 +130,41 @@ def test_keep_captions_first_and_rotating():
     assert len(keep_captions(sentences, 0, {"per_image": 9})) == 5
 
 
+def test_train_and_eval_sections_speak_the_commands_names():
+    """`train:` takes `train METHOD`'s settings by their names, `eval:` train eval's: an old or
+    unknown key, one the study sets itself, or a value the trainer refuses stops the study at load."""
+    def refused(overrides, *parts):
+        with pytest.raises(MatPlusError) as caught:
+            load_study_config("mini", overrides)
+        message = str(caught.value)
+        assert message.startswith("study config: ") and "\n" not in message
+        for part in parts:
+            assert part in message, message
+
+    refused({"train": {"steps": 5, "warmup_steps": 2, "text_attack": "mlm"}}, "unknown train keys",
+            "train.steps is now train.max_steps", "train.text_attack is now train.text_candidates",
+            "train.warmup_steps is now train.warmup")
+    refused({"train": {"weight_decay": 0.1, "bogus": 1}}, "['bogus', 'weight_decay']", "train.weight_decay is now train.wd")
+    refused({"train": {"eps": "2/255"}}, "train.eps 2/255 is AdamW's epsilon", "train.attack_eps")
+    refused({"train": {"seed": 3}}, "train.seed is set by the study")
+    refused({"train": {"pools": ["p"], "method": "mat"}}, "train.method, train.pools are set by the study")
+    refused({"train": {"max_steps": None}}, "train.max_steps must be a whole number of steps")
+    refused({"train": {"pgd_steps": -1}}, "study config: train (", "): --pgd-steps must be non-negative")
+    refused({"train": {"text_candidates": "glove"}}, "train (mat): unknown --text-candidates 'glove'")
+    refused({"eval": {"eps": "4/255"}}, "unknown eval keys ['eps']", "eval.eps is now eval.attack_eps")
+    with pytest.raises(MatPlusError, match=r"unknown eval keys \['colour'\]"):  # another task's arm checks too
+        load_study_config("grounding", {"eval": {"colour": 1}})
+    # any trainer setting passes through, to the methods whose sub-command offers it
+    from analysis.config import method_train_settings
+
+    config = load_study_config("mini", {"train": {"wd": 0.05, "clean_weight": 0.5, "top_k": 3}})
+    assert method_train_settings(config["train"], "clean")["wd"] == 0.05
+    assert "clean_weight" not in method_train_settings(config["train"], "clean")
+    assert method_train_settings(config["train"], "tecoa")["clean_weight"] == 0.5
+    assert "top_k" not in method_train_settings(config["train"], "tecoa")
+    assert method_train_settings(config["train"], "mat")["top_k"] == 3
+
+
 def test_new_config_keys_are_checked():
     with pytest.raises(MatPlusError, match="finetune_captions"):
         load_study_config("mini", {"finetune_captions": {"per_image": 0}})
@@ -137,6 +172,11 @@ def test_new_config_keys_are_checked():
         load_study_config("mini", {"pretrain": {"scenes": "some"}})
     with pytest.raises(MatPlusError, match="validation"):
         load_study_config("mini", {"validation": {"every": 0}})
+    # a key a section does not read is refused, not silently left at its default
+    for section, typo in (("validation", {"every": 2, "atack": "pgd"}), ("pretrain", {"step": 9}), ("world", {"size": 9}),
+                          ("n_aug_sweep", {"pool": "scene", "value": [1]}), ("finetune_captions", {"per_image": 1, "pick": "first"})):
+        with pytest.raises(MatPlusError, match=rf"^study config: unknown {section} keys \['{sorted(set(typo) - {'every', 'pool', 'per_image'})[0]}'\]"):
+            load_study_config("mini", {section: typo})
 
 
 def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, monkeypatch, sample_world_dir):
@@ -181,7 +221,7 @@ def one_caption_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "one-caption"
     config = load_study_config("mini", {
         "out": str(out), "seeds": [0, 1], "finetune_captions": {"per_image": 1}, "pretrain": {"scenes": "rest"},
-        "train": {"text_attack": "mlm", "mlm": "world-mlm"}, "eval": {"mlm": "world-mlm"},
+        "train": {"text_candidates": "mlm", "mlm": "world-mlm"}, "eval": {"mlm": "world-mlm"},
         "validation": {"every": 1, "attack": "pgd", "limit": 8, "captions_per_image": 1, "batch_size": 8},
         "pools": {"scene": {"method": "i2t-scene", "n": 2}}, "methods": ["tecoa", "mat", "mat+"],
         "n_aug_sweep": None, "more_samples": None,
@@ -206,13 +246,13 @@ def test_one_caption_source_and_pretraining_on_the_other_scenes(one_caption_stud
     assert rest_train and not rest_train & {e["imgid"] for e in train}
     # the pool is built from the 1:1 source, and MAT's text attack used world-mlm
     saved = (out / "runs" / "mat-s0" / "config.yaml").read_text()
-    assert "mlm: world-mlm" in saved and "text_attack: mlm" in saved
+    assert "mlm: world-mlm" in saved and "text_candidates: mlm" in saved
 
 
 def test_learning_curves_best_checkpoint_and_headline(one_caption_study):
     config, out, report = one_caption_study
     results = json.loads((out / "results.json").read_text())
-    steps = config["train"]["steps"]
+    steps = config["train"]["max_steps"]
     for run in results["runs"]:
         if run["run"] == "pretrained":
             continue
@@ -241,7 +281,7 @@ def test_validation_does_not_change_training(tmp_path, sample_world_dir):
     from train.validation import ValidationSettings, Validator
 
     settings = dict(method="mat", model="tiny-clip", train_data=str(sample_world_dir), max_steps=3, batch_size=8,
-                    pgd_steps=1, text_attack="wordnet", seed=3, warmup=1)
+                    pgd_steps=1, text_candidates="wordnet", seed=3, warmup=1)
     train_resumable(tmp_path / "plain", settings)
     source, _ = load_source(str(sample_world_dir))
     validator = Validator(tmp_path / "validated", source, ValidationSettings(every=1, attack="pgd", limit=6, batch_size=6,
@@ -279,6 +319,17 @@ def test_demo_prints_the_comparison_section(one_caption_study):
     assert "## " not in shown and "![" not in shown
 
 
+def test_demo_refuses_a_bad_config_in_one_line(tmp_path, capsys):
+    from analysis.demo import main
+
+    bad = tmp_path / "old.yaml"
+    bad.write_text("train: {steps: 40}\n")
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study config: unknown train keys ['steps']") and "\n" not in err
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- other tasks (analysis.task_arms)
 
 
@@ -287,7 +338,7 @@ def test_captioning_study_runs_end_to_end_with_its_table(tmp_path):
     out = tmp_path / "captioning"
     config = load_study_config(None, {
         "name": "tiny-captioning", "task": "captioning", "out": str(out), "seeds": [0], "world": {"n": 80, "seed": 0},
-        "finetune_scenes": 20, "pretrain": {"steps": 4, "batch_size": 8}, "train": {"steps": 1, "batch_size": 4, "pgd_steps": 1},
+        "finetune_scenes": 20, "pretrain": {"steps": 4, "batch_size": 8}, "train": {"max_steps": 1, "batch_size": 4, "pgd_steps": 1},
         "pools": {"eda": {"method": "eda", "n": 2}}, "methods": ["tecoa", "mat+"],
         "eval": {"limit": 4, "batch_size": 4, "pgd_steps": 1, "attacks": ["clean", "pgd"], "meteor": False},
     })
@@ -322,11 +373,11 @@ def test_task_configs_refuse_what_the_task_lacks(tmp_path):
         load_study_config(None, {"task": "captioning", "methods": ["mat", "fare"]})
     with pytest.raises(MatPlusError, match=r"task 'ranking' has no arm"):
         load_study_config(None, {"task": "ranking"})
-    config = load_study_config(None, {"task": "captioning", "n_aug_sweep": None, "eval": {"eps": "8/255"}})
-    assert config["methods"] == ["clean", "tecoa", "mat", "mat+"] and config["eval"]["eps"] == "8/255"
+    config = load_study_config(None, {"task": "captioning", "n_aug_sweep": None, "eval": {"attack_eps": "8/255"}})
+    assert config["methods"] == ["clean", "tecoa", "mat", "mat+"] and config["eval"]["attack_eps"] == "8/255"
     assert config["eval"]["attacks"] == ["clean", "pgd", "pgd-targeted"]  # the arm's eval defaults, not retrieval's
     bundled = load_study_config("captioning")
-    assert bundled["task"] == "captioning" and bundled["eval"]["eps"] == bundled["train"]["eps"] == "8/255"
+    assert bundled["task"] == "captioning" and bundled["eval"]["attack_eps"] == bundled["train"]["attack_eps"] == "8/255"
     assert bundled["methods"] == ["clean", "tecoa", "mat", "mat+"] and len(bundled["seeds"]) == 3
     # through the command: one line, exit status 2, nothing written
     config_file = tmp_path / "bad.yaml"

@@ -208,7 +208,7 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
 
 
 @pytest.mark.parametrize("settings, named", [
-    ({"method": "mat", "text_attack": "wordnet", "mlm": "bert"}, "--mlm is not read with --text-attack wordnet"),
+    ({"method": "mat", "text_candidates": "wordnet", "mlm": "bert"}, "--mlm is not read with --text-candidates wordnet"),
     ({"method": "clean", "p_original": 0.9}, "--p-original is not read without --pools"),
     ({"method": "mat+", "pools": ["p"], "pool_mode": "expand", "p_original": 0.2}, "--p-original is not read without --pools or with --pool-mode expand"),
     ({"method": "mat", "pool_mode": "expand"}, "--pool-mode is not read without --pools"),
@@ -228,14 +228,14 @@ def test_unread_settings_are_accepted_where_read_and_saved_configs_feed_back(tmp
     from train.config import read_yaml_config, resolve_config, save_config
 
     read = [
-        {"method": "mat", "text_attack": "mlm", "mlm": "bert"},
+        {"method": "mat", "text_candidates": "mlm", "mlm": "bert"},
         {"method": "mat+", "pools": ["p"], "p_original": 0.2, "allow_pool_mismatch": True},
         {"method": "clean", "val_frequency": 1, "val_split": "test", "val_data": "v.json"},
         {"method": "clean", "wandb_project_name": "x", "report_to": "tensorboard,wandb"},
         {"method": "clean", "train_data": "t.tsv", "csv_img_key": "filepath", "csv_separator": "\t"},
         {"method": "clean", "val_frequency": 1, "val_data": "v.csv", "csv_caption_key": "title"},
         {"method": "tecoa", "lock_text": False},
-        {"method": "mat", "text_attack": "wordnet", "mlm": None},
+        {"method": "mat", "text_candidates": "wordnet", "mlm": None},
     ]
     for settings in read:
         resolve_config({"train_data": "s.json", "out": "o", **settings})
@@ -562,15 +562,44 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
-                ["--source", "x"], ["--warm", "10"], ["--mlm-top-k", "5"]):
+                ["--source", "x"], ["--warm", "10"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["tecoa", *old])
+    for old in (["--mlm-top-k", "5"], ["--text-attack", "wordnet"]):  # mat has the text attack's options
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["mat", *old])
     # a YAML file of the old keys names the new ones
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"source": "s", "weight_decay": 0.1, "eps": "2/255", "mlm_top_k": 5}))
-    with pytest.raises(ConfigError, match="mlm_top_k is now top_k; source is now train_data; weight_decay is now wd"):
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"source": "s", "weight_decay": 0.1, "eps": "2/255", "mlm_top_k": 5,
+                                                       "text_attack": "mlm"}))
+    with pytest.raises(ConfigError, match="mlm_top_k is now top_k; source is now train_data; "
+                                          "text_attack is now text_candidates; weight_decay is now wd"):
         read_yaml_config(tmp_path / "old.yaml")
-    # substitutes per word: one name in training and in train eval (it also limits WordNet's synonyms)
-    assert build_parser().parse_args(["mat", "--top-k", "5"]).top_k == 5
+    # substitutes per word, and where they come from: one name each in training and in train eval
+    args = build_parser().parse_args(["mat", "--top-k", "5", "--text-candidates", "wordnet"])
+    assert args.top_k == 5 and args.text_candidates == "wordnet"
+
+
+def test_a_run_saved_under_older_names_still_resumes(tmp_path):
+    """RUN/config.yaml written before a rename that kept the meaning is read under the new names
+    (nothing to conflict with); a user's --config file of those names is still refused (above)."""
+    import yaml
+
+    from train.config import ConfigError, load_saved_config, resolve_config, resume_conflicts, save_config
+
+    config = resolve_config({"method": "mat", "train_data": "d", "out": str(tmp_path), "top_k": 4, "wd": 0.2,
+                             "text_candidates": "wordnet", "warmup": 3})
+    path = save_config(config, tmp_path)
+    old_names = {"top_k": "mlm_top_k", "text_candidates": "text_attack", "wd": "weight_decay", "warmup": "warmup_steps",
+                 "train_data": "source"}
+    written = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({old_names.get(k, k): v for k, v in written.items()}, sort_keys=False))
+    saved = load_saved_config(tmp_path)
+    assert saved["text_candidates"] == "wordnet" and saved["top_k"] == 4 and "text_attack" not in saved
+    assert resume_conflicts(saved, config) == []
+    # a rename that changed the type is not guessed: one line, as before
+    path.write_text(yaml.safe_dump({**written, "tensorboard": True}))
+    with pytest.raises(ConfigError, match="unknown settings \\['tensorboard'\\]"):
+        load_saved_config(tmp_path)
 
 
 def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sample_world_dir):

@@ -26,7 +26,7 @@ from train.config import (
     POOL_MODES,
     PRECISIONS,
     REPORT_TO,
-    TEXT_ATTACKS,
+    TEXT_CANDIDATES,
     TrainConfig,
     read_yaml_config,
     resolve_config,
@@ -122,8 +122,10 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     if method in MULTIMODAL_METHODS:
         text = parser.add_argument_group("text attack (word substitutions)")
         text.add_argument("--inner-order", choices=INNER_ORDERS, help="order of the inner maximisation" + _default("inner_order"))
-        text.add_argument("--text-attack", choices=TEXT_ATTACKS, help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms" + _default("text_attack"))
-        text.add_argument("--mlm", help="masked LM for --text-attack mlm (default: tiny-mlm for tiny models, else the registry's default)")
+        text.add_argument("--text-candidates", choices=TEXT_CANDIDATES,
+                          help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms, as train eval's"
+                          + _default("text_candidates"))
+        text.add_argument("--mlm", help="masked LM for --text-candidates mlm (default: tiny-mlm for tiny models, else the registry's default)")
         text.add_argument("--top-k", type=int, help="substitutes per word (masked LM or WordNet), as train eval's"
                           + _default("top_k"))
         text.add_argument("--word-budget", type=int, help="words changed per caption at most" + _default("word_budget"))
@@ -150,6 +152,13 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
     parser.set_defaults(func=run_method, method=method)
     return parser
+
+
+def method_settings(method: str) -> frozenset[str]:
+    """The settings `train METHOD` offers (its options' TrainConfig names): what the study passes
+    from its `train:` section to that method's runs."""
+    parser = add_method_parser(argparse.ArgumentParser().add_subparsers(), method)
+    return frozenset(a.dest for a in parser._actions if a.dest not in ("help", "config"))
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:

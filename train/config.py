@@ -32,7 +32,8 @@ METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
 MULTIMODAL_METHODS = ("mat", "mat+")
 INNER_ORDERS = ("text-image", "image-text", "alternate")
-TEXT_ATTACKS = ("mlm", "wordnet")
+# where the text attack's substitute words come from (train eval's --text-candidates)
+TEXT_CANDIDATES = ("mlm", "wordnet")
 POOL_MODES = ("sample", "expand")
 # open_clip_train's --precision names; the trainer runs mixed precision through accelerate
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
@@ -44,7 +45,12 @@ RENAMED = {
     "source": "train_data", "weight_decay": "wd", "warmup_steps": "warmup", "freeze_text": "lock_text",
     "tensorboard": "report_to", "wandb": "report_to", "wandb_project": "wandb_project_name",
     "mlm_top_k": "top_k",  # it also limits WordNet's synonyms; train eval's name
+    "text_attack": "text_candidates",  # train eval's name; "text attack" is the attack itself
 }
+# the renames that kept the meaning and the type: a run's own saved config.yaml written before them
+# is read under the new names (load_saved_config), so a run of an older version still resumes
+SAME_MEANING_RENAMES = ("source", "weight_decay", "warmup_steps", "freeze_text", "wandb_project", "mlm_top_k",
+                        "text_attack")
 # Adam's epsilon above this is a PGD budget given under open_clip's name, not an optimizer setting
 _ADAM_EPS_MAX = 1e-3
 
@@ -116,7 +122,7 @@ class TrainConfig:
     random_start: bool = ATTACK_DEFAULTS.random_start
     clean_weight: float = 0.0
     inner_order: str = "text-image"
-    text_attack: str = "mlm"
+    text_candidates: str = "mlm"  # substitutes from a masked LM (BERT-Attack) or WordNet
     mlm: str | None = None  # None: tiny-mlm for tiny twins, else the registry's default masked LM
     top_k: int = ATTACK_DEFAULTS.top_k  # substitutes per word, from the masked LM or WordNet
     word_budget: int = ATTACK_DEFAULTS.budget
@@ -174,11 +180,10 @@ def parse_fraction(value: Any, name: str = "value") -> float:
         raise ConfigError(f"{name}: cannot read {value!r} as a number (e.g. 0.0078 or 2/255)") from None
 
 
-def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a YAML mapping; keys may use '-' or '_'; unknown keys are refused."""
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of settings, keys spelt with '_' ('-' accepted); not yet checked."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -189,7 +194,12 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a YAML mapping; keys may use '-' or '_'; unknown keys are refused."""
+    settings = _read_settings_file(Path(path))
     _unknown_settings(settings, f"{path}: ")
     return settings
 
@@ -275,7 +285,7 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "p_original": (lambda c: not c.pools or c.pool_mode == "expand", "without --pools or with --pool-mode expand"),
     "pool_mode": (lambda c: not c.pools, "without --pools"),
     "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
-    "mlm": (lambda c: c.text_attack != "mlm", "with --text-attack wordnet (WordNet synonyms, no masked LM)"),
+    "mlm": (lambda c: c.text_candidates != "mlm", "with --text-candidates wordnet (WordNet synonyms, no masked LM)"),
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
@@ -313,7 +323,8 @@ def _validate(c: TrainConfig) -> None:
     _check(0.0 <= c.p_original <= 1.0, f"--p-original must lie in [0, 1], got {c.p_original}")
     _check(c.pool_mode in POOL_MODES, f"unknown --pool-mode {c.pool_mode!r}; expected one of {list(POOL_MODES)}")
     _check(c.inner_order in INNER_ORDERS, f"unknown --inner-order {c.inner_order!r}; expected one of {list(INNER_ORDERS)}")
-    _check(c.text_attack in TEXT_ATTACKS, f"unknown --text-attack {c.text_attack!r}; expected one of {list(TEXT_ATTACKS)}")
+    _check(c.text_candidates in TEXT_CANDIDATES,
+           f"unknown --text-candidates {c.text_candidates!r}; expected one of {list(TEXT_CANDIDATES)}")
     _check(c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; expected one of {list(PRECISIONS)}")
     _check(c.precision in ACCELERATE_PRECISION,
            f"--precision {c.precision}: half-precision weights are not supported by this trainer "
@@ -377,7 +388,7 @@ def _fill_derived(c: TrainConfig) -> None:
         from augment.loading import default_workers
 
         c.workers = default_workers()
-    if c.mlm is None and c.method in MULTIMODAL_METHODS and c.text_attack == "mlm":
+    if c.mlm is None and c.method in MULTIMODAL_METHODS and c.text_candidates == "mlm":
         c.mlm = default_mlm(c.model)
     if c.pools and c.pool_weights is None:
         c.pool_weights = [1.0] * len(c.pools)
@@ -408,8 +419,17 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
 
 
 def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """RUN/config.yaml as the current names spell it (the keys of SAME_MEANING_RENAMES migrated: the
+    file is this project's record of the run, not the user's input, which keeps being refused)."""
     path = config_path(run_dir)
-    return read_yaml_config(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    settings = _read_settings_file(path)
+    for old in SAME_MEANING_RENAMES:
+        if old in settings and RENAMED[old] not in settings:
+            settings[RENAMED[old]] = settings.pop(old)
+    _unknown_settings(settings, f"{path}: ")
+    return settings
 
 
 def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:

@@ -208,7 +208,7 @@ def build_text_attack(victim, config: TrainConfig):
         return None
     from train.attacks.text import BertAttack, SynonymAttack
 
-    if config.text_attack == "mlm":
+    if config.text_candidates == "mlm":
         return BertAttack(victim, mlm=config.mlm, top_k=config.top_k, budget=config.word_budget,
                           loss="contrastive")
     return SynonymAttack(victim, top_k=config.top_k, budget=config.word_budget, loss="contrastive")
