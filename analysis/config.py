@@ -106,10 +106,13 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise MatPlusError(f"study config: unknown keys {unknown}")
+    _check_methods(config["methods"])
+    given = _merge(layer, overrides or {})
     if config["task"] != "retrieval":
-        config = _task_config(config, _merge(layer, overrides or {}))
+        config = _task_config(config, given)
     else:
         _check_retrieval_eval(config["eval"])
+        _check_retrieval_headline(config, given)
     _check_train(config)
     seeds = config.get("seeds")
     if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
@@ -129,6 +132,9 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     validation = config.get("validation")
     if validation is not None and (not isinstance(validation, dict) or int(validation.get("every", 0)) < 1):
         raise MatPlusError("study config: validation must be null or a mapping with every: K >= 1")
+    scenes = config.get("finetune_scenes")
+    if not _is_count(scenes):
+        raise MatPlusError(f"study config: finetune_scenes must be a whole number >= 1, got {scenes!r}")
     for section in ("n_aug_sweep", "more_samples"):
         pool = (config.get(section) or {}).get("pool")
         if pool and pool not in config["pools"]:
@@ -203,11 +209,75 @@ def eval_attack_options(evaluation: dict) -> dict:
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 
 
+def _is_count(value) -> bool:
+    """A whole number >= 1 (YAML's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# the sample world's splits (augment.world.writer)
+WORLD_SPLITS = ("train", "val", "test")
+HEADLINE_CAPTIONS = ("meaning_preserved", "all")
+
+
+def _check_methods(methods) -> None:
+    from train.config import METHODS
+
+    if not isinstance(methods, list) or not methods:
+        raise MatPlusError(f"study config: methods must be a list of training methods, got {methods!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise MatPlusError(f"study config: unknown methods {unknown} (choose from {', '.join(METHODS)})")
+
+
+def _check_split(name: str, split) -> None:
+    if split not in WORLD_SPLITS:
+        raise MatPlusError(f"study config: {name} {split!r} is not a split of the sample world ({', '.join(WORLD_SPLITS)})")
+
+
+def _check_attack_names(name: str, attacks) -> None:
+    from train.attacks import ATTACK_NAMES
+
+    unknown = [a for a in attacks if a not in ATTACK_NAMES]
+    if unknown:
+        raise MatPlusError(f"study config: {name}: unknown attacks {unknown} (choose from {', '.join(ATTACK_NAMES)})")
+
+
+def _check_retrieval_headline(config: dict, given: dict) -> None:
+    """What the report headlines, and the validation attack, are checked against what is evaluated:
+    a wrong name used to surface only in the report or at the first validation, after training."""
+    attacks = config["eval"]["attacks"]
+    if config["headline_attack"] not in attacks:
+        raise MatPlusError(f"study config: headline_attack {config['headline_attack']!r} is not among eval.attacks {attacks}")
+    if config["headline_captions"] not in HEADLINE_CAPTIONS:
+        raise MatPlusError(f"study config: headline_captions must be one of {', '.join(HEADLINE_CAPTIONS)}, "
+                           f"got {config['headline_captions']!r}")
+    validation = config.get("validation")
+    if isinstance(validation, dict):
+        _check_attack_names("validation.attack", [validation.get("attack", config["headline_attack"])])
+        _check_split("validation.split", validation.get("split", "val"))
+    # the default [tecoa, mat] keeps the methods the study runs; a run named in the config must exist
+    from analysis.study import run_specs
+
+    runs = {spec.name for spec in run_specs(config)}
+    if "headline_runs" in given:
+        unknown = [r for r in config["headline_runs"] if r not in runs]
+        if unknown:
+            raise MatPlusError(f"study config: headline_runs {unknown} are not runs of this study ({', '.join(sorted(runs))})")
+    else:
+        config["headline_runs"] = [r for r in config["headline_runs"] if r in runs]
+
+
 def _check_retrieval_eval(evaluation: dict) -> None:
-    """Unknown eval keys, and the attack options `AttackSettings` refuses, before any training."""
+    """Unknown eval keys, unknown attacks, a split the world lacks, and the attack options
+    `AttackSettings` refuses, before any training."""
     from train.attacks.settings import AttackSettings
 
     _refuse_unknown_eval(evaluation, RETRIEVAL_EVAL_KEYS)
+    _check_attack_names("eval.attacks", evaluation["attacks"])
+    _check_split("eval.split", evaluation["split"])
+    limit = evaluation["limit"]
+    if limit is not None and not _is_count(limit):
+        raise MatPlusError(f"study config: eval.limit must be null (every image) or a whole number >= 1, got {limit!r}")
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
@@ -298,7 +368,7 @@ def _check_train(config: dict) -> None:
         raise MatPlusError(f"study config: train.eps {eps} is AdamW's epsilon (the trainer's --eps); "
                            "the PGD budget is train.attack_eps")
     steps = train.get("max_steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not _is_count(steps):
         raise MatPlusError(f"study config: train.max_steps must be a whole number of steps >= 1 (budgets are steps), "
                            f"got {steps!r}")
     for method in config["methods"]:

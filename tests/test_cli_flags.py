@@ -72,6 +72,46 @@ def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_p
     assert capsys.readouterr().err.strip() == f"error: --task {task} does not read {named}: leave them out"
 
 
+@pytest.mark.parametrize("task, extra, named", [
+    ("retrieval", ["--attacks", "clean", "--attack-eps", "8/255", "--pgd-steps", "3"],
+     "--attacks clean does not read --attack-eps (pgd, sep, co-attack, sga), --pgd-steps (pgd, sep, co-attack, sga): leave them out"),
+    ("retrieval", ["--attacks", "pgd", "--mlm", "bert-base-uncased"], "--attacks pgd does not read --mlm (bert-attack, sep, co-attack, sga)"),
+    ("retrieval", ["--attacks", "synonym", "--mlm", "bert-base-uncased"], "--attacks synonym does not read --mlm ("),
+    ("retrieval", ["--attacks", "pgd,bert-attack", "--sga-scales", "0.5,1.5"], "--attacks pgd,bert-attack does not read --sga-scales (sga)"),
+    ("retrieval", ["--attacks", "sga", "--co-alpha", "2"], "does not read --co-alpha (co-attack): leave it out (or add an attack"),
+    ("grounding", ["--attacks", "clean,pgd", "--top-k", "3"], "--attacks clean,pgd does not read --top-k (bert-attack, synonym,"),
+    ("captioning", ["--attacks", "clean,pgd", "--target", "a dog"], "--attacks clean,pgd does not read --target (pgd-targeted)"),
+    ("captioning", ["--attacks", "pgd", "--word-budget", "2"], "--attacks pgd does not read --word-budget (prompt, prompt-pgd)"),
+])
+def test_eval_refuses_an_option_no_chosen_attack_reads(task, extra, named, tmp_path, capsys):
+    """As the trainer refuses a setting its other settings leave unread: `--attacks clean --attack-eps
+    8/255` used to run and record a budget nothing used. Before the data or a model is read."""
+    from train.cli import main
+
+    code = main(["eval", "tiny-clip", "--task", task, "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and named in err and "\n" not in err
+
+
+def test_eval_takes_an_option_one_chosen_attack_reads(tmp_path, capsys):
+    from train.cli import main
+    from train.commands_eval import ATTACK_OPTIONS
+
+    # past the check, to the missing source: every option here is read by pgd or bert-attack
+    assert main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--attacks", "pgd,bert-attack", "--pgd-steps", "2", "--mlm", "tiny-mlm", "--top-k", "3"]) == 2
+    assert "missing" in capsys.readouterr().err
+    # the table names real options and attacks
+    dests = {a.dest for a in _eval_parser()._actions}
+    from train.attacks import ATTACK_NAMES
+    from train.attacks.captioning import CAPTION_ATTACK_NAMES
+
+    for task, table in ATTACK_OPTIONS.items():
+        names = CAPTION_ATTACK_NAMES if task == "captioning" else ATTACK_NAMES
+        assert set(table) <= dests and all(set(readers) <= set(names) for readers in table.values()), task
+
+
 @pytest.mark.parametrize("task", ["retrieval", "captioning", "grounding"])
 def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys):
     from train.cli import main

@@ -165,6 +165,29 @@ def test_train_and_eval_sections_speak_the_commands_names():
     assert method_train_settings(config["train"], "mat")["top_k"] == 3
 
 
+def test_values_that_used_to_fail_after_training_are_refused_at_load():
+    """A wrong attack, split, method or headline name surfaced at the first evaluation or validation,
+    or in the report, after pretraining and training; now one line when the config is read."""
+    for overrides, message in (
+        ({"methods": ["tecoa", "matt"]}, "unknown methods ['matt']"),
+        ({"eval": {"attacks": ["clean", "pgdd"]}}, "eval.attacks: unknown attacks ['pgdd']"),
+        ({"eval": {"split": "tset"}}, "eval.split 'tset' is not a split of the sample world"),
+        ({"eval": {"limit": 0}}, "eval.limit must be null (every image) or a whole number >= 1"),
+        ({"validation": {"every": 2, "attack": "sgaa"}}, "validation.attack: unknown attacks ['sgaa']"),
+        ({"validation": {"every": 2, "split": "dev"}}, "validation.split 'dev' is not a split"),
+        ({"headline_attack": "sga"}, "headline_attack 'sga' is not among eval.attacks"),
+        ({"headline_captions": "some"}, "headline_captions must be one of meaning_preserved, all"),
+        ({"headline_runs": ["matt"]}, "headline_runs ['matt'] are not runs of this study"),
+        ({"finetune_scenes": 0}, "finetune_scenes must be a whole number >= 1"),
+    ):
+        with pytest.raises(MatPlusError) as caught:
+            load_study_config("mini", overrides)
+        assert str(caught.value).startswith("study config: ") and message in str(caught.value), (overrides, caught.value)
+    # the default headline runs keep the study's own; named ones may be any run, e.g. the oracle
+    assert load_study_config("mini")["headline_runs"] == ["mat"]
+    assert load_study_config("mini", {"headline_runs": ["mat:oracle"]})["headline_runs"] == ["mat:oracle"]
+
+
 def test_new_config_keys_are_checked():
     with pytest.raises(MatPlusError, match="finetune_captions"):
         load_study_config("mini", {"finetune_captions": {"per_image": 0}})

@@ -40,6 +40,45 @@ TASK_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
+# the options only some attacks read -> those attacks, per task family: one set explicitly (not left
+# at its default) when none of --attacks reads it is refused in one line, as the trainer refuses a
+# setting its other settings leave unread (`--attacks clean --attack-eps 8/255` measured nothing of it)
+_IMAGE_OPTIONS = ("attack_eps", "pgd_steps", "pgd_step_size")
+_TEXT_OPTIONS = ("text_candidates", "top_k", "word_budget", "max_length", "text_guide")
+_MULTIMODAL = ("sep", "co-attack", "sga")
+_RETRIEVAL_ATTACK_OPTIONS = {
+    **{option: ("pgd", *_MULTIMODAL) for option in _IMAGE_OPTIONS},
+    **{option: ("bert-attack", "synonym", *_MULTIMODAL) for option in _TEXT_OPTIONS},
+    "mlm": ("bert-attack", *_MULTIMODAL),  # synonym: WordNet's
+    "sga_scales": ("sga",), "co_alpha": ("co-attack",),
+    "attacker_model": ("pgd", "bert-attack", "synonym", *_MULTIMODAL),
+}
+ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "retrieval": _RETRIEVAL_ATTACK_OPTIONS,
+    "grounding": _RETRIEVAL_ATTACK_OPTIONS,
+    "captioning": {
+        **{option: ("pgd", "pgd-targeted", "prompt-pgd") for option in _IMAGE_OPTIONS},
+        **{option: ("prompt", "prompt-pgd") for option in (*_TEXT_OPTIONS, "mlm")},
+        "target": ("pgd-targeted",),
+        "attacker_model": ("pgd", "pgd-targeted", "prompt", "prompt-pgd"),
+    },
+}
+
+
+def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]) -> None:
+    """One line naming every attack option set (not left at its default) that none of `attacks` reads."""
+    from augment.errors import MatPlusError
+
+    readers = ATTACK_OPTIONS[args.task]
+    stray = [dest for dest, names in readers.items()
+             if hasattr(args, dest) and getattr(args, dest) != args.option_default(dest) and not set(names) & set(attacks)]
+    if stray:
+        named = ", ".join(f"--{dest.replace('_', '-')} ({', '.join(readers[dest])})" for dest in stray)
+        them = "it" if len(stray) == 1 else "them"
+        raise MatPlusError(f"--attacks {','.join(attacks)} does not read {named}: leave {them} out "
+                           f"(or add an attack that reads {them})")
+
+
 def _check_attack_options(options: dict) -> None:
     """Before any model loads: settings the attacks refuse (e.g. `--text-guide text` under a
     reference protocol, which would be ignored there) are one line, not a traceback mid-run."""
@@ -262,18 +301,24 @@ def run(args: argparse.Namespace) -> int:
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_positive(args)
+    from train.attacks import ATTACK_NAMES
+    from train.attacks.captioning import CAPTION_ATTACK_NAMES
+
+    if args.task != "captioning":
+        args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
+        if any(name not in ATTACK_NAMES for name in args.attacks):
+            raise MatPlusError(f"unknown {args.task} attack(s) {[n for n in args.attacks if n not in ATTACK_NAMES]}; "
+                               f"choose from {', '.join(ATTACK_NAMES)}")
+    # named attacks only (captioning's unknown ones are refused by name in its command; its defaults
+    # are known once the captioner is loaded: the prompt attacks need --prompt)
+    if args.attacks and set(args.attacks) <= set(CAPTION_ATTACK_NAMES if args.task == "captioning" else ATTACK_NAMES):
+        _refuse_options_no_attack_reads(args, args.attacks)
     if args.task != "retrieval":  # the shared default, recorded in the report (retrieval protocols may pick their own)
         args.pgd_step_size = pgd_step_size(args.attack_eps, args.pgd_step_size)
     if args.task == "captioning":
         from train.commands_eval_captioning import run as run_captioning
 
         return run_captioning(args)
-    from train.attacks import ATTACK_NAMES
-
-    args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
-    if any(name not in ATTACK_NAMES for name in args.attacks):
-        raise MatPlusError(f"unknown {args.task} attack(s) {[n for n in args.attacks if n not in ATTACK_NAMES]}; "
-                           f"choose from {', '.join(ATTACK_NAMES)}")
     if args.task == "grounding":
         from train import commands_grounding
 
