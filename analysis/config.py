@@ -122,7 +122,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if "method" not in spec:
             raise MatPlusError(f"study config: pool {name!r} has no method")
         _check_pool_spec(name, spec)
-    _refuse_unknown_section_keys(config)
+    _check_sections(config)
     captions = config.get("finetune_captions")
     if captions is not None and (not isinstance(captions, dict) or int(captions.get("per_image", 0)) < 1
                                  or captions.get("choice", "rotate") not in ("rotate", "first")):
@@ -154,12 +154,32 @@ SECTION_KEYS = {
 }
 
 
-def _refuse_unknown_section_keys(config: dict) -> None:
+# values that are counts (whole numbers >= 1): a 0 failed only when its step came, e.g. the
+# sweep's pool subsets or the first validation, after pretraining
+COUNTS = {
+    "world": ("n",), "pretrain": ("steps", "batch_size"), "finetune_captions": ("per_image",),
+    "validation": ("every", "limit", "captions_per_image", "batch_size"), "more_samples": ("oracle_factor",),
+}
+
+
+def _check_sections(config: dict) -> None:
+    """Each small section: no key it does not read, counts that are counts, the sweep's values."""
     for section, known in SECTION_KEYS.items():
         value = config.get(section)
-        unknown = sorted(set(value) - set(known)) if isinstance(value, dict) else []
+        if not isinstance(value, dict):
+            continue
+        unknown = sorted(set(value) - set(known))
         if unknown:
             raise MatPlusError(f"study config: unknown {section} keys {unknown} (known: {', '.join(known)})")
+        for key in COUNTS.get(section, ()):
+            if key in value and value[key] is not None and not _is_count(value[key]):
+                raise MatPlusError(f"study config: {section}.{key} must be a whole number >= 1, got {value[key]!r}")
+    sweep = config.get("n_aug_sweep")
+    if isinstance(sweep, dict) and sweep.get("pool"):
+        values = sweep.get("values")
+        if not isinstance(values, list) or not values or not all(_is_count(v) for v in values):
+            raise MatPlusError(f"study config: n_aug_sweep.values must be a list of whole numbers >= 1 "
+                               f"(augmentations per item), got {values!r}")
 
 
 def generate_arguments(spec: dict) -> list[str]:

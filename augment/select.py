@@ -77,6 +77,9 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
 def select_rows(pool, filters: SelectFilters, scorer: str | None = None) -> tuple[np.ndarray, dict | None]:
     """(indices of the selected rows in pool order, the scorer entry used or None)."""
     filters.check()
+    if scorer is not None and not filters.needs_scores():  # it would be silently ignored
+        raise PoolError(f"--scorer {scorer} is read only by --min-alignment, --max-alignment and --top-k-per-item: "
+                        "leave it out or add one of them")
     columns = pool_columns(pool, ["source_image_id", "source_caption_index", "modality", "method"])
     keep = np.ones(len(pool), dtype=bool)
     if filters.methods:

@@ -94,6 +94,17 @@ def test_eval_refuses_an_option_no_chosen_attack_reads(task, extra, named, tmp_p
     assert code == 2 and err.startswith("error: ") and named in err and "\n" not in err
 
 
+def test_eval_attack_list_names_what_is_wrong(capsys):
+    with pytest.raises(SystemExit):
+        _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", " , "])
+    assert "argument --attacks: no attack named; choose from clean, pgd," in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
+    assert "argument --attacks: unknown attack(s) ['fgsm']" in capsys.readouterr().err
+    assert _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd, clean,pgd"]).attacks == [
+        "pgd", "clean"]  # each attack once, in the order given
+
+
 def test_eval_takes_an_option_one_chosen_attack_reads(tmp_path, capsys):
     from train.cli import main
     from train.commands_eval import ATTACK_OPTIONS

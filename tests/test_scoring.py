@@ -812,3 +812,9 @@ def test_cli_select_without_scores_is_one_clear_line(tmp_path, train_items, samp
     _write(tmp_path / "pool", [_row(train_items[0], 0, 0, "a", "text", caption="a red circle")], sample_world_dir)
     assert main(["select", str(tmp_path / "pool"), "--out", str(tmp_path / "out"), "--min-alignment", "0.2"]) == 2
     assert "run `augment score" in capsys.readouterr().err
+    # --scorer with no filter that reads scores was silently ignored: refused before anything is written
+    assert main(["select", str(tmp_path / "pool"), "--out", str(tmp_path / "out"), "--max-per-item", "1",
+                 "--scorer", "tiny-clip"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --scorer tiny-clip is read only by --min-alignment, --max-alignment "
+                                               "and --top-k-per-item: leave it out or add one of them")
+    assert not (tmp_path / "out").exists()

@@ -232,6 +232,10 @@ def test_inspect_cli_summary_and_bad_input(karpathy_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     skipped = json.loads((tmp_path / "r.json").read_text())["skipped"]
     assert [s["image_id"] for s in skipped] == ["003"]
+    # a report path without --skip-bad was silently ignored (the command stopped at the bad record)
+    result = _augment("inspect", "--source", str(karpathy_dir), "--skip-report", str(tmp_path / "r2.json"))
+    assert result.returncode == 2 and not (tmp_path / "r2.json").exists()
+    assert result.stderr.strip() == "error: --skip-report is read only with --skip-bad: leave it out or add --skip-bad"
 
 
 def test_a_missing_image_decoded_later_is_named_once(tmp_path):

@@ -179,6 +179,10 @@ def test_values_that_used_to_fail_after_training_are_refused_at_load():
         ({"headline_captions": "some"}, "headline_captions must be one of meaning_preserved, all"),
         ({"headline_runs": ["matt"]}, "headline_runs ['matt'] are not runs of this study"),
         ({"finetune_scenes": 0}, "finetune_scenes must be a whole number >= 1"),
+        ({"validation": {"every": 2, "limit": 0}}, "validation.limit must be a whole number >= 1, got 0"),
+        ({"pretrain": {"steps": 0}}, "pretrain.steps must be a whole number >= 1"),
+        ({"more_samples": {"pool": "scene", "oracle_factor": 0}}, "more_samples.oracle_factor must be a whole number"),
+        ({"n_aug_sweep": {"pool": "scene", "values": [0, 2]}}, "n_aug_sweep.values must be a list of whole numbers >= 1"),
     ):
         with pytest.raises(MatPlusError) as caught:
             load_study_config("mini", overrides)

@@ -121,8 +121,10 @@ def _attack_names(text: str) -> list[str]:
 
     known = tuple(dict.fromkeys(ATTACK_NAMES + CAPTION_ATTACK_NAMES))  # each task checks its own after parsing
     names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no attack named; choose from {', '.join(known)} (comma-separated)")
     unknown = [n for n in names if n not in known]
-    if unknown or not names:
+    if unknown:
         raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
 

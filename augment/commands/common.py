@@ -18,7 +18,11 @@ def add_source_arguments(parser, required: bool = True) -> None:
 
 def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
+    from augment.errors import MatPlusError
     from augment.sources import load_source
+
+    if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
+        raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
