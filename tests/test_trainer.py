@@ -579,6 +579,26 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     assert args.top_k == 5 and args.text_candidates == "wordnet"
 
 
+def test_a_config_file_setting_the_method_does_not_offer_is_refused(tmp_path, capsys):
+    """`train clean --config` with attack settings used to record them in config.yaml, read by nothing."""
+    from train.cli import main
+
+    (tmp_path / "c.yaml").write_text("pgd_steps: 7\nword_budget: 3\nlr: 0.001\n")
+    assert main(["clean", "--config", str(tmp_path / "c.yaml"), "--model", "tiny-clip", "--train-data", "d",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path / 'c.yaml'}: train clean does not read pgd_steps (read by tecoa, fare, mat, mat+); "
+                   "word_budget (read by mat, mat+): leave them out")
+    assert not (tmp_path / "run").exists()
+    # a value equal to what the method resolves anyway (a saved config.yaml of the same method) passes
+    from train.cli import build_parser, config_from_args
+    from train.config import resolve_config, save_config
+
+    saved = save_config(resolve_config({"method": "clean", "train_data": "d", "out": "o", "model": "tiny-clip"}), tmp_path / "saved")
+    config = config_from_args(build_parser().parse_args(["clean", "--config", str(saved), "--out", str(tmp_path / "again")]))
+    assert config.method == "clean" and config.pgd_steps == 10
+
+
 def test_a_run_saved_under_older_names_still_resumes(tmp_path):
     """RUN/config.yaml written before a rename that kept the meaning is read under the new names
     (nothing to conflict with); a user's --config file of those names is still refused (above)."""

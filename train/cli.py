@@ -169,7 +169,30 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     file_settings = read_yaml_config(args.config) if getattr(args, "config", None) else {}
-    return resolve_config(file_settings, settings_from_args(args))
+    given = settings_from_args(args)
+    config = resolve_config(file_settings, given)
+    _refuse_settings_the_method_lacks(args.config if file_settings else None, file_settings, given, config)
+    return config
+
+
+def _refuse_settings_the_method_lacks(path, file_settings: dict, given: dict, config: TrainConfig) -> None:
+    """A --config file may hold settings `train METHOD` does not offer (pgd_steps for clean,
+    word_budget for tecoa): one that changes the resolved config would be recorded in config.yaml
+    and read by nothing, so it is refused. A run's saved config.yaml fed back holds only what the
+    method resolved (defaults there), and passes."""
+    from train.config import ConfigError
+
+    method = given["method"]
+    foreign = {k: v for k, v in file_settings.items() if k not in method_settings(method) and k != "method"}
+    if not foreign:
+        return
+    without = resolve_config({k: v for k, v in file_settings.items() if k not in foreign}, given)
+    changed = sorted(k for k in foreign if getattr(config, k) != getattr(without, k))
+    if changed:
+        readers = {k: [m for m in METHODS if k in method_settings(m)] for k in changed}
+        named = "; ".join(f"{k} (read by {', '.join(readers[k]) or 'no method'})" for k in changed)
+        raise ConfigError(f"{path}: train {method} does not read {named}: leave "
+                          f"{'it' if len(changed) == 1 else 'them'} out")
 
 
 def run_method(args: argparse.Namespace) -> int:
