@@ -79,6 +79,7 @@ def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_p
     ("retrieval", ["--attacks", "synonym", "--mlm", "bert-base-uncased"], "--attacks synonym does not read --mlm ("),
     ("retrieval", ["--attacks", "pgd,bert-attack", "--sga-scales", "0.5,1.5"], "--attacks pgd,bert-attack does not read --sga-scales (sga)"),
     ("retrieval", ["--attacks", "sga", "--co-alpha", "2"], "does not read --co-alpha (co-attack): leave it out (or add an attack"),
+    ("retrieval", ["--attacks", "clean", "--save-adv", "adv"], "--attacks clean does not read --save-adv (pgd, bert-attack,"),
     ("grounding", ["--attacks", "clean,pgd", "--top-k", "3"], "--attacks clean,pgd does not read --top-k (bert-attack, synonym,"),
     ("captioning", ["--attacks", "clean,pgd", "--target", "a dog"], "--attacks clean,pgd does not read --target (pgd-targeted)"),
     ("captioning", ["--attacks", "pgd", "--word-budget", "2"], "--attacks pgd does not read --word-budget (prompt, prompt-pgd)"),

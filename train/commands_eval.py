@@ -51,7 +51,7 @@ _RETRIEVAL_ATTACK_OPTIONS = {
     **{option: ("bert-attack", "synonym", *_MULTIMODAL) for option in _TEXT_OPTIONS},
     "mlm": ("bert-attack", *_MULTIMODAL),  # synonym: WordNet's
     "sga_scales": ("sga",), "co_alpha": ("co-attack",),
-    "attacker_model": ("pgd", "bert-attack", "synonym", *_MULTIMODAL),
+    **{option: ("pgd", "bert-attack", "synonym", *_MULTIMODAL) for option in ("attacker_model", "save_adv")},
 }
 ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "retrieval": _RETRIEVAL_ATTACK_OPTIONS,
@@ -60,7 +60,7 @@ ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         **{option: ("pgd", "pgd-targeted", "prompt-pgd") for option in _IMAGE_OPTIONS},
         **{option: ("prompt", "prompt-pgd") for option in (*_TEXT_OPTIONS, "mlm")},
         "target": ("pgd-targeted",),
-        "attacker_model": ("pgd", "pgd-targeted", "prompt", "prompt-pgd"),
+        **{option: ("pgd", "pgd-targeted", "prompt", "prompt-pgd") for option in ("attacker_model", "save_adv")},
     },
 }
 
