@@ -403,8 +403,11 @@ def _check_train(config: dict) -> None:
 
 
 def run_train_settings(settings: dict, pooled: bool, pool_mode: str = "sample") -> dict:
-    """A method's `train:` settings less the ones its run leaves unread: p_original needs sampled pools."""
+    """A method's `train:` settings less the ones its run leaves unread (the trainer would refuse them):
+    the pool settings need pools, p_original sampled ones."""
     settings = dict(settings)
+    if not pooled:
+        settings.pop("allow_pool_mismatch", None)
     if not pooled or pool_mode == "expand":
         settings.pop("p_original", None)
     if settings.get("mlm") is None:  # the trainer's default masked LM

@@ -163,6 +163,13 @@ def test_train_and_eval_sections_speak_the_commands_names():
     assert method_train_settings(config["train"], "tecoa")["clean_weight"] == 0.5
     assert "top_k" not in method_train_settings(config["train"], "tecoa")
     assert method_train_settings(config["train"], "mat")["top_k"] == 3
+    # a pool setting reaches the pooled runs only (the trainer refuses it without pools)
+    from analysis.config import run_train_settings
+
+    config = load_study_config("mini", {"train": {"allow_pool_mismatch": True}})
+    mat = run_train_settings(method_train_settings(config["train"], "mat"), pooled=False)
+    assert "allow_pool_mismatch" not in mat and "p_original" not in mat
+    assert run_train_settings(method_train_settings(config["train"], "mat+"), pooled=True)["allow_pool_mismatch"] is True
 
 
 def test_values_that_used_to_fail_after_training_are_refused_at_load():
