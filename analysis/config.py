@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from augment.errors import MatPlusError
+from train.attacks.settings import ATTACK_DEFAULTS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -65,7 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "split": "test", "limit": 100, "captions_per_image": 2, "batch_size": 50,
         "attacks": ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
-        "attack_eps": "2/255", "pgd_steps": 10, "mlm": "tiny-mlm",  # train eval's names
+        # train eval's names and defaults (pgd_step_size None: attack_eps / 4)
+        "attack_eps": "2/255", "pgd_steps": 10, "pgd_step_size": None, "mlm": "tiny-mlm",
+        "top_k": ATTACK_DEFAULTS.top_k, "word_budget": ATTACK_DEFAULTS.budget,
     },
     # the runs the report's first table compares (pretrained and every mat+ run are always in it)
     "headline_runs": ["tecoa", "mat"],
@@ -224,7 +227,10 @@ def eval_attack_options(evaluation: dict) -> dict:
     """The attack options the retrieval study's evaluation passes to `train.evaluate.evaluate`."""
     from train.config import parse_fraction
 
+    step = evaluation.get("pgd_step_size")
     return {"eps": parse_fraction(evaluation["attack_eps"], "eval.attack_eps"), "steps": evaluation["pgd_steps"],
+            "step_size": None if step is None else parse_fraction(step, "eval.pgd_step_size"),
+            "top_k": evaluation.get("top_k", ATTACK_DEFAULTS.top_k), "budget": evaluation.get("word_budget", ATTACK_DEFAULTS.budget),
             "mlm": evaluation["mlm"],
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 

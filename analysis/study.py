@@ -258,14 +258,14 @@ class Study:
 
     def validator(self, folder: Path, seed: int):
         """The trainer callback validating a run every `validation.every` steps (see train.validation)."""
+        from analysis.config import eval_attack_options
         from augment.world.truth import check_caption_of_row
         from augment.sources import load_source
-        from train.config import parse_fraction
         from train.validation import ValidationSettings, Validator
 
         v = dict(self.config["validation"])
         e = self.config["eval"]
-        options = {"eps": parse_fraction(e["attack_eps"], "eval.attack_eps"), "steps": e["pgd_steps"], "mlm": e["mlm"]}
+        options = eval_attack_options(e)  # the evaluation's attack settings, on the validation split
         settings = ValidationSettings(
             every=int(v["every"]), attack=v.get("attack", self.config.get("headline_attack", "sga")),
             split=v.get("split", "val"), limit=v.get("limit", 50), captions_per_image=v.get("captions_per_image", 2),

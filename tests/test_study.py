@@ -172,6 +172,21 @@ def test_train_and_eval_sections_speak_the_commands_names():
     assert run_train_settings(method_train_settings(config["train"], "mat+"), pooled=True)["allow_pool_mismatch"] is True
 
 
+def test_retrieval_eval_takes_train_evals_attack_settings():
+    """eval: {top_k, word_budget, pgd_step_size} reach the attacks (they were not offered: a study could not
+    evaluate at another word budget); their defaults are train eval's."""
+    from analysis.config import eval_attack_options
+    from train.attacks.settings import ATTACK_DEFAULTS, AttackSettings
+
+    default = eval_attack_options(load_study_config("mini")["eval"])
+    assert (default["top_k"], default["budget"], default["step_size"]) == (ATTACK_DEFAULTS.top_k, ATTACK_DEFAULTS.budget, None)
+    options = eval_attack_options(load_study_config("mini", {"eval": {"top_k": 3, "word_budget": 2, "pgd_step_size": "1/255"}})["eval"])
+    settings = AttackSettings.from_options(**{k: v for k, v in options.items() if k != "mlm"})
+    assert (settings.top_k, settings.budget, settings.step_size) == (3, 2, pytest.approx(1 / 255))
+    with pytest.raises(MatPlusError, match="study config: eval: "):
+        load_study_config("mini", {"eval": {"word_budget": -1}})
+
+
 def test_values_that_used_to_fail_after_training_are_refused_at_load():
     """A wrong attack, split, method or headline name surfaced at the first evaluation or validation,
     or in the report, after pretraining and training; now one line when the config is read."""
