@@ -42,6 +42,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
     from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from models import load_model
+    from analysis.config import eval_pgd_step_size
     from train.attacks.settings import pgd_step_size
     from train.config import parse_fraction
     from train.evaluate_captioning import evaluate_captioning, write_captioning_report
@@ -50,7 +51,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
     victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"])
     source, _ = load_source(str(source_dir))
     eps = parse_fraction(e["attack_eps"], "eval.attack_eps")
-    step = None if e["pgd_step_size"] is None else parse_fraction(e["pgd_step_size"], "eval.pgd_step_size")
+    step = eval_pgd_step_size(e)
     options = {"eps": eps, "steps": int(e["pgd_steps"]), "step_size": pgd_step_size(eps, step), "target": e["target"],
                "mlm": e["mlm"]}
     report = evaluate_captioning(

@@ -223,13 +223,20 @@ def _check_pool_spec(name: str, spec: dict) -> None:
 RETRIEVAL_EVAL_KEYS = (*DEFAULTS["eval"], "protocol", "attack_protocol", "reference_bugs")
 
 
+def eval_pgd_step_size(evaluation: dict) -> float | None:
+    """eval.pgd_step_size as a number; None when unset (the attacks then step by attack_eps / 4)."""
+    from train.config import parse_fraction
+
+    step = evaluation.get("pgd_step_size")
+    return None if step is None else parse_fraction(step, "eval.pgd_step_size")
+
+
 def eval_attack_options(evaluation: dict) -> dict:
     """The attack options the retrieval study's evaluation passes to `train.evaluate.evaluate`."""
     from train.config import parse_fraction
 
-    step = evaluation.get("pgd_step_size")
     return {"eps": parse_fraction(evaluation["attack_eps"], "eval.attack_eps"), "steps": evaluation["pgd_steps"],
-            "step_size": None if step is None else parse_fraction(step, "eval.pgd_step_size"),
+            "step_size": eval_pgd_step_size(evaluation),
             "top_k": evaluation.get("top_k", ATTACK_DEFAULTS.top_k), "budget": evaluation.get("word_budget", ATTACK_DEFAULTS.budget),
             "mlm": evaluation["mlm"],
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}

@@ -39,12 +39,13 @@ def write_world(folder: Path, n: int, seed: int) -> None:
 
 def attack_options(eval_settings: dict, seed: int) -> dict:
     """`build_grounding_attack` options from the study's eval settings."""
+    from analysis.config import eval_pgd_step_size
     from train.attacks.settings import pgd_step_size
     from train.config import parse_fraction
 
     e = {**DEFAULT_EVAL, **eval_settings}
     eps = parse_fraction(e["attack_eps"], "eval.attack_eps")
-    step = None if e["pgd_step_size"] is None else parse_fraction(e["pgd_step_size"], "eval.pgd_step_size")
+    step = eval_pgd_step_size(e)
     return {"objective": e["objective"], "eps": eps, "steps": int(e["pgd_steps"]),
             "step_size": pgd_step_size(eps, step),
             "mlm": e["mlm"], "top_k": int(e["top_k"]), "budget": int(e["word_budget"]), "seed": seed}

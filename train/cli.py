@@ -12,6 +12,7 @@ Options that open_clip_train also has carry its names and meanings (`--train-dat
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -154,6 +155,7 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     return parser
 
 
+@functools.lru_cache(maxsize=None)  # the parsers are fixed: built once per method, not per study run
 def method_settings(method: str) -> frozenset[str]:
     """The settings `train METHOD` offers (its options' TrainConfig names): what the study passes
     from its `train:` section to that method's runs."""

@@ -132,6 +132,7 @@ def _attack_names(text: str) -> list[str]:
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
     from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
+    from train.attacks.settings import TEXT_CANDIDATES
 
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
@@ -167,7 +168,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="PGD step (default: attack-eps/4, i.e. 0.5/255 at 2/255)")
 
     text = parser.add_argument_group("text attack (word substitutions)")
-    text.add_argument("--text-candidates", choices=("mlm", "wordnet"), default="mlm",
+    text.add_argument("--text-candidates", choices=TEXT_CANDIDATES, default=D.candidates,
                       help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms (default: mlm)")
     text.add_argument("--mlm", default=None, help="masked LM (default: tiny-mlm for tiny models, else the registry's default)")
     text.add_argument("--top-k", type=int, default=D.top_k, help="substitutes per word (default: 10)")

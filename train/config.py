@@ -26,14 +26,12 @@ from typing import Any, Callable
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
-from train.attacks.settings import ATTACK_DEFAULTS, pgd_step_size
+from train.attacks.settings import ATTACK_DEFAULTS, TEXT_CANDIDATES, pgd_step_size
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
 ADVERSARIAL_METHODS = ("tecoa", "fare", "mat", "mat+")
 MULTIMODAL_METHODS = ("mat", "mat+")
 INNER_ORDERS = ("text-image", "image-text", "alternate")
-# where the text attack's substitute words come from (train eval's --text-candidates)
-TEXT_CANDIDATES = ("mlm", "wordnet")
 POOL_MODES = ("sample", "expand")
 # open_clip_train's --precision names; the trainer runs mixed precision through accelerate
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
