@@ -463,6 +463,19 @@ def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour
     assert not (tmp_path / "bad" / "eval.json").exists()
 
 
+def test_captioning_default_attacks_refuse_an_option_none_reads(colour_world, tmp_path, capsys):
+    """Without --attacks, captioning's defaults are known once the captioner is loaded (the prompt attacks
+    come with a prompt): a text-attack option none of them reads is refused then, not recorded unread."""
+    from train.cli import main
+
+    assert main(["eval", "tiny-captioner", "--task", "captioning", "--source", str(colour_world), "--top-k", "3",
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the source's "reading ..." line
+    assert err == ("error: the default attacks (clean,pgd,pgd-targeted) do not read --top-k (prompt, prompt-pgd): "
+                   "leave it out (or add an attack that reads it)")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_study_captioning_arm_evaluates_and_reports_a_headline(trained_captioner, colour_world, tmp_path):
     from analysis import captioning_arm as arm
     from analysis.task_arms import load_arm

@@ -262,6 +262,17 @@ def test_train_eval_takes_the_trainers_pgd_budget_name(tmp_path, capsys):
     assert "the PGD budget is --attack-eps 2/255, as in training (where --eps is AdamW's epsilon" in capsys.readouterr().err
 
 
+def test_train_eval_says_where_the_model_goes(tmp_path, capsys):
+    """`--model` (the trainer's spelling) is answered with where train eval takes the model, not argparse's
+    'unrecognized arguments'."""
+    from train.cli import main as train_main
+
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["eval", "--model", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "e")])
+    assert stopped.value.code == 2
+    assert "train eval takes the model as its first argument: train eval tiny-clip --source" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task", ["retrieval", "captioning", "grounding"])
 def test_train_eval_reads_the_data_before_loading_any_model(tmp_path, capsys, monkeypatch, task):
     """A wrong --source stops in one line before a model loads (a real one takes minutes)."""

@@ -28,6 +28,16 @@ def test_autocast_context_and_the_precision_it_reports():
             autocast("cpu", weights)
 
 
+def test_trainer_and_eval_share_one_precision_vocabulary():
+    """The trainer's --precision names are evaluation's plus the half-weight ones it refuses, and each
+    mixed precision it accepts maps to accelerate's name."""
+    from models.half_precision import HALF_WEIGHTS, PRECISIONS
+    from train.config import ACCELERATE_PRECISION, PRECISIONS as TRAIN_PRECISIONS
+
+    assert set(TRAIN_PRECISIONS) == set(PRECISIONS) | set(HALF_WEIGHTS)
+    assert set(ACCELERATE_PRECISION) == set(PRECISIONS)
+
+
 @pytest.mark.parametrize("loss_factor", [1e-9, 10.0])
 def test_fp16_input_gradient_is_loss_scaled(loss_factor):
     """1e-9: the plain fp16 backward flushes every gradient to 0 (fp16's smallest step is 6e-8);

@@ -22,7 +22,7 @@ PROGRESS_DIR = ".progress"
 
 # `train eval`'s options (argparse dests) every task reads
 SHARED_OPTIONS = frozenset({
-    "checkpoint", "pretrained", "source", "image_root", "split", "task", "attacks", "out", "attacker_model",
+    "checkpoint", "model", "pretrained", "source", "image_root", "split", "task", "attacks", "out", "attacker_model",
     "attacker_pretrained", "attack_eps", "eps", "pgd_steps", "pgd_step_size", "text_candidates", "mlm", "top_k", "word_budget",
     "max_length", "batch_size", "limit", "device", "precision", "restart", "seed", "workers", "truth_checker", "progress",
 })
@@ -65,8 +65,9 @@ ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]) -> None:
-    """One line naming every attack option set (not left at its default) that none of `attacks` reads."""
+def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str], defaults: bool = False) -> None:
+    """One line naming every attack option set (not left at its default) that none of `attacks` reads
+    (`defaults`: the attacks were not named, they are the task's defaults)."""
     from augment.errors import MatPlusError
 
     readers = ATTACK_OPTIONS[args.task]
@@ -75,8 +76,8 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
     if stray:
         named = ", ".join(f"--{dest.replace('_', '-')} ({', '.join(readers[dest])})" for dest in stray)
         them = "it" if len(stray) == 1 else "them"
-        raise MatPlusError(f"--attacks {','.join(attacks)} does not read {named}: leave {them} out "
-                           f"(or add an attack that reads {them})")
+        chosen = f"the default attacks ({','.join(attacks)}) do" if defaults else f"--attacks {','.join(attacks)} does"
+        raise MatPlusError(f"{chosen} not read {named}: leave {them} out (or add an attack that reads {them})")
 
 
 def _check_attack_options(options: dict) -> None:
@@ -104,6 +105,11 @@ def _scales(text: str) -> tuple[float, ...]:
 def _not_the_pgd_budget(text: str) -> None:
     raise argparse.ArgumentTypeError(f"the PGD budget is --attack-eps {text}, as in training (where --eps is AdamW's "
                                      "epsilon, open_clip's name)")
+
+
+def _model_is_positional(text: str) -> None:
+    raise argparse.ArgumentTypeError(f"train eval takes the model as its first argument: train eval {text} --source ... "
+                                     "(the trainer's --model)")
 
 
 def _precision(text: str) -> str:
@@ -140,6 +146,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="model: open_clip name (with --pretrained), Hub id, checkpoint folder, or a tiny twin")
+    # the trainer's spelling: one line saying where the model goes, not argparse's "unrecognized arguments"
+    parser.add_argument("--model", type=_model_is_positional, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for an architecture name")
     parser.add_argument("--albef-config", default=None, help="ALBEF/TCL checkpoint of another size: ALBEF's YAML (image_res, vision sizes)")
     parser.add_argument("--albef-bert-config", default=None, help="ALBEF/TCL: ALBEF's BERT config JSON (with fusion_layer)")

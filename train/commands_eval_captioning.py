@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
-    from train.commands_eval import _truth_checker, _workers, progress_folder
+    from train.commands_eval import _refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [a for a in attacks if a not in CAPTION_ATTACK_NAMES]
     if unknown:
         raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
+    if not args.attacks:  # the defaults are known now (the prompt attacks come with a prompted captioner)
+        _refuse_options_no_attack_reads(args, attacks, defaults=True)
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
         "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,

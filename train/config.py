@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
+from models.half_precision import HALF_WEIGHTS, PRECISIONS as MIXED_PRECISIONS
 from train.attacks.settings import ATTACK_DEFAULTS, TEXT_CANDIDATES, pgd_step_size
 
 METHODS = ("clean", "tecoa", "fare", "mat", "mat+")
@@ -35,7 +36,7 @@ INNER_ORDERS = ("text-image", "image-text", "alternate")
 POOL_MODES = ("sample", "expand")
 # open_clip_train's --precision names; the trainer runs mixed precision through accelerate
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
-PRECISIONS = ("amp", "amp_bf16", "amp_fp16", "fp16", "bf16", "pure_bf16", "pure_fp16", "fp32")
+PRECISIONS = MIXED_PRECISIONS + HALF_WEIGHTS
 ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "fp32": "no"}
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 # old keys of this trainer -> their open_clip_train spelling (refused with this hint, never aliased)
