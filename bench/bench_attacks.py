@@ -32,7 +32,7 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    The loop runs twice: with the product's text encoding (the ratio of batching alone), and
    encoding as the code did before the shortcuts (`fast_text = False` and the library's layers
    on the victim: open_clip's tokenizer, full-context text tower, the library's patch conv and
-   `nn.MultiheadAttention`; SGA's views resized by torch's and torchvision's own bicubic kernels),
+   `nn.MultiheadAttention`; SGA's views resized by torch's own bicubic kernels),
    the ratio of "the attack loops faster".
    Also reported: the token positions each side's text tower computed (an open_clip victim).
 

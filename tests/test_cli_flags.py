@@ -83,6 +83,15 @@ def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_p
     ("grounding", ["--attacks", "clean,pgd", "--top-k", "3"], "--attacks clean,pgd does not read --top-k (bert-attack, synonym,"),
     ("captioning", ["--attacks", "clean,pgd", "--target", "a dog"], "--attacks clean,pgd does not read --target (pgd-targeted)"),
     ("captioning", ["--attacks", "pgd", "--word-budget", "2"], "--attacks pgd does not read --word-budget (prompt, prompt-pgd)"),
+    # the Co-Attack code's schedule sets its own step; --reference-bugs only where an attack has one
+    ("retrieval", ["--protocol", "co-attack", "--attacks", "clean,pgd,co-attack", "--pgd-step-size", "1/255"],
+     "--attacks clean,pgd,co-attack under --protocol co-attack does not read --pgd-step-size (sga): leave it out"),
+    ("retrieval", ["--protocol", "sga", "--attacks", "co-attack", "--pgd-step-size", "1/255"],
+     "does not read --pgd-step-size (pgd, sep, sga)"),
+    ("retrieval", ["--protocol", "co-attack", "--attacks", "clean,pgd", "--reference-bugs"],
+     "--attacks clean,pgd under --protocol co-attack does not read --reference-bugs (bert-attack, sep, co-attack, sga)"),
+    ("retrieval", ["--protocol", "sga", "--attacks", "synonym", "--text-candidates", "wordnet", "--reference-bugs"],
+     "does not read --reference-bugs (pgd, sep, sga)"),
 ])
 def test_eval_refuses_an_option_no_chosen_attack_reads(task, extra, named, tmp_path, capsys):
     """As the trainer refuses a setting its other settings leave unread: `--attacks clean --attack-eps
@@ -114,6 +123,11 @@ def test_eval_takes_an_option_one_chosen_attack_reads(tmp_path, capsys):
     assert main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                  "--attacks", "pgd,bert-attack", "--pgd-steps", "2", "--mlm", "tiny-mlm", "--top-k", "3"]) == 2
     assert "missing" in capsys.readouterr().err
+    for protocol, extra in (("sga", ["--attacks", "pgd", "--pgd-step-size", "1/255", "--reference-bugs"]),
+                            ("co-attack", ["--attacks", "sga", "--pgd-step-size", "1/255", "--reference-bugs"])):
+        assert main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                     "--protocol", protocol, *extra]) == 2
+        assert "missing" in capsys.readouterr().err, protocol
     # the table names real options and attacks
     dests = {a.dest for a in _eval_parser()._actions}
     from train.attacks import ATTACK_NAMES

@@ -45,9 +45,9 @@ class ToyVictim:
     def word(self, word: str) -> torch.Tensor:
         return torch.randn(self.dim, generator=torch.Generator().manual_seed(derive_seed("toy", word) % 2**31))
 
-    def encode_text(self, texts) -> torch.Tensor:
-        return F.normalize(torch.stack([sum((self.word(w) for w in t.split()), torch.zeros(self.dim)) + 1e-3
-                                        for t in texts]), dim=-1)
+    def encode_text(self, texts, normalize: bool = True) -> torch.Tensor:
+        raw = torch.stack([sum((self.word(w) for w in t.split()), torch.zeros(self.dim)) + 1e-3 for t in texts])
+        return F.normalize(raw, dim=-1) if normalize else raw
 
 
 class EchoMLM(torch.nn.Module):
@@ -125,11 +125,25 @@ def test_attack_params_in_words_for_reports():
                                        "skipped none, image (eps 4/255, steps 10)")
 
 
-def test_reference_protocols_read_their_max_length(victim, tokenizer):
+@pytest.mark.parametrize("family, sga_code", [("open_clip", 77), ("hf_clip", 77), ("albef", 30)])
+def test_reference_protocols_read_their_max_length(victim, tokenizer, family, sga_code):
+    """Per attack, as each code reads them: the Co-Attack code's BertAttack 30 (never passed one); the SGA
+    code's TextAttacker 77 in its scripts that attack a CLIP, 30 in those that attack ALBEF/TCL."""
     mlm = (echo(tokenizer, {}), tokenizer, "echo")
-    lengths = {p: build_attack("bert-attack", victim, mlm=mlm, protocol=p).source.max_length for p in PROTOCOL_CHOICES}
-    assert lengths == {"project": 30, "sga": 77, "co-attack": 30}
+    victim.family = family
+
+    def length(protocol, attack):
+        built = build_attack(attack, victim, mlm=mlm, protocol=protocol, steps=1)
+        return (built if attack == "bert-attack" else built.text_attack).source.max_length
+
+    assert {(p, a): length(p, a) for p in PROTOCOL_CHOICES for a in ("bert-attack", "sep", "co-attack", "sga")} == {
+        ("project", "bert-attack"): 30, ("project", "sep"): 30, ("project", "co-attack"): 30, ("project", "sga"): 30,
+        ("sga", "bert-attack"): sga_code, ("sga", "sep"): sga_code, ("sga", "co-attack"): 30, ("sga", "sga"): sga_code,
+        ("co-attack", "bert-attack"): 30, ("co-attack", "sep"): 30, ("co-attack", "co-attack"): 30,
+        ("co-attack", "sga"): sga_code,
+    }
     assert build_attack("bert-attack", victim, mlm=mlm, protocol="sga", max_length=40).source.max_length == 40
+    assert build_attack("sga", victim, mlm=mlm, protocol="co-attack", max_length=40).text_attack.source.max_length == 40
 
 
 # ----------------------------------------------------------------------------- 7. captions
@@ -180,20 +194,26 @@ def test_sga_first_text_step_guide(victim, tokenizer, protocol):
     assert not torch.allclose(spy.guides[0], views if protocol == "sga" else clean, atol=1e-4)
 
 
-def test_sga_views_torchvision_unclamped_vs_project_clamped():
+def test_sga_views_reference_unclamped_without_antialiasing_vs_project_clamped():
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.functional import resize
 
     checker = torch.zeros(1, 3, 16, 16)
     checker[..., 8:] = 1  # a sharp edge: bicubic upsampling overshoots it
-    reference = resized_views(checker, (0.5, 1.5), mode="torchvision")
+    reference = resized_views(checker, (0.5, 1.5), mode="reference")
     project = resized_views(checker, (0.5, 1.5), mode="clamped")
     assert min(float(v.min()) for v in reference) < 0 or max(float(v.max()) for v in reference) > 1  # bicubic overshoot kept
     assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in project)
-    by_hand = resize(resize(checker, [8, 8], InterpolationMode.BICUBIC, antialias=True).clamp(0, 1), [16, 16],
-                     InterpolationMode.BICUBIC, antialias=True)
-    assert torch.allclose(reference[0], by_hand)
-    assert {p: PROTOCOL_CHOICES[p].sga_views for p in PROTOCOL_CHOICES} == {"project": "clamped", "sga": "torchvision", "co-attack": "torchvision"}
+    # the SGA code's Resize(BICUBIC) under the torchvision it pins (0.15: no antialiasing on tensors)
+    for view, scale in zip(reference, (0.5, 1.5)):
+        small = [int(scale * 16)] * 2
+        by_hand = resize(resize(checker, small, InterpolationMode.BICUBIC, antialias=False).clamp(0, 1), [16, 16],
+                         InterpolationMode.BICUBIC, antialias=False)
+        assert torch.allclose(view, by_hand, atol=1e-6)
+        antialiased = resize(resize(checker, small, InterpolationMode.BICUBIC, antialias=True).clamp(0, 1), [16, 16],
+                             InterpolationMode.BICUBIC, antialias=True)
+        assert not torch.allclose(view, antialiased, atol=1e-3)  # torchvision >= 0.17's default differs
+    assert {p: PROTOCOL_CHOICES[p].sga_views for p in PROTOCOL_CHOICES} == {"project": "clamped", "sga": "reference", "co-attack": "reference"}
 
 
 # ----------------------------------------------------------------------------- 3. text scores
@@ -213,6 +233,40 @@ def test_reference_text_attack_ignores_the_image(victim, tokenizer):
     a, b = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
     expected = torch.nn.KLDivLoss(reduction="none")(b.log_softmax(-1), a.softmax(-1)).sum(-1)
     assert torch.allclose(kl_to(a, b), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("bugs", [False, True])
+def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenizer, bugs):
+    """SGA's TextAttacker.attack (BERT-Attack and Sep's text under `sga`) scores KL over its CLIP wrapper's
+    `text_embed` (not normalised); its importance compares that with unit masked embeddings (`text_feat`):
+    a reference bug. Co-Attack's code and SGA's own text steps read unit embeddings."""
+    mlm = (echo(tokenizer, {"cat": 3, "blue": 2, "grass": 1}), tokenizer, "echo")
+    kinds = {(p, a): (lambda built: (built if a == "bert-attack" else built.text_attack).embedding)(
+        build_attack(a, victim, mlm=mlm, protocol=p, steps=1)) for p in ("sga", "co-attack")
+        for a in ("bert-attack", "sep", "co-attack", "sga")}
+    assert kinds == {("sga", "bert-attack"): "raw", ("sga", "sep"): "raw", ("sga", "co-attack"): "unit",
+                     ("sga", "sga"): "unit", **{("co-attack", a): "unit" for a in ("bert-attack", "sep", "co-attack", "sga")}}
+    attack = build_attack("bert-attack", victim, mlm=mlm, protocol="sga", reference_bugs=bugs)
+    captions = ["a red dog", "the blue ball"]
+    calls = []
+    encode = victim.encode_text
+    victim.encode_text = lambda texts, normalize=True: calls.append((list(texts), normalize)) or encode(texts, normalize)
+    prepared = attack.prepare(captions)
+    assert torch.allclose(prepared.clean_emb, encode(captions, normalize=False))  # not unit
+    assert not torch.allclose(prepared.clean_emb.norm(dim=-1), torch.ones(2))
+    masked = [normalize for texts, normalize in calls[1:] if any("[UNK]" in t for t in texts)]
+    assert masked and all(m == bugs for m in masked)  # the bug: unit masked embeddings against the raw clean one
+    adversarial, _ = attack.perturb(captions, None, torch.tensor([0, 1]), prepared=prepared)
+    assert all(normalize is False for _, normalize in calls[len(calls) - 1:])  # candidates scored raw too
+    assert adversarial != captions and attack.params()["embedding"] == "raw" + (" (masked: unit)" if bugs else "")
+    # Sep's PGD still gets unit caption embeddings
+    sep = build_attack("sep", victim, mlm=mlm, protocol="sga", steps=1)
+    seen = []
+    perturb = sep.image_attack.perturb
+    sep.image_attack.perturb = lambda imgs, text_emb, pairing: seen.append(text_emb) or perturb(imgs, text_emb, pairing)
+    sep(images(), captions, torch.tensor([0, 1]))
+    assert torch.allclose(seen[0].norm(dim=-1), torch.ones(2), atol=1e-5)
+    victim.encode_text = encode
 
 
 def test_reference_word_list_and_whole_word_replacement(tokenizer):
@@ -353,6 +407,10 @@ def test_mean_gradient_scaling_bug_only_on_request(victim, tokenizer):
     assert build_attack("sga", victim, mlm=mlm, protocol="sga", reference_bugs=True).image_attack.scale_by_mean_gradient
     assert not build_attack("sga", victim, mlm=mlm, protocol="sga").image_attack.scale_by_mean_gradient
     assert isinstance(build_attack("sga", victim, mlm=mlm, protocol="co-attack"), SGA)
+    # SGA's image step is the SGA code's ImageAttacker under either reference protocol, and so is PGD under sga
+    assert build_attack("sga", victim, mlm=mlm, protocol="co-attack", reference_bugs=True).image_attack.scale_by_mean_gradient
+    assert build_attack("pgd", victim, protocol="sga", reference_bugs=True).scale_by_mean_gradient
+    assert not build_attack("pgd", victim, protocol="co-attack", reference_bugs=True).scale_by_mean_gradient  # Co-Attack's
 
 
 # ----------------------------------------------------------------------------- the command
@@ -383,15 +441,19 @@ def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world
     text = params["bert-attack"]
     assert (text["guide"], text["importance"], text["reading"], text["reference_bugs"]) == ("text-kl", "kl", "reference", bugs)
     # each reference protocol runs the other paper's attack as that paper's code does
-    assert params["sga"]["first_guide"] == "clean" and params["sga"]["views"] == "torchvision"
+    assert params["sga"]["first_guide"] == "clean" and params["sga"]["views"] == "reference"
     assert params["co-attack"]["mode"] == "per-pair" and params["co-attack"]["image"]["start"] == "positive"
     assert params["co-attack"]["image"]["step_size"] == pytest.approx(EPS / 2 * 1.25)  # eps / steps x 1.25
     assert params["pgd"]["loss"] == ("image-kl" if protocol == "co-attack" else "pair")  # SGA's PGD is the project's
+    assert params["sga"]["image"]["scale_by_mean_gradient"] == bugs  # SGA's ImageAttacker, in either protocol
+    # what each part maximised: the text guides use no attack loss; per-pair Co-Attack its KL terms
+    assert "loss" not in text and "loss" not in params["sep"]["text"] and "loss" not in params["co-attack"]
+    assert params["co-attack"]["image"]["loss"] == "KL(clean image || adv) + alpha * KL(attacked caption || adv)"
     # eval.md says under which protocol the numbers were measured, and with what each attack ran
     table = (out / "eval.md").read_text()
     assert f"attack protocol `{protocol}`" + (" with the reference code's bugs" if bugs else ";") in table
     assert "captions preprocessed: pre_caption" in table
-    assert "- `bert-attack`: loss pair, source mlm-reference, mlm tiny-mlm, top_k 3," in table
+    assert "- `bert-attack`: source mlm-reference, mlm tiny-mlm, top_k 3," in table
     assert "- `pgd`: " + ("loss image-kl" if protocol == "co-attack" else "loss pair") + ", eps 2/255, steps 2," in table
 
 

@@ -7,11 +7,6 @@ from train.attacks.resize import METHODS, library_resize, resize, resize_matrix
 
 
 def library(images, size, method):
-    if method == "torchvision":
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.functional import resize as tv_resize
-
-        return tv_resize(images, list(size), InterpolationMode.BICUBIC, antialias=True)
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=method == "bicubic-aa")
 
 
@@ -41,6 +36,19 @@ def test_resize_gradient_is_the_library_operators(method):
     assert gradients[0].dtype == torch.float64  # float64 images stay float64
     assert resize(images.half(), (36, 18), method).dtype == torch.float16  # and half stays half, as the library's
     assert float((gradients[0] - gradients[1]).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_torchvision_tensor_resize_is_the_same_operator(antialias):
+    """The SGA code resizes with torchvision's Resize(BICUBIC): on float tensors torchvision calls torch's
+    operator, so `resize` covers both (antialias False: torchvision 0.15's tensor default, which SGA pins)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize as tv_resize
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for size in SIZES:
+        ours = resize(images, size, "bicubic-aa" if antialias else "bicubic")
+        assert torch.allclose(ours, tv_resize(images, list(size), InterpolationMode.BICUBIC, antialias=antialias), atol=2e-5)
 
 
 def test_resize_matrix_rows_sum_to_one_and_library_resize_switches_back():

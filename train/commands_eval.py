@@ -65,18 +65,37 @@ ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+def attack_option_readers(task: str, protocol: str = "project", candidates: str = "mlm") -> dict[str, tuple[str, ...]]:
+    """`ATTACK_OPTIONS[task]` under a retrieval `protocol`: the Co-Attack code's schedule sets its own
+    PGD step (`--pgd-step-size` unread there), and `--reference-bugs` is read by the attacks that have
+    one (the MLM's bugs: the attacks reading an MLM; SGA's gradient scaling: the SGA code's image step)."""
+    from train.attacks.protocols import co_attack_schedule, sga_image_attacker
+
+    readers = dict(ATTACK_OPTIONS[task])
+    if task != "retrieval" or protocol == "project":
+        return readers
+    readers["pgd_step_size"] = tuple(a for a in readers["pgd_step_size"] if not co_attack_schedule(protocol, a))
+    mlm_readers = readers["mlm"] if candidates == "mlm" else ()
+    readers["reference_bugs"] = tuple(a for a in ("pgd", "bert-attack", "sep", "co-attack", "sga")
+                                      if a in mlm_readers or sga_image_attacker(protocol, a))
+    return readers
+
+
 def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str], defaults: bool = False) -> None:
     """One line naming every attack option set (not left at its default) that none of `attacks` reads
     (`defaults`: the attacks were not named, they are the task's defaults)."""
     from augment.errors import MatPlusError
 
-    readers = ATTACK_OPTIONS[args.task]
+    protocol = getattr(args, "protocol", "project")
+    readers = attack_option_readers(args.task, protocol, args.text_candidates)
     stray = [dest for dest, names in readers.items()
              if hasattr(args, dest) and getattr(args, dest) != args.option_default(dest) and not set(names) & set(attacks)]
     if stray:
         named = ", ".join(f"--{dest.replace('_', '-')} ({', '.join(readers[dest])})" for dest in stray)
         them = "it" if len(stray) == 1 else "them"
         chosen = f"the default attacks ({','.join(attacks)}) do" if defaults else f"--attacks {','.join(attacks)} does"
+        if protocol != "project":
+            chosen = chosen.replace(" do", f" under --protocol {protocol} do", 1)
         raise MatPlusError(f"{chosen} not read {named}: leave {them} out (or add an attack that reads {them})")
 
 

@@ -17,9 +17,10 @@ Protocol (the SGA / Co-Attack evaluation code's):
    query competes against the whole gallery, which shares the same attack.
    Fusion victims (`has_itm`: BLIP, ALBEF) are ranked as their papers evaluate retrieval: ITC
    similarities rank the gallery, ITM re-ranks each query's top `rerank_k` (0: ITC only).
-   Attacks craft on ITC embeddings, as the SGA and Co-Attack code attack ALBEF. Re-ranking
-   reads the gallery's pixels one batch at a time (clean ones decoded again, adversarial ones
-   read back from the batch store), so memory is bounded by the batch, not the gallery.
+   Attacks craft on ITC embeddings, as the SGA code attacks ALBEF (Co-Attack's code: its encoders'
+   outputs, not reproduced). Re-ranking reads the gallery's pixels one batch at a time (clean ones
+   decoded again, adversarial ones read back from the batch store), so memory is bounded by the
+   batch, not the gallery.
 5. Metrics (`train.metrics`): tr@1/5/10, ir@1/5/10, rsum (percent), and the attack success rate
    asr_tr@K / asr_ir@K = percent of the queries correct at K on clean data that are wrong under
    the attack. "R@1 under attack" is `tr@1`/`ir@1` of an attack's entry; ASR is relative to clean.

@@ -8,20 +8,28 @@ import torch
 from train.attacks.base import Attack, NoAttack
 from train.attacks.multimodal import SGA, CoAttack, SepAttack
 from train.attacks.pgd import PGD
-from train.attacks.protocols import PROTOCOL_CHOICES, ProtocolChoices
+from train.attacks.protocols import (
+    PROTOCOL_CHOICES,
+    ProtocolChoices,
+    co_attack_schedule,
+    reference_max_length,
+    sga_image_attacker,
+)
 from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings
 from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack, load_masked_lm
 
 
-def resolve_settings(settings: AttackSettings | None = None, **options) -> AttackSettings:
-    """`settings` (default `ATTACK_DEFAULTS`) with flat `options` on top; a reference protocol's
-    own `max_length` applies unless `max_length` is given."""
+def resolve_settings(settings: AttackSettings | None = None, attack: str | None = None, family: str | None = None,
+                     **options) -> AttackSettings:
+    """`settings` (default `ATTACK_DEFAULTS`) with flat `options` on top; under a reference protocol
+    the MLM tokens `attack` reads on a victim of `family` are that code's (`reference_max_length`)
+    unless `max_length` is given."""
     base = settings or ATTACK_DEFAULTS
     options = {k: v for k, v in options.items() if v is not None}
     merged = AttackSettings.from_options(**{**dataclasses.asdict(base), **options}) if options else base
-    choices = PROTOCOL_CHOICES[merged.protocol]
-    if choices.max_length is not None and "max_length" not in options and base.max_length == ATTACK_DEFAULTS.max_length:
-        merged = merged.replace(max_length=choices.max_length)
+    reference = reference_max_length(merged.protocol, attack, family)
+    if reference is not None and "max_length" not in options and base.max_length == ATTACK_DEFAULTS.max_length:
+        merged = merged.replace(max_length=reference)
     return merged
 
 
@@ -34,7 +42,7 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     """
     if name not in ATTACK_NAMES:
         raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACK_NAMES)}")
-    s = resolve_settings(settings, **options)
+    s = resolve_settings(settings, name, getattr(victim, "family", None), **options)
     choices: ProtocolChoices = PROTOCOL_CHOICES[s.protocol]
     if name == "clean":
         return NoAttack(victim, s.loss)
@@ -47,13 +55,12 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     def image_attack(kind: str) -> PGD:
         """kind: "pgd" (the protocol's PGD), "sga" (SGA's image attacker), "co-attack" (Co-Attack's)."""
         common = dict(eps=s.eps, steps=s.steps, random_start=s.random_start, generator=generator())
-        co_attack_schedule = kind == "co-attack" and s.reference or (kind == "pgd" and choices.pgd_schedule == "co-attack")
-        if co_attack_schedule:
+        if co_attack_schedule(s.protocol, name):
             # the Co-Attack code: step eps / steps x 1.25, start in [0, eps]
             step = s.eps / max(s.steps, 1) * 1.25
             return PGD(victim, step_size=step, start="positive", **common,
                        loss="image-kl" if kind == "pgd" else s.loss)
-        nan_bug = s.reference_bugs and kind in ("sga", "pgd") and choices.pgd == "pair"
+        nan_bug = s.reference_bugs and sga_image_attacker(s.protocol, name)
         loss = choices.pgd if kind == "pgd" and choices.pgd == "image-kl" else s.loss
         return PGD(victim, step_size=s.pgd_step_size, loss=loss, scale_by_mean_gradient=nan_bug, **common)
 
@@ -64,8 +71,11 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
                       importance=choices.importance)
         if s.candidates == "wordnet" or name == "synonym":
             return SynonymAttack(victim, **common)
+        # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`) reads its CLIP wrapper's
+        # embeddings before normalisation; SGA's own text steps (image-guided) and Co-Attack's code unit ones
+        raw = s.protocol == "sga" and name in ("bert-attack", "sep") and guide == "text-kl"
         return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
-                          reference_bugs=s.reference_bugs, **common)
+                          reference_bugs=s.reference_bugs, embedding="raw" if raw else "unit", **common)
 
     if name == "pgd":
         return image_attack("pgd")

@@ -14,8 +14,8 @@
   image only, as the SGA code does); (2) the image is attacked against
   the SET of attacked captions of that image (`image_of_text`), the loss summed over the
   resized copies of the adversarial image (Gaussian noise, std 0.05, added before resizing, as
-  in the public code; `views="torchvision"`: torchvision's Resize and no clamp after resizing
-  back, as the SGA code does); (3) the ORIGINAL captions are attacked again against the adversarial
+  in the public code; `views="reference"`: bicubic without antialiasing and no clamp after resizing
+  back, as the SGA code ran); (3) the ORIGINAL captions are attacked again against the adversarial
   image (so the word budget still holds).
 
 The text part is guided as its `guide` says: "image" (default) scores captions against the
@@ -43,7 +43,7 @@ SGA_NOISE_STD = 0.05
 CO_ATTACK_ALPHA = 3.0
 
 
-VIEW_MODES = ("clamped", "torchvision")
+VIEW_MODES = ("clamped", "reference")
 
 
 def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: float = 0.0,
@@ -51,10 +51,12 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
     """One view per scale: (images + noise) resized by `scale`, clamped to [0, 1], resized back.
 
     `mode="clamped"` (project): torch bicubic interpolation, antialiased when shrinking, and the
-    view clamped to [0, 1] again after resizing back (bicubic overshoots). `mode="torchvision"`
-    (SGA code): torchvision's bicubic `Resize` (antialiased, its default since 0.17) both ways,
-    no clamp after resizing back. Differentiable in `images`, so PGD optimises through the views.
-    Each resize is the library's operator as two matrix products (`train.attacks.resize`).
+    view clamped to [0, 1] again after resizing back (bicubic overshoots). `mode="reference"`
+    (SGA code): bicubic without antialiasing both ways, no clamp after resizing back. The SGA code
+    calls torchvision's `Resize(BICUBIC)` and pins torchvision 0.15, whose tensor default is no
+    antialiasing (it became antialias=True in 0.17, so the same code run today antialiases).
+    Differentiable in `images`, so PGD optimises through the views. Each resize is torch's
+    operator as two matrix products (`train.attacks.resize`).
     """
     if mode not in VIEW_MODES:
         raise ValueError(f"unknown view mode {mode!r}; expected one of {VIEW_MODES}")
@@ -67,9 +69,9 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
                                 device="cpu" if generator is None else generator.device)
             view = view + noise_std * noise.to(images.device, images.dtype)
         scaled_size = (max(1, int(scale * size[0])), max(1, int(scale * size[1])))
-        if mode == "torchvision":
-            view = resize(view, scaled_size, "torchvision").clamp(0, 1)
-            views.append(resize(view, size, "torchvision"))
+        if mode == "reference":
+            view = resize(view, scaled_size, "bicubic").clamp(0, 1)
+            views.append(resize(view, size, "bicubic"))
             continue
         view = resize(view, scaled_size, "bicubic-aa" if scale < 1 else "bicubic")
         view = resize(view.clamp(0, 1), size, "bicubic-aa" if scale > 1 else "bicubic")
@@ -111,6 +113,11 @@ class SepAttack(MultimodalAttack):
 
     name = "sep"
 
+    def params(self) -> dict:
+        params = super().params()
+        params.pop("loss")  # each part runs with its own, reported in its entry
+        return params
+
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
         texts = list(texts)
@@ -118,7 +125,8 @@ class SepAttack(MultimodalAttack):
         prepared = self.text_attack.prepare(texts) if self.text_attack.budget > 0 and texts else None
         clean_text_emb = None
         if self.image_attack.loss != "image-kl":
-            clean_text_emb = prepared.clean_emb if prepared is not None else self.encode_texts(texts)
+            unit = prepared is not None and prepared.normalize  # raw embeddings (the SGA code's text-KL) are not PGD's
+            clean_text_emb = prepared.clean_emb if unit else self.encode_texts(texts)
         adversarial_images = self.image_attack.perturb(images, clean_text_emb, pairing)
         clean_image_emb = self.encode_images(images) if self.text_attack.needs_image else None
         adversarial_texts, changes = self.text_attack.perturb(texts, clean_image_emb, pairing, prepared=prepared)
@@ -148,7 +156,15 @@ class CoAttack(MultimodalAttack):
         self.alpha, self.mode = alpha, mode
 
     def params(self) -> dict:
-        return {**super().params(), "alpha": self.alpha, "mode": self.mode}
+        params = {**super().params(), "alpha": self.alpha, "mode": self.mode}
+        # the image step maximises its own objective (the PGD part lends budget and schedule): say which
+        if self.mode == "per-pair":
+            objective = "KL(clean image || adv) + alpha * KL(attacked caption || adv)"
+        else:
+            objective = f"1 - cos(adv, clean image) + alpha * {self.loss}(adv, attacked captions)"
+        params.pop("loss")
+        params["image"] = {**params["image"], "loss": objective}
+        return params
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)

@@ -36,36 +36,67 @@ you'll you're you've your yours yourself yourselves
 
 @dataclass(frozen=True)
 class ProtocolChoices:
-    """One protocol's choice for each item where the reference codes and the project differ."""
+    """One protocol's choice for each item where the reference codes and the project differ (which
+    code's image step an attack runs also depends on the attack: `co_attack_schedule`,
+    `sga_image_attacker`, `reference_max_length` below)."""
 
     caption_preprocess: str  # "none" (captions as given) or "pre_caption" (lower case, no punctuation)
     mlm_reading: str  # "project" (words, punctuation apart, case kept) or "reference" (ReferenceMLMSubstitutes)
     importance: str  # word importance: "cosine" (1 - cos) or "kl" (KL of softmaxed embeddings)
     text_guide: str | None  # BERT-Attack / Sep / Co-Attack candidates: None = the `guide` setting, or "text-kl"
     sga_first_guide: str  # SGA's first text step: "views" (image + resized copies) or "clean" (image only)
-    sga_views: str  # SGA's resized copies: "clamped" (torch, clamped back) or "torchvision" (Resize, unclamped)
+    sga_views: str  # SGA's resized copies: "clamped" (clamped back) or "reference" (no antialiasing, unclamped)
     pgd: str  # PGD and Sep's image part: "pair" (against the captions, project/SGA code) or "image-kl" (Co-Attack code)
-    pgd_schedule: str  # "settings" (step_size, start in [-eps, eps]) or "co-attack" (eps/steps x 1.25, start in [0, eps])
     co_attack: str  # "per-image" (once per image, all its captions, cosine) or "per-pair" (Co-Attack code: KL, last copy)
-    max_length: int | None  # MLM tokens read when not set explicitly (None: the setting's default)
 
 
 PROTOCOL_CHOICES = {
     "project": ProtocolChoices(
         caption_preprocess="none", mlm_reading="project", importance="cosine", text_guide=None,
-        sga_first_guide="views", sga_views="clamped", pgd="pair", pgd_schedule="settings", co_attack="per-image",
-        max_length=None,
+        sga_first_guide="views", sga_views="clamped", pgd="pair", co_attack="per-image",
     ),
-    # SGA's eval scripts: its TextAttacker reads 77 MLM tokens for CLIP; PGD = its ImageAttacker without scales
+    # SGA's eval scripts: PGD = its ImageAttacker without scales, BERT-Attack its TextAttacker.attack
     "sga": ProtocolChoices(
         caption_preprocess="pre_caption", mlm_reading="reference", importance="kl", text_guide="text-kl",
-        sga_first_guide="clean", sga_views="torchvision", pgd="pair", pgd_schedule="settings", co_attack="per-pair",
-        max_length=77,
+        sga_first_guide="clean", sga_views="reference", pgd="pair", co_attack="per-pair",
     ),
-    # Co-Attack's RetrievalCLIPEval.py: run_trades (unsupervised) for PGD and Sep, BertAttack with 30 tokens
+    # Co-Attack's RetrievalCLIPEval.py: run_trades (unsupervised) for PGD and Sep, its BertAttack
     "co-attack": ProtocolChoices(
         caption_preprocess="pre_caption", mlm_reading="reference", importance="kl", text_guide="text-kl",
-        sga_first_guide="clean", sga_views="torchvision", pgd="image-kl", pgd_schedule="co-attack", co_attack="per-pair",
-        max_length=30,
+        sga_first_guide="clean", sga_views="reference", pgd="image-kl", co_attack="per-pair",
     ),
 }
+
+# the families the SGA code's CLIP scripts attack (its ALBEF/TCL scripts read 30 MLM tokens)
+CLIP_FAMILIES = ("open_clip", "hf_clip")
+
+
+def follows_sga_code(protocol: str, attack: str) -> bool:
+    """Whether `attack` under a reference `protocol` is the SGA code's (else the Co-Attack code's): SGA
+    itself in both, and under `sga` the attacks its code builds from its own attackers (PGD, BERT-Attack, Sep)."""
+    return attack == "sga" or (protocol == "sga" and attack in ("pgd", "bert-attack", "synonym", "sep"))
+
+
+def reference_max_length(protocol: str, attack: str | None, family: str | None) -> int | None:
+    """MLM tokens a reference protocol's text attack reads when `max_length` is not given (None under
+    `project`: the setting's default). Per attack, as each code reads them: the Co-Attack code's
+    BertAttack its default 30 (its scripts never pass one); the SGA code's TextAttacker 77 in the
+    scripts that attack a CLIP, 30 in those that attack ALBEF or TCL."""
+    if protocol == "project" or attack is None:
+        return None
+    if follows_sga_code(protocol, attack):
+        return 77 if family in CLIP_FAMILIES else 30
+    return 30
+
+
+def co_attack_schedule(protocol: str, attack: str) -> bool:
+    """Whether `attack`'s image step runs the Co-Attack code's schedule (step eps / steps x 1.25, start
+    in [0, eps]), which sets the step itself: Co-Attack under either reference protocol, and PGD and
+    Sep's image part under `co-attack`."""
+    return protocol != "project" and (attack == "co-attack" or (protocol == "co-attack" and attack in ("pgd", "sep")))
+
+
+def sga_image_attacker(protocol: str, attack: str) -> bool:
+    """Whether `attack`'s image step is the SGA code's ImageAttacker under a reference `protocol`
+    (whose gradient scaling is a reference bug): SGA's, and PGD's and Sep's under `sga`."""
+    return protocol != "project" and attack in ("pgd", "sep", "sga") and follows_sga_code(protocol, attack)

@@ -4,9 +4,9 @@ SGA attacks each image through resized copies of it (four scales, there and back
 step), so the resize runs forward and backward 80 times per batch. Bicubic interpolation, plain or
 antialiased, is linear and separable: resizing an H x W image to h x w is `A_h @ x @ A_w^T` for an
 h x H and a w x W matrix. `resize_matrix` takes that matrix from the library's own operator (torch's
-`F.interpolate`, or torchvision's `resize`) applied to an identity image (in float64), so `resize` is the
-library's resize up to float rounding: within 3e-7 of it computed in float64 on [0, 1] pixels, where
-torch's own float32 kernel is within 5e-6 (tested against both libraries).
+`F.interpolate`) applied to an identity image (in float64), so `resize` is the library's resize up to
+float rounding: within 3e-7 of it computed in float64 on [0, 1] pixels, where torch's own float32
+kernel is within 5e-6 (tested; torchvision's tensor `resize` is this same operator).
 Written here because torch's bicubic backward on the CPU is a per-pixel scatter loop: at tiny-clip's
 64 px it was 40% of SGA's time, where the matrix form's forward and backward are a few matmuls.
 """
@@ -18,18 +18,12 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-# "bicubic": F.interpolate(mode="bicubic", align_corners=False); "bicubic-aa": the same, antialiased;
-# "torchvision": torchvision's resize(InterpolationMode.BICUBIC, antialias=True) on float tensors
-METHODS = ("bicubic", "bicubic-aa", "torchvision")
+# "bicubic": F.interpolate(mode="bicubic", align_corners=False); "bicubic-aa": the same, antialiased
+METHODS = ("bicubic", "bicubic-aa")
 
 
 def _library_resize(images: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
     """The library operator `resize` reproduces, on a batch of float images [N, C, H, W]."""
-    if method == "torchvision":
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.functional import resize
-
-        return resize(images, list(size), InterpolationMode.BICUBIC, antialias=True)
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=method == "bicubic-aa")
 
 
@@ -71,8 +65,8 @@ _LIBRARY_KERNELS = [False]
 
 @contextmanager
 def library_resize():
-    """Within the block `resize` calls the library's kernel itself (torch's `F.interpolate`,
-    torchvision's `resize`): the baseline `bench attacks` measures the matrix form against."""
+    """Within the block `resize` calls the library's kernel itself (torch's `F.interpolate`): the
+    baseline `bench attacks` measures the matrix form against."""
     previous, _LIBRARY_KERNELS[0] = _LIBRARY_KERNELS[0], True
     try:
         yield

@@ -39,7 +39,9 @@ Score to maximise (`guide`):
   the batch's InfoNCE loss with only this caption replaced (exact, see `substitution_loss`).
 * `"text"`: 1 - cos(candidate, clean caption): moves the embedding the most; needs no image.
 * `"text-kl"`: KL(softmax(clean caption) || softmax(candidate)): the reference codes' BERT-Attack
-  criterion (Co-Attack's code, SGA's `TextAttacker.attack`); needs no image.
+  criterion (Co-Attack's code, SGA's `TextAttacker.attack`); needs no image. `embedding="raw"`
+  takes it (and the KL importance) over the embeddings before normalisation, as SGA's
+  `TextAttacker.attack` reads its CLIP wrapper's `text_embed` (Co-Attack's wrapper normalises).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ from train.attacks.base import Attack, AttackResult, default_pairing, kl_to, pos
 MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
 GUIDES = ("image", "text", "text-kl")
 IMPORTANCES = ("cosine", "kl")
+EMBEDDINGS = ("unit", "raw")  # the caption embeddings the text guide and importance read
 DEFAULT_TEXT_BATCH = 256
 # BERT-Attack's limits on a multi-piece word: pieces read, predictions per piece, combinations kept
 MAX_PIECES, PIECE_TOP_K, MAX_COMBINATIONS = 12, 4, 24
@@ -389,8 +392,9 @@ class WordNetSubstitutes(SubstituteSource):
 
 
 @torch.no_grad()
-def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH) -> torch.Tensor:
-    """Unit caption embeddings [len(texts), D], `batch_size` captions per forward pass, no gradients.
+def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH, normalize: bool = True) -> torch.Tensor:
+    """Unit caption embeddings [len(texts), D] (`normalize=False`: before normalisation), `batch_size`
+    captions per forward pass, no gradients.
 
     Each distinct text is encoded once, and texts go to the encoder sorted by length, so a
     forward pass holds texts of similar length (less padding where the victim trims it).
@@ -400,7 +404,8 @@ def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BA
         return torch.empty(0, 0, device=victim.device)
     unique = list(dict.fromkeys(texts))
     unique.sort(key=len)
-    embeddings = torch.cat([victim.encode_text(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
+    kwargs = {} if normalize else {"normalize": False}
+    embeddings = torch.cat([victim.encode_text(unique[i:i + batch_size], **kwargs) for i in range(0, len(unique), batch_size)])
     row = {text: index for index, text in enumerate(unique)}
     return embeddings[torch.tensor([row[text] for text in texts], device=embeddings.device)]
 
@@ -583,11 +588,12 @@ class PreparedTexts:
     plan: SearchPlan
     clean_emb: torch.Tensor
     encoded: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
+    normalize: bool = True  # whether the embeddings are unit (else before normalisation, `embedding="raw"`)
 
     def encode(self, victim, texts: list[str], batch_size: int) -> torch.Tensor:
         key = tuple(texts)
         if key not in self.encoded:
-            self.encoded[key] = encode_texts(victim, texts, batch_size)
+            self.encoded[key] = encode_texts(victim, texts, batch_size, self.normalize)
         return self.encoded[key]
 
 
@@ -599,25 +605,37 @@ class WordSubstitutionAttack(Attack):
 
     def __init__(self, victim, substitutes: SubstituteSource, budget: int = 1, guide: str = "image",
                  words_per_round: int = 1, text_batch: int = DEFAULT_TEXT_BATCH, loss: str = "pair",
-                 importance: str = "cosine"):
+                 importance: str = "cosine", embedding: str = "unit", masked_unit: bool = False):
         super().__init__(victim, loss)
         if guide not in GUIDES:
             raise ValueError(f"unknown guide {guide!r}; expected one of {GUIDES}")
         if importance not in IMPORTANCES:
             raise ValueError(f"unknown importance {importance!r}; expected one of {IMPORTANCES}")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {embedding!r}; expected one of {EMBEDDINGS}")
+        if embedding == "raw" and (guide != "text-kl" or importance != "kl"):
+            raise ValueError("embedding='raw' goes with guide='text-kl' and importance='kl' (the cosine scores read unit embeddings)")
         if budget < 0 or words_per_round < 1 or text_batch < 1:
             raise ValueError("budget must be >= 0, words_per_round and text_batch >= 1")
         self.source = substitutes
         self.budget, self.guide, self.importance = budget, guide, importance
         self.words_per_round, self.text_batch = words_per_round, text_batch
+        # masked_unit: the SGA code's TextAttacker.attack compares its raw clean embedding with unit masked
+        # ones (`text_embed` against `text_feat`): a reference bug, only with embedding="raw"
+        self.embedding, self.masked_unit = embedding, masked_unit and embedding == "raw"
 
     @property
     def needs_image(self) -> bool:
         return self.guide == "image"
 
     def params(self) -> dict:
-        return {**super().params(), **self.source.params(), "budget": self.budget, "guide": self.guide,
-                "importance": self.importance, "words_per_round": self.words_per_round}
+        params = {**super().params(), **self.source.params(), "budget": self.budget, "guide": self.guide,
+                  "importance": self.importance, "words_per_round": self.words_per_round}
+        if self.embedding != "unit":
+            params["embedding"] = self.embedding + (" (masked: unit)" if self.masked_unit else "")
+        if self.guide != "image":  # the text guides score candidates without the attack loss: not reported as if used
+            params.pop("loss")
+        return params
 
     def _scores(self, candidate_emb, caption_of_candidate, image_emb, clean_emb, current_emb, image_of_text):
         if self.guide == "text":
@@ -636,15 +654,16 @@ class WordSubstitutionAttack(Attack):
         Importance = how far masking the word moves the caption embedding (1 - cos, or KL).
         """
         texts = list(texts)
-        clean_emb = encode_texts(self.victim, texts, self.text_batch)
+        unit = self.embedding == "unit"
+        clean_emb = encode_texts(self.victim, texts, self.text_batch, unit)
 
         def importance(masked: list[str], owners: list[int]) -> torch.Tensor:
-            masked_emb = encode_texts(self.victim, masked, self.text_batch)
+            masked_emb = encode_texts(self.victim, masked, self.text_batch, unit or self.masked_unit)
             if self.importance == "kl":
                 return kl_to(clean_emb[owners], masked_emb)
             return 1 - (masked_emb * clean_emb[owners]).sum(-1)
 
-        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb)
+        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb, normalize=unit)
 
     @torch.no_grad()
     def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
@@ -716,7 +735,7 @@ class BertAttack(WordSubstitutionAttack):
                  max_length: int = 30, guide: str = "image", words_per_round: int = 1,
                  text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = 32, loss: str = "pair",
                  pieces: str = "combine", importance: str = "cosine", reading: str = "project",
-                 reference_bugs: bool = False):
+                 reference_bugs: bool = False, embedding: str = "unit"):
         model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
         common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
         if reading == "reference":
@@ -726,7 +745,8 @@ class BertAttack(WordSubstitutionAttack):
         else:
             raise ValueError(f"unknown MLM reading {reading!r}; expected project or reference")
         super().__init__(victim, source, budget=budget, guide=guide, words_per_round=words_per_round,
-                         text_batch=text_batch, loss=loss, importance=importance)
+                         text_batch=text_batch, loss=loss, importance=importance, embedding=embedding,
+                         masked_unit=reference_bugs)
 
 
 class SynonymAttack(WordSubstitutionAttack):
