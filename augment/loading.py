@@ -13,6 +13,7 @@ import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from augment.arguments import non_negative_int
+from augment.errors import SourceError
 
 MAX_DEFAULT_WORKERS = 8
 PREFETCH_FACTOR = 2  # batches each worker keeps ready
@@ -39,18 +40,41 @@ def as_list(batch: list) -> list:
 
 
 class MappedSequence:
-    """`function(items[i])` for each i: a map-style dataset (DataLoader needs only len and [])."""
+    """`function(items[i])` for each i: a map-style dataset (DataLoader needs only len and []).
 
-    def __init__(self, items: Sequence, function: Callable[[Any], Any] | None = None):
+    `catching`: an exception is returned as a `_Raised`, not raised (in DataLoader workers).
+    Reading `items[i]` is inside the catch too: a source row decodes its image when read."""
+
+    def __init__(self, items: Sequence, function: Callable[[Any], Any] | None = None, catching: bool = False):
         self.items = items
         self.function = function
+        self.catching = catching
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
-        item = self.items[index]
-        return item if self.function is None else self.function(item)
+        try:
+            item = _row(self.items, index)
+            return item if self.function is None else self.function(item)
+        except Exception as exc:  # noqa: BLE001 - re-raised as it is in the main process
+            if not self.catching:
+                raise
+            return _Raised(exc)
+
+
+def _row(items: Sequence, index: int):
+    """`items[index]`. A source row whose image fails to decode fails naming its record (image id
+    and file, as `augment.sources.validate_images` does), not only the file its decoder was given."""
+    try:
+        return items[index]
+    except SourceError:
+        if "image_id" not in (getattr(items, "column_names", None) or ()):
+            raise
+        from augment.sources import validate_images
+
+        validate_images(items.select([index]))  # the same decoding fails again, with the record's name
+        raise
 
 
 class _Raised:
@@ -59,16 +83,6 @@ class _Raised:
 
     def __init__(self, exception: Exception):
         self.exception = exception
-
-
-def _catching(function: Callable[[Any], Any] | None):
-    def call(item):
-        try:
-            return item if function is None else function(item)
-        except Exception as exc:  # noqa: BLE001 - re-raised as it is in the main process
-            return _Raised(exc)
-
-    return call
 
 
 def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
@@ -84,7 +98,7 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(MappedSequence(items, _catching(function)), batch_sampler=batches, collate_fn=as_list,
+    loader = DataLoader(MappedSequence(items, function, catching=True), batch_sampler=batches, collate_fn=as_list,
                         num_workers=workers, prefetch_factor=prefetch)
     for batch in loader:
         for value in batch:

@@ -186,6 +186,14 @@ def undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
 # ----------------------------------------------------------------------------- detection
 
 
+TABLE_SUFFIXES = (".csv", ".tsv")  # .tsv: open_clip_train's tab-separated file
+
+
+def is_table_file(source: str | None) -> bool:
+    """A CSV/TSV source (the only kind the --csv-* options describe) is a file with that suffix."""
+    return source is not None and Path(str(source)).suffix.lower() in TABLE_SUFFIXES
+
+
 def detect_format(source: str) -> str:
     """Name the reader for `source`: karpathy, albef, disk, parquet, imagefolder, csv or hub."""
     path = Path(source)
@@ -217,7 +225,7 @@ def detect_format(source: str) -> str:
             if isinstance(head, list):
                 return "albef"
             raise SourceError(f"{source}: JSON is neither Karpathy ({{'images': [...]}}) nor ALBEF ([{{image, caption}}])")
-        if suffix in (".csv", ".tsv"):  # .tsv: open_clip_train's tab-separated file
+        if suffix in TABLE_SUFFIXES:
             return "csv"
         if suffix == ".parquet":
             return "parquet"
@@ -461,12 +469,23 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     separator = separator or ("\t" if source.suffix.lower() == ".tsv" else ",")
     with open(source, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=separator)
+        # strict: a stray quote is an error (as pandas, open_clip_train's reader, says "EOF inside string"),
+        # not a field that silently swallows the rest of the file
+        reader = csv.DictReader(handle, delimiter=separator, strict=True)
+        line = 1
         try:
             if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
                 raise SourceError(f"{source}: CSV needs a header with {img_key!r} and {caption_key!r} columns "
                                   f"(separator {separator!r}), got {reader.fieldnames}")
-            for line, row in enumerate(reader, start=2):
+            while True:
+                line = reader.line_num + 1  # the record's first physical line (a quoted caption may span several)
+                row = next(reader, None)
+                if row is None:
+                    break
+                if None in row or None in row.values():  # DictReader's restkey / restval
+                    count = len(reader.fieldnames) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+                    raise SourceError(f"{source}: line {line}: {count} fields where the header has "
+                                      f"{len(reader.fieldnames)} (separator {separator!r})")
                 image = row[img_key] or ""
                 if image not in grouped:
                     image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
@@ -480,7 +499,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
         except UnicodeDecodeError:
             raise _not_utf8(source) from None
         except csv.Error as exc:
-            raise SourceError(f"{source}: malformed CSV at line {reader.line_num}: {exc}") from None
+            raise SourceError(f"{source}: malformed CSV in the record starting on line {line}: {exc}") from None
     yield from grouped.values()
 
 

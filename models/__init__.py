@@ -157,7 +157,12 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     if unknown:  # a TypeError traceback otherwise, e.g. train clean --model tiny-clip --albef-config ...
         raise ModelLoadError(f"model '{name}' ({family}) has no loading option {', '.join(unknown)} "
                              "(the --albef-* options are for ALBEF/TCL checkpoints)")
-    model = module.load(name, pretrained, device=device, precision=precision, **options)
+    from safetensors import SafetensorError
+
+    try:
+        model = module.load(name, pretrained, device=device, precision=precision, **options)
+    except SafetensorError as exc:  # a damaged weights file (every family saves safetensors): one line naming it
+        raise ModelLoadError(f"{name}: its weights file is unreadable ({exc}); save or copy the checkpoint again") from None
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
     model.batch_first_attention = True  # every nn.MultiheadAttention: attention without sequence-first copies
     model.class_token_vision = True  # open_clip ViTs: the last block at the class token only

@@ -67,6 +67,16 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def truncate_image(path: Path) -> Path:
+    """Rewrite `path` as a PNG of noise cut to half its bytes: its header reads, its pixels fail
+    ("image file is truncated", the same message whether PIL is given the path or the bytes)."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(path, format="PNG")
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return path
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -215,6 +225,27 @@ def test_images_are_decoded_when_used_and_limit_reads_only_what_it_needs(tmp_pat
     assert shards == ["shard-00000.parquet", "shard-00001.parquet"]  # whole shards kept, no temporaries
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_met_after_loading_names_its_record_in_a_worker_too(tmp_path, capsys, workers):
+    """A DataLoader worker reading a source row decodes its image: a bad one must come back as the
+    one line the main process gives (naming the record and the file), not torch's wrapper line."""
+    from augment.loading import ordered_batches
+
+    path = small_source(tmp_path / "src", n=4)
+    image = truncate_image(tmp_path / "src" / "images" / "2.png")
+    expected = f"image '2' ({image}): unreadable or corrupt image (image file is truncated)"
+    command = ["generate", "--method", "i2t-human", "--source", path, "--out", tmp_path / "pool", "--n", "1",
+               "--shard-size", "1", "--no-progress", "--workers", workers]
+    assert fails(capsys, command) == f"error: {expected}"
+    shards = sorted(p.name for p in (tmp_path / "pool" / "data").iterdir())
+    assert shards == ["shard-00000.parquet", "shard-00001.parquet"]  # the shards before it are kept
+    # train eval's path: rows read (decoded) by the loader, then given to a function
+    dataset, _ = load_source(str(path), cache=False)
+    with pytest.raises(SourceError) as caught:
+        list(ordered_batches(dataset, [[0, 1], [2, 3]], workers, lambda row: row["image"].size))
+    assert str(caught.value) == expected
+
+
 # ----------------------------------------------------------------------------- broken pools
 
 
@@ -253,6 +284,14 @@ def test_score_reads_the_source_before_loading_the_scorer(tmp_path, capsys, made
     monkeypatch.setattr(scorers, "load_scorer", loading)
     _, pool, _ = made_pool
     fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--source", tmp_path / "missing"], str(tmp_path / "missing"))
+
+
+def test_score_names_the_file_of_a_bad_source_image(tmp_path, capsys, made_pool):
+    """The scorer decodes the bytes it hashed: the line names the file they were read from."""
+    source, pool, _ = made_pool
+    image = truncate_image(source.parent / "images" / "1.png")
+    line = fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--source", source, "--no-progress", "--no-plot"])
+    assert line == f"error: image {image}: unreadable or corrupt image (image file is truncated)"
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -216,6 +217,18 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
         with autocast("cpu", "amp_bf16"):
             evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=1, **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
+    # what the names do not say: other weights under the same model name, another source's rows
+    import copy
+
+    retrained = copy.deepcopy(trained_bundle)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(1e-3)
+    with pytest.raises(MatPlusError, match=r"other settings \(differ: attacker_weights, weights\)"):
+        evaluation.evaluate(retrained, world, progress_dir=tmp_path / "progress", **kwargs)
+    other_source = world.map(lambda row: {"captions": [caption + " again" for caption in row["captions"]]})
+    with pytest.raises(MatPlusError, match=r"other settings \(differ: source\)"):
+        evaluation.evaluate(trained_bundle, other_source, progress_dir=tmp_path / "progress", **kwargs)
+    assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
     capsys.readouterr()
     resumed = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", workers=2,
@@ -304,3 +317,19 @@ def test_settings_lines_of_a_report():
     report["attacks"]["pgd"] = {"params": {"eps": 4 / 255, "steps": 5}}
     assert settings_markdown(report)[-2:] == ["", "- `pgd`: eps 4/255, steps 5"]
     assert settings_markdown(report)[1].endswith("seed 3. Each attack ran with:")
+
+
+def test_a_damaged_progress_file_is_one_line_naming_it(tmp_path):
+    """Batches are written atomically; a damaged disk or a hand edit still gets one line, not a traceback."""
+    from augment.errors import MatPlusError
+    from train.evaluate import BatchStore
+
+    store = BatchStore(tmp_path / "progress", {"seed": 0})
+    batch = store._path("pgd", 0)
+    batch.parent.mkdir(parents=True, exist_ok=True)
+    batch.write_bytes(b"not a torch file")
+    with pytest.raises(MatPlusError, match=rf"^{re.escape(str(batch))}: unreadable \(.*\); run train eval with --restart"):
+        store.load_state("pgd", 0)
+    (tmp_path / "progress" / "clean.pt").write_bytes(b"a damaged clean pass")
+    with pytest.raises(MatPlusError, match=r"clean.pt: unreadable"):
+        store.load_clean()

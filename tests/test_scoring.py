@@ -618,6 +618,37 @@ def test_image_files_read_by_the_previous_call_are_not_read_again(tmp_path, trai
     assert fresh.encoded["image"] == 1 and len(reads) == 5 and not hashed
 
 
+def test_an_unreadable_cache_file_is_a_miss_computed_again_with_a_warning(tmp_path, train_items, tiny_scorer, caplog):
+    """A damaged embedding file (here or in a shared --cache-dir) is not an error: a warning
+    names it, it is deleted, and its embeddings are encoded again into a new file."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    images = [item["image"] for item in train_items[:3]]
+    first = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id)).images(images)
+    [damaged] = tmp_path.glob("image-*.safetensors")
+    damaged.write_text("garbage\n")  # unreadable when the folder's index is read
+    with caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id))
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"embedding cache file {damaged} is unreadable (")
+    assert warning.endswith("): deleted, its embeddings are computed again")
+    assert not damaged.exists()
+    np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert embedder.encoded["image"] == 3
+    [rewritten] = tmp_path.glob("image-*.safetensors")
+    # damaged after the index was read: found missing when its embeddings are read
+    caplog.clear()
+    cache = EmbeddingCache(tmp_path, tiny_scorer.id)
+    rewritten.write_bytes(rewritten.read_bytes()[:100])
+    embedder = Embedder(tiny_scorer, cache)
+    with caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert [r.getMessage().split(" is unreadable")[0] for r in caplog.records] == [f"embedding cache file {rewritten}"]
+    assert embedder.encoded["image"] == 3 and not rewritten.exists()
+    embedder.images(list(reversed(images)))  # the new file answers now, not the dropped one
+    assert embedder.encoded["image"] == 3 and embedder.reused["image"] == 3
+
+
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):
     from augment.scoring.embeddings import Embedder, EmbeddingCache, text_key
 

@@ -81,6 +81,50 @@ def test_csv_groups_rows_per_image(tmp_path):
     assert dataset["split"] == ["val", "val"]
 
 
+@pytest.mark.parametrize("row, message", [
+    # a stray quote used to open a field that swallowed the rest of the file, silently
+    ('q.png\t"a quoted, caption\ttrain', 'line 3: unexpected end of data'),
+    ("q.png\tother\ttrain\textra", "line 3: 4 fields where the header has 3 (separator '\\t')"),
+    ("q.png\tother", "line 3: 2 fields where the header has 3 (separator '\\t')"),
+])
+def test_tsv_with_a_broken_row_is_refused_naming_its_line(tmp_path, row, message):
+    write_image(tmp_path / "p.png")
+    write_image(tmp_path / "q.png")
+    lines = ["filepath\ttitle\tsplit", "p.png\tfirst\ttrain", row, "p.png\tsecond\ttrain", "q.png\tthird\ttrain"]
+    (tmp_path / "caps.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError) as caught:
+        load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title")
+    assert str(caught.value).startswith(str(tmp_path / "caps.tsv")) and message in str(caught.value)
+
+
+def test_csv_caption_spanning_lines_is_one_record_and_lines_are_physical(tmp_path):
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.csv").write_text('image,caption\np.png,"two\nlines"\np.png\n')
+    with pytest.raises(SourceError, match="line 4: 1 fields where the header has 2"):
+        load_source(str(tmp_path / "caps.csv"))
+
+
+def test_augment_and_train_eval_read_the_trainers_tsv(tmp_path, capsys):
+    """open_clip_train's TSV (filepath / title columns), which `train METHOD --csv-img-key ...` trains on, can be
+    inspected, pooled and evaluated with the same flags; on a source that is not a table they are refused."""
+    from augment.cli import main as augment_main
+
+    for name in ("p.png", "q.png"):
+        write_image(tmp_path / name)
+    (tmp_path / "train.tsv").write_text("filepath\ttitle\np.png\ta red dog\nq.png\ta blue cat\n")
+    keys = ["--csv-img-key", "filepath", "--csv-caption-key", "title"]
+    assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv"), *keys]) == 0
+    assert "2 images" in capsys.readouterr().out
+    assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv")]) == 2
+    assert "CSV needs a header with 'image' and 'caption' columns" in capsys.readouterr().err
+    assert augment_main(["generate", "--method", "eda", "--source", str(tmp_path / "train.tsv"), *keys,
+                         "--out", str(tmp_path / "pool"), "--n", "1"]) == 0
+    (tmp_path / "data.json").write_text("{}")
+    assert augment_main(["inspect", "--source", str(tmp_path / "data.json"), "--csv-img-key", "filepath"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"--csv-img-key: read only for a .csv/.tsv source, not {tmp_path / 'data.json'}: leave it out")
+
+
 def test_imagefolder_with_metadata(tmp_path):
     write_image(tmp_path / "a.png")
     write_image(tmp_path / "b.png", mode="RGBA")

@@ -451,6 +451,48 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
         _run(tmp_path, "resumed", sample_world_dir, max_steps=4, **common)
     with pytest.raises(MatPlusError, match="lr"):
         _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume="latest", **{**common, "lr": 1e-3})
+    # resuming the finished run trains and writes nothing: its summary, metrics and checkpoint stay as they are
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (tmp_path / "resumed").rglob("*") if path.is_file()}
+    capsys.readouterr()
+    again, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume="latest", **common)
+    assert records == [] and again == summary
+    assert "finished all 4 steps already: nothing to train" in capsys.readouterr().err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == files
+    # a checkpoint past --max-steps would be saved as step 2 holding step 4's weights: refused
+    with pytest.raises(MatPlusError, match=r"the checkpoint is at step 4, past this run's 2 steps"):
+        _run(tmp_path, "resumed", sample_world_dir, max_steps=2, resume="latest", **common)
+    # another run's checkpoint resumed into a folder holding a run would replace that run: refused
+    with pytest.raises(MatPlusError, match=r"already holds another run; pass --overwrite"):
+        _run(tmp_path, "straight", sample_world_dir, max_steps=4, resume=str(tmp_path / "resumed" / "ckpt"), **common)
+    assert _metrics(tmp_path / "straight")[-1]["step"] == 4
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_its_file(tmp_path, sample_world_dir, capsys):
+    import shutil
+
+    from train.cli import main
+
+    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
+            "--no-progress", "--max-steps", "2"]
+    assert main([*argv, "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    for damaged, expected in (("train_state/optimizer.pt", "optimizer.pt: unreadable ("),
+                              ("train_state/state.json", "state.json: unreadable ("),
+                              ("open_clip_model.safetensors", "ckpt: its weights file is unreadable (")):
+        copy = tmp_path / damaged.replace("/", "-")
+        shutil.copytree(tmp_path / "run", copy)
+        (copy / "ckpt" / damaged).write_bytes(b"garbage")
+        capsys.readouterr()
+        assert main([*argv, "--out", str(copy), "--resume", "latest"]) == 2, damaged
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and expected in err, err
+
+
+def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
+    """A loss that is not finite stops the run (open_clip_train stops too) instead of training on NaN weights."""
+    with pytest.raises(MatPlusError, match=r"^step 2: the loss is nan: training diverged; stopped \(lower --lr"):
+        _run(tmp_path, "diverged", sample_world_dir, method="clean", lr=1e12, max_steps=3, log_every=1)
+    assert [m["step"] for m in _metrics(tmp_path / "diverged")] == [1, 2]
+    assert not (tmp_path / "diverged" / "ckpt").exists() and not (tmp_path / "diverged" / "summary.json").exists()
 
 
 # ----------------------------------------------------------------------------- two processes
@@ -558,7 +600,11 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["tecoa", "--eps", "0.0078"], "AdamW's epsilon", "--attack-eps")
     fails(["clean", "--precision", "pure_bf16"], "--precision pure_bf16", "amp_bf16")
     fails(["clean", "--report-to", "mlflow"], "--report-to")
+    if not torch.cuda.is_available():  # accelerate runs no fp16 autocast on a CPU: amp trained in fp32, recorded amp
+        fails(["clean", "--precision", "amp"], "--precision amp (fp16 autocast) runs on a GPU; on a CPU use amp_bf16 or fp32")
     fails(["fare", "--lock-image"], "nothing to train")
+    fails(["clean", "--wd", "inf"], "--wd must be non-negative and finite, got inf")  # trained to NaN before
+    fails(["mat", "--clean-weight", "inf"], "--clean-weight must be non-negative and finite")
     fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],

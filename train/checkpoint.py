@@ -68,8 +68,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_tensors(path: Path, hint: str, error: type[MatPlusError] = MatPlusError) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a damaged file is one line naming it and `hint`
+    (what to do), not a traceback: the files are written atomically, so only a damaged disk or a hand
+    edit gets here."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the unpickler meets garbage with any error (IndexError, EOFError, ...)
+        raise error(f"{path}: unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                    f"{hint}") from None
+
+
 def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path, "resume from another checkpoint, or start over with --overwrite", CheckpointError)
 
 
 def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
@@ -110,7 +121,15 @@ def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def read_state(folder: Path) -> dict:
-    return json.loads((folder / STATE_DIR / STATE_FILE).read_text())
+    path = folder / STATE_DIR / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc}); resume from another checkpoint, or start over with "
+                              "--overwrite") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: not a training state (no integer 'step')")
+    return state
 
 
 def load_model_weights(model: torch.nn.Module, folder: Path) -> None:

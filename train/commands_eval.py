@@ -26,7 +26,8 @@ SHARED_OPTIONS = frozenset({
     "attacker_pretrained", "attack_eps", "eps", "pgd_steps", "pgd_step_size", "text_candidates", "mlm", "top_k", "word_budget",
     "max_length", "batch_size", "limit", "device", "precision", "restart", "seed", "workers", "truth_checker", "progress",
 })
-_SOURCE_TABLE = ("source_split", "skip_bad", "skip_report", "validate", "allow_outside_root")  # read_source's
+_SOURCE_TABLE = ("source_split", "skip_bad", "skip_report", "validate", "allow_outside_root",  # read_source's
+                 "csv_img_key", "csv_caption_key", "csv_separator")
 _ALBEF = ("albef_config", "albef_bert_config", "albef_tokenizer")
 # the options only some tasks read: one set explicitly for a task that does not read it is refused
 # in one line rather than silently ignored

@@ -271,8 +271,9 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
 
 
 def _is_table_file(source: str | None) -> bool:
-    """A CSV/TSV source (the only kind the --csv-* options describe) is a file with that suffix."""
-    return source is not None and Path(str(source)).suffix.lower() in (".csv", ".tsv")
+    from augment.sources import is_table_file  # here: augment.sources imports datasets, which `train --help` need not
+
+    return is_table_file(source)
 
 
 # settings that other settings make unread: name -> (unread?, why). A value other than the
@@ -317,7 +318,7 @@ def _validate(c: TrainConfig) -> None:
     if c.pool_weights is not None:
         _check(len(c.pool_weights) == len(c.pools),
                f"--pool-weights has {len(c.pool_weights)} values for {len(c.pools)} pools")
-        _check(all(w >= 0 for w in c.pool_weights) and sum(c.pool_weights) > 0,
+        _check(all(0 <= w < math.inf for w in c.pool_weights) and sum(c.pool_weights) > 0,
                "--pool-weights must be non-negative and not all zero")
     _check(0.0 <= c.p_original <= 1.0, f"--p-original must lie in [0, 1], got {c.p_original}")
     _check(c.pool_mode in POOL_MODES, f"unknown --pool-mode {c.pool_mode!r}; expected one of {list(POOL_MODES)}")
@@ -354,13 +355,14 @@ def _validate(c: TrainConfig) -> None:
     _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
     _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
     # clipping to a negative norm flips every gradient's sign (torch clamps the scale only from above)
-    _check(c.max_grad_norm is None or c.max_grad_norm > 0, f"--max-grad-norm must be positive, got {c.max_grad_norm}")
-    _check(c.wd >= 0, "--wd must be non-negative")
+    _check(c.max_grad_norm is None or 0 < c.max_grad_norm < math.inf, f"--max-grad-norm must be positive, got {c.max_grad_norm}")
+    # finite too: an infinite weight decay turned every weight to NaN after one step, and trained on
+    _check(0 <= c.wd < math.inf, f"--wd must be non-negative and finite, got {c.wd}")
     _check(c.warmup >= 0, "--warmup must be non-negative")
     _check(0 <= c.attack_eps <= 1, f"--attack-eps must lie in [0, 1] (pixels in [0, 1]), got {c.attack_eps}")
     _check(c.pgd_steps >= 0, "--pgd-steps must be non-negative")
-    _check(c.pgd_step_size is None or c.pgd_step_size > 0, "--pgd-step-size must be positive")
-    _check(c.clean_weight >= 0, "--clean-weight must be non-negative")
+    _check(c.pgd_step_size is None or 0 < c.pgd_step_size < math.inf, "--pgd-step-size must be positive and finite")
+    _check(0 <= c.clean_weight < math.inf, "--clean-weight must be non-negative and finite")
     _check(c.word_budget >= 0, "--word-budget must be non-negative")
     _check(c.top_k >= 1, "--top-k must be at least 1")
     if c.text_attack_filter is not None:

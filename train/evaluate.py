@@ -51,6 +51,7 @@ from augment.atomic import atomic_write_text, temporary_path
 from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
 from train.attacks.settings import describe_params
+from train.checkpoint import load_tensors
 from train.data import derive_seed
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
@@ -164,8 +165,26 @@ class AttackRecord:
                                           for text, row, change in zip(result.texts, caption_rows, changes)]
 
 
+_RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
+
+
 def model_id(model) -> dict:
     return model.describe()
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
+    retrained in place (the same name, other weights) must not resume another's finished batches.
+    Per tensor its name, shape, and float64 sum and absolute sum, on the CPU (deterministic whatever
+    the device; one pass over the weights, not a cryptographic hash)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().to("cpu", torch.float64)
+        digest.update(f"{name} {tuple(values.shape)} {float(values.sum())!r} {float(values.abs().sum())!r};".encode())
+    return digest.hexdigest()[:16]
 
 
 def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
@@ -361,7 +380,7 @@ class BatchStore:
         """The pixels saved with a batch ([B, 3, H, W], on the CPU); a batch saved before pixels
         had files of their own holds them itself."""
         path = self._pixels_path(attack, batch)
-        pixels = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else \
+        pixels = load_tensors(path, _RESTART) if path.is_file() else \
             self.load_state(attack, batch).get("images")
         if not pixels:
             from augment.errors import MatPlusError
@@ -377,7 +396,7 @@ class BatchStore:
 
     def load_clean(self) -> dict | None:
         path = self.folder / "clean.pt"
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        return load_tensors(path, _RESTART) if path.is_file() else None
 
     def save_summary(self, attack: str, entry: dict) -> None:
         """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
@@ -403,7 +422,7 @@ class BatchStore:
 
     def load_state(self, attack: str, batch: int) -> dict:
         """The saved `state()` of a batch (any task's record)."""
-        return torch.load(self._path(attack, batch), map_location="cpu", weights_only=True)
+        return load_tensors(self._path(attack, batch), _RESTART)
 
     def load(self, attack: str, batch: int) -> "AttackRecord":
         state = self.load_state(attack, batch)
@@ -582,8 +601,13 @@ def evaluate(
         raise ValueError("the evaluated images have no captions")
     scorer = Scorer(victim, rerank_k, gallery.image_of_text, batch_size)
     keep_pixels = scorer.rerank_k > 0
+    from augment.sources import source_fingerprint
+
     settings = {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
+        # what the names do not say: another source at the same path, a checkpoint retrained in place
+        "source": source_fingerprint(gallery.rows), "weights": weights_fingerprint(victim),
+        "attacker_weights": weights_fingerprint(attacker),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
         "options": plain_attack_options(options),
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},

@@ -132,9 +132,10 @@ def evaluate_captioning(
     """
     from tqdm.auto import tqdm
 
+    from augment.sources import source_fingerprint
     from train.data import derive_seed
     from train.evaluate import (BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, plain_attack_options,
-                                resumable_batches)
+                                resumable_batches, weights_fingerprint)
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -155,6 +156,9 @@ def evaluate_captioning(
     plain_options = plain_attack_options(options)
     settings = {
         "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
+        # what the names do not say: another source at the same path, a checkpoint retrained in place
+        "source": source_fingerprint(gallery.rows), "weights": weights_fingerprint(victim),
+        "attacker_weights": weights_fingerprint(attacker),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,
         "generation": generation, "checker": getattr(caption_checker, "__name__", None),
         "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),

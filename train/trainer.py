@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from augment.errors import MissingDependencyError, first_line
+from augment.errors import MatPlusError, MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
     ACCELERATE_PRECISION,
@@ -178,9 +178,12 @@ def make_accelerator(config: TrainConfig):
     try:
         accelerator = Accelerator(cpu=plan.cpu, mixed_precision=ACCELERATE_PRECISION[config.precision])
         check_process_group(plan, accelerator.num_processes)
-        return accelerator
     except ValueError as exc:  # e.g. fp16 on a CPU
         raise ConfigError(f"--precision {config.precision}: {first_line(exc)}") from None
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+        # accelerate runs no fp16 autocast on a CPU: the run would train in fp32 and record amp
+        raise ConfigError(f"--precision {config.precision} (fp16 autocast) runs on a GPU; on a CPU use amp_bf16 or fp32")
+    return accelerator
 
 
 def model_options(config: TrainConfig) -> dict:
@@ -207,6 +210,10 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
             if not (found / ckpt.STATE_DIR / ckpt.STATE_FILE).is_file():
                 raise ConfigError(f"--resume {found}: not a checkpoint folder (no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
             made_by = found.parent
+            if has_outputs and made_by.resolve() != run_dir.resolve() and not config.overwrite:
+                # the resumed run writes its checkpoint, metrics and summary here: they would replace this run's
+                raise ConfigError(f"--resume {found}: {run_dir} already holds another run; pass --overwrite to "
+                                  "replace it, or another --out")
         saved = load_saved_config(made_by)
         if saved is not None:
             conflicts = resume_conflicts(saved, config)
@@ -245,7 +252,8 @@ class Trainer:
     # set-up -------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml."""
+        """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml (all but the
+        checks skipped when the run resumed is finished: `finished_summary`)."""
         from models import load_model
         from tasks import build_task, task_class
         from tasks.base import TaskForward
@@ -287,11 +295,18 @@ class Trainer:
         if cfg.method == "fare":  # FARE's target: the model as it was before any fine-tuning
             frozen = model.frozen_copy()
         self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
+        self.finished_summary: dict | None = None
         state = None
         if resume_from is not None:
-            ckpt.load_model_weights(model, resume_from)
             state = ckpt.read_state(resume_from)
             self._check_resumable(state)
+            summary_file = self.run_dir / SUMMARY_FILE
+            if int(state["step"]) == self.total_steps and resume_from.parent.resolve() == self.run_dir.resolve() \
+                    and summary_file.is_file():
+                # this run is finished: nothing to train, and nothing of it is written again
+                self.finished_summary = json.loads(summary_file.read_text())
+                return
+            ckpt.load_model_weights(model, resume_from)
         if getattr(model, "supports_momentum_distillation", False):
             # before resuming weights, the optimizer and DDP: the momentum copies are trained state
             distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
@@ -382,6 +397,10 @@ class Trainer:
         return validator
 
     def _check_resumable(self, state: dict) -> None:
+        step = int(state.get("step", 0))
+        if step > self.total_steps:  # it would save step `total_steps` holding later weights
+            raise ConfigError(f"--resume: the checkpoint is at step {step}, past this run's {self.total_steps} steps "
+                              "(--max-steps / --epochs): raise them to continue it, or start over with --overwrite")
         if state.get("global_batch") != self.global_batch:
             raise ConfigError(
                 f"--resume: the run used a global batch of {state.get('global_batch')}, now "
@@ -490,6 +509,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.setup()
+        if self.finished_summary is not None:
+            if self.is_main:
+                print(f"{self.run_dir} finished all {self.total_steps} steps already: nothing to train "
+                      "(raise --max-steps / --epochs to continue it)", file=sys.stderr)
+            return self.finished_summary
         cfg = self.cfg
         started = time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {cfg.method}", unit="step",
@@ -512,6 +536,10 @@ class Trainer:
                 if done % cfg.log_every == 0 or saving:
                     last = self._log(done, plan.epoch, lr, elapsed, window)
                     window = _LogWindow()
+                    if last.get("loss") is not None and not math.isfinite(last["loss"]):
+                        # stop before a checkpoint holds the diverged weights (the last one saved is kept)
+                        raise MatPlusError(f"step {done}: the loss is {last['loss']}: training diverged; stopped "
+                                           f"(lower --lr, or set --max-grad-norm); metrics.jsonl has every step up to it")
                     for name in ("loss", "robust_loss"):
                         if last.get(name) is not None:  # exponential running mean for the bar
                             running[name] = last[name] if name not in running else 0.9 * running[name] + 0.1 * last[name]

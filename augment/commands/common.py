@@ -14,20 +14,34 @@ def add_source_arguments(parser, required: bool = True) -> None:
                         help="decode every source image before starting (default: each image is checked when it is used)")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="read image paths that lead outside the image root (../, absolute paths, symlinks pointing out)")
+    # open_clip_train's names, as `train METHOD` takes them: the TSV a model trains on can be inspected,
+    # pooled, scored and evaluated too
+    parser.add_argument("--csv-img-key", default=None, help="CSV/TSV source: column of image paths (default: image)")
+    parser.add_argument("--csv-caption-key", default=None, help="CSV/TSV source: column of captions (default: caption)")
+    parser.add_argument("--csv-separator", default=None, help="CSV/TSV source: column separator (default: ',' for .csv, tab for .tsv)")
 
 
 def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
     from augment.errors import MatPlusError
-    from augment.sources import load_source
+    from augment.sources import is_table_file, load_source
 
     if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
         raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
+    table = {key: getattr(args, key, None) for key in ("csv_img_key", "csv_caption_key", "csv_separator")}
+    given = [key for key, value in table.items() if value is not None]
+    if given and not is_table_file(args.source):
+        raise MatPlusError(f"{', '.join('--' + key.replace('_', '-') for key in given)}: read only for a .csv/.tsv source, "
+                           f"not {args.source}: leave {'it' if len(given) == 1 else 'them'} out")
+    if any(value == "" for value in table.values()) or len(table["csv_separator"] or ",") != 1:
+        raise MatPlusError("--csv-img-key and --csv-caption-key must not be empty, --csv-separator one character")
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
         validate=validate or getattr(args, "validate", False), progress=not getattr(args, "no_progress", False),
         allow_outside_root=getattr(args, "allow_outside_root", False),
+        csv_img_key=table["csv_img_key"] or "image", csv_caption_key=table["csv_caption_key"] or "caption",
+        csv_separator=table["csv_separator"],
     )
     if report.skipped:
         out = getattr(args, "out", None)

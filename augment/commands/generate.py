@@ -14,7 +14,7 @@ MODEL_METHODS = "t2t-<model>, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that
 # only by the methods whose `options_read` names it, and refused for the rest
 COMMON_OPTIONS = frozenset({
     "method", "source", "image_root", "source_split", "skip_bad", "skip_report", "validate", "allow_outside_root",
-    "out", "n", "seed", "split", "limit", "shard_size", "device", "overwrite", "no_progress", "workers",
+    "csv_img_key", "csv_caption_key", "csv_separator", "out", "n", "seed", "split", "limit", "shard_size", "device", "overwrite", "no_progress", "workers",
 })
 
 

@@ -8,7 +8,11 @@ Layout of a cache folder (by default `POOL/scores/<scorer-slug>/embeddings/`)::
 A key is the first 16 bytes of the SHA-256 of the content: the caption's UTF-8 text, or the
 image file's bytes. Keys are per folder and the folder is per scorer (its slug), and every
 file records the scorer id; files of another scorer are ignored. Each `put` writes one new
-file atomically (temporary name, then rename), so a killed run leaves only whole files.
+file atomically (temporary name, then rename), so a killed run leaves only whole files. A file
+that cannot be read back (truncated, garbage) is a miss, as in the source cache
+(`augment.source_cache`): a warning names it, it is deleted, and its embeddings are computed
+again and written to a new file, never an error (one bad file would stop every pool sharing
+a `--cache-dir`).
 
 The in-memory index is numpy arrays (24 bytes per cached embedding), and embeddings are read
 back a file at a time (a few files kept), so memory does not hold every embedding.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -25,6 +30,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from augment.errors import first_line
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
 KINDS = ("text", "image")
@@ -59,16 +68,18 @@ def image_bytes_of(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(image_bytes: bytes):
+def decode_image(image_bytes: bytes, path: str | None = None):
+    """Decode by the sources' one rule; `path`, the file the bytes were read from, names the
+    image in the error (else it reads "image (embedded bytes)")."""
     from augment.sources import open_image
 
-    return open_image({"path": None, "bytes": image_bytes})  # the sources' one decoding rule
+    return open_image({"path": path, "bytes": image_bytes})
 
 
-def _prepared_batch(scorer, payloads: list[bytes], positions: range):
-    """The images at `positions` decoded, preprocessed and stacked: what a DataLoader worker
-    hands the scorer's model."""
-    return scorer.prepare_images([decode_image(payloads[k]) for k in positions])
+def _prepared_batch(scorer, payloads: list[dict], positions: range):
+    """The images at `positions` ({"path", "bytes"}, bytes read) decoded, preprocessed and
+    stacked: what a DataLoader worker hands the scorer's model."""
+    return scorer.prepare_images([decode_image(payloads[k]["bytes"], payloads[k]["path"]) for k in positions])
 
 
 class EmbeddingCache:
@@ -86,17 +97,24 @@ class EmbeddingCache:
         return sum(len(index) for index in self._index.values())
 
     def _read_index(self) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         if not self.folder.is_dir():
             return
         for path in sorted(self.folder.glob("*.safetensors")):
-            with safe_open(str(path), framework="numpy") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("scorer_id") != self.scorer_id or meta.get("cache_version") != CACHE_VERSION:
-                    continue
-                keys = handle.get_tensor("keys")
-            self._register(meta["kind"], path, keys)
+            try:
+                with safe_open(str(path), framework="numpy") as handle:
+                    meta = handle.metadata() or {}
+                    if meta.get("scorer_id") != self.scorer_id or meta.get("cache_version") != CACHE_VERSION:
+                        continue
+                    keys = handle.get_tensor("keys")
+                    kind = meta["kind"]
+                if kind not in KINDS:
+                    raise ValueError(f"unknown kind {kind!r}")
+            except (SafetensorError, OSError, KeyError, ValueError) as exc:
+                _unreadable(path, exc)
+                continue
+            self._register(kind, path, keys)
 
     def _register(self, kind: str, path: Path, keys: np.ndarray) -> None:
         self._files.append(path)
@@ -106,24 +124,34 @@ class EmbeddingCache:
         """(found mask, embeddings of the found keys in order, or None when none is found)."""
         file_ids, rows = self._index[kind].find(keys)
         found = file_ids >= 0
-        if not found.any():
-            return found, None
         out = None
         for file_id in np.unique(file_ids[found]):
+            chosen = file_ids == file_id
             embeddings = self._embeddings_of(int(file_id))
+            if embeddings is None:  # unreadable: its keys are misses, encoded again
+                self._index[kind].drop(int(file_id))
+                found &= ~chosen
+                continue
             if out is None:
                 out = np.empty((len(keys), embeddings.shape[1]), dtype=np.float32)
-            chosen = file_ids == file_id
             out[chosen] = embeddings[rows[chosen]]
-        return found, out[found]
+        return found, None if out is None else out[found]
 
-    def _embeddings_of(self, file_id: int) -> np.ndarray:
+    def _embeddings_of(self, file_id: int) -> np.ndarray | None:
+        """The embeddings of file `file_id`, or None when it cannot be read back (it was indexed,
+        then damaged or deleted)."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         if file_id in self._loaded:
             self._loaded.move_to_end(file_id)
             return self._loaded[file_id]
-        embeddings = load_file(str(self._files[file_id]))["embeddings"]
+        path = self._files[file_id]
+        try:
+            embeddings = load_file(str(path))["embeddings"]
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            _unreadable(path, exc)
+            return None
         self._loaded[file_id] = embeddings
         if len(self._loaded) > OPEN_FILES:
             self._loaded.popitem(last=False)
@@ -143,6 +171,17 @@ class EmbeddingCache:
         os.replace(tmp, path)
         self._register(kind, path, tensors["keys"])
         return path
+
+
+def _unreadable(path: Path, exc: Exception) -> None:
+    """A cache file that cannot be read back: said in one line and deleted (its embeddings are
+    computed again and written to a new file; files are only ever written whole, so it is damaged)."""
+    log.warning("embedding cache file %s is unreadable (%s): deleted, its embeddings are computed again",
+                path, first_line(exc))
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 class _KeyIndex:
@@ -170,6 +209,14 @@ class _KeyIndex:
         order = np.argsort(keys, kind="stable")
         self._keys, self._file_ids, self._rows = keys[order], file_ids[order], rows[order]
         self._parts, self._stale = [], False
+
+    def drop(self, file_id: int) -> None:
+        """Forget the keys of file `file_id` (unreadable): they are misses from now on, and the
+        same keys written again to another file are found there."""
+        if self._stale:
+            self._merge()
+        kept = self._file_ids != file_id
+        self._keys, self._file_ids, self._rows = self._keys[kept], self._file_ids[kept], self._rows[kept]
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(file id, row) per key; file id -1 where the key is not cached."""
@@ -231,12 +278,14 @@ class Embedder:
             if key is None:
                 data = image_bytes_of(image)
                 key = image_key(data)
+                # with the file it was read from: that names the image if it fails to decode
+                payload = {"path": image.get("path") if isinstance(image, dict) else None, "bytes": data}
             else:
-                data = image  # read in _encode_images if needed
+                payload = image  # read in _encode_images if needed
             if path:
                 self._path_keys[path] = key
             keys.append(key)
-            payloads.append(data)
+            payloads.append(payload)
         return self._embed("image", keys, payloads, self._encode_images)
 
     def _encode_images(self, payloads: list):
@@ -247,11 +296,12 @@ class Embedder:
 
         from augment.loading import ordered_batches
 
-        payloads = [data if isinstance(data, bytes) else image_bytes_of(data) for data in payloads]
+        payloads = [data if data.get("bytes") else {"path": data.get("path"), "bytes": image_bytes_of(data)}
+                    for data in payloads]
         size = self.scorer.batch_size
         index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
         # one batch, or too little to decode: a worker's start-up would cost more than it saves
-        enough = len(index_batches) > 1 and sum(len(data) for data in payloads) >= WORKER_MIN_BYTES
+        enough = len(index_batches) > 1 and sum(len(data["bytes"]) for data in payloads) >= WORKER_MIN_BYTES
         workers = self.workers if enough else 0
         # a loader item is a whole model batch, stacked in the worker: one tensor crosses the
         # process boundary per batch (per-image tensors would each open a shared-memory handle)
