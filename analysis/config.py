@@ -314,9 +314,18 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
-        AttackSettings.from_options(**options)
+        settings = AttackSettings.from_options(**options)
     except ValueError as exc:
         raise MatPlusError(f"study config: eval: {exc}") from None
+    # as train eval: under a reference protocol the Co-Attack code's schedule sets its own step, and the
+    # reference bugs live in some attacks only; a setting none of eval.attacks reads is refused
+    from train.commands_eval import attack_option_readers
+
+    readers = attack_option_readers("retrieval", settings.protocol, settings.candidates)
+    for key, option in (("pgd_step_size", "pgd_step_size"), ("reference_bugs", "reference_bugs")):
+        if evaluation.get(key) and not set(readers.get(option, ())) & set(evaluation["attacks"]):
+            raise MatPlusError(f"study config: eval.{key} is read by none of eval.attacks {evaluation['attacks']} "
+                               f"under protocol {settings.protocol} (read by {', '.join(readers[option])}): leave it out")
 
 
 # keys only the retrieval study reads: another task refuses them unless empty

@@ -285,7 +285,8 @@ def _type_name(value: Any) -> str:
 def _string(value: Any, where: str, name: str) -> str:
     """A field that must hold text (a number is not silently turned into a file name or caption)."""
     if not isinstance(value, str):
-        raise SourceError(f"{where}: {name} must be a string, got {_type_name(value)} {json.dumps(value, default=str)[:40]}")
+        shown = "" if value is None else " " + json.dumps(value, default=str)[:40]  # "got null", not "got null null"
+        raise SourceError(f"{where}: {name} must be a string, got {_type_name(value)}{shown}")
     return value
 
 

@@ -178,12 +178,13 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path, capsys):
         ({"filename": "a.png", "split": "train", "sentences": "a dog"}, "'sentences' must be a list of captions, got str"),
         ({"filename": "a.png", "split": "train", "sentences": [{"raw": 5}]}, "'sentences'[0].raw must be a string, got int"),
         ({"filename": "a.png", "split": 1, "sentences": [{"raw": "a dog"}]}, "'split' must be a string, got int"),
+        ({"filename": "a.png", "split": "train", "sentences": [{"raw": None}]}, "'sentences'[0].raw must be a string, got null"),
     ],
 )
 def test_karpathy_json_of_the_wrong_shape(tmp_path, capsys, bad, expected):
     write_image(tmp_path / "images" / "a.png")
     path = karpathy(tmp_path, [bad])
-    fails(capsys, ["inspect", "--source", path], "images[0]", expected)
+    assert "got null null" not in fails(capsys, ["inspect", "--source", path], "images[0]", expected)
 
 
 def test_albef_and_imagefolder_of_the_wrong_shape(tmp_path, capsys):

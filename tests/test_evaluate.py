@@ -333,3 +333,22 @@ def test_a_damaged_progress_file_is_one_line_naming_it(tmp_path):
     (tmp_path / "progress" / "clean.pt").write_bytes(b"a damaged clean pass")
     with pytest.raises(MatPlusError, match=r"clean.pt: unreadable"):
         store.load_clean()
+
+
+def test_skip_bad_evaluation_says_how_many_records_it_left_out(sample_world_dir, tmp_path):
+    """--skip-bad changes the gallery (the next image moves into --limit): eval.json and eval.md say so."""
+    import shutil
+
+    from train.cli import main as train_main
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world_dir, world)  # real files: one is damaged below
+    document = json.loads(next(world.glob("dataset_*.json")).read_text())
+    test_image = next(image for image in document["images"] if image["split"] == "test")
+    damaged = next(world.rglob(test_image["filename"]))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    out = tmp_path / "eval"
+    assert train_main(["eval", "tiny-clip", "--source", str(world), "--split", "test", "--limit", "2", "--attacks", "clean",
+                       "--skip-bad", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "eval.json").read_text())["settings"]["skipped_records"] == 1
+    assert "1 bad source records skipped (`--skip-bad`)" in (out / "eval.md").read_text()

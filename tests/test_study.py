@@ -235,7 +235,12 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
     for bad, message in [({"protocol": "albef"}, "study config: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
                          ({"protocl": "sga"}, "unknown eval keys \\['protocl'\\]"),
                          ({"reference_bugs": True}, "study config: eval: reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
-                         ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree")]:
+                         ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree"),
+                         # as train eval: settings none of eval.attacks reads under the protocol
+                         ({"protocol": "co-attack", "reference_bugs": True, "attacks": ["clean", "pgd"]},
+                          r"eval.reference_bugs is read by none of eval.attacks \['clean', 'pgd'\] under protocol co-attack"),
+                         ({"protocol": "co-attack", "pgd_step_size": "1/255", "attacks": ["clean", "pgd", "bert-attack"]},
+                          r"eval.pgd_step_size is read by none of eval.attacks .* \(read by sga\)")]:
         with pytest.raises(MatPlusError, match=message):
             load_study_config("mini", {"eval": bad})
     config = load_study_config("mini", {"out": str(tmp_path), "eval": {"protocol": "co-attack", "reference_bugs": True}})

@@ -467,6 +467,21 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     assert _metrics(tmp_path / "straight")[-1]["step"] == 4
 
 
+def test_resume_refuses_another_source_at_the_same_path(tmp_path, sample_world_dir):
+    """The source is compared by its rows, not its path: a dataset replaced in place would train on."""
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world_dir, world, symlinks=True)
+    _run(tmp_path, "run", world, method="clean", max_steps=1, schedule_steps=2)
+    document = next(world.glob("dataset_*.json"))
+    data = json.loads(document.read_text())
+    data["images"][0]["sentences"][0]["raw"] = "a caption that was not there"
+    document.write_text(json.dumps(data))
+    with pytest.raises(MatPlusError, match=r"--resume: the source's rows \(ids, splits, captions\) differ"):
+        _run(tmp_path, "run", world, method="clean", max_steps=2, resume="latest")
+
+
 def test_a_damaged_checkpoint_is_one_line_naming_its_file(tmp_path, sample_world_dir, capsys):
     import shutil
 
@@ -606,6 +621,9 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["clean", "--wd", "inf"], "--wd must be non-negative and finite, got inf")  # trained to NaN before
     fails(["mat", "--clean-weight", "inf"], "--clean-weight must be non-negative and finite")
     fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
+    # a bad value from a --config file names the file (the same flag on the command line needs no pointer)
+    (tmp_path / "bad.yaml").write_text("lr: -1\n")
+    fails(["clean", "--config", str(tmp_path / "bad.yaml")], f"--lr must be positive (lr from {tmp_path / 'bad.yaml'})")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
                 ["--source", "x"], ["--warm", "10"]):

@@ -28,6 +28,7 @@ from train.config import (
     PRECISIONS,
     REPORT_TO,
     TEXT_CANDIDATES,
+    ConfigError,
     TrainConfig,
     read_yaml_config,
     resolve_config,
@@ -172,7 +173,14 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     file_settings = read_yaml_config(args.config) if getattr(args, "config", None) else {}
     given = settings_from_args(args)
-    config = resolve_config(file_settings, given)
+    try:
+        config = resolve_config(file_settings, given)
+    except ConfigError as exc:
+        # a value that came from the file (and not the command line) is named with the file it is in
+        from_file = [key for key in file_settings if key not in given and f"--{key.replace('_', '-')} " in f"{exc} "]
+        if not from_file:
+            raise
+        raise ConfigError(f"{exc} ({', '.join(from_file)} from {args.config})") from None
     _refuse_settings_the_method_lacks(args.config if file_settings else None, file_settings, given, config)
     return config
 
@@ -182,8 +190,6 @@ def _refuse_settings_the_method_lacks(path, file_settings: dict, given: dict, co
     word_budget for tecoa): one that changes the resolved config would be recorded in config.yaml
     and read by nothing, so it is refused. A run's saved config.yaml fed back holds only what the
     method resolved (defaults there), and passes."""
-    from train.config import ConfigError
-
     method = given["method"]
     foreign = {k: v for k, v in file_settings.items() if k not in method_settings(method) and k != "method"}
     if not foreign:

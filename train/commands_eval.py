@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     from train.trainer import model_options
 
     # the data first: a wrong path or split stops in one line before minutes of model loading
-    dataset, _ = read_source(args)
+    dataset, source_report = read_source(args)
     checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval", **model_options(args))
     attacker = None
@@ -386,7 +386,9 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
             caption_preprocess=args.caption_preprocess, workers=_workers(args),
         )
-    report["settings"].update({"source": args.source, "device": device, "command": "train eval"})
+    report["settings"].update({"source": args.source, "device": device, "command": "train eval",
+                               # --skip-bad: the gallery is not the source's first images; say how many were left out
+                               "skipped_records": len(source_report.skipped)})
     table = write_report(report, out)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)

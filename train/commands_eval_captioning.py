@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.gen_min_length <= args.gen_max_length:  # transformers only warns, then ignores one of them
         raise MatPlusError(f"--gen-min-length {args.gen_min_length} must lie in [0, --gen-max-length {args.gen_max_length}]")
     torch.manual_seed(args.seed)
-    dataset, _ = read_source(args)  # the data first: a wrong path stops in one line before any model loads
+    dataset, source_report = read_source(args)  # the data first: a wrong path stops in one line before any model loads
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
     attacker = None
     if args.attacker_model:  # transfer: the attacks run on this captioner (with the same --prompt), the victim is evaluated
@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
-    report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning"})
+    report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning",
+                               # --skip-bad: the gallery is not the source's first images; say how many were left out
+                               "skipped_records": len(source_report.skipped)})
     table = write_captioning_report(report, out)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)

@@ -791,6 +791,8 @@ def settings_markdown(report: dict) -> list[str]:
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
     said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
+    if settings.get("skipped_records"):
+        said.append(f"{settings['skipped_records']} bad source records skipped (`--skip-bad`)")
     attacks = [f"- `{name}`: {describe_params(entry['params'])}"
                for name, entry in report["attacks"].items() if entry.get("params")]
     if not attacks:  # clean only

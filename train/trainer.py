@@ -401,6 +401,10 @@ class Trainer:
         if step > self.total_steps:  # it would save step `total_steps` holding later weights
             raise ConfigError(f"--resume: the checkpoint is at step {step}, past this run's {self.total_steps} steps "
                               "(--max-steps / --epochs): raise them to continue it, or start over with --overwrite")
+        if state.get("source_fingerprint") not in (None, self.data.fingerprint):  # None: saved before it was kept
+            raise ConfigError(f"--resume: the source's rows (ids, splits, captions) differ from the ones the run trained "
+                              f"on: {self.cfg.train_data} is another dataset now; resume with the run's source, or start "
+                              "over with --overwrite")
         if state.get("global_batch") != self.global_batch:
             raise ConfigError(
                 f"--resume: the run used a global batch of {state.get('global_batch')}, now "
@@ -498,6 +502,7 @@ class Trainer:
             "global_batch": self.global_batch,
             "schedule_steps": self.schedule_steps,
             "elapsed_seconds": elapsed,
+            "source_fingerprint": self.data.fingerprint,  # the rows trained on, whatever path they are read from
         }
         ckpt.save_checkpoint(
             self.run_dir, model=self.model,
