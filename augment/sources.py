@@ -194,6 +194,15 @@ def is_table_file(source: str | None) -> bool:
     return source is not None and Path(str(source)).suffix.lower() in TABLE_SUFFIXES
 
 
+def table_options_problem(img_key: str | None, caption_key: str | None, separator: str | None) -> str | None:
+    """What is wrong with a CSV/TSV source's column options (open_clip_train's `--csv-*`), or None."""
+    if not img_key or not caption_key:
+        return "--csv-img-key and --csv-caption-key must not be empty"
+    if separator is not None and len(separator) != 1:
+        return f"--csv-separator must be one character, got {separator!r}"
+    return None
+
+
 def detect_format(source: str) -> str:
     """Name the reader for `source`: karpathy, albef, disk, parquet, imagefolder, csv or hub."""
     path = Path(source)

@@ -123,6 +123,11 @@ def test_augment_and_train_eval_read_the_trainers_tsv(tmp_path, capsys):
     assert augment_main(["inspect", "--source", str(tmp_path / "data.json"), "--csv-img-key", "filepath"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         f"--csv-img-key: read only for a .csv/.tsv source, not {tmp_path / 'data.json'}: leave it out")
+    # the trainer's rules for the values, from one place
+    assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv"), "--csv-img-key", "", "--csv-caption-key", "title"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--csv-img-key and --csv-caption-key must not be empty")
+    assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv"), *keys, "--csv-separator", ";;"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--csv-separator must be one character, got ';;'")
 
 
 def test_imagefolder_with_metadata(tmp_path):

@@ -336,9 +336,10 @@ def _validate(c: TrainConfig) -> None:
     _check(bool(reports) and all(r in REPORT_TO for r in reports),
            f"unknown --report-to {c.report_to!r}; expected one of {list(REPORT_TO)} or a comma-separated list")
     _check(c.workers is None or c.workers >= 0, "--workers must be non-negative")
-    _check(bool(c.csv_img_key) and bool(c.csv_caption_key), "--csv-img-key and --csv-caption-key must not be empty")
-    _check(c.csv_separator is None or len(c.csv_separator) == 1,
-           f"--csv-separator must be one character, got {c.csv_separator!r}")
+    from augment.sources import table_options_problem  # not at the top: it imports datasets, which `train --help` need not
+
+    problem = table_options_problem(c.csv_img_key, c.csv_caption_key, c.csv_separator)
+    _check(problem is None, problem or "")
     _check(c.val_frequency >= 0, "--val-frequency must be non-negative")
     _check(c.val_limit is None or c.val_limit >= 1, "--val-limit must be at least 1")
     if c.val_frequency:

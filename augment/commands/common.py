@@ -24,7 +24,7 @@ def add_source_arguments(parser, required: bool = True) -> None:
 def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
     from augment.errors import MatPlusError
-    from augment.sources import is_table_file, load_source
+    from augment.sources import is_table_file, load_source, table_options_problem
 
     if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
         raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
@@ -33,15 +33,17 @@ def read_source(args, validate: bool = False):
     if given and not is_table_file(args.source):
         raise MatPlusError(f"{', '.join('--' + key.replace('_', '-') for key in given)}: read only for a .csv/.tsv source, "
                            f"not {args.source}: leave {'it' if len(given) == 1 else 'them'} out")
-    if any(value == "" for value in table.values()) or len(table["csv_separator"] or ",") != 1:
-        raise MatPlusError("--csv-img-key and --csv-caption-key must not be empty, --csv-separator one character")
+    img_key = "image" if table["csv_img_key"] is None else table["csv_img_key"]  # "" is given, and refused
+    caption_key = "caption" if table["csv_caption_key"] is None else table["csv_caption_key"]
+    problem = table_options_problem(img_key, caption_key, table["csv_separator"])
+    if problem:
+        raise MatPlusError(problem)
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
         validate=validate or getattr(args, "validate", False), progress=not getattr(args, "no_progress", False),
         allow_outside_root=getattr(args, "allow_outside_root", False),
-        csv_img_key=table["csv_img_key"] or "image", csv_caption_key=table["csv_caption_key"] or "caption",
-        csv_separator=table["csv_separator"],
+        csv_img_key=img_key, csv_caption_key=caption_key, csv_separator=table["csv_separator"],
     )
     if report.skipped:
         out = getattr(args, "out", None)
