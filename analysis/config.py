@@ -322,10 +322,10 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     from train.commands_eval import attack_option_readers
 
     readers = attack_option_readers("retrieval", settings.protocol, settings.candidates)
-    for key, option in (("pgd_step_size", "pgd_step_size"), ("reference_bugs", "reference_bugs")):
-        if evaluation.get(key) and not set(readers.get(option, ())) & set(evaluation["attacks"]):
+    for key in ("pgd_step_size", "reference_bugs"):
+        if evaluation.get(key) and not set(readers.get(key, ())) & set(evaluation["attacks"]):
             raise MatPlusError(f"study config: eval.{key} is read by none of eval.attacks {evaluation['attacks']} "
-                               f"under protocol {settings.protocol} (read by {', '.join(readers[option])}): leave it out")
+                               f"under protocol {settings.protocol} (read by {', '.join(readers[key])}): leave it out")
 
 
 # keys only the retrieval study reads: another task refuses them unless empty

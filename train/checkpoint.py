@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from augment.errors import MatPlusError
+from augment.errors import MatPlusError, first_line
 
 CKPT_DIR = "ckpt"
 STATE_DIR = "train_state"
@@ -75,8 +75,7 @@ def load_tensors(path: Path, hint: str, error: type[MatPlusError] = MatPlusError
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - the unpickler meets garbage with any error (IndexError, EOFError, ...)
-        raise error(f"{path}: unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
-                    f"{hint}") from None
+        raise error(f"{path}: unreadable ({first_line(exc)}); {hint}") from None
 
 
 def _load(path: Path) -> Any:

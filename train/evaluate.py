@@ -187,6 +187,13 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_identity(victim, attacker) -> dict:
+    """The resume tag's weight fingerprints (`weights_fingerprint`): the attacker's is the victim's in
+    white-box mode, not computed twice."""
+    weights = weights_fingerprint(victim)
+    return {"weights": weights, "attacker_weights": weights if attacker is victim else weights_fingerprint(attacker)}
+
+
 def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
                    indices: Sequence[int], workers: int):
     """(pixels preprocessed by one model, rows without their image) of the gallery batches
@@ -605,9 +612,10 @@ def evaluate(
 
     settings = {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
-        # what the names do not say: another source at the same path, a checkpoint retrained in place
-        "source": source_fingerprint(gallery.rows), "weights": weights_fingerprint(victim),
-        "attacker_weights": weights_fingerprint(attacker),
+        # what the names do not say, for a resumed evaluation only: another source at the same path, a
+        # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
+        **({"source": source_fingerprint(gallery.rows), **weights_identity(victim, attacker)}
+           if progress_dir is not None else {}),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
         "options": plain_attack_options(options),
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},

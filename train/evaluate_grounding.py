@@ -43,7 +43,7 @@ from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.evaluate import (BatchStore, _reseed, _to_victim_resolution, build_attacks, plain_attack_options,
-                            settings_markdown, weights_fingerprint)
+                            settings_markdown, weights_identity)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -212,7 +212,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     if progress_dir is not None:
         store = BatchStore(progress_dir, {
             "model": model.describe(), "attacker": attacker.describe(), "mode": report["settings"]["mode"],
-            "weights": weights_fingerprint(model), "attacker_weights": weights_fingerprint(attacker),
+            **weights_identity(model, attacker),
             "data": {**report["data"], "fingerprint": _data_fingerprint(data)},
             "attacks": {name: attack.params() for name, attack in built.items()}, "options": plain_options,
             "batch_size": batch_size, "ground_batch": ground_batch, "seed": seed, "precision": precision,

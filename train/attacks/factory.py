@@ -12,6 +12,7 @@ from train.attacks.protocols import (
     PROTOCOL_CHOICES,
     ProtocolChoices,
     co_attack_schedule,
+    follows_sga_code,
     reference_max_length,
     sga_image_attacker,
 )
@@ -73,7 +74,7 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
             return SynonymAttack(victim, **common)
         # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`) reads its CLIP wrapper's
         # embeddings before normalisation; SGA's own text steps (image-guided) and Co-Attack's code unit ones
-        raw = s.protocol == "sga" and name in ("bert-attack", "sep") and guide == "text-kl"
+        raw = s.reference and follows_sga_code(s.protocol, name) and guide == "text-kl"
         return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
                           reference_bugs=s.reference_bugs, embedding="raw" if raw else "unit", **common)
 
