@@ -467,6 +467,22 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     assert _metrics(tmp_path / "straight")[-1]["step"] == 4
 
 
+def test_resume_with_a_longer_schedule_uses_it_from_the_first_resumed_step(tmp_path, sample_world_dir, caplog):
+    """The optimizer state holds the lr the checkpoint's schedule set for the next step; a resume
+    with another --max-steps takes its own schedule's lr from that step on, not one step late."""
+    from train.trainer import cosine_with_warmup
+
+    common = dict(method="clean", seed=3, warmup=1, lr=1e-3)
+    _run(tmp_path, "run", sample_world_dir, max_steps=2, schedule_steps=4, **common)
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        _run(tmp_path, "run", sample_world_dir, max_steps=6, resume="latest", **common)
+    assert "the LR schedule now spans 6 steps (the run planned 4), from step 2 on" in caplog.text
+    rates = [m["lr"] for m in _metrics(tmp_path / "run")]
+    assert rates[:2] == pytest.approx([1e-3 * cosine_with_warmup(1, 4)(s) for s in (0, 1)])
+    assert rates[2:] == pytest.approx([1e-3 * cosine_with_warmup(1, 6)(s) for s in range(2, 6)])
+    assert cosine_with_warmup(1, 4)(2) != pytest.approx(cosine_with_warmup(1, 6)(2))  # the case tells them apart
+
+
 def test_resume_refuses_another_source_at_the_same_path(tmp_path, sample_world_dir):
     """The source is compared by its rows, not its path: a dataset replaced in place would train on."""
     import shutil

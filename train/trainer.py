@@ -336,6 +336,7 @@ class Trainer:
         if resume_from is not None:
             ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
                                      scaler=acc.scaler, rank=self.rank)
+            self._set_scheduled_lr()
             self.start_step = int(state["step"])
             self.draws_total = Counter(state.get("draws_total", {}))
             self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
@@ -411,8 +412,20 @@ class Trainer:
                 f"{self.cfg.batch_size} x {self.world_size} processes = {self.global_batch}; "
                 "keep batch size x processes the same")
         if state.get("schedule_steps") not in (None, self.schedule_steps):
-            log.warning("--resume: the LR schedule now spans %d steps (the run planned %s); "
-                        "the result will differ from an uninterrupted run", self.schedule_steps, state["schedule_steps"])
+            log.warning("--resume: the LR schedule now spans %d steps (the run planned %s), from step %d on; "
+                        "the result will differ from an uninterrupted run", self.schedule_steps, state["schedule_steps"],
+                        step)
+
+    def _set_scheduled_lr(self) -> None:
+        """After a resume, the lr of the coming step from this run's schedule: the optimizer state
+        holds the lr the checkpoint's schedule set, which a resume with another --max-steps /
+        --schedule-steps would otherwise use for one step. With the same schedule this is the same
+        value (LambdaLR's own formula), so an exact resume stays exact."""
+        scheduler = self.scheduler
+        rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # what get_last_lr() reports
 
     # the loop -----------------------------------------------------------------------------------
 
