@@ -390,7 +390,7 @@ def method_train_settings(train: dict, method: str) -> dict:
 def _check_train(config: dict) -> None:
     """`train:` holds trainer settings by the trainer's names; each method's settings are checked
     by the trainer's own rules now, not after pretraining."""
-    from train.config import FIELD_NAMES, RENAMED, ConfigError, resolve_config
+    from train.config import ADAM_EPS_MAX, FIELD_NAMES, RENAMED, ConfigError, resolve_config
 
     train = config["train"]
     owned = sorted(set(train) & set(STUDY_SETS))
@@ -406,7 +406,7 @@ def _check_train(config: dict) -> None:
         raise MatPlusError(f"study config: unknown train keys {unknown}{hint}; train: takes `train METHOD`'s "
                            "settings by their names")
     eps = train.get("eps")
-    if eps is not None and (isinstance(eps, str) and "/" in eps or isinstance(eps, (int, float)) and eps >= 1e-3):
+    if eps is not None and (isinstance(eps, str) and "/" in eps or isinstance(eps, (int, float)) and eps >= ADAM_EPS_MAX):
         raise MatPlusError(f"study config: train.eps {eps} is AdamW's epsilon (the trainer's --eps); "
                            "the PGD budget is train.attack_eps")
     steps = train.get("max_steps")

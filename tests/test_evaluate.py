@@ -168,6 +168,21 @@ def test_transfer_mode_runs(trained_bundle, world):
     assert result["attacks"]["pgd"]["linf_max"] <= 2 / 255 + 1e-6
 
 
+def test_older_spelling_attack_protocol_reaches_every_reader(trained_bundle, world):
+    """The study's `eval: {attack_protocol: sga}` (an older spelling): the attacks, the caption
+    preprocessing and eval.md all see protocol sga (it used to fail at the first attack)."""
+    from train.evaluate import evaluate, settings_markdown
+
+    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd"], limit=2, captions_per_image=1,
+                      attack_options=dict(FAST, steps=1, attack_protocol="sga"), progress=False)
+    assert result["settings"]["caption_preprocess"] == "pre_caption"
+    assert result["settings"]["attack_options"]["protocol"] == "sga" and "attack_protocol" not in result["settings"]["attack_options"]
+    assert any("attack protocol `sga`" in line for line in settings_markdown(result))
+    with pytest.raises(ValueError, match=r"protocol and attack_protocol disagree \('co-attack' vs 'sga'\)"):
+        evaluate(trained_bundle, world, split="test", attacks=["clean"], limit=1, progress=False,
+                 attack_options={"attack_protocol": "sga", "protocol": "co-attack"})
+
+
 def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_path):
     from train import commands_eval
 

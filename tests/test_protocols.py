@@ -28,7 +28,7 @@ from train.attacks.text import (
 
 EPS = 2 / 255
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "cat", "red", "blue", "ball",
-         "runs", "on", "grass", "behind", "sk", "##ate", "##board", "##s", "big", "small", "green"]
+         "runs", "on", "grass", "behind", "sk", "##ate", "##board", "##s", "big", "small", "green", ","]
 
 
 class ToyVictim:
@@ -391,6 +391,49 @@ def test_reference_mlm_reading_and_its_bugs(tokenizer, bugs):
     else:
         assert found[1] == ["blue", "green", "big", "small"]  # echo of "red" = the word itself, dropped
         assert "red" not in found[2]
+
+
+class RecordingMLM(EchoMLM):
+    """The echo MLM, keeping the ids it was given."""
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        self.seen = input_ids.clone()
+        return super().forward(input_ids)
+
+
+@pytest.mark.parametrize("bugs", [False, True])
+def test_reference_mlm_reads_albef_tokens_without_sep_to_the_last_piece(tokenizer, bugs):
+    """Both codes pass ALBEF's tokenizer: [CLS] + max_length - 1 pieces, no [SEP], padded to max_length.
+    The last piece read (max_length - 2, counted without [CLS]) is still a word's own."""
+    mlm = RecordingMLM(echo(tokenizer, {"blue": 4, "green": 3}).base)
+    words = "red ball dog cat grass".split()
+    source = ReferenceMLMSubstitutes(mlm, tokenizer, top_k=3, max_length=5, reference_bugs=bugs)
+    found = source.substitutes([[Chunk("", w, "") for w in words]])[0]
+    ids = tokenizer.convert_tokens_to_ids
+    assert mlm.seen.tolist() == [[ids("[CLS]"), ids("red"), ids("ball"), ids("dog"), ids("cat")]]
+    # "cat" (piece 3 = max_length - 2) is read: at its own row (the echo of itself dropped), or with
+    # the bug at the row before (the echo of "dog"); "grass" was truncated away
+    assert found[3] == (["dog", "blue", "green"] if bugs else ["blue", "green"]) and 4 not in found
+    short = ReferenceMLMSubstitutes(mlm, tokenizer, top_k=3, max_length=8, reference_bugs=bugs)
+    short.substitutes([[Chunk("", "red", "")]])
+    assert mlm.seen.tolist() == [[ids("[CLS]"), ids("red")] + [ids("[PAD]")] * 6]
+
+
+def test_reference_joins_pieces_as_albefs_tokenizer():
+    from train.attacks.text import reference_join
+
+    assert reference_join(["big", ","]) == "big ," and reference_join(["sk", "##ate", "##board"]) == "skateboard"
+    assert reference_join(["man", "'", "s"]) == "man ' s"
+
+
+def test_multi_piece_substitutes_use_the_readings_join(tokenizer):
+    from train.attacks.text import reference_join
+
+    mlm = echo(tokenizer, {"big": 3, ",": 2})
+    predictions = [torch.tensor([[tokenizer.convert_tokens_to_ids("big")], [tokenizer.convert_tokens_to_ids(",")]])]
+    assert combine_pieces(mlm, tokenizer, predictions, join=reference_join) == [["big ,"]]
+    assert combine_pieces(mlm, tokenizer, predictions) == [[tokenizer.convert_tokens_to_string(["big", ","]).strip()]]
+    assert ReferenceMLMSubstitutes(mlm, tokenizer).join is reference_join and MaskedLMSubstitutes(mlm, tokenizer).join is None
 
 
 def test_mean_gradient_scaling_bug_only_on_request(victim, tokenizer):

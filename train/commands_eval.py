@@ -158,7 +158,7 @@ def _attack_names(text: str) -> list[str]:
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
     from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
-    from train.attacks.settings import TEXT_CANDIDATES
+    from train.attacks.settings import REFERENCE_BUGS, TEXT_CANDIDATES
 
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
@@ -202,7 +202,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     text.add_argument("--top-k", type=int, default=D.top_k, help="substitutes per word (default: 10)")
     text.add_argument("--word-budget", type=int, default=D.budget, help="words changed per caption at most (default: 1)")
     text.add_argument("--max-length", type=int, default=None,
-                      help="MLM tokens read per caption; later words are kept (default: 30; 77 under --protocol sga)")
+                      help="MLM tokens read per caption; later words are kept (default: 30; under a reference protocol "
+                           "each attack reads what its code reads: 77 for the SGA code's attacks on a CLIP, else 30)")
     text.add_argument("--text-guide", choices=("image", "text"), default="image",
                       help="image: lower the caption's similarity to its image; text: move the caption embedding the most (default: image)")
 
@@ -210,7 +211,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     protocol.add_argument("--protocol", choices=("project", "sga", "co-attack"), default="project",
                           help="whose choices the attacks follow: the project's, or the SGA / Co-Attack code's, item by item (default: project)")
     protocol.add_argument("--reference-bugs", action="store_true",
-                          help="with --protocol sga|co-attack: also reproduce the reference code's bugs (MLM offset, special tokens, logit threshold, NaN gradients)")
+                          help="with --protocol sga|co-attack: also reproduce the reference code's bugs "
+                               f"({', '.join(REFERENCE_BUGS)}; README: Reference bugs)")
     protocol.add_argument("--caption-preprocess", choices=("none", "pre_caption"), default=None,
                           help="pre_caption: lower case, no punctuation, 30 words, as the reference code (default: none; pre_caption under a reference protocol)")
 

@@ -51,7 +51,7 @@ RENAMED = {
 SAME_MEANING_RENAMES = ("source", "weight_decay", "warmup_steps", "freeze_text", "wandb_project", "mlm_top_k",
                         "text_attack")
 # Adam's epsilon above this is a PGD budget given under open_clip's name, not an optimizer setting
-_ADAM_EPS_MAX = 1e-3
+ADAM_EPS_MAX = 1e-3
 
 CONFIG_FILE = "config.yaml"
 # masked LM of the text attack for the tiny CLIP (real models get the registry's default)
@@ -329,7 +329,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.precision in ACCELERATE_PRECISION,
            f"--precision {c.precision}: half-precision weights are not supported by this trainer "
            f"(mixed precision only): use one of {list(ACCELERATE_PRECISION)}")
-    _check(c.eps > 0 and c.eps < _ADAM_EPS_MAX,
+    _check(c.eps > 0 and c.eps < ADAM_EPS_MAX,
            f"--eps {c.eps:g} is AdamW's epsilon (as in open_clip), expected a small positive number such as 1e-6; "
            "the PGD budget is --attack-eps")
     reports = [r.strip() for r in str(c.report_to).split(",") if r.strip()]

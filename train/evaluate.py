@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from augment.atomic import atomic_write_text, temporary_path
 from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
-from train.attacks.settings import describe_params
+from train.attacks.settings import canonical_options, describe_params
 from train.checkpoint import load_tensors
 from train.data import derive_seed
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -596,7 +596,7 @@ def evaluate(
 
     attacker = attacker or victim
     transfer = attacker is not victim
-    options = {"seed": seed, "text_batch": text_batch, **(attack_options or {})}
+    options = canonical_options({"seed": seed, "text_batch": text_batch, **(attack_options or {})})
     built = build_attacks(list(attacks), attacker, options)
     built.pop("clean", None)  # clean numbers are always computed
     if caption_preprocess is None:

@@ -26,11 +26,12 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     return " ".join(words[:max_words]) if len(words) > max_words else caption
 
 
-def tokenize_without_sep(tokenizer, texts: Sequence[str], max_length: int) -> TextTokens:
-    """[CLS] + word pieces (truncated to max_length - 1), padded to the longest; no [SEP]."""
+def tokenize_without_sep(tokenizer, texts: Sequence[str], max_length: int, pad_to_max_length: bool = False) -> TextTokens:
+    """[CLS] + word pieces (truncated to max_length - 1), padded to the longest (or to `max_length`);
+    no [SEP]: what ALBEF's tokenizer (the one the SGA and Co-Attack codes use) builds."""
     pieces = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)["input_ids"]
     rows = [[tokenizer.cls_token_id, *ids] for ids in pieces]
-    length = max((len(r) for r in rows), default=1)
+    length = max_length if pad_to_max_length else max((len(r) for r in rows), default=1)
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):

@@ -16,7 +16,7 @@ from train.attacks.protocols import (
     reference_max_length,
     sga_image_attacker,
 )
-from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings
+from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings, canonical_options
 from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack, load_masked_lm
 
 
@@ -26,7 +26,7 @@ def resolve_settings(settings: AttackSettings | None = None, attack: str | None 
     the MLM tokens `attack` reads on a victim of `family` are that code's (`reference_max_length`)
     unless `max_length` is given."""
     base = settings or ATTACK_DEFAULTS
-    options = {k: v for k, v in options.items() if v is not None}
+    options = canonical_options(options)  # before the merge: an older spelling would meet base's current one
     merged = AttackSettings.from_options(**{**dataclasses.asdict(base), **options}) if options else base
     reference = reference_max_length(merged.protocol, attack, family)
     if reference is not None and "max_length" not in options and base.max_length == ATTACK_DEFAULTS.max_length:

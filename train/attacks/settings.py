@@ -46,9 +46,28 @@ REFERENCE_BUGS = {
     "mlm-offset": "the masked LM's predictions are read one position early (the [CLS] offset is missing)",
     "special-tokens": "[UNK], [SEP], [PAD], ... are accepted as substitute words",
     "logit-threshold": "single-piece substitutes stop at the first raw MLM logit below 0.3 (a bert-base scale)",
-    "nan-gradient": "SGA's image step divides the gradient by its mean absolute value: NaN for an all-zero or "
-                    "infinite gradient (torch's sign(NaN) = 0, so that image skips the step)",
+    "gradient-scaling": "SGA's image step divides the gradient by its mean absolute value: NaN for an all-zero or "
+                        "infinite gradient (torch's sign(NaN) = 0, so that image skips the step)",
+    "mixed-importance": "SGA's word importance compares the clean caption's embedding before normalisation with "
+                        "the masked captions' unit ones",
 }
+
+
+# older spellings of attack settings (command lines and study YAML written before the renames)
+OLDER_SPELLINGS = {"objective": "loss", "attack_protocol": "protocol"}
+
+
+def canonical_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` without None values and with `OLDER_SPELLINGS` under their current names: every
+    reader (the settings, the evaluation's caption preprocessing, eval.md) then sees one name.
+    An older and a current spelling with different values is an error."""
+    out = {k: v for k, v in options.items() if v is not None}
+    for old, new in OLDER_SPELLINGS.items():
+        if old in out:
+            spelt = out.pop(old)
+            if out.setdefault(new, spelt) != spelt:
+                raise ValueError(f"{new} and {old} disagree ({out[new]!r} vs {spelt!r})")
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,13 +151,7 @@ class AttackSettings:
 
         `objective` and `attack_protocol` are accepted as older spellings of `loss` / `protocol`.
         """
-        options = {k: v for k, v in options.items() if v is not None}
-        if "objective" in options:
-            options["loss"] = options.pop("objective")
-        if "attack_protocol" in options:
-            spelt = options.pop("attack_protocol")
-            if options.setdefault("protocol", spelt) != spelt:
-                raise ValueError(f"protocol and attack_protocol disagree ({options['protocol']!r} vs {spelt!r})")
+        options = canonical_options(options)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:

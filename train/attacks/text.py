@@ -108,16 +108,25 @@ class SubstituteSource(ABC):
         return {"source": self.name}
 
 
-def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop_ids: set[int] | None = None) -> list[list[str]]:
+def reference_join(tokens: list[str]) -> str:
+    """Word pieces as text as ALBEF's tokenizer joins them (the SGA and Co-Attack codes' decoding):
+    spaces between pieces, "##" joins; no clean-up of the spaces before punctuation."""
+    return " ".join(tokens).replace(" ##", "").strip()
+
+
+def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop_ids: set[int] | None = None,
+                   join=None) -> list[list[str]]:
     """Substitutes of multi-piece words, as BERT-Attack builds them.
 
     `piece_predictions[w]`: [pieces, k] top predicted ids at each piece of word w. The first
     `MAX_PIECES` pieces' top `PIECE_TOP_K` ids are combined (every combination, in order), the
     first `MAX_COMBINATIONS` kept, and ranked by the MLM's perplexity of the combination read
     alone (exp of the mean cross entropy of each piece); returned as strings, lowest perplexity
-    first. `drop_ids` (special tokens): combinations holding one are left out. All words with the
-    same number of pieces share one MLM forward pass (the reference code runs one per word).
+    first. `drop_ids` (special tokens): combinations holding one are left out. `join`: pieces to
+    text (default: the tokenizer's `convert_tokens_to_string`). All words with the same number of
+    pieces share one MLM forward pass (the reference code runs one per word).
     """
+    join = join or (lambda tokens: tokenizer.convert_tokens_to_string(tokens).strip())
     combos_of: list[torch.Tensor] = []
     for predictions in piece_predictions:
         rows = predictions[:MAX_PIECES, :PIECE_TOP_K].tolist()
@@ -141,8 +150,7 @@ def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop
         for w in words:
             count = len(combos_of[w])
             order = torch.sort(perplexity[start:start + count], stable=True).indices.tolist()
-            out[w] = [tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(combos_of[w][i].tolist())).strip()
-                      for i in order]
+            out[w] = [join(tokenizer.convert_ids_to_tokens(combos_of[w][i].tolist())) for i in order]
             start += count
     return out
 
@@ -167,6 +175,7 @@ class MaskedLMSubstitutes(SubstituteSource):
         limit = min(getattr(model.config, "max_position_embeddings", max_length), tokenizer.model_max_length or max_length)
         self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
         self.model_id = model_id
+        self.join = None  # multi-piece substitutes as the tokenizer decodes them
         self._special_ids = set(tokenizer.all_special_ids)
         # token id -> (word, its lower case) when the word may substitute a word other than itself, else
         # None: the same few ids recur across a batch's k x positions (checked once each, the substitute
@@ -253,7 +262,7 @@ class MaskedLMSubstitutes(SubstituteSource):
         combined by `combine_pieces` (ids in `drop` never proposed), into `found`."""
         if not combine:
             return
-        combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop)
+        combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop, self.join)
         for (index, position, _), words in zip(combine, combined):
             kept = self._keep(words, captions[index][position].core)
             if kept:
@@ -264,11 +273,13 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
     """The masked LM's substitutes read as the reference codes (SGA, Co-Attack) read them.
 
     Captions split on single spaces, punctuation stays inside the word and a substitute replaces
-    the whole word as predicted (no case matching); the MLM reads the caption text padded to
-    `max_length`; a word's pieces are found by tokenizing the word alone; a word whose first
-    piece lies past the truncation is skipped; substitutes are filtered by the reference's word
-    list (`REFERENCE_FILTER_WORDS`), by "##" and by equality with the word, nothing else.
-    Single-piece words take the top-k predictions; multi-piece words `combine_pieces`.
+    the whole word as predicted (no case matching); the MLM reads the caption text as ALBEF's
+    tokenizer builds it ([CLS] and `max_length` - 1 pieces, no [SEP], padded to `max_length`);
+    a word's pieces are found by tokenizing the word alone; a word whose first piece lies past
+    the truncation is skipped; substitutes are filtered by the reference's word list
+    (`REFERENCE_FILTER_WORDS`), by "##" and by equality with the word, nothing else.
+    Single-piece words take the top-k predictions; multi-piece words `combine_pieces`, their
+    pieces joined as ALBEF's tokenizer joins them (`reference_join`).
 
     `reference_bugs=True` brings back the reference's bugs (fixed otherwise): predictions read
     one position early (no [CLS] offset), special tokens accepted, and single-piece substitutes
@@ -285,6 +296,7 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
 
         self.stop_words = REFERENCE_FILTER_WORDS
         self.reference_bugs = reference_bugs
+        self.join = reference_join
 
     def params(self) -> dict:
         return {**super().params(), "reading": "reference", "reference_bugs": self.reference_bugs}
@@ -330,21 +342,25 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
     def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
         found: list[dict[int, list[str]]] = [{} for _ in captions]
         combine: list[tuple[int, int, torch.Tensor]] = []
+        from models.albef.text import tokenize_without_sep
+
         offset = 0 if self.reference_bugs else 1  # [CLS] comes first
-        last_row = self.max_length if self.reference_bugs else self.max_length - 1  # fixed: never read [SEP]
         for start in range(0, len(captions), self.batch_size):
             chunk = captions[start:start + self.batch_size]
             texts = [" ".join(c.core for c in caption) for caption in chunk]
-            encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
-                                     return_tensors="pt").to(self.device)
-            logits = self.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+            # as ALBEF's tokenizer, which both codes pass: [CLS] + max_length - 1 pieces, no [SEP], padded
+            encoded = tokenize_without_sep(self.tokenizer, texts, self.max_length, pad_to_max_length=True)
+            logits = self.model(input_ids=encoded.input_ids.to(self.device),
+                                attention_mask=encoded.attention_mask.to(self.device)).logits
             top_scores, top_ids = (t.cpu() for t in logits.topk(self.top_k, dim=-1))
             for row, caption in enumerate(chunk):
                 words = [c.core for c in caption]
                 for position, (first, end) in enumerate(self._word_spans(words)):
-                    if not self.replaceable(caption[position]) or first + offset > self.max_length - 2:
+                    # the reference's rule: a word whose first piece was truncated away (pieces 0 ..
+                    # max_length - 2 are read) is skipped
+                    if not self.replaceable(caption[position]) or first > self.max_length - 2:
                         continue
-                    rows = slice(first + offset, min(end + offset, last_row))
+                    rows = slice(first + offset, min(end + offset, self.max_length))
                     ids, scores = top_ids[row, rows], top_scores[row, rows]
                     if len(ids) == 0:
                         continue
