@@ -47,16 +47,12 @@ class GroundingImage:
     scene: dict | None = None  # sample world: the scene (for the truth checker)
 
     def load(self):
-        """The image as an RGB PIL image."""
+        """The image as an RGB PIL image, decoded when asked for (a SourceError names the image)."""
         if self.pil is not None:
             return self.pil
-        from PIL import Image
+        from augment.sources import open_image
 
-        try:
-            with Image.open(self.path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"{self.path}: unreadable image ({exc})") from None
+        return open_image(self.path, where=f"image {self.image_id!r} ({self.path})")
 
 
 @dataclass
@@ -221,11 +217,11 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
 # ----------------------------------------------------------------------------- the sample world
 
 
-def _world_image(image_id: str, scene, pil, objects: list[dict], split: str):
+def _world_image(image_id: str, scene, pil, objects: list[dict], split: str, path: str | None = None):
     from augment.world.render import IMAGE_SIZE
 
     image = GroundingImage(image_id, IMAGE_SIZE, IMAGE_SIZE, [list(map(float, o["box"])) for o in objects],
-                           split, pil=pil, scene=scene.to_dict())
+                           split, path=path, pil=pil, scene=scene.to_dict())
     expressions = []
     for obj in objects:
         for k, text in enumerate(obj["expressions"]):
@@ -250,10 +246,12 @@ def world_grounding(seed: int = 0, n: int = 200, split: str = "test", n_expressi
     return GroundingData(images, expressions, f"sample-world:{seed}", "world")
 
 
-def load_world_grounding(folder: str | Path, n_expressions: int = 3) -> GroundingData:
+def load_world_grounding(folder: str | Path, n_expressions: int = 3, image_root: str | Path | None = None) -> GroundingData:
     """A written sample world (`augment make-sample`): its scenes, images and splits, each object
     with the expressions its record lists (`make-sample --expressions N`), else `n_expressions`
-    drawn from a stream seeded by the image's file name (deterministic)."""
+    drawn from a stream seeded by the image's file name (deterministic). Images stay on disk
+    (under `image_root`, default the world's `images/`) until used: a split or a limit decodes
+    only its own."""
     from augment.world.expressions import expressions_for_scene
     from augment.world.scene import Scene
 
@@ -265,26 +263,19 @@ def load_world_grounding(folder: str | Path, n_expressions: int = 3) -> Groundin
     records = document.get("images") if isinstance(document, dict) else None
     if not isinstance(records, list):
         raise SourceError(f"{found[0]}: needs an 'images' list")
-    from PIL import Image
-
+    root = Path(image_root) if image_root else found[0].parent / "images"
     images, expressions = [], []
     for index, record in enumerate(records):
         where = f"{found[0].name}: images[{index}]"
         if not isinstance(record, dict) or "scene" not in record or "filename" not in record:
             raise SourceError(f"{where}: a sample-world image needs 'filename' and 'scene'")
         scene = Scene.from_dict(record["scene"])
-        path = found[0].parent / "images" / record["filename"]
-        try:
-            with Image.open(path) as pil:
-                pil = pil.convert("RGB")
-        except OSError as exc:
-            raise SourceError(f"{where}: unreadable image {path} ({exc})") from None
         objects = record.get("objects")  # written by `make-sample --expressions`
         if objects is None:
             objects = expressions_for_scene(scene, random.Random(f"sample-world/expressions/{record['filename']}"),
                                             n_expressions)
-        image, found_expressions = _world_image(Path(record["filename"]).stem, scene, pil, objects,
-                                                str(record.get("split", "")))
+        image, found_expressions = _world_image(Path(record["filename"]).stem, scene, None, objects,
+                                                str(record.get("split", "")), path=str(root / record["filename"]))
         for expression in found_expressions:
             expression.image = len(images)
         images.append(image)
@@ -296,11 +287,11 @@ def load_grounding(source: str | Path, **options) -> GroundingData:
     """Grounding data from a sample-world folder / JSON (with scenes) or an ALBEF annotation JSON.
 
     `options` go to `load_refcoco` (dets_file, refs_file, instances_file, image_root) or
-    `load_world_grounding` (n_expressions).
+    `load_world_grounding` (n_expressions, image_root).
     """
     path = Path(source)
     if path.is_dir() or (path.suffix == ".json" and path.name.startswith("dataset_")):
-        world = {k: v for k, v in options.items() if k in ("n_expressions",)}
+        world = {k: v for k, v in options.items() if k in ("n_expressions", "image_root") and v is not None}
         return load_world_grounding(path, **world)
     if path.suffix == ".json":
         refcoco = {k: v for k, v in options.items() if k in ("dets_file", "refs_file", "instances_file", "image_root")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,25 @@ def test_world_folder_and_in_memory_forms(tmp_path):
     assert [e.text for e in load_grounding(folder).expressions] == [e.text for e in data.expressions]
     memory = world_grounding(seed=1, n=3)
     assert [i.scene for i in memory.images] == [i.scene for i in data.images[:3]]
+
+
+def test_world_images_are_decoded_when_used_and_a_bad_one_is_named(tmp_path):
+    """A sample world's grounding images stay on disk until used: a corrupt image outside the
+    evaluated split and limit is never read; a used one is one line naming it; --image-root is read."""
+    import shutil
+
+    folder = write_sample(tmp_path / "world", n=8, seed=1, val_frac=0.25, test_frac=0.25)
+    data = load_grounding(folder)
+    train_image = next(i for i in data.images if i.split == "train")
+    test_image = next(i for i in data.images if i.split == "test")
+    Path(train_image.path).write_bytes(b"not an image")
+    chosen = load_grounding(folder).select("test", 1)
+    assert chosen.images[0].image_id == test_image.image_id and chosen.images[0].load().size == (test_image.width, test_image.height)
+    with pytest.raises(SourceError, match=rf"^image '{train_image.image_id}' \(.*{Path(train_image.path).name}\): unreadable or corrupt image"):
+        load_grounding(folder).select("train").images[0].load()
+    copy = tmp_path / "good-images"
+    shutil.copytree(write_sample(tmp_path / "again", n=8, seed=1, val_frac=0.25, test_frac=0.25) / "images", copy)
+    assert load_grounding(folder, image_root=str(copy)).select("train").images[0].load().size == (train_image.width, train_image.height)
 
 
 def test_make_sample_with_expressions_is_a_training_source(tmp_path):
