@@ -814,7 +814,14 @@ def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None
 
     stored = undecoded(dataset).select_columns(["image_id", "image"])
     for row in tqdm(stored, total=len(stored), desc="decoding images", unit="img", disable=not progress):
-        open_image(row["image"], where=f"image {row['image_id']!r} ({(row['image'] or {}).get('path')})")
+        open_record_image(row["image"], row["image_id"])
+
+
+def open_record_image(value: Any, image_id: str) -> "PILImage.Image":
+    """`open_image` of a source record's stored image (`{"path", "bytes"}`), an error naming the
+    record by its image id and file: `image '000002' (data/images/000002.png): ...`."""
+    path = value.get("path") if isinstance(value, dict) else value
+    return open_image(value, where=f"image {image_id!r} ({path})")
 
 
 def table_rows(dataset: "datasets.Dataset"):

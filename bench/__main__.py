@@ -12,7 +12,13 @@ BENCHMARKS = ["text_generators", "image_generators", "scoring", "attacks", "trai
 
 
 def main(argv: list[str]) -> int:
-    names = argv or BENCHMARKS
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                     epilog="each benchmark takes its own options: python -m bench.bench_NAME --help",
+                                     allow_abbrev=False)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    names = parser.parse_args(argv).names or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)

@@ -20,7 +20,9 @@ import contextlib
 
 import torch
 
-_DTYPES = {"fp32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
+# amp_bfloat16: open_clip_train's other spelling of amp_bf16
+_DTYPES = {"fp32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16,
+           "amp_bfloat16": torch.bfloat16}
 PRECISIONS = tuple(_DTYPES)
 HALF_WEIGHTS = ("fp16", "bf16", "pure_fp16", "pure_bf16")  # open_clip_train: half-precision weights
 # tried in turn under fp16 autocast until the gradient is finite (GradScaler's initial scale, then a

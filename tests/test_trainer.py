@@ -711,6 +711,54 @@ def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sa
     assert not (tmp_path / "badval").exists()
 
 
+def test_the_source_options_every_command_takes(tmp_path, sample_world_dir, source, monkeypatch):
+    """--allow-outside-root (an open_clip TSV's absolute paths), --skip-bad (report beside --out),
+    and a bad image met in training named by its record; --val-attack clean, validation sent to
+    the loggers, --report-to '' and --precision amp_bfloat16, open_clip_train's spellings."""
+    import shutil
+
+    from train.trainer import MetricsLog
+
+    reported = []
+    monkeypatch.setattr(MetricsLog, "report", lambda self, step, scalars: reported.append((step, scalars)))
+
+    from augment.errors import SourceError
+    from augment.sources import select_split, undecoded
+    from train.config import resolve_config
+
+    train = undecoded(select_split(source, "train"))
+    lines = ["filepath\ttitle"] + [f"{Path(row['image']['path']).resolve()}\t{row['captions'][0]}" for row in train]
+    tsv = tmp_path / "absolute.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    common = dict(method="clean", train_data=str(tsv), csv_img_key="filepath", csv_caption_key="title", max_steps=1)
+    with pytest.raises(SourceError, match="--allow-outside-root"):
+        _run(tmp_path, "refused", sample_world_dir, **common)
+    summary, _ = _run(tmp_path, "absolute", sample_world_dir, allow_outside_root=True, val_frequency=1,
+                      val_attack="clean", val_limit=4, val_data=str(sample_world_dir), **common)
+    assert summary["train_items"] == len(lines) - 1 and summary["validation"]["last"]["attack"] == "clean"
+    assert summary["validation"]["last"]["robust"] == summary["validation"]["last"]["clean"]
+    last = summary["validation"]["last"]
+    assert [step for step, _ in reported] == [0, 1] and reported[-1][1] == {"val/robust_r1": last["robust"],
+                                                                           "val/clean_r1": last["clean"]}
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world_dir, world)
+    images = sorted((world / "images").iterdir())
+    images[0].unlink()
+    images[0].write_bytes(b"not an image")
+    summary, _ = _run(tmp_path, "skipping", world, method="clean", skip_bad=True)
+    report = json.loads((tmp_path / "skipping.skipped.json").read_text())
+    assert len(report["skipped"]) == 1 and summary["train_items"] > 0
+    for image in images:  # every training image bad: the first batch meets one, named by its record
+        image.unlink()
+        image.write_bytes(b"not an image")
+    with pytest.raises(SourceError, match=r"^image '\w+' \(.*\.png\): unreadable or corrupt image"):
+        _run(tmp_path, "bad", world, method="clean")
+
+    assert resolve_config({"precision": "amp_bfloat16", "report_to": ""}, {
+        "method": "clean", "train_data": "x", "out": "y"}).precision == "amp_bfloat16"
+
+
 def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source,
                                                                                    capsys):
     """open_clip's TSV with its column names; --lock-image keeps the image tower; --val-frequency

@@ -80,6 +80,15 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     group.add_argument("--csv-img-key", help="CSV/TSV column of image paths" + _default("csv_img_key"))
     group.add_argument("--csv-caption-key", help="CSV/TSV column of captions" + _default("csv_caption_key"))
     group.add_argument("--csv-separator", help="CSV/TSV column separator (default: ',' for .csv, tab for .tsv)")
+    group.add_argument("--source-split", help="split for sources that name none (CSV/TSV, ALBEF files without "
+                       "train/val/test in the name; default: train)")
+    group.add_argument("--allow-outside-root", action="store_true",
+                       help="read image paths that lead outside the image root (absolute paths in an open_clip TSV, ../, symlinks)")
+    group.add_argument("--validate", action="store_true",
+                       help="decode every source image before training (default: each image is checked when it is used)")
+    group.add_argument("--skip-bad", action="store_true",
+                       help="leave bad records out and write a report of them instead of stopping (decodes every image first)")
+    group.add_argument("--skip-report", help="where --skip-bad writes its report (default: beside --out, RUN.skipped.json)")
     group.add_argument("--workers", type=int, help="DataLoader worker processes per training process, 0: decode in the "
                        "main process (default: the usable CPUs less one, at most 8)")
     group.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")

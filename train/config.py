@@ -37,7 +37,7 @@ POOL_MODES = ("sample", "expand")
 # open_clip_train's --precision names; the trainer runs mixed precision through accelerate
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
 PRECISIONS = MIXED_PRECISIONS + HALF_WEIGHTS
-ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "fp32": "no"}
+ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "amp_bfloat16": "bf16", "fp32": "no"}
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 # old keys of this trainer -> their open_clip_train spelling (refused with this hint, never aliased)
 RENAMED = {
@@ -88,6 +88,12 @@ class TrainConfig:
     csv_img_key: str = "image"
     csv_caption_key: str = "caption"
     csv_separator: str | None = None  # None: "," for .csv, tab for .tsv
+    # how the source is read, as every command that reads one takes it (augment.commands.common)
+    source_split: str | None = None  # split for sources that name none (CSV/TSV, ALBEF files)
+    allow_outside_root: bool = False  # image paths leading out of the image root (open_clip TSVs: absolute paths)
+    validate: bool = False  # decode every image before training
+    skip_bad: bool = False  # leave bad records out (decodes every image first); report: skip_report
+    skip_report: str | None = None  # default: beside --out (RUN.skipped.json)
     workers: int | None = None  # DataLoader worker processes per training process; None: from the CPU count
     pools: list[str] = field(default_factory=list)
     pool_weights: list[float] | None = None  # one per pool; None: equal weights
@@ -154,7 +160,7 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite", "out",
     "progress", "report_to", "wandb_project_name", "cpu", "workers", "grad_checkpointing",
-    "val_frequency", "val_data", "val_split", "val_attack", "val_limit",
+    "val_frequency", "val_data", "val_split", "val_attack", "val_limit", "validate", "allow_outside_root", "skip_report",
 })
 
 
@@ -290,6 +296,7 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
     "wandb_project_name": (lambda c: "wandb" not in report_targets(c), "without --report-to wandb"),
+    "skip_report": (lambda c: not c.skip_bad, "without --skip-bad"),
     **{name: (lambda c: not (_is_table_file(c.train_data) or _is_table_file(c.val_data)),
               "for a source that is not a .csv/.tsv file")
        for name in ("csv_img_key", "csv_caption_key", "csv_separator")},
@@ -333,7 +340,7 @@ def _validate(c: TrainConfig) -> None:
            f"--eps {c.eps:g} is AdamW's epsilon (as in open_clip), expected a small positive number such as 1e-6; "
            "the PGD budget is --attack-eps")
     reports = [r.strip() for r in str(c.report_to).split(",") if r.strip()]
-    _check(bool(reports) and all(r in REPORT_TO for r in reports),
+    _check(all(r in REPORT_TO for r in reports),  # "" (open_clip_train's default) = none
            f"unknown --report-to {c.report_to!r}; expected one of {list(REPORT_TO)} or a comma-separated list")
     _check(c.workers is None or c.workers >= 0, "--workers must be non-negative")
     from augment.sources import table_options_problem  # not at the top: it imports datasets, which `train --help` need not
@@ -438,4 +445,5 @@ def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Settings that differ from the run being resumed and would change its result."""
     current = json.loads(json.dumps(config.to_dict()))
     saved = json.loads(json.dumps(saved))
-    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    defaults = json.loads(json.dumps(_DEFAULTS.to_dict()))  # a setting added since the run was saved had its default
+    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k))

@@ -32,8 +32,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -231,7 +233,7 @@ class TrainData:
     def __init__(self, source: Any, pools: Sequence[Any] = (), *, split: str = "train",
                  pool_weights: Sequence[float] | None = None, p_original: float = 0.5,
                  pool_mode: str = "sample", seed: int = 0, allow_pool_mismatch: bool = False):
-        from augment.sources import select_split, source_fingerprint
+        from augment.sources import select_split, source_fingerprint, undecoded
 
         self.seed = int(seed)
         self.pool_mode = pool_mode
@@ -241,7 +243,7 @@ class TrainData:
         self.train = select_split(source, split)
         [self.image_ids] = _columns(self.train, "image_id")
         self.captions = _ListColumn(self.train, "captions")
-        self._images = self.train.select_columns(["image"])
+        self._images = undecoded(self.train.select_columns(["image"]))  # decoded by source_image, naming the record
         train_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
         all_ids = dict(zip(*_columns(source, "image_id", "split"))) if pools else {}  # only pools need them
         caption_counts = self.captions.lengths()
@@ -338,7 +340,9 @@ class TrainData:
     # materialising ------------------------------------------------------------------------------
 
     def source_image(self, image: int):
-        return self._images[int(image)]["image"]
+        from augment.sources import open_record_image
+
+        return open_record_image(self._images[int(image)]["image"], self.image_ids[int(image)])
 
     def view_content(self, view: View) -> tuple[Any, str, str]:
         """(PIL image, caption, source name) of a view."""
@@ -424,14 +428,20 @@ def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pi
         yield item
 
 
-def load_train_data(config, progress: bool = False) -> TrainData:
-    """Read the source and the pools named in `config` and check that they fit together."""
+def load_train_data(config, progress: bool = False, report_skipped: bool = True) -> TrainData:
+    """Read the source and the pools named in `config` and check that they fit together; with
+    --skip-bad the skipped records' report is written (`report_skipped`: by one process)."""
     from augment.pool import load_pool
     from augment.sources import load_source
 
-    source, _ = load_source(config.train_data, image_root=config.image_root, progress=progress,
-                            csv_img_key=config.csv_img_key, csv_caption_key=config.csv_caption_key,
-                            csv_separator=config.csv_separator)
+    source, report = load_source(config.train_data, image_root=config.image_root, split=config.source_split,
+                                 skip_bad=config.skip_bad, validate=config.validate, progress=progress,
+                                 allow_outside_root=config.allow_outside_root, csv_img_key=config.csv_img_key,
+                                 csv_caption_key=config.csv_caption_key, csv_separator=config.csv_separator)
+    if report.skipped and report_skipped:
+        target = Path(config.skip_report or str(config.out).rstrip("/") + ".skipped.json")
+        report.write(target)
+        print(f"skipped {len(report.skipped)} bad records; report: {target}", file=sys.stderr)
     pools = [load_pool(path) for path in config.pools]
     return TrainData(source, pools, split=config.train_split, pool_weights=config.pool_weights,
                      p_original=config.p_original, pool_mode=config.pool_mode, seed=config.seed,

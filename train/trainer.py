@@ -143,6 +143,15 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log(scalars, step=record["step"])
 
+    def report(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars for the loggers only (TensorBoard / W&B): validation, whose lines are in
+        validation.jsonl, reaches them under open_clip_train's `val/` prefix."""
+        if self.tensorboard is not None:
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -264,7 +273,7 @@ class Trainer:
         self.is_main = acc.is_main_process
         resume_from = _prepare_run_dir(self.run_dir, cfg)
         require_logging_packages(cfg)
-        self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress)
+        self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress, report_skipped=self.is_main)
         self.global_batch = cfg.batch_size * self.world_size
         micro_per_epoch = self.data.micro_steps_per_epoch(self.global_batch)
         self.steps_per_epoch = micro_per_epoch // cfg.grad_accum
@@ -376,7 +385,7 @@ class Trainer:
             source = self.data.source
         else:
             # its images are found from its own location (--image-root is the train data's)
-            source, _ = load_source(cfg.val_data, csv_img_key=cfg.csv_img_key,
+            source, _ = load_source(cfg.val_data, allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
                                     csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
         select_split(source, cfg.val_split)  # an unknown or absent split: one line now
         if not self.is_main:
@@ -393,7 +402,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         # one line per validation on stderr, above the progress bar
-        validator = Validator(self.run_dir, source, settings, log=lambda text: tqdm.write(text, file=sys.stderr)).attach(self)
+        validator = Validator(self.run_dir, source, settings, log=lambda text: tqdm.write(text, file=sys.stderr),
+                              report=lambda step, scalars: self.metrics.report(step, scalars)).attach(self)
         self.callbacks.append(validator)
         return validator
 

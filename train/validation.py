@@ -49,12 +49,14 @@ def score_of(report: dict, attack: str, captions: str = "meaning_preserved") -> 
 
 class Validator:
     def __init__(self, run_dir: str | os.PathLike, source_dataset, settings: ValidationSettings,
-                 caption_checker: Callable[[str, dict], Any] | None = None, log: Callable[[str], None] | None = None):
+                 caption_checker: Callable[[str, dict], Any] | None = None, log: Callable[[str], None] | None = None,
+                 report: Callable[[int, dict], None] | None = None):
         self.run_dir = Path(run_dir)
         self.source = source_dataset
         self.settings = settings
         self.checker = caption_checker
         self.log = log
+        self.report = report  # (step, {name: value}) to the run's loggers (--report-to)
         self.trainer = None
         self._started = False
         self._options = dict(settings.attack_options)
@@ -105,7 +107,8 @@ class Validator:
         self._started = True
         snapshot = self.trainer.model.frozen_copy()  # the model as it is now, outside training
         s = self.settings
-        report = evaluate(snapshot, self.source, split=s.split, attacks=["clean", s.attack], batch_size=s.batch_size,
+        attacks = ["clean"] if s.attack == "clean" else ["clean", s.attack]  # clean: model selection on clean R@1
+        report = evaluate(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
                           captions_per_image=s.captions_per_image, limit=s.limit, attack_options=self._options,
                           caption_checker=self.checker, seed=s.seed, progress=False)
         entry = report["attacks"][s.attack]
@@ -118,6 +121,8 @@ class Validator:
         best = not previous or line["robust"] > max(previous)
         if best:
             self._save_best(snapshot, line)
+        if self.report:
+            self.report(step, {"val/robust_r1": line["robust"], "val/clean_r1": line["clean"]})
         if self.log:
             self.log(f"  step {step:4d}: val robust R@1 {line['robust']:5.1f}  clean R@1 {line['clean']:5.1f}  "
                      f"({s.attack}{', best so far' if best else ''})")
