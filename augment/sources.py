@@ -907,6 +907,24 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
     return fingerprint
 
 
+def image_files_fingerprint(dataset: "datasets.Dataset") -> str:
+    """Which pixels a source's rows read, where `source_fingerprint` (ids, splits, captions, which
+    pools must share) does not look: each stored image's absolute path and file identity
+    (`source_cache.file_identity`: size, modification and change times; another --image-root, an
+    image replaced in place, even with its old mtime as `cp -p` keeps it) or its embedded bytes'
+    hash. No image is decoded; resume tags and the score cache's key hold it."""
+    digest = hashlib.sha256()
+    [column] = arrow_columns(dataset, ["image"])  # the stored structs: nothing decoded
+    for value in column.to_pylist():
+        value = value or {}
+        data = value.get("bytes")
+        path = value.get("path")
+        identity = ["bytes", hashlib.sha256(data).hexdigest()] if data else \
+            [os.path.abspath(path), file_identity(path)] if path else [None]
+        digest.update(json.dumps(identity).encode())
+    return digest.hexdigest()[:16]
+
+
 def scene_of(row: dict) -> dict | None:
     """The sample world's scene description of a source row, if it has one."""
     meta = row.get("meta")

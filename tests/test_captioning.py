@@ -461,6 +461,11 @@ def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour
     assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world),
                  "--attacks", "prompt", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad" / "eval.json").exists()
+    # a prompt attack without --max-length: the attacks' own default (None, retrieval's "the protocol's", crashed)
+    assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world), "--limit", "2",
+                 "--attacks", "clean,prompt", "--prompt", "a picture of", "--no-meteor", "--no-progress",
+                 "--out", str(tmp_path / "prompted")]) == 0
+    assert "prompt" in json.loads((tmp_path / "prompted" / "eval.json").read_text())["attacks"]
 
 
 def test_captioning_default_attacks_refuse_an_option_none_reads(colour_world, tmp_path, capsys):

@@ -576,6 +576,15 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     (pool.path / first["tables"]["items"]).unlink()
     assert "reused" not in _score(pool, source, scorer)
     assert _score(pool, source, scorer)["reused"] is True
+    # the same rows read from other image files (another --image-root): scored again, not served stale
+    import shutil
+
+    from augment.sources import load_source
+
+    images = tmp_path / "other-images"
+    shutil.copytree(sample_world_dir / "images", images)
+    moved, _ = load_source(str(sample_world_dir), image_root=str(images))
+    assert "reused" not in _score(pool, moved, scorer)
 
 
 def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counted_hf_scorer, monkeypatch):

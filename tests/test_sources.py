@@ -36,6 +36,29 @@ def test_karpathy_json_and_folder(karpathy_dir):
     assert source_fingerprint(by_file) == source_fingerprint(by_folder)
 
 
+def test_image_files_fingerprint_sees_pixels_the_source_fingerprint_does_not(karpathy_dir, tmp_path_factory):
+    """Resume tags and the score cache's key hold it: an image replaced in place (even keeping its
+    old mtime, as `cp -p` does) or another --image-root changes it; the rows' fingerprint stays."""
+    import os
+    import shutil
+
+    from augment.sources import image_files_fingerprint
+
+    dataset, _ = load_source(str(karpathy_dir))
+    first = image_files_fingerprint(dataset)
+    assert image_files_fingerprint(load_source(str(karpathy_dir))[0]) == first
+    assert image_files_fingerprint(select_split(dataset, "test")) != image_files_fingerprint(select_split(dataset, "train"))
+    other_root = tmp_path_factory.mktemp("copy") / "images"
+    shutil.copytree(karpathy_dir / "images", other_root)
+    moved, _ = load_source(str(karpathy_dir / "dataset_toy.json"), image_root=str(other_root))
+    assert source_fingerprint(moved) == source_fingerprint(dataset) and image_files_fingerprint(moved) != first
+    image = karpathy_dir / "images" / "000.jpg"
+    stat = image.stat()
+    write_image(image, colour=200)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image_files_fingerprint(load_source(str(karpathy_dir))[0]) != first
+
+
 def test_every_pillow_mode_becomes_rgb(karpathy_dir):
     dataset, _ = load_source(str(karpathy_dir))
     assert {row["image"].mode for row in dataset} == {"RGB"}

@@ -173,6 +173,16 @@ def model_id(model) -> dict:
 
 
 @torch.no_grad()
+def data_identity(rows, victim, attacker) -> dict:
+    """The resume tag's fingerprints of what names do not say: the evaluated rows (ids, captions),
+    the files their images are read from (another --image-root, an image replaced in place), and
+    the weights (`weights_identity`)."""
+    from augment.sources import image_files_fingerprint, source_fingerprint
+
+    return {"source": source_fingerprint(rows), "images": image_files_fingerprint(rows),
+            **weights_identity(victim, attacker)}
+
+
 def weights_fingerprint(model) -> str:
     """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
     retrained in place (the same name, other weights) must not resume another's finished batches.
@@ -608,14 +618,11 @@ def evaluate(
         raise ValueError("the evaluated images have no captions")
     scorer = Scorer(victim, rerank_k, gallery.image_of_text, batch_size)
     keep_pixels = scorer.rerank_k > 0
-    from augment.sources import source_fingerprint
-
     settings = {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
         # what the names do not say, for a resumed evaluation only: another source at the same path, a
         # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
-        **({"source": source_fingerprint(gallery.rows), **weights_identity(victim, attacker)}
-           if progress_dir is not None else {}),
+        **(data_identity(gallery.rows, victim, attacker) if progress_dir is not None else {}),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
         "options": plain_attack_options(options),
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},

@@ -132,10 +132,9 @@ def evaluate_captioning(
     """
     from tqdm.auto import tqdm
 
-    from augment.sources import source_fingerprint
     from train.data import derive_seed
-    from train.evaluate import (BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, plain_attack_options,
-                                resumable_batches, weights_identity)
+    from train.evaluate import (BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, data_identity,
+                                plain_attack_options, resumable_batches)
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -158,8 +157,7 @@ def evaluate_captioning(
         "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
         # what the names do not say, for a resumed evaluation only: another source at the same path, a
         # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
-        **({"source": source_fingerprint(gallery.rows), **weights_identity(victim, attacker)}
-           if progress_dir is not None else {}),
+        **(data_identity(gallery.rows, victim, attacker) if progress_dir is not None else {}),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,
         "generation": generation, "checker": getattr(caption_checker, "__name__", None),
         "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),

@@ -488,11 +488,11 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     """
     from augment.scoring import report
     from augment.scoring.embeddings import EmbeddingCache
-    from augment.sources import source_fingerprint
+    from augment.sources import image_files_fingerprint, source_fingerprint
 
     settings = settings or ScoreSettings()
     source_fp = source_fp or source_fingerprint(source_dataset)
-    key = inputs_key(pool, source_fp, scorer, settings, source_name)
+    key = inputs_key(pool, source_fp, scorer, settings, source_name, image_files_fingerprint(source_dataset))
     stored = None if force else reusable_entry(pool.path, scorer.slug, key)
     if stored is not None:
         if store.read_scores_json(pool.path).get("latest") != scorer.slug:
@@ -511,17 +511,21 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     return entry
 
 
-def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str) -> str:
+def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str = "") -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
-    modification time) and pool.json's finish stamp, the source's fingerprint, the scorer's
-    weights id, the settings, the package versions (mat-plus, torch, transformers...) and the
-    resampling scheme (`measures.RESAMPLING`). Equal keys mean a re-score would write the same
-    numbers."""
+    modification and change times) and pool.json's finish stamp, the source's fingerprint and
+    the identity of its image files (`image_files_fingerprint`: another --image-root, an image
+    replaced in place), the scorer's weights id, the settings, the package versions (mat-plus,
+    torch, transformers...) and the resampling scheme (`measures.RESAMPLING`). Equal keys mean a
+    re-score would write the same numbers."""
+    from augment.source_cache import file_identity
+
     shards = sorted(pool.path.glob("data/*.parquet"))
-    files = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
+    files = [[s.name, file_identity(s)] for s in shards]
     inputs = {
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
-        "pool_files": files, "source": source_fp, "source_name": source_name, "scorer": scorer.id,
+        "pool_files": files, "source": source_fp, "source_images": source_images, "source_name": source_name,
+        "scorer": scorer.id,
         "settings": asdict(settings), "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
