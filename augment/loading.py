@@ -10,6 +10,7 @@ torch's order guarantee: the output is the same with 0 or N workers, so resume a
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from augment.arguments import non_negative_int
@@ -32,6 +33,28 @@ def add_workers_argument(parser) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=default_workers(),
                         help="DataLoader worker processes that decode images ahead of the model "
                              f"(default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}, here {default_workers()}; 0: decode inline)")
+
+
+def exit_with_parent(parent: int, _worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn` (bind the parent's pid with functools.partial): on Linux the
+    kernel kills this worker when its parent dies (PR_SET_PDEATHSIG). torch's own check runs only
+    while a worker waits for work, so a worker decoding or handing over a batch when its parent was
+    killed with SIGKILL lived on, holding its memory (seen: 610 MB, for more than 20 minutes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def worker_options(workers: int) -> dict:
+    """The DataLoader options every loader here passes with `workers` > 0: workers end with their parent."""
+    import functools
+
+    return {"worker_init_fn": functools.partial(exit_with_parent, os.getpid())} if workers > 0 else {}
 
 
 def as_list(batch: list) -> list:
@@ -99,7 +122,7 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
     from torch.utils.data import DataLoader
 
     loader = DataLoader(MappedSequence(items, function, catching=True), batch_sampler=batches, collate_fn=as_list,
-                        num_workers=workers, prefetch_factor=prefetch)
+                        num_workers=workers, prefetch_factor=prefetch, **worker_options(workers))
     for batch in loader:
         for value in batch:
             if isinstance(value, _Raised):

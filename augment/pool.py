@@ -298,11 +298,28 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_
         raise PoolError(f"{path}: the pool has no rows (method {meta.get('method')!r} wrote none); "
                         "nothing to train, score, select or push")
     try:
-        dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", features=POOL_FEATURES)
+        dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", features=POOL_FEATURES,
+                               cache_dir=_arrow_cache_dir(shards))
     except Exception as exc:  # a shard whose footer is whole but whose pages are not
         raise PoolError(f"{path}: {_damaged_shard(shards) or 'a data shard'} is damaged "
                         f"({first_line(exc.__cause__ or exc)}); delete it and re-run the command that wrote it") from None
     return Pool(path=path, dataset=dataset, meta=meta)
+
+
+def _arrow_cache_dir(shards: list[Path]) -> str:
+    """The `datasets` cache folder for these shards' Arrow copy, named by the shards' identities
+    (size, modification and change times): `datasets` keys its cache on a file's path and mtime
+    only, so a shard replaced keeping its old mtime (`cp -p`, `rsync -t`, a restored backup) was
+    read as the old rows."""
+    import hashlib
+
+    import datasets
+
+    from augment.source_cache import file_identity
+
+    identities = [[str(shard.resolve()), file_identity(shard)] for shard in shards]
+    key = hashlib.sha256(json.dumps(identities).encode()).hexdigest()[:16]
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "mat-plus-pools" / key)
 
 
 def _damaged_shard(shards: list[Path]) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from PIL import Image
@@ -26,6 +27,22 @@ def test_round_trip_text_and_image_rows(tmp_path):
     assert pool.dataset.features == POOL_FEATURES
     assert pool.dataset[0]["caption"] == "a red circle" and pool.dataset[0]["image"] is None
     assert pool.dataset[1]["image"].getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_shard_replaced_with_its_old_mtime_is_read_anew(tmp_path):
+    """`datasets` keys its Arrow cache on a file's path and mtime: a shard replaced as `cp -p` does was read stale."""
+    import os
+    import shutil
+
+    write_pool(tmp_path / "p", [_row(0)], {"method": "m"})
+    write_pool(tmp_path / "q", [_row(0, caption="a blue square")], {"method": "m"})
+    assert load_pool(tmp_path / "p").dataset[0]["caption"] == "a red circle"
+    [shard] = sorted((tmp_path / "p" / "data").glob("*.parquet"))
+    [other] = sorted((tmp_path / "q" / "data").glob("*.parquet"))
+    stat = shard.stat()
+    shutil.copyfile(other, shard)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_pool(tmp_path / "p").dataset[0]["caption"] == "a blue square"
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -129,6 +146,53 @@ def test_hub_pool_id_fails_fast_offline():
     with pytest.raises(PoolError, match="cannot fetch pool 'someone/some-pool@v2' from the Hub"):
         load_pool("someone/some-pool@v2")
     assert time.time() - start < 15
+
+
+WORKER_ORPHAN_SCRIPT = """
+import os, sys, time
+from augment.loading import ordered_batches
+
+def slow(value):  # the first batch at once; the worker is busy on the next one when its parent dies
+    if value > 0:
+        time.sleep(60)
+    return os.getpid()
+
+for batch in ordered_batches(list(range(3)), [[0], [1], [2]], 1, slow, prefetch=1):
+    print(batch[0], flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_loader_workers_end_when_their_parent_is_killed():
+    """kill -9 of a command left its DataLoader worker running (busy, it never ran torch's parent
+    check); the kernel now kills it with its parent."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return "(zombie)" not in open(f"/proc/{pid}/status").read()
+        except FileNotFoundError:
+            return False
+
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert worker != parent.pid and running(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = running(worker)
+    finally:
+        parent.kill()
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive
 
 
 def test_loader_workers_raise_the_records_own_error():

@@ -417,9 +417,11 @@ def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pi
                   prefetch: int = 2):
     """(plan, batch) for micro steps first..last-1 in order, decoded by a DataLoader with `workers`
     processes (0: in this process), `prefetch` batches ahead per worker, pinned when asked."""
+    from augment.loading import worker_options
+
     options = {}
     if workers > 0:
-        options = {"prefetch_factor": prefetch, "persistent_workers": True}
+        options = {"prefetch_factor": prefetch, "persistent_workers": True, **worker_options(workers)}
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(first, last), num_workers=workers,
                                          pin_memory=pin_memory, collate_fn=_keep_items, **options)
     for item in loader:
