@@ -315,9 +315,9 @@ def _arrow_cache_dir(shards: list[Path]) -> str:
 
     import datasets
 
-    from augment.source_cache import file_identity
+    from augment.source_cache import path_identity
 
-    identities = [[str(shard.resolve()), file_identity(shard)] for shard in shards]
+    identities = [path_identity(shard) for shard in shards]
     key = hashlib.sha256(json.dumps(identities).encode()).hexdigest()[:16]
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "mat-plus-pools" / key)
 

@@ -65,6 +65,13 @@ def file_identity(path: str | os.PathLike) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
+def path_identity(path: str | os.PathLike) -> list:
+    """[absolute path, `file_identity`]: which file is read and whether it changed (another root,
+    a file replaced in place, even with its old mtime)."""
+    path = os.fspath(path)
+    return [path if os.path.isabs(path) else os.path.abspath(path), file_identity(path)]
+
+
 def folder_stamp(path: str | os.PathLike) -> int | None:
     """A folder's mtime_ns (changes when an entry is added, removed or renamed), None when absent."""
     try:

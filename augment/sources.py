@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
 from augment.schema import SOURCE_FEATURES, SPLITS
-from augment.source_cache import SourceCache, default_cache_folder, file_identity, folder_stamp
+from augment.source_cache import SourceCache, default_cache_folder, file_identity, folder_stamp, path_identity
 from datasets import Image  # augment.schema imports datasets already
 
 if TYPE_CHECKING:
@@ -101,6 +101,12 @@ class LoadReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"source": self.source, "format": self.format, "skipped": self.skipped})
         return path
+
+    def write_skipped(self, path: str | os.PathLike | None, out: str | os.PathLike | None) -> Path:
+        """`--skip-bad`'s report: at `path` (`--skip-report`), else beside `out` (OUT.skipped.json),
+        else ./skipped.json."""
+        default = Path(str(out).rstrip("/") + ".skipped.json") if out else Path("skipped.json")
+        return self.write(path or default)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -909,25 +915,14 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
 
 def image_files_fingerprint(dataset: "datasets.Dataset") -> str:
     """Which pixels a source's rows read, where `source_fingerprint` (ids, splits, captions, which
-    pools must share) does not look: each stored image's absolute path and file identity
-    (`source_cache.file_identity`: size, modification and change times; another --image-root, an
-    image replaced in place, even with its old mtime as `cp -p` keeps it) or its embedded bytes'
-    hash. No image is decoded; resume tags and the score cache's key hold it."""
+    pools must share) does not look: each stored image's `source_cache.path_identity` (absolute
+    path, size, modification and change times: another --image-root, an image replaced in place,
+    even with its old mtime as `cp -p` keeps it) or its embedded bytes' hash. No image is decoded; resume tags and the score cache's key hold it."""
     [column] = arrow_columns(dataset, ["image"])  # the stored structs: nothing decoded
     identities = []
-    for value in column.to_pylist():  # one list, hashed once: a re-score pays ~3 us per image
+    for value in column.to_pylist():  # one list, hashed once: a re-score pays a few us per image
         data, path = (value or {}).get("bytes"), (value or {}).get("path")
-        if data:
-            identities.append(("bytes", hashlib.sha256(data).hexdigest()))
-        elif path:
-            path = path if path.startswith(os.sep) else os.path.abspath(path)  # the loaders' paths are absolute
-            try:
-                stat = os.stat(path)
-                identities.append((path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
-            except OSError:
-                identities.append((path, None))
-        else:
-            identities.append(None)
+        identities.append(("bytes", hashlib.sha256(data).hexdigest()) if data else path_identity(path) if path else None)
     digest = hashlib.sha256(repr(identities).encode())
     return digest.hexdigest()[:16]
 

@@ -68,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
         "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,
-        "budget": args.word_budget,
-        # None (retrieval's "the protocol's default"): the captioning attacks' own default applies
-        **({"max_length": args.max_length} if args.max_length is not None else {}),
+        "budget": args.word_budget, "max_length": args.max_length,
     }
     generation = {"num_beams": args.num_beams, "max_length": args.gen_max_length, "min_length": args.gen_min_length}
     out = Path(args.out)

@@ -35,7 +35,6 @@ import random
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -441,8 +440,7 @@ def load_train_data(config, progress: bool = False, report_skipped: bool = True)
                                  allow_outside_root=config.allow_outside_root, csv_img_key=config.csv_img_key,
                                  csv_caption_key=config.csv_caption_key, csv_separator=config.csv_separator)
     if report.skipped and report_skipped:
-        target = Path(config.skip_report or str(config.out).rstrip("/") + ".skipped.json")
-        report.write(target)
+        target = report.write_skipped(config.skip_report, config.out)
         print(f"skipped {len(report.skipped)} bad records; report: {target}", file=sys.stderr)
     pools = [load_pool(path) for path in config.pools]
     return TrainData(source, pools, split=config.train_split, pool_weights=config.pool_weights,

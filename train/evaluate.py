@@ -259,7 +259,7 @@ def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build:
     Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`), the names
     of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default"."""
     build = build or build_attack
-    options = dict(options)
+    options = {k: v for k, v in options.items() if v is not None}  # unset: each attack's own default
     needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str))
     if needs_mlm and options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
         from augment.registry import DEFAULT_MODELS, load_mlm

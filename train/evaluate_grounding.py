@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,10 +121,9 @@ class _Tally:
 def _data_fingerprint(data: GroundingData) -> str:
     """A digest of the evaluated images (their files too: another --image-root, an image replaced in
     place), candidates and expressions: a resumed run must see the same ones."""
-    from augment.source_cache import file_identity
+    from augment.source_cache import path_identity
 
-    content = {"images": [[image.image_id, image.candidates, image.path and [os.path.abspath(image.path), file_identity(image.path)]]
-                          for image in data.images],
+    content = {"images": [[image.image_id, image.candidates, image.path and path_identity(image.path)] for image in data.images],
                "expressions": [[e.ref_id, e.image, e.text, e.box] for e in data.expressions]}
     return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
 

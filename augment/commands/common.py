@@ -1,7 +1,6 @@
 """Options and helpers shared by the commands that read a source."""
 from __future__ import annotations
 
-from pathlib import Path
 
 
 def add_source_arguments(parser, required: bool = True) -> None:
@@ -46,8 +45,6 @@ def read_source(args, validate: bool = False):
         csv_img_key=img_key, csv_caption_key=caption_key, csv_separator=table["csv_separator"],
     )
     if report.skipped:
-        out = getattr(args, "out", None)
-        target = args.skip_report or (Path(str(out).rstrip("/") + ".skipped.json") if out else Path("skipped.json"))
-        report.write(target)
+        target = report.write_skipped(args.skip_report, getattr(args, "out", None))
         print(f"skipped {len(report.skipped)} bad records; report: {target}")
     return dataset, report

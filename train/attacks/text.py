@@ -340,10 +340,10 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
 
     @torch.no_grad()
     def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
-        found: list[dict[int, list[str]]] = [{} for _ in captions]
-        combine: list[tuple[int, int, torch.Tensor]] = []
         from models.albef.text import tokenize_without_sep
 
+        found: list[dict[int, list[str]]] = [{} for _ in captions]
+        combine: list[tuple[int, int, torch.Tensor]] = []
         offset = 0 if self.reference_bugs else 1  # [CLS] comes first
         for start in range(0, len(captions), self.batch_size):
             chunk = captions[start:start + self.batch_size]
