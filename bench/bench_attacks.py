@@ -205,11 +205,12 @@ def text_tokens_counted(victim):
     if tower is None:
         yield counted
         return
-    # the first block sees every text's positions, whether the whole tower runs or the trimmed one
-    tower = tower.resblocks[0] if len(getattr(tower, "resblocks", ())) else tower
+    # the first block's first layer norm sees every position the tower computes: the whole tower's,
+    # the trimmed one's ([texts, length, width]) and the prefix cache's new positions ([positions, width])
+    tower = tower.resblocks[0].ln_1 if len(getattr(tower, "resblocks", ())) else tower
 
     def count(module, args, output):
-        counted[0] += args[0].shape[0] * args[0].shape[1]  # [texts, length, width] (batch first)
+        counted[0] += args[0].numel() // args[0].shape[-1]
 
     handle = tower.register_forward_hook(count)
     try:

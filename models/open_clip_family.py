@@ -150,16 +150,9 @@ class OpenClipModel(VisionLanguageModel):
         time goes. None where that does not hold: no causal mask (SigLIP-style towers), pooling
         at the first/last token or over all tokens, and other text towers (`CustomTextCLIP`).
         """
-        model = self.model
-        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_pool_type")
-        if not all(hasattr(model, n) for n in needed) or model.attn_mask is None or tokens.dim() != 2:
+        if not self._causal_end_pooled() or tokens.dim() != 2:
             return None
-        if model.text_pool_type == "argmax":
-            pooled = tokens.argmax(dim=-1)
-        elif model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is not None:
-            pooled = (tokens == model.text_eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
-        else:
-            return None
+        pooled = self._pooled_positions(tokens)
         lengths = pooled + 1
         order = torch.argsort(lengths, stable=True)
         sorted_lengths = lengths[order].tolist()
@@ -171,6 +164,40 @@ class OpenClipModel(VisionLanguageModel):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return torch.cat(parts)[inverse]
+
+    def _causal_end_pooled(self) -> bool:
+        """Whether the text tower is open_clip's causal one pooled at the end-of-text token (`argmax`
+        or `eos`): then nothing after a text's pooled token changes its embedding."""
+        model = self.model
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_pool_type")
+        if not all(hasattr(model, n) for n in needed) or model.attn_mask is None:
+            return False
+        return model.text_pool_type == "argmax" or (
+            model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is not None)
+
+    def _pooled_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[N] each text's end-of-text position, where a `_causal_end_pooled` tower pools."""
+        if self.model.text_pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        return (tokens == self.model.text_eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
+
+    def text_prefix_cache(self, references: Sequence[str]):
+        """A `models.text_prefix.TextPrefixCache` of `references` (texts that later texts begin like), or
+        None where it would not be exact: the text shortcuts off (`fast_text`), a tower `_encode_trimmed`
+        does not cut, blocks other than plain `nn.MultiheadAttention` ones, dropout in effect; and for
+        no references. Inference only (no gradients flow through it)."""
+        from models.text_prefix import TextPrefixCache
+
+        if not references or not self.fast_text or not self._causal_end_pooled():
+            return None
+        transformer = self.model.transformer
+        if not plain_block_stack(transformer) or (transformer.training and any(
+                b.attn.dropout > 0 for b in transformer.resblocks)):
+            return None
+        if any(not b.attn._qkv_same_embed_dim or b.attn.bias_k is not None or b.attn.add_zero_attn
+               for b in transformer.resblocks):
+            return None
+        return TextPrefixCache(self, references)
 
     def _text_tower(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """`CLIP.encode_text`'s steps on `tokens` [N, L] (L <= the context), pooled at `pooled` [N].

@@ -327,3 +327,22 @@ def test_text_shortcuts_leave_the_adversarial_captions_unchanged(victim, mlm, ba
         victim.fast_text = True
     assert fast.texts == slow.texts and fast.texts != captions
     torch.testing.assert_close(fast.images, slow.images, rtol=0, atol=1 / 255)
+
+
+def test_text_prefix_cache_leaves_the_adversarial_captions_unchanged(victim, mlm, batch, monkeypatch):
+    """The word-substitution search encodes its candidates from the clean captions' keys and values
+    (`models.text_prefix`) where the victim has the cache; the captions and changes are those of
+    encoding each candidate whole."""
+    from models.text_prefix import TextPrefixCache
+
+    pixels, captions, image_of_text = batch
+    attack = BertAttack(victim, mlm=mlm, top_k=5, budget=2)
+    used = []
+    original = TextPrefixCache.encode
+    monkeypatch.setattr(TextPrefixCache, "encode", lambda self, *a, **k: used.append(1) or original(self, *a, **k))
+    cached = attack(pixels, captions, image_of_text)
+    assert used, "the search did not use the prefix cache"
+    monkeypatch.setattr(type(victim), "text_prefix_cache", lambda self, references: None)
+    whole = attack(pixels, captions, image_of_text)
+    assert cached.texts == whole.texts and cached.texts != captions
+    assert cached.info == whole.info

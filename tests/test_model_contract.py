@@ -604,3 +604,74 @@ def test_tiny_clip_text_shortcuts_match_open_clip():
         slow = model.encode_text(texts)
         model.fast_text = True
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+# `models.text_prefix`: texts that begin like a reference text reuse its keys and values; the
+# result must be the whole tower's, and the shared positions must really be skipped.
+
+PREFIX_REFERENCES = ["a man in a red shirt rides a bicycle down a busy street", "a dog.",
+                     " ".join(["many words"] * 60), "two cats sleeping on a sofa"]
+PREFIX_VARIANTS = [
+    (0, "a man in a blue shirt rides a bicycle down a busy street"),
+    (0, "a woman in a red shirt rides a bicycle down a busy street"),  # changed at the first word
+    (0, "a man in a red shirt rides a bicycle down a busy road"),  # changed at the last word
+    (0, "a man in a red shirt rides a bicycle down a busy street"),  # the reference itself
+    (0, "a man"),  # a beginning of it
+    (0, "a man in a red shirt rides a bicycle down a busy street with two friends"),  # longer
+    (1, "a cat."),
+    (1, "something else entirely"),  # nothing shared but the start-of-text token
+    (2, " ".join(["many words"] * 30 + ["few"] + ["many words"] * 29)),  # truncated at the context
+    (3, "two cats sleeping on a [UNK] sofa"),
+    (3, ""),
+]
+
+
+@pytest.mark.parametrize("text_cfg, caches", [
+    (TINY_TEXT, True),
+    (_vit_b_16_text, True),
+    ({**TINY_TEXT, "pool_type": "eos", "eos_id": 49407}, True),
+    ({**TINY_TEXT, "ls_init_value": 0.5}, True),  # layer scale inside each block
+    ({**TINY_TEXT, "pool_type": "first"}, False),
+    ({**TINY_TEXT, "no_causal_mask": True}, False),
+], ids=["tiny", "vit-b-16-text", "eos", "layer-scale", "first", "no-causal-mask"])
+def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
+    model = _open_clip_wrapped(text_cfg() if callable(text_cfg) else text_cfg)
+    cache = model.text_prefix_cache(PREFIX_REFERENCES)
+    assert (cache is not None) == caches, "a prefix cache where it is not exact, or none where it is"
+    if cache is None:
+        return
+    owners, texts = [o for o, _ in PREFIX_VARIANTS], [t for _, t in PREFIX_VARIANTS]
+    with torch.no_grad():
+        expected = model.model.encode_text(model.tokenizer(texts), normalize=False)
+        references = model.model.encode_text(model.tokenizer(PREFIX_REFERENCES), normalize=False)
+        raw = cache.encode(texts, owners, normalize=False)
+        unit = cache.encode(texts, owners)
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.reference_embeddings(normalize=False), references, rtol=1e-5, atol=1e-5)
+    cache.keys[0].add_(1.0)  # the variants must read the cached keys: a wrong cache must show
+    with torch.no_grad():
+        assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
+
+
+def test_text_prefix_cache_computes_only_the_positions_after_the_shared_beginning():
+    model = _open_clip_wrapped(TINY_TEXT)
+    cache = model.text_prefix_cache(PREFIX_REFERENCES[:1])
+    text = "a man in a red shirt rides a bicycle down a busy road"  # 14 tokens: 12 shared, 2 new
+    rows = []
+    hook = model.model.transformer.resblocks[0].mlp.register_forward_hook(
+        lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        cache.encode([text], [0])
+    hook.remove()
+    assert rows == [2], f"the first block computed {rows} positions, not the 2 after the shared beginning"
+
+
+def test_text_prefix_cache_is_off_with_the_text_shortcuts():
+    model = _open_clip_wrapped(TINY_TEXT)
+    model.fast_text = False  # the benches' "as before" baseline: open_clip's own path, no cache
+    assert model.text_prefix_cache(PREFIX_REFERENCES) is None
+    model.fast_text = True
+    model.train()
+    model.model.transformer.resblocks[0].attn.dropout = 0.1  # dropout in effect: not the same computation
+    assert model.text_prefix_cache(PREFIX_REFERENCES) is None

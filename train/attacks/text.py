@@ -408,20 +408,29 @@ class WordNetSubstitutes(SubstituteSource):
 
 
 @torch.no_grad()
-def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH, normalize: bool = True) -> torch.Tensor:
+def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BATCH, normalize: bool = True,
+                 prefix=None, owners: Sequence[int] | None = None) -> torch.Tensor:
     """Unit caption embeddings [len(texts), D] (`normalize=False`: before normalisation), `batch_size`
     captions per forward pass, no gradients.
 
     Each distinct text is encoded once, and texts go to the encoder sorted by length, so a
-    forward pass holds texts of similar length (less padding where the victim trims it).
+    forward pass holds texts of similar length (less padding where the victim trims it). With a
+    `prefix` cache (`victim.text_prefix_cache(references)`) and `owners` (text i begins like
+    `references[owners[i]]`), only each text's tokens after the shared beginning are computed.
     """
     texts = list(texts)
     if not texts:
         return torch.empty(0, 0, device=victim.device)
+    first_owner = dict(zip(texts, owners)) if prefix is not None and owners is not None else None
     unique = list(dict.fromkeys(texts))
     unique.sort(key=len)
-    kwargs = {} if normalize else {"normalize": False}
-    embeddings = torch.cat([victim.encode_text(unique[i:i + batch_size], **kwargs) for i in range(0, len(unique), batch_size)])
+    if first_owner is not None:
+        parts = [prefix.encode(chunk, [first_owner[t] for t in chunk], normalize)
+                 for chunk in (unique[i:i + batch_size] for i in range(0, len(unique), batch_size))]
+    else:
+        kwargs = {} if normalize else {"normalize": False}
+        parts = [victim.encode_text(unique[i:i + batch_size], **kwargs) for i in range(0, len(unique), batch_size)]
+    embeddings = torch.cat(parts)
     row = {text: index for index, text in enumerate(unique)}
     return embeddings[torch.tensor([row[text] for text in texts], device=embeddings.device)]
 
@@ -605,11 +614,13 @@ class PreparedTexts:
     clean_emb: torch.Tensor
     encoded: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
     normalize: bool = True  # whether the embeddings are unit (else before normalisation, `embedding="raw"`)
+    prefix: object | None = None  # the victim's text prefix cache of the clean texts, where it has one
 
-    def encode(self, victim, texts: list[str], batch_size: int) -> torch.Tensor:
+    def encode(self, victim, texts: list[str], batch_size: int, owners: list[int]) -> torch.Tensor:
+        """Embeddings of candidate `texts`, text i made from clean text `owners[i]`."""
         key = tuple(texts)
         if key not in self.encoded:
-            self.encoded[key] = encode_texts(victim, texts, batch_size, self.normalize)
+            self.encoded[key] = encode_texts(victim, texts, batch_size, self.normalize, self.prefix, owners)
         return self.encoded[key]
 
 
@@ -671,15 +682,21 @@ class WordSubstitutionAttack(Attack):
         """
         texts = list(texts)
         unit = self.embedding == "unit"
-        clean_emb = encode_texts(self.victim, texts, self.text_batch, unit)
+        # every text the search encodes is a clean text with one word changed: the tokens before it are shared
+        cache_of = getattr(self.victim, "text_prefix_cache", None)  # a duck-typed victim may lack it
+        prefix = cache_of(texts) if cache_of is not None and texts else None
+        if prefix is not None:
+            clean_emb = prefix.reference_embeddings(unit)
+        else:
+            clean_emb = encode_texts(self.victim, texts, self.text_batch, unit)
 
         def importance(masked: list[str], owners: list[int]) -> torch.Tensor:
-            masked_emb = encode_texts(self.victim, masked, self.text_batch, unit or self.masked_unit)
+            masked_emb = encode_texts(self.victim, masked, self.text_batch, unit or self.masked_unit, prefix, owners)
             if self.importance == "kl":
                 return kl_to(clean_emb[owners], masked_emb)
             return 1 - (masked_emb * clean_emb[owners]).sum(-1)
 
-        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb, normalize=unit)
+        return PreparedTexts(plan_search(texts, self.source, importance), clean_emb, normalize=unit, prefix=prefix)
 
     @torch.no_grad()
     def perturb(self, texts: Sequence[str], image_emb: torch.Tensor | None, image_of_text: torch.Tensor,
@@ -704,7 +721,7 @@ class WordSubstitutionAttack(Attack):
         every_caption = torch.arange(len(texts), device=clean_emb.device)
 
         def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
-            last["emb"] = prepared.encode(self.victim, candidates, self.text_batch)
+            last["emb"] = prepared.encode(self.victim, candidates, self.text_batch, owners)
             owner_ids = torch.tensor(owners, device=clean_emb.device)
             return self._scores(last["emb"], owner_ids, image_emb, clean_emb, current_emb, image_of_text)
 

@@ -1,0 +1,168 @@
+"""Encoding texts that differ from known texts after a shared beginning, reusing its keys and values.
+
+A CLIP text tower is causal: a token's state in every block depends on the tokens up to it only.
+A text that shares its first p tokens with a reference text therefore has the reference's states
+at those p positions in every block, and only its remaining positions need computing, attending
+to the reference's keys and values for the shared ones. Word-substitution attacks encode
+thousands of such texts (each clean caption with one word masked or replaced); on the bench
+world a third of their token positions lie before the changed word.
+
+`TextPrefixCache(model, references)` encodes the reference texts once, keeping each block's keys
+and values; `.encode(texts, owners)` encodes texts each of which shares a beginning with
+`references[owners[i]]` (any text works: the shared part is found token by token, and may be
+empty). The result equals the whole tower's (`OpenClipModel._encode_trimmed`) up to float
+summation order. Written here because neither open_clip nor torch offers a key/value cache for a
+CLIP text tower; it is the decoder's key/value cache, applied to many texts per reference.
+
+`OpenClipModel.text_prefix_cache` builds one where the tower qualifies (causal mask, pooling at
+the end-of-text token, a plain stack of `nn.MultiheadAttention` blocks, inference); other models
+return None and callers encode texts whole.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class TextPrefixCache:
+    """Each block's keys and values for `references`' tokens (see the module docstring)."""
+
+    @torch.no_grad()
+    def __init__(self, owner, references: Sequence[str]):
+        self.owner = owner  # the OpenClipModel
+        ids = owner.tokenize(list(references)).input_ids
+        self.ids = ids
+        self.lengths = self.owner._pooled_positions(ids) + 1
+        embeddings, keys, values = self._run_all(ids, torch.zeros_like(self.lengths), None, keep=True)
+        self.embeddings = embeddings  # [R, D] unnormalised
+        self.keys, self.values = keys, values  # per block [R, heads, L, head width]
+
+    # -- public ------------------------------------------------------------------------------
+
+    def reference_embeddings(self, normalize: bool = True) -> torch.Tensor:
+        return F.normalize(self.embeddings, dim=-1) if normalize else self.embeddings
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], owners: Sequence[int], normalize: bool = True) -> torch.Tensor:
+        """Embeddings of `texts` [N, D], text i sharing its beginning with reference `owners[i]`."""
+        ids = self.owner.tokenize(list(texts)).input_ids
+        owners_t = torch.as_tensor(list(owners), dtype=torch.long, device=ids.device)
+        pooled = self.owner._pooled_positions(ids)
+        reference = self.ids[owners_t]
+        width = min(ids.shape[1], reference.shape[1])
+        same = (ids[:, :width] == reference[:, :width]).int()
+        shared = same.cumprod(dim=1).sum(dim=1)  # tokens equal from the start
+        shared = torch.minimum(shared, self.lengths[owners_t])
+        start = torch.minimum(shared, pooled)  # the pooled token is always computed here
+        features = self._run_all(ids, start, owners_t, keep=False)[0]
+        return F.normalize(features, dim=-1) if normalize else features
+
+    # -- the tower ---------------------------------------------------------------------------
+
+    def _run_all(self, ids, start, owners, keep: bool):
+        """`_run` over sub-batches of similar new-token counts (`length_groups`); results in input order."""
+        from models.open_clip_family import length_groups
+
+        pooled = self.owner._pooled_positions(ids)
+        new = pooled + 1 - start
+        order = torch.argsort(new, stable=True)
+        sorted_new = new[order].tolist()
+        outputs, kept = [], []
+        for first, last in length_groups(sorted_new):
+            rows = order[first:last]
+            part_owners = owners[rows] if owners is not None else None
+            emb, kv = self._run(ids[rows], start[rows], pooled[rows], part_owners, sorted_new[last - 1], keep)
+            outputs.append(emb)
+            kept.append((rows, kv))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        embeddings = torch.cat(outputs)[inverse]
+        if not keep:
+            return embeddings, None, None
+        return (embeddings, *self._gather_kept(kept, len(ids)))
+
+    @staticmethod
+    def _gather_kept(kept, count):
+        """Each block's keys and values of every sub-batch, in input order: [count, heads, L, head width]."""
+        blocks = len(kept[0][1])
+        length = max(kv[0][0].shape[2] for _, kv in kept)
+        keys, values = [], []
+        for b in range(blocks):
+            sample = kept[0][1][b][0]
+            shape = (count, sample.shape[1], length, sample.shape[3])
+            k_all, v_all = sample.new_zeros(shape), sample.new_zeros(shape)
+            for rows, kv in kept:
+                k, v = kv[b]
+                k_all[rows, :, :k.shape[2]] = k
+                v_all[rows, :, :v.shape[2]] = v
+            keys.append(k_all)
+            values.append(v_all)
+        return keys, values
+
+    def _run(self, ids, start, pooled, owners, span: int, keep: bool):
+        """The tower on positions start[n] .. pooled[n] of each text (`span` = the most of them),
+        attending to reference `owners[n]`'s keys and values before start[n].
+
+        The linear layers (in- and out-projections, MLP: most of the work) run on the real new
+        positions packed into one [T, width] matrix, attention on them laid out [N, S] with
+        padding: the texts' new parts differ in length more than whole texts do."""
+        model = self.owner.model
+        count, device = ids.shape[0], ids.device
+        steps = torch.arange(span, device=device)
+        positions = (start[:, None] + steps[None, :]).clamp(max=ids.shape[1] - 1)  # [N, S]; past the end: padding
+        # the new positions that are not padding, as indices into the [N * S] layout
+        real = (steps[None, :] <= (pooled - start)[:, None]).view(-1).nonzero().squeeze(1)
+        cast_dtype = model.transformer.get_cast_dtype()
+        packed_positions = positions.view(-1).index_select(0, real)
+        x = (model.token_embedding(ids.gather(1, positions).view(-1).index_select(0, real)).to(cast_dtype)
+             + model.positional_embedding.index_select(0, packed_positions).to(cast_dtype))  # [T, width]
+        width = x.shape[-1]
+        past = int(start.max()) if owners is not None else 0
+        # which keys each new position may see: the reference's before start[n], the new ones up to itself
+        seen_past = torch.arange(past, device=device)[None, :] < start[:, None]  # [N, P]
+        causal = steps[None, :] <= steps[:, None]  # [S, S]
+        allowed = torch.cat([seen_past[:, None, :].expand(count, span, past), causal.expand(count, span, span)], dim=2)
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=device).masked_fill(~allowed, float("-inf"))
+        mask = mask.unsqueeze(1)  # [N, 1, S, P + S]
+        last_row = pooled - start  # the pooled token's place among the new positions
+        rows = torch.arange(count, device=device)
+        pooled_packed = torch.cumsum(last_row + 1, dim=0) - 1  # its row in the packed matrix
+        blocks = model.transformer.resblocks
+        kept = []
+        for index, block in enumerate(blocks):
+            attn = block.attn
+            heads = attn.num_heads
+            head_width = width // heads
+            final = index == len(blocks) - 1
+            normed = block.ln_1(x)
+            if final:  # nothing after the last block reads other positions than the pooled one
+                q_weight, kv_weight = attn.in_proj_weight.split([width, 2 * width])
+                q_bias, kv_bias = (attn.in_proj_bias.split([width, 2 * width]) if attn.in_proj_bias is not None
+                                   else (None, None))
+                q = (F.linear(normed.index_select(0, pooled_packed), q_weight, q_bias)
+                     .view(count, 1, heads, head_width).transpose(1, 2))
+                laid = x.new_zeros(count * span, 2 * width).index_copy_(0, real, F.linear(normed, kv_weight, kv_bias))
+                k, v = laid.view(count, span, 2, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
+                block_mask = mask[rows, :, last_row].unsqueeze(2)
+                x = x.index_select(0, pooled_packed)
+            else:
+                laid = x.new_zeros(count * span, 3 * width).index_copy_(
+                    0, real, F.linear(normed, attn.in_proj_weight, attn.in_proj_bias))
+                q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
+                block_mask = mask
+            if keep:
+                kept.append((k, v))
+            if past:
+                k = torch.cat([self.keys[index][:, :, :past].index_select(0, owners), k], dim=2)
+                v = torch.cat([self.values[index][:, :, :past].index_select(0, owners), v], dim=2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=block_mask).transpose(1, 2)  # [N, S or 1, heads, hw]
+            out = out.reshape(count, width) if final else out.reshape(count * span, width).index_select(0, real)
+            x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = model.ln_final(x)
+        projection = model.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return x, kept
