@@ -421,11 +421,12 @@ def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BA
     texts = list(texts)
     if not texts:
         return torch.empty(0, 0, device=victim.device)
-    first_owner = dict(zip(texts, owners)) if prefix is not None and owners is not None else None
+    # a text listed twice may come from two captions: either one's shared beginning gives its embedding
+    owner_of = dict(zip(texts, owners)) if prefix is not None and owners is not None else None
     unique = list(dict.fromkeys(texts))
     unique.sort(key=len)
-    if first_owner is not None:
-        parts = [prefix.encode(chunk, [first_owner[t] for t in chunk], normalize)
+    if owner_of is not None:
+        parts = [prefix.encode(chunk, [owner_of[t] for t in chunk], normalize)
                  for chunk in (unique[i:i + batch_size] for i in range(0, len(unique), batch_size))]
     else:
         kwargs = {} if normalize else {"normalize": False}
