@@ -45,8 +45,11 @@ class TextPrefixCache:
         return F.normalize(self.embeddings, dim=-1) if normalize else self.embeddings
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], owners: Sequence[int], normalize: bool = True) -> torch.Tensor:
-        """Embeddings of `texts` [N, D], text i sharing its beginning with reference `owners[i]`."""
+    def encode(self, texts: Sequence[str], owners: Sequence[int], normalize: bool = True,
+               batch_size: int | None = None) -> torch.Tensor:
+        """Embeddings of `texts` [N, D], text i sharing its beginning with reference `owners[i]`; at most
+        `batch_size` texts per forward pass (default: no limit). Pass every text in one call: they are
+        grouped by how many new positions they have before being cut into passes."""
         ids = self.owner.tokenize(list(texts)).input_ids
         owners_t = torch.as_tensor(list(owners), dtype=torch.long, device=ids.device)
         pooled = self.owner._pooled_positions(ids)
@@ -56,13 +59,14 @@ class TextPrefixCache:
         shared = same.cumprod(dim=1).sum(dim=1)  # tokens equal from the start
         shared = torch.minimum(shared, self.lengths[owners_t])
         start = torch.minimum(shared, pooled)  # the pooled token is always computed here
-        features = self._run_all(ids, start, owners_t, keep=False)[0]
+        features = self._run_all(ids, start, owners_t, keep=False, batch_size=batch_size)[0]
         return F.normalize(features, dim=-1) if normalize else features
 
     # -- the tower ---------------------------------------------------------------------------
 
-    def _run_all(self, ids, start, owners, keep: bool):
-        """`_run` over sub-batches of similar new-token counts (`length_groups`); results in input order."""
+    def _run_all(self, ids, start, owners, keep: bool, batch_size: int | None = None):
+        """`_run` over sub-batches of similar new-token counts (`length_groups`, each cut into passes of
+        at most `batch_size` texts); results in input order."""
         from models.open_clip_family import length_groups
 
         pooled = self.owner._pooled_positions(ids)
@@ -70,7 +74,10 @@ class TextPrefixCache:
         order = torch.argsort(new, stable=True)
         sorted_new = new[order].tolist()
         outputs, kept = [], []
-        for first, last in length_groups(sorted_new):
+        groups = length_groups(sorted_new)
+        if batch_size is not None:
+            groups = [(a, min(a + batch_size, last)) for first, last in groups for a in range(first, last, batch_size)]
+        for first, last in groups:
             rows = order[first:last]
             part_owners = owners[rows] if owners is not None else None
             emb, kv = self._run(ids[rows], start[rows], pooled[rows], part_owners, sorted_new[last - 1], keep)

@@ -646,7 +646,9 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
         references = model.model.encode_text(model.tokenizer(PREFIX_REFERENCES), normalize=False)
         raw = cache.encode(texts, owners, normalize=False)
         unit = cache.encode(texts, owners)
+        in_passes_of_two = cache.encode(texts, owners, normalize=False, batch_size=2)
     torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(in_passes_of_two, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unit, torch.nn.functional.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache.reference_embeddings(normalize=False), references, rtol=1e-5, atol=1e-5)
     cache.keys[0].add_(1.0)  # the variants must read the cached keys: a wrong cache must show
@@ -665,6 +667,19 @@ def test_text_prefix_cache_computes_only_the_positions_after_the_shared_beginnin
         cache.encode([text], [0])
     hook.remove()
     assert rows == [2], f"the first block computed {rows} positions, not the 2 after the shared beginning"
+
+
+def test_text_prefix_cache_passes_hold_at_most_batch_size_texts(monkeypatch):
+    from models.text_prefix import TextPrefixCache
+
+    model = _open_clip_wrapped(TINY_TEXT)
+    cache = model.text_prefix_cache(PREFIX_REFERENCES)
+    passes = []
+    run = TextPrefixCache._run
+    monkeypatch.setattr(TextPrefixCache, "_run", lambda self, ids, *a: passes.append(len(ids)) or run(self, ids, *a))
+    with torch.no_grad():
+        cache.encode([t for _, t in PREFIX_VARIANTS], [o for o, _ in PREFIX_VARIANTS], batch_size=3)
+    assert sum(passes) == len(PREFIX_VARIANTS) and max(passes) <= 3 and len(passes) >= 4
 
 
 def test_text_prefix_cache_is_off_with_the_text_shortcuts():

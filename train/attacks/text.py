@@ -425,9 +425,8 @@ def encode_texts(victim, texts: Sequence[str], batch_size: int = DEFAULT_TEXT_BA
     owner_of = dict(zip(texts, owners)) if prefix is not None and owners is not None else None
     unique = list(dict.fromkeys(texts))
     unique.sort(key=len)
-    if owner_of is not None:
-        parts = [prefix.encode(chunk, [owner_of[t] for t in chunk], normalize)
-                 for chunk in (unique[i:i + batch_size] for i in range(0, len(unique), batch_size))]
+    if owner_of is not None:  # one call: the cache groups the texts by their new positions, then cuts passes
+        parts = [prefix.encode(unique, [owner_of[t] for t in unique], normalize, batch_size=batch_size)]
     else:
         kwargs = {} if normalize else {"normalize": False}
         parts = [victim.encode_text(unique[i:i + batch_size], **kwargs) for i in range(0, len(unique), batch_size)]
