@@ -139,10 +139,11 @@ class ImageTextModel(nn.Module):
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         return self.encode_tokens(self.tokenize(texts), normalize=normalize)
 
-    def text_prefix_cache(self, references: Sequence[str]):
-        """An object whose `encode(texts, owners, normalize)` encodes texts that begin like
+    def text_prefix_cache(self, references: Sequence[str], batch_size: int | None = None):
+        """An object whose `encode(texts, owners, normalize, batch_size)` encodes texts that begin like
         `references[owners[i]]` faster than `encode_text` and equal to it up to float rounding
-        (`models.text_prefix`), or None where the text tower has no such shortcut."""
+        (`models.text_prefix`; `batch_size` texts per forward pass), or None where the text tower has
+        no such shortcut."""
         return None
 
     # -- patch embedding ---------------------------------------------------------------------

@@ -181,11 +181,12 @@ class OpenClipModel(VisionLanguageModel):
             return tokens.argmax(dim=-1)
         return (tokens == self.model.text_eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
 
-    def text_prefix_cache(self, references: Sequence[str]):
+    def text_prefix_cache(self, references: Sequence[str], batch_size: int | None = None):
         """A `models.text_prefix.TextPrefixCache` of `references` (texts that later texts begin like), or
         None where it would not be exact: the text shortcuts off (`fast_text`), a tower `_encode_trimmed`
         does not cut, blocks other than plain `nn.MultiheadAttention` ones, dropout in effect; and for
-        no references. Inference only (no gradients flow through it)."""
+        no references. `batch_size`: texts per forward pass (default: all). Inference only (no
+        gradients flow through it)."""
         from models.text_prefix import TextPrefixCache
 
         if not references or not self.fast_text or not self._causal_end_pooled():
@@ -197,7 +198,7 @@ class OpenClipModel(VisionLanguageModel):
         if any(not b.attn._qkv_same_embed_dim or b.attn.bias_k is not None or b.attn.add_zero_attn
                for b in transformer.resblocks):
             return None
-        return TextPrefixCache(self, references)
+        return TextPrefixCache(self, references, batch_size)
 
     def _text_tower(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """`CLIP.encode_text`'s steps on `tokens` [N, L] (L <= the context), pooled at `pooled` [N].

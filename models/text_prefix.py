@@ -8,7 +8,8 @@ thousands of such texts (each clean caption with one word masked or replaced); o
 world a third of their token positions lie before the changed word.
 
 `TextPrefixCache(model, references)` encodes the reference texts once, keeping each block's keys
-and values; `.encode(texts, owners)` encodes texts each of which shares a beginning with
+and values (references x blocks x 2 x the longest reference's tokens x width floats);
+`.encode(texts, owners)` encodes texts each of which shares a beginning with
 `references[owners[i]]` (any text works: the shared part is found token by token, and may be
 empty). The result equals the whole tower's (`OpenClipModel._encode_trimmed`) up to float
 summation order. Written here because neither open_clip nor torch offers a key/value cache for a
@@ -30,12 +31,13 @@ class TextPrefixCache:
     """Each block's keys and values for `references`' tokens (see the module docstring)."""
 
     @torch.no_grad()
-    def __init__(self, owner, references: Sequence[str]):
+    def __init__(self, owner, references: Sequence[str], batch_size: int | None = None):
         self.owner = owner  # the OpenClipModel
         ids = owner.tokenize(list(references)).input_ids
         self.ids = ids
         self.lengths = self.owner._pooled_positions(ids) + 1
-        embeddings, keys, values = self._run_all(ids, torch.zeros_like(self.lengths), None, keep=True)
+        embeddings, keys, values = self._run_all(ids, torch.zeros_like(self.lengths), None, keep=True,
+                                                 batch_size=batch_size)
         self.embeddings = embeddings  # [R, D] unnormalised
         self.keys, self.values = keys, values  # per block [R, heads, L, head width]
 

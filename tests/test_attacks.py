@@ -342,7 +342,7 @@ def test_text_prefix_cache_leaves_the_adversarial_captions_unchanged(victim, mlm
     monkeypatch.setattr(TextPrefixCache, "encode", lambda self, *a, **k: used.append(1) or original(self, *a, **k))
     cached = attack(pixels, captions, image_of_text)
     assert used, "the search did not use the prefix cache"
-    monkeypatch.setattr(type(victim), "text_prefix_cache", lambda self, references: None)
+    monkeypatch.setattr(type(victim), "text_prefix_cache", lambda self, references, batch_size=None: None)
     whole = attack(pixels, captions, image_of_text)
     assert cached.texts == whole.texts and cached.texts != captions
     assert cached.info == whole.info
