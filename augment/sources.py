@@ -917,7 +917,8 @@ def image_files_fingerprint(dataset: "datasets.Dataset") -> str:
     """Which pixels a source's rows read, where `source_fingerprint` (ids, splits, captions, which
     pools must share) does not look: each stored image's `source_cache.path_identity` (absolute
     path, size, modification and change times: another --image-root, an image replaced in place,
-    even with its old mtime as `cp -p` keeps it) or its embedded bytes' hash. No image is decoded; resume tags and the score cache's key hold it."""
+    even with its old mtime as `cp -p` keeps it) or its embedded bytes' hash. No image is
+    decoded. Resume tags and the score cache's key hold it."""
     [column] = arrow_columns(dataset, ["image"])  # the stored structs: nothing decoded
     identities = []
     for value in column.to_pylist():  # one list, hashed once: a re-score pays a few us per image

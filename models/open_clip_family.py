@@ -153,17 +153,12 @@ class OpenClipModel(VisionLanguageModel):
         if not self._causal_end_pooled() or tokens.dim() != 2:
             return None
         pooled = self._pooled_positions(tokens)
-        lengths = pooled + 1
-        order = torch.argsort(lengths, stable=True)
-        sorted_lengths = lengths[order].tolist()
-        groups = length_groups(sorted_lengths)
+        order, sorted_lengths, groups = sorted_length_groups(pooled + 1)
         if len(groups) == 1:
             return self._text_tower(tokens[:, :sorted_lengths[-1]], pooled)
         parts = [self._text_tower(tokens[order[start:end], :sorted_lengths[end - 1]], pooled[order[start:end]])
                  for start, end in groups]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(parts)[inverse]
+        return in_input_order(parts, order)
 
     def _causal_end_pooled(self) -> bool:
         """Whether the text tower is open_clip's causal one pooled at the end-of-text token (`argmax`
@@ -253,6 +248,26 @@ class OpenClipModel(VisionLanguageModel):
     @classmethod
     def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
         return load(f"local-dir:{folder}", None, device=device, display_name=name)
+
+
+def sorted_length_groups(lengths: torch.Tensor, batch_size: int | None = None
+                         ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
+    """(order, sorted lengths, groups): `lengths` [N] sorted ascending (stable), split by
+    `length_groups` and each group cut into passes of at most `batch_size` rows (default: no
+    limit); group (start, end) holds rows order[start:end]. `in_input_order` undoes the sort."""
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    groups = length_groups(sorted_lengths)
+    if batch_size is not None:
+        groups = [(a, min(a + batch_size, end)) for start, end in groups for a in range(start, end, batch_size)]
+    return order, sorted_lengths, groups
+
+
+def in_input_order(parts: Sequence[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
+    """The per-group results of `sorted_length_groups`, concatenated, back in the input's row order."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(list(parts))[inverse]
 
 
 def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:

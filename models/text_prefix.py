@@ -69,25 +69,18 @@ class TextPrefixCache:
     def _run_all(self, ids, start, owners, keep: bool, batch_size: int | None = None):
         """`_run` over sub-batches of similar new-token counts (`length_groups`, each cut into passes of
         at most `batch_size` texts); results in input order."""
-        from models.open_clip_family import length_groups
+        from models.open_clip_family import in_input_order, sorted_length_groups
 
         pooled = self.owner._pooled_positions(ids)
-        new = pooled + 1 - start
-        order = torch.argsort(new, stable=True)
-        sorted_new = new[order].tolist()
+        order, sorted_new, groups = sorted_length_groups(pooled + 1 - start, batch_size)
         outputs, kept = [], []
-        groups = length_groups(sorted_new)
-        if batch_size is not None:
-            groups = [(a, min(a + batch_size, last)) for first, last in groups for a in range(first, last, batch_size)]
         for first, last in groups:
             rows = order[first:last]
             part_owners = owners[rows] if owners is not None else None
             emb, kv = self._run(ids[rows], start[rows], pooled[rows], part_owners, sorted_new[last - 1], keep)
             outputs.append(emb)
             kept.append((rows, kv))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        embeddings = torch.cat(outputs)[inverse]
+        embeddings = in_input_order(outputs, order)
         if not keep:
             return embeddings, None, None
         return (embeddings, *self._gather_kept(kept, len(ids)))

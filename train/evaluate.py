@@ -172,7 +172,6 @@ def model_id(model) -> dict:
     return model.describe()
 
 
-@torch.no_grad()
 def data_identity(rows, victim, attacker) -> dict:
     """The resume tag's fingerprints of what names do not say: the evaluated rows (ids, captions),
     the files their images are read from (another --image-root, an image replaced in place), and
@@ -183,6 +182,7 @@ def data_identity(rows, victim, attacker) -> dict:
             **weights_identity(victim, attacker)}
 
 
+@torch.no_grad()
 def weights_fingerprint(model) -> str:
     """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
     retrained in place (the same name, other weights) must not resume another's finished batches.

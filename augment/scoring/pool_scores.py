@@ -511,7 +511,7 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     return entry
 
 
-def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str = "") -> str:
+def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str) -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
     modification and change times) and pool.json's finish stamp, the source's fingerprint and
     the identity of its image files (`image_files_fingerprint`: another --image-root, an image

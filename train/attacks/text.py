@@ -684,7 +684,7 @@ class WordSubstitutionAttack(Attack):
         unit = self.embedding == "unit"
         # every text the search encodes is a clean text with one word changed: the tokens before it are shared
         cache_of = getattr(self.victim, "text_prefix_cache", None)  # a duck-typed victim may lack it
-        prefix = cache_of(texts, self.text_batch) if cache_of is not None and texts else None
+        prefix = cache_of(texts, self.text_batch) if cache_of is not None else None
         if prefix is not None:
             clean_emb = prefix.reference_embeddings(unit)
         else:
