@@ -237,6 +237,7 @@ class MaskedLMSubstitutes(SubstituteSource):
                 max_length=self.max_length, padding=True, return_tensors="pt",
             ).to(self.device)
             top_ids = self.model(**encoded).logits.topk(self.top_k, dim=-1).indices.cpu()  # [chunk, seq, k]
+            top_lists = top_ids.tolist()  # read as lists: a tensor index per word cost more than the MLM's attention
             for row, (caption, (_, word_of)) in enumerate(zip(chunk, split)):
                 tokens_of: dict[int, list[int]] = {}
                 for token_index, word_index in enumerate(encoded.word_ids(row)):
@@ -250,7 +251,7 @@ class MaskedLMSubstitutes(SubstituteSource):
                     if len(tokens) > 1 and self.pieces == "combine":
                         combine.append((start + row, position, top_ids[row, tokens]))
                         continue
-                    kept = self._keep_ids(top_ids[row, tokens[0]].tolist(), caption[position].core)
+                    kept = self._keep_ids(top_lists[row][tokens[0]], caption[position].core)
                     if kept:
                         found[start + row][position] = kept
         self._add_combined(found, captions, combine, self._special_ids)
