@@ -116,6 +116,7 @@ class TextPrefixCache:
         positions = (start[:, None] + steps[None, :]).clamp(max=ids.shape[1] - 1)  # [N, S]; past the end: padding
         # the new positions that are not padding, as indices into the [N * S] layout
         real = (steps[None, :] <= (pooled - start)[:, None]).view(-1).nonzero().squeeze(1)
+        real_text, real_step = real // span, real % span  # the same as (text, step) pairs
         cast_dtype = model.transformer.get_cast_dtype()
         packed_positions = positions.view(-1).index_select(0, real)
         x = (model.token_embedding(ids.gather(1, positions).view(-1).index_select(0, real)).to(cast_dtype)
@@ -160,7 +161,8 @@ class TextPrefixCache:
                 k = torch.cat([self.keys[index][:, :, :past].index_select(0, owners), k], dim=2)
                 v = torch.cat([self.values[index][:, :, :past].index_select(0, owners), v], dim=2)
             out = _attention(q, k, v, block_mask).transpose(1, 2)  # [N, S or 1, heads, head width]
-            out = out.reshape(count, width) if final else out.reshape(count * span, width).index_select(0, real)
+            # the real positions' rows in one gather (a reshape of the transposed heads would copy them all first)
+            out = out.reshape(count, width) if final else out[real_text, real_step].view(-1, width)
             x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         x = model.ln_final(x)
