@@ -33,7 +33,7 @@ import torch
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.text import MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes, substitute_words
+from train.attacks.text import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
@@ -145,7 +145,7 @@ class TargetedCaptionPGD(CaptionPGD):
 
 
 def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10,
-                      max_length: int = 30, mlm_batch: int = 32) -> SubstituteSource:
+                      max_length: int = 30, mlm_batch: int = DEFAULT_MLM_BATCH) -> SubstituteSource:
     """The substitute words: a masked LM's top-k ("mlm", BERT-Attack) or WordNet synonyms."""
     if candidates == "wordnet":
         return WordNetSubstitutes(top_k=top_k, max_length=max_length)
@@ -299,7 +299,7 @@ class NoCaptionAttack(CaptionAttack):
 def build_caption_attack(name: str, victim, *, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                          random_start: bool = True, seed: int | None = None, target: str | Sequence[str] = DEFAULT_TARGET,
                          candidates: str = "mlm", mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
-                         max_length: int = 30, words_per_round: int = 1, mlm_batch: int = 32,
+                         max_length: int = 30, words_per_round: int = 1, mlm_batch: int = DEFAULT_MLM_BATCH,
                          loss_batch: int = DEFAULT_LOSS_BATCH, **_ignored) -> CaptionAttack:
     """A captioning attack by name (`CAPTION_ATTACK_NAMES`) from flat options (what commands pass).
 

@@ -42,7 +42,7 @@ from train.attacks.base import AttackResult
 from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES, resized_views
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.text import DEFAULT_TEXT_BATCH, SubstituteSource, greedy_search, plan_search
+from train.attacks.text import DEFAULT_MLM_BATCH, DEFAULT_TEXT_BATCH, SubstituteSource, greedy_search, plan_search
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 GROUNDING_OBJECTIVES = ("itm", "heat")
@@ -309,7 +309,7 @@ class GroundingSGA(_Multimodal):
 def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: float = 2 / 255, steps: int = 10,
                            step_size: float | None = None, random_start: bool = True, seed: int | None = None,
                            candidates: str = "mlm", mlm: Any = "default", top_k: int = 10, budget: int = 1,
-                           max_length: int = 30, mlm_batch: int = 32, text_batch: int = DEFAULT_TEXT_BATCH,
+                           max_length: int = 30, mlm_batch: int = DEFAULT_MLM_BATCH, text_batch: int = DEFAULT_TEXT_BATCH,
                            scales: Sequence[float] = SGA_SCALES, noise_std: float = SGA_NOISE_STD,
                            alpha: float = CO_ATTACK_ALPHA, **_ignored) -> GroundingAttack:
     """A grounding attack by name (`GROUNDING_ATTACKS`) on a model with ITM (and grounding);

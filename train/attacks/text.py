@@ -62,6 +62,9 @@ GUIDES = ("image", "text", "text-kl")
 IMPORTANCES = ("cosine", "kl")
 EMBEDDINGS = ("unit", "raw")  # the caption embeddings the text guide and importance read
 DEFAULT_TEXT_BATCH = 256
+# captions per masked-LM call: each call has ~2 ms of fixed cost (tokenizer, small ops) at tiny sizes;
+# its logits are this x <= max_length x vocab floats (bert-base: <= 470 MB at 128)
+DEFAULT_MLM_BATCH = 128
 # BERT-Attack's limits on a multi-piece word: pieces read, predictions per piece, combinations kept
 MAX_PIECES, PIECE_TOP_K, MAX_COMBINATIONS = 12, 4, 24
 REFERENCE_LOGIT_THRESHOLD = 0.3  # the reference codes' raw-logit floor for single-piece substitutes
@@ -166,7 +169,7 @@ class MaskedLMSubstitutes(SubstituteSource):
 
     name = "mlm"
 
-    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = 32,
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = DEFAULT_MLM_BATCH,
                  model_id: str | None = None, pieces: str = "combine"):
         if pieces not in ("combine", "first"):
             raise ValueError(f"unknown piece mode {pieces!r}")
@@ -218,9 +221,13 @@ class MaskedLMSubstitutes(SubstituteSource):
 
     def _keep_ids(self, token_ids: list[int], original: str) -> list[str]:
         """`_keep` of the predictions `token_ids` (best first): what it keeps of their decoded words."""
-        original = original.lower()
-        candidates = (self._candidate(i) for i in token_ids)
-        return list(dict.fromkeys(c[0] for c in candidates if c is not None and c[1] != original))
+        original, known = original.lower(), self._candidates
+        kept: list[str] = []
+        for token_id in token_ids:  # a plain loop: this runs once per word of every caption attacked
+            candidate = known[token_id] if token_id in known else self._candidate(token_id)
+            if candidate is not None and candidate[1] != original and candidate[0] not in kept:
+                kept.append(candidate[0])
+        return kept
 
     def _keep(self, words: list[str | None], original: str) -> list[str]:
         return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
@@ -289,7 +296,7 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
 
     name = "mlm-reference"
 
-    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = 32,
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = DEFAULT_MLM_BATCH,
                  model_id: str | None = None, reference_bugs: bool = False):
         super().__init__(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=batch_size,
                          model_id=model_id, pieces="combine")
@@ -767,7 +774,7 @@ class BertAttack(WordSubstitutionAttack):
 
     def __init__(self, victim, mlm: str | tuple = "default", top_k: int = 10, budget: int = 1,
                  max_length: int = 30, guide: str = "image", words_per_round: int = 1,
-                 text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = 32, loss: str = "pair",
+                 text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = DEFAULT_MLM_BATCH, loss: str = "pair",
                  pieces: str = "combine", importance: str = "cosine", reading: str = "project",
                  reference_bugs: bool = False, embedding: str = "unit"):
         model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
