@@ -13,7 +13,9 @@ and values (references x blocks x 2 x the longest reference's tokens x width flo
 `references[owners[i]]` (any text works: the shared part is found token by token, and may be
 empty). The result equals the whole tower's (`OpenClipModel._encode_trimmed`) up to float
 summation order. Written here because neither open_clip nor torch offers a key/value cache for a
-CLIP text tower; it is the decoder's key/value cache, applied to many texts per reference.
+CLIP text tower; it is the decoder's key/value cache, applied to many texts per reference. Its
+attention on a CPU is plain matrix products and a softmax (`_attention`), faster there than
+torch's fused kernel at these short, masked, gradient-free shapes.
 
 `OpenClipModel.text_prefix_cache` builds one where the tower qualifies (causal mask, pooling at
 the end-of-text token, a plain stack of `nn.MultiheadAttention` blocks, inference); other models

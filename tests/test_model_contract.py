@@ -656,6 +656,21 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
 
 
+def test_text_prefix_cache_attention_on_cpu_equals_the_fused_kernel():
+    """The cache's CPU attention (plain kernels, chosen for speed) computes what torch's fused kernel
+    does, masked keys (-inf, broadcast over heads) included; the single-query last-block case too."""
+    from models.text_prefix import _attention
+
+    generator = torch.Generator().manual_seed(0)
+    for queries in (5, 1):
+        q, k, v = (torch.randn(3, 4, n, 8, generator=generator) for n in (queries, 7, 7))
+        allowed = torch.rand(3, 1, queries, 7, generator=generator) > 0.4
+        allowed[..., 0] = True  # every query sees at least one key, as in the cache
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_text_prefix_cache_computes_only_the_positions_after_the_shared_beginning():
     model = _open_clip_wrapped(TINY_TEXT)
     cache = model.text_prefix_cache(PREFIX_REFERENCES[:1])
