@@ -77,6 +77,50 @@ class HFClipModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     def logit_scale_param(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
 
+    # the text prefix cache (`models.text_prefix`): CLIP's text tower is causal and pools one token
+    fast_text = True  # False: no prefix cache, texts encoded whole (the benches' "as before")
+
+    def _pooled_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[N] the position `CLIPTextTransformer` pools: the highest id (its legacy `eos_token_id` 2),
+        else the first end-of-text token."""
+        eos = self.model.text_model.eos_token_id
+        if eos == 2:
+            return tokens.argmax(dim=-1)
+        return (tokens == eos).int().argmax(dim=-1)
+
+    def text_prefix_cache(self, references, batch_size: int | None = None):
+        """A `models.text_prefix.TextPrefixCache` of `references`, or None: `fast_text` off, dropout in
+        effect, or no references. Inference only."""
+        from models.text_prefix import TextPrefixCache
+
+        text = self.model.text_model
+        if not references or not self.fast_text or (text.training and text.config.attention_dropout > 0):
+            return None
+        return TextPrefixCache(self, self._causal_text_tower(), references, batch_size)
+
+    @torch.no_grad()  # the packed in-projection is a copy of the weights, not a node of a graph
+    def _causal_text_tower(self):
+        """The text tower as `models.text_prefix.CausalTextTower` reads it: transformers' separate q, k, v
+        projections packed into one [q; k; v] matrix (`CLIPAttention` scales q by head width^-0.5, as the
+        cache's attention does)."""
+        from models.text_prefix import CausalBlock, CausalTextTower
+
+        text, projection = self.model.text_model, self.model.text_projection
+        embeddings = text.embeddings
+
+        def embed(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            return embeddings.token_embedding(tokens) + embeddings.position_embedding(positions)
+
+        blocks = []
+        for layer in text.encoder.layers:
+            attn = layer.self_attn
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+            biases = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
+            blocks.append(CausalBlock(ln_1=layer.layer_norm1, qkv_weight=torch.cat([p.weight for p in projections]),
+                                      qkv_bias=biases, heads=attn.num_heads, out_weight=attn.out_proj.weight,
+                                      out_bias=attn.out_proj.bias, ln_2=layer.layer_norm2, mlp=layer.mlp))
+        return CausalTextTower(embed=embed, blocks=blocks, finish=lambda x: projection(text.final_layer_norm(x)))
+
     def tower_parameters(self, tower: str) -> list[nn.Parameter]:
         if tower == "image":
             return [*self.model.vision_model.parameters(), *self.model.visual_projection.parameters()]

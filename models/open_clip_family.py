@@ -193,7 +193,31 @@ class OpenClipModel(VisionLanguageModel):
         if any(not b.attn._qkv_same_embed_dim or b.attn.bias_k is not None or b.attn.add_zero_attn
                for b in transformer.resblocks):
             return None
-        return TextPrefixCache(self, references, batch_size)
+        return TextPrefixCache(self, self._causal_text_tower(), references, batch_size)
+
+    def _causal_text_tower(self):
+        """The text tower as `models.text_prefix.CausalTextTower` reads it (open_clip's module names)."""
+        from models.text_prefix import CausalBlock, CausalTextTower
+
+        model = self.model
+        cast_dtype = model.transformer.get_cast_dtype()
+
+        def embed(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            return (model.token_embedding(tokens).to(cast_dtype)
+                    + model.positional_embedding.index_select(0, positions).to(cast_dtype))
+
+        def finish(x: torch.Tensor) -> torch.Tensor:
+            x = model.ln_final(x)
+            projection = model.text_projection
+            if projection is None:
+                return x
+            return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+        blocks = [CausalBlock(ln_1=b.ln_1, qkv_weight=b.attn.in_proj_weight, qkv_bias=b.attn.in_proj_bias,
+                              heads=b.attn.num_heads, out_weight=b.attn.out_proj.weight, out_bias=b.attn.out_proj.bias,
+                              ln_2=b.ln_2, mlp=b.mlp, ls_1=b.ls_1, ls_2=b.ls_2)
+                  for b in model.transformer.resblocks]
+        return CausalTextTower(embed=embed, blocks=blocks, finish=finish)
 
     def _text_tower(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """`CLIP.encode_text`'s steps on `tokens` [N, L] (L <= the context), pooled at `pooled` [N].

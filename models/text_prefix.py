@@ -7,34 +7,69 @@ to the reference's keys and values for the shared ones. Word-substitution attack
 thousands of such texts (each clean caption with one word masked or replaced); on the bench
 world a third of their token positions lie before the changed word.
 
-`TextPrefixCache(model, references)` encodes the reference texts once, keeping each block's keys
-and values (references x blocks x 2 x the longest reference's tokens x width floats);
-`.encode(texts, owners)` encodes texts each of which shares a beginning with
+`TextPrefixCache(model, tower, references)` encodes the reference texts once, keeping each
+block's keys and values (references x blocks x 2 x the longest reference's tokens x width
+floats); `.encode(texts, owners)` encodes texts each of which shares a beginning with
 `references[owners[i]]` (any text works: the shared part is found token by token, and may be
-empty). The result equals the whole tower's (`OpenClipModel._encode_trimmed`) up to float
-summation order. Written here because neither open_clip nor torch offers a key/value cache for a
-CLIP text tower; it is the decoder's key/value cache, applied to many texts per reference. Its
-attention on a CPU is plain matrix products and a softmax (`_attention`), faster there than
-torch's fused kernel at these short, masked, gradient-free shapes.
+empty). The result equals the whole tower's up to float summation order. Written here because
+neither open_clip nor torch offers a key/value cache for a CLIP text tower; it is the decoder's
+key/value cache, applied to many texts per reference. Its attention on a CPU is plain matrix
+products and a softmax (`_attention`), faster there than torch's fused kernel at these short,
+masked, gradient-free shapes.
 
-`OpenClipModel.text_prefix_cache` builds one where the tower qualifies (causal mask, pooling at
-the end-of-text token, a plain stack of `nn.MultiheadAttention` blocks, inference); other models
-return None and callers encode texts whole.
+`OpenClipModel.text_prefix_cache` (causal mask, pooling at the end-of-text token, a plain stack
+of `nn.MultiheadAttention` blocks, inference) and `HFClipModel.text_prefix_cache` build one,
+describing their tower as a `CausalTextTower`; other models return None and callers encode texts
+whole.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class CausalBlock:
+    """One pre-norm self-attention block, as the cache runs it: x + ls_1(out(attention(ln_1(x))))
+    then + ls_2(mlp(ln_2(.))); the in-projection packed as [q; k; v] rows."""
+
+    ln_1: Callable
+    qkv_weight: torch.Tensor  # [3 width, width]
+    qkv_bias: torch.Tensor | None
+    heads: int
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor | None
+    ln_2: Callable
+    mlp: Callable
+    ls_1: Callable = _unchanged  # layer scale (open_clip's `ls_init_value`), else nothing
+    ls_2: Callable = _unchanged
+
+
+@dataclass
+class CausalTextTower:
+    """What the cache reads of a causal text tower pooled at one token: the embedding of packed
+    tokens at their positions, the blocks, and `finish` (final norm and projection of the pooled
+    rows). Built per family: `OpenClipModel.text_prefix_cache`, `HFClipModel.text_prefix_cache`."""
+
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (token ids [T], positions [T]) -> [T, width]
+    blocks: list[CausalBlock]
+    finish: Callable[[torch.Tensor], torch.Tensor]  # [N, width] pooled rows -> [N, embed dim]
 
 
 class TextPrefixCache:
     """Each block's keys and values for `references`' tokens (see the module docstring)."""
 
     @torch.no_grad()
-    def __init__(self, owner, references: Sequence[str], batch_size: int | None = None):
-        self.owner = owner  # the OpenClipModel
+    def __init__(self, owner, tower: CausalTextTower, references: Sequence[str], batch_size: int | None = None):
+        self.owner = owner  # the model: its `tokenize` and `_pooled_positions`
+        self.tower = tower
         ids = owner.tokenize(list(references)).input_ids
         self.ids = ids
         self.lengths = self.owner._pooled_positions(ids) + 1
@@ -112,17 +147,14 @@ class TextPrefixCache:
         The linear layers (in- and out-projections, MLP: most of the work) run on the real new
         positions packed into one [T, width] matrix, attention on them laid out [N, S] with
         padding: the texts' new parts differ in length more than whole texts do."""
-        model = self.owner.model
         count, device = ids.shape[0], ids.device
         steps = torch.arange(span, device=device)
         positions = (start[:, None] + steps[None, :]).clamp(max=ids.shape[1] - 1)  # [N, S]; past the end: padding
         # the new positions that are not padding, as indices into the [N * S] layout
         real = (steps[None, :] <= (pooled - start)[:, None]).view(-1).nonzero().squeeze(1)
         real_text, real_step = real // span, real % span  # the same as (text, step) pairs
-        cast_dtype = model.transformer.get_cast_dtype()
-        packed_positions = positions.view(-1).index_select(0, real)
-        x = (model.token_embedding(ids.gather(1, positions).view(-1).index_select(0, real)).to(cast_dtype)
-             + model.positional_embedding.index_select(0, packed_positions).to(cast_dtype))  # [T, width]
+        x = self.tower.embed(ids.gather(1, positions).view(-1).index_select(0, real),
+                             positions.view(-1).index_select(0, real))  # [T, width]
         width = x.shape[-1]
         past = int(start.max()) if owners is not None else 0
         # which keys each new position may see: the reference's before start[n], the new ones up to itself
@@ -134,17 +166,16 @@ class TextPrefixCache:
         last_row = pooled - start  # the pooled token's place among the new positions
         rows = torch.arange(count, device=device)
         pooled_packed = torch.cumsum(last_row + 1, dim=0) - 1  # its row in the packed matrix
-        blocks = model.transformer.resblocks
+        blocks = self.tower.blocks
         kept = []
         for index, block in enumerate(blocks):
-            attn = block.attn
-            heads = attn.num_heads
+            heads = block.heads
             head_width = width // heads
             final = index == len(blocks) - 1
             normed = block.ln_1(x)
             if final:  # nothing after the last block reads other positions than the pooled one
-                q_weight, kv_weight = attn.in_proj_weight.split([width, 2 * width])
-                q_bias, kv_bias = (attn.in_proj_bias.split([width, 2 * width]) if attn.in_proj_bias is not None
+                q_weight, kv_weight = block.qkv_weight.split([width, 2 * width])
+                q_bias, kv_bias = (block.qkv_bias.split([width, 2 * width]) if block.qkv_bias is not None
                                    else (None, None))
                 q = (F.linear(normed.index_select(0, pooled_packed), q_weight, q_bias)
                      .view(count, 1, heads, head_width).transpose(1, 2))
@@ -154,7 +185,7 @@ class TextPrefixCache:
                 x = x.index_select(0, pooled_packed)
             else:
                 laid = x.new_zeros(count * span, 3 * width).index_copy_(
-                    0, real, F.linear(normed, attn.in_proj_weight, attn.in_proj_bias))
+                    0, real, F.linear(normed, block.qkv_weight, block.qkv_bias))
                 q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
                 block_mask = mask
             if keep:
@@ -165,13 +196,9 @@ class TextPrefixCache:
             out = _attention(q, k, v, block_mask).transpose(1, 2)  # [N, S or 1, heads, head width]
             # the real positions' rows in one gather (a reshape of the transposed heads would copy them all first)
             out = out.reshape(count, width) if final else out[real_text, real_step].view(-1, width)
-            x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+            x = x + block.ls_1(F.linear(out, block.out_weight, block.out_bias))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        x = model.ln_final(x)
-        projection = model.text_projection
-        if projection is not None:
-            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-        return x, kept
+        return self.tower.finish(x), kept
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -346,3 +346,18 @@ def test_text_prefix_cache_leaves_the_adversarial_captions_unchanged(victim, mlm
     whole = attack(pixels, captions, image_of_text)
     assert cached.texts == whole.texts and cached.texts != captions
     assert cached.info == whole.info
+
+
+def test_hf_clip_text_prefix_cache_leaves_the_adversarial_captions_unchanged(mlm, batch):
+    """The same on transformers' CLIP (random tiny twin): the cache on, then off (`fast_text`)."""
+    from models import load_model
+
+    victim = load_model("tiny-hf-clip")
+    pixels, captions, image_of_text = batch
+    attack = BertAttack(victim, mlm=mlm, top_k=5, budget=2)
+    assert victim.text_prefix_cache(captions) is not None
+    cached = attack(pixels, captions, image_of_text)
+    victim.fast_text = False
+    whole = attack(pixels, captions, image_of_text)
+    assert cached.texts == whole.texts and cached.texts != captions
+    assert cached.info == whole.info

@@ -656,6 +656,26 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
 
 
+def test_hf_clip_text_prefix_cache_equals_the_whole_tower():
+    """transformers' CLIP text tower is causal too: the cache (its q, k, v projections packed) gives
+    `encode_text`'s embeddings, reads the cached keys, and is off with `fast_text = False`."""
+    model = load_model("tiny-hf-clip")
+    cache = model.text_prefix_cache(PREFIX_REFERENCES, batch_size=3)
+    assert cache is not None
+    owners, texts = [o for o, _ in PREFIX_VARIANTS], [t for _, t in PREFIX_VARIANTS]
+    with torch.no_grad():
+        expected = model.encode_text(texts, normalize=False)
+        references = model.encode_text(PREFIX_REFERENCES, normalize=False)
+        raw = cache.encode(texts, owners, normalize=False, batch_size=2)
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.reference_embeddings(normalize=False), references, rtol=1e-5, atol=1e-5)
+    cache.values[1].add_(1.0)  # the last block's cached values must be read
+    with torch.no_grad():
+        assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
+    model.fast_text = False
+    assert model.text_prefix_cache(PREFIX_REFERENCES) is None
+
+
 def test_text_prefix_cache_attention_on_cpu_equals_the_fused_kernel():
     """The cache's CPU attention (plain kernels, chosen for speed) computes what torch's fused kernel
     does, masked keys (-inf, broadcast over heads) included; the single-query last-block case too."""
