@@ -674,6 +674,10 @@ def test_hf_clip_text_prefix_cache_equals_the_whole_tower():
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
     model.fast_text = False
     assert model.text_prefix_cache(PREFIX_REFERENCES) is None
+    model.fast_text = True
+    model.train()
+    model.model.text_model.config.attention_dropout = 0.1  # dropout in effect: not the same computation
+    assert model.text_prefix_cache(PREFIX_REFERENCES) is None
 
 
 def test_text_prefix_cache_attention_on_cpu_equals_the_fused_kernel():
