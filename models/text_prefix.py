@@ -72,8 +72,9 @@ class TextPrefixCache:
         self.tower = tower
         ids = owner.tokenize(list(references)).input_ids
         self.ids = ids
-        self.lengths = self.owner._pooled_positions(ids) + 1
-        embeddings, keys, values = self._run_all(ids, torch.zeros_like(self.lengths), None, keep=True,
+        pooled = owner._pooled_positions(ids)
+        self.lengths = pooled + 1
+        embeddings, keys, values = self._run_all(ids, pooled, torch.zeros_like(pooled), None, keep=True,
                                                  batch_size=batch_size)
         self.embeddings = embeddings  # [R, D] unnormalised
         self.keys, self.values = keys, values  # per block [R, heads, L, head width]
@@ -98,17 +99,16 @@ class TextPrefixCache:
         shared = same.cumprod(dim=1).sum(dim=1)  # tokens equal from the start
         shared = torch.minimum(shared, self.lengths[owners_t])
         start = torch.minimum(shared, pooled)  # the pooled token is always computed here
-        features = self._run_all(ids, start, owners_t, keep=False, batch_size=batch_size)[0]
+        features = self._run_all(ids, pooled, start, owners_t, keep=False, batch_size=batch_size)[0]
         return F.normalize(features, dim=-1) if normalize else features
 
     # -- the tower ---------------------------------------------------------------------------
 
-    def _run_all(self, ids, start, owners, keep: bool, batch_size: int | None = None):
+    def _run_all(self, ids, pooled, start, owners, keep: bool, batch_size: int | None = None):
         """`_run` over sub-batches of similar new-token counts (`length_groups`, each cut into passes of
-        at most `batch_size` texts); results in input order."""
+        at most `batch_size` texts); results in input order. `pooled` [N]: each text's pooled position."""
         from models.open_clip_family import in_input_order, sorted_length_groups
 
-        pooled = self.owner._pooled_positions(ids)
         order, sorted_new, groups = sorted_length_groups(pooled + 1 - start, batch_size)
         outputs, kept = [], []
         for first, last in groups:
