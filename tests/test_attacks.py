@@ -18,8 +18,8 @@ from train.attacks import (
 from augment.words import split_chunk
 from train.attacks.base import contrastive_loss
 from train.attacks.multimodal import resized_views
-from train.attacks.text import (MASK_WORD, SubstituteSource, greedy_search, plan_search, substitute_words,
-                                substitution_loss)
+from train.attacks.substitutes import MASK_WORD, SubstituteSource
+from train.attacks.text import greedy_search, plan_search, substitute_words, substitution_loss
 
 EPS = 2 / 255
 FAST_PGD = dict(eps=EPS, steps=3, step_size=1 / 255)
@@ -199,7 +199,7 @@ def count_x(texts, owners):
 def test_substitutes_kept_from_token_ids_as_from_their_words(mlm):
     """The cached per-id filter keeps what `_keep` keeps of the decoded predictions, for every id of
     the masked LM's vocabulary (special tokens, pieces, stop words, case and the word itself)."""
-    from train.attacks.text import MaskedLMSubstitutes
+    from train.attacks.substitutes import MaskedLMSubstitutes
 
     model, tokenizer, _ = mlm
     source = MaskedLMSubstitutes(model, tokenizer)

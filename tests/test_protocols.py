@@ -19,12 +19,8 @@ from train.attacks.base import kl_to
 from train.attacks.multimodal import SGA, CoAttack, resized_views
 from train.attacks.pgd import PGD, pgd_linf
 from train.attacks.protocols import REFERENCE_FILTER_WORDS
-from train.attacks.text import (
-    MaskedLMSubstitutes,
-    ReferenceMLMSubstitutes,
-    WordSubstitutionAttack,
-    combine_pieces,
-)
+from train.attacks.substitutes import MaskedLMSubstitutes, ReferenceMLMSubstitutes, combine_pieces
+from train.attacks.text import WordSubstitutionAttack
 
 EPS = 2 / 255
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "cat", "red", "blue", "ball",
@@ -420,14 +416,14 @@ def test_reference_mlm_reads_albef_tokens_without_sep_to_the_last_piece(tokenize
 
 
 def test_reference_joins_pieces_as_albefs_tokenizer():
-    from train.attacks.text import reference_join
+    from train.attacks.substitutes import reference_join
 
     assert reference_join(["big", ","]) == "big ," and reference_join(["sk", "##ate", "##board"]) == "skateboard"
     assert reference_join(["man", "'", "s"]) == "man ' s"
 
 
 def test_multi_piece_substitutes_use_the_readings_join(tokenizer):
-    from train.attacks.text import reference_join
+    from train.attacks.substitutes import reference_join
 
     mlm = echo(tokenizer, {"big": 3, ",": 2})
     predictions = [torch.tensor([[tokenizer.convert_tokens_to_ids("big")], [tokenizer.convert_tokens_to_ids(",")]])]

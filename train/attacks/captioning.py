@@ -33,7 +33,8 @@ import torch
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.text import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes, substitute_words
+from train.attacks.substitutes import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes
+from train.attacks.text import substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge

@@ -17,7 +17,8 @@ from train.attacks.protocols import (
     sga_image_attacker,
 )
 from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings, canonical_options
-from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack, load_masked_lm
+from train.attacks.substitutes import load_masked_lm
+from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack
 
 
 def resolve_settings(settings: AttackSettings | None = None, attack: str | None = None, family: str | None = None,

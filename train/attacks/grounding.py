@@ -42,7 +42,8 @@ from train.attacks.base import AttackResult
 from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES, resized_views
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.text import DEFAULT_MLM_BATCH, DEFAULT_TEXT_BATCH, SubstituteSource, greedy_search, plan_search
+from train.attacks.substitutes import DEFAULT_MLM_BATCH, SubstituteSource
+from train.attacks.text import DEFAULT_TEXT_BATCH, greedy_search, plan_search
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 GROUNDING_OBJECTIVES = ("itm", "heat")
@@ -326,7 +327,7 @@ def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: flo
                             generator=generator)
 
     def text_attack(source_name: str) -> GroundingTextAttack:
-        from train.attacks.text import MaskedLMSubstitutes, WordNetSubstitutes
+        from train.attacks.substitutes import MaskedLMSubstitutes, WordNetSubstitutes
 
         if source_name == "wordnet":
             source = WordNetSubstitutes(top_k=top_k, max_length=max_length)

@@ -88,7 +88,7 @@ class AttackSettings:
     pieces: str = "combine"  # words the MLM splits: combine the pieces' predictions, or "first" piece only
     words_per_round: int = 1
     text_batch: int = 256
-    mlm_batch: int = 128  # captions per masked-LM call (train.attacks.text.DEFAULT_MLM_BATCH)
+    mlm_batch: int = 128  # captions per masked-LM call (train.attacks.substitutes.DEFAULT_MLM_BATCH)
     # multimodal attacks
     scales: tuple[float, ...] = (0.5, 0.75, 1.25, 1.5)  # SGA
     noise_std: float = 0.05  # SGA

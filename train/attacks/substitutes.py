@@ -1,0 +1,389 @@
+"""Substitute words for the word-substitution attacks (`train.attacks.text`): where candidates come from.
+
+* `MaskedLMSubstitutes`: a masked language model's top-k predictions at each word (BERT-Attack,
+  Li et al. 2020, as used by Co-Attack and SGA): any transformers masked LM
+  (`augment.registry.load_mlm` names, e.g. `bert-base-uncased` or the offline `tiny-mlm`). A word
+  the MLM splits into several pieces gets, as in BERT-Attack, the combinations of its pieces' top-4
+  predictions (the first 24, over at most 12 pieces) ranked by the MLM's perplexity of the
+  combination (`pieces="combine"`, `combine_pieces`), or the first piece's predictions
+  (`pieces="first"`).
+* `ReferenceMLMSubstitutes`: the same predictions read the way the reference codes read them
+  (`--protocol sga|co-attack`, see README "Protocols").
+* `WordNetSubstitutes`: WordNet synonyms (`augment.wordnet.synonyms`).
+
+Every source drops pieces (`##ing`), special tokens, stop words and the word itself, and says how
+a caption splits into words and how a word is masked or replaced (`SubstituteSource`).
+"""
+from __future__ import annotations
+
+import itertools
+from abc import ABC
+from typing import AbstractSet
+
+import torch
+import torch.nn.functional as F
+
+from augment.wordnet import STOP_WORDS
+from augment.words import Chunk, is_word, split_chunk
+
+MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
+# captions per masked-LM call: each call has ~2 ms of fixed cost (tokenizer, small ops) at tiny sizes;
+# its logits are this x <= max_length x vocab floats (bert-base: <= 470 MB at 128)
+DEFAULT_MLM_BATCH = 128
+# BERT-Attack's limits on a multi-piece word: pieces read, predictions per piece, combinations kept
+MAX_PIECES, PIECE_TOP_K, MAX_COMBINATIONS = 12, 4, 24
+REFERENCE_LOGIT_THRESHOLD = 0.3  # the reference codes' raw-logit floor for single-piece substitutes
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def acceptable_substitute(substitute: str, original: str, stop_words: AbstractSet[str] = STOP_WORDS) -> bool:
+    """A single alphabetic non-stop word different from the original."""
+    return is_word(substitute) and substitute.lower() != original.lower() and substitute.lower() not in stop_words
+
+
+# ----------------------------------------------------------------------------- substitute sources
+
+
+class SubstituteSource(ABC):
+    """Candidate words for every replaceable position of every caption, and how captions are split."""
+
+    name = ""
+    stop_words: AbstractSet[str] = STOP_WORDS
+
+    def split(self, text: str) -> list[str]:
+        return text.split()
+
+    def chunk(self, word: str) -> Chunk:
+        return split_chunk(word, possessive=True)
+
+    def replaceable(self, chunk: Chunk) -> bool:
+        return chunk.replaceable(self.stop_words)
+
+    def replacement(self, chunk: Chunk, substitute: str) -> str:
+        """The whitespace token that replaces `chunk` (punctuation kept, case matched)."""
+        return chunk.replaced_by(substitute)
+
+    def masked(self, chunk: Chunk) -> str:
+        return f"{chunk.prefix}{MASK_WORD}{chunk.suffix}"
+
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        """Per caption: {chunk position: substitute words, best first}; positions without any left out."""
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        return {"source": self.name}
+
+
+def reference_join(tokens: list[str]) -> str:
+    """Word pieces as text as ALBEF's tokenizer joins them (the SGA and Co-Attack codes' decoding):
+    spaces between pieces, "##" joins; no clean-up of the spaces before punctuation."""
+    return " ".join(tokens).replace(" ##", "").strip()
+
+
+def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop_ids: set[int] | None = None,
+                   join=None) -> list[list[str]]:
+    """Substitutes of multi-piece words, as BERT-Attack builds them.
+
+    `piece_predictions[w]`: [pieces, k] top predicted ids at each piece of word w. The first
+    `MAX_PIECES` pieces' top `PIECE_TOP_K` ids are combined (every combination, in order), the
+    first `MAX_COMBINATIONS` kept, and ranked by the MLM's perplexity of the combination read
+    alone (exp of the mean cross entropy of each piece); returned as strings, lowest perplexity
+    first. `drop_ids` (special tokens): combinations holding one are left out. `join`: pieces to
+    text (default: the tokenizer's `convert_tokens_to_string`). All words with the same number of
+    pieces share one MLM forward pass (the reference code runs one per word).
+    """
+    join = join or (lambda tokens: tokenizer.convert_tokens_to_string(tokens).strip())
+    combos_of: list[torch.Tensor] = []
+    for predictions in piece_predictions:
+        rows = predictions[:MAX_PIECES, :PIECE_TOP_K].tolist()
+        combos = list(itertools.islice(itertools.product(*rows), MAX_COMBINATIONS))
+        if drop_ids:
+            combos = [c for c in combos if not drop_ids.intersection(c)]
+        combos_of.append(torch.tensor(combos, dtype=torch.long).view(len(combos), len(rows)))
+    out: list[list[str]] = [[] for _ in piece_predictions]
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for index, combos in enumerate(combos_of):
+        if len(combos):
+            by_length.setdefault(combos.shape[1], []).append(index)
+    for length, words in by_length.items():
+        ids = torch.cat([combos_of[w] for w in words]).to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits  # [N, L, vocab]
+        entropy = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1), reduction="none")
+        perplexity = entropy.view(-1, length).mean(-1).exp().cpu()
+        start = 0
+        for w in words:
+            count = len(combos_of[w])
+            order = torch.sort(perplexity[start:start + count], stable=True).indices.tolist()
+            out[w] = [join(tokenizer.convert_ids_to_tokens(combos_of[w][i].tolist())) for i in order]
+            start += count
+    return out
+
+
+class MaskedLMSubstitutes(SubstituteSource):
+    """The masked LM's top-k predictions at each word (the project's reading).
+
+    As in BERT-Attack, the MLM reads the unmasked caption; punctuation is passed to it as words of
+    its own. Pieces, special tokens and stop words among the top k are dropped (so a position may
+    get fewer than k substitutes). Multi-piece words: see `combine_pieces` (`pieces="combine"`),
+    or the first piece's predictions (`pieces="first"`).
+    """
+
+    name = "mlm"
+
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = DEFAULT_MLM_BATCH,
+                 model_id: str | None = None, pieces: str = "combine"):
+        if pieces not in ("combine", "first"):
+            raise ValueError(f"unknown piece mode {pieces!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.top_k, self.batch_size, self.pieces = top_k, batch_size, pieces
+        limit = min(getattr(model.config, "max_position_embeddings", max_length), tokenizer.model_max_length or max_length)
+        self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
+        self.model_id = model_id
+        self.join = None  # multi-piece substitutes as the tokenizer decodes them
+        self._special_ids = set(tokenizer.all_special_ids)
+        # token id -> (word, its lower case) when the word may substitute a word other than itself, else
+        # None: the same few ids recur across a batch's k x positions (checked once each, the substitute
+        # search on the bench world takes 36 ms instead of 40)
+        self._candidates: dict[int, tuple[str, str] | None] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def params(self) -> dict:
+        return {**super().params(), "mlm": self.model_id, "top_k": self.top_k, "max_length": self.max_length,
+                "pieces": self.pieces}
+
+    def _words_for_mlm(self, caption: list[Chunk]) -> tuple[list[str], dict[int, int]]:
+        """Words for the MLM tokenizer (punctuation as its own word) and chunk position -> word index."""
+        words: list[str] = []
+        word_of: dict[int, int] = {}
+        for position, chunk in enumerate(caption):
+            if chunk.prefix:
+                words.append(chunk.prefix)
+            if chunk.core:
+                if self.replaceable(chunk):
+                    word_of[position] = len(words)
+                words.append(chunk.core)
+            if chunk.suffix:
+                words.append(chunk.suffix)
+        return words, word_of
+
+    def _candidate(self, token_id: int) -> tuple[str, str] | None:
+        """(word, lower case) of a single-piece prediction that `acceptable_substitute` may accept
+        (a non-special, whole, alphabetic, non-stop word); None otherwise."""
+        if token_id not in self._candidates:
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            word = None if token_id in self._special_ids or piece.startswith("##") else \
+                self.tokenizer.convert_tokens_to_string([piece]).strip()
+            acceptable = word and is_word(word) and word.lower() not in self.stop_words
+            self._candidates[token_id] = (word, word.lower()) if acceptable else None
+        return self._candidates[token_id]
+
+    def _keep_ids(self, token_ids: list[int], original: str) -> list[str]:
+        """`_keep` of the predictions `token_ids` (best first): what it keeps of their decoded words."""
+        original, known = original.lower(), self._candidates
+        kept: list[str] = []
+        for token_id in token_ids:  # a plain loop: this runs once per word of every caption attacked
+            candidate = known[token_id] if token_id in known else self._candidate(token_id)
+            if candidate is not None and candidate[1] != original and candidate[0] not in kept:
+                kept.append(candidate[0])
+        return kept
+
+    def _keep(self, words: list[str | None], original: str) -> list[str]:
+        return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
+
+    @torch.no_grad()
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        found: list[dict[int, list[str]]] = [{} for _ in captions]
+        combine: list[tuple[int, int, torch.Tensor]] = []  # (caption, position, [pieces, k] ids)
+        for start in range(0, len(captions), self.batch_size):
+            chunk = captions[start:start + self.batch_size]
+            split = [self._words_for_mlm(caption) for caption in chunk]
+            encoded = self.tokenizer(
+                [words or [""] for words, _ in split], is_split_into_words=True, truncation=True,
+                max_length=self.max_length, padding=True, return_tensors="pt",
+            ).to(self.device)
+            top_ids = self.model(**encoded).logits.topk(self.top_k, dim=-1).indices.cpu()  # [chunk, seq, k]
+            top_lists = top_ids.tolist()  # read as lists: a tensor index per word cost more than the MLM's attention
+            for row, (caption, (_, word_of)) in enumerate(zip(chunk, split)):
+                tokens_of: dict[int, list[int]] = {}
+                for token_index, word_index in enumerate(encoded.word_ids(row)):
+                    if word_index is not None:
+                        tokens_of.setdefault(word_index, []).append(token_index)
+                # words truncated away by max_length have no token, hence no substitutes
+                for position, word_index in word_of.items():
+                    tokens = tokens_of.get(word_index)
+                    if not tokens:
+                        continue
+                    if len(tokens) > 1 and self.pieces == "combine":
+                        combine.append((start + row, position, top_ids[row, tokens]))
+                        continue
+                    kept = self._keep_ids(top_lists[row][tokens[0]], caption[position].core)
+                    if kept:
+                        found[start + row][position] = kept
+        self._add_combined(found, captions, combine, self._special_ids)
+        return found
+
+    def _add_combined(self, found: list[dict[int, list[str]]], captions: list[list[Chunk]],
+                      combine: list[tuple[int, int, list[int]]], drop) -> None:
+        """The substitutes of multi-piece words ((caption, position, piece ids) in `combine`),
+        combined by `combine_pieces` (ids in `drop` never proposed), into `found`."""
+        if not combine:
+            return
+        combined = combine_pieces(self.model, self.tokenizer, [ids for _, _, ids in combine], drop, self.join)
+        for (index, position, _), words in zip(combine, combined):
+            kept = self._keep(words, captions[index][position].core)
+            if kept:
+                found[index][position] = kept
+
+
+class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
+    """The masked LM's substitutes read as the reference codes (SGA, Co-Attack) read them.
+
+    Captions split on single spaces, punctuation stays inside the word and a substitute replaces
+    the whole word as predicted (no case matching); the MLM reads the caption text as ALBEF's
+    tokenizer builds it ([CLS] and `max_length` - 1 pieces, no [SEP], padded to `max_length`);
+    a word's pieces are found by tokenizing the word alone; a word whose first piece lies past
+    the truncation is skipped; substitutes are filtered by the reference's word list
+    (`REFERENCE_FILTER_WORDS`), by "##" and by equality with the word, nothing else.
+    Single-piece words take the top-k predictions; multi-piece words `combine_pieces`, their
+    pieces joined as ALBEF's tokenizer joins them (`reference_join`).
+
+    `reference_bugs=True` brings back the reference's bugs (fixed otherwise): predictions read
+    one position early (no [CLS] offset), special tokens accepted, and single-piece substitutes
+    cut at the first raw logit below 0.3.
+    """
+
+    name = "mlm-reference"
+
+    def __init__(self, model, tokenizer, top_k: int = 10, max_length: int = 30, batch_size: int = DEFAULT_MLM_BATCH,
+                 model_id: str | None = None, reference_bugs: bool = False):
+        super().__init__(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=batch_size,
+                         model_id=model_id, pieces="combine")
+        from train.attacks.protocols import REFERENCE_FILTER_WORDS
+
+        self.stop_words = REFERENCE_FILTER_WORDS
+        self.reference_bugs = reference_bugs
+        self.join = reference_join
+
+    def params(self) -> dict:
+        return {**super().params(), "reading": "reference", "reference_bugs": self.reference_bugs}
+
+    def split(self, text: str) -> list[str]:
+        return text.split(" ")
+
+    def chunk(self, word: str) -> Chunk:
+        return Chunk("", word, "")
+
+    def replaceable(self, chunk: Chunk) -> bool:
+        return chunk.core not in self.stop_words
+
+    def replacement(self, chunk: Chunk, substitute: str) -> str:
+        return substitute
+
+    def masked(self, chunk: Chunk) -> str:
+        return MASK_WORD
+
+    def _word_spans(self, words: list[str]) -> list[tuple[int, int]]:
+        """Each word's pieces [start, end) counted from 0 (without [CLS]), as the reference counts them."""
+        spans, index = [], 0
+        for word in words:
+            count = len(self.tokenizer.tokenize(word))
+            spans.append((index, index + count))
+            index += count
+        return spans
+
+    def _single(self, ids: list[int], scores: list[float]) -> list[str]:
+        words = []
+        for token_id, score in zip(ids, scores):
+            if self.reference_bugs and score < REFERENCE_LOGIT_THRESHOLD:
+                break
+            if not self.reference_bugs and token_id in self._special_ids:
+                continue
+            words.append(self.tokenizer.convert_ids_to_tokens(token_id))
+        return words
+
+    def _keep(self, words: list[str | None], original: str) -> list[str]:
+        return [w for w in dict.fromkeys(words) if w and w != original and "##" not in w and w not in self.stop_words]
+
+    @torch.no_grad()
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        from models.albef.text import tokenize_without_sep
+
+        found: list[dict[int, list[str]]] = [{} for _ in captions]
+        combine: list[tuple[int, int, torch.Tensor]] = []
+        offset = 0 if self.reference_bugs else 1  # [CLS] comes first
+        for start in range(0, len(captions), self.batch_size):
+            chunk = captions[start:start + self.batch_size]
+            texts = [" ".join(c.core for c in caption) for caption in chunk]
+            # as ALBEF's tokenizer, which both codes pass: [CLS] + max_length - 1 pieces, no [SEP], padded
+            encoded = tokenize_without_sep(self.tokenizer, texts, self.max_length, pad_to_max_length=True)
+            logits = self.model(input_ids=encoded.input_ids.to(self.device),
+                                attention_mask=encoded.attention_mask.to(self.device)).logits
+            top_scores, top_ids = (t.cpu() for t in logits.topk(self.top_k, dim=-1))
+            for row, caption in enumerate(chunk):
+                words = [c.core for c in caption]
+                for position, (first, end) in enumerate(self._word_spans(words)):
+                    # the reference's rule: a word whose first piece was truncated away (pieces 0 ..
+                    # max_length - 2 are read) is skipped
+                    if not self.replaceable(caption[position]) or first > self.max_length - 2:
+                        continue
+                    rows = slice(first + offset, min(end + offset, self.max_length))
+                    ids, scores = top_ids[row, rows], top_scores[row, rows]
+                    if len(ids) == 0:
+                        continue
+                    if len(ids) > 1:
+                        combine.append((start + row, position, ids))
+                        continue
+                    kept = self._keep(self._single(ids[0].tolist(), scores[0].tolist()), words[position])
+                    if kept:
+                        found[start + row][position] = kept
+        self._add_combined(found, captions, combine, None if self.reference_bugs else self._special_ids)
+        return found
+
+
+class WordNetSubstitutes(SubstituteSource):
+    """The first top-k single-word WordNet synonyms of each word (WordNet's sense order)."""
+
+    name = "wordnet"
+
+    def __init__(self, top_k: int = 10, max_length: int = 30, pos: str | None = None):
+        from augment.wordnet import require_wordnet
+
+        require_wordnet()  # fail now, with the set-up hint, not in the middle of an evaluation
+        self.top_k, self.max_length, self.pos = top_k, max_length, pos
+
+    def params(self) -> dict:
+        return {**super().params(), "top_k": self.top_k, "max_length_words": self.max_length, "pos": self.pos}
+
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        from augment.wordnet import synonyms
+
+        found = []
+        for caption in captions:
+            per_position = {}
+            for position, chunk in enumerate(caption[: self.max_length]):
+                if not self.replaceable(chunk):
+                    continue
+                kept = [w for w in synonyms(chunk.core, self.pos) if acceptable_substitute(w, chunk.core)][: self.top_k]
+                if kept:
+                    per_position[position] = kept
+            found.append(per_position)
+        return found
+
+
+def load_masked_lm(mlm, device) -> tuple:
+    """(model, tokenizer, name) from a registry name ("default" = the registry's default) or a loaded tuple."""
+    if isinstance(mlm, str):
+        from augment.registry import DEFAULT_MODELS, load_mlm
+
+        model_id = DEFAULT_MODELS["mlm"] if mlm == "default" else mlm
+        model, tokenizer = load_mlm(model_id, device=device)
+        return model, tokenizer, model_id
+    model, tokenizer, *name = mlm
+    return model, tokenizer, (name[0] if name else getattr(model.config, "name_or_path", None))
