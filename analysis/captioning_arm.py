@@ -38,7 +38,7 @@ def write_world(folder: Path, n: int, seed: int) -> None:
 def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
                         folder: str | Path) -> dict:
     """Evaluate `checkpoint` on `source_dir` under every configured attack; writes folder/eval.json,
-    eval.md and captions.jsonl (train.evaluate.write_report) and returns the report."""
+    eval.md and captions.jsonl (train.eval_report.write_report) and returns the report."""
     from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
     from models import load_model

@@ -6,7 +6,7 @@ The study (`analysis/study.py`) finds this module through `analysis/task_arms.py
   expressions per object, true boxes in the JSON: `augment make-sample --expressions 2`);
 * `evaluate_checkpoint(...)`: grounding accuracy, clean and under every configured attack
   (`train.evaluate_grounding`), on the world's test split, with the world's truth checker;
-  eval.json / eval.md through `train.evaluate.write_report`;
+  eval.json / eval.md through `train.eval_report.write_report`;
 * `headline(report)`: clean and robust accuracy (robust = under `HEADLINE_ATTACK`, counting an
   attacked expression the checker says no longer singles out its object as not attacked, as
   the retrieval arm's `headline_captions: meaning_preserved`), with the random-box baseline.
@@ -59,7 +59,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
 
     from augment.referring import load_grounding
     from models import load_model
-    from train.evaluate import write_report
+    from train.eval_report import write_report
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
 
     e = {**DEFAULT_EVAL, **eval_settings}

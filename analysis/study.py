@@ -279,7 +279,8 @@ class Study:
         from models import load_model
         from analysis.config import eval_attack_options
         from augment.sources import load_source
-        from train.evaluate import evaluate, write_report
+        from train.eval_report import write_report
+        from train.evaluate import evaluate, markdown_report
 
         folder = self.out / "evals" / name
         e = self.config["eval"]
@@ -298,7 +299,7 @@ class Study:
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
-            write_report(report, folder)  # the same eval.json / eval.md as `train eval`
+            write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, settings)
         return json.loads((folder / "eval.json").read_text())
 

@@ -171,7 +171,8 @@ def test_transfer_mode_runs(trained_bundle, world):
 def test_older_spelling_attack_protocol_reaches_every_reader(trained_bundle, world):
     """The study's `eval: {attack_protocol: sga}` (an older spelling): the attacks, the caption
     preprocessing and eval.md all see protocol sga (it used to fail at the first attack)."""
-    from train.evaluate import evaluate, settings_markdown
+    from train.eval_report import settings_markdown
+    from train.evaluate import evaluate
 
     result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd"], limit=2, captions_per_image=1,
                       attack_options=dict(FAST, steps=1, attack_protocol="sga"), progress=False)
@@ -321,7 +322,7 @@ def test_train_eval_reads_the_data_before_loading_any_model(tmp_path, capsys, mo
 def test_settings_lines_of_a_report():
     """eval.md's settings: the protocol where there is one, then one line per attack that has parameters
     (a clean-only report ends after the settings sentence, with no empty list)."""
-    from train.evaluate import settings_markdown
+    from train.eval_report import settings_markdown
 
     report = {"settings": {"precision": "amp_bf16", "seed": 3, "caption_preprocess": "none",
                            "attack_options": {"protocol": "sga", "reference_bugs": True}},
@@ -337,7 +338,7 @@ def test_settings_lines_of_a_report():
 def test_a_damaged_progress_file_is_one_line_naming_it(tmp_path):
     """Batches are written atomically; a damaged disk or a hand edit still gets one line, not a traceback."""
     from augment.errors import MatPlusError
-    from train.evaluate import BatchStore
+    from train.eval_store import BatchStore
 
     store = BatchStore(tmp_path / "progress", {"seed": 0})
     batch = store._path("pgd", 0)

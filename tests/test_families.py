@@ -229,7 +229,8 @@ def test_transfer_table_across_families(trained_twins, sample_world_dir, tmp_pat
     """Every (source, target) pair of families: `analysis compare` prints the transfer matrix."""
     from analysis.cli import compare_table, find_evaluations, transfer_tables
     from augment.sources import load_source
-    from train.evaluate import evaluate, write_report
+    from train.eval_report import write_report
+    from train.evaluate import evaluate, markdown_report
 
     source, _ = load_source(str(sample_world_dir))
     twins = [t for t in ("tiny-clip", "tiny-blip", "tiny-albef") if t in TWINS]
@@ -240,7 +241,7 @@ def test_transfer_table_across_families(trained_twins, sample_world_dir, tmp_pat
             report = evaluate(loaded[victim], source, split="test", attacks=["clean", "pgd"],
                               attacker=None if attacker == victim else loaded[attacker], limit=8, rerank_k=4,
                               attack_options={"steps": 2}, progress=False)
-            write_report(report, tmp_path / f"{attacker}-to-{victim}")
+            write_report(report, tmp_path / f"{attacker}-to-{victim}", markdown_report)
     evaluations = find_evaluations([str(tmp_path)])
     tables = transfer_tables(evaluations)
     lines = tables.splitlines()

@@ -230,6 +230,7 @@ def test_new_config_keys_are_checked():
 
 def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, monkeypatch, sample_world_dir):
     import models
+    import train.eval_report
     import train.evaluate
 
     for bad, message in [({"protocol": "albef"}, "study config: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
@@ -250,14 +251,14 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
         seen.update(kwargs["attack_options"])
         return {"attacks": {}, "settings": {}}
 
-    def write_report(report, folder):
+    def write_report(report, folder, table):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "eval.json").write_text("{}")
 
     monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "victim")
     monkeypatch.setattr(train.evaluate, "evaluate", evaluate)
-    monkeypatch.setattr(train.evaluate, "write_report", write_report)
+    monkeypatch.setattr(train.eval_report, "write_report", write_report)
     checkpoint = tmp_path / "run" / "ckpt"
     checkpoint.mkdir(parents=True)
     study.evaluate("run", checkpoint, seed=0)

@@ -328,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
     from models.half_precision import autocast
     from train.attacks.settings import pgd_step_size
     from train.config import default_mlm
-    from train.evaluate import evaluate, write_report
+    from train.eval_report import write_report
+    from train.evaluate import evaluate, markdown_report
 
     _refuse_other_tasks_options(args)
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
@@ -391,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
-    table = write_report(report, out)
+    table = write_report(report, out, markdown_report)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")

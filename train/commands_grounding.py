@@ -35,7 +35,7 @@ def run(args) -> int:
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
-    from train.evaluate import write_report
+    from train.eval_report import write_report
     from train.trainer import model_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

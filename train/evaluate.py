@@ -37,8 +37,6 @@ meaning-preserving attacks only.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +45,12 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from augment.atomic import atomic_write_text, temporary_path
 from models.half_precision import active_precision
 from train.attacks import Attack, build_attack
-from train.attacks.settings import canonical_options, describe_params
-from train.checkpoint import load_tensors
+from train.attacks.settings import canonical_options
 from train.data import derive_seed
+from train.eval_report import settings_markdown
+from train.eval_store import BatchStore, data_identity
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -144,13 +142,21 @@ class AttackRecord:
                 "words_changed": self.words_changed, "checker_verdicts": self.checker_verdicts,
                 "linf": self.linf, "seconds": self.seconds}
 
+    @classmethod
+    def from_state(cls, state: dict) -> "AttackRecord":
+        """A finished batch's record as `state()` saved it (no attack: `extend` reads the rest)."""
+        record = cls(attack=None)  # type: ignore[arg-type]
+        for key, value in state.items():
+            setattr(record, key, value)
+        return record
+
     def add_batch(self, result, attacker_pixels: torch.Tensor, victim, text_batch: int,
                   caption_checker: CaptionChecker | None, caption_rows: list[dict], keep_pixels: bool) -> None:
         """Encode the attacked side(s) of one batch with the victim; keep budgets and verdicts."""
         modality = self.attack.modality
         if modality in ("image", "multimodal"):
             self.linf = max(self.linf, float((result.images - attacker_pixels).abs().max()))
-            victim_pixels = _to_victim_resolution(result.images.to(victim.device), victim.image_size)
+            victim_pixels = to_victim_resolution(result.images.to(victim.device), victim.image_size)
             self.image_emb.append(_encode_images(victim, victim_pixels))
             if keep_pixels:
                 self.images.append(victim_pixels.detach().cpu())
@@ -165,43 +171,8 @@ class AttackRecord:
                                           for text, row, change in zip(result.texts, caption_rows, changes)]
 
 
-_RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
-
-
 def model_id(model) -> dict:
     return model.describe()
-
-
-def data_identity(rows, victim, attacker) -> dict:
-    """The resume tag's fingerprints of what names do not say: the evaluated rows (ids, captions),
-    the files their images are read from (another --image-root, an image replaced in place), and
-    the weights (`weights_identity`)."""
-    from augment.sources import image_files_fingerprint, source_fingerprint
-
-    return {"source": source_fingerprint(rows), "images": image_files_fingerprint(rows),
-            **weights_identity(victim, attacker)}
-
-
-@torch.no_grad()
-def weights_fingerprint(model) -> str:
-    """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
-    retrained in place (the same name, other weights) must not resume another's finished batches.
-    Per tensor its name, shape, and float64 sum and absolute sum, on the CPU (deterministic whatever
-    the device; one pass over the weights, not a cryptographic hash)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        values = tensor.detach().to("cpu", torch.float64)
-        digest.update(f"{name} {tuple(values.shape)} {float(values.sum())!r} {float(values.abs().sum())!r};".encode())
-    return digest.hexdigest()[:16]
-
-
-def weights_identity(victim, attacker) -> dict:
-    """The resume tag's weight fingerprints (`weights_fingerprint`): the attacker's is the victim's in
-    white-box mode, not computed twice."""
-    weights = weights_fingerprint(victim)
-    return {"weights": weights, "attacker_weights": weights if attacker is victim else weights_fingerprint(attacker)}
 
 
 def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
@@ -233,7 +204,7 @@ def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[
         yield batch_index, start, text_ids, None if done[batch_index] else next(decoded)
 
 
-def _to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+def to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
@@ -318,158 +289,6 @@ def _adversarial_pool_rows(name: str, attack: Attack, rows: list[dict], gallery:
     return out
 
 
-class BatchStore:
-    """Finished batches of an evaluation, one file each, so a killed evaluation resumes.
-
-    `DIR/settings.json` holds the settings the batches were made with. A folder holding finished
-    batches made with other settings is refused (MatPlusError naming the settings that differ:
-    hours of attacks are not thrown away because an option changed; `train eval --restart` discards
-    them); a folder without finished batches is simply reused. Each batch is written to a
-    temporary name and renamed into place, and read back with `torch.load(weights_only=True)`
-    (tensors, strings, numbers only): `ATTACK/batch-NNNNN.pt`, and `ATTACK/pixels-NNNNN.pt` for
-    the adversarial pixels re-ranking reads back. The clean pass is kept as `clean.pt`, and a
-    finished attack's report entry as `ATTACK/summary.json` (its pixels then deleted), so a resumed
-    evaluation neither encodes nor re-ranks them again and disk holds one attack's pixels.
-    """
-
-    def __init__(self, folder: str | Path, settings: dict):
-        import shutil
-
-        self.folder = Path(folder)
-        wanted = json.dumps(settings, sort_keys=True, default=str)
-        marker = self.folder / "settings.json"
-        found = marker.read_text(encoding="utf-8") if marker.is_file() else None
-        if self.folder.exists() and found != wanted:
-            finished = sorted(self.folder.rglob("batch-*.pt"))
-            if finished:
-                from augment.errors import MatPlusError
-
-                raise MatPlusError(
-                    f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
-                    f"({_settings_differences(found, wanted)}): run that evaluation's command again to finish it, "
-                    f"or discard them (train eval --restart)")
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not marker.is_file():
-            marker.write_text(wanted, encoding="utf-8")
-        kept = self.finished_batches()
-        if kept:  # say so: a resumed evaluation's progress bar alone does not tell why it starts ahead
-            print(f"resuming from {self.folder}: {sum(kept.values())} finished batches kept "
-                  f"({', '.join(f'{name} {count}' for name, count in kept.items())}); train eval --restart discards them",
-                  file=sys.stderr)
-
-    def finished_batches(self) -> dict[str, int]:
-        """{attack: finished batches} held in the folder, in attack-name order."""
-        counts: dict[str, int] = {}
-        for path in sorted(self.folder.glob("*/batch-*.pt")):
-            counts[path.parent.name] = counts.get(path.parent.name, 0) + 1
-        return counts
-
-    def _path(self, attack: str, batch: int) -> Path:
-        return self.folder / attack / f"batch-{batch:05d}.pt"
-
-    def _pixels_path(self, attack: str, batch: int) -> Path:
-        return self.folder / attack / f"pixels-{batch:05d}.pt"
-
-    def _summary_path(self, attack: str) -> Path:
-        return self.folder / attack / "summary.json"
-
-    def has(self, attack: str, batch: int) -> bool:
-        return self._path(attack, batch).is_file()
-
-    @staticmethod
-    def _write(path: Path, value) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_path(path)
-        torch.save(value, tmp)
-        os.replace(tmp, path)
-
-    def save(self, attack: str, batch: int, record) -> None:
-        """A finished batch: `record.state()`, and apart from it the record's `images` when it has
-        some (re-ranking reads them back, `load_pixels`), written first: a batch counted as
-        finished always has its pixels."""
-        pixels = getattr(record, "images", None)
-        if pixels:
-            self._write(self._pixels_path(attack, batch), pixels)
-        self._write(self._path(attack, batch), record.state())
-
-    def load_pixels(self, attack: str, batch: int) -> torch.Tensor:
-        """The pixels saved with a batch ([B, 3, H, W], on the CPU); a batch saved before pixels
-        had files of their own holds them itself."""
-        path = self._pixels_path(attack, batch)
-        pixels = load_tensors(path, _RESTART) if path.is_file() else \
-            self.load_state(attack, batch).get("images")
-        if not pixels:
-            from augment.errors import MatPlusError
-
-            raise MatPlusError(f"{path}: the pixels of a finished batch are missing; run train eval with --restart")
-        return torch.cat(pixels)
-
-    def save_clean(self, clean: "CleanGallery") -> None:
-        """The clean pass (embeddings and per-query hits), so a resumed evaluation does not encode
-        and score (re-rank) the gallery again."""
-        self._write(self.folder / "clean.pt", {"image_emb": clean.image_emb, "text_emb": clean.text_emb,
-                                               "hits": clean.hits})
-
-    def load_clean(self) -> dict | None:
-        path = self.folder / "clean.pt"
-        return load_tensors(path, _RESTART) if path.is_file() else None
-
-    def save_summary(self, attack: str, entry: dict) -> None:
-        """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
-        instead of re-ranking the gallery again; its batches' pixels are then deleted (disk holds
-        one attack's pixels at a time)."""
-        path = self._summary_path(attack)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(entry, default=str))
-        for pixels in path.parent.glob("pixels-*.pt"):
-            pixels.unlink()
-
-    def load_summary(self, attack: str) -> dict | None:
-        """The entry `save_summary` kept, or None."""
-        path = self._summary_path(attack)
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            from augment.errors import MatPlusError
-
-            raise MatPlusError(f"{path}: unreadable ({error}); run train eval with --restart") from error
-
-    def load_state(self, attack: str, batch: int) -> dict:
-        """The saved `state()` of a batch (any task's record)."""
-        return load_tensors(self._path(attack, batch), _RESTART)
-
-    def load(self, attack: str, batch: int) -> "AttackRecord":
-        state = self.load_state(attack, batch)
-        record = AttackRecord(attack=None)  # type: ignore[arg-type]
-        for key, value in state.items():
-            setattr(record, key, value)
-        return record
-
-
-def _settings_differences(found: str | None, wanted: str) -> str:
-    """The settings keys (one level into nested ones, as `options.eps`) whose values differ."""
-    try:
-        before = json.loads(found) if found is not None else None
-    except json.JSONDecodeError:
-        before = None
-    if not isinstance(before, dict):
-        return "settings.json missing or unreadable"
-    after = json.loads(wanted)
-    differ = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            differ += [f"{key}.{sub}" for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
-        else:
-            differ.append(key)
-    return "differ: " + ", ".join(differ)
-
-
 def plain_attack_options(options: dict) -> dict:
     """Attack options as JSON (settings, resume tags): a loaded masked LM `(model, tokenizer[, name])`
     by its name (None when the tuple has none)."""
@@ -479,7 +298,7 @@ def plain_attack_options(options: dict) -> dict:
     return plain
 
 
-def _reseed(attack, seed: int) -> None:
+def reseed_attack(attack, seed: int) -> None:
     """Seed the attack's random generators (its own and its parts') for one batch."""
     for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
         generator = getattr(part, "generator", None)
@@ -629,7 +448,7 @@ def evaluate(
         "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
+    writers = adversarial_pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
     batch_count = gallery.batch_count(batch_size)
     pixel_store, scratch = store, None
     if keep_pixels and store is None:
@@ -662,14 +481,14 @@ def evaluate(
         for batch_index, start, text_ids, decoded in resumable_batches(
                 gallery, batch_size, attacker.preprocess_eval, workers, store, writers, name):
             if decoded is None:
-                record.extend(store.load(name, batch_index))
+                record.extend(AttackRecord.from_state(store.load_state(name, batch_index)))
                 bar.update(min(batch_size, len(gallery) - start))
                 continue
             decoded_pixels, rows = decoded
             texts = [gallery.captions[i] for i in text_ids.tolist()]
             local_pairing = gallery.image_of_text[text_ids] - start
             attacker_pixels = decoded_pixels.to(attacker.device)
-            _reseed(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
+            reseed_attack(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
             began = time.perf_counter()
             result = attack(attacker_pixels, texts, local_pairing)
             seconds = time.perf_counter() - began
@@ -743,7 +562,7 @@ def _as_written(entry: dict) -> dict:
     return json.loads(json.dumps(entry, default=str))
 
 
-def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
+def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
                   resume: bool = False) -> dict:
     """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards)."""
     if save_adv is None:
@@ -772,47 +591,12 @@ def _pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attack
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str] | None = None) -> str:
-    """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table.
-
-    `table`: the report's markdown renderer (default: retrieval's `markdown_report`; captioning and
-    grounding pass theirs)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = (table or markdown_report)(report)
-    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(out / "eval.md", table)
-    return table
-
-
 TABLE_COLUMNS = (("TR@1", "tr@1"), ("TR@5", "tr@5"), ("TR@10", "tr@10"), ("IR@1", "ir@1"), ("IR@5", "ir@5"),
                  ("IR@10", "ir@10"), ("RSUM", "rsum"), ("ASR TR@1", "asr_tr@1"), ("ASR IR@1", "asr_ir@1"))
 
 
 def _cell(value) -> str:
     return "-" if value is None else f"{value:.1f}"
-
-
-def settings_markdown(report: dict) -> list[str]:
-    """eval.md's settings lines (every task): the attack protocol where the task has one, the
-    caption preprocessing, precision and seed, then each attack's parameters as it ran, so a
-    number in the table can be read against a paper's without opening eval.json."""
-    settings = report["settings"]
-    options = settings.get("attack_options", {})
-    said = []
-    if options.get("protocol"):
-        said.append(f"attack protocol `{options['protocol']}`"
-                    + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
-    if settings.get("caption_preprocess"):
-        said.append(f"captions preprocessed: {settings['caption_preprocess']}")
-    said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
-    if settings.get("skipped_records"):
-        said.append(f"{settings['skipped_records']} bad source records skipped (`--skip-bad`)")
-    attacks = [f"- `{name}`: {describe_params(entry['params'])}"
-               for name, entry in report["attacks"].items() if entry.get("params")]
-    if not attacks:  # clean only
-        return ["", "Settings: " + "; ".join(said) + "."]
-    return ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", "", *attacks]
 
 
 def markdown_report(report: dict) -> str:

@@ -122,7 +122,7 @@ def evaluate_captioning(
     the attacker with `attack_options` (see `build_caption_attack`; the seed defaults to `seed`),
     or ready objects. `attacker`: None for white-box, another captioner for transfer.
     `generation`: keyword arguments for `victim.generate`. `progress_dir`: a folder keeping every
-    finished batch (`train.evaluate.BatchStore`): a killed evaluation called again with the same
+    finished batch (`train.eval_store.BatchStore`): a killed evaluation called again with the same
     settings skips them and gives the same report. `save_adv`: folder; each attack's adversarial
     inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`). `workers`:
     DataLoader processes decoding the next batches' images (`train.evaluate.gallery_pixels`, as
@@ -133,8 +133,9 @@ def evaluate_captioning(
     from tqdm.auto import tqdm
 
     from train.data import derive_seed
-    from train.evaluate import (BatchStore, Gallery, _pool_writers, _reseed, _to_victim_resolution, data_identity,
-                                plain_attack_options, resumable_batches)
+    from train.eval_store import BatchStore, data_identity
+    from train.evaluate import (Gallery, adversarial_pool_writers, plain_attack_options, reseed_attack,
+                                resumable_batches, to_victim_resolution)
 
     attacker = attacker or victim
     transfer = attacker is not victim
@@ -163,7 +164,7 @@ def evaluate_captioning(
         "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = _pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
+    writers = adversarial_pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
     bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)
@@ -187,12 +188,12 @@ def evaluate_captioning(
                 images, prompts, info = pixels.to(victim.device), None, {}
             else:
                 attacker_pixels = pixels.to(attacker.device)
-                _reseed(record.attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
+                reseed_attack(record.attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
                 result = record.attack(attacker_pixels, texts, pairing)
                 info = result.info
                 prompts = info.get("prompts")
                 part.linf = float((result.images - attacker_pixels).abs().max())
-                images = _to_victim_resolution(result.images.to(victim.device), victim.image_size)
+                images = to_victim_resolution(result.images.to(victim.device), victim.image_size)
                 if name in writers:
                     writers[name].write_shard(batch_index, _adversarial_rows(
                         name, record.attack, rows, result.images, prompts, info, attacker.describe(), seed))
@@ -301,10 +302,10 @@ def _adversarial_rows(name: str, attack: CaptionAttack, rows: list[dict], advers
 
 
 def write_captioning_report(report: dict, out_dir: str | Path) -> str:
-    """eval.json and eval.md (through `train.evaluate.write_report`, the one writer) and captions.jsonl
+    """eval.json and eval.md (through `train.eval_report.write_report`, the one writer) and captions.jsonl
     (every generated caption per attack, taken out of the report); returns the markdown table."""
     from augment.atomic import atomic_write_text
-    from train.evaluate import write_report
+    from train.eval_report import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +342,7 @@ def _cell(value) -> str:
 
 def markdown_report(report: dict) -> str:
     """eval.md: one row per attack: the four metrics, the CIDEr drop, the truth-checked share."""
-    from train.evaluate import settings_markdown
+    from train.eval_report import settings_markdown
 
     settings, victim = report["settings"], report["victim"]
     with_truth = any("truth" in entry for entry in report["attacks"].values())

@@ -42,8 +42,9 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
-from train.evaluate import (BatchStore, _reseed, _to_victim_resolution, build_attacks, plain_attack_options,
-                            settings_markdown, weights_identity)
+from train.eval_report import settings_markdown
+from train.eval_store import BatchStore, weights_identity
+from train.evaluate import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -164,7 +165,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     """Clean and robust grounding accuracy of `model` on `data` (already the split to evaluate);
     `attacker`: None (white-box) or the model the attacks craft on (transfer).
 
-    `progress_dir`: a folder keeping every finished (attack, batch) (`train.evaluate.BatchStore`;
+    `progress_dir`: a folder keeping every finished (attack, batch) (`train.eval_store.BatchStore`;
     each batch's attack is seeded from (seed, attack, batch)): a killed evaluation called again
     with the same settings skips them and gives the same report. `workers`: DataLoader processes
     decoding the next batches' images (0: in this process). Forward passes run in the caller's
@@ -230,14 +231,14 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
         ids = batch_ids[batch_index]
         pairing = image_of_text[ids] - spans[batch_index][0]
         began = time.perf_counter()
-        _reseed(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
+        reseed_attack(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
         result = attack(views[0].to(attacker.device), [data.expressions[i].text for i in ids], pairing,
                         boxes=[truth[i] for i in ids], sizes=[sizes[i] for i in ids])
         changes = result.info.get("words_changed", [[] for _ in ids])
         if len(views) > 1:  # a text attack in transfer: the victim grounds its own view of the image
             images = views[1].to(model.device)
         elif transfer and attack.modality in ("image", "multimodal"):  # the attacker's pixels, at the victim's size
-            images = _to_victim_resolution(result.images.detach().to(model.device), model.image_size)
+            images = to_victim_resolution(result.images.detach().to(model.device), model.image_size)
         else:
             images = result.images.detach()
         row_pixels = images[pairing.to(images.device)]

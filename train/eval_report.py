@@ -1,0 +1,45 @@
+"""An evaluation's report files, for every task: eval.json and eval.md (`write_report`), and the
+settings lines every eval.md ends with (`settings_markdown`). Each task renders its own table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from augment.atomic import atomic_write_text
+from train.attacks.settings import describe_params
+
+
+def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str]) -> str:
+    """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table.
+
+    `table`: the task's markdown renderer (`train.evaluate.markdown_report` for retrieval,
+    `train.evaluate_captioning.markdown_report`, `train.evaluate_grounding.markdown_grounding_report`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table(report)
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "eval.md", table)
+    return table
+
+
+def settings_markdown(report: dict) -> list[str]:
+    """eval.md's settings lines (every task): the attack protocol where the task has one, the
+    caption preprocessing, precision and seed, then each attack's parameters as it ran, so a
+    number in the table can be read against a paper's without opening eval.json."""
+    settings = report["settings"]
+    options = settings.get("attack_options", {})
+    said = []
+    if options.get("protocol"):
+        said.append(f"attack protocol `{options['protocol']}`"
+                    + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
+    if settings.get("caption_preprocess"):
+        said.append(f"captions preprocessed: {settings['caption_preprocess']}")
+    said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
+    if settings.get("skipped_records"):
+        said.append(f"{settings['skipped_records']} bad source records skipped (`--skip-bad`)")
+    attacks = [f"- `{name}`: {describe_params(entry['params'])}"
+               for name, entry in report["attacks"].items() if entry.get("params")]
+    if not attacks:  # clean only
+        return ["", "Settings: " + "; ".join(said) + "."]
+    return ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", "", *attacks]

@@ -1,0 +1,197 @@
+"""What makes an evaluation resumable: its finished batches on disk, and the fingerprints that say
+they were made with the same data and weights.
+
+Every task's evaluation (`train.evaluate`, `train.evaluate_captioning`, `train.evaluate_grounding`)
+keeps its finished (attack, batch) results in a `BatchStore` under `progress_dir`; a killed
+evaluation called again with the same settings resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from augment.atomic import atomic_write_text, temporary_path
+from train.checkpoint import load_tensors
+
+_RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
+
+
+def data_identity(rows, victim, attacker) -> dict:
+    """The resume tag's fingerprints of what names do not say: the evaluated rows (ids, captions),
+    the files their images are read from (another --image-root, an image replaced in place), and
+    the weights (`weights_identity`)."""
+    from augment.sources import image_files_fingerprint, source_fingerprint
+
+    return {"source": source_fingerprint(rows), "images": image_files_fingerprint(rows),
+            **weights_identity(victim, attacker)}
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
+    retrained in place (the same name, other weights) must not resume another's finished batches.
+    Per tensor its name, shape, and float64 sum and absolute sum, on the CPU (deterministic whatever
+    the device; one pass over the weights, not a cryptographic hash)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().to("cpu", torch.float64)
+        digest.update(f"{name} {tuple(values.shape)} {float(values.sum())!r} {float(values.abs().sum())!r};".encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_identity(victim, attacker) -> dict:
+    """The resume tag's weight fingerprints (`weights_fingerprint`): the attacker's is the victim's in
+    white-box mode, not computed twice."""
+    weights = weights_fingerprint(victim)
+    return {"weights": weights, "attacker_weights": weights if attacker is victim else weights_fingerprint(attacker)}
+
+
+class BatchStore:
+    """Finished batches of an evaluation, one file each, so a killed evaluation resumes.
+
+    `DIR/settings.json` holds the settings the batches were made with. A folder holding finished
+    batches made with other settings is refused (MatPlusError naming the settings that differ:
+    hours of attacks are not thrown away because an option changed; `train eval --restart` discards
+    them); a folder without finished batches is simply reused. Each batch is written to a
+    temporary name and renamed into place, and read back with `torch.load(weights_only=True)`
+    (tensors, strings, numbers only): `ATTACK/batch-NNNNN.pt`, and `ATTACK/pixels-NNNNN.pt` for
+    the adversarial pixels re-ranking reads back. The clean pass is kept as `clean.pt`, and a
+    finished attack's report entry as `ATTACK/summary.json` (its pixels then deleted), so a resumed
+    evaluation neither encodes nor re-ranks them again and disk holds one attack's pixels.
+    """
+
+    def __init__(self, folder: str | Path, settings: dict):
+        import shutil
+
+        self.folder = Path(folder)
+        wanted = json.dumps(settings, sort_keys=True, default=str)
+        marker = self.folder / "settings.json"
+        found = marker.read_text(encoding="utf-8") if marker.is_file() else None
+        if self.folder.exists() and found != wanted:
+            finished = sorted(self.folder.rglob("batch-*.pt"))
+            if finished:
+                from augment.errors import MatPlusError
+
+                raise MatPlusError(
+                    f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
+                    f"({_settings_differences(found, wanted)}): run that evaluation's command again to finish it, "
+                    f"or discard them (train eval --restart)")
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            marker.write_text(wanted, encoding="utf-8")
+        kept = self.finished_batches()
+        if kept:  # say so: a resumed evaluation's progress bar alone does not tell why it starts ahead
+            print(f"resuming from {self.folder}: {sum(kept.values())} finished batches kept "
+                  f"({', '.join(f'{name} {count}' for name, count in kept.items())}); train eval --restart discards them",
+                  file=sys.stderr)
+
+    def finished_batches(self) -> dict[str, int]:
+        """{attack: finished batches} held in the folder, in attack-name order."""
+        counts: dict[str, int] = {}
+        for path in sorted(self.folder.glob("*/batch-*.pt")):
+            counts[path.parent.name] = counts.get(path.parent.name, 0) + 1
+        return counts
+
+    def _path(self, attack: str, batch: int) -> Path:
+        return self.folder / attack / f"batch-{batch:05d}.pt"
+
+    def _pixels_path(self, attack: str, batch: int) -> Path:
+        return self.folder / attack / f"pixels-{batch:05d}.pt"
+
+    def _summary_path(self, attack: str) -> Path:
+        return self.folder / attack / "summary.json"
+
+    def has(self, attack: str, batch: int) -> bool:
+        return self._path(attack, batch).is_file()
+
+    @staticmethod
+    def _write(path: Path, value) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(path)
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+
+    def save(self, attack: str, batch: int, record) -> None:
+        """A finished batch: `record.state()`, and apart from it the record's `images` when it has
+        some (re-ranking reads them back, `load_pixels`), written first: a batch counted as
+        finished always has its pixels."""
+        pixels = getattr(record, "images", None)
+        if pixels:
+            self._write(self._pixels_path(attack, batch), pixels)
+        self._write(self._path(attack, batch), record.state())
+
+    def load_pixels(self, attack: str, batch: int) -> torch.Tensor:
+        """The pixels saved with a batch ([B, 3, H, W], on the CPU); a batch saved before pixels
+        had files of their own holds them itself."""
+        path = self._pixels_path(attack, batch)
+        pixels = load_tensors(path, _RESTART) if path.is_file() else \
+            self.load_state(attack, batch).get("images")
+        if not pixels:
+            from augment.errors import MatPlusError
+
+            raise MatPlusError(f"{path}: the pixels of a finished batch are missing; run train eval with --restart")
+        return torch.cat(pixels)
+
+    def save_clean(self, clean) -> None:
+        """The clean pass (`train.evaluate.CleanGallery`: embeddings and per-query hits), so a resumed evaluation does not encode
+        and score (re-rank) the gallery again."""
+        self._write(self.folder / "clean.pt", {"image_emb": clean.image_emb, "text_emb": clean.text_emb,
+                                               "hits": clean.hits})
+
+    def load_clean(self) -> dict | None:
+        path = self.folder / "clean.pt"
+        return load_tensors(path, _RESTART) if path.is_file() else None
+
+    def save_summary(self, attack: str, entry: dict) -> None:
+        """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
+        instead of re-ranking the gallery again; its batches' pixels are then deleted (disk holds
+        one attack's pixels at a time)."""
+        path = self._summary_path(attack)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entry, default=str))
+        for pixels in path.parent.glob("pixels-*.pt"):
+            pixels.unlink()
+
+    def load_summary(self, attack: str) -> dict | None:
+        """The entry `save_summary` kept, or None."""
+        path = self._summary_path(attack)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            from augment.errors import MatPlusError
+
+            raise MatPlusError(f"{path}: unreadable ({error}); run train eval with --restart") from error
+
+    def load_state(self, attack: str, batch: int) -> dict:
+        """The saved `state()` of a batch (any task's record)."""
+        return load_tensors(self._path(attack, batch), _RESTART)
+
+
+def _settings_differences(found: str | None, wanted: str) -> str:
+    """The settings keys (one level into nested ones, as `options.eps`) whose values differ."""
+    try:
+        before = json.loads(found) if found is not None else None
+    except json.JSONDecodeError:
+        before = None
+    if not isinstance(before, dict):
+        return "settings.json missing or unreadable"
+    after = json.loads(wanted)
+    differ = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            differ += [f"{key}.{sub}" for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+        else:
+            differ.append(key)
+    return "differ: " + ", ".join(differ)
