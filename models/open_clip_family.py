@@ -31,6 +31,7 @@ from augment.registry import (
     is_offline,
 )
 from models.base import TextTokens, VisionLanguageModel
+from models.length_groups import in_input_order, sorted_length_groups
 from models.pooled_block import plain_block_stack, run_to_pooled
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,6 @@ log = logging.getLogger(__name__)
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 TINY_NAMES = (tiny.TINY_CLIP, tiny.TINY_SIGLIP)
-# a text-tower forward pass costs about this many token positions' work on top: sub-batches by
-# length are cut only where they save more padding than that. Measured on 2 CPU cores (a pass over
-# one 2-token text, in units of the per-token cost of 64 texts grown from 16 to 24 tokens): tiny-clip
-# 173 positions (op dispatch, thread hand-offs), ViT-B-16's text tower 66 (its weights read once per
-# pass); BERT-Attack on the bench world took 0.349 / 0.312 / 0.303 s with 32 / 128 / 256 (2 threads),
-# 0.426 / 0.412 / 0.427 s (1 thread). 128 is near both towers' best; 32, the value before, cut 3-4
-# sub-batches per call.
-GROUP_OVERHEAD_TOKENS = 128
 WORD_CACHE_LIMIT = 1 << 20  # words whose token ids a model keeps (cleared when full)
 
 
@@ -272,44 +265,6 @@ class OpenClipModel(VisionLanguageModel):
     @classmethod
     def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
         return load(f"local-dir:{folder}", None, device=device, display_name=name)
-
-
-def sorted_length_groups(lengths: torch.Tensor, batch_size: int | None = None
-                         ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
-    """(order, sorted lengths, groups): `lengths` [N] sorted ascending (stable), split by
-    `length_groups` and each group cut into passes of at most `batch_size` rows (default: no
-    limit); group (start, end) holds rows order[start:end]. `in_input_order` undoes the sort."""
-    order = torch.argsort(lengths, stable=True)
-    sorted_lengths = lengths[order].tolist()
-    groups = length_groups(sorted_lengths)
-    if batch_size is not None:
-        groups = [(a, min(a + batch_size, end)) for start, end in groups for a in range(start, end, batch_size)]
-    return order, sorted_lengths, groups
-
-
-def in_input_order(parts: Sequence[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
-    """The per-group results of `sorted_length_groups`, concatenated, back in the input's row order."""
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(list(parts))[inverse]
-
-
-def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
-    """Split ascending `lengths` into contiguous groups [(start, end)], each run as one batch padded
-    to its longest: the split with the fewest token positions computed, counting `overhead`
-    positions per extra forward pass (dynamic programming over the places where the length changes)."""
-    n = len(lengths)
-    cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n]
-    best = [0] + [None] * (len(cuts) - 1)  # best[k]: cost of the first cuts[k] texts
-    back = [0] * len(cuts)
-    for k in range(1, len(cuts)):
-        end = cuts[k]
-        best[k], back[k] = min((best[j] + overhead + (end - cuts[j]) * lengths[end - 1], j) for j in range(k))
-    groups, k = [], len(cuts) - 1
-    while k > 0:
-        groups.append((cuts[back[k]], cuts[k]))
-        k = back[k]
-    return groups[::-1]
 
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.length_groups import in_input_order, sorted_length_groups
+
 
 def _unchanged(x: torch.Tensor) -> torch.Tensor:
     return x
@@ -107,8 +109,6 @@ class TextPrefixCache:
     def _run_all(self, ids, pooled, start, owners, keep: bool, batch_size: int | None = None):
         """`_run` over sub-batches of similar new-token counts (`length_groups`, each cut into passes of
         at most `batch_size` texts); results in input order. `pooled` [N]: each text's pooled position."""
-        from models.open_clip_family import in_input_order, sorted_length_groups
-
         order, sorted_new, groups = sorted_length_groups(pooled + 1 - start, batch_size)
         outputs, kept = [], []
         for first, last in groups:

@@ -548,7 +548,7 @@ def test_trimmed_text_tower_keeps_gradients():
 
 
 def test_length_groups_partition_sorted_lengths():
-    from models.open_clip_family import length_groups
+    from models.length_groups import length_groups
 
     lengths = [3, 3, 4, 9, 9, 9, 20, 21]
     assert length_groups(lengths, overhead=0) == [(0, 2), (2, 3), (3, 6), (6, 7), (7, 8)]  # one per length
