@@ -435,7 +435,6 @@ class Trainer:
         rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
         for group, rate in zip(self.optimizer.param_groups, rates):
             group["lr"] = rate
-        scheduler._last_lr = rates  # what get_last_lr() reports
 
     # the loop -----------------------------------------------------------------------------------
 
@@ -552,7 +551,7 @@ class Trainer:
         try:
             for step in range(self.start_step, self.total_steps):
                 step_started = time.perf_counter()
-                lr = self.scheduler.get_last_lr()[0]
+                lr = self.optimizer.param_groups[0]["lr"]  # the step's lr (the scheduler set it, or a resume did)
                 for output, plan in self.train_step(step):
                     window.add(output, plan, cfg.grad_accum)
                 elapsed = self.elapsed_before + time.perf_counter() - started
