@@ -10,7 +10,8 @@ import pytest
 
 from augment.errors import SourceError
 from augment.schema import SOURCE_FEATURES
-from augment.sources import detect_format, lazy_source_features, load_source, select_split, source_fingerprint, undecoded
+from augment.source_formats import detect_format
+from augment.sources import lazy_source_features, load_source, select_split, source_fingerprint, undecoded
 from tests.conftest import write_image
 
 

@@ -277,7 +277,7 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
 
 
 def _is_table_file(source: str | None) -> bool:
-    from augment.sources import is_table_file  # here: augment.sources imports datasets, which `train --help` need not
+    from augment.source_formats import is_table_file  # here: `train --help` imports no more than it needs
 
     return is_table_file(source)
 
@@ -343,7 +343,7 @@ def _validate(c: TrainConfig) -> None:
     _check(all(r in REPORT_TO for r in reports),  # "" (open_clip_train's default) = none
            f"unknown --report-to {c.report_to!r}; expected one of {list(REPORT_TO)} or a comma-separated list")
     _check(c.workers is None or c.workers >= 0, "--workers must be non-negative")
-    from augment.sources import table_options_problem  # not at the top: it imports datasets, which `train --help` need not
+    from augment.source_formats import table_options_problem  # not at the top: `train --help` imports no more than it needs
 
     problem = table_options_problem(c.csv_img_key, c.csv_caption_key, c.csv_separator)
     _check(problem is None, problem or "")

@@ -23,7 +23,8 @@ def add_source_arguments(parser, required: bool = True) -> None:
 def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
     from augment.errors import MatPlusError
-    from augment.sources import is_table_file, load_source, table_options_problem
+    from augment.source_formats import is_table_file, table_options_problem
+    from augment.sources import load_source
 
     if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
         raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
