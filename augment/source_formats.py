@@ -469,7 +469,7 @@ def _load_table(source: str, fmt: str) -> Any:
 
 
 def read_records(source: str, fmt: str, image_root: str | None, split: str | None, allow_outside_root: bool,
-                 listings: "FolderListings", csv_options: tuple[str, str, str | None]) -> Iterable[SourceRecord]:
+                 listings: FolderListings, csv_options: tuple[str, str, str | None]) -> Iterable[SourceRecord]:
     """The records of `source`, read as format `fmt` (`detect_format`); image folders listed through
     `listings`. `split`: for formats that carry none; `csv_options`: image key, caption key, separator."""
     path = Path(source)

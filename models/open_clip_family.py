@@ -200,11 +200,7 @@ class OpenClipModel(VisionLanguageModel):
                     + model.positional_embedding.index_select(0, positions).to(cast_dtype))
 
         def finish(x: torch.Tensor) -> torch.Tensor:
-            x = model.ln_final(x)
-            projection = model.text_projection
-            if projection is None:
-                return x
-            return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+            return self._project_text(model.ln_final(x))
 
         blocks = [CausalBlock(ln_1=b.ln_1, qkv_weight=b.attn.in_proj_weight, qkv_bias=b.attn.in_proj_bias,
                               heads=b.attn.num_heads, out_weight=b.attn.out_proj.weight, out_bias=b.attn.out_proj.bias,
@@ -228,7 +224,11 @@ class OpenClipModel(VisionLanguageModel):
         else:
             x = model.ln_final(transformer(x, attn_mask=mask))
             x = x[torch.arange(x.shape[0], device=x.device), pooled]
-        projection = model.text_projection
+        return self._project_text(x)
+
+    def _project_text(self, x: torch.Tensor) -> torch.Tensor:
+        """The text projection of pooled, normed rows [N, width] (a Linear, a matrix, or none)."""
+        projection = self.model.text_projection
         if projection is None:
             return x
         return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection

@@ -140,8 +140,8 @@ class BatchStore:
         return torch.cat(pixels)
 
     def save_clean(self, clean) -> None:
-        """The clean pass (`train.evaluate.CleanGallery`: embeddings and per-query hits), so a resumed evaluation does not encode
-        and score (re-rank) the gallery again."""
+        """The clean pass (`train.evaluate.CleanGallery`: embeddings and per-query hits), so a resumed
+        evaluation does not encode and score (re-rank) the gallery again."""
         self._write(self.folder / "clean.pt", {"image_emb": clean.image_emb, "text_emb": clean.text_emb,
                                                "hits": clean.hits})
 
