@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.errors import ModelLoadError
+from augment.registry import _looks_like_path, is_offline
 from models.base import (  # noqa: F401  (re-exported: the interface)
     MODEL_INFO_NAME,
     CaptioningModel,
@@ -96,12 +97,16 @@ def _architecture_family(config_path: Path, name: str) -> str:
 
 def _hub_family(repo_id: str, revision: str | None) -> str | None:
     """Family of a Hub id from its cached/downloaded config.json; None when it has none."""
-    from augment.registry import _translated_errors, is_offline
+    from augment.registry import _translated_errors
 
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
     if is_offline():
-        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        try:
+            cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        except HFValidationError:  # not a Hub id's spelling: not a Hub model
+            return None
         if not isinstance(cached, str):
             return None
         return _architecture_family(Path(cached), repo_id)
@@ -132,10 +137,15 @@ def family_of(name: str, pretrained: str | None = None, revision: str | None = N
         claims = getattr(family_module(family), "claims_name", None)
         if claims is not None and claims(name, pretrained):
             return family
+    if _looks_like_path(name) and not os.path.exists(path):  # not a Hub id's spelling: say it is missing
+        raise ModelLoadError(f"cannot load model '{name}': folder {path} does not exist")
     if "/" in name and not name.startswith("hf-hub:") and not os.path.exists(path):
         family = _hub_family(name, revision)
         if family is not None:
             return family
+        if is_offline():  # neither a folder here nor a cached Hub model: say both, not "unknown CLIP model"
+            raise ModelLoadError(f"cannot load model '{name}': no folder {path} here, and no Hub model '{name}' "
+                                 "in the local cache (offline mode)")
     return "open_clip"  # architectures, tags, hf-hub: ids, aliases: open_clip decides and explains
 
 

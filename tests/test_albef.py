@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from augment.errors import ModelLoadError
+from augment.words import pre_caption
 from models import family_of, load_model
 from models.albef.checkpoint import official_state_dict
-from models.albef.text import pre_caption
 from tasks.momentum_distillation import momentum_distilled_itc_loss
 from tests.albef_reference import reference_albef
 

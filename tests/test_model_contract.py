@@ -422,6 +422,26 @@ def test_uncached_hub_models_fail_with_one_line_offline(monkeypatch, tmp_path):
         models.family_module("blip").load("tiny-hf-clip")
 
 
+def test_missing_model_folders_fail_with_one_line_naming_them(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from augment.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.chdir(tmp_path)
+    # paths (absolute, relative, deeper than a Hub id) that do not exist: the folder is named, no Hub lookup
+    for name in (str(tmp_path / "run" / "ckpt"), "runs/nothing/ckpt", "./ckpt"):
+        with pytest.raises(ModelLoadError, match="does not exist") as caught:
+            load_model(name)
+        assert "\n" not in str(caught.value)
+    # one slash: a folder or a Hub id; offline and uncached, both are said (not "unknown CLIP model")
+    for name in ("missing/ckpt", "a b/c"):
+        with pytest.raises(ModelLoadError, match="no folder .* and no Hub model") as caught:
+            load_model(name)
+        assert "\n" not in str(caught.value)
+
+
 def test_a_blip_captioner_is_not_a_retrieval_model(tmp_path):
     from augment import tiny
     from augment.errors import ModelLoadError

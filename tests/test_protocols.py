@@ -161,6 +161,19 @@ def test_gallery_applies_the_protocols_caption_preprocessing():
     assert Gallery.from_source(rows, "test", caption_preprocess="pre_caption").captions == ["a red ball", "dog running"]
 
 
+def test_a_caption_the_preprocessing_empties_stops_before_any_attack_naming_it():
+    import datasets
+
+    from augment.errors import SourceError
+    from train.evaluate import Gallery
+
+    rows = datasets.Dataset.from_dict({"image_id": ["a", "b"], "captions": [["A red ball."], ["A dog.", "!!!"]],
+                                       "split": ["test", "test"]})
+    assert Gallery.from_source(rows, "test").captions[-1] == "!!!"  # as given, it is a caption
+    with pytest.raises(SourceError, match=r"image 'b', caption 1 \('!!!'\): empty after --caption-preprocess pre_caption"):
+        Gallery.from_source(rows, "test", caption_preprocess="pre_caption")
+
+
 # ----------------------------------------------------------------------------- 1-2. SGA
 
 
@@ -504,12 +517,13 @@ def test_reference_bugs_need_a_reference_protocol(sample_world_dir, tmp_path, ca
     assert "--reference-bugs needs --protocol sga or co-attack" in capsys.readouterr().err
 
 
-def test_text_guide_under_a_reference_protocol_is_refused_before_loading(tmp_path, capsys):
+@pytest.mark.parametrize("guide", ["text", "image"])  # `image` too: the default, but it would be ignored
+def test_text_guide_under_a_reference_protocol_is_refused_before_loading(tmp_path, capsys, guide):
     from train.cli import main as train_main
 
     # a missing source: the refusal must come before the model or the data is read
     assert train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--protocol", "co-attack",
-                       "--text-guide", "text", "--out", str(tmp_path / "eval")]) == 2
+                       "--text-guide", guide, "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: text guide 'text' is a project-protocol choice: under protocol co-attack") and "\n" not in err
+    assert err.startswith("error: --text-guide is a project-protocol choice: under --protocol co-attack") and "\n" not in err
     assert not (tmp_path / "eval").exists()

@@ -203,9 +203,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     text.add_argument("--word-budget", type=int, default=D.budget, help="words changed per caption at most (default: 1)")
     text.add_argument("--max-length", type=int, default=None,
                       help="MLM tokens read per caption; later words are kept (default: 30; under a reference protocol "
-                           "each attack reads what its code reads: 77 for the SGA code's attacks on a CLIP, else 30)")
-    text.add_argument("--text-guide", choices=("image", "text"), default="image",
-                      help="image: lower the caption's similarity to its image; text: move the caption embedding the most (default: image)")
+                           "each attack reads what its code reads: 77 for the SGA code's attacks on a CLIP, else 30; at most the "
+                           "MLM's position table)")
+    text.add_argument("--text-guide", choices=("image", "text"), default=None,
+                      help="image: lower the caption's similarity to its image; text: move the caption embedding the most "
+                           "(default: image; project protocol only)")
 
     protocol = parser.add_argument_group("protocol (README: Protocols)")
     protocol.add_argument("--protocol", choices=("project", "sga", "co-attack"), default="project",
@@ -359,11 +361,14 @@ def run(args: argparse.Namespace) -> int:
         return commands_grounding.run(args)
     if args.reference_bugs and args.protocol == "project":
         raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
+    if args.text_guide is not None and args.protocol != "project":  # even `image`, the default: it would be ignored
+        raise MatPlusError(f"--text-guide is a project-protocol choice: under --protocol {args.protocol} the text attacks "
+                           "score candidates as the reference code does (README: Protocols)")
     attacker_name = args.attacker_model or args.checkpoint
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
         "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
-        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide,
+        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide or "image",
         "scales": args.sga_scales, "alpha": args.co_alpha,
         "protocol": args.protocol, "reference_bugs": args.reference_bugs,
     }

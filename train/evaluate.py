@@ -80,6 +80,7 @@ class Gallery:
     @classmethod
     def from_source(cls, source_dataset, split: str | None = "test", limit: int | None = None,
                     captions_per_image: int | None = None, caption_preprocess: str | None = None) -> "Gallery":
+        from augment.errors import SourceError
         from augment.sources import select_split
         from augment.words import preprocess_caption
 
@@ -89,7 +90,12 @@ class Gallery:
         captions, image_of_text, caption_index = [], [], []
         for image, image_captions in enumerate(rows["captions"]):
             kept = image_captions if captions_per_image is None else image_captions[:captions_per_image]
-            captions += [preprocess_caption(c, caption_preprocess) for c in kept]
+            cleaned = [preprocess_caption(c, caption_preprocess) for c in kept]
+            for index, (given, caption) in enumerate(zip(kept, cleaned)):
+                if not caption.strip():  # e.g. "!!!" under pre_caption: stop before any attack runs
+                    raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): empty after "
+                                      f"--caption-preprocess {caption_preprocess}; fix or drop that caption")
+            captions += cleaned
             image_of_text += [image] * len(kept)
             caption_index += list(range(len(kept)))
         return cls(rows, captions, torch.tensor(image_of_text, dtype=torch.long), caption_index)

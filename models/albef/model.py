@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.words import pre_caption
 from models.albef.config import grounding_layer
-from models.albef.text import pre_caption, tokenize_without_sep
+from models.albef.text import tokenize_without_sep
 from models.base import EncoderOutput, TextTokens, VisionLanguageModel
 from models.half_precision import input_gradient
 

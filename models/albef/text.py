@@ -1,4 +1,5 @@
-"""ALBEF's text conventions: caption cleaning (`pre_caption`) and `[CLS] w1 ... wn [PAD]` tokens.
+"""ALBEF's text conventions: caption cleaning (`augment.words.pre_caption`,
+shared with the reference attack protocols) and `[CLS] w1 ... wn [PAD]` tokens.
 
 ALBEF's own BERT tokenizer adds only [CLS] (no trailing [SEP]) to a single sentence, and its
 datasets pass every caption through `pre_caption` first; the released checkpoints were trained
@@ -6,24 +7,11 @@ and evaluated on exactly these inputs, so the family reproduces both.
 """
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 
 from models.base import TextTokens
-
-_PUNCTUATION = re.compile(r"([,.'!?\"()*#:;~])")
-_SPACES = re.compile(r"\s{2,}")
-
-
-def pre_caption(caption: str, max_words: int = 30) -> str:
-    """Lower-case, drop punctuation, '-' and '/' become spaces, at most `max_words` words (as ALBEF)."""
-    caption = _PUNCTUATION.sub("", str(caption).lower())
-    caption = caption.replace("-", " ").replace("/", " ").replace("<person>", "person")
-    caption = _SPACES.sub(" ", caption).rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else caption
 
 
 def tokenize_without_sep(tokenizer, texts: Sequence[str], max_length: int, pad_to_max_length: bool = False) -> TextTokens:
