@@ -18,6 +18,7 @@ from augment.errors import SourceError
 
 MAX_DEFAULT_WORKERS = 8
 PREFETCH_FACTOR = 2  # batches each worker keeps ready
+SHARD_WORKERS = 2  # `augment generate`: at most this many processes decode shards ahead (see run_generation)
 
 
 def default_workers() -> int:
@@ -29,10 +30,12 @@ def default_workers() -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
 
 
-def add_workers_argument(parser) -> None:
+def add_workers_argument(parser, used_at_most: int | None = None) -> None:
+    """`--workers`; `used_at_most`: the command uses no more than that many, whatever is asked (said in the help)."""
+    cap = f"; this command uses at most {used_at_most}" if used_at_most is not None else ""
     parser.add_argument("--workers", type=non_negative_int, default=default_workers(),
                         help="DataLoader worker processes that decode images ahead of the model "
-                             f"(default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}, here {default_workers()}; 0: decode inline)")
+                             f"(default: CPUs - 1, at most {MAX_DEFAULT_WORKERS}, here {default_workers()}; 0: decode inline{cap})")
 
 
 def exit_with_parent(parent: int, _worker_id: int = 0) -> None:

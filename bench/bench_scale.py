@@ -46,9 +46,11 @@ RACY_SECONDS = 2.0  # augment.source_cache.RACY_SECONDS (not imported: the paren
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scale", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
-    parser.add_argument("--jobs", default="generate,train_step,eval_batch", help="which jobs to time")
+    parser.add_argument("--jobs", default="generate,train_step,eval_batch",
+                        help="which jobs to time, comma-separated, of generate, train_step, eval_batch (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per job and size; the fastest counts (default 2)")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"the report, JSON (default {DEFAULT_OUT}); "
+                        "a quick look: --sizes 200,2000 --repeats 1 (~1.5 min on 2 cores)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the sources and outputs here and keep them")
     # internal: time one job in this (fresh) process
     parser.add_argument("--child", nargs=2, metavar=("JOB", "ARGV_JSON"), help=argparse.SUPPRESS)

@@ -690,6 +690,13 @@ def test_transformers_clip_scorer(tmp_path, source, train_items, sample_world_di
     assert scorer_kind(str(folder)) == "hf_clip"  # models.family_of: a CLIPModel folder is the hf_clip family
     scorer = load_scorer(str(folder))
     assert scorer.id.startswith("hf_clip:") and scorer.slug.startswith("hf-clip-")
+    # known without loading (a re-score's stored scores are found by it): the loaded scorer's id and slug
+    from augment.scoring.scorers import scorer_identity
+
+    for name, loaded in ((str(folder), scorer), ("tiny-clip", load_scorer("tiny-clip"))):
+        identity = scorer_identity(name)
+        assert (identity.id, identity.slug) == (loaded.id, loaded.slug)
+    assert scorer_identity("tiny-clip", pretrained="openai") is None and scorer_identity("ViT-B-16") is None
     rows = [_row(item, 1, 0, "copy", "text", caption=item["captions"][1]) for item in train_items[:6]]
     entry = _score(_write(tmp_path / "pool", rows, sample_world_dir), source, scorer)
     assert entry["scorer"]["kind"] == "hf_clip"
@@ -811,7 +818,8 @@ def test_select_refuses_without_scores(tmp_path, train_items, sample_world_dir):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cli_scores_pools_writes_side_tables_plot_and_table_then_selects(tmp_path, train_items, sample_world_dir, capsys):
+def test_cli_scores_pools_writes_side_tables_plot_and_table_then_selects(tmp_path, train_items, sample_world_dir, capsys,
+                                                                            monkeypatch):
     from augment.cli import main
     from augment.pool import load_pool
 
@@ -838,6 +846,20 @@ def test_cli_scores_pools_writes_side_tables_plot_and_table_then_selects(tmp_pat
     # the shared cache: the second pool re-used the source captions and images the first encoded
     assert entries["first"]["encoding"]["encoded"]["image"] == 8
     assert entries["second"]["encoding"]["encoded"]["image"] == 0
+
+    # again, unchanged: the stored scores are served without loading the scorer (a tiny twin is
+    # known by its weights file); --force loads it and recomputes
+    import augment.commands.score as score_command
+
+    loads = []
+    real_load = score_command.load_scorer_or_fail
+    monkeypatch.setattr(score_command, "load_scorer_or_fail", lambda args: loads.append(1) or real_load(args))
+    again = ["score", str(tmp_path / "first"), str(tmp_path / "second"), "--scorer", "tiny-clip", "--bootstrap", "100",
+             "--gap-bootstrap", "10", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert main(again) == 0
+    assert capsys.readouterr().out.count("stored scores reused") == 2 and loads == []
+    assert main([*again, "--force"]) == 0
+    assert "stored scores reused" not in capsys.readouterr().out and loads == [1]
 
     code = main(["select", str(tmp_path / "first"), "--out", str(tmp_path / "best"), "--top-k-per-item", "1",
                  "--min-alignment", "-1", "--scorer", "tiny-clip"])

@@ -132,15 +132,6 @@ def _model_is_positional(text: str) -> None:
                                      "(the trainer's --model)")
 
 
-def _precision(text: str) -> str:
-    from models.half_precision import check_precision
-
-    try:
-        return check_precision(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _attack_names(text: str) -> list[str]:
     from train.attacks import ATTACK_NAMES
     from train.attacks.captioning import CAPTION_ATTACK_NAMES
@@ -232,7 +223,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
     runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    runtime.add_argument("--precision", type=_precision, default="fp32", metavar="{fp32,amp,amp_fp16,amp_bf16}",
+    runtime.add_argument("--precision", default="fp32", metavar="{fp32,amp,amp_fp16,amp_bf16}",
                          help="as the trainer's (open_clip_train's names): autocast of every task's forward passes, "
                               "weights kept fp32 (amp = amp_fp16, on a GPU; its attack gradients are loss-scaled; "
                               "default: fp32)")
@@ -333,6 +324,12 @@ def run(args: argparse.Namespace) -> int:
     from train.eval_report import write_report
     from train.evaluate import evaluate, markdown_report
 
+    from models.half_precision import check_precision
+
+    try:  # here, not as an argparse type: one line, as the trainer refuses it, not the usage block
+        check_precision(args.precision)
+    except ValueError as exc:
+        raise MatPlusError(f"--precision: {exc}") from None
     _refuse_other_tasks_options(args)
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")

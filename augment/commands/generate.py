@@ -7,7 +7,7 @@ from augment.arguments import positive_int
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import distributed_rank, run_generation
-from augment.loading import add_workers_argument
+from augment.loading import SHARD_WORKERS, add_workers_argument
 
 MODEL_METHODS = "t2t-<model>, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that read the model options (generators.MODEL_OPTIONS)
 # options every method reads (the run's, the source's); the others are method options, each read
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (under accelerate launch: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     parser.add_argument("--no-progress", action="store_true")
-    add_workers_argument(parser)
+    add_workers_argument(parser, used_at_most=SHARD_WORKERS)
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
         module.add_arguments(group)

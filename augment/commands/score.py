@@ -62,7 +62,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from augment.pool import load_pool
-    from augment.scoring.pool_scores import ScoreSettings, score_and_save
+    from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save
+    from augment.scoring.scorers import scorer_identity
     from augment.atomic import atomic_write_text, remove_stale_temporaries
     from augment.pool import write_pool_card
     from augment.scoring.report import comparison_table
@@ -78,7 +79,7 @@ def run(args) -> int:
         remove_stale_temporaries(pool.path, recursive=False)
     if args.cache_dir:
         remove_stale_temporaries(args.cache_dir)
-    from augment.sources import source_fingerprint
+    from augment.sources import image_files_fingerprint, source_fingerprint
 
     # every pool's source before the scorer: a wrong path stops in one line before a model loads
     sources: dict[tuple, object] = {}
@@ -92,16 +93,25 @@ def run(args) -> int:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
         planned.append((pool, key, source_name))
-    scorer = load_scorer_or_fail(args)
+    # pools whose stored scores still hold need no model: with a scorer known by its weights file
+    # (a tiny twin, a folder), they are served before it loads, and it loads only if one needs it
+    identity = None if args.force else scorer_identity(args.scorer, args.pretrained)
+    scorer = None
     entries = []
     for pool, key, source_name in planned:
         source = sources[key]
         warn_if_other_source(pool, fingerprints[key])
-        entry = score_and_save(
-            pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-            plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
-            source_fp=fingerprints[key],
-        )
+        entry = None
+        if identity is not None:
+            inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files_fingerprint(source))
+            entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
+        if entry is None:
+            scorer = scorer or load_scorer_or_fail(args)
+            entry = score_and_save(
+                pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
+                plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
+                source_fp=fingerprints[key],
+            )
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
         print(one_line_summary(entry))

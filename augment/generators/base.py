@@ -19,7 +19,6 @@ from augment.seeds import row_seed  # noqa: F401  (re-exported: generators impor
 from augment.sources import select_split, source_fingerprint
 
 
-SHARD_WORKERS = 2  # at most this many processes decode shards ahead (see run_generation)
 
 
 class Generator(ABC):
@@ -139,7 +138,7 @@ def run_generation(
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
-    from augment.loading import ordered_batches
+    from augment.loading import SHARD_WORKERS, ordered_batches
 
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
     # a shard is the unit: decoding one takes far less than generating from it, so a worker or

@@ -493,13 +493,9 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     settings = settings or ScoreSettings()
     source_fp = source_fp or source_fingerprint(source_dataset)
     key = inputs_key(pool, source_fp, scorer, settings, source_name, image_files_fingerprint(source_dataset))
-    stored = None if force else reusable_entry(pool.path, scorer.slug, key)
+    stored = None if force else reuse_stored(pool, scorer, key, plot)
     if stored is not None:
-        if store.read_scores_json(pool.path).get("latest") != scorer.slug:
-            report.update_scores_json(pool.path, stored)  # it becomes the latest again
-        if plot and not (pool.path / store.SCORES_PLOT).is_file():
-            report.plot_scores(pool.path, stored)
-        return {**stored, "reused": True}
+        return stored
     folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
     embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
     entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
@@ -509,6 +505,22 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     if plot:
         report.plot_scores(pool.path, entry)
     return entry
+
+
+def reuse_stored(pool, scorer, key: str, plot: bool = False) -> dict | None:
+    """The stored entry (with "reused": True) when `pool` was scored by `scorer` (a `Scorer` or a
+    `ScorerIdentity`: only its id and slug are read) from the inputs `key`, made the pool's latest
+    again (and its plot drawn when missing); None when it must be scored."""
+    from augment.scoring import report
+
+    stored = reusable_entry(pool.path, scorer.slug, key)
+    if stored is None:
+        return None
+    if store.read_scores_json(pool.path).get("latest") != scorer.slug:
+        report.update_scores_json(pool.path, stored)  # it becomes the latest again
+    if plot and not (pool.path / store.SCORES_PLOT).is_file():
+        report.plot_scores(pool.path, stored)
+    return {**stored, "reused": True}
 
 
 def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str) -> str:

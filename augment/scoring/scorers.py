@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -208,6 +209,41 @@ def scorer_kind(name: str) -> str:
     from models import family_of
 
     return family_of(name)
+
+
+@dataclass(frozen=True)
+class ScorerIdentity:
+    """A scorer's `name`, `id` and `slug` known without loading its weights (`scorer_identity`):
+    enough to find its stored scores (`augment.scoring.pool_scores.reuse_stored`)."""
+
+    name: str
+    id: str
+
+    @property
+    def slug(self) -> str:
+        return scorer_slug(self.name, self.id)
+
+
+def scorer_identity(name: str, pretrained: str | None = None) -> ScorerIdentity | None:
+    """The identity `load_scorer(name, pretrained)` would give, for the names whose id is a file
+    hash (tiny twins, folders: the family and the weights file's digest), read without loading the
+    model or its library; None for the others (their id needs the resolved tag) or a name that
+    does not resolve (loading it says why)."""
+    from augment import tiny
+
+    if pretrained:
+        return None
+    folder = tiny.tiny_dir(name) if name in tiny.FAMILY_TWINS else Path(name.removeprefix("local-dir:")).expanduser()
+    if not folder.is_dir():
+        return None
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        return None
+    try:
+        family = scorer_kind(name)
+    except ModelLoadError:
+        return None
+    return ScorerIdentity(name, f"{family}:{file_digest(weights[0])}")
 
 
 def load_scorer(name: str = "default", pretrained: str | None = None, device: Any = "cpu",
