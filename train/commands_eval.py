@@ -318,13 +318,11 @@ def run(args: argparse.Namespace) -> int:
     from augment.commands.common import read_source
     from augment.errors import MatPlusError
     from models import load_model
-    from models.half_precision import autocast
+    from models.half_precision import autocast, check_precision
     from train.attacks.settings import pgd_step_size
     from train.config import default_mlm
     from train.eval_report import write_report
     from train.evaluate import evaluate, markdown_report
-
-    from models.half_precision import check_precision
 
     try:  # here, not as an argparse type: one line, as the trainer refuses it, not the usage block
         check_precision(args.precision)
