@@ -179,13 +179,14 @@ class TextPrefixCache:
                                    else (None, None))
                 q = (F.linear(normed.index_select(0, pooled_packed), q_weight, q_bias)
                      .view(count, 1, heads, head_width).transpose(1, 2))
-                laid = x.new_zeros(count * span, 2 * width).index_copy_(0, real, F.linear(normed, kv_weight, kv_bias))
+                kv = F.linear(normed, kv_weight, kv_bias)  # under autocast in its lower precision: laid out alike
+                laid = kv.new_zeros(count * span, 2 * width).index_copy_(0, real, kv)
                 k, v = laid.view(count, span, 2, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
                 block_mask = mask[rows, :, last_row].unsqueeze(2)
                 x = x.index_select(0, pooled_packed)
             else:
-                laid = x.new_zeros(count * span, 3 * width).index_copy_(
-                    0, real, F.linear(normed, block.qkv_weight, block.qkv_bias))
+                qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
+                laid = qkv.new_zeros(count * span, 3 * width).index_copy_(0, real, qkv)
                 q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
                 block_mask = mask
             if keep:

@@ -676,6 +676,22 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["tiny-clip", "tiny-hf-clip"])
+def test_text_prefix_cache_runs_under_autocast(name, dtype):
+    """`train eval --precision amp|amp_bf16` and the trainer's amp_bf16 run the word attacks under
+    autocast, where the linear layers return half precision: the cache must run there too and stay
+    close to the whole tower under the same autocast (it once failed: fp32 buffers, half inputs)."""
+    model = load_model(name)
+    owners, texts = [o for o, _ in PREFIX_VARIANTS], [t for _, t in PREFIX_VARIANTS]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        cache = model.text_prefix_cache(PREFIX_REFERENCES, batch_size=3)
+        expected = model.encode_text(texts)
+        unit = cache.encode(texts, owners)
+    assert torch.isfinite(unit).all()
+    torch.testing.assert_close(unit.float(), expected.float(), rtol=0, atol=0.03)
+
+
 def test_hf_clip_text_prefix_cache_equals_the_whole_tower():
     """transformers' CLIP text tower is causal too: the cache (its q, k, v projections packed) gives
     `encode_text`'s embeddings, reads the cached keys, and is off with `fast_text = False`."""
