@@ -265,7 +265,8 @@ def resolve_pool_path(path_or_id: str) -> Path:
         except Exception as exc:  # offline, 401/404...: one line, never a token
             from augment.cli_common import scrub_secrets
 
-            raise PoolError(scrub_secrets(f"cannot fetch pool {path_or_id!r} from the Hub: {type(exc).__name__}: {first_line(exc)}")) from None
+            raise PoolError(scrub_secrets(f"no pool folder {path_or_id} here, and cannot fetch pool {path_or_id!r} from the "
+                                          f"Hub: {type(exc).__name__}: {first_line(exc)}")) from None
     raise PoolError(f"{path_or_id}: no such pool folder")
 
 

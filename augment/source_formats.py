@@ -463,9 +463,10 @@ def _load_table(source: str, fmt: str) -> Any:
     except Exception as exc:  # offline, 404, damaged files, any client error: one line, no token
         from augment.cli_common import scrub_secrets
 
-        what = "the Hub dataset" if fmt == "hub" else f"the {fmt} source"
+        # a Hub id is also how a missing local folder `data/name` reads: say both
+        what = "no folder here, and cannot load the Hub dataset" if fmt == "hub" else f"cannot load the {fmt} source"
         cause = exc.__cause__ or exc
-        raise SourceError(scrub_secrets(f"{source}: cannot load {what} ({type(cause).__name__}: {first_line(cause)})")) from None
+        raise SourceError(scrub_secrets(f"{source}: {what} ({type(cause).__name__}: {first_line(cause)})")) from None
 
 
 def read_records(source: str, fmt: str, image_root: str | None, split: str | None, allow_outside_root: bool,

@@ -371,7 +371,7 @@ def test_failing_hub_source_is_one_line_without_the_token(capsys, monkeypatch):
                               + f"\nheaders: Authorization: Bearer {secret}")
 
     monkeypatch.setattr(datasets, "load_dataset", broken)
-    line = fails(capsys, ["inspect", "--source", "org/name"], "org/name: cannot load the Hub dataset", "ConnectionError")
+    line = fails(capsys, ["inspect", "--source", "org/name"], "org/name: no folder here, and cannot load the Hub dataset", "ConnectionError")
     assert secret not in line
 
 

@@ -143,7 +143,7 @@ def test_hub_pool_id_fails_fast_offline():
     import time
 
     start = time.time()
-    with pytest.raises(PoolError, match="cannot fetch pool 'someone/some-pool@v2' from the Hub"):
+    with pytest.raises(PoolError, match="no pool folder someone/some-pool@v2 here, and cannot fetch pool 'someone/some-pool@v2' from the Hub"):
         load_pool("someone/some-pool@v2")
     assert time.time() - start < 15
 

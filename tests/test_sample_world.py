@@ -276,9 +276,13 @@ def test_make_sample_command(tmp_path, capsys):
     out = tmp_path / "sample"
     assert augment_main(["make-sample", str(out), "--n", "16", "--seed", "2", "--captions", "6"]) == 0
     printed = capsys.readouterr().out
-    assert str(out) in printed and "train 12, val 2, test 2" in printed
+    assert str(out) in printed and "train 12, val 2, test 2" in printed and "6 captions each" in printed
     data = json.loads((out / "dataset_sample.json").read_text())
     assert len(data["images"]) == 16 and all(len(i["sentences"]) == 6 for i in data["images"])
+    # referring expressions: the count per object is said, not --captions' default
+    assert augment_main(["make-sample", str(tmp_path / "ref"), "--n", "4", "--expressions", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 referring expressions per object" in printed and "5 captions" not in printed
 
     assert augment_main(["make-sample", str(out), "--n", "16"]) == 2
     assert "not empty" in capsys.readouterr().err

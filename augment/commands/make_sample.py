@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         expressions=args.expressions,
     )
     sizes = split_sizes(args.n, args.val_frac, args.test_frac)
-    print(f"wrote {args.n} images with {args.captions} captions each to {out_dir / 'dataset_sample.json'}")
+    captions = (f"{args.expressions} referring expressions per object as captions" if args.expressions
+                else f"{args.captions} captions each")
+    print(f"wrote {args.n} images with {captions} to {out_dir / 'dataset_sample.json'}")
     print(f"splits: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
     return 0
