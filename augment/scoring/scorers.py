@@ -227,7 +227,7 @@ class ScorerIdentity:
 def scorer_identity(name: str, pretrained: str | None = None) -> ScorerIdentity | None:
     """The identity `load_scorer(name, pretrained)` would give, for the names whose id is a file
     hash (tiny twins, folders: the family and the weights file's digest), read without loading the
-    model or its library; None for the others (their id needs the resolved tag) or a name that
+    weights (nor, for tiny twins and mat-plus checkpoints, importing the model's library); None for the others (their id needs the resolved tag) or a name that
     does not resolve (loading it says why)."""
     from augment import tiny
 
