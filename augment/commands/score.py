@@ -84,6 +84,7 @@ def run(args) -> int:
     # every pool's source before the scorer: a wrong path stops in one line before a model loads
     sources: dict[tuple, object] = {}
     fingerprints: dict[tuple, str] = {}
+    image_files: dict[tuple, str] = {}  # each source's image files' identity, read once for all its pools
     planned = []  # (pool, its source's key, the source's name)
     for pool in pools:
         source_name = source_of(pool, args.source)
@@ -92,6 +93,7 @@ def run(args) -> int:
         if key not in sources:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
+            image_files[key] = image_files_fingerprint(sources[key])
         planned.append((pool, key, source_name))
     # pools whose stored scores still hold need no model: with a scorer known by its weights file
     # (a tiny twin, a folder), they are served before it loads, and it loads only if one needs it
@@ -103,14 +105,14 @@ def run(args) -> int:
         warn_if_other_source(pool, fingerprints[key])
         entry = None
         if identity is not None:
-            inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files_fingerprint(source))
+            inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files[key])
             entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
         if entry is None:
             scorer = scorer or load_scorer_or_fail(args)
             entry = score_and_save(
                 pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
                 plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
-                source_fp=fingerprints[key],
+                source_fp=fingerprints[key], source_images=image_files[key],
             )
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)

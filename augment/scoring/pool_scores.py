@@ -476,7 +476,7 @@ def _gap(totals: Totals, modality: str, settings: ScoreSettings) -> dict:
 def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None = None,
                    cache_dir: str | None = None, source_name: str = "", plot: bool = True,
                    progress: bool = False, force: bool = False, workers: int = 0,
-                   source_fp: str | None = None) -> dict:
+                   source_fp: str | None = None, source_images: str | None = None) -> dict:
     """Score `pool` with `scorer`, write rows/items tables, scores.json and (with `plot`) the PNG.
 
     The embedding cache lives in `cache_dir` (share one between pools of the same source to
@@ -484,7 +484,8 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     already scored from the same inputs (`inputs_key`: pool files, source, scorer, settings)
     and its side tables are there, nothing is recomputed (`force` recomputes): the stored
     entry comes back with "reused": True. `workers` decode images for the scorer in DataLoader
-    worker processes (0: in this process).
+    worker processes (0: in this process). `source_fp` / `source_images`: the source's
+    `source_fingerprint` / `image_files_fingerprint` when the caller has them (else computed).
     """
     from augment.scoring import report
     from augment.scoring.embeddings import EmbeddingCache
@@ -492,7 +493,8 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
 
     settings = settings or ScoreSettings()
     source_fp = source_fp or source_fingerprint(source_dataset)
-    key = inputs_key(pool, source_fp, scorer, settings, source_name, image_files_fingerprint(source_dataset))
+    source_images = source_images or image_files_fingerprint(source_dataset)
+    key = inputs_key(pool, source_fp, scorer, settings, source_name, source_images)
     stored = None if force else reuse_stored(pool, scorer, key, plot)
     if stored is not None:
         return stored

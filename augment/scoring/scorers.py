@@ -226,24 +226,16 @@ class ScorerIdentity:
 
 def scorer_identity(name: str, pretrained: str | None = None) -> ScorerIdentity | None:
     """The identity `load_scorer(name, pretrained)` would give, for the names whose id is a file
-    hash (tiny twins, folders: the family and the weights file's digest), read without loading the
-    weights (nor, for tiny twins and mat-plus checkpoints, importing the model's library); None for the others (their id needs the resolved tag) or a name that
-    does not resolve (loading it says why)."""
-    from augment import tiny
-
+    hash (tiny twins, folders: the family and `_weights_digest`), read without loading the weights
+    (nor, for tiny twins and mat-plus checkpoints, importing the model's library); None for the
+    others (their id needs the resolved tag) or a name that does not resolve (loading it says why)."""
     if pretrained:
         return None
-    folder = tiny.tiny_dir(name) if name in tiny.FAMILY_TWINS else Path(name.removeprefix("local-dir:")).expanduser()
-    if not folder.is_dir():
-        return None
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    if not weights:
-        return None
     try:
-        family = scorer_kind(name)
+        digest = _weights_digest(name)
+        return ScorerIdentity(name, f"{scorer_kind(name)}:{digest}") if digest is not None else None
     except ModelLoadError:
         return None
-    return ScorerIdentity(name, f"{family}:{file_digest(weights[0])}")
 
 
 def load_scorer(name: str = "default", pretrained: str | None = None, device: Any = "cpu",
@@ -255,19 +247,25 @@ def load_scorer(name: str = "default", pretrained: str | None = None, device: An
     return ModelScorer(model, _model_id(name, model), batch_size, device)
 
 
-def _model_id(name: str, model) -> str:
-    """Weights hash for folders and tiny twins; family + name + tag (or tag file hash) otherwise."""
+def _weights_digest(name: str) -> str | None:
+    """The digest of a tiny twin's or a model folder's weights file (its first *.safetensors, else
+    *.bin); None when `name` is neither; ModelLoadError when the folder holds no weights file."""
     from augment import tiny
 
-    if name in tiny.FAMILY_TWINS:
-        folder = tiny.tiny_dir(name)
-    else:
-        folder = Path(name.removeprefix("local-dir:")).expanduser()
-    if folder.is_dir():
-        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-        if not weights:
-            raise ModelLoadError(f"cannot score with {folder}: no weights file (*.safetensors or *.bin)")
-        return f"{model.family}:{file_digest(weights[0])}"
+    folder = tiny.tiny_dir(name) if name in tiny.FAMILY_TWINS else Path(name.removeprefix("local-dir:")).expanduser()
+    if not folder.is_dir():
+        return None
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        raise ModelLoadError(f"cannot score with {folder}: no weights file (*.safetensors or *.bin)")
+    return file_digest(weights[0])
+
+
+def _model_id(name: str, model) -> str:
+    """Weights hash for folders and tiny twins; family + name + tag (or tag file hash) otherwise."""
+    digest = _weights_digest(name)
+    if digest is not None:
+        return f"{model.family}:{digest}"
     tag = model.pretrained
     if tag and Path(tag).expanduser().is_file():
         tag = file_digest(Path(tag).expanduser())
