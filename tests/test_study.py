@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,7 +21,8 @@ def mini_study(tmp_path_factory):
     config = load_study_config("mini", {"out": str(out)})
     logged: list[str] = []
     report = Study(config, log=logged.append).run()
-    return config, out, report, logged
+    yield config, out, report, logged
+    shutil.rmtree(out.parent, ignore_errors=True)  # ~1.3 GB of checkpoints: free the disk for the rest of the suite
 
 
 def test_report_has_every_section(mini_study):
@@ -286,7 +288,8 @@ def one_caption_study(tmp_path_factory):
     finally:
         world_mlm.TRAINING.clear(), world_mlm.TRAINING.update(saved[0])
         world_mlm.TRAIN_WORLD.clear(), world_mlm.TRAIN_WORLD.update(saved[1])
-    return config, out, report
+    yield config, out, report
+    shutil.rmtree(out.parent, ignore_errors=True)  # ~0.7 GB of checkpoints
 
 
 def test_one_caption_source_and_pretraining_on_the_other_scenes(one_caption_study):
