@@ -109,9 +109,11 @@ def run(args) -> int:
             entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
         if entry is None:
             scorer = scorer or load_scorer_or_fail(args)
+            # with a known identity the stored scores were looked up just above: not again inside
             entry = score_and_save(
                 pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-                plot=not args.no_plot, progress=not args.no_progress, force=args.force, workers=args.workers,
+                plot=not args.no_plot, progress=not args.no_progress, force=args.force or identity is not None,
+                workers=args.workers,
                 source_fp=fingerprints[key], source_images=image_files[key],
             )
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
