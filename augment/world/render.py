@@ -66,14 +66,16 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
     draw.polygon(points, fill=fill)
 
 
+# random byte b -> grey level GREY - NOISE_AMPLITUDE + b % (2 * NOISE_AMPLITUDE + 1), as one table for bytes.translate
+_NOISE_LEVELS = bytes(GREY[0] - NOISE_AMPLITUDE + b % (2 * NOISE_AMPLITUDE + 1) for b in range(256))
+
+
 def _background(kind: str, noise_seed: int) -> Image.Image:
     if kind == "plain":
         return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), GREY)
     # randbytes is part of random's stable stream, and one call is fast enough for 4,096 pixels
     noise = random.Random(noise_seed).randbytes(IMAGE_SIZE * IMAGE_SIZE)
-    span = 2 * NOISE_AMPLITUDE + 1
-    levels = bytes(GREY[0] - NOISE_AMPLITUDE + b % span for b in noise)
-    return Image.frombytes("L", (IMAGE_SIZE, IMAGE_SIZE), levels).convert("RGB")
+    return Image.frombytes("L", (IMAGE_SIZE, IMAGE_SIZE), noise.translate(_NOISE_LEVELS)).convert("RGB")
 
 
 def render_scene(scene: Scene, rng: random.Random | None = None) -> Image.Image:

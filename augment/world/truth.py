@@ -12,6 +12,7 @@ changed. Its rules for words it does not know:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -336,6 +337,34 @@ def _relations(items: list) -> list[tuple[int, str, object]]:
     return found
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """What a text says, read once: its items (`_parse`), whether a word was unknown, the indices of
+    its singular object phrases and its relations (`_relations`). Shared by every check of the text:
+    treat as read-only."""
+
+    items: tuple
+    unknown: bool
+    individuals: tuple[int, ...]
+    relations: tuple[tuple[int, str, object], ...]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _read(text: str) -> _Reading | None:
+    """The reading of `text`, None when the checker cannot judge it (negation, disjunction or
+    universal quantifiers; no word about the world). Cached: grounding's training labels check
+    every expression of a batch against every scene of it, and its counterfactual edits one
+    expression against a dozen edited scenes, so a text is read once instead of thousands of times."""
+    units = _tag(_caption_words(text))
+    if any(kind == "logic" for kind, _ in units):
+        return None
+    if not any(kind in _CLAIM_KINDS or (kind == "noun" and value[0] != "frame") for kind, value in units):
+        return None
+    items, unknown = _parse(units)
+    individuals = tuple(k for k, (kind, value) in enumerate(items) if kind == "phrase" and value.is_individual())
+    return _Reading(tuple(items), unknown, individuals, tuple(_relations(items)))
+
+
 def _background_true(phrase: _Phrase, scene: Scene) -> bool:
     return (phrase.background_kinds <= {scene.background} and phrase.colours <= {"grey"}
             and not phrase.shapes and not phrase.sizes and not phrase.positions)
@@ -358,29 +387,24 @@ def check_caption(caption: str, scene: Scene) -> bool | None:
     phrase matches the background kind and is grey. Captions need not mention every object.
     Unknown words: see the module docstring (False, or None when nothing is about the world).
     """
-    units = _tag(_caption_words(caption))
-    if any(kind == "logic" for kind, _ in units):
+    reading = _read(caption)
+    if reading is None:
         return None
-    has_claim = any(kind in _CLAIM_KINDS or (kind == "noun" and value[0] != "frame")
-                    for kind, value in units)
-    if not has_claim:
-        return None
-    items, unknown = _parse(units)
-    if unknown:
+    if reading.unknown:
         return False
+    items = reading.items
     phrases = [value for kind, value in items if kind == "phrase"]
     for phrase in phrases:
         if phrase.head == "background" and not _background_true(phrase, scene):
             return False
         if phrase.is_object() and not _counts_true(phrase, scene):
             return False
-    return _assignment_exists(items, scene)
+    return _assignment_exists(reading, scene)
 
 
-def _assignment_exists(items: list, scene: Scene) -> bool:
+def _assignment_exists(reading: "_Reading", scene: Scene) -> bool:
     """Whether distinct objects can stand for the singular phrases with every relation holding."""
-    individuals = [k for k, (kind, value) in enumerate(items) if kind == "phrase" and value.is_individual()]
-    relations = _relations(items)
+    items, individuals, relations = reading.items, reading.individuals, reading.relations
     if len(individuals) > len(scene.objects):
         return False
     for chosen in itertools.permutations(scene.objects, len(individuals)):
@@ -408,24 +432,21 @@ def _relation_true(items: list, assigned: dict, scene: Scene, relation: tuple) -
 def referents(expression: str, scene: Scene) -> list[int] | None:
     """Indices of the objects `expression` can refer to (its first object phrase, with every
     relation and landmark holding); None when the checker cannot read it (see `check_caption`)."""
-    units = _tag(_caption_words(expression))
-    if any(kind == "logic" for kind, _ in units):
+    reading = _read(expression)
+    if reading is None:
         return None
-    has_claim = any(kind in _CLAIM_KINDS or (kind == "noun" and value[0] != "frame") for kind, value in units)
-    if not has_claim:
-        return None
-    items, unknown = _parse(units)
-    if unknown:
+    if reading.unknown:
         return []  # a claim this closed world cannot contain: it refers to nothing here
-    individuals = [k for k, (kind, value) in enumerate(items) if kind == "phrase" and value.is_individual()]
+    items, individuals, relations = reading.items, reading.individuals, reading.relations
     if not individuals:
         return None
-    relations = _relations(items)
+    # the objects each singular phrase can stand for; an assignment is one of each, all distinct
+    matching = [[c for c, obj in enumerate(scene.objects) if items[k][1].matches(obj)] for k in individuals]
     found = set()
-    for chosen in itertools.permutations(range(len(scene.objects)), len(individuals)):
-        assigned = {k: scene.objects[c] for k, c in zip(individuals, chosen)}
-        if chosen[0] in found or not all(items[k][1].matches(obj) for k, obj in assigned.items()):
+    for chosen in itertools.product(*matching):
+        if chosen[0] in found or len(set(chosen)) < len(chosen):
             continue
+        assigned = {k: scene.objects[c] for k, c in zip(individuals, chosen)}
         if all(_relation_true(items, assigned, scene, rel) for rel in relations):
             found.add(chosen[0])
     return sorted(found)
