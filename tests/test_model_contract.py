@@ -614,6 +614,27 @@ def test_word_cached_tokenizer_equals_open_clip(clean):
     assert not torch.equal(model.tokenize(["a dog's ball"]).input_ids, model.tokenizer(["a dog's ball"]))
 
 
+def test_open_clip_bpe_tokenizer_is_built_once_per_text_config(tmp_path):
+    import open_clip
+
+    from models.open_clip_family import _tokenizer
+
+    assert load_model("tiny-clip").tokenizer is load_model("tiny-clip").tokenizer
+    folders = {}
+    for name, text_cfg in {"a": {"context_length": 20}, "b": {"context_length": 20},
+                           "c": {"context_length": 24}, "d": {"context_length": 20, "tokenizer_kwargs": {"clean": "whitespace"}}}.items():
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"text_cfg": text_cfg}}))
+    a, b, c, d = (_tokenizer(f"local-dir:{folders[n]}", None) for n in "abcd")
+    assert a is b and a is not c and a is not d
+    for tokenizer, folder in ((a, folders["a"]), (c, folders["c"]), (d, folders["d"])):  # what open_clip builds
+        built = open_clip.get_tokenizer(f"local-dir:{folder}")
+        text = "A  Dog's   ball!"
+        assert tokenizer.context_length == built.context_length and torch.equal(tokenizer([text]), built([text]))
+    assert not torch.equal(a(["A  Dog's   ball!"]), d(["A  Dog's   ball!"]))  # the kwargs reach the tokenizer
+
+
 def test_tiny_clip_text_shortcuts_match_open_clip():
     model = load_model("tiny-clip")  # context 32: the captions' truncation differs from 77
     texts = _tokenizer_texts()[:200]
