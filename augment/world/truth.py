@@ -349,12 +349,13 @@ class _Reading:
     relations: tuple[tuple[int, str, object], ...]
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 13)  # ~3.7 KB a reading: at most ~30 MB
 def _read(text: str) -> _Reading | None:
     """The reading of `text`, None when the checker cannot judge it (negation, disjunction or
     universal quantifiers; no word about the world). Cached: grounding's training labels check
     every expression of a batch against every scene of it, and its counterfactual edits one
-    expression against a dozen edited scenes, so a text is read once instead of thousands of times."""
+    expression against a dozen edited scenes, so a text is read once instead of thousands of times
+    (the 2,000-scene grounding world of the tests has 2,270 distinct expressions)."""
     units = _tag(_caption_words(text))
     if any(kind == "logic" for kind, _ in units):
         return None
