@@ -283,8 +283,8 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
             model_name, pretrained=tag, device=device, precision=precision,
             force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
         )
-        tokenizer = _tokenizer(model_name, cache_dir)
         model_cfg = open_clip.get_model_config(model_name) or {}
+        tokenizer = _tokenizer(model_name, model_cfg, cache_dir)
     if force_quick_gelu:
         model_cfg["quick_gelu"] = True
     wrapped = OpenClipModel(
@@ -299,22 +299,20 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
 _SHARED_TOKENIZERS: dict[str, Any] = {}
 
 
-def _tokenizer(model_name: str, cache_dir: str | None):
-    """open_clip's tokenizer for `model_name` (`open_clip.get_tokenizer`). Where open_clip picks it from
-    the text config alone (a local folder, a built-in name other than SigLIP's) and picks its own BPE
-    tokenizer, that is built once per text config and shared: building one reads
-    the 49k-merge vocabulary (~0.12 s, half of loading tiny-clip), and a study or an evaluation of
-    many runs loads dozens of checkpoints. Hugging Face tokenizers (`hf_tokenizer_name`, possibly a
-    path inside the model's folder) and Hub configs are built each time, as open_clip does."""
+def _tokenizer(model_name: str, model_cfg: dict, cache_dir: str | None):
+    """open_clip's tokenizer for `model_name` (`open_clip.get_tokenizer`), whose config is `model_cfg`
+    (`open_clip.get_model_config`). Where open_clip picks it from the text config alone (a local
+    folder, a built-in name other than SigLIP's) and picks its own BPE tokenizer, that is built once
+    per text config and shared: building one reads the 49k-merge vocabulary (~0.12 s, half of
+    loading tiny-clip), and a study or an evaluation of many runs loads dozens of checkpoints.
+    Hugging Face tokenizers (`hf_tokenizer_name`, possibly a path inside the model's folder) and
+    Hub configs are built each time, as open_clip does."""
     import open_clip
 
-    text_cfg = None
-    if model_name.startswith("local-dir:"):
-        config = json.loads((Path(model_name.removeprefix("local-dir:")) / OPEN_CLIP_CONFIG_NAME).read_text())
-        text_cfg = (config.get("model_cfg") or {}).get("text_cfg")
-    elif ":" not in model_name and "siglip" not in model_name.lower():  # a built-in SigLIP's name picks its tokenizer
-        text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg")
-    if not isinstance(text_cfg, dict) or text_cfg.get("hf_tokenizer_name"):
+    # a built-in SigLIP's name picks its tokenizer; a Hub config may name a fallback tokenizer
+    by_config = model_name.startswith("local-dir:") or (":" not in model_name and "siglip" not in model_name.lower())
+    text_cfg = model_cfg.get("text_cfg")
+    if not by_config or not isinstance(text_cfg, dict) or text_cfg.get("hf_tokenizer_name"):
         return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     key = json.dumps(text_cfg, sort_keys=True)
     if key not in _SHARED_TOKENIZERS:

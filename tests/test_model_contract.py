@@ -626,7 +626,8 @@ def test_open_clip_bpe_tokenizer_is_built_once_per_text_config(tmp_path):
         folders[name] = tmp_path / name
         folders[name].mkdir()
         (folders[name] / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"text_cfg": text_cfg}}))
-    a, b, c, d = (_tokenizer(f"local-dir:{folders[n]}", None) for n in "abcd")
+    a, b, c, d = (_tokenizer(f"local-dir:{folders[n]}", open_clip.get_model_config(f"local-dir:{folders[n]}"), None)
+                  for n in "abcd")
     assert a is b and a is not c and a is not d
     for tokenizer, folder in ((a, folders["a"]), (c, folders["c"]), (d, folders["d"])):  # what open_clip builds
         built = open_clip.get_tokenizer(f"local-dir:{folder}")
