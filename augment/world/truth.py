@@ -403,18 +403,24 @@ def check_caption(caption: str, scene: Scene) -> bool | None:
     return _assignment_exists(reading, scene)
 
 
+def _assignments(reading: "_Reading", scene: Scene):
+    """Each way distinct objects of `scene` can stand for the reading's singular phrases, every one
+    matching its phrase and every relation holding: (object indices in phrase order, {phrase index:
+    object}). One empty assignment when there are no singular phrases."""
+    items, individuals = reading.items, reading.individuals
+    # the objects each singular phrase can stand for; an assignment is one of each, all distinct
+    matching = [[c for c, obj in enumerate(scene.objects) if items[k][1].matches(obj)] for k in individuals]
+    for chosen in itertools.product(*matching):
+        if len(set(chosen)) < len(chosen):
+            continue
+        assigned = {k: scene.objects[c] for k, c in zip(individuals, chosen)}
+        if all(_relation_true(items, assigned, scene, rel) for rel in reading.relations):
+            yield chosen, assigned
+
+
 def _assignment_exists(reading: "_Reading", scene: Scene) -> bool:
     """Whether distinct objects can stand for the singular phrases with every relation holding."""
-    items, individuals, relations = reading.items, reading.individuals, reading.relations
-    if len(individuals) > len(scene.objects):
-        return False
-    for chosen in itertools.permutations(scene.objects, len(individuals)):
-        assigned = dict(zip(individuals, chosen))
-        if not all(items[k][1].matches(obj) for k, obj in assigned.items()):
-            continue
-        if all(_relation_true(items, assigned, scene, rel) for rel in relations):
-            return True
-    return False
+    return next(_assignments(reading, scene), None) is not None
 
 
 def _relation_true(items: list, assigned: dict, scene: Scene, relation: tuple) -> bool:
@@ -438,19 +444,9 @@ def referents(expression: str, scene: Scene) -> list[int] | None:
         return None
     if reading.unknown:
         return []  # a claim this closed world cannot contain: it refers to nothing here
-    items, individuals, relations = reading.items, reading.individuals, reading.relations
-    if not individuals:
+    if not reading.individuals:
         return None
-    # the objects each singular phrase can stand for; an assignment is one of each, all distinct
-    matching = [[c for c, obj in enumerate(scene.objects) if items[k][1].matches(obj)] for k in individuals]
-    found = set()
-    for chosen in itertools.product(*matching):
-        if chosen[0] in found or len(set(chosen)) < len(chosen):
-            continue
-        assigned = {k: scene.objects[c] for k, c in zip(individuals, chosen)}
-        if all(_relation_true(items, assigned, scene, rel) for rel in relations):
-            found.add(chosen[0])
-    return sorted(found)
+    return sorted({chosen[0] for chosen, _ in _assignments(reading, scene)})
 
 
 def check_expression(expression: str, scene: Scene, target: int) -> bool | None:
