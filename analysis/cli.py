@@ -9,6 +9,7 @@ from pathlib import Path
 from augment.arguments import seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
+from analysis.config import bundled_config_names
 
 
 def _study(args) -> int:
@@ -68,16 +69,28 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     present = {a for _, report in evaluations for a in report.get("attacks", {})}
     # the attacks' canonical order (eval.json may hold them sorted), then any others
     attacks = [a for a in ATTACK_NAMES if a in present] + sorted(present - set(ATTACK_NAMES))
-    header = ["evaluation"] + [f"{a} {suffix}" for a in attacks] + (["RSUM (clean)"] if task == "retrieval" else [])
+    protocols = [_protocol_label(report) for _, report in evaluations]
+    # numbers under a reference protocol are not the project protocol's: say which row is which
+    by_protocol = task == "retrieval" and any(protocol != "project" for protocol in protocols)
+    header = (["evaluation"] + (["protocol"] if by_protocol else []) + [f"{a} {suffix}" for a in attacks]
+              + (["RSUM (clean)"] if task == "retrieval" else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, report in evaluations:
+    for (name, report), protocol in zip(evaluations, protocols):
         entries = report.get("attacks", {})
-        cells = [name] + ["-" if entries.get(attack) is None else cell(entries[attack]) for attack in attacks]
+        cells = ([name] + ([protocol] if by_protocol else [])
+                 + ["-" if entries.get(attack) is None else cell(entries[attack]) for attack in attacks])
         if task == "retrieval":
             clean = entries.get("clean", {})
             cells.append(f"{clean['rsum']:.1f}" if "rsum" in clean else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _protocol_label(report: dict) -> str:
+    """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`)."""
+    options = report.get("settings", {}).get("attack_options", {})
+    protocol = options.get("protocol") or options.get("attack_protocol") or "project"
+    return protocol + ("+bugs" if options.get("reference_bugs") else "")
 
 
 def _model_label(entry: dict) -> str:
@@ -143,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="analysis", description="Which pool properties predict robustness.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     study = sub.add_parser("study", allow_abbrev=False, help="build pools, score them, train and evaluate every method, write the report")
-    study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: default, demo, mini")
+    study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: "
+                       + ", ".join(bundled_config_names()))
     study.add_argument("--out", default=None, help="output folder (default: the config's)")
     study.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
     study.set_defaults(func=_study)

@@ -15,6 +15,12 @@ from train.attacks.settings import ATTACK_DEFAULTS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+
+def bundled_config_names() -> list[str]:
+    """The study configs shipped in `analysis/configs`, by the name `--config` takes."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
 DEFAULTS: dict[str, Any] = {
     "name": "study",
     # retrieval (CLIP, R@1), or another task's arm (analysis.task_arms): captioning, grounding
@@ -99,7 +105,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if not candidate.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
             candidate = CONFIG_DIR / f"{path}.yaml"
         if not candidate.exists():
-            raise MatPlusError(f"study config {path}: no such file (bundled: {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
+            raise MatPlusError(f"study config {path}: no such file (bundled: {', '.join(bundled_config_names())})")
         try:
             layer = yaml.safe_load(candidate.read_text()) or {}
         except yaml.YAMLError as exc:

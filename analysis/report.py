@@ -325,6 +325,12 @@ def plot_series(out: Path, name: str, labels: list[str], stats: list[tuple], xla
 # ----------------------------------------------------------------------------- the report
 
 
+def _protocol_words(evaluation: dict) -> str:
+    """Under which attack protocol the study's numbers were measured (eval.protocol; README: Protocols)."""
+    protocol = evaluation.get("protocol") or evaluation.get("attack_protocol") or "project"
+    return f"attack protocol `{protocol}`" + (" with the reference code's bugs" if evaluation.get("reference_bugs") else "")
+
+
 def write_report(out: Path, config: dict, scores: dict[str, dict], results: list[dict]) -> Path:
     out = Path(out)
     attacks = list(config["eval"]["attacks"])
@@ -384,7 +390,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         + (f"The fine-tuning source keeps {captions['per_image']} caption(s) per train image ({captions.get('choice', 'rotate')}). " if captions else "")
         + f"Text attacks in evaluation use the masked LM `{config['eval']['mlm']}`. "
         f"Evaluation: {config['eval']['split']} split, up to {config['eval']['limit']} images x "
-        f"{config['eval']['captions_per_image']} captions, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps.",
+        f"{config['eval']['captions_per_image']} captions, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps, "
+        + _protocol_words(config["eval"]) + ".",
         "",
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
         f"`{headline}`" + (" counting only attacked captions that stay true (see below)" if meaning_preserved else "")

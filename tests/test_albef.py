@@ -111,6 +111,21 @@ def test_pickle_checkpoint_is_refused_in_one_line(official, tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_file_that_is_no_checkpoint_is_named_so(official, tmp_path):
+    """Not the pickle refusal (whose advice, re-save the state dict, cannot help here)."""
+    (tmp_path / "garbage.pth").write_bytes(b"garbage\n" + bytes(range(256)))
+    with pytest.raises(ModelLoadError, match="garbage.pth: not a PyTorch checkpoint") as info:
+        _load_official_from(tmp_path, "garbage.pth", official[0])
+    assert "\n" not in str(info.value)
+
+
+def test_an_architecture_name_without_a_checkpoint_asks_for_one():
+    for name, pretrained in (("albef", None), ("tcl", "weights.safetensors")):
+        with pytest.raises(ModelLoadError, match=f"'{name}' names an architecture, not weights: give its checkpoint "
+                                                 "file as --pretrained FILE.pth"):
+            load_model(name, pretrained)
+
+
 def _load_official_from(folder, name, config_folder):
     return load_model(str(folder / name), config=str(config_folder / "Retrieval_flickr.yaml"),
                       bert_config=str(config_folder / "config_bert.json"), tokenizer="unused")

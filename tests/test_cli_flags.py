@@ -107,10 +107,15 @@ def test_eval_refuses_an_option_no_chosen_attack_reads(task, extra, named, tmp_p
 def test_eval_attack_list_names_what_is_wrong(capsys):
     with pytest.raises(SystemExit):
         _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", " , "])
-    assert "argument --attacks: no attack named; choose from clean, pgd," in capsys.readouterr().err
+    assert "argument --attacks: no attack named; choose (comma-separated) for retrieval and grounding: clean, pgd," in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit):
         _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
-    assert "argument --attacks: unknown attack(s) ['fgsm']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --attacks: unknown attack(s) ['fgsm']; choose for retrieval and grounding: clean," in err
+    # each task's attacks under its name: the captioning-only ones are not offered for retrieval
+    retrieval, captioning = err.split("retrieval and grounding: ")[1].split("; captioning: ")
+    assert "prompt" not in retrieval and "sga" in retrieval and "prompt-pgd" in captioning and "sga" not in captioning
     assert _eval_parser().parse_args(["tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd, clean,pgd"]).attacks == [
         "pgd", "clean"]  # each attack once, in the order given
 
@@ -283,3 +288,13 @@ def test_study_seeds_are_checked_by_the_parser(seeds, message, capsys):
         analysis_parser().parse_args(["study", "--seeds", seeds])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert analysis_parser().parse_args(["study", "--seeds", "2, 0"]).seeds == [2, 0]
+
+
+def test_study_help_names_every_bundled_config(capsys):
+    from analysis.config import CONFIG_DIR
+
+    with pytest.raises(SystemExit):
+        analysis_parser().parse_args(["study", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    names = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    assert len(names) > 3 and "bundled config name: " + ", ".join(names) in text.replace("- ", "-")

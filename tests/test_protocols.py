@@ -255,6 +255,13 @@ def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenize
         for a in ("bert-attack", "sep", "co-attack", "sga")}
     assert kinds == {("sga", "bert-attack"): "raw", ("sga", "sep"): "raw", ("sga", "co-attack"): "unit",
                      ("sga", "sga"): "unit", **{("co-attack", a): "unit" for a in ("bert-attack", "sep", "co-attack", "sga")}}
+    # the synonym attack (and BERT-Attack with WordNet candidates) takes its protocol's BERT-Attack choices
+    from train.attacks import SynonymAttack
+
+    for protocol, embedding in (("sga", "raw"), ("co-attack", "unit")):
+        for built in (build_attack("synonym", victim, protocol=protocol),
+                      build_attack("bert-attack", victim, protocol=protocol, candidates="wordnet")):
+            assert isinstance(built, SynonymAttack) and built.embedding == embedding
     attack = build_attack("bert-attack", victim, mlm=mlm, protocol="sga", reference_bugs=bugs)
     captions = ["a red dog", "the blue ball"]
     calls = []
@@ -485,6 +492,8 @@ def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world
     report = json.loads((out / "eval.json").read_text())
     assert list(report["attacks"]) == attacks
     assert report["settings"]["attack_options"]["protocol"] == protocol
+    # options left to the protocol are not recorded as the project's defaults (the text guide was "image")
+    assert not {"guide", "max_length", "step_size"} & set(report["settings"]["attack_options"])
     assert report["settings"]["caption_preprocess"] == "pre_caption"  # the reference codes' captions
     params = {name: report["attacks"][name]["params"] for name in attacks[1:]}
     for name in attacks[1:]:

@@ -32,6 +32,7 @@ def test_report_has_every_section(mini_study):
                     "## Pool properties and robustness", "## Robust R@1 against the number of augmentations per item",
                     "## Four ways of using more samples, at equal steps"):
         assert heading in text
+    assert f"{config['eval']['pgd_steps']} PGD steps, attack protocol `project`." in text  # under which protocol the numbers were measured
     for png in ("properties_vs_robustness.png", "robust_vs_n_augmentations.png", "more_samples.png"):
         assert (out / png).stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())
@@ -265,6 +266,9 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
     checkpoint.mkdir(parents=True)
     study.evaluate("run", checkpoint, seed=0)
     assert seen["protocol"] == "co-attack" and seen["reference_bugs"] is True
+    from analysis.report import _protocol_words  # the report's header says so
+
+    assert _protocol_words(config["eval"]) == "attack protocol `co-attack` with the reference code's bugs"
 
 
 @pytest.fixture(scope="module")
@@ -469,6 +473,11 @@ def test_compare_tables_each_task_with_its_metric(tmp_path):
     assert "sga accuracy" in blocks[2] and "| g | 62.0 | 31.0 |" in blocks[2]
     with pytest.raises(MatPlusError, match="task 'vqa'"):
         compare_table([("v", {"task": "vqa", "attacks": {}})])
+    # evaluations under a reference protocol say so in a column of their own
+    sga = {**retrieval, "settings": {"attack_options": {"protocol": "sga", "reference_bugs": True}}}
+    lines = compare_table([("r", retrieval), ("s", sga)]).splitlines()
+    assert lines[0].startswith("| evaluation | protocol | clean TR@1/IR@1 |")
+    assert lines[2:] == ["| r | project | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |", "| s | sga+bugs | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |"]
 
 
 def test_pool_gains_are_paired_by_seed_and_correlated():

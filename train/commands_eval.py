@@ -137,12 +137,14 @@ def _attack_names(text: str) -> list[str]:
     from train.attacks.captioning import CAPTION_ATTACK_NAMES
 
     known = tuple(dict.fromkeys(ATTACK_NAMES + CAPTION_ATTACK_NAMES))  # each task checks its own after parsing
+    # the task is not parsed yet: name each task's attacks, not one list that mixes them
+    choices = f"retrieval and grounding: {', '.join(ATTACK_NAMES)}; captioning: {', '.join(CAPTION_ATTACK_NAMES)}"
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"no attack named; choose from {', '.join(known)} (comma-separated)")
+        raise argparse.ArgumentTypeError(f"no attack named; choose (comma-separated) for {choices}")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose from {', '.join(known)}")
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose for {choices}")
     return list(dict.fromkeys(names))
 
 
@@ -363,7 +365,8 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
         "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
-        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length, "guide": args.text_guide or "image",
+        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length,
+        "guide": args.text_guide,  # None: the protocol's (image under project, the reference's text KL otherwise)
         "scales": args.sga_scales, "alpha": args.co_alpha,
         "protocol": args.protocol, "reference_bugs": args.reference_bugs,
     }

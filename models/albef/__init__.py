@@ -34,11 +34,9 @@ __all__ = ["AlbefModel", "MODEL_CLASS", "build_tiny", "claims_name", "load", "ti
 
 
 def claims_name(name: str, pretrained: str | None = None) -> bool:
-    """A checkpoint file, or `albef` / `tcl` with a checkpoint file as `pretrained`."""
+    """A checkpoint file, or `albef` / `tcl` (whose checkpoint file `load` asks for as `pretrained`)."""
     lower = name.strip().lower()
-    if lower.endswith(CHECKPOINT_SUFFIXES):
-        return True
-    return lower in ARCHITECTURE_NAMES and bool(pretrained) and str(pretrained).lower().endswith(CHECKPOINT_SUFFIXES)
+    return lower.endswith(CHECKPOINT_SUFFIXES) or lower in ARCHITECTURE_NAMES
 
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
@@ -60,6 +58,11 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         folder, display_name = tiny.tiny_dir(name), display_name or name
     else:
         folder = Path(name.removeprefix("local-dir:")).expanduser()
+    if (not folder.is_dir() and name.lower() in ARCHITECTURE_NAMES
+            and not str(pretrained or "").lower().endswith(CHECKPOINT_SUFFIXES)):
+        given = f", not {pretrained!r}" if pretrained else ""
+        raise ModelLoadError(f"'{name}' names an architecture, not weights: give its checkpoint file as --pretrained "
+                             f"FILE.pth{given} (README: ALBEF and TCL)")
     if folder.is_dir():
         model = _load_saved_folder(folder, display_name or name, image_size, pre_caption)
     else:

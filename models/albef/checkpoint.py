@@ -41,6 +41,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None and "Unsupported operand" in str(exc):  # not a pickle: a foreign or damaged file
+            raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: not a PyTorch checkpoint (torch.load reads "
+                                 "neither a zip archive nor a pickle in it); download or copy it again") from None
         holds = f"it holds {found.group(1)}" if found else "it is not a weights-only checkpoint"
         raise ModelLoadError(
             f"refusing to load {path}: it needs pickle ({holds}) and checkpoints are read with "

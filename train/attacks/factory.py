@@ -71,13 +71,15 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         common = dict(top_k=s.top_k, budget=s.budget, max_length=s.max_length, guide=guide,
                       words_per_round=s.words_per_round, text_batch=s.text_batch, loss=s.loss,
                       importance=choices.importance)
+        # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`; the synonym attack takes its
+        # choices) reads its CLIP wrapper's embeddings before normalisation; SGA's own text steps
+        # (image-guided) and Co-Attack's code unit ones
+        raw = s.reference and follows_sga_code(s.protocol, name) and guide == "text-kl"
+        common["embedding"] = "raw" if raw else "unit"
         if s.candidates == "wordnet" or name == "synonym":
             return SynonymAttack(victim, **common)
-        # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`) reads its CLIP wrapper's
-        # embeddings before normalisation; SGA's own text steps (image-guided) and Co-Attack's code unit ones
-        raw = s.reference and follows_sga_code(s.protocol, name) and guide == "text-kl"
         return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
-                          reference_bugs=s.reference_bugs, embedding="raw" if raw else "unit", **common)
+                          reference_bugs=s.reference_bugs, **common)
 
     if name == "pgd":
         return image_attack("pgd")
