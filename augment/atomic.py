@@ -40,6 +40,29 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def current_umask() -> int:
+    """The process's umask (Linux reads it without changing it; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable_as_umask(folder: str | os.PathLike) -> None:
+    """Files under `folder` created owner-only (safetensors >= 0.8 writes 0600) get the mode a plain
+    `open()` gives them (0666 less the umask), as every other file of a run: a checkpoint on a shared
+    machine stays readable by whom the user's umask allows. Other modes are left as they are."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            path.chmod(mode)
+
+
 def _process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.atomic import atomic_write_text
+from augment.atomic import atomic_write_text, readable_as_umask
 from models.multihead_attention import use_batch_first_attention, uses_batch_first_attention
 from models.patch_embedding import use_patch_matmul, uses_patch_matmul
 from models.pooled_block import use_class_token_transformer, uses_class_token_transformer
@@ -238,6 +238,7 @@ class ImageTextModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.save_native(folder)
+        readable_as_umask(folder)  # safetensors writes its weights owner-only
         info = {**self.describe(), "kind": self.kind, "image_size": self.image_size, "format": 1}
         atomic_write_text(folder / MODEL_INFO_NAME, json.dumps(info, indent=2) + "\n")
         return folder

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -298,10 +299,17 @@ def _changed_copy(model):
 def test_save_and_reload_through_load_model(twin, tmp_path):
     _, model = twin
     changed = _changed_copy(model)
-    folder = models.save_model(changed, tmp_path / "saved")
+    umask = os.umask(0o022)  # a known umask, so the files' modes below can be checked
+    try:
+        folder = models.save_model(changed, tmp_path / "saved")
+    finally:
+        os.umask(umask)
     info = json.loads((folder / models.MODEL_INFO_NAME).read_text())
     assert info["family"] == model.family and info["image_size"] == model.image_size
     assert not list(folder.glob(".*tmp*")) and not list(folder.glob(".save-*"))  # nothing half-written
+    # every file as umask 022 makes plain files, the weights too (safetensors writes them 0600)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.rglob("*") if path.is_file()}
+    assert set(modes.values()) == {0o644}, modes
     pixels = _pixels(model)
     expected = _outputs(changed, pixels)
     with pytest.raises(AssertionError):
