@@ -792,3 +792,17 @@ def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoi
     resumed, records = _run(tmp_path, "continued", sample_world_dir, train_data=str(tsv), max_steps=3,
                             resume=str(tmp_path / "tsv" / "ckpt"), **common)
     assert resumed["resumed_from_step"] == 2 and [r.step for r in records] == [2]
+
+
+def test_summary_line_names_what_validation_ranked():
+    """--val-attack clean ranks clean R@1: the run's last lines must not call it robust."""
+    from train.trainer import _summary_line
+
+    def line(attack):
+        best = {"attack": attack, "robust": 41.0, "clean": 55.0, "step": 4}
+        return _summary_line({"method": "mat", "steps": 4, "pool_draws": {}, "final": {"loss": 1.0}, "checkpoint": "ckpt",
+                              "validation": {"best": best, "last": best, "best_weights": "best"}})
+
+    assert "validation (pgd): best robust R@1 41.0 at step 4 (clean 55.0), weights in best" in line("pgd")
+    assert "validation (clean): best clean R@1 41.0 at step 4, weights in best" in line("clean")
+    assert "robust" not in line("clean")

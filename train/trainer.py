@@ -673,8 +673,10 @@ def _summary_line(summary: dict) -> str:
     validation = summary.get("validation")
     if validation:
         best = validation["best"]
-        line += (f"\nvalidation ({best['attack']}): best robust R@1 {best['robust']:.1f} at step {best['step']} "
-                 f"(clean {best['clean']:.1f}), weights in {validation['best_weights']}; last {validation['last']['robust']:.1f}")
+        kind = "clean" if best["attack"] == "clean" else "robust"  # --val-attack clean ranks clean R@1
+        line += (f"\nvalidation ({best['attack']}): best {kind} R@1 {best['robust']:.1f} at step {best['step']}"
+                 + ("," if kind == "clean" else f" (clean {best['clean']:.1f}),")
+                 + f" weights in {validation['best_weights']}; last {validation['last']['robust']:.1f}")
     return line
 
 
