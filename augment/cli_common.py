@@ -87,6 +87,14 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` ran: its subcommands' choice is stored under their `dest`."""
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _command_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
     # "warning: ..." as the commands' own "error: ..." lines (logging's default is "WARNING:name:...")
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
@@ -100,7 +108,9 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     except ImportError:
         pass
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse names them under the top-level usage; the command's usage shows what it takes
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     expected: tuple[type[BaseException], ...] = (MatPlusError, FileNotFoundError) + _hub_error_types()
     try:
         code = args.func(args)

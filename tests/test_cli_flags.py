@@ -42,6 +42,22 @@ def test_abbreviated_trainer_flag_is_refused(capsys):
     assert train_parser().parse_args(["clean", "--train-data", "d", "--warmup", "10"]).warmup == 10
 
 
+@pytest.mark.parametrize("argv, prog", [(["train", "mat", "--warm", "10"], "train mat"),
+                                        (["train", "eval", "tiny-clip", "--source", "s", "--out", "o", "--warm"], "train eval"),
+                                        (["analysis", "study", "--warm"], "analysis study")])
+def test_an_unknown_flag_shows_its_commands_usage(argv, prog, capsys):
+    """Not the top-level `usage: train [-h] COMMAND ...`, which says nothing of the command's flags."""
+    from augment.cli import main as augment_main
+    from train.cli import main as train_main
+    from analysis.cli import main as analysis_main
+
+    main = {"train": train_main, "analysis": analysis_main, "augment": augment_main}[argv[0]]
+    with pytest.raises(SystemExit) as exc:
+        main(argv[1:])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(f"usage: {prog} ") and f"{prog}: error: unrecognized arguments: --warm" in err
+
+
 def _eval_parser() -> argparse.ArgumentParser:
     return next(p for p in all_parsers(train_parser()) if p.prog.endswith(" eval"))
 
