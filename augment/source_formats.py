@@ -37,6 +37,7 @@ class SourceRecord:
     meta: dict = field(default_factory=dict)
     problem: str | None = None  # found while reading (a path outside the root...), raised by the checks
     image_found: bool = False  # image_path was seen to be a file while reading (no second stat)
+    caption_where: list[str] | None = None  # where each caption is, when not `where` (a table's own rows)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -359,9 +360,11 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                         f"{source.name}: line {line} ({image})", image_id, [], row.get("split") or split or "train",
                         image, roots, allow_outside_root, listings,
                     )
+                    grouped[image].caption_where = []
                     if not image:
                         grouped[image].problem = "empty 'image' field"
                 grouped[image].captions.append(row[caption_key] or "")
+                grouped[image].caption_where.append(f"{source.name}: line {line} ({image})")
         except UnicodeDecodeError:
             raise _not_utf8(source) from None
         except csv.Error as exc:

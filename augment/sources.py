@@ -196,7 +196,8 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
         raise SourceError(f"{record.where}: image has no captions")
     for number, caption in enumerate(record.captions):
         if not isinstance(caption, str) or not caption.strip():
-            raise SourceError(f"{record.where}: caption {number} is empty")
+            where = record.caption_where[number] if record.caption_where else record.where
+            raise SourceError(f"{where}: caption {number} is empty")
     if record.image_bytes is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
         raise SourceError(f"{record.where}: image file not found: {record.image_path}")
     if validate:

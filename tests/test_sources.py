@@ -121,6 +121,15 @@ def test_tsv_with_a_broken_row_is_refused_naming_its_line(tmp_path, row, message
     assert str(caught.value).startswith(str(tmp_path / "caps.tsv")) and message in str(caught.value)
 
 
+def test_tsv_empty_caption_names_its_own_line(tmp_path):
+    """A table holds one caption per row: the empty one is named by its row, not its image's first row."""
+    write_image(tmp_path / "p.png")
+    lines = ["filepath\ttitle", "p.png\tfirst", "p.png\tsecond", "p.png\t "]
+    (tmp_path / "caps.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=r"^caps.tsv: line 4 \(p.png\): caption 2 is empty$"):
+        load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title")
+
+
 def test_csv_caption_spanning_lines_is_one_record_and_lines_are_physical(tmp_path):
     write_image(tmp_path / "p.png")
     (tmp_path / "caps.csv").write_text('image,caption\np.png,"two\nlines"\np.png\n')
