@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from augment.atomic import atomic_write_text
 from augment.arguments import seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
@@ -135,7 +136,7 @@ def _compare(args) -> int:
         table += "\n\n" + transfer
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        atomic_write_text(args.out, table + "\n")
     return 0
 
 
@@ -148,7 +149,7 @@ def _regimes(args) -> int:
     table = regimes_table([Path(d) for d in args.studies])
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        atomic_write_text(args.out, table + "\n")
     return 0
 
 

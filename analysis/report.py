@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from augment.atomic import atomic_write_text
 from augment.pool import write_json_atomic
 
 PROPERTY_LABELS = {
@@ -459,7 +460,7 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         sections += [f"| {label} | {fmt(summary[run]['clean']['r@1'])} | {fmt(summary[run]['robust'])} |" for label, run in ways]
         sections += ["", f"![more samples]({path.name})"]
 
-    (out / "report.md").write_text("\n".join(sections) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(sections) + "\n")
     write_json_atomic(out / "results.json", {
         "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
         "pool_properties": properties,
@@ -518,7 +519,7 @@ def write_task_report(out: Path, config: dict, results: list[dict]) -> Path:
         "are the arm's own numbers (e.g. the share of outputs the sample world's truth checker calls true). "
         "Each run's eval.md (under evals/) has every attack.",
     ]
-    (out / "report.md").write_text("\n".join(sections) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(sections) + "\n")
     write_json_atomic(out / "results.json", {"config": config, "task": config["task"], "metric": metric,
                                              "headline_attack": attack, "summary": summary, "runs": results})
     return out / "report.md"

@@ -160,6 +160,7 @@ class PoolWriter:
                     check_shard_readable(shard)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.data_dir, recursive=False)  # shards of a killed run
+        remove_stale_temporaries(self.out_dir, recursive=False)  # its pool.json / README.md, half-written
         self.meta = {
             "schema_version": POOL_SCHEMA_VERSION,
             "created": meta.get("created") or _utc_now(),

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, MissingDependencyError
 
 WORDNET_SUBDIR = Path("corpora") / "wordnet"
@@ -185,7 +186,7 @@ def build_from_debian(data_dir: str | Path, debian_dir: str | Path = DEBIAN_WORD
         tmp = target / f".{name}.tmp"
         shutil.copyfile(debian_dir / name, tmp)  # a copy, never a symlink (nltk refuses those)
         tmp.replace(target / name)
-    (target / "lexnames").write_text(lexnames_text())
+    atomic_write_text(target / "lexnames", lexnames_text())
     write_index_sense(target)
     return target
 

@@ -115,6 +115,10 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         run_generation(_CountingGenerator(die_on_call=2), source, str(tmp_path / "b"), **kwargs)
     assert len(list((tmp_path / "b" / "data").glob("shard-*.parquet"))) == 1  # the finished shard stays
+    # what a process killed mid-write leaves beside the pool's files and shards (pid 2**22 + 1 is never live)
+    leftovers = [tmp_path / "b" / ".pool.json.tmp-4194305", tmp_path / "b" / "data" / ".shard-00001.parquet.tmp-4194305"]
+    for path in leftovers:
+        path.write_text("half")
     resumed_gen = _CountingGenerator()
     capsys.readouterr()
     resumed = run_generation(resumed_gen, source, str(tmp_path / "b"), **kwargs)
@@ -124,6 +128,7 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     a, b = load_pool(tmp_path / "a").dataset, load_pool(tmp_path / "b").dataset
     assert a["row_id"] == b["row_id"] and a["caption"] == b["caption"]
     assert len(set(b["row_id"])) == len(b)
+    assert not any(path.exists() for path in leftovers)  # the next run deleted them
 
 
 def test_loader_workers_give_the_same_pool_and_resume(karpathy_dir, tmp_path):

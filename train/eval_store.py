@@ -85,7 +85,7 @@ class BatchStore:
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not marker.is_file():
-            marker.write_text(wanted, encoding="utf-8")
+            atomic_write_text(marker, wanted)  # a half-written marker would refuse the resume it guards
         kept = self.finished_batches()
         if kept:  # say so: a resumed evaluation's progress bar alone does not tell why it starts ahead
             print(f"resuming from {self.folder}: {sum(kept.values())} finished batches kept "

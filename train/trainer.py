@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, MissingDependencyError, first_line
 from train import checkpoint as ckpt
 from train.config import (
@@ -128,7 +129,7 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.is_main:
@@ -587,7 +588,7 @@ class Trainer:
         summary = self._summary(last, elapsed)
         self.metrics.close()
         if self.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
             print(_summary_line(summary))
         return summary
 

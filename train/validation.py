@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from augment.atomic import atomic_write_text
+
 VALIDATION_FILE = "validation.jsonl"
 BEST_DIR = "best"
 
@@ -84,7 +86,7 @@ class Validator:
         """Forget validations of steps >= `step` (a resumed run redoes them)."""
         kept = [r for r in self.records() if r["step"] < step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         best = self.run_dir / BEST_DIR
         meta = best / "validation.json"
         if best.exists() and (not meta.exists() or json.loads(meta.read_text())["step"] >= step):
