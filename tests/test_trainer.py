@@ -465,6 +465,18 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     with pytest.raises(MatPlusError, match=r"already holds another run; pass --overwrite"):
         _run(tmp_path, "straight", sample_world_dir, max_steps=4, resume=str(tmp_path / "resumed" / "ckpt"), **common)
     assert _metrics(tmp_path / "straight")[-1]["step"] == 4
+    # --overwrite deletes --out first: never the run --resume names
+    for resume, message in (("latest", "--resume latest continues the run in --out and --overwrite deletes it first"),
+                            (str(tmp_path / "straight" / "ckpt"), "is inside --out .*, which --overwrite deletes first")):
+        with pytest.raises(MatPlusError, match=message):
+            _run(tmp_path, "straight", sample_world_dir, max_steps=4, resume=resume, overwrite=True, **common)
+    assert _metrics(tmp_path / "straight")[-1]["step"] == 4
+    # ... and with another run's checkpoint it replaces this folder's run by the continued one, as the error said
+    continued, _ = _run(tmp_path, "straight", sample_world_dir, max_steps=4, resume=str(tmp_path / "resumed" / "ckpt"),
+                        overwrite=True, **common)
+    assert continued["resumed_from_step"] == 4
+    here, there = _checkpoint_state(tmp_path / "straight"), _checkpoint_state(tmp_path / "resumed")
+    assert all(torch.equal(here[name], there[name]) for name in there)  # 4 of 4 steps: nothing left to train
 
 
 def test_resume_with_a_longer_schedule_uses_it_from_the_first_resumed_step(tmp_path, sample_world_dir, caplog):

@@ -381,7 +381,12 @@ def _validate(c: TrainConfig) -> None:
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every must be at least 1")
-    _check(not (c.resume and c.overwrite), "--resume and --overwrite exclude each other")
+    # --overwrite empties --out first: fine before continuing another run's checkpoint there, not this run's own
+    _check(not (c.overwrite and c.resume == "latest"),
+           "--resume latest continues the run in --out and --overwrite deletes it first: choose one")
+    _check(not (c.overwrite and c.resume not in (None, "latest")
+                and Path(c.resume).resolve().is_relative_to(Path(c.out).resolve())),
+           f"--resume {c.resume} is inside --out {c.out}, which --overwrite deletes first: choose one")
     _check(c.resume is None or c.resume == "latest" or Path(c.resume).is_dir(),
            f"--resume {c.resume}: expected 'latest' or a checkpoint folder (RUN/ckpt)")
     _check_read(c)
