@@ -507,7 +507,9 @@ def write_task_report(out: Path, config: dict, results: list[dict]) -> Path:
         f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
         f"for {t['max_steps']} steps (batch {t['batch_size']}, attack eps {t['attack_eps']}, {t['pgd_steps']} PGD steps, "
         f"text candidates `{t['text_candidates']}`, word budget {t['word_budget']}) from a model trained clean for "
-        f"{config['pretrain']['steps']} steps on every train scene. Evaluation: {e.get('split')} split, up to "
+        f"{config['pretrain']['steps']} steps on "
+        + ("the train scenes outside the fine-tuning set" if config["pretrain"].get("scenes") == "rest" else "every train scene")
+        + f". Evaluation: {e.get('split')} split, up to "
         f"{e.get('limit')} images, attacks {', '.join(e.get('attacks') or [])}, attack eps {e.get('attack_eps')}, "
         f"{e.get('pgd_steps')} PGD steps.",
         "",

@@ -499,3 +499,15 @@ def test_pool_gains_are_paired_by_seed_and_correlated():
     assert "| +3.0 ± 1.4 | 2 |" in table and "| -10.0 | 1 |" in table
     table = correlation_table({"alignment": {"rho": 0.5, "p": 0.2, "n": 9}}, {"alignment": {"rho": -0.1, "p": 0.8, "n": 9}})
     assert "| alignment | 0.50 | 0.200 | -0.10 | 0.800 | 9 |" in table
+
+
+@pytest.mark.parametrize("scenes, said", [(None, "steps on every train scene."),
+                                          ("rest", "steps on the train scenes outside the fine-tuning set.")])
+def test_task_report_says_which_scenes_the_model_was_pretrained_on(tmp_path, scenes, said):
+    from analysis.report import write_task_report
+
+    config = load_study_config("grounding", {"out": str(tmp_path)})
+    if scenes:
+        config["pretrain"]["scenes"] = scenes
+    results = [{"run": "mat-s0", "headline": {"metric": "accuracy", "attack": "sga", "clean": 50.0, "robust": 30.0}}]
+    assert said in write_task_report(tmp_path, config, results).read_text()
