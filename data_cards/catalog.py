@@ -115,7 +115,7 @@ def model_license(model: str | None) -> str:
 
 def model_url(model: str | None) -> str | None:
     """The Hub page of a model id `org/name`; None for aliases and local paths."""
-    if not model or model.startswith((".", "/", "~")):
+    if not isinstance(model, str) or not model or model.startswith((".", "/", "~")):
         return None
     parts = model.split("/")
     return f"https://huggingface.co/{model}" if len(parts) == 2 and all(parts) else None

@@ -289,7 +289,12 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
 
 
 def _parent_name(parent: Any) -> Any:
-    # a parent pool given as a local folder is named like a local source: by its last part
+    """How the card names a selected pool's parent: by its folder's last part, as a local source (never
+    the absolute path), with its method; `augment select` records {"path": ..., "meta": its pool.json}."""
+    if isinstance(parent, dict):
+        meta = parent.get("meta") or {}
+        name = meta.get("name") or source_name(parent.get("path"))
+        return f"{name} (method `{meta['method']}`)" if meta.get("method") else name
     return source_name(parent) if isinstance(parent, str) else parent
 
 

@@ -155,6 +155,21 @@ def test_save_adv_writes_loadable_pools(report):
     assert provenance["attack"] == "sga" and "words_changed" in provenance
 
 
+def test_save_adv_pools_match_their_source_and_can_be_shared(report, world, tmp_path):
+    """Like `augment generate`'s pools: the whole source's fingerprint (score and mat+ take them with it),
+    the model by name (a card renders it)."""
+    from augment.cli import main as augment_main
+    from augment.pool import load_pool
+    from augment.sources import source_fingerprint
+
+    _, save_adv = report
+    pool = load_pool(save_adv / "pgd")
+    assert pool.meta["source_fingerprint"] == source_fingerprint(world)
+    assert isinstance(pool.meta["model"], str) and pool.meta["attacker"]["family"] == "open_clip"
+    assert augment_main(["push", str(save_adv / "pgd"), "--to-dir", str(tmp_path / "repo")]) == 0
+    assert "adversarial" in (tmp_path / "repo" / "README.md").read_text()
+
+
 def test_transfer_mode_runs(trained_bundle, world):
     from models import load_model
     from train.evaluate import evaluate

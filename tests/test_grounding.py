@@ -718,3 +718,11 @@ def test_counterfactual_pairs_flag_reaches_the_grounding_task(grounding_world_di
     assert train_main(["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--max-steps", "1",
                        "--no-counterfactual-pairs", "--out", str(tmp_path / "retrieval")]) == 2
     assert "--no-counterfactual-pairs applies to --task grounding" in capsys.readouterr().err
+
+
+def test_the_procedure_names_the_objective_the_attacks_lowered():
+    from train.attacks.grounding import GROUNDING_OBJECTIVES
+    from train.evaluate_grounding import OBJECTIVE_WORDS, PROCEDURE
+
+    assert set(OBJECTIVE_WORDS) == set(GROUNDING_OBJECTIVES)
+    assert "objective (share of the Grad-CAM heat on the true box)" in PROCEDURE.format(objective=OBJECTIVE_WORDS["heat"])

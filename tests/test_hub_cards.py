@@ -133,6 +133,20 @@ def test_card_for_every_method_family(method, modality, model, limitation, licen
     assert "{{ " not in text and "{%" not in text  # no template syntax left unrendered
 
 
+def test_card_of_a_selected_pool_names_its_parent_as_select_records_it():
+    """`augment select` records {"path": absolute, "meta": the parent's pool.json}: the card names the parent by
+    its folder and method, never the absolute path or the parent's whole pool.json."""
+    from data_cards.render import CardOptions, render_card_text
+
+    parent = {"path": "/home/someone/pools/eda-full", "meta": {"name": "eda-full", "method": "eda",
+                                                                "package_versions": {"mat-plus": "0.1.0"}}}
+    meta = {**pool_meta("select", "text", None, parent=parent), "num_rows": 10, "schema_version": 1,
+            "created": "2026-03-01T00:00:00+00:00", "package_versions": {"mat-plus": "0.1.0"}}
+    body = render_card_text(meta, None, CardOptions(license="cc-by-4.0", repo_id="org/pool")).split("---\n", 2)[2]
+    assert "Parent pool: eda-full (method `eda`)." in body
+    assert "/home/someone" not in body and "package_versions" not in body
+
+
 @pytest.mark.parametrize("rows, bucket", [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (12_345, "10K<n<100K"),
                                           (999_999, "100K<n<1M"), (10**6, "1M<n<10M"), (10**13, "n>1T")])
 def test_size_categories_follow_the_hub_buckets(rows, bucket):

@@ -454,7 +454,8 @@ def evaluate(
         "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = adversarial_pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
+    writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
+                                       resume=store is not None)
     batch_count = gallery.batch_count(batch_size)
     pixel_store, scratch = store, None
     if keep_pixels and store is None:
@@ -568,20 +569,26 @@ def _as_written(entry: dict) -> dict:
     return json.loads(json.dumps(entry, default=str))
 
 
-def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], gallery: Gallery, attacker, split, limit, seed, batch_size,
+def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_dataset, attacker, split, limit, seed, batch_size,
                   resume: bool = False) -> dict:
-    """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards)."""
+    """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards).
+
+    The pools record the whole source's fingerprint, as `augment generate`'s do (not the evaluated
+    split's), so `augment score` and `train mat+` take them with that source."""
     if save_adv is None:
         return {}
     from augment.errors import PoolError
     from augment.pool import PoolWriter
     from augment.sources import source_fingerprint
 
-    fingerprint = source_fingerprint(gallery.rows)
+    fingerprint = source_fingerprint(source_dataset)
+    attacker_id = model_id(attacker)
     writers = {}
     for name, attack in attacks.items():
         meta = {
-            "method": "adversarial", "name": f"adversarial-{name}", "model": model_id(attacker),
+            # `model` is a name, as every pool's (cards link it); the attacker's description beside it
+            "method": "adversarial", "name": f"adversarial-{name}", "model": str(attacker_id.get("name")),
+            "attacker": attacker_id,
             "params": {"attack": name, **attack.params()}, "seed": seed, "source_fingerprint": fingerprint,
             "split": split, "limit": limit, "n": 1, "shard_size": batch_size,
             "description": f"adversarial examples of the {name} attack ({attack.modality}); see provenance per row",

@@ -164,7 +164,8 @@ def evaluate_captioning(
         "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),
     }
     store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = adversarial_pool_writers(save_adv, built, gallery, attacker, split, limit, seed, batch_size, resume=store is not None)
+    writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
+                                       resume=store is not None)
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
     bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)

@@ -53,8 +53,9 @@ PROCEDURE = (
     "Grounding: Grad-CAM heat of the ITM score (model.grounding_heatmap) upsampled to the image, each candidate box "
     "scored by heat inside / area**0.5 (ALBEF), best box chosen; accuracy = percent of expressions whose box has "
     "IoU >= 0.5 with the truth. Attacks run per batch of images with all their expressions and lower the grounding "
-    "objective (ITM score); asr = percent of the expressions correct when clean that the attack makes wrong."
+    "objective ({objective}); asr = percent of the expressions correct when clean that the attack makes wrong."
 )
+OBJECTIVE_WORDS = {"itm": "ITM score", "heat": "share of the Grad-CAM heat on the true box"}
 
 
 def world_expression_checker(text: str, image: GroundingImage, expression: ReferringExpression) -> bool | None:
@@ -200,7 +201,8 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     precision = active_precision(model.device)
     plain_options = plain_attack_options(options)
     report: dict[str, Any] = {
-        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(), "procedure": PROCEDURE,
+        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(),
+        "procedure": PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")]),
         "data": {"source": data.source, "format": data.format, "images": len(data.images),
                  "expressions": len(data), "splits": data.splits()},
         "baselines": {"random_box": random_box_accuracy(candidates, truth),
