@@ -626,7 +626,7 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     out = tmp_path / "run"
     code = main(["mat+", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--pools", str(pool), "--p-original", "0", "--max-steps", "2", "--batch-size", "4",
-                 "--pgd-steps", "1", "--lr", "1e-4", "--no-progress", "--out", str(out)])
+                 "--pgd-steps", "1", "--lr", "1e-4", "--prompt", "a picture of", "--no-progress", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     draws = summary["pool_draws"]  # items of captions other than the first have no view: original
@@ -640,6 +640,9 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     assert isinstance(BlipForConditionalGeneration.from_pretrained(str(out / "ckpt")), BlipForConditionalGeneration)
     reloaded = load_model(str(out / "ckpt"))
     assert reloaded.family == "captioner" and reloaded.tiny_twin == "tiny-captioner"
+    assert reloaded.prompt == "a picture of"  # trained with it (left out of the loss) and saved with it
+    assert main(["clean", "--model", "tiny-clip", "--train-data", str(colour_world), "--prompt", "a picture of",
+                 "--max-steps", "1", "--out", str(tmp_path / "retrieval")]) == 2  # retrieval has no prompt
     # FARE has no captioning counterpart: one line, exit 2
     assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2

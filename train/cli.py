@@ -67,6 +67,8 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     group.add_argument("--model", help="any model name: open_clip architecture (with --pretrained), Hub id (BLIP, CLIP), "
                        "local folder, or a tiny twin (tiny-clip, tiny-siglip, tiny-blip, ...)" + _default("model"))
     group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name")
+    group.add_argument("--prompt", help="--task captioning: text the decoder starts from, left out of the loss and saved "
+                       "with the checkpoint (BLIP's COCO setting: 'a picture of'; default: the model's own)")
     albef = parser.add_argument_group("ALBEF / TCL checkpoints (models/albef)")
     albef.add_argument("--albef-config", help="ALBEF's YAML (image_res, vision sizes) for a checkpoint of another size")
     albef.add_argument("--albef-bert-config", help="ALBEF's BERT config JSON (with fusion_layer)")

@@ -79,6 +79,9 @@ class TrainConfig:
     albef_tokenizer: str | None = None
     # ALBEF's momentum distillation (momentum encoders + queue); None: on for clean, off otherwise
     momentum_distillation: bool | None = None
+    # captioning: the text the decoder starts from, left out of the loss (BLIP's COCO setting "a picture of");
+    # None: the model's own (a folder training saved keeps its prompt)
+    prompt: str | None = None
     # grounding on the sample world: counterfactual (edited-scene) ITM pairs (tasks/grounding.py)
     counterfactual_pairs: bool = True
     # data (open_clip_train's --train-data: any source augment reads; CSV/TSV columns as open_clip names them)
@@ -378,6 +381,7 @@ def _validate(c: TrainConfig) -> None:
 
         _check(c.text_attack_filter in CAPTION_FILTERS,
                f"unknown --text-attack-filter {c.text_attack_filter!r}; expected one of {sorted(CAPTION_FILTERS)}")
+    _check(c.prompt is None or c.task == "captioning", f"--prompt applies to --task captioning, not {c.task}")
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every must be at least 1")

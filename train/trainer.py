@@ -198,7 +198,8 @@ def make_accelerator(config: TrainConfig):
 
 def model_options(config: TrainConfig) -> dict:
     """Family-specific loading options the config sets (only the ones given)."""
-    options = {"config": config.albef_config, "bert_config": config.albef_bert_config, "tokenizer": config.albef_tokenizer}
+    options = {"config": config.albef_config, "bert_config": config.albef_bert_config, "tokenizer": config.albef_tokenizer,
+               "prompt": config.prompt}
     return {key: value for key, value in options.items() if value is not None}
 
 
