@@ -89,9 +89,10 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
 
 def _protocol_label(report: dict) -> str:
     """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`)."""
-    options = report.get("settings", {}).get("attack_options", {})
-    protocol = options.get("protocol") or options.get("attack_protocol") or "project"
-    return protocol + ("+bugs" if options.get("reference_bugs") else "")
+    from train.attacks.settings import canonical_options
+
+    options = canonical_options(report.get("settings", {}).get("attack_options", {}))  # older spellings too
+    return options.get("protocol", "project") + ("+bugs" if options.get("reference_bugs") else "")
 
 
 def _model_label(entry: dict) -> str:

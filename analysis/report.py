@@ -328,8 +328,11 @@ def plot_series(out: Path, name: str, labels: list[str], stats: list[tuple], xla
 
 def _protocol_words(evaluation: dict) -> str:
     """Under which attack protocol the study's numbers were measured (eval.protocol; README: Protocols)."""
-    protocol = evaluation.get("protocol") or evaluation.get("attack_protocol") or "project"
-    return f"attack protocol `{protocol}`" + (" with the reference code's bugs" if evaluation.get("reference_bugs") else "")
+    from train.attacks.settings import canonical_options
+
+    evaluation = canonical_options(evaluation)  # `attack_protocol`, the older spelling, read as `protocol`
+    return (f"attack protocol `{evaluation.get('protocol', 'project')}`"
+            + (" with the reference code's bugs" if evaluation.get("reference_bugs") else ""))
 
 
 def write_report(out: Path, config: dict, scores: dict[str, dict], results: list[dict]) -> Path:
