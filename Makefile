@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup wordnet test demo bench device-wheels clean-demo
+.PHONY: setup wordnet java test demo bench device-wheels clean-demo
 
 setup: $(STAMP)
 
@@ -32,7 +32,14 @@ $(WORDNET_STAMP): $(STAMP)
 	  $(BIN)/augment setup-wordnet; }
 	touch $(WORDNET_STAMP)
 
-test: $(STAMP) wordnet
+# Java for captioning's METEOR and COCO's PTBTokenizer (pycocoevalcap runs their jars); the tests need it
+java:
+	@command -v java >/dev/null || { \
+	  echo "installing Debian's default-jre-headless for METEOR and COCO's PTBTokenizer"; \
+	  (apt-get install -y --no-install-recommends default-jre-headless || \
+	   (apt-get update -q && apt-get install -y --no-install-recommends default-jre-headless)) >/dev/null; }
+
+test: $(STAMP) wordnet java
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) wordnet

@@ -162,6 +162,7 @@ def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, s
         "source": parent.get("source"),
         "image_root": parent.get("image_root"),
         "source_split": parent.get("source_split"),
+        "source_format": parent.get("source_format"),
         "source_fingerprint": parent.get("source_fingerprint"),
         "source_items": parent.get("source_items"),
         "parent": {"path": str(Path(pool.path).resolve()), "meta": parent},

@@ -75,16 +75,26 @@ def size_category(num_rows: int) -> str:
     return "n>1T"
 
 
-def source_name(source: str | None) -> str:
-    """How the card names the source: a Hub id as is, a local path by its last part only."""
+def source_is_hub(meta: dict) -> bool | None:
+    """Whether the pool's source was a Hub dataset, as `augment generate` recorded its format
+    (`source_format`); None for pools written before it did."""
+    source_format = meta.get("source_format")
+    return None if source_format is None else source_format == "hub"
+
+
+def source_name(source: str | None, hub: bool | None = None) -> str:
+    """How the card names the source: a Hub id as is, a local path by its last part only. `hub`:
+    whether it is a Hub id, as recorded (None: guessed from its spelling, for older pools)."""
     if not source:
         return "unknown"
-    if _looks_like_hub_id(source):
+    if hub if hub is not None else _looks_like_hub_id(source):
         return source
     return Path(str(source).rstrip("/")).name or str(source)
 
 
 def _looks_like_hub_id(text: str) -> bool:
+    """A guess, for pools that did not record their source's format: a relative path of two parts
+    that does not exist here (the card may be rendered elsewhere) reads as a Hub id."""
     parts = text.split("/")
     return (
         len(parts) == 2
@@ -93,14 +103,14 @@ def _looks_like_hub_id(text: str) -> bool:
     )
 
 
-def source_datasets(source: str | None, source_dataset: str | None = None) -> list[str]:
+def source_datasets(source: str | None, source_dataset: str | None = None, hub: bool | None = None) -> list[str]:
     """The Hub's `source_datasets`: `extended|<id>` for a Hub dataset (the source itself, or
     `source_dataset` naming the Hub copy of a local source), else `extended|<local name>`."""
     if source_dataset:
         return [f"extended|{source_dataset}"]
-    if source and _looks_like_hub_id(source):
+    if source and (hub if hub is not None else _looks_like_hub_id(source)):
         return [f"extended|{source}"]
-    name = Path(source_name(source)).stem if source else ""
+    name = Path(source_name(source, hub=False)).stem if source else ""
     return [f"extended|{name}"] if name and name != "unknown" else ["extended"]
 
 
@@ -121,7 +131,7 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
         "pretty_name": pretty_name(meta),
         "size_categories": [size_category(int(meta.get("num_rows") or 0))],
         "language": list(options.language),
-        "source_datasets": source_datasets(meta.get("source"), options.source_dataset),
+        "source_datasets": source_datasets(meta.get("source"), options.source_dataset, source_is_hub(meta)),
         "task_categories": catalog.task_categories(method, modality),
         "annotations_creators": [annotations],
         "language_creators": ["machine-generated" if text_is_new else "found"],
@@ -133,7 +143,7 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
 
 
 def pretty_name(meta: dict) -> str:
-    return f"mat-plus {meta.get('method', 'unknown')} pool of {source_name(meta.get('source'))}"
+    return f"mat-plus {meta.get('method', 'unknown')} pool of {source_name(meta.get('source'), source_is_hub(meta))}"
 
 
 def _display(value: Any) -> str:
@@ -269,7 +279,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "split": meta.get("split"),
         "limit": meta.get("limit"),
         "parent": _parent_name(meta.get("parent")),
-        "source_name": source_name(meta.get("source")),
+        "source_name": source_name(meta.get("source"), source_is_hub(meta)),
         "source_items": meta.get("source_items"),
         "source_fingerprint": meta.get("source_fingerprint"),
         "source_license": options.source_license,

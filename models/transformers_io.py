@@ -162,8 +162,13 @@ def save_pretrained_all_or_nothing(folder: Path, *parts: Any) -> None:
 
 
 def to_rgb(image):
-    """PIL image in RGB (a module-level function, so transforms pickle for DataLoader workers)."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """PIL image in RGB (a module-level function, so transforms pickle for DataLoader workers); other
+    modes through the sources' `to_rgb`, which scales 16-bit greyscale where PIL's convert clips it."""
+    if image.mode == "RGB":
+        return image
+    from augment.sources import to_rgb as source_to_rgb
+
+    return source_to_rgb(image)
 
 
 def train_transform(size: int, scale: tuple[float, float], hflip: bool) -> Callable[[Any], torch.Tensor]:

@@ -154,6 +154,39 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
     return run / "ckpt"
 
 
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """Every connection and host-name lookup the test attempts, each refused: offline code must
+    make none (what "fails fast offline" means, checked without a wall-clock threshold)."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(kind: str):
+        def refused(*args, **kwargs):
+            attempts.append((kind, args))
+            raise OSError(f"network {kind} refused by the test")
+        return refused
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("lookup"))
+    return attempts
+
+
+@pytest.fixture(scope="session")
+def wordnet_ready(tmp_path_factory):
+    """nltk's WordNet; built into a temp folder (and NLTK_DATA) when the venv has none. Not a skip:
+    it fails clearly without Debian's wordnet-base, which `make test` installs."""
+    from augment import wordnet
+
+    if not wordnet.wordnet_loads():
+        data_dir = tmp_path_factory.mktemp("nltk_data")
+        wordnet.setup_wordnet(data_dir, download=False)  # fails clearly without wordnet-base
+        os.environ["NLTK_DATA"] = str(data_dir)  # for the CLI subprocesses
+    wordnet.require_wordnet()
+
+
 @pytest.fixture(scope="session")
 def trained_clip(request, sample_world_dir) -> Path:
     """tiny-clip trained on the sample world by `train clean` (150 steps of batch 64), cached across runs.

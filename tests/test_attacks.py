@@ -280,11 +280,7 @@ def test_resized_views_keep_shape_range_and_gradient():
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
 
 
-def test_synonym_attack_uses_wordnet(victim, batch):
-    from augment.wordnet import wordnet_loads
-
-    if not wordnet_loads():
-        pytest.skip("WordNet not installed (augment setup-wordnet)")
+def test_synonym_attack_uses_wordnet(victim, batch, wordnet_ready):
     pixels, captions, image_of_text = batch
     result = SynonymAttack(victim, top_k=5)(pixels, captions, image_of_text)
     for original, adversarial, change in zip(captions, result.texts, result.info["words_changed"]):

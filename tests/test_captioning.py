@@ -228,14 +228,35 @@ def test_caption_scores_rank_right_captions_above_wrong_ones():
     assert any("tokenizer" in n for n in right["notes"])
 
 
-@pytest.mark.skipif(__import__("shutil").which("java") is None, reason="METEOR and the PTB tokenizer need Java")
 def test_meteor_and_ptb_tokenizer_with_java():
+    import shutil
+
     from train.caption_metrics import caption_scores
+
+    # not a skip: without Java this would leave METEOR and COCO's tokenizer untested (make test installs it)
+    assert shutil.which("java"), "METEOR and COCO's PTBTokenizer need Java: apt-get install default-jre-headless"
 
     references = [["A red circle, on the left."], ["Two shapes."]]
     scores = caption_scores(references, ["a red circle on the left", "a banana"])
     assert scores["notes"] == [] and 0 < scores["meteor"] < 100
     assert scores["per_image_cider"][0] > scores["per_image_cider"][1]
+
+
+def test_meteor_asked_for_without_java_is_an_error_not_a_null(monkeypatch, tmp_path, capsys):
+    import train.caption_metrics as metrics
+    from augment.errors import MissingDependencyError
+    from train.cli import main as train_main
+
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="METEOR needs Java.*default-jre-headless"):
+        metrics.caption_scores([["a red circle"]], ["a red circle"], meteor=True)
+    # by default, METEOR is left out with a note (as before)
+    assert metrics.caption_scores([["a red circle"]], ["a red circle"])["meteor"] is None
+    # the command stops in one line before reading the source or loading a model
+    assert train_main(["eval", "tiny-blip", "--task", "captioning", "--source", str(tmp_path / "absent"),
+                       "--meteor", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "METEOR needs Java" in err and "absent" not in err and len(err.splitlines()) == 1, err
 
 
 # ----------------------------------------------------------------------------- attacks

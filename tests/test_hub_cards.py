@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -251,8 +250,30 @@ def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
 # ----------------------------------------------------------------------------- failures in a subprocess
 
 
+# runs `augment` with every connection and host-name lookup appended to the file $CONNECTIONS_LOG first
+RECORDING_CLI = """
+import os, runpy, socket
+log = os.environ["CONNECTIONS_LOG"]
+def recording(kind, call):
+    def recorded(*args, **kwargs):
+        with open(log, "a") as out:
+            out.write(kind + " " + repr(args[1:] if kind == "connect" else args[:2]) + "\\n")
+        return call(*args, **kwargs)
+    return recorded
+socket.socket.connect = recording("connect", socket.socket.connect)
+socket.getaddrinfo = recording("lookup", socket.getaddrinfo)
+runpy.run_module("augment.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def connections(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
 def run_cli(args: list[str], env_changes: dict[str, str | None], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+    """`augment ARGS` in a subprocess (60 s at most: a hang guard, not a speed target); its
+    connections and lookups recorded in cwd/connections.log."""
+    env = dict(os.environ, CONNECTIONS_LOG=str(cwd / "connections.log"))
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE"):
         env.pop(name, None)
     for name, value in env_changes.items():
@@ -260,7 +281,7 @@ def run_cli(args: list[str], env_changes: dict[str, str | None], cwd: Path) -> s
             env.pop(name, None)
         else:
             env[name] = value
-    return subprocess.run([sys.executable, "-m", "augment.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-c", RECORDING_CLI, *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -274,22 +295,20 @@ def assert_one_clean_line(result: subprocess.CompletedProcess, expected: str) ->
 
 def test_offline_push_fails_at_once(tmp_path):
     pool = make_pool(tmp_path / "pool")
-    start = time.monotonic()
     result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
                      {"HF_HUB_OFFLINE": "1", "HF_TOKEN": SECRET, "HF_HOME": str(tmp_path / "hf")}, tmp_path)
-    assert time.monotonic() - start < 10
     assert_one_clean_line(result, "HF_HUB_OFFLINE")
+    assert connections(tmp_path / "connections.log") == []  # at once: nothing tried, nothing to time out
 
 
 def test_push_without_token_fails_at_once(tmp_path):
     pool = make_pool(tmp_path / "pool")
-    start = time.monotonic()
     result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
                      {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": None,
                       "HF_HOME": str(tmp_path / "hf")}, tmp_path)
-    assert time.monotonic() - start < 10
     assert_one_clean_line(result, "no Hugging Face token found")
     assert "HF_TOKEN" in result.stderr
+    assert connections(tmp_path / "connections.log") == []  # the token is checked before any request
 
 
 def closed_local_port() -> int:
@@ -300,13 +319,15 @@ def closed_local_port() -> int:
 
 def test_push_without_network_fails_fast_and_never_shows_the_token(tmp_path):
     pool = make_pool(tmp_path / "pool")
-    endpoint = f"http://127.0.0.1:{closed_local_port()}"
-    start = time.monotonic()
+    port = closed_local_port()
+    endpoint = f"http://127.0.0.1:{port}"
     result = run_cli(["push", str(pool), "--repo-id", "org/pool"],
                      {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": SECRET,
                       "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf")}, tmp_path)
-    assert time.monotonic() - start < 10
     assert_one_clean_line(result, "cannot reach the Hub")
+    tried = connections(tmp_path / "connections.log")
+    # only the endpoint it was given, and few times: a refused connection is not retried for long
+    assert tried and all(f"'127.0.0.1', {port}" in line for line in tried) and len(tried) <= 10, tried
 
 
 def test_token_is_never_written_into_the_repository(tmp_path):
@@ -487,3 +508,28 @@ def test_push_arguments_are_checked(tmp_path, capsys):
     assert "ORG/NAME" in capsys.readouterr().err
     assert cli("push", pool, "--to-dir", str(tmp_path / "x"), "--revision", "b") == 2
     assert "uploads only" in capsys.readouterr().err
+
+
+def test_a_local_source_given_as_a_relative_path_is_never_named_a_hub_dataset(tmp_path, monkeypatch, sample_world_dir):
+    """`augment generate --source data/world` records the source's format, so the card pushed from
+    another folder (where data/world does not exist) still names a local source, not Hub id data/world."""
+    import shutil
+
+    from augment.pool import read_pool_meta
+    from data_cards.render import CardOptions, render_card_text
+
+    work = tmp_path / "work"
+    shutil.copytree(sample_world_dir, work / "data" / "world")
+    monkeypatch.chdir(work)
+    assert cli("generate", "--method", "img-aug", "--source", "data/world", "--split", "train", "--limit", "2",
+               "--n", "1", "--out", str(tmp_path / "pool"), "--no-progress") == 0
+    meta = read_pool_meta(tmp_path / "pool")
+    assert meta["source"] == "data/world" and meta["source_format"] != "hub"
+    monkeypatch.chdir(tmp_path)  # elsewhere: data/world is not here
+    header = header_of(render_card_text(meta, None, CardOptions()))
+    assert header["source_datasets"] == ["extended|world"] and header["pretty_name"].endswith("pool of world")
+    # a pool from before the format was recorded: guessed from the spelling, as before
+    older = {key: value for key, value in meta.items() if key != "source_format"}
+    assert header_of(render_card_text(older, None, CardOptions()))["source_datasets"] == ["extended|data/world"]
+    hub = {**meta, "source": "org/captions", "source_format": "hub"}
+    assert header_of(render_card_text(hub, None, CardOptions()))["source_datasets"] == ["extended|org/captions"]

@@ -245,7 +245,7 @@ def test_reference_text_attack_ignores_the_image(victim, tokenizer):
 
 
 @pytest.mark.parametrize("bugs", [False, True])
-def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenizer, bugs):
+def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenizer, bugs, monkeypatch):
     """SGA's TextAttacker.attack (BERT-Attack and Sep's text under `sga`) scores KL over its CLIP wrapper's
     `text_embed` (not normalised); its importance compares that with unit masked embeddings (`text_feat`):
     a reference bug. Co-Attack's code and SGA's own text steps read unit embeddings."""
@@ -266,14 +266,18 @@ def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenize
     captions = ["a red dog", "the blue ball"]
     calls = []
     encode = victim.encode_text
-    victim.encode_text = lambda texts, normalize=True: calls.append((list(texts), normalize)) or encode(texts, normalize)
+    # monkeypatch: the victim is the module's, so the recording wrapper must go even when an assert fails
+    monkeypatch.setattr(victim, "encode_text",
+                        lambda texts, normalize=True: calls.append((list(texts), normalize)) or encode(texts, normalize))
     prepared = attack.prepare(captions)
     assert torch.allclose(prepared.clean_emb, encode(captions, normalize=False))  # not unit
     assert not torch.allclose(prepared.clean_emb.norm(dim=-1), torch.ones(2))
     masked = [normalize for texts, normalize in calls[1:] if any("[UNK]" in t for t in texts)]
     assert masked and all(m == bugs for m in masked)  # the bug: unit masked embeddings against the raw clean one
+    before_search = len(calls)
     adversarial, _ = attack.perturb(captions, None, torch.tensor([0, 1]), prepared=prepared)
-    assert all(normalize is False for _, normalize in calls[len(calls) - 1:])  # candidates scored raw too
+    candidates = calls[before_search:]
+    assert candidates and all(normalize is False for _, normalize in candidates)  # every candidate scored raw too
     assert adversarial != captions and attack.params()["embedding"] == "raw" + (" (masked: unit)" if bugs else "")
     # Sep's PGD still gets unit caption embeddings
     sep = build_attack("sep", victim, mlm=mlm, protocol="sga", steps=1)
@@ -282,7 +286,6 @@ def test_sga_code_text_kl_reads_embeddings_before_normalisation(victim, tokenize
     sep.image_attack.perturb = lambda imgs, text_emb, pairing: seen.append(text_emb) or perturb(imgs, text_emb, pairing)
     sep(images(), captions, torch.tensor([0, 1]))
     assert torch.allclose(seen[0].norm(dim=-1), torch.ones(2), atol=1e-5)
-    victim.encode_text = encode
 
 
 def test_reference_word_list_and_whole_word_replacement(tokenizer):

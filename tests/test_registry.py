@@ -4,7 +4,6 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +149,11 @@ def test_tiny_sd_text_to_image_and_image_to_image(tiny_root):
     pipe = registry.load_sd_pipeline("tiny-sd", kind="t2i")
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert pipe.safety_checker is None
-    start = time.process_time()  # CPU time: wall time means little on a shared machine
+    # tiny by construction (its speed is bench's business, not a unit test's)
+    assert sum(p.numel() for p in pipe.unet.parameters()) < 5_000_000
     result = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
-    cpu_seconds = time.process_time() - start
     image = result.images[0]
     assert image.size == (64, 64) and image.mode == "RGB"
-    assert cpu_seconds < 5.0  # about 0.1 s on an idle 2-core machine
 
     # the same seed gives the same image from a second load of the folder
     again = registry.load_sd_pipeline(str(tiny.tiny_dir("tiny-sd")))
@@ -292,11 +290,10 @@ def test_save_tiny_command(tmp_path, capsys):
         lambda: registry.load_sd_pipeline("sdxl", kind="i2i"),
     ],
 )
-def test_real_names_fail_fast_offline(load, offline):
-    start = time.perf_counter()
+def test_real_names_fail_fast_offline(load, offline, network_attempts):
     with pytest.raises(ModelLoadError) as info:
         load()
-    assert time.perf_counter() - start < 10
+    assert network_attempts == []  # fails at once: no connection tried, so no timeout or retry to wait for
     message = str(info.value)
     assert "HF_HUB_OFFLINE=1" in message and "\n" not in message
 

@@ -30,18 +30,6 @@ TINY_SAMPLING = {"max_new_tokens": 6, "max_rounds": 2}
 
 
 @pytest.fixture(scope="session")
-def wordnet_ready(tmp_path_factory):
-    """nltk's WordNet; built into a temp folder (and NLTK_DATA) when the venv has none."""
-    from augment import wordnet
-
-    if not wordnet.wordnet_loads():
-        data_dir = tmp_path_factory.mktemp("nltk_data")
-        wordnet.setup_wordnet(data_dir, download=False)  # fails clearly without wordnet-base
-        os.environ["NLTK_DATA"] = str(data_dir)  # for the CLI subprocesses
-    wordnet.require_wordnet()
-
-
-@pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     from augment.world.writer import write_sample
 

@@ -479,6 +479,20 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     assert all(torch.equal(here[name], there[name]) for name in there)  # 4 of 4 steps: nothing left to train
 
 
+@pytest.mark.parametrize("warmup, total", [(1, 4), (3, 10), (10, 100), (0, 5)])
+def test_cosine_with_warmup_equals_open_clip_train_cosine_lr(warmup, total):
+    import torch
+    from open_clip_train.scheduler import cosine_lr
+
+    from train.trainer import cosine_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    theirs = cosine_lr(optimizer, 0.5, warmup, total)
+    ours = cosine_with_warmup(warmup, total)
+    assert [0.5 * ours(step) for step in range(total)] == pytest.approx([theirs(step) for step in range(total)])
+    assert ours(total) == 0.0 and ours(total + 5) == 0.0  # past the schedule: stays at 0
+
+
 def test_resume_with_a_longer_schedule_uses_it_from_the_first_resumed_step(tmp_path, sample_world_dir, caplog):
     """The optimizer state holds the lr the checkpoint's schedule set for the next step; a resume
     with another --max-steps takes its own schedule's lr from that step on, not one step late."""

@@ -3,7 +3,8 @@
 All four come from `pycocoevalcap` (the MS-COCO caption evaluation code that BLIP and every
 COCO-captioning paper report with), so numbers are comparable with published ones; writing
 CIDEr's corpus-level IDF or METEOR's matcher by hand would not be. METEOR runs its Java jar and
-is reported only when `java` is on the PATH (else None, with the reason in `notes`). Captions
+is reported by default only when `java` is on the PATH (else None, with the reason in `notes`);
+asked for explicitly (`meteor=True`, `--meteor`) without Java it is an error, not a silent None. Captions
 are tokenised as COCO's evaluation does with Stanford's PTBTokenizer (also Java); without Java a
 small lower-casing word tokenizer that drops the same punctuation stands in (noted in `notes`).
 
@@ -26,6 +27,15 @@ _PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
 def java_available() -> bool:
     return shutil.which("java") is not None
+
+
+def require_java_for_meteor(meteor: bool | None) -> None:
+    """Refuse `meteor=True` without Java up front: asked-for METEOR must not turn into a null score."""
+    if meteor and not java_available():
+        from augment.errors import MissingDependencyError
+
+        raise MissingDependencyError("METEOR needs Java (its scorer is a jar): apt-get install default-jre-headless, "
+                                     "or leave out --meteor")
 
 
 def simple_tokenize(text: str) -> str:
@@ -79,6 +89,7 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
         from augment.errors import MissingDependencyError
 
         raise MissingDependencyError("captioning metrics need pycocoevalcap: pip install pycocoevalcap") from None
+    require_java_for_meteor(meteor)
     has_java = java_available()
     use_java = has_java if java is None else bool(java) and has_java
     notes = []
@@ -96,7 +107,7 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
     scores["cider"] = 100.0 * float(cider)
     scores["meteor"] = None
     run_meteor = has_java if meteor is None else bool(meteor)
-    if run_meteor and not has_java:
+    if meteor is None and not has_java:
         notes.append("METEOR not computed: it needs Java (its scorer is a jar); install a JRE")
     elif run_meteor:
         from pycocoevalcap.meteor.meteor import Meteor

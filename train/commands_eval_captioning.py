@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
+    from train.caption_metrics import require_java_for_meteor
     from train.commands_eval import _refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
     if not 0 <= args.gen_min_length <= args.gen_max_length:  # transformers only warns, then ignores one of them
         raise MatPlusError(f"--gen-min-length {args.gen_min_length} must lie in [0, --gen-max-length {args.gen_max_length}]")
+    require_java_for_meteor(args.meteor)  # a flag asked for and impossible stops before anything loads
     torch.manual_seed(args.seed)
     dataset, source_report = read_source(args)  # the data first: a wrong path stops in one line before any model loads
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)

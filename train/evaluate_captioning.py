@@ -33,7 +33,7 @@ import torch
 from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, CaptionAttack, build_caption_attack, default_caption_mlm,
                                       lm_losses)
-from train.caption_metrics import METRICS, caption_scores, simple_tokenize
+from train.caption_metrics import METRICS, caption_scores, require_java_for_meteor, simple_tokenize
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
@@ -137,6 +137,7 @@ def evaluate_captioning(
     from train.evaluate import (Gallery, adversarial_pool_writers, plain_attack_options, reseed_attack,
                                 resumable_batches, to_victim_resolution)
 
+    require_java_for_meteor(meteor)  # before any caption is generated
     attacker = attacker or victim
     transfer = attacker is not victim
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)

@@ -71,7 +71,11 @@ RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMAR
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier of (0-based) step s: linear warm-up, then cosine decay to 0 at `total_steps`."""
+    """LR multiplier of (0-based) step s: linear warm-up, then cosine decay to 0 at `total_steps`.
+
+    open_clip_train's `cosine_lr` (the same values, tested), as a multiplier for torch's `LambdaLR`:
+    that one sets the optimizer's lr itself and keeps no state to checkpoint; transformers'
+    cosine schedule warms up from 0, one step behind open_clip's."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

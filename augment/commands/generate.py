@@ -59,12 +59,13 @@ def run(args) -> int:
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
     try:
-        source, _ = read_source(args)
+        source, report = read_source(args)
         generator = build_generator(args.method, args)
         meta = run_generation(
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
-            progress=not args.no_progress, source_meta=source_meta(args), workers=args.workers, **process_share(state),
+            progress=not args.no_progress, source_meta=source_meta(args, report.format), workers=args.workers,
+            **process_share(state),
         )
     finally:
         if state is not None:
@@ -78,9 +79,10 @@ def run(args) -> int:
     return 0
 
 
-def source_meta(args) -> dict:
-    """How the source was read, as given, so `augment score POOL` can read it again by itself."""
-    return {"image_root": args.image_root, "source_split": args.source_split}
+def source_meta(args, source_format: str | None = None) -> dict:
+    """How the source was read, as given, so `augment score POOL` can read it again by itself; and
+    its format ("hub" for a Hub dataset), so a card never mistakes a relative path for a Hub id."""
+    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format}
 
 
 def distributed_state(args):

@@ -181,7 +181,9 @@ def _leaves_pixels(step, image) -> bool:
 
 
 def _rgb(image):
-    return image if image.mode == "RGB" else image.convert("RGB")
+    from augment.sources import to_rgb  # 16-bit greyscale scaled, not clipped by PIL's convert
+
+    return image if image.mode == "RGB" else to_rgb(image)
 
 
 # ---------------------------------------------------------------------------------------------

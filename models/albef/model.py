@@ -131,7 +131,9 @@ def _init_bert_weights(module: nn.Module, std: float) -> None:
 
 
 def _to_rgb(image):
-    return image.convert("RGB")
+    from models.transformers_io import to_rgb  # one conversion for every family (16-bit greyscale scaled)
+
+    return to_rgb(image)
 
 
 def albef_transforms(image_size: int):
