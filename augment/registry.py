@@ -77,9 +77,6 @@ ROLE_LABELS = {
 def _label(role: str) -> str:
     return ROLE_LABELS.get(role, role)
 
-OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
-
 _OFFLINE_HINT = "run once online or pass a local folder"
 
 

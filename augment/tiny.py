@@ -619,15 +619,19 @@ def save_tiny(out_dir: str | os.PathLike, names: Iterable[str] | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in names:
-        final = out_dir / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
-        try:
-            _build_into(tmp, name)
-            _replace_dir(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        written[name] = final
+        written[name] = _build_in_place(out_dir, name, lambda tmp, name=name: _build_into(tmp, name))
     return written
+
+
+def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> Path:
+    """`build(tmp)` into a temporary sibling folder, then renamed to root/name when complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    try:
+        build(tmp)
+        _replace_dir(tmp, root / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / name
 
 
 def tiny_cache_root() -> Path:
@@ -635,28 +639,36 @@ def tiny_cache_root() -> Path:
 
 
 def tiny_dir(name: str) -> Path:
-    """Folder of tiny model `name` in the cache, built and saved there on first use.
+    """Folder of tiny model `name` in the cache, built and saved there on first use (`cached_build`)."""
+    check_tiny_name(name)
 
-    A file lock per name keeps two processes from building the same model at once; the second
-    one finds the finished folder when it gets the lock.
-    """
+    def build(tmp: Path) -> None:
+        log.info("building tiny model %s in %s", name, tiny_cache_root() / name)
+        _build_into(tmp, name)
+
+    return cached_build(name, lambda folder: is_current(folder, name), build, what="tiny model")
+
+
+def cached_build(name: str, current: Callable[[Path], bool], build: Callable[[Path], object],
+                 what: str = "model", timeout: float = 600) -> Path:
+    """Folder `name` in the tiny cache: as it is when `current(folder)`, else made by `build(tmp)`
+    in a temporary folder renamed into place. A file lock per name keeps two processes from
+    building it at once; the second finds the finished folder when it gets the lock."""
     from filelock import FileLock
 
-    check_tiny_name(name)
     root = tiny_cache_root()
     folder = root / name
-    if is_current(folder, name):
+    if current(folder):
         return folder
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root / f".{name}.lock"), timeout=600):
-            if not is_current(folder, name):
-                log.info("building tiny model %s in %s", name, folder)
-                save_tiny(root, [name])
+        with FileLock(str(root / f".{name}.lock"), timeout=timeout):
+            if not current(folder):
+                _build_in_place(root, name, build)
     except OSError as exc:  # read-only or full disk, lock timeout (filelock.Timeout is a TimeoutError)
         from augment.errors import ModelLoadError
 
         raise ModelLoadError(
-            f"cannot build tiny model '{name}' in {root}: {exc}; set MATPLUS_TINY_DIR to a writable folder"
+            f"cannot build {what} '{name}' in {root}: {exc}; set MATPLUS_TINY_DIR to a writable folder"
         ) from exc
     return folder

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from augment import tiny
@@ -115,27 +113,13 @@ def is_current(folder: Path) -> bool:
 
 
 def world_mlm_dir(name: str = WORLD_MLM, log=None) -> Path:
-    """world-mlm's folder in the tiny cache, trained and saved there on first use (file-locked)."""
-    from filelock import FileLock
+    """world-mlm's folder in the tiny cache, trained and saved there on first use (`tiny.cached_build`)."""
 
-    from augment.errors import ModelLoadError
+    def build(tmp: Path) -> None:
+        (log or tiny.log.info)(f"[world-mlm] training a masked LM on sample-world captions into "
+                               f"{tiny.tiny_cache_root() / name} (once)")
+        with tiny.quiet_progress_bars():
+            build_world_mlm(tmp, log=log)
 
-    root = tiny.tiny_cache_root()
-    folder = root / name
-    if is_current(folder):
-        return folder
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root / f".{name}.lock"), timeout=1200):
-            if not is_current(folder):
-                (log or tiny.log.info)(f"[world-mlm] training a masked LM on sample-world captions into {folder} (once)")
-                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-                try:
-                    with tiny.quiet_progress_bars():
-                        build_world_mlm(tmp, log=log)
-                    tiny._replace_dir(tmp, folder)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot build '{name}' in {root}: {exc}; set MATPLUS_TINY_DIR to a writable folder") from exc
-    return folder
+    # training takes minutes on a CPU: a second process waits longer for the lock than for a tiny twin
+    return tiny.cached_build(name, is_current, build, what="model", timeout=1200)

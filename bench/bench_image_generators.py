@@ -214,15 +214,15 @@ class ComponentTimes:
 # ----------------------------------------------------------------------------- the two modes
 
 
-def loop_runner(generator, tasks: list, seed: int) -> Callable[[], list]:
+def loop_runner(generator, jobs: list, seed: int) -> Callable[[], list]:
     """One pipeline call per image: the same prompt, init image and seed a row of the pool gets."""
     from augment.generators.base import row_seed
 
     def run() -> list:
         images = []
-        for task in tasks:
-            call = generator.replay_call(task, {"prompts": 1, "images_per_prompt": 1, "slot": 0})
-            seeds = [row_seed(seed, task.item["image_id"], task.caption_index, task.k)]
+        for job in jobs:
+            call = generator.replay_call(job, {"prompts": 1, "images_per_prompt": 1, "slot": 0})
+            seeds = [row_seed(seed, job.item["image_id"], job.caption_index, job.k)]
             images.append(generator.call_pipeline(call, seeds)[0][0])
         return images
     return run
@@ -275,16 +275,16 @@ def bench_method(method: str, args, device: str, dtype: str, components: dict | 
     pipe = sd_pipeline(components, generator_class.kind) if components is not None else None
     generator = generator_class(settings, pipe=pipe)
     items = sample_world_items(-(-args.images // args.n), args.seed)
-    tasks = generator.tasks(items, args.n)[: args.images]
-    items = items[: -(-len(tasks) // args.n)]
+    jobs = generator.jobs(items, args.n)[: args.images]
+    items = items[: -(-len(jobs) // args.n)]
     # warm-up: the first calls pay for kernel selection and allocator growth
     batched_runner(generator, items[:1], args.n, args.seed + 1)()
-    loop_runner(generator, tasks[:1], args.seed + 1)()
+    loop_runner(generator, jobs[:1], args.seed + 1)()
 
     # interleaved repeats, medians: load on a shared machine hits both modes alike
     loop_times, batched_times, loop_parts, batched_parts = [], [], [], []
     for _ in range(args.repeats):
-        loop_images, loop_s, loop_memory, parts = timed(device, loop_runner(generator, tasks, args.seed), generator.pipe)
+        loop_images, loop_s, loop_memory, parts = timed(device, loop_runner(generator, jobs, args.seed), generator.pipe)
         loop_times.append(loop_s)
         loop_parts.append(parts)
         batched_images, batched_s, batched_memory, parts = timed(
@@ -293,7 +293,7 @@ def bench_method(method: str, args, device: str, dtype: str, components: dict | 
         batched_parts.append(parts)
     loop_s, batched_s = statistics.median(loop_times), statistics.median(batched_times)
     loop_breakdown = median_run(loop_times, loop_parts)
-    images = len(tasks)
+    images = len(jobs)
     return {
         "method": method,
         "images": images,

@@ -314,3 +314,16 @@ def test_study_help_names_every_bundled_config(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
     names = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
     assert len(names) > 3 and "bundled config name: " + ", ".join(names) in text.replace("- ", "-")
+
+
+def test_eval_help_default_attacks_are_the_evaluation_defaults():
+    """`train eval`'s spelt-out default (kept free of the torch import) must not drift from the evaluation's."""
+    from train import commands_eval, evaluate
+
+    assert commands_eval.DEFAULT_ATTACKS.split(",") == list(evaluate.DEFAULT_ATTACKS)
+
+
+def test_the_selectable_text_guides_are_guides_the_attack_knows():
+    from train.attacks import settings, text
+
+    assert set(settings.SELECTABLE_GUIDES) == set(text.GUIDES) - {"text-kl"}

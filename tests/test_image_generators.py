@@ -270,16 +270,16 @@ def test_two_processes_equal_one_process(tmp_path, sample_dir):
 
 def test_t2i_call_plan_chunks_and_orders_rows():
     """n larger than the batch is cut into chunks; rows come back in (image, caption, k) order."""
-    from augment.generators.diffusion import Task, TextToImageGenerator
+    from augment.generators.diffusion import ImageJob, TextToImageGenerator
 
     generator = TextToImageGenerator(tiny_settings(batch_size=4), pipe=object())
     items = [{"image_id": f"i{j}", "captions": ["a", "b"], "split": "train"} for j in range(2)]
-    tasks = generator.tasks(items, 5)
-    assert len(tasks) == 20 and tasks[5] == Task(items[0], 1, 0)
-    calls = list(generator.plan_calls(tasks, 5))
+    jobs = generator.jobs(items, 5)
+    assert len(jobs) == 20 and jobs[5] == ImageJob(items[0], 1, 0)
+    calls = list(generator.plan_calls(jobs, 5))
     # each caption: a chunk of 4 images, then a tail of 1 (calls never mix chunk lengths)
     assert [(len(c.prompts), c.images_per_prompt) for c in calls] == [(1, 4), (1, 1), (1, 4), (1, 1), (1, 4), (1, 1), (1, 4), (1, 1)]
-    small = list(generator.plan_calls(generator.tasks(items, 2), 2))
+    small = list(generator.plan_calls(generator.jobs(items, 2), 2))
     assert [(len(c.prompts), c.images_per_prompt) for c in small] == [(2, 2), (2, 2)]
     assert [(t.item["image_id"], t.caption_index, t.k) for t in small[1].slots] == [("i1", 0, 0), ("i1", 0, 1), ("i1", 1, 0), ("i1", 1, 1)]
 

@@ -151,7 +151,7 @@ def _attack_names(text: str) -> list[str]:
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
     from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
-    from train.attacks.settings import REFERENCE_BUGS, TEXT_CANDIDATES
+    from train.attacks.settings import REFERENCE_BUGS, SELECTABLE_GUIDES, TEXT_CANDIDATES
 
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
@@ -198,7 +198,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                       help="MLM tokens read per caption; later words are kept (default: 30; under a reference protocol "
                            "each attack reads what its code reads: 77 for the SGA code's attacks on a CLIP, else 30; at most the "
                            "MLM's position table)")
-    text.add_argument("--text-guide", choices=("image", "text"), default=None,
+    text.add_argument("--text-guide", choices=SELECTABLE_GUIDES, default=None,
                       help="image: lower the caption's similarity to its image; text: move the caption embedding the most "
                            "(default: image; project protocol only)")
 

@@ -313,7 +313,7 @@ def reseed_attack(attack, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Scorer:
+class Ranker:
     """Score matrices of the gallery for one victim: ITC similarities, re-ranked by ITM for fusion
     models (`rerank_k` > 0)."""
 
@@ -352,7 +352,7 @@ class CleanGallery:
     hits: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_checker: bool,
+def _summarise(record: AttackRecord, clean: CleanGallery, ranker: Ranker, with_checker: bool,
                adversarial_pixels: PixelBatches | None = None) -> dict:
     """The attack's report entry; `adversarial_pixels`: its images' batches (re-ranking of an
     attack that changes images)."""
@@ -361,7 +361,7 @@ def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_c
     text_emb = torch.cat(record.text_emb) if record.text_emb else clean.text_emb
     pixels = adversarial_pixels if record.image_emb else clean.pixel_batches
     texts = record.texts or clean.texts
-    hits = scorer.hits(image_emb, text_emb, pixels, texts)
+    hits = ranker.hits(image_emb, text_emb, pixels, texts)
     entry: dict[str, Any] = {"modality": attack.modality, **recall_from_hits(hits), **attack_success_rates(clean.hits, hits)}
     entry["params"] = attack.params()
     entry["seconds"] = round(record.seconds, 3)
@@ -385,7 +385,7 @@ def _summarise(record: AttackRecord, clean: CleanGallery, scorer: Scorer, with_c
             invalid = torch.tensor([v is False for v in record.checker_verdicts], dtype=torch.bool)
             preserved_text_emb = torch.where(invalid[:, None], clean.text_emb, text_emb)
             preserved_texts = [c if bad else t for t, c, bad in zip(texts, clean.texts, invalid.tolist())]
-            preserved_hits = scorer.hits(image_emb, preserved_text_emb, pixels, preserved_texts)
+            preserved_hits = ranker.hits(image_emb, preserved_text_emb, pixels, preserved_texts)
             preserved = {**recall_from_hits(preserved_hits), **attack_success_rates(clean.hits, preserved_hits)}
             entry.update({f"{key}_meaning_preserved": value for key, value in preserved.items()})
     return entry
@@ -441,14 +441,14 @@ def evaluate(
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
-    scorer = Scorer(victim, rerank_k, gallery.image_of_text, batch_size)
-    keep_pixels = scorer.rerank_k > 0
+    ranker = Ranker(victim, rerank_k, gallery.image_of_text, batch_size)
+    keep_pixels = ranker.rerank_k > 0
     settings = {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
         # what the names do not say, for a resumed evaluation only: another source at the same path, a
         # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
         **(data_identity(gallery.rows, victim, attacker) if progress_dir is not None else {}),
-        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": scorer.rerank_k,
+        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": ranker.rerank_k,
         "options": plain_attack_options(options),
         "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
         "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
@@ -469,7 +469,7 @@ def evaluate(
         return (pixels for pixels, _ in gallery_pixels(gallery, batch_size, victim.preprocess_eval,
                                                        range(batch_count), workers))
 
-    clean = _clean_pass(victim, gallery, batch_size, text_batch, workers, scorer, store,
+    clean = _clean_pass(victim, gallery, batch_size, text_batch, workers, ranker, store,
                         clean_pixels if keep_pixels else None)
     results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                          **attack_success_rates(clean.hits, clean.hits), "params": {}}}
@@ -510,7 +510,7 @@ def evaluate(
                     name, attack, rows, gallery, text_ids, start, result.images, result.texts,
                     result.info.get("words_changed", []), model_id(attacker), seed))
             bar.update(len(rows))
-        entry = _summarise(record, clean, scorer, caption_checker is not None,
+        entry = _summarise(record, clean, ranker, caption_checker is not None,
                            _stored_pixels(pixel_store, name, batch_count) if keep_pixels else None)
         if name in writers:
             writers[name].finalize(expected_shards=batch_index + 1)
@@ -523,14 +523,14 @@ def evaluate(
         scratch.cleanup()
     order = ["clean"] + list(built)
     return {
-        "procedure": PROCEDURE + (f" Fusion victim: ITC ranks, ITM re-ranks the top {scorer.rerank_k}." if scorer.rerank_k else ""),
+        "procedure": PROCEDURE + (f" Fusion victim: ITC ranks, ITM re-ranks the top {ranker.rerank_k}." if ranker.rerank_k else ""),
         "victim": model_id(victim),
         "attacker": model_id(attacker),
         "settings": {
             "mode": "transfer" if transfer else "white-box",
             "split": split, "num_images": len(gallery), "num_captions": len(gallery.captions),
             "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
-            "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": scorer.rerank_k,
+            "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": ranker.rerank_k,
             "attack_options": plain_attack_options(options),
             "caption_preprocess": caption_preprocess, "precision": settings["precision"],
             "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
@@ -539,7 +539,7 @@ def evaluate(
     }
 
 
-def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, workers: int, scorer: Scorer,
+def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, workers: int, ranker: Ranker,
                 store: "BatchStore | None", pixel_batches: PixelBatches | None) -> CleanGallery:
     """The victim's clean view of the whole gallery: embeddings and per-query hits (taken from
     `store` when a killed evaluation kept them, else computed and kept there)."""
@@ -553,7 +553,7 @@ def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, work
         image_emb.append(_encode_images(victim, victim_pixels))
         text_emb.append(_encode_texts(victim, [gallery.captions[i] for i in text_ids.tolist()], text_batch))
     clean = CleanGallery(torch.cat(image_emb), torch.cat(text_emb), pixel_batches, list(gallery.captions))
-    clean.hits = scorer.hits(clean.image_emb, clean.text_emb, clean.pixel_batches, clean.texts)
+    clean.hits = ranker.hits(clean.image_emb, clean.text_emb, clean.pixel_batches, clean.texts)
     if store is not None:
         store.save_clean(clean)
     return clean

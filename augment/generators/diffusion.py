@@ -72,7 +72,7 @@ class DiffusionSettings:
 
 
 @dataclass(frozen=True)
-class Task:
+class ImageJob:
     """One image to make: source item, caption index (the prompt) and k (the image's number)."""
 
     item: dict
@@ -90,11 +90,11 @@ class Task:
 
 @dataclass
 class Call:
-    """One pipeline call: `prompts`, each with `images_per_prompt` slots (task or padding None)."""
+    """One pipeline call: `prompts`, each with `images_per_prompt` slots (job or padding None)."""
 
     prompts: list[str]
     images_per_prompt: int
-    slots: list[Task | None]
+    slots: list[ImageJob | None]
     init_images: list | None = None  # i2i: one (resized) source image per slot
     generation_size: tuple[int, int] | None = None  # i2i: (width, height) the call runs at
 
@@ -209,17 +209,17 @@ class DiffusionGenerator(Generator):
 
     # --- planning
 
-    def tasks(self, items: list[dict], n: int) -> list[Task]:
+    def jobs(self, items: list[dict], n: int) -> list[ImageJob]:
         limit = self.settings.captions_per_image
         return [
-            Task(item, c, k)
+            ImageJob(item, c, k)
             for item in items
             for c in range(min(limit or len(item["captions"]), len(item["captions"])))
             for k in range(n)
         ]
 
-    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
-        """Group `tasks` (n per caption, in order) into pipeline calls."""
+    def plan_calls(self, jobs: list[ImageJob], n: int) -> Iterator[Call]:
+        """Group `jobs` (n per caption, in order) into pipeline calls."""
         raise NotImplementedError
 
     def call_pipeline(self, call: Call, seeds: list[int]):
@@ -229,32 +229,32 @@ class DiffusionGenerator(Generator):
     # --- running
 
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
-        rows_by_task: dict[tuple, dict] = {}
-        tasks = self.tasks(items, n)
-        for call in self.plan_calls(tasks, n):
-            rows_by_task.update(self._run_call(call, seed))
+        rows_by_job: dict[tuple, dict] = {}
+        jobs = self.jobs(items, n)
+        for call in self.plan_calls(jobs, n):
+            rows_by_job.update(self._run_call(call, seed))
         # rows in source order (item, caption, k) whatever order the calls ran in
-        return [rows_by_task[t.key] for t in tasks]
+        return [rows_by_job[t.key] for t in jobs]
 
     def _run_call(self, call: Call, seed: int) -> dict[tuple, dict]:
         seeds = [PAD_SEED if t is None else row_seed(seed, t.item["image_id"], t.caption_index, t.k) for t in call.slots]
         images, nsfw = self.call_pipeline(call, seeds)
         rows = {}
-        for slot, task in enumerate(call.slots):
-            if task is None:
+        for slot, job in enumerate(call.slots):
+            if job is None:
                 continue
             flag = None if nsfw is None else bool(nsfw[slot])
-            rows[task.key] = self._row(task, call, slot, images[slot], seed, flag)
+            rows[job.key] = self._row(job, call, slot, images[slot], seed, flag)
         return rows
 
-    def _row(self, task: Task, call: Call, slot: int, image, seed: int, nsfw: bool | None) -> dict:
+    def _row(self, job: ImageJob, call: Call, slot: int, image, seed: int, nsfw: bool | None) -> dict:
         return self.row(
-            task.item, task.caption_index, task.k, seed, image=image,
-            model=self.model, revision=self.model_revision, prompt=task.prompt,
-            batch=call.layout(slot), nsfw=nsfw, params=self.params(), **self._row_extras(task, call, image),
+            job.item, job.caption_index, job.k, seed, image=image,
+            model=self.model, revision=self.model_revision, prompt=job.prompt,
+            batch=call.layout(slot), nsfw=nsfw, params=self.params(), **self._row_extras(job, call, image),
         )
 
-    def _row_extras(self, task: Task, call: Call, image) -> dict:
+    def _row_extras(self, job: ImageJob, call: Call, image) -> dict:
         return {"size": [image.width, image.height]}
 
     # --- regeneration
@@ -264,11 +264,11 @@ class DiffusionGenerator(Generator):
         call has the original shape and the row its original slot, the other slots padding, which
         makes the image bit-identical; without it, a one-image call (identical up to rounding)."""
         batch = batch or {"prompts": 1, "images_per_prompt": 1, "slot": 0}
-        task = Task(item, caption_index, k)
-        return self._run_call(self.replay_call(task, batch), seed)[task.key]
+        job = ImageJob(item, caption_index, k)
+        return self._run_call(self.replay_call(job, batch), seed)[job.key]
 
-    def replay_call(self, task: Task, batch: dict) -> Call:
-        """A call of the recorded layout `batch` with `task` in its slot and padding elsewhere."""
+    def replay_call(self, job: ImageJob, batch: dict) -> Call:
+        """A call of the recorded layout `batch` with `job` in its slot and padding elsewhere."""
         raise NotImplementedError
 
 
@@ -280,7 +280,7 @@ class TextToImageGenerator(DiffusionGenerator):
 
     unused_settings = ("strength",)
 
-    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
+    def plan_calls(self, jobs: list[ImageJob], n: int) -> Iterator[Call]:
         """Calls of `prompts_per_call` prompts x `images_per_prompt` images (<= batch size).
 
         Each caption's n images are cut into chunks of `images_per_prompt`; chunks of the same
@@ -288,9 +288,9 @@ class TextToImageGenerator(DiffusionGenerator):
         """
         images_per_prompt = min(n, self.settings.batch_size)
         prompts_per_call = max(1, self.settings.batch_size // images_per_prompt)
-        per_caption = [tasks[i:i + n] for i in range(0, len(tasks), n)]  # tasks() gives n per caption
+        per_caption = [jobs[i:i + n] for i in range(0, len(jobs), n)]  # jobs() gives n per caption
         chunks = [c[j:j + images_per_prompt] for c in per_caption for j in range(0, n, images_per_prompt)]
-        pending: list[list[Task]] = []
+        pending: list[list[ImageJob]] = []
         for chunk in chunks:
             if pending and (len(chunk) != len(pending[0]) or len(pending) == prompts_per_call):
                 yield self._call_of(pending)
@@ -300,16 +300,16 @@ class TextToImageGenerator(DiffusionGenerator):
             yield self._call_of(pending)
 
     @staticmethod
-    def _call_of(chunks: list[list[Task]]) -> Call:
+    def _call_of(chunks: list[list[ImageJob]]) -> Call:
         return Call(prompts=[c[0].prompt for c in chunks], images_per_prompt=len(chunks[0]),
                     slots=[t for c in chunks for t in c])
 
-    def replay_call(self, task: Task, batch: dict) -> Call:
+    def replay_call(self, job: ImageJob, batch: dict) -> Call:
         prompts, per_prompt, slot = batch["prompts"], batch["images_per_prompt"], batch["slot"]
-        slots: list[Task | None] = [None] * (prompts * per_prompt)
-        slots[slot] = task
+        slots: list[ImageJob | None] = [None] * (prompts * per_prompt)
+        slots[slot] = job
         prompt_list = [PAD_PROMPT] * prompts
-        prompt_list[slot // per_prompt] = task.prompt
+        prompt_list[slot // per_prompt] = job.prompt
         return Call(prompts=prompt_list, images_per_prompt=per_prompt, slots=slots)
 
     def call_pipeline(self, call: Call, seeds: list[int]):
@@ -339,28 +339,28 @@ class ImageToImageGenerator(DiffusionGenerator):
     def generation_size_of(self, image) -> tuple[int, int]:
         return generation_size(image.width, image.height, model_resolution(self.pipe))
 
-    def plan_calls(self, tasks: list[Task], n: int) -> Iterator[Call]:
-        """Calls of up to `batch_size` consecutive tasks that share a generation size."""
-        pending: list[Task] = []
+    def plan_calls(self, jobs: list[ImageJob], n: int) -> Iterator[Call]:
+        """Calls of up to `batch_size` consecutive jobs that share a generation size."""
+        pending: list[ImageJob] = []
         pending_size = None
-        for task in tasks:
-            size = self.generation_size_of(task.item["image"])
+        for job in jobs:
+            size = self.generation_size_of(job.item["image"])
             if pending and (size != pending_size or len(pending) == self.settings.batch_size):
                 yield self._call_of(pending, pending_size)
                 pending = []
-            pending.append(task)
+            pending.append(job)
             pending_size = size
         if pending:
             yield self._call_of(pending, pending_size)
 
-    def _call_of(self, slots: list[Task | None], size: tuple[int, int]) -> Call:
+    def _call_of(self, slots: list[ImageJob | None], size: tuple[int, int]) -> Call:
         from PIL import Image
 
         resized = {}
         init_images = []
         filler = next(t for t in slots if t is not None)
-        for task in slots:
-            item = (task or filler).item
+        for job in slots:
+            item = (job or filler).item
             if item["image_id"] not in resized:
                 resized[item["image_id"]] = item["image"].convert("RGB").resize(size, Image.Resampling.LANCZOS)
             init_images.append(resized[item["image_id"]])
@@ -368,10 +368,10 @@ class ImageToImageGenerator(DiffusionGenerator):
         return Call(prompts=prompts, images_per_prompt=1, slots=list(slots), init_images=init_images,
                     generation_size=size)
 
-    def replay_call(self, task: Task, batch: dict) -> Call:
-        slots: list[Task | None] = [None] * (batch["prompts"] * batch["images_per_prompt"])
-        slots[batch["slot"]] = task
-        return self._call_of(slots, self.generation_size_of(task.item["image"]))
+    def replay_call(self, job: ImageJob, batch: dict) -> Call:
+        slots: list[ImageJob | None] = [None] * (batch["prompts"] * batch["images_per_prompt"])
+        slots[batch["slot"]] = job
+        return self._call_of(slots, self.generation_size_of(job.item["image"]))
 
     def call_pipeline(self, call: Call, seeds: list[int]):
         from PIL import Image
@@ -390,13 +390,13 @@ class ImageToImageGenerator(DiffusionGenerator):
         )
         # back to each source's own size (padding slots have none: leave them as they are)
         images = [
-            image if task is None else image.resize(task.item["image"].size, Image.Resampling.LANCZOS)
-            for image, task in zip(out.images, call.slots)
+            image if job is None else image.resize(job.item["image"].size, Image.Resampling.LANCZOS)
+            for image, job in zip(out.images, call.slots)
         ]
         return images, getattr(out, "nsfw_content_detected", None)
 
-    def _row_extras(self, task: Task, call: Call, image) -> dict:
-        return {"source_size": list(task.item["image"].size), "generation_size": list(call.generation_size)}
+    def _row_extras(self, job: ImageJob, call: Call, image) -> dict:
+        return {"source_size": list(job.item["image"].size), "generation_size": list(call.generation_size)}
 
 
 GENERATOR_CLASSES = {"t2i-sd": TextToImageGenerator, "t-i2i-sd": ImageToImageGenerator}

@@ -37,7 +37,9 @@ def pgd_step_size(eps: float, step_size: float | None = None) -> float:
 ATTACK_NAMES = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 PROTOCOLS = ("project", "sga", "co-attack")
 LOSSES = ("pair", "contrastive")
-GUIDES = ("image", "text")
+# the text guides a user chooses (--text-guide); `train.attacks.text.GUIDES` adds "text-kl", which
+# only the reference protocols set
+SELECTABLE_GUIDES = ("image", "text")
 TEXT_CANDIDATES = ("mlm", "wordnet")
 PIECE_MODES = ("combine", "first")
 
@@ -104,8 +106,8 @@ class AttackSettings:
             problems.append(f"unknown protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
         if self.loss not in LOSSES:
             problems.append(f"unknown attack loss {self.loss!r}; expected one of {LOSSES}")
-        if self.guide not in GUIDES:
-            problems.append(f"unknown text guide {self.guide!r}; expected one of {GUIDES}")
+        if self.guide not in SELECTABLE_GUIDES:
+            problems.append(f"unknown text guide {self.guide!r}; expected one of {SELECTABLE_GUIDES}")
         if self.candidates not in TEXT_CANDIDATES:
             problems.append(f"unknown text candidates {self.candidates!r}; expected one of {TEXT_CANDIDATES}")
         if self.pieces not in PIECE_MODES:
