@@ -154,7 +154,7 @@ def test_pre_caption_is_the_reference_preprocessing():
 def test_gallery_applies_the_protocols_caption_preprocessing():
     import datasets
 
-    from train.evaluate import Gallery
+    from train.eval_common import Gallery
 
     rows = datasets.Dataset.from_dict({"captions": [["A red Ball.", "Dog, running!"]], "split": ["test"]})
     assert Gallery.from_source(rows, "test").captions == ["A red Ball.", "Dog, running!"]
@@ -165,7 +165,7 @@ def test_a_caption_the_preprocessing_empties_stops_before_any_attack_naming_it()
     import datasets
 
     from augment.errors import SourceError
-    from train.evaluate import Gallery
+    from train.eval_common import Gallery
 
     rows = datasets.Dataset.from_dict({"image_id": ["a", "b"], "captions": [["A red ball."], ["A dog.", "!!!"]],
                                        "split": ["test", "test"]})

@@ -3,7 +3,7 @@
 Protocol:
 
 1. The split's images (at most `limit`) and their captions (the first `captions_per_image`, or
-   all) are the evaluated images and their references (`train.evaluate.Gallery`, as retrieval).
+   all) are the evaluated images and their references (`train.eval_common.Gallery`, as retrieval).
 2. Attack by attack, batch by batch (`batch_size` images with all their references): the
    attacker (the victim in white-box mode, another captioner in transfer mode) crafts
    adversarial images (and, for prompted captioners, prompts) against the references; the victim
@@ -57,7 +57,7 @@ def default_attacks(victim) -> tuple[str, ...]:
 
 def build_caption_attacks(names: Sequence[str | CaptionAttack], attacker, options: dict) -> dict[str, CaptionAttack]:
     """Captioning attacks by name on `attacker` (retrieval's `build_attacks` with captioning's table)."""
-    from train.evaluate import build_attacks
+    from train.eval_common import build_attacks
 
     if any(n in PROMPT_ATTACKS for n in names if isinstance(n, str)) and not getattr(attacker, "prompt", None):
         raise ValueError(f"the prompt attacks need a prompted captioner; '{attacker.name}' has no prompt (pass --prompt)")
@@ -125,7 +125,7 @@ def evaluate_captioning(
     finished batch (`train.eval_store.BatchStore`): a killed evaluation called again with the same
     settings skips them and gives the same report. `save_adv`: folder; each attack's adversarial
     inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`). `workers`:
-    DataLoader processes decoding the next batches' images (`train.evaluate.gallery_pixels`, as
+    DataLoader processes decoding the next batches' images (`train.eval_common.gallery_pixels`, as
     retrieval; 0: in this process).
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
@@ -134,8 +134,8 @@ def evaluate_captioning(
 
     from train.data import derive_seed
     from train.eval_store import BatchStore, data_identity
-    from train.evaluate import (Gallery, adversarial_pool_writers, plain_attack_options, reseed_attack,
-                                resumable_batches, to_victim_resolution)
+    from train.eval_common import (Gallery, adversarial_pool_writers, plain_attack_options, reseed_attack,
+                                   resumable_batches, to_victim_resolution)
 
     require_java_for_meteor(meteor)  # before any caption is generated
     attacker = attacker or victim

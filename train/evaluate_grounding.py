@@ -44,7 +44,7 @@ from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, ran
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.eval_report import settings_markdown
 from train.eval_store import BatchStore, weights_identity
-from train.evaluate import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
+from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]

@@ -1,0 +1,184 @@
+"""What every task's evaluation shares (retrieval `train.evaluate`, captioning
+`train.evaluate_captioning`, grounding `train.evaluate_grounding`): the gallery of evaluated
+images and their captions, decoding it batch by batch in DataLoader workers (skipping what a
+resumed evaluation already has), attacks built by name and reseeded per batch, their options as
+JSON, resizing to the victim's resolution, and the pool writers of `--save-adv`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from train.attacks import Attack, build_attack
+
+if TYPE_CHECKING:
+    from train.eval_store import BatchStore
+
+
+@dataclass
+class Gallery:
+    """The evaluated images (source rows) and their captions, flattened."""
+
+    rows: Any  # datasets.Dataset of the selected split
+    captions: list[str]
+    image_of_text: torch.Tensor  # [T]
+    caption_index: list[int]  # each caption's index among its image's captions
+
+    @classmethod
+    def from_source(cls, source_dataset, split: str | None = "test", limit: int | None = None,
+                    captions_per_image: int | None = None, caption_preprocess: str | None = None) -> "Gallery":
+        from augment.errors import SourceError
+        from augment.sources import select_split
+        from augment.words import preprocess_caption
+
+        rows = select_split(source_dataset, split)
+        if limit is not None:
+            rows = rows.select(range(min(limit, len(rows))))
+        captions, image_of_text, caption_index = [], [], []
+        for image, image_captions in enumerate(rows["captions"]):
+            kept = image_captions if captions_per_image is None else image_captions[:captions_per_image]
+            cleaned = [preprocess_caption(c, caption_preprocess) for c in kept]
+            for index, (given, caption) in enumerate(zip(kept, cleaned)):
+                if not caption.strip():  # e.g. "!!!" under pre_caption: stop before any attack runs
+                    raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): empty after "
+                                      f"--caption-preprocess {caption_preprocess}; fix or drop that caption")
+            captions += cleaned
+            image_of_text += [image] * len(kept)
+            caption_index += list(range(len(kept)))
+        return cls(rows, captions, torch.tensor(image_of_text, dtype=torch.long), caption_index)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch_count(self, batch_size: int) -> int:
+        return -(-len(self.rows) // batch_size)
+
+    def batches(self, batch_size: int, rows: bool = True):
+        """(first image, source rows, caption ids) per batch of images with all their captions
+        (`rows=False`: None for the rows, which `gallery_pixels` decodes in DataLoader workers)."""
+        for start in range(0, len(self.rows), batch_size):
+            stop = min(start + batch_size, len(self.rows))
+            text_ids = torch.nonzero((self.image_of_text >= start) & (self.image_of_text < stop)).flatten()
+            yield start, [self.rows[i] for i in range(start, stop)] if rows else None, text_ids
+
+
+def model_id(model) -> dict:
+    return model.describe()
+
+
+def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
+                   indices: Sequence[int], workers: int):
+    """(pixels preprocessed by one model, rows without their image) of the gallery batches
+    `indices`, in that order. `augment.loading.ordered_batches` decodes them in `workers`
+    DataLoader processes, so batch i+1 is read while batch i is attacked, and a bad image still
+    fails with its own one-line error."""
+    from augment.loading import ordered_batches
+
+    def decode(row: dict) -> tuple[torch.Tensor, dict]:
+        return preprocess(row["image"]), {k: v for k, v in row.items() if k != "image"}
+
+    batches = [range(i * batch_size, min((i + 1) * batch_size, len(gallery))) for i in indices]
+    for batch in ordered_batches(gallery.rows, batches, workers, decode):
+        yield torch.stack([pixels for pixels, _ in batch]), [row for _, row in batch]
+
+
+def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor], workers: int,
+                      store: "BatchStore | None", writers: dict, name: str):
+    """(batch index, first image, text ids, (pixels, rows) or None) for every gallery batch in order: None
+    where a resumed evaluation already has attack `name`'s results for the batch (and its adversarial pool
+    shard, when one is written); only the other batches are decoded (`gallery_pixels`)."""
+    count = gallery.batch_count(batch_size)
+    done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
+            for b in range(count)]
+    decoded = gallery_pixels(gallery, batch_size, preprocess, [b for b in range(count) if not done[b]], workers)
+    for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
+        yield batch_index, start, text_ids, None if done[batch_index] else next(decoded)
+
+
+def to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+MLM_ATTACKS = ("bert-attack", "sep", "co-attack", "sga")  # retrieval attacks that draw substitutes from a masked LM
+
+
+def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build: Callable | None = None,
+                  mlm_attacks: Sequence[str] = MLM_ATTACKS, default_mlm: Callable | None = None) -> dict[str, Attack]:
+    """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones.
+
+    Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`), the names
+    of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default"."""
+    build = build or build_attack
+    options = {k: v for k, v in options.items() if v is not None}  # unset: each attack's own default
+    needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str))
+    if needs_mlm and options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
+        from augment.registry import DEFAULT_MODELS, load_mlm
+
+        name = options.get("mlm") or "default"
+        if name == "default":
+            name = default_mlm(attacker) if default_mlm is not None else DEFAULT_MODELS["mlm"]
+        model, tokenizer = load_mlm(name, device=attacker.device)
+        options["mlm"] = (model, tokenizer, name)
+    attacks: dict[str, Attack] = {}
+    for entry in names:
+        attack = build(entry, attacker, **options) if isinstance(entry, str) else entry
+        key = entry if isinstance(entry, str) else attack.name
+        if key in attacks:
+            raise ValueError(f"attack {key!r} listed twice")
+        attacks[key] = attack
+    return attacks
+
+
+def plain_attack_options(options: dict) -> dict:
+    """Attack options as JSON (settings, resume tags): a loaded masked LM `(model, tokenizer[, name])`
+    by its name (None when the tuple has none)."""
+    plain = dict(options)
+    if isinstance(plain.get("mlm"), tuple):
+        plain["mlm"] = plain["mlm"][2] if len(plain["mlm"]) > 2 else None
+    return plain
+
+
+def reseed_attack(attack, seed: int) -> None:
+    """Seed the attack's random generators (its own and its parts') for one batch."""
+    for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
+        generator = getattr(part, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_dataset, attacker, split, limit, seed, batch_size,
+                  resume: bool = False) -> dict:
+    """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards).
+
+    The pools record the whole source's fingerprint, as `augment generate`'s do (not the evaluated
+    split's), so `augment score` and `train mat+` take them with that source."""
+    if save_adv is None:
+        return {}
+    from augment.errors import PoolError
+    from augment.pool import PoolWriter
+    from augment.sources import source_fingerprint
+
+    fingerprint = source_fingerprint(source_dataset)
+    attacker_id = model_id(attacker)
+    writers = {}
+    for name, attack in attacks.items():
+        meta = {
+            # `model` is a name, as every pool's (cards link it); the attacker's description beside it
+            "method": "adversarial", "name": f"adversarial-{name}", "model": str(attacker_id.get("name")),
+            "attacker": attacker_id,
+            "params": {"attack": name, **attack.params()}, "seed": seed, "source_fingerprint": fingerprint,
+            "split": split, "limit": limit, "n": 1, "shard_size": batch_size,
+            "description": f"adversarial examples of the {name} attack ({attack.modality}); see provenance per row",
+        }
+        folder = Path(save_adv) / name
+        try:
+            writers[name] = PoolWriter(folder, meta, overwrite=not resume)
+        except PoolError:  # another evaluation's pool there: start it over
+            writers[name] = PoolWriter(folder, meta, overwrite=True)
+    return writers
