@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from augment.atomic import atomic_write_text
-from augment.arguments import seed_list
+from augment.arguments import file_path, folder_path, seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
 from analysis.config import bundled_config_names
@@ -38,9 +38,17 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
             raise MatPlusError(f"{raw}: no eval.json here (run `train eval ... --out DIR` first)")
         for candidate in candidates:
             try:
-                found.append((candidate.parent.name if candidate.name == "eval.json" else candidate.stem, json.loads(candidate.read_text())))
+                report = json.loads(candidate.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise MatPlusError(f"{candidate}: not UTF-8 text; not an eval.json `train eval` wrote") from None
             except json.JSONDecodeError as exc:
                 raise MatPlusError(f"{candidate}: malformed JSON: {exc.msg}") from None
+            if not (isinstance(report, dict) and isinstance(report.get("attacks", {}), dict)
+                    and all(isinstance(entry, dict) for entry in report.get("attacks", {}).values())
+                    and isinstance(report.get("settings", {}), dict)):
+                raise MatPlusError(f"{candidate}: not an evaluation report (an object whose 'attacks' map names to "
+                                   "objects); run `train eval` again")
+            found.append((candidate.parent.name if candidate.name == "eval.json" else candidate.stem, report))
     return found
 
 
@@ -79,12 +87,19 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     for (name, report), protocol in zip(evaluations, protocols):
         entries = report.get("attacks", {})
         cells = ([name] + ([protocol] if by_protocol else [])
-                 + ["-" if entries.get(attack) is None else cell(entries[attack]) for attack in attacks])
+                 + ["-" if entries.get(attack) is None else _cell(cell, entries[attack], name, attack) for attack in attacks])
         if task == "retrieval":
             clean = entries.get("clean", {})
             cells.append(f"{clean['rsum']:.1f}" if "rsum" in clean else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(cell, entry: dict, name: str, attack: str) -> str:
+    try:
+        return cell(entry)
+    except (KeyError, TypeError, ValueError):
+        raise MatPlusError(f"{name}: the {attack!r} entry of its eval.json lacks its metrics; run `train eval` again") from None
 
 
 def _protocol_label(report: dict) -> str:
@@ -160,16 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", allow_abbrev=False, help="build pools, score them, train and evaluate every method, write the report")
     study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: "
                        + ", ".join(bundled_config_names()))
-    study.add_argument("--out", default=None, help="output folder (default: the config's)")
+    study.add_argument("--out", default=None, type=folder_path, help="output folder (default: the config's)")
     study.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
     study.set_defaults(func=_study)
     compare = sub.add_parser("compare", allow_abbrev=False, help="print a table of finished evaluations")
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
-    compare.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    compare.add_argument("--out", default=None, type=file_path, help="also write the table (Markdown) here")
     compare.set_defaults(func=_compare)
     regimes = sub.add_parser("regimes", allow_abbrev=False, help="one table of the headline comparison of several finished studies")
     regimes.add_argument("studies", nargs="+", help="study output folders (each with results.json)")
-    regimes.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    regimes.add_argument("--out", default=None, type=file_path, help="also write the table (Markdown) here")
     regimes.set_defaults(func=_regimes)
     return parser
 

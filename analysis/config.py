@@ -106,10 +106,16 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
             candidate = CONFIG_DIR / f"{path}.yaml"
         if not candidate.exists():
             raise MatPlusError(f"study config {path}: no such file (bundled: {', '.join(bundled_config_names())})")
+        if candidate.is_dir():
+            raise MatPlusError(f"study config {path}: is a folder, not a YAML file")
         try:
-            layer = yaml.safe_load(candidate.read_text()) or {}
+            layer = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise MatPlusError(f"study config {candidate}: not UTF-8 text; save it as UTF-8") from None
         except yaml.YAMLError as exc:
             raise MatPlusError(f"study config {candidate}: malformed YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(layer, dict):
+            raise MatPlusError(f"study config {candidate}: expected a mapping of settings, got {type(layer).__name__}")
     config = _merge(DEFAULTS, layer)
     config = _merge(config, overrides or {})
     unknown = sorted(set(config) - set(DEFAULTS))

@@ -6,26 +6,51 @@ argparse reports as one usage line with exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from fractions import Fraction
 
 
 def number(text: str) -> float:
-    """A float written as a decimal or a fraction: "0.0078", "2/255"."""
+    """A float written as a decimal or a fraction: "0.0078", "2/255" (inf and nan too: the trainer's
+    settings check them with the rest, in one line)."""
     try:
         return float(Fraction(text.strip())) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"cannot read {text!r} as a number (e.g. 0.0078 or 2/255)") from None
 
 
-def non_negative_number(text: str) -> float:
+def finite_number(text: str) -> float:
+    """`number`, refusing nan and inf: every comparison with nan is False, so range checks would let it through."""
     value = number(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+    return value
+
+
+def folder_path(text: str) -> str:
+    """A folder to write (or resume) into: refused when it names an existing file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder; choose a folder")
+    return text
+
+
+def file_path(text: str) -> str:
+    """A file to write: refused when it names an existing folder."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file; name a file")
+    return text
+
+
+def non_negative_number(text: str) -> float:
+    value = finite_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text}: must not be negative")
     return value
 
 
 def positive_number(text: str) -> float:
-    value = number(text)
+    value = finite_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be positive")
     return value
@@ -33,7 +58,7 @@ def positive_number(text: str) -> float:
 
 def probability(text: str) -> float:
     """A number in [0, 1] (a chance or a share), decimal or fraction."""
-    value = number(text)
+    value = finite_number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text}: must lie in [0, 1]")
     return value
@@ -41,7 +66,7 @@ def probability(text: str) -> float:
 
 def confidence_level(text: str) -> float:
     """A number strictly between 0 and 1 (a confidence interval's level)."""
-    value = number(text)
+    value = finite_number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text}: must lie strictly between 0 and 1")
     return value
@@ -49,7 +74,7 @@ def confidence_level(text: str) -> float:
 
 def positive_fraction(text: str) -> float:
     """A number in (0, 1] (e.g. nucleus sampling's top-p)."""
-    value = number(text)
+    value = finite_number(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text}: must lie in (0, 1]")
     return value

@@ -119,6 +119,11 @@ def _check_folder_target(out: Path, pool_path: Path, force: bool) -> None:
         raise PoolError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         raise PoolError(f"{out}: exists and is not empty; choose another --to-dir, or --force to replace its pool files")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CARD_FILE, POOL_META, SCORES_FILE, DATA_DIR,
+                                                                      ".gitattributes")) if out.is_dir() else []
+    if foreign:  # --force replaces an earlier export's files, never writes them among someone's data
+        raise PoolError(f"{out}: holds files that are not a pool export ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); choose another --to-dir")
 
 
 def _remove_stale_files(out: Path) -> None:

@@ -79,7 +79,24 @@ def read_pool_meta(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise PoolError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; "
                         "the pool's provenance is damaged: regenerate it, or restore pool.json")
+    for key, kinds, what in _META_TYPES:
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+            raise PoolError(f"{meta_path}: {key!r} should be {what}, not {value!r}; "
+                            "the pool's provenance is damaged: regenerate it, or restore pool.json")
     return meta
+
+
+# the provenance keys commands read, with their types (None is allowed for each): a hand-edited
+# pool.json of the wrong types would otherwise fail deep inside score, push or a card
+_META_TYPES = (
+    ("name", str, "a text"), ("method", str, "a text"), ("modality", str, "a text"), ("model", str, "a text"),
+    ("source", str, "a text"), ("image_root", str, "a text"), ("source_split", str, "a text"),
+    ("source_format", str, "a text"), ("source_fingerprint", str, "a text"), ("split", str, "a text"),
+    ("status", str, "a text"), ("params", dict, "an object"), ("seed", int, "a whole number"),
+    ("n", int, "a whole number"), ("limit", int, "a whole number"), ("shard_size", int, "a whole number"),
+    ("num_rows", int, "a whole number"), ("source_items", int, "a whole number"),
+)
 
 
 def check_shard_readable(shard: Path, where: str | None = None) -> int:
@@ -150,9 +167,14 @@ class PoolWriter:
                     shard.unlink()
             else:
                 changed = [k for k in IDENTITY_KEYS if _normalised(old.get(k)) != _normalised(meta.get(k))]
+                if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
+                    # name the parameters (e.g. batch_size), not just "params"
+                    differing = sorted(k for k in set(old["params"]) | set(meta["params"])
+                                       if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
+                    changed[changed.index("params")] = f"params {differing}"
                 if changed:
                     raise PoolError(
-                        f"{self.out_dir}: holds a pool made with different {changed}; "
+                        f"{self.out_dir}: holds a pool made with different {', '.join(changed)}; "
                         "use another --out, or --overwrite to replace it"
                     )
                 meta = {**old, **meta, "created": old.get("created")}

@@ -342,8 +342,9 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
         line = 1
         try:
             if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
+                found = f"got {reader.fieldnames}" if reader.fieldnames else "the file is empty"
                 raise SourceError(f"{source}: CSV needs a header with {img_key!r} and {caption_key!r} columns "
-                                  f"(separator {separator!r}), got {reader.fieldnames}")
+                                  f"(separator {separator!r}), {found}")
             while True:
                 line = reader.line_num + 1  # the record's first physical line (a quoted caption may span several)
                 row = next(reader, None)

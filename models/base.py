@@ -362,8 +362,19 @@ def _missing_transform(image: Any) -> torch.Tensor:
 
 
 def read_model_info(folder: Path) -> dict | None:
+    """The folder's `matplus_model.json` (None without one); a damaged one is one line naming it."""
+    from augment.errors import ModelLoadError, first_line
+
     path = Path(folder) / MODEL_INFO_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: damaged ({type(exc).__name__}: {first_line(exc)}); "
+                             "copy the model folder again or retrain it") from None
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{path}: damaged (a JSON object expected, got {type(info).__name__}); "
+                             "copy the model folder again or retrain it")
+    return info
 

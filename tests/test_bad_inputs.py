@@ -266,12 +266,15 @@ DAMAGE = {
     "truncated shard": lambda pool: (pool / "data" / "shard-00000.parquet").write_bytes(
         (pool / "data" / "shard-00000.parquet").read_bytes()[:300]),
     "garbage shard": lambda pool: (pool / "data" / "shard-00000.parquet").write_bytes(os.urandom(2000)),
+    "pool.json of the wrong types": lambda pool: (pool / "pool.json").write_text(
+        json.dumps({**json.loads((pool / "pool.json").read_text()), "source": 5})),
 }
 EXPECTED = {
     "corrupt pool.json": "pool.json: corrupt JSON",
     "pool.json not an object": "pool.json: expected a JSON object, got list",
     "truncated shard": "shard-00000.parquet: unreadable parquet shard",
     "garbage shard": "shard-00000.parquet: unreadable parquet shard",
+    "pool.json of the wrong types": "pool.json: 'source' should be a text, not 5",
 }
 
 
@@ -592,3 +595,141 @@ def test_a_pool_given_as_a_source_and_a_run_given_as_a_model_say_what_to_pass(tm
     (run / "ckpt").mkdir(parents=True)
     with pytest.raises(ModelLoadError, match=f"a training run's weights are in {run / 'ckpt'}$"):
         load_model(str(run))
+
+
+# ----------------------------------------------------------------------------- outputs, configs and records of the wrong kind
+
+
+def usage_fails(capsys, argv, expected, main=augment_main) -> None:
+    """An argparse refusal: exit status 2, its one error line holding `expected`, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if ": error: " in line] == [next(
+        line for line in err.splitlines() if expected in line)], err
+
+
+def test_an_output_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys, made_pool):
+    from analysis.cli import main as analysis_main
+    from train.cli import main as train_main
+
+    source, pool, _ = made_pool
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("kept")
+    usage_fails(capsys, ["generate", "--method", "eda", "--source", source, "--out", a_file], "is a file, not a folder")
+    usage_fails(capsys, ["select", pool, "--out", a_file, "--max-per-item", "1"], "is a file, not a folder")
+    usage_fails(capsys, ["clean", "--model", "tiny-clip", "--train-data", source, "--out", a_file], "is a file, not a folder",
+                main=train_main)
+    usage_fails(capsys, ["eval", "tiny-clip", "--source", source, "--out", a_file], "is a file, not a folder", main=train_main)
+    usage_fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--table", tmp_path], "is a folder, not a file")
+    usage_fails(capsys, ["compare", tmp_path, "--out", tmp_path], "is a folder, not a file", main=analysis_main)
+    assert a_file.read_text() == "kept"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--temperature", "nan"], "must be a finite number"),
+    (["--temperature", "inf"], "must be a finite number"),
+    (["--guidance-scale", "inf"], "must be a finite number"),
+    (["--guidance-scale", "-1"], "must not be negative"),
+])
+def test_nan_and_inf_are_refused_by_the_number_checks(tmp_path, capsys, argv, expected):
+    usage_fails(capsys, ["generate", "--method", "eda", "--source", tmp_path, "--out", tmp_path / "p", *argv], expected)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("max_steps: 2.5\n", "max_steps: expected a whole number or null, got 2.5"),
+    ("seed: null\n", "seed: expected a whole number, got None"),
+    ("lock_text: maybe\n", "lock_text: expected true or false or null, got 'maybe'"),
+    (b"\xff\xfe\x00", "not UTF-8 text; save it as UTF-8"),
+])
+def test_a_config_of_the_wrong_types_is_one_line_and_writes_nothing(tmp_path, capsys, content, expected):
+    from train.cli import main as train_main
+
+    config = tmp_path / "c.yaml"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    fails(capsys, ["clean", "--model", "tiny-clip", "--train-data", tmp_path, "--config", config, "--out", tmp_path / "run"],
+          expected, main=train_main)
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_model_info_and_albef_config_are_one_line(tmp_path):
+    from augment.errors import ModelLoadError
+    from models import load_model
+
+    saved = tmp_path / "albef"
+    load_model("tiny-albef").save(saved)
+    info = saved / "matplus_model.json"
+    kept = info.read_text()
+    info.write_text("{bad")
+    with pytest.raises(ModelLoadError, match="matplus_model.json: damaged"):
+        load_model(str(saved))
+    info.write_text("[1]")
+    with pytest.raises(ModelLoadError, match="a JSON object expected, got list"):
+        load_model(str(saved))
+    info.write_text(kept)
+    config = saved / "albef_config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({k: v for k, v in settings.items() if k != "image_res"}))
+    with pytest.raises(ModelLoadError, match="albef_config.json lacks the key 'image_res'"):
+        load_model(str(saved))
+    config.write_text(json.dumps({**settings, "image_res": "big"}))
+    with pytest.raises(ModelLoadError, match="albef_config.json has a bad value"):
+        load_model(str(saved))
+
+
+def test_scores_json_of_another_kind_says_how_to_get_out(tmp_path, made_pool, capsys):
+    from augment.errors import PoolError
+    from augment.scoring.store import SCORES_VERSION, read_scores_json
+
+    _, pool, _ = made_pool
+    (pool / "scores.json").write_text(json.dumps({"scores_version": SCORES_VERSION, "scorers": {"tiny-clip": 5}}))
+    with pytest.raises(PoolError, match="the entry of scorer 'tiny-clip' is not an object; delete it"):
+        read_scores_json(pool)
+    (pool / "scores.json").write_text('{"x": 1}')
+    # `augment score` reads it too: "run augment score again" would loop
+    fails(capsys, ["score", pool, "--scorer", "tiny-clip"], "scores version None", "delete it and run")
+
+
+def test_a_finished_evaluation_is_not_silently_replaced(tmp_path, capsys, sample_world_dir):
+    from train.cli import main as train_main
+
+    out = tmp_path / "eval"
+    common = ["eval", "tiny-clip", "--source", sample_world_dir, "--split", "test", "--limit", "4", "--out", out,
+              "--no-progress"]
+    assert train_main([str(a) for a in [*common, "--attacks", "clean,pgd", "--pgd-steps", "1"]]) == 0
+    report = (out / "eval.json").read_text()
+    fails(capsys, [*common, "--attacks", "clean"], "holds a finished evaluation (eval.json)", "--restart", main=train_main)
+    assert (out / "eval.json").read_text() == report
+    assert train_main([str(a) for a in [*common, "--attacks", "clean", "--restart"]]) == 0
+    assert list(json.loads((out / "eval.json").read_text())["attacks"]) == ["clean"]
+
+
+def test_compare_refuses_an_eval_json_of_the_wrong_shape(tmp_path, capsys):
+    from analysis.cli import main as analysis_main
+
+    for name, content in (("list", "[1]"), ("number", '{"attacks": 5}'), ("entry", '{"attacks": {"pgd": 5}}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(content)
+        fails(capsys, ["compare", tmp_path / name], "not an evaluation report", main=analysis_main)
+
+
+def test_a_resume_with_another_batch_size_names_it(tmp_path, capsys, made_pool):
+    source, pool, _ = made_pool
+    out = tmp_path / "eda"
+    assert augment_main(["generate", "--method", "i2t-tiny-captioner", "--source", str(source), "--out", str(out),
+                         "--n", "1", "--limit", "2", "--no-progress"]) == 0
+    fails(capsys, ["generate", "--method", "i2t-tiny-captioner", "--source", source, "--out", out, "--n", "1",
+                   "--limit", "2", "--batch-size", "3", "--no-progress"], "different params ['batch_size']")
+
+
+def test_a_garbage_tensor_file_never_advises_unpickling_it(tmp_path):
+    from augment.errors import MatPlusError
+    from train.checkpoint import load_tensors
+
+    path = tmp_path / "optimizer.pt"
+    path.write_bytes(b"garbage\x80\x02}q")
+    with pytest.raises(MatPlusError) as info:
+        load_tensors(path, "resume from another checkpoint")
+    assert "weights_only" not in str(info.value) and "not plain tensors and numbers" in str(info.value)

@@ -575,10 +575,12 @@ def test_killed_grounding_eval_command_resumes_and_restarts(grounding_twin, grou
     assert calls["pgd"] == 2  # pgd's first batch came from .progress
     assert _without_seconds(_eval_report(out)) == _without_seconds(_eval_report(tmp_path / "whole"))
     assert not (out / ".progress").exists()
-    # killed again, then --restart throws the finished batches away: both pgd batches run again
+    # the finished report is not replaced without --restart
+    assert train_main(argv(out)) == 2 and "holds a finished evaluation" in capsys.readouterr().err
+    # killed again (replacing it), then --restart throws the finished batches away: both pgd batches run again
     calls["pgd"] = 0
     monkeypatch.setattr(GroundingPGD, "run", dying)
-    assert train_main(argv(out)) == 130
+    assert train_main(argv(out, "--restart")) == 130
     monkeypatch.setattr(GroundingPGD, "run", counted)
     assert train_main(argv(out, "--restart")) == 0
     assert calls["pgd"] == 3 and not (out / ".progress").exists()

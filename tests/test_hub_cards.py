@@ -245,6 +245,9 @@ def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
     assert not (out / "scores.json").exists()
     assert cli("push", str(pool), "--to-dir", str(pool / "export")) == 2
     assert "overlaps the pool folder" in capsys.readouterr().err
+    (out / "dataset_sample.json").write_text("{}")  # someone's data: --force never writes among it
+    assert cli("push", str(pool), "--to-dir", str(out), "--force") == 2
+    assert "holds files that are not a pool export (dataset_sample.json)" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- failures in a subprocess

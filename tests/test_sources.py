@@ -167,6 +167,9 @@ def test_augment_and_train_eval_read_the_trainers_tsv(tmp_path, capsys):
     assert "2 images" in capsys.readouterr().out
     assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv")]) == 2
     assert "CSV needs a header with 'image' and 'caption' columns" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("")
+    assert augment_main(["inspect", "--source", str(tmp_path / "empty.csv")]) == 2
+    assert "(separator ','), the file is empty" in capsys.readouterr().err
     assert augment_main(["generate", "--method", "eda", "--source", str(tmp_path / "train.tsv"), *keys,
                          "--out", str(tmp_path / "pool"), "--n", "1"]) == 0
     (tmp_path / "data.json").write_text("{}")

@@ -215,7 +215,7 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     ({"method": "clean", "val_split": "test", "val_limit": 10}, "--val-split is not read without --val-frequency; --val-limit is not"),
     ({"method": "clean", "wandb_project_name": "x", "report_to": "tensorboard"}, "--wandb-project-name is not read without --report-to wandb"),
     ({"method": "clean", "csv_img_key": "filepath"}, "--csv-img-key is not read for a source that is not a .csv/.tsv file"),
-    ({"method": "fare", "lock_text": False}, "--lock-text is not read by fare"),
+    ({"method": "fare", "lock_text": False}, "--no-lock-text is not read by fare"),
 ])
 def test_a_setting_other_settings_leave_unread_is_refused(settings, named):
     from train.config import ConfigError, resolve_config
@@ -491,6 +491,21 @@ def test_cosine_with_warmup_equals_open_clip_train_cosine_lr(warmup, total):
     ours = cosine_with_warmup(warmup, total)
     assert [0.5 * ours(step) for step in range(total)] == pytest.approx([theirs(step) for step in range(total)])
     assert ours(total) == 0.0 and ours(total + 5) == 0.0  # past the schedule: stays at 0
+
+
+def test_albef_with_momentum_distillation_resumes_to_the_same_weights(tmp_path, sample_world_dir):
+    """The checkpoint holds the momentum encoders and queues: they must exist before it is loaded."""
+    from safetensors.torch import load_file
+
+    common = dict(method="clean", model="tiny-albef", seed=2, batch_size=4, momentum_distillation=True)
+    _run(tmp_path, "straight", sample_world_dir, max_steps=3, **common)
+    _run(tmp_path, "resumed", sample_world_dir, max_steps=2, schedule_steps=3, **common)
+    summary, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=3, resume="latest", **common)
+    assert [r.step for r in records] == [2] and summary["resumed_from_step"] == 2
+    straight, resumed = (load_file(str(tmp_path / run / "ckpt" / "albef_model.safetensors")) for run in ("straight", "resumed"))
+    assert "image_queue" in straight and straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
 def test_resume_with_a_longer_schedule_uses_it_from_the_first_resumed_step(tmp_path, sample_world_dir, caplog):

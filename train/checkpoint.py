@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -75,7 +76,10 @@ def load_tensors(path: Path, hint: str, error: type[MatPlusError] = MatPlusError
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - the unpickler meets garbage with any error (IndexError, EOFError, ...)
-        raise error(f"{path}: unreadable ({first_line(exc)}); {hint}") from None
+        # torch's own line for these advises weights_only=False: never the way out for a file of ours
+        reason = ("not plain tensors and numbers" if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc)
+                  else first_line(exc))
+        raise error(f"{path}: unreadable ({reason}); {hint}") from None
 
 
 def _load(path: Path) -> Any:

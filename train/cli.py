@@ -16,7 +16,7 @@ import functools
 import importlib
 import sys
 
-from augment.arguments import number
+from augment.arguments import file_path, folder_path, number
 from augment.cli_common import run_main
 from train.config import (
     ACCELERATE_PRECISION,
@@ -90,10 +90,10 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
                        help="decode every source image before training (default: each image is checked when it is used)")
     group.add_argument("--skip-bad", action="store_true",
                        help="leave bad records out and write a report of them instead of stopping (decodes every image first)")
-    group.add_argument("--skip-report", help="where --skip-bad writes its report (default: beside --out, RUN.skipped.json)")
+    group.add_argument("--skip-report", type=file_path, help="where --skip-bad writes its report (default: beside --out, RUN.skipped.json)")
     group.add_argument("--workers", type=int, help="DataLoader worker processes per training process, 0: decode in the "
                        "main process (default: the usable CPUs less one, at most 8)")
-    group.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")
+    group.add_argument("--out", type=folder_path, help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")
 
     pools = parser.add_argument_group("pools (1:N views of each item; required by mat+)")
     pools.add_argument("--pools", nargs="+", metavar="POOL", help="pool folders or Hub ids made from this source")

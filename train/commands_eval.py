@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from augment.arguments import non_negative_number
+from augment.arguments import finite_number, folder_path, non_negative_number
 
 # the same list as train.evaluate.DEFAULT_ATTACKS, spelt out so `train --help` needs no torch import
 DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
@@ -173,7 +173,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--attacks", type=_attack_names, default=None,
                         help=f"comma-separated attacks (retrieval default: {DEFAULT_ATTACKS}; also: synonym; "
                              "captioning: clean,pgd,pgd-targeted[,prompt,prompt-pgd])")
-    parser.add_argument("--out", required=True, help="folder for eval.json and eval.md")
+    parser.add_argument("--out", required=True, type=folder_path, help="folder for eval.json and eval.md")
 
     transfer = parser.add_argument_group("transfer attacks (default: white-box, the attacker is the evaluated model)")
     transfer.add_argument("--attacker-model", default=None, help="craft the attacks on this model instead (any family; same name forms as CKPT)")
@@ -213,7 +213,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     multi = parser.add_argument_group("multimodal attacks")
     multi.add_argument("--sga-scales", type=_scales, default=D.scales, help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")
-    multi.add_argument("--co-alpha", type=float, default=D.alpha, help="Co-Attack weight of the attacked-text term (default: 3)")
+    multi.add_argument("--co-alpha", type=finite_number, default=D.alpha, help="Co-Attack weight of the attacked-text term (default: 3)")
 
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
@@ -223,14 +223,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                               "(default: 128, the Flickr30k protocol; ALBEF/BLIP's COCO configs use 256)")
     runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
     runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
-    runtime.add_argument("--save-adv", default=None, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
+    runtime.add_argument("--save-adv", default=None, type=folder_path, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     runtime.add_argument("--precision", default="fp32", metavar="{fp32,amp,amp_fp16,amp_bf16}",
                          help="as the trainer's (open_clip_train's names): autocast of every task's forward passes, "
                               "weights kept fp32 (amp = amp_fp16, on a GPU; its attack gradients are loss-scaled; "
                               "default: fp32)")
     runtime.add_argument("--restart", action="store_true",
-                         help="discard the finished batches a killed evaluation left in OUT/.progress (default: resume from them)")
+                         help="start over in OUT: discard the finished batches a killed evaluation left in OUT/.progress "
+                              "(default: resume from them) and replace a finished evaluation's report (default: refused)")
     runtime.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and SGA's noise (default: 0)")
     runtime.add_argument("--workers", type=int, default=None,
                          help="DataLoader processes decoding the next batches' images, 0: none (default: the usable CPUs less one, at most 8)")
@@ -259,6 +260,17 @@ def _refuse_other_tasks_options(args: argparse.Namespace) -> None:
         named = ", ".join(f"--{dest.replace('_', '-')} ({' and '.join(t for t, o in TASK_OPTIONS.items() if dest in o)})"
                           for dest in stray)
         raise MatPlusError(f"--task {args.task} does not read {named}: leave them out")
+
+
+def refuse_replacing_a_finished_report(args: argparse.Namespace) -> None:
+    """A finished evaluation in OUT (eval.json, no unfinished batches left) is hours of attacks: a
+    command with other settings must not silently write over it; --restart replaces it."""
+    from augment.errors import MatPlusError
+
+    out = Path(args.out)
+    if (out / "eval.json").is_file() and not (out / PROGRESS_DIR).exists() and not args.restart:
+        raise MatPlusError(f"{out} holds a finished evaluation (eval.json): choose another --out, "
+                           "or add --restart to replace it")
 
 
 def progress_folder(args: argparse.Namespace) -> Path:
@@ -326,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
     from train.eval_report import write_report
     from train.evaluate import evaluate, markdown_report
 
+    refuse_replacing_a_finished_report(args)  # before anything is read or loaded
     try:  # here, not as an argparse type: one line, as the trainer refuses it, not the usage block
         check_precision(args.precision)
     except ValueError as exc:

@@ -193,9 +193,12 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} is a folder, not a YAML file" if path.is_dir()
+                          else f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
@@ -273,10 +276,36 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     for layer in layers:
         _unknown_settings(layer, "")
         merged.update(layer)
-    config = TrainConfig(**_coerce(merged))
+    config = TrainConfig(**_checked_types(_coerce(merged)))
     _validate(config)
     _fill_derived(config)
     return config
+
+
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a text"}
+
+
+def _checked_types(settings: dict[str, Any]) -> dict[str, Any]:
+    """Each setting of the type its `TrainConfig` field declares (a YAML config can hold anything:
+    `max_steps: 2.5`, `seed: null`, `lock_text: maybe`), whole floats as ints; else one line."""
+    declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    out = dict(settings)
+    for name, value in settings.items():
+        kinds = [part.strip() for part in declared.get(name, "").split("|")]
+        base = next((k for k in kinds if k != "None"), "")
+        if base not in _TYPE_WORDS or (value is None and "None" in kinds):
+            continue  # lists and the like: `_coerce` made them
+        if base == "int" and isinstance(value, float) and value.is_integer():
+            out[name] = value = int(value)
+        fits = {"int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool), "str": isinstance(value, str)}[base]
+        if not fits:
+            raise ConfigError(f"{name}: expected {_TYPE_WORDS[base]}{' or null' if 'None' in kinds else ''}, "
+                              f"got {value!r}")
+        if base == "float":
+            out[name] = float(value)
+    return out
 
 
 def _is_table_file(source: str | None) -> bool:
@@ -311,7 +340,10 @@ def _check_read(c: TrainConfig) -> None:
     unread = [(name, why) for name, (is_unread, why) in UNREAD_WHEN.items()
               if getattr(c, name) != getattr(_DEFAULTS, name) and is_unread(c)]
     if unread:
-        named = "; ".join(f"--{name.replace('_', '-')} is not read {why}" for name, why in unread)
+        def flag(name: str) -> str:  # as the user typed it: --no-lock-text sets False
+            return ("--no-" if getattr(c, name) is False else "--") + name.replace("_", "-")
+
+        named = "; ".join(f"{flag(name)} is not read {why}" for name, why in unread)
         raise ConfigError(f"{named}: leave {'them' if len(unread) > 1 else 'it'} out")
 
 

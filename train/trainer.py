@@ -309,6 +309,13 @@ class Trainer:
         frozen = None
         if cfg.method == "fare":  # FARE's target: the model as it was before any fine-tuning
             frozen = model.frozen_copy()
+        if getattr(model, "supports_momentum_distillation", False):
+            # before resuming weights (a checkpoint holds the momentum encoders and queues it builds),
+            # the optimizer and DDP: the momentum copies are trained state
+            distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
+            model.set_momentum_distillation(bool(distill))
+        elif cfg.momentum_distillation:
+            raise ConfigError(f"--momentum-distillation: {model.family} models have no momentum encoders")
         self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
         self.finished_summary: dict | None = None
         state = None
@@ -322,12 +329,6 @@ class Trainer:
                 self.finished_summary = json.loads(summary_file.read_text())
                 return
             ckpt.load_model_weights(model, resume_from)
-        if getattr(model, "supports_momentum_distillation", False):
-            # before resuming weights, the optimizer and DDP: the momentum copies are trained state
-            distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
-            model.set_momentum_distillation(bool(distill))
-        elif cfg.momentum_distillation:
-            raise ConfigError(f"--momentum-distillation: {model.family} models have no momentum encoders")
         if cfg.method == "fare":  # FARE's loss reaches the image tower only
             image_tower = {id(p) for p in model.tower_parameters("image")}
             for param in model.parameters():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from augment.arguments import positive_int
+from augment.arguments import folder_path, positive_int
 from augment.commands.common import add_source_arguments, read_source
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import distributed_rank, run_generation
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     add_source_arguments(parser)
-    parser.add_argument("--out", required=True, help="pool folder to write (resumed if it holds the same pool)")
+    parser.add_argument("--out", required=True, type=folder_path, help="pool folder to write (resumed if it holds the same pool)")
     parser.add_argument("--n", "--augmentations", dest="n", type=positive_int, default=4,
                         help="augmentations per source caption or image (default 4); spell it --augmentations "
                              "under torchrun, whose parser takes --n for one of its own options")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from augment.arguments import confidence_level, non_negative_int, positive_int
+from augment.arguments import confidence_level, file_path, non_negative_int, positive_int
 from augment.errors import ModelLoadError, PoolError, first_line
 
 
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time")
     parser.add_argument("--cache-dir", default=None,
                         help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
-    parser.add_argument("--table", default=None, metavar="FILE", help="write the comparison table (Markdown) here")
+    parser.add_argument("--table", default=None, type=file_path, metavar="FILE", help="write the comparison table (Markdown) here")
     parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--force", action="store_true",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from augment.arguments import folder_path
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,7 +16,7 @@ def register(subparsers) -> None:
         description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pool", metavar="POOL", help="the scored pool to select from")
-    parser.add_argument("--out", required=True, help="folder of the selected pool")
+    parser.add_argument("--out", required=True, type=folder_path, help="folder of the selected pool")
     parser.add_argument("--min-alignment", type=float, default=None, help="keep rows with alignment (cosine) >= A")
     parser.add_argument("--max-alignment", type=float, default=None, help="keep rows with alignment (cosine) <= A")
     parser.add_argument("--top-k-per-item", type=int, default=None, metavar="K", help="keep the K best-aligned rows of each item")

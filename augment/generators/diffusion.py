@@ -38,7 +38,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from augment.arguments import positive_int
+from augment.arguments import non_negative_number, positive_int
 from augment.errors import MatPlusError
 from augment.generators import MODEL_OPTIONS
 from augment.generators.base import Generator, row_seed
@@ -424,7 +424,7 @@ def add_arguments(group) -> None:
                        help="t2i-sd/t-i2i-sd/t2i-render: use the first K captions of each image (default: all)")
     group.add_argument("--steps", type=positive_int, default=50,
                        help="t2i-sd/t-i2i-sd: denoising steps (default 50; i2i runs strength x steps)")
-    group.add_argument("--guidance-scale", type=float, default=7.5,
+    group.add_argument("--guidance-scale", type=non_negative_number, default=7.5,
                        help="t2i-sd/t-i2i-sd: classifier-free guidance scale (default 7.5; <= 1 turns it off)")
     group.add_argument("--negative-prompt", default=None, help="t2i-sd/t-i2i-sd: negative prompt for every image")
     group.add_argument("--scheduler", default=None, metavar="CLASS",

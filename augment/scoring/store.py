@@ -119,9 +119,13 @@ def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
     if not isinstance(document, dict) or not isinstance(document.get("scorers", {}), dict):
         raise PoolError(f"{path}: not a scores document (expected an object with 'scorers'); "
                         f"delete it and run `augment score {pool_path}` again")
-    if document.get("scores_version") != SCORES_VERSION:
+    if document.get("scores_version") != SCORES_VERSION:  # `augment score` reads it too: deleting it is the way out
         raise PoolError(f"{path}: scores version {document.get('scores_version')}, this mat-plus reads "
-                        f"{SCORES_VERSION}; run `augment score {pool_path}` again")
+                        f"{SCORES_VERSION}; delete it and run `augment score {pool_path}` again")
+    damaged = [name for name, entry in document.get("scorers", {}).items() if not isinstance(entry, dict)]
+    if damaged:
+        raise PoolError(f"{path}: the entry of scorer {damaged[0]!r} is not an object; "
+                        f"delete it and run `augment score {pool_path}` again")
     return document
 
 

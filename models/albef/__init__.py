@@ -104,12 +104,20 @@ def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_c
         state = load_file(str(folder / WEIGHTS_NAME))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load ALBEF '{display}': {folder} is unreadable ({first_line(exc)})") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / CONFIG_NAME} is not a JSON object")
     if image_size is not None:
         cfg["image_res"] = int(image_size)
     if pre_caption is not None:
         cfg["pre_caption"] = bool(pre_caption)
-    cfg = check_config(cfg)
-    model = AlbefModel(cfg, _load_tokenizer(str(folder), display), name=display, pretrained=None)
+    try:  # a hand-edited config: a key missing or a value of the wrong type, in one line
+        cfg = check_config(cfg)
+        model = AlbefModel(cfg, _load_tokenizer(str(folder), display), name=display, pretrained=None)
+    except KeyError as exc:
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / CONFIG_NAME} lacks the key {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / CONFIG_NAME} has a bad value "
+                             f"({first_line(exc)})") from None
     grid = model.image_size // int(cfg["patch_size"])
     for key in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
         if key in state:
