@@ -223,31 +223,8 @@ def evaluate_captioning(
     for name, record in records.items():
         scores = caption_scores(references, record.captions, meteor=meteor, java=java)
         notes += [n for n in scores.pop("notes") if n not in notes]
-        scores.pop("per_image_cider")
-        entry: dict[str, Any] = {
-            "modality": record.attack.modality if record.attack is not None else "none",
-            **scores,
-            "reference_loss": float(torch.cat(record.reference_losses).mean()),
-            "params": record.attack.params() if record.attack is not None else {},
-            "seconds": round(record.seconds, 3),
-            "examples": record.captions[:EXAMPLES],
-        }
-        if record.attack is not None and record.attack.modality in ("image", "multimodal"):
-            entry["linf_max"] = record.linf
-        if record.prompts:
-            default_prompt = getattr(attacker, "prompt", "") or ""
-            entry["prompts_changed_pct"] = 100.0 * sum(p != default_prompt for p in record.prompts) / len(record.prompts)
-            entry["prompt_examples"] = record.prompts[:EXAMPLES]
-        if record.target_hits:
-            entry["target_hit_pct"] = 100.0 * sum(record.target_hits) / len(record.target_hits)
-        if caption_checker is not None:
-            judged = [v for v in record.verdicts if v is not None]
-            entry["truth"] = {"captions": len(record.verdicts), "judged": len(judged), "true": sum(judged),
-                              "false": len(judged) - sum(judged),
-                              "true_pct": 100.0 * sum(judged) / len(record.verdicts) if record.verdicts else None}
-        if name in writers:
-            entry["adversarial_pool"] = str(writers[name].out_dir)
-        results[name] = entry
+        results[name] = _report_entry(record, scores, getattr(attacker, "prompt", "") or "", caption_checker is not None,
+                                      writers.get(name))
     clean = results["clean"]
     for name, entry in results.items():
         entry["drop"] = {m: (clean[m] - entry[m] if clean.get(m) is not None and entry.get(m) is not None else None)
@@ -273,6 +250,35 @@ def evaluate_captioning(
         "captions": {name: record.captions for name, record in records.items()},
         "image_ids": list(gallery.rows["image_id"]),
     }
+
+
+def _report_entry(record: "_Record", scores: dict, default_prompt: str, judged_by_checker: bool, writer) -> dict:
+    """One attack's eval.json entry: its caption metrics (`scores`), reference loss, budget, prompts,
+    target hits and truth verdicts, and where its adversarial pool went (`writer`, or None)."""
+    scores = {k: v for k, v in scores.items() if k != "per_image_cider"}
+    entry: dict[str, Any] = {
+        "modality": record.attack.modality if record.attack is not None else "none",
+        **scores,
+        "reference_loss": float(torch.cat(record.reference_losses).mean()),
+        "params": record.attack.params() if record.attack is not None else {},
+        "seconds": round(record.seconds, 3),
+        "examples": record.captions[:EXAMPLES],
+    }
+    if record.attack is not None and record.attack.modality in ("image", "multimodal"):
+        entry["linf_max"] = record.linf
+    if record.prompts:
+        entry["prompts_changed_pct"] = 100.0 * sum(p != default_prompt for p in record.prompts) / len(record.prompts)
+        entry["prompt_examples"] = record.prompts[:EXAMPLES]
+    if record.target_hits:
+        entry["target_hit_pct"] = 100.0 * sum(record.target_hits) / len(record.target_hits)
+    if judged_by_checker:
+        judged = [v for v in record.verdicts if v is not None]
+        entry["truth"] = {"captions": len(record.verdicts), "judged": len(judged), "true": sum(judged),
+                          "false": len(judged) - sum(judged),
+                          "true_pct": 100.0 * sum(judged) / len(record.verdicts) if record.verdicts else None}
+    if writer is not None:
+        entry["adversarial_pool"] = str(writer.out_dir)
+    return entry
 
 
 def _adversarial_rows(name: str, attack: CaptionAttack, rows: list[dict], adversarial_images: torch.Tensor,
