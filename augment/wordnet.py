@@ -348,8 +348,12 @@ def setup_wordnet(data_dir: str | Path | None = None, debian_dir: str | Path = D
             how, message = "downloaded", f"downloaded WordNet with nltk into {chosen}"
         elif Path(debian_dir, "data.noun").is_file():
             how, message = "built", _build_and_check(chosen, Path(debian_dir))
-        else:
+        elif download:
             raise MissingDependencyError(HOW_TO_GET_WORDNET)
+        else:  # nothing was downloaded: do not blame the network
+            raise MissingDependencyError(f"WordNet is not available: --no-download, and Debian's wordnet-base is not in "
+                                         f"{debian_dir}; run `apt-get install wordnet-base` then `augment setup-wordnet` "
+                                         "again, or leave out --no-download when online")
     except PermissionError as exc:
         raise MatPlusError(f"cannot write WordNet into {chosen} ({exc.strerror}); choose a folder with --dir") from None
     if not searched:

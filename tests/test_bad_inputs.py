@@ -330,7 +330,7 @@ def test_empty_pools_are_refused_and_empty_results_are_loud(tmp_path, capsys, ma
     assert augment_main(["generate", "--method", "i2t-human", "--source", str(one_caption), "--out",
                          str(tmp_path / "zero"), "--n", "2", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "warning:" in err and "wrote no rows" in err
+    assert "warning:" in err and "wrote no rows" in err and "images with one caption have none" in err
 
 
 # ----------------------------------------------------------------------------- --transforms
@@ -636,6 +636,19 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys
 ])
 def test_nan_and_inf_are_refused_by_the_number_checks(tmp_path, capsys, argv, expected):
     usage_fails(capsys, ["generate", "--method", "eda", "--source", tmp_path, "--out", tmp_path / "p", *argv], expected)
+
+
+@pytest.mark.parametrize("argv", [
+    ["select", "POOL", "--out", "OUT", "--min-alignment", "nan"],
+    ["select", "POOL", "--out", "OUT", "--max-alignment", "inf"],  # selected every row, exit 0, before
+    ["generate", "--method", "img-aug", "--policy", "color-jitter", "--jitter", "nan", "0.4", "0.4", "0.1",
+     "--source", "SRC", "--out", "OUT"],  # failed mid-run, leaving an unfinished pool, before
+    ["make-sample", "OUT", "--val-frac", "nan"],
+])
+def test_nan_and_inf_are_refused_before_any_work_in_every_command(tmp_path, capsys, argv):
+    names = {"POOL": tmp_path / "pool", "OUT": tmp_path / "out", "SRC": tmp_path}
+    usage_fails(capsys, [names.get(a, a) for a in argv], "must be a finite number")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -89,6 +89,10 @@ def test_setup_without_any_source_fails_with_one_line(tmp_path, monkeypatch, cap
     code = augment_main(["setup-wordnet", "--dir", str(tmp_path / "data"), "--debian-dir", str(empty)])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "wordnet-base" in err
+    # --no-download: nothing was downloaded, so the line does not blame the network
+    code = augment_main(["setup-wordnet", "--dir", str(tmp_path / "data"), "--debian-dir", str(empty), "--no-download"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--no-download" in err and "offline" not in err, err
 
 
 def test_offline_download_fails_fast_and_quietly(tmp_path, monkeypatch, capsys):

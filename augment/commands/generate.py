@@ -74,9 +74,14 @@ def run(args) -> int:
         print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
         if meta["num_rows"] == 0:
             print(f"warning: {args.out}: {args.method} wrote no rows from {meta['source_items']} source images "
-                  "(captions too short to change? a filter too strict?); training and scoring refuse an empty pool",
+                  f"({EMPTY_POOL_HINTS.get(args.method, 'captions too short to change? a filter too strict?')}); "
+                  "training and scoring refuse an empty pool",
                   file=sys.stderr)
     return 0
+
+
+# why a method may write no rows, where the generic guess would mislead
+EMPTY_POOL_HINTS = {"i2t-human": "it pairs an image with its OTHER captions: images with one caption have none"}
 
 
 def source_meta(args, source_format: str | None = None) -> dict:

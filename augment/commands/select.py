@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from augment.arguments import folder_path
+from augment.arguments import finite_number, folder_path
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("pool", metavar="POOL", help="the scored pool to select from")
     parser.add_argument("--out", required=True, type=folder_path, help="folder of the selected pool")
-    parser.add_argument("--min-alignment", type=float, default=None, help="keep rows with alignment (cosine) >= A")
-    parser.add_argument("--max-alignment", type=float, default=None, help="keep rows with alignment (cosine) <= A")
+    parser.add_argument("--min-alignment", type=finite_number, default=None, help="keep rows with alignment (cosine) >= A")
+    parser.add_argument("--max-alignment", type=finite_number, default=None, help="keep rows with alignment (cosine) <= A")
     parser.add_argument("--top-k-per-item", type=int, default=None, metavar="K", help="keep the K best-aligned rows of each item")
     parser.add_argument("--max-per-item", type=int, default=None, metavar="K", help="keep at most K rows per item (the first in pool order)")
     parser.add_argument("--methods", default=None, help="comma-separated methods to keep (the rows' method column)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Callable
 
-from augment.arguments import positive_int, probability
+from augment.arguments import finite_number, positive_int, probability
 from augment.errors import MatPlusError, first_line
 from augment.generators.base import Generator, row_seed
 
@@ -266,7 +266,7 @@ def add_arguments(group) -> None:
                        help="img-aug crop-flip: crop area range as a fraction of the image (default 0.5 1.0)")
     group.add_argument("--flip-p", type=probability, default=0.5,
                        help="img-aug crop-flip: horizontal flip probability (default 0.5)")
-    group.add_argument("--jitter", type=float, nargs=4, default=[0.4, 0.4, 0.4, 0.1],
+    group.add_argument("--jitter", type=finite_number, nargs=4, default=[0.4, 0.4, 0.4, 0.1],
                        metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
                        help="img-aug color-jitter: ColorJitter strengths (default 0.4 0.4 0.4 0.1)")
     group.add_argument("--transforms", default=None,
