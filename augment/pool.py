@@ -81,7 +81,8 @@ def read_pool_meta(path: Path) -> dict:
                         "the pool's provenance is damaged: regenerate it, or restore pool.json")
     for key, kinds, what in _META_TYPES:
         value = meta.get(key)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+        # bool is an int to isinstance, and no provenance key is a bool
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise PoolError(f"{meta_path}: {key!r} should be {what}, not {value!r}; "
                             "the pool's provenance is damaged: regenerate it, or restore pool.json")
     return meta

@@ -268,6 +268,8 @@ DAMAGE = {
     "garbage shard": lambda pool: (pool / "data" / "shard-00000.parquet").write_bytes(os.urandom(2000)),
     "pool.json of the wrong types": lambda pool: (pool / "pool.json").write_text(
         json.dumps({**json.loads((pool / "pool.json").read_text()), "source": 5})),
+    "pool.json with a bool for a number": lambda pool: (pool / "pool.json").write_text(
+        json.dumps({**json.loads((pool / "pool.json").read_text()), "seed": True})),
 }
 EXPECTED = {
     "corrupt pool.json": "pool.json: corrupt JSON",
@@ -275,6 +277,7 @@ EXPECTED = {
     "truncated shard": "shard-00000.parquet: unreadable parquet shard",
     "garbage shard": "shard-00000.parquet: unreadable parquet shard",
     "pool.json of the wrong types": "pool.json: 'source' should be a text, not 5",
+    "pool.json with a bool for a number": "pool.json: 'seed' should be a whole number, not True",
 }
 
 
