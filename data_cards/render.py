@@ -87,9 +87,14 @@ def source_name(source: str | None, hub: bool | None = None) -> str:
     whether it is a Hub id, as recorded (None: guessed from its spelling, for older pools)."""
     if not source:
         return "unknown"
-    if hub if hub is not None else _looks_like_hub_id(source):
+    if _is_hub_id(source, hub):
         return source
     return Path(str(source).rstrip("/")).name or str(source)
+
+
+def _is_hub_id(source: str, hub: bool | None) -> bool:
+    """`hub` as the pool recorded it, else the spelling's guess (`_looks_like_hub_id`)."""
+    return hub if hub is not None else _looks_like_hub_id(source)
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -108,7 +113,7 @@ def source_datasets(source: str | None, source_dataset: str | None = None, hub: 
     `source_dataset` naming the Hub copy of a local source), else `extended|<local name>`."""
     if source_dataset:
         return [f"extended|{source_dataset}"]
-    if source and (hub if hub is not None else _looks_like_hub_id(source)):
+    if source and _is_hub_id(source, hub):
         return [f"extended|{source}"]
     name = Path(source_name(source, hub=False)).stem if source else ""
     return [f"extended|{name}"] if name and name != "unknown" else ["extended"]
