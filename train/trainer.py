@@ -269,17 +269,56 @@ class Trainer:
     def setup(self) -> None:
         """Everything before the first step: checks, data, model, optimizer, RUN/config.yaml (all but the
         checks skipped when the run resumed is finished: `finished_summary`)."""
-        from models import load_model
-        from tasks import build_task, task_class
-        from tasks.base import TaskForward
-
         cfg = self.cfg
-        self.accelerator = acc = make_accelerator(cfg)
-        self.rank, self.world_size = acc.process_index, acc.num_processes
-        self.is_main = acc.is_main_process
+        self.accelerator = make_accelerator(cfg)
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
         resume_from = _prepare_run_dir(self.run_dir, cfg)
         require_logging_packages(cfg)
         self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress, report_skipped=self.is_main)
+        self._plan_steps()
+        # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
+        # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
+        self.validator = self._make_validator() if cfg.val_frequency else None
+
+        _seed_everything(cfg.seed)
+        model, frozen = self._build_task_and_model()
+        self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
+        self.finished_summary: dict | None = None
+        state = None
+        if resume_from is not None:
+            state = ckpt.read_state(resume_from)
+            self._check_resumable(state)
+            summary_file = self.run_dir / SUMMARY_FILE
+            if int(state["step"]) == self.total_steps and resume_from.parent.resolve() == self.run_dir.resolve() \
+                    and summary_file.is_file():
+                # this run is finished: nothing to train, and nothing of it is written again
+                self.finished_summary = json.loads(summary_file.read_text())
+                return
+            ckpt.load_model_weights(model, resume_from)
+        self._set_trainable(model)
+        model.train()
+        self._build_optimizer(model)
+        if resume_from is not None:
+            self._resume_training_state(resume_from, state)
+        if frozen is not None:
+            frozen.to(self.accelerator.device)
+
+        self.context = StepContext(
+            forward=self.forward_module,
+            model=model,
+            task=self.task,
+            config=cfg,
+            pgd_generator=torch.Generator(device="cpu"),
+            frozen=frozen,
+            data=self.data,
+        )
+        self.method = METHODS[cfg.method](self.context)
+        self._write_run_dir()
+
+    def _plan_steps(self) -> None:
+        """Optimizer steps per epoch, in all and of the LR schedule, from the data and the global batch."""
+        cfg = self.cfg
         self.global_batch = cfg.batch_size * self.world_size
         micro_per_epoch = self.data.micro_steps_per_epoch(self.global_batch)
         self.steps_per_epoch = micro_per_epoch // cfg.grad_accum
@@ -289,11 +328,14 @@ class Trainer:
                 f"{cfg.grad_accum} x {self.global_batch}; lower --batch-size or --grad-accum")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.schedule_steps = cfg.schedule_steps or self.total_steps
-        # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
-        # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
-        self.validator = self._make_validator() if cfg.val_frequency else None
 
-        _seed_everything(cfg.seed)
+    def _build_task_and_model(self):
+        """(model, FARE's frozen copy or None): the task checked against the method and the model,
+        the momentum encoders built where the family has them."""
+        from models import load_model
+        from tasks import build_task, task_class
+
+        cfg = self.cfg
         self.task = task = build_task(cfg.task, rank=self.rank, world_size=self.world_size,
                                       **task_class(cfg.task).options_from_config(cfg))
         try:
@@ -316,19 +358,12 @@ class Trainer:
             model.set_momentum_distillation(bool(distill))
         elif cfg.momentum_distillation:
             raise ConfigError(f"--momentum-distillation: {model.family} models have no momentum encoders")
-        self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
-        self.finished_summary: dict | None = None
-        state = None
-        if resume_from is not None:
-            state = ckpt.read_state(resume_from)
-            self._check_resumable(state)
-            summary_file = self.run_dir / SUMMARY_FILE
-            if int(state["step"]) == self.total_steps and resume_from.parent.resolve() == self.run_dir.resolve() \
-                    and summary_file.is_file():
-                # this run is finished: nothing to train, and nothing of it is written again
-                self.finished_summary = json.loads(summary_file.read_text())
-                return
-            ckpt.load_model_weights(model, resume_from)
+        return model, frozen
+
+    def _set_trainable(self, model) -> None:
+        """Which parameters train: FARE the image tower only, else all but the locked towers;
+        gradient checkpointing where asked."""
+        cfg = self.cfg
         if cfg.method == "fare":  # FARE's loss reaches the image tower only
             image_tower = {id(p) for p in model.tower_parameters("image")}
             for param in model.parameters():
@@ -343,43 +378,37 @@ class Trainer:
                 model.set_grad_checkpointing(True)
             except NotImplementedError as exc:
                 raise ConfigError(f"--grad-checkpointing: {exc}") from None
-        model.train()
 
+    def _build_optimizer(self, model) -> None:
+        """AdamW (open_clip_train's betas), the warm-up cosine schedule, and accelerate's wrapping."""
+        from tasks.base import TaskForward
+
+        cfg = self.cfg
         optimizer = torch.optim.AdamW(model.parameter_groups(cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=cfg.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup, self.schedule_steps))
-        self.forward_module, self.optimizer = acc.prepare(TaskForward(model, task), optimizer)
+        self.forward_module, self.optimizer = self.accelerator.prepare(TaskForward(model, self.task), optimizer)
         self.model = model
-        if resume_from is not None:
-            ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     scaler=acc.scaler, rank=self.rank)
-            self._set_scheduled_lr()
-            self.start_step = int(state["step"])
-            self.draws_total = Counter(state.get("draws_total", {}))
-            self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
-            if self.is_main:  # one line, so a long run's restart is seen to have taken
-                print(f"resuming from {resume_from} at step {self.start_step} of {self.total_steps}", file=sys.stderr)
-        if frozen is not None:
-            frozen.to(acc.device)
 
-        self.context = StepContext(
-            forward=self.forward_module,
-            model=model,
-            task=task,
-            config=cfg,
-            pgd_generator=torch.Generator(device="cpu"),
-            frozen=frozen,
-            data=self.data,
-        )
-        self.method = METHODS[cfg.method](self.context)
+    def _resume_training_state(self, resume_from, state: dict) -> None:
+        """Optimizer, schedule, loss scaler, step and counters of the checkpoint resumed."""
+        ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
+                                 scaler=self.accelerator.scaler, rank=self.rank)
+        self._set_scheduled_lr()
+        self.start_step = int(state["step"])
+        self.draws_total = Counter(state.get("draws_total", {}))
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        if self.is_main:  # one line, so a long run's restart is seen to have taken
+            print(f"resuming from {resume_from} at step {self.start_step} of {self.total_steps}", file=sys.stderr)
 
-        # every check passed: only now touch RUN
+    def _write_run_dir(self) -> None:
+        """Every check passed: only now is RUN touched (cleared under --overwrite, config.yaml written)."""
         if self.is_main:
-            if cfg.overwrite:
+            if self.cfg.overwrite:
                 _clear_run_outputs(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir)
-        acc.wait_for_everyone()
-        self.metrics = MetricsLog(self.run_dir, cfg, self.is_main, self.start_step)
+            save_config(self.cfg, self.run_dir)
+        self.accelerator.wait_for_everyone()
+        self.metrics = MetricsLog(self.run_dir, self.cfg, self.is_main, self.start_step)
 
     def _make_validator(self):
         """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), on the main
