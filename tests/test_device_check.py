@@ -1,6 +1,7 @@
 """The prepared GPU run (bench/device_check.py) must still start when a session is lent a GPU:
 device time is too scarce to find a renamed flag there."""
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,28 @@ def test_the_run_fits_the_device_budget_and_its_files_come_back():
     assert sum(m.limit_s for m in MEASUREMENTS) <= TOTAL_LIMIT_S < DEVICE_COMMAND_LIMIT_S - 60
     assert len({m.name for m in MEASUREMENTS}) == len(MEASUREMENTS)
     assert len(MEASUREMENTS) + 1 <= FILES_BACK  # NAME.json each, and device_check.log
+
+
+def test_a_report_left_by_an_earlier_run_is_not_summarised_as_this_ones(tmp_path, monkeypatch, capsys):
+    """The summary reads NAME.json: a stale one from an earlier run in the same --out must be gone
+    before the measurement runs, so a measurement that fails or is killed shows its log instead."""
+    import bench.device_check as device_check
+
+    failing = device_check.Measurement("attacks_pgd", "bench.no_such_benchmark", (), limit_s=60, smoke_argv=())
+    monkeypatch.setattr(device_check, "MEASUREMENTS", (failing,))
+    monkeypatch.setattr(device_check, "preflight", lambda: ["torch (stubbed preflight)"])
+    stale = {"pgd": {"ratio_torchattacks_over_matplus": 9.99, "ratio_torchattacks_same_model_over_matplus": 9.99}}
+    (tmp_path / "attacks_pgd.json").write_text(json.dumps(stale), encoding="utf-8")
+    assert device_check.headline(stale)  # the stale report would have given a headline
+
+    assert device_check.main(["--smoke", "--out", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "9.99x" not in printed and "no headline from attacks_pgd.json" in printed
+    assert "No module named bench.no_such_benchmark" in printed  # the log's tail, instead
+
+
+def test_the_smoke_run_may_take_longer_than_the_device_run():
+    sd15 = next(m for m in MEASUREMENTS if m.name == "image_generators_sd15")
+    assert sd15.limit(smoke=False) == sd15.limit_s and sd15.limit(smoke=True) > sd15.limit_s
+    pgd = next(m for m in MEASUREMENTS if m.name == "attacks_pgd")
+    assert pgd.limit(smoke=True) == pgd.limit_s
