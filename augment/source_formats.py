@@ -104,13 +104,21 @@ def detect_format(source: str) -> str:
 
 
 def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return (
-        len(parts) in (1, 2)
-        and all(parts)
-        and not source.startswith((".", "/", "~"))
-        and not Path(source).suffix
-    )
+    """A source that is no local path reads as a Hub dataset id when spelled as one (`name` or
+    `owner/name`) and not as a path (no leading `.`, `/`, `~`, no file extension)."""
+    return not source.startswith((".", "/", "~")) and not Path(source).suffix and is_hub_id_spelling(source)
+
+
+def is_hub_id_spelling(text: str) -> bool:
+    """Whether `text` is spelled as a Hub repository id (huggingface_hub's own rule: `name` or
+    `owner/name`, allowed characters, no `--` or `..`, at most 96 characters)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _not_utf8(path: Path) -> SourceError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from augment.source_formats import is_hub_id_spelling
 from data_cards import catalog
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -100,12 +101,7 @@ def _is_hub_id(source: str, hub: bool | None) -> bool:
 def _looks_like_hub_id(text: str) -> bool:
     """A guess, for pools that did not record their source's format: a relative path of two parts
     that does not exist here (the card may be rendered elsewhere) reads as a Hub id."""
-    parts = text.split("/")
-    return (
-        len(parts) == 2
-        and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts)
-        and not Path(text).exists()
-    )
+    return text.count("/") == 1 and is_hub_id_spelling(text) and not Path(text).exists()
 
 
 def source_datasets(source: str | None, source_dataset: str | None = None, hub: bool | None = None) -> list[str]:

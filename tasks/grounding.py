@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_convert
+from torchvision.ops import box_iou as torchvision_box_iou
 
 from models.base import TextTokens
 from tasks.retrieval import ITC_LOSSES, RetrievalTask, hard_negatives, itc_loss, softmax_itc_loss
@@ -49,17 +51,14 @@ AREA_EXPONENT = 0.5  # ALBEF's alpha: a box's heat is divided by area ** 0.5
 
 
 def box_iou(box1: Sequence[float], box2: Sequence[float]) -> float:
-    """IoU of two [x, y, w, h] boxes with ALBEF's (RefCOCO's) inclusive-pixel rule.
-
-    Written out (not torchvision's box_iou) because the RefCOCO numbers count a box as covering
-    pixels x .. x + w - 1, which continuous-coordinate IoUs do not.
-    """
-    inter_x1, inter_y1 = max(box1[0], box2[0]), max(box1[1], box2[1])
-    inter_x2 = min(box1[0] + box1[2] - 1, box2[0] + box2[2] - 1)
-    inter_y2 = min(box1[1] + box1[3] - 1, box2[1] + box2[3] - 1)
-    inter = (inter_x2 - inter_x1 + 1) * (inter_y2 - inter_y1 + 1) if inter_x1 < inter_x2 and inter_y1 < inter_y2 else 0
-    union = box1[2] * box1[3] + box2[2] * box2[3] - inter
-    return float(inter) / union if union > 0 else 0.0
+    """IoU of two [x, y, w, h] boxes as ALBEF's RefCOCO evaluation scores it: torchvision's IoU,
+    except that boxes overlapping by one pixel or less along either axis score 0 (the reference
+    intersects inclusive pixel ranges and counts an intersection only when first < last)."""
+    xyxy = box_convert(torch.tensor([box1[:4], box2[:4]], dtype=torch.float64), "xywh", "xyxy")
+    overlap = torch.minimum(xyxy[0, 2:], xyxy[1, 2:]) - torch.maximum(xyxy[0, :2], xyxy[1, :2])
+    if bool((overlap <= 1).any()):
+        return 0.0
+    return float(torchvision_box_iou(xyxy[:1], xyxy[1:]))
 
 
 def upsample_heat(heat: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -165,6 +165,13 @@ def test_iou_follows_albefs_inclusive_rule():
     assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
     assert box_iou([0, 0, 10, 10], [5, 0, 10, 10]) == pytest.approx(50 / 150)
     assert box_iou([0, 0, 10, 10], [10, 0, 10, 10]) == 0.0
+    # the reference's guard: an overlap of one pixel or less on an axis is none (continuous IoU: 10 / 190)
+    assert box_iou([0, 0, 10, 10], [9, 0, 10, 10]) == 0.0
+    assert box_iou([0, 0, 10, 10], [0, 9.5, 10, 10]) == 0.0
+    assert box_iou([0, 0, 10, 10], [8, 0, 10, 10]) == pytest.approx(20 / 180)
+    # otherwise the continuous IoU, fractional coordinates included: 4.5 x 7.5 over 10 x 10 + 6 x 8 - it
+    assert box_iou([0.0, 0.0, 10.0, 10.0], [5.5, 2.5, 6.0, 8.0]) == pytest.approx(33.75 / (100 + 48 - 33.75))
+    assert box_iou([3, 4, 5, 6, "extra"], [3, 4, 5, 6]) == 1.0  # RefCOCO rows may carry more than the box
 
 
 def test_box_scores_pick_the_heat_and_normalise_by_area():

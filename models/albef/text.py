@@ -18,11 +18,9 @@ def tokenize_without_sep(tokenizer, texts: Sequence[str], max_length: int, pad_t
     """[CLS] + word pieces (truncated to max_length - 1), padded to the longest (or to `max_length`);
     no [SEP]: what ALBEF's tokenizer (the one the SGA and Co-Attack codes use) builds."""
     pieces = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)["input_ids"]
-    rows = [[tokenizer.cls_token_id, *ids] for ids in pieces]
-    length = max_length if pad_to_max_length else max((len(r) for r in rows), default=1)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
+    padded = tokenizer.pad({"input_ids": [[tokenizer.cls_token_id, *ids] for ids in pieces]},
+                           padding="max_length" if pad_to_max_length else "longest", max_length=max_length,
+                           padding_side="right",  # ALBEF's; a call-time argument since transformers 4.45
+                           return_attention_mask=True, return_tensors="pt")
+    input_ids, attention_mask = padded["input_ids"].long(), padded["attention_mask"].long()
     return TextTokens(input_ids, attention_mask)

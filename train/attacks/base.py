@@ -78,8 +78,8 @@ def kl_to(reference_emb: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     The reference codes' distance between embeddings (Co-Attack's image and text terms, the
     BERT-Attack importance and candidate scores): `KLDivLoss(emb.log_softmax, reference.softmax)`.
     """
-    target = reference_emb.float().log_softmax(dim=-1)
-    return (target.exp() * (target - emb.float().log_softmax(dim=-1))).sum(-1)
+    return F.kl_div(emb.float().log_softmax(dim=-1), reference_emb.float().log_softmax(dim=-1),
+                    reduction="none", log_target=True).sum(-1)
 
 
 def attack_loss_fn(loss: str, logit_scale) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
