@@ -87,6 +87,14 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def _scrubbed_excepthook(kind, value, traceback) -> None:
+    """Python's traceback print-out, its secrets scrubbed: an unexpected error (or MATPLUS_TRACEBACK's
+    re-raise) may carry a request's Authorization header or a token in its message."""
+    import traceback as tb
+
+    sys.stderr.write(scrub_secrets("".join(tb.format_exception(kind, value, traceback))))
+
+
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The (sub)parser of the command `args` ran: its subcommands' choice is stored under their `dest`."""
     for action in parser._actions:  # argparse keeps subparsers only here
@@ -101,6 +109,7 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
         logging.addLevelName(level, logging.getLevelName(level).lower())
     logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING").upper(), format="%(levelname)s: %(message)s")
     install_log_redaction()
+    sys.excepthook = _scrubbed_excepthook
     try:  # datasets' per-shard bars drown our own progress bars
         import datasets
 

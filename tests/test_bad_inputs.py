@@ -421,6 +421,32 @@ sys.exit(run_main(parser, []))
     assert "\nwarning: the LR schedule now spans 10 steps\n" in result.stderr and "WARNING:" not in result.stderr
 
 
+
+@pytest.mark.parametrize("traceback_env", [False, True], ids=["unexpected", "MATPLUS_TRACEBACK"])
+def test_a_traceback_never_prints_a_token(traceback_env):
+    """An unexpected error's traceback (and MATPLUS_TRACEBACK's re-raise of an expected one) is
+    printed with its secrets scrubbed, as every log line and one-line error is."""
+    secret = "hf_" + "T" * 30
+    error = "MatPlusError" if traceback_env else "RuntimeError"
+    script = f"""
+import argparse, sys
+from augment.cli_common import run_main
+from augment.errors import MatPlusError
+def work(args):
+    raise {error}("request failed: Authorization: Bearer {secret}")
+def parser():
+    p = argparse.ArgumentParser(); p.set_defaults(func=work); return p
+sys.exit(run_main(parser, []))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MATPLUS_TRACEBACK", None)
+    if traceback_env:
+        env["MATPLUS_TRACEBACK"] = "1"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr, result.stderr
+    assert f"{error}: request failed: Authorization: Bearer <redacted>" in result.stderr
+    assert secret not in result.stderr and secret not in result.stdout
+
 def test_scorer_folder_of_another_kind_is_one_line(tmp_path, capsys, made_pool):
     from augment.tiny import save_tiny
 
