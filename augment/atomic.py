@@ -3,6 +3,7 @@
 Each write goes to `.NAME.tmp-PID` beside the target and is renamed into place (`os.replace` is
 atomic on one filesystem). A process killed mid-write leaves its temporary behind;
 `remove_stale_temporaries` deletes those whose process is gone, so the next run cleans up.
+Written here because the package that did this (atomicwrites) is archived and unmaintained.
 """
 from __future__ import annotations
 

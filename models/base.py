@@ -208,7 +208,9 @@ class ImageTextModel(nn.Module):
         raise NotImplementedError
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay on gains, biases, norms, embeddings of scale/temperature."""
+        """AdamW groups: no decay on gains, biases, norms, embeddings of scale/temperature.
+        open_clip_train's rule (1-d parameters and named ones), written here because that rule lives
+        in its training script, not its library, and must also cover BLIP's and ALBEF's names."""
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if not param.requires_grad:

@@ -40,7 +40,8 @@ def multi_positive_targets(image_keys: torch.Tensor, text_keys: torch.Tensor) ->
 
 
 def softmax_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on [N, M] logits with multi-positive (uniform soft) targets."""
+    """Symmetric InfoNCE on [N, M] logits with multi-positive (uniform soft) targets. Not open_clip's
+    ClipLoss, which labels only the diagonal: here every caption of an image is its positive."""
     logits = logits.float()
     image_targets = positives / positives.sum(1, keepdim=True).clamp(min=1)
     text_targets = positives.T / positives.T.sum(1, keepdim=True).clamp(min=1)
@@ -51,7 +52,8 @@ def softmax_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
 
 
 def sigmoid_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """SigLIP: -mean over images of sum over captions of log sigmoid(label x logit), label +-1."""
+    """SigLIP: -mean over images of sum over captions of log sigmoid(label x logit), label +-1.
+    Not open_clip's SigLipLoss, which labels only the diagonal (see softmax_itc_loss)."""
     labels = 2 * positives - 1
     return -F.logsigmoid(labels * logits.float()).sum() / logits.shape[0]
 

@@ -16,6 +16,9 @@ optimizer from another)::
         rng-<rank>.pt                torch / CUDA / Python / NumPy RNG states of each process
 
 To share only the model, copy `RUN/ckpt` without `train_state/`.
+
+Written here, not accelerate's save_state/load_state: the model must stay in its family's own
+loadable layout (above), and the whole folder is swapped in at once.
 """
 from __future__ import annotations
 

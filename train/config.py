@@ -287,7 +287,9 @@ _TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or fa
 
 def _checked_types(settings: dict[str, Any]) -> dict[str, Any]:
     """Each setting of the type its `TrainConfig` field declares (a YAML config can hold anything:
-    `max_steps: 2.5`, `seed: null`, `lock_text: maybe`), whole floats as ints; else one line."""
+    `max_steps: 2.5`, `seed: null`, `lock_text: maybe`), whole floats as ints; else one line.
+    By hand, not pydantic: not a dependency, and its multi-line reports are not the one line named
+    by the option that every bad input gets here."""
     declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out = dict(settings)
     for name, value in settings.items():

@@ -31,7 +31,10 @@ def _as_pairing(image_of_text, num_texts: int) -> torch.Tensor:
 
 
 def text_retrieval_ranks(sims: torch.Tensor, image_of_text) -> torch.Tensor:
-    """[num_images] 0-based rank of each image's best-ranked caption (ties pessimistic)."""
+    """[num_images] 0-based rank of each image's best-ranked caption (ties pessimistic).
+
+    Not torchmetrics' RetrievalHitRate: it breaks score ties by sort order, so a collapsed model
+    (every score equal) would score 50 there; ties count against the query here."""
     sims = sims.float()
     pairing = _as_pairing(image_of_text, sims.shape[1]).to(sims.device)
     positives = pairing.unsqueeze(0) == torch.arange(sims.shape[0], device=sims.device).unsqueeze(1)

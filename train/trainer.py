@@ -106,7 +106,10 @@ def require_logging_packages(config: TrainConfig) -> None:
 
 
 class MetricsLog:
-    """RUN/metrics.jsonl on the main process, plus TensorBoard / W&B when asked for."""
+    """RUN/metrics.jsonl on the main process, plus TensorBoard / W&B when asked for.
+
+    Not accelerate's trackers: metrics.jsonl is the run's own record, kept without any logger
+    installed and cut back to the resumed step when a run resumes."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, is_main: bool, resume_step: int):
         self.path = run_dir / METRICS_FILE
@@ -250,6 +253,8 @@ def _clear_run_outputs(run_dir: Path) -> None:
 
 
 def _seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators. Not accelerate's set_seed: it refuses the 63-bit
+    seeds of the per-step draws (NumPy takes seeds below 2**32, hence the modulo)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

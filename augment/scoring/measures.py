@@ -82,7 +82,8 @@ def vendi_score(embeddings: np.ndarray) -> float:
 
 
 def set_diversity(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean pairwise cosine distance, Vendi score) of each set, sets of one size batched."""
+    """(mean pairwise cosine distance, Vendi score) of each set, sets of one size batched: by hand,
+    not scipy's pdist, which takes one set per call and would loop over thousands of pool items."""
     if not sets:
         return np.zeros(0), np.zeros(0)
     vectors = np.concatenate([np.asarray(members, dtype=np.float64).reshape(len(members), -1) for members in sets])
@@ -288,7 +289,8 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, gamma: float | None = None) -> t
 
 
 def mmd2_from_kernels(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
-    """Gretton et al.'s MMD^2_u: within-sample means leave out the diagonal, the cross term not."""
+    """Gretton et al.'s MMD^2_u: within-sample means leave out the diagonal, the cross term not.
+    Not torchmetrics' KID helper, which assumes both samples have one size; pool and source differ."""
     n, m = len(kxx), len(kyy)
     within_x = (kxx.sum(dtype=np.float64) - np.trace(kxx, dtype=np.float64)) / (n * (n - 1))
     within_y = (kyy.sum(dtype=np.float64) - np.trace(kyy, dtype=np.float64)) / (m * (m - 1))

@@ -199,6 +199,8 @@ def scorer_slug(name: str, scorer_id: str) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256, read in 1 MiB blocks (hashlib.file_digest
+    does this from Python 3.11; the project supports 3.10)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -387,7 +387,9 @@ class AlbefModel(VisionLanguageModel):
         if not self.momentum_distillation:
             return
         m = self.momentum
-        for main, momentum in self._momentum_pairs():  # ALBEF: p_m = m * p_m + (1 - m) * p
+        # ALBEF: p_m = m * p_m + (1 - m) * p, parameters only; by hand, not timm's ModelEma, because the
+        # momentum copies live inside the model under the names ALBEF's checkpoints give them
+        for main, momentum in self._momentum_pairs():
             for p, p_m in zip(main.parameters(), momentum.parameters()):
                 p_m.mul_(m).add_(p.detach(), alpha=1.0 - m)
         staged, self._staged = self._staged, []

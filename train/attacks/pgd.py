@@ -11,6 +11,10 @@ image attackers (see `train.attacks.settings` and README "Protocols"):
   all-zero (or infinite) gradient becomes NaN, whose sign torch takes as 0: such an image does
   not move at that step, where the plain sign moves an infinite gradient. Without the bug the
   division is left out.
+
+Written here, not torchattacks.PGD (the benchmark's baseline): that takes a classifier's logits
+and labels, draws its random start from the global generator and has no loss-scaled fp16
+input gradient; every attack here needs all three otherwise.
 """
 from __future__ import annotations
 
