@@ -11,6 +11,7 @@ from augment.arguments import file_path, folder_path, seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
 from analysis.config import bundled_config_names
+from train.eval_report import EVAL_JSON
 
 
 def _study(args) -> int:
@@ -33,7 +34,7 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
     found = []
     for raw in paths:
         path = Path(raw)
-        candidates = [path] if path.is_file() else sorted(path.glob("eval.json")) or sorted(path.glob("*/eval.json"))
+        candidates = [path] if path.is_file() else sorted(path.glob(EVAL_JSON)) or sorted(path.glob(f"*/{EVAL_JSON}"))
         if not candidates:
             raise MatPlusError(f"{raw}: no eval.json here (run `train eval ... --out DIR` first)")
         for candidate in candidates:
@@ -48,7 +49,7 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
                     and isinstance(report.get("settings", {}), dict)):
                 raise MatPlusError(f"{candidate}: not an evaluation report (an object whose 'attacks' map names to "
                                    "objects); run `train eval` again")
-            found.append((candidate.parent.name if candidate.name == "eval.json" else candidate.stem, report))
+            found.append((candidate.parent.name if candidate.name == EVAL_JSON else candidate.stem, report))
     return found
 
 

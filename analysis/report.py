@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,39 @@ def _protocol_words(evaluation: dict) -> str:
 
 
 def write_report(out: Path, config: dict, scores: dict[str, dict], results: list[dict]) -> Path:
+    """report.md (the setting, the comparison that matters, the tables, the sweeps), results.json
+    (every number) and the plots of a retrieval study, into `out`; returns report.md's path."""
     out = Path(out)
+    attacks, headline, meaning_preserved = _headline_choice(config)
+    summary = summarise_runs(results, attacks, headline, meaning_preserved)
+    main_runs = {run: row for run, row in summary.items()
+                 if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
+    pools = _pool_analysis(out, scores, results, summary, headline, meaning_preserved)
+    comparison = _comparison(out, config, results, summary, main_runs, attacks, headline, meaning_preserved)
+    sections = [*_introduction(config, headline, meaning_preserved), "", *comparison.lines, "",
+                *_tables(main_runs, attacks, pools)]
+    plots = {"properties": pools.plot.name}
+    if comparison.curves_png is not None:
+        plots["learning_curves"] = comparison.curves_png.name
+    for more_sections, more_plots in (_n_augmentations_section(out, config, results, summary),
+                                      _more_samples_section(out, config, summary)):
+        sections += more_sections
+        plots.update(more_plots)
+
+    atomic_write_text(out / "report.md", "\n".join(sections) + "\n")
+    write_json_atomic(out / "results.json", {
+        "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
+        "pool_properties": pools.properties,
+        "correlations": pools.correlations, "pool_gains": pools.gains, "correlations_gain": pools.gain_correlations,
+        "summary": summary, "summary_best": comparison.best_summary, "headline": comparison.rows,
+        "verdicts": comparison.verdicts, "plots": plots, "runs": results,
+    })
+    return out / "report.md"
+
+
+def _headline_choice(config: dict) -> tuple[list[str], str, bool]:
+    """The evaluated attacks (clean among them), the headline attack (the configured one, else the
+    last evaluated), and whether robust R@1 counts only attacked captions that stay true."""
     attacks = list(config["eval"]["attacks"])
     if "clean" not in attacks:
         attacks = ["clean"] + attacks
@@ -344,10 +377,24 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     if headline not in attacks:
         headline = attacks[-1]
     meaning_preserved = config.get("headline_captions", "meaning_preserved") == "meaning_preserved"
-    summary = summarise_runs(results, attacks, headline, meaning_preserved)
-    main_runs = {run: row for run, row in summary.items()
-                 if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
+    return attacks, headline, meaning_preserved
 
+
+@dataclass
+class _PoolAnalysis:
+    """Each pool's properties against the robust R@1 of MAT+ trained on it alone and its gain over MAT."""
+
+    properties: dict[str, dict]
+    robust: dict[str, tuple]  # pool -> robust R@1 of its single-pool MAT+ run
+    gains: dict[str, tuple]
+    correlations: dict[str, dict]  # property -> Spearman with `robust`
+    gain_correlations: dict[str, dict]  # property -> Spearman with `gains`
+    plot: Path
+
+
+def _pool_analysis(out: Path, scores: dict[str, dict], results: list[dict], summary: dict, headline: str,
+                   meaning_preserved: bool) -> _PoolAnalysis:
+    """The pools' properties, robustness, gains and their rank correlations; plots properties against robustness."""
     properties = {name: pool_properties(s) for name, s in scores.items() if "@" not in name}
     pool_robust = {pools[0]: row["robust"] for run, row in summary.items()
                    if row["method"] == "mat+" and len(pools := row["pools"]) == 1 and run == f"mat+:{pools[0]}"}
@@ -357,7 +404,24 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     for prop in ("alignment", "diversity", "gap"):
         pools = [p for p in properties if properties[p][prop] is not None and gains.get(p, (None,))[0] is not None]
         gain_correlations[prop] = spearman([properties[p][prop] for p in pools], [gains[p][0] for p in pools])
+    return _PoolAnalysis(properties, pool_robust, gains, correlations, gain_correlations, properties_png)
 
+
+@dataclass
+class _Comparison:
+    """The comparison that matters: its report lines and the numbers results.json keeps of it."""
+
+    lines: list[str]
+    best_summary: dict  # `summarise_runs` of the best-on-validation checkpoints ({} without any)
+    rows: list[dict]  # `headline_rows`
+    verdicts: list[dict]
+    curves_png: Path | None
+
+
+def _comparison(out: Path, config: dict, results: list[dict], summary: dict, main_runs: dict, attacks: list[str],
+                headline: str, meaning_preserved: bool) -> _Comparison:
+    """Pretrained, the headline runs and every MAT+ run, at the last and best-on-validation checkpoints,
+    with MAT+'s verdicts against MAT and the learning curves (plotted)."""
     best_results = [{**r, "eval": r["eval_best"]} for r in results if r.get("eval_best")]
     best_summary = summarise_runs(best_results, attacks, headline, meaning_preserved) if best_results else {}
     mat_plus = [run for run, row in main_runs.items() if row["method"] == "mat+"]
@@ -369,8 +433,7 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     curves_png = plot_curves(out, results, [r for r in compared if r != "pretrained"],
                              f"{config['name']}: validation R@1 under {validation.get('attack', headline) if validation else '-'}"
                              f" every {validation['every'] if validation else '-'} steps (mean ± sd over seeds {config['seeds']})")
-    captions = config.get("finetune_captions")
-    comparison = [
+    lines = [
         "## The comparison that matters",
         "",
         headline_table(rows),
@@ -378,11 +441,16 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         *verdict_lines(verdicts),
     ]
     if curves_png is not None:
-        comparison += ["", f"Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
-                       "the best checkpoint is the step with the highest validation robust R@1.", "",
-                       f"![learning curves]({curves_png.name})"]
+        lines += ["", f"Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
+                  "the best checkpoint is the step with the highest validation robust R@1.", "",
+                  f"![learning curves]({curves_png.name})"]
+    return _Comparison(lines, best_summary, rows, verdicts, curves_png)
 
-    sections = [
+
+def _introduction(config: dict, headline: str, meaning_preserved: bool) -> list[str]:
+    """The report's title, the study's setting (model, fine-tuning, evaluation) and what robust R@1 means."""
+    captions = config.get("finetune_captions")
+    return [
         f"# Study report: {config['name']}",
         "",
         f"Model `{config['model']}`, seeds {config['seeds']}; fine-tuning on {config['finetune_scenes']} train scenes "
@@ -400,9 +468,12 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
         f"`{headline}`" + (" counting only attacked captions that stay true (see below)" if meaning_preserved else "")
         + f". Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
-        "",
-        *comparison,
-        "",
+    ]
+
+
+def _tables(main_runs: dict, attacks: list[str], pools: _PoolAnalysis) -> list[str]:
+    """The sections after the comparison: R@1 per method and pool, text attacks and meaning, pool properties."""
+    return [
         "## Clean and robust R@1 per method and pool",
         "",
         main_table(main_runs, attacks),
@@ -417,60 +488,59 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
         "",
         "## Pool properties and robustness",
         "",
-        pool_table(properties, pool_robust, gains),
+        pool_table(pools.properties, pools.robust, pools.gains),
         "",
         "Spearman rank correlations over the pools (the gain is MAT+'s robust R@1 minus MAT's, paired by seed):",
         "",
-        correlation_table(correlations, gain_correlations),
+        correlation_table(pools.correlations, pools.gain_correlations),
         "",
-        f"![properties]({properties_png.name})",
+        f"![properties]({pools.plot.name})",
     ]
-    plots = {"properties": properties_png.name}
-    if curves_png is not None:
-        plots["learning_curves"] = curves_png.name
 
+
+def _n_augmentations_section(out: Path, config: dict, results: list[dict], summary: dict) -> tuple[list[str], dict]:
+    """Robust R@1 against the number of augmentations per item (the n_aug sweep's runs, then the whole
+    pool), plotted; its report lines and {plot name}, both empty without the sweep."""
     sweep = config.get("n_aug_sweep") or {}
     sweep_rows = sorted(((r["n_aug"], r["run"]) for r in results if r["group"] == "n_aug"), key=lambda t: t[0])
-    if sweep_rows:
-        labels, stats = [], []
-        for k, run in dict.fromkeys(sweep_rows):
-            labels.append(str(k))
-            stats.append(summary[run]["robust"])
-        full = summary.get(f"mat+:{sweep['pool']}")
-        if full is not None:
-            labels.append(f"all ({config['pools'][sweep['pool']].get('n', '?')})")
-            stats.append(full["robust"])
-        path = plot_series(out, "robust_vs_n_augmentations.png", labels, stats, "augmentations per item",
-                           f"MAT+ with pool '{sweep['pool']}'", bars=False)
-        plots["n_augmentations"] = path.name
-        sections += ["", "## Robust R@1 against the number of augmentations per item", "",
-                     "| augmentations per item | robust R@1 |", "|---|---|"]
-        sections += [f"| {label} | {fmt(stat)} |" for label, stat in zip(labels, stats)]
-        sections += ["", f"![n augmentations]({path.name})"]
+    if not sweep_rows:
+        return [], {}
+    labels, stats = [], []
+    for k, run in dict.fromkeys(sweep_rows):
+        labels.append(str(k))
+        stats.append(summary[run]["robust"])
+    full = summary.get(f"mat+:{sweep['pool']}")
+    if full is not None:
+        labels.append(f"all ({config['pools'][sweep['pool']].get('n', '?')})")
+        stats.append(full["robust"])
+    path = plot_series(out, "robust_vs_n_augmentations.png", labels, stats, "augmentations per item",
+                       f"MAT+ with pool '{sweep['pool']}'", bars=False)
+    lines = ["", "## Robust R@1 against the number of augmentations per item", "",
+             "| augmentations per item | robust R@1 |", "|---|---|"]
+    lines += [f"| {label} | {fmt(stat)} |" for label, stat in zip(labels, stats)]
+    lines += ["", f"![n augmentations]({path.name})"]
+    return lines, {"n_augmentations": path.name}
 
+
+def _more_samples_section(out: Path, config: dict, summary: dict) -> tuple[list[str], dict]:
+    """Four ways of using more samples at equal steps, plotted; its report lines and {plot name},
+    both empty without a `more_samples` pool."""
     more = config.get("more_samples") or {}
-    if more.get("pool"):
-        pool = more["pool"]
-        ways = [("original pairs only (mat)", "mat"), ("pool as independent pairs (mat+ expand)", f"mat+expand:{pool}"),
-                ("pool sampled 1:N (mat+)", f"mat+:{pool}"),
-                (f"{more.get('oracle_factor', 3)}x original scenes (oracle)", "mat:oracle")]
-        ways = [(label, run) for label, run in ways if run in summary]
-        path = plot_series(out, "more_samples.png", [l for l, _ in ways], [summary[r]["robust"] for _, r in ways],
-                           "", f"four ways to use more samples (equal steps; pool '{pool}')", bars=True)
-        plots["more_samples"] = path.name
-        sections += ["", "## Four ways of using more samples, at equal steps", "",
-                     "| way | clean R@1 | robust R@1 |", "|---|---|---|"]
-        sections += [f"| {label} | {fmt(summary[run]['clean']['r@1'])} | {fmt(summary[run]['robust'])} |" for label, run in ways]
-        sections += ["", f"![more samples]({path.name})"]
+    if not more.get("pool"):
+        return [], {}
+    pool = more["pool"]
+    ways = [("original pairs only (mat)", "mat"), ("pool as independent pairs (mat+ expand)", f"mat+expand:{pool}"),
+            ("pool sampled 1:N (mat+)", f"mat+:{pool}"),
+            (f"{more.get('oracle_factor', 3)}x original scenes (oracle)", "mat:oracle")]
+    ways = [(label, run) for label, run in ways if run in summary]
+    path = plot_series(out, "more_samples.png", [l for l, _ in ways], [summary[r]["robust"] for _, r in ways],
+                       "", f"four ways to use more samples (equal steps; pool '{pool}')", bars=True)
+    lines = ["", "## Four ways of using more samples, at equal steps", "",
+             "| way | clean R@1 | robust R@1 |", "|---|---|---|"]
+    lines += [f"| {label} | {fmt(summary[run]['clean']['r@1'])} | {fmt(summary[run]['robust'])} |" for label, run in ways]
+    lines += ["", f"![more samples]({path.name})"]
+    return lines, {"more_samples": path.name}
 
-    atomic_write_text(out / "report.md", "\n".join(sections) + "\n")
-    write_json_atomic(out / "results.json", {
-        "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
-        "pool_properties": properties,
-        "correlations": correlations, "pool_gains": gains, "correlations_gain": gain_correlations, "summary": summary, "summary_best": best_summary, "headline": rows,
-        "verdicts": verdicts, "plots": plots, "runs": results,
-    })
-    return out / "report.md"
 
 
 # ----------------------------------------------------------------------------- other tasks

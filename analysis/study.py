@@ -279,7 +279,7 @@ class Study:
         from models import load_model
         from analysis.config import eval_attack_options
         from augment.sources import load_source
-        from train.eval_report import write_report
+        from train.eval_report import EVAL_JSON, write_report
         from train.evaluate import evaluate, markdown_report
 
         folder = self.out / "evals" / name
@@ -301,7 +301,7 @@ class Study:
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, settings)
-        return json.loads((folder / "eval.json").read_text())
+        return json.loads((folder / EVAL_JSON).read_text())
 
     # ------------------------------------------------------------------ 7. everything, then the report
 

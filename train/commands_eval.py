@@ -266,9 +266,10 @@ def refuse_replacing_a_finished_report(args: argparse.Namespace) -> None:
     """A finished evaluation in OUT (eval.json, no unfinished batches left) is hours of attacks: a
     command with other settings must not silently write over it; --restart replaces it."""
     from augment.errors import MatPlusError
+    from train.eval_report import EVAL_JSON
 
     out = Path(args.out)
-    if (out / "eval.json").is_file() and not (out / PROGRESS_DIR).exists() and not args.restart:
+    if (out / EVAL_JSON).is_file() and not (out / PROGRESS_DIR).exists() and not args.restart:
         raise MatPlusError(f"{out} holds a finished evaluation (eval.json): choose another --out, "
                            "or add --restart to replace it")
 
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     from models.half_precision import autocast, check_precision
     from train.attacks.settings import pgd_step_size
     from train.config import default_mlm
-    from train.eval_report import write_report
+    from train.eval_report import EVAL_JSON, EVAL_MD, write_report
     from train.evaluate import evaluate, markdown_report
 
     refuse_replacing_a_finished_report(args)  # before anything is read or loaded
@@ -411,5 +412,5 @@ def run(args: argparse.Namespace) -> int:
     table = write_report(report, out, markdown_report)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
-    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    print(f"wrote {out / EVAL_JSON} and {out / EVAL_MD}")
     return 0

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.caption_metrics import require_java_for_meteor
     from train.commands_eval import _refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder
+    from train.eval_report import EVAL_JSON, EVAL_MD
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
     table = write_captioning_report(report, out)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'captions.jsonl'}"
+    print(f"wrote {out / EVAL_JSON}, {out / EVAL_MD} and {out / 'captions.jsonl'}"
           + (f"; adversarial pools under {args.save_adv}" if args.save_adv else ""))
     return 0

@@ -35,7 +35,7 @@ def run(args) -> int:
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
-    from train.eval_report import write_report
+    from train.eval_report import EVAL_JSON, EVAL_MD, write_report
     from train.trainer import model_options
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,5 +84,5 @@ def run(args) -> int:
     table = write_report(report, out, markdown_grounding_report)
     shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
     print(table)
-    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    print(f"wrote {out / EVAL_JSON} and {out / EVAL_MD}")
     return 0

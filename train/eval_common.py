@@ -1,8 +1,9 @@
 """What every task's evaluation shares (retrieval `train.evaluate`, captioning
 `train.evaluate_captioning`, grounding `train.evaluate_grounding`): the gallery of evaluated
 images and their captions, decoding it batch by batch in DataLoader workers (skipping what a
-resumed evaluation already has), attacks built by name and reseeded per batch, their options as
-JSON, resizing to the victim's resolution, and the pool writers of `--save-adv`."""
+resumed evaluation already has), the settings a resumed evaluation must match, attacks built by
+name and reseeded per batch, their options as JSON, resizing to the victim's resolution, and the
+pool writers of `--save-adv`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,6 +68,21 @@ class Gallery:
 
 def model_id(model) -> dict:
     return model.describe()
+
+
+def resume_settings(victim, attacker, gallery: "Gallery", resumable: bool, split, limit, captions_per_image,
+                    batch_size: int, seed: int, **task_settings) -> dict:
+    """The settings a resumed evaluation must have been made with (`train.eval_store.BatchStore`),
+    retrieval's and captioning's shared ones first, then `task_settings` in their order."""
+    from train.eval_store import data_identity
+
+    return {
+        "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
+        # what the names do not say, for a resumed evaluation only: another source at the same path, a
+        # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
+        **(data_identity(gallery.rows, victim, attacker) if resumable else {}),
+        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, **task_settings,
+    }
 
 
 def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],

@@ -9,6 +9,11 @@ from typing import Callable
 from augment.atomic import atomic_write_text
 from train.attacks.settings import describe_params
 
+# the report files' names in an evaluation's folder (written here, read by `train eval`'s resume
+# check, the study and `analysis compare`)
+EVAL_JSON = "eval.json"
+EVAL_MD = "eval.md"
+
 
 def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str]) -> str:
     """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table.
@@ -18,8 +23,8 @@ def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = table(report)
-    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(out / "eval.md", table)
+    atomic_write_text(out / EVAL_JSON, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / EVAL_MD, table)
     return table
 
 

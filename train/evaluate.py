@@ -50,9 +50,10 @@ from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
 from train.eval_common import (Gallery, adversarial_pool_writers, build_attacks, gallery_pixels, model_id,  # noqa: F401
-                               plain_attack_options, reseed_attack, resumable_batches, to_victim_resolution)
+                               plain_attack_options, reseed_attack, resumable_batches, resume_settings,
+                               to_victim_resolution)
 from train.eval_report import settings_markdown
-from train.eval_store import BatchStore, data_identity
+from train.eval_store import BatchStore
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -298,10 +299,34 @@ def evaluate(
     from tqdm.auto import tqdm
 
     attacker = attacker or victim
-    transfer = attacker is not victim
     options = canonical_options({"seed": seed, "text_batch": text_batch, **(attack_options or {})})
     built = build_attacks(list(attacks), attacker, options)
     built.pop("clean", None)  # clean numbers are always computed
+    gallery, caption_preprocess = _evaluated_gallery(source_dataset, split, limit, captions_per_image,
+                                                     caption_preprocess, options)
+    run = _RetrievalRun(victim, attacker, gallery, Ranker(victim, rerank_k, gallery.image_of_text, batch_size),
+                        batch_size, text_batch, seed, caption_checker, workers)
+    settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
+                                   resumable=progress_dir is not None)
+    run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit)
+    clean = run.clean_pass()
+    results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
+                                         **attack_success_rates(clean.hits, clean.hits), "params": {}}}
+
+    bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
+    for name, attack in built.items():
+        bar.set_postfix_str(name)
+        results[name] = run.attack_gallery(name, attack, clean, bar)
+    bar.close()
+    if run.scratch is not None:
+        run.scratch.cleanup()
+    return run.report(results, ["clean"] + list(built), settings, options)
+
+
+def _evaluated_gallery(source_dataset, split: str | None, limit: int | None, captions_per_image: int | None,
+                       caption_preprocess: str | None, options: dict) -> tuple[Gallery, str]:
+    """The gallery and its caption preprocessing (None asked: the attack protocol's); ValueError when
+    the evaluated images have no captions."""
     if caption_preprocess is None:
         from train.attacks import PROTOCOL_CHOICES
 
@@ -309,102 +334,138 @@ def evaluate(
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
-    ranker = Ranker(victim, rerank_k, gallery.image_of_text, batch_size)
-    keep_pixels = ranker.rerank_k > 0
-    settings = {
-        "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
-        # what the names do not say, for a resumed evaluation only: another source at the same path, a
-        # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
-        **(data_identity(gallery.rows, victim, attacker) if progress_dir is not None else {}),
-        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "rerank_k": ranker.rerank_k,
-        "options": plain_attack_options(options),
-        "checker": getattr(caption_checker, "__name__", None), "attacks": {n: a.params() for n, a in built.items()},
-        "caption_preprocess": caption_preprocess, "precision": active_precision(victim.device),
-    }
-    store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
-                                       resume=store is not None)
-    batch_count = gallery.batch_count(batch_size)
-    pixel_store, scratch = store, None
-    if keep_pixels and store is None:
-        # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory
-        import tempfile
+    return gallery, caption_preprocess
 
-        scratch = tempfile.TemporaryDirectory(prefix="mat-plus-eval-")
-        pixel_store = BatchStore(scratch.name, settings)
 
-    def clean_pixels() -> Iterable[torch.Tensor]:
-        return (pixels for pixels, _ in gallery_pixels(gallery, batch_size, victim.preprocess_eval,
-                                                       range(batch_count), workers))
+@dataclass
+class _RetrievalRun:
+    """What every batch and the report of one retrieval evaluation read: the models, the gallery and
+    its ranker, and where finished batches, re-ranking's pixels and adversarial pools go."""
 
-    clean = _clean_pass(victim, gallery, batch_size, text_batch, workers, ranker, store,
-                        clean_pixels if keep_pixels else None)
-    results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
-                                         **attack_success_rates(clean.hits, clean.hits), "params": {}}}
+    victim: Any
+    attacker: Any  # the victim itself in white-box mode
+    gallery: Gallery
+    ranker: Ranker
+    batch_size: int
+    text_batch: int
+    seed: int
+    caption_checker: CaptionChecker | None
+    workers: int
+    store: BatchStore | None = None  # finished batches kept for resuming (None: not kept)
+    pixel_store: BatchStore | None = None  # where re-ranking reads pixels back: `store`, or `scratch`'s
+    scratch: Any = None  # a temporary folder for the pixels when nothing is kept for resuming
+    writers: dict = field(default_factory=dict)  # attack name -> its adversarial pool's writer
 
-    bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
-    for name, attack in built.items():
-        bar.set_postfix_str(name)
-        finished = store.load_summary(name) if store is not None else None
+    @property
+    def keep_pixels(self) -> bool:
+        return self.ranker.rerank_k > 0
+
+    @property
+    def batch_count(self) -> int:
+        return self.gallery.batch_count(self.batch_size)
+
+    def resume_settings(self, split: str | None, limit: int | None, captions_per_image: int | None, options: dict,
+                        built: dict[str, Attack], caption_preprocess: str, resumable: bool) -> dict:
+        """What a resumed evaluation must have been made with (the batch store's tag)."""
+        return resume_settings(
+            self.victim, self.attacker, self.gallery, resumable, split, limit, captions_per_image, self.batch_size,
+            self.seed, rerank_k=self.ranker.rerank_k, options=plain_attack_options(options),
+            checker=getattr(self.caption_checker, "__name__", None), attacks={n: a.params() for n, a in built.items()},
+            caption_preprocess=caption_preprocess, precision=active_precision(self.victim.device))
+
+    def open_stores(self, progress_dir: str | Path | None, save_adv: str | Path | None, settings: dict,
+                    built: dict[str, Attack], source_dataset, split: str | None, limit: int | None) -> None:
+        """The batch store (with `progress_dir`), the pool writers (with `save_adv`) and, for re-ranking
+        without a batch store, a scratch store for the pixels."""
+        self.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+        self.writers = adversarial_pool_writers(save_adv, built, source_dataset, self.attacker, split, limit, self.seed,
+                                                self.batch_size, resume=self.store is not None)
+        self.pixel_store = self.store
+        if self.keep_pixels and self.store is None:
+            # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory
+            import tempfile
+
+            self.scratch = tempfile.TemporaryDirectory(prefix="mat-plus-eval-")
+            self.pixel_store = BatchStore(self.scratch.name, settings)
+
+    def clean_pixels(self) -> Iterable[torch.Tensor]:
+        return (pixels for pixels, _ in gallery_pixels(self.gallery, self.batch_size, self.victim.preprocess_eval,
+                                                       range(self.batch_count), self.workers))
+
+    def clean_pass(self) -> CleanGallery:
+        return _clean_pass(self.victim, self.gallery, self.batch_size, self.text_batch, self.workers, self.ranker,
+                           self.store, self.clean_pixels if self.keep_pixels else None)
+
+    def attack_gallery(self, name: str, attack: Attack, clean: CleanGallery, bar) -> dict:
+        """Attack `name`'s report entry as written: kept from a resumed evaluation, else every batch
+        attacked (or read back where kept) and the whole gallery ranked."""
+        finished = self.store.load_summary(name) if self.store is not None else None
         if finished is not None:  # resumed after this attack's entry was written: nothing to redo
-            results[name] = finished
-            if name in writers:  # opening the kept pool for resuming marked it in progress again
-                writers[name].finalize(expected_shards=batch_count)
-            bar.update(len(gallery))
-            continue
+            if name in self.writers:  # opening the kept pool for resuming marked it in progress again
+                self.writers[name].finalize(expected_shards=self.batch_count)
+            bar.update(len(self.gallery))
+            return finished
         record = AttackRecord(attack)
         for batch_index, start, text_ids, decoded in resumable_batches(
-                gallery, batch_size, attacker.preprocess_eval, workers, store, writers, name):
+                self.gallery, self.batch_size, self.attacker.preprocess_eval, self.workers, self.store, self.writers, name):
             if decoded is None:
-                record.extend(AttackRecord.from_state(store.load_state(name, batch_index)))
-                bar.update(min(batch_size, len(gallery) - start))
+                record.extend(AttackRecord.from_state(self.store.load_state(name, batch_index)))
+                bar.update(min(self.batch_size, len(self.gallery) - start))
                 continue
             decoded_pixels, rows = decoded
-            texts = [gallery.captions[i] for i in text_ids.tolist()]
-            local_pairing = gallery.image_of_text[text_ids] - start
-            attacker_pixels = decoded_pixels.to(attacker.device)
-            reseed_attack(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
-            began = time.perf_counter()
-            result = attack(attacker_pixels, texts, local_pairing)
-            seconds = time.perf_counter() - began
-            caption_rows = [rows[int(image) - start] for image in gallery.image_of_text[text_ids]]
-            part = AttackRecord(attack, seconds=seconds)
-            part.add_batch(result, attacker_pixels, victim, text_batch, caption_checker, caption_rows, keep_pixels)
-            if pixel_store is not None:
-                pixel_store.save(name, batch_index, part)
-            record.extend(part)
-            if name in writers:
-                writers[name].write_shard(batch_index, _adversarial_pool_rows(
-                    name, attack, rows, gallery, text_ids, start, result.images, result.texts,
-                    result.info.get("words_changed", []), model_id(attacker), seed))
+            record.extend(self.attack_batch(name, attack, batch_index, start, text_ids, decoded_pixels, rows))
             bar.update(len(rows))
-        entry = _summarise(record, clean, ranker, caption_checker is not None,
-                           _stored_pixels(pixel_store, name, batch_count) if keep_pixels else None)
-        if name in writers:
-            writers[name].finalize(expected_shards=batch_index + 1)
-            entry["adversarial_pool"] = str(writers[name].out_dir)
-        results[name] = _as_written(entry)
-        if pixel_store is not None:
-            pixel_store.save_summary(name, results[name])
-    bar.close()
-    if scratch is not None:
-        scratch.cleanup()
-    order = ["clean"] + list(built)
-    return {
-        "procedure": PROCEDURE + (f" Fusion victim: ITC ranks, ITM re-ranks the top {ranker.rerank_k}." if ranker.rerank_k else ""),
-        "victim": model_id(victim),
-        "attacker": model_id(attacker),
-        "settings": {
-            "mode": "transfer" if transfer else "white-box",
-            "split": split, "num_images": len(gallery), "num_captions": len(gallery.captions),
-            "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size,
-            "text_batch": text_batch, "seed": seed, "ks": list(KS), "rerank_k": ranker.rerank_k,
-            "attack_options": plain_attack_options(options),
-            "caption_preprocess": caption_preprocess, "precision": settings["precision"],
-            "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
-        },
-        "attacks": {name: results[name] for name in order},
-    }
+        entry = _summarise(record, clean, self.ranker, self.caption_checker is not None,
+                           _stored_pixels(self.pixel_store, name, self.batch_count) if self.keep_pixels else None)
+        if name in self.writers:
+            self.writers[name].finalize(expected_shards=batch_index + 1)
+            entry["adversarial_pool"] = str(self.writers[name].out_dir)
+        written = _as_written(entry)
+        if self.pixel_store is not None:
+            self.pixel_store.save_summary(name, written)
+        return written
+
+    def attack_batch(self, name: str, attack: Attack, batch_index: int, start: int, text_ids: torch.Tensor,
+                     decoded_pixels: torch.Tensor, rows: list[dict]) -> AttackRecord:
+        """One batch attacked on the attacker and its attacked side(s) encoded by the victim; kept (for
+        resuming, re-ranking) and its adversarial examples written to the attack's pool."""
+        texts = [self.gallery.captions[i] for i in text_ids.tolist()]
+        local_pairing = self.gallery.image_of_text[text_ids] - start
+        attacker_pixels = decoded_pixels.to(self.attacker.device)
+        reseed_attack(attack, derive_seed(self.seed, name, batch_index))  # a resumed batch draws what it drew before
+        began = time.perf_counter()
+        result = attack(attacker_pixels, texts, local_pairing)
+        seconds = time.perf_counter() - began
+        caption_rows = [rows[int(image) - start] for image in self.gallery.image_of_text[text_ids]]
+        part = AttackRecord(attack, seconds=seconds)
+        part.add_batch(result, attacker_pixels, self.victim, self.text_batch, self.caption_checker, caption_rows,
+                       self.keep_pixels)
+        if self.pixel_store is not None:
+            self.pixel_store.save(name, batch_index, part)
+        if name in self.writers:
+            self.writers[name].write_shard(batch_index, _adversarial_pool_rows(
+                name, attack, rows, self.gallery, text_ids, start, result.images, result.texts,
+                result.info.get("words_changed", []), model_id(self.attacker), self.seed))
+        return part
+
+    def report(self, results: dict[str, dict], order: list[str], settings: dict, options: dict) -> dict:
+        """The evaluation's report: `results` (each attack's entry) in `order`, with the settings it ran with."""
+        return {
+            "procedure": PROCEDURE + (f" Fusion victim: ITC ranks, ITM re-ranks the top {self.ranker.rerank_k}."
+                                      if self.ranker.rerank_k else ""),
+            "victim": model_id(self.victim),
+            "attacker": model_id(self.attacker),
+            "settings": {
+                "mode": "transfer" if self.attacker is not self.victim else "white-box",
+                "split": settings["split"], "num_images": len(self.gallery), "num_captions": len(self.gallery.captions),
+                "captions_per_image": settings["captions_per_image"], "limit": settings["limit"],
+                "batch_size": self.batch_size, "text_batch": self.text_batch, "seed": self.seed, "ks": list(KS),
+                "rerank_k": self.ranker.rerank_k, "attack_options": plain_attack_options(options),
+                "caption_preprocess": settings["caption_preprocess"], "precision": settings["precision"],
+                "caption_checker": getattr(self.caption_checker, "__name__", None) if self.caption_checker else None,
+            },
+            "attacks": {name: results[name] for name in order},
+        }
 
 
 def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, workers: int, ranker: Ranker,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -132,15 +133,36 @@ def evaluate_captioning(
     """
     from tqdm.auto import tqdm
 
-    from train.data import derive_seed
-    from train.eval_store import BatchStore, data_identity
-    from train.eval_common import (Gallery, adversarial_pool_writers, plain_attack_options, reseed_attack,
-                                   resumable_batches, to_victim_resolution)
+    from train.eval_common import Gallery, adversarial_pool_writers, plain_attack_options, resume_settings
+    from train.eval_store import BatchStore
 
     require_java_for_meteor(meteor)  # before any caption is generated
     attacker = attacker or victim
-    transfer = attacker is not victim
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
+    run = _CaptioningRun(victim, attacker, gallery, _references(gallery, split), batch_size, seed,
+                         dict(generation or {}), caption_checker, workers)
+    options = {"seed": seed, **(attack_options or {})}
+    built = _build_evaluated_attacks(attacks, victim, attacker, options)
+    settings = resume_settings(
+        victim, attacker, gallery, progress_dir is not None, split, limit, captions_per_image, batch_size, seed,
+        options=plain_attack_options(options), generation=run.generation,
+        checker=getattr(caption_checker, "__name__", None), attacks={n: a.params() for n, a in built.items()},
+        precision=active_precision(victim.device))
+    run.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+    run.writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
+                                           resume=run.store is not None)
+    records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
+
+    bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)
+    for name, record in records.items():
+        bar.set_postfix_str(name)
+        run.caption_gallery(name, record, bar)
+    bar.close()
+    return run.report(records, settings, meteor, java)
+
+
+def _references(gallery, split: str | None) -> list[list[str]]:
+    """Each evaluated image's reference captions; ValueError for a split without images or an image without any."""
     if len(gallery) == 0:
         raise ValueError(f"split {split!r} has no images")
     references: list[list[str]] = [[] for _ in range(len(gallery))]
@@ -148,108 +170,136 @@ def evaluate_captioning(
         references[image].append(caption)
     if any(not refs for refs in references):
         raise ValueError("every evaluated image needs at least one reference caption")
-    names = list(attacks) if attacks is not None else list(default_attacks(attacker))
-    if transfer and any(n in PROMPT_ATTACKS for n in names) and not getattr(victim, "prompt", None):
-        raise ValueError(f"transferred prompt attacks need a prompted victim; '{victim.name}' has no prompt (pass --prompt)")
-    options = {"seed": seed, **(attack_options or {})}
-    built = build_caption_attacks([n for n in names if n != "clean"], attacker, options)
-    generation = dict(generation or {})
-    plain_options = plain_attack_options(options)
-    settings = {
-        "victim": victim.describe(), "attacker": attacker.describe(), "split": split, "limit": limit,
-        # what the names do not say, for a resumed evaluation only: another source at the same path, a
-        # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
-        **(data_identity(gallery.rows, victim, attacker) if progress_dir is not None else {}),
-        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, "options": plain_options,
-        "generation": generation, "checker": getattr(caption_checker, "__name__", None),
-        "attacks": {n: a.params() for n, a in built.items()}, "precision": active_precision(victim.device),
-    }
-    store = BatchStore(progress_dir, settings) if progress_dir is not None else None
-    writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
-                                       resume=store is not None)
-    records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
+    return references
 
-    bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)
-    for name, record in records.items():
-        bar.set_postfix_str(name)
+
+def _build_evaluated_attacks(attacks: Sequence[str | CaptionAttack] | None, victim, attacker,
+                             options: dict) -> dict[str, CaptionAttack]:
+    """The attacks to run besides clean (`attacks`, default `default_attacks(attacker)`), built on the attacker."""
+    names = list(attacks) if attacks is not None else list(default_attacks(attacker))
+    if attacker is not victim and any(n in PROMPT_ATTACKS for n in names) and not getattr(victim, "prompt", None):
+        raise ValueError(f"transferred prompt attacks need a prompted victim; '{victim.name}' has no prompt (pass --prompt)")
+    return build_caption_attacks([n for n in names if n != "clean"], attacker, options)
+
+
+@dataclass
+class _CaptioningRun:
+    """What every batch and the report of one captioning evaluation read: the models, the gallery
+    and its references, the generation and checker, and where finished batches and pools go."""
+
+    victim: Any
+    attacker: Any  # the victim itself in white-box mode
+    gallery: Any  # train.eval_common.Gallery
+    references: list[list[str]]
+    batch_size: int
+    seed: int
+    generation: dict
+    caption_checker: CaptionChecker | None
+    workers: int
+    store: Any = None  # train.eval_store.BatchStore, or None: nothing kept for resuming
+    writers: dict = field(default_factory=dict)  # attack name -> its adversarial pool's writer
+
+    def caption_gallery(self, name: str, record: _Record, bar) -> None:
+        """Every batch of attack `name` (clean: none) into `record`, in gallery order: read back where a
+        resumed evaluation kept it, else attacked, captioned and kept."""
+        from train.eval_common import resumable_batches
+
         batch_index = -1
         # the clean row captions the victim's pixels; an attack is crafted on the attacker's
-        reader = victim if record.attack is None else attacker
+        reader = self.victim if record.attack is None else self.attacker
         for batch_index, start, text_ids, decoded in resumable_batches(
-                gallery, batch_size, reader.preprocess_eval, workers, store, writers, name):
+                self.gallery, self.batch_size, reader.preprocess_eval, self.workers, self.store, self.writers, name):
             if decoded is None:
-                record.extend(store.load_state(name, batch_index))
-                bar.update(min(batch_size, len(gallery) - start))
+                record.extend(self.store.load_state(name, batch_index))
+                bar.update(min(self.batch_size, len(self.gallery) - start))
                 continue
             pixels, rows = decoded
-            texts = [gallery.captions[i] for i in text_ids.tolist()]
-            pairing = gallery.image_of_text[text_ids] - start
-            part = _Record(record.attack)
-            began = time.perf_counter()
-            if record.attack is None:
-                images, prompts, info = pixels.to(victim.device), None, {}
-            else:
-                attacker_pixels = pixels.to(attacker.device)
-                reseed_attack(record.attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
-                result = record.attack(attacker_pixels, texts, pairing)
-                info = result.info
-                prompts = info.get("prompts")
-                part.linf = float((result.images - attacker_pixels).abs().max())
-                images = to_victim_resolution(result.images.to(victim.device), victim.image_size)
-                if name in writers:
-                    writers[name].write_shard(batch_index, _adversarial_rows(
-                        name, record.attack, rows, result.images, prompts, info, attacker.describe(), seed))
-            captions = victim.generate(images, prompts=prompts, **generation)
-            part.seconds = time.perf_counter() - began
-            with torch.no_grad():
-                text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
-                part.reference_losses.append(lm_losses(victim, images[pairing.to(images.device)], texts, text_prompts).cpu())
-            part.captions = list(captions)
-            part.prompts = list(prompts) if prompts is not None else []
-            if "targets" in info:
-                part.target_hits = [_normalised(c) == _normalised(t) for c, t in zip(captions, info["targets"])]
-            if caption_checker is not None:
-                part.verdicts = [caption_checker(caption, row) for caption, row in zip(captions, rows)]
-            if store is not None:
-                store.save(name, batch_index, part)
+            part = self.caption_batch(name, record.attack, batch_index, start, text_ids, pixels, rows)
+            if self.store is not None:
+                self.store.save(name, batch_index, part)
             record.extend(part.state())
             bar.update(len(rows))
-        if name in writers:
-            writers[name].finalize(expected_shards=batch_index + 1)
-    bar.close()
+        if name in self.writers:
+            self.writers[name].finalize(expected_shards=batch_index + 1)
 
-    results: dict[str, Any] = {}
-    notes: list[str] = []
-    for name, record in records.items():
-        scores = caption_scores(references, record.captions, meteor=meteor, java=java)
-        notes += [n for n in scores.pop("notes") if n not in notes]
-        results[name] = _report_entry(record, scores, getattr(attacker, "prompt", "") or "", caption_checker is not None,
-                                      writers.get(name))
-    clean = results["clean"]
-    for name, entry in results.items():
-        entry["drop"] = {m: (clean[m] - entry[m] if clean.get(m) is not None and entry.get(m) is not None else None)
-                         for m in METRICS}
-        if caption_checker is not None:
-            entry["drop"]["truth_pct"] = clean["truth"]["true_pct"] - entry["truth"]["true_pct"]
-    return {
-        "task": "captioning",
-        "procedure": PROCEDURE,
-        "victim": victim.describe(),
-        "attacker": attacker.describe(),
-        "settings": {
-            "mode": "transfer" if transfer else "white-box",
-            "split": split, "num_images": len(gallery), "num_references": len(gallery.captions),
-            "captions_per_image": captions_per_image, "limit": limit, "batch_size": batch_size, "seed": seed,
-            "generation": {**_generation_defaults(), **generation},
-            "attack_options": plain_options,
-            "caption_checker": getattr(caption_checker, "__name__", None) if caption_checker else None,
-            "precision": settings["precision"], "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
-        },
-        "notes": notes,
-        "attacks": results,
-        "captions": {name: record.captions for name, record in records.items()},
-        "image_ids": list(gallery.rows["image_id"]),
-    }
+    def caption_batch(self, name: str, attack: CaptionAttack | None, batch_index: int, start: int,
+                      text_ids: torch.Tensor, pixels: torch.Tensor, rows: list[dict]) -> _Record:
+        """One batch attacked (clean: as it is) and captioned by the victim: its captions, reference
+        losses, prompts, target hits and verdicts; its adversarial inputs written to the attack's pool."""
+        from train.data import derive_seed
+        from train.eval_common import reseed_attack, to_victim_resolution
+
+        texts = [self.gallery.captions[i] for i in text_ids.tolist()]
+        pairing = self.gallery.image_of_text[text_ids] - start
+        part = _Record(attack)
+        began = time.perf_counter()
+        if attack is None:
+            images, prompts, info = pixels.to(self.victim.device), None, {}
+        else:
+            attacker_pixels = pixels.to(self.attacker.device)
+            reseed_attack(attack, derive_seed(self.seed, name, batch_index))  # a resumed batch draws what it drew before
+            result = attack(attacker_pixels, texts, pairing)
+            info = result.info
+            prompts = info.get("prompts")
+            part.linf = float((result.images - attacker_pixels).abs().max())
+            images = to_victim_resolution(result.images.to(self.victim.device), self.victim.image_size)
+            if name in self.writers:
+                self.writers[name].write_shard(batch_index, _adversarial_rows(
+                    name, attack, rows, result.images, prompts, info, self.attacker.describe(), self.seed))
+        captions = self.victim.generate(images, prompts=prompts, **self.generation)
+        part.seconds = time.perf_counter() - began
+        with torch.no_grad():
+            text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
+            part.reference_losses.append(lm_losses(self.victim, images[pairing.to(images.device)], texts, text_prompts).cpu())
+        part.captions = list(captions)
+        part.prompts = list(prompts) if prompts is not None else []
+        if "targets" in info:
+            part.target_hits = [_normalised(c) == _normalised(t) for c, t in zip(captions, info["targets"])]
+        if self.caption_checker is not None:
+            part.verdicts = [self.caption_checker(caption, row) for caption, row in zip(captions, rows)]
+        return part
+
+    def report(self, records: dict[str, _Record], settings: dict, meteor: bool | None, java: bool | None) -> dict:
+        """The evaluation's report (`settings`: what it ran with, as its batch store keeps them)."""
+        results, notes = self.scored_entries(records, meteor, java)
+        return {
+            "task": "captioning",
+            "procedure": PROCEDURE,
+            "victim": self.victim.describe(),
+            "attacker": self.attacker.describe(),
+            "settings": {
+                "mode": "transfer" if self.attacker is not self.victim else "white-box",
+                "split": settings["split"], "num_images": len(self.gallery), "num_references": len(self.gallery.captions),
+                "captions_per_image": settings["captions_per_image"], "limit": settings["limit"],
+                "batch_size": self.batch_size, "seed": self.seed,
+                "generation": {**_generation_defaults(), **self.generation},
+                "attack_options": settings["options"],
+                "caption_checker": getattr(self.caption_checker, "__name__", None) if self.caption_checker else None,
+                "precision": settings["precision"], "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
+            },
+            "notes": notes,
+            "attacks": results,
+            "captions": {name: record.captions for name, record in records.items()},
+            "image_ids": list(self.gallery.rows["image_id"]),
+        }
+
+    def scored_entries(self, records: dict[str, _Record], meteor: bool | None,
+                       java: bool | None) -> tuple[dict[str, Any], list[str]]:
+        """Each attack's report entry (`_report_entry`) with its drop from clean, and the metrics' notes."""
+        results: dict[str, Any] = {}
+        notes: list[str] = []
+        for name, record in records.items():
+            scores = caption_scores(self.references, record.captions, meteor=meteor, java=java)
+            notes += [n for n in scores.pop("notes") if n not in notes]
+            results[name] = _report_entry(record, scores, getattr(self.attacker, "prompt", "") or "",
+                                          self.caption_checker is not None, self.writers.get(name))
+        clean = results["clean"]
+        for name, entry in results.items():
+            entry["drop"] = {m: (clean[m] - entry[m] if clean.get(m) is not None and entry.get(m) is not None else None)
+                             for m in METRICS}
+            if self.caption_checker is not None:
+                entry["drop"]["truth_pct"] = clean["truth"]["true_pct"] - entry["truth"]["true_pct"]
+        return results, notes
 
 
 def _report_entry(record: "_Record", scores: dict, default_prompt: str, judged_by_checker: bool, writer) -> dict:

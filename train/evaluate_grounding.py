@@ -174,13 +174,8 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     from tqdm.auto import tqdm
 
     from models.half_precision import active_precision
-    from train.data import derive_seed
 
-    unknown = [a for a in attacks if a not in GROUNDING_ATTACKS]
-    if unknown:
-        raise ValueError(f"unknown grounding attack(s) {unknown}; expected {', '.join(GROUNDING_ATTACKS)}")
-    if not len(data):
-        raise ValueError("no expressions to evaluate")
+    _check_attacks_and_data(attacks, data)
     model.eval()
     transfer = attacker is not None and attacker is not model
     attacker = attacker if transfer else model
@@ -190,102 +185,185 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     options = {"seed": seed, **(attack_options or {})}
     built = build_attacks(["clean", *[a for a in attacks if a != "clean"]], attacker, options,
                           build=build_grounding_attack)
-    truth = [e.box for e in data.expressions]
-    candidates = [data.images[e.image].candidates for e in data.expressions]
-    sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
-    image_of_text = torch.tensor(data.image_of_text(), dtype=torch.long)
-    multi = [i for i, boxes in enumerate(candidates) if len(boxes) >= 2]  # rows a grounder can get wrong
-    spans = [(start, min(start + batch_size, len(data.images))) for start in range(0, len(data.images), batch_size)]
-    batch_ids = [torch.nonzero((image_of_text >= start) & (image_of_text < stop)).flatten().tolist()
-                 for start, stop in spans]
-    precision = active_precision(model.device)
-    plain_options = plain_attack_options(options)
-    report: dict[str, Any] = {
-        "task": "grounding", "model": model.describe(), "attacker": attacker.describe(),
-        "procedure": PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")]),
-        "data": {"source": data.source, "format": data.format, "images": len(data.images),
-                 "expressions": len(data), "splits": data.splits()},
-        "baselines": {"random_box": random_box_accuracy(candidates, truth),
-                      "oracle": oracle_accuracy(candidates, truth),
-                      "random_box_multi": random_box_accuracy([candidates[i] for i in multi], [truth[i] for i in multi]),
-                      "expressions_multi": len(multi)},
-        "settings": {"attacks": list(built), "batch_size": batch_size, "iou_threshold": IOU_THRESHOLD,
-                     "mode": "transfer" if transfer else "white-box", "seed": seed, "precision": precision,
-                     "attack_options": plain_options},
-        "attacks": {},
-    }
-    store = None
+    run = _GroundingRun.over(data, model, attacker, transfer, batch_size, ground_batch, expression_checker, seed, workers)
+    report = run.report_head(built, options, active_precision(model.device))
     if progress_dir is not None:
-        store = BatchStore(progress_dir, {
-            "model": model.describe(), "attacker": attacker.describe(), "mode": report["settings"]["mode"],
-            **weights_identity(model, attacker),
-            "data": {**report["data"], "fingerprint": _data_fingerprint(data)},
-            "attacks": {name: attack.params() for name, attack in built.items()}, "options": plain_options,
-            "batch_size": batch_size, "ground_batch": ground_batch, "seed": seed, "precision": precision,
-            "checker": getattr(expression_checker, "__name__", None),
-        })
-
-    def hits_of(pixels: torch.Tensor, texts: list[str], ids: list[int]) -> list[bool]:
-        chosen = ground(model, pixels, texts, [candidates[i] for i in ids], [sizes[i] for i in ids], ground_batch)
-        return [box_iou(candidates[i][c], truth[i]) >= IOU_THRESHOLD for i, c in zip(ids, chosen)]
-
-    def attack_batch(name: str, attack, views: list[torch.Tensor], batch_index: int) -> _BatchResult:
-        ids = batch_ids[batch_index]
-        pairing = image_of_text[ids] - spans[batch_index][0]
-        began = time.perf_counter()
-        reseed_attack(attack, derive_seed(seed, name, batch_index))  # a resumed batch draws what it drew before
-        result = attack(views[0].to(attacker.device), [data.expressions[i].text for i in ids], pairing,
-                        boxes=[truth[i] for i in ids], sizes=[sizes[i] for i in ids])
-        changes = result.info.get("words_changed", [[] for _ in ids])
-        if len(views) > 1:  # a text attack in transfer: the victim grounds its own view of the image
-            images = views[1].to(model.device)
-        elif transfer and attack.modality in ("image", "multimodal"):  # the attacker's pixels, at the victim's size
-            images = to_victim_resolution(result.images.detach().to(model.device), model.image_size)
-        else:
-            images = result.images.detach()
-        row_pixels = images[pairing.to(images.device)]
-        hits = hits_of(row_pixels, list(result.texts), ids)
-        kept_hits, verdicts = list(hits), [None] * len(ids)
-        if expression_checker is not None:
-            for local, i in enumerate(ids):
-                if changes[local]:
-                    expression = data.expressions[i]
-                    verdicts[local] = expression_checker(result.texts[local], data.images[expression.image], expression)
-        rejected = [local for local, verdict in enumerate(verdicts) if verdict is False]
-        if rejected:  # an expression the attack made refer elsewhere counts as not attacked
-            regrounded = hits_of(row_pixels[rejected], [data.expressions[ids[k]].text for k in rejected],
-                                 [ids[k] for k in rejected])
-            for local, hit in zip(rejected, regrounded):
-                kept_hits[local] = hit
-        return _BatchResult(hits, kept_hits, [len(c) for c in changes], verdicts,
-                            float(result.info.get("linf", 0.0)), time.perf_counter() - began)
+        run.store = run.batch_store(progress_dir, report, built)
 
     clean_hits: list[bool] | None = None
     bar = tqdm(total=len(data.images) * len(built), desc="evaluating grounding", unit="img", disable=not progress)
     for name, attack in built.items():
         bar.set_postfix_str(name)
-        tally = _Tally(len(data))
-        views = _image_views(attack.modality, model, attacker, transfer)
+        tally = run.tally(name, attack, bar)
+        if name == "clean":  # first: every attack's asr is against it
+            clean_hits = tally.hits
+        entry = report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
+        if progress:
+            bar.write(f"{name}: accuracy {entry['accuracy']:.1f}%")
+    bar.close()
+    return report
+
+
+def _check_attacks_and_data(attacks: Sequence[str], data: GroundingData) -> None:
+    """ValueError for an attack grounding has not, or no expression to evaluate."""
+    unknown = [a for a in attacks if a not in GROUNDING_ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown grounding attack(s) {unknown}; expected {', '.join(GROUNDING_ATTACKS)}")
+    if not len(data):
+        raise ValueError("no expressions to evaluate")
+
+
+@dataclass
+class _GroundingRun:
+    """What every batch and report entry of one grounding evaluation read: the models, the data and
+    per expression its true box, candidates and image size, the batches, and the store of finished ones."""
+
+    model: Any
+    attacker: Any  # the model itself in white-box mode
+    transfer: bool
+    data: GroundingData
+    truth: list
+    candidates: list
+    sizes: list[tuple[int, int]]
+    image_of_text: torch.Tensor
+    multi: list[int]  # the expressions whose image has two candidates or more
+    batch_size: int
+    spans: list[tuple[int, int]]  # each batch's (first image, image after its last)
+    batch_ids: list[list[int]]  # each batch's expressions
+    ground_batch: int
+    expression_checker: ExpressionChecker | None
+    seed: int
+    workers: int
+    store: BatchStore | None = None
+
+    @classmethod
+    def over(cls, data: GroundingData, model, attacker, transfer: bool, batch_size: int, ground_batch: int,
+             expression_checker: ExpressionChecker | None, seed: int, workers: int) -> "_GroundingRun":
+        truth = [e.box for e in data.expressions]
+        candidates = [data.images[e.image].candidates for e in data.expressions]
+        sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
+        image_of_text = torch.tensor(data.image_of_text(), dtype=torch.long)
+        multi = [i for i, boxes in enumerate(candidates) if len(boxes) >= 2]  # rows a grounder can get wrong
+        spans = [(start, min(start + batch_size, len(data.images))) for start in range(0, len(data.images), batch_size)]
+        batch_ids = [torch.nonzero((image_of_text >= start) & (image_of_text < stop)).flatten().tolist()
+                     for start, stop in spans]
+        return cls(model, attacker, transfer, data, truth, candidates, sizes, image_of_text, multi, batch_size, spans,
+                   batch_ids, ground_batch, expression_checker, seed, workers)
+
+    def report_head(self, built: dict, options: dict, precision: str) -> dict[str, Any]:
+        """The report before any attack's entry: models, data, baselines and settings."""
+        data, candidates, truth, multi = self.data, self.candidates, self.truth, self.multi
+        return {
+            "task": "grounding", "model": self.model.describe(), "attacker": self.attacker.describe(),
+            "procedure": PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")]),
+            "data": {"source": data.source, "format": data.format, "images": len(data.images),
+                     "expressions": len(data), "splits": data.splits()},
+            "baselines": {"random_box": random_box_accuracy(candidates, truth),
+                          "oracle": oracle_accuracy(candidates, truth),
+                          "random_box_multi": random_box_accuracy([candidates[i] for i in multi], [truth[i] for i in multi]),
+                          "expressions_multi": len(multi)},
+            "settings": {"attacks": list(built), "batch_size": self.batch_size, "iou_threshold": IOU_THRESHOLD,
+                         "mode": "transfer" if self.transfer else "white-box", "seed": self.seed, "precision": precision,
+                         "attack_options": plain_attack_options(options)},
+            "attacks": {},
+        }
+
+    def batch_store(self, progress_dir: str | Path, report: dict, built: dict) -> BatchStore:
+        """The store of finished batches under `progress_dir`, tagged with what a resumed run must share
+        (the report's models, data and settings, the weights and the data's fingerprint)."""
+        settings = report["settings"]
+        return BatchStore(progress_dir, {
+            "model": self.model.describe(), "attacker": self.attacker.describe(), "mode": settings["mode"],
+            **weights_identity(self.model, self.attacker),
+            "data": {**report["data"], "fingerprint": _data_fingerprint(self.data)},
+            "attacks": {name: attack.params() for name, attack in built.items()}, "options": settings["attack_options"],
+            "batch_size": self.batch_size, "ground_batch": self.ground_batch, "seed": self.seed,
+            "precision": settings["precision"], "checker": getattr(self.expression_checker, "__name__", None),
+        })
+
+    def tally(self, name: str, attack, bar) -> _Tally:
+        """Attack `name` over every batch, in order: read back where a resumed evaluation kept the
+        batch, else attacked, grounded and kept."""
+        tally = _Tally(len(self.data))
+        views = _image_views(attack.modality, self.model, self.attacker, self.transfer)
         # a batch at a time (images decoded, attacked and grounded per batch): memory stays bounded
-        for batch_index, pixels in _resumable_batches(data, spans, views, workers, store, name):
+        for batch_index, pixels in _resumable_batches(self.data, self.spans, views, self.workers, self.store, name):
             if pixels is None:
-                state = store.load_state(name, batch_index)
+                state = self.store.load_state(name, batch_index)
             else:
-                part = attack_batch(name, attack, pixels, batch_index)
-                if store is not None:
-                    store.save(name, batch_index, part)
+                part = self.attack_batch(name, attack, pixels, batch_index)
+                if self.store is not None:
+                    self.store.save(name, batch_index, part)
                 state = part.state()
-            tally.add(batch_ids[batch_index], state)
-            bar.update(spans[batch_index][1] - spans[batch_index][0])
+            tally.add(self.batch_ids[batch_index], state)
+            bar.update(self.spans[batch_index][1] - self.spans[batch_index][0])
+        return tally
+
+    def attack_batch(self, name: str, attack, views: list[torch.Tensor], batch_index: int) -> _BatchResult:
+        """One batch attacked (on the first view) and grounded by the model; with a checker, the
+        expressions it rejects grounded again unattacked."""
+        from train.data import derive_seed
+
+        ids = self.batch_ids[batch_index]
+        pairing = self.image_of_text[ids] - self.spans[batch_index][0]
+        began = time.perf_counter()
+        reseed_attack(attack, derive_seed(self.seed, name, batch_index))  # a resumed batch draws what it drew before
+        result = attack(views[0].to(self.attacker.device), [self.data.expressions[i].text for i in ids], pairing,
+                        boxes=[self.truth[i] for i in ids], sizes=[self.sizes[i] for i in ids])
+        changes = result.info.get("words_changed", [[] for _ in ids])
+        images = self.grounded_images(attack, views, result)
+        row_pixels = images[pairing.to(images.device)]
+        hits = self.hits_of(row_pixels, list(result.texts), ids)
+        verdicts = self.verdicts(ids, changes, result.texts)
+        kept_hits = self.hits_with_rejected_unattacked(hits, verdicts, row_pixels, ids)
+        return _BatchResult(hits, kept_hits, [len(c) for c in changes], verdicts,
+                            float(result.info.get("linf", 0.0)), time.perf_counter() - began)
+
+    def grounded_images(self, attack, views: list[torch.Tensor], result) -> torch.Tensor:
+        """The batch's images the model grounds in: its own view, or the attacked ones at its resolution."""
+        if len(views) > 1:  # a text attack in transfer: the victim grounds its own view of the image
+            return views[1].to(self.model.device)
+        if self.transfer and attack.modality in ("image", "multimodal"):  # the attacker's pixels, at the victim's size
+            return to_victim_resolution(result.images.detach().to(self.model.device), self.model.image_size)
+        return result.images.detach()
+
+    def hits_of(self, pixels: torch.Tensor, texts: list[str], ids: list[int]) -> list[bool]:
+        chosen = ground(self.model, pixels, texts, [self.candidates[i] for i in ids], [self.sizes[i] for i in ids],
+                        self.ground_batch)
+        return [box_iou(self.candidates[i][c], self.truth[i]) >= IOU_THRESHOLD for i, c in zip(ids, chosen)]
+
+    def verdicts(self, ids: list[int], changes: list, texts: Sequence[str]) -> list[bool | None]:
+        """The checker's verdict on each changed expression of the batch (None: unchanged, unjudged or no checker)."""
+        verdicts: list[bool | None] = [None] * len(ids)
+        if self.expression_checker is not None:
+            for local, i in enumerate(ids):
+                if changes[local]:
+                    expression = self.data.expressions[i]
+                    verdicts[local] = self.expression_checker(texts[local], self.data.images[expression.image],
+                                                              expression)
+        return verdicts
+
+    def hits_with_rejected_unattacked(self, hits: list[bool], verdicts: list[bool | None], row_pixels: torch.Tensor,
+                                      ids: list[int]) -> list[bool]:
+        """`hits`, where an expression the checker rejected is grounded again with its clean text."""
+        kept_hits = list(hits)
+        rejected = [local for local, verdict in enumerate(verdicts) if verdict is False]
+        if rejected:  # an expression the attack made refer elsewhere counts as not attacked
+            regrounded = self.hits_of(row_pixels[rejected], [self.data.expressions[ids[k]].text for k in rejected],
+                                      [ids[k] for k in rejected])
+            for local, hit in zip(rejected, regrounded):
+                kept_hits[local] = hit
+        return kept_hits
+
+    def report_entry(self, name: str, attack, tally: _Tally, clean_hits: list[bool]) -> dict[str, Any]:
+        """Attack `name`'s entry: accuracy, asr against `clean_hits`, budget, words changed, meaning kept."""
         hits = tally.hits
         entry: dict[str, Any] = {
             "modality": attack.modality, "params": attack.params(), "accuracy": _accuracy(hits),
-            "accuracy_multi": _accuracy([hits[i] for i in multi]),
+            "accuracy_multi": _accuracy([hits[i] for i in self.multi]),
             "seconds": round(tally.seconds, 2),
         }
-        if name == "clean":
-            clean_hits = hits
-        else:
+        if name != "clean":
             entry["asr"] = _asr(clean_hits, hits)
         if attack.modality in ("image", "multimodal"):
             entry["linf"] = tally.linf
@@ -293,17 +371,13 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
             changed = [w for w in tally.words_changed if w]
             entry["texts_changed"] = len(changed)
             entry["words_changed_mean"] = sum(tally.words_changed) / len(tally.words_changed)
-            if expression_checker is not None:
+            if self.expression_checker is not None:
                 judged = [v for v in tally.verdicts if v is not None]
                 entry["meaning_preserved"] = {"true": sum(judged), "false": len(judged) - sum(judged),
                                               "unknown": len(changed) - len(judged)}
                 entry["accuracy_meaning_preserved"] = _accuracy(tally.kept_hits)
                 entry["asr_meaning_preserved"] = _asr(clean_hits, tally.kept_hits)
-        report["attacks"][name] = entry
-        if progress:
-            bar.write(f"{name}: accuracy {entry['accuracy']:.1f}%")
-    bar.close()
-    return report
+        return entry
 
 
 def markdown_grounding_report(report: dict) -> str:
