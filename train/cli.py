@@ -59,6 +59,18 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings (keys as the options, '-' or '_'); options given here override it")
 
+    _add_model_and_data_options(parser)
+    _add_pool_options(parser)
+    _add_optimisation_options(parser)
+    _add_attack_options(parser, method)
+    _add_logging_options(parser)
+    _add_validation_options(parser)
+    parser.set_defaults(func=run_method, method=method)
+    return parser
+
+
+def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
+    """The model, its task and family options, and the training data."""
     group = parser.add_argument_group("model and data")
     group.add_argument("--task", help="what to train for: retrieval, captioning, grounding" + _default("task"))
     group.add_argument("--counterfactual-pairs", action=argparse.BooleanOptionalAction,
@@ -95,6 +107,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
                        "main process (default: the usable CPUs less one, at most 8)")
     group.add_argument("--out", type=folder_path, help="run folder: config.yaml, metrics.jsonl, summary.json, ckpt/")
 
+
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """The 1:N pools MAT+ draws from."""
     pools = parser.add_argument_group("pools (1:N views of each item; required by mat+)")
     pools.add_argument("--pools", nargs="+", metavar="POOL", help="pool folders or Hub ids made from this source")
     pools.add_argument("--pool-weights", nargs="+", type=number, metavar="W", help="one weight per pool for choosing which pool a view comes from (default: equal)")
@@ -102,6 +117,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     pools.add_argument("--pool-mode", choices=POOL_MODES, help="sample: one view per item per step; expand: pool rows as extra independent pairs (control)" + _default("pool_mode"))
     pools.add_argument("--allow-pool-mismatch", action="store_true", help="use pools made from a source with another fingerprint (warn instead of refusing)")
 
+
+def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
+    """AdamW, its schedule, precision and which towers train (open_clip_train's names)."""
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, help="passes over the train items" + _default("epochs"))
     opt.add_argument("--max-steps", type=int, help="optimizer steps to run (overrides --epochs)")
@@ -125,6 +143,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     opt.add_argument("--lock-text", action=argparse.BooleanOptionalAction,
                      help="freeze the text tower (default: locked for tecoa and fare, trained otherwise)")
 
+
+def _add_attack_options(parser: argparse.ArgumentParser, method: str) -> None:
+    """The inner attacks: PGD for the adversarial methods, word substitutions for mat and mat+."""
     if method in ADVERSARIAL_METHODS:
         attack = parser.add_argument_group("image attack (PGD, L-inf, on [0, 1] pixels)")
         attack.add_argument("--attack-eps", type=number, help="PGD perturbation budget, e.g. 2/255 (default: 2/255)")
@@ -146,6 +167,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
                           help="keep only substitutions this checker calls true of the image (truth: the sample world's; "
                                "see train/text_filter.py for others) (default: every substitution)")
 
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """Checkpoints, resuming and loggers."""
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
     run.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps" + _default("log_every"))
@@ -157,14 +181,15 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
                      "install the logging extra)" + _default("report_to"))
     run.add_argument("--wandb-project-name", help="W&B project" + _default("wandb_project_name"))
 
+
+def _add_validation_options(parser: argparse.ArgumentParser) -> None:
+    """Robust validation during training."""
     val = parser.add_argument_group("validation during training (robust R@1, best checkpoint in RUN/best)")
     val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
     val.add_argument("--val-data", help="source to validate on (default: --train-data)")
     val.add_argument("--val-split", help="its split" + _default("val_split"))
     val.add_argument("--val-attack", help="attack of the robust score (train eval's names)" + _default("val_attack"))
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
-    parser.set_defaults(func=run_method, method=method)
-    return parser
 
 
 @functools.lru_cache(maxsize=None)  # the parsers are fixed: built once per method, not per study run
