@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert
-from torchvision.ops import box_iou as torchvision_box_iou
 
 from models.base import TextTokens
 from tasks.retrieval import ITC_LOSSES, RetrievalTask, hard_negatives, itc_loss, softmax_itc_loss
@@ -51,14 +49,19 @@ AREA_EXPONENT = 0.5  # ALBEF's alpha: a box's heat is divided by area ** 0.5
 
 
 def box_iou(box1: Sequence[float], box2: Sequence[float]) -> float:
-    """IoU of two [x, y, w, h] boxes as ALBEF's RefCOCO evaluation scores it: torchvision's IoU,
+    """IoU of two [x, y, w, h] boxes as ALBEF's RefCOCO evaluation scores it: the continuous IoU,
     except that boxes overlapping by one pixel or less along either axis score 0 (the reference
-    intersects inclusive pixel ranges and counts an intersection only when first < last)."""
-    xyxy = box_convert(torch.tensor([box1[:4], box2[:4]], dtype=torch.float64), "xywh", "xyxy")
-    overlap = torch.minimum(xyxy[0, 2:], xyxy[1, 2:]) - torch.maximum(xyxy[0, :2], xyxy[1, :2])
-    if bool((overlap <= 1).any()):
+    intersects inclusive pixel ranges and counts an intersection only when first < last).
+
+    Plain Python, not torchvision.ops.box_iou: it runs once per candidate box, and building the
+    tensors for one pair costs ~250 us there against ~1 us here."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1[:4], box2[:4]
+    overlap_w = min(x1 + w1, x2 + w2) - max(x1, x2)
+    overlap_h = min(y1 + h1, y2 + h2) - max(y1, y2)
+    if overlap_w <= 1 or overlap_h <= 1:
         return 0.0
-    return float(torchvision_box_iou(xyxy[:1], xyxy[1:]))
+    inter = overlap_w * overlap_h
+    return float(inter / (w1 * h1 + w2 * h2 - inter))  # both boxes wider and taller than 1 here: no zero union
 
 
 def upsample_heat(heat: torch.Tensor, height: int, width: int) -> torch.Tensor:
