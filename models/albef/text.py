@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from models.base import TextTokens
 
 
