@@ -267,6 +267,7 @@ class VisionLanguageModel(ImageTextModel):
     has_itm: ClassVar[bool] = False  # image-text matching head (fusion encoder)
     itc_loss: ClassVar[str] = "softmax"  # "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP)
     has_grounding: ClassVar[bool] = False  # `grounding_heatmap` available (ALBEF)
+    has_cls_states: ClassVar[bool] = False  # `image_cls_state` / `text_cls_state` available (ALBEF)
 
     # -- ITC embeddings ---------------------------------------------------------------------
 
@@ -312,6 +313,19 @@ class VisionLanguageModel(ImageTextModel):
                 image_emb = self.encode_image(pixels, normalize=normalize_image)
         text_emb = self.encode_tokens(tokens) if tokens is not None else None
         return EncoderOutput(image_emb, text_emb, self.logit_scale_param(), self.logit_bias_param(), feats)
+
+    def image_cls_state(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, W] the vision encoder's [CLS] output before the ITC projection (what the reference
+        attack codes call `image_embed[:, 0]` on ALBEF/TCL)."""
+        raise NotImplementedError(f"{self.family} does not expose its encoders' [CLS] states")
+
+    def text_cls_state(self, tokens: TextTokens) -> torch.Tensor:
+        """[T, W] the text encoder's [CLS] output before the ITC projection (`text_embed[:, 0]`)."""
+        raise NotImplementedError(f"{self.family} does not expose its encoders' [CLS] states")
+
+    def cls_state_widths(self) -> tuple[int, int]:
+        """(image, text) widths of those [CLS] states."""
+        raise NotImplementedError(f"{self.family} does not expose its encoders' [CLS] states")
 
     # -- fusion (ITM) -----------------------------------------------------------------------
 

@@ -393,6 +393,100 @@ def test_multi_piece_word_gets_combined_substitutes(tokenizer):
     assert first[1] == ["sk", "cat"]  # the first piece's top 4 (sk, ##ate, ##board, cat) as words
 
 
+# ----------------------------------------------------------------------------- 11. ALBEF/TCL's [CLS] states
+
+
+@pytest.fixture(scope="module")
+def albef_pair():
+    """tiny-albef (image and text [CLS] states 48 and 32 wide) and, from the same config with the
+    vision width made 32, an ALBEF whose states are as wide as each other (as ALBEF's and TCL's, 768)."""
+    import copy
+
+    from models import load_model
+    from models.albef.model import AlbefModel
+
+    torch.manual_seed(0)
+    twin = load_model("tiny-albef")
+    config = copy.deepcopy(twin.config)
+    config["vision_width"] = config["bert"]["encoder_width"] = config["bert"]["hidden_size"]
+    return twin, AlbefModel(config, twin.tokenizer, name="albef-equal-widths").eval()
+
+
+def test_co_attack_code_reads_albefs_encoder_cls_states(albef_pair, tokenizer):
+    """The Co-Attack code's attacks on ALBEF/TCL (`--cls`) read `image_embed[:, 0]` / `text_embed[:, 0]`, the
+    encoders' outputs before the ITC projection; the SGA code's attacks read the ITC embeddings."""
+    from train.attacks.unprojected import UnprojectedVictim
+
+    _, model = albef_pair
+    mlm = (echo(tokenizer, {}), tokenizer, "echo")
+    readers = {(p, a): type(build_attack(a, model, mlm=mlm, protocol=p, steps=1).victim).__name__
+               for p in PROTOCOL_CHOICES for a in ("pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")}
+    view, itc = "UnprojectedVictim", "AlbefModel"
+    assert readers == {**{("project", a): itc for a in ("pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")},
+                       **{("co-attack", a): view for a in ("pgd", "bert-attack", "synonym", "sep", "co-attack")},
+                       ("co-attack", "sga"): itc, ("sga", "co-attack"): view,
+                       **{("sga", a): itc for a in ("pgd", "bert-attack", "synonym", "sep", "sga")}}
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    captions = ["a red dog on the grass", "the blue ball"]
+    states = UnprojectedVictim(model)
+    with torch.no_grad():
+        hidden, _ = model._text_hidden(model.tokenize(captions))
+        assert torch.equal(states.encode_image(pixels, normalize=False), model.image_features(pixels)[:, 0])
+        assert torch.equal(states.encode_text(captions, normalize=False), hidden[:, 0])
+        assert torch.allclose(states.encode_text(captions).norm(dim=-1), torch.ones(2))
+        # not the ITC embedding before normalisation: the projection is left out
+        assert states.encode_text(captions, normalize=False).shape[-1] != model.encode_text(captions, normalize=False).shape[-1]
+    # BERT-Attack: KL over the raw text states (the Co-Attack code's BertAttack never normalises them), and
+    # the mixed-importance bug stays the SGA code's
+    attack = build_attack("bert-attack", model, mlm=mlm, protocol="co-attack", reference_bugs=True)
+    assert (attack.embedding, attack.masked_unit) == ("raw", False)
+    assert torch.allclose(attack.prepare(captions).clean_emb, hidden[:, 0])
+    # PGD (the code's run_trades): away from the clean image's raw state
+    pgd = build_attack("pgd", model, protocol="co-attack", seed=0)
+    assert (pgd.loss, pgd.embedding) == ("image-kl", "raw") and pgd.params()["embeddings_from"] == "encoder-cls"
+    seen = []
+    encode = states.encode_image
+    pgd.victim.encode_image = lambda x, normalize=True: seen.append(normalize) or encode(x, normalize)
+    pgd(pixels, captions, torch.tensor([0, 1]))
+    assert seen and not any(seen)
+    co = build_attack("co-attack", model, mlm=mlm, protocol="co-attack")
+    assert (co.mode, co.embedding) == ("per-pair", "raw") and "before normalisation" in co.params()["image"]["loss"]
+
+
+def test_co_attack_code_objective_on_cls_states_normalises_only_the_cross_modal_term():
+    """run_before_fusion: KL(clean image state || adv) over the states as they are, plus alpha times the KL
+    between the normalised attacked-caption and adversarial image states."""
+    from train.attacks.multimodal import co_attack_pair_objective
+
+    generator = torch.Generator().manual_seed(3)
+    adv, clean, text = (torch.randn(4, 6, generator=generator) * 3 for _ in range(3))
+    criterion = torch.nn.KLDivLoss(reduction="batchmean")
+    expected = [criterion(adv[i:i + 1].log_softmax(-1), clean[i:i + 1].softmax(-1))
+                + 3.0 * criterion(F.normalize(adv[i:i + 1], dim=-1).log_softmax(-1),
+                                  F.normalize(text[i:i + 1], dim=-1).softmax(-1)) for i in range(4)]
+    raw = co_attack_pair_objective(adv, clean, text, 3.0, "raw")
+    assert torch.allclose(raw, torch.stack(expected), atol=1e-6)
+    assert torch.allclose(co_attack_pair_objective(adv, clean, text * 5, 3.0, "raw"), raw, atol=1e-6)
+    assert not torch.allclose(co_attack_pair_objective(adv, clean * 5, text, 3.0, "raw"), raw, atol=1e-3)
+    unit = co_attack_pair_objective(adv, clean, text, 3.0)
+    assert torch.allclose(unit, kl_to(clean, adv) + 3.0 * kl_to(text, adv)) and not torch.allclose(unit, raw)
+
+
+def test_co_attack_on_albef_with_unequal_state_widths_reads_itc_and_says_so(albef_pair, tokenizer, caplog):
+    """tiny-albef's states are 48 and 32 wide: Co-Attack's cross-modal KL cannot compare them (the code
+    would fail), so that attack reads the ITC embeddings, with a warning; the others still read the states."""
+    twin, _ = albef_pair
+    mlm = (echo(tokenizer, {}), tokenizer, "echo")
+    with caplog.at_level("WARNING", logger="train.attacks.factory"):
+        co = build_attack("co-attack", twin, mlm=mlm, protocol="co-attack")
+    assert type(co.victim).__name__ == "AlbefModel" and co.embedding == "unit" and "embeddings_from" not in co.params()
+    assert "widths differ (image 48, text 32)" in caplog.text
+    assert build_attack("sep", twin, mlm=mlm, protocol="co-attack").params()["embeddings_from"] == "encoder-cls"
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    result = co(pixels, ["a red dog", "the blue ball"], torch.tensor([0, 1]))
+    assert float((result.images - pixels).abs().max()) <= EPS + 1e-6
+
+
 # ----------------------------------------------------------------------------- reference bugs
 
 

@@ -157,6 +157,7 @@ class AlbefModel(VisionLanguageModel):
     family = "albef"
     has_itm = True
     has_grounding = True
+    has_cls_states = True
     supports_momentum_distillation = True
 
     def __init__(self, config: dict, tokenizer, *, name: str = "", pretrained: str | None = None):
@@ -228,9 +229,18 @@ class AlbefModel(VisionLanguageModel):
         return self.embed_image_features(self.image_features(pixels), normalize=normalize)
 
     def encode_tokens(self, tokens: TextTokens, normalize: bool = True) -> torch.Tensor:
-        hidden, _ = self._text_hidden(tokens)
-        emb = self.text_proj(hidden[:, 0, :])
+        emb = self.text_proj(self.text_cls_state(tokens))
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def image_cls_state(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_features(pixels)[:, 0, :]
+
+    def text_cls_state(self, tokens: TextTokens) -> torch.Tensor:
+        hidden, _ = self._text_hidden(tokens)
+        return hidden[:, 0, :]
+
+    def cls_state_widths(self) -> tuple[int, int]:
+        return int(self.config["vision_width"]), int(self.config["bert"]["hidden_size"])
 
     def logit_scale_param(self) -> torch.Tensor:
         return 1.0 / self.temp

@@ -107,8 +107,10 @@ class Attack(ABC):
         ...
 
     def params(self) -> dict:
-        """The attack's settings, for reports."""
-        return {"loss": self.loss}
+        """The attack's settings, for reports (`embeddings_from`: where a victim read other than by
+        its ITC embeddings takes them from, `train.attacks.unprojected`)."""
+        embeddings_from = getattr(self.victim, "embeddings_from", None)
+        return {"loss": self.loss, "embeddings_from": embeddings_from} if embeddings_from else {"loss": self.loss}
 
 
 class NoAttack(Attack):

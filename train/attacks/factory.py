@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
@@ -13,12 +14,16 @@ from train.attacks.protocols import (
     ProtocolChoices,
     co_attack_schedule,
     follows_sga_code,
+    reads_cls_states,
     reference_max_length,
     sga_image_attacker,
 )
 from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings, canonical_options
 from train.attacks.substitutes import load_masked_lm
 from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack
+from train.attacks.unprojected import UnprojectedVictim
+
+log = logging.getLogger(__name__)
 
 
 def resolve_settings(settings: AttackSettings | None = None, attack: str | None = None, family: str | None = None,
@@ -50,6 +55,17 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         return NoAttack(victim, s.loss)
     if s.candidates == "mlm" and name in ("bert-attack", "sep", "co-attack", "sga") and isinstance(mlm, str):
         mlm = load_masked_lm(mlm, victim.device)  # one MLM for both text attacks of a protocol
+    # the Co-Attack code reads ALBEF/TCL's encoders' [CLS] states, not the ITC embeddings (its attacks only)
+    cls_states = reads_cls_states(s.protocol, name, getattr(victim, "family", None)) \
+        and getattr(victim, "has_cls_states", False)  # a duck-typed victim without them keeps its embeddings
+    if cls_states and name == "co-attack" and len(set(victim.cls_state_widths())) > 1:
+        # its image step compares image and caption states: the code needs equal widths (ALBEF's and TCL's: 768)
+        log.warning("%s: Co-Attack reads the ITC embeddings, not the encoders' [CLS] states as the Co-Attack code "
+                    "does: their widths differ (image %d, text %d)", victim.name or victim.family,
+                    *victim.cls_state_widths())
+        cls_states = False
+    if cls_states:
+        victim = UnprojectedVictim(victim)
 
     def generator() -> torch.Generator | None:
         return torch.Generator().manual_seed(seed) if seed is not None else None
@@ -60,8 +76,9 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         if co_attack_schedule(s.protocol, name):
             # the Co-Attack code: step eps / steps x 1.25, start in [0, eps]
             step = s.eps / max(s.steps, 1) * 1.25
-            return PGD(victim, step_size=step, start="positive", **common,
-                       loss="image-kl" if kind == "pgd" else s.loss)
+            unsupervised = kind == "pgd"
+            return PGD(victim, step_size=step, start="positive", **common, loss="image-kl" if unsupervised else s.loss,
+                       embedding="raw" if unsupervised and cls_states else "unit")
         nan_bug = s.reference_bugs and sga_image_attacker(s.protocol, name)
         loss = choices.pgd if kind == "pgd" and choices.pgd == "image-kl" else s.loss
         return PGD(victim, step_size=s.pgd_step_size, loss=loss, scale_by_mean_gradient=nan_bug, **common)
@@ -74,12 +91,15 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`; the synonym attack takes its
         # choices) reads its CLIP wrapper's embeddings before normalisation; SGA's own text steps
         # (image-guided) and Co-Attack's code unit ones
-        raw = s.reference and follows_sga_code(s.protocol, name) and guide == "text-kl"
+        # (as the Co-Attack code reads ALBEF/TCL's text [CLS] state: as it is)
+        sga_code = follows_sga_code(s.protocol, name)
+        raw = s.reference and (sga_code or cls_states) and guide == "text-kl"
         common["embedding"] = "raw" if raw else "unit"
         if s.candidates == "wordnet" or name == "synonym":
             return SynonymAttack(victim, **common)
+        # mixed-importance is the SGA code's TextAttacker's bug; the Co-Attack code's BertAttack reads one kind
         return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
-                          reference_bugs=s.reference_bugs, **common)
+                          reference_bugs=s.reference_bugs, masked_unit=s.reference_bugs and sga_code, **common)
 
     if name == "pgd":
         return image_attack("pgd")
@@ -89,7 +109,7 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         return SepAttack(victim, image_attack=image_attack("pgd"), text_attack=text_attack(choices.text_guide), loss=s.loss)
     if name == "co-attack":
         return CoAttack(victim, image_attack=image_attack("co-attack"), text_attack=text_attack(choices.text_guide),
-                        alpha=s.alpha, loss=s.loss, mode=choices.co_attack)
+                        alpha=s.alpha, loss=s.loss, mode=choices.co_attack, embedding="raw" if cls_states else "unit")
     # SGA's text steps are image-guided in every protocol (the SGA code's img_guided_attack)
     return SGA(victim, image_attack=image_attack("sga"), text_attack=text_attack("image" if s.reference else None),
                scales=s.scales, noise_std=s.noise_std, loss=s.loss, first_guide=choices.sga_first_guide,

@@ -7,7 +7,8 @@
   (alpha = 3 for CLIP, the paper's setting), each image once against all its captions
   (`mode="per-image"`). `mode="per-pair"` is the Co-Attack code: every (image, caption) pair
   attacked on its own, both terms KL divergences between softmaxed embeddings, and each image's
-  LAST copy kept.
+  LAST copy kept (`embedding="raw"`: the first term over embeddings before normalisation, as that
+  code reads ALBEF/TCL's [CLS] states, `co_attack_pair_objective`).
 * `SGA` (Set-level Guidance Attack, Lu et al. 2023): (1) the text is attacked against the mean
   embedding of a set of resized copies of the clean image (scales 0.5, 0.75, 1.25, 1.5, each
   resized back to the model's resolution, plus the original; `first_guide="clean"`: the clean
@@ -32,6 +33,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+
+import torch.nn.functional as F
 
 from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
 from train.attacks.pgd import PGD
@@ -134,6 +137,22 @@ class SepAttack(MultimodalAttack):
 
 
 CO_ATTACK_MODES = ("per-image", "per-pair")
+CO_ATTACK_EMBEDDINGS = ("unit", "raw")
+
+
+def co_attack_pair_objective(adversarial_emb: torch.Tensor, clean_emb: torch.Tensor, attacked_text_emb: torch.Tensor,
+                             alpha: float, embedding: str = "unit") -> torch.Tensor:
+    """[N] the Co-Attack code's image objective for row-aligned pairs, to maximise:
+    KL(clean image || adv) + alpha * KL(attacked caption || adv) over softmaxed embeddings.
+
+    `embedding="unit"`: all unit embeddings (its CLIP wrapper normalises). `"raw"`: the image
+    embeddings before normalisation in the first term and every embedding normalised in the
+    second, as that code computes it on ALBEF/TCL's [CLS] states (`run_before_fusion`).
+    """
+    if embedding == "raw":
+        return kl_to(clean_emb, adversarial_emb) + alpha * kl_to(F.normalize(attacked_text_emb, dim=-1),
+                                                                 F.normalize(adversarial_emb, dim=-1))
+    return kl_to(clean_emb, adversarial_emb) + alpha * kl_to(attacked_text_emb, adversarial_emb)
 
 
 class CoAttack(MultimodalAttack):
@@ -143,22 +162,29 @@ class CoAttack(MultimodalAttack):
     `(1 - cos(adv, clean image)) + alpha * loss(adv, attacked captions)`. `mode="per-pair"`
     (Co-Attack code): each (image, caption) pair attacked on its own with
     `KL(clean image || adv) + alpha * KL(attacked caption || adv)` over softmaxed embeddings; an
-    image with several captions is attacked once per caption and its last copy is returned.
+    image with several captions is attacked once per caption and its last copy is returned;
+    `embedding` ("unit" or "raw"): see `co_attack_pair_objective`.
     """
 
     name = "co-attack"
 
     def __init__(self, victim, image_attack: PGD | None = None, text_attack: WordSubstitutionAttack | None = None,
-                 alpha: float = CO_ATTACK_ALPHA, loss: str = "pair", mode: str = "per-image"):
+                 alpha: float = CO_ATTACK_ALPHA, loss: str = "pair", mode: str = "per-image", embedding: str = "unit"):
         super().__init__(victim, image_attack, text_attack, loss)
         if mode not in CO_ATTACK_MODES:
             raise ValueError(f"unknown Co-Attack mode {mode!r}; expected one of {CO_ATTACK_MODES}")
-        self.alpha, self.mode = alpha, mode
+        if embedding not in CO_ATTACK_EMBEDDINGS:
+            raise ValueError(f"unknown Co-Attack embedding {embedding!r}; expected one of {CO_ATTACK_EMBEDDINGS}")
+        if embedding == "raw" and mode != "per-pair":
+            raise ValueError("embedding='raw' goes with mode='per-pair' (the Co-Attack code's objective)")
+        self.alpha, self.mode, self.embedding = alpha, mode, embedding
 
     def params(self) -> dict:
         params = {**super().params(), "alpha": self.alpha, "mode": self.mode}
         # the image step maximises its own objective (the PGD part lends budget and schedule): say which
-        if self.mode == "per-pair":
+        if self.mode == "per-pair" and self.embedding == "raw":
+            objective = "KL(clean image || adv) + alpha * KL(unit attacked caption || unit adv), image terms before normalisation"
+        elif self.mode == "per-pair":
             objective = "KL(clean image || adv) + alpha * KL(attacked caption || adv)"
         else:
             objective = f"1 - cos(adv, clean image) + alpha * {self.loss}(adv, attacked captions)"
@@ -198,11 +224,16 @@ class CoAttack(MultimodalAttack):
         if len(pairing) == 0:
             return images.clone()
         index = pairing.to(images.device)
+        encode = self.victim.encode_image if self.embedding == "unit" else \
+            lambda pixels: self.victim.encode_image(pixels, normalize=False)
+        if self.embedding != "unit":
+            with torch.no_grad():
+                clean_image_emb = encode(images)
         copies, clean = images[index], clean_image_emb[index]
 
         def loss(adversarial: torch.Tensor) -> torch.Tensor:
-            embedding = self.victim.encode_image(adversarial)
-            return (kl_to(clean, embedding) + self.alpha * kl_to(attacked_text_emb, embedding)).mean()
+            return co_attack_pair_objective(encode(adversarial), clean, attacked_text_emb, self.alpha,
+                                            self.embedding).mean()
 
         attacked = self.run_pgd(copies, loss)
         out = images.clone()

@@ -30,6 +30,7 @@ STARTS = ("symmetric", "positive")
 # what a PGD attack maximises: a loss against the captions, or (Co-Attack code) the KL divergence
 # from the clean image's embedding, which needs no caption ("unsupervised")
 IMAGE_LOSSES = ("pair", "contrastive", "image-kl")
+EMBEDDINGS = ("unit", "raw")  # what "image-kl" reads: unit embeddings, or before normalisation
 
 
 def pgd_linf(
@@ -81,7 +82,9 @@ class PGD(Attack):
 
     Defaults follow the attack papers' public protocol (eps 2/255, 10 steps, step eps / 4 =
     0.5/255). `loss`: "pair" / "contrastive" against the captions, or "image-kl" (away from the
-    clean image embedding; captions unused). `start`, `scale_by_mean_gradient`: see `pgd_linf`.
+    clean image embedding; captions unused). `embedding`: what "image-kl" reads, unit embeddings or
+    ("raw") the victim's before normalisation (the Co-Attack code's `run_trades` on ALBEF/TCL reads
+    the vision encoder's [CLS] state as it is). `start`, `scale_by_mean_gradient`: see `pgd_linf`.
     """
 
     modality = "image"
@@ -89,19 +92,27 @@ class PGD(Attack):
 
     def __init__(self, victim, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                  random_start: bool = True, loss: str = "pair", generator: torch.Generator | None = None,
-                 start: str = "symmetric", scale_by_mean_gradient: bool = False):
+                 start: str = "symmetric", scale_by_mean_gradient: bool = False, embedding: str = "unit"):
         if loss not in IMAGE_LOSSES:
             raise ValueError(f"unknown PGD loss {loss!r}; expected one of {IMAGE_LOSSES}")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown PGD embedding {embedding!r}; expected one of {EMBEDDINGS}")
+        if embedding == "raw" and loss != "image-kl":
+            raise ValueError("embedding='raw' goes with loss='image-kl' (the caption losses read unit embeddings)")
         super().__init__(victim, "pair" if loss == "image-kl" else loss)
         self.loss = loss
         self.eps, self.steps, self.random_start = eps, steps, random_start
         self.step_size = pgd_step_size(eps, step_size)
         self.generator, self.start, self.scale_by_mean_gradient = generator, start, scale_by_mean_gradient
+        self.embedding = embedding
 
     def params(self) -> dict:
-        return {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-                "random_start": self.random_start, "start": self.start,
-                "scale_by_mean_gradient": self.scale_by_mean_gradient}
+        params = {**super().params(), "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                  "random_start": self.random_start, "start": self.start,
+                  "scale_by_mean_gradient": self.scale_by_mean_gradient}
+        if self.embedding != "unit":
+            params["embedding"] = self.embedding
+        return params
 
     def run(self, images: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """This attack's budget and schedule on a custom loss (the multimodal attacks' image step)."""
@@ -111,9 +122,11 @@ class PGD(Attack):
     def perturb(self, images: torch.Tensor, text_emb: torch.Tensor | None, image_of_text: torch.Tensor | None) -> torch.Tensor:
         """Attack images against fixed caption embeddings (reused by the multimodal attacks)."""
         if self.loss == "image-kl":
+            encode = self.victim.encode_image if self.embedding == "unit" else \
+                lambda pixels: self.victim.encode_image(pixels, normalize=False)
             with torch.no_grad():
-                clean = self.victim.encode_image(images)
-            return self.run(images, lambda adv: kl_to(clean, self.victim.encode_image(adv)).mean())
+                clean = encode(images)
+            return self.run(images, lambda adv: kl_to(clean, encode(adv)).mean())
         loss = attack_loss_fn(self.loss, self.victim.logit_scale)
         text_emb = text_emb.detach()
         return self.run(images, lambda adv: loss(self.victim.encode_image(adv), text_emb, image_of_text))

@@ -69,6 +69,8 @@ PROTOCOL_CHOICES = {
 
 # the families the SGA code's CLIP scripts attack (its ALBEF/TCL scripts read 30 MLM tokens)
 CLIP_FAMILIES = ("open_clip", "hf_clip")
+# the family the Co-Attack code's ALBEF/TCL scripts attack, reading its encoders' [CLS] states
+CLS_STATE_FAMILIES = ("albef",)
 
 
 def follows_sga_code(protocol: str, attack: str) -> bool:
@@ -100,3 +102,11 @@ def sga_image_attacker(protocol: str, attack: str) -> bool:
     """Whether `attack`'s image step is the SGA code's ImageAttacker under a reference `protocol`
     (whose gradient scaling is a reference bug): SGA's, and PGD's and Sep's under `sga`."""
     return protocol != "project" and attack in ("pgd", "sep", "sga") and follows_sga_code(protocol, attack)
+
+
+def reads_cls_states(protocol: str, attack: str, family: str | None) -> bool:
+    """Whether `attack` under a reference `protocol` reads a victim of `family` as the Co-Attack code
+    reads ALBEF and TCL (its README's `--cls` commands): the encoders' [CLS] outputs before the ITC
+    projection (`train.attacks.unprojected`). Every attack of that code, on the ALBEF family; the
+    SGA code's attacks read the ITC embeddings."""
+    return protocol != "project" and family in CLS_STATE_FAMILIES and not follows_sga_code(protocol, attack)

@@ -399,7 +399,8 @@ class BertAttack(WordSubstitutionAttack):
     bert-base-uncased; `tiny-mlm` offline) or an already loaded `(model, tokenizer[, name])`, so
     several attacks can share one MLM. `max_length`: MLM tokens read per caption (30 in the
     papers' protocol); words past it are not replaced. `reading="reference"` reads the MLM as the
-    reference codes do (`ReferenceMLMSubstitutes`, with `reference_bugs`).
+    reference codes do (`ReferenceMLMSubstitutes`, with `reference_bugs`). `masked_unit` (default:
+    `reference_bugs`): the SGA code's mixed-importance bug, with `embedding="raw"` only.
     """
 
     name = "bert-attack"
@@ -408,7 +409,7 @@ class BertAttack(WordSubstitutionAttack):
                  max_length: int = 30, guide: str = "image", words_per_round: int = 1,
                  text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = DEFAULT_MLM_BATCH, loss: str = "pair",
                  pieces: str = "combine", importance: str = "cosine", reading: str = "project",
-                 reference_bugs: bool = False, embedding: str = "unit"):
+                 reference_bugs: bool = False, embedding: str = "unit", masked_unit: bool | None = None):
         model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
         common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
         if reading == "reference":
@@ -419,7 +420,7 @@ class BertAttack(WordSubstitutionAttack):
             raise ValueError(f"unknown MLM reading {reading!r}; expected project or reference")
         super().__init__(victim, source, budget=budget, guide=guide, words_per_round=words_per_round,
                          text_batch=text_batch, loss=loss, importance=importance, embedding=embedding,
-                         masked_unit=reference_bugs)
+                         masked_unit=reference_bugs if masked_unit is None else masked_unit)
 
 
 class SynonymAttack(WordSubstitutionAttack):
