@@ -89,9 +89,8 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
                       words_per_round=s.words_per_round, text_batch=s.text_batch, loss=s.loss,
                       importance=choices.importance)
         # the SGA code's TextAttacker.attack (BERT-Attack, Sep's text under `sga`; the synonym attack takes its
-        # choices) reads its CLIP wrapper's embeddings before normalisation; SGA's own text steps
-        # (image-guided) and Co-Attack's code unit ones
-        # (as the Co-Attack code reads ALBEF/TCL's text [CLS] state: as it is)
+        # choices) reads its CLIP wrapper's embeddings before normalisation, and the Co-Attack code ALBEF/TCL's
+        # text [CLS] states as they are; SGA's own text steps (image-guided) and Co-Attack's code on a CLIP unit ones
         sga_code = follows_sga_code(s.protocol, name)
         raw = s.reference and (sga_code or cls_states) and guide == "text-kl"
         common["embedding"] = "raw" if raw else "unit"

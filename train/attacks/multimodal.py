@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-
 import torch.nn.functional as F
 
 from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
