@@ -154,6 +154,14 @@ def test_tokens_are_cls_words_pad_without_sep(tiny_albef):
     assert tiny_albef.tokenize(["word " * 80]).input_ids.shape[1] == 30  # [CLS] + 29 (ALBEF's max_length 30)
 
 
+def test_the_text_attacks_mask_word_stays_one_unk_token(tiny_albef):
+    """pre_caption lower-cases "[UNK]"; the tokenizer must still read the masked word as the [UNK] token
+    (the word importance of every text attack on ALBEF reads these masked captions)."""
+    tok = tiny_albef.tokenizer
+    ids = tiny_albef.tokenize(["A dog [UNK] the grass."]).input_ids[0].tolist()
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "a", "dog", "[UNK]", "the", "grass"]
+
+
 def test_momentum_distillation_update_and_queue(tiny_albef, tmp_path):
     import copy
 

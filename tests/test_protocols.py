@@ -449,8 +449,20 @@ def test_co_attack_code_reads_albefs_encoder_cls_states(albef_pair, tokenizer):
     pgd.victim.encode_image = lambda x, normalize=True: seen.append(normalize) or encode(x, normalize)
     pgd(pixels, captions, torch.tensor([0, 1]))
     assert seen and not any(seen)
-    co = build_attack("co-attack", model, mlm=mlm, protocol="co-attack")
+    co = build_attack("co-attack", model, mlm=mlm, protocol="co-attack", budget=0)
     assert (co.mode, co.embedding) == ("per-pair", "raw") and "before normalisation" in co.params()["image"]["loss"]
+    # its image step maximises the code's objective over these states (run_before_fusion, adv=4)
+    from train.attacks.multimodal import co_attack_pair_objective
+
+    objectives = []
+    co.image_attack.run = lambda copies, loss_fn: objectives.append(loss_fn) or copies
+    co(pixels, captions, torch.tensor([0, 1]))
+    adversarial = (pixels + 0.01).clamp(0, 1)
+    with torch.no_grad():
+        expected = co_attack_pair_objective(states.encode_image(adversarial, normalize=False),
+                                            states.encode_image(pixels, normalize=False),
+                                            states.encode_text(captions), 3.0, "raw").mean()
+        assert torch.allclose(objectives[0](adversarial), expected, atol=1e-5)
 
 
 def test_co_attack_code_objective_on_cls_states_normalises_only_the_cross_modal_term():

@@ -204,7 +204,12 @@ class AlbefModel(VisionLanguageModel):
     def clean_captions(self, texts: Sequence[str]) -> list[str]:
         if not self.config.get("pre_caption", True):
             return [str(t) for t in texts]
-        return [pre_caption(t, int(self.config["max_words"])) for t in texts]
+        cleaned = [pre_caption(t, int(self.config["max_words"])) for t in texts]
+        # pre_caption lower-cases the text attacks' mask word "[UNK]", which BERT's tokenizer would then split
+        # into "[ un ##k ]": it stays the one [UNK] token, as the reference codes feed it (they never run
+        # pre_caption inside an attack)
+        unk = self.tokenizer.unk_token
+        return [text.replace(unk.lower(), unk) for text in cleaned] if unk else cleaned
 
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
         tokens = tokenize_without_sep(self.tokenizer, self.clean_captions(texts), self.context_length)

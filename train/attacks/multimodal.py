@@ -182,7 +182,7 @@ class CoAttack(MultimodalAttack):
         params = {**super().params(), "alpha": self.alpha, "mode": self.mode}
         # the image step maximises its own objective (the PGD part lends budget and schedule): say which
         if self.mode == "per-pair" and self.embedding == "raw":
-            objective = "KL(clean image || adv) + alpha * KL(unit attacked caption || unit adv), image terms before normalisation"
+            objective = ("KL(clean image || adv) before normalisation + alpha * KL(unit attacked caption || unit adv)")
         elif self.mode == "per-pair":
             objective = "KL(clean image || adv) + alpha * KL(attacked caption || adv)"
         else:
@@ -193,7 +193,9 @@ class CoAttack(MultimodalAttack):
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
-        clean_image_emb = self.encode_images(images)
+        # unit clean embeddings: the image guide's, and the first term's unless it reads them raw (_per_pair)
+        needs_unit = self.text_attack.needs_image or self.embedding == "unit"
+        clean_image_emb = self.encode_images(images) if needs_unit else None
         guide = clean_image_emb if self.text_attack.needs_image else None
         adversarial_texts, changes = self.text_attack.perturb(texts, guide, pairing)
         attacked_text_emb = self.encode_texts(adversarial_texts)
@@ -213,7 +215,7 @@ class CoAttack(MultimodalAttack):
 
         return self.result(images, self.run_pgd(images, loss), adversarial_texts, changes)
 
-    def _per_pair(self, images: torch.Tensor, pairing: torch.Tensor, clean_image_emb: torch.Tensor,
+    def _per_pair(self, images: torch.Tensor, pairing: torch.Tensor, clean_image_emb: torch.Tensor | None,
                   attacked_text_emb: torch.Tensor) -> torch.Tensor:
         """One attacked copy of its image per caption, all in one batch; each image's last copy.
 

@@ -34,7 +34,11 @@ class UnprojectedVictim:
 
     def __getattr__(self, name: str):
         # only reached for attributes this view does not define: device, logit_scale, family, tokenize, ...
-        return getattr(self.__dict__["victim"], name)
+        try:
+            victim = self.__dict__["victim"]
+        except KeyError:  # copy and pickle look attributes up before __init__ has run
+            raise AttributeError(name) from None
+        return getattr(victim, name)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         state = self.victim.image_cls_state(pixels)
