@@ -70,7 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
     parser.add_argument("--model", default="tiny-clip",
-                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights")
+                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random "
+                             "weights; the multimodal comparisons need an open_clip model (their baseline's text path)")
     parser.add_argument("--attacks", default=",".join(COMPARISONS),
                         help=f"comma-separated comparisons to run, of {', '.join(COMPARISONS)}")
     parser.add_argument("--out", default=DEFAULT_OUT)
@@ -338,6 +339,14 @@ def main(argv: list[str]) -> int:
     if unknown or not chosen:
         print(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; expected some of {', '.join(COMPARISONS)}",
               file=sys.stderr)
+        return 2
+    from models import family_of
+
+    family = family_of(args.model)
+    if family != "open_clip" and set(chosen) & set(MULTIMODAL):
+        # the multimodal comparisons' baseline (`encoding_before`) is open_clip's text path before the shortcuts
+        print(f"--model {args.model}: the multimodal attacks' baseline, the loop encoding as before, exists for "
+              f"open_clip models only, not {family}; run --attacks pgd, or an open_clip model", file=sys.stderr)
         return 2
     try:
         import torchattacks  # noqa: F401
