@@ -82,6 +82,21 @@ def kl_to(reference_emb: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
                     reduction="none", log_target=True).sum(-1)
 
 
+# which embeddings an attack reads: unit vectors, or the victim's before normalisation ("raw": the
+# reference codes' KL scores over their wrappers' `text_embed` / ALBEF's [CLS] states)
+EMBEDDINGS = ("unit", "raw")
+
+
+def image_encoder(victim, embedding: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`victim.encode_image` reading `embedding` ("unit" or "raw"); for unit embeddings called without
+    the keyword, so a duck-typed victim need not take `normalize`."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {embedding!r}; expected one of {EMBEDDINGS}")
+    if embedding == "unit":
+        return victim.encode_image
+    return lambda pixels: victim.encode_image(pixels, normalize=False)
+
+
 def attack_loss_fn(loss: str, logit_scale) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     if loss == "pair":
         return pair_loss

@@ -58,11 +58,10 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     # the Co-Attack code reads ALBEF/TCL's encoders' [CLS] states, not the ITC embeddings (its attacks only)
     cls_states = reads_cls_states(s.protocol, name, getattr(victim, "family", None)) \
         and getattr(victim, "has_cls_states", False)  # a duck-typed victim without them keeps its embeddings
-    if cls_states and name == "co-attack" and len(set(victim.cls_state_widths())) > 1:
+    if cls_states and name == "co-attack" and len(set(widths := victim.cls_state_widths())) > 1:
         # its image step compares image and caption states: the code needs equal widths (ALBEF's and TCL's: 768)
         log.warning("%s: Co-Attack reads the ITC embeddings, not the encoders' [CLS] states as the Co-Attack code "
-                    "does: their widths differ (image %d, text %d)", victim.name or victim.family,
-                    *victim.cls_state_widths())
+                    "does: their widths differ (image %d, text %d)", victim.name or victim.family, *widths)
         cls_states = False
     if cls_states:
         victim = UnprojectedVictim(victim)

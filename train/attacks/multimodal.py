@@ -35,7 +35,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
+from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
+                                 kl_to)
 from train.attacks.pgd import PGD
 from train.attacks.resize import resize
 from train.attacks.text import BertAttack, WordSubstitutionAttack, encode_images, encode_texts
@@ -136,7 +137,6 @@ class SepAttack(MultimodalAttack):
 
 
 CO_ATTACK_MODES = ("per-image", "per-pair")
-CO_ATTACK_EMBEDDINGS = ("unit", "raw")
 
 
 def co_attack_pair_objective(adversarial_emb: torch.Tensor, clean_emb: torch.Tensor, attacked_text_emb: torch.Tensor,
@@ -172,8 +172,8 @@ class CoAttack(MultimodalAttack):
         super().__init__(victim, image_attack, text_attack, loss)
         if mode not in CO_ATTACK_MODES:
             raise ValueError(f"unknown Co-Attack mode {mode!r}; expected one of {CO_ATTACK_MODES}")
-        if embedding not in CO_ATTACK_EMBEDDINGS:
-            raise ValueError(f"unknown Co-Attack embedding {embedding!r}; expected one of {CO_ATTACK_EMBEDDINGS}")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown Co-Attack embedding {embedding!r}; expected one of {EMBEDDINGS}")
         if embedding == "raw" and mode != "per-pair":
             raise ValueError("embedding='raw' goes with mode='per-pair' (the Co-Attack code's objective)")
         self.alpha, self.mode, self.embedding = alpha, mode, embedding
@@ -225,8 +225,7 @@ class CoAttack(MultimodalAttack):
         if len(pairing) == 0:
             return images.clone()
         index = pairing.to(images.device)
-        encode = self.victim.encode_image if self.embedding == "unit" else \
-            lambda pixels: self.victim.encode_image(pixels, normalize=False)
+        encode = image_encoder(self.victim, self.embedding)
         if self.embedding != "unit":
             with torch.no_grad():
                 clean_image_emb = encode(images)

@@ -23,14 +23,14 @@ from typing import Callable, Sequence
 import torch
 
 from models.half_precision import input_gradient
-from train.attacks.base import Attack, AttackResult, attack_loss_fn, default_pairing, kl_to
+from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
+                                 kl_to)
 from train.attacks.settings import pgd_step_size
 
 STARTS = ("symmetric", "positive")
 # what a PGD attack maximises: a loss against the captions, or (Co-Attack code) the KL divergence
 # from the clean image's embedding, which needs no caption ("unsupervised")
 IMAGE_LOSSES = ("pair", "contrastive", "image-kl")
-EMBEDDINGS = ("unit", "raw")  # what "image-kl" reads: unit embeddings, or before normalisation
 
 
 def pgd_linf(
@@ -122,8 +122,7 @@ class PGD(Attack):
     def perturb(self, images: torch.Tensor, text_emb: torch.Tensor | None, image_of_text: torch.Tensor | None) -> torch.Tensor:
         """Attack images against fixed caption embeddings (reused by the multimodal attacks)."""
         if self.loss == "image-kl":
-            encode = self.victim.encode_image if self.embedding == "unit" else \
-                lambda pixels: self.victim.encode_image(pixels, normalize=False)
+            encode = image_encoder(self.victim, self.embedding)
             with torch.no_grad():
                 clean = encode(images)
             return self.run(images, lambda adv: kl_to(clean, encode(adv)).mean())

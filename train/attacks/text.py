@@ -46,13 +46,12 @@ import torch
 import torch.nn.functional as F
 
 from augment.words import Chunk
-from train.attacks.base import Attack, AttackResult, default_pairing, kl_to, positives_matrix
+from train.attacks.base import EMBEDDINGS, Attack, AttackResult, default_pairing, kl_to, positives_matrix
 from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, ReferenceMLMSubstitutes,
                                        SubstituteSource, WordNetSubstitutes, load_masked_lm)
 
 GUIDES = ("image", "text", "text-kl")
 IMPORTANCES = ("cosine", "kl")
-EMBEDDINGS = ("unit", "raw")  # the caption embeddings the text guide and importance read
 DEFAULT_TEXT_BATCH = 256
 
 
