@@ -104,11 +104,14 @@ def _cell(cell, entry: dict, name: str, attack: str) -> str:
 
 
 def _protocol_label(report: dict) -> str:
-    """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`)."""
+    """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`;
+    `co-attack/multimodal` for the fused-embedding attacks)."""
     from train.attacks.settings import canonical_options
 
     options = canonical_options(report.get("settings", {}).get("attack_options", {}))  # older spellings too
-    return options.get("protocol", "project") + ("+bugs" if options.get("reference_bugs") else "")
+    embedding = options.get("attacked_embedding", "unimodal")
+    return (options.get("protocol", "project") + ("" if embedding == "unimodal" else f"/{embedding}")
+            + ("+bugs" if options.get("reference_bugs") else ""))
 
 
 def _model_label(entry: dict) -> str:

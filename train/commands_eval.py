@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from augment.arguments import finite_number, folder_path, non_negative_number
+from train.attacks.settings import FUSED_ATTACKS
 
 # the same list as train.evaluate.DEFAULT_ATTACKS, spelt out so `train --help` needs no torch import
 DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
@@ -32,8 +33,9 @@ _ALBEF = ("albef_config", "albef_bert_config", "albef_tokenizer")
 # the options only some tasks read: one set explicitly for a task that does not read it is refused
 # in one line rather than silently ignored
 TASK_OPTIONS: dict[str, frozenset[str]] = {
-    "retrieval": frozenset({*_SOURCE_TABLE, *_ALBEF, "text_guide", "protocol", "reference_bugs", "caption_preprocess",
-                            "sga_scales", "co_alpha", "text_batch", "rerank_k", "captions_per_image", "save_adv"}),
+    "retrieval": frozenset({*_SOURCE_TABLE, *_ALBEF, "text_guide", "protocol", "reference_bugs", "attacked_embedding",
+                            "caption_preprocess", "sga_scales", "co_alpha", "text_batch", "rerank_k",
+                            "captions_per_image", "save_adv"}),
     "captioning": frozenset({*_SOURCE_TABLE, "captions_per_image", "save_adv", "prompt", "target", "num_beams",
                              "gen_max_length", "gen_min_length", "meteor"}),
     "grounding": frozenset({*_ALBEF, "sga_scales", "co_alpha", "text_batch", "grounding_objective", "dets", "refs",
@@ -52,6 +54,7 @@ _RETRIEVAL_ATTACK_OPTIONS = {
     **{option: ("bert-attack", "synonym", *_MULTIMODAL) for option in _TEXT_OPTIONS},
     "mlm": ("bert-attack", *_MULTIMODAL),  # synonym: WordNet's
     "sga_scales": ("sga",), "co_alpha": ("co-attack",),
+    "attacked_embedding": FUSED_ATTACKS[1:],
     **{option: ("pgd", "bert-attack", "synonym", *_MULTIMODAL) for option in ("attacker_model", "save_adv")},
 }
 ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -151,7 +154,7 @@ def _attack_names(text: str) -> list[str]:
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
     from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
-    from train.attacks.settings import REFERENCE_BUGS, SELECTABLE_GUIDES, TEXT_CANDIDATES
+    from train.attacks.settings import ATTACKED_EMBEDDINGS, REFERENCE_BUGS, SELECTABLE_GUIDES, TEXT_CANDIDATES
 
     parser = subparsers.add_parser(
         "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
@@ -208,6 +211,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     protocol.add_argument("--reference-bugs", action="store_true",
                           help="with --protocol sga|co-attack: also reproduce the reference code's bugs "
                                f"({', '.join(REFERENCE_BUGS)}; README: Reference bugs)")
+    protocol.add_argument("--attacked-embedding", choices=ATTACKED_EMBEDDINGS, default="unimodal",
+                          help="with --protocol co-attack on ALBEF/TCL: multimodal attacks the fusion encoder's output of each "
+                               "(image, caption) pair (all its states; multimodal-cls: its [CLS] state), as the Co-Attack "
+                               "code's RetrievalFusionEval.py (default: unimodal; README: Protocols, item 12)")
     protocol.add_argument("--caption-preprocess", choices=("none", "pre_caption"), default=None,
                           help="pre_caption: lower case, no punctuation, 30 words, as the reference code (default: none; pre_caption under a reference protocol)")
 
@@ -384,6 +391,12 @@ def run(args: argparse.Namespace) -> int:
         "scales": args.sga_scales, "alpha": args.co_alpha,
         "protocol": args.protocol, "reference_bugs": args.reference_bugs,
     }
+    if args.attacked_embedding != "unimodal":  # recorded only when chosen: reports before it read the same
+        options["attacked_embedding"] = args.attacked_embedding
+        unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
+        if unfused:
+            raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
+                               f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
     _check_attack_options(options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
@@ -396,6 +409,9 @@ def run(args: argparse.Namespace) -> int:
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
+    if args.attacked_embedding != "unimodal" and not callable(getattr(attacker or victim, "fusion_states", None)):
+        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
+                           f"{(attacker or victim).name or (attacker or victim).family} has none to attack (ALBEF and TCL do)")
     out = Path(args.out)
     progress_dir = progress_folder(args)
     with autocast(device, args.precision):

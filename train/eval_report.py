@@ -38,6 +38,8 @@ def settings_markdown(report: dict) -> list[str]:
     if options.get("protocol"):
         said.append(f"attack protocol `{options['protocol']}`"
                     + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
+    if options.get("attacked_embedding", "unimodal") != "unimodal":
+        said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair)")
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
     said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from train.attacks.base import Attack, NoAttack
+from train.attacks.fused import READING_OF, FusedCoAttack, FusedPGD, FusedSepAttack, FusedTextAttack, FusedVictim
 from train.attacks.multimodal import SGA, CoAttack, SepAttack
 from train.attacks.pgd import PGD
 from train.attacks.protocols import (
@@ -18,7 +19,7 @@ from train.attacks.protocols import (
     reference_max_length,
     sga_image_attacker,
 )
-from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, AttackSettings, canonical_options
+from train.attacks.settings import ATTACK_DEFAULTS, ATTACK_NAMES, FUSED_ATTACKS, AttackSettings, canonical_options
 from train.attacks.substitutes import load_masked_lm
 from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack
 from train.attacks.unprojected import UnprojectedVictim
@@ -53,10 +54,14 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     choices: ProtocolChoices = PROTOCOL_CHOICES[s.protocol]
     if name == "clean":
         return NoAttack(victim, s.loss)
+    fused = s.attacked_embedding != "unimodal"
+    if fused and name not in FUSED_ATTACKS:
+        raise ValueError(f"{name}: the Co-Attack code's fused-embedding attacks are {', '.join(FUSED_ATTACKS[1:])}; "
+                         f"evaluate {name} without attacked embedding {s.attacked_embedding}")
     if s.candidates == "mlm" and name in ("bert-attack", "sep", "co-attack", "sga") and isinstance(mlm, str):
         mlm = load_masked_lm(mlm, victim.device)  # one MLM for both text attacks of a protocol
     # the Co-Attack code reads ALBEF/TCL's encoders' [CLS] states, not the ITC embeddings (its attacks only)
-    cls_states = reads_cls_states(s.protocol, name, getattr(victim, "family", None)) \
+    cls_states = not fused and reads_cls_states(s.protocol, name, getattr(victim, "family", None)) \
         and getattr(victim, "has_cls_states", False)  # a duck-typed victim without them keeps its embeddings
     if cls_states and name == "co-attack" and len(set(widths := victim.cls_state_widths())) > 1:
         # its image step compares image and caption states: the code needs equal widths (ALBEF's and TCL's: 768)
@@ -99,6 +104,21 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         return BertAttack(victim, mlm=mlm, mlm_batch=s.mlm_batch, pieces=s.pieces, reading=choices.mlm_reading,
                           reference_bugs=s.reference_bugs, masked_unit=s.reference_bugs and sga_code, **common)
 
+    if fused:  # the Co-Attack code's RetrievalFusionEval.py: its schedule, its substitutes, the fused embedding
+        reading = FusedVictim(victim, READING_OF[s.attacked_embedding], unnormalised_text_pixels=s.reference_bugs)
+        schedule = image_attack("co-attack")
+
+        def fused_text() -> FusedTextAttack:
+            return FusedTextAttack(reading, text_attack(choices.text_guide).source, budget=s.budget,
+                                   words_per_round=s.words_per_round, text_batch=s.text_batch, name=name)
+
+        if name == "pgd":
+            return FusedPGD(reading, schedule)
+        if name in ("bert-attack", "synonym"):
+            return fused_text()
+        if name == "sep":
+            return FusedSepAttack(reading, schedule, fused_text())
+        return FusedCoAttack(reading, schedule, fused_text(), alpha=s.alpha)
     if name == "pgd":
         return image_attack("pgd")
     if name in ("bert-attack", "synonym"):

@@ -139,6 +139,18 @@ class SepAttack(MultimodalAttack):
 CO_ATTACK_MODES = ("per-image", "per-pair")
 
 
+def last_copy_per_image(images: torch.Tensor, pairing: torch.Tensor, attacked_copies: torch.Tensor) -> torch.Tensor:
+    """`images` with each one replaced by its LAST attacked copy (`attacked_copies[t]` is caption t's
+    copy of image `pairing[t]`), as the Co-Attack code keeps it after attacking an image once per
+    caption; images without a caption stay clean."""
+    out = images.clone()
+    last = torch.zeros(len(images), dtype=torch.long).scatter_reduce(
+        0, pairing.cpu(), torch.arange(len(pairing)), "amax", include_self=False)
+    has_caption = torch.bincount(pairing.cpu(), minlength=len(images)) > 0
+    out[has_caption.to(images.device)] = attacked_copies[last[has_caption].to(images.device)]
+    return out
+
+
 def co_attack_pair_objective(adversarial_emb: torch.Tensor, clean_emb: torch.Tensor, attacked_text_emb: torch.Tensor,
                              alpha: float, embedding: str = "unit") -> torch.Tensor:
     """[N] the Co-Attack code's image objective for row-aligned pairs, to maximise:
@@ -235,13 +247,7 @@ class CoAttack(MultimodalAttack):
             return co_attack_pair_objective(encode(adversarial), clean, attacked_text_emb, self.alpha,
                                             self.embedding).mean()
 
-        attacked = self.run_pgd(copies, loss)
-        out = images.clone()
-        last = torch.zeros(len(images), dtype=torch.long).scatter_reduce(
-            0, pairing.cpu(), torch.arange(len(pairing)), "amax", include_self=False)
-        has_caption = torch.bincount(pairing.cpu(), minlength=len(images)) > 0
-        out[has_caption.to(images.device)] = attacked[last[has_caption].to(images.device)]
-        return out
+        return last_copy_per_image(images, pairing, self.run_pgd(copies, loss))
 
 
 class SGA(MultimodalAttack):

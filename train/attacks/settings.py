@@ -19,6 +19,11 @@ the boundary within the same number of steps.
   1.25, start in [0, eps]) for PGD and Sep, KL-scored text attack, Co-Attack per (image, caption)
   pair; SGA as the SGA code does it.
 
+`attacked_embedding` (with `co-attack` only): "unimodal" (default: what each attack reads above), or
+the fusion encoder's output for each (image, caption) pair, as the Co-Attack code's
+`RetrievalFusionEval.py` attacks ALBEF/TCL: "multimodal" (all its states, flattened; the code
+without `--cls`) or "multimodal-cls" (its [CLS] state) (`train.attacks.fused`).
+
 `reference_bugs=True` (only with a reference protocol) also reproduces the reference code's bugs
 (see `REFERENCE_BUGS`); they are fixed otherwise.
 """
@@ -36,6 +41,11 @@ def pgd_step_size(eps: float, step_size: float | None = None) -> float:
 
 ATTACK_NAMES = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 PROTOCOLS = ("project", "sga", "co-attack")
+# what the attacks read on a fusion model (`train.attacks.fused.READING_OF`)
+ATTACKED_EMBEDDINGS = ("unimodal", "multimodal", "multimodal-cls")
+# the attacks the Co-Attack code's fused-embedding script runs (`--adv 0-4`; the synonym attack is its
+# text attack with WordNet's candidates)
+FUSED_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack")
 LOSSES = ("pair", "contrastive")
 # the text guides a user chooses (--text-guide); `train.attacks.text.GUIDES` adds "text-kl", which
 # only the reference protocols set
@@ -52,6 +62,8 @@ REFERENCE_BUGS = {
                         "infinite gradient (torch's sign(NaN) = 0, so that image skips the step)",
     "mixed-importance": "SGA's word importance compares the clean caption's embedding before normalisation with "
                         "the masked captions' unit ones",
+    "fused-text-pixels": "the fused-embedding text attack (BertAttackFusion) reads the image encoder's output for "
+                         "pixels it never normalised",
 }
 
 
@@ -99,6 +111,7 @@ class AttackSettings:
     loss: str = "pair"
     protocol: str = "project"
     reference_bugs: bool = False
+    attacked_embedding: str = "unimodal"  # or the fusion encoder's output: "multimodal", "multimodal-cls"
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,6 +125,12 @@ class AttackSettings:
             problems.append(f"unknown text candidates {self.candidates!r}; expected one of {TEXT_CANDIDATES}")
         if self.pieces not in PIECE_MODES:
             problems.append(f"unknown piece mode {self.pieces!r}; expected one of {PIECE_MODES}")
+        if self.attacked_embedding not in ATTACKED_EMBEDDINGS:
+            problems.append(f"unknown attacked embedding {self.attacked_embedding!r}; expected one of "
+                            f"{', '.join(ATTACKED_EMBEDDINGS)}")
+        elif self.attacked_embedding != "unimodal" and self.protocol != "co-attack":
+            problems.append(f"attacked embedding {self.attacked_embedding!r} is the Co-Attack code's fused-embedding "
+                            "attack: it needs protocol co-attack")
         if self.reference_bugs and self.protocol == "project":
             problems.append("reference_bugs needs a reference protocol (sga or co-attack)")
         # the project protocol's choices a reference protocol replaces by the reference code's: a
