@@ -475,9 +475,11 @@ def test_compare_tables_each_task_with_its_metric(tmp_path):
         compare_table([("v", {"task": "vqa", "attacks": {}})])
     # evaluations under a reference protocol say so in a column of their own
     sga = {**retrieval, "settings": {"attack_options": {"protocol": "sga", "reference_bugs": True}}}
-    lines = compare_table([("r", retrieval), ("s", sga)]).splitlines()
+    fused = {**retrieval, "settings": {"attack_options": {"protocol": "co-attack", "attacked_embedding": "multimodal"}}}
+    lines = compare_table([("r", retrieval), ("s", sga), ("f", fused)]).splitlines()
     assert lines[0].startswith("| evaluation | protocol | clean TR@1/IR@1 |")
-    assert lines[2:] == ["| r | project | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |", "| s | sga+bugs | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |"]
+    assert lines[2:] == ["| r | project | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |", "| s | sga+bugs | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |",
+                         "| f | co-attack/multimodal | 80.0 / 70.0 | 10.0 / 12.5 | 400.0 |"]
 
 
 def test_pool_gains_are_paired_by_seed_and_correlated():
