@@ -136,6 +136,14 @@ class ImageTextModel(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def captions_as_given(self):
+        """Within this block captions are tokenised as given, where the family first cleans them its own
+        way (ALBEF's `pre_caption`): for a caller whose captions are already cleaned so (an evaluation
+        under a reference protocol), so the texts an attack makes of them are read as the reference
+        codes read them, never cleaned a second time. Families that never clean captions: no change."""
+        yield
+
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         return self.encode_tokens(self.tokenize(texts), normalize=normalize)
 

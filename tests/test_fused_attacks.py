@@ -42,23 +42,31 @@ def code_kl(adversarial: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def test_fused_readings_are_the_fusion_encoders_output(albef):
     """multimodal: every fusion state of the caption padded to 30 tokens, flattened (the code without --cls);
     multimodal-cls: the fused [CLS] state."""
-    from train.attacks.fused import pad_tokens
+    from models.albef.text import tokenize_without_sep
 
     images = pixels(albef)
     with torch.no_grad():
         features = albef.image_features(images)[PAIRING]
         tokens = albef.tokenize(CAPTIONS)
-        assert tokens.input_ids.shape[1] < albef.context_length  # the padding below is the reading's own
-        padded = pad_tokens(tokens, albef.context_length, albef.tokenizer.pad_token_id)
+        assert tokens.input_ids.shape[1] < 30  # the padding below is the reading's own
+        padded = tokenize_without_sep(albef.tokenizer, albef.clean_captions(CAPTIONS), 30, pad_to_max_length=True)
         states = albef.fusion_states(features, padded)
         sequence = FusedVictim(albef, "sequence").embed(features, CAPTIONS)
-        assert sequence.shape == (3, albef.context_length * albef.config["bert"]["hidden_size"])
+        assert sequence.shape == (3, 30 * albef.config["bert"]["hidden_size"])
         assert torch.equal(sequence, states.flatten(1))
         # the padding positions are masked out as keys: the real tokens' states are the unpadded run's
         real = tokens.input_ids.shape[1]
         assert torch.allclose(states[:, :real], albef.fusion_states(features, tokens), atol=1e-5)
         assert torch.allclose(FusedVictim(albef, "cls").embed(features, CAPTIONS), albef.fusion_embedding(features, tokens),
                               atol=1e-5)
+        # an attack's substitute reaches the tokenizer as it is where the captions were cleaned before (the code
+        # runs pre_caption once, in its dataset): "#" and "[MASK]" stay, where ALBEF's pre_caption would drop or split them
+        odd = ["a dog #", "a dog [MASK]"]
+        raw = tokenize_without_sep(albef.tokenizer, odd, 30, pad_to_max_length=True)
+        with albef.captions_as_given():
+            as_given = FusedVictim(albef, "sequence").embed(features[:2], odd)
+        assert albef.config["pre_caption"] and torch.equal(as_given, albef.fusion_states(features[:2], raw).flatten(1))
+        assert not torch.allclose(FusedVictim(albef, "sequence").embed(features[:2], odd), as_given, atol=1e-4)
 
 
 def test_fused_text_attack_picks_what_bert_attack_fusion_picks(albef, mlm):
@@ -139,6 +147,27 @@ def test_fused_image_steps_maximise_the_codes_objectives_and_keep_each_images_la
                 expected = (code_kl(adversarial, reading.embed(clean_features, texts))
                             + 3.0 * code_kl(adversarial, reading.embed(clean_features, CAPTIONS))).mean()
             assert torch.allclose(seen["loss"](adversarial_copies), expected, rtol=1e-4, atol=1e-7)
+    # --reference-bugs: the text step reads raw pixels (BertAttackFusion gets them), the image step normalised ones
+    attack = build_attack("co-attack", albef, mlm=mlm, protocol="co-attack", attacked_embedding="multimodal",
+                          reference_bugs=True, seed=0)
+    seen = {}
+
+    def keep_objective(copies, loss_fn):
+        seen["loss"] = loss_fn
+        return copies
+
+    attack.image_attack.run = keep_objective
+    texts = attack(images, CAPTIONS, PAIRING).texts
+    reading = attack.victim
+    with torch.no_grad():
+        raw = albef.visual_encoder.forward_features(images)
+        assert texts == attack.text_attack.perturb(CAPTIONS, raw, PAIRING)[0]
+        assert texts != attack.text_attack.perturb(CAPTIONS, albef.image_features(images), PAIRING)[0]
+        clean_features = albef.image_features(images)[PAIRING]
+        adversarial = reading.embed(albef.image_features(adversarial_copies), texts)
+        expected = (code_kl(adversarial, reading.embed(clean_features, texts))
+                    + 3.0 * code_kl(adversarial, reading.embed(clean_features, CAPTIONS))).mean()
+        assert torch.allclose(seen["loss"](adversarial_copies), expected, rtol=1e-4, atol=1e-7)
     # the schedule is the Co-Attack code's: step eps / steps x 1.25, start in [0, eps]
     params = build_attack("sep", albef, mlm=mlm, protocol="co-attack", attacked_embedding="multimodal").params()
     assert params["image"]["start"] == "positive" and params["image"]["step_size"] == pytest.approx(2 / 255 / 10 * 1.25)
@@ -176,11 +205,18 @@ def test_fused_embedding_refusals(albef, mlm):
         build_attack("pgd", load_model("tiny-clip"), protocol="co-attack", attacked_embedding="multimodal")
 
 
-def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, capsys):
+def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, capsys, monkeypatch):
     import json
 
     from train.cli import main as train_main
 
+    from models.albef.model import AlbefModel
+
+    # the evaluation cleans the captions once (the gallery's pre_caption): the model reads them as given
+    cleaning = []
+    clean_captions = AlbefModel.clean_captions
+    monkeypatch.setattr(AlbefModel, "clean_captions",
+                        lambda self, texts: cleaning.append(self.config["pre_caption"]) or clean_captions(self, texts))
     out = tmp_path / "eval"
     attacks = ["clean", "pgd", "bert-attack", "sep", "co-attack"]
     common = ["--source", str(sample_world_dir), "--split", "test", "--limit", "2", "--captions-per-image", "2",
@@ -193,6 +229,11 @@ def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, caps
         assert report["attacks"][name]["params"]["embeddings_from"] == "fusion-encoder-cls", name
         assert report["attacks"][name].get("linf_max", 0.0) <= 2 / 255 + 1e-6
     assert "attacked embedding `multimodal-cls`" in (out / "eval.md").read_text()
+    assert cleaning and not any(cleaning)
+    cleaning.clear()  # the project protocol's captions are the source's: ALBEF cleans them itself
+    assert train_main(["eval", "tiny-albef", *common[:-3], "--no-progress", "--attacks", "clean",
+                       "--out", str(tmp_path / "project")]) == 0
+    assert cleaning and all(cleaning)
     capsys.readouterr()
     # refused in one line: an attack the fused script lacks (before anything loads), another protocol, a CLIP
     refusals = [("tiny-albef", ["--attacks", "pgd,sga", "--source", str(tmp_path / "missing")], "evaluate sga without it"),

@@ -36,6 +36,7 @@ meaning-preserving attacks only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -304,23 +305,36 @@ def evaluate(
     built.pop("clean", None)  # clean numbers are always computed
     gallery, caption_preprocess = _evaluated_gallery(source_dataset, split, limit, captions_per_image,
                                                      caption_preprocess, options)
-    run = _RetrievalRun(victim, attacker, gallery, Ranker(victim, rerank_k, gallery.image_of_text, batch_size),
-                        batch_size, text_batch, seed, caption_checker, workers)
-    settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
-                                   resumable=progress_dir is not None)
-    run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit)
-    clean = run.clean_pass()
-    results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
-                                         **attack_success_rates(clean.hits, clean.hits), "params": {}}}
+    with captions_read_as_given(caption_preprocess, victim, attacker):
+        run = _RetrievalRun(victim, attacker, gallery, Ranker(victim, rerank_k, gallery.image_of_text, batch_size),
+                            batch_size, text_batch, seed, caption_checker, workers)
+        settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
+                                       resumable=progress_dir is not None)
+        run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit)
+        clean = run.clean_pass()
+        results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
+                                             **attack_success_rates(clean.hits, clean.hits), "params": {}}}
 
-    bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
-    for name, attack in built.items():
-        bar.set_postfix_str(name)
-        results[name] = run.attack_gallery(name, attack, clean, bar)
-    bar.close()
-    if run.scratch is not None:
-        run.scratch.cleanup()
-    return run.report(results, ["clean"] + list(built), settings, options)
+        bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
+        for name, attack in built.items():
+            bar.set_postfix_str(name)
+            results[name] = run.attack_gallery(name, attack, clean, bar)
+        bar.close()
+        if run.scratch is not None:
+            run.scratch.cleanup()
+        return run.report(results, ["clean"] + list(built), settings, options)
+
+
+@contextlib.contextmanager
+def captions_read_as_given(caption_preprocess: str, *models):
+    """Within: `models` tokenise captions as given when the gallery's are already cleaned
+    ("pre_caption"), so an attack's texts are cleaned once, as in the reference codes
+    (`models.base.ImageTextModel.captions_as_given`)."""
+    with contextlib.ExitStack() as stack:
+        if caption_preprocess == "pre_caption":
+            for model in {id(model): model for model in models}.values():
+                stack.enter_context(model.captions_as_given())
+        yield
 
 
 def _evaluated_gallery(source_dataset, split: str | None, limit: int | None, captions_per_image: int | None,

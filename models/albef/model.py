@@ -211,6 +211,17 @@ class AlbefModel(VisionLanguageModel):
         unk = self.tokenizer.unk_token
         return [text.replace(unk.lower(), unk) for text in cleaned] if unk else cleaned
 
+    @contextlib.contextmanager
+    def captions_as_given(self):
+        # the reference codes run pre_caption once, in their datasets: an attack's substitute ("#", or
+        # "[MASK]" with their bugs) reaches the tokenizer as it is, never lower-cased or deleted
+        before = self.config.get("pre_caption", True)
+        self.config["pre_caption"] = False
+        try:
+            yield
+        finally:
+            self.config["pre_caption"] = before
+
     def tokenize(self, texts: Sequence[str]) -> TextTokens:
         tokens = tokenize_without_sep(self.tokenizer, self.clean_captions(texts), self.context_length)
         return tokens.to(self.device)

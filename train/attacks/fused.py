@@ -7,8 +7,11 @@ The Co-Attack paper attacks ALBEF/TCL two ways: the unimodal embeddings (`Retrie
 reads, for every (image, caption) pair, the fusion encoder's last hidden states: all of them
 flattened (`reading="sequence"`: the code without `--cls`, as its README's command runs it; the
 caption padded to 30 tokens, so the padding positions' states count, as there) or the fused
-[CLS] state (`reading="cls"`: with `--cls`). Distances are the code's KL divergence between
-softmaxed embeddings (`train.attacks.base.kl_to`).
+[CLS] state (`reading="cls"`: with `--cls`). Captions are tokenised as the model tokenises them
+(at most 30 tokens); an evaluation whose captions are already cleaned (`pre_caption`, as under
+`co-attack`) has the model read them as given (`ImageTextModel.captions_as_given`), as the code
+does. Distances are the code's KL divergence between softmaxed embeddings
+(`train.attacks.base.kl_to`).
 
 * `FusedPGD` (`--adv 2`): each pair's copy of its image pushed away from the pair's clean fused
   embedding, the caption fixed.
@@ -24,7 +27,9 @@ The code attacks (image, caption) pairs one by one (its `pair_dataset`), so an i
 captions is attacked five times and its last copy is the one evaluated; here every copy is
 attacked in one batch and each image's last copy kept (`multimodal.last_copy_per_image`).
 Image steps follow the Co-Attack code's schedule (step eps / steps x 1.25, start in [0, eps]),
-given by the `PGD` part. With `--reference-bugs` the text attack feeds the image encoder pixels
+given by the `PGD` part. A KL away from the clean pair has no gradient at the clean image, so
+without the random start (`random_start=False`) the first step follows float rounding, in the code
+as here. With `--reference-bugs` the text attack feeds the image encoder pixels
 without normalisation, as the code's `MultiModalAttacker.run` hands `BertAttackFusion` the raw
 images (`REFERENCE_BUGS["fused-text-pixels"]`).
 """
@@ -47,13 +52,17 @@ READINGS = ("sequence", "cls")
 READING_OF = {"multimodal": "sequence", "multimodal-cls": "cls"}
 
 
-def pad_tokens(tokens: TextTokens, length: int, pad_id: int) -> TextTokens:
-    """`tokens` padded on the right to `length` (the code tokenises with `padding='max_length'`)."""
-    extra = length - tokens.input_ids.shape[1]
-    if extra <= 0:
-        return tokens
-    ids = torch.nn.functional.pad(tokens.input_ids, (0, extra), value=pad_id)
-    mask = torch.nn.functional.pad(tokens.attention_mask, (0, extra), value=0)
+# the code tokenises every caption it attacks with `max_length=30` (`padding='max_length'`)
+REFERENCE_MAX_TOKENS = 30
+
+
+def fit_tokens(tokens: TextTokens, length: int, pad_id: int, pad: bool = True) -> TextTokens:
+    """`tokens` cut to `length` and (`pad`) padded on the right to it."""
+    ids, mask = tokens.input_ids[:, :length], tokens.attention_mask[:, :length]
+    extra = length - ids.shape[1]
+    if pad and extra > 0:
+        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
+        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
     return TextTokens(ids, mask)
 
 
@@ -89,9 +98,9 @@ class FusedVictim:
 
     def embed(self, image_features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """[N, D] fused embeddings of pairs (image_features[i], texts[i])."""
-        tokens = self.model.tokenize(list(texts))
-        if self.reading == "sequence":
-            tokens = pad_tokens(tokens, self.model.context_length, self.model.tokenizer.pad_token_id or 0)
+        # the padding positions' states are part of the flattened sequence; the [CLS] state ignores them
+        tokens = fit_tokens(self.model.tokenize(list(texts)), REFERENCE_MAX_TOKENS, self.model.tokenizer.pad_token_id or 0,
+                            pad=self.reading == "sequence")
         states = self.model.fusion_states(image_features, tokens)
         return states[:, 0, :] if self.reading == "cls" else states.flatten(1)
 
