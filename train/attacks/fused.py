@@ -5,7 +5,7 @@ The Co-Attack paper attacks ALBEF/TCL two ways: the unimodal embeddings (`Retrie
 (image, caption) pair (`RetrievalFusionEval.py`). This module is the second
 (`--attacked-embedding multimodal|multimodal-cls` with `--protocol co-attack`). Each attack
 reads, for every (image, caption) pair, the fusion encoder's last hidden states: all of them
-flattened (`reading="sequence"`: the code without `--cls`, as its README's command runs it; the
+flattened (`reading="sequence"`: the script's default, without `--cls`, its README eliding the flags; the
 caption padded to 30 tokens, so the padding positions' states count, as there) or the fused
 [CLS] state (`reading="cls"`: with `--cls`). Captions are tokenised as the model tokenises them
 (at most 30 tokens); an evaluation whose captions are already cleaned (`pre_caption`, as under
