@@ -43,15 +43,12 @@ from models.base import TextTokens
 from train.attacks.base import Attack, AttackResult, default_pairing, kl_to
 from train.attacks.multimodal import CO_ATTACK_ALPHA, last_copy_per_image
 from train.attacks.pgd import PGD
-from train.attacks.settings import FUSED_ATTACKS  # noqa: F401  (re-exported: the attacks this module builds)
 from train.attacks.substitutes import SubstituteSource
 from train.attacks.text import DEFAULT_TEXT_BATCH, Score, substitute_words
 
 READINGS = ("sequence", "cls")
 # the fused `AttackSettings.attacked_embedding` values -> reading
 READING_OF = {"multimodal": "sequence", "multimodal-cls": "cls"}
-
-
 # the code tokenises every caption it attacks with `max_length=30` (`padding='max_length'`)
 REFERENCE_MAX_TOKENS = 30
 
