@@ -25,7 +25,7 @@ does. Distances are the code's KL divergence between softmaxed embeddings
 
 The code attacks (image, caption) pairs one by one (its `pair_dataset`), so an image with five
 captions is attacked five times and its last copy is the one evaluated; here every copy is
-attacked in one batch and each image's last copy kept (`multimodal.last_copy_per_image`).
+attacked in one batch and each image's last copy kept (`multimodal.attack_pair_copies`).
 Image steps follow the Co-Attack code's schedule (step eps / steps x 1.25, start in [0, eps]),
 given by the `PGD` part. A KL away from the clean pair has no gradient at the clean image, so
 without the random start (`random_start=False`) the first step follows float rounding, in the code
@@ -41,7 +41,7 @@ import torch
 
 from models.base import TextTokens
 from train.attacks.base import Attack, AttackResult, default_pairing, kl_to
-from train.attacks.multimodal import CO_ATTACK_ALPHA, last_copy_per_image
+from train.attacks.multimodal import CO_ATTACK_ALPHA, attack_pair_copies
 from train.attacks.pgd import PGD
 from train.attacks.substitutes import SubstituteSource
 from train.attacks.text import DEFAULT_TEXT_BATCH, Score, substitute_words
@@ -105,9 +105,6 @@ class FusedVictim:
 class FusedAttack(Attack):
     """Base of the fused-embedding attacks: `victim` is a `FusedVictim`."""
 
-    def __init__(self, victim: FusedVictim):
-        super().__init__(victim)
-
     def params(self) -> dict:
         params = super().params()
         params.pop("loss")  # each objective is the code's KL, reported by the attack
@@ -137,12 +134,10 @@ class FusedPGD(FusedAttack):
     def perturb(self, images: torch.Tensor, texts: list[str], pairing: torch.Tensor) -> torch.Tensor:
         if not texts:
             return images.clone()
-        index = pairing.to(images.device)
         with torch.no_grad():
-            clean = self.victim.embed(self.victim.image_features(images)[index], texts)
-        attacked = self.image_attack.run(
-            images[index], lambda adv: kl_to(clean, self.victim.embed(self.victim.image_features(adv), texts)).mean())
-        return last_copy_per_image(images, pairing, attacked)
+            clean = self.victim.embed(self.victim.image_features(images)[pairing.to(images.device)], texts)
+        return attack_pair_copies(self.image_attack, images, pairing,
+                                  lambda adv: kl_to(clean, self.victim.embed(self.victim.image_features(adv), texts)).mean())
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
@@ -268,9 +263,8 @@ class FusedCoAttack(_FusedMultimodal):
         adversarial_texts, changes = self.text_attack.against_images(images, texts, pairing)
         if not texts:
             return self.result(images, images.clone(), adversarial_texts, changes)
-        index = pairing.to(images.device)
         with torch.no_grad():
-            clean_features = self.victim.image_features(images)[index]
+            clean_features = self.victim.image_features(images)[pairing.to(images.device)]
             clean_pair = self.victim.embed(clean_features, texts)
             attacked_caption = self.victim.embed(clean_features, adversarial_texts)
 
@@ -278,5 +272,5 @@ class FusedCoAttack(_FusedMultimodal):
             embedding = self.victim.embed(self.victim.image_features(adversarial), adversarial_texts)
             return fused_co_attack_objective(embedding, attacked_caption, clean_pair, self.alpha).mean()
 
-        attacked = self.image_attack.run(images[index], objective)
-        return self.result(images, last_copy_per_image(images, pairing, attacked), adversarial_texts, changes)
+        return self.result(images, attack_pair_copies(self.image_attack, images, pairing, objective), adversarial_texts,
+                           changes)

@@ -151,6 +151,17 @@ def last_copy_per_image(images: torch.Tensor, pairing: torch.Tensor, attacked_co
     return out
 
 
+def attack_pair_copies(image_attack: PGD, images: torch.Tensor, pairing: torch.Tensor,
+                       loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One copy of its image per caption (`images[pairing]`), all attacked in one batch by
+    `image_attack`'s budget and schedule on `loss_fn`, then each image's last copy
+    (`last_copy_per_image`). The pairs are independent (each copy's loss depends on it alone), so
+    one batch gives the copies the Co-Attack code attacks pair by pair."""
+    if len(pairing) == 0:
+        return images.clone()
+    return last_copy_per_image(images, pairing, image_attack.run(images[pairing.to(images.device)], loss_fn))
+
+
 def co_attack_pair_objective(adversarial_emb: torch.Tensor, clean_emb: torch.Tensor, attacked_text_emb: torch.Tensor,
                              alpha: float, embedding: str = "unit") -> torch.Tensor:
     """[N] the Co-Attack code's image objective for row-aligned pairs, to maximise:
@@ -229,25 +240,18 @@ class CoAttack(MultimodalAttack):
 
     def _per_pair(self, images: torch.Tensor, pairing: torch.Tensor, clean_image_emb: torch.Tensor | None,
                   attacked_text_emb: torch.Tensor) -> torch.Tensor:
-        """One attacked copy of its image per caption, all in one batch; each image's last copy.
-
-        The pairs are independent (each copy's loss depends on it alone), so one batch gives the
-        copies the reference attacks batch by batch; images without a caption stay clean.
-        """
-        if len(pairing) == 0:
-            return images.clone()
-        index = pairing.to(images.device)
+        """One attacked copy of its image per caption (`attack_pair_copies`); each image's last copy."""
         encode = image_encoder(self.victim, self.embedding)
         if self.embedding != "unit":
             with torch.no_grad():
                 clean_image_emb = encode(images)
-        copies, clean = images[index], clean_image_emb[index]
+        clean = clean_image_emb[pairing.to(images.device)]
 
         def loss(adversarial: torch.Tensor) -> torch.Tensor:
             return co_attack_pair_objective(encode(adversarial), clean, attacked_text_emb, self.alpha,
                                             self.embedding).mean()
 
-        return last_copy_per_image(images, pairing, self.run_pgd(copies, loss))
+        return attack_pair_copies(self.image_attack, images, pairing, loss)
 
 
 class SGA(MultimodalAttack):
