@@ -383,3 +383,18 @@ def test_skip_bad_evaluation_says_how_many_records_it_left_out(sample_world_dir,
                        "--skip-bad", "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "eval.json").read_text())["settings"]["skipped_records"] == 1
     assert "1 bad source records skipped (`--skip-bad`)" in (out / "eval.md").read_text()
+
+
+def test_train_eval_no_progress_silences_reading_the_source(tmp_path, capsys):
+    """`train eval --no-progress` draws no bar, the source's first read included (its flag is `--progress`'s
+    negation, not augment's `no_progress`); without it the read shows one."""
+    from augment.world.writer import write_sample
+    from train.cli import main as train_main
+
+    for progress in ("--no-progress", "--progress"):
+        world = tmp_path / f"world{progress}"
+        write_sample(world, n=8, seed=0)  # a source read for the first time: not from the source cache
+        capsys.readouterr()
+        assert train_main(["eval", "tiny-clip", "--source", str(world), "--split", "test", "--attacks", "clean",
+                           "--limit", "2", progress, "--out", str(tmp_path / f"eval{progress}")]) == 0
+        assert ("reading " in capsys.readouterr().err) == (progress == "--progress")

@@ -21,6 +21,12 @@ def add_source_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--csv-separator", default=None, help="CSV/TSV source: column separator (default: ',' for .csv, tab for .tsv)")
 
 
+def shows_progress(args) -> bool:
+    """Whether a command draws progress bars: augment's `--no-progress`, or `train eval`'s `--no-progress`
+    (its `--progress` flag set to False)."""
+    return not getattr(args, "no_progress", False) and getattr(args, "progress", None) is not False
+
+
 def read_source(args, validate: bool = False):
     """Load `args.source`; with --skip-bad write the report and say where it is."""
     from augment.errors import MatPlusError
@@ -42,7 +48,7 @@ def read_source(args, validate: bool = False):
 
     dataset, report = load_source(
         args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
-        validate=validate or getattr(args, "validate", False), progress=not getattr(args, "no_progress", False),
+        validate=validate or getattr(args, "validate", False), progress=shows_progress(args),
         allow_outside_root=getattr(args, "allow_outside_root", False),
         csv_img_key=img_key, csv_caption_key=caption_key, csv_separator=table["csv_separator"],
     )
