@@ -183,6 +183,29 @@ def test_transfer_mode_runs(trained_bundle, world):
     assert result["attacks"]["pgd"]["linf_max"] <= 2 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("protocol, transfer, expected", [
+    ("sga", True, "sga-scripts"), ("project", True, "project"), ("co-attack", True, "project"), ("sga", False, None)])
+def test_transfer_hands_images_over_as_the_protocol_says(trained_bundle, world, monkeypatch, protocol, transfer, expected):
+    """Under `--protocol sga` a transfer attack's images reach the victim as the SGA transfer scripts
+    hand them over (`sga_scripts_hand_over`); white-box, the attacker's pixels are the victim's."""
+    from models import load_model
+    from train.eval_common import HAND_OVERS
+    from train.eval_report import settings_markdown
+    from train.evaluate import evaluate
+
+    calls = []
+    for name, hand_over in list(HAND_OVERS.items()):
+        monkeypatch.setitem(HAND_OVERS, name, lambda images, victim, name=name, hand_over=hand_over:
+                            calls.append((name, victim)) or hand_over(images, victim))
+    attacker = load_model("tiny-clip") if transfer else None
+    result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd"], attacker=attacker, limit=2,
+                      captions_per_image=1, attack_options=dict(FAST, steps=1, protocol=protocol), progress=False)
+    assert result["settings"].get("transfer_hand_over") == expected
+    assert ("as the SGA transfer scripts do" in " ".join(settings_markdown(result))) == (expected == "sga-scripts")
+    assert {name for name, _ in calls} == {expected or "project"}
+    assert all(victim is trained_bundle for _, victim in calls) and calls
+
+
 def test_older_spelling_attack_protocol_reaches_every_reader(trained_bundle, world):
     """The study's `eval: {attack_protocol: sga}` (an older spelling): the attacks, the caption
     preprocessing and eval.md all see protocol sga (it used to fail at the first attack)."""

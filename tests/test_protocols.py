@@ -499,6 +499,40 @@ def test_co_attack_on_albef_with_unequal_state_widths_reads_itc_and_says_so(albe
     assert float((result.images - pixels).abs().max()) <= EPS + 1e-6
 
 
+# ----------------------------------------------------------------------------- 13. transfer hand-over
+
+
+def test_sga_transfer_hand_over_floors_to_8_bits_and_resizes_as_the_scripts():
+    """The SGA transfer scripts' `t_test_transform`: to ALBEF/TCL through an 8-bit PIL image (floored,
+    PIL's bicubic); to a CLIP the tensor's bicubic without antialiasing, unclamped."""
+    import numpy as np
+    from PIL import Image
+
+    from train.eval_common import sga_scripts_hand_over, to_victim_resolution
+
+    levels = torch.randint(0, 255, (2, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float()
+    images = (levels + 0.7) / 255  # off the 8-bit grid: 0.7 of a level above each
+    assert torch.allclose(sga_scripts_hand_over(images, 8, clip_victim=False), levels / 255, atol=1e-7)  # floored
+    assert torch.equal(to_victim_resolution(images, 8), images)  # the project hands float pixels over
+    for size in (5, 12):  # shrinking and enlarging: PIL's bicubic on the floored 8-bit image
+        handed = sga_scripts_hand_over(images, size, clip_victim=False)
+        for image, levels_of_image in zip(handed, levels):
+            by_pil = Image.fromarray(levels_of_image.permute(1, 2, 0).numpy().astype(np.uint8)).resize((size, size), Image.BICUBIC)
+            assert torch.equal(image, torch.from_numpy(np.array(by_pil)).permute(2, 0, 1).float() / 255)
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1  # bicubic overshoots a sharp edge
+    enlarged = sga_scripts_hand_over(edge, 12, clip_victim=True)
+    assert float(enlarged.min()) < 0 and float(enlarged.max()) > 1  # not clamped
+    assert torch.allclose(enlarged, F.interpolate(edge, size=(12, 12), mode="bicubic", align_corners=False), atol=1e-6)
+    noise = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    shrunk = sga_scripts_hand_over(noise, 7, clip_victim=True)
+    assert torch.allclose(shrunk, F.interpolate(noise, size=(7, 7), mode="bicubic", align_corners=False), atol=1e-6)
+    assert not torch.allclose(shrunk, to_victim_resolution(noise, 7), atol=1e-3)  # no antialiasing
+    assert torch.equal(sga_scripts_hand_over(images, 8, clip_victim=True), images)  # the same size: as it is
+    assert {p: c.transfer_hand_over for p, c in PROTOCOL_CHOICES.items()} == {
+        "project": "project", "sga": "sga-scripts", "co-attack": "project"}
+
+
 # ----------------------------------------------------------------------------- reference bugs
 
 

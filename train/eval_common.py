@@ -2,8 +2,8 @@
 `train.evaluate_captioning`, grounding `train.evaluate_grounding`): the gallery of evaluated
 images and their captions, decoding it batch by batch in DataLoader workers (skipping what a
 resumed evaluation already has), the settings a resumed evaluation must match, attacks built by
-name and reseeded per batch, their options as JSON, resizing to the victim's resolution, and the
-pool writers of `--save-adv`."""
+name and reseeded per batch, their options as JSON, handing adversarial images to a transfer
+victim (resized to its resolution), and the pool writers of `--save-adv`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from train.attacks import Attack, build_attack
+from train.attacks.protocols import CLIP_FAMILIES
 
 if TYPE_CHECKING:
     from train.eval_store import BatchStore
@@ -115,9 +116,37 @@ def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[
 
 
 def to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The project's transfer hand-over: float pixels, resized (antialiased bicubic, clamped) only when
+    the victim's resolution differs."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def sga_scripts_hand_over(images: torch.Tensor, size: int, clip_victim: bool) -> torch.Tensor:
+    """Adversarial images as the SGA code's transfer scripts hand them to the target model (their
+    `t_test_transform`; `--protocol sga` in transfer mode). To a CLIP: the tensor's
+    Resize(size, bicubic) + CenterCrop(size), which under the torchvision the SGA code pins (0.15)
+    neither antialiases nor clamps a float tensor. To ALBEF/TCL (and any other family): ToPILImage,
+    which floors every pixel to 8 bits (up to 1/255 lost, even at the same size), PIL's
+    Resize((size, size), bicubic), ToTensor."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if clip_victim:
+        return TF.center_crop(TF.resize(images, size, InterpolationMode.BICUBIC, antialias=False), [size, size])
+    handed = [TF.to_tensor(TF.resize(TF.to_pil_image(image.detach().cpu()), [size, size], InterpolationMode.BICUBIC))
+              for image in images]
+    return torch.stack(handed).to(images.device)
+
+
+# how a transfer evaluation hands the attacker's adversarial images to the victim, by
+# `ProtocolChoices.transfer_hand_over`: (images, victim) -> the victim's pixels
+HAND_OVERS: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
+    "project": lambda images, victim: to_victim_resolution(images, victim.image_size),
+    "sga-scripts": lambda images, victim: sga_scripts_hand_over(
+        images, victim.image_size, clip_victim=getattr(victim, "family", None) in CLIP_FAMILIES),
+}
 
 
 MLM_ATTACKS = ("bert-attack", "sep", "co-attack", "sga")  # retrieval attacks that draw substitutes from a masked LM

@@ -40,6 +40,8 @@ def settings_markdown(report: dict) -> list[str]:
                     + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
     if options.get("attacked_embedding", "unimodal") != "unimodal":
         said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair)")
+    if settings.get("transfer_hand_over") == "sga-scripts":
+        said.append("adversarial images handed to the victim as the SGA transfer scripts do (8-bit; Protocols item 13)")
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
     said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]

@@ -26,7 +26,8 @@ Protocol (the SGA / Co-Attack evaluation code's):
    the attack. "R@1 under attack" is `tr@1`/`ir@1` of an attack's entry; ASR is relative to clean.
 
 In transfer mode the attacker crafts on ITS preprocessed pixels; when its resolution differs
-from the victim's, adversarial images are resized (bicubic) to the victim's before encoding.
+from the victim's, adversarial images are resized (bicubic) to the victim's before encoding
+(`--protocol sga`: as the SGA code's transfer scripts hand them over, `eval_common.sga_scripts_hand_over`).
 
 `caption_checker(caption, source_row) -> bool | None` (optional) judges attacked captions: for
 every attack that changes text the entry gets `meaning_preserved` (how many changed captions
@@ -50,9 +51,9 @@ from train.attacks import Attack
 from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
-from train.eval_common import (Gallery, adversarial_pool_writers, build_attacks, gallery_pixels, model_id,  # noqa: F401
-                               plain_attack_options, reseed_attack, resumable_batches, resume_settings,
-                               to_victim_resolution)
+from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, build_attacks,  # noqa: F401
+                               gallery_pixels, model_id, plain_attack_options, reseed_attack, resumable_batches,
+                               resume_settings, to_victim_resolution)
 from train.eval_report import settings_markdown
 from train.eval_store import BatchStore
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -114,12 +115,14 @@ class AttackRecord:
         return record
 
     def add_batch(self, result, attacker_pixels: torch.Tensor, victim, text_batch: int,
-                  caption_checker: CaptionChecker | None, caption_rows: list[dict], keep_pixels: bool) -> None:
-        """Encode the attacked side(s) of one batch with the victim; keep budgets and verdicts."""
+                  caption_checker: CaptionChecker | None, caption_rows: list[dict], keep_pixels: bool,
+                  hand_over: Callable[[torch.Tensor, Any], torch.Tensor] = HAND_OVERS["project"]) -> None:
+        """Encode the attacked side(s) of one batch with the victim (adversarial images handed over to it
+        by `hand_over`, `eval_common.HAND_OVERS`); keep budgets and verdicts."""
         modality = self.attack.modality
         if modality in ("image", "multimodal"):
             self.linf = max(self.linf, float((result.images - attacker_pixels).abs().max()))
-            victim_pixels = to_victim_resolution(result.images.to(victim.device), victim.image_size)
+            victim_pixels = hand_over(result.images.to(victim.device), victim)
             self.image_emb.append(_encode_images(victim, victim_pixels))
             if keep_pixels:
                 self.images.append(victim_pixels.detach().cpu())
@@ -307,7 +310,8 @@ def evaluate(
                                                      caption_preprocess, options)
     with captions_read_as_given(caption_preprocess, victim, attacker):
         run = _RetrievalRun(victim, attacker, gallery, Ranker(victim, rerank_k, gallery.image_of_text, batch_size),
-                            batch_size, text_batch, seed, caption_checker, workers)
+                            batch_size, text_batch, seed, caption_checker, workers,
+                            _transfer_hand_over(options) if attacker is not victim else None)
         settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
                                        resumable=progress_dir is not None)
         run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit)
@@ -335,6 +339,13 @@ def captions_read_as_given(caption_preprocess: str, *models):
             for model in {id(model): model for model in models}.values():
                 stack.enter_context(model.captions_as_given())
         yield
+
+
+def _transfer_hand_over(options: dict) -> str:
+    """How the protocol hands a transfer attack's adversarial images to the victim (`HAND_OVERS`)."""
+    from train.attacks import PROTOCOL_CHOICES
+
+    return PROTOCOL_CHOICES[options.get("protocol") or "project"].transfer_hand_over
 
 
 def _evaluated_gallery(source_dataset, split: str | None, limit: int | None, captions_per_image: int | None,
@@ -365,6 +376,7 @@ class _RetrievalRun:
     seed: int
     caption_checker: CaptionChecker | None
     workers: int
+    hand_over: str | None  # transfer mode: how adversarial images reach the victim (`HAND_OVERS`); None: white-box
     store: BatchStore | None = None  # finished batches kept for resuming (None: not kept)
     pixel_store: BatchStore | None = None  # where re-ranking reads pixels back: `store`, or `scratch`'s
     scratch: Any = None  # a temporary folder for the pixels when nothing is kept for resuming
@@ -453,7 +465,7 @@ class _RetrievalRun:
         caption_rows = [rows[int(image) - start] for image in self.gallery.image_of_text[text_ids]]
         part = AttackRecord(attack, seconds=seconds)
         part.add_batch(result, attacker_pixels, self.victim, self.text_batch, self.caption_checker, caption_rows,
-                       self.keep_pixels)
+                       self.keep_pixels, HAND_OVERS[self.hand_over or "project"])
         if self.pixel_store is not None:
             self.pixel_store.save(name, batch_index, part)
         if name in self.writers:
@@ -471,6 +483,7 @@ class _RetrievalRun:
             "attacker": model_id(self.attacker),
             "settings": {
                 "mode": "transfer" if self.attacker is not self.victim else "white-box",
+                **({"transfer_hand_over": self.hand_over} if self.hand_over else {}),
                 "split": settings["split"], "num_images": len(self.gallery), "num_captions": len(self.gallery.captions),
                 "captions_per_image": settings["captions_per_image"], "limit": settings["limit"],
                 "batch_size": self.batch_size, "text_batch": self.text_batch, "seed": self.seed, "ks": list(KS),

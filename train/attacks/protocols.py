@@ -48,22 +48,28 @@ class ProtocolChoices:
     sga_views: str  # SGA's resized copies: "clamped" (clamped back) or "reference" (no antialiasing, unclamped)
     pgd: str  # PGD and Sep's image part: "pair" (against the captions, project/SGA code) or "image-kl" (Co-Attack code)
     co_attack: str  # "per-image" (once per image, all its captions, cosine) or "per-pair" (Co-Attack code: KL, last copy)
+    # transfer mode, adversarial images to the victim: "project" (float, resized antialiased and clamped
+    # when the resolution differs) or "sga-scripts" (the SGA transfer scripts' `t_test_transform`)
+    transfer_hand_over: str
 
 
 PROTOCOL_CHOICES = {
     "project": ProtocolChoices(
         caption_preprocess="none", mlm_reading="project", importance="cosine", text_guide=None,
         sga_first_guide="views", sga_views="clamped", pgd="pair", co_attack="per-image",
+        transfer_hand_over="project",
     ),
     # SGA's eval scripts: PGD = its ImageAttacker without scales, BERT-Attack its TextAttacker.attack
     "sga": ProtocolChoices(
         caption_preprocess="pre_caption", mlm_reading="reference", importance="kl", text_guide="text-kl",
         sga_first_guide="clean", sga_views="reference", pgd="pair", co_attack="per-pair",
+        transfer_hand_over="sga-scripts",
     ),
     # Co-Attack's RetrievalCLIPEval.py: run_trades (unsupervised) for PGD and Sep, its BertAttack
     "co-attack": ProtocolChoices(
         caption_preprocess="pre_caption", mlm_reading="reference", importance="kl", text_guide="text-kl",
         sga_first_guide="clean", sga_views="reference", pgd="image-kl", co_attack="per-pair",
+        transfer_hand_over="project",  # the Co-Attack code evaluates white-box only
     ),
 }
 
