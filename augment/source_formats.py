@@ -371,7 +371,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     )
                     grouped[image].caption_where = []
                     if not image:
-                        grouped[image].problem = "empty 'image' field"
+                        grouped[image].problem = f"empty {img_key!r} field"
                 grouped[image].captions.append(row[caption_key] or "")
                 grouped[image].caption_where.append(f"{source.name}: line {line} ({image})")
         except UnicodeDecodeError:

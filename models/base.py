@@ -216,14 +216,17 @@ class ImageTextModel(nn.Module):
         raise NotImplementedError
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay on gains, biases, norms, embeddings of scale/temperature.
-        open_clip_train's rule (1-d parameters and named ones), written here because that rule lives
-        in its training script, not its library, and must also cover BLIP's and ALBEF's names."""
+        """AdamW groups: no decay on gains, biases, norms, embeddings of scale/temperature, position
+        embeddings. open_clip_train's rule (1-d parameters and named ones, and what a module declares
+        in `no_weight_decay()`, as open_clip's and timm's models do), written here because that rule
+        lives in its training script, not its library, and must also cover BLIP's and ALBEF's names."""
+        declared = {f"{prefix}.{name}" if prefix else name for prefix, module in self.named_modules()
+                    if callable(getattr(module, "no_weight_decay", None)) for name in module.no_weight_decay()}
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            exclude = param.ndim < 2 or any(word in name for word in _NO_DECAY_WORDS)
+            exclude = param.ndim < 2 or name in declared or any(word in name for word in _NO_DECAY_WORDS)
             (no_decay if exclude else decay).append(param)
         return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 

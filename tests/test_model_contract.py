@@ -246,6 +246,9 @@ def test_tower_parameters_partition_the_model(twin):
     assert sum(len(g["params"]) for g in groups) == len(everything)
     no_decay = {id(p) for p in groups[0]["params"]}
     assert scale <= no_decay and groups[1]["weight_decay"] == 0.1
+    # position embeddings are not decayed in any family (open_clip's were, before its no_weight_decay() was read)
+    positions = {id(p) for name, p in model.named_parameters() if "position" in name or "pos_embed" in name}
+    assert positions and positions <= no_decay
     with pytest.raises(ValueError):
         model.tower_parameters("audio")
 

@@ -147,6 +147,13 @@ def test_tsv_empty_caption_names_its_own_line(tmp_path):
         load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title")
 
 
+def test_tsv_empty_image_cell_names_the_users_column(tmp_path):
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.tsv").write_text("filepath\ttitle\np.png\tfirst\n\tsecond\n")
+    with pytest.raises(SourceError, match=r"^caps.tsv: line 3 \(\): empty 'filepath' field$"):  # was: 'image'
+        load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title")
+
+
 def test_csv_caption_spanning_lines_is_one_record_and_lines_are_physical(tmp_path):
     write_image(tmp_path / "p.png")
     (tmp_path / "caps.csv").write_text('image,caption\np.png,"two\nlines"\np.png\n')

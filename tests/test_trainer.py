@@ -427,6 +427,21 @@ def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir
         assert torch.allclose(whole[name], accumulated[name], atol=1e-5), name
 
 
+def test_an_epoch_is_whole_optimizer_steps_under_gradient_accumulation(source):
+    """The micro-batches an epoch cannot fill a step with are dropped (open_clip_train drops an epoch's
+    partial batches): the next epoch starts at an optimizer step, so --epochs and --val-frequency
+    count passes over the data (they used to drift by one micro-batch per epoch)."""
+    from train.data import TrainData
+
+    whole = TrainData(source, seed=0).micro_steps_per_epoch(8)
+    accum = next(a for a in (2, 3, 4, 5, 7) if whole % a)
+    data = TrainData(source, seed=0, grad_accum=accum)
+    per_epoch = data.micro_steps_per_epoch(8)
+    assert per_epoch == whole - whole % accum and per_epoch % accum == 0
+    assert (data.plan(per_epoch - 1, 8).epoch, data.plan(per_epoch, 8).epoch) == (0, 1)
+    assert data.plan(per_epoch, 8).views == TrainData(source, seed=0).plan(whole, 8).views  # epoch 1's first batch
+
+
 # ----------------------------------------------------------------------------- resume
 
 
@@ -725,7 +740,7 @@ def test_a_run_saved_under_older_names_still_resumes(tmp_path):
     (nothing to conflict with); a user's --config file of those names is still refused (above)."""
     import yaml
 
-    from train.config import ConfigError, load_saved_config, resolve_config, resume_conflicts, save_config
+    from train.config import ConfigError, load_saved_config, read_yaml_config, resolve_config, resume_conflicts, save_config
 
     config = resolve_config({"method": "mat", "train_data": "d", "out": str(tmp_path), "top_k": 4, "wd": 0.2,
                              "text_candidates": "wordnet", "warmup": 3})
@@ -737,19 +752,47 @@ def test_a_run_saved_under_older_names_still_resumes(tmp_path):
     saved = load_saved_config(tmp_path)
     assert saved["text_candidates"] == "wordnet" and saved["top_k"] == 4 and "text_attack" not in saved
     assert resume_conflicts(saved, config) == []
-    # a rename that changed the type is not guessed: one line, as before
+    # the record of the version before open_clip_train's names, as it wrote it (f852f0a^): logger
+    # switches, `eps` the PGD budget, accelerate's precision names, Adam's epsilon not recorded
+    before = {old_names.get(k, k): v for k, v in written.items() if k not in ("attack_eps", "eps", "report_to", "precision")}
+    path.write_text(yaml.safe_dump({**before, "eps": config.attack_eps, "precision": "no", "tensorboard": False,
+                                    "wandb": False, "resume": False}, sort_keys=False))
+    saved = load_saved_config(tmp_path)
+    assert (saved["attack_eps"], saved["precision"], saved["report_to"]) == (config.attack_eps, "fp32", "none")
+    assert "eps" not in saved and resume_conflicts(saved, config) == []
+    path.write_text(yaml.safe_dump({**before, "eps": 4 / 255, "precision": "bf16", "tensorboard": True, "wandb": True}))
+    saved = load_saved_config(tmp_path)
+    assert (saved["attack_eps"], saved["precision"], saved["report_to"]) == (4 / 255, "amp_bf16", "all")
+    assert resume_conflicts(saved, config) == ["attack_eps", "precision"]  # loggers may change on resuming
+    # a --config file of the user's with those keys is refused, naming the new one
     path.write_text(yaml.safe_dump({**written, "tensorboard": True}))
     with pytest.raises(ConfigError, match="unknown settings \\['tensorboard'\\]"):
-        load_saved_config(tmp_path)
+        read_yaml_config(path)
 
 
 def test_an_absent_validation_split_stops_before_the_run_is_written(tmp_path, sample_world_dir):
     from augment.errors import SourceError
 
     # was: config.yaml written, then the first validation (step 0, or an epoch in) failed
-    with pytest.raises(SourceError, match="restval"):
+    with pytest.raises(SourceError, match=r"validation \(--val-frequency\): .*'restval'.*--val-split or --val-data"):
         _run(tmp_path, "badval", sample_world_dir, method="clean", val_frequency=1, val_split="restval")
     assert not (tmp_path / "badval").exists()
+
+
+def test_validation_under_the_synonym_attack_without_wordnet_stops_before_the_run_is_written(
+        tmp_path, sample_world_dir, monkeypatch):
+    """was: config.yaml and validation.jsonl written, then the first validation failed, and the same
+    command was refused as a run already there."""
+    import augment.wordnet
+    from augment.errors import MissingDependencyError
+
+    def absent():
+        raise MissingDependencyError("WordNet for nltk is not installed")
+
+    monkeypatch.setattr(augment.wordnet, "require_wordnet", absent)
+    with pytest.raises(MissingDependencyError, match="WordNet"):
+        _run(tmp_path, "nownet", sample_world_dir, method="clean", val_frequency=1, val_attack="synonym")
+    assert not (tmp_path / "nownet").exists()
 
 
 def test_the_source_options_every_command_takes(tmp_path, sample_world_dir, source, monkeypatch):

@@ -480,8 +480,27 @@ def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     for old in SAME_MEANING_RENAMES:
         if old in settings and RENAMED[old] not in settings:
             settings[RENAMED[old]] = settings.pop(old)
+    if ("tensorboard" in settings or "wandb" in settings) and "report_to" not in settings:
+        _migrate_before_open_clip_names(settings)
     _unknown_settings(settings, f"{path}: ")
     return settings
+
+
+# a record written before open_clip_train's names (f852f0a): its `precision` was accelerate's
+OLD_PRECISIONS = {"no": "fp32", "fp16": "amp", "bf16": "amp_bf16"}
+
+
+def _migrate_before_open_clip_names(settings: dict[str, Any]) -> None:
+    """A run record of the version before open_clip_train's names, known by its two logger switches
+    (every such config.yaml has both): `tensorboard`/`wandb` become `report_to`, `eps` (then the PGD
+    budget) `attack_eps` (Adam's epsilon was then fixed at today's default), accelerate's precision
+    names open_clip's. Only the run's own record is read so; a --config file keeps being refused."""
+    loggers = [name for name in ("tensorboard", "wandb") if settings.pop(name, False)]
+    settings["report_to"] = "all" if len(loggers) == 2 else (loggers[0] if loggers else "none")
+    if "eps" in settings and "attack_eps" not in settings:
+        settings["attack_eps"] = settings.pop("eps")
+    if settings.get("precision") in OLD_PRECISIONS:
+        settings["precision"] = OLD_PRECISIONS[settings["precision"]]
 
 
 def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:

@@ -231,10 +231,13 @@ class TrainData:
 
     def __init__(self, source: Any, pools: Sequence[Any] = (), *, split: str = "train",
                  pool_weights: Sequence[float] | None = None, p_original: float = 0.5,
-                 pool_mode: str = "sample", seed: int = 0, allow_pool_mismatch: bool = False):
+                 pool_mode: str = "sample", seed: int = 0, allow_pool_mismatch: bool = False, grad_accum: int = 1):
         from augment.sources import select_split, source_fingerprint, undecoded
 
         self.seed = int(seed)
+        # an epoch is whole optimizer steps: the micro-batches left over are dropped, as open_clip_train
+        # drops an epoch's last partial batches, so --epochs and --val-frequency count passes over the data
+        self.grad_accum = int(grad_accum)
         self.pool_mode = pool_mode
         self.p_original = float(p_original)
         self.source = source  # every split (in-training validation reads its val split)
@@ -284,7 +287,7 @@ class TrainData:
         return len(self.entry_image)
 
     def micro_steps_per_epoch(self, global_batch: int) -> int:
-        return self.num_entries // global_batch
+        return self.num_entries // global_batch // self.grad_accum * self.grad_accum
 
     # planning ----------------------------------------------------------------------------------
 
@@ -445,4 +448,4 @@ def load_train_data(config, progress: bool = False, report_skipped: bool = True)
     pools = [load_pool(path) for path in config.pools]
     return TrainData(source, pools, split=config.train_split, pool_weights=config.pool_weights,
                      p_original=config.p_original, pool_mode=config.pool_mode, seed=config.seed,
-                     allow_pool_mismatch=config.allow_pool_mismatch)
+                     allow_pool_mismatch=config.allow_pool_mismatch, grad_accum=config.grad_accum)

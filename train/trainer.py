@@ -418,6 +418,7 @@ class Trainer:
     def _make_validator(self):
         """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), on the main
         process; every process checks the validation split, so that all stop alike."""
+        from augment.errors import SourceError
         from augment.sources import load_source, select_split
         from train.validation import ValidationSettings, Validator
 
@@ -428,7 +429,15 @@ class Trainer:
             # its images are found from its own location (--image-root is the train data's)
             source, _ = load_source(cfg.val_data, allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
                                     csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
-        select_split(source, cfg.val_split)  # an unknown or absent split: one line now
+        try:
+            select_split(source, cfg.val_split)  # an unknown or absent split: one line now
+        except SourceError as exc:
+            raise SourceError(f"validation (--val-frequency): {exc}; choose another with --val-split or "
+                              f"--val-data") from None
+        if cfg.val_attack == "synonym":  # WordNet's substitutes: missing, one line before anything is written
+            from augment.wordnet import require_wordnet
+
+            require_wordnet()
         if not self.is_main:
             return None
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
