@@ -5,6 +5,8 @@ import argparse
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -262,6 +264,8 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
         trained_bundle, world, progress_dir=tmp_path / "progress", save_adv=tmp_path / "adv", **kwargs))
     assert (tmp_path / "progress" / "pgd" / "summary.json").is_file()
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
+    tag = json.loads((tmp_path / "progress" / "settings.json").read_text())
+    assert tag["device"] == "cpu" and len(tag["mlm_weights"]) == 1  # bert-attack's masked LM, fingerprinted
     # the same folder with other settings is refused, naming them, and loses nothing
     from augment.errors import MatPlusError
     from models.half_precision import autocast
@@ -282,6 +286,21 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
     other_source = world.map(lambda row: {"captions": [caption + " again" for caption in row["captions"]]})
     with pytest.raises(MatPlusError, match=r"other settings \(differ: source\)"):
         evaluation.evaluate(trained_bundle, other_source, progress_dir=tmp_path / "progress", **kwargs)
+    import augment.registry
+
+    loaded_mlm = augment.registry.load_mlm
+
+    def retrained_mlm(*args, **load_kwargs):  # the masked LM's folder retrained in place: the same name
+        model, tokenizer = loaded_mlm(*args, **load_kwargs)
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            next(model.parameters()).add_(1e-3)
+        return model, tokenizer
+
+    with monkeypatch.context() as patched:
+        patched.setattr(augment.registry, "load_mlm", retrained_mlm)
+        with pytest.raises(MatPlusError, match=r"other settings \(differ: mlm_weights\)"):
+            evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2
     # resumed with images decoded by 2 DataLoader workers: the report does not depend on them
     capsys.readouterr()
@@ -301,6 +320,35 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
     for name in ("pgd", "bert-attack"):
         kept, again = load_pool(tmp_path / "adv-whole" / name).dataset, load_pool(tmp_path / "adv" / name).dataset
         assert kept["row_id"] == again["row_id"] and kept["caption"] == again["caption"], name
+    # every attack finished, then --save-adv to a new folder: the attacks run again to write it (it used
+    # to stop with "0 of 2 shards written; re-run to finish", on every re-run)
+    late = evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", save_adv=tmp_path / "adv-late",
+                               **kwargs)
+    for name in ("pgd", "bert-attack"):
+        assert {k: v for k, v in late["attacks"][name].items() if k not in ("seconds", "adversarial_pool")} == {
+            k: v for k, v in whole["attacks"][name].items() if k not in ("seconds", "adversarial_pool")}, name
+        kept, again = load_pool(tmp_path / "adv-whole" / name).dataset, load_pool(tmp_path / "adv-late" / name).dataset
+        assert kept["row_id"] == again["row_id"] and kept["caption"] == again["caption"], name
+
+
+def test_a_finished_store_is_deleted_settings_last(tmp_path, monkeypatch):
+    """A kill while the finished evaluation's store is deleted leaves one the same command resumes
+    (settings.json and some batches), never batches without their settings (refused as another's)."""
+    import shutil
+
+    from train.eval_store import remove_finished_store
+
+    store = tmp_path / ".progress"
+    (store / "pgd").mkdir(parents=True)
+    for name in ("settings.json", "clean.pt", "pgd/batch-00000.pt"):
+        (store / name).write_text("x")
+    removed = []
+    real_rmtree, real_unlink = shutil.rmtree, Path.unlink
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: removed.append(Path(path).name) or real_rmtree(path, **kw))
+    monkeypatch.setattr(Path, "unlink", lambda path, **kw: removed.append(path.name) or real_unlink(path, **kw))
+    remove_finished_store(store)
+    assert not store.exists() and removed[-1] == ".progress" and "settings.json" not in removed[:-1]
+    assert set(removed[:-1]) == {"clean.pt", "pgd"}
 
 
 def test_truth_checker_choice_is_one_rule_for_every_task():

@@ -426,7 +426,9 @@ def run(args: argparse.Namespace) -> int:
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
     table = write_report(report, out, markdown_report)
-    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
+    from train.eval_store import remove_finished_store
+
+    remove_finished_store(progress_dir)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / EVAL_JSON} and {out / EVAL_MD}")
     return 0

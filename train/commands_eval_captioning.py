@@ -34,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     import torch
 
     from augment.commands.common import read_source
@@ -91,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
     table = write_captioning_report(report, out)
-    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
+    from train.eval_store import remove_finished_store
+
+    remove_finished_store(progress_dir)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / EVAL_JSON}, {out / EVAL_MD} and {out / 'captions.jsonl'}"
           + (f"; adversarial pools under {args.save_adv}" if args.save_adv else ""))

@@ -21,7 +21,6 @@ def add_grounding_arguments(parser) -> None:
 
 def run(args) -> int:
     """`train eval CKPT --task grounding --source SRC --out DIR`: eval.json and eval.md."""
-    import shutil
     from pathlib import Path
 
     import torch
@@ -82,7 +81,9 @@ def run(args) -> int:
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint,
                                "attacker_model": args.attacker_model})
     table = write_report(report, out, markdown_grounding_report)
-    shutil.rmtree(progress_dir, ignore_errors=True)  # finished: the report holds everything
+    from train.eval_store import remove_finished_store
+
+    remove_finished_store(progress_dir)  # finished: the report holds everything
     print(table)
     print(f"wrote {out / EVAL_JSON} and {out / EVAL_MD}")
     return 0

@@ -72,17 +72,21 @@ def model_id(model) -> dict:
 
 
 def resume_settings(victim, attacker, gallery: "Gallery", resumable: bool, split, limit, captions_per_image,
-                    batch_size: int, seed: int, **task_settings) -> dict:
-    """The settings a resumed evaluation must have been made with (`train.eval_store.BatchStore`),
-    retrieval's and captioning's shared ones first, then `task_settings` in their order."""
-    from train.eval_store import data_identity
+                    batch_size: int, seed: int, built: dict, **task_settings) -> dict:
+    """The settings a resumed evaluation of the attacks `built` must have been made with
+    (`train.eval_store.BatchStore`), retrieval's and captioning's shared ones first, then
+    `task_settings` in their order."""
+    from train.eval_store import data_identity, substitute_model_identity
 
     return {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
         # what the names do not say, for a resumed evaluation only: another source at the same path, a
-        # checkpoint retrained in place (a pass over the weights, not paid without progress to resume)
+        # checkpoint or masked LM retrained in place (a pass over the weights, not paid without progress to resume)
         **(data_identity(gallery.rows, victim, attacker) if resumable else {}),
-        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed, **task_settings,
+        **(substitute_model_identity(built) if resumable else {}),
+        "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed,
+        "device": torch.device(victim.device).type,  # a batch's numbers depend on the kernels that ran it
+        "attacks": {name: attack.params() for name, attack in built.items()}, **task_settings,
     }
 
 

@@ -30,6 +30,19 @@ def data_identity(rows, victim, attacker) -> dict:
             **weights_identity(victim, attacker)}
 
 
+def substitute_model_identity(built: dict) -> dict:
+    """The resume tag's fingerprint of the masked LMs the attacks in `built` draw substitute words from
+    (their `source`, or their parts'): names alone miss an MLM folder retrained in place or another
+    revision cached under one Hub id. Empty when no attack reads a masked LM."""
+    models = {}
+    for attack in built.values():
+        for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
+            model = getattr(getattr(part, "source", None), "model", None)
+            if isinstance(model, torch.nn.Module):
+                models[id(model)] = model
+    return {"mlm_weights": sorted(weights_fingerprint(model) for model in models.values())} if models else {}
+
+
 @torch.no_grad()
 def weights_fingerprint(model) -> str:
     """A short digest of a model's weights, in the resume tag of an evaluation: a checkpoint folder
@@ -50,6 +63,21 @@ def weights_identity(victim, attacker) -> dict:
     white-box mode, not computed twice."""
     weights = weights_fingerprint(victim)
     return {"weights": weights, "attacker_weights": weights if attacker is victim else weights_fingerprint(attacker)}
+
+
+def remove_finished_store(folder: str | Path) -> None:
+    """Delete a finished evaluation's store, its `settings.json` last: a kill part-way leaves a store
+    the same command resumes (re-doing only the batches already deleted, to the same report),
+    never finished batches without the settings they were made with, which it would refuse."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    for entry in folder.iterdir():
+        if entry.name != "settings.json":
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class BatchStore:

@@ -395,8 +395,8 @@ class _RetrievalRun:
         """What a resumed evaluation must have been made with (the batch store's tag)."""
         return resume_settings(
             self.victim, self.attacker, self.gallery, resumable, split, limit, captions_per_image, self.batch_size,
-            self.seed, rerank_k=self.ranker.rerank_k, options=plain_attack_options(options),
-            checker=getattr(self.caption_checker, "__name__", None), attacks={n: a.params() for n, a in built.items()},
+            self.seed, built, rerank_k=self.ranker.rerank_k, options=plain_attack_options(options),
+            checker=getattr(self.caption_checker, "__name__", None),
             caption_preprocess=caption_preprocess, precision=active_precision(self.victim.device))
 
     def open_stores(self, progress_dir: str | Path | None, save_adv: str | Path | None, settings: dict,
@@ -426,6 +426,12 @@ class _RetrievalRun:
         """Attack `name`'s report entry as written: kept from a resumed evaluation, else every batch
         attacked (or read back where kept) and the whole gallery ranked."""
         finished = self.store.load_summary(name) if self.store is not None else None
+        store = self.store
+        if finished is not None and name in self.writers and not all(
+                self.writers[name].has_shard(b) for b in range(self.batch_count)):
+            # its --save-adv pool is new, moved or deleted since: every batch is attacked again (reseeded,
+            # the same examples), which writes the pool's shards, and the entry is computed again
+            finished, store = None, None
         if finished is not None:  # resumed after this attack's entry was written: nothing to redo
             if name in self.writers:  # opening the kept pool for resuming marked it in progress again
                 self.writers[name].finalize(expected_shards=self.batch_count)
@@ -433,7 +439,7 @@ class _RetrievalRun:
             return finished
         record = AttackRecord(attack)
         for batch_index, start, text_ids, decoded in resumable_batches(
-                self.gallery, self.batch_size, self.attacker.preprocess_eval, self.workers, self.store, self.writers, name):
+                self.gallery, self.batch_size, self.attacker.preprocess_eval, self.workers, store, self.writers, name):
             if decoded is None:
                 record.extend(AttackRecord.from_state(self.store.load_state(name, batch_index)))
                 bar.update(min(self.batch_size, len(self.gallery) - start))

@@ -144,10 +144,9 @@ def evaluate_captioning(
     options = {"seed": seed, **(attack_options or {})}
     built = _build_evaluated_attacks(attacks, victim, attacker, options)
     settings = resume_settings(
-        victim, attacker, gallery, progress_dir is not None, split, limit, captions_per_image, batch_size, seed,
+        victim, attacker, gallery, progress_dir is not None, split, limit, captions_per_image, batch_size, seed, built,
         options=plain_attack_options(options), generation=run.generation,
-        checker=getattr(caption_checker, "__name__", None), attacks={n: a.params() for n, a in built.items()},
-        precision=active_precision(victim.device))
+        checker=getattr(caption_checker, "__name__", None), precision=active_precision(victim.device))
     run.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     run.writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
                                            resume=run.store is not None)

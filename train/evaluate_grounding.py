@@ -43,7 +43,7 @@ from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.eval_report import settings_markdown
-from train.eval_store import BatchStore, weights_identity
+from train.eval_store import BatchStore, substitute_model_identity, weights_identity
 from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
@@ -274,10 +274,11 @@ class _GroundingRun:
         settings = report["settings"]
         return BatchStore(progress_dir, {
             "model": self.model.describe(), "attacker": self.attacker.describe(), "mode": settings["mode"],
-            **weights_identity(self.model, self.attacker),
+            **weights_identity(self.model, self.attacker), **substitute_model_identity(built),
             "data": {**report["data"], "fingerprint": _data_fingerprint(self.data)},
             "attacks": {name: attack.params() for name, attack in built.items()}, "options": settings["attack_options"],
             "batch_size": self.batch_size, "ground_batch": self.ground_batch, "seed": self.seed,
+            "device": torch.device(self.model.device).type,
             "precision": settings["precision"], "checker": getattr(self.expression_checker, "__name__", None),
         })
 
