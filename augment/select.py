@@ -62,8 +62,12 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
 
     entry = store.find_scorer_entry(pool.path, scorer)
     hint = f"run `augment score {pool.path} --scorer {entry['scorer']['name']}` again"
-    if entry["pool"].get("finished") != pool.meta.get("finished"):
-        raise PoolError(f"{pool.path}: the pool was rewritten after it was scored; {hint}")
+    from augment.scoring.pool_scores import pool_file_stamps
+
+    if entry["pool"].get("finished") != pool.meta.get("finished") or (
+            "files" in entry["pool"] and entry["pool"]["files"] != pool_file_stamps(pool)):
+        raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, or copied without their times) "
+                        f"after it was scored; {hint}")
     table = store.read_table(Path(pool.path) / entry["tables"]["rows"], ["row_id", "alignment"])
     row_ids = pool.dataset.select_columns(["row_id"]).with_format("arrow")[:]["row_id"]
     positions = pc.index_in(row_ids, value_set=table["row_id"].combine_chunks())

@@ -576,6 +576,21 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     (pool.path / first["tables"]["items"]).unlink()
     assert "reused" not in _score(pool, source, scorer)
     assert _score(pool, source, scorer)["reused"] is True
+    # a damaged side table: scored again (it was a pyarrow traceback on every run)
+    rows_table = pool.path / first["tables"]["rows"]
+    rows_table.write_bytes(rows_table.read_bytes()[:100])
+    assert "reused" not in _score(pool, source, scorer)
+    # a run from other inputs killed after writing its tables, before its entry: the entry is not
+    # served with them (select read the other run's alignments)
+    from augment.scoring import pool_scores
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    stored = _score(pool, source, scorer)
+    assert stored["reused"] is True
+    pool_scores.score_pool(pool, source, Embedder(scorer, EmbeddingCache(tmp_path / "cache", scorer.id)), _settings(),
+                           inputs_key="another run's inputs")
+    assert pool_scores.reusable_entry(pool.path, scorer.slug, stored["inputs_key"]) is None
+    assert "reused" not in _score(pool, source, scorer)
     # the same rows read from other image files (another --image-root): scored again, not served stale
     import shutil
 
@@ -656,6 +671,64 @@ def test_an_unreadable_cache_file_is_a_miss_computed_again_with_a_warning(tmp_pa
     assert embedder.encoded["image"] == 3 and not rewritten.exists()
     embedder.images(list(reversed(images)))  # the new file answers now, not the dropped one
     assert embedder.encoded["image"] == 3 and embedder.reused["image"] == 3
+
+
+def test_a_cache_file_of_the_wrong_shape_is_a_miss(tmp_path, train_items, tiny_scorer, caplog):
+    """Well-formed safetensors with fewer embeddings than keys (or keys of another shape) are damaged
+    files too: a miss, not an IndexError."""
+    from safetensors.numpy import load_file, save_file
+
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    images = [item["image"] for item in train_items[:3]]
+    first = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id)).images(images)
+    [stored] = tmp_path.glob("image-*.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(stored), framework="numpy") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(stored))
+    save_file({"keys": tensors["keys"], "embeddings": tensors["embeddings"][:1]}, str(stored), metadata=metadata)
+    with caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id))
+        np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert embedder.encoded["image"] == 3 and "not (3, d) float32" in caplog.text
+    [stored] = tmp_path.glob("image-*.safetensors")
+    tensors = load_file(str(stored))
+    save_file({"keys": tensors["keys"].astype(np.int32), "embeddings": tensors["embeddings"]}, str(stored), metadata=metadata)
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id))
+    np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert embedder.encoded["image"] == 3
+
+
+def test_a_folder_scorers_id_is_every_file_of_it_and_a_hub_scorers_its_commit(tmp_path):
+    """A folder retrained or re-configured in place is another scorer (its id was the first weights
+    file's hash only, and `transformers:FOLDER` was not hashed at all); a Hub model's id names the
+    commit its weights came from."""
+    import shutil
+
+    from augment import tiny
+    from augment.scoring.scorers import _model_id, _weights_digest
+    from augment.scoring.tiny_hf import save_tiny_transformers_clip
+
+    folder = Path(shutil.copytree(tiny.tiny_dir("tiny-clip"), tmp_path / "clip"))
+    before = _weights_digest(str(folder))
+    config = folder / "open_clip_config.json"
+    config.write_text(config.read_text().replace("{", "{ ", 1))  # re-configured in place
+    assert _weights_digest(str(folder)) != before
+    hf = save_tiny_transformers_clip(tmp_path / "hf")
+    hf_before = _weights_digest(str(hf))
+    assert _weights_digest(f"transformers:{hf}") == hf_before is not None
+    (hf / "model-00002-of-00002.safetensors").write_bytes(b"a second shard")  # a later shard changed
+    assert _weights_digest(str(hf)) != hf_before
+
+    class HubModel:
+        family, pretrained = "hf_clip", None
+
+        def describe(self):
+            return {"commit": "abc123"}
+
+    assert _model_id("org/clip", HubModel()) == "hf_clip:org/clip:None@abc123"
 
 
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):
@@ -797,8 +870,17 @@ def test_select_refuses_scores_of_a_rewritten_pool(tmp_path, scored_mixed_pool):
     meta = json.loads((copy / "pool.json").read_text())
     meta["finished"] = "2099-01-01T00:00:00+00:00"  # as if generate had rewritten it since
     (copy / "pool.json").write_text(json.dumps(meta))
-    with pytest.raises(PoolError, match="rewritten after it was scored"):
+    with pytest.raises(PoolError, match=r"data files changed \(rewritten, or copied without their times\) after it was scored"):
         select_pool(load_pool(copy), str(tmp_path / "out"), SelectFilters(min_alignment=0.0))
+    # a data file rewritten in place, pool.json untouched: refused too (its old alignments were used)
+    import os
+
+    copy = Path(shutil.copytree(scored_mixed_pool.path, tmp_path / "edited"))
+    shard = sorted((copy / "data").glob("*.parquet"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1))
+    with pytest.raises(PoolError, match="data files changed"):
+        select_pool(load_pool(copy), str(tmp_path / "out2"), SelectFilters(min_alignment=0.0))
+    select_pool(load_pool(scored_mixed_pool.path), str(tmp_path / "out3"), SelectFilters(min_alignment=-1.0))
 
 
 def test_select_refuses_without_scores(tmp_path, train_items, sample_world_dir):

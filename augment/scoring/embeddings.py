@@ -89,6 +89,7 @@ class EmbeddingCache:
         self.folder = Path(folder)
         self.scorer_id = scorer_id
         self._files: list[Path] = []
+        self._counts: list[int] = []  # each file's number of keys: its embeddings must have as many rows
         self._index = {kind: _KeyIndex() for kind in KINDS}
         self._loaded: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._read_index()
@@ -111,6 +112,8 @@ class EmbeddingCache:
                     kind = meta["kind"]
                 if kind not in KINDS:
                     raise ValueError(f"unknown kind {kind!r}")
+                if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != KEY_BYTES:
+                    raise ValueError(f"keys of shape {keys.shape} and type {keys.dtype}, not (m, {KEY_BYTES}) uint8")
             except (SafetensorError, OSError, KeyError, ValueError) as exc:
                 _unreadable(path, exc)
                 continue
@@ -118,6 +121,7 @@ class EmbeddingCache:
 
     def _register(self, kind: str, path: Path, keys: np.ndarray) -> None:
         self._files.append(path)
+        self._counts.append(len(keys))
         self._index[kind].add(keys, len(self._files) - 1)
 
     def lookup(self, kind: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -149,6 +153,9 @@ class EmbeddingCache:
         path = self._files[file_id]
         try:
             embeddings = load_file(str(path))["embeddings"]
+            if embeddings.dtype != np.float32 or embeddings.ndim != 2 or len(embeddings) != self._counts[file_id]:
+                raise ValueError(f"embeddings of shape {embeddings.shape} and type {embeddings.dtype}, "
+                                 f"not ({self._counts[file_id]}, d) float32")
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             _unreadable(path, exc)
             return None

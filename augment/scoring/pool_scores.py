@@ -350,8 +350,10 @@ class Totals:
 
 
 def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings, source_name: str = "",
-               progress: bool = False, source_fp: str | None = None) -> dict:
-    """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry."""
+               progress: bool = False, source_fp: str | None = None, inputs_key: str | None = None) -> dict:
+    """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry.
+    `inputs_key` (`inputs_key`) is written into the tables, so an entry is only ever read with the
+    tables its own run wrote (a run killed between writing them and its entry leaves other tables)."""
     from tqdm.auto import tqdm
 
     if len(pool) == 0:
@@ -363,7 +365,8 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     order, starts = item_order(pool.dataset)
     totals = Totals(settings)
     folder = store.scorer_dir(pool.path, embedder.scorer.slug)
-    table_meta = {"scores_version": store.SCORES_VERSION, "scorer": embedder.scorer.describe(), "pool_rows": len(pool)}
+    table_meta = {"scores_version": store.SCORES_VERSION, "scorer": embedder.scorer.describe(), "pool_rows": len(pool),
+                  "inputs_key": inputs_key}
     rows_writer = store.TableWriter(folder / store.ROWS_FILE, store.row_schema(), table_meta)
     items_writer = store.TableWriter(folder / store.ITEMS_FILE, store.item_schema(), table_meta)
     bar = tqdm(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
@@ -434,7 +437,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
         "scorer": embedder.scorer.describe(),
         # "finished" (pool.json's) tells select whether the pool was rewritten after scoring
         "pool": {"path": str(pool.path), "name": pool.name, "method": pool.method, "num_rows": len(pool),
-                 "rows_by_modality": present, "finished": pool.meta.get("finished")},
+                 "rows_by_modality": present, "finished": pool.meta.get("finished"), "files": pool_file_stamps(pool)},
         "source": {"path": source_name, "fingerprint": source_fp or source_fingerprint(source_dataset),
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
@@ -501,7 +504,7 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
     embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
     entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
-                       source_fp=source_fp)
+                       source_fp=source_fp, inputs_key=key)
     entry["inputs_key"] = key
     report.update_scores_json(pool.path, entry)
     if plot:
@@ -523,6 +526,14 @@ def reuse_stored(pool, scorer, key: str, plot: bool = False) -> dict | None:
     if plot and not (pool.path / store.SCORES_PLOT).is_file():
         report.plot_scores(pool.path, stored)
     return {**stored, "reused": True}
+
+
+def pool_file_stamps(pool) -> list[list]:
+    """[name, size, modification time] of each of the pool's data files: what `augment select` checks
+    before it trusts stored scores (a shard rewritten in place after scoring)."""
+    from augment.source_cache import file_identity
+
+    return [[shard.name, *(file_identity(shard) or [None, None])[:2]] for shard in sorted(pool.path.glob("data/*.parquet"))]
 
 
 def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str) -> str:
@@ -555,7 +566,7 @@ def _package_versions() -> tuple:
 
 def reusable_entry(pool_path, slug: str, key: str) -> dict | None:
     """The stored entry of scorer `slug` when it was computed from inputs `key` and both side
-    tables are present in this scores version; else None."""
+    tables are present, readable, in this scores version and written by that entry's run; else None."""
     try:
         document = store.read_scores_json(pool_path)
     except (PoolError, ValueError):  # another version or a broken file: score again
@@ -564,6 +575,6 @@ def reusable_entry(pool_path, slug: str, key: str) -> dict | None:
     if not entry or entry.get("inputs_key") != key:
         return None
     folder = store.scorer_dir(pool_path, slug)
-    if not all(store.table_is_current(folder / name) for name in (store.ROWS_FILE, store.ITEMS_FILE)):
+    if not all(store.table_is_current(folder / name, key) for name in (store.ROWS_FILE, store.ITEMS_FILE)):
         return None
     return entry

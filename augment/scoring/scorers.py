@@ -251,26 +251,59 @@ def load_scorer(name: str = "default", pretrained: str | None = None, device: An
     return ModelScorer(model, _model_id(name, model), batch_size, device)
 
 
-def _weights_digest(name: str) -> str | None:
-    """The digest of a tiny twin's or a model folder's weights file (its first *.safetensors, else
-    *.bin); None when `name` is neither; ModelLoadError when the folder holds no weights file."""
+# prefixes that name a folder read by a given family (`transformers:FOLDER`, `local-dir:FOLDER`)
+FOLDER_PREFIXES = ("local-dir:", "transformers:")
+
+
+def _scorer_folder(name: str) -> Path | None:
+    """The folder a tiny twin's or a folder scorer's files are in; None for other names."""
     from augment import tiny
 
-    folder = tiny.tiny_dir(name) if name in tiny.FAMILY_TWINS else Path(name.removeprefix("local-dir:")).expanduser()
-    if not folder.is_dir():
+    if name in tiny.FAMILY_TWINS:
+        return tiny.tiny_dir(name)
+    for prefix in FOLDER_PREFIXES:
+        name = name.removeprefix(prefix)
+    folder = Path(name).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def _weights_digest(name: str) -> str | None:
+    """The digest of every file at the top of a tiny twin's or a model folder's folder (each weights
+    shard, the model and preprocessing configs, the tokenizer: a folder retrained or re-configured in
+    place is another scorer); None when `name` names no folder; ModelLoadError when the folder holds
+    no weights file."""
+    folder = _scorer_folder(name)
+    if folder is None:
         return None
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    if not weights:
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    if not any(path.suffix in (".safetensors", ".bin") for path in files):
         raise ModelLoadError(f"cannot score with {folder}: no weights file (*.safetensors or *.bin)")
-    return file_digest(weights[0])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}:{file_digest(path)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _hub_commit(name: str, model) -> str | None:
+    """The Hub commit a Hub model's files came from: what its family records (transformers' config), or
+    for open_clip's `hf-hub:` ids the snapshot its cached config is in; None for other names."""
+    commit = model.describe().get("commit")
+    if commit or not name.startswith("hf-hub:"):
+        return commit
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name.removeprefix("hf-hub:"), "open_clip_config.json")
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def _model_id(name: str, model) -> str:
-    """Weights hash for folders and tiny twins; family + name + tag (or tag file hash) otherwise."""
+    """The folder's digest for folders and tiny twins; otherwise family + name + tag (or the tag file's
+    digest), and the Hub commit where the weights came from the Hub (another revision is another scorer)."""
     digest = _weights_digest(name)
     if digest is not None:
         return f"{model.family}:{digest}"
     tag = model.pretrained
     if tag and Path(tag).expanduser().is_file():
         tag = file_digest(Path(tag).expanduser())
-    return f"{model.family}:{name}:{tag}"
+    commit = _hub_commit(name, model)
+    return f"{model.family}:{name}:{tag}" + (f"@{commit}" if commit else "")

@@ -151,14 +151,19 @@ def _bare_name(entry: dict) -> str:
     return entry["scorer"]["name"].split(":")[0]
 
 
-def table_is_current(path: Path) -> bool:
-    """Whether side table `path` exists in this scores version (reads only its schema)."""
+def table_is_current(path: Path, inputs_key: str | None = None) -> bool:
+    """Whether side table `path` exists, readable, in this scores version (and, given `inputs_key`,
+    written from those inputs); reads only its schema. A damaged table is not current: scored again."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
         return False
-    metadata = pq.read_schema(path).metadata or {}
-    return json.loads(metadata.get(b"scores_version", b"null")) == SCORES_VERSION
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        current = json.loads(metadata.get(b"scores_version", b"null")) == SCORES_VERSION
+        return current and (inputs_key is None or json.loads(metadata.get(b"inputs_key", b"null")) == inputs_key)
+    except Exception:  # noqa: BLE001 - truncated, not parquet, bad metadata: score it again
+        return False
 
 
 def read_table(path: Path, columns: list[str] | None = None):
