@@ -80,6 +80,10 @@ def test_official_checkpoint_loads_identically(tiny_albef, official):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     # momentum copies start from the main weights, not from the checkpoint's *_m entries
     torch.testing.assert_close(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed)
+    # the tokenizer it was given is part of its identity (reports, an evaluation's resume tag)
+    from augment.tiny import tiny_dir
+
+    assert loaded.describe()["tokenizer"] == str(tiny_dir("tiny-albef"))
 
 
 def test_pretraining_layout_with_bert_prefix_and_mlm_head(tiny_albef, official):

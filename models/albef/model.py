@@ -193,7 +193,9 @@ class AlbefModel(VisionLanguageModel):
         return "momentum-distilled" if self.momentum_distillation else "softmax"
 
     def describe(self) -> dict:
-        return {**super().describe(), "itc_loss": self.itc_loss}
+        """Identity; the tokenizer is named too (`--albef-tokenizer`: the same weights tokenised
+        otherwise are another model for reports and resume tags)."""
+        return {**super().describe(), "itc_loss": self.itc_loss, "tokenizer": self.config.get("tokenizer")}
 
     @property
     def _dtype(self) -> torch.dtype:
