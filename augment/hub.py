@@ -73,12 +73,35 @@ def read_scores(pool: Pool) -> Any | None:
 
 
 def side_files(pool: Pool) -> dict[str, bytes]:
-    """pool.json (byte for byte, it is the provenance) and scores.json when present."""
-    files = {POOL_META: (pool.path / POOL_META).read_bytes()}
+    """pool.json (the provenance) and scores.json when present, as published (`published_json`)."""
+    files = {POOL_META: published_json(pool.path / POOL_META)}
     scores = pool.path / SCORES_FILE
     if scores.exists():
-        files[SCORES_FILE] = scores.read_bytes()
+        files[SCORES_FILE] = published_json(scores)
     return files
+
+
+def published_json(path: Path) -> bytes:
+    """A JSON side file as it is published (`published_document`); a file that is not JSON goes as it is."""
+    data = path.read_bytes()
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return data
+    published = published_document(document)
+    return data if published == document else (json.dumps(published, indent=2) + "\n").encode()
+
+
+def published_document(value: Any) -> Any:
+    """`value` with every local absolute path replaced by its last part (as the card names a local
+    source), all else unchanged: a public repo must not show the uploader's user name and folders."""
+    if isinstance(value, dict):
+        return {key: published_document(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [published_document(item) for item in value]
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value.rstrip("/")).name or value
+    return value
 
 
 def pool_card(pool: Pool, options: CardOptions):
@@ -348,7 +371,7 @@ def _check_holds_same_pool(api, repo_id: str, revision: str | None, meta: dict, 
         )
     path = api.hf_hub_download(repo_id, POOL_META, repo_type="dataset", revision=revision)
     theirs = json.loads(Path(path).read_text())
-    if not same_pool(meta, theirs):
+    if not same_pool(published_document(meta), theirs):  # theirs was published so
         raise HubError(
             f"{where}: holds a different pool (method {theirs.get('method')!r}, "
             f"{theirs.get('num_rows')} rows, created {theirs.get('created')}); push to a branch "

@@ -215,7 +215,10 @@ def test_to_dir_writes_the_hub_layout_and_round_trips(tmp_path, capsys):
 
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["README.md", "data/train-00000-of-00001.parquet", "pool.json", "scores.json"]
-    assert (out / "pool.json").read_bytes() == (pool / "pool.json").read_bytes()
+    # the provenance as it is, but a local absolute path published by its last part only
+    published, kept = json.loads((out / "pool.json").read_text()), json.loads((pool / "pool.json").read_text())
+    assert kept["source"] == "/data/sample-world" and published["source"] == "sample-world"
+    assert published == {**kept, "source": "sample-world"}
     readme = (out / "README.md").read_text()
     header = header_of(readme)
     assert header["dataset_info"]["splits"] == [{"name": "train", "num_bytes": header["dataset_info"]["splits"][0]["num_bytes"], "num_examples": 4}]
@@ -231,7 +234,7 @@ def test_to_dir_writes_the_hub_layout_and_round_trips(tmp_path, capsys):
         assert {k: v for k, v in theirs.items() if k != "image"} == {k: v for k, v in mine.items() if k != "image"}
 
     again = load_pool(out)  # load_pool reads the published layout too
-    assert len(again) == 4 and again.meta == json.loads((pool / "pool.json").read_text())
+    assert len(again) == 4 and again.meta == published
 
 
 def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
@@ -423,7 +426,8 @@ def test_push_uploads_data_then_merged_card_and_provenance(hub, tmp_path, capsys
     header = header_of(readme)
     assert header["dataset_info"] == {"splits": [{"name": "train", "num_examples": 4}]}
     assert header["license"] == "cc-by-4.0" and "t2i-sd" in header["tags"]
-    assert operations["pool.json"].path_or_fileobj == (pool / "pool.json").read_bytes()
+    published = json.loads(operations["pool.json"].path_or_fileobj)  # the local source path by its last part
+    assert published == {**json.loads((pool / "pool.json").read_text()), "source": "sample-world"}
     for op in operations.values():
         assert SECRET.encode() not in op.path_or_fileobj
     out = capsys.readouterr()
@@ -431,14 +435,20 @@ def test_push_uploads_data_then_merged_card_and_provenance(hub, tmp_path, capsys
 
 
 def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
-    pool = make_pool(tmp_path / "pool")
+    from augment.hub import published_json
+
+    # a generator model in a local folder: published by its last part, and still the same pool on a re-push
+    pool = make_pool(tmp_path / "pool", model=str(tmp_path / "my-captioner"))
     hub.repo_info.side_effect = None
     hub.repo_info.return_value = repo_with("README.md", "pool.json", "scores.json", "data/train-00000-of-00001.parquet")
-    serve(hub, "pool.json", (pool / "pool.json").read_text())
+    serve(hub, "pool.json", published_json(pool / "pool.json").decode())
     hub.list_files.return_value = ["README.md", "pool.json", "scores.json"]
     assert cli("push", str(pool), "--repo-id", "org/pool") == 0
-    deleted = [op.path_in_repo for op in hub.create_commit.call_args.kwargs["operations"] if not hasattr(op, "path_or_fileobj")]
+    operations = hub.create_commit.call_args.kwargs["operations"]
+    deleted = [op.path_in_repo for op in operations if not hasattr(op, "path_or_fileobj")]
     assert deleted == ["scores.json"]
+    [meta] = [json.loads(op.path_or_fileobj) for op in operations if op.path_in_repo == "pool.json"]
+    assert meta["model"] == "my-captioner" and str(tmp_path) not in json.dumps(meta)
 
 
 def test_401_is_one_clear_line(hub, tmp_path, capsys):
