@@ -16,6 +16,11 @@ from typing import Any
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\..*)?$")
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is a `.NAME.tmp-PID` file of this module's writes (finished or killed)."""
+    return _TEMPORARY.match(Path(path).name) is not None
+
+
 def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
     """Where a write of `path` goes before its rename (`suffix` keeps an extension some writers need)."""
     path = Path(path)

@@ -43,7 +43,8 @@ DATA_DIR = "data"
 SHARD_PATTERN = "shard-{index:05d}.parquet"
 
 # these meta keys must match for a re-run to resume into an existing pool
-IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_fingerprint", "n", "split", "limit", "shard_size")
+IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_fingerprint", "source_images", "n", "split",
+                 "limit", "shard_size")
 
 _PACKAGES = ("mat-plus", "torch", "open_clip_torch", "transformers", "diffusers", "datasets", "nltk", "Pillow")
 
@@ -149,6 +150,19 @@ def make_row_id(method: str, image_id: str, caption_index: int, k: int) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
+def _only_leftovers(folder: Path) -> bool:
+    """Whether `folder` holds nothing but what a writer killed before its first pool.json leaves: an
+    empty (or temporaries-only) data/ and temporary files: a new pool may be written there."""
+    from augment.atomic import is_temporary
+
+    for entry in folder.iterdir():
+        if entry.name == DATA_DIR and entry.is_dir() and all(is_temporary(e) for e in entry.iterdir()):
+            continue
+        if not is_temporary(entry):
+            return False
+    return True
+
+
 class PoolWriter:
     """Writes a pool shard by shard; re-opening the same pool with the same identity resumes it.
 
@@ -159,7 +173,7 @@ class PoolWriter:
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
-        if self.out_dir.exists() and any(self.out_dir.iterdir()):
+        if self.out_dir.exists() and not _only_leftovers(self.out_dir):
             if not meta_path.exists():
                 raise PoolError(f"{self.out_dir}: exists and is not a pool; choose another --out")
             old = read_pool_meta(self.out_dir)

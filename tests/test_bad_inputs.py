@@ -214,7 +214,7 @@ def test_images_are_decoded_when_used_and_limit_reads_only_what_it_needs(tmp_pat
     real_open = sources.open_image
     monkeypatch.setattr(sources, "open_image", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     # decoding inline (--workers 0): the count below watches this process
-    common = ["generate", "--method", "i2t-human", "--source", path, "--n", "1", "--shard-size", "1", "--no-progress",
+    common = ["generate", "--method", "img-aug", "--source", path, "--n", "1", "--shard-size", "1", "--no-progress",
               "--workers", "0"]
     capsys.readouterr()
     assert augment_main([str(a) for a in [*common, "--out", tmp_path / "two", "--limit", "2"]]) == 0
@@ -235,7 +235,7 @@ def test_a_bad_image_met_after_loading_names_its_record_in_a_worker_too(tmp_path
     path = small_source(tmp_path / "src", n=4)
     image = truncate_image(tmp_path / "src" / "images" / "2.png")
     expected = f"image '2' ({image}): unreadable or corrupt image (image file is truncated)"
-    command = ["generate", "--method", "i2t-human", "--source", path, "--out", tmp_path / "pool", "--n", "1",
+    command = ["generate", "--method", "img-aug", "--source", path, "--out", tmp_path / "pool", "--n", "1",
                "--shard-size", "1", "--no-progress", "--workers", workers]
     assert fails(capsys, command) == f"error: {expected}"
     shards = sorted(p.name for p in (tmp_path / "pool" / "data").iterdir())

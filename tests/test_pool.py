@@ -131,6 +131,53 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     assert not any(path.exists() for path in leftovers)  # the next run deleted them
 
 
+class _PixelGenerator(_CountingGenerator):
+    """Reads each item's pixels (as img-aug, a captioner or t-i2i-sd do)."""
+
+    method = "pixels"
+    reads_pixels = True
+
+    def generate(self, items, n, seed):
+        return [self.row(item, 0, 0, seed, caption=f"{item['image'].size}") for item in items]
+
+
+def test_a_resume_reading_other_image_files_is_refused_and_text_methods_decode_none(karpathy_dir, tmp_path, monkeypatch):
+    """was: another --image-root (or images replaced in place) resumed a pixel method's pool, its
+    first shards made of the old pixels; and text-only methods decoded every image."""
+    import shutil
+
+    import augment.sources
+
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    run_generation(_PixelGenerator(), source, str(tmp_path / "pixels"), **kwargs)
+    assert load_pool(tmp_path / "pixels").meta["source_images"]
+    shutil.copytree(karpathy_dir / "images", tmp_path / "moved")  # the same images, other files
+    moved, _ = load_source(str(karpathy_dir / "dataset_toy.json"), image_root=str(tmp_path / "moved"))
+    with pytest.raises(PoolError, match="different source_images"):
+        run_generation(_PixelGenerator(), moved, str(tmp_path / "pixels"), **kwargs)
+    # a method that reads no pixels decodes none (a corrupt image beyond its use cannot stop it)
+    decoded = []
+    opened = augment.sources.open_image
+    monkeypatch.setattr(augment.sources, "open_image", lambda *a, **k: decoded.append(a) or opened(*a, **k))
+    text_pool = run_generation(_CountingGenerator(), moved, str(tmp_path / "text"), **kwargs)
+    assert text_pool["num_rows"] == 30 and decoded == [] and "source_images" not in text_pool
+
+
+def test_a_folder_a_writer_was_killed_in_before_its_first_pool_json_is_reused(tmp_path):
+    """was: an empty data/ and a half-written pool.json stopped every later run ("exists and is not a
+    pool"), --overwrite included."""
+    folder = tmp_path / "p"
+    (folder / "data").mkdir(parents=True)
+    (folder / ".pool.json.tmp-4194305").write_text("half")
+    PoolWriter(folder, {"method": "m"}).write_shard(0, [_row(0)])
+    assert (folder / "pool.json").is_file() and not (folder / ".pool.json.tmp-4194305").exists()
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(PoolError, match="exists and is not a pool"):
+        PoolWriter(tmp_path / "other", {"method": "m"})
+
+
 def test_loader_workers_give_the_same_pool_and_resume(karpathy_dir, tmp_path):
     source, _ = load_source(str(karpathy_dir))
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 from augment.pool import PoolWriter, make_row_id
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
-from augment.sources import select_split, source_fingerprint
+from augment.sources import image_files_fingerprint, select_split, source_fingerprint
 
 
 
@@ -28,6 +28,9 @@ class Generator(ABC):
     modality: str = "text"  # "text" | "image" | "pair"
     model: str | None = None
     model_revision: str | None = None
+    # whether `generate` reads the source's pixels: the pool then records which image files it read
+    # (a resume with other files is refused), and other methods never decode an image
+    reads_pixels: bool = False
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
@@ -119,6 +122,8 @@ def run_generation(
         "shard_size": shard_size,
         "source": source_name,
         "source_fingerprint": source_fingerprint(source),
+        # which pixels were read (another --image-root, an image replaced in place): a resume must match
+        **({"source_images": image_files_fingerprint(items)} if generator.reads_pixels else {}),
         "source_items": len(items),
         **(source_meta or {}),
     }
@@ -143,7 +148,8 @@ def run_generation(
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
     # a shard is the unit: decoding one takes far less than generating from it, so a worker or
     # two, one shard ahead each, keep the model fed without holding many decoded shards
-    loader = ordered_batches(items, shard_rows, min(workers, SHARD_WORKERS), prefetch=1)
+    read = items if generator.reads_pixels else items.remove_columns(["image"])  # no image decoded for nothing
+    loader = ordered_batches(read, shard_rows, min(workers, SHARD_WORKERS), prefetch=1)
     try:
         for k, batch in zip(todo, loader):
             writer.write_shard(k, generator.generate(batch, n, seed))

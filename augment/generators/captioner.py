@@ -44,6 +44,7 @@ NO_CAPTION = -1  # source_caption_index of rows made from the image alone
 
 
 class CaptionerGenerator(Generator):
+    reads_pixels = True
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),

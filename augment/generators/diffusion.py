@@ -330,6 +330,7 @@ class TextToImageGenerator(DiffusionGenerator):
 
 class ImageToImageGenerator(DiffusionGenerator):
     """`t-i2i-sd`: each source image re-drawn under each of its captions, `--n` times."""
+    reads_pixels = True
 
     method = "t-i2i-sd"
     kind = "i2i"

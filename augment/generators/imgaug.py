@@ -199,6 +199,7 @@ def _nested_transforms(container: str, value) -> list:
 
 
 class ImageAugmentGenerator(Generator):
+    reads_pixels = True
     method = "img-aug"
     modality = "image"
     model = "torchvision.transforms.v2"
