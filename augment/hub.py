@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from augment.atomic import atomic_write_bytes, atomic_write_text, temporary_path
 from augment.errors import MatPlusError, PoolError, first_line
+from augment.local_paths import shorten_local_paths
 from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
@@ -93,14 +94,15 @@ def published_json(path: Path) -> bytes:
 
 
 def published_document(value: Any) -> Any:
-    """`value` with every local absolute path replaced by its last part (as the card names a local
-    source), all else unchanged: a public repo must not show the uploader's user name and folders."""
+    """`value` with every local absolute path in its strings replaced by its last part (as the card
+    names a local source; `augment.local_paths`), all else unchanged: a public repo must not show
+    the uploader's user name and folders."""
     if isinstance(value, dict):
         return {key: published_document(item) for key, item in value.items()}
     if isinstance(value, list):
         return [published_document(item) for item in value]
-    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
-        return Path(value.rstrip("/")).name or value
+    if isinstance(value, str):
+        return shorten_local_paths(value)
     return value
 
 

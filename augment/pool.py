@@ -45,6 +45,9 @@ SHARD_PATTERN = "shard-{index:05d}.parquet"
 # these meta keys must match for a re-run to resume into an existing pool
 IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_fingerprint", "source_images", "n", "split",
                  "limit", "shard_size")
+# identity keys a pool written before them lacks (source_images: 2026-12-02): such a pool resumes as it
+# did then, unchecked on that key, and records it from then on
+KEYS_ADDED_SINCE = ("source_images",)
 
 _PACKAGES = ("mat-plus", "torch", "open_clip_torch", "transformers", "diffusers", "datasets", "nltk", "Pillow")
 
@@ -181,7 +184,8 @@ class PoolWriter:
                 for shard in self.data_dir.glob("*.parquet"):
                     shard.unlink()
             else:
-                changed = [k for k in IDENTITY_KEYS if _normalised(old.get(k)) != _normalised(meta.get(k))]
+                changed = [k for k in IDENTITY_KEYS if _normalised(old.get(k)) != _normalised(meta.get(k))
+                           and not (k in KEYS_ADDED_SINCE and k not in old)]
                 if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
                     # name the parameters (e.g. batch_size), not just "params"
                     differing = sorted(k for k in set(old["params"]) | set(meta["params"])

@@ -434,6 +434,20 @@ def test_push_uploads_data_then_merged_card_and_provenance(hub, tmp_path, capsys
     assert "pushed 4 rows to" in out.out and SECRET not in out.out + out.err
 
 
+def test_local_paths_are_published_by_their_last_part_wherever_they_stand():
+    """After a scorer prefix or a model name too (`local-dir:/home/u/clip` went out whole); Hub ids,
+    URLs and relative paths stay as they are."""
+    from augment.hub import published_document
+    from augment.scoring.scorers import scorer_slug
+
+    document = {"scorer": {"name": "local-dir:/home/u/clip", "pretrained": "ViT-B-32:/home/u/ckpt.pt"},
+                "source": "/data/world", "model": "org/name", "card": "https://hf.co/org/name", "rel": "pools/eda"}
+    assert published_document(document) == {
+        "scorer": {"name": "local-dir:clip", "pretrained": "ViT-B-32:ckpt.pt"}, "source": "world", "model": "org/name",
+        "card": "https://hf.co/org/name", "rel": "pools/eda"}
+    assert scorer_slug("local-dir:/home/u/clip", "x").startswith("local-dir-clip-")  # was: ...-home-u-clip-
+
+
 def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
     from augment.hub import published_json
 

@@ -192,8 +192,11 @@ def _rgb(image):
 
 
 def scorer_slug(name: str, scorer_id: str) -> str:
-    """Folder-safe short name: readable part of the model name plus a hash of its id."""
-    readable = Path(name.rstrip("/")).name if ("/" in name and Path(name).exists()) else name
+    """Folder-safe short name: readable part of the model name (a local path in it by its last part)
+    plus a hash of its id."""
+    from augment.local_paths import shorten_local_paths
+
+    readable = Path(name.rstrip("/")).name if ("/" in name and Path(name).exists()) else shorten_local_paths(name)
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-.")[-40:] or "scorer"
     return f"{readable}-{hashlib.sha256(scorer_id.encode()).hexdigest()[:8]}"
 
