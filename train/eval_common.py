@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from train.attacks import Attack, build_attack
+from train.attacks.base import attack_parts
 from train.attacks.protocols import CLIP_FAMILIES
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def plain_attack_options(options: dict) -> dict:
 
 def reseed_attack(attack, seed: int) -> None:
     """Seed the attack's random generators (its own and its parts') for one batch."""
-    for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
+    for part in attack_parts(attack):
         generator = getattr(part, "generator", None)
         if isinstance(generator, torch.Generator):
             generator.manual_seed(seed)

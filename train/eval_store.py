@@ -17,6 +17,7 @@ import torch
 from augment.atomic import atomic_write_text, temporary_path
 from train.checkpoint import load_tensors
 
+SETTINGS_FILE = "settings.json"  # a store's tag: the settings its batches were made with
 _RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
 
 
@@ -34,9 +35,11 @@ def substitute_model_identity(built: dict) -> dict:
     """The resume tag's fingerprint of the masked LMs the attacks in `built` draw substitute words from
     (their `source`, or their parts'): names alone miss an MLM folder retrained in place or another
     revision cached under one Hub id. Empty when no attack reads a masked LM."""
+    from train.attacks.base import attack_parts
+
     models = {}
     for attack in built.values():
-        for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None)):
+        for part in attack_parts(attack):
             model = getattr(getattr(part, "source", None), "model", None)
             if isinstance(model, torch.nn.Module):
                 models[id(model)] = model
@@ -75,8 +78,12 @@ def remove_finished_store(folder: str | Path) -> None:
     if not folder.exists():
         return
     for entry in folder.iterdir():
-        if entry.name != "settings.json":
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if entry.name == SETTINGS_FILE:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -99,7 +106,7 @@ class BatchStore:
 
         self.folder = Path(folder)
         wanted = json.dumps(settings, sort_keys=True, default=str)
-        marker = self.folder / "settings.json"
+        marker = self.folder / SETTINGS_FILE
         found = marker.read_text(encoding="utf-8") if marker.is_file() else None
         if self.folder.exists() and found != wanted:
             finished = sorted(self.folder.rglob("batch-*.pt"))

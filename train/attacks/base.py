@@ -105,6 +105,13 @@ def attack_loss_fn(loss: str, logit_scale) -> Callable[[torch.Tensor, torch.Tens
     raise ValueError(f"unknown attack loss {loss!r}; expected one of {LOSSES}")
 
 
+def attack_parts(attack) -> tuple:
+    """The attack and the attacks it runs (a multimodal attack's `image_attack` and `text_attack`),
+    where their random generators and substitute sources are found."""
+    return tuple(part for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None))
+                 if part is not None)
+
+
 class Attack(ABC):
     """Base class: `Cls(victim, **params)(images, texts, image_of_text) -> AttackResult`."""
 
