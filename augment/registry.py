@@ -317,6 +317,35 @@ def _sd_pipeline_class(class_name: str, kind: str):
     return getattr(diffusers, auto), is_xl
 
 
+# libraries a pipeline component may name in model_index.json besides a module of
+# diffusers.pipelines (SD 1.x's safety checker is ["stable_diffusion", ...]); any other names code
+# shipped with the model
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+
+
+def custom_components(index: dict) -> dict[str, str]:
+    """{component: "library.Class"} of the pipeline components in `index` (a model_index.json)
+    whose library is neither diffusers, transformers nor a diffusers pipeline module: code that
+    comes with the model. Checked here, before diffusers runs, because diffusers before 0.38 ran
+    such code from a folder or a Hub repo whatever `trust_remote_code` said (0.27-0.36 did not
+    even accept the argument for the SD pipelines): the project's guarantee does not rest on the
+    installed version."""
+    import diffusers.pipelines
+
+    found = {}
+    pipeline = index.get("_class_name")
+    if isinstance(pipeline, (list, tuple)):  # ["module", "Class"]: a pipeline class of the model's own
+        found["the pipeline"] = ".".join(str(part) for part in pipeline)
+    for component, value in index.items():
+        if component.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != 2:
+            continue
+        library, class_name = value
+        if library is None or library in COMPONENT_LIBRARIES or hasattr(diffusers.pipelines, str(library)):
+            continue
+        found[component] = f"{library}.{class_name}"
+    return found
+
+
 def load_sd_pipeline(
     name: str,
     kind: str = "t2i",
@@ -338,6 +367,11 @@ def load_sd_pipeline(
     resolved = resolve_source(name, "sd", required_file="model_index.json", revision=revision)
     with _translated_errors("sd", name), _quiet_if_tiny(resolved):
         index = _read_model_index(resolved, revision)
+        custom = custom_components(index)
+        if custom and not trust_remote_code:
+            listed = ", ".join(f"{component} ({code})" for component, code in sorted(custom.items()))
+            raise ModelLoadError(f"'{name}' ships its own code for {listed}; it is not run "
+                                 "(trust_remote_code is off): use a pipeline of diffusers' and transformers' classes")
         pipeline_class, is_xl = _sd_pipeline_class(str(index.get("_class_name", "")), kind)
         kwargs = _hub_kwargs(resolved, revision, trust_remote_code)
         kwargs.update(_diffusers_dtype_kwargs(dtype))

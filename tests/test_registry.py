@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import threading
 from pathlib import Path
@@ -355,3 +356,36 @@ def test_defaults_and_aliases_are_consistent():
     assert get_pretrained_cfg(arch, tag)
     assert registry.ALIASES["blip"] == registry.DEFAULT_MODELS["captioner"]
     assert registry.as_torch_dtype("bf16") == torch.bfloat16 and registry.as_torch_dtype(None) == torch.float32
+
+
+def test_sd_pipeline_with_its_own_code_is_refused_before_diffusers_runs(tiny_root, tmp_path, monkeypatch):
+    """diffusers before 0.38 ran a folder's component code whatever trust_remote_code said: the
+    registry refuses such a model_index.json itself, before diffusers is called."""
+    import shutil
+
+    import diffusers
+
+    folder = tmp_path / "own-code-sd"
+    shutil.copytree(tiny.tiny_dir("tiny-sd"), folder)
+    marker = tmp_path / "ran"
+    (folder / "scheduler" / "my_scheduler.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from diffusers import DDIMScheduler as MyScheduler\n", encoding="utf-8")
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["scheduler"] = ["my_scheduler", "MyScheduler"]
+    index_path.write_text(json.dumps(index), encoding="utf-8")
+
+    called = []
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: called.append(a)))
+    with pytest.raises(ModelLoadError, match=r"ships its own code for scheduler \(my_scheduler\.MyScheduler\)"):
+        registry.load_sd_pipeline(str(folder))
+    assert called == [] and not marker.exists()
+
+    # the safety checker's library is a diffusers pipeline module, not the model's own code
+    assert registry.custom_components({"safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+                                       "unet": ["diffusers", "UNet2DConditionModel"],
+                                       "feature_extractor": [None, None],
+                                       "_class_name": "StableDiffusionPipeline"}) == {}
+    assert registry.custom_components({"_class_name": ["pipeline", "MyPipeline"]}) == {"the pipeline": "pipeline.MyPipeline"}
