@@ -366,6 +366,31 @@ def test_pool_sampling_draws_views_of_the_item_and_none_with_p_original_1(source
     assert len(set(keys)) < len(keys)
 
 
+def test_pool_images_follow_the_sources_decoding_rule_and_a_bad_one_names_its_pool_row(tmp_path, source, pools):
+    """A pool image is decoded as source images are (EXIF orientation ignored) and an unreadable one
+    is a SourceError naming the pool and the row, not a library traceback."""
+    import io
+
+    from PIL import Image
+
+    from augment.errors import SourceError
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 on display
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    image_id = pools["train"][0]["image_id"]
+    rows = [_pool_row("x", image_id, -1, 0, "image", image={"bytes": buffer.getvalue(), "path": None}),
+            _pool_row("x", image_id, -1, 1, "image", image={"bytes": b"not an image", "path": None})]
+    folder = _write_pool(tmp_path / "odd-pool", rows, pools["fingerprint"], "x")
+    views = TrainData(source, [load_pool(folder)], seed=0).pools[0]
+    assert views.image(0).size == (40, 20) and views.image(0).mode == "RGB"
+    with pytest.raises(SourceError, match=rf"^pool odd-pool row 1 \(x:{image_id}:-1:1\): unreadable or corrupt image"):
+        views.image(1)
+
+
 def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, sample_world_dir, source, pools):
     import pyarrow as pa
     import pyarrow.parquet as pq

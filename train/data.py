@@ -71,9 +71,14 @@ class PoolViews:
         return self.tied.get((image, caption), []) + self.untied.get(image, [])
 
     def image(self, row: int):
+        """The row's image by the sources' one decoding rule (`open_image`: no EXIF rotation); an
+        unreadable one is a SourceError naming the pool and the row, in a loader process too."""
+        from augment.sources import open_image, undecoded
+
         if self._image_column is None:
-            self._image_column = self.dataset.select_columns(["image"])
-        return self._image_column[int(row)]["image"]
+            self._image_column = undecoded(self.dataset.select_columns(["image", "row_id"]))
+        stored = self._image_column[int(row)]
+        return open_image(stored["image"], where=f"pool {self.name} row {int(row)} ({stored['row_id']})")
 
     def __len__(self) -> int:
         return len(self.modality)
