@@ -28,6 +28,9 @@ SOURCE_FEATURES = Features(
 )
 
 SPLITS = ("train", "val", "test", "restval")
+# other spellings of a split that sources use (Hugging Face's DatasetDicts call it "validation"),
+# read as the project's name
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 
 POOL_SCHEMA_VERSION = 1
 

@@ -363,15 +363,20 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     raise SourceError(f"{source}: line {line}: {count} fields where the header has "
                                       f"{len(reader.fieldnames)} (separator {separator!r})")
                 image = row[img_key] or ""
+                row_split = row.get("split") or split or "train"
                 if image not in grouped:
                     image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
                     grouped[image] = _record_with_image(
-                        f"{source.name}: line {line} ({image})", image_id, [], row.get("split") or split or "train",
+                        f"{source.name}: line {line} ({image})", image_id, [], row_split,
                         image, roots, allow_outside_root, listings,
                     )
                     grouped[image].caption_where = []
                     if not image:
                         grouped[image].problem = f"empty {img_key!r} field"
+                elif row_split != grouped[image].split and not grouped[image].problem:
+                    # one image in two splits would put one of its captions on the wrong side
+                    grouped[image].problem = (f"line {line} puts this image in split {row_split!r}, "
+                                              f"an earlier line in {grouped[image].split!r}")
                 grouped[image].captions.append(row[caption_key] or "")
                 grouped[image].caption_where.append(f"{source.name}: line {line} ({image})")
         except UnicodeDecodeError:
@@ -418,9 +423,12 @@ def _captions_of(entry: dict, where: str) -> list[str]:
     raise SourceError(f"{where}: no caption column (expected one of {list(CAPTION_COLUMNS)})")
 
 
-def _read_table(dataset_or_dict: Any, name: str, split: str | None) -> Iterable[SourceRecord]:
+def _read_table(dataset_or_dict: Any, name: str, split: str | None, roots: list[Path], allow_outside_root: bool,
+                listings: FolderListings) -> Iterable[SourceRecord]:
     """Normalise a `datasets` Dataset/DatasetDict (disk, parquet or Hub) into records, without
-    decoding its images (an Image column is read as stored bytes/paths)."""
+    decoding its images (an Image column is read as stored bytes/paths). An image stored as a
+    path only is resolved as the other formats' paths are: under `roots`, inside them unless
+    `allow_outside_root`."""
     from datasets import DatasetDict, Image
 
     parts = dataset_or_dict.items() if isinstance(dataset_or_dict, DatasetDict) else [(None, dataset_or_dict)]
@@ -440,12 +448,15 @@ def _read_table(dataset_or_dict: Any, name: str, split: str | None) -> Iterable[
                 where, image_id, _captions_of(row, where),
                 row.get("split") or part_split or split or "train",
             )
+            if isinstance(image, dict) and image.get("bytes") is None:
+                image = image.get("path") or ""
             if isinstance(image, dict):
                 record.image_bytes, record.image_path = image.get("bytes"), image.get("path")
-                if record.image_bytes is not None and not record.image_path:
+                if not record.image_path:
                     record.image_path = where  # a name for errors; the bytes are the image
             elif isinstance(image, str):
-                record.image_path = image
+                record.image_path, problem, record.image_found = _resolve_image(image, roots, allow_outside_root, listings)
+                record.problem = problem or (None if image else "empty 'image' value")
             elif isinstance(image, (bytes, bytearray)):
                 record.image_bytes, record.image_path = bytes(image), where
             else:
@@ -494,7 +505,10 @@ def read_records(source: str, fmt: str, image_root: str | None, split: str | Non
         return _read_csv(path, image_root, split, allow_outside_root, listings, *csv_options)
     if fmt == "imagefolder":
         return _read_imagefolder(path, split, allow_outside_root, listings)
-    return _read_table(_load_table(source, fmt), source, split)
+    # paths stored in a table are relative to its folder (a parquet file's, a saved dataset's) or
+    # --image-root; a Hub dataset has no folder of its own: the working directory
+    roots = _default_image_roots(path, image_root) if fmt != "hub" or image_root else [Path(".")]
+    return _read_table(_load_table(source, fmt), source, split, roots, allow_outside_root, listings)
 
 
 def forget_parsed_json() -> None:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
-from augment.schema import SOURCE_FEATURES, SPLITS
+from augment.schema import SOURCE_FEATURES, SPLIT_ALIASES, SPLITS
 from augment.source_cache import SourceCache, default_cache_folder, file_identity, path_identity
 from augment.source_formats import FolderListings, SourceRecord, detect_format, forget_parsed_json, read_records
 from datasets import Image  # augment.schema imports datasets already
@@ -317,6 +317,7 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
     seen: set[str] = set()
     for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
         record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
+        record.split = SPLIT_ALIASES.get(record.split, record.split)
         try:
             _check_record(record, seen, validate)
         except SourceError as exc:

@@ -216,6 +216,47 @@ def test_save_to_disk_and_parquet_round_trip(karpathy_dir, tmp_path):
     assert from_parquet["split"] == original["split"]
 
 
+def test_table_sources_resolve_stored_paths_like_the_other_formats(tmp_path):
+    """A parquet or saved dataset whose images are paths: relative to its folder or --image-root,
+    inside that root unless allowed; a DatasetDict's "validation" split is the project's "val"."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pq"
+    for name in ("a", "b"):
+        write_image(folder / "images" / f"{name}.png")
+    table = pa.table({"image": ["images/a.png", "images/b.png"], "caption": ["first", "second"]})
+    pq.write_table(table, folder / "data.parquet")
+    dataset, _ = load_source(str(folder / "data.parquet"))  # from any working directory
+    _check_normalised(dataset, 2)
+    elsewhere = tmp_path / "elsewhere.parquet"
+    pq.write_table(table, elsewhere)
+    with pytest.raises(SourceError, match=r"row 0: image file not found"):
+        load_source(str(elsewhere))
+    assert len(load_source(str(elsewhere), image_root=str(folder))[0]) == 2
+    outside = tmp_path / "outside.parquet"
+    pq.write_table(pa.table({"image": [str(folder / "images" / "a.png")], "caption": ["x"]}), outside)
+    with pytest.raises(SourceError, match=r"outside\.parquet: row 0: .*--allow-outside-root"):
+        load_source(str(outside), image_root=str(tmp_path / "empty"))
+    assert len(load_source(str(outside), image_root=str(tmp_path / "empty"), allow_outside_root=True)[0]) == 1
+
+    features = datasets.Features({"image": datasets.Value("string"), "caption": datasets.Value("string")})
+    parts = {split: datasets.Dataset.from_dict({"image": [f"images/{name}.png"], "caption": [split]}, features=features)
+             for split, name in (("train", "a"), ("validation", "b"))}
+    datasets.DatasetDict(parts).save_to_disk(str(folder / "dict"))
+    dataset, _ = load_source(str(folder / "dict"), image_root=str(folder))
+    assert sorted(dataset["split"]) == ["train", "val"]
+
+
+def test_csv_rows_of_one_image_in_two_splits_are_refused(tmp_path):
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.csv").write_text("image,caption,split\np.png,a test caption,test\np.png,another,train\n")
+    with pytest.raises(SourceError, match=r"caps\.csv: line 2 \(p\.png\): line 3 puts this image in split 'train', "
+                                          r"an earlier line in 'test'"):
+        load_source(str(tmp_path / "caps.csv"))
+
+
 def test_hub_id_fails_fast_offline(network_attempts):
     with pytest.raises(SourceError, match=r"^nobody-here/not-a-dataset: no folder here, and cannot load the Hub dataset") as info:
         load_source("nobody-here/not-a-dataset")
