@@ -33,7 +33,8 @@ class SourceRecord:
     captions: list[str]
     split: str
     image_path: str | None = None
-    image_bytes: bytes | None = None
+    stored: "StoredBytes | None" = None  # the table holding this record's image bytes (`_read_table`)
+    stored_row: int = -1  # its row there
     meta: dict = field(default_factory=dict)
     problem: str | None = None  # found while reading (a path outside the root...), raised by the checks
     image_found: bool = False  # image_path was seen to be a file while reading (no second stat)
@@ -426,41 +427,42 @@ def _captions_of(entry: dict, where: str) -> list[str]:
 def _read_table(dataset_or_dict: Any, name: str, split: str | None, roots: list[Path], allow_outside_root: bool,
                 listings: FolderListings) -> Iterable[SourceRecord]:
     """Normalise a `datasets` Dataset/DatasetDict (disk, parquet or Hub) into records, without
-    decoding its images (an Image column is read as stored bytes/paths). An image stored as a
-    path only is resolved as the other formats' paths are: under `roots`, inside them unless
-    `allow_outside_root`."""
-    from datasets import DatasetDict, Image
+    decoding its images. Embedded image bytes stay in the table's arrow arrays (memory-mapped by
+    `datasets`): a record points at its row (`SourceRecord.stored`), so reading a source does not
+    copy its images into memory. An image stored as a path only is resolved as the other
+    formats' paths are: under `roots`, inside them unless `allow_outside_root`."""
+    from datasets import DatasetDict
+
+    from augment.sources import arrow_columns
 
     parts = dataset_or_dict.items() if isinstance(dataset_or_dict, DatasetDict) else [(None, dataset_or_dict)]
     for part_split, table in parts:
         columns = set(table.column_names)
         if "image" not in columns:
             raise SourceError(f"{name}: table has no 'image' column (columns: {sorted(columns)})")
-        if isinstance(table.features.get("image"), Image):
-            table = table.cast_column("image", Image(decode=False))
-        table = table.with_format(None)
+        [images] = arrow_columns(table, ["image"])
+        embedded, paths, problem = _stored_images(images, f"{table._fingerprint}:{part_split}")
+        others = [c for c in table.column_names if c != "image"]
+        values = [column.to_pylist() for column in arrow_columns(table, others)] if others else []
         id_column = next((c for c in ID_COLUMNS if c in columns), None)
-        for index, row in enumerate(table):
+        for index in range(len(table)):
+            row = {column: value[index] for column, value in zip(others, values)}
             where = f"{name}: row {index}" + (f" of split {part_split!r}" if part_split else "")
-            image = row["image"]
             image_id = str(row[id_column]) if id_column else f"{part_split or 'row'}-{index}"
             record = SourceRecord(
                 where, image_id, _captions_of(row, where),
                 row.get("split") or part_split or split or "train",
             )
-            if isinstance(image, dict) and image.get("bytes") is None:
-                image = image.get("path") or ""
-            if isinstance(image, dict):
-                record.image_bytes, record.image_path = image.get("bytes"), image.get("path")
-                if not record.image_path:
-                    record.image_path = where  # a name for errors; the bytes are the image
-            elif isinstance(image, str):
-                record.image_path, problem, record.image_found = _resolve_image(image, roots, allow_outside_root, listings)
-                record.problem = problem or (None if image else "empty 'image' value")
-            elif isinstance(image, (bytes, bytearray)):
-                record.image_bytes, record.image_path = bytes(image), where
+            if problem:
+                record.problem = problem
+            elif embedded is not None and embedded.has[index]:
+                record.stored, record.stored_row = embedded, index
+                record.image_path = paths[index] or where  # a name for errors; the bytes are the image
             else:
-                record.problem = f"unsupported 'image' value of type {_type_name(image)}"
+                image = paths[index] or ""
+                record.image_path, found_problem, record.image_found = _resolve_image(image, roots, allow_outside_root,
+                                                                                      listings)
+                record.problem = found_problem or (None if image else "no image (no bytes and no path)")
             meta = row.get("meta")
             if isinstance(meta, str) and meta:
                 try:
@@ -468,6 +470,40 @@ def _read_table(dataset_or_dict: Any, name: str, split: str | None, roots: list[
                 except json.JSONDecodeError as exc:
                     record.problem = f"'meta' is not JSON ({exc.msg})"
             yield record
+
+
+@dataclass
+class StoredBytes:
+    """A table's embedded image bytes, as the arrow array `datasets` maps from its files, and
+    which rows have any."""
+
+    array: Any  # pyarrow ChunkedArray of binary
+    has: Any  # numpy bool per row
+    fingerprint: str  # `datasets`' fingerprint of the table they come from (which files, which version)
+
+    def bytes_of(self, row: int) -> bytes:
+        return self.array[row].as_py()
+
+
+def _stored_images(images, fingerprint: str) -> tuple[StoredBytes | None, list, str | None]:
+    """(embedded bytes, path per row, a problem for every row) of a table's 'image' column: a
+    struct of bytes and path (`datasets.Image`), raw bytes, or path strings."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = images.type
+    count = len(images)
+    if pa.types.is_struct(kind) and {kind.field(i).name for i in range(kind.num_fields)} >= {"bytes", "path"}:
+        data, paths = pc.struct_field(images, "bytes"), pc.struct_field(images, "path").to_pylist()
+    elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        data, paths = images, [None] * count
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return None, images.to_pylist(), None
+    else:
+        return None, [None] * count, f"unsupported 'image' column of type {kind}"
+    has = pc.is_valid(data).to_numpy(zero_copy_only=False).astype(bool) if count else np.zeros(0, bool)
+    return StoredBytes(data, has, fingerprint), paths, None
 
 
 def _load_table(source: str, fmt: str) -> Any:

@@ -177,12 +177,13 @@ def undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
 
 def _check_image(record: SourceRecord) -> None:
     """Fully decode the image once so truncated files fail here, not mid-training."""
-    if record.image_bytes is None:
+    data = record.stored.bytes_of(record.stored_row) if record.stored is not None else None
+    if data is None:
         if not record.image_path:
             raise SourceError(f"{record.where}: no image")
         if not os.path.isfile(record.image_path):
             raise SourceError(f"{record.where}: image file not found: {record.image_path}")
-    open_image({"path": record.image_path, "bytes": record.image_bytes}, where=record.where)
+    open_image({"path": record.image_path, "bytes": data}, where=record.where)
 
 
 def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> None:
@@ -198,7 +199,7 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
         if not isinstance(caption, str) or not caption.strip():
             where = record.caption_where[number] if record.caption_where else record.where
             raise SourceError(f"{where}: caption {number} is empty")
-    if record.image_bytes is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
+    if record.stored is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
         raise SourceError(f"{record.where}: image file not found: {record.image_path}")
     if validate:
         _check_image(record)
@@ -313,7 +314,8 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
 
     validate = validate or skip_bad
     report = LoadReport(source=source, format=fmt, validated=validate)
-    columns: dict[str, list] = {name: [] for name in SOURCE_FEATURES}
+    columns: dict[str, Any] = {name: [] for name in SOURCE_FEATURES}
+    stored: list[tuple[Any, int] | None] = []  # each kept record's embedded bytes: (their StoredBytes, row)
     seen: set[str] = set()
     for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
         record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
@@ -327,7 +329,8 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
             continue
         seen.add(record.image_id)
         columns["image_id"].append(record.image_id)
-        columns["image"].append({"path": record.image_path, "bytes": record.image_bytes})
+        columns["image"].append(record.image_path)
+        stored.append((record.stored, record.stored_row) if record.stored is not None else None)
         columns["captions"].append(record.captions)
         columns["split"].append(record.split)
         columns["meta"].append(json.dumps(record.meta, sort_keys=True) if record.meta else "{}")
@@ -337,11 +340,63 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
 
     # the same table `Dataset.from_dict` builds, converted by arrow in one go, without its
     # per-value Python encoding (12x faster at 20k rows)
+    paths = columns["image"]
+    columns["image"] = image_column(paths, stored)
     table = pa.table(columns, schema=lazy_source_features().arrow_schema)
-    dataset = _dataset_of_table(table)
+    dataset = _dataset_of_table(table, state=_embedded_table_state(columns, paths, stored))
     if entry is not None and not report.skipped and not entry.racy(identities, listings.stamps):
         entry.store(table, fmt, source_fingerprint(dataset), identities, listings.stamps)
     return dataset, report
+
+
+def image_column(paths: list, stored: list) -> "pa.ChunkedArray":
+    """The image column (arrow structs of bytes and path) of records with these paths and these
+    embedded bytes ((StoredBytes, row) or None). A run of consecutive rows of one stored table
+    is a slice of its arrow array, which shares the memory `datasets` maps from its files: a
+    source's embedded images are not copied into this process (2x their size before)."""
+    import pyarrow as pa
+
+    pieces: list = []  # binary arrays, in record order
+
+    def flush(run):
+        if run is None:
+            return
+        table, first, count = run
+        piece = pa.nulls(count, pa.binary()) if table is None else table.array.slice(first, count)
+        for chunk in (piece.chunks if isinstance(piece, pa.ChunkedArray) else [piece]):
+            pieces.append(chunk if chunk.type == pa.binary() else chunk.cast(pa.binary()))
+
+    run = None  # (StoredBytes or None, first row, rows)
+    for entry in stored:
+        table, row = entry if entry is not None else (None, -1)
+        if run is not None and run[0] is table and (table is None or row == run[1] + run[2]):
+            run = (run[0], run[1], run[2] + 1)
+            continue
+        flush(run)
+        run = (table, row, 1)
+    flush(run)
+    path_array = pa.array(paths, pa.string())
+    fields = [pa.field("bytes", pa.binary()), pa.field("path", pa.string())]
+    chunks, offset = [], 0
+    for piece in pieces:
+        chunks.append(pa.StructArray.from_arrays([piece, path_array.slice(offset, len(piece))], fields=fields))
+        offset += len(piece)
+    return pa.chunked_array(chunks, type=pa.struct(fields))
+
+
+def _embedded_table_state(columns: dict, paths: list, stored: list) -> str | None:
+    """`datasets`' fingerprint for a table with embedded images: a digest of its other columns
+    and of where each image's bytes come from (their table's own fingerprint and row), so that
+    `datasets` does not hash the table itself (it serialises every image to do so: their size
+    again in memory, and most of the read's time). None when no image is embedded."""
+    if not any(entry is not None for entry in stored):
+        return None
+    digest = hashlib.sha256()
+    for name in ("image_id", "captions", "split", "meta"):
+        digest.update(json.dumps(columns[name]).encode("utf-8"))
+    digest.update(json.dumps(paths).encode("utf-8"))
+    digest.update(json.dumps([None if entry is None else (entry[0].fingerprint, entry[1]) for entry in stored]).encode("utf-8"))
+    return "embedded-" + digest.hexdigest()[:32]
 
 
 def _dataset_of_table(table, fingerprint: str | None = None, state: str | None = None) -> "datasets.Dataset":

@@ -249,6 +249,47 @@ def test_table_sources_resolve_stored_paths_like_the_other_formats(tmp_path):
     assert sorted(dataset["split"]) == ["train", "val"]
 
 
+def test_embedded_images_stay_in_the_mapped_table_and_rows_keep_their_own(tmp_path):
+    """A saved dataset's embedded image bytes are not copied at load (arrow allocates next to
+    nothing); with a bad record skipped, every kept row still carries its own image; the table's
+    fingerprint follows its content without hashing the images."""
+    import io
+
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    encoded = []
+    for _ in range(12):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    captions = [[f"caption {i}"] for i in range(12)]
+    captions[5] = [" "]  # a bad record in the middle: the rows after it must keep their own images
+    features = datasets.Features({"image": datasets.Image(), "captions": datasets.Sequence(datasets.Value("string")),
+                                  "image_id": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in encoded], "captions": captions,
+                                "image_id": [str(i) for i in range(12)]}, features=features).save_to_disk(str(tmp_path / "ds"))
+    datasets.load_from_disk(str(tmp_path / "ds"))  # datasets' own first-load allocations, not ours
+    before = pa.total_allocated_bytes()
+    dataset, report = load_source(str(tmp_path / "ds"), skip_bad=True)
+    assert pa.total_allocated_bytes() - before < sum(map(len, encoded)) // 10
+    assert [entry["image_id"] for entry in report.skipped] == ["5"]
+    stored = undecoded(dataset)
+    for row in range(len(dataset)):
+        assert stored[row]["image"]["bytes"] == encoded[int(stored[row]["image_id"])]
+    assert dataset[6]["image"].size == (48, 48)
+
+    again, _ = load_source(str(tmp_path / "ds"), skip_bad=True)
+    assert again._fingerprint == dataset._fingerprint
+    captions[0] = ["another caption"]
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in encoded], "captions": captions,
+                                "image_id": [str(i) for i in range(12)]}, features=features).save_to_disk(str(tmp_path / "ds2"))
+    assert load_source(str(tmp_path / "ds2"), skip_bad=True)[0]._fingerprint != dataset._fingerprint
+
+
 def test_csv_rows_of_one_image_in_two_splits_are_refused(tmp_path):
     write_image(tmp_path / "p.png")
     (tmp_path / "caps.csv").write_text("image,caption,split\np.png,a test caption,test\np.png,another,train\n")
