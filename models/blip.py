@@ -138,7 +138,8 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         ids[:, 0] = self.enc_token_id
         return ids
 
-    def itm_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+    def itm_pair_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+        """[N, 2] the ITM head's (no match, match) logits of row-aligned pairs."""
         if image_features.shape[0] != len(tokens):
             raise ValueError(f"itm_logits takes row-aligned pairs: {image_features.shape[0]} images, "
                              f"{len(tokens)} captions")
@@ -146,8 +147,19 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         ids = TextTokens(self.itm_input_ids(tokens.input_ids), tokens.attention_mask)
         image_mask = torch.ones(image_features.shape[:-1], dtype=torch.long, device=image_features.device)
         states = self._text_states(ids, encoder_hidden_states=image_features, encoder_attention_mask=image_mask)
-        logits = self.model.itm_head(states[:, 0, :])  # [N, 2]: (no match, match)
+        return self.model.itm_head(states[:, 0, :])
+
+    def itm_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+        logits = self.itm_pair_logits(image_features, tokens)
         return logits[:, 1] - logits[:, 0]  # log-odds: sigmoid of it = softmax(logits)[:, 1]
+
+    # BLIP's (and LAVIS's) retrieval evaluation re-ranks its top k by the raw "match" logit plus
+    # the ITC similarity (`score + topk_sim`): `tasks.retrieval.rerank_scores` adds the latter
+    rerank_adds_itc = True
+
+    def itm_rerank_scores(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
+        """[N] the raw "match" logit BLIP re-ranks by (the caller adds the ITC similarity)."""
+        return self.itm_pair_logits(image_features, tokens)[:, 1]
 
     # training hooks
     def tower_parameters(self, tower: str) -> list[nn.Parameter]:

@@ -209,11 +209,14 @@ class RetrievalTask(Task):
 @torch.no_grad()
 def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: "torch.Tensor | Iterable[torch.Tensor]",
                   texts: Sequence[str], k: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i2t, t2i) [N, T] score matrices: ITM log-odds for each query's top-k ITC candidates.
+    """(i2t, t2i) [N, T] score matrices: for each query's top-k ITC candidates the score the
+    family's own evaluation re-ranks by (`itm_rerank_scores`: ALBEF/TCL the raw match logit, BLIP
+    the raw match logit plus the ITC similarity, `rerank_adds_itc`), else the ITM log-odds.
 
-    Candidates outside the top k keep their ITC order below every re-ranked one (ITC minus a
-    constant larger than any ITM logit), so R@K for K > k still ranks by ITC, as ALBEF's
-    -100 fill does for K <= k. `pixels`: the gallery's (possibly adversarial) images in [0, 1],
+    Candidates outside the top k keep their ITC order below every re-ranked one (ITC shifted
+    below the lowest re-ranked score, by a shift of the scores' own size: a constant such as
+    1e4 would merge ITC scores closer than float32's spacing there, 1e-3, into ties), so R@K
+    for K > k still ranks by ITC, as ALBEF's -100 fill does for K <= k. `pixels`: the gallery's (possibly adversarial) images in [0, 1],
     in gallery order, on any device: one [N, 3, H, W] tensor, or its consecutive batches (any
     iterable, e.g. read back from disk one at a time). Every re-ranked pair holds one image, so
     each batch's image features score all the pairs of its images (image queries' top k and the
@@ -222,8 +225,8 @@ def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: "tor
     """
     device = model.device
     n_images, n_texts = sims.shape
-    floor = sims.float() - 1e4
-    i2t, t2i = floor.clone(), floor.clone()
+    i2t, t2i = torch.zeros(sims.shape), torch.zeros(sims.shape)
+    reranked_i2t, reranked_t2i = torch.zeros(sims.shape, dtype=torch.bool), torch.zeros(sims.shape, dtype=torch.bool)
     top_texts = sims.topk(min(k, n_texts), dim=1).indices.cpu()  # [N, k]
     top_images = sims.topk(min(k, n_images), dim=0).indices.T.cpu()  # [T, k]
     # the caption queries' (image, caption) pairs sorted by image: a batch's pairs are one slice
@@ -234,6 +237,8 @@ def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: "tor
     tokens = model.tokenize(list(texts))
     # the score a family's own evaluation re-ranks by (ALBEF/TCL/SGA: the raw match logit), else ITM log-odds
     rerank = getattr(model, "itm_rerank_scores", model.itm_logits)
+    itc = sims.float().cpu()
+    adds_itc = bool(getattr(model, "rerank_adds_itc", False))
     start = 0
     for batch in (pixels.split(batch_size) if isinstance(pixels, torch.Tensor) else pixels):
         end = start + len(batch)
@@ -243,12 +248,20 @@ def rerank_scores(model: "VisionLanguageModel", sims: torch.Tensor, pixels: "tor
         first, last = torch.searchsorted(pair_images, torch.tensor([start, end])).tolist()
         image_queries = (torch.arange(start, end).repeat_interleave(top_texts.shape[1]), top_texts[start:end].reshape(-1))
         caption_queries = (pair_images[first:last], pair_texts[first:last])
-        for (image_index, text_index), out in ((image_queries, i2t), (caption_queries, t2i)):
+        for (image_index, text_index), out, done in ((image_queries, i2t, reranked_i2t),
+                                                     (caption_queries, t2i, reranked_t2i)):
             for chunk in range(0, len(image_index), batch_size):
                 images, captions = image_index[chunk:chunk + batch_size], text_index[chunk:chunk + batch_size]
                 logits = rerank(features[(images - start).to(device)], tokens[captions.to(tokens.input_ids.device)])
-                out[images, captions] = logits.float().cpu()
+                out[images, captions] = logits.float().cpu() + (itc[images, captions] if adds_itc else 0.0)
+                done[images, captions] = True
         start = end
     if start != n_images:
         raise ValueError(f"the pixel batches hold {start} images; the similarities {n_images}")
+    top = float(itc.max()) if itc.numel() else 0.0
+    for out, done in ((i2t, reranked_i2t), (t2i, reranked_t2i)):
+        scores = out[done]
+        scores = scores[~scores.isnan()]  # a NaN logit ranks as a miss (train.metrics), not the floor's level
+        lowest = float(scores.min()) if scores.numel() else 0.0
+        out[~done] = (itc - top + lowest - 1.0)[~done]  # every ITC score below the lowest re-ranked one
     return i2t, t2i

@@ -55,6 +55,21 @@ def test_collapsed_model_scores_zero():
     assert metrics["tr@1"] == metrics["ir@1"] == 0.0
 
 
+def test_nan_scores_count_as_misses_not_hits():
+    """An overflowed model's NaN similarities score 0, not 100 (NaN >= x is False); a NaN image
+    column never lifts a caption query either."""
+    sims = torch.full((3, 5), float("nan"))
+    recalls = retrieval_metrics(sims, IMAGE_OF_TEXT)
+    assert recalls["tr@1"] == recalls["ir@1"] == 0.0  # R@5 / R@10 of a 3-image gallery hold everything
+    assert recalls == retrieval_metrics(torch.zeros(3, 5), IMAGE_OF_TEXT)  # as a collapsed model
+    partly = SIMS.clone().float()
+    partly[1] = float("nan")  # image 1's scores: its queries miss, and it outranks every caption query's own image
+    ranks_tr = text_retrieval_ranks(partly, IMAGE_OF_TEXT)
+    ranks_ir = image_retrieval_ranks(partly, IMAGE_OF_TEXT)
+    assert int(ranks_tr[1]) > 0
+    assert all(int(rank) > 0 for text, rank in enumerate(ranks_ir) if IMAGE_OF_TEXT[text] != 1)
+
+
 def test_attack_success_rate_on_hand_made_matrix():
     attacked = SIMS.clone()
     attacked[0, 0] = 0.0  # image 0 / caption 0, the only clean R@1 hits, now fail

@@ -142,15 +142,46 @@ def test_rerank_scores_from_pixel_batches_equal_every_pair_scored(twin):
     with torch.no_grad():
         every = rerank(model.image_features(pixels).repeat_interleave(2 * n, dim=0),
                        model.tokenize(texts * n)).float().view(n, 2 * n)
+    if getattr(model, "rerank_adds_itc", False):  # BLIP's evaluation: match logit + ITC similarity
+        every = every + sims
     in_top_texts = torch.zeros(n, 2 * n, dtype=torch.bool).scatter_(1, sims.topk(k, dim=1).indices, True)
     in_top_images = torch.zeros(n, 2 * n, dtype=torch.bool).scatter_(0, sims.topk(k, dim=0).indices, True)
     for batches in (pixels, iter(pixels.split(3)), [pixels[:1], pixels[1:]]):  # one tensor, uneven batches
         i2t, t2i = rerank_scores(model, sims, batches, texts, k, batch_size=4)
         for scores, chosen in ((i2t, in_top_texts), (t2i, in_top_images)):
             assert torch.allclose(scores[chosen], every[chosen], atol=1e-5)
-            assert torch.equal(scores[~chosen], sims[~chosen] - 1e4)
+            # outside the top k: ITC order, every one below every re-ranked score
+            assert torch.allclose(scores[~chosen] - sims[~chosen], (scores[~chosen] - sims[~chosen])[0].expand(int((~chosen).sum())))
+            assert float(scores[~chosen].max()) < float(scores[chosen].min())
     with pytest.raises(ValueError, match="the pixel batches hold 6 images; the similarities 7"):
         rerank_scores(model, sims, iter(pixels[:6].split(3)), texts, k)
+
+
+def test_itc_order_below_the_reranked_top_k_keeps_scores_a_thousandth_apart(monkeypatch):
+    """Re-ranking k=1 must leave R@5 to the ITC order: cosines 2e-4 apart stay apart (a 1e4 offset
+    in float32 merged them into a tie, which counts as a miss)."""
+    import types
+
+    from tasks.retrieval import rerank_scores
+    from train.metrics import retrieval_hits
+
+    sims = torch.tensor([[0.5009, 0.5008, 0.5007, 0.5006, 0.5003, 0.5001, 0.1],
+                         [0.1, 0.2, 0.3, 0.4, 0.45, 0.46, 0.9]])
+    image_of_text = torch.tensor([1, 1, 1, 1, 0, 1, 1])
+    fake = types.SimpleNamespace(device="cpu", tokenize=lambda texts: _Tokens(torch.arange(len(texts))),
+                                 image_features=lambda pixels: pixels.flatten(1)[:, :1],
+                                 itm_logits=lambda features, tokens: torch.full((len(features),), 5.0))
+    i2t, _ = rerank_scores(fake, sims, torch.zeros(2, 3, 2, 2), [str(t) for t in range(7)], k=1)
+    assert bool(retrieval_hits(sims, image_of_text)["tr@5"][0])
+    assert bool(retrieval_hits(i2t, image_of_text)["tr@5"][0])
+
+
+class _Tokens:
+    def __init__(self, ids):
+        self.input_ids = ids
+
+    def __getitem__(self, index):
+        return _Tokens(self.input_ids[index])
 
 
 def test_reranked_evaluation_holds_one_batch_of_pixels_and_resumes(trained_twins, sample_world_dir, tmp_path,

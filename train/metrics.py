@@ -14,7 +14,9 @@ Conventions (the same as the attack papers' evaluation code):
 
 All numbers are percentages in [0, 100]. Ties count against the query: a wrong candidate that
 scores exactly as high as the best correct one ranks before it, so a collapsed model (all scores
-equal) gets 0, never 100.
+equal) gets 0, never 100. NaN scores count against the query too (a NaN correct score loses, a
+NaN wrong one wins): a model whose embeddings overflowed gets 0, not 100 (every comparison
+with NaN is False, so a plain `>=` would count them as hits).
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ def text_retrieval_ranks(sims: torch.Tensor, image_of_text) -> torch.Tensor:
     sims = sims.float()
     pairing = _as_pairing(image_of_text, sims.shape[1]).to(sims.device)
     positives = pairing.unsqueeze(0) == torch.arange(sims.shape[0], device=sims.device).unsqueeze(1)
-    best_positive = sims.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values
-    # wrong captions scoring at least as high as the best right one
-    return ((sims >= best_positive) & ~positives).sum(dim=1)
+    nan = sims.isnan()
+    best_positive = sims.masked_fill(~positives | nan, float("-inf")).max(dim=1, keepdim=True).values
+    # wrong captions scoring at least as high as the best right one (NaN ones do)
+    return ((sims.masked_fill(nan, float("inf")) >= best_positive) & ~positives).sum(dim=1)
 
 
 def image_retrieval_ranks(sims: torch.Tensor, image_of_text) -> torch.Tensor:
@@ -49,8 +52,9 @@ def image_retrieval_ranks(sims: torch.Tensor, image_of_text) -> torch.Tensor:
     pairing = _as_pairing(image_of_text, sims.shape[1]).to(sims.device)
     columns = sims.T  # [num_texts, num_images]
     own = columns.gather(1, pairing.unsqueeze(1))
+    own = own.masked_fill(own.isnan(), float("-inf"))
     others = torch.ones_like(columns, dtype=torch.bool).scatter_(1, pairing.unsqueeze(1), False)
-    return ((columns >= own) & others).sum(dim=1)
+    return ((columns.masked_fill(columns.isnan(), float("inf")) >= own) & others).sum(dim=1)
 
 
 def retrieval_hits(sims: torch.Tensor, image_of_text, ks=KS) -> dict[str, torch.Tensor]:
