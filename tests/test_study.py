@@ -118,6 +118,11 @@ def test_statistics_helpers():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40])["rho"] == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1])["rho"] == pytest.approx(-1.0)
     assert spearman([1, 2], [1, 2])["rho"] is None
+    # six pools, rho 0.83: scipy's t approximation says p 0.042, every one of the 720 pairings 0.058
+    exact = spearman([0.713, 0.757, 0.782, 0.746, 0.345, -0.009], [36.1, 35.8, 37.2, 36.8, 30.8, 21.7])
+    assert exact["rho"] == pytest.approx(0.8286, abs=1e-4) and exact["p_method"] == "exact permutation"
+    assert exact["p"] == pytest.approx(42 / 720)
+    assert spearman(list(range(12)), [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10])["p_method"] == "t approximation"
 
 
 # ----------------------------------------------------------------------------- regime features
