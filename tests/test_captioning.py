@@ -242,6 +242,22 @@ def test_meteor_and_ptb_tokenizer_with_java():
     assert scores["per_image_cider"][0] > scores["per_image_cider"][1]
 
 
+def test_the_fallback_tokenizer_gives_what_ptb_gives_for_captions():
+    """Without Java the captions are tokenized by a regex meant to equal COCO's PTBTokenizer + its
+    punctuation filter: checked against the real one (Java, which make test installs)."""
+    import shutil
+
+    from train.caption_metrics import tokenize_all
+
+    assert shutil.which("java"), "COCO's PTBTokenizer needs Java: apt-get install default-jre-headless"
+    captions = {0: ["A man's black-and-white dog, jumping.", "Two dogs don't play at 3.5 p.m.",
+                    "It's 3,000 o'clock; the U.S. flag!", "A cat (white) sits -- on a mat...",
+                    "They're playing; we've seen 'em", "Children's toys: a kite [red] and a 10-year-old boy.",
+                    'A "quoted" word & more / less 50% #1', "The dog's bowl isn't empty - it's full",
+                    "Three people standing in front of a yellow school bus."]}
+    assert tokenize_all(captions, use_java=False) == tokenize_all(captions, use_java=True)
+
+
 def test_meteor_asked_for_without_java_is_an_error_not_a_null(monkeypatch, tmp_path, capsys):
     import train.caption_metrics as metrics
     from augment.errors import MissingDependencyError
