@@ -115,35 +115,49 @@ def _protocol_label(report: dict) -> str:
 
 
 def _model_label(entry: dict) -> str:
-    name = str(entry.get("tiny_twin") or entry.get("name") or "?")
+    """The model as the evaluation named it (a checkpoint trained from a twin by its own path, not
+    the twin's name: they are different models); a Hub/open_clip model with its pretrained tag."""
+    name = str(entry.get("name") or entry.get("tiny_twin") or "?")
     return f"{name}:{entry['pretrained']}" if entry.get("pretrained") and not entry.get("tiny_twin") else name
 
 
 def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
-    """Source (attacker) x target (victim) tables of mean R@1 ((TR@1 + IR@1) / 2) under each attack,
-    from white-box and transfer evaluations; empty when they hold fewer than two models."""
+    """Source (attacker) x target (victim) tables of mean R@1 ((TR@1 + IR@1) / 2) under each attack
+    and protocol, from white-box and transfer evaluations; empty when they hold fewer than two
+    models. Two evaluations of one cell both show, in the order given, with a note naming them
+    (one used to replace the other silently)."""
     from train.attacks import ATTACK_NAMES
 
-    cells: dict[str, dict[tuple[str, str], float]] = {}
+    cells: dict[tuple[str, str], dict[tuple[str, str], list[tuple[float, str]]]] = {}
     sources, targets = [], []
-    for _, report in evaluations:
+    for name, report in evaluations:
         attacker, victim = _model_label(report.get("attacker", {})), _model_label(report.get("victim", {}))
+        protocol = _protocol_label(report)
         for label, seen in ((attacker, sources), (victim, targets)):
             if label not in seen:
                 seen.append(label)
         for attack, entry in report.get("attacks", {}).items():
             if attack != "clean" and "tr@1" in entry:
-                cells.setdefault(attack, {})[(attacker, victim)] = (entry["tr@1"] + entry["ir@1"]) / 2
+                cell = cells.setdefault((attack, protocol), {}).setdefault((attacker, victim), [])
+                cell.append(((entry["tr@1"] + entry["ir@1"]) / 2, name))
     if len(set(sources) | set(targets)) < 2:
         return ""
     sources, targets = sorted(sources), sorted(targets)
+    protocols = sorted({protocol for _, protocol in cells})
+    order = {attack: i for i, attack in enumerate(ATTACK_NAMES)}
     blocks = []
-    for attack in [a for a in ATTACK_NAMES if a in cells] + sorted(set(cells) - set(ATTACK_NAMES)):
-        lines = [f"R@1 under {attack} (mean of TR@1 and IR@1): rows = source (attacker), columns = target (victim)", "",
+    for attack, protocol in sorted(cells, key=lambda key: (order.get(key[0], len(order)), key[0], key[1])):
+        table = cells[(attack, protocol)]
+        under = f"{attack}, protocol {protocol}" if len(protocols) > 1 else attack
+        lines = [f"R@1 under {under} (mean of TR@1 and IR@1): rows = source (attacker), columns = target (victim)", "",
                  "| source \\ target | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
         for source in sources:
-            row = [f"{cells[attack][(source, t)]:.1f}" if (source, t) in cells[attack] else "-" for t in targets]
+            row = [" / ".join(f"{value:.1f}" for value, _ in table[(source, t)]) if (source, t) in table else "-"
+                   for t in targets]
             lines.append(f"| {source} | " + " | ".join(row) + " |")
+        shared = [(pair, [name for _, name in measured]) for pair, measured in table.items() if len(measured) > 1]
+        for (source, target), names in shared:
+            lines.append(f"\n{source} -> {target}: {len(names)} evaluations, in this order: {', '.join(names)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -276,9 +276,25 @@ def test_transfer_table_across_families(trained_twins, sample_world_dir, tmp_pat
     evaluations = find_evaluations([str(tmp_path)])
     tables = transfer_tables(evaluations)
     lines = tables.splitlines()
+    labels = {t: str(trained_twins[t]) for t in twins}  # trained checkpoints: their own paths, not the twins' names
     assert "rows = source (attacker), columns = target (victim)" in lines[0]
-    assert lines[2] == "| source \\ target | " + " | ".join(sorted(twins)) + " |"
+    assert lines[2] == "| source \\ target | " + " | ".join(sorted(labels.values())) + " |"
     for twin in twins:  # a full row per source: every target was attacked from it
-        row = next(line for line in lines if line.startswith(f"| {twin} |"))
+        row = next(line for line in lines if line.startswith(f"| {labels[twin]} |"))
         assert "-" not in row.split("|")[2:-1], row
     assert len(compare_table(evaluations).splitlines()) == 2 + 9
+
+    # a second evaluation of one cell under the same protocol shows beside the first, named; one
+    # under another protocol gets its own table (one used to overwrite the other silently)
+    first = tmp_path / "tiny-clip-to-tiny-clip"
+    for copy, protocol, shift in (("again", "project", 1.0), ("under-sga", "sga", 2.0)):
+        report = json.loads((first / "eval.json").read_text())
+        report["settings"]["attack_options"]["protocol"] = protocol
+        report["attacks"]["pgd"]["tr@1"] += shift
+        (tmp_path / copy).mkdir()
+        (tmp_path / copy / "eval.json").write_text(json.dumps(report))
+    lines = transfer_tables(find_evaluations([str(tmp_path)])).splitlines()
+    clip = labels["tiny-clip"]
+    assert any(line.startswith("R@1 under pgd, protocol sga") for line in lines)
+    assert any(line.startswith(f"{clip} -> {clip}: 2 evaluations, in this order:") for line in lines)
+    assert sum(line.startswith(f"| {clip} |") and " / " in line for line in lines) == 1
