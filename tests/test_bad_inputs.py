@@ -681,9 +681,9 @@ def test_nan_and_inf_are_refused_before_any_work_in_every_command(tmp_path, caps
 
 
 @pytest.mark.parametrize("content, expected", [
-    ("max_steps: 2.5\n", "max_steps: expected a whole number or null, got 2.5"),
-    ("seed: null\n", "seed: expected a whole number, got None"),
-    ("lock_text: maybe\n", "lock_text: expected true or false or null, got 'maybe'"),
+    ("max_steps: 2.5\n", "max_steps: expected a whole number or null, got 2.5 (max_steps from "),
+    ("seed: null\n", "seed: expected a whole number, got None (seed from "),
+    ("lock_text: maybe\n", "lock_text: expected true or false or null, got 'maybe' (lock_text from "),
     (b"\xff\xfe\x00", "not UTF-8 text; save it as UTF-8"),
 ])
 def test_a_config_of_the_wrong_types_is_one_line_and_writes_nothing(tmp_path, capsys, content, expected):

@@ -213,7 +213,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config = resolve_config(file_settings, given)
     except ConfigError as exc:
         # a value that came from the file (and not the command line) is named with the file it is in
-        from_file = [key for key in file_settings if key not in given and f"--{key.replace('_', '-')} " in f"{exc} "]
+        # (the flag's spelling, or the key's: a type check names the setting as the file spells it)
+        from_file = [key for key in file_settings if key not in given
+                     and (f"--{key.replace('_', '-')} " in f"{exc} " or str(exc).startswith(f"{key}: "))]
         if not from_file:
             raise
         raise ConfigError(f"{exc} ({', '.join(from_file)} from {args.config})") from None
