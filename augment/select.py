@@ -93,6 +93,7 @@ def select_rows(pool, filters: SelectFilters, scorer: str | None = None) -> tupl
     alignment, entry = (None, None)
     if filters.needs_scores():
         alignment, entry = row_alignment(pool, scorer)
+        keep &= np.isfinite(alignment)  # a row without a score (NaN) passes no score filter, top-k included
         if filters.min_alignment is not None:
             keep &= alignment >= filters.min_alignment
         if filters.max_alignment is not None:

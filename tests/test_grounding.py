@@ -735,3 +735,12 @@ def test_the_procedure_names_the_objective_the_attacks_lowered():
 
     assert set(OBJECTIVE_WORDS) == set(GROUNDING_OBJECTIVES)
     assert "objective (share of the Grad-CAM heat on the true box)" in PROCEDURE.format(objective=OBJECTIVE_WORDS["heat"])
+
+
+def test_undefined_grounding_rates_are_none_not_zero():
+    """No expression correct when clean: the ASR is undefined (retrieval's None), not an attack
+    that never succeeds; no expression with two candidates: no accuracy_multi."""
+    from train.evaluate_grounding import _accuracy, _asr
+
+    assert _asr([False, False], [False, False]) is None and _accuracy([]) is None
+    assert _asr([True, True, False], [False, True, True]) == 50.0 and _accuracy([True, False]) == 50.0

@@ -845,6 +845,27 @@ def test_select_filters_by_alignment_method_modality_and_per_item(tmp_path, scor
     assert len(kept) == 20
 
 
+def test_select_drops_rows_without_a_score_from_every_score_filter(tmp_path, scored_mixed_pool, monkeypatch):
+    """A NaN alignment passes neither a threshold nor --top-k-per-item (top-k kept it when its item
+    had fewer than k scored rows)."""
+    from augment import select
+    from augment.pool import load_pool
+
+    original = select.row_alignment
+
+    def with_a_nan(pool, scorer):
+        alignment, entry = original(pool, scorer)
+        alignment = alignment.copy()
+        alignment[0] = float("nan")
+        return alignment, entry
+
+    monkeypatch.setattr(select, "row_alignment", with_a_nan)
+    first = scored_mixed_pool.dataset[0]["row_id"]
+    select.select_pool(scored_mixed_pool, str(tmp_path / "top"), select.SelectFilters(top_k_per_item=1000))
+    kept = set(load_pool(tmp_path / "top").dataset["row_id"])
+    assert first not in kept and len(kept) == len(scored_mixed_pool) - 1
+
+
 def test_select_keeps_rows_and_images_unchanged(tmp_path, scored_mixed_pool):
     from datasets import Image
 

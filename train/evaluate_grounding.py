@@ -77,13 +77,21 @@ def check_attacker(attacker, objective: str = "itm") -> None:
                          f"need one for the '{objective}' objective")
 
 
-def _accuracy(hits: Sequence[bool]) -> float:
-    return 100.0 * sum(hits) / max(len(hits), 1)
+def _accuracy(hits: Sequence[bool]) -> float | None:
+    """Percent of hits; None for no expressions (undefined, not 0: e.g. `accuracy_multi` of a set
+    whose images all have one candidate)."""
+    return 100.0 * sum(hits) / len(hits) if len(hits) else None
 
 
-def _asr(clean: Sequence[bool], attacked: Sequence[bool]) -> float:
+def _asr(clean: Sequence[bool], attacked: Sequence[bool]) -> float | None:
+    """Percent of the clean-correct expressions the attack makes wrong; None when none was correct
+    (undefined, as retrieval's `attack_success_rates` says, not an attack that never succeeds)."""
     correct = [a for c, a in zip(clean, attacked) if c]
-    return 100.0 * sum(not a for a in correct) / max(len(correct), 1)
+    return 100.0 * sum(not a for a in correct) / len(correct) if correct else None
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 @dataclass
@@ -399,12 +407,11 @@ def markdown_grounding_report(report: dict) -> str:
     header = ["attack", "accuracy", "accuracy (2+ candidates)", "ASR"] + (["accuracy (meaning kept)", "ASR (meaning kept)", "changed true/false/?"] if judged else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in report["attacks"].items():
-        row = [name, f"{entry['accuracy']:.1f}", f"{entry.get('accuracy_multi', 0.0):.1f}",
-               f"{entry['asr']:.1f}" if "asr" in entry else "-"]
+        row = [name, _cell(entry["accuracy"]), _cell(entry.get("accuracy_multi")), _cell(entry.get("asr"))]
         if judged:
             if "accuracy_meaning_preserved" in entry:
                 mp = entry["meaning_preserved"]
-                row += [f"{entry['accuracy_meaning_preserved']:.1f}", f"{entry['asr_meaning_preserved']:.1f}",
+                row += [_cell(entry["accuracy_meaning_preserved"]), _cell(entry["asr_meaning_preserved"]),
                         f"{mp['true']}/{mp['false']}/{mp['unknown']}"]
             else:
                 row += ["-", "-", "-"]
