@@ -66,7 +66,7 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
 
     if entry["pool"].get("finished") != pool.meta.get("finished") or (
             "files" in entry["pool"] and entry["pool"]["files"] != pool_file_stamps(pool)):
-        raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, or copied without their times) "
+        raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, copied without their times, or exported by augment push) "
                         f"after it was scored; {hint}")
     table = store.read_table(Path(pool.path) / entry["tables"]["rows"], ["row_id", "alignment"])
     row_ids = pool.dataset.select_columns(["row_id"]).with_format("arrow")[:]["row_id"]

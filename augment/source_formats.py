@@ -52,12 +52,19 @@ def is_table_file(source: str | None) -> bool:
     return source is not None and Path(str(source)).suffix.lower() in TABLE_SUFFIXES
 
 
+def csv_separator(separator: str | None) -> str | None:
+    """The separator a user typed: `--csv-separator '\\t'` (a backslash and a t, as open_clip_train
+    users write it: pandas reads it as a tab) is a tab here too."""
+    return "\t" if separator == "\\t" else separator
+
+
 def table_options_problem(img_key: str | None, caption_key: str | None, separator: str | None) -> str | None:
     """What is wrong with a CSV/TSV source's column options (open_clip_train's `--csv-*`), or None."""
     if not img_key or not caption_key:
         return "--csv-img-key and --csv-caption-key must not be empty"
+    separator = csv_separator(separator)
     if separator is not None and len(separator) != 1:
-        return f"--csv-separator must be one character, got {separator!r}"
+        return f"--csv-separator must be one character (or \\t for a tab), got {separator!r}"
     return None
 
 
@@ -343,7 +350,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
               caption_key: str = "caption", separator: str | None = None) -> Iterable[SourceRecord]:
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
-    separator = separator or ("\t" if source.suffix.lower() == ".tsv" else ",")
+    separator = csv_separator(separator) or ("\t" if source.suffix.lower() == ".tsv" else ",")
     with open(source, newline="", encoding="utf-8-sig") as handle:
         # strict: a stray quote is an error (as pandas, open_clip_train's reader, says "EOF inside string"),
         # not a field that silently swallows the rest of the file

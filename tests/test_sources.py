@@ -187,7 +187,7 @@ def test_augment_and_train_eval_read_the_trainers_tsv(tmp_path, capsys):
     assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv"), "--csv-img-key", "", "--csv-caption-key", "title"]) == 2
     assert capsys.readouterr().err.strip().endswith("--csv-img-key and --csv-caption-key must not be empty")
     assert augment_main(["inspect", "--source", str(tmp_path / "train.tsv"), *keys, "--csv-separator", ";;"]) == 2
-    assert capsys.readouterr().err.strip().endswith("--csv-separator must be one character, got ';;'")
+    assert capsys.readouterr().err.strip().endswith("--csv-separator must be one character (or \\t for a tab), got ';;'")
 
 
 def test_imagefolder_with_metadata(tmp_path):
@@ -288,6 +288,14 @@ def test_embedded_images_stay_in_the_mapped_table_and_rows_keep_their_own(tmp_pa
     datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in encoded], "captions": captions,
                                 "image_id": [str(i) for i in range(12)]}, features=features).save_to_disk(str(tmp_path / "ds2"))
     assert load_source(str(tmp_path / "ds2"), skip_bad=True)[0]._fingerprint != dataset._fingerprint
+
+
+def test_csv_separator_backslash_t_is_a_tab_as_open_clip_train_users_type_it(tmp_path):
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.txt.csv").write_text("filepath\ttitle\np.png\ta red shape\n")
+    dataset, _ = load_source(str(tmp_path / "caps.txt.csv"), csv_img_key="filepath", csv_caption_key="title",
+                             csv_separator="\\t")
+    assert dataset["captions"] == [["a red shape"]]
 
 
 def test_csv_rows_of_one_image_in_two_splits_are_refused(tmp_path):
