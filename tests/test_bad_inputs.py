@@ -294,11 +294,12 @@ def test_score_reads_the_source_before_loading_the_scorer(tmp_path, capsys, made
 
 
 def test_score_names_the_file_of_a_bad_source_image(tmp_path, capsys, made_pool):
-    """The scorer decodes the bytes it hashed: the line names the file they were read from."""
+    """The scorer decodes the bytes it hashed: the line names the record and the file they were
+    read from, as every other command does."""
     source, pool, _ = made_pool
     image = truncate_image(source.parent / "images" / "1.png")
     line = fails(capsys, ["score", pool, "--scorer", "tiny-clip", "--source", source, "--no-progress", "--no-plot"])
-    assert line == f"error: image {image}: unreadable or corrupt image (image file is truncated)"
+    assert line == f"error: image '1' ({image}): unreadable or corrupt image (image file is truncated)"
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -616,6 +616,20 @@ def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counte
     assert np.array_equal(inline, loaded)
 
 
+def test_an_image_that_does_not_decode_is_named_by_its_record(tmp_path, tiny_scorer):
+    """A pool row's image (embedded bytes) names the row, a source image its id and file."""
+    from augment.errors import SourceError
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "cache", tiny_scorer.id))
+    with pytest.raises(SourceError, match=r"^pool row eda:7:0:1: unreadable or corrupt image"):
+        embedder.images([{"bytes": b"not an image", "path": None}], names=["pool row eda:7:0:1"])
+    bad = tmp_path / "7.png"
+    bad.write_bytes(b"not an image either")
+    with pytest.raises(SourceError, match=rf"^image '7' \({bad}\): unreadable or corrupt image"):
+        embedder.images([{"bytes": None, "path": str(bad)}], names=["image '7'"])
+
+
 def test_image_files_read_by_the_previous_call_are_not_read_again(tmp_path, train_items, tiny_scorer, monkeypatch):
     from augment.scoring import embeddings
     from augment.scoring.embeddings import EmbeddingCache, Embedder

@@ -68,18 +68,21 @@ def image_bytes_of(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(image_bytes: bytes, path: str | None = None):
-    """Decode by the sources' one rule; `path`, the file the bytes were read from, names the
-    image in the error (else it reads "image (embedded bytes)")."""
+def decode_image(image_bytes: bytes, path: str | None = None, name: str | None = None):
+    """Decode by the sources' one rule; an error names the record (`name`: "image '000003'",
+    "pool row ROW_ID") and `path`, the file the bytes were read from, as the other commands do
+    (without either it reads "image (embedded bytes)")."""
     from augment.sources import open_image
 
-    return open_image({"path": path, "bytes": image_bytes})
+    where = None if name is None else (f"{name} ({path})" if path else name)
+    return open_image({"path": path, "bytes": image_bytes}, where=where)
 
 
 def _prepared_batch(scorer, payloads: list[dict], positions: range):
     """The images at `positions` ({"path", "bytes"}, bytes read) decoded, preprocessed and
     stacked: what a DataLoader worker hands the scorer's model."""
-    return scorer.prepare_images([decode_image(payloads[k]["bytes"], payloads[k]["path"]) for k in positions])
+    return scorer.prepare_images([decode_image(payloads[k]["bytes"], payloads[k]["path"], payloads[k].get("name"))
+                                  for k in positions])
 
 
 class EmbeddingCache:
@@ -270,8 +273,9 @@ class Embedder:
         keys = [text_key(t) for t in texts]
         return self._embed("text", keys, list(texts), self.scorer.encode_texts)
 
-    def images(self, images: Sequence[Any]) -> np.ndarray:
-        """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images.
+    def images(self, images: Sequence[Any], names: Sequence[str] | None = None) -> np.ndarray:
+        """Embeddings of undecoded `datasets` images ({"bytes", "path"}) or PIL images; `names`:
+        each image's record, for the error when one does not decode.
 
         An image file this call or the previous one read (a pool row pointing at its source
         image: the source items of a chunk are embedded just before its rows) keeps the key
@@ -279,7 +283,7 @@ class Embedder:
         be encoded."""
         previous, self._path_keys = self._path_keys, {}
         keys, payloads = [], []
-        for image in images:
+        for number, image in enumerate(images):
             path = image.get("path") if isinstance(image, dict) and not image.get("bytes") else None
             key = (previous.get(path) or self._path_keys.get(path)) if path else None
             if key is None:
@@ -288,7 +292,9 @@ class Embedder:
                 # with the file it was read from: that names the image if it fails to decode
                 payload = {"path": image.get("path") if isinstance(image, dict) else None, "bytes": data}
             else:
-                payload = image  # read in _encode_images if needed
+                payload = dict(image)  # read in _encode_images if needed
+            if names is not None:
+                payload["name"] = names[number]
             if path:
                 self._path_keys[path] = key
             keys.append(key)
@@ -303,8 +309,7 @@ class Embedder:
 
         from augment.loading import ordered_batches
 
-        payloads = [data if data.get("bytes") else {"path": data.get("path"), "bytes": image_bytes_of(data)}
-                    for data in payloads]
+        payloads = [data if data.get("bytes") else {**data, "bytes": image_bytes_of(data)} for data in payloads]
         size = self.scorer.batch_size
         index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
         # one batch, or too little to decode: a worker's start-up would cost more than it saves

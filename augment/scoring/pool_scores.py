@@ -115,7 +115,7 @@ class SourceVectors:
 
 def embed_sources(image_ids: list[str], source: SourceItems, embedder: Embedder) -> SourceVectors:
     images, captions = source.fetch(image_ids)
-    image_vectors = embedder.images(images)
+    image_vectors = embedder.images(images, names=[f"image {i!r}" for i in image_ids])
     flat = [c for caps in captions for c in caps]
     caption_vectors = embedder.texts(flat)
     bounds = np.cumsum([0] + [len(caps) for caps in captions])
@@ -178,12 +178,15 @@ def read_chunk(dataset, indices: np.ndarray) -> ChunkRows:
     return ChunkRows(**take_rows(dataset, ROW_COLUMNS, indices))
 
 
-def _row_vectors(rows: ChunkRows, kinds: tuple[str, ...], values: list, embed) -> dict[int, np.ndarray]:
-    """Row position -> embedding of its new content, for rows whose modality is in `kinds`."""
+def _row_vectors(rows: ChunkRows, kinds: tuple[str, ...], values: list, embed, named: bool = False) -> dict[int, np.ndarray]:
+    """Row position -> embedding of its new content, for rows whose modality is in `kinds`;
+    `named`: `embed` takes each row's name too (for an image that does not decode)."""
     positions = [k for k, m in enumerate(rows.modality) if m in kinds]
     if not positions:
         return {}
-    return dict(zip(positions, embed([values[k] for k in positions])))
+    chosen = [values[k] for k in positions]
+    vectors = embed(chosen, names=[f"pool row {rows.row_id[k]}" for k in positions]) if named else embed(chosen)
+    return dict(zip(positions, vectors))
 
 
 def check_caption_indices(rows: ChunkRows, source: SourceVectors) -> None:
@@ -399,7 +402,7 @@ def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, total
     source_vectors = embed_sources(list(dict.fromkeys(rows.source_image_id)), source, embedder)
     check_caption_indices(rows, source_vectors)
     texts = _row_vectors(rows, TEXT_CONTENT, rows.caption, embedder.texts)
-    images = _row_vectors(rows, IMAGE_CONTENT, rows.image, embedder.images)
+    images = _row_vectors(rows, IMAGE_CONTENT, rows.image, embedder.images, named=True)
     columns = row_scores(rows, texts, images, source_vectors)
     rows_writer.write({
         "row_id": rows.row_id, "source_image_id": rows.source_image_id,
