@@ -352,7 +352,8 @@ def _task_config(config: dict, given: dict) -> dict:
     arm = load_arm(task)
     asked = [key for key in RETRIEVAL_ONLY if given.get(key) not in (None, "", {}, [])]
     if asked:
-        raise MatPlusError(f"study config: {', '.join(asked)} apply to task retrieval only, not {task}")
+        raise MatPlusError(f"study config: {', '.join(asked)} {'applies' if len(asked) == 1 else 'apply'} "
+                           f"to task retrieval only, not {task}")
     config = {**config, **{key: None for key in RETRIEVAL_ONLY}}
     config["model"] = given.get("model") or arm.MODEL
     config["methods"] = list(given.get("methods") or arm.METHODS)

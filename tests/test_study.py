@@ -432,7 +432,7 @@ def test_captioning_study_runs_end_to_end_with_its_table(tmp_path):
 
 def test_task_configs_refuse_what_the_task_lacks(tmp_path):
     assert load_study_config("mini")["task"] == "retrieval"
-    with pytest.raises(MatPlusError, match=r"n_aug_sweep apply to task retrieval only, not captioning"):
+    with pytest.raises(MatPlusError, match=r"n_aug_sweep applies to task retrieval only, not captioning"):
         load_study_config(None, {"task": "captioning", "n_aug_sweep": {"pool": "scene", "values": [1]}})
     with pytest.raises(MatPlusError, match=r"validation, headline_attack apply to task retrieval only"):
         load_study_config(None, {"task": "captioning", "validation": {"every": 2}, "headline_attack": "sga"})
@@ -451,7 +451,7 @@ def test_task_configs_refuse_what_the_task_lacks(tmp_path):
     config_file.write_text(f"task: captioning\nout: {tmp_path / 'out'}\nmore_samples: {{pool: scene}}\n")
     result = subprocess.run([sys.executable, "-m", "analysis.cli", "study", "--config", str(config_file)],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "more_samples apply to task retrieval only" in result.stderr
+    assert result.returncode == 2 and "more_samples applies to task retrieval only" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
