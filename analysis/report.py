@@ -402,6 +402,7 @@ def _headline_choice(config: dict) -> tuple[list[str], str, bool]:
 # headline attacks that change no caption: "counting only captions that stay true" says nothing there
 CAPTION_KEEPING_ATTACKS = ("clean", "pgd")
 
+
 @dataclass
 class _PoolAnalysis:
     """Each pool's properties against the robust R@1 of MAT+ trained on it alone and its gain over MAT."""
