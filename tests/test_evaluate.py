@@ -55,6 +55,13 @@ def test_collapsed_model_scores_zero():
     assert metrics["tr@1"] == metrics["ir@1"] == 0.0
 
 
+def test_recalls_are_exact_fractions_not_float32_means():
+    # 1 of 5 captions: 20.0 exactly (a float32 mean wrote 20.000000298023224 into eval.json)
+    metrics = retrieval_metrics(torch.eye(5)[[0, 1, 2, 3, 4]].roll(1, dims=1) + torch.eye(5) * torch.tensor([1.5, 0, 0, 0, 0]),
+                                torch.arange(5))
+    assert metrics["ir@1"] == 20.0 and repr(metrics["ir@1"]) == "20.0"
+
+
 def test_nan_scores_count_as_misses_not_hits():
     """An overflowed model's NaN similarities score 0, not 100 (NaN >= x is False); a NaN image
     column never lifts a caption query either."""

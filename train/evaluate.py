@@ -244,7 +244,7 @@ def _summarise(record: AttackRecord, clean: CleanGallery, ranker: Ranker, with_c
         changed = torch.tensor(record.words_changed, dtype=torch.float)
         entry["words_changed_mean"] = float(changed.mean()) if len(changed) else 0.0
         entry["words_changed_max"] = int(changed.max()) if len(changed) else 0
-        entry["captions_changed_pct"] = 100.0 * float((changed > 0).float().mean()) if len(changed) else 0.0
+        entry["captions_changed_pct"] = 100.0 * int((changed > 0).sum()) / len(changed) if len(changed) else 0.0
         if with_checker:
             verdicts = [v for v, n in zip(record.checker_verdicts, record.words_changed) if n > 0]
             judged = [v for v in verdicts if v is not None]
