@@ -905,7 +905,7 @@ def test_select_refuses_scores_of_a_rewritten_pool(tmp_path, scored_mixed_pool):
     meta = json.loads((copy / "pool.json").read_text())
     meta["finished"] = "2099-01-01T00:00:00+00:00"  # as if generate had rewritten it since
     (copy / "pool.json").write_text(json.dumps(meta))
-    with pytest.raises(PoolError, match=r"data files changed \(rewritten, or copied without their times\) after it was scored"):
+    with pytest.raises(PoolError, match=r"data files changed \(rewritten, copied without their times, or exported by augment push\) after it was scored"):
         select_pool(load_pool(copy), str(tmp_path / "out"), SelectFilters(min_alignment=0.0))
     # a data file rewritten in place, pool.json untouched: refused too (its old alignments were used)
     import os
