@@ -141,7 +141,7 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     def itm_pair_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         """[N, 2] the ITM head's (no match, match) logits of row-aligned pairs."""
         if image_features.shape[0] != len(tokens):
-            raise ValueError(f"itm_logits takes row-aligned pairs: {image_features.shape[0]} images, "
+            raise ValueError(f"ITM takes row-aligned pairs: {image_features.shape[0]} images, "
                              f"{len(tokens)} captions")
         tokens = tokens.to(self.device)
         ids = TextTokens(self.itm_input_ids(tokens.input_ids), tokens.attention_mask)

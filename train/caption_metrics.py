@@ -21,7 +21,6 @@ import tempfile
 from typing import Sequence
 
 METRICS = ("bleu4", "meteor", "rouge_l", "cider")
-# COCO's PTBTokenizer drops these tokens after tokenising
 
 
 def java_available() -> bool:
@@ -40,8 +39,8 @@ def require_java_for_meteor(meteor: bool | None) -> None:
 # PTB's splits that matter for captions, written as one regex because the tokenizer COCO's
 # evaluation uses is Java's (Stanford PTBTokenizer) and no Python package gives its output:
 # clitics split off ("man 's", "do n't"), hyphenated words, numbers with a decimal point or comma
-# and dotted abbreviations ("p.m.") kept whole, every other punctuation mark dropped (COCO's filter)
-# and brackets become PTB's -lrb- / -rrb- ... tokens, which COCO's filter (upper case) leaves in
+# and dotted abbreviations ("p.m.") kept whole, brackets as PTB's -lrb- / -rrb- ... tokens (COCO's
+# filter lists them in upper case, so it leaves them in), every other punctuation mark dropped
 _CLITIC = re.compile(r"(?<=[a-z])(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _BRACKETS = {"(": " -lrb- ", ")": " -rrb- ", "[": " -lsb- ", "]": " -rsb- ", "{": " -lcb- ", "}": " -rcb- "}
 _PTB_TOKEN = re.compile(r"-[lr][rsc]b-|n't|'(?:s|re|ve|ll|d|m|em)\b|(?:[a-z]\.){2,}|\d+(?:[.,]\d+)+"

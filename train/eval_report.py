@@ -15,6 +15,11 @@ EVAL_JSON = "eval.json"
 EVAL_MD = "eval.md"
 
 
+def percent_cell(value: float | None) -> str:
+    """An eval.md table cell of a percentage: one decimal, or "-" where it is undefined (None)."""
+    return "-" if value is None else f"{value:.1f}"
+
+
 def write_report(report: dict, out_dir: str | Path, table: Callable[[dict], str]) -> str:
     """Write eval.json and eval.md into `out_dir` (each atomically); returns the markdown table.
 

@@ -54,7 +54,7 @@ from train.data import derive_seed
 from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, build_attacks,  # noqa: F401
                                gallery_pixels, model_id, plain_attack_options, reseed_attack, resumable_batches,
                                resume_settings, to_victim_resolution)
-from train.eval_report import settings_markdown
+from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
@@ -538,10 +538,6 @@ TABLE_COLUMNS = (("TR@1", "tr@1"), ("TR@5", "tr@5"), ("TR@10", "tr@10"), ("IR@1"
                  ("IR@10", "ir@10"), ("RSUM", "rsum"), ("ASR TR@1", "asr_tr@1"), ("ASR IR@1", "asr_ir@1"))
 
 
-def _cell(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def markdown_report(report: dict) -> str:
     """eval.md: one row per attack, recalls under attack and attack success rates."""
     settings = report["settings"]
@@ -557,7 +553,7 @@ def markdown_report(report: dict) -> str:
         "|---|" + "---:|" * len(TABLE_COLUMNS),
     ]
     for name, entry in report["attacks"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(entry.get(key)) for _, key in TABLE_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(percent_cell(entry.get(key)) for _, key in TABLE_COLUMNS) + " |")
     lines += [
         "",
         "TR@K / IR@K / RSUM are recalls (%) UNDER the attack (R@1 under attack); ASR columns are attack success "
@@ -570,7 +566,7 @@ def markdown_report(report: dict) -> str:
         lines += ["", "| attack | changed captions still true (%) | TR@1 meaning-preserved | IR@1 meaning-preserved |",
                   "|---|---:|---:|---:|"]
         for name, entry in checked.items():
-            lines.append(f"| {name} | {_cell(entry['meaning_preserved']['true_pct'])} | "
-                         f"{_cell(entry.get('tr@1_meaning_preserved'))} | {_cell(entry.get('ir@1_meaning_preserved'))} |")
+            lines.append(f"| {name} | {percent_cell(entry['meaning_preserved']['true_pct'])} | "
+                         f"{percent_cell(entry.get('tr@1_meaning_preserved'))} | {percent_cell(entry.get('ir@1_meaning_preserved'))} |")
     lines += settings_markdown(report)
     return "\n".join(lines) + "\n"

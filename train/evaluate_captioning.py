@@ -393,13 +393,9 @@ def _version(package: str) -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def _cell(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def markdown_report(report: dict) -> str:
     """eval.md: one row per attack: the four metrics, the CIDEr drop, the truth-checked share."""
-    from train.eval_report import settings_markdown
+    from train.eval_report import percent_cell, settings_markdown
 
     settings, victim = report["settings"], report["victim"]
     with_truth = any("truth" in entry for entry in report["attacks"].values())
@@ -419,9 +415,9 @@ def markdown_report(report: dict) -> str:
     for name, entry in report["attacks"].items():
         cells = [entry.get("bleu4"), entry.get("meteor"), entry.get("rouge_l"), entry.get("cider"),
                  entry["drop"].get("cider"), entry.get("reference_loss")]
-        row = [_cell(v) if i != 5 else (f"{v:.3f}" if v is not None else "-") for i, v in enumerate(cells)]
+        row = [percent_cell(v) if i != 5 else (f"{v:.3f}" if v is not None else "-") for i, v in enumerate(cells)]
         if with_truth:
-            row += [_cell(entry["truth"]["true_pct"]), _cell(entry["drop"].get("truth_pct"))]
+            row += [percent_cell(entry["truth"]["true_pct"]), percent_cell(entry["drop"].get("truth_pct"))]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines += ["", "Metrics in percent under the attack (pycocoevalcap); drop = clean - attacked. "
               "ref. LM loss: mean token cross-entropy of the reference captions (what untargeted attacks raise)."]

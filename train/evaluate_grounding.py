@@ -42,7 +42,7 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
-from train.eval_report import settings_markdown
+from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, substitute_model_identity, weights_identity
 from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
 
@@ -88,10 +88,6 @@ def _asr(clean: Sequence[bool], attacked: Sequence[bool]) -> float | None:
     (undefined, as retrieval's `attack_success_rates` says, not an attack that never succeeds)."""
     correct = [a for c, a in zip(clean, attacked) if c]
     return 100.0 * sum(not a for a in correct) / len(correct) if correct else None
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 @dataclass
@@ -407,11 +403,11 @@ def markdown_grounding_report(report: dict) -> str:
     header = ["attack", "accuracy", "accuracy (2+ candidates)", "ASR"] + (["accuracy (meaning kept)", "ASR (meaning kept)", "changed true/false/?"] if judged else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in report["attacks"].items():
-        row = [name, _cell(entry["accuracy"]), _cell(entry.get("accuracy_multi")), _cell(entry.get("asr"))]
+        row = [name, percent_cell(entry["accuracy"]), percent_cell(entry.get("accuracy_multi")), percent_cell(entry.get("asr"))]
         if judged:
             if "accuracy_meaning_preserved" in entry:
                 mp = entry["meaning_preserved"]
-                row += [_cell(entry["accuracy_meaning_preserved"]), _cell(entry["asr_meaning_preserved"]),
+                row += [percent_cell(entry["accuracy_meaning_preserved"]), percent_cell(entry["asr_meaning_preserved"]),
                         f"{mp['true']}/{mp['false']}/{mp['unknown']}"]
             else:
                 row += ["-", "-", "-"]
