@@ -997,3 +997,25 @@ def test_cli_select_without_scores_is_one_clear_line(tmp_path, train_items, samp
     assert capsys.readouterr().err.strip() == ("error: --scorer tiny-clip is read only by --min-alignment, --max-alignment "
                                                "and --top-k-per-item: leave it out or add one of them")
     assert not (tmp_path / "out").exists()
+
+
+def test_single_blas_thread_limits_scipys_own_blas_too():
+    """scipy ships its own OpenBLAS: the gap's sqrtm and trmm run on it. The limit must cover it
+    even when no scipy module was loaded before the first limited call (a fresh `augment score`),
+    or its second thread spins through every gap (twice the CPU time, measured)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from augment.scoring import measures\n"
+        "assert 'scipy.linalg' not in sys.modules, 'scipy loaded already: this test checks nothing'\n"
+        "limited = {lib.filepath for lib in measures._thread_pools().select(user_api='blas').lib_controllers}\n"
+        "import scipy.linalg\n"
+        "from threadpoolctl import ThreadpoolController\n"
+        "loaded = {lib.filepath for lib in ThreadpoolController().select(user_api='blas').lib_controllers}\n"
+        "assert loaded <= limited, sorted(loaded - limited)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
