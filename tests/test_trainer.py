@@ -86,6 +86,13 @@ def _run(tmp_path, name, world, **settings):
     return summary, records
 
 
+def test_progress_bar_labels_its_losses_as_running_means(tmp_path, sample_world_dir, capsys):
+    _run(tmp_path, "bar", sample_world_dir, method="mat", pgd_steps=1, progress=True)
+    shown = capsys.readouterr().err
+    assert re.search(r"loss_ema=[0-9.]+", shown) and re.search(r"robust_ema=[0-9.]+", shown), shown[-400:]
+    assert re.search(r"data=[0-9]+%", shown), shown[-400:]
+
+
 def _checkpoint_state(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -620,7 +620,9 @@ class Trainer:
                     for name in ("loss", "robust_loss"):
                         if last.get(name) is not None:  # exponential running mean for the bar
                             running[name] = last[name] if name not in running else 0.9 * running[name] + 0.1 * last[name]
-                    postfix = {("robust" if k == "robust_loss" else k): f"{v:.4f}" for k, v in running.items()}
+                    # labelled as running means: metrics.jsonl holds each window's own values
+                    postfix = {("robust_ema" if k == "robust_loss" else "loss_ema"): f"{v:.4f}"
+                               for k, v in running.items()}
                     # the share of the step spent waiting for batches: high means raise --workers
                     postfix["data"] = f"{100 * last['data_seconds'] / max(last['seconds'], 1e-9):.0f}%"
                     bar.set_postfix(postfix)
