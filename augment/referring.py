@@ -111,6 +111,44 @@ def _read_json(path: Path) -> Any:
         raise SourceError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
+def _refs_by_id(path: Path) -> dict[str, dict]:
+    """refs(unc) as JSON (a list of {"ref_id", "ann_id", "image_id", "split"}), by ref id; a wrong
+    shape names the file and the entry (the file is converted by hand from ALBEF's pickle)."""
+    refs = _read_json(path)
+    if not isinstance(refs, list):
+        raise SourceError(f"{path}: refs must be a list of {{ref_id, ann_id, image_id, split}} entries, "
+                          f"got a JSON {type(refs).__name__}")
+    by_id = {}
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, dict) or "ref_id" not in ref:
+            raise SourceError(f"{path}: [{index}] is not a ref with a 'ref_id'")
+        by_id[str(ref["ref_id"])] = ref
+    return by_id
+
+
+def _instances(path: Path) -> tuple[dict[str, dict], dict[str, tuple[int, int]]]:
+    """COCO instances.json: its annotations by id and its images' (width, height) by id."""
+    instances = _read_json(path)
+    if not isinstance(instances, dict):
+        raise SourceError(f"{path}: COCO instances must be an object with 'annotations' and 'images', "
+                          f"got a JSON {type(instances).__name__}")
+    anns, sizes = {}, {}
+    for key in ("annotations", "images"):
+        entries = instances.get(key, [])
+        if not isinstance(entries, list):
+            raise SourceError(f"{path}: '{key}' must be a list")
+        for index, entry in enumerate(entries):
+            try:
+                if key == "annotations":
+                    anns[str(entry["id"])] = entry
+                else:
+                    sizes[str(entry["id"])] = (int(entry["width"]), int(entry["height"]))
+            except (KeyError, TypeError, ValueError):
+                needs = "an 'id'" if key == "annotations" else "'id', 'width' and 'height' (integers)"
+                raise SourceError(f"{path}: {key}[{index}] needs {needs}") from None
+    return anns, sizes
+
+
 def _box(value: Any, where: str) -> Box:
     if not isinstance(value, (list, tuple)) or len(value) < 4:
         raise SourceError(f"{where}: a box needs [x, y, w, h], got {value!r}")
@@ -166,11 +204,9 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
         if not refs_path.is_file():
             raise SourceError(f"{ann_file}: records without 'bbox' need the refs as JSON ({refs_path}); "
                               "ALBEF's refs(unc).p is a pickle, which is never loaded")
-        refs = {str(r["ref_id"]): r for r in _read_json(refs_path)}
+        refs = _refs_by_id(refs_path)
     if instances_path.is_file():
-        instances = _read_json(instances_path)
-        anns = {str(a["id"]): a for a in instances.get("annotations", [])}
-        sizes = {str(i["id"]): (int(i["width"]), int(i["height"])) for i in instances.get("images", [])}
+        anns, sizes = _instances(instances_path)
     file_split = _split_of_file(ann_file.name)
     root = Path(image_root) if image_root else ann_file.parent
     images: list[GroundingImage] = []
@@ -189,7 +225,7 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
         elif str(ref.get("ann_id")) not in anns:
             raise SourceError(f"{where}: annotation {ref.get('ann_id')} of ref {ref_id} is not in {instances_path.name}")
         else:
-            box = _box(anns[str(ref["ann_id"])]["bbox"], f"{instances_path.name}: annotation {ref['ann_id']}")
+            box = _box(anns[str(ref["ann_id"])].get("bbox"), f"{instances_path.name}: annotation {ref['ann_id']}")
         image_id = str(record.get("image_id", ref.get("image_id") if ref else None) or _coco_image_id(record["image"]) or "")
         if image_id not in dets:
             raise SourceError(f"{where}: image {image_id or record['image']} has no detections in {dets_path.name}")

@@ -107,6 +107,34 @@ def test_checkpoint_of_another_size_needs_its_config(official):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (("Retrieval_flickr.yaml", "image_res: 64", "image_res: big"), r"Retrieval_flickr.yaml / .*config_bert.json has a bad value"),
+    (("config_bert.json", '"fusion_layer": 2', '"fusion_layer": null'), r"config_bert.json has a bad value"),
+])
+def test_a_bad_value_in_the_albef_configs_is_one_line(official, tmp_path, edit, message):
+    folder, _ = official
+    for name in ("Retrieval_flickr.yaml", "config_bert.json"):
+        text = (folder / name).read_text()
+        if name == edit[0]:
+            assert edit[1] in text, text
+            text = text.replace(edit[1], edit[2])
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        _load_official_from(folder, "flickr30k.pth", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_albef_file_options_are_refused_for_a_saved_folder(tiny_albef, tmp_path):
+    """--albef-config/--albef-bert-config/--albef-tokenizer shape a .pth; a folder has its own."""
+    tiny_albef.save(tmp_path / "albef")
+    for options, flags in (({"tokenizer": "other"}, "--albef-tokenizer"),
+                           ({"config": "c.yaml", "bert_config": "b.json"}, "--albef-config, --albef-bert-config")):
+        with pytest.raises(ModelLoadError, match=f"saved ALBEF/TCL folder .*: {flags} appl(y|ies) to a .pth checkpoint only"):
+            load_model(str(tmp_path / "albef"), **options)
+        with pytest.raises(ModelLoadError, match=f"{flags} appl(y|ies) to a .pth checkpoint only"):
+            load_model("tiny-albef", **options)
+
+
 def test_pickle_checkpoint_is_refused_in_one_line(official, tmp_path):
     _, state = official
     torch.save({"model": state, "args": argparse.Namespace(lr=1e-5)}, tmp_path / "needs_pickle.pth")
@@ -210,8 +238,18 @@ def test_grounding_heatmap_shape_and_text_dependence(tiny_albef):
     alone = tiny_albef.grounding_heatmap(pixels[:1], tiny_albef.tokenize(texts[:1]))
     torch.testing.assert_close(alone[0], heat[0], rtol=1e-4, atol=1e-9)  # padding in the batch changes nothing
     assert not heat.requires_grad
-    pixels = pixels[:1].clone().requires_grad_(True)  # attacks on the heat map differentiate it
-    share = tiny_albef.grounding_heatmap(pixels, tokens[:1])[0, :2].sum()
+    # evaluation keeps no image-encoder graph (no backward pass would use it: GBs at 384 px)
+    grad_modes = []
+    hook = tiny_albef.visual_encoder.blocks[0].register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        tiny_albef.grounding_heatmap(pixels[:1], tokens[:1])
+        pixels = pixels[:1].clone().requires_grad_(True)  # attacks on the heat map differentiate it
+        heat_of_attack = tiny_albef.grounding_heatmap(pixels, tokens[:1])
+    finally:
+        hook.remove()
+    assert grad_modes == [False, True]
+    torch.testing.assert_close(heat_of_attack.detach()[0], heat[0], rtol=1e-4, atol=1e-9)
+    share = heat_of_attack[0, :2].sum()
     (gradient,) = torch.autograd.grad(share, pixels)
     assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
     assert all(p.grad is None for p in tiny_albef.parameters())

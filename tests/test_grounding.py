@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,21 @@ def test_refcoco_loader_names_the_bad_record(tmp_path):
     ann.write_text(json.dumps([{"image": "x.jpg"}]))
     with pytest.raises(SourceError, match=r"\[0\]: a record needs 'image' and 'text'"):
         load_refcoco(ann)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("refs(unc).json", {"7": {"ann_id": 70}}, r"refs must be a list .* got a JSON dict"),
+    ("refs(unc).json", [{"ann_id": 70}], r"\[0\] is not a ref with a 'ref_id'"),
+    ("instances.json", [], r"COCO instances must be an object .* got a JSON list"),
+    ("instances.json", {"images": [{"id": 42, "width": 20}]}, r"images\[0\] needs 'id', 'width' and 'height'"),
+    ("instances.json", {"annotations": [{"bbox": [1, 2, 3, 4]}]}, r"annotations\[0\] needs an 'id'"),
+    ("instances.json", {"annotations": {"70": {}}}, r"'annotations' must be a list"),
+])
+def test_refcoco_loader_names_a_hand_converted_file_of_the_wrong_shape(tmp_path, file, content, message):
+    ann = _write_refcoco(tmp_path)
+    (tmp_path / "refcoco+" / file).write_text(json.dumps(content))
+    with pytest.raises(SourceError, match=re.escape(file) + ": " + message):
+        load_refcoco(ann, image_root=tmp_path / "images")
 
 
 # ----------------------------------------------------------------------------- box scoring
@@ -352,6 +368,13 @@ def test_eval_command_refuses_a_model_that_cannot_ground(tmp_path, capsys):
     code = main(["eval", "tiny-clip", "--task", "grounding", "--source", str(folder), "--out", str(tmp_path / "eval")])
     assert code == 2
     assert "needs a model with an ITM head and grounding_heatmap" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+    # an option that shapes a released .pth, given with a model that carries its own: refused, not ignored
+    code = main(["eval", "tiny-albef", "--task", "grounding", "--source", str(folder), "--albef-tokenizer", "other",
+                 "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--albef-tokenizer applies to a .pth checkpoint only" in err and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
 
 
@@ -616,9 +639,9 @@ def test_grounding_eval_precision_is_autocast_over_fp32_weights(grounding_world_
     out = tmp_path / "bf16"
     assert train_main(["eval", "tiny-albef", "--task", "grounding", "--source", str(grounding_world_dir), "--split",
                        "test", "--limit", "2", "--attacks", "clean,sep", "--pgd-steps", "1", "--precision", "amp_bf16",
-                       "--albef-tokenizer", "bert-base-uncased", "--no-progress", "--out", str(out)]) == 0
+                       "--no-progress", "--out", str(out)]) == 0
     assert seen == [(torch.float32, "amp_bf16")]
-    assert loaded[0].get("tokenizer") == "bert-base-uncased" and loaded[0].get("precision", "fp32") == "fp32"
+    assert loaded[0].get("precision", "fp32") == "fp32"
     report = _eval_report(out)
     assert report["settings"]["precision"] == "amp_bf16"
     assert 0 < report["attacks"]["sep"]["linf"] <= 2 / 255 + 1e-6 and 0 <= report["attacks"]["sep"]["accuracy"] <= 100

@@ -64,6 +64,12 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         raise ModelLoadError(f"'{name}' names an architecture, not weights: give its checkpoint file as --pretrained "
                              f"FILE.pth{given} (README: ALBEF and TCL)")
     if folder.is_dir():
+        given = [flag for flag, value in (("--albef-config", config), ("--albef-bert-config", bert_config),
+                                          ("--albef-tokenizer", tokenizer)) if value is not None]
+        if given:  # they shape a released .pth; a folder carries its own, which would silently win
+            raise ModelLoadError(f"{display_name or name} is a saved ALBEF/TCL folder with its own config and tokenizer: "
+                                 f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a .pth checkpoint only; "
+                                 "leave them out")
         model = _load_saved_folder(folder, display_name or name, image_size, pre_caption)
     else:
         checkpoint = pretrained if name.lower() in ARCHITECTURE_NAMES and pretrained else name
@@ -136,17 +142,30 @@ def _load_checkpoint(path: str, config, bert_config, tokenizer: str | None, imag
     from models.albef.checkpoint import load_official_state, read_checkpoint
 
     state = read_checkpoint(path)  # first: a bad file fails before any tokenizer download
-    cfg = make_config(config, bert_config, image_size)
-    if pre_caption is not None:
-        cfg["pre_caption"] = bool(pre_caption)
-    cfg["tokenizer"] = tokenizer or cfg["tokenizer"]
-    model = AlbefModel(cfg, None, name=display, pretrained=str(path))
+    try:  # a hand-written --albef-config / --albef-bert-config: a value of the wrong type, in one line
+        cfg = make_config(config, bert_config, image_size)
+        if pre_caption is not None:
+            cfg["pre_caption"] = bool(pre_caption)
+        cfg["tokenizer"] = tokenizer or cfg["tokenizer"]
+        model = AlbefModel(cfg, None, name=display, pretrained=str(path))
+    except KeyError as exc:
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {_config_names(config, bert_config)} lacks the key "
+                             f"{exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load ALBEF '{display}': {_config_names(config, bert_config)} has a bad value "
+                             f"({first_line(exc)})") from None
     load_official_state(model, state, source=f"checkpoint {path}")  # before the tokenizer: size errors first
     model.tokenizer = _load_tokenizer(cfg["tokenizer"], display)
     if len(model.tokenizer) > int(cfg["bert"]["vocab_size"]):
         raise ModelLoadError(f"ALBEF tokenizer {cfg['tokenizer']} has {len(model.tokenizer)} tokens, more than "
                              f"the BERT config's vocab_size {cfg['bert']['vocab_size']}")
     return model
+
+
+def _config_names(config, bert_config) -> str:
+    """The config files given (their paths), for an error about a value in one of them."""
+    given = [str(c) for c in (config, bert_config) if isinstance(c, (str, Path))]
+    return " / ".join(given) if given else "the ALBEF config"
 
 
 # -- the tiny twin -------------------------------------------------------------------------

@@ -324,9 +324,13 @@ class AlbefModel(VisionLanguageModel):
         handle = cross.register_forward_hook(lambda module, args, out: captured.__setitem__("attention", out[1]))
         try:
             with torch.enable_grad(), self.text_encoder.eager_fusion_attention():
-                features = self.image_features(pixels)
-                if not differentiable:  # a leaf with a gradient: the attention has one even in a frozen model
-                    features = features.detach().requires_grad_(True)
+                if differentiable:
+                    features = self.image_features(pixels)
+                else:  # no ViT graph that no backward pass would use (GBs at 384 px and 64 captions);
+                    # a leaf with a gradient: the attention has one even in a frozen model
+                    with torch.no_grad():
+                        features = self.image_features(pixels)
+                    features.requires_grad_(True)
                 hidden, mask = self._text_hidden(tokens)
                 states = self.text_encoder.forward_fusion(hidden, mask, features)
                 score = self.itm_head(states[:, 0, :])[:, 1].sum()
