@@ -7,9 +7,12 @@ Names: anything `augment.registry.load_captioner` takes whose architecture this 
 `BlipForConditionalGeneration.from_pretrained(FOLDER)` reads a trained checkpoint back.
 
 Conventions (as every family, see `models.base`): pixels are [0, 1] at `image_size`; the
-processor's mean/std are applied inside. Captions are tokenised as the BLIP reference code does
-for captioning: the first token ([CLS]) becomes the decoder's bos ([DEC]), padding and an
-optional text prompt ("a picture of ") are excluded from the loss.
+processor's mean/std are applied inside. Captions are fed as the BLIP reference code feeds them
+to its decoder: the first token ([CLS]) becomes the decoder's bos ([DEC]), padding and an
+optional text prompt ("a picture of ") are excluded from the loss. Unlike BLIP's caption
+datasets, captions are not passed through `pre_caption` first (lower-casing, dropping
+`.!"()*#:;~`, 30 words at most): a trailing "." stays a target of the loss (the metrics drop it).
+Generated captions are decoded with BLIP's clean-up of word-piece spaces ("man's", not "man ' s").
 
 The loss is the plain token cross-entropy (BLIP fine-tunes with label smoothing 0.1; attacks and
 evaluation want the model's actual likelihood, and one loss for training and attacking keeps
@@ -169,7 +172,10 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
                 input_ids = self.tokenizer([prompt.strip()] * len(rows), return_tensors="pt")["input_ids"].to(self.device)
             out = self.model.generate(pixel_values=pixel_values[rows], input_ids=input_ids, **settings)
             start = self._prompt_length(prompt)  # generated ids start with bos + the prompt
-            texts = self.tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
+            # BLIP's decode (transformers 4.x's default, off by default since 5): "man ' s" -> "man's", which
+            # the PTB tokenizer of the metrics splits as the references' "man 's"; without it it never matches
+            texts = self.tokenizer.batch_decode(out[:, start:], skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=True)
             for row, text in zip(rows, texts):
                 captions[row] = " ".join(text.split())
         return captions

@@ -77,10 +77,11 @@ class Task(ABC):
         """Called before every optimizer step (schedules inside the loss, e.g. ALBEF's alpha warm-up)."""
 
     @abstractmethod
-    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens",
-                          keys: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens", keys: torch.Tensor,
+                          texts: Sequence[str] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """pixels -> scalar that the inner image attack (PGD) of adversarial training maximises,
-        against the captions `tokens` (encoded once, here)."""
+        against the captions `tokens` (encoded once, here; `texts`: the same captions as strings,
+        as `loss` takes them)."""
 
     def text_attack(self, model: "ImageTextModel", config: Any):
         """MAT's inner word-substitution attack (an Attack from train/attacks), or None."""

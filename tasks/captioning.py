@@ -40,6 +40,7 @@ class CaptioningTask(Task):
         self.references = references
         self.max_references = int(max_references)
         self.reference_table: Sequence[Sequence[str]] | None = None
+        self.step = 0  # the training step (`on_step`): which of a key's extra references are scored
 
     def set_references(self, table: Sequence[Sequence[str]], max_references: int | None = None) -> None:
         """All reference captions of each key (train image index), e.g. its captions plus pool text views."""
@@ -77,20 +78,28 @@ class CaptioningTask(Task):
         counts = torch.zeros_like(per_image)
         per_image.index_add_(0, image_rows.to(per_pair.device), per_pair)
         counts.index_add_(0, image_rows.to(per_pair.device), torch.ones_like(per_pair))
-        extra = self._table_loss(model, pixels, keys, texts)
+        extra = self._table_loss(model, pixels, keys, texts, image_rows, caption_rows)
         if extra is not None:
             extra_sum, extra_count = extra
             per_image, counts = per_image + extra_sum, counts + extra_count
         return (per_image / counts.clamp(min=1)).mean()
 
-    def _table_loss(self, model, pixels: torch.Tensor, keys: torch.Tensor, texts: Sequence[str] | None):
-        """(sum, count) per row of the LM losses of the row's extra references from the table."""
+    def _table_loss(self, model, pixels: torch.Tensor, keys: torch.Tensor, texts: Sequence[str] | None,
+                    image_rows: torch.Tensor, caption_rows: torch.Tensor):
+        """(sum, count) per row of the LM losses of the row's extra references from the table: its
+        key's captions that the batch does not already score for that row (`_pairs`: the row's own
+        caption, and with 'batch' its key's other rows; another image's equal caption does not
+        count), `max_references` of them taken as a window that moves with the step
+        (`reference_window`), so source captions and pool views all take their turn."""
         if self.reference_table is None or self.max_references <= 0:
             return None
-        in_batch = set(texts or [])
+        scored: list[set[str]] = [set() for _ in range(len(keys))]
+        if texts is not None:
+            for image_row, caption_row in zip(image_rows.tolist(), caption_rows.tolist()):
+                scored[image_row].add(texts[caption_row])
         rows, captions = [], []
         for row, key in enumerate(keys.tolist()):
-            extra = [c for c in self.reference_table[key] if c not in in_batch][: self.max_references]
+            extra = self.reference_window([c for c in self.reference_table[key] if c not in scored[row]])
             rows += [row] * len(extra)
             captions += extra
         if not captions:
@@ -101,16 +110,30 @@ class CaptioningTask(Task):
         count = torch.zeros_like(total).index_add_(0, index, torch.ones_like(losses))
         return total, count
 
+    def reference_window(self, candidates: list[str]) -> list[str]:
+        """`max_references` of a key's candidate extra references: all when there are no more;
+        else a window starting at step x max_references (mod their number), wrapping round. A
+        fixed prefix of the table would always be the same source captions (COCO and Flickr30k
+        have 5 per image), never a pool view; the step (`on_step`) makes it the same on a resume."""
+        if len(candidates) <= self.max_references:
+            return candidates
+        start = (self.step * self.max_references) % len(candidates)
+        return (candidates[start:] + candidates[:start])[: self.max_references]
+
+    def on_step(self, model: "ImageTextModel", step: int, steps_per_epoch: int) -> None:
+        self.step = int(step)
+
     def loss(self, model: "ImageTextModel", pixels: torch.Tensor, tokens: "TextTokens", keys: torch.Tensor,
              texts: Sequence[str] | None = None, inspect: bool = False) -> torch.Tensor:
         return self.reference_loss(model, pixels, tokens, keys, texts)
 
-    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens",
-                          keys: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """pixels -> the references' LM loss (what untargeted PGD maximises)."""
+    def image_attack_loss(self, model: "ImageTextModel", tokens: "TextTokens", keys: torch.Tensor,
+                          texts: Sequence[str] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """pixels -> the references' LM loss (what untargeted PGD maximises): the same references
+        as `loss` (with `texts`, the table's extras leave out the captions already scored)."""
 
         def loss(pixels: torch.Tensor) -> torch.Tensor:
-            return self.reference_loss(model, pixels, tokens, keys)
+            return self.reference_loss(model, pixels, tokens, keys, texts)
 
         return loss
 
@@ -143,6 +166,6 @@ def references_from_train_data(data) -> list[list[str]]:
     for pool in data.pools:
         for row, modality in enumerate(pool.modality):
             caption = pool.caption[row]
-            if modality in ("text", "pair") and caption:
+            if modality == "text" and caption:  # a pair's caption describes its own new image
                 table[int(pool.image_index[row])].append(caption)
     return [list(dict.fromkeys(captions)) for captions in table]

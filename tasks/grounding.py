@@ -352,7 +352,7 @@ class GroundingTask(RetrievalTask):
         return contrastive + self.itm_weight * grounding_itm_loss(
             model, output, tokens, positives, self.counterfactual_pixels(model, keys, texts))
 
-    def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor):
+    def image_attack_loss(self, model, tokens: TextTokens, keys: torch.Tensor, texts=None):
         """pixels -> minus the mean ITM match logit of each row with its expression."""
         def loss(pixels: torch.Tensor) -> torch.Tensor:
             return -model.itm_logits(model.image_features(pixels), tokens).float().mean()

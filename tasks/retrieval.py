@@ -181,7 +181,7 @@ class RetrievalTask(Task):
             loss = loss + self.itm_weight * itm_loss(model, output, tokens, keys) / self.world_size
         return loss
 
-    def image_attack_loss(self, model, tokens, keys):
+    def image_attack_loss(self, model, tokens, keys, texts=None):
         from models.base import EncoderOutput
 
         with torch.no_grad():

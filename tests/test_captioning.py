@@ -131,6 +131,18 @@ def test_generate_with_and_without_prompt(captioner):
     assert not any(c.startswith("a picture of") for c in prompted)  # the prompt is not returned
 
 
+def test_generated_word_pieces_are_joined_as_blip_decodes_them(captioner, monkeypatch):
+    """"man ' s" would be tokenised "man s" by the metrics' PTB tokenizer, never matching a
+    reference's "man 's": generation decodes with the clean-up BLIP's transformers applied."""
+    ids = captioner.tokenizer(["a man's dog, on the left."], return_tensors="pt")["input_ids"]  # bos first
+    assert "' s" in captioner.tokenizer.decode(ids[0], skip_special_tokens=True)  # the pieces, decoded raw
+    monkeypatch.setattr(captioner.model, "generate", lambda *args, **kwargs: ids)
+    assert captioner.generate(torch.rand(1, 3, 64, 64)) == ["a man's dog, on the left."]
+    from train.caption_metrics import simple_tokenize
+
+    assert simple_tokenize("a man's dog") == "a man 's dog"  # as the references' PTB tokens (Java's too)
+
+
 def test_generation_reads_the_prompt_tokens_the_loss_reads(captioner, monkeypatch):
     """What `generate` feeds the decoder for a prompt (BLIP drops its trailing [SEP]) is the prefix the
     loss conditions on: the prompt the attacks optimise is the prompt the captions continue."""
@@ -213,6 +225,44 @@ def _loss(model, pixels, text):
     return float(model.caption_loss(pixels[None], model.tokenize([text])).detach())
 
 
+def test_extra_references_are_per_image_and_the_image_attack_scores_the_same_ones(captioner):
+    """Another image's equal caption does not remove one of this image's references, and PGD
+    (image_attack_loss, given the texts) maximises the very loss training minimises."""
+    from tasks.captioning import CaptioningTask
+
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    texts, keys = ["a red circle", "two shapes"], torch.tensor([0, 1])
+    task = CaptioningTask()
+    task.set_references([["two shapes", "a red circle"], ["two shapes", "a star"]], max_references=4)
+    tokens = captioner.tokenize(texts)
+    with torch.no_grad():
+        trained = float(task.loss(captioner, pixels, tokens, keys, texts))
+        attacked = float(task.image_attack_loss(captioner, tokens, keys, texts)(pixels))
+    expected = ((_loss(captioner, pixels[0], "a red circle") + _loss(captioner, pixels[0], "two shapes")) / 2
+                + (_loss(captioner, pixels[1], "two shapes") + _loss(captioner, pixels[1], "a star")) / 2) / 2
+    assert trained == pytest.approx(expected, rel=1e-4)
+    assert attacked == pytest.approx(trained, rel=1e-6)
+
+
+def test_extra_references_take_turns_so_pool_views_are_scored(captioner):
+    """5 source captions and 2 pool views, 4 extras a row: a fixed prefix would never reach the
+    pool views; the window moves with the training step and covers them all."""
+    from tasks.captioning import CaptioningTask
+
+    task = CaptioningTask()
+    table = [f"source caption {k}" for k in range(5)] + ["pool view a", "pool view b"]
+    task.set_references([table], max_references=4)
+    chosen = []
+    for step in range(7):
+        task.on_step(None, step, 10)
+        chosen.append(task.reference_window([c for c in table if c != "source caption 0"]))
+    assert all(len(window) == 4 and len(set(window)) == 4 for window in chosen)
+    assert {c for window in chosen for c in window} == set(table[1:])
+    assert "pool view a" in chosen[1] and chosen[0] == table[1:5]
+    task.on_step(None, 1, 10)
+    assert task.reference_window(table[:3]) == table[:3]  # no more than 4: all of them, every step
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -254,7 +304,9 @@ def test_the_fallback_tokenizer_gives_what_ptb_gives_for_captions():
                     "It's 3,000 o'clock; the U.S. flag!", "A cat (white) sits -- on a mat...",
                     "They're playing; we've seen 'em", "Children's toys: a kite [red] and a 10-year-old boy.",
                     'A "quoted" word & more / less 50% #1', "The dog's bowl isn't empty - it's full",
-                    "Three people standing in front of a yellow school bus."]}
+                    "Three people standing in front of a yellow school bus.",
+                    "Two 1.5-year-old kids and a 3.5-inch disk", "Mr. Smith and Dr. Who at 12:30 pm",
+                    "A man cannot swim, gonna sink", "wanna play? gotta go", "an email a@b.com from a dog@home"]}
     assert tokenize_all(captions, use_java=False) == tokenize_all(captions, use_java=True)
 
 

@@ -43,16 +43,23 @@ def require_java_for_meteor(meteor: bool | None) -> None:
 # filter lists them in upper case, so it leaves them in), every other punctuation mark dropped
 _CLITIC = re.compile(r"(?<=[a-z])(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _BRACKETS = {"(": " -lrb- ", ")": " -rrb- ", "[": " -lsb- ", "]": " -rsb- ", "{": " -lcb- ", "}": " -rcb- "}
-_PTB_TOKEN = re.compile(r"-[lr][rsc]b-|n't|'(?:s|re|ve|ll|d|m|em)\b|(?:[a-z]\.){2,}|\d+(?:[.,]\d+)+"
-                        r"|[a-z0-9]+(?:[-'][a-z0-9]+)*|[&/%#$+=*<>|~^]")
+# and: "cannot", "gonna", ... split in two; the titles "mr.", "dr.", ... and clock times "3:00" kept
+# whole; a word with "@" (an address) kept whole
+_SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "wanna": "wan na", "gotta": "got ta", "lemme": "lem me",
+                "gimme": "gim me"}
+_SPLIT_WORD = re.compile(r"\b(" + "|".join(_SPLIT_WORDS) + r")\b")
+_PTB_TOKEN = re.compile(r"-[lr][rsc]b-|n't|'(?:s|re|ve|ll|d|m|em)\b|(?:[a-z]\.){2,}|\b(?:mrs|mr|ms|dr|st|jr|sr)\."
+                        r"|[a-z0-9._]*[a-z0-9]@[a-z0-9]+(?:\.[a-z0-9]+)*"
+                        r"|(?:\d+(?:[.,:]\d+)+|[a-z0-9]+)(?:[-'][a-z0-9]+)*|[&/%#$+=*<>|~^]")
 
 
 def simple_tokenize(text: str) -> str:
     """Lower-case tokens as PTBTokenizer + COCO's punctuation filter give them for captions
-    (tested equal on possessives, contractions, hyphens, decimals and abbreviations): the
-    fallback when Java is absent. Rarer constructions may still differ; the report says when
+    (tested equal on possessives, contractions, hyphens, decimals, clock times, titles and
+    abbreviations, "cannot"/"gonna"): the fallback when Java is absent. Rarer constructions may still differ; the report says when
     the fallback was used."""
-    text = _CLITIC.sub(r" \1", text.lower()).translate(str.maketrans(_BRACKETS))
+    text = _SPLIT_WORD.sub(lambda word: _SPLIT_WORDS[word.group(1)], text.lower())
+    text = _CLITIC.sub(r" \1", text).translate(str.maketrans(_BRACKETS))
     return " ".join(_PTB_TOKEN.findall(text))
 
 

@@ -8,7 +8,7 @@ checkpoint folder, or `tiny-captioner`. Writes DIR/eval.json (every number and s
 DIR/eval.md (a table: rows = attacks, columns = metrics under attack and drops) and
 DIR/captions.jsonl (every generated caption, per attack).
 
-`train eval`'s shared options keep their meaning (--eps, --pgd-steps, --pgd-step-size,
+`train eval`'s shared options keep their meaning (--attack-eps, --pgd-steps, --pgd-step-size,
 --text-candidates, --mlm, --top-k, --word-budget, --max-length, --batch-size, --limit,
 --captions-per-image, --device, --seed, --truth-checker, --workers, --restart: a killed evaluation resumes
 from DIR/.progress, --attacker-model: transfer attacks crafted on another captioner, --save-adv:

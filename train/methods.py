@@ -63,13 +63,13 @@ class Method:
     def _tokenize(self, texts: list[str]):
         return self.ctx.model.tokenize(texts)
 
-    def _pgd(self, pixels: torch.Tensor, tokens, keys: torch.Tensor) -> torch.Tensor:
+    def _pgd(self, pixels: torch.Tensor, tokens, keys: torch.Tensor, texts: list[str]) -> torch.Tensor:
         from train.attacks import pgd_linf
 
         cfg, ctx = self.cfg, self.ctx
         if cfg.pgd_steps == 0 or cfg.attack_eps == 0:
             return pixels
-        loss = ctx.task.image_attack_loss(ctx.model, tokens, keys)
+        loss = ctx.task.image_attack_loss(ctx.model, tokens, keys, texts)
         return pgd_linf(pixels, loss, cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
 
     def _robust_and_clean(self, adv_pixels: torch.Tensor, adv_tokens, clean_pixels: torch.Tensor, clean_tokens,
@@ -103,7 +103,7 @@ class CleanMethod(Method):
 class TeCoAMethod(Method):
     def __call__(self, batch: Batch, step: int) -> StepOutput:
         tokens = self._tokenize(batch.texts)
-        adv = self._pgd(batch.pixels, tokens, batch.keys)
+        adv = self._pgd(batch.pixels, tokens, batch.keys, batch.texts)
         robust, clean = self._robust_and_clean(adv, tokens, batch.pixels, tokens, batch, batch.texts)
         return self._output(robust, clean, adv_pixels=adv)
 
@@ -184,9 +184,9 @@ class MATMethod(Method):
         if self._order(step) == "text-image":
             adv_texts = self._attack_text(batch.pixels, batch.texts, batch.keys)
             adv_tokens = self._tokenize(adv_texts)
-            adv = self._pgd(batch.pixels, adv_tokens, batch.keys)
+            adv = self._pgd(batch.pixels, adv_tokens, batch.keys, adv_texts)
         else:
-            adv = self._pgd(batch.pixels, clean_tokens, batch.keys)
+            adv = self._pgd(batch.pixels, clean_tokens, batch.keys, batch.texts)
             adv_texts = self._attack_text(adv, batch.texts, batch.keys)
             adv_tokens = self._tokenize(adv_texts)
         robust, clean = self._robust_and_clean(adv, adv_tokens, batch.pixels, clean_tokens, batch, adv_texts)
