@@ -386,6 +386,14 @@ def _check_pretrained_tag_cached(arch: str, tag: str, display: str, cache_dir: s
     raise ModelLoadError(_offline_message("clip", display))
 
 
+def _refuse_a_tag(name: str, pretrained: str | None, why: str) -> None:
+    """A pretrained tag names weights of an open_clip architecture; given with a model that has its
+    own, it would be silently dropped."""
+    if pretrained:
+        raise ModelLoadError(f"'{name}' {why}: --pretrained {pretrained} applies to an open_clip architecture "
+                             "name (ViT-B-16 --pretrained openai) only; leave it out")
+
+
 def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:
     """(open_clip model name, pretrained, force_quick_gelu) for any accepted CLIP name."""
     if not isinstance(name, str) or not name.strip():
@@ -398,14 +406,19 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
         tiny.check_tiny_name(name)
         if name not in TINY_NAMES:
             raise ModelLoadError(f"'{name}' is not an open_clip model (open_clip twins: {', '.join(TINY_NAMES)})")
+        _refuse_a_tag(name, pretrained, "has random weights of its own")
         return f"local-dir:{tiny.tiny_dir(name)}", None, False
     if name.startswith("local-dir:") or os.path.isdir(os.path.expanduser(name)) or _looks_like_path(name):
         folder = Path(name.removeprefix("local-dir:")).expanduser()
         if not (folder / OPEN_CLIP_CONFIG_NAME).is_file():
-            what = "does not exist" if not folder.is_dir() else f"has no {OPEN_CLIP_CONFIG_NAME}"
-            raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} {what}")
+            what = ("does not exist" if not folder.exists() else
+                    f"is a file: give the folder that holds it and its {OPEN_CLIP_CONFIG_NAME}" if folder.is_file()
+                    else f"has no {OPEN_CLIP_CONFIG_NAME}")
+            raise ModelLoadError(f"cannot load CLIP '{name}': {'folder ' if not folder.is_file() else ''}{folder} {what}")
+        _refuse_a_tag(name, pretrained, "is a saved model with its own weights")
         return f"local-dir:{folder}", None, False
     if name.startswith("hf-hub:"):
+        _refuse_a_tag(name, pretrained, "names its weights already")
         repo_id = name.removeprefix("hf-hub:")
         _check_hub_id(repo_id, "clip", name, OPEN_CLIP_CONFIG_NAME, None)
         return name, None, False

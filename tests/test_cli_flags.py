@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -173,6 +174,12 @@ def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys
 @pytest.mark.parametrize("extra, message", [
     (["--task", "captioning", "--gen-min-length", "30"], "--gen-min-length 30 must lie in [0, --gen-max-length 20]"),
     (["--task", "retrieval", "--co-alpha", "-1"], "Co-Attack's alpha must not be negative, got -1.0"),
+    # the flag's name, not the attack option's (eps, max_length)
+    (["--task", "retrieval", "--attack-eps", "2"], "--attack-eps must lie in [0, 1], got 2.0"),
+    (["--task", "retrieval", "--max-length", "2"], "--max-length must be at least 3, got 2"),
+    (["--task", "retrieval", "--workers", "-1", "--restart"], "--workers must be non-negative"),
+    (["--task", "retrieval", "--attacker-pretrained", "openai"],
+     "--attacker-pretrained is read only with --attacker-model: leave it out or add --attacker-model ARCH"),
 ])
 def test_eval_refuses_out_of_range_settings_before_loading(extra, message, tmp_path, capsys):
     from train.cli import main
@@ -181,6 +188,35 @@ def test_eval_refuses_out_of_range_settings_before_loading(extra, message, tmp_p
                  str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *extra])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_eval_refuses_a_rerank_k_a_model_without_itm_would_ignore(tmp_path, capsys, sample_world_dir):
+    from train.cli import main
+
+    code = main(["eval", "tiny-clip", "--rerank-k", "64", "--source", str(sample_world_dir), "--limit", "2",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --rerank-k 64: re-ranking needs an ITM head, which tiny-clip has none of (BLIP, ALBEF and TCL do): "
+        "leave it out")
+
+
+def test_a_resume_refusal_names_attack_options_by_their_flags_and_a_damaged_tag_says_restart(tmp_path):
+    from augment.errors import MatPlusError
+    from train.eval_store import BatchStore
+
+    folder = tmp_path / "progress"
+    BatchStore(folder, {"options": {"eps": 2 / 255, "budget": 1, "seed": 0}, "limit": 4})
+    (folder / "pgd").mkdir()
+    (folder / "pgd" / "batch-00000.pt").write_bytes(b"kept")
+    with pytest.raises(MatPlusError, match=re.escape("(differ: limit, options.budget (--word-budget), "
+                                                     "options.eps (--attack-eps)): run that evaluation's command")):
+        BatchStore(folder, {"options": {"eps": 4 / 255, "budget": 2, "seed": 0}, "limit": 8})
+    (folder / "settings.json").write_text("{")
+    with pytest.raises(MatPlusError, match=r"settings.json is missing or damaged, so no evaluation can resume them: "
+                                           r"discard them \(train eval --restart\)$"):
+        BatchStore(folder, {"options": {"eps": 2 / 255, "budget": 1, "seed": 0}, "limit": 4})
+    assert (folder / "pgd" / "batch-00000.pt").read_bytes() == b"kept"
 
 
 def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys, sample_world_dir):

@@ -351,6 +351,21 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
             k: v for k, v in whole["attacks"][name].items() if k not in ("seconds", "adversarial_pool")}, name
         kept, again = load_pool(tmp_path / "adv-whole" / name).dataset, load_pool(tmp_path / "adv-late" / name).dataset
         assert kept["row_id"] == again["row_id"] and kept["caption"] == again["caption"], name
+    # another evaluation (another OUT) with other settings into the same --save-adv: refused, the pools kept
+    # (their own report points at them; they used to be silently replaced)
+    pool_json = (tmp_path / "adv" / "pgd" / "pool.json").read_text()
+    with pytest.raises(MatPlusError, match=r"--save-adv: .*adv/pgd holds the evaluation in .*'s pgd pool, made with "
+                                           r"other settings \(.*seed.*\): choose another --save-adv"):
+        evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "other" / "progress", seed=5,
+                            save_adv=tmp_path / "adv", **kwargs)
+    assert (tmp_path / "adv" / "pgd" / "pool.json").read_text() == pool_json
+    # this evaluation started again with other settings (train eval --restart empties its progress): replaced
+    import shutil
+
+    shutil.rmtree(tmp_path / "progress")
+    evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=5,
+                        save_adv=tmp_path / "adv", **{**kwargs, "attacks": ["clean", "pgd"]})
+    assert load_pool(tmp_path / "adv" / "pgd").meta["seed"] == 5
 
 
 def test_a_finished_store_is_deleted_settings_last(tmp_path, monkeypatch):

@@ -15,6 +15,8 @@ import copy
 import json
 import os
 
+import re
+
 import pytest
 import torch
 
@@ -431,6 +433,17 @@ def test_uncached_hub_models_fail_with_one_line_offline(monkeypatch, tmp_path):
         load_model("tiny-blip", pretrained="openai")
     with pytest.raises(ModelLoadError, match="not a BLIP model"):
         models.family_module("blip").load("tiny-hf-clip")
+    # open_clip: a tag with a model that has its own weights would be dropped without a word
+    with pytest.raises(ModelLoadError, match=r"'tiny-clip' has random weights of its own: --pretrained openai applies "
+                                             r"to an open_clip architecture name \(ViT-B-16 --pretrained openai\) only"):
+        load_model("tiny-clip", pretrained="openai")
+    folder = tmp_path / "saved-clip"
+    load_model("tiny-clip").save(folder)
+    with pytest.raises(ModelLoadError, match="is a saved model with its own weights: --pretrained laion2b"):
+        load_model(str(folder), pretrained="laion2b")
+    weights = next(folder.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match=f"{re.escape(str(weights))} is a file: give the folder that holds it"):
+        load_model(str(weights))
 
 
 def test_missing_model_folders_fail_with_one_line_naming_them(monkeypatch, tmp_path):

@@ -30,6 +30,7 @@ SHARED_OPTIONS = frozenset({
 _SOURCE_TABLE = ("source_split", "skip_bad", "skip_report", "validate", "allow_outside_root",  # read_source's
                  "csv_img_key", "csv_caption_key", "csv_separator")
 _ALBEF = ("albef_config", "albef_bert_config", "albef_tokenizer")
+RERANK_K_DEFAULT = 128  # the Flickr30k protocol's k
 # the options only some tasks read: one set explicitly for a task that does not read it is refused
 # in one line rather than silently ignored
 TASK_OPTIONS: dict[str, frozenset[str]] = {
@@ -107,12 +108,12 @@ def _check_attack_options(options: dict) -> None:
     """Before any model loads: settings the attacks refuse (e.g. `--text-guide text` under a
     reference protocol, which would be ignored there) are one line, not a traceback mid-run."""
     from augment.errors import MatPlusError
-    from train.attacks.settings import AttackSettings
+    from train.attacks.settings import AttackSettings, with_flag_names
 
     try:
         AttackSettings.from_options(**{key: value for key, value in options.items() if key != "mlm"})
     except ValueError as exc:
-        raise MatPlusError(str(exc)) from None
+        raise MatPlusError(with_flag_names(str(exc))) from None
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -225,7 +226,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
     runtime.add_argument("--text-batch", type=int, default=256, help="captions per text-encoder forward pass (default: 256)")
-    runtime.add_argument("--rerank-k", type=int, default=128,
+    runtime.add_argument("--rerank-k", type=int, default=RERANK_K_DEFAULT,
                          help="fusion models (BLIP, ALBEF): ITM re-ranks each query's top k of the ITC ranking; 0: ITC only "
                               "(default: 128, the Flickr30k protocol; ALBEF/BLIP's COCO configs use 256)")
     runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
@@ -301,6 +302,11 @@ def _check_positive(args) -> None:
         value = getattr(args, option)
         if value is not None and value < (0 if option == "word_budget" else 1):
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
+    if args.workers is not None and args.workers < 0:  # before --restart empties anything
+        raise MatPlusError("--workers must be non-negative")
+    if args.attacker_pretrained is not None and not args.attacker_model:  # it would be silently ignored
+        raise MatPlusError("--attacker-pretrained is read only with --attacker-model: leave it out or add "
+                           "--attacker-model ARCH")
 
 
 def truth_checker_for(choice: str, has_scenes: bool, checker):
@@ -393,11 +399,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.attacked_embedding != "unimodal":  # recorded only when chosen: reports before it read the same
         options["attacked_embedding"] = args.attacked_embedding
-        unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
-        if unfused:
-            raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
-                               f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
-    _check_attack_options(options)
+    _check_attack_options(options)  # first: e.g. --attacked-embedding needs --protocol co-attack
+    unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
+    if args.attacked_embedding != "unimodal" and unfused:
+        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
+                           f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     from train.trainer import model_options
@@ -409,6 +415,10 @@ def run(args: argparse.Namespace) -> int:
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
+    if args.rerank_k not in (0, RERANK_K_DEFAULT) and not getattr(victim, "has_itm", False):
+        # it would be silently ignored (the default is: it is what an ITM model gets unasked)
+        raise MatPlusError(f"--rerank-k {args.rerank_k}: re-ranking needs an ITM head, which "
+                           f"{victim.name or victim.family} has none of (BLIP, ALBEF and TCL do): leave it out")
     if args.attacked_embedding != "unimodal" and not callable(getattr(attacker or victim, "fusion_states", None)):
         raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
                            f"{(attacker or victim).name or (attacker or victim).family} has none to attack (ALBEF and TCL do)")

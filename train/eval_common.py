@@ -203,15 +203,20 @@ def reseed_attack(attack, seed: int) -> None:
 
 
 def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_dataset, attacker, split, limit, seed, batch_size,
-                  resume: bool = False) -> dict:
-    """One pool writer per attack under `save_adv` (overwritten unless a resumed evaluation keeps its shards).
+                  progress_dir: str | Path | None = None) -> dict:
+    """One pool writer per attack under `save_adv`.
 
-    The pools record the whole source's fingerprint, as `augment generate`'s do (not the evaluated
-    split's), so `augment score` and `train mat+` take them with that source."""
+    Without `progress_dir` (an API call that cannot resume) each pool is written anew. With it,
+    a resumed evaluation keeps its pools' shards; a pool there that another evaluation (another
+    OUT, or none recorded) made with other settings is refused, not replaced: its own report
+    points at it. This evaluation's own pool of other settings (an OUT started again with
+    --restart) is replaced. The pools record the whole source's fingerprint, as `augment
+    generate`'s do (not the evaluated split's), so `augment score` and `train mat+` take them
+    with that source."""
     if save_adv is None:
         return {}
-    from augment.errors import PoolError
-    from augment.pool import PoolWriter
+    from augment.errors import MatPlusError, PoolError, first_line
+    from augment.pool import POOL_META, PoolWriter, read_pool_meta
     from augment.sources import source_fingerprint
 
     fingerprint = source_fingerprint(source_dataset)
@@ -226,9 +231,17 @@ def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_datase
             "split": split, "limit": limit, "n": 1, "shard_size": batch_size,
             "description": f"adversarial examples of the {name} attack ({attack.modality}); see provenance per row",
         }
+        if progress_dir is not None:  # the evaluation (its OUT) that writes the pool: not an identity key
+            meta["evaluation"] = str(Path(progress_dir).resolve().parent)
         folder = Path(save_adv) / name
         try:
-            writers[name] = PoolWriter(folder, meta, overwrite=not resume)
-        except PoolError:  # another evaluation's pool there: start it over
+            writers[name] = PoolWriter(folder, meta, overwrite=progress_dir is None)
+        except PoolError as exc:
+            owner = read_pool_meta(folder).get("evaluation") if (folder / POOL_META).is_file() else None
+            if owner is None or owner != meta.get("evaluation"):
+                made_by = f"the evaluation in {owner}" if owner else "another evaluation"
+                raise MatPlusError(f"--save-adv: {folder} holds {made_by}'s {name} pool, made with other settings "
+                                   f"({first_line(exc).split('different ', 1)[-1].split(';')[0]}): choose another "
+                                   "--save-adv, or delete that folder") from None
             writers[name] = PoolWriter(folder, meta, overwrite=True)
     return writers

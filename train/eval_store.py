@@ -113,9 +113,14 @@ class BatchStore:
             if finished:
                 from augment.errors import MatPlusError
 
+                differences = _settings_differences(found, wanted)
+                if differences == UNREADABLE_SETTINGS:  # no command can resume batches of unknown settings
+                    raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
+                                       "missing or damaged, so no evaluation can resume them: discard them "
+                                       "(train eval --restart)")
                 raise MatPlusError(
                     f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
-                    f"({_settings_differences(found, wanted)}): run that evaluation's command again to finish it, "
+                    f"({differences}): run that evaluation's command again to finish it, "
                     f"or discard them (train eval --restart)")
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -211,14 +216,20 @@ class BatchStore:
         return load_tensors(self._path(attack, batch), _RESTART)
 
 
+UNREADABLE_SETTINGS = "settings.json missing or unreadable"
+
+
 def _settings_differences(found: str | None, wanted: str) -> str:
-    """The settings keys (one level into nested ones, as `options.eps`) whose values differ."""
+    """The settings keys (one level into nested ones, as `options.eps`, an attack option with
+    its flag: `options.eps (--attack-eps)`) whose values differ."""
+    from train.attacks.settings import OPTION_FLAGS
+
     try:
         before = json.loads(found) if found is not None else None
     except json.JSONDecodeError:
         before = None
     if not isinstance(before, dict):
-        return "settings.json missing or unreadable"
+        return UNREADABLE_SETTINGS
     after = json.loads(wanted)
     differ = []
     for key in sorted(set(before) | set(after)):
@@ -226,7 +237,8 @@ def _settings_differences(found: str | None, wanted: str) -> str:
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            differ += [f"{key}.{sub}" for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+            differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS else "")
+                       for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
         else:
             differ.append(key)
     return "differ: " + ", ".join(differ)

@@ -405,7 +405,7 @@ class _RetrievalRun:
         without a batch store, a scratch store for the pixels."""
         self.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
         self.writers = adversarial_pool_writers(save_adv, built, source_dataset, self.attacker, split, limit, self.seed,
-                                                self.batch_size, resume=self.store is not None)
+                                                self.batch_size, progress_dir)
         self.pixel_store = self.store
         if self.keep_pixels and self.store is None:
             # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory

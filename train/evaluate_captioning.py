@@ -149,7 +149,7 @@ def evaluate_captioning(
         checker=getattr(caption_checker, "__name__", None), precision=active_precision(victim.device))
     run.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
     run.writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
-                                           resume=run.store is not None)
+                                           progress_dir)
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
     bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)

@@ -84,6 +84,23 @@ def canonical_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# the `train eval` flag of each attack option (eval.json's `settings.attack_options` and the
+# API use the option names; messages to a command-line user use the flags)
+OPTION_FLAGS = {"eps": "--attack-eps", "steps": "--pgd-steps", "step_size": "--pgd-step-size",
+                "candidates": "--text-candidates", "budget": "--word-budget", "guide": "--text-guide",
+                "scales": "--sga-scales", "alpha": "--co-alpha", "top_k": "--top-k", "max_length": "--max-length",
+                "mlm": "--mlm", "protocol": "--protocol", "reference_bugs": "--reference-bugs",
+                "attacked_embedding": "--attacked-embedding"}
+
+
+def with_flag_names(message: str) -> str:
+    """`message` with each option name that starts a clause ("eps must ...") as its flag."""
+    import re
+
+    return re.sub(r"(^|; )(" + "|".join(OPTION_FLAGS) + r")\b", lambda m: m.group(1) + OPTION_FLAGS[m.group(2)],
+                  message)
+
+
 @dataclass(frozen=True)
 class AttackSettings:
     """Every attack knob with its default (the attack papers' protocol, see README)."""
@@ -143,10 +160,11 @@ class AttackSettings:
                             "multi-piece words are combined as the reference code does")
         if not 0 <= self.eps <= 1:
             problems.append(f"eps must lie in [0, 1], got {self.eps}")
-        if self.steps < 0 or self.budget < 0 or self.top_k < 1 or self.max_length < 3:
-            problems.append("steps and budget must be >= 0, top_k >= 1, max_length >= 3")
+        for name, least in (("steps", 0), ("budget", 0), ("top_k", 1), ("max_length", 3)):
+            if getattr(self, name) < least:
+                problems.append(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.step_size is not None and self.step_size <= 0:
-            problems.append("step_size must be positive")
+            problems.append(f"step_size must be positive, got {self.step_size}")
         if not self.scales or any(s <= 0 for s in self.scales):
             problems.append("SGA scales must be positive")
         if self.alpha < 0:
