@@ -314,6 +314,21 @@ def test_evaluate_grounding_report_and_truth_checked_rows():
     assert report["baselines"]["random_box_multi"] < report["baselines"]["random_box"]
     single = len(data) - len(multi)  # a single candidate is always right
     assert clean["accuracy"] == pytest.approx((clean["accuracy_multi"] * len(multi) + 100 * single) / len(data))
+    assert "accuracy_by_split" not in clean  # one split: its accuracy is the accuracy
+
+    # expressions of two splits (RefCOCO+ --split test: testA and testB, reported apart by ALBEF)
+    import dataclasses
+
+    data.expressions[:] = [dataclasses.replace(e, split="testA" if k % 2 else "testB")
+                           for k, e in enumerate(data.expressions)]
+    mixed = evaluate_grounding(_ColourGrounder(), data, attacks=["clean"])["attacks"]["clean"]
+    by_split = mixed["accuracy_by_split"]
+    assert sorted(by_split) == ["testA", "testB"] and mixed["accuracy"] == clean["accuracy"]
+    count_a = len(data) // 2
+    assert mixed["accuracy"] == pytest.approx((by_split["testA"] * count_a + by_split["testB"] * (len(data) - count_a))
+                                              / len(data))
+    assert "Accuracy by split: clean testA " in markdown_grounding_report(
+        {**report, "attacks": {"clean": mixed}})
 
 
 def _without_seconds(report: dict) -> dict:
