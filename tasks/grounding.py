@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import TextTokens
-from tasks.retrieval import ITC_LOSSES, RetrievalTask, hard_negatives, itc_loss, softmax_itc_loss
+from tasks.retrieval import ITC_LOSSES, RetrievalTask, hard_negatives, itc_logits_for_mining, itc_loss, softmax_itc_loss
 
 if TYPE_CHECKING:
     from models.base import VisionLanguageModel
@@ -153,7 +153,8 @@ def grounding_itm_loss(model, output, tokens: TextTokens, positives: torch.Tenso
 
     `counterfactuals` (rows [R], pixels [R, 3, S, S], labels [R]): more pairs, each row's expression
     with an edited image of its scene, labelled by the world's checker (`GroundingTask.counterfactual_pixels`)."""
-    sims = output.image_emb.detach().float() @ output.text_emb.detach().float().T
+    # scaled by 1/temperature as ALBEF draws them (`itc_logits_for_mining`)
+    sims = itc_logits_for_mining(output) @ output.text_emb.detach().float().T
     negative_text = hard_negatives(sims, positives)
     negative_image = hard_negatives(sims.T, positives.T)
     batch = len(positives)
@@ -345,7 +346,7 @@ class GroundingTask(RetrievalTask):
         if truth is not None:
             positives = torch.maximum(positives, truth)
         if model.itc_loss in ITC_LOSSES:
-            contrastive = itc_loss(model, output, keys, self) * self.world_size  # undo its per-process division
+            contrastive = itc_loss(model, output, keys, self)  # a local term of scale 1: the loss itself
         else:
             logits = output.logit_scale * output.image_emb.float() @ output.text_emb.float().T
             contrastive = softmax_itc_loss(logits, positives)

@@ -64,12 +64,23 @@ ItcLoss = Callable[["VisionLanguageModel", "EncoderOutput", torch.Tensor, "Retri
 def _momentum_distilled(model, output, keys, task) -> torch.Tensor:
     """ALBEF's ITC with momentum distillation and a feature queue (tasks/momentum_distillation.py).
 
-    Computed on this process's batch and queue: divided by the world size so that the task's
-    gradient scale leaves it a mean over processes."""
+    Computed on this process's batch and queue: a `local_term` of the task's gradient scale."""
     from tasks.momentum_distillation import momentum_distilled_itc_loss
 
     loss = momentum_distilled_itc_loss(output, keys, alpha=task.distill_alpha, enqueue=not task.inspecting)
-    return loss / task.world_size
+    return local_term(loss, task.gradient_scale)
+
+
+def local_term(loss: torch.Tensor, gradient_scale: float) -> torch.Tensor:
+    """A loss term of this process's batch only, in a task whose other terms cover the gathered
+    global batch (`Task.gradient_scale` = the world size): its gradient divided by that scale, so
+    that the scaled backward and DDP's average leave it a mean over processes, its value
+    unchanged, so that the logged loss is the same at any world size (dividing the value too
+    logged half the loss under 2 processes)."""
+    if gradient_scale == 1:
+        return loss
+    scaled = loss / gradient_scale
+    return scaled + (loss - scaled).detach()
 
 
 # extra ITC losses by the name a model declares in `itc_loss`
@@ -122,12 +133,20 @@ def hard_negatives(similarity: torch.Tensor, positives: torch.Tensor, generator:
     return torch.multinomial(weights + 1e-12 * (weights.sum(1, keepdim=True) <= 0), 1, generator=generator).squeeze(1)
 
 
+def itc_logits_for_mining(output: "EncoderOutput") -> torch.Tensor:
+    """The image embeddings times the ITC logit scale (1/temperature), detached, in float32: times
+    the text embeddings, the logits whose softmax draws hard negatives."""
+    return output.logit_scale.detach().float() * output.image_emb.detach().float()
+
+
 def itm_loss(model: "VisionLanguageModel", output: "EncoderOutput", tokens: "TextTokens", keys: torch.Tensor) -> torch.Tensor:
     """BLIP/ALBEF ITM with hard negatives mined from ITC similarities (local batch)."""
     image_emb, text_emb = output.image_emb.detach(), output.text_emb.detach()
     features = output.image_features
     positives = multi_positive_targets(keys, keys).to(image_emb.device)
-    sims = image_emb.float() @ text_emb.float().T
+    # drawn by softmax of the ITC logits, scaled by 1/temperature as ALBEF and BLIP draw them: on
+    # raw cosines (in [-1, 1]) the draw is nearly uniform, easy negatives as often as hard ones
+    sims = itc_logits_for_mining(output) @ text_emb.float().T
     negative_text = hard_negatives(sims, positives)  # [B] caption for each image
     negative_image = hard_negatives(sims.T, positives.T)  # [B] image for each caption
     batch = len(keys)
@@ -176,9 +195,8 @@ class RetrievalTask(Task):
         output = model(pixels, tokens, image_features=model.has_itm)
         self.inspecting = inspect
         loss = itc_loss(model, output, keys, self)
-        if model.has_itm and self.itm_weight > 0:
-            # local-only term: divide by the world size so gradient_scale leaves it a mean
-            loss = loss + self.itm_weight * itm_loss(model, output, tokens, keys) / self.world_size
+        if model.has_itm and self.itm_weight > 0:  # this process's pairs only (`local_term`)
+            loss = loss + self.itm_weight * local_term(itm_loss(model, output, tokens, keys), self.gradient_scale)
         return loss
 
     def image_attack_loss(self, model, tokens, keys, texts=None):

@@ -124,6 +124,50 @@ def _assert_within_eps(records, eps):
 # ----------------------------------------------------------------------------- the loss
 
 
+def test_a_local_loss_term_keeps_its_value_and_scales_its_gradient():
+    """ITM and momentum-distilled ITC cover this process's rows only: their gradient is divided by the
+    world size (the gathered ITC's gradient scale), their logged value is not (it was: half the loss
+    under 2 processes)."""
+    from tasks.retrieval import local_term
+
+    weight = torch.tensor(3.0, requires_grad=True)
+    term = local_term(weight * 2.0, 2.0)
+    term.backward()
+    assert term.detach().item() == 6.0 and weight.grad.item() == 1.0
+    alone = local_term(torch.tensor(3.0, requires_grad=True) * 2.0, 1.0)
+    assert alone.grad_fn is not None and alone.detach().item() == 6.0
+
+
+def test_itm_hard_negatives_are_drawn_by_the_temperature_scaled_itc_logits(monkeypatch):
+    """ALBEF and BLIP draw an image's negative caption by softmax(sim / temperature): on raw cosines
+    a caption at cosine 0.8 among 30 at 0.1 was drawn 6% of the time (uniform: 3%), at 1/0.07: ~100%."""
+    import tasks.retrieval as retrieval
+    from models.base import EncoderOutput, TextTokens
+
+    draw = retrieval.hard_negatives
+    sims = torch.full((1, 31), 0.1)
+    sims[0, 0] = 0.8
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw(sims / 0.07, torch.zeros(1, 31), generator) for _ in range(200)])
+    assert (draws == 0).float().mean() > 0.95
+
+    seen = []
+    monkeypatch.setattr(retrieval, "hard_negatives",
+                        lambda similarity, positives: seen.append(similarity) or draw(similarity, positives))
+
+    class Matcher:
+        def itm_logits(self, features, tokens):
+            return torch.zeros(len(features))
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    output = EncoderOutput(image, text, torch.tensor(1 / 0.07), image_features=torch.randn(4, 3, 8))
+    retrieval.itm_loss(Matcher(), output, TextTokens(torch.ones(4, 5, dtype=torch.long)), torch.arange(4))
+    torch.testing.assert_close(seen[0], image @ text.T / 0.07)  # each image's captions
+    torch.testing.assert_close(seen[1], (image @ text.T / 0.07).T)  # each caption's images
+
+
 def test_multi_positive_loss_equals_clip_loss_for_distinct_keys_and_never_repels_one_item():
     from open_clip.loss import ClipLoss
 
@@ -219,6 +263,8 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     ({"method": "clean", "p_original": 0.9}, "--p-original is not read without --pools"),
     ({"method": "mat+", "pools": ["p"], "pool_mode": "expand", "p_original": 0.2}, "--p-original is not read without --pools or with --pool-mode expand"),
     ({"method": "mat", "pool_mode": "expand"}, "--pool-mode is not read without --pools"),
+    ({"method": "mat+", "pools": ["p", "q"], "pool_mode": "expand", "pool_weights": [1, 3]},
+     "--pool-weights is not read with --pool-mode expand"),
     ({"method": "clean", "val_split": "test", "val_limit": 10}, "--val-split is not read without --val-frequency; --val-limit is not"),
     ({"method": "clean", "wandb_project_name": "x", "report_to": "tensorboard"}, "--wandb-project-name is not read without --report-to wandb"),
     ({"method": "clean", "csv_img_key": "filepath"}, "--csv-img-key is not read for a source that is not a .csv/.tsv file"),
@@ -243,12 +289,17 @@ def test_unread_settings_are_accepted_where_read_and_saved_configs_feed_back(tmp
         {"method": "clean", "val_frequency": 1, "val_data": "v.csv", "csv_caption_key": "title"},
         {"method": "tecoa", "lock_text": False},
         {"method": "mat", "text_candidates": "wordnet", "mlm": None},
+        {"method": "mat+", "pools": ["p", "q"], "pool_weights": [1, 3]},
+        {"method": "mat+", "pools": ["p", "q"], "pool_mode": "expand", "pool_weights": [1, 1]},
     ]
     for settings in read:
         resolve_config({"train_data": "s.json", "out": "o", **settings})
     # a run's config.yaml holds every setting, derived ones too: fed back, none is refused
-    for method in ("clean", "tecoa", "fare", "mat", "mat+"):
-        config = resolve_config({"method": method, "train_data": "s.json", "out": "o", "pools": ["p"] if method == "mat+" else []})
+    for method in ("clean", "tecoa", "fare", "mat", "mat+", "expand"):
+        settings = {"method": method, "pools": ["p"] if method == "mat+" else []}
+        if method == "expand":
+            settings = {"method": "mat+", "pools": ["p", "q"], "pool_mode": "expand"}
+        config = resolve_config({"train_data": "s.json", "out": "o", **settings})
         save_config(config, tmp_path / method)
         assert resolve_config(read_yaml_config(tmp_path / method / "config.yaml")) == config
 
@@ -413,6 +464,7 @@ def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, 
     train_id = pools["train"][0]["image_id"]
     _write_pool(tmp_path / "foreign", [_pool_row("t", train_id, 0, 0, "text", caption="a cat")], "0123456789abcdef", "t")
     _write_pool(tmp_path / "badindex", [_pool_row("t", train_id, 9, 0, "text", caption="a cat")], fingerprint, "t")
+    _write_pool(tmp_path / "unfingerprinted", [_pool_row("t", train_id, 0, 0, "text", caption="a cat")], None, "t")
     # wrong schema: a shard with a column too many
     schema_dir = tmp_path / "schema"
     (schema_dir / "data").mkdir(parents=True)
@@ -422,7 +474,7 @@ def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, 
     pq.write_table(table.append_column("score", pa.array([0.5] * table.num_rows)), schema_dir / "data" / "shard-00000.parquet")
 
     cases = {"unknown": "not in the source", "leak": "leak", "foreign": "another source", "badindex": "caption 9",
-             "schema": "unexpected columns"}
+             "schema": "unexpected columns", "unfingerprinted": "records no source fingerprint"}
     for name, message in cases.items():
         out = tmp_path / f"run-{name}"
         with pytest.raises(MatPlusError, match=message):

@@ -324,6 +324,9 @@ def _is_table_file(source: str | None) -> bool:
 UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "p_original": (lambda c: not c.pools or c.pool_mode == "expand", "without --pools or with --pool-mode expand"),
     "pool_mode": (lambda c: not c.pools, "without --pools"),
+    # expand takes every view once; equal weights (what a saved config.yaml holds) change nothing
+    "pool_weights": (lambda c: c.pool_mode == "expand" and c.pool_weights is not None and len(set(c.pool_weights)) > 1,
+                     "with --pool-mode expand (every view of every pool is taken once)"),
     "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
     "mlm": (lambda c: c.text_candidates != "mlm", "with --text-candidates wordnet (WordNet synonyms, no masked LM)"),
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),

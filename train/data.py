@@ -146,6 +146,9 @@ def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts
         if not allow_mismatch:
             raise PoolError(message + "; pass --allow-pool-mismatch to use it anyway")
         log.warning("%s; used anyway (--allow-pool-mismatch)", message)
+    elif not made_from and not allow_mismatch:  # every pool this project writes records it
+        raise PoolError(f"{where} records no source fingerprint, so nothing shows it was made from this source "
+                        "(its ids could name other images); pass --allow-pool-mismatch to use it anyway")
     columns = pool.dataset.select_columns(["source_image_id", "source_caption_index", "modality", "caption"])
     image_ids = columns["source_image_id"]
     caption_indices = columns["source_caption_index"]
