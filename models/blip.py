@@ -227,7 +227,14 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     temperature = getattr(model.config, TEMPERATURE_CONFIG_KEY, None)
     if temperature is None:  # a checkpoint we did not save: BLIP's initial temperature
         temperature = math.exp(-float(model.config.logit_scale_init_value))
-    wrapped = BlipRetrievalModel(model, processor, name=display_name or name, temperature=float(temperature),
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        temperature = math.nan
+    if not math.isfinite(temperature) or temperature <= 0:  # a hand edit, or a diverged run saved it: NaN scores
+        raise ModelLoadError(f"cannot load BLIP '{display_name or name}': its config.json's {TEMPERATURE_CONFIG_KEY} "
+                             f"is {getattr(model.config, TEMPERATURE_CONFIG_KEY)!r}, not a positive number")
+    wrapped = BlipRetrievalModel(model, processor, name=display_name or name, temperature=temperature,
                                  hflip=hflip)
     return wrapped.eval()
 

@@ -474,6 +474,22 @@ def test_a_blip_captioner_is_not_a_retrieval_model(tmp_path):
         models.family_module("blip").load(str(tiny.tiny_dir("tiny-captioner")))
 
 
+@pytest.mark.parametrize("temperature", ["abc", float("nan"), 0])
+def test_a_saved_blip_with_a_bad_temperature_is_one_line(tmp_path, temperature):
+    """A hand-edited config.json, or a diverged run's saved NaN: every score would be NaN, recall 0."""
+    import json
+
+    from augment.errors import ModelLoadError
+
+    folder = tmp_path / "blip"
+    load_model("tiny-blip").save(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["itc_temperature"] = temperature
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="config.json's itc_temperature is .*, not a positive number"):
+        load_model(str(folder))
+
+
 def test_blip_enc_token_follows_blip_tokenizer_layout():
     from types import SimpleNamespace
 
