@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from augment.errors import MatPlusError
+from augment.yaml_settings import load_settings_yaml
 from train.attacks.settings import ATTACK_DEFAULTS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -87,6 +88,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# the sections every study reads (n_aug_sweep and more_samples: null turns them off)
+REQUIRED_SECTIONS = ("world", "pretrain", "train", "pools", "eval")
+
+
 def _merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -109,7 +114,7 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if candidate.is_dir():
             raise MatPlusError(f"study config {path}: is a folder, not a YAML file")
         try:
-            layer = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+            layer = load_settings_yaml(candidate.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise MatPlusError(f"study config {candidate}: not UTF-8 text; save it as UTF-8") from None
         except yaml.YAMLError as exc:
@@ -121,6 +126,12 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise MatPlusError(f"study config: unknown keys {unknown}")
+    for key in REQUIRED_SECTIONS:  # `train: null` replaced a whole section (a traceback later)
+        if not isinstance(config[key], dict):
+            raise MatPlusError(f"study config: {key} must be a mapping of settings, got {config[key]!r}")
+    for name, spec in config["pools"].items():
+        if not isinstance(spec, dict):
+            raise MatPlusError(f"study config: pool {name!r} must be a mapping with a method, got {spec!r}")
     _check_methods(config["methods"])
     given = _merge(layer, overrides or {})
     if config["task"] != "retrieval":
@@ -282,6 +293,9 @@ def _check_split(name: str, split) -> None:
 def _check_attack_names(name: str, attacks) -> None:
     from train.attacks import ATTACK_NAMES
 
+    if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
+        # `attacks: pgd` was read letter by letter ("unknown attacks ['p', 'g', 'd']")
+        raise MatPlusError(f"study config: {name} must be a list of attack names, e.g. [clean, pgd], got {attacks!r}")
     unknown = [a for a in attacks if a not in ATTACK_NAMES]
     if unknown:
         raise MatPlusError(f"study config: {name}: unknown attacks {unknown} (choose from {', '.join(ATTACK_NAMES)})")

@@ -138,6 +138,10 @@ def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = Non
     """
     from augment.pool import write_pool
 
+    target, source = Path(out).resolve(), Path(pool.path).resolve()
+    if target == source or source in target.parents or target in source.parents:
+        # --overwrite would delete the shards it reads from: the pool replaced by its own subset
+        raise PoolError(f"{out}: overlaps the pool folder {pool.path}; choose another --out")
     indices, entry = select_rows(pool, filters, scorer)
     if len(indices) == 0 and not allow_empty:
         raise PoolError(f"{pool.path}: no row of {len(pool)} passes the filters ({describe_filters(filters)}); "

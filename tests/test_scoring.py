@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -895,6 +896,22 @@ def test_select_keeps_rows_and_images_unchanged(tmp_path, scored_mixed_pool):
         assert row == parent_rows[row["row_id"]]
 
 
+def test_select_refuses_to_write_into_its_own_pool(tmp_path, scored_mixed_pool):
+    """--out the pool itself (or a folder in or above it) with --overwrite deleted the shards it read:
+    the pool was replaced by its own subset."""
+    import shutil
+
+    from augment.pool import load_pool
+    from augment.select import SelectFilters, select_pool
+
+    copy = Path(shutil.copytree(scored_mixed_pool.path, tmp_path / "pool"))
+    before = sorted((p.name, p.stat().st_size) for p in (copy / "data").glob("*.parquet"))
+    for out in (copy, copy / "inner", tmp_path):
+        with pytest.raises(PoolError, match=f"{re.escape(str(out))}: overlaps the pool folder .*; choose another --out"):
+            select_pool(load_pool(copy), str(out), SelectFilters(modality="image"), overwrite=True)
+    assert sorted((p.name, p.stat().st_size) for p in (copy / "data").glob("*.parquet")) == before
+
+
 def test_select_refuses_scores_of_a_rewritten_pool(tmp_path, scored_mixed_pool):
     import shutil
 
@@ -997,6 +1014,25 @@ def test_cli_select_without_scores_is_one_clear_line(tmp_path, train_items, samp
     assert capsys.readouterr().err.strip() == ("error: --scorer tiny-clip is read only by --min-alignment, --max-alignment "
                                                "and --top-k-per-item: leave it out or add one of them")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_score_refuses_a_source_other_than_the_pools_own(tmp_path, train_items, sample_world_dir, capsys):
+    """Sample worlds share image ids: scoring a pool against another world matched every row to
+    other images and replaced the scorer's stored entry; it is refused unless asked for."""
+    from augment.cli import main
+    from augment.pool import write_pool
+
+    write_pool(tmp_path / "pool", [_row(train_items[0], 0, 0, "a", "text", caption="a red circle")],
+               {"method": "test", "source": str(sample_world_dir), "source_fingerprint": "0123456789abcdef"})
+    argv = ["score", str(tmp_path / "pool"), "--scorer", "tiny-clip", "--bootstrap", "10", "--gap-bootstrap", "0",
+            "--no-progress", "--no-plot", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "differs from the one the pool was made from (fingerprint" in err and "--allow-pool-mismatch" in err
+    assert not (tmp_path / "pool" / "scores.json").exists()
+    assert main([*argv, "--allow-pool-mismatch"]) == 0
+    assert "scored anyway (--allow-pool-mismatch)" in capsys.readouterr().err
+    assert (tmp_path / "pool" / "scores.json").is_file()
 
 
 def test_single_blas_thread_limits_scipys_own_blas_too():

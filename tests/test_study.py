@@ -104,6 +104,19 @@ def test_config_errors_are_clear(tmp_path):
         load_study_config(None, {"pools": {"eda": {"method": "eda", "alpha": 0.3}}})
     with pytest.raises(MatPlusError, match=r"^study config: pool 'x': unknown method 'nope'"):
         load_study_config(None, {"pools": {"x": {"method": "nope"}}})
+    # a section left empty (`train: null`) or of the wrong type: one line, not a TypeError later
+    for section in ("train", "eval", "world", "pretrain", "pools"):
+        with pytest.raises(MatPlusError, match=f"^study config: {section} must be a mapping of settings, got None$"):
+            load_study_config(None, {section: None})
+    with pytest.raises(MatPlusError, match=r"^study config: pool 'scene' must be a mapping with a method, got None$"):
+        load_study_config(None, {"pools": {"scene": None}})
+    with pytest.raises(MatPlusError, match=r"eval.attacks must be a list of attack names, e.g. \[clean, pgd\], got 'pgd'"):
+        load_study_config(None, {"eval": {"attacks": "pgd"}})
+    # a key given twice: PyYAML kept the last one without a word
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seeds: [0]\neval: {limit: 4}\ntrain: {max_steps: 2}\neval: {limit: 8}\n")
+    with pytest.raises(MatPlusError, match=r"malformed YAML: duplicate key 'eval' \(line 4\)"):
+        load_study_config(str(twice))
     # every bundled study's pools pass, and a true value is a bare switch
     from analysis.config import CONFIG_DIR, generate_arguments
 

@@ -249,6 +249,9 @@ def test_yaml_config_and_command_line_overrides(tmp_path, sample_world_dir):
     (tmp_path / "bad.yaml").write_text("batch_sise: 3\n")
     with pytest.raises(ConfigError, match="batch_sise"):
         read_yaml_config(tmp_path / "bad.yaml")
+    (tmp_path / "twice.yaml").write_text("lr: 1e-4\nbatch_size: 8\nlr: 1e-3\n")  # PyYAML kept the last lr silently
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(duplicate key 'lr' \(line 3\)"):
+        read_yaml_config(tmp_path / "twice.yaml")
     with pytest.raises(ConfigError, match="needs --pools"):
         resolve_config({"method": "mat+", "train_data": "s", "out": "o"})
     with pytest.raises(ConfigError, match="pool-weights"):

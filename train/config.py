@@ -192,11 +192,13 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     """A YAML mapping of settings, keys spelt with '_' ('-' accepted); not yet checked."""
     import yaml
 
+    from augment.yaml_settings import load_settings_yaml
+
     if not path.is_file():
         raise ConfigError(f"config file {path} is a folder, not a YAML file" if path.is_dir()
                           else f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_settings_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--force", action="store_true",
                         help="score again even when the pool, source, scorer and settings are those of its stored scores")
+    parser.add_argument("--allow-pool-mismatch", action="store_true",
+                        help="score a pool against a source other than the one it was made from (another fingerprint, "
+                             "e.g. a superset holding its items); refused otherwise, as train refuses it")
     add_workers_argument(parser)
     parser.set_defaults(func=run)
 
@@ -94,6 +97,7 @@ def run(args) -> int:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
             image_files[key] = image_files_fingerprint(sources[key])
+        refuse_other_source(pool, fingerprints[key], source_name, args.allow_pool_mismatch)
         planned.append((pool, key, source_name))
     # pools whose stored scores still hold need no model: with a scorer known by its weights file
     # (a tiny twin, a folder), they are served before it loads, and it loads only if one needs it
@@ -102,7 +106,6 @@ def run(args) -> int:
     entries = []
     for pool, key, source_name in planned:
         source = sources[key]
-        warn_if_other_source(pool, fingerprints[key])
         entry = None
         if identity is not None:
             inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files[key])
@@ -172,13 +175,18 @@ def source_of(pool, given: str | None) -> str:
     raise PoolError(f"{pool.path}: pass --source (the pool records {recorded!r}, which is not a path here)")
 
 
-def warn_if_other_source(pool, current: str) -> None:
-    """A source with another fingerprint (`current`) may still hold the pool's items (e.g. a
-    superset); the scoring checks the ids, so this only warns."""
+def refuse_other_source(pool, current: str, source_name: str, allowed: bool) -> None:
+    """A source with another fingerprint (`current`) than the pool was made from: refused before
+    anything is scored (the scorer's stored entry would be replaced by scores against other
+    images: sample worlds, for one, share image ids), unless `allowed` (a superset still holding
+    the pool's items: the scoring checks the ids), then a warning."""
     recorded = pool.meta.get("source_fingerprint")
     if recorded and recorded != current:
-        print(f"warning: {pool.path}: the source differs from the one the pool was made from "
-              f"(fingerprint {current} vs {recorded})", file=sys.stderr)
+        message = (f"{pool.path}: the source {source_name} differs from the one the pool was made from "
+                   f"(fingerprint {current} vs {recorded})")
+        if not allowed:
+            raise PoolError(message + "; pass --allow-pool-mismatch to score it against this one anyway")
+        print(f"warning: {message}; scored anyway (--allow-pool-mismatch)", file=sys.stderr)
 
 
 def read_source_named(args, source_name: str, reading: dict | None = None):
