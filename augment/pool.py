@@ -265,6 +265,12 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
     if buffer or index == 0:
         writer.write_shard(index, buffer)
         index += 1
+    # a pool of the same identity written before with more shards (a selection re-run after its parent
+    # was re-scored): its shards past these are not this pool's rows
+    written = {writer.shard_path(k) for k in range(index)}
+    for stale in writer.data_dir.glob("shard-*.parquet"):
+        if stale not in written:
+            stale.unlink()
     return writer.finalize(expected_shards=index)
 
 

@@ -119,24 +119,38 @@ def _is_human_text(method: str) -> bool:
     return method == "i2t-human"
 
 
+def generator_meta(meta: dict) -> dict:
+    """The pool.json of the generator behind `meta`: `meta` itself, or, for a selection (`augment
+    select`, of a selection perhaps), its nearest parent that is not one: whose method, model,
+    model license and papers a selected pool still carries (a selection of Stable Diffusion
+    images keeps SD's use restrictions)."""
+    for _ in range(64):  # a chain of selections, never a cycle of them
+        parent = meta.get("parent")
+        if meta.get("method") != "select" or not isinstance(parent, dict) or not isinstance(parent.get("meta"), dict):
+            break
+        meta = parent["meta"]
+    return meta
+
+
 def card_metadata(meta: dict, options: CardOptions) -> dict:
     """The card's YAML header (without the Hub-managed `dataset_info`)."""
+    generator = generator_meta(meta).get("method", "unknown")
     method = meta.get("method", "unknown")
     modality = meta.get("modality")
     # the pairing of image and caption is the annotation; only i2t-human's pairs are the data's own
-    annotations = "found" if _is_human_text(method) else "machine-generated"
+    annotations = "found" if _is_human_text(generator) else "machine-generated"
     # text rows carry new text; image rows keep the source's human caption
-    text_is_new = modality in ("text", "pair") and not _is_human_text(method)
+    text_is_new = modality in ("text", "pair") and not _is_human_text(generator)
     return {
         "license": options.license,
         "pretty_name": pretty_name(meta),
         "size_categories": [size_category(int(meta.get("num_rows") or 0))],
         "language": list(options.language),
         "source_datasets": source_datasets(meta.get("source"), options.source_dataset, source_is_hub(meta)),
-        "task_categories": catalog.task_categories(method, modality),
+        "task_categories": catalog.task_categories(generator, modality),
         "annotations_creators": [annotations],
         "language_creators": ["machine-generated" if text_is_new else "found"],
-        "tags": [*TAGS, method],
+        "tags": [*TAGS, *dict.fromkeys([method, generator])],
         "configs": [
             {"config_name": "default", "data_files": [{"split": SPLIT, "path": DATA_FILES_PATTERN}]}
         ],
@@ -261,7 +275,8 @@ def _dtype_name(feature: Any) -> str:
 
 def template_context(meta: dict, scores: Any, options: CardOptions, card_data: str) -> dict:
     method = meta.get("method", "unknown")
-    model = meta.get("model")
+    generator = generator_meta(meta)
+    model = meta.get("model") or generator.get("model")  # a selection's: its generator's
     versions = meta.get("package_versions") or {}
     created = str(meta.get("created") or "")
     return {
@@ -269,10 +284,11 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "pretty_name": pretty_name(meta),
         "method": method,
         "family_title": catalog.family_of(method).title,
+        "generator_method": generator.get("method", method),
         "modality": meta.get("modality", "unknown"),
         "model": model,
         "model_url": catalog.model_url(model),
-        "model_revision": meta.get("model_revision"),
+        "model_revision": meta.get("model_revision") or generator.get("model_revision"),
         "model_license": catalog.model_license(model),
         "params": sorted((meta.get("params") or {}).items()),
         "seed": meta.get("seed"),
@@ -295,7 +311,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "matplus_bibtex": catalog.matplus_bibtex(
             version=versions.get("mat-plus", "unknown"), year=created[:4] or "unknown"
         ),
-        "papers": catalog.method_papers(method, model),
+        "papers": catalog.method_papers(generator.get("method", method), model),
     }
 
 

@@ -144,6 +144,27 @@ def test_card_of_a_selected_pool_names_its_parent_as_select_records_it():
     body = render_card_text(meta, None, CardOptions(license="cc-by-4.0", repo_id="org/pool")).split("---\n", 2)[2]
     assert "Parent pool: eda-full (method `eda`)." in body
     assert "/home/someone" not in body and "package_versions" not in body
+    assert "wei-zou-2019-eda" in body  # the generator's paper, not mat-plus's alone
+
+
+def test_card_of_a_selected_pool_keeps_its_generators_model_license_and_papers():
+    """A selection of Stable Diffusion images (of a selection, even) is still SD's outputs: its card
+    said "n/a: rule-based, no model" and dropped the OpenRAIL terms and the papers."""
+    from data_cards.render import CardOptions, render_card_text
+
+    generated = {"name": "sd", "method": "t2i-sd", "model": "stabilityai/stable-diffusion-2-1-base",
+                 "modality": "image"}
+    first = {"name": "sd-aligned", "method": "select", "model": None, "parent": {"path": "/p/sd", "meta": generated}}
+    meta = {**pool_meta("select", "image", None, parent={"path": "/p/sd-aligned", "meta": first}), "num_rows": 10,
+            "schema_version": 1, "created": "2026-03-01T00:00:00+00:00", "package_versions": {"mat-plus": "0.1.0"}}
+    text = render_card_text(meta, None, CardOptions(license="cc-by-4.0", repo_id="org/pool"))
+    body = text.split("---\n", 2)[2]
+    assert "openrail++" in body and "rule-based, no model" not in body
+    assert "| method | `select` of a `t2i-sd` pool" in body and "`stabilityai/stable-diffusion-2-1-base`" in body
+    assert "rombach2022high" in body
+    assert "| augmentations per item (`n`, the `t2i-sd` pool's setting) |" in body  # not the selection's
+    header = header_of(text)
+    assert {"select", "t2i-sd"} <= set(header["tags"]) and header["task_categories"] == ["text-to-image"]
 
 
 @pytest.mark.parametrize("rows, bucket", [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (12_345, "10K<n<100K"),

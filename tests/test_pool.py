@@ -262,3 +262,16 @@ def test_loader_workers_raise_the_records_own_error():
     assert list(ordered_batches(list(range(4)), [[0, 1], [2]], 2, lambda v: v * 2)) == [[0, 2], [4]]
     with pytest.raises(SourceError, match="^images.json, record 3: image file missing$"):
         list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 2, check))
+
+
+def test_writing_a_pool_again_with_fewer_shards_leaves_none_of_the_old_ones(tmp_path):
+    """write_pool over a pool of the same identity (a selection re-run) rewrote shards 0..k and kept
+    the old ones past them: `finalize` then refused ("N of M shards written") on every re-run."""
+    rows = [_row(0, caption=f"a red circle {k}") for k in range(5)]
+    for k, row in enumerate(rows):
+        row["row_id"] = f"m:000000:0:{k}"
+    write_pool(tmp_path / "p", rows, {"method": "m"}, shard_rows=2)
+    assert len(list((tmp_path / "p" / "data").glob("shard-*.parquet"))) == 3
+    meta = write_pool(tmp_path / "p", rows[:2], {"method": "m"}, shard_rows=2)
+    assert meta["num_rows"] == 2 and meta["num_shards"] == 1
+    assert len(load_pool(tmp_path / "p")) == 2
