@@ -96,10 +96,14 @@ def _timed(fn):
 
 
 def _interleaved(sides: dict, repeats: int) -> dict:
-    """{name: {"seconds", "cpu_seconds", "result"}}: medians, the sides run in turn `repeats` times."""
+    """{name: {"seconds", "cpu_seconds", "result"}}: medians, the sides run in turn `repeats` times
+    after one untimed run each (first-use costs, kernels and caches, would otherwise all fall on the
+    side timed first, the baseline: with the GPU run's 2 repeats, a median that is their mean)."""
     walls: dict[str, list[float]] = {name: [] for name in sides}
     cpus: dict[str, list[float]] = {name: [] for name in sides}
     results = {}
+    for fn in sides.values():
+        fn()
     for _ in range(repeats):
         for name, fn in sides.items():
             wall, cpu, results[name] = _timed(fn)

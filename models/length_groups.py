@@ -43,6 +43,8 @@ def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS)
     to its longest: the split with the fewest token positions computed, counting `overhead`
     positions per extra forward pass (dynamic programming over the places where the length changes)."""
     n = len(lengths)
+    if n == 0:
+        return []
     cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n]
     best = [0] + [None] * (len(cuts) - 1)  # best[k]: cost of the first cuts[k] texts
     back = [0] * len(cuts)

@@ -143,7 +143,7 @@ class OpenClipModel(VisionLanguageModel):
         time goes. None where that does not hold: no causal mask (SigLIP-style towers), pooling
         at the first/last token or over all tokens, and other text towers (`CustomTextCLIP`).
         """
-        if not self._causal_end_pooled() or tokens.dim() != 2:
+        if not self._causal_end_pooled() or tokens.dim() != 2 or len(tokens) == 0:  # no texts: open_clip's (0, D)
             return None
         pooled = self._pooled_positions(tokens)
         order, sorted_lengths, groups = sorted_length_groups(pooled + 1)

@@ -92,6 +92,8 @@ class TextPrefixCache:
         """Embeddings of `texts` [N, D], text i sharing its beginning with reference `owners[i]`; at most
         `batch_size` texts per forward pass (default: no limit). Pass every text in one call: they are
         grouped by how many new positions they have before being cut into passes."""
+        if not len(texts):  # (0, D), as the whole tower gives
+            return self.embeddings[:0].clone()
         ids = self.owner.tokenize(list(texts)).input_ids
         owners_t = torch.as_tensor(list(owners), dtype=torch.long, device=ids.device)
         pooled = self.owner._pooled_positions(ids)

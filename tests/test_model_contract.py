@@ -733,6 +733,8 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
     torch.testing.assert_close(in_passes_of_two, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unit, torch.nn.functional.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache.reference_embeddings(normalize=False), references, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # no texts: the tower's empty (0, D), as open_clip gives (it was an IndexError)
+        assert cache.encode([], []).shape == model.encode_tokens(model.tokenize([])).shape == (0, expected.shape[1])
     cache.keys[0].add_(1.0)  # the variants must read the cached keys: a wrong cache must show
     with torch.no_grad():
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)

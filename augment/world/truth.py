@@ -192,7 +192,8 @@ class _Phrase:
         return self.is_object() and not self.plural and self.quantity is None
 
     def matches(self, obj: SceneObject) -> bool:
-        return (self.colours <= {obj.colour} and self.shapes <= {obj.shape} and self.sizes <= {obj.size}
+        # objects are solid fills: a background texture word on one ("a speckled circle") is false of it
+        return (self.background_kinds <= {"plain"} and self.colours <= {obj.colour} and self.shapes <= {obj.shape} and self.sizes <= {obj.size}
                 and self.positions <= {obj.position})
 
 
@@ -295,7 +296,13 @@ def _parse(units: list[tuple[str, object]]) -> tuple[list, bool]:
             current.head = head
             current.plural = current.plural or plural
         elif kind == "position":
-            if current is not None and current.has_content():
+            if next_kind in _NOUN_PHRASE_OPENERS and (current is None or not current.has_content()):
+                # before its noun ("a centre black diamond", "and the left circle"): this phrase's
+                if current is not None:
+                    current.positions.add(value)
+                else:
+                    pending_positions.add(value)
+            elif current is not None and current.has_content():
                 current.positions.add(value)
             elif items and items[-1][0] == "relation":
                 finish()
@@ -324,17 +331,27 @@ def _relations(items: list) -> list[tuple[int, str, object]]:
             continue
         left = next((k for k in range(index - 1, -1, -1)
                      if items[k][0] == "phrase" and items[k][1].is_object()), None)
-        right = None
+        right, in_frame = None, None
         for k in range(index + 1, len(items)):
             if items[k][0] == "position":
                 right = items[k]
                 break
+            if items[k][0] == "phrase" and items[k][1].head == "frame":
+                # "on the left of the picture": a position in the frame, not a relation to an object
+                in_frame = _FRAME_RELATION_POSITIONS[value]
+                break
             if items[k][0] == "phrase" and items[k][1].is_object():
                 right = k
                 break
-        if left is not None and right is not None:
+        if in_frame is not None and left is not None:
+            items[left][1].positions.add(in_frame)
+        elif left is not None and right is not None:
             found.append((left, value, right))
     return found
+
+
+# a relation to the frame itself names where in it: "on the left of the picture" is "on the left"
+_FRAME_RELATION_POSITIONS = {"left_of": "left", "right_of": "right", "above": "top", "below": "bottom"}
 
 
 @dataclass(frozen=True)
