@@ -23,8 +23,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
         return 2
+    import torch
+
+    threads = torch.get_num_threads()  # each benchmark starts from torch's default, not the last one's setting
     failed = []
     for name in names:
+        torch.set_num_threads(threads)
         print(f"\n=== bench_{name} ===", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
         try:

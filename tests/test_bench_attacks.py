@@ -9,3 +9,29 @@ def test_multimodal_comparisons_on_a_model_without_their_baseline_stop_in_one_li
     assert main(["--model", "tiny-albef", "--attacks", "pgd,bert-attack"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "open_clip models only, not albef" in err and "--attacks pgd" in err
+
+
+def test_make_bench_starts_each_benchmark_at_torchs_default_threads(monkeypatch):
+    """`python -m bench` runs them in one process: one benchmark's thread setting (text_generators: 1)
+    used to carry into the next (image_generators then ran at 1 thread, not torch's default)."""
+    import types
+
+    import torch
+
+    import bench.__main__ as runner
+
+    default, seen = torch.get_num_threads(), []
+
+    def fake(name):
+        def main(argv):
+            seen.append(torch.get_num_threads())
+            torch.set_num_threads(1 if default > 1 else 2)
+            return 0
+        return types.SimpleNamespace(main=main)
+
+    monkeypatch.setattr(runner.importlib, "import_module", fake)
+    try:
+        assert runner.main(["text_generators", "image_generators", "scoring"]) == 0
+    finally:
+        torch.set_num_threads(default)
+    assert seen == [default] * 3
