@@ -132,6 +132,8 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     for name, spec in config["pools"].items():
         if not isinstance(spec, dict):
             raise MatPlusError(f"study config: pool {name!r} must be a mapping with a method, got {spec!r}")
+        if "method" not in spec:
+            raise MatPlusError(f"study config: pool {name!r} has no method")
     _check_methods(config["methods"])
     given = _merge(layer, overrides or {})
     if config["task"] != "retrieval":
@@ -145,8 +147,6 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise MatPlusError(f"study config: seeds must be a list of distinct non-negative whole numbers, got {seeds!r}")
     for name, spec in config["pools"].items():
-        if "method" not in spec:
-            raise MatPlusError(f"study config: pool {name!r} has no method")
         _check_pool_spec(name, spec)
     _check_sections(config)
     captions = config.get("finetune_captions")

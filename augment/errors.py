@@ -13,6 +13,15 @@ class PoolError(MatPlusError):
     """A pool is missing, incomplete, or does not fit the source or the request."""
 
 
+class PoolIdentityError(PoolError):
+    """A folder holds a pool made with other settings; `changed`: the identity keys that differ
+    (as `params [batch_size]` for parameters), for a caller to name them in its own words."""
+
+    def __init__(self, message: str, changed: list[str]):
+        super().__init__(message)
+        self.changed = changed
+
+
 class ModelLoadError(MatPlusError):
     """A model name cannot be resolved or loaded (unknown name, offline without a cache...)."""
 

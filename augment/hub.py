@@ -137,8 +137,9 @@ def write_repo_folder(pool: Pool, out_dir: str | Path, options: CardOptions, for
 
 
 def _check_folder_target(out: Path, pool_path: Path, force: bool) -> None:
-    target, source = out.resolve(), pool_path.resolve()
-    if target == source or source in target.parents or target in source.parents:
+    from augment.pool import folders_overlap
+
+    if folders_overlap(out, pool_path):
         raise PoolError(f"{out}: overlaps the pool folder {pool_path}; choose another --to-dir")
     if out.exists() and not out.is_dir():
         raise PoolError(f"{out}: exists and is not a folder")

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 # write_json_atomic lives in augment.atomic; importing it from here keeps working
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
-from augment.errors import PoolError, first_line
+from augment.errors import PoolError, PoolIdentityError, first_line
 from augment.schema import (
     POOL_FEATURES,
     POOL_SCHEMA_VERSION,
@@ -192,10 +192,9 @@ class PoolWriter:
                                        if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
                     changed[changed.index("params")] = f"params {differing}"
                 if changed:
-                    raise PoolError(
+                    raise PoolIdentityError(
                         f"{self.out_dir}: holds a pool made with different {', '.join(changed)}; "
-                        "use another --out, or --overwrite to replace it"
-                    )
+                        "use another --out, or --overwrite to replace it", changed)
                 meta = {**old, **meta, "created": old.get("created")}
                 for shard in sorted(self.data_dir.glob("shard-*.parquet")):  # resume: kept shards must be whole
                     check_shard_readable(shard)
@@ -246,6 +245,13 @@ class PoolWriter:
         write_pool_card(self.out_dir, self.meta)  # before pool.json: a complete pool always has its card
         write_json_atomic(self.out_dir / POOL_META, self.meta)
         return self.meta
+
+
+def folders_overlap(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two folders are the same or one holds the other (resolved): an output there would
+    delete or rewrite the files it reads."""
+    a, b = Path(first).resolve(), Path(second).resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 def _normalised(value: Any) -> Any:

@@ -136,11 +136,9 @@ def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = Non
 
     A selection that keeps no row is refused (nothing is written) unless `allow_empty`.
     """
-    from augment.pool import write_pool
+    from augment.pool import folders_overlap, write_pool
 
-    target, source = Path(out).resolve(), Path(pool.path).resolve()
-    if target == source or source in target.parents or target in source.parents:
-        # --overwrite would delete the shards it reads from: the pool replaced by its own subset
+    if folders_overlap(out, pool.path):  # --overwrite would delete the shards it reads: the pool replaced by its subset
         raise PoolError(f"{out}: overlaps the pool folder {pool.path}; choose another --out")
     indices, entry = select_rows(pool, filters, scorer)
     if len(indices) == 0 and not allow_empty:

@@ -410,11 +410,12 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
         return f"local-dir:{tiny.tiny_dir(name)}", None, False
     if name.startswith("local-dir:") or os.path.isdir(os.path.expanduser(name)) or _looks_like_path(name):
         folder = Path(name.removeprefix("local-dir:")).expanduser()
+        if folder.is_file():
+            raise ModelLoadError(f"cannot load CLIP '{name}': {folder} is a file: give the folder that holds it "
+                                 f"and its {OPEN_CLIP_CONFIG_NAME}")
         if not (folder / OPEN_CLIP_CONFIG_NAME).is_file():
-            what = ("does not exist" if not folder.exists() else
-                    f"is a file: give the folder that holds it and its {OPEN_CLIP_CONFIG_NAME}" if folder.is_file()
-                    else f"has no {OPEN_CLIP_CONFIG_NAME}")
-            raise ModelLoadError(f"cannot load CLIP '{name}': {'folder ' if not folder.is_file() else ''}{folder} {what}")
+            what = "does not exist" if not folder.exists() else f"has no {OPEN_CLIP_CONFIG_NAME}"
+            raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} {what}")
         _refuse_a_tag(name, pretrained, "is a saved model with its own weights")
         return f"local-dir:{folder}", None, False
     if name.startswith("hf-hub:"):

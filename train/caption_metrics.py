@@ -56,8 +56,8 @@ _PTB_TOKEN = re.compile(r"-[lr][rsc]b-|n't|'(?:s|re|ve|ll|d|m|em)\b|(?:[a-z]\.){
 def simple_tokenize(text: str) -> str:
     """Lower-case tokens as PTBTokenizer + COCO's punctuation filter give them for captions
     (tested equal on possessives, contractions, hyphens, decimals, clock times, titles and
-    abbreviations, "cannot"/"gonna"): the fallback when Java is absent. Rarer constructions may still differ; the report says when
-    the fallback was used."""
+    abbreviations, "cannot"/"gonna"): the fallback when Java is absent. Rarer constructions may
+    still differ; the report says when the fallback was used."""
     text = _SPLIT_WORD.sub(lambda word: _SPLIT_WORDS[word.group(1)], text.lower())
     text = _CLITIC.sub(r" \1", text).translate(str.maketrans(_BRACKETS))
     return " ".join(_PTB_TOKEN.findall(text))

@@ -215,8 +215,8 @@ def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_datase
     with that source."""
     if save_adv is None:
         return {}
-    from augment.errors import MatPlusError, PoolError, first_line
-    from augment.pool import POOL_META, PoolWriter, read_pool_meta
+    from augment.errors import MatPlusError, PoolIdentityError
+    from augment.pool import PoolWriter, read_pool_meta
     from augment.sources import source_fingerprint
 
     fingerprint = source_fingerprint(source_dataset)
@@ -236,12 +236,11 @@ def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_datase
         folder = Path(save_adv) / name
         try:
             writers[name] = PoolWriter(folder, meta, overwrite=progress_dir is None)
-        except PoolError as exc:
-            owner = read_pool_meta(folder).get("evaluation") if (folder / POOL_META).is_file() else None
+        except PoolIdentityError as exc:  # a pool of other settings there (any other PoolError propagates)
+            owner = read_pool_meta(folder).get("evaluation")
             if owner is None or owner != meta.get("evaluation"):
                 made_by = f"the evaluation in {owner}" if owner else "another evaluation"
                 raise MatPlusError(f"--save-adv: {folder} holds {made_by}'s {name} pool, made with other settings "
-                                   f"({first_line(exc).split('different ', 1)[-1].split(';')[0]}): choose another "
-                                   "--save-adv, or delete that folder") from None
+                                   f"({', '.join(exc.changed)}): choose another --save-adv, or delete that folder") from None
             writers[name] = PoolWriter(folder, meta, overwrite=True)
     return writers

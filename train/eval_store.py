@@ -114,7 +114,7 @@ class BatchStore:
                 from augment.errors import MatPlusError
 
                 differences = _settings_differences(found, wanted)
-                if differences == UNREADABLE_SETTINGS:  # no command can resume batches of unknown settings
+                if differences is None:  # no command can resume batches of unknown settings
                     raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
                                        "missing or damaged, so no evaluation can resume them: discard them "
                                        "(train eval --restart)")
@@ -216,12 +216,10 @@ class BatchStore:
         return load_tensors(self._path(attack, batch), _RESTART)
 
 
-UNREADABLE_SETTINGS = "settings.json missing or unreadable"
-
-
-def _settings_differences(found: str | None, wanted: str) -> str:
+def _settings_differences(found: str | None, wanted: str) -> str | None:
     """The settings keys (one level into nested ones, as `options.eps`, an attack option with
-    its flag: `options.eps (--attack-eps)`) whose values differ."""
+    its flag: `options.eps (--attack-eps)`) whose values differ; None when `found` (the kept
+    settings.json) is missing or unreadable."""
     from train.attacks.settings import OPTION_FLAGS
 
     try:
@@ -229,7 +227,7 @@ def _settings_differences(found: str | None, wanted: str) -> str:
     except json.JSONDecodeError:
         before = None
     if not isinstance(before, dict):
-        return UNREADABLE_SETTINGS
+        return None
     after = json.loads(wanted)
     differ = []
     for key in sorted(set(before) | set(after)):

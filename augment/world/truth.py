@@ -193,8 +193,8 @@ class _Phrase:
 
     def matches(self, obj: SceneObject) -> bool:
         # objects are solid fills: a background texture word on one ("a speckled circle") is false of it
-        return (self.background_kinds <= {"plain"} and self.colours <= {obj.colour} and self.shapes <= {obj.shape} and self.sizes <= {obj.size}
-                and self.positions <= {obj.position})
+        return (self.background_kinds <= {"plain"} and self.colours <= {obj.colour} and self.shapes <= {obj.shape}
+                and self.sizes <= {obj.size} and self.positions <= {obj.position})
 
 
 def _caption_words(caption: str) -> list[str]:
