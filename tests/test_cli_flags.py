@@ -74,7 +74,7 @@ def test_every_eval_option_is_shared_or_belongs_to_named_tasks():
 
 
 @pytest.mark.parametrize("task, extra, named", [
-    ("captioning", ["--protocol", "sga"], "--protocol (retrieval)"),
+    ("captioning", ["--protocol", "sga"], "--protocol (retrieval and grounding)"),
     ("captioning", ["--albef-config", "a.yaml", "--rerank-k", "0"], "--albef-config (retrieval and grounding), --rerank-k (retrieval)"),
     ("grounding", ["--save-adv", "adv"], "--save-adv (retrieval and captioning)"),
     ("retrieval", ["--prompt", "a picture of"], "--prompt (captioning)"),

@@ -679,3 +679,128 @@ def test_text_guide_under_a_reference_protocol_is_refused_before_loading(tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --text-guide is a project-protocol choice: under --protocol co-attack") and "\n" not in err
     assert not (tmp_path / "eval").exists()
+
+
+# ----------------------------------------------------------------------------- 14. grounding: Co-Attack's GroundingEval.py
+
+
+def test_grounding_attacks_one_copy_of_the_image_per_expression(victim, tokenizer):
+    """Co-Attack's grounding script attacks each (image, expression) pair on its own copy of the image
+    (its data loader's rows are pairs): in one batch of copies, each copy depends on its own expression
+    only (another expression changed leaves it as it was), the two expressions of one image ground in
+    different copies, and the texts are those each pair alone gets. SGA keeps one copy per image."""
+    from train.attacks.grounding_protocols import IMAGE_PER_TEXT, build_reference_grounding_attack
+
+    mlm = (echo(tokenizer, {"blue": 3.0, "cat": 2.0}), tokenizer, "echo")
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    texts = ["a red dog", "the red ball", "a dog on grass"]
+    other = [texts[0], "a blue cat", texts[2]]  # the first image's second expression changed
+    pairing = torch.tensor([0, 0, 1])
+    options = dict(protocol="co-attack", mlm=mlm, steps=3, eps=8 / 255, seed=0)
+    for name in ("pgd", "sep", "co-attack"):
+        attack = build_reference_grounding_attack(name, victim, objective="itm", **options)  # the objective is unread
+        result = attack(images, texts, pairing)
+        changed = build_reference_grounding_attack(name, victim, **options)(images, other, pairing)
+        assert result.info[IMAGE_PER_TEXT] and result.images.shape == (3, 3, 16, 16), name
+        assert float((result.images - images[pairing]).abs().max()) <= 8 / 255 + 1e-6, name
+        assert not torch.allclose(result.images[0], result.images[1]), name  # one image, two copies
+        for t in (0, 2):
+            assert torch.equal(result.images[t], changed.images[t]) and result.texts[t] == changed.texts[t], (name, t)
+        # only Co-Attack's image step reads the (attacked) expression: PGD and Sep's run_trades do not
+        assert torch.equal(result.images[1], changed.images[1]) == (name != "co-attack"), name
+        alone = [build_reference_grounding_attack(name, victim, **options)(images[pairing[t]][None], [texts[t]]).texts[0]
+                 for t in range(3)]
+        assert result.texts == alone, name
+        assert attack.params()["image_copies"] == "per-expression"
+    sga = build_reference_grounding_attack("sga", victim, **options)
+    result = sga(images, texts, pairing)
+    assert torch.equal(result.images[0], result.images[1]) and not torch.equal(result.images[1], result.images[2])
+    assert sga.params()["image_copies"] == "per-image"
+    text = build_reference_grounding_attack("bert-attack", victim, **options)(images, texts, pairing)
+    assert IMAGE_PER_TEXT not in text.info and torch.equal(text.images, images)  # pixels untouched, one per image
+    with pytest.raises(ValueError, match="no reference grounding code for protocol 'sga'"):
+        build_reference_grounding_attack("pgd", victim, protocol="sga")
+
+
+def test_grounding_under_co_attack_cleans_expressions_first():
+    """Its data loader applies `pre_caption` to every expression, clean ones too; one cleaned away is
+    named before any model runs."""
+    import dataclasses
+
+    from augment.referring import world_grounding
+    from train.evaluate_grounding import _expression_texts, evaluate_grounding
+
+    data = world_grounding(seed=4, n=2)
+    data.expressions[0] = dataclasses.replace(data.expressions[0], text="The RED star, left!")
+    assert _expression_texts(data, "pre_caption")[0] == "the red star left"
+    assert _expression_texts(data, "none")[0] == "The RED star, left!"
+    data.expressions[1] = dataclasses.replace(data.expressions[1], text="?!")
+    with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after --caption-preprocess pre_caption"):
+        evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "co-attack"})
+    with pytest.raises(ValueError, match="--protocol sga has no grounding evaluation"):
+        evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "sga"})
+
+
+def test_train_eval_grounding_runs_every_attack_under_co_attack(grounding_world_dir, tmp_path, capsys, monkeypatch):
+    """`train eval --task grounding --protocol co-attack`: each attack as Co-Attack's grounding code runs it,
+    each expression grounded in its own attacked copy (tiny-albef with random weights: the wiring); the
+    grounding-only and SGA-protocol refusals are one line."""
+    import json
+
+    import train.evaluate_grounding as evaluation
+    from train.attacks.grounding_protocols import PairCopiesAttack
+    from train.cli import main as train_main
+
+    crafted, grounded, current = {}, {}, []
+    call, ground = PairCopiesAttack.__call__, evaluation.ground
+
+    def crafting(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        crafted.setdefault(self.name, result.images.detach().clone())
+        current.append(self.name)
+        return result
+
+    def grounding(model, pixels, texts, *args, **kwargs):
+        grounded.setdefault(current[-1], pixels.detach().clone())  # the first after crafting: every expression
+        return ground(model, pixels, texts, *args, **kwargs)
+
+    monkeypatch.setattr(PairCopiesAttack, "__call__", crafting)
+    monkeypatch.setattr(evaluation, "ground", grounding)
+
+    out = tmp_path / "eval"
+    attacks = ["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"]
+    common = ["eval", "tiny-albef", "--task", "grounding", "--source", str(grounding_world_dir), "--split", "test",
+              "--limit", "2", "--no-progress"]
+    assert train_main([*common, "--attacks", ",".join(attacks), "--pgd-steps", "2", "--top-k", "3",
+                       "--protocol", "co-attack", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["attacks"]) == attacks and "Co-Attack's grounding code" in report["procedure"]
+    for name in ("pgd", "co-attack", "sga"):  # one batch: every expression grounded in its copy
+        assert len(crafted[name]) == report["data"]["expressions"] and torch.equal(grounded[name], crafted[name]), name
+    assert report["settings"]["caption_preprocess"] == "pre_caption"
+    options = report["settings"]["attack_options"]
+    assert options["protocol"] == "co-attack" and not {"objective", "step_size"} & set(options)
+    params = {name: report["attacks"][name]["params"] for name in attacks[1:]}
+    assert params["pgd"]["loss"] == "image-kl" and params["pgd"]["image_copies"] == "per-expression"
+    assert params["co-attack"]["mode"] == "per-pair" and params["co-attack"]["image"]["step_size"] == pytest.approx(EPS / 2 * 1.25)
+    assert params["bert-attack"]["guide"] == "text-kl" and params["sga"]["image_copies"] == "per-image"
+    for name in attacks[1:]:
+        assert report["attacks"][name].get("linf", 0.0) <= EPS + 1e-6, name
+    assert "attack protocol `co-attack`" in (out / "eval.md").read_text()
+    # GroundingFusionEval.py: the same copies, the fusion encoder's output attacked
+    fused = tmp_path / "fused"
+    assert train_main([*common, "--attacks", "clean,pgd", "--pgd-steps", "1", "--protocol", "co-attack",
+                       "--attacked-embedding", "multimodal", "--out", str(fused)]) == 0
+    fused_pgd = json.loads((fused / "eval.json").read_text())["attacks"]["pgd"]["params"]
+    assert fused_pgd["embeddings_from"] == "fusion-encoder" and fused_pgd["image_copies"] == "per-expression"
+
+    for extra, message in [(["--protocol", "sga"], "--protocol sga has no grounding evaluation to reproduce"),
+                           (["--protocol", "co-attack", "--grounding-objective", "heat"],
+                            "--grounding-objective is a project-protocol choice"),
+                           (["--reference-bugs"], "--reference-bugs needs --protocol sga or co-attack"),
+                           (["--protocol", "co-attack", "--attacked-embedding", "multimodal", "--attacks", "pgd,sga"],
+                            "the Co-Attack code's fused-embedding attacks are")]:
+        assert train_main([*common, *extra, "--out", str(tmp_path / "refused")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err, extra
+        assert not (tmp_path / "refused").exists()

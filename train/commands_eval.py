@@ -40,7 +40,7 @@ TASK_OPTIONS: dict[str, frozenset[str]] = {
     "captioning": frozenset({*_SOURCE_TABLE, "captions_per_image", "save_adv", "prompt", "target", "num_beams",
                              "gen_max_length", "gen_min_length", "meteor"}),
     "grounding": frozenset({*_ALBEF, "sga_scales", "co_alpha", "text_batch", "grounding_objective", "dets", "refs",
-                            "instances"}),
+                            "instances", "protocol", "reference_bugs", "attacked_embedding", "caption_preprocess"}),
 }
 
 
@@ -77,7 +77,7 @@ def attack_option_readers(task: str, protocol: str = "project", candidates: str 
     from train.attacks.protocols import co_attack_schedule, sga_image_attacker
 
     readers = dict(ATTACK_OPTIONS[task])
-    if task != "retrieval" or protocol == "project":
+    if task == "captioning" or protocol == "project":
         return readers
     readers["pgd_step_size"] = tuple(a for a in readers["pgd_step_size"] if not co_attack_schedule(protocol, a))
     mlm_readers = readers["mlm"] if candidates == "mlm" else ()
@@ -102,6 +102,23 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
         if protocol != "project":
             chosen = chosen.replace(" do", f" under --protocol {protocol} do", 1)
         raise MatPlusError(f"{chosen} not read {named}: leave {them} out (or add an attack that reads {them})")
+
+
+def _check_protocol_options(args: argparse.Namespace) -> None:
+    """The reference-protocol options' one-line refusals, retrieval's and grounding's alike."""
+    from augment.errors import MatPlusError
+
+    if args.reference_bugs and args.protocol == "project":
+        raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
+    if args.text_guide is not None and args.protocol != "project":  # even `image`, the default: it would be ignored
+        raise MatPlusError(f"--text-guide is a project-protocol choice: under --protocol {args.protocol} the text attacks "
+                           "score candidates as the reference code does (README: Protocols)")
+    # first: e.g. --attacked-embedding needs --protocol co-attack
+    _check_attack_options({"protocol": args.protocol, "attacked_embedding": args.attacked_embedding})
+    unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
+    if args.attacked_embedding != "unimodal" and unfused:
+        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
+                           f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
 
 
 def _check_attack_options(options: dict) -> None:
@@ -373,21 +390,18 @@ def run(args: argparse.Namespace) -> int:
     # are known once the captioner is loaded: the prompt attacks need --prompt)
     if args.attacks and set(args.attacks) <= set(CAPTION_ATTACK_NAMES if args.task == "captioning" else ATTACK_NAMES):
         _refuse_options_no_attack_reads(args, args.attacks)
-    if args.task != "retrieval":  # the shared default, recorded in the report (retrieval protocols may pick their own)
+    if args.task == "captioning" or (args.task == "grounding" and args.protocol == "project"):
+        # the shared default, recorded in the report (a reference protocol's attacks may pick their own)
         args.pgd_step_size = pgd_step_size(args.attack_eps, args.pgd_step_size)
     if args.task == "captioning":
         from train.commands_eval_captioning import run as run_captioning
 
         return run_captioning(args)
+    _check_protocol_options(args)
     if args.task == "grounding":
         from train import commands_grounding
 
         return commands_grounding.run(args)
-    if args.reference_bugs and args.protocol == "project":
-        raise MatPlusError("--reference-bugs needs --protocol sga or co-attack")
-    if args.text_guide is not None and args.protocol != "project":  # even `image`, the default: it would be ignored
-        raise MatPlusError(f"--text-guide is a project-protocol choice: under --protocol {args.protocol} the text attacks "
-                           "score candidates as the reference code does (README: Protocols)")
     attacker_name = args.attacker_model or args.checkpoint
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
@@ -399,11 +413,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.attacked_embedding != "unimodal":  # recorded only when chosen: reports before it read the same
         options["attacked_embedding"] = args.attacked_embedding
-    _check_attack_options(options)  # first: e.g. --attacked-embedding needs --protocol co-attack
-    unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
-    if args.attacked_embedding != "unimodal" and unfused:
-        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
-                           f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
+    _check_attack_options(options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     from train.trainer import model_options

@@ -2,6 +2,7 @@
 
     train eval tiny-albef --task grounding --source data/sample --split test --out runs/ground-eval
     train eval VICTIM --task grounding --attacker-model ATTACKER ...   (transfer: crafted on ATTACKER)
+    train eval refcoco.pth --task grounding --protocol co-attack ...     (Co-Attack's GroundingEval.py)
 
 Imports nothing heavy at module level, so `train --help` stays fast.
 """
@@ -30,13 +31,36 @@ def run(args) -> int:
     from models import load_model
     from models.half_precision import autocast
     from tasks.grounding import GroundingTask
-    from train.commands_eval import _workers, progress_folder, truth_checker_for
+    from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS
+    from train.commands_eval import _check_attack_options, _workers, progress_folder, truth_checker_for
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
     from train.eval_report import EVAL_JSON, EVAL_MD, write_report
     from train.trainer import model_options
 
+    if args.protocol not in GROUNDING_PROTOCOLS:
+        raise MatPlusError(f"--protocol {args.protocol} has no grounding evaluation to reproduce (the SGA code evaluates "
+                           f"retrieval only): use --protocol co-attack (Co-Attack's GroundingEval.py) or project")
+    reference = args.protocol != "project"
+    if reference and args.grounding_objective != args.option_default("grounding_objective"):
+        raise MatPlusError(f"--grounding-objective is a project-protocol choice: under --protocol {args.protocol} the "
+                           "attacks read the encoders' embeddings, as the reference code does; leave it out")
+    options = {
+        "eps": args.attack_eps, "steps": args.pgd_steps,
+        "step_size": args.pgd_step_size, "candidates": args.text_candidates,
+        "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
+        "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
+        "text_batch": args.text_batch,
+        # the reference attacks read the encoders' embeddings, not a grounding objective
+        **({"protocol": args.protocol, "reference_bugs": args.reference_bugs} if reference
+           else {"objective": args.grounding_objective}),
+    }
+    if args.attacked_embedding != "unimodal":
+        options["attacked_embedding"] = args.attacked_embedding
+    options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
+    if reference:
+        _check_attack_options(options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     # the data first: a wrong path or split stops in one line before any model loads
@@ -55,17 +79,13 @@ def run(args) -> int:
         GroundingTask().check_model(model)
         if args.attacker_model:  # transfer: the attacks craft on the attacker's grounding objective
             attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
-            check_attacker(attacker, args.grounding_objective)
+            if not reference:  # the reference attacks read the encoders' embeddings, which every family has
+                check_attacker(attacker, args.grounding_objective)
+        if args.attacked_embedding != "unimodal" and not callable(getattr(attacker or model, "fusion_states", None)):
+            raise ValueError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
+                             f"{(attacker or model).name or (attacker or model).family} has none to attack (ALBEF and TCL do)")
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
-    options = {
-        "objective": args.grounding_objective, "eps": args.attack_eps, "steps": args.pgd_steps,
-        "step_size": args.pgd_step_size, "candidates": args.text_candidates,
-        "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
-        "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
-        "text_batch": args.text_batch,
-    }
-    options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
     workers = _workers(args)
     out = Path(args.out)
     progress_dir = progress_folder(args)
@@ -74,7 +94,7 @@ def run(args) -> int:
             report = evaluate_grounding(model, data, attacks=args.attacks, attack_options=options,
                                         batch_size=args.batch_size, expression_checker=checker, seed=args.seed,
                                         progress=args.progress, attacker=attacker, progress_dir=progress_dir,
-                                        workers=workers)
+                                        workers=workers, caption_preprocess=args.caption_preprocess)
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
     report["settings"].update({"source": args.source, "split": args.split, "device": device,

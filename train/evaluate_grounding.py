@@ -25,6 +25,11 @@ attacker's grounding objective and its preprocessed pixels; adversarial images a
 (bicubic) to the victim's resolution when they differ, and the victim grounds them. Image-free
 attacks (clean, text) leave the victim's own pixels untouched.
 
+`--protocol co-attack` (`attack_options["protocol"]`): Co-Attack's grounding scripts instead of step 2
+(`train.attacks.grounding_protocols`): the retrieval attacks of that protocol, each expression on
+its own copy of its image, grounded in that copy; expressions cleaned by `pre_caption` first (clean
+included), as its data loader does.
+
 Every finished (attack, batch) can be kept (`progress_dir`, retrieval's `BatchStore`; each batch's
 attack is seeded from (seed, attack, batch)), so a killed evaluation resumes to the same report.
 """
@@ -42,6 +47,7 @@ import torch
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
+from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, substitute_model_identity, weights_identity
 from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
@@ -54,6 +60,14 @@ PROCEDURE = (
     "scored by heat inside / area**0.5 (ALBEF), best box chosen; accuracy = percent of expressions whose box has "
     "IoU >= 0.5 with the truth. Attacks run per batch of images with all their expressions and lower the grounding "
     "objective ({objective}); asr = percent of the expressions correct when clean that the attack makes wrong."
+)
+REFERENCE_PROCEDURE = (
+    "Grounding: Grad-CAM heat of the ITM score (model.grounding_heatmap) upsampled to the image, each candidate box "
+    "scored by heat inside / area**0.5 (ALBEF), best box chosen; accuracy = percent of expressions whose box has "
+    "IoU >= 0.5 with the truth. Attacks as Co-Attack's grounding code runs them (--protocol co-attack): its retrieval "
+    "attacks on the {embedding}, each expression against its own copy of its image (SGA: each image once against all "
+    "its expressions), grounded in that copy; asr = percent of the expressions correct when clean that the attack "
+    "makes wrong."
 )
 OBJECTIVE_WORDS = {"itm": "ITM score", "heat": "share of the Grad-CAM heat on the true box"}
 
@@ -166,7 +180,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
                        attack_options: dict | None = None, batch_size: int = 16, ground_batch: int = 64,
                        expression_checker: ExpressionChecker | None = None, seed: int = 0,
                        progress: bool = False, attacker=None, progress_dir: str | Path | None = None,
-                       workers: int = 0) -> dict[str, Any]:
+                       workers: int = 0, caption_preprocess: str | None = None) -> dict[str, Any]:
     """Clean and robust grounding accuracy of `model` on `data` (already the split to evaluate);
     `attacker`: None (white-box) or the model the attacks craft on (transfer).
 
@@ -174,38 +188,68 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     each batch's attack is seeded from (seed, attack, batch)): a killed evaluation called again
     with the same settings skips them and gives the same report. `workers`: DataLoader processes
     decoding the next batches' images (0: in this process). Forward passes run in the caller's
-    autocast (`models.half_precision.autocast`); the precision in force is part of the settings."""
+    autocast (`models.half_precision.autocast`); the precision in force is part of the settings.
+    `attack_options["protocol"]`: "project" (default) or "co-attack" (module docstring);
+    `caption_preprocess`: "none" or "pre_caption" (None: the protocol's)."""
     from tqdm.auto import tqdm
 
     from models.half_precision import active_precision
+    from train.attacks import PROTOCOL_CHOICES
+    from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS, build_reference_grounding_attack
+    from train.evaluate import captions_read_as_given
 
     _check_attacks_and_data(attacks, data)
+    options = {"seed": seed, **(attack_options or {})}
+    protocol = options.get("protocol") or "project"
+    if protocol not in GROUNDING_PROTOCOLS:
+        raise ValueError(f"--protocol {protocol} has no grounding evaluation to reproduce (the SGA code evaluates "
+                         f"retrieval only); grounding protocols: {', '.join(GROUNDING_PROTOCOLS)}")
+    if caption_preprocess is None:
+        caption_preprocess = PROTOCOL_CHOICES[protocol].caption_preprocess
+    texts = _expression_texts(data, caption_preprocess)  # first: a text cleaned away stops before any model runs
     model.eval()
     transfer = attacker is not None and attacker is not model
     attacker = attacker if transfer else model
     if transfer:
         attacker.eval()
-        check_attacker(attacker, (attack_options or {}).get("objective", "itm"))
-    options = {"seed": seed, **(attack_options or {})}
-    built = build_attacks(["clean", *[a for a in attacks if a != "clean"]], attacker, options,
-                          build=build_grounding_attack)
-    run = _GroundingRun.over(data, model, attacker, transfer, batch_size, ground_batch, expression_checker, seed, workers)
-    report = run.report_head(built, options, active_precision(model.device))
+        if protocol == "project":  # the reference attacks read the encoders' embeddings, not a grounding objective
+            check_attacker(attacker, options.get("objective", "itm"))
+    build = build_grounding_attack if protocol == "project" else build_reference_grounding_attack
+    built = build_attacks(["clean", *[a for a in attacks if a != "clean"]], attacker, options, build=build)
+    run = _GroundingRun.over(data, texts, model, attacker, transfer, batch_size, ground_batch, expression_checker, seed,
+                             workers)
+    report = run.report_head(built, options, active_precision(model.device), caption_preprocess)
     if progress_dir is not None:
         run.store = run.batch_store(progress_dir, report, built)
 
     clean_hits: list[bool] | None = None
     bar = tqdm(total=len(data.images) * len(built), desc="evaluating grounding", unit="img", disable=not progress)
-    for name, attack in built.items():
-        bar.set_postfix_str(name)
-        tally = run.tally(name, attack, bar)
-        if name == "clean":  # first: every attack's asr is against it
-            clean_hits = tally.hits
-        entry = report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
-        if progress:
-            bar.write(f"{name}: accuracy {entry['accuracy']:.1f}%")
+    with captions_read_as_given(caption_preprocess, model, attacker):  # cleaned once, as the reference reads them
+        for name, attack in built.items():
+            bar.set_postfix_str(name)
+            tally = run.tally(name, attack, bar)
+            if name == "clean":  # first: every attack's asr is against it
+                clean_hits = tally.hits
+            entry = report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
+            if progress:
+                bar.write(f"{name}: accuracy {entry['accuracy']:.1f}%")
     bar.close()
     return report
+
+
+def _expression_texts(data: GroundingData, caption_preprocess: str) -> list[str]:
+    """Each expression's text as evaluated (`augment.words.preprocess_caption`); ValueError naming
+    the first one the preprocessing leaves empty."""
+    from augment.words import preprocess_caption
+
+    texts = []
+    for expression in data.expressions:
+        text = preprocess_caption(expression.text, caption_preprocess)
+        if not text.strip():
+            raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): empty after --caption-preprocess "
+                             f"{caption_preprocess}; fix or drop that expression")
+        texts.append(text)
+    return texts
 
 
 def _check_attacks_and_data(attacks: Sequence[str], data: GroundingData) -> None:
@@ -226,6 +270,7 @@ class _GroundingRun:
     attacker: Any  # the model itself in white-box mode
     transfer: bool
     data: GroundingData
+    texts: list[str]  # each expression's text as evaluated (cleaned under a reference protocol)
     truth: list
     candidates: list
     sizes: list[tuple[int, int]]
@@ -244,7 +289,7 @@ class _GroundingRun:
     splits: dict[str, list[int]] | None = None
 
     @classmethod
-    def over(cls, data: GroundingData, model, attacker, transfer: bool, batch_size: int, ground_batch: int,
+    def over(cls, data: GroundingData, texts: list[str], model, attacker, transfer: bool, batch_size: int, ground_batch: int,
              expression_checker: ExpressionChecker | None, seed: int, workers: int) -> "_GroundingRun":
         truth = [e.box for e in data.expressions]
         candidates = [data.images[e.image].candidates for e in data.expressions]
@@ -257,16 +302,22 @@ class _GroundingRun:
         splits: dict[str, list[int]] = {}
         for i, expression in enumerate(data.expressions):
             splits.setdefault(expression.split, []).append(i)
-        return cls(model, attacker, transfer, data, truth, candidates, sizes, image_of_text, multi, batch_size, spans,
+        return cls(model, attacker, transfer, data, texts, truth, candidates, sizes, image_of_text, multi, batch_size, spans,
                    batch_ids, ground_batch, expression_checker, seed, workers,
                    splits=splits if len(splits) > 1 else None)
 
-    def report_head(self, built: dict, options: dict, precision: str) -> dict[str, Any]:
+    def report_head(self, built: dict, options: dict, precision: str, caption_preprocess: str) -> dict[str, Any]:
         """The report before any attack's entry: models, data, baselines and settings."""
         data, candidates, truth, multi = self.data, self.candidates, self.truth, self.multi
+        if (options.get("protocol") or "project") == "project":
+            procedure = PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")])
+        else:
+            embedding = options.get("attacked_embedding", "unimodal")
+            procedure = REFERENCE_PROCEDURE.format(embedding="encoders' unimodal embeddings" if embedding == "unimodal"
+                                                   else f"fusion encoder's output ({embedding})")
         return {
             "task": "grounding", "model": self.model.describe(), "attacker": self.attacker.describe(),
-            "procedure": PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")]),
+            "procedure": procedure,
             "data": {"source": data.source, "format": data.format, "images": len(data.images),
                      "expressions": len(data), "splits": data.splits()},
             "baselines": {"random_box": random_box_accuracy(candidates, truth),
@@ -275,7 +326,7 @@ class _GroundingRun:
                           "expressions_multi": len(multi)},
             "settings": {"attacks": list(built), "batch_size": self.batch_size, "iou_threshold": IOU_THRESHOLD,
                          "mode": "transfer" if self.transfer else "white-box", "seed": self.seed, "precision": precision,
-                         "attack_options": plain_attack_options(options)},
+                         "caption_preprocess": caption_preprocess, "attack_options": plain_attack_options(options)},
             "attacks": {},
         }
 
@@ -289,6 +340,7 @@ class _GroundingRun:
             "data": {**report["data"], "fingerprint": _data_fingerprint(self.data)},
             "attacks": {name: attack.params() for name, attack in built.items()}, "options": settings["attack_options"],
             "batch_size": self.batch_size, "ground_batch": self.ground_batch, "seed": self.seed,
+            "caption_preprocess": settings["caption_preprocess"],
             "device": torch.device(self.model.device).type,
             "precision": settings["precision"], "checker": getattr(self.expression_checker, "__name__", None),
         })
@@ -320,11 +372,13 @@ class _GroundingRun:
         pairing = self.image_of_text[ids] - self.spans[batch_index][0]
         began = time.perf_counter()
         reseed_attack(attack, derive_seed(self.seed, name, batch_index))  # a resumed batch draws what it drew before
-        result = attack(views[0].to(self.attacker.device), [self.data.expressions[i].text for i in ids], pairing,
+        result = attack(views[0].to(self.attacker.device), [self.texts[i] for i in ids], pairing,
                         boxes=[self.truth[i] for i in ids], sizes=[self.sizes[i] for i in ids])
         changes = result.info.get("words_changed", [[] for _ in ids])
         images = self.grounded_images(attack, views, result)
-        row_pixels = images[pairing.to(images.device)]
+        # Co-Attack's grounding code attacks one copy of the image per expression: already one row each
+        per_text = len(views) == 1 and result.info.get(IMAGE_PER_TEXT, False)
+        row_pixels = images if per_text else images[pairing.to(images.device)]
         hits = self.hits_of(row_pixels, list(result.texts), ids)
         verdicts = self.verdicts(ids, changes, result.texts)
         kept_hits = self.hits_with_rejected_unattacked(hits, verdicts, row_pixels, ids)
@@ -361,7 +415,7 @@ class _GroundingRun:
         kept_hits = list(hits)
         rejected = [local for local, verdict in enumerate(verdicts) if verdict is False]
         if rejected:  # an expression the attack made refer elsewhere counts as not attacked
-            regrounded = self.hits_of(row_pixels[rejected], [self.data.expressions[ids[k]].text for k in rejected],
+            regrounded = self.hits_of(row_pixels[rejected], [self.texts[ids[k]] for k in rejected],
                                       [ids[k] for k in rejected])
             for local, hit in zip(rejected, regrounded):
                 kept_hits[local] = hit

@@ -107,7 +107,10 @@ def attack_loss_fn(loss: str, logit_scale) -> Callable[[torch.Tensor, torch.Tens
 
 def attack_parts(attack) -> tuple:
     """The attack and the attacks it runs (a multimodal attack's `image_attack` and `text_attack`),
-    where their random generators and substitute sources are found."""
+    where their random generators and substitute sources are found; a wrapper's (`wrapped`) included."""
+    wrapped = getattr(attack, "wrapped", None)
+    if wrapped is not None:
+        return (attack, *attack_parts(wrapped))
     return tuple(part for part in (attack, getattr(attack, "image_attack", None), getattr(attack, "text_attack", None))
                  if part is not None)
 
