@@ -30,6 +30,7 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
     ImageTextModel,
     TextTokens,
     VisionLanguageModel,
+    bare_name,
     read_model_info,
 )
 
@@ -176,10 +177,10 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
     model.batch_first_attention = True  # every nn.MultiheadAttention: attention without sequence-first copies
     model.class_token_vision = True  # open_clip ViTs: the last block at the class token only
-    if name in TINY_FAMILY:
-        model.tiny_twin = name
+    if bare_name(name) in TINY_FAMILY:  # `transformers:tiny-hf-clip` too
+        model.tiny_twin = bare_name(name)
     else:
-        info = read_model_info(Path(name.removeprefix("local-dir:")).expanduser()) if _is_folder(name) else None
+        info = read_model_info(Path(bare_name(name)).expanduser()) if _is_folder(name) else None
         model.tiny_twin = (info or {}).get("tiny_twin")
     if kind is not None and model.kind != kind:
         raise ModelLoadError(f"'{name}' is a {model.kind} model ({family}), not a {kind} model")
@@ -187,7 +188,7 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
 
 
 def _is_folder(name: str) -> bool:
-    return Path(name.removeprefix("local-dir:")).expanduser().is_dir()
+    return Path(bare_name(name)).expanduser().is_dir()
 
 
 def save_model(model: ImageTextModel, folder: str | os.PathLike) -> Path:

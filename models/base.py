@@ -388,6 +388,18 @@ def _missing_transform(image: Any) -> torch.Tensor:
     raise NotImplementedError("this model has no image transform set")
 
 
+# prefixes that only say how to read a name: `transformers:NAME` (models.hf_clip), `local-dir:FOLDER`
+NAME_PREFIXES = ("transformers:", "local-dir:")
+
+
+def bare_name(name: str) -> str:
+    """`name` without the prefixes that only say how to read it: the tiny twin or folder it names."""
+    for prefix in NAME_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 def read_model_info(folder: Path) -> dict | None:
     """The folder's `matplus_model.json` (None without one); a damaged one is one line naming it."""
     from augment.errors import ModelLoadError, first_line

@@ -6,8 +6,9 @@ Names: Hub ids of CLIPModel checkpoints (`openai/clip-vit-base-patch16`,
 the tiny twin `tiny-hf-clip`. The same CLIP weights as open_clip's `ViT-B-16` + `openai`, read
 through transformers: ITC only (no ITM head), softmax InfoNCE, learnt logit scale clamped to 100.
 
-Pixels: size, mean and std of the CLIPImageProcessor config; eval = bicubic resize of the
-shortest side and a centre crop (as the processor); train = RandomResizedCrop (scale 0.9..1,
+Pixels: size, mean and std of the CLIPImageProcessor config; eval = the processor's resize
+(shortest side, or squashed to height x width) with its filter and its centre crop, as its flags
+say (`models.transformers_io.processor_eval_transform`); train = RandomResizedCrop (scale 0.9..1,
 open_clip's default train transform). Saved with `save_pretrained` (model + processor).
 """
 from __future__ import annotations
@@ -53,14 +54,15 @@ class HFClipModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         self.tokenizer = processor.tokenizer
         self.name, self.pretrained = name, None
         image_processor = processor.image_processor
-        crop = tio.processor_size(getattr(image_processor, "crop_size", None), "height")
-        resize = tio.processor_size(image_processor.size, "shortest_edge", "height")
-        self.image_size = int(crop or resize or model.config.vision_config.image_size)
+        native = int(model.config.vision_config.image_size)
+        self.image_size, self.preprocess_eval = tio.processor_eval_transform(image_processor, native)
+        if self.image_size != native:  # the position table is the model's: other sizes fail mid-run
+            raise ModelLoadError(f"{name}: its image processor makes {self.image_size} px images, its vision "
+                                 f"model reads {native} px; fix the processor's size / crop_size")
         self.mean = tuple(float(v) for v in image_processor.image_mean)
         self.std = tuple(float(v) for v in image_processor.image_std)
         self.context_length = int(model.config.text_config.max_position_embeddings)
         self.preprocess_train = tio.train_transform(self.image_size, TRAIN_CROP_SCALE, hflip=False)
-        self.preprocess_eval = tio.resize_crop_transform(resize or self.image_size, self.image_size)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         vision = self.model.vision_model

@@ -204,6 +204,36 @@ def resize_crop_transform(resize: int, crop: int) -> Callable[[Any], torch.Tenso
                                transforms.ToTensor()])
 
 
+# PIL's resampling filters (what a transformers image processor's `resample` holds) -> torchvision's modes
+_PIL_RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+
+
+def processor_eval_transform(image_processor, default_size: int) -> tuple[int, Callable[[Any], torch.Tensor]]:
+    """(output size, transform) of a transformers image processor's resize and centre crop, as its
+    flags say: `do_resize` with `size` {"shortest_edge"} (aspect kept) or {"height", "width"} (squashed),
+    `do_center_crop` with `crop_size`, its `resample` filter; `default_size` where it resizes and
+    crops nothing (its normalisation is the model's own, `ImageTextModel.normalize`)."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    resample = getattr(image_processor, "resample", 3)
+    mode = InterpolationMode[_PIL_RESAMPLE_NAMES.get(int(getattr(resample, "value", resample)), "BICUBIC")]
+    steps: list = [transforms.Lambda(to_rgb)]
+    size = default_size
+    if getattr(image_processor, "do_resize", True):
+        shortest = processor_size(image_processor.size, "shortest_edge")
+        square = None if shortest else processor_size(image_processor.size, "height")
+        if shortest or square:
+            steps.append(transforms.Resize(shortest or (square, square), interpolation=mode))
+            size = shortest or square
+    if getattr(image_processor, "do_center_crop", True):
+        crop = processor_size(getattr(image_processor, "crop_size", None), "height")
+        if crop:
+            steps.append(transforms.CenterCrop(crop))
+            size = crop
+    return int(size), transforms.Compose([*steps, transforms.ToTensor()])
+
+
 def processor_size(size: Any, *keys: str) -> int | None:
     """An int from a transformers image-processor size (int, dict or SizeDict), trying `keys` in order."""
     if size is None:

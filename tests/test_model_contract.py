@@ -829,3 +829,44 @@ def test_text_prefix_cache_is_off_with_the_text_shortcuts():
     model.train()
     model.model.transformer.resblocks[0].attn.dropout = 0.1  # dropout in effect: not the same computation
     assert model.text_prefix_cache(PREFIX_REFERENCES) is None
+
+
+def test_hf_clip_eval_transform_follows_its_processors_flags():
+    """A CLIPImageProcessor that squashes to height x width without a centre crop (common for fine-tuned
+    CLIPs), or resamples bilinearly, is followed as CLIPProcessor follows it; one making another size than
+    the vision model reads is refused in one line (it crashed mid-run: 224 px crop_size default)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from augment.errors import ModelLoadError
+    from models import hf_clip, load_model
+
+    base = load_model("tiny-hf-clip")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 160, 3), dtype=np.uint8))
+    for flags in ({"size": {"height": 64, "width": 64}, "do_center_crop": False, "resample": 2},
+                  {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}, "resample": 2}):
+        processor = CLIPImageProcessor(image_mean=list(base.mean), image_std=list(base.std), **flags)
+        base.processor.image_processor = processor
+        model = hf_clip.HFClipModel(base.model, base.processor, name="flags")
+        ours = model.normalize(model.preprocess_eval(image))
+        theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        assert model.image_size == 64 and ours.shape == theirs.shape, flags
+        assert (ours - theirs).abs().mean() < 1e-2, flags
+        model.encode_image(model.preprocess_eval(image)[None])  # the vision model reads it
+    base.processor.image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    with pytest.raises(ModelLoadError, match="makes 224 px images, its vision model reads 64 px"):
+        hf_clip.HFClipModel(base.model, base.processor, name="mismatch")
+
+
+def test_transformers_prefix_names_the_same_tiny_twin_and_run_folder(tmp_path):
+    """`transformers:NAME` is NAME read with transformers: a tiny twin (or a folder trained from one) keeps
+    its tiny defaults (the offline masked LM) and its record, as without the prefix."""
+    from models import load_model, save_model
+    from train.config import default_mlm
+
+    assert load_model("transformers:tiny-hf-clip").tiny_twin == "tiny-hf-clip"
+    folder = save_model(load_model("tiny-hf-clip"), tmp_path / "ckpt")
+    for name in ("transformers:tiny-hf-clip", f"transformers:{folder}", str(folder)):
+        assert default_mlm(name) == "tiny-mlm", name
+    assert load_model(f"transformers:{folder}").tiny_twin == "tiny-hf-clip"

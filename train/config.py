@@ -219,12 +219,13 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _is_tiny_twin(model: str) -> bool:
     """A tiny twin itself, or a folder holding a model trained from one (e.g. a run's ckpt)."""
+    from models.base import bare_name, read_model_info
+
+    model = bare_name(model)  # `transformers:tiny-hf-clip`, `transformers:RUN/ckpt` too
     if model.startswith("tiny-"):
         return True
-    from models.base import read_model_info
-
     try:
-        info = read_model_info(Path(model.removeprefix("local-dir:")).expanduser())
+        info = read_model_info(Path(model).expanduser())
     except (OSError, ValueError):
         return False
     return bool(info and info.get("tiny_twin"))
