@@ -94,3 +94,20 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) 
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def output_folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be made or written into ("it is a file, not a folder", an ancestor that
+    is a file, a dangling link), or None: the output commands' one-line refusal before any work."""
+    if folder.is_symlink() and not folder.exists():
+        return f"it is a link to a missing {os.readlink(folder)}"
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        if ancestor.is_symlink():
+            return f"{ancestor} is a link to a missing {os.readlink(ancestor)}"
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    return None

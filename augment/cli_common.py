@@ -5,7 +5,10 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from typing import Callable
 
 from augment.errors import MatPlusError, first_line
@@ -121,14 +124,61 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     if unknown:  # argparse names them under the top-level usage; the command's usage shows what it takes
         _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     expected: tuple[type[BaseException], ...] = (MatPlusError, FileNotFoundError) + _hub_error_types()
+    global _terminated
+    _terminated = False
     try:
-        code = args.func(args)
+        with _sigterm_as_interrupt(getattr(args, "sigterm_interrupts", False)):
+            code = args.func(args)
     except expected as exc:
         if os.environ.get("MATPLUS_TRACEBACK"):
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing left to say, and no one to say it to
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except OSError as exc:  # a path the user gave cannot be written or read: permission, a file as a folder, a full disk
+        if os.environ.get("MATPLUS_TRACEBACK"):
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; re-run the same command to resume", file=sys.stderr)
-        return 130
+        print(f"interrupted: {getattr(args, 'interrupted', None) or INTERRUPTED}", file=sys.stderr)
+        return 143 if _terminated else 130
     return int(code or 0)
+
+
+# what an interrupted command says unless its parser sets its own (`set_defaults(interrupted=...)`)
+INTERRUPTED = "finished shards are kept; re-run the same command to resume"
+_terminated = False
+
+
+def os_error_line(exc: OSError) -> str:
+    """`PATH: reason` of an OSError (its file names, its strerror), scrubbed; its first line when it names no file."""
+    if exc.filename is None or not exc.strerror:
+        return one_line(exc)
+    names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return scrub_secrets(f"{names}: {exc.strerror}".replace("\n", "\\n"))
+
+
+@contextmanager
+def _sigterm_as_interrupt(enabled: bool):
+    """SIGTERM (kill's, timeout's, docker stop's and schedulers' default) raised as KeyboardInterrupt
+    while a command that cleans up after Ctrl-C runs, so it cleans up after that too (exit 143)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        global _terminated
+        _terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

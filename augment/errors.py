@@ -30,12 +30,20 @@ class MissingDependencyError(MatPlusError):
     """An optional dependency or data package is missing; the message says how to install it."""
 
 
+def _escaped(text: str) -> str:
+    """`text` with control characters (a newline in a file name) written as escapes: still one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name when it has none.
 
     Third-party errors often carry multi-line reports (HTTP bodies, load reports); a user-facing
-    error shows one line.
+    error shows one line. A SourceError's message is one line built by this project, where a line
+    break can only come from a name it quotes (a file called "a\nb.png"): it is shown whole, escaped.
     """
+    if isinstance(exc, SourceError) and str(exc).strip():
+        return _escaped(str(exc).strip())
     for line in str(exc).strip().splitlines():
         if line.strip():
             return line.strip()

@@ -166,7 +166,10 @@ class SourceCache:
                         self.folder, exc)
             return False
         finally:
-            tmp.unlink(missing_ok=True)
+            try:  # missing_ok covers only a missing file, not a path through a file or a refused search
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         prune(self.folder, keep=self.path)
         return True
 

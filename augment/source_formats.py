@@ -11,6 +11,7 @@ import functools
 import json
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -84,8 +85,15 @@ def detect_format(source: str) -> str:
         karpathy = sorted(path.glob("dataset_*.json"))
         if len(karpathy) == 1:
             return "karpathy"
+        if any(path.glob("data/shard-*.parquet")) and not any(path.glob("*.parquet")):
+            raise SourceError(f"{source}: looks like an unfinished pool (data/shard-*.parquet but no {POOL_META}, as a killed "
+                              f"`augment generate` leaves it): re-run that generate command to finish it, and pass "
+                              f"the dataset it was made from as --source")
         if any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")):
             return "parquet"
+        if len(karpathy) > 1:
+            names = ", ".join(p.name for p in karpathy[:4]) + (", ..." if len(karpathy) > 4 else "")
+            raise SourceError(f"{source}: folder holds {len(karpathy)} dataset_*.json files ({names}): pass one of them as --source")
         raise SourceError(
             f"{source}: folder has no recognised source (expected a dataset_*.json, metadata.jsonl, "
             "parquet files or a save_to_disk dataset)"
@@ -348,6 +356,8 @@ def _read_albef(source: Path, image_root: str | None, split: str | None, allow_o
 def _read_csv(source: Path, image_root: str | None, split: str | None,
               allow_outside_root: bool, listings: FolderListings, img_key: str = "image",
               caption_key: str = "caption", separator: str | None = None) -> Iterable[SourceRecord]:
+    from augment.schema import SPLIT_ALIASES
+
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     separator = csv_separator(separator) or ("\t" if source.suffix.lower() == ".tsv" else ",")
@@ -372,6 +382,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                                       f"{len(reader.fieldnames)} (separator {separator!r})")
                 image = row[img_key] or ""
                 row_split = row.get("split") or split or "train"
+                row_split = SPLIT_ALIASES.get(row_split, row_split)  # `val` and `validation` are one split
                 if image not in grouped:
                     image_id = str(Path(image).with_suffix("")) if image else f"line-{line}"
                     grouped[image] = _record_with_image(
@@ -517,13 +528,8 @@ def _load_table(source: str, fmt: str) -> Any:
     import datasets
 
     try:
-        if fmt == "disk":
-            return datasets.load_from_disk(source)
-        if fmt == "parquet":
-            path = Path(source)
-            files = [str(path)] if path.is_file() else sorted(str(p) for p in list(path.glob("*.parquet")) + list(path.glob("data/*.parquet")))
-            return datasets.load_dataset("parquet", data_files=files, split="train")
-        return datasets.load_dataset(source)
+        with _quiet_datasets_errors():
+            return _load_table_loudly(datasets, source, fmt)
     except SourceError:
         raise
     except Exception as exc:  # offline, 404, damaged files, any client error: one line, no token
@@ -533,6 +539,33 @@ def _load_table(source: str, fmt: str) -> Any:
         what = "no folder here, and cannot load the Hub dataset" if fmt == "hub" else f"cannot load the {fmt} source"
         cause = exc.__cause__ or exc
         raise SourceError(scrub_secrets(f"{source}: {what} ({type(cause).__name__}: {first_line(cause)})")) from None
+
+
+@contextmanager
+def _quiet_datasets_errors():
+    """`datasets` logs a damaged file's error itself before raising it: the caller's one line says it."""
+    import logging
+
+    logger = logging.getLogger("datasets")
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.CRITICAL)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _load_table_loudly(datasets, source: str, fmt: str) -> Any:
+    """The `datasets` table of a disk, parquet or Hub source (its errors raised as they come)."""
+    if fmt == "disk":
+        return datasets.load_from_disk(source)
+    if fmt == "parquet":
+        path = Path(source)
+        files = [str(path)] if path.is_file() else sorted(str(p) for p in list(path.glob("*.parquet")) + list(path.glob("data/*.parquet")))
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    return datasets.load_dataset(source)
 
 
 def read_records(source: str, fmt: str, image_root: str | None, split: str | None, allow_outside_root: bool,

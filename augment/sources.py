@@ -78,6 +78,7 @@ class LoadReport:
     format: str
     skipped: list[dict] = field(default_factory=list)
     validated: bool = False  # every image decoded once at load time
+    report_path: Path | None = None  # where `--skip-bad` wrote the report of the skipped records
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -87,9 +88,57 @@ class LoadReport:
 
     def write_skipped(self, path: str | os.PathLike | None, out: str | os.PathLike | None) -> Path:
         """`--skip-bad`'s report: at `path` (`--skip-report`), else beside `out` (OUT.skipped.json),
-        else ./skipped.json."""
-        default = Path(str(out).rstrip("/") + ".skipped.json") if out else Path("skipped.json")
-        return self.write(path or default)
+        else ./skipped.json. It never replaces a file that is not an earlier report (the source's own
+        file, an image...): SourceError instead, as for a path that cannot be written."""
+        target = skip_report_target(path, out)
+        check_skip_report_target(target, self.source)
+        try:
+            return self.write(target)
+        except OSError as exc:
+            raise SourceError(f"{target}: cannot write the --skip-bad report ({exc.strerror or first_line(exc)})") from None
+
+
+_REPORT_KEYS = {"source", "format", "skipped"}
+
+
+def skip_report_target(path: str | os.PathLike | None, out: str | os.PathLike | None) -> Path:
+    """Where `--skip-bad`'s report goes: `path` (`--skip-report`), else OUT.skipped.json, else ./skipped.json."""
+    if path:
+        return Path(path)
+    return Path(str(out).rstrip("/") + ".skipped.json") if out else Path("skipped.json")
+
+
+def _is_skip_report(path: Path) -> bool:
+    """Whether the file at `path` is a report `LoadReport.write` wrote (so replacing it loses nothing)."""
+    try:
+        if path.stat().st_size > 1 << 30:
+            return False
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and set(document) == _REPORT_KEYS and isinstance(document["skipped"], list)
+
+
+def check_skip_report_target(target: str | os.PathLike, source: str | None = None) -> None:
+    """SourceError (one line) when `--skip-bad`'s report cannot or must not be written at `target`:
+    an existing file that is not an earlier report (the source itself, one of its images, any
+    other data), a folder, or a path under a file. Checked before the source is read."""
+    target = Path(target)
+    what = "the source itself" if source and os.path.exists(source) and target.exists() and \
+        os.path.samefile(source, target) else None
+    if what is None and os.path.isdir(target):
+        what = "a folder"
+    elif what is None and target.exists() and not _is_skip_report(target):
+        what = "an existing file that is not an earlier --skip-bad report"
+    if what:
+        raise SourceError(f"--skip-report {target}: is {what}; the report would replace it: name a new file")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():  # a dangling link: its target's folder is missing
+            raise SourceError(f"--skip-report {target}: {parent} is a link to a missing {os.readlink(parent)}")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SourceError(f"--skip-report {target}: {parent} is a file, not a folder")
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -335,7 +384,9 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
         columns["split"].append(record.split)
         columns["meta"].append(json.dumps(record.meta, sort_keys=True) if record.meta else "{}")
     if not columns["image_id"]:
-        raise SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+        error = SourceError(f"{source}: no usable records" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+        error.report = report  # what was skipped and why: `--skip-bad` still writes its report
+        raise error
     import pyarrow as pa
 
     # the same table `Dataset.from_dict` builds, converted by arrow in one go, without its

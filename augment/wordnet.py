@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import socket
 import sys
@@ -224,22 +225,37 @@ def _parse_data_line(line: str) -> _Synset:
     return _Synset(offset, ss_type, lex_filenum, words, head_offset)
 
 
+def _parsed_lines(path: Path, parse) -> list:
+    """`parse(line)` of each line of a WordNet file but its license header; a damaged line (or a
+    file that is not UTF-8) is one MissingDependencyError naming the file and line."""
+    results = []
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as fp:
+            for number, line in enumerate(fp, start=1):
+                if not line.startswith("  "):  # license header
+                    results.append(parse(line))
+    except (ValueError, IndexError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MissingDependencyError(f"{path}: line {number + isinstance(exc, UnicodeDecodeError)}: not a WordNet "
+                                     f"database line ({type(exc).__name__}); reinstall wordnet-base") from None
+    return results
+
+
 def _read_synsets(wordnet_dir: Path, pos_name: str) -> list[_Synset]:
-    with open(wordnet_dir / f"data.{pos_name}", encoding="utf-8") as fp:
-        return [_parse_data_line(line) for line in fp if not line.startswith("  ")]  # license header
+    return _parsed_lines(wordnet_dir / f"data.{pos_name}", _parse_data_line)
 
 
 def _sense_numbers(wordnet_dir: Path, pos_name: str) -> dict[tuple[str, str], int]:
     """(lemma, offset) -> sense number: the offset's 1-based place in the lemma's index entry."""
     numbers = {}
-    with open(wordnet_dir / f"index.{pos_name}", encoding="utf-8") as fp:
-        for line in fp:
-            if line.startswith("  "):
-                continue
-            fields = line.split()
-            synset_cnt = int(fields[2])
-            for number, offset in enumerate(fields[-synset_cnt:], start=1):
-                numbers[fields[0], offset] = number
+
+    def parse(line: str) -> None:
+        fields = line.split()
+        synset_cnt = int(fields[2])
+        for number, offset in enumerate(fields[-synset_cnt:], start=1):
+            numbers[fields[0], offset] = number
+
+    _parsed_lines(wordnet_dir / f"index.{pos_name}", parse)
     return numbers
 
 
@@ -248,10 +264,11 @@ def _tag_counts(wordnet_dir: Path) -> dict[str, int]:
     counts = {}
     path = wordnet_dir / "cntlist.rev"
     if path.is_file():
-        with open(path, encoding="utf-8") as fp:
-            for line in fp:
-                key, _number, count = line.split()
-                counts[key] = int(count)
+        def parse(line: str) -> None:
+            key, _number, count = line.split()
+            counts[key] = int(count)
+
+        _parsed_lines(path, parse)
     return counts
 
 
@@ -342,6 +359,11 @@ def setup_wordnet(data_dir: str | Path | None = None, debian_dir: str | Path = D
             return SetupResult("present", None, "WordNet already loads in nltk; nothing to do")
         if data_dir is not None and _installed_in(chosen):
             return SetupResult("present", chosen, f"WordNet already installed in {chosen / WORDNET_SUBDIR} (--force rebuilds it)")
+    from augment.atomic import output_folder_problem
+
+    problem = output_folder_problem(chosen)
+    if problem:
+        raise MatPlusError(f"cannot write WordNet into {chosen}: {problem}; choose a folder with --dir")
     try:
         chosen.mkdir(parents=True, exist_ok=True)
         if download and try_download(chosen):
@@ -354,10 +376,12 @@ def setup_wordnet(data_dir: str | Path | None = None, debian_dir: str | Path = D
             raise MissingDependencyError(f"WordNet is not available: --no-download, and Debian's wordnet-base is not in "
                                          f"{debian_dir}; run `apt-get install wordnet-base` then `augment setup-wordnet` "
                                          "again, or leave out --no-download when online")
-    except PermissionError as exc:
-        raise MatPlusError(f"cannot write WordNet into {chosen} ({exc.strerror}); choose a folder with --dir") from None
-    if not searched:
-        message += f"; nltk does not search this folder: set NLTK_DATA={chosen}"
+    except OSError as exc:  # permission, a full disk, a path through a file: one line naming the file
+        where = f"{exc.filename}: " if exc.filename and Path(exc.filename) != chosen else ""
+        raise MatPlusError(f"cannot write WordNet into {chosen} ({where}{exc.strerror or exc}); "
+                           "choose a folder with --dir") from None
+    if not searched:  # absolute: a relative path would be right only in this folder
+        message += f"; nltk does not search this folder: set NLTK_DATA={chosen.resolve()}"
     return SetupResult(how, chosen, message)
 
 

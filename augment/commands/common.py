@@ -27,11 +27,14 @@ def shows_progress(args) -> bool:
     return not getattr(args, "no_progress", False) and getattr(args, "progress", None) is not False
 
 
-def read_source(args, validate: bool = False):
-    """Load `args.source`; with --skip-bad write the report and say where it is."""
-    from augment.errors import MatPlusError
+def read_source(args, validate: bool = False, announce: bool = True):
+    """Load `args.source`; with --skip-bad write the report (`report.report_path`) and, with
+    `announce`, say where it is on stderr (stdout stays the command's own output: `--json`)."""
+    import sys
+
+    from augment.errors import MatPlusError, SourceError
     from augment.source_formats import is_table_file, table_options_problem
-    from augment.sources import load_source
+    from augment.sources import check_skip_report_target, load_source, skip_report_target
 
     if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
         raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
@@ -45,14 +48,26 @@ def read_source(args, validate: bool = False):
     problem = table_options_problem(img_key, caption_key, table["csv_separator"])
     if problem:
         raise MatPlusError(problem)
+    target = None
+    if args.skip_bad:  # before reading (which decodes every image): the report must not replace an input
+        target = skip_report_target(getattr(args, "skip_report", None), getattr(args, "out", None))
+        check_skip_report_target(target, args.source)
 
-    dataset, report = load_source(
-        args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
-        validate=validate or getattr(args, "validate", False), progress=shows_progress(args),
-        allow_outside_root=getattr(args, "allow_outside_root", False),
-        csv_img_key=img_key, csv_caption_key=caption_key, csv_separator=table["csv_separator"],
-    )
+    try:
+        dataset, report = load_source(
+            args.source, image_root=args.image_root, split=args.source_split, skip_bad=args.skip_bad,
+            validate=validate or getattr(args, "validate", False), progress=shows_progress(args),
+            allow_outside_root=getattr(args, "allow_outside_root", False),
+            csv_img_key=img_key, csv_caption_key=caption_key, csv_separator=table["csv_separator"],
+        )
+    except SourceError as exc:
+        failed = getattr(exc, "report", None)  # every record bad: the report says which and why
+        if target is None or failed is None or not failed.skipped:
+            raise
+        written = failed.write_skipped(target, None)
+        raise SourceError(f"{exc}; report: {written}") from None
     if report.skipped:
-        target = report.write_skipped(args.skip_report, getattr(args, "out", None))
-        print(f"skipped {len(report.skipped)} bad records; report: {target}")
+        report.report_path = report.write_skipped(target, None)
+        if announce:
+            print(f"skipped {len(report.skipped)} bad records; report: {report.report_path}", file=sys.stderr)
     return dataset, report

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("inspect", allow_abbrev=False, help="validate a source dataset and print a summary")
     add_source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="nothing was written")
 
 
 def summarise(dataset) -> dict:
@@ -49,10 +49,13 @@ def summarise(dataset) -> dict:
 
 
 def run(args) -> int:
-    dataset, report = read_source(args, validate=True)  # inspect decodes every image once
+    # inspect decodes every image once; it says what it skipped itself (stdout is the summary, JSON with --json)
+    dataset, report = read_source(args, validate=True, announce=False)
     summary = summarise(dataset)
     summary["format"] = report.format
     summary["skipped"] = len(report.skipped)
+    if report.report_path is not None:
+        summary["skip_report"] = str(report.report_path)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -63,5 +66,5 @@ def run(args) -> int:
     print(f"image sizes ({summary['distinct_image_sizes']} distinct, most common): " + ", ".join(f"{k}: {v}" for k, v in summary["image_sizes"].items()))
     print("image modes (converted to RGB on load): " + ", ".join(f"{k}: {v}" for k, v in summary["image_modes"].items()))
     if report.skipped:
-        print(f"skipped {len(report.skipped)} bad records")
+        print(f"skipped {len(report.skipped)} bad records; report: {report.report_path}")
     return 0

@@ -22,13 +22,24 @@ def register(subparsers) -> None:
         "--names", nargs="+", default=None, metavar="NAME",
         help=f"subset to write, space or comma separated (default: all of {', '.join(TINY_NAMES)})",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="the models finished before it are in DIR, the unfinished one is removed; "
+                                              "re-run the same command to write them all")
 
 
 def run(args) -> int:
+    from augment.errors import MatPlusError
     from augment.tiny import save_tiny
 
-    names = [name for item in args.names for name in _names(item)] if args.names else None
+    names = [name for item in args.names for name in _names(item)] if args.names is not None else None
+    if names == []:  # `--names ""` or `--names ,` would write nothing and say nothing
+        raise MatPlusError(f"--names lists no model: name one or more of {', '.join(TINY_NAMES)}, or leave it out for all")
+    from pathlib import Path
+
+    from augment.atomic import output_folder_problem
+
+    problem = output_folder_problem(Path(args.dir).expanduser())
+    if problem:
+        raise MatPlusError(f"save-tiny {args.dir}: {problem}; choose another folder")
     for name, folder in save_tiny(args.dir, names).items():
         print(f"{name}: {folder}")
     return 0

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                         help="where Debian's wordnet-base keeps WordNet (default %(default)s)")
     parser.add_argument("--no-download", action="store_true", help="do not try nltk.download; build from Debian's files")
     parser.add_argument("--force", action="store_true", help="install again even if WordNet already loads")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="WordNet was not installed; re-run the same command")
 
 
 def run(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import uuid
@@ -43,22 +44,95 @@ def _check_arguments(n: int, val_frac: float, test_frac: float, n_captions: int)
         raise SourceError(f"captions per image must be between 1 and 10, not {n_captions}")
 
 
-def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+# hidden work folders: `.DIR.partial-PID-xxxxxxxx` beside a DIR that does not exist yet, or
+# `DIR/.make-sample.partial-PID-xxxxxxxx` (and `.old-`, the replaced contents) inside one that does
+_WORK = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_INSIDE = "make-sample"
+
+
+def _work_name(name: str, kind: str) -> str:
+    return f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _is_work_folder(path: Path, name: str) -> bool:
+    match = _WORK.match(path.name)
+    return bool(match) and match.group("name") == name and path.is_dir() and not path.is_symlink()
+
+
+def remove_stale_work_folders(out_dir: Path) -> list[Path]:
+    """Delete the hidden work folders that make-sample runs of `out_dir` killed by SIGKILL (or a
+    crash) left, beside it or inside it; folders of a live process are kept. Returns them."""
+    from augment.atomic import _process_alive
+
+    candidates = []
+    if out_dir.parent.is_dir():
+        candidates += [p for p in out_dir.parent.iterdir() if _is_work_folder(p, out_dir.name)]
+    if out_dir.is_dir():
+        candidates += [p for p in out_dir.iterdir() if _is_work_folder(p, _INSIDE)]
+    removed = []
+    for path in candidates:
+        if not _process_alive(int(_WORK.match(path.name).group("pid"))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _refuse_existing(out_dir: Path, given: Path, overwrite: bool) -> None:
+    """One SourceError line (naming the folder as the user gave it) for a DIR that cannot be written."""
+    if given.is_symlink() and not given.exists():
+        raise SourceError(f"{given} is a link to a missing {os.readlink(given)}; remove it or choose another folder")
+    if out_dir.parent == out_dir:
+        raise SourceError(f"{given} is the filesystem root; choose a folder for the sample")
     if out_dir.exists() and not out_dir.is_dir():
-        raise SourceError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise SourceError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise SourceError(f"{given} exists and is not a folder")
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SourceError(f"{given}: {ancestor} is a file, not a folder")
+    if not os.access(out_dir if out_dir.is_dir() else ancestor, os.W_OK):
+        raise SourceError(f"{given}: cannot write in {out_dir if out_dir.is_dir() else ancestor} (permission denied)")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise SourceError(f"{given} is not empty; pass overwrite=True (--overwrite) to replace it")
+        cwd = Path.cwd().resolve()
+        if out_dir in cwd.parents:
+            raise SourceError(f"{given} holds the current folder {cwd}; --overwrite would delete it: run elsewhere")
 
 
 def _move_into_place(built: Path, out_dir: Path) -> None:
+    """Rename the finished sibling folder into place: atomic for a new DIR; an existing one is
+    renamed aside first (rename cannot replace a non-empty folder) and deleted after."""
     if not out_dir.exists():
         built.rename(out_dir)
         return
-    # rename cannot replace a non-empty folder: move the old one aside first, drop it after
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    old = out_dir.with_name(_work_name(out_dir.name, "old"))
     out_dir.rename(old)
     built.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _renamable(folder: Path) -> bool:
+    """Whether an existing DIR can be replaced by a rename: not the current folder or one above it
+    (`.`, `..`), not a mount point."""
+    cwd = Path.cwd().resolve()
+    return folder != cwd and folder not in cwd.parents and not os.path.ismount(folder)
+
+
+def _move_contents_into(built: Path, out_dir: Path) -> None:
+    """An existing DIR (`.`, a mount point, a link's target: it cannot be renamed itself): its
+    old contents moved aside into a hidden folder inside it, the finished files moved in, the old
+    contents deleted."""
+    old = out_dir / _work_name(_INSIDE, "old")
+    old.mkdir()
+    for child in list(out_dir.iterdir()):
+        if child not in (built, old) and not _is_work_folder(child, _INSIDE):
+            child.rename(old / child.name)
+    # the dataset file last: a reader never finds it before the images it lists
+    for child in sorted(built.iterdir(), key=lambda path: path.name.startswith("dataset_")):
+        child.rename(out_dir / child.name)
+    shutil.rmtree(old, ignore_errors=True)
+    built.rmdir()
 
 
 def _progress(iterable: Iterable, total: int):
@@ -101,16 +175,27 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
     expressions, that many per object, and its record lists them per object with the true box
     (`objects`), as `build_grounding_item` makes them.
     """
-    out_dir = Path(out_dir)
+    given = Path(out_dir)
     _check_arguments(n, val_frac, test_frac, n_captions)
-    _refuse_existing(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if given.is_symlink() and not given.exists():
+        _refuse_existing(given, given, overwrite)  # a dangling link: one line
+    target = given.resolve()  # `.`, `..`, a link: the folder itself, written through
+    remove_stale_work_folders(target)
+    _refuse_existing(target, given, overwrite)
     sizes = split_sizes(n, val_frac, test_frac)
     splits = ["train"] * sizes["train"] + ["val"] * sizes["val"] + ["test"] * sizes["test"]
     digits = max(6, len(str(n - 1)))
-    building = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    existing = target.is_dir() and not _renamable(target)
     try:
+        if existing:  # built inside it: DIR is `.`, `..` or a mount point, which no rename can replace
+            building = target / _work_name(_INSIDE, "partial")
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            building = target.with_name(_work_name(target.name, "partial"))
         (building / "images").mkdir(parents=True)
+    except OSError as exc:
+        raise SourceError(f"{given}: cannot create the folder ({exc.strerror or exc})") from None
+    try:
         records = []
         for index in _progress(range(n), n):
             if expressions > 0:
@@ -127,11 +212,16 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
         document = {"dataset": "sample", "images": records}
         text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         (building / "dataset_sample.json").write_text(text + "\n", encoding="utf-8")
-        _move_into_place(building, out_dir)
-    except BaseException:
+        if existing:
+            _move_contents_into(building, target)
+        else:
+            _move_into_place(building, target)
+    except BaseException as exc:
         shutil.rmtree(building, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a folder made read-only meanwhile: one line naming DIR
+            raise SourceError(f"{given}: cannot write the sample ({exc.strerror or exc})") from None
         raise
-    return out_dir
+    return given
 
 
 def build_grounding_item(seed: int, index: int, n_expressions: int = 3) -> tuple[Scene, Image.Image, list[dict]]:
