@@ -398,7 +398,8 @@ def train_resumable(folder: Path, settings: dict, validator=None) -> dict:
     """Train into `folder`: resume a killed run of the same settings, replace one of other settings.
 
     With a `validator` (train.validation.Validator) the run is validated every K steps and once
-    more after its last step."""
+    more after its last step. A run found finished (killed during that last validation, or before
+    the study marked it done) is validated again from its checkpoint's weights."""
     from train.config import ConfigError, resolve_config
     from train.trainer import Trainer
 
@@ -409,7 +410,14 @@ def train_resumable(folder: Path, settings: dict, validator=None) -> dict:
             return trainer.run()
         validator.attach(trainer)
         summary = trainer.run()
-        validator.validate(trainer.total_steps)
+        if trainer.finished_summary is None:
+            validator.validate(trainer.total_steps)
+        else:  # nothing trained: the last weights are the checkpoint's (checked whole by the trainer's resume)
+            from models import load_model
+            from train.checkpoint import checkpoint_dir
+
+            weights = load_model(str(checkpoint_dir(folder)), device=trainer.accelerator.device)
+            validator.validate(trainer.total_steps, model=weights)
         return summary
 
     if not folder.exists():

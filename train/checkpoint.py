@@ -9,11 +9,11 @@ optimizer from another)::
                                      open_clip_model.safetensors, so open_clip's "local-dir:RUN/ckpt"
                                      loads it; transformers families: save_pretrained's files)
       train_state/
-        state.json                   steps done, draws so far, world size
+        state.json                   steps done, draws so far, world size, the model's files
         optimizer.pt                 torch.save'd state dicts, read back with weights_only=True
         scheduler.pt
         scaler.pt                    fp16 only
-        rng-<rank>.pt                torch / CUDA / Python / NumPy RNG states of each process
+        rng-<rank>.pt                torch / CUDA (its own device) / Python / NumPy RNG states of each process
 
 To share only the model, copy `RUN/ckpt` without `train_state/`.
 
@@ -40,6 +40,7 @@ STATE_DIR = "train_state"
 STATE_FILE = "state.json"
 _PARTIAL = ".ckpt-partial"
 _OLD = ".ckpt-old"
+MODEL_FILES = "model_files"  # in state.json: what model.save wrote (every family writes *.safetensors)
 
 
 class CheckpointError(MatPlusError):
@@ -59,7 +60,8 @@ def _rng_state() -> dict[str, Any]:
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's own device only: a resume may see fewer GPUs (each rank saves its own file)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -68,8 +70,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, torch.Tensor):  # the state of the device this process saved from: to its device now
+            torch.cuda.set_rng_state(cuda)
+        else:  # older checkpoints: every GPU visible then, restored to the ones visible now
+            for index, device_state in zip(range(torch.cuda.device_count()), cuda):
+                torch.cuda.set_rng_state(device_state, index)
 
 
 def load_tensors(path: Path, hint: str, error: type[MatPlusError] = MatPlusError) -> Any:
@@ -103,6 +110,9 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
     barrier()
     if is_main:
         model.save(partial)
+        # the model's own files, checked on resume: a folder copied without its weights loads random ones
+        state = {**state, MODEL_FILES: sorted(str(path.relative_to(partial)) for path in partial.rglob("*")
+                                              if path.is_file() and STATE_DIR not in path.relative_to(partial).parts)}
         torch.save(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
         if scaler is not None:
@@ -135,13 +145,30 @@ def read_state(folder: Path) -> dict:
                               "--overwrite") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{path}: not a training state (no integer 'step')")
+    check_model_files(folder, state)
     return state
+
+
+def check_model_files(folder: Path, state: dict) -> None:
+    """A checkpoint folder lacking a model file (a partial copy, a hand edit) is one line naming it:
+    open_clip would start from random weights, and the run would train on from them."""
+    hint = "copy the checkpoint again, resume from another one, or start over with --overwrite"
+    listed = state.get(MODEL_FILES)
+    if isinstance(listed, list):
+        missing = [name for name in listed if not (folder / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder}: {missing[0]} is missing" + (f" (and {len(missing) - 1} more model files)"
+                                                                          if len(missing) > 1 else "") + f"; {hint}")
+    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        # saved before the list was kept: every family's weights are safetensors files
+        raise CheckpointError(f"{folder}: no weights file (*.safetensors) is there; {hint}")
 
 
 def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     """Copy the weights (and buffers: momentum encoders, queues) saved in `folder` into `model`."""
     from models import load_model
 
+    check_model_files(folder, read_state(folder))
     saved = load_model(str(folder), device="cpu")
     model.load_state_dict(saved.state_dict(), strict=True)
 

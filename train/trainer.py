@@ -65,9 +65,12 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_ID_FILE = "wandb_run_id.txt"  # the run's W&B id, so a resumed run logs to the same W&B run (no key or token)
 # what --overwrite may delete in RUN (never anything else the user keeps there)
 RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml",
-               "validation.jsonl", "best")  # the last two: train.validation's (--val-frequency)
+               WANDB_ID_FILE,
+               # train.validation's (--val-frequency): the curve, the best weights and a kill's leftovers of them
+               "validation.jsonl", "best", ".best-partial", ".best-old")
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -117,34 +120,61 @@ class MetricsLog:
         self.tensorboard = self.wandb = None
         if not is_main:
             return
-        self._truncate_after(resume_step)
+        kept = self._truncate_after(resume_step)
         require_logging_packages(config)
         targets = report_targets(config)
         if "tensorboard" in targets:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+            folder = run_dir / TENSORBOARD_DIR
+            # a resumed run redoes the steps after its checkpoint: TensorBoard drops the killed run's events
+            # from `resume_step` on (purge_step), and the kept line of that step is logged again
+            self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if folder.exists() else None)
+            for record in kept:
+                if record.get("step") == resume_step:
+                    for name, value in self._scalars(record).items():
+                        self.tensorboard.add_scalar(name, value, resume_step)
         if "wandb" in targets:
             import wandb
 
             self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
-                                    config=config.to_dict(), resume="allow")
+                                    config=config.to_dict(), id=self._wandb_id(run_dir, resume_step), resume="allow")
 
-    def _truncate_after(self, step: int) -> None:
-        """Drop lines a killed run logged after its last checkpoint (they are replayed)."""
+    @staticmethod
+    def _wandb_id(run_dir: Path, resume_step: int) -> str:
+        """One W&B run per run folder: its id is kept in RUN (a run started over gets a new one)."""
+        import secrets
+
+        path = run_dir / WANDB_ID_FILE
+        if resume_step > 0 and path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        run_id = secrets.token_hex(8)
+        atomic_write_text(path, run_id + "\n")
+        return run_id
+
+    def _truncate_after(self, step: int) -> list[dict]:
+        """Drop lines a killed run logged after its last checkpoint (they are replayed), and an
+        incomplete last line (a kill during its append); the lines kept."""
+        from train.validation import read_jsonl
+
         if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            return []
+        kept = [record for record in read_jsonl(self.path) if record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
+        return kept
+
+    @staticmethod
+    def _scalars(record: dict) -> dict:
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and v is not None}
+        scalars.update({f"pool_draws/{k}": v for k, v in record.get("pool_draws", {}).items()})
+        return scalars
 
     def write(self, record: dict) -> None:
         if not self.is_main:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and v is not None}
-        scalars.update({f"pool_draws/{k}": v for k, v in record.get("pool_draws", {}).items()})
+        scalars = self._scalars(record)
         if self.tensorboard is not None:
             for name, value in scalars.items():
                 self.tensorboard.add_scalar(name, value, record["step"])
@@ -220,6 +250,13 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
         if config.resume == "latest":  # open_clip's spelling: the newest checkpoint of this run
             found = ckpt.find_checkpoint(run_dir)
             if found is None:
+                if has_outputs:  # a run killed before its first checkpoint, or another run: replaced only if the same
+                    saved = load_saved_config(run_dir)
+                    conflicts = resume_conflicts(saved, config) if saved is not None else ["config.yaml missing"]
+                    if conflicts:
+                        raise ConfigError(f"--resume latest: settings differ from the run in {run_dir}, which has no "
+                                          f"checkpoint to resume: {conflicts}; pass --overwrite (without --resume) to "
+                                          "replace it, or another --out")
                 log.warning("--resume latest: %s has no checkpoint yet; starting from step 0", run_dir)
                 return None
             made_by = run_dir
@@ -284,6 +321,7 @@ class Trainer:
         self._plan_steps()
         # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
         # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
+        self.validation_record: dict | None = None  # what the validation lines are measured under
         self.validator = self._make_validator() if cfg.val_frequency else None
 
         _seed_everything(cfg.seed)
@@ -294,6 +332,8 @@ class Trainer:
         if resume_from is not None:
             state = ckpt.read_state(resume_from)
             self._check_resumable(state)
+            if resume_from.parent.resolve() == self.run_dir.resolve():
+                self._check_validation_resume(int(state["step"]))
             summary_file = self.run_dir / SUMMARY_FILE
             if int(state["step"]) == self.total_steps and resume_from.parent.resolve() == self.run_dir.resolve() \
                     and summary_file.is_file():
@@ -408,9 +448,12 @@ class Trainer:
     def _write_run_dir(self) -> None:
         """Every check passed: only now is RUN touched (cleared under --overwrite, config.yaml written)."""
         if self.is_main:
+            from train.validation import tidy_best
+
             if self.cfg.overwrite:
                 _clear_run_outputs(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            tidy_best(self.run_dir)  # a kill while saving the best weights: the previous ones back, partial copies gone
             save_config(self.cfg, self.run_dir)
         self.accelerator.wait_for_everyone()
         self.metrics = MetricsLog(self.run_dir, self.cfg, self.is_main, self.start_step)
@@ -420,7 +463,7 @@ class Trainer:
         process; every process checks the validation split, so that all stop alike."""
         from augment.errors import SourceError
         from augment.sources import load_source, select_split
-        from train.validation import ValidationSettings, Validator
+        from train.validation import ValidationSettings, Validator, settings_record
 
         cfg = self.cfg
         if cfg.val_data is None:
@@ -438,8 +481,6 @@ class Trainer:
             from augment.wordnet import require_wordnet
 
             require_wordnet()
-        if not self.is_main:
-            return None
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                    "budget": cfg.word_budget, "top_k": cfg.top_k}
         if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga"):  # they draw substitutes from a masked LM
@@ -449,6 +490,9 @@ class Trainer:
         settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, attack=cfg.val_attack,
                                       split=cfg.val_split, limit=cfg.val_limit, captions="all",
                                       attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
+        self.validation_record = settings_record(settings, source)
+        if not self.is_main:
+            return None
         from tqdm.auto import tqdm
 
         # one line per validation on stderr, above the progress bar
@@ -456,6 +500,17 @@ class Trainer:
                               report=lambda step, scalars: self.metrics.report(step, scalars)).attach(self)
         self.callbacks.append(validator)
         return validator
+
+    def _check_validation_resume(self, step: int) -> None:
+        """The validation lines a resume keeps were measured as this run will measure (every process
+        checks, so that all stop alike); a study's validator (a callback) checks its own."""
+        from train.validation import check_resume
+
+        if self.validation_record is not None:
+            check_resume(self.run_dir, self.validation_record, step)
+        for callback in self.callbacks:
+            if hasattr(callback, "check_resume") and callback is not self.validator:
+                callback.check_resume(step)
 
     def _check_resumable(self, state: dict) -> None:
         step = int(state.get("step", 0))
@@ -728,7 +783,8 @@ def _summary_line(summary: dict) -> str:
         kind = "clean" if best["attack"] == "clean" else "robust"  # --val-attack clean ranks clean R@1
         line += (f"\nvalidation ({best['attack']}): best {kind} R@1 {best['robust']:.1f} at step {best['step']}"
                  + ("," if kind == "clean" else f" (clean {best['clean']:.1f}),")
-                 + f" weights in {validation['best_weights']}; last {validation['last']['robust']:.1f}")
+                 + (f" weights in {validation['best_weights']}" if validation.get("best_weights") else
+                    " its weights not kept") + f"; last {validation['last']['robust']:.1f}")
     return line
 
 

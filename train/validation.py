@@ -9,8 +9,13 @@ the best so far, writes the weights to `RUN/best/` (open_clip's local-dir layout
 
 The copy is evaluated in eval mode without touching the trained model's weights, gradients or
 RNG streams that matter (the trainer reseeds every micro step), so a run with validation trains
-to the same weights as one without. On resume, lines and a best checkpoint from steps the
-resumed run will redo are dropped first.
+to the same weights as one without. On resume, lines of steps after the checkpoint's are dropped
+(the resumed run redoes them); a line of the checkpoint's own step is kept (the resumed run starts
+from those weights). `RUN/best/validation.json` says what `RUN/best/` holds and is what a new score
+is ranked against; `best/` is replaced only by a swap (`.best-partial` written, then renamed over,
+`.best-old` the fallback), never deleted first. Every line records the settings it was measured
+under (attack, split, source, number of images): a resume under other ones is refused
+(`check_resume`), so one curve never ranks incomparable scores.
 """
 from __future__ import annotations
 
@@ -22,9 +27,86 @@ from pathlib import Path
 from typing import Any, Callable
 
 from augment.atomic import atomic_write_text
+from augment.errors import MatPlusError
 
 VALIDATION_FILE = "validation.jsonl"
 BEST_DIR = "best"
+BEST_PARTIAL = ".best-partial"  # a best checkpoint being written
+BEST_OLD = ".best-old"  # the previous one, during the swap
+# the settings a line was measured under: `train` flags naming them (a resume under others is refused)
+SETTING_FLAGS = {"attack": "--val-attack", "split": "--val-split", "data": "--val-data", "limit": "--val-limit",
+                 "captions": "captions", "captions_per_image": "captions_per_image"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The lines of an appended JSON-lines file. An incomplete last line (a kill or a full disk
+    during the append) is left out: the resumed run rewrites it. A damaged line elsewhere is one line."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise MatPlusError(f"{path}: line {number} is not JSON ({exc.msg}); repair or delete the line, or start "
+                               "over with --overwrite") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise MatPlusError(f"{path}: line {number} is not a record with an integer 'step'; repair or delete the "
+                               "line, or start over with --overwrite")
+        records.append(record)
+    return records
+
+
+def tidy_best(run_dir: str | os.PathLike) -> None:
+    """After a kill while `best/` was being saved: restore the previous best if the swap stopped
+    half-way, and remove the partial copies."""
+    run_dir = Path(run_dir)
+    best, old, partial = run_dir / BEST_DIR, run_dir / BEST_OLD, run_dir / BEST_PARTIAL
+    if old.exists() and not best.exists():
+        os.replace(old, best)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def settings_record(settings: ValidationSettings, source) -> dict:
+    """What a validation score depends on besides the weights (recorded in every line)."""
+    from augment.sources import source_fingerprint
+
+    return {"attack": settings.attack, "split": settings.split, "data": source_fingerprint(source),
+            "limit": settings.limit, "captions": settings.captions, "captions_per_image": settings.captions_per_image}
+
+
+def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
+    """Before a run resumed at step `start` writes anything: the validation lines it keeps (steps up
+    to `start`) must have been measured under the settings `current` (`settings_record`); a line
+    written before they were recorded is compared on its attack only."""
+    from train.config import ConfigError
+
+    path = Path(run_dir) / VALIDATION_FILE
+    differ = set()
+    for record in read_jsonl(path):
+        if record["step"] <= start:
+            saved = dict(record.get("settings") or {}, attack=record.get("attack"))
+            differ |= {key for key, value in saved.items() if key in current and value != current[key]}
+    if differ:
+        flags = [SETTING_FLAGS[key] for key in SETTING_FLAGS if key in differ]
+        raise ConfigError(f"--resume: validation settings differ from the run in {Path(run_dir)} (its {VALIDATION_FILE}): "
+                          f"{flags}; resume with the run's, or start over with --overwrite")
+
+
+def best_line(run_dir: str | os.PathLike) -> dict | None:
+    """The validation line of the weights in RUN/best (None when there are none)."""
+    meta = Path(run_dir) / BEST_DIR / "validation.json"
+    if not meta.is_file():
+        return None
+    try:
+        line = json.loads(meta.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # written before its folder was renamed into place: only a hand edit gets here
+    return line if isinstance(line, dict) and isinstance(line.get("step"), int) else None
 
 
 @dataclasses.dataclass
@@ -78,36 +160,56 @@ class Validator:
         return self
 
     def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
+
+    def settings_record(self) -> dict:
+        """What a score depends on besides the weights (recorded in every line)."""
+        if getattr(self, "_record", None) is None:
+            self._record = settings_record(self.settings, self.source)
+        return self._record
+
+    def check_resume(self, start: int) -> None:
+        check_resume(self.run_dir, self.settings_record(), start)
 
     def _drop_from(self, step: int) -> None:
-        """Forget validations of steps >= `step` (a resumed run redoes them)."""
+        """Forget validations of steps >= `step` (a resumed run redoes them). `best/` stays until a
+        validation replaces it (`_is_best`)."""
+        tidy_best(self.run_dir)
         kept = [r for r in self.records() if r["step"] < step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        best = self.run_dir / BEST_DIR
-        meta = best / "validation.json"
-        if best.exists() and (not meta.exists() or json.loads(meta.read_text())["step"] >= step):
-            shutil.rmtree(best)
 
     def __call__(self, record) -> None:
         """The trainer callback (called after every micro step, before the optimizer step)."""
         if not self._started:
             self._started = True
-            self._drop_from(record.step)
+            # the run starts at record.step: the weights of that step are the checkpoint's, so its line stays
+            self._drop_from(record.step + 1)
+            kept = [r for r in self.records() if r["step"] == record.step]
+            if kept and record.step % self.settings.every and self.report:
+                # not validated again: its scalars to the loggers, whose steps from here on were purged
+                self.report(record.step, {"val/robust_r1": kept[0]["robust"], "val/clean_r1": kept[0]["clean"]})
         grad_accum = self.trainer.cfg.grad_accum
         if record.micro_step % grad_accum == 0 and record.step % self.settings.every == 0:
             self.validate(record.step)
 
-    def validate(self, step: int) -> dict:
-        """Evaluate the trainer's model as it is now, as the weights after `step` optimizer steps."""
+    def _is_best(self, line: dict) -> bool:
+        """Ranked against what RUN/best holds: it is replaced when missing, when it holds this step or a
+        later one (a resumed run redoing them), or when beaten (a tie keeps the earlier step)."""
+        held = best_line(self.run_dir)
+        return held is None or held["step"] >= line["step"] or line["robust"] > held["robust"]
+
+    def validate(self, step: int, model=None) -> dict:
+        """Evaluate the trainer's model as it is now (or `model`: the weights of a finished run's
+        checkpoint), as the weights after `step` optimizer steps."""
         from train.evaluate import evaluate
 
         self._drop_from(step)
         self._started = True
-        snapshot = self.trainer.model.frozen_copy()  # the model as it is now, outside training
+        if model is None:
+            snapshot = self.trainer.model.frozen_copy()  # the model as it is now, outside training
+        else:
+            snapshot = model.eval()
         s = self.settings
         attacks = ["clean"] if s.attack == "clean" else ["clean", s.attack]  # clean: model selection on clean R@1
         report = evaluate(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
@@ -116,11 +218,11 @@ class Validator:
         entry = report["attacks"][s.attack]
         line = {"step": step, "robust": score_of(report, s.attack, s.captions),
                 "clean": score_of(report, "clean", "all"), "attack": s.attack,
-                "true_pct": (entry.get("meaning_preserved") or {}).get("true_pct")}
-        previous = [r["robust"] for r in self.records()]
+                "true_pct": (entry.get("meaning_preserved") or {}).get("true_pct"),
+                "settings": self.settings_record()}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
-        best = not previous or line["robust"] > max(previous)
+        best = self._is_best(line)
         if best:
             self._save_best(snapshot, line)
         if self.report:
@@ -131,28 +233,29 @@ class Validator:
         return line
 
     def summary(self) -> dict | None:
-        """The run's validation for summary.json: the last line, the best one and where its weights are."""
+        """The run's validation for summary.json: the last line, the best one (what RUN/best holds) and
+        where its weights are (None when RUN/best holds none)."""
         records = self.records()
         if not records:
             return None
-        best = max(records, key=lambda r: (r["robust"], -r["step"]))  # the first step reaching the best score
-        return {"last": records[-1], "best": best, "best_weights": str(self.run_dir / BEST_DIR),
-                "curve": str(self.path)}
+        held = best_line(self.run_dir)
+        best = held if held is not None else max(records, key=lambda r: (r["robust"], -r["step"]))
+        return {"last": records[-1], "best": best,
+                "best_weights": str(self.run_dir / BEST_DIR) if held is not None else None, "curve": str(self.path)}
 
     def _save_best(self, snapshot, line: dict) -> None:
-        best = self.run_dir / BEST_DIR
-        tmp = self.run_dir / f".{BEST_DIR}-partial"
-        shutil.rmtree(tmp, ignore_errors=True)
+        """Write RUN/best by a swap, as checkpoints are: a kill leaves the old best or the new one
+        (`tidy_best` restores `.best-old` when it stopped between the renames)."""
+        best, tmp, old = self.run_dir / BEST_DIR, self.run_dir / BEST_PARTIAL, self.run_dir / BEST_OLD
+        tidy_best(self.run_dir)
         snapshot.save(tmp)
         (tmp / "validation.json").write_text(json.dumps(line, sort_keys=True) + "\n")
         if best.exists():
-            shutil.rmtree(best)
+            os.replace(best, old)
         os.replace(tmp, best)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_curve(run_dir: str | os.PathLike) -> list[dict]:
     """The validation lines of a run, by step."""
-    path = Path(run_dir) / VALIDATION_FILE
-    if not path.exists():
-        return []
-    return sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()), key=lambda r: r["step"])
+    return sorted(read_jsonl(Path(run_dir) / VALIDATION_FILE), key=lambda r: r["step"])

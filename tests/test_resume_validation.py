@@ -1,0 +1,334 @@
+"""Resuming runs with in-training validation: the study's final validation, damaged or partial
+files, the best checkpoint, validation settings, a folder without a checkpoint, the loggers and
+the CUDA RNG state. Tiny CLIP, a few steps of small batches on the sample world."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment.errors import MatPlusError
+
+FAST = dict(batch_size=8, lr=1e-4, pgd_steps=1, progress=False, log_every=1, workers=0)
+
+
+def _run(tmp_path, name, world, **settings):
+    from train.trainer import train_run
+
+    config = {"train_data": str(world), "out": str(tmp_path / name), "max_steps": 2, **FAST, **settings}
+    records = []
+    summary = train_run(config, callbacks=[records.append])
+    return summary, records
+
+
+def _files(folder: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- H1: the study's last validation
+
+
+def test_a_study_run_killed_during_its_final_validation_validates_again_from_its_checkpoint(tmp_path, sample_world_dir):
+    """was: every re-run of the study failed with AttributeError: 'Trainer' object has no attribute 'model'."""
+    from analysis.study import train_resumable
+    from augment.sources import load_source
+    from train.validation import ValidationSettings, Validator
+
+    source, _ = load_source(str(sample_world_dir))
+    folder = tmp_path / "run"
+    settings = dict(method="clean", model="tiny-clip", train_data=str(sample_world_dir), max_steps=2, batch_size=8,
+                    workers=0, seed=1)
+
+    def validator():
+        return Validator(folder, source, ValidationSettings(every=1, attack="clean", limit=4, batch_size=4,
+                                                            captions_per_image=1, captions="all"))
+
+    class Killed(Exception):
+        pass
+
+    first = validator()
+    validate = first.validate
+
+    def dying(step, model=None):
+        if step == 2:
+            raise Killed
+        return validate(step) if model is None else validate(step, model)
+
+    first.validate = dying
+    with pytest.raises(Killed):
+        train_resumable(folder, settings, first)
+    assert [line["step"] for line in first.records()] == [0, 1]
+    again = validator()
+    train_resumable(folder, settings, again)
+    lines = again.records()
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    best = json.loads((folder / "best" / "validation.json").read_text())
+    assert best == max(lines, key=lambda line: (line["robust"], -line["step"]))
+    # the last line is the checkpoint's weights: the same score as validating them directly
+    from models import load_model
+    from train.evaluate import evaluate
+
+    report = evaluate(load_model(str(folder / "ckpt")), source, split="val", attacks=["clean"], batch_size=4,
+                      captions_per_image=1, limit=4, seed=0, progress=False)
+    clean = report["attacks"]["clean"]
+    assert lines[-1]["clean"] == pytest.approx((clean["tr@1"] + clean["ir@1"]) / 2)
+
+
+# ----------------------------------------------------------------------------- H2: a checkpoint without its weights
+
+
+def test_a_checkpoint_missing_its_weights_file_is_one_line_naming_it(tmp_path, sample_world_dir, capsys):
+    """was: open_clip initialised the model randomly and the run trained on from there, exit 0."""
+    import shutil
+
+    from train.cli import main
+
+    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
+            "--no-progress", "--max-steps", "2"]
+    assert main([*argv, "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    (copy / "ckpt" / "open_clip_model.safetensors").unlink()
+    files = _files(copy)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(copy), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "open_clip_model.safetensors is missing" in err[0], err
+    assert _files(copy) == files
+    # a checkpoint saved before the list was kept: no weights file at all is refused too
+    state = json.loads((tmp_path / "run" / "ckpt" / "train_state" / "state.json").read_text())
+    assert "open_clip_model.safetensors" in state.pop("model_files")
+    (copy / "ckpt" / "train_state" / "state.json").write_text(json.dumps(state))
+    assert main([*argv, "--out", str(copy), "--resume", "latest"]) == 2
+    assert "no weights file (*.safetensors)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- M3, L8: the best checkpoint
+
+
+class _Snapshot:
+    def __init__(self, step):
+        self.step = step
+
+    def save(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "weights.txt").write_text(str(self.step))
+
+
+def _scripted_validator(monkeypatch, run_dir, scores):
+    """A Validator over a stand-in trainer whose "weights" are their step, scored from `scores`."""
+    import augment.sources
+    import train.evaluate
+    from train.validation import ValidationSettings, Validator
+
+    monkeypatch.setattr(augment.sources, "source_fingerprint", lambda source: "stub")
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda model, source, **kw: {
+        "attacks": {"clean": {"tr@1": scores[model.step], "ir@1": scores[model.step]}}})
+    model = types.SimpleNamespace(step=0)
+    model.frozen_copy = lambda: _Snapshot(model.step)
+    trainer = types.SimpleNamespace(cfg=types.SimpleNamespace(grad_accum=1), model=model)
+    return Validator(run_dir, None, ValidationSettings(every=2, attack="clean", captions="all")).attach(trainer)
+
+
+def _train(validator, start, steps):
+    for step in range(start, steps):
+        validator.trainer.model.step = step
+        validator(types.SimpleNamespace(step=step, micro_step=step))
+    validator.trainer.model.step = steps
+    validator.validate(steps)
+
+
+def test_best_weights_survive_continuing_a_finished_run_and_a_kill_while_saving_them(tmp_path, monkeypatch):
+    """was: continuing a run whose last (off-grid) step was its best deleted RUN/best, never saved it
+    again, and summary.json named the missing folder and an older step."""
+    run = tmp_path / "run"
+    scores = {0: 10, 2: 12, 4: 11, 6: 11, 7: 15, 8: 11, 9: 11}
+    _train(_scripted_validator(monkeypatch, run, scores), 0, 7)
+    assert (run / "best" / "weights.txt").read_text() == "7"
+    validator = _scripted_validator(monkeypatch, run, scores)
+    _train(validator, 7, 9)  # --max-steps 9: resumes at step 7, the checkpoint's weights
+    assert [(line["step"], line["robust"]) for line in validator.records()] == [
+        (0, 10), (2, 12), (4, 11), (6, 11), (7, 15), (8, 11), (9, 11)]
+    summary = validator.summary()
+    assert summary["best"]["step"] == 7 and (Path(summary["best_weights"]) / "weights.txt").read_text() == "7"
+
+    # killed between the two renames of a best save: the previous best comes back, nothing partial stays
+    (run / "best").rename(run / ".best-old")
+    (run / ".best-partial").mkdir()
+    validator = _scripted_validator(monkeypatch, run, {**scores, 9: 11})
+    validator.trainer.model.step = 9
+    validator.validate(9)
+    assert (run / "best" / "weights.txt").read_text() == "7"
+    assert not (run / ".best-old").exists() and not (run / ".best-partial").exists()
+    # a resumed run redoing the best's own step replaces it (same weights), never leaves none
+    validator = _scripted_validator(monkeypatch, run, {**scores, 7: 14})
+    _train(validator, 6, 7)
+    assert json.loads((run / "best" / "validation.json").read_text())["robust"] == 14
+    assert validator.summary()["best"]["step"] == 7
+
+
+def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sample_world_dir):
+    from train.trainer import RUN_OUTPUTS
+
+    common = dict(method="clean", seed=1, schedule_steps=2)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, save_every=1, **common)
+    (tmp_path / "run" / ".best-partial").mkdir()
+    (tmp_path / "run" / ".best-partial" / "open_clip_model.safetensors").write_bytes(b"half")
+    _run(tmp_path, "run", sample_world_dir, resume="latest", **common)
+    assert not (tmp_path / "run" / ".best-partial").exists()
+    (tmp_path / "run" / ".best-partial").mkdir()
+    _run(tmp_path, "run", sample_world_dir, overwrite=True, **common)
+    assert not (tmp_path / "run" / ".best-partial").exists()
+    assert ".best-partial" in RUN_OUTPUTS and ".best-old" in RUN_OUTPUTS
+
+
+# ----------------------------------------------------------------------------- M4: validation settings on resume
+
+
+def test_resuming_with_other_validation_settings_is_refused_naming_the_flags(tmp_path, sample_world_dir):
+    """was: pgd robust R@1 of the first steps and clean R@1 of the resumed ones ranked in one curve."""
+    from train.config import ConfigError
+
+    common = dict(method="clean", seed=1, val_frequency=1, val_limit=4, val_attack="clean", schedule_steps=3)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **common)  # killed after step 1, checkpoint at 1
+    files = _files(tmp_path / "run")
+    for changed, flags in ((dict(val_limit=3), "['--val-limit']"),
+                           (dict(val_attack="pgd", val_split="test"), "['--val-attack', '--val-split']")):
+        with pytest.raises(ConfigError, match=r"^--resume: validation settings differ from the run in .*"
+                                              + flags.replace("[", r"\[").replace("]", r"\]")):
+            _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **{**common, **changed})
+    assert _files(tmp_path / "run") == files
+    summary, _ = _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **common)  # the same: resumes
+    # (one epoch is more than 3 steps: step 0, then the last step of each run; step 1's line is the checkpoint's weights)
+    assert [line["step"] for line in map(json.loads, (tmp_path / "run" / "validation.jsonl").read_text().splitlines())] \
+        == [0, 1, 3]
+    assert summary["validation"]["best"] == json.loads((tmp_path / "run" / "best" / "validation.json").read_text())
+
+
+# ----------------------------------------------------------------------------- M5: --resume latest without a checkpoint
+
+
+def test_resume_latest_without_a_checkpoint_replaces_only_a_run_of_the_same_settings(tmp_path, sample_world_dir, caplog):
+    """was: a run of other settings in --out was silently replaced (metrics, curve and best/ deleted)."""
+    import shutil
+
+    from train.config import ConfigError
+
+    common = dict(method="clean", seed=1, max_steps=1)
+    _run(tmp_path, "run", sample_world_dir, **common)
+    shutil.rmtree(tmp_path / "run" / "ckpt")  # killed before its first checkpoint (--save-every 0)
+    files = _files(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^--resume latest: settings differ from the run in .*no checkpoint.*"
+                                          r"\['lr'\]; pass --overwrite"):
+        _run(tmp_path, "run", sample_world_dir, resume="latest", **{**common, "lr": 5e-3})
+    assert _files(tmp_path / "run") == files
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        summary, records = _run(tmp_path, "run", sample_world_dir, resume="latest", **common)
+    assert "has no checkpoint yet; starting from step 0" in caplog.text
+    assert [r.step for r in records] == [0] and summary["resumed_from_step"] is None
+
+
+# ----------------------------------------------------------------------------- L6: a half-written last line
+
+
+def test_an_incomplete_last_line_of_the_logs_is_dropped_on_resume(tmp_path, sample_world_dir):
+    """was: json.decoder.JSONDecodeError traceback (exit 1) on --resume latest."""
+    from train.validation import read_curve
+
+    common = dict(method="clean", seed=1, val_frequency=1, val_limit=4, val_attack="clean", schedule_steps=2)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **common)
+    run = tmp_path / "run"
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 2, "lo')
+    with open(run / "validation.jsonl", "a") as handle:
+        handle.write('{"attack": "clean", "clea')
+    assert [line["step"] for line in read_curve(run)] == [0, 1]
+    _run(tmp_path, "run", sample_world_dir, resume="latest", **common)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in (run / "validation.jsonl").read_text().splitlines()] == [0, 1, 2]
+    # a damaged line before the last is no kill's leftover: one line naming the file
+    from train.validation import read_jsonl
+
+    (run / "validation.jsonl").write_text('{"step": 0, "rob\n{"step": 1}\n')
+    with pytest.raises(MatPlusError, match=r"validation.jsonl: line 1 is not JSON"):
+        read_jsonl(run / "validation.jsonl")
+
+
+# ----------------------------------------------------------------------------- L7: TensorBoard and W&B on resume
+
+
+def test_loggers_continue_the_same_curve_and_run_on_resume(tmp_path, sample_world_dir, monkeypatch):
+    """was: TensorBoard got the steps after the checkpoint twice (no purge_step), and W&B started a
+    new run on every resume (resume="allow" without an id)."""
+    writers, inits = [], []
+
+    class SummaryWriter:
+        def __init__(self, log_dir, purge_step=None):
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.purge_step, self.scalars = purge_step, []
+            writers.append(self)
+
+        def add_scalar(self, name, value, step):
+            self.scalars.append((name, step))
+
+        def close(self):
+            pass
+
+    wandb_run = types.SimpleNamespace(log=lambda scalars, step: None, finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: inits.append(kw) or wandb_run))
+    common = dict(method="clean", seed=1, schedule_steps=3, report_to="tensorboard,wandb")
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **common)
+    _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **common)
+    assert writers[0].purge_step is None and writers[1].purge_step == 1
+    assert {step for _, step in writers[1].scalars} == {1, 2, 3} and ("loss", 1) in writers[1].scalars
+    run_id = (tmp_path / "run" / "wandb_run_id.txt").read_text().strip()
+    assert [kw["id"] for kw in inits] == [run_id, run_id] and all(kw["resume"] == "allow" for kw in inits)
+    assert "key" not in (tmp_path / "run" / "wandb_run_id.txt").read_text().lower()
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, overwrite=True, **common)  # started over: a new W&B run
+    assert inits[-1]["id"] != run_id
+
+
+# ----------------------------------------------------------------------------- A2: CUDA RNG states
+
+
+def test_cuda_rng_state_restores_on_fewer_visible_gpus(monkeypatch):
+    """was: IndexError in set_rng_state_all when the checkpoint was saved with more GPUs visible."""
+    import torch.cuda.random
+
+    from train import checkpoint
+
+    restored = []
+
+    def set_rng_state(state, device="cuda"):
+        index = device if isinstance(device, int) else 0
+        if index >= 1:  # one GPU visible now
+            raise IndexError("tuple index out of range")
+        restored.append((index, int(state[0])))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                        lambda: [torch.tensor([i], dtype=torch.uint8) for i in range(8)])
+    for module in (torch.cuda, torch.cuda.random):
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+    saved = checkpoint._rng_state()
+    # a checkpoint of the former layout (every GPU visible then: 8) restores the one visible now
+    checkpoint._set_rng_state({**saved, "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(8)]})
+    assert restored == [(0, 0)]
+    restored.clear()
+    assert torch.equal(saved["cuda"], torch.tensor([7], dtype=torch.uint8))  # now this process's device only
+    checkpoint._set_rng_state(saved)
+    assert restored == [(0, 7)]
+    # the CPU generators still come back exactly
+    torch.manual_seed(3)
+    state = checkpoint._rng_state()
+    expected = torch.rand(3)
+    torch.rand(5)
+    checkpoint._set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
