@@ -417,6 +417,10 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
             what = "does not exist" if not folder.exists() else f"has no {OPEN_CLIP_CONFIG_NAME}"
             raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} {what}")
         _refuse_a_tag(name, pretrained, "is a saved model with its own weights")
+        if not any((folder / weights).is_file() for weights in (OPEN_CLIP_WEIGHTS_NAME, "open_clip_pytorch_model.bin")):
+            # open_clip would build the architecture with random weights: a partial copy must not pass for the model
+            raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} has no weights file "
+                                 f"({OPEN_CLIP_WEIGHTS_NAME}); copy it again")
         return f"local-dir:{folder}", None, False
     if name.startswith("hf-hub:"):
         _refuse_a_tag(name, pretrained, "names its weights already")

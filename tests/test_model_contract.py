@@ -870,3 +870,15 @@ def test_transformers_prefix_names_the_same_tiny_twin_and_run_folder(tmp_path):
     for name in ("transformers:tiny-hf-clip", f"transformers:{folder}", str(folder)):
         assert default_mlm(name) == "tiny-mlm", name
     assert load_model(f"transformers:{folder}").tiny_twin == "tiny-hf-clip"
+
+
+def test_open_clip_folder_without_its_weights_file_is_refused(tmp_path):
+    """A saved open_clip folder copied without open_clip_model.safetensors (RUN/best half-copied): open_clip
+    would build the architecture with random weights; one line naming the missing file instead."""
+    from augment.errors import ModelLoadError
+    from models import load_model, save_model
+
+    folder = save_model(load_model("tiny-clip"), tmp_path / "model")
+    (folder / "open_clip_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="has no weights file \\(open_clip_model.safetensors\\)"):
+        load_model(str(folder))
