@@ -44,7 +44,6 @@ processes' load). torchattacks pins an old `requests`, so it must be installed w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -52,6 +51,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -235,7 +235,9 @@ def _counting(victim, fn, tokens: dict, side: str):
 
 
 def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project",
-                     names: tuple[str, ...] = MULTIMODAL) -> dict:
+                     names: tuple[str, ...] = MULTIMODAL, finished: Callable[[dict], None] | None = None) -> dict:
+    """Each attack in `names`, batched against the per-image loops; `finished(out)` is called with
+    what is measured so far after each attack (the caller writes it: a run killed later keeps it)."""
     from train.attacks import build_attack
 
     def mean_similarity(images, texts):
@@ -294,6 +296,8 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
               f"loop encoding as before {measured['one_at_a_time_before']['seconds']:.2f}s (CPU "
               f"{measured['batched']['cpu_seconds']:.2f}s / {measured['one_at_a_time']['cpu_seconds']:.2f}s / "
               f"{measured['one_at_a_time_before']['cpu_seconds']:.2f}s); text tokens {tokens}", flush=True)
+        if finished is not None:
+            finished(out)
     return out
 
 
@@ -385,22 +389,26 @@ def main(argv: list[str]) -> int:
         "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm",
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
     }
+    from bench.report import write_report
+
+    def partial(multimodal: dict | None = None) -> None:  # what finished survives a kill at the time limit
+        write_report(args.out, {**report, **({"multimodal": multimodal} if multimodal else {}), "complete": False})
+
     if "pgd" in chosen:
         print("PGD vs torchattacks.PGD ...", flush=True)
         report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
+        partial()
     report["protocol"] = args.protocol
     names = tuple(name for name in MULTIMODAL if name in chosen)
     print("multimodal attacks, batched vs one sample at a time ...", flush=True)
     report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol,
-                                            names)
+                                            names, finished=partial)
     report["load_average_at_end"] = os.getloadavg()
     table = _table(report)
     print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report["table"] = table
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    report["complete"] = True
+    write_report(args.out, report)
     differ = [name for name, entry in report["multimodal"]["attacks"].items()
               if not (entry["identical_texts"] and entry["identical_texts_before"])]
     if differ:  # a speed-up that changes the adversarial captions is not one

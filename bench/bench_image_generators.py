@@ -356,21 +356,27 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         build_s = time.perf_counter() - start
         print(f"built {args.model} (random weights) on {device} {dtype} in {build_s:.1f} s")
-    results = [bench_method(m, args, device, dtype, components) for m in methods]
     env = environment(device, dtype=dtype)
-    size = f"t2i {args.size}x{args.size} px" if args.size else "the model's size"
-    print(f"settings: {args.model}, {size}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
-          f"{args.steps} steps, {device} {dtype}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs "
-          f"(load {env['load_average_1m']:.1f}), median of {args.repeats}")
-    print_table(results)
     payload = {
         "benchmark": "image_generators",
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "environment": env,
         "model_build_s": build_s,  # sd15-shaped: building the random-weight modules (None: loaded)
-        "results": results,
+        "results": [],
+        "complete": False,
     }
+    results = payload["results"]
+    for method in methods:
+        results.append(bench_method(method, args, device, dtype, components))
+        if method != methods[-1]:  # what finished survives a kill at the time limit
+            write_report(args.out, payload)
+    size = f"t2i {args.size}x{args.size} px" if args.size else "the model's size"
+    print(f"settings: {args.model}, {size}, {args.images} images per mode, n {args.n}, batch {args.batch_size}, "
+          f"{args.steps} steps, {device} {dtype}, {env['torch_threads']} torch threads on {env['cpu_count']} CPUs "
+          f"(load {env['load_average_1m']:.1f}), median of {args.repeats}")
+    print_table(results)
+    payload["complete"] = True
     write_report(args.out, payload)
     return 0
 

@@ -1,7 +1,7 @@
 """Training steps through the trainer's own loop: clean and MAT step time and the data-loading share.
 
     python -m bench.bench_train_loop [--model tiny-clip] [--batch-size 32] [--workers N]
-        [--precision fp32] [--methods clean,mat] [--pgd-steps 10] [--steps 4] [--warmup 2]
+        [--precision fp32] [--methods clean,mat] [--pgd-steps 10] [--steps 4] [--warmup 2] [--data-rounds 3]
         [--images 256] [--image-size 500x375] [--device cpu|cuda] [--out outputs/bench/train_loop.json]
 
 Issue 18's GPU measurement: on a GPU machine, with a real-size architecture and random weights
@@ -14,15 +14,29 @@ What runs is the product's path: `train.trainer.Trainer` set up from the same se
 `train clean|mat`, its DataLoader (`--workers` processes decoding and preprocessing, pinned memory
 on a GPU) feeding `Trainer.train_step`, on a synthetic Karpathy source of JPEG files at a real
 photo size (`--image-size`, default 500x375 like most Flickr30k images: sample-world scenes scaled
-up, so decoding costs what a real JPEG of that size costs). Reported per method, medians over
-`--steps` steps after `--warmup` (worker start-up, cuDNN/oneDNN kernel choice):
+up, so decoding costs what a real JPEG of that size costs). Reported per method, over `--steps`
+steps after `--warmup` (worker start-up, cuDNN/oneDNN kernel choice):
 
-* `step_s`: one optimizer step, wall time (the GPU synchronised at its end);
-* `data_s`: of that, the time the step waited for its batch (the trainer's `data_seconds`,
-  open_clip_train's data time) and `data_share` = data_s / step_s: near 0 means the loader keeps up;
-* `images_per_s` of the step, and of the loader alone (`loader_images_per_s`: the same batches
-  drawn with no model, i.e. what the data path can supply);
+* `step_s`: one optimizer step, wall time (the GPU synchronised at its end), the median;
+* `data_s`: of a step, the time it waited for its batch (the trainer's `data_seconds`,
+  open_clip_train's data time), the mean over the timed steps, and `data_share` = the timed steps'
+  total wait / their total time: near 0 means the loader keeps up;
+* `images_per_s` of the (median) step, `window_images_per_s` of the timed steps with their waits,
+  and of the loader alone (`loader_images_per_s`: the same batches drawn with no model, i.e. what
+  the data path can supply);
 * peak GPU memory on a GPU.
+
+The data share and the loader's rate describe the steady state only over enough batches: a
+loader with W workers decodes its first W batches all at once while it starts, so steps that
+draw only those find them ready whatever the decoding rate (6 batches for 12 workers reported a
+0% share and a loader "alone" at 85,543 images/s), and later waits come once per round of the
+workers, not at every step. So the first method (`--data-method`: the cheapest step, where the
+loader is likeliest to fall behind) and the loader alone leave at least W steps untimed and time
+whole rounds, at least `--data-rounds` of them (`data_window`); other methods keep `--warmup` /
+`--steps` (`data_window_steady` says whether a method's share is a steady-state one).
+
+The JSON is written after each method (`"complete": false` until the last), so a run killed at
+its time limit keeps what finished.
 
 `--loader-only` times the data path alone (no model steps; any `--model`'s training transform):
 images per second, and per decoding process, so the workers a GPU needs can be worked out on a CPU machine
@@ -60,6 +74,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the trainer's)")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (default 4)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--data-method", default=None,
+                        help="the method whose data share is measured in the steady state (default: the first of "
+                             "--methods); it and the loader alone run at least --workers untimed steps and "
+                             "--data-rounds x --workers timed ones")
+    parser.add_argument("--data-rounds", type=int, default=3,
+                        help="rounds of the workers (one batch each) timed for the data share and the loader alone "
+                             "(default 3)")
     parser.add_argument("--images", type=int, default=256, help="images of the synthetic source (default 256)")
     parser.add_argument("--image-size", default="500x375", help="WIDTHxHEIGHT of its JPEG files (default 500x375)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -77,7 +98,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.width, args.height = width, height
     if args.steps < 1 or args.warmup < 1:  # the first step starts the loader's workers: never timed
         parser.error("--steps and --warmup must each be at least 1")
+    if args.data_rounds < 1:
+        parser.error("--data-rounds must be at least 1")
     return args
+
+
+def data_window(workers: int, warmup: int, steps: int, rounds: int) -> tuple[int, int]:
+    """(untimed, timed) batches over which a loader of `workers` processes shows its steady state.
+
+    At the start every worker decodes its first batch at once (and one more is queued, prefetched,
+    behind it): the first `workers` batches arrive together, so at least that many are untimed
+    (with `warmup`, which covers the start-up of a loader in the main process too). After them a
+    round of the workers delivers `workers` batches, and a step that outpaces the loader waits
+    once per round: the timed batches are whole rounds, at least `rounds` and at least `steps`.
+    """
+    per_round = max(1, workers)
+    untimed = max(warmup, workers, 1)
+    timed = max(steps, rounds * per_round)
+    return untimed, -(-timed // per_round) * per_round
 
 
 # ----------------------------------------------------------------------------- the source
@@ -123,13 +161,13 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def trainer_for(method: str, source: Path, out: Path, args, device: str):
+def trainer_for(method: str, source: Path, out: Path, args, device: str, max_steps: int | None = None):
     from train.config import resolve_config
     from train.trainer import Trainer
 
     settings = {"method": method, "model": args.model, "mlm": args.mlm, "train_data": str(source), "out": str(out),
                 "batch_size": args.batch_size, "pgd_steps": args.pgd_steps, "precision": args.precision,
-                "max_steps": args.warmup + args.steps, "progress": False, "overwrite": True,
+                "max_steps": max_steps or args.warmup + args.steps, "progress": False, "overwrite": True,
                 "cpu": device == "cpu"}
     if args.workers is not None:
         settings["workers"] = args.workers
@@ -138,43 +176,58 @@ def trainer_for(method: str, source: Path, out: Path, args, device: str):
     return trainer
 
 
-def time_steps(trainer, args, device: str) -> dict:
-    """Medians of the timed steps: step, data wait, their ratio; the loader alone on the same batches."""
+def time_steps(trainer, args, device: str, untimed: int, timed: int) -> dict:
+    """The step's median, the data wait's mean and share over the `timed` steps after `untimed`."""
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     step_times, data_times = [], []
-    for step in range(args.warmup + args.steps):
+    for step in range(untimed + timed):
         _synchronize(device)
         started = time.perf_counter()
         trainer.train_step(step)
         _synchronize(device)
-        if step >= args.warmup:
+        if step >= untimed:
             step_times.append(time.perf_counter() - started)
             data_times.append(trainer.step_data_seconds)
     trainer.stop_loader()  # its workers stop before the loader-only pass
-    step_s, data_s = statistics.median(step_times), statistics.median(data_times)
-    result = {"step_s": step_s, "data_s": data_s, "data_share": data_s / step_s,
-              "images_per_s": args.batch_size / step_s, "step_s_all": step_times, "data_s_all": data_times}
+    step_s, total = statistics.median(step_times), sum(step_times)
+    workers = trainer.cfg.workers
+    result = {"step_s": step_s, "data_s": sum(data_times) / len(data_times), "data_share": sum(data_times) / total,
+              "images_per_s": args.batch_size / step_s, "window_images_per_s": len(step_times) * args.batch_size / total,
+              "untimed_steps": untimed, "timed_steps": timed,
+              # the share counts every wait in proportion only after the first round, over whole rounds
+              "data_window_steady": untimed >= workers and timed % max(1, workers) == 0,
+              "step_s_all": step_times, "data_s_all": data_times}
     if device.startswith("cuda"):
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    result.update(time_loader(trainer, args))
     return result
 
 
-def time_loader(trainer, args) -> dict:
-    """The same micro batches drawn from a fresh loader with no model: the data path's own rate."""
-    batches = trainer.batches(first_step=0)
-    next(batches)  # worker start-up
-    started = time.perf_counter()
-    count = 0
-    for _ in range(args.warmup + args.steps - 1):
+def loader_batches(trainer, count: int):
+    """The trainer's micro batches 0..count-1 (the plan wraps over epochs) from a new DataLoader
+    of its --workers, as `Trainer.batches` builds it, with no model."""
+    from train.data import MicroBatches, micro_batches
+
+    cfg = trainer.cfg
+    dataset = MicroBatches(trainer.data, trainer.global_batch, trainer.rank, cfg.batch_size,
+                           trainer.task.train_transform(trainer.model))
+    return micro_batches(dataset, 0, count, cfg.workers, trainer.accelerator.device.type == "cuda")
+
+
+def time_loader(trainer, untimed: int, timed: int) -> dict:
+    """The data path's own rate: `timed` batches drawn with no model after `untimed` (`data_window`)."""
+    batches = loader_batches(trainer, untimed + timed)
+    for _ in range(untimed):  # worker start-up and the first round, decoded all at once
         next(batches)
-        count += 1
+    started = time.perf_counter()
+    for _ in range(timed):
+        next(batches)
     seconds = time.perf_counter() - started
     batches.close()
-    return {"loader_s_per_batch": seconds / count, "loader_images_per_s": count * args.batch_size / seconds}
+    return {"loader_s_per_batch": seconds / timed, "loader_images_per_s": timed * trainer.cfg.batch_size / seconds,
+            "loader_untimed_batches": untimed, "loader_timed_batches": timed}
 
 
 # ----------------------------------------------------------------------------- main
@@ -192,38 +245,59 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.precision = args.precision or ("amp" if device.startswith("cuda") else "fp32")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    data_method = args.data_method or (methods[0] if methods else None)
+    if data_method is not None and data_method not in methods and not args.loader_only:
+        print(f"bench_train_loop: --data-method {data_method} is not one of --methods {args.methods}")
+        return 2
+    results = {}
+    payload = {"benchmark": "train_loop", "settings": {k: v for k, v in vars(args).items() if k != "out"},
+               "environment": environment(device), "results": results, "complete": False}
     with tempfile.TemporaryDirectory(prefix="bench-train-loop-") as scratch:
         work = Path(args.keep) if args.keep else Path(scratch)
         made = time.perf_counter()
         source = jpeg_source(work, args.images, (args.width, args.height))
         print(f"source: {args.images} JPEG images of {args.width}x{args.height} px in {time.perf_counter() - made:.1f} s")
-        results = {}
         if args.loader_only:  # clean and MAT draw the same batches: one method's loader tells it
             trainer = trainer_for(methods[0], source, work / "run-loader", args, device)
-            loader = {**time_loader(trainer, args), "workers": trainer.cfg.workers}
+            window = data_window(trainer.cfg.workers, 1, args.steps, args.data_rounds)
+            loader = {**time_loader(trainer, *window), "workers": trainer.cfg.workers}
             # per decoding process: the workers, or the main process itself with --workers 0
             loader["images_per_s_per_process"] = loader["loader_images_per_s"] / max(1, loader["workers"])
             results["loader"] = loader
-            print(f"loader alone ({loader['workers'] or 'no'} workers, {args.model}'s training transform): "
-                  f"{loader['loader_images_per_s']:.1f} img/s, {loader['images_per_s_per_process']:.1f} per decoding process")
+            print(f"loader alone ({loader['workers'] or 'no'} workers, {args.model}'s training transform, "
+                  f"{window[1]} batches timed after {window[0]}): {loader['loader_images_per_s']:.1f} img/s, "
+                  f"{loader['images_per_s_per_process']:.1f} per decoding process")
             methods = []
         for method in methods:
-            trainer = trainer_for(method, source, work / f"run-{method}", args, device)
-            results[method] = time_steps(trainer, args, device)
+            workers = args.workers
+            if workers is None:  # the trainer's default
+                from augment.loading import default_workers
+
+                workers = default_workers()
+            untimed, timed = (data_window(workers, args.warmup, args.steps, args.data_rounds) if method == data_method
+                              else (args.warmup, args.steps))
+            trainer = trainer_for(method, source, work / f"run-{method}", args, device, max_steps=untimed + timed)
+            results[method] = time_steps(trainer, args, device, untimed, timed)
+            if method == data_method:
+                results[method].update(time_loader(trainer, *data_window(trainer.cfg.workers, 1, args.steps,
+                                                                          args.data_rounds)))
             results[method]["workers"] = trainer.cfg.workers
             del trainer
             _release(device)  # the next method's peak memory must not include this one's model
             r = results[method]
             print(f"{method:<6} step {r['step_s']:.3f} s ({r['images_per_s']:.1f} img/s), waited for data "
-                  f"{r['data_s']:.3f} s ({100 * r['data_share']:.1f}%); loader alone {r['loader_images_per_s']:.1f} img/s"
+                  f"{r['data_s']:.3f} s ({100 * r['data_share']:.1f}%, {r['timed_steps']} steps timed after "
+                  f"{r['untimed_steps']}{'' if r['data_window_steady'] else ': not a steady-state share'})"
+                  + (f"; loader alone {r['loader_images_per_s']:.1f} img/s" if "loader_images_per_s" in r else "")
                   + (f"; peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""))
-    payload = {"benchmark": "train_loop", "settings": {k: v for k, v in vars(args).items() if k != "out"},
-               "environment": environment(device), "results": results}
+            if method != methods[-1]:  # what finished survives a kill at the time limit
+                write_report(args.out, payload)
     if "clean" in results and "mat" in results:
         ratio = results["mat"]["step_s"] / results["clean"]["step_s"]
         budget = 1 + 0.5 * args.pgd_steps + 1
         payload["mat_over_clean"], payload["target_mat_over_clean"] = ratio, budget
         print(f"MAT / clean step: {ratio:.2f} (issue budget {budget:.1f}: {'met' if ratio <= budget else 'NOT met'})")
+    payload["complete"] = True
     write_report(args.out, payload)
     return 0
 

@@ -8,10 +8,13 @@ README's benchmark table. Each measurement runs in its own process under its own
 one that hangs or fails costs only its slot and the others still report; each writes NAME.json
 under `--out` (the device tool's `$OUT`, from where at most eight files come back), all their
 output goes to one `device_check.log` there, and the last lines printed are a summary of all of
-them. Models are real-size architectures with random weights, built offline (the machine has no Hub):
+them. Each benchmark rewrites its NAME.json as each of its parts finishes (`"complete": false` until
+the last), so one killed at its limit still reports what finished. Models are real-size
+architectures with random weights, built offline (the machine has no Hub):
 
 1. `train_loop`: ViT-B-16 at 224 px, batch 128, `--precision amp`, 12 loader workers: clean step,
-   MAT step (10 PGD steps), and the share of each step spent waiting for data (issue 18);
+   MAT step (10 PGD steps), and the share of the clean step spent waiting for data, and the loader
+   alone, each over 3 rounds of the 12 workers after their first (issue 18);
 2. `image_generators_tiny`: batched vs one-image loop on the tiny SD twin on the GPU, fp16
    (issue 18's 2x target is stated for the tiny twin);
 3. `attacks_pgd`: PGD against torchattacks.PGD, ViT-B-16, 32 images (issue 19's 1.1x);
@@ -57,10 +60,10 @@ class Measurement:
 MEASUREMENTS = (
     Measurement("train_loop", "bench.bench_train_loop",
                 ("--model", "ViT-B-16", "--device", "cuda", "--batch-size", "128", "--precision", "amp",
-                 "--workers", "12", "--images", "1024", "--steps", "4", "--warmup", "2"),
+                 "--workers", "12", "--images", "1024", "--steps", "4", "--warmup", "2", "--data-rounds", "3"),
                 limit_s=150,
                 smoke_argv=("--device", "cpu", "--batch-size", "8", "--images", "32", "--steps", "1", "--warmup", "1",
-                            "--pgd-steps", "2", "--workers", "1", "--threads", "1")),
+                            "--pgd-steps", "2", "--workers", "1", "--data-rounds", "3", "--threads", "1")),
     Measurement("image_generators_tiny", "bench.bench_image_generators",
                 ("--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8", "--repeats", "3"),
                 limit_s=45,
@@ -130,11 +133,18 @@ def preflight() -> list[str]:
 def headline(payload: dict) -> list[str]:
     """The numbers of one benchmark's JSON that go into the README's table, one line each."""
     lines = []
+    if payload.get("complete") is False:
+        lines.append("(partial: the benchmark was stopped before its end; what finished follows)")
     if payload.get("benchmark") == "train_loop":
         for method, r in payload["results"].items():
             if "step_s" in r:
-                lines.append(f"{method}: step {r['step_s']:.3f} s ({r['images_per_s']:.0f} img/s), waited for data "
-                             f"{100 * r['data_share']:.1f}%, loader alone {r['loader_images_per_s']:.0f} img/s"
+                if r.get("data_window_steady", True):
+                    data = f"waited for data {100 * r['data_share']:.1f}% over {r.get('timed_steps', '?')} steps"
+                else:  # too few steps for the loader's workers: the share of batches decoded before the clock
+                    data = f"data share not measured ({r.get('timed_steps')} steps for {r.get('workers')} workers)"
+                lines.append(f"{method}: step {r['step_s']:.3f} s ({r['images_per_s']:.0f} img/s), {data}"
+                             + (f", loader alone {r['loader_images_per_s']:.0f} img/s over {r['loader_timed_batches']}"
+                                " batches" if "loader_images_per_s" in r else "")
                              + (f", peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""))
         if "mat_over_clean" in payload:
             lines.append(f"MAT/clean {payload['mat_over_clean']:.2f} (budget {payload['target_mat_over_clean']:.1f})")
@@ -201,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         # a report left by an earlier run in the same --out must not be summarised as this run's
         (out / f"{measurement.name}.json").unlink(missing_ok=True)
         result = run_one(measurement, planned_argv(measurement, args.smoke, out), log_path, limit_s)
+        # a benchmark killed while writing its report leaves the file it was writing (bench/report.py)
+        (out / f".{measurement.name}.json.writing").unlink(missing_ok=True)
         results.append(result)
         print(f"    status {result['status']} in {result['seconds']} s", flush=True)
     print("\n=== summary")

@@ -20,9 +20,16 @@ def environment(device: str, **extra) -> dict:
 
 
 def write_report(path: str | Path, payload: dict) -> Path:
-    """`payload` as indented JSON at `path` (folders made); prints where it went."""
+    """`payload` as indented JSON at `path` (folders made); prints where it went.
+
+    Written whole or not at all (a file beside it, renamed over it): benchmarks write what has
+    finished as they go (`"complete": false` until the end), and a process killed at its time
+    limit while writing must leave the previous version readable, not half of a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    partial = path.with_name(f".{path.name}.writing")
+    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    print(f"wrote {path}" + (" (partial: the benchmark is still running)" if payload.get("complete") is False else ""),
+          flush=True)
     return path

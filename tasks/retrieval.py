@@ -83,6 +83,31 @@ def local_term(loss: torch.Tensor, gradient_scale: float) -> torch.Tensor:
     return scaled + (loss - scaled).detach()
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward (the value exactly, no rounding); the gradient times `factor` backward."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+def shared_scalar(value: torch.Tensor | None, gradient_scale: float) -> torch.Tensor | None:
+    """A parameter of the gathered loss that every process already sees whole (the ITC logit
+    scale / temperature, SigLIP's logit bias): each process's gradient of it is the global batch's
+    gradient, not a share of it as the local embedding rows' are, so the scaled backward
+    (`Task.gradient_scale` = the world size) and DDP's average left it world-size times the
+    one-process gradient. Its gradient is divided by that scale here, its value left as it is, so
+    that 2 processes x batch B give the gradient of 1 process x 2B for it too."""
+    if value is None or gradient_scale == 1 or not isinstance(value, torch.Tensor) or not value.requires_grad:
+        return value
+    return _ScaleGradient.apply(value, 1.0 / gradient_scale)
+
+
 # extra ITC losses by the name a model declares in `itc_loss`
 ITC_LOSSES: dict[str, ItcLoss] = {"momentum-distilled": _momentum_distilled}
 
@@ -106,17 +131,20 @@ def itc_loss(model: "VisionLanguageModel", output: "EncoderOutput", keys: torch.
     kind = kind or model.itc_loss
     if kind in ITC_LOSSES:
         return ITC_LOSSES[kind](model, output, keys, task)
+    scale, bias = output.logit_scale, output.logit_bias
     if gather:
         image_emb, text_emb, all_keys = _gathered(task, output, keys)
+        # every process holds the whole gathered logit matrix: see `shared_scalar`
+        scale, bias = shared_scalar(scale, task.gradient_scale), shared_scalar(bias, task.gradient_scale)
     else:
         image_emb, text_emb, all_keys = output.image_emb.float(), output.text_emb.float(), keys.to(output.image_emb.device)
-    logits = output.logit_scale * image_emb @ text_emb.T
+    logits = scale * image_emb @ text_emb.T
     positives = multi_positive_targets(all_keys, all_keys)
     if kind == "softmax":
         return softmax_itc_loss(logits, positives)
     if kind == "sigmoid":
-        if output.logit_bias is not None:
-            logits = logits + output.logit_bias
+        if bias is not None:
+            logits = logits + bias
         return sigmoid_itc_loss(logits, positives)
     raise ValueError(f"unknown ITC loss {kind!r} declared by {model.family}; known: softmax, sigmoid, {', '.join(ITC_LOSSES)}")
 
@@ -188,7 +216,8 @@ class RetrievalTask(Task):
     @property
     def gradient_scale(self) -> float:
         # the ITC loss is computed over the gathered global batch on every process: DDP's gradient
-        # average then divides by the world size once too often
+        # average then divides the local embedding rows' gradient by the world size once too often
+        # (the logit scale and bias, whole on every process, are divided back: `shared_scalar`)
         return float(self.world_size)
 
     def loss(self, model, pixels, tokens, keys, texts=None, inspect: bool = False) -> torch.Tensor:

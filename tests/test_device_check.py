@@ -50,3 +50,152 @@ def test_the_smoke_run_may_take_longer_than_the_device_run():
     assert sd15.limit(smoke=False) == sd15.limit_s and sd15.limit(smoke=True) > sd15.limit_s
     pgd = next(m for m in MEASUREMENTS if m.name == "attacks_pgd")
     assert pgd.limit(smoke=True) == pgd.limit_s
+
+
+# ----------------------------------------------------------------------------- the data share's window
+
+
+def test_the_data_window_skips_the_first_round_of_workers_and_times_whole_rounds():
+    """A loader's W workers decode its first W batches at once while it starts: they are untimed,
+    and the timed batches are whole rounds of the workers (waits come once per round)."""
+    from bench.bench_train_loop import data_window
+
+    assert data_window(12, 2, 4, 3) == (12, 36)  # device_check's train_loop: 6 steps timed prefetched batches
+    assert data_window(4, 1, 3, 3) == (4, 12) and data_window(4, 1, 40, 3) == (4, 40)
+    assert data_window(5, 1, 7, 1) == (5, 10)  # rounded up to whole rounds
+    assert data_window(0, 2, 4, 3) == (2, 4)  # decoding in the step: every step pays, no rounds
+
+
+class _SlowBatches:
+    """A map-style dataset whose every item takes `seconds` (sleeping: the rate does not depend on a busy CPU)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, index):
+        import time
+
+        time.sleep(self.seconds)
+        return index
+
+
+def test_the_loader_alone_rate_is_the_workers_rate_not_that_of_batches_decoded_before_the_clock(monkeypatch):
+    """4 workers, 0.3 s a batch: 13.3 batches/s. Timed over the old window (the batches after the
+    first, of warm-up + steps, no more than the workers, as device_check's 6 for 12 workers) the
+    rate came out many times that (85,543 images/s for 449); over `data_window`'s it is the workers' rate."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench.bench_train_loop as loop
+
+    workers, seconds = 4, 0.3
+
+    def batches(trainer, count):
+        loader = torch.utils.data.DataLoader(_SlowBatches(seconds), batch_size=None, sampler=range(count),
+                                             num_workers=workers, prefetch_factor=2)
+        yield from loader  # a generator, as train.data.micro_batches
+
+    monkeypatch.setattr(loop, "loader_batches", batches)
+    trainer = SimpleNamespace(cfg=SimpleNamespace(batch_size=1, workers=workers))
+    true_rate = workers / seconds
+
+    # the window the benchmark used: warm-up + steps batches in all (here 4), the first untimed
+    loader = batches(trainer, 4)
+    next(loader)
+    started = time.perf_counter()
+    for _ in range(3):
+        next(loader)
+    old_rate = 3 / (time.perf_counter() - started)
+    assert old_rate > 3 * true_rate  # all three were decoded with the first
+
+    measured = loop.time_loader(trainer, *loop.data_window(workers, 1, 3, 3))
+    assert measured["loader_timed_batches"] == 12
+    assert 0.6 * true_rate < measured["loader_images_per_s"] < 1.25 * true_rate, measured
+
+
+# ----------------------------------------------------------------------------- partial reports
+
+
+def _report(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def test_train_loop_keeps_the_methods_that_finished_when_killed_during_the_next(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import bench.bench_train_loop as loop
+
+    windows = {}
+
+    def fake_steps(trainer, args, device, untimed, timed):
+        if trainer.method == "mat":
+            raise KeyboardInterrupt  # killed at the time limit during MAT
+        windows[trainer.method] = (untimed, timed)
+        return {"step_s": 0.1, "data_s": 0.0, "data_share": 0.0, "images_per_s": 80.0, "timed_steps": timed,
+                "untimed_steps": untimed, "data_window_steady": True}
+
+    monkeypatch.setattr(loop, "jpeg_source", lambda work, images, size: work / "source.json")
+    monkeypatch.setattr(loop, "trainer_for", lambda method, source, out, args, device, max_steps=None:
+                        SimpleNamespace(method=method, max_steps=max_steps, cfg=SimpleNamespace(workers=3)))
+    monkeypatch.setattr(loop, "time_steps", fake_steps)
+    monkeypatch.setattr(loop, "time_loader", lambda trainer, untimed, timed: {
+        "loader_images_per_s": 500.0, "loader_timed_batches": timed})
+    out = tmp_path / "train_loop.json"
+    with pytest.raises(KeyboardInterrupt):
+        loop.main(["--device", "cpu", "--workers", "3", "--steps", "1", "--warmup", "1", "--out", str(out)])
+    report = _report(out)
+    assert report["complete"] is False and list(report["results"]) == ["clean"]
+    assert windows["clean"] == (3, 9)  # the data method: the first round untimed, 3 rounds timed
+    assert report["results"]["clean"]["loader_timed_batches"] == 9
+    from bench.device_check import headline
+
+    lines = headline(report)
+    assert lines[0].startswith("(partial") and "clean: step 0.100 s" in lines[1] and "over 9 steps" in lines[1]
+    assert not list(tmp_path.glob(".*"))  # no half-written file beside it
+
+
+def test_image_generators_keep_the_methods_that_finished(tmp_path, monkeypatch):
+    import bench.bench_image_generators as generators
+
+    def fake(method, args, device, dtype, components):
+        if method == "t-i2i-sd":
+            raise KeyboardInterrupt
+        return {"method": method, "speedup": 2.0, "per_image_bound": 2.5, "batched": {"images_per_s": 3.0},
+                "max_pixel_difference": 0.0}
+
+    monkeypatch.setattr(generators, "bench_method", fake)
+    out = tmp_path / "image_generators_tiny.json"
+    with pytest.raises(KeyboardInterrupt):
+        generators.main(["--device", "cpu", "--methods", "t2i-sd,t-i2i-sd", "--out", str(out)])
+    report = _report(out)
+    assert report["complete"] is False and [r["method"] for r in report["results"]] == ["t2i-sd"]
+
+
+def test_attacks_keep_pgd_and_each_multimodal_attack_that_finished(tmp_path, monkeypatch):
+    import bench.bench_attacks as attacks
+
+    pgd = {"ratio_torchattacks_over_matplus": 1.5, "ratio_torchattacks_same_model_over_matplus": 1.1}
+    entry = {"ratio_loop_over_batched": 5.5, "ratio_before_loop_over_batched": 6.0, "identical_texts": True,
+             "identical_texts_before": True}
+
+    def multimodal(*args, finished=None, **kwargs):
+        finished({"clean_similarity": 0.3, "attacks": {"bert-attack": entry}})
+        raise KeyboardInterrupt  # killed during SGA
+
+    monkeypatch.setattr(attacks, "bench_pgd", lambda *args: pgd)
+    monkeypatch.setattr(attacks, "bench_multimodal", multimodal)
+    out = tmp_path / "attacks_multimodal.json"
+    with pytest.raises(KeyboardInterrupt):
+        attacks.main(["--device", "cpu", "--attacks", "pgd,bert-attack,sga", "--images", "2", "--captions", "2",
+                      "--threads", "1", "--out", str(out)])
+    report = _report(out)
+    assert report["complete"] is False and report["pgd"] == pgd
+    assert list(report["multimodal"]["attacks"]) == ["bert-attack"]
+    from bench.device_check import headline
+
+    assert any(line.startswith("bert-attack: batched 5.50x") for line in headline(report))

@@ -11,17 +11,28 @@ set up as asked. It exists because two launches went wrong silently:
 * `accelerate launch --num_processes 2` on a CPU-only machine starts ONE process (accelerate runs
   several CPU processes only through mpirun) with MASTER_ADDR set and no WORLD_SIZE: that is
   refused, pointing to torchrun, instead of training alone while the user expects two.
+
+With the process's own environment it also starts the process group (accelerate's `PartialState`,
+which the `Accelerator` then reuses) with an explicit timeout, `MATPLUS_DIST_TIMEOUT_MINUTES`
+(default 120): accelerate passes none, so NCCL's default of 10 minutes applied, and while rank 0
+validates alone (`--val-frequency`) the other ranks wait in their next collective; a validation
+longer than that aborted the job.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from augment.errors import MatPlusError
 
 
 class LaunchError(MatPlusError):
     """The launcher's environment asks for something this process cannot set up."""
+
+
+TIMEOUT_ENV = "MATPLUS_DIST_TIMEOUT_MINUTES"
+DEFAULT_TIMEOUT = timedelta(hours=2)  # a rank waits this long in a collective (e.g. while rank 0 validates)
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class LaunchPlan:
     cpu: bool = False  # pass to Accelerator(cpu=...): True runs a process group over gloo
     backend: str | None = None  # "gloo" (CPU) or "nccl" (GPUs); None for one process
     launcher: str | None = None  # "torchrun", "accelerate" or None
+    timeout: timedelta | None = None  # the process group's, for every collective; None for one process
 
     @property
     def distributed(self) -> bool:
@@ -58,12 +70,47 @@ def _launcher(env) -> str | None:
     return None
 
 
-def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = None) -> LaunchPlan:
+def process_group_timeout(env=None) -> timedelta:
+    """`MATPLUS_DIST_TIMEOUT_MINUTES` (a positive number of minutes), else 2 hours."""
+    env = os.environ if env is None else env
+    value = env.get(TIMEOUT_ENV)
+    if value is None or value.strip() == "":
+        return DEFAULT_TIMEOUT
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise LaunchError(f"environment variable {TIMEOUT_ENV}={value!r}: expected a positive number of minutes "
+                          f"(how long a process waits for the others in a collective; default "
+                          f"{DEFAULT_TIMEOUT.total_seconds() / 60:.0f})")
+    return timedelta(minutes=minutes)
+
+
+def start_process_group(plan: LaunchPlan):
+    """Start the process group of a distributed plan with `plan.timeout` (accelerate's PartialState,
+    which an Accelerator or PartialState built afterwards reuses); returns it, or None for one
+    process. A group already started (by the caller) is left as it is."""
+    if not plan.distributed:
+        return None
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if dist.is_available() and dist.is_initialized():
+        return PartialState()
+    return PartialState(cpu=plan.cpu, timeout=plan.timeout)
+
+
+def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = None,
+                             start: bool | None = None) -> LaunchPlan:
     """The launch plan for this process, or LaunchError (one line).
 
     `cpu` is the trainer's --cpu; `env` and `cuda_devices` default to os.environ and the GPUs
-    torch sees (tests pass their own).
+    torch sees (tests pass their own). `start` (default: when `env` is this process's own): start
+    the process group of a distributed plan here, with its timeout (`start_process_group`), so
+    that every caller's Accelerator / PartialState uses that timeout.
     """
+    start = env is None if start is None else start
     env = os.environ if env is None else env
     if cuda_devices is None:
         import torch
@@ -90,8 +137,11 @@ def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = Non
     if not on_cpu and local_rank >= cuda_devices:
         raise LaunchError(f"LOCAL_RANK {local_rank} but only {cuda_devices} GPU(s) visible: start at most "
                           f"{cuda_devices} processes per machine, or pass --cpu to train on the CPU (gloo)")
-    return LaunchPlan(world_size=world_size, rank=rank, local_rank=local_rank, cpu=on_cpu,
-                      backend="gloo" if on_cpu else "nccl", launcher=launcher)
+    plan = LaunchPlan(world_size=world_size, rank=rank, local_rank=local_rank, cpu=on_cpu,
+                      backend="gloo" if on_cpu else "nccl", launcher=launcher, timeout=process_group_timeout(env))
+    if start:
+        start_process_group(plan)
+    return plan
 
 
 def check_process_group(plan: LaunchPlan, num_processes: int) -> None:
