@@ -85,7 +85,7 @@ def detect_format(source: str) -> str:
         karpathy = sorted(path.glob("dataset_*.json"))
         if len(karpathy) == 1:
             return "karpathy"
-        if any(path.glob("data/shard-*.parquet")) and not any(path.glob("*.parquet")):
+        if _pool_shards_without_meta(path):
             raise SourceError(f"{source}: looks like an unfinished pool (data/shard-*.parquet but no {POOL_META}, as a killed "
                               f"`augment generate` leaves it): re-run that generate command to finish it, and pass "
                               f"the dataset it was made from as --source")
@@ -592,3 +592,20 @@ def forget_parsed_json() -> None:
     large source, which the cycle collector would otherwise scan for as long as the process lives)."""
     _read_json_cached.cache_clear()
 
+
+def _pool_shards_without_meta(folder: Path) -> bool:
+    """Whether `folder` holds a pool's shards (data/shard-NNNNN.parquet with the pool schema's
+    `row_id` and `source_image_id` columns) but no pool.json: a pool that lost its provenance, not a
+    user's parquet dataset, which is read as one whatever its files are called."""
+    import re
+
+    shards = sorted(p for p in folder.glob("data/shard-*.parquet") if re.fullmatch(r"shard-\d{5}\.parquet", p.name))
+    if not shards or any(folder.glob("*.parquet")):
+        return False
+    try:
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(shards[0]).names)
+    except Exception:  # unreadable: the parquet reader names the damage
+        return False
+    return {"row_id", "source_image_id"} <= names

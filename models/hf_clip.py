@@ -55,7 +55,10 @@ class HFClipModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         self.name, self.pretrained = name, None
         image_processor = processor.image_processor
         native = int(model.config.vision_config.image_size)
-        self.image_size, self.preprocess_eval = tio.processor_eval_transform(image_processor, native)
+        try:
+            self.image_size, self.preprocess_eval = tio.processor_eval_transform(image_processor, native)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{name}: {exc}") from None
         if self.image_size != native:  # the position table is the model's: other sizes fail mid-run
             raise ModelLoadError(f"{name}: its image processor makes {self.image_size} px images, its vision "
                                  f"model reads {native} px; fix the processor's size / crop_size")

@@ -212,25 +212,34 @@ def processor_eval_transform(image_processor, default_size: int) -> tuple[int, C
     """(output size, transform) of a transformers image processor's resize and centre crop, as its
     flags say: `do_resize` with `size` {"shortest_edge"} (aspect kept) or {"height", "width"} (squashed),
     `do_center_crop` with `crop_size`, its `resample` filter; `default_size` where it resizes and
-    crops nothing (its normalisation is the model's own, `ImageTextModel.normalize`)."""
+    crops nothing (its normalisation is the model's own, `ImageTextModel.normalize`). A processor
+    that would give non-square pixels (a shortest-side resize without a crop, or none at all) is
+    cropped to the centre square; one squashing to height != width is refused (ModelLoadError)."""
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
-    resample = getattr(image_processor, "resample", 3)
-    mode = InterpolationMode[_PIL_RESAMPLE_NAMES.get(int(getattr(resample, "value", resample)), "BICUBIC")]
+    resample = getattr(image_processor, "resample", None)
+    resample = 3 if resample is None else int(getattr(resample, "value", resample))
+    mode = InterpolationMode[_PIL_RESAMPLE_NAMES.get(resample, "BICUBIC")]
     steps: list = [transforms.Lambda(to_rgb)]
-    size = default_size
+    size, square = default_size, False
     if getattr(image_processor, "do_resize", True):
         shortest = processor_size(image_processor.size, "shortest_edge")
-        square = None if shortest else processor_size(image_processor.size, "height")
-        if shortest or square:
-            steps.append(transforms.Resize(shortest or (square, square), interpolation=mode))
-            size = shortest or square
-    if getattr(image_processor, "do_center_crop", True):
-        crop = processor_size(getattr(image_processor, "crop_size", None), "height")
-        if crop:
-            steps.append(transforms.CenterCrop(crop))
-            size = crop
+        height = None if shortest else processor_size(image_processor.size, "height")
+        width = None if shortest else processor_size(image_processor.size, "width")
+        if height and width and height != width:
+            raise ModelLoadError(f"its image processor resizes to {height} x {width}: the vision model reads square images")
+        if shortest or height:
+            steps.append(transforms.Resize(shortest or (height, height), interpolation=mode))
+            size, square = shortest or height, bool(height)
+    crop = processor_size(getattr(image_processor, "crop_size", None), "height")
+    if getattr(image_processor, "do_center_crop", True) and crop:
+        steps.append(transforms.CenterCrop(crop))
+        size = crop
+    elif not square:
+        # a shortest-side resize without a crop keeps the aspect ratio, which no fixed-size ViT reads:
+        # cropped to the centre square, as CLIP's own processors do
+        steps.append(transforms.CenterCrop(size))
     return int(size), transforms.Compose([*steps, transforms.ToTensor()])
 
 

@@ -332,3 +332,26 @@ def test_cuda_rng_state_restores_on_fewer_visible_gpus(monkeypatch):
     torch.rand(5)
     checkpoint._set_rng_state(state)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_stale_best_is_not_the_rival_of_a_redone_step(tmp_path):
+    """A killed run's RUN/best from a step its resume redoes (step 4, 95.0; the curve kept steps 0 and 2)
+    no longer stands: the redone step is ranked against the kept lines (90.0 at step 0), so 60.0 is
+    not "best", the stale weights are removed and the summary reports the curve's best without weights."""
+    import json
+
+    from train.validation import Validator, ValidationSettings
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    lines = [{"step": 0, "robust": 90.0, "clean": 90.0, "attack": "clean"},
+             {"step": 2, "robust": 80.0, "clean": 80.0, "attack": "clean"}]
+    (run / "validation.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run / "best" / "validation.json").write_text(json.dumps({"step": 4, "robust": 95.0, "clean": 95.0, "attack": "clean"}))
+    validator = Validator(run, None, ValidationSettings(every=2, attack="clean"))
+    redone = {"step": 4, "robust": 60.0, "clean": 60.0, "attack": "clean"}
+    assert not validator._is_best(redone)
+    assert not (run / "best").exists()
+    summary = validator.summary()
+    assert summary["best"]["step"] == 0 and summary["best_weights"] is None
+    assert validator._is_best({"step": 6, "robust": 91.0, "clean": 91.0, "attack": "clean"})  # beats the kept 90.0

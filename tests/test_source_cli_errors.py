@@ -61,6 +61,10 @@ def test_skip_report_never_replaces_the_source_or_an_image(tmp_path, capsys, mon
     Path("skipped.json").write_text("my notes\n")
     fails(capsys, ["inspect", "--source", source, "--skip-bad"], "skipped.json")
     assert Path("skipped.json").read_text() == "my notes\n"
+    # ... unless nothing is skipped: the default report is not written, so the user's file is no obstacle
+    clean = source_with(tmp_path / "clean", present=2, missing=0)
+    assert augment_main(["inspect", "--source", str(clean), "--skip-bad"]) == 0
+    assert Path("skipped.json").read_text() == "my notes\n"
     # under a file: one line, before anything is read
     fails(capsys, ["inspect", "--source", source, "--skip-bad", "--skip-report", source / "x.json"], "is a file, not a folder")
 
@@ -223,10 +227,21 @@ def test_folder_messages_say_what_is_there(tmp_path, capsys):
     source_with(two, present=1, missing=0)
     (two / "dataset_y.json").write_text((two / "dataset_x.json").read_text())
     fails(capsys, ["inspect", "--source", two], "2 dataset_*.json files (dataset_x.json, dataset_y.json)", "pass one")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from augment.source_formats import detect_format
+
     pool = tmp_path / "pool"
     (pool / "data").mkdir(parents=True)
-    (pool / "data" / "shard-00000.parquet").write_bytes(b"PAR1")
+    pq.write_table(pa.table({"row_id": ["r0"], "source_image_id": ["0"], "caption": ["a cat"]}),
+                   pool / "data" / "shard-00000.parquet")
     fails(capsys, ["inspect", "--source", pool], "unfinished pool", "pool.json")
+    # a user's parquet dataset whose files happen to be called so is read as parquet
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"image_id": ["0"], "caption": ["a cat"]}), mine / "data" / "shard-00000.parquet")
+    assert detect_format(str(mine)) == "parquet"
 
 
 # ----------------------------------------------------------------------------- small commands
@@ -281,3 +296,22 @@ def test_a_damaged_parquet_source_is_one_line_not_three(tmp_path, capsys):
     finally:
         logger.removeHandler(handler)
     assert [record.getMessage() for record in records if record.levelno >= logging.ERROR] == []
+
+
+def test_make_sample_swap_holds_interrupts_until_it_is_done(tmp_path):
+    """Ctrl-C / SIGTERM between the renames of an --overwrite left DIR missing and the old contents in a
+    hidden folder the next run deletes: the swap holds them back and they arrive after it."""
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("term"))
+    try:
+        with world_writer._uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []  # held back inside
+        assert seen == ["term"]  # delivered after
+        old, built = tmp_path / "world", tmp_path / ".world.partial-1-00000000"
+        old.mkdir(), built.mkdir(), (built / "dataset_sample.json").write_text("{}")
+        world_writer._move_into_place(built, old)
+        assert (old / "dataset_sample.json").exists() and not built.exists()
+        assert [p.name for p in tmp_path.iterdir()] == ["world"]  # the old contents gone, nothing hidden left
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -194,10 +194,18 @@ class Validator:
             self.validate(record.step)
 
     def _is_best(self, line: dict) -> bool:
-        """Ranked against what RUN/best holds: it is replaced when missing, when it holds this step or a
-        later one (a resumed run redoing them), or when beaten (a tie keeps the earlier step)."""
+        """Whether `line` beats every earlier validation of the run (a tie keeps the earlier step): ranked
+        against what RUN/best holds, or, where it holds none or the weights of this step or a later one
+        (a resumed run redoing them: those lines are gone from the curve, so are those weights), against
+        the best of the earlier lines kept in the curve. Such a stale RUN/best is removed first, so it is
+        never reported for weights the curve no longer has."""
         held = best_line(self.run_dir)
-        return held is None or held["step"] >= line["step"] or line["robust"] > held["robust"]
+        if held is not None and held["step"] >= line["step"]:
+            shutil.rmtree(self.run_dir / BEST_DIR, ignore_errors=True)
+            held = None
+        earlier = [r["robust"] for r in self.records() if r["step"] < line["step"]]
+        rival = held["robust"] if held is not None else max(earlier, default=None)
+        return rival is None or line["robust"] > rival
 
     def validate(self, step: int, model=None) -> dict:
         """Evaluate the trainer's model as it is now (or `model`: the weights of a finished run's

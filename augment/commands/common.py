@@ -49,9 +49,10 @@ def read_source(args, validate: bool = False, announce: bool = True):
     if problem:
         raise MatPlusError(problem)
     target = None
-    if args.skip_bad:  # before reading (which decodes every image): the report must not replace an input
+    if args.skip_bad:
         target = skip_report_target(getattr(args, "skip_report", None), getattr(args, "out", None))
-        check_skip_report_target(target, args.source)
+        if getattr(args, "skip_report", None) is not None:  # named: checked before reading (which decodes
+            check_skip_report_target(target, args.source)  # every image); the default only if written
 
     try:
         dataset, report = load_source(

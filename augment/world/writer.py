@@ -4,11 +4,13 @@ The same arguments write byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -100,6 +102,28 @@ def _refuse_existing(out_dir: Path, given: Path, overwrite: bool) -> None:
             raise SourceError(f"{given} holds the current folder {cwd}; --overwrite would delete it: run elsewhere")
 
 
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM held back (raised again after the block): a swap of DIR's contents is never
+    left half-done, with the old contents in a hidden folder the next run would delete as stale.
+    Python handlers, not a signal mask: another thread of the process may be the one a signal reaches."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
+        yield
+        return
+    arrived: list[int] = []
+    previous = {number: signal.signal(number, lambda received, _frame: arrived.append(received))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in arrived:
+            signal.raise_signal(number)
+
+
 def _move_into_place(built: Path, out_dir: Path) -> None:
     """Rename the finished sibling folder into place: atomic for a new DIR; an existing one is
     renamed aside first (rename cannot replace a non-empty folder) and deleted after."""
@@ -107,8 +131,9 @@ def _move_into_place(built: Path, out_dir: Path) -> None:
         built.rename(out_dir)
         return
     old = out_dir.with_name(_work_name(out_dir.name, "old"))
-    out_dir.rename(old)
-    built.rename(out_dir)
+    with _uninterrupted():
+        out_dir.rename(old)
+        built.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -124,13 +149,14 @@ def _move_contents_into(built: Path, out_dir: Path) -> None:
     old contents moved aside into a hidden folder inside it, the finished files moved in, the old
     contents deleted."""
     old = out_dir / _work_name(_INSIDE, "old")
-    old.mkdir()
-    for child in list(out_dir.iterdir()):
-        if child not in (built, old) and not _is_work_folder(child, _INSIDE):
-            child.rename(old / child.name)
-    # the dataset file last: a reader never finds it before the images it lists
-    for child in sorted(built.iterdir(), key=lambda path: path.name.startswith("dataset_")):
-        child.rename(out_dir / child.name)
+    with _uninterrupted():
+        old.mkdir()
+        for child in list(out_dir.iterdir()):
+            if child not in (built, old) and not _is_work_folder(child, _INSIDE):
+                child.rename(old / child.name)
+        # the dataset file last: a reader never finds it before the images it lists
+        for child in sorted(built.iterdir(), key=lambda path: path.name.startswith("dataset_")):
+            child.rename(out_dir / child.name)
     shutil.rmtree(old, ignore_errors=True)
     built.rmdir()
 
