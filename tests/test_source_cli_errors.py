@@ -315,3 +315,18 @@ def test_make_sample_swap_holds_interrupts_until_it_is_done(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["world"]  # the old contents gone, nothing hidden left
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_save_tiny_folders_have_the_umask_permissions(tmp_path):
+    """save-tiny's folders were owner-only (mkdtemp's 0700, some files 0600): a model to share."""
+    import stat
+
+    from augment.tiny import save_tiny
+
+    umask = os.umask(0o022)
+    try:
+        folder = save_tiny(tmp_path / "models", ["tiny-mlm"])["tiny-mlm"]
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.rglob("*") if p.is_file())

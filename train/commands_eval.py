@@ -307,7 +307,8 @@ def progress_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def _check_positive(args) -> None:
+def _check_option_values(args) -> None:
+    """One line for an option value out of its range, or given without the option that reads it."""
     from augment.errors import MatPlusError
 
     for option in ("pgd_steps", "top_k", "batch_size", "text_batch"):
@@ -377,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
     _refuse_other_tasks_options(args)
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
-    _check_positive(args)
+    _check_option_values(args)
     from train.attacks import ATTACK_NAMES
     from train.attacks.captioning import CAPTION_ATTACK_NAMES
 
