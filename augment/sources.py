@@ -132,13 +132,11 @@ def check_skip_report_target(target: str | os.PathLike, source: str | None = Non
         what = "an existing file that is not an earlier --skip-bad report"
     if what:
         raise SourceError(f"--skip-report {target}: is {what}; the report would replace it: name a new file")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        if parent.is_symlink():  # a dangling link: its target's folder is missing
-            raise SourceError(f"--skip-report {target}: {parent} is a link to a missing {os.readlink(parent)}")
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SourceError(f"--skip-report {target}: {parent} is a file, not a folder")
+    from augment.atomic import output_folder_problem
+
+    problem = output_folder_problem(target.parent)
+    if problem:
+        raise SourceError(f"--skip-report {target}: its folder {target.parent}: {problem}")
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -41,6 +41,8 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+from augment.atomic import current_umask, readable_as_umask
+
 log = logging.getLogger(__name__)
 
 # bump when a builder changes in a way the configs below do not show (forces a rebuild)
@@ -628,22 +630,12 @@ def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
         build(tmp)
-        _permissions_of_umask(tmp)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only: a model to share
+        readable_as_umask(tmp)
         _replace_dir(tmp, root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / name
-
-
-def _permissions_of_umask(folder: Path) -> None:
-    """Give `folder` and what is in it the permissions of a folder made as usual: mkdtemp makes it
-    owner-only (0700), and some writers' temporary files are 0600, which a saved model shared
-    with others must not keep."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def tiny_cache_root() -> Path:

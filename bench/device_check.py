@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from augment.atomic import remove_stale_temporaries
+
 DEFAULT_OUT = "outputs/bench/device"
 LOG_NAME = "device_check.log"  # every measurement's output, one after another
 
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{measurement.name}.json").unlink(missing_ok=True)
         result = run_one(measurement, planned_argv(measurement, args.smoke, out), log_path, limit_s)
         # a benchmark killed while writing its report leaves the file it was writing (bench/report.py)
-        (out / f".{measurement.name}.json.writing").unlink(missing_ok=True)
+        remove_stale_temporaries(out, recursive=False)
         results.append(result)
         print(f"    status {result['status']} in {result['seconds']} s", flush=True)
     print("\n=== summary")

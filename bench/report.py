@@ -25,11 +25,11 @@ def write_report(path: str | Path, payload: dict) -> Path:
     Written whole or not at all (a file beside it, renamed over it): benchmarks write what has
     finished as they go (`"complete": false` until the end), and a process killed at its time
     limit while writing must leave the previous version readable, not half of a new one."""
+    from augment.atomic import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.writing")
-    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}" + (" (partial: the benchmark is still running)" if payload.get("complete") is False else ""),
           flush=True)
     return path

@@ -18,6 +18,7 @@ from typing import Iterable
 
 from PIL import Image
 
+from augment.atomic import output_folder_problem
 from augment.errors import SourceError
 from augment.world.captions import caption_tokens, captions_for_scene
 from augment.world.expressions import expressions_for_scene
@@ -80,18 +81,13 @@ def remove_stale_work_folders(out_dir: Path) -> list[Path]:
 
 
 def _refuse_existing(out_dir: Path, given: Path, overwrite: bool) -> None:
-    """One SourceError line (naming the folder as the user gave it) for a DIR that cannot be written."""
-    if given.is_symlink() and not given.exists():
-        raise SourceError(f"{given} is a link to a missing {os.readlink(given)}; remove it or choose another folder")
+    """One SourceError line (naming the folder as the user gave it) for a DIR (`out_dir`, resolved)
+    that cannot be written; a path that cannot be a folder was refused before it was resolved."""
     if out_dir.parent == out_dir:
         raise SourceError(f"{given} is the filesystem root; choose a folder for the sample")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SourceError(f"{given} exists and is not a folder")
     ancestor = out_dir.parent
-    while not ancestor.exists() and ancestor.parent != ancestor:
+    while not ancestor.exists():
         ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise SourceError(f"{given}: {ancestor} is a file, not a folder")
     if not os.access(out_dir if out_dir.is_dir() else ancestor, os.W_OK):
         raise SourceError(f"{given}: cannot write in {out_dir if out_dir.is_dir() else ancestor} (permission denied)")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -138,10 +134,9 @@ def _move_into_place(built: Path, out_dir: Path) -> None:
 
 
 def _renamable(folder: Path) -> bool:
-    """Whether an existing DIR can be replaced by a rename: not the current folder or one above it
-    (`.`, `..`), not a mount point."""
-    cwd = Path.cwd().resolve()
-    return folder != cwd and folder not in cwd.parents and not os.path.ismount(folder)
+    """Whether an existing DIR can be replaced by a rename: not the current folder (`.`; a folder
+    above it is never empty, so `_refuse_existing` has refused it), not a mount point."""
+    return folder != Path.cwd().resolve() and not os.path.ismount(folder)
 
 
 def _move_contents_into(built: Path, out_dir: Path) -> None:
@@ -203,8 +198,9 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
     """
     given = Path(out_dir)
     _check_arguments(n, val_frac, test_frac, n_captions)
-    if given.is_symlink() and not given.exists():
-        _refuse_existing(given, given, overwrite)  # a dangling link: one line
+    problem = output_folder_problem(given.expanduser())  # before resolve(): a dangling link, a file on the way
+    if problem:
+        raise SourceError(f"{given}: {problem}; choose another folder")
     target = given.resolve()  # `.`, `..`, a link: the folder itself, written through
     remove_stale_work_folders(target)
     _refuse_existing(target, given, overwrite)
