@@ -77,10 +77,7 @@ def local_term(loss: torch.Tensor, gradient_scale: float) -> torch.Tensor:
     that the scaled backward and DDP's average leave it a mean over processes, its value
     unchanged, so that the logged loss is the same at any world size (dividing the value too
     logged half the loss under 2 processes)."""
-    if gradient_scale == 1:
-        return loss
-    scaled = loss / gradient_scale
-    return scaled + (loss - scaled).detach()
+    return loss if gradient_scale == 1 else _ScaleGradient.apply(loss, 1.0 / gradient_scale)
 
 
 class _ScaleGradient(torch.autograd.Function):

@@ -168,8 +168,7 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     """Copy the weights (and buffers: momentum encoders, queues) saved in `folder` into `model`."""
     from models import load_model
 
-    check_model_files(folder, read_state(folder))
-    saved = load_model(str(folder), device="cpu")
+    saved = load_model(str(folder), device="cpu")  # the caller read its state: `read_state` checked its files
     model.load_state_dict(saved.state_dict(), strict=True)
 
 

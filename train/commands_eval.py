@@ -121,6 +121,15 @@ def _check_protocol_options(args: argparse.Namespace) -> None:
                            f"are {','.join(FUSED_ATTACKS[1:])}; evaluate {','.join(unfused)} without it")
 
 
+def check_fusion_target(args: argparse.Namespace, attacked) -> None:
+    """`--attacked-embedding` needs a model with a fusion encoder to attack (the attacker, else the victim)."""
+    from augment.errors import MatPlusError
+
+    if args.attacked_embedding != "unimodal" and not callable(getattr(attacked, "fusion_states", None)):
+        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
+                           f"{attacked.name or attacked.family} has none to attack (ALBEF and TCL do)")
+
+
 def _check_attack_options(options: dict) -> None:
     """Before any model loads: settings the attacks refuse (e.g. `--text-guide text` under a
     reference protocol, which would be ignored there) are one line, not a traceback mid-run."""
@@ -430,9 +439,7 @@ def run(args: argparse.Namespace) -> int:
         # it would be silently ignored (the default is: it is what an ITM model gets unasked)
         raise MatPlusError(f"--rerank-k {args.rerank_k}: re-ranking needs an ITM head, which "
                            f"{victim.name or victim.family} has none of (BLIP, ALBEF and TCL do): leave it out")
-    if args.attacked_embedding != "unimodal" and not callable(getattr(attacker or victim, "fusion_states", None)):
-        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
-                           f"{(attacker or victim).name or (attacker or victim).family} has none to attack (ALBEF and TCL do)")
+    check_fusion_target(args, attacker or victim)
     out = Path(args.out)
     progress_dir = progress_folder(args)
     with autocast(device, args.precision):

@@ -32,7 +32,7 @@ def run(args) -> int:
     from models.half_precision import autocast
     from tasks.grounding import GroundingTask
     from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS
-    from train.commands_eval import _check_attack_options, _workers, progress_folder, truth_checker_for
+    from train.commands_eval import _check_attack_options, _workers, check_fusion_target, progress_folder, truth_checker_for
     from train.config import default_mlm
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
@@ -81,11 +81,9 @@ def run(args) -> int:
             attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
             if not reference:  # the reference attacks read the encoders' embeddings, which every family has
                 check_attacker(attacker, args.grounding_objective)
-        if args.attacked_embedding != "unimodal" and not callable(getattr(attacker or model, "fusion_states", None)):
-            raise ValueError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
-                             f"{(attacker or model).name or (attacker or model).family} has none to attack (ALBEF and TCL do)")
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
+    check_fusion_target(args, attacker or model)
     workers = _workers(args)
     out = Path(args.out)
     progress_dir = progress_folder(args)

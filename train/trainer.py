@@ -332,11 +332,11 @@ class Trainer:
         if resume_from is not None:
             state = ckpt.read_state(resume_from)
             self._check_resumable(state)
-            if resume_from.parent.resolve() == self.run_dir.resolve():
+            this_run = resume_from.parent.resolve() == self.run_dir.resolve()  # not another run's checkpoint
+            if this_run:
                 self._check_validation_resume(int(state["step"]))
             summary_file = self.run_dir / SUMMARY_FILE
-            if int(state["step"]) == self.total_steps and resume_from.parent.resolve() == self.run_dir.resolve() \
-                    and summary_file.is_file():
+            if int(state["step"]) == self.total_steps and this_run and summary_file.is_file():
                 # this run is finished: nothing to train, and nothing of it is written again
                 self.finished_summary = json.loads(summary_file.read_text())
                 return

@@ -255,8 +255,7 @@ class Validator:
         """Write RUN/best by a swap, as checkpoints are: a kill leaves the old best or the new one
         (`tidy_best` restores `.best-old` when it stopped between the renames)."""
         best, tmp, old = self.run_dir / BEST_DIR, self.run_dir / BEST_PARTIAL, self.run_dir / BEST_OLD
-        tidy_best(self.run_dir)
-        snapshot.save(tmp)
+        snapshot.save(tmp)  # no partial copy is left: `validate`'s `_drop_from` ran `tidy_best`
         (tmp / "validation.json").write_text(json.dumps(line, sort_keys=True) + "\n")
         if best.exists():
             os.replace(best, old)
