@@ -27,7 +27,14 @@
    and its workers): the ratio a loaded machine distorts least. The issue-18 target (first pass
    >= 1x CLIPScore) is the comparison with CLIPScore reading the same files.
    The two CLIPScores are checked to agree (mean of 100 * cos before clamping).
-2. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
+2. **The statistics at a real scorer's width**: the gap's cost does not grow with the pool (its
+   samples stop at `--gap-samples`, 2,000 per side) but with the embedding width, which the tiny
+   model (32) hides. One modality's gap at the defaults (2,000 points per side, 200 resamples)
+   on synthetic unit embeddings of ViT-B-16's width (512) and ViT-L-14's (768), in CPU seconds,
+   with and without the resamples; against CLIPScore in the same run on a ViT-B/16-shaped
+   transformers CLIPModel (random weights, 224 px), as the number of pairs CLIPScore scores in
+   the same CPU time. `--skip-real-size` leaves it out.
+3. **Memory** while scoring text pools of growing size (default 10k, 30k, 100k rows) with
    tiny-clip, each in a fresh process: peak RSS above the process's RSS before scoring, and the
    tracemalloc peak (Python and numpy allocations), plus rows per second (with tracemalloc on).
 
@@ -73,6 +80,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steady on a shared machine)")
     parser.add_argument("--sizes", default="10000,30000,100000", help="text-pool sizes for the memory run")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-real-size", action="store_true", help="leave out the statistics at real widths")
+    parser.add_argument("--widths", default="512,768", help="embedding widths for the statistics at real widths")
+    parser.add_argument("--real-size-pairs", type=int, default=8,
+                        help="pairs CLIPScore scores with the ViT-B/16-shaped model (the baseline of the real widths)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     # internal: one memory measurement in a fresh process
     parser.add_argument("--memory-child", nargs=3, metavar=("POOL", "SOURCE", "JSON"), help=argparse.SUPPRESS)
@@ -373,7 +384,73 @@ def bench_pairs(work: Path, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Memory as the pool grows
+# 2. The statistics at a real scorer's width
+# ---------------------------------------------------------------------------------------------
+
+
+def unit_embeddings(rng, count: int, width: int, shift: float = 0.0):
+    """`count` unit vectors of `width` from a Gaussian with a decaying spectrum (as embeddings
+    have): the gap's cost depends on the width and the number of points, not on the values."""
+    import numpy as np
+
+    scales = 1.0 / np.sqrt(np.arange(1, width + 1))
+    rows = rng.normal(size=(count, width)) * scales + shift
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_real_size(work: Path, args, images, captions) -> dict:
+    import numpy as np
+    import torch
+
+    from augment.scoring import measures
+    from augment.scoring.pool_scores import ScoreSettings
+    from augment.scoring.scorers import load_scorer
+    from augment.scoring import tiny_hf
+
+    torch.set_num_threads(args.threads)
+    defaults = ScoreSettings()
+    folder = tiny_hf.save_tiny_transformers_clip(
+        work / "vit-b-16-shaped", text_config=tiny_hf.VIT_B16_TEXT_CONFIG,
+        vision_config=tiny_hf.VIT_B16_VISION_CONFIG, projection_dim=tiny_hf.VIT_B16_PROJECTION_DIM)
+    scorer = load_scorer(str(folder), batch_size=args.batch_size)
+    metric, _ = torchmetrics_clipscore(scorer)
+    count = args.real_size_pairs
+    tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images[:count]]
+    run_torchmetrics(metric, tensors[:2], captions[:2], args.batch_size)  # warm-up
+    _, clipscore_cpu, _ = _cpu_timed(lambda: run_torchmetrics(metric, tensors, captions[:count], args.batch_size))
+    per_pair = clipscore_cpu / count
+    rng = np.random.default_rng(0)
+    widths = {}
+    for width in [int(w) for w in args.widths.split(",") if w.strip()]:
+        pool = unit_embeddings(rng, defaults.gap_samples, width, shift=0.05)
+        source = unit_embeddings(rng, defaults.gap_samples, width)
+        measures.gap_measures(pool[:64], source[:64], n_resamples=2)  # warm-up (thread pools, imports)
+        resampled_wall, resampled_cpu, _ = _cpu_timed(
+            lambda: measures.gap_measures(pool, source, n_resamples=defaults.gap_bootstrap, seed=defaults.seed))
+        _, bare_cpu, _ = _cpu_timed(lambda: measures.gap_measures(pool, source, n_resamples=0, seed=defaults.seed))
+        torch.set_num_threads(os.cpu_count() or 1)  # torch's default: what `augment score` computes with
+        threaded_wall, threaded_cpu, _ = _cpu_timed(
+            lambda: measures.gap_measures(pool, source, n_resamples=defaults.gap_bootstrap, seed=defaults.seed))
+        threads = measures.gap_blas_threads(width)
+        torch.set_num_threads(args.threads)
+        widths[str(width)] = {"gap_cpu_seconds": resampled_cpu, "gap_wall_seconds": resampled_wall,
+                              "gap_without_resamples_cpu_seconds": bare_cpu,
+                              "all_cores": {"blas_threads": threads, "gap_wall_seconds": threaded_wall,
+                                            "gap_cpu_seconds": threaded_cpu,
+                                            "wall_speed_up": resampled_wall / threaded_wall},
+                              "clipscore_pairs_in_the_same_cpu_time": resampled_cpu / per_pair}
+    return {
+        "points_per_side": defaults.gap_samples,
+        "resamples": defaults.gap_bootstrap,
+        "clipscore_model": "ViT-B/16-shaped transformers CLIPModel (random weights, 224 px)",
+        "clipscore_pairs": count,
+        "clipscore_cpu_seconds_per_pair": per_pair,
+        "widths": widths,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Memory as the pool grows
 # ---------------------------------------------------------------------------------------------
 
 
@@ -459,6 +536,20 @@ def bench_memory(work: Path, sizes: list[int]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def print_real_size(real: dict) -> None:
+    print(f"\nOne modality's gap at the defaults ({real['points_per_side']:,} points per side, {real['resamples']} "
+          f"resamples), synthetic unit embeddings; CLIPScore with a {real['clipscore_model']}: "
+          f"{real['clipscore_cpu_seconds_per_pair']:.3f} CPU s per pair ({real['clipscore_pairs']} pairs)")
+    print(f"{'width':>6}{'gap CPU s':>11}{'no resamples':>14}{'= CLIPScore pairs':>19}{'all cores: threads, wall s':>28}")
+    for width, row in real["widths"].items():
+        cores = row["all_cores"]
+        print(f"{width:>6}{row['gap_cpu_seconds']:>11.2f}{row['gap_without_resamples_cpu_seconds']:>14.2f}"
+              f"{row['clipscore_pairs_in_the_same_cpu_time']:>19.0f}{cores['blas_threads']:>10}, "
+              f"{cores['gap_wall_seconds']:.2f} ({cores['wall_speed_up']:.2f}x one thread's {row['gap_wall_seconds']:.2f})")
+    print("  ('= CLIPScore pairs': pairs CLIPScore scores at ViT-B/16's size, one thread, in the gap's CPU time;\n"
+          "   all cores: torch's default thread count, which the gap's BLAS uses from GAP_THREADED_WIDTH on)")
+
+
 def print_tables(speed: dict, memory: list[dict]) -> None:
     print(f"\nCLIPScore on {speed['pairs']} pairs, batch {speed['batch_size']}, median of {speed['repeats']} "
           f"({speed['model']})")
@@ -507,9 +598,15 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         work = Path(tmp)
         speed = bench_pairs(work, args)
+        real = None
+        if not args.skip_real_size:
+            _, images, captions, _, _ = make_pairs(work / "real-size", max(2, args.real_size_pairs))
+            real = bench_real_size(work, args, images, captions)
         memory = [] if args.skip_memory else bench_memory(work, sizes)
     print_tables(speed, memory)
-    result = {"speed": speed, "memory": memory}
+    if real:
+        print_real_size(real)
+    result = {"speed": speed, "real_size": real, "memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")

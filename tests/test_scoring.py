@@ -1055,3 +1055,27 @@ def test_single_blas_thread_limits_scipys_own_blas_too():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
+
+
+def test_gap_uses_the_process_threads_only_for_wide_embeddings(monkeypatch):
+    """Narrow embeddings keep one BLAS thread (more only contend); from GAP_THREADED_WIDTH on
+    each resample is width^3-sized work and the gap computes with torch's thread count."""
+    import torch
+
+    seen = []
+
+    def record(*args):
+        seen.append(max(lib["num_threads"] for lib in measures._thread_pools().select(user_api="blas").info()))
+        return {}
+
+    monkeypatch.setattr(measures, "_gap_measures", record)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        narrow = np.zeros((4, measures.GAP_THREADED_WIDTH - 1), dtype=np.float32)
+        wide = np.zeros((4, measures.GAP_THREADED_WIDTH), dtype=np.float32)
+        measures.gap_measures(narrow, narrow)
+        measures.gap_measures(wide, wide)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]

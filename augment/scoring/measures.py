@@ -59,6 +59,23 @@ def single_blas_thread(function):
     return wrapper
 
 
+# embedding width from which the gap's resamples use the process's threads (torch's count):
+# each resample then costs width^3-sized products and eigenvalue problems (ViT-B-16's 512: 12.8
+# CPU s for one modality at the defaults), which two threads ran in half the wall time here;
+# at 128 two threads were slower than one, at 256 within the noise (bench_scoring)
+GAP_THREADED_WIDTH = 384
+
+
+def gap_blas_threads(width: int) -> int:
+    """BLAS threads for the gap of embeddings `width` wide: 1 below GAP_THREADED_WIDTH, else
+    the threads torch computes with in this process."""
+    if width < GAP_THREADED_WIDTH:
+        return 1
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 # ---------------------------------------------------------------------------------------------
 # Alignment
 # ---------------------------------------------------------------------------------------------
@@ -374,16 +391,22 @@ def percentile_interval(estimate: float, resampled: list[float], confidence: flo
             "bootstrap_bias": bias}
 
 
-@single_blas_thread
 def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidence: float = 0.95,
                  seed: int = 0) -> dict:
-    """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs.
+    """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs,
+    with `gap_blas_threads` BLAS threads (one for narrow embeddings).
 
     The squared distances of the median heuristic's subsample give the bandwidth, then the
     kernel's blocks are computed (`rbf_kernel_blocks`); each resample draws x and y with
     replacement (`_bootstrap_gap`). The intervals are bias-shifted percentile intervals
     (`percentile_interval`): they contain the estimate.
     """
+    width = np.shape(x)[1] if np.ndim(x) == 2 else 0
+    with _thread_pools().limit(limits=gap_blas_threads(width), user_api="blas"):
+        return _gap_measures(x, y, n_resamples, confidence, seed)
+
+
+def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float, seed: int) -> dict:
     import torch
 
     x = np.asarray(x, dtype=np.float64)

@@ -14,10 +14,18 @@ TEXT_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
 VISION_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "image_size": 64, "patch_size": 16}
 PROJECTION_DIM = 32
+# openai/clip-vit-base-patch16's config.json (the sizes only): for benchmarks at a real scorer's size
+VIT_B16_TEXT_CONFIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                       "num_attention_heads": 8, "max_position_embeddings": 77, "vocab_size": 49408}
+VIT_B16_VISION_CONFIG = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "image_size": 224, "patch_size": 16}
+VIT_B16_PROJECTION_DIM = 512
 
 
-def save_tiny_transformers_clip(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write the tiny CLIPModel and its processor to `out_dir` (loadable with from_pretrained)."""
+def save_tiny_transformers_clip(out_dir: str | os.PathLike, seed: int = 0, text_config: dict | None = None,
+                                vision_config: dict | None = None, projection_dim: int | None = None) -> Path:
+    """Write the tiny CLIPModel and its processor to `out_dir` (loadable with from_pretrained);
+    other sizes with the configs given (`VIT_B16_*`: ViT-B/16's, still random weights)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -26,12 +34,15 @@ def save_tiny_transformers_clip(out_dir: str | os.PathLike, seed: int = 0) -> Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer(out_dir)
-    size = VISION_CONFIG["image_size"]
+    text_config = dict(text_config or TEXT_CONFIG)
+    vision_config = dict(vision_config or VISION_CONFIG)
+    size = vision_config["image_size"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size},
         image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD),
     )
-    config = CLIPConfig(text_config=dict(TEXT_CONFIG), vision_config=dict(VISION_CONFIG), projection_dim=PROJECTION_DIM)
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config,
+                        projection_dim=projection_dim or PROJECTION_DIM)
     torch.manual_seed(seed)
     with quiet_progress_bars():
         CLIPModel(config).save_pretrained(str(out_dir))
