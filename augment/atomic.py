@@ -3,17 +3,26 @@
 Each write goes to `.NAME.tmp-PID` beside the target and is renamed into place (`os.replace` is
 atomic on one filesystem). A process killed mid-write leaves its temporary behind;
 `remove_stale_temporaries` deletes those whose process is gone, so the next run cleans up.
+A whole folder is written beside its target and swapped in by `swap_folder_into_place`.
 Written here because the package that did this (atomicwrites) is archived and unmaintained.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\..*)?$")
+# what a swap of folder NAME killed by SIGKILL leaves beside it: `.NAME.old-PID` (the replaced folder)
+# or `.NAME.partial-PID-xxxxxxxx` (a staged one; make-sample's asides have the hex tail too). Not
+# `.NAME.tmp-...`: save-tiny's mkdtemp tail there is random and may be all digits, like a PID.
+_SWAP_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:old|partial)-(?P<pid>\d+)(?:-[0-9a-f]{8})?$")
 
 
 def is_temporary(path: str | os.PathLike) -> bool:
@@ -111,3 +120,69 @@ def output_folder_problem(folder: Path) -> str | None:
     if not ancestor.is_dir():
         return f"{ancestor} is a file, not a folder"
     return None
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C and SIGTERM held back (raised again after the block): a swap of a folder is never
+    left half-done, with the old contents in a hidden folder the next run would delete as stale.
+    Python handlers, not a signal mask: another thread of the process may be the one a signal reaches."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
+        yield
+        return
+    arrived: list[int] = []
+    previous = {number: signal.signal(number, lambda received, _frame: arrived.append(received))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in arrived:
+            signal.raise_signal(number)
+
+
+def remove_dead_swap_leftovers(target: str | os.PathLike, keep: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the `.NAME.old-PID` / `.NAME.partial-PID-xxxxxxxx` folders beside `target` (NAME its
+    name) whose process is gone, except `keep`; return them. A live process's are its swap in progress."""
+    target, keep = Path(target), Path(keep) if keep is not None else None
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in target.parent.iterdir():
+        match = _SWAP_LEFTOVER.match(path.name)
+        if (match and match.group("name") == target.name and path != keep and path.is_dir()
+                and not path.is_symlink() and not _process_alive(int(match.group("pid")))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def swap_folder_into_place(staged: str | os.PathLike, target: str | os.PathLike, *,
+                           aside: str | os.PathLike | None = None) -> Path:
+    """Rename the finished folder `staged` to `target` (a sibling); return `target`.
+
+    A reader of `target` finds the old folder or the new one, each complete. A rename cannot replace
+    a non-empty folder, so an existing `target` is renamed to `aside` first (default `.NAME.old-PID`)
+    and deleted after. Ctrl-C and SIGTERM wait until both renames are done: only SIGKILL (or a crash)
+    can leave `target` missing between them, with the old folder at `aside`. Leftovers of such
+    swaps whose process is gone (`remove_dead_swap_leftovers`) are deleted first. Errors are the
+    renames' own OSError; `staged` is the caller's to delete when one is raised.
+    """
+    staged, target = Path(staged), Path(target)
+    # the trainer's readers fall back to fixed names after a kill (RUN/.ckpt-old, .best-old); make-sample keeps its own
+    aside = Path(aside) if aside is not None else target.with_name(f".{target.name}.old-{os.getpid()}")
+    remove_dead_swap_leftovers(target, keep=staged)
+    swapped = False
+    try:
+        with interrupts_held():
+            if target.exists():
+                os.replace(target, aside)
+            os.replace(staged, target)
+            swapped = True
+    finally:
+        # also when a held Ctrl-C is raised on leaving the block; never after a failed rename, where
+        # `aside` may be the only copy
+        if swapped:
+            shutil.rmtree(aside, ignore_errors=True)
+    return target

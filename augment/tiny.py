@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
-from augment.atomic import current_umask, readable_as_umask
+from augment.atomic import current_umask, readable_as_umask, swap_folder_into_place
 
 log = logging.getLogger(__name__)
 
@@ -597,18 +597,6 @@ def _build_into(folder: Path, name: str) -> None:
     _write_manifest(folder, name)  # written last: its presence means the folder is complete
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished `tmp` folder to `final`; an old `final` is moved aside first (rename is
-    atomic, but cannot replace a non-empty folder)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_tiny(out_dir: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, Path]:
     """Build the tiny models `names` (default: all) into `out_dir/<name>/`; returns name -> folder.
 
@@ -632,7 +620,7 @@ def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> P
         build(tmp)
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only: a model to share
         readable_as_umask(tmp)
-        _replace_dir(tmp, root / name)
+        swap_folder_into_place(tmp, root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / name

@@ -251,7 +251,7 @@ def test_an_incomplete_last_line_of_the_logs_is_dropped_on_resume(tmp_path, samp
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert [json.loads(line)["step"] for line in (run / "validation.jsonl").read_text().splitlines()] == [0, 1, 2]
     # a damaged line before the last is no kill's leftover: one line naming the file
-    from train.validation import read_jsonl
+    from train.jsonl import read_jsonl
 
     (run / "validation.jsonl").write_text('{"step": 0, "rob\n{"step": 1}\n')
     with pytest.raises(MatPlusError, match=r"validation.jsonl: line 1 is not JSON"):

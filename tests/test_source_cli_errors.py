@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import augment.atomic as atomic
 import augment.world.writer as world_writer
 from augment.cli import main as augment_main
 from augment.cli_common import run_main
@@ -304,13 +305,13 @@ def test_make_sample_swap_holds_interrupts_until_it_is_done(tmp_path):
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("term"))
     try:
-        with world_writer._uninterrupted():
+        with atomic.interrupts_held():
             os.kill(os.getpid(), signal.SIGTERM)
             assert seen == []  # held back inside
         assert seen == ["term"]  # delivered after
         old, built = tmp_path / "world", tmp_path / ".world.partial-1-00000000"
         old.mkdir(), built.mkdir(), (built / "dataset_sample.json").write_text("{}")
-        world_writer._move_into_place(built, old)
+        atomic.swap_folder_into_place(built, old)
         assert (old / "dataset_sample.json").exists() and not built.exists()
         assert [p.name for p in tmp_path.iterdir()] == ["world"]  # the old contents gone, nothing hidden left
     finally:

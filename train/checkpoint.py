@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from augment.atomic import swap_folder_into_place
 from augment.errors import MatPlusError, first_line
 
 CKPT_DIR = "ckpt"
@@ -118,12 +119,12 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
         if scaler is not None:
             torch.save(scaler.state_dict(), partial / STATE_DIR / "scaler.pt")
         (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        # swap folders: a kill between the two renames leaves .ckpt-old, which loading falls back to
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():  # .ckpt-old is then a finished swap's leftover: free the name the swap moves RUN/ckpt to
+            shutil.rmtree(old, ignore_errors=True)
+        # else .ckpt-old may be the only complete checkpoint (a kill between an earlier swap's renames):
+        # kept until the new one is in place, which the swap then deletes it after. A kill between
+        # the two renames leaves .ckpt-old, which loading falls back to
+        swap_folder_into_place(partial, final, aside=old)
     barrier()
     return final
 

@@ -130,6 +130,25 @@ def check_fusion_target(args: argparse.Namespace, attacked) -> None:
                            f"{attacked.name or attacked.family} has none to attack (ALBEF and TCL do)")
 
 
+def attack_options_from_arguments(args: argparse.Namespace) -> dict:
+    """The attack options (`attack_options` of `evaluate` and `evaluate_grounding`) that `train eval`'s
+    arguments set, built here for retrieval and grounding alike. An option left unset (None) is absent,
+    so the attacks fall back on their own default or, under a reference protocol, the reference code's."""
+    from train.config import default_mlm
+
+    options = {
+        "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
+        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint),
+        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length,
+        "guide": args.text_guide,  # None: the protocol's (image under project, the reference's text KL otherwise)
+        "scales": args.sga_scales, "alpha": args.co_alpha, "text_batch": args.text_batch,
+        "protocol": args.protocol, "reference_bugs": args.reference_bugs,
+    }
+    if args.attacked_embedding != "unimodal":  # recorded only when chosen: reports before it read the same
+        options["attacked_embedding"] = args.attacked_embedding
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def _check_attack_options(options: dict) -> None:
     """Before any model loads: settings the attacks refuse (e.g. `--text-guide text` under a
     reference protocol, which would be ignored there) are one line, not a traceback mid-run."""
@@ -375,7 +394,6 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from models.half_precision import autocast, check_precision
     from train.attacks.settings import pgd_step_size
-    from train.config import default_mlm
     from train.eval_report import EVAL_JSON, EVAL_MD, write_report
     from train.evaluate import evaluate, markdown_report
 
@@ -412,17 +430,7 @@ def run(args: argparse.Namespace) -> int:
         from train import commands_grounding
 
         return commands_grounding.run(args)
-    attacker_name = args.attacker_model or args.checkpoint
-    options = {
-        "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size,
-        "candidates": args.text_candidates, "mlm": args.mlm or default_mlm(attacker_name),
-        "top_k": args.top_k, "budget": args.word_budget, "max_length": args.max_length,
-        "guide": args.text_guide,  # None: the protocol's (image under project, the reference's text KL otherwise)
-        "scales": args.sga_scales, "alpha": args.co_alpha,
-        "protocol": args.protocol, "reference_bugs": args.reference_bugs,
-    }
-    if args.attacked_embedding != "unimodal":  # recorded only when chosen: reports before it read the same
-        options["attacked_embedding"] = args.attacked_embedding
+    options = attack_options_from_arguments(args)
     _check_attack_options(options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)

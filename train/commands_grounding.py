@@ -32,8 +32,8 @@ def run(args) -> int:
     from models.half_precision import autocast
     from tasks.grounding import GroundingTask
     from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS
-    from train.commands_eval import _check_attack_options, _workers, check_fusion_target, progress_folder, truth_checker_for
-    from train.config import default_mlm
+    from train.commands_eval import (_check_attack_options, _workers, attack_options_from_arguments, check_fusion_target,
+                                     progress_folder, truth_checker_for)
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
     from train.eval_report import EVAL_JSON, EVAL_MD, write_report
@@ -46,21 +46,12 @@ def run(args) -> int:
     if reference and args.grounding_objective != args.option_default("grounding_objective"):
         raise MatPlusError(f"--grounding-objective is a project-protocol choice: under --protocol {args.protocol} the "
                            "attacks read the encoders' embeddings, as the reference code does; leave it out")
-    options = {
-        "eps": args.attack_eps, "steps": args.pgd_steps,
-        "step_size": args.pgd_step_size, "candidates": args.text_candidates,
-        "mlm": args.mlm or default_mlm(args.attacker_model or args.checkpoint), "top_k": args.top_k, "budget": args.word_budget,
-        "max_length": args.max_length, "scales": args.sga_scales, "alpha": args.co_alpha,
-        "text_batch": args.text_batch,
-        # the reference attacks read the encoders' embeddings, not a grounding objective
-        **({"protocol": args.protocol, "reference_bugs": args.reference_bugs} if reference
-           else {"objective": args.grounding_objective}),
-    }
-    if args.attacked_embedding != "unimodal":
-        options["attacked_embedding"] = args.attacked_embedding
-    options = {k: v for k, v in options.items() if v is not None}  # unset: the attacks' own defaults
-    if reference:
+    options = attack_options_from_arguments(args)
+    if reference:  # only here: the settings would read the project's `objective` (itm, heat) as an attack loss
         _check_attack_options(options)
+    else:  # the project's attacks lower a grounding objective; its reports have always recorded no protocol
+        del options["protocol"], options["reference_bugs"]
+        options["objective"] = args.grounding_objective
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     # the data first: a wrong path or split stops in one line before any model loads

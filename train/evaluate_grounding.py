@@ -218,7 +218,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     built = build_attacks(["clean", *[a for a in attacks if a != "clean"]], attacker, options, build=build)
     run = _GroundingRun.over(data, texts, model, attacker, transfer, batch_size, ground_batch, expression_checker, seed,
                              workers)
-    report = run.report_head(built, options, active_precision(model.device), caption_preprocess)
+    report = run.report_head(built, options, protocol, active_precision(model.device), caption_preprocess)
     if progress_dir is not None:
         run.store = run.batch_store(progress_dir, report, built)
 
@@ -306,10 +306,12 @@ class _GroundingRun:
                    batch_ids, ground_batch, expression_checker, seed, workers,
                    splits=splits if len(splits) > 1 else None)
 
-    def report_head(self, built: dict, options: dict, precision: str, caption_preprocess: str) -> dict[str, Any]:
-        """The report before any attack's entry: models, data, baselines and settings."""
+    def report_head(self, built: dict, options: dict, protocol: str, precision: str,
+                    caption_preprocess: str) -> dict[str, Any]:
+        """The report before any attack's entry: models, data, baselines and settings; its procedure is
+        `protocol`'s (the evaluation's, decided once by the caller from `options`)."""
         data, candidates, truth, multi = self.data, self.candidates, self.truth, self.multi
-        if (options.get("protocol") or "project") == "project":
+        if protocol == "project":
             procedure = PROCEDURE.format(objective=OBJECTIVE_WORDS[options.get("objective", "itm")])
         else:
             embedding = options.get("attacked_embedding", "unimodal")

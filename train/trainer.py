@@ -155,7 +155,7 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> list[dict]:
         """Drop lines a killed run logged after its last checkpoint (they are replayed), and an
         incomplete last line (a kill during its append); the lines kept."""
-        from train.validation import read_jsonl
+        from train.jsonl import read_jsonl
 
         if not self.path.exists():
             return []

@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from augment.atomic import atomic_write_text
-from augment.errors import MatPlusError
+from augment.atomic import atomic_write_text, swap_folder_into_place
+from train.jsonl import read_jsonl
 
 VALIDATION_FILE = "validation.jsonl"
 BEST_DIR = "best"
@@ -36,28 +36,6 @@ BEST_OLD = ".best-old"  # the previous one, during the swap
 # the settings a line was measured under: `train` flags naming them (a resume under others is refused)
 SETTING_FLAGS = {"attack": "--val-attack", "split": "--val-split", "data": "--val-data", "limit": "--val-limit",
                  "captions": "captions", "captions_per_image": "captions_per_image"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The lines of an appended JSON-lines file. An incomplete last line (a kill or a full disk
-    during the append) is left out: the resumed run rewrites it. A damaged line elsewhere is one line."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise MatPlusError(f"{path}: line {number} is not JSON ({exc.msg}); repair or delete the line, or start "
-                               "over with --overwrite") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise MatPlusError(f"{path}: line {number} is not a record with an integer 'step'; repair or delete the "
-                               "line, or start over with --overwrite")
-        records.append(record)
-    return records
 
 
 def tidy_best(run_dir: str | os.PathLike) -> None:
@@ -257,10 +235,7 @@ class Validator:
         best, tmp, old = self.run_dir / BEST_DIR, self.run_dir / BEST_PARTIAL, self.run_dir / BEST_OLD
         snapshot.save(tmp)  # no partial copy is left: `validate`'s `_drop_from` ran `tidy_best`
         (tmp / "validation.json").write_text(json.dumps(line, sort_keys=True) + "\n")
-        if best.exists():
-            os.replace(best, old)
-        os.replace(tmp, best)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_folder_into_place(tmp, best, aside=old)
 
 
 def read_curve(run_dir: str | os.PathLike) -> list[dict]:

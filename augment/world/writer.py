@@ -4,13 +4,11 @@ The same arguments write byte-identical files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Iterable
 
 from PIL import Image
 
-from augment.atomic import output_folder_problem
+from augment.atomic import interrupts_held, output_folder_problem, swap_folder_into_place
 from augment.errors import SourceError
 from augment.world.captions import caption_tokens, captions_for_scene
 from augment.world.expressions import expressions_for_scene
@@ -98,41 +96,6 @@ def _refuse_existing(out_dir: Path, given: Path, overwrite: bool) -> None:
             raise SourceError(f"{given} holds the current folder {cwd}; --overwrite would delete it: run elsewhere")
 
 
-@contextlib.contextmanager
-def _uninterrupted():
-    """Ctrl-C and SIGTERM held back (raised again after the block): a swap of DIR's contents is never
-    left half-done, with the old contents in a hidden folder the next run would delete as stale.
-    Python handlers, not a signal mask: another thread of the process may be the one a signal reaches."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
-        yield
-        return
-    arrived: list[int] = []
-    previous = {number: signal.signal(number, lambda received, _frame: arrived.append(received))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in arrived:
-            signal.raise_signal(number)
-
-
-def _move_into_place(built: Path, out_dir: Path) -> None:
-    """Rename the finished sibling folder into place: atomic for a new DIR; an existing one is
-    renamed aside first (rename cannot replace a non-empty folder) and deleted after."""
-    if not out_dir.exists():
-        built.rename(out_dir)
-        return
-    old = out_dir.with_name(_work_name(out_dir.name, "old"))
-    with _uninterrupted():
-        out_dir.rename(old)
-        built.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _renamable(folder: Path) -> bool:
     """Whether an existing DIR can be replaced by a rename: not the current folder (`.`; a folder
     above it is never empty, so `_refuse_existing` has refused it), not a mount point."""
@@ -144,7 +107,7 @@ def _move_contents_into(built: Path, out_dir: Path) -> None:
     old contents moved aside into a hidden folder inside it, the finished files moved in, the old
     contents deleted."""
     old = out_dir / _work_name(_INSIDE, "old")
-    with _uninterrupted():
+    with interrupts_held():
         old.mkdir()
         for child in list(out_dir.iterdir()):
             if child not in (built, old) and not _is_work_folder(child, _INSIDE):
@@ -237,7 +200,7 @@ def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125,
         if existing:
             _move_contents_into(building, target)
         else:
-            _move_into_place(building, target)
+            swap_folder_into_place(building, target, aside=target.with_name(_work_name(target.name, "old")))
     except BaseException as exc:
         shutil.rmtree(building, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a folder made read-only meanwhile: one line naming DIR

@@ -1,0 +1,192 @@
+"""`augment.atomic.swap_folder_into_place`: the one way a finished folder replaces another (save-tiny,
+make-sample, the trainer's checkpoint and best weights)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import augment.atomic as atomic
+from augment.atomic import remove_dead_swap_leftovers, swap_folder_into_place
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def folder(path: Path, **files: str) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def contents(path: Path) -> dict[str, str]:
+    return {child.name: child.read_text() for child in sorted(path.iterdir())}
+
+
+def test_a_new_target_is_the_staged_folder_and_nothing_else_is_left(tmp_path):
+    staged = folder(tmp_path / ".model.tmp-abc", weights="new", manifest="new")
+    assert swap_folder_into_place(staged, tmp_path / "model") == tmp_path / "model"
+    assert contents(tmp_path / "model") == {"manifest": "new", "weights": "new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_an_existing_target_is_complete_before_and_after_each_rename(tmp_path, monkeypatch):
+    target = folder(tmp_path / "model", weights="old", manifest="old")
+    staged = folder(tmp_path / ".model.tmp-abc", weights="new", manifest="new")
+    seen = []
+    real = os.replace
+
+    def watched(source, destination):
+        real(source, destination)
+        # what a reader finds after each rename: the old folder (aside, the fallback) or the new one, whole
+        seen.append({p.name: contents(p) for p in tmp_path.iterdir()})
+
+    monkeypatch.setattr(atomic.os, "replace", watched)
+    swap_folder_into_place(staged, target)
+    aside = f".model.old-{os.getpid()}"
+    assert seen == [{aside: {"manifest": "old", "weights": "old"}, staged.name: {"manifest": "new", "weights": "new"}},
+                    {aside: {"manifest": "old", "weights": "old"}, "model": {"manifest": "new", "weights": "new"}}]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and contents(target)["weights"] == "new"
+
+
+def test_a_fixed_aside_name_holds_the_old_folder_during_the_swap_and_is_removed_after(tmp_path, monkeypatch):
+    """The trainer's `.ckpt-old` / `.best-old`: what its loaders fall back to after a kill between the renames."""
+    target, aside = folder(tmp_path / "ckpt", state="1"), tmp_path / ".ckpt-old"
+    staged = folder(tmp_path / ".ckpt-partial", state="2")
+    real, asides = os.replace, []
+
+    def watched(source, destination):
+        asides.append(contents(aside) if aside.exists() else None)
+        real(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", watched)
+    swap_folder_into_place(staged, target, aside=aside)
+    assert asides == [None, {"state": "1"}]  # the second rename happens with the old one at the fixed name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"] and contents(target) == {"state": "2"}
+
+
+def test_sigterm_and_ctrl_c_during_the_swap_arrive_after_it(tmp_path, monkeypatch):
+    target = folder(tmp_path / "model", weights="old")
+    staged = folder(tmp_path / ".model.tmp-abc", weights="new")
+    real, delivered = os.replace, []
+
+    def interrupted(source, destination):
+        real(source, destination)
+        if source == target:  # between the renames
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: delivered.append(contents(target)))
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            swap_folder_into_place(staged, target)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert delivered == [{"weights": "new"}]
+    # the replaced folder is gone even though the interrupt left the call early
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_swap_killed_between_the_renames_is_cleaned_up_by_the_next(tmp_path):
+    """kill -9 after the first rename: the target is missing, the old folder waits aside under the
+    dead process's id; the next swap of that target deletes it."""
+    target = folder(tmp_path / "model", weights="old")
+    script = ("import os, sys; from pathlib import Path; import augment.atomic as a; real = os.replace\n"
+              "def killed(s, d):\n    real(s, d); os.kill(os.getpid(), 9)\n"
+              "staged = Path(sys.argv[1]).with_name(f'.model.partial-{os.getpid()}-0123abcd')\n"
+              "staged.mkdir(); (staged / 'weights').write_text('new'); print(os.getpid(), flush=True)\n"
+              "a.os.replace = killed; a.swap_folder_into_place(staged, sys.argv[1])\n")
+    child = subprocess.run([sys.executable, "-c", script, str(target)], cwd=Path(__file__).resolve().parents[1],
+                           stdout=subprocess.PIPE, text=True)
+    assert child.returncode == -signal.SIGKILL
+    pid = int(child.stdout)
+    assert {p.name: contents(p) for p in tmp_path.iterdir()} == {
+        f".model.old-{pid}": {"weights": "old"}, f".model.partial-{pid}-0123abcd": {"weights": "new"}}
+    swap_folder_into_place(folder(tmp_path / ".model.tmp-def", weights="newer"), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and contents(target) == {"weights": "newer"}
+
+
+def test_only_dead_processes_leftovers_of_this_target_are_removed(tmp_path):
+    dead = dead_pid()
+    stale = [folder(tmp_path / f".model.old-{dead}"), folder(tmp_path / f".model.partial-{dead}-0123abcd"),
+             folder(tmp_path / f".model.old-{dead}-89abcdef")]
+    kept = [folder(tmp_path / f".model.old-{os.getppid()}"),  # a live process's swap in progress
+            folder(tmp_path / f".other.old-{dead}"),  # another target's
+            folder(tmp_path / ".model.tmp-12345678"),  # save-tiny's mkdtemp tail, all digits by chance
+            folder(tmp_path / ".ckpt-old")]  # a fixed name: its owner tidies it
+    (tmp_path / f".model.old-{dead}.txt").write_text("not a swap's")
+    staged = folder(tmp_path / f".model.partial-{dead}-fedcba98", weights="new")  # the one being swapped in
+    swap_folder_into_place(staged, tmp_path / "model")
+    assert not any(path.exists() for path in stale)
+    assert all(path.is_dir() for path in kept) and (tmp_path / f".model.old-{dead}.txt").is_file()
+    assert contents(tmp_path / "model") == {"weights": "new"}
+    assert remove_dead_swap_leftovers(tmp_path / "missing" / "model") == []
+
+
+def test_a_missing_parent_is_the_rename_error_and_the_staged_folder_stays(tmp_path):
+    staged = folder(tmp_path / ".model.tmp-abc", weights="new")
+    with pytest.raises(FileNotFoundError) as raised:
+        swap_folder_into_place(staged, tmp_path / "gone" / "model")
+    assert raised.value.filename == str(staged) and raised.value.filename2 == str(tmp_path / "gone" / "model")
+    assert contents(staged) == {"weights": "new"}
+
+
+def test_a_failed_second_rename_keeps_the_old_folder_aside(tmp_path, monkeypatch):
+    """Never deleted after a failed rename: aside is then the only copy (the trainer's loaders fall back to it)."""
+    target, aside = folder(tmp_path / "ckpt", state="1"), tmp_path / ".ckpt-old"
+    staged = tmp_path / ".ckpt-partial"  # vanished before the swap
+    with pytest.raises(FileNotFoundError):
+        swap_folder_into_place(staged, target, aside=aside)
+    assert not target.exists() and contents(aside) == {"state": "1"}
+
+
+class _FilesModel:
+    """What save_checkpoint needs of a model: save(folder) writes its files."""
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / "weights.safetensors").write_text("w")
+
+
+def _save(run: Path):
+    import torch
+
+    from train.checkpoint import save_checkpoint
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return save_checkpoint(run, model=_FilesModel(), optimizer=optimizer, scheduler=scheduler, scaler=None,
+                           state={"step": 7}, rank=0, is_main=True, barrier=lambda: None)
+
+
+def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its_replacement_is_in_place(
+        tmp_path, monkeypatch):
+    """A kill between a swap's renames leaves RUN/.ckpt-old as the only checkpoint; the next save
+    must keep it until the new RUN/ckpt exists (it deleted it first, so a second kill lost both)."""
+    import train.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    _save(run)
+    os.replace(checkpoint.checkpoint_dir(run), run / checkpoint._OLD)  # the first kill, between the renames
+    assert checkpoint.find_checkpoint(run) == run / checkpoint._OLD
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed before the swap")
+
+    monkeypatch.setattr(checkpoint, "swap_folder_into_place", killed)
+    with pytest.raises(SystemExit):
+        _save(run)
+    assert checkpoint.find_checkpoint(run) == run / checkpoint._OLD
+    monkeypatch.undo()
+    assert _save(run) == checkpoint.checkpoint_dir(run)
+    assert checkpoint.find_checkpoint(run) == checkpoint.checkpoint_dir(run)
+    assert not (run / checkpoint._OLD).exists()
