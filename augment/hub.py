@@ -8,7 +8,9 @@ The repository holds::
     data/train-00000-of-0000N.parquet      the rows, images embedded as bytes
 
 `write_repo_folder` writes exactly that to a local folder (no network, no token), so
-`datasets.load_dataset(DIR)` and `augment.pool.load_pool(DIR)` both read it.
+`datasets.load_dataset(DIR)` and `augment.pool.load_pool(DIR)` both read it: into an empty
+folder, over its own earlier export (finished, or killed: the same command finishes it), or with
+`--force` over another pool's export; never among files an export does not write.
 
 Name clashes on the Hub (`check_target`): a repository that already holds a *different* pool
 (other method, parameters, seed or source: `same_pool`), a dataset that is not a mat-plus pool,
@@ -24,15 +26,25 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from augment.atomic import atomic_write_bytes, atomic_write_text, temporary_path
+from augment.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    is_temporary,
+    output_folder_problem,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from augment.errors import MatPlusError, PoolError, first_line
 from augment.local_paths import shorten_local_paths
 from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool
+from augment.scoring import store
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
 CARD_FILE = "README.md"
@@ -42,8 +54,11 @@ SCORES_FILE = "scores.json"
 MAX_SHARD_BYTES = 500 * 10**6
 # files a freshly created Hub repo may already hold: such a repo counts as empty
 _EMPTY_REPO_FILES = {".gitattributes", CARD_FILE}
+# what a --to-dir export writes (and a Hub repo's .gitattributes): all --force may replace
+_EXPORT_FILES = {CARD_FILE, POOL_META, SCORES_FILE, ".gitattributes"}
+_EXPORT_SHARD = re.compile(rf"{SPLIT}-\d{{5}}-of-\d{{5}}\.parquet")
 # besides IDENTITY_KEYS: what tells derived pools (select, adversarial) apart
-_EXTRA_IDENTITY_KEYS = ("modality", "parent")
+_EXTRA_IDENTITY_KEYS = ("modality",)
 # huggingface_hub's HTTP client has no timeout: on a network that drops packets the first request
 # would hang for minutes, so a TCP connection to the Hub is tried first, this long at most
 REACH_TIMEOUT_S = 10.0
@@ -69,17 +84,43 @@ def read_scores(pool: Pool) -> Any | None:
         return None
     try:
         return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise PoolError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise PoolError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
-def side_files(pool: Pool) -> dict[str, bytes]:
-    """pool.json (the provenance) and scores.json when present, as published (`published_json`)."""
+def published_scores(pool: Pool) -> tuple[Any | None, list[str]]:
+    """scores.json as it is published, and the scorers left out of it: those computed before the
+    pool's data files changed (`--overwrite`, a copy: `store.scored_as_it_is`, as select refuses
+    them) describe rows it may no longer have. Another kind of document goes as it is."""
+    document = read_scores(pool)
+    if not (isinstance(document, dict) and "scorers" in document):
+        return document, []
+    store.check_scores_document(document, pool.path / SCORES_FILE, pool.path)
+    current = {slug: entry for slug, entry in document["scorers"].items() if store.scored_as_it_is(entry, pool)}
+    left_out = [slug for slug in document["scorers"] if slug not in current]
+    if not left_out:
+        return document, []
+    if not current:
+        return None, left_out
+    latest = document["latest"] if document["latest"] in current else list(current)[-1]
+    return {**document, "scorers": current, "latest": latest}, left_out
+
+
+def publication(pool: Pool, options: CardOptions):
+    """(data card, {file name: bytes} of pool.json and scores.json) as published; built before anything
+    is written or uploaded, so a template error or a damaged scores.json changes nothing."""
+    scores, left_out = published_scores(pool)
+    if left_out:
+        print(f"note: {pool.path / SCORES_FILE}: the scores of {', '.join(left_out)} are left out: the pool's data "
+              "files changed (rewritten, copied without their times, or exported by augment push) after they were "
+              f"computed; run `augment score {pool.path}` to publish current ones", file=sys.stderr)
     files = {POOL_META: published_json(pool.path / POOL_META)}
-    scores = pool.path / SCORES_FILE
-    if scores.exists():
-        files[SCORES_FILE] = published_json(scores)
-    return files
+    if scores is not None:
+        files[SCORES_FILE] = (published_json(pool.path / SCORES_FILE) if not left_out
+                              else (json.dumps(published_document(scores), indent=2) + "\n").encode())
+    return render_card(pool.meta, scores, options), files
 
 
 def published_json(path: Path) -> bytes:
@@ -106,10 +147,6 @@ def published_document(value: Any) -> Any:
     return value
 
 
-def pool_card(pool: Pool, options: CardOptions):
-    return render_card(pool.meta, read_scores(pool), options)
-
-
 def shard_count(pool: Pool) -> int:
     return int(pool.dataset.data.nbytes / MAX_SHARD_BYTES) + 1
 
@@ -125,38 +162,69 @@ def shard_name(index: int, num_shards: int) -> str:
 def write_repo_folder(pool: Pool, out_dir: str | Path, options: CardOptions, force: bool = False) -> Path:
     """Write the Hub repository of `pool` into `out_dir`; return the folder."""
     out = Path(out_dir)
-    _check_folder_target(out, pool.path, force)
-    _remove_stale_files(out)
+    card, files = publication(pool, options)
+    _check_folder_target(out, pool.path, files[POOL_META], force)
+    _remove_earlier_export(out)
     shards = _write_shards(pool, out)
-    hub_card = _local_hub_card(pool, shards)
-    card = merge_cards(hub_card, pool_card(pool, options))
-    atomic_write_text(out / CARD_FILE, str(card))
-    for name, payload in side_files(pool).items():
-        atomic_write_bytes(out / name, payload)
+    # pool.json right after the rows: a folder holding it is a finished export of that pool, or this
+    # one killed before its last files (`_holds_this_export`)
+    for name in (POOL_META, SCORES_FILE):
+        if name in files:
+            atomic_write_bytes(out / name, files[name])
+    atomic_write_text(out / CARD_FILE, str(merge_cards(_local_hub_card(pool, shards), card)))
     return out
 
 
-def _check_folder_target(out: Path, pool_path: Path, force: bool) -> None:
+def _check_folder_target(out: Path, pool_path: Path, published_meta: bytes, force: bool) -> None:
     from augment.pool import folders_overlap
 
     if folders_overlap(out, pool_path):
         raise PoolError(f"{out}: overlaps the pool folder {pool_path}; choose another --to-dir")
-    if out.exists() and not out.is_dir():
-        raise PoolError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise PoolError(f"{out}: exists and is not empty; choose another --to-dir, or --force to replace its pool files")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CARD_FILE, POOL_META, SCORES_FILE, DATA_DIR,
-                                                                      ".gitattributes")) if out.is_dir() else []
+    problem = output_folder_problem(out)
+    if problem:
+        raise PoolError(f"{out}: {problem}; choose another --to-dir")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    foreign = _not_exported(out)
     if foreign:  # --force replaces an earlier export's files, never writes them among someone's data
         raise PoolError(f"{out}: holds files that are not a pool export ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}); choose another --to-dir")
+    if not force and not _holds_this_export(out, published_meta):
+        raise PoolError(f"{out}: exists and is not empty; choose another --to-dir, or --force to replace its pool files")
 
 
-def _remove_stale_files(out: Path) -> None:
-    """Drop what an earlier export left that this one may not overwrite (other shard counts)."""
+def _not_exported(out: Path) -> list[str]:
+    """The files and folders in `out` (paths relative to it) that no export writes, temporaries of its
+    writes aside."""
+    data = out / DATA_DIR
+    found = [entry.name for entry in sorted(out.iterdir()) if entry != data
+             and not (entry.is_file() and (entry.name in _EXPORT_FILES or is_temporary(entry)))]
+    if data.is_dir() and not data.is_symlink():
+        found += [f"{DATA_DIR}/{entry.name}" for entry in sorted(data.iterdir())
+                  if not (entry.is_file() and (_EXPORT_SHARD.fullmatch(entry.name) or is_temporary(entry)))]
+    elif data.exists() or data.is_symlink():
+        found.append(DATA_DIR)
+    return found
+
+
+def _holds_this_export(out: Path, published_meta: bytes) -> bool:
+    """Whether `out`, holding export files only, is this export: finished, or killed part-way (by then
+    pool.json is ours, or absent with nothing but shards and temporaries; those a killed export of
+    another pool left are only as good as lost, and are replaced)."""
+    meta = out / POOL_META
+    if meta.is_file():
+        return meta.read_bytes() == published_meta
+    return all(entry.name == DATA_DIR or is_temporary(entry) for entry in out.iterdir())
+
+
+def _remove_earlier_export(out: Path) -> None:
+    """Delete what an earlier export wrote (`_check_folder_target` allowed it), pool.json first: until
+    this export writes it again, the folder is an unfinished export. Dead runs' temporaries too."""
+    for name in (POOL_META, SCORES_FILE, CARD_FILE):
+        (out / name).unlink(missing_ok=True)
     for shard in (out / DATA_DIR).glob(f"{SPLIT}-*.parquet"):
         shard.unlink()
-    (out / SCORES_FILE).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
 
 
 def _write_shards(pool: Pool, out: Path) -> list[Path]:
@@ -396,7 +464,7 @@ def push_pool(
     """Upload the pool's data, then its card, pool.json and scores.json; return the target's state."""
     require_online()
     token = require_token()
-    card = pool_card(pool, options)  # a template error fails here, before anything is uploaded
+    card, files = publication(pool, options)
     require_reachable()
     api = _hub_api(token)
     with hub_errors("checking the token", None, token):
@@ -406,7 +474,7 @@ def push_pool(
     with hub_errors("uploading the data", repo_id, token):
         _push_data(pool, repo_id, token, private, revision)
     with hub_errors("uploading the data card", repo_id, token):
-        _push_card_and_files(api, pool, repo_id, revision, card)
+        _push_card_and_files(api, repo_id, revision, card, files)
     return target
 
 
@@ -423,16 +491,15 @@ def _push_data(pool: Pool, repo_id: str, token: str, private: bool, revision: st
     )
 
 
-def _push_card_and_files(api, pool: Pool, repo_id: str, revision: str | None, ours) -> None:
+def _push_card_and_files(api, repo_id: str, revision: str | None, ours, files: dict[str, bytes]) -> None:
     """One commit after the data: the merged card, pool.json, scores.json (or its removal)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     card = merge_cards(_hub_card(api, repo_id, revision), ours)
-    files = side_files(pool)
     operations = [CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=str(card).encode("utf-8"))]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in files.items()]
     stale_scores = SCORES_FILE not in files and SCORES_FILE in api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
-    if stale_scores:  # scores of a pool this push replaced
+    if stale_scores:  # scores of a pool this push replaced, or of this pool before it was rewritten
         operations.append(CommitOperationDelete(path_in_repo=SCORES_FILE))
     api.create_commit(
         repo_id,

@@ -42,9 +42,10 @@ POOL_META = "pool.json"
 DATA_DIR = "data"
 SHARD_PATTERN = "shard-{index:05d}.parquet"
 
-# these meta keys must match for a re-run to resume into an existing pool
+# these meta keys must match for a re-run to resume into an existing pool ("parent": a selection's, see
+# `_identity_value`)
 IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_fingerprint", "source_images", "n", "split",
-                 "limit", "shard_size")
+                 "limit", "shard_size", "parent")
 # identity keys a pool written before them lacks (source_images: 2026-12-02): such a pool resumes as it
 # did then, unchecked on that key, and records it from then on
 KEYS_ADDED_SINCE = ("source_images",)
@@ -184,7 +185,7 @@ class PoolWriter:
                 for shard in self.data_dir.glob("*.parquet"):
                     shard.unlink()
             else:
-                changed = [k for k in IDENTITY_KEYS if _normalised(old.get(k)) != _normalised(meta.get(k))
+                changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
                            and not (k in KEYS_ADDED_SINCE and k not in old)]
                 if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
                     # name the parameters (e.g. batch_size), not just "params"
@@ -256,6 +257,17 @@ def folders_overlap(first: str | os.PathLike, second: str | os.PathLike) -> bool
 
 def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _identity_value(meta: dict, key: str) -> Any:
+    """What `key` of a pool's provenance must equal for a resume. A selection's parent is its folder
+    and what made it (its identity keys), not its whole pool.json: re-running generate on a finished
+    pool renews its finish stamp and package versions, not its rows."""
+    value = meta.get(key)
+    if key == "parent" and isinstance(value, dict):
+        made = value.get("meta") if isinstance(value.get("meta"), dict) else {}
+        value = {"path": value.get("path"), **{k: _identity_value(made, k) for k in IDENTITY_KEYS}}
+    return _normalised(value)
 
 
 def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, overwrite: bool = False, shard_rows: int = 5000) -> dict:

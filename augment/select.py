@@ -62,10 +62,7 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
 
     entry = store.find_scorer_entry(pool.path, scorer)
     hint = f"run `augment score {pool.path} --scorer {entry['scorer']['name']}` again"
-    from augment.scoring.pool_scores import pool_file_stamps
-
-    if entry["pool"].get("finished") != pool.meta.get("finished") or (
-            "files" in entry["pool"] and entry["pool"]["files"] != pool_file_stamps(pool)):
+    if not store.scored_as_it_is(entry, pool):
         raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, copied without their times, or exported by augment push) "
                         f"after it was scored; {hint}")
     table = store.read_table(Path(pool.path) / entry["tables"]["rows"], ["row_id", "alignment"])
@@ -136,8 +133,12 @@ def select_pool(pool, out: str, filters: SelectFilters, scorer: str | None = Non
 
     A selection that keeps no row is refused (nothing is written) unless `allow_empty`.
     """
+    from augment.atomic import output_folder_problem
     from augment.pool import folders_overlap, write_pool
 
+    problem = output_folder_problem(Path(out))
+    if problem:
+        raise PoolError(f"{out}: {problem}; choose another --out")
     if folders_overlap(out, pool.path):  # --overwrite would delete the shards it reads: the pool replaced by its subset
         raise PoolError(f"{out}: overlaps the pool folder {pool.path}; choose another --out")
     indices, entry = select_rows(pool, filters, scorer)

@@ -506,19 +506,19 @@ def test_a_scored_pool_still_loads_with_datasets(scored, made_pool):
 
 def test_card_shows_the_scores_language_and_source(scored):
     from augment.pool import load_pool
-    from augment.hub import pool_card
+    from augment.hub import publication
 
     from data_cards.render import CardOptions
 
     pool = load_pool(scored[0])
-    card = pool_card(pool, CardOptions())
+    card, _ = publication(pool, CardOptions())
     scores = json.loads((pool.path / "scores.json").read_text())
     alignment = scores["scorers"][scores["latest"]]["alignment"]["all"]["mean"]
     assert f"| `alignment (all)` | {alignment:.4g} |" in card.text
     assert "text gap: Frechet distance" in card.text
     assert card.data.language == ["en"]
     assert card.data.source_datasets == ["extended|captions"]
-    named = pool_card(pool, CardOptions(source_dataset="nlphuji/flickr30k"))
+    named, _ = publication(pool, CardOptions(source_dataset="nlphuji/flickr30k"))
     assert named.data.source_datasets == ["extended|nlphuji/flickr30k"]
 
 

@@ -942,7 +942,8 @@ def test_select_refuses_without_scores(tmp_path, train_items, sample_world_dir):
     with pytest.raises(PoolError, match="run `augment score"):
         select_pool(pool, str(tmp_path / "out"), SelectFilters(min_alignment=0.1))
     (tmp_path / "unscored" / "scores.json").write_text(json.dumps(
-        {"scores_version": 1, "latest": "x", "scorers": {"x": {"scorer": {"name": "tiny-clip"}}}}))
+        {"scores_version": 1, "latest": "x", "scorers": {"x": {"scorer": {"name": "tiny-clip", "id": "tiny-clip"},
+                                                               "pool": {}, "tables": {"rows": "rows.parquet"}}}}))
     with pytest.raises(PoolError, match="not scored with 'ViT-B-16'"):
         select_pool(pool, str(tmp_path / "out"), SelectFilters(top_k_per_item=1), scorer="ViT-B-16")
 

@@ -10,6 +10,12 @@ import re
 from augment.errors import MatPlusError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# what Ctrl-C prints (augment.cli_common): a re-run over an unfinished export needs no --force
+# (hub.write_repo_folder); a Hub repo gets whole commits only, but one holding the data commit
+# without the card's (pool.json) is not recognisably this pool's
+TO_DIR_INTERRUPTED = "the export is unfinished; re-run the same command to finish it"
+HUB_INTERRUPTED = ("only whole commits reach the Hub; re-run the same command to finish the upload "
+                   "(with --force if it then says the repository is not a mat-plus pool)")
 
 
 def register(subparsers) -> None:
@@ -32,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace what the target holds: another pool, a dataset that is not a pool, a non-empty --to-dir; "
+        help="replace what the target holds: another pool, a dataset that is not a pool, another pool's export in --to-dir; "
         "or create the dataset beside a model repository of the same name",
     )
     parser.set_defaults(func=run)
@@ -48,6 +54,7 @@ def check_arguments(args) -> None:
 
 
 def run(args) -> int:
+    args.interrupted = TO_DIR_INTERRUPTED if args.to_dir else HUB_INTERRUPTED
     from augment import hub
     from augment.pool import load_pool
     from data_cards.render import CardOptions

@@ -116,17 +116,38 @@ def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
         document = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoolError(f"{path}: corrupt ({first_line(exc)}); delete it and run `augment score {pool_path}` again") from None
+    check_scores_document(document, path, pool_path)
+    return document
+
+
+# what the readers of an entry (select, push, `augment score`) index, and its type: a scores.json
+# edited by hand must fail here in one line, not as a KeyError deep in a reader
+_ENTRY_KEYS = ((("scorer",), dict, "an object"), (("scorer", "name"), str, "a text"), (("scorer", "id"), str, "a text"),
+               (("pool",), dict, "an object"), (("tables",), dict, "an object"), (("tables", "rows"), str, "a text"))
+
+
+def check_scores_document(document, path: Path, pool_path: str | os.PathLike) -> None:
+    """PoolError (one line naming `path` and the key) unless `document` has the shape `augment score` writes."""
+    way_out = f"delete it and run `augment score {pool_path}` again"
     if not isinstance(document, dict) or not isinstance(document.get("scorers", {}), dict):
-        raise PoolError(f"{path}: not a scores document (expected an object with 'scorers'); "
-                        f"delete it and run `augment score {pool_path}` again")
+        raise PoolError(f"{path}: not a scores document (expected an object with 'scorers'); {way_out}")
     if document.get("scores_version") != SCORES_VERSION:  # `augment score` reads it too: deleting it is the way out
         raise PoolError(f"{path}: scores version {document.get('scores_version')}, this mat-plus reads "
-                        f"{SCORES_VERSION}; delete it and run `augment score {pool_path}` again")
-    damaged = [name for name, entry in document.get("scorers", {}).items() if not isinstance(entry, dict)]
-    if damaged:
-        raise PoolError(f"{path}: the entry of scorer {damaged[0]!r} is not an object; "
-                        f"delete it and run `augment score {pool_path}` again")
-    return document
+                        f"{SCORES_VERSION}; {way_out}")
+    scorers = document.get("scorers", {})
+    for slug, entry in scorers.items():
+        if not isinstance(entry, dict):
+            raise PoolError(f"{path}: the entry of scorer {slug!r} is not an object; {way_out}")
+        for (*parents, key), kind, what in _ENTRY_KEYS:
+            holder = entry
+            for parent in parents:  # checked as an object by an earlier row
+                holder = holder[parent]
+            if not isinstance(holder.get(key), kind):
+                found = f"{holder[key]!r}, not {what}" if key in holder else "missing"
+                raise PoolError(f"{path}: in the entry of scorer {slug!r}, {'.'.join((*parents, key))!r} is {found}; {way_out}")
+    latest = document.get("latest")
+    if scorers and not (isinstance(latest, str) and latest in scorers):
+        raise PoolError(f"{path}: 'latest' is {latest!r}, not the name of one of its scorers ({', '.join(scorers)}); {way_out}")
 
 
 def find_scorer_entry(pool_path: str | os.PathLike, scorer: str | None) -> dict:
@@ -144,6 +165,18 @@ def find_scorer_entry(pool_path: str | os.PathLike, scorer: str | None) -> dict:
         known = ", ".join(f"{e['scorer']['name']} ({slug})" for slug, e in entries.items())
         raise PoolError(f"{pool_path}: not scored with {scorer!r} (scored with: {known}); {hint}")
     return matches[-1]
+
+
+def scored_as_it_is(entry: dict, pool) -> bool:
+    """Whether a scores.json `entry` was computed from `pool` as it is now: pool.json's finish stamp
+    (a rewrite renews it, to the second) and, where recorded, its data files' names, sizes and
+    modification times (a rewrite within that second, a shard edited in place, a copy without its
+    times, an export's other file names)."""
+    from augment.scoring.pool_scores import pool_file_stamps
+
+    recorded = entry["pool"]
+    return recorded.get("finished") == pool.meta.get("finished") and (
+        "files" not in recorded or recorded["files"] == pool_file_stamps(pool))
 
 
 def _bare_name(entry: dict) -> str:
@@ -167,16 +200,23 @@ def table_is_current(path: Path, inputs_key: str | None = None) -> bool:
 
 
 def read_table(path: Path, columns: list[str] | None = None):
-    """A side table as a pyarrow Table, refusing another scores_version."""
+    """A side table as a pyarrow Table, refusing another scores_version or a requested column that is
+    missing or of another type than `augment score` writes."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
         raise PoolError(f"{path}: missing; run `augment score` on the pool again")
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        schema = pq.read_schema(path)
     except Exception as exc:  # truncated or not parquet
         raise PoolError(f"{path}: unreadable ({first_line(exc)}); run `augment score` on the pool again") from None
-    version = json.loads(metadata.get(b"scores_version", b"null"))
+    version = json.loads((schema.metadata or {}).get(b"scores_version", b"null"))
     if version != SCORES_VERSION:
         raise PoolError(f"{path}: scores version {version}, this mat-plus reads {SCORES_VERSION}; run `augment score` again")
+    written = {field.name: field.type for table in _schemas() for field in table}
+    for name in columns or []:
+        found = schema.field(name).type if name in schema.names else None
+        if found is None or found != written.get(name, found):
+            raise PoolError(f"{path}: column {name!r} is {'missing' if found is None else f'of type {found}'}, "
+                            f"expected {written.get(name)}; run `augment score` on the pool again")
     return pq.read_table(path, columns=columns)

@@ -1,0 +1,234 @@
+"""`augment select` and `augment push --to-dir` on folders and scores that are not what they seem:
+another pool's files, a damaged or stale scores.json, another parent, a killed export."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from augment.pool import write_pool
+
+EXPORT_FILES = ["README.md", "data/train-00000-of-00001.parquet", "pool.json"]
+
+
+def text_pool(path: Path, method: str, rows: int = 6) -> Path:
+    """A complete text pool: two items of `rows // 2` rows each; every such pool shares seed and source."""
+    records = [{
+        "row_id": f"{method}:img{i % 2}:0:{i}", "source_image_id": f"img{i % 2}", "source_caption_index": 0,
+        "split": "train", "modality": "text", "image": None, "caption": f"{method} caption {i}", "method": method,
+        "seed": i, "provenance": "{}",
+    } for i in range(rows)]
+    write_pool(path, records, {"method": method, "modality": "text", "model": None, "params": {}, "seed": 0, "n": 3,
+                               "split": "train", "limit": None, "source": "world", "source_fingerprint": "fp"})
+    return path
+
+
+def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip-1", keep: dict | None = None) -> dict:
+    """scores.json with one entry as `augment score` writes it (alignment 0.1 per row), its rows table too;
+    `finished`: the pool's finish stamp it was scored at (default: the pool's own)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from augment.scoring import store
+    from augment.scoring.pool_scores import pool_file_stamps
+
+    meta = json.loads((pool / "pool.json").read_text())
+    row_ids = pq.read_table(pool / "data" / "shard-00000.parquet", columns=["row_id"])["row_id"].to_pylist()
+    table = Path("scores", slug, "rows.parquet")
+    schema = pa.schema([store.row_schema().field(name) for name in ("row_id", "alignment")])
+    writer = store.TableWriter(pool / table, schema, {"scores_version": 1})
+    writer.write({"row_id": row_ids, "alignment": [0.1] * len(row_ids)})
+    writer.close()
+    entry = {"scorer": {"name": "tiny-clip", "id": "tiny-id", "slug": slug},
+             "pool": {"finished": finished or meta["finished"], "num_rows": len(row_ids),
+                      "files": pool_file_stamps(SimpleNamespace(path=pool))},
+             "alignment": {"all": {"mean": 0.1, "low": 0.05, "high": 0.15, "n": len(row_ids)}},
+             "tables": {"rows": str(table)}}
+    document = {"scores_version": 1, "latest": slug, "scorers": {**(keep or {}), slug: entry}}
+    (pool / "scores.json").write_text(json.dumps(document))
+    return document
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    from augment.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def refused(capsys, *argv) -> str:
+    """The command exits 2 with one error line and no traceback; that line."""
+    code, err = run(capsys, *argv)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- push --to-dir
+
+
+def test_force_never_writes_an_export_among_other_files_inside_data(tmp_path, capsys):
+    pool = text_pool(tmp_path / "eda", "eda")
+    another_pool = text_pool(tmp_path / "other", "shuffle")
+    before = files_under(another_pool)
+    line = refused(capsys, "push", pool, "--to-dir", another_pool, "--force")
+    assert "not a pool export (data/shard-00000.parquet" in line
+    assert files_under(another_pool) == before
+
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "mine.csv").write_text("hi")
+    assert "not a pool export (data/mine.csv)" in refused(capsys, "push", pool, "--to-dir", mine, "--force")
+    assert files_under(mine) == {"data/mine.csv": b"hi"}
+
+
+def test_a_damaged_scores_json_stops_an_export_before_anything_is_written(tmp_path, capsys):
+    pool = text_pool(tmp_path / "pool", "eda")
+    earlier = tmp_path / "earlier"
+    assert run(capsys, "push", text_pool(tmp_path / "other", "shuffle"), "--to-dir", earlier)[0] == 0
+    before = files_under(earlier)
+    (pool / "scores.json").write_text('{"scores_version": 1,')
+    assert "scores.json" in refused(capsys, "push", pool, "--to-dir", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert "scores.json" in refused(capsys, "push", pool, "--to-dir", earlier, "--force")
+    assert files_under(earlier) == before
+
+
+def test_push_leaves_out_scores_of_the_pool_before_it_was_rewritten(tmp_path, capsys):
+    pool = text_pool(tmp_path / "pool", "eda")
+    selection = tmp_path / "st"
+    assert run(capsys, "select", pool, "--out", selection, "--methods", "eda")[0] == 0
+    write_scores(selection)
+    assert run(capsys, "select", pool, "--out", selection, "--max-per-item", "1", "--overwrite")[0] == 0
+    code, err = run(capsys, "push", selection, "--to-dir", tmp_path / "stx")
+    assert code == 0
+    notes = [line for line in err.splitlines() if "tiny-clip-1" in line]
+    assert len(notes) == 1 and notes[0].startswith("note:") and "left out" in notes[0], err
+    assert sorted(files_under(tmp_path / "stx")) == EXPORT_FILES
+    assert "## Scores" not in (tmp_path / "stx" / "README.md").read_text()
+
+    # a current entry beside a stale one: only the current one is published, and it is the latest
+    stale = write_scores(pool, finished="2001-01-01T00:00:00+00:00", slug="old-1")["scorers"]
+    write_scores(pool, slug="new-1", keep=stale)
+    document = json.loads((pool / "scores.json").read_text())
+    document["latest"] = "old-1"
+    (pool / "scores.json").write_text(json.dumps(document))
+    assert run(capsys, "push", pool, "--to-dir", tmp_path / "px")[0] == 0
+    published = json.loads((tmp_path / "px" / "scores.json").read_text())
+    assert list(published["scorers"]) == ["new-1"] and published["latest"] == "new-1"
+    assert "## Scores" in (tmp_path / "px" / "README.md").read_text()
+
+
+def test_an_interrupted_export_resumes_with_the_same_command(tmp_path, capsys, monkeypatch):
+    from augment import hub
+    from augment.commands.push import TO_DIR_INTERRUPTED
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    out = tmp_path / "out"
+
+    def interrupted(dataset):
+        (out / "data" / "train-00000-of-00001.parquet").write_bytes(b"half")  # as a kill between renames leaves
+        raise KeyboardInterrupt
+
+    real = hub._embedded
+    monkeypatch.setattr(hub, "_embedded", interrupted)
+    code, err = run(capsys, "push", pool, "--to-dir", out)
+    assert code == 130 and f"interrupted: {TO_DIR_INTERRUPTED}" in err, err
+    monkeypatch.setattr(hub, "_embedded", real)
+    assert run(capsys, "push", pool, "--to-dir", out)[0] == 0
+    assert sorted(files_under(out)) == EXPORT_FILES
+    assert run(capsys, "push", pool, "--to-dir", out)[0] == 0  # its own finished export: written again
+
+    killed = tmp_path / "killed"  # kill -9: another shard count's shard and a dead process's temporary
+    (killed / "data").mkdir(parents=True)
+    (killed / "data" / "train-00000-of-00002.parquet").write_bytes(b"x")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (killed / "data" / f".train-00001-of-00002.parquet.tmp-{dead.pid}").write_bytes(b"x")
+    assert run(capsys, "push", pool, "--to-dir", killed)[0] == 0
+    assert sorted(files_under(killed)) == EXPORT_FILES
+
+    # a finished export of another pool is not this export's leftovers
+    assert "not empty" in refused(capsys, "push", text_pool(tmp_path / "other", "shuffle"), "--to-dir", out)
+
+
+def test_a_dangling_link_as_the_output_is_named(tmp_path, capsys):
+    pool = text_pool(tmp_path / "pool", "eda")
+    link = tmp_path / "dl"
+    link.symlink_to(tmp_path / "gone")
+    assert "link to a missing" in refused(capsys, "push", pool, "--to-dir", link)
+    assert "link to a missing" in refused(capsys, "select", pool, "--out", link, "--max-per-item", "1")
+    assert not (tmp_path / "gone").exists()
+
+
+# ----------------------------------------------------------------------------- select
+
+
+def test_a_selection_from_another_parent_is_not_silently_replaced(tmp_path, capsys):
+    first, second = text_pool(tmp_path / "eda", "eda"), text_pool(tmp_path / "other", "shuffle")
+    out = tmp_path / "sel"
+    assert run(capsys, "select", first, "--out", out, "--max-per-item", "1")[0] == 0
+    assert "different parent" in refused(capsys, "select", second, "--out", out, "--max-per-item", "1")
+    assert json.loads((out / "pool.json").read_text())["parent"]["meta"]["method"] == "eda"
+    assert run(capsys, "select", first, "--out", out, "--max-per-item", "1")[0] == 0  # the same command again
+
+    meta = json.loads((first / "pool.json").read_text())  # a generate re-run renews the stamp, not the rows
+    (first / "pool.json").write_text(json.dumps({**meta, "finished": "2099-01-01T00:00:00+00:00"}))
+    assert run(capsys, "select", first, "--out", out, "--max-per-item", "1")[0] == 0
+    assert run(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")[0] == 0
+
+
+def _drop(key):
+    def damage(document, entry):
+        del (document if key == "latest" else entry)[key]
+    return damage
+
+
+SCORES_DAMAGE = {
+    "no latest": (_drop("latest"), "'latest'"),
+    "latest a list": (lambda d, e: d.update(latest=["tiny-clip-1"]), "'latest'"),
+    "latest names no scorer": (lambda d, e: d.update(latest="gone"), "'latest'"),
+    "entry without pool": (_drop("pool"), "'pool'"),
+    "entry without tables": (_drop("tables"), "'tables'"),
+    "entry without scorer": (_drop("scorer"), "'scorer'"),
+    "pool a text": (lambda d, e: e.update(pool="p"), "'pool'"),
+    "tables null": (lambda d, e: e.update(tables=None), "'tables'"),
+    "scorer without name": (lambda d, e: e["scorer"].pop("name"), "'scorer.name'"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SCORES_DAMAGE))
+def test_a_scores_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, damage):
+    pool = text_pool(tmp_path / "pool", "eda")
+    document = write_scores(pool)
+    change, key = SCORES_DAMAGE[damage]
+    change(document, document["scorers"]["tiny-clip-1"])
+    (pool / "scores.json").write_text(json.dumps(document))
+    line = refused(capsys, "select", pool, "--out", tmp_path / "out", "--min-alignment", "0")
+    assert "scores.json" in line and key in line, line
+    assert "scores.json" in refused(capsys, "push", pool, "--to-dir", tmp_path / "x")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_rows_table_without_alignment_is_one_line(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    write_scores(pool)
+    table = pool / "scores" / "tiny-clip-1" / "rows.parquet"
+    pq.write_table(pq.read_table(table).drop_columns(["alignment"]).replace_schema_metadata({"scores_version": "1"}), table)
+    line = refused(capsys, "select", pool, "--out", tmp_path / "out", "--min-alignment", "0")
+    assert "rows.parquet" in line and "'alignment'" in line, line
+    pq.write_table(pa.table({"row_id": ["a"], "alignment": ["high"]}, metadata={"scores_version": "1"}), table)
+    assert "'alignment'" in refused(capsys, "select", pool, "--out", tmp_path / "out", "--min-alignment", "0")
+    assert os.listdir(tmp_path) == ["pool"]
