@@ -10,7 +10,7 @@ table: rows = attacks, columns = recalls under attack and attack success rates).
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
 from pathlib import Path
 
 from augment.arguments import finite_number, folder_path, non_negative_number
@@ -20,6 +20,8 @@ from train.attacks.settings import FUSED_ATTACKS
 DEFAULT_ATTACKS = "clean,pgd,bert-attack,sep,co-attack,sga"
 # finished batches of a running evaluation, inside --out (removed once eval.json is written)
 PROGRESS_DIR = ".progress"
+# held (flock) by the one evaluation writing into --out, beside OUT/.progress (`writing_into`)
+LOCK_FILE = ".lock"
 
 # `train eval`'s options (argparse dests) every task reads
 SHARED_OPTIONS = frozenset({
@@ -328,11 +330,45 @@ def refuse_replacing_a_finished_report(args: argparse.Namespace) -> None:
 
 
 def progress_folder(args: argparse.Namespace) -> Path:
-    """OUT/.progress, the finished batches a killed evaluation left (every task's); emptied first under --restart."""
+    """OUT/.progress, the finished batches a killed evaluation left (every task's); emptied first under
+    --restart, as one step (`remove_tree`: a kill part-way leaves no half-deleted progress to resume)."""
+    from train.eval_store import remove_tree
+
     folder = Path(args.out) / PROGRESS_DIR
-    if args.restart and folder.exists():
-        shutil.rmtree(folder)
+    if args.restart:
+        remove_tree(folder)
     return folder
+
+
+@contextlib.contextmanager
+def writing_into(out: Path):
+    """Within: this process alone evaluates into `out` (an exclusive lock on OUT/.lock, held to the
+    end). Two evaluations into one OUT would share OUT/.progress and eval.json: one report silently
+    replacing the other, one's batches counted in the other's numbers. The lock is the kernel's
+    (flock, through filelock), so a killed holder's lock goes with it and never blocks the next run.
+    The lock file is kept out of OUT/.progress: nothing reads it as progress. An OUT this call
+    created and the run left empty (it failed before writing anything) is removed again."""
+    from filelock import FileLock, Timeout
+
+    from augment.errors import MatPlusError
+
+    created = not out.exists()
+    lock = FileLock(out / LOCK_FILE, timeout=0)  # creates OUT
+    try:
+        lock.acquire()
+    except Timeout:
+        raise MatPlusError(f"{out}: another train eval is writing here; wait for it to finish or choose "
+                           "another --out") from None
+    try:
+        yield
+    finally:
+        lock_only = created and [path.name for path in out.iterdir()] == [LOCK_FILE]
+        if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
+            (out / LOCK_FILE).unlink(missing_ok=True)
+        lock.release()
+        if lock_only:
+            with contextlib.suppress(OSError):  # another run has started writing here since
+                out.rmdir()
 
 
 def _check_option_values(args) -> None:
@@ -387,6 +423,12 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`train eval` of every task, holding OUT (`writing_into`) before anything in it is read."""
+    with writing_into(Path(args.out)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from augment.commands.common import read_source

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -68,20 +69,53 @@ def weights_identity(victim, attacker) -> dict:
     return {"weights": weights, "attacker_weights": weights if attacker is victim else weights_fingerprint(attacker)}
 
 
+TRASH_PREFIX = ".trash-"  # a folder being deleted: renamed first, so no reader ever meets it half-deleted
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete the folder `path` as one step from a reader's view: renamed to a hidden trash name
+    beside it (`TRASH_PREFIX`; one rename, atomic), then deleted. `shutil.rmtree` alone deletes in
+    directory order, so a kill part-way could leave an attack's batches without their summary.json
+    (and their pixels already gone), which a resumed evaluation would read as finished and fail
+    on. A trash folder a kill leaves is deleted by the next run (`clear_trash`), never read."""
+    import shutil
+
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(TRASH_PREFIX + path.name)
+    if trash.exists():  # a killed run's leftover of the same name: os.replace cannot rename over a folder
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clear_trash(folder: str | Path) -> None:
+    """Delete the trash folders (`remove_tree`) a killed run left in `folder` and beside it (its own)."""
+    import shutil
+
+    folder = Path(folder)
+    leftovers = list(folder.glob(TRASH_PREFIX + "*")) if folder.is_dir() else []
+    for trash in [*leftovers, folder.with_name(TRASH_PREFIX + folder.name)]:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
 def remove_finished_store(folder: str | Path) -> None:
-    """Delete a finished evaluation's store, its `settings.json` last: a kill part-way leaves a store
-    the same command resumes (re-doing only the batches already deleted, to the same report),
-    never finished batches without the settings they were made with, which it would refuse."""
+    """Delete a finished evaluation's store, its `settings.json` last and each attack's folder as
+    one step (`remove_tree`): a kill part-way leaves a store the same command resumes (re-doing
+    only the attacks already deleted, to the same report), never finished batches without the
+    settings they were made with (refused), nor an attack's batches without its summary.json
+    whose pixels are gone (unresumable)."""
     import shutil
 
     folder = Path(folder)
     if not folder.exists():
         return
     for entry in folder.iterdir():
-        if entry.name == SETTINGS_FILE:
+        if entry.name == SETTINGS_FILE or entry.name.startswith(TRASH_PREFIX):
             continue
         if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
         else:
             entry.unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
@@ -102,9 +136,8 @@ class BatchStore:
     """
 
     def __init__(self, folder: str | Path, settings: dict):
-        import shutil
-
         self.folder = Path(folder)
+        clear_trash(self.folder)  # a killed clean-up's leftovers: never read as progress
         wanted = json.dumps(settings, sort_keys=True, default=str)
         marker = self.folder / SETTINGS_FILE
         found = marker.read_text(encoding="utf-8") if marker.is_file() else None
@@ -122,7 +155,7 @@ class BatchStore:
                     f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
                     f"({differences}): run that evaluation's command again to finish it, "
                     f"or discard them (train eval --restart)")
-            shutil.rmtree(self.folder)
+            remove_tree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not marker.is_file():
             atomic_write_text(marker, wanted)  # a half-written marker would refuse the resume it guards
@@ -167,12 +200,16 @@ class BatchStore:
             self._write(self._pixels_path(attack, batch), pixels)
         self._write(self._path(attack, batch), record.state())
 
-    def load_pixels(self, attack: str, batch: int) -> torch.Tensor:
-        """The pixels saved with a batch ([B, 3, H, W], on the CPU); a batch saved before pixels
-        had files of their own holds them itself."""
+    def load_pixels(self, attack: str, batch: int, images: int | None = None) -> torch.Tensor:
+        """The pixels saved with a batch ([B, 3, H, W], on the CPU; `images`: B, checked when given); a
+        batch saved before pixels had files of their own holds them itself."""
         path = self._pixels_path(attack, batch)
-        pixels = load_tensors(path, _RESTART) if path.is_file() else \
-            self.load_state(attack, batch).get("images")
+        if path.is_file():
+            pixels = _checked(path, load_tensors(path, _RESTART), lambda value: tensors_problem(value, images, dims=4))
+        else:
+            path = self._path(attack, batch)
+            pixels = self.load_state(attack, batch).get("images")
+            _checked(path, pixels, lambda value: value and tensors_problem(value, images, dims=4))
         if not pixels:
             from augment.errors import MatPlusError
 
@@ -185,9 +222,10 @@ class BatchStore:
         self._write(self.folder / "clean.pt", {"image_emb": clean.image_emb, "text_emb": clean.text_emb,
                                                "hits": clean.hits})
 
-    def load_clean(self) -> dict | None:
+    def load_clean(self, check: Callable[[Any], str | None] | None = None) -> dict | None:
+        """The clean pass `save_clean` kept, or None; `check(content)`: what is wrong with it, or None."""
         path = self.folder / "clean.pt"
-        return load_tensors(path, _RESTART) if path.is_file() else None
+        return _checked(path, load_tensors(path, _RESTART), check) if path.is_file() else None
 
     def save_summary(self, attack: str, entry: dict) -> None:
         """An attack's finished report entry (JSON), so a resumed evaluation takes it as it is
@@ -205,15 +243,80 @@ class BatchStore:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             from augment.errors import MatPlusError
 
             raise MatPlusError(f"{path}: unreadable ({error}); run train eval with --restart") from error
+        return _checked(path, entry, lambda value: None if isinstance(value, dict) else f"holds a {_kind(value)}, not an entry")
 
-    def load_state(self, attack: str, batch: int) -> dict:
-        """The saved `state()` of a batch (any task's record)."""
-        return load_tensors(self._path(attack, batch), _RESTART)
+    def load_state(self, attack: str, batch: int, check: Callable[[Any], str | None] | None = None) -> dict:
+        """The saved `state()` of a batch (any task's record); `check(state)`: what is wrong with its
+        content (the task's fields, their lengths), or None."""
+        path = self._path(attack, batch)
+        return _checked(path, load_tensors(path, _RESTART), check)
+
+
+def _checked(path: Path, content, check: Callable[[Any], str | None] | None):
+    """`content` read from `path` when `check` finds nothing wrong with it. A file torch reads that holds
+    something else (a hand edit, another program's file) is the damaged file's one line, not a
+    traceback deep in the report."""
+    problem = check(content) if check is not None else None
+    if problem:
+        from augment.errors import MatPlusError
+
+        raise MatPlusError(f"{path}: unreadable ({problem}); {_RESTART}")
+    return content
+
+
+def _kind(value) -> str:
+    return type(value).__name__
+
+
+def _rows(value) -> int:
+    """Rows of a tensor (its first dimension), a list of tensors (theirs, summed) or a list."""
+    if isinstance(value, torch.Tensor):
+        return value.shape[0]
+    return sum(item.shape[0] for item in value) if value and isinstance(value[0], torch.Tensor) else len(value)
+
+
+def tensors_problem(value, rows: int | None = None, dims: int | None = None, width: int | None = None) -> str | None:
+    """What is wrong with `value` as a tensor or a list of tensors with `dims` dimensions, `rows` rows
+    in all and `width` columns (each checked when given), or None."""
+    parts = [value] if isinstance(value, torch.Tensor) else value
+    if not isinstance(parts, list) or not all(isinstance(part, torch.Tensor) for part in parts):
+        return f"a {_kind(value)}, not tensors"
+    for part in parts:
+        if part.dim() == 0 or (dims is not None and part.dim() != dims):
+            return f"a tensor of shape {tuple(part.shape)}, not {dims or 'one or more'} dimensions"
+        if width is not None and (part.dim() < 2 or part.shape[1] != width):
+            return f"a tensor of shape {tuple(part.shape)}, not {width} columns"
+    if rows is not None and _rows(value) != rows:
+        return f"{_rows(value)} rows, not {rows}"
+    return None
+
+
+def content_problem(content, fields: dict[str, tuple[type | tuple[type, ...], int | None]],
+                    tensors: dict[str, dict] | None = None) -> str | None:
+    """What is wrong with a progress file's `content` as a dict holding `fields` ({key: (type, rows or
+    None)}; a list's length, a tensor's first dimension) and `tensors` ({key: `tensors_problem`'s
+    keyword arguments}), or None: one check per file kind, before any number is read from it."""
+    if not isinstance(content, dict):
+        return f"holds a {_kind(content)}, not a dict"
+    missing = [key for key in (*fields, *(tensors or {})) if key not in content]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for key, (kind, rows) in fields.items():
+        value = content[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+            return f"{key} is a {_kind(value)}"
+        if rows is not None and _rows(value) != rows:
+            return f"{key} has {_rows(value)} rows, not {rows}"
+    for key, expected in (tensors or {}).items():
+        problem = tensors_problem(content[key], **expected)
+        if problem:
+            return f"{key} is {problem}"
+    return None
 
 
 def _settings_differences(found: str | None, wanted: str) -> str | None:

@@ -41,6 +41,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -55,7 +56,7 @@ from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, bu
                                gallery_pixels, model_id, plain_attack_options, reseed_attack, resumable_batches,
                                resume_settings, to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
-from train.eval_store import BatchStore
+from train.eval_store import BatchStore, content_problem
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -441,14 +442,17 @@ class _RetrievalRun:
         for batch_index, start, text_ids, decoded in resumable_batches(
                 self.gallery, self.batch_size, self.attacker.preprocess_eval, self.workers, store, self.writers, name):
             if decoded is None:
-                record.extend(AttackRecord.from_state(self.store.load_state(name, batch_index)))
+                expected = partial(_batch_problem, attack.modality, min(self.batch_size, len(self.gallery) - start),
+                                   len(text_ids), clean.image_emb.shape[1], self.caption_checker is not None)
+                record.extend(AttackRecord.from_state(self.store.load_state(name, batch_index, expected)))
                 bar.update(min(self.batch_size, len(self.gallery) - start))
                 continue
             decoded_pixels, rows = decoded
             record.extend(self.attack_batch(name, attack, batch_index, start, text_ids, decoded_pixels, rows))
             bar.update(len(rows))
         entry = _summarise(record, clean, self.ranker, self.caption_checker is not None,
-                           _stored_pixels(self.pixel_store, name, self.batch_count) if self.keep_pixels else None)
+                           _stored_pixels(self.pixel_store, name, self.batch_count, self.batch_size, len(self.gallery))
+                           if self.keep_pixels else None)
         if name in self.writers:
             self.writers[name].finalize(expected_shards=batch_index + 1)
             entry["adversarial_pool"] = str(self.writers[name].out_dir)
@@ -505,7 +509,7 @@ def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, work
                 store: "BatchStore | None", pixel_batches: PixelBatches | None) -> CleanGallery:
     """The victim's clean view of the whole gallery: embeddings and per-query hits (taken from
     `store` when a killed evaluation kept them, else computed and kept there)."""
-    kept = store.load_clean() if store is not None else None
+    kept = store.load_clean(partial(_clean_problem, len(gallery), len(gallery.captions))) if store is not None else None
     if kept is not None:
         return CleanGallery(kept["image_emb"], kept["text_emb"], pixel_batches, list(gallery.captions), kept["hits"])
     image_emb, text_emb = [], []
@@ -521,9 +525,36 @@ def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, work
     return clean
 
 
-def _stored_pixels(store: "BatchStore", name: str, batch_count: int) -> PixelBatches:
-    """Attack `name`'s victim-resolution pixels read back from `store`, one batch at a time."""
-    return lambda: (store.load_pixels(name, b) for b in range(batch_count))
+def _stored_pixels(store: "BatchStore", name: str, batch_count: int, batch_size: int, images: int) -> PixelBatches:
+    """Attack `name`'s victim-resolution pixels read back from `store`, one batch at a time (each
+    checked to hold its batch's images)."""
+    return lambda: (store.load_pixels(name, b, min(batch_size, images - b * batch_size)) for b in range(batch_count))
+
+
+def _clean_problem(images: int, captions: int, kept) -> str | None:
+    """What is wrong with a kept clean pass (`BatchStore.save_clean`) of a gallery of `images` images
+    and `captions` captions, or None."""
+    problem = content_problem(kept, {"hits": (dict, None)}, {"image_emb": {"rows": images, "dims": 2},
+                                                             "text_emb": {"rows": captions, "dims": 2}})
+    if problem is None and kept["image_emb"].shape[1] != kept["text_emb"].shape[1]:
+        problem = f"image_emb and text_emb of {kept['image_emb'].shape[1]} and {kept['text_emb'].shape[1]} columns"
+    if problem is None:
+        problem = content_problem(kept["hits"], {}, {
+            **{f"tr@{k}": {"rows": images, "dims": 1} for k in KS}, **{f"ir@{k}": {"rows": captions, "dims": 1} for k in KS}})
+        problem = problem and f"hits: {problem}"
+    return problem
+
+
+def _batch_problem(modality: str, images: int, captions: int, width: int, checked: bool, state) -> str | None:
+    """What is wrong with a kept batch (`AttackRecord.state`) of an attack of `modality` over `images`
+    images and `captions` captions (embeddings `width` wide; `checked`: with the checker's verdicts),
+    or None."""
+    attacked = images if modality in ("image", "multimodal") else 0
+    changed = captions if modality in ("text", "multimodal") else 0
+    return content_problem(
+        state, {"texts": (list, changed), "words_changed": (list, changed), "checker_verdicts": (list, changed if checked else 0),
+                "linf": ((int, float), None), "seconds": ((int, float), None)},
+        {"image_emb": {"rows": attacked, "width": width, "dims": 2}, "text_emb": {"rows": changed, "width": width, "dims": 2}})
 
 
 def _as_written(entry: dict) -> dict:

@@ -89,6 +89,14 @@ class _Record:
         """Plain lists, tensors and numbers: what `BatchStore` saves and `torch.load(weights_only=True)` reads."""
         return {**{key: getattr(self, key) for key in self.FIELDS}, "linf": self.linf, "seconds": self.seconds}
 
+    @classmethod
+    def problem(cls, state) -> str | None:
+        """What is wrong with a kept batch (a `state()` read back) for `extend`, or None."""
+        from train.eval_store import content_problem
+
+        return content_problem(state, {**{key: (list, None) for key in cls.FIELDS},
+                                       "linf": ((int, float), None), "seconds": ((int, float), None)})
+
     def extend(self, state: dict) -> None:
         """Append one batch (a `state()`)."""
         for key in self.FIELDS:
@@ -209,7 +217,7 @@ class _CaptioningRun:
         for batch_index, start, text_ids, decoded in resumable_batches(
                 self.gallery, self.batch_size, reader.preprocess_eval, self.workers, self.store, self.writers, name):
             if decoded is None:
-                record.extend(self.store.load_state(name, batch_index))
+                record.extend(self.store.load_state(name, batch_index, _Record.problem))
                 bar.update(min(self.batch_size, len(self.gallery) - start))
                 continue
             pixels, rows = decoded

@@ -39,6 +39,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,7 +50,7 @@ from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, ran
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
-from train.eval_store import BatchStore, substitute_model_identity, weights_identity
+from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
 from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
@@ -118,6 +119,12 @@ class _BatchResult:
 
     def state(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def problem(expressions: int, state) -> str | None:
+        """What is wrong with a kept batch of `expressions` expressions (a `state()` read back), or None."""
+        return content_problem(state, {**{key: (list, expressions) for key in ("hits", "kept_hits", "words_changed", "verdicts")},
+                                       "linf": ((int, float), None), "seconds": ((int, float), None)})
 
 
 class _Tally:
@@ -355,7 +362,8 @@ class _GroundingRun:
         # a batch at a time (images decoded, attacked and grounded per batch): memory stays bounded
         for batch_index, pixels in _resumable_batches(self.data, self.spans, views, self.workers, self.store, name):
             if pixels is None:
-                state = self.store.load_state(name, batch_index)
+                expected = partial(_BatchResult.problem, len(self.batch_ids[batch_index]))
+                state = self.store.load_state(name, batch_index, expected)
             else:
                 part = self.attack_batch(name, attack, pixels, batch_index)
                 if self.store is not None:

@@ -1,0 +1,194 @@
+"""`train eval`'s progress folder: one evaluation per OUT (a lock), removal a kill cannot leave
+half-done, and progress files whose content is wrong refused in one line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def eval_args(world: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "tiny-clip", "--source", str(world), "--split", "test", "--limit", "4", "--batch-size", "2",
+            "--attacks", "clean,pgd", "--pgd-steps", "2", "--workers", "0", "--no-progress", "--out", str(out), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # besides "reading ...", "resuming ..."
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_a_second_eval_into_a_held_out_is_refused_and_a_killed_holder_blocks_nothing(sample_world_dir, tmp_path, capsys):
+    """Two evaluations into one OUT shared its progress and report: one silently replaced the other's.
+    While one holds OUT another stops at once in one line (exit 2); a holder killed with SIGKILL
+    (the kernel drops its flock) does not block the next run."""
+    from train.cli import main
+    from train.commands_eval import LOCK_FILE
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock\n"  # as train eval holds OUT
+                               "with FileLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+         str(out / LOCK_FILE)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(eval_args(sample_world_dir, out)) == 2
+        line = one_line_error(capsys)
+        assert str(out) in line and "another train eval is writing here" in line, line
+        assert not (out / "eval.json").exists() and not (out / ".progress").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK_FILE).exists()  # left by the killed holder
+    assert main(eval_args(sample_world_dir, out)) == 0
+    assert (out / "eval.json").is_file() and not (out / ".progress").exists()
+
+
+def test_a_failed_eval_leaves_no_out_it_created(tmp_path, capsys):
+    """The lock's folder is not left behind by a run that wrote nothing (a wrong --source)."""
+    from train.cli import main
+
+    assert main(eval_args(tmp_path / "missing", tmp_path / "out")) == 2
+    assert not (tmp_path / "out").exists()
+
+
+class _Record:
+    """A finished batch with pixels (what re-ranking keeps), as `BatchStore.save` takes it."""
+
+    images = [torch.zeros(1, 3, 2, 2)]
+
+    def state(self) -> dict:
+        return {"image_emb": [torch.zeros(1, 4)]}
+
+
+def test_a_kill_while_a_finished_store_is_removed_leaves_each_attack_whole(tmp_path, monkeypatch):
+    """rmtree deleted an attack's folder in directory order: a kill after its summary.json went left
+    its batches (their pixels already deleted) to be resumed as finished, which failed. Now an
+    attack's folder is gone at once, or whole; a trash folder a kill leaves is deleted, never read."""
+    import shutil
+
+    from train.eval_store import BatchStore, remove_finished_store
+
+    folder = tmp_path / ".progress"
+    store = BatchStore(folder, {"a": 1})
+    for batch in (0, 1):
+        store.save("pgd", batch, _Record())
+    store.save_summary("pgd", {"tr@1": 50.0})
+    real_rmtree = shutil.rmtree
+
+    def killed_part_way(path, *args, **kwargs):
+        summary = Path(path) / "summary.json"
+        if summary.is_file():  # the first file gone, then the kill
+            summary.unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_part_way)
+    with pytest.raises(KeyboardInterrupt):
+        remove_finished_store(folder)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    resumed = BatchStore(folder, {"a": 1})
+    assert resumed.load_summary("pgd") is not None or not resumed.has("pgd", 0)
+    assert resumed.finished_batches() == {} and list(folder.iterdir()) == [folder / "settings.json"]
+
+
+def test_restart_removes_the_progress_folder_as_one_step(tmp_path, monkeypatch):
+    """--restart's removal: a kill part-way leaves no half-deleted OUT/.progress to resume, only a
+    trash folder the next store deletes."""
+    import argparse
+    import shutil
+
+    from train.commands_eval import progress_folder
+    from train.eval_store import BatchStore
+
+    out = tmp_path / "out"
+    store = BatchStore(out / ".progress", {"a": 1})
+    store.save("pgd", 0, _Record())
+    store.save_summary("pgd", {"tr@1": 50.0})
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        progress_folder(argparse.Namespace(out=str(out), restart=True))
+    monkeypatch.undo()
+    assert not (out / ".progress").exists()
+    BatchStore(out / ".progress", {"a": 2})  # other settings: nothing finished is left to refuse
+    assert sorted(p.name for p in out.iterdir()) == [".progress"]
+
+
+@pytest.fixture()
+def kept_progress(sample_world_dir, tmp_path, monkeypatch, capsys):
+    """OUT/.progress of a retrieval evaluation killed just before its report (clean.pt, pgd's batches
+    and summary), and the numbers of the uninterrupted run."""
+    import train.eval_report
+    from train.cli import main
+
+    assert main(eval_args(sample_world_dir, tmp_path / "whole")) == 0
+    whole = json.loads((tmp_path / "whole" / "eval.json").read_text())["attacks"]
+    with monkeypatch.context() as patch:
+        patch.setattr(train.eval_report, "write_report", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(eval_args(sample_world_dir, tmp_path / "out")) != 0  # the CLI's "interrupted" line
+    assert (tmp_path / "out" / ".progress" / "pgd" / "summary.json").is_file()
+    capsys.readouterr()
+    return tmp_path / "out", whole
+
+
+@pytest.mark.parametrize("name, content", [
+    ("clean.pt", [1, 2]),  # TypeError, exit 1, before
+    ("clean.pt", {"image_emb": torch.zeros(4, 8), "text_emb": torch.zeros(3, 8), "hits": {}}),
+    ("pgd/batch-00001.pt", {"x": 1}),  # RuntimeError: index out of bounds, before
+    ("pgd/batch-00001.pt", {"image_emb": [torch.zeros(1, 8)], "text_emb": [], "texts": [], "words_changed": [],
+                            "checker_verdicts": [], "linf": 0.0, "seconds": 0.0}),
+])
+def test_a_progress_file_with_the_wrong_content_is_one_line(kept_progress, sample_world_dir, capsys, name, content):
+    """A progress file torch reads but that holds something else is the damaged file's one line
+    naming it (exit 2), not a traceback."""
+    from train.cli import main
+
+    out, _ = kept_progress
+    progress = out / ".progress"
+    (progress / "pgd" / "summary.json").unlink()  # the batches are read back, not the kept entry
+    torch.save(content, progress / name)
+    assert main(eval_args(sample_world_dir, out)) == 2
+    line = one_line_error(capsys)
+    assert str(progress / name) in line and "--restart" in line, line
+    assert not (out / "eval.json").exists()
+
+
+def test_progress_with_the_right_content_still_resumes_to_the_same_numbers(kept_progress, sample_world_dir):
+    from train.cli import main
+
+    out, whole = kept_progress
+    (out / ".progress" / "pgd" / "summary.json").unlink()
+    assert main(eval_args(sample_world_dir, out)) == 0
+    resumed = json.loads((out / "eval.json").read_text())["attacks"]
+    drop = ("seconds",)
+    assert {n: {k: v for k, v in e.items() if k not in drop} for n, e in resumed.items()} == \
+        {n: {k: v for k, v in e.items() if k not in drop} for n, e in whole.items()}
+
+
+def test_captioning_and_grounding_batches_with_the_wrong_content_are_one_line(tmp_path):
+    """Every task's kept batch is checked where it is read back: a KeyError or zip's ValueError, before."""
+    from augment.errors import MatPlusError
+    from train.eval_store import BatchStore
+    from train.evaluate_captioning import _Record
+    from train.evaluate_grounding import _BatchResult
+
+    store = BatchStore(tmp_path / ".progress", {"a": 1})
+    good = _BatchResult([True, False], [True, False], [0, 1], [None, True], 0.0, 1.0)
+    store.save("pgd", 0, good)
+    assert store.load_state("pgd", 0, lambda state: _BatchResult.problem(2, state)) == good.state()
+    for check in (lambda state: _BatchResult.problem(3, state), _Record.problem):
+        with pytest.raises(MatPlusError, match=r"batch-00000\.pt: unreadable \(.*\); run train eval with --restart"):
+            store.load_state("pgd", 0, check)
+    caption = _Record(None)
+    store.save("clean", 0, caption)
+    assert store.load_state("clean", 0, _Record.problem) == caption.state()
