@@ -44,13 +44,41 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
                 raise MatPlusError(f"{candidate}: not UTF-8 text; not an eval.json `train eval` wrote") from None
             except json.JSONDecodeError as exc:
                 raise MatPlusError(f"{candidate}: malformed JSON: {exc.msg}") from None
-            if not (isinstance(report, dict) and isinstance(report.get("attacks", {}), dict)
-                    and all(isinstance(entry, dict) for entry in report.get("attacks", {}).values())
-                    and isinstance(report.get("settings", {}), dict)):
-                raise MatPlusError(f"{candidate}: not an evaluation report (an object whose 'attacks' map names to "
-                                   "objects); run `train eval` again")
+            problem = _shape_problem(report)
+            if problem:
+                raise MatPlusError(f"{candidate}: not an evaluation report ({problem}); run `train eval` again")
             found.append((candidate.parent.name if candidate.name == EVAL_JSON else candidate.stem, report))
     return found
+
+
+# the metrics `analysis compare` formats as numbers (a string there was a ValueError traceback)
+_COMPARED_METRICS = ("tr@1", "ir@1", "rsum", "cider", "accuracy")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shape_problem(report) -> str | None:
+    """What of an eval.json `analysis compare` reads has the wrong shape (None: nothing): every value
+    the tables read is checked here, so a hand-edited or foreign file is one line, not a traceback."""
+    if not isinstance(report, dict):
+        return "an object whose 'attacks' map names to objects"
+    attacks = report.get("attacks", {})
+    if not isinstance(attacks, dict) or not all(isinstance(entry, dict) for entry in attacks.values()):
+        return "an object whose 'attacks' map names to objects"
+    for attack, entry in attacks.items():
+        for key in _COMPARED_METRICS:
+            if key in entry and not _is_number(entry[key]):
+                return f"attacks.{attack}.{key} must be a number, got {entry[key]!r}"
+    if not isinstance(report.get("task", "retrieval"), str):
+        return f"'task' must be a task name, got {report['task']!r}"
+    for key in ("settings", "attacker", "victim"):
+        if not isinstance(report.get(key, {}), dict):
+            return f"'{key}' must be an object, got {report[key]!r}"
+    if not isinstance(report.get("settings", {}).get("attack_options", {}), dict):
+        return f"'settings.attack_options' must be an object, got {report['settings']['attack_options']!r}"
+    return None
 
 
 # what one cell of `analysis compare` shows per task: (column suffix, cell of an attack's entry)

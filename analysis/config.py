@@ -123,6 +123,18 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
             raise MatPlusError(f"study config {candidate}: expected a mapping of settings, got {type(layer).__name__}")
     config = _merge(DEFAULTS, layer)
     config = _merge(config, overrides or {})
+    try:
+        return _checked(config, layer, overrides)
+    except MatPlusError as exc:
+        # every check below says "study config: ..."; a config read from a file names that file (one place)
+        message = str(exc)
+        if path is None or not message.startswith("study config: "):
+            raise
+        raise MatPlusError(f"study config {candidate}: {message[len('study config: '):]}") from None
+
+
+def _checked(config: dict, layer: dict, overrides: dict | None) -> dict:
+    """`config` checked whole before any work: its first problem as one line "study config: ..."."""
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise MatPlusError(f"study config: unknown keys {unknown}")
@@ -138,7 +150,11 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     given = _merge(layer, overrides or {})
     if config["task"] != "retrieval":
         config = _task_config(config, given)
-    else:
+    if "mat+" in config["methods"] and not config["pools"]:
+        # mat+ runs once per pool: with none the study trained no mat+ run and still exited 0
+        raise MatPlusError("study config: methods has mat+ but pools is empty (mat+ runs once per pool): "
+                           "add a pool or leave mat+ out")
+    if config["task"] == "retrieval":
         _check_retrieval_eval(config["eval"])
         _check_retrieval_headline(config, given)
     _check_train(config)
@@ -200,6 +216,10 @@ def _check_sections(config: dict) -> None:
         for key in COUNTS.get(section, ()):
             if key in value and value[key] is not None and not _is_count(value[key]):
                 raise MatPlusError(f"study config: {section}.{key} must be a whole number >= 1, got {value[key]!r}")
+    lr = config["pretrain"].get("lr")
+    if not _is_positive_number(lr):
+        # the pretrainer refused it only after the world and every pool were built
+        raise MatPlusError(f"study config: pretrain.lr must be a positive number, got {lr!r}")
     sweep = config.get("n_aug_sweep")
     if isinstance(sweep, dict) and sweep.get("pool"):
         values = sweep.get("values")
@@ -265,6 +285,16 @@ def eval_attack_options(evaluation: dict) -> dict:
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 
 
+def _is_positive_number(value) -> bool:
+    """A number > 0; YAML 1.1 reads `1e-3` as the string '1e-3', which the trainer parses as a number too."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _is_count(value) -> bool:
     """A whole number >= 1 (YAML's true is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -319,6 +349,10 @@ def _check_retrieval_headline(config: dict, given: dict) -> None:
 
     runs = {spec.name for spec in run_specs(config)}
     if "headline_runs" in given:
+        if not isinstance(config["headline_runs"], list) or not all(isinstance(r, str) for r in config["headline_runs"]):
+            # `headline_runs: mat` was read letter by letter
+            raise MatPlusError(f"study config: headline_runs must be a list of run names, e.g. [mat], "
+                               f"got {config['headline_runs']!r}")
         unknown = [r for r in config["headline_runs"] if r not in runs]
         if unknown:
             raise MatPlusError(f"study config: headline_runs {unknown} are not runs of this study ({', '.join(sorted(runs))})")
@@ -337,6 +371,13 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     limit = evaluation["limit"]
     if limit is not None and not _is_count(limit):
         raise MatPlusError(f"study config: eval.limit must be null (every image) or a whole number >= 1, got {limit!r}")
+    # a 0 here was a division by zero in the evaluation, after every run had trained
+    if not _is_count(evaluation["batch_size"]):
+        raise MatPlusError(f"study config: eval.batch_size must be a whole number >= 1, got {evaluation['batch_size']!r}")
+    captions = evaluation.get("captions_per_image")
+    if captions is not None and not _is_count(captions):
+        raise MatPlusError(f"study config: eval.captions_per_image must be null (every caption) or a whole number >= 1, "
+                           f"got {captions!r}")
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:

@@ -1,7 +1,9 @@
 """`analysis study`: which pool properties predict robustness, on the bundled sample world.
 
 The study is a chain of cached steps under `out/`; each step writes its result atomically and is
-skipped when a re-run finds it done with the same settings, so an interrupted study resumes:
+skipped when a re-run finds it done with the same settings (which hold the fingerprints of the
+steps it read: a remade pretrained model redoes the scores, runs and evaluations made from the
+old one), so an interrupted study resumes:
 
 1. `world/`: the sample world; `finetune/` (its first `finetune_scenes` train scenes plus every
    val/test scene) and `oracle/` (more train scenes) reuse its images;
@@ -46,7 +48,22 @@ def is_done(folder: Path, settings: Any) -> bool:
 
 def mark_done(folder: Path, settings: Any, **extra: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / DONE, {"settings": _settings_hash(settings), **extra})
+    # each setting's own hash too, so that a re-run can say which one changed (see Study.cached)
+    parts = {key: _settings_hash(value) for key, value in settings.items()} if isinstance(settings, dict) else {}
+    write_json_atomic(folder / DONE, {"settings": _settings_hash(settings), "parts": parts, **extra})
+
+
+def made(folder: Path) -> str | None:
+    """The fingerprint of the cached stage in `folder` (its settings' hash, which holds the
+    fingerprints of the stages it read), None if it has none (not made, or not by a study)."""
+    marker = folder / DONE
+    return json.loads(marker.read_text()).get("settings") if marker.exists() else None
+
+
+# a training stage's fingerprint, written before it trains: a killed run resumes only when it was
+# started from the same settings and inputs (the trainer compares its own settings only, and the
+# pretrained model's path stays the same when its weights are retrained)
+STARTED = ".started.json"
 
 
 @dataclass
@@ -94,6 +111,21 @@ def run_specs(config: dict) -> list[RunSpec]:
 
 
 class Study:
+    def cached(self, stage: str, folder: Path, settings: Any) -> bool:
+        """Whether `folder` holds `stage` made with `settings` (inputs' fingerprints included); an
+        older result made otherwise is to be redone, and one line says which and why."""
+        if is_done(folder, settings):
+            return True
+        marker = folder / DONE
+        if marker.exists():
+            parts = json.loads(marker.read_text()).get("parts") or {}
+            now = {key: _settings_hash(value) for key, value in settings.items()} if isinstance(settings, dict) else {}
+            changed = sorted(key for key in set(parts) | set(now) if parts.get(key) != now.get(key)) if parts else []
+            why = f"made with other {', '.join(changed)}" if changed else "made with other settings or inputs"
+            self.log(f"[{stage}] {folder.relative_to(self.out) if folder.is_relative_to(self.out) else folder}: "
+                     f"redone from scratch ({why})")
+        return False
+
     def __init__(self, config: dict, log: Callable[[str], None] = print):
         self.config = config
         self.out = Path(config["out"])
@@ -118,7 +150,7 @@ class Study:
     def world(self) -> Path:
         folder = self.out / "world"
         settings = self.world_key()
-        if not is_done(folder, settings):
+        if not self.cached("world", folder, settings):
             from augment.world.writer import write_sample
 
             if folder.exists():
@@ -137,7 +169,7 @@ class Study:
         settings = {"world": self.world_key(), "train_scenes": train_scenes, "skip": skip, "captions": captions}
         if skip == 0 and captions is None:  # the settings subsets had before these options (keeps caches valid)
             settings = {"world": self.world_key(), "train_scenes": train_scenes}
-        if not is_done(folder, settings):
+        if not self.cached(name, folder, settings):
             data = json.loads((world / "dataset_sample.json").read_text())
             kept, seen = [], 0
             for entry in data["images"]:
@@ -186,7 +218,7 @@ class Study:
         rest = settings.pop("scenes", "all") == "rest"
         if rest:  # pretrained on the scenes the fine-tuning set lacks: fine-tuning brings new scenes
             settings["skip_scenes"] = self.config["finetune_scenes"]
-        if not is_done(folder, settings):
+        if not self.cached("pretrain", folder, settings):
             which = f"the {settings['skip_scenes']}+ train scenes not fine-tuned on" if rest else "every train scene"
             self.log(f"[pretrain] clean, {settings['steps']} steps on {which}")
             p = self.config["pretrain"]
@@ -195,7 +227,7 @@ class Study:
                 "method": "clean", "model": self.config["model"], "train_data": str(source),
                 "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
                 "warmup": max(1, p["steps"] // 20), "seed": p.get("seed", 0), **self.task_settings(),
-            })
+            }, made_from=_settings_hash(settings), log=self.log)
             mark_done(folder, settings)
         return folder / "ckpt"
 
@@ -209,7 +241,7 @@ class Study:
         settings = {"spec": spec, "finetune_scenes": self.config["finetune_scenes"], "world": self.world_key()}
         if self.config.get("finetune_captions") is not None:
             settings["finetune_captions"] = self.config["finetune_captions"]
-        if not is_done(folder, settings):
+        if not self.cached("pool", folder, settings):
             self.log(f"[pool] {base}: {spec['method']} x{spec.get('n', 4)}")
             run_augment(["generate", *generate_arguments(spec), "--source", str(self.source_dir("finetune")),
                          "--out", str(folder), "--no-progress", "--overwrite"])
@@ -217,7 +249,7 @@ class Study:
         if not cut:
             return folder
         selected = self.out / "pools" / f"{base}@n{cut}"
-        if not is_done(selected, {**settings, "max_per_item": int(cut)}):
+        if not self.cached("pool", selected, {**settings, "max_per_item": int(cut)}):
             run_augment(["select", str(folder), "--out", str(selected), "--max-per-item", cut, "--overwrite"])
             mark_done(selected, {**settings, "max_per_item": int(cut)})
         return selected
@@ -226,8 +258,10 @@ class Study:
         folder = self.pool(name)
         scorer = self.config.get("scorer") or str(self.pretrain())
         settings = {"scorer": scorer, "pool": json.loads((folder / DONE).read_text())["settings"]}
+        if not self.config.get("scorer"):  # the study's pretrained model: its weights change under the same path
+            settings["pretrained_fingerprint"] = made(Path(scorer).parent)
         marker = folder / "scores" / DONE
-        if not is_done(marker.parent, settings):
+        if not self.cached("score", marker.parent, settings):
             self.log(f"[score] {name}")
             run_augment(["score", str(folder), "--scorer", scorer, "--source", str(self.source_dir("finetune")), "--no-progress"])
             mark_done(marker.parent, settings)
@@ -248,11 +282,16 @@ class Study:
         if pools:
             settings.update(pools=pools, pool_mode=spec.pool_mode)
         validation = self.config.get("validation")
-        marker = dict(settings, validation=validation) if validation else settings
-        if not is_done(folder, marker):
+        marker = dict(settings, validation=validation) if validation else dict(settings)
+        # what the run reads, by the fingerprints of the stages that made it: the paths above stay the
+        # same when the pretrained model, a pool or the fine-tuning set is remade from other settings
+        marker.update(pretrained_fingerprint=made(Path(settings["model"]).parent),
+                      pool_fingerprints=[made(Path(p)) for p in pools],
+                      source_fingerprint=made(Path(settings["train_data"])))
+        if not self.cached("train", folder, marker):
             self.log(f"[train] {spec.name} seed {seed}")
             validator = self.validator(folder, seed) if validation else None
-            train_resumable(folder, settings, validator)
+            train_resumable(folder, settings, validator, made_from=_settings_hash(marker), log=self.log)
             mark_done(folder, marker)
         return folder / "ckpt"
 
@@ -286,11 +325,11 @@ class Study:
         e = self.config["eval"]
         settings = {"checkpoint": str(checkpoint), "eval": e, "seed": seed,
                     "trained": json.loads((checkpoint.parent / DONE).read_text()) if (checkpoint.parent / DONE).exists() else None}
-        if self.arm is not None and not is_done(folder, settings):
+        if self.arm is not None and not self.cached("eval", folder, settings):
             self.log(f"[eval] {name}")
             self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder)
             mark_done(folder, settings)
-        if not is_done(folder, settings):
+        if self.arm is None and not self.cached("eval", folder, settings):  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
             options = eval_attack_options(e)
@@ -394,8 +433,13 @@ def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dic
     return [sentences[(start + i) % len(sentences)] for i in range(k)]
 
 
-def train_resumable(folder: Path, settings: dict, validator=None) -> dict:
+def train_resumable(folder: Path, settings: dict, validator=None, made_from: str | None = None,
+                    log: Callable[[str], None] = print) -> dict:
     """Train into `folder`: resume a killed run of the same settings, replace one of other settings.
+
+    `made_from` (the stage's fingerprint: its settings and its inputs') is recorded before training;
+    a run in `folder` started from another (or none recorded) is trained again from scratch, never
+    resumed: its checkpoint may hold weights fine-tuned from another pretrained model.
 
     With a `validator` (train.validation.Validator) the run is validated every K steps and once
     more after its last step. A run found finished (killed during that last validation, or before
@@ -420,6 +464,19 @@ def train_resumable(folder: Path, settings: dict, validator=None) -> dict:
             validator.validate(trainer.total_steps, model=weights)
         return summary
 
+    from train.trainer import RUN_OUTPUTS
+
+    if made_from is not None:
+        started = folder / STARTED
+        recorded = json.loads(started.read_text()).get("made_from") if started.exists() else None
+        has_run = any((folder / name).exists() for name in RUN_OUTPUTS)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(started, {"made_from": made_from})
+        if has_run and recorded != made_from:
+            log(f"{folder.name}: its run was started from other settings or inputs: trained from scratch, not resumed")
+            return run({"overwrite": True})
+        if not has_run:
+            return run({})
     if not folder.exists():
         return run({})
     try:

@@ -1,7 +1,7 @@
 """argparse value checkers shared by every command line (one meaning per name).
 
 Each turns a command-line string into a value or raises `argparse.ArgumentTypeError`, which
-argparse reports as one usage line with exit status 2.
+argparse reports as the command's usage followed by one error line, with exit status 2.
 """
 from __future__ import annotations
 

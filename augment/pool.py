@@ -180,11 +180,11 @@ class PoolWriter:
         if self.out_dir.exists() and not _only_leftovers(self.out_dir):
             if not meta_path.exists():
                 raise PoolError(f"{self.out_dir}: exists and is not a pool; choose another --out")
-            old = read_pool_meta(self.out_dir)
-            if overwrite:
+            if overwrite:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
                 for shard in self.data_dir.glob("*.parquet"):
                     shard.unlink()
             else:
+                old = read_pool_meta(self.out_dir)
                 changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
                            and not (k in KEYS_ADDED_SINCE and k not in old)]
                 if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):

@@ -346,6 +346,35 @@ def custom_components(index: dict) -> dict[str, str]:
     return found
 
 
+def _check_sd_components(name: str, folder: Path, index: dict) -> None:
+    """Each component model_index.json names (not null) must have its subfolder: diffusers
+    otherwise builds the pipeline without it and fails later, far from the cause."""
+    for component, value in index.items():
+        if component.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != 2:
+            continue
+        if value[0] is None or value[1] is None:
+            continue
+        if not (folder / component).is_dir():
+            raise ModelLoadError(f"cannot load {_label('sd')} '{name}': folder {folder} has no {component}/ "
+                                 "(its model_index.json lists it)")
+
+
+def check_sd_folder(name: str, revision: str | None = None) -> None:
+    """For a local pipeline folder, what `load_sd_pipeline` checks before loading: its
+    model_index.json and the component subfolders it lists (cheap; nothing is loaded)."""
+    resolved = resolve_source(name, "sd", required_file="model_index.json", revision=revision)
+    if resolved.is_local:
+        with _translated_errors("sd", name):
+            _check_sd_components(name, Path(resolved.source), _read_model_index(resolved, revision))
+
+
+def _check_tokenizer(role: str, name: str, tokenizer: Any, folder: str) -> None:
+    """A folder without tokenizer files loads as a tokenizer of its special tokens only."""
+    if tokenizer is not None and len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelLoadError(f"cannot load {_label(role)} '{name}': folder {folder} has no tokenizer files "
+                             f"(its tokenizer has only {len(tokenizer)} special tokens)")
+
+
 def load_sd_pipeline(
     name: str,
     kind: str = "t2i",
@@ -367,6 +396,8 @@ def load_sd_pipeline(
     resolved = resolve_source(name, "sd", required_file="model_index.json", revision=revision)
     with _translated_errors("sd", name), _quiet_if_tiny(resolved):
         index = _read_model_index(resolved, revision)
+        if resolved.is_local:
+            _check_sd_components(name, Path(resolved.source), index)
         custom = custom_components(index)
         if custom and not trust_remote_code:
             listed = ", ".join(f"{component} ({code})" for component, code in sorted(custom.items()))
@@ -414,6 +445,7 @@ def load_captioner(
     kwargs = _hub_kwargs(resolved, revision, trust_remote_code)
     with _translated_errors("captioner", name), _quiet_if_tiny(resolved):
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
+        _check_tokenizer("captioner", name, getattr(processor, "tokenizer", None), resolved.source)
         model = _image_text_auto_class().from_pretrained(
             resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype)
         )
@@ -443,6 +475,7 @@ def load_paraphraser(
         kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
         model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
+        _check_tokenizer("paraphraser", name, tokenizer, resolved.source)
         model = model_class.from_pretrained(resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype))
         model = model.to(device).eval()
     if kind == "causal":
@@ -467,6 +500,7 @@ def load_mlm(
     kwargs = _hub_kwargs(resolved, revision, trust_remote_code)
     with _translated_errors("mlm", name), _quiet_if_tiny(resolved):
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
+        _check_tokenizer("mlm", name, tokenizer, resolved.source)
         model = AutoModelForMaskedLM.from_pretrained(resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype))
         model = model.to(device).eval()
     if tokenizer.mask_token is None:

@@ -439,6 +439,9 @@ def _captions_of(entry: dict, where: str) -> list[str]:
             if isinstance(value, list):
                 return _caption_list(value, where, repr(column))
             return [_string(value, where, repr(column))]
+    nulls = [column for column in CAPTION_COLUMNS if column in entry]
+    if nulls:  # the column is there, this row's value is not: say so, not "no caption column"
+        raise SourceError(f"{where}: {nulls[0]} is missing (null)")
     raise SourceError(f"{where}: no caption column (expected one of {list(CAPTION_COLUMNS)})")
 
 

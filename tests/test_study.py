@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from analysis.cli import compare_table, find_evaluations
-from analysis.config import load_study_config
+from analysis.config import CONFIG_DIR, load_study_config
 from analysis.report import mean_std, spearman
 from analysis.study import Study, run_specs
 from augment.errors import MatPlusError
@@ -158,7 +158,7 @@ def test_train_and_eval_sections_speak_the_commands_names():
         with pytest.raises(MatPlusError) as caught:
             load_study_config("mini", overrides)
         message = str(caught.value)
-        assert message.startswith("study config: ") and "\n" not in message
+        assert message.startswith(f"study config {CONFIG_DIR / 'mini.yaml'}: ") and "\n" not in message
         for part in parts:
             assert part in message, message
 
@@ -170,7 +170,7 @@ def test_train_and_eval_sections_speak_the_commands_names():
     refused({"train": {"seed": 3}}, "train.seed is set by the study")
     refused({"train": {"pools": ["p"], "method": "mat"}}, "train.method, train.pools are set by the study")
     refused({"train": {"max_steps": None}}, "train.max_steps must be a whole number of steps")
-    refused({"train": {"pgd_steps": -1}}, "study config: train (", "): --pgd-steps must be non-negative")
+    refused({"train": {"pgd_steps": -1}}, "mini.yaml: train (", "): --pgd-steps must be non-negative")
     refused({"train": {"text_candidates": "glove"}}, "train (mat): unknown --text-candidates 'glove'")
     refused({"eval": {"eps": "4/255"}}, "unknown eval keys ['eps']", "eval.eps is now eval.attack_eps")
     with pytest.raises(MatPlusError, match=r"unknown eval keys \['colour'\]"):  # another task's arm checks too
@@ -204,7 +204,7 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
     options = eval_attack_options(load_study_config("mini", {"eval": {"top_k": 3, "word_budget": 2, "pgd_step_size": "1/255"}})["eval"])
     settings = AttackSettings.from_options(**{k: v for k, v in options.items() if k != "mlm"})
     assert (settings.top_k, settings.budget, settings.step_size) == (3, 2, pytest.approx(1 / 255))
-    with pytest.raises(MatPlusError, match="study config: eval: "):
+    with pytest.raises(MatPlusError, match="mini.yaml: eval: "):
         load_study_config("mini", {"eval": {"word_budget": -1}})
 
 
@@ -229,7 +229,7 @@ def test_values_that_used_to_fail_after_training_are_refused_at_load():
     ):
         with pytest.raises(MatPlusError) as caught:
             load_study_config("mini", overrides)
-        assert str(caught.value).startswith("study config: ") and message in str(caught.value), (overrides, caught.value)
+        assert str(caught.value).startswith(f"study config {CONFIG_DIR / 'mini.yaml'}: ") and message in str(caught.value), (overrides, caught.value)
     # the default headline runs keep the study's own; named ones may be any run, e.g. the oracle
     assert load_study_config("mini")["headline_runs"] == ["mat"]
     assert load_study_config("mini", {"headline_runs": ["mat:oracle"]})["headline_runs"] == ["mat:oracle"]
@@ -245,7 +245,7 @@ def test_new_config_keys_are_checked():
     # a key a section does not read is refused, not silently left at its default
     for section, typo in (("validation", {"every": 2, "atack": "pgd"}), ("pretrain", {"step": 9}), ("world", {"size": 9}),
                           ("n_aug_sweep", {"pool": "scene", "value": [1]}), ("finetune_captions", {"per_image": 1, "pick": "first"})):
-        with pytest.raises(MatPlusError, match=rf"^study config: unknown {section} keys \['{sorted(set(typo) - {'every', 'pool', 'per_image'})[0]}'\]"):
+        with pytest.raises(MatPlusError, match=rf"^study config \S*mini.yaml: unknown {section} keys \['{sorted(set(typo) - {'every', 'pool', 'per_image'})[0]}'\]"):
             load_study_config("mini", {section: typo})
 
 
@@ -254,9 +254,9 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
     import train.eval_report
     import train.evaluate
 
-    for bad, message in [({"protocol": "albef"}, "study config: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
+    for bad, message in [({"protocol": "albef"}, "mini.yaml: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
                          ({"protocl": "sga"}, "unknown eval keys \\['protocl'\\]"),
-                         ({"reference_bugs": True}, "study config: eval: reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
+                         ({"reference_bugs": True}, "mini.yaml: eval: reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
                          ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree"),
                          # as train eval: settings none of eval.attacks reads under the protocol
                          ({"protocol": "co-attack", "reference_bugs": True, "attacks": ["clean", "pgd"]},
@@ -406,7 +406,7 @@ def test_demo_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     bad.write_text("train: {steps: 40}\n")
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: study config: unknown train keys ['steps']") and "\n" not in err
+    assert err.startswith(f"error: study config {bad}: unknown train keys ['steps']") and "\n" not in err
     assert "Traceback" not in err
 
 

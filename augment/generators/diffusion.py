@@ -472,4 +472,8 @@ def settings_from_args(method: str, args) -> DiffusionSettings:
 
 
 def build(method: str, args) -> Generator:
-    return GENERATOR_CLASSES[method](settings_from_args(method, args))
+    from augment.registry import check_sd_folder
+
+    settings = settings_from_args(method, args)
+    check_sd_folder(settings.model, settings.revision)  # a broken folder fails before any pool is written
+    return GENERATOR_CLASSES[method](settings)

@@ -1,0 +1,133 @@
+"""Review fixes of `analysis compare` and `analysis study`: wrong-shaped input is one line (exit 2), and a
+changed config on resume redoes what was made from the old one."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis.cli import main as analysis_main
+from tests.test_bad_inputs import fails
+
+
+def _fails(capsys, argv, *expected) -> str:
+    """`analysis ARGV` exits 2 with one error line holding every `expected`, and no traceback."""
+    return fails(capsys, argv, *expected, main=analysis_main)
+
+
+GOOD = {"task": "retrieval", "attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0, "rsum": 300.0}},
+        "settings": {"attack_options": {}}, "attacker": {"name": "a"}, "victim": {"name": "a"}}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0, "rsum": "x"}}}, "attacks.clean.rsum"),
+    ({"attacker": "m"}, "'attacker'"),
+    ({"victim": ["m"]}, "'victim'"),
+    ({"settings": {"attack_options": "x"}}, "settings.attack_options"),
+    ({"task": ["r"]}, "'task'"),
+])
+def test_compare_refuses_a_wrong_shaped_value_in_one_line(tmp_path, capsys, change, named):
+    path = tmp_path / "run" / "eval.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**GOOD, **change}))
+    _fails(capsys, ["compare", path.parent], str(path), "not an evaluation report", named)
+
+
+def test_compare_still_reads_a_well_shaped_eval_json(tmp_path, capsys):
+    path = tmp_path / "run" / "eval.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(GOOD))
+    assert analysis_main(["compare", str(path.parent)]) == 0
+    assert "| run | 50.0 / 40.0 | 300.0 |" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- B. config checks at load
+
+def _refused(tmp_path, text: str, *expected) -> str:
+    """A study config file of `text` is refused at load in one line naming the file and every `expected`."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(MatPlusError) as caught:
+        load_study_config(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"study config {path}: ") and "\n" not in message, message
+    for part in expected:
+        assert part in message, message
+    return message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("eval: {batch_size: 0}", "eval.batch_size must be a whole number >= 1, got 0"),
+    ("eval: {captions_per_image: 0}", "eval.captions_per_image must be null (every caption) or a whole number >= 1, got 0"),
+    ("pretrain: {lr: -1}", "pretrain.lr must be a positive number, got -1"),
+    ("pretrain: {lr: fast}", "pretrain.lr must be a positive number, got 'fast'"),
+    ("methods: [mat+]\npools: {}", "methods has mat+ but pools is empty"),
+    ("headline_runs: mat", "headline_runs must be a list of run names, e.g. [mat], got 'mat'"),
+    ("train: {steps: 3}", "unknown train keys ['steps']"),  # an old check, now naming the file
+])
+def test_a_bad_study_config_is_refused_at_load_naming_its_file(tmp_path, text, expected):
+    _refused(tmp_path, text, expected)
+
+
+def test_the_study_command_names_the_config_file_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("eval: {batch_size: 0}")
+    line = _fails(capsys, ["study", "--config", path, "--out", tmp_path / "out"], f"study config {path}: eval.batch_size")
+    assert not (tmp_path / "out").exists()  # before any work
+    assert line
+
+
+def test_good_values_still_load(tmp_path):
+    from analysis.config import load_study_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("pretrain: {lr: 1e-3}\neval: {captions_per_image: null}\nheadline_runs: [mat]\nmethods: [mat, mat+]")
+    config = load_study_config(str(path))
+    assert config["pretrain"]["lr"] == "1e-3" and config["headline_runs"] == ["mat"]
+
+
+# --------------------------------------------------------------------------- C. a changed config on resume
+
+TINY = ("{seeds: [0], world: {n: 80, seed: 0}, finetune_scenes: 20, pretrain: {steps: STEPS, batch_size: 8}, "
+        "train: {max_steps: 1, batch_size: 4, pgd_steps: 1}, pools: {shuffle: {method: shuffle, n: 1}}, "
+        "methods: [mat+], n_aug_sweep: null, more_samples: null, eval: {limit: 4, captions_per_image: 1, "
+        "batch_size: 4, pgd_steps: 1, attacks: [clean]}, headline_attack: clean}")
+
+
+def test_a_changed_pretraining_redoes_every_stage_made_from_it(tmp_path, capsys):
+    """pretrain.steps 2 -> 4 into one --out: the pretrained model is retrained from scratch (not
+    resumed at step 2), and the pool scores, the MAT+ run and every evaluation made from the old
+    one are redone (they were kept: their cache keys were paths), each with a line saying why."""
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study, _settings_hash, made
+
+    out = tmp_path / "out"
+
+    def run(steps: int) -> list[str]:
+        path = tmp_path / f"t{steps}.yaml"
+        path.write_text(TINY.replace("STEPS", str(steps)))
+        logged: list[str] = []
+        Study(load_study_config(str(path), {"out": str(out)}), log=logged.append).run()
+        return logged
+
+    run(2)
+    capsys.readouterr()
+    logged = "\n".join(run(4))
+    for line in ("[pretrain] pretrain: redone from scratch (made with other steps)",
+                 "pretrain: its run was started from other settings or inputs: trained from scratch, not resumed",
+                 "[score] pools/shuffle/scores: redone from scratch (made with other pretrained_fingerprint)",
+                 "[eval] evals/pretrained-s0: redone from scratch",
+                 "[train] runs/matplus-shuffle-s0: redone from scratch (made with other pretrained_fingerprint)",
+                 "matplus-shuffle-s0: its run was started from other settings or inputs: trained from scratch",
+                 "[eval] evals/matplus-shuffle-s0: redone from scratch"):
+        assert line in logged, logged
+    pretrained = made(out / "pretrain")
+    parts = json.loads((out / "runs" / "matplus-shuffle-s0" / DONE).read_text())["parts"]
+    assert parts["pretrained_fingerprint"] == _settings_hash(pretrained)
+    assert "resuming from" not in capsys.readouterr().err  # the trainer's line of a resumed run: none was
+    # the same config again: everything is cached, nothing redone
+    again = run(4)
+    assert not any("redone" in line or line.startswith(("[train]", "[eval]", "[score]", "[pretrain]")) for line in again), again
