@@ -49,8 +49,12 @@ def is_done(folder: Path, settings: Any) -> bool:
 def mark_done(folder: Path, settings: Any, **extra: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # each setting's own hash too, so that a re-run can say which one changed (see Study.cached)
-    parts = {key: _settings_hash(value) for key, value in settings.items()} if isinstance(settings, dict) else {}
-    write_json_atomic(folder / DONE, {"settings": _settings_hash(settings), "parts": parts, **extra})
+    write_json_atomic(folder / DONE, {"settings": _settings_hash(settings), "parts": _part_hashes(settings), **extra})
+
+
+def _part_hashes(settings: Any) -> dict[str, str]:
+    """Each top-level setting's hash ({} for settings that are not a mapping)."""
+    return {key: _settings_hash(value) for key, value in settings.items()} if isinstance(settings, dict) else {}
 
 
 def made(folder: Path) -> str | None:
@@ -119,7 +123,7 @@ class Study:
         marker = folder / DONE
         if marker.exists():
             parts = json.loads(marker.read_text()).get("parts") or {}
-            now = {key: _settings_hash(value) for key, value in settings.items()} if isinstance(settings, dict) else {}
+            now = _part_hashes(settings)
             changed = sorted(key for key in set(parts) | set(now) if parts.get(key) != now.get(key)) if parts else []
             why = f"made with other {', '.join(changed)}" if changed else "made with other settings or inputs"
             self.log(f"[{stage}] {folder.relative_to(self.out) if folder.is_relative_to(self.out) else folder}: "
