@@ -216,6 +216,9 @@ def _check_sections(config: dict) -> None:
         for key in COUNTS.get(section, ()):
             if key in value and value[key] is not None and not _is_count(value[key]):
                 raise MatPlusError(f"study config: {section}.{key} must be a whole number >= 1, got {value[key]!r}")
+    problem = pretrain_checkpoint_problem(config)
+    if problem:  # found at load, the message names the file; the study found it only when pretraining began
+        raise MatPlusError(f"study config: {problem}")
     lr = config["pretrain"].get("lr")
     if not _is_positive_number(lr):
         # the pretrainer refused it only after the world and every pool were built
@@ -226,6 +229,24 @@ def _check_sections(config: dict) -> None:
         if not isinstance(values, list) or not values or not all(_is_count(v) for v in values):
             raise MatPlusError(f"study config: n_aug_sweep.values must be a list of whole numbers >= 1 "
                                f"(augmentations per item), got {values!r}")
+
+
+def pretrain_checkpoint_problem(config: dict) -> str | None:
+    """Why `pretrain.checkpoint` (another study's pretrained model, used instead of pretraining)
+    cannot be used, or None (also when it is not set): a retrieval study reads an open_clip
+    checkpoint folder (its `open_clip_config.json`), another task's arm any checkpoint folder."""
+    checkpoint = config["pretrain"].get("checkpoint")
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return f"pretrain.checkpoint must be a folder's path, got {checkpoint!r}"
+    folder = Path(checkpoint).expanduser()
+    if not folder.is_dir():
+        return (f"pretrain.checkpoint {checkpoint} is not a checkpoint folder (run the study that pretrains it "
+                f"first, or leave the key out to pretrain here)")
+    if config.get("task", "retrieval") == "retrieval" and not (folder / "open_clip_config.json").exists():
+        return f"pretrain.checkpoint {checkpoint} is not a CLIP checkpoint folder (no open_clip_config.json)"
+    return None
 
 
 def generate_arguments(spec: dict) -> list[str]:

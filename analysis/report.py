@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment.atomic import atomic_write_text
+from augment.atomic import atomic_write_text, save_figure_atomic
 from augment.pool import write_json_atomic
 
 PROPERTY_LABELS = {
@@ -254,7 +254,7 @@ def plot_curves(out: Path, results: list[dict], runs: list[str], title: str) -> 
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     path = out / "learning_curves.png"
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     plt.close(figure)
     return path
 
@@ -318,7 +318,7 @@ def plot_properties(out: Path, properties: dict[str, dict], robust: dict[str, tu
         axis.set_ylabel("MAT+ robust R@1 (%)")
     figure.tight_layout()
     path = out / "properties_vs_robustness.png"
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     plt.close(figure)
     return path, correlations
 
@@ -338,7 +338,7 @@ def plot_series(out: Path, name: str, labels: list[str], stats: list[tuple], xla
     axis.set_title(title)
     figure.tight_layout()
     path = out / name
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     plt.close(figure)
     return path
 

@@ -207,16 +207,14 @@ class Study:
 
     def pretrain(self) -> Path:
         if self.config["pretrain"].get("checkpoint"):  # another study's pretrained model (same world)
-            checkpoint = Path(self.config["pretrain"]["checkpoint"])
-            if self.arm is not None and not checkpoint.is_dir():
+            from analysis.config import pretrain_checkpoint_problem
+
+            problem = pretrain_checkpoint_problem(self.config)  # checked at load too; a folder may go since
+            if problem:
                 from augment.errors import MatPlusError
 
-                raise MatPlusError(f"study config: pretrain.checkpoint {checkpoint} is not a checkpoint folder")
-            if self.arm is None and not (checkpoint / "open_clip_config.json").exists():
-                from augment.errors import MatPlusError
-
-                raise MatPlusError(f"study config: pretrain.checkpoint {checkpoint} is not a CLIP checkpoint folder")
-            return checkpoint
+                raise MatPlusError(f"study config: {problem}")
+            return Path(self.config["pretrain"]["checkpoint"]).expanduser()
         folder = self.out / "pretrain"
         settings = {"world": self.world_key(), "model": self.config["model"], **self.config["pretrain"], **self.task_settings()}
         rest = settings.pop("scenes", "all") == "rest"

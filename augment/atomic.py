@@ -20,8 +20,8 @@ from typing import Any
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(\..*)?$")
 # what a swap of folder NAME killed by SIGKILL leaves beside it: `.NAME.old-PID` (the replaced folder)
-# or `.NAME.partial-PID-xxxxxxxx` (a staged one; make-sample's asides have the hex tail too). Not
-# `.NAME.tmp-...`: save-tiny's mkdtemp tail there is random and may be all digits, like a PID.
+# or `.NAME.partial-PID-xxxxxxxx` (a staged one: save-tiny's, make-sample's; make-sample's asides
+# have the hex tail too)
 _SWAP_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:old|partial)-(?P<pid>\d+)(?:-[0-9a-f]{8})?$")
 
 
@@ -53,6 +53,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_figure_atomic(figure, path: str | os.PathLike, **savefig_options) -> Path:
+    """`figure.savefig(path)` (a matplotlib figure) through `.NAME.tmp-PID.EXT`: the format follows
+    the suffix, and a killed run leaves the previous plot, not a truncated one."""
+    path = Path(path)
+    tmp = temporary_path(path, path.suffix)
+    try:
+        figure.savefig(tmp, **savefig_options)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def current_umask() -> int:

@@ -35,13 +35,14 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
-from augment.atomic import current_umask, readable_as_umask, swap_folder_into_place
+from augment.atomic import readable_as_umask, swap_folder_into_place
 
 log = logging.getLogger(__name__)
 
@@ -615,10 +616,11 @@ def save_tiny(out_dir: str | os.PathLike, names: Iterable[str] | None = None) ->
 
 def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> Path:
     """`build(tmp)` into a temporary sibling folder, then renamed to root/name when complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    # `.NAME.partial-PID-xxxxxxxx`: a killed build's folder is one `swap_folder_into_place` deletes later
+    tmp = root / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
         build(tmp)
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only: a model to share
         readable_as_umask(tmp)
         swap_folder_into_place(tmp, root / name)
     finally:

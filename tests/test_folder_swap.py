@@ -3,6 +3,7 @@ make-sample, the trainer's checkpoint and best weights)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_only_dead_processes_leftovers_of_this_target_are_removed(tmp_path):
              folder(tmp_path / f".model.old-{dead}-89abcdef")]
     kept = [folder(tmp_path / f".model.old-{os.getppid()}"),  # a live process's swap in progress
             folder(tmp_path / f".other.old-{dead}"),  # another target's
-            folder(tmp_path / ".model.tmp-12345678"),  # save-tiny's mkdtemp tail, all digits by chance
+            folder(tmp_path / ".model.tmp-12345678"),  # not a swap's name, though all digits
             folder(tmp_path / ".ckpt-old")]  # a fixed name: its owner tidies it
     (tmp_path / f".model.old-{dead}.txt").write_text("not a swap's")
     staged = folder(tmp_path / f".model.partial-{dead}-fedcba98", weights="new")  # the one being swapped in
@@ -130,6 +131,24 @@ def test_only_dead_processes_leftovers_of_this_target_are_removed(tmp_path):
     assert all(path.is_dir() for path in kept) and (tmp_path / f".model.old-{dead}.txt").is_file()
     assert contents(tmp_path / "model") == {"weights": "new"}
     assert remove_dead_swap_leftovers(tmp_path / "missing" / "model") == []
+
+
+def test_a_killed_tiny_builds_staging_folder_is_removed_by_the_next_build(tmp_path):
+    """save-tiny stages in `.NAME.partial-PID-xxxxxxxx` (it used mkdtemp's random `.NAME.tmp-xxxx`,
+    which nothing could tell from a live build's and so nothing ever deleted)."""
+    from augment.tiny import _build_in_place
+
+    leftover = folder(tmp_path / f".tiny-clip.partial-{dead_pid()}-0123abcd", weights="half")
+    staged_as = []
+
+    def build(tmp):
+        staged_as.append(tmp.name)
+        (tmp / "weights").write_text("whole")
+
+    _build_in_place(tmp_path, "tiny-clip", build)
+    assert re.fullmatch(rf"\.tiny-clip\.partial-{os.getpid()}-[0-9a-f]{{8}}", staged_as[0]), staged_as
+    assert not leftover.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny-clip"]
+    assert contents(tmp_path / "tiny-clip") == {"weights": "whole"}
 
 
 def test_a_missing_parent_is_the_rename_error_and_the_staged_folder_stays(tmp_path):
@@ -190,3 +209,27 @@ def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its
     assert _save(run) == checkpoint.checkpoint_dir(run)
     assert checkpoint.find_checkpoint(run) == checkpoint.checkpoint_dir(run)
     assert not (run / checkpoint._OLD).exists()
+
+
+def test_a_plot_written_halfway_leaves_the_previous_one(tmp_path):
+    """The study's and the scorer's PNGs go through `save_figure_atomic` (the study's were written in place)."""
+    from augment.atomic import save_figure_atomic
+
+    class Figure:  # what save_figure_atomic reads of a matplotlib figure
+        def __init__(self, fail: bool):
+            self.fail, self.paths = fail, []
+
+        def savefig(self, path, **options):
+            self.paths.append(Path(path))
+            Path(path).write_bytes(b"half" if self.fail else b"new")
+            if self.fail:
+                raise KeyboardInterrupt
+
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        save_figure_atomic(Figure(fail=True), path, dpi=100)
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+    figure = Figure(fail=False)
+    save_figure_atomic(figure, path, dpi=100)
+    assert path.read_bytes() == b"new" and figure.paths[0].suffix == ".png"  # matplotlib's format follows it

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from analysis.config import CONFIG_DIR, load_study_config
 from analysis.report import mean_std, spearman
 from analysis.study import Study, run_specs
 from augment.errors import MatPlusError
+from augment.yaml_settings import load_settings_yaml
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,12 @@ def test_config_errors_are_clear(tmp_path):
     from analysis.config import CONFIG_DIR, generate_arguments
 
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        load_study_config(str(path))
+        # a study reusing another's pretrained model loads once that model exists (a fresh clone has none)
+        reused = load_settings_yaml(path.read_text()).get("pretrain", {}).get("checkpoint")
+        if reused and not Path(reused).is_dir():
+            with pytest.raises(MatPlusError, match=f"pretrain.checkpoint {reused} is not a checkpoint folder"):
+                load_study_config(str(path))
+        load_study_config(str(path), {"pretrain": {"checkpoint": None}})
     assert generate_arguments({"method": "t2i-sd", "safety_checker": True, "n": 2, "negative_prompt": False}) == [
         "--method", "t2i-sd", "--safety-checker", "--n", "2"]
 

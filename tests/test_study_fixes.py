@@ -72,6 +72,23 @@ def test_a_bad_study_config_is_refused_at_load_naming_its_file(tmp_path, text, e
     _refused(tmp_path, text, expected)
 
 
+def test_an_unusable_pretrain_checkpoint_is_refused_at_load_naming_its_file(tmp_path):
+    """It used to be found only when the study reached pretraining, after the world was built,
+    and the line said "study config" without the file."""
+    missing = tmp_path / "nowhere"
+    _refused(tmp_path, f"pretrain: {{checkpoint: {missing}}}", f"pretrain.checkpoint {missing} is not a checkpoint folder")
+    not_clip = tmp_path / "not-clip"
+    not_clip.mkdir()
+    _refused(tmp_path, f"pretrain: {{checkpoint: {not_clip}}}", "is not a CLIP checkpoint folder (no open_clip_config.json)")
+    _refused(tmp_path, "pretrain: {checkpoint: [a]}", "pretrain.checkpoint must be a folder's path, got ['a']")
+    (not_clip / "open_clip_config.json").write_text("{}")  # what a retrieval study reads: accepted
+    from analysis.config import load_study_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(f"pretrain: {{checkpoint: {not_clip}}}")
+    assert load_study_config(str(path))["pretrain"]["checkpoint"] == str(not_clip)
+
+
 def test_the_study_command_names_the_config_file_and_exits_2(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("eval: {batch_size: 0}")

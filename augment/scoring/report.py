@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from augment.atomic import temporary_path
+from augment.atomic import save_figure_atomic
 from augment.pool import write_json_atomic
 from augment.scoring import store
 
@@ -60,10 +60,8 @@ def plot_scores(pool_path: str | os.PathLike, entry: dict) -> Path:
     figure.suptitle(f"{entry['pool']['name']} ({entry['pool']['method']}), scorer {scorer_label(entry)}")
     figure.tight_layout()
     path = pool_path / store.SCORES_PLOT
-    tmp = temporary_path(path, ".png")  # matplotlib picks the format from the suffix
-    figure.savefig(tmp, dpi=100)
+    save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 
