@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from augment.arguments import non_negative_int
-from augment.errors import SourceError
+from augment.errors import MatPlusError, SourceError, first_line
 
 MAX_DEFAULT_WORKERS = 8
 PREFETCH_FACTOR = 2  # batches each worker keeps ready
@@ -58,6 +58,22 @@ def worker_options(workers: int) -> dict:
     import functools
 
     return {"worker_init_fn": functools.partial(exit_with_parent, os.getpid())} if workers > 0 else {}
+
+
+class DataWorkerDied(MatPlusError):
+    """A DataLoader worker process died (killed: the OOM killer, most often)."""
+
+
+def worker_death(exc: BaseException, then: str = "re-run the same command") -> DataWorkerDied | None:
+    """The one-line error for torch's RuntimeError about a dead DataLoader worker ("DataLoader worker
+    (pid N) is killed by signal: Killed.", "... exited unexpectedly"), or None for any other error;
+    `then`: what to do after lowering --workers. torch raises it from its SIGCHLD handler, so it may
+    surface anywhere in the main process (inside a generator's own code too), not only where the
+    loader is read: callers convert it around their whole loop as well, and nothing may wrap it."""
+    if not (isinstance(exc, RuntimeError) and "DataLoader worker (pid" in str(exc)):
+        return None
+    return DataWorkerDied(f"a data-loading worker process died ({first_line(exc).rstrip('.')}), likely out of "
+                          f"memory: use fewer --workers, then {then}")
 
 
 def as_list(batch: list) -> list:
@@ -112,9 +128,11 @@ class _Raised:
 
 
 def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
-                    function: Callable[[Any], Any] | None = None, prefetch: int = PREFETCH_FACTOR) -> Iterator[list]:
+                    function: Callable[[Any], Any] | None = None, prefetch: int = PREFETCH_FACTOR,
+                    after_worker_death: str = "re-run the same command") -> Iterator[list]:
     """Lists `[function(items[i]) for i in batch]` for each index batch, in order; computed
-    by `workers` DataLoader processes ahead of the consumer (inline when workers is 0)."""
+    by `workers` DataLoader processes ahead of the consumer (inline when workers is 0). A worker
+    that dies is `DataWorkerDied` (one line ending in `after_worker_death`: what to do then)."""
     batches = [list(batch) for batch in batches]
     workers = min(workers, len(batches))
     if workers <= 0:
@@ -126,7 +144,17 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
 
     loader = DataLoader(MappedSequence(items, function, catching=True), batch_sampler=batches, collate_fn=as_list,
                         num_workers=workers, prefetch_factor=prefetch, **worker_options(workers))
-    for batch in loader:
+    batches_read = iter(loader)
+    while True:
+        try:
+            batch = next(batches_read)
+        except StopIteration:
+            return
+        except RuntimeError as exc:  # not around the yield: the consumer's own errors pass untouched
+            died = worker_death(exc, after_worker_death)
+            if died is None:
+                raise
+            raise died from None
         for value in batch:
             if isinstance(value, _Raised):
                 raise value.exception

@@ -49,6 +49,11 @@ IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_
 # identity keys a pool written before them lacks (source_images: 2026-12-02): such a pool resumes as it
 # did then, unchecked on that key, and records it from then on
 KEYS_ADDED_SINCE = ("source_images",)
+# what a generated pool's `shard_inputs` (one fingerprint per shard of what it is made from: the shard's
+# source records and, for a pixel method, its image files) checks shard by shard in place of these
+# whole-source keys: a change to records of shards not yet written (an image fixed, one --skip-bad
+# left out) does not stop a resume, and a kept shard whose inputs changed is refused by name
+SHARD_CHECKED_KEYS = ("source_fingerprint", "source_images")
 
 _PACKAGES = ("mat-plus", "torch", "open_clip_torch", "transformers", "diffusers", "datasets", "nltk", "Pillow")
 
@@ -173,7 +178,8 @@ class PoolWriter:
     `meta` holds the pool's provenance (see `IDENTITY_KEYS` for what must match on resume).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, meta: dict, overwrite: bool = False):
+    def __init__(self, out_dir: str | os.PathLike, meta: dict, overwrite: bool = False, describe_shard=None):
+        """`describe_shard(index)`: how a refusal names a kept shard whose inputs changed (default: its file)."""
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
@@ -185,8 +191,10 @@ class PoolWriter:
                     shard.unlink()
             else:
                 old = read_pool_meta(self.out_dir)
+                by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
                 changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
-                           and not (k in KEYS_ADDED_SINCE and k not in old)]
+                           and not (k in KEYS_ADDED_SINCE and k not in old)
+                           and not (by_shard and k in SHARD_CHECKED_KEYS)]
                 if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
                     # name the parameters (e.g. batch_size), not just "params"
                     differing = sorted(k for k in set(old["params"]) | set(meta["params"])
@@ -196,6 +204,8 @@ class PoolWriter:
                     raise PoolIdentityError(
                         f"{self.out_dir}: holds a pool made with different {', '.join(changed)}; "
                         "use another --out, or --overwrite to replace it", changed)
+                if by_shard:
+                    self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
                 meta = {**old, **meta, "created": old.get("created")}
                 for shard in sorted(self.data_dir.glob("shard-*.parquet")):  # resume: kept shards must be whole
                     check_shard_readable(shard)
@@ -210,6 +220,25 @@ class PoolWriter:
             "status": "in-progress",
         }
         write_json_atomic(meta_path, self.meta)
+
+    def _check_kept_shard_inputs(self, old_inputs: list, new_inputs: list, describe_shard) -> None:
+        """PoolIdentityError naming the kept shards made from other inputs than this run's (records,
+        captions or image files changed since they were written, or no such shard now): kept, the
+        pool would mix rows of two versions of one image or caption."""
+        changed = []
+        for shard in sorted(self.data_dir.glob("shard-*.parquet")):
+            number = shard.stem.rpartition("-")[2]
+            index = int(number) if number.isdigit() else len(old_inputs)  # not a shard of ours: refused
+            recorded = old_inputs[index] if index < len(old_inputs) else None
+            if recorded is None or index >= len(new_inputs) or recorded != new_inputs[index]:
+                changed.append(describe_shard(index) if describe_shard and number.isdigit() else f"{DATA_DIR}/{shard.name}")
+        if changed:
+            what = f"shard {changed[0]}" if len(changed) == 1 else f"shards {changed[0]} and {len(changed) - 1} more"
+            redo = "delete that shard to redo it" if len(changed) == 1 else "delete those shards to redo them"
+            raise PoolIdentityError(
+                f"{self.out_dir}: kept {what} made from other source records or image files than this run "
+                f"reads (changed since written); restore them, {redo}, or --overwrite to start over",
+                ["source records of kept shards"])
 
     def shard_path(self, index: int) -> Path:
         return self.data_dir / SHARD_PATTERN.format(index=index)

@@ -88,12 +88,13 @@ def detect_format(source: str) -> str:
         if _pool_shards_without_meta(path):
             raise SourceError(f"{source}: looks like an unfinished pool (data/shard-*.parquet but no {POOL_META}, as a killed "
                               f"`augment generate` leaves it): re-run that generate command to finish it, and pass "
-                              f"the dataset it was made from as --source")
+                              f"the dataset it was made from as --source (augment) or --train-data (train)")
         if any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")):
             return "parquet"
         if len(karpathy) > 1:
             names = ", ".join(p.name for p in karpathy[:4]) + (", ..." if len(karpathy) > 4 else "")
-            raise SourceError(f"{source}: folder holds {len(karpathy)} dataset_*.json files ({names}): pass one of them as --source")
+            raise SourceError(f"{source}: folder holds {len(karpathy)} dataset_*.json files ({names}): pass one of them "
+                              "as --source (augment) or --train-data (train)")
         raise SourceError(
             f"{source}: folder has no recognised source (expected a dataset_*.json, metadata.jsonl, "
             "parquet files or a save_to_disk dataset)"
@@ -349,7 +350,10 @@ def _read_albef(source: Path, image_root: str | None, split: str | None, allow_o
             image_id = _id(entry["image_id"], where, "'image_id'") if "image_id" in entry else Path(image).stem
             grouped[image] = _record_with_image(f"{where} ({image})", image_id, [], file_split, image, roots, allow_outside_root,
                                                 listings)
+            grouped[image].caption_where = []
+        # an image's entries are merged: a bad caption is named by the entry that holds it, not the first
         grouped[image].captions.extend(captions)
+        grouped[image].caption_where.extend([f"{where} ({image})"] * len(captions))
     yield from grouped.values()
 
 
@@ -362,9 +366,12 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     separator = csv_separator(separator) or ("\t" if source.suffix.lower() == ".tsv" else ",")
     with open(source, newline="", encoding="utf-8-sig") as handle:
-        # strict: a stray quote is an error (as pandas, open_clip_train's reader, says "EOF inside string"),
-        # not a field that silently swallows the rest of the file
-        reader = csv.DictReader(handle, delimiter=separator, strict=True)
+        # a TSV (tab-separated) has no quoting: a caption such as `"Stop" sign on a road` is text, as
+        # open_clip_train's TSVs are written and read; a CSV's quotes are strict: a stray quote is an
+        # error (as pandas, open_clip_train's reader, says "EOF inside string"), not a field that
+        # silently swallows the rest of the file
+        quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.DictReader(handle, delimiter=separator, strict=True, quoting=quoting)
         line = 1
         try:
             if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
@@ -423,7 +430,9 @@ def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool,
                     raise SourceError(f"{where}: entry has no 'file_name'")
                 file_name = _string(entry["file_name"], where, "'file_name'")
                 captions = _captions_of(entry, where)
-                image_id = _id(entry["image_id"], where, "'image_id'") if "image_id" in entry else Path(file_name).stem
+                # the path without its suffix (as a CSV's): train/1.png and val/1.png are two images
+                image_id = (_id(entry["image_id"], where, "'image_id'") if "image_id" in entry
+                            else str(Path(file_name).with_suffix("")))
                 meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
                 row_split = _string(entry.get("split") or split or "train", where, "'split'")
                 yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,

@@ -567,14 +567,42 @@ def image_files_fingerprint(dataset: "datasets.Dataset") -> str:
     pools must share) does not look: each stored image's `source_cache.path_identity` (absolute
     path, size, modification and change times: another --image-root, an image replaced in place,
     even with its old mtime as `cp -p` keeps it) or its embedded bytes' hash. No image is
-    decoded. Resume tags and the score cache's key hold it."""
+    decoded. The score cache's key holds it."""
+    return identities_fingerprint(image_identities(dataset))
+
+
+def identities_fingerprint(identities: list) -> str:
+    """`image_files_fingerprint` of rows whose `image_identities` are these."""
+    return hashlib.sha256(repr(identities).encode()).hexdigest()[:16]
+
+
+def image_identities(dataset: "datasets.Dataset") -> list:
+    """`image_files_fingerprint`'s identity of each row's stored image, in row order."""
     [column] = arrow_columns(dataset, ["image"])  # the stored structs: nothing decoded
     identities = []
     for value in column.to_pylist():  # one list, hashed once: a re-score pays a few us per image
         data, path = (value or {}).get("bytes"), (value or {}).get("path")
         identities.append(("bytes", hashlib.sha256(data).hexdigest()) if data else path_identity(path) if path else None)
-    digest = hashlib.sha256(repr(identities).encode())
-    return digest.hexdigest()[:16]
+    return identities
+
+
+def shard_input_fingerprints(dataset: "datasets.Dataset", shard_size: int, images: list | None = None,
+                             whole_source: str | None = None) -> list[str]:
+    """One fingerprint per shard of `shard_size` rows: what that shard's pool rows are made from
+    (its rows' ids, splits and captions; `images`: the rows' `image_identities`, for a generator
+    that reads pixels; `whole_source`, a fingerprint every shard's rows depend
+    on, for a generator that reads other rows than the shard's). A resumed pool keeps a shard only
+    while its fingerprint is unchanged, so an image fixed or skipped in a shard not yet written
+    does not stop the resume, and no pool mixes rows of two versions of one image."""
+    columns = [column.to_pylist() for column in arrow_columns(dataset, ["image_id", "split", "captions"])]
+    rows = list(zip(*columns))
+    images = images if images is not None else [None] * len(rows)
+    fingerprints = []
+    for start in range(0, max(len(rows), 1), shard_size):
+        digest = hashlib.sha256(json.dumps([whole_source, rows[start:start + shard_size],
+                                            images[start:start + shard_size]]).encode())
+        fingerprints.append(digest.hexdigest()[:16])
+    return fingerprints
 
 
 def scene_of(row: dict) -> dict | None:

@@ -154,13 +154,14 @@ def test_a_resume_reading_other_image_files_is_refused_and_text_methods_decode_n
     assert load_pool(tmp_path / "pixels").meta["source_images"]
     shutil.copytree(karpathy_dir / "images", tmp_path / "moved")  # the same images, other files
     moved, _ = load_source(str(karpathy_dir / "dataset_toy.json"), image_root=str(tmp_path / "moved"))
-    with pytest.raises(PoolError, match="different source_images"):
+    with pytest.raises(PoolError, match="kept shards data/shard-00000.parquet .* made from other source records or image files"):
         run_generation(_PixelGenerator(), moved, str(tmp_path / "pixels"), **kwargs)
-    # a pool written before the key resumes as it did then, and records it from then on
+    # a pool written before both keys resumes as it did then, and records them from then on
     meta_path = tmp_path / "pixels" / "pool.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "source_images"}))
-    assert run_generation(_PixelGenerator(), moved, str(tmp_path / "pixels"), **kwargs)["source_images"]
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("source_images", "shard_inputs")}))
+    resumed = run_generation(_PixelGenerator(), moved, str(tmp_path / "pixels"), **kwargs)
+    assert resumed["source_images"] and resumed["shard_inputs"]
     # a method that reads no pixels decodes none (a corrupt image beyond its use cannot stop it)
     decoded = []
     opened = augment.sources.open_image

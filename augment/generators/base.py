@@ -14,9 +14,10 @@ import sys
 from abc import ABC, abstractmethod
 from typing import Any
 
-from augment.pool import PoolWriter, make_row_id
+from augment.pool import DATA_DIR, SHARD_PATTERN, PoolWriter, make_row_id
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
-from augment.sources import image_files_fingerprint, select_split, source_fingerprint
+from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
+                             shard_input_fingerprints, source_fingerprint)
 
 
 
@@ -28,9 +29,12 @@ class Generator(ABC):
     modality: str = "text"  # "text" | "image" | "pair"
     model: str | None = None
     model_revision: str | None = None
-    # whether `generate` reads the source's pixels: the pool then records which image files it read
-    # (a resume with other files is refused), and other methods never decode an image
+    # whether `generate` reads the source's pixels: the pool then records which image files each
+    # shard read (a kept shard whose files changed is refused), and other methods never decode an image
     reads_pixels: bool = False
+    # whether a shard's rows depend on other items than the shard's (read in `prepare`): each shard's
+    # recorded inputs then include the whole source's fingerprint, so any change to the source redoes all
+    reads_other_items: bool = False
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
@@ -38,7 +42,8 @@ class Generator(ABC):
 
     def prepare(self, items) -> None:
         """Called once with every source item of the run (split and --limit applied) before any
-        shard, for methods that need more than the shard at hand (e.g. `shuffle`)."""
+        shard, for methods that need more than the shard at hand (e.g. `shuffle`; such a method sets
+        `reads_other_items`)."""
 
     @abstractmethod
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
@@ -108,6 +113,8 @@ def run_generation(
     if limit is not None:
         items = items.select(range(min(limit, len(items))))
     num_shards = max(1, math.ceil(len(items) / shard_size))
+    fingerprint = source_fingerprint(source)
+    images = image_identities(items) if generator.reads_pixels else None  # stats only: nothing decoded
     meta = {
         "name": os.path.basename(os.path.normpath(out)),
         "method": generator.method,
@@ -121,19 +128,29 @@ def run_generation(
         "limit": limit,
         "shard_size": shard_size,
         "source": source_name,
-        "source_fingerprint": source_fingerprint(source),
-        # which pixels were read (another --image-root, an image replaced in place): a resume must match
-        **({"source_images": image_files_fingerprint(items)} if generator.reads_pixels else {}),
+        "source_fingerprint": fingerprint,
+        # what each shard is made from (with a pixel method: its image files): a resume keeps only the
+        # shards whose inputs are unchanged, so fixing (or --skip-bad skipping) an image of a shard not
+        # yet written does not stop it
+        "shard_inputs": shard_input_fingerprints(items, shard_size, images, fingerprint if generator.reads_other_items else None),
+        # which image files the whole run reads: what a pool written before `shard_inputs` is checked on
+        **({"source_images": identities_fingerprint(images)} if images is not None else {}),
         "source_items": len(items),
         **(source_meta or {}),
     }
+    def describe_shard(index: int) -> str:  # a refused kept shard, named with its source images
+        [column] = arrow_columns(items, ["image_id"])  # ids only: no image decoded
+        ids = column[index * shard_size:(index + 1) * shard_size].to_pylist()
+        span = f"{ids[0]!r}" if len(ids) == 1 else f"{ids[0]!r} to {ids[-1]!r}" if ids else "none now"
+        return f"{DATA_DIR}/{SHARD_PATTERN.format(index=index)} (source images {span})"
+
     # rank 0 creates (or clears, with overwrite) the pool before the others open it
     if rank == 0:
-        writer = PoolWriter(out, meta, overwrite=overwrite)
+        writer = PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard)
     if barrier is not None:
         barrier()
     if rank != 0:
-        writer = PoolWriter(out, meta)
+        writer = PoolWriter(out, meta, describe_shard=describe_shard)
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
         print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
@@ -143,17 +160,24 @@ def run_generation(
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
-    from augment.loading import SHARD_WORKERS, ordered_batches
+    from augment.loading import SHARD_WORKERS, ordered_batches, worker_death
 
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
     # a shard is the unit: decoding one takes far less than generating from it, so a worker or
     # two, one shard ahead each, keep the model fed without holding many decoded shards
     read = items if generator.reads_pixels else items.remove_columns(["image"])  # no image decoded for nothing
-    loader = ordered_batches(read, shard_rows, min(workers, SHARD_WORKERS), prefetch=1)
+    after_worker_death = "re-run the same command to resume (finished shards are kept)"
+    loader = ordered_batches(read, shard_rows, min(workers, SHARD_WORKERS), prefetch=1,
+                             after_worker_death=after_worker_death)
     try:
         for k, batch in zip(todo, loader):
             writer.write_shard(k, generator.generate(batch, n, seed))
             bar.update(len(batch))
+    except RuntimeError as exc:  # torch's SIGCHLD handler raises a worker's death wherever the main process is
+        died = worker_death(exc, after_worker_death)
+        if died is None:
+            raise
+        raise died from None
     finally:
         bar.close()
         generator.close()

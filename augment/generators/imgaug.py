@@ -25,6 +25,7 @@ from typing import Any, Callable
 from augment.arguments import finite_number, positive_int, probability
 from augment.errors import MatPlusError, first_line
 from augment.generators.base import Generator, row_seed
+from augment.loading import worker_death
 
 METHODS = ["img-aug"]
 
@@ -230,6 +231,8 @@ class ImageAugmentGenerator(Generator):
         try:
             return self.augment(item["image"], seed)
         except Exception as exc:  # a spec that passed the dry run but fails on this image's size
+            if worker_death(exc) is not None:  # torch's SIGCHLD handler raised it here: no fault of the image
+                raise
             raise MatPlusError(f"img-aug: image {item['image_id']!r} ({item['image'].width}x{item['image'].height}): "
                                f"policy {self.policy} failed: {type(exc).__name__}: {first_line(exc)}; "
                                "finished shards are kept") from None

@@ -126,6 +126,7 @@ class ShuffleGenerator(Generator):
     method = "shuffle"
     modality = "text"
     model = "none"
+    reads_other_items = True  # its bank: every item's captions
 
     def prepare(self, items) -> None:
         self.bank = list(zip(items["image_id"], items["captions"]))

@@ -1,0 +1,252 @@
+"""Source and pool review fixes: a pool resumes after a bad image is fixed or skipped (its kept shards
+checked shard by shard), a dead DataLoader worker is one line blaming no image, image-folder ids are
+paths, ALBEF names the entry of an empty caption, a damaged source-cache hit is rebuilt, the
+two-commands hint, and TSV captions with quotes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from augment.cli import main as augment_main
+from augment.errors import SourceError
+from augment.sources import load_source, select_split
+from tests.conftest import write_image
+
+OLD = 1_600_000_000  # seconds: an mtime old enough that the source cache trusts the file
+
+
+def _one_line_error(capsys, code: int, *expected: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- 1: resume after a bad image
+
+
+@pytest.fixture
+def world(tmp_path) -> Path:
+    from augment.world.writer import write_sample
+
+    return write_sample(tmp_path / "world", n=12, seed=0)
+
+
+def _generate(out: Path, world: Path, *extra: str) -> int:
+    return augment_main(["generate", "--method", "img-aug", "--source", str(world), "--out", str(out),
+                         "--shard-size", "2", "--n", "1", "--workers", "0", "--no-progress", *extra])
+
+
+def _train_image(world: Path, position: int) -> Path:
+    """The image file of the train split's `position`-th item (shard position // 2 with --shard-size 2)."""
+    source, _ = load_source(str(world), cache=False)
+    image_id = select_split(source, "train")[position]["image_id"]
+    return world / "images" / f"{image_id}.png"
+
+
+def test_a_run_stopped_by_a_bad_image_resumes_once_it_is_fixed_or_skipped(world, tmp_path, capsys):
+    """was: fixing the image (or --skip-bad) after the failure was refused ("holds a pool made with
+    different source_images"): only --overwrite went on, discarding the finished shards."""
+    bad = _train_image(world, 3)  # in shard 1: shard 0 is written before it fails
+    good = bad.read_bytes()
+    bad.write_bytes(good[:200])
+    pool, skipped = tmp_path / "pool", tmp_path / "pool-skip"
+    _one_line_error(capsys, _generate(pool, world), "unreadable or corrupt image")
+    assert sorted(p.name for p in (pool / "data").glob("*.parquet")) == ["shard-00000.parquet"]
+    shutil.copytree(pool, skipped)
+
+    assert _generate(skipped, world, "--skip-bad", "--skip-report", str(tmp_path / "skipped.json")) == 0
+    assert "1 of 4 shards kept" in capsys.readouterr().err
+
+    bad.write_bytes(good)
+    assert _generate(pool, world) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert _generate(tmp_path / "straight", world) == 0
+    from augment.pool import load_pool
+
+    resumed, straight = load_pool(pool).dataset, load_pool(tmp_path / "straight").dataset
+    assert resumed["row_id"] == straight["row_id"]
+
+
+def test_a_kept_shard_whose_image_changed_is_refused_by_name_and_kept(world, tmp_path, capsys):
+    """The guarantee the whole-source check gave stays: no pool mixes rows of two versions of one image."""
+    pool = tmp_path / "pool"
+    assert _generate(pool, world) == 0
+    capsys.readouterr()
+    first = _train_image(world, 0)
+    write_image(first, size=(64, 64), colour=7)  # another picture under the same name
+    err = _one_line_error(capsys, _generate(pool, world), f"{pool}: kept shard data/shard-00000.parquet (source images",
+                          "delete that shard to redo it, or --overwrite")
+    assert repr(first.stem) in err
+    assert len(list((pool / "data").glob("*.parquet"))) == 4  # nothing written is lost
+    (pool / "data" / "shard-00000.parquet").unlink()  # the way on the line gives: that shard is redone
+    assert _generate(pool, world) == 0
+    assert "resuming" in capsys.readouterr().err
+
+
+class _StoppedAfterOneShard:
+    """Wraps a generator; its second shard is a killed run."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, items, n, seed):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.inner.generate(items, n, seed)
+
+
+def _captions_csv(folder: Path, last_caption: str) -> Path:
+    for k in range(4):
+        write_image(folder / f"{k}.png")
+    rows = [f"{k}.png,caption of image {k}" for k in range(3)] + [f"3.png,{last_caption}"]
+    (folder / "caps.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    return folder / "caps.csv"
+
+
+@pytest.mark.parametrize("method", ["eda", "shuffle"])
+def test_a_caption_changed_in_a_shard_not_written_resumes_unless_every_shard_reads_it(tmp_path, method):
+    """A shard's rows depend on its own items, except for a method that reads others (shuffle's bank):
+    there every kept shard was made from the old source and is refused."""
+    from augment.cli import build_parser
+    from augment.errors import PoolError
+    from augment.generators import build_generator
+    from augment.generators.base import run_generation
+
+    args = build_parser().parse_args(["generate", "--method", method, "--source", "s", "--out", "o"])
+    csv_path = _captions_csv(tmp_path / "src", "a caption of the last image")
+    kwargs = dict(n=1, seed=0, split="all", shard_size=2, progress=False)
+    source, _ = load_source(str(csv_path), cache=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_StoppedAfterOneShard(build_generator(method, args)), source, str(tmp_path / "pool"), **kwargs)
+    _captions_csv(tmp_path / "src", "another caption of the last image")  # in shard 1, not written
+    source, _ = load_source(str(csv_path), cache=False)
+    if method == "shuffle":
+        with pytest.raises(PoolError, match="kept shard data/shard-00000.parquet \\(source images '0' to '1'\\)"):
+            run_generation(build_generator(method, args), source, str(tmp_path / "pool"), **kwargs)
+    else:
+        assert run_generation(build_generator(method, args), source, str(tmp_path / "pool"), **kwargs)["num_shards"] == 2
+
+
+# ----------------------------------------------------------------------------- 2: a dead DataLoader worker
+
+
+def _die_in_worker(value):
+    if value == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does
+    return value
+
+
+def test_a_killed_loader_worker_is_one_line_saying_what_to_do():
+    from augment.loading import DataWorkerDied, ordered_batches
+
+    with pytest.raises(DataWorkerDied, match=r"^a data-loading worker process died \(DataLoader worker \(pid(\(s\))? \d+\).*"
+                                             r"likely out of memory: use fewer --workers, then resume it$"):
+        list(ordered_batches(list(range(4)), [[0], [1], [2], [3]], 1, _die_in_worker, after_worker_death="resume it"))
+
+
+def test_img_aug_does_not_blame_an_image_for_a_dead_worker(world, tmp_path, capsys, monkeypatch):
+    """was: `img-aug: image '000000' (64x64): policy randaugment failed: RuntimeError: DataLoader worker
+    ... killed`: torch's SIGCHLD handler raises the worker's death wherever the main process is."""
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    def worker_killed(self, image, seed):
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(ImageAugmentGenerator, "augment", worker_killed)
+    err = _one_line_error(capsys, _generate(tmp_path / "pool", world),
+                          "error: a data-loading worker process died (DataLoader worker (pid 4242) is killed by signal: "
+                          "Killed), likely out of memory: use fewer --workers, then re-run the same command to resume "
+                          "(finished shards are kept)")
+    assert "policy" not in err and "image '" not in err
+
+
+# ----------------------------------------------------------------------------- 3, 4: ids and caption names
+
+
+def test_an_image_folder_names_images_by_path_not_stem(tmp_path, monkeypatch):
+    """was: train/1.png and val/1.png refused as duplicate image id '1' (a CSV uses the path)."""
+    monkeypatch.setenv("MATPLUS_CACHE", str(tmp_path / "cache"))
+    write_image(tmp_path / "folder" / "train" / "1.png")
+    write_image(tmp_path / "folder" / "val" / "1.png")
+    lines = [{"file_name": "train/1.png", "caption": "a"}, {"file_name": "val/1.png", "caption": "b", "split": "val"}]
+    (tmp_path / "folder" / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset, _ = load_source(str(tmp_path / "folder"))
+    assert dataset["image_id"] == ["train/1", "val/1"]
+
+
+def test_the_source_cache_version_changed_with_the_image_folder_ids():
+    """A cache entry of the stem ids must not be a hit (the version is part of its key and checked)."""
+    from augment.source_cache import CACHE_VERSION
+
+    assert CACHE_VERSION >= 2
+
+
+def test_albef_names_the_entry_holding_an_empty_caption(tmp_path):
+    """was: `[0] (grey.png): caption 1 is empty`, entry [0] being the image's first, whole entry."""
+    write_image(tmp_path / "grey.png", mode="L")
+    entries = [{"image": "grey.png", "caption": "a grey square"}, {"image": "grey.png", "caption": "  "}]
+    (tmp_path / "flickr30k_test.json").write_text(json.dumps(entries))
+    with pytest.raises(SourceError, match=r"^flickr30k_test.json: \[1\] \(grey.png\): caption 1 is empty$"):
+        load_source(str(tmp_path / "flickr30k_test.json"), cache=False)
+
+
+# ----------------------------------------------------------------------------- 5: a damaged cache entry
+
+
+def test_a_cache_entry_with_damaged_caption_bytes_is_rebuilt(tmp_path):
+    """was: a UnicodeDecodeError traceback when the hit's captions were read (`validate()` checks no values)."""
+    write_image(tmp_path / "src" / "a.png")
+    (tmp_path / "src" / "caps.csv").write_text("image,caption\na.png,a distinctive caption\n")
+    for path in (tmp_path / "src" / "caps.csv", tmp_path / "src" / "a.png", tmp_path / "src"):
+        os.utime(path, ns=(OLD * 10**9, OLD * 10**9))
+    cache = tmp_path / "cache"
+    load_source(str(tmp_path / "src" / "caps.csv"), cache=cache)
+    [entry] = cache.glob("*.arrow")
+    data = entry.read_bytes()
+    assert data.count(b"distinctive") == 1
+    entry.write_bytes(data.replace(b"distinctive", b"\xff\xfe\xfdtinctive"))
+    dataset, _ = load_source(str(tmp_path / "src" / "caps.csv"), cache=cache)
+    assert dataset["captions"] == [["a distinctive caption"]]
+    assert b"distinctive" in entry.read_bytes()  # rewritten whole
+
+
+# ----------------------------------------------------------------------------- 6, 7: hints and TSV quoting
+
+
+def test_the_several_karpathy_files_hint_names_trains_option_too(tmp_path):
+    for name in ("dataset_a.json", "dataset_b.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(SourceError, match=r"pass one of them as --source \(augment\) or --train-data \(train\)$"):
+        load_source(str(tmp_path))
+
+
+def test_a_tsv_caption_starting_with_a_quoted_word_is_read_as_written(tmp_path):
+    """was: `malformed CSV` (csv's default quoting); a TSV has none, as open_clip_train's are written."""
+    write_image(tmp_path / "images" / "0.png")
+    write_image(tmp_path / "images" / "1.png")
+    (tmp_path / "caps.tsv").write_text('filepath\ttitle\nimages/0.png\t"Stop" sign on a road\n'
+                                       'images/1.png\ta stray " quote, and a comma\n')
+    dataset, _ = load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title", cache=False)
+    assert dataset["captions"] == [['"Stop" sign on a road'], ['a stray " quote, and a comma']]
+
+
+def test_a_csv_keeps_its_quoting(tmp_path):
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.csv").write_text('image,caption\np.png,"a caption, quoted"\n')
+    dataset, _ = load_source(str(tmp_path / "caps.csv"), cache=False)
+    assert dataset["captions"] == [["a caption, quoted"]]
+    (tmp_path / "bad.csv").write_text('image,caption\np.png,"a stray quote\np.png,second\n')
+    with pytest.raises(SourceError, match=r"malformed CSV in the record starting on line 2"):
+        load_source(str(tmp_path / "bad.csv"), cache=False)
