@@ -64,16 +64,18 @@ class DataWorkerDied(MatPlusError):
     """A DataLoader worker process died (killed: the OOM killer, most often)."""
 
 
-def worker_death(exc: BaseException, then: str = "re-run the same command") -> DataWorkerDied | None:
+def worker_death(exc: BaseException, then: str = "re-run the same command", workers: int | None = None
+                 ) -> DataWorkerDied | None:
     """The one-line error for torch's RuntimeError about a dead DataLoader worker ("DataLoader worker
     (pid N) is killed by signal: Killed.", "... exited unexpectedly"), or None for any other error;
     `then`: what to do after lowering --workers. torch raises it from its SIGCHLD handler, so it may
     surface anywhere in the main process (inside a generator's own code too), not only where the
-    loader is read: callers convert it around their whole loop as well, and nothing may wrap it."""
+    loader is read: callers convert it around their whole loop as well, and nothing may wrap it.
+    `workers`: the --workers the run has, said in the message. The trainer's loader uses it too."""
     if not (isinstance(exc, RuntimeError) and "DataLoader worker (pid" in str(exc)):
         return None
     return DataWorkerDied(f"a data-loading worker process died ({first_line(exc).rstrip('.')}), likely out of "
-                          f"memory: use fewer --workers, then {then}")
+                          f"memory: use fewer --workers{'' if workers is None else f' ({workers} now)'}, then {then}")
 
 
 def as_list(batch: list) -> list:

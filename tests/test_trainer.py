@@ -297,7 +297,7 @@ def test_unread_settings_are_accepted_where_read_and_saved_configs_feed_back(tmp
     ]
     for settings in read:
         resolve_config({"train_data": "s.json", "out": "o", **settings})
-    # a run's config.yaml holds every setting, derived ones too: fed back, none is refused
+    # a run's config.yaml holds every setting (derived ones null, their values in `derived:`): fed back, none is refused
     for method in ("clean", "tecoa", "fare", "mat", "mat+", "expand"):
         settings = {"method": method, "pools": ["p"] if method == "mat+" else []}
         if method == "expand":
@@ -312,7 +312,7 @@ def test_max_grad_norm_must_be_positive(norm):
     from train.config import ConfigError, resolve_config
 
     # a negative norm made torch's clipping multiply every gradient by a negative scale
-    with pytest.raises(ConfigError, match="--max-grad-norm must be positive"):
+    with pytest.raises(ConfigError, match="--grad-clip-norm must be positive"):
         resolve_config({"train_data": "s.json", "out": "o", "max_grad_norm": norm})
 
 
@@ -927,7 +927,7 @@ def test_the_source_options_every_command_takes(tmp_path, sample_world_dir, sour
         _run(tmp_path, "bad", world, method="clean")
 
     assert resolve_config({"precision": "amp_bfloat16", "report_to": ""}, {
-        "method": "clean", "train_data": "x", "out": "y"}).precision == "amp_bfloat16"
+        "method": "clean", "train_data": "x", "out": "y"}).precision == "amp_bf16"  # one spelling per precision
 
 
 def test_tsv_train_data_locked_image_tower_validation_and_resume_from_a_checkpoint(tmp_path, sample_world_dir, source,

@@ -137,6 +137,17 @@ def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def unresumable_reason(folder: Path) -> str | None:
+    """Why `folder`, a checkpoint folder without its training state, cannot be resumed (None when it
+    has one or is no folder): a model shared without `train_state/`, as the docstring suggests, holds
+    weights but no optimizer, schedule or step, and must not be taken for "no checkpoint yet"."""
+    if not folder.is_dir() or (folder / STATE_DIR / STATE_FILE).is_file():
+        return None
+    has_weights = (folder / "matplus_model.json").is_file() or any(folder.glob("*.safetensors"))
+    what = f"has weights but no {STATE_DIR}/" if has_weights else f"has no {STATE_DIR}/{STATE_FILE}"
+    return f"{folder} {what}: it cannot be resumed"
+
+
 def read_state(folder: Path) -> dict:
     path = folder / STATE_DIR / STATE_FILE
     try:

@@ -7,7 +7,8 @@ only gets the groups it uses (attack options for the adversarial methods, text-a
 mat/mat+). Settings resolve as defaults < `--config FILE` (YAML) < options given on the command
 line; the result is saved as RUN/config.yaml. Expected failures print one line and exit 2.
 Options that open_clip_train also has carry its names and meanings (`--train-data`, `--wd`,
-`--warmup`, `--eps` = AdamW's epsilon, `--precision`, `--workers`, `--report-to`, ...).
+`--warmup`, `--eps` = AdamW's epsilon, `--precision`, `--workers`, `--report-to`, `--grad-clip-norm`,
+`--log-every-n-steps`, ...); the two last were `--max-grad-norm` and `--log-every`, kept as aliases.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from train.config import (
     TEXT_CANDIDATES,
     ConfigError,
     TrainConfig,
+    option_name,
     read_yaml_config,
     resolve_config,
 )
@@ -131,7 +133,9 @@ def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--eps", help="AdamW epsilon, as in open_clip (the PGD budget is --attack-eps)" + _default("eps"))
     opt.add_argument("--warmup", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup"))
     opt.add_argument("--grad-accum", type=int, help="micro steps per optimizer step" + _default("grad_accum"))
-    opt.add_argument("--max-grad-norm", type=number, help="clip gradients to this norm (default: no clipping)")
+    # open_clip_train's name first (the help shows it); the old one stays, so saved commands keep working
+    opt.add_argument("--grad-clip-norm", "--max-grad-norm", dest="max_grad_norm", type=number,
+                     help="clip gradients to this norm (default: no clipping)")
     opt.add_argument("--precision", choices=PRECISIONS,
                      help=f"open_clip's names; mixed precision through accelerate: {', '.join(ACCELERATE_PRECISION)} "
                           "(the half-weight ones are refused)" + _default("precision"))
@@ -172,7 +176,8 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
     """Checkpoints, resuming and loggers."""
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
-    run.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps" + _default("log_every"))
+    run.add_argument("--log-every-n-steps", "--log-every", dest="log_every", type=int,
+                     help="metrics.jsonl line every N steps" + _default("log_every"))
     run.add_argument("--resume", metavar="latest|CKPT", help="continue from a checkpoint: 'latest' (the one in --out) "
                      "or a checkpoint folder such as RUN/ckpt")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -186,8 +191,10 @@ def _add_validation_options(parser: argparse.ArgumentParser) -> None:
     """Robust validation during training."""
     val = parser.add_argument_group("validation during training (robust R@1, best checkpoint in RUN/best)")
     val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
-    val.add_argument("--val-data", help="source to validate on (default: --train-data)")
-    val.add_argument("--val-split", help="its split" + _default("val_split"))
+    val.add_argument("--val-data", help="source to validate on (default: --train-data); one that names no splits "
+                     "(an open_clip CSV/TSV) is validated on whole")
+    val.add_argument("--val-image-root", help="image folder for --val-data's JSON/CSV (--image-root is --train-data's)")
+    val.add_argument("--val-split", help="its split, for a source that has splits" + _default("val_split"))
     val.add_argument("--val-attack", help="attack of the robust score (train eval's names)" + _default("val_attack"))
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
 
@@ -215,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         # a value that came from the file (and not the command line) is named with the file it is in
         # (the flag's spelling, or the key's: a type check names the setting as the file spells it)
         from_file = [key for key in file_settings if key not in given
-                     and (f"--{key.replace('_', '-')} " in f"{exc} " or str(exc).startswith(f"{key}: "))]
+                     and (f"{option_name(key)} " in f"{exc} " or str(exc).startswith(f"{key}: "))]
         if not from_file:
             raise
         raise ConfigError(f"{exc} ({', '.join(from_file)} from {args.config})") from None

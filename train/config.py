@@ -1,12 +1,17 @@
 """Training configuration: defaults < YAML file (`--config`) < command line, resolved once.
 
 `TrainConfig` lists every setting with its default. `resolve_config` merges the three layers,
-checks values, and fills the settings whose default depends on others (`pgd_step_size`, `mlm`,
-`lock_text`, `workers`), so the `config.yaml` written into RUN says exactly what ran and can be fed back
-with `--config` to repeat it.
+checks values, and fills the settings whose default depends on others (`DERIVED_SETTINGS`:
+`pgd_step_size`, `lock_text`, `mlm`, `workers`, `pool_weights`). The `config.yaml` written into RUN
+says exactly what ran and can be fed back with `--config` to repeat it: a derived setting is written
+as null (its value in the file's `derived:` section), so fed back with other settings it is derived
+again from them (a new `--attack-eps` gets its own PGD step, a new `--model` its own masked LM),
+while one the user gave keeps its value.
 
 YAML keys are the option names with `_` or `-` (`batch_size` or `batch-size`); `attack_eps` and
-the PGD step size also accept fractions such as "2/255".
+the PGD step size also accept fractions such as "2/255". `--grad-clip-norm` and `--log-every-n-steps`
+(open_clip_train's names) are the settings `max_grad_norm` and `log_every` (the keys config.yaml
+keeps, so older runs still resume); a YAML file may spell them either way.
 
 Names follow open_clip_train where a setting means the same thing there (`--train-data`, `--wd`,
 `--warmup`, `--eps` = AdamW's epsilon, `--precision amp|amp_bf16|fp32`, `--workers`,
@@ -38,6 +43,8 @@ POOL_MODES = ("sample", "expand")
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
 PRECISIONS = MIXED_PRECISIONS + HALF_WEIGHTS
 ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "amp_bfloat16": "bf16", "fp32": "no"}
+# one name per precision that runs alike, so a resume under the other spelling is the same setting
+CANONICAL_PRECISION = {"amp_fp16": "amp", "amp_bfloat16": "amp_bf16"}
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 # old keys of this trainer -> their open_clip_train spelling (refused with this hint, never aliased)
 RENAMED = {
@@ -54,6 +61,14 @@ SAME_MEANING_RENAMES = ("source", "weight_decay", "warmup_steps", "freeze_text",
 ADAM_EPS_MAX = 1e-3
 
 CONFIG_FILE = "config.yaml"
+# config.yaml's section of the values its null (derived) settings had in the run; not a setting
+DERIVED_SECTION = "derived"
+# settings whose None means "from the other settings" (`_fill_derived`)
+DERIVED_SETTINGS = ("pgd_step_size", "lock_text", "mlm", "workers", "pool_weights")
+# settings whose option is open_clip_train's name, not the setting's (the old option stays an alias)
+OPTION_NAMES = {"max_grad_norm": "--grad-clip-norm", "log_every": "--log-every-n-steps"}
+# YAML keys of those option names -> the setting (config.yaml keeps the setting's name)
+YAML_ALIASES = {"grad_clip_norm": "max_grad_norm", "log_every_n_steps": "log_every"}
 # masked LM of the text attack for the tiny CLIP (real models get the registry's default)
 TINY_MLM = "tiny-mlm"
 
@@ -149,6 +164,7 @@ class TrainConfig:
     # under val_attack on val_split of val_data (default: the train data's source)
     val_frequency: int = 0  # 0: no validation
     val_data: str | None = None
+    val_image_root: str | None = None  # image folder of --val-data (--image-root is the train data's)
     val_split: str = "val"
     val_attack: str = "pgd"
     val_limit: int | None = 50
@@ -163,8 +179,13 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite", "out",
     "progress", "report_to", "wandb_project_name", "cpu", "workers", "grad_checkpointing",
-    "val_frequency", "val_data", "val_split", "val_attack", "val_limit", "validate", "allow_outside_root", "skip_report",
+    "val_frequency", "val_data", "val_image_root", "val_split", "val_attack", "val_limit", "validate", "allow_outside_root", "skip_report",
 })
+
+
+def option_name(name: str) -> str:
+    """The command-line option of setting `name` (`max_grad_norm`: --grad-clip-norm)."""
+    return OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def _unknown_settings(names, where: str) -> None:
@@ -207,12 +228,29 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for alias, name in YAML_ALIASES.items():  # open_clip_train's option names, as the help shows them
+        if alias in settings:
+            if name in settings:
+                raise ConfigError(f"{path}: {alias} and {name} are one setting ({option_name(name)}): keep one")
+            settings[name] = settings.pop(alias)
+    return settings
+
+
+def _derived_section(settings: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Pop config.yaml's `derived:` section (what its null settings were derived as in the run)."""
+    derived = settings.pop(DERIVED_SECTION, None) or {}
+    if not isinstance(derived, dict):
+        raise ConfigError(f"{path}: {DERIVED_SECTION}: expected a mapping of settings, got {type(derived).__name__}")
+    return derived
 
 
 def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a YAML mapping; keys may use '-' or '_'; unknown keys are refused."""
+    """Settings from a YAML mapping; keys may use '-' or '_'; unknown keys are refused. A run's
+    config.yaml: its derived settings are null there, so they are derived again (its `derived:`
+    section, the values they had in that run, is not read)."""
     settings = _read_settings_file(Path(path))
+    _derived_section(settings, Path(path))
     _unknown_settings(settings, f"{path}: ")
     return settings
 
@@ -281,7 +319,10 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
         merged.update(layer)
     config = TrainConfig(**_checked_types(_coerce(merged)))
     _validate(config)
-    _fill_derived(config)
+    _use_canonical_spellings(config)
+    # which settings were derived here (not given): save_config writes them as null, so that
+    # fed back with --config they are derived again from the settings then
+    config.derived_settings = _fill_derived(config)
     return config
 
 
@@ -335,6 +376,8 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
+    # without --val-data the train data is validated on, whose images --image-root finds
+    "val_image_root": (lambda c: c.val_frequency == 0 or c.val_data is None, "without --val-frequency and --val-data"),
     "wandb_project_name": (lambda c: "wandb" not in report_targets(c), "without --report-to wandb"),
     "skip_report": (lambda c: not c.skip_bad, "without --skip-bad"),
     **{name: (lambda c: not (_is_table_file(c.train_data) or _is_table_file(c.val_data)),
@@ -349,7 +392,7 @@ def _check_read(c: TrainConfig) -> None:
               if getattr(c, name) != getattr(_DEFAULTS, name) and is_unread(c)]
     if unread:
         def flag(name: str) -> str:  # as the user typed it: --no-lock-text sets False
-            return ("--no-" if getattr(c, name) is False else "--") + name.replace("_", "-")
+            return "--no-" + name.replace("_", "-") if getattr(c, name) is False else option_name(name)
 
         named = "; ".join(f"{flag(name)} is not read {why}" for name, why in unread)
         raise ConfigError(f"{named}: leave {'them' if len(unread) > 1 else 'it'} out")
@@ -406,7 +449,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
     _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
     # clipping to a negative norm flips every gradient's sign (torch clamps the scale only from above)
-    _check(c.max_grad_norm is None or 0 < c.max_grad_norm < math.inf, f"--max-grad-norm must be positive, got {c.max_grad_norm}")
+    _check(c.max_grad_norm is None or 0 < c.max_grad_norm < math.inf, f"--grad-clip-norm must be positive, got {c.max_grad_norm}")
     # finite too: an infinite weight decay turned every weight to NaN after one step, and trained on
     _check(0 <= c.wd < math.inf, f"--wd must be non-negative and finite, got {c.wd}")
     _check(c.warmup >= 0, "--warmup must be non-negative")
@@ -424,7 +467,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.prompt is None or c.task == "captioning", f"--prompt applies to --task captioning, not {c.task}")
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     _check(c.save_every >= 0, "--save-every must be non-negative")
-    _check(c.log_every >= 1, "--log-every must be at least 1")
+    _check(c.log_every >= 1, "--log-every-n-steps must be at least 1")
     # --overwrite empties --out first: fine before continuing another run's checkpoint there, not this run's own
     _check(not (c.overwrite and c.resume == "latest"),
            "--resume latest continues the run in --out and --overwrite deletes it first: choose one")
@@ -436,7 +479,28 @@ def _validate(c: TrainConfig) -> None:
     _check_read(c)
 
 
-def _fill_derived(c: TrainConfig) -> None:
+def _use_canonical_spellings(c: TrainConfig) -> None:
+    """One spelling per meaning, so that config.yaml and a resume's comparison see one value:
+    open_clip's precision aliases, and the CSV separator as the character itself (`\\t` typed
+    as open_clip users type it is a tab), null where it is every table file's own default."""
+    c.precision = CANONICAL_PRECISION.get(c.precision, c.precision)
+    from augment.source_formats import csv_separator
+
+    separator = csv_separator(c.csv_separator)
+    tables = [path for path in (c.train_data, c.val_data) if _is_table_file(path)]
+    if tables and all(separator == _default_separator(path) for path in tables):
+        separator = None
+    c.csv_separator = separator
+
+
+def _default_separator(table_file: str) -> str:
+    """The separator augment reads a CSV/TSV file with when none is given: by its extension."""
+    return "\t" if Path(str(table_file)).suffix.lower() == ".tsv" else ","
+
+
+def _fill_derived(c: TrainConfig) -> frozenset[str]:
+    """Fill the settings left to a default that depends on the others; the names filled."""
+    unset = {name for name in DERIVED_SETTINGS if getattr(c, name) is None}
     c.pgd_step_size = pgd_step_size(c.attack_eps, c.pgd_step_size)
     if c.lock_text is None:
         # TeCoA and FARE fine-tune the vision encoder only (as in their papers); FARE's loss does
@@ -450,6 +514,7 @@ def _fill_derived(c: TrainConfig) -> None:
         c.mlm = default_mlm(c.model)
     if c.pools and c.pool_weights is None:
         c.pool_weights = [1.0] * len(c.pools)
+    return frozenset(name for name in unset if getattr(c, name) is not None)
 
 
 def report_targets(config: TrainConfig) -> set[str]:
@@ -465,14 +530,27 @@ def config_path(run_dir: str | os.PathLike) -> Path:
 
 
 def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
-    """Write the resolved config as RUN/config.yaml (atomically), ready to be fed back with --config."""
+    """Write the resolved config as RUN/config.yaml (atomically), ready to be fed back with --config.
+
+    The settings resolve_config derived (not given) are null, and their values in a `derived:`
+    section after them: fed back with other settings (`--attack-eps`, `--model`, `--lock-image`),
+    they are derived again from those instead of keeping values made for the old ones; the run's
+    own record (load_saved_config, for a resume's comparison) reads the values that ran."""
     import yaml
 
     path = config_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     # how this run was started, not what it is: fed back with --config, they must not carry over
     settings = {**config.to_dict(), "resume": None, "overwrite": False}
-    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
+    derived_names = [name for name in DERIVED_SETTINGS if name in getattr(config, "derived_settings", ())]
+    derived = {name: settings[name] for name in derived_names}
+    settings.update(dict.fromkeys(derived_names))
+    text = yaml.safe_dump(settings, sort_keys=False)
+    if derived:
+        text += ("# the values the null settings above were derived as in this run (from the other settings;\n"
+                 "# fed back with --config they are derived again: set one above to keep it)\n"
+                 + yaml.safe_dump({DERIVED_SECTION: derived}, sort_keys=False))
+    atomic_write_text(path, text)
     return path
 
 
@@ -483,6 +561,9 @@ def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     settings = _read_settings_file(path)
+    for name, value in _derived_section(settings, path).items():  # the values that ran
+        if name in DERIVED_SETTINGS and settings.get(name) is None:
+            settings[name] = value
     for old in SAME_MEANING_RENAMES:
         if old in settings and RENAMED[old] not in settings:
             settings[RENAMED[old]] = settings.pop(old)
@@ -509,9 +590,24 @@ def _migrate_before_open_clip_names(settings: dict[str, Any]) -> None:
         settings["precision"] = OLD_PRECISIONS[settings["precision"]]
 
 
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with one spelling per meaning: a run saved before the spellings were made one
+    (`amp_bfloat16`, `csv_separator: "\\t"` for a .tsv) compares equal to the same run typed anew.
+    The separator compared is the one the train data is read with (the validation data may change
+    on a resume)."""
+    from augment.source_formats import csv_separator
+
+    out = dict(settings)
+    out["precision"] = CANONICAL_PRECISION.get(out.get("precision"), out.get("precision"))
+    train_data = out.get("train_data")
+    separator = csv_separator(out.get("csv_separator"))
+    out["csv_separator"] = (separator or _default_separator(train_data)) if _is_table_file(train_data) else None
+    return out
+
+
 def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """Settings that differ from the run being resumed and would change its result."""
-    current = json.loads(json.dumps(config.to_dict()))
-    saved = json.loads(json.dumps(saved))
+    current = _comparable(json.loads(json.dumps(config.to_dict())))
     defaults = json.loads(json.dumps(_DEFAULTS.to_dict()))  # a setting added since the run was saved had its default
-    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k))
+    saved = _comparable({**defaults, **json.loads(json.dumps(saved))})
+    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))

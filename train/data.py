@@ -418,6 +418,10 @@ class _Failed:
         self.exception = exception
 
 
+# what a dead loader worker's one line (`augment.loading.worker_death`) says to do next
+AFTER_WORKER_DEATH = "--resume latest continues from the last checkpoint"
+
+
 def _keep_items(item):
     """collate_fn of `batch_size=None` loaders whose items are already batches."""
     return item
@@ -427,14 +431,24 @@ def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pi
                   prefetch: int = 2):
     """(plan, batch) for micro steps first..last-1 in order, decoded by a DataLoader with `workers`
     processes (0: in this process), `prefetch` batches ahead per worker, pinned when asked."""
-    from augment.loading import worker_options
+    from augment.loading import worker_death, worker_options
 
     options = {}
     if workers > 0:
         options = {"prefetch_factor": prefetch, "persistent_workers": True, **worker_options(workers)}
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(first, last), num_workers=workers,
                                          pin_memory=pin_memory, collate_fn=_keep_items, **options)
-    for item in loader:
+    items = iter(loader)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            died = worker_death(exc, AFTER_WORKER_DEATH, workers)
+            if died is None:
+                raise
+            raise died from None
         if isinstance(item, _Failed):
             raise item.exception
         yield item

@@ -37,6 +37,7 @@ import torch
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, MissingDependencyError, first_line
+from augment.loading import worker_death
 from train import checkpoint as ckpt
 from train.config import (
     ACCELERATE_PRECISION,
@@ -56,6 +57,7 @@ from train.data import (
     TrainData,
     derive_seed,
     load_train_data,
+    AFTER_WORKER_DEATH,
     micro_batches,
 )
 from train.methods import METHODS, StepContext, StepOutput
@@ -249,6 +251,11 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
     if config.resume:
         if config.resume == "latest":  # open_clip's spelling: the newest checkpoint of this run
             found = ckpt.find_checkpoint(run_dir)
+            unresumable = ckpt.unresumable_reason(ckpt.checkpoint_dir(run_dir)) if found is None else None
+            if unresumable:  # was: "no checkpoint yet", then trained from step 0 over those weights
+                raise ConfigError(f"--resume latest: {unresumable} (start again with --overwrite instead of --resume, "
+                                  f"train on from its weights with --model {ckpt.checkpoint_dir(run_dir)} and another "
+                                  "--out, or use another --out)")
             if found is None:
                 if has_outputs:  # a run killed before its first checkpoint, or another run: replaced only if the same
                     saved = load_saved_config(run_dir)
@@ -263,6 +270,9 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
         else:  # a checkpoint folder (RUN/ckpt of this or another run)
             found = Path(config.resume)
             if not (found / ckpt.STATE_DIR / ckpt.STATE_FILE).is_file():
+                unresumable = ckpt.unresumable_reason(found)
+                if unresumable and "weights" in unresumable:
+                    raise ConfigError(f"--resume: {unresumable} (to train on from its weights: --model {found})")
                 raise ConfigError(f"--resume {found}: not a checkpoint folder (no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
             made_by = found.parent
             if has_outputs and made_by.resolve() != run_dir.resolve() and not config.overwrite:
@@ -462,21 +472,19 @@ class Trainer:
         """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), on the main
         process; every process checks the validation split, so that all stop alike."""
         from augment.errors import SourceError
-        from augment.sources import load_source, select_split
+        from augment.sources import select_split
         from train.validation import ValidationSettings, Validator, settings_record
 
         cfg = self.cfg
         if cfg.val_data is None:
             source = self.data.source
         else:
-            # its images are found from its own location (--image-root is the train data's)
-            source, _ = load_source(cfg.val_data, allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
-                                    csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
+            source = self._load_validation_source()
         try:
             select_split(source, cfg.val_split)  # an unknown or absent split: one line now
         except SourceError as exc:
-            raise SourceError(f"validation (--val-frequency): {exc}; choose another with --val-split or "
-                              f"--val-data") from None
+            which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
+            raise SourceError(f"{which}: {exc}; choose another with --val-split or --val-data") from None
         if cfg.val_attack == "synonym":  # WordNet's substitutes: missing, one line before anything is written
             from augment.wordnet import require_wordnet
 
@@ -500,6 +508,27 @@ class Trainer:
                               report=lambda step, scalars: self.metrics.report(step, scalars)).attach(self)
         self.callbacks.append(validator)
         return validator
+
+    def _load_validation_source(self):
+        """--val-data, its images found from --val-image-root or its own location (--image-root is the
+        train data's). A source that names no splits (an open_clip CSV/TSV, an ALBEF file) is read as
+        --val-split whole, as --source-split labels the train data's: it was read as "train" and
+        refused for having no "val" rows. Errors name --val-data: the train data was read fine."""
+        from augment.errors import SourceError
+        from augment.sources import load_source
+
+        cfg = self.cfg
+        try:
+            source, _ = load_source(cfg.val_data, image_root=cfg.val_image_root,
+                                    split=None if cfg.val_split == "all" else cfg.val_split,
+                                    allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
+                                    csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
+        except MatPlusError as exc:
+            reason = first_line(exc)
+            for named in (f"{cfg.val_data}: ", f"{Path(cfg.val_data).name}: "):  # said once, by the prefix
+                reason = reason[len(named):] if reason.startswith(named) else reason
+            raise SourceError(f"--val-data {cfg.val_data}: {reason}") from None
+        return source
 
     def _check_validation_resume(self, step: int) -> None:
         """The validation lines a resume keeps were measured as this run will measure (every process
@@ -671,7 +700,7 @@ class Trainer:
                     if last.get("loss") is not None and not math.isfinite(last["loss"]):
                         # stop before a checkpoint holds the diverged weights (the last one saved is kept)
                         raise MatPlusError(f"step {done}: the loss is {last['loss']}: training diverged; stopped "
-                                           f"(lower --lr, or set --max-grad-norm); metrics.jsonl has every step up to it")
+                                           f"(lower --lr, or set --grad-clip-norm); metrics.jsonl has every step up to it")
                     for name in ("loss", "robust_loss"):
                         if last.get(name) is not None:  # exponential running mean for the bar
                             running[name] = last[name] if name not in running else 0.9 * running[name] + 0.1 * last[name]
@@ -684,6 +713,11 @@ class Trainer:
                 bar.update(1)
                 if saving and done < self.total_steps:
                     self._save(done, elapsed)
+        except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error wherever the loop is
+            died = worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
+            if died is None:
+                raise
+            raise died from None
         finally:
             bar.close()
             self.stop_loader()

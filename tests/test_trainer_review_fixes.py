@@ -1,0 +1,279 @@
+"""Review fixes of `train`: derived settings of a saved config.yaml derived again when it is fed
+back; a validation source without splits, or with its images elsewhere; a checkpoint without its
+training state; spellings of one setting on resume; open_clip_train's option names; a killed
+DataLoader worker. Runs are one or two steps of the tiny CLIP on the sample world."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+FAST = ["--batch-size", "8", "--no-progress", "--workers", "0", "--model", "tiny-clip"]
+
+
+def _args(*argv):
+    from train.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args([str(a) for a in argv]))
+
+
+def _saved(tmp_path, name, **settings) -> Path:
+    """RUN/config.yaml of a run of `settings`, as the trainer writes it."""
+    from train.config import config_path, resolve_config, save_config
+
+    save_config(resolve_config({"train_data": "s.json", "out": str(tmp_path / name), **settings}), tmp_path / name)
+    return config_path(tmp_path / name)
+
+
+def _main(capsys, *argv) -> tuple[int, str]:
+    from train.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, sample_world_dir) -> Path:
+    """A clean run of one step (a checkpoint with its train_state/), copied by the tests that change it."""
+    from train.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "clean"
+    assert main(["clean", "--train-data", str(sample_world_dir), "--out", str(run), "--max-steps", "1", *FAST]) == 0
+    return run
+
+
+# ----------------------------------------------------------------------------- 1. derived settings
+
+
+def test_a_fed_back_config_derives_the_pgd_step_from_the_new_budget(tmp_path):
+    """was: pgd_step_size stayed (old eps)/4: `--attack-eps 4/255` attacked with the old, weaker step."""
+    saved = _saved(tmp_path, "v4", method="tecoa", attack_eps="2/255")
+    assert yaml.safe_load(saved.read_text())["pgd_step_size"] is None
+    config = _args("tecoa", "--config", saved, "--attack-eps", "4/255", "--out", tmp_path / "x")
+    assert config.pgd_step_size == pytest.approx(4 / 255 / 4)
+    # a step the user gave is kept
+    given = _saved(tmp_path, "given", method="tecoa", pgd_step_size="1/255")
+    config = _args("tecoa", "--config", given, "--attack-eps", "4/255", "--out", tmp_path / "x")
+    assert config.pgd_step_size == pytest.approx(1 / 255)
+
+
+def test_a_fed_back_config_derives_the_masked_lm_and_the_locked_tower_again(tmp_path):
+    from augment.registry import DEFAULT_MODELS
+
+    mat = _saved(tmp_path, "tiny", method="mat")
+    config = _args("mat", "--config", mat, "--model", "ViT-B-32", "--pretrained", "openai", "--out", tmp_path / "x")
+    assert config.mlm == DEFAULT_MODELS["mlm"] != "tiny-mlm"  # was: tiny-mlm, the old model's
+    tecoa = _saved(tmp_path, "tecoa", method="tecoa")
+    # was: "--lock-image and --lock-text together", the stored lock_text being tecoa's default
+    config = _args("tecoa", "--config", tecoa, "--lock-image", "--out", tmp_path / "x")
+    assert config.lock_image and config.lock_text is False
+    # and pools: equal weights were stored for the old number of pools
+    pooled = _saved(tmp_path, "pooled", method="mat+", pools=["p", "q"])
+    config = _args("mat+", "--config", pooled, "--pools", "p", "q", "r", "--out", tmp_path / "x")
+    assert config.pool_weights == [1.0, 1.0, 1.0]
+
+
+def test_the_run_record_keeps_the_derived_values_for_resume(tmp_path):
+    from train.config import load_saved_config, resolve_config, resume_conflicts
+
+    saved = _saved(tmp_path, "run", method="mat", attack_eps="2/255")
+    written = yaml.safe_load(saved.read_text())
+    assert written["derived"]["pgd_step_size"] == pytest.approx(2 / 255 / 4) and written["derived"]["mlm"] == "tiny-mlm"
+    record = load_saved_config(tmp_path / "run")
+    assert record["pgd_step_size"] == pytest.approx(2 / 255 / 4) and "derived" not in record
+    same = resolve_config({"method": "mat", "train_data": "s.json", "out": str(tmp_path / "run"), "attack_eps": "2/255"})
+    assert resume_conflicts(record, same) == []
+    other_step = resolve_config({"method": "mat", "train_data": "s.json", "out": "o", "attack_eps": "2/255",
+                                 "pgd_step_size": "1/255"})
+    assert resume_conflicts(record, other_step) == ["pgd_step_size"]
+
+
+def test_a_run_resumed_with_its_own_config_gets_the_same_settings(tmp_path, trained_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    code, err = _main(capsys, "clean", "--config", run / "config.yaml", "--resume", "latest", "--max-steps", "2",
+                      "--out", run)
+    assert code == 0, err
+    assert f"resuming from {run / 'ckpt'} at step 1 of 2" in err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+# ----------------------------------------------------------------------------- 2, 3. validation data
+
+
+def _open_clip_tsv(path: Path, world: Path, split: str) -> Path:
+    """An open_clip-style TSV (no split column) of one split of the world, image paths relative to it."""
+    data = json.loads(next(world.glob("dataset_*.json")).read_text())
+    lines = ["filepath\ttitle"] + [f"images/{entry['filename']}\t{entry['sentences'][0]['raw']}"
+                                   for entry in data["images"] if entry["split"] == split]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_validation_tsv_without_splits_is_validated_on_whole_with_its_own_image_root(tmp_path, sample_world_dir,
+                                                                                          capsys):
+    """was: read wholly as "train" and refused for having no "val" rows unless --val-split train; and its
+    images, in another folder than the TSV, could not be found (--image-root is the train data's)."""
+    val = _open_clip_tsv(tmp_path / "val.tsv", sample_world_dir, "val")
+    assert not (tmp_path / "images").exists()  # the paths lead nowhere from the TSV's own folder
+    common = ["clean", "--train-data", sample_world_dir, "--max-steps", "1", "--val-frequency", "1",
+              "--val-data", val, "--val-attack", "clean", "--val-limit", "4", "--csv-img-key", "filepath",
+              "--csv-caption-key", "title", *FAST]
+    code, err = _main(capsys, *common, "--out", tmp_path / "elsewhere")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: --val-data {val}: "), err
+    assert not (tmp_path / "elsewhere").exists()
+    code, err = _main(capsys, *common, "--val-image-root", sample_world_dir, "--out", tmp_path / "run")
+    assert code == 0, err
+    curve = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in curve] == [0, 1] and curve[0]["settings"]["split"] == "val"
+
+
+def test_a_validation_source_with_splits_still_takes_val_split(tmp_path, sample_world_dir, capsys):
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--max-steps", "1", "--val-frequency", "1",
+                      "--val-data", sample_world_dir, "--val-split", "test", "--val-limit", "2", "--val-attack", "clean",
+                      *FAST, "--out", tmp_path / "test")
+    assert code == 0, err
+    (tmp_path / "tagged.tsv").write_text("filepath\ttitle\tsplit\nimages/x.png\ta cat\ttrain\n")
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--val-frequency", "1",
+                      "--val-data", tmp_path / "tagged.tsv", "--csv-img-key", "filepath", "--csv-caption-key", "title",
+                      *FAST, "--out", tmp_path / "refused")
+    assert code == 2 and err.startswith(f"error: --val-data {tmp_path / 'tagged.tsv'}: "), err
+
+
+def test_val_image_root_without_val_data_is_refused(tmp_path):
+    from train.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match="^--val-image-root is not read without --val-frequency and --val-data"):
+        resolve_config({"train_data": "s.json", "out": "o", "val_frequency": 1, "val_image_root": "imgs"})
+
+
+# ----------------------------------------------------------------------------- 4. weights without train_state/
+
+
+def test_resume_latest_on_weights_without_their_train_state_is_refused(tmp_path, trained_run, capsys):
+    """was: "has no checkpoint yet; starting from step 0", then a run from scratch replaced RUN/ckpt."""
+    run = tmp_path / "shared"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "ckpt" / "train_state")  # the README's way of sharing only the model
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "ckpt").iterdir()}
+    code, err = _main(capsys, "clean", "--config", run / "config.yaml", "--out", run, "--resume", "latest",
+                      "--max-steps", "2", "--no-progress")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --resume latest: {run / 'ckpt'} has weights but no train_state/: it cannot be resumed")
+    assert "--overwrite" in err and "--model" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "ckpt").iterdir()} == before  # nothing retrained over it
+    code, err = _main(capsys, "clean", "--config", run / "config.yaml", "--out", tmp_path / "other",
+                      "--resume", run / "ckpt", "--no-progress")
+    assert code == 2 and "has weights but no train_state/" in err and f"--model {run / 'ckpt'}" in err, err
+
+
+# ----------------------------------------------------------------------------- 5. spellings on resume
+
+
+def test_spellings_of_one_setting_are_one_setting(tmp_path):
+    from train.config import load_saved_config, resolve_config, resume_conflicts
+
+    def resolved(**settings):
+        return resolve_config({"method": "clean", "out": str(tmp_path / "run"), **settings})
+
+    assert resolved(train_data="s.json", precision="amp_bfloat16").precision == "amp_bf16"
+    assert resolved(train_data="s.json", precision="amp_fp16").precision == "amp"
+    assert resolved(train_data="t.tsv", csv_separator="\\t").csv_separator is None  # the .tsv default, typed as open_clip's
+    assert resolved(train_data="t.csv", csv_separator=",").csv_separator is None
+    assert resolved(train_data="t.csv", csv_separator="\\t").csv_separator == "\t"
+    assert resolved(train_data="t.csv", csv_separator=";").csv_separator == ";"
+    # a tab for a .tsv and a .csv: not the .csv's default, so kept
+    assert resolved(train_data="t.tsv", csv_separator="\t", val_frequency=1, val_data="v.csv").csv_separator == "\t"
+
+    # runs saved with the other spelling (before this fix: as typed) resume
+    started = resolved(train_data="t.tsv", precision="amp_bf16")
+    from train.config import save_config
+
+    path = save_config(started, tmp_path / "run")
+    old = yaml.safe_load(path.read_text())
+    old.update(old.pop("derived"), precision="amp_bfloat16", csv_separator="\\t")
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    record = load_saved_config(tmp_path / "run")
+    assert resume_conflicts(record, resolved(train_data="t.tsv", precision="amp_bf16")) == []
+    assert resume_conflicts(record, resolved(train_data="t.tsv", precision="amp_bfloat16", csv_separator="\t")) == []
+    assert resume_conflicts(record, resolved(train_data="t.tsv", precision="amp_bf16", csv_separator=",")) == ["csv_separator"]
+    assert resume_conflicts(record, resolved(train_data="t.tsv", precision="fp32")) == ["precision"]
+
+
+# ----------------------------------------------------------------------------- 6. open_clip_train's names
+
+
+def test_open_clip_train_names_of_clipping_and_logging_and_their_old_aliases(tmp_path):
+    from train.cli import build_parser
+    from train.config import ConfigError, read_yaml_config
+
+    parse = build_parser().parse_args
+    for flag in ("--grad-clip-norm", "--max-grad-norm"):
+        assert parse(["clean", flag, "1.5"]).max_grad_norm == 1.5
+    for flag in ("--log-every-n-steps", "--log-every"):
+        assert parse(["clean", flag, "3"]).log_every == 3
+    method_help = next(a for a in build_parser()._actions if a.dest == "command").choices["clean"].format_help()
+    assert method_help.index("--grad-clip-norm") < method_help.index("--max-grad-norm")
+    assert method_help.index("--log-every-n-steps") < method_help.index("--log-every ")
+    # config.yaml keeps the setting's key (older runs resume); a YAML file may use open_clip's name
+    saved = _saved(tmp_path, "run", method="clean", max_grad_norm=1.0, log_every=2)
+    assert {"max_grad_norm", "log_every"} <= set(yaml.safe_load(saved.read_text()))
+    (tmp_path / "open_clip.yaml").write_text("grad-clip-norm: 2.0\nlog_every_n_steps: 5\n")
+    assert read_yaml_config(tmp_path / "open_clip.yaml") == {"max_grad_norm": 2.0, "log_every": 5}
+    (tmp_path / "both.yaml").write_text("grad_clip_norm: 2.0\nmax_grad_norm: 1.0\n")
+    with pytest.raises(ConfigError, match="grad_clip_norm and max_grad_norm are one setting"):
+        read_yaml_config(tmp_path / "both.yaml")
+
+
+def test_a_bad_clip_norm_from_a_config_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("max_grad_norm: -1\n")
+    code, err = _main(capsys, "clean", "--config", tmp_path / "c.yaml", "--train-data", "d", "--out", tmp_path / "r")
+    assert code == 2 and err == f"error: --grad-clip-norm must be positive, got -1.0 (max_grad_norm from {tmp_path / 'c.yaml'})"
+
+
+# ----------------------------------------------------------------------------- 7. a killed DataLoader worker
+
+
+class _KilledInAWorker(torch.utils.data.Dataset):
+    """Kills the worker process that reads it (as the OOM killer would); fine in the main process."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), 9)
+        return index
+
+
+def test_a_killed_loader_worker_is_one_error_naming_workers_and_resume():
+    from augment.loading import DataWorkerDied
+    from train.data import micro_batches
+
+    with pytest.raises(DataWorkerDied, match=r"^a data-loading worker process died \(DataLoader worker \(pid.*likely out "
+                                             r"of memory: use fewer --workers \(1 now\), then --resume latest continues"):
+        list(micro_batches(_KilledInAWorker(), 0, 4, workers=1, pin_memory=False))
+    assert list(micro_batches(_KilledInAWorker(), 0, 4, workers=0, pin_memory=False)) == [0, 1, 2, 3]
+
+
+def test_train_with_a_killed_loader_worker_exits_2_in_one_line(tmp_path, sample_world_dir, capsys, monkeypatch):
+    """was: a traceback of torch's `RuntimeError: DataLoader worker (pid N) is killed by signal: Killed.`, exit 1."""
+    from train.data import MicroBatches
+
+    original = MicroBatches.__getitem__
+
+    def killed_in_a_worker(self, micro_step):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), 9)
+        return original(self, micro_step)
+
+    monkeypatch.setattr(MicroBatches, "__getitem__", killed_in_a_worker)
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--out", tmp_path / "run", "--max-steps", "1",
+                      "--batch-size", "8", "--no-progress", "--workers", "1")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: a data-loading worker process died") and "--resume latest" in err
