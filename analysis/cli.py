@@ -108,8 +108,9 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     # the attacks' canonical order (eval.json may hold them sorted), then any others
     attacks = [a for a in ATTACK_NAMES if a in present] + sorted(present - set(ATTACK_NAMES))
     protocols = [_protocol_label(report) for _, report in evaluations]
-    # numbers under a reference protocol are not the project protocol's: say which row is which
-    by_protocol = task == "retrieval" and any(protocol != "project" for protocol in protocols)
+    # numbers under a reference protocol are not the project protocol's: say which row is which (retrieval
+    # and grounding carry a protocol; captioning refuses them, so its label is always "project")
+    by_protocol = any(protocol != "project" for protocol in protocols)
     header = (["evaluation"] + (["protocol"] if by_protocol else []) + [f"{a} {suffix}" for a in attacks]
               + (["RSUM (clean)"] if task == "retrieval" else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -133,13 +134,24 @@ def _cell(cell, entry: dict, name: str, attack: str) -> str:
 
 def _protocol_label(report: dict) -> str:
     """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`;
-    `co-attack/multimodal` for the fused-embedding attacks)."""
+    `co-attack/multimodal` for the fused-embedding attacks; `sga (captions: none)` where the captions
+    were not preprocessed as the protocol preprocesses them, `--caption-preprocess`)."""
+    from train.attacks.protocols import PROTOCOL_CHOICES
     from train.attacks.settings import canonical_options
 
-    options = canonical_options(report.get("settings", {}).get("attack_options", {}))  # older spellings too
+    settings = report.get("settings", {})
+    options = canonical_options(settings.get("attack_options", {}))  # older spellings too
+    protocol = options.get("protocol", "project")
     embedding = options.get("attacked_embedding", "unimodal")
-    return (options.get("protocol", "project") + ("" if embedding == "unimodal" else f"/{embedding}")
-            + ("+bugs" if options.get("reference_bugs") else ""))
+    label = (protocol + ("" if embedding == "unimodal" else f"/{embedding}")
+             + ("+bugs" if options.get("reference_bugs") else ""))
+    # a protocol's numbers include its caption preprocessing (item 7): another one is another protocol's
+    # numbers (a report without the setting, or of a protocol unknown here, says nothing of it)
+    captions = settings.get("caption_preprocess")
+    default = PROTOCOL_CHOICES[protocol].caption_preprocess if protocol in PROTOCOL_CHOICES else None
+    if captions and default and captions != default:
+        label += f" (captions: {captions})"
+    return label
 
 
 def _model_label(entry: dict) -> str:

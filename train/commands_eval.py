@@ -72,10 +72,13 @@ ATTACK_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def attack_option_readers(task: str, protocol: str = "project", candidates: str = "mlm") -> dict[str, tuple[str, ...]]:
+def attack_option_readers(task: str, protocol: str = "project", candidates: str = "mlm",
+                          attacked_embedding: str = "unimodal") -> dict[str, tuple[str, ...]]:
     """`ATTACK_OPTIONS[task]` under a retrieval `protocol`: the Co-Attack code's schedule sets its own
     PGD step (`--pgd-step-size` unread there), and `--reference-bugs` is read by the attacks that have
-    one (the MLM's bugs: the attacks reading an MLM; SGA's gradient scaling: the SGA code's image step)."""
+    one (the MLM's bugs: the attacks reading an MLM; SGA's gradient scaling: the SGA code's image step;
+    on a fused `attacked_embedding`, the unnormalised pixels of the fused text attack, which every
+    fused attack but PGD runs). On a fused embedding only the fused attacks run: no other is a reader."""
     from train.attacks.protocols import co_attack_schedule, sga_image_attacker
 
     readers = dict(ATTACK_OPTIONS[task])
@@ -85,6 +88,14 @@ def attack_option_readers(task: str, protocol: str = "project", candidates: str 
     mlm_readers = readers["mlm"] if candidates == "mlm" else ()
     readers["reference_bugs"] = tuple(a for a in ("pgd", "bert-attack", "sep", "co-attack", "sga")
                                       if a in mlm_readers or sga_image_attacker(protocol, a))
+    if attacked_embedding != "unimodal":
+        # `build_attack`: FusedTextAttack (REFERENCE_BUGS["fused-text-pixels"]) in all of them but FusedPGD,
+        # whatever the candidates (WordNet's too)
+        fused_text_attacks = tuple(a for a in FUSED_ATTACKS if a not in ("clean", "pgd"))
+        readers["reference_bugs"] = tuple(a for a in FUSED_ATTACKS
+                                          if a in readers["reference_bugs"] or a in fused_text_attacks)
+        # an attack the fused embedding refuses (sga) is no reader to suggest
+        readers = {dest: tuple(a for a in names if a in FUSED_ATTACKS) for dest, names in readers.items()}
     return readers
 
 
@@ -94,11 +105,12 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
     from augment.errors import MatPlusError
 
     protocol = getattr(args, "protocol", "project")
-    readers = attack_option_readers(args.task, protocol, args.text_candidates)
+    readers = attack_option_readers(args.task, protocol, args.text_candidates,
+                                    getattr(args, "attacked_embedding", "unimodal"))
     stray = [dest for dest, names in readers.items()
              if hasattr(args, dest) and getattr(args, dest) != args.option_default(dest) and not set(names) & set(attacks)]
     if stray:
-        named = ", ".join(f"--{dest.replace('_', '-')} ({', '.join(readers[dest])})" for dest in stray)
+        named = ", ".join(f"--{dest.replace('_', '-')} ({', '.join(readers[dest]) or 'no attack here'})" for dest in stray)
         them = "it" if len(stray) == 1 else "them"
         chosen = f"the default attacks ({','.join(attacks)}) do" if defaults else f"--attacks {','.join(attacks)} does"
         if protocol != "project":
@@ -184,19 +196,26 @@ def _model_is_positional(text: str) -> None:
 
 
 def _attack_names(text: str) -> list[str]:
+    """--attacks as a list, each name once in the order given; the names are checked in `_check_attack_names`,
+    once the task is known (an argparse type's refusal is the usage block, not one line)."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def _check_attack_names(args: argparse.Namespace) -> None:
+    """One line for an --attacks naming no attack or one the task does not have, before any model loads."""
+    from augment.errors import MatPlusError
     from train.attacks import ATTACK_NAMES
     from train.attacks.captioning import CAPTION_ATTACK_NAMES
 
-    known = tuple(dict.fromkeys(ATTACK_NAMES + CAPTION_ATTACK_NAMES))  # each task checks its own after parsing
-    # the task is not parsed yet: name each task's attacks, not one list that mixes them
-    choices = f"retrieval and grounding: {', '.join(ATTACK_NAMES)}; captioning: {', '.join(CAPTION_ATTACK_NAMES)}"
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no attack named; choose (comma-separated) for {choices}")
-    unknown = [n for n in names if n not in known]
+    if args.attacks is None:  # the task's defaults
+        return
+    known = CAPTION_ATTACK_NAMES if args.task == "captioning" else ATTACK_NAMES
+    if not args.attacks:
+        raise MatPlusError(f"--attacks: no attack named (choose, comma-separated, from {', '.join(known)})")
+    unknown = [name for name in args.attacks if name not in known]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown attack(s) {unknown}; choose for {choices}")
-    return list(dict.fromkeys(names))
+        raise MatPlusError(f"--attacks: unknown attack{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(repr(name) for name in unknown)} (choose from {', '.join(known)})")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -444,21 +463,16 @@ def _run(args: argparse.Namespace) -> int:
         check_precision(args.precision)
     except ValueError as exc:
         raise MatPlusError(f"--precision: {exc}") from None
+    _check_attack_names(args)
     _refuse_other_tasks_options(args)
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_option_values(args)
-    from train.attacks import ATTACK_NAMES
-    from train.attacks.captioning import CAPTION_ATTACK_NAMES
-
     if args.task != "captioning":
         args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
-        if any(name not in ATTACK_NAMES for name in args.attacks):
-            raise MatPlusError(f"unknown {args.task} attack(s) {[n for n in args.attacks if n not in ATTACK_NAMES]}; "
-                               f"choose from {', '.join(ATTACK_NAMES)}")
-    # named attacks only (captioning's unknown ones are refused by name in its command; its defaults
-    # are known once the captioner is loaded: the prompt attacks need --prompt)
-    if args.attacks and set(args.attacks) <= set(CAPTION_ATTACK_NAMES if args.task == "captioning" else ATTACK_NAMES):
+    # named attacks only (known ones: `_check_attack_names`); captioning's defaults are known once the
+    # captioner is loaded (the prompt attacks need --prompt)
+    if args.attacks:
         _refuse_options_no_attack_reads(args, args.attacks)
     if args.task == "captioning" or (args.task == "grounding" and args.protocol == "project"):
         # the shared default, recorded in the report (a reference protocol's attacks may pick their own)

@@ -46,7 +46,8 @@ def settings_markdown(report: dict) -> list[str]:
     if options.get("attacked_embedding", "unimodal") != "unimodal":
         said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair)")
     if settings.get("transfer_hand_over") == "sga-scripts":
-        said.append("adversarial images handed to the victim as the SGA transfer scripts do (8-bit; Protocols item 13)")
+        said.append(f"adversarial images handed to the victim as the SGA transfer scripts do "
+                    f"({_sga_scripts_hand_over_words(report.get('victim', {}).get('family'))}; Protocols item 13)")
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
     said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
@@ -57,3 +58,16 @@ def settings_markdown(report: dict) -> list[str]:
     if not attacks:  # clean only
         return ["", "Settings: " + "; ".join(said) + "."]
     return ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", "", *attacks]
+
+
+def _sga_scripts_hand_over_words(victim_family: str | None) -> str:
+    """What the SGA transfer scripts' hand-over did to the images, for a victim of `victim_family`
+    (`train.eval_common.sga_scripts_hand_over` picks by the same family list): the scripts treat a
+    CLIP and the other families differently, so eval.md must not say one for the other."""
+    from train.attacks.protocols import CLIP_FAMILIES
+
+    if victim_family is None:  # a report without its victim's family: say both
+        return "8-bit to ALBEF/TCL and the other families, float to a CLIP"
+    if victim_family in CLIP_FAMILIES:
+        return f"to a CLIP ({victim_family}): float pixels, bicubic Resize + CenterCrop, no 8-bit step"
+    return f"to {victim_family}: through an 8-bit image, then bicubic Resize"
