@@ -65,7 +65,7 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
     if not store.scored_as_it_is(entry, pool):
         raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, copied without their times, or exported by augment push) "
                         f"after it was scored; {hint}")
-    table = store.read_table(Path(pool.path) / entry["tables"]["rows"], ["row_id", "alignment"])
+    table = store.read_entry_table(pool.path, entry, "rows", ["row_id", "alignment"])  # this entry's run's table only
     row_ids = pool.dataset.select_columns(["row_id"]).with_format("arrow")[:]["row_id"]
     positions = pc.index_in(row_ids, value_set=table["row_id"].combine_chunks())
     missing = positions.null_count

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--gap-bootstrap", type=non_negative_int, default=200,
                         help="bootstrap resamples for the gap CIs (default 200; 0: no interval)")
     parser.add_argument("--confidence", type=confidence_level, default=0.95, help="CI level, in (0, 1) (default 0.95)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the gap samples")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the gap samples")
     parser.add_argument("--gap-samples", type=_gap_sample_size, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
     parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time")
     parser.add_argument("--cache-dir", default=None,
@@ -70,7 +70,7 @@ def run(args) -> int:
     from augment.atomic import atomic_write_text, remove_stale_temporaries
     from augment.pool import write_pool_card
     from augment.scoring.report import comparison_table
-    from augment.scoring.store import SCORES_DIR
+    from augment.scoring.store import SCORES_DIR, scoring_lock
 
     settings = ScoreSettings(
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
@@ -107,18 +107,20 @@ def run(args) -> int:
     for pool, key, source_name in planned:
         source = sources[key]
         entry = None
-        if identity is not None:
-            inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files[key])
-            entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
-        if entry is None:
-            scorer = scorer or load_scorer_or_fail(args)
-            # with a known identity the stored scores were looked up just above: not again inside
-            entry = score_and_save(
-                pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-                plot=not args.no_plot, progress=not args.no_progress, force=args.force or identity is not None,
-                workers=args.workers,
-                source_fp=fingerprints[key], source_images=image_files[key],
-            )
+        # held from the look-up to the write: a second run on this pool waits, then finds these scores
+        with scoring_lock(pool.path):
+            if identity is not None:
+                inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files[key])
+                entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
+            if entry is None:
+                scorer = scorer or load_scorer_or_fail(args)
+                # with a known identity the stored scores were looked up just above: not again inside
+                entry = score_and_save(
+                    pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
+                    plot=not args.no_plot, progress=not args.no_progress, force=args.force or identity is not None,
+                    workers=args.workers,
+                    source_fp=fingerprints[key], source_images=image_files[key],
+                )
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
         print(one_line_summary(entry))

@@ -8,11 +8,14 @@ Layout of a cache folder (by default `POOL/scores/<scorer-slug>/embeddings/`)::
 A key is the first 16 bytes of the SHA-256 of the content: the caption's UTF-8 text, or the
 image file's bytes. Keys are per folder and the folder is per scorer (its slug), and every
 file records the scorer id; files of another scorer are ignored. Each `put` writes one new
-file atomically (temporary name, then rename), so a killed run leaves only whole files. A file
-that cannot be read back (truncated, garbage) is a miss, as in the source cache
-(`augment.source_cache`): a warning names it, it is deleted, and its embeddings are computed
-again and written to a new file, never an error (one bad file would stop every pool sharing
-a `--cache-dir`).
+file atomically (temporary name, then rename), so a killed run leaves only whole files, with the
+mode a plain `open()` gives (0666 less the umask; safetensors >= 0.8 writes 0600, which kept the
+other users of a shared `--cache-dir` from reading them). A file whose content cannot be read
+back (truncated, garbage) is a miss, as in the source cache (`augment.source_cache`): a warning
+names it, it is deleted, and its embeddings are computed again and written to a new file, never
+an error (one bad file would stop every pool sharing a `--cache-dir`). A file that cannot be
+opened (no permission, an I/O error) is a miss too, but kept: it says nothing about its content,
+and in a shared folder it is someone else's valid file.
 
 The in-memory index is numpy arrays (24 bytes per cached embedding), and embeddings are read
 back a file at a time (a few files kept), so memory does not hold every embedding.
@@ -117,7 +120,10 @@ class EmbeddingCache:
                     raise ValueError(f"unknown kind {kind!r}")
                 if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != KEY_BYTES:
                     raise ValueError(f"keys of shape {keys.shape} and type {keys.dtype}, not (m, {KEY_BYTES}) uint8")
-            except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            except OSError as exc:  # before SafetensorError's cases: not the content's fault
+                _not_openable(path, exc)
+                continue
+            except (SafetensorError, KeyError, ValueError) as exc:
                 _unreadable(path, exc)
                 continue
             self._register(kind, path, keys)
@@ -159,7 +165,10 @@ class EmbeddingCache:
             if embeddings.dtype != np.float32 or embeddings.ndim != 2 or len(embeddings) != self._counts[file_id]:
                 raise ValueError(f"embeddings of shape {embeddings.shape} and type {embeddings.dtype}, "
                                  f"not ({self._counts[file_id]}, d) float32")
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        except OSError as exc:
+            _not_openable(path, exc)
+            return None
+        except (SafetensorError, KeyError, ValueError) as exc:
             _unreadable(path, exc)
             return None
         self._loaded[file_id] = embeddings
@@ -173,18 +182,27 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}-{os.getpid()}"
         path = self.folder / f"{kind}-{stamp}.safetensors"
-        from augment.atomic import temporary_path
+        from augment.atomic import current_umask, temporary_path
 
         tmp = temporary_path(path)  # .NAME.tmp-PID: the next run deletes it if this one is killed
         tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
         save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600: readable as the umask allows
         os.replace(tmp, path)
         self._register(kind, path, tensors["keys"])
         return path
 
 
+def _not_openable(path: Path, exc: OSError) -> None:
+    """A cache file this process cannot open or read (no permission, an I/O error, deleted
+    meanwhile): said in one line and left in place (another user's valid file in a shared
+    --cache-dir); its embeddings are computed again here."""
+    log.warning("embedding cache file %s cannot be read (%s): kept, its embeddings are computed again",
+                path, first_line(exc))
+
+
 def _unreadable(path: Path, exc: Exception) -> None:
-    """A cache file that cannot be read back: said in one line and deleted (its embeddings are
+    """A cache file whose content cannot be parsed: said in one line and deleted (its embeddings are
     computed again and written to a new file; files are only ever written whole, so it is damaged)."""
     log.warning("embedding cache file %s is unreadable (%s): deleted, its embeddings are computed again",
                 path, first_line(exc))

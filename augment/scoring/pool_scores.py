@@ -355,8 +355,11 @@ class Totals:
 def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings, source_name: str = "",
                progress: bool = False, source_fp: str | None = None, inputs_key: str | None = None) -> dict:
     """Score `pool` (augment.pool.Pool); write its side tables; return its scores.json entry.
-    `inputs_key` (`inputs_key`) is written into the tables, so an entry is only ever read with the
-    tables its own run wrote (a run killed between writing them and its entry leaves other tables)."""
+    The tables are renamed into place only once the summary is computed (its gap bootstrap takes
+    seconds at real widths): an error or interrupt before that leaves the stored tables as they
+    were. `inputs_key` (`inputs_key`) is written into the tables, so an entry is only ever read with
+    the tables its own run wrote (a run killed between renaming them and writing its entry leaves
+    new tables beside the old entry: `store.read_entry_table` refuses that pair)."""
     from tqdm.auto import tqdm
 
     if len(pool) == 0:
@@ -374,18 +377,21 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     items_writer = store.TableWriter(folder / store.ITEMS_FILE, store.item_schema(), table_meta)
     bar = tqdm(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
     try:
-        for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows):
-            _score_chunk(read_chunk(undecoded, order[begin:end]), source, embedder, totals, rows_writer, items_writer)
-            bar.update(end - begin)
-        rows_writer.close()
-        items_writer.close()
+        try:
+            for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows):
+                _score_chunk(read_chunk(undecoded, order[begin:end]), source, embedder, totals, rows_writer, items_writer)
+                bar.update(end - begin)
+        finally:
+            bar.close()
+        rows_writer.finish()
+        items_writer.finish()
+        summary = summarise(pool, totals, embedder, settings, source_name, source_dataset, source_fp)
+        rows_writer.commit()
+        items_writer.commit()
     except BaseException:
         rows_writer.abort()
         items_writer.abort()
         raise
-    finally:
-        bar.close()
-    summary = summarise(pool, totals, embedder, settings, source_name, source_dataset, source_fp)
     summary["encoding"] = {
         "encoded": {k: v - encoded_before[k] for k, v in embedder.encoded.items()},
         "reused": {k: v - reused_before[k] for k, v in embedder.reused.items()},
@@ -501,33 +507,37 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     source_fp = source_fp or source_fingerprint(source_dataset)
     source_images = source_images or image_files_fingerprint(source_dataset)
     key = inputs_key(pool, source_fp, scorer, settings, source_name, source_images)
-    stored = None if force else reuse_stored(pool, scorer, key, plot)
-    if stored is not None:
-        return stored
-    folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
-    embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
-    entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
-                       source_fp=source_fp, inputs_key=key)
-    entry["inputs_key"] = key
-    report.update_scores_json(pool.path, entry)
-    if plot:
-        report.plot_scores(pool.path, entry)
+    with store.scoring_lock(pool.path):  # one run at a time writes this pool's scores (a second waits)
+        stored = None if force else reuse_stored(pool, scorer, key, plot)
+        if stored is not None:
+            return stored
+        folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
+        embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
+        entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
+                           source_fp=source_fp, inputs_key=key)
+        entry["inputs_key"] = key
+        report.update_scores_json(pool.path, entry)  # after the tables: see score_pool
+        if plot:
+            report.plot_scores(pool.path, entry)
     return entry
 
 
 def reuse_stored(pool, scorer, key: str, plot: bool = False) -> dict | None:
     """The stored entry (with "reused": True) when `pool` was scored by `scorer` (a `Scorer` or a
     `ScorerIdentity`: only its id and slug are read) from the inputs `key`, made the pool's latest
-    again (and its plot drawn when missing); None when it must be scored."""
+    again (with `plot`, scores.png drawn again for it when that changed the latest, or when missing:
+    the plot shows the latest scorer); None when it must be scored."""
     from augment.scoring import report
 
-    stored = reusable_entry(pool.path, scorer.slug, key)
-    if stored is None:
-        return None
-    if store.read_scores_json(pool.path).get("latest") != scorer.slug:
-        report.update_scores_json(pool.path, stored)  # it becomes the latest again
-    if plot and not (pool.path / store.SCORES_PLOT).is_file():
-        report.plot_scores(pool.path, stored)
+    with store.scoring_lock(pool.path):
+        stored = reusable_entry(pool.path, scorer.slug, key)
+        if stored is None:
+            return None
+        became_latest = store.read_scores_json(pool.path).get("latest") != scorer.slug
+        if became_latest:
+            report.update_scores_json(pool.path, stored)
+        if plot and (became_latest or not (pool.path / store.SCORES_PLOT).is_file()):
+            report.plot_scores(pool.path, stored)
     return {**stored, "reused": True}
 
 

@@ -23,13 +23,15 @@ MODALITY_COLOURS = {"text": "tab:blue", "image": "tab:orange", "pair": "tab:gree
 
 
 def update_scores_json(pool_path: str | os.PathLike, entry: dict) -> Path:
-    """Add or replace this scorer's entry; other scorers' entries stay."""
-    document = store.read_scores_json(pool_path) or {"scores_version": store.SCORES_VERSION, "scorers": {}}
-    slug = entry["scorer"]["slug"]
-    document["scorers"][slug] = entry
-    document["latest"] = slug
-    path = Path(pool_path) / store.SCORES_JSON
-    write_json_atomic(path, document)
+    """Add or replace this scorer's entry; other scorers' entries stay. Under the pool's scoring lock:
+    a concurrent read-modify-write of another run would drop this entry or its own."""
+    with store.scoring_lock(pool_path):
+        document = store.read_scores_json(pool_path) or {"scores_version": store.SCORES_VERSION, "scorers": {}}
+        slug = entry["scorer"]["slug"]
+        document["scorers"][slug] = entry
+        document["latest"] = slug
+        path = Path(pool_path) / store.SCORES_JSON
+        write_json_atomic(path, document)
     return path
 
 
@@ -46,8 +48,8 @@ def plot_scores(pool_path: str | os.PathLike, entry: dict) -> Path:
     import matplotlib.pyplot as plt
 
     pool_path = Path(pool_path)
-    rows = store.read_table(pool_path / entry["tables"]["rows"], ["modality", "alignment"]).to_pydict()
-    items = store.read_table(pool_path / entry["tables"]["items"], ["modality", "mean_pairwise_distance"]).to_pydict()
+    rows = store.read_entry_table(pool_path, entry, "rows", ["modality", "alignment"]).to_pydict()
+    items = store.read_entry_table(pool_path, entry, "items", ["modality", "mean_pairwise_distance"]).to_pydict()
     figure, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     _histograms(axes[0], rows["modality"], rows["alignment"], "alignment (cosine)", "rows")
     reference = (entry.get("source_alignment") or {}).get("mean")

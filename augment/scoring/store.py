@@ -7,14 +7,21 @@ Layout (all paths relative to the pool folder)::
     scores/<scorer-slug>/rows.parquet    one row per pool row, keyed by row_id (ROW_SCHEMA)
     scores/<scorer-slug>/items.parquet   one row per item and modality (ITEM_SCHEMA)
     scores/<scorer-slug>/embeddings/     the embedding cache (embeddings.py)
+    scores/.lock                         held by the `augment score` run writing this pool's scores
 
 Side tables carry `scores_version` in their parquet metadata and scores.json at its top level;
-readers refuse other versions. The pool's own rows are never modified.
+readers refuse other versions. The tables also carry the `inputs_key` of the run that wrote them,
+and each scores.json entry the key of its run: a run renames its tables into place and then writes
+its entry, so a run stopped in between leaves new tables beside the old entry, and readers
+(`read_entry_table`) refuse a pair whose keys differ instead of mixing two runs. The pool's own
+rows are never modified.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from augment.atomic import temporary_path
@@ -27,6 +34,7 @@ SCORES_DIR = "scores"
 ROWS_FILE = "rows.parquet"
 ITEMS_FILE = "items.parquet"
 EMBEDDINGS_DIR = "embeddings"
+LOCK_FILE = ".lock"
 
 
 def _schemas():
@@ -76,7 +84,9 @@ def default_cache_dir(pool_path: str | os.PathLike, slug: str) -> Path:
 
 
 class TableWriter:
-    """Streams record batches into a parquet file under a temporary name; `close` renames it."""
+    """Streams record batches into a parquet file under a temporary name; `finish` completes the
+    file, `commit` renames it into place (`close`: both). A run finishes its tables, computes its
+    summary, and only then commits them: an error or interrupt before leaves the stored tables."""
 
     def __init__(self, path: Path, schema, metadata: dict):
         import pyarrow.parquet as pq
@@ -93,14 +103,73 @@ class TableWriter:
         if columns and len(next(iter(columns.values()))):
             self.writer.write_table(pa.Table.from_pydict(columns, schema=self.schema))
 
-    def close(self) -> Path:
-        self.writer.close()
+    def finish(self) -> None:
+        self.writer.close()  # a second close is a no-op
+
+    def commit(self) -> Path:
+        self.finish()
         os.replace(self.tmp, self.path)
         return self.path
 
+    def close(self) -> Path:
+        return self.commit()
+
     def abort(self) -> None:
         self.writer.close()
-        self.tmp.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)  # already committed: nothing left to remove
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per pool
+# ---------------------------------------------------------------------------------------------
+
+_held_locks: dict[tuple[int, Path], int] = {}  # (thread, lock file) held -> nesting depth
+
+
+def scores_lock_path(pool_path: str | os.PathLike) -> Path:
+    return Path(pool_path) / SCORES_DIR / LOCK_FILE
+
+
+@contextlib.contextmanager
+def scoring_lock(pool_path: str | os.PathLike):
+    """Within: this process alone writes `pool_path`'s scores (scores.json, side tables, plot).
+    Two runs that read-modify-write scores.json at once lose one's entry, and their tables can
+    cross. A second run waits for the first (saying so once on stderr), then usually finds its
+    scores stored and reuses them. The lock is the kernel's (flock, through filelock): a killed
+    holder's lock goes with it. Re-entrant within one thread (score_and_save holds it around
+    update_scores_json, which takes it too); another thread waits as another process does."""
+    import threading
+
+    from filelock import FileLock, Timeout
+
+    from augment.errors import PoolError
+
+    path = scores_lock_path(pool_path).absolute()
+    held = (threading.get_ident(), path)
+    if held in _held_locks:
+        _held_locks[held] += 1
+        try:
+            yield
+        finally:
+            _held_locks[held] -= 1
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            print(f"{pool_path}: another `augment score` is writing its scores; waiting for it to finish "
+                  f"(lock {path})", file=sys.stderr, flush=True)
+            lock.acquire(timeout=-1)
+    except OSError as exc:  # the lock file cannot be made: a read-only folder, a full disk
+        raise PoolError(f"{pool_path}: cannot lock its scores for writing ({first_line(exc)})") from None
+    _held_locks[held] = 1
+    try:
+        yield
+    finally:
+        del _held_locks[held]
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +221,10 @@ def check_scores_document(document, path: Path, pool_path: str | os.PathLike) ->
 
 def find_scorer_entry(pool_path: str | os.PathLike, scorer: str | None) -> dict:
     """The scores.json entry of `scorer` (its slug, or the model name it was scored with);
-    without `scorer`, the latest one. PoolError telling to run `augment score` when absent."""
+    without `scorer`, the latest one. A name several stored entries match (a model folder
+    retrained in place is another scorer, another slug, under the same name) gives the latest
+    entry when it is one of them, else a PoolError listing their slugs (each picks one): never
+    one chosen by the order of the slugs. PoolError telling to run `augment score` when absent."""
     document = read_scores_json(pool_path)
     hint = f"run `augment score {pool_path}" + (f" --scorer {scorer}`" if scorer else "`") + " first"
     if not document or not document.get("scorers"):
@@ -160,11 +232,20 @@ def find_scorer_entry(pool_path: str | os.PathLike, scorer: str | None) -> dict:
     entries = document["scorers"]
     if scorer is None:
         return entries[document["latest"]]
-    matches = [e for slug, e in entries.items() if scorer in (slug, e["scorer"]["name"], _bare_name(e))]
+    if scorer in entries:  # a slug names one entry
+        return entries[scorer]
+    matches = {slug: e for slug, e in entries.items() if scorer in (e["scorer"]["name"], _bare_name(e))}
     if not matches:
         known = ", ".join(f"{e['scorer']['name']} ({slug})" for slug, e in entries.items())
         raise PoolError(f"{pool_path}: not scored with {scorer!r} (scored with: {known}); {hint}")
-    return matches[-1]
+    if len(matches) == 1:
+        return next(iter(matches.values()))
+    if document["latest"] in matches:
+        return matches[document["latest"]]
+    listed = ", ".join(f"{slug} (created {e.get('created', 'at an unknown time')})" for slug, e in sorted(matches.items()))
+    raise PoolError(f"{pool_path}: {len(matches)} stored scores are of a scorer named {scorer!r} ({listed}), none the "
+                    f"latest; pass one of these slugs as --scorer, or run `augment score {pool_path} --scorer {scorer}` "
+                    "again to make the current one the latest")
 
 
 def scored_as_it_is(entry: dict, pool) -> bool:
@@ -197,6 +278,29 @@ def table_is_current(path: Path, inputs_key: str | None = None) -> bool:
         return current and (inputs_key is None or json.loads(metadata.get(b"inputs_key", b"null")) == inputs_key)
     except Exception:  # noqa: BLE001 - truncated, not parquet, bad metadata: score it again
         return False
+
+
+def table_inputs_key(path: Path) -> str | None:
+    """The `inputs_key` a side table's run wrote into its metadata (None: none recorded)."""
+    import pyarrow.parquet as pq
+
+    return json.loads((pq.read_schema(path).metadata or {}).get(b"inputs_key", b"null"))
+
+
+def read_entry_table(pool_path: str | os.PathLike, entry: dict, table: str, columns: list[str] | None = None):
+    """Side table `table` ("rows" or "items") of scores.json `entry`, as `read_table` reads it, refused
+    in one line unless its run's `inputs_key` is the entry's: tables renamed into place by a run
+    stopped before it wrote its entry (or by another run) are never read as that entry's."""
+    path = Path(pool_path) / entry["tables"][table]
+    read = read_table(path, columns)  # missing, damaged, another version: its own line
+    written_by = table_inputs_key(path)
+    if written_by != entry.get("inputs_key"):
+        scorer = entry["scorer"]
+        raise PoolError(f"{pool_path}: the stored scores of scorer {scorer['name']} ({scorer.get('slug', '?')}) do not "
+                        f"match their side table {entry['tables'][table]}, written by another `augment score` run "
+                        f"(one stopped before it wrote scores.json); run `augment score {pool_path} --scorer "
+                        f"{scorer['name']}` again")
+    return read
 
 
 def read_table(path: Path, columns: list[str] | None = None):

@@ -1,0 +1,288 @@
+"""`augment score` / `augment select` after a review: tables of one run never read with another
+run's entry, --seed refused before any work, --scorer NAME never picked by slug order, scores.png
+following the latest scorer, one writer per pool's scores, a shared embedding cache kept readable."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augment.errors import PoolError
+
+N_ITEMS = 6
+
+
+@pytest.fixture(scope="module")
+def source(sample_world_dir):
+    from augment.sources import load_source
+
+    dataset, _ = load_source(str(sample_world_dir))
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer():
+    from augment.scoring.scorers import load_scorer
+
+    return load_scorer("tiny-clip", batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def train_items(source):
+    from datasets import Image
+
+    undecoded = source.cast_column("image", Image(decode=False))
+    train = [i for i, split in enumerate(source["split"]) if split == "train"][:N_ITEMS]
+    return list(undecoded.select(train))
+
+
+def text_pool(path: Path, train_items, source_dir: Path):
+    """A pool of one new caption per item (another item's caption: alignments spread out)."""
+    from augment.pool import load_pool, write_pool
+
+    rows = [{
+        "row_id": f"t:{item['image_id']}:0:{k}", "source_image_id": item["image_id"], "source_caption_index": 0,
+        "split": item["split"], "modality": "text", "image": None,
+        "caption": train_items[(position + k) % len(train_items)]["captions"][0], "method": "t", "seed": k,
+        "provenance": "{}",
+    } for position, item in enumerate(train_items) for k in range(2)]
+    write_pool(path, rows, {"method": "t", "source": str(source_dir)})
+    return load_pool(path)
+
+
+def settings(**overrides):
+    from augment.scoring.pool_scores import ScoreSettings
+
+    return ScoreSettings(**{"bootstrap": 20, "gap_bootstrap": 2, **overrides})
+
+
+def table_files(pool) -> dict[str, bytes]:
+    """Every file under POOL/scores/<slug>/ but the embedding cache, by path."""
+    folder = pool.path / "scores"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "embeddings" not in p.parts and p.name != ".lock"}
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    from augment.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 1. tables of another run
+
+
+def test_an_error_while_summarising_leaves_the_stored_tables(tmp_path, source, train_items, tiny_scorer,
+                                                             sample_world_dir, monkeypatch):
+    """The tables were renamed into place before the summary (the gap bootstrap, ~12 s at real
+    widths) was computed: a Ctrl-C there left new tables beside the old entry."""
+    from augment.scoring import pool_scores
+    from augment.select import SelectFilters, select_rows
+
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=False)
+    before = table_files(pool)
+    selected_before, _ = select_rows(pool, SelectFilters(min_alignment=0.0))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool_scores, "summarise", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool_scores.score_and_save(pool, source, tiny_scorer, settings(seed=5), plot=False)
+    assert table_files(pool) == before  # no temporaries left either
+    selected_after, _ = select_rows(pool, SelectFilters(min_alignment=0.0))
+    np.testing.assert_array_equal(selected_after, selected_before)
+
+
+def test_select_and_the_plot_refuse_tables_written_by_another_run(tmp_path, source, train_items, tiny_scorer,
+                                                                 sample_world_dir, capsys):
+    """A run killed after renaming its tables, before writing its entry (or any other run's tables):
+    select filtered the stored entry's pool on the other run's alignments, silently."""
+    from augment.scoring import pool_scores, report
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    entry = pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=False)
+    scores_json = (pool.path / "scores.json").read_bytes()
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "cache", tiny_scorer.id))
+    pool_scores.score_pool(pool, source, embedder, settings(seed=3), inputs_key="another run's inputs")
+    assert (pool.path / "scores.json").read_bytes() == scores_json
+
+    code, err = cli(capsys, "select", pool.path, "--out", tmp_path / "out", "--min-alignment", "0")
+    [line] = err.splitlines()
+    assert code == 2 and "Traceback" not in err
+    assert line.startswith(f"error: {pool.path}: the stored scores of scorer tiny-clip ({entry['scorer']['slug']}) "
+                           "do not match their side table scores/"), line
+    assert line.endswith(f"run `augment score {pool.path} --scorer tiny-clip` again"), line
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(PoolError, match="do not match their side table"):
+        report.plot_scores(pool.path, entry)
+    # scored again: the entry and its tables agree, select reads them
+    pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=False)
+    assert cli(capsys, "select", pool.path, "--out", tmp_path / "out", "--min-alignment", "-1")[0] == 0
+
+
+# ------------------------------------------------------------------ 2. --seed
+
+
+def test_a_negative_seed_is_refused_before_anything_is_scored(tmp_path, train_items, sample_world_dir, capsys):
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    code, err = cli(capsys, "score", pool.path, "--scorer", "tiny-clip", "--seed", "-1", "--no-progress",
+                    "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "augment score: error: argument --seed: -1: must not be negative"
+    assert not (pool.path / "scores").exists() and not (tmp_path / "cache").exists()
+
+
+# ------------------------------------------------------------------ 3. select --scorer NAME
+
+
+def scores_document(pool_path: Path, latest: str, entries: dict[str, tuple[str, str]]) -> None:
+    """scores.json with one entry per slug: (scorer name, created)."""
+    document = {"scores_version": 1, "latest": latest, "scorers": {
+        slug: {"scorer": {"name": name, "id": f"id-{slug}", "slug": slug}, "pool": {}, "created": created,
+               "tables": {"rows": f"scores/{slug}/rows.parquet"}}
+        for slug, (name, created) in entries.items()}}
+    pool_path.mkdir(parents=True, exist_ok=True)
+    (pool_path / "scores.json").write_text(json.dumps(document, sort_keys=True))
+
+
+def test_a_scorer_name_of_several_entries_is_the_latest_or_refused(tmp_path):
+    """A model folder retrained in place is another slug under the same name: the slug sorting
+    last was taken (scores.json is written with sorted keys), the old weights' scores."""
+    from augment.scoring.store import find_scorer_entry
+
+    pool = tmp_path / "pool"
+    old, new = "myclip-ffff0000", "myclip-0000ffff"  # the old weights' slug sorts last
+    entries = {old: ("/models/myclip", "2024-01-01T00:00:00+00:00"), new: ("/models/myclip", "2024-06-01T00:00:00+00:00"),
+               "tiny-clip-1": ("tiny-clip", "2024-07-01T00:00:00+00:00")}
+    scores_document(pool, new, entries)
+    assert find_scorer_entry(pool, "/models/myclip")["scorer"]["slug"] == new
+    assert find_scorer_entry(pool, old)["scorer"]["slug"] == old  # a slug picks one
+    assert find_scorer_entry(pool, "tiny-clip")["scorer"]["slug"] == "tiny-clip-1"
+    scores_document(pool, "tiny-clip-1", entries)  # another scorer is the latest: which weights is unknowable
+    with pytest.raises(PoolError) as refused:
+        find_scorer_entry(pool, "/models/myclip")
+    message = str(refused.value)
+    assert "\n" not in message and f"{new} (created 2024-06-01" in message and f"{old} (created 2024-01-01" in message
+    assert "pass one of these slugs as --scorer" in message
+
+
+# ------------------------------------------------------------------ 4. scores.png
+
+
+def test_the_plot_is_drawn_again_when_stored_scores_become_the_latest(tmp_path, source, train_items, tiny_scorer,
+                                                                      sample_world_dir, monkeypatch):
+    from augment.scoring import pool_scores, report, store
+
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    entry = pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=True)
+    assert (pool.path / store.SCORES_PLOT).is_file()
+    other = {**entry, "scorer": {**entry["scorer"], "name": "other", "slug": "other-1"}}
+    report.update_scores_json(pool.path, other)  # as another scorer's run does (its plot drawn)
+    drawn = []
+    monkeypatch.setattr(report, "plot_scores", lambda path, shown: drawn.append(shown["scorer"]["slug"]))
+    again = pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=True)
+    assert again["reused"] is True and store.read_scores_json(pool.path)["latest"] == entry["scorer"]["slug"]
+    assert drawn == [entry["scorer"]["slug"]]
+    pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=True)  # already the latest: not redrawn
+    assert drawn == [entry["scorer"]["slug"]]
+
+
+# ------------------------------------------------------------------ 5. one writer per pool
+
+
+def test_a_scores_json_write_waits_for_the_run_holding_the_pool(tmp_path, capsys):
+    """scores.json was read-modify-written unlocked: two runs on one pool could lose an entry."""
+    from augment.scoring import report, store
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    lock = store.scores_lock_path(pool)
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+                               "print('held', flush=True); sys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        entry = {"scorer": {"name": "tiny-clip", "id": "id", "slug": "tiny-clip-1"}, "pool": {}, "tables": {"rows": "r"}}
+        writer = threading.Thread(target=report.update_scores_json, args=(pool, entry))
+        writer.start()
+        time.sleep(1.0)
+        assert writer.is_alive() and not (pool / "scores.json").exists()
+    finally:
+        holder.stdin.close()  # the holder exits: its lock goes with it
+        holder.wait(timeout=30)
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert json.loads((pool / "scores.json").read_text())["latest"] == "tiny-clip-1"
+    assert "another `augment score` is writing its scores; waiting" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 6. a shared embedding cache
+
+
+def test_a_cache_file_that_cannot_be_opened_is_kept_and_computed_again(tmp_path, train_items, tiny_scorer, caplog,
+                                                                       monkeypatch):
+    """A PermissionError (another user's file in a shared --cache-dir) was taken for damage and
+    the valid file deleted."""
+    import safetensors
+    import safetensors.numpy
+
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    images = [item["image"] for item in train_items[:3]]
+    first = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id)).images(images)
+    [theirs] = tmp_path.glob("image-*.safetensors")
+    content = theirs.read_bytes()
+
+    def refusing(opener):
+        def opened(path, *args, **kwargs):
+            if Path(path) == theirs:
+                raise PermissionError(13, "Permission denied", str(path))
+            return opener(path, *args, **kwargs)
+        return opened
+
+    # when the folder's index is read
+    with monkeypatch.context() as patched, caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        patched.setattr(safetensors, "safe_open", refusing(safetensors.safe_open))
+        embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id))
+        np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert embedder.encoded["image"] == 3 and theirs.read_bytes() == content
+    assert f"embedding cache file {theirs} cannot be read (" in caplog.text and "kept" in caplog.text
+    # when its embeddings are read (indexed, then unreadable)
+    for other in set(tmp_path.glob("image-*.safetensors")) - {theirs}:
+        other.unlink()
+    cache = EmbeddingCache(tmp_path, tiny_scorer.id)
+    with monkeypatch.context() as patched:
+        patched.setattr(safetensors.numpy, "load_file", refusing(safetensors.numpy.load_file))
+        embedder = Embedder(tiny_scorer, cache)
+        np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
+    assert embedder.encoded["image"] == 3 and theirs.read_bytes() == content
+
+
+def test_cache_files_are_readable_as_the_umask_allows(tmp_path, train_items, tiny_scorer):
+    """safetensors >= 0.8 writes 0600: no one else sharing the --cache-dir could read them."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    previous = os.umask(0o022)
+    try:
+        Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id)).texts(["a red cube", "a blue cone"])
+    finally:
+        os.umask(previous)
+    [written] = tmp_path.glob("text-*.safetensors")
+    assert written.stat().st_mode & 0o777 == 0o644
