@@ -268,8 +268,12 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     assert "meaning_preserved" in report["attacks"]["bert-attack"]
     table = (out / "eval.md").read_text()
     assert "| pgd |" in table and "ASR TR@1" in table and "R@1 under attack" in table
-    with pytest.raises(SystemExit):
-        parser.parse_args(["eval", "tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
+    from augment.errors import MatPlusError
+
+    # an unknown attack: one line before any model or source is read (tests/test_protocol_review_fixes.py)
+    unknown = parser.parse_args(["eval", "tiny-clip", "--source", "x", "--out", "y", "--attacks", "pgd,fgsm"])
+    with pytest.raises(MatPlusError, match=r"^--attacks: unknown attack 'fgsm' \(choose from "):
+        unknown.func(unknown)
 
 
 def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp_path, monkeypatch, capsys):
