@@ -366,12 +366,13 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
     separator = csv_separator(separator) or ("\t" if source.suffix.lower() == ".tsv" else ",")
     with open(source, newline="", encoding="utf-8-sig") as handle:
-        # a TSV (tab-separated) has no quoting: a caption such as `"Stop" sign on a road` is text, as
-        # open_clip_train's TSVs are written and read; a CSV's quotes are strict: a stray quote is an
-        # error (as pandas, open_clip_train's reader, says "EOF inside string"), not a field that
-        # silently swallows the rest of the file
-        quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.DictReader(handle, delimiter=separator, strict=True, quoting=quoting)
+        # quotes read as pandas (open_clip_train's reader) reads them: `"He said ""hi"""` is `He said "hi"`.
+        # A CSV's are strict: a stray quote is an error, not a field that silently swallows the rest of
+        # the file. A TSV's are lenient as pandas' are (`"Stop" sign on a road` is `Stop sign on a road`,
+        # an error under strict reading); a quote it never closes still swallows the lines after it,
+        # which pandas refuses ("EOF inside string"), found here as a field that holds a tab
+        tsv = separator == "\t"
+        reader = csv.DictReader(handle, delimiter=separator, strict=not tsv)
         line = 1
         try:
             if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
@@ -387,6 +388,9 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
                     count = len(reader.fieldnames) + len(row.get(None) or ()) - sum(v is None for v in row.values())
                     raise SourceError(f"{source}: line {line}: {count} fields where the header has "
                                       f"{len(reader.fieldnames)} (separator {separator!r})")
+                if tsv and any(separator in (value or "") for value in row.values()):
+                    raise SourceError(f"{source}: line {line}: a quote opened in this record is never closed "
+                                      f"(its field runs on over the lines after it); close or remove it")
                 image = row[img_key] or ""
                 row_split = row.get("split") or split or "train"
                 row_split = SPLIT_ALIASES.get(row_split, row_split)  # `val` and `validation` are one split
@@ -416,6 +420,7 @@ def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool,
                       listings: FolderListings) -> Iterable[SourceRecord]:
     folder = source if source.is_dir() else source.parent
     metadata = folder / "metadata.jsonl"
+    entries = []  # (where, entry, file name, captions): ids are chosen once every file name is known
     try:
         with open(metadata, encoding="utf-8-sig") as handle:
             for line_no, line in enumerate(handle, start=1):
@@ -428,17 +433,21 @@ def _read_imagefolder(source: Path, split: str | None, allow_outside_root: bool,
                     raise SourceError(f"{where}: malformed JSON: {exc.msg}") from None
                 if not isinstance(entry, dict) or "file_name" not in entry:
                     raise SourceError(f"{where}: entry has no 'file_name'")
-                file_name = _string(entry["file_name"], where, "'file_name'")
-                captions = _captions_of(entry, where)
-                # the path without its suffix (as a CSV's): train/1.png and val/1.png are two images
-                image_id = (_id(entry["image_id"], where, "'image_id'") if "image_id" in entry
-                            else str(Path(file_name).with_suffix("")))
-                meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
-                row_split = _string(entry.get("split") or split or "train", where, "'split'")
-                yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,
-                                         [folder], allow_outside_root, listings, meta)
+                entries.append((where, entry, _string(entry["file_name"], where, "'file_name'"), _captions_of(entry, where)))
     except UnicodeDecodeError:
         raise _not_utf8(metadata) from None
+    # an image's id is its file name's stem, as it always was (pools made from the folder keep their
+    # ids), unless two files share a stem (train/1.png, val/1.png): then every id is the path without
+    # its suffix, as a CSV's, and the two are two images
+    named_by_file = {file_name for _, entry, file_name, _ in entries if "image_id" not in entry}
+    by_path = len({Path(file_name).stem for file_name in named_by_file}) < len(named_by_file)
+    for where, entry, file_name, captions in entries:
+        image_id = (_id(entry["image_id"], where, "'image_id'") if "image_id" in entry
+                    else str(Path(file_name).with_suffix("")) if by_path else Path(file_name).stem)
+        meta = {k: v for k, v in entry.items() if k not in {"file_name", "image_id", "split", *CAPTION_COLUMNS}}
+        row_split = _string(entry.get("split") or split or "train", where, "'split'")
+        yield _record_with_image(f"{where} ({file_name})", image_id, captions, row_split, file_name,
+                                 [folder], allow_outside_root, listings, meta)
 
 
 def _captions_of(entry: dict, where: str) -> list[str]:

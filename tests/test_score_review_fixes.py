@@ -131,8 +131,17 @@ def test_select_and_the_plot_refuse_tables_written_by_another_run(tmp_path, sour
     with pytest.raises(PoolError, match="do not match their side table"):
         report.plot_scores(pool.path, entry)
     # scored again: the entry and its tables agree, select reads them
-    pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=False)
+    entry = pool_scores.score_and_save(pool, source, tiny_scorer, settings(), plot=False)
     assert cli(capsys, "select", pool.path, "--out", tmp_path / "out", "--min-alignment", "-1")[0] == 0
+    # tables written before they recorded their run's key (2026-11-29 .. 12-02) are read as their entry's
+    import pyarrow.parquet as pq
+
+    for table in entry["tables"].values():
+        path = pool.path / table
+        stored = pq.read_table(path)
+        metadata = {k: v for k, v in stored.schema.metadata.items() if k != b"inputs_key"}
+        pq.write_table(stored.replace_schema_metadata(metadata), path)
+    assert cli(capsys, "select", pool.path, "--out", tmp_path / "out2", "--min-alignment", "-1")[0] == 0
 
 
 # ------------------------------------------------------------------ 2. --seed

@@ -175,8 +175,9 @@ def test_img_aug_does_not_blame_an_image_for_a_dead_worker(world, tmp_path, caps
 # ----------------------------------------------------------------------------- 3, 4: ids and caption names
 
 
-def test_an_image_folder_names_images_by_path_not_stem(tmp_path, monkeypatch):
-    """was: train/1.png and val/1.png refused as duplicate image id '1' (a CSV uses the path)."""
+def test_an_image_folder_names_images_by_path_when_two_files_share_a_stem(tmp_path, monkeypatch):
+    """was: train/1.png and val/1.png refused as duplicate image id '1' (a CSV uses the path); a folder
+    whose stems are distinct keeps its stem ids, so pools made from it before still match it."""
     monkeypatch.setenv("MATPLUS_CACHE", str(tmp_path / "cache"))
     write_image(tmp_path / "folder" / "train" / "1.png")
     write_image(tmp_path / "folder" / "val" / "1.png")
@@ -184,13 +185,12 @@ def test_an_image_folder_names_images_by_path_not_stem(tmp_path, monkeypatch):
     (tmp_path / "folder" / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     dataset, _ = load_source(str(tmp_path / "folder"))
     assert dataset["image_id"] == ["train/1", "val/1"]
-
-
-def test_the_source_cache_version_changed_with_the_image_folder_ids():
-    """A cache entry of the stem ids must not be a hit (the version is part of its key and checked)."""
-    from augment.source_cache import CACHE_VERSION
-
-    assert CACHE_VERSION >= 2
+    write_image(tmp_path / "plain" / "images" / "000000.png")
+    write_image(tmp_path / "plain" / "images" / "000001.png")
+    lines = [{"file_name": f"images/00000{i}.png", "caption": "a"} for i in range(2)]
+    (tmp_path / "plain" / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset, _ = load_source(str(tmp_path / "plain"))
+    assert dataset["image_id"] == ["000000", "000001"]
 
 
 def test_albef_names_the_entry_holding_an_empty_caption(tmp_path):
@@ -232,14 +232,22 @@ def test_the_several_karpathy_files_hint_names_trains_option_too(tmp_path):
         load_source(str(tmp_path))
 
 
-def test_a_tsv_caption_starting_with_a_quoted_word_is_read_as_written(tmp_path):
-    """was: `malformed CSV` (csv's default quoting); a TSV has none, as open_clip_train's are written."""
+def test_a_tsv_caption_starting_with_a_quoted_word_is_read_as_pandas_reads_it(tmp_path):
+    """was: `malformed CSV` (strict quoting); open_clip_train reads TSVs with pandas, whose quoting is lenient."""
     write_image(tmp_path / "images" / "0.png")
     write_image(tmp_path / "images" / "1.png")
     (tmp_path / "caps.tsv").write_text('filepath\ttitle\nimages/0.png\t"Stop" sign on a road\n'
                                        'images/1.png\ta stray " quote, and a comma\n')
     dataset, _ = load_source(str(tmp_path / "caps.tsv"), csv_img_key="filepath", csv_caption_key="title", cache=False)
-    assert dataset["captions"] == [['"Stop" sign on a road'], ['a stray " quote, and a comma']]
+    assert dataset["captions"] == [["Stop sign on a road"], ['a stray " quote, and a comma']]
+    # what pandas writes (`to_csv(sep="\t")` quotes a field holding a quote) reads back as it was
+    (tmp_path / "pandas.tsv").write_text('filepath\ttitle\nimages/0.png\t"He said ""hi"" to a red square"\n')
+    dataset, _ = load_source(str(tmp_path / "pandas.tsv"), csv_img_key="filepath", csv_caption_key="title", cache=False)
+    assert dataset["captions"] == [['He said "hi" to a red square']]
+    # a quote never closed: one line naming the record, not the rest of the file read as its caption
+    (tmp_path / "open.tsv").write_text('filepath\ttitle\nimages/0.png\t"never closed\nimages/1.png\tnext\n')
+    with pytest.raises(SourceError, match=r"open.tsv: line 2: a quote opened in this record is never closed"):
+        load_source(str(tmp_path / "open.tsv"), csv_img_key="filepath", csv_caption_key="title", cache=False)
 
 
 def test_a_csv_keeps_its_quoting(tmp_path):

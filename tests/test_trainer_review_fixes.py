@@ -143,6 +143,19 @@ def test_a_validation_source_with_splits_still_takes_val_split(tmp_path, sample_
                       "--val-data", tmp_path / "tagged.tsv", "--csv-img-key", "filepath", "--csv-caption-key", "title",
                       *FAST, "--out", tmp_path / "refused")
     assert code == 2 and err.startswith(f"error: --val-data {tmp_path / 'tagged.tsv'}: "), err
+    # a file that names its split (ALBEF's flickr30k_test.json) keeps it: not validated on as "val" (model
+    # selection on test data), refused unless --val-split test asks for it
+    data = json.loads(next(sample_world_dir.glob("dataset_*.json")).read_text())
+    entries = [{"image": f"images/{entry['filename']}", "caption": entry["sentences"][0]["raw"]}
+               for entry in data["images"] if entry["split"] == "test"][:4]
+    test_file = tmp_path / "flickr30k_test.json"
+    test_file.write_text(json.dumps(entries))
+    common = ["clean", "--train-data", sample_world_dir, "--max-steps", "1", "--val-frequency", "1", "--val-data",
+              test_file, "--val-image-root", sample_world_dir, "--val-attack", "clean", "--val-limit", "2", *FAST]
+    code, err = _main(capsys, *common, "--out", tmp_path / "on-test")
+    assert code == 2 and "no 'val' rows" in err and "'test'" in err, err
+    code, err = _main(capsys, *common, "--val-split", "test", "--out", tmp_path / "on-test-asked")
+    assert code == 0, err
 
 
 def test_val_image_root_without_val_data_is_refused(tmp_path):

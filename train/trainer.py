@@ -511,18 +511,27 @@ class Trainer:
 
     def _load_validation_source(self):
         """--val-data, its images found from --val-image-root or its own location (--image-root is the
-        train data's). A source that names no splits (an open_clip CSV/TSV, an ALBEF file) is read as
-        --val-split whole, as --source-split labels the train data's: it was read as "train" and
-        refused for having no "val" rows. Errors name --val-data: the train data was read fine."""
+        train data's). A source whose rows are all in the default split "train" (an open_clip CSV/TSV
+        or an ALBEF file that names no split) is read as --val-split whole, as --source-split labels
+        the train data's: it was refused for having no "val" rows. One that names its splits keeps
+        them (`flickr30k_test.json` holds "test" rows, refused for --val-split val: model selection
+        on test data is asked for with --val-split test). Errors name --val-data: the train data was
+        read fine."""
         from augment.errors import SourceError
         from augment.sources import load_source
 
         cfg = self.cfg
+
+        def load(split):
+            return load_source(cfg.val_data, image_root=cfg.val_image_root, split=split,
+                               allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
+                               csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)[0]
+
         try:
-            source, _ = load_source(cfg.val_data, image_root=cfg.val_image_root,
-                                    split=None if cfg.val_split == "all" else cfg.val_split,
-                                    allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
-                                    csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
+            source = load(None)
+            only_default_split = set(source.unique("split")) == {"train"}
+            if only_default_split and cfg.val_split not in ("all", "train"):
+                source = load(cfg.val_split)  # every row labelled so (a second read comes from the source cache)
         except MatPlusError as exc:
             reason = first_line(exc)
             for named in (f"{cfg.val_data}: ", f"{Path(cfg.val_data).name}: "):  # said once, by the prefix

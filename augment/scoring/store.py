@@ -294,7 +294,8 @@ def read_entry_table(pool_path: str | os.PathLike, entry: dict, table: str, colu
     path = Path(pool_path) / entry["tables"][table]
     read = read_table(path, columns)  # missing, damaged, another version: its own line
     written_by = table_inputs_key(path)
-    if written_by != entry.get("inputs_key"):
+    # a table without a key was written before tables recorded one (2026-11-29 .. 12-02): read as its entry's
+    if written_by is not None and written_by != entry.get("inputs_key"):
         scorer = entry["scorer"]
         raise PoolError(f"{pool_path}: the stored scores of scorer {scorer['name']} ({scorer.get('slug', '?')}) do not "
                         f"match their side table {entry['tables'][table]}, written by another `augment score` run "
