@@ -22,7 +22,10 @@ loadable layout (above), and the whole folder is swapped in at once.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import pickle
 import random
@@ -35,6 +38,8 @@ import torch
 
 from augment.atomic import swap_folder_into_place
 from augment.errors import MatPlusError, first_line
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR = "ckpt"
 STATE_DIR = "train_state"
@@ -93,6 +98,36 @@ def load_tensors(path: Path, hint: str, error: type[MatPlusError] = MatPlusError
         raise error(f"{path}: unreadable ({reason}); {hint}") from None
 
 
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What torch and safetensors raise for a write that failed (a full disk, a quota) instead of OSError:
+    torch.save's RuntimeError ("[enforce fail at inline_container.cc:...] unexpected pos ...",
+    "basic_ios::clear: iostream error"), safetensors' SafetensorError ("I/O error: ...")."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return (RuntimeError,)
+    return (RuntimeError, SafetensorError)
+
+
+def could_not_write(path: Path, exc: BaseException) -> OSError:
+    """`exc` of a write into `path` as an OSError: the commands print an OSError as one line
+    (`error: PATH: could not be written (...)`, exit 2), torch's RuntimeError as a traceback."""
+    log.debug("writing %s failed: %s", path, first_line(exc))
+    return OSError(errno.EIO, "could not be written (No space left on device?)", str(path))
+
+
+def save_tensors(value: Any, path: Path) -> None:
+    """`torch.save(value, path)`; a failed write is an OSError naming `path` and leaves no partial file."""
+    try:
+        torch.save(value, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            Path(path).unlink(missing_ok=True)
+        if isinstance(exc, _write_errors()):
+            raise could_not_write(path, exc) from None
+        raise
+
+
 def _load(path: Path) -> Any:
     return load_tensors(path, "resume from another checkpoint, or start over with --overwrite", CheckpointError)
 
@@ -107,18 +142,27 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
         shutil.rmtree(partial, ignore_errors=True)
         (partial / STATE_DIR).mkdir(parents=True)
     barrier()
-    torch.save(_rng_state(), partial / STATE_DIR / f"rng-{rank}.pt")
+    save_tensors(_rng_state(), partial / STATE_DIR / f"rng-{rank}.pt")
     barrier()
     if is_main:
-        model.save(partial)
-        # the model's own files, checked on resume: a folder copied without its weights loads random ones
-        state = {**state, MODEL_FILES: sorted(str(path.relative_to(partial)) for path in partial.rglob("*")
-                                              if path.is_file() and STATE_DIR not in path.relative_to(partial).parts)}
-        torch.save(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
-        torch.save(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), partial / STATE_DIR / "scaler.pt")
-        (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        try:
+            try:
+                model.save(partial)
+            except _write_errors() as exc:  # safetensors' or torch's failed write: the folder written to
+                raise could_not_write(partial, exc) from None
+            # the model's own files, checked on resume: a folder copied without its weights loads random ones
+            state = {**state, MODEL_FILES: sorted(str(path.relative_to(partial)) for path in partial.rglob("*")
+                                                  if path.is_file() and STATE_DIR not in path.relative_to(partial).parts)}
+            save_tensors(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
+            save_tensors(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
+            if scaler is not None:
+                save_tensors(scaler.state_dict(), partial / STATE_DIR / "scaler.pt")
+            (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        except BaseException:
+            # a full disk (or a kill) part-way: the partial copy would hold the space the next try
+            # needs; RUN/ckpt, the last complete checkpoint, is untouched
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         if final.exists():  # .ckpt-old is then a finished swap's leftover: free the name the swap moves RUN/ckpt to
             shutil.rmtree(old, ignore_errors=True)
         # else .ckpt-old may be the only complete checkpoint (a kill between an earlier swap's renames):

@@ -47,6 +47,13 @@ METHOD_HELP = {
 }
 
 
+# what `train METHOD` says when Ctrl-C or SIGTERM stops it
+INTERRUPTED_TRAINING = ("the last checkpoint (saved every --save-every steps, else only at the end) is kept; "
+                        "add --resume latest to the same command to continue from it")
+# set by the parser for run_main, not settings of the run
+_RUNNER_DEFAULTS = ("func", "command", "config", "sigterm_interrupts", "interrupted")
+
+
 def _default(name: str) -> str:
     value = getattr(DEFAULTS, name)
     return "" if value is None or value is False or value == [] else f" (default: {value})"
@@ -67,7 +74,9 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     _add_attack_options(parser, method)
     _add_logging_options(parser)
     _add_validation_options(parser)
-    parser.set_defaults(func=run_method, method=method)
+    # SIGTERM (a scheduler's) stops it as Ctrl-C does: one line, exit 143; re-running the same command
+    # is refused (RUN holds a run), so the line names what resumes it
+    parser.set_defaults(func=run_method, method=method, sigterm_interrupts=True, interrupted=INTERRUPTED_TRAINING)
     return parser
 
 
@@ -209,7 +218,7 @@ def method_settings(method: str) -> frozenset[str]:
 
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The settings given on the command line (argparse.SUPPRESS left the others out)."""
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in _RUNNER_DEFAULTS}
     return given
 
 

@@ -319,7 +319,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     from train.commands_eval_captioning import add_arguments as add_captioning_arguments
 
     add_captioning_arguments(parser)
-    parser.set_defaults(func=run, option_default=parser.get_default)
+    # SIGTERM (a scheduler's) stops it as Ctrl-C does: one line, exit 143, finished batches kept
+    parser.set_defaults(func=run, option_default=parser.get_default, sigterm_interrupts=True,
+                        interrupted="finished batches are kept; re-run the same command to resume")
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from augment.atomic import atomic_write_text, temporary_path
-from train.checkpoint import load_tensors
+from train.checkpoint import load_tensors, save_tensors
 
 SETTINGS_FILE = "settings.json"  # a store's tag: the settings its batches were made with
 _RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
@@ -188,7 +188,7 @@ class BatchStore:
     def _write(path: Path, value) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_path(path)
-        torch.save(value, tmp)
+        save_tensors(value, tmp)  # a failed write: an OSError naming it, and no .tmp file left behind
         os.replace(tmp, path)
 
     def save(self, attack: str, batch: int, record) -> None:

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -73,6 +74,10 @@ RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMAR
                WANDB_ID_FILE,
                # train.validation's (--val-frequency): the curve, the best weights and a kill's leftovers of them
                "validation.jsonl", "best", ".best-partial", ".best-old")
+# held (flock) by the one training writing into RUN (`_lock_run_dir`); left out of RUN_OUTPUTS so that
+# --overwrite never deletes it while it is held, and named apart from `train eval`'s OUT/.lock so that
+# an evaluation writing its report into a run folder is not taken for a second trainer
+LOCK_FILE = ".train.lock"
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -120,9 +125,13 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         self.is_main = is_main
         self.tensorboard = self.wandb = None
+        # the last line kept from before a resume: a run killed after its final checkpoint but before
+        # summary.json resumes with no step left to run, and its summary's losses are this line's
+        self.last_kept: dict = {}
         if not is_main:
             return
         kept = self._truncate_after(resume_step)
+        self.last_kept = kept[-1] if kept else {}
         require_logging_packages(config)
         targets = report_targets(config)
         if "tensorboard" in targets:
@@ -290,6 +299,37 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
     return None
 
 
+def _lock_run_dir(run_dir: Path):
+    """An exclusive lock on RUN/.train.lock, or ConfigError when another training holds it.
+
+    Two trainers in one RUN (a second `--resume latest` while the first still runs) would share
+    RUN/.ckpt-partial and interleave metrics.jsonl. The lock is the kernel's (flock, through
+    filelock): a killed holder's lock goes with it and never blocks the next run. Taken before
+    `_prepare_run_dir` reads anything, so the second trainer is refused before it touches RUN.
+    """
+    from filelock import FileLock, Timeout
+
+    created = not run_dir.exists()
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)  # creates RUN
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{run_dir}: another train is writing here; wait for it to finish, or choose "
+                          "another --out") from None
+    return lock, created
+
+
+def _unlock_run_dir(run_dir: Path, lock, created: bool) -> None:
+    """Release RUN's lock; a RUN this run created and left empty (it failed a check) is removed again."""
+    lock_only = created and run_dir.is_dir() and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]
+    if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    lock.release()
+    if lock_only:
+        with contextlib.suppress(OSError):  # another run has started writing here since
+            run_dir.rmdir()
+
+
 def _clear_run_outputs(run_dir: Path) -> None:
     for name in RUN_OUTPUTS:
         path = run_dir / name
@@ -325,6 +365,7 @@ class Trainer:
         self.accelerator = make_accelerator(cfg)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        self._hold_run_dir()
         resume_from = _prepare_run_dir(self.run_dir, cfg)
         require_logging_packages(cfg)
         self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress, report_skipped=self.is_main)
@@ -370,6 +411,30 @@ class Trainer:
         )
         self.method = METHODS[cfg.method](self.context)
         self._write_run_dir()
+
+    def _hold_run_dir(self) -> None:
+        """The main process locks RUN (`_lock_run_dir`): the processes of one run are one trainer, so
+        they must not conflict with each other. Its answer is shared, so that every process is
+        refused alike instead of the others waiting at the first barrier for a process that left."""
+        refusal = None
+        if self.is_main:
+            try:
+                self.run_lock = _lock_run_dir(self.run_dir)
+            except ConfigError as exc:
+                refusal = str(exc)
+        if self.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            refusal = broadcast_object_list([refusal], from_process=0)[0]
+        if refusal is not None:
+            raise ConfigError(refusal)
+
+    def release_run_dir(self) -> None:
+        """Let the next trainer into RUN (the end of `run`, whether it finished or failed)."""
+        held = getattr(self, "run_lock", None)
+        if held is not None:
+            self.run_lock = None
+            _unlock_run_dir(self.run_dir, *held)
 
     def _plan_steps(self) -> None:
         """Optimizer steps per epoch, in all and of the LR schedule, from the data and the global batch."""
@@ -676,6 +741,12 @@ class Trainer:
         )
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.release_run_dir()
+
+    def _run(self) -> dict:
         from tqdm.auto import tqdm
 
         self.setup()
@@ -722,6 +793,13 @@ class Trainer:
                 bar.update(1)
                 if saving and done < self.total_steps:
                     self._save(done, elapsed)
+        except KeyboardInterrupt:
+            # a scheduler's SIGTERM goes to the loader's workers too: torch's SIGCHLD handler would
+            # report their deaths as a traceback while the loader shuts down, under the one
+            # "interrupted" line; the run is stopping, so a worker's death says nothing more
+            with contextlib.suppress(ValueError, AttributeError):  # not the main thread; no SIGCHLD (Windows)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            raise
         except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error wherever the loop is
             died = worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
             if died is None:
@@ -734,7 +812,7 @@ class Trainer:
             self.validator.validate(self.total_steps)
         elapsed = self.elapsed_before + time.perf_counter() - started
         self._save(self.total_steps, elapsed)
-        summary = self._summary(last, elapsed)
+        summary = self._summary(last or self.metrics.last_kept, elapsed)
         self.metrics.close()
         if self.is_main:
             atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,160 @@
+"""Reliability fixes of `train` and `train eval`: one trainer per run folder (a lock), SIGTERM and
+Ctrl-C as one line naming how to continue, a resumed run with no step left still reporting its
+losses, and a failed checkpoint / progress write (torch's RuntimeError on a full disk) as one
+line with no partial copy left. Runs are a few steps of the tiny CLIP on the sample world."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--batch-size", "8", "--no-progress", "--workers", "0", "--model", "tiny-clip"]
+# what torch.save raises when the disk fills part-way through a checkpoint
+FULL_DISK = "[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0"
+
+
+def _main(capsys, *argv) -> tuple[int, str]:
+    from train.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def _train(world: Path, run: Path, *extra) -> list[str]:
+    return ["clean", "--train-data", world, "--out", run, *FAST, *extra]
+
+
+# ----------------------------------------------------------------------------- 1. one trainer per run folder
+
+
+def test_a_second_trainer_into_a_held_run_folder_is_refused_before_touching_it(tmp_path, sample_world_dir, capsys):
+    from filelock import FileLock
+
+    from train.trainer import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')  # the running trainer's
+    held = FileLock(run / LOCK_FILE, timeout=0)
+    held.acquire()  # flock: a second open file description conflicts, in this process as in another
+    try:
+        code, err = _main(capsys, *_train(sample_world_dir, run, "--max-steps", "1", "--resume", "latest"))
+    finally:
+        held.release()
+    assert code == 2
+    assert err.count("\n") == 0 and "another train is writing here" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == sorted([LOCK_FILE, "metrics.jsonl"])
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_the_lock_outlives_overwrite_and_a_failed_run_leaves_no_folder(tmp_path, sample_world_dir, capsys):
+    from train.trainer import LOCK_FILE, RUN_OUTPUTS
+
+    assert LOCK_FILE not in RUN_OUTPUTS  # --overwrite clears RUN_OUTPUTS: never the lock it holds
+    missing = tmp_path / "nowhere"
+    code, _ = _main(capsys, "clean", "--train-data", missing, "--out", tmp_path / "run", *FAST, "--max-steps", "1")
+    assert code == 2
+    assert not (tmp_path / "run").exists()  # the lock file it took is not left in a folder it created
+
+
+# ----------------------------------------------------------------------------- 2-3. SIGTERM and Ctrl-C
+
+
+def test_train_and_train_eval_take_sigterm_as_an_interrupt_naming_how_to_continue():
+    from train.cli import build_parser, config_from_args
+
+    train_args = build_parser().parse_args(["clean", "--train-data", "w", "--out", "run"])
+    assert train_args.sigterm_interrupts is True
+    assert "--resume latest" in train_args.interrupted and "re-run the same command" not in train_args.interrupted
+    config_from_args(train_args)  # the runner's defaults are not taken for settings of the run
+    eval_args = build_parser().parse_args(["eval", "tiny-clip", "--source", "w", "--out", "o"])
+    assert eval_args.sigterm_interrupts is True
+    assert "finished batches are kept" in eval_args.interrupted
+
+
+def test_sigterm_stops_train_in_one_line_with_exit_143(tmp_path, sample_world_dir):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MATPLUS_LOGLEVEL": "ERROR"}
+    command = [sys.executable, "-m", "train.cli", *map(str, _train(sample_world_dir, run, "--max-steps", "100000",
+                                                                   "--save-every", "1"))]
+    trainer = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "ckpt").is_dir() and time.monotonic() < deadline and trainer.poll() is None:
+            time.sleep(0.5)
+        assert (run / "ckpt").is_dir(), "the run saved no checkpoint"
+        trainer.send_signal(signal.SIGTERM)
+        _, err = trainer.communicate(timeout=120)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert trainer.returncode == 143
+    assert err.strip().count("\n") == 0 and err.startswith("interrupted: ") and "--resume latest" in err
+
+
+# ----------------------------------------------------------------------------- 4. resumed with no step left
+
+
+def test_a_run_killed_before_its_summary_resumes_with_its_final_losses(tmp_path, sample_world_dir, capsys):
+    run = tmp_path / "run"
+    assert _main(capsys, *_train(sample_world_dir, run, "--max-steps", "2"))[0] == 0
+    losses = json.loads((run / "summary.json").read_text())["final"]
+    assert losses["loss"] is not None
+    (run / "summary.json").unlink()  # a kill -9 after the final checkpoint, before summary.json
+    from train.cli import main
+
+    assert main([str(a) for a in _train(sample_world_dir, run, "--max-steps", "2", "--resume", "latest")]) == 0
+    out = capsys.readouterr().out
+    assert "no steps run" not in out
+    assert json.loads((run / "summary.json").read_text())["final"] == losses
+
+
+# ----------------------------------------------------------------------------- 5. a full disk while saving
+
+
+def _torch_save_fails_after(monkeypatch, good: int) -> None:
+    """torch.save writes `good` files, then fails as it does on a full disk (a part-written file left)."""
+    real, calls = torch.save, []
+
+    def save(value, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > good:
+            Path(path).write_bytes(b"part")
+            raise RuntimeError(FULL_DISK)
+        return real(value, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_checkpoint_write_failing_on_a_full_disk_is_one_line_and_leaves_no_partial(tmp_path, sample_world_dir,
+                                                                                    capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert _main(capsys, *_train(sample_world_dir, run, "--max-steps", "2", "--save-every", "1"))[0] == 0
+    before = (run / "ckpt" / "train_state" / "state.json").read_text()
+    _torch_save_fails_after(monkeypatch, good=1)  # the RNG state written, the optimizer's not
+    code, err = _main(capsys, *_train(sample_world_dir, run, "--max-steps", "3", "--save-every", "1",
+                                      "--resume", "latest"))
+    assert code == 2
+    assert err.splitlines()[-1].startswith("error: ") and "could not be written" in err and "Traceback" not in err
+    assert "optimizer.pt" in err
+    assert not (run / ".ckpt-partial").exists()
+    assert (run / "ckpt" / "train_state" / "state.json").read_text() == before  # the last checkpoint kept
+
+
+def test_a_progress_batch_failing_on_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from train.eval_store import BatchStore
+
+    store = BatchStore(tmp_path / ".progress", {"attacks": "pgd"})
+    _torch_save_fails_after(monkeypatch, good=0)
+    with pytest.raises(OSError, match="could not be written"):
+        store._write(tmp_path / ".progress" / "pgd" / "batch-00001.pt", {"x": torch.zeros(1)})
+    assert not [p for p in (tmp_path / ".progress").rglob("*") if ".tmp" in p.name]
+    assert not store.has("pgd", 1)
