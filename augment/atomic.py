@@ -136,6 +136,37 @@ def output_folder_problem(folder: Path) -> str | None:
 
 
 @contextlib.contextmanager
+def sole_writer(folder: str | os.PathLike, lock_name: str, busy: str):
+    """Within: this process alone writes into `folder` (an exclusive lock on `folder/lock_name`, made
+    with the folder if need be); another process holding it: MatPlusError `FOLDER: busy`. The lock
+    is the kernel's (flock, through filelock), so a killed holder's lock goes with it and never
+    blocks the next run. A folder this call created and the block left empty (a run that failed
+    before writing anything) is removed again. `train` and `train eval` each hold one: two runs
+    into one folder would interleave their outputs."""
+    from filelock import FileLock, Timeout
+
+    from augment.errors import MatPlusError
+
+    folder = Path(folder)
+    created = not folder.exists()
+    lock = FileLock(folder / lock_name, timeout=0)  # creates the folder
+    try:
+        lock.acquire()
+    except Timeout:
+        raise MatPlusError(f"{folder}: {busy}") from None
+    try:
+        yield
+    finally:
+        lock_only = created and folder.is_dir() and [path.name for path in folder.iterdir()] == [lock_name]
+        if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
+            (folder / lock_name).unlink(missing_ok=True)
+        lock.release()
+        if lock_only:
+            with contextlib.suppress(OSError):  # another run has started writing here since
+                folder.rmdir()
+
+
+@contextlib.contextmanager
 def interrupts_held():
     """Ctrl-C and SIGTERM held back (raised again after the block): a swap of a folder is never
     left half-done, with the old contents in a hidden folder the next run would delete as stale.

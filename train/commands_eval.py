@@ -10,7 +10,6 @@ table: rows = attacks, columns = recalls under attack and attack success rates).
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 from augment.arguments import finite_number, folder_path, non_negative_number
@@ -361,35 +360,14 @@ def progress_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-@contextlib.contextmanager
 def writing_into(out: Path):
-    """Within: this process alone evaluates into `out` (an exclusive lock on OUT/.lock, held to the
-    end). Two evaluations into one OUT would share OUT/.progress and eval.json: one report silently
-    replacing the other, one's batches counted in the other's numbers. The lock is the kernel's
-    (flock, through filelock), so a killed holder's lock goes with it and never blocks the next run.
-    The lock file is kept out of OUT/.progress: nothing reads it as progress. An OUT this call
-    created and the run left empty (it failed before writing anything) is removed again."""
-    from filelock import FileLock, Timeout
+    """Within: this process alone evaluates into `out` (`augment.atomic.sole_writer` on OUT/.lock, held
+    to the end). Two evaluations into one OUT would share OUT/.progress and eval.json: one report
+    silently replacing the other, one's batches counted in the other's numbers. The lock file is kept
+    out of OUT/.progress: nothing reads it as progress."""
+    from augment.atomic import sole_writer
 
-    from augment.errors import MatPlusError
-
-    created = not out.exists()
-    lock = FileLock(out / LOCK_FILE, timeout=0)  # creates OUT
-    try:
-        lock.acquire()
-    except Timeout:
-        raise MatPlusError(f"{out}: another train eval is writing here; wait for it to finish or choose "
-                           "another --out") from None
-    try:
-        yield
-    finally:
-        lock_only = created and [path.name for path in out.iterdir()] == [LOCK_FILE]
-        if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
-            (out / LOCK_FILE).unlink(missing_ok=True)
-        lock.release()
-        if lock_only:
-            with contextlib.suppress(OSError):  # another run has started writing here since
-                out.rmdir()
+    return sole_writer(out, LOCK_FILE, "another train eval is writing here; wait for it to finish or choose another --out")
 
 
 def _check_option_values(args) -> None:

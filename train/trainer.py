@@ -74,7 +74,7 @@ RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMAR
                WANDB_ID_FILE,
                # train.validation's (--val-frequency): the curve, the best weights and a kill's leftovers of them
                "validation.jsonl", "best", ".best-partial", ".best-old")
-# held (flock) by the one training writing into RUN (`_lock_run_dir`); left out of RUN_OUTPUTS so that
+# held (flock) by the one training writing into RUN (`Trainer._hold_run_dir`); left out of RUN_OUTPUTS so that
 # --overwrite never deletes it while it is held, and named apart from `train eval`'s OUT/.lock so that
 # an evaluation writing its report into a run folder is not taken for a second trainer
 LOCK_FILE = ".train.lock"
@@ -299,37 +299,6 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
     return None
 
 
-def _lock_run_dir(run_dir: Path):
-    """An exclusive lock on RUN/.train.lock, or ConfigError when another training holds it.
-
-    Two trainers in one RUN (a second `--resume latest` while the first still runs) would share
-    RUN/.ckpt-partial and interleave metrics.jsonl. The lock is the kernel's (flock, through
-    filelock): a killed holder's lock goes with it and never blocks the next run. Taken before
-    `_prepare_run_dir` reads anything, so the second trainer is refused before it touches RUN.
-    """
-    from filelock import FileLock, Timeout
-
-    created = not run_dir.exists()
-    lock = FileLock(run_dir / LOCK_FILE, timeout=0)  # creates RUN
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ConfigError(f"{run_dir}: another train is writing here; wait for it to finish, or choose "
-                          "another --out") from None
-    return lock, created
-
-
-def _unlock_run_dir(run_dir: Path, lock, created: bool) -> None:
-    """Release RUN's lock; a RUN this run created and left empty (it failed a check) is removed again."""
-    lock_only = created and run_dir.is_dir() and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]
-    if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
-        (run_dir / LOCK_FILE).unlink(missing_ok=True)
-    lock.release()
-    if lock_only:
-        with contextlib.suppress(OSError):  # another run has started writing here since
-            run_dir.rmdir()
-
-
 def _clear_run_outputs(run_dir: Path) -> None:
     for name in RUN_OUTPUTS:
         path = run_dir / name
@@ -413,14 +382,21 @@ class Trainer:
         self._write_run_dir()
 
     def _hold_run_dir(self) -> None:
-        """The main process locks RUN (`_lock_run_dir`): the processes of one run are one trainer, so
-        they must not conflict with each other. Its answer is shared, so that every process is
-        refused alike instead of the others waiting at the first barrier for a process that left."""
+        """The main process locks RUN (`augment.atomic.sole_writer` on RUN/.train.lock): two trainers in
+        one RUN (a second `--resume latest` while the first still runs) would share RUN/.ckpt-partial
+        and interleave metrics.jsonl. Taken before `_prepare_run_dir` reads anything, so the second is
+        refused before it touches RUN. The processes of one run are one trainer: the main one's answer
+        is shared, so every process is refused alike instead of the others waiting at the first
+        barrier for a process that left."""
+        from augment.atomic import sole_writer
+
         refusal = None
+        self.run_lock = contextlib.ExitStack()
         if self.is_main:
             try:
-                self.run_lock = _lock_run_dir(self.run_dir)
-            except ConfigError as exc:
+                self.run_lock.enter_context(sole_writer(self.run_dir, LOCK_FILE, "another train is writing here; "
+                                                        "wait for it to finish, or choose another --out"))
+            except MatPlusError as exc:
                 refusal = str(exc)
         if self.world_size > 1:
             from accelerate.utils import broadcast_object_list
@@ -434,7 +410,7 @@ class Trainer:
         held = getattr(self, "run_lock", None)
         if held is not None:
             self.run_lock = None
-            _unlock_run_dir(self.run_dir, *held)
+            held.close()
 
     def _plan_steps(self) -> None:
         """Optimizer steps per epoch, in all and of the LR schedule, from the data and the global batch."""
