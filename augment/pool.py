@@ -390,6 +390,12 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_
         rows += check_shard_readable(shard, where)
         features = Features.from_arrow_schema(pq.read_schema(shard))
         check_pool_features(features, f"{path.name}/{DATA_DIR}/{shard.name}")
+    recorded = meta.get("num_rows")
+    if meta.get("status") == "complete" and isinstance(recorded, int) and rows != recorded:
+        # a shard deleted after a damage report (as that report says) and the command not re-run: the
+        # rest was read, scored and pushed as if whole, its card still saying the whole pool's rows
+        raise PoolError(f"{path}: its data shards hold {rows} rows, its {POOL_META} says {recorded}: a shard is "
+                        "missing or was replaced; re-run the command that wrote the pool to make it whole")
     if rows == 0 and not allow_empty:
         raise PoolError(f"{path}: the pool has no rows (method {meta.get('method')!r} wrote none); "
                         "nothing to train, score, select or push")

@@ -258,3 +258,21 @@ def test_a_csv_keeps_its_quoting(tmp_path):
     (tmp_path / "bad.csv").write_text('image,caption\np.png,"a stray quote\np.png,second\n')
     with pytest.raises(SourceError, match=r"malformed CSV in the record starting on line 2"):
         load_source(str(tmp_path / "bad.csv"), cache=False)
+
+
+def test_a_finished_pool_missing_a_shard_is_refused_until_its_command_is_run_again(world, tmp_path, capsys):
+    """was: read, scored and pushed as if whole (its card saying the whole pool's rows), after a damaged
+    shard was deleted as the damage report says and the command not re-run."""
+    from augment.pool import load_pool
+
+    pool = tmp_path / "pool"
+    assert _generate(pool, world) == 0
+    whole = len(load_pool(pool).dataset)
+    (pool / "data" / "shard-00001.parquet").unlink()
+    capsys.readouterr()
+    assert augment_main(["push", str(pool), "--to-dir", str(tmp_path / "export")]) == 2
+    _one_line_error(capsys, 2, f"{pool}: its data shards hold {whole - 2} rows, its pool.json says {whole}",
+                    "re-run the command that wrote the pool")
+    assert not (tmp_path / "export").exists()
+    assert _generate(pool, world) == 0  # the same command makes the missing shard again
+    assert len(load_pool(pool).dataset) == whole
