@@ -91,6 +91,21 @@ def test_force_never_writes_an_export_among_other_files_inside_data(tmp_path, ca
     assert files_under(mine) == {"data/mine.csv": b"hi"}
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--license", "CC BY 4.0", "--license 'CC BY 4.0': expected a Hub license id such as cc-by-4.0"),
+    ("--language", "english", "--language 'english': expected comma-separated ISO 639 codes such as en or en,fr ('english' is not one)"),
+    ("--language", ",", "--language ',': expected comma-separated ISO 639 codes"),
+])
+def test_card_metadata_the_hub_would_refuse_is_refused_before_anything_is_written(tmp_path, capsys, option, value, expected):
+    """The Hub checks a card's license and language on each commit: a push wrote the data commit, then
+    its card was refused (HTTP 400), leaving a repository without its card that a re-run called foreign."""
+    pool = text_pool(tmp_path / "pool", "eda")
+    assert expected in refused(capsys, "push", pool, "--to-dir", tmp_path / "export", option, value)
+    assert not (tmp_path / "export").exists()
+    assert run(capsys, "push", pool, "--to-dir", tmp_path / "good", "--license", "cc-by-4.0", "--language", "en,zh-Hans",
+               "--source-license", "Flickr terms")[0] == 0  # the source's license is the card's text: any words
+
+
 def test_a_damaged_scores_json_stops_an_export_before_anything_is_written(tmp_path, capsys):
     pool = text_pool(tmp_path / "pool", "eda")
     earlier = tmp_path / "earlier"

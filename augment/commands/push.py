@@ -10,6 +10,11 @@ import re
 from augment.errors import MatPlusError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# the shapes of the Hub's card metadata it checks on each commit: a license id (`cc-by-4.0`, `apache-2.0`,
+# `openrail++`, `other`) and ISO 639 codes (`en`, `fra`, `zh-Hans`). A card with `CC BY 4.0` was
+# refused by the Hub after the data commit had landed, leaving a repository without its card
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 # what Ctrl-C prints (augment.cli_common): a re-run over an unfinished export needs no --force
 # (hub.write_repo_folder); a Hub repo gets whole commits only, but one holding the data commit
 # without the card's (pool.json) is not recognisably this pool's
@@ -51,6 +56,14 @@ def check_arguments(args) -> None:
         raise MatPlusError(f"--repo-id {args.repo_id!r}: expected ORG/NAME (letters, digits, '.', '_', '-')")
     if args.to_dir and (args.private or args.revision):
         raise MatPlusError("--private and --revision apply to uploads only, not to --to-dir")
+    if not _LICENSE_ID.fullmatch(args.license):  # --source-license is the card's text only: any words
+        raise MatPlusError(f"--license {args.license!r}: expected a Hub license id such as cc-by-4.0, apache-2.0, mit "
+                           "or other (lower case, no spaces)")
+    codes = [code.strip() for code in args.language.split(",") if code.strip()]
+    wrong = [code for code in codes if not _LANGUAGE_CODE.fullmatch(code)]
+    if wrong or not codes:
+        raise MatPlusError(f"--language {args.language!r}: expected comma-separated ISO 639 codes such as en or en,fr"
+                           + (f" ({', '.join(map(repr, wrong))} is not one)" if wrong else ""))
 
 
 def run(args) -> int:
