@@ -281,6 +281,14 @@ class GroundingTask(RetrievalTask):
         train = data.train
         metas = train["meta"] if "meta" in getattr(train, "column_names", ()) else [None] * len(train)
         self.scenes = scenes_of_rows(metas)
+        if self.scenes and not any("objects" in json.loads(meta or "{}") for meta in metas):
+            # a sample world made without --expressions: its captions describe whole scenes, and the model
+            # trained on them as expressions was evaluated on per-object ones `train eval` made up
+            from augment.errors import SourceError
+
+            raise SourceError("--train-data is a sample world without "
+                              "referring expressions (its captions describe whole scenes); make one for grounding "
+                              "with `augment make-sample DIR --expressions N`")
         self._truth.clear()
         self._counterfactuals.clear()
 

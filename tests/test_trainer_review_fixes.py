@@ -290,3 +290,16 @@ def test_train_with_a_killed_loader_worker_exits_2_in_one_line(tmp_path, sample_
                       "--batch-size", "8", "--no-progress", "--workers", "1")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: a data-loading worker process died") and "--resume latest" in err
+
+
+def test_grounding_training_refuses_a_sample_world_without_expressions(tmp_path, capsys):
+    """was: trained on its whole-scene captions as expressions, exit 0, then evaluated on the per-object
+    expressions `train eval` makes up for such a world."""
+    from augment.world.writer import write_sample
+
+    world = write_sample(tmp_path / "world", n=12, seed=0)
+    code, err = _main(capsys, "clean", "--task", "grounding", "--model", "tiny-albef", "--train-data", world,
+                      "--max-steps", "1", "--batch-size", "4", "--no-progress", "--out", tmp_path / "run")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--train-data is a sample world without referring expressions" in err and "--expressions N" in err
+    assert not (tmp_path / "run").exists()
