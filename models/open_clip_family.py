@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ import torch
 
 from augment import tiny
 from augment.atomic import atomic_write_text, temporary_path
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 from augment.registry import (
     ALIASES,
     DEFAULT_MODELS,
@@ -278,11 +279,19 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     model_name, tag, force_quick_gelu = _resolve_clip(name, pretrained, cache_dir)
     import open_clip
 
+    checkpoint_file = _checkpoint_file(model_name, tag)
     with _translated_errors("clip", name if not pretrained else f"{name} {pretrained}"):
-        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-            model_name, pretrained=tag, device=device, precision=precision,
-            force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
-        )
+        try:
+            model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+                model_name, pretrained=tag, device=device, precision=precision,
+                force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
+            )
+        except pickle.UnpicklingError as exc:  # torch's text is many lines and advises weights_only=False
+            if checkpoint_file is None:
+                raise ModelLoadError(f"cannot load CLIP '{name}': {first_line(exc)}") from None
+            from models.checkpoint_files import pickle_refusal_error
+
+            raise pickle_refusal_error(checkpoint_file, exc) from None
         model_cfg = open_clip.get_model_config(model_name) or {}
         tokenizer = _tokenizer(model_name, model_cfg, cache_dir)
     if force_quick_gelu:
@@ -392,6 +401,24 @@ def _refuse_a_tag(name: str, pretrained: str | None, why: str) -> None:
     if pretrained:
         raise ModelLoadError(f"'{name}' {why}: --pretrained {pretrained} applies to an open_clip architecture "
                              "name (ViT-B-16 --pretrained openai) only; leave it out")
+
+
+def _checkpoint_file(arch: str, tag: str | None) -> Path | None:
+    """The file `--pretrained` names (None for a tag), checked to be a checkpoint before open_clip
+    reads it: a text or empty file otherwise fails deep in torch.load as KeyError or EOFError."""
+    if not tag or not os.path.isfile(os.path.expanduser(tag)):
+        return None
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from models.checkpoint_files import looks_like_torch_checkpoint, not_a_checkpoint_error
+
+    if get_pretrained_cfg(arch, tag):  # a tag open_clip knows wins over a file of that name (as open_clip does)
+        return None
+
+    path = Path(tag).expanduser()
+    if not looks_like_torch_checkpoint(path):
+        raise not_a_checkpoint_error(path, "CLIP checkpoint")
+    return path
 
 
 def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:

@@ -21,6 +21,7 @@ from augment.errors import ModelLoadError
 from augment.registry import (
     ResolvedSource,
     _check_hub_id,
+    _check_tokenizer,
     _looks_like_path,
     _translated_errors,
     as_torch_dtype,
@@ -137,6 +138,8 @@ def load_pretrained(name: str, model_class: Any, processor_class: Any, *, family
     with loading(resolved):
         model = model_class.from_pretrained(resolved.source, **kwargs, **dtype_kwargs(weights_dtype(precision)))
         processor = processor_class.from_pretrained(resolved.source, **kwargs)
+    # a saved folder without tokenizer.json/tokenizer_config.json loads as its special tokens only
+    _check_tokenizer(family, resolved.name, getattr(processor, "tokenizer", None), resolved.source)
     return model, processor
 
 

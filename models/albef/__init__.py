@@ -89,13 +89,22 @@ def _dtype(precision: str):
     return as_torch_dtype(precision.removeprefix("pure_"))
 
 
-def _load_tokenizer(source: str, display: str):
+def _load_tokenizer(source: str, display: str, *, saved_folder: bool = False):
+    """The BERT tokenizer of `source` (a Hub id or folder), refused when it has no vocabulary:
+    BertTokenizer then loads silently with its special tokens only and every word becomes [UNK]."""
     from transformers import BertTokenizer
 
-    from augment.registry import _translated_errors
+    from augment.registry import _check_tokenizer, _translated_errors
 
     with _translated_errors("ALBEF tokenizer", f"{source} (for {display})"):
-        return BertTokenizer.from_pretrained(source)
+        tokenizer = BertTokenizer.from_pretrained(source)
+    if saved_folder:  # the folder's own tokenizer files: the same line as every other saved folder's
+        _check_tokenizer("ALBEF", display, tokenizer, source)
+    elif len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        where = f"folder {source}" if Path(source).expanduser().is_dir() else source
+        raise ModelLoadError(f"cannot load ALBEF '{display}': no tokenizer files for {where} (only "
+                             f"{len(tokenizer)} special tokens): run once online or pass --albef-tokenizer FOLDER")
+    return tokenizer
 
 
 def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_caption: bool | None) -> AlbefModel:
@@ -118,7 +127,7 @@ def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_c
         cfg["pre_caption"] = bool(pre_caption)
     try:  # a hand-edited config: a key missing or a value of the wrong type, in one line
         cfg = check_config(cfg)
-        model = AlbefModel(cfg, _load_tokenizer(str(folder), display), name=display, pretrained=None)
+        model = AlbefModel(cfg, _load_tokenizer(str(folder), display, saved_folder=True), name=display, pretrained=None)
     except KeyError as exc:
         raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / CONFIG_NAME} lacks the key {exc}") from None
     except (TypeError, ValueError) as exc:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from augment.errors import ModelLoadError, first_line
 from models.albef.model import MOMENTUM_PREFIXES, QUEUE_NAMES, AlbefModel
+from models.checkpoint_files import looks_like_torch_checkpoint, not_a_checkpoint_error, pickle_refusal_error
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: no such file")
+    if not looks_like_torch_checkpoint(path):
+        raise not_a_checkpoint_error(path, "ALBEF checkpoint")
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found is None and "Unsupported operand" in str(exc):  # not a pickle: a foreign or damaged file
-            raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: not a PyTorch checkpoint (torch.load reads "
-                                 "neither a zip archive nor a pickle in it); download or copy it again") from None
-        holds = f"it holds {found.group(1)}" if found else "it is not a weights-only checkpoint"
-        raise ModelLoadError(
-            f"refusing to load {path}: it needs pickle ({holds}) and checkpoints are read with "
-            f"torch.load(weights_only=True); if you trust the file, re-save only its 'model' state dict") from None
+        raise pickle_refusal_error(path, exc) from None
     except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
         raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: {type(exc).__name__}: {first_line(exc)}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None

@@ -1,0 +1,37 @@
+"""Checks of a checkpoint file a user names, shared by the families that read one (ALBEF/TCL `.pth`,
+open_clip `--pretrained FILE`): what the file is, and one line when torch.load(weights_only=True)
+refuses it. torch's own refusal is many lines and advises weights_only=False, which would run the
+code a malicious file holds."""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+from augment.errors import ModelLoadError
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format (and numpy's .npz)
+_PICKLE_PROTO = 0x80  # first opcode of a pickle of protocol 2 or later: legacy torch.save, raw pickle
+
+
+def looks_like_torch_checkpoint(path: str | Path) -> bool:
+    """Whether the file starts as torch.load's input (a zip archive or a pickle) or a safetensors file:
+    a text file, an empty or foreign file is named as such, not as a pickle torch.load cannot read."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    safetensors_header = len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then its JSON
+    return head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTO]) or safetensors_header
+
+
+def not_a_checkpoint_error(path: str | Path, what: str) -> ModelLoadError:
+    # not the pickle refusal: its advice (re-save the state dict) cannot help a file that is no checkpoint
+    return ModelLoadError(f"cannot load {what} {path}: not a PyTorch checkpoint (torch.load reads neither a zip "
+                          "archive nor a pickle in it); download or copy it again")
+
+
+def pickle_refusal_error(path: str | Path, exc: pickle.UnpicklingError) -> ModelLoadError:
+    """One line for a checkpoint `torch.load(weights_only=True)` refused (torch's advice never repeated)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    code = f"it holds {found.group(1)}" if found else "it holds objects other than tensors"
+    return ModelLoadError(f"refusing to load {path}: it is not a weights-only checkpoint (it needs pickle to run "
+                          f"code: {code}); if you trust the file, re-save only its state dict of tensors")
