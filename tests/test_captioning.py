@@ -644,7 +644,7 @@ def test_captioning_evaluation_runs_under_the_chosen_precision(trained_captioner
     assert report["settings"]["precision"] == "amp_bf16" and set(report["attacks"]) == {"clean", "pgd"}
 
 
-def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_world, tmp_path):
+def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_world, tmp_path, capsys):
     import shutil
 
     from train.cli import main
@@ -653,7 +653,13 @@ def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_
     shutil.copytree(trained_captioner, twin)
     assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "white")) == 0
     assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "transfer", "--attacker-model", str(twin))) == 0
-    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "random", "--attacker-model", "tiny-captioner")) == 0
+    # the victim's saved prompt is "a picture of", the random twin has none: one prompt for both must be given
+    # (each fell back to its own, and the attacks were crafted under another prompt than the victim's)
+    capsys.readouterr()
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "mixed", "--attacker-model", "tiny-captioner")) == 2
+    assert "captions with its saved prompt None, the victim" in capsys.readouterr().err
+    assert main(_eval_argv(trained_captioner, colour_world, tmp_path / "random", "--attacker-model", "tiny-captioner",
+                           "--prompt", "a picture of")) == 0
     white, transfer, random = (json.loads((tmp_path / name / "eval.json").read_text()) for name in ("white", "transfer", "random"))
     assert transfer["settings"]["mode"] == "transfer" and transfer["attacker"]["name"] != transfer["victim"]["name"]
     assert "transfer attacks crafted on" in (tmp_path / "transfer" / "eval.md").read_text()

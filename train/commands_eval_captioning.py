@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if args.attacker_model:  # transfer: the attacks run on this captioner (with the same --prompt), the victim is evaluated
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="captioning",
                               prompt=args.prompt)
+        if args.prompt is None and attacker.prompt != victim.prompt:
+            # each fell back to its own saved prompt: the attacks would be crafted under another prompt than
+            # the victim captions with, and nothing in the report said so
+            raise MatPlusError(f"--attacker-model {args.attacker_model} captions with its saved prompt "
+                               f"{attacker.prompt!r}, the victim {args.checkpoint} with {victim.prompt!r}: a transfer "
+                               "attack needs one prompt for both; pass --prompt TEXT")
     attacks = args.attacks or list(default_attacks(attacker or victim))
     unknown = [a for a in attacks if a not in CAPTION_ATTACK_NAMES]
     if unknown:
