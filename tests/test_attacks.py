@@ -220,6 +220,17 @@ def test_substitutes_kept_from_token_ids_as_from_their_words(mlm):
     assert kept_any and source._keep_ids(ids, "the") != source._keep_ids(ids, "red")
 
 
+def test_a_word_written_as_a_special_token_is_never_replaced(mlm):
+    """was: "[SEP]" had its core replaced ("[SNOW]"): to a BERT-tokenized victim it is its separator."""
+    from augment.words import split_chunk
+    from train.attacks.substitutes import MaskedLMSubstitutes
+
+    model, tokenizer, _ = mlm
+    source = MaskedLMSubstitutes(model, tokenizer)
+    assert not any(source.replaceable(split_chunk(word)) for word in ("[SEP]", "[CLS]", "<|endoftext|>", "<s>"))
+    assert source.replaceable(split_chunk("(sofa)")) and source.replaceable(split_chunk("sofa,"))
+
+
 def test_one_greedy_search_order_ties_budget_and_rounds():
     source = FixedSubstitutes({"red": ["xa", "xb", "rexx"], "ball": ["box"], "blue": ["bl"], "dog": ["dox"]})
     texts = ["red ball", "blue dog", "a cat"]

@@ -303,3 +303,15 @@ def test_grounding_training_refuses_a_sample_world_without_expressions(tmp_path,
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "--train-data is a sample world without referring expressions" in err and "--expressions N" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_training_on_held_out_rows_or_validating_on_trained_ones_is_refused(tmp_path, sample_world_dir, capsys):
+    """was: --train-split all trained on the val/test images (pools made from them let through), and
+    --val-split equal to --train-split picked the best checkpoint on training data, both silently."""
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--train-split", "all", "--max-steps", "1",
+                      *FAST, "--out", tmp_path / "all")
+    assert code == 2 and "--train-split all would train on the source's" in err and "val/test images" in err, err
+    assert not (tmp_path / "all").exists()
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--train-split", "val", "--val-frequency", "1",
+                      "--val-split", "val", "--max-steps", "1", *FAST, "--out", tmp_path / "same")
+    assert code == 2 and "--val-split val validates on the rows --train-split val trains on" in err, err

@@ -466,6 +466,10 @@ def _validate(c: TrainConfig) -> None:
                f"unknown --text-attack-filter {c.text_attack_filter!r}; expected one of {sorted(CAPTION_FILTERS)}")
     _check(c.prompt is None or c.task == "captioning", f"--prompt applies to --task captioning, not {c.task}")
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
+    # validated on the very rows trained on: the best checkpoint picked by training data
+    _check(not (c.val_frequency and c.val_data is None and c.val_split in (c.train_split, "all")),
+           f"--val-split {c.val_split} validates on the rows --train-split {c.train_split} trains on: choose "
+           "another split, or --val-data")
     _check(c.save_every >= 0, "--save-every must be non-negative")
     _check(c.log_every >= 1, "--log-every-n-steps must be at least 1")
     # --overwrite empties --out first: fine before continuing another run's checkpoint there, not this run's own

@@ -250,6 +250,14 @@ class TrainData:
         self.p_original = float(p_original)
         self.source = source  # every split (in-training validation reads its val split)
         self.fingerprint = source_fingerprint(source)
+        if split == "all":
+            # every row trained on, the val/test images `train eval` and --val-frequency measure on among them
+            # (and pools made from them let through: the pool check compares with the chosen split)
+            [splits] = _columns(source, "split")
+            held_out = sum(1 for name in splits if name in ("val", "test"))
+            if held_out:
+                raise ConfigError(f"--train-split all would train on the source's {held_out} val/test images, "
+                                  "which evaluation measures on; train on --train-split train")
         self.train = select_split(source, split)
         [self.image_ids] = _columns(self.train, "image_id")
         self.captions = _ListColumn(self.train, "captions")

@@ -59,7 +59,10 @@ class SubstituteSource(ABC):
         return split_chunk(word, possessive=True)
 
     def replaceable(self, chunk: Chunk) -> bool:
-        return chunk.replaceable(self.stop_words)
+        # a word written as a special token ([SEP], [CLS], <|endoftext|>) is one to a BERT-tokenized victim
+        # (ALBEF, BLIP): replacing its core edited the victim's separator, not a word of the caption
+        special = chunk.prefix.endswith(("[", "<|", "<")) and chunk.suffix.startswith(("]", "|>", ">"))
+        return not special and chunk.replaceable(self.stop_words)
 
     def replacement(self, chunk: Chunk, substitute: str) -> str:
         """The whitespace token that replaces `chunk` (punctuation kept, case matched)."""
