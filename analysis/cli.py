@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        + ", ".join(bundled_config_names()))
     study.add_argument("--out", default=None, type=folder_path, help="output folder (default: the config's)")
     study.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
-    study.set_defaults(func=_study)
+    study.set_defaults(func=_study, interrupted="finished steps are kept; re-run the same command to resume")
     compare = sub.add_parser("compare", allow_abbrev=False, help="print a table of finished evaluations")
     compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
     compare.add_argument("--out", default=None, type=file_path, help="also write the table (Markdown) here")

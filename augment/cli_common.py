@@ -124,10 +124,10 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     if unknown:  # argparse names them under the top-level usage; the command's usage shows what it takes
         _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     expected: tuple[type[BaseException], ...] = (MatPlusError, FileNotFoundError) + _hub_error_types()
-    global _terminated
-    _terminated = False
+    global _terminated, _interrupt_arrived
+    _terminated = _interrupt_arrived = False
     try:
-        with _sigterm_as_interrupt(getattr(args, "sigterm_interrupts", False)):
+        with _interrupts_recorded(), _sigterm_as_interrupt(getattr(args, "sigterm_interrupts", False)):
             code = args.func(args)
     except expected as exc:
         if os.environ.get("MATPLUS_TRACEBACK"):
@@ -154,6 +154,36 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
 # what an interrupted command says unless its parser sets its own (`set_defaults(interrupted=...)`)
 INTERRUPTED = "finished shards are kept; re-run the same command to resume"
 _terminated = False
+_interrupt_arrived = False
+
+
+def interrupt_arrived() -> bool:
+    """Whether Ctrl-C (or a SIGTERM raised as one) reached this command: a DataLoader worker that died
+    of the same Ctrl-C is then no failure of its own (`augment.loading.worker_death`)."""
+    return _interrupt_arrived
+
+
+@contextmanager
+def _interrupts_recorded():
+    """Ctrl-C raises KeyboardInterrupt as always, and is recorded first: torch may report the worker
+    processes it stopped as dead workers while the main process unwinds, replacing the interrupt."""
+    global _interrupt_arrived
+    own_handler = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+    def interrupt(signum, frame):
+        global _interrupt_arrived
+        _interrupt_arrived = True
+        signal.default_int_handler(signum, frame)
+
+    if own_handler:
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _interrupt_arrived = False  # this command's: a later one in the same process (tests, the study) starts clean
 
 
 def os_error_line(exc: OSError) -> str:
@@ -173,8 +203,8 @@ def _sigterm_as_interrupt(enabled: bool):
         return
 
     def interrupt(signum, frame):
-        global _terminated
-        _terminated = True
+        global _terminated, _interrupt_arrived
+        _terminated = _interrupt_arrived = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

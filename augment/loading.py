@@ -71,9 +71,14 @@ def worker_death(exc: BaseException, then: str = "re-run the same command", work
     `then`: what to do after lowering --workers. torch raises it from its SIGCHLD handler, so it may
     surface anywhere in the main process (inside a generator's own code too), not only where the
     loader is read: callers convert it around their whole loop as well, and nothing may wrap it.
-    `workers`: the --workers the run has, said in the message. The trainer's loader uses it too."""
+    `workers`: the --workers the run has, said in the message. The trainer's loader uses it too.
+    After a Ctrl-C (`augment.cli_common.interrupt_arrived`) the workers died of it: KeyboardInterrupt."""
     if not (isinstance(exc, RuntimeError) and "DataLoader worker (pid" in str(exc)):
         return None
+    from augment.cli_common import interrupt_arrived
+
+    if interrupt_arrived():  # the workers stopped with the main process: the interrupted line, not "out of memory"
+        raise KeyboardInterrupt from None
     return DataWorkerDied(f"a data-loading worker process died ({first_line(exc).rstrip('.')}), likely out of "
                           f"memory: use fewer --workers{'' if workers is None else f' ({workers} now)'}, then {then}")
 

@@ -158,3 +158,35 @@ def test_a_progress_batch_failing_on_a_full_disk_leaves_no_temporary_file(tmp_pa
         store._write(tmp_path / ".progress" / "pgd" / "batch-00001.pt", {"x": torch.zeros(1)})
     assert not [p for p in (tmp_path / ".progress").rglob("*") if ".tmp" in p.name]
     assert not store.has("pgd", 1)
+
+
+def test_loader_workers_stopped_by_ctrl_c_are_the_interrupt_not_a_death(monkeypatch, capsys):
+    """was: Ctrl-C stopped the DataLoader workers too, torch reported them dead while the main process
+    unwound, and the run ended `error: ... likely out of memory: use fewer --workers` (exit 2)."""
+    import argparse
+    import os
+    import signal
+
+    from augment.cli_common import run_main
+    from augment.loading import worker_death
+
+    died = RuntimeError("DataLoader worker (pid(s) 14683) exited unexpectedly")
+    assert worker_death(died) is not None  # no Ctrl-C: the one-line death
+
+    def command(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # as the terminal's Ctrl-C reaches the main process
+        except KeyboardInterrupt:  # recorded, then raised as always; torch then reports its workers
+            pass
+        failure = worker_death(died)
+        raise failure if failure else died
+
+    def parser():
+        built = argparse.ArgumentParser(prog="x")
+        built.set_defaults(func=command, interrupted="finished steps are kept")
+        return built
+
+    assert run_main(parser, []) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: finished steps are kept"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert worker_death(died) is not None  # and forgotten once the command ended
