@@ -9,7 +9,7 @@ Filters apply in this order:
 
 Alignment filters and top-k need the scores `augment score` stored beside the pool; the other
 filters do not. The selected pool keeps the parent's rows unchanged (images byte for byte) and
-records its provenance in pool.json: method "select", `parent` (path and pool.json), the
+records its provenance in pool.json: method "select", `parent` (path and pool.json less its per-shard `shard_inputs`), the
 filters and the scorer.
 """
 from __future__ import annotations
@@ -173,7 +173,9 @@ def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, s
         "source_format": parent.get("source_format"),
         "source_fingerprint": parent.get("source_fingerprint"),
         "source_items": parent.get("source_items"),
-        "parent": {"path": str(Path(pool.path).resolve()), "meta": parent},
+        # the parent's provenance without its per-shard input fingerprints: its resume's own check, one
+        # entry per shard (megabytes at --shard-size 1 on a large source), copied into every selection
+        "parent": {"path": str(Path(pool.path).resolve()), "meta": {k: v for k, v in parent.items() if k != "shard_inputs"}},
         "filters": asdict(filters),
         "scorer": entry["scorer"] if entry else None,
         "selected_rows": selected,

@@ -202,6 +202,19 @@ def test_a_selection_from_another_parent_is_not_silently_replaced(tmp_path, caps
     assert run(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")[0] == 0
 
 
+def test_a_selection_keeps_its_parents_provenance_without_its_shard_fingerprints(tmp_path, capsys):
+    """The parent's `shard_inputs` (one entry per shard: megabytes at --shard-size 1 on a large source) was
+    copied into every selection's pool.json; its identity keys stay, and so does resuming the selection."""
+    parent = text_pool(tmp_path / "eda", "eda")
+    meta = json.loads((parent / "pool.json").read_text())
+    (parent / "pool.json").write_text(json.dumps({**meta, "shard_inputs": ["0123456789abcdef"] * 1000}))
+    out = tmp_path / "sel"
+    assert run(capsys, "select", parent, "--out", out, "--max-per-item", "1")[0] == 0
+    copied = json.loads((out / "pool.json").read_text())["parent"]["meta"]
+    assert "shard_inputs" not in copied and copied["method"] == "eda" and copied["source_fingerprint"] == "fp"
+    assert run(capsys, "select", parent, "--out", out, "--max-per-item", "1")[0] == 0  # the same command again
+
+
 def _drop(key):
     def damage(document, entry):
         del (document if key == "latest" else entry)[key]
