@@ -59,6 +59,11 @@ def csv_separator(separator: str | None) -> str | None:
     return "\t" if separator == "\\t" else separator
 
 
+def default_csv_separator(table_file: str | os.PathLike) -> str:
+    """The separator a CSV/TSV file is read with when none is given: a tab for `.tsv`, else a comma."""
+    return "\t" if Path(str(table_file)).suffix.lower() == ".tsv" else ","
+
+
 def table_options_problem(img_key: str | None, caption_key: str | None, separator: str | None) -> str | None:
     """What is wrong with a CSV/TSV source's column options (open_clip_train's `--csv-*`), or None."""
     if not img_key or not caption_key:
@@ -364,7 +369,7 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
 
     roots = _default_image_roots(source, image_root)
     grouped: "OrderedDict[str, SourceRecord]" = OrderedDict()
-    separator = csv_separator(separator) or ("\t" if source.suffix.lower() == ".tsv" else ",")
+    separator = csv_separator(separator) or default_csv_separator(source)
     with open(source, newline="", encoding="utf-8-sig") as handle:
         # quotes read as pandas (open_clip_train's reader) reads them: `"He said ""hi"""` is `He said "hi"`.
         # A CSV's are strict: a stray quote is an error, not a field that silently swallows the rest of

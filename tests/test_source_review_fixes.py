@@ -16,6 +16,7 @@ from augment.cli import main as augment_main
 from augment.errors import SourceError
 from augment.sources import load_source, select_split
 from tests.conftest import write_image
+from tests.test_text_generators import FailOnSecondShard  # a run killed on its second shard
 
 OLD = 1_600_000_000  # seconds: an mtime old enough that the source cache trusts the file
 
@@ -91,22 +92,6 @@ def test_a_kept_shard_whose_image_changed_is_refused_by_name_and_kept(world, tmp
     assert "resuming" in capsys.readouterr().err
 
 
-class _StoppedAfterOneShard:
-    """Wraps a generator; its second shard is a killed run."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def generate(self, items, n, seed):
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyboardInterrupt
-        return self.inner.generate(items, n, seed)
-
-
 def _captions_csv(folder: Path, last_caption: str) -> Path:
     for k in range(4):
         write_image(folder / f"{k}.png")
@@ -129,7 +114,7 @@ def test_a_caption_changed_in_a_shard_not_written_resumes_unless_every_shard_rea
     kwargs = dict(n=1, seed=0, split="all", shard_size=2, progress=False)
     source, _ = load_source(str(csv_path), cache=False)
     with pytest.raises(KeyboardInterrupt):
-        run_generation(_StoppedAfterOneShard(build_generator(method, args)), source, str(tmp_path / "pool"), **kwargs)
+        run_generation(FailOnSecondShard(build_generator(method, args)), source, str(tmp_path / "pool"), **kwargs)
     _captions_csv(tmp_path / "src", "another caption of the last image")  # in shard 1, not written
     source, _ = load_source(str(csv_path), cache=False)
     if method == "shuffle":

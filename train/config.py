@@ -488,18 +488,13 @@ def _use_canonical_spellings(c: TrainConfig) -> None:
     open_clip's precision aliases, and the CSV separator as the character itself (`\\t` typed
     as open_clip users type it is a tab), null where it is every table file's own default."""
     c.precision = CANONICAL_PRECISION.get(c.precision, c.precision)
-    from augment.source_formats import csv_separator
+    from augment.source_formats import csv_separator, default_csv_separator
 
     separator = csv_separator(c.csv_separator)
     tables = [path for path in (c.train_data, c.val_data) if _is_table_file(path)]
-    if tables and all(separator == _default_separator(path) for path in tables):
+    if tables and all(separator == default_csv_separator(path) for path in tables):
         separator = None
     c.csv_separator = separator
-
-
-def _default_separator(table_file: str) -> str:
-    """The separator augment reads a CSV/TSV file with when none is given: by its extension."""
-    return "\t" if Path(str(table_file)).suffix.lower() == ".tsv" else ","
 
 
 def _fill_derived(c: TrainConfig) -> frozenset[str]:
@@ -599,13 +594,13 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     (`amp_bfloat16`, `csv_separator: "\\t"` for a .tsv) compares equal to the same run typed anew.
     The separator compared is the one the train data is read with (the validation data may change
     on a resume)."""
-    from augment.source_formats import csv_separator
+    from augment.source_formats import csv_separator, default_csv_separator
 
     out = dict(settings)
     out["precision"] = CANONICAL_PRECISION.get(out.get("precision"), out.get("precision"))
     train_data = out.get("train_data")
     separator = csv_separator(out.get("csv_separator"))
-    out["csv_separator"] = (separator or _default_separator(train_data)) if _is_table_file(train_data) else None
+    out["csv_separator"] = (separator or default_csv_separator(train_data)) if _is_table_file(train_data) else None
     return out
 
 
