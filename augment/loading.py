@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 from augment.arguments import non_negative_int
 from augment.errors import MatPlusError, SourceError, first_line
@@ -81,6 +81,15 @@ def worker_death(exc: BaseException, then: str = "re-run the same command", work
         raise KeyboardInterrupt from None
     return DataWorkerDied(f"a data-loading worker process died ({first_line(exc).rstrip('.')}), likely out of "
                           f"memory: use fewer --workers{'' if workers is None else f' ({workers} now)'}, then {then}")
+
+
+def raise_worker_death(exc: RuntimeError, then: str = "re-run the same command", workers: int | None = None) -> NoReturn:
+    """Re-raise `exc`, as `worker_death`'s one line when it reports a dead DataLoader worker (every
+    `except RuntimeError` around a loader, or around a loop torch's SIGCHLD handler may interrupt)."""
+    died = worker_death(exc, then, workers)
+    if died is None:
+        raise exc
+    raise died from None
 
 
 def as_list(batch: list) -> list:
@@ -158,10 +167,7 @@ def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: 
         except StopIteration:
             return
         except RuntimeError as exc:  # not around the yield: the consumer's own errors pass untouched
-            died = worker_death(exc, after_worker_death)
-            if died is None:
-                raise
-            raise died from None
+            raise_worker_death(exc, after_worker_death)
         for value in batch:
             if isinstance(value, _Raised):
                 raise value.exception

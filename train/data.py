@@ -439,7 +439,7 @@ def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pi
                   prefetch: int = 2):
     """(plan, batch) for micro steps first..last-1 in order, decoded by a DataLoader with `workers`
     processes (0: in this process), `prefetch` batches ahead per worker, pinned when asked."""
-    from augment.loading import worker_death, worker_options
+    from augment.loading import raise_worker_death, worker_options
 
     options = {}
     if workers > 0:
@@ -453,10 +453,7 @@ def micro_batches(dataset: MicroBatches, first: int, last: int, workers: int, pi
         except StopIteration:
             return
         except RuntimeError as exc:
-            died = worker_death(exc, AFTER_WORKER_DEATH, workers)
-            if died is None:
-                raise
-            raise died from None
+            raise_worker_death(exc, AFTER_WORKER_DEATH, workers)
         if isinstance(item, _Failed):
             raise item.exception
         yield item

@@ -38,7 +38,7 @@ import torch
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, MissingDependencyError, first_line
-from augment.loading import worker_death
+from augment.loading import raise_worker_death
 from train import checkpoint as ckpt
 from train.config import (
     ACCELERATE_PRECISION,
@@ -777,10 +777,7 @@ class Trainer:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             raise
         except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error wherever the loop is
-            died = worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
-            if died is None:
-                raise
-            raise died from None
+            raise_worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
         finally:
             bar.close()
             self.stop_loader()

@@ -160,7 +160,7 @@ def run_generation(
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
                disable=not progress or rank != 0)
     bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
-    from augment.loading import SHARD_WORKERS, ordered_batches, worker_death
+    from augment.loading import SHARD_WORKERS, ordered_batches, raise_worker_death
 
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
     # a shard is the unit: decoding one takes far less than generating from it, so a worker or
@@ -174,10 +174,7 @@ def run_generation(
             writer.write_shard(k, generator.generate(batch, n, seed))
             bar.update(len(batch))
     except RuntimeError as exc:  # torch's SIGCHLD handler raises a worker's death wherever the main process is
-        died = worker_death(exc, after_worker_death)
-        if died is None:
-            raise
-        raise died from None
+        raise_worker_death(exc, after_worker_death)
     finally:
         bar.close()
         generator.close()
