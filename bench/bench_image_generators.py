@@ -52,6 +52,7 @@ from bench.report import environment, write_report
 
 DEFAULT_OUT = "outputs/bench/image_generators.json"
 METHODS = ("t2i-sd", "t-i2i-sd")
+SAME_IMAGES_LEVELS = 1  # batched and loop images count as the same within this many 8-bit levels
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -304,6 +305,8 @@ def bench_method(method: str, args, device: str, dtype: str, components: dict | 
         "speedup": loop_s / batched_s,
         "per_image_bound": per_image_bound(loop_s, loop_breakdown),
         "max_pixel_difference": max_pixel_difference(loop_images, batched_images),
+        # the bar: batching makes the same images as the loop, within one 8-bit level
+        "same_images": max_pixel_difference(loop_images, batched_images) <= SAME_IMAGES_LEVELS,
         "params": generator.params(),
     }
 
@@ -329,7 +332,9 @@ def print_table(results: list[dict]) -> None:
                   f"{breakdown['rest_s']:7.3f} {per_sample if per_sample is None else round(per_sample, 2):>15}")
         print(f"{result['method']:<10} batched / loop speed: {result['speedup']:.2f}x "
               f"(bound if batching removed all per-call work: {result['per_image_bound']:.2f}x); "
-              f"largest pixel difference {result['max_pixel_difference']}")
+              f"largest pixel difference {result['max_pixel_difference']}"
+              + ("" if result["same_images"] else
+                 f" (NOT the same images: more than {SAME_IMAGES_LEVELS}/255 apart)"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     payload["complete"] = True
     write_report(args.out, payload)
-    return 0
+    # a speed-up with other images is no speed-up: exit 1 so a script sees it (the JSON is written). Only
+    # in fp32: half-precision kernels chosen per batch shape differ by more, amplified over the steps
+    return 1 if dtype == "fp32" and not all(result["same_images"] for result in results) else 0
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ def headline(payload: dict) -> list[str]:
     elif payload.get("benchmark") == "image_generators":
         for r in payload["results"]:
             lines.append(f"{r['method']}: batched {r['speedup']:.2f}x the loop (bound {r['per_image_bound']:.2f}x), "
-                         f"{r['batched']['images_per_s']:.1f} img/s, largest pixel difference {r['max_pixel_difference']}")
+                         f"{r['batched']['images_per_s']:.1f} img/s, largest pixel difference {r['max_pixel_difference']}"
+                         + ("" if r.get("same_images", True) else " (not the same images)"))
     else:  # bench_attacks
         if "pgd" in payload:
             pgd = payload["pgd"]

@@ -204,3 +204,23 @@ def test_attacks_keep_pgd_and_each_multimodal_attack_that_finished(tmp_path, mon
     from bench.device_check import headline
 
     assert any(line.startswith("bert-attack: batched 5.50x") for line in headline(report))
+
+
+@pytest.mark.parametrize("dtype, expected", [("fp32", 1), ("bf16", 0)])
+def test_image_generators_fail_when_batching_changes_the_images(tmp_path, monkeypatch, capsys, dtype, expected):
+    """The issue's bar is the same images within 1/255: a faster batch that draws other images exits 1
+    in fp32 (half precision is reported, not failed: its kernels differ by batch shape)."""
+    import bench.bench_image_generators as generators
+
+    def fake(method, args, device, dtype, components):
+        return {"method": method, "images": 2, "speedup": 3.0, "per_image_bound": 3.5, "max_pixel_difference": 9,
+                "same_images": False,
+                **{mode: {"seconds": 1.0, "images_per_s": 2.0, "memory": {"peak_mib": 1.0},
+                          "breakdown": {"seconds": {}, "rest_s": 0.0, "unet_ms_per_sample": 1.0}}
+                   for mode in ("loop", "batched")}}
+
+    monkeypatch.setattr(generators, "bench_method", fake)
+    out = tmp_path / "image_generators.json"
+    code = generators.main(["--device", "cpu", "--dtype", dtype, "--methods", "t2i-sd", "--out", str(out)])
+    assert code == expected and "NOT the same images" in capsys.readouterr().out
+    assert _report(out)["complete"] is True
