@@ -16,6 +16,8 @@ Name clashes on the Hub (`check_target`): a repository that already holds a *dif
 (other method, parameters, seed or source: `same_pool`), a dataset that is not a mat-plus pool,
 or a model repository of the same name are refused unless `--force`; pushing to a branch that
 does not exist yet (`--revision`) never clashes. Re-pushing the same pool updates it in place.
+With `--force` the target (repository or branch) then holds the pool alone: every file it held
+but `.gitattributes` is deleted before the upload (`_remove_earlier_content`).
 
 Failures (offline, no token, 401/403/404, no network) become one `HubError` line; the token is
 never put into a message, a card or a file.
@@ -111,15 +113,16 @@ def published_scores(pool: Pool) -> tuple[Any | None, list[str]]:
 def publication(pool: Pool, options: CardOptions):
     """(data card, {file name: bytes} of pool.json and scores.json) as published; built before anything
     is written or uploaded, so a template error or a damaged scores.json changes nothing."""
-    scores, left_out = published_scores(pool)
+    with store.reading_scores(pool.path):  # the card's summary and the scores.json published: one document
+        scores, left_out = published_scores(pool)
+        files = {POOL_META: published_json(pool.path / POOL_META)}
+        if scores is not None:
+            files[SCORES_FILE] = (published_json(pool.path / SCORES_FILE) if not left_out
+                                  else (json.dumps(published_document(scores), indent=2) + "\n").encode())
     if left_out:
         print(f"note: {pool.path / SCORES_FILE}: the scores of {', '.join(left_out)} are left out: the pool's data "
               "files changed (rewritten, copied without their times, or exported by augment push) after they were "
               f"computed; run `augment score {pool.path}` to publish current ones", file=sys.stderr)
-    files = {POOL_META: published_json(pool.path / POOL_META)}
-    if scores is not None:
-        files[SCORES_FILE] = (published_json(pool.path / SCORES_FILE) if not left_out
-                              else (json.dumps(published_document(scores), indent=2) + "\n").encode())
     return render_card(pool.meta, scores, options), files
 
 
@@ -471,11 +474,37 @@ def push_pool(
         api.whoami()
     with hub_errors("checking the repository", repo_id, token):
         target = check_target(api, repo_id, revision, pool.meta, force)
+    if force and target.exists:
+        with hub_errors("removing what the repository held", repo_id, token):
+            _remove_earlier_content(api, repo_id, revision)
     with hub_errors("uploading the data", repo_id, token):
         _push_data(pool, repo_id, token, private, revision)
     with hub_errors("uploading the data card", repo_id, token):
         _push_card_and_files(api, repo_id, revision, card, files)
     return target
+
+
+def _remove_earlier_content(api, repo_id: str, revision: str | None) -> None:
+    """--force: one commit deleting every file of the target but .gitattributes, before the upload.
+    push_to_hub replaces only its own split's shards: it keeps other splits, configs, data files and
+    loading scripts, and the card's entries for them (refusing the upload when their features differ),
+    so the repository became the pool mixed with what it replaced, under a card of the pool alone.
+    Deleted first, card included, push_to_hub writes the card of this pool only; a push stopped after
+    this commit leaves a repository that a re-run fills without --force."""
+    from huggingface_hub import CommitOperationDelete
+
+    if revision:  # a new branch starts as a copy of main (as push_to_hub would make it): its files go too
+        api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+    earlier = [name for name in api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+               if name != ".gitattributes"]
+    if earlier:
+        api.create_commit(
+            repo_id,
+            operations=[CommitOperationDelete(path_in_repo=name) for name in earlier],
+            commit_message="mat-plus: remove what the repository held before this pool (--force)",
+            repo_type="dataset",
+            revision=revision,
+        )
 
 
 def _push_data(pool: Pool, repo_id: str, token: str, private: bool, revision: str | None) -> None:

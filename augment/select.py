@@ -60,12 +60,13 @@ def row_alignment(pool, scorer: str | None) -> tuple[np.ndarray, dict]:
 
     from augment.scoring import store
 
-    entry = store.find_scorer_entry(pool.path, scorer)
-    hint = f"run `augment score {pool.path} --scorer {entry['scorer']['name']}` again"
-    if not store.scored_as_it_is(entry, pool):
-        raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, copied without their times, or exported by augment push) "
-                        f"after it was scored; {hint}")
-    table = store.read_entry_table(pool.path, entry, "rows", ["row_id", "alignment"])  # this entry's run's table only
+    with store.reading_scores(pool.path):  # an entry and its table of one run, not of a re-score half-way
+        entry = store.find_scorer_entry(pool.path, scorer)
+        hint = f"run `augment score {pool.path} --scorer {entry['scorer']['name']}` again"
+        if not store.scored_as_it_is(entry, pool):
+            raise PoolError(f"{pool.path}: the pool's data files changed (rewritten, copied without their times, or exported by augment push) "
+                            f"after it was scored; {hint}")
+        table = store.read_entry_table(pool.path, entry, "rows", ["row_id", "alignment"])  # this entry's run's table only
     row_ids = pool.dataset.select_columns(["row_id"]).with_format("arrow")[:]["row_id"]
     positions = pc.index_in(row_ids, value_set=table["row_id"].combine_chunks())
     missing = positions.null_count

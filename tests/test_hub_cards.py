@@ -412,13 +412,14 @@ def hub(online, tmp_path):
     with mock.patch.object(HfApi, "whoami", return_value={"name": "me"}) as whoami, \
          mock.patch.object(HfApi, "repo_info", side_effect=http_error(RepositoryNotFoundError, 404)) as repo_info, \
          mock.patch.object(HfApi, "repo_exists", return_value=False) as repo_exists, \
-         mock.patch.object(HfApi, "hf_hub_download", side_effect=download), \
+         mock.patch.object(HfApi, "hf_hub_download", side_effect=download) as hf_hub_download, \
          mock.patch.object(HfApi, "list_repo_files", return_value=["README.md", "data/train-00000-of-00001.parquet"]) as list_files, \
+         mock.patch.object(HfApi, "create_branch") as create_branch, \
          mock.patch.object(HfApi, "create_commit") as create_commit, \
          mock.patch.object(datasets.Dataset, "push_to_hub") as push_to_hub:
         yield SimpleNamespace(whoami=whoami, repo_info=repo_info, repo_exists=repo_exists, served=served,
-                              list_files=list_files, create_commit=create_commit, push_to_hub=push_to_hub,
-                              dir=tmp_path / "served")
+                              hf_hub_download=hf_hub_download, list_files=list_files, create_branch=create_branch,
+                              create_commit=create_commit, push_to_hub=push_to_hub, dir=tmp_path / "served")
 
 
 def serve(hub, name: str, text: str) -> None:
@@ -546,6 +547,90 @@ def test_a_model_or_a_foreign_dataset_of_that_name_is_a_clash(hub, tmp_path, cap
     assert cli("push", str(pool), "--repo-id", "org/pool") == 2
     assert "not a mat-plus pool" in capsys.readouterr().err
     hub.push_to_hub.assert_not_called()
+
+
+class FakeRepo:
+    """A Hub dataset repository behind the mocked client: its files by path, changed by commits, and
+    a push_to_hub that does what datasets' does to it: this split's shards replaced, the other
+    splits, configs and files kept, and the card's configs extended by this split."""
+
+    def __init__(self, hub, files: dict[str, str]):
+        self.files = dict(files)
+        self.hub = hub
+        hub.repo_info.side_effect = None
+        hub.repo_info.return_value = repo_with(*files)
+        hub.list_files.side_effect = lambda *args, **kwargs: sorted(self.files)
+        hub.hf_hub_download.side_effect = self.download
+        hub.create_commit.side_effect = self.commit
+        hub.push_to_hub.side_effect = self.push_to_hub
+
+    def download(self, repo_id, filename, **kwargs):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if filename not in self.files:
+            raise EntryNotFoundError(filename)
+        self.hub.dir.mkdir(exist_ok=True)
+        path = self.hub.dir / filename.replace("/", "_")
+        path.write_text(self.files[filename])
+        return str(path)
+
+    def commit(self, repo_id, operations, **kwargs):
+        from huggingface_hub import CommitOperationAdd
+
+        for operation in operations:
+            if isinstance(operation, CommitOperationAdd):
+                self.files[operation.path_in_repo] = operation.path_or_fileobj.decode()
+            else:
+                del self.files[operation.path_in_repo]
+
+    def push_to_hub(self, repo_id, split, num_shards, **kwargs):
+        for name in [name for name in self.files if name.startswith(f"data/{split}-")]:
+            del self.files[name]
+        self.files.update({f"data/{split}-{i:05d}-of-{num_shards:05d}.parquet": "rows" for i in range(num_shards)})
+        configs = header_of(self.files["README.md"]).get("configs", []) if "README.md" in self.files else []
+        default = next((config for config in configs if config["config_name"] == "default"), None)
+        if default is None:
+            default = {"config_name": "default", "data_files": []}
+            configs.append(default)
+        default["data_files"] = [files for files in default["data_files"] if files["split"] != split]
+        default["data_files"].append({"split": split, "path": f"data/{split}-*"})
+        self.files["README.md"] = f"---\n{yaml.safe_dump({'configs': configs})}---\n"
+
+
+FOREIGN_DATASET = {
+    ".gitattributes": "*.parquet filter=lfs", "train.csv": "a,b", "dataset_infos.json": "{}",
+    "data/train-00000-of-00002.parquet": "old", "data/train-00001-of-00002.parquet": "old",
+    "data/test-00000-of-00001.parquet": "old", "extra/part-0.parquet": "old",
+    "README.md": "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
+                 "  - split: test\n    path: data/test-*\n- config_name: extra\n  data_files: extra/*.parquet\n---\nOld.\n",
+}
+
+
+@pytest.mark.parametrize("revision", [None, "sd-v2"])
+def test_force_leaves_the_pool_alone_in_the_repository(hub, tmp_path, capsys, revision):
+    """push_to_hub keeps a repository's other splits, configs and files: `--force` over a dataset that is
+    not a pool left the pool mixed with it (its test split, its `extra` config, its csv), under a card
+    describing the pool alone. A new branch starts as a copy of main: the same there."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    pool = make_pool(tmp_path / "pool")
+    repo = FakeRepo(hub, FOREIGN_DATASET)
+    where = ["--revision", revision] if revision else []
+    assert cli("push", str(pool), "--repo-id", "org/pool", *where) == 2  # without --force: refused, untouched
+    assert "not a mat-plus pool" in capsys.readouterr().err and repo.files == FOREIGN_DATASET
+
+    if revision:
+        hub.repo_info.side_effect = http_error(RevisionNotFoundError, 404)
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--force", *where) == 0
+    assert sorted(repo.files) == [".gitattributes", "README.md", "data/train-00000-of-00001.parquet", "pool.json"]
+    assert repo.files[".gitattributes"] == FOREIGN_DATASET[".gitattributes"]
+    card = header_of(repo.files["README.md"])
+    assert card["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert "t2i-sd" in card["tags"] and "Old." not in repo.files["README.md"]
+    assert {call.kwargs["revision"] for call in hub.create_commit.call_args_list} == {revision}
+    if revision:
+        hub.create_branch.assert_called_once_with("org/pool", branch=revision, repo_type="dataset", exist_ok=True)
+    assert SECRET not in capsys.readouterr().out
 
 
 def test_push_arguments_are_checked(tmp_path, capsys):

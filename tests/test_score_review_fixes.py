@@ -239,7 +239,8 @@ def test_a_scores_json_write_waits_for_the_run_holding_the_pool(tmp_path, capsys
     writer.join(timeout=30)
     assert not writer.is_alive()
     assert json.loads((pool / "scores.json").read_text())["latest"] == "tiny-clip-1"
-    assert "another `augment score` is writing its scores; waiting" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another `augment score` is writing its scores" in err and "waiting for it to finish" in err
 
 
 # ------------------------------------------------------------------ 6. a shared embedding cache

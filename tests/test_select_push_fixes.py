@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,9 +30,11 @@ def text_pool(path: Path, method: str, rows: int = 6) -> Path:
     return path
 
 
-def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip-1", keep: dict | None = None) -> dict:
+def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip-1", keep: dict | None = None,
+                 inputs_key: str | None = None) -> dict:
     """scores.json with one entry as `augment score` writes it (alignment 0.1 per row), its rows table too;
-    `finished`: the pool's finish stamp it was scored at (default: the pool's own)."""
+    `finished`: the pool's finish stamp it was scored at (default: the pool's own); `inputs_key`: its run's,
+    recorded in the entry and the table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -40,14 +45,14 @@ def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip
     row_ids = pq.read_table(pool / "data" / "shard-00000.parquet", columns=["row_id"])["row_id"].to_pylist()
     table = Path("scores", slug, "rows.parquet")
     schema = pa.schema([store.row_schema().field(name) for name in ("row_id", "alignment")])
-    writer = store.TableWriter(pool / table, schema, {"scores_version": 1})
+    writer = store.TableWriter(pool / table, schema, {"scores_version": 1, **({"inputs_key": inputs_key} if inputs_key else {})})
     writer.write({"row_id": row_ids, "alignment": [0.1] * len(row_ids)})
     writer.close()
     entry = {"scorer": {"name": "tiny-clip", "id": "tiny-id", "slug": slug},
              "pool": {"finished": finished or meta["finished"], "num_rows": len(row_ids),
                       "files": pool_file_stamps(SimpleNamespace(path=pool))},
              "alignment": {"all": {"mean": 0.1, "low": 0.05, "high": 0.15, "n": len(row_ids)}},
-             "tables": {"rows": str(table)}}
+             "tables": {"rows": str(table)}, **({"inputs_key": inputs_key} if inputs_key else {})}
     document = {"scores_version": 1, "latest": slug, "scorers": {**(keep or {}), slug: entry}}
     (pool / "scores.json").write_text(json.dumps(document))
     return document
@@ -260,3 +265,63 @@ def test_a_rows_table_without_alignment_is_one_line(tmp_path, capsys):
     pq.write_table(pa.table({"row_id": ["a"], "alignment": ["high"]}, metadata={"scores_version": "1"}), table)
     assert "'alignment'" in refused(capsys, "select", pool, "--out", tmp_path / "out", "--min-alignment", "0")
     assert os.listdir(tmp_path) == ["pool"]
+
+
+def test_select_waits_for_a_rescore_writing_the_pools_scores(tmp_path, capsys):
+    """`augment score` renames its new tables into place, then writes scores.json, under scores/.lock;
+    a select reading in between found the new table beside the old entry and was refused. It waits for
+    the lock now, then reads the finished run's entry and table."""
+    from augment.cli import main
+    from augment.scoring import store
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    write_scores(pool, inputs_key="run-1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+                               "print('held', flush=True); sys.stdin.read()", str(store.scores_lock_path(pool))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    codes = []
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        document = write_scores(pool, inputs_key="run-2")  # the re-score half-way: its table in place, its entry not
+        (pool / "scores.json").write_text(json.dumps({**document, "scorers": {
+            "tiny-clip-1": {**document["scorers"]["tiny-clip-1"], "inputs_key": "run-1"}}}))
+        capsys.readouterr()
+        selecting = threading.Thread(target=lambda: codes.append(
+            main(["select", str(pool), "--out", str(tmp_path / "out"), "--min-alignment", "0"])))
+        selecting.start()
+        time.sleep(1.0)
+        assert selecting.is_alive() and codes == [], capsys.readouterr().err
+        (pool / "scores.json").write_text(json.dumps(document))  # the re-score finishes
+    finally:
+        holder.stdin.close()  # the holder exits: its lock goes with it
+        holder.wait(timeout=30)
+    selecting.join(timeout=60)
+    assert codes == [0]
+    err = capsys.readouterr().err
+    assert "another `augment score` is writing its scores" in err and "waiting for it to finish" in err
+    assert json.loads((tmp_path / "out" / "pool.json").read_text())["selected_rows"] == 6
+
+
+def test_a_pool_whose_scores_cannot_be_locked_is_still_selectable(tmp_path, capsys, monkeypatch):
+    """A read-only pool (its lock file cannot be made) is read without the lock; a pool never scored gets
+    no scores folder from being read."""
+    import filelock
+
+    from augment.errors import PoolError
+    from augment.scoring import store
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    assert "has no scores" in refused(capsys, "select", pool, "--out", tmp_path / "none", "--min-alignment", "0")
+    assert not (pool / "scores").exists()
+    write_scores(pool)
+
+    class ReadOnlyLock(filelock.FileLock):
+        def acquire(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(filelock, "FileLock", ReadOnlyLock)
+    assert run(capsys, "select", pool, "--out", tmp_path / "out", "--min-alignment", "0")[0] == 0
+    assert run(capsys, "push", pool, "--to-dir", tmp_path / "export")[0] == 0
+    with pytest.raises(PoolError, match="cannot lock its scores for writing"), store.scoring_lock(pool):
+        pass  # a writer still needs the lock

@@ -43,8 +43,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace what the target holds: another pool, a dataset that is not a pool, another pool's export in --to-dir; "
-        "or create the dataset beside a model repository of the same name",
+        help="replace what the target holds: another pool, a dataset that is not a pool (on the Hub every file of the "
+        "repository or branch but .gitattributes is deleted first: it then holds this pool alone), another pool's export "
+        "in --to-dir; or create the dataset beside a model repository of the same name",
     )
     parser.set_defaults(func=run)
 

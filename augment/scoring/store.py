@@ -7,7 +7,8 @@ Layout (all paths relative to the pool folder)::
     scores/<scorer-slug>/rows.parquet    one row per pool row, keyed by row_id (ROW_SCHEMA)
     scores/<scorer-slug>/items.parquet   one row per item and modality (ITEM_SCHEMA)
     scores/<scorer-slug>/embeddings/     the embedding cache (embeddings.py)
-    scores/.lock                         held by the `augment score` run writing this pool's scores
+    scores/.lock                         held by the `augment score` run writing this pool's scores, and
+                                         briefly by a command reading them (`reading_scores`)
 
 Side tables carry `scores_version` in their parquet metadata and scores.json at its top level;
 readers refuse other versions. The tables also carry the `inputs_key` of the run that wrote them,
@@ -120,7 +121,7 @@ class TableWriter:
 
 
 # ---------------------------------------------------------------------------------------------
-# One writer per pool
+# One writer per pool; readers between its runs
 # ---------------------------------------------------------------------------------------------
 
 _held_locks: dict[tuple[int, Path], int] = {}  # (thread, lock file) held -> nesting depth
@@ -138,11 +139,29 @@ def scoring_lock(pool_path: str | os.PathLike):
     scores stored and reuses them. The lock is the kernel's (flock, through filelock): a killed
     holder's lock goes with it. Re-entrant within one thread (score_and_save holds it around
     update_scores_json, which takes it too); another thread waits as another process does."""
+    with _scores_lock(pool_path, reading=False):
+        yield
+
+
+@contextlib.contextmanager
+def reading_scores(pool_path: str | os.PathLike):
+    """Within: no `augment score` writes `pool_path`'s scores, so scores.json and the side tables read
+    here are of one state, before a run or after it (a run renames its tables into place, then writes
+    its entry: read in between, the new tables stand beside the old entry and `read_entry_table`
+    refuses them). The writers' lock, waited for as they wait for each other. Read unlocked, and
+    nothing created, where the pool has no scores folder (a run starting meanwhile writes its tables
+    before its entry) or its lock file cannot be made (a read-only pool: no run of this user can
+    write its scores either)."""
+    with _scores_lock(pool_path, reading=True):
+        yield
+
+
+@contextlib.contextmanager
+def _scores_lock(pool_path: str | os.PathLike, reading: bool):
+    """The lock of `scoring_lock` (`reading`: of `reading_scores`, which reads on without it)."""
     import threading
 
     from filelock import FileLock, Timeout
-
-    from augment.errors import PoolError
 
     path = scores_lock_path(pool_path).absolute()
     held = (threading.get_ident(), path)
@@ -153,17 +172,25 @@ def scoring_lock(pool_path: str | os.PathLike):
         finally:
             _held_locks[held] -= 1
         return
+    lock = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            print(f"{pool_path}: another `augment score` is writing its scores; waiting for it to finish "
-                  f"(lock {path})", file=sys.stderr, flush=True)
-            lock.acquire(timeout=-1)
+        if not reading:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if not reading or path.parent.is_dir():
+            lock = FileLock(str(path), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                print(f"{pool_path}: another `augment score` is writing its scores (or a command is reading them); "
+                      f"waiting for it to finish (lock {path})", file=sys.stderr, flush=True)
+                lock.acquire(timeout=-1)
     except OSError as exc:  # the lock file cannot be made: a read-only folder, a full disk
-        raise PoolError(f"{pool_path}: cannot lock its scores for writing ({first_line(exc)})") from None
+        if not reading:
+            raise PoolError(f"{pool_path}: cannot lock its scores for writing ({first_line(exc)})") from None
+        lock = None
+    if lock is None:
+        yield
+        return
     _held_locks[held] = 1
     try:
         yield
