@@ -3,7 +3,8 @@
 The study is a chain of cached steps under `out/`; each step writes its result atomically and is
 skipped when a re-run finds it done with the same settings (which hold the fingerprints of the
 steps it read: a remade pretrained model redoes the scores, runs and evaluations made from the
-old one), so an interrupted study resumes:
+old one), so an interrupted study resumes; those settings hold the paths inside `out/` relative
+to it (`Study.portable`), so a study folder moved or copied elsewhere is reused as it was. The steps:
 
 1. `world/`: the sample world; `finetune/` (its first `finetune_scenes` train scenes plus every
    val/test scene) and `oracle/` (more train scenes) reuse its images;
@@ -60,8 +61,18 @@ def _part_hashes(settings: Any) -> dict[str, str]:
 def made(folder: Path) -> str | None:
     """The fingerprint of the cached stage in `folder` (its settings' hash, which holds the
     fingerprints of the stages it read), None if it has none (not made, or not by a study)."""
+    record = done_record(folder)
+    return record.get("settings") if record else None
+
+
+def done_record(folder: Path) -> dict | None:
+    """The cached stage's record in `folder` (None: not made, or not by a study)."""
     marker = folder / DONE
-    return json.loads(marker.read_text()).get("settings") if marker.exists() else None
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+# how a path inside the study folder is written in a cache key: `<study>/pretrain/ckpt`
+IN_STUDY = "<study>"
 
 
 # a training stage's fingerprint, written before it trains: a killed run resumes only when it was
@@ -115,12 +126,20 @@ def run_specs(config: dict) -> list[RunSpec]:
 
 
 class Study:
-    def cached(self, stage: str, folder: Path, settings: Any) -> bool:
+    def cached(self, stage: str, folder: Path, settings: Any, in_place: Any = None) -> bool:
         """Whether `folder` holds `stage` made with `settings` (inputs' fingerprints included); an
-        older result made otherwise is to be redone, and one line says which and why."""
+        older result made otherwise is to be redone, and one line says which and why.
+
+        `in_place`: the same settings with the study's paths as they are now, as keys held them
+        before `portable`; such a key still holds while the study folder has not moved, and is
+        recorded anew in `settings`' terms so that the folder may be moved from then on."""
         if is_done(folder, settings):
             return True
         marker = folder / DONE
+        if in_place is not None and is_done(folder, in_place):
+            # the old record stays beside the new one: an evaluation's key holds its run's whole record
+            mark_done(folder, settings, in_place=json.loads(marker.read_text()))
+            return True
         if marker.exists():
             parts = json.loads(marker.read_text()).get("parts") or {}
             now = _part_hashes(settings)
@@ -140,6 +159,19 @@ class Study:
             from analysis.task_arms import load_arm
 
             self.arm = load_arm(self.task)
+
+    def portable(self, settings: dict, *keys: str) -> dict:
+        """`settings` with the paths at `keys` (a path or a list of them) that lie inside the study
+        folder written relative to it (`<study>/pretrain/ckpt`), so that a cache key holds where in
+        the study an input is, not where the study is; paths elsewhere (a `scorer`, another study's
+        pretrained model) stay as given. What an input at the same place holds is told by the
+        fingerprints beside its path."""
+        def relative(path: str) -> str:
+            place = Path(path)
+            return f"{IN_STUDY}/{place.relative_to(self.out).as_posix()}" if place.is_relative_to(self.out) else path
+
+        return {key: ([relative(p) for p in value] if isinstance(value, list) else relative(value)) if key in keys
+                else value for key, value in settings.items()}
 
     def world_key(self) -> dict:
         """The world's settings in cache keys (retrieval's as they always were; another task's world may differ)."""
@@ -229,7 +261,7 @@ class Study:
                 "method": "clean", "model": self.config["model"], "train_data": str(source),
                 "max_steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"],
                 "warmup": max(1, p["steps"] // 20), "seed": p.get("seed", 0), **self.task_settings(),
-            }, made_from=_settings_hash(settings), log=self.log)
+            }, made_from=_settings_hash(settings), study=self.out, log=self.log)
             mark_done(folder, settings)
         return folder / "ckpt"
 
@@ -263,10 +295,11 @@ class Study:
         if not self.config.get("scorer"):  # the study's pretrained model: its weights change under the same path
             settings["pretrained_fingerprint"] = made(Path(scorer).parent)
         marker = folder / "scores" / DONE
-        if not self.cached("score", marker.parent, settings):
+        key = self.portable(settings, "scorer")
+        if not self.cached("score", marker.parent, key, in_place=settings):
             self.log(f"[score] {name}")
             run_augment(["score", str(folder), "--scorer", scorer, "--source", str(self.source_dir("finetune")), "--no-progress"])
-            mark_done(marker.parent, settings)
+            mark_done(marker.parent, key)
         return json.loads((folder / "scores.json").read_text())
 
     # ------------------------------------------------------------------ 5-6. runs and evaluations
@@ -290,11 +323,13 @@ class Study:
         marker.update(pretrained_fingerprint=made(Path(settings["model"]).parent),
                       pool_fingerprints=[made(Path(p)) for p in pools],
                       source_fingerprint=made(Path(settings["train_data"])))
-        if not self.cached("train", folder, marker):
+        key = self.portable(marker, "model", "train_data", "pools")
+        if not self.cached("train", folder, key, in_place=marker):
             self.log(f"[train] {spec.name} seed {seed}")
             validator = self.validator(folder, seed) if validation else None
-            train_resumable(folder, settings, validator, made_from=_settings_hash(marker), log=self.log)
-            mark_done(folder, marker)
+            train_resumable(folder, settings, validator, made_from=_settings_hash(key),
+                            made_in_place=_settings_hash(marker), study=self.out, log=self.log)
+            mark_done(folder, key)
         return folder / "ckpt"
 
     def validator(self, folder: Path, seed: int):
@@ -325,13 +360,17 @@ class Study:
 
         folder = self.out / "evals" / name
         e = self.config["eval"]
+        trained = done_record(checkpoint.parent)
         settings = {"checkpoint": str(checkpoint), "eval": e, "seed": seed,
-                    "trained": json.loads((checkpoint.parent / DONE).read_text()) if (checkpoint.parent / DONE).exists() else None}
-        if self.arm is not None and not self.cached("eval", folder, settings):
+                    "trained": {k: v for k, v in trained.items() if k != "in_place"} if trained else None}
+        # a key made before `portable` held the run's record as it was then (see Study.cached)
+        in_place = dict(settings, trained=trained.get("in_place", trained)) if trained else settings
+        key = self.portable(settings, "checkpoint")
+        if self.arm is not None and not self.cached("eval", folder, key, in_place=in_place):
             self.log(f"[eval] {name}")
             self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder)
-            mark_done(folder, settings)
-        if self.arm is None and not self.cached("eval", folder, settings):  # (the arm's evaluation is done above)
+            mark_done(folder, key)
+        if self.arm is None and not self.cached("eval", folder, key, in_place=in_place):  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
             options = eval_attack_options(e)
@@ -341,7 +380,7 @@ class Study:
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
-            mark_done(folder, settings)
+            mark_done(folder, key)
         return json.loads((folder / EVAL_JSON).read_text())
 
     # ------------------------------------------------------------------ 7. everything, then the report
@@ -436,12 +475,16 @@ def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dic
 
 
 def train_resumable(folder: Path, settings: dict, validator=None, made_from: str | None = None,
+                    made_in_place: str | None = None, study: Path | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Train into `folder`: resume a killed run of the same settings, replace one of other settings.
 
     `made_from` (the stage's fingerprint: its settings and its inputs') is recorded before training;
     a run in `folder` started from another (or none recorded) is trained again from scratch, never
     resumed: its checkpoint may hold weights fine-tuned from another pretrained model.
+    `made_in_place`: the same fingerprint as recorded before it held paths relative to the `study`
+    folder (`Study.portable`), accepted too. A run started in the `study` folder at another place
+    (moved or copied since) resumes as it would have there (`relocate_run`).
 
     With a `validator` (train.validation.Validator) the run is validated every K steps and once
     more after its last step. A run found finished (killed during that last validation, or before
@@ -474,11 +517,13 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
         has_run = any((folder / name).exists() for name in RUN_OUTPUTS)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(started, {"made_from": made_from})
-        if has_run and recorded != made_from:
+        if has_run and recorded not in (made_from, made_in_place):
             log(f"{folder.name}: its run was started from other settings or inputs: trained from scratch, not resumed")
             return run({"overwrite": True})
         if not has_run:
             return run({})
+        if study is not None:
+            relocate_run(folder, settings, study)
     if not folder.exists():
         return run({})
     try:
@@ -487,6 +532,44 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
         if "settings differ" not in str(exc):
             raise
         return run({"overwrite": True})
+
+
+def relocate_run(folder: Path, settings: dict, study: Path) -> None:
+    """Point the config.yaml of the run in `folder` (inside the `study` folder) at the study's
+    place now when the study folder was moved since the run started: the trainer refuses to resume
+    a run whose model, train data or pools are other paths, and the study then trained it again
+    from scratch. Only for a run the study started from the same settings and inputs (compared
+    by their places in the study and their fingerprints); a saved path is replaced only by the one
+    of `settings` (the trainer's now) at its place in the moved study, and the trainer compares
+    every other setting as on any resume (and writes config.yaml anew when it trains on)."""
+    import yaml
+
+    from augment.atomic import atomic_write_text
+    from augment.yaml_settings import load_settings_yaml
+    from train.config import config_path
+
+    path = config_path(folder)
+    saved = load_settings_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not isinstance(saved, dict) or not isinstance(saved.get("out"), str):
+        return
+    place = folder.relative_to(study).parts  # ("runs", "mat-s0") or ("pretrain",)
+    started_in = Path(saved["out"])
+    if started_in == folder or started_in.parts[len(started_in.parts) - len(place):] != place:
+        return
+    old_study = Path(*started_in.parts[:len(started_in.parts) - len(place)])
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and Path(value).is_relative_to(old_study):
+            return str(study / Path(value).relative_to(old_study))
+        return value
+
+    relocated = dict(saved, out=str(folder))
+    for key in ("model", "train_data", "pools"):
+        if key in saved and saved[key] != settings.get(key) and moved(saved[key]) == settings.get(key):
+            relocated[key] = settings[key]
+    atomic_write_text(path, yaml.safe_dump(relocated, sort_keys=False))
 
 
 def run_augment(argv: list[str]) -> None:

@@ -148,3 +148,68 @@ def test_a_changed_pretraining_redoes_every_stage_made_from_it(tmp_path, capsys)
     # the same config again: everything is cached, nothing redone
     again = run(4)
     assert not any("redone" in line or line.startswith(("[train]", "[eval]", "[score]", "[pretrain]")) for line in again), again
+
+
+# --------------------------------------------------------------------------- D. a moved study folder
+
+def test_a_moved_study_folder_reuses_every_stage_and_redoes_what_changed(tmp_path, monkeypatch, capsys):
+    """`mv out/study1 /data/study1`, then the study into its new place: every stage is reused and the
+    report is the same (the scores, runs and evaluations were redone: their cache keys held the
+    absolute paths of the pretrained model, pools and fine-tuning set inside the folder). Keys
+    written before they held relative paths still hold while the folder stays where it was made;
+    a changed pool after the move still redoes what was made from it; a run killed after its last
+    checkpoint resumes in a moved folder (the trainer refused its old paths, and it was trained
+    again from scratch)."""
+    import shutil
+
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study
+
+    def run(out, pool_n: int = 1) -> list[str]:
+        path = tmp_path / "study.yaml"
+        path.write_text(TINY.replace("STEPS", "2").replace("shuffle, n: 1}", f"shuffle, n: {pool_n}}}"))
+        logged: list[str] = []
+        Study(load_study_config(str(path), {"out": str(out)}), log=logged.append).run()
+        return logged
+
+    def outputs(out) -> dict[str, bytes]:
+        """The report and what it was made from: evaluations, the runs' summaries, every model's weights."""
+        files = [p for pattern in ("report.md", "evals/*/eval.json", "runs/*/summary.json", "*/*/ckpt/*.safetensors",
+                                   "pretrain/ckpt/*.safetensors") for p in sorted(out.glob(pattern))]
+        return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+    first = tmp_path / "a" / "study1"
+    with monkeypatch.context() as before:  # a study made before keys held paths relative to its folder
+        before.setattr(Study, "portable", lambda self, settings, *keys: settings)
+        run(first)
+    assert run(first) == []  # still reused where the study was made (and its keys written anew)
+    made = outputs(first)
+    assert {"report.md", "evals/pretrained-s0/eval.json", "runs/matplus-shuffle-s0/summary.json",
+            "runs/matplus-shuffle-s0/ckpt/open_clip_model.safetensors", "pretrain/ckpt/open_clip_model.safetensors"} <= set(made)
+    results = json.loads((first / "results.json").read_text())["runs"]
+
+    moved = tmp_path / "b" / "study1"
+    shutil.move(first, moved)
+    assert run(moved) == []  # pretrained model, pool, scores, run and evaluations all reused
+    assert outputs(moved) == made
+    assert json.loads((moved / "results.json").read_text())["runs"] == results
+
+    # a real change after the move: the pool, and what was made from it, redone; the pretraining kept
+    logged = "\n".join(run(moved, pool_n=2))
+    for line in ("[pool] pools/shuffle: redone from scratch (made with other spec)",
+                 "[score] pools/shuffle/scores: redone from scratch (made with other pool)",
+                 "[train] runs/matplus-shuffle-s0: redone from scratch (made with other pool_fingerprints)",
+                 "[eval] evals/matplus-shuffle-s0: redone from scratch"):
+        assert line in logged, logged
+    assert "[pretrain]" not in logged and "pretrained-s0" not in logged, logged
+
+    # a run killed after its last checkpoint, before the study marked it done; then the folder moved
+    run_folder = moved / "runs" / "matplus-shuffle-s0"
+    (run_folder / DONE).unlink()
+    made = outputs(moved)
+    again = tmp_path / "c" / "study1"
+    shutil.move(moved, again)
+    capsys.readouterr()
+    assert run(again, pool_n=2) == ["[train] mat+:shuffle seed 0"]  # resumed with nothing to train; its eval reused
+    assert "finished all 1 steps already: nothing to train" in capsys.readouterr().err
+    assert outputs(again) == made
