@@ -172,10 +172,7 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
                 input_ids = self.tokenizer([prompt.strip()] * len(rows), return_tensors="pt")["input_ids"].to(self.device)
             out = self.model.generate(pixel_values=pixel_values[rows], input_ids=input_ids, **settings)
             start = self._prompt_length(prompt)  # generated ids start with bos + the prompt
-            # BLIP's decode (transformers 4.x's default, off by default since 5): "man ' s" -> "man's", which
-            # the PTB tokenizer of the metrics splits as the references' "man 's"; without it it never matches
-            texts = self.tokenizer.batch_decode(out[:, start:], skip_special_tokens=True,
-                                                clean_up_tokenization_spaces=True)
+            texts = decode_captions(self.tokenizer, out[:, start:])
             for row, text in zip(rows, texts):
                 captions[row] = " ".join(text.split())
         return captions
@@ -215,6 +212,15 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
     @classmethod
     def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "HFCaptioner":
         return load(str(folder), None, device=device, display_name=name)
+
+
+def decode_captions(tokenizer, ids) -> list[str]:
+    """Generated ids as caption texts, special tokens left out. `tokenizer`: a tokenizer or a
+    processor (anything with transformers' `batch_decode`). With the tokenization clean-up (BLIP's
+    decode, transformers 4.x's default, off by default since 5): "man ' s" -> "man's", which the
+    PTB tokenizer of the metrics splits as the references' "man 's"; without it it never matches.
+    Shared with the `i2t-<model>` pool generator, so its captions read as this model's do."""
+    return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 
 def _join_prompt(prompt: str, caption: str) -> str:

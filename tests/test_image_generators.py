@@ -177,8 +177,8 @@ def test_i2i_row_regenerates_alone_bit_identical(i2i_pool, train_items):
     assert png_bytes(again["image"]) == stored[row["row_id"]]
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, sample_dir, monkeypatch, t2i_pool):
-    """Kill the run after its first shard, re-run the same command: same pool as t2i_pool."""
+def interrupted_then_resumed(tmp_path: Path, sample_dir: Path, monkeypatch, name: str, *args: str) -> Path:
+    """A t2i-sd run killed after its first shard, then the same command re-run: the resumed pool."""
     real_write = PoolWriter.write_shard
     written = []
 
@@ -188,16 +188,91 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, sample_dir, monke
         written.append(index)
         return real_write(self, index, rows)
 
-    args = T2I_ARGS
-    out = tmp_path / "pool"
+    out = tmp_path / name
     monkeypatch.setattr(PoolWriter, "write_shard", write_then_interrupt)
     assert augment_main(["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--out", str(out),
                          "--seed", "3", "--no-progress", *args]) == 130
     assert json.loads((out / "pool.json").read_text())["status"] == "in-progress"
     assert len(list((out / "data").glob("*.parquet"))) == 1
     monkeypatch.setattr(PoolWriter, "write_shard", real_write)
-    generate(tmp_path, sample_dir, "t2i-sd", "pool", *args)
+    return generate(tmp_path, sample_dir, "t2i-sd", name, *args)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, sample_dir, monkeypatch, t2i_pool):
+    """Kill the run after its first shard, re-run the same command: same pool as t2i_pool."""
+    out = interrupted_then_resumed(tmp_path, sample_dir, monkeypatch, "pool", *T2I_ARGS)
     assert pool_images(out) == pool_images(t2i_pool)
+
+
+class FlagOneImage:
+    """A stand-in for SD's safety checker (and its feature extractor) that flags one known image,
+    as the real one flags: that image's tensor zeroed (black), its flag True."""
+
+    def __init__(self, png: bytes):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        self.known = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).copy())
+
+    def extract(self, images, return_tensors="pt"):  # the pipeline's feature_extractor: its PIL images
+        import numpy as np
+        import torch
+
+        pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images]))
+        return type("Features", (), {"pixel_values": pixels, "to": lambda self, device: self})()
+
+    def __call__(self, images, clip_input):
+        import torch
+
+        flags = [bool(torch.equal(pixels, self.known.to(pixels.dtype))) for pixels in clip_input]
+        for index, flagged in enumerate(flags):
+            if flagged:
+                images[index] = torch.zeros_like(images[index])
+        return images, flags
+
+
+def install_checker(monkeypatch, png: bytes, **settings) -> None:
+    """The tiny pipeline that runs with --safety-checker (tiny-sd has no checker) gets one flagging `png`."""
+    from augment.generators.diffusion import load_pipeline
+
+    pipe = load_pipeline(tiny_settings(safety_checker=True, **settings), "t2i")  # the shared one runs use
+    checker = FlagOneImage(png)
+    monkeypatch.setattr(pipe, "safety_checker", checker)
+    monkeypatch.setattr(pipe, "feature_extractor", checker.extract)
+
+
+def test_images_the_safety_checker_flags_are_dropped_and_counted(tmp_path, sample_dir, monkeypatch, t2i_pool, capsys):
+    """A flagged (black) image is no row; pool.json counts it and the run says so in one line,
+    the same after a resume (the flagged image is in the shard the first run kept)."""
+    reference = pool_images(t2i_pool)
+    flagged = "t2i-sd:000000:1:0"
+    install_checker(monkeypatch, reference[flagged])
+    args = [*T2I_ARGS, "--safety-checker"]
+    whole = generate(tmp_path, sample_dir, "t2i-sd", "whole", *args)
+    assert pool_images(whole) == {row_id: png for row_id, png in reference.items() if row_id != flagged}
+    pool = load_pool(whole)
+    assert pool.meta["params"]["safety_checker"] is True and pool.meta["num_rows"] == 3
+    assert pool.meta["nsfw_dropped"] == 1
+    assert pool.meta["note"] == "1 of 4 images dropped, not written: flagged by the safety checker"
+    assert all(json.loads(p)["nsfw"] is False for p in pool.dataset["provenance"])
+    assert capsys.readouterr().err.count("flagged by the safety checker") == 1
+    resumed = interrupted_then_resumed(tmp_path, sample_dir, monkeypatch, "resumed", *args)
+    assert pool_images(resumed) == pool_images(whole)
+    assert {k: load_pool(resumed).meta[k] for k in ("num_rows", "nsfw_dropped", "note")} == \
+        {k: pool.meta[k] for k in ("num_rows", "nsfw_dropped", "note")}
+
+
+def test_a_captions_other_rows_note_its_flagged_images(monkeypatch, train_items):
+    from augment.generators.diffusion import TextToImageGenerator
+
+    settings = {"captions_per_image": 1, "batch_size": 4}
+    plain = TextToImageGenerator(tiny_settings(**settings)).generate(train_items[:2], 2, seed=7)
+    install_checker(monkeypatch, png_bytes(plain[1]["image"]), **settings)
+    rows = TextToImageGenerator(tiny_settings(safety_checker=True, **settings)).generate(train_items[:2], 2, seed=7)
+    assert [r["row_id"] for r in rows] == [plain[i]["row_id"] for i in (0, 2, 3)]
+    notes = [json.loads(r["provenance"]).get("note") for r in rows]
+    assert notes == ["1 of 2 images of this caption dropped: flagged by the safety checker", None, None]
 
 
 def test_i2i_keeps_aspect_ratio_of_non_square_source():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -344,6 +345,39 @@ def test_paraphrase_pool_resumes_after_a_kill(paraphraser, source, tmp_path):
     _check_resume(paraphraser, source, tmp_path, n=2, seed=0, limit=2, shard_size=1)
 
 
+def _without_model(rows: list[dict]) -> list[dict]:
+    """Rows less the model name in their provenance (a copy of a model in another folder)."""
+    return [{**row, "provenance": {k: v for k, v in json.loads(row["provenance"]).items() if k != "model"}}
+            for row in rows]
+
+
+# what facebook/bart-* (num_beams 4, no_repeat_ngram_size 3, length_penalty 2...) or
+# tuner007/pegasus_paraphrase (num_beams 8) save: --n 5 was a ValueError with 4 beams (5 > 4) and
+# silently beam sampling with 8
+SAVED_DECODING = {"no_repeat_ngram_size": 2, "repetition_penalty": 1.5, "length_penalty": 2.0, "min_length": 5}
+
+
+@pytest.mark.parametrize("saved_in, beams", [("generation_config.json", 4), ("config.json", 8)])
+def test_paraphrases_ignore_the_decoding_settings_a_model_saves(paraphraser, train_items, tmp_path, saved_in, beams):
+    """Pools record plain nucleus sampling: a model that saves beam search and penalties (in its
+    generation_config.json, or a legacy config.json without one) samples as the plain model."""
+    from augment import tiny
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    folder = tmp_path / "saved"
+    shutil.copytree(tiny.tiny_dir("tiny-paraphraser"), folder)
+    if saved_in == "config.json":
+        (folder / "generation_config.json").unlink()
+    path = folder / saved_in
+    path.write_text(json.dumps({**json.loads(path.read_text()), **SAVED_DECODING, "num_beams": beams}))
+    generator = ParaphraseGenerator("t2t-tiny-paraphraser", str(folder), batch_size=4,
+                                    sampling=Sampling(**TINY_SAMPLING))
+    assert generator.lm.generation_config.num_beams == beams  # loaded, and overridden
+    rows = generator.generate(train_items[:1], 5, seed=0)
+    assert rows and _without_model(rows) == _without_model(paraphraser.generate(train_items[:1], 5, seed=0))
+    assert generator.params() == paraphraser.params()
+
+
 def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     from augment.generators.paraphrase import ParaphraseGenerator, clean_output
 
@@ -391,6 +425,14 @@ def captioner():
                               sampling=Sampling(**TINY_SAMPLING))
 
 
+@pytest.fixture
+def loaded_captioner(captioner):
+    """`captioner` with its model, for tests that reach into it (a pool run releases it at its end)."""
+    if captioner.captioner is None:
+        captioner._load()
+    return captioner
+
+
 def test_captions_are_distinct_per_image_and_keep_the_prompt(captioner, train_items):
     rows = captioner.generate(train_items[:2], 3, seed=0)
     groups = _by_caption(rows)
@@ -405,6 +447,46 @@ def test_captions_are_distinct_per_image_and_keep_the_prompt(captioner, train_it
 
 def test_captioner_pool_resumes_after_a_kill(captioner, source, tmp_path):
     _check_resume(captioner, source, tmp_path, n=2, seed=0, limit=2, shard_size=1)
+
+
+def test_captions_ignore_beam_settings_of_the_text_decoder(loaded_captioner, train_items, monkeypatch):
+    """The captioner samples through the same arguments as the paraphraser: a decoder's saved
+    beam search (BLIP's decoder takes its config.json's text_config under transformers 4.x; other
+    captioners' generation_config.json) changes nothing."""
+    import torch
+
+    images = [item["image"] for item in train_items[:2]]
+    torch.manual_seed(0)
+    plain = loaded_captioner.sample(images, 5)
+    monkeypatch.setattr(loaded_captioner.captioner.text_decoder.generation_config, "num_beams", 4)
+    torch.manual_seed(0)
+    assert loaded_captioner.sample(images, 5) == plain
+
+
+def _model_returns(monkeypatch, captioner, texts: list[str]) -> None:
+    """The captioner's model made to return `texts` (encoded by its tokenizer) for every image."""
+    encoded = captioner.processor.tokenizer(texts, padding=True, return_tensors="pt")["input_ids"]
+
+    def generate(pixel_values, num_return_sequences, **kwargs):
+        assert num_return_sequences == len(texts)
+        return encoded.repeat(pixel_values.shape[0], 1)
+
+    monkeypatch.setattr(captioner.captioner, "generate", generate)
+
+
+def test_captions_are_decoded_as_the_captioning_model_decodes(loaded_captioner, train_items, monkeypatch):
+    """BLIP's WordPiece output reads "man's", not "man ' s" (transformers 5 no longer cleans it up
+    by default), as `models.captioner` reads its captions."""
+    _model_returns(monkeypatch, loaded_captioner, ["a picture of a man's hat", "a picture of two dogs, one cat."])
+    rows = loaded_captioner.generate(train_items[:1], 2, seed=0)
+    assert [r["caption"] for r in rows] == ["a picture of a man's hat", "a picture of two dogs, one cat."]
+
+
+def test_a_caption_that_is_only_the_kept_prompt_is_dropped(loaded_captioner, train_items, monkeypatch):
+    _model_returns(monkeypatch, loaded_captioner, ["a picture of", "A picture of.", "a picture of a red square"])
+    rows = loaded_captioner.generate(train_items[:1], 3, seed=0)
+    assert [r["caption"] for r in rows] == ["a picture of a red square"]
+    assert json.loads(rows[0]["provenance"])["note"] == "only 1 of 3 distinct captions after 2 sampling rounds"
 
 
 # ----------------------------------------------------------------------------- the command line

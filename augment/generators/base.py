@@ -71,6 +71,13 @@ class Generator(ABC):
     def close(self) -> None:
         """Release models (GPU memory) when a run ends."""
 
+    def pool_notes(self, items, n: int, num_rows: int) -> dict[str, Any]:
+        """Entries for a finished pool's pool.json about what it lacks (e.g. images a safety checker
+        flagged), from every source item of the run and the rows all its shards hold: taken when the
+        pool is finished, so shards kept from an earlier run count too. Their `note` is printed.
+        Called after `close`: it must not need the model."""
+        return {}
+
 
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) under accelerate launch / torchrun; (0, 1) otherwise."""
@@ -182,4 +189,10 @@ def run_generation(
         barrier()
     if rank != 0:
         return None
-    return writer.finalize(expected_shards=num_shards)
+    meta = writer.finalize(expected_shards=num_shards)
+    notes = generator.pool_notes(items, n, meta["num_rows"])
+    if notes:  # they need the finished row count: written over the first pool.json, rarely
+        meta = writer.finalize(expected_shards=num_shards, extra=notes)
+        if notes.get("note"):
+            print(f"{out}: {notes['note']}", file=sys.stderr)
+    return meta

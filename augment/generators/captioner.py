@@ -7,14 +7,20 @@ method of its own, the dataset's other human captions: see `human.py`.)
 
 Images are batched (`--batch-size` images per `generate` call) and captioned with nucleus
 sampling (the `--top-p`/`--top-k`/`--temperature`/`--max-new-tokens`/`--max-rounds` options
-shared with `t2t-`, defined in `paraphrase.py`). Each image gets up to N distinct captions
-(lower case, whitespace and final punctuation normalised), empty ones dropped, re-sampled for up
-to `--max-rounds` rounds; rows of an image that ended with fewer than N carry a provenance note.
+shared with `t2t-`, defined in `paraphrase.py`; a model's saved beam and penalty settings are
+overridden there). Each image gets up to N distinct captions (lower case, whitespace and final
+punctuation normalised), empty ones dropped, re-sampled for up to `--max-rounds` rounds; rows of
+an image that ended with fewer than N carry a provenance note.
 Rows belong to the image, not to one of its captions: `source_caption_index` is -1.
 
 `--prompt` starts every caption with a text prefix (BLIP's conditional captioning, e.g.
-"a picture of"); BLIP returns the prefix as part of its caption, which is kept. For other models
-the echoed input tokens are dropped and only the generated continuation is kept.
+"a picture of"); BLIP returns the prefix as part of its caption, which is kept, and an output that
+is the prefix alone (normalised as above) is dropped as an empty one. For other models the echoed
+input tokens are dropped and only the generated continuation is kept.
+
+Outputs are decoded as `models.captioner` decodes its captions (`decode_captions`: with
+transformers' tokenization clean-up, so BLIP's WordPiece output reads "a man's hat", not
+"a man ' s hat").
 
 Determinism: as for `t2t-` (torch seeded per batch and round from the first image's identity),
 rows are identical when the same command is re-run with the same `--batch-size`.
@@ -95,14 +101,18 @@ class CaptionerGenerator(Generator):
             echoed = input_ids.repeat_interleave(per_image, dim=0)
             if torch.equal(out[:, :input_ids.shape[1]], echoed):
                 out = out[:, input_ids.shape[1]:]
-        decode = getattr(self.processor, "batch_decode", None) or self.processor.tokenizer.batch_decode
-        texts = [clean_output(t) for t in decode(out, skip_special_tokens=True)]
+        from models.captioner import decode_captions  # read as the captioning model reads its own
+
+        decoder = self.processor if hasattr(self.processor, "batch_decode") else self.processor.tokenizer
+        texts = [clean_output(t) for t in decode_captions(decoder, out)]
         return [texts[i * per_image:(i + 1) * per_image] for i in range(len(images))]
 
     def caption_batch(self, items: list[dict], n: int, seed: int) -> list[DistinctCollector]:
         import torch
 
-        collectors = [DistinctCollector(n) for _ in items]
+        # a kept prompt alone ("a picture of") is an empty caption, as the stripped echo is for other models
+        refuse = [self.prompt] if self.prompt and self.keeps_prompt else []
+        collectors = [DistinctCollector(n, refuse=refuse) for _ in items]
         for round_index in range(self.sampling.max_rounds):
             todo = [i for i, c in enumerate(collectors) if not c.full]
             if not todo:

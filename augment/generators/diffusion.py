@@ -28,13 +28,21 @@ and `regenerate_row` replays exactly that layout with padding in the other slots
 Provenance. pool.json `params` holds every setting that changes the images (steps, guidance,
 negative prompt, strength or size, dtype, scheduler and pipeline class, whether a safety checker
 ran); each row repeats them with the model id, revision, prompt, its call layout and, with
-`--safety-checker`, the checker's NSFW flag (None when no checker ran). Flagged images are the
-black images diffusers returns for them; filter on the flag.
+`--safety-checker`, the checker's NSFW flag (None when no checker ran, else False).
+
+Safety checker. An image the checker flags comes back from diffusers as a black image: it is
+dropped, not written. The other rows of its caption carry a note ("1 of 4 images of this caption
+dropped: ..."), the finished pool.json records the pool's count (`nsfw_dropped`, with a `note`;
+absent when none was), and the run prints that note. A shard made again drops the same images (each
+depends only on its seed and call layout), and the count is taken from the finished shards, so a
+resumed pool records what an uninterrupted one does. Row ids keep their k: a dropped image leaves a
+gap (k is the image's seed, which `regenerate_row` needs).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -100,6 +108,24 @@ class Call:
 
     def layout(self, slot: int) -> dict:
         return {"prompts": len(self.prompts), "images_per_prompt": self.images_per_prompt, "slot": slot}
+
+
+@dataclass(frozen=True)
+class Made:
+    """One generated image: the call and slot it came from, and the safety checker's flag (None: no checker)."""
+
+    call: Call
+    slot: int
+    image: Any
+    nsfw: bool | None
+
+
+def flagged_note(flagged: int, n: int) -> dict[str, str]:
+    """The provenance note of a caption's rows when the safety checker took some of its n images
+    (as paraphrasers note a shortfall of distinct outputs)."""
+    if not flagged:
+        return {}
+    return {"note": f"{flagged} of {n} images of this caption dropped: flagged by the safety checker"}
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -209,12 +235,15 @@ class DiffusionGenerator(Generator):
 
     # --- planning
 
+    def captions_used(self, count: int) -> int:
+        """How many of an image's `count` captions get images (`--captions-per-image`)."""
+        return min(self.settings.captions_per_image or count, count)
+
     def jobs(self, items: list[dict], n: int) -> list[ImageJob]:
-        limit = self.settings.captions_per_image
         return [
             ImageJob(item, c, k)
             for item in items
-            for c in range(min(limit or len(item["captions"]), len(item["captions"])))
+            for c in range(self.captions_used(len(item["captions"])))
             for k in range(n)
         ]
 
@@ -229,30 +258,49 @@ class DiffusionGenerator(Generator):
     # --- running
 
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
-        rows_by_job: dict[tuple, dict] = {}
+        made: dict[tuple, Made] = {}
         jobs = self.jobs(items, n)
         for call in self.plan_calls(jobs, n):
-            rows_by_job.update(self._run_call(call, seed))
+            made.update(self._run_call(call, seed))
+        # a flagged image is the checker's black square, not an augmentation: no row. Each job's
+        # image depends only on its own seed and call layout, so a shard made again (a resume)
+        # drops the same ones; its caption's other rows say how many it lost
+        flagged = Counter((t.item["image_id"], t.caption_index) for t in jobs if made[t.key].nsfw)
         # rows in source order (item, caption, k) whatever order the calls ran in
-        return [rows_by_job[t.key] for t in jobs]
+        return [self._row(t, made[t.key], seed, **flagged_note(flagged[t.item["image_id"], t.caption_index], n))
+                for t in jobs if not made[t.key].nsfw]
 
-    def _run_call(self, call: Call, seed: int) -> dict[tuple, dict]:
+    def _run_call(self, call: Call, seed: int) -> dict[tuple, Made]:
         seeds = [PAD_SEED if t is None else row_seed(seed, t.item["image_id"], t.caption_index, t.k) for t in call.slots]
         images, nsfw = self.call_pipeline(call, seeds)
-        rows = {}
-        for slot, job in enumerate(call.slots):
-            if job is None:
-                continue
-            flag = None if nsfw is None else bool(nsfw[slot])
-            rows[job.key] = self._row(job, call, slot, images[slot], seed, flag)
-        return rows
+        return {job.key: Made(call, slot, images[slot], None if nsfw is None else bool(nsfw[slot]))
+                for slot, job in enumerate(call.slots) if job is not None}
 
-    def _row(self, job: ImageJob, call: Call, slot: int, image, seed: int, nsfw: bool | None) -> dict:
+    def _row(self, job: ImageJob, made: Made, seed: int, **notes: str) -> dict:
         return self.row(
-            job.item, job.caption_index, job.k, seed, image=image,
+            job.item, job.caption_index, job.k, seed, image=made.image,
             model=self.model, revision=self.model_revision, prompt=job.prompt,
-            batch=call.layout(slot), nsfw=nsfw, params=self.params(), **self._row_extras(job, call, image),
+            batch=made.call.layout(made.slot), nsfw=made.nsfw, params=self.params(),
+            **self._row_extras(job, made.call, made.image), **notes,
         )
+
+    def pool_notes(self, items, n: int, num_rows: int) -> dict[str, Any]:
+        """The images the safety checker flagged in the whole pool, counted as the jobs it has no
+        row for (every other job makes one): kept shards of an earlier run count too, which a count
+        kept by this process would miss."""
+        if not self.settings.safety_checker:  # nothing is dropped without a checker: no count to take
+            return {}
+        import pyarrow.compute as pc
+
+        from augment.sources import arrow_columns
+
+        [captions] = arrow_columns(items, ["captions"])
+        jobs = n * sum(self.captions_used(count) for count in pc.list_value_length(captions).to_pylist())
+        dropped = jobs - num_rows
+        if dropped <= 0:
+            return {}
+        return {"nsfw_dropped": dropped,
+                "note": f"{dropped} of {jobs} images dropped, not written: flagged by the safety checker"}
 
     def _row_extras(self, job: ImageJob, call: Call, image) -> dict:
         return {"size": [image.width, image.height]}
@@ -262,10 +310,11 @@ class DiffusionGenerator(Generator):
     def regenerate_row(self, item: dict, caption_index: int, k: int, seed: int, batch: dict | None = None) -> dict:
         """Make one row again, alone. With the row's recorded `batch` layout (its provenance) the
         call has the original shape and the row its original slot, the other slots padding, which
-        makes the image bit-identical; without it, a one-image call (identical up to rounding)."""
+        makes the image bit-identical; without it, a one-image call (identical up to rounding).
+        Made alone, it has no note of its caption's flagged images (and is made even if flagged)."""
         batch = batch or {"prompts": 1, "images_per_prompt": 1, "slot": 0}
         job = ImageJob(item, caption_index, k)
-        return self._run_call(self.replay_call(job, batch), seed)[job.key]
+        return self._row(job, self._run_call(self.replay_call(job, batch), seed)[job.key], seed)
 
     def replay_call(self, job: ImageJob, batch: dict) -> Call:
         """A call of the recorded layout `batch` with `job` in its slot and padding elsewhere."""
@@ -432,8 +481,8 @@ def add_arguments(group) -> None:
                        help="t2i-sd/t-i2i-sd: diffusers scheduler class to use instead of the model's, "
                             "e.g. EulerDiscreteScheduler, DPMSolverMultistepScheduler")
     group.add_argument("--safety-checker", action="store_true",
-                       help="t2i-sd/t-i2i-sd: load the model's NSFW checker (flagged images come back "
-                            "black) and record its flag in each row's provenance (default: off)")
+                       help="t2i-sd/t-i2i-sd: load the model's NSFW checker; images it flags (black) are "
+                            "dropped and counted in pool.json's nsfw_dropped (default: off)")
     group.add_argument("--height", type=_size, default=None, help="t2i-sd: image height (default: the model's)")
     group.add_argument("--width", type=_size, default=None, help="t2i-sd: image width (default: the model's)")
     group.add_argument("--strength", type=_strength, default=0.75,

@@ -11,7 +11,9 @@ folder or `tiny-paraphraser`.
   and only their first line.
 
 Captions are batched (`--batch-size` captions per `generate` call) and sampled with nucleus
-sampling (`--top-p`, `--temperature`, `--top-k` 0 = off). Each caption gets up to N paraphrases
+sampling (`--top-p`, `--temperature`, `--top-k` 0 = off) and nothing else: beam search, penalties
+and other decoding settings a model's generation_config.json (or legacy config.json) saves are
+overridden (`PLAIN_DECODING`). Each caption gets up to N paraphrases
 that differ from each other and from the caption (compared in lower case, whitespace and final
 punctuation normalised); empty outputs are dropped, and captions still short of N are sampled
 again, up to `--max-rounds` rounds. Rows of a caption that ended with fewer than N carry a
@@ -28,6 +30,7 @@ The sampling options defined here (`--top-p`, `--top-k`, `--temperature`, `--max
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
@@ -67,7 +70,10 @@ class Sampling:
         return cls(**{name: getattr(args, name, value) for name, value in asdict(defaults).items()})
 
     def generate_kwargs(self, num_return_sequences: int) -> dict[str, Any]:
+        """`generate` arguments for exactly the recorded sampling: these settings, then every other
+        decoding setting at its neutral value (see `PLAIN_DECODING`)."""
         return {
+            **plain_decoding(),
             "do_sample": True,
             "top_p": self.top_p,
             "top_k": self.top_k,  # 0 disables top-k: nucleus sampling alone
@@ -75,6 +81,35 @@ class Sampling:
             "max_new_tokens": self.max_new_tokens,
             "num_return_sequences": num_return_sequences,
         }
+
+
+# What a checkpoint's generation_config.json (or a legacy config.json) may save besides its token
+# ids, and `generate` would apply unasked and unrecorded: beam search (facebook/bart-* save
+# num_beams 4, tuner007/pegasus_paraphrase 8: `--n` above it is a ValueError, below it beam
+# sampling, not the nucleus sampling pools record), beam groups, penalties, n-gram bans, length
+# floors, other truncations, dict outputs. Passed explicitly, as arguments override the saved
+# defaults; a model that saves none of them samples exactly as before. Token ids (bos, eos, pad,
+# decoder start, BART's forced bos/eos) stay the model's: they are how its outputs are read.
+PLAIN_DECODING: dict[str, Any] = {
+    "num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0, "length_penalty": 1.0,
+    "early_stopping": False, "penalty_alpha": None, "dola_layers": None, "guidance_scale": None,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
+    "min_length": 0, "min_new_tokens": None, "exponential_decay_length_penalty": None,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None, "top_h": None,
+    "return_dict_in_generate": False,
+}
+
+
+@functools.cache
+def plain_decoding() -> dict[str, Any]:
+    """`PLAIN_DECODING` less the settings this transformers version lacks (`generate` refuses an
+    argument it does not know; a setting it lacks cannot be saved either). Cached, so callers
+    copy it into their own dict and never change it."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig()
+    return {name: value for name, value in PLAIN_DECODING.items() if hasattr(known, name)}
 
 
 SAMPLING_OPTIONS = frozenset(field.name for field in fields(Sampling))
