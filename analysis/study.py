@@ -517,7 +517,9 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
         has_run = any((folder / name).exists() for name in RUN_OUTPUTS)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(started, {"made_from": made_from})
-        if has_run and recorded not in (made_from, made_in_place):
+        # a run with nothing recorded (killed before it was, or by an older version) is never resumed
+        accepted = {made_from} | ({made_in_place} if made_in_place is not None else set())
+        if has_run and recorded not in accepted:
             log(f"{folder.name}: its run was started from other settings or inputs: trained from scratch, not resumed")
             return run({"overwrite": True})
         if not has_run:

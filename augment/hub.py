@@ -400,6 +400,9 @@ class Target:
 
     exists: bool
     private: bool | None = None
+    # it holds something other than this pool (another pool, a dataset, a new branch's copy of main):
+    # what --force deletes before the upload; this pool is updated in place, never emptied first
+    other_content: bool = False
 
 
 def same_pool(ours: dict, theirs: dict) -> bool:
@@ -422,7 +425,7 @@ def check_target(api, repo_id: str, revision: str | None, meta: dict, force: boo
     try:
         info = api.repo_info(repo_id, repo_type="dataset", revision=revision)
     except RevisionNotFoundError:
-        return Target(exists=True)  # a new branch: push_to_hub creates it
+        return Target(exists=True, other_content=force)  # a new branch: push_to_hub creates it from main
     except RepositoryNotFoundError:
         if not force and api.repo_exists(repo_id, repo_type="model"):
             raise HubError(
@@ -431,9 +434,21 @@ def check_target(api, repo_id: str, revision: str | None, meta: dict, force: boo
             ) from None
         return Target(exists=False)
     files = {sibling.rfilename for sibling in (info.siblings or [])}
-    if not force and files - _EMPTY_REPO_FILES:
+    other_content = False
+    if files - _EMPTY_REPO_FILES:
+        if not force:
+            _check_holds_same_pool(api, repo_id, revision, meta, files)
+        else:
+            other_content = not _holds_same_pool(api, repo_id, revision, meta, files)
+    return Target(exists=True, private=getattr(info, "private", None), other_content=other_content)
+
+
+def _holds_same_pool(api, repo_id: str, revision: str | None, meta: dict, files: set[str]) -> bool:
+    try:
         _check_holds_same_pool(api, repo_id, revision, meta, files)
-    return Target(exists=True, private=getattr(info, "private", None))
+    except (HubError, ValueError):  # another pool, no pool, or an unreadable pool.json: replaced
+        return False
+    return True
 
 
 def _check_holds_same_pool(api, repo_id: str, revision: str | None, meta: dict, files: set[str]) -> None:
@@ -474,7 +489,7 @@ def push_pool(
         api.whoami()
     with hub_errors("checking the repository", repo_id, token):
         target = check_target(api, repo_id, revision, pool.meta, force)
-    if force and target.exists:
+    if force and target.other_content:
         with hub_errors("removing what the repository held", repo_id, token):
             _remove_earlier_content(api, repo_id, revision)
     with hub_errors("uploading the data", repo_id, token):
@@ -489,8 +504,9 @@ def _remove_earlier_content(api, repo_id: str, revision: str | None) -> None:
     push_to_hub replaces only its own split's shards: it keeps other splits, configs, data files and
     loading scripts, and the card's entries for them (refusing the upload when their features differ),
     so the repository became the pool mixed with what it replaced, under a card of the pool alone.
-    Deleted first, card included, push_to_hub writes the card of this pool only; a push stopped after
-    this commit leaves a repository that a re-run fills without --force."""
+    Deleted first, card included, push_to_hub writes the card of this pool only. A push stopped
+    after this commit is finished by the same command again. Never done where the target already
+    holds this pool (`Target.other_content`): a re-push updates it in place, with no empty window."""
     from huggingface_hub import CommitOperationDelete
 
     if revision:  # a new branch starts as a copy of main (as push_to_hub would make it): its files go too

@@ -633,6 +633,21 @@ def test_force_leaves_the_pool_alone_in_the_repository(hub, tmp_path, capsys, re
     assert SECRET not in capsys.readouterr().out
 
 
+
+def test_force_repush_of_the_same_pool_updates_it_in_place(hub, tmp_path, capsys):
+    """Scripts pass --force on every push: over this same pool nothing is deleted first (the repository
+    was empty for the whole upload, and stayed empty when the upload failed)."""
+    pool = make_pool(tmp_path / "pool")
+    repo = FakeRepo(hub, FOREIGN_DATASET)
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--force") == 0
+    pushed = dict(repo.files)
+    hub.repo_info.return_value = repo_with(*repo.files)
+    hub.push_to_hub.side_effect = ConnectionError("connection reset")
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--force") == 2
+    assert repo.files == pushed  # the pool is still there, whole
+    capsys.readouterr()
+
+
 def test_push_arguments_are_checked(tmp_path, capsys):
     pool = str(make_pool(tmp_path / "pool"))
     assert cli("push", pool) == 2

@@ -213,3 +213,31 @@ def test_a_moved_study_folder_reuses_every_stage_and_redoes_what_changed(tmp_pat
     assert run(again, pool_n=2) == ["[train] mat+:shuffle seed 0"]  # resumed with nothing to train; its eval reused
     assert "finished all 1 steps already: nothing to train" in capsys.readouterr().err
     assert outputs(again) == made
+
+
+@pytest.mark.parametrize("made_in_place", [None, "fingerprint-with-absolute-paths"])
+def test_a_run_without_its_started_record_is_trained_from_scratch(tmp_path, monkeypatch, made_in_place):
+    """A run folder with outputs but no .started.json (killed before it was written, or by an older
+    version) may hold weights of other inputs: never resumed, also where no in-place key is given
+    (pretraining gives none; `None in (key, None)` resumed it)."""
+    import train.config
+    import train.trainer
+
+    from analysis.study import train_resumable
+
+    modes = []
+
+    class Recorder:
+        def __init__(self, config, callbacks=()):
+            modes.append({key: config.get(key) for key in ("resume", "overwrite")})
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(train.trainer, "Trainer", Recorder)
+    monkeypatch.setattr(train.config, "resolve_config", lambda settings: settings)
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("{}\n")
+    train_resumable(folder, {"method": "clean"}, made_from="fingerprint", made_in_place=made_in_place, log=lambda _: None)
+    assert modes == [{"resume": None, "overwrite": True}]
