@@ -263,6 +263,25 @@ def test_images_the_safety_checker_flags_are_dropped_and_counted(tmp_path, sampl
         {k: pool.meta[k] for k in ("num_rows", "nsfw_dropped", "note")}
 
 
+
+def test_a_checked_pool_begun_by_an_older_version_is_not_resumed(tmp_path, sample_dir, monkeypatch, t2i_pool, capsys):
+    """Shards written before flagged images were dropped hold them (black): their params lack
+    `flagged_images`, so a resume refuses them instead of mixing written and dropped flagged images."""
+    reference = pool_images(t2i_pool)
+    install_checker(monkeypatch, reference["t2i-sd:000000:1:0"])
+    args = [*T2I_ARGS, "--safety-checker"]
+    out = interrupted_then_resumed(tmp_path, sample_dir, monkeypatch, "older", *args)
+    meta = json.loads((out / "pool.json").read_text())
+    assert meta["params"]["flagged_images"] == "dropped"
+    del meta["params"]["flagged_images"]  # as the older version recorded it
+    meta["status"] = "in-progress"
+    (out / "pool.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert augment_main(["generate", "--method", "t2i-sd", "--source", str(sample_dir), "--out", str(out),
+                         "--seed", "3", "--no-progress", *args]) == 2
+    assert "flagged_images" in capsys.readouterr().err
+
+
 def test_a_captions_other_rows_note_its_flagged_images(monkeypatch, train_items):
     from augment.generators.diffusion import TextToImageGenerator
 

@@ -536,3 +536,12 @@ def test_unknown_models_fail_before_writing(world, tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: cannot load captioner 'no-such/model-here'")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_kept_prompt_with_punctuation_alone_is_dropped(loaded_captioner, train_items, monkeypatch):
+    """BLIP's tokenizer splits the prompt's punctuation, and the decode does not join it again:
+    "a picture of:" alone comes back "a picture of :", still the prompt alone."""
+    monkeypatch.setattr(loaded_captioner, "prompt", "a picture of:")
+    _model_returns(monkeypatch, loaded_captioner, ["a picture of:", "a picture of: a red square"])
+    rows = loaded_captioner.generate(train_items[:1], 2, seed=0)
+    assert [r["caption"] for r in rows] == ["a picture of : a red square"]  # as BLIP returns it

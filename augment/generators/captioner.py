@@ -101,17 +101,30 @@ class CaptionerGenerator(Generator):
             echoed = input_ids.repeat_interleave(per_image, dim=0)
             if torch.equal(out[:, :input_ids.shape[1]], echoed):
                 out = out[:, input_ids.shape[1]:]
+        texts = self._decode(out)
+        return [texts[i * per_image:(i + 1) * per_image] for i in range(len(images))]
+
+    def _decode(self, ids) -> list[str]:
         from models.captioner import decode_captions  # read as the captioning model reads its own
 
         decoder = self.processor if hasattr(self.processor, "batch_decode") else self.processor.tokenizer
-        texts = [clean_output(t) for t in decode_captions(decoder, out)]
-        return [texts[i * per_image:(i + 1) * per_image] for i in range(len(images))]
+        return [clean_output(t) for t in decode_captions(decoder, ids)]
+
+    def _kept_prompt_alone(self) -> list[str]:
+        """The texts of an output that is the kept prompt alone: as given, and as the model returns it
+        (its tokenizer splits punctuation the decode does not join again: "a picture of:" comes back
+        "a picture of :")."""
+        if not (self.prompt and self.keeps_prompt):
+            return []
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        ids = tokenizer([self.prompt], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return [self.prompt, *self._decode(ids)]
 
     def caption_batch(self, items: list[dict], n: int, seed: int) -> list[DistinctCollector]:
         import torch
 
         # a kept prompt alone ("a picture of") is an empty caption, as the stripped echo is for other models
-        refuse = [self.prompt] if self.prompt and self.keeps_prompt else []
+        refuse = self._kept_prompt_alone()
         collectors = [DistinctCollector(n, refuse=refuse) for _ in items]
         for round_index in range(self.sampling.max_rounds):
             todo = [i for i, c in enumerate(collectors) if not c.full]

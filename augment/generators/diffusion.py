@@ -36,7 +36,8 @@ dropped: ..."), the finished pool.json records the pool's count (`nsfw_dropped`,
 absent when none was), and the run prints that note. A shard made again drops the same images (each
 depends only on its seed and call layout), and the count is taken from the finished shards, so a
 resumed pool records what an uninterrupted one does. Row ids keep their k: a dropped image leaves a
-gap (k is the image's seed, which `regenerate_row` needs).
+gap (k is the image's seed, which `regenerate_row` needs). With a checker, params record
+`flagged_images: dropped`: shards of a version that wrote flagged images are not resumed.
 """
 from __future__ import annotations
 
@@ -227,6 +228,8 @@ class DiffusionGenerator(Generator):
         params["pipeline"] = type(self.pipe).__name__
         # what ran, not what was asked: a model may ship without a checker (tiny-sd, SDXL)
         params["safety_checker"] = getattr(self.pipe, "safety_checker", None) is not None
+        if params["safety_checker"]:  # shards of older versions wrote flagged (black) images: not kept on resume
+            params["flagged_images"] = "dropped"
         params["scheduler"] = type(self.pipe.scheduler).__name__
         params["resolution"] = model_resolution(self.pipe)
         return params
