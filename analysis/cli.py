@@ -134,8 +134,9 @@ def _cell(cell, entry: dict, name: str, attack: str) -> str:
 
 def _protocol_label(report: dict) -> str:
     """The attack protocol an eval.json was measured under (`sga+bugs` with `--reference-bugs`;
-    `co-attack/multimodal` for the fused-embedding attacks; `sga (captions: none)` where the captions
-    were not preprocessed as the protocol preprocesses them, `--caption-preprocess`)."""
+    `co-attack/multimodal` for the fused-embedding attacks; `sga (captions: none)` or
+    `sga (captions: blip_pre_caption)` where the captions were not preprocessed as the protocol
+    preprocesses them, `--caption-preprocess`)."""
     from train.attacks.protocols import PROTOCOL_CHOICES
     from train.attacks.settings import canonical_options
 

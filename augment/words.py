@@ -8,7 +8,8 @@ replaced word's case with `match_case`.
 `pre_caption` is the caption preprocessing of the attack papers' public code (ALBEF's, reused by
 Co-Attack and SGA): lower case, punctuation removed, at most `max_words` words. The project keeps
 captions as given unless asked (`train eval --caption-preprocess pre_caption`, or a reference
-protocol).
+protocol). `blip_pre_caption` is BLIP's own (salesforce/BLIP `data/utils.py`), which turns less
+punctuation into spaces and keeps the rest (`--caption-preprocess blip_pre_caption`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ _CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
 _WORD = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
 # what pre_caption deletes (replaced by nothing) and what it turns into a space
 _PRE_CAPTION_DROP = re.compile(r"[,.'!?\"()*#:;~]")
+# what BLIP's pre_caption turns into a space (it keeps , ' ? - /)
+_BLIP_PRE_CAPTION_SPACE = re.compile(r"[.!\"()*#:;~]")
 _SPACES = re.compile(r"\s{2,}")
 
 
@@ -88,13 +91,28 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     return " ".join(words[:max_words]) if len(words) > max_words else text
 
 
-CAPTION_PREPROCESSING = ("none", "pre_caption")
+def blip_pre_caption(caption: str, max_words: int = 30) -> str:
+    """BLIP's caption preprocessing (salesforce/BLIP `data/utils.py` `pre_caption`): lower case;
+    . ! " ( ) * # : ; ~ each become a space (, ' ? - / and "<person>" are kept); runs of whitespace
+    collapsed to one space; trailing newline and outer spaces stripped; first `max_words` words.
+    BLIP's function defaults to 50 words; its retrieval datasets (COCO Karpathy, Flickr30k) call it
+    with 30, hence the default here."""
+    text = _BLIP_PRE_CAPTION_SPACE.sub(" ", caption.lower())
+    text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+# "pre_caption": ALBEF's (the SGA and Co-Attack codes'); "blip_pre_caption": BLIP's reference evaluation's
+CAPTION_PREPROCESSING = ("none", "pre_caption", "blip_pre_caption")
 
 
 def preprocess_caption(caption: str, how: str | None) -> str:
-    """`how`: None or "none" (as given) or "pre_caption"."""
+    """`how`: None or "none" (as given), "pre_caption" (ALBEF's) or "blip_pre_caption" (BLIP's)."""
     if how in (None, "none"):
         return caption
     if how == "pre_caption":
         return pre_caption(caption)
+    if how == "blip_pre_caption":
+        return blip_pre_caption(caption)
     raise ValueError(f"unknown caption preprocessing {how!r}; expected one of {CAPTION_PREPROCESSING}")

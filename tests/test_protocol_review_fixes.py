@@ -37,7 +37,9 @@ def test_compare_adds_no_protocol_column_where_every_evaluation_is_the_projects(
 
 @pytest.mark.parametrize("protocol, captions, label", [
     ("sga", "none", "sga (captions: none)"), ("sga", "pre_caption", "sga"), ("co-attack", None, "co-attack"),
-    ("project", "none", "project"), ("project", "pre_caption", "project (captions: pre_caption)")])
+    ("project", "none", "project"), ("project", "pre_caption", "project (captions: pre_caption)"),
+    ("sga", "blip_pre_caption", "sga (captions: blip_pre_caption)"),
+    ("project", "blip_pre_caption", "project (captions: blip_pre_caption)")])
 def test_protocol_label_says_captions_other_than_the_protocols(protocol, captions, label):
     settings = {"attack_options": {"protocol": protocol}, **({"caption_preprocess": captions} if captions else {})}
     assert _protocol_label(_with_settings(RETRIEVAL, **settings)) == label

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.seeds import derive_seed
-from augment.words import Chunk, pre_caption, split_chunk
+from augment.words import Chunk, blip_pre_caption, pre_caption, preprocess_caption, split_chunk
 from train.attacks import PROTOCOL_CHOICES, AttackSettings, build_attack
 from train.attacks.base import kl_to
 from train.attacks.multimodal import SGA, CoAttack, resized_views
@@ -172,6 +172,62 @@ def test_a_caption_the_preprocessing_empties_stops_before_any_attack_naming_it()
     assert Gallery.from_source(rows, "test").captions[-1] == "!!!"  # as given, it is a caption
     with pytest.raises(SourceError, match=r"image 'b', caption 1 \('!!!'\): empty after --caption-preprocess pre_caption"):
         Gallery.from_source(rows, "test", caption_preprocess="pre_caption")
+
+
+
+def test_blip_pre_caption_is_blips_reference_preprocessing():
+    """salesforce/BLIP data/utils.py: lower case; . ! " ( ) * # : ; ~ become spaces (, ' ? - / kept);
+    whitespace runs collapsed; stripped; the first max_words words (30 in its retrieval datasets)."""
+    caption = 'A man\'s dog, running: "fast"!'
+    # "a man's dog, running" + ":" " " '"' -> 3 spaces, "fast", '"' "!" -> 2 spaces: collapsed, stripped
+    assert blip_pre_caption(caption) == "a man's dog, running fast"
+    assert pre_caption(caption) == "a mans dog running fast"  # ALBEF's drops , ' and does not keep - /
+    assert blip_pre_caption("Two men-at work/play (outside)!") == "two men-at work/play outside"
+    assert blip_pre_caption("Two men-at work/play (outside)!", max_words=3) == "two men-at work/play"
+    assert blip_pre_caption("A <person> on a.b; Is it?") == "a <person> on a b is it?"  # "." a space, not deleted
+    assert blip_pre_caption("  A dog.\n") == "a dog"
+    assert blip_pre_caption(" ".join(["Word."] * 40)) == " ".join(["word"] * 30)  # 30 words by default
+    assert blip_pre_caption(" ".join(["word"] * 40), max_words=50) == " ".join(["word"] * 40)
+    assert preprocess_caption(caption, "blip_pre_caption") == blip_pre_caption(caption)
+    with pytest.raises(ValueError, match=r"unknown caption preprocessing 'blip'"):
+        preprocess_caption(caption, "blip")
+
+
+def test_gallery_applies_blips_caption_preprocessing():
+    import datasets
+
+    from augment.errors import SourceError
+    from train.eval_common import Gallery
+
+    rows = datasets.Dataset.from_dict({"image_id": ["a", "b"], "captions": [["A red Ball.", "Dog, running!"], ["???"]],
+                                       "split": ["test", "test"]})
+    assert Gallery.from_source(rows, "test", caption_preprocess="blip_pre_caption").captions == [
+        "a red ball", "dog, running", "???"]  # BLIP keeps "?": a caption there, empty under ALBEF's
+    with pytest.raises(SourceError, match=r"image 'b', caption 0 \('\?\?\?'\): empty after --caption-preprocess pre_caption"):
+        Gallery.from_source(rows, "test", caption_preprocess="pre_caption")
+
+
+@pytest.mark.parametrize("how, as_given", [("none", False), (None, False), ("pre_caption", True),
+                                           ("blip_pre_caption", True)])
+def test_captions_already_cleaned_are_read_as_given(how, as_given):
+    """Either cleaning runs once, on the gallery: inside the evaluation a model that cleans captions itself
+    (ALBEF) reads them as given, so ALBEF's pre_caption does not run over captions BLIP's has cleaned."""
+    import contextlib
+
+    from train.evaluate import captions_read_as_given
+
+    entered = []
+
+    class Model:
+        @contextlib.contextmanager
+        def captions_as_given(self):
+            entered.append(self)
+            yield
+
+    model = Model()
+    with captions_read_as_given(how, model, model):  # victim and attacker the same: entered once
+        pass
+    assert entered == ([model] if as_given else [])
 
 
 # ----------------------------------------------------------------------------- 1-2. SGA
@@ -661,6 +717,29 @@ def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world
     assert "- `pgd`: " + ("loss image-kl" if protocol == "co-attack" else "loss pair") + ", eps 2/255, steps 2," in table
 
 
+def test_train_eval_accepts_blips_caption_preprocessing(sample_world_dir, tmp_path, capsys):
+    """`--caption-preprocess blip_pre_caption` (to compare with BLIP's reference evaluation) runs and is
+    recorded; the protocol's default stays; an unknown value is refused before anything loads."""
+    import json
+
+    from train.cli import main as train_main
+
+    out = tmp_path / "eval"
+    assert train_main(["eval", "tiny-clip", "--source", str(sample_world_dir), "--split", "test", "--attacks", "clean",
+                       "--limit", "2", "--captions-per-image", "1", "--caption-preprocess", "blip_pre_caption",
+                       "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["settings"]["caption_preprocess"] == "blip_pre_caption"
+    assert report["settings"]["attack_options"].get("protocol", "project") == "project"
+    assert "captions preprocessed: blip_pre_caption" in (out / "eval.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--caption-preprocess", "blip",
+                    "--out", str(tmp_path / "other")])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'blip'" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
 def test_reference_bugs_need_a_reference_protocol(sample_world_dir, tmp_path, capsys):
     from train.cli import main as train_main
 
@@ -734,6 +813,7 @@ def test_grounding_under_co_attack_cleans_expressions_first():
     data.expressions[0] = dataclasses.replace(data.expressions[0], text="The RED star, left!")
     assert _expression_texts(data, "pre_caption")[0] == "the red star left"
     assert _expression_texts(data, "none")[0] == "The RED star, left!"
+    assert _expression_texts(data, "blip_pre_caption")[0] == "the red star, left"  # BLIP keeps ","
     data.expressions[1] = dataclasses.replace(data.expressions[1], text="?!")
     with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after --caption-preprocess pre_caption"):
         evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "co-attack"})

@@ -219,6 +219,7 @@ def _check_attack_names(args: argparse.Namespace) -> None:
 
 def register(subparsers) -> argparse.ArgumentParser:
     from augment.commands.common import add_source_arguments
+    from augment.words import CAPTION_PREPROCESSING
     from train.attacks.settings import ATTACK_DEFAULTS as D  # the defaults training and the study share
     from train.attacks.settings import ATTACKED_EMBEDDINGS, REFERENCE_BUGS, SELECTABLE_GUIDES, TEXT_CANDIDATES
 
@@ -281,8 +282,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                           help="with --protocol co-attack on ALBEF/TCL: multimodal attacks the fusion encoder's output of each "
                                "(image, caption) pair (all its states; multimodal-cls: its [CLS] state), as the Co-Attack "
                                "code's RetrievalFusionEval.py (default: unimodal; README: Protocols, item 12)")
-    protocol.add_argument("--caption-preprocess", choices=("none", "pre_caption"), default=None,
-                          help="pre_caption: lower case, no punctuation, 30 words, as the reference code (default: none; pre_caption under a reference protocol)")
+    protocol.add_argument("--caption-preprocess", choices=CAPTION_PREPROCESSING, default=None,
+                          help="pre_caption: lower case, no punctuation, 30 words, as the SGA and Co-Attack (ALBEF) code; "
+                               "blip_pre_caption: BLIP's, lower case, .!\"()*#:;~ to spaces, 30 words, as BLIP's reference "
+                               "evaluation (default: none; pre_caption under a reference protocol)")
 
     multi = parser.add_argument_group("multimodal attacks")
     multi.add_argument("--sga-scales", type=_scales, default=D.scales, help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")

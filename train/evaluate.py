@@ -296,7 +296,8 @@ def evaluate(
     `progress_dir`: a folder where every finished batch of every attack is kept
     (`BatchStore`); a killed evaluation called again with the same settings and folder skips
     what is there and gives the same report as an uninterrupted one. `caption_preprocess`:
-    "none" or "pre_caption" (None: the protocol's choice, `attack_options["protocol"]`). `workers`:
+    "none", "pre_caption" or "blip_pre_caption" (`augment.words.CAPTION_PREPROCESSING`; None: the
+    protocol's choice, `attack_options["protocol"]`). `workers`:
     DataLoader processes decoding the next batches' images (0: in this process). Returns the
     dict `train eval` writes as eval.json:
     {"procedure", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
@@ -333,10 +334,12 @@ def evaluate(
 @contextlib.contextmanager
 def captions_read_as_given(caption_preprocess: str, *models):
     """Within: `models` tokenise captions as given when the gallery's are already cleaned
-    ("pre_caption"), so an attack's texts are cleaned once, as in the reference codes
-    (`models.base.ImageTextModel.captions_as_given`)."""
+    ("pre_caption", or BLIP's "blip_pre_caption"), so an attack's texts are cleaned once, as in the
+    reference codes, whose datasets clean captions and whose models tokenise what they are given
+    (`models.base.ImageTextModel.captions_as_given`; an ALBEF model does not run its own
+    `pre_caption` over captions BLIP's cleaned)."""
     with contextlib.ExitStack() as stack:
-        if caption_preprocess == "pre_caption":
+        if caption_preprocess not in (None, "none"):
             for model in {id(model): model for model in models}.values():
                 stack.enter_context(model.captions_as_given())
         yield

@@ -197,7 +197,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     decoding the next batches' images (0: in this process). Forward passes run in the caller's
     autocast (`models.half_precision.autocast`); the precision in force is part of the settings.
     `attack_options["protocol"]`: "project" (default) or "co-attack" (module docstring);
-    `caption_preprocess`: "none" or "pre_caption" (None: the protocol's)."""
+    `caption_preprocess`: "none", "pre_caption" or "blip_pre_caption" (None: the protocol's)."""
     from tqdm.auto import tqdm
 
     from models.half_precision import active_precision

@@ -9,7 +9,7 @@ flattened (`reading="sequence"`: the script's default, without `--cls`, its READ
 caption padded to 30 tokens, so the padding positions' states count, as there) or the fused
 [CLS] state (`reading="cls"`: with `--cls`). Captions are tokenised as the model tokenises them
 (at most 30 tokens); an evaluation whose captions are already cleaned (`pre_caption`, as under
-`co-attack`) has the model read them as given (`ImageTextModel.captions_as_given`), as the code
+`co-attack`, or `blip_pre_caption`) has the model read them as given (`ImageTextModel.captions_as_given`), as the code
 does. Distances are the code's KL divergence between softmaxed embeddings
 (`train.attacks.base.kl_to`).
 

@@ -40,7 +40,8 @@ class ProtocolChoices:
     code's image step an attack runs also depends on the attack: `co_attack_schedule`,
     `sga_image_attacker`, `reference_max_length` below)."""
 
-    caption_preprocess: str  # "none" (captions as given) or "pre_caption" (lower case, no punctuation)
+    caption_preprocess: str  # "none" (captions as given) or "pre_caption" (lower case, no punctuation); never
+    # "blip_pre_caption" (BLIP's, `--caption-preprocess` only: neither reference attack code uses it)
     mlm_reading: str  # "project" (words, punctuation apart, case kept) or "reference" (ReferenceMLMSubstitutes)
     importance: str  # word importance: "cosine" (1 - cos) or "kl" (KL of softmaxed embeddings)
     text_guide: str | None  # BERT-Attack / Sep / Co-Attack candidates: None = the `guide` setting, or "text-kl"
