@@ -388,6 +388,38 @@ def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     assert clean_output('\n  "a square  that is red"\nCaption: more') == "a square that is red"
 
 
+
+@pytest.mark.parametrize("output, answer", [
+    ("<think>\nThe caption has a dog.\n</think>\n\nA dog runs.", "A dog runs."),  # Qwen3 / R1 reasoning as text
+    ('Here is the new caption:\n\n"A dog runs on grass."', "A dog runs on grass."),  # a lead-in line
+    ("New caption: A dog runs", "A dog runs"),  # the cue repeated
+    ("<think> reasoning cut off by max_new_tokens", ""),  # no answer: dropped as empty
+    ("A man: a story", "A man: a story"),  # a colon inside the one line is the caption's
+    ("A dog runs.\nExplanation: the words changed.", "A dog runs."),
+])
+def test_an_instruction_models_answer_is_the_caption_it_gives(output, answer):
+    """The first line of an instruction model's output was kept as the paraphrase: its reasoning
+    block's "<think>" or its "Here is the new caption:" lead-in became pool rows."""
+    from augment.generators.paraphrase import answer_of
+
+    assert answer_of(output) == answer
+
+
+def test_chat_templates_are_asked_not_to_reason_first():
+    from augment.generators.paraphrase import ParaphraseGenerator
+
+    class Templated:
+        chat_template = "template"
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize, **variables):
+            thinking = variables.get("enable_thinking", True)
+            return ("<think>\n" if thinking else "") + messages[0]["content"]
+
+    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
+    generator.kind, generator.tokenizer, generator.prompt_template = "causal", Templated(), "Rewrite: {caption}"
+    assert generator.prompt("a red square") == "Rewrite: a red square"
+
+
 def test_causal_paraphraser_reads_only_the_generated_tokens(tmp_path, train_items):
     """A decoder-only LM (a tiny GPT-2 on the tiny word vocabulary) through a local folder."""
     import torch

@@ -7,8 +7,9 @@ folder or `tiny-paraphraser`.
 * seq2seq models (T5, BART, Pegasus...) get `--prompt-template` (default
   "paraphrase: {caption}", the input format of common T5 paraphrasers);
 * causal (decoder-only) instruction models get an instruction, wrapped in the tokenizer's chat
-  template when it has one; only the newly generated tokens are read (the prompt is dropped),
-  and only their first line.
+  template when it has one (thinking off: `enable_thinking=False`); only the newly generated
+  tokens are read (the prompt is dropped), as an answer (`answer_of`: a reasoning block, lead-in
+  lines ending in a colon and a "New caption:" label dropped), and only its first line.
 
 Captions are batched (`--batch-size` captions per `generate` call) and sampled with nucleus
 sampling (`--top-p`, `--temperature`, `--top-k` 0 = off) and nothing else: beam search, penalties
@@ -31,6 +32,7 @@ The sampling options defined here (`--top-p`, `--top-k`, `--temperature`, `--max
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
@@ -146,6 +148,22 @@ def clean_output(text: str) -> str:
     return ""
 
 
+# what instruction models wrap an answer in: a reasoning block (Qwen3, DeepSeek-R1 write it as text,
+# not as special tokens), a label repeating the cue, a lead-in line such as "Here is the caption:"
+_THINKING = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
+_ANSWER_LABEL = re.compile(r"^(?:new|rewritten|paraphrased)?\s*caption\s*:\s*", re.I)
+
+
+def answer_of(text: str) -> str:
+    """A causal instruction model's answer as one caption: its reasoning block dropped, lead-in
+    lines that end in a colon skipped while another line follows, a leading "New caption:" label
+    removed, then `clean_output` (an unfinished reasoning block is no answer: empty)."""
+    lines = [line for line in _THINKING.sub("", text).splitlines() if line.strip()]
+    while len(lines) > 1 and lines[0].rstrip().endswith(":"):
+        lines.pop(0)
+    return clean_output(_ANSWER_LABEL.sub("", lines[0].strip())) if lines else ""
+
+
 class DistinctCollector:
     """Collects up to `n` distinct outputs for one input, refusing the input's own text."""
 
@@ -236,8 +254,11 @@ class ParaphraseGenerator(Generator):
         if self.kind == "seq2seq":
             return text
         if getattr(self.tokenizer, "chat_template", None):
+            # enable_thinking: Qwen3-style templates otherwise let the model reason at length first
+            # (read by the templates that know it, unused by others)
             return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False,
+                enable_thinking=False)
         return text + PLAIN_CUE
 
     # -- sampling
@@ -260,7 +281,8 @@ class ParaphraseGenerator(Generator):
                                    pad_token_id=self.tokenizer.pad_token_id)
         if self.kind == "causal":  # left-padded prompts: the new tokens follow the input
             out = out[:, input_ids.shape[1]:]
-        texts = [clean_output(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        clean = answer_of if self.kind == "causal" else clean_output
+        texts = [clean(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i * per_caption:(i + 1) * per_caption] for i in range(len(captions))]
 
     def paraphrase_batch(self, batch: list[tuple[dict, int, str]], n: int, seed: int) -> list[DistinctCollector]:
