@@ -396,6 +396,13 @@ def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     ("<think> reasoning cut off by max_new_tokens", ""),  # no answer: dropped as empty
     ("A man: a story", "A man: a story"),  # a colon inside the one line is the caption's
     ("A dog runs.\nExplanation: the words changed.", "A dog runs."),
+    # DeepSeek-R1-style templates open the block in the prompt: the output holds only its end
+    ("Okay, the user wants a rewrite.\nLet me think.\n</think>\n\nA dog runs on grass.", "A dog runs on grass."),
+    ("Here is a new caption:", ""),  # a lead-in alone is no answer
+    ("**Here is the new caption:**\n\nA dog runs.", "A dog runs."),  # markdown emphasis
+    ("**New caption:** A dog runs", "A dog runs"),
+    ('A sign that reads:\n"Stop"', "A sign that reads:"),  # ends in a colon, but no lead-in: the caption's own
+    ("A snake_case word", "A snake_case word"),
 ])
 def test_an_instruction_models_answer_is_the_caption_it_gives(output, answer):
     """The first line of an instruction model's output was kept as the paraphrase: its reasoning
@@ -403,6 +410,15 @@ def test_an_instruction_models_answer_is_the_caption_it_gives(output, answer):
     from augment.generators.paraphrase import answer_of
 
     assert answer_of(output) == answer
+
+
+def test_reasoning_opened_by_the_prompt_and_never_closed_is_no_answer():
+    from augment.generators.paraphrase import answer_of, opens_thinking
+
+    prompt = "<|user|>Rewrite: a dog<|assistant|><think>\n"  # the template opened the block
+    assert opens_thinking(prompt) and not opens_thinking("<think>x</think> Rewrite: a dog")
+    assert answer_of("Okay, the user wants a rewrite of", thinking_open=True) == ""
+    assert answer_of("Okay, the user wants a rewrite of") == "Okay, the user wants a rewrite of"
 
 
 def test_chat_templates_are_asked_not_to_reason_first():

@@ -9,7 +9,8 @@ folder or `tiny-paraphraser`.
 * causal (decoder-only) instruction models get an instruction, wrapped in the tokenizer's chat
   template when it has one (thinking off: `enable_thinking=False`); only the newly generated
   tokens are read (the prompt is dropped), as an answer (`answer_of`: a reasoning block, lead-in
-  lines ending in a colon and a "New caption:" label dropped), and only its first line.
+  lines such as "Here is the new caption:", a "New caption:" label and emphasis dropped), and
+  only its first line.
 
 Captions are batched (`--batch-size` captions per `generate` call) and sampled with nucleus
 sampling (`--top-p`, `--temperature`, `--top-k` 0 = off) and nothing else: beam search, penalties
@@ -149,19 +150,35 @@ def clean_output(text: str) -> str:
 
 
 # what instruction models wrap an answer in: a reasoning block (Qwen3, DeepSeek-R1 write it as text,
-# not as special tokens), a label repeating the cue, a lead-in line such as "Here is the caption:"
-_THINKING = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
+# not as special tokens; some templates open it in the prompt, so the output holds only its end),
+# a lead-in line such as "Here is the new caption:", a label repeating the cue, markdown emphasis
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_EMPHASIS = re.compile(r"\*+|(?<!\w)_+|_+(?!\w)")  # **bold**, __bold__; not a word_with_underscores
 _ANSWER_LABEL = re.compile(r"^(?:new|rewritten|paraphrased)?\s*caption\s*:\s*", re.I)
+_LEAD_IN = re.compile(r"^(?:here|sure|okay|ok|certainly|of course)\b|\b(?:caption|paraphrase|rewrit\w*|version)\b", re.I)
 
 
-def answer_of(text: str) -> str:
-    """A causal instruction model's answer as one caption: its reasoning block dropped, lead-in
-    lines that end in a colon skipped while another line follows, a leading "New caption:" label
-    removed, then `clean_output` (an unfinished reasoning block is no answer: empty)."""
-    lines = [line for line in _THINKING.sub("", text).splitlines() if line.strip()]
-    while len(lines) > 1 and lines[0].rstrip().endswith(":"):
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt leaves a reasoning block open (the template wrote its `<think>`)."""
+    return prompt.rfind(_THINK_OPEN) > prompt.rfind(_THINK_CLOSE)
+
+
+def answer_of(text: str, thinking_open: bool = False) -> str:
+    """A causal instruction model's answer as one caption: what follows its reasoning block (none
+    when the block never closed: no answer, empty; `thinking_open`: the prompt opened it), lead-in
+    lines ("Here is the new caption:") skipped, a leading "New caption:" label and markdown
+    emphasis removed, then `clean_output`. A first line that ends in a colon but reads as no
+    lead-in ("A sign that reads:") is the caption's own."""
+    if thinking_open:
+        text = _THINK_OPEN + text
+    if _THINK_OPEN in text or _THINK_CLOSE in text:
+        before, closed, after = text.rpartition(_THINK_CLOSE)
+        text = after if closed else ("" if _THINK_OPEN in text else text)
+    lines = [_EMPHASIS.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    while lines and lines[0].endswith(":") and _LEAD_IN.search(lines[0]):
         lines.pop(0)
-    return clean_output(_ANSWER_LABEL.sub("", lines[0].strip())) if lines else ""
+    return clean_output(_ANSWER_LABEL.sub("", lines[0])) if lines else ""
 
 
 class DistinctCollector:
@@ -281,8 +298,11 @@ class ParaphraseGenerator(Generator):
                                    pad_token_id=self.tokenizer.pad_token_id)
         if self.kind == "causal":  # left-padded prompts: the new tokens follow the input
             out = out[:, input_ids.shape[1]:]
-        clean = answer_of if self.kind == "causal" else clean_output
-        texts = [clean(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        if self.kind == "causal":  # row i answers prompt i // per_caption
+            texts = [answer_of(t, opens_thinking(prompts[i // per_caption])) for i, t in enumerate(decoded)]
+        else:
+            texts = [clean_output(t) for t in decoded]
         return [texts[i * per_caption:(i + 1) * per_caption] for i in range(len(captions))]
 
     def paraphrase_batch(self, batch: list[tuple[dict, int, str]], n: int, seed: int) -> list[DistinctCollector]:
