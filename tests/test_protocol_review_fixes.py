@@ -30,6 +30,8 @@ def test_compare_adds_no_protocol_column_where_every_evaluation_is_the_projects(
     captioning = {"task": "captioning", "attacks": {"clean": {"cider": 91.0}}}
     table = compare_table([("g", _with_settings(GROUNDING, attack_options={"protocol": "project"})), ("c", captioning)])
     assert "protocol" not in table
+    assert table.splitlines() == ["| evaluation | clean accuracy | pgd accuracy |", "|---|---|---|", "| g | 62.0 | 31.0 |", "",
+                                  "| evaluation | clean CIDEr |", "|---|---|", "| c | 91.0 |"]
 
 
 # item 4: captions not preprocessed as the protocol does are part of its label

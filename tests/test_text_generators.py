@@ -421,6 +421,48 @@ def test_reasoning_opened_by_the_prompt_and_never_closed_is_no_answer():
     assert answer_of("Okay, the user wants a rewrite of") == "Okay, the user wants a rewrite of"
 
 
+
+def test_a_paraphraser_whose_template_opens_reasoning_keeps_only_answers():
+    """A DeepSeek-R1-style template ends the prompt with `<think>`: the generator reads each output
+    as the answer to its own prompt with the block open (reasoning cut off is no answer), and a
+    template without it as before."""
+    import torch
+
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    def generator_with(template_end: str, outputs: list[str]):
+        class Tokenizer:
+            chat_template, pad_token_id = "template", 0
+
+            def apply_chat_template(self, messages, add_generation_prompt, tokenize, **variables):
+                return messages[0]["content"] + template_end
+
+            def __call__(self, prompts, **kwargs):
+                return {"input_ids": torch.ones(len(prompts), 3, dtype=torch.long),
+                        "attention_mask": torch.ones(len(prompts), 3, dtype=torch.long)}
+
+            def batch_decode(self, ids, skip_special_tokens):
+                assert len(ids) == len(outputs)
+                return outputs
+
+        class Model:
+            device = torch.device("cpu")
+
+            def generate(self, input_ids, num_return_sequences, **kwargs):
+                return torch.ones(len(input_ids) * num_return_sequences, 5, dtype=torch.long)
+
+        generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
+        generator.kind, generator.tokenizer, generator.lm = "causal", Tokenizer(), Model()
+        generator.prompt_template, generator.sampling = "Rewrite: {caption}", Sampling()
+        return generator
+
+    outputs = ["Okay, the user wants a rewrite of", "The words.\n</think>\nA dog runs.",
+               "Let me see", "Fine.\n</think>\nA cat sits."]
+    assert generator_with("<think>\n", outputs).sample(["a dog", "a cat"], 2) == [["", "A dog runs."], ["", "A cat sits."]]
+    assert generator_with("", outputs).sample(["a dog", "a cat"], 2) == [
+        ["Okay, the user wants a rewrite of", "A dog runs."], ["Let me see", "A cat sits."]]
+
+
 def test_chat_templates_are_asked_not_to_reason_first():
     from augment.generators.paraphrase import ParaphraseGenerator
 

@@ -315,3 +315,7 @@ def test_training_on_held_out_rows_or_validating_on_trained_ones_is_refused(tmp_
     code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--train-split", "val", "--val-frequency", "1",
                       "--val-split", "val", "--max-steps", "1", *FAST, "--out", tmp_path / "same")
     assert code == 2 and "--val-split val validates on the rows --train-split val trains on" in err, err
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--train-split", "train", "--val-frequency", "1",
+                      "--val-split", "all", "--max-steps", "1", *FAST, "--out", tmp_path / "all-val")
+    assert code == 2 and "--val-split all validates on the rows --train-split train trains on" in err, err
+    assert not (tmp_path / "all-val").exists()
