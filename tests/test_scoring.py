@@ -153,6 +153,33 @@ def test_gap_measures_and_bootstrap_are_seeded():
     assert ci == measures.bootstrap_mean(np.arange(100.0), n_resamples=500, seed=1)
 
 
+
+def test_alignment_intervals_redraw_items_not_rows():
+    """Rows of one item share its source image and move together: redrawn one by one, 200 items x 5
+    rows with an item effect gave intervals covering the mean ~70% of the time at a nominal 95%. By
+    items, the interval is the items' bootstrap of the row-weighted mean; with one row per item it
+    is the plain bootstrap of the rows."""
+    rng = np.random.default_rng(0)
+    effect = rng.normal(size=200)
+    values = np.repeat(effect, 5) + 0.2 * rng.normal(size=1000)
+    items = np.repeat([f"img{i:03d}" for i in range(200)], 5)  # sorted as numbered: items drawn in this order
+    by_item, = measures.bootstrap_item_means([(values, items)], n_resamples=400, seed=3)
+    by_row = measures.bootstrap_mean(values, n_resamples=400, seed=3)
+    assert by_item["mean"] == pytest.approx(values.mean()) and by_item["items"] == 200 and by_item["n"] == 1000
+    assert by_item["high"] - by_item["low"] > 1.8 * (by_row["high"] - by_row["low"])
+    # the items' own bootstrap: the same draws over item means (equal item sizes: the same statistic)
+    means = values.reshape(200, 5).mean(1)
+    draws = np.random.default_rng(3).integers(0, 200, (400, 200))
+    low, high = np.quantile(means[draws].mean(-1), [0.025, 0.975])
+    assert (by_item["low"], by_item["high"]) == (pytest.approx(low), pytest.approx(high))
+    # one row per item: rows are the units, as before
+    single, = measures.bootstrap_item_means([(means, [f"img{i:03d}" for i in range(200)])], n_resamples=400, seed=3)
+    plain = measures.bootstrap_mean(means, n_resamples=400, seed=3)
+    assert (single["low"], single["high"]) == (pytest.approx(plain["low"]), pytest.approx(plain["high"]))
+    assert measures.bootstrap_item_means([([], []), ([1.0, 3.0], ["a", "a"])], n_resamples=10) == [
+        None, {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 2, "items": 1}]
+
+
 def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkeypatch):
     from scipy.stats import bootstrap
 
@@ -495,6 +522,9 @@ def test_exact_copies_have_no_diversity_and_no_gap(tmp_path, source, train_items
     assert gap["mmd2"]["value"] <= 1e-9
     # a text row's alignment is the source image with the caption: the source pairs themselves
     assert entry["alignment"]["text"]["mean"] == pytest.approx(entry["source_alignment"]["mean"], abs=1e-6)
+    # alignment's intervals redraw source items, each with all its rows (and the source's, its captions)
+    assert entry["alignment"]["all"]["items"] == entry["clipscore"]["all"]["items"] == len(train_items)
+    assert entry["source_alignment"]["items"] == len(train_items)
 
 
 def test_image_rows_made_from_the_image_use_the_mean_over_captions(tmp_path, source, train_items, tiny_scorer, sample_world_dir):

@@ -1,11 +1,13 @@
 """The statistics of pool scoring, on unit-normalised embeddings (numpy arrays, one row each).
 
-* alignment: cosine of an image and a caption embedding; CLIPScore = 100 * max(cos, 0)
-  (Hessel et al. 2021 with w = 100, the convention torchmetrics uses);
+* alignment: cosine of an image and a caption embedding; CLIPScore = 100 * max(cos, 0) per pair
+  (Hessel et al. 2021 with w = 100, torchmetrics' weight; a pool's CLIPScore is the mean of its
+  pairs' as in Hessel et al., where torchmetrics clips the mean: equal unless a cosine is negative);
 * diversity of a set: mean pairwise cosine distance, and the Vendi score;
 * distribution gap between two samples: Frechet distance of Gaussians fitted to them, and the
   unbiased RBF-kernel MMD^2 with a median-heuristic bandwidth;
-* percentile bootstrap confidence intervals (bias-shifted for the gap measures).
+* percentile bootstrap confidence intervals (alignment's by items, `bootstrap_item_means`;
+  bias-shifted for the gap measures).
 
 Library code does the numerics wherever a well-kept implementation exists: scipy.linalg.sqrtm
 (the Frechet estimate), sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's
@@ -25,7 +27,7 @@ import numpy as np
 CLIPSCORE_WEIGHT = 100.0
 # how the resamples are drawn: part of a pool's inputs key, so scores stored under another
 # scheme (multinomial gap counts before this one) are recomputed, not reused as if equal
-RESAMPLING = "index-matrix-1"
+RESAMPLING = "index-matrix-2-alignment-by-items"
 # below this an eigenvalue of K/n counts as zero in the Vendi entropy (0 * log 0 = 0)
 EIGENVALUE_FLOOR = 1e-12
 # points the median heuristic looks at (its distance matrix is MEDIAN_POINTS^2)
@@ -352,8 +354,22 @@ def bootstrap_means(series, n_resamples: int = 1000, confidence: float = 0.95, s
             results[index] = {"mean": mean, "low": mean, "high": mean, "n": int(values.size)}
         else:
             resampled.setdefault(values.size, []).append(index)
+    bounds = _percentile_bounds(resampled, lambda index, indices: arrays[index][indices].mean(axis=-1),
+                                n_resamples, confidence, seed)
+    for index, (low, high) in bounds.items():
+        values = arrays[index]
+        results[index] = {"mean": float(values.mean()), "low": low, "high": high, "n": int(values.size)}
+    return results
+
+
+def _percentile_bounds(groups: dict[int, list[int]], statistic, n_resamples: int, confidence: float,
+                       seed: int) -> dict[int, tuple[float, float]]:
+    """{series index: (low, high)}: percentile bounds of `statistic(index, indices)` over resamples,
+    the series of each group (`groups`: units per resample -> series indices) sharing one seeded
+    index matrix, drawn a block of rows at a time as scipy's vectorized bootstrap draws them."""
     tail = (1.0 - confidence) / 2.0
-    for size, members in resampled.items():
+    bounds = {}
+    for size, members in groups.items():
         rng = np.random.default_rng(seed)
         block = max(1, min(n_resamples, MEAN_BLOCK_VALUES // size))
         distributions = np.empty((len(members), n_resamples))
@@ -361,12 +377,43 @@ def bootstrap_means(series, n_resamples: int = 1000, confidence: float = 0.95, s
             rows = min(block, n_resamples - start)
             indices = rng.integers(0, size, (rows, size))
             for k, index in enumerate(members):
-                distributions[k, start:start + rows] = arrays[index][indices].mean(axis=-1)
+                distributions[k, start:start + rows] = statistic(index, indices)
         low, high = np.quantile(distributions, [tail, 1.0 - tail], axis=-1)
-        for k, index in enumerate(members):
-            values = arrays[index]
-            results[index] = {"mean": float(values.mean()), "low": float(low[k]), "high": float(high[k]),
-                              "n": int(values.size)}
+        bounds.update({index: (float(low[k]), float(high[k])) for k, index in enumerate(members)})
+    return bounds
+
+
+def bootstrap_item_means(series, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict | None]:
+    """`bootstrap_means` for values that come in items: each series is (values, item of each value).
+    A resample draws whole items with replacement and takes the mean of the values they bring (a
+    cluster bootstrap): a pool's rows of one item share their source image and move together, so
+    redrawing rows one at a time made the intervals too narrow (a simulation of 200 items x 5 rows
+    covered the mean 70% of the time at a nominal 95%; by items, 94%). {"mean", "low", "high", "n",
+    "items"}; series with one item or one value have no spread (low = high = mean). Series with the
+    same number of items share one index matrix, drawn as `bootstrap_means` draws its rows."""
+    results: list[dict | None] = []
+    grouped: dict[int, list[int]] = {}
+    sums_of, sizes_of = [], []
+    for index, (values, items) in enumerate(series):
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            results.append(None)
+            sums_of.append(None)
+            sizes_of.append(None)
+            continue
+        _, codes = np.unique(np.asarray(items, dtype=object).astype(str), return_inverse=True)
+        sums, sizes = np.bincount(codes, weights=values), np.bincount(codes).astype(np.float64)
+        mean = float(values.mean())
+        results.append({"mean": mean, "low": mean, "high": mean, "n": int(values.size), "items": int(sizes.size)})
+        sums_of.append(sums)
+        sizes_of.append(sizes)
+        if sizes.size > 1 and np.ptp(values) > 0 and n_resamples > 0:
+            grouped.setdefault(sizes.size, []).append(index)
+    bounds = _percentile_bounds(
+        grouped, lambda index, indices: sums_of[index][indices].sum(-1) / sizes_of[index][indices].sum(-1),
+        n_resamples, confidence, seed)
+    for index, (low, high) in bounds.items():
+        results[index].update(low=low, high=high)
     return results
 
 

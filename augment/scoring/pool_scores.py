@@ -314,15 +314,18 @@ class Totals:
     def __init__(self, settings: ScoreSettings):
         seed, size = settings.seed, settings.gap_samples
         self.alignment: dict[str, list] = {m: [] for m in ("text", "image", "pair")}
+        self.alignment_items: dict[str, list] = {m: [] for m in ("text", "image", "pair")}  # each row's source item
         self.diversity: dict[str, dict[str, list]] = {m: {"mean_pairwise_distance": [], "vendi": []} for m in ("text", "image")}
         self.source_alignment: list = []
+        self.source_alignment_items: list = []
         self.pool_sample = {"text": measures.Reservoir(size, seed + 1), "image": measures.Reservoir(size, seed + 2)}
         self.source_sample = {"text": measures.Reservoir(size, seed + 3), "image": measures.Reservoir(size, seed + 4)}
         self.sources_seen: set[str] = set()
 
     def add_rows(self, rows: ChunkRows, columns: dict, texts: dict, images: dict) -> None:
-        for modality, alignment in zip(rows.modality, columns["alignment"]):
+        for modality, alignment, item in zip(rows.modality, columns["alignment"], rows.source_image_id):
             self.alignment[modality].append(alignment)
+            self.alignment_items[modality].append(item)
         if texts:
             self.pool_sample["text"].add(np.stack(list(texts.values())))
         if images:
@@ -345,6 +348,7 @@ class Totals:
         self.source_sample["text"].add(np.concatenate(captions))
         self.source_sample["image"].add(np.stack([source.image[image_id] for image_id in new]))
         self.source_alignment.extend(np.concatenate([c @ source.image[i] for i, c in zip(new, captions)]).tolist())
+        self.source_alignment_items.extend(image_id for image_id, c in zip(new, captions) for _ in range(len(c)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,17 +432,21 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
     from augment.sources import source_fingerprint
 
     all_alignment = [v for values in totals.alignment.values() for v in values]
+    all_items = [item for items in totals.alignment_items.values() for item in items]
     present = {m: len(v) for m, v in totals.alignment.items() if v}
-    # every mean's interval in one call: series of one length share one index matrix
-    series = {"all": all_alignment, "clipscore": measures.clipscore(all_alignment),
-              "source": totals.source_alignment}
+    # alignment intervals redraw items, not rows (the rows of an item move together)
+    by_item = {"all": (all_alignment, all_items), "clipscore": (measures.clipscore(all_alignment), all_items),
+               "source": (totals.source_alignment, totals.source_alignment_items)}
     if len(present) > 1:  # one modality: its numbers are the overall ones
-        series.update({("alignment", m): v for m, v in totals.alignment.items() if v})
+        by_item.update({("alignment", m): (v, totals.alignment_items[m]) for m, v in totals.alignment.items() if v})
+    # the diversity means (one value per item) in one call: series of one length share one index matrix
     diversity_present = {m: measures_of for m, measures_of in totals.diversity.items() if measures_of["vendi"]}
-    series.update({(modality, name): values for modality, measures_of in diversity_present.items()
-                   for name, values in measures_of.items()})
+    series = {(modality, name): values for modality, measures_of in diversity_present.items()
+              for name, values in measures_of.items()}
     intervals = dict(zip(series, measures.bootstrap_means(list(series.values()), settings.bootstrap,
                                                          settings.confidence, settings.seed)))
+    intervals.update(zip(by_item, measures.bootstrap_item_means(list(by_item.values()), settings.bootstrap,
+                                                                settings.confidence, settings.seed)))
     overall = intervals["all"]
     slug = embedder.scorer.slug
     return {
