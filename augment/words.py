@@ -86,9 +86,7 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     """The reference code's caption preprocessing: lower case; , . ' ! ? " ( ) * # : ; ~ removed;
     - and / become spaces; "<person>" becomes "person"; spaces collapsed; first `max_words` words."""
     text = _PRE_CAPTION_DROP.sub("", caption.lower()).replace("-", " ").replace("/", " ").replace("<person>", "person")
-    text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
-    words = text.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else text
+    return _collapsed_first_words(text, max_words)
 
 
 def blip_pre_caption(caption: str, max_words: int = 30) -> str:
@@ -97,7 +95,12 @@ def blip_pre_caption(caption: str, max_words: int = 30) -> str:
     collapsed to one space; trailing newline and outer spaces stripped; first `max_words` words.
     BLIP's function defaults to 50 words; its retrieval datasets (COCO Karpathy, Flickr30k) call it
     with 30, hence the default here."""
-    text = _BLIP_PRE_CAPTION_SPACE.sub(" ", caption.lower())
+    return _collapsed_first_words(_BLIP_PRE_CAPTION_SPACE.sub(" ", caption.lower()), max_words)
+
+
+def _collapsed_first_words(text: str, max_words: int) -> str:
+    """The ending both reference preprocessings share: runs of whitespace made one space, a
+    trailing newline and outer spaces stripped, the first `max_words` words."""
     text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
     words = text.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else text
