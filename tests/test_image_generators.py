@@ -294,6 +294,23 @@ def test_a_captions_other_rows_note_its_flagged_images(monkeypatch, train_items)
     assert notes == ["1 of 2 images of this caption dropped: flagged by the safety checker", None, None]
 
 
+def test_a_prompt_the_text_encoder_cuts_is_recorded_on_its_rows(train_items):
+    """diffusers cuts a prompt past 77 CLIP tokens with only a log line: the rows say what was read."""
+    from augment.generators.diffusion import TextToImageGenerator
+
+    long_caption = " ".join(["a red cube beside a small blue sphere"] * 12)  # 96 words
+    item = {**train_items[0], "captions": [long_caption, train_items[0]["captions"][1]]}
+    rows = TextToImageGenerator(tiny_settings(batch_size=4)).generate([item], 2, seed=7)
+    provenance = [json.loads(r["provenance"]) for r in rows]
+    cut, whole = provenance[:2], provenance[2:]
+    assert [p["prompt"] for p in cut] == [long_caption] * 2
+    assert all(p["prompt_tokens"] == 96 for p in cut)
+    read = cut[0]["prompt_read"].split()
+    assert len(read) == 75 and read == long_caption.split()[:75]
+    assert cut[0]["note"] == "prompt cut to its first 75 of 96 tokens by the text encoder: the image follows prompt_read only"
+    assert all("prompt_read" not in p and "note" not in p for p in whole)
+
+
 def test_i2i_keeps_aspect_ratio_of_non_square_source():
     from PIL import Image
 

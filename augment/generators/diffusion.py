@@ -28,7 +28,9 @@ and `regenerate_row` replays exactly that layout with padding in the other slots
 Provenance. pool.json `params` holds every setting that changes the images (steps, guidance,
 negative prompt, strength or size, dtype, scheduler and pipeline class, whether a safety checker
 ran); each row repeats them with the model id, revision, prompt, its call layout and, with
-`--safety-checker`, the checker's NSFW flag (None when no checker ran, else False).
+`--safety-checker`, the checker's NSFW flag (None when no checker ran, else False). A prompt
+longer than the text encoder reads (77 CLIP tokens) is cut by diffusers with only a log line: its
+rows record the part read (`prompt_read`), the prompt's token count and a note.
 
 Safety checker. An image the checker flags comes back from diffusers as a black image: it is
 dropped, not written. The other rows of its caption carry a note ("1 of 4 images of this caption
@@ -204,6 +206,7 @@ class DiffusionGenerator(Generator):
         self.model = settings.model
         self.model_revision = settings.revision
         self._pipe = pipe
+        self._prompt_cuts: dict[str, dict[str, Any]] = {}  # prompt -> `prompt_cut`
 
     @property
     def pipe(self):
@@ -280,12 +283,35 @@ class DiffusionGenerator(Generator):
                 for slot, job in enumerate(call.slots) if job is not None}
 
     def _row(self, job: ImageJob, made: Made, seed: int, **notes: str) -> dict:
+        cut = dict(self.prompt_cut(job.prompt))
+        if cut:  # beside a safety-checker note, if any
+            notes["note"] = "; ".join(filter(None, [notes.get("note"), cut.pop("note")]))
         return self.row(
             job.item, job.caption_index, job.k, seed, image=made.image,
             model=self.model, revision=self.model_revision, prompt=job.prompt,
             batch=made.call.layout(made.slot), nsfw=made.nsfw, params=self.params(),
-            **self._row_extras(job, made.call, made.image), **notes,
+            **self._row_extras(job, made.call, made.image), **cut, **notes,
         )
+
+    def prompt_cut(self, prompt: str) -> dict[str, Any]:
+        """What the row must say when the text encoder reads only the beginning of `prompt`: diffusers
+        cuts a prompt at its tokenizer's length (77 CLIP tokens, start and end included) and only logs
+        it, so the image follows `prompt_read` alone. {} for a prompt read whole (or no tokenizer)."""
+        cache = self._prompt_cuts  # n images per caption: each prompt tokenized once
+        if prompt not in cache:
+            cache[prompt] = {}
+            tokenizer = getattr(self.pipe, "tokenizer", None)
+            limit = getattr(tokenizer, "model_max_length", None)
+            if tokenizer is not None and isinstance(limit, int) and limit > 2:
+                ids = tokenizer(prompt, truncation=False, verbose=False).input_ids  # start and end tokens included
+                if len(ids) > limit:
+                    cache[prompt] = {
+                        "prompt_read": tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True),
+                        "prompt_tokens": len(ids) - 2,
+                        "note": f"prompt cut to its first {limit - 2} of {len(ids) - 2} tokens by the text "
+                                "encoder: the image follows prompt_read only",
+                    }
+        return cache[prompt]
 
     def pool_notes(self, items, n: int, num_rows: int) -> dict[str, Any]:
         """The images the safety checker flagged in the whole pool, counted as the jobs it has no
