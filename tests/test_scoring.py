@@ -222,6 +222,105 @@ def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
 
 
+def _items_of_sizes(sizes: dict[str, int]) -> list[str]:
+    return [item for item, size in sizes.items() for _ in range(size)]
+
+
+@pytest.mark.parametrize("dims", [5, 24])
+def test_item_resamples_equal_the_statistics_of_the_gathered_rows(dims):
+    """By items, a resample's Frechet distance and MMD^2 (count-weighted, divided by its own
+    totals) equal the formulas on the rows its item draws bring, items of unequal sizes, some on
+    one side only (24 dimensions: more than the 17 points, the factor from the weighted rows); a
+    resample with fewer than 2 points on a side is NaN, not an error."""
+    rng = np.random.default_rng(11)
+    pool_sizes = {"a": 1, "b": 4, "c": 2, "d": 6, "e": 3, "f": 1}
+    source_sizes = {"b": 2, "c": 5, "d": 1, "e": 3, "g": 4, "h": 2}  # a, f: pool only; g, h: source only
+    items_x, items_y = _items_of_sizes(pool_sizes), _items_of_sizes(source_sizes)
+    x, y = _unit(rng.normal(size=(len(items_x), dims)) + 0.4), _unit(rng.normal(size=(len(items_y), dims)))
+    codes_x, codes_y, n_items = measures.item_codes(items_x, items_y, len(x), len(y))
+    assert n_items == 8
+    counts_x, counts_y = measures.item_resample_counts(np.random.default_rng(7), codes_x, codes_y, n_items, 6)
+    # the same draws, gathered as rows: every row of each drawn item, once per draw
+    names = sorted(set(items_x) | set(items_y))
+    draws = np.random.default_rng(7).integers(0, n_items, (6, n_items))
+    gathered = []
+    for draw in draws:
+        picked = [names[k] for k in draw]
+        rows_x = np.concatenate([x[[j for j, item in enumerate(items_x) if item == name]] for name in picked])
+        rows_y = np.concatenate([y[[j for j, item in enumerate(items_y) if item == name]] for name in picked])
+        gathered.append((rows_x, rows_y))
+    assert len({len(rows_x) for rows_x, _ in gathered}) > 1  # totals vary between resamples
+    np.testing.assert_array_equal(counts_x.sum(axis=1), [len(rows_x) for rows_x, _ in gathered])
+    frechet = measures.resampled_frechet(x, y, counts_x, counts_y)
+    np.testing.assert_allclose(frechet, [measures.frechet_between(a, b) for a, b in gathered], rtol=1e-6, atol=1e-10)
+    mmd = measures.resampled_mmd2(measures.rbf_kernel_blocks(x, y, 0.7), counts_x, counts_y)
+    np.testing.assert_allclose(mmd, [_naive_mmd2(a, b, 0.7) for a, b in gathered], atol=2e-6)
+    # a resample bringing one pool row (item "a" twice: 2 rows; "f" once: 1 row) and none at all
+    short_x = np.zeros((3, len(x)))
+    short_x[0, items_x.index("a")] = 2.0
+    short_x[1, items_x.index("f")] = 1.0
+    short_y = np.ones((3, len(y)))
+    with np.errstate(all="raise"):  # no division by zero on the way to the NaNs
+        frechet = measures.resampled_frechet(x, y, short_x, short_y)
+        mmd = measures.resampled_mmd2(measures.rbf_kernel_blocks(x, y, 0.7), short_x, short_y)
+    assert np.isnan(frechet[1:]).all() and np.isnan(mmd[1:]).all()
+    # two copies of one row: no spread on that side, the distance is |mean difference|^2 + Tr C_y
+    expected = float(np.sum((x[0] - y.mean(axis=0)) ** 2) + np.trace(np.cov(y, rowvar=False)))
+    assert frechet[0] == pytest.approx(expected, rel=1e-9)
+    interval = measures.percentile_interval(0.5, list(mmd), 0.95)  # the NaNs are left out
+    assert interval["bootstrap_bias"] == pytest.approx(mmd[0] - 0.5)
+
+
+def test_item_draws_are_shared_by_the_pool_and_source_rows():
+    """Pairing: an item drawn k times in a resample brings k copies of each of its rows on both
+    sides (one draw per resample, not one per side); rows of no drawn item count 0."""
+    pool_sizes, source_sizes = {"p": 3, "q": 1, "r": 2, "s": 4}, {"p": 5, "q": 2, "s": 1, "t": 3}
+    items_x, items_y = _items_of_sizes(pool_sizes), _items_of_sizes(source_sizes)
+    codes_x, codes_y, n_items = measures.item_codes(np.array(items_x), items_y, len(items_x), len(items_y))
+    counts_x, counts_y = measures.item_resample_counts(np.random.default_rng(5), codes_x, codes_y, n_items, 40)
+    draws = np.random.default_rng(5).integers(0, n_items, (40, n_items))
+    names = sorted(pool_sizes.keys() | source_sizes.keys())
+    for draw, row_x, row_y in zip(draws, counts_x, counts_y):
+        drawn = {name: int(np.sum(draw == k)) for k, name in enumerate(names)}
+        assert row_x.tolist() == [drawn[item] for item in items_x]
+        assert row_y.tolist() == [drawn[item] for item in items_y]
+    # some item drawn more than once with rows on both sides: the same multiplicity on each
+    p_x, p_y = items_x.index("p"), items_y.index("p")
+    assert (counts_x[:, p_x] > 1).any()
+    np.testing.assert_array_equal(counts_x[:, p_x], counts_y[:, p_y])
+    with pytest.raises(ValueError):
+        measures.item_codes(items_x, None, len(items_x), len(items_y))
+    with pytest.raises(ValueError):
+        measures.item_codes(items_x[1:], items_y, len(items_x), len(items_y))
+
+
+def test_gap_intervals_by_items_widen_when_rows_come_in_items():
+    """60 items x 5 near-identical rows per side: the data hold 60 independent points per side,
+    not 300. Rows redrawn one by one (no ids) give the spread of 300; items redrawn give an
+    interval about sqrt(5) times as wide (2.1x, 2.4x here; 1.7x asserted). With one row per item
+    the two agree in width."""
+    rng = np.random.default_rng(1)
+    pool_centres, source_centres = rng.normal(size=(60, 4)), rng.normal(size=(60, 4)) + 0.5
+    x = np.repeat(pool_centres, 5, axis=0) + 1e-3 * rng.normal(size=(300, 4))
+    y = np.repeat(source_centres, 5, axis=0) + 1e-3 * rng.normal(size=(300, 4))
+    items = np.repeat([f"img{k}" for k in range(60)], 5)
+    by_rows = measures.gap_measures(x, y, n_resamples=100, seed=2)
+    by_items = measures.gap_measures(x, y, n_resamples=100, seed=2, items_x=items, items_y=items)
+    assert by_rows["items"] is None and by_items["items"] == 60
+    for measure in ("frechet", "mmd2"):
+        assert by_items[measure]["value"] == by_rows[measure]["value"]  # the estimate does not change
+        width = by_items[measure]["high"] - by_items[measure]["low"]
+        assert width > 1.7 * (by_rows[measure]["high"] - by_rows[measure]["low"]), measure
+    # one row per item: an item-level draw is a row-level draw (paired): widths of one size
+    single = [f"img{k}" for k in range(60)]
+    alone = measures.gap_measures(pool_centres, source_centres, n_resamples=100, seed=2)
+    paired = measures.gap_measures(pool_centres, source_centres, n_resamples=100, seed=2, items_x=single,
+                                   items_y=single)
+    for measure in ("frechet", "mmd2"):
+        ratio = (paired[measure]["high"] - paired[measure]["low"]) / (alone[measure]["high"] - alone[measure]["low"])
+        assert 0.6 < ratio < 1.6, (measure, ratio)
+
+
 def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
     from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
 
@@ -365,6 +464,29 @@ def test_take_rows_equals_dataset_select_also_through_an_index_mapping():
         order = np.random.default_rng(2).permutation(len(dataset))[:9]
         assert take_rows(dataset, ["id", "n", "captions", "image"], order) == \
             dataset.select_columns(["id", "n", "captions", "image"]).select(order).to_dict()
+
+
+def test_reservoir_keeps_each_rows_item_id_in_its_slot():
+    """Ids ride with their rows through replacement (a slot drawn twice in one call included),
+    take no draws (the rows kept are those of a reservoir without ids) and stay within capacity."""
+    rows = np.arange(900, dtype=np.float32)[:, None]
+    ids = [f"item{k // 3}" for k in range(900)]  # three rows per item
+    with_ids, without = measures.Reservoir(50, seed=4), measures.Reservoir(50, seed=4)
+    for start, end in ((0, 30), (30, 80), (80, 900)):  # the last call replaces with many collisions
+        with_ids.add(rows[start:end], ids[start:end])
+        without.add(rows[start:end])
+    np.testing.assert_array_equal(with_ids.sample(), without.sample())
+    kept = with_ids.sample()[:, 0].astype(int)
+    assert (kept >= 80).sum() > 10  # replacement happened
+    assert list(with_ids.ids()) == [f"item{k // 3}" for k in kept]
+    assert with_ids.item_ids.shape == (50,) and without.ids() is None
+    small = measures.Reservoir(10, seed=0)
+    small.add(rows[:4], ids[:4])
+    assert list(small.ids()) == ids[:4] and len(small.sample()) == 4
+    with pytest.raises(ValueError):
+        small.add(rows[4:6])  # ids on one call and not another would misalign them
+    with pytest.raises(ValueError):
+        small.add(rows[4:6], ids[4:5])
 
 
 def test_reservoir_keeps_a_fixed_size_uniform_sample():
@@ -518,6 +640,7 @@ def test_exact_copies_have_no_diversity_and_no_gap(tmp_path, source, train_items
     assert text["items"] == len(rows)
     gap = entry["gap"]["text"]
     assert gap["n_pool"] == gap["n_source"] == len(rows)
+    assert gap["items"] == len(train_items)  # the gap's intervals redraw source items, both sides at once
     assert gap["frechet"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert gap["mmd2"]["value"] <= 1e-9
     # a text row's alignment is the source image with the caption: the source pairs themselves

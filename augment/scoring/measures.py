@@ -7,7 +7,7 @@
 * distribution gap between two samples: Frechet distance of Gaussians fitted to them, and the
   unbiased RBF-kernel MMD^2 with a median-heuristic bandwidth;
 * percentile bootstrap confidence intervals (alignment's by items, `bootstrap_item_means`;
-  bias-shifted for the gap measures).
+  the gap measures' by items too, paired between pool and source, and bias-shifted).
 
 Library code does the numerics wherever a well-kept implementation exists: scipy.linalg.sqrtm
 (the Frechet estimate), sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's
@@ -15,7 +15,9 @@ eigvalsh (Vendi, the resampled Frechet distances). The bootstraps are written he
 code, because the libraries' versions are the slow part of a first scoring pass: the means'
 percentile intervals draw exactly what scipy.stats.bootstrap draws (one index matrix shared by
 every statistic of one length, tested equal to scipy's), and the gap's resamples are one index
-matrix per side whose draw counts weight one kernel and one set of per-point outer products.
+matrix of items, drawn once for both sides (a paired cluster bootstrap; per side and by rows
+when no item ids are given), whose draw counts weight one kernel and one set of per-point
+outer products.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ import numpy as np
 
 CLIPSCORE_WEIGHT = 100.0
 # how the resamples are drawn: part of a pool's inputs key, so scores stored under another
-# scheme (multinomial gap counts before this one) are recomputed, not reused as if equal
-RESAMPLING = "index-matrix-2-alignment-by-items"
+# scheme (multinomial gap counts, then the gap's rows redrawn one by one, before this one)
+# are recomputed, not reused as if equal
+RESAMPLING = "index-matrix-3-gap-by-paired-items"
 # below this an eigenvalue of K/n counts as zero in the Vendi entropy (0 * log 0 = 0)
 EIGENVALUE_FLOOR = 1e-12
 # points the median heuristic looks at (its distance matrix is MEDIAN_POINTS^2)
@@ -439,28 +442,34 @@ def percentile_interval(estimate: float, resampled: list[float], confidence: flo
 
 
 def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidence: float = 0.95,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, items_x=None, items_y=None) -> dict:
     """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs,
     with `gap_blas_threads` BLAS threads (one for narrow embeddings).
 
     The squared distances of the median heuristic's subsample give the bandwidth, then the
-    kernel's blocks are computed (`rbf_kernel_blocks`); each resample draws x and y with
-    replacement (`_bootstrap_gap`). The intervals are bias-shifted percentile intervals
-    (`percentile_interval`): they contain the estimate.
+    kernel's blocks are computed (`rbf_kernel_blocks`). `items_x` / `items_y`: the item (source
+    image id) of each row; with them each resample draws items with replacement, one draw for
+    both sides, and every row comes with its item's count (`item_resample_counts`); without
+    them x and y are redrawn row by row as two independent samples. The intervals are
+    bias-shifted percentile intervals (`percentile_interval`): they contain the estimate.
+    "items": the items redrawn (None for row draws).
     """
     width = np.shape(x)[1] if np.ndim(x) == 2 else 0
     with _thread_pools().limit(limits=gap_blas_threads(width), user_api="blas"):
-        return _gap_measures(x, y, n_resamples, confidence, seed)
+        return _gap_measures(x, y, n_resamples, confidence, seed, items_x, items_y)
 
 
-def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float, seed: int) -> dict:
+def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float, seed: int,
+                  items_x=None, items_y=None) -> dict:
     import torch
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        return {"n_pool": n, "n_source": m, "frechet": None, "mmd2": None, "gamma": None}
+    if n < 2 or m < 2:  # no gap to measure (an empty side may come without its ids)
+        return {"n_pool": n, "n_source": m, "items": None, "frechet": None, "mmd2": None, "gamma": None}
+    codes = item_codes(items_x, items_y, n, m)
+    items = None if codes is None else int(codes[2])
     rows = _centred_rows(np.concatenate([x, y]))  # one centring: the distances the pooled matrix had
     subset = median_subset(len(rows), seed=seed)
     points = rows if subset is None else rows[torch.from_numpy(subset)]
@@ -469,10 +478,11 @@ def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: fl
     kernels = _kernel_blocks(rows[:n], rows[n:], gamma)
     frechet = frechet_between(x, y)
     mmd2 = mmd2_from_kernels(*kernels)
-    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed)
+    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed, codes)
     return {
         "n_pool": n,
         "n_source": m,
+        "items": items,
         "frechet": percentile_interval(frechet, frechet_samples, confidence),
         "mmd2": percentile_interval(mmd2, mmd_samples, confidence),
         "gamma": gamma,
@@ -487,27 +497,73 @@ def resample_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np
     return np.bincount(indices.reshape(-1), minlength=n_resamples * size).reshape(n_resamples, size).astype(np.float64)
 
 
-def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int):
-    """Frechet and MMD^2 of `n_resamples` resamples of x and y (drawn with replacement).
+def item_codes(items_x, items_y, n: int, m: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(item number of each x row, of each y row, number of items): the ids of both sides
+    numbered together, so that one id names one item on both sides; None without ids. Ids are
+    compared as strings, as `bootstrap_item_means` compares them."""
+    if items_x is None and items_y is None:
+        return None
+    if items_x is None or items_y is None:
+        raise ValueError("item ids are needed for both samples or neither")
+    items_x = np.asarray(items_x, dtype=object).reshape(-1)
+    items_y = np.asarray(items_y, dtype=object).reshape(-1)
+    if len(items_x) != n or len(items_y) != m:
+        raise ValueError(f"{len(items_x)} and {len(items_y)} item ids for samples of {n} and {m} rows")
+    names, codes = np.unique(np.concatenate([items_x, items_y]).astype(str), return_inverse=True)
+    codes = codes.reshape(-1)
+    return codes[:n], codes[n:], len(names)
+
+
+def item_resample_counts(rng: np.random.Generator, codes_x: np.ndarray, codes_y: np.ndarray, n_items: int,
+                         n_resamples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_resamples, n) and (n_resamples, m) draw counts of a paired cluster bootstrap: each
+    resample draws `n_items` items with replacement from the items of both samples (one index
+    matrix, as `resample_counts`), and every row, on either side, counts as often as its item
+    was drawn. The draw is shared: an item drawn k times brings k copies of its pool rows and
+    of its source rows. The totals per resample vary (items differ in size)."""
+    counts = resample_counts(rng, n_items, n_resamples)
+    return counts[:, codes_x], counts[:, codes_y]
+
+
+def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int, codes=None):
+    """Frechet and MMD^2 of `n_resamples` resamples of x and y: by items, both sides from one
+    draw (`item_resample_counts`), when `codes` (`item_codes`) are given, else row by row, each
+    side drawn independently with replacement.
 
     A resample is its draw counts per point, so no resampled matrix is ever gathered: MMD^2 of
     all resamples is two matrix products with the kernel, the Gaussians are count-weighted
     fits (equal to fits of the resampled rows) compared a block of resamples at a time
     (`resampled_frechet`). Duplicated draws count as distinct points in MMD^2's within-sample
     terms, which biases the resampled values up a little: the usual price of bootstrapping a
-    U-statistic.
+    U-statistic. A resample by items that brings fewer than 2 rows to a side has no value (NaN,
+    left out of the interval by `percentile_interval`).
     """
     n, m = len(x), len(y)
     rng = np.random.default_rng(seed)
-    counts_x = resample_counts(rng, n, n_resamples)
-    counts_y = resample_counts(rng, m, n_resamples)
+    if codes is None:
+        counts_x = resample_counts(rng, n, n_resamples)
+        counts_y = resample_counts(rng, m, n_resamples)
+    else:
+        counts_x, counts_y = item_resample_counts(rng, *codes, n_resamples)
     mmd_samples = resampled_mmd2(kernels, counts_x, counts_y)
     return resampled_frechet(x, y, counts_x, counts_y).tolist(), mmd_samples.tolist()
 
 
 def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
     """Frechet distance of each resample (rows of the count matrices), a block at a time: the
-    count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`)."""
+    count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`).
+    Each resample is fitted with its own count totals; one with fewer than 2 points on a side
+    (possible when items are drawn) has no covariance: NaN."""
+    values = np.full(len(counts_x), np.nan)
+    valid = (counts_x.sum(axis=1) >= 2) & (counts_y.sum(axis=1) >= 2)
+    if valid.all():
+        return _resampled_frechet(x, y, counts_x, counts_y)
+    if valid.any():
+        values[valid] = _resampled_frechet(x, y, counts_x[valid], counts_y[valid])
+    return values
+
+
+def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
     dims = x.shape[1]
     # the side with fewer points is factored (its factor has at most that many columns)
     small, large, counts_small, counts_large = (x, y, counts_x, counts_y) if len(x) <= len(y) else (y, x, counts_y, counts_x)
@@ -606,15 +662,17 @@ def resampled_mmd2(kernels: tuple, counts_x: np.ndarray, counts_y: np.ndarray) -
     symmetry, c^T K c = 2 c^T U c - sum_i c_i^2 K_ii with U its upper triangle (diagonal
     included), one BLAS triangular product (trmm: half a general product's work); the kernel
     is symmetric up to float rounding, so the values agree with the full product to rounding
-    (tested against the formula on the resampled rows)."""
+    (tested against the formula on the resampled rows). Each resample's terms are divided by
+    its own count totals (a resample by items brings a varying number of points); one with
+    fewer than 2 points on a side has no within-sample term: NaN."""
     kxx, kyy, kxy = kernels  # (K_xx, K_yy, K_xy)
-    n, m = len(kxx), len(kyy)
+    totals_x, totals_y = counts_x.sum(axis=1), counts_y.sum(axis=1)
 
     def weighted(counts: np.ndarray, block: np.ndarray) -> np.ndarray:
         # in the kernel's own dtype: a float64 copy of a float32 kernel would double the memory
         return (counts.astype(block.dtype) @ block).astype(np.float64)
 
-    def within(block: np.ndarray, counts: np.ndarray, size: int) -> np.ndarray:
+    def within(block: np.ndarray, counts: np.ndarray, size: np.ndarray) -> np.ndarray:
         from scipy.linalg.blas import get_blas_funcs
 
         trmm = get_blas_funcs("trmm", (block,))
@@ -624,36 +682,58 @@ def resampled_mmd2(kernels: tuple, counts_x: np.ndarray, counts_y: np.ndarray) -
                              overwrite_b=1).astype(np.float64)
         diagonal = np.diag(block).astype(np.float64)
         quadratic = 2.0 * np.einsum("rn,rn->r", upper_product, counts) - (counts * counts) @ diagonal
-        return (quadratic - counts @ diagonal) / (size * (size - 1))
+        pairs = size * (size - 1)
+        # pairs is 0 for a side of 0 or 1 point: no within term, NaN rather than a division by 0
+        return np.divide(quadratic - counts @ diagonal, pairs, out=np.full(len(counts), np.nan), where=pairs > 0)
 
-    cross = np.einsum("rn,rn->r", weighted(counts_x, kxy), counts_y) / (n * m)
-    return within(kxx, counts_x, n) + within(kyy, counts_y, m) - 2.0 * cross
+    cross = np.einsum("rn,rn->r", weighted(counts_x, kxy), counts_y)
+    cross = np.divide(cross, totals_x * totals_y, out=np.full(len(cross), np.nan), where=totals_x * totals_y > 0)
+    return within(kxx, counts_x, totals_x) + within(kyy, counts_y, totals_y) - 2.0 * cross
 
 
 class Reservoir:
     """A uniform random sample of at most `capacity` rows of a stream (Vitter's algorithm R),
-    seeded: memory stays fixed however long the stream is."""
+    seeded: memory stays fixed however long the stream is. Rows may come with ids (the item each
+    row belongs to, for the gap's item-level bootstrap): an id is written to the slot its row is,
+    by the same assignment, so the two stay aligned; ids take no draws, so the rows kept are the
+    same with or without them."""
 
     def __init__(self, capacity: int, seed: int = 0):
         self.capacity = int(capacity)
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self.rows: np.ndarray | None = None
+        self.item_ids: np.ndarray | None = None  # (capacity,) object array once ids are given
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, ids=None) -> None:
         rows = np.asarray(rows, dtype=np.float32)
         if len(rows) == 0:
             return
+        if ids is not None:
+            ids = np.asarray(ids, dtype=object).reshape(-1)
+            if len(ids) != len(rows):
+                raise ValueError(f"{len(ids)} ids for {len(rows)} rows")
+        # a stream is either all with ids or all without: a row kept without its id would
+        # silently be grouped with another item's
+        if self.seen and (ids is None) != (self.item_ids is None):
+            raise ValueError("rows were added with ids and without: give ids with every call or none")
         if self.rows is None:
             self.rows = np.empty((self.capacity, rows.shape[1]), dtype=np.float32)
+            if ids is not None:
+                self.item_ids = np.empty(self.capacity, dtype=object)
         positions = np.arange(self.seen, self.seen + len(rows))
         direct = positions < self.capacity
         self.rows[positions[direct]] = rows[direct]
+        if ids is not None:
+            self.item_ids[positions[direct]] = ids[direct]
         later = ~direct
         if later.any():
             slots = self.rng.integers(0, positions[later] + 1)  # slot j in [0, t] for stream index t
             keep = slots < self.capacity
+            # a slot drawn twice in one call: the later row wins, for the ids as for the rows
             self.rows[slots[keep]] = rows[later][keep]
+            if ids is not None:
+                self.item_ids[slots[keep]] = ids[later][keep]
         self.seen += len(rows)
 
     def sample(self) -> np.ndarray:
@@ -661,3 +741,8 @@ class Reservoir:
             return np.empty((0, 0), dtype=np.float32)
         return self.rows[: min(self.seen, self.capacity)]
 
+    def ids(self) -> np.ndarray | None:
+        """The item id of each row of `sample()`, in its order; None when rows came without ids."""
+        if self.item_ids is None:
+            return None
+        return self.item_ids[: min(self.seen, self.capacity)]

@@ -17,7 +17,9 @@ Definitions (the reference for everything `augment score` writes):
 * The **distribution gap** per modality compares the embeddings of the pool's new content with
   the source's content for the items the pool covers (their split(s)): all captions of those
   source images, or the images themselves. It is measured on a seeded uniform sample of at most
-  `gap_samples` embeddings per side: Frechet distance and unbiased RBF MMD^2.
+  `gap_samples` embeddings per side: Frechet distance and unbiased RBF MMD^2. Each sampled
+  embedding keeps its source image id, and the intervals redraw those items, each draw bringing
+  the item's pool rows and its source content together.
 
 Rows are read and embedded in chunks that end at item boundaries, so memory does not grow with
 the pool beyond a few numbers per row.
@@ -326,10 +328,12 @@ class Totals:
         for modality, alignment, item in zip(rows.modality, columns["alignment"], rows.source_image_id):
             self.alignment[modality].append(alignment)
             self.alignment_items[modality].append(item)
+        # each sampled row keeps its source item (the key the alignment intervals redraw): the
+        # gap's bootstrap redraws items, pairing a pool row with its item's source content
         if texts:
-            self.pool_sample["text"].add(np.stack(list(texts.values())))
+            self.pool_sample["text"].add(np.stack(list(texts.values())), [rows.source_image_id[k] for k in texts])
         if images:
-            self.pool_sample["image"].add(np.stack(list(images.values())))
+            self.pool_sample["image"].add(np.stack(list(images.values())), [rows.source_image_id[k] for k in images])
 
     def add_items(self, columns: dict) -> None:
         for modality, distance, vendi in zip(columns["modality"], columns["mean_pairwise_distance"], columns["vendi"]):
@@ -345,10 +349,11 @@ class Totals:
             return
         self.sources_seen.update(new)
         captions = [source.captions[image_id] for image_id in new]
-        self.source_sample["text"].add(np.concatenate(captions))
-        self.source_sample["image"].add(np.stack([source.image[image_id] for image_id in new]))
+        caption_items = [image_id for image_id, c in zip(new, captions) for _ in range(len(c))]
+        self.source_sample["text"].add(np.concatenate(captions), caption_items)
+        self.source_sample["image"].add(np.stack([source.image[image_id] for image_id in new]), new)
         self.source_alignment.extend(np.concatenate([c @ source.image[i] for i, c in zip(new, captions)]).tolist())
-        self.source_alignment_items.extend(image_id for image_id, c in zip(new, captions) for _ in range(len(c)))
+        self.source_alignment_items.extend(caption_items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,9 +491,10 @@ def _content_modalities(present: dict) -> list[str]:
 
 
 def _gap(totals: Totals, modality: str, settings: ScoreSettings) -> dict:
+    pool, source = totals.pool_sample[modality], totals.source_sample[modality]
     return measures.gap_measures(
-        totals.pool_sample[modality].sample(), totals.source_sample[modality].sample(),
-        n_resamples=settings.gap_bootstrap, confidence=settings.confidence, seed=settings.seed,
+        pool.sample(), source.sample(), n_resamples=settings.gap_bootstrap, confidence=settings.confidence,
+        seed=settings.seed, items_x=pool.ids(), items_y=source.ids(),
     )
 
 

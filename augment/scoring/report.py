@@ -7,7 +7,8 @@ scores.json::
 ENTRY (pool_scores.summarise): scorer, pool, source, settings; "alignment" (cosine) per modality
 and "all", "clipscore", "source_alignment" (the source's own pairs, a reference), "diversity" per
 modality {mean_pairwise_distance, vendi, items}, each {mean, low, high, n}; "gap" per modality
-{frechet, mmd2: {value, low, high}, n_pool, n_source, gamma}; "encoding" (embeddings computed
+{frechet, mmd2: {value, low, high}, n_pool, n_source, items (the source items the intervals
+redraw), gamma}; "encoding" (embeddings computed
 vs. taken from the cache); "tables" (side-table paths relative to the pool).
 """
 from __future__ import annotations
