@@ -58,3 +58,28 @@ def test_noisy_scene_captions_are_false_of_their_scene():
         scene = sample_scene(rng)
         verdicts.append(check_caption(generator._draw(scene, rng), scene))
     assert sum(v is False for v in verdicts) >= 90  # a few captions have no corruptible word
+
+
+def test_noisy_rows_record_whether_their_caption_is_false(tmp_path):
+    """A noisy caption no swap could make false is kept, but its row says it is true of its image."""
+    import json
+
+    from augment.generators.procedural import SceneCaptionGenerator
+    from augment.world.scene import Scene, SceneObject
+    from augment.world.truth import check_caption
+
+    scene = Scene((SceneObject("square", "green", "large", "centre"),), "plain")
+    item = {"image_id": "img0", "captions": ["a large green square"], "split": "train",
+            "meta": json.dumps({"scene": scene.to_dict()})}
+    rows = SceneCaptionGenerator("noisy").generate([item], 6, seed=0)
+    records = [json.loads(r["provenance"]) for r in rows]
+    assert rows and all(r["false_of_image"] == (check_caption(row["caption"], scene) is False)
+                        for r, row in zip(records, rows))
+    assert any(r["false_of_image"] for r in records)
+    # a caption with no attribute word to swap stays true: its row says so
+    generator = SceneCaptionGenerator("noisy")
+    generator._draw = lambda scene, rng: f"a picture {rng.random()}"
+    [kept, *_] = [json.loads(r["provenance"]) for r in generator.generate([item], 2, seed=0)]
+    assert kept["false_of_image"] is False and "no attribute swap" in kept["note"]
+    plain = json.loads(SceneCaptionGenerator("full").generate([item], 1, seed=0)[0]["provenance"])
+    assert "false_of_image" not in plain

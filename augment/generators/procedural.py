@@ -5,7 +5,8 @@
   world's analogue of text-to-image generation, well aligned and diverse by construction.
 * `i2t-scene`: new captions that are true of an image's scene, in wordings the source may lack
   (`--caption-style partial` describes one object only; `noisy` corrupts one attribute word of
-  a whole-scene caption so that it is false of the image: a deliberately noisy pool).
+  a whole-scene caption so that it is false of the image: a deliberately noisy pool; each row
+  records `false_of_image`, with a note on the rare caption no swap could make false).
 * `shuffle`: captions of other images, a deliberately misaligned control.
 
 Rows depend only on (seed, image id, caption index, k), like every generator.
@@ -116,8 +117,21 @@ class SceneCaptionGenerator(Generator):
                 else:
                     continue  # this scene has no further wording; fewer than n rows
                 seen.add(caption.lower())
-                rows.append(self.row(item, -1, k, seed, caption=caption, style=self.caption_style))
+                rows.append(self.row(item, -1, k, seed, caption=caption, style=self.caption_style,
+                                     **self._noise_record(caption, scene)))
         return rows
+
+    def _noise_record(self, caption: str, scene) -> dict:
+        """For a noisy caption, whether it is false of its image (the world's checker): a caption
+        with no colour, shape or size word that a swap makes false stays true, and its row says so
+        rather than pass for noise."""
+        if self.caption_style != "noisy":
+            return {}
+        from augment.world.truth import check_caption
+
+        if check_caption(caption, scene) is False:
+            return {"false_of_image": True}
+        return {"false_of_image": False, "note": "no attribute swap made this caption false: kept as drawn"}
 
 
 class ShuffleGenerator(Generator):
