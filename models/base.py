@@ -381,7 +381,8 @@ class CaptioningModel(ImageTextModel):
         raise NotImplementedError
 
 
-_NO_DECAY_WORDS = ("bn", "ln", "norm", "bias", "logit_scale", "logit_bias", "temp", "embeddings.position", "cls_token", "pos_embed")
+_NO_DECAY_WORDS = ("bn", "ln", "norm", "bias", "logit_scale", "logit_bias", "temp", "embeddings.position", "cls_token", "pos_embed",
+                   "class_embedding")  # BLIP's ViT class token is [1, 1, D]: not caught by the 1-d rule
 
 
 def _missing_transform(image: Any) -> torch.Tensor:

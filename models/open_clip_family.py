@@ -252,6 +252,10 @@ class OpenClipModel(VisionLanguageModel):
         self.model.set_grad_checkpointing(enable)  # open_clip's own switch (both towers)
 
     def after_optimizer_step(self) -> None:
+        if self.itc_loss == "sigmoid":
+            # SigLIP: no clamp, as big_vision. Released SigLIPs learned scales above 100 (112 for
+            # SO400M-14), which open_clip_train's clamp would cut at the first step, against the learnt bias
+            return
         with torch.no_grad():  # as CLIP and open_clip: temperature no lower than 1/100
             self.model.logit_scale.clamp_(0, math.log(100))
 

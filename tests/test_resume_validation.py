@@ -201,6 +201,11 @@ def test_resuming_with_other_validation_settings_is_refused_naming_the_flags(tmp
         with pytest.raises(ConfigError, match=r"^--resume: validation settings differ from the run in .*"
                                               + flags.replace("[", r"\[").replace("]", r"\]")):
             _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **{**common, **changed})
+    # without --val-frequency the run would quietly stop validating (was: accepted, its curve and best/ frozen)
+    without = {k: v for k, v in common.items() if not k.startswith("val_")}
+    with pytest.raises(ConfigError, match=r"^--resume: the run in .* was validated \(its validation.jsonl, up to "
+                                          r"step 1\) but this resume has no --val-frequency"):
+        _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **without)
     assert _files(tmp_path / "run") == files
     summary, _ = _run(tmp_path, "run", sample_world_dir, max_steps=3, resume="latest", **common)  # the same: resumes
     # (one epoch is more than 3 steps: step 0, then the last step of each run; step 1's line is the checkpoint's weights)

@@ -97,7 +97,9 @@ def test_force_never_writes_an_export_among_other_files_inside_data(tmp_path, ca
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--license", "CC BY 4.0", "--license 'CC BY 4.0': expected a Hub license id such as cc-by-4.0"),
+    ("--license", "CC BY 4.0", "--license 'CC BY 4.0': not a Hub license id (did you mean cc-by-4.0"),
+    ("--license", "apache2", "--license 'apache2': not a Hub license id (did you mean apache-2.0"),
+    ("--license", "bogus-lic", "--license 'bogus-lic': not a Hub license id"),
     ("--language", "english", "--language 'english': expected comma-separated ISO 639 codes such as en or en,fr ('english' is not one)"),
     ("--language", ",", "--language ',': expected comma-separated ISO 639 codes"),
 ])
@@ -107,7 +109,7 @@ def test_card_metadata_the_hub_would_refuse_is_refused_before_anything_is_writte
     pool = text_pool(tmp_path / "pool", "eda")
     assert expected in refused(capsys, "push", pool, "--to-dir", tmp_path / "export", option, value)
     assert not (tmp_path / "export").exists()
-    assert run(capsys, "push", pool, "--to-dir", tmp_path / "good", "--license", "cc-by-4.0", "--language", "en,zh-Hans",
+    assert run(capsys, "push", pool, "--to-dir", tmp_path / "good", "--license", "openrail++", "--language", "en,zh-Hans",
                "--source-license", "Flickr terms")[0] == 0  # the source's license is the card's text: any words
 
 

@@ -319,3 +319,72 @@ def test_training_on_held_out_rows_or_validating_on_trained_ones_is_refused(tmp_
                       "--val-split", "all", "--max-steps", "1", *FAST, "--out", tmp_path / "all-val")
     assert code == 2 and "--val-split all validates on the rows --train-split train trains on" in err, err
     assert not (tmp_path / "all-val").exists()
+
+
+def test_inner_attacks_run_without_dropout_and_leave_the_modes_as_they_were():
+    """With dropout (ALBEF's BERT: 0.1) an attack in training mode sees a new mask per candidate and
+    per PGD step: its result followed the torch seed. The inner attacks run in eval mode."""
+    from models import load_model
+    from tasks.retrieval import RetrievalTask
+    from train.config import TrainConfig
+    from train.methods import MATMethod, StepContext, attacked_as_evaluated
+
+    model = load_model("tiny-albef", device="cpu")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+    model.set_grad_checkpointing(True)
+    model.train()
+    frozen_layer = model.visual_encoder  # a tower kept in eval mode stays so
+    frozen_layer.eval()
+    config = TrainConfig(method="mat", model="tiny-albef", mlm="tiny-mlm", word_budget=1, top_k=10,
+                         attack_eps=2 / 255, pgd_steps=3, pgd_step_size=0.5 / 255)
+    method = MATMethod(StepContext(forward=None, model=model, task=RetrievalTask(), config=config,
+                                   pgd_generator=torch.Generator()))
+    pixels = torch.rand(6, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    texts = ["a red circle on the left", "a blue square", "a green star above a circle", "two small shapes",
+             "a large red triangle", "a yellow star"]
+    keys = torch.arange(6)
+    modes = {name: module.training for name, module in model.named_modules()}
+
+    def attacked(seed: int):
+        torch.manual_seed(seed)
+        method.ctx.pgd_generator.manual_seed(0)
+        return method._attack_text(pixels, texts, keys), method._pgd(pixels, model.tokenize(texts), keys, texts)
+
+    (texts_1, pixels_1), (texts_2, pixels_2) = attacked(1), attacked(2)
+    assert texts_1 == texts_2
+    assert torch.equal(pixels_1, pixels_2)
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    with attacked_as_evaluated(model):
+        layers = list(model.text_encoder.encoder.layer)
+        assert all(layer.training for layer in layers)  # transformers checkpoints a layer in training mode only
+        assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_siglip_keeps_a_learnt_scale_above_100_and_clip_is_clamped():
+    """Released SigLIPs learned logit scales above 100 (112 for SO400M-14): clamping at 100 after the
+    first step would change the model against its learnt bias. CLIP keeps CLIP's clamp."""
+    import math
+
+    from models import load_model
+
+    siglip, clip = load_model("tiny-siglip", device="cpu"), load_model("tiny-clip", device="cpu")
+    for model in (siglip, clip):
+        with torch.no_grad():
+            model.model.logit_scale.fill_(math.log(112.33))
+        model.after_optimizer_step()
+    assert siglip.model.logit_scale.exp().item() == pytest.approx(112.33, rel=1e-5)
+    assert clip.model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_blips_class_token_is_not_decayed_as_in_every_other_family():
+    from models import load_model
+
+    for name, token in (("tiny-blip", "vision_model.embeddings.class_embedding"), ("tiny-albef", "cls_token"),
+                        ("tiny-clip", "class_embedding")):
+        model = load_model(name, device="cpu")
+        no_decay, decay = model.parameter_groups(0.1)
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert any(names[id(p)].endswith(token) for p in no_decay["params"]), name
+        assert not any(token in names[id(p)] for p in decay["params"]), name

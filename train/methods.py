@@ -12,8 +12,9 @@ supports it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
@@ -50,6 +51,30 @@ class StepContext:
     data: Any = None  # train.data.TrainData: its rows, for MAT's text attack filter
 
 
+@contextmanager
+def attacked_as_evaluated(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode while an inner attack runs, each module's mode restored after.
+
+    Under training mode every PGD gradient and every candidate caption's score would see its own
+    dropout draw (ALBEF's and BLIP's BERTs: 0.1), so the search would keep the candidate with the
+    luckiest mask rather than the strongest one, and PGD would follow noise: a weaker attack than
+    the one `train eval` runs (as TRADES and most adversarial training code, the attack runs in
+    eval mode). A module that checkpoints its activations (`gradient_checkpointing`, transformers'
+    layers, which checkpoint in training mode only) keeps training mode itself, so PGD's backward
+    keeps `--grad-checkpointing`'s memory; its children, dropout included, are in eval mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    for module, _ in modes:
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = True
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 class Method:
     """One training method: a batch in, a loss out (attacks included)."""
 
@@ -69,8 +94,10 @@ class Method:
         cfg, ctx = self.cfg, self.ctx
         if cfg.pgd_steps == 0 or cfg.attack_eps == 0:
             return pixels
-        loss = ctx.task.image_attack_loss(ctx.model, tokens, keys, texts)
-        return pgd_linf(pixels, loss, cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
+        with attacked_as_evaluated(ctx.model):  # the captions' side of the loss is encoded here too
+            loss = ctx.task.image_attack_loss(ctx.model, tokens, keys, texts)
+            return pgd_linf(pixels, loss, cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start,
+                            ctx.pgd_generator)
 
     def _robust_and_clean(self, adv_pixels: torch.Tensor, adv_tokens, clean_pixels: torch.Tensor, clean_tokens,
                           batch: Batch, adv_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +142,9 @@ class FAREMethod(Method):
         ctx, cfg, model = self.ctx, self.cfg, self.ctx.model
         with torch.no_grad():
             target = ctx.frozen.encode_image(batch.pixels, normalize=False)
-        adv = pgd_linf(batch.pixels, lambda x: fare_loss(model.encode_image(x, normalize=False), target),
-                       cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
+        with attacked_as_evaluated(model):
+            adv = pgd_linf(batch.pixels, lambda x: fare_loss(model.encode_image(x, normalize=False), target),
+                           cfg.attack_eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.random_start, ctx.pgd_generator)
         if cfg.clean_weight > 0:
             robust_emb, clean_emb = ctx.forward(torch.cat([adv, batch.pixels]), chunks=2, image_embeddings=True)
             robust, clean = fare_loss(robust_emb, target), fare_loss(clean_emb, target)
@@ -167,6 +195,10 @@ class MATMethod(Method):
     def _attack_text(self, pixels: torch.Tensor, texts: list[str], keys: torch.Tensor) -> list[str]:
         if self.text_attack is None:
             return list(texts)
+        with attacked_as_evaluated(self.ctx.model):
+            return self._searched_texts(pixels, texts, keys)
+
+    def _searched_texts(self, pixels: torch.Tensor, texts: list[str], keys: torch.Tensor) -> list[str]:
         if self.accept is None:
             return self.text_attack(pixels, texts, None).texts
         from train.text_filter import accepted_prefix

@@ -583,13 +583,15 @@ class Trainer:
     def _check_validation_resume(self, step: int) -> None:
         """The validation lines a resume keeps were measured as this run will measure (every process
         checks, so that all stop alike); a study's validator (a callback) checks its own."""
-        from train.validation import check_resume
+        from train.validation import check_resume, check_resume_keeps_validating
 
         if self.validation_record is not None:
             check_resume(self.run_dir, self.validation_record, step)
-        for callback in self.callbacks:
-            if hasattr(callback, "check_resume") and callback is not self.validator:
-                callback.check_resume(step)
+        checking = [c for c in self.callbacks if hasattr(c, "check_resume") and c is not self.validator]
+        for callback in checking:
+            callback.check_resume(step)
+        if self.validator is None and not checking and step < self.total_steps:  # (a finished run trains nothing)
+            check_resume_keeps_validating(self.run_dir, step)
 
     def _check_resumable(self, state: dict) -> None:
         step = int(state.get("step", 0))

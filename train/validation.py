@@ -75,6 +75,19 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
                           f"{flags}; resume with the run's, or start over with --overwrite")
 
 
+def check_resume_keeps_validating(run_dir: str | os.PathLike, start: int) -> None:
+    """Before a run resumed at step `start` without validation writes anything: a run validated up
+    to there would quietly stop validating (its validation.jsonl and best/ frozen at `start`, its
+    config.yaml and summary.json saying it never validated)."""
+    from train.config import ConfigError
+
+    steps = [record["step"] for record in read_jsonl(Path(run_dir) / VALIDATION_FILE) if record["step"] <= start]
+    if steps:
+        raise ConfigError(f"--resume: the run in {Path(run_dir)} was validated (its {VALIDATION_FILE}, up to step "
+                          f"{max(steps)}) but this resume has no --val-frequency: resume with the run's validation "
+                          "settings, or start over with --overwrite")
+
+
 def best_line(run_dir: str | os.PathLike) -> dict | None:
     """The validation line of the weights in RUN/best (None when there are none)."""
     meta = Path(run_dir) / BEST_DIR / "validation.json"

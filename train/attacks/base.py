@@ -11,7 +11,8 @@ Every attack is a small class built on a victim model, with one call signature
 * `texts`: list of T captions.
 * `image_of_text`: long tensor [T] giving the image index of each caption; `None` means 1:1
   pairs (T == B, caption i belongs to image i). Evaluation passes every caption of every image;
-  SGA uses it to find each image's caption set; the trainer passes multi-positive groups.
+  SGA uses it to find each image's caption set. The trainer's MAT text attack passes None (each
+  caption scored against its own row's image); its PGD and outer loss group rows by source image.
 
 Attacks maximise an attack loss (`loss=`): `"pair"` (default; push each image away from its
 own captions and vice versa, as the attack papers do) or `"contrastive"` (the batch's image-text
