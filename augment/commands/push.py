@@ -10,10 +10,9 @@ import re
 from augment.errors import MatPlusError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-# the shapes of the Hub's card metadata it checks on each commit: a license id (`cc-by-4.0`, `apache-2.0`,
-# `openrail++`, `other`) and ISO 639 codes (`en`, `fra`, `zh-Hans`). A card with `CC BY 4.0` was
-# refused by the Hub after the data commit had landed, leaving a repository without its card
-_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+# the card metadata the Hub checks on each commit: a license id of its list (`data_cards.licenses`)
+# and the shape of ISO 639 codes (`en`, `fra`, `zh-Hans`). A card with `CC BY 4.0` was refused by
+# the Hub after the data commit had landed, leaving a repository without its card
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 # what Ctrl-C prints (augment.cli_common): a re-run over an unfinished export needs no --force
 # (hub.write_repo_folder); a Hub repo gets whole commits only, but one holding the data commit
@@ -57,9 +56,11 @@ def check_arguments(args) -> None:
         raise MatPlusError(f"--repo-id {args.repo_id!r}: expected ORG/NAME (letters, digits, '.', '_', '-')")
     if args.to_dir and (args.private or args.revision):
         raise MatPlusError("--private and --revision apply to uploads only, not to --to-dir")
-    if not _LICENSE_ID.fullmatch(args.license):  # --source-license is the card's text only: any words
-        raise MatPlusError(f"--license {args.license!r}: expected a Hub license id such as cc-by-4.0, apache-2.0, mit "
-                           "or other (lower case, no spaces)")
+    from data_cards.licenses import license_problem
+
+    problem = license_problem(args.license)  # --source-license is the card's text only: any words
+    if problem:
+        raise MatPlusError(f"--license {args.license!r}: {problem}")
     codes = [code.strip() for code in args.language.split(",") if code.strip()]
     wrong = [code for code in codes if not _LANGUAGE_CODE.fullmatch(code)]
     if wrong or not codes:
