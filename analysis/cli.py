@@ -172,15 +172,18 @@ def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
     cells: dict[tuple[str, str], dict[tuple[str, str], list[tuple[float, str]]]] = {}
     sources, targets = [], []
     for name, report in evaluations:
+        attacked = {attack: entry for attack, entry in report.get("attacks", {}).items()
+                    if attack != "clean" and "tr@1" in entry}
+        if not attacked:  # a captioning or grounding report (or clean only): no retrieval model to tabulate
+            continue
         attacker, victim = _model_label(report.get("attacker", {})), _model_label(report.get("victim", {}))
         protocol = _protocol_label(report)
         for label, seen in ((attacker, sources), (victim, targets)):
             if label not in seen:
                 seen.append(label)
-        for attack, entry in report.get("attacks", {}).items():
-            if attack != "clean" and "tr@1" in entry:
-                cell = cells.setdefault((attack, protocol), {}).setdefault((attacker, victim), [])
-                cell.append(((entry["tr@1"] + entry["ir@1"]) / 2, name))
+        for attack, entry in attacked.items():
+            cell = cells.setdefault((attack, protocol), {}).setdefault((attacker, victim), [])
+            cell.append(((entry["tr@1"] + entry["ir@1"]) / 2, name))
     if len(set(sources) | set(targets)) < 2:
         return ""
     sources, targets = sorted(sources), sorted(targets)

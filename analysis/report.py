@@ -365,7 +365,7 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
                  if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
     pools = _pool_analysis(out, scores, results, summary, headline, meaning_preserved)
     comparison = _comparison(out, config, results, summary, main_runs, attacks, headline, meaning_preserved)
-    sections = [*_introduction(config, headline, meaning_preserved), "", *comparison.lines, "",
+    sections = [*_introduction(config, headline, meaning_preserved, _evaluated_images(results)), "", *comparison.lines, "",
                 *_tables(main_runs, attacks, pools)]
     plots = {"properties": pools.plot.name}
     if comparison.curves_png is not None:
@@ -470,9 +470,23 @@ def _comparison(out: Path, config: dict, results: list[dict], summary: dict, mai
     return _Comparison(lines, best_summary, rows, verdicts, curves_png)
 
 
-def _introduction(config: dict, headline: str, meaning_preserved: bool) -> list[str]:
-    """The report's title, the study's setting (model, fine-tuning, evaluation) and what robust R@1 means."""
+def _evaluated_images(results: list[dict]) -> int | None:
+    """How many images the evaluations ranked (their eval.json), None when none says."""
+    for result in results:
+        count = ((result.get("eval") or {}).get("settings") or {}).get("num_images")
+        if isinstance(count, int) and count > 0:
+            return count
+    return None
+
+
+def _introduction(config: dict, headline: str, meaning_preserved: bool, images: int | None = None) -> list[str]:
+    """The report's title, the study's setting (model, fine-tuning, evaluation) and what robust R@1 means;
+    `images`: how many images the evaluations ranked (chance at TR@1 is one in that many)."""
     captions = config.get("finetune_captions")
+    limit, per_image = config["eval"]["limit"], config["eval"]["captions_per_image"]
+    # eval.limit and captions_per_image may be null (every image, every caption); the split may hold fewer than the limit
+    gallery = (f"{images} images" if images else f"up to {limit} images" if limit else "every image") + " x " \
+        + (f"{per_image} captions" if per_image else "all their captions")
     return [
         f"# Study report: {config['name']}",
         "",
@@ -484,14 +498,13 @@ def _introduction(config: dict, headline: str, meaning_preserved: bool) -> list[
         + ("the train scenes outside the fine-tuning set. " if config['pretrain'].get('scenes') == 'rest' else "every train scene. ")
         + (f"The fine-tuning source keeps {captions['per_image']} caption(s) per train image ({captions.get('choice', 'rotate')}). " if captions else "")
         + f"Text attacks in evaluation use the masked LM `{config['eval']['mlm']}`. "
-        f"Evaluation: {config['eval']['split']} split, up to {config['eval']['limit']} images x "
-        f"{config['eval']['captions_per_image']} captions, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps, "
+        f"Evaluation: {config['eval']['split']} split, {gallery}, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps, "
         + _protocol_words(config["eval"]) + ".",
         "",
         f"R@1 = mean of TR@1 and IR@1 in percent (mean ± standard deviation over seeds); **robust R@1** is R@1 under "
         f"`{headline}`" + (" counting only attacked captions that stay true (see below)"
                            if meaning_preserved and headline not in CAPTION_KEEPING_ATTACKS else "")
-        + f". Chance is {100 / max(1, config['eval']['limit']):.1f}% for TR@1.",
+        + (f". Chance is {100 / images:.1f}% for TR@1." if images else "."),
     ]
 
 

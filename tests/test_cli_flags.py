@@ -199,12 +199,13 @@ def test_eval_refuses_out_of_range_settings_before_loading(extra, message, tmp_p
 def test_eval_refuses_a_rerank_k_a_model_without_itm_would_ignore(tmp_path, capsys, sample_world_dir):
     from train.cli import main
 
-    code = main(["eval", "tiny-clip", "--rerank-k", "64", "--source", str(sample_world_dir), "--limit", "2",
-                 "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --rerank-k 64: re-ranking needs an ITM head, which tiny-clip has none of (BLIP, ALBEF and TCL do): "
-        "leave it out")
+    for k in ("64", "128"):  # 128, the default k of ITM models, was let through and ignored
+        code = main(["eval", "tiny-clip", "--rerank-k", k, "--source", str(sample_world_dir), "--limit", "2",
+                     "--out", str(tmp_path / "o")])
+        assert code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: --rerank-k {k}: re-ranking needs an ITM head, which tiny-clip has none of (BLIP, ALBEF and TCL do): "
+            "leave it out")
 
 
 def test_a_resume_refusal_names_attack_options_by_their_flags_and_a_damaged_tag_says_restart(tmp_path):
@@ -228,8 +229,8 @@ def test_a_resume_refusal_names_attack_options_by_their_flags_and_a_damaged_tag_
 def test_eval_accepts_a_task_option_left_at_its_default(tmp_path, capsys, sample_world_dir):
     from train.cli import main
 
-    # --rerank-k at its default value is not "set": the run goes on to read the data and load the model
-    code = main(["eval", "tiny-clip", "--task", "captioning", "--rerank-k", "128", "--source",
+    # --protocol at its default value is not "set": the run goes on to read the data and load the model
+    code = main(["eval", "tiny-clip", "--task", "captioning", "--protocol", "project", "--source",
                  str(sample_world_dir), "--out", str(tmp_path / "o")])
     # ... and a retrieval model is refused by its kind before its loader sees captioning's options
     assert code == 2

@@ -153,3 +153,35 @@ def test_unknown_attack_is_one_line_before_the_source_is_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --attacks: unknown attack 'foo' (choose from clean, pgd, ")
     assert "\n" not in err and "missing" not in err and not (tmp_path / "o").exists()
+
+
+# a later review: grounding and captioning reports made up transfer tables; the study report's chance sentence
+
+
+def test_transfer_tables_leave_out_reports_without_retrieval_numbers():
+    from analysis.cli import transfer_tables
+
+    white_box = {"victim": {"name": "tiny-clip"}, "attacker": {"name": "tiny-clip"},
+                 "attacks": {"clean": {"tr@1": 80.0, "ir@1": 70.0}, "pgd": {"tr@1": 10.0, "ir@1": 0.0}}}
+    grounding = {"task": "grounding", "model": {"name": "tiny-albef"}, "attacks": GROUNDING["attacks"]}
+    assert transfer_tables([("w", white_box), ("g", grounding)]) == ""  # one retrieval model: no transfer table
+    transfer = {**white_box, "attacker": {"name": "tiny-siglip"}}
+    table = transfer_tables([("w", white_box), ("t", transfer), ("g", grounding)])
+    assert "| source \\ target | tiny-clip |" in table and "tiny-albef" not in table and "?" not in table
+
+
+@pytest.mark.parametrize("limit, per_image, images, expected", [
+    (None, None, 25, "test split, 25 images x all their captions"),
+    (100, 2, 25, "test split, 25 images x 2 captions"),
+    (None, 2, None, "test split, every image x 2 captions"),
+])
+def test_the_study_report_says_the_gallery_evaluated_and_its_chance(limit, per_image, images, expected):
+    """eval.limit null (every image) crashed the report after every run had trained; chance was one in the limit."""
+    from analysis.config import load_study_config
+    from analysis.report import _introduction
+
+    config = load_study_config("default", {})
+    config["eval"].update(limit=limit, captions_per_image=per_image, split="test")
+    text = "\n".join(_introduction(config, "sga", True, images))
+    assert expected in text
+    assert ("Chance is 4.0% for TR@1." in text) == (images == 25)

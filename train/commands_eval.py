@@ -294,7 +294,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per attack batch, with all their captions (default: 32)")
     runtime.add_argument("--text-batch", type=int, default=256, help="captions per text-encoder forward pass (default: 256)")
-    runtime.add_argument("--rerank-k", type=int, default=RERANK_K_DEFAULT,
+    # default None: 128 for a model with an ITM head, so that any k given for one without it is seen and refused
+    runtime.add_argument("--rerank-k", type=int, default=None,
                          help="fusion models (BLIP, ALBEF): ITM re-ranks each query's top k of the ITC ranking; 0: ITC only "
                               "(default: 128, the Flickr30k protocol; ALBEF/BLIP's COCO configs use 256)")
     runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
@@ -380,7 +381,7 @@ def _check_option_values(args) -> None:
     for option in ("pgd_steps", "top_k", "batch_size", "text_batch"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
-    if args.rerank_k < 0:
+    if args.rerank_k is not None and args.rerank_k < 0:
         raise MatPlusError(f"--rerank-k must not be negative: {args.rerank_k}")
     for option in ("word_budget", "limit", "captions_per_image"):
         value = getattr(args, option)
@@ -482,8 +483,7 @@ def _run(args: argparse.Namespace) -> int:
     attacker = None
     if args.attacker_model:
         attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
-    if args.rerank_k not in (0, RERANK_K_DEFAULT) and not getattr(victim, "has_itm", False):
-        # it would be silently ignored (the default is: it is what an ITM model gets unasked)
+    if args.rerank_k not in (None, 0) and not getattr(victim, "has_itm", False):  # it would be silently ignored
         raise MatPlusError(f"--rerank-k {args.rerank_k}: re-ranking needs an ITM head, which "
                            f"{victim.name or victim.family} has none of (BLIP, ALBEF and TCL do): leave it out")
     check_fusion_target(args, attacker or victim)
@@ -491,7 +491,8 @@ def _run(args: argparse.Namespace) -> int:
     progress_dir = progress_folder(args)
     with autocast(device, args.precision):
         report = evaluate(
-            victim, dataset, split=args.split, attacks=args.attacks, attacker=attacker, rerank_k=args.rerank_k,
+            victim, dataset, split=args.split, attacks=args.attacks, attacker=attacker,
+            rerank_k=RERANK_K_DEFAULT if args.rerank_k is None else args.rerank_k,
             batch_size=args.batch_size, captions_per_image=args.captions_per_image, limit=args.limit,
             save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
