@@ -150,6 +150,7 @@ def _checked(config: dict, layer: dict, overrides: dict | None) -> dict:
     given = _merge(layer, overrides or {})
     if config["task"] != "retrieval":
         config = _task_config(config, given)
+    _check_shapes(config)
     if "mat+" in config["methods"] and not config["pools"]:
         # mat+ runs once per pool: with none the study trained no mat+ run and still exited 0
         raise MatPlusError("study config: methods has mat+ but pools is empty (mat+ runs once per pool): "
@@ -204,6 +205,18 @@ COUNTS = {
 }
 
 
+def _check_shapes(config: dict) -> None:
+    """The top-level values every later check reads: strings where paths and names go, mappings
+    (or null) for the small sections."""
+    for field in ("name", "out"):  # a null `out` failed as a TypeError when the study began
+        if not isinstance(config.get(field), str) or not config[field].strip():
+            raise MatPlusError(f"study config: {field} must be a non-empty string, got {config.get(field)!r}")
+    for section in SECTION_KEYS:
+        value = config.get(section)
+        if value is not None and not isinstance(value, dict):  # `n_aug_sweep: scene` was an AttributeError
+            raise MatPlusError(f"study config: {section} must be a mapping or null, got {value!r}")
+
+
 def _check_sections(config: dict) -> None:
     """Each small section: no key it does not read, counts that are counts, the sweep's values."""
     for section, known in SECTION_KEYS.items():
@@ -216,6 +229,10 @@ def _check_sections(config: dict) -> None:
         for key in COUNTS.get(section, ()):
             if key in value and value[key] is not None and not _is_count(value[key]):
                 raise MatPlusError(f"study config: {section}.{key} must be a whole number >= 1, got {value[key]!r}")
+    for section in ("world", "pretrain"):  # a seed of another type failed only when its stage began
+        seed = config[section].get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise MatPlusError(f"study config: {section}.seed must be a non-negative whole number, got {seed!r}")
     problem = pretrain_checkpoint_problem(config)
     if problem:  # found at load, the message names the file; the study found it only when pretraining began
         raise MatPlusError(f"study config: {problem}")

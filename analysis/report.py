@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.atomic import atomic_write_text, save_figure_atomic
+from augment.errors import MatPlusError
 from augment.pool import write_json_atomic
 
 PROPERTY_LABELS = {
@@ -142,7 +143,8 @@ def pool_gains(results: list[dict], headline: str, meaning_preserved: bool, base
         value = r_at_1(entry["eval"], headline, "_meaning_preserved") if meaning_preserved else None
         return value if value is not None else r_at_1(entry["eval"], headline)
 
-    base = {r["seed"]: robust(r) for r in results if r["run"] == baseline and r.get("group", "main") == "main"}
+    # the baseline of any group: `mat` trained only for `more_samples` is still MAT (as `verdict` reads it)
+    base = {r["seed"]: robust(r) for r in results if r["run"] == baseline}
     gains: dict[str, list] = defaultdict(list)
     for r in results:
         pools = r.get("pools") or []
@@ -286,7 +288,8 @@ def spearman(xs: list[float], ys: list[float]) -> dict:
     import numpy as np
     from scipy.stats import rankdata, spearmanr
 
-    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:  # undefined for constant input
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2 or not np.isfinite(np.concatenate(
+            [np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)])).all():  # undefined for constant or NaN input
         return {"rho": None, "p": None, "n": len(xs), "p_method": None}
     result = spearmanr(xs, ys)
     rho, p, method = float(result.statistic), float(result.pvalue), "t approximation"
@@ -654,6 +657,10 @@ def regimes_table(study_dirs: list[Path]) -> str:
     for folder in study_dirs:
         results = json.loads((Path(folder) / "results.json").read_text())
         name = results["config"]["name"]
+        if not isinstance(results.get("headline"), list):  # a captioning or grounding study: other metrics
+            task = (results.get("config") or {}).get("task", "another task")
+            raise MatPlusError(f"{folder}: a {task} study has no retrieval R@1 table; `analysis regimes` "
+                               "compares retrieval studies (read its report.md)")
         for row in results["headline"]:
             def cell(key):
                 return fmt(tuple(row[key])) if row.get(key) else "-"

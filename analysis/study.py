@@ -317,7 +317,10 @@ class Study:
         if pools:
             settings.update(pools=pools, pool_mode=spec.pool_mode)
         validation = self.config.get("validation")
-        marker = dict(settings, validation=validation) if validation else dict(settings)
+        # validation also reads the evaluation's attack settings and the headline (Study.validator):
+        # left out, a run chose its best/ and drew its curve under settings no longer in force
+        marker = dict(settings, validation=validation, validated_by=self.validation_reads()) if validation \
+            else dict(settings)
         # what the run reads, by the fingerprints of the stages that made it: the paths above stay the
         # same when the pretrained model, a pool or the fine-tuning set is remade from other settings
         marker.update(pretrained_fingerprint=made(Path(settings["model"]).parent),
@@ -332,21 +335,27 @@ class Study:
             mark_done(folder, key)
         return folder / "ckpt"
 
+    def validation_reads(self) -> dict:
+        """What a run's validation reads besides `validation:` (see `validator`): part of its cache key."""
+        from analysis.config import eval_attack_options
+
+        v, e = self.config["validation"], self.config["eval"]
+        return {"attack": v.get("attack", self.config.get("headline_attack", "sga")),
+                "captions": self.config.get("headline_captions", "meaning_preserved"),
+                "batch_size": v.get("batch_size", e["batch_size"]), "attack_options": eval_attack_options(e)}
+
     def validator(self, folder: Path, seed: int):
         """The trainer callback validating a run every `validation.every` steps (see train.validation)."""
-        from analysis.config import eval_attack_options
         from augment.world.truth import check_caption_of_row
         from augment.sources import load_source
         from train.validation import ValidationSettings, Validator
 
         v = dict(self.config["validation"])
-        e = self.config["eval"]
-        options = eval_attack_options(e)  # the evaluation's attack settings, on the validation split
+        reads = self.validation_reads()  # the evaluation's attack settings, on the validation split
         settings = ValidationSettings(
-            every=int(v["every"]), attack=v.get("attack", self.config.get("headline_attack", "sga")),
+            every=int(v["every"]), attack=reads["attack"],
             split=v.get("split", "val"), limit=v.get("limit", 50), captions_per_image=v.get("captions_per_image", 2),
-            batch_size=v.get("batch_size", e["batch_size"]), captions=self.config.get("headline_captions", "meaning_preserved"),
-            attack_options=options, seed=seed)
+            batch_size=reads["batch_size"], captions=reads["captions"], attack_options=reads["attack_options"], seed=seed)
         source, _ = load_source(str(self.source_dir("finetune")))
         return Validator(folder, source, settings, caption_checker=check_caption_of_row, log=self.log)
 

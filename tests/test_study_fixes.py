@@ -3,6 +3,7 @@ changed config on resume redoes what was made from the old one."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -241,3 +242,79 @@ def test_a_run_without_its_started_record_is_trained_from_scratch(tmp_path, monk
     (folder / "metrics.jsonl").write_text("{}\n")
     train_resumable(folder, {"method": "clean"}, made_from="fingerprint", made_in_place=made_in_place, log=lambda _: None)
     assert modes == [{"resume": None, "overwrite": True}]
+
+
+# ----------------------------------------------------------------------------- a later review of the study
+
+
+def _run_key(tmp_path, overrides: dict) -> str:
+    """The cache key of the demo's MAT+ run (seed 0), its stages stubbed: nothing is built or trained."""
+    import analysis.study as study_module
+    from analysis.config import load_study_config
+
+    config = load_study_config("demo", {**overrides, "out": str(tmp_path / "study")})
+    study = study_module.Study(config, log=lambda *_: None)
+    study.pool = lambda name: tmp_path / "study" / "pools" / name
+    study.pretrain = lambda: tmp_path / "study" / "pretrain" / "ckpt"
+    study.source_dir = lambda which: tmp_path / "study" / which
+    seen = {}
+
+    def cached(stage, folder, key, in_place=None):
+        seen["key"] = study_module._settings_hash(key)
+        return True
+
+    study.cached = cached
+    study.train(next(s for s in study_module.run_specs(config) if s.method == "mat+"), 0)
+    return seen["key"]
+
+
+def test_a_runs_key_holds_what_its_validation_reads_besides_the_validation_section(tmp_path):
+    """was: the same key under another eval attack budget, masked LM or headline captions, so a cached
+    run kept the best/ checkpoint and the curve its validation chose under the old settings."""
+    keys = [_run_key(tmp_path, overrides) for overrides in (
+        {}, {"eval": {"attack_eps": "4/255"}}, {"eval": {"mlm": "tiny-mlm"}}, {"headline_captions": "all"})]
+    assert len(set(keys)) == len(keys)
+    assert _run_key(tmp_path, {}) == keys[0]  # and the same settings keep it
+
+
+def test_gains_pair_with_a_mat_run_trained_for_more_samples_only():
+    from analysis.report import pool_gains
+
+    def evaluation(value):
+        return {"attacks": {"sga": {"tr@1": value, "ir@1": value}, "clean": {"tr@1": 50.0, "ir@1": 50.0}}}
+
+    results = [{"run": "mat", "method": "mat", "pools": [], "seed": s, "group": "more_samples", "eval": evaluation(40 + s)}
+               for s in (0, 1)]
+    results += [{"run": "mat+:scene", "method": "mat+", "pools": ["scene"], "seed": s, "group": "main",
+                 "eval": evaluation(45 + 2 * s)} for s in (0, 1)]
+    gains = pool_gains(results, "sga", False)
+    assert set(gains) == {"scene"} and gains["scene"][0] == pytest.approx(5.5)  # (5 + 6) / 2
+
+
+def test_spearman_of_a_nan_property_has_no_p_value():
+    from analysis.report import spearman
+
+    assert spearman([0.1, float("nan"), 0.3, 0.4], [1, 2, 3, 4]) == {"rho": None, "p": None, "n": 4, "p_method": None}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_aug_sweep": "scene"}, "n_aug_sweep must be a mapping or null, got 'scene'"),
+    ({"more_samples": ["scene"]}, "more_samples must be a mapping or null"),
+    ({"out": None}, "out must be a non-empty string, got None"),
+    ({"pretrain": {"seed": "x"}}, "pretrain.seed must be a non-negative whole number, got 'x'"),
+])
+def test_config_values_of_the_wrong_type_are_one_line_at_load(overrides, message):
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match=re.escape(message)):
+        load_study_config("default", overrides)
+
+
+def test_regimes_refuses_a_study_of_another_task_in_one_line(tmp_path):
+    from analysis.report import regimes_table
+    from augment.errors import MatPlusError
+
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"name": "capt", "task": "captioning"}, "runs": []}))
+    with pytest.raises(MatPlusError, match="a captioning study has no retrieval R@1 table"):
+        regimes_table([tmp_path])
