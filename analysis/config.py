@@ -457,7 +457,36 @@ def _task_config(config: dict, given: dict) -> dict:
     config["headline_runs"] = [r for r in config["headline_runs"] if r in config["methods"]]
     config["eval"] = _merge(arm.DEFAULT_EVAL, given.get("eval") or {})
     _refuse_unknown_eval(config["eval"], tuple(arm.DEFAULT_EVAL))
+    _check_task_eval(task, config["eval"])
     return config
+
+
+def _check_task_eval(task: str, evaluation: dict) -> None:
+    """Another task's eval values that its evaluation would refuse only after every run had trained:
+    attack names, the split, counts and the attack budget."""
+    from train.attacks.captioning import CAPTION_ATTACK_NAMES
+    from train.attacks.grounding import GROUNDING_ATTACKS
+    from train.config import ConfigError, parse_fraction
+
+    names = {"captioning": CAPTION_ATTACK_NAMES, "grounding": GROUNDING_ATTACKS}.get(task)
+    attacks = evaluation.get("attacks")
+    if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
+        raise MatPlusError(f"study config: eval.attacks must be a list of attack names, e.g. [clean, pgd], got {attacks!r}")
+    unknown = [a for a in attacks if names is not None and a not in names]
+    if unknown:
+        raise MatPlusError(f"study config: eval.attacks: unknown {task} attacks {unknown} (choose from {', '.join(names)})")
+    _check_split("eval.split", evaluation["split"])
+    for key in ("limit", "batch_size", "captions_per_image", "pgd_steps"):
+        value = evaluation.get(key)
+        if key in evaluation and (value is not None or key in ("batch_size", "pgd_steps")) and not _is_count(value):
+            raise MatPlusError(f"study config: eval.{key} must be a whole number >= 1"
+                               + ("" if key in ("batch_size", "pgd_steps") else " or null") + f", got {value!r}")
+    try:
+        eps = parse_fraction(evaluation["attack_eps"], "eval.attack_eps")
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise MatPlusError(f"study config: {exc}") from None
+    if not eps > 0:
+        raise MatPlusError(f"study config: eval.attack_eps must be positive, got {evaluation['attack_eps']!r}")
 
 
 # the study's old eval key -> train eval's name (refused with this hint, never aliased)

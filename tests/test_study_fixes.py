@@ -318,3 +318,20 @@ def test_regimes_refuses_a_study_of_another_task_in_one_line(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"config": {"name": "capt", "task": "captioning"}, "runs": []}))
     with pytest.raises(MatPlusError, match="a captioning study has no retrieval R@1 table"):
         regimes_table([tmp_path])
+
+
+@pytest.mark.parametrize("task, evaluation, message", [
+    ("captioning", {"attacks": ["bogus"]}, "eval.attacks: unknown captioning attacks ['bogus']"),
+    ("captioning", {"batch_size": 0}, "eval.batch_size must be a whole number >= 1, got 0"),
+    ("captioning", {"split": "nope"}, "eval.split 'nope' is not a split"),
+    ("grounding", {"attack_eps": "abc"}, "eval.attack_eps: cannot read 'abc' as a number"),
+    ("grounding", {"limit": 0}, "eval.limit must be a whole number >= 1 or null, got 0"),
+])
+def test_another_tasks_eval_values_are_checked_at_load(task, evaluation, message):
+    """were accepted, and refused by the evaluation only after the world, the pools and every run."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match=re.escape(message)):
+        load_study_config(None, {"task": task, "eval": evaluation})
+    load_study_config(None, {"task": task, "eval": {"limit": None}})  # null: every image
