@@ -382,6 +382,9 @@ def _check_retrieval_headline(config: dict, given: dict) -> None:
     if isinstance(validation, dict):
         _check_attack_names("validation.attack", [validation.get("attack", config["headline_attack"])])
         _check_split("validation.split", validation.get("split", "val"))
+        if validation.get("split", "val") == config["eval"]["split"]:  # the report calls it best-on-validation
+            raise MatPlusError(f"study config: validation.split {config['eval']['split']!r} is eval.split: the best "
+                               "checkpoint would be chosen on the images it is then evaluated on; validate on another split")
     # the default [tecoa, mat] keeps the methods the study runs; a run named in the config must exist
     from analysis.study import run_specs
 

@@ -335,3 +335,13 @@ def test_another_tasks_eval_values_are_checked_at_load(task, evaluation, message
     with pytest.raises(MatPlusError, match=re.escape(message)):
         load_study_config(None, {"task": task, "eval": evaluation})
     load_study_config(None, {"task": task, "eval": {"limit": None}})  # null: every image
+
+
+def test_validating_on_the_evaluated_split_is_refused():
+    """The report's best-on-validation checkpoint would be chosen on the test images it reports."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match="validation.split 'test' is eval.split"):
+        load_study_config("demo", {"validation": {"split": "test"}})
+    load_study_config("demo", {"validation": {"split": "train"}})
