@@ -249,6 +249,8 @@ class Study:
             return Path(self.config["pretrain"]["checkpoint"]).expanduser()
         folder = self.out / "pretrain"
         settings = {"world": self.world_key(), "model": self.config["model"], **self.config["pretrain"], **self.task_settings()}
+        if settings.get("checkpoint", "") is None:  # `checkpoint: null` pretrains here, as no key does: the same key
+            settings.pop("checkpoint")
         rest = settings.pop("scenes", "all") == "rest"
         if rest:  # pretrained on the scenes the fine-tuning set lacks: fine-tuning brings new scenes
             settings["skip_scenes"] = self.config["finetune_scenes"]

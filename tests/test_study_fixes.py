@@ -345,3 +345,18 @@ def test_validating_on_the_evaluated_split_is_refused():
     with pytest.raises(MatPlusError, match="validation.split 'test' is eval.split"):
         load_study_config("demo", {"validation": {"split": "test"}})
     load_study_config("demo", {"validation": {"split": "train"}})
+
+
+def test_pretrain_checkpoint_null_keeps_the_pretrained_models_key(tmp_path):
+    """`pretrain: {checkpoint: null}` (pretrain here) changed the key, so the model and all made from it were redone."""
+    import analysis.study as study_module
+    from analysis.config import load_study_config
+
+    keys = []
+    for overrides in ({}, {"pretrain": {"checkpoint": None}}):
+        study = study_module.Study(load_study_config("demo", {**overrides, "out": str(tmp_path / "s")}), log=lambda *_: None)
+        study.world = lambda: tmp_path / "s" / "world"
+        study.subset = lambda *args, **kwargs: tmp_path / "s" / "subset"
+        study.cached = lambda stage, folder, key, in_place=None: keys.append(study_module._settings_hash(key)) or True
+        study.pretrain()
+    assert len(keys) == 2 and keys[0] == keys[1]
