@@ -131,8 +131,10 @@ def pool_table(properties: dict[str, dict], robust: dict[str, tuple], gains: dic
     for pool, props in properties.items():
         cells = [pool] + [("-" if props[k] is None else f"{props[k]:.3f}") for k in ("alignment", "diversity", "gap")]
         gain = gains.get(pool, (None, None, 0))
-        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else ""),
-                  str(robust.get(pool, (None, None, 0))[2])]
+        runs = robust.get(pool, (None, None, 0))[2]
+        # the gain pairs seeds with a MAT run: fewer than the pool's runs when a seed has none, then said
+        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else "")
+                  + (f" (n {gain[2]})" if gain[0] is not None and gain[2] != runs else ""), str(runs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,7 +164,8 @@ def correlation_table(correlations: dict[str, dict], gain_correlations: dict[str
         g = gain_correlations.get(prop, {"rho": None, "p": None, "n": 0})
         cell = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         p_cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {prop} | {cell(c['rho'])} | {p_cell(c['p'])} | {cell(g['rho'])} | {p_cell(g['p'])} | {c['n']} |")
+        n = str(c["n"]) if g["n"] in (0, c["n"]) else f"{c['n']} / {g['n']} (gain)"  # the gain's pools may be fewer
+        lines.append(f"| {prop} | {cell(c['rho'])} | {p_cell(c['p'])} | {cell(g['rho'])} | {p_cell(g['p'])} | {n} |")
     return "\n".join(lines)
 
 

@@ -360,3 +360,15 @@ def test_pretrain_checkpoint_null_keeps_the_pretrained_models_key(tmp_path):
         study.cached = lambda stage, folder, key, in_place=None: keys.append(study_module._settings_hash(key)) or True
         study.pretrain()
     assert len(keys) == 2 and keys[0] == keys[1]
+
+
+def test_the_pool_and_correlation_tables_say_the_gains_own_n():
+    from analysis.report import correlation_table, pool_table
+
+    properties = {"scene": {"alignment": 0.3, "diversity": 2.0, "gap": 1.0}}
+    table = pool_table(properties, {"scene": (45.0, 1.0, 3)}, {"scene": (5.0, 1.0, 2)})
+    assert table.splitlines()[-1].endswith("| +5.0 ± 1.0 (n 2) | 3 |")
+    same = pool_table(properties, {"scene": (45.0, 1.0, 3)}, {"scene": (5.0, 1.0, 3)})
+    assert same.splitlines()[-1].endswith("| +5.0 ± 1.0 | 3 |")
+    rows = correlation_table({"alignment": {"rho": 0.5, "p": 0.3, "n": 5}}, {"alignment": {"rho": 0.4, "p": 0.5, "n": 4}})
+    assert rows.splitlines()[-1].endswith("| 5 / 4 (gain) |")
