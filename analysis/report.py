@@ -485,6 +485,15 @@ def _evaluated_images(results: list[dict]) -> int | None:
     return None
 
 
+def _pretrained_words(pretrain: dict) -> str:
+    """Where the fine-tuned CLIP came from: pretrained here, or another study's model (`pretrain.checkpoint`,
+    whose steps and scenes are that study's, not this config's)."""
+    if pretrain.get("checkpoint"):
+        return f") from the pretrained CLIP `{pretrain['checkpoint']}` (another study's; its steps and scenes are that study's). "
+    return (f") from a CLIP pretrained for {pretrain['steps']} steps on "
+            + ("the train scenes outside the fine-tuning set. " if pretrain.get("scenes") == "rest" else "every train scene. "))
+
+
 def _introduction(config: dict, headline: str, meaning_preserved: bool, images: int | None = None) -> list[str]:
     """The report's title, the study's setting (model, fine-tuning, evaluation) and what robust R@1 means;
     `images`: how many images the evaluations ranked (chance at TR@1 is one in that many)."""
@@ -500,8 +509,7 @@ def _introduction(config: dict, headline: str, meaning_preserved: bool, images: 
         f"for {config['train']['max_steps']} steps (batch {config['train']['batch_size']}, attack eps {config['train']['attack_eps']}, "
         f"{config['train']['pgd_steps']} PGD steps, text candidates `{config['train']['text_candidates']}`, word budget "
         f"{config['train']['word_budget']}" + (f", masked LM `{config['train']['mlm']}`" if config['train'].get('mlm') else "")
-        + f") from a CLIP pretrained for {config['pretrain']['steps']} steps on "
-        + ("the train scenes outside the fine-tuning set. " if config['pretrain'].get('scenes') == 'rest' else "every train scene. ")
+        + _pretrained_words(config["pretrain"])
         + (f"The fine-tuning source keeps {captions['per_image']} caption(s) per train image ({captions.get('choice', 'rotate')}). " if captions else "")
         + f"Text attacks in evaluation use the masked LM `{config['eval']['mlm']}`. "
         f"Evaluation: {config['eval']['split']} split, {gallery}, attack eps {config['eval']['attack_eps']}, {config['eval']['pgd_steps']} PGD steps, "

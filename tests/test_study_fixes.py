@@ -372,3 +372,11 @@ def test_the_pool_and_correlation_tables_say_the_gains_own_n():
     assert same.splitlines()[-1].endswith("| +5.0 ± 1.0 | 3 |")
     rows = correlation_table({"alignment": {"rho": 0.5, "p": 0.3, "n": 5}}, {"alignment": {"rho": 0.4, "p": 0.5, "n": 4}})
     assert rows.splitlines()[-1].endswith("| 5 / 4 (gain) |")
+
+
+def test_the_report_names_a_reused_pretrained_model_instead_of_this_configs_pretraining():
+    from analysis.report import _pretrained_words
+
+    assert "pretrained for 250 steps on the train scenes outside" in _pretrained_words({"steps": 250, "scenes": "rest"})
+    reused = _pretrained_words({"steps": 250, "scenes": "rest", "checkpoint": "outputs/regime-1to1-truth/pretrain/ckpt"})
+    assert "`outputs/regime-1to1-truth/pretrain/ckpt` (another study's" in reused and "250" not in reused
