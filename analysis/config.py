@@ -358,15 +358,18 @@ def _check_split(name: str, split) -> None:
         raise MatPlusError(f"study config: {name} {split!r} is not a split of the sample world ({', '.join(WORLD_SPLITS)})")
 
 
-def _check_attack_names(name: str, attacks) -> None:
+def _check_attack_names(name: str, attacks, known: tuple[str, ...] | None = None, task: str = "") -> None:
+    """`attacks` a list of names of `known` (default: retrieval's attacks; `task` names another's)."""
     from train.attacks import ATTACK_NAMES
 
+    known = known or ATTACK_NAMES
     if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
         # `attacks: pgd` was read letter by letter ("unknown attacks ['p', 'g', 'd']")
         raise MatPlusError(f"study config: {name} must be a list of attack names, e.g. [clean, pgd], got {attacks!r}")
-    unknown = [a for a in attacks if a not in ATTACK_NAMES]
+    unknown = [a for a in attacks if a not in known]
     if unknown:
-        raise MatPlusError(f"study config: {name}: unknown attacks {unknown} (choose from {', '.join(ATTACK_NAMES)})")
+        raise MatPlusError(f"study config: {name}: unknown {task + ' ' if task else ''}attacks {unknown} "
+                           f"(choose from {', '.join(known)})")
 
 
 def _check_retrieval_headline(config: dict, given: dict) -> None:
@@ -401,15 +404,10 @@ def _check_retrieval_headline(config: dict, given: dict) -> None:
         config["headline_runs"] = [r for r in config["headline_runs"] if r in runs]
 
 
-def _check_retrieval_eval(evaluation: dict) -> None:
-    """Unknown eval keys, unknown attacks, a split the world lacks, and the attack options
-    `AttackSettings` refuses, before any training."""
-    from train.attacks.settings import AttackSettings
-
-    _refuse_unknown_eval(evaluation, RETRIEVAL_EVAL_KEYS)
-    _check_attack_names("eval.attacks", evaluation["attacks"])
+def _check_gallery(evaluation: dict) -> None:
+    """What every task's evaluation reads of its gallery: the split, `limit`, `batch_size`, `captions_per_image`."""
     _check_split("eval.split", evaluation["split"])
-    limit = evaluation["limit"]
+    limit = evaluation.get("limit")
     if limit is not None and not _is_count(limit):
         raise MatPlusError(f"study config: eval.limit must be null (every image) or a whole number >= 1, got {limit!r}")
     # a 0 here was a division by zero in the evaluation, after every run had trained
@@ -419,6 +417,16 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     if captions is not None and not _is_count(captions):
         raise MatPlusError(f"study config: eval.captions_per_image must be null (every caption) or a whole number >= 1, "
                            f"got {captions!r}")
+
+
+def _check_retrieval_eval(evaluation: dict) -> None:
+    """Unknown eval keys, unknown attacks, a split the world lacks, and the attack options
+    `AttackSettings` refuses, before any training."""
+    from train.attacks.settings import AttackSettings
+
+    _refuse_unknown_eval(evaluation, RETRIEVAL_EVAL_KEYS)
+    _check_attack_names("eval.attacks", evaluation["attacks"])
+    _check_gallery(evaluation)
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
@@ -471,19 +479,11 @@ def _check_task_eval(task: str, evaluation: dict) -> None:
     from train.attacks.grounding import GROUNDING_ATTACKS
     from train.config import ConfigError, parse_fraction
 
-    names = {"captioning": CAPTION_ATTACK_NAMES, "grounding": GROUNDING_ATTACKS}.get(task)
-    attacks = evaluation.get("attacks")
-    if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
-        raise MatPlusError(f"study config: eval.attacks must be a list of attack names, e.g. [clean, pgd], got {attacks!r}")
-    unknown = [a for a in attacks if names is not None and a not in names]
-    if unknown:
-        raise MatPlusError(f"study config: eval.attacks: unknown {task} attacks {unknown} (choose from {', '.join(names)})")
-    _check_split("eval.split", evaluation["split"])
-    for key in ("limit", "batch_size", "captions_per_image", "pgd_steps"):
-        value = evaluation.get(key)
-        if key in evaluation and (value is not None or key in ("batch_size", "pgd_steps")) and not _is_count(value):
-            raise MatPlusError(f"study config: eval.{key} must be a whole number >= 1"
-                               + ("" if key in ("batch_size", "pgd_steps") else " or null") + f", got {value!r}")
+    names = {"captioning": CAPTION_ATTACK_NAMES, "grounding": GROUNDING_ATTACKS}[task]
+    _check_attack_names("eval.attacks", evaluation.get("attacks"), names, task)
+    _check_gallery(evaluation)
+    if not _is_count(evaluation["pgd_steps"]):
+        raise MatPlusError(f"study config: eval.pgd_steps must be a whole number >= 1, got {evaluation['pgd_steps']!r}")
     try:
         eps = parse_fraction(evaluation["attack_eps"], "eval.attack_eps")
     except (ConfigError, ValueError, TypeError) as exc:

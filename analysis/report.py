@@ -130,10 +130,10 @@ def pool_table(properties: dict[str, dict], robust: dict[str, tuple], gains: dic
              "|---|---|---|---|---|---|---|"]
     for pool, props in properties.items():
         cells = [pool] + [("-" if props[k] is None else f"{props[k]:.3f}") for k in ("alignment", "diversity", "gap")]
-        gain = gains.get(pool, (None, None, 0))
-        runs = robust.get(pool, (None, None, 0))[2]
+        gain, pool_robust = gains.get(pool, (None, None, 0)), robust.get(pool, (None, None, 0))
+        runs = pool_robust[2]
         # the gain pairs seeds with a MAT run: fewer than the pool's runs when a seed has none, then said
-        cells += [fmt(robust.get(pool, (None, None, 0))), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else "")
+        cells += [fmt(pool_robust), "-" if gain[0] is None else f"{gain[0]:+.1f}" + (f" ± {gain[1]:.1f}" if gain[2] > 1 else "")
                   + (f" (n {gain[2]})" if gain[0] is not None and gain[2] != runs else ""), str(runs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -325,7 +325,7 @@ def test_regimes_refuses_a_study_of_another_task_in_one_line(tmp_path):
     ("captioning", {"batch_size": 0}, "eval.batch_size must be a whole number >= 1, got 0"),
     ("captioning", {"split": "nope"}, "eval.split 'nope' is not a split"),
     ("grounding", {"attack_eps": "abc"}, "eval.attack_eps: cannot read 'abc' as a number"),
-    ("grounding", {"limit": 0}, "eval.limit must be a whole number >= 1 or null, got 0"),
+    ("grounding", {"limit": 0}, "eval.limit must be null (every image) or a whole number >= 1, got 0"),
 ])
 def test_another_tasks_eval_values_are_checked_at_load(task, evaluation, message):
     """were accepted, and refused by the evaluation only after the world, the pools and every run."""

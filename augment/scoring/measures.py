@@ -404,7 +404,7 @@ def bootstrap_item_means(series, n_resamples: int = 1000, confidence: float = 0.
             sums_of.append(None)
             sizes_of.append(None)
             continue
-        _, codes = np.unique(np.asarray(items, dtype=object).astype(str), return_inverse=True)
+        _, codes = item_numbers(items)
         sums, sizes = np.bincount(codes, weights=values), np.bincount(codes).astype(np.float64)
         mean = float(values.mean())
         results.append({"mean": mean, "low": mean, "high": mean, "n": int(values.size), "items": int(sizes.size)})
@@ -497,10 +497,16 @@ def resample_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np
     return np.bincount(indices.reshape(-1), minlength=n_resamples * size).reshape(n_resamples, size).astype(np.float64)
 
 
+def item_numbers(ids) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ids, each id's number among them): ids compared as strings, so an id read as
+    an int in one place and a str in another is one item (the item bootstraps' grouping)."""
+    names, codes = np.unique(np.asarray(ids, dtype=object).reshape(-1).astype(str), return_inverse=True)
+    return names, codes.reshape(-1)
+
+
 def item_codes(items_x, items_y, n: int, m: int) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(item number of each x row, of each y row, number of items): the ids of both sides
-    numbered together, so that one id names one item on both sides; None without ids. Ids are
-    compared as strings, as `bootstrap_item_means` compares them."""
+    numbered together (`item_numbers`), so that one id names one item on both sides; None without ids."""
     if items_x is None and items_y is None:
         return None
     if items_x is None or items_y is None:
@@ -509,8 +515,7 @@ def item_codes(items_x, items_y, n: int, m: int) -> tuple[np.ndarray, np.ndarray
     items_y = np.asarray(items_y, dtype=object).reshape(-1)
     if len(items_x) != n or len(items_y) != m:
         raise ValueError(f"{len(items_x)} and {len(items_y)} item ids for samples of {n} and {m} rows")
-    names, codes = np.unique(np.concatenate([items_x, items_y]).astype(str), return_inverse=True)
-    codes = codes.reshape(-1)
+    names, codes = item_numbers(np.concatenate([items_x, items_y]))
     return codes[:n], codes[n:], len(names)
 
 
