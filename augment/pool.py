@@ -25,7 +25,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 # write_json_atomic lives in augment.atomic; importing it from here keeps working
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
@@ -263,12 +263,15 @@ class PoolWriter:
             tmp.unlink(missing_ok=True)
         return final
 
-    def finalize(self, expected_shards: int | None = None, extra: dict | None = None) -> dict:
+    def finalize(self, expected_shards: int | None = None, notes: Callable[[int], dict] | None = None) -> dict:
+        """Mark the pool complete. `notes(num_rows)` gives entries that need the finished row count
+        (e.g. images a safety checker dropped): taken here so pool.json is written once, with them."""
         shards = sorted(self.data_dir.glob("shard-*.parquet"))
         if expected_shards is not None and len(shards) != expected_shards:
             raise PoolError(f"{self.out_dir}: {len(shards)} of {expected_shards} shards written; re-run to finish")
-        self.meta.update(extra or {})
-        self.meta["num_rows"] = sum(check_shard_readable(s) for s in shards)
+        num_rows = sum(check_shard_readable(s) for s in shards)
+        self.meta.update(notes(num_rows) if notes is not None else {})
+        self.meta["num_rows"] = num_rows
         self.meta["num_shards"] = len(shards)
         self.meta["status"] = "complete"
         self.meta["finished"] = _utc_now()

@@ -189,10 +189,11 @@ def run_generation(
         barrier()
     if rank != 0:
         return None
-    meta = writer.finalize(expected_shards=num_shards)
-    notes = generator.pool_notes(items, n, meta["num_rows"])
-    if notes:  # they need the finished row count: written over the first pool.json, rarely
-        meta = writer.finalize(expected_shards=num_shards, extra=notes)
-        if notes.get("note"):
-            print(f"{out}: {notes['note']}", file=sys.stderr)
+    notes: dict = {}
+    def pool_notes(num_rows: int) -> dict:
+        notes.update(generator.pool_notes(items, n, num_rows))
+        return notes
+    meta = writer.finalize(expected_shards=num_shards, notes=pool_notes)
+    if notes.get("note"):
+        print(f"{out}: {notes['note']}", file=sys.stderr)
     return meta
