@@ -427,6 +427,7 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     _refuse_unknown_eval(evaluation, RETRIEVAL_EVAL_KEYS)
     _check_attack_names("eval.attacks", evaluation["attacks"])
     _check_gallery(evaluation)
+    _check_mlm("eval.mlm", evaluation["mlm"])
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
@@ -482,6 +483,7 @@ def _check_task_eval(task: str, evaluation: dict) -> None:
     names = {"captioning": CAPTION_ATTACK_NAMES, "grounding": GROUNDING_ATTACKS}[task]
     _check_attack_names("eval.attacks", evaluation.get("attacks"), names, task)
     _check_gallery(evaluation)
+    _check_mlm("eval.mlm", evaluation.get("mlm"))
     if not _is_count(evaluation["pgd_steps"]):
         raise MatPlusError(f"study config: eval.pgd_steps must be a whole number >= 1, got {evaluation['pgd_steps']!r}")
     try:
@@ -490,6 +492,20 @@ def _check_task_eval(task: str, evaluation: dict) -> None:
         raise MatPlusError(f"study config: {exc}") from None
     if not eps > 0:
         raise MatPlusError(f"study config: eval.attack_eps must be positive, got {evaluation['attack_eps']!r}")
+
+
+def _check_mlm(where: str, name) -> None:
+    """A masked LM the attacks would load only when the evaluation (or an attacked step) starts:
+    an unknown or missing one is named now. None and "default" leave the choice to the victim."""
+    from augment.errors import ModelLoadError
+    from augment.registry import check_loadable
+
+    if name is None or name == "default":
+        return
+    try:
+        check_loadable(name, "mlm")
+    except ModelLoadError as exc:
+        raise MatPlusError(f"study config: {where}: {exc}") from None
 
 
 # the study's old eval key -> train eval's name (refused with this hint, never aliased)
@@ -547,6 +563,7 @@ def _check_train(config: dict) -> None:
     if eps is not None and (isinstance(eps, str) and "/" in eps or isinstance(eps, (int, float)) and eps >= ADAM_EPS_MAX):
         raise MatPlusError(f"study config: train.eps {eps} is AdamW's epsilon (the trainer's --eps); "
                            "the PGD budget is train.attack_eps")
+    _check_mlm("train.mlm", train.get("mlm"))
     steps = train.get("max_steps")
     if not _is_count(steps):
         raise MatPlusError(f"study config: train.max_steps must be a whole number of steps >= 1 (budgets are steps), "

@@ -214,6 +214,30 @@ def _resolve_alias(name: str, role: str) -> str:
     return target
 
 
+def check_source_name(name: str, role: str) -> str:
+    """`name` stripped, or ModelLoadError when it cannot be a `role` model: empty, or a built-in
+    (tiny-*, world-mlm) of another role. Builds nothing: what a config check can afford before a
+    long run that loads the model at its end."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"no {_label(role)} name given")
+    name = name.strip()
+    if name == "world-mlm" and role != "mlm":
+        raise ModelLoadError(f"'{name}' is a {_label('mlm')}, not a {_label(role)}")
+    if name.startswith("tiny-"):
+        tiny.check_tiny_name(name)
+        if tiny.TINY_ROLES[name] != role:
+            raise ModelLoadError(f"'{name}' is a {_label(tiny.TINY_ROLES[name])}, not a {_label(role)}")
+    return name
+
+
+def check_loadable(name: str, role: str) -> None:
+    """ModelLoadError now when `name` would not load as a `role` model later (unknown built-in, missing
+    folder, a Hub id not cached offline), without building a built-in (tiny-*, world-mlm)."""
+    name = check_source_name(name, role)
+    if name != "world-mlm" and not name.startswith("tiny-"):
+        resolve_source(name, role)
+
+
 def resolve_source(
     name: str,
     role: str,
@@ -225,19 +249,12 @@ def resolve_source(
     Order: tiny name (built into the cache on first use), alias, `local-dir:PATH` or existing
     folder, then Hub id. A Hub id that is not cached fails at once in offline mode.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ModelLoadError(f"no {_label(role)} name given")
-    name = name.strip()
+    name = check_source_name(name, role)
     if name == "world-mlm":  # trained on the sample world's captions, cached like the tiny twins
         from augment import world_mlm
 
-        if role != "mlm":
-            raise ModelLoadError(f"'{name}' is a {_label('mlm')}, not a {_label(role)}")
         return ResolvedSource(name, str(world_mlm.world_mlm_dir(name)), True, tiny=name)
     if name.startswith("tiny-"):
-        tiny.check_tiny_name(name)
-        if tiny.TINY_ROLES[name] != role:
-            raise ModelLoadError(f"'{name}' is a {_label(tiny.TINY_ROLES[name])}, not a {_label(role)}")
         return ResolvedSource(name, str(tiny.tiny_dir(name)), True, tiny=name)
     target = _resolve_alias(name, role)
     if target.startswith("local-dir:") or os.path.isdir(os.path.expanduser(target)) or _looks_like_path(target):

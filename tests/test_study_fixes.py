@@ -302,6 +302,11 @@ def test_spearman_of_a_nan_property_has_no_p_value():
     ({"more_samples": ["scene"]}, "more_samples must be a mapping or null"),
     ({"out": None}, "out must be a non-empty string, got None"),
     ({"pretrain": {"seed": "x"}}, "pretrain.seed must be a non-negative whole number, got 'x'"),
+    # a masked LM loaded only when the evaluation starts, after every run trained
+    ({"eval": {"mlm": "tiny-mlmm"}}, "eval.mlm: unknown tiny model 'tiny-mlmm'"),
+    ({"eval": {"mlm": "tiny-clip"}}, "eval.mlm: 'tiny-clip' is a"),
+    ({"eval": {"mlm": "/nowhere/mlm"}}, "eval.mlm: cannot load masked LM '/nowhere/mlm': folder /nowhere/mlm does not exist"),
+    ({"train": {"mlm": "/nowhere/mlm"}}, "train.mlm: cannot load"),
 ])
 def test_config_values_of_the_wrong_type_are_one_line_at_load(overrides, message):
     from analysis.config import load_study_config
