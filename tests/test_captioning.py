@@ -484,10 +484,12 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
         caption_checker=check_caption_of_row,
         # 8/255: the tiny captioner's colour words have wide margins; at the default 2/255 the
         # references' loss rises (test above) but its beam-searched captions do not change yet.
-        # world-mlm proposes the world's words for the prompt ("a picture of" -> "a picture shape":
-        # the twin ends the sentence); top 5: from the top 8 on it proposes a colour, the twin
-        # continues "shape", which the checker calls true (README, Captioning)
-        attack_options={"mlm": world_mlm, "top_k": 5, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
+        # world-mlm proposes the world's words for the prompt: its first, "shape" ("a picture of" ->
+        # "a picture shape"), makes the twin end the sentence (empty captions, not true). Top 1:
+        # where world-mlm ranks colours next depends on the torch build it was trained with
+        # (colours from 2nd place with torch 2.14.1, from 8th before), and after "a picture black"
+        # the twin continues "shape", which the checker calls true (README, Captioning)
+        attack_options={"mlm": world_mlm, "top_k": 1, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
         meteor=False, java=False, progress=False,
     )
     clean = report["attacks"]["clean"]
