@@ -15,10 +15,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt: the package versions the suite last passed with (a registry's newer releases
+# moved trained tiny models' numbers before); pip itself stays unpinned
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # WordNet for EDA and synonym attacks: nltk.download when online, else Debian's wordnet-base.
@@ -46,7 +48,7 @@ demo: $(STAMP) wordnet
 	$(BIN)/python -m analysis.demo
 
 bench: $(STAMP) wordnet
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m pip install -q --no-deps torchattacks
 	$(BIN)/python -m bench
 
