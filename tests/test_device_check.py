@@ -45,6 +45,15 @@ def test_a_report_left_by_an_earlier_run_is_not_summarised_as_this_ones(tmp_path
     assert "No module named bench.no_such_benchmark" in printed  # the log's tail, instead
 
 
+def test_a_misspelt_only_name_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """`--only` reruns failed measurements on scarce device time: a typo must not run nothing and exit 0."""
+    import bench.device_check as device_check
+
+    monkeypatch.setattr(device_check, "preflight", lambda: pytest.fail("ran past the --only check"))
+    assert device_check.main(["--smoke", "--only", "attacks_pgd,train_loop_typo", "--out", str(tmp_path)]) == 2
+    assert "unknown measurement(s) train_loop_typo; known: " in capsys.readouterr().err
+
+
 def test_the_smoke_run_may_take_longer_than_the_device_run():
     sd15 = next(m for m in MEASUREMENTS if m.name == "image_generators_sd15")
     assert sd15.limit(smoke=False) == sd15.limit_s and sd15.limit(smoke=True) > sd15.limit_s
