@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
 from augment.errors import PoolError, PoolIdentityError, first_line
 from augment.schema import (
+    MODALITIES,
     POOL_FEATURES,
     POOL_SCHEMA_VERSION,
     SchemaError,
@@ -119,6 +120,43 @@ def check_shard_readable(shard: Path, where: str | None = None) -> int:
     except Exception as exc:  # ArrowInvalid, OSError...: a damaged file, whatever pyarrow calls it
         raise PoolError(f"{where or shard}: unreadable parquet shard (truncated or not parquet: {first_line(exc)}); "
                         "delete it and re-run the command that wrote it") from None
+
+
+# the columns `check_pool_row`'s rules read, bar the image (decoded, and checked, where it is used)
+_ROW_RULE_COLUMNS = ["row_id", "modality", "caption", "source_image_id"]
+
+
+def check_shard_rows(shard: Path, where: str, row_ids: set[str]) -> None:
+    """The rules every written row met (`check_pool_row`: modality, a caption on text and pair rows,
+    a source image id) and row ids unique across the pool (`row_ids`: those of the shards before),
+    on a shard as it is now: one edited or written by another tool would otherwise be pushed,
+    scored and selected as it is (a duplicate id gets its first copy's scores). By columns, then
+    the first offending row named through `check_pool_row`'s own message."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(shard, columns=_ROW_RULE_COLUMNS)
+    except Exception as exc:  # pages damaged under a whole footer
+        raise PoolError(f"{where}: damaged ({first_line(exc)}); delete it and re-run the command that wrote it") from None
+    modality, caption = table["modality"], table["caption"]
+    known = pc.fill_null(pc.is_in(modality, value_set=pa.array(list(MODALITIES))), False)
+    captioned = pc.fill_null(pc.is_in(modality, value_set=pa.array(["text", "pair"])), False)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(caption), ""), True)
+    no_source = pc.fill_null(pc.equal(table["source_image_id"], ""), True)
+    bad = pc.or_(pc.or_(pc.invert(known), pc.and_(captioned, empty)), no_source)
+    if pc.any(bad).as_py():
+        k = pc.index(bad, True).as_py()
+        row = {name: table[name][k].as_py() for name in _ROW_RULE_COLUMNS}
+        check_pool_row({**row, "image": True}, f"{where}, row {k} ({row['row_id']!r})")
+    for k, row_id in enumerate(table["row_id"].to_pylist()):
+        if not row_id:
+            raise PoolError(f"{where}: row {k} has no row_id")
+        if row_id in row_ids:
+            raise PoolError(f"{where}: row {k} has row_id {row_id!r}, which another row of the pool has too "
+                            "(row ids name rows, once each)")
+        row_ids.add(row_id)
 
 
 def write_pool_card(out_dir: Path, meta: dict) -> None:
@@ -388,11 +426,13 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_
     if not shards:
         raise PoolError(f"{path}: pool has no data shards")
     rows = 0
+    row_ids: set[str] = set()
     for shard in shards:
         where = f"{path}/{DATA_DIR}/{shard.name}"
         rows += check_shard_readable(shard, where)
         features = Features.from_arrow_schema(pq.read_schema(shard))
         check_pool_features(features, f"{path.name}/{DATA_DIR}/{shard.name}")
+        check_shard_rows(shard, where, row_ids)
     recorded = meta.get("num_rows")
     if meta.get("status") == "complete" and isinstance(recorded, int) and rows != recorded:
         # a shard deleted after a damage report (as that report says) and the command not re-run: the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -55,6 +56,28 @@ def test_writer_refuses_bad_rows(tmp_path, bad, message):
     with pytest.raises(SchemaError, match=message):
         write_pool(tmp_path / "p", [{**_row(0), **bad}], {"method": "m"})
     assert not list((tmp_path / "p" / "data").glob("*.parquet"))  # nothing half-written
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("caption", "", "shard-00001.parquet, row 1 ('m:3:0:0'): text row has an empty caption"),
+    ("modality", "video", "shard-00001.parquet, row 1 ('m:3:0:0'): modality must be one of"),
+    ("source_image_id", "", "shard-00001.parquet, row 1 ('m:3:0:0'): row has no source_image_id"),
+    ("row_id", "m:0:0:0", "shard-00001.parquet: row 1 has row_id 'm:0:0:0', which another row of the pool has too"),
+])
+def test_reader_refuses_a_row_edited_after_writing_naming_shard_and_row(tmp_path, column, value, message):
+    """Rows are checked when written; a shard edited or written by another tool since would be
+    pushed, scored and selected as it is (a duplicate id takes its first copy's scores)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_pool(tmp_path / "p", [_row(i) for i in range(4)], {"method": "m"}, shard_rows=2)
+    shard = tmp_path / "p" / "data" / "shard-00001.parquet"
+    table = pq.read_table(shard)
+    values = table[column].to_pylist()
+    values[1] = value
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(values, pa.string())), shard)
+    with pytest.raises((PoolError, SchemaError), match=re.escape(message)):
+        load_pool(tmp_path / "p")
 
 
 def test_reader_refuses_wrong_schema_and_version(tmp_path):
