@@ -35,3 +35,19 @@ def test_make_bench_starts_each_benchmark_at_torchs_default_threads(monkeypatch)
     finally:
         torch.set_num_threads(default)
     assert seen == [default] * 3
+
+
+def test_a_speed_up_that_makes_other_adversarial_images_is_flagged():
+    """A few flipped gradient signs (measured: 4 of 393,216 pixels) are the same attack; a share beyond
+    `MAX_FLIPPED_SHARE` is another one, and PGD counts only pixels beyond float rounding."""
+    from bench.bench_attacks import images_that_differ
+
+    def entry(differing, before=0):
+        return {"pixels_differing": differing, "pixels_differing_before": before, "pixels": 393216}
+
+    report = {"multimodal": {"attacks": {"co-attack": entry(4), "sga": entry(0, before=5000), "sep": entry(0)}},
+              "pgd": {"without_random_start": {"pixels_beyond_rounding": 1, "pixels_differing": 8556, "pixels": 393216}}}
+    assert images_that_differ(report) == ["sga"]
+    report["pgd"]["without_random_start"]["pixels_beyond_rounding"] = 2000
+    assert images_that_differ(report) == ["pgd (against torchattacks, no random start)", "sga"]
+    assert images_that_differ({"multimodal": {"attacks": {}}}) == []
