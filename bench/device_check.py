@@ -191,16 +191,18 @@ def run_one(measurement: Measurement, argv: list[str], log_path: Path, limit_s: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    chosen = MEASUREMENTS
     if args.only:  # a misspelt name would run nothing and report success, wasting device time
         names = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = [name for name in names if name not in {m.name for m in MEASUREMENTS}]
+        known = [m.name for m in MEASUREMENTS]
+        unknown = [name for name in names if name not in known]
         if unknown or not names:
             print(f"device_check: --only {args.only!r}: unknown measurement(s) {', '.join(unknown) or '(none given)'}; "
-                  f"known: {', '.join(m.name for m in MEASUREMENTS)}", file=sys.stderr)
+                  f"known: {', '.join(known)}", file=sys.stderr)
             return 2
+        chosen = [m for m in MEASUREMENTS if m.name in names]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = MEASUREMENTS if not args.only else [m for m in MEASUREMENTS if m.name in names]
     lines = preflight()
     print("\n".join(lines), flush=True)
     if lines[0].startswith("missing:"):

@@ -252,11 +252,11 @@ def test_images_the_safety_checker_flags_are_dropped_and_counted(tmp_path, sampl
     import augment.pool
 
     cards = []  # pool.json is written once, with its note: never complete without it
-    monkeypatch.setattr(augment.pool, "write_pool_card", lambda folder, meta: cards.append(dict(meta)))
+    write_card = augment.pool.write_pool_card
+    monkeypatch.setattr(augment.pool, "write_pool_card",
+                        lambda folder, meta: (cards.append(dict(meta)), write_card(folder, meta)))
     whole = generate(tmp_path, sample_dir, "t2i-sd", "whole", *args)
     assert [meta.get("nsfw_dropped") for meta in cards] == [1]
-    monkeypatch.undo()
-    install_checker(monkeypatch, reference[flagged])
     assert pool_images(whole) == {row_id: png for row_id, png in reference.items() if row_id != flagged}
     pool = load_pool(whole)
     assert pool.meta["params"]["safety_checker"] is True and pool.meta["num_rows"] == 3
