@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import threading
@@ -200,6 +201,13 @@ def remove_dead_swap_leftovers(target: str | os.PathLike, keep: str | os.PathLik
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def staging_path(target: str | os.PathLike) -> Path:
+    """Where a folder replacing `target` is written first: `.NAME.partial-PID-xxxxxxxx` beside it,
+    a name `remove_dead_swap_leftovers` deletes once its process is gone."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def swap_folder_into_place(staged: str | os.PathLike, target: str | os.PathLike, *,

@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
@@ -210,6 +211,36 @@ def _only_leftovers(folder: Path) -> bool:
     return True
 
 
+def existing_pool_meta(out_dir: Path, overwrite: bool = False) -> dict | None:
+    """The provenance of the pool already at `out_dir` (None: nothing there, only a killed writer's
+    leftovers, or, with `overwrite`, a pool to be replaced unread). PoolError when the folder holds
+    something that is not a pool."""
+    if not out_dir.exists() or _only_leftovers(out_dir):
+        return None
+    if not (out_dir / POOL_META).exists():
+        raise PoolError(f"{out_dir}: exists and is not a pool; choose another --out")
+    return {} if overwrite else read_pool_meta(out_dir)
+
+
+def resumed_meta(out_dir: Path, old: dict, meta: dict) -> dict:
+    """`meta` for writing again into the pool at `out_dir` whose provenance is `old`: the old pool's
+    keys and creation time kept. PoolIdentityError naming the identity keys that differ."""
+    by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
+    changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
+               and not (k in KEYS_ADDED_SINCE and k not in old)
+               and not (by_shard and k in SHARD_CHECKED_KEYS)]
+    if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
+        # name the parameters (e.g. batch_size), not just "params"
+        differing = sorted(k for k in set(old["params"]) | set(meta["params"])
+                           if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
+        changed[changed.index("params")] = f"params {differing}"
+    if changed:
+        raise PoolIdentityError(
+            f"{out_dir}: holds a pool made with different {', '.join(changed)}; "
+            "use another --out, or --overwrite to replace it", changed)
+    return {**old, **meta, "created": old.get("created")}
+
+
 class PoolWriter:
     """Writes a pool shard by shard; re-opening the same pool with the same identity resumes it.
 
@@ -221,32 +252,17 @@ class PoolWriter:
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
-        if self.out_dir.exists() and not _only_leftovers(self.out_dir):
-            if not meta_path.exists():
-                raise PoolError(f"{self.out_dir}: exists and is not a pool; choose another --out")
-            if overwrite:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
-                for shard in self.data_dir.glob("*.parquet"):
-                    shard.unlink()
-            else:
-                old = read_pool_meta(self.out_dir)
-                by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
-                changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
-                           and not (k in KEYS_ADDED_SINCE and k not in old)
-                           and not (by_shard and k in SHARD_CHECKED_KEYS)]
-                if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
-                    # name the parameters (e.g. batch_size), not just "params"
-                    differing = sorted(k for k in set(old["params"]) | set(meta["params"])
-                                       if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
-                    changed[changed.index("params")] = f"params {differing}"
-                if changed:
-                    raise PoolIdentityError(
-                        f"{self.out_dir}: holds a pool made with different {', '.join(changed)}; "
-                        "use another --out, or --overwrite to replace it", changed)
-                if by_shard:
-                    self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
-                meta = {**old, **meta, "created": old.get("created")}
-                for shard in sorted(self.data_dir.glob("shard-*.parquet")):  # resume: kept shards must be whole
-                    check_shard_readable(shard)
+        old = existing_pool_meta(self.out_dir, overwrite)
+        if overwrite and old is not None:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
+            for shard in self.data_dir.glob("*.parquet"):
+                shard.unlink()
+        elif old is not None:
+            merged = resumed_meta(self.out_dir, old, meta)
+            if isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list):
+                self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
+            meta = merged
+            for shard in sorted(self.data_dir.glob("shard-*.parquet")):  # resume: kept shards must be whole
+                check_shard_readable(shard)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.data_dir, recursive=False)  # shards of a killed run
         remove_stale_temporaries(self.out_dir, recursive=False)  # its pool.json / README.md, half-written
@@ -341,25 +357,68 @@ def _identity_value(meta: dict, key: str) -> Any:
 
 
 def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, overwrite: bool = False, shard_rows: int = 5000) -> dict:
-    """Write a whole pool from rows in one go (select, adversarial examples, copies)."""
-    writer = PoolWriter(out_dir, meta, overwrite=overwrite)
-    buffer: list[dict] = []
-    index = 0
-    for row in rows:
-        buffer.append(row)
-        if len(buffer) >= shard_rows:
+    """Write a whole pool from rows in one go (select, copies).
+
+    It is written into a folder beside `out_dir` and swapped in when complete: a pool already at
+    `out_dir` (replaced with `overwrite`, or a re-run of the same selection) stays whole until then,
+    so a failure or a kill mid-write leaves it as it was. What else that folder holds (its scores,
+    a card or files of the user's own) is carried over."""
+    from augment.atomic import staging_path, swap_folder_into_place
+
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # a link to a pool folder: that folder is replaced, the link kept
+        out_dir = out_dir.resolve()
+    old = existing_pool_meta(out_dir, overwrite)  # refusals first: nothing is written before them
+    if old is not None and not overwrite:
+        meta = resumed_meta(out_dir, old, meta)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = staging_path(out_dir)
+    try:
+        writer = PoolWriter(staged, {"name": out_dir.name, **meta})
+        buffer: list[dict] = []
+        index = 0
+        for row in rows:
+            buffer.append(row)
+            if len(buffer) >= shard_rows:
+                writer.write_shard(index, buffer)
+                buffer, index = [], index + 1
+        if buffer or index == 0:
             writer.write_shard(index, buffer)
-            buffer, index = [], index + 1
-    if buffer or index == 0:
-        writer.write_shard(index, buffer)
-        index += 1
-    # a pool of the same identity written before with more shards (a selection re-run after its parent
-    # was re-scored): its shards past these are not this pool's rows
-    written = {writer.shard_path(k) for k in range(index)}
-    for stale in writer.data_dir.glob("shard-*.parquet"):
-        if stale not in written:
-            stale.unlink()
-    return writer.finalize(expected_shards=index)
+            index += 1
+        if old is not None:
+            _carry_over(out_dir, staged)
+        written = writer.finalize(expected_shards=index)
+        swap_folder_into_place(staged, out_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return written
+
+
+def _carry_over(old: Path, staged: Path) -> None:
+    """Everything in the pool folder `old` but its rows, its pool.json and its generated card, into
+    `staged` (hard links where the filesystem allows: no copy of a large embedding cache). A user's
+    own card stays, and scores of the old rows come along to be recognised as stale by their key,
+    as they are when a pool is rewritten in place."""
+    from augment.atomic import is_temporary
+
+    def link_or_copy(source, destination):
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+
+    for entry in old.iterdir():
+        if entry.name in (DATA_DIR, POOL_META) or is_temporary(entry):
+            continue
+        if entry.name == POOL_CARD and _POOL_CARD_MARK in entry.read_text(encoding="utf-8", errors="replace"):
+            continue  # written anew for the new rows
+        target = staged / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target)
+        elif entry.is_dir():
+            shutil.copytree(entry, target, symlinks=True, copy_function=link_or_copy)
+        else:
+            link_or_copy(entry, target)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -35,14 +35,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
-from augment.atomic import readable_as_umask, swap_folder_into_place
+from augment.atomic import readable_as_umask, staging_path, swap_folder_into_place
 
 log = logging.getLogger(__name__)
 
@@ -616,8 +615,7 @@ def save_tiny(out_dir: str | os.PathLike, names: Iterable[str] | None = None) ->
 
 def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> Path:
     """`build(tmp)` into a temporary sibling folder, then renamed to root/name when complete."""
-    # `.NAME.partial-PID-xxxxxxxx`: a killed build's folder is one `swap_folder_into_place` deletes later
-    tmp = root / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = staging_path(root / name)  # a killed build's folder is one `swap_folder_into_place` deletes later
     tmp.mkdir()
     try:
         build(tmp)

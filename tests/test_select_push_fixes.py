@@ -209,6 +209,47 @@ def test_a_selection_from_another_parent_is_not_silently_replaced(tmp_path, caps
     assert run(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")[0] == 0
 
 
+def test_select_overwrite_keeps_the_old_pool_whole_until_the_new_one_is_written(tmp_path, capsys, monkeypatch):
+    """`select --overwrite` cleared its output before writing: a failure mid-write (a full disk, a
+    crash) lost the pool that was there. It writes beside it and swaps the finished pool in; what
+    else the folder holds (a card and notes of the user's own) comes along."""
+    import augment.pool as pool_module
+
+    first, second = text_pool(tmp_path / "eda", "eda"), text_pool(tmp_path / "other", "shuffle")
+    out = tmp_path / "sel"
+    assert run(capsys, "select", first, "--out", out, "--max-per-item", "1")[0] == 0
+    (out / "NOTES.txt").write_text("my notes")
+    before = files_under(out)
+
+    real_write_shard = pool_module.PoolWriter.write_shard
+
+    def failing(self, index, rows):
+        real_write_shard(self, index, rows)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool_module.PoolWriter, "write_shard", failing)
+    assert "No space left" in refused(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")
+    assert files_under(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eda", "other", "sel"]  # no staged folder left
+
+    monkeypatch.setattr(pool_module.PoolWriter, "write_shard", real_write_shard)
+    (out / "README.md").write_text("# my own card\n")
+    assert run(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")[0] == 0
+    assert json.loads((out / "pool.json").read_text())["parent"]["meta"]["method"] == "shuffle"
+    assert (out / "NOTES.txt").read_text() == "my notes" and (out / "README.md").read_text() == "# my own card\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eda", "other", "sel"]
+
+
+def test_a_selection_written_through_a_link_replaces_the_linked_pool(tmp_path, capsys):
+    first = text_pool(tmp_path / "eda", "eda")
+    real = tmp_path / "real"
+    assert run(capsys, "select", first, "--out", real, "--max-per-item", "1")[0] == 0
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert run(capsys, "select", first, "--out", link, "--max-per-item", "2", "--overwrite")[0] == 0
+    assert link.is_symlink() and json.loads((real / "pool.json").read_text())["selected_rows"] == 4
+
+
 def test_a_selection_keeps_its_parents_provenance_without_its_shard_fingerprints(tmp_path, capsys):
     """The parent's `shard_inputs` (one entry per shard: megabytes at --shard-size 1 on a large source) was
     copied into every selection's pool.json; its identity keys stay, and so does resuming the selection."""
