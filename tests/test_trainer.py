@@ -476,7 +476,7 @@ def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, 
     table = pq.read_table(next((Path(pools["text"]) / "data").glob("*.parquet")))
     pq.write_table(table.append_column("score", pa.array([0.5] * table.num_rows)), schema_dir / "data" / "shard-00000.parquet")
 
-    cases = {"unknown": "not in the source", "leak": "leak", "foreign": "another source", "badindex": "caption 9",
+    cases = {"unknown": "not in the source", "leak": "leak", "foreign": "another source", "badindex": r"row 0 \(t:.+:9:0\) ties to caption 9",
              "schema": "unexpected columns", "unfingerprinted": "records no source fingerprint"}
     for name, message in cases.items():
         out = tmp_path / f"run-{name}"

@@ -149,7 +149,8 @@ def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts
     elif not made_from and not allow_mismatch:  # every pool this project writes records it
         raise PoolError(f"{where} records no source fingerprint, so nothing shows it was made from this source "
                         "(its ids could name other images); pass --allow-pool-mismatch to use it anyway")
-    columns = pool.dataset.select_columns(["source_image_id", "source_caption_index", "modality", "caption"])
+    columns = pool.dataset.select_columns(["row_id", "source_image_id", "source_caption_index", "modality", "caption"])
+    row_ids = columns["row_id"]  # how errors name a row: its position alone means nothing to a user
     image_ids = columns["source_image_id"]
     caption_indices = columns["source_caption_index"]
     modalities = columns["modality"]
@@ -174,11 +175,11 @@ def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts
     wrong = np.flatnonzero((caption_index < -1) | (caption_index >= counts))
     if len(wrong):
         row = int(wrong[0])
-        raise PoolError(f"{where}: row {row} ties to caption {caption_index[row]} of image "
+        raise PoolError(f"{where}: row {row} ({row_ids[row]}) ties to caption {caption_index[row]} of image "
                         f"{image_ids[row]!r}, which has {counts[row]} captions")
     for row, (modality, caption) in enumerate(zip(modalities, captions)):
         if modality in ("text", "pair") and not (caption or "").strip():
-            raise PoolError(f"{where}: {modality} row {row} has no caption")
+            raise PoolError(f"{where}: {modality} row {row} ({row_ids[row]}) has no caption")
 
     tied: dict[tuple[int, int], list[int]] = defaultdict(list)
     untied: dict[int, list[int]] = defaultdict(list)
