@@ -32,12 +32,13 @@ from typing import Any, Callable, Iterable
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
 from augment.errors import PoolError, PoolIdentityError, first_line
 from augment.schema import (
-    MODALITIES,
     POOL_FEATURES,
     POOL_SCHEMA_VERSION,
+    ROW_RULE_COLUMNS,
     SchemaError,
     check_pool_features,
     check_pool_row,
+    pool_row_problems,
 )
 
 POOL_META = "pool.json"
@@ -112,44 +113,38 @@ _META_TYPES = (
 )
 
 
-def check_shard_readable(shard: Path, where: str | None = None) -> int:
-    """The number of rows of a parquet shard; PoolError naming it when it is truncated or not parquet."""
+def open_shard(shard: Path, where: str | None = None):
+    """The parquet shard opened (its footer read once: row count, schema, then its columns); PoolError
+    naming it when it is truncated or not parquet."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(shard).metadata.num_rows
+        return pq.ParquetFile(shard)
     except Exception as exc:  # ArrowInvalid, OSError...: a damaged file, whatever pyarrow calls it
         raise PoolError(f"{where or shard}: unreadable parquet shard (truncated or not parquet: {first_line(exc)}); "
                         "delete it and re-run the command that wrote it") from None
 
 
-# the columns `check_pool_row`'s rules read, bar the image (decoded, and checked, where it is used)
-_ROW_RULE_COLUMNS = ["row_id", "modality", "caption", "source_image_id"]
+def check_shard_readable(shard: Path, where: str | None = None) -> int:
+    """The number of rows of a parquet shard; PoolError naming it when it is truncated or not parquet."""
+    return open_shard(shard, where).metadata.num_rows
 
 
-def check_shard_rows(shard: Path, where: str, row_ids: set[str]) -> None:
-    """The rules every written row met (`check_pool_row`: modality, a caption on text and pair rows,
-    a source image id) and row ids unique across the pool (`row_ids`: those of the shards before),
-    on a shard as it is now: one edited or written by another tool would otherwise be pushed,
-    scored and selected as it is (a duplicate id gets its first copy's scores). By columns, then
-    the first offending row named through `check_pool_row`'s own message."""
-    import pyarrow as pa
+def check_shard_rows(shard, where: str, row_ids: set[str]) -> None:
+    """The rules every written row met (`schema.pool_row_problems`: modality, a caption on text and
+    pair rows, a source image id) and row ids unique across the pool (`row_ids`: those of the shards
+    before), on a shard (an open `pyarrow.parquet.ParquetFile`) as it is now: one edited or written
+    by another tool would otherwise be pushed, scored and selected as it is (a duplicate id gets its
+    first copy's scores). The first offending row is named through `check_pool_row`'s own message."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(shard, columns=_ROW_RULE_COLUMNS)
+        table = shard.read(columns=ROW_RULE_COLUMNS)
     except Exception as exc:  # pages damaged under a whole footer
         raise PoolError(f"{where}: damaged ({first_line(exc)}); delete it and re-run the command that wrote it") from None
-    modality, caption = table["modality"], table["caption"]
-    known = pc.fill_null(pc.is_in(modality, value_set=pa.array(list(MODALITIES))), False)
-    captioned = pc.fill_null(pc.is_in(modality, value_set=pa.array(["text", "pair"])), False)
-    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(caption), ""), True)
-    no_source = pc.fill_null(pc.equal(table["source_image_id"], ""), True)
-    bad = pc.or_(pc.or_(pc.invert(known), pc.and_(captioned, empty)), no_source)
-    if pc.any(bad).as_py():
-        k = pc.index(bad, True).as_py()
-        row = {name: table[name][k].as_py() for name in _ROW_RULE_COLUMNS}
+    # the rows flagged (normally none) go through `check_pool_row`, the rules' reference, for the message
+    for k in pc.indices_nonzero(pool_row_problems(table)).to_pylist():
+        row = {name: table[name][k].as_py() for name in ROW_RULE_COLUMNS}
         check_pool_row({**row, "image": True}, f"{where}, row {k} ({row['row_id']!r})")
     for k, row_id in enumerate(table["row_id"].to_pylist()):
         if not row_id:
@@ -468,7 +463,6 @@ def resolve_pool_path(path_or_id: str) -> Path:
 def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_empty: bool = False) -> Pool:
     """Read and validate a pool; refuse wrong schemas, damaged files, unfinished pools and (unless
     `allow_empty`) pools without rows, each with one clear line."""
-    import pyarrow.parquet as pq
     from datasets import Features, load_dataset
 
     path = resolve_pool_path(str(path_or_id))
@@ -488,10 +482,10 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_
     row_ids: set[str] = set()
     for shard in shards:
         where = f"{path}/{DATA_DIR}/{shard.name}"
-        rows += check_shard_readable(shard, where)
-        features = Features.from_arrow_schema(pq.read_schema(shard))
-        check_pool_features(features, f"{path.name}/{DATA_DIR}/{shard.name}")
-        check_shard_rows(shard, where, row_ids)
+        opened = open_shard(shard, where)
+        rows += opened.metadata.num_rows
+        check_pool_features(Features.from_arrow_schema(opened.schema_arrow), f"{path.name}/{DATA_DIR}/{shard.name}")
+        check_shard_rows(opened, where, row_ids)
     recorded = meta.get("num_rows")
     if meta.get("status") == "complete" and isinstance(recorded, int) and rows != recorded:
         # a shard deleted after a damage report (as that report says) and the command not re-run: the

@@ -106,3 +106,23 @@ def check_pool_row(row: dict, where: str) -> None:
         raise SchemaError(f"{where}: {modality} row has no image")
     if not row.get("source_image_id"):
         raise SchemaError(f"{where}: row has no source_image_id")
+
+
+# the columns `check_pool_row`'s rules read, bar the image (decoded, and checked, where it is used)
+ROW_RULE_COLUMNS = ["row_id", "modality", "caption", "source_image_id"]
+
+
+def pool_row_problems(table):
+    """`check_pool_row`'s rules (bar the image) on a whole pyarrow table of `ROW_RULE_COLUMNS` at
+    once: a boolean array, True where a row breaks one (a loop over rows costs seconds on a large
+    pool, on every command that reads it). A rule added to `check_pool_row` belongs here too: a test
+    checks that the two agree row by row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    modality, caption = table["modality"], table["caption"]
+    known = pc.fill_null(pc.is_in(modality, value_set=pa.array(list(MODALITIES))), False)
+    captioned = pc.fill_null(pc.is_in(modality, value_set=pa.array(["text", "pair"])), False)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(caption), ""), True)
+    no_source = pc.fill_null(pc.equal(table["source_image_id"], ""), True)
+    return pc.or_(pc.or_(pc.invert(known), pc.and_(captioned, empty)), no_source)

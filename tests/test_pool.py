@@ -80,6 +80,32 @@ def test_reader_refuses_a_row_edited_after_writing_naming_shard_and_row(tmp_path
         load_pool(tmp_path / "p")
 
 
+def test_the_readers_table_rules_agree_with_the_writers_row_rules():
+    """`pool_row_problems` (the reader's rules on whole columns) and `check_pool_row` (the writer's,
+    row by row) must flag the same rows: a rule added to one only would let such rows through the
+    reader, or flag rows it then cannot name."""
+    import pyarrow as pa
+
+    from augment.schema import ROW_RULE_COLUMNS, check_pool_row, pool_row_problems
+
+    captions = ["a cat", "", " ", "\t\n", "\u3000", "\x1c", "\xa0", "\u2028x", None]
+    rows = [{"row_id": f"r{i}", "modality": modality, "caption": caption, "source_image_id": source}
+            for i, (modality, caption, source) in enumerate(
+                (m, c, s) for m in ("text", "image", "pair", "video", "", None) for c in captions for s in ("img", "", None))]
+    table = pa.table({name: pa.array([row[name] for row in rows], pa.string()) for name in ROW_RULE_COLUMNS})
+    flagged = pool_row_problems(table).to_pylist()
+
+    def breaks(row) -> bool:
+        try:
+            check_pool_row({**row, "image": True}, "here")
+        except SchemaError:
+            return True
+        return False
+
+    assert flagged == [breaks(row) for row in rows]
+    assert 0 < sum(flagged) < len(rows)
+
+
 def test_reader_refuses_wrong_schema_and_version(tmp_path):
     write_pool(tmp_path / "p", [_row(0)], {"method": "m"})
     meta_path = tmp_path / "p" / "pool.json"
