@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 from fractions import Fraction
 
 
@@ -29,9 +30,14 @@ def finite_number(text: str) -> float:
 
 
 def folder_path(text: str) -> str:
-    """A folder to write (or resume) into: refused when it names an existing file."""
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder; choose a folder")
+    """A folder to write (or resume) into: refused when it names an existing file, a link to a
+    missing folder (a run would be written wherever the link points, made on the spot), or lies
+    under a file (`atomic.output_folder_problem`)."""
+    from augment.atomic import output_folder_problem
+
+    problem = output_folder_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; choose another folder")
     return text
 
 

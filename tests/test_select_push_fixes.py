@@ -188,7 +188,35 @@ def test_a_dangling_link_as_the_output_is_named(tmp_path, capsys):
     link = tmp_path / "dl"
     link.symlink_to(tmp_path / "gone")
     assert "link to a missing" in refused(capsys, "push", pool, "--to-dir", link)
-    assert "link to a missing" in refused(capsys, "select", pool, "--out", link, "--max-per-item", "1")
+    assert not (tmp_path / "gone").exists()
+    # select, generate, train, train eval, the study: refused as they parse --out (an argparse error, exit 2)
+
+
+@pytest.mark.parametrize("command", ["select", "generate", "train", "eval", "study"])
+def test_a_dangling_link_as_an_output_folder_is_refused_before_any_work(tmp_path, capsys, command):
+    """`train` and `train eval` followed such a link and made its missing target (a run of an old link
+    to an unmounted disk written on the root filesystem); generate failed with `File exists`."""
+    from analysis.cli import main as analysis_main
+    from augment.cli import main as augment_main
+    from train.cli import main as train_main
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    link = tmp_path / "dl"
+    link.symlink_to(tmp_path / "gone" / "deeper")
+    argv, main = {
+        "select": ([pool, "--out", link, "--max-per-item", "1"], augment_main),
+        "generate": (["--method", "eda", "--source", tmp_path, "--out", link], augment_main),
+        "train": (["clean", "--model", "tiny-clip", "--train-data", tmp_path, "--out", link], train_main),
+        "eval": (["eval", "tiny-clip", "--source", tmp_path, "--out", link], train_main),
+        "study": (["study", "--config", "mini", "--out", link], analysis_main),
+    }[command]
+    argv = ([command] if main is augment_main else []) + [str(a) for a in argv]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "link to a missing" in errors[0], err
     assert not (tmp_path / "gone").exists()
 
 
