@@ -45,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
     from analysis.config import eval_pgd_step_size
     from train.attacks.settings import pgd_step_size
     from train.config import parse_fraction
-    from train.evaluate_captioning import evaluate_captioning, write_captioning_report
+    from train.evaluate_captioning import evaluate_captioning
 
     e = {**DEFAULT_EVAL, **eval_settings}
     victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"])
@@ -60,8 +60,16 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
         caption_checker=check_caption_of_row, generation={"min_length": int(e["min_length"])}, meteor=e["meteor"],
         seed=seed, progress=False,
     )
-    write_captioning_report(report, folder)  # takes the per-caption lists out into captions.jsonl
+    write_report(report, folder)  # takes the per-caption lists out into captions.jsonl
     return report
+
+
+def write_report(report: dict, folder: str | Path) -> None:
+    """folder/eval.json and eval.md of a captioning `report`, and captions.jsonl when it holds the
+    per-caption lists (an eval.json read back, as the study rewrites one it reuses, does not)."""
+    from train.evaluate_captioning import write_captioning_report
+
+    write_captioning_report(report, folder)
 
 
 def headline(report: dict) -> dict:

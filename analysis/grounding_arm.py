@@ -6,7 +6,7 @@ The study (`analysis/study.py`) finds this module through `analysis/task_arms.py
   expressions per object, true boxes in the JSON: `augment make-sample --expressions 2`);
 * `evaluate_checkpoint(...)`: grounding accuracy, clean and under every configured attack
   (`train.evaluate_grounding`), on the world's test split, with the world's truth checker;
-  eval.json / eval.md through `train.eval_report.write_report`;
+  eval.json / eval.md through `write_report` (`train.eval_report.write_report`);
 * `headline(report)`: clean and robust accuracy (robust = under `HEADLINE_ATTACK`, counting an
   attacked expression the checker says no longer singles out its object as not attacked, as
   the retrieval arm's `headline_captions: meaning_preserved`), with the random-box baseline.
@@ -59,8 +59,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
 
     from augment.referring import load_grounding
     from models import load_model
-    from train.eval_report import write_report
-    from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
+    from train.evaluate_grounding import evaluate_grounding, world_expression_checker
 
     e = {**DEFAULT_EVAL, **eval_settings}
     torch.manual_seed(seed)
@@ -71,8 +70,16 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
                                 seed=seed)
     report["settings"].update({"source": str(source_dir), "split": e["split"], "checkpoint": str(checkpoint),
                                "command": "analysis study (grounding arm)"})
-    write_report(report, folder, markdown_grounding_report)
+    write_report(report, folder)
     return report
+
+
+def write_report(report: dict, folder: str | Path) -> None:
+    """folder/eval.json and eval.md of a grounding `report` (also the study's, rewriting one it reuses)."""
+    from train.eval_report import write_report as write
+    from train.evaluate_grounding import markdown_grounding_report
+
+    write(report, folder, markdown_grounding_report)
 
 
 def headline(report: dict) -> dict:

@@ -392,7 +392,9 @@ class Study:
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, key)
-        return json.loads((folder / EVAL_JSON).read_text())
+        report = json.loads((folder / EVAL_JSON).read_text())
+        write = self.arm.write_report if self.arm is not None else lambda r, f: write_report(r, f, markdown_report)
+        return renamed_checkpoint(report, checkpoint, self.out, folder, write)
 
     # ------------------------------------------------------------------ 7. everything, then the report
 
@@ -475,6 +477,39 @@ class Study:
                             "source": spec.source, "group": spec.group, "seed": seed,
                             "headline": self.arm.headline(report), "eval": report})
         return write_task_report(self.out, config, results)
+
+
+def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path,
+                       write: Callable[[dict, Path], Any]) -> dict:
+    """The evaluation `report` in `folder` naming `checkpoint` where it is now, rewritten there
+    (eval.json and eval.md, atomically, by the task's `write`) when it names the checkpoint at its
+    place in the `study` folder before that folder was moved or copied: its cache key (paths
+    relative to the study) holds, so it is this checkpoint's evaluation, but its model names
+    (`model_id`, grounding's settings.checkpoint) and any other path inside the old study folder
+    (grounding's settings.source) were those of the old place, and `analysis compare`, results.json
+    and the report showed a path that may no longer exist. Unchanged otherwise (a fresh evaluation
+    names `checkpoint`; a checkpoint outside the study never moved with it)."""
+    named = (report.get("victim") or report.get("model") or {}).get("name")
+    if not isinstance(named, str) or named == str(checkpoint) or not checkpoint.is_relative_to(study):
+        return report
+    place = checkpoint.relative_to(study).parts  # ("runs", "mat-s0", "ckpt")
+    old = Path(named)
+    if old.parts[len(old.parts) - len(place):] != place:
+        return report
+    old_study = Path(*old.parts[:len(old.parts) - len(place)])
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: moved(v) for key, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and (value == named or (old_study.parts and Path(value).is_relative_to(old_study))):
+            return str(study / Path(value).relative_to(old_study))
+        return value
+
+    report = moved(report)
+    write(dict(report), folder)  # a copy: the captioning writer takes keys out of what it writes
+    return report
 
 
 def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dict]:

@@ -562,13 +562,24 @@ def source_fingerprint(dataset: "datasets.Dataset") -> str:
     return fingerprint
 
 
-def image_files_fingerprint(dataset: "datasets.Dataset") -> str:
+def image_files_fingerprint(dataset: "datasets.Dataset", root: str | os.PathLike | None = None) -> str:
     """Which pixels a source's rows read, where `source_fingerprint` (ids, splits, captions, which
     pools must share) does not look: each stored image's `source_cache.path_identity` (absolute
     path, size, modification and change times: another --image-root, an image replaced in place,
     even with its old mtime as `cp -p` keeps it) or its embedded bytes' hash. No image is
-    decoded. The score cache's key holds it."""
-    return identities_fingerprint(image_identities(dataset))
+    decoded. The score cache's key holds it, with `root` (the source's folder): the paths inside
+    it are written relative to it, so a source moved with its images (`mv` keeps their times)
+    keeps its fingerprint; a path elsewhere stays absolute."""
+    identities = image_identities(dataset)
+    if root is not None:
+        base = os.path.abspath(root)
+        identities = [[os.path.relpath(i[0], base), *i[1:]] if isinstance(i, list) and _inside(i[0], base) else i
+                      for i in identities]
+    return identities_fingerprint(identities)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def identities_fingerprint(identities: list) -> str:

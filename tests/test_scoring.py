@@ -1156,6 +1156,46 @@ def test_cli_scores_pools_writes_side_tables_plot_and_table_then_selects(tmp_pat
     assert len(selected) == 8 and selected.meta["parent"]["meta"]["method"] == "first"
 
 
+def test_cli_a_pool_moved_with_its_source_keeps_its_scores(tmp_path, capsys, monkeypatch):
+    """`mv` of a folder holding a pool and its source, then `augment score` there: the stored scores
+    are reused (the key held the source's path and its images' absolute paths, and the pool was
+    encoded again); the entry then records the pool's and the source's new paths."""
+    import shutil
+
+    from datasets import Image
+
+    import augment.commands.score as score_command
+    from augment.cli import main
+    from augment.sources import load_source
+    from augment.world.writer import write_sample
+
+    first, moved = tmp_path / "a" / "study", tmp_path / "b" / "study"
+    write_sample(first / "world", n=12, seed=0)
+    dataset, _ = load_source(str(first / "world"))
+    items = [item for item in dataset.cast_column("image", Image(decode=False)) if item["split"] == "train"][:4]
+    _write(first / "pool", [_row(item, 0, 0, "own", "text", caption=item["captions"][1]) for item in items],
+           first / "world")
+
+    def score(folder) -> str:
+        assert main(["score", str(folder / "pool"), "--source", str(folder / "world"), "--scorer", "tiny-clip",
+                     "--bootstrap", "20", "--gap-bootstrap", "5", "--no-progress", "--no-plot"]) == 0
+        return capsys.readouterr().out
+
+    assert "encoded 20 texts + 4 images" in score(first)  # the pool's captions and its items' source captions and images
+    made = json.loads((first / "pool" / "scores.json").read_text())
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    loads = []
+    real_load = score_command.load_scorer_or_fail
+    monkeypatch.setattr(score_command, "load_scorer_or_fail", lambda args: loads.append(1) or real_load(args))
+    assert "stored scores reused" in score(moved) and loads == []  # no scorer loaded: nothing encoded
+    document = json.loads((moved / "pool" / "scores.json").read_text())
+    entry, before = document["scorers"][document["latest"]], made["scorers"][made["latest"]]
+    assert entry["created"] == before["created"] and entry["alignment"] == before["alignment"]
+    assert entry["pool"]["path"] == str(moved / "pool") and entry["source"]["path"] == str(moved / "world")
+    assert "stored scores reused" in score(moved)  # and again: the entry it rewrote still holds
+
+
 def test_cli_select_without_scores_is_one_clear_line(tmp_path, train_items, sample_world_dir, capsys):
     from augment.cli import main
 

@@ -179,6 +179,11 @@ def test_a_moved_study_folder_reuses_every_stage_and_redoes_what_changed(tmp_pat
                                    "pretrain/ckpt/*.safetensors") for p in sorted(out.glob(pattern))]
         return {str(p.relative_to(out)): p.read_bytes() for p in files}
 
+    def moved_to(made: dict[str, bytes], old, new) -> dict[str, bytes]:
+        """`made` as a moved study has it: its reused evaluations name the checkpoints at their new place."""
+        return {name: data.replace(str(old).encode(), str(new).encode()) if name.startswith("evals/") else data
+                for name, data in made.items()}
+
     first = tmp_path / "a" / "study1"
     with monkeypatch.context() as before:  # a study made before keys held paths relative to its folder
         before.setattr(Study, "portable", lambda self, settings, *keys: settings)
@@ -192,8 +197,9 @@ def test_a_moved_study_folder_reuses_every_stage_and_redoes_what_changed(tmp_pat
     moved = tmp_path / "b" / "study1"
     shutil.move(first, moved)
     assert run(moved) == []  # pretrained model, pool, scores, run and evaluations all reused
-    assert outputs(moved) == made
-    assert json.loads((moved / "results.json").read_text())["runs"] == results
+    assert outputs(moved) == moved_to(made, first, moved)
+    assert json.loads((moved / "results.json").read_text())["runs"] == json.loads(
+        json.dumps(results).replace(str(first), str(moved)))
 
     # a real change after the move: the pool, and what was made from it, redone; the pretraining kept
     logged = "\n".join(run(moved, pool_n=2))
@@ -213,7 +219,65 @@ def test_a_moved_study_folder_reuses_every_stage_and_redoes_what_changed(tmp_pat
     capsys.readouterr()
     assert run(again, pool_n=2) == ["[train] mat+:shuffle seed 0"]  # resumed with nothing to train; its eval reused
     assert "finished all 1 steps already: nothing to train" in capsys.readouterr().err
-    assert outputs(again) == made
+    assert outputs(again) == moved_to(made, moved, again)
+
+
+def test_a_moved_study_folder_names_its_checkpoints_where_they_are_now(tmp_path):
+    """A study moved elsewhere reuses its evaluations (nothing is redone) and rewrites their eval.json
+    and eval.md to name each checkpoint at its new place: they named the old one (the victim's and
+    attacker's model names), which `analysis compare`, results.json and the report showed."""
+    import shutil
+
+    from analysis.config import load_study_config
+    from analysis.study import Study
+
+    config = tmp_path / "study.yaml"
+    config.write_text(TINY.replace("STEPS", "1").replace("pools: {shuffle: {method: shuffle, n: 1}}", "pools: {}")
+                      .replace("methods: [mat+]", "methods: [mat]").replace("n: 80", "n: 40")
+                      .replace("finetune_scenes: 20", "finetune_scenes: 10"))
+
+    def run(out) -> list[str]:
+        logged: list[str] = []
+        Study(load_study_config(str(config), {"out": str(out)}), log=logged.append).run()
+        return logged
+
+    first, moved = tmp_path / "a" / "study", tmp_path / "b" / "study"
+    assert "[eval] mat-s0" in run(first)
+    before = {name: json.loads((first / "evals" / name / "eval.json").read_text()) for name in ("pretrained-s0", "mat-s0")}
+    assert before["mat-s0"]["victim"]["name"] == str(first / "runs" / "mat-s0" / "ckpt")
+    shutil.move(first, moved)
+    assert run(moved) == []  # every step reused, no evaluation redone
+    for name, checkpoint in (("pretrained-s0", moved / "pretrain" / "ckpt"), ("mat-s0", moved / "runs" / "mat-s0" / "ckpt")):
+        report = json.loads((moved / "evals" / name / "eval.json").read_text())
+        assert report["victim"]["name"] == report["attacker"]["name"] == str(checkpoint)
+        assert report["attacks"] == before[name]["attacks"]  # the same numbers: reused, not recomputed
+        assert str(checkpoint) in (moved / "evals" / name / "eval.md").read_text()
+    for path in (*moved.glob("evals/*/eval.*"), moved / "results.json"):
+        assert str(first) not in path.read_text(), path
+
+
+def test_a_reused_grounding_evaluation_names_its_checkpoint_and_source_where_they_are_now(tmp_path):
+    """The grounding arm's report names its model and, in its settings, the checkpoint and the world
+    it read: each path inside the old study folder is rewritten, the rest kept; a report that names
+    its checkpoint already, or a checkpoint outside the study, is left as it is (not written)."""
+    from analysis.study import renamed_checkpoint
+
+    old, new = tmp_path / "a" / "study", tmp_path / "b" / "study"
+    report = {"task": "grounding", "model": {"family": "albef", "name": str(old / "runs" / "mat-s0" / "ckpt")},
+              "attacker": {"name": str(old / "runs" / "mat-s0" / "ckpt")}, "attacks": {"clean": {"accuracy": 50.0}},
+              "settings": {"checkpoint": str(old / "runs" / "mat-s0" / "ckpt"), "source": str(old / "finetune"),
+                           "mlm": "tiny-mlm", "command": "analysis study (grounding arm)"}}
+    written = []
+    renamed = renamed_checkpoint(report, new / "runs" / "mat-s0" / "ckpt", new, new / "evals" / "mat-s0",
+                                 lambda r, folder: written.append((r, folder)))
+    checkpoint = str(new / "runs" / "mat-s0" / "ckpt")
+    assert renamed["model"]["name"] == renamed["attacker"]["name"] == renamed["settings"]["checkpoint"] == checkpoint
+    assert renamed["settings"]["source"] == str(new / "finetune")
+    assert renamed["settings"]["mlm"] == "tiny-mlm" and renamed["attacks"] == report["attacks"]
+    assert written == [(renamed, new / "evals" / "mat-s0")]
+    assert renamed_checkpoint(renamed, new / "runs" / "mat-s0" / "ckpt", new, tmp_path, written.append) is renamed
+    elsewhere = tmp_path / "other-study" / "pretrain" / "ckpt"  # pretrain.checkpoint: another study's model
+    assert renamed_checkpoint(report, elsewhere, new, tmp_path, written.append) is report and len(written) == 1
 
 
 @pytest.mark.parametrize("made_in_place", [None, "fingerprint-with-absolute-paths"])

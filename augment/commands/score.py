@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from augment.pool import load_pool
-    from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save
+    from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save, source_root
     from augment.scoring.scorers import scorer_identity
     from augment.atomic import atomic_write_text, remove_stale_temporaries
     from augment.pool import write_pool_card
@@ -96,7 +96,7 @@ def run(args) -> int:
         if key not in sources:
             sources[key] = read_source_named(args, source_name, reading)
             fingerprints[key] = source_fingerprint(sources[key])
-            image_files[key] = image_files_fingerprint(sources[key])
+            image_files[key] = image_files_fingerprint(sources[key], root=source_root(source_name))
         refuse_other_source(pool, fingerprints[key], source_name, args.allow_pool_mismatch)
         planned.append((pool, key, source_name))
     # pools whose stored scores still hold need no model: with a scorer known by its weights file
@@ -110,8 +110,8 @@ def run(args) -> int:
         # held from the look-up to the write: a second run on this pool waits, then finds these scores
         with scoring_lock(pool.path):
             if identity is not None:
-                inputs = inputs_key(pool, fingerprints[key], identity, settings, source_name, image_files[key])
-                entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot)
+                inputs = inputs_key(pool, fingerprints[key], identity, settings, image_files[key])
+                entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot, source_name=source_name)
             if entry is None:
                 scorer = scorer or load_scorer_or_fail(args)
                 # with a known identity the stored scores were looked up just above: not again inside

@@ -30,6 +30,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -511,7 +512,8 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     and its side tables are there, nothing is recomputed (`force` recomputes): the stored
     entry comes back with "reused": True. `workers` decode images for the scorer in DataLoader
     worker processes (0: in this process). `source_fp` / `source_images`: the source's
-    `source_fingerprint` / `image_files_fingerprint` when the caller has them (else computed).
+    `source_fingerprint` / `image_files_fingerprint` (of `source_root(source_name)`) when the
+    caller has them (else computed).
     """
     from augment.scoring import report
     from augment.scoring.embeddings import EmbeddingCache
@@ -519,10 +521,10 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
 
     settings = settings or ScoreSettings()
     source_fp = source_fp or source_fingerprint(source_dataset)
-    source_images = source_images or image_files_fingerprint(source_dataset)
-    key = inputs_key(pool, source_fp, scorer, settings, source_name, source_images)
+    source_images = source_images or image_files_fingerprint(source_dataset, root=source_root(source_name))
+    key = inputs_key(pool, source_fp, scorer, settings, source_images)
     with store.scoring_lock(pool.path):  # one run at a time writes this pool's scores (a second waits)
-        stored = None if force else reuse_stored(pool, scorer, key, plot)
+        stored = None if force else reuse_stored(pool, scorer, key, plot, source_name=source_name)
         if stored is not None:
             return stored
         folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
@@ -536,11 +538,13 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     return entry
 
 
-def reuse_stored(pool, scorer, key: str, plot: bool = False) -> dict | None:
+def reuse_stored(pool, scorer, key: str, plot: bool = False, source_name: str = "") -> dict | None:
     """The stored entry (with "reused": True) when `pool` was scored by `scorer` (a `Scorer` or a
     `ScorerIdentity`: only its id and slug are read) from the inputs `key`, made the pool's latest
     again (with `plot`, scores.png drawn again for it when that changed the latest, or when missing:
-    the plot shows the latest scorer); None when it must be scored."""
+    the plot shows the latest scorer); None when it must be scored. The key holds no place, so a
+    pool moved with its source finds its scores: the entry then records where the pool and its
+    source (`source_name`, when given) are now, as a new score would."""
     from augment.scoring import report
 
     with store.scoring_lock(pool.path):
@@ -548,8 +552,12 @@ def reuse_stored(pool, scorer, key: str, plot: bool = False) -> dict | None:
         if stored is None:
             return None
         became_latest = store.read_scores_json(pool.path).get("latest") != scorer.slug
-        if became_latest:
-            report.update_scores_json(pool.path, stored)
+        here = {**stored, "pool": {**stored["pool"], "path": str(pool.path)}}
+        if source_name and isinstance(stored.get("source"), dict):
+            here["source"] = {**stored["source"], "path": source_name}
+        if became_latest or here != stored:
+            report.update_scores_json(pool.path, here)
+            stored = here
         if plot and (became_latest or not (pool.path / store.SCORES_PLOT).is_file()):
             report.plot_scores(pool.path, stored)
     return {**stored, "reused": True}
@@ -563,24 +571,35 @@ def pool_file_stamps(pool) -> list[list]:
     return [[shard.name, *(file_identity(shard) or [None, None])[:2]] for shard in sorted(pool.path.glob("data/*.parquet"))]
 
 
-def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_name: str, source_images: str) -> str:
+def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_images: str) -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
     modification and change times) and pool.json's finish stamp, the source's fingerprint and
-    the identity of its image files (`image_files_fingerprint`: another --image-root, an image
-    replaced in place), the scorer's weights id, the settings, the package versions (mat-plus,
-    torch, transformers...) and the resampling scheme (`measures.RESAMPLING`). Equal keys mean a
-    re-score would write the same numbers."""
+    the identity of its image files (`image_files_fingerprint` of `source_root`: another
+    --image-root, an image replaced in place), the scorer's weights id, the settings, the package
+    versions (mat-plus, torch, transformers...) and the resampling scheme (`measures.RESAMPLING`).
+    Equal keys mean a re-score would write the same numbers. No place is in it (neither the
+    pool's nor the source's path, and image paths inside the source are relative to it): a pool
+    moved with its source (`mv` keeps the files' times) keeps its scores; a copy without its
+    times does not."""
     from augment.source_cache import file_identity
 
     shards = sorted(pool.path.glob("data/*.parquet"))
     files = [[s.name, file_identity(s)] for s in shards]
     inputs = {
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
-        "pool_files": files, "source": source_fp, "source_images": source_images, "source_name": source_name,
+        "pool_files": files, "source": source_fp, "source_images": source_images,
         "scorer": scorer.id,
         "settings": asdict(settings), "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def source_root(source_name: str | None) -> str | None:
+    """The folder a source named by a path lies in (the folder itself, or a JSON file's folder):
+    `image_files_fingerprint`'s root in the score key; None for a Hub id or no name."""
+    if not source_name or not os.path.exists(source_name):
+        return None
+    return source_name if os.path.isdir(source_name) else os.path.dirname(os.path.abspath(source_name))
 
 
 @functools.lru_cache(maxsize=1)
