@@ -479,6 +479,14 @@ class Study:
         return write_task_report(self.out, config, results)
 
 
+def former_study(recorded: Path, place: tuple[str, ...]) -> Path | None:
+    """The folder a moved study was in when it recorded `recorded`, the path of what now lies at
+    `place` inside it (`recorded` less that ending); None when `recorded` does not end in `place`."""
+    if recorded.parts[len(recorded.parts) - len(place):] != place:
+        return None
+    return Path(*recorded.parts[:len(recorded.parts) - len(place)])
+
+
 def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path,
                        write: Callable[[dict, Path], Any]) -> dict:
     """The evaluation `report` in `folder` naming `checkpoint` where it is now, rewritten there
@@ -492,11 +500,9 @@ def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path
     named = (report.get("victim") or report.get("model") or {}).get("name")
     if not isinstance(named, str) or named == str(checkpoint) or not checkpoint.is_relative_to(study):
         return report
-    place = checkpoint.relative_to(study).parts  # ("runs", "mat-s0", "ckpt")
-    old = Path(named)
-    if old.parts[len(old.parts) - len(place):] != place:
+    old_study = former_study(Path(named), checkpoint.relative_to(study).parts)  # place: ("runs", "mat-s0", "ckpt")
+    if old_study is None:
         return report
-    old_study = Path(*old.parts[:len(old.parts) - len(place)])
 
     def moved(value: Any) -> Any:
         if isinstance(value, dict):
@@ -600,11 +606,10 @@ def relocate_run(folder: Path, settings: dict, study: Path) -> None:
     saved = load_settings_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
     if not isinstance(saved, dict) or not isinstance(saved.get("out"), str):
         return
-    place = folder.relative_to(study).parts  # ("runs", "mat-s0") or ("pretrain",)
     started_in = Path(saved["out"])
-    if started_in == folder or started_in.parts[len(started_in.parts) - len(place):] != place:
+    old_study = former_study(started_in, folder.relative_to(study).parts)  # place: ("runs", "mat-s0") or ("pretrain",)
+    if started_in == folder or old_study is None:
         return
-    old_study = Path(*started_in.parts[:len(started_in.parts) - len(place)])
 
     def moved(value: Any) -> Any:
         if isinstance(value, list):

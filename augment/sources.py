@@ -573,13 +573,9 @@ def image_files_fingerprint(dataset: "datasets.Dataset", root: str | os.PathLike
     identities = image_identities(dataset)
     if root is not None:
         base = os.path.abspath(root)
-        identities = [[os.path.relpath(i[0], base), *i[1:]] if isinstance(i, list) and _inside(i[0], base) else i
-                      for i in identities]
+        identities = [[os.path.relpath(i[0], base), *i[1:]] if isinstance(i, list) and Path(i[0]).is_relative_to(base)
+                      else i for i in identities]
     return identities_fingerprint(identities)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return os.path.commonpath([path, folder]) == folder
 
 
 def identities_fingerprint(identities: list) -> str:
