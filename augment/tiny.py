@@ -652,6 +652,8 @@ def cached_build(name: str, current: Callable[[Path], bool], build: Callable[[Pa
     folder = root / name
     if current(folder):
         return folder
+    if _process_group_started():
+        build = functools.partial(_build_in_fresh_process, name)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(root / f".{name}.lock"), timeout=timeout):
@@ -664,3 +666,42 @@ def cached_build(name: str, current: Callable[[Path], bool], build: Callable[[Pa
             f"cannot build {what} '{name}' in {root}: {exc}; set MATPLUS_TINY_DIR to a writable folder"
         ) from exc
     return folder
+
+
+def _process_group_started() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def build_cache_entry(name: str, folder: str | os.PathLike) -> None:
+    """Build cache entry `name` (a tiny model, or world-mlm) into the empty `folder`, in this process."""
+    folder = Path(folder)
+    if name == "world-mlm":
+        from augment import world_mlm
+
+        with quiet_progress_bars():
+            world_mlm.build_world_mlm(folder)
+        return
+    check_tiny_name(name)
+    _build_into(folder, name)
+
+
+def _build_in_fresh_process(name: str, folder: Path) -> None:
+    """`build_cache_entry` in a child process without a process group.
+
+    transformers (5.x, `should_save_on_this_rank`) writes a model's files only on rank 0 once a
+    process group is up: a tiny model built by another rank of a torchrun launch was an empty
+    folder with a manifest, which every rank then failed to load. A fresh interpreter has no group.
+    """
+    import subprocess
+    import sys
+
+    code = "import sys; from augment.tiny import build_cache_entry; build_cache_entry(sys.argv[1], sys.argv[2])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                       os.environ.get("PYTHONPATH")]))}
+    for variable in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(variable, None)  # the child is no rank of the launch
+    done = subprocess.run([sys.executable, "-c", code, name, str(folder)], env=env)
+    if done.returncode != 0:
+        raise OSError(f"its build in a separate process failed (exit status {done.returncode}; its error is above)")

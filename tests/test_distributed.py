@@ -88,7 +88,9 @@ ITC_SCRIPT = textwrap.dedent('''
         grads[f"{kind}.loss"] = loss.detach()
     if rank == 0:
         torch.save(grads, sys.argv[1])
-    if distributed:
+    if distributed:  # as train.launch.end_process_group: DDP's buckets gone, the ranks met, then down
+        del wrapped
+        dist.barrier()
         dist.destroy_process_group()
 ''')
 
@@ -204,3 +206,53 @@ def test_the_timeout_reaches_the_process_group_accelerate_starts(monkeypatch):
     launch.check_launch_environment(cpu=False, env=env, cuda_devices=2, start=True)
     assert made[-1] == {"cpu": False, "timeout": datetime.timedelta(minutes=90)}
     assert launch.start_process_group(launch.LaunchPlan()) is None and len(made) == 2
+
+
+# ----------------------------------------------------------------------------- the end of a run
+
+
+def test_a_finished_rank_waits_for_the_others_before_the_group_goes_down_and_a_failed_one_does_not(monkeypatch):
+    """A rank that left while another still used gloo sometimes aborted in gloo's teardown
+    (SIGABRT: torchrun called the finished run failed); a failed rank must not wait in a barrier
+    the others may never reach."""
+    import torch.distributed as dist
+
+    import train.launch as launch
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    launch.end_process_group(finished=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    launch.end_process_group(finished=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    launch.end_process_group(finished=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_train_command_ends_the_process_group_whether_or_not_training_finished(monkeypatch, fails):
+    import train.cli as cli
+    import train.launch as launch
+    import train.trainer as trainer
+
+    ended = []
+
+    def trained(config):
+        if fails:
+            raise RuntimeError("a rank failed")
+        return {}
+
+    monkeypatch.setattr(trainer, "train_run", trained)
+    monkeypatch.setattr(launch, "end_process_group", lambda finished: ended.append(finished))
+    monkeypatch.setattr(cli, "config_from_args", lambda args: args)
+    if fails:
+        with pytest.raises(RuntimeError):
+            cli.run_method(object())
+    else:
+        assert cli.run_method(object()) == 0
+    assert ended == [not fails]

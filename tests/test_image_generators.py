@@ -371,7 +371,7 @@ def test_two_processes_equal_one_process(tmp_path, sample_dir):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "augment.cli"]
     two = subprocess.run([*launch, *common, "--out", str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[:2000] + " ... " + two.stderr[-1000:]  # the error line comes first
     assert "process 1 of 2 (gloo)" in two.stderr and "process 2 of 2 (gloo)" in two.stderr  # both processes ran
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -267,6 +267,27 @@ def test_tiny_cache_builds_once_and_rebuilds_stale(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == ["tiny-mlm"]
 
 
+def test_a_rank_of_a_process_group_builds_the_tiny_cache_in_a_process_without_one(tmp_path, monkeypatch):
+    """transformers writes a model's files only on rank 0 while a process group is up: built by
+    rank 1 of a torchrun launch, tiny-sd was a manifest over empty folders that no rank could load.
+    With a group up the build runs in a fresh interpreter (this process's builders are not called)."""
+    monkeypatch.setenv("MATPLUS_TINY_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tiny, "_process_group_started", lambda: True)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("built in the process that holds the process group")
+
+    monkeypatch.setattr(tiny, "_build_into", not_here)
+    folder = tiny.tiny_dir("tiny-mlm")
+    assert tiny.is_current(folder, "tiny-mlm")
+    assert (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+    monkeypatch.setattr(tiny, "_build_in_fresh_process", lambda name, tmp: (_ for _ in ()).throw(OSError("no room")))
+    (folder / tiny.MANIFEST_NAME).write_text('{"fingerprint": "stale"}')
+    with pytest.raises(ModelLoadError, match="cannot build tiny model 'tiny-mlm'.*no room"):
+        tiny.tiny_dir("tiny-mlm")
+
+
 def test_save_tiny_command(tmp_path, capsys):
     from augment.cli import main
 

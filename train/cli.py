@@ -258,9 +258,15 @@ def _refuse_settings_the_method_lacks(path, file_settings: dict, given: dict, co
 
 
 def run_method(args: argparse.Namespace) -> int:
+    from train.launch import end_process_group
     from train.trainer import train_run
 
-    train_run(config_from_args(args))
+    finished = False
+    try:
+        train_run(config_from_args(args))
+        finished = True
+    finally:
+        end_process_group(finished)
     return 0
 
 

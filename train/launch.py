@@ -101,6 +101,27 @@ def start_process_group(plan: LaunchPlan):
     return PartialState(cpu=plan.cpu, timeout=plan.timeout)
 
 
+def end_process_group(finished: bool) -> None:
+    """Shut this process's process group down before the interpreter does (no-op without one).
+
+    `finished`: every rank got here without an error, so they first wait for each other; a rank
+    that failed must not wait for ranks that may never come. Without this, a rank that exited
+    while another still used its gloo connections (rank 0 saving, DDP's buckets still alive)
+    sometimes died in gloo's teardown ("terminate called without an active exception",
+    SIGABRT): torchrun then reported a finished run as failed.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import gc
+
+    gc.collect()  # a finished trainer's DDP wrapper (held in reference cycles) lets go of the group first
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = None,
                              start: bool | None = None) -> LaunchPlan:
     """The launch plan for this process, or LaunchError (one line).

@@ -58,6 +58,7 @@ def run(args) -> int:
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
+    finished = False
     try:
         source, report = read_source(args)
         generator = build_generator(args.method, args)
@@ -67,9 +68,12 @@ def run(args) -> int:
             progress=not args.no_progress, source_meta=source_meta(args, report.format), workers=args.workers,
             **process_share(state),
         )
+        finished = True
     finally:
         if state is not None:
-            state.destroy_process_group()
+            from train.launch import end_process_group
+
+            end_process_group(finished)
     if meta is not None:
         print(f"pool {args.out}: {meta['num_rows']} rows from {meta['source_items']} source images ({args.method})")
         if meta["num_rows"] == 0:
