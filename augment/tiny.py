@@ -697,6 +697,8 @@ def _build_in_fresh_process(name: str, folder: Path) -> None:
     import subprocess
     import sys
 
+    log.info("building %s in %s, in a separate process (this one is a rank of a process group)",
+             name, tiny_cache_root() / name)
     code = "import sys; from augment.tiny import build_cache_entry; build_cache_entry(sys.argv[1], sys.argv[2])"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                        os.environ.get("PYTHONPATH")]))}
