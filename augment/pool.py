@@ -206,15 +206,14 @@ def _only_leftovers(folder: Path) -> bool:
     return True
 
 
-def existing_pool_meta(out_dir: Path, overwrite: bool = False) -> dict | None:
-    """The provenance of the pool already at `out_dir` (None: nothing there, only a killed writer's
-    leftovers, or, with `overwrite`, a pool to be replaced unread). PoolError when the folder holds
-    something that is not a pool."""
+def holds_pool(out_dir: Path) -> bool:
+    """Whether a pool is already at `out_dir` (False: nothing there, or only a killed writer's
+    leftovers). PoolError when the folder holds something that is not a pool."""
     if not out_dir.exists() or _only_leftovers(out_dir):
-        return None
+        return False
     if not (out_dir / POOL_META).exists():
         raise PoolError(f"{out_dir}: exists and is not a pool; choose another --out")
-    return {} if overwrite else read_pool_meta(out_dir)
+    return True
 
 
 def resumed_meta(out_dir: Path, old: dict, meta: dict) -> dict:
@@ -247,11 +246,12 @@ class PoolWriter:
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
-        old = existing_pool_meta(self.out_dir, overwrite)
-        if overwrite and old is not None:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
+        existing = holds_pool(self.out_dir)
+        if existing and overwrite:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
             for shard in self.data_dir.glob("*.parquet"):
                 shard.unlink()
-        elif old is not None:
+        elif existing:
+            old = read_pool_meta(self.out_dir)
             merged = resumed_meta(self.out_dir, old, meta)
             if isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list):
                 self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
@@ -363,9 +363,9 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # a link to a pool folder: that folder is replaced, the link kept
         out_dir = out_dir.resolve()
-    old = existing_pool_meta(out_dir, overwrite)  # refusals first: nothing is written before them
-    if old is not None and not overwrite:
-        meta = resumed_meta(out_dir, old, meta)
+    existing = holds_pool(out_dir)  # refusals first: nothing is written before them
+    if existing and not overwrite:  # (with --overwrite the pool there is replaced unread)
+        meta = resumed_meta(out_dir, read_pool_meta(out_dir), meta)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = staging_path(out_dir)
     try:
@@ -380,7 +380,7 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
         if buffer or index == 0:
             writer.write_shard(index, buffer)
             index += 1
-        if old is not None:
+        if existing:
             _carry_over(out_dir, staged)
         written = writer.finalize(expected_shards=index)
         swap_folder_into_place(staged, out_dir)
