@@ -116,7 +116,8 @@ def job_argv(job: str, source: Path, images: Path, out: Path) -> tuple[str, list
                              "--batch-size", str(BATCH), "--cpu", "--no-progress", "--overwrite"]
     if job == "eval_batch":
         return "train.cli", ["eval", "tiny-clip", *where, "--split", "test", "--limit", str(LIMIT), "--batch-size",
-                             str(BATCH), "--attacks", "clean", "--out", str(out / "eval"), "--no-progress"]
+                             str(BATCH), "--attacks", "clean", "--out", str(out / "eval"), "--no-progress",
+                             "--restart"]  # each repeat replaces the last one's report, as --overwrite above
     raise ValueError(f"unknown job {job!r}")
 
 
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                 shown = (f"{result['seconds']:.2f} s (first run {result['first_seconds'] or float('nan'):.2f} s)"
                          if result["seconds"] is not None else f"failed: {result['error']}")
                 print(f"  {job}: {shown}", flush=True)
+                for number, run in enumerate(runs[job], 1):  # a failed repeat is said, not silently left out
+                    if run["seconds"] is None:
+                        print(f"    run {number} failed: {run['error']}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
