@@ -86,12 +86,16 @@ def test_sigterm_and_ctrl_c_during_the_swap_arrive_after_it(tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, lambda *_: delivered.append(contents(target)))
+    # Ctrl-C as an interactive shell delivers it: a suite started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then raises nothing on it
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(atomic.os, "replace", interrupted)
     try:
         with pytest.raises(KeyboardInterrupt):
             swap_folder_into_place(staged, target)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert delivered == [{"weights": "new"}]
     # the replaced folder is gone even though the interrupt left the call early
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
