@@ -676,6 +676,7 @@ def test_transfer_attacks_are_crafted_on_the_attacker(trained_captioner, colour_
 def test_save_adv_writes_each_attack_as_a_pool(trained_captioner, colour_world, tmp_path):
     import numpy as np
 
+    from augment.commands.score import source_of
     from augment.pool import load_pool
     from augment.sources import load_source, select_split
     from models import load_model
@@ -697,6 +698,10 @@ def test_save_adv_writes_each_attack_as_a_pool(trained_captioner, colour_world, 
             clean = victim.preprocess_eval(source["image"]).permute(1, 2, 0).numpy()
             assert np.abs(adversarial - clean).max() <= 8 / 255 + 0.5 / 255 + 1e-4
     assert json.loads(load_pool(pools / "pgd-targeted").dataset[0]["provenance"])["target"] == "a black triangle"
+    # how the source was read, what the rows are, how many images: `augment score POOL` and a card read them
+    meta = load_pool(pools / "pgd").meta
+    assert (meta["source"], meta["modality"], meta["source_items"]) == (str(colour_world), "image", 6)
+    assert source_of(load_pool(pools / "pgd"), None) == str(colour_world)
     assert "clean" not in {p.name for p in pools.iterdir()}
 
 

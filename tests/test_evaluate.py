@@ -112,14 +112,15 @@ def scene_checker(caption: str, row: dict):
 
 
 @pytest.fixture(scope="module")
-def report(trained_bundle, world, tmp_path_factory):
+def report(trained_bundle, world, sample_world_dir, tmp_path_factory):
     """Every attack, white-box, 16 test images x 2 captions, adversarial pools and the truth checker."""
     from train.evaluate import evaluate
 
     save_adv = tmp_path_factory.mktemp("adversarial")
     result = evaluate(trained_bundle, world, split="test", attacks=["clean", "pgd", "bert-attack", "sep", "co-attack", "sga"],
                       batch_size=8, captions_per_image=2, limit=16, save_adv=save_adv, attack_options=FAST,
-                      caption_checker=scene_checker, progress=False)
+                      caption_checker=scene_checker, progress=False,
+                      source_meta={"source": str(sample_world_dir), "source_format": "karpathy"})
     return result, save_adv
 
 
@@ -173,16 +174,20 @@ def test_save_adv_writes_loadable_pools(report):
     assert len(text_pool) == 32 and set(text_pool.dataset["modality"]) == {"text"}
     pair_pool = load_pool(save_adv / "sga")
     assert len(pair_pool) == 32 and set(pair_pool.dataset["modality"]) == {"pair"}
+    # pool.json says what its rows are and how many images they come from, as a generated pool's does
+    assert [p.meta["modality"] for p in (image_pool, text_pool, pair_pool)] == ["image", "text", "pair"]
+    assert {p.meta["source_items"] for p in (image_pool, text_pool, pair_pool)} == {16}
     row = pair_pool.dataset[0]
     assert row["image"].size == (64, 64) and row["caption"]
     provenance = json.loads(row["provenance"])
     assert provenance["attack"] == "sga" and "words_changed" in provenance
 
 
-def test_save_adv_pools_match_their_source_and_can_be_shared(report, world, tmp_path):
+def test_save_adv_pools_match_their_source_and_can_be_shared(report, world, sample_world_dir, tmp_path):
     """Like `augment generate`'s pools: the whole source's fingerprint (score and mat+ take them with it),
     the model by name (a card renders it)."""
     from augment.cli import main as augment_main
+    from augment.commands.score import source_of
     from augment.pool import load_pool
     from augment.sources import source_fingerprint
 
@@ -190,8 +195,13 @@ def test_save_adv_pools_match_their_source_and_can_be_shared(report, world, tmp_
     pool = load_pool(save_adv / "pgd")
     assert pool.meta["source_fingerprint"] == source_fingerprint(world)
     assert isinstance(pool.meta["model"], str) and pool.meta["attacker"]["family"] == "open_clip"
+    # the source as it was read: `augment score POOL` finds it without --source, the card names it
+    assert pool.meta["source"] == str(sample_world_dir) and pool.meta["source_format"] == "karpathy"
+    assert source_of(pool, None) == str(sample_world_dir)
     assert augment_main(["push", str(save_adv / "pgd"), "--to-dir", str(tmp_path / "repo")]) == 0
-    assert "adversarial" in (tmp_path / "repo" / "README.md").read_text()
+    card = (tmp_path / "repo" / "README.md").read_text()
+    assert "adversarial" in card and "this pool: `image`" in card
+    assert f"source dataset `{sample_world_dir.name}`" in card and "| source items used | 16 |" in card
 
 
 def test_transfer_mode_runs(trained_bundle, world):

@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from augment.commands.common import read_source
+    from augment.commands.common import read_source, source_meta
     from augment.errors import MatPlusError
     from models import load_model
     from models.half_precision import autocast, check_precision
@@ -497,6 +497,7 @@ def _run(args: argparse.Namespace) -> int:
             save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
             caption_preprocess=args.caption_preprocess, workers=_workers(args),
+            source_meta={"source": str(args.source), **source_meta(args, source_report.format)},
         )
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from augment.commands.common import read_source
+    from augment.commands.common import read_source, source_meta
     from augment.errors import MatPlusError
     from models import load_model
     from models.half_precision import autocast
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
                 seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
                 workers=_workers(args),
+                source_meta={"source": str(args.source), **source_meta(args, source_report.format)},
             )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None

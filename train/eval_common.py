@@ -202,9 +202,20 @@ def reseed_attack(attack, seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# the rows a retrieval attack's pool holds, by what the attack perturbs
+ROW_MODALITY = {"image": "image", "text": "text", "multimodal": "pair"}
+
+
 def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_dataset, attacker, split, limit, seed, batch_size,
-                  progress_dir: str | Path | None = None) -> dict:
+                             progress_dir: str | Path | None = None, items: int | None = None,
+                             source_meta: dict | None = None,
+                             row_modality: Callable[[Attack], str] = lambda attack: ROW_MODALITY[attack.modality]) -> dict:
     """One pool writer per attack under `save_adv`.
+
+    Each pool.json records what `augment generate`'s does about its data: its rows' `modality`
+    (`row_modality(attack)`), `source_items` (`items`, the images evaluated) and `source_meta`,
+    how the source was read (`source`, `image_root`, `source_split`, `source_format`), so that
+    `augment score POOL` finds the source by itself and a pushed pool's card names it.
 
     Without `progress_dir` (an API call that cannot resume) each pool is written anew. With it,
     a resumed evaluation keeps its pools' shards; a pool there that another evaluation (another
@@ -230,6 +241,8 @@ def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_datase
             "params": {"attack": name, **attack.params()}, "seed": seed, "source_fingerprint": fingerprint,
             "split": split, "limit": limit, "n": 1, "shard_size": batch_size,
             "description": f"adversarial examples of the {name} attack ({attack.modality}); see provenance per row",
+            "modality": row_modality(attack), **({"source_items": items} if items is not None else {}),
+            **(source_meta or {}),
         }
         if progress_dir is not None:  # the evaluation (its OUT) that writes the pool: not an identity key
             meta["evaluation"] = str(Path(progress_dir).resolve().parent)

@@ -284,6 +284,7 @@ def evaluate(
     progress_dir: str | Path | None = None,
     caption_preprocess: str | None = None,
     workers: int = 0,
+    source_meta: dict | None = None,
 ) -> dict:
     """Retrieval metrics of `victim` on `split` of `source_dataset`, clean and under `attacks`.
 
@@ -292,7 +293,8 @@ def evaluate(
     `attack_options`, see `build_attack`; the seed defaults to `seed`) or ready-made `Attack`
     objects (built on the attacker). `attacker`: None for white-box, another model for transfer.
     `rerank_k`: ITM re-ranking depth for fusion victims (0: ITC only). `save_adv`: folder; each
-    attack's adversarial examples are written there as a pool (`save_adv/<attack>/`).
+    attack's adversarial examples are written there as a pool (`save_adv/<attack>/`); `source_meta`:
+    how the source was read (`source`, `image_root`, ...), recorded in each of those pools.
     `progress_dir`: a folder where every finished batch of every attack is kept
     (`BatchStore`); a killed evaluation called again with the same settings and folder skips
     what is there and gives the same report as an uninterrupted one. `caption_preprocess`:
@@ -316,7 +318,7 @@ def evaluate(
                             _transfer_hand_over(options) if attacker is not victim else None)
         settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
                                        resumable=progress_dir is not None)
-        run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit)
+        run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit, source_meta)
         clean = run.clean_pass()
         results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                              **attack_success_rates(clean.hits, clean.hits), "params": {}}}
@@ -404,12 +406,14 @@ class _RetrievalRun:
             caption_preprocess=caption_preprocess, precision=active_precision(self.victim.device))
 
     def open_stores(self, progress_dir: str | Path | None, save_adv: str | Path | None, settings: dict,
-                    built: dict[str, Attack], source_dataset, split: str | None, limit: int | None) -> None:
+                    built: dict[str, Attack], source_dataset, split: str | None, limit: int | None,
+                    source_meta: dict | None = None) -> None:
         """The batch store (with `progress_dir`), the pool writers (with `save_adv`) and, for re-ranking
         without a batch store, a scratch store for the pixels."""
         self.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
         self.writers = adversarial_pool_writers(save_adv, built, source_dataset, self.attacker, split, limit, self.seed,
-                                                self.batch_size, progress_dir)
+                                                self.batch_size, progress_dir, items=len(self.gallery),
+                                                source_meta=source_meta)
         self.pixel_store = self.store
         if self.keep_pixels and self.store is None:
             # re-ranking reads each attack's pixels back one batch at a time: they wait on disk, not in memory

@@ -124,6 +124,7 @@ def evaluate_captioning(
     progress_dir: str | Path | None = None,
     save_adv: str | Path | None = None,
     workers: int = 0,
+    source_meta: dict | None = None,
 ) -> dict:
     """Captioning metrics of `victim` (a `CaptioningModel`) on `split`, clean and under `attacks`.
 
@@ -133,7 +134,8 @@ def evaluate_captioning(
     `generation`: keyword arguments for `victim.generate`. `progress_dir`: a folder keeping every
     finished batch (`train.eval_store.BatchStore`): a killed evaluation called again with the same
     settings skips them and gives the same report. `save_adv`: folder; each attack's adversarial
-    inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`). `workers`:
+    inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`), each recording
+    `source_meta` (how the source was read: `source`, `image_root`, ...). `workers`:
     DataLoader processes decoding the next batches' images (`train.eval_common.gallery_pixels`, as
     retrieval; 0: in this process).
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
@@ -156,8 +158,10 @@ def evaluate_captioning(
         options=plain_attack_options(options), generation=run.generation,
         checker=getattr(caption_checker, "__name__", None), precision=active_precision(victim.device))
     run.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+    # every row holds an image: the attacked one, or the clean one beside an attacked prompt
     run.writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
-                                           progress_dir)
+                                           progress_dir, items=len(gallery), source_meta=source_meta,
+                                           row_modality=lambda attack: "image")
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
     bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)

@@ -21,6 +21,12 @@ def add_source_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--csv-separator", default=None, help="CSV/TSV source: column separator (default: ',' for .csv, tab for .tsv)")
 
 
+def source_meta(args, source_format: str | None = None) -> dict:
+    """How the source was read, as given, so `augment score POOL` can read it again by itself; and
+    its format ("hub" for a Hub dataset), so a card never mistakes a relative path for a Hub id."""
+    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format}
+
+
 def shows_progress(args) -> bool:
     """Whether a command draws progress bars: augment's `--no-progress`, or `train eval`'s `--no-progress`
     (its `--progress` flag set to False)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from augment.arguments import folder_path, positive_int
-from augment.commands.common import add_source_arguments, read_source
+from augment.commands.common import add_source_arguments, read_source, source_meta
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import distributed_rank, run_generation
 from augment.loading import SHARD_WORKERS, add_workers_argument
@@ -86,12 +86,6 @@ def run(args) -> int:
 
 # why a method may write no rows, where the generic guess would mislead
 EMPTY_POOL_HINTS = {"i2t-human": "it pairs an image with its OTHER captions: images with one caption have none"}
-
-
-def source_meta(args, source_format: str | None = None) -> dict:
-    """How the source was read, as given, so `augment score POOL` can read it again by itself; and
-    its format ("hub" for a Hub dataset), so a card never mistakes a relative path for a Hub id."""
-    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format}
 
 
 def distributed_state(args):
