@@ -110,6 +110,7 @@ _META_TYPES = (
     ("status", str, "a text"), ("params", dict, "an object"), ("seed", int, "a whole number"),
     ("n", int, "a whole number"), ("limit", int, "a whole number"), ("shard_size", int, "a whole number"),
     ("num_rows", int, "a whole number"), ("source_items", int, "a whole number"),
+    ("csv_img_key", str, "a text"), ("csv_caption_key", str, "a text"), ("csv_separator", str, "a text"),
 )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from augment.errors import PoolError
 from augment.schema import MODALITIES
+from augment.source_formats import TABLE_KEYS
 
 
 @dataclass
@@ -172,6 +173,7 @@ def selection_meta(pool, out: str, filters: SelectFilters, entry: dict | None, s
         "image_root": parent.get("image_root"),
         "source_split": parent.get("source_split"),
         "source_format": parent.get("source_format"),
+        **{key: parent[key] for key in TABLE_KEYS if parent.get(key) is not None},
         "source_fingerprint": parent.get("source_fingerprint"),
         "source_items": parent.get("source_items"),
         # the parent's provenance without its per-shard input fingerprints: its resume's own check, one

@@ -46,6 +46,9 @@ class SourceRecord:
 
 
 TABLE_SUFFIXES = (".csv", ".tsv")  # .tsv: open_clip_train's tab-separated file
+# the options saying how a CSV/TSV's columns are read (open_clip_train's names), as argparse
+# dests and pool.json keys: a pool records those given, so its source can be read again alone
+TABLE_KEYS = ("csv_img_key", "csv_caption_key", "csv_separator")
 
 
 def is_table_file(source: str | None) -> bool:

@@ -179,6 +179,22 @@ def test_augment_and_train_eval_read_the_trainers_tsv(tmp_path, capsys):
     assert "(separator ','), the file is empty" in capsys.readouterr().err
     assert augment_main(["generate", "--method", "eda", "--source", str(tmp_path / "train.tsv"), *keys,
                          "--out", str(tmp_path / "pool"), "--n", "1"]) == 0
+    # the pool records the column options, so `augment score POOL` reads its TSV again without them
+    # (it stopped on "CSV needs a header with 'image' and 'caption' columns"), as does a selection of it
+    from augment.cli import build_parser
+    from augment.commands.score import read_source_named, source_of, source_reading
+    from augment.pool import load_pool
+    from augment.select import SelectFilters, selection_meta
+
+    pool = load_pool(tmp_path / "pool")
+    assert (pool.meta["csv_img_key"], pool.meta["csv_caption_key"]) == ("filepath", "title")
+    assert "csv_separator" not in pool.meta  # not given: the .tsv's own
+    args = build_parser().parse_args(["score", str(tmp_path / "pool"), "--scorer", "tiny-clip"])
+    reading = source_reading(pool, args)
+    assert reading["csv_img_key"] == "filepath" and reading["csv_caption_key"] == "title"
+    assert read_source_named(args, source_of(pool, None), reading)["captions"] == [["a red dog"], ["a blue cat"]]
+    selected = selection_meta(pool, str(tmp_path / "selected"), SelectFilters(), None, 1)
+    assert (selected["csv_img_key"], selected["csv_caption_key"]) == ("filepath", "title")
     (tmp_path / "data.json").write_text("{}")
     assert augment_main(["inspect", "--source", str(tmp_path / "data.json"), "--csv-img-key", "filepath"]) == 2
     assert capsys.readouterr().err.strip().endswith(

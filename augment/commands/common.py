@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from augment.arguments import file_path
+from augment.source_formats import TABLE_KEYS
 
 
 def add_source_arguments(parser, required: bool = True) -> None:
@@ -22,9 +23,12 @@ def add_source_arguments(parser, required: bool = True) -> None:
 
 
 def source_meta(args, source_format: str | None = None) -> dict:
-    """How the source was read, as given, so `augment score POOL` can read it again by itself; and
-    its format ("hub" for a Hub dataset), so a card never mistakes a relative path for a Hub id."""
-    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format}
+    """How the source was read, as given, so `augment score POOL` can read it again by itself
+    (a TSV's column options too); and its format ("hub" for a Hub dataset), so a card never
+    mistakes a relative path for a Hub id."""
+    table = {key: getattr(args, key, None) for key in TABLE_KEYS}
+    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format,
+            **{key: value for key, value in table.items() if value is not None}}
 
 
 def shows_progress(args) -> bool:
@@ -44,7 +48,7 @@ def read_source(args, validate: bool = False, announce: bool = True):
 
     if getattr(args, "skip_report", None) and not args.skip_bad:  # it would be silently ignored
         raise MatPlusError("--skip-report is read only with --skip-bad: leave it out or add --skip-bad")
-    table = {key: getattr(args, key, None) for key in ("csv_img_key", "csv_caption_key", "csv_separator")}
+    table = {key: getattr(args, key, None) for key in TABLE_KEYS}
     given = [key for key, value in table.items() if value is not None]
     if given and not is_table_file(args.source):
         raise MatPlusError(f"{', '.join('--' + key.replace('_', '-') for key in given)}: read only for a .csv/.tsv source, "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from augment.arguments import confidence_level, file_path, non_negative_int, positive_int
 from augment.errors import ModelLoadError, PoolError, first_line
+from augment.source_formats import TABLE_KEYS
 
 
 def _gap_sample_size(text: str) -> int:
@@ -158,13 +159,11 @@ def load_scorer_or_fail(args):
 
 
 def source_reading(pool, args) -> dict:
-    """--image-root and --source-split as given, else as the pool recorded them (when the pool's
-    own source is used)."""
+    """--image-root, --source-split and the CSV/TSV column options as given, else as the pool
+    recorded them (when the pool's own source is used)."""
     use_recorded = not args.source
-    return {
-        "image_root": args.image_root or (pool.meta.get("image_root") if use_recorded else None),
-        "source_split": args.source_split or (pool.meta.get("source_split") if use_recorded else None),
-    }
+    return {key: getattr(args, key, None) or (pool.meta.get(key) if use_recorded else None)
+            for key in ("image_root", "source_split", *TABLE_KEYS)}
 
 
 def source_of(pool, given: str | None) -> str:
