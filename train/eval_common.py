@@ -214,7 +214,8 @@ def adversarial_pool_writers(save_adv, attacks: dict[str, Attack], source_datase
 
     Each pool.json records what `augment generate`'s does about its data: its rows' `modality`
     (`row_modality(attack)`), `source_items` (`items`, the images evaluated) and `source_meta`,
-    how the source was read (`source`, `image_root`, `source_split`, `source_format`), so that
+    how the source was read (`source`, `image_root`, `source_split`, `source_format`, a CSV/TSV's
+    column options: `augment.commands.common.source_meta`), so that
     `augment score POOL` finds the source by itself and a pushed pool's card names it.
 
     Without `progress_dir` (an API call that cannot resume) each pool is written anew. With it,
