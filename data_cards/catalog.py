@@ -97,6 +97,11 @@ MODEL_LICENSES = {
     # not models: what the model field holds for methods that use none
     "human": "n/a: the source dataset's own captions (see the source license)",
     "wordnet": "WordNet 3.0 license (permissive, https://wordnet.princeton.edu/license-and-commercial-use)",
+    # the `model` names mat-plus's rule-based generators record (augment/generators/): no model card to check
+    "torchvision.transforms.v2": "n/a: rule-based, no model (torchvision's transforms, bsd-3-clause)",
+    "sample-world-renderer": "n/a: rule-based, no model (mat-plus's sample-world renderer, apache-2.0)",
+    "sample-world-describer": "n/a: rule-based, no model (mat-plus's sample-world describer, apache-2.0)",
+    "none": "n/a: rule-based, no model",
 }
 
 _TINY_LICENSE = "n/a: random-weight test model built locally by mat-plus (`augment save-tiny`)"
@@ -111,6 +116,16 @@ def model_license(model: str | None) -> str:
     if key.startswith("tiny-"):
         return _TINY_LICENSE
     return UNKNOWN_MODEL_LICENSE
+
+
+# what the model field holds for methods that use no trained weights (see MODEL_LICENSES)
+WEIGHTLESS_MODELS = frozenset({"human", "wordnet", "torchvision.transforms.v2", "sample-world-renderer",
+                               "sample-world-describer", "none"})
+
+
+def has_weights(model: str | None) -> bool:
+    """Whether a pool's `model` names trained weights (which have a revision), not a rule-based tool."""
+    return bool(model) and model.strip().lower() not in WEIGHTLESS_MODELS
 
 
 def model_url(model: str | None) -> str | None:

@@ -290,6 +290,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "model_url": catalog.model_url(model),
         "model_revision": meta.get("model_revision") or generator.get("model_revision"),
         "model_license": catalog.model_license(model),
+        "model_has_weights": catalog.has_weights(model),
         "params": sorted((meta.get("params") or {}).items()),
         "seed": meta.get("seed"),
         "n": meta.get("n"),

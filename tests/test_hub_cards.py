@@ -77,19 +77,37 @@ def cli(*argv: str) -> int:
 
 FAMILY_CASES = [
     # method, modality, model, expected text in the body, model license, task categories
-    ("eda", "text", None, "EDA can change a caption's meaning", "rule-based", ["image-to-text"], "wei-zou-2019-eda"),
+    ("eda", "text", "wordnet", "EDA can change a caption's meaning", "WordNet 3.0 license", ["image-to-text"], "wei-zou-2019-eda"),
     ("t2t-flan", "text", "google/flan-t5-base", "Paraphrasers can drop or add details", "apache-2.0", ["image-to-text"], None),
     ("i2t-human", "text", "human", "No new information", "source dataset's own captions", ["image-to-text"], None),
     ("i2t-blip", "text", "Salesforce/blip-image-captioning-base", "Captioners hallucinate", "bsd-3-clause", ["image-to-text"], "li2022blip"),
-    ("i2t-scene", "text", None, "Templated language", "rule-based", ["image-to-text"], None),
+    ("i2t-scene", "text", "sample-world-describer", "Templated language", "rule-based, no model (mat-plus's", ["image-to-text"], None),
     ("t2i-sd", "image", "stabilityai/stable-diffusion-2-1-base", "misaligned with their caption", "openrail++", ["text-to-image"], "rombach2022high"),
-    ("t2i-render", "image", None, "Synthetic look", "rule-based", ["text-to-image"], None),
+    ("t2i-render", "image", "sample-world-renderer", "Synthetic look", "rule-based, no model (mat-plus's", ["text-to-image"], None),
     ("t-i2i-sd", "image", "runwayml/stable-diffusion-v1-5", "Low strength gives near-copies", "creativeml-openrail-m", ["image-to-image", "text-to-image"], "meng2022sdedit"),
-    ("img-aug", "image", None, "Flips break captions", "rule-based", ["image-to-image", "text-to-image"], None),
-    ("shuffle", "text", None, "never use these rows as positive", "rule-based", ["image-to-text"], None),
+    ("img-aug", "image", "torchvision.transforms.v2", "Flips break captions", "rule-based, no model (torchvision's", ["image-to-image", "text-to-image"], None),
+    ("shuffle", "text", "none", "never use these rows as positive", "rule-based", ["image-to-text"], None),
     ("select", "text", None, "Inherits all limitations of the parent", "rule-based", ["image-to-text"], None),
     ("adversarial", "pair", "tiny-clip", "specific to the attacked model", "random-weight test model", ["image-to-text", "text-to-image"], None),
 ]
+
+
+def test_the_family_cases_name_the_model_each_generator_records():
+    """The cases above pass the `model` each generator writes to pool.json: a rule-based generator's
+    name (torchvision's transforms, the sample world's renderer) once fell through to "unknown,
+    check the model card" while the cases passed None."""
+    from augment.generators import available_modules
+    from augment.generators.base import Generator
+    from data_cards.catalog import UNKNOWN_MODEL_LICENSE, model_license
+
+    recorded = {cls.method: cls.model for module in available_modules() for cls in vars(module).values()
+                if isinstance(cls, type) and issubclass(cls, Generator) and isinstance(getattr(cls, "model", None), str)}
+    assert {"img-aug", "t2i-render", "i2t-scene", "shuffle", "i2t-human"} <= set(recorded)
+    cases = {method: model for method, _, model, *_ in FAMILY_CASES}
+    for method, model in recorded.items():
+        if method in cases:
+            assert cases[method] == model, method
+            assert model_license(model) != UNKNOWN_MODEL_LICENSE, method
 
 
 @pytest.mark.parametrize("method, modality, model, limitation, license_text, tasks, paper", FAMILY_CASES)
@@ -117,6 +135,7 @@ def test_card_for_every_method_family(method, modality, model, limitation, licen
     body = text.split("---\n", 2)[2]
     assert f"`{model or 'none'}`" in body
     assert license_text in body
+    assert "| model revision | `abc123` |" in body
     for name, value in (("steps", "20"), ("guidance_scale", "7.5")):
         assert f"| `{name}` | {value} |" in body
     assert "| seed (pool) | 7 |" in body
@@ -130,6 +149,22 @@ def test_card_for_every_method_family(method, modality, model, limitation, licen
     if method == "select":
         assert "pools/eda-full" in body
     assert "{{ " not in text and "{%" not in text  # no template syntax left unrendered
+
+
+@pytest.mark.parametrize("model, revision_cell", [
+    ("torchvision.transforms.v2", "n/a: no model weights (the package versions under Provenance)"),
+    ("sample-world-renderer", "n/a: no model weights (the package versions under Provenance)"),
+    ("wordnet", "n/a: no model weights (the package versions under Provenance)"),
+    (None, "n/a: no model weights (the package versions under Provenance)"),
+    ("runwayml/stable-diffusion-v1-5", "`not recorded`"), ("tiny-sd", "`not recorded`")])
+def test_a_pool_without_a_revision_says_why(model, revision_cell):
+    """A revision belongs to weights: a rule-based generator's card says it has none (it said `not
+    recorded`, as if something were missing); a model's says its revision was not recorded."""
+    from data_cards.render import CardOptions, render_card_text
+
+    meta = {**pool_meta("img-aug", "image", model), "model_revision": None, "num_rows": 4, "schema_version": 1}
+    body = render_card_text(meta, None, CardOptions(repo_id="org/pool")).split("---\n", 2)[2]
+    assert f"| model revision | {revision_cell} |" in body
 
 
 def test_card_of_a_selected_pool_names_its_parent_as_select_records_it():
