@@ -437,9 +437,10 @@ def _validate(c: TrainConfig) -> None:
     _check(c.val_limit is None or c.val_limit >= 1, "--val-limit must be at least 1")
     if c.val_frequency:
         from train.attacks import ATTACK_NAMES
+        from train.attacks.captioning import CAPTION_ATTACK_NAMES
 
-        _check(c.val_attack in ATTACK_NAMES, f"unknown --val-attack {c.val_attack!r}; expected one of {list(ATTACK_NAMES)}")
-        _check(c.task == "retrieval", f"--val-frequency validates retrieval (robust R@1); not available for --task {c.task}")
+        names = CAPTION_ATTACK_NAMES if c.task == "captioning" else ATTACK_NAMES  # grounding's: retrieval's names
+        _check(c.val_attack in names, f"unknown --val-attack {c.val_attack!r} for --task {c.task}; expected one of {list(names)}")
     _check(not (c.method == "fare" and c.lock_image), "--lock-image with fare leaves nothing to train (FARE trains the image tower only)")
     _check(not (c.lock_image and c.lock_text), "--lock-image and --lock-text together leave nothing to train")
     _check(c.epochs >= 1, "--epochs must be at least 1")

@@ -145,7 +145,7 @@ class _Tally:
         self.seconds += float(state["seconds"])
 
 
-def _data_fingerprint(data: GroundingData) -> str:
+def data_fingerprint(data: GroundingData) -> str:
     """A digest of the evaluated images (their files too: another --image-root, an image replaced in
     place), candidates and expressions: a resumed run must see the same ones."""
     from augment.source_cache import path_identity
@@ -346,7 +346,7 @@ class _GroundingRun:
         return BatchStore(progress_dir, {
             "model": self.model.describe(), "attacker": self.attacker.describe(), "mode": settings["mode"],
             **weights_identity(self.model, self.attacker), **substitute_model_identity(built),
-            "data": {**report["data"], "fingerprint": _data_fingerprint(self.data)},
+            "data": {**report["data"], "fingerprint": data_fingerprint(self.data)},
             "attacks": {name: attack.params() for name, attack in built.items()}, "options": settings["attack_options"],
             "batch_size": self.batch_size, "ground_batch": self.ground_batch, "seed": self.seed,
             "caption_preprocess": settings["caption_preprocess"],

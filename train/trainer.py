@@ -510,34 +510,39 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, self.cfg, self.is_main, self.start_step)
 
     def _make_validator(self):
-        """--val-frequency: robust R@1 under --val-attack every N epochs (train.validation), on the main
-        process; every process checks the validation split, so that all stop alike."""
+        """--val-frequency: the task's robust score under --val-attack every N epochs (train.validation:
+        retrieval's R@1, captioning's CIDEr, grounding's accuracy), on the main process; every process
+        checks the validation split, so that all stop alike."""
         from augment.errors import SourceError
         from augment.sources import select_split
         from train.validation import ValidationSettings, Validator, settings_record
 
         cfg = self.cfg
-        if cfg.val_data is None:
-            source = self.data.source
+        which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
+        if cfg.task == "grounding":  # boxes to ground: the source read as grounding data, cut to the split
+            source = self._load_grounding_validation(which)
         else:
-            source = self._load_validation_source()
-        try:
-            select_split(source, cfg.val_split)  # an unknown or absent split: one line now
-        except SourceError as exc:
-            which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
-            raise SourceError(f"{which}: {exc}; choose another with --val-split or --val-data") from None
+            source = self.data.source if cfg.val_data is None else self._load_validation_source()
+            try:
+                select_split(source, cfg.val_split)  # an unknown or absent split: one line now
+            except SourceError as exc:
+                raise SourceError(f"{which}: {exc}; choose another with --val-split or --val-data") from None
         if cfg.val_attack == "synonym":  # WordNet's substitutes: missing, one line before anything is written
             from augment.wordnet import require_wordnet
 
             require_wordnet()
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                    "budget": cfg.word_budget, "top_k": cfg.top_k}
-        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga"):  # they draw substitutes from a masked LM
+        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga", "prompt", "prompt-pgd"):  # substitutes from a masked LM
             from train.config import default_mlm
 
             options["mlm"] = cfg.mlm or default_mlm(cfg.model)
-        settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, attack=cfg.val_attack,
+        if cfg.task == "grounding":
+            options["objective"] = "itm"  # train eval --task grounding's default
+        settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, task=cfg.task, attack=cfg.val_attack,
                                       split=cfg.val_split, limit=cfg.val_limit, captions="all",
+                                      # retrieval: 2 captions per image; a caption's CIDEr reads all its image's references
+                                      captions_per_image=2 if cfg.task == "retrieval" else None,
                                       attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
         self.validation_record = settings_record(settings, source)
         if not self.is_main:
@@ -579,6 +584,24 @@ class Trainer:
                 reason = reason[len(named):] if reason.startswith(named) else reason
             raise SourceError(f"--val-data {cfg.val_data}: {reason}") from None
         return source
+
+    def _load_grounding_validation(self, which: str):
+        """The validation split of --val-data (default: the train data) as grounding data (images with
+        their candidate boxes, expressions with their true box: `augment.referring.load_grounding`),
+        its first --val-limit images; one line naming it when it cannot be read or holds no expression."""
+        from augment.errors import SourceError
+        from augment.referring import load_grounding
+
+        cfg = self.cfg
+        path, image_root = (cfg.train_data, cfg.image_root) if cfg.val_data is None else (cfg.val_data, cfg.val_image_root)
+        try:
+            data = load_grounding(path, image_root=image_root).select(cfg.val_split, cfg.val_limit)
+        except MatPlusError as exc:
+            raise SourceError(f"{which}: {first_line(exc)}") from None
+        if not len(data):
+            raise SourceError(f"{which}: no referring expressions in split {cfg.val_split!r} of {path}; "
+                              "choose another with --val-split or --val-data")
+        return data
 
     def _check_validation_resume(self, step: int) -> None:
         """The validation lines a resume keeps were measured as this run will measure (every process
@@ -876,8 +899,9 @@ def _summary_line(summary: dict) -> str:
     validation = summary.get("validation")
     if validation:
         best = validation["best"]
-        kind = "clean" if best["attack"] == "clean" else "robust"  # --val-attack clean ranks clean R@1
-        line += (f"\nvalidation ({best['attack']}): best {kind} R@1 {best['robust']:.1f} at step {best['step']}"
+        kind = "clean" if best["attack"] == "clean" else "robust"  # --val-attack clean ranks the clean score
+        metric = best.get("metric", "R@1")  # lines written before other tasks validated: R@1
+        line += (f"\nvalidation ({best['attack']}): best {kind} {metric} {best['robust']:.1f} at step {best['step']}"
                  + ("," if kind == "clean" else f" (clean {best['clean']:.1f}),")
                  + (f" weights in {validation['best_weights']}" if validation.get("best_weights") else
                     " its weights not kept") + f"; last {validation['last']['robust']:.1f}")

@@ -1,11 +1,13 @@
-"""Validation during training: robust R@1 on a held-out split every K steps, and the best checkpoint.
+"""Validation during training: a robust score on a held-out split every K steps, and the best checkpoint.
 
 A `Validator` is a trainer callback (`Trainer(config, callbacks=[validator])`, then
 `validator.attach(trainer)`): at the first micro step of every K-th optimizer step it evaluates a
 copy of the model as it stands after that many steps (before the step's update) under one attack
-with `train.evaluate.evaluate`, appends a line to `RUN/validation.jsonl` and, when the score is
-the best so far, writes the weights to `RUN/best/` (open_clip's local-dir layout, loadable like
-`RUN/ckpt/`). Call `validate(step)` once more after the run for the last weights.
+with the task's evaluation (`METRICS`: retrieval's R@1 by `train.evaluate.evaluate`, captioning's
+CIDEr by `train.evaluate_captioning.evaluate_captioning`, grounding's accuracy by
+`train.evaluate_grounding.evaluate_grounding`), appends a line to `RUN/validation.jsonl` and, when
+the score is the best so far, writes the weights to `RUN/best/` (the checkpoint layout, loadable
+like `RUN/ckpt/`). Call `validate(step)` once more after the run for the last weights.
 
 The copy is evaluated in eval mode without touching the trained model's weights, gradients or
 RNG streams that matter (the trainer reseeds every micro step), so a run with validation trains
@@ -49,11 +51,23 @@ def tidy_best(run_dir: str | os.PathLike) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
+# what a validation ranks, per task: (the metric's name in lines and logs, the loggers' key)
+METRICS = {"retrieval": ("R@1", "r1"), "captioning": ("CIDEr", "cider"), "grounding": ("accuracy", "accuracy")}
+
+
 def settings_record(settings: ValidationSettings, source) -> dict:
     """What a validation score depends on besides the weights (recorded in every line)."""
-    from augment.sources import source_fingerprint
+    from augment.referring import GroundingData
 
-    return {"attack": settings.attack, "split": settings.split, "data": source_fingerprint(source),
+    if isinstance(source, GroundingData):  # grounding: images, candidate boxes and expressions
+        from train.evaluate_grounding import data_fingerprint
+
+        data = data_fingerprint(source)
+    else:
+        from augment.sources import source_fingerprint
+
+        data = source_fingerprint(source)
+    return {"attack": settings.attack, "split": settings.split, "data": data,
             "limit": settings.limit, "captions": settings.captions, "captions_per_image": settings.captions_per_image}
 
 
@@ -103,6 +117,7 @@ def best_line(run_dir: str | os.PathLike) -> dict | None:
 @dataclasses.dataclass
 class ValidationSettings:
     every: int = 25  # optimizer steps between validations (step 0, the starting model, included)
+    task: str = "retrieval"  # what is scored (`METRICS`); grounding validates a `GroundingData` of the split
     attack: str = "sga"
     split: str = "val"
     limit: int | None = 50
@@ -179,7 +194,7 @@ class Validator:
             kept = [r for r in self.records() if r["step"] == record.step]
             if kept and record.step % self.settings.every and self.report:
                 # not validated again: its scalars to the loggers, whose steps from here on were purged
-                self.report(record.step, {"val/robust_r1": kept[0]["robust"], "val/clean_r1": kept[0]["clean"]})
+                self.report(record.step, self._scalars(kept[0]))
         grad_accum = self.trainer.cfg.grad_accum
         if record.micro_step % grad_accum == 0 and record.step % self.settings.every == 0:
             self.validate(record.step)
@@ -201,8 +216,6 @@ class Validator:
     def validate(self, step: int, model=None) -> dict:
         """Evaluate the trainer's model as it is now (or `model`: the weights of a finished run's
         checkpoint), as the weights after `step` optimizer steps."""
-        from train.evaluate import evaluate
-
         self._drop_from(step)
         self._started = True
         if model is None:
@@ -210,26 +223,58 @@ class Validator:
         else:
             snapshot = model.eval()
         s = self.settings
-        attacks = ["clean"] if s.attack == "clean" else ["clean", s.attack]  # clean: model selection on clean R@1
-        report = evaluate(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
-                          captions_per_image=s.captions_per_image, limit=s.limit, attack_options=self._options,
-                          caption_checker=self.checker, seed=s.seed, progress=False)
-        entry = report["attacks"][s.attack]
-        line = {"step": step, "robust": score_of(report, s.attack, s.captions),
-                "clean": score_of(report, "clean", "all"), "attack": s.attack,
-                "true_pct": (entry.get("meaning_preserved") or {}).get("true_pct"),
-                "settings": self.settings_record()}
+        robust, clean, true_pct = self._measure(snapshot)
+        line = {"step": step, "robust": robust, "clean": clean, "attack": s.attack, "metric": METRICS[s.task][0],
+                "true_pct": true_pct, "settings": self.settings_record()}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
         best = self._is_best(line)
         if best:
             self._save_best(snapshot, line)
         if self.report:
-            self.report(step, {"val/robust_r1": line["robust"], "val/clean_r1": line["clean"]})
+            self.report(step, self._scalars(line))
         if self.log:
-            self.log(f"  step {step:4d}: val robust R@1 {line['robust']:5.1f}  clean R@1 {line['clean']:5.1f}  "
+            metric = METRICS[s.task][0]
+            self.log(f"  step {step:4d}: val robust {metric} {line['robust']:5.1f}  clean {metric} {line['clean']:5.1f}  "
                      f"({s.attack}{', best so far' if best else ''})")
         return line
+
+    def _scalars(self, line: dict) -> dict:
+        """A line's scores for the run's loggers: val/robust_r1 and val/clean_r1 for retrieval (cider,
+        accuracy for the other tasks)."""
+        key = METRICS[self.settings.task][1]
+        return {f"val/robust_{key}": line["robust"], f"val/clean_{key}": line["clean"]}
+
+    def _measure(self, snapshot) -> tuple[float, float, float | None]:
+        """(robust score, clean score, percent of attacked texts still true where a checker judged them)
+        of `snapshot` on the validation data, by the task's own evaluation."""
+        s = self.settings
+        attacks = ["clean"] if s.attack == "clean" else ["clean", s.attack]  # clean: model selection on the clean score
+        if s.task == "captioning":
+            from train.evaluate_captioning import evaluate_captioning
+
+            report = evaluate_captioning(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
+                                         captions_per_image=s.captions_per_image, limit=s.limit,
+                                         attack_options=self._options, caption_checker=self.checker, meteor=False,
+                                         seed=s.seed, progress=False)
+            entry = report["attacks"][s.attack]
+            return entry["cider"], report["attacks"]["clean"]["cider"], (entry.get("truth") or {}).get("true_pct")
+        if s.task == "grounding":  # self.source: the split's GroundingData, already cut to the limit
+            from train.evaluate_grounding import evaluate_grounding
+
+            report = evaluate_grounding(snapshot, self.source, attacks=attacks, attack_options=self._options,
+                                        batch_size=s.batch_size, expression_checker=self.checker, seed=s.seed)
+            entry = report["attacks"][s.attack]
+            kept = entry.get("accuracy_meaning_preserved") if s.captions == "meaning_preserved" else None
+            return (entry["accuracy"] if kept is None else kept), report["attacks"]["clean"]["accuracy"], None
+        from train.evaluate import evaluate
+
+        report = evaluate(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
+                          captions_per_image=s.captions_per_image, limit=s.limit, attack_options=self._options,
+                          caption_checker=self.checker, seed=s.seed, progress=False)
+        entry = report["attacks"][s.attack]
+        return (score_of(report, s.attack, s.captions), score_of(report, "clean", "all"),
+                (entry.get("meaning_preserved") or {}).get("true_pct"))
 
     def summary(self) -> dict | None:
         """The run's validation for summary.json: the last line, the best one (what RUN/best holds) and
