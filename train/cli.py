@@ -198,7 +198,7 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_validation_options(parser: argparse.ArgumentParser) -> None:
     """Robust validation during training."""
-    val = parser.add_argument_group("validation during training (robust R@1, best checkpoint in RUN/best)")
+    val = parser.add_argument_group("validation during training (robust R@1, CIDEr or grounding accuracy; best checkpoint in RUN/best)")
     val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
     val.add_argument("--val-data", help="source to validate on (default: --train-data); one that names no splits "
                      "(an open_clip CSV/TSV) is validated on whole")

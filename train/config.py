@@ -160,8 +160,8 @@ class TrainConfig:
     progress: bool = True
     report_to: str = "none"  # tensorboard, wandb, all, none (comma-separated list allowed)
     wandb_project_name: str = "mat-plus"
-    # in-training validation (train.validation.Validator): every val_frequency epochs, robust R@1
-    # under val_attack on val_split of val_data (default: the train data's source)
+    # in-training validation (train.validation.Validator): every val_frequency epochs, the task's robust score
+    # (R@1, CIDEr, grounding accuracy) under val_attack on val_split of val_data (default: the train data's source)
     val_frequency: int = 0  # 0: no validation
     val_data: str | None = None
     val_image_root: str | None = None  # image folder of --val-data (--image-root is the train data's)
