@@ -46,6 +46,12 @@ def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkey
     assert _train([*common, "--val-frequency", "1", "--val-attack", "sga", "--out", str(tmp_path / "x")]) == 2
     assert "unknown --val-attack 'sga' for --task captioning; expected one of ['clean', 'pgd', 'pgd-targeted'" in \
         capsys.readouterr().err
+    # a prompt attack on a captioner without a prompt: one line before training (it was a traceback at step 0)
+    assert _train([*common, "--val-frequency", "1", "--val-attack", "prompt", "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--val-attack prompt attacks the captioner's prompt; tiny-captioner has none: pass --prompt TEXT, or choose "
+        "another --val-attack")
+    assert not (tmp_path / "y").exists()  # nothing written
 
 
 def test_grounding_validates_by_robust_accuracy_on_the_splits_boxes(tmp_path, grounding_world_dir, capsys):

@@ -346,6 +346,10 @@ class Trainer:
 
         _seed_everything(cfg.seed)
         model, frozen = self._build_task_and_model()
+        if cfg.val_frequency and cfg.task == "captioning" and cfg.val_attack in ("prompt", "prompt-pgd") \
+                and not getattr(model, "prompt", None):  # it would stop the run at its first validation
+            raise ConfigError(f"--val-attack {cfg.val_attack} attacks the captioner's prompt; {cfg.model} has none: "
+                              "pass --prompt TEXT, or choose another --val-attack")
         self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
         self.finished_summary: dict | None = None
         state = None
