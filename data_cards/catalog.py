@@ -64,6 +64,18 @@ def task_categories(method: str, modality: str | None) -> list[str]:
     return list(family.task_categories or _MODALITY_TASKS.get(modality or "", ("image-to-text",)))
 
 
+# not models: what the model field holds for methods that use no trained weights (they have no
+# revision either: `has_weights`)
+NO_MODEL_LICENSES = {
+    "human": "n/a: the source dataset's own captions (see the source license)",
+    "wordnet": "WordNet 3.0 license (permissive, https://wordnet.princeton.edu/license-and-commercial-use)",
+    # the `model` names mat-plus's rule-based generators record (augment/generators/): no model card to check
+    "torchvision.transforms.v2": "n/a: rule-based, no model (torchvision's transforms, bsd-3-clause)",
+    "sample-world-renderer": "n/a: rule-based, no model (mat-plus's sample-world renderer, apache-2.0)",
+    "sample-world-describer": "n/a: rule-based, no model (mat-plus's sample-world describer, apache-2.0)",
+    "none": "n/a: rule-based, no model",
+}
+
 # Hub license ids of the models mat-plus uses or suggests, by model id (compared without case).
 # Taken from each model's card; anything not here reads "unknown, check the model card".
 MODEL_LICENSES = {
@@ -94,14 +106,7 @@ MODEL_LICENSES = {
     "openai/clip-vit-base-patch32": "mit",
     "openai/clip-vit-base-patch16": "mit",
     "openai/clip-vit-large-patch14": "mit",
-    # not models: what the model field holds for methods that use none
-    "human": "n/a: the source dataset's own captions (see the source license)",
-    "wordnet": "WordNet 3.0 license (permissive, https://wordnet.princeton.edu/license-and-commercial-use)",
-    # the `model` names mat-plus's rule-based generators record (augment/generators/): no model card to check
-    "torchvision.transforms.v2": "n/a: rule-based, no model (torchvision's transforms, bsd-3-clause)",
-    "sample-world-renderer": "n/a: rule-based, no model (mat-plus's sample-world renderer, apache-2.0)",
-    "sample-world-describer": "n/a: rule-based, no model (mat-plus's sample-world describer, apache-2.0)",
-    "none": "n/a: rule-based, no model",
+    **NO_MODEL_LICENSES,
 }
 
 _TINY_LICENSE = "n/a: random-weight test model built locally by mat-plus (`augment save-tiny`)"
@@ -118,14 +123,9 @@ def model_license(model: str | None) -> str:
     return UNKNOWN_MODEL_LICENSE
 
 
-# what the model field holds for methods that use no trained weights (see MODEL_LICENSES)
-WEIGHTLESS_MODELS = frozenset({"human", "wordnet", "torchvision.transforms.v2", "sample-world-renderer",
-                               "sample-world-describer", "none"})
-
-
 def has_weights(model: str | None) -> bool:
     """Whether a pool's `model` names trained weights (which have a revision), not a rule-based tool."""
-    return bool(model) and model.strip().lower() not in WEIGHTLESS_MODELS
+    return bool(model) and model.strip().lower() not in NO_MODEL_LICENSES
 
 
 def model_url(model: str | None) -> str | None:

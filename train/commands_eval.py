@@ -497,7 +497,7 @@ def _run(args: argparse.Namespace) -> int:
             save_adv=args.save_adv, attack_options=options, text_batch=args.text_batch, seed=args.seed,
             progress=args.progress, caption_checker=checker, progress_dir=progress_dir,
             caption_preprocess=args.caption_preprocess, workers=_workers(args),
-            source_meta={"source": str(args.source), **source_meta(args, source_report.format)},
+            source_meta=source_meta(args, source_report.format),
         )
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
                 seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
                 workers=_workers(args),
-                source_meta={"source": str(args.source), **source_meta(args, source_report.format)},
+                source_meta=source_meta(args, source_report.format),
             )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None

@@ -32,13 +32,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from models.half_precision import active_precision
-from train.attacks.captioning import (CAPTION_ATTACK_NAMES, CaptionAttack, build_caption_attack, default_caption_mlm,
-                                      lm_losses)
+from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, CaptionAttack, build_caption_attack,
+                                      default_caption_mlm, lm_losses)
 from train.caption_metrics import METRICS, caption_scores, require_java_for_meteor, simple_tokenize
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
-PROMPT_ATTACKS = ("prompt", "prompt-pgd")
 EXAMPLES = 5  # generated captions per attack kept in the report
 
 PROCEDURE = (

@@ -346,7 +346,9 @@ class Trainer:
 
         _seed_everything(cfg.seed)
         model, frozen = self._build_task_and_model()
-        if cfg.val_frequency and cfg.task == "captioning" and cfg.val_attack in ("prompt", "prompt-pgd") \
+        from train.attacks.captioning import PROMPT_ATTACKS
+
+        if cfg.val_frequency and cfg.task == "captioning" and cfg.val_attack in PROMPT_ATTACKS \
                 and not getattr(model, "prompt", None):  # it would stop the run at its first validation
             raise ConfigError(f"--val-attack {cfg.val_attack} attacks the captioner's prompt; {cfg.model} has none: "
                               "pass --prompt TEXT, or choose another --val-attack")
@@ -537,7 +539,9 @@ class Trainer:
             require_wordnet()
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                    "budget": cfg.word_budget, "top_k": cfg.top_k}
-        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga", "prompt", "prompt-pgd"):  # substitutes from a masked LM
+        from train.attacks.captioning import PROMPT_ATTACKS
+
+        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga", *PROMPT_ATTACKS):  # substitutes from a masked LM
             from train.config import default_mlm
 
             options["mlm"] = cfg.mlm or default_mlm(cfg.model)

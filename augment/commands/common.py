@@ -23,11 +23,12 @@ def add_source_arguments(parser, required: bool = True) -> None:
 
 
 def source_meta(args, source_format: str | None = None) -> dict:
-    """How the source was read, as given, so `augment score POOL` can read it again by itself
+    """The source and how it was read, as given, so `augment score POOL` can read it again by itself
     (a TSV's column options too); and its format ("hub" for a Hub dataset), so a card never
     mistakes a relative path for a Hub id."""
     table = {key: getattr(args, key, None) for key in TABLE_KEYS}
-    return {"image_root": args.image_root, "source_split": args.source_split, "source_format": source_format,
+    return {"source": str(args.source), "image_root": args.image_root, "source_split": args.source_split,
+            "source_format": source_format,
             **{key: value for key, value in table.items() if value is not None}}
 
 

@@ -37,6 +37,7 @@ from train.attacks.substitutes import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, Su
 from train.attacks.text import substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
+PROMPT_ATTACKS = ("prompt", "prompt-pgd")  # those that attack the prompt: for prompted captioners only
 DEFAULT_TARGET = "a black triangle"  # a caption the sample world's truth checker can judge
 DEFAULT_LOSS_BATCH = 64  # (image, caption) pairs per LM-loss forward when scoring candidates
 # words the prompt attack never replaces nor proposes: none. BERT-Attack skips stop words so that an
