@@ -243,9 +243,10 @@ def text_tokens_counted(victim):
     if tower is None:
         yield counted
         return
-    # the first block's first layer norm sees every position the tower computes: the whole tower's,
-    # the trimmed one's ([texts, length, width]) and the prefix cache's new positions ([positions, width])
-    tower = tower.resblocks[0].ln_1 if len(getattr(tower, "resblocks", ())) else tower
+    # the last block's first layer norm sees every position the tower computes: the whole tower's,
+    # the trimmed one's ([texts, length, width]) and the prefix cache's new positions ([positions, width];
+    # its first block computes each distinct (token, position) once)
+    tower = tower.resblocks[-1].ln_1 if len(getattr(tower, "resblocks", ())) else tower
 
     def count(module, args, output):
         counted[0] += args[0].numel() // args[0].shape[-1]

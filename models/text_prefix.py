@@ -11,7 +11,10 @@ world a third of their token positions lie before the changed word.
 block's keys and values (references x blocks x 2 x the longest reference's tokens x width
 floats); `.encode(texts, owners)` encodes texts each of which shares a beginning with
 `references[owners[i]]` (any text works: the shared part is found token by token, and may be
-empty). The result equals the whole tower's up to float summation order. Written here because
+empty). The result equals the whole tower's up to float summation order. The first block's
+input, norm and q, k, v projection depend on a token and its position alone: they are computed
+once per distinct (token, position) of a call (a changed word's followers sit where the
+reference's do, so texts of one reference repeat them). Written here because
 neither open_clip nor torch offers a key/value cache for a CLIP text tower; it is the decoder's
 key/value cache, applied to many texts per reference. Its attention on a CPU is plain matrix
 products and a softmax (`_attention`), faster there than torch's fused kernel at these short,
@@ -155,8 +158,24 @@ class TextPrefixCache:
         # the new positions that are not padding, as indices into the [N * S] layout
         real = (steps[None, :] <= (pooled - start)[:, None]).view(-1).nonzero().squeeze(1)
         real_text, real_step = real // span, real % span  # the same as (text, step) pairs
-        x = self.tower.embed(ids.gather(1, positions).view(-1).index_select(0, real),
-                             positions.view(-1).index_select(0, real))  # [T, width]
+        tokens = ids.gather(1, positions).view(-1).index_select(0, real)
+        places = positions.view(-1).index_select(0, real)
+        blocks = self.tower.blocks
+        first_qkv = None
+        if len(blocks) > 1:
+            # the first block's input, norm and q, k, v depend on (token, position) alone, and the
+            # texts of one call repeat them (a changed word's followers sit where the reference has
+            # them): computed once per distinct pair, a sixth of the rows on the bench world
+            pairs, inverse = torch.unique(tokens * ids.shape[1] + places, return_inverse=True)
+            distinct = self.tower.embed(pairs // ids.shape[1], pairs % ids.shape[1])  # [U, width]
+            x = distinct.index_select(0, inverse)  # [T, width]
+            block = blocks[0]
+            qkv = F.linear(block.ln_1(distinct), block.qkv_weight, block.qkv_bias)
+            # laid out [N * S] by one gather, the padding slots reading an appended row of zeros
+            slots = torch.full((count * span,), len(pairs), dtype=torch.long, device=device).index_copy_(0, real, inverse)
+            first_qkv = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])]).index_select(0, slots)
+        else:
+            x = self.tower.embed(tokens, places)  # [T, width]
         width = x.shape[-1]
         past = int(start.max()) if owners is not None else 0
         # which keys each new position may see: the reference's before start[n], the new ones up to itself
@@ -168,13 +187,12 @@ class TextPrefixCache:
         last_row = pooled - start  # the pooled token's place among the new positions
         rows = torch.arange(count, device=device)
         pooled_packed = torch.cumsum(last_row + 1, dim=0) - 1  # its row in the packed matrix
-        blocks = self.tower.blocks
         kept = []
         for index, block in enumerate(blocks):
             heads = block.heads
             head_width = width // heads
             final = index == len(blocks) - 1
-            normed = block.ln_1(x)
+            normed = block.ln_1(x) if index or first_qkv is None else None
             if final:  # nothing after the last block reads other positions than the pooled one
                 q_weight, kv_weight = block.qkv_weight.split([width, 2 * width])
                 q_bias, kv_bias = (block.qkv_bias.split([width, 2 * width]) if block.qkv_bias is not None
@@ -187,8 +205,11 @@ class TextPrefixCache:
                 block_mask = mask[rows, :, last_row].unsqueeze(2)
                 x = x.index_select(0, pooled_packed)
             else:
-                qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
-                laid = qkv.new_zeros(count * span, 3 * width).index_copy_(0, real, qkv)
+                if normed is None:
+                    laid = first_qkv
+                else:
+                    qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
+                    laid = qkv.new_zeros(count * span, 3 * width).index_copy_(0, real, qkv)
                 q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
                 block_mask = mask
             if keep:

@@ -747,6 +747,43 @@ def test_text_prefix_cache_equals_the_whole_tower(text_cfg, caches):
         assert not torch.allclose(cache.encode(texts[:3], owners[:3], normalize=False), expected[:3], atol=1e-3)
 
 
+def test_text_prefix_cache_projects_each_token_at_each_position_once_in_the_first_block():
+    """The first block's norm and q, k, v projection depend on (token, position) alone: the cache
+    computes them once per distinct pair of a call, the later blocks once per new position, and
+    the embeddings stay the whole tower's."""
+    model = _open_clip_wrapped(TINY_TEXT)
+    reference = PREFIX_REFERENCES[0]
+    words = reference.split()
+    # one word replaced at a time: every variant's followers sit where the others' do
+    texts = [" ".join(words[:k] + [substitute] + words[k + 1:]) for k in range(len(words)) for substitute in ("big", "old")]
+    cache = model.text_prefix_cache([reference])
+    rows = {}
+
+    def counter(name):
+        return lambda module, args, output: rows.__setitem__(name, rows.get(name, 0) + args[0].shape[0])
+
+    blocks = model.model.transformer.resblocks
+    handles = [blocks[0].ln_1.register_forward_hook(counter("first")), blocks[-1].ln_1.register_forward_hook(counter("last"))]
+    try:
+        with torch.no_grad():
+            raw = cache.encode(texts, [0] * len(texts), normalize=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ids = model.tokenize(texts).input_ids
+    pooled = model._pooled_positions(ids)
+    reference_ids = model.tokenize([reference]).input_ids[0]
+    pairs, positions = set(), 0
+    for row, last in zip(ids.tolist(), pooled.tolist()):
+        start = next((k for k in range(last + 1) if row[k] != reference_ids[k]), last)
+        pairs.update((row[k], k) for k in range(start, last + 1))
+        positions += last + 1 - start
+    assert rows == {"first": len(pairs), "last": positions} and len(pairs) < positions
+    with torch.no_grad():
+        expected = model.model.encode_text(model.tokenizer(texts), normalize=False)
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["tiny-clip", "tiny-hf-clip"])
 def test_text_prefix_cache_runs_under_autocast(name, dtype):
