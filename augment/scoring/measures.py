@@ -357,8 +357,10 @@ def bootstrap_means(series, n_resamples: int = 1000, confidence: float = 0.95, s
             results[index] = {"mean": mean, "low": mean, "high": mean, "n": int(values.size)}
         else:
             resampled.setdefault(values.size, []).append(index)
-    bounds = _percentile_bounds(resampled, lambda index, indices: arrays[index][indices].mean(axis=-1),
-                                n_resamples, confidence, seed)
+    # np.take then sum / n: the numbers of `values[indices].mean(-1)` (numpy's mean is that sum over
+    # that count) at a third of its time (fancy indexing's per-element overhead)
+    bounds = _percentile_bounds(resampled, lambda index, indices: np.take(arrays[index], indices).sum(axis=-1)
+                                / arrays[index].size, n_resamples, confidence, seed)
     for index, (low, high) in bounds.items():
         values = arrays[index]
         results[index] = {"mean": float(values.mean()), "low": low, "high": high, "n": int(values.size)}
@@ -412,9 +414,13 @@ def bootstrap_item_means(series, n_resamples: int = 1000, confidence: float = 0.
         sizes_of.append(sizes)
         if sizes.size > 1 and np.ptp(values) > 0 and n_resamples > 0:
             grouped.setdefault(sizes.size, []).append(index)
-    bounds = _percentile_bounds(
-        grouped, lambda index, indices: sums_of[index][indices].sum(-1) / sizes_of[index][indices].sum(-1),
-        n_resamples, confidence, seed)
+    def item_mean(index, indices):
+        sizes = sizes_of[index]
+        # items of one size: each resample brings that size times its draws (an exact float sum)
+        totals = float(sizes[0]) * indices.shape[-1] if sizes.min() == sizes.max() else np.take(sizes, indices).sum(-1)
+        return np.take(sums_of[index], indices).sum(-1) / totals
+
+    bounds = _percentile_bounds(grouped, item_mean, n_resamples, confidence, seed)
     for index, (low, high) in bounds.items():
         results[index].update(low=low, high=high)
     return results
