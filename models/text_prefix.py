@@ -161,21 +161,10 @@ class TextPrefixCache:
         tokens = ids.gather(1, positions).view(-1).index_select(0, real)
         places = positions.view(-1).index_select(0, real)
         blocks = self.tower.blocks
-        first_qkv = None
         if len(blocks) > 1:
-            # the first block's input, norm and q, k, v depend on (token, position) alone, and the
-            # texts of one call repeat them (a changed word's followers sit where the reference has
-            # them): computed once per distinct pair, a sixth of the rows on the bench world
-            pairs, inverse = torch.unique(tokens * ids.shape[1] + places, return_inverse=True)
-            distinct = self.tower.embed(pairs // ids.shape[1], pairs % ids.shape[1])  # [U, width]
-            x = distinct.index_select(0, inverse)  # [T, width]
-            block = blocks[0]
-            qkv = F.linear(block.ln_1(distinct), block.qkv_weight, block.qkv_bias)
-            # laid out [N * S] by one gather, the padding slots reading an appended row of zeros
-            slots = torch.full((count * span,), len(pairs), dtype=torch.long, device=device).index_copy_(0, real, inverse)
-            first_qkv = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])]).index_select(0, slots)
+            x, first_qkv = self._embed_and_project_once(tokens, places, ids.shape[1], real, count * span)
         else:
-            x = self.tower.embed(tokens, places)  # [T, width]
+            x, first_qkv = self.tower.embed(tokens, places), None  # [T, width]
         width = x.shape[-1]
         past = int(start.max()) if owners is not None else 0
         # which keys each new position may see: the reference's before start[n], the new ones up to itself
@@ -223,6 +212,21 @@ class TextPrefixCache:
             x = x + block.ls_1(F.linear(out, block.out_weight, block.out_bias))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return self.tower.finish(x), kept
+
+    def _embed_and_project_once(self, tokens, places, context: int, real, slots: int):
+        """(x [T, width]: the new positions' embeddings, the first block's q, k, v [slots, 3 width] laid
+        out as `_run` lays them, padding rows zero). Both depend on (token, position) alone, and the
+        texts of one call repeat those pairs (a changed word's followers sit where the reference's
+        do): each distinct pair is embedded, normed and projected once, a sixth of the rows on the
+        bench world."""
+        pairs, inverse = torch.unique(tokens * context + places, return_inverse=True)
+        distinct = self.tower.embed(pairs // context, pairs % context)  # [U, width]
+        block = self.tower.blocks[0]
+        qkv = F.linear(block.ln_1(distinct), block.qkv_weight, block.qkv_bias)
+        # one gather lays them out, the padding slots reading an appended row of zeros
+        where = torch.full((slots,), len(pairs), dtype=torch.long, device=tokens.device).index_copy_(0, real, inverse)
+        laid = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])]).index_select(0, where)
+        return distinct.index_select(0, inverse), laid
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
