@@ -151,7 +151,9 @@ class TextPrefixCache:
 
         The linear layers (in- and out-projections, MLP: most of the work) run on the real new
         positions packed into one [T, width] matrix, attention on them laid out [N, S] with
-        padding: the texts' new parts differ in length more than whole texts do."""
+        padding: the texts' new parts differ in length more than whole texts do. The last block
+        attends from the pooled token alone: on a CPU its new keys and values stay packed
+        (`_pooled_attention`), only the scores are laid out."""
         count, device = ids.shape[0], ids.device
         steps = torch.arange(span, device=device)
         positions = (start[:, None] + steps[None, :]).clamp(max=ids.shape[1] - 1)  # [N, S]; past the end: padding
@@ -177,41 +179,53 @@ class TextPrefixCache:
         rows = torch.arange(count, device=device)
         pooled_packed = torch.cumsum(last_row + 1, dim=0) - 1  # its row in the packed matrix
         kept = []
-        for index, block in enumerate(blocks):
+        for index, block in enumerate(blocks[:-1]):
             heads = block.heads
             head_width = width // heads
-            final = index == len(blocks) - 1
-            normed = block.ln_1(x) if index or first_qkv is None else None
-            if final:  # nothing after the last block reads other positions than the pooled one
-                q_weight, kv_weight = block.qkv_weight.split([width, 2 * width])
-                q_bias, kv_bias = (block.qkv_bias.split([width, 2 * width]) if block.qkv_bias is not None
-                                   else (None, None))
-                q = (F.linear(normed.index_select(0, pooled_packed), q_weight, q_bias)
-                     .view(count, 1, heads, head_width).transpose(1, 2))
-                kv = F.linear(normed, kv_weight, kv_bias)  # under autocast in its lower precision: laid out alike
-                laid = kv.new_zeros(count * span, 2 * width).index_copy_(0, real, kv)
-                k, v = laid.view(count, span, 2, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
-                block_mask = mask[rows, :, last_row].unsqueeze(2)
-                x = x.index_select(0, pooled_packed)
+            if index or first_qkv is None:
+                qkv = F.linear(block.ln_1(x), block.qkv_weight, block.qkv_bias)
+                laid = qkv.new_zeros(count * span, 3 * width).index_copy_(0, real, qkv)
             else:
-                if normed is None:
-                    laid = first_qkv
-                else:
-                    qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
-                    laid = qkv.new_zeros(count * span, 3 * width).index_copy_(0, real, qkv)
-                q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
-                block_mask = mask
-            if keep:
-                kept.append((k, v))
-            if past:
-                k = torch.cat([self.keys[index][:, :, :past].index_select(0, owners), k], dim=2)
-                v = torch.cat([self.values[index][:, :, :past].index_select(0, owners), v], dim=2)
-            out = _attention(q, k, v, block_mask).transpose(1, 2)  # [N, S or 1, heads, head width]
+                laid = first_qkv
+            q, k, v = laid.view(count, span, 3, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
+            out = self._attend(index, q, k, v, mask, owners, past, kept if keep else None)  # [N, heads, S, head width]
             # the real positions' rows in one gather (a reshape of the transposed heads would copy them all first)
-            out = out.reshape(count, width) if final else out[real_text, real_step].view(-1, width)
+            out = out.transpose(1, 2)[real_text, real_step].view(-1, width)
             x = x + block.ls_1(F.linear(out, block.out_weight, block.out_bias))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        # the last block: nothing after it reads other positions than the pooled one
+        index, block = len(blocks) - 1, blocks[-1]
+        heads = block.heads
+        head_width = width // heads
+        normed = block.ln_1(x)
+        q_weight, kv_weight = block.qkv_weight.split([width, 2 * width])
+        q_bias, kv_bias = block.qkv_bias.split([width, 2 * width]) if block.qkv_bias is not None else (None, None)
+        q = F.linear(normed.index_select(0, pooled_packed), q_weight, q_bias).view(count, heads, head_width)
+        kv = F.linear(normed, kv_weight, kv_bias)  # under autocast in its lower precision: laid out alike
+        x = x.index_select(0, pooled_packed)
+        if keep or x.device.type != "cpu":  # the cache keeps the keys and values laid out; elsewhere the fused kernel
+            laid = kv.new_zeros(count * span, 2 * width).index_copy_(0, real, kv)
+            k, v = laid.view(count, span, 2, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
+            out = self._attend(index, q.unsqueeze(2), k, v, mask[rows, :, last_row].unsqueeze(2), owners, past,
+                               kept if keep else None)
+        else:
+            kv = kv.view(-1, 2, heads, head_width)
+            cached = (self.keys[index][:, :, :past].index_select(0, owners),
+                      self.values[index][:, :, :past].index_select(0, owners)) if past else None
+            out = _pooled_attention(q, kv[:, 0], kv[:, 1], real, real_text, span, cached, seen_past)
+        x = x + block.ls_1(F.linear(out.reshape(count, width), block.out_weight, block.out_bias))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return self.tower.finish(x), kept
+
+    def _attend(self, index: int, q, k, v, mask, owners, past: int, kept: list | None):
+        """`_attention` of block `index`'s queries over reference `owners[n]`'s first `past` cached keys
+        and values, then the new ones (k, v [N, heads, S, head width], appended to `kept` when given)."""
+        if kept is not None:
+            kept.append((k, v))
+        if past:
+            k = torch.cat([self.keys[index][:, :, :past].index_select(0, owners), k], dim=2)
+            v = torch.cat([self.values[index][:, :, :past].index_select(0, owners), v], dim=2)
+        return _attention(q, k, v, mask)
 
     def _embed_and_project_once(self, tokens, places, context: int, real, slots: int):
         """(x [T, width]: the new positions' embeddings, the first block's q, k, v [slots, 3 width] laid
@@ -238,3 +252,27 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     return scores.add_(mask).softmax(dim=-1) @ v
 
+
+
+def _pooled_attention(q, k, v, real, real_text, span: int, past_kv, seen_past) -> torch.Tensor:
+    """The last block's attention of each text's pooled query q [N, heads, head width] over its cached
+    keys and values (`past_kv`: [N, heads, P, head width] each, visible where `seen_past` [N, P]) and
+    its new ones, packed: k, v [T, heads, head width], row t of text real_text[t] at slot real[t] of
+    the [N * span] layout. Scores of the new keys are row products, only the scores are laid out for
+    the softmax, and the weighted values are summed per text (index_add_, in order on a CPU)."""
+    count, heads, head_width = q.shape
+    q = q * head_width ** -0.5
+    new = (q.index_select(0, real_text) * k).sum(-1)  # [T, heads]
+    scores = new.new_full((count * span, heads), float("-inf")).index_copy_(0, real, new)
+    scores = scores.view(count, span, heads).transpose(1, 2)  # [N, heads, S]
+    past = 0
+    if past_kv is not None:
+        past = past_kv[0].shape[2]
+        seen = (q.unsqueeze(2) @ past_kv[0].transpose(-1, -2)).squeeze(2)  # [N, heads, P]
+        scores = torch.cat([seen.masked_fill(~seen_past[:, None, :], float("-inf")), scores], dim=-1)
+    weights = scores.softmax(dim=-1)
+    on_new = weights[..., past:].transpose(1, 2).reshape(count * span, heads).index_select(0, real)  # [T, heads]
+    out = q.new_zeros(count, heads, head_width).index_add_(0, real_text, v * on_new.unsqueeze(-1))
+    if past:
+        out = out + (weights[..., :past].unsqueeze(2) @ past_kv[1]).squeeze(2)
+    return out

@@ -784,6 +784,35 @@ def test_text_prefix_cache_projects_each_token_at_each_position_once_in_the_firs
     torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("past", [0, 3])
+def test_pooled_attention_on_packed_keys_equals_attention_laid_out(past):
+    """The last block's attention with its new keys and values packed equals `_attention` over them
+    laid out with padding (and the cached ones first, where a text sees them)."""
+    from models.text_prefix import _attention, _pooled_attention
+
+    torch.manual_seed(0)
+    count, heads, head_width, span = 3, 2, 4, 5
+    lengths = torch.tensor([5, 2, 3])  # new positions per text; the pooled token is each one's last
+    real = (torch.arange(span)[None, :] < lengths[:, None]).view(-1).nonzero().squeeze(1)
+    k, v = torch.randn(len(real), heads, head_width), torch.randn(len(real), heads, head_width)
+    q = torch.randn(count, heads, head_width)
+    seen_past = torch.arange(past)[None, :] < torch.tensor([past, 1, 0])[:, None]  # [N, P]
+    cached = (torch.randn(count, heads, past, head_width), torch.randn(count, heads, past, head_width)) if past else None
+    packed = _pooled_attention(q, k, v, real, real // span, span, cached, seen_past)
+
+    def laid(rows):  # [N, heads, S, head width], padding zero
+        return rows.new_zeros(count * span, heads, head_width).index_copy_(0, real, rows).view(count, span, heads, head_width).transpose(1, 2)
+
+    keys, values = laid(k), laid(v)
+    allowed = torch.arange(span)[None, :] < lengths[:, None]  # [N, S]
+    if past:
+        keys, values = torch.cat([cached[0], keys], dim=2), torch.cat([cached[1], values], dim=2)
+        allowed = torch.cat([seen_past, allowed], dim=1)
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[:, None, None, :]
+    expected = _attention(q.unsqueeze(2), keys, values, mask).squeeze(2)
+    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["tiny-clip", "tiny-hf-clip"])
 def test_text_prefix_cache_runs_under_autocast(name, dtype):
