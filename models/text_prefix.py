@@ -253,7 +253,6 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     return scores.add_(mask).softmax(dim=-1) @ v
 
 
-
 def _pooled_attention(q, k, v, real, real_text, span: int, past_kv, seen_past) -> torch.Tensor:
     """The last block's attention of each text's pooled query q [N, heads, head width] over its cached
     keys and values (`past_kv`: [N, heads, P, head width] each, visible where `seen_past` [N, P]) and
