@@ -540,8 +540,9 @@ class Trainer:
         options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                    "budget": cfg.word_budget, "top_k": cfg.top_k}
         from train.attacks.captioning import PROMPT_ATTACKS
+        from train.eval_common import MLM_ATTACKS
 
-        if cfg.val_attack in ("bert-attack", "sep", "co-attack", "sga", *PROMPT_ATTACKS):  # substitutes from a masked LM
+        if cfg.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS):  # substitutes from a masked LM
             from train.config import default_mlm
 
             options["mlm"] = cfg.mlm or default_mlm(cfg.model)
