@@ -176,7 +176,6 @@ class TextPrefixCache:
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=device).masked_fill(~allowed, float("-inf"))
         mask = mask.unsqueeze(1)  # [N, 1, S, P + S]
         last_row = pooled - start  # the pooled token's place among the new positions
-        rows = torch.arange(count, device=device)
         pooled_packed = torch.cumsum(last_row + 1, dim=0) - 1  # its row in the packed matrix
         kept = []
         for index, block in enumerate(blocks[:-1]):
@@ -206,12 +205,12 @@ class TextPrefixCache:
         if keep or x.device.type != "cpu":  # the cache keeps the keys and values laid out; elsewhere the fused kernel
             laid = kv.new_zeros(count * span, 2 * width).index_copy_(0, real, kv)
             k, v = laid.view(count, span, 2, heads, head_width).permute(2, 0, 3, 1, 4).unbind(0)
-            out = self._attend(index, q.unsqueeze(2), k, v, mask[rows, :, last_row].unsqueeze(2), owners, past,
+            pooled_mask = mask[torch.arange(count, device=device), :, last_row].unsqueeze(2)  # the pooled row's
+            out = self._attend(index, q.unsqueeze(2), k, v, pooled_mask, owners, past,
                                kept if keep else None)
         else:
             kv = kv.view(-1, 2, heads, head_width)
-            cached = (self.keys[index][:, :, :past].index_select(0, owners),
-                      self.values[index][:, :, :past].index_select(0, owners)) if past else None
+            cached = self._cached(index, owners, past) if past else None
             out = _pooled_attention(q, kv[:, 0], kv[:, 1], real, real_text, span, cached, seen_past)
         x = x + block.ls_1(F.linear(out.reshape(count, width), block.out_weight, block.out_bias))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
@@ -223,9 +222,15 @@ class TextPrefixCache:
         if kept is not None:
             kept.append((k, v))
         if past:
-            k = torch.cat([self.keys[index][:, :, :past].index_select(0, owners), k], dim=2)
-            v = torch.cat([self.values[index][:, :, :past].index_select(0, owners), v], dim=2)
+            cached_k, cached_v = self._cached(index, owners, past)
+            k, v = torch.cat([cached_k, k], dim=2), torch.cat([cached_v, v], dim=2)
         return _attention(q, k, v, mask)
+
+    def _cached(self, index: int, owners, past: int):
+        """Block `index`'s cached keys and values of each text's reference `owners[n]`, its first `past`
+        positions: [N, heads, past, head width] each."""
+        return (self.keys[index][:, :, :past].index_select(0, owners),
+                self.values[index][:, :, :past].index_select(0, owners))
 
     def _embed_and_project_once(self, tokens, places, context: int, real, slots: int):
         """(x [T, width]: the new positions' embeddings, the first block's q, k, v [slots, 3 width] laid
