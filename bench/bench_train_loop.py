@@ -88,6 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loader-only", action="store_true",
                         help="time only the data path (decoding and the model's training transform), no steps: "
                              "how many workers a GPU's step rate needs, measurable on any machine")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed steps, run N more under torch.profiler and write its tables (self time "
+                             "per operator, CPU and device) to OUT's folder as NAME.METHOD.profile.txt (default 0: none)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -176,6 +179,31 @@ def trainer_for(method: str, source: Path, out: Path, args, device: str, max_ste
     return trainer
 
 
+def profile_steps(trainer, args, device: str, first: int) -> Path:
+    """`--profile` steps after the timed ones under torch.profiler: where a step's time goes, per operator
+    (self CPU time; self device time on a GPU), written beside `--out`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as profiler:
+        for step in range(first, first + args.profile):
+            trainer.train_step(step)
+        _synchronize(device)
+    averages = profiler.key_averages()
+    method = trainer.cfg.method
+    tables = [f"{args.profile} {method} step(s), {args.model}, batch {args.batch_size}, {device}"]
+    sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if device.startswith("cuda") else [])
+    for sort in sorts:
+        tables += [f"\n== by {sort}", averages.table(sort_by=sort, row_limit=30, max_name_column_width=60)]
+    out = Path(args.out)
+    path = out.with_name(f"{out.stem}.{method}.profile.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(tables), encoding="utf-8")
+    print(f"profile of {args.profile} {method} step(s): {path}")
+    return path
+
+
 def time_steps(trainer, args, device: str, untimed: int, timed: int) -> dict:
     """The step's median, the data wait's mean and share over the `timed` steps after `untimed`."""
     import torch
@@ -191,6 +219,8 @@ def time_steps(trainer, args, device: str, untimed: int, timed: int) -> dict:
         if step >= untimed:
             step_times.append(time.perf_counter() - started)
             data_times.append(trainer.step_data_seconds)
+    if args.profile:
+        profile_steps(trainer, args, device, untimed + timed)
     trainer.stop_loader()  # its workers stop before the loader-only pass
     step_s, total = statistics.median(step_times), sum(step_times)
     workers = trainer.cfg.workers
@@ -276,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers = default_workers()
             untimed, timed = (data_window(workers, args.warmup, args.steps, args.data_rounds) if method == data_method
                               else (args.warmup, args.steps))
-            trainer = trainer_for(method, source, work / f"run-{method}", args, device, max_steps=untimed + timed)
+            trainer = trainer_for(method, source, work / f"run-{method}", args, device,
+                                  max_steps=untimed + timed + args.profile)
             results[method] = time_steps(trainer, args, device, untimed, timed)
             if method == data_method:
                 results[method].update(time_loader(trainer, *data_window(trainer.cfg.workers, 1, args.steps,
@@ -290,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['untimed_steps']}{'' if r['data_window_steady'] else ': not a steady-state share'})"
                   + (f"; loader alone {r['loader_images_per_s']:.1f} img/s" if "loader_images_per_s" in r else "")
                   + (f"; peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""))
+            if r.get("step_s_all"):  # a host-bound step on a GPU shows as a wide spread
+                print(f"       timed steps from {min(r['step_s_all']):.3f} to {max(r['step_s_all']):.3f} s")
             if method != methods[-1]:  # what finished survives a kill at the time limit
                 write_report(args.out, payload)
     if "clean" in results and "mat" in results:

@@ -14,11 +14,13 @@ layer forward against 28 ms as one matmul).
 
 `BatchFirstMultiheadAttention` runs the same three operations (the packed in-projection
 `F.linear`, `F.scaled_dot_product_attention`, the out-projection `F.linear`) on the batch-first
-input, heads split by views: the same kernels on the same values, so outputs and input gradients
-are bit-identical to the library's module in every measurement; the weights' gradients sum the
-batch's rows in another order (batch-major, not sequence-major), equal up to float rounding
-(2e-5 on a 64 x 17 x 128 batch; tested within 1e-5 relative), so training runs move by float
-rounding, as any change of summation order does. Measured on CPU
+input, heads split by views: on a CPU the same kernels on the same values, so outputs and input
+gradients are bit-identical to the library's module in every measurement (on a GPU it leaves
+out cuDNN's attention backend, `models/sdpa.py`, so there they differ by the kernels'
+rounding); the weights' gradients sum the batch's rows in another order (batch-major, not
+sequence-major), equal up to float rounding (2e-5 on a 64 x 17 x 128 batch; tested within 1e-5
+relative), so training runs move by float rounding, as any change of summation order does.
+Measured on CPU
 (2 threads, tiny-clip): the image tower's forward and input gradient on 160 images 47 -> 41 ms,
 the text tower without gradients on 1,000 captions 135 -> 100-120 ms, where torch's own
 no-gradient path was the general one too. Taken for batched self-attention and for a query
@@ -39,6 +41,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.sdpa import attention
 
 
 class BatchFirstMultiheadAttention(nn.MultiheadAttention):
@@ -115,7 +119,7 @@ class BatchFirstMultiheadAttention(nn.MultiheadAttention):
             mask = mask.to(q.dtype)
             if mask.dim() == 3:  # [batch * heads, queries, keys], heads inner as the module lays them out
                 mask = mask.view(batch, heads, queries, keys)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [batch, heads, queries, head width]
+        out = attention(q, k, v, attn_mask=mask)  # [batch, heads, queries, head width]
         return F.linear(out.transpose(1, 2).reshape(batch, queries, width), self.out_proj.weight, self.out_proj.bias)
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from models.length_groups import in_input_order, sorted_length_groups
+from models.sdpa import attention as sdpa_attention
 
 
 def _unchanged(x: torch.Tensor) -> torch.Tensor:
@@ -251,9 +252,10 @@ class TextPrefixCache:
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(head width) + mask) v. On CPU as three plain kernels: for these short,
     masked, gradient-free calls torch's fused kernel is 1.5-3x slower (2 threads, tiny-clip's and
-    ViT-B-16's text shapes, docs/benchmarks.md); elsewhere the fused kernel, not measured against."""
+    ViT-B-16's text shapes, docs/benchmarks.md); elsewhere the fused kernel without cuDNN's backend
+    (`models/sdpa.py`), not measured against."""
     if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return sdpa_attention(q, k, v, attn_mask=mask)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     return scores.add_(mask).softmax(dim=-1) @ v
 

@@ -233,3 +233,26 @@ def test_image_generators_fail_when_batching_changes_the_images(tmp_path, monkey
     code = generators.main(["--device", "cpu", "--dtype", dtype, "--methods", "t2i-sd", "--out", str(out)])
     assert code == expected and "NOT the same images" in capsys.readouterr().out
     assert _report(out)["complete"] is True
+
+
+def test_train_loop_profile_writes_where_the_steps_time_went(tmp_path):
+    """`--profile N`: N more steps under torch.profiler, their per-operator tables beside `--out`."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench.bench_train_loop as loop
+
+    steps = []
+
+    def train_step(step):
+        steps.append(step)
+        torch.nn.functional.gelu(torch.randn(64, 64).matmul(torch.randn(64, 64)))
+
+    trainer = SimpleNamespace(cfg=SimpleNamespace(method="mat"), train_step=train_step)
+    args = loop.parse_args(["--profile", "2", "--model", "tiny-clip", "--out", str(tmp_path / "run" / "train_loop.json")])
+    path = loop.profile_steps(trainer, args, "cpu", first=7)
+    assert steps == [7, 8] and path == tmp_path / "run" / "train_loop.mat.profile.txt"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("2 mat step(s), tiny-clip") and "self_cpu_time_total" in text
+    assert "aten::mm" in text and "aten::gelu" in text
