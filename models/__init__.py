@@ -33,6 +33,7 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
     bare_name,
     read_model_info,
 )
+from models.sdpa import leave_out_cudnn
 
 # family -> the module implementing it (`load(...)`, the model class, `build_tiny`, `tiny_config`)
 FAMILIES: dict[str, str] = {
@@ -177,6 +178,7 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     model.patch_matmul = True  # every family: the ViT patch embedding's input gradient as a matmul on CPU
     model.batch_first_attention = True  # every nn.MultiheadAttention: attention without sequence-first copies
     model.class_token_vision = True  # open_clip ViTs: the last block at the class token only
+    leave_out_cudnn(model)  # transformers' attention layers: no cuDNN attention on a GPU (models/sdpa.py)
     if bare_name(name) in TINY_FAMILY:  # `transformers:tiny-hf-clip` too
         model.tiny_twin = bare_name(name)
     else:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.sdpa import attention
+from models.sdpa import gpu_attention
 
 
 class BatchFirstMultiheadAttention(nn.MultiheadAttention):
@@ -53,6 +53,15 @@ class BatchFirstMultiheadAttention(nn.MultiheadAttention):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if query.device.type != "cpu":  # torch's inference path included: no cuDNN attention (models/sdpa.py)
+            with gpu_attention(query.device):
+                return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                     average_attn_weights, is_causal)
+        return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                             is_causal)
+
+    def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                 is_causal) -> tuple[torch.Tensor, torch.Tensor | None]:
         general = self._takes_general_path(query, key, value)
         if (general or query.device.type == "cpu") and self._runs_batch_first(
                 query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
@@ -119,7 +128,7 @@ class BatchFirstMultiheadAttention(nn.MultiheadAttention):
             mask = mask.to(q.dtype)
             if mask.dim() == 3:  # [batch * heads, queries, keys], heads inner as the module lays them out
                 mask = mask.view(batch, heads, queries, keys)
-        out = attention(q, k, v, attn_mask=mask)  # [batch, heads, queries, head width]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [batch, heads, queries, head width]
         return F.linear(out.transpose(1, 2).reshape(batch, queries, width), self.out_proj.weight, self.out_proj.bias)
 
 

@@ -6,6 +6,7 @@ recording stand-in for `F.scaled_dot_product_attention` reads torch's backend sw
 from __future__ import annotations
 
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,3 +62,55 @@ def test_the_batch_first_attention_module_calls_it_off_the_cpu(monkeypatch):
     out, _ = module(x, x, x, need_weights=False)
     assert out.shape == x.shape
     assert [s["cudnn"] for s in seen] == [False]
+
+
+def test_torchs_own_inference_path_of_the_module_runs_without_cudnn_off_the_cpu(monkeypatch):
+    seen = []
+
+    def library_forward(self, query, key, value, **options):
+        seen.append(_backend_switches())
+        return query, None
+
+    monkeypatch.setattr(nn.MultiheadAttention, "forward", library_forward)
+    module = nn.MultiheadAttention(16, 2, batch_first=True).to("meta").eval()
+    use_batch_first_attention(module)
+    x = torch.empty(3, 7, 16, device="meta")
+    # inference, where torch takes its fast path and the module leaves the call to the library (the
+    # meta device has no autocast state to ask, so the module is told it is not the general path)
+    monkeypatch.setattr(type(module), "_takes_general_path", lambda self, query, key, value: False)
+    with torch.no_grad():
+        module(x, x, x, need_weights=False)
+    assert [s["cudnn"] for s in seen] == [False] and _backend_switches()["cudnn"]
+
+
+def test_transformers_attention_layers_are_hooked_once_and_run_without_cudnn_off_the_cpu(monkeypatch):
+    from models import load_model
+
+    model = load_model("tiny-hf-clip")  # load_model hooks every family's attention layers
+    hooked = [type(m).__name__ for m in model.modules() if hasattr(m, "_sdpa_contexts")]
+    assert hooked and set(hooked) == {"CLIPAttention"}
+    assert sdpa.leave_out_cudnn(model) == 0  # not twice
+    assert sdpa.leave_out_cudnn(nn.Sequential(nn.MultiheadAttention(8, 2))) == 0  # torch's: the module's own
+    on_cpu = model.encode_text(["a red cube"])
+
+    seen, library = [], F.scaled_dot_product_attention
+
+    def record(*args, **options):
+        seen.append(_backend_switches())
+        return library(*args, **options)
+
+    monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", record)
+    monkeypatch.setattr(sdpa, "_runs_off_cpu", lambda module: True)  # as if on a GPU, computed here
+    torch.testing.assert_close(model.encode_text(["a red cube"]), on_cpu)
+    text_layers = [m for name, m in model.named_modules() if "text_model" in name and hasattr(m, "_sdpa_contexts")]
+    assert len(seen) == len(text_layers) > 0 and not any(s["cudnn"] for s in seen)
+    assert _backend_switches()["cudnn"]
+
+    def fail(*args, **options):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.encode_text(["a red cube"])
+    assert _backend_switches()["cudnn"]  # the exit hook ran although the forward raised
+    assert all(m._sdpa_contexts == [] for m in model.modules() if hasattr(m, "_sdpa_contexts"))
