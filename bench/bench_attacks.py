@@ -74,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "weights; the multimodal comparisons need an open_clip model (their baseline's text path)")
     parser.add_argument("--attacks", default=",".join(COMPARISONS),
                         help=f"comma-separated comparisons to run, of {', '.join(COMPARISONS)}")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each multimodal attack's timing, run its batched call once more under "
+                             "torch.profiler and add the per-operator tables to OUT's folder as NAME.profile.txt")
     parser.add_argument("--out", default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -269,9 +272,12 @@ def _counting(victim, fn, tokens: dict, side: str):
 
 
 def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project",
-                     names: tuple[str, ...] = MULTIMODAL, finished: Callable[[dict], None] | None = None) -> dict:
+                     names: tuple[str, ...] = MULTIMODAL, finished: Callable[[dict], None] | None = None,
+                     profile_path: Path | None = None) -> dict:
     """Each attack in `names`, batched against the per-image loops; `finished(out)` is called with
-    what is measured so far after each attack (the caller writes it: a run killed later keeps it)."""
+    what is measured so far after each attack (the caller writes it: a run killed later keeps it).
+    With `profile_path`, each batched call is then run once under torch.profiler, its tables added
+    to that file."""
     from train.attacks import build_attack
 
     def mean_similarity(images, texts):
@@ -330,6 +336,15 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
               f"loop encoding as before {measured['one_at_a_time_before']['seconds']:.2f}s (CPU "
               f"{measured['batched']['cpu_seconds']:.2f}s / {measured['one_at_a_time']['cpu_seconds']:.2f}s / "
               f"{measured['one_at_a_time_before']['cpu_seconds']:.2f}s); text tokens {tokens}", flush=True)
+        if profile_path is not None:
+            from bench.report import profile_tables
+
+            device = pixels.device.type
+            text = profile_tables(batched, device, f"== {name}, batched: {len(pixels)} images, {len(captions)} captions, "
+                                                   f"{device}")
+            with open(profile_path, "a", encoding="utf-8") as file:
+                file.write(text + "\n")
+            print(f"  {name}: profile added to {profile_path}", flush=True)
         if finished is not None:
             finished(out)
     return out
@@ -435,8 +450,14 @@ def main(argv: list[str]) -> int:
     report["protocol"] = args.protocol
     names = tuple(name for name in MULTIMODAL if name in chosen)
     print("multimodal attacks, batched vs one sample at a time ...", flush=True)
+    profile_path = None
+    if args.profile and names:
+        out = Path(args.out)
+        profile_path = out.with_name(f"{out.stem}.profile.txt")
+        profile_path.parent.mkdir(parents=True, exist_ok=True)
+        profile_path.unlink(missing_ok=True)  # this run's tables only
     report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol,
-                                            names, finished=partial)
+                                            names, finished=partial, profile_path=profile_path)
     report["load_average_at_end"] = os.getloadavg()
     table = _table(report)
     print(table)

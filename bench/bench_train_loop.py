@@ -182,24 +182,18 @@ def trainer_for(method: str, source: Path, out: Path, args, device: str, max_ste
 def profile_steps(trainer, args, device: str, first: int) -> Path:
     """`--profile` steps after the timed ones under torch.profiler: where a step's time goes, per operator
     (self CPU time; self device time on a GPU), written beside `--out`."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    from bench.report import profile_tables
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=activities) as profiler:
+    def steps():
         for step in range(first, first + args.profile):
             trainer.train_step(step)
-        _synchronize(device)
-    averages = profiler.key_averages()
+
     method = trainer.cfg.method
-    tables = [f"{args.profile} {method} step(s), {args.model}, batch {args.batch_size}, {device}"]
-    sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if device.startswith("cuda") else [])
-    for sort in sorts:
-        tables += [f"\n== by {sort}", averages.table(sort_by=sort, row_limit=30, max_name_column_width=60)]
+    text = profile_tables(steps, device, f"{args.profile} {method} step(s), {args.model}, batch {args.batch_size}, {device}")
     out = Path(args.out)
     path = out.with_name(f"{out.stem}.{method}.profile.txt")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(tables), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     print(f"profile of {args.profile} {method} step(s): {path}")
     return path
 

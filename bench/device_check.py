@@ -19,7 +19,8 @@ architectures with random weights, built offline (the machine has no Hub):
    (issue 18's 2x target is stated for the tiny twin);
 3. `attacks_pgd`: PGD against torchattacks.PGD, ViT-B-16, 32 images (issue 19's 1.1x);
 4. `attacks_multimodal`: BERT-Attack, Sep, Co-Attack and SGA batched vs a per-image loop,
-   ViT-B-16, 8 images x 5 captions (issue 19's 5x);
+   ViT-B-16, 8 images x 5 captions (issue 19's 5x), and each batched call's torch.profiler
+   tables (`attacks_multimodal.profile.txt`: where a host-bound attack's time goes);
 5. `image_generators_sd15`: as 2, at Stable Diffusion 1.5's size (512 px, `sd15-shaped`).
 
 `--smoke` runs the same five with tiny settings on the CPU (1-3 minutes here): what to run
@@ -78,10 +79,10 @@ MEASUREMENTS = (
                             "--threads", "1")),
     Measurement("attacks_multimodal", "bench.bench_attacks",
                 ("--model", "ViT-B-16", "--device", "cuda", "--attacks", "bert-attack,sep,co-attack,sga",
-                 "--images", "8", "--repeats", "2"),
+                 "--images", "8", "--repeats", "2", "--profile"),
                 limit_s=120,
                 smoke_argv=("--device", "cpu", "--attacks", "bert-attack,sga", "--images", "2", "--captions", "2",
-                            "--repeats", "1", "--threads", "1")),
+                            "--repeats", "1", "--threads", "1", "--profile")),
     Measurement("image_generators_sd15", "bench.bench_image_generators",
                 ("--model", "sd15-shaped", "--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8",
                  "--repeats", "2"),

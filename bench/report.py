@@ -33,3 +33,31 @@ def write_report(path: str | Path, payload: dict) -> Path:
     print(f"wrote {path}" + (" (partial: the benchmark is still running)" if payload.get("complete") is False else ""),
           flush=True)
     return path
+
+
+# the host-side calls that start GPU work or wait for it: a host-bound step shows many of them
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+
+
+def profile_tables(run, device: str, title: str, rows: int = 30) -> str:
+    """`run()` once under torch.profiler: the title, a count line (aten operator calls; on a GPU
+    kernel launches and synchronisations) and the per-operator tables by self CPU time and, on a
+    GPU, by self device time. What `--profile` of the benchmarks writes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    averages = profiler.key_averages()
+    counts = f"aten calls {sum(e.count for e in averages if e.key.startswith('aten::')):,}"
+    if cuda:
+        launches = sum(e.count for e in averages if e.key in LAUNCH_CALLS)
+        waits = sum(e.count for e in averages if "Synchronize" in e.key)
+        counts += f", kernel launches {launches:,}, synchronisations {waits:,}"
+    text = [title, counts]
+    for sort in ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else []):
+        text += [f"\n== by {sort}", averages.table(sort_by=sort, row_limit=rows, max_name_column_width=60)]
+    return "\n".join(text) + "\n"

@@ -16,16 +16,28 @@ import torch
 # 0.426 / 0.412 / 0.427 s (1 thread). 128 is near both towers' best; 32, the value before, cut 3-4
 # sub-batches per call.
 GROUP_OVERHEAD_TOKENS = 128
+# on a GPU a pass costs its host-side calls (about 150 torch calls per pass of the text prefix cache,
+# each a kernel launch of microseconds; a profile of the batched attacks on an H200 found them
+# host-bound), while padding a few more positions of short captions costs the GPU next to nothing:
+# passes are cut only where lengths differ by far more. Not measured yet: an estimate (on the
+# bench world's BERT-Attack it runs 16 passes per call instead of 29).
+GPU_GROUP_OVERHEAD_TOKENS = 4096
 
 
-def sorted_length_groups(lengths: torch.Tensor, batch_size: int | None = None
+def pass_overhead(device: torch.device | str) -> int:
+    """`GROUP_OVERHEAD_TOKENS` for a text tower on `device`'s type: the CPU's, or a GPU's."""
+    return GROUP_OVERHEAD_TOKENS if torch.device(device).type == "cpu" else GPU_GROUP_OVERHEAD_TOKENS
+
+
+def sorted_length_groups(lengths: torch.Tensor, batch_size: int | None = None, overhead: int = GROUP_OVERHEAD_TOKENS
                          ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
     """(order, sorted lengths, groups): `lengths` [N] sorted ascending (stable), split by
-    `length_groups` and each group cut into passes of at most `batch_size` rows (default: no
-    limit); group (start, end) holds rows order[start:end]. `in_input_order` undoes the sort."""
+    `length_groups` (with `overhead`: `pass_overhead` of the tower's device) and each group cut
+    into passes of at most `batch_size` rows (default: no limit); group (start, end) holds rows
+    order[start:end]. `in_input_order` undoes the sort."""
     order = torch.argsort(lengths, stable=True)
     sorted_lengths = lengths[order].tolist()
-    groups = length_groups(sorted_lengths)
+    groups = length_groups(sorted_lengths, overhead)
     if batch_size is not None:
         groups = [(a, min(a + batch_size, end)) for start, end in groups for a in range(start, end, batch_size)]
     return order, sorted_lengths, groups

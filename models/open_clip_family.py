@@ -32,7 +32,7 @@ from augment.registry import (
     is_offline,
 )
 from models.base import TextTokens, VisionLanguageModel
-from models.length_groups import in_input_order, sorted_length_groups
+from models.length_groups import in_input_order, pass_overhead, sorted_length_groups
 from models.pooled_block import plain_block_stack, run_to_pooled
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class OpenClipModel(VisionLanguageModel):
         if not self._causal_end_pooled() or tokens.dim() != 2 or len(tokens) == 0:  # no texts: open_clip's (0, D)
             return None
         pooled = self._pooled_positions(tokens)
-        order, sorted_lengths, groups = sorted_length_groups(pooled + 1)
+        order, sorted_lengths, groups = sorted_length_groups(pooled + 1, overhead=pass_overhead(tokens.device))
         if len(groups) == 1:
             return self._text_tower(tokens[:, :sorted_lengths[-1]], pooled)
         parts = [self._text_tower(tokens[order[start:end], :sorted_lengths[end - 1]], pooled[order[start:end]])

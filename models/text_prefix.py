@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.length_groups import in_input_order, sorted_length_groups
+from models.length_groups import in_input_order, pass_overhead, sorted_length_groups
 from models.sdpa import attention as sdpa_attention
 
 
@@ -115,7 +115,8 @@ class TextPrefixCache:
     def _run_all(self, ids, pooled, start, owners, keep: bool, batch_size: int | None = None):
         """`_run` over sub-batches of similar new-token counts (`length_groups`, each cut into passes of
         at most `batch_size` texts); results in input order. `pooled` [N]: each text's pooled position."""
-        order, sorted_new, groups = sorted_length_groups(pooled + 1 - start, batch_size)
+        order, sorted_new, groups = sorted_length_groups(pooled + 1 - start, batch_size,
+                                                         pass_overhead(ids.device))
         outputs, kept = [], []
         for first, last in groups:
             rows = order[first:last]

@@ -51,3 +51,31 @@ def test_a_speed_up_that_makes_other_adversarial_images_is_flagged():
     report["pgd"]["without_random_start"]["pixels_beyond_rounding"] = 2000
     assert images_that_differ(report) == ["pgd (against torchattacks, no random start)", "sga"]
     assert images_that_differ({"multimodal": {"attacks": {}}}) == []
+
+
+def test_profile_adds_each_batched_attacks_tables_to_one_file(tmp_path, one_torch_thread):
+    """`--profile`: after each attack's timing its batched call runs once under torch.profiler, and
+    the tables go to one file (the GPU run brings back at most eight files)."""
+    import torch
+
+    from augment.registry import load_mlm
+    from bench.bench_attacks import bench_multimodal
+    from models import load_model
+
+    victim = load_model("tiny-clip")
+    model, tokenizer = load_mlm("tiny-mlm", device="cpu")
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = torch.stack([victim.preprocess_eval(Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)))
+                          for _ in range(2)])
+    captions = ["a red cube on the left", "two blue spheres"]
+    path = tmp_path / "attacks.profile.txt"
+    out = bench_multimodal(victim, (model, tokenizer, "tiny-mlm"), pixels, captions, torch.tensor([0, 1]), repeats=1,
+                           names=("bert-attack", "sep"), profile_path=path)
+    assert set(out["attacks"]) == {"bert-attack", "sep"}
+    text = path.read_text(encoding="utf-8")
+    assert text.index("== bert-attack, batched: 2 images, 2 captions, cpu") < text.index("== sep, batched")
+    assert text.count("aten calls ") == 2 and text.count("== by self_cpu_time_total") == 2
+    assert "aten::addmm" in text or "aten::mm" in text

@@ -626,6 +626,35 @@ def test_length_groups_partition_sorted_lengths():
     assert groups == [(0, 3), (3, 6), (6, 8)]  # cost 3x4 + 3x9 + 2x21 + 3x5 = 96, the least
 
 
+def test_text_towers_cut_passes_by_their_devices_overhead(monkeypatch):
+    """A GPU pass costs its launches, so a tower there cuts fewer passes than on a CPU; the trimmed
+    open_clip tower and the text prefix cache each ask for their own device's overhead."""
+    import models.length_groups as groups_module
+    import models.open_clip_family as family_module
+    import models.text_prefix as prefix_module
+    from models.length_groups import GPU_GROUP_OVERHEAD_TOKENS, GROUP_OVERHEAD_TOKENS, pass_overhead, sorted_length_groups
+
+    assert pass_overhead("cpu") == GROUP_OVERHEAD_TOKENS < pass_overhead("cuda") == GPU_GROUP_OVERHEAD_TOKENS
+    assert pass_overhead(torch.device("cuda", 1)) == GPU_GROUP_OVERHEAD_TOKENS
+    lengths = torch.tensor([2] * 40 + [9] * 40 + [30] * 40)
+    assert len(sorted_length_groups(lengths, overhead=pass_overhead("cpu"))[2]) == 3
+    assert sorted_length_groups(lengths, overhead=pass_overhead("cuda"))[2] == [(0, 120)]
+
+    asked = []
+
+    def recording(device):
+        asked.append(torch.device(device).type)
+        return groups_module.pass_overhead(device)
+
+    monkeypatch.setattr(family_module, "pass_overhead", recording)
+    monkeypatch.setattr(prefix_module, "pass_overhead", recording)
+    model = load_model("tiny-clip")
+    model.encode_text(["a red cube", "two small blue spheres on the left"])
+    assert asked == ["cpu"]
+    model.text_prefix_cache(PREFIX_REFERENCES).encode(["a red cube"], [0])
+    assert asked[1:] and set(asked) == {"cpu"}
+
+
 def _tokenizer_texts() -> list[str]:
     """Captions that stress the tokenizer's cleaning: punctuation, case, unicode, HTML, mojibake,
     control characters, odd whitespace, truncation; plus random strings."""
