@@ -522,6 +522,9 @@ def load_mlm(
         model = model.to(device).eval()
     if tokenizer.mask_token is None:
         raise ModelLoadError(f"cannot use '{name}' as a masked LM: its tokenizer has no mask token")
+    from models.sdpa import leave_out_cudnn
+
+    leave_out_cudnn(model)  # its attention layers: no cuDNN attention on a GPU, as every loaded model's
     return model, tokenizer
 
 

@@ -17,10 +17,10 @@ import torch
 # sub-batches per call.
 GROUP_OVERHEAD_TOKENS = 128
 # on a GPU a pass costs its host-side calls (about 150 torch calls per pass of the text prefix cache,
-# each a kernel launch of microseconds; a profile of the batched attacks on an H200 found them
-# host-bound), while padding a few more positions of short captions costs the GPU next to nothing:
-# passes are cut only where lengths differ by far more. Not measured yet: an estimate (on the
-# bench world's BERT-Attack it runs 16 passes per call instead of 29).
+# each a kernel launch of microseconds: ViT-B-16's batched BERT-Attack took 0.16 s on an H200, as
+# long as tiny-clip's on 2 CPU cores, so host-bound), while padding a few more positions of short
+# captions costs the GPU next to nothing: passes are cut only where lengths differ by far more.
+# An estimate, not measured yet (on the bench world's BERT-Attack: 16 passes per call, not 29).
 GPU_GROUP_OVERHEAD_TOKENS = 4096
 
 

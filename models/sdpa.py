@@ -39,9 +39,7 @@ def gpu_attention(device: torch.device):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(head width) + attn_mask) v, [..., queries, head width]."""
-    if q.device.type == "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    with sdpa_kernel(GPU_BACKENDS):
+    with gpu_attention(q.device):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
@@ -64,7 +62,7 @@ def _enter(module: nn.Module, args) -> None:
     context = sdpa_kernel(GPU_BACKENDS) if _runs_off_cpu(module) else None
     if context is not None:
         context.__enter__()
-    module._sdpa_contexts.append(context)
+    module._sdpa_contexts.append(context)  # a stack: a layer may be called inside its own forward
 
 
 def _exit(module: nn.Module, args, output) -> None:

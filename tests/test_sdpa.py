@@ -114,3 +114,11 @@ def test_transformers_attention_layers_are_hooked_once_and_run_without_cudnn_off
         model.encode_text(["a red cube"])
     assert _backend_switches()["cudnn"]  # the exit hook ran although the forward raised
     assert all(m._sdpa_contexts == [] for m in model.modules() if hasattr(m, "_sdpa_contexts"))
+
+
+def test_the_attacks_masked_lm_is_hooked_too():
+    from augment.registry import load_mlm
+
+    model, _ = load_mlm("tiny-mlm")
+    hooked = {type(m).__name__ for m in model.modules() if hasattr(m, "_sdpa_contexts")}
+    assert hooked and all(name.endswith("Attention") for name in hooked)
