@@ -89,8 +89,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="time only the data path (decoding and the model's training transform), no steps: "
                              "how many workers a GPU's step rate needs, measurable on any machine")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after the timed steps, run N more under torch.profiler and write its tables (self time "
-                             "per operator, CPU and device) to OUT's folder as NAME.METHOD.profile.txt (default 0: none)")
+                        help="after each method's timed steps, run N more under torch.profiler and add its tables (self "
+                             "time per operator, CPU and device) to OUT's folder as NAME.profile.txt (default 0: none)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -179,6 +179,12 @@ def trainer_for(method: str, source: Path, out: Path, args, device: str, max_ste
     return trainer
 
 
+def profile_path(out: str | Path) -> Path:
+    """Where `--profile` writes: beside `--out`, NAME.profile.txt."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.profile.txt")
+
+
 def profile_steps(trainer, args, device: str, first: int) -> Path:
     """`--profile` steps after the timed ones under torch.profiler: where a step's time goes, per operator
     (self CPU time; self device time on a GPU), written beside `--out`."""
@@ -189,11 +195,12 @@ def profile_steps(trainer, args, device: str, first: int) -> Path:
             trainer.train_step(step)
 
     method = trainer.cfg.method
-    text = profile_tables(steps, device, f"{args.profile} {method} step(s), {args.model}, batch {args.batch_size}, {device}")
-    out = Path(args.out)
-    path = out.with_name(f"{out.stem}.{method}.profile.txt")
+    text = profile_tables(steps, device, f"== {args.profile} {method} step(s), {args.model}, batch {args.batch_size}, "
+                                         f"{device}")
+    path = profile_path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as file:  # every method's tables in one file (main empties it first)
+        file.write(text + "\n")
     print(f"profile of {args.profile} {method} step(s): {path}")
     return path
 
@@ -213,9 +220,6 @@ def time_steps(trainer, args, device: str, untimed: int, timed: int) -> dict:
         if step >= untimed:
             step_times.append(time.perf_counter() - started)
             data_times.append(trainer.step_data_seconds)
-    if args.profile:
-        profile_steps(trainer, args, device, untimed + timed)
-    trainer.stop_loader()  # its workers stop before the loader-only pass
     step_s, total = statistics.median(step_times), sum(step_times)
     workers = trainer.cfg.workers
     result = {"step_s": step_s, "data_s": sum(data_times) / len(data_times), "data_share": sum(data_times) / total,
@@ -254,6 +258,17 @@ def time_loader(trainer, untimed: int, timed: int) -> dict:
             "loader_untimed_batches": untimed, "loader_timed_batches": timed}
 
 
+def mat_over_clean(payload: dict, pgd_steps: int) -> bool:
+    """MAT's step over clean's and the issue's budget (1 + 0.5 x PGD steps + 1) into `payload`, once
+    both are measured; whether they are."""
+    results = payload["results"]
+    if "clean" not in results or "mat" not in results:
+        return False
+    payload["mat_over_clean"] = results["mat"]["step_s"] / results["clean"]["step_s"]
+    payload["target_mat_over_clean"] = 1 + 0.5 * pgd_steps + 1
+    return True
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -276,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     payload = {"benchmark": "train_loop", "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "environment": environment(device), "results": results, "complete": False}
+    if args.profile:
+        profile_path(args.out).unlink(missing_ok=True)  # this run's tables only
     with tempfile.TemporaryDirectory(prefix="bench-train-loop-") as scratch:
         work = Path(args.keep) if args.keep else Path(scratch)
         made = time.perf_counter()
@@ -303,10 +320,15 @@ def main(argv: list[str] | None = None) -> int:
             trainer = trainer_for(method, source, work / f"run-{method}", args, device,
                                   max_steps=untimed + timed + args.profile)
             results[method] = time_steps(trainer, args, device, untimed, timed)
+            results[method]["workers"] = trainer.cfg.workers
+            if args.profile:  # the timing is written first: a profile killed at the time limit loses only itself
+                mat_over_clean(payload, args.pgd_steps)
+                write_report(args.out, payload)
+                profile_steps(trainer, args, device, untimed + timed)
+            trainer.stop_loader()  # its workers stop before the loader-only pass
             if method == data_method:
                 results[method].update(time_loader(trainer, *data_window(trainer.cfg.workers, 1, args.steps,
                                                                           args.data_rounds)))
-            results[method]["workers"] = trainer.cfg.workers
             del trainer
             _release(device)  # the next method's peak memory must not include this one's model
             r = results[method]
@@ -319,10 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"       timed steps from {min(r['step_s_all']):.3f} to {max(r['step_s_all']):.3f} s")
             if method != methods[-1]:  # what finished survives a kill at the time limit
                 write_report(args.out, payload)
-    if "clean" in results and "mat" in results:
-        ratio = results["mat"]["step_s"] / results["clean"]["step_s"]
-        budget = 1 + 0.5 * args.pgd_steps + 1
-        payload["mat_over_clean"], payload["target_mat_over_clean"] = ratio, budget
+    if mat_over_clean(payload, args.pgd_steps):
+        ratio, budget = payload["mat_over_clean"], payload["target_mat_over_clean"]
         print(f"MAT / clean step: {ratio:.2f} (issue budget {budget:.1f}: {'met' if ratio <= budget else 'NOT met'})")
     payload["complete"] = True
     write_report(args.out, payload)

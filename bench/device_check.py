@@ -6,7 +6,8 @@ A session that is lent a GPU machine (an H200, no network, a 15-minute budget th
 every idle minute also spend) runs this once, as it is, and copies the printed numbers into the
 README's benchmark table. Each measurement runs in its own process under its own time limit, so
 one that hangs or fails costs only its slot and the others still report; each writes NAME.json
-under `--out` (the device tool's `$OUT`, from where at most eight files come back), all their
+under `--out` (the device tool's `$OUT`, from where at most eight files come back: the five
+reports, the log and the two profiles are eight), all their
 output goes to one `device_check.log` there, and the last lines printed are a summary of all of
 them. Each benchmark rewrites its NAME.json as each of its parts finishes (`"complete": false` until
 the last), so one killed at its limit still reports what finished. Models are real-size
@@ -14,7 +15,8 @@ architectures with random weights, built offline (the machine has no Hub):
 
 1. `train_loop`: ViT-B-16 at 224 px, batch 128, `--precision amp`, 12 loader workers: clean step,
    MAT step (10 PGD steps), and the share of the clean step spent waiting for data, and the loader
-   alone, each over 3 rounds of the 12 workers after their first (issue 18);
+   alone, each over 3 rounds of the 12 workers after their first (issue 18); then one more step of
+   each under torch.profiler (`train_loop.profile.txt`: where a step's host and GPU time go);
 2. `image_generators_tiny`: batched vs one-image loop on the tiny SD twin on the GPU, fp16
    (issue 18's 2x target is stated for the tiny twin);
 3. `attacks_pgd`: PGD against torchattacks.PGD, ViT-B-16, 32 images (issue 19's 1.1x);
@@ -63,10 +65,12 @@ class Measurement:
 MEASUREMENTS = (
     Measurement("train_loop", "bench.bench_train_loop",
                 ("--model", "ViT-B-16", "--device", "cuda", "--batch-size", "128", "--precision", "amp",
-                 "--workers", "12", "--images", "1024", "--steps", "4", "--warmup", "2", "--data-rounds", "3"),
+                 "--workers", "12", "--images", "1024", "--steps", "4", "--warmup", "2", "--data-rounds", "3",
+                 "--profile", "1"),
                 limit_s=150,
                 smoke_argv=("--device", "cpu", "--batch-size", "8", "--images", "32", "--steps", "1", "--warmup", "1",
-                            "--pgd-steps", "2", "--workers", "1", "--data-rounds", "3", "--threads", "1")),
+                            "--pgd-steps", "2", "--workers", "1", "--data-rounds", "3", "--threads", "1",
+                            "--profile", "1")),
     Measurement("image_generators_tiny", "bench.bench_image_generators",
                 ("--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8", "--repeats", "3"),
                 limit_s=45,

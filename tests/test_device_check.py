@@ -150,7 +150,8 @@ def test_train_loop_keeps_the_methods_that_finished_when_killed_during_the_next(
 
     monkeypatch.setattr(loop, "jpeg_source", lambda work, images, size: work / "source.json")
     monkeypatch.setattr(loop, "trainer_for", lambda method, source, out, args, device, max_steps=None:
-                        SimpleNamespace(method=method, max_steps=max_steps, cfg=SimpleNamespace(workers=3)))
+                        SimpleNamespace(method=method, max_steps=max_steps, cfg=SimpleNamespace(workers=3),
+                                        stop_loader=lambda: None))
     monkeypatch.setattr(loop, "time_steps", fake_steps)
     monkeypatch.setattr(loop, "time_loader", lambda trainer, untimed, timed: {
         "loader_images_per_s": 500.0, "loader_timed_batches": timed})
@@ -252,7 +253,46 @@ def test_train_loop_profile_writes_where_the_steps_time_went(tmp_path):
     trainer = SimpleNamespace(cfg=SimpleNamespace(method="mat"), train_step=train_step)
     args = loop.parse_args(["--profile", "2", "--model", "tiny-clip", "--out", str(tmp_path / "run" / "train_loop.json")])
     path = loop.profile_steps(trainer, args, "cpu", first=7)
-    assert steps == [7, 8] and path == tmp_path / "run" / "train_loop.mat.profile.txt"
-    text = path.read_text(encoding="utf-8")
-    assert text.startswith("2 mat step(s), tiny-clip") and "self_cpu_time_total" in text
-    assert "aten::mm" in text and "aten::gelu" in text
+    assert steps == [7, 8] and path == tmp_path / "run" / "train_loop.profile.txt"
+    trainer.cfg.method = "clean"
+    assert loop.profile_steps(trainer, args, "cpu", first=9) == path and steps == [7, 8, 9, 10]
+    text = path.read_text(encoding="utf-8")  # both methods' tables, one after the other
+    assert text.startswith("== 2 mat step(s), tiny-clip") and text.index("== 2 clean step(s)") > 0
+    assert text.count("self_cpu_time_total") == 2 and "aten::mm" in text and "aten::gelu" in text
+
+
+def test_train_loop_writes_a_methods_timing_before_profiling_it(tmp_path, monkeypatch):
+    """A profile killed at the time limit (MAT's, with its many small calls) loses only itself."""
+    from types import SimpleNamespace
+
+    import bench.bench_train_loop as loop
+
+    def fake_steps(trainer, args, device, untimed, timed):
+        return {"step_s": 0.1 if trainer.method == "clean" else 0.5, "data_s": 0.0, "data_share": 0.0,
+                "images_per_s": 80.0, "timed_steps": timed, "untimed_steps": untimed, "data_window_steady": True}
+
+    def fake_profile(trainer, args, device, first):
+        if trainer.method == "mat":
+            raise KeyboardInterrupt  # killed while profiling MAT
+
+    monkeypatch.setattr(loop, "jpeg_source", lambda work, images, size: work / "source.json")
+    monkeypatch.setattr(loop, "trainer_for", lambda method, source, out, args, device, max_steps=None:
+                        SimpleNamespace(method=method, cfg=SimpleNamespace(workers=0), stop_loader=lambda: None))
+    monkeypatch.setattr(loop, "time_steps", fake_steps)
+    monkeypatch.setattr(loop, "profile_steps", fake_profile)
+    monkeypatch.setattr(loop, "time_loader", lambda trainer, untimed, timed: {"loader_images_per_s": 500.0})
+    out = tmp_path / "train_loop.json"
+    with pytest.raises(KeyboardInterrupt):
+        loop.main(["--device", "cpu", "--workers", "0", "--profile", "1", "--out", str(out)])
+    report = _report(out)
+    assert report["complete"] is False and list(report["results"]) == ["clean", "mat"]
+    assert report["mat_over_clean"] == pytest.approx(5.0) and report["target_mat_over_clean"] == 7.0
+
+
+def test_the_device_runs_files_fit_what_the_device_tool_brings_back():
+    """At most eight files come back from the GPU machine: a report per measurement, the log, and a
+    profile per measurement run with `--profile`; a ninth would be left out silently."""
+    from bench.device_check import MEASUREMENTS
+
+    profiles = sum("--profile" in m.argv for m in MEASUREMENTS)
+    assert profiles == 2 and len(MEASUREMENTS) + 1 + profiles <= 8
