@@ -220,6 +220,39 @@ def test_substitutes_kept_from_token_ids_as_from_their_words(mlm):
     assert kept_any and source._keep_ids(ids, "the") != source._keep_ids(ids, "red")
 
 
+def test_the_masked_lm_head_runs_only_where_predictions_are_read(mlm, monkeypatch):
+    """`masked_lm_top_k` runs BERT's prediction head on the hidden states of the tokens it is asked
+    about, not on every token: the same top-k as the whole model's logits there, and the
+    substitutes of every caption the same as with the whole forward."""
+    import train.attacks.substitutes as substitutes_module
+    from augment.words import split_chunk
+    from train.attacks.substitutes import MaskedLMSubstitutes, masked_lm_top_k
+
+    model, tokenizer, _ = mlm
+    texts = ["a small red cube left of two blue spheres", "the big green cylinder", "an overlooked yellowish thing"]
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    rows, tokens = [0, 0, 1, 2, 2], [1, 4, 2, 3, 1]
+    head_rows = []
+    hook = model.cls.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[0]))
+    try:
+        scores, ids = masked_lm_top_k(model, inputs, rows, tokens, 7)
+    finally:
+        hook.remove()  # the masked LM is the session's
+    assert head_rows == [len(rows)]  # five hidden states through the head, not 3 x the padded length
+    with torch.no_grad():
+        full = model(**inputs).logits[rows, tokens].topk(7, dim=-1)
+    torch.testing.assert_close(scores, full.values)
+    assert torch.equal(ids, full.indices)
+
+    captions = [[split_chunk(word) for word in text.split()] for text in texts * 3]
+    for pieces in ("first", "combine"):
+        source = MaskedLMSubstitutes(model, tokenizer, pieces=pieces, batch_size=4)
+        found = source.substitutes(captions)
+        monkeypatch.setattr(substitutes_module, "ROW_WISE_HEADS", ())  # the whole forward, every token's logits
+        assert source.substitutes(captions) == found and any(found)
+        monkeypatch.undo()
+
+
 def test_a_word_written_as_a_special_token_is_never_replaced(mlm):
     """was: "[SEP]" had its core replaced ("[SNOW]"): to a BERT-tokenized victim it is its separator."""
     from augment.words import split_chunk

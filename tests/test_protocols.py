@@ -437,6 +437,36 @@ def test_multi_piece_words_combine_pieces_ranked_by_perplexity(tokenizer):
     assert "skate" in combined[0] and len(combined[0]) == 16 and len(combined[1]) == 9  # [UNK]/[CLS] combos dropped
 
 
+def test_multi_piece_substitutes_read_from_the_head_at_their_pieces_equal_the_whole_forwards(tokenizer, monkeypatch):
+    """A BERT masked LM's head runs only at the words' pieces (`masked_lm_top_k`): a multi-piece word's
+    pieces too, with the same combined substitutes as from every token's logits."""
+    import train.attacks.substitutes as substitutes_module
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=64)).eval()
+    captions = [[split_chunk(w, possessive=True) for w in text.split()]
+                for text in ("a skateboard on grass", "a cat on a skateboard", "grass")]
+    combined_pieces, library = [], substitutes_module.combine_pieces
+
+    def spy(model, tokenizer, piece_predictions, *args, **kwargs):
+        combined_pieces.append([tuple(p.shape) for p in piece_predictions])
+        return library(model, tokenizer, piece_predictions, *args, **kwargs)
+
+    sources = [MaskedLMSubstitutes(model, tokenizer, top_k=5, pieces=pieces) for pieces in ("combine", "first")]
+    sources += [ReferenceMLMSubstitutes(model, tokenizer, top_k=5, reference_bugs=bugs) for bugs in (False, True)]
+    for source in sources:
+        monkeypatch.setattr(substitutes_module, "combine_pieces", spy)
+        found = source.substitutes(captions)
+        monkeypatch.setattr(substitutes_module, "ROW_WISE_HEADS", ())  # every token's logits
+        assert source.substitutes(captions) == found and any(found)
+        monkeypatch.undo()
+    # "skateboard" (three pieces) in two captions, each piece's top 5, from the head and the whole forward,
+    # by the project's reading (pieces="first" combines nothing) and the reference's, with and without its bugs
+    assert combined_pieces == [[(3, 5), (3, 5)]] * 6
+
+
 def test_multi_piece_word_gets_combined_substitutes(tokenizer):
     mlm = echo(tokenizer, {"sk": 3, "##ate": 2.5, "##board": 2, "cat": 1})
     caption = [split_chunk(w, possessive=True) for w in "a skateboard on grass".split()]

@@ -28,7 +28,8 @@ from augment.words import Chunk, is_word, split_chunk
 
 MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
 # captions per masked-LM call: each call has ~2 ms of fixed cost (tokenizer, small ops) at tiny sizes;
-# its logits are this x <= max_length x vocab floats (bert-base: <= 470 MB at 128)
+# its hidden states are this x <= max_length x width floats, its logits those of the words read only
+# (`masked_lm_top_k`; every token's would be up to 470 MB for bert-base at 128)
 DEFAULT_MLM_BATCH = 128
 # BERT-Attack's limits on a multi-piece word: pieces read, predictions per piece, combinations kept
 MAX_PIECES, PIECE_TOP_K, MAX_COMBINATIONS = 12, 4, 24
@@ -126,6 +127,30 @@ def combine_pieces(model, tokenizer, piece_predictions: list[torch.Tensor], drop
     return out
 
 
+# the prediction heads that map each hidden state to its logits alone, by attribute: BERT's (`cls`)
+# and RoBERTa's (`lm_head`) families; other masked LMs get their whole forward
+ROW_WISE_HEADS = ("cls", "lm_head")
+
+
+def masked_lm_top_k(model, inputs, rows: list[int], tokens: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, ids) [P, k] on the CPU: the masked LM's top-k predictions at token tokens[p] of input
+    row rows[p]. Where the head maps each hidden state alone (`ROW_WISE_HEADS`) it runs on those
+    states only: a caption's replaceable words are a fraction of its tokens, and bert-base's logits of
+    every token of 128 captions are ~470 MB. Written here because transformers' masked LMs compute the
+    head at every position."""
+    head = next((getattr(model, name) for name in ROW_WISE_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)),
+                None)
+    device = next(model.parameters()).device
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
+    tokens_t = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    if head is None or model.base_model is model:
+        logits = model(**inputs).logits[rows_t, tokens_t]
+    else:
+        logits = head(model.base_model(**inputs)[0][rows_t, tokens_t])
+    scores, ids = logits.topk(k, dim=-1)
+    return scores.cpu(), ids.cpu()
+
+
 class MaskedLMSubstitutes(SubstituteSource):
     """The masked LM's top-k predictions at each word (the project's reading).
 
@@ -211,9 +236,8 @@ class MaskedLMSubstitutes(SubstituteSource):
                 [words or [""] for words, _ in split], is_split_into_words=True, truncation=True,
                 max_length=self.max_length, padding=True, return_tensors="pt",
             ).to(self.device)
-            top_ids = self.model(**encoded).logits.topk(self.top_k, dim=-1).indices.cpu()  # [chunk, seq, k]
-            top_lists = top_ids.tolist()  # read as lists: a tensor index per word cost more than the MLM's attention
-            for row, (caption, (_, word_of)) in enumerate(zip(chunk, split)):
+            wanted: list[tuple[int, int, list[int]]] = []  # (row, position, the word's tokens read)
+            for row, (_, word_of) in enumerate(split):
                 tokens_of: dict[int, list[int]] = {}
                 for token_index, word_index in enumerate(encoded.word_ids(row)):
                     if word_index is not None:
@@ -221,14 +245,23 @@ class MaskedLMSubstitutes(SubstituteSource):
                 # words truncated away by max_length have no token, hence no substitutes
                 for position, word_index in word_of.items():
                     tokens = tokens_of.get(word_index)
-                    if not tokens:
-                        continue
-                    if len(tokens) > 1 and self.pieces == "combine":
-                        combine.append((start + row, position, top_ids[row, tokens]))
-                        continue
-                    kept = self._keep_ids(top_lists[row][tokens[0]], caption[position].core)
+                    if tokens:
+                        wanted.append((row, position, tokens if len(tokens) > 1 and self.pieces == "combine"
+                                       else tokens[:1]))
+            if not wanted:
+                continue
+            _, top_ids = masked_lm_top_k(self.model, encoded, [row for row, _, tokens in wanted for _ in tokens],
+                                         [token for _, _, tokens in wanted for token in tokens], self.top_k)
+            top_lists = top_ids.tolist()  # read as lists: a tensor index per word cost more than the MLM's attention
+            at = 0
+            for row, position, tokens in wanted:
+                if len(tokens) > 1:
+                    combine.append((start + row, position, top_ids[at:at + len(tokens)]))
+                else:
+                    kept = self._keep_ids(top_lists[at], chunk[row][position].core)
                     if kept:
                         found[start + row][position] = kept
+                at += len(tokens)
         self._add_combined(found, captions, combine, self._special_ids)
         return found
 
@@ -326,26 +359,31 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
             texts = [" ".join(c.core for c in caption) for caption in chunk]
             # as ALBEF's tokenizer, which both codes pass: [CLS] + max_length - 1 pieces, no [SEP], padded
             encoded = tokenize_without_sep(self.tokenizer, texts, self.max_length, pad_to_max_length=True)
-            logits = self.model(input_ids=encoded.input_ids.to(self.device),
-                                attention_mask=encoded.attention_mask.to(self.device)).logits
-            top_scores, top_ids = (t.cpu() for t in logits.topk(self.top_k, dim=-1))
+            wanted: list[tuple[int, int, list[int]]] = []  # (row, position, the word's tokens read)
             for row, caption in enumerate(chunk):
-                words = [c.core for c in caption]
-                for position, (first, end) in enumerate(self._word_spans(words)):
+                for position, (first, end) in enumerate(self._word_spans([c.core for c in caption])):
                     # the reference's rule: a word whose first piece was truncated away (pieces 0 ..
                     # max_length - 2 are read) is skipped
                     if not self.replaceable(caption[position]) or first > self.max_length - 2:
                         continue
-                    rows = slice(first + offset, min(end + offset, self.max_length))
-                    ids, scores = top_ids[row, rows], top_scores[row, rows]
-                    if len(ids) == 0:
-                        continue
-                    if len(ids) > 1:
-                        combine.append((start + row, position, ids))
-                        continue
-                    kept = self._keep(self._single(ids[0].tolist(), scores[0].tolist()), words[position])
-                    if kept:
-                        found[start + row][position] = kept
+                    tokens = list(range(first + offset, min(end + offset, self.max_length)))
+                    if tokens:
+                        wanted.append((row, position, tokens))
+            if not wanted:
+                continue
+            inputs = {"input_ids": encoded.input_ids.to(self.device), "attention_mask": encoded.attention_mask.to(self.device)}
+            top_scores, top_ids = masked_lm_top_k(self.model, inputs, [row for row, _, tokens in wanted for _ in tokens],
+                                                  [token for _, _, tokens in wanted for token in tokens], self.top_k)
+            at = 0
+            for row, position, tokens in wanted:
+                ids, scores = top_ids[at:at + len(tokens)], top_scores[at:at + len(tokens)]
+                at += len(tokens)
+                if len(tokens) > 1:
+                    combine.append((start + row, position, ids))
+                    continue
+                kept = self._keep(self._single(ids[0].tolist(), scores[0].tolist()), chunk[row][position].core)
+                if kept:
+                    found[start + row][position] = kept
         self._add_combined(found, captions, combine, None if self.reference_bugs else self._special_ids)
         return found
 
