@@ -2,7 +2,7 @@
 
     python -m bench.bench_attacks [--images 32] [--captions 5] [--repeats 3] [--device cpu]
                                   [--model tiny-clip] [--attacks pgd,bert-attack,sep,co-attack,sga]
-                                  [--out outputs/bench/attacks.json]
+                                  [--profile] [--out outputs/bench/attacks.json]
 
 `--model` takes any name `load_model` accepts; an open_clip architecture without a pretrained tag
 (e.g. `ViT-B-16`) is built with random weights, offline: a real-size tower (77-token context, 224 px)

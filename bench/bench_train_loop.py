@@ -2,7 +2,7 @@
 
     python -m bench.bench_train_loop [--model tiny-clip] [--batch-size 32] [--workers N]
         [--precision fp32] [--methods clean,mat] [--pgd-steps 10] [--steps 4] [--warmup 2] [--data-rounds 3]
-        [--images 256] [--image-size 500x375] [--device cpu|cuda] [--out outputs/bench/train_loop.json]
+        [--images 256] [--image-size 500x375] [--device cpu|cuda] [--profile N] [--out outputs/bench/train_loop.json]
 
 Issue 18's GPU measurement: on a GPU machine, with a real-size architecture and random weights
 (offline, no Hub):
