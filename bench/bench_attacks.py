@@ -273,11 +273,11 @@ def _counting(victim, fn, tokens: dict, side: str):
 
 def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, repeats: int, protocol: str = "project",
                      names: tuple[str, ...] = MULTIMODAL, finished: Callable[[dict], None] | None = None,
-                     profile_path: Path | None = None) -> dict:
+                     profile_out: Path | None = None) -> dict:
     """Each attack in `names`, batched against the per-image loops; `finished(out)` is called with
     what is measured so far after each attack (the caller writes it: a run killed later keeps it).
-    With `profile_path`, each batched call is then run once under torch.profiler, its tables added
-    to that file."""
+    With `profile_out` (the report's path), each batched call is then run once under torch.profiler,
+    its tables added to the report's profile file (`bench.report.add_profile`)."""
     from train.attacks import build_attack
 
     def mean_similarity(images, texts):
@@ -336,15 +336,13 @@ def bench_multimodal(victim, mlm, pixels, captions: list[str], image_of_text, re
               f"loop encoding as before {measured['one_at_a_time_before']['seconds']:.2f}s (CPU "
               f"{measured['batched']['cpu_seconds']:.2f}s / {measured['one_at_a_time']['cpu_seconds']:.2f}s / "
               f"{measured['one_at_a_time_before']['cpu_seconds']:.2f}s); text tokens {tokens}", flush=True)
-        if profile_path is not None:
-            from bench.report import profile_tables
+        if profile_out is not None:
+            from bench.report import add_profile, profile_tables
 
             device = pixels.device.type
             text = profile_tables(batched, device, f"== {name}, batched: {len(pixels)} images, {len(captions)} captions, "
                                                    f"{device}")
-            with open(profile_path, "a", encoding="utf-8") as file:
-                file.write(text + "\n")
-            print(f"  {name}: profile added to {profile_path}", flush=True)
+            print(f"  {name}: profile added to {add_profile(profile_out, text)}", flush=True)
         if finished is not None:
             finished(out)
     return out
@@ -438,7 +436,7 @@ def main(argv: list[str]) -> int:
         "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm",
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
     }
-    from bench.report import write_report
+    from bench.report import profile_path, write_report
 
     def partial(multimodal: dict | None = None) -> None:  # what finished survives a kill at the time limit
         write_report(args.out, {**report, **({"multimodal": multimodal} if multimodal else {}), "complete": False})
@@ -450,14 +448,11 @@ def main(argv: list[str]) -> int:
     report["protocol"] = args.protocol
     names = tuple(name for name in MULTIMODAL if name in chosen)
     print("multimodal attacks, batched vs one sample at a time ...", flush=True)
-    profile_path = None
-    if args.profile and names:
-        out = Path(args.out)
-        profile_path = out.with_name(f"{out.stem}.profile.txt")
-        profile_path.parent.mkdir(parents=True, exist_ok=True)
-        profile_path.unlink(missing_ok=True)  # this run's tables only
+    profile_out = Path(args.out) if args.profile and names else None
+    if profile_out is not None:
+        profile_path(profile_out).unlink(missing_ok=True)  # this run's tables only
     report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol,
-                                            names, finished=partial, profile_path=profile_path)
+                                            names, finished=partial, profile_out=profile_out)
     report["load_average_at_end"] = os.getloadavg()
     table = _table(report)
     print(table)

@@ -56,7 +56,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import environment, write_report
+from bench.report import environment, profile_path, write_report
 
 DEFAULT_OUT = "outputs/bench/train_loop.json"
 
@@ -179,16 +179,10 @@ def trainer_for(method: str, source: Path, out: Path, args, device: str, max_ste
     return trainer
 
 
-def profile_path(out: str | Path) -> Path:
-    """Where `--profile` writes: beside `--out`, NAME.profile.txt."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.profile.txt")
-
-
 def profile_steps(trainer, args, device: str, first: int) -> Path:
     """`--profile` steps after the timed ones under torch.profiler: where a step's time goes, per operator
     (self CPU time; self device time on a GPU), written beside `--out`."""
-    from bench.report import profile_tables
+    from bench.report import add_profile, profile_tables
 
     def steps():
         for step in range(first, first + args.profile):
@@ -197,10 +191,7 @@ def profile_steps(trainer, args, device: str, first: int) -> Path:
     method = trainer.cfg.method
     text = profile_tables(steps, device, f"== {args.profile} {method} step(s), {args.model}, batch {args.batch_size}, "
                                          f"{device}")
-    path = profile_path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as file:  # every method's tables in one file (main empties it first)
-        file.write(text + "\n")
+    path = add_profile(args.out, text)  # every method's tables in one file (main empties it first)
     print(f"profile of {args.profile} {method} step(s): {path}")
     return path
 

@@ -35,6 +35,22 @@ def write_report(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def profile_path(out: str | Path) -> Path:
+    """Where a benchmark's `--profile` tables go: beside its report `out`, NAME.profile.txt."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.profile.txt")
+
+
+def add_profile(out: str | Path, text: str) -> Path:
+    """Append `profile_tables`' `text` to the profile file of report `out` (each part of a run adds
+    its tables; the benchmark deletes the file when it starts); where it went."""
+    path = profile_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(text + "\n")
+    return path
+
+
 # the host-side calls that start GPU work or wait for it: a host-bound step shows many of them
 LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 

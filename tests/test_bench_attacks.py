@@ -73,7 +73,7 @@ def test_profile_adds_each_batched_attacks_tables_to_one_file(tmp_path, one_torc
     captions = ["a red cube on the left", "two blue spheres"]
     path = tmp_path / "attacks.profile.txt"
     out = bench_multimodal(victim, (model, tokenizer, "tiny-mlm"), pixels, captions, torch.tensor([0, 1]), repeats=1,
-                           names=("bert-attack", "sep"), profile_path=path)
+                           names=("bert-attack", "sep"), profile_out=tmp_path / "attacks.json")
     assert set(out["attacks"]) == {"bert-attack", "sep"}
     text = path.read_text(encoding="utf-8")
     assert text.index("== bert-attack, batched: 2 images, 2 captions, cpu") < text.index("== sep, batched")

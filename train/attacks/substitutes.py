@@ -225,6 +225,11 @@ class MaskedLMSubstitutes(SubstituteSource):
     def _keep(self, words: list[str | None], original: str) -> list[str]:
         return [w for w in dict.fromkeys(words) if w and acceptable_substitute(w, original, self.stop_words)]
 
+    def _top_k_at(self, inputs, wanted: list[tuple[int, int, list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`masked_lm_top_k` at the tokens of `wanted` (row, position, tokens), in that order: [P, k] each."""
+        return masked_lm_top_k(self.model, inputs, [row for row, _, tokens in wanted for _ in tokens],
+                               [token for _, _, tokens in wanted for token in tokens], self.top_k)
+
     @torch.no_grad()
     def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
         found: list[dict[int, list[str]]] = [{} for _ in captions]
@@ -250,8 +255,7 @@ class MaskedLMSubstitutes(SubstituteSource):
                                        else tokens[:1]))
             if not wanted:
                 continue
-            _, top_ids = masked_lm_top_k(self.model, encoded, [row for row, _, tokens in wanted for _ in tokens],
-                                         [token for _, _, tokens in wanted for token in tokens], self.top_k)
+            _, top_ids = self._top_k_at(encoded, wanted)
             top_lists = top_ids.tolist()  # read as lists: a tensor index per word cost more than the MLM's attention
             at = 0
             for row, position, tokens in wanted:
@@ -372,8 +376,7 @@ class ReferenceMLMSubstitutes(MaskedLMSubstitutes):
             if not wanted:
                 continue
             inputs = {"input_ids": encoded.input_ids.to(self.device), "attention_mask": encoded.attention_mask.to(self.device)}
-            top_scores, top_ids = masked_lm_top_k(self.model, inputs, [row for row, _, tokens in wanted for _ in tokens],
-                                                  [token for _, _, tokens in wanted for token in tokens], self.top_k)
+            top_scores, top_ids = self._top_k_at(inputs, wanted)
             at = 0
             for row, position, tokens in wanted:
                 ids, scores = top_ids[at:at + len(tokens)], top_scores[at:at + len(tokens)]
