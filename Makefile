@@ -41,8 +41,11 @@ java:
 	  (apt-get install -y --no-install-recommends default-jre-headless || \
 	   (apt-get update -q && apt-get install -y --no-install-recommends default-jre-headless)) >/dev/null; }
 
+# pytest-xdist workers (tests/conftest.py gives each its share of the CPUs); whole test files go to one
+# worker, so a module's fixtures are built once; TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= 2
 test: $(STAMP) wordnet java
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP) wordnet
 	$(BIN)/python -m analysis.demo

@@ -9,7 +9,25 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+# `make test` runs the suite in pytest-xdist workers (one per CPU): each gets its share of the CPUs
+# as OpenMP threads, it and the CLI processes it starts. Two workers with torch's default of one
+# thread per core each would spin against each other (`one_torch_thread`: up to ~40x slower).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // WORKERS)))
+
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -17,6 +35,10 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory):
     """Keep datasets' cache, the tiny models and the source cache in a per-session folder."""
+    if WORKERS > 1:  # torch may have been imported before the variable was set
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     root = tmp_path_factory.mktemp("caches")
     os.environ.setdefault("HF_DATASETS_CACHE", str(root / "datasets"))
     os.environ.setdefault("MATPLUS_TINY_DIR", str(root / "tiny"))
@@ -98,6 +120,29 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def cache_entry(request, name: str):
+    """The folder `name` in pytest's cache ("mat-plus"), held under a file lock while the block runs: each
+    pytest-xdist worker runs the session fixtures, and the first builds what the others then find built."""
+    from filelock import FileLock
+
+    root = Path(request.config.cache.mkdir("mat-plus"))
+    with FileLock(str(root / f".{name}.lock")):
+        yield root / name
+
+
+def cached_folder(request, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name` in pytest's cache, made by `build(folder)` in a sibling renamed into place when
+    complete (a run killed while building leaves no half-written folder that looks finished)."""
+    with cache_entry(request, name) as folder:
+        if not folder.exists():
+            building = folder.with_name(folder.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            build(building)
+            building.rename(folder)
+    return folder
+
+
 def _code_key(*modules: str) -> str:
     """Hash of the source files a cached fixture depends on: edits invalidate the cache."""
     import hashlib
@@ -121,11 +166,8 @@ def sample_world_dir(request) -> Path:
     """A small sample world (Karpathy JSON + 64x64 PNGs), built once and cached across runs."""
     from augment.world.writer import write_sample
 
-    key = _code_key(*WORLD_CODE)
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"sample-world-{SAMPLE_WORLD_SIZE}-{key}"
-    if not folder.exists():
-        write_sample(folder, n=SAMPLE_WORLD_SIZE, seed=0)
-    return folder
+    return cached_folder(request, f"sample-world-{SAMPLE_WORLD_SIZE}-{_code_key(*WORLD_CODE)}",
+                         lambda folder: write_sample(folder, n=SAMPLE_WORLD_SIZE, seed=0))
 
 
 # the code a trained twin depends on: edits invalidate the cached fixture
@@ -142,9 +184,10 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
 
     key = _code_key(*TRAINER_CODE, *family_code)
     name = twin if task == "retrieval" else f"{twin}-{task}-{Path(sample_world_dir).name}"  # the world it learnt
-    run = Path(request.config.cache.mkdir("mat-plus")) / f"trained-{name}-{steps}-{lr:g}-{key}"
-    if not (run / "summary.json").exists():  # a killed run resumes from its last checkpoint
-        resume = (run / "ckpt").is_dir()
+    with cache_entry(request, f"trained-{name}-{steps}-{lr:g}-{key}") as run:
+        if (run / "summary.json").exists():
+            return run / "ckpt"
+        resume = (run / "ckpt").is_dir()  # a killed run resumes from its last checkpoint
         train_run({"method": "clean", "task": task, "model": twin, "train_data": str(sample_world_dir), "out": str(run),
                    "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup": steps // 10,
                    "wd": 0.1, "seed": 0, "progress": False, "save_every": 50,
@@ -225,8 +268,5 @@ def grounding_world_dir(request) -> Path:
     """The sample world with referring expressions (`make-sample --expressions 2`), cached across runs."""
     from augment.world.writer import write_sample
 
-    key = _code_key(*WORLD_CODE)
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"grounding-world-{GROUNDING_WORLD_SIZE}-{key}"
-    if not folder.exists():
-        write_sample(folder, n=GROUNDING_WORLD_SIZE, seed=0, expressions=2)
-    return folder
+    return cached_folder(request, f"grounding-world-{GROUNDING_WORLD_SIZE}-{_code_key(*WORLD_CODE)}",
+                         lambda folder: write_sample(folder, n=GROUNDING_WORLD_SIZE, seed=0, expressions=2))

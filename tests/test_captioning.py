@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import WORLD_CODE, _code_key
+from tests.conftest import WORLD_CODE, _code_key, cached_folder
 
 # the colour world: the sample world's images, one caption "a <colour> shape" per object colour (a
 # tiny captioner learns them in one or two hundred steps; the truth checker judges them)
@@ -31,17 +31,16 @@ def captioner():
 
 @pytest.fixture(scope="session")
 def colour_world(request, sample_world_dir) -> Path:
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"colour-world-{_code_key(*WORLD_CODE)}"
-    if not (folder / "dataset_colour.json").exists():
+    def build(folder: Path) -> None:
         document = json.loads((sample_world_dir / "dataset_sample.json").read_text())
         for image in document["images"]:
             colours = dict.fromkeys(obj["colour"] for obj in image["scene"]["objects"])
             image["sentences"] = [{"raw": f"a {colour} shape", "sentid": k} for k, colour in enumerate(colours)]
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "images").exists():
-            (folder / "images").symlink_to(sample_world_dir / "images")
+        folder.mkdir(parents=True)
+        (folder / "images").symlink_to(sample_world_dir / "images")
         (folder / "dataset_colour.json").write_text(json.dumps(document))
-    return folder
+
+    return cached_folder(request, f"colour-world-{_code_key(*WORLD_CODE)}", build)
 
 
 @pytest.fixture(scope="session")
@@ -50,32 +49,28 @@ def trained_captioner(request, colour_world) -> Path:
     (transformers layout; the prompt is saved with it), cached across runs."""
     from train.quick_captioning import train_quick_captioner
 
-    key = _code_key(*WORLD_CODE, "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"trained-captioner-{key}"
-    if not (folder / "config.json").exists():
+    def build(folder: Path) -> None:
         torch.set_num_threads(min(torch.get_num_threads(), 2))
         train_quick_captioner(str(colour_world), folder, steps=200, batch_size=32, lr=3e-3, seed=0,
                               prompt="a picture of")
-    return folder
+
+    key = _code_key(*WORLD_CODE, "train/quick_captioning.py", "augment/tiny.py", "models/captioner.py")
+    return cached_folder(request, f"trained-captioner-{key}", build)
 
 
 @pytest.fixture(scope="session")
 def world_mlm(request):
     """(model, tokenizer, name) of `world-mlm` (the masked LM trained on world captions: it proposes the
     world's words), built once into pytest's cache (about 30 s of one core) instead of each session's."""
-    import shutil
-
     from augment import world_mlm as builder
     from augment.registry import load_mlm
 
-    key = _code_key("augment/world_mlm.py", *WORLD_CODE, "augment/tiny.py")
-    folder = Path(request.config.cache.mkdir("mat-plus")) / f"world-mlm-{key}"
-    if not (folder / "config.json").exists():
-        building = folder.with_name(folder.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir()
-        builder.build_world_mlm(building)
-        building.rename(folder)
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        builder.build_world_mlm(folder)
+
+    folder = cached_folder(request, f"world-mlm-{_code_key('augment/world_mlm.py', *WORLD_CODE, 'augment/tiny.py')}",
+                           build)
     model, tokenizer = load_mlm(str(folder))
     return model, tokenizer, "world-mlm"
 

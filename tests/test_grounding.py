@@ -507,15 +507,11 @@ def grounding_train_world(request):
     With the evaluation world's 300 training scenes the twin learns those scenes: at 600 steps (with the
     counterfactual pairs) its ITM tells the referred object's removal from another's in 71% of the
     training pairs and 52% of the test ones."""
-    from pathlib import Path
+    from tests.conftest import WORLD_CODE, _code_key, cached_folder
 
-    from tests.conftest import WORLD_CODE, _code_key
-
-    folder = Path(request.config.cache.mkdir("mat-plus")) / (
-        f"grounding-train-world-{GROUNDING_TRAIN_SCENES}-{_code_key(*WORLD_CODE)}")
-    if not folder.exists():
-        write_sample(folder, n=GROUNDING_TRAIN_SCENES, seed=1, val_frac=0.0, test_frac=0.0, expressions=2)
-    return folder
+    return cached_folder(request, f"grounding-train-world-{GROUNDING_TRAIN_SCENES}-{_code_key(*WORLD_CODE)}",
+                         lambda folder: write_sample(folder, n=GROUNDING_TRAIN_SCENES, seed=1, val_frac=0.0,
+                                                     test_frac=0.0, expressions=2))
 
 
 @pytest.fixture(scope="module")
