@@ -21,13 +21,17 @@ PREFETCH_FACTOR = 2  # batches each worker keeps ready
 SHARD_WORKERS = 2  # `augment generate`: at most this many processes decode shards ahead (see run_generation)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use (its affinity where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """CPUs this process may use, minus one for the main process, at most 8; 0 on one CPU."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() - 1))
 
 
 def add_workers_argument(parser, used_at_most: int | None = None) -> None:

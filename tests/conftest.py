@@ -9,20 +9,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
+from augment.loading import available_cpus  # noqa: E402  (imports no torch)
 
 # `make test` runs the suite in pytest-xdist workers (one per CPU): each gets its share of the CPUs
 # as OpenMP threads, it and the CLI processes it starts. Two workers with torch's default of one
 # thread per core each would spin against each other (`one_torch_thread`: up to ~40x slower).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // WORKERS)))
 
 import contextlib  # noqa: E402
 import shutil  # noqa: E402
