@@ -88,10 +88,11 @@ ITC_SCRIPT = textwrap.dedent('''
         grads[f"{kind}.loss"] = loss.detach()
     if rank == 0:
         torch.save(grads, sys.argv[1])
-    if distributed:  # as train.launch.end_process_group: DDP's buckets gone, the ranks met, then down
+    if distributed:  # the trainer's own shutdown: the softmax pass's DDP wrapper, still alive in a
+        # reference cycle, let go first (without that, 1 run in ~20 aborted in gloo's teardown)
+        from train.launch import end_process_group
         del wrapped
-        dist.barrier()
-        dist.destroy_process_group()
+        end_process_group(finished=True)
 ''')
 
 
