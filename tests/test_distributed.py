@@ -139,8 +139,11 @@ TRAINER_SCRIPT = textwrap.dedent('''
         return original(self)
 
     Trainer._optimizer_step = recorded
+    from train.launch import end_process_group
+
     train_run({"method": "clean", "model": name, "train_data": world, "out": run, "max_steps": 1,
                "batch_size": batch, "lr": 1e-4, "progress": False, "workers": 0, "cpu": True, "seed": seed})
+    end_process_group(finished=True)  # as `train` ends (train.cli.run_method): no rank left in gloo's teardown
 ''')
 
 
