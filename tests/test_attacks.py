@@ -353,6 +353,49 @@ def test_seeded_pgd_is_reproducible(victim, batch):
     assert torch.equal(first, second)
 
 
+def test_attack_noise_on_a_cpu_is_the_seeded_generators_own_draw():
+    """PGD's start and SGA's view noise come from `noise_like`: on the CPU the generator's own draw,
+    so CPU attacks keep the numbers they had (and the images' dtype)."""
+    from train.attacks.base import noise_like
+
+    images = torch.zeros(2, 3, 5, 5, dtype=torch.float64)
+    for normal, draw in ((False, torch.rand), (True, torch.randn)):
+        expected = draw(images.shape, generator=torch.Generator().manual_seed(7)).double()
+        drawn = noise_like(images, torch.Generator().manual_seed(7), normal=normal)
+        assert drawn.dtype == torch.float64 and torch.equal(drawn, expected)
+    torch.manual_seed(1)
+    unseeded = noise_like(images)
+    torch.manual_seed(1)
+    assert torch.equal(unseeded, torch.rand(images.shape).double())
+
+
+def test_a_generator_on_another_device_seeds_one_on_the_images_device(monkeypatch):
+    """A GPU attack draws on the GPU from a generator seeded by the attack's CPU generator (one
+    number taken from it), not on the host: the same seed gives the same derived generator."""
+    from train.attacks import base
+
+    made = []
+
+    class Recorded:  # stands in for torch.Generator(device="cuda"), absent here
+        def __init__(self, device):
+            self.device = device
+
+        def manual_seed(self, seed):
+            made.append((self.device, seed))
+            return self
+
+    cpu, same, other = (torch.Generator().manual_seed(seed) for seed in (5, 5, 6))
+    fresh = torch.Generator().manual_seed(5).get_state()
+    monkeypatch.setattr(base.torch, "Generator", Recorded)  # base's torch is torch: made before this line
+    derived = base.generator_on(torch.device("cuda", 0), cpu)
+    assert isinstance(derived, Recorded) and derived.device == torch.device("cuda", 0)
+    base.generator_on(torch.device("cuda", 0), same)
+    base.generator_on(torch.device("cuda", 0), other)
+    assert made[0] == made[1] and made[0][1] != made[2][1]
+    assert not torch.equal(cpu.get_state(), fresh)  # one number taken from the attack's generator
+    assert base.generator_on(torch.device("cpu"), cpu) is cpu and base.generator_on(torch.device("cuda", 0), None) is None
+
+
 def test_text_shortcuts_leave_the_adversarial_captions_unchanged(victim, mlm, batch):
     """`fast_text` (trimmed tower, per-word token ids) is exact: the attacks' captions are the same
     as with open_clip's own tokenizer and full-context text tower."""

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
-                                 kl_to)
+                                 kl_to, noise_like)
 from train.attacks.pgd import PGD
 from train.attacks.resize import resize
 from train.attacks.text import BertAttack, WordSubstitutionAttack, encode_images, encode_texts
@@ -68,9 +68,7 @@ def resized_views(images: torch.Tensor, scales: Sequence[float], noise_std: floa
     for scale in scales:
         view = images
         if noise_std > 0:
-            noise = torch.randn(images.shape, generator=generator,
-                                device="cpu" if generator is None else generator.device)
-            view = view + noise_std * noise.to(images.device, images.dtype)
+            view = view + noise_std * noise_like(images, generator, normal=True)
         scaled_size = (max(1, int(scale * size[0])), max(1, int(scale * size[1])))
         if mode == "reference":
             view = resize(view, scaled_size, "bicubic").clamp(0, 1)

@@ -24,7 +24,7 @@ import torch
 
 from models.half_precision import input_gradient
 from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
-                                 kl_to)
+                                 kl_to, noise_like)
 from train.attacks.settings import pgd_step_size
 
 STARTS = ("symmetric", "positive")
@@ -58,8 +58,7 @@ def pgd_linf(
         return images.clone()
     delta = torch.zeros_like(images)
     if random_start:
-        noise = torch.rand(images.shape, generator=generator, device="cpu" if generator is None else generator.device)
-        noise = noise.to(images.device, images.dtype)
+        noise = noise_like(images, generator)
         if start == "symmetric":
             delta = (images + (noise * 2 - 1) * eps).clamp(0, 1) - images
         else:
