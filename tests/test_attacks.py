@@ -356,7 +356,7 @@ def test_seeded_pgd_is_reproducible(victim, batch):
 def test_attack_noise_on_a_cpu_is_the_seeded_generators_own_draw():
     """PGD's start and SGA's view noise come from `noise_like`: on the CPU the generator's own draw,
     so CPU attacks keep the numbers they had (and the images' dtype)."""
-    from train.attacks.base import noise_like
+    from train.attacks.draws import noise_like
 
     images = torch.zeros(2, 3, 5, 5, dtype=torch.float64)
     for normal, draw in ((False, torch.rand), (True, torch.randn)):
@@ -372,7 +372,7 @@ def test_attack_noise_on_a_cpu_is_the_seeded_generators_own_draw():
 def test_a_generator_on_another_device_seeds_one_on_the_images_device(monkeypatch):
     """A GPU attack draws on the GPU from a generator seeded by the attack's CPU generator (one
     number taken from it), not on the host: the same seed gives the same derived generator."""
-    from train.attacks import base
+    from train.attacks import draws
 
     made = []
 
@@ -386,14 +386,14 @@ def test_a_generator_on_another_device_seeds_one_on_the_images_device(monkeypatc
 
     cpu, same, other = (torch.Generator().manual_seed(seed) for seed in (5, 5, 6))
     fresh = torch.Generator().manual_seed(5).get_state()
-    monkeypatch.setattr(base.torch, "Generator", Recorded)  # base's torch is torch: made before this line
-    derived = base.generator_on(torch.device("cuda", 0), cpu)
+    monkeypatch.setattr(draws.torch, "Generator", Recorded)  # draws' torch is torch: made before this line
+    derived = draws.generator_on(torch.device("cuda", 0), cpu)
     assert isinstance(derived, Recorded) and derived.device == torch.device("cuda", 0)
-    base.generator_on(torch.device("cuda", 0), same)
-    base.generator_on(torch.device("cuda", 0), other)
+    draws.generator_on(torch.device("cuda", 0), same)
+    draws.generator_on(torch.device("cuda", 0), other)
     assert made[0] == made[1] and made[0][1] != made[2][1]
     assert not torch.equal(cpu.get_state(), fresh)  # one number taken from the attack's generator
-    assert base.generator_on(torch.device("cpu"), cpu) is cpu and base.generator_on(torch.device("cuda", 0), None) is None
+    assert draws.generator_on(torch.device("cpu"), cpu) is cpu and draws.generator_on(torch.device("cuda", 0), None) is None
 
 
 def test_text_shortcuts_leave_the_adversarial_captions_unchanged(victim, mlm, batch):

@@ -83,29 +83,6 @@ def kl_to(reference_emb: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
                     reduction="none", log_target=True).sum(-1)
 
 
-def noise_like(images: torch.Tensor, generator: torch.Generator | None = None, normal: bool = False) -> torch.Tensor:
-    """Noise of `images`' shape on their device and in their dtype: uniform in [0, 1), or standard
-    normal (`normal=True`), drawn in float32 from `generator` (None: the device's default one).
-
-    Drawn where the images are: the attacks' seeded generators are CPU generators (one recipe for
-    every device), and a GPU attack that drew its start and SGA's view noise on the host waited
-    for every draw (a ViT-B-16 batch of 32 is 4.8M numbers, ~24 ms on this machine's CPU) and a
-    synchronising copy. On a CPU nothing changes.
-    """
-    draw = torch.randn if normal else torch.rand
-    generator = generator_on(images.device, generator)
-    return draw(images.shape, generator=generator, device=images.device).to(images.dtype)
-
-
-def generator_on(device: torch.device, generator: torch.Generator | None) -> torch.Generator | None:
-    """`generator` itself when it is on `device` (or None); else a new generator on `device` seeded
-    with a number drawn from it, so that draws there stay reproducible from `generator`'s seed."""
-    if generator is None or generator.device == torch.device(device):
-        return generator
-    seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, device=generator.device))
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 # which embeddings an attack reads: unit vectors, or the victim's before normalisation ("raw": the
 # reference codes' KL scores over their wrappers' `text_embed` / ALBEF's [CLS] states)
 EMBEDDINGS = ("unit", "raw")

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
-                                 kl_to, noise_like)
+                                 kl_to)
+from train.attacks.draws import noise_like
 from train.attacks.pgd import PGD
 from train.attacks.resize import resize
 from train.attacks.text import BertAttack, WordSubstitutionAttack, encode_images, encode_texts

@@ -24,7 +24,8 @@ import torch
 
 from models.half_precision import input_gradient
 from train.attacks.base import (EMBEDDINGS, Attack, AttackResult, attack_loss_fn, default_pairing, image_encoder,
-                                 kl_to, noise_like)
+                                 kl_to)
+from train.attacks.draws import noise_like
 from train.attacks.settings import pgd_step_size
 
 STARTS = ("symmetric", "positive")
