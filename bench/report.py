@@ -55,6 +55,17 @@ def add_profile(out: str | Path, text: str) -> Path:
 LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 
 
+def aten_calls(run) -> int:
+    """The aten operator calls `run()` makes (torch.profiler, CPU activity, nested calls included):
+    the host-side work a GPU pays per operator whatever its size, so the ratio of two sides' counts
+    predicts their time ratio where a GPU is host-bound (docs/benchmarks.md)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    return sum(e.count for e in profiler.key_averages() if e.key.startswith("aten::"))
+
+
 def profile_tables(run, device: str, title: str, rows: int = 30) -> str:
     """`run()` once under torch.profiler: the title, a count line (aten operator calls; on a GPU
     kernel launches and synchronisations) and the per-operator tables by self CPU time and, on a

@@ -54,8 +54,9 @@ def test_a_speed_up_that_makes_other_adversarial_images_is_flagged():
 
 
 def test_profile_adds_each_batched_attacks_tables_to_one_file(tmp_path, one_torch_thread):
-    """`--profile`: after each attack's timing its batched call runs once under torch.profiler, and
-    the tables go to one file (the GPU run brings back at most eight files)."""
+    """`--profile`: after each attack's timing each side's aten calls are counted, its batched call
+    runs once under torch.profiler, and the tables go to one file (the GPU run brings back at most
+    eight files)."""
     import torch
 
     from augment.registry import load_mlm
@@ -79,3 +80,7 @@ def test_profile_adds_each_batched_attacks_tables_to_one_file(tmp_path, one_torc
     assert text.index("== bert-attack, batched: 2 images, 2 captions, cpu") < text.index("== sep, batched")
     assert text.count("aten calls ") == 2 and text.count("== by self_cpu_time_total") == 2
     assert "aten::addmm" in text or "aten::mm" in text
+    for entry in out["attacks"].values():  # each side's host calls, and the ratio a host-bound GPU would see
+        calls = entry["aten_calls"]
+        assert set(calls) == {"one_at_a_time_before", "one_at_a_time", "batched"} and min(calls.values()) > 0
+        assert entry["aten_call_ratio_before_loop_over_batched"] == calls["one_at_a_time_before"] / calls["batched"] > 1

@@ -34,7 +34,7 @@ from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
 from train.attacks.substitutes import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes
-from train.attacks.text import substitute_words
+from train.attacks.text import round_fill, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
 PROMPT_ATTACKS = ("prompt", "prompt-pgd")  # those that attack the prompt: for prompted captioners only
@@ -209,7 +209,8 @@ class ReferenceTextAttack(_WordAttack):
             candidate_prompts = [prompts[int(rows[o])] for o in owners] if prompts is not None else None
             return lm_losses(self.victim, images[image_rows], candidates, candidate_prompts, self.loss_batch)
 
-        return substitute_words(texts, self.source, score, self.budget, self.words_per_round)
+        return substitute_words(texts, self.source, score, self.budget, self.words_per_round,
+                                fill=round_fill(images.device))
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
@@ -257,7 +258,8 @@ class PromptAttack(_WordAttack):
             owner_of_pair = torch.tensor([p[0] for p in pairs], dtype=torch.long)
             return torch.zeros(len(candidates), dtype=losses.dtype).index_add_(0, owner_of_pair, losses.cpu()) / counts
 
-        return substitute_words([prompt] * len(images), self.source, score, self.budget, self.words_per_round)
+        return substitute_words([prompt] * len(images), self.source, score, self.budget, self.words_per_round,
+                                fill=round_fill(images.device))
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)

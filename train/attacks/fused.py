@@ -44,7 +44,7 @@ from train.attacks.base import Attack, AttackResult, default_pairing, kl_to
 from train.attacks.multimodal import CO_ATTACK_ALPHA, attack_pair_copies
 from train.attacks.pgd import PGD
 from train.attacks.substitutes import SubstituteSource
-from train.attacks.text import DEFAULT_TEXT_BATCH, Score, substitute_words
+from train.attacks.text import DEFAULT_TEXT_BATCH, Score, round_fill, substitute_words
 
 READINGS = ("sequence", "cls")
 # the fused `AttackSettings.attacked_embedding` values -> reading
@@ -192,7 +192,8 @@ class FusedTextAttack(FusedAttack):
         if self.budget == 0 or not texts:
             return texts, [[] for _ in texts]
         score = self.score_function(texts, image_features, pairing)
-        return substitute_words(texts, self.source, score, self.budget, self.words_per_round)
+        return substitute_words(texts, self.source, score, self.budget, self.words_per_round,
+                                fill=round_fill(self.victim.device))
 
     def against_images(self, images: torch.Tensor, texts: Sequence[str], pairing: torch.Tensor) -> tuple[list[str], list]:
         """`perturb` with caption t read beside the clean image `images[pairing[t]]`."""

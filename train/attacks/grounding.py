@@ -43,7 +43,7 @@ from train.attacks.multimodal import CO_ATTACK_ALPHA, SGA_NOISE_STD, SGA_SCALES,
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
 from train.attacks.substitutes import DEFAULT_MLM_BATCH, SubstituteSource
-from train.attacks.text import DEFAULT_TEXT_BATCH, greedy_search, plan_search
+from train.attacks.text import DEFAULT_TEXT_BATCH, greedy_search, plan_search, round_fill
 
 GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "synonym", "sep", "co-attack", "sga")
 GROUNDING_OBJECTIVES = ("itm", "heat")
@@ -225,7 +225,8 @@ class GroundingTextAttack(GroundingAttack):
 
         initial = lowered(texts, list(range(len(texts))))
         plan = plan_search(texts, self.source, lambda masked, owners: lowered(masked, owners) - initial[owners])
-        return greedy_search(texts, plan, lowered, self.budget, initial=initial.tolist())
+        return greedy_search(texts, plan, lowered, self.budget, initial=initial.tolist(),
+                             fill=round_fill(self.victim.device))
 
     def run(self, images, texts, target):
         attacked, changes = self.perturb([images.to(self.victim.device)], texts, target)

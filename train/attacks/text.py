@@ -20,7 +20,9 @@ Algorithm, for every caption of the batch at once:
 4. Greedy rounds, as BERT-Attack: in each round every caption still under its word budget tries
    its next most important position (`words_per_round` of them): every substitute there is
    scored, the best one is kept if it beats the current caption. All candidates of all captions
-   of a round are encoded in one chunked pass (`text_batch` texts per forward).
+   of a round are encoded in one chunked pass (`text_batch` texts per forward); where scores are
+   each candidate's own, a small round also holds the captions' next positions (`round_fill`):
+   the same result in fewer passes.
 
 Steps 1-3 are `plan_search` and step 4 `greedy_search`, written once for any score function:
 the captioning (`train.attacks.captioning`) and grounding (`train.attacks.grounding`) text
@@ -39,6 +41,7 @@ Score to maximise (`guide`):
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -183,73 +186,125 @@ def plan_search(texts: Sequence[str], source: SubstituteSource, importance: Scor
     return plan
 
 
+_ONE_STEP_ROUNDS = [False]
+
+
+@contextmanager
+def one_step_rounds():
+    """Within the block `round_fill` is 1: the search takes one step a round, as before it looked
+    ahead (the baseline `bench attacks` measures against)."""
+    previous, _ONE_STEP_ROUNDS[0] = _ONE_STEP_ROUNDS[0], True
+    try:
+        yield
+    finally:
+        _ONE_STEP_ROUNDS[0] = previous
+
+
+def round_fill(device: torch.device | str, text_batch: int = DEFAULT_TEXT_BATCH) -> int:
+    """How many candidates a greedy round may hold by looking ahead (`greedy_search`'s `fill`): a
+    text-tower pass's fixed cost (`models.length_groups.pass_overhead`: 128 token positions on a
+    CPU, 4,096 on a GPU, where a pass is its host calls) in candidates of about 8 new positions
+    each, and at most one pass of `text_batch` texts."""
+    from models.length_groups import pass_overhead
+
+    if _ONE_STEP_ROUNDS[0]:
+        return 1
+    return max(1, min(text_batch, pass_overhead(device) // 8))
+
+
 def greedy_search(texts: Sequence[str], plan: SearchPlan, score: Score, budget: int = 1, words_per_round: int = 1,
                   initial: list[float] | None = None, rescore: Callable[[], list[float]] | None = None,
-                  on_accept: Callable[[int, int], None] | None = None) -> tuple[list[str], list[list[dict]]]:
+                  on_accept: Callable[[int, int], None] | None = None, fill: int = 1
+                  ) -> tuple[list[str], list[list[dict]]]:
     """BERT-Attack's greedy word substitution with any score to maximise: (new texts, per text the changes).
 
-    Rounds: every text still under its `budget` tries its next `words_per_round` positions (plan
-    order); all candidates of all texts of a round are scored in ONE `score` call; each text keeps
-    its best candidate (the first reaching the best score) when it beats the text as it stands.
-    The scores of the texts as they stand are `initial` (default: `score` of the texts), then the
-    accepted candidates' scores; a score that depends on the other texts (the batch's contrastive
-    loss) passes `rescore` (all current scores, called each round after `score`) and `on_accept`
-    (owner, candidate index), told of each accepted candidate.
+    Steps: every text still under its `budget` tries its next `words_per_round` positions (plan
+    order); each text keeps its best candidate of the step (the first reaching the best score)
+    when it beats the text as it stands. The scores of the texts as they stand are `initial`
+    (default: `score` of the texts), then the accepted candidates' scores; a score that depends
+    on the other texts (the batch's contrastive loss) passes `rescore` (all current scores,
+    called after each round's `score`) and `on_accept` (owner, candidate index), told of each
+    accepted candidate.
+
+    All candidates of a round go to ONE `score` call. A round is one step; without `rescore` (each
+    candidate's score its own alone), a round also looks ahead: it adds the texts' next steps
+    while it holds at most `fill` candidates (`round_fill`), and each text takes its steps in
+    order, the first accepted candidate ending its round (the later steps' candidates were made
+    from the text before that change: dropped). The result is the same as one step a round;
+    fewer rounds mean fewer encoder passes, where each pass has a fixed cost (a GPU's host calls).
     """
     texts = list(texts)
     if budget <= 0 or not texts:
         return texts, [[] for _ in texts]
     if initial is None and rescore is None:
         initial = score(texts, list(range(len(texts)))).tolist()
+    look_ahead = rescore is None and fill > 1  # a coupled score sees the other texts' changes only between rounds
     base = list(initial) if initial is not None else []
     current = [list(words) for words in plan.words]
     changes: list[list[dict]] = [[] for _ in texts]
     tried = [0] * len(texts)
     while True:
         candidates, owners, picks = [], [], []
-        for index in range(len(texts)):
-            if len(changes[index]) >= budget:
-                continue
-            positions = plan.order[index][tried[index]:tried[index] + words_per_round]
-            tried[index] += len(positions)
-            words = current[index]
-            for position in positions:
-                chunk, prefix, suffix = plan.chunks[index][position], words[:position], words[position + 1:]
-                for word in plan.substitutes[index][position]:
-                    new_token = plan.source.replacement(chunk, word)
-                    candidates.append(" ".join(prefix + [new_token] + suffix))
-                    owners.append(index)
-                    picks.append((position, new_token))
+        steps: dict[int, list[tuple[int, int, int]]] = {}  # text -> its steps (first candidate, end, positions tried after)
+        ahead = list(tried)
+        searching = [index for index in range(len(texts)) if len(changes[index]) < budget]
+        while searching:
+            step = []  # (text, candidates) of the texts' next step
+            for index in searching:
+                positions = plan.order[index][ahead[index]:ahead[index] + words_per_round]
+                step.append((index, positions, sum(len(plan.substitutes[index][p]) for p in positions)))
+            if steps and (not look_ahead or len(candidates) + sum(count for _, _, count in step) > fill):
+                break  # a look-ahead step only where the round stays within `fill` candidates
+            for index, positions, _ in step:
+                first = len(candidates)
+                ahead[index] += len(positions)
+                words = current[index]
+                for position in positions:
+                    chunk, prefix, suffix = plan.chunks[index][position], words[:position], words[position + 1:]
+                    for word in plan.substitutes[index][position]:
+                        new_token = plan.source.replacement(chunk, word)
+                        candidates.append(" ".join(prefix + [new_token] + suffix))
+                        owners.append(index)
+                        picks.append((position, new_token))
+                steps.setdefault(index, []).append((first, len(candidates), ahead[index]))
+            searching = [index for index in searching if ahead[index] < len(plan.order[index])]
         if not candidates:
             break
         scores = score(candidates, owners).tolist()
         if rescore is not None:
             base = rescore()
-        best: dict[int, int] = {}
-        for c, (owner, value) in enumerate(zip(owners, scores)):
-            # the first candidate reaching its text's best score, if it beats the text as it stands
-            if value > base[owner] and (owner not in best or value > scores[best[owner]]):
-                best[owner] = c
-        for owner, c in best.items():
-            position, new_token = picks[c]
-            changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
-            current[owner][position] = new_token
-            base[owner] = scores[c]
-            if on_accept is not None:
-                on_accept(owner, c)
+        for owner, taken in steps.items():
+            tried[owner] = taken[-1][2]
+            for first, end, after in taken:
+                best = None
+                for c in range(first, end):
+                    # the first candidate reaching the step's best score, if it beats the text as it stands
+                    if scores[c] > base[owner] and (best is None or scores[c] > scores[best]):
+                        best = c
+                if best is None:
+                    continue
+                position, new_token = picks[best]
+                changes[owner].append({"position": position, "from": current[owner][position], "to": new_token})
+                current[owner][position] = new_token
+                base[owner] = scores[best]
+                tried[owner] = after  # the steps after this one saw the text before the change
+                if on_accept is not None:
+                    on_accept(owner, best)
+                break
     return [" ".join(words) if changes[i] else texts[i] for i, words in enumerate(current)], changes
 
 
 def substitute_words(texts: Sequence[str], source: SubstituteSource, score: Score, budget: int = 1,
-                     words_per_round: int = 1, importance: Score | None = None) -> tuple[list[str], list[list[dict]]]:
-    """The whole search with one score: positions ordered by the score of the masked text
-    (`importance`, default `score` itself), then `greedy_search`."""
+                     words_per_round: int = 1, importance: Score | None = None, fill: int = 1
+                     ) -> tuple[list[str], list[list[dict]]]:
+    """The whole search with one score, each candidate's its own: positions ordered by the score of
+    the masked text (`importance`, default `score` itself), then `greedy_search` (`fill`: its look-ahead)."""
     texts = list(texts)
     if budget <= 0 or not texts:
         return texts, [[] for _ in texts]
     initial = score(texts, list(range(len(texts))))
     plan = plan_search(texts, source, importance or score)
-    return greedy_search(texts, plan, score, budget, words_per_round, initial=initial.tolist())
+    return greedy_search(texts, plan, score, budget, words_per_round, initial=initial.tolist(), fill=fill)
 
 
 # ----------------------------------------------------------------------------- the attack
@@ -382,7 +437,11 @@ class WordSubstitutionAttack(Attack):
         def accept(owner: int, candidate: int) -> None:
             current_emb[owner] = last["emb"][candidate]
 
-        return greedy_search(texts, plan, score, self.budget, self.words_per_round, rescore=rescore, on_accept=accept)
+        if self.guide == "image" and self.loss == "contrastive":  # a candidate's score reads the other captions
+            return greedy_search(texts, plan, score, self.budget, self.words_per_round, rescore=rescore,
+                                 on_accept=accept)
+        return greedy_search(texts, plan, score, self.budget, self.words_per_round, initial=rescore(),
+                             on_accept=accept, fill=round_fill(clean_emb.device, self.text_batch))
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
