@@ -38,7 +38,9 @@ captions. `--attacks` picks the comparisons (a real-size image PGD is slow on CP
    with `--profile`, each side's aten calls (their ratio is what a host-bound GPU's time ratio
    follows: on the H200, BERT-Attack's 2.17 predicted its measured 2.12-2.61x).
 
-Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
+Both sides run under `--precision` (default fp32; `tf32` lets a GPU's float32 products use TF32
+tensor cores, where the batched side's large products gain and the loop's host-bound small ones
+hardly do). Runs are interleaved (baseline, ours, baseline, ...) so load on a shared machine hits both
 alike; times are medians of wall time and of process CPU time (which barely moves with other
 processes' load). torchattacks pins an old `requests`, so it must be installed with
 `pip install --no-deps torchattacks`.
@@ -57,6 +59,8 @@ from typing import Callable
 
 import torch
 
+from models.half_precision import PRECISIONS, autocast
+
 DEFAULT_OUT = "outputs/bench/attacks.json"
 MULTIMODAL = ("bert-attack", "sep", "co-attack", "sga")
 COMPARISONS = ("pgd",) + MULTIMODAL
@@ -71,6 +75,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="both sides run under train eval's --precision (tf32: TF32 products on a GPU, fp32 on a "
+                             "CPU; amp_*: autocast)")
     parser.add_argument("--model", default="tiny-clip",
                         help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random "
                              "weights; the multimodal comparisons need an open_clip model (their baseline's text path)")
@@ -442,9 +449,10 @@ def main(argv: list[str]) -> int:
         image_of_text = torch.tensor([i for i, row in enumerate(rows) for _ in row["captions"]])
         first_captions = [row["captions"][0] for row in rows]
 
-    print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, {model_name}, tiny-mlm", flush=True)
+    print(f"bench_attacks on {device}: {len(pixels)} images x {args.captions} captions, {model_name}, tiny-mlm, "
+          f"{args.precision}", flush=True)
     report = {
-        "device": device, "threads": args.threads, "load_average_at_start": os.getloadavg(), "images": len(pixels), "captions_per_image": args.captions,
+        "device": device, "precision": args.precision, "threads": args.threads, "load_average_at_start": os.getloadavg(), "images": len(pixels), "captions_per_image": args.captions,
         "repeats": args.repeats, "model": model_name, "mlm": "tiny-mlm",
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
     }
@@ -453,18 +461,19 @@ def main(argv: list[str]) -> int:
     def partial(multimodal: dict | None = None) -> None:  # what finished survives a kill at the time limit
         write_report(args.out, {**report, **({"multimodal": multimodal} if multimodal else {}), "complete": False})
 
-    if "pgd" in chosen:
-        print("PGD vs torchattacks.PGD ...", flush=True)
-        report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
-        partial()
-    report["protocol"] = args.protocol
-    names = tuple(name for name in MULTIMODAL if name in chosen)
-    print("multimodal attacks, batched vs one sample at a time ...", flush=True)
-    profile_out = Path(args.out) if args.profile and names else None
-    if profile_out is not None:
-        profile_path(profile_out).unlink(missing_ok=True)  # this run's tables only
-    report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats, args.protocol,
-                                            names, finished=partial, profile_out=profile_out)
+    with autocast(device, args.precision):  # both sides, as train eval --precision runs its attacks
+        if "pgd" in chosen:
+            print("PGD vs torchattacks.PGD ...", flush=True)
+            report["pgd"] = bench_pgd(victim, pixels, first_captions, args.repeats)
+            partial()
+        report["protocol"] = args.protocol
+        names = tuple(name for name in MULTIMODAL if name in chosen)
+        print("multimodal attacks, batched vs one sample at a time ...", flush=True)
+        profile_out = Path(args.out) if args.profile and names else None
+        if profile_out is not None:
+            profile_path(profile_out).unlink(missing_ok=True)  # this run's tables only
+        report["multimodal"] = bench_multimodal(victim, mlm, pixels, captions, image_of_text, args.repeats,
+                                                args.protocol, names, finished=partial, profile_out=profile_out)
     report["load_average_at_end"] = os.getloadavg()
     table = _table(report)
     print(table)

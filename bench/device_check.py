@@ -21,7 +21,8 @@ architectures with random weights, built offline (the machine has no Hub):
    (issue 18's 2x target is stated for the tiny twin);
 3. `attacks_pgd`: PGD against torchattacks.PGD, ViT-B-16, 32 images (issue 19's 1.1x);
 4. `attacks_multimodal`: BERT-Attack, Sep, Co-Attack and SGA batched vs a per-image loop,
-   ViT-B-16, 8 images x 5 captions (issue 19's 5x), each side's aten calls (their ratio: the
+   ViT-B-16, 8 images x 5 captions, `--precision tf32` (issue 19's 5x; its fp32 runs are in the
+   README: there SGA's batched side was bound by fp32 products), each side's aten calls (their ratio: the
    time ratio a host-bound GPU shows) and each batched call's torch.profiler tables
    (`attacks_multimodal.profile.txt`: where a host-bound attack's time goes);
 5. `image_generators_sd15`: as 2, at Stable Diffusion 1.5's size (512 px, `sd15-shaped`).
@@ -83,11 +84,12 @@ MEASUREMENTS = (
                 smoke_argv=("--device", "cpu", "--attacks", "pgd", "--images", "2", "--captions", "2", "--repeats", "1",
                             "--threads", "1")),
     Measurement("attacks_multimodal", "bench.bench_attacks",
+                # tf32: the fp32 runs (2026-12-04, README) showed SGA's batched side bound by fp32 products
                 ("--model", "ViT-B-16", "--device", "cuda", "--attacks", "bert-attack,sep,co-attack,sga",
-                 "--images", "8", "--repeats", "2", "--profile"),
+                 "--images", "8", "--repeats", "2", "--precision", "tf32", "--profile"),
                 limit_s=135,  # with --profile each side's aten calls are counted once too (was 120)
                 smoke_argv=("--device", "cpu", "--attacks", "bert-attack,sga", "--images", "2", "--captions", "2",
-                            "--repeats", "1", "--threads", "1", "--profile")),
+                            "--repeats", "1", "--threads", "1", "--precision", "tf32", "--profile")),
     Measurement("image_generators_sd15", "bench.bench_image_generators",
                 ("--model", "sd15-shaped", "--device", "cuda", "--dtype", "fp16", "--images", "16", "--batch-size", "8",
                  "--repeats", "2"),
@@ -167,7 +169,7 @@ def headline(payload: dict) -> list[str]:
             lines.append(f"PGD: {pgd['ratio_torchattacks_over_matplus']:.2f}x torchattacks.PGD on the library's layers, "
                          f"{pgd['ratio_torchattacks_same_model_over_matplus']:.2f}x on the same model")
         for name, entry in payload.get("multimodal", {}).get("attacks", {}).items():
-            lines.append(f"{name}: batched {entry['ratio_loop_over_batched']:.2f}x the loop, "
+            lines.append(f"{name} ({payload.get('precision', 'fp32')}): batched {entry['ratio_loop_over_batched']:.2f}x the loop, "
                          f"{entry['ratio_before_loop_over_batched']:.2f}x the loop encoding as before; "
                          f"same captions {entry['identical_texts'] and entry['identical_texts_before']}")
     return lines

@@ -1,6 +1,13 @@
 """Half-precision autocast for evaluation and attacks: the `--precision` context, the precision in
 force, and input gradients that do not underflow in fp16.
 
+`tf32` keeps fp32 weights and activations and lets a CUDA device run float32 matrix products and
+convolutions on TF32 tensor cores (inputs rounded to 10 mantissa bits, fp32 accumulation): what
+open_clip_train turns on for every run on a GPU, and several times fp32's throughput on Ampere and
+later. Here it is asked for by name, so that `fp32` stays torch's default numerics (IEEE matrix
+products: the reference attack code's), and the flags are set only for the run and restored after.
+On a CPU it is fp32 and is recorded as such.
+
 Weights stay fp32; `autocast(device, "amp_fp16" | "amp_bf16")` runs the forward passes in half
 precision (torch.autocast), as `train eval --precision` does for every task and accelerate's `amp`
 does in training. The names are open_clip_train's, the trainer's too (`amp` = `amp_fp16`); its
@@ -21,7 +28,7 @@ import contextlib
 import torch
 
 # amp_bfloat16: open_clip_train's other spelling of amp_bf16
-_DTYPES = {"fp32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16,
+_DTYPES = {"fp32": None, "tf32": None, "amp": torch.float16, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16,
            "amp_bfloat16": torch.bfloat16}
 PRECISIONS = tuple(_DTYPES)
 HALF_WEIGHTS = ("fp16", "bf16", "pure_fp16", "pure_bf16")  # open_clip_train: half-precision weights
@@ -43,11 +50,29 @@ def check_precision(precision: str) -> str:
 
 def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
     """The context `--precision` runs forward passes in: torch.autocast for amp/amp_fp16/amp_bf16,
-    nothing for fp32."""
+    TF32 matrix products for tf32 (`tf32_matmuls`), nothing for fp32."""
     dtype = _DTYPES[check_precision(precision)]
+    if precision == "tf32":
+        return tf32_matmuls(device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device | str):
+    """On a CUDA device: cuBLAS's and cuDNN's float32 products on TF32 tensor cores while the
+    context is open, torch's process-wide flags restored on leaving it (the user's other code keeps
+    its own choice). Elsewhere nothing changes: a CPU has no TF32 path."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -59,9 +84,12 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
 
 
 def active_precision(device: torch.device | str) -> str:
-    """"fp32", "amp_fp16" or "amp_bf16": what forward passes on `device` run in now (reports and
-    resume tags; `amp` is recorded by what it runs, amp_fp16)."""
+    """"fp32", "tf32", "amp_fp16" or "amp_bf16": what forward passes on `device` run in now (reports
+    and resume tags; `amp` is recorded by what it runs, amp_fp16; tf32 only where it runs, on CUDA
+    with TF32 matrix products allowed)."""
     dtype = autocast_dtype(device)
+    if dtype is None and torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
     return {None: "fp32", torch.float16: "amp_fp16", torch.bfloat16: "amp_bf16"}.get(dtype, str(dtype))
 
 

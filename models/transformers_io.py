@@ -32,7 +32,8 @@ ROLE = "vlm"  # augment.registry's role (and tiny role) of every vision-language
 
 # open_clip's precision names -> the dtype the weights are loaded in ("amp" keeps fp32 weights)
 _PRECISION_DTYPES = {
-    "fp32": torch.float32, "amp": torch.float32, "amp_bf16": torch.float32, "amp_bfloat16": torch.float32,
+    "fp32": torch.float32, "tf32": torch.float32, "amp": torch.float32, "amp_bf16": torch.float32,
+    "amp_bfloat16": torch.float32,
     "fp16": torch.float16, "pure_fp16": torch.float16, "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16,
 }
 

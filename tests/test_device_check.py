@@ -213,7 +213,7 @@ def test_attacks_keep_pgd_and_each_multimodal_attack_that_finished(tmp_path, mon
     assert list(report["multimodal"]["attacks"]) == ["bert-attack"]
     from bench.device_check import headline
 
-    assert any(line.startswith("bert-attack: batched 5.50x") for line in headline(report))
+    assert any(line.startswith("bert-attack (fp32): batched 5.50x") for line in headline(report))
 
 
 @pytest.mark.parametrize("dtype, expected", [("fp32", 1), ("bf16", 0)])

@@ -38,6 +38,48 @@ def test_trainer_and_eval_share_one_precision_vocabulary():
     assert set(ACCELERATE_PRECISION) == set(PRECISIONS)
 
 
+def test_tf32_allows_tf32_products_on_a_gpu_for_the_context_only():
+    """tf32: a CUDA device's float32 products on TF32 tensor cores inside the context, torch's own
+    flags back after it (an error inside too), and recorded as tf32 there; a CPU has no TF32
+    path: nothing changes and fp32 is recorded."""
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = tuple(flag.allow_tf32 for flag in flags)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+        with autocast("cpu", "tf32"):
+            assert (flags[0].allow_tf32, flags[1].allow_tf32) == (False, False)
+            assert active_precision("cpu") == "fp32"
+        assert active_precision("cuda") == "fp32"
+        with pytest.raises(RuntimeError, match="inside"):
+            with autocast(torch.device("cuda", 0), "tf32"):
+                assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, True)
+                assert active_precision("cuda") == "tf32"
+                raise RuntimeError("inside")
+        assert (flags[0].allow_tf32, flags[1].allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_the_trainer_runs_its_steps_under_tf32_on_a_gpu_only():
+    """`train --precision tf32`: the trainer's step context allows TF32 on a CUDA device; fp32 and
+    a CPU leave torch's flags alone."""
+    from types import SimpleNamespace
+
+    from train.trainer import Trainer
+
+    def trainer(precision, device):
+        return SimpleNamespace(cfg=SimpleNamespace(precision=precision), accelerator=SimpleNamespace(device=torch.device(device)))
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        for precision, device, inside in (("tf32", "cuda", True), ("tf32", "cpu", False), ("fp32", "cuda", False)):
+            with Trainer.matmul_precision(trainer(precision, device)):
+                assert torch.backends.cuda.matmul.allow_tf32 is inside, (precision, device)
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.mark.parametrize("loss_factor", [1e-9, 10.0])
 def test_fp16_input_gradient_is_loss_scaled(loss_factor):
     """1e-9: the plain fp16 backward flushes every gradient to 0 (fp16's smallest step is 6e-8);

@@ -147,7 +147,8 @@ def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
                      help="clip gradients to this norm (default: no clipping)")
     opt.add_argument("--precision", choices=PRECISIONS,
                      help=f"open_clip's names; mixed precision through accelerate: {', '.join(ACCELERATE_PRECISION)} "
-                          "(the half-weight ones are refused)" + _default("precision"))
+                          "(tf32: fp32 with TF32 products on a GPU; the half-weight ones are refused)"
+                          + _default("precision"))
     opt.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
                      help="recompute activations in the backward pass (less memory, more time)")
     opt.add_argument("--seed", type=int, help="seed of data order, pool draws, crops and attacks" + _default("seed"))

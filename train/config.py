@@ -14,7 +14,7 @@ the PGD step size also accept fractions such as "2/255". `--grad-clip-norm` and 
 keeps, so older runs still resume); a YAML file may spell them either way.
 
 Names follow open_clip_train where a setting means the same thing there (`--train-data`, `--wd`,
-`--warmup`, `--eps` = AdamW's epsilon, `--precision amp|amp_bf16|fp32`, `--workers`,
+`--warmup`, `--eps` = AdamW's epsilon, `--precision amp|amp_bf16|fp32|tf32`, `--workers`,
 `--report-to`, `--lock-image`/`--lock-text`, `--grad-checkpointing`, `--val-frequency`,
 `--resume latest`); a key of the old spelling is refused with one line naming the new one.
 """
@@ -42,7 +42,9 @@ POOL_MODES = ("sample", "expand")
 # open_clip_train's --precision names; the trainer runs mixed precision through accelerate
 # (weights in fp32, autocast): the "pure"/half-weight ones are refused in one line
 PRECISIONS = MIXED_PRECISIONS + HALF_WEIGHTS
-ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "amp_bfloat16": "bf16", "fp32": "no"}
+# tf32: fp32 under accelerate, the trainer allowing TF32 products on a GPU (Trainer.matmul_precision)
+ACCELERATE_PRECISION = {"amp": "fp16", "amp_fp16": "fp16", "amp_bf16": "bf16", "amp_bfloat16": "bf16", "fp32": "no",
+                        "tf32": "no"}
 # one name per precision that runs alike, so a resume under the other spelling is the same setting
 CANONICAL_PRECISION = {"amp_fp16": "amp", "amp_bfloat16": "amp_bf16"}
 REPORT_TO = ("tensorboard", "wandb", "all", "none")

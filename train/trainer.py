@@ -697,13 +697,23 @@ class Trainer:
         self._seed_micro_step(micro_step)
         self.task.on_step(self.model, step, self.steps_per_epoch)
         no_sync = contextlib.nullcontext() if sync else acc.no_sync(self.forward_module)
-        with no_sync:
-            with acc.autocast():
-                output = self.method(batch, step)
-            acc.backward(output.loss * (output.gradient_scale / cfg.grad_accum))
-        for callback in self.callbacks:
-            callback(StepRecord(step, micro_step, plan, batch, output))
+        with self.matmul_precision():
+            with no_sync:
+                with acc.autocast():
+                    output = self.method(batch, step)
+                acc.backward(output.loss * (output.gradient_scale / cfg.grad_accum))
+            for callback in self.callbacks:  # in-training validation runs in the step's precision
+                callback(StepRecord(step, micro_step, plan, batch, output))
         return output, plan
+
+    def matmul_precision(self) -> contextlib.AbstractContextManager:
+        """`--precision tf32`: TF32 float32 products on a GPU for the forward, backward and
+        validation passes (models.half_precision.tf32_matmuls; accelerate runs no autocast then)."""
+        if self.cfg.precision != "tf32":
+            return contextlib.nullcontext()
+        from models.half_precision import tf32_matmuls
+
+        return tf32_matmuls(self.accelerator.device)
 
     def train_step(self, step: int) -> list[tuple[StepOutput, BatchPlan]]:
         """One optimizer step (all its micro steps); the set-up must have run."""
@@ -816,7 +826,8 @@ class Trainer:
             bar.close()
             self.stop_loader()
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
-            self.validator.validate(self.total_steps)
+            with self.matmul_precision():
+                self.validator.validate(self.total_steps)
         elapsed = self.elapsed_before + time.perf_counter() - started
         self._save(self.total_steps, elapsed)
         summary = self._summary(last or self.metrics.last_kept, elapsed)
