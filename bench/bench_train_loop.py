@@ -42,7 +42,11 @@ its time limit keeps what finished.
 images per second, and per decoding process, so the workers a GPU needs can be worked out on a CPU machine
 (a GPU step of S seconds at batch B needs B / S images per second).
 
-And MAT / clean against the issue's budget of 1 + 0.5 x PGD steps + 1 clean steps. MAT's text
+And MAT / clean against the issue's budget of 1 + 0.5 x PGD steps + 1 clean steps, beside the
+ratio of their floating-point operations (one more step of each counted by
+torch.utils.flop_counter after the timing, `--flops 1`): where a device is bound by arithmetic
+(a GPU at ViT-B-16's size and batch 128) the time ratio comes to the FLOP ratio, whatever the
+per-call costs. MAT's text
 attack uses `--mlm` (default tiny-mlm, random weights: a real masked LM such as bert-base, which
 needs the Hub, makes the text attack costlier).
 """
@@ -91,6 +95,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after each method's timed steps, run N more under torch.profiler and add its tables (self "
                              "time per operator, CPU and device) to OUT's folder as NAME.profile.txt (default 0: none)")
+    parser.add_argument("--flops", type=int, choices=(0, 1), default=1,
+                        help="1 (default): after each method's timed steps, count one more step's floating-point "
+                             "operations (torch.utils.flop_counter), and MAT/clean's FLOP ratio: the time ratio of a "
+                             "device bound by its arithmetic; 0: skip")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -249,14 +257,28 @@ def time_loader(trainer, untimed: int, timed: int) -> dict:
             "loader_untimed_batches": untimed, "loader_timed_batches": timed}
 
 
+def step_flops(trainer, step: int) -> int:
+    """Floating-point operations of one more optimizer step (torch.utils.flop_counter: matrix
+    products, convolutions and attention, forward and backward): the work a compute-bound device
+    pays whatever its per-call costs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(step)
+    return counter.get_total_flops()
+
+
 def mat_over_clean(payload: dict, pgd_steps: int) -> bool:
     """MAT's step over clean's and the issue's budget (1 + 0.5 x PGD steps + 1) into `payload`, once
-    both are measured; whether they are."""
+    both are measured, and their FLOPs' ratio where both were counted (what a compute-bound
+    device's time ratio comes to); whether they are."""
     results = payload["results"]
     if "clean" not in results or "mat" not in results:
         return False
     payload["mat_over_clean"] = results["mat"]["step_s"] / results["clean"]["step_s"]
     payload["target_mat_over_clean"] = 1 + 0.5 * pgd_steps + 1
+    if results["clean"].get("flops_per_step") and results["mat"].get("flops_per_step"):
+        payload["mat_over_clean_flops"] = results["mat"]["flops_per_step"] / results["clean"]["flops_per_step"]
     return True
 
 
@@ -309,13 +331,15 @@ def main(argv: list[str] | None = None) -> int:
             untimed, timed = (data_window(workers, args.warmup, args.steps, args.data_rounds) if method == data_method
                               else (args.warmup, args.steps))
             trainer = trainer_for(method, source, work / f"run-{method}", args, device,
-                                  max_steps=untimed + timed + args.profile)
+                                  max_steps=untimed + timed + args.profile + args.flops)
             results[method] = time_steps(trainer, args, device, untimed, timed)
             results[method]["workers"] = trainer.cfg.workers
+            if args.flops:  # after the timing, which the counter's dispatch overhead would slow
+                results[method]["flops_per_step"] = step_flops(trainer, untimed + timed)
             if args.profile:  # the timing is written first: a profile killed at the time limit loses only itself
                 mat_over_clean(payload, args.pgd_steps)
                 write_report(args.out, payload)
-                profile_steps(trainer, args, device, untimed + timed)
+                profile_steps(trainer, args, device, untimed + timed + args.flops)
             trainer.stop_loader()  # its workers stop before the loader-only pass
             if method == data_method:
                 results[method].update(time_loader(trainer, *data_window(trainer.cfg.workers, 1, args.steps,
@@ -327,14 +351,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['data_s']:.3f} s ({100 * r['data_share']:.1f}%, {r['timed_steps']} steps timed after "
                   f"{r['untimed_steps']}{'' if r['data_window_steady'] else ': not a steady-state share'})"
                   + (f"; loader alone {r['loader_images_per_s']:.1f} img/s" if "loader_images_per_s" in r else "")
-                  + (f"; peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""))
+                  + (f"; peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else "")
+                  + (f"; {r['flops_per_step'] / 1e12:.3f} TFLOP a step" if "flops_per_step" in r else ""))
             if r.get("step_s_all"):  # a host-bound step on a GPU shows as a wide spread
                 print(f"       timed steps from {min(r['step_s_all']):.3f} to {max(r['step_s_all']):.3f} s")
             if method != methods[-1]:  # what finished survives a kill at the time limit
                 write_report(args.out, payload)
     if mat_over_clean(payload, args.pgd_steps):
         ratio, budget = payload["mat_over_clean"], payload["target_mat_over_clean"]
-        print(f"MAT / clean step: {ratio:.2f} (issue budget {budget:.1f}: {'met' if ratio <= budget else 'NOT met'})")
+        print(f"MAT / clean step: {ratio:.2f} (issue budget {budget:.1f}: {'met' if ratio <= budget else 'NOT met'})"
+              + (f"; their FLOPs' ratio {payload['mat_over_clean_flops']:.2f} (a compute-bound device's)"
+                 if "mat_over_clean_flops" in payload else ""))
     payload["complete"] = True
     write_report(args.out, payload)
     return 0

@@ -153,6 +153,7 @@ def test_train_loop_keeps_the_methods_that_finished_when_killed_during_the_next(
                         SimpleNamespace(method=method, max_steps=max_steps, cfg=SimpleNamespace(workers=3),
                                         stop_loader=lambda: None))
     monkeypatch.setattr(loop, "time_steps", fake_steps)
+    monkeypatch.setattr(loop, "step_flops", lambda trainer, step: 10**9)
     monkeypatch.setattr(loop, "time_loader", lambda trainer, untimed, timed: {
         "loader_images_per_s": 500.0, "loader_timed_batches": timed})
     out = tmp_path / "train_loop.json"
@@ -279,6 +280,12 @@ def test_train_loop_writes_a_methods_timing_before_profiling_it(tmp_path, monkey
     monkeypatch.setattr(loop, "trainer_for", lambda method, source, out, args, device, max_steps=None:
                         SimpleNamespace(method=method, cfg=SimpleNamespace(workers=0), stop_loader=lambda: None))
     monkeypatch.setattr(loop, "time_steps", fake_steps)
+    counted = []
+
+    def fake_flops(trainer, step):  # counted after the timing, before the profile
+        counted.append((trainer.method, step))
+        return 8 * 10**9 if trainer.method == "mat" else 10**9
+    monkeypatch.setattr(loop, "step_flops", fake_flops)
     monkeypatch.setattr(loop, "profile_steps", fake_profile)
     monkeypatch.setattr(loop, "time_loader", lambda trainer, untimed, timed: {"loader_images_per_s": 500.0})
     out = tmp_path / "train_loop.json"
@@ -287,6 +294,25 @@ def test_train_loop_writes_a_methods_timing_before_profiling_it(tmp_path, monkey
     report = _report(out)
     assert report["complete"] is False and list(report["results"]) == ["clean", "mat"]
     assert report["mat_over_clean"] == pytest.approx(5.0) and report["target_mat_over_clean"] == 7.0
+    assert report["mat_over_clean_flops"] == pytest.approx(8.0) and report["results"]["mat"]["flops_per_step"] == 8 * 10**9
+    assert counted == [("clean", 6), ("mat", 6)]  # the step after the 2 + 4 timed ones
+
+
+def test_step_flops_counts_one_more_step_of_the_trainer():
+    """The FLOPs of a step are what torch.utils.flop_counter sees in it: 2 n^3 for an n x n product."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import bench.bench_train_loop as loop
+
+    steps = []
+
+    def train_step(step):
+        steps.append(step)
+        torch.randn(64, 64).matmul(torch.randn(64, 64)).relu()
+
+    assert loop.step_flops(SimpleNamespace(train_step=train_step), 5) == 2 * 64 ** 3 and steps == [5]
 
 
 def test_the_device_runs_files_fit_what_the_device_tool_brings_back():
