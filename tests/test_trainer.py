@@ -890,7 +890,7 @@ def test_the_source_options_every_command_takes(tmp_path, sample_world_dir, sour
     the loggers, --report-to '' and --precision amp_bfloat16, open_clip_train's spellings."""
     import shutil
 
-    from train.trainer import MetricsLog
+    from train.run_log import MetricsLog
 
     reported = []
     monkeypatch.setattr(MetricsLog, "report", lambda self, step, scalars: reported.append((step, scalars)))

@@ -20,7 +20,7 @@ def _curve(run) -> list[dict]:
 
 def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkeypatch, capsys):
     from models import load_model
-    from train.trainer import MetricsLog
+    from train.run_log import MetricsLog
 
     reported = []
     monkeypatch.setattr(MetricsLog, "report", lambda self, step, scalars: reported.append((step, scalars)))

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from augment.atomic import atomic_write_text
-from augment.errors import MatPlusError, MissingDependencyError, first_line
+from augment.errors import MatPlusError, first_line
 from augment.loading import raise_worker_death
 from train import checkpoint as ckpt
 from train.config import (
@@ -46,7 +46,6 @@ from train.config import (
     TrainConfig,
     load_saved_config,
     resolve_config,
-    report_targets,
     resume_conflicts,
     save_config,
 )
@@ -62,13 +61,11 @@ from train.data import (
     micro_batches,
 )
 from train.methods import METHODS, StepContext, StepOutput
+from train.run_log import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE, MetricsLog, require_logging_packages
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tensorboard"
-WANDB_ID_FILE = "wandb_run_id.txt"  # the run's W&B id, so a resumed run logs to the same W&B run (no key or token)
 # what --overwrite may delete in RUN (never anything else the user keeps there)
 RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml",
                WANDB_ID_FILE,
@@ -95,117 +92,6 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], f
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-def require_logging_packages(config: TrainConfig) -> None:
-    """Fail before training when --report-to names a logger whose package is missing (imported lazily)."""
-    targets = report_targets(config)
-    if "tensorboard" in targets:
-        try:
-            import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
-        except ImportError:
-            raise MissingDependencyError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-    if "wandb" in targets:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("--report-to wandb needs the wandb package: pip install wandb") from None
-
-
-class MetricsLog:
-    """RUN/metrics.jsonl on the main process, plus TensorBoard / W&B when asked for.
-
-    Not accelerate's trackers: metrics.jsonl is the run's own record, kept without any logger
-    installed and cut back to the resumed step when a run resumes."""
-
-    def __init__(self, run_dir: Path, config: TrainConfig, is_main: bool, resume_step: int):
-        self.path = run_dir / METRICS_FILE
-        self.is_main = is_main
-        self.tensorboard = self.wandb = None
-        # the last line kept from before a resume: a run killed after its final checkpoint but before
-        # summary.json resumes with no step left to run, and its summary's losses are this line's
-        self.last_kept: dict = {}
-        if not is_main:
-            return
-        kept = self._truncate_after(resume_step)
-        self.last_kept = kept[-1] if kept else {}
-        require_logging_packages(config)
-        targets = report_targets(config)
-        if "tensorboard" in targets:
-            from torch.utils.tensorboard import SummaryWriter
-
-            folder = run_dir / TENSORBOARD_DIR
-            # a resumed run redoes the steps after its checkpoint: TensorBoard drops the killed run's events
-            # from `resume_step` on (purge_step), and the kept line of that step is logged again
-            self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if folder.exists() else None)
-            for record in kept:
-                if record.get("step") == resume_step:
-                    for name, value in self._scalars(record).items():
-                        self.tensorboard.add_scalar(name, value, resume_step)
-        if "wandb" in targets:
-            import wandb
-
-            self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
-                                    config=config.to_dict(), id=self._wandb_id(run_dir, resume_step), resume="allow")
-
-    @staticmethod
-    def _wandb_id(run_dir: Path, resume_step: int) -> str:
-        """One W&B run per run folder: its id is kept in RUN (a run started over gets a new one)."""
-        import secrets
-
-        path = run_dir / WANDB_ID_FILE
-        if resume_step > 0 and path.is_file() and path.read_text().strip():
-            return path.read_text().strip()
-        run_id = secrets.token_hex(8)
-        atomic_write_text(path, run_id + "\n")
-        return run_id
-
-    def _truncate_after(self, step: int) -> list[dict]:
-        """Drop lines a killed run logged after its last checkpoint (they are replayed), and an
-        incomplete last line (a kill during its append); the lines kept."""
-        from train.jsonl import read_jsonl
-
-        if not self.path.exists():
-            return []
-        kept = [record for record in read_jsonl(self.path) if record.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
-        return kept
-
-    @staticmethod
-    def _scalars(record: dict) -> dict:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step" and v is not None}
-        scalars.update({f"pool_draws/{k}": v for k, v in record.get("pool_draws", {}).items()})
-        return scalars
-
-    def write(self, record: dict) -> None:
-        if not self.is_main:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-        scalars = self._scalars(record)
-        if self.tensorboard is not None:
-            for name, value in scalars.items():
-                self.tensorboard.add_scalar(name, value, record["step"])
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=record["step"])
-
-    def report(self, step: int, scalars: dict[str, float]) -> None:
-        """Scalars for the loggers only (TensorBoard / W&B): validation, whose lines are in
-        validation.jsonl, reaches them under open_clip_train's `val/` prefix."""
-        if self.tensorboard is not None:
-            for name, value in scalars.items():
-                self.tensorboard.add_scalar(name, value, step)
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 # ----------------------------------------------------------------------------- the run
