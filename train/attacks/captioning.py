@@ -210,7 +210,7 @@ class ReferenceTextAttack(_WordAttack):
             return lm_losses(self.victim, images[image_rows], candidates, candidate_prompts, self.loss_batch)
 
         return substitute_words(texts, self.source, score, self.budget, self.words_per_round,
-                                fill=round_fill(images.device))
+                                fill=round_fill(images.device, self.loss_batch))
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)
@@ -259,7 +259,7 @@ class PromptAttack(_WordAttack):
             return torch.zeros(len(candidates), dtype=losses.dtype).index_add_(0, owner_of_pair, losses.cpu()) / counts
 
         return substitute_words([prompt] * len(images), self.source, score, self.budget, self.words_per_round,
-                                fill=round_fill(images.device))
+                                fill=round_fill(images.device, self.loss_batch))
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor | None = None) -> AttackResult:
         pairing = default_pairing(len(images), len(texts), image_of_text)

@@ -193,7 +193,7 @@ class FusedTextAttack(FusedAttack):
             return texts, [[] for _ in texts]
         score = self.score_function(texts, image_features, pairing)
         return substitute_words(texts, self.source, score, self.budget, self.words_per_round,
-                                fill=round_fill(self.victim.device))
+                                fill=round_fill(self.victim.device, self.text_batch))
 
     def against_images(self, images: torch.Tensor, texts: Sequence[str], pairing: torch.Tensor) -> tuple[list[str], list]:
         """`perturb` with caption t read beside the clean image `images[pairing[t]]`."""

@@ -226,7 +226,7 @@ class GroundingTextAttack(GroundingAttack):
         initial = lowered(texts, list(range(len(texts))))
         plan = plan_search(texts, self.source, lambda masked, owners: lowered(masked, owners) - initial[owners])
         return greedy_search(texts, plan, lowered, self.budget, initial=initial.tolist(),
-                             fill=round_fill(self.victim.device))
+                             fill=round_fill(self.victim.device, self.victim.text_batch))
 
     def run(self, images, texts, target):
         attacked, changes = self.perturb([images.to(self.victim.device)], texts, target)
