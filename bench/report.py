@@ -63,7 +63,12 @@ def aten_calls(run) -> int:
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         run()
-    return sum(e.count for e in profiler.key_averages() if e.key.startswith("aten::"))
+    return _aten_count(profiler.key_averages())
+
+
+def _aten_count(averages) -> int:
+    """aten operator calls in a profile's per-operator averages."""
+    return sum(e.count for e in averages if e.key.startswith("aten::"))
 
 
 def profile_tables(run, device: str, title: str, rows: int = 30) -> str:
@@ -79,7 +84,7 @@ def profile_tables(run, device: str, title: str, rows: int = 30) -> str:
         if cuda:
             torch.cuda.synchronize()
     averages = profiler.key_averages()
-    counts = f"aten calls {sum(e.count for e in averages if e.key.startswith('aten::')):,}"
+    counts = f"aten calls {_aten_count(averages):,}"
     if cuda:
         launches = sum(e.count for e in averages if e.key in LAUNCH_CALLS)
         waits = sum(e.count for e in averages if "Synchronize" in e.key)

@@ -99,16 +99,14 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        scalars = self._scalars(record)
-        if self.tensorboard is not None:
-            for name, value in scalars.items():
-                self.tensorboard.add_scalar(name, value, record["step"])
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=record["step"])
+        self._to_loggers(record["step"], self._scalars(record))
 
     def report(self, step: int, scalars: dict[str, float]) -> None:
         """Scalars for the loggers only (TensorBoard / W&B): validation, whose lines are in
         validation.jsonl, reaches them under open_clip_train's `val/` prefix."""
+        self._to_loggers(step, scalars)
+
+    def _to_loggers(self, step: int, scalars: dict[str, float]) -> None:
         if self.tensorboard is not None:
             for name, value in scalars.items():
                 self.tensorboard.add_scalar(name, value, step)
