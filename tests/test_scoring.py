@@ -271,6 +271,42 @@ def test_item_resamples_equal_the_statistics_of_the_gathered_rows(dims):
     assert interval["bootstrap_bias"] == pytest.approx(mmd[0] - 0.5)
 
 
+def test_gap_bootstrap_reports_its_resamples_as_each_block_finishes(monkeypatch):
+    """`on_resamples` hears of every resample once: a block at a time (several blocks here), those
+    without a value at once; the values are the same with or without it."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 5)), rng.normal(0.3, 1.0, size=(25, 5))
+    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 5 * 5 * 4)  # 4 resamples a block
+    plain = measures.gap_measures(x, y, n_resamples=23, seed=4)
+    told: list[int] = []
+    assert measures.gap_measures(x, y, n_resamples=23, seed=4, on_resamples=told.append) == plain
+    assert told == [4, 4, 4, 4, 4, 3]
+    short_x, short_y = np.zeros((3, len(x))), np.ones((3, len(y)))
+    short_x[0, :2] = 1.0  # only the first resample brings 2 pool rows
+    told.clear()
+    measures.resampled_frechet(x, y, short_x, short_y, on_resamples=told.append)
+    assert told == [2, 1]
+
+
+def test_cli_shows_a_bar_for_a_gap_bootstrap_that_takes_long(tmp_path, train_items, sample_world_dir, capsys,
+                                                              monkeypatch):
+    """After the rows' bar, a gap bootstrap that runs past GAP_BAR_DELAY (seconds at real widths) has
+    a bar of its own; `--no-progress` shows none."""
+    from augment.cli import main
+    from augment.scoring import pool_scores
+
+    monkeypatch.setattr(pool_scores, "GAP_BAR_DELAY", 0.0)
+    pool = _write(tmp_path / "pool", [_row(item, 0, 0, "own", "text", caption=item["captions"][1])
+                                      for item in train_items[:4]], sample_world_dir)
+    arguments = ["score", str(pool.path), "--source", str(sample_world_dir), "--scorer", "tiny-clip",
+                 "--bootstrap", "20", "--gap-bootstrap", "7", "--no-plot", "--cache-dir", str(tmp_path / "cache")]
+    assert main(arguments) == 0
+    shown = capsys.readouterr().err
+    assert "text gap bootstrap" in shown and "7/7" in shown and "image gap bootstrap" not in shown
+    assert main(arguments + ["--seed", "1", "--no-progress"]) == 0
+    assert "gap bootstrap" not in capsys.readouterr().err
+
+
 def test_item_draws_are_shared_by_the_pool_and_source_rows():
     """Pairing: an item drawn k times in a resample brings k copies of each of its rows on both
     sides (one draw per resample, not one per side); rows of no drawn item count 0."""

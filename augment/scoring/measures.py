@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -448,7 +449,7 @@ def percentile_interval(estimate: float, resampled: list[float], confidence: flo
 
 
 def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidence: float = 0.95,
-                 seed: int = 0, items_x=None, items_y=None) -> dict:
+                 seed: int = 0, items_x=None, items_y=None, on_resamples: Callable[[int], None] | None = None) -> dict:
     """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs,
     with `gap_blas_threads` BLAS threads (one for narrow embeddings).
 
@@ -458,15 +459,16 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
     both sides, and every row comes with its item's count (`item_resample_counts`); without
     them x and y are redrawn row by row as two independent samples. The intervals are
     bias-shifted percentile intervals (`percentile_interval`): they contain the estimate.
-    "items": the items redrawn (None for row draws).
+    "items": the items redrawn (None for row draws). `on_resamples(count)` is told of each block of
+    resamples finished (`resampled_frechet`'s blocks, most of the time at real widths: seconds).
     """
     width = np.shape(x)[1] if np.ndim(x) == 2 else 0
     with _thread_pools().limit(limits=gap_blas_threads(width), user_api="blas"):
-        return _gap_measures(x, y, n_resamples, confidence, seed, items_x, items_y)
+        return _gap_measures(x, y, n_resamples, confidence, seed, items_x, items_y, on_resamples)
 
 
 def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float, seed: int,
-                  items_x=None, items_y=None) -> dict:
+                  items_x=None, items_y=None, on_resamples: Callable[[int], None] | None = None) -> dict:
     import torch
 
     x = np.asarray(x, dtype=np.float64)
@@ -484,7 +486,7 @@ def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: fl
     kernels = _kernel_blocks(rows[:n], rows[n:], gamma)
     frechet = frechet_between(x, y)
     mmd2 = mmd2_from_kernels(*kernels)
-    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed, codes)
+    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed, codes, on_resamples)
     return {
         "n_pool": n,
         "n_source": m,
@@ -536,7 +538,8 @@ def item_resample_counts(rng: np.random.Generator, codes_x: np.ndarray, codes_y:
     return counts[:, codes_x], counts[:, codes_y]
 
 
-def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int, codes=None):
+def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int, codes=None,
+                   on_resamples: Callable[[int], None] | None = None):
     """Frechet and MMD^2 of `n_resamples` resamples of x and y: by items, both sides from one
     draw (`item_resample_counts`), when `codes` (`item_codes`) are given, else row by row, each
     side drawn independently with replacement.
@@ -557,24 +560,29 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: in
     else:
         counts_x, counts_y = item_resample_counts(rng, *codes, n_resamples)
     mmd_samples = resampled_mmd2(kernels, counts_x, counts_y)
-    return resampled_frechet(x, y, counts_x, counts_y).tolist(), mmd_samples.tolist()
+    return resampled_frechet(x, y, counts_x, counts_y, on_resamples).tolist(), mmd_samples.tolist()
 
 
-def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
+                      on_resamples: Callable[[int], None] | None = None) -> np.ndarray:
     """Frechet distance of each resample (rows of the count matrices), a block at a time: the
     count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`).
     Each resample is fitted with its own count totals; one with fewer than 2 points on a side
-    (possible when items are drawn) has no covariance: NaN."""
+    (possible when items are drawn) has no covariance: NaN. `on_resamples(count)`: called as
+    each block of resamples is done (those without a value count as done at once)."""
     values = np.full(len(counts_x), np.nan)
     valid = (counts_x.sum(axis=1) >= 2) & (counts_y.sum(axis=1) >= 2)
     if valid.all():
-        return _resampled_frechet(x, y, counts_x, counts_y)
+        return _resampled_frechet(x, y, counts_x, counts_y, on_resamples)
+    if on_resamples is not None:
+        on_resamples(int((~valid).sum()))
     if valid.any():
-        values[valid] = _resampled_frechet(x, y, counts_x[valid], counts_y[valid])
+        values[valid] = _resampled_frechet(x, y, counts_x[valid], counts_y[valid], on_resamples)
     return values
 
 
-def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
+                       on_resamples: Callable[[int], None] | None = None) -> np.ndarray:
     dims = x.shape[1]
     # the side with fewer points is factored (its factor has at most that many columns)
     small, large, counts_small, counts_large = (x, y, counts_x, counts_y) if len(x) <= len(y) else (y, x, counts_y, counts_x)
@@ -591,6 +599,8 @@ def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, count
         value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
                  + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
         values.append(np.maximum(value, 0.0))  # rounding can give -1e-12 for identical samples
+        if on_resamples is not None:
+            on_resamples(len(value))
     return np.concatenate(values) if values else np.empty(0)
 
 

@@ -395,7 +395,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
             bar.close()
         rows_writer.finish()
         items_writer.finish()
-        summary = summarise(pool, totals, embedder, settings, source_name, source_dataset, source_fp)
+        summary = summarise(pool, totals, embedder, settings, source_name, source_dataset, source_fp, progress)
         rows_writer.commit()
         items_writer.commit()
     except BaseException:
@@ -433,8 +433,9 @@ def _score_chunk(rows: ChunkRows, source: SourceItems, embedder: Embedder, total
 
 
 def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings, source_name: str,
-              source_dataset, source_fp: str | None = None) -> dict:
-    """The scores.json entry of this pool and scorer."""
+              source_dataset, source_fp: str | None = None, progress: bool = False) -> dict:
+    """The scores.json entry of this pool and scorer (`progress`: a bar for each gap bootstrap that
+    takes more than GAP_BAR_DELAY seconds)."""
     from augment.sources import source_fingerprint
 
     all_alignment = [v for values in totals.alignment.values() for v in values]
@@ -472,7 +473,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
             modality: {name: intervals[(modality, name)] for name in measures_of} | {"items": len(measures_of["vendi"])}
             for modality, measures_of in diversity_present.items()
         },
-        "gap": {modality: _gap(totals, modality, settings) for modality in _content_modalities(present)},
+        "gap": {modality: _gap(totals, modality, settings, progress) for modality in _content_modalities(present)},
         "tables": {
             "rows": f"{store.SCORES_DIR}/{slug}/{store.ROWS_FILE}",
             "items": f"{store.SCORES_DIR}/{slug}/{store.ITEMS_FILE}",
@@ -491,12 +492,24 @@ def _content_modalities(present: dict) -> list[str]:
     return kinds
 
 
-def _gap(totals: Totals, modality: str, settings: ScoreSettings) -> dict:
+# seconds a gap bootstrap runs before its bar shows: at real widths it takes seconds after the rows'
+# bar has finished (ViT-B-16's 512: ~12 CPU s a modality), at the tiny twins' a few milliseconds
+GAP_BAR_DELAY = 1.0
+
+
+def _gap(totals: Totals, modality: str, settings: ScoreSettings, progress: bool = False) -> dict:
+    from tqdm.auto import tqdm
+
     pool, source = totals.pool_sample[modality], totals.source_sample[modality]
-    return measures.gap_measures(
-        pool.sample(), source.sample(), n_resamples=settings.gap_bootstrap, confidence=settings.confidence,
-        seed=settings.seed, items_x=pool.ids(), items_y=source.ids(),
-    )
+    bar = tqdm(total=settings.gap_bootstrap, desc=f"{modality} gap bootstrap", unit="resample", delay=GAP_BAR_DELAY,
+               disable=not progress or settings.gap_bootstrap <= 0)
+    try:
+        return measures.gap_measures(
+            pool.sample(), source.sample(), n_resamples=settings.gap_bootstrap, confidence=settings.confidence,
+            seed=settings.seed, items_x=pool.ids(), items_y=source.ids(), on_resamples=bar.update,
+        )
+    finally:
+        bar.close()
 
 
 
