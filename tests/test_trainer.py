@@ -93,6 +93,18 @@ def test_progress_bar_labels_its_losses_as_running_means(tmp_path, sample_world_
     assert re.search(r"data=[0-9]+%", shown), shown[-400:]
 
 
+def test_in_training_validation_shows_its_own_bar_under_the_training_bar(tmp_path, sample_world_dir, capsys):
+    """--val-frequency: the attacked validation has a bar of its own while it runs (it used to run
+    silently under the training bar), then its one line; with --no-progress neither bar."""
+    validation = dict(method="clean", val_frequency=1, val_limit=4, val_attack="pgd", pgd_steps=1, schedule_steps=2)
+    _run(tmp_path, "valbar", sample_world_dir, progress=True, **validation)
+    shown = capsys.readouterr().err
+    assert re.search(r"evaluating: +100%.* 4/4 ", shown), shown[-600:]  # 4 images x the attack (clean is apart)
+    assert re.search(r"step +[0-9]+: val robust", shown), shown[-600:]
+    _run(tmp_path, "quiet", sample_world_dir, progress=False, **validation)
+    assert "evaluating" not in capsys.readouterr().err
+
+
 def _checkpoint_state(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -120,6 +120,15 @@ def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[
         yield batch_index, start, text_ids, None if done[batch_index] else next(decoded)
 
 
+def evaluation_bar(total: int, desc: str, progress: bool):
+    """An evaluation's progress bar (images x attacks). It stays on the screen where it is the only
+    bar (`train eval`) and is cleared when it ran below another (in-training validation, under the
+    training bar): tqdm's leave=None."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=None)
+
+
 def to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
     """The project's transfer hand-over: float pixels, resized (antialiased bicubic, clamped) only when
     the victim's resolution differs."""

@@ -53,8 +53,8 @@ from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
 from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, build_attacks,  # noqa: F401
-                               gallery_pixels, model_id, plain_attack_options, reseed_attack, resumable_batches,
-                               resume_settings, to_victim_resolution)
+                               evaluation_bar, gallery_pixels, model_id, plain_attack_options, reseed_attack,
+                               resumable_batches, resume_settings, to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -304,8 +304,6 @@ def evaluate(
     dict `train eval` writes as eval.json:
     {"procedure", "victim", "attacker", "settings", "attacks": {name: {metrics, asr, params, ...}}}.
     """
-    from tqdm.auto import tqdm
-
     attacker = attacker or victim
     options = canonical_options({"seed": seed, "text_batch": text_batch, **(attack_options or {})})
     built = build_attacks(list(attacks), attacker, options)
@@ -323,7 +321,7 @@ def evaluate(
         results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                              **attack_success_rates(clean.hits, clean.hits), "params": {}}}
 
-        bar = tqdm(total=len(gallery) * len(built), desc="evaluating", unit="img", disable=not progress)
+        bar = evaluation_bar(len(gallery) * len(built), "evaluating", progress)
         for name, attack in built.items():
             bar.set_postfix_str(name)
             results[name] = run.attack_gallery(name, attack, clean, bar)

@@ -140,9 +140,8 @@ def evaluate_captioning(
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
-    from tqdm.auto import tqdm
-
-    from train.eval_common import Gallery, adversarial_pool_writers, plain_attack_options, resume_settings
+    from train.eval_common import (Gallery, adversarial_pool_writers, evaluation_bar, plain_attack_options,
+                                   resume_settings)
     from train.eval_store import BatchStore
 
     require_java_for_meteor(meteor)  # before any caption is generated
@@ -163,7 +162,7 @@ def evaluate_captioning(
                                            row_modality=lambda attack: "image")
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
-    bar = tqdm(total=len(gallery) * len(records), desc="evaluating captions", unit="img", disable=not progress)
+    bar = evaluation_bar(len(gallery) * len(records), "evaluating captions", progress)
     for name, record in records.items():
         bar.set_postfix_str(name)
         run.caption_gallery(name, record, bar)

@@ -51,7 +51,8 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import build_attacks, plain_attack_options, reseed_attack, to_victim_resolution
+from train.eval_common import (build_attacks, evaluation_bar, plain_attack_options, reseed_attack,
+                               to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -198,8 +199,6 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     autocast (`models.half_precision.autocast`); the precision in force is part of the settings.
     `attack_options["protocol"]`: "project" (default) or "co-attack" (module docstring);
     `caption_preprocess`: "none", "pre_caption" or "blip_pre_caption" (None: the protocol's)."""
-    from tqdm.auto import tqdm
-
     from models.half_precision import active_precision
     from train.attacks import PROTOCOL_CHOICES
     from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS, build_reference_grounding_attack
@@ -230,7 +229,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
         run.store = run.batch_store(progress_dir, report, built)
 
     clean_hits: list[bool] | None = None
-    bar = tqdm(total=len(data.images) * len(built), desc="evaluating grounding", unit="img", disable=not progress)
+    bar = evaluation_bar(len(data.images) * len(built), "evaluating grounding", progress)
     with captions_read_as_given(caption_preprocess, model, attacker):  # cleaned once, as the reference reads them
         for name, attack in built.items():
             bar.set_postfix_str(name)

@@ -446,7 +446,8 @@ class Trainer:
 
         # one line per validation on stderr, above the progress bar
         validator = Validator(self.run_dir, source, settings, log=lambda text: tqdm.write(text, file=sys.stderr),
-                              report=lambda step, scalars: self.metrics.report(step, scalars)).attach(self)
+                              report=lambda step, scalars: self.metrics.report(step, scalars),
+                              progress=cfg.progress).attach(self)
         self.callbacks.append(validator)
         return validator
 

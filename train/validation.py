@@ -140,13 +140,16 @@ def score_of(report: dict, attack: str, captions: str = "meaning_preserved") -> 
 class Validator:
     def __init__(self, run_dir: str | os.PathLike, source_dataset, settings: ValidationSettings,
                  caption_checker: Callable[[str, dict], Any] | None = None, log: Callable[[str], None] | None = None,
-                 report: Callable[[int, dict], None] | None = None):
+                 report: Callable[[int, dict], None] | None = None, progress: bool = False):
         self.run_dir = Path(run_dir)
         self.source = source_dataset
         self.settings = settings
         self.checker = caption_checker
         self.log = log
         self.report = report  # (step, {name: value}) to the run's loggers (--report-to)
+        # a bar under the training bar while a validation runs (cleared after: `eval_common.evaluation_bar`);
+        # an attack on a few hundred real-size images takes minutes, which the training bar sat through
+        self.progress = progress
         self.trainer = None
         self._started = False
         self._options = dict(settings.attack_options)
@@ -256,14 +259,15 @@ class Validator:
             report = evaluate_captioning(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
                                          captions_per_image=s.captions_per_image, limit=s.limit,
                                          attack_options=self._options, caption_checker=self.checker, meteor=False,
-                                         seed=s.seed, progress=False)
+                                         seed=s.seed, progress=self.progress)
             entry = report["attacks"][s.attack]
             return entry["cider"], report["attacks"]["clean"]["cider"], (entry.get("truth") or {}).get("true_pct")
         if s.task == "grounding":  # self.source: the split's GroundingData, already cut to the limit
             from train.evaluate_grounding import evaluate_grounding
 
             report = evaluate_grounding(snapshot, self.source, attacks=attacks, attack_options=self._options,
-                                        batch_size=s.batch_size, expression_checker=self.checker, seed=s.seed)
+                                        batch_size=s.batch_size, expression_checker=self.checker, seed=s.seed,
+                                        progress=self.progress)
             entry = report["attacks"][s.attack]
             kept = entry.get("accuracy_meaning_preserved") if s.captions == "meaning_preserved" else None
             return (entry["accuracy"] if kept is None else kept), report["attacks"]["clean"]["accuracy"], None
@@ -271,7 +275,7 @@ class Validator:
 
         report = evaluate(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
                           captions_per_image=s.captions_per_image, limit=s.limit, attack_options=self._options,
-                          caption_checker=self.checker, seed=s.seed, progress=False)
+                          caption_checker=self.checker, seed=s.seed, progress=self.progress)
         entry = report["attacks"][s.attack]
         return (score_of(report, s.attack, s.captions), score_of(report, "clean", "all"),
                 (entry.get("meaning_preserved") or {}).get("true_pct"))
