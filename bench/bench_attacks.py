@@ -59,6 +59,7 @@ from typing import Callable
 
 import torch
 
+from augment.arguments import positive_int
 from models.half_precision import PRECISIONS, autocast
 
 DEFAULT_OUT = "outputs/bench/attacks.json"
@@ -69,11 +70,11 @@ INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattack
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--images", type=int, default=32, help="images per batch (an evaluation batch)")
-    parser.add_argument("--captions", type=int, default=5, help="captions per image")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per side (median)")
+    parser.add_argument("--images", type=positive_int, default=32, help="images per batch (an evaluation batch)")
+    parser.add_argument("--captions", type=positive_int, default=5, help="captions per image")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per side (median)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="both sides run under train eval's --precision (tf32: TF32 products on a GPU, fp32 on a "

@@ -47,6 +47,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from augment.arguments import non_negative_int, positive_fraction, positive_int
 from bench.real_shapes import SHAPED_MODELS, sd_pipeline
 from bench.report import environment, write_report
 
@@ -63,19 +64,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="SD model: tiny-sd (default), sd15-shaped (SD 1.5's architecture, random weights, "
                              "offline), alias, Hub id or folder")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS} (default both)")
-    parser.add_argument("--images", type=int, default=16, help="images per mode and method (default 16)")
-    parser.add_argument("--n", type=int, default=2, help="images per caption (default 2)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batched call (default 8)")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
-    parser.add_argument("--strength", type=float, default=0.75, help="t-i2i-sd strength (default 0.75)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--images", type=positive_int, default=16, help="images per mode and method (default 16)")
+    parser.add_argument("--n", type=positive_int, default=2, help="images per caption (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batched call (default 8)")
+    parser.add_argument("--steps", type=positive_int, default=4, help="denoising steps (default 4)")
+    parser.add_argument("--strength", type=positive_fraction, default=0.75, help="t-i2i-sd strength (default 0.75)")
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="t2i-sd image side in pixels, a multiple of 8 (default: the model's, 64 for tiny-sd, "
                              "512 for sd15-shaped)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved loop/batched repeats, medians (default 3)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved loop/batched repeats, medians (default 3)")
     return parser.parse_args(argv)
 
 

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from augment.arguments import positive_int
+
 DEFAULT_OUT = "outputs/bench/scale.json"
 DEFAULT_SIZES = "200,2000,20000"
 BASE_IMAGES = 200  # distinct sample-world scenes the synthetic sources repeat
@@ -48,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
     parser.add_argument("--jobs", default="generate,train_step,eval_batch",
                         help="which jobs to time, comma-separated, of generate, train_step, eval_batch (default: all)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per job and size; the fastest counts (default 2)")
+    parser.add_argument("--repeats", type=positive_int, default=2, help="runs per job and size; the fastest counts (default 2)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"the report, JSON (default {DEFAULT_OUT}); "
                         "a quick look: --sizes 200,2000 --repeats 1 (~1.5 min on 2 cores)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the sources and outputs here and keep them")

@@ -59,6 +59,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from augment.arguments import non_negative_int, positive_int
+
 DEFAULT_OUT = "outputs/bench/scoring.json"
 LABELS = {
     "torchmetrics": "torchmetrics CLIPScore (decoded tensors)",
@@ -75,16 +77,16 @@ MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--pairs", type=int, default=1024, help="image-caption pairs for the speed comparison")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None, help="decoding workers of the pipeline (default: augment score's)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steady on a shared machine)")
+    parser.add_argument("--pairs", type=positive_int, default=1024, help="image-caption pairs for the speed comparison")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--workers", type=non_negative_int, default=None, help="decoding workers of the pipeline (default: augment score's)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1: steady on a shared machine)")
     parser.add_argument("--sizes", default="10000,30000,100000", help="text-pool sizes for the memory run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-real-size", action="store_true", help="leave out the statistics at real widths")
     parser.add_argument("--widths", default="512,768", help="embedding widths for the statistics at real widths")
-    parser.add_argument("--real-size-pairs", type=int, default=8,
+    parser.add_argument("--real-size-pairs", type=positive_int, default=8,
                         help="pairs CLIPScore scores with the ViT-B/16-shaped model (the baseline of the real widths)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     # internal: one memory measurement in a fresh process

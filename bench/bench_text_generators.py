@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from augment.arguments import non_negative_int, positive_fraction, positive_int
+
 DEFAULT_OUT = "outputs/bench/text_generators.json"
 NLPAUG_MISSING = "nlpaug is not installed: pip install -e '.[bench]' (or pip install nlpaug)"
 TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
@@ -34,18 +36,18 @@ TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_text_generators", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    parser.add_argument("--captions", type=int, default=10_000, help="captions for the EDA comparison (default 10000)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per EDA measurement, best kept (default 3)")
-    parser.add_argument("--alpha", type=float, default=0.1, help="EDA alpha = nlpaug aug_p (default 0.1)")
+    parser.add_argument("--captions", type=positive_int, default=10_000, help="captions for the EDA comparison (default 10000)")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per EDA measurement, best kept (default 3)")
+    parser.add_argument("--alpha", type=positive_fraction, default=0.1, help="EDA alpha = nlpaug aug_p (default 0.1)")
     parser.add_argument("--batch-sizes", default="1,4,16", help="batch sizes for the model generators (default 1,4,16)")
-    parser.add_argument("--model-captions", type=int, default=48, help="captions paraphrased per batch size (default 48)")
-    parser.add_argument("--model-images", type=int, default=24, help="images captioned per batch size (default 24)")
-    parser.add_argument("--n", type=int, default=2, help="outputs per caption / image for the model generators (default 2)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="model generators' longest output (default 16)")
+    parser.add_argument("--model-captions", type=positive_int, default=48, help="captions paraphrased per batch size (default 48)")
+    parser.add_argument("--model-images", type=positive_int, default=24, help="images captioned per batch size (default 24)")
+    parser.add_argument("--n", type=positive_int, default=2, help="outputs per caption / image for the model generators (default 2)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=16, help="model generators' longest output (default 16)")
     # the tiny models' matrices are so small that thread hand-offs dominate: one thread is fastest
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's own)")
+    parser.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (default 1; 0: torch's own)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     return parser.parse_args(argv)
 
 

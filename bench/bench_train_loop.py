@@ -60,6 +60,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from augment.arguments import non_negative_int, positive_int
 from bench.report import environment, profile_path, write_report
 
 DEFAULT_OUT = "outputs/bench/train_loop.json"
@@ -72,27 +73,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(e.g. ViT-B-16) has random weights, offline")
     parser.add_argument("--mlm", default="tiny-mlm", help="MAT's masked LM (default tiny-mlm: offline)")
     parser.add_argument("--methods", default="clean,mat", help="comma list of training methods (default clean,mat)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--pgd-steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--pgd-steps", type=positive_int, default=10)
     parser.add_argument("--precision", default=None, help="training --precision (default: amp on cuda, fp32 on cpu)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the trainer's)")
-    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (default 4)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default: the trainer's)")
+    parser.add_argument("--steps", type=positive_int, default=4, help="timed optimizer steps per method (default 4)")
+    parser.add_argument("--warmup", type=positive_int, default=2,
+                        help="untimed steps first, at least 1: the first starts the loader's workers (default 2)")
     parser.add_argument("--data-method", default=None,
                         help="the method whose data share is measured in the steady state (default: the first of "
                              "--methods); it and the loader alone run at least --workers untimed steps and "
                              "--data-rounds x --workers timed ones")
-    parser.add_argument("--data-rounds", type=int, default=3,
+    parser.add_argument("--data-rounds", type=positive_int, default=3,
                         help="rounds of the workers (one batch each) timed for the data share and the loader alone "
                              "(default 3)")
-    parser.add_argument("--images", type=int, default=256, help="images of the synthetic source (default 256)")
+    parser.add_argument("--images", type=positive_int, default=256, help="images of the synthetic source (default 256)")
     parser.add_argument("--image-size", default="500x375", help="WIDTHxHEIGHT of its JPEG files (default 500x375)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--loader-only", action="store_true",
                         help="time only the data path (decoding and the model's training transform), no steps: "
                              "how many workers a GPU's step rate needs, measurable on any machine")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
+    parser.add_argument("--profile", type=non_negative_int, default=0, metavar="N",
                         help="after each method's timed steps, run N more under torch.profiler and add its tables (self "
                              "time per operator, CPU and device) to OUT's folder as NAME.profile.txt (default 0: none)")
     parser.add_argument("--flops", type=int, choices=(0, 1), default=1,
@@ -107,10 +109,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--image-size {args.image_size!r}: expected WIDTHxHEIGHT, e.g. 500x375")
     args.width, args.height = width, height
-    if args.steps < 1 or args.warmup < 1:  # the first step starts the loader's workers: never timed
-        parser.error("--steps and --warmup must each be at least 1")
-    if args.data_rounds < 1:
-        parser.error("--data-rounds must be at least 1")
     return args
 
 
