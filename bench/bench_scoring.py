@@ -448,10 +448,12 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
         threaded_wall, threaded_cpu, _ = _cpu_timed(
             lambda: measures.gap_measures(pool, source, n_resamples=defaults.gap_bootstrap, seed=defaults.seed))
         threads = measures.gap_blas_threads(width)
+        resample_threads = measures.resample_threads(width)
         torch.set_num_threads(args.threads)
         widths[str(width)] = {"gap_cpu_seconds": resampled_cpu, "gap_wall_seconds": resampled_wall,
                               "gap_without_resamples_cpu_seconds": bare_cpu,
-                              "all_cores": {"blas_threads": threads, "gap_wall_seconds": threaded_wall,
+                              "all_cores": {"blas_threads": threads, "resample_threads": resample_threads,
+                                            "gap_wall_seconds": threaded_wall,
                                             "gap_cpu_seconds": threaded_cpu,
                                             "wall_speed_up": resampled_wall / threaded_wall},
                               "clipscore_pairs_in_the_same_cpu_time": resampled_cpu / per_pair}
@@ -556,14 +558,16 @@ def print_real_size(real: dict) -> None:
     print(f"\nOne modality's gap at the defaults ({real['points_per_side']:,} points per side, {real['resamples']} "
           f"resamples), synthetic unit embeddings; CLIPScore with a {real['clipscore_model']}: "
           f"{real['clipscore_cpu_seconds_per_pair']:.3f} CPU s per pair ({real['clipscore_pairs']} pairs)")
-    print(f"{'width':>6}{'gap CPU s':>11}{'no resamples':>14}{'= CLIPScore pairs':>19}{'all cores: threads, wall s':>28}")
+    print(f"{'width':>6}{'gap CPU s':>11}{'no resamples':>14}{'= CLIPScore pairs':>19}"
+          f"{'all cores: BLAS/resample threads, wall s':>42}")
     for width, row in real["widths"].items():
         cores = row["all_cores"]
         print(f"{width:>6}{row['gap_cpu_seconds']:>11.2f}{row['gap_without_resamples_cpu_seconds']:>14.2f}"
-              f"{row['clipscore_pairs_in_the_same_cpu_time']:>19.0f}{cores['blas_threads']:>10}, "
+              f"{row['clipscore_pairs_in_the_same_cpu_time']:>19.0f}{cores['blas_threads']:>14}/{cores['resample_threads']}, "
               f"{cores['gap_wall_seconds']:.2f} ({cores['wall_speed_up']:.2f}x one thread's {row['gap_wall_seconds']:.2f})")
     print("  ('= CLIPScore pairs': pairs CLIPScore scores at ViT-B/16's size, one thread, in the gap's CPU time;\n"
-          "   all cores: torch's default thread count, which the gap's BLAS uses from GAP_THREADED_WIDTH on)")
+          "   all cores: torch's default thread count, which the gap's BLAS calls use from GAP_THREADED_WIDTH on\n"
+          "   and its resampled Frechet distances, a block of resamples per thread, from RESAMPLE_THREADED_WIDTH on)")
 
 
 def print_tables(speed: dict, memory: list[dict]) -> None:

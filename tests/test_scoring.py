@@ -1287,6 +1287,61 @@ def test_single_blas_thread_limits_scipys_own_blas_too():
     assert done.returncode == 0, done.stderr
 
 
+def test_resampled_frechet_threads_share_the_blocks_and_give_the_same_values(monkeypatch):
+    """`threads` > 1: the blocks of resamples run on that many threads at once (each fits its
+    Gaussians on a thread of the pool), the caller hears of them in block order, and every value
+    equals the one-thread computation's to the last bit (each call on one BLAS thread)."""
+    import threading
+
+    rng = np.random.default_rng(8)
+    x, y = _unit(rng.normal(size=(60, 6)) + 0.2), _unit(rng.normal(size=(50, 6)))
+    draws = np.random.default_rng(1)
+    counts_x, counts_y = measures.resample_counts(draws, 60, 10), measures.resample_counts(draws, 50, 10)
+    with measures._thread_pools().limit(limits=1, user_api="blas"):
+        alone = measures.resampled_frechet(x, y, counts_x, counts_y)
+    fitting = measures.weighted_gaussian_fits
+    both_running = threading.Barrier(2, timeout=10)  # breaks (an error) unless two blocks run at once
+    fitted_on: set[int] = set()
+    lock = threading.Lock()
+
+    def fits(samples, counts):
+        with lock:  # the first two threads to fit wait for each other once, at their first fit
+            first = threading.get_ident() not in fitted_on
+            fitted_on.add(threading.get_ident())
+            waits = first and len(fitted_on) <= 2
+        if waits:
+            try:
+                both_running.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return fitting(samples, counts)
+
+    monkeypatch.setattr(measures, "weighted_gaussian_fits", fits)
+    told: list[int] = []
+    shared = measures.resampled_frechet(x, y, counts_x, counts_y, on_resamples=told.append, threads=3)
+    assert not both_running.broken
+    assert threading.main_thread().ident not in fitted_on and len(fitted_on) >= 2
+    assert told == [4, 4, 2]  # 10 resamples shared by 3 threads: blocks of ceil(10 / 3)
+    np.testing.assert_array_equal(shared, alone)
+
+
+def test_gap_shares_its_resamples_among_the_process_threads_from_a_width(monkeypatch):
+    """Below RESAMPLE_THREADED_WIDTH the resampled Frechet distances run on one thread (the tiny
+    twins' 32 dimensions: threads gained nothing); from it on, on torch's thread count."""
+    import torch
+
+    seen = []
+    monkeypatch.setattr(measures, "_gap_measures", lambda *args: seen.append(args[-1]) or {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for width in (measures.RESAMPLE_THREADED_WIDTH - 1, measures.RESAMPLE_THREADED_WIDTH):
+            measures.gap_measures(np.zeros((4, width), dtype=np.float32), np.zeros((4, width), dtype=np.float32))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 3]
+
+
 def test_gap_uses_the_process_threads_only_for_wide_embeddings(monkeypatch):
     """Narrow embeddings keep one BLAS thread (more only contend); from GAP_THREADED_WIDTH on
     each resample is width^3-sized work and the gap computes with torch's thread count."""

@@ -65,18 +65,34 @@ def single_blas_thread(function):
     return wrapper
 
 
-# embedding width from which the gap's resamples use the process's threads (torch's count):
-# each resample then costs width^3-sized products and eigenvalue problems (ViT-B-16's 512: 12.8
-# CPU s for one modality at the defaults), which two threads ran in half the wall time here;
-# at 128 two threads were slower than one, at 256 within the noise (bench_scoring)
+# embedding width from which the gap's BLAS calls (kernel blocks, MMD^2 products, the point
+# estimate) use the process's threads (torch's count): at 128 two threads were slower than
+# one, at 256 within the noise (bench_scoring)
 GAP_THREADED_WIDTH = 384
+# embedding width from which the resampled Frechet distances run a block of resamples per
+# thread (`resample_threads`), each thread with one BLAS thread: a resample costs width^3-sized
+# products and an eigenvalue problem (ViT-B-16's 512: 12 CPU s for one modality at the
+# defaults), resamples are independent, and numpy's BLAS and LAPACK calls release the GIL, so
+# two threads ran them 1.86-2.01x faster than one from 64 dimensions up (2,000 points a side),
+# where two BLAS threads inside each call gained 1.1-1.5x (eigvalsh's reduction barely scales);
+# at 32 dimensions (the tiny twins') they took 0.8-1.3x the wall time and more CPU time. The
+# values do not depend on the thread count: every call runs on one BLAS thread, as on one core.
+RESAMPLE_THREADED_WIDTH = 64
 
 
 def gap_blas_threads(width: int) -> int:
     """BLAS threads for the gap of embeddings `width` wide: 1 below GAP_THREADED_WIDTH, else
     the threads torch computes with in this process."""
-    if width < GAP_THREADED_WIDTH:
-        return 1
+    return 1 if width < GAP_THREADED_WIDTH else _process_threads()
+
+
+def resample_threads(width: int) -> int:
+    """Threads that share the resampled Frechet distances of embeddings `width` wide: 1 below
+    RESAMPLE_THREADED_WIDTH, else the threads torch computes with in this process."""
+    return 1 if width < RESAMPLE_THREADED_WIDTH else _process_threads()
+
+
+def _process_threads() -> int:
     import torch
 
     return max(1, torch.get_num_threads())
@@ -451,7 +467,8 @@ def percentile_interval(estimate: float, resampled: list[float], confidence: flo
 def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidence: float = 0.95,
                  seed: int = 0, items_x=None, items_y=None, on_resamples: Callable[[int], None] | None = None) -> dict:
     """Frechet distance and MMD^2 between samples x (pool) and y (source) with bootstrap CIs,
-    with `gap_blas_threads` BLAS threads (one for narrow embeddings).
+    with `gap_blas_threads` BLAS threads (one for narrow embeddings), the resampled Frechet
+    distances shared by `resample_threads` threads.
 
     The squared distances of the median heuristic's subsample give the bandwidth, then the
     kernel's blocks are computed (`rbf_kernel_blocks`). `items_x` / `items_y`: the item (source
@@ -464,11 +481,13 @@ def gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int = 200, confidenc
     """
     width = np.shape(x)[1] if np.ndim(x) == 2 else 0
     with _thread_pools().limit(limits=gap_blas_threads(width), user_api="blas"):
-        return _gap_measures(x, y, n_resamples, confidence, seed, items_x, items_y, on_resamples)
+        return _gap_measures(x, y, n_resamples, confidence, seed, items_x, items_y, on_resamples,
+                             resample_threads(width))
 
 
 def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float, seed: int,
-                  items_x=None, items_y=None, on_resamples: Callable[[int], None] | None = None) -> dict:
+                  items_x=None, items_y=None, on_resamples: Callable[[int], None] | None = None,
+                  threads: int = 1) -> dict:
     import torch
 
     x = np.asarray(x, dtype=np.float64)
@@ -486,7 +505,7 @@ def _gap_measures(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: fl
     kernels = _kernel_blocks(rows[:n], rows[n:], gamma)
     frechet = frechet_between(x, y)
     mmd2 = mmd2_from_kernels(*kernels)
-    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed, codes, on_resamples)
+    frechet_samples, mmd_samples = _bootstrap_gap(x, y, kernels, n_resamples, seed, codes, on_resamples, threads)
     return {
         "n_pool": n,
         "n_source": m,
@@ -539,7 +558,7 @@ def item_resample_counts(rng: np.random.Generator, codes_x: np.ndarray, codes_y:
 
 
 def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: int, seed: int, codes=None,
-                   on_resamples: Callable[[int], None] | None = None):
+                   on_resamples: Callable[[int], None] | None = None, threads: int = 1):
     """Frechet and MMD^2 of `n_resamples` resamples of x and y: by items, both sides from one
     draw (`item_resample_counts`), when `codes` (`item_codes`) are given, else row by row, each
     side drawn independently with replacement.
@@ -560,47 +579,67 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: in
     else:
         counts_x, counts_y = item_resample_counts(rng, *codes, n_resamples)
     mmd_samples = resampled_mmd2(kernels, counts_x, counts_y)
-    return resampled_frechet(x, y, counts_x, counts_y, on_resamples).tolist(), mmd_samples.tolist()
+    return resampled_frechet(x, y, counts_x, counts_y, on_resamples, threads).tolist(), mmd_samples.tolist()
 
 
 def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
-                      on_resamples: Callable[[int], None] | None = None) -> np.ndarray:
+                      on_resamples: Callable[[int], None] | None = None, threads: int = 1) -> np.ndarray:
     """Frechet distance of each resample (rows of the count matrices), a block at a time: the
     count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`).
     Each resample is fitted with its own count totals; one with fewer than 2 points on a side
     (possible when items are drawn) has no covariance: NaN. `on_resamples(count)`: called as
-    each block of resamples is done (those without a value count as done at once)."""
+    each block of resamples is done (those without a value count as done at once). `threads` > 1:
+    that many threads share the blocks, each with one BLAS thread (`RESAMPLE_THREADED_WIDTH`)."""
     values = np.full(len(counts_x), np.nan)
     valid = (counts_x.sum(axis=1) >= 2) & (counts_y.sum(axis=1) >= 2)
     if valid.all():
-        return _resampled_frechet(x, y, counts_x, counts_y, on_resamples)
+        return _resampled_frechet(x, y, counts_x, counts_y, on_resamples, threads)
     if on_resamples is not None:
         on_resamples(int((~valid).sum()))
     if valid.any():
-        values[valid] = _resampled_frechet(x, y, counts_x[valid], counts_y[valid], on_resamples)
+        values[valid] = _resampled_frechet(x, y, counts_x[valid], counts_y[valid], on_resamples, threads)
     return values
 
 
 def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
-                       on_resamples: Callable[[int], None] | None = None) -> np.ndarray:
+                       on_resamples: Callable[[int], None] | None = None, threads: int = 1) -> np.ndarray:
     dims = x.shape[1]
     # the side with fewer points is factored (its factor has at most that many columns)
     small, large, counts_small, counts_large = (x, y, counts_x, counts_y) if len(x) <= len(y) else (y, x, counts_y, counts_x)
     # resamples per block: its (block, d, d) covariances, and the (block, points, d) weighted
     # rows of a factor of fewer points than dimensions, stay near RESAMPLE_BLOCK_VALUES numbers
-    block = max(1, RESAMPLE_BLOCK_VALUES // (min(len(small), dims) * dims))
-    values = []
-    for start in range(0, len(counts_x), block):
-        chunk = slice(start, start + block)
+    # for all the threads' blocks together; with threads, at most an equal share each
+    threads = max(1, min(threads, len(counts_x)))
+    block = max(1, RESAMPLE_BLOCK_VALUES // (threads * min(len(small), dims) * dims))
+    if threads > 1:
+        block = min(block, -(-len(counts_x) // threads))
+    chunks = [slice(start, start + block) for start in range(0, len(counts_x), block)]
+
+    def block_values(chunk: slice) -> np.ndarray:
         mu1, cov1 = weighted_gaussian_fits(small, counts_small[chunk])
         mu2, cov2 = weighted_gaussian_fits(large, counts_large[chunk])
         trace_sqrt = trace_sqrt_products(cov1, cov2, small, counts_small[chunk], mu1)
         difference = mu1 - mu2
         value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
                  + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
-        values.append(np.maximum(value, 0.0))  # rounding can give -1e-12 for identical samples
-        if on_resamples is not None:
-            on_resamples(len(value))
+        return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+
+    values = []
+
+    def collect(results) -> None:
+        for value in results:  # in block order, on this thread: the callback needs no lock
+            values.append(value)
+            if on_resamples is not None:
+                on_resamples(len(value))
+
+    if threads == 1:
+        collect(map(block_values, chunks))
+        return np.concatenate(values) if values else np.empty(0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # one BLAS thread even for a single block: the values are those of one thread at any count
+    with _thread_pools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        collect(pool.map(block_values, chunks))
     return np.concatenate(values) if values else np.empty(0)
 
 
