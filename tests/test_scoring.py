@@ -222,6 +222,41 @@ def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
 
 
+@pytest.mark.parametrize("n, m, dims", [(30, 25, 6), (12, 40, 20), (50, 50, 50)],
+                         ids=["more points than dimensions", "fewer on one side", "as many: rank-deficient"])
+def test_both_ways_of_the_resampled_frechet_distance_agree(n, m, dims, monkeypatch):
+    """The covariances' way and the cross matrix's singular values (`frechet_route`) give the same
+    distances, by rows and by items (totals that vary), whichever the rule would pick; they differ
+    by the eigenvalue way's rounding where a covariance is singular (a square root of ~1e-16)."""
+    rng = np.random.default_rng(n + m + dims)
+    x, y = _unit(rng.normal(size=(n, dims)) + 0.3), _unit(rng.normal(size=(m, dims)))
+    draws = np.random.default_rng(3)
+    by_rows = measures.resample_counts(draws, n, 9), measures.resample_counts(draws, m, 9)
+    items_x, items_y = [f"i{k % 7}" for k in range(n)], [f"i{k % 9}" for k in range(m)]
+    codes_x, codes_y, n_items = measures.item_codes(items_x, items_y, n, m)
+    by_items = measures.item_resample_counts(np.random.default_rng(4), codes_x, codes_y, n_items, 9)
+    for counts_x, counts_y in (by_rows, by_items):
+        values = {}
+        for route in ("covariances", "cross"):
+            monkeypatch.setattr(measures, "frechet_route", lambda *shape, route=route: route)
+            values[route] = measures.resampled_frechet(x, y, counts_x, counts_y)
+        assert np.isfinite(values["cross"]).all() and (values["cross"] > 0).all()
+        singular = min(n, m) <= dims  # a side's covariance has rank < d
+        np.testing.assert_allclose(values["cross"], values["covariances"], rtol=1e-7 if singular else 1e-10)
+
+
+def test_few_points_in_many_dimensions_never_build_a_covariance(monkeypatch):
+    """A small pool scored at a real scorer's width (8 rows, 512 dimensions) takes the cross
+    matrix's way: 200 resamples built 2 x 200 covariances of 512 x 512 before (2.4 GB, 4.6 s)."""
+    assert measures.frechet_route(8, 8, 512) == "cross" and measures.frechet_route(2000, 2000, 512) == "covariances"
+    monkeypatch.setattr(measures, "weighted_gaussian_fits", lambda *args: pytest.fail("built d x d covariances"))
+    rng = np.random.default_rng(5)
+    x, y = _unit(rng.normal(size=(8, 512)) + 0.1), _unit(rng.normal(size=(8, 512)))
+    gap = measures.gap_measures(x, y, n_resamples=200, seed=1)
+    assert gap["frechet"]["low"] <= gap["frechet"]["value"] <= gap["frechet"]["high"]
+    assert gap["frechet"]["value"] == pytest.approx(measures.frechet_between(x, y), rel=1e-6)
+
+
 def _items_of_sizes(sizes: dict[str, int]) -> list[str]:
     return [item for item, size in sizes.items() for _ in range(size)]
 

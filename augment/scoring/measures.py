@@ -11,7 +11,7 @@
 
 Library code does the numerics wherever a well-kept implementation exists: scipy.linalg.sqrtm
 (the Frechet estimate), sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's
-eigvalsh (Vendi, the resampled Frechet distances). The bootstraps are written here as array
+eigvalsh and svd (Vendi, the resampled Frechet distances). The bootstraps are written here as array
 code, because the libraries' versions are the slow part of a first scoring pass: the means'
 percentile intervals draw exactly what scipy.stats.bootstrap draws (one index matrix shared by
 every statistic of one length, tested equal to scipy's), and the gap's resamples are one index
@@ -564,9 +564,9 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: in
     side drawn independently with replacement.
 
     A resample is its draw counts per point, so no resampled matrix is ever gathered: MMD^2 of
-    all resamples is two matrix products with the kernel, the Gaussians are count-weighted
-    fits (equal to fits of the resampled rows) compared a block of resamples at a time
-    (`resampled_frechet`). Duplicated draws count as distinct points in MMD^2's within-sample
+    all resamples is two matrix products with the kernel, and the Frechet distances weight the
+    rows by their counts (equal to the distances of the resampled rows), a block of resamples at
+    a time (`resampled_frechet`). Duplicated draws count as distinct points in MMD^2's within-sample
     terms, which biases the resampled values up a little: the usual price of bootstrapping a
     U-statistic. A resample by items that brings fewer than 2 rows to a side has no value (NaN,
     left out of the interval by `percentile_interval`).
@@ -584,9 +584,9 @@ def _bootstrap_gap(x: np.ndarray, y: np.ndarray, kernels: tuple, n_resamples: in
 
 def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
                       on_resamples: Callable[[int], None] | None = None, threads: int = 1) -> np.ndarray:
-    """Frechet distance of each resample (rows of the count matrices), a block at a time: the
-    count-weighted fits, then Tr (C1 C2)^1/2 from a factor of one side (`trace_sqrt_products`).
-    Each resample is fitted with its own count totals; one with fewer than 2 points on a side
+    """Frechet distance of each resample (rows of the count matrices), a block at a time, the
+    cheaper of two exact ways for the samples' shape (`frechet_route`): count-weighted fits and a
+    d x d eigenvalue problem, or the singular values of the sides' n x m cross matrix. Each resample is fitted with its own count totals; one with fewer than 2 points on a side
     (possible when items are drawn) has no covariance: NaN. `on_resamples(count)`: called as
     each block of resamples is done (those without a value count as done at once). `threads` > 1:
     that many threads share the blocks, each with one BLAS thread (`RESAMPLE_THREADED_WIDTH`)."""
@@ -601,29 +601,40 @@ def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts
     return values
 
 
+def frechet_route(n1: int, n2: int, dims: int) -> str:
+    """How `resampled_frechet` computes Tr (C1 C2)^1/2 for samples of n1 and n2 points in `dims`
+    dimensions: the way with fewer multiply-adds per resample (both near 3.5e-11 s each at one
+    BLAS thread here; the rule picked the faster way in each of 12 timed shapes, 2026-12-05):
+
+    * "covariances": both sides' d x d count-weighted covariances (`weighted_gaussian_fits`), then
+      one d x d eigenvalue problem (`trace_sqrt_products`): (n1 + n2) d^2 + about 5 d^3;
+    * "cross": with A, B the two sides' centred rows weighted by sqrt(count / (total - 1)),
+      C1 C2 = A^T A B^T B has the nonzero eigenvalues of (A B^T)(A B^T)^T, so the trace is the sum
+      of the singular values of the n1 x n2 matrix A B^T, which one Gram matrix X Y^T gives every
+      resample (`_cross_frechet_blocks`): about n1 n2 min(n1, n2). Whenever a side has fewer points
+      than dimensions this is the cheaper one (no d x d matrix at all: 8 points at 512 dimensions
+      took 2.6 s for 200 resamples the other way, 0.01 s this way), and its values are the more
+      exact there: a singular value is computed directly, where the square root of a near-zero
+      eigenvalue turns its rounding error of ~1e-16 into ~1e-8.
+    """
+    return "cross" if n1 * n2 * min(n1, n2) < (n1 + n2) * dims * dims + 5 * dims ** 3 else "covariances"
+
+
 def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray,
                        on_resamples: Callable[[int], None] | None = None, threads: int = 1) -> np.ndarray:
-    dims = x.shape[1]
-    # the side with fewer points is factored (its factor has at most that many columns)
-    small, large, counts_small, counts_large = (x, y, counts_x, counts_y) if len(x) <= len(y) else (y, x, counts_y, counts_x)
-    # resamples per block: its (block, d, d) covariances, and the (block, points, d) weighted
-    # rows of a factor of fewer points than dimensions, stay near RESAMPLE_BLOCK_VALUES numbers
-    # for all the threads' blocks together; with threads, at most an equal share each
+    n, m, dims = len(x), len(y), x.shape[1]
+    if frechet_route(n, m, dims) == "cross":
+        block_values, per_resample = _cross_frechet_blocks(x, y, counts_x, counts_y), n * m
+    else:
+        block_values, per_resample = _covariance_frechet_blocks(x, y, counts_x, counts_y), dims * dims
+    # resamples per block: what a block holds per resample (its d x d covariances, or its n x m
+    # cross matrix) stays near RESAMPLE_BLOCK_VALUES numbers for all the threads' blocks together;
+    # with threads, at most an equal share each
     threads = max(1, min(threads, len(counts_x)))
-    block = max(1, RESAMPLE_BLOCK_VALUES // (threads * min(len(small), dims) * dims))
+    block = max(1, RESAMPLE_BLOCK_VALUES // (threads * per_resample))
     if threads > 1:
         block = min(block, -(-len(counts_x) // threads))
     chunks = [slice(start, start + block) for start in range(0, len(counts_x), block)]
-
-    def block_values(chunk: slice) -> np.ndarray:
-        mu1, cov1 = weighted_gaussian_fits(small, counts_small[chunk])
-        mu2, cov2 = weighted_gaussian_fits(large, counts_large[chunk])
-        trace_sqrt = trace_sqrt_products(cov1, cov2, small, counts_small[chunk], mu1)
-        difference = mu1 - mu2
-        value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
-                 + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
-        return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
-
     values = []
 
     def collect(results) -> None:
@@ -643,25 +654,68 @@ def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, count
     return np.concatenate(values) if values else np.empty(0)
 
 
-def trace_sqrt_products(cov1: np.ndarray, cov2: np.ndarray, samples1: np.ndarray | None = None,
-                        counts1: np.ndarray | None = None, means1: np.ndarray | None = None) -> np.ndarray:
+def _covariance_frechet_blocks(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray):
+    """The Frechet distances of a block of resamples (a slice of the count matrices' rows) from
+    their count-weighted Gaussian fits (`frechet_route`'s "covariances")."""
+
+    def block_values(chunk: slice) -> np.ndarray:
+        mu1, cov1 = weighted_gaussian_fits(x, counts_x[chunk])
+        mu2, cov2 = weighted_gaussian_fits(y, counts_y[chunk])
+        difference = mu1 - mu2
+        value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
+                 + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt_products(cov1, cov2))
+        return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+
+    return block_values
+
+
+def _cross_frechet_blocks(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray):
+    """The Frechet distances of a block of resamples from the cross matrix of the two sides'
+    centred, count-weighted rows (`frechet_route`'s "cross"). Each side is first shifted by its
+    plain mean (centring removes any shift, and the products stay small, so the one-pass sums
+    lose nothing to cancellation); with the Gram matrix G = X Y^T, a resample's means mu_x, mu_y
+    give (X - mu_x)(Y - mu_y)^T = G - (X mu_y) 1^T - 1 (Y mu_x)^T + mu_x . mu_y, and Tr C = (sum
+    c |x|^2 - total |mu|^2) / (total - 1): per resample only the rows it drew (count > 0) enter
+    its singular value problem."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    shift_x, shift_y = x.mean(axis=0), y.mean(axis=0)
+    x, y = x - shift_x, y - shift_y
+    gram = x @ y.T
+    squares_x, squares_y = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+
+    def block_values(chunk: slice) -> np.ndarray:
+        cx, cy = counts_x[chunk], counts_y[chunk]
+        total_x, total_y = cx.sum(axis=1), cy.sum(axis=1)
+        mu_x, mu_y = cx @ x / total_x[:, None], cy @ y / total_y[:, None]  # of the shifted rows
+        x_along, y_along = mu_y @ x.T, mu_x @ y.T  # (k, n): x_i . mu_y; (k, m): y_j . mu_x
+        means_product = (mu_x * mu_y).sum(axis=1)
+        trace_x = (cx @ squares_x - total_x * (mu_x * mu_x).sum(axis=1)) / (total_x - 1.0)
+        trace_y = (cy @ squares_y - total_y * (mu_y * mu_y).sum(axis=1)) / (total_y - 1.0)
+        nuclear = np.empty(len(cx))
+        for k in range(len(cx)):
+            rows, cols = np.flatnonzero(cx[k]), np.flatnonzero(cy[k])
+            cross = gram[np.ix_(rows, cols)] - x_along[k][rows][:, None] - y_along[k][cols][None, :] + means_product[k]
+            cross *= np.sqrt(cx[k, rows] / (total_x[k] - 1.0))[:, None]
+            cross *= np.sqrt(cy[k, cols] / (total_y[k] - 1.0))[None, :]
+            nuclear[k] = np.linalg.svd(cross, compute_uv=False).sum()
+        difference = (mu_x + shift_x) - (mu_y + shift_y)
+        value = (difference * difference).sum(axis=1) + trace_x + trace_y - 2.0 * nuclear
+        return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+
+    return block_values
+
+
+def trace_sqrt_products(cov1: np.ndarray, cov2: np.ndarray) -> np.ndarray:
     """Tr (C1 C2)^1/2 for stacks of covariances: with any factor C1 = F F^T, C1 C2 has the
     eigenvalues of the symmetric F^T C2 F, so the trace is the sum of the square roots of its
-    eigenvalues (one eigvalsh, no eigenvectors). F is the Cholesky factor (d x d); the
-    count-weighted centred rows of the samples (d x n: the data's span) when there are fewer
-    points than dimensions, and the eigen square root when C1 is singular otherwise."""
-    dims = cov1.shape[-1]
-    factor = None
-    if samples1 is not None and len(samples1) < dims:
-        centred = samples1[None, :, :] - means1[:, None, :]  # (k, n, d)
-        weights = np.sqrt(counts1 / (counts1.sum(axis=1, keepdims=True) - 1.0))
-        factor = np.swapaxes(centred * weights[:, :, None], -1, -2)  # (k, d, n), F F^T = C1
-    else:
-        try:
-            factor = np.linalg.cholesky(cov1)
-        except np.linalg.LinAlgError:  # singular (duplicates, rank < d): the symmetric root
-            values, vectors = np.linalg.eigh(cov1)
-            factor = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
+    eigenvalues (one eigvalsh, no eigenvectors). F is the Cholesky factor, and the eigen square
+    root when C1 is singular (duplicates, rank < d)."""
+    try:
+        factor = np.linalg.cholesky(cov1)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(cov1)
+        factor = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
     inner = np.linalg.eigvalsh(np.swapaxes(factor, -1, -2) @ cov2 @ factor)
     return np.sqrt(np.clip(inner, 0.0, None)).sum(axis=-1)
 
