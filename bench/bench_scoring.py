@@ -1,6 +1,7 @@
 """Pool scoring speed against torchmetrics' CLIPScore, and memory as the pool grows.
 
     python -m bench.bench_scoring [--pairs 1024] [--batch-size 64] [--repeats 3]
+                                  [--model tiny|vit-b-16-shaped] [--device cpu|cuda]
                                   [--sizes 10000,30000,100000] [--out outputs/bench/scoring.json]
 
 1. **Pairs per second**, the same tiny transformers `CLIPModel` (random weights, built from a
@@ -24,7 +25,12 @@
    * one more cold pass with inline decoding, timed by stage (encode, decode, preprocess, hash
      and cache, statistics, tables, rest): what remains of the first pass.
    The first pass and CLIPScore reading the files are also timed in CPU seconds (this process
-   and its workers): the ratio a loaded machine distorts least. The issue-18 target (first pass
+   and its workers): the ratio a loaded machine distorts least. `--model vit-b-16-shaped` runs
+   this part with a ViT-B/16-shaped CLIPModel (random weights, 224 px, 512-dimensional embeddings,
+   whose gap statistics cost what a real scorer's do), and `--device cuda` on a GPU: both sides
+   on the device (CLIPScore runs where its image tensors are), fp32 with cuDNN's TF32 off so that
+   both compute the same numbers, torch's default CPU threads there (the gap's statistics run on
+   them, as in `augment score`). That is `device_check`'s `scoring` measurement. The issue-18 target (first pass
    >= 1x CLIPScore) is the comparison with CLIPScore reading the same files.
    Every timed path is checked to score the same pairs: the mean of 100 * cos before clamping of
    mat-plus's scorer, its first pass and CLIPScore reading the files within `SAME_SCORE_TOLERANCE` of
@@ -72,6 +78,11 @@ LABELS = {
     "pipeline_new_settings": "augment score, re-score other settings*",
     "pipeline_cold_world_source": "augment score, first pass, 5-caption source**",
 }
+# the scorers the speed comparison can run, as the report names them (`scorer_folder` builds them)
+SCORER_MODELS = {
+    "tiny": "tiny transformers CLIPModel (random weights; vision 64px/16, width 32, 2 layers)",
+    "vit-b-16-shaped": "ViT-B/16-shaped transformers CLIPModel (random weights, 224 px, 512-dimensional embeddings)",
+}
 MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 source captions
 
 
@@ -81,7 +92,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--workers", type=non_negative_int, default=None, help="decoding workers of the pipeline (default: augment score's)")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1: steady on a shared machine)")
+    parser.add_argument("--model", choices=sorted(SCORER_MODELS), default="tiny",
+                        help="the scorer of the speed comparison (default tiny; vit-b-16-shaped: ViT-B/16's sizes)")
+    parser.add_argument("--device", default="cpu", help="where the scorer and CLIPScore run (cpu, cuda, cuda:1)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default 1 on the CPU: steady on a shared machine; torch's own on a GPU)")
     parser.add_argument("--sizes", default="10000,30000,100000", help="text-pool sizes for the memory run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-real-size", action="store_true", help="leave out the statistics at real widths")
@@ -122,6 +137,31 @@ def _cpu_timed(fn) -> tuple[float, float, object]:
 # ---------------------------------------------------------------------------------------------
 # 1. Pairs per second against torchmetrics
 # ---------------------------------------------------------------------------------------------
+
+
+def scorer_folder(work: Path, model: str) -> Path:
+    """The scorer `model` (a SCORER_MODELS name) saved as a transformers folder under `work`,
+    random weights, built offline once per run."""
+    from augment.scoring import tiny_hf
+
+    folder = work / f"{model}-transformers-clip"
+    if (folder / "config.json").is_file():
+        return folder
+    if model == "tiny":
+        return tiny_hf.save_tiny_transformers_clip(folder)
+    return tiny_hf.save_tiny_transformers_clip(folder, text_config=tiny_hf.VIT_B16_TEXT_CONFIG,
+                                               vision_config=tiny_hf.VIT_B16_VISION_CONFIG,
+                                               projection_dim=tiny_hf.VIT_B16_PROJECTION_DIM)
+
+
+def torch_threads(args) -> int:
+    """The torch CPU threads of this run: `--threads`, else 1 on the CPU (steady on a shared
+    machine) and torch's own count on a GPU (what `augment score` computes its statistics with)."""
+    import torch
+
+    if args.threads is not None:
+        return args.threads
+    return 1 if args.device == "cpu" else torch.get_num_threads()
 
 
 def make_pairs(work: Path, count: int):
@@ -235,15 +275,16 @@ def run_pipeline(pool, source, scorer, cache_dir: Path, workers: int = 0, force:
                           workers=workers, force=force)
 
 
-def decoded_tensors(source) -> list:
-    """The source's images read from their files and decoded as CHW uint8 tensors (what
-    CLIPScore takes): the part of a CLIPScore run that reads the data."""
+def decoded_tensors(source, device: str = "cpu") -> list:
+    """The source's images read from their files and decoded as CHW uint8 tensors on `device`
+    (what CLIPScore takes; it runs its model where they are): the part of a CLIPScore run that
+    reads the data."""
     import numpy as np
     import torch
 
     from augment.sources import open_image, undecoded
 
-    return [torch.from_numpy(np.array(open_image(value))).permute(2, 0, 1).contiguous()
+    return [torch.from_numpy(np.array(open_image(value))).permute(2, 0, 1).contiguous().to(device)
             for value in undecoded(source)["image"]]
 
 
@@ -317,15 +358,16 @@ def bench_pairs(work: Path, args) -> dict:
     from augment.scoring.embeddings import WORKER_MIN_BYTES, image_bytes_of
     from augment.sources import undecoded
     from augment.scoring.scorers import load_scorer
-    from augment.scoring.tiny_hf import save_tiny_transformers_clip
 
     workers = default_workers() if args.workers is None else args.workers
-    torch.set_num_threads(args.threads)
+    device = args.device
+    torch.set_num_threads(torch_threads(args))
     source, images, captions, world, world_source = make_pairs(work, args.pairs)
     image_bytes = sum(len(image_bytes_of(value)) for value in undecoded(source)["image"])  # what the pipeline decodes
-    scorer = load_scorer(str(save_tiny_transformers_clip(work / "tiny-transformers-clip")), batch_size=args.batch_size)
+    scorer = load_scorer(str(scorer_folder(work, args.model)), batch_size=args.batch_size, device=device)
     metric, note = torchmetrics_clipscore(scorer)
-    image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
+    metric.to(device)  # its running sums; the model runs where the image tensors are
+    image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().to(device) for image in images]
     pool = pair_pool(work, source, world)
     times: dict[str, list[float]] = {name: [] for name in LABELS}
     cpu_times: dict[str, list[float]] = {"torchmetrics_from_files": [], "pipeline_cold": []}
@@ -334,14 +376,14 @@ def bench_pairs(work: Path, args) -> dict:
     run_pipeline(pool, source, scorer, work / "cache-warm-up", workers, force=True)  # imports (scipy, sklearn...)
     # CLIPScore's first calls (its processor, the update path) are warmed up as ours are
     run_torchmetrics(metric, image_tensors[:8], captions[:8], args.batch_size)
-    run_torchmetrics(metric, decoded_tensors(source)[:8], captions[:8], args.batch_size)
+    run_torchmetrics(metric, decoded_tensors(source, device)[:8], captions[:8], args.batch_size)
     for repeat in range(args.repeats):
         elapsed, ours_value = _timed(lambda: run_ours(scorer, images, captions))
         times["ours"].append(elapsed)
         elapsed, tm_value = _timed(lambda: run_torchmetrics(metric, image_tensors, captions, args.batch_size))
         times["torchmetrics"].append(elapsed)
         elapsed, cpu, tm_files_value = _cpu_timed(
-            lambda: run_torchmetrics(metric, decoded_tensors(source), captions, args.batch_size))
+            lambda: run_torchmetrics(metric, decoded_tensors(source, device), captions, args.batch_size))
         times["torchmetrics_from_files"].append(elapsed)
         cpu_times["torchmetrics_from_files"].append(cpu)
         cache = work / f"cache-{repeat}"
@@ -373,7 +415,8 @@ def bench_pairs(work: Path, args) -> dict:
         "settings": {"workers": workers, "image_bytes": image_bytes, "worker_min_bytes": WORKER_MIN_BYTES,
                      "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                      "load_average_1m": os.getloadavg()[0], "score_settings": "ScoreSettings() defaults"},
-        "model": "tiny transformers CLIPModel (random weights; vision 64px/16, width 32, 2 layers)",
+        "model": SCORER_MODELS[args.model],
+        "device": device,
         "torchmetrics_note": note,
         "seconds_median": medians,
         "seconds_all": times,
@@ -421,14 +464,12 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
     from augment.scoring import measures
     from augment.scoring.pool_scores import ScoreSettings
     from augment.scoring.scorers import load_scorer
-    from augment.scoring import tiny_hf
 
-    torch.set_num_threads(args.threads)
+    threads = torch_threads(args)
+    torch.set_num_threads(threads)
     defaults = ScoreSettings()
-    folder = tiny_hf.save_tiny_transformers_clip(
-        work / "vit-b-16-shaped", text_config=tiny_hf.VIT_B16_TEXT_CONFIG,
-        vision_config=tiny_hf.VIT_B16_VISION_CONFIG, projection_dim=tiny_hf.VIT_B16_PROJECTION_DIM)
-    scorer = load_scorer(str(folder), batch_size=args.batch_size)
+    # on the CPU: this part compares CPU seconds with CPU seconds
+    scorer = load_scorer(str(scorer_folder(work, "vit-b-16-shaped")), batch_size=args.batch_size)
     metric, _ = torchmetrics_clipscore(scorer)
     count = args.real_size_pairs
     tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images[:count]]
@@ -447,12 +488,12 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)  # torch's default: what `augment score` computes with
         threaded_wall, threaded_cpu, _ = _cpu_timed(
             lambda: measures.gap_measures(pool, source, n_resamples=defaults.gap_bootstrap, seed=defaults.seed))
-        threads = measures.gap_blas_threads(width)
+        blas_threads = measures.gap_blas_threads(width)
         resample_threads = measures.resample_threads(width)
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
         widths[str(width)] = {"gap_cpu_seconds": resampled_cpu, "gap_wall_seconds": resampled_wall,
                               "gap_without_resamples_cpu_seconds": bare_cpu,
-                              "all_cores": {"blas_threads": threads, "resample_threads": resample_threads,
+                              "all_cores": {"blas_threads": blas_threads, "resample_threads": resample_threads,
                                             "gap_wall_seconds": threaded_wall,
                                             "gap_cpu_seconds": threaded_cpu,
                                             "wall_speed_up": resampled_wall / threaded_wall},
@@ -570,9 +611,9 @@ def print_real_size(real: dict) -> None:
           "   and its resampled Frechet distances, a block of resamples per thread, from RESAMPLE_THREADED_WIDTH on)")
 
 
-def print_tables(speed: dict, memory: list[dict]) -> None:
+def print_tables(speed: dict) -> None:
     print(f"\nCLIPScore on {speed['pairs']} pairs, batch {speed['batch_size']}, median of {speed['repeats']} "
-          f"({speed['model']})")
+          f"({speed['model']}, {speed['device']})")
     settings = speed["settings"]
     inline = settings["image_bytes"] < settings["worker_min_bytes"]
     print(f"settings: --workers {settings['workers']} ({'unused: ' if inline else ''}{settings['image_bytes'] / 2**20:.1f} MiB "
@@ -583,7 +624,7 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
     for name, label in LABELS.items():
         rate = speed["pairs_per_second"][name]
         print(f"{label:<44}{speed['seconds_median'][name]:>9.3f}{rate:>10.0f}{rate / base:>16.2f}x")
-    print("* whole pipeline on a pool of the pairs against a source holding exactly those pairs: the same 1,024 images\n"
+    print(f"* whole pipeline on a pool of the pairs against a source holding exactly those pairs: the same {speed['pairs']:,} images\n"
           "  and captions encoded once (the pool's copies are cache hits), plus diversity, gap, CIs, side tables")
     print(f"** the same pool against the sample world's source (5 captions per image): encodes "
           f"{speed['world_source_encoded']['text']} texts + {speed['world_source_encoded']['image']} images")
@@ -598,12 +639,14 @@ def print_tables(speed: dict, memory: list[dict]) -> None:
           f"{speed['mean_100cos']['torchmetrics_from_files']:.4f}, torchmetrics "
           f"{speed['mean_100cos']['torchmetrics']:.4f} (|diff| {speed['mean_100cos']['abs_difference']:.2e})")
     print(f"note: {speed['torchmetrics_note']}")
-    if memory:
-        print("\nMemory scoring text pools with tiny-clip (fresh process each; tracemalloc on)")
-        print(f"{'rows':>8}{'rows/s':>9}{'RSS before':>12}{'RSS growth':>12}{'tracemalloc peak':>18}")
-        for m in memory:
-            print(f"{m['rows']:>8}{m['rows_per_second']:>9.0f}{m['rss_before_mib']:>10.0f}Mi"
-                  f"{m['peak_rss_growth_mib']:>10.0f}Mi{m['tracemalloc_peak_mib']:>16.1f}Mi")
+
+
+def print_memory(memory: list[dict]) -> None:
+    print("\nMemory scoring text pools with tiny-clip (fresh process each; tracemalloc on)")
+    print(f"{'rows':>8}{'rows/s':>9}{'RSS before':>12}{'RSS growth':>12}{'tracemalloc peak':>18}")
+    for m in memory:
+        print(f"{m['rows']:>8}{m['rows_per_second']:>9.0f}{m['rss_before_mib']:>10.0f}Mi"
+              f"{m['peak_rss_growth_mib']:>10.0f}Mi{m['tracemalloc_peak_mib']:>16.1f}Mi")
 
 
 def main(argv: list[str]) -> int:
@@ -617,21 +660,30 @@ def main(argv: list[str]) -> int:
         print("bench_scoring needs torchmetrics: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.device != "cpu":
+        import torch
+
+        # fp32 on both sides: cuDNN's TF32 convolutions (torch's default) round the patch
+        # embedding by batch shape, and the check below compares the two sides' scores
+        torch.backends.cudnn.allow_tf32 = False
+    from bench.report import environment, write_report
+
+    result = {"benchmark": "scoring", "complete": False, "environment": environment(args.device)}
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         work = Path(tmp)
-        speed = bench_pairs(work, args)
-        real = None
+        speed = result["speed"] = bench_pairs(work, args)
+        print_tables(speed)
+        write_report(args.out, result)  # what finished survives a time limit
         if not args.skip_real_size:
             _, images, captions, _, _ = make_pairs(work / "real-size", max(2, args.real_size_pairs))
-            real = bench_real_size(work, args, images, captions)
-        memory = [] if args.skip_memory else bench_memory(work, sizes)
-    print_tables(speed, memory)
-    if real:
-        print_real_size(real)
-    result = {"speed": speed, "real_size": real, "memory": memory}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+            result["real_size"] = bench_real_size(work, args, images, captions)
+            print_real_size(result["real_size"])
+            write_report(args.out, result)
+        if not args.skip_memory:
+            result["memory"] = bench_memory(work, sizes)
+            print_memory(result["memory"])
+    result["complete"] = True
+    write_report(args.out, result)
     difference = speed["mean_100cos"]["abs_difference"]
     if not difference <= SAME_SCORE_TOLERANCE:  # a speed-up of other work is no speed-up
         print(f"NOT the same scores: mean 100*cos differs from CLIPScore's by {difference:.3g} "

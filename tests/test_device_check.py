@@ -55,8 +55,8 @@ def test_a_misspelt_only_name_is_refused_before_anything_runs(tmp_path, monkeypa
 
 
 def test_the_smoke_run_may_take_longer_than_the_device_run():
-    sd15 = next(m for m in MEASUREMENTS if m.name == "image_generators_sd15")
-    assert sd15.limit(smoke=False) == sd15.limit_s and sd15.limit(smoke=True) > sd15.limit_s
+    scoring = next(m for m in MEASUREMENTS if m.name == "scoring")  # a ViT-B/16-shaped scorer on the CPU
+    assert scoring.limit(smoke=False) == scoring.limit_s and scoring.limit(smoke=True) > scoring.limit_s
     pgd = next(m for m in MEASUREMENTS if m.name == "attacks_pgd")
     assert pgd.limit(smoke=True) == pgd.limit_s
 
@@ -322,3 +322,51 @@ def test_the_device_runs_files_fit_what_the_device_tool_brings_back():
 
     profiles = sum("--profile" in m.argv for m in MEASUREMENTS)
     assert profiles == 2 and len(MEASUREMENTS) + 1 + profiles <= 8
+
+
+def _scoring_speed(pairs: int = 8) -> dict:
+    """What bench_scoring's speed comparison returns, with made-up seconds."""
+    from bench.bench_scoring import LABELS
+
+    seconds = {name: 1.0 for name in LABELS} | {"pipeline_cold": 0.8, "pipeline_rescore": 0.02}
+    return {
+        "pairs": pairs, "batch_size": 64, "repeats": 1, "model": "a model", "device": "cpu",
+        "settings": {"workers": 0, "image_bytes": 10, "worker_min_bytes": 2**24, "torch_threads": 1, "cpu_count": 2,
+                     "load_average_1m": 0.5},
+        "seconds_median": seconds, "pairs_per_second": {name: pairs / s for name, s in seconds.items()},
+        **{f"ratio_{name}_vs_torchmetrics_from_files": 1.0 / s for name, s in seconds.items() if name.startswith("pipeline")},
+        "ratio_ours_vs_torchmetrics": 1.0, "world_source_encoded": {"text": 40, "image": 8},
+        "cpu_seconds_median": {"torchmetrics_from_files": 1.0, "pipeline_cold": 0.8},
+        "cpu_ratio_pipeline_cold_vs_torchmetrics_from_files": 1.25,
+        "cold_pass_stages_seconds": {"total": 0.8, "statistics": 0.1, "rest": 0.7}, "torchmetrics_note": "a note",
+        "mean_100cos": {"ours": 18.0, "pipeline_cold": 18.0, "torchmetrics": 18.0, "torchmetrics_from_files": 18.0,
+                        "abs_difference": 1e-7},
+    }
+
+
+def test_scoring_keeps_its_speed_comparison_when_killed_later_and_gives_a_headline(tmp_path, monkeypatch):
+    """bench_scoring writes the speed comparison (device_check's `scoring` headline) before its
+    real-width part, so a run stopped at its time limit still reports the first pass."""
+    import sys
+    import types
+
+    import bench.bench_scoring as scoring
+    from bench.device_check import headline
+
+    monkeypatch.setitem(sys.modules, "torchmetrics", types.ModuleType("torchmetrics"))  # the bench extra
+    monkeypatch.setattr(scoring, "bench_pairs", lambda work, args: _scoring_speed())
+    monkeypatch.setattr(scoring, "make_pairs", lambda work, count: (None, [], [], None, None))
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring, "bench_real_size", killed)
+    out = tmp_path / "scoring.json"
+    with pytest.raises(KeyboardInterrupt):
+        scoring.main(["--pairs", "8", "--skip-memory", "--out", str(out)])
+    report = _report(out)
+    assert report["complete"] is False and report["benchmark"] == "scoring" and "real_size" not in report
+    lines = headline(report)
+    assert lines[0].startswith("(partial")
+    assert lines[1].startswith("scoring (cpu, 8 pairs): first pass 1.25x CLIPScore reading the files (0.800 s against "
+                               "1.000 s; statistics 0.100 s)") and "re-score 50.0x" in lines[1]
