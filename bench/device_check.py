@@ -126,7 +126,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 PACKAGES = ("torch", "torchvision", "transformers", "huggingface_hub", "diffusers", "datasets", "open_clip",
-            "accelerate", "timm", "torchattacks")
+            "accelerate", "timm", "torchattacks", "torchmetrics")
 
 
 def preflight() -> list[str]:
