@@ -213,8 +213,10 @@ class _FeatureTensors:
 def _needs_adapter(model) -> bool:
     import torch
 
+    device = next(model.parameters()).device  # the scorer's: a GPU run's model is already there
     with torch.inference_mode():
-        output = model.get_text_features(input_ids=torch.tensor([[0, 1]]), attention_mask=torch.ones(1, 2, dtype=torch.long))
+        output = model.get_text_features(input_ids=torch.tensor([[0, 1]], device=device),
+                                         attention_mask=torch.ones(1, 2, dtype=torch.long, device=device))
     return not isinstance(output, torch.Tensor)
 
 
