@@ -586,7 +586,8 @@ def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts
                       on_resamples: Callable[[int], None] | None = None, threads: int = 1) -> np.ndarray:
     """Frechet distance of each resample (rows of the count matrices), a block at a time, the
     cheaper of two exact ways for the samples' shape (`frechet_route`): count-weighted fits and a
-    d x d eigenvalue problem, or the singular values of the sides' n x m cross matrix. Each resample is fitted with its own count totals; one with fewer than 2 points on a side
+    d x d eigenvalue problem, or the singular values of the sides' n x m cross matrix. Each
+    resample is weighted by its own count totals; one with fewer than 2 points on a side
     (possible when items are drawn) has no covariance: NaN. `on_resamples(count)`: called as
     each block of resamples is done (those without a value count as done at once). `threads` > 1:
     that many threads share the blocks, each with one BLAS thread (`RESAMPLE_THREADED_WIDTH`)."""
