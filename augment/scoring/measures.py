@@ -662,8 +662,12 @@ def _resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, count
     from concurrent.futures import ThreadPoolExecutor
 
     # one BLAS thread even for a single block: the values are those of one thread at any count
-    with _thread_pools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        collect(pool.map(block_values, chunks))
+    with _thread_pools().limit(limits=1, user_api="blas"):
+        pool = ThreadPoolExecutor(threads)
+        try:
+            collect(pool.map(block_values, chunks))
+        finally:  # on an error or Ctrl-C, the blocks not yet started are dropped, not waited for
+            pool.shutdown(wait=True, cancel_futures=True)
     return np.concatenate(values) if values else np.empty(0)
 
 
