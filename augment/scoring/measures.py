@@ -750,7 +750,7 @@ def weighted_gaussian_fits(samples: np.ndarray, counts: np.ndarray) -> tuple[np.
     loses nothing to cancellation). Narrow embeddings: every resample's second moments in one
     matrix product with the rows' outer products (upper triangles only: half the work; built
     a row of the triangle at a time from contiguous slices, 10x faster than fancy indexing);
-    wide ones: one symmetric product A^T A per resample, A the rows scaled by sqrt(count)
+    wide ones: one symmetric product A^T A per resample, A the drawn rows scaled by sqrt(count)
     (numpy hands it to BLAS syrk: half a general product's work)."""
     samples = np.asarray(samples, dtype=np.float64)
     shift = samples.mean(axis=0)
@@ -767,8 +767,9 @@ def weighted_gaussian_fits(samples: np.ndarray, counts: np.ndarray) -> tuple[np.
         second = upper[:, _symmetric_positions(dims)].reshape(len(counts), dims, dims)
     else:
         second = np.empty((len(counts), dims, dims))
-        for k, scale in enumerate(np.sqrt(counts)):
-            scaled = centred * scale[:, None]
+        for k, row_counts in enumerate(counts):
+            drawn = np.flatnonzero(row_counts)  # a resample leaves ~37% of the rows out: 1.5x less work
+            scaled = centred[drawn] * np.sqrt(row_counts[drawn])[:, None]
             second[k] = scaled.T @ scaled
     covariances = (second - totals[:, None, None] * shifted_means[:, :, None] * shifted_means[:, None, :]) \
         / (totals - 1.0)[:, None, None]
