@@ -467,10 +467,11 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
     from augment.scoring.pool_scores import ScoreSettings
     from augment.scoring.scorers import load_scorer
 
-    threads = torch_threads(args)
+    # on the CPU whatever --device says: this part compares CPU seconds with CPU seconds, one
+    # thread unless --threads, then torch's default count for the "all cores" column
+    threads = args.threads if args.threads is not None else 1
     torch.set_num_threads(threads)
     defaults = ScoreSettings()
-    # on the CPU: this part compares CPU seconds with CPU seconds
     scorer = load_scorer(str(scorer_folder(work, "vit-b-16-shaped")), batch_size=args.batch_size)
     metric, _ = torchmetrics_clipscore(scorer)
     count = args.real_size_pairs
