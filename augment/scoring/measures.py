@@ -10,8 +10,9 @@
   the gap measures' by items too, paired between pool and source, and bias-shifted).
 
 Library code does the numerics wherever a well-kept implementation exists: scipy.linalg.sqrtm
-(the Frechet estimate), sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's
-eigvalsh and svd (Vendi, the resampled Frechet distances). The bootstraps are written here as array
+(the Frechet estimate, where no side has fewer points than dimensions: `frechet_between`),
+sklearn's pairwise distances and RBF kernel (`mmd2_unbiased`), numpy's eigvalsh and svd (Vendi,
+the resampled Frechet distances). The bootstraps are written here as array
 code, because the libraries' versions are the slow part of a first scoring pass: the means'
 percentile intervals draw exactly what scipy.stats.bootstrap draws (one index matrix shared by
 every statistic of one length, tested equal to scipy's), and the gap's resamples are one index
