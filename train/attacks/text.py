@@ -249,7 +249,7 @@ def greedy_search(texts: Sequence[str], plan: SearchPlan, score: Score, budget: 
         ahead = list(tried)
         searching = [index for index in range(len(texts)) if len(changes[index]) < budget]
         while searching:
-            step = []  # (text, candidates) of the texts' next step
+            step = []  # (text, its positions, their candidates' count) of the texts' next step
             for index in searching:
                 positions = plan.order[index][ahead[index]:ahead[index] + words_per_round]
                 step.append((index, positions, sum(len(plan.substitutes[index][p]) for p in positions)))
