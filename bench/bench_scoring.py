@@ -313,8 +313,8 @@ class StageTimer:
             (embeddings, "image_key", "hash and cache"), (embeddings, "text_key", "hash and cache"),
             (embeddings, "image_bytes_of", "hash and cache"),
             (embeddings.EmbeddingCache, "lookup", "hash and cache"), (embeddings.EmbeddingCache, "put", "hash and cache"),
-            (measures, "bootstrap_means", "statistics"), (measures, "gap_measures", "statistics"),
-            (measures, "set_diversity_indexed", "statistics"),
+            (measures, "bootstrap_means", "statistics"), (measures, "bootstrap_item_means", "statistics"),
+            (measures, "gap_measures", "statistics"), (measures, "set_diversity_indexed", "statistics"),
             (store.TableWriter, "write", "tables"), (store.TableWriter, "close", "tables"),
         ]
         self._saved: list = []

@@ -129,15 +129,15 @@ def test_batched_resample_fits_and_frechet_equal_one_at_a_time(monkeypatch):
     assert batched.shape == (7,) and isinstance(single[0], float)
     np.testing.assert_allclose(batched, single, rtol=1e-12)
     # wide embeddings take the per-resample products: the same numbers
-    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10)
+    monkeypatch.setattr(measures.frechet, "RESAMPLE_BLOCK_VALUES", 10)
     wide_means, wide_covariances = measures.weighted_gaussian_fits(x, counts_x)
     np.testing.assert_allclose(wide_means, means, rtol=1e-12)
     np.testing.assert_allclose(wide_covariances, covariances, rtol=1e-9, atol=1e-12)
     # and blocks of resamples in the bootstrap give what one block gives
     kernel = tuple(np.ones(shape, dtype=np.float32) for shape in ((30, 30), (25, 25), (30, 25)))
-    blocked = measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0]
-    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 10**9)
-    np.testing.assert_allclose(blocked, measures._bootstrap_gap(x, y, kernel, 7, seed=2)[0], rtol=1e-9)
+    blocked = measures.gap._bootstrap_gap(x, y, kernel, 7, seed=2)[0]
+    monkeypatch.setattr(measures.frechet, "RESAMPLE_BLOCK_VALUES", 10**9)
+    np.testing.assert_allclose(blocked, measures.gap._bootstrap_gap(x, y, kernel, 7, seed=2)[0], rtol=1e-9)
 
 
 def test_gap_measures_and_bootstrap_are_seeded():
@@ -184,11 +184,11 @@ def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkey
     from scipy.stats import bootstrap
 
     rng = np.random.default_rng(8)
-    monkeypatch.setattr(measures, "MEAN_BLOCK_VALUES", 2000)  # 300 values: blocks of 6 resamples
+    monkeypatch.setattr(measures.bootstrap, "MEAN_BLOCK_VALUES", 2000)  # 300 values: blocks of 6 resamples
     for size in (7, 300):
         values = rng.normal(size=size)
         ours = measures.bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4)
-        batch = max(1, min(200, measures.MEAN_BLOCK_VALUES // size))
+        batch = max(1, min(200, measures.bootstrap.MEAN_BLOCK_VALUES // size))
         reference = bootstrap((values,), np.mean, n_resamples=200, batch=batch, confidence_level=0.9,
                               method="percentile", vectorized=True, rng=np.random.default_rng(4)).confidence_interval
         assert ours["mean"] == pytest.approx(values.mean(), rel=1e-12)
@@ -238,7 +238,7 @@ def test_both_ways_of_the_resampled_frechet_distance_agree(n, m, dims, monkeypat
     for counts_x, counts_y in (by_rows, by_items):
         values = {}
         for route in ("covariances", "cross"):
-            monkeypatch.setattr(measures, "frechet_route", lambda *shape, route=route: route)
+            monkeypatch.setattr(measures.frechet, "frechet_route", lambda *shape, route=route: route)
             values[route] = measures.resampled_frechet(x, y, counts_x, counts_y)
         assert np.isfinite(values["cross"]).all() and (values["cross"] > 0).all()
         singular = min(n, m) <= dims  # a side's covariance has rank < d
@@ -249,7 +249,7 @@ def test_few_points_in_many_dimensions_never_build_a_covariance(monkeypatch):
     """A small pool scored at a real scorer's width (8 rows, 512 dimensions) takes the cross
     matrix's way: 200 resamples built 2 x 200 covariances of 512 x 512 before (2.4 GB, 4.6 s)."""
     assert measures.frechet_route(8, 8, 512) == "cross" and measures.frechet_route(2000, 2000, 512) == "covariances"
-    monkeypatch.setattr(measures, "weighted_gaussian_fits", lambda *args: pytest.fail("built d x d covariances"))
+    monkeypatch.setattr(measures.frechet, "weighted_gaussian_fits", lambda *args: pytest.fail("built d x d covariances"))
     rng = np.random.default_rng(5)
     x, y = _unit(rng.normal(size=(8, 512)) + 0.1), _unit(rng.normal(size=(8, 512)))
     gap = measures.gap_measures(x, y, n_resamples=200, seed=1)
@@ -264,7 +264,7 @@ def test_the_estimate_of_few_points_in_many_dimensions_skips_sqrtm(monkeypatch):
     rng = np.random.default_rng(9)
     x, y = _unit(rng.normal(size=(30, 96)) + 0.2), _unit(rng.normal(size=(20, 96)))
     expected = _sqrtm_frechet(x, y)
-    monkeypatch.setattr(measures, "frechet_distance", lambda *args: pytest.fail("took sqrtm"))
+    monkeypatch.setattr(measures.frechet, "frechet_distance", lambda *args: pytest.fail("took sqrtm"))
     assert measures.frechet_between(x, y) == pytest.approx(expected, rel=1e-6)
 
 
@@ -327,7 +327,7 @@ def test_gap_bootstrap_reports_its_resamples_as_each_block_finishes(monkeypatch)
     without a value at once; the values are the same with or without it."""
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(30, 5)), rng.normal(0.3, 1.0, size=(25, 5))
-    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 5 * 5 * 4)  # 4 resamples a block
+    monkeypatch.setattr(measures.frechet, "RESAMPLE_BLOCK_VALUES", 5 * 5 * 4)  # 4 resamples a block
     plain = measures.gap_measures(x, y, n_resamples=23, seed=4)
     told: list[int] = []
     assert measures.gap_measures(x, y, n_resamples=23, seed=4, on_resamples=told.append) == plain
@@ -433,7 +433,7 @@ def test_one_distance_matrix_gives_sklearns_distances_and_the_same_bandwidth():
 def test_median_in_place_equals_numpy_median(size, dtype):
     values = np.random.default_rng(size).normal(size=size).astype(dtype)
     values[: size // 3] = values[0]  # ties
-    assert measures.median_in_place(values.copy()) == float(np.median(values))
+    assert measures.mmd.median_in_place(values.copy()) == float(np.median(values))
 
 
 def test_reservoir_gives_the_same_sample_whatever_the_call_sizes():
@@ -1327,7 +1327,7 @@ def test_single_blas_thread_limits_scipys_own_blas_too():
         "import sys\n"
         "from augment.scoring import measures\n"
         "assert 'scipy.linalg' not in sys.modules, 'scipy loaded already: this test checks nothing'\n"
-        "limited = {lib.filepath for lib in measures._thread_pools().select(user_api='blas').lib_controllers}\n"
+        "limited = {lib.filepath for lib in measures.threads.threadpool_controller().select(user_api='blas').lib_controllers}\n"
         "import scipy.linalg\n"
         "from threadpoolctl import ThreadpoolController\n"
         "loaded = {lib.filepath for lib in ThreadpoolController().select(user_api='blas').lib_controllers}\n"
@@ -1348,7 +1348,7 @@ def test_resampled_frechet_threads_share_the_blocks_and_give_the_same_values(mon
     x, y = _unit(rng.normal(size=(60, 6)) + 0.2), _unit(rng.normal(size=(50, 6)))
     draws = np.random.default_rng(1)
     counts_x, counts_y = measures.resample_counts(draws, 60, 10), measures.resample_counts(draws, 50, 10)
-    with measures._thread_pools().limit(limits=1, user_api="blas"):
+    with measures.threads.threadpool_controller().limit(limits=1, user_api="blas"):
         alone = measures.resampled_frechet(x, y, counts_x, counts_y)
     fitting = measures.weighted_gaussian_fits
     both_running = threading.Barrier(2, timeout=10)  # breaks (an error) unless two blocks run at once
@@ -1367,7 +1367,7 @@ def test_resampled_frechet_threads_share_the_blocks_and_give_the_same_values(mon
                 pass
         return fitting(samples, counts)
 
-    monkeypatch.setattr(measures, "weighted_gaussian_fits", fits)
+    monkeypatch.setattr(measures.frechet, "weighted_gaussian_fits", fits)
     told: list[int] = []
     shared = measures.resampled_frechet(x, y, counts_x, counts_y, on_resamples=told.append, threads=3)
     assert not both_running.broken
@@ -1380,15 +1380,28 @@ def test_an_interrupted_threaded_bootstrap_does_not_finish_its_blocks_first(monk
     """Ctrl-C (here an error from the progress callback) while the threads share the resamples:
     the blocks not yet started are dropped, not all run before the interruption reaches the
     caller (at 768 dimensions that was up to 14 s of waiting)."""
+    import threading
+
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(40, 4)), rng.normal(size=(40, 4))
     draws = np.random.default_rng(0)
     counts_x, counts_y = measures.resample_counts(draws, 40, 120), measures.resample_counts(draws, 40, 120)
-    monkeypatch.setattr(measures, "RESAMPLE_BLOCK_VALUES", 16)  # one resample a block: 120 blocks
+    monkeypatch.setattr(measures.frechet, "RESAMPLE_BLOCK_VALUES", 16)  # one resample a block: 120 blocks
     fitting, fitted = measures.weighted_gaussian_fits, []
-    monkeypatch.setattr(measures, "weighted_gaussian_fits", lambda *args: fitted.append(1) or fitting(*args))
+    interrupting = threading.Event()
+
+    def fits(*args):
+        fitted.append(1)
+        # blocks of 40 x 4 points take microseconds: the threads could run all 120 before the caller
+        # hears of the first on a loaded machine, so the blocks after the first two wait for it
+        if len(fitted) > 4:
+            interrupting.wait(timeout=10)
+        return fitting(*args)
+
+    monkeypatch.setattr(measures.frechet, "weighted_gaussian_fits", fits)
 
     def interrupted(count):
+        interrupting.set()
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -1402,11 +1415,11 @@ def test_gap_shares_its_resamples_among_the_process_threads_from_a_width(monkeyp
     import torch
 
     seen = []
-    monkeypatch.setattr(measures, "_gap_measures", lambda *args: seen.append(args[-1]) or {})
+    monkeypatch.setattr(measures.gap, "_gap_measures", lambda *args: seen.append(args[-1]) or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        for width in (measures.RESAMPLE_THREADED_WIDTH - 1, measures.RESAMPLE_THREADED_WIDTH):
+        for width in (measures.threads.RESAMPLE_THREADED_WIDTH - 1, measures.threads.RESAMPLE_THREADED_WIDTH):
             measures.gap_measures(np.zeros((4, width), dtype=np.float32), np.zeros((4, width), dtype=np.float32))
     finally:
         torch.set_num_threads(threads)
@@ -1421,15 +1434,15 @@ def test_gap_uses_the_process_threads_only_for_wide_embeddings(monkeypatch):
     seen = []
 
     def record(*args):
-        seen.append(max(lib["num_threads"] for lib in measures._thread_pools().select(user_api="blas").info()))
+        seen.append(max(lib["num_threads"] for lib in measures.threads.threadpool_controller().select(user_api="blas").info()))
         return {}
 
-    monkeypatch.setattr(measures, "_gap_measures", record)
+    monkeypatch.setattr(measures.gap, "_gap_measures", record)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        narrow = np.zeros((4, measures.GAP_THREADED_WIDTH - 1), dtype=np.float32)
-        wide = np.zeros((4, measures.GAP_THREADED_WIDTH), dtype=np.float32)
+        narrow = np.zeros((4, measures.threads.GAP_THREADED_WIDTH - 1), dtype=np.float32)
+        wide = np.zeros((4, measures.threads.GAP_THREADED_WIDTH), dtype=np.float32)
         measures.gap_measures(narrow, narrow)
         measures.gap_measures(wide, wide)
     finally:
