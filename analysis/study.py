@@ -561,7 +561,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
             validator.validate(trainer.total_steps, model=weights)
         return summary
 
-    from train.trainer import RUN_OUTPUTS
+    from train.run_folder import RUN_OUTPUTS
 
     if made_from is not None:
         started = folder / STARTED

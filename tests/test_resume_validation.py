@@ -172,7 +172,7 @@ def test_best_weights_survive_continuing_a_finished_run_and_a_kill_while_saving_
 
 
 def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sample_world_dir):
-    from train.trainer import RUN_OUTPUTS
+    from train.run_folder import RUN_OUTPUTS
 
     common = dict(method="clean", seed=1, schedule_steps=2)
     _run(tmp_path, "run", sample_world_dir, max_steps=1, save_every=1, **common)

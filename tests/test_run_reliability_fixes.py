@@ -38,7 +38,7 @@ def _train(world: Path, run: Path, *extra) -> list[str]:
 def test_a_second_trainer_into_a_held_run_folder_is_refused_before_touching_it(tmp_path, sample_world_dir, capsys):
     from filelock import FileLock
 
-    from train.trainer import LOCK_FILE
+    from train.run_folder import LOCK_FILE
 
     run = tmp_path / "run"
     run.mkdir()
@@ -56,7 +56,7 @@ def test_a_second_trainer_into_a_held_run_folder_is_refused_before_touching_it(t
 
 
 def test_the_lock_outlives_overwrite_and_a_failed_run_leaves_no_folder(tmp_path, sample_world_dir, capsys):
-    from train.trainer import LOCK_FILE, RUN_OUTPUTS
+    from train.run_folder import LOCK_FILE, RUN_OUTPUTS
 
     assert LOCK_FILE not in RUN_OUTPUTS  # --overwrite clears RUN_OUTPUTS: never the lock it holds
     missing = tmp_path / "nowhere"

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import signal
 import sys
 import time
@@ -44,9 +43,7 @@ from train.config import (
     ACCELERATE_PRECISION,
     ConfigError,
     TrainConfig,
-    load_saved_config,
     resolve_config,
-    resume_conflicts,
     save_config,
 )
 from train.data import (
@@ -61,21 +58,10 @@ from train.data import (
     micro_batches,
 )
 from train.methods import METHODS, StepContext, StepOutput
-from train.run_log import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE, MetricsLog, require_logging_packages
+from train.run_folder import SUMMARY_FILE, check_run_folder, clear_run_outputs, lock_run_folder
+from train.run_log import METRICS_FILE, MetricsLog, require_logging_packages
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
-# what --overwrite may delete in RUN (never anything else the user keeps there)
-RUN_OUTPUTS = (ckpt.CKPT_DIR, ".ckpt-partial", ".ckpt-old", METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, "config.yaml",
-               WANDB_ID_FILE,
-               # train.validation's (--val-frequency): the curve, the best weights and a kill's leftovers of them
-               "validation.jsonl", "best", ".best-partial", ".best-old")
-# held (flock) by the one training writing into RUN (`Trainer._hold_run_dir`); left out of RUN_OUTPUTS so that
-# --overwrite never deletes it while it is held, and named apart from `train eval`'s OUT/.lock so that
-# an evaluation writing its report into a run folder is not taken for a second trainer
-LOCK_FILE = ".train.lock"
-
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR multiplier of (0-based) step s: linear warm-up, then cosine decay to 0 at `total_steps`.
@@ -137,63 +123,6 @@ def model_options(config: TrainConfig) -> dict:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> Path | None:
-    """Check RUN against --resume / --overwrite; return the checkpoint to resume from, if any.
-
-    Only reads: every process runs it before any process writes, so all fail alike.
-    """
-    has_outputs = any((run_dir / name).exists() for name in RUN_OUTPUTS)
-    if config.resume:
-        if config.resume == "latest":  # open_clip's spelling: the newest checkpoint of this run
-            found = ckpt.find_checkpoint(run_dir)
-            unresumable = ckpt.unresumable_reason(ckpt.checkpoint_dir(run_dir)) if found is None else None
-            if unresumable:  # was: "no checkpoint yet", then trained from step 0 over those weights
-                raise ConfigError(f"--resume latest: {unresumable} (start again with --overwrite instead of --resume, "
-                                  f"train on from its weights with --model {ckpt.checkpoint_dir(run_dir)} and another "
-                                  "--out, or use another --out)")
-            if found is None:
-                if has_outputs:  # a run killed before its first checkpoint, or another run: replaced only if the same
-                    saved = load_saved_config(run_dir)
-                    conflicts = resume_conflicts(saved, config) if saved is not None else ["config.yaml missing"]
-                    if conflicts:
-                        raise ConfigError(f"--resume latest: settings differ from the run in {run_dir}, which has no "
-                                          f"checkpoint to resume: {conflicts}; pass --overwrite (without --resume) to "
-                                          "replace it, or another --out")
-                log.warning("--resume latest: %s has no checkpoint yet; starting from step 0", run_dir)
-                return None
-            made_by = run_dir
-        else:  # a checkpoint folder (RUN/ckpt of this or another run)
-            found = Path(config.resume)
-            if not (found / ckpt.STATE_DIR / ckpt.STATE_FILE).is_file():
-                unresumable = ckpt.unresumable_reason(found)
-                if unresumable and "weights" in unresumable:
-                    raise ConfigError(f"--resume: {unresumable} (to train on from its weights: --model {found})")
-                raise ConfigError(f"--resume {found}: not a checkpoint folder (no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
-            made_by = found.parent
-            if has_outputs and made_by.resolve() != run_dir.resolve() and not config.overwrite:
-                # the resumed run writes its checkpoint, metrics and summary here: they would replace this run's
-                raise ConfigError(f"--resume {found}: {run_dir} already holds another run; pass --overwrite to "
-                                  "replace it, or another --out")
-        saved = load_saved_config(made_by)
-        if saved is not None:
-            conflicts = resume_conflicts(saved, config)
-            if conflicts:
-                raise ConfigError(f"--resume: settings differ from the run in {made_by}: {conflicts}")
-        return found
-    if has_outputs and not config.overwrite:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume latest to continue it or --overwrite to start over")
-    return None
-
-
-def _clear_run_outputs(run_dir: Path) -> None:
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 def _seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's generators. Not accelerate's set_seed: it refuses the 63-bit
     seeds of the per-step draws (NumPy takes seeds below 2**32, hence the modulo)."""
@@ -220,8 +149,8 @@ class Trainer:
         self.accelerator = make_accelerator(cfg)
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self._hold_run_dir()
-        resume_from = _prepare_run_dir(self.run_dir, cfg)
+        self.run_lock = lock_run_folder(self.run_dir, self.is_main, self.world_size)
+        resume_from = check_run_folder(self.run_dir, cfg)
         require_logging_packages(cfg)
         self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress, report_skipped=self.is_main)
         self._plan_steps()
@@ -272,30 +201,6 @@ class Trainer:
         )
         self.method = METHODS[cfg.method](self.context)
         self._write_run_dir()
-
-    def _hold_run_dir(self) -> None:
-        """The main process locks RUN (`augment.atomic.sole_writer` on RUN/.train.lock): two trainers in
-        one RUN (a second `--resume latest` while the first still runs) would share RUN/.ckpt-partial
-        and interleave metrics.jsonl. Taken before `_prepare_run_dir` reads anything, so the second is
-        refused before it touches RUN. The processes of one run are one trainer: the main one's answer
-        is shared, so every process is refused alike instead of the others waiting at the first
-        barrier for a process that left."""
-        from augment.atomic import sole_writer
-
-        refusal = None
-        self.run_lock = contextlib.ExitStack()
-        if self.is_main:
-            try:
-                self.run_lock.enter_context(sole_writer(self.run_dir, LOCK_FILE, "another train is writing here; "
-                                                        "wait for it to finish, or choose another --out"))
-            except MatPlusError as exc:
-                refusal = str(exc)
-        if self.world_size > 1:
-            from accelerate.utils import broadcast_object_list
-
-            refusal = broadcast_object_list([refusal], from_process=0)[0]
-        if refusal is not None:
-            raise ConfigError(refusal)
 
     def release_run_dir(self) -> None:
         """Let the next trainer into RUN (the end of `run`, whether it finished or failed)."""
@@ -394,7 +299,7 @@ class Trainer:
             from train.validation import tidy_best
 
             if self.cfg.overwrite:
-                _clear_run_outputs(self.run_dir)
+                clear_run_outputs(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tidy_best(self.run_dir)  # a kill while saving the best weights: the previous ones back, partial copies gone
             save_config(self.cfg, self.run_dir)
@@ -404,41 +309,12 @@ class Trainer:
     def _make_validator(self):
         """--val-frequency: the task's robust score under --val-attack every N epochs (train.validation:
         retrieval's R@1, captioning's CIDEr, grounding's accuracy), on the main process; every process
-        checks the validation split, so that all stop alike."""
-        from augment.errors import SourceError
-        from augment.sources import select_split
-        from train.validation import ValidationSettings, Validator, settings_record
+        checks the validation data, so that all stop alike."""
+        from train.validation import Validator, load_validation_data, settings_record, validation_settings
 
         cfg = self.cfg
-        which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
-        if cfg.task == "grounding":  # boxes to ground: the source read as grounding data, cut to the split
-            source = self._load_grounding_validation(which)
-        else:
-            source = self.data.source if cfg.val_data is None else self._load_validation_source()
-            try:
-                select_split(source, cfg.val_split)  # an unknown or absent split: one line now
-            except SourceError as exc:
-                raise SourceError(f"{which}: {exc}; choose another with --val-split or --val-data") from None
-        if cfg.val_attack == "synonym":  # WordNet's substitutes: missing, one line before anything is written
-            from augment.wordnet import require_wordnet
-
-            require_wordnet()
-        options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
-                   "budget": cfg.word_budget, "top_k": cfg.top_k}
-        from train.attacks.captioning import PROMPT_ATTACKS
-        from train.eval_common import MLM_ATTACKS
-
-        if cfg.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS):  # substitutes from a masked LM
-            from train.config import default_mlm
-
-            options["mlm"] = cfg.mlm or default_mlm(cfg.model)
-        if cfg.task == "grounding":
-            options["objective"] = "itm"  # train eval --task grounding's default
-        settings = ValidationSettings(every=cfg.val_frequency * self.steps_per_epoch, task=cfg.task, attack=cfg.val_attack,
-                                      split=cfg.val_split, limit=cfg.val_limit, captions="all",
-                                      # retrieval: 2 captions per image; a caption's CIDEr reads all its image's references
-                                      captions_per_image=2 if cfg.task == "retrieval" else None,
-                                      attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
+        source = load_validation_data(cfg, self.data.source)
+        settings = validation_settings(cfg, every=cfg.val_frequency * self.steps_per_epoch)
         self.validation_record = settings_record(settings, source)
         if not self.is_main:
             return None
@@ -450,54 +326,6 @@ class Trainer:
                               progress=cfg.progress).attach(self)
         self.callbacks.append(validator)
         return validator
-
-    def _load_validation_source(self):
-        """--val-data, its images found from --val-image-root or its own location (--image-root is the
-        train data's). A source whose rows are all in the default split "train" (an open_clip CSV/TSV
-        or an ALBEF file that names no split) is read as --val-split whole, as --source-split labels
-        the train data's: it was refused for having no "val" rows. One that names its splits keeps
-        them (`flickr30k_test.json` holds "test" rows, refused for --val-split val: model selection
-        on test data is asked for with --val-split test). Errors name --val-data: the train data was
-        read fine."""
-        from augment.errors import SourceError
-        from augment.sources import load_source
-
-        cfg = self.cfg
-
-        def load(split):
-            return load_source(cfg.val_data, image_root=cfg.val_image_root, split=split,
-                               allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
-                               csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)[0]
-
-        try:
-            source = load(None)
-            only_default_split = set(source.unique("split")) == {"train"}
-            if only_default_split and cfg.val_split not in ("all", "train"):
-                source = load(cfg.val_split)  # every row labelled so (a second read comes from the source cache)
-        except MatPlusError as exc:
-            reason = first_line(exc)
-            for named in (f"{cfg.val_data}: ", f"{Path(cfg.val_data).name}: "):  # said once, by the prefix
-                reason = reason[len(named):] if reason.startswith(named) else reason
-            raise SourceError(f"--val-data {cfg.val_data}: {reason}") from None
-        return source
-
-    def _load_grounding_validation(self, which: str):
-        """The validation split of --val-data (default: the train data) as grounding data (images with
-        their candidate boxes, expressions with their true box: `augment.referring.load_grounding`),
-        its first --val-limit images; one line naming it when it cannot be read or holds no expression."""
-        from augment.errors import SourceError
-        from augment.referring import load_grounding
-
-        cfg = self.cfg
-        path, image_root = (cfg.train_data, cfg.image_root) if cfg.val_data is None else (cfg.val_data, cfg.val_image_root)
-        try:
-            data = load_grounding(path, image_root=image_root).select(cfg.val_split, cfg.val_limit)
-        except MatPlusError as exc:
-            raise SourceError(f"{which}: {first_line(exc)}") from None
-        if not len(data):
-            raise SourceError(f"{which}: no referring expressions in split {cfg.val_split!r} of {path}; "
-                              "choose another with --val-split or --val-data")
-        return data
 
     def _check_validation_resume(self, step: int) -> None:
         """The validation lines a resume keeps were measured as this run will measure (every process

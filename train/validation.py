@@ -17,7 +17,9 @@ from those weights). `RUN/best/validation.json` says what `RUN/best/` holds and 
 is ranked against; `best/` is replaced only by a swap (`.best-partial` written, then renamed over,
 `.best-old` the fallback), never deleted first. Every line records the settings it was measured
 under (attack, split, source, number of images): a resume under other ones is refused
-(`check_resume`), so one curve never ranks incomparable scores.
+(`check_resume`), so one curve never ranks incomparable scores. From a train config,
+`load_validation_data` reads and checks what is validated on and `validation_settings` gives the
+settings (the trainer calls both before RUN is written).
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from augment.atomic import atomic_write_text, swap_folder_into_place
 from train.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 VALIDATION_FILE = "validation.jsonl"
 BEST_DIR = "best"
@@ -303,3 +308,98 @@ class Validator:
 def read_curve(run_dir: str | os.PathLike) -> list[dict]:
     """The validation lines of a run, by step."""
     return sorted(read_jsonl(Path(run_dir) / VALIDATION_FILE), key=lambda r: r["step"])
+
+
+# ----------------------------------------------------------------------------- from a train config
+
+
+def load_validation_data(cfg: TrainConfig, train_source):
+    """What `train --val-frequency` validates on: --val-data (default: the train data,
+    `train_source`) cut to --val-split, or for grounding the split's images with their boxes
+    (`augment.referring.load_grounding`). Read and checked before RUN is written: an unknown or
+    absent split is one line naming it (it used to stop the run at its first validation)."""
+    from augment.errors import SourceError
+    from augment.sources import select_split
+
+    which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
+    if cfg.task == "grounding":  # boxes to ground: the source read as grounding data, cut to the split
+        return _grounding_validation(cfg, which)
+    source = train_source if cfg.val_data is None else _validation_source(cfg)
+    try:
+        select_split(source, cfg.val_split)  # an unknown or absent split: one line now
+    except SourceError as exc:
+        raise SourceError(f"{which}: {exc}; choose another with --val-split or --val-data") from None
+    return source
+
+
+def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
+    """The `ValidationSettings` of a train config, validating every `every` optimizer steps: the
+    attack's options are the training's (--eps, --pgd-steps, ...), its masked LM the training's
+    or the model's default; WordNet, when --val-attack synonym needs it, is checked now."""
+    if cfg.val_attack == "synonym":  # WordNet's substitutes: missing, one line before anything is written
+        from augment.wordnet import require_wordnet
+
+        require_wordnet()
+    options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
+               "budget": cfg.word_budget, "top_k": cfg.top_k}
+    from train.attacks.captioning import PROMPT_ATTACKS
+    from train.eval_common import MLM_ATTACKS
+
+    if cfg.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS):  # substitutes from a masked LM
+        from train.config import default_mlm
+
+        options["mlm"] = cfg.mlm or default_mlm(cfg.model)
+    if cfg.task == "grounding":
+        options["objective"] = "itm"  # train eval --task grounding's default
+    return ValidationSettings(every=every, task=cfg.task, attack=cfg.val_attack, split=cfg.val_split,
+                              limit=cfg.val_limit, captions="all",
+                              # retrieval: 2 captions per image; a caption's CIDEr reads all its image's references
+                              captions_per_image=2 if cfg.task == "retrieval" else None,
+                              attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
+
+
+def _validation_source(cfg: TrainConfig):
+    """--val-data, its images found from --val-image-root or its own location (--image-root is the
+    train data's). A source whose rows are all in the default split "train" (an open_clip CSV/TSV
+    or an ALBEF file that names no split) is read as --val-split whole, as --source-split labels
+    the train data's: it was refused for having no "val" rows. One that names its splits keeps
+    them (`flickr30k_test.json` holds "test" rows, refused for --val-split val: model selection
+    on test data is asked for with --val-split test). Errors name --val-data: the train data was
+    read fine."""
+    from augment.errors import MatPlusError, SourceError, first_line
+    from augment.sources import load_source
+
+    def load(split):
+        return load_source(cfg.val_data, image_root=cfg.val_image_root, split=split,
+                           allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
+                           csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)[0]
+
+    try:
+        source = load(None)
+        only_default_split = set(source.unique("split")) == {"train"}
+        if only_default_split and cfg.val_split not in ("all", "train"):
+            source = load(cfg.val_split)  # every row labelled so (a second read comes from the source cache)
+    except MatPlusError as exc:
+        reason = first_line(exc)
+        for named in (f"{cfg.val_data}: ", f"{Path(cfg.val_data).name}: "):  # said once, by the prefix
+            reason = reason[len(named):] if reason.startswith(named) else reason
+        raise SourceError(f"--val-data {cfg.val_data}: {reason}") from None
+    return source
+
+
+def _grounding_validation(cfg: TrainConfig, which: str):
+    """The validation split of --val-data (default: the train data) as grounding data (images with
+    their candidate boxes, expressions with their true box: `augment.referring.load_grounding`),
+    its first --val-limit images; one line naming it when it cannot be read or holds no expression."""
+    from augment.errors import MatPlusError, SourceError, first_line
+    from augment.referring import load_grounding
+
+    path, image_root = (cfg.train_data, cfg.image_root) if cfg.val_data is None else (cfg.val_data, cfg.val_image_root)
+    try:
+        data = load_grounding(path, image_root=image_root).select(cfg.val_split, cfg.val_limit)
+    except MatPlusError as exc:
+        raise SourceError(f"{which}: {first_line(exc)}") from None
+    if not len(data):
+        raise SourceError(f"{which}: no referring expressions in split {cfg.val_split!r} of {path}; "
+                          "choose another with --val-split or --val-data")
+    return data
