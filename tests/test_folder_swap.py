@@ -199,8 +199,8 @@ def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its
 
     run = tmp_path / "run"
     _save(run)
-    os.replace(checkpoint.checkpoint_dir(run), run / checkpoint._OLD)  # the first kill, between the renames
-    assert checkpoint.find_checkpoint(run) == run / checkpoint._OLD
+    os.replace(checkpoint.checkpoint_dir(run), run / checkpoint.OLD_DIR)  # the first kill, between the renames
+    assert checkpoint.find_checkpoint(run) == run / checkpoint.OLD_DIR
 
     def killed(*args, **kwargs):
         raise SystemExit("killed before the swap")
@@ -208,11 +208,11 @@ def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its
     monkeypatch.setattr(checkpoint, "swap_folder_into_place", killed)
     with pytest.raises(SystemExit):
         _save(run)
-    assert checkpoint.find_checkpoint(run) == run / checkpoint._OLD
+    assert checkpoint.find_checkpoint(run) == run / checkpoint.OLD_DIR
     monkeypatch.undo()
     assert _save(run) == checkpoint.checkpoint_dir(run)
     assert checkpoint.find_checkpoint(run) == checkpoint.checkpoint_dir(run)
-    assert not (run / checkpoint._OLD).exists()
+    assert not (run / checkpoint.OLD_DIR).exists()
 
 
 def test_a_plot_written_halfway_leaves_the_previous_one(tmp_path):

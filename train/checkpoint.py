@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 CKPT_DIR = "ckpt"
 STATE_DIR = "train_state"
 STATE_FILE = "state.json"
-_PARTIAL = ".ckpt-partial"
-_OLD = ".ckpt-old"
+PARTIAL_DIR = ".ckpt-partial"  # a checkpoint being written
+OLD_DIR = ".ckpt-old"  # the previous one, during the swap
 MODEL_FILES = "model_files"  # in state.json: what model.save wrote (every family writes *.safetensors)
 
 
@@ -137,7 +137,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
     """Write RUN/ckpt (`model`: a `models.base.ImageTextModel`); every process must call it
     (each saves its RNG state)."""
     run_dir = Path(run_dir)
-    partial, final, old = run_dir / _PARTIAL, checkpoint_dir(run_dir), run_dir / _OLD
+    partial, final, old = run_dir / PARTIAL_DIR, checkpoint_dir(run_dir), run_dir / OLD_DIR
     if is_main:
         shutil.rmtree(partial, ignore_errors=True)
         (partial / STATE_DIR).mkdir(parents=True)
@@ -175,7 +175,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
 
 def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
-    for folder in (checkpoint_dir(run_dir), Path(run_dir) / _OLD):
+    for folder in (checkpoint_dir(run_dir), Path(run_dir) / OLD_DIR):
         if (folder / STATE_DIR / STATE_FILE).is_file():
             return folder
     return None
