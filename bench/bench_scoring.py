@@ -277,17 +277,22 @@ def run_pipeline(pool, source, scorer, cache_dir: Path, workers: int = 0, force:
                           workers=workers, force=force)
 
 
+def chw_tensor(image, device: str = "cpu"):
+    """A PIL image as the CHW uint8 tensor CLIPScore takes, on `device`."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().to(device)
+
+
 def decoded_tensors(source, device: str = "cpu") -> list:
     """The source's images read from their files and decoded as CHW uint8 tensors on `device`
     (what CLIPScore takes; it runs its model where they are): the part of a CLIPScore run that
     reads the data."""
-    import numpy as np
-    import torch
 
     from augment.sources import open_image, undecoded
 
-    return [torch.from_numpy(np.array(open_image(value))).permute(2, 0, 1).contiguous().to(device)
-            for value in undecoded(source)["image"]]
+    return [chw_tensor(open_image(value), device) for value in undecoded(source)["image"]]
 
 
 class StageTimer:
@@ -353,7 +358,6 @@ def stage_breakdown(pool, source, scorer, cache: Path, **settings) -> dict:
 
 
 def bench_pairs(work: Path, args) -> dict:
-    import numpy as np
     import torch
 
     from augment.loading import default_workers
@@ -369,7 +373,7 @@ def bench_pairs(work: Path, args) -> dict:
     scorer = load_scorer(str(scorer_folder(work, args.model)), batch_size=args.batch_size, device=device)
     metric, note = torchmetrics_clipscore(scorer)
     metric.to(device)  # its running sums; the model runs where the image tensors are
-    image_tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().to(device) for image in images]
+    image_tensors = [chw_tensor(image, device) for image in images]
     pool = pair_pool(work, source, world)
     times: dict[str, list[float]] = {name: [] for name in LABELS}
     cpu_times: dict[str, list[float]] = {"torchmetrics_from_files": [], "pipeline_cold": []}
@@ -475,7 +479,7 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
     scorer = load_scorer(str(scorer_folder(work, "vit-b-16-shaped")), batch_size=args.batch_size)
     metric, _ = torchmetrics_clipscore(scorer)
     count = args.real_size_pairs
-    tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images[:count]]
+    tensors = [chw_tensor(image) for image in images[:count]]
     run_torchmetrics(metric, tensors[:2], captions[:2], args.batch_size)  # warm-up
     _, clipscore_cpu, _ = _cpu_timed(lambda: run_torchmetrics(metric, tensors, captions[:count], args.batch_size))
     per_pair = clipscore_cpu / count

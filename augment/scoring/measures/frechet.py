@@ -29,8 +29,7 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
         # singular product (fewer samples than dimensions): offset both, as pytorch-fid does
         offset = np.eye(len(cov1)) * 1e-6
         product = np.asarray(sqrtm((cov1 + offset) @ (cov2 + offset)))
-    trace_sqrt = float(np.trace(product).real)
-    return _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt)
+    return float(_frechet_from_trace(mu1, cov1, mu2, cov2, float(np.trace(product).real)))
 
 
 def frechet_distance_eigh(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray):
@@ -42,18 +41,17 @@ def frechet_distance_eigh(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, co
     values, vectors = np.linalg.eigh(cov1)
     root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]) @ np.swapaxes(vectors, -1, -2)
     inner = np.linalg.eigvalsh(root1 @ cov2 @ root1)
-    trace_sqrt = np.sqrt(np.clip(inner, 0.0, None)).sum(axis=-1)
-    difference = mu1 - mu2
-    value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
-             + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
-    value = np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+    value = _frechet_from_trace(mu1, cov1, mu2, cov2, np.sqrt(np.clip(inner, 0.0, None)).sum(axis=-1))
     return float(value) if np.ndim(value) == 0 else value
 
 
-def _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt: float) -> float:
+def _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt):
+    """||mu1 - mu2||^2 + Tr C1 + Tr C2 - 2 Tr (C1 C2)^1/2 given the last term's trace: one pair of
+    Gaussians or stacks of them ((k, d) means, (k, d, d) covariances, k traces)."""
     difference = mu1 - mu2
-    value = float(difference @ difference + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
-    return max(value, 0.0)  # rounding can give -1e-12 for identical samples
+    value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
+             + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt)
+    return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
 
 
 def frechet_between(x: np.ndarray, y: np.ndarray) -> float:
@@ -80,10 +78,10 @@ def resampled_frechet(x: np.ndarray, y: np.ndarray, counts_x: np.ndarray, counts
     (possible when items are drawn) has no covariance: NaN. `on_resamples(count)`: called as
     each block of resamples is done (those without a value count as done at once). `threads` > 1:
     that many threads share the blocks, each with one BLAS thread (`RESAMPLE_THREADED_WIDTH`)."""
-    values = np.full(len(counts_x), np.nan)
     valid = (counts_x.sum(axis=1) >= 2) & (counts_y.sum(axis=1) >= 2)
     if valid.all():
         return _resampled_frechet(x, y, counts_x, counts_y, on_resamples, threads)
+    values = np.full(len(counts_x), np.nan)
     if on_resamples is not None:
         on_resamples(int((~valid).sum()))
     if valid.any():
@@ -156,10 +154,7 @@ def _covariance_frechet_blocks(x: np.ndarray, y: np.ndarray, counts_x: np.ndarra
     def block_values(chunk: slice) -> np.ndarray:
         mu1, cov1 = weighted_gaussian_fits(x, counts_x[chunk])
         mu2, cov2 = weighted_gaussian_fits(y, counts_y[chunk])
-        difference = mu1 - mu2
-        value = ((difference * difference).sum(axis=-1) + np.trace(cov1, axis1=-2, axis2=-1)
-                 + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * trace_sqrt_products(cov1, cov2))
-        return np.maximum(value, 0.0)  # rounding can give -1e-12 for identical samples
+        return _frechet_from_trace(mu1, cov1, mu2, cov2, trace_sqrt_products(cov1, cov2))
 
     return block_values
 
