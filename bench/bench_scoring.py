@@ -480,7 +480,8 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
     metric, _ = torchmetrics_clipscore(scorer)
     count = args.real_size_pairs
     tensors = [chw_tensor(image) for image in images[:count]]
-    run_torchmetrics(metric, tensors[:2], captions[:2], args.batch_size)  # warm-up
+    warm_up = tensors[:2]  # one pair when --real-size-pairs 1: CLIPScore refuses unequal counts
+    run_torchmetrics(metric, warm_up, captions[:len(warm_up)], args.batch_size)
     _, clipscore_cpu, _ = _cpu_timed(lambda: run_torchmetrics(metric, tensors, captions[:count], args.batch_size))
     per_pair = clipscore_cpu / count
     rng = np.random.default_rng(0)
