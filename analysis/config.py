@@ -323,6 +323,25 @@ def eval_attack_options(evaluation: dict) -> dict:
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 
 
+# AttackSettings' names for the eval keys the study spells as train eval's flags
+_EVAL_KEY_OF_SETTING = {"eps": "attack_eps", "steps": "pgd_steps", "step_size": "pgd_step_size", "budget": "word_budget"}
+
+
+def _in_eval_keys(message: str) -> str:
+    """`AttackSettings`' message ("steps must be ...; top_k ...") with each clause that starts with a
+    setting's name naming its eval key; other clauses ("unknown protocol ...") get the section."""
+    import dataclasses
+    import re
+
+    from train.attacks.settings import AttackSettings
+
+    names = "|".join(field.name for field in dataclasses.fields(AttackSettings))
+    if not re.match(rf"({names})\b", message):
+        message = "eval: " + message
+    return re.sub(rf"(^|; )({names})\b", lambda m: f"{m.group(1)}eval.{_EVAL_KEY_OF_SETTING.get(m.group(2), m.group(2))}",
+                  message)
+
+
 def _is_positive_number(value) -> bool:
     """A number > 0; YAML 1.1 reads `1e-3` as the string '1e-3', which the trainer parses as a number too."""
     if isinstance(value, bool):
@@ -433,7 +452,7 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     try:
         settings = AttackSettings.from_options(**options)
     except ValueError as exc:
-        raise MatPlusError(f"study config: eval: {exc}") from None
+        raise MatPlusError(f"study config: {_in_eval_keys(str(exc))}") from None
     # as train eval: under a reference protocol the Co-Attack code's schedule sets its own step, and the
     # reference bugs live in some attacks only; a setting none of eval.attacks reads is refused
     from train.commands_eval import attack_option_readers

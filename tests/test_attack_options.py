@@ -74,3 +74,17 @@ def test_grounding_report_head_describes_the_protocol_it_is_given(protocol, word
     assert words in head["procedure"]
     assert head["settings"]["attack_options"] == {"objective": "heat"}
 
+
+
+def test_grounding_settings_line_names_the_project_protocol_its_options_leave_out():
+    """Grounding's project options carry no protocol (its eval.json never had one); eval.md's settings
+    line still says which protocol ran, as retrieval's does."""
+    from train.eval_report import settings_markdown
+
+    def line(task: str, options: dict) -> str:
+        report = {"task": task, "settings": {"attack_options": options, "seed": 0}, "attacks": {}}
+        return settings_markdown(report)[1]
+
+    assert line("grounding", {"objective": "heat"}).startswith("Settings: attack protocol `project`; ")
+    assert line("grounding", {"protocol": "co-attack"}).startswith("Settings: attack protocol `co-attack`; ")
+    assert "protocol" not in line("captioning", {})  # a task without protocols says none

@@ -216,9 +216,14 @@ def test_a_resume_refusal_names_attack_options_by_their_flags_and_a_damaged_tag_
     BatchStore(folder, {"options": {"eps": 2 / 255, "budget": 1, "seed": 0}, "limit": 4})
     (folder / "pgd").mkdir()
     (folder / "pgd" / "batch-00000.pt").write_bytes(b"kept")
-    with pytest.raises(MatPlusError, match=re.escape("(differ: limit, options.budget (--word-budget), "
+    with pytest.raises(MatPlusError, match=re.escape("(differ: limit (--limit), options.budget (--word-budget), "
                                                      "options.eps (--attack-eps)): run that evaluation's command")):
         BatchStore(folder, {"options": {"eps": 4 / 255, "budget": 2, "seed": 0}, "limit": 8})
+    # top-level settings name their flags too; the attacks' copy of --seed is not said twice
+    with pytest.raises(MatPlusError, match=re.escape("(differ: caption_preprocess (--caption-preprocess), limit (--limit), "
+                                                     "precision (--precision), seed (--seed)): run")):
+        BatchStore(folder, {"options": {"eps": 2 / 255, "budget": 1, "seed": 1}, "limit": 8, "seed": 1,
+                            "precision": "amp_bf16", "caption_preprocess": "pre_caption"})
     (folder / "settings.json").write_text("{")
     with pytest.raises(MatPlusError, match=r"settings.json is missing or damaged, so no evaluation can resume them: "
                                            r"discard them \(train eval --restart\)$"):

@@ -307,7 +307,8 @@ def test_killed_evaluation_resumes_to_the_same_report(trained_bundle, world, tmp
     from models.half_precision import autocast
 
     with pytest.raises(MatPlusError, match=r"holds 2 finished batches of an evaluation with other settings "
-                                           r"\(differ: .*precision, seed\): run that evaluation's command again"):
+                                           r"\(differ: .*precision \(--precision\), seed \(--seed\)\): run that evaluation's "
+                                           r"command again"):
         with autocast("cpu", "amp_bf16"):
             evaluation.evaluate(trained_bundle, world, progress_dir=tmp_path / "progress", seed=1, **kwargs)
     assert len(list((tmp_path / "progress").rglob("batch-*.pt"))) == 2

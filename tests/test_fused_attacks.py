@@ -238,7 +238,10 @@ def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, caps
     # refused in one line: an attack the fused script lacks (before anything loads), another protocol, a CLIP
     refusals = [("tiny-albef", ["--attacks", "pgd,sga", "--source", str(tmp_path / "missing")], "evaluate sga without it"),
                 ("tiny-albef", ["--attacks", "pgd", "--protocol", "sga"], "needs protocol co-attack"),
-                ("tiny-clip", ["--attacks", "pgd"], "tiny-clip has none to attack")]
+                ("tiny-clip", ["--attacks", "pgd"], "ALBEF's and TCL's fusion encoder (RetrievalFusionEval.py): "
+                                                    "tiny-clip (open_clip) is neither"),
+                # BLIP's ITM encoder is a fusion encoder, but not one that script attacks
+                ("tiny-blip", ["--attacks", "pgd"], "tiny-blip (blip) is neither")]
     for model, extra, words in refusals:  # later options win: --source and --protocol replace `common`'s
         assert train_main(["eval", model, *common, *extra, "--attacked-embedding", "multimodal",
                            "--out", str(tmp_path / "refused")]) == 2

@@ -110,6 +110,12 @@ def test_settings_are_one_object_with_shared_defaults():
     assert AttackSettings(protocol="project", guide="text", pieces="first").guide == "text"
     with pytest.raises(ValueError, match="alpha must not be negative"):
         AttackSettings(alpha=-1.0)
+    # a study's YAML hands values over as written: a string "false" is true to a truth test
+    with pytest.raises(ValueError, match="^reference_bugs must be true or false, got 'false'$"):
+        AttackSettings(protocol="sga", reference_bugs="false")
+    with pytest.raises(ValueError, match="^random_start must be true or false, got 1; steps must be a whole number, "
+                                         "got 10.0; top_k must be a whole number, got True$"):
+        AttackSettings(random_start=1, steps=10.0, top_k=True)
 
 
 def test_attack_params_in_words_for_reports():
@@ -172,6 +178,9 @@ def test_a_caption_the_preprocessing_empties_stops_before_any_attack_naming_it()
     assert Gallery.from_source(rows, "test").captions[-1] == "!!!"  # as given, it is a caption
     with pytest.raises(SourceError, match=r"image 'b', caption 1 \('!!!'\): empty after --caption-preprocess pre_caption"):
         Gallery.from_source(rows, "test", caption_preprocess="pre_caption")
+    with pytest.raises(SourceError, match=r"empty after pre_caption, --protocol sga's caption preprocessing "
+                                          r"\(--caption-preprocess none keeps captions as given\); fix or drop"):
+        Gallery.from_source(rows, "test", caption_preprocess="pre_caption", protocol_default="sga")
 
 
 
@@ -577,7 +586,9 @@ def test_co_attack_on_albef_with_unequal_state_widths_reads_itc_and_says_so(albe
     mlm = (echo(tokenizer, {}), tokenizer, "echo")
     with caplog.at_level("WARNING", logger="train.attacks.factory"):
         co = build_attack("co-attack", twin, mlm=mlm, protocol="co-attack")
-    assert type(co.victim).__name__ == "AlbefModel" and co.embedding == "unit" and "embeddings_from" not in co.params()
+    assert type(co.victim).__name__ == "AlbefModel" and co.embedding == "unit"
+    # the report says it too, not only the log
+    assert co.params()["embeddings_from"] == "itc (the encoders' [CLS] states differ in width)"
     assert "widths differ (image 48, text 32)" in caplog.text
     assert build_attack("sep", twin, mlm=mlm, protocol="co-attack").params()["embeddings_from"] == "encoder-cls"
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
@@ -845,8 +856,14 @@ def test_grounding_under_co_attack_cleans_expressions_first():
     assert _expression_texts(data, "none")[0] == "The RED star, left!"
     assert _expression_texts(data, "blip_pre_caption")[0] == "the red star, left"  # BLIP keeps ","
     data.expressions[1] = dataclasses.replace(data.expressions[1], text="?!")
-    with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after --caption-preprocess pre_caption"):
+    # no --caption-preprocess given: the message says whose default emptied it and how to keep captions as given
+    with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after pre_caption, --protocol co-attack's "
+                                         r"caption preprocessing \(--caption-preprocess none keeps captions as given\); "
+                                         r"fix or drop that expression$"):
         evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "co-attack"})
+    with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after --caption-preprocess pre_caption"):
+        evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "co-attack"},
+                           caption_preprocess="pre_caption")
     with pytest.raises(ValueError, match="--protocol sga has no grounding evaluation"):
         evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "sga"})
 
@@ -906,6 +923,9 @@ def test_train_eval_grounding_runs_every_attack_under_co_attack(grounding_world_
 
     for extra, message in [(["--protocol", "sga"], "--protocol sga has no grounding evaluation to reproduce"),
                            (["--protocol", "co-attack", "--grounding-objective", "heat"],
+                            "--grounding-objective is a project-protocol choice"),
+                           # its default too: set, it would be ignored (as --text-guide image under a protocol)
+                           (["--protocol", "co-attack", "--grounding-objective", "itm"],
                             "--grounding-objective is a project-protocol choice"),
                            (["--reference-bugs"], "--reference-bugs needs --protocol sga or co-attack"),
                            (["--protocol", "co-attack", "--attacked-embedding", "multimodal", "--attacks", "pgd,sga"],

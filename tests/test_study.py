@@ -211,7 +211,7 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
     options = eval_attack_options(load_study_config("mini", {"eval": {"top_k": 3, "word_budget": 2, "pgd_step_size": "1/255"}})["eval"])
     settings = AttackSettings.from_options(**{k: v for k, v in options.items() if k != "mlm"})
     assert (settings.top_k, settings.budget, settings.step_size) == (3, 2, pytest.approx(1 / 255))
-    with pytest.raises(MatPlusError, match="mini.yaml: eval: "):
+    with pytest.raises(MatPlusError, match="mini.yaml: eval.word_budget must be at least 0, got -1$"):
         load_study_config("mini", {"eval": {"word_budget": -1}})
 
 
@@ -263,7 +263,7 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
 
     for bad, message in [({"protocol": "albef"}, "mini.yaml: eval: unknown protocol 'albef'; expected one of project, sga, co-attack"),
                          ({"protocl": "sga"}, "unknown eval keys \\['protocl'\\]"),
-                         ({"reference_bugs": True}, "mini.yaml: eval: reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
+                         ({"reference_bugs": True}, "mini.yaml: eval.reference_bugs needs a reference protocol \\(sga or co-attack\\)"),
                          ({"protocol": "sga", "attack_protocol": "co-attack"}, "disagree"),
                          # as train eval: settings none of eval.attacks reads under the protocol
                          ({"protocol": "co-attack", "reference_bugs": True, "attacks": ["clean", "pgd"]},

@@ -68,6 +68,10 @@ def _refused(tmp_path, text: str, *expected) -> str:
     ("methods: [mat+]\npools: {}", "methods has mat+ but pools is empty"),
     ("headline_runs: mat", "headline_runs must be a list of run names, e.g. [mat], got 'mat'"),
     ("train: {steps: 3}", "unknown train keys ['steps']"),  # an old check, now naming the file
+    # a quoted 'false' was a true string: the study ran every evaluation with the reference bugs on
+    ("eval: {protocol: sga, reference_bugs: 'false'}", "eval.reference_bugs must be true or false, got 'false'"),
+    ("eval: {pgd_steps: 2.5}", "eval.pgd_steps must be a whole number, got 2.5"),
+    ("eval: {protocol: foo}", "eval: unknown protocol 'foo'"),
 ])
 def test_a_bad_study_config_is_refused_at_load_naming_its_file(tmp_path, text, expected):
     _refused(tmp_path, text, expected)

@@ -139,8 +139,10 @@ def check_fusion_target(args: argparse.Namespace, attacked) -> None:
     from augment.errors import MatPlusError
 
     if args.attacked_embedding != "unimodal" and not callable(getattr(attacked, "fusion_states", None)):
-        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} attacks a fusion encoder's output: "
-                           f"{attacked.name or attacked.family} has none to attack (ALBEF and TCL do)")
+        # BLIP has a fusion encoder (its ITM encoder) but is not in that script, which the option reproduces
+        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} is the Co-Attack code's attack on ALBEF's "
+                           f"and TCL's fusion encoder (RetrievalFusionEval.py): {attacked.name or attacked.family} "
+                           f"({attacked.family}) is neither")
 
 
 def attack_options_from_arguments(args: argparse.Namespace) -> dict:
@@ -285,7 +287,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     protocol.add_argument("--caption-preprocess", choices=CAPTION_PREPROCESSING, default=None,
                           help="pre_caption: lower case, no punctuation, 30 words, as the SGA and Co-Attack (ALBEF) code; "
                                "blip_pre_caption: BLIP's, lower case, .!\"()*#:;~ to spaces, 30 words, as BLIP's reference "
-                               "evaluation (default: none; pre_caption under a reference protocol)")
+                               "evaluation (default: none under --protocol project, pre_caption under a reference protocol; "
+                               "retrieval and grounding only)")
 
     multi = parser.add_argument_group("multimodal attacks")
     multi.add_argument("--sga-scales", type=_scales, default=D.scales, help="SGA resize scales (default: 0.5,0.75,1.25,1.5)")

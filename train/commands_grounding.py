@@ -12,9 +12,10 @@ from __future__ import annotations
 def add_grounding_arguments(parser) -> None:
     """The options `train eval` gets for `--task grounding` (the rest are shared with retrieval)."""
     group = parser.add_argument_group("grounding (--task grounding)")
-    group.add_argument("--grounding-objective", choices=("itm", "heat"), default="itm",
+    # default None, read as itm: under --protocol co-attack even `itm` is refused (it would be ignored)
+    group.add_argument("--grounding-objective", choices=("itm", "heat"), default=None,
                        help="what the grounding attacks lower: the ITM score of the pair, or the heat share on the "
-                            "true box (default: itm)")
+                            "true box (default: itm; --protocol project only)")
     group.add_argument("--dets", default=None, help="RefCOCO+ detections (default: refcoco+/dets.json beside --source)")
     group.add_argument("--refs", default=None, help="RefCOCO+ refs as JSON (default: refcoco+/refs(unc).json beside --source)")
     group.add_argument("--instances", default=None, help="COCO instances (default: refcoco+/instances.json beside --source)")
@@ -43,15 +44,16 @@ def run(args) -> int:
         raise MatPlusError(f"--protocol {args.protocol} has no grounding evaluation to reproduce (the SGA code evaluates "
                            f"retrieval only): use --protocol co-attack (Co-Attack's GroundingEval.py) or project")
     reference = args.protocol != "project"
-    if reference and args.grounding_objective != args.option_default("grounding_objective"):
+    if reference and args.grounding_objective is not None:
         raise MatPlusError(f"--grounding-objective is a project-protocol choice: under --protocol {args.protocol} the "
                            "attacks read the encoders' embeddings, as the reference code does; leave it out")
+    objective = args.grounding_objective or "itm"
     options = attack_options_from_arguments(args)
     if reference:  # only here: the settings would read the project's `objective` (itm, heat) as an attack loss
         _check_attack_options(options)
     else:  # the project's attacks lower a grounding objective; its reports have always recorded no protocol
         del options["protocol"], options["reference_bugs"]
-        options["objective"] = args.grounding_objective
+        options["objective"] = objective
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     # the data first: a wrong path or split stops in one line before any model loads
@@ -71,7 +73,7 @@ def run(args) -> int:
         if args.attacker_model:  # transfer: the attacks craft on the attacker's grounding objective
             attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
             if not reference:  # the reference attacks read the encoders' embeddings, which every family has
-                check_attacker(attacker, args.grounding_objective)
+                check_attacker(attacker, objective)
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
     check_fusion_target(args, attacker or model)

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from train.eval_store import BatchStore
 
 
+def preprocessing_in_words(caption_preprocess: str, protocol_default: str | None = None) -> str:
+    """How a one-line error names the caption preprocessing: the flag as given, or the protocol's default
+    (a user who never passed --caption-preprocess should learn where it came from and how to leave it)."""
+    if protocol_default is None:
+        return f"--caption-preprocess {caption_preprocess}"
+    return (f"{caption_preprocess}, --protocol {protocol_default}'s caption preprocessing "
+            "(--caption-preprocess none keeps captions as given)")
+
+
 @dataclass
 class Gallery:
     """The evaluated images (source rows) and their captions, flattened."""
@@ -32,7 +41,9 @@ class Gallery:
 
     @classmethod
     def from_source(cls, source_dataset, split: str | None = "test", limit: int | None = None,
-                    captions_per_image: int | None = None, caption_preprocess: str | None = None) -> "Gallery":
+                    captions_per_image: int | None = None, caption_preprocess: str | None = None,
+                    protocol_default: str | None = None) -> "Gallery":
+        """`protocol_default`: the protocol whose default `caption_preprocess` is (the user gave none)."""
         from augment.errors import SourceError
         from augment.sources import select_split
         from augment.words import preprocess_caption
@@ -47,7 +58,8 @@ class Gallery:
             for index, (given, caption) in enumerate(zip(kept, cleaned)):
                 if not caption.strip():  # e.g. "!!!" under pre_caption: stop before any attack runs
                     raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): empty after "
-                                      f"--caption-preprocess {caption_preprocess}; fix or drop that caption")
+                                      f"{preprocessing_in_words(caption_preprocess, protocol_default)}; fix or drop "
+                                      "that caption")
             captions += cleaned
             image_of_text += [image] * len(kept)
             caption_index += list(range(len(kept)))

@@ -40,8 +40,10 @@ def settings_markdown(report: dict) -> list[str]:
     settings = report["settings"]
     options = settings.get("attack_options", {})
     said = []
-    if options.get("protocol"):
-        said.append(f"attack protocol `{options['protocol']}`"
+    # grounding's project-protocol options leave the protocol out (its eval.json never recorded one)
+    protocol = options.get("protocol") or ("project" if report.get("task") == "grounding" else None)
+    if protocol:
+        said.append(f"attack protocol `{protocol}`"
                     + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
     if options.get("attacked_embedding", "unimodal") != "unimodal":
         said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair)")

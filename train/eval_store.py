@@ -319,6 +319,12 @@ def content_problem(content, fields: dict[str, tuple[type | tuple[type, ...], in
     return None
 
 
+# the batch store's top-level settings that one `train eval` flag sets (the rest: models, data, attacks)
+_SETTINGS_FLAGS = {"seed": "--seed", "precision": "--precision", "caption_preprocess": "--caption-preprocess",
+                   "batch_size": "--batch-size", "captions_per_image": "--captions-per-image", "split": "--split",
+                   "limit": "--limit", "rerank_k": "--rerank-k", "checker": "--truth-checker", "device": "--device"}
+
+
 def _settings_differences(found: str | None, wanted: str) -> str | None:
     """The settings keys (one level into nested ones, as `options.eps`, an attack option with
     its flag: `options.eps (--attack-eps)`) whose values differ; None when `found` (the kept
@@ -339,7 +345,9 @@ def _settings_differences(found: str | None, wanted: str) -> str | None:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS else "")
-                       for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+                       for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)
+                       # the attacks' seed is train eval's --seed, said once by the top-level key
+                       and not (key == "options" and sub in _SETTINGS_FLAGS and sub in before | after)]
         else:
-            differ.append(key)
+            differ.append(key + (f" ({_SETTINGS_FLAGS[key]})" if key in _SETTINGS_FLAGS else ""))
     return "differ: " + ", ".join(differ)

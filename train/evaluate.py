@@ -356,11 +356,14 @@ def _evaluated_gallery(source_dataset, split: str | None, limit: int | None, cap
                        caption_preprocess: str | None, options: dict) -> tuple[Gallery, str]:
     """The gallery and its caption preprocessing (None asked: the attack protocol's); ValueError when
     the evaluated images have no captions."""
+    protocol_default = None
     if caption_preprocess is None:
         from train.attacks import PROTOCOL_CHOICES
 
-        caption_preprocess = PROTOCOL_CHOICES[options.get("protocol") or "project"].caption_preprocess
-    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess)
+        protocol_default = options.get("protocol") or "project"
+        caption_preprocess = PROTOCOL_CHOICES[protocol_default].caption_preprocess
+    gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image, caption_preprocess,
+                                  protocol_default)
     if not gallery.captions:
         raise ValueError("the evaluated images have no captions")
     return gallery, caption_preprocess

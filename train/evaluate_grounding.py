@@ -51,7 +51,7 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import (build_attacks, evaluation_bar, plain_attack_options, reseed_attack,
+from train.eval_common import (build_attacks, evaluation_bar, preprocessing_in_words, plain_attack_options, reseed_attack,
                                to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
@@ -210,9 +210,10 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     if protocol not in GROUNDING_PROTOCOLS:
         raise ValueError(f"--protocol {protocol} has no grounding evaluation to reproduce (the SGA code evaluates "
                          f"retrieval only); grounding protocols: {', '.join(GROUNDING_PROTOCOLS)}")
+    protocol_default = protocol if caption_preprocess is None else None
     if caption_preprocess is None:
         caption_preprocess = PROTOCOL_CHOICES[protocol].caption_preprocess
-    texts = _expression_texts(data, caption_preprocess)  # first: a text cleaned away stops before any model runs
+    texts = _expression_texts(data, caption_preprocess, protocol_default)  # first: a text cleaned away stops before any model runs
     model.eval()
     transfer = attacker is not None and attacker is not model
     attacker = attacker if transfer else model
@@ -243,7 +244,7 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     return report
 
 
-def _expression_texts(data: GroundingData, caption_preprocess: str) -> list[str]:
+def _expression_texts(data: GroundingData, caption_preprocess: str, protocol_default: str | None = None) -> list[str]:
     """Each expression's text as evaluated (`augment.words.preprocess_caption`); ValueError naming
     the first one the preprocessing leaves empty."""
     from augment.words import preprocess_caption
@@ -252,8 +253,8 @@ def _expression_texts(data: GroundingData, caption_preprocess: str) -> list[str]
     for expression in data.expressions:
         text = preprocess_caption(expression.text, caption_preprocess)
         if not text.strip():
-            raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): empty after --caption-preprocess "
-                             f"{caption_preprocess}; fix or drop that expression")
+            raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): empty after "
+                             f"{preprocessing_in_words(caption_preprocess, protocol_default)}; fix or drop that expression")
         texts.append(text)
     return texts
 

@@ -121,6 +121,8 @@ class Attack(ABC):
 
     modality: str = ""  # "image", "text" or "multimodal"
     name: str = ""
+    # set where the attack reads other embeddings than its victim says (a fallback its report must show)
+    embeddings_from: str | None = None
 
     def __init__(self, victim, loss: str = "pair"):
         if loss not in LOSSES:
@@ -135,7 +137,7 @@ class Attack(ABC):
     def params(self) -> dict:
         """The attack's settings, for reports (`embeddings_from`: where a victim read other than by
         its ITC embeddings takes them from, `train.attacks.unprojected`)."""
-        embeddings_from = getattr(self.victim, "embeddings_from", None)
+        embeddings_from = self.embeddings_from or getattr(self.victim, "embeddings_from", None)
         return {"loss": self.loss, "embeddings_from": embeddings_from} if embeddings_from else {"loss": self.loss}
 
 

@@ -25,6 +25,8 @@ from train.attacks.text import BertAttack, SynonymAttack, WordSubstitutionAttack
 from train.attacks.unprojected import UnprojectedVictim
 
 log = logging.getLogger(__name__)
+# what a report says Co-Attack read where the Co-Attack code's [CLS] reading cannot work (widths differ)
+ITC_FALLBACK = "itc (the encoders' [CLS] states differ in width)"
 
 
 def resolve_settings(settings: AttackSettings | None = None, attack: str | None = None, family: str | None = None,
@@ -68,6 +70,9 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
         log.warning("%s: Co-Attack reads the ITC embeddings, not the encoders' [CLS] states as the Co-Attack code "
                     "does: their widths differ (image %d, text %d)", victim.name or victim.family, *widths)
         cls_states = False
+        itc_fallback = True
+    else:
+        itc_fallback = False
     if cls_states:
         victim = UnprojectedVictim(victim)
 
@@ -126,8 +131,11 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     if name == "sep":
         return SepAttack(victim, image_attack=image_attack("pgd"), text_attack=text_attack(choices.text_guide), loss=s.loss)
     if name == "co-attack":
-        return CoAttack(victim, image_attack=image_attack("co-attack"), text_attack=text_attack(choices.text_guide),
-                        alpha=s.alpha, loss=s.loss, mode=choices.co_attack, embedding="raw" if cls_states else "unit")
+        attack = CoAttack(victim, image_attack=image_attack("co-attack"), text_attack=text_attack(choices.text_guide),
+                          alpha=s.alpha, loss=s.loss, mode=choices.co_attack, embedding="raw" if cls_states else "unit")
+        if itc_fallback:  # the warning goes to the log; the report says it too
+            attack.embeddings_from = ITC_FALLBACK
+        return attack
     # SGA's text steps are image-guided in every protocol (the SGA code's img_guided_attack)
     return SGA(victim, image_attack=image_attack("sga"), text_attack=text_attack("image" if s.reference else None),
                scales=s.scales, noise_std=s.noise_std, loss=s.loss, first_guide=choices.sga_first_guide,

@@ -101,6 +101,10 @@ def with_flag_names(message: str) -> str:
                   message)
 
 
+# the settings that count things (a YAML `steps: 10.0` or `true` is refused, not truncated or read as 1)
+_WHOLE_NUMBERS = ("steps", "top_k", "budget", "max_length", "words_per_round", "text_batch", "mlm_batch")
+
+
 @dataclass(frozen=True)
 class AttackSettings:
     """Every attack knob with its default (the attack papers' protocol, see README)."""
@@ -131,7 +135,13 @@ class AttackSettings:
     attacked_embedding: str = "unimodal"  # or the fusion encoder's output: "multimodal", "multimodal-cls"
 
     def __post_init__(self) -> None:
-        problems = []
+        # types first: a study YAML's `reference_bugs: 'false'` is a string, which a truth test reads as on
+        problems = [f"{name} must be true or false, got {getattr(self, name)!r}"
+                    for name in ("random_start", "reference_bugs") if not isinstance(getattr(self, name), bool)]
+        problems += [f"{name} must be a whole number, got {getattr(self, name)!r}" for name in _WHOLE_NUMBERS
+                     if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int)]
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.protocol not in PROTOCOLS:
             problems.append(f"unknown protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
         if self.loss not in LOSSES:
