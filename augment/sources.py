@@ -496,8 +496,10 @@ def arrow_columns(dataset: "datasets.Dataset", names: list[str]) -> list:
     return [table[name] for name in names]
 
 
-def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Dataset":
-    """Rows of one split (None or "all" keeps every row); an absent split is an error."""
+def select_split(dataset: "datasets.Dataset", split: str | None, unlabelled_hint: str = "") -> "datasets.Dataset":
+    """Rows of one split (None or "all" keeps every row); an absent split is an error, ending in
+    `unlabelled_hint` (what the command offers) when every row is "train", as a source that names no
+    split (an open_clip TSV, an ALBEF file) is read."""
     if split in (None, "all"):
         return dataset
     if split not in SPLITS:
@@ -509,7 +511,9 @@ def select_split(dataset: "datasets.Dataset", split: str | None) -> "datasets.Da
     indices = np.flatnonzero(pc.equal(splits, split).to_numpy(zero_copy_only=False))
     if not len(indices):
         present = sorted(set(splits.to_pylist()))
-        raise SourceError(f"source has no {split!r} rows (splits present: {present})")
+        hint = f"; a source that names no splits is read as 'train': {unlabelled_hint}" \
+            if unlabelled_hint and present == ["train"] else ""
+        raise SourceError(f"source has no {split!r} rows (splits present: {present}){hint}")
     if table_rows(dataset) is None and dataset.format["type"] is None:
         # a whole table (a loaded source): its split's rows taken by arrow in one call. `select`
         # would keep an indices mapping through which every later whole-column read gathers

@@ -192,3 +192,51 @@ def test_captioning_and_grounding_batches_with_the_wrong_content_are_one_line(tm
     caption = _Record(None)
     store.save("clean", 0, caption)
     assert store.load_state("clean", 0, _Record.problem) == caption.state()
+
+
+def test_a_worker_death_raised_inside_an_attack_is_one_line_and_the_rerun_resumes(sample_world_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """torch's SIGCHLD handler raises a dead DataLoader worker's RuntimeError wherever the main process
+    is, here inside PGD: was a traceback and exit 1; now the trainer's one line, exit 2, the finished
+    batches kept for the rerun."""
+    from train.attacks.pgd import PGD
+    from train.cli import main
+
+    original, calls = PGD.__call__, []
+
+    def dies_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PGD, "__call__", dies_on_the_second_batch)
+    out = tmp_path / "out"
+    assert main(eval_args(sample_world_dir, out)) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("error: a data-loading worker process died (DataLoader worker (pid 4242) is killed by "
+                           "signal: Killed), likely out of memory: use fewer --workers (0 now), then re-run the same "
+                           "command: it resumes"), line
+    assert len(list((out / ".progress" / "pgd").glob("batch-*.pt"))) == 1  # the first batch is kept
+    monkeypatch.setattr(PGD, "__call__", original)
+    assert main(eval_args(sample_world_dir, out)) == 0
+    captured = capsys.readouterr()
+    assert "1 finished batches kept (pgd 1)" in captured.out + captured.err, captured
+
+
+def test_an_absent_split_of_a_source_without_splits_says_how_to_evaluate_it():
+    """An open_clip TSV names no split: every row is read as "train", so `train eval`'s default --split
+    test found nothing, and the line did not say what to do."""
+    import datasets
+
+    from augment.errors import SourceError
+    from train.eval_common import Gallery
+
+    rows = datasets.Dataset.from_dict({"image_id": ["a"], "captions": [["a red ball"]], "split": ["train"]})
+    with pytest.raises(SourceError, match=r"^source has no 'test' rows \(splits present: \['train'\]\); a source that "
+                                          r"names no splits is read as 'train': --source-split test labels every row "
+                                          r"test, or --split all evaluates them all$"):
+        Gallery.from_source(rows, "test")
+    labelled = datasets.Dataset.from_dict({"image_id": ["a", "b"], "captions": [["x"], ["y"]], "split": ["train", "val"]})
+    with pytest.raises(SourceError, match=r"^source has no 'test' rows \(splits present: \['train', 'val'\]\)$"):
+        Gallery.from_source(labelled, "test")  # it names its splits: no relabelling offered

@@ -296,3 +296,25 @@ def test_cache_files_are_readable_as_the_umask_allows(tmp_path, train_items, tin
         os.umask(previous)
     [written] = tmp_path.glob("text-*.safetensors")
     assert written.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_worker_death_raised_inside_the_encoding_is_the_one_line_error(tmp_path, train_items, tiny_scorer, monkeypatch):
+    """torch's SIGCHLD handler raises a dead decoding worker's RuntimeError wherever the main process is,
+    here in the scorer's model: was a traceback; now the loaders' one line (exit 2 at the CLI). Any
+    other RuntimeError passes untouched."""
+    from augment.loading import DataWorkerDied
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    images = [item["image"] for item in train_items[:3]]
+    embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path, tiny_scorer.id), workers=2)
+    for error, caught in [("DataLoader worker (pid 4242) is killed by signal: Killed. ", DataWorkerDied),
+                          ("mat1 and mat2 shapes cannot be multiplied", RuntimeError)]:
+        def dies(pixels, error=error):
+            raise RuntimeError(error)
+
+        monkeypatch.setattr(tiny_scorer, "encode_prepared", dies)
+        with pytest.raises(caught) as raised:
+            embedder.images(images)
+        assert (type(raised.value) is DataWorkerDied) == (caught is DataWorkerDied)
+        if caught is DataWorkerDied:
+            assert "likely out of memory: use fewer --workers" in str(raised.value), raised.value

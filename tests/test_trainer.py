@@ -796,7 +796,9 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["clean", "--resume", str(tmp_path / "nowhere")], "--resume", "checkpoint folder")
     # a bad value from a --config file names the file (the same flag on the command line needs no pointer)
     (tmp_path / "bad.yaml").write_text("lr: -1\n")
-    fails(["clean", "--config", str(tmp_path / "bad.yaml")], f"--lr must be positive (lr from {tmp_path / 'bad.yaml'})")
+    fails(["clean", "--config", str(tmp_path / "bad.yaml")],
+          f"--lr must be positive and finite, got -1.0 (lr from {tmp_path / 'bad.yaml'})")
+    fails(["clean", "--lr", "inf"], "--lr must be positive and finite, got inf")  # said "must be positive"
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
                 ["--source", "x"], ["--warm", "10"]):

@@ -246,7 +246,7 @@ def test_open_clip_train_names_of_clipping_and_logging_and_their_old_aliases(tmp
 def test_a_bad_clip_norm_from_a_config_file_names_the_file(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("max_grad_norm: -1\n")
     code, err = _main(capsys, "clean", "--config", tmp_path / "c.yaml", "--train-data", "d", "--out", tmp_path / "r")
-    assert code == 2 and err == f"error: --grad-clip-norm must be positive, got -1.0 (max_grad_norm from {tmp_path / 'c.yaml'})"
+    assert code == 2 and err == f"error: --grad-clip-norm must be positive and finite, got -1.0 (max_grad_norm from {tmp_path / 'c.yaml'})"
 
 
 # ----------------------------------------------------------------------------- 7. a killed DataLoader worker
@@ -388,3 +388,33 @@ def test_blips_class_token_is_not_decayed_as_in_every_other_family():
         names = {id(p): n for n, p in model.named_parameters()}
         assert any(names[id(p)].endswith(token) for p in no_decay["params"]), name
         assert not any(token in names[id(p)] for p in decay["params"]), name
+
+
+def test_validate_and_skip_bad_cover_the_validation_data_and_a_named_skip_report_is_checked_first(tmp_path,
+                                                                                                   sample_world_dir,
+                                                                                                   capsys):
+    """was: --val-data was read without --validate and --skip-bad: with --validate the run wrote RUN and
+    stopped at its first validation, in the lazy read's words; --skip-bad did not skip its bad record;
+    and a --skip-report naming a file that is no report was refused only when a record was bad."""
+    val = tmp_path / "val-world"
+    shutil.copytree(sample_world_dir, val)
+    data = json.loads(next(val.glob("dataset_*.json")).read_text())
+    broken = next(entry["filename"] for entry in data["images"] if entry["split"] == "val")
+    image = next(val.rglob(broken))
+    image.write_bytes(image.read_bytes()[:100])  # truncated
+    common = ["clean", "--train-data", sample_world_dir, "--max-steps", "1", "--val-frequency", "1", "--val-data", val,
+              "--val-attack", "clean", "--val-limit", "4", *FAST]
+    code, err = _main(capsys, *common, "--validate", "--out", tmp_path / "validated")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: --val-data {val}: "), err
+    assert broken in err and not (tmp_path / "validated").exists()
+    code, err = _main(capsys, *common, "--skip-bad", "--out", tmp_path / "skipped")
+    assert code == 0, err
+    report = json.loads((tmp_path / "skipped.val-data.skipped.json").read_text())
+    assert [record["record"] for record in report["skipped"]] and broken in json.dumps(report["skipped"]), report
+    assert f"skipped 1 bad records of --val-data; report: {tmp_path / 'skipped.val-data.skipped.json'}" in err
+    # the train data is clean: a named report that would replace the source is refused all the same
+    source_file = next(sample_world_dir.glob("dataset_*.json"))
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--max-steps", "1", "--skip-bad",
+                      "--skip-report", source_file, *FAST, "--out", tmp_path / "refused")
+    assert code == 2 and "--skip-report" in err and "the report would replace it" in err, err
+    assert not (tmp_path / "refused").exists()

@@ -392,6 +392,15 @@ def _check_option_values(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
     if args.workers is not None and args.workers < 0:  # before --restart empties anything
         raise MatPlusError("--workers must be non-negative")
+    if args.device is not None:  # was blamed on the model: "cannot load CLIP model ...: Expected one of cpu, ..."
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise MatPlusError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MatPlusError(f"--device {args.device}: torch sees no CUDA device here")
     if args.attacker_pretrained is not None and not args.attacker_model:  # it would be silently ignored
         raise MatPlusError("--attacker-pretrained is read only with --attacker-model: leave it out or add "
                            "--attacker-model ARCH")
@@ -410,10 +419,12 @@ def truth_checker_for(choice: str, has_scenes: bool, checker):
 def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | None = None):
     from augment.world.truth import check_caption_of_row, has_scenes
     from augment.sources import select_split
+    from train.eval_common import UNLABELLED_HINT
 
     if choice == "none":
         return None
-    rows = select_split(dataset, split)  # only the rows evaluated: start-up stays flat in the source size
+    rows = select_split(dataset, split, UNLABELLED_HINT.format(split=split))  # only the rows evaluated: start-up
+    # stays flat in the source size
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     return truth_checker_for(choice, has_scenes(rows), check_caption_of_row)
@@ -430,8 +441,14 @@ def _workers(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`train eval` of every task, holding OUT (`writing_into`) before anything in it is read."""
+    from augment.loading import raise_worker_death
+
     with writing_into(Path(args.out)):
-        return _run(args)
+        try:
+            return _run(args)
+        except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error wherever the attack is
+            raise_worker_death(exc, "re-run the same command: it resumes from the finished batches",
+                               args.workers if args.workers is not None and args.workers >= 0 else None)
 
 
 def _run(args: argparse.Namespace) -> int:

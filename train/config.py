@@ -450,9 +450,10 @@ def _validate(c: TrainConfig) -> None:
     _check(c.schedule_steps is None or c.schedule_steps >= 1, "--schedule-steps must be at least 1")
     _check(c.batch_size >= 1, "--batch-size must be at least 1")
     _check(c.grad_accum >= 1, "--grad-accum must be at least 1")
-    _check(c.lr > 0 and math.isfinite(c.lr), "--lr must be positive")
+    _check(c.lr > 0 and math.isfinite(c.lr), f"--lr must be positive and finite, got {c.lr}")
     # clipping to a negative norm flips every gradient's sign (torch clamps the scale only from above)
-    _check(c.max_grad_norm is None or 0 < c.max_grad_norm < math.inf, f"--grad-clip-norm must be positive, got {c.max_grad_norm}")
+    _check(c.max_grad_norm is None or 0 < c.max_grad_norm < math.inf,
+           f"--grad-clip-norm must be positive and finite, got {c.max_grad_norm}")
     # finite too: an infinite weight decay turned every weight to NaN after one step, and trained on
     _check(0 <= c.wd < math.inf, f"--wd must be non-negative and finite, got {c.wd}")
     _check(c.warmup >= 0, "--warmup must be non-negative")

@@ -464,8 +464,10 @@ def load_train_data(config, progress: bool = False, report_skipped: bool = True)
     """Read the source and the pools named in `config` and check that they fit together; with
     --skip-bad the skipped records' report is written (`report_skipped`: by one process)."""
     from augment.pool import load_pool
-    from augment.sources import load_source
+    from augment.sources import check_skip_report_target, load_source
 
+    if config.skip_bad and config.skip_report:  # named: refused before the source is read, as every command does
+        check_skip_report_target(config.skip_report, config.train_data)
     source, report = load_source(config.train_data, image_root=config.image_root, split=config.source_split,
                                  skip_bad=config.skip_bad, validate=config.validate, progress=progress,
                                  allow_outside_root=config.allow_outside_root, csv_img_key=config.csv_img_key,

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from train.eval_store import BatchStore
 
 
+# what an absent --split says when the source names no splits (an open_clip TSV: every row "train")
+UNLABELLED_HINT = "--source-split {split} labels every row {split}, or --split all evaluates them all"
+
+
 def preprocessing_in_words(caption_preprocess: str, protocol_default: str | None = None) -> str:
     """How a one-line error names the caption preprocessing: the flag as given, or the protocol's default
     (a user who never passed --caption-preprocess should learn where it came from and how to leave it)."""
@@ -48,7 +52,7 @@ class Gallery:
         from augment.sources import select_split
         from augment.words import preprocess_caption
 
-        rows = select_split(source_dataset, split)
+        rows = select_split(source_dataset, split, UNLABELLED_HINT.format(split=split))
         if limit is not None:
             rows = rows.select(range(min(limit, len(rows))))
         captions, image_of_text, caption_index = [], [], []

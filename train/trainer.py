@@ -313,7 +313,7 @@ class Trainer:
         from train.validation import Validator, load_validation_data, settings_record, validation_settings
 
         cfg = self.cfg
-        source = load_validation_data(cfg, self.data.source)
+        source = load_validation_data(cfg, self.data.source, report_skipped=self.is_main)
         settings = validation_settings(cfg, every=cfg.val_frequency * self.steps_per_epoch)
         self.validation_record = settings_record(settings, source)
         if not self.is_main:

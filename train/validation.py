@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -313,18 +314,19 @@ def read_curve(run_dir: str | os.PathLike) -> list[dict]:
 # ----------------------------------------------------------------------------- from a train config
 
 
-def load_validation_data(cfg: TrainConfig, train_source):
+def load_validation_data(cfg: TrainConfig, train_source, report_skipped: bool = True):
     """What `train --val-frequency` validates on: --val-data (default: the train data,
     `train_source`) cut to --val-split, or for grounding the split's images with their boxes
     (`augment.referring.load_grounding`). Read and checked before RUN is written: an unknown or
-    absent split is one line naming it (it used to stop the run at its first validation)."""
+    absent split is one line naming it (it used to stop the run at its first validation).
+    `report_skipped`: whether this process writes --skip-bad's report of --val-data (one process does)."""
     from augment.errors import SourceError
     from augment.sources import select_split
 
     which = "validation (--val-frequency)" if cfg.val_data is None else f"--val-data {cfg.val_data}"
     if cfg.task == "grounding":  # boxes to ground: the source read as grounding data, cut to the split
         return _grounding_validation(cfg, which)
-    source = train_source if cfg.val_data is None else _validation_source(cfg)
+    source = train_source if cfg.val_data is None else _validation_source(cfg, report_skipped)
     try:
         select_split(source, cfg.val_split)  # an unknown or absent split: one line now
     except SourceError as exc:
@@ -358,27 +360,36 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
                               attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
 
 
-def _validation_source(cfg: TrainConfig):
+# --skip-bad's report of --val-data's records, beside RUN as the train data's RUN.skipped.json
+VAL_SKIP_REPORT_SUFFIX = ".val-data.skipped.json"
+
+
+def _validation_source(cfg: TrainConfig, report_skipped: bool = True):
     """--val-data, its images found from --val-image-root or its own location (--image-root is the
     train data's). A source whose rows are all in the default split "train" (an open_clip CSV/TSV
     or an ALBEF file that names no split) is read as --val-split whole, as --source-split labels
     the train data's: it was refused for having no "val" rows. One that names its splits keeps
     them (`flickr30k_test.json` holds "test" rows, refused for --val-split val: model selection
     on test data is asked for with --val-split test). Errors name --val-data: the train data was
-    read fine."""
+    read fine. --validate and --skip-bad apply to it as to the train data (its skipped records
+    reported in RUN.val-data.skipped.json)."""
     from augment.errors import MatPlusError, SourceError, first_line
     from augment.sources import load_source
 
-    def load(split):
-        return load_source(cfg.val_data, image_root=cfg.val_image_root, split=split,
-                           allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
-                           csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)[0]
+    def load(split, validate: bool):
+        return load_source(cfg.val_data, image_root=cfg.val_image_root, split=split, skip_bad=cfg.skip_bad,
+                           validate=validate, allow_outside_root=cfg.allow_outside_root, csv_img_key=cfg.csv_img_key,
+                           csv_caption_key=cfg.csv_caption_key, csv_separator=cfg.csv_separator)
 
     try:
-        source = load(None)
+        source, report = load(None, cfg.validate)
         only_default_split = set(source.unique("split")) == {"train"}
         if only_default_split and cfg.val_split not in ("all", "train"):
-            source = load(cfg.val_split)  # every row labelled so (a second read comes from the source cache)
+            # every row labelled so (a second read comes from the source cache; its images were checked)
+            source, report = load(cfg.val_split, False)
+        if report.skipped and report_skipped:
+            target = report.write_skipped(str(cfg.out).rstrip("/") + VAL_SKIP_REPORT_SUFFIX, None)
+            print(f"skipped {len(report.skipped)} bad records of --val-data; report: {target}", file=sys.stderr)
     except MatPlusError as exc:
         reason = first_line(exc)
         for named in (f"{cfg.val_data}: ", f"{Path(cfg.val_data).name}: "):  # said once, by the prefix

@@ -325,7 +325,7 @@ class Embedder:
         transform, so the main process only runs the model."""
         import torch
 
-        from augment.loading import ordered_batches
+        from augment.loading import ordered_batches, raise_worker_death
 
         payloads = [data if data.get("bytes") else {**data, "bytes": image_bytes_of(data)} for data in payloads]
         size = self.scorer.batch_size
@@ -336,8 +336,11 @@ class Embedder:
         # a loader item is a whole model batch, stacked in the worker: one tensor crosses the
         # process boundary per batch (per-image tensors would each open a shared-memory handle)
         prepare = functools.partial(_prepared_batch, self.scorer, payloads)
-        parts = [self.scorer.encode_prepared(pixels)
-                 for [pixels] in ordered_batches(index_batches, [[k] for k in range(len(index_batches))], workers, prepare)]
+        try:
+            parts = [self.scorer.encode_prepared(pixels) for [pixels]
+                     in ordered_batches(index_batches, [[k] for k in range(len(index_batches))], workers, prepare)]
+        except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error inside the encoding too
+            raise_worker_death(exc, workers=workers)
         return torch.cat(parts)
 
     def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:

@@ -90,7 +90,7 @@ def _refuse_existing(out_dir: Path, given: Path, overwrite: bool) -> None:
         raise SourceError(f"{given}: cannot write in {out_dir if out_dir.is_dir() else ancestor} (permission denied)")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise SourceError(f"{given} is not empty; pass overwrite=True (--overwrite) to replace it")
+            raise SourceError(f"{given} is not empty; --overwrite replaces it (overwrite=True from Python)")
         cwd = Path.cwd().resolve()
         if out_dir in cwd.parents:
             raise SourceError(f"{given} holds the current folder {cwd}; --overwrite would delete it: run elsewhere")
