@@ -185,6 +185,7 @@ def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys
     (["--task", "retrieval", "--max-length", "2"], "--max-length must be at least 3, got 2"),
     (["--task", "retrieval", "--workers", "-1", "--restart"], "--workers must be non-negative"),
     # was blamed on the model ("cannot load CLIP model 'tiny-clip': RuntimeError: Expected one of cpu, ...")
+    (["--task", "retrieval", "--seed", "-1"], "--seed must be non-negative, got -1"),
     (["--task", "retrieval", "--device", "nosuch"], "--device nosuch: not a torch device (cpu, cuda, cuda:1, mps, ...)"),
     (["--task", "retrieval", "--attacker-pretrained", "openai"],
      "--attacker-pretrained is read only with --attacker-model: leave it out or add --attacker-model ARCH"),

@@ -799,6 +799,7 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
     fails(["clean", "--config", str(tmp_path / "bad.yaml")],
           f"--lr must be positive and finite, got -1.0 (lr from {tmp_path / 'bad.yaml'})")
     fails(["clean", "--lr", "inf"], "--lr must be positive and finite, got inf")  # said "must be positive"
+    fails(["clean", "--seed", "-1"], "--seed must be non-negative, got -1")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
                 ["--source", "x"], ["--warm", "10"]):

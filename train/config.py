@@ -445,6 +445,8 @@ def _validate(c: TrainConfig) -> None:
         _check(c.val_attack in names, f"unknown --val-attack {c.val_attack!r} for --task {c.task}; expected one of {list(names)}")
     _check(not (c.method == "fare" and c.lock_image), "--lock-image with fare leaves nothing to train (FARE trains the image tower only)")
     _check(not (c.lock_image and c.lock_text), "--lock-image and --lock-text together leave nothing to train")
+    # as the study's seeds (numpy's generators refuse a negative seed)
+    _check(c.seed >= 0, f"--seed must be non-negative, got {c.seed}")
     _check(c.epochs >= 1, "--epochs must be at least 1")
     _check(c.max_steps is None or c.max_steps >= 1, "--max-steps must be at least 1")
     _check(c.schedule_steps is None or c.schedule_steps >= 1, "--schedule-steps must be at least 1")
