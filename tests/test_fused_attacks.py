@@ -241,7 +241,10 @@ def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, caps
                 ("tiny-clip", ["--attacks", "pgd"], "ALBEF's and TCL's fusion encoder (RetrievalFusionEval.py): "
                                                     "tiny-clip (open_clip) is neither"),
                 # BLIP's ITM encoder is a fusion encoder, but not one that script attacks
-                ("tiny-blip", ["--attacks", "pgd"], "tiny-blip (blip) is neither")]
+                ("tiny-blip", ["--attacks", "pgd"], "tiny-blip (blip) is neither"),
+                # the model first (was: sga refused, then, once left out, the model): one try tells
+                ("tiny-clip", ["--attacks", "pgd,sga", "--source", str(tmp_path / "missing")],
+                 "tiny-clip (open_clip) is neither")]
     for model, extra, words in refusals:  # later options win: --source and --protocol replace `common`'s
         assert train_main(["eval", model, *common, *extra, "--attacked-embedding", "multimodal",
                            "--out", str(tmp_path / "refused")]) == 2

@@ -128,6 +128,11 @@ def _check_protocol_options(args: argparse.Namespace) -> None:
                            "score candidates as the reference code does (README: Protocols)")
     # first: e.g. --attacked-embedding needs --protocol co-attack
     _check_attack_options({"protocol": args.protocol, "attacked_embedding": args.attacked_embedding})
+    if args.attacked_embedding != "unimodal":  # the model first, where its name says its family without loading it
+        attacked = args.attacker_model or args.checkpoint
+        family = _family_without_loading(attacked)
+        if family is not None and family != "albef":
+            raise MatPlusError(_not_a_fusion_model(args.attacked_embedding, attacked, family))
     unfused = [name for name in args.attacks if name not in FUSED_ATTACKS]
     if args.attacked_embedding != "unimodal" and unfused:
         raise MatPlusError(f"--attacked-embedding {args.attacked_embedding}: the Co-Attack code's fused-embedding attacks "
@@ -139,10 +144,27 @@ def check_fusion_target(args: argparse.Namespace, attacked) -> None:
     from augment.errors import MatPlusError
 
     if args.attacked_embedding != "unimodal" and not callable(getattr(attacked, "fusion_states", None)):
-        # BLIP has a fusion encoder (its ITM encoder) but is not in that script, which the option reproduces
-        raise MatPlusError(f"--attacked-embedding {args.attacked_embedding} is the Co-Attack code's attack on ALBEF's "
-                           f"and TCL's fusion encoder (RetrievalFusionEval.py): {attacked.name or attacked.family} "
-                           f"({attacked.family}) is neither")
+        raise MatPlusError(_not_a_fusion_model(args.attacked_embedding, attacked.name or attacked.family, attacked.family))
+
+
+def _not_a_fusion_model(attacked_embedding: str, name: str, family: str) -> str:
+    # BLIP has a fusion encoder (its ITM encoder) but is not in that script, which the option reproduces
+    return (f"--attacked-embedding {attacked_embedding} is the Co-Attack code's attack on ALBEF's and TCL's fusion "
+            f"encoder (RetrievalFusionEval.py): {name} ({family}) is neither")
+
+
+def _family_without_loading(name: str) -> str | None:
+    """The family of a tiny twin's name or a local model folder, else None (a Hub id is not looked up here)."""
+    from pathlib import Path
+
+    from models import TINY_FAMILY, family_of
+
+    if name in TINY_FAMILY or Path(name).is_dir():
+        try:
+            return family_of(name)
+        except Exception:  # noqa: BLE001 - loading says what is wrong with it, in its own words
+            return None
+    return None
 
 
 def attack_options_from_arguments(args: argparse.Namespace) -> dict:
