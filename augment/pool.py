@@ -248,11 +248,17 @@ class PoolWriter:
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
         existing = holds_pool(self.out_dir)
+        # a finished pool re-opened: its finish stamp stays when this run writes no shard (scores of
+        # the pool compare it: a renewed stamp made select refuse them as "data files changed")
+        self._finished_before: str | None = None
+        self._shards_written = 0
         if existing and overwrite:  # the old pool.json is replaced unread: --overwrite must mend a corrupt one
             for shard in self.data_dir.glob("*.parquet"):
                 shard.unlink()
         elif existing:
             old = read_pool_meta(self.out_dir)
+            if old.get("status") == "complete":
+                self._finished_before = old.get("finished")
             merged = resumed_meta(self.out_dir, old, meta)
             if isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list):
                 self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
@@ -311,6 +317,7 @@ class PoolWriter:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+        self._shards_written += 1
         return final
 
     def finalize(self, expected_shards: int | None = None, notes: Callable[[int], dict] | None = None) -> dict:
@@ -324,7 +331,8 @@ class PoolWriter:
         self.meta["num_rows"] = num_rows
         self.meta["num_shards"] = len(shards)
         self.meta["status"] = "complete"
-        self.meta["finished"] = _utc_now()
+        unchanged = self._shards_written == 0 and self._finished_before is not None
+        self.meta["finished"] = self._finished_before if unchanged else _utc_now()
         write_pool_card(self.out_dir, self.meta)  # before pool.json: a complete pool always has its card
         write_json_atomic(self.out_dir / POOL_META, self.meta)
         return self.meta
@@ -344,7 +352,7 @@ def _normalised(value: Any) -> Any:
 def _identity_value(meta: dict, key: str) -> Any:
     """What `key` of a pool's provenance must equal for a resume. A selection's parent is its folder
     and what made it (its identity keys), not its whole pool.json: re-running generate on a finished
-    pool renews its finish stamp and package versions, not its rows."""
+    pool renews its package versions (and its finish stamp when it writes a shard), not its rows."""
     value = meta.get(key)
     if key == "parent" and isinstance(value, dict):
         made = value.get("meta") if isinstance(value.get("meta"), dict) else {}

@@ -50,6 +50,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,9 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
     except Image.DecompressionBombError as exc:
         raise SourceError(f"{where}: image too large to decode safely ({first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise SourceError(f"{where}: unreadable or corrupt image ({first_line(exc)})") from None
+        # PIL names embedded bytes by their buffer's repr ("<_io.BytesIO object at 0x...>"): nothing to a user
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", first_line(exc))
+        raise SourceError(f"{where}: unreadable or corrupt image ({reason})") from None
 
 
 def to_rgb(image: "PILImage.Image") -> "PILImage.Image":

@@ -325,3 +325,22 @@ def test_writing_a_pool_again_with_fewer_shards_leaves_none_of_the_old_ones(tmp_
     meta = write_pool(tmp_path / "p", rows[:2], {"method": "m"}, shard_rows=2)
     assert meta["num_rows"] == 2 and meta["num_shards"] == 1
     assert len(load_pool(tmp_path / "p")) == 2
+
+
+def test_reopening_a_finished_pool_keeps_its_finish_stamp_unless_a_shard_is_written(tmp_path, monkeypatch):
+    """Re-running the same generate on a finished pool wrote nothing but renewed pool.json's `finished`,
+    which the pool's scores compare: select then refused them ("data files changed"), push dropped them."""
+    import augment.pool as pool_module
+
+    stamps = iter(["2026-12-05T10:00:00Z", "2026-12-05T11:00:00Z", "2026-12-05T12:00:00Z"])
+    monkeypatch.setattr(pool_module, "_utc_now", lambda: next(stamps))
+    writer = PoolWriter(tmp_path / "p", {"method": "m"})
+    writer.write_shard(0, [_row(0)])
+    first = writer.finalize(expected_shards=1)["finished"]
+    again = PoolWriter(tmp_path / "p", {"method": "m"})
+    assert again.has_shard(0)  # a resume: nothing to write
+    assert again.finalize(expected_shards=1)["finished"] == first
+    assert load_pool(tmp_path / "p").meta["finished"] == first
+    rewritten = PoolWriter(tmp_path / "p", {"method": "m"})
+    rewritten.write_shard(0, [_row(0, caption="a blue square")])  # a shard written: the pool changed
+    assert rewritten.finalize(expected_shards=1)["finished"] != first

@@ -318,3 +318,36 @@ def test_a_worker_death_raised_inside_the_encoding_is_the_one_line_error(tmp_pat
         assert (type(raised.value) is DataWorkerDied) == (caught is DataWorkerDied)
         if caught is DataWorkerDied:
             assert "likely out of memory: use fewer --workers" in str(raised.value), raised.value
+
+
+def test_table_replaces_an_earlier_table_only(tmp_path, train_items, sample_world_dir, capsys):
+    """--table naming the pool's own pool.json (or a source's JSON) silently replaced it with Markdown:
+    refused in one line before anything is read; an earlier table is replaced as before."""
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    provenance = (pool.path / "pool.json").read_bytes()
+    common = ["score", pool.path, "--scorer", "tiny-clip", "--no-progress", "--no-plot", "--cache-dir", tmp_path / "c"]
+    code, err = cli(capsys, *common, "--table", pool.path / "pool.json")
+    assert code == 2 and err.strip() == (f"error: --table {pool.path / 'pool.json'}: is an existing file that is not an "
+                                         "earlier comparison table; the table would replace it: name a new file"), err
+    assert (pool.path / "pool.json").read_bytes() == provenance and not (pool.path / "scores").exists()
+    table = tmp_path / "table.md"
+    assert cli(capsys, *common, "--table", table)[0] == 0
+    first = table.read_text()
+    assert cli(capsys, *common, "--table", table)[0] == 0  # its own earlier table: replaced
+    assert table.read_text() == first
+
+
+def test_a_pool_image_that_does_not_decode_names_its_pool_at_the_command_line(tmp_path, train_items, sample_world_dir,
+                                                                               capsys):
+    """Scoring several pools, the line named the row but not the pool it is in."""
+    from augment.pool import write_pool
+
+    item = train_items[0]
+    write_pool(tmp_path / "broken", [{
+        "row_id": f"i:{item['image_id']}:-1:0", "source_image_id": item["image_id"], "source_caption_index": -1,
+        "split": item["split"], "modality": "image", "image": {"bytes": b"not an image", "path": None},
+        "caption": None, "method": "i", "seed": 0, "provenance": "{}"}], {"method": "i", "source": str(sample_world_dir)})
+    code, err = cli(capsys, "score", tmp_path / "broken", "--scorer", "tiny-clip", "--no-progress", "--no-plot",
+                    "--cache-dir", tmp_path / "c")
+    assert code == 2 and err.strip() == (f"error: {tmp_path / 'broken'}: pool row i:{item['image_id']}:-1:0: unreadable "
+                                         "or corrupt image (cannot identify image file)"), err

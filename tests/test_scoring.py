@@ -863,7 +863,9 @@ def test_an_image_that_does_not_decode_is_named_by_its_record(tmp_path, tiny_sco
     from augment.scoring.embeddings import EmbeddingCache, Embedder
 
     embedder = Embedder(tiny_scorer, EmbeddingCache(tmp_path / "cache", tiny_scorer.id))
-    with pytest.raises(SourceError, match=r"^pool row eda:7:0:1: unreadable or corrupt image"):
+    # PIL's reason named the bytes' buffer ("<_io.BytesIO object at 0x...>"): left out
+    with pytest.raises(SourceError, match=r"^pool row eda:7:0:1: unreadable or corrupt image \(cannot identify image "
+                                          r"file\)$"):
         embedder.images([{"bytes": b"not an image", "path": None}], names=["pool row eda:7:0:1"])
     bad = tmp_path / "7.png"
     bad.write_bytes(b"not an image either")

@@ -331,3 +331,35 @@ def test_save_tiny_folders_have_the_umask_permissions(tmp_path):
         os.umask(umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_pool_made_with_skip_bad_is_scored_from_its_own_record(tmp_path, capsys):
+    """pool.json did not record --skip-bad: `augment score POOL` read the whole source, found another
+    fingerprint and suggested --allow-pool-mismatch. Its report goes into the pool's folder."""
+    source = source_with(tmp_path / "src", present=3, missing=1)
+    pool = tmp_path / "pool"
+    assert augment_main(["generate", "--method", "eda", "--source", str(source), "--out", str(pool), "--n", "1",
+                         "--skip-bad", "--skip-report", str(tmp_path / "gen.skipped.json"), "--no-progress"]) == 0
+    assert json.loads((pool / "pool.json").read_text())["skip_bad"] is True
+    capsys.readouterr()
+    assert augment_main(["score", str(pool), "--scorer", "tiny-clip", "--no-progress", "--no-plot", "--bootstrap", "0",
+                         "--gap-bootstrap", "0"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"skipped 1 bad records; report: {pool / 'source.skipped.json'}" in err, err
+    assert len(json.loads((pool / "source.skipped.json").read_text())["skipped"]) == 1
+    assert not (tmp_path / "skipped.json").exists() and not Path("skipped.json").exists()
+
+
+@pytest.mark.parametrize("method, extra, words", [
+    ("t2i-render", [], "has no scene description: procedural methods need the sample world"),
+    ("i2t-scene", [], "has no scene description: procedural methods need the sample world"),
+    ("shuffle", ["--limit", "1"], "shuffle needs at least two source images"),
+])
+def test_a_method_that_refuses_the_source_writes_no_pool(tmp_path, capsys, method, extra, words):
+    """was: refused only once generation had started, leaving a pool.json that refused the corrected
+    command into the same --out ("holds a pool made with different ...") unless --overwrite."""
+    source = source_with(tmp_path / "src", present=2, missing=0)
+    out = tmp_path / "pool"
+    line = fails(capsys, ["generate", "--method", method, "--source", source, "--out", out, "--n", "1", *extra,
+                          "--no-progress"], words)
+    assert "\n" not in line and not (out / "pool.json").exists(), line

@@ -10,7 +10,7 @@ def add_source_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--image-root", default=None, help="image folder for JSON/CSV sources (default: the file's folder, then images/ beside it)")
     parser.add_argument("--source-split", default=None, help="split for sources that name none (CSV, ALBEF files without train/val/test in the name)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad records and write a report of them instead of stopping (decodes every image first)")
-    parser.add_argument("--skip-report", default=None, type=file_path, help="where --skip-bad writes its report (default: beside --out, else ./skipped.json)")
+    parser.add_argument("--skip-report", default=None, type=file_path, help="where --skip-bad writes its report (default: beside --out where the command has one, else ./skipped.json)")
     parser.add_argument("--validate", action="store_true",
                         help="decode every source image before starting (default: each image is checked when it is used)")
     parser.add_argument("--allow-outside-root", action="store_true",
@@ -29,6 +29,8 @@ def source_meta(args, source_format: str | None = None) -> dict:
     table = {key: getattr(args, key, None) for key in TABLE_KEYS}
     return {"source": str(args.source), "image_root": args.image_root, "source_split": args.source_split,
             "source_format": source_format,
+            # made from the source without its bad records: score reads it so again (else another fingerprint)
+            **({"skip_bad": True} if getattr(args, "skip_bad", False) else {}),
             **{key: value for key, value in table.items() if value is not None}}
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from augment.arguments import confidence_level, file_path, non_negative_int, positive_int
-from augment.errors import ModelLoadError, PoolError, first_line
+from augment.errors import ModelLoadError, PoolError, SourceError, first_line
 from augment.source_formats import TABLE_KEYS
 
 
@@ -64,6 +64,21 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+# where a source read with the --skip-bad its pool recorded lists the skipped records
+SOURCE_SKIP_REPORT = "source.skipped.json"
+
+
+def refuse_replacing_another_file(table: str | None) -> None:
+    """--table replaces an earlier comparison table only (as --skip-report an earlier report): naming a
+    pool's pool.json or a source's JSON by mistake destroyed it."""
+    from augment.errors import MatPlusError
+    from augment.scoring.report import is_comparison_table
+
+    if table and Path(table).exists() and not is_comparison_table(Path(table)):
+        raise MatPlusError(f"--table {table}: is an existing file that is not an earlier comparison table; the table "
+                           "would replace it: name a new file")
+
+
 def run(args) -> int:
     from augment.pool import load_pool
     from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save, source_root
@@ -77,6 +92,7 @@ def run(args) -> int:
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
+    refuse_replacing_another_file(args.table)  # before anything is read: a pool.json or a source named by mistake
     pools = [load_pool(path) for path in args.pools]  # fail on a bad pool before loading a model
     for pool in pools:  # temporaries of a killed score run
         remove_stale_temporaries(pool.path / SCORES_DIR)
@@ -116,12 +132,15 @@ def run(args) -> int:
             if entry is None:
                 scorer = scorer or load_scorer_or_fail(args)
                 # with a known identity the stored scores were looked up just above: not again inside
-                entry = score_and_save(
-                    pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
-                    plot=not args.no_plot, progress=not args.no_progress, force=args.force or identity is not None,
-                    workers=args.workers,
-                    source_fp=fingerprints[key], source_images=image_files[key],
-                )
+                try:
+                    entry = score_and_save(
+                        pool, source, scorer, settings, cache_dir=args.cache_dir, source_name=source_name,
+                        plot=not args.no_plot, progress=not args.no_progress, force=args.force or identity is not None,
+                        workers=args.workers,
+                        source_fp=fingerprints[key], source_images=image_files[key],
+                    )
+                except SourceError as exc:  # an image that does not decode: which of the pools scored it is in
+                    raise SourceError(f"{pool.path}: {first_line(exc)}") from None
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
         entries.append(entry)
         print(one_line_summary(entry))
@@ -159,11 +178,15 @@ def load_scorer_or_fail(args):
 
 
 def source_reading(pool, args) -> dict:
-    """--image-root, --source-split and the CSV/TSV column options as given, else as the pool
-    recorded them (when the pool's own source is used)."""
+    """--image-root, --source-split, the CSV/TSV column options and --skip-bad as given, else as the
+    pool recorded them (when the pool's own source is used). A --skip-bad taken from the record
+    writes its report into the pool's folder (SOURCE_SKIP_REPORT), not the working folder."""
     use_recorded = not args.source
-    return {key: getattr(args, key, None) or (pool.meta.get(key) if use_recorded else None)
-            for key in ("image_root", "source_split", *TABLE_KEYS)}
+    reading = {key: getattr(args, key, None) or (pool.meta.get(key) if use_recorded else None)
+               for key in ("image_root", "source_split", *TABLE_KEYS)}
+    if use_recorded and pool.meta.get("skip_bad") is True and not args.skip_bad:
+        reading.update(skip_bad=True, skip_report=str(pool.path / SOURCE_SKIP_REPORT))
+    return reading
 
 
 def source_of(pool, given: str | None) -> str:

@@ -41,9 +41,9 @@ class Generator(ABC):
         return {}
 
     def prepare(self, items) -> None:
-        """Called once with every source item of the run (split and --limit applied) before any
-        shard, for methods that need more than the shard at hand (e.g. `shuffle`; such a method sets
-        `reads_other_items`)."""
+        """Called once with every source item of the run (split and --limit applied) before the pool
+        is created, for methods that need more than the shard at hand (e.g. `shuffle`; such a method
+        sets `reads_other_items`) or refuse a source (SourceError: nothing is written)."""
 
     @abstractmethod
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
@@ -151,6 +151,9 @@ def run_generation(
         span = f"{ids[0]!r}" if len(ids) == 1 else f"{ids[0]!r} to {ids[-1]!r}" if ids else "none now"
         return f"{DATA_DIR}/{SHARD_PATTERN.format(index=index)} (source images {span})"
 
+    # before the pool exists: a method's refusal of this source (a procedural method on a source that is
+    # not the sample world, shuffle with one image) left a pool.json that blocked the corrected command
+    generator.prepare(items)
     # rank 0 creates (or clears, with overwrite) the pool before the others open it
     if rank == 0:
         writer = PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard)
@@ -161,7 +164,6 @@ def run_generation(
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
         print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
-    generator.prepare(items)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if k not in finished]
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",

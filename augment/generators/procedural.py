@@ -57,6 +57,17 @@ def _scene(item: dict):
         raise SourceError(f"image {item['image_id']!r}: {exc}") from None
 
 
+def _refuse_items_without_scenes(items) -> None:
+    """The SourceError `_scene` raises, for the first item without a scene, before the pool is created;
+    reads the `meta` column only (no image decoded)."""
+    from augment.sources import arrow_columns
+
+    ids, metas = arrow_columns(items, ["image_id", "meta"])
+    for image_id, meta in zip(ids.to_pylist(), metas.to_pylist()):
+        if not meta or '"scene"' not in meta:  # the full check (and its parse) is `_scene`'s, per item
+            _scene({"image_id": image_id, "meta": meta})
+
+
 class RenderGenerator(Generator):
     method = "t2i-render"
     modality = "image"
@@ -67,6 +78,9 @@ class RenderGenerator(Generator):
 
     def params(self) -> dict:
         return {"captions_per_image": self.captions_per_image}
+
+    def prepare(self, items) -> None:
+        _refuse_items_without_scenes(items)
 
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
         from augment.world.render import rerender_variant
@@ -95,6 +109,9 @@ class SceneCaptionGenerator(Generator):
 
     def params(self) -> dict:
         return {"caption_style": self.caption_style}
+
+    def prepare(self, items) -> None:
+        _refuse_items_without_scenes(items)
 
     def _draw(self, scene, rng: random.Random) -> str:
         from augment.world.captions import STYLES, describe, partial_caption

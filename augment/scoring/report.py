@@ -137,6 +137,16 @@ def table_row(entry: dict) -> list[str]:
     ]
 
 
+def is_comparison_table(path: Path) -> bool:
+    """Whether the file at `path` starts as `comparison_table` writes (so replacing it loses nothing)."""
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(len(header) + 1).rstrip("\n") == header
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def comparison_table(entries: list[dict]) -> str:
     """Markdown table, one line per pool; values are means (or point estimates) [95% CI]."""
     confidence = entries[0]["settings"]["confidence"] if entries else 0.95
