@@ -14,6 +14,7 @@ filters and the scorer.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,12 @@ def select_rows(pool, filters: SelectFilters, scorer: str | None = None) -> tupl
     columns = pool_columns(pool, ["source_image_id", "source_caption_index", "modality", "method"])
     keep = np.ones(len(pool), dtype=bool)
     if filters.methods:
+        present = set(np.unique(columns["method"]).tolist())
+        absent = [method for method in filters.methods if method not in present]
+        if absent:  # a typo kept nothing of that method, silently (a selection over pools of other methods may mean it)
+            print(f"warning: --methods {','.join(absent)}: no row of {pool.path} has "
+                  f"{'that method' if len(absent) == 1 else 'these methods'} (its methods: {', '.join(sorted(present))})",
+                  file=sys.stderr)
         keep &= np.isin(columns["method"], filters.methods)
     if filters.modality:
         keep &= columns["modality"] == filters.modality

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -320,12 +321,16 @@ def test_a_worker_death_raised_inside_the_encoding_is_the_one_line_error(tmp_pat
             assert "likely out of memory: use fewer --workers" in str(raised.value), raised.value
 
 
-def test_table_replaces_an_earlier_table_only(tmp_path, train_items, sample_world_dir, capsys):
+def test_table_and_cache_dir_refuse_a_file_they_are_not(tmp_path, train_items, sample_world_dir, capsys):
     """--table naming the pool's own pool.json (or a source's JSON) silently replaced it with Markdown:
-    refused in one line before anything is read; an earlier table is replaced as before."""
+    refused in one line before anything is read; an earlier table is replaced as before. A --cache-dir
+    that is a file said only "File exists"."""
     pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
     provenance = (pool.path / "pool.json").read_bytes()
     common = ["score", pool.path, "--scorer", "tiny-clip", "--no-progress", "--no-plot", "--cache-dir", tmp_path / "c"]
+    code, err = cli(capsys, *common[:-2], "--cache-dir", pool.path / "pool.json")  # was "...: File exists"
+    assert code == 2 and err.strip() == (f"error: --cache-dir {pool.path / 'pool.json'}: is a file, not a folder: name a "
+                                         "folder for the embedding cache"), err
     code, err = cli(capsys, *common, "--table", pool.path / "pool.json")
     assert code == 2 and err.strip() == (f"error: --table {pool.path / 'pool.json'}: is an existing file that is not an "
                                          "earlier comparison table; the table would replace it: name a new file"), err
@@ -351,3 +356,16 @@ def test_a_pool_image_that_does_not_decode_names_its_pool_at_the_command_line(tm
                     "--cache-dir", tmp_path / "c")
     assert code == 2 and err.strip() == (f"error: {tmp_path / 'broken'}: pool row i:{item['image_id']}:-1:0: unreadable "
                                          "or corrupt image (cannot identify image file)"), err
+
+
+def test_copies_of_one_pool_are_told_apart_by_their_folders(tmp_path, train_items, sample_world_dir, capsys):
+    """Pools are named by pool.json's `name`: two copies printed two identical names."""
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    shutil.copytree(pool.path, tmp_path / "copy")
+    from augment.cli import main
+
+    code = main([str(a) for a in ("score", pool.path, tmp_path / "copy", "--scorer", "tiny-clip", "--no-progress",
+                                  "--no-plot", "--bootstrap", "0", "--gap-bootstrap", "0", "--cache-dir", tmp_path / "c")])
+    out = capsys.readouterr().out
+    assert code == 0 and f"\n{pool.path}: " in "\n" + out and f"\n{tmp_path / 'copy'}: " in "\n" + out, out
+    assert f"| {pool.path} |" in out and f"| {tmp_path / 'copy'} |" in out, out

@@ -396,3 +396,12 @@ def test_a_pool_whose_scores_cannot_be_locked_is_still_selectable(tmp_path, caps
     assert run(capsys, "push", pool, "--to-dir", tmp_path / "export")[0] == 0
     with pytest.raises(PoolError, match="cannot lock its scores for writing"), store.scoring_lock(pool):
         pass  # a writer still needs the lock
+
+
+def test_select_warns_of_a_method_no_row_has(tmp_path, capsys):
+    """`--methods eda,foo` kept the eda rows without a word that `foo` (a typo?) matched nothing."""
+    pool = text_pool(tmp_path / "pool", "eda")
+    code, err = run(capsys, "select", pool, "--out", tmp_path / "sel", "--methods", "eda,foo")
+    assert code == 0 and f"warning: --methods foo: no row of {pool} has that method (its methods: eda)" in err, err
+    code, err = run(capsys, "select", pool, "--out", tmp_path / "sel2", "--methods", "eda")
+    assert code == 0 and "warning" not in err, err

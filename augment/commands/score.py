@@ -93,6 +93,8 @@ def run(args) -> int:
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
     refuse_replacing_another_file(args.table)  # before anything is read: a pool.json or a source named by mistake
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():  # was "File exists"
+        raise PoolError(f"--cache-dir {args.cache_dir}: is a file, not a folder: name a folder for the embedding cache")
     pools = [load_pool(path) for path in args.pools]  # fail on a bad pool before loading a model
     for pool in pools:  # temporaries of a killed score run
         remove_stale_temporaries(pool.path / SCORES_DIR)
@@ -142,6 +144,8 @@ def run(args) -> int:
                 except SourceError as exc:  # an image that does not decode: which of the pools scored it is in
                     raise SourceError(f"{pool.path}: {first_line(exc)}") from None
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
+        if [p.name for p in pools].count(pool.name) > 1:  # copies of one pool: told apart by their folders
+            entry = {**entry, "pool": {**entry["pool"], "name": str(pool.path)}}
         entries.append(entry)
         print(one_line_summary(entry))
     if len(entries) > 1 or args.table:
