@@ -292,6 +292,9 @@ def test_every_generate_option_is_common_or_read_by_some_method():
      "--method img-aug --policy crop-flip does not read --magnitude ("),
     (["--method", "t2i-sd", "--strength", "0.5"], "--method t2i-sd does not read --strength ("),
     (["--method", "t-i2i-sd", "--height", "64"], "--method t-i2i-sd does not read --height ("),
+    # diffusers skips classifier-free guidance at a scale of 1 or below: the negative prompt was recorded, never read
+    (["--method", "t2i-sd", "--guidance-scale", "1", "--negative-prompt", "blurry"],
+     "--method t2i-sd --guidance-scale 1 (no classifier-free guidance) does not read --negative-prompt ("),
     (["--method", "i2t-scene", "--captions-per-image", "2"], "--method i2t-scene does not read --captions-per-image ("),
     (["--method", "i2t-tiny-blip", "--prompt-template", "{caption}"], "--method i2t-tiny-blip does not read --prompt-template ("),
 ])

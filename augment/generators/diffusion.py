@@ -519,10 +519,23 @@ def add_arguments(group) -> None:
 
 
 def options_read(method: str, args) -> set[str]:
-    """Both methods' options less the ones the method's settings leave unused (size for i2i, strength for t2i)."""
+    """Both methods' options less the ones the method's settings leave unused (size for i2i, strength for t2i;
+    the negative prompt at --guidance-scale 1 or below, where diffusers runs no classifier-free guidance)."""
     shared = {"captions_per_image", "steps", "guidance_scale", "negative_prompt", "scheduler", "safety_checker",
               "height", "width", "strength"}
+    if _no_guidance(args):
+        shared.discard("negative_prompt")
     return (shared - set(GENERATOR_CLASSES[method].unused_settings)) | MODEL_OPTIONS
+
+
+def _no_guidance(args) -> bool:
+    scale = getattr(args, "guidance_scale", None)
+    return scale is not None and scale <= 1
+
+
+def options_context(args) -> str:
+    """What makes an option unread, for `check_options_read`'s line."""
+    return f" --guidance-scale {args.guidance_scale:g} (no classifier-free guidance)" if _no_guidance(args) else ""
 
 
 def settings_from_args(method: str, args) -> DiffusionSettings:
