@@ -363,3 +363,13 @@ def test_a_method_that_refuses_the_source_writes_no_pool(tmp_path, capsys, metho
     line = fails(capsys, ["generate", "--method", method, "--source", source, "--out", out, "--n", "1", *extra,
                           "--no-progress"], words)
     assert "\n" not in line and not (out / "pool.json").exists(), line
+
+
+def test_inspect_takes_no_progress_as_every_command_does(tmp_path, capsys):
+    """inspect decodes every image behind a bar, and had no --no-progress (an argparse error)."""
+    source = source_with(tmp_path / "src", present=3, missing=0)
+    assert augment_main(["inspect", "--source", str(source)]) == 0
+    assert "reading dataset_x.json: 3img" in capsys.readouterr().err  # the bar
+    assert augment_main(["inspect", "--source", str(source), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "reading" not in captured.err and "3 images" in captured.out, captured
