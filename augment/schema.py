@@ -93,6 +93,14 @@ def check_pool_features(features: Features, where: str) -> None:
             )
 
 
+def is_blank(text) -> bool:
+    """Whether `text` says nothing: not a string, or only whitespace and invisible format characters
+    (a zero-width space, a byte-order mark: `str.strip` keeps them, and such a caption passed as text)."""
+    import unicodedata
+
+    return not isinstance(text, str) or all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
 def check_pool_row(row: dict, where: str) -> None:
     """Validate one row before it is written; `where` names the record in errors."""
     modality = row.get("modality")
@@ -100,7 +108,7 @@ def check_pool_row(row: dict, where: str) -> None:
         raise SchemaError(f"{where}: modality must be one of {MODALITIES}, got {modality!r}")
     if modality in ("text", "pair"):
         caption = row.get("caption")
-        if not isinstance(caption, str) or not caption.strip():
+        if is_blank(caption):
             raise SchemaError(f"{where}: {modality} row has an empty caption")
     if modality in ("image", "pair") and row.get("image") is None:
         raise SchemaError(f"{where}: {modality} row has no image")

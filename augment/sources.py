@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
-from augment.schema import SOURCE_FEATURES, SPLIT_ALIASES, SPLITS
+from augment.schema import SOURCE_FEATURES, SPLIT_ALIASES, SPLITS, is_blank
 from augment.source_cache import SourceCache, default_cache_folder, file_identity, path_identity
 from augment.source_formats import FolderListings, SourceRecord, detect_format, forget_parsed_json, read_records
 from datasets import Image  # augment.schema imports datasets already
@@ -246,7 +246,7 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
     if not record.captions:
         raise SourceError(f"{record.where}: image has no captions")
     for number, caption in enumerate(record.captions):
-        if not isinstance(caption, str) or not caption.strip():
+        if is_blank(caption):
             where = record.caption_where[number] if record.caption_where else record.where
             raise SourceError(f"{where}: caption {number} is empty")
     if record.stored is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):

@@ -349,6 +349,7 @@ def _entry(name, split="train", captions=("a dog",)):
         ("corrupt", "unreadable or corrupt image"),
         ("truncated", "unreadable or corrupt image"),
         ("empty_caption", "caption 1 is empty"),
+        ("invisible_caption", "caption 1 is empty"),  # a zero-width space and a BOM passed as text
         ("no_captions", "has no captions"),
         ("split", "unknown split 'holdout'"),
         ("duplicate", "duplicate image id"),
@@ -370,6 +371,9 @@ def test_bad_records_are_named(tmp_path, problem, expected):
     elif problem == "empty_caption":
         write_image(tmp_path / "images" / "e.png")
         entries.append(_entry("e.png", captions=("fine", "   ")))
+    elif problem == "invisible_caption":
+        write_image(tmp_path / "images" / "e.png")
+        entries.append(_entry("e.png", captions=("fine", "\u200b \ufeff")))
     elif problem == "no_captions":
         write_image(tmp_path / "images" / "e.png")
         entries.append(_entry("e.png", captions=()))
