@@ -192,6 +192,11 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
     dets_path = Path(dets_file) if dets_file else data_dir / "dets.json"
     refs_path = Path(refs_file) if refs_file else data_dir / "refs(unc).json"
     instances_path = Path(instances_file) if instances_file else data_dir / "instances.json"
+    # a file named explicitly must exist (the defaults are read where present): a missing --refs or
+    # --instances was skipped without a word, or blamed on its content ("annotation 11 ... is not in it")
+    for flag, given in (("--refs", refs_file), ("--instances", instances_file)):
+        if given and not Path(given).is_file():
+            raise SourceError(f"{flag} {given}: no such file")
     records = _read_json(ann_file)
     if not isinstance(records, list):
         raise SourceError(f"{ann_file}: ALBEF grounding annotations are a list of {{image, text, ref_id}}")
@@ -253,6 +258,23 @@ def load_refcoco(ann_file: str | Path, dets_file: str | Path | None = None, refs
 # ----------------------------------------------------------------------------- the sample world
 
 
+def _check_world_objects(objects, where: str) -> None:
+    """SourceError naming the first object of a written world record that lacks what grounding reads
+    (it was a KeyError traceback)."""
+    if not isinstance(objects, list):
+        raise SourceError(f"{where}: 'objects' must be a list")
+    for k, obj in enumerate(objects):
+        named = f"{where}: objects[{k}]"
+        if not isinstance(obj, dict) or not all(key in obj for key in ("object", "box", "expressions")):
+            raise SourceError(f"{named}: needs 'object', 'box' and 'expressions'")
+        box = obj["box"]
+        if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) and
+                                                                 not isinstance(v, bool) for v in box):
+            raise SourceError(f"{named}: 'box' must be 4 numbers, got {box!r}")
+        if not isinstance(obj["expressions"], list) or not all(isinstance(t, str) for t in obj["expressions"]):
+            raise SourceError(f"{named}: 'expressions' must be a list of strings")
+
+
 def _world_image(image_id: str, scene, pil, objects: list[dict], split: str, path: str | None = None):
     from augment.world.render import IMAGE_SIZE
 
@@ -310,6 +332,8 @@ def load_world_grounding(folder: str | Path, n_expressions: int = 3, image_root:
         if objects is None:
             objects = expressions_for_scene(scene, random.Random(f"sample-world/expressions/{record['filename']}"),
                                             n_expressions)
+        else:
+            _check_world_objects(objects, where)
         image, found_expressions = _world_image(Path(record["filename"]).stem, scene, None, objects,
                                                 str(record.get("split", "")), path=str(root / record["filename"]))
         for expression in found_expressions:
@@ -327,6 +351,11 @@ def load_grounding(source: str | Path, **options) -> GroundingData:
     """
     path = Path(source)
     if path.is_dir() or (path.suffix == ".json" and path.name.startswith("dataset_")):
+        unread = [flag for key, flag in (("dets_file", "--dets"), ("refs_file", "--refs"), ("instances_file", "--instances"))
+                  if options.get(key) is not None]
+        if unread:  # RefCOCO+'s files: a sample world has its own boxes (they were ignored, even a missing file)
+            raise SourceError(f"{', '.join(unread)}: read only for an ALBEF RefCOCO+ JSON source, not the sample world "
+                              f"{source}: leave {'it' if len(unread) == 1 else 'them'} out")
         world = {k: v for k, v in options.items() if k in ("n_expressions", "image_root") and v is not None}
         return load_world_grounding(path, **world)
     if path.suffix == ".json":

@@ -778,3 +778,26 @@ def test_undefined_grounding_rates_are_none_not_zero():
 
     assert _asr([False, False], [False, False]) is None and _accuracy([]) is None
     assert _asr([True, True, False], [False, True, True]) == 50.0 and _accuracy([True, False]) == 50.0
+
+
+def test_grounding_files_named_but_missing_or_unread_are_one_line(tmp_path):
+    """A missing --refs / --instances was skipped (records with their own bbox) or blamed on its
+    content ("annotation 70 ... is not in nope.json"); --dets/--refs/--instances on a sample world were
+    ignored, even a missing file; a written world object without its box was a KeyError traceback."""
+    from augment.referring import load_grounding
+    from augment.world.writer import write_sample
+
+    ann = _write_refcoco(tmp_path / "rc")
+    for option, flag in (("refs_file", "--refs"), ("instances_file", "--instances")):
+        with pytest.raises(SourceError, match=rf"^{flag} {tmp_path / 'nope.json'}: no such file$"):
+            load_grounding(ann, image_root=tmp_path / "rc" / "images", **{option: tmp_path / "nope.json"})
+    world = write_sample(tmp_path / "world", n=4, seed=2, expressions=1)
+    with pytest.raises(SourceError, match=r"^--dets, --refs: read only for an ALBEF RefCOCO\+ JSON source, not the "
+                                          r"sample world .*: leave them out$"):
+        load_grounding(world, dets_file="d.json", refs_file="r.json")
+    dataset = next(world.glob("dataset_*.json"))
+    data = json.loads(dataset.read_text())
+    del data["images"][1]["objects"][0]["box"]
+    dataset.write_text(json.dumps(data))
+    with pytest.raises(SourceError, match=r"images\[1\]: objects\[0\]: needs 'object', 'box' and 'expressions'$"):
+        load_grounding(world)

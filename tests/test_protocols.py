@@ -864,6 +864,10 @@ def test_grounding_under_co_attack_cleans_expressions_first():
     with pytest.raises(ValueError, match=r"expression .* \('\?!'\): empty after --caption-preprocess pre_caption"):
         evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "co-attack"},
                            caption_preprocess="pre_caption")
+    # an expression empty as given: no preprocessing to name (said "empty after none, --protocol project's ...")
+    data.expressions[1] = dataclasses.replace(data.expressions[1], text=" ")
+    with pytest.raises(ValueError, match=r"expression .* \(' '\): empty; fix or drop that expression$"):
+        evaluate_grounding(None, data, attacks=["clean"], attack_options={})
     with pytest.raises(ValueError, match="--protocol sga has no grounding evaluation"):
         evaluate_grounding(None, data, attacks=["clean"], attack_options={"protocol": "sga"})
 

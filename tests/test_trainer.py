@@ -800,6 +800,11 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
           f"--lr must be positive and finite, got -1.0 (lr from {tmp_path / 'bad.yaml'})")
     fails(["clean", "--lr", "inf"], "--lr must be positive and finite, got inf")  # said "must be positive"
     fails(["clean", "--seed", "-1"], "--seed must be non-negative, got -1")
+    # the truth filter judges captions, not whether an expression still singles out its object
+    fails(["mat", "--task", "grounding", "--model", "tiny-albef", "--text-attack-filter", "truth"],
+          "--text-attack-filter truth judges captions of a scene", "not for --task grounding")
+    fails(["mat", "--task", "captioning", "--model", "tiny-captioner", "--albef-config", "x.json"],  # was ignored
+          "--albef-config applies to --task retrieval and grounding (ALBEF/TCL), not captioning")
     # old flags are gone (argparse's error), abbreviations are refused
     for old in (["--weight-decay", "0.1"], ["--warmup-steps", "1"], ["--tensorboard"], ["--freeze-text"],
                 ["--source", "x"], ["--warm", "10"]):

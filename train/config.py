@@ -470,6 +470,14 @@ def _validate(c: TrainConfig) -> None:
 
         _check(c.text_attack_filter in CAPTION_FILTERS,
                f"unknown --text-attack-filter {c.text_attack_filter!r}; expected one of {sorted(CAPTION_FILTERS)}")
+        # the truth filter asks whether a caption is true of the scene; an expression must also still single
+        # out its object (train eval's check_expression), which it let pass ("the square" -> "the solid")
+        _check(c.task != "grounding", f"--text-attack-filter {c.text_attack_filter} judges captions of a scene, not "
+                                      "whether an expression still singles out its object: not for --task grounding")
+    # ALBEF's files: a captioner reads none of them (they were accepted, even a missing file, and ignored)
+    for name in ("albef_config", "albef_bert_config", "albef_tokenizer"):
+        _check(getattr(c, name) is None or c.task != "captioning",
+               f"{option_name(name)} applies to --task retrieval and grounding (ALBEF/TCL), not captioning")
     _check(c.prompt is None or c.task == "captioning", f"--prompt applies to --task captioning, not {c.task}")
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     # validated on the very rows trained on: the best checkpoint picked by training data

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 UNLABELLED_HINT = "--source-split {split} labels every row {split}, or --split all evaluates them all"
 
 
-def preprocessing_in_words(caption_preprocess: str, protocol_default: str | None = None) -> str:
-    """How a one-line error names the caption preprocessing: the flag as given, or the protocol's default
-    (a user who never passed --caption-preprocess should learn where it came from and how to leave it)."""
+def emptied_in_words(caption_preprocess: str | None, protocol_default: str | None = None) -> str:
+    """How a one-line error says a text is empty: as given (no preprocessing), or after the preprocessing
+    named by its flag or as the protocol's default (a user who never passed --caption-preprocess should
+    learn where it came from and how to leave it)."""
+    if caption_preprocess in (None, "none"):
+        return "empty"
     if protocol_default is None:
-        return f"--caption-preprocess {caption_preprocess}"
-    return (f"{caption_preprocess}, --protocol {protocol_default}'s caption preprocessing "
+        return f"empty after --caption-preprocess {caption_preprocess}"
+    return (f"empty after {caption_preprocess}, --protocol {protocol_default}'s caption preprocessing "
             "(--caption-preprocess none keeps captions as given)")
 
 
@@ -61,9 +64,8 @@ class Gallery:
             cleaned = [preprocess_caption(c, caption_preprocess) for c in kept]
             for index, (given, caption) in enumerate(zip(kept, cleaned)):
                 if not caption.strip():  # e.g. "!!!" under pre_caption: stop before any attack runs
-                    raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): empty after "
-                                      f"{preprocessing_in_words(caption_preprocess, protocol_default)}; fix or drop "
-                                      "that caption")
+                    raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): "
+                                      f"{emptied_in_words(caption_preprocess, protocol_default)}; fix or drop that caption")
             captions += cleaned
             image_of_text += [image] * len(kept)
             caption_index += list(range(len(kept)))

@@ -51,7 +51,7 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import (build_attacks, evaluation_bar, preprocessing_in_words, plain_attack_options, reseed_attack,
+from train.eval_common import (build_attacks, emptied_in_words, evaluation_bar, plain_attack_options, reseed_attack,
                                to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
@@ -253,8 +253,8 @@ def _expression_texts(data: GroundingData, caption_preprocess: str, protocol_def
     for expression in data.expressions:
         text = preprocess_caption(expression.text, caption_preprocess)
         if not text.strip():
-            raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): empty after "
-                             f"{preprocessing_in_words(caption_preprocess, protocol_default)}; fix or drop that expression")
+            raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): "
+                             f"{emptied_in_words(caption_preprocess, protocol_default)}; fix or drop that expression")
         texts.append(text)
     return texts
 
