@@ -109,6 +109,8 @@ def test_eval_refuses_an_option_its_task_does_not_read(task, extra, named, tmp_p
      "--attacks clean,pgd under --protocol co-attack does not read --reference-bugs (bert-attack, sep, co-attack, sga)"),
     ("retrieval", ["--protocol", "sga", "--attacks", "synonym", "--text-candidates", "wordnet", "--reference-bugs"],
      "does not read --reference-bugs (pgd, sep, sga)"),
+    ("grounding", ["--attacks", "clean", "--grounding-objective", "heat"],  # was accepted, reported as "objective heat"
+     "--attacks clean does not read --grounding-objective (pgd, bert-attack, synonym, sep, co-attack, sga)"),
 ])
 def test_eval_refuses_an_option_no_chosen_attack_reads(task, extra, named, tmp_path, capsys):
     """As the trainer refuses a setting its other settings leave unread: `--attacks clean --attack-eps
