@@ -323,23 +323,18 @@ def eval_attack_options(evaluation: dict) -> dict:
             **{key: evaluation[key] for key in ("protocol", "attack_protocol", "reference_bugs") if key in evaluation}}
 
 
-# AttackSettings' names for the eval keys the study spells as train eval's flags
-_EVAL_KEY_OF_SETTING = {"eps": "attack_eps", "steps": "pgd_steps", "step_size": "pgd_step_size", "budget": "word_budget"}
-
-
 def _in_eval_keys(message: str) -> str:
     """`AttackSettings`' message ("steps must be ...; top_k ...") with each clause that starts with a
-    setting's name naming its eval key; other clauses ("unknown protocol ...") get the section."""
+    setting's name naming its eval key (train eval's flag in underscores: `eval.pgd_steps`); a first
+    clause that names none ("unknown protocol ...") gets the section."""
     import dataclasses
-    import re
 
-    from train.attacks.settings import AttackSettings
+    from train.attacks.settings import OPTION_FLAGS, AttackSettings, renamed_clauses
 
-    names = "|".join(field.name for field in dataclasses.fields(AttackSettings))
-    if not re.match(rf"({names})\b", message):
-        message = "eval: " + message
-    return re.sub(rf"(^|; )({names})\b", lambda m: f"{m.group(1)}eval.{_EVAL_KEY_OF_SETTING.get(m.group(2), m.group(2))}",
-                  message)
+    keys = {field.name: "eval." + (OPTION_FLAGS[field.name][2:].replace("-", "_") if field.name in OPTION_FLAGS
+                                   else field.name) for field in dataclasses.fields(AttackSettings)}
+    renamed = renamed_clauses(message, keys)
+    return renamed if renamed.startswith("eval.") else "eval: " + renamed
 
 
 def _is_positive_number(value) -> bool:

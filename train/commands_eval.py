@@ -448,8 +448,8 @@ def _truth_checker(choice: str, dataset, split: str | None = None, limit: int | 
 
     if choice == "none":
         return None
-    rows = select_split(dataset, split, UNLABELLED_HINT.format(split=split))  # only the rows evaluated: start-up
-    # stays flat in the source size
+    # only the rows evaluated: start-up stays flat in the source size
+    rows = select_split(dataset, split, UNLABELLED_HINT.format(split=split))
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     return truth_checker_for(choice, has_scenes(rows), check_caption_of_row)

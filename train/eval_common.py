@@ -52,6 +52,7 @@ class Gallery:
                     protocol_default: str | None = None) -> "Gallery":
         """`protocol_default`: the protocol whose default `caption_preprocess` is (the user gave none)."""
         from augment.errors import SourceError
+        from augment.schema import is_blank
         from augment.sources import select_split
         from augment.words import preprocess_caption
 
@@ -63,7 +64,7 @@ class Gallery:
             kept = image_captions if captions_per_image is None else image_captions[:captions_per_image]
             cleaned = [preprocess_caption(c, caption_preprocess) for c in kept]
             for index, (given, caption) in enumerate(zip(kept, cleaned)):
-                if not caption.strip():  # e.g. "!!!" under pre_caption: stop before any attack runs
+                if is_blank(caption):  # e.g. "!!!" under pre_caption: stop before any attack runs
                     raise SourceError(f"image {rows[image]['image_id']!r}, caption {index} ({given!r}): "
                                       f"{emptied_in_words(caption_preprocess, protocol_default)}; fix or drop that caption")
             captions += cleaned

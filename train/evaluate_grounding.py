@@ -213,7 +213,8 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     protocol_default = protocol if caption_preprocess is None else None
     if caption_preprocess is None:
         caption_preprocess = PROTOCOL_CHOICES[protocol].caption_preprocess
-    texts = _expression_texts(data, caption_preprocess, protocol_default)  # first: a text cleaned away stops before any model runs
+    # first: a text cleaned away stops before any model runs
+    texts = _expression_texts(data, caption_preprocess, protocol_default)
     model.eval()
     transfer = attacker is not None and attacker is not model
     attacker = attacker if transfer else model
@@ -247,12 +248,13 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
 def _expression_texts(data: GroundingData, caption_preprocess: str, protocol_default: str | None = None) -> list[str]:
     """Each expression's text as evaluated (`augment.words.preprocess_caption`); ValueError naming
     the first one the preprocessing leaves empty."""
+    from augment.schema import is_blank
     from augment.words import preprocess_caption
 
     texts = []
     for expression in data.expressions:
         text = preprocess_caption(expression.text, caption_preprocess)
-        if not text.strip():
+        if is_blank(text):  # as sources' captions
             raise ValueError(f"expression {expression.ref_id!r} ({expression.text!r}): "
                              f"{emptied_in_words(caption_preprocess, protocol_default)}; fix or drop that expression")
         texts.append(text)

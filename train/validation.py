@@ -385,7 +385,8 @@ def _validation_source(cfg: TrainConfig, report_skipped: bool = True):
         source, report = load(None, cfg.validate)
         only_default_split = set(source.unique("split")) == {"train"}
         if only_default_split and cfg.val_split not in ("all", "train"):
-            # every row labelled so (a second read comes from the source cache; its images were checked)
+            # every row labelled so: a second read, from the source cache (with --skip-bad, which never uses
+            # it, every image is decoded again to know what to skip; --validate's check is not repeated)
             source, report = load(cfg.val_split, False)
         if report.skipped and report_skipped:
             target = report.write_skipped(str(cfg.out).rstrip("/") + VAL_SKIP_REPORT_SUFFIX, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from augment.arguments import confidence_level, file_path, non_negative_int, positive_int
@@ -123,6 +124,7 @@ def run(args) -> int:
     identity = None if args.force else scorer_identity(args.scorer, args.pretrained)
     scorer = None
     entries = []
+    shared_names = {name for name, count in Counter(pool.name for pool in pools).items() if count > 1}
     for pool, key, source_name in planned:
         source = sources[key]
         entry = None
@@ -144,7 +146,7 @@ def run(args) -> int:
                 except SourceError as exc:  # an image that does not decode: which of the pools scored it is in
                     raise SourceError(f"{pool.path}: {first_line(exc)}") from None
         write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
-        if [p.name for p in pools].count(pool.name) > 1:  # copies of one pool: told apart by their folders
+        if pool.name in shared_names:  # copies of one pool: told apart by their folders
             entry = {**entry, "pool": {**entry["pool"], "name": str(pool.path)}}
         entries.append(entry)
         print(one_line_summary(entry))

@@ -93,12 +93,16 @@ OPTION_FLAGS = {"eps": "--attack-eps", "steps": "--pgd-steps", "step_size": "--p
                 "attacked_embedding": "--attacked-embedding"}
 
 
-def with_flag_names(message: str) -> str:
-    """`message` with each option name that starts a clause ("eps must ...") as its flag."""
+def renamed_clauses(message: str, names: dict[str, str]) -> str:
+    """`message` ("eps must ...; top_k ...") with each setting name that starts a clause as `names` spells it."""
     import re
 
-    return re.sub(r"(^|; )(" + "|".join(OPTION_FLAGS) + r")\b", lambda m: m.group(1) + OPTION_FLAGS[m.group(2)],
-                  message)
+    return re.sub(r"(^|; )(" + "|".join(names) + r")\b", lambda m: m.group(1) + names[m.group(2)], message)
+
+
+def with_flag_names(message: str) -> str:
+    """`message` with each option name that starts a clause ("eps must ...") as its flag."""
+    return renamed_clauses(message, OPTION_FLAGS)
 
 
 # the settings that count things (a YAML `steps: 10.0` or `true` is refused, not truncated or read as 1)
