@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,7 +71,6 @@ ROLE_LABELS = {
     "captioner": "captioner",
     "paraphraser": "paraphraser",
     "mlm": "masked LM",
-    "vlm": "vision-language model",
 }
 
 
@@ -130,7 +130,31 @@ def _message_for(exc: BaseException, role: str, name: str) -> str:
         if is_offline():
             return _offline_message(role, name)
         return f"cannot load {what}: not in the local cache and the Hub cannot be reached; {_OFFLINE_HINT}"
+    clauses = _state_dict_error_clauses(exc)
+    if clauses:  # torch's load_state_dict lists them on the lines after its first
+        return f"cannot load {what}: its weights do not fit the architecture ({'; '.join(clauses)})"
     return f"cannot load {what}: {type(exc).__name__}: {first_line(exc)}"
+
+
+def _state_dict_error_clauses(exc: BaseException) -> list[str]:
+    """`weight_mismatch_clauses` of the RuntimeError torch's strict `load_state_dict` raises ([] for others)."""
+    import re
+
+    text = str(exc)
+    if not isinstance(exc, RuntimeError) or not text.startswith("Error(s) in loading state_dict"):
+        return []
+
+    def keys(label: str) -> list[str]:
+        found = re.search(label + r' key\(s\) in state_dict: (.*?)\.\s*$', text, re.MULTILINE)
+        return re.findall(r'"([^"]+)"', found.group(1)) if found else []
+
+    shapes = [(key, ckpt.split(","), model.split(","))
+              for key, ckpt, model in re.findall(r"size mismatch for ([^:]+): copying a param with shape "
+                                                 r"torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in "
+                                                 r"current model is torch\.Size\(\[([^\]]*)\]\)", text)]
+    shapes = [(key, [int(n) for n in ckpt if n.strip()], [int(n) for n in model if n.strip()])
+              for key, ckpt, model in shapes]
+    return weight_mismatch_clauses(missing=keys("Missing"), unused=keys("Unexpected"), shapes=shapes)
 
 
 @contextlib.contextmanager
@@ -145,9 +169,65 @@ def _translated_errors(role: str, name: str) -> Iterator[None]:
         raise MissingDependencyError(
             f"loading {_label(role)} '{name}' needs a package that is not installed ({missing}); pip install it"
         ) from exc
+    except pickle.UnpicklingError as exc:  # a pytorch_model.bin torch.load(weights_only=True) refuses
+        from models.checkpoint_files import pickle_refusal_error
+
+        raise pickle_refusal_error(f"{_label(role)} '{name}'", exc) from None
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
         # ConnectionError, FileNotFoundError and huggingface_hub's HTTP errors are OSErrors
         raise ModelLoadError(_message_for(exc, role, name)) from exc
+
+
+def checked_from_pretrained(model_class: Any, source: str, *, role: str, name: str, refuse_unused: bool = True,
+                            **kwargs: Any) -> Any:
+    """`model_class.from_pretrained(source, **kwargs)`, refusing in one line a checkpoint that does not
+    hold the model its config.json describes. transformers initialises the weights a checkpoint lacks
+    at random and only logs a table (a partial copy, another architecture's checkpoint: the model then
+    runs, is evaluated and trained, with random heads), and leaves out weights the model has no place
+    for (a config.json of another size). `refuse_unused=False` for masked LMs and paraphrasers: a Hub
+    MLM keeps its pre-training heads (bert-base-uncased's next-sentence head), which the masked-LM
+    class rightly leaves out."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its multi-line report: the line below says what matters
+    try:
+        model, info = model_class.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    problems = weight_mismatch_clauses(missing=info.get("missing_keys") or (),
+                                       unused=(info.get("unexpected_keys") or ()) if refuse_unused else (),
+                                       shapes=info.get("mismatched_keys") or ())
+    if problems:
+        random = "; transformers would leave them random" if info.get("missing_keys") else ""
+        raise ModelLoadError(f"cannot load {_label(role)} '{name}': its weights do not fit the model its config.json "
+                             f"describes ({'; '.join(problems)}{random}): a partial copy, or a config of another "
+                             "size or architecture; copy the folder again or use its own config.json")
+    return model
+
+
+def weight_mismatch_clauses(*, missing=(), unused=(), shapes=(), shown: int = 3) -> list[str]:
+    """Clauses naming a checkpoint's missing, unused and wrongly shaped weights (a few of each, then
+    how many more), for one-line loading errors. `shapes`: (key, checkpoint shape, model shape)."""
+    def some(keys) -> str:
+        keys = sorted(keys)
+        more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    def count(n: int) -> str:
+        return f"{n} weight" + ("s" if n != 1 else "")
+
+    clauses = []
+    if missing:
+        clauses.append(f"{count(len(missing))} of the model missing: {some(missing)}")
+    if unused:
+        clauses.append(f"{count(len(unused))} the model has no place for: {some(unused)}")
+    if shapes:
+        described = [f"{key} is {list(ckpt)} in the checkpoint, {list(model)} in the model"
+                     for key, ckpt, model in sorted(shapes, key=lambda item: item[0])]
+        clauses.append(f"{count(len(described))} of another shape: {some(described)}")
+    return clauses
 
 
 def as_torch_dtype(dtype: Any):
@@ -463,9 +543,8 @@ def load_captioner(
     with _translated_errors("captioner", name), _quiet_if_tiny(resolved):
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("captioner", name, getattr(processor, "tokenizer", None), resolved.source)
-        model = _image_text_auto_class().from_pretrained(
-            resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype)
-        )
+        model = checked_from_pretrained(_image_text_auto_class(), resolved.source, role="captioner", name=name,
+                                        **kwargs, **_transformers_dtype_kwargs(dtype))
         model = model.to(device).eval()
     return model, processor
 
@@ -493,7 +572,8 @@ def load_paraphraser(
         model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("paraphraser", name, tokenizer, resolved.source)
-        model = model_class.from_pretrained(resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype))
+        model = checked_from_pretrained(model_class, resolved.source, role="paraphraser", name=name,
+                                        refuse_unused=False, **kwargs, **_transformers_dtype_kwargs(dtype))
         model = model.to(device).eval()
     if kind == "causal":
         tokenizer.padding_side = "left"
@@ -518,7 +598,8 @@ def load_mlm(
     with _translated_errors("mlm", name), _quiet_if_tiny(resolved):
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("mlm", name, tokenizer, resolved.source)
-        model = AutoModelForMaskedLM.from_pretrained(resolved.source, **kwargs, **_transformers_dtype_kwargs(dtype))
+        model = checked_from_pretrained(AutoModelForMaskedLM, resolved.source, role="mlm", name=name,
+                                        refuse_unused=False, **kwargs, **_transformers_dtype_kwargs(dtype))
         model = model.to(device).eval()
     if tokenizer.mask_token is None:
         raise ModelLoadError(f"cannot use '{name}' as a masked LM: its tokenizer has no mask token")

@@ -193,8 +193,10 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
     # saving -----------------------------------------------------------------------------------
 
     def save_native(self, folder: Path) -> None:
-        self.model.save_pretrained(str(folder))
-        self.processor.save_pretrained(str(folder))
+        # as BLIP's and transformers CLIP's: all files or none, and no progress bar per checkpoint
+        from models.transformers_io import save_pretrained_all_or_nothing
+
+        save_pretrained_all_or_nothing(folder, self.model, self.processor)
 
     @classmethod
     def can_load(cls, folder: Path) -> bool:

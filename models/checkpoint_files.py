@@ -8,7 +8,7 @@ import pickle
 import re
 from pathlib import Path
 
-from augment.errors import ModelLoadError
+from augment.errors import ModelLoadError, first_line
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format (and numpy's .npz)
 _PICKLE_PROTO = 0x80  # first opcode of a pickle of protocol 2 or later: legacy torch.save, raw pickle
@@ -23,6 +23,29 @@ def looks_like_torch_checkpoint(path: str | Path) -> bool:
     return head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTO]) or safetensors_header
 
 
+def check_checkpoint_file(path: str | Path, what: str) -> None:
+    """Refuse in one line a file that is no torch checkpoint, or a zip-format one whose bytes are
+    damaged: torch.load checks no checksum, so a file corrupted inside a tensor (a download cut and
+    resumed, a bad copy) loads and runs with wrong weights. `testzip` reads the file once more
+    (about a second per GB; torch.load then reads it from the page cache)."""
+    import zipfile
+
+    if not looks_like_torch_checkpoint(path):
+        raise not_a_checkpoint_error(path, what)
+    with open(path, "rb") as stream:
+        if not stream.read(4).startswith(_ZIP_MAGIC):
+            return  # legacy pickle format and safetensors carry no checksums
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {what} {path}: a damaged archive ({first_line(exc)}), truncated or "
+                             "cut short; download or copy it again") from None
+    if damaged is not None:
+        raise ModelLoadError(f"cannot load {what} {path}: its entry {damaged} fails its checksum (the file is "
+                             "damaged); download or copy it again")
+
+
 def not_a_checkpoint_error(path: str | Path, what: str) -> ModelLoadError:
     # not the pickle refusal: its advice (re-save the state dict) cannot help a file that is no checkpoint
     return ModelLoadError(f"cannot load {what} {path}: not a PyTorch checkpoint (torch.load reads neither a zip "
@@ -30,7 +53,8 @@ def not_a_checkpoint_error(path: str | Path, what: str) -> ModelLoadError:
 
 
 def pickle_refusal_error(path: str | Path, exc: pickle.UnpicklingError) -> ModelLoadError:
-    """One line for a checkpoint `torch.load(weights_only=True)` refused (torch's advice never repeated)."""
+    """One line for a checkpoint `torch.load(weights_only=True)` refused (torch's advice never repeated);
+    `path` is the file, or what names it (a model folder whose weights file transformers read)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     code = f"it holds {found.group(1)}" if found else "it holds objects other than tensors"
     return ModelLoadError(f"refusing to load {path}: it is not a weights-only checkpoint (it needs pickle to run "

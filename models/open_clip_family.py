@@ -21,7 +21,7 @@ import torch
 
 from augment import tiny
 from augment.atomic import atomic_write_text, temporary_path
-from augment.errors import ModelLoadError, first_line
+from augment.errors import ModelLoadError
 from augment.registry import (
     ALIASES,
     DEFAULT_MODELS,
@@ -291,11 +291,10 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
                 force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
             )
         except pickle.UnpicklingError as exc:  # torch's text is many lines and advises weights_only=False
-            if checkpoint_file is None:
-                raise ModelLoadError(f"cannot load CLIP '{name}': {first_line(exc)}") from None
             from models.checkpoint_files import pickle_refusal_error
 
-            raise pickle_refusal_error(checkpoint_file, exc) from None
+            # a folder's (local-dir:, the Hub layout) weights file is open_clip's pick: the folder names it
+            raise pickle_refusal_error(checkpoint_file or f"CLIP '{name}'", exc) from None
         model_cfg = open_clip.get_model_config(model_name) or {}
         tokenizer = _tokenizer(model_name, model_cfg, cache_dir)
     if force_quick_gelu:
@@ -414,14 +413,13 @@ def _checkpoint_file(arch: str, tag: str | None) -> Path | None:
         return None
     from open_clip.pretrained import get_pretrained_cfg
 
-    from models.checkpoint_files import looks_like_torch_checkpoint, not_a_checkpoint_error
+    from models.checkpoint_files import check_checkpoint_file
 
     if get_pretrained_cfg(arch, tag):  # a tag open_clip knows wins over a file of that name (as open_clip does)
         return None
 
     path = Path(tag).expanduser()
-    if not looks_like_torch_checkpoint(path):
-        raise not_a_checkpoint_error(path, "CLIP checkpoint")
+    check_checkpoint_file(path, "CLIP checkpoint")
     return path
 
 

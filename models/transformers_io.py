@@ -25,6 +25,7 @@ from augment.registry import (
     _looks_like_path,
     _translated_errors,
     as_torch_dtype,
+    checked_from_pretrained,
     is_offline,
 )
 
@@ -137,7 +138,8 @@ def load_pretrained(name: str, model_class: Any, processor_class: Any, *, family
     check_architecture(resolved, architecture, family, revision)
     kwargs = pretrained_kwargs(resolved, revision)
     with loading(resolved):
-        model = model_class.from_pretrained(resolved.source, **kwargs, **dtype_kwargs(weights_dtype(precision)))
+        model = checked_from_pretrained(model_class, resolved.source, role=ROLE, name=resolved.name, **kwargs,
+                                        **dtype_kwargs(weights_dtype(precision)))
         processor = processor_class.from_pretrained(resolved.source, **kwargs)
     # a saved folder without tokenizer.json/tokenizer_config.json loads as its special tokens only
     _check_tokenizer(family, resolved.name, getattr(processor, "tokenizer", None), resolved.source)

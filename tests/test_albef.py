@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import zipfile
 
 import pytest
 import torch
@@ -42,9 +44,15 @@ def official(tiny_albef, tmp_path_factory):
     """tiny-albef written as ALBEF writes checkpoints, plus its ALBEF config files."""
     folder = tmp_path_factory.mktemp("albef_official")
     state = official_state_dict(tiny_albef)
-    # momentum copies that differ from the main weights: loading must not pick them up
+    # momentum copies that differ from the main weights (as after ALBEF's pre-training), and queues of
+    # momentum features: the main weights must not be read from them, the momentum encoders must
     state = {k: (v + 1.0 if k.startswith("visual_encoder_m.") and v.is_floating_point() else v)
              for k, v in state.items()}
+    generator = torch.Generator().manual_seed(3)
+    for name in ("image_queue", "text_queue"):
+        state[name] = torch.nn.functional.normalize(torch.randn(state[name].shape, generator=generator), dim=0)
+    state["idx_queue"] = torch.arange(state["idx_queue"].numel()).view(1, -1)
+    state["queue_ptr"] = torch.tensor([5])
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "config": {"image_res": 64},
                 "epoch": 3}, folder / "flickr30k.pth")
     cfg = tiny_albef.config
@@ -55,10 +63,11 @@ def official(tiny_albef, tmp_path_factory):
     return folder, state
 
 
-def _load_official(folder, name="flickr30k.pth", **options):
+def _load_official(folder, name="flickr30k.pth", name_in=None, **options):
+    """`folder/name` (or the file `name_in`) with the ALBEF config files of `folder`."""
     from augment.tiny import tiny_dir
 
-    return load_model(str(folder / name), config=str(folder / "Retrieval_flickr.yaml"),
+    return load_model(str(name_in or folder / name), config=str(folder / "Retrieval_flickr.yaml"),
                       bert_config=str(folder / "config_bert.json"), tokenizer=str(tiny_dir("tiny-albef")), **options)
 
 
@@ -78,8 +87,20 @@ def test_official_checkpoint_loads_identically(tiny_albef, official):
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for expected, got in zip(_outputs(tiny_albef, pixels), _outputs(loaded, pixels)):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    # momentum copies start from the main weights, not from the checkpoint's *_m entries
-    torch.testing.assert_close(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed)
+    # the momentum encoders and queues are the checkpoint's, as ALBEF's Retrieval.py loads the whole file
+    assert not torch.equal(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed)
+    torch.testing.assert_close(loaded.visual_encoder_m.pos_embed, state["visual_encoder_m.pos_embed"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.visual_encoder_m.blocks[0].attn.qkv.weight,
+                               state["visual_encoder_m.blocks.0.attn.qkv.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.image_queue, state["image_queue"].T, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.text_queue, state["text_queue"].T, rtol=0, atol=0)
+    assert torch.equal(loaded.idx_queue, state["idx_queue"].view(-1)) and int(loaded.queue_ptr) == 5
+    # without distillation, nothing of them is held; turned on later (the trainer), they are read then
+    plain = _load_official(folder)
+    assert not plain.momentum_distillation and not hasattr(plain, "visual_encoder_m")
+    plain.set_momentum_distillation(True)
+    torch.testing.assert_close(plain.visual_encoder_m.pos_embed, state["visual_encoder_m.pos_embed"], rtol=0, atol=0)
+    torch.testing.assert_close(plain.text_queue, state["text_queue"].T, rtol=0, atol=0)
     # the tokenizer it was given is part of its identity (reports, an evaluation's resume tag)
     from augment.tiny import tiny_dir
 
@@ -95,6 +116,29 @@ def test_pretraining_layout_with_bert_prefix_and_mlm_head(tiny_albef, official):
     pixels = torch.rand(2, 3, 64, 64)
     expected, got = _outputs(tiny_albef, pixels), _outputs(_load_official(folder, "ALBEF.pth"), pixels)
     torch.testing.assert_close(got[2], expected[2], rtol=0, atol=1e-6)
+    # pre-training's momentum BERT is a BertForMaskedLM too (`text_encoder_m.bert.*`), and it has no idx_queue
+    renamed = {k.replace("text_encoder_m.", "text_encoder_m.bert.", 1) if k.startswith("text_encoder_m.") else k: v
+               for k, v in renamed.items() if k != "idx_queue"}
+    renamed["text_encoder_m.cls.predictions.bias"] = torch.zeros(3)
+    torch.save({"model": renamed}, folder / "ALBEF_m.pth")
+    loaded = _load_official(folder, "ALBEF_m.pth", momentum_distillation=True)
+    key = "encoder.layer.2.crossattention.self.value.bias"
+    torch.testing.assert_close(loaded.text_encoder_m.state_dict()[key], state["text_encoder_m." + key], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.image_queue, state["image_queue"].T, rtol=0, atol=0)
+    assert bool((loaded.idx_queue == -100).all())  # ALBEF's start: no slot holds a positive
+
+
+def test_checkpoint_without_momentum_copies_starts_them_from_the_main_weights(official, tmp_path, caplog):
+    folder, state = official
+    main = {k: v for k, v in state.items()
+            if not k.startswith(("visual_encoder_m.", "vision_proj_m.", "text_encoder_m.", "text_proj_m."))
+            and k not in ("image_queue", "text_queue", "idx_queue", "queue_ptr")}
+    torch.save(main, tmp_path / "main_only.pth")
+    with caplog.at_level("WARNING"):
+        loaded = _load_official(folder, momentum_distillation=True, name_in=tmp_path / "main_only.pth")
+    torch.testing.assert_close(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed, rtol=0, atol=0)
+    assert bool((loaded.idx_queue == -100).all()) and int(loaded.queue_ptr) == 0
+    assert "no momentum encoders (copied from the main weights) and no queues" in caplog.text
 
 
 def test_checkpoint_of_another_size_needs_its_config(official):
@@ -103,6 +147,15 @@ def test_checkpoint_of_another_size_needs_its_config(official):
     (folder / "other.yaml").write_text(config)
     with pytest.raises(ModelLoadError, match="vision_proj.weight is \\(16, 48\\) in the checkpoint") as info:
         load_model(str(folder / "flickr30k.pth"), config=str(folder / "other.yaml"),
+                   bert_config=str(folder / "config_bert.json"), tokenizer="unused")
+    assert "\n" not in str(info.value)
+    # a config of a smaller model leaves weights of the file unread: refused, not evaluated truncated
+    config = (folder / "Retrieval_flickr.yaml").read_text()
+    depth = int(re.search(r"vision_depth: (\d+)", config).group(1))
+    (folder / "shallower.yaml").write_text(config.replace(f"vision_depth: {depth}", f"vision_depth: {depth - 1}"))
+    with pytest.raises(ModelLoadError, match=f"holds 1[0-9] weights the model has no place for "
+                                             f"\\(visual_encoder.blocks.{depth - 1}.") as info:
+        load_model(str(folder / "flickr30k.pth"), config=str(folder / "shallower.yaml"),
                    bert_config=str(folder / "config_bert.json"), tokenizer="unused")
     assert "\n" not in str(info.value)
 
@@ -148,6 +201,25 @@ def test_a_file_that_is_no_checkpoint_is_named_so(official, tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"garbage\n" + bytes(range(256)))
     with pytest.raises(ModelLoadError, match="garbage.pth: not a PyTorch checkpoint") as info:
         _load_official_from(tmp_path, "garbage.pth", official[0])
+    assert "\n" not in str(info.value)
+
+
+def test_a_damaged_or_truncated_checkpoint_is_refused_before_it_loads(official, tmp_path):
+    """torch.load checks no checksum: bytes damaged inside a tensor loaded as wrong weights, exit 0."""
+    folder, _ = official
+    data = bytearray((folder / "flickr30k.pth").read_bytes())
+    with zipfile.ZipFile(folder / "flickr30k.pth") as archive:  # the middle of the largest tensor's bytes
+        entry = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda i: i.file_size)
+        start = entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + entry.file_size // 2
+    data[start:start + 8] = bytes(8) if data[start:start + 8] != bytes(8) else b"\xff" * 8
+    (tmp_path / "damaged.pth").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=f"damaged.pth: its entry {re.escape(entry.filename)} fails its "
+                                             "checksum") as info:
+        _load_official_from(tmp_path, "damaged.pth", folder)
+    assert "\n" not in str(info.value)
+    (tmp_path / "truncated.pth").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ModelLoadError, match="truncated.pth: a damaged archive") as info:
+        _load_official_from(tmp_path, "truncated.pth", folder)
     assert "\n" not in str(info.value)
 
 

@@ -118,3 +118,129 @@ def test_cli_prints_the_pickle_refusal_as_one_error_line(bad_clip_files, karpath
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "weights_only=False" not in err
     assert f"error: refusing to load {path}" in err
+
+
+# -- checkpoints that do not hold the model their config describes -----------------------------
+
+
+def _twin_folder(twin: str, folder):
+    """A copy of a transformers twin's folder, as a user's own checkpoint (not recognised as the twin)."""
+    import shutil
+
+    from augment.tiny import tiny_dir
+
+    shutil.copytree(tiny_dir(twin), folder)
+    (folder / "tiny.json").unlink(missing_ok=True)
+    return folder
+
+
+def _edit_weights(folder, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    save_file(edit(state), str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _drop_head(state):
+    return {k: v for k, v in state.items() if not k.startswith(("itm_head.", "text_projection.", "text_decoder.cls."))}
+
+
+def _extra_layer(state):
+    return {**state, "text_model.encoder.layers.9.mlp.fc1.weight": torch.zeros(2, 2),
+            "text_encoder.encoder.layer.9.output.dense.weight": torch.zeros(2, 2)}
+
+
+def _reshape_one(state):
+    key = next(k for k in sorted(state) if state[k].dim() == 2 and "embed" not in k)  # a linear layer's
+    return {**state, key: torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])}
+
+
+@pytest.mark.parametrize("twin, kind", [("tiny-blip", "retrieval"), ("tiny-hf-clip", "retrieval"),
+                                        ("tiny-captioner", "captioning")])
+@pytest.mark.parametrize("edit, words", [
+    (_drop_head, "of the model missing: "), (_extra_layer, "the model has no place for: "),
+    (_reshape_one, "of another shape: "),
+])
+def test_transformers_checkpoint_that_does_not_fit_its_config_is_refused(twin, kind, edit, words, tmp_path):
+    """transformers initialises a missing weight at random and leaves an unused one out, logging a
+    table: the model ran, was evaluated and trained with random heads, exit 0."""
+    folder = _twin_folder(twin, tmp_path / twin)
+    load_model(str(folder), kind=kind)  # the copy itself loads
+    _edit_weights(folder, edit)
+    with pytest.raises(ModelLoadError, match=f"'{folder}': its weights do not fit the model its config.json "
+                                             f"describes \\(\\d+ weights? {words}") as info:
+        load_model(str(folder), kind=kind)
+    _one_line(info)
+
+
+def test_masked_lm_keeps_its_pretraining_heads_but_not_missing_weights(tmp_path):
+    """A Hub MLM keeps weights the masked-LM class leaves out (bert-base-uncased's next-sentence
+    head): accepted; weights it lacks are refused as for every model."""
+    from augment.registry import load_mlm
+
+    folder = _twin_folder("tiny-mlm", tmp_path / "mlm")
+    _edit_weights(folder, lambda state: {**state, "cls.seq_relationship.weight": torch.zeros(2, 4)})
+    load_mlm(str(folder))
+    _edit_weights(folder, lambda state: {k: v for k, v in state.items() if ".layer.0." not in k})
+    with pytest.raises(ModelLoadError, match="masked LM .*of the model missing: bert.encoder.layer.0.") as info:
+        load_mlm(str(folder))
+    _one_line(info)
+
+
+@pytest.mark.parametrize("twin, kind", [("tiny-blip", "retrieval"), ("tiny-captioner", "captioning")])
+def test_transformers_weights_that_need_pickle_are_refused_in_one_line(twin, kind, tmp_path):
+    """A Hub snapshot's pytorch_model.bin that torch.load(weights_only=True) refuses: a traceback of
+    torch's advice (weights_only=False) before; one line now, and no code runs."""
+    from safetensors.torch import load_file
+
+    folder = _twin_folder(twin, tmp_path / twin)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+
+    class TouchesMarker:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({**state, "extra": TouchesMarker()}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=f"refusing to load .*'{folder}': it is not a weights-only checkpoint "
+                                             r"\(it needs pickle to run code: it holds posix.system\)") as info:
+        load_model(str(folder), kind=kind)
+    assert "weights_only=False" not in _one_line(info) and not marker.exists()
+
+
+def test_open_clip_weights_that_do_not_fit_are_named(tmp_path):
+    """torch's strict load_state_dict lists the keys on the lines after its first; the one line said
+    only 'Error(s) in loading state_dict for CLIP:'."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "clip"
+    save_model(load_model("tiny-clip"), folder)
+    weights = folder / "open_clip_model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if k != "positional_embedding"}, str(weights))
+    with pytest.raises(ModelLoadError, match="its weights do not fit the architecture \\(1 weight of the model "
+                                             "missing: positional_embedding\\)") as info:
+        load_model(str(folder))
+    _one_line(info)
+    save_file({**state, "text_projection": torch.zeros(3, 3), "spare": torch.zeros(1)}, str(weights))
+    with pytest.raises(ModelLoadError, match=r"1 weight the model has no place for: spare; 1 weight of another "
+                                             r"shape: text_projection is \[3, 3\] in the checkpoint, \[") as info:
+        load_model(str(folder))
+    _one_line(info)
+    weights.unlink()  # the folder's weights as a pickle (the Hub layout's open_clip_pytorch_model.bin)
+    torch.save({"state_dict": RunsCode()}, folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=f"refusing to load CLIP '{folder}': it is not a weights-only") as info:
+        load_model(str(folder))
+    assert "weights_only=False" not in _one_line(info)
+
+
+def test_saving_a_captioner_shows_no_progress_bar_and_reloads(tmp_path, capfd):
+    """Its checkpoints printed transformers' "Writing model shards" bar at every save, even under
+    --no-progress (BLIP's and transformers CLIP's saves were quiet already)."""
+    model = load_model("tiny-captioner", kind="captioning")
+    capfd.readouterr()
+    save_model(model, tmp_path / "captioner")
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert not [p for p in (tmp_path / "captioner").iterdir() if p.name.startswith(".save-")]
+    load_model(str(tmp_path / "captioner"), kind="captioning")

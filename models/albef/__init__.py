@@ -46,7 +46,8 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     """Load an ALBEF / TCL model by any accepted name (module docstring); eval mode on `device`.
 
     `momentum_distillation`: None keeps what a saved folder holds (a training checkpoint saves its
-    momentum encoders and queues; a released checkpoint gives none), True builds them, False drops them.
+    momentum encoders and queues; a released checkpoint's are read only when they are turned on), True
+    builds them (from the released file's where it has them), False drops them.
     """
     name = name.strip()
     if name.startswith("tiny-"):

@@ -4,8 +4,10 @@ ALBEF.pth, ALBEF_4M.pth, flickr30k.pth, mscoco.pth, refcoco.pth, SGA's albef_ret
 and TCL's tcl_retrieval_*.pth hold `{'model': state_dict, 'optimizer': ..., 'config': ...}`.
 The state dict uses ALBEF's module names, which the family keeps, so the mapping only:
 
-* drops the momentum copies (`*_m.`) and queues: the main weights are loaded and the momentum
-  copies are initialised from them, as ALBEF's fine-tuning starts;
+* keeps the momentum copies (`*_m.`) and queues apart: the main weights are loaded; when momentum
+  distillation is turned on (training), the momentum encoders and queues are read from the file,
+  as ALBEF's and TCL's Retrieval.py / Grounding.py load the whole checkpoint (`strict=False`), and
+  copied from the main weights only where the file has none (`load_released_momentum`);
 * drops `bert.` (pre-training checkpoints hold a `BertForMaskedLM`: `text_encoder.bert.*`) and
   the pre-training MLM head (`text_encoder.cls.*`) and `position_ids` buffers;
 * interpolates the ViT position embeddings to the model's image size (bicubic, as ALBEF's
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from augment.errors import ModelLoadError, first_line
 from models.albef.model import MOMENTUM_PREFIXES, QUEUE_NAMES, AlbefModel
-from models.checkpoint_files import looks_like_torch_checkpoint, not_a_checkpoint_error, pickle_refusal_error
+from models.checkpoint_files import check_checkpoint_file, pickle_refusal_error
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: no such file")
-    if not looks_like_torch_checkpoint(path):
-        raise not_a_checkpoint_error(path, "ALBEF checkpoint")
+    check_checkpoint_file(path, "ALBEF checkpoint")
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -51,15 +52,18 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def official_to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(main weights under the family's names, keys dropped on purpose)."""
+def official_to_native(state: dict[str, torch.Tensor], momentum: bool = False
+                       ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(main weights under the family's names, keys left out); `momentum=True`: the momentum copies
+    and queues instead of the main weights, under the same mapping."""
     native, dropped = {}, []
     for key, value in state.items():
-        if key.startswith(MOMENTUM_PREFIXES) or key in QUEUE_NAMES:
+        if (key.startswith(MOMENTUM_PREFIXES) or key in QUEUE_NAMES) != momentum:
             dropped.append(key)
             continue
-        mapped = key.replace("text_encoder.bert.", "text_encoder.")
-        if mapped.startswith(_DROPPED_PREFIXES) or mapped.endswith(_DROPPED_SUFFIXES):
+        mapped = key.replace("text_encoder.bert.", "text_encoder.").replace("text_encoder_m.bert.", "text_encoder_m.")
+        if mapped.replace("text_encoder_m.", "text_encoder.").startswith(_DROPPED_PREFIXES) \
+                or mapped.endswith(_DROPPED_SUFFIXES):
             dropped.append(key)
             continue
         native[mapped] = value
@@ -98,12 +102,57 @@ def load_official_state(model: AlbefModel, state: dict[str, torch.Tensor], sourc
                 f"ALBEF {source} does not fit the model config: {key} is {tuple(native[key].shape)} in the "
                 f"checkpoint, {tuple(value.shape)} in the model (give the checkpoint's BERT config JSON and YAML)")
     unexpected = [k for k in native if k not in expected]
-    if unexpected:
-        log.warning("ALBEF %s: %d weights not used (%s)", source, len(unexpected), ", ".join(unexpected[:5]))
-    log.info("ALBEF %s: %d weights loaded, %d momentum/queue/MLM entries skipped", source, len(expected), len(dropped))
+    if unexpected:  # after the mapping a released ALBEF/TCL checkpoint has none: a config of a smaller model
+        shown = ", ".join(unexpected[:4]) + (f" and {len(unexpected) - 4} more" if len(unexpected) > 4 else "")
+        raise ModelLoadError(f"ALBEF {source} holds {len(unexpected)} weights the model has no place for ({shown}): "
+                             "a config of a smaller model than the checkpoint's, or not an ALBEF/TCL retrieval "
+                             "checkpoint (give its BERT config JSON and YAML)")
+    log.info("ALBEF %s: %d weights loaded, %d momentum/queue/MLM entries set apart", source, len(expected),
+             len(dropped))
     with torch.no_grad():
         model.load_state_dict({k: native[k] for k in expected}, strict=False)
-    model.reset_momentum()
+    if model.momentum_distillation:
+        load_released_momentum(model, state, source)
+
+
+def load_released_momentum(model: AlbefModel, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """The momentum encoders and queues of `model` (momentum distillation on) from a released
+    checkpoint's state dict, as ALBEF's fine-tuning starts: its `*_m` copies (ALBEF's pre-training
+    moved them apart from the main weights) and its queues, `[embed_dim, queue_size]` there. A file
+    without momentum copies (or of other shapes) gives copies of the main weights; queues are taken
+    where their size is the config's `queue_size`, `idx_queue` only from retrieval checkpoints
+    (pre-training has none: every slot stays -100, no positive, as ALBEF's buffer starts)."""
+    native, _ = official_to_native(state, momentum=True)
+    grid = model.image_size // int(model.config["patch_size"])
+    if "visual_encoder_m.pos_embed" in native:
+        native["visual_encoder_m.pos_embed"] = resample_pos_embed(native["visual_encoder_m.pos_embed"], grid)
+    copies = {k: v for k, v in model.state_dict().items() if k.startswith(MOMENTUM_PREFIXES)}
+    fits = all(k in native and tuple(native[k].shape) == tuple(v.shape) for k, v in copies.items())
+    queues = {"image_queue": native.get("image_queue"), "text_queue": native.get("text_queue"),
+              "idx_queue": native.get("idx_queue"), "queue_ptr": native.get("queue_ptr")}
+    size = int(model.config["queue_size"])
+    layout = {  # ALBEF's layout -> the model's
+        "image_queue": lambda t: t.T if t.dim() == 2 and tuple(t.T.shape) == tuple(model.image_queue.shape) else None,
+        "text_queue": lambda t: t.T if t.dim() == 2 and tuple(t.T.shape) == tuple(model.text_queue.shape) else None,
+        "idx_queue": lambda t: t.reshape(-1) if t.numel() == size else None,
+        "queue_ptr": lambda t: t.reshape(1) if t.numel() == 1 and 0 <= int(t.reshape(-1)[0]) < size else None,
+    }
+    taken = {name: layout[name](value) for name, value in queues.items() if value is not None}
+    taken = {name: value for name, value in taken.items() if value is not None}
+    if {"image_queue", "text_queue"} - set(taken):  # half a queue is no queue: ALBEF's random start for all
+        taken = {}
+    with torch.no_grad():
+        if fits:
+            for key, value in copies.items():
+                value.copy_(native[key])
+        else:
+            model.reset_momentum()
+        for name, value in taken.items():
+            getattr(model, name).copy_(value)
+    if not fits or not taken:
+        left = [what for what, ok in (("momentum encoders (copied from the main weights)", fits),
+                                       (f"queues of {size} (random, as ALBEF's start)", bool(taken))) if not ok]
+        log.warning("ALBEF %s: no %s in the file", source, " and no ".join(left))
 
 
 def official_state_dict(model: AlbefModel) -> dict[str, torch.Tensor]:

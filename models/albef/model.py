@@ -358,8 +358,10 @@ class AlbefModel(VisionLanguageModel):
     def set_momentum_distillation(self, enabled: bool = True, alpha: float | None = None) -> None:
         """Build (or drop) the momentum encoders and queues of ALBEF's fine-tuning.
 
-        Call before the optimizer and DDP are made. The momentum copies start equal to the main
-        weights; the queues start as ALBEF's (random unit vectors, keys -100 = no positive).
+        Call before the optimizer and DDP are made. A model loaded from a released checkpoint
+        (`pretrained`: its file) takes the file's momentum encoders and queues, as ALBEF's fine-tuning
+        loads them; otherwise the momentum copies start equal to the main weights and the queues as
+        ALBEF's (random unit vectors, keys -100 = no positive).
         """
         if alpha is not None:
             self.alpha = float(alpha)
@@ -383,6 +385,10 @@ class AlbefModel(VisionLanguageModel):
         self.register_buffer("idx_queue", torch.full((size,), -100, dtype=torch.long, device=device))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long, device=device))
         self.momentum_distillation = True
+        if self.pretrained:  # read again rather than held: evaluation never needs the copies (half the file)
+            from models.albef.checkpoint import load_released_momentum, read_checkpoint
+
+            load_released_momentum(self, read_checkpoint(self.pretrained), f"checkpoint {self.pretrained}")
 
     @torch.no_grad()
     def reset_momentum(self) -> None:
