@@ -111,6 +111,12 @@ def detect_format(source: str) -> str:
         suffix = path.suffix.lower()
         if suffix == ".json":
             head = _read_json(path)
+            if isinstance(head, dict) and "images" in head and "annotations" in head:
+                # COCO's own captions_*.json: its images' entries lack Karpathy's fields, which the
+                # reader would blame one by one, sending the user to mend a file that is not broken
+                raise SourceError(f"{source}: a COCO annotation file (images + annotations), which is not a "
+                                  "supported source: use Karpathy's dataset_coco.json (the splits retrieval papers "
+                                  "report) or ALBEF's coco_karpathy_*.json")
             if isinstance(head, dict) and "images" in head:
                 return "karpathy"
             if isinstance(head, list):

@@ -49,6 +49,7 @@ import gc
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ from datasets import Image  # augment.schema imports datasets already
 if TYPE_CHECKING:
     import datasets
     from PIL import Image as PILImage
+
+log = logging.getLogger(__name__)
 
 # modes holding more than 8 bits per grey value: scaled down, never clipped (PIL's convert clips)
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -499,24 +502,56 @@ def arrow_columns(dataset: "datasets.Dataset", names: list[str]) -> list:
     return [table[name] for name in names]
 
 
+def split_names(split: str) -> tuple[str, ...]:
+    """The splits a split argument names: one (`test`), or several joined by `+` as in Hugging Face
+    datasets (`train+restval`: Karpathy's COCO training set of 113,287 images is both); Hugging
+    Face's names (`validation`) are read as the table's (`val`). An unknown name is one line."""
+    names = []
+    for part in str(split).split("+"):
+        name = SPLIT_ALIASES.get(part.strip(), part.strip())
+        if name not in SPLITS:
+            raise SourceError(f"unknown split {part.strip()!r} (expected one of {list(SPLITS)}, several joined by "
+                              "'+' such as train+restval, or 'all')")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def warn_of_restval_left_out(dataset: "datasets.Dataset", split: str | None, option: str) -> None:
+    """One warning line when `split` (of a train-split option) leaves out the source's `restval` rows:
+    Karpathy's COCO training set, what papers train on, is train + restval (113,287 images)."""
+    if split in (None, "all") or "restval" in split_names(split):
+        return
+    [splits] = arrow_columns(dataset, ["split"])
+    import pyarrow.compute as pc
+
+    left_out = int(pc.sum(pc.equal(splits, "restval")).as_py() or 0)
+    if left_out:
+        log.warning("the source's %d restval images are left out (%s %s); %s %s+restval takes them too, as "
+                    "Karpathy's COCO training set (ALBEF's and BLIP's coco_karpathy_train.json) does",
+                    left_out, option, split, option, split)
+
+
 def select_split(dataset: "datasets.Dataset", split: str | None, unlabelled_hint: str = "") -> "datasets.Dataset":
-    """Rows of one split (None or "all" keeps every row); an absent split is an error, ending in
-    `unlabelled_hint` (what the command offers) when every row is "train", as a source that names no
-    split (an open_clip TSV, an ALBEF file) is read."""
+    """Rows of a split, or of several joined by '+' (`split_names`; None or "all" keeps every row),
+    in the source's order; an absent split is an error, ending in `unlabelled_hint` (what the command
+    offers) when every row is "train", as a source that names no split (an open_clip TSV, an ALBEF
+    file) is read."""
     if split in (None, "all"):
         return dataset
-    if split not in SPLITS:
-        raise SourceError(f"unknown split {split!r} (expected one of {list(SPLITS)} or 'all')")
+    names = split_names(split)
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     [splits] = arrow_columns(dataset, ["split"])
-    indices = np.flatnonzero(pc.equal(splits, split).to_numpy(zero_copy_only=False))
-    if not len(indices):
-        present = sorted(set(splits.to_pylist()))
+    present = set(splits.unique().to_pylist())
+    absent = [name for name in names if name not in present]
+    if absent:
         hint = f"; a source that names no splits is read as 'train': {unlabelled_hint}" \
-            if unlabelled_hint and present == ["train"] else ""
-        raise SourceError(f"source has no {split!r} rows (splits present: {present}){hint}")
+            if unlabelled_hint and present == {"train"} else ""
+        raise SourceError(f"source has no {absent[0]!r} rows (splits present: {sorted(present)}){hint}")
+    indices = np.flatnonzero(pc.is_in(splits, value_set=pa.array(names)).to_numpy(zero_copy_only=False))
     if table_rows(dataset) is None and dataset.format["type"] is None:
         # a whole table (a loaded source): its split's rows taken by arrow in one call. `select`
         # would keep an indices mapping through which every later whole-column read gathers

@@ -7,7 +7,6 @@ Only parsing is checked (no file is read, no model loaded); commands that elide 
 """
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 

@@ -4,12 +4,12 @@ the CUDA RNG state. Tiny CLIP, a few steps of small batches on the sample world.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
 
 import pytest
-import torch
 
 from augment.errors import MatPlusError
 
@@ -360,3 +360,33 @@ def test_a_stale_best_is_not_the_rival_of_a_redone_step(tmp_path):
     summary = validator.summary()
     assert summary["best"]["step"] == 0 and summary["best_weights"] is None
     assert validator._is_best({"step": 6, "robust": 91.0, "clean": 91.0, "attack": "clean"})  # beats the kept 90.0
+
+
+def test_a_resume_on_a_validation_step_keeps_its_line_without_validating_again(tmp_path, monkeypatch):
+    """The checkpoint's step had its line in validation.jsonl; the resume dropped and recomputed it
+    (minutes of attacked evaluation on real models, for the same number). Validated again only when
+    RUN/best does not agree with the line: its copy cut by a kill."""
+    import train.evaluate
+
+    for best_step in (2, 6):  # the kept line not the best, and the best
+        run = tmp_path / f"run{best_step}"
+        scores = {0: 10, 2: 12, 4: 11, 6: 15 if best_step == 6 else 11, 7: 9, 8: 9}
+        _train(_scripted_validator(monkeypatch, run, scores), 0, 6)  # validates 0, 2, 4 and (the last) 6
+        assert json.loads((run / "best" / "validation.json").read_text())["step"] == best_step
+        validator = _scripted_validator(monkeypatch, run, scores)
+        measured = []
+        evaluate = train.evaluate.evaluate
+        monkeypatch.setattr(train.evaluate, "evaluate", lambda model, source, **kw: (
+            measured.append(model.step), evaluate(model, source, **kw))[1])
+        _train(validator, 6, 8)  # --max-steps 8 from the checkpoint of step 6
+        assert measured == [8]
+        assert [line["step"] for line in validator.records()] == [0, 2, 4, 6, 8]
+        assert validator.summary()["best"]["step"] == best_step
+    # killed after the best line was written, before its weights were copied: validated again
+    shutil.rmtree(run / "best")
+    validator = _scripted_validator(monkeypatch, run, scores)
+    measured.clear()
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda model, source, **kw: (
+        measured.append(model.step), {"attacks": {"clean": {"tr@1": scores[model.step], "ir@1": scores[model.step]}}})[1])
+    _train(validator, 6, 8)
+    assert measured == [6, 8] and (run / "best" / "weights.txt").read_text() == "6"

@@ -373,3 +373,13 @@ def test_inspect_takes_no_progress_as_every_command_does(tmp_path, capsys):
     assert augment_main(["inspect", "--source", str(source), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "reading" not in captured.err and "3 images" in captured.out, captured
+
+
+def test_a_coco_annotation_file_is_named_not_blamed_entry_by_entry(tmp_path, capsys):
+    """COCO's own captions_val2014.json was read as a Karpathy file with a broken first entry
+    ("images[0]: entry has no 'filename'"), sending the user to mend a file that is fine."""
+    coco = {"info": {}, "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "width": 8, "height": 8}],
+            "annotations": [{"id": 7, "image_id": 1, "caption": "a cat on a mat"}]}
+    path = tmp_path / "captions_val2014.json"
+    path.write_text(json.dumps(coco))
+    fails(capsys, ["inspect", "--source", path], f"{path}: a COCO annotation file", "Karpathy's dataset_coco.json")

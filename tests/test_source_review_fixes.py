@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -261,3 +262,77 @@ def test_a_finished_pool_missing_a_shard_is_refused_until_its_command_is_run_aga
     assert not (tmp_path / "export").exists()
     assert _generate(pool, world) == 0  # the same command makes the missing shard again
     assert len(load_pool(pool).dataset) == whole
+
+
+# -- several splits at once: Karpathy's COCO training set is train + restval ---------------------
+
+
+def _karpathy_coco(folder: Path) -> Path:
+    from tests.test_bad_inputs import entry, karpathy
+
+    splits = ["train", "restval", "val", "test", "restval", "train"]
+    for i in range(len(splits)):
+        write_image(folder / "images" / f"{i}.png", colour=30 * i)
+    return karpathy(folder, [entry(f"{i}.png", split=split) for i, split in enumerate(splits)],
+                    name="dataset_coco.json")
+
+
+def test_a_split_argument_may_join_splits_with_plus(tmp_path):
+    """dataset_coco.json's 30,504 restval images belong to the 113,287-image training set papers use;
+    only one split could be named, and `all` is refused for training."""
+    source, _ = load_source(str(_karpathy_coco(tmp_path)))
+    assert select_split(source, "train+restval")["image_id"] == ["0", "1", "4", "5"]  # the source's order
+    assert select_split(source, "restval")["image_id"] == ["1", "4"]
+    assert select_split(source, "validation")["image_id"] == ["2"]  # Hugging Face's name for it
+    with pytest.raises(SourceError, match=r"unknown split 'holdout' \(expected one of .* joined by '\+' such as "
+                                          r"train\+restval"):
+        select_split(source, "train+holdout")
+    with pytest.raises(SourceError, match=r"source has no 'restval' rows"):  # every named split must be there
+        select_split(select_split(source, "train"), "train+restval")
+
+
+def test_training_says_what_restval_it_leaves_out_and_trains_on_it_when_asked(tmp_path, caplog):
+    from train.data import TrainData
+
+    source, _ = load_source(str(_karpathy_coco(tmp_path)))
+    with caplog.at_level("WARNING"):
+        data = TrainData(source, seed=0)
+    assert data.image_ids == ["0", "5"]
+    assert "the source's 2 restval images are left out (--train-split train); --train-split " \
+           "train+restval takes them too" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        data = TrainData(source, split="train+restval", seed=0)
+    assert data.image_ids == ["0", "1", "4", "5"] and "restval" not in caplog.text
+
+
+def test_validation_on_a_split_trained_on_is_refused_for_joined_splits(tmp_path):
+    from train.config import ConfigError, resolve_config
+
+    settings = {"method": "clean", "train_data": "s", "out": "o", "val_frequency": 1}
+    for train_split, val_split in (("train+restval", "restval"), ("train", "val+train")):
+        with pytest.raises(ConfigError, match=f"--val-split {re.escape(val_split)} validates on the rows "
+                                              f"--train-split {re.escape(train_split)} trains on"):
+            resolve_config({**settings, "train_split": train_split, "val_split": val_split})
+    resolve_config({**settings, "train_split": "train+restval", "val_split": "val"})
+
+
+def test_a_pool_of_restval_images_asks_for_the_split_not_of_leaking(tmp_path, capsys, caplog):
+    """Its restval rows were refused as 'would leak evaluation data': they are training data."""
+    source = _karpathy_coco(tmp_path / "coco")
+    with caplog.at_level("WARNING"):
+        assert augment_main(["generate", "--method", "eda", "--source", str(source), "--out", str(tmp_path / "t"),
+                             "--n", "1", "--no-progress"]) == 0
+    assert "the source's 2 restval images are left out (--split train); --split train+restval takes them too" \
+        in caplog.text
+    pool = tmp_path / "eda"
+    assert augment_main(["generate", "--method", "eda", "--source", str(source), "--split", "train+restval",
+                         "--out", str(pool), "--n", "1", "--no-progress"]) == 0
+    from train.cli import main as train_main
+
+    capsys.readouterr()
+    code = train_main(["mat+", "--model", "tiny-clip", "--train-data", str(source), "--pools", str(pool),
+                       "--max-steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "images of split(s) ['restval']" in err and "join restval to --train-split" in err, err
+    assert "leak" not in err

@@ -418,3 +418,20 @@ def test_validate_and_skip_bad_cover_the_validation_data_and_a_named_skip_report
                       "--skip-report", source_file, *FAST, "--out", tmp_path / "refused")
     assert code == 2 and "--skip-report" in err and "the report would replace it" in err, err
     assert not (tmp_path / "refused").exists()
+
+
+def test_mlm_is_read_by_an_mlm_validation_attack_whatever_the_text_candidates():
+    """`--text-candidates wordnet --mlm M --val-attack bert-attack` was refused (--mlm "not read"), and
+    without --mlm validation used a default masked LM that config.yaml did not record."""
+    from train.config import ConfigError, default_mlm, resolve_config
+
+    base = {"method": "mat", "train_data": "s", "out": "o", "model": "tiny-clip", "text_candidates": "wordnet"}
+    config = resolve_config({**base, "mlm": "world-mlm", "val_frequency": 1, "val_attack": "bert-attack"})
+    assert config.mlm == "world-mlm"
+    with pytest.raises(ConfigError, match="--mlm is not read with --text-candidates wordnet .* and no --val-attack "
+                                          "that reads one"):
+        resolve_config({**base, "mlm": "world-mlm", "val_frequency": 1, "val_attack": "pgd"})
+    for method, extra in (("mat", {"text_candidates": "wordnet"}), ("clean", {})):
+        config = resolve_config({**base, **extra, "method": method, "val_frequency": 1, "val_attack": "sga"})
+        assert config.mlm == default_mlm("tiny-clip") and "mlm" in config.derived_settings  # recorded as derived
+    assert resolve_config({**base, "method": "clean", "text_candidates": "mlm"}).mlm is None  # nothing reads one

@@ -33,6 +33,8 @@ def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkey
     assert [(line["step"], line["metric"], line["attack"]) for line in curve] == [(0, "CIDEr", "pgd"), (2, "CIDEr", "pgd")]
     assert all(line["robust"] >= 0 and line["clean"] >= 0 for line in curve)
     assert curve[0]["settings"]["captions_per_image"] is None  # CIDEr reads every reference of an image
+    # the sample world's truth checker judges the attacked captions, as train eval's does (it was always null)
+    assert all(0 <= line["true_pct"] <= 100 for line in curve)
     assert [line.split(":")[0].strip() for line in err.splitlines() if "val robust CIDEr" in line] == ["step    0", "step    2"]
     best = json.loads((run / "best" / "validation.json").read_text())
     assert f"validation (pgd): best robust CIDEr {best['robust']:.1f} at step {best['step']}" in out

@@ -280,6 +280,19 @@ def default_mlm(model: str) -> str:
     return DEFAULT_MODELS["mlm"]
 
 
+def _splits_overlap(first: str, second: str) -> bool:
+    """Whether two split arguments share rows (`all` shares every row; `train+restval` and `restval` do)."""
+    from augment.errors import SourceError
+    from augment.sources import split_names
+
+    if "all" in (first, second):
+        return True
+    try:
+        return bool(set(split_names(first)) & set(split_names(second)))
+    except SourceError:  # an unknown name: the source's read says so in its own line
+        return first == second
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -374,7 +387,8 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "pool_weights": (lambda c: c.pool_mode == "expand" and c.pool_weights is not None and len(set(c.pool_weights)) > 1,
                      "with --pool-mode expand (every view of every pool is taken once)"),
     "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
-    "mlm": (lambda c: c.text_candidates != "mlm", "with --text-candidates wordnet (WordNet synonyms, no masked LM)"),
+    "mlm": (lambda c: c.text_candidates != "mlm" and not validation_reads_mlm(c),
+            "with --text-candidates wordnet (WordNet synonyms, no masked LM) and no --val-attack that reads one"),
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
@@ -386,6 +400,16 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
               "for a source that is not a .csv/.tsv file")
        for name in ("csv_img_key", "csv_caption_key", "csv_separator")},
 }
+
+
+def validation_reads_mlm(c: TrainConfig) -> bool:
+    """Whether in-training validation attacks with a masked LM's substitutes (`--val-attack
+    bert-attack|sep|co-attack|sga`, captioning's prompt attacks): `--mlm` names it, whatever
+    `--text-candidates` the training's own attack takes."""
+    from train.attacks.captioning import PROMPT_ATTACKS
+    from train.eval_common import MLM_ATTACKS
+
+    return bool(c.val_frequency) and c.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS)
 
 
 def _check_read(c: TrainConfig) -> None:
@@ -481,7 +505,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.prompt is None or c.task == "captioning", f"--prompt applies to --task captioning, not {c.task}")
     _check(c.counterfactual_pairs or c.task == "grounding", f"--no-counterfactual-pairs applies to --task grounding, not {c.task}")
     # validated on the very rows trained on: the best checkpoint picked by training data
-    _check(not (c.val_frequency and c.val_data is None and c.val_split in (c.train_split, "all")),
+    _check(not (c.val_frequency and c.val_data is None and _splits_overlap(c.val_split, c.train_split)),
            f"--val-split {c.val_split} validates on the rows --train-split {c.train_split} trains on: choose "
            "another split, or --val-data")
     _check(c.save_every >= 0, "--save-every must be non-negative")
@@ -523,8 +547,8 @@ def _fill_derived(c: TrainConfig) -> frozenset[str]:
         from augment.loading import default_workers
 
         c.workers = default_workers()
-    if c.mlm is None and c.method in MULTIMODAL_METHODS and c.text_candidates == "mlm":
-        c.mlm = default_mlm(c.model)
+    if c.mlm is None and ((c.method in MULTIMODAL_METHODS and c.text_candidates == "mlm") or validation_reads_mlm(c)):
+        c.mlm = default_mlm(c.model)  # recorded (config.yaml's derived: section): validation reads it too
     if c.pools and c.pool_weights is None:
         c.pool_weights = [1.0] * len(c.pools)
     return frozenset(name for name in unset if getattr(c, name) is not None)

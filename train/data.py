@@ -163,8 +163,11 @@ def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts
     outside = sorted({i for i in image_ids if i not in train_index})
     if outside:
         splits = sorted({all_ids[i] for i in outside})
+        why = ("training on them would leak evaluation data" if set(splits) & {"val", "test"} else
+               f"they are outside the split trained on: join {'+'.join(splits)} to --train-split (e.g. "
+               "train+restval) or make the pool from the split trained on")
         raise PoolError(f"{where}: rows augment {len(outside)} images of split(s) {splits} "
-                        f"(e.g. {outside[:3]}); training on them would leak evaluation data")
+                        f"(e.g. {outside[:3]}); {why}")
     bad_modality = sorted({m for m in modalities if m not in ("text", "image", "pair")})
     if bad_modality:
         raise PoolError(f"{where}: unknown modalities {bad_modality}")
@@ -241,7 +244,7 @@ class TrainData:
     def __init__(self, source: Any, pools: Sequence[Any] = (), *, split: str = "train",
                  pool_weights: Sequence[float] | None = None, p_original: float = 0.5,
                  pool_mode: str = "sample", seed: int = 0, allow_pool_mismatch: bool = False, grad_accum: int = 1):
-        from augment.sources import select_split, source_fingerprint, undecoded
+        from augment.sources import select_split, source_fingerprint, undecoded, warn_of_restval_left_out
 
         self.seed = int(seed)
         # an epoch is whole optimizer steps: the micro-batches left over are dropped, as open_clip_train
@@ -260,6 +263,7 @@ class TrainData:
                 raise ConfigError(f"--train-split all would train on the source's {held_out} val/test images, "
                                   "which evaluation measures on; train on --train-split train")
         self.train = select_split(source, split)
+        warn_of_restval_left_out(source, split, "--train-split")
         [self.image_ids] = _columns(self.train, "image_id")
         self.captions = _ListColumn(self.train, "captions")
         self._images = undecoded(self.train.select_columns(["image"]))  # decoded by source_image, naming the record

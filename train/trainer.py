@@ -321,7 +321,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         # one line per validation on stderr, above the progress bar
-        validator = Validator(self.run_dir, source, settings, log=lambda text: tqdm.write(text, file=sys.stderr),
+        validator = Validator(self.run_dir, source, settings, caption_checker=_world_checker(source, cfg),
+                              log=lambda text: tqdm.write(text, file=sys.stderr),
                               report=lambda step, scalars: self.metrics.report(step, scalars),
                               progress=cfg.progress).attach(self)
         self.callbacks.append(validator)
@@ -656,3 +657,19 @@ def train_run(config: TrainConfig | dict, callbacks: Iterable[Callable[[StepReco
 
 
 __all__ = ["Trainer", "TrainConfig", "StepRecord", "train_run"]
+
+
+def _world_checker(source, cfg):
+    """The sample world's truth checker where every validated image has a scene (as `train eval
+    --truth-checker auto` and the study's validation): validation lines' `true_pct`, the share of
+    attacked captions still true of their image; None elsewhere (and for grounding, whose lines have none)."""
+    from augment.referring import GroundingData
+
+    if isinstance(source, GroundingData):
+        return None
+    from augment.sources import select_split
+    from augment.world.truth import check_caption_of_row, has_scenes
+
+    rows = select_split(source, cfg.val_split)
+    rows = rows.select(range(min(cfg.val_limit, len(rows)))) if cfg.val_limit else rows
+    return check_caption_of_row if len(rows) and has_scenes(rows) else None

@@ -201,12 +201,27 @@ class Validator:
             # the run starts at record.step: the weights of that step are the checkpoint's, so its line stays
             self._drop_from(record.step + 1)
             kept = [r for r in self.records() if r["step"] == record.step]
-            if kept and record.step % self.settings.every and self.report:
-                # not validated again: its scalars to the loggers, whose steps from here on were purged
-                self.report(record.step, self._scalars(kept[0]))
+            validated = record.step % self.settings.every == 0
+            if kept and (not validated or self._settled(kept[0])):
+                # not validated again (a resume on a validation step redid minutes of attacked evaluation for
+                # the line it kept): its scalars to the loggers, whose steps from here on were purged
+                self._on_record = record.step
+                if self.report:
+                    self.report(record.step, self._scalars(kept[0]))
         grad_accum = self.trainer.cfg.grad_accum
-        if record.micro_step % grad_accum == 0 and record.step % self.settings.every == 0:
+        if (record.micro_step % grad_accum == 0 and record.step % self.settings.every == 0
+                and record.step != getattr(self, "_on_record", None)):
             self.validate(record.step)
+
+    def _settled(self, line: dict) -> bool:
+        """Whether a kept line of the step a run resumes at needs no validation again: RUN/best holds
+        its weights, or an earlier line beats it (a RUN/best of a later step, which the resumed run
+        redoes, or a best line whose copy a kill interrupted, are settled by validating again)."""
+        held = best_line(self.run_dir)
+        if held is not None and held["step"] >= line["step"]:
+            return held["step"] == line["step"]
+        earlier = [r["robust"] for r in self.records() if r["step"] < line["step"]]
+        return bool(earlier) and line["robust"] <= max(earlier)
 
     def _is_best(self, line: dict) -> bool:
         """Whether `line` beats every earlier validation of the run (a tie keeps the earlier step): ranked
@@ -350,7 +365,7 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
     if cfg.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS):  # substitutes from a masked LM
         from train.config import default_mlm
 
-        options["mlm"] = cfg.mlm or default_mlm(cfg.model)
+        options["mlm"] = cfg.mlm or default_mlm(cfg.model)  # cfg.mlm is filled (derived) when the run validates
     if cfg.task == "grounding":
         options["objective"] = "itm"  # train eval --task grounding's default
     return ValidationSettings(every=every, task=cfg.task, attack=cfg.val_attack, split=cfg.val_split,

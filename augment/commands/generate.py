@@ -6,7 +6,7 @@ import sys
 from augment.arguments import folder_path, positive_int
 from augment.commands.common import add_source_arguments, read_source, source_meta
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
-from augment.generators.base import distributed_rank, run_generation
+from augment.generators.base import run_generation
 from augment.loading import SHARD_WORKERS, add_workers_argument
 
 MODEL_METHODS = "t2t-<model>, i2t-<model>, t2i-sd, t-i2i-sd"  # the methods that read the model options (generators.MODEL_OPTIONS)

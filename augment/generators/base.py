@@ -17,7 +17,7 @@ from typing import Any
 from augment.pool import DATA_DIR, SHARD_PATTERN, PoolWriter, make_row_id
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
-                             shard_input_fingerprints, source_fingerprint)
+                             shard_input_fingerprints, source_fingerprint, warn_of_restval_left_out)
 
 
 
@@ -117,6 +117,8 @@ def run_generation(
     if rank is None or world_size is None:
         rank, world_size = distributed_rank()
     items = select_split(source, split)
+    if rank == 0:
+        warn_of_restval_left_out(source, split, "--split")
     if limit is not None:
         items = items.select(range(min(limit, len(items))))
     num_shards = max(1, math.ceil(len(items) / shard_size))
