@@ -128,9 +128,10 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
     except MatPlusError as exc:
         # every check below says "study config: ..."; a config read from a file names that file (one place)
         message = str(exc)
-        if path is None or not message.startswith("study config: "):
+        if path is None:
             raise
-        raise MatPlusError(f"study config {candidate}: {message[len('study config: '):]}") from None
+        # a check's own line ("eval.attack_eps: cannot read 'abc' as a number") names the file too
+        raise MatPlusError(f"study config {candidate}: {message.removeprefix('study config: ')}") from None
 
 
 def _checked(config: dict, layer: dict, overrides: dict | None) -> dict:
@@ -182,7 +183,58 @@ def _checked(config: dict, layer: dict, overrides: dict | None) -> dict:
         pool = (config.get(section) or {}).get("pool")
         if pool and pool not in config["pools"]:
             raise MatPlusError(f"study config: {section}.pool {pool!r} is not one of the pools {sorted(config['pools'])}")
+    _check_scene_counts(config)
+    for key in ("model", "scorer"):  # loaded only when pretraining / scoring starts, after the world and a pool
+        if config.get(key) is not None:
+            _check_model_name(key, config[key])
     return config
+
+
+def _check_model_name(key: str, name) -> None:
+    """A model name no family accepts, named with its key now (it failed when its stage began, naming
+    neither the key nor the file)."""
+    from augment.errors import ModelLoadError
+    from models import family_of
+
+    if not isinstance(name, str) or not name.strip():
+        raise MatPlusError(f"study config: {key} must be a model name, got {name!r}")
+    try:
+        if family_of(name) == "open_clip":  # open_clip's names: checked as its loader resolves them
+            from models.open_clip_family import resolve_name
+
+            resolve_name(name)
+    except ModelLoadError as exc:
+        raise MatPlusError(f"study config: {key}: {exc}") from None
+
+
+def _check_scene_counts(config: dict) -> None:
+    """Scene counts the world cannot give: the study trained on the train scenes there were, exited 0,
+    and its report named the count asked for ("fine-tuning on 5000 train scenes" of a 120-scene world);
+    `pretrain.scenes: rest` with none left failed after the world and the pools were built."""
+    from augment.world.writer import split_sizes
+
+    train = split_sizes(int(config["world"]["n"]), 0.125, 0.125)["train"]  # the study's worlds: write_sample's split
+    scenes, n = config["finetune_scenes"], config["world"]["n"]
+    if scenes > train:
+        raise MatPlusError(f"study config: finetune_scenes {scenes} is more than the {train} train scenes of a world of "
+                           f"{n} (world.n; 75% are train scenes): lower it or raise world.n")
+    more = config.get("more_samples") or {}
+    if more.get("pool") and scenes * int(more.get("oracle_factor") or 3) > train:
+        factor = int(more.get("oracle_factor") or 3)
+        raise MatPlusError(f"study config: more_samples' oracle trains on finetune_scenes x oracle_factor = "
+                           f"{scenes * factor} scenes, more than the world's {train} train scenes: lower them or "
+                           "raise world.n")
+    if config["pretrain"].get("scenes", "all") == "rest" and scenes >= train and not config["pretrain"].get("checkpoint"):
+        raise MatPlusError(f"study config: pretrain.scenes rest pretrains on the train scenes not fine-tuned on, and "
+                           f"finetune_scenes {scenes} takes all {train}: lower it or raise world.n")
+    sweep = config.get("n_aug_sweep") or {}
+    spec = config["pools"].get(sweep.get("pool")) if sweep.get("pool") else None
+    if isinstance(spec, dict) and isinstance(spec.get("n"), int):
+        above = [v for v in sweep.get("values") or () if isinstance(v, int) and v > spec["n"]]
+        if above:  # select --max-per-item above the pool's n keeps the whole pool: the "all" point again
+            raise MatPlusError(f"study config: n_aug_sweep.values {above} exceed pool {sweep['pool']!r}'s n "
+                               f"{spec['n']} (augmentations per item it holds): the whole pool is the sweep's "
+                               "'all' point already")
 
 
 # what the study reads of each small section (a typo, `validation: {atack: pgd}`, would silently run
@@ -277,6 +329,10 @@ def generate_arguments(spec: dict) -> list[str]:
     return argv
 
 
+# augment generate's options the study gives every pool itself (analysis.study.Study.pool)
+STUDY_GENERATE_KEYS = ("source", "out", "image_root", "split", "source_split", "overwrite", "progress", "no_progress")
+
+
 def _check_pool_spec(name: str, spec: dict) -> None:
     """Before anything runs: a pool spec `augment generate` would refuse (an unknown or unread
     option, an unknown method) is one line naming the pool, not a failure after pretraining."""
@@ -287,6 +343,13 @@ def _check_pool_spec(name: str, spec: dict) -> None:
     from augment.commands.generate import options_given
     from augment.generators import check_options_read
 
+    # the study sets these itself (the fine-tuning world, the study's pools folder): given here they were
+    # silently overridden, and a `split: test` pool failed as a leak only after pretraining and several runs
+    owned = sorted(key for key in spec if key in STUDY_GENERATE_KEYS)
+    if owned:
+        raise MatPlusError(f"study config: pool {name!r}: {', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set "
+                           "by the study (its fine-tuning world's train split, its pools folder): leave "
+                           f"{'it' if len(owned) == 1 else 'them'} out")
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):  # argparse prints its usage; its last line is the error

@@ -291,6 +291,9 @@ def spearman(xs: list[float], ys: list[float]) -> dict:
     import numpy as np
     from scipy.stats import rankdata, spearmanr
 
+    # equal values are ties: a mean of paired gains +3.33 and -3.33 is -2.2e-16 in floats, which was
+    # ranked below exact zeros and gave a rank correlation to gains that were all zero
+    xs, ys = [round(float(v), 9) for v in xs], [round(float(v), 9) for v in ys]
     if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2 or not np.isfinite(np.concatenate(
             [np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)])).all():  # undefined for constant or NaN input
         return {"rho": None, "p": None, "n": len(xs), "p_method": None}
@@ -470,7 +473,7 @@ def _comparison(out: Path, config: dict, results: list[dict], summary: dict, mai
         *verdict_lines(verdicts),
     ]
     if curves_png is not None:
-        lines += ["", f"Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
+        lines += ["", "Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
                   "the best checkpoint is the step with the highest validation robust R@1.", "",
                   f"![learning curves]({curves_png.name})"]
     return _Comparison(lines, best_summary, rows, verdicts, curves_png)

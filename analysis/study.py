@@ -402,6 +402,8 @@ class Study:
         """Every step (cached ones skipped), then the report; one log line per step, no library progress bars."""
         import datasets
 
+        self._check_out()
+
         from transformers.utils import logging as transformers_logging
 
         shown = datasets.is_progress_bar_enabled()
@@ -415,6 +417,17 @@ class Study:
                 datasets.enable_progress_bars()
             if loading_bars:
                 transformers_logging.enable_progress_bar()
+
+    def _check_out(self) -> None:
+        """Refuse an --out that holds something other than a study (a training run, a pool, a source):
+        the study wrote its world, pools and runs among those files (augment generate refuses such a folder)."""
+        from augment.errors import MatPlusError
+
+        if self.out.is_file():
+            raise MatPlusError(f"{self.out}: is a file, not a study folder; choose another out")
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / "world").is_dir():
+            raise MatPlusError(f"{self.out}: holds other files and no study (no world/ of one): choose another out "
+                               "(an empty or new folder, or an earlier study's)")
 
     def _run(self) -> Path:
         from analysis.report import write_report

@@ -123,7 +123,8 @@ def publication(pool: Pool, options: CardOptions):
         print(f"note: {pool.path / SCORES_FILE}: the scores of {', '.join(left_out)} are left out: the pool's data "
               "files changed (rewritten, copied without their times, or exported by augment push) after they were "
               f"computed; run `augment score {pool.path}` to publish current ones", file=sys.stderr)
-    return render_card(pool.meta, scores, options), files
+    # the card's scores table names each scorer as scores.json does: a local folder by its last part
+    return render_card(pool.meta, published_document(scores) if scores is not None else None, options), files
 
 
 def published_json(path: Path) -> bytes:

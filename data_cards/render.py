@@ -139,8 +139,9 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
     modality = meta.get("modality")
     # the pairing of image and caption is the annotation; only i2t-human's pairs are the data's own
     annotations = "found" if _is_human_text(generator) else "machine-generated"
-    # text rows carry new text; image rows keep the source's human caption
-    text_is_new = modality in ("text", "pair") and not _is_human_text(generator)
+    # text rows carry new text; image rows keep the source's human caption, and so do the control's
+    # shuffled pairs (other images' human captions: the pairing is machine-made, the language is not)
+    text_is_new = modality in ("text", "pair") and not _is_human_text(generator) and generator != "shuffle"
     return {
         "license": options.license,
         "pretty_name": pretty_name(meta),

@@ -423,6 +423,13 @@ def _checkpoint_file(arch: str, tag: str | None) -> Path | None:
     return path
 
 
+def resolve_name(name: str, pretrained: str | None = None) -> None:
+    """Check that `name` (and `pretrained`) is something `load` accepts, without loading it: one
+    `ModelLoadError` line otherwise (a config read long before its model is loaded)."""
+    tiny.register_open_clip_configs()
+    _resolve_clip(name, pretrained, None)
+
+
 def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:
     """(open_clip model name, pretrained, force_quick_gelu) for any accepted CLIP name."""
     if not isinstance(name, str) or not name.strip():

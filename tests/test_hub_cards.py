@@ -716,3 +716,35 @@ def test_a_local_source_given_as_a_relative_path_is_never_named_a_hub_dataset(tm
     assert header_of(render_card_text(older, None, CardOptions()))["source_datasets"] == ["extended|data/world"]
     hub = {**meta, "source": "org/captions", "source_format": "hub"}
     assert header_of(render_card_text(hub, None, CardOptions()))["source_datasets"] == ["extended|org/captions"]
+
+
+def test_the_cards_scores_table_names_a_local_scorer_by_its_last_part(tmp_path, sample_world_dir):
+    """scores.json was published without the uploader's folders, but the card's table beside it named
+    the scorer by its full local path (`scorer: /home/me/runs/pretrain/ckpt`)."""
+    from models import load_model, save_model
+
+    scorer = tmp_path / "private" / "scorer-ckpt"
+    save_model(load_model("tiny-clip"), scorer)
+    pool = tmp_path / "eda"
+    assert cli("generate", "--method", "eda", "--source", str(sample_world_dir), "--out", str(pool), "--n", "1",
+               "--limit", "4", "--no-progress") == 0
+    assert cli("score", str(pool), "--scorer", str(scorer), "--source", str(sample_world_dir), "--no-progress") == 0
+    assert str(scorer) in (pool / "scores.json").read_text()
+    out = tmp_path / "repo"
+    assert cli("push", str(pool), "--to-dir", str(out), "--license", "cc-by-4.0") == 0
+    card = (out / "README.md").read_text()
+    assert "scorer: scorer-ckpt" in card
+    for published in (card, (out / "scores.json").read_text(), (out / "pool.json").read_text()):
+        assert str(tmp_path) not in published
+
+
+def test_a_shuffle_pools_captions_are_found_language_with_machine_made_pairs():
+    """The control's captions are other images' human captions: its card said they were machine-generated."""
+    from data_cards.render import CardOptions, render_card_text
+
+    options = CardOptions(license="cc-by-4.0", source_license="cc-by-4.0", repo_id="org/pool")
+    for method, creators in (("shuffle", ["found"]), ("eda", ["machine-generated"]), ("i2t-human", ["found"])):
+        meta = {**pool_meta(method, "text"), "num_rows": 10, "schema_version": 1}
+        header = header_of(render_card_text(meta, None, options))
+        assert header["language_creators"] == creators, method
+        assert header["annotations_creators"] == (["found"] if method == "i2t-human" else ["machine-generated"])

@@ -365,6 +365,17 @@ def test_spearman_of_a_nan_property_has_no_p_value():
     assert spearman([0.1, float("nan"), 0.3, 0.4], [1, 2, 3, 4]) == {"rho": None, "p": None, "n": 4, "p_method": None}
 
 
+def test_gains_equal_up_to_float_rounding_are_ties_for_spearman():
+    """Paired gains +3.33 and -3.33 average to -2.2e-16: ranked below two exact zeros, they gave
+    'alignment vs gain' rho -0.87 for gains that were all zero."""
+    from analysis.report import mean_std, spearman
+
+    gain = mean_std([10.0 - 6.666666666666667, 3.3333333333333335 - 6.666666666666667])[0]
+    assert gain != 0.0  # the float noise itself
+    assert spearman([0.1225, 0.1266, 0.1223], [0.0, gain, 0.0])["rho"] is None  # constant: no correlation
+    assert spearman([0.1, 0.2, 0.3], [1.0, gain, 2.0])["rho"] == pytest.approx(0.5)  # a tie with nothing
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"n_aug_sweep": "scene"}, "n_aug_sweep must be a mapping or null, got 'scene'"),
     ({"more_samples": ["scene"]}, "more_samples must be a mapping or null"),
@@ -453,3 +464,62 @@ def test_the_report_names_a_reused_pretrained_model_instead_of_this_configs_pret
     assert "pretrained for 250 steps on the train scenes outside" in _pretrained_words({"steps": 250, "scenes": "rest"})
     reused = _pretrained_words({"steps": 250, "scenes": "rest", "checkpoint": "outputs/regime-1to1-truth/pretrain/ckpt"})
     assert "`outputs/regime-1to1-truth/pretrain/ckpt` (another study's" in reused and "250" not in reused
+
+
+def test_pool_options_the_study_sets_itself_are_refused_and_every_line_names_the_file(tmp_path, capsys):
+    """`pools: {scene: {source: /etc, out: elsewhere}}` was overridden without a word, and `split: test`
+    failed as a leak after pretraining and several runs; `eval.attack_eps: abc` did not name the file."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    for spec, named in (({"method": "eda", "source": "/etc", "out": "x"}, "out, source are"),
+                        ({"method": "i2t-scene", "n": 2, "split": "test"}, "split is")):
+        with pytest.raises(MatPlusError, match=f"^study config: pool 'p': {named} set by the study"):
+            load_study_config(None, {"pools": {"p": spec}, "methods": ["mat", "mat+"]})
+    path = tmp_path / "eps.yaml"
+    path.write_text("eval: {attack_eps: abc}")
+    _fails(capsys, ["study", "--config", path, "--out", tmp_path / "out"],
+           f"study config {path}: eval.attack_eps: cannot read 'abc' as a number")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"world": {"n": 120}, "finetune_scenes": 5000}, "finetune_scenes 5000 is more than the 90 train scenes of a world "
+                                                    "of 120"),
+    ({"world": {"n": 120}, "finetune_scenes": 40, "more_samples": {"pool": "scene", "oracle_factor": 3}},
+     "more_samples' oracle trains on finetune_scenes x oracle_factor = 120 scenes, more than the world's 90"),
+    ({"world": {"n": 40}, "finetune_scenes": 30, "pretrain": {"scenes": "rest"}, "more_samples": None},
+     "pretrain.scenes rest pretrains on the train scenes not fine-tuned on, and finetune_scenes 30 takes all 30"),
+    ({"world": {"n": 400}, "finetune_scenes": 30, "pools": {"scene": {"method": "i2t-scene", "n": 2}},
+      "n_aug_sweep": {"pool": "scene", "values": [1, 5]}, "more_samples": None},
+     "n_aug_sweep.values [5] exceed pool 'scene''s n 2"),
+])
+def test_scene_and_augmentation_counts_the_world_cannot_give_are_refused_at_load(overrides, message):
+    """The study trained on the 90 scenes there were and its report said 5000; a sweep point above the
+    pool's n trained the whole pool again as "5" beside "all (2)"; `scenes: rest` with none left failed
+    after the world and pools were built, blaming the source."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match=re.escape(message)):
+        load_study_config(None, overrides)
+
+
+@pytest.mark.parametrize("key", ["model", "scorer"])
+def test_a_model_or_scorer_no_family_accepts_is_named_at_load(key, tmp_path, capsys):
+    """`scorer: nope-model` failed after the world and a pool were built, naming neither key nor file."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"{key}: nope-model")
+    _fails(capsys, ["study", "--config", path, "--out", tmp_path / "out"],
+           f"study config {path}: {key}: unknown CLIP model 'nope-model'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_study_refuses_an_out_folder_that_holds_something_else(tmp_path, capsys):
+    """`--out RUN` (a training run, a pool, a source folder) got world/, pools/, pretrain/ among its files."""
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "config.yaml").write_text("method: clean\n")
+    path = tmp_path / "ok.yaml"
+    path.write_text(TINY.replace("STEPS", "1"))
+    _fails(capsys, ["study", "--config", path, "--out", other], f"{other}: holds other files and no study")
+    assert sorted(p.name for p in other.iterdir()) == ["config.yaml"]
