@@ -196,8 +196,9 @@ def checked_from_pretrained(model_class: Any, source: str, *, role: str, name: s
                                                   **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
-    problems = weight_mismatch_clauses(missing=info.get("missing_keys") or (),
-                                       unused=(info.get("unexpected_keys") or ()) if refuse_unused else (),
+    # `position_ids` was a saved buffer in older checkpoints (openai/clip-*): an index, not a weight
+    unused = [key for key in info.get("unexpected_keys") or () if not key.endswith("position_ids")]
+    problems = weight_mismatch_clauses(missing=info.get("missing_keys") or (), unused=unused if refuse_unused else (),
                                        shapes=info.get("mismatched_keys") or ())
     if problems:
         random = "; transformers would leave them random" if info.get("missing_keys") else ""

@@ -244,3 +244,10 @@ def test_saving_a_captioner_shows_no_progress_bar_and_reloads(tmp_path, capfd):
     assert "Writing model shards" not in capfd.readouterr().err
     assert not [p for p in (tmp_path / "captioner").iterdir() if p.name.startswith(".save-")]
     load_model(str(tmp_path / "captioner"), kind="captioning")
+
+
+def test_an_older_clip_checkpoint_with_saved_position_ids_still_loads(tmp_path):
+    """openai/clip-* snapshots saved `position_ids` buffers: an index, not a weight the model lacks a place for."""
+    folder = _twin_folder("tiny-hf-clip", tmp_path / "clip")
+    _edit_weights(folder, lambda state: {**state, "text_model.embeddings.position_ids": torch.arange(16)[None]})
+    assert load_model(str(folder)).family == "hf_clip"
