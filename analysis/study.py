@@ -36,6 +36,7 @@ from analysis.config import generate_arguments, method_train_settings, run_train
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
+STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
 
 
 def _settings_hash(settings: Any) -> str:
@@ -400,10 +401,15 @@ class Study:
 
     def run(self) -> Path:
         """Every step (cached ones skipped), then the report; one log line per step, no library progress bars."""
-        import datasets
+        from augment.atomic import sole_writer
 
         self._check_out()
+        with sole_writer(self.out, STUDY_LOCK, "another analysis study is writing here (its pools, runs and "
+                                               "evaluations would be made twice at once); wait for it to finish"):
+            return self._run_quietly()
 
+    def _run_quietly(self) -> Path:
+        import datasets
         from transformers.utils import logging as transformers_logging
 
         shown = datasets.is_progress_bar_enabled()
@@ -425,7 +431,8 @@ class Study:
 
         if self.out.is_file():
             raise MatPlusError(f"{self.out}: is a file, not a study folder; choose another out")
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / "world").is_dir():
+        if (self.out.is_dir() and any(path.name != STUDY_LOCK for path in self.out.iterdir())
+                and not (self.out / "world").is_dir()):
             raise MatPlusError(f"{self.out}: holds other files and no study (no world/ of one): choose another out "
                                "(an empty or new folder, or an earlier study's)")
 

@@ -523,3 +523,15 @@ def test_the_study_refuses_an_out_folder_that_holds_something_else(tmp_path, cap
     path.write_text(TINY.replace("STEPS", "1"))
     _fails(capsys, ["study", "--config", path, "--out", other], f"{other}: holds other files and no study")
     assert sorted(p.name for p in other.iterdir()) == ["config.yaml"]
+
+
+def test_a_second_study_on_one_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Both generated (with --overwrite) the same pools before the second stopped at the training lock."""
+    from augment.atomic import sole_writer
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(TINY.replace("STEPS", "1"))
+    out = tmp_path / "study"
+    with sole_writer(out, ".study.lock", "held by the first"):
+        _fails(capsys, ["study", "--config", path, "--out", out], f"{out}: another analysis study is writing here")
+        assert [p.name for p in out.iterdir()] == [".study.lock"]  # nothing of the second
