@@ -290,13 +290,15 @@ def test_grounding_attacks_lower_the_itm_score_within_budget():
     assert build_grounding_attack("pgd", model, eps=8 / 255).params()["random_start"] is True
 
 
-def test_evaluate_grounding_report_and_truth_checked_rows():
+def test_evaluate_grounding_report_and_truth_checked_rows(capsys):
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
 
     data = world_grounding(seed=5, n=8)
     report = evaluate_grounding(_ColourGrounder(), data, attacks=["clean", "pgd", "synonym"],
                                 attack_options={"eps": 16 / 255, "steps": 3, "step_size": 6 / 255},
-                                expression_checker=world_expression_checker)
+                                expression_checker=world_expression_checker, progress=True)
+    # no line per attack on stdout (in-training validation printed them beside its own), as the other tasks
+    assert "accuracy" not in capsys.readouterr().out
     clean, pgd, synonym = (report["attacks"][n] for n in ("clean", "pgd", "synonym"))
     assert clean["accuracy"] > report["baselines"]["random_box"]
     assert 0 <= pgd["asr"] <= 100 and 0 < pgd["linf"] <= 16 / 255 + 1e-6

@@ -369,3 +369,18 @@ def test_copies_of_one_pool_are_told_apart_by_their_folders(tmp_path, train_item
     out = capsys.readouterr().out
     assert code == 0 and f"\n{pool.path}: " in "\n" + out and f"\n{tmp_path / 'copy'}: " in "\n" + out, out
     assert f"| {pool.path} |" in out and f"| {tmp_path / 'copy'} |" in out, out
+
+
+def test_a_transformers_prefix_names_the_same_scorer(tmp_path):
+    """`--scorer transformers:tiny-hf-clip` got the id `hf_clip:transformers:tiny-hf-clip:None` and
+    `transformers:DIR` another slug than DIR: the same model stored as a second scorer, every row
+    encoded again (README: `transformers:NAME` is NAME)."""
+    from augment.scoring.scorers import scorer_identity
+    from models import load_model, save_model
+
+    folder = tmp_path / "clip"
+    save_model(load_model("tiny-hf-clip"), folder)
+    for plain in ("tiny-hf-clip", str(folder)):
+        prefixed = scorer_identity(f"transformers:{plain}")
+        assert prefixed is not None and prefixed.id == scorer_identity(plain).id
+        assert prefixed.slug == scorer_identity(plain).slug

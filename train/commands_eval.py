@@ -330,7 +330,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     runtime.add_argument("--precision", default="fp32", metavar="{fp32,tf32,amp,amp_fp16,amp_bf16}",
                          help="as the trainer's (open_clip_train's names): autocast of every task's forward passes, "
-                              "weights kept fp32 (amp = amp_fp16, on a GPU; its attack gradients are loss-scaled; "
+                              "weights kept fp32 (amp = amp_fp16, on a GPU; amp_bfloat16 = amp_bf16; its attack gradients are loss-scaled; "
                               "tf32: fp32 with TF32 products on a GPU; default: fp32)")
     runtime.add_argument("--restart", action="store_true",
                          help="start over in OUT: discard the finished batches a killed evaluation left in OUT/.progress "

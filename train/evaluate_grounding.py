@@ -238,9 +238,9 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
             tally = run.tally(name, attack, bar)
             if name == "clean":  # first: every attack's asr is against it
                 clean_hits = tally.hits
-            entry = report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
-            if progress:
-                bar.write(f"{name}: accuracy {entry['accuracy']:.1f}%")
+            # no line per attack (stdout, under the bar): the report says it, as retrieval's and captioning's
+            # evaluations do; in-training validation printed them beside its own one line
+            report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
     bar.close()
     return report
 

@@ -196,6 +196,7 @@ def scorer_slug(name: str, scorer_id: str) -> str:
     plus a hash of its id."""
     from augment.local_paths import shorten_local_paths
 
+    name = _without_folder_prefix(name)  # `transformers:DIR` is DIR: one scorer, one folder of scores
     readable = Path(name.rstrip("/")).name if ("/" in name and Path(name).exists()) else shorten_local_paths(name)
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-.")[-40:] or "scorer"
     return f"{readable}-{hashlib.sha256(scorer_id.encode()).hexdigest()[:8]}"
@@ -262,12 +263,17 @@ def _scorer_folder(name: str) -> Path | None:
     """The folder a tiny twin's or a folder scorer's files are in; None for other names."""
     from augment import tiny
 
+    name = _without_folder_prefix(name)  # `transformers:tiny-hf-clip` is tiny-hf-clip (README, Models)
     if name in tiny.FAMILY_TWINS:
         return tiny.tiny_dir(name)
-    for prefix in FOLDER_PREFIXES:
-        name = name.removeprefix(prefix)
     folder = Path(name).expanduser()
     return folder if folder.is_dir() else None
+
+
+def _without_folder_prefix(name: str) -> str:
+    for prefix in FOLDER_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name
 
 
 def _weights_digest(name: str) -> str | None:
