@@ -502,7 +502,9 @@ def test_local_paths_are_published_by_their_last_part_wherever_they_stand():
     assert published_document(document) == {
         "scorer": {"name": "local-dir:clip", "pretrained": "ViT-B-32:ckpt.pt"}, "source": "world", "model": "org/name",
         "card": "https://hf.co/org/name", "rel": "pools/eda"}
-    assert scorer_slug("local-dir:/home/u/clip", "x").startswith("local-dir-clip-")  # was: ...-home-u-clip-
+    # was: ...-home-u-clip-; and local-dir:DIR is DIR (one scorer, one folder of scores)
+    assert scorer_slug("local-dir:/home/u/clip", "x") == scorer_slug("/home/u/clip", "x")
+    assert scorer_slug("/home/u/clip", "x").startswith("clip-")
 
 
 def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
