@@ -383,3 +383,34 @@ def test_a_coco_annotation_file_is_named_not_blamed_entry_by_entry(tmp_path, cap
     path = tmp_path / "captions_val2014.json"
     path.write_text(json.dumps(coco))
     fails(capsys, ["inspect", "--source", path], f"{path}: a COCO annotation file", "Karpathy's dataset_coco.json")
+
+
+@pytest.mark.parametrize("command, says", [
+    ("generate", "interrupted: finished shards are kept; re-run the same command to resume"),
+    ("score", "interrupted: the embeddings computed so far are kept in the cache; re-run the same command"),
+])
+def test_sigterm_stops_generate_and_score_in_one_line(command, says, monkeypatch, capsys):
+    """SIGTERM (timeout, a scheduler) ended them silently with exit 143, and Ctrl-C in score said
+    generate's "finished shards are kept" (score has none)."""
+    import importlib
+
+    module = importlib.import_module(f"augment.commands.{command}")
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    def unhandled(_number, _frame):  # the command installed no handler of its own: fail, do not kill pytest
+        raise AssertionError(f"{command} does not handle SIGTERM")
+
+    monkeypatch.setattr(module, "run", terminated)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    argv = {"generate": ["generate", "--method", "eda", "--source", "s", "--out", "o"],
+            "score": ["score", "p"]}[command]
+    capsys.readouterr()
+    try:
+        assert augment_main(argv) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
         module.add_arguments(group)
-    parser.set_defaults(func=run, option_default=parser.get_default)
+    # SIGTERM (kill, timeout, a scheduler) stops it as Ctrl-C does: one line, exit 143, finished shards kept
+    parser.set_defaults(func=run, option_default=parser.get_default, sigterm_interrupts=True)
 
 
 def options_given(args) -> set[str]:

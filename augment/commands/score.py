@@ -62,7 +62,10 @@ def register(subparsers) -> None:
                         help="score a pool against a source other than the one it was made from (another fingerprint, "
                              "e.g. a superset holding its items); refused otherwise, as train refuses it")
     add_workers_argument(parser)
-    parser.set_defaults(func=run)
+    # SIGTERM (kill, timeout, a scheduler) stops it as Ctrl-C does: one line, exit 143
+    parser.set_defaults(func=run, sigterm_interrupts=True,
+                        interrupted="the embeddings computed so far are kept in the cache; re-run the same command "
+                                    "to continue")
 
 
 # where a source read with the --skip-bad its pool recorded lists the skipped records
