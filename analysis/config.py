@@ -213,14 +213,14 @@ def _check_scene_counts(config: dict) -> None:
     `pretrain.scenes: rest` with none left failed after the world and the pools were built."""
     from augment.world.writer import split_sizes
 
-    train = split_sizes(int(config["world"]["n"]), 0.125, 0.125)["train"]  # the study's worlds: write_sample's split
+    train = split_sizes(int(config["world"]["n"]))["train"]  # the study's worlds: write_sample's split
     scenes, n = config["finetune_scenes"], config["world"]["n"]
     if scenes > train:
         raise MatPlusError(f"study config: finetune_scenes {scenes} is more than the {train} train scenes of a world of "
                            f"{n} (world.n; 75% are train scenes): lower it or raise world.n")
     more = config.get("more_samples") or {}
-    if more.get("pool") and scenes * int(more.get("oracle_factor") or 3) > train:
-        factor = int(more.get("oracle_factor") or 3)
+    factor = int(more.get("oracle_factor") or 3)  # the study's default when the key is null
+    if more.get("pool") and scenes * factor > train:
         raise MatPlusError(f"study config: more_samples' oracle trains on finetune_scenes x oracle_factor = "
                            f"{scenes * factor} scenes, more than the world's {train} train scenes: lower them or "
                            "raise world.n")

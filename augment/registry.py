@@ -148,12 +148,13 @@ def _state_dict_error_clauses(exc: BaseException) -> list[str]:
         found = re.search(label + r' key\(s\) in state_dict: (.*?)\.\s*$', text, re.MULTILINE)
         return re.findall(r'"([^"]+)"', found.group(1)) if found else []
 
-    shapes = [(key, ckpt.split(","), model.split(","))
+    def dims(listed: str) -> list[int]:  # "2, 7" -> [2, 7]
+        return [int(n) for n in listed.split(",") if n.strip()]
+
+    shapes = [(key, dims(ckpt), dims(model))
               for key, ckpt, model in re.findall(r"size mismatch for ([^:]+): copying a param with shape "
                                                  r"torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in "
                                                  r"current model is torch\.Size\(\[([^\]]*)\]\)", text)]
-    shapes = [(key, [int(n) for n in ckpt if n.strip()], [int(n) for n in model if n.strip()])
-              for key, ckpt, model in shapes]
     return weight_mismatch_clauses(missing=keys("Missing"), unused=keys("Unexpected"), shapes=shapes)
 
 

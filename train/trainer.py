@@ -656,9 +656,6 @@ def train_run(config: TrainConfig | dict, callbacks: Iterable[Callable[[StepReco
     return Trainer(config, callbacks).run()
 
 
-__all__ = ["Trainer", "TrainConfig", "StepRecord", "train_run"]
-
-
 def _world_checker(source, cfg):
     """The sample world's truth checker where every validated image has a scene (as `train eval
     --truth-checker auto` and the study's validation): validation lines' `true_pct`, the share of
@@ -673,3 +670,7 @@ def _world_checker(source, cfg):
     rows = select_split(source, cfg.val_split)
     rows = rows.select(range(min(cfg.val_limit, len(rows)))) if cfg.val_limit else rows
     return check_caption_of_row if len(rows) and has_scenes(rows) else None
+
+
+__all__ = ["Trainer", "TrainConfig", "StepRecord", "train_run"]
+

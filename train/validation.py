@@ -158,6 +158,7 @@ class Validator:
         self.progress = progress
         self.trainer = None
         self._started = False
+        self._on_record: int | None = None  # a resumed run's first step whose kept line stands (not validated again)
         self._options = dict(settings.attack_options)
         mlm = self._options.get("mlm")
         if isinstance(mlm, str) and self._options.get("candidates", "mlm") == "mlm":  # load once, not per validation
@@ -210,7 +211,7 @@ class Validator:
                     self.report(record.step, self._scalars(kept[0]))
         grad_accum = self.trainer.cfg.grad_accum
         if (record.micro_step % grad_accum == 0 and record.step % self.settings.every == 0
-                and record.step != getattr(self, "_on_record", None)):
+                and record.step != self._on_record):
             self.validate(record.step)
 
     def _settled(self, line: dict) -> bool:
@@ -359,12 +360,9 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
         require_wordnet()
     options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
                "budget": cfg.word_budget, "top_k": cfg.top_k}
-    from train.attacks.captioning import PROMPT_ATTACKS
-    from train.eval_common import MLM_ATTACKS
+    from train.config import default_mlm, validation_reads_mlm
 
-    if cfg.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS):  # substitutes from a masked LM
-        from train.config import default_mlm
-
+    if validation_reads_mlm(cfg):  # substitutes from a masked LM
         options["mlm"] = cfg.mlm or default_mlm(cfg.model)  # cfg.mlm is filled (derived) when the run validates
     if cfg.task == "grounding":
         options["objective"] = "itm"  # train eval --task grounding's default

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from augment.arguments import finite_number, non_negative_int
-from augment.world.writer import split_sizes, write_sample
+from augment.world.writer import TEST_FRAC, VAL_FRAC, split_sizes, write_sample
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("dir", metavar="DIR", help="output folder (must be missing or empty)")
     parser.add_argument("--n", type=int, default=4000, help="number of images (default 4000)")
     parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    parser.add_argument("--val-frac", type=finite_number, default=0.125, help="share of images in val (default 0.125)")
-    parser.add_argument("--test-frac", type=finite_number, default=0.125, help="share of images in test (default 0.125)")
+    parser.add_argument("--val-frac", type=finite_number, default=VAL_FRAC, help=f"share of images in val (default {VAL_FRAC})")
+    parser.add_argument("--test-frac", type=finite_number, default=TEST_FRAC, help=f"share of images in test (default {TEST_FRAC})")
     parser.add_argument("--captions", type=int, default=None, help="captions per image (default 5; not with --expressions)")
     parser.add_argument("--expressions", type=non_negative_int, default=0, metavar="N",
                         help="grounding: captions are referring expressions, N per object, with true boxes (default: off)")

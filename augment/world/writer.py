@@ -29,7 +29,11 @@ def item_rng(seed: int, index: int, purpose: str) -> random.Random:
     return random.Random(f"sample-world/{purpose}/{seed}/{index}")
 
 
-def split_sizes(n: int, val_frac: float, test_frac: float) -> dict[str, int]:
+# the share of a world's images in val and test unless asked otherwise (make-sample, the study's worlds)
+VAL_FRAC = TEST_FRAC = 0.125
+
+
+def split_sizes(n: int, val_frac: float = VAL_FRAC, test_frac: float = TEST_FRAC) -> dict[str, int]:
     val, test = round(n * val_frac), round(n * test_frac)
     return {"train": n - val - test, "val": val, "test": test}
 
@@ -146,7 +150,7 @@ def build_item(seed: int, index: int, n_captions: int = 5) -> tuple[Scene, Image
     return scene, render_scene(scene), captions
 
 
-def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = 0.125, test_frac: float = 0.125,
+def write_sample(out_dir, n: int = 4000, seed: int = 0, val_frac: float = VAL_FRAC, test_frac: float = TEST_FRAC,
                  n_captions: int = 5, overwrite: bool = False, expressions: int = 0) -> Path:
     """Write the sample world in the Karpathy layout and return `out_dir`.
 

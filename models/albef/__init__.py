@@ -111,7 +111,7 @@ def _load_tokenizer(source: str, display: str, *, saved_folder: bool = False):
 def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_caption: bool | None) -> AlbefModel:
     from safetensors.torch import load_file
 
-    from models.albef.checkpoint import resample_pos_embed
+    from models.albef.checkpoint import resample_pos_embeds
 
     if not AlbefModel.can_load(folder):
         raise ModelLoadError(f"cannot load ALBEF '{display}': folder {folder} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -134,10 +134,7 @@ def _load_saved_folder(folder: Path, display: str, image_size: int | None, pre_c
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"cannot load ALBEF '{display}': {folder / CONFIG_NAME} has a bad value "
                              f"({first_line(exc)})") from None
-    grid = model.image_size // int(cfg["patch_size"])
-    for key in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
-        if key in state:
-            state[key] = resample_pos_embed(state[key], grid)
+    resample_pos_embeds(model, state)
     if "image_queue" in state:  # saved during training with momentum distillation: continue it
         model.set_momentum_distillation(True)
     missing, unexpected = model.load_state_dict(state, strict=False)

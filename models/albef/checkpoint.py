@@ -84,12 +84,19 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
                                   interpolation="bicubic", antialias=False, verbose=False)
 
 
+def resample_pos_embeds(model: AlbefModel, state: dict[str, torch.Tensor]) -> None:
+    """The ViT position embeddings in `state` (the main encoder's and the momentum copy's, where
+    present) resized in place to the model's patch grid, as ALBEF resizes both."""
+    grid = model.image_size // int(model.config["patch_size"])
+    for key in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
+        if key in state:
+            state[key] = resample_pos_embed(state[key], grid)
+
+
 def load_official_state(model: AlbefModel, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load an official-layout state dict into `model` (main weights; momentum copies reset)."""
     native, dropped = official_to_native(state)
-    grid = model.image_size // int(model.config["patch_size"])
-    if "visual_encoder.pos_embed" in native:
-        native["visual_encoder.pos_embed"] = resample_pos_embed(native["visual_encoder.pos_embed"], grid)
+    resample_pos_embeds(model, native)
     expected = model.main_state_dict()
     missing = [k for k in expected if k not in native]
     if missing:
@@ -123,9 +130,7 @@ def load_released_momentum(model: AlbefModel, state: dict[str, torch.Tensor], so
     where their size is the config's `queue_size`, `idx_queue` only from retrieval checkpoints
     (pre-training has none: every slot stays -100, no positive, as ALBEF's buffer starts)."""
     native, _ = official_to_native(state, momentum=True)
-    grid = model.image_size // int(model.config["patch_size"])
-    if "visual_encoder_m.pos_embed" in native:
-        native["visual_encoder_m.pos_embed"] = resample_pos_embed(native["visual_encoder_m.pos_embed"], grid)
+    resample_pos_embeds(model, native)
     copies = {k: v for k, v in model.state_dict().items() if k.startswith(MOMENTUM_PREFIXES)}
     fits = all(k in native and tuple(native[k].shape) == tuple(v.shape) for k, v in copies.items())
     queues = {"image_queue": native.get("image_queue"), "text_queue": native.get("text_queue"),
