@@ -207,6 +207,14 @@ def _check_model_name(key: str, name) -> None:
         raise MatPlusError(f"study config: {key}: {exc}") from None
 
 
+def oracle_factor(config: dict) -> int:
+    """How many times finetune_scenes the more-samples oracle trains on: the section's value, DEFAULTS'
+    when it is null or left out (study, report and the scene check read it here; a null one was a
+    TypeError when the oracle's subset was built)."""
+    value = (config.get("more_samples") or {}).get("oracle_factor")
+    return int(DEFAULTS["more_samples"]["oracle_factor"] if value is None else value)
+
+
 def _check_scene_counts(config: dict) -> None:
     """Scene counts the world cannot give: the study trained on the train scenes there were, exited 0,
     and its report named the count asked for ("fine-tuning on 5000 train scenes" of a 120-scene world);
@@ -219,7 +227,7 @@ def _check_scene_counts(config: dict) -> None:
         raise MatPlusError(f"study config: finetune_scenes {scenes} is more than the {train} train scenes of a world of "
                            f"{n} (world.n; 75% are train scenes): lower it or raise world.n")
     more = config.get("more_samples") or {}
-    factor = int(more.get("oracle_factor") or 3)  # the study's default when the key is null
+    factor = oracle_factor(config)
     if more.get("pool") and scenes * factor > train:
         raise MatPlusError(f"study config: more_samples' oracle trains on finetune_scenes x oracle_factor = "
                            f"{scenes * factor} scenes, more than the world's {train} train scenes: lower them or "

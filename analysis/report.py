@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.config import oracle_factor
 from augment.atomic import atomic_write_text, save_figure_atomic
 from augment.errors import MatPlusError
 from augment.pool import write_json_atomic
@@ -587,7 +588,7 @@ def _more_samples_section(out: Path, config: dict, summary: dict) -> tuple[list[
     pool = more["pool"]
     ways = [("original pairs only (mat)", "mat"), ("pool as independent pairs (mat+ expand)", f"mat+expand:{pool}"),
             ("pool sampled 1:N (mat+)", f"mat+:{pool}"),
-            (f"{more.get('oracle_factor', 3)}x original scenes (oracle)", "mat:oracle")]
+            (f"{oracle_factor(config)}x original scenes (oracle)", "mat:oracle")]
     ways = [(label, run) for label, run in ways if run in summary]
     path = plot_series(out, "more_samples.png", [l for l, _ in ways], [summary[r]["robust"] for _, r in ways],
                        "", f"four ways to use more samples (equal steps; pool '{pool}')", bars=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from analysis.config import generate_arguments, method_train_settings, run_train_settings
+from analysis.config import generate_arguments, method_train_settings, oracle_factor, run_train_settings
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
@@ -232,8 +232,8 @@ class Study:
     def source_dir(self, which: str) -> Path:
         captions = self.config.get("finetune_captions")
         if which == "oracle":
-            factor = (self.config.get("more_samples") or {}).get("oracle_factor", 3)
-            return self.subset("oracle", self.config["finetune_scenes"] * factor, captions=captions)
+            return self.subset("oracle", self.config["finetune_scenes"] * oracle_factor(self.config),
+                               captions=captions)
         return self.subset("finetune", self.config["finetune_scenes"], captions=captions)
 
     # ------------------------------------------------------------------ 2. pretraining

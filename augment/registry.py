@@ -161,8 +161,11 @@ def _state_dict_error_clauses(exc: BaseException) -> list[str]:
 @contextlib.contextmanager
 def _translated_errors(role: str, name: str) -> Iterator[None]:
     """Turn what libraries raise while loading into ModelLoadError / MissingDependencyError."""
+    from models.checkpoint_files import quiet_pickle_protocol_warning
+
     try:
-        yield
+        with quiet_pickle_protocol_warning():
+            yield
     except (ModelLoadError, MissingDependencyError):
         raise
     except ImportError as exc:

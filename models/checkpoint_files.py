@@ -4,8 +4,11 @@ refuses it. torch's own refusal is many lines and advises weights_only=False, wh
 code a malicious file holds."""
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from augment.errors import ModelLoadError, first_line
@@ -52,10 +55,24 @@ def not_a_checkpoint_error(path: str | Path, what: str) -> ModelLoadError:
                           "archive nor a pickle in it); download or copy it again")
 
 
+@contextlib.contextmanager
+def quiet_pickle_protocol_warning() -> Iterator[None]:
+    """torch.load(weights_only=True) warns in two lines of a pickle protocol above 2 before it refuses
+    the file; the refusal's one line says it all."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
+
+
 def pickle_refusal_error(path: str | Path, exc: pickle.UnpicklingError) -> ModelLoadError:
     """One line for a checkpoint `torch.load(weights_only=True)` refused (torch's advice never repeated);
     `path` is the file, or what names it (a model folder whose weights file transformers read)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     code = f"it holds {found.group(1)}" if found else "it holds objects other than tensors"
+    if (found and found.group(1) == "torch.storage._load_from_bytes") or "Unsupported operand" in str(exc):
+        # tensors pickled by Python's pickle, not torch.save: torch's unpickler stops at the first tensor
+        # (or at an opcode of pickle protocol 3+), so what else the file holds is not known; naming
+        # torch's own loader read as the culprit
+        code = "it was written by Python's pickle, not torch.save, so even its tensors need pickle"
     return ModelLoadError(f"refusing to load {path}: it is not a weights-only checkpoint (it needs pickle to run "
                           f"code: {code}); if you trust the file, re-save only its state dict of tensors")

@@ -535,3 +535,20 @@ def test_a_second_study_on_one_folder_is_refused_while_the_first_runs(tmp_path, 
     with sole_writer(out, ".study.lock", "held by the first"):
         _fails(capsys, ["study", "--config", path, "--out", out], f"{out}: another analysis study is writing here")
         assert [p.name for p in out.iterdir()] == [".study.lock"]  # nothing of the second
+
+
+def test_a_null_oracle_factor_means_the_default(tmp_path):
+    """`more_samples: {pool: scene, oracle_factor: null}` passed the checks and the oracle's subset
+    was a TypeError (None x scenes) after pretraining; study, report and check now read one default."""
+    from analysis.config import DEFAULTS, load_study_config, oracle_factor
+    from analysis.study import Study
+
+    config = load_study_config(None, {"out": str(tmp_path / "out"),
+                                      "more_samples": {"pool": "scene", "oracle_factor": None}})
+    default = DEFAULTS["more_samples"]["oracle_factor"]
+    assert oracle_factor(config) == default
+    asked = []
+    study = Study(config, log=lambda line: None)
+    study.subset = lambda name, scenes, captions=None: asked.append((name, scenes))
+    study.source_dir("oracle")
+    assert asked == [("oracle", config["finetune_scenes"] * default)]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from augment.errors import ModelLoadError, first_line
 from models.albef.model import MOMENTUM_PREFIXES, QUEUE_NAMES, AlbefModel
-from models.checkpoint_files import check_checkpoint_file, pickle_refusal_error
+from models.checkpoint_files import check_checkpoint_file, pickle_refusal_error, quiet_pickle_protocol_warning
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"cannot load ALBEF checkpoint {path}: no such file")
     check_checkpoint_file(path, "ALBEF checkpoint")
     try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+        with quiet_pickle_protocol_warning():
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise pickle_refusal_error(path, exc) from None
     except Exception as exc:  # torch.load raises many types for a corrupt or foreign file
