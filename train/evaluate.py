@@ -243,7 +243,8 @@ def _summarise(record: AttackRecord, clean: CleanGallery, ranker: Ranker, with_c
         entry["linf_max"] = record.linf
     if attack.modality in ("text", "multimodal"):
         changed = torch.tensor(record.words_changed, dtype=torch.float)
-        entry["words_changed_mean"] = float(changed.mean()) if len(changed) else 0.0
+        # counted exactly (a float32 mean wrote 0.9919999837875366 for 124 of 125)
+        entry["words_changed_mean"] = sum(record.words_changed) / len(record.words_changed) if record.words_changed else 0.0
         entry["words_changed_max"] = int(changed.max()) if len(changed) else 0
         entry["captions_changed_pct"] = 100.0 * int((changed > 0).sum()) / len(changed) if len(changed) else 0.0
         if with_checker:
@@ -602,7 +603,7 @@ def markdown_report(report: dict) -> str:
     ]
     checked = {n: e for n, e in report["attacks"].items() if "meaning_preserved" in e}
     if checked:
-        lines += ["", "| attack | changed captions still true (%) | TR@1 meaning-preserved | IR@1 meaning-preserved |",
+        lines += ["", "| attack | changed captions still true (% of those judged) | TR@1 meaning-preserved | IR@1 meaning-preserved |",
                   "|---|---:|---:|---:|"]
         for name, entry in checked.items():
             lines.append(f"| {name} | {percent_cell(entry['meaning_preserved']['true_pct'])} | "
