@@ -622,7 +622,11 @@ def method_train_settings(train: dict, method: str) -> dict:
     text attack's); the others belong to other methods."""
     from train.cli import method_settings
 
+    from train.config import MULTIMODAL_METHODS
+
     offered = method_settings(method)
+    if method not in MULTIMODAL_METHODS:  # offered to clean/tecoa/fare for --val-attack only; the study
+        offered = offered - {"mlm"}       # validates with eval's masked LM (Study.validator)
     return {key: value for key, value in train.items() if key in offered}
 
 

@@ -26,7 +26,7 @@ COMMANDS = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="augment", description="Build, inspect, score and share 1:N augmentation pools."
+        allow_abbrev=False, prog="augment", description="Inspect image-caption sources; build, score, select and share 1:N augmentation pools."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -48,3 +48,11 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for the known name closest to a mistyped one (difflib's ratio >= 0.75), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""

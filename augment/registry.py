@@ -308,7 +308,7 @@ def check_source_name(name: str, role: str) -> str:
     name = name.strip()
     if name == "world-mlm" and role != "mlm":
         raise ModelLoadError(f"'{name}' is a {_label('mlm')}, not a {_label(role)}")
-    if name.startswith("tiny-"):
+    if tiny.is_tiny_name(name):
         tiny.check_tiny_name(name)
         if tiny.TINY_ROLES[name] != role:
             raise ModelLoadError(f"'{name}' is a {_label(tiny.TINY_ROLES[name])}, not a {_label(role)}")
@@ -319,7 +319,7 @@ def check_loadable(name: str, role: str) -> None:
     """ModelLoadError now when `name` would not load as a `role` model later (unknown built-in, missing
     folder, a Hub id not cached offline), without building a built-in (tiny-*, world-mlm)."""
     name = check_source_name(name, role)
-    if name != "world-mlm" and not name.startswith("tiny-"):
+    if name != "world-mlm" and not tiny.is_tiny_name(name):
         resolve_source(name, role)
 
 
@@ -339,7 +339,7 @@ def resolve_source(
         from augment import world_mlm
 
         return ResolvedSource(name, str(world_mlm.world_mlm_dir(name)), True, tiny=name)
-    if name.startswith("tiny-"):
+    if tiny.is_tiny_name(name):
         return ResolvedSource(name, str(tiny.tiny_dir(name)), True, tiny=name)
     target = _resolve_alias(name, role)
     if target.startswith("local-dir:") or os.path.isdir(os.path.expanduser(target)) or _looks_like_path(target):

@@ -500,6 +500,17 @@ _USES_WORD_VOCAB = {TINY_CAPTIONER, TINY_PARAPHRASER, TINY_MLM}
 # ---------------------------------------------------------------------------------------------
 
 
+def is_tiny_name(name: str) -> bool:
+    """Whether `name` names a built-in twin (or mistypes one: `tiny-clp`). A path whose folder starts
+    with `tiny-` (`tiny-lab/run1/ckpt`, an existing `tiny-run/`) is a path: it was refused as an unknown
+    twin, and a default masked LM chosen by that spelling was the random tiny-mlm."""
+    if not name.startswith("tiny-"):
+        return False
+    if name in TINY_NAMES:
+        return True
+    return not ("/" in name or os.sep in name or os.path.exists(os.path.expanduser(name)))
+
+
 def check_tiny_name(name: str) -> str:
     if name not in TINY_NAMES:
         from augment.errors import ModelLoadError

@@ -118,7 +118,9 @@ def model_license(model: str | None) -> str:
     key = model.strip().lower()
     if key in MODEL_LICENSES:
         return MODEL_LICENSES[key]
-    if key.startswith("tiny-"):
+    from augment.tiny import is_tiny_name
+
+    if is_tiny_name(key):  # a folder named tiny-... holds a model of its own
         return _TINY_LICENSE
     return UNKNOWN_MODEL_LICENSE
 

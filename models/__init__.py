@@ -6,8 +6,8 @@
     model = load_model("Salesforce/blip-itm-base-coco")   # BLIP retrieval (transformers)
     model = load_model("runs/mat/ckpt")                   # any folder a family saved
 
-`FAMILIES` maps a family name to the class that implements it ("module:Class", imported on
-use); `family_of(name)` says which family a name belongs to. Every `--model`, `--scorer` and
+`FAMILIES` maps a family name to the module that implements it ("models.blip", imported on
+use; the module's `MODEL_CLASS` and `load` are the family); `family_of(name)` says which family a name belongs to. Every `--model`, `--scorer` and
 `--attacker-model` goes through `load_model`. Adding a family = one module in `models/` with a
 `VisionLanguageModel` (or `CaptioningModel`) subclass and a `load(name, pretrained, device)`
 function, plus one entry in `FAMILIES` (and in `HF_ARCHITECTURES` / `TINY_FAMILY` for its names).
@@ -65,7 +65,14 @@ HF_ARCHITECTURES: dict[str, str] = {
 def family_module(family: str):
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown model family '{family}'; known: {', '.join(FAMILIES)}")
-    return importlib.import_module(FAMILIES[family])
+    try:
+        return importlib.import_module(FAMILIES[family])
+    except ModuleNotFoundError as exc:
+        if exc.name != FAMILIES[family]:
+            raise
+        # every family is asked whether a name is its own: a mistyped entry broke every model's loading
+        raise ModelLoadError(f"model family '{family}': its module {FAMILIES[family]!r} (models.FAMILIES) does "
+                             "not exist") from None
 
 
 def _folder_family(folder: Path) -> str | None:

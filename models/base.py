@@ -257,6 +257,10 @@ class ImageTextModel(nn.Module):
         return folder
 
     def save_native(self, folder: Path) -> None:
+        """Write the family's own files into `folder` (the family loads them back by `load_folder`).
+        Weights go in files named `*.safetensors` (every built-in family; never a pickle), `*.bin`,
+        `*.pt` or `*.pth`: `augment score` digests a scorer folder's files and refuses one with none
+        of these (it would score with whatever the family builds without weights)."""
         raise NotImplementedError
 
     @classmethod

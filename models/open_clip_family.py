@@ -438,7 +438,7 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
     if name == "default" or (name in ALIASES and not isinstance(ALIASES[name], str)):
         arch, tag = DEFAULT_MODELS["clip"] if name == "default" else ALIASES[name]
         name, pretrained = arch, pretrained or tag
-    if name.startswith("tiny-"):
+    if tiny.is_tiny_name(name):
         tiny.check_tiny_name(name)
         if name not in TINY_NAMES:
             raise ModelLoadError(f"'{name}' is not an open_clip model (open_clip twins: {', '.join(TINY_NAMES)})")

@@ -53,7 +53,7 @@ def resolve(name: str, *, family: str, tiny_names: Sequence[str], aliases: dict[
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"no {family} model name given")
     name = name.strip()
-    if name.startswith("tiny-"):
+    if tiny.is_tiny_name(name):
         if name not in tiny_names:
             raise ModelLoadError(f"'{name}' is not a {family} model ({family} twins: {', '.join(tiny_names)})")
         return ResolvedSource(name, str(tiny.tiny_dir(name)), True, tiny=name)

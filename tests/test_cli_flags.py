@@ -383,3 +383,27 @@ def test_the_selectable_text_guides_are_guides_the_attack_knows():
     from train.attacks import settings, text
 
     assert set(settings.SELECTABLE_GUIDES) == set(text.GUIDES) - {"text-kl"}
+
+
+@pytest.mark.parametrize("method", ["clean", "tecoa", "fare"])
+def test_methods_without_a_text_attack_take_the_masked_lm_of_their_validation_attack(method):
+    """`train clean --val-attack bert-attack` read the default masked LM (bert-base-uncased on a real
+    model: offline, no validation at all) and `--mlm` was offered to mat and mat+ only."""
+    from train.cli import build_parser, config_from_args
+    from train.config import ConfigError
+
+    base = [method, "--model", "tiny-clip", "--train-data", "world", "--out", "run", "--mlm", "world-mlm"]
+    config = config_from_args(build_parser().parse_args([*base, "--val-frequency", "1", "--val-attack", "sga"]))
+    assert config.mlm == "world-mlm"
+    with pytest.raises(ConfigError, match="--mlm is not read .* by clean, tecoa and fare, and no --val-attack that "
+                                          "reads one: leave it out"):
+        config_from_args(build_parser().parse_args([*base, "--val-frequency", "1", "--val-attack", "pgd"]))
+
+
+def test_the_study_passes_its_train_masked_lm_to_mat_runs_only():
+    """The study validates with eval's masked LM; clean's --mlm is for --val-attack alone."""
+    from analysis.config import method_train_settings
+
+    train = {"mlm": "world-mlm", "lr": 1e-4}
+    assert method_train_settings(train, "clean") == {"lr": 1e-4}
+    assert method_train_settings(train, "mat") == train

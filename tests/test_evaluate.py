@@ -521,3 +521,52 @@ def test_train_eval_no_progress_silences_reading_the_source(tmp_path, capsys):
         assert train_main(["eval", "tiny-clip", "--source", str(world), "--split", "test", "--attacks", "clean",
                            "--limit", "2", progress, "--out", str(tmp_path / f"eval{progress}")]) == 0
         assert ("reading " in capsys.readouterr().err) == (progress == "--progress")
+
+
+class _SwapFirstTwoWords:
+    """A user's text attack as the Python API takes it: no info["words_changed"] recorded."""
+    modality, name = "text", "word-swap"
+
+    def __init__(self, victim):
+        self.victim = victim
+
+    def params(self):
+        return {}
+
+    def __call__(self, images, texts, image_of_text=None):
+        from train.attacks.base import AttackResult
+
+        swapped = [" ".join([w[1], w[0], *w[2:]]) if len(w) > 1 else t for t, w in ((t, t.split()) for t in texts)]
+        return AttackResult(images=images, texts=swapped)
+
+
+def test_a_ready_made_text_attack_without_its_word_changes_is_counted_and_resumes(trained_bundle, world, tmp_path):
+    """Without info["words_changed"] the report said no caption changed, the truth checker's verdicts
+    were a tensor-size error, and a resume refused the batch files the evaluation itself wrote."""
+    from train.attacks.base import word_changes
+    from train.evaluate import evaluate
+
+    assert word_changes("a red circle", "red a circle") == [{"position": 0, "from": "", "to": "red"},
+                                                            {"position": 1, "from": "red", "to": ""}]
+    assert word_changes("a red circle", "a blue circle") == [{"position": 1, "from": "red", "to": "blue"}]
+    kwargs = dict(split="test", limit=4, captions_per_image=2, batch_size=2, progress=False,
+                  caption_checker=scene_checker, progress_dir=tmp_path / "progress")
+    first = evaluate(trained_bundle, world, attacks=[_SwapFirstTwoWords(trained_bundle)], **kwargs)
+    entry = first["attacks"]["word-swap"]
+    assert entry["captions_changed_pct"] == 100.0 and entry["words_changed_mean"] == 2.0
+    assert entry["meaning_preserved"]["changed_captions"] == 8
+    again = evaluate(trained_bundle, world, attacks=[_SwapFirstTwoWords(trained_bundle)], **kwargs)  # every batch kept
+    assert again["attacks"]["word-swap"]["rsum"] == entry["rsum"]
+
+
+@pytest.mark.parametrize("name, message", [("", "has no name"), ("clean", "is named 'clean'"),
+                                           ("../escape", "is no plain file name")])
+def test_a_ready_made_attack_name_that_cannot_key_its_row_is_refused(trained_bundle, world, name, message):
+    """An empty name gave a nameless row (and batches over the clean ones'), `clean` was dropped
+    unrun, and `/` or `..` wrote its batches outside the progress folder."""
+    from train.evaluate import evaluate
+
+    attack = _SwapFirstTwoWords(trained_bundle)
+    attack.name = name
+    with pytest.raises(ValueError, match=message):
+        evaluate(trained_bundle, world, split="test", attacks=[attack], limit=1, progress=False)

@@ -272,3 +272,26 @@ def test_an_older_clip_checkpoint_with_saved_position_ids_still_loads(tmp_path):
     folder = _twin_folder("tiny-hf-clip", tmp_path / "clip")
     _edit_weights(folder, lambda state: {**state, "text_model.embeddings.position_ids": torch.arange(16)[None]})
     assert load_model(str(folder)).family == "hf_clip"
+
+
+@pytest.mark.parametrize("twin", ["tiny-clip", "tiny-blip", "tiny-albef"])
+def test_a_folder_whose_name_starts_with_tiny_is_a_folder(twin, tmp_path, monkeypatch):
+    """`train eval tiny-lab/run1/ckpt` was refused as an unknown tiny twin (`./tiny-lab/...` loaded),
+    and a real model saved there was attacked with the random tiny-mlm (the default masked LM was
+    chosen by the path's spelling, not by what the folder holds)."""
+    from augment.tiny import is_tiny_name
+    from models.base import MODEL_INFO_NAME
+    from train.config import default_mlm
+
+    monkeypatch.chdir(tmp_path)
+    save_model(load_model(twin), tmp_path / "tiny-lab" / "run1")
+    loaded = load_model("tiny-lab/run1")
+    assert loaded.family == load_model(twin).family
+    assert default_mlm("tiny-lab/run1") == "tiny-mlm"  # the folder says it was trained from a twin
+    info_path = tmp_path / "tiny-lab" / "run1" / MODEL_INFO_NAME
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "tiny_twin": None}))  # as a real model's folder records
+    assert default_mlm("tiny-lab/run1") == "bert-base-uncased"
+    assert is_tiny_name(twin) and is_tiny_name("tiny-clp") and not is_tiny_name("tiny-lab/run1")
+    with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny-clp'"):
+        load_model("tiny-clp")

@@ -410,3 +410,30 @@ def test_sd_pipeline_with_its_own_code_is_refused_before_diffusers_runs(tiny_roo
                                        "feature_extractor": [None, None],
                                        "_class_name": "StableDiffusionPipeline"}) == {}
     assert registry.custom_components({"_class_name": ["pipeline", "MyPipeline"]}) == {"the pipeline": "pipeline.MyPipeline"}
+
+
+def test_generator_registry_names_a_missing_module_and_a_method_served_twice(monkeypatch):
+    """A mistyped GENERATOR_MODULES entry was skipped (its `t2t-upper` fell to the paraphraser prefix),
+    and of two modules serving one method the first won, without a word."""
+    import augment.generators as generators
+    from augment.errors import MatPlusError
+
+    monkeypatch.setattr(generators, "GENERATOR_MODULES", [*generators.GENERATOR_MODULES, "uppper"])
+    with pytest.raises(MatPlusError, match="generator module 'uppper' listed in .* does not exist"):
+        generators.module_for("eda")
+    monkeypatch.setattr(generators, "GENERATOR_MODULES", ["eda", "human", "eda"])
+    with pytest.raises(MatPlusError, match="method 'eda' is served by two generator modules"):
+        generators.module_for("eda")
+    monkeypatch.undo()
+    with pytest.raises(MatPlusError, match="unknown method 'edaa' \\(did you mean 'eda'\\?\\)"):
+        generators.module_for("edaa")
+
+
+def test_a_family_entry_naming_no_module_is_named(monkeypatch):
+    """`FAMILIES["toy"] = "models.toyy"` broke every model's loading with a bare ModuleNotFoundError."""
+    import models
+    from augment.errors import ModelLoadError
+
+    monkeypatch.setitem(models.FAMILIES, "toy", "models.toyy")
+    with pytest.raises(ModelLoadError, match="model family 'toy': its module 'models.toyy' .* does not exist"):
+        models.family_of("ViT-B-32")

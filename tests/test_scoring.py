@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.errors import PoolError
+from augment.errors import ModelLoadError, PoolError
 from augment.scoring import measures
 
 N_ITEMS = 24  # source images per test pool (train split of the sample world)
@@ -986,6 +986,14 @@ def test_a_folder_scorers_id_is_every_file_of_it_and_a_hub_scorers_its_commit(tm
             return {"commit": "abc123"}
 
     assert _model_id("org/clip", HubModel()) == "hf_clip:org/clip:None@abc123"
+    # a family of one's own may save `model.pt` (models.base: save_native); a folder of configs alone is refused
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="no weights file"):
+        _weights_digest(str(own))
+    (own / "model.pt").write_bytes(b"weights")
+    assert _weights_digest(str(own)) is not None
 
 
 def test_cache_is_per_scorer_and_survives_reopening(tmp_path):

@@ -73,7 +73,7 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
     _add_optimisation_options(parser)
     _add_attack_options(parser, method)
     _add_logging_options(parser)
-    _add_validation_options(parser)
+    _add_validation_options(parser, method)
     # SIGTERM (a scheduler's) stops it as Ctrl-C does: one line, exit 143; re-running the same command
     # is refused (RUN holds a run), so the line names what resumes it
     parser.set_defaults(func=run_method, method=method, sigterm_interrupts=True, interrupted=INTERRUPTED_TRAINING)
@@ -197,7 +197,7 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--wandb-project-name", help="W&B project" + _default("wandb_project_name"))
 
 
-def _add_validation_options(parser: argparse.ArgumentParser) -> None:
+def _add_validation_options(parser: argparse.ArgumentParser, method: str) -> None:
     """Robust validation during training."""
     val = parser.add_argument_group("validation during training (robust R@1, CIDEr or grounding accuracy; best checkpoint in RUN/best)")
     val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
@@ -207,6 +207,9 @@ def _add_validation_options(parser: argparse.ArgumentParser) -> None:
     val.add_argument("--val-split", help="its split, for a source that has splits" + _default("val_split"))
     val.add_argument("--val-attack", help="attack of the robust score (train eval's names)" + _default("val_attack"))
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
+    if method not in MULTIMODAL_METHODS:  # mat and mat+ name it among their text attack's options
+        val.add_argument("--mlm", help="masked LM of a --val-attack that reads one (bert-attack, sep, co-attack, sga; "
+                         "captioning's prompt attacks) (default: tiny-mlm for tiny models, else the registry's default)")
 
 
 @functools.lru_cache(maxsize=None)  # the parsers are fixed: built once per method, not per study run

@@ -238,8 +238,11 @@ def _check_attack_names(args: argparse.Namespace) -> None:
         raise MatPlusError(f"--attacks: no attack named (choose, comma-separated, from {', '.join(known)})")
     unknown = [name for name in args.attacks if name not in known]
     if unknown:
+        from augment.errors import did_you_mean
+
         raise MatPlusError(f"--attacks: unknown attack{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(name) for name in unknown)} (choose from {', '.join(known)})")
+                           f"{', '.join(repr(name) + did_you_mean(name, known) for name in unknown)} "
+                           f"(choose from {', '.join(known)})")
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -259,10 +259,11 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _is_tiny_twin(model: str) -> bool:
     """A tiny twin itself, or a folder holding a model trained from one (e.g. a run's ckpt)."""
+    from augment.tiny import is_tiny_name
     from models.base import bare_name, read_model_info
 
     model = bare_name(model)  # `transformers:tiny-hf-clip`, `transformers:RUN/ckpt` too
-    if model.startswith("tiny-"):
+    if is_tiny_name(model):
         return True
     try:
         info = read_model_info(Path(model).expanduser())
@@ -387,8 +388,10 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "pool_weights": (lambda c: c.pool_mode == "expand" and c.pool_weights is not None and len(set(c.pool_weights)) > 1,
                      "with --pool-mode expand (every view of every pool is taken once)"),
     "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
-    "mlm": (lambda c: c.text_candidates != "mlm" and not validation_reads_mlm(c),
-            "with --text-candidates wordnet (WordNet synonyms, no masked LM) and no --val-attack that reads one"),
+    # clean, tecoa and fare attack text only when validating (an MLM --val-attack)
+    "mlm": (lambda c: (c.method not in MULTIMODAL_METHODS or c.text_candidates != "mlm") and not validation_reads_mlm(c),
+            "with --text-candidates wordnet (WordNet synonyms, no masked LM) or by clean, tecoa and fare, and no "
+            "--val-attack that reads one"),
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},

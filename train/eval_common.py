@@ -205,11 +205,30 @@ def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build:
     attacks: dict[str, Attack] = {}
     for entry in names:
         attack = build(entry, attacker, **options) if isinstance(entry, str) else entry
-        key = entry if isinstance(entry, str) else attack.name
+        key = entry if isinstance(entry, str) else _ready_made_name(attack)
         if key in attacks:
-            raise ValueError(f"attack {key!r} listed twice")
+            raise ValueError(f"attack {key!r} listed twice" + ("" if isinstance(entry, str) else
+                             " (two ready-made attacks of one name: set `name` on one; it keys the report row)"))
         attacks[key] = attack
     return attacks
+
+
+def _ready_made_name(attack) -> str:
+    """A ready-made attack's `name`, which keys its report row and names its progress folder: an
+    empty one gave a nameless row and wrote its batches over the clean ones' folder, `clean` dropped
+    the attack unrun, and a `/` or `..` wrote its batches elsewhere."""
+    name = getattr(attack, "name", "")
+    kind = type(attack).__name__
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"attack {kind} has no name: set its class's `name` (it keys the report and the progress "
+                         "folder)")
+    if name == "clean" and getattr(attack, "modality", None) != "none":
+        raise ValueError(f"attack {kind} is named 'clean', the unattacked row every report has: give it a name of "
+                         "its own")
+    if name != name.strip() or name.startswith(".") or any(c in name for c in '/\\:*?"<>|'):
+        raise ValueError(f"attack {kind}'s name {name!r} is no plain file name (it names its progress folder): "
+                         "use letters, digits, '-' and '_'")
+    return name
 
 
 def plain_attack_options(options: dict) -> dict:

@@ -49,6 +49,7 @@ import torch
 
 from models.half_precision import active_precision
 from train.attacks import Attack
+from train.attacks.base import words_changed_of
 from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
@@ -128,7 +129,7 @@ class AttackRecord:
             if keep_pixels:
                 self.images.append(victim_pixels.detach().cpu())
         if modality in ("text", "multimodal"):
-            changes = result.info.get("words_changed", [])
+            changes = result.info["words_changed"]  # words_changed_of: one list per caption
             self.text_emb.append(_encode_texts(victim, result.texts, text_batch))
             self.texts += list(result.texts)
             self.words_changed += [len(c) for c in changes]
@@ -481,6 +482,8 @@ class _RetrievalRun:
         began = time.perf_counter()
         result = attack(attacker_pixels, texts, local_pairing)
         seconds = time.perf_counter() - began
+        if attack.modality in ("text", "multimodal"):
+            result.info["words_changed"] = words_changed_of(result, texts, name)
         caption_rows = [rows[int(image) - start] for image in self.gallery.image_of_text[text_ids]]
         part = AttackRecord(attack, seconds=seconds)
         part.add_batch(result, attacker_pixels, self.victim, self.text_batch, self.caption_checker, caption_rows,

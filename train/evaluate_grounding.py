@@ -47,6 +47,7 @@ import torch
 
 from augment.referring import GroundingData, GroundingImage, ReferringExpression
 from tasks.grounding import IOU_THRESHOLD, box_iou, ground, oracle_accuracy, random_box_accuracy
+from train.attacks.base import words_changed_of
 from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
@@ -386,7 +387,8 @@ class _GroundingRun:
         reseed_attack(attack, derive_seed(self.seed, name, batch_index))  # a resumed batch draws what it drew before
         result = attack(views[0].to(self.attacker.device), [self.texts[i] for i in ids], pairing,
                         boxes=[self.truth[i] for i in ids], sizes=[self.sizes[i] for i in ids])
-        changes = result.info.get("words_changed", [[] for _ in ids])
+        changes = (words_changed_of(result, [self.texts[i] for i in ids], name)
+                   if attack.modality in ("text", "multimodal") else [[] for _ in ids])
         images = self.grounded_images(attack, views, result)
         # Co-Attack's grounding code attacks one copy of the image per expression: already one row each
         per_text = len(views) == 1 and result.info.get(IMAGE_PER_TEXT, False)

@@ -40,6 +40,9 @@ GENERATOR_MODULES = [
 
 
 def available_modules() -> list[ModuleType]:
+    """Every module of GENERATOR_MODULES; one missing, or two serving one method name or prefix, is an
+    error naming them (a mistyped entry was skipped without a word, so its methods fell to another
+    module's prefix, and of two modules claiming a name the first won)."""
     modules = []
     for name in GENERATOR_MODULES:
         try:
@@ -47,6 +50,15 @@ def available_modules() -> list[ModuleType]:
         except ModuleNotFoundError as exc:
             if exc.name != f"augment.generators.{name}":
                 raise
+            raise MatPlusError(f"generator module {name!r} listed in augment.generators.GENERATOR_MODULES does not "
+                               f"exist (no augment/generators/{name}.py)") from None
+    served: dict[str, str] = {}
+    for module in modules:
+        for key in (*getattr(module, "METHODS", []), *(f"{p}<model>" for p in getattr(module, "PREFIXES", []))):
+            if key in served:
+                raise MatPlusError(f"method {key!r} is served by two generator modules, {served[key]} and "
+                                   f"{module.__name__}: rename one")
+            served[key] = module.__name__
     return modules
 
 
@@ -67,7 +79,10 @@ def module_for(method: str) -> ModuleType:
         for prefix in getattr(module, "PREFIXES", []):
             if method.startswith(prefix) and len(method) > len(prefix):
                 return module
-    raise MatPlusError(f"unknown method {method!r}; available: {', '.join(method_names())}")
+    from augment.errors import did_you_mean
+
+    raise MatPlusError(f"unknown method {method!r}{did_you_mean(method, method_names())}; "
+                       f"available: {', '.join(method_names())}")
 
 
 def build_generator(method: str, args) -> "Generator":

@@ -276,6 +276,11 @@ def _without_folder_prefix(name: str) -> str:
     return name
 
 
+# a scorer folder's weights files (models.base.ImageTextModel.save_native): a family of one's own
+# saving `model.pt` was refused for naming its weights otherwise than the built-in families
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 def _weights_digest(name: str) -> str | None:
     """The digest of every file at the top of a tiny twin's or a model folder's folder (each weights
     shard, the model and preprocessing configs, the tokenizer: a folder retrained or re-configured in
@@ -285,8 +290,9 @@ def _weights_digest(name: str) -> str | None:
     if folder is None:
         return None
     files = sorted(path for path in folder.iterdir() if path.is_file())
-    if not any(path.suffix in (".safetensors", ".bin") for path in files):
-        raise ModelLoadError(f"cannot score with {folder}: no weights file (*.safetensors or *.bin)")
+    if not any(path.suffix in WEIGHTS_SUFFIXES for path in files):
+        raise ModelLoadError(f"cannot score with {folder}: no weights file "
+                             f"({', '.join('*' + suffix for suffix in WEIGHTS_SUFFIXES)})")
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.name}:{file_digest(path)};".encode())

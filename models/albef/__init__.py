@@ -50,7 +50,7 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     builds them (from the released file's where it has them), False drops them.
     """
     name = name.strip()
-    if name.startswith("tiny-"):
+    if tiny.is_tiny_name(name):
         tiny.check_tiny_name(name)
         if name not in TINY_NAMES:
             raise ModelLoadError(f"'{name}' is not an ALBEF model (ALBEF twins: {', '.join(TINY_NAMES)})")

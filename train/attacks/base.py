@@ -38,7 +38,41 @@ from train.attacks.settings import LOSSES
 class AttackResult:
     images: torch.Tensor  # adversarial pixels in [0, 1], same shape as the input
     texts: list[str]  # adversarial captions, same order as the input
-    info: dict = field(default_factory=dict)  # e.g. {"words_changed": [...]} per caption
+    # e.g. {"words_changed": [[{"position", "from", "to"}, ...] per caption]}: the evaluation reads it
+    # for a text attack's budget and truth check; an attack that keeps none gets it by `words_changed_of`
+    info: dict = field(default_factory=dict)
+
+
+def word_changes(original: str, attacked: str) -> list[dict]:
+    """The words `attacked` changed of `original` as the built-in text attacks record them
+    ({"position", "from", "to"}; an inserted or deleted word has "" on its other side), by a
+    word-level diff: for an attack that records no changes of its own."""
+    import difflib
+
+    before, after = original.split(), attacked.split()
+    changes: list[dict] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            changes.append({"position": i1 + k, "from": before[i1 + k] if i1 + k < i2 else "",
+                            "to": after[j1 + k] if j1 + k < j2 else ""})
+    return changes
+
+
+def words_changed_of(result: "AttackResult", texts: Sequence[str], name: str) -> list[list[dict]]:
+    """Per caption, the words a text attack changed: its own `info["words_changed"]`, or a word diff of
+    `result.texts` against `texts` when it keeps none (a user's attack without it was reported as
+    changing no caption, failed the truth check and refused its own resume files)."""
+    recorded = result.info.get("words_changed")
+    if recorded is None:
+        if len(result.texts) != len(texts):
+            raise ValueError(f"attack {name!r} returned {len(result.texts)} captions for {len(texts)}")
+        return [word_changes(before, after) for before, after in zip(texts, result.texts)]
+    if len(recorded) != len(texts):
+        raise ValueError(f"attack {name!r}: info['words_changed'] has {len(recorded)} entries for {len(texts)} "
+                         "captions (one list of changes per caption)")
+    return recorded
 
 
 def default_pairing(num_images: int, num_texts: int, image_of_text: torch.Tensor | None) -> torch.Tensor:
