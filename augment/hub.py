@@ -45,7 +45,7 @@ from augment.atomic import (
 )
 from augment.errors import MatPlusError, PoolError, first_line
 from augment.local_paths import shorten_local_paths
-from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool
+from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool, identity_value
 from augment.scoring import store
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
@@ -95,12 +95,14 @@ def read_scores(pool: Pool) -> Any | None:
 def published_scores(pool: Pool) -> tuple[Any | None, list[str]]:
     """scores.json as it is published, and the scorers left out of it: those computed before the
     pool's data files changed (`--overwrite`, a copy: `store.scored_as_it_is`, as select refuses
-    them) describe rows it may no longer have. Another kind of document goes as it is."""
+    them) describe rows it may no longer have; those whose intervals an earlier resampling scheme
+    drew (`store.intervals_are_current`) would be published too narrow. Another kind of document goes as it is."""
     document = read_scores(pool)
     if not (isinstance(document, dict) and "scorers" in document):
         return document, []
     store.check_scores_document(document, pool.path / SCORES_FILE, pool.path)
-    current = {slug: entry for slug, entry in document["scorers"].items() if store.scored_as_it_is(entry, pool)}
+    current = {slug: entry for slug, entry in document["scorers"].items()
+               if store.scored_as_it_is(entry, pool) and store.intervals_are_current(entry)}
     left_out = [slug for slug in document["scorers"] if slug not in current]
     if not left_out:
         return document, []
@@ -122,7 +124,8 @@ def publication(pool: Pool, options: CardOptions):
     if left_out:
         print(f"note: {pool.path / SCORES_FILE}: the scores of {', '.join(left_out)} are left out: the pool's data "
               "files changed (rewritten, copied without their times, or exported by augment push) after they were "
-              f"computed; run `augment score {pool.path}` to publish current ones", file=sys.stderr)
+              "computed, or an earlier mat-plus drew their confidence intervals (a resampling scheme since found "
+              f"too narrow); run `augment score {pool.path}` to publish current ones", file=sys.stderr)
     # the card's scores table names each scorer as scores.json does: a local folder by its last part
     return render_card(pool.meta, published_document(scores) if scores is not None else None, options), files
 
@@ -407,8 +410,9 @@ class Target:
 
 
 def same_pool(ours: dict, theirs: dict) -> bool:
-    keys = (*IDENTITY_KEYS, *_EXTRA_IDENTITY_KEYS)
-    return all(_normalised(ours.get(k)) == _normalised(theirs.get(k)) for k in keys)
+    # identity_value: a pool pushed before a key was recorded (recipe) is read as it was then
+    return (all(identity_value(ours, k) == identity_value(theirs, k) for k in IDENTITY_KEYS)
+            and all(_normalised(ours.get(k)) == _normalised(theirs.get(k)) for k in _EXTRA_IDENTITY_KEYS))
 
 
 def _normalised(value: Any) -> str:

@@ -46,9 +46,9 @@ DATA_DIR = "data"
 SHARD_PATTERN = "shard-{index:05d}.parquet"
 
 # these meta keys must match for a re-run to resume into an existing pool ("parent": a selection's, see
-# `_identity_value`)
-IDENTITY_KEYS = ("method", "model", "model_revision", "params", "seed", "source_fingerprint", "source_images", "n", "split",
-                 "limit", "shard_size", "parent")
+# `identity_value`)
+IDENTITY_KEYS = ("method", "model", "model_revision", "params", "recipe", "seed", "source_fingerprint", "source_images",
+                 "n", "split", "limit", "shard_size", "parent")
 # identity keys a pool written before them lacks (source_images: 2026-12-02): such a pool resumes as it
 # did then, unchecked on that key, and records it from then on
 KEYS_ADDED_SINCE = ("source_images",)
@@ -221,7 +221,7 @@ def resumed_meta(out_dir: Path, old: dict, meta: dict) -> dict:
     """`meta` for writing again into the pool at `out_dir` whose provenance is `old`: the old pool's
     keys and creation time kept. PoolIdentityError naming the identity keys that differ."""
     by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
-    changed = [k for k in IDENTITY_KEYS if _identity_value(old, k) != _identity_value(meta, k)
+    changed = [k for k in IDENTITY_KEYS if identity_value(old, k) != identity_value(meta, k)
                and not (k in KEYS_ADDED_SINCE and k not in old)
                and not (by_shard and k in SHARD_CHECKED_KEYS)]
     if "params" in changed and isinstance(old.get("params"), dict) and isinstance(meta.get("params"), dict):
@@ -230,8 +230,10 @@ def resumed_meta(out_dir: Path, old: dict, meta: dict) -> dict:
                            if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
         changed[changed.index("params")] = f"params {differing}"
     if changed:
+        recipe = (f" (recipe {identity_value(old, 'recipe')}, now {identity_value(meta, 'recipe')}: an earlier "
+                  "mat-plus wrote its rows otherwise, and resuming would mix both)") if "recipe" in changed else ""
         raise PoolIdentityError(
-            f"{out_dir}: holds a pool made with different {', '.join(changed)}; "
+            f"{out_dir}: holds a pool made with different {', '.join(changed)}{recipe}; "
             "use another --out, or --overwrite to replace it", changed)
     return {**old, **meta, "created": old.get("created")}
 
@@ -349,14 +351,16 @@ def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _identity_value(meta: dict, key: str) -> Any:
+def identity_value(meta: dict, key: str) -> Any:
     """What `key` of a pool's provenance must equal for a resume. A selection's parent is its folder
     and what made it (its identity keys), not its whole pool.json: re-running generate on a finished
     pool renews its package versions (and its finish stamp when it writes a shard), not its rows."""
     value = meta.get(key)
+    if key == "recipe" and value is None and meta.get("method") is not None:
+        value = 1  # written before the key (2026-12-05): every generator's first recipe
     if key == "parent" and isinstance(value, dict):
         made = value.get("meta") if isinstance(value.get("meta"), dict) else {}
-        value = {"path": value.get("path"), **{k: _identity_value(made, k) for k in IDENTITY_KEYS}}
+        value = {"path": value.get("path"), **{k: identity_value(made, k) for k in IDENTITY_KEYS}}
     return _normalised(value)
 
 

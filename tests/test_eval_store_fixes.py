@@ -124,6 +124,29 @@ def test_restart_removes_the_progress_folder_as_one_step(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == [".progress"]
 
 
+def test_progress_an_earlier_version_wrote_is_named_so(tmp_path):
+    """A killed evaluation of an earlier mat-plus resumed by this one was refused as "an evaluation with
+    other settings (differ: device (--device), options.guide (--text-guide) ...): run that evaluation's
+    command again", the command the user had just run; settings.json now records its format, and one
+    written before it resumes when it holds the same settings."""
+    import json
+
+    from augment.errors import MatPlusError
+    from train.eval_store import FORMAT_KEY, SETTINGS_FILE, BatchStore
+
+    folder = tmp_path / ".progress"
+    BatchStore(folder, {"a": 1}).save("pgd", 0, _Record())
+    marker = folder / SETTINGS_FILE
+    assert json.loads(marker.read_text())[FORMAT_KEY] == 2
+    marker.write_text(json.dumps({"a": 1}))  # as written before the key: the same settings resume
+    assert BatchStore(folder, {"a": 1}).finished_batches() == {"pgd": 1}
+    marker.write_text(json.dumps({"b": 1}))  # an earlier version recorded its settings otherwise
+    with pytest.raises(MatPlusError, match=r"1 finished batches an earlier mat-plus wrote, with settings this "
+                                           r"version records otherwise \(differ: a, b\)"):
+        BatchStore(folder, {"a": 1})
+    assert (folder / "pgd").is_dir()  # nothing lost
+
+
 @pytest.fixture()
 def kept_progress(sample_world_dir, tmp_path, monkeypatch, capsys):
     """OUT/.progress of a retrieval evaluation killed just before its report (clean.pt, pgd's batches

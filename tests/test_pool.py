@@ -140,6 +140,22 @@ def test_writer_refuses_changed_parameters(tmp_path):
     PoolWriter(tmp_path / "p", {"method": "m", "seed": 1}, overwrite=True)
 
 
+def test_a_pool_begun_by_an_earlier_recipe_is_not_resumed_into_a_mix(tmp_path):
+    """A captioner pool an earlier mat-plus began (captions decoded `man ' s`, before recipe 2) was
+    resumed by the new one (`man's`), exit 0: one pool of two decodings. A pool written before the
+    key is recipe 1, so the generators that did not change resume it as before."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.hub import same_pool
+
+    PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0}).write_shard(0, [_row(0)])  # no recipe: the old writer
+    PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0, "recipe": 1})  # recipe 1 generators resume it
+    with pytest.raises(PoolError, match=r"different recipe \(recipe 1, now 2: an earlier mat-plus wrote its rows "
+                                        r"otherwise"):
+        PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0, "recipe": CaptionerGenerator.recipe})
+    assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost
+    assert same_pool({"method": "eda", "recipe": 1}, {"method": "eda"})  # a pool pushed before the key
+
+
 class _CountingGenerator(Generator):
     """Makes one caption per source caption; can be told to die on a given call (a killed run)."""
 

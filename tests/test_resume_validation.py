@@ -107,6 +107,33 @@ def test_a_checkpoint_missing_its_weights_file_is_one_line_naming_it(tmp_path, s
     assert "no weights file (*.safetensors)" in capsys.readouterr().err
 
 
+def test_an_optimizer_state_of_other_parameter_groups_is_one_line(tmp_path, sample_world_dir, capsys):
+    """A run begun before position embeddings left the weight-decayed group (2026-12-02): --resume
+    latest was torch's traceback (exit 1); now one line saying it cannot be resumed and how to go on."""
+    import shutil
+
+    import torch
+
+    from train.cli import main
+
+    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
+            "--no-progress"]
+    assert main([*argv, "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    path = copy / "ckpt" / "train_state" / "optimizer.pt"
+    state = torch.load(path, weights_only=True)
+    groups = state["param_groups"]
+    groups[0]["params"].append(groups[1]["params"].pop(0))  # one parameter in the other group, as before
+    torch.save(state, path)
+    files = _files(copy)
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "2", "--out", str(copy), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its optimizer state has other parameter groups" in err[0] and "--model" in err[0], err
+    assert _files(copy) == files
+
+
 # ----------------------------------------------------------------------------- M3, L8: the best checkpoint
 
 

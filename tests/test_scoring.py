@@ -807,6 +807,16 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     again = _score(pool, source, scorer)
     assert again["reused"] is True and counter.calls == calls  # nothing encoded, nothing recomputed
     assert again["alignment"] == first["alignment"] and again["created"] == first["created"]
+    # an entry its key shows current, stored before the scheme was recorded: stamped, so push publishes it
+    from augment.scoring import store
+
+    document = json.loads((pool.path / "scores.json").read_text())
+    for entry in document["scorers"].values():
+        entry.pop("resampling")
+    (pool.path / "scores.json").write_text(json.dumps(document))
+    assert _score(pool, source, scorer)["reused"] is True and counter.calls == calls
+    stored = json.loads((pool.path / "scores.json").read_text())["scorers"].values()
+    assert all(store.intervals_are_current(entry) for entry in stored)
     forced = score_and_save(pool, source, scorer, _settings(), plot=False, force=True)
     assert "reused" not in forced and forced["alignment"] == first["alignment"]
     # any input changed: the settings, a pool file, a missing side table -> scored again

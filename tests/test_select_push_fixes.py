@@ -39,6 +39,7 @@ def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip
     import pyarrow.parquet as pq
 
     from augment.scoring import store
+    from augment.scoring.measures import RESAMPLING
     from augment.scoring.pool_scores import pool_file_stamps
 
     meta = json.loads((pool / "pool.json").read_text())
@@ -52,7 +53,8 @@ def write_scores(pool: Path, finished: str | None = None, slug: str = "tiny-clip
              "pool": {"finished": finished or meta["finished"], "num_rows": len(row_ids),
                       "files": pool_file_stamps(SimpleNamespace(path=pool))},
              "alignment": {"all": {"mean": 0.1, "low": 0.05, "high": 0.15, "n": len(row_ids)}},
-             "tables": {"rows": str(table)}, **({"inputs_key": inputs_key} if inputs_key else {})}
+             "tables": {"rows": str(table)}, "resampling": RESAMPLING,
+             **({"inputs_key": inputs_key} if inputs_key else {})}
     document = {"scores_version": 1, "latest": slug, "scorers": {**(keep or {}), slug: entry}}
     (pool / "scores.json").write_text(json.dumps(document))
     return document
@@ -148,6 +150,18 @@ def test_push_leaves_out_scores_of_the_pool_before_it_was_rewritten(tmp_path, ca
     published = json.loads((tmp_path / "px" / "scores.json").read_text())
     assert list(published["scorers"]) == ["new-1"] and published["latest"] == "new-1"
     assert "## Scores" in (tmp_path / "px" / "README.md").read_text()
+
+
+def test_push_leaves_out_intervals_an_earlier_resampling_scheme_drew(tmp_path, capsys):
+    """Scores an earlier mat-plus computed (its row bootstrap covered the mean ~70% of the time at a
+    nominal 95%) were published on the card and in scores.json without a word."""
+    pool = text_pool(tmp_path / "pool", "eda")
+    old = write_scores(pool, slug="old-1")["scorers"]
+    old["old-1"].pop("resampling")  # as written before the scheme was recorded
+    write_scores(pool, slug="new-1", keep=old)
+    code, err = run(capsys, "push", pool, "--to-dir", tmp_path / "px")
+    assert code == 0 and "old-1" in err and "earlier mat-plus drew their confidence intervals" in err
+    assert list(json.loads((tmp_path / "px" / "scores.json").read_text())["scorers"]) == ["new-1"]
 
 
 def test_an_interrupted_export_resumes_with_the_same_command(tmp_path, capsys, monkeypatch):

@@ -231,7 +231,18 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
 def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int) -> None:
     """Restore optimizer, scheduler, grad scaler and this process's RNG states."""
     state_dir = folder / STATE_DIR
-    optimizer.load_state_dict(_load(state_dir / "optimizer.pt"))
+    try:
+        optimizer.load_state_dict(_load(state_dir / "optimizer.pt"))
+    except ValueError as exc:  # torch: "... parameter group that doesn't match the size of optimizer's group"
+        if "group" not in str(exc):
+            raise
+        # AdamW's state is kept per parameter, in groups: a run begun by a version that grouped them
+        # otherwise (before 2026-12-02 open_clip's position embeddings were weight-decayed) has no place
+        # here, and loading it was torch's traceback
+        raise CheckpointError(f"{folder}: its optimizer state has other parameter groups than this version makes "
+                              "(a run begun before 2026-12-02, when position embeddings were still weight-decayed, "
+                              f"or with other settings): it cannot be resumed; train on from its weights with "
+                              f"--model {folder} and another --out") from None
     scheduler.load_state_dict(_load(state_dir / "scheduler.pt"))
     if scaler is not None:
         if not (state_dir / "scaler.pt").is_file():

@@ -121,6 +121,12 @@ def remove_finished_store(folder: str | Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# settings.json's "progress_format": raised when a change of the code changes what the kept batches
+# hold or how the settings are recorded, so that a version refusing an earlier one's progress says so
+# (the settings that differed were named as if the user had changed them). 2: 2026-12-05.
+FORMAT_KEY, PROGRESS_FORMAT = "progress_format", 2
+
+
 class BatchStore:
     """Finished batches of an evaluation, one file each, so a killed evaluation resumes.
 
@@ -138,10 +144,10 @@ class BatchStore:
     def __init__(self, folder: str | Path, settings: dict):
         self.folder = Path(folder)
         clear_trash(self.folder)  # a killed clean-up's leftovers: never read as progress
-        wanted = json.dumps(settings, sort_keys=True, default=str)
+        wanted = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
         marker = self.folder / SETTINGS_FILE
         found = marker.read_text(encoding="utf-8") if marker.is_file() else None
-        if self.folder.exists() and found != wanted:
+        if self.folder.exists() and found != wanted and not _same_before_format(found, settings):
             finished = sorted(self.folder.rglob("batch-*.pt"))
             if finished:
                 from augment.errors import MatPlusError
@@ -151,6 +157,13 @@ class BatchStore:
                     raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
                                        "missing or damaged, so no evaluation can resume them: discard them "
                                        "(train eval --restart)")
+                if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT:
+                    # not settings the user changed (keys this version records are missing there): the
+                    # command they ran may well be that evaluation's, which the line below tells them to run
+                    raise MatPlusError(
+                        f"{self.folder} holds {len(finished)} finished batches an earlier mat-plus wrote, with "
+                        f"settings this version records otherwise ({differences}), so this version cannot resume "
+                        "them: finish them with that version, or discard them (train eval --restart)")
                 raise MatPlusError(
                     f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
                     f"({differences}): run that evaluation's command again to finish it, "
@@ -325,6 +338,17 @@ _SETTINGS_FLAGS = {"seed": "--seed", "precision": "--precision", "caption_prepro
                    "limit": "--limit", "rerank_k": "--rerank-k", "checker": "--truth-checker", "device": "--device"}
 
 
+def _same_before_format(found: str | None, settings: dict) -> bool:
+    """Whether a settings.json written before `FORMAT_KEY` was recorded holds exactly `settings`: its
+    batches resume (this version computes them alike; only the key is new)."""
+    try:
+        before = json.loads(found) if found is not None else None
+    except json.JSONDecodeError:
+        return False
+    return (isinstance(before, dict) and FORMAT_KEY not in before
+            and json.dumps(before, sort_keys=True) == json.dumps(settings, sort_keys=True, default=str))
+
+
 def _settings_differences(found: str | None, wanted: str) -> str | None:
     """The settings keys (one level into nested ones, as `options.eps`, an attack option with
     its flag: `options.eps (--attack-eps)`) whose values differ; None when `found` (the kept
@@ -341,7 +365,7 @@ def _settings_differences(found: str | None, wanted: str) -> str | None:
     differ = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
-        if old == new:
+        if old == new or key == FORMAT_KEY:  # said in words by the caller
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS else "")

@@ -35,6 +35,10 @@ class Generator(ABC):
     # whether a shard's rows depend on other items than the shard's (read in `prepare`): each shard's
     # recorded inputs then include the whole source's fingerprint, so any change to the source redoes all
     reads_other_items: bool = False
+    # the version of what `generate` writes for the same params: raised when a change of the code
+    # changes a pool's rows, so a pool an earlier mat-plus began is not resumed into a mix of both
+    # (pool.json's "recipe"; a pool written before the key is recipe 1)
+    recipe: int = 1
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
@@ -131,6 +135,7 @@ def run_generation(
         "model": generator.model,
         "model_revision": generator.model_revision,
         "params": generator.params(),
+        "recipe": generator.recipe,
         "seed": seed,
         "n": n,
         "split": split,

@@ -235,6 +235,9 @@ def model_name_for(method: str, prefix: str, args) -> str:
 
 
 class ParaphraseGenerator(Generator):
+    # 2 (2026-12-03): the model's saved num_beams and penalties overridden by the recorded
+    # sampling settings (BART/Pegasus sampled beams before)
+    recipe = 2
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),

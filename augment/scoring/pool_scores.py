@@ -466,6 +466,7 @@ def summarise(pool, totals: Totals, embedder: Embedder, settings: ScoreSettings,
                    "pool_source_fingerprint": pool.meta.get("source_fingerprint"),
                    "items_covered": len(totals.sources_seen)},
         "settings": asdict(settings),
+        "resampling": measures.RESAMPLING,  # how the intervals were drawn (push leaves out other schemes')
         "alignment": {"all": overall, **{m: intervals.get(("alignment", m), overall) for m in present}},
         "clipscore": {"all": intervals["clipscore"]},
         "source_alignment": intervals["source"],
@@ -565,7 +566,8 @@ def reuse_stored(pool, scorer, key: str, plot: bool = False, source_name: str = 
         if stored is None:
             return None
         became_latest = store.read_scores_json(pool.path).get("latest") != scorer.slug
-        here = {**stored, "pool": {**stored["pool"], "path": str(pool.path)}}
+        # the key holds the resampling scheme: an entry it matches was drawn by this one (recorded since)
+        here = {**stored, "pool": {**stored["pool"], "path": str(pool.path)}, "resampling": measures.RESAMPLING}
         if source_name and isinstance(stored.get("source"), dict):
             here["source"] = {**stored["source"], "path": source_name}
         if became_latest or here != stored:

@@ -292,6 +292,16 @@ def _bare_name(entry: dict) -> str:
     return entry["scorer"]["name"].split(":")[0]
 
 
+def intervals_are_current(entry: dict) -> bool:
+    """Whether a scorer entry's confidence intervals were drawn by this version's resampling scheme
+    (`measures.RESAMPLING`; an entry written before it was recorded was drawn by an earlier one, which
+    covered the mean ~70% of the time at a nominal 95%). `augment score` recomputes such an entry, or
+    stamps one its inputs key shows current."""
+    from augment.scoring.measures import RESAMPLING
+
+    return entry.get("resampling") == RESAMPLING
+
+
 def table_is_current(path: Path, inputs_key: str | None = None) -> bool:
     """Whether side table `path` exists, readable, in this scores version (and, given `inputs_key`,
     written from those inputs); reads only its schema. A damaged table is not current: scored again."""
