@@ -513,6 +513,11 @@ def _check_retrieval_eval(evaluation: dict) -> None:
     _check_attack_names("eval.attacks", evaluation["attacks"])
     _check_gallery(evaluation)
     _check_mlm("eval.mlm", evaluation["mlm"])
+    steps = evaluation.get("pgd_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps < 1:  # as train eval and the other tasks'
+        # arms (a 0-step PGD was reported as robust R@1); AttackSettings allows 0 for training's inner attack
+        # and names a value of another type
+        raise MatPlusError(f"study config: eval.pgd_steps must be a whole number >= 1, got {steps!r}")
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:

@@ -43,6 +43,26 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None, in
     return statistics.fmean(values), spread, len(values)
 
 
+def _results_shape_problem(results) -> str | None:
+    """What of a results.json `analysis regimes` reads has the wrong shape (None: nothing)."""
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        return "an object with a 'config' object"
+    if not isinstance(results["config"].get("name"), str):
+        return "config.name must be a name"
+    for row in results.get("headline") if isinstance(results.get("headline"), list) else ():
+        if not isinstance(row, dict) or not isinstance(row.get("run"), str):
+            return "each headline row must be an object naming its run"
+        for key in ("clean", "robust", "clean_best", "robust_best"):
+            value = row.get(key)
+            if value and not (isinstance(value, list) and len(value) == 3
+                              and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      for v in value)):
+                return f"headline {row['run']}.{key} must be [mean, spread, n], got {value!r}"
+    if not isinstance(results.get("verdicts", []), list):
+        return "verdicts must be a list"
+    return None
+
+
 def fmt(stat: tuple[float | None, float | None, int]) -> str:
     mean, spread, n = stat
     if mean is None:
@@ -664,13 +684,17 @@ def regimes_table(study_dirs: list[Path]) -> str:
     """One Markdown table of the headline comparison of several finished studies (one regime
     each): every run, clean and robust R@1 at the last and the best-on-validation checkpoint,
     then the MAT+ - MAT verdicts."""
-    import json
-
     lines = ["| regime | model | clean R@1 | robust R@1 | clean R@1 (best val) | robust R@1 (best val) |",
              "|---|---|---|---|---|---|"]
     verdicts = []
+    from analysis.study import read_study_json
+
     for folder in study_dirs:
-        results = json.loads((Path(folder) / "results.json").read_text())
+        path = Path(folder) / "results.json"
+        results = read_study_json(path)  # a damaged or foreign file: one line naming it, not a traceback
+        problem = _results_shape_problem(results)
+        if problem:
+            raise MatPlusError(f"{path}: not a study's results ({problem})")
         name = results["config"]["name"]
         if not isinstance(results.get("headline"), list):  # a captioning or grounding study: other metrics
             task = (results.get("config") or {}).get("task", "another task")

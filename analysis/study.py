@@ -33,10 +33,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.config import generate_arguments, method_train_settings, oracle_factor, run_train_settings
+from augment.errors import MatPlusError, first_line
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
 STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
+
+
+
+def read_study_json(path: Path) -> Any:
+    """A JSON file of the study folder, or one line naming it when it is damaged (truncated, edited,
+    not UTF-8): a traceback before. Deleting it redoes the step that wrote it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MatPlusError(f"{path}: damaged ({first_line(exc)}); delete it to redo the step that wrote it") from None
 
 
 def _settings_hash(settings: Any) -> str:
@@ -45,7 +56,7 @@ def _settings_hash(settings: Any) -> str:
 
 def is_done(folder: Path, settings: Any) -> bool:
     marker = folder / DONE
-    return marker.exists() and json.loads(marker.read_text()).get("settings") == _settings_hash(settings)
+    return marker.exists() and read_study_json(marker).get("settings") == _settings_hash(settings)
 
 
 def mark_done(folder: Path, settings: Any, **extra: Any) -> None:
@@ -69,7 +80,7 @@ def made(folder: Path) -> str | None:
 def done_record(folder: Path) -> dict | None:
     """The cached stage's record in `folder` (None: not made, or not by a study)."""
     marker = folder / DONE
-    return json.loads(marker.read_text()) if marker.exists() else None
+    return read_study_json(marker) if marker.exists() else None
 
 
 # how a path inside the study folder is written in a cache key: `<study>/pretrain/ckpt`
@@ -139,13 +150,17 @@ class Study:
         marker = folder / DONE
         if in_place is not None and is_done(folder, in_place):
             # the old record stays beside the new one: an evaluation's key holds its run's whole record
-            mark_done(folder, settings, in_place=json.loads(marker.read_text()))
+            mark_done(folder, settings, in_place=read_study_json(marker))
             return True
         if marker.exists():
-            parts = json.loads(marker.read_text()).get("parts") or {}
+            record = read_study_json(marker)
+            parts = record.get("parts") or {}
             now = _part_hashes(settings)
             changed = sorted(key for key in set(parts) | set(now) if parts.get(key) != now.get(key)) if parts else []
-            why = f"made with other {', '.join(changed)}" if changed else "made with other settings or inputs"
+            # a marker without its parts was written before they were recorded: by an earlier mat-plus,
+            # whose settings are hashed otherwise (not "other settings": the config may be unchanged)
+            why = (f"made with other {', '.join(changed)}" if changed else "made with other settings or inputs"
+                   if "parts" in record else "recorded by an earlier mat-plus, which hashed its settings otherwise")
             self.log(f"[{stage}] {folder.relative_to(self.out) if folder.is_relative_to(self.out) else folder}: "
                      f"redone from scratch ({why})")
         return False
@@ -294,7 +309,7 @@ class Study:
     def score(self, name: str) -> dict:
         folder = self.pool(name)
         scorer = self.config.get("scorer") or str(self.pretrain())
-        settings = {"scorer": scorer, "pool": json.loads((folder / DONE).read_text())["settings"]}
+        settings = {"scorer": scorer, "pool": read_study_json(folder / DONE)["settings"]}
         if not self.config.get("scorer"):  # the study's pretrained model: its weights change under the same path
             settings["pretrained_fingerprint"] = made(Path(scorer).parent)
         marker = folder / "scores" / DONE
@@ -303,7 +318,7 @@ class Study:
             self.log(f"[score] {name}")
             run_augment(["score", str(folder), "--scorer", scorer, "--source", str(self.source_dir("finetune")), "--no-progress"])
             mark_done(marker.parent, key)
-        return json.loads((folder / "scores.json").read_text())
+        return read_study_json(folder / "scores.json")
 
     # ------------------------------------------------------------------ 5-6. runs and evaluations
 
@@ -393,7 +408,7 @@ class Study:
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, key)
-        report = json.loads((folder / EVAL_JSON).read_text())
+        report = read_study_json(folder / EVAL_JSON)
         write = self.arm.write_report if self.arm is not None else lambda r, f: write_report(r, f, markdown_report)
         return renamed_checkpoint(report, checkpoint, self.out, folder, write)
 
@@ -467,7 +482,7 @@ class Study:
 
                 entry["curve"] = read_curve(checkpoint.parent)
                 best = checkpoint.parent / BEST_DIR
-                entry["best_step"] = json.loads((best / "validation.json").read_text())["step"]
+                entry["best_step"] = read_study_json(best / "validation.json")["step"]
                 # the last step's weights are the best ones: the same evaluation
                 entry["eval_best"] = (entry["eval"] if entry["best_step"] == config["train"]["max_steps"]
                                       else self.evaluate(spec.folder_name(seed) + "-best", best, seed))
@@ -585,7 +600,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
 
     if made_from is not None:
         started = folder / STARTED
-        recorded = json.loads(started.read_text()).get("made_from") if started.exists() else None
+        recorded = read_study_json(started).get("made_from") if started.exists() else None
         has_run = any((folder / name).exists() for name in RUN_OUTPUTS)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(started, {"made_from": made_from})

@@ -340,6 +340,15 @@ class PoolWriter:
         return self.meta
 
 
+def replacement_folder(out_dir: str | os.PathLike) -> Path:
+    """Where `augment generate --overwrite` writes the pool replacing the one at `out_dir` (beside it,
+    hidden; the same name for every process and for a re-run, so a killed replacement resumes): the
+    pool there stays whole until the new one is complete and swapped in (its shards were deleted
+    when the writer opened, so a bad image or Ctrl-C left neither pool)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.replacement")
+
+
 def folders_overlap(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two folders are the same or one holds the other (resolved): an output there would
     delete or rewrite the files it reads."""
@@ -394,7 +403,7 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
             writer.write_shard(index, buffer)
             index += 1
         if existing:
-            _carry_over(out_dir, staged)
+            carry_over(out_dir, staged)
         written = writer.finalize(expected_shards=index)
         swap_folder_into_place(staged, out_dir)
     finally:
@@ -402,7 +411,7 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
     return written
 
 
-def _carry_over(old: Path, staged: Path) -> None:
+def carry_over(old: Path, staged: Path) -> None:
     """Everything in the pool folder `old` but its rows, its pool.json and its generated card, into
     `staged` (hard links where the filesystem allows: no copy of a large embedding cache). A user's
     own card stays, and scores of the old rows come along to be recognised as stale by their key,
@@ -421,6 +430,8 @@ def _carry_over(old: Path, staged: Path) -> None:
         if entry.name == POOL_CARD and _POOL_CARD_MARK in entry.read_text(encoding="utf-8", errors="replace"):
             continue  # written anew for the new rows
         target = staged / entry.name
+        if target.exists() or target.is_symlink():  # carried by an earlier run killed before its swap
+            continue
         if entry.is_symlink():
             os.symlink(os.readlink(entry), target)
         elif entry.is_dir():

@@ -133,6 +133,9 @@ def require_wordnet():
     """nltk's WordNet, or a one-line `MissingDependencyError` saying how to install it."""
     try:
         return _wordnet_corpus()
+    except ModuleNotFoundError as exc:  # nltk itself (a dependency: a partial install), not its data
+        raise MissingDependencyError(f"WordNet needs nltk, which is not installed ({exc.name}): pip install nltk, "
+                                     "then augment setup-wordnet") from None
     except LookupError:
         raise MissingDependencyError(MISSING_MESSAGE) from None
 

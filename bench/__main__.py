@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
         print(f"\n=== bench_{name} ===", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
         try:
-            code = module.main([])
+            from bench.report import run_benchmark
+
+            code = run_benchmark(module.main, [])
         except SystemExit as exc:  # argparse or a missing optional dependency
             code = exc.code
         if code:

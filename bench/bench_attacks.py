@@ -61,6 +61,7 @@ import torch
 
 from augment.arguments import positive_int
 from models.half_precision import PRECISIONS, autocast
+from bench.report import report_path
 
 DEFAULT_OUT = "outputs/bench/attacks.json"
 MULTIMODAL = ("bert-attack", "sep", "co-attack", "sga")
@@ -88,7 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="after each multimodal attack's timing, count each side's aten calls once (their "
                              "ratio: a host-bound GPU's time ratio), run its batched call once more under "
                              "torch.profiler and add the per-operator tables to OUT's folder as NAME.profile.txt")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
@@ -496,4 +497,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

@@ -49,7 +49,7 @@ from typing import Callable, Iterator
 
 from augment.arguments import non_negative_int, positive_fraction, positive_int
 from bench.real_shapes import SHAPED_MODELS, sd_pipeline
-from bench.report import environment, write_report
+from bench.report import environment, report_path, write_report
 
 DEFAULT_OUT = "outputs/bench/image_generators.json"
 METHODS = ("t2i-sd", "t-i2i-sd")
@@ -59,7 +59,7 @@ SAME_IMAGES_LEVELS = 1  # batched and loop images count as the same within this 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_image_generators", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--model", default="tiny-sd",
                         help="SD model: tiny-sd (default), sd15-shaped (SD 1.5's architecture, random weights, "
                              "offline), alias, Hub id or folder")
@@ -392,4 +392,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main(sys.argv[1:]))
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import positive_int
+from bench.report import positive_counts, report_path
 
 DEFAULT_OUT = "outputs/bench/scale.json"
 DEFAULT_SIZES = "200,2000,20000"
@@ -47,11 +48,11 @@ RACY_SECONDS = 2.0  # augment.source_cache.RACY_SECONDS (not imported: the paren
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scale", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
+    parser.add_argument("--sizes", type=positive_counts, default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
     parser.add_argument("--jobs", default="generate,train_step,eval_batch",
                         help="which jobs to time, comma-separated, of generate, train_step, eval_batch (default: all)")
     parser.add_argument("--repeats", type=positive_int, default=2, help="runs per job and size; the fastest counts (default 2)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"the report, JSON (default {DEFAULT_OUT}); "
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"the report, JSON (default {DEFAULT_OUT}); "
                         "a quick look: --sizes 200,2000 --repeats 1 (~1.5 min on 2 cores)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the sources and outputs here and keep them")
     # internal: time one job in this (fresh) process
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else [])
     if args.child:
         return child(*args.child)
-    sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
+    sizes = sorted(args.sizes)
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
@@ -270,4 +271,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

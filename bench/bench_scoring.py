@@ -66,6 +66,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import non_negative_int, positive_int
+from bench.report import positive_counts, report_path
 
 DEFAULT_OUT = "outputs/bench/scoring.json"
 LABELS = {
@@ -97,13 +98,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="where the scorer and CLIPScore run (cpu, cuda, cuda:1)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default 1 on the CPU: steady on a shared machine; torch's own on a GPU)")
-    parser.add_argument("--sizes", default="10000,30000,100000", help="text-pool sizes for the memory run")
+    parser.add_argument("--sizes", type=positive_counts, default="10000,30000,100000", help="text-pool sizes for the memory run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-real-size", action="store_true", help="leave out the statistics at real widths")
-    parser.add_argument("--widths", default="512,768", help="embedding widths for the statistics at real widths")
+    parser.add_argument("--widths", type=positive_counts, default="512,768", help="embedding widths for the statistics at real widths")
     parser.add_argument("--real-size-pairs", type=positive_int, default=8,
                         help="pairs CLIPScore scores with the ViT-B/16-shaped model (the baseline of the real widths)")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
     # internal: one memory measurement in a fresh process
     parser.add_argument("--memory-child", nargs=3, metavar=("POOL", "SOURCE", "JSON"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -486,7 +487,7 @@ def bench_real_size(work: Path, args, images, captions) -> dict:
     per_pair = clipscore_cpu / count
     rng = np.random.default_rng(0)
     widths = {}
-    for width in [int(w) for w in args.widths.split(",") if w.strip()]:
+    for width in args.widths:
         pool = unit_embeddings(rng, defaults.gap_samples, width, shift=0.05)
         source = unit_embeddings(rng, defaults.gap_samples, width)
         measures.gap_measures(pool[:64], source[:64], n_resamples=2)  # warm-up (thread pools, imports)
@@ -667,7 +668,7 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print("bench_scoring needs torchmetrics: pip install -e '.[bench]'", file=sys.stderr)
         return 2
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = args.sizes
     if args.device != "cpu":
         import torch
 
@@ -701,4 +702,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

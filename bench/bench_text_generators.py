@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from augment.arguments import non_negative_int, positive_fraction, positive_int
+from bench.report import report_path
 
 DEFAULT_OUT = "outputs/bench/text_generators.json"
 NLPAUG_MISSING = "nlpaug is not installed: pip install -e '.[bench]' (or pip install nlpaug)"
@@ -35,7 +36,7 @@ TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_text_generators", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--captions", type=positive_int, default=10_000, help="captions for the EDA comparison (default 10000)")
     parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per EDA measurement, best kept (default 3)")
     parser.add_argument("--alpha", type=positive_fraction, default=0.1, help="EDA alpha = nlpaug aug_p (default 0.1)")
@@ -260,4 +261,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

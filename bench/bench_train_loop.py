@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import non_negative_int, positive_int
-from bench.report import environment, profile_path, write_report
+from bench.report import environment, profile_path, report_path, write_report
 
 DEFAULT_OUT = "outputs/bench/train_loop.json"
 
@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "operations (torch.utils.flop_counter), and MAT/clean's FLOP ratio: the time ratio of a "
                              "device bound by its arithmetic; 0: skip")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     try:
         width, height = (int(v) for v in args.image_size.lower().split("x"))
@@ -171,10 +171,12 @@ def _release(device: str) -> None:
 
 
 def trainer_for(method: str, source: Path, out: Path, args, device: str, max_steps: int | None = None):
-    from train.config import resolve_config
+    from train.config import MULTIMODAL_METHODS, resolve_config
     from train.trainer import Trainer
 
-    settings = {"method": method, "model": args.model, "mlm": args.mlm, "train_data": str(source), "out": str(out),
+    # the masked LM of mat's text attack (clean, tecoa and fare read one only for an MLM --val-attack)
+    settings = {"method": method, "model": args.model, **({"mlm": args.mlm} if method in MULTIMODAL_METHODS else {}),
+                "train_data": str(source), "out": str(out),
                 "batch_size": args.batch_size, "pgd_steps": args.pgd_steps, "precision": args.precision,
                 "max_steps": max_steps or args.warmup + args.steps, "progress": False, "overwrite": True,
                 "cpu": device == "cpu"}
@@ -366,4 +368,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

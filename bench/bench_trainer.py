@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import positive_int
+from bench.report import report_path
 
 DEFAULT_OUT = "outputs/bench/trainer.json"
 
@@ -51,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights")
     parser.add_argument("--mlm", default="tiny-mlm", help="the text attack's masked LM")
     parser.add_argument("--text-attack-only", action="store_true", help="time only the text attack, not the steps")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
@@ -67,10 +68,12 @@ def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def _trainer(method: str, source: str, out: Path, args):
-    from train.config import resolve_config
+    from train.config import MULTIMODAL_METHODS, resolve_config
     from train.trainer import Trainer
 
-    config = resolve_config({"method": method, "model": args.model, "mlm": args.mlm,
+    # the masked LM of mat's text attack (clean, tecoa and fare read one only for an MLM --val-attack)
+    mlm = {"mlm": args.mlm} if method in MULTIMODAL_METHODS else {}
+    config = resolve_config({"method": method, "model": args.model, **mlm,
                              "train_data": source, "out": str(out), "batch_size": args.batch_size,
                              "pgd_steps": args.pgd_steps, "max_steps": 1000, "progress": False, "cpu": True,
                              # decoding inside the timed step, as before the DataLoader: the ratio
@@ -213,4 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

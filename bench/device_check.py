@@ -271,4 +271,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.report import run_benchmark
+
+    sys.exit(run_benchmark(main))

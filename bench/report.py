@@ -1,9 +1,11 @@
 """What every benchmark records beside its numbers: the machine it ran on, and the JSON it writes."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -93,3 +95,37 @@ def profile_tables(run, device: str, title: str, rows: int = 30) -> str:
     for sort in ["self_cpu_time_total"] + (["self_device_time_total"] if cuda else []):
         text += [f"\n== by {sort}", averages.table(sort_by=sort, row_limit=rows, max_name_column_width=60)]
     return "\n".join(text) + "\n"
+
+
+def run_benchmark(main, argv: list[str] | None = None) -> int:
+    """A benchmark's `main` with the commands' error handling: the project's own errors (a source or
+    model that cannot load, a setting refused) and OS errors are one line and exit status 2, not a
+    traceback (as `augment.cli_common.run_main` does for the commands)."""
+    from augment.errors import MatPlusError, first_line
+
+    try:
+        return main(argv if argv is not None else sys.argv[1:])
+    except (MatPlusError, OSError) as exc:
+        if os.environ.get("MATPLUS_TRACEBACK"):
+            raise
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def positive_counts(text: str) -> list[int]:
+    """`--sizes 200,2000`: whole numbers >= 1, comma-separated (argparse type; `abc` was a ValueError
+    traceback, `-5` a report of nulls, exit 0)."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 200,2000") from None
+    if not counts or any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be at least 1")
+    return counts
+
+
+def report_path(text: str) -> str:
+    """`--out FILE`: refused when it is a folder (the report was lost after the first benchmark ran)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give the report's file name, e.g. {text}/bench.json")
+    return text

@@ -19,6 +19,10 @@ REFUSED = [
     ("bench.bench_train_loop", ["--steps", "0"], "--steps: 0: must be at least 1"),
     ("bench.bench_train_loop", ["--warmup", "0"], "--warmup: 0: must be at least 1"),  # the first starts the workers
     ("bench.bench_trainer", ["--pgd-steps", "0"], "--pgd-steps: 0: must be at least 1"),
+    # a ValueError traceback, or (-5) a report of nulls with exit 0
+    ("bench.bench_scale", ["--sizes", "abc"], "--sizes: 'abc': expected comma-separated whole numbers"),
+    ("bench.bench_scale", ["--sizes=-5"], "--sizes: '-5': every count must be at least 1"),
+    ("bench.bench_scoring", ["--widths=-1"], "--widths: '-1': every count must be at least 1"),
 ]
 
 
@@ -41,3 +45,35 @@ def test_the_zeros_that_mean_something_are_still_taken(module, argv):
     parsed = importlib.import_module(module).parse_args(argv)
     assert all(getattr(parsed, flag.lstrip("-").replace("-", "_")) == int(value)
                for flag, value in zip(argv[::2], argv[1::2]))
+
+
+def test_a_folder_as_the_report_is_refused_before_the_run(tmp_path, capsys):
+    """`--out DIR` ran the first benchmark, then lost its result to an IsADirectoryError traceback."""
+    parse_args = importlib.import_module("bench.bench_attacks").parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path)])
+    assert f"{tmp_path} is a folder: give the report's file name" in capsys.readouterr().err
+
+
+def test_a_benchmarks_own_errors_are_one_line_and_status_2(capsys):
+    """A source or model that cannot load, a method no trainer has: tracebacks, exit 1."""
+    from augment.errors import SourceError
+    from bench.report import run_benchmark
+
+    def main(argv):
+        raise SourceError("/nonexistent.json: no such file or folder")
+
+    assert run_benchmark(main, []) == 2
+    assert capsys.readouterr().err.strip() == "error: /nonexistent.json: no such file or folder"
+
+
+def test_the_trainer_benchmarks_give_clean_runs_no_masked_lm(tmp_path, sample_world_dir):
+    """clean reads a masked LM only for an MLM --val-attack (2026-12-05): the benchmarks gave every
+    method theirs, and clean's run was refused."""
+    from argparse import Namespace
+
+    from bench.bench_trainer import _trainer
+
+    args = Namespace(model="tiny-clip", mlm="tiny-mlm", batch_size=4, pgd_steps=1)
+    assert _trainer("clean", str(sample_world_dir), tmp_path / "clean", args).cfg.mlm is None
+    assert _trainer("mat", str(sample_world_dir), tmp_path / "mat", args).cfg.mlm == "tiny-mlm"

@@ -407,3 +407,15 @@ def test_the_study_passes_its_train_masked_lm_to_mat_runs_only():
     train = {"mlm": "world-mlm", "lr": 1e-4}
     assert method_train_settings(train, "clean") == {"lr": 1e-4}
     assert method_train_settings(train, "mat") == train
+
+
+@pytest.mark.parametrize("scales", ["0.5,nan", "inf"])
+def test_eval_refuses_sga_scales_that_are_no_finite_size(scales, tmp_path, capsys):
+    """They passed the parser and ended in a traceback after the clean pass (no image has a size of nan)."""
+    from train.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+              "--sga-scales", scales])
+    assert info.value.code == 2
+    assert f"argument --sga-scales: '{scales}': scales must be positive finite numbers" in capsys.readouterr().err

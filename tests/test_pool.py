@@ -196,6 +196,26 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     assert not any(path.exists() for path in leftovers)  # the next run deleted them
 
 
+def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, capsys):
+    """`generate --overwrite` deleted the pool's shards when its writer opened: a bad image or Ctrl-C
+    in the new run left neither pool (and the interruption line said finished shards were kept)."""
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    out = tmp_path / "work" / "pool"
+    old = run_generation(_CountingGenerator(), source, str(out), seed=3, n=1, split="all", shard_size=5, progress=False)
+    (out / "scores.json").write_text("{}")  # the old pool's scores: carried over, as select carries them
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_CountingGenerator(die_on_call=2), source, str(out), overwrite=True, **kwargs)
+    assert load_pool(out).meta == old and len(load_pool(out)) == old["num_rows"]  # whole, unchanged
+    resumed_gen = _CountingGenerator()
+    capsys.readouterr()
+    new = run_generation(resumed_gen, source, str(out), overwrite=True, **kwargs)
+    assert resumed_gen.calls == 2 and "1 of 3 shards kept" in capsys.readouterr().err  # the replacement resumed
+    assert new["shard_size"] == 2 and load_pool(out).meta["finished"] == new["finished"]
+    assert (out / "scores.json").read_text() == "{}"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pool"]  # no replacement folder left
+
+
 class _PixelGenerator(_CountingGenerator):
     """Reads each item's pixels (as img-aug, a captioner or t-i2i-sd do)."""
 

@@ -26,6 +26,9 @@ GOOD = {"task": "retrieval", "attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0, "
     ({"victim": ["m"]}, "'victim'"),
     ({"settings": {"attack_options": "x"}}, "settings.attack_options"),
     ({"task": ["r"]}, "'task'"),
+    ({"settings": {"attack_options": {"protocol": ["sga"]}}}, "settings.attack_options.protocol"),
+    ({"settings": {"attack_options": {"attacked_embedding": 5}}}, "settings.attack_options.attacked_embedding"),
+    ({"settings": {"attack_options": {}, "caption_preprocess": {"a": 1}}}, "settings.caption_preprocess"),
 ])
 def test_compare_refuses_a_wrong_shaped_value_in_one_line(tmp_path, capsys, change, named):
     path = tmp_path / "run" / "eval.json"
@@ -537,6 +540,16 @@ def test_a_second_study_on_one_folder_is_refused_while_the_first_runs(tmp_path, 
         assert [p.name for p in out.iterdir()] == [".study.lock"]  # nothing of the second
 
 
+def test_a_retrieval_study_refuses_a_pgd_of_no_steps():
+    """`eval.pgd_steps: 0` ran the whole study and reported robust R@1 under a PGD that took no step
+    (train eval and the other tasks' studies refuse it)."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match="eval.pgd_steps must be a whole number >= 1, got 0"):
+        load_study_config(None, {"eval": {"pgd_steps": 0}})
+
+
 def test_a_null_oracle_factor_means_the_default(tmp_path):
     """`more_samples: {pool: scene, oracle_factor: null}` passed the checks and the oracle's subset
     was a TypeError (None x scenes) after pretraining; study, report and check now read one default."""
@@ -552,3 +565,42 @@ def test_a_null_oracle_factor_means_the_default(tmp_path):
     study.subset = lambda name, scenes, captions=None: asked.append((name, scenes))
     study.source_dir("oracle")
     assert asked == [("oracle", config["finetune_scenes"] * default)]
+
+
+@pytest.mark.parametrize("text, named", [
+    ('{"config": {"name": "x"}, "headline": [', "damaged (Expecting value"),
+    ("[]", "not a study's results (an object with a 'config' object)"),
+    ('{"config": {"name": "x"}, "headline": [{"run": "mat", "clean": ["abc", 1, 2]}]}',
+     "headline mat.clean must be [mean, spread, n]"),
+])
+def test_regimes_names_a_damaged_or_foreign_results_json(tmp_path, capsys, text, named):
+    """`analysis regimes` read results.json unchecked: a KeyError, TypeError or JSONDecodeError traceback."""
+    (tmp_path / "results.json").write_text(text)
+    _fails(capsys, ["regimes", tmp_path], str(tmp_path / "results.json"), named)
+
+
+def test_a_damaged_file_of_a_study_folder_is_one_line_naming_it(tmp_path):
+    """A truncated eval.json, .done.json or pool scores.json stopped a re-run study with a traceback."""
+    from analysis.study import read_study_json
+    from augment.errors import MatPlusError
+
+    path = tmp_path / ".done.json"
+    path.write_text('{"settings": "ab')
+    with pytest.raises(MatPlusError, match=f"^{re.escape(str(path))}: damaged .*delete it to redo the step"):
+        read_study_json(path)
+
+
+def test_a_stage_an_earlier_version_recorded_says_so_when_redone(tmp_path):
+    """A study continued by a newer mat-plus redid its stages "made with other settings or inputs",
+    for an unchanged config: the earlier version's markers hold no per-setting parts."""
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study
+
+    logged: list[str] = []
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=logged.append)
+    folder = tmp_path / "out" / "evals" / "mat-s0"
+    folder.mkdir(parents=True)
+    (folder / DONE).write_text(json.dumps({"settings": "an earlier hash"}))
+    assert not study.cached("eval", folder, {"steps": 4})
+    assert logged == ["[eval] evals/mat-s0: redone from scratch (recorded by an earlier mat-plus, which hashed its "
+                      "settings otherwise)"]

@@ -126,3 +126,18 @@ def test_synonyms_are_wordnet_lemmas_without_the_word(built_wordnet):
     assert wordnet.synonyms("zzzxq") == []
     assert all("_" not in s for s in wordnet.synonyms("red"))
     assert "Canis familiaris" in found  # WordNet's spelling: proper nouns keep their capitals
+
+
+def test_nltk_itself_missing_is_one_install_line(monkeypatch):
+    """require_wordnet promised a one-line MissingDependencyError but caught only nltk's LookupError:
+    without nltk it was a ModuleNotFoundError traceback."""
+    import sys
+
+    import augment.wordnet as wordnet_module
+    from augment.errors import MissingDependencyError
+
+    for name in [n for n in sys.modules if n == "nltk" or n.startswith("nltk.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nltk", None)  # what an environment without nltk imports
+    with pytest.raises(MissingDependencyError, match="WordNet needs nltk, which is not installed .*pip install nltk"):
+        wordnet_module.require_wordnet()

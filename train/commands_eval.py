@@ -10,6 +10,7 @@ table: rows = attacks, columns = recalls under attack and attack success rates).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from augment.arguments import finite_number, folder_path, non_negative_number
@@ -204,8 +205,8 @@ def _scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0.5,0.75,1.25,1.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive")
+    if not scales or not all(0 < s < math.inf for s in scales):  # nan fails the comparison too
+        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive finite numbers")
     return scales
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
-from augment.pool import DATA_DIR, SHARD_PATTERN, PoolWriter, make_row_id
+from augment.atomic import swap_folder_into_place
+from augment.errors import PoolError
+from augment.pool import (DATA_DIR, SHARD_PATTERN, PoolWriter, carry_over, holds_pool, make_row_id,
+                          replacement_folder)
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
                              shard_input_fingerprints, source_fingerprint, warn_of_restval_left_out)
@@ -86,6 +91,16 @@ class Generator(ABC):
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) under accelerate launch / torchrun; (0, 1) otherwise."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _replacement_writer(folder: Path, meta: dict, describe_shard) -> PoolWriter:
+    """The writer of an --overwrite run's replacement pool: a killed one's shards resume; one made
+    with other settings (or damaged) is this command's own scratch, so it starts over."""
+    try:
+        return PoolWriter(folder, meta, describe_shard=describe_shard)
+    except PoolError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return PoolWriter(folder, meta, describe_shard=describe_shard)
 
 
 def run_generation(
@@ -161,16 +176,21 @@ def run_generation(
     # before the pool exists: a method's refusal of this source (a procedural method on a source that is
     # not the sample world, shuffle with one image) left a pool.json that blocked the corrected command
     generator.prepare(items)
-    # rank 0 creates (or clears, with overwrite) the pool before the others open it
+    # --overwrite over a pool: the new one is written beside it and swapped in when complete
+    replacing = overwrite and holds_pool(Path(out))
+    written_to = replacement_folder(out) if replacing else Path(out)
+    # rank 0 creates the pool (or its replacement) before the others open it
     if rank == 0:
-        writer = PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard)
+        writer = (_replacement_writer(written_to, meta, describe_shard) if replacing
+                  else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard))
     if barrier is not None:
         barrier()
     if rank != 0:
-        writer = PoolWriter(out, meta, describe_shard=describe_shard)
+        writer = PoolWriter(written_to, meta, describe_shard=describe_shard)
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
-        print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
+        print(f"resuming {out}{' (its replacement)' if replacing else ''}: {len(finished)} of {num_shards} shards kept"
+              f"{'' if replacing else ' (--overwrite starts over)'}", file=sys.stderr)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if k not in finished]
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
@@ -202,7 +222,11 @@ def run_generation(
     def pool_notes(num_rows: int) -> dict:
         notes.update(generator.pool_notes(items, n, num_rows))
         return notes
+    if replacing:
+        carry_over(Path(out), written_to)  # the old pool's scores (recognised as stale), a card of the user's
     meta = writer.finalize(expected_shards=num_shards, notes=pool_notes)
+    if replacing:
+        swap_folder_into_place(written_to, out)
     if notes.get("note"):
         print(f"{out}: {notes['note']}", file=sys.stderr)
     return meta
