@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -104,6 +105,16 @@ def _offline_message(role: str, name: str) -> str:
 
 
 
+def _unreadable_file(exc: BaseException) -> str | None:
+    """The file a FileNotFoundError names when it is there but not readable by this user (None else)."""
+    if not isinstance(exc, FileNotFoundError):
+        return None
+    found = exc.filename or (re.search(r"(?:directory|file)[^:]*: *'?([^'\n]+?)'?$", str(exc)) or [None, None])[1]
+    if found and os.path.isfile(found) and not os.access(found, os.R_OK):
+        return str(found)
+    return None
+
+
 def _message_for(exc: BaseException, role: str, name: str) -> str:
     """One clear line for a library exception raised while loading `name`."""
     what = f"{_label(role)} '{name}'"
@@ -130,6 +141,9 @@ def _message_for(exc: BaseException, role: str, name: str) -> str:
         if is_offline():
             return _offline_message(role, name)
         return f"cannot load {what}: not in the local cache and the Hub cannot be reached; {_OFFLINE_HINT}"
+    unreadable = _unreadable_file(exc)
+    if unreadable:  # safetensors says "No such file or directory" of a file it may not open
+        return f"cannot load {what}: cannot read {unreadable} (permission denied)"
     clauses = _state_dict_error_clauses(exc)
     if clauses:  # torch's load_state_dict lists them on the lines after its first
         return f"cannot load {what}: its weights do not fit the architecture ({'; '.join(clauses)})"

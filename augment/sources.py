@@ -163,7 +163,7 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
         if not path:
             raise SourceError(f"{where}: no image")
         if not os.path.isfile(path):  # the default `where` already names the path: say it once
-            raise SourceError(f"{where}: image file not found: {path}" if named else f"image file not found: {path}")
+            raise SourceError(f"{where}: {image_not_found(path)}" if named else image_not_found(path))
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image.load()
@@ -228,6 +228,17 @@ def undecoded(dataset: "datasets.Dataset") -> "datasets.Dataset":
 # ----------------------------------------------------------------------------- validation
 
 
+def image_not_found(path: str | None) -> str:
+    """Why an image file is not there to read: not found, or behind a folder this user may not open
+    (a chmod 000 images/ folder was reported as every image missing)."""
+    folder = os.path.dirname(os.path.abspath(path)) if path else ""
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if folder and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        return f"image file {path}: cannot open its folder {folder} (permission denied)"
+    return f"image file not found: {path}"
+
+
 def _check_image(record: SourceRecord) -> None:
     """Fully decode the image once so truncated files fail here, not mid-training."""
     data = record.stored.bytes_of(record.stored_row) if record.stored is not None else None
@@ -235,7 +246,7 @@ def _check_image(record: SourceRecord) -> None:
         if not record.image_path:
             raise SourceError(f"{record.where}: no image")
         if not os.path.isfile(record.image_path):
-            raise SourceError(f"{record.where}: image file not found: {record.image_path}")
+            raise SourceError(f"{record.where}: {image_not_found(record.image_path)}")
     open_image({"path": record.image_path, "bytes": data}, where=record.where)
 
 
@@ -253,7 +264,7 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
             where = record.caption_where[number] if record.caption_where else record.where
             raise SourceError(f"{where}: caption {number} is empty")
     if record.stored is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
-        raise SourceError(f"{record.where}: image file not found: {record.image_path}")
+        raise SourceError(f"{record.where}: {image_not_found(record.image_path)}")
     if validate:
         _check_image(record)
 

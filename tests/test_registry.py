@@ -437,3 +437,19 @@ def test_a_family_entry_naming_no_module_is_named(monkeypatch):
     monkeypatch.setitem(models.FAMILIES, "toy", "models.toyy")
     with pytest.raises(ModelLoadError, match="model family 'toy': its module 'models.toyy' .* does not exist"):
         models.family_of("ViT-B-32")
+
+
+def test_a_weights_file_that_cannot_be_read_is_not_called_missing(tmp_path, monkeypatch):
+    """safetensors reports a chmod 000 file as "No such file or directory": the line said so of a file
+    that is there."""
+    import os
+
+    from augment.registry import _message_for
+
+    weights = tmp_path / "open_clip_model.safetensors"
+    weights.write_bytes(b"x")
+    error = FileNotFoundError(f"No such file or directory: {weights}")
+    assert "FileNotFoundError" in _message_for(error, "clip", "run/ckpt")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(weights) else real_access(p, mode))
+    assert _message_for(error, "clip", "run/ckpt").endswith(f"cannot read {weights} (permission denied)")

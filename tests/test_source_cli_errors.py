@@ -414,3 +414,18 @@ def test_sigterm_stops_generate_and_score_in_one_line(command, says, monkeypatch
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+def test_an_image_behind_a_folder_that_cannot_be_opened_is_named_so(tmp_path, monkeypatch):
+    """A chmod 000 images/ folder was reported as every image missing ("image file not found")."""
+    import os
+
+    from augment.sources import image_not_found
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    path = str(folder / "000000.png")
+    assert image_not_found(path) == f"image file not found: {path}"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(folder) else real_access(p, mode))
+    assert image_not_found(path) == f"image file {path}: cannot open its folder {folder} (permission denied)"
