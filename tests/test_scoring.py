@@ -1468,3 +1468,16 @@ def test_gap_uses_the_process_threads_only_for_wide_embeddings(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == [1, 2]
+
+
+def test_the_plot_without_matplotlib_is_one_install_line(tmp_path, monkeypatch):
+    """matplotlib missing (a partial install): a traceback after the scores were stored, with no word of
+    --no-plot."""
+    import sys
+
+    from augment.errors import MissingDependencyError
+    from augment.scoring.report import plot_scores
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match="pip install matplotlib .*--no-plot"):
+        plot_scores(tmp_path, {})

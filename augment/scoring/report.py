@@ -43,7 +43,13 @@ def update_scores_json(pool_path: str | os.PathLike, entry: dict) -> Path:
 
 def plot_scores(pool_path: str | os.PathLike, entry: dict) -> Path:
     """POOL/scores.png: alignment histogram, per-item diversity histogram, gap bars (Frechet, MMD^2)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:  # a dependency: a partial install; the scores are stored by now
+        from augment.errors import MissingDependencyError
+
+        raise MissingDependencyError("scores.png needs matplotlib: pip install matplotlib (the scores are stored; "
+                                     "--no-plot leaves the plot out)") from None
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
