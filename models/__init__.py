@@ -24,6 +24,7 @@ from typing import Any
 from augment.errors import ModelLoadError
 from augment.registry import _looks_like_path, is_offline
 from models.base import (  # noqa: F401  (re-exported: the interface)
+    KINDS,
     MODEL_INFO_NAME,
     CaptioningModel,
     EncoderOutput,
@@ -168,6 +169,8 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     family = family_of(name, pretrained)
     module = family_module(family)
     model_class = getattr(module, "MODEL_CLASS", None)
+    if kind is not None and kind not in KINDS:  # e.g. a task's name: grounding uses retrieval models
+        raise ModelLoadError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
     if kind is not None and model_class is not None and model_class.kind != kind:  # before loading: its options differ
         raise ModelLoadError(f"'{name}' is a {model_class.kind} model ({family}), not a {kind} model")
     taken = inspect.signature(module.load).parameters

@@ -46,6 +46,10 @@ from models.pooled_block import use_class_token_transformer, uses_class_token_tr
 
 # written beside every saved model: which family reads the folder back
 MODEL_INFO_NAME = "matplus_model.json"
+# a model's `kind`, in words: "retrieval" names the image-text matching models (the grounding task
+# uses them too), not the task of that name
+KINDS = {"retrieval": "an image-text matching model (CLIP, SigLIP, BLIP, ALBEF/TCL)",
+         "captioning": "a captioning model (an image-to-text generator)"}
 
 
 @dataclass
@@ -100,7 +104,7 @@ class ImageTextModel(nn.Module):
     """
 
     family: ClassVar[str] = ""
-    kind: ClassVar[str] = ""  # "retrieval" (VisionLanguageModel) or "captioning" (CaptioningModel)
+    kind: ClassVar[str] = ""  # "retrieval" (VisionLanguageModel) or "captioning" (CaptioningModel): see KINDS
 
     def __init__(self) -> None:
         super().__init__()

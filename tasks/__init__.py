@@ -1,5 +1,6 @@
 """Tasks: what a model is trained and evaluated to do. A task owns its losses, the loss its
-attacks maximise, and its metrics, so the trainer and evaluation never branch on a model family.
+attacks maximise and its MAT text attack, so the trainer never branches on a model family; each
+task's evaluation (attacks by name, metrics) is in `train/` (README: Adding a task).
 
 `TASKS` maps a task name (`--task`) to its class ("module:Class", imported on use).
 """
@@ -20,7 +21,9 @@ def task_class(name: str) -> type[Task]:
     from augment.errors import MatPlusError
 
     if name not in TASKS:
-        raise MatPlusError(f"unknown task '{name}'; known: {', '.join(TASKS)}")
+        from augment.errors import did_you_mean
+
+        raise MatPlusError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {', '.join(TASKS)}")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

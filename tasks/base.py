@@ -1,4 +1,7 @@
-"""The task interface: a task owns its training loss, its attack loss and its metrics.
+"""The task interface: a task owns its training loss, its attack loss and its MAT text attack.
+
+Its evaluation (attacks by name, metrics, reports) lives in `train/` per task: `train/evaluate.py`
+(retrieval), `train/evaluate_captioning.py`, `train/evaluate_grounding.py` (README: Adding a task).
 
 The training methods (`train/methods.py`: clean, tecoa, fare, mat, mat+) are written once over
 this interface:
@@ -44,8 +47,10 @@ class Task(ABC):
     def check_model(self, model: "ImageTextModel") -> None:
         """Raise ValueError with one line when `model` cannot do this task."""
         if model.kind != self.model_kind:
-            raise ValueError(f"the {self.name} task needs a {self.model_kind} model; "
-                             f"'{model.name}' ({model.family}) is a {model.kind} model")
+            from models.base import KINDS
+
+            raise ValueError(f"the {self.name} task needs {KINDS.get(self.model_kind, self.model_kind)}; "
+                             f"'{model.name}' ({model.family}) is {KINDS.get(model.kind, model.kind)}")
 
     def check_method(self, method: str) -> None:
         if method not in self.methods:

@@ -376,6 +376,10 @@ class GroundingTask(RetrievalTask):
             return None
         name = "bert-attack" if getattr(config, "text_candidates", "mlm") == "mlm" else "synonym"
         options = {"top_k": getattr(config, "top_k", 10), "budget": getattr(config, "word_budget", 1)}
-        if getattr(config, "mlm", None):
-            options["mlm"] = config.mlm
+        if name == "bert-attack":  # the masked LM the config names, else the model's default (tiny-mlm for a
+            # twin, as the trainer's config fills it; from Python it was bert-base-uncased, not cached offline)
+            from augment.registry import DEFAULT_MODELS
+            from augment.tiny import TINY_MLM
+
+            options["mlm"] = getattr(config, "mlm", None) or (TINY_MLM if model.tiny_twin else DEFAULT_MODELS["mlm"])
         return build_grounding_attack(name, model, **options)

@@ -743,3 +743,30 @@ def test_train_mat_plus_task_captioning_from_pools_reloads_through_transformers(
     # FARE has no captioning counterpart: one line, exit 2
     assert main(["fare", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(colour_world),
                  "--max-steps", "1", "--out", str(tmp_path / "fare")]) == 2
+
+
+@pytest.mark.parametrize("task", ["captioning", "grounding"])
+def test_an_attack_option_under_its_flag_name_is_refused_not_ignored(task):
+    """`attack_options={"attack_eps": 8/255, "pgd_steps": 3}` (the flags' names) attacked at 2/255 with
+    10 steps without a word: these builders ignore retrieval's own options and took any other name too."""
+    from train.attacks.captioning import build_caption_attack
+    from train.attacks.grounding import build_grounding_attack
+
+    build = build_caption_attack if task == "captioning" else build_grounding_attack
+    with pytest.raises(ValueError, match=rf"unknown {task} attack setting\(s\) attack_eps \(the option is eps\), "
+                                         r"pgd_steps \(the option is steps\)"):
+        build("pgd", None, attack_eps=8 / 255, pgd_steps=3)
+
+
+def test_model_kinds_are_named_for_what_the_models_are():
+    """"the grounding task needs a retrieval model" and "'tiny-albef' is a retrieval model, not a grounding
+    model": 'retrieval' named both a task and a kind of model."""
+    from augment.errors import ModelLoadError
+    from models import load_model
+    from tasks import build_task
+
+    with pytest.raises(ValueError, match="the grounding task needs an image-text matching model .*'tiny-captioner' "
+                                         r"\(captioner\) is a captioning model"):
+        build_task("grounding").check_model(load_model("tiny-captioner"))
+    with pytest.raises(ModelLoadError, match="unknown model kind 'grounding'; kinds: retrieval, captioning"):
+        load_model("tiny-albef", kind="grounding")

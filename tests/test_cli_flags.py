@@ -419,3 +419,29 @@ def test_eval_refuses_sga_scales_that_are_no_finite_size(scales, tmp_path, capsy
               "--sga-scales", scales])
     assert info.value.code == 2
     assert f"argument --sga-scales: '{scales}': scales must be positive finite numbers" in capsys.readouterr().err
+
+
+def test_a_task_validation_does_not_know_is_refused_before_training(monkeypatch):
+    """A task registered in tasks.TASKS trained, and --val-frequency ran retrieval's evaluation of it,
+    then died with a KeyError after the run folder was written; a mistyped task gets the closest name."""
+    import tasks
+    from train.config import ConfigError, resolve_config
+
+    monkeypatch.setitem(tasks.TASKS, "matching", "tasks.retrieval:RetrievalTask")
+    base = {"method": "clean", "model": "tiny-clip", "train_data": "world", "out": "run", "task": "matching"}
+    assert resolve_config(base).task == "matching"
+    with pytest.raises(ConfigError, match="--val-frequency: in-training validation knows the tasks .*not 'matching'"):
+        resolve_config({**base, "val_frequency": 1})
+    with pytest.raises(ConfigError, match="unknown --task 'retrieva' \\(did you mean 'retrieval'\\?\\)"):
+        resolve_config({**base, "task": "retrieva"})
+
+
+def test_the_grounding_tasks_text_attack_takes_a_twins_masked_lm_from_python():
+    """From Python (no CLI filling config.mlm), the grounding MAT text attack of tiny-albef loaded
+    bert-base-uncased (not cached offline); the captioning task's took tiny-mlm."""
+    from models import load_model
+    from tasks import build_task
+    from train.config import TrainConfig
+
+    attack = build_task("grounding").text_attack(load_model("tiny-albef"), TrainConfig(task="grounding", model="tiny-albef"))
+    assert attack.params()["mlm"] == "tiny-mlm"

@@ -431,7 +431,15 @@ def _validate(c: TrainConfig) -> None:
     _check(c.method in METHODS, f"unknown method {c.method!r}; expected one of {list(METHODS)}")
     from tasks import TASKS
 
-    _check(c.task in TASKS, f"unknown --task {c.task!r}; expected one of {list(TASKS)}")
+    from augment.errors import did_you_mean
+
+    _check(c.task in TASKS, f"unknown --task {c.task!r}{did_you_mean(c.task, TASKS)}; expected one of {', '.join(TASKS)}")
+    from train.validation import METRICS as VALIDATED_TASKS
+
+    # a task registered in tasks.TASKS trains; validating it ran retrieval's evaluation, then a KeyError
+    _check(not c.val_frequency or c.task in VALIDATED_TASKS,
+           f"--val-frequency: in-training validation knows the tasks {', '.join(VALIDATED_TASKS)}, not {c.task!r} "
+           "(train.validation.METRICS): leave it out, or add the task there (README: Adding a task)")
     _check(bool(c.train_data), "no --train-data given (a dataset to train on)")
     _check(bool(c.out), "no --out given (the run folder)")
     _check(bool(c.model), "no --model given")

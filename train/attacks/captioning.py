@@ -309,6 +309,9 @@ def build_caption_attack(name: str, victim, *, eps: float = 2 / 255, steps: int 
 
     Options of the retrieval attacks that mean nothing here (guide, scales, ...) are ignored.
     """
+    from train.attacks.settings import refuse_unknown_options
+
+    refuse_unknown_options(_ignored, "captioning")  # retrieval's own options are ignored here, not misspelt ones
     if name not in CAPTION_ATTACK_NAMES:
         raise ValueError(f"unknown captioning attack {name!r}; expected one of {', '.join(CAPTION_ATTACK_NAMES)}")
     if name == "clean":

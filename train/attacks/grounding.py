@@ -316,6 +316,9 @@ def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: flo
                            alpha: float = CO_ATTACK_ALPHA, **_ignored) -> GroundingAttack:
     """A grounding attack by name (`GROUNDING_ATTACKS`) on a model with ITM (and grounding);
     defaults = the retrieval attacks' protocol (eps 2/255, 10 steps of eps / 4 = 0.5/255; k 10, budget 1)."""
+    from train.attacks.settings import refuse_unknown_options
+
+    refuse_unknown_options(_ignored, "grounding")  # retrieval's own options are ignored here, not misspelt ones
     if name not in GROUNDING_ATTACKS:
         raise ValueError(f"unknown grounding attack {name!r}; expected one of {', '.join(GROUNDING_ATTACKS)}")
     victim = GroundingVictim(model, objective, text_batch)

@@ -221,6 +221,18 @@ class AttackSettings:
 ATTACK_DEFAULTS = AttackSettings()
 
 
+def refuse_unknown_options(options: dict[str, Any], task: str) -> None:
+    """ValueError for option names no attack of any task reads: another task's builder ignores the
+    retrieval attacks' own options (guide, scales, ...), and took a misspelt or flag-style name
+    (`attack_eps`, `pgd_steps`) the same way: the attack ran at its default budget without a word."""
+    names = {field.name for field in dataclasses.fields(AttackSettings)}
+    unknown = sorted(set(canonical_options(options)) - names)
+    if unknown:
+        flags = {flag.lstrip("-").replace("-", "_"): name for name, flag in OPTION_FLAGS.items()}
+        hints = [f"{key} (the option is {flags[key]})" if key in flags else key for key in unknown]
+        raise ValueError(f"unknown {task} attack setting(s) {', '.join(hints)}; expected some of {', '.join(sorted(names))}")
+
+
 # keys whose values are L-inf pixel budgets or steps: written as multiples of 1/255, as papers do
 _PIXEL_KEYS = frozenset({"eps", "step_size"})
 
