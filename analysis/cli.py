@@ -80,7 +80,7 @@ def _shape_problem(report) -> str | None:
     if not isinstance(options, dict):
         return f"'settings.attack_options' must be an object, got {report['settings']['attack_options']!r}"
     for key in ("protocol", "attack_protocol", "attacked_embedding", "caption_preprocess"):  # the label reads them
-        where = report["settings"] if key == "caption_preprocess" else options
+        where = report.get("settings", {}) if key == "caption_preprocess" else options
         if where.get(key) is not None and not isinstance(where[key], str):
             return f"'settings.{'' if key == 'caption_preprocess' else 'attack_options.'}{key}' must be a name, got {where[key]!r}"
     return None

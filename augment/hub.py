@@ -410,8 +410,9 @@ class Target:
 
 
 def same_pool(ours: dict, theirs: dict) -> bool:
-    # identity_value: a pool pushed before a key was recorded (recipe) is read as it was then
-    return (all(identity_value(ours, k) == identity_value(theirs, k) for k in IDENTITY_KEYS)
+    # a copy pushed before the recipe was recorded is this pool updated, whatever recipe it assumes
+    unrecorded = {"recipe"} if "recipe" not in ours or "recipe" not in theirs else set()
+    return (all(identity_value(ours, k) == identity_value(theirs, k) for k in IDENTITY_KEYS if k not in unrecorded)
             and all(_normalised(ours.get(k)) == _normalised(theirs.get(k)) for k in _EXTRA_IDENTITY_KEYS))
 
 

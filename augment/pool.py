@@ -340,13 +340,41 @@ class PoolWriter:
         return self.meta
 
 
+REPLACEMENT_DIR = ".replacement"  # inside a pool folder: the pool `generate --overwrite` builds to replace it
+
+
 def replacement_folder(out_dir: str | os.PathLike) -> Path:
-    """Where `augment generate --overwrite` writes the pool replacing the one at `out_dir` (beside it,
-    hidden; the same name for every process and for a re-run, so a killed replacement resumes): the
-    pool there stays whole until the new one is complete and swapped in (its shards were deleted
-    when the writer opened, so a bad image or Ctrl-C left neither pool)."""
+    """Where `augment generate --overwrite` writes the pool replacing the one at `out_dir`: inside it,
+    hidden, so that the swap renames within one folder (a mount point, `--out .`, a link to a pool
+    folder) and the pool there stays whole until the new one is complete (its shards were deleted
+    when the writer opened: a bad image or Ctrl-C left neither pool)."""
+    return Path(out_dir) / REPLACEMENT_DIR
+
+
+def swap_in_replacement(out_dir: str | os.PathLike) -> None:
+    """Put the finished pool of `replacement_folder(out_dir)` in the place of the one at `out_dir`: its
+    rows, pool.json and generated card; the old pool's scores stay beside them (recognised as stale by
+    their file stamps, as after an in-place rewrite) and so does a card of the user's own. pool.json
+    leaves first and comes last, so no reader takes a half-swapped folder for a pool; Ctrl-C and
+    SIGTERM wait for the renames, and only SIGKILL within them can leave the old pool's files in
+    `OUT/.replaced-PID`."""
+    from augment.atomic import interrupts_held
+
     out_dir = Path(out_dir)
-    return out_dir.with_name(f".{out_dir.name}.replacement")
+    replacement, aside = replacement_folder(out_dir), out_dir / f".replaced-{os.getpid()}"
+    card = out_dir / POOL_CARD
+    keep_card = card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
+    moved = [name for name in (POOL_META, DATA_DIR, POOL_CARD) if name != POOL_CARD or not keep_card]
+    with interrupts_held():
+        aside.mkdir(exist_ok=True)
+        for name in moved:
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, aside / name)
+        for name in reversed(moved):
+            if (replacement / name).exists():
+                os.replace(replacement / name, out_dir / name)
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(replacement, ignore_errors=True)
 
 
 def folders_overlap(first: str | os.PathLike, second: str | os.PathLike) -> bool:
@@ -425,7 +453,7 @@ def carry_over(old: Path, staged: Path) -> None:
             shutil.copy2(source, destination)
 
     for entry in old.iterdir():
-        if entry.name in (DATA_DIR, POOL_META) or is_temporary(entry):
+        if entry.name in (DATA_DIR, POOL_META, REPLACEMENT_DIR) or is_temporary(entry):
             continue
         if entry.name == POOL_CARD and _POOL_CARD_MARK in entry.read_text(encoding="utf-8", errors="replace"):
             continue  # written anew for the new rows

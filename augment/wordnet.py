@@ -133,9 +133,12 @@ def require_wordnet():
     """nltk's WordNet, or a one-line `MissingDependencyError` saying how to install it."""
     try:
         return _wordnet_corpus()
-    except ModuleNotFoundError as exc:  # nltk itself (a dependency: a partial install), not its data
-        raise MissingDependencyError(f"WordNet needs nltk, which is not installed ({exc.name}): pip install nltk, "
-                                     "then augment setup-wordnet") from None
+    except ModuleNotFoundError as exc:  # a partial install: nltk itself, or a package nltk imports
+        missing = exc.name or "a package"
+        if missing == "nltk" or missing.startswith("nltk."):
+            raise MissingDependencyError("WordNet needs nltk, which is not installed: pip install nltk, then augment "
+                                         "setup-wordnet") from None
+        raise MissingDependencyError(f"nltk needs {missing}, which is not installed: pip install {missing.split('.')[0]}") from None
     except LookupError:
         raise MissingDependencyError(MISSING_MESSAGE) from None
 

@@ -69,10 +69,14 @@ def pickle_refusal_error(path: str | Path, exc: pickle.UnpicklingError) -> Model
     `path` is the file, or what names it (a model folder whose weights file transformers read)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     code = f"it holds {found.group(1)}" if found else "it holds objects other than tensors"
-    if (found and found.group(1) == "torch.storage._load_from_bytes") or "Unsupported operand" in str(exc):
-        # tensors pickled by Python's pickle, not torch.save: torch's unpickler stops at the first tensor
-        # (or at an opcode of pickle protocol 3+), so what else the file holds is not known; naming
-        # torch's own loader read as the culprit
+    if found and found.group(1) == "torch.storage._load_from_bytes":
+        # tensors pickled by Python's pickle, not torch.save: torch's unpickler stops at the first tensor,
+        # so what else the file holds is not known; naming torch's own loader read as the culprit
         code = "it was written by Python's pickle, not torch.save, so even its tensors need pickle"
+    elif "Unsupported operand" in str(exc):
+        # an opcode of pickle protocol 4+ (Python's pickle.dump default, or torch.save(pickle_protocol=4)):
+        # torch's weights-only unpickler stops there, whatever the file holds
+        code = ("it was pickled with protocol 4 or later, which torch's weights-only loader does not read; "
+                "torch.save's default protocol does")
     return ModelLoadError(f"refusing to load {path}: it is not a weights-only checkpoint (it needs pickle to run "
                           f"code: {code}); if you trust the file, re-save only its state dict of tensors")

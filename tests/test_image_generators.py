@@ -383,6 +383,25 @@ def test_two_processes_equal_one_process(tmp_path, sample_dir):
     assert pool_images(tmp_path / "two") == pool_images(tmp_path / "one")
 
 
+def test_two_processes_overwrite_a_pool_and_write_a_new_one_with_overwrite(tmp_path, sample_dir):
+    """Each process decided alone whether --overwrite replaced a pool: a late one took the pool.json
+    rank 0 had just written for an old pool, wrote its shards into the replacement, and rank 0 stopped
+    with "2 of 4 shards written". Rank 0 decides now; the others follow what it created."""
+    common = ["generate", "--method", "eda", "--source", str(sample_dir), "--limit", "4", "--augmentations", "1",
+              "--shard-size", "1", "--seed", "5", "--no-progress", "--overwrite"]
+    assert augment_main([*common, "--seed", "6", "--out", str(tmp_path / "old")]) == 0  # a pool to replace
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "augment.cli"]
+    for out in ("old", "fresh"):
+        run = subprocess.run([*launch, *common, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert augment_main([*common, "--out", str(tmp_path / "one")]) == 0
+    captions = [load_pool(tmp_path / name).dataset["caption"] for name in ("old", "fresh", "one")]
+    assert captions[0] == captions[1] == captions[2]
+    assert not (tmp_path / "old" / ".replacement").exists()
+
+
 # ----------------------------------------------------------------------------- diffusion, units
 
 

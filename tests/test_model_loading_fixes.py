@@ -105,17 +105,17 @@ def test_open_clip_checkpoint_that_needs_pickle_is_refused(bad_clip_files, file)
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_tensors_pickled_by_python_are_named_so_in_one_line(tmp_path, protocol):
     """Tensors written by pickle.dump, not torch.save: the refusal named torch's own loader
-    (torch.storage._load_from_bytes) as what the file holds, and protocol 4 added torch's two-line
-    warning on stderr and "objects other than tensors"."""
+    (torch.storage._load_from_bytes) as what the file holds, and protocol 4 (also torch.save's
+    pickle_protocol=4, tensors only) added torch's two-line warning and "objects other than tensors"."""
     from models.albef.checkpoint import read_checkpoint
 
     path = tmp_path / "plain.pth"
     with open(path, "wb") as stream:
         pickle.dump({"model": {"w": torch.zeros(2)}}, stream, protocol=protocol)
     for load in (lambda: load_model("ViT-B-32", pretrained=str(path)), lambda: read_checkpoint(path)):
+        expected = "written by Python's pickle, not torch.save" if protocol == 2 else "pickled with protocol 4 or later"
         with warnings.catch_warnings(record=True) as caught, \
-                pytest.raises(ModelLoadError, match=f"refusing to load {path}: .*written by Python's pickle, "
-                                                    "not torch.save") as info:
+                pytest.raises(ModelLoadError, match=f"refusing to load {path}: .*{expected}") as info:
             warnings.simplefilter("always")
             load()
         assert "_load_from_bytes" not in _one_line(info)

@@ -196,24 +196,51 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     assert not any(path.exists() for path in leftovers)  # the next run deleted them
 
 
-def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, capsys):
+def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, monkeypatch):
     """`generate --overwrite` deleted the pool's shards when its writer opened: a bad image or Ctrl-C
-    in the new run left neither pool (and the interruption line said finished shards were kept)."""
+    in the new run left neither pool (and the interruption line said finished shards were kept). The
+    new pool is built inside the folder and swapped in by renames there: a mount point, `--out .` or a
+    link to a pool folder is replaced in place; a killed replacement is begun anew (--overwrite starts over)."""
     source, _ = load_source(str(karpathy_dir))
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
-    out = tmp_path / "work" / "pool"
-    old = run_generation(_CountingGenerator(), source, str(out), seed=3, n=1, split="all", shard_size=5, progress=False)
-    (out / "scores.json").write_text("{}")  # the old pool's scores: carried over, as select carries them
+    target = tmp_path / "work" / "real"
+    old = run_generation(_CountingGenerator(), source, str(target), seed=3, n=1, split="all", shard_size=5, progress=False)
+    (target / "scores.json").write_text("{}")  # the old pool's scores: kept, recognised as stale by their stamps
+    (tmp_path / "work" / "link").symlink_to(target)
+    monkeypatch.chdir(tmp_path / "work" / "link")
     with pytest.raises(KeyboardInterrupt):
-        run_generation(_CountingGenerator(die_on_call=2), source, str(out), overwrite=True, **kwargs)
-    assert load_pool(out).meta == old and len(load_pool(out)) == old["num_rows"]  # whole, unchanged
-    resumed_gen = _CountingGenerator()
-    capsys.readouterr()
-    new = run_generation(resumed_gen, source, str(out), overwrite=True, **kwargs)
-    assert resumed_gen.calls == 2 and "1 of 3 shards kept" in capsys.readouterr().err  # the replacement resumed
-    assert new["shard_size"] == 2 and load_pool(out).meta["finished"] == new["finished"]
-    assert (out / "scores.json").read_text() == "{}"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["pool"]  # no replacement folder left
+        run_generation(_CountingGenerator(die_on_call=2), source, ".", overwrite=True, **kwargs)
+    assert load_pool(target).meta == old and len(load_pool(target)) == old["num_rows"]  # whole, unchanged
+    again = _CountingGenerator()
+    new = run_generation(again, source, ".", overwrite=True, **kwargs)
+    assert again.calls == 3  # started over
+    assert new["shard_size"] == 2 and load_pool(target).meta["finished"] == new["finished"]
+    assert (target / "scores.json").read_text() == "{}"
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "data", "pool.json", "scores.json"]
+    assert (tmp_path / "work" / "link").is_symlink()
+
+
+class _SecondRecipe(_CountingGenerator):
+    recipe, recipe_since = 2, "2026-12-03T15:26:17+00:00"
+
+
+@pytest.mark.parametrize("created, resumed", [("2026-12-04T09:00:00+00:00", True), ("2026-12-01T09:00:00+00:00", False)])
+def test_a_pool_without_its_recipe_is_read_by_its_creation_time(karpathy_dir, tmp_path, created, resumed):
+    """A captioner pool made between the decoding change and the recipe key was read as recipe 1 and
+    refused, although this code made its rows; one created before the change still is."""
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_SecondRecipe(die_on_call=2), source, str(tmp_path / "p"), **kwargs)
+    meta_path = tmp_path / "p" / "pool.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("recipe")
+    meta_path.write_text(json.dumps({**meta, "created": created}))
+    if resumed:
+        assert run_generation(_SecondRecipe(), source, str(tmp_path / "p"), **kwargs)["recipe"] == 2
+    else:
+        with pytest.raises(PoolError, match="recipe 1, now 2"):
+            run_generation(_SecondRecipe(), source, str(tmp_path / "p"), **kwargs)
 
 
 class _PixelGenerator(_CountingGenerator):

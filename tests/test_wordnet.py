@@ -139,5 +139,5 @@ def test_nltk_itself_missing_is_one_install_line(monkeypatch):
     for name in [n for n in sys.modules if n == "nltk" or n.startswith("nltk.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "nltk", None)  # what an environment without nltk imports
-    with pytest.raises(MissingDependencyError, match="WordNet needs nltk, which is not installed .*pip install nltk"):
+    with pytest.raises(MissingDependencyError, match="WordNet needs nltk, which is not installed: pip install nltk"):
         wordnet_module.require_wordnet()

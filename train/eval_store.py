@@ -158,12 +158,13 @@ class BatchStore:
                                        "missing or damaged, so no evaluation can resume them: discard them "
                                        "(train eval --restart)")
                 if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT:
-                    # not settings the user changed (keys this version records are missing there): the
+                    # maybe no setting the user changed (keys this version records are missing there): the
                     # command they ran may well be that evaluation's, which the line below tells them to run
                     raise MatPlusError(
                         f"{self.folder} holds {len(finished)} finished batches an earlier mat-plus wrote, with "
-                        f"settings this version records otherwise ({differences}), so this version cannot resume "
-                        "them: finish them with that version, or discard them (train eval --restart)")
+                        f"settings this version records otherwise ({differences}): if that evaluation's command "
+                        "is not the one you ran, run it to finish them; else finish them with that version, or "
+                        "discard them (train eval --restart)")
                 raise MatPlusError(
                     f"{self.folder} holds {len(finished)} finished batches of an evaluation with other settings "
                     f"({differences}): run that evaluation's command again to finish it, "

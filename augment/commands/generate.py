@@ -60,6 +60,9 @@ def run(args) -> int:
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
     finished = False
+    if args.overwrite:  # its shards are not resumed: a replaced pool stays whole until the new one is complete
+        args.interrupted = (f"a pool that was at {args.out} is as it was; --overwrite builds the new one from the start "
+                            "when run again")
     try:
         source, report = read_source(args)
         generator = build_generator(args.method, args)

@@ -16,10 +16,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from augment.atomic import swap_folder_into_place
-from augment.errors import PoolError
-from augment.pool import (DATA_DIR, SHARD_PATTERN, PoolWriter, carry_over, holds_pool, make_row_id,
-                          replacement_folder)
+from augment.pool import (DATA_DIR, POOL_META, SHARD_PATTERN, PoolWriter, holds_pool, make_row_id, read_pool_meta,
+                          replacement_folder, swap_in_replacement, write_json_atomic)
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
                              shard_input_fingerprints, source_fingerprint, warn_of_restval_left_out)
@@ -44,6 +42,9 @@ class Generator(ABC):
     # changes a pool's rows, so a pool an earlier mat-plus began is not resumed into a mix of both
     # (pool.json's "recipe"; a pool written before the key is recipe 1)
     recipe: int = 1
+    # when the current recipe began (UTC, its commit's time): a pool without the key created since then
+    # was made by it (the key came two days later), so its resume is not refused
+    recipe_since: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
@@ -93,14 +94,14 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _replacement_writer(folder: Path, meta: dict, describe_shard) -> PoolWriter:
-    """The writer of an --overwrite run's replacement pool: a killed one's shards resume; one made
-    with other settings (or damaged) is this command's own scratch, so it starts over."""
-    try:
-        return PoolWriter(folder, meta, describe_shard=describe_shard)
-    except PoolError:
-        shutil.rmtree(folder, ignore_errors=True)
-        return PoolWriter(folder, meta, describe_shard=describe_shard)
+def _stamp_unrecorded_recipe(out: Path, generator: Generator) -> None:
+    """Record the current recipe in the pool.json of a pool created without the key after that recipe
+    began (`recipe_since`): made by this code, it resumes (read as recipe 1, it was refused)."""
+    meta = read_pool_meta(out)
+    since = generator.recipe_since
+    if ("recipe" not in meta and since and meta.get("method") == generator.method
+            and str(meta.get("created") or "") >= since):
+        write_json_atomic(out / POOL_META, {**meta, "recipe": generator.recipe})
 
 
 def run_generation(
@@ -176,21 +177,25 @@ def run_generation(
     # before the pool exists: a method's refusal of this source (a procedural method on a source that is
     # not the sample world, shuffle with one image) left a pool.json that blocked the corrected command
     generator.prepare(items)
-    # --overwrite over a pool: the new one is written beside it and swapped in when complete
-    replacing = overwrite and holds_pool(Path(out))
-    written_to = replacement_folder(out) if replacing else Path(out)
-    # rank 0 creates the pool (or its replacement) before the others open it
+    # --overwrite over a pool: the new one is written inside its folder and swapped in when complete
+    replacement = replacement_folder(out)
     if rank == 0:
-        writer = (_replacement_writer(written_to, meta, describe_shard) if replacing
+        # rank 0 decides and creates the pool (or its replacement) before the others open it; a killed
+        # replacement is scratch: --overwrite starts over
+        shutil.rmtree(replacement, ignore_errors=True)
+        replacing = overwrite and holds_pool(Path(out))
+        if not overwrite and holds_pool(Path(out)):
+            _stamp_unrecorded_recipe(Path(out), generator)
+        writer = (PoolWriter(replacement, meta, describe_shard=describe_shard) if replacing
                   else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard))
     if barrier is not None:
         barrier()
-    if rank != 0:
-        writer = PoolWriter(written_to, meta, describe_shard=describe_shard)
+    if rank != 0:  # what rank 0 created (a late process deciding alone took its fresh pool.json for an old one)
+        replacing = overwrite and (replacement / POOL_META).is_file()
+        writer = PoolWriter(replacement if replacing else out, meta, describe_shard=describe_shard)
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
-        print(f"resuming {out}{' (its replacement)' if replacing else ''}: {len(finished)} of {num_shards} shards kept"
-              f"{'' if replacing else ' (--overwrite starts over)'}", file=sys.stderr)
+        print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if k not in finished]
     bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
@@ -222,11 +227,9 @@ def run_generation(
     def pool_notes(num_rows: int) -> dict:
         notes.update(generator.pool_notes(items, n, num_rows))
         return notes
-    if replacing:
-        carry_over(Path(out), written_to)  # the old pool's scores (recognised as stale), a card of the user's
     meta = writer.finalize(expected_shards=num_shards, notes=pool_notes)
     if replacing:
-        swap_folder_into_place(written_to, out)
+        swap_in_replacement(out)
     if notes.get("note"):
         print(f"{out}: {notes['note']}", file=sys.stderr)
     return meta
