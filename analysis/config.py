@@ -566,11 +566,10 @@ def _task_config(config: dict, given: dict) -> dict:
 def _check_task_eval(task: str, evaluation: dict) -> None:
     """Another task's eval values that its evaluation would refuse only after every run had trained:
     attack names, the split, counts and the attack budget."""
-    from train.attacks.captioning import CAPTION_ATTACK_NAMES
-    from train.attacks.grounding import GROUNDING_ATTACKS
+    from analysis.task_arms import load_arm
     from train.config import ConfigError, parse_fraction
 
-    names = {"captioning": CAPTION_ATTACK_NAMES, "grounding": GROUNDING_ATTACKS}[task]
+    names = load_arm(task).attack_names()  # each arm's own: a new arm's task was a KeyError here
     _check_attack_names("eval.attacks", evaluation.get("attacks"), names, task)
     _check_gallery(evaluation)
     _check_mlm("eval.mlm", evaluation.get("mlm"))

@@ -1,6 +1,7 @@
 """The study's task arms: `task: captioning|grounding` in a study config names a module here.
 
-An arm module defines MODEL, METHODS, DEFAULT_EVAL, write_world(folder, n, seed),
+An arm module defines MODEL, METHODS, DEFAULT_EVAL, attack_names() (what `eval.attacks` may name),
+write_world(folder, n, seed),
 evaluate_checkpoint(checkpoint, source_dir, eval_settings, seed, folder), write_report(report, folder)
 (eval.json and eval.md again, for an evaluation reused after the study moved) and headline(report)
 (README: The study, `task:`). Arms are imported only when a study asks for their task, so a
@@ -15,7 +16,8 @@ from augment.errors import MatPlusError
 
 TASK_ARMS = {"captioning": "analysis.captioning_arm", "grounding": "analysis.grounding_arm"}
 TASKS = ("retrieval", *TASK_ARMS)
-ARM_NAMES = ("MODEL", "METHODS", "DEFAULT_EVAL", "write_world", "evaluate_checkpoint", "write_report", "headline")
+ARM_NAMES = ("MODEL", "METHODS", "DEFAULT_EVAL", "attack_names", "write_world", "evaluate_checkpoint", "write_report",
+             "headline")
 
 
 def load_arm(task: str) -> ModuleType:

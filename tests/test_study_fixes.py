@@ -604,3 +604,25 @@ def test_a_stage_an_earlier_version_recorded_says_so_when_redone(tmp_path):
     assert not study.cached("eval", folder, {"steps": 4})
     assert logged == ["[eval] evals/mat-s0: redone from scratch (recorded by an earlier mat-plus, which hashed its "
                       "settings otherwise)"]
+
+
+def test_a_new_task_arm_names_its_own_attacks(monkeypatch):
+    """An arm registered in analysis.task_arms hit a KeyError where the study config checked eval.attacks
+    against a literal {captioning, grounding} table; each arm says its attack names now."""
+    import sys
+    import types
+
+    import analysis.captioning_arm as captioning_arm
+    import analysis.task_arms as task_arms
+    from analysis.config import _check_task_eval
+    from augment.errors import MatPlusError
+
+    arm = types.ModuleType("my_arm")
+    for name in task_arms.ARM_NAMES:
+        setattr(arm, name, getattr(captioning_arm, name))
+    arm.attack_names = lambda: ("clean", "mine")
+    monkeypatch.setitem(sys.modules, "my_arm", arm)
+    monkeypatch.setitem(task_arms.TASK_ARMS, "matching", "my_arm")
+    evaluation = {**captioning_arm.DEFAULT_EVAL, "attacks": ["clean", "pgd"]}
+    with pytest.raises(MatPlusError, match="pgd"):
+        _check_task_eval("matching", evaluation)
