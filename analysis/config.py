@@ -573,14 +573,16 @@ def _check_task_eval(task: str, evaluation: dict) -> None:
     _check_attack_names("eval.attacks", evaluation.get("attacks"), names, task)
     _check_gallery(evaluation)
     _check_mlm("eval.mlm", evaluation.get("mlm"))
-    if not _is_count(evaluation["pgd_steps"]):
+    # the PGD budget, where the arm's evaluation has one (a new arm's may not: a KeyError here)
+    if "pgd_steps" in evaluation and not _is_count(evaluation["pgd_steps"]):
         raise MatPlusError(f"study config: eval.pgd_steps must be a whole number >= 1, got {evaluation['pgd_steps']!r}")
-    try:
-        eps = parse_fraction(evaluation["attack_eps"], "eval.attack_eps")
-    except (ConfigError, ValueError, TypeError) as exc:
-        raise MatPlusError(f"study config: {exc}") from None
-    if not eps > 0:
-        raise MatPlusError(f"study config: eval.attack_eps must be positive, got {evaluation['attack_eps']!r}")
+    if "attack_eps" in evaluation:
+        try:
+            eps = parse_fraction(evaluation["attack_eps"], "eval.attack_eps")
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise MatPlusError(f"study config: {exc}") from None
+        if not eps > 0:
+            raise MatPlusError(f"study config: eval.attack_eps must be positive, got {evaluation['attack_eps']!r}")
 
 
 def _check_mlm(where: str, name) -> None:

@@ -217,9 +217,11 @@ def holds_pool(out_dir: Path) -> bool:
     return True
 
 
-def resumed_meta(out_dir: Path, old: dict, meta: dict) -> dict:
+def resumed_meta(out_dir: Path, old: dict, meta: dict, assumed_recipe: int | None = None) -> dict:
     """`meta` for writing again into the pool at `out_dir` whose provenance is `old`: the old pool's
     keys and creation time kept. PoolIdentityError naming the identity keys that differ."""
+    if "recipe" not in old and assumed_recipe is not None:  # what the generator infers of a pool without the key
+        old = {**old, "recipe": assumed_recipe}
     by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
     changed = [k for k in IDENTITY_KEYS if identity_value(old, k) != identity_value(meta, k)
                and not (k in KEYS_ADDED_SINCE and k not in old)
@@ -244,8 +246,10 @@ class PoolWriter:
     `meta` holds the pool's provenance (see `IDENTITY_KEYS` for what must match on resume).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, meta: dict, overwrite: bool = False, describe_shard=None):
-        """`describe_shard(index)`: how a refusal names a kept shard whose inputs changed (default: its file)."""
+    def __init__(self, out_dir: str | os.PathLike, meta: dict, overwrite: bool = False, describe_shard=None,
+                 assumed_recipe: int | None = None):
+        """`describe_shard(index)`: how a refusal names a kept shard whose inputs changed (default: its file);
+        `assumed_recipe`: the recipe a pool.json without the key is taken to record (`resumed_meta`)."""
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
@@ -261,7 +265,7 @@ class PoolWriter:
             old = read_pool_meta(self.out_dir)
             if old.get("status") == "complete":
                 self._finished_before = old.get("finished")
-            merged = resumed_meta(self.out_dir, old, meta)
+            merged = resumed_meta(self.out_dir, old, meta, assumed_recipe)
             if isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list):
                 self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
             meta = merged
@@ -356,8 +360,9 @@ def swap_in_replacement(out_dir: str | os.PathLike) -> None:
     rows, pool.json and generated card; the old pool's scores stay beside them (recognised as stale by
     their file stamps, as after an in-place rewrite) and so does a card of the user's own. pool.json
     leaves first and comes last, so no reader takes a half-swapped folder for a pool; Ctrl-C and
-    SIGTERM wait for the renames, and only SIGKILL within them can leave the old pool's files in
-    `OUT/.replaced-PID`."""
+    SIGTERM wait for the renames (and the clean-up runs before they are raised); a SIGKILL within
+    them leaves the old files in `OUT/.replaced-PID`, and the next run finishes the swap
+    (`finish_interrupted_swap`)."""
     from augment.atomic import interrupts_held
 
     out_dir = Path(out_dir)
@@ -365,16 +370,54 @@ def swap_in_replacement(out_dir: str | os.PathLike) -> None:
     card = out_dir / POOL_CARD
     keep_card = card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
     moved = [name for name in (POOL_META, DATA_DIR, POOL_CARD) if name != POOL_CARD or not keep_card]
-    with interrupts_held():
-        aside.mkdir(exist_ok=True)
-        for name in moved:
+    try:
+        with interrupts_held():
+            aside.mkdir(exist_ok=True)
+            for name in moved:
+                if (out_dir / name).exists():
+                    os.replace(out_dir / name, aside / name)
+            _move_in(replacement, out_dir, moved)
+    finally:  # also when a held Ctrl-C is raised on leaving the block: the swap is whole by then
+        if (out_dir / POOL_META).exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            shutil.rmtree(replacement, ignore_errors=True)
+
+
+def _move_in(replacement: Path, out_dir: Path, names) -> None:
+    for name in reversed(list(names)):  # pool.json last
+        if (replacement / name).exists():
+            os.replace(replacement / name, out_dir / name)
+
+
+def finish_interrupted_swap(out_dir: str | os.PathLike) -> bool:
+    """Finish an `--overwrite` swap a SIGKILL cut short (OUT without pool.json, the finished new pool's
+    files still in OUT/.replacement, the old ones in OUT/.replaced-PID), and delete the old files a
+    finished swap left; True when it finished one. (The next run deleted the new pool's folder, then
+    refused OUT as "not a pool".)"""
+    out_dir = Path(out_dir)
+    leftovers = sorted(out_dir.glob(".replaced-*")) if out_dir.is_dir() else []
+    if not leftovers:
+        return False
+    replacement = replacement_folder(out_dir)
+    finished = False
+    if not (out_dir / POOL_META).exists() and (replacement / POOL_META).is_file():
+        # what is still in the replacement was not moved in yet, so a file of its name in OUT is the old
+        # pool's (the old ones all leave before the first new one comes): aside with the others
+        card = out_dir / POOL_CARD
+        own_card = card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
+        names = [name for name in (POOL_META, DATA_DIR, POOL_CARD)
+                 if (replacement / name).exists() and not (name == POOL_CARD and own_card)]
+        for name in names:
             if (out_dir / name).exists():
-                os.replace(out_dir / name, aside / name)
-        for name in reversed(moved):
-            if (replacement / name).exists():
-                os.replace(replacement / name, out_dir / name)
-    shutil.rmtree(aside, ignore_errors=True)
-    shutil.rmtree(replacement, ignore_errors=True)
+                os.replace(out_dir / name, leftovers[0] / f"{name}.old")
+        _move_in(replacement, out_dir, names)
+        finished = True
+    if (out_dir / POOL_META).exists():
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+        if finished:
+            shutil.rmtree(replacement, ignore_errors=True)
+    return finished
 
 
 def folders_overlap(first: str | os.PathLike, second: str | os.PathLike) -> bool:
@@ -397,7 +440,9 @@ def identity_value(meta: dict, key: str) -> Any:
         value = 1  # written before the key (2026-12-05): every generator's first recipe
     if key == "parent" and isinstance(value, dict):
         made = value.get("meta") if isinstance(value.get("meta"), dict) else {}
-        value = {"path": value.get("path"), **{k: identity_value(made, k) for k in IDENTITY_KEYS}}
+        # not the parent's recipe: recorded since 2026-12-05, it made a selection of a pool re-run since
+        # "a pool made with different parent" (select rewrites a selection whole from the parent's rows)
+        value = {"path": value.get("path"), **{k: identity_value(made, k) for k in IDENTITY_KEYS if k != "recipe"}}
     return _normalised(value)
 
 

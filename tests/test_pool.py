@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -407,3 +408,57 @@ def test_reopening_a_finished_pool_keeps_its_finish_stamp_unless_a_shard_is_writ
     rewritten = PoolWriter(tmp_path / "p", {"method": "m"})
     rewritten.write_shard(0, [_row(0, caption="a blue square")])  # a shard written: the pool changed
     assert rewritten.finalize(expected_shards=1)["finished"] != first
+
+
+@pytest.mark.parametrize("moved_aside", [["pool.json"], ["pool.json", "data", "README.md"]])
+def test_a_swap_a_sigkill_cut_short_is_finished_by_the_next_run(karpathy_dir, tmp_path, moved_aside):
+    """A SIGKILL inside --overwrite's swap left OUT without pool.json: the next run deleted the finished
+    new pool in OUT/.replacement, then refused OUT as "not a pool", the old one hidden in .replaced-PID."""
+    import shutil
+
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    out = tmp_path / "pool"
+    run_generation(_CountingGenerator(), source, str(out), n=1, seed=4, split="all", shard_size=5, progress=False)
+    new = run_generation(_CountingGenerator(), source, str(out / ".replacement"), **kwargs)
+    aside = out / ".replaced-4194305"  # the killed process's
+    aside.mkdir()
+    for name in moved_aside:  # the old files the swap had moved out when it was killed
+        shutil.move(str(out / name), str(aside / name))
+    again = _CountingGenerator()
+    finished = run_generation(again, source, str(out), **kwargs)
+    assert again.calls == 0 and finished["finished"] == new["finished"] and load_pool(out).meta["shard_size"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
+
+
+def test_a_selection_of_a_pool_keeps_its_parent_whether_or_not_the_recipe_is_recorded():
+    """Recording the recipe (2026-12-05) in a pool made its selections "a pool made with different parent"."""
+    from augment.pool import identity_value
+
+    made = {"method": "i2t-x", "seed": 0}
+    assert identity_value({"parent": {"path": "p", "meta": made}}, "parent") == \
+        identity_value({"parent": {"path": "p", "meta": {**made, "recipe": 2}}}, "parent")
+
+
+def test_ctrl_c_during_the_swap_leaves_the_new_pool_and_no_old_files(karpathy_dir, tmp_path, monkeypatch):
+    """Ctrl-C held through the swap's renames was raised on leaving them, which skipped the clean-up:
+    the old pool stayed in OUT/.replaced-PID for good."""
+    import signal
+
+    import augment.pool as pool_module
+
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    out = tmp_path / "pool"
+    run_generation(_CountingGenerator(), source, str(out), n=1, seed=4, split="all", shard_size=5, progress=False)
+    move_in = pool_module._move_in
+
+    def interrupted_move_in(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # held until the renames are done
+        move_in(*args)
+
+    monkeypatch.setattr(pool_module, "_move_in", interrupted_move_in)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_CountingGenerator(), source, str(out), overwrite=True, **kwargs)
+    assert load_pool(out).meta["shard_size"] == 2  # the new pool, whole
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]

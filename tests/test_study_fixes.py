@@ -623,6 +623,8 @@ def test_a_new_task_arm_names_its_own_attacks(monkeypatch):
     arm.attack_names = lambda: ("clean", "mine")
     monkeypatch.setitem(sys.modules, "my_arm", arm)
     monkeypatch.setitem(task_arms.TASK_ARMS, "matching", "my_arm")
-    evaluation = {**captioning_arm.DEFAULT_EVAL, "attacks": ["clean", "pgd"]}
-    with pytest.raises(MatPlusError, match="pgd"):
-        _check_task_eval("matching", evaluation)
+    evaluation = {key: value for key, value in captioning_arm.DEFAULT_EVAL.items()
+                  if key not in ("pgd_steps", "attack_eps")}  # an arm without a PGD budget
+    _check_task_eval("matching", {**evaluation, "attacks": ["clean", "mine"]})
+    with pytest.raises(MatPlusError, match=r"unknown matching attacks \['pgd'\] \(choose from clean, mine\)"):
+        _check_task_eval("matching", {**evaluation, "attacks": ["clean", "pgd"]})

@@ -61,8 +61,8 @@ def run(args) -> int:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
     finished = False
     if args.overwrite:  # its shards are not resumed: a replaced pool stays whole until the new one is complete
-        args.interrupted = (f"a pool that was at {args.out} is as it was; --overwrite builds the new one from the start "
-                            "when run again")
+        args.interrupted = (f"with --overwrite, a pool at {args.out} stays until the new one is complete; run again "
+                            "to build the new one from the start")
     try:
         source, report = read_source(args)
         generator = build_generator(args.method, args)

@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from augment.pool import (DATA_DIR, POOL_META, SHARD_PATTERN, PoolWriter, holds_pool, make_row_id, read_pool_meta,
-                          replacement_folder, swap_in_replacement, write_json_atomic)
+from augment.pool import (DATA_DIR, POOL_META, SHARD_PATTERN, PoolWriter, finish_interrupted_swap, holds_pool,
+                          make_row_id, replacement_folder, swap_in_replacement)
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
                              shard_input_fingerprints, source_fingerprint, warn_of_restval_left_out)
@@ -94,14 +94,26 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _stamp_unrecorded_recipe(out: Path, generator: Generator) -> None:
-    """Record the current recipe in the pool.json of a pool created without the key after that recipe
-    began (`recipe_since`): made by this code, it resumes (read as recipe 1, it was refused)."""
-    meta = read_pool_meta(out)
-    since = generator.recipe_since
-    if ("recipe" not in meta and since and meta.get("method") == generator.method
-            and str(meta.get("created") or "") >= since):
-        write_json_atomic(out / POOL_META, {**meta, "recipe": generator.recipe})
+def _recipe_of_unrecorded(out: Path, generator: Generator) -> int | None:
+    """The recipe a pool.json at `out` without the key is taken to record: the generator's current one
+    when the pool was created after that recipe began (`recipe_since`; read as recipe 1, such a pool
+    was refused though this code made it); None otherwise (recipe 1)."""
+    import datetime as dt
+
+    path = out / POOL_META
+    if not generator.recipe_since or not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        created = dt.datetime.fromisoformat(str(meta.get("created")))
+        since = dt.datetime.fromisoformat(generator.recipe_since)
+    except (OSError, ValueError, TypeError):  # unreadable: the writer's own checks name it
+        return None
+    if not isinstance(meta, dict) or "recipe" in meta or meta.get("method") != generator.method:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.timezone.utc)
+    return generator.recipe if created >= since else None
 
 
 def run_generation(
@@ -145,7 +157,7 @@ def run_generation(
     fingerprint = source_fingerprint(source)
     images = image_identities(items) if generator.reads_pixels else None  # stats only: nothing decoded
     meta = {
-        "name": os.path.basename(os.path.normpath(out)),
+        "name": os.path.basename(os.path.abspath(out)),  # `--out .` is the folder's name
         "method": generator.method,
         "modality": generator.modality,
         "model": generator.model,
@@ -179,20 +191,23 @@ def run_generation(
     generator.prepare(items)
     # --overwrite over a pool: the new one is written inside its folder and swapped in when complete
     replacement = replacement_folder(out)
+    assumed = _recipe_of_unrecorded(Path(out), generator)
     if rank == 0:
         # rank 0 decides and creates the pool (or its replacement) before the others open it; a killed
-        # replacement is scratch: --overwrite starts over
+        # replacement is scratch (--overwrite starts over) unless a SIGKILL cut its swap short
+        finish_interrupted_swap(out)
         shutil.rmtree(replacement, ignore_errors=True)
         replacing = overwrite and holds_pool(Path(out))
-        if not overwrite and holds_pool(Path(out)):
-            _stamp_unrecorded_recipe(Path(out), generator)
         writer = (PoolWriter(replacement, meta, describe_shard=describe_shard) if replacing
-                  else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard))
+                  else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard, assumed_recipe=assumed))
+    else:
+        holds_pool(Path(out))  # its refusal of a folder that is no pool, in every process (not a gloo error)
     if barrier is not None:
         barrier()
     if rank != 0:  # what rank 0 created (a late process deciding alone took its fresh pool.json for an old one)
         replacing = overwrite and (replacement / POOL_META).is_file()
-        writer = PoolWriter(replacement if replacing else out, meta, describe_shard=describe_shard)
+        writer = PoolWriter(replacement if replacing else out, meta, describe_shard=describe_shard,
+                            assumed_recipe=assumed)
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
         print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)

@@ -52,7 +52,7 @@ NO_CAPTION = -1  # source_caption_index of rows made from the image alone
 class CaptionerGenerator(Generator):
     # 2 (2026-12-03): captions decoded as the captioning models decode (man's, not man ' s), the
     # model's saved decoding settings overridden by the recorded ones; a prompt-only output dropped
-    recipe, recipe_since = 2, "2026-12-03T15:26:17+00:00"  # commit f0f7e70
+    recipe, recipe_since = 2, "2026-12-03T15:36:52+00:00"  # f0f7e70, its last change 1e55541
     reads_pixels = True
     modality = "text"
 

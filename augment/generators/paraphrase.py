@@ -237,7 +237,7 @@ def model_name_for(method: str, prefix: str, args) -> str:
 class ParaphraseGenerator(Generator):
     # 2 (2026-12-03): the model's saved num_beams and penalties overridden by the recorded
     # sampling settings (BART/Pegasus sampled beams before)
-    recipe, recipe_since = 2, "2026-12-03T15:26:17+00:00"  # commit f0f7e70
+    recipe, recipe_since = 2, "2026-12-03T16:01:38+00:00"  # f0f7e70, its last change 818e86e
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),
