@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 
@@ -443,21 +442,21 @@ def test_a_selection_of_a_pool_keeps_its_parent_whether_or_not_the_recipe_is_rec
 def test_ctrl_c_during_the_swap_leaves_the_new_pool_and_no_old_files(karpathy_dir, tmp_path, monkeypatch):
     """Ctrl-C held through the swap's renames was raised on leaving them, which skipped the clean-up:
     the old pool stayed in OUT/.replaced-PID for good."""
-    import signal
+    import contextlib
 
-    import augment.pool as pool_module
+    import augment.atomic
 
     source, _ = load_source(str(karpathy_dir))
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
     out = tmp_path / "pool"
     run_generation(_CountingGenerator(), source, str(out), n=1, seed=4, split="all", shard_size=5, progress=False)
-    move_in = pool_module._move_in
 
-    def interrupted_move_in(*args):
-        os.kill(os.getpid(), signal.SIGINT)  # held until the renames are done
-        move_in(*args)
+    @contextlib.contextmanager
+    def held_then_raised():  # a Ctrl-C that arrived during the renames, raised when they are done
+        yield
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(pool_module, "_move_in", interrupted_move_in)
+    monkeypatch.setattr(augment.atomic, "interrupts_held", held_then_raised)
     with pytest.raises(KeyboardInterrupt):
         run_generation(_CountingGenerator(), source, str(out), overwrite=True, **kwargs)
     assert load_pool(out).meta["shard_size"] == 2  # the new pool, whole
