@@ -126,6 +126,12 @@ def publication(pool: Pool, options: CardOptions):
               "files changed (rewritten, copied without their times, or exported by augment push) after they were "
               "computed, or an earlier mat-plus drew their confidence intervals (a resampling scheme since found "
               f"too narrow); run `augment score {pool.path}` to publish current ones", file=sys.stderr)
+    source_split = pool.meta.get("split")
+    if isinstance(source_split, str) and source_split not in ("train", "all") and not source_split.startswith("train+"):
+        # the Hub names a repository's one split `train`: a pool of test images read as training data leaks them
+        print(f"note: {pool.path} is made from the source's {source_split!r} split; the Hub lists its rows under the "
+              "split `train` (a repository's only split): the card's Source section and every row's `split` "
+              "column say which images they are", file=sys.stderr)
     # the card's scores table names each scorer as scores.json does: a local folder by its last part
     return render_card(pool.meta, published_document(scores) if scores is not None else None, options), files
 

@@ -198,6 +198,19 @@ def score_rows(scores: Any) -> list[dict]:
     return rows
 
 
+def ci_label(scores: Any) -> str:
+    """The Scores table's interval heading: the level the entries were computed at (`augment score
+    --confidence`; it said "95% CI" of 80% intervals too); "CI" where the scorers' levels differ."""
+    entries = scores.get("scorers") if isinstance(scores, dict) else None
+    levels = {(entry.get("settings") or {}).get("confidence") for entry in (entries or {}).values()
+              if isinstance(entry, dict) and isinstance(entry.get("settings"), dict)}
+    levels.discard(None)
+    if len(levels) > 1:
+        return "CI (levels differ by scorer: scores.json)"
+    level = levels.pop() if levels else 0.95
+    return f"{level:.0%} CI" if _is_number(level) else "CI"
+
+
 def _scorer_rows(document: dict) -> list[dict]:
     entries = document["scorers"]
     latest = document.get("latest")
@@ -305,6 +318,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "license": options.license,
         "num_rows": meta.get("num_rows", 0),
         "scores": score_rows(scores),
+        "ci_label": ci_label(scores),
         "columns": _columns(),
         "repo_id": options.repo_id or "ORG/NAME",
         "schema_version": meta.get("schema_version"),

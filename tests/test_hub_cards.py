@@ -750,3 +750,15 @@ def test_a_shuffle_pools_captions_are_found_language_with_machine_made_pairs():
         header = header_of(render_card_text(meta, None, options))
         assert header["language_creators"] == creators, method
         assert header["annotations_creators"] == (["found"] if method == "i2t-human" else ["machine-generated"])
+
+
+def test_the_scores_tables_interval_heading_names_the_level_they_were_computed_at():
+    """`augment score --confidence 0.8` was published under "95% CI"."""
+    from data_cards.render import ci_label
+
+    def document(*levels):
+        return {"scorers": {f"s{k}": {"settings": {"confidence": level}} for k, level in enumerate(levels)}}
+
+    assert ci_label(document(0.8)) == "80% CI"
+    assert ci_label(document(0.95, 0.95)) == "95% CI"
+    assert ci_label(document(0.8, 0.95)).startswith("CI (levels differ")

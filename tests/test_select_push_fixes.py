@@ -104,6 +104,9 @@ def test_force_never_writes_an_export_among_other_files_inside_data(tmp_path, ca
     ("--license", "bogus-lic", "--license 'bogus-lic': not a Hub license id"),
     ("--language", "english", "--language 'english': expected comma-separated ISO 639 codes such as en or en,fr ('english' is not one)"),
     ("--language", ",", "--language ',': expected comma-separated ISO 639 codes"),
+    # the Hub refuses a BCP-47 tag in `language` (it goes in language_details)
+    ("--language", "en-US", "('en-US' is not one); 'en-US' is a regional tag: the Hub's language field takes its ISO "
+                            "639 code, en"),
 ])
 def test_card_metadata_the_hub_would_refuse_is_refused_before_anything_is_written(tmp_path, capsys, option, value, expected):
     """The Hub checks a card's license and language on each commit: a push wrote the data commit, then
@@ -111,7 +114,7 @@ def test_card_metadata_the_hub_would_refuse_is_refused_before_anything_is_writte
     pool = text_pool(tmp_path / "pool", "eda")
     assert expected in refused(capsys, "push", pool, "--to-dir", tmp_path / "export", option, value)
     assert not (tmp_path / "export").exists()
-    assert run(capsys, "push", pool, "--to-dir", tmp_path / "good", "--license", "openrail++", "--language", "en,zh-Hans",
+    assert run(capsys, "push", pool, "--to-dir", tmp_path / "good", "--license", "openrail++", "--language", "en,zh",
                "--source-license", "Flickr terms")[0] == 0  # the source's license is the card's text: any words
 
 
@@ -419,3 +422,14 @@ def test_select_warns_of_a_method_no_row_has(tmp_path, capsys):
     assert code == 0 and f"warning: --methods foo: no row of {pool} has that method (its methods: eda)" in err, err
     code, err = run(capsys, "select", pool, "--out", tmp_path / "sel2", "--methods", "eda")
     assert code == 0 and "warning" not in err, err
+
+
+def test_push_says_when_a_pool_of_test_images_is_listed_as_the_hub_split_train(tmp_path, capsys):
+    """A pool made from the source's test split was published as split `train` without a word."""
+    pool = text_pool(tmp_path / "pool", "eda")
+    meta = json.loads((pool / "pool.json").read_text())
+    (pool / "pool.json").write_text(json.dumps({**meta, "split": "test"}))
+    code, err = run(capsys, "push", pool, "--to-dir", tmp_path / "export")
+    assert code == 0 and "is made from the source's 'test' split; the Hub lists its rows under the split `train`" in err
+    code, err = run(capsys, "push", text_pool(tmp_path / "train", "eda"), "--to-dir", tmp_path / "export2")
+    assert code == 0 and "split `train`" not in err

@@ -13,7 +13,9 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # the card metadata the Hub checks on each commit: a license id of its list (`data_cards.licenses`)
 # and the shape of ISO 639 codes (`en`, `fra`, `zh-Hans`). A card with `CC BY 4.0` was refused by
 # the Hub after the data commit had landed, leaving a repository without its card
-_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
+# the Hub's `language` takes ISO 639 codes of two or three letters, or "code" / "multilingual"; a BCP-47
+# tag (`en-US`, `zh-Hans`) belongs in `language_details`, and in `language` was refused by the Hub
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}|code|multilingual")
 # what Ctrl-C prints (augment.cli_common): a re-run over an unfinished export needs no --force
 # (hub.write_repo_folder); a Hub repo gets whole commits only, but one holding the data commit
 # without the card's (pool.json) is not recognisably this pool's
@@ -64,8 +66,11 @@ def check_arguments(args) -> None:
     codes = [code.strip() for code in args.language.split(",") if code.strip()]
     wrong = [code for code in codes if not _LANGUAGE_CODE.fullmatch(code)]
     if wrong or not codes:
+        tags = [code for code in wrong if re.fullmatch(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})+", code)]
+        hint = (f"; {tags[0]!r} is a regional tag: the Hub's language field takes its ISO 639 code, "
+                f"{tags[0].split('-')[0]}") if tags else ""
         raise MatPlusError(f"--language {args.language!r}: expected comma-separated ISO 639 codes such as en or en,fr"
-                           + (f" ({', '.join(map(repr, wrong))} is not one)" if wrong else ""))
+                           + (f" ({', '.join(map(repr, wrong))} is not one)" if wrong else "") + hint)
 
 
 def run(args) -> int:

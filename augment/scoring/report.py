@@ -154,7 +154,7 @@ def is_comparison_table(path: Path) -> bool:
 
 
 def comparison_table(entries: list[dict]) -> str:
-    """Markdown table, one line per pool; values are means (or point estimates) [95% CI]."""
+    """Markdown table, one line per pool; values are means (or point estimates) [CI at the first entry's level]."""
     confidence = entries[0]["settings"]["confidence"] if entries else 0.95
     scorers = sorted({scorer_label(e) for e in entries})
     lines = [
