@@ -43,7 +43,10 @@ _SIZE_BUCKETS = (
 
 COLUMN_MEANINGS = {
     "row_id": "unique id: method, source image, source caption index, k-th augmentation",
-    "source_image_id": "id of the source item the row was made from",
+    "source_image_id": ("id of the source item the row was made from, as mat-plus reads the source: a Karpathy "
+                        "JSON's cocoid (else the file name without extension), an ALBEF/SGA JSON's or an image "
+                        "folder's image_id (else the image file's name without extension), a CSV/TSV's image path "
+                        "without extension; join on it, with split, to the source's images and captions"),
     "source_caption_index": "index of the source caption the row was made from; -1 when none",
     "split": "the source split the item came from",
     "modality": '"text": new caption; "image": new image; "pair": both new',

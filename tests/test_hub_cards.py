@@ -762,3 +762,11 @@ def test_the_scores_tables_interval_heading_names_the_level_they_were_computed_a
     assert ci_label(document(0.8)) == "80% CI"
     assert ci_label(document(0.95, 0.95)) == "95% CI"
     assert ci_label(document(0.8, 0.95)).startswith("CI (levels differ")
+
+
+def test_the_card_says_how_a_row_joins_back_to_its_source():
+    """A consumer could not tell what source_image_id was for each source format (audit P)."""
+    from data_cards.render import COLUMN_MEANINGS
+
+    meaning = COLUMN_MEANINGS["source_image_id"]
+    assert "cocoid" in meaning and "join on it, with split" in meaning
