@@ -17,6 +17,8 @@ from pathlib import Path
 MODEL = "tiny-captioner"
 METHODS = ("clean", "tecoa", "mat", "mat+")  # fare is an embedding-space method: no captioning counterpart
 HEADLINE_ATTACK = "pgd"  # the untargeted image attack: the captioning counterpart of robust R@1
+
+
 def attack_names() -> tuple[str, ...]:
     """The attacks `eval.attacks` may name (imported when a captioning study is checked)."""
     from train.attacks.captioning import CAPTION_ATTACK_NAMES

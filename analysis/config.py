@@ -627,7 +627,6 @@ def method_train_settings(train: dict, method: str) -> dict:
     """The `train:` settings `train METHOD` offers (clean takes no attack options, tecoa and fare no
     text attack's); the others belong to other methods."""
     from train.cli import method_settings
-
     from train.config import MULTIMODAL_METHODS
 
     offered = method_settings(method)

@@ -23,6 +23,8 @@ MODEL = "tiny-albef"
 METHODS = ("clean", "mat", "mat+")
 HEADLINE_ATTACK = "sga"  # the retrieval study's headline attack too
 EXPRESSIONS_PER_OBJECT = 2
+
+
 def attack_names() -> tuple[str, ...]:
     """The attacks `eval.attacks` may name (imported when a grounding study is checked)."""
     from train.attacks.grounding import GROUNDING_ATTACKS

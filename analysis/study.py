@@ -40,7 +40,6 @@ DONE = ".done.json"
 STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
 
 
-
 def read_study_json(path: Path) -> Any:
     """A JSON file of the study folder, or one line naming it when it is damaged (truncated, edited,
     not UTF-8): a traceback before. Deleting it redoes the step that wrote it."""
@@ -442,8 +441,6 @@ class Study:
     def _check_out(self) -> None:
         """Refuse an --out that holds something other than a study (a training run, a pool, a source):
         the study wrote its world, pools and runs among those files (augment generate refuses such a folder)."""
-        from augment.errors import MatPlusError
-
         if self.out.is_file():
             raise MatPlusError(f"{self.out}: is a file, not a study folder; choose another out")
         if (self.out.is_dir() and any(path.name != STUDY_LOCK for path in self.out.iterdir())

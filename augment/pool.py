@@ -79,6 +79,11 @@ POOL_CARD = "README.md"
 _POOL_CARD_MARK = "<!-- mat-plus pool: rows are data/*.parquet -->"
 
 
+def _users_own_card(card: Path) -> bool:
+    """Whether `card` (a pool folder's README.md) is there and written by the user, not generated."""
+    return card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
+
+
 def read_pool_meta(path: Path) -> dict:
     """pool.json as a dict; PoolError (one line) when it is unreadable, not JSON, or not an object."""
     meta_path = path / POOL_META
@@ -169,7 +174,7 @@ def write_pool_card(out_dir: Path, meta: dict) -> None:
     from huggingface_hub import DatasetCardData
 
     card = out_dir / POOL_CARD
-    if card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace"):
+    if _users_own_card(card):
         return
     shards = sorted((out_dir / DATA_DIR).glob("*.parquet"))
     size = sum(shard.stat().st_size for shard in shards)
@@ -217,11 +222,30 @@ def holds_pool(out_dir: Path) -> bool:
     return True
 
 
-def resumed_meta(out_dir: Path, old: dict, meta: dict, assumed_recipe: int | None = None) -> dict:
+def _recipe_of_unrecorded(old: dict, meta: dict, recipe_since: str | None) -> int | None:
+    """The recipe a pool.json without the key (`old`) is taken to record: this run's (`meta`'s) when the
+    pool was made by its method after that recipe began (`recipe_since`; read as recipe 1, such a pool
+    was refused though this code made it); None otherwise (recipe 1)."""
+    import datetime as dt
+
+    if not recipe_since or "recipe" in old or old.get("method") != meta.get("method"):
+        return None
+    try:
+        created = dt.datetime.fromisoformat(str(old.get("created")))
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.timezone.utc)
+    return meta.get("recipe") if created >= dt.datetime.fromisoformat(recipe_since) else None
+
+
+def resumed_meta(out_dir: Path, old: dict, meta: dict, recipe_since: str | None = None) -> dict:
     """`meta` for writing again into the pool at `out_dir` whose provenance is `old`: the old pool's
-    keys and creation time kept. PoolIdentityError naming the identity keys that differ."""
-    if "recipe" not in old and assumed_recipe is not None:  # what the generator infers of a pool without the key
-        old = {**old, "recipe": assumed_recipe}
+    keys and creation time kept. PoolIdentityError naming the identity keys that differ.
+    `recipe_since`: when the generator's current recipe began (`_recipe_of_unrecorded`)."""
+    assumed = _recipe_of_unrecorded(old, meta, recipe_since)
+    if assumed is not None:
+        old = {**old, "recipe": assumed}
     by_shard = isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list)
     changed = [k for k in IDENTITY_KEYS if identity_value(old, k) != identity_value(meta, k)
                and not (k in KEYS_ADDED_SINCE and k not in old)
@@ -247,9 +271,9 @@ class PoolWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, meta: dict, overwrite: bool = False, describe_shard=None,
-                 assumed_recipe: int | None = None):
+                 recipe_since: str | None = None):
         """`describe_shard(index)`: how a refusal names a kept shard whose inputs changed (default: its file);
-        `assumed_recipe`: the recipe a pool.json without the key is taken to record (`resumed_meta`)."""
+        `recipe_since`: when the generator's current recipe began (`resumed_meta`)."""
         self.out_dir = Path(out_dir)
         self.data_dir = self.out_dir / DATA_DIR
         meta_path = self.out_dir / POOL_META
@@ -265,7 +289,7 @@ class PoolWriter:
             old = read_pool_meta(self.out_dir)
             if old.get("status") == "complete":
                 self._finished_before = old.get("finished")
-            merged = resumed_meta(self.out_dir, old, meta, assumed_recipe)
+            merged = resumed_meta(self.out_dir, old, meta, recipe_since)
             if isinstance(old.get("shard_inputs"), list) and isinstance(meta.get("shard_inputs"), list):
                 self._check_kept_shard_inputs(old["shard_inputs"], meta["shard_inputs"], describe_shard)
             meta = merged
@@ -367,8 +391,7 @@ def swap_in_replacement(out_dir: str | os.PathLike) -> None:
 
     out_dir = Path(out_dir)
     replacement, aside = replacement_folder(out_dir), out_dir / f".replaced-{os.getpid()}"
-    card = out_dir / POOL_CARD
-    keep_card = card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
+    keep_card = _users_own_card(out_dir / POOL_CARD)
     moved = [name for name in (POOL_META, DATA_DIR, POOL_CARD) if name != POOL_CARD or not keep_card]
     try:
         with interrupts_held():
@@ -403,8 +426,7 @@ def finish_interrupted_swap(out_dir: str | os.PathLike) -> bool:
     if not (out_dir / POOL_META).exists() and (replacement / POOL_META).is_file():
         # what is still in the replacement was not moved in yet, so a file of its name in OUT is the old
         # pool's (the old ones all leave before the first new one comes): aside with the others
-        card = out_dir / POOL_CARD
-        own_card = card.exists() and _POOL_CARD_MARK not in card.read_text(encoding="utf-8", errors="replace")
+        own_card = _users_own_card(out_dir / POOL_CARD)
         names = [name for name in (POOL_META, DATA_DIR, POOL_CARD)
                  if (replacement / name).exists() and not (name == POOL_CARD and own_card)]
         for name in names:
@@ -500,7 +522,7 @@ def carry_over(old: Path, staged: Path) -> None:
     for entry in old.iterdir():
         if entry.name in (DATA_DIR, POOL_META, REPLACEMENT_DIR) or is_temporary(entry):
             continue
-        if entry.name == POOL_CARD and _POOL_CARD_MARK in entry.read_text(encoding="utf-8", errors="replace"):
+        if entry.name == POOL_CARD and not _users_own_card(entry):
             continue  # written anew for the new rows
         target = staged / entry.name
         if target.exists() or target.is_symlink():  # carried by an earlier run killed before its swap

@@ -429,13 +429,11 @@ def _check_read(c: TrainConfig) -> None:
 
 def _validate(c: TrainConfig) -> None:
     _check(c.method in METHODS, f"unknown method {c.method!r}; expected one of {list(METHODS)}")
-    from tasks import TASKS
-
     from augment.errors import did_you_mean
-
-    _check(c.task in TASKS, f"unknown --task {c.task!r}{did_you_mean(c.task, TASKS)}; expected one of {', '.join(TASKS)}")
+    from tasks import TASKS
     from train.validation import METRICS as VALIDATED_TASKS
 
+    _check(c.task in TASKS, f"unknown --task {c.task!r}{did_you_mean(c.task, TASKS)}; expected one of {', '.join(TASKS)}")
     # a task registered in tasks.TASKS trains; validating it ran retrieval's evaluation, then a KeyError
     _check(not c.val_frequency or c.task in VALIDATED_TASKS,
            f"--val-frequency: in-training validation knows the tasks {', '.join(VALIDATED_TASKS)}, not {c.task!r} "

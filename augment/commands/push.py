@@ -11,10 +11,9 @@ from augment.errors import MatPlusError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # the card metadata the Hub checks on each commit: a license id of its list (`data_cards.licenses`)
-# and the shape of ISO 639 codes (`en`, `fra`, `zh-Hans`). A card with `CC BY 4.0` was refused by
-# the Hub after the data commit had landed, leaving a repository without its card
-# the Hub's `language` takes ISO 639 codes of two or three letters, or "code" / "multilingual"; a BCP-47
-# tag (`en-US`, `zh-Hans`) belongs in `language_details`, and in `language` was refused by the Hub
+# and ISO 639 codes of two or three letters (`en`, `fra`), or "code" / "multilingual", in `language`
+# (a BCP-47 tag, `en-US`, belongs in `language_details`). A card with `CC BY 4.0` was refused by the
+# Hub after the data commit had landed, leaving a repository without its card
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}|code|multilingual")
 # what Ctrl-C prints (augment.cli_common): a re-run over an unfinished export needs no --force
 # (hub.write_repo_folder); a Hub repo gets whole commits only, but one holding the data commit

@@ -94,28 +94,6 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _recipe_of_unrecorded(out: Path, generator: Generator) -> int | None:
-    """The recipe a pool.json at `out` without the key is taken to record: the generator's current one
-    when the pool was created after that recipe began (`recipe_since`; read as recipe 1, such a pool
-    was refused though this code made it); None otherwise (recipe 1)."""
-    import datetime as dt
-
-    path = out / POOL_META
-    if not generator.recipe_since or not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        created = dt.datetime.fromisoformat(str(meta.get("created")))
-        since = dt.datetime.fromisoformat(generator.recipe_since)
-    except (OSError, ValueError, TypeError):  # unreadable: the writer's own checks name it
-        return None
-    if not isinstance(meta, dict) or "recipe" in meta or meta.get("method") != generator.method:
-        return None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.timezone.utc)
-    return generator.recipe if created >= since else None
-
-
 def run_generation(
     generator: Generator,
     source,
@@ -191,7 +169,6 @@ def run_generation(
     generator.prepare(items)
     # --overwrite over a pool: the new one is written inside its folder and swapped in when complete
     replacement = replacement_folder(out)
-    assumed = _recipe_of_unrecorded(Path(out), generator)
     if rank == 0:
         # rank 0 decides and creates the pool (or its replacement) before the others open it; a killed
         # replacement is scratch (--overwrite starts over) unless a SIGKILL cut its swap short
@@ -199,7 +176,8 @@ def run_generation(
         shutil.rmtree(replacement, ignore_errors=True)
         replacing = overwrite and holds_pool(Path(out))
         writer = (PoolWriter(replacement, meta, describe_shard=describe_shard) if replacing
-                  else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard, assumed_recipe=assumed))
+                  else PoolWriter(out, meta, overwrite=overwrite, describe_shard=describe_shard,
+                                  recipe_since=generator.recipe_since))
     else:
         holds_pool(Path(out))  # its refusal of a folder that is no pool, in every process (not a gloo error)
     if barrier is not None:
@@ -207,7 +185,7 @@ def run_generation(
     if rank != 0:  # what rank 0 created (a late process deciding alone took its fresh pool.json for an old one)
         replacing = overwrite and (replacement / POOL_META).is_file()
         writer = PoolWriter(replacement if replacing else out, meta, describe_shard=describe_shard,
-                            assumed_recipe=assumed)
+                            recipe_since=generator.recipe_since)
     finished = {k for k in range(num_shards) if writer.has_shard(k)}
     if finished and rank == 0:  # say so: the progress bar alone does not tell why it starts ahead
         print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
