@@ -378,8 +378,7 @@ class GroundingTask(RetrievalTask):
         options = {"top_k": getattr(config, "top_k", 10), "budget": getattr(config, "word_budget", 1)}
         if name == "bert-attack":  # the masked LM the config names, else the model's default (tiny-mlm for a
             # twin, as the trainer's config fills it; from Python it was bert-base-uncased, not cached offline)
-            from augment.registry import DEFAULT_MODELS
-            from augment.tiny import TINY_MLM
+            from train.config import default_mlm_of
 
-            options["mlm"] = getattr(config, "mlm", None) or (TINY_MLM if model.tiny_twin else DEFAULT_MODELS["mlm"])
+            options["mlm"] = getattr(config, "mlm", None) or default_mlm_of(model)
         return build_grounding_attack(name, model, **options)

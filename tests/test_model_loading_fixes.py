@@ -295,3 +295,39 @@ def test_a_folder_whose_name_starts_with_tiny_is_a_folder(twin, tmp_path, monkey
     assert is_tiny_name(twin) and is_tiny_name("tiny-clp") and not is_tiny_name("tiny-lab/run1")
     with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny-clp'"):
         load_model("tiny-clp")
+
+
+def _build_default_mlm_attack(task: str, model):
+    """One attack that draws substitutes from the masked LM meant by "default", built as `train eval` does."""
+    from train.eval_common import build_attacks
+
+    if task == "captioning":
+        from train.evaluate_captioning import build_caption_attacks
+
+        return build_caption_attacks(["prompt"], model, {})
+    if task == "grounding":
+        from train.attacks.grounding import build_grounding_attack
+
+        return build_attacks(["bert-attack"], model, {}, build=build_grounding_attack)
+    return build_attacks(["bert-attack"], model, {})
+
+
+@pytest.mark.parametrize("twin, task", [("tiny-clip", "retrieval"), ("tiny-captioner", "captioning"),
+                                        ("tiny-albef", "grounding")])
+def test_every_task_means_one_masked_lm_by_default(twin, task, monkeypatch):
+    """The default masked LM was chosen three ways (by the name, by a captioner's tokenizer, by
+    `tiny_twin` in grounding's training attack) and retrieval's Python `evaluate` took bert-base-uncased
+    for a tiny twin (not cached offline): one rule now, `default_mlm_of(model)`, for every task."""
+    import augment.registry as registry
+    from train.config import default_mlm, default_mlm_of
+
+    asked = []
+    real_load = registry.load_mlm
+    monkeypatch.setattr(registry, "load_mlm", lambda name, **kw: asked.append(name) or real_load("tiny-mlm", **kw))
+    model = load_model(twin, **({"prompt": "a picture of"} if task == "captioning" else {}))
+    _build_default_mlm_attack(task, model)
+    assert asked == ["tiny-mlm"] == [default_mlm_of(model)] == [default_mlm(twin)]
+    model.tiny_twin = None  # as a real model loads
+    asked.clear()
+    _build_default_mlm_attack(task, model)
+    assert asked == ["bert-base-uncased"] == [default_mlm_of(model)]

@@ -273,8 +273,19 @@ def _is_tiny_twin(model: str) -> bool:
 
 
 def default_mlm(model: str) -> str:
-    """The text attack's masked LM: tiny-mlm for tiny twins (offline), else the registry's."""
+    """The text attack's masked LM for a model named on the command line: tiny-mlm for tiny twins
+    (offline), else the registry's. `default_mlm_of` answers the same for a loaded model."""
     if _is_tiny_twin(model):
+        return TINY_MLM
+    from augment.registry import DEFAULT_MODELS
+
+    return DEFAULT_MODELS["mlm"]
+
+
+def default_mlm_of(model) -> str:
+    """The text attack's masked LM for a loaded model of any task: tiny-mlm when it is, or was trained
+    from, a tiny twin (`load_model` records which in `model.tiny_twin`), else the registry's."""
+    if getattr(model, "tiny_twin", None):
         return TINY_MLM
     from augment.registry import DEFAULT_MODELS
 

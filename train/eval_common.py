@@ -190,16 +190,18 @@ def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build:
     """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones.
 
     Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`), the names
-    of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default"."""
+    of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default" (default:
+    `train.config.default_mlm_of`, tiny-mlm for a tiny twin)."""
     build = build or build_attack
     options = {k: v for k, v in options.items() if v is not None}  # unset: each attack's own default
     needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str))
     if needs_mlm and options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
-        from augment.registry import DEFAULT_MODELS, load_mlm
+        from augment.registry import load_mlm
+        from train.config import default_mlm_of
 
         name = options.get("mlm") or "default"
         if name == "default":
-            name = default_mlm(attacker) if default_mlm is not None else DEFAULT_MODELS["mlm"]
+            name = (default_mlm or default_mlm_of)(attacker)
         model, tokenizer = load_mlm(name, device=attacker.device)
         options["mlm"] = (model, tokenizer, name)
     attacks: dict[str, Attack] = {}

@@ -33,7 +33,7 @@ import torch
 
 from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, CaptionAttack, build_caption_attack,
-                                      default_caption_mlm, lm_losses)
+                                      lm_losses)
 from train.caption_metrics import METRICS, caption_scores, require_java_for_meteor, simple_tokenize
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -61,8 +61,7 @@ def build_caption_attacks(names: Sequence[str | CaptionAttack], attacker, option
 
     if any(n in PROMPT_ATTACKS for n in names if isinstance(n, str)) and not getattr(attacker, "prompt", None):
         raise ValueError(f"the prompt attacks need a prompted captioner; '{attacker.name}' has no prompt (pass --prompt)")
-    return build_attacks(names, attacker, options, build=build_caption_attack, mlm_attacks=PROMPT_ATTACKS,
-                         default_mlm=default_caption_mlm)
+    return build_attacks(names, attacker, options, build=build_caption_attack, mlm_attacks=PROMPT_ATTACKS)
 
 
 def _normalised(text: str) -> str:

@@ -155,27 +155,15 @@ def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "defau
         raise ValueError(f"unknown text candidates {candidates!r}; expected 'mlm' or 'wordnet'")
     if isinstance(mlm, str):
         from augment.registry import load_mlm
+        from train.config import default_mlm_of
 
-        model_id = default_caption_mlm(victim) if mlm == "default" else mlm
+        model_id = default_mlm_of(victim) if mlm == "default" else mlm
         model, tokenizer = load_mlm(model_id, device=victim.device)
     else:
         model, tokenizer, *name = mlm
         model_id = name[0] if name else getattr(model.config, "name_or_path", None)
     return MaskedLMSubstitutes(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=mlm_batch,
                                model_id=model_id)
-
-
-def default_caption_mlm(victim) -> str:
-    """tiny-mlm for captioners with the tiny word vocabulary (offline twins), else the registry's default."""
-    from augment import tiny
-    from augment.registry import DEFAULT_MODELS
-
-    tokenizer = getattr(victim, "tokenizer", None)
-    if tokenizer is not None and len(tokenizer) < 10_000:
-        vocabulary = tiny.word_vocabulary()
-        if len(tokenizer) == len(vocabulary) and tokenizer.convert_ids_to_tokens(list(range(len(vocabulary)))) == vocabulary:
-            return tiny.TINY_MLM
-    return DEFAULT_MODELS["mlm"]
 
 
 class _WordAttack(CaptionAttack):
