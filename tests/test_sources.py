@@ -436,6 +436,14 @@ def test_inspect_cli_summary_and_bad_input(karpathy_dir, tmp_path):
     assert summary["splits"]["train"] == {"images": 3, "captions": 15}
     assert summary["captions_per_image"] == {"5": 6}
     assert set(summary["image_modes"]) == {"RGB", "L", "RGBA", "P", "CMYK"}
+    # the fingerprint a pool made from this source records (and its card shows): a user can match them
+    from augment.cli import main as augment_main
+
+    assert augment_main(["generate", "--method", "img-aug", "--source", str(karpathy_dir), "--limit", "1",
+                         "--out", str(tmp_path / "pool"), "--no-progress"]) == 0
+    recorded = json.loads((tmp_path / "pool" / "pool.json").read_text())["source_fingerprint"]
+    assert summary["fingerprint"] == recorded
+    assert f"fingerprint {recorded}" in _augment("inspect", "--source", str(karpathy_dir)).stdout
 
     (karpathy_dir / "images" / "003.png").unlink()
     result = _augment("inspect", "--source", str(karpathy_dir))

@@ -54,13 +54,17 @@ def run(args) -> int:
     dataset, report = read_source(args, validate=True, announce=False)
     summary = summarise(dataset)
     summary["format"] = report.format
+    from augment.sources import source_fingerprint
+
+    summary["fingerprint"] = source_fingerprint(dataset)  # what a pool made from it records (its card shows it)
     summary["skipped"] = len(report.skipped)
     if report.report_path is not None:
         summary["skip_report"] = str(report.report_path)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"source {args.source} ({report.format}): {summary['images']} images, {summary['captions']} captions")
+    print(f"source {args.source} ({report.format}): {summary['images']} images, {summary['captions']} captions, "
+          f"fingerprint {summary['fingerprint']}")
     for split, stats in sorted(summary["splits"].items()):
         print(f"  {split:8s} {stats['images']:7d} images {stats['captions']:8d} captions")
     print("captions per image: " + ", ".join(f"{k}: {v}" for k, v in summary["captions_per_image"].items()))
