@@ -147,7 +147,7 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
     text_is_new = modality in ("text", "pair") and not _is_human_text(generator) and generator != "shuffle"
     return {
         "license": options.license,
-        "pretty_name": pretty_name(meta),
+        "pretty_name": pretty_name(meta, options),
         "size_categories": [size_category(int(meta.get("num_rows") or 0))],
         "language": list(options.language),
         "source_datasets": source_datasets(meta.get("source"), options.source_dataset, source_is_hub(meta)),
@@ -161,8 +161,18 @@ def card_metadata(meta: dict, options: CardOptions) -> dict:
     }
 
 
-def pretty_name(meta: dict) -> str:
-    return f"mat-plus {meta.get('method', 'unknown')} pool of {source_name(meta.get('source'), source_is_hub(meta))}"
+def pretty_name(meta: dict, options: CardOptions = CardOptions()) -> str:
+    return f"mat-plus {meta.get('method', 'unknown')} pool of {card_source(meta, options)[0]}"
+
+
+def card_source(meta: dict, options: CardOptions) -> tuple[str, str | None]:
+    """How the card names the source: (its name, the local copy's name or None). `--source-dataset`
+    names the Hub dataset a local source is a copy of: the prose names that, as the YAML header does,
+    and the local copy beside it (a reader looks the dataset up by its Hub id)."""
+    local = source_name(meta.get("source"), source_is_hub(meta))
+    if options.source_dataset and options.source_dataset != local:
+        return options.source_dataset, local
+    return local, None
 
 
 def _display(value: Any) -> str:
@@ -298,7 +308,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
     created = str(meta.get("created") or "")
     return {
         "card_data": card_data,
-        "pretty_name": pretty_name(meta),
+        "pretty_name": pretty_name(meta, options),
         "method": method,
         "family_title": catalog.family_of(method).title,
         "generator_method": generator.get("method", method),
@@ -314,7 +324,8 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "split": meta.get("split"),
         "limit": meta.get("limit"),
         "parent": _parent_name(meta.get("parent")),
-        "source_name": source_name(meta.get("source"), source_is_hub(meta)),
+        "source_name": card_source(meta, options)[0],
+        "source_copy": card_source(meta, options)[1],
         "source_items": meta.get("source_items"),
         "source_fingerprint": meta.get("source_fingerprint"),
         "source_license": options.source_license,
