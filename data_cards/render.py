@@ -165,6 +165,18 @@ def pretty_name(meta: dict, options: CardOptions = CardOptions()) -> str:
     return f"mat-plus {meta.get('method', 'unknown')} pool of {card_source(meta, options)[0]}"
 
 
+def _card_params(meta: dict) -> dict:
+    """The parameters the card lists: pool.json's `params`, a selection's scorer by its name and id
+    (`params` keeps the id alone, its resume's identity: a digest no reader could look up)."""
+    from augment.local_paths import shorten_local_paths
+
+    params = dict(meta.get("params") or {})
+    scorer = meta.get("scorer")
+    if params.get("scorer") and isinstance(scorer, dict) and isinstance(scorer.get("name"), str):
+        params["scorer"] = shorten_local_paths(f"{scorer['name']} (id {params['scorer']})")
+    return params
+
+
 def card_source(meta: dict, options: CardOptions) -> tuple[str, str | None]:
     """How the card names the source: (its name, the local copy's name or None). `--source-dataset`
     names the Hub dataset a local source is a copy of: the prose names that, as the YAML header does,
@@ -318,7 +330,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "model_revision": meta.get("model_revision") or generator.get("model_revision"),
         "model_license": catalog.model_license(model),
         "model_has_weights": catalog.has_weights(model),
-        "params": sorted((meta.get("params") or {}).items()),
+        "params": sorted(_card_params(meta).items()),
         "seed": meta.get("seed"),
         "n": meta.get("n"),
         "split": meta.get("split"),

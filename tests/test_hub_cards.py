@@ -738,6 +738,13 @@ def test_the_cards_scores_table_names_a_local_scorer_by_its_last_part(tmp_path, 
     assert "scorer: scorer-ckpt" in card
     for published in (card, (out / "scores.json").read_text(), (out / "pool.json").read_text()):
         assert str(tmp_path) not in published
+    # a selection's card lists its scorer by name and id (it showed the id alone, a digest no reader can look up)
+    selection = tmp_path / "aligned"
+    assert cli("select", str(pool), "--out", str(selection), "--top-k-per-item", "1") == 0
+    scorer_id = json.loads((selection / "pool.json").read_text())["scorer"]["id"]
+    assert cli("push", str(selection), "--to-dir", str(tmp_path / "repo2"), "--license", "cc-by-4.0") == 0
+    card = (tmp_path / "repo2" / "README.md").read_text()
+    assert f"| `scorer` | scorer-ckpt (id {scorer_id}) |" in card and str(tmp_path) not in card
 
 
 def test_a_shuffle_pools_captions_are_found_language_with_machine_made_pairs():
