@@ -43,8 +43,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None and os.fspath(exc.filename) == str(tmp):  # the error names the file the user asked for, not our hidden temporary
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a parent that is a file: the write's own error says so
+            tmp.unlink(missing_ok=True)
     return path
 
 

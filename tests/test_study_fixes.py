@@ -45,6 +45,17 @@ def test_compare_still_reads_a_well_shaped_eval_json(tmp_path, capsys):
     assert "| run | 50.0 / 40.0 | 300.0 |" in capsys.readouterr().out
 
 
+def test_compare_out_that_cannot_be_written_names_the_file_asked_for(tmp_path, capsys):
+    """`--out` in a folder that cannot hold it named the hidden temporary (`.table.md.tmp-PID`), not the file."""
+    path = tmp_path / "run" / "eval.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(GOOD))
+    (tmp_path / "notes").write_text("a file, not a folder")
+    line = _fails(capsys, ["compare", path.parent, "--out", tmp_path / "notes" / "table.md"],
+                  str(tmp_path / "notes" / "table.md"))
+    assert ".tmp-" not in line and not list(tmp_path.glob("**/.table.md.tmp-*"))
+
+
 # --------------------------------------------------------------------------- B. config checks at load
 
 def _refused(tmp_path, text: str, *expected) -> str:
