@@ -149,15 +149,6 @@ class CaptioningTask(Task):
                                    mlm=getattr(config, "mlm", None) or "default",
                                    top_k=int(getattr(config, "top_k", 10)))
 
-    def image_attack(self, model: "ImageTextModel", config: Any, generator: torch.Generator | None = None):
-        """The inner image attack (untargeted PGD on the references' LM loss) from a train config."""
-        from train.attacks.captioning import CaptionPGD
-
-        eps = float(getattr(config, "attack_eps", 2 / 255))
-        return CaptionPGD(model, eps=eps, steps=int(getattr(config, "pgd_steps", 10)),
-                          step_size=getattr(config, "pgd_step_size", None),
-                          random_start=bool(getattr(config, "random_start", True)), generator=generator)
-
 
 def references_from_train_data(data) -> list[list[str]]:
     """Every caption of each train image (its source captions, then its pools' text views): the

@@ -433,21 +433,23 @@ def test_prompt_attack_needs_a_prompted_captioner(captioner, tiny_mlm):
 
 
 def test_a_mat_step_by_hand_trains_on_adversarial_image_and_caption(prompted):
-    """MAT's inner maximisation through the task (text attack, then PGD), then one outer step."""
+    """MAT's inner maximisation through the task (text attack, then PGD on the task's image loss, as
+    train/methods.py runs it), then one outer step."""
     import copy
     from types import SimpleNamespace
 
     from tasks.captioning import CaptioningTask
+    from train.attacks import pgd_linf
 
     task = CaptioningTask()
     model = copy.deepcopy(prompted).train()
-    config = SimpleNamespace(word_budget=1, text_candidates="mlm", mlm="tiny-mlm", top_k=5, eps=2 / 255,
-                             pgd_steps=3, pgd_step_size=None, random_start=True)
+    config = SimpleNamespace(word_budget=1, text_candidates="mlm", mlm="tiny-mlm", top_k=5)
     pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     texts, keys = WORLD_TEXTS[::2], torch.arange(3)
     adv_texts = task.text_attack(model, config)(pixels, texts, None).texts
     adv_tokens = model.tokenize(adv_texts)
-    adv_pixels = task.image_attack(model, config).perturb(pixels, adv_texts, keys)
+    adv_pixels = pgd_linf(pixels, task.image_attack_loss(model, adv_tokens, keys, adv_texts), 2 / 255, 3, 1 / 255,
+                          True, torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = float(task.image_attack_loss(model, model.tokenize(texts), keys)(pixels))
         adversarial = float(task.image_attack_loss(model, adv_tokens, keys)(adv_pixels))
