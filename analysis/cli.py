@@ -240,17 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="analysis", description="Which pool properties predict robustness.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     study = sub.add_parser("study", allow_abbrev=False, help="build pools, score them, train and evaluate every method, write the report")
-    study.add_argument("--config", default="default", help="STUDY.yaml, or a bundled config name: "
+    study.add_argument("--config", default="default", metavar="FILE|NAME", help="STUDY.yaml, or a bundled config name: "
                        + ", ".join(bundled_config_names()))
     study.add_argument("--out", default=None, type=folder_path, help="output folder (default: the config's)")
     study.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
     study.set_defaults(func=_study, interrupted="finished steps are kept; re-run the same command to resume")
     compare = sub.add_parser("compare", allow_abbrev=False, help="print a table of finished evaluations")
-    compare.add_argument("evaluations", nargs="+", help="eval folders, run folders, eval.json files, or a study's evals/")
+    compare.add_argument("evaluations", nargs="+", metavar="EVAL", help="eval folders, run folders, eval.json files, or a study's evals/")
     compare.add_argument("--out", default=None, type=file_path, help="also write the table (Markdown) here")
     compare.set_defaults(func=_compare)
     regimes = sub.add_parser("regimes", allow_abbrev=False, help="one table of the headline comparison of several finished studies")
-    regimes.add_argument("studies", nargs="+", help="study output folders (each with results.json)")
+    regimes.add_argument("studies", nargs="+", metavar="STUDY", help="study output folders (each with results.json)")
     regimes.add_argument("--out", default=None, type=file_path, help="also write the table (Markdown) here")
     regimes.set_defaults(func=_regimes)
     return parser

@@ -71,25 +71,25 @@ INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattack
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_attacks", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--images", type=positive_int, default=32, help="images per batch (an evaluation batch)")
-    parser.add_argument("--captions", type=positive_int, default=5, help="captions per image")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per side (median)")
+    parser.add_argument("--images", type=positive_int, default=32, help="images per batch (an evaluation batch; default 32)")
+    parser.add_argument("--captions", type=positive_int, default=5, help="captions per image (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per side, median kept (default 3)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
-    parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--protocol", default="project", choices=("project", "sga", "co-attack"), help="attack protocol, as train eval's --protocol (default project)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="both sides run under train eval's --precision (tf32: TF32 products on a GPU, fp32 on a "
                              "CPU; amp_*: autocast)")
     parser.add_argument("--model", default="tiny-clip",
                         help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random "
-                             "weights; the multimodal comparisons need an open_clip model (their baseline's text path)")
+                             "weights; the multimodal comparisons need an open_clip model (their baseline's text path) (default tiny-clip)")
     parser.add_argument("--attacks", default=",".join(COMPARISONS),
-                        help=f"comma-separated comparisons to run, of {', '.join(COMPARISONS)}")
+                        help=f"comma-separated comparisons to run, of {', '.join(COMPARISONS)} (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="after each multimodal attack's timing, count each side's aten calls once (their "
                              "ratio: a host-bound GPU's time ratio), run its batched call once more under "
                              "torch.profiler and add the per-operator tables to OUT's folder as NAME.profile.txt")
-    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     return parser.parse_args(argv)
 
 

@@ -72,10 +72,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--size", type=positive_int, default=None,
                         help="t2i-sd image side in pixels, a multiple of 8 (default: the model's, 64 for tiny-sd, "
                              "512 for sd15-shaped)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default=None, help="default: fp16 on cuda, fp32 on cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="model dtype, fp32, fp16 or bf16 (default: fp16 on cuda, fp32 on cpu)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's own)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sample captions and the per-image generators (default 0)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved loop/batched repeats, medians (default 3)")
     return parser.parse_args(argv)
 

@@ -89,22 +89,22 @@ MEMORY_SOURCE_SIZE = 400  # sample-world scenes: 300 train x 5 captions = 1,500 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scoring", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--pairs", type=positive_int, default=1024, help="image-caption pairs for the speed comparison")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--pairs", type=positive_int, default=1024, help="image-caption pairs for the speed comparison (default 1024)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="scorer batch size (default 64)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per side, median kept (default 3)")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="decoding workers of the pipeline (default: augment score's)")
     parser.add_argument("--model", choices=sorted(SCORER_MODELS), default="tiny",
                         help="the scorer of the speed comparison (default tiny; vit-b-16-shaped: ViT-B/16's sizes)")
-    parser.add_argument("--device", default="cpu", help="where the scorer and CLIPScore run (cpu, cuda, cuda:1)")
+    parser.add_argument("--device", default="cpu", help="where the scorer and CLIPScore run (cpu, cuda, cuda:1; default cpu)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default 1 on the CPU: steady on a shared machine; torch's own on a GPU)")
-    parser.add_argument("--sizes", type=positive_counts, default="10000,30000,100000", help="text-pool sizes for the memory run")
-    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--sizes", type=positive_counts, default="10000,30000,100000", help="text-pool sizes for the memory run (default 10000,30000,100000)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the memory run")
     parser.add_argument("--skip-real-size", action="store_true", help="leave out the statistics at real widths")
-    parser.add_argument("--widths", type=positive_counts, default="512,768", help="embedding widths for the statistics at real widths")
+    parser.add_argument("--widths", type=positive_counts, default="512,768", help="embedding widths for the statistics at real widths (default 512,768)")
     parser.add_argument("--real-size-pairs", type=positive_int, default=8,
-                        help="pairs CLIPScore scores with the ViT-B/16-shaped model (the baseline of the real widths)")
-    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
+                        help="pairs CLIPScore scores with the ViT-B/16-shaped model (the baseline of the real widths; default 8)")
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     # internal: one memory measurement in a fresh process
     parser.add_argument("--memory-child", nargs=3, metavar=("POOL", "SOURCE", "JSON"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)

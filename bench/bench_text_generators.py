@@ -47,8 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=positive_int, default=16, help="model generators' longest output (default 16)")
     # the tiny models' matrices are so small that thread hand-offs dominate: one thread is fastest
     parser.add_argument("--threads", type=non_negative_int, default=1, help="torch CPU threads (default 1; 0: torch's own)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the model generators run (default cpu)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sample captions and the generators (default 0)")
     return parser.parse_args(argv)
 
 

@@ -70,11 +70,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_train_loop", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", default="tiny-clip",
                         help="any name training accepts; an open_clip architecture without a pretrained tag "
-                             "(e.g. ViT-B-16) has random weights, offline")
+                             "(e.g. ViT-B-16) has random weights, offline (default tiny-clip)")
     parser.add_argument("--mlm", default="tiny-mlm", help="MAT's masked LM (default tiny-mlm: offline)")
     parser.add_argument("--methods", default="clean,mat", help="comma list of training methods (default clean,mat)")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--pgd-steps", type=positive_int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="items per training step (default 32)")
+    parser.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations of MAT's image attack (default 10)")
     parser.add_argument("--precision", default=None, help="training --precision (default: amp on cuda, fp32 on cpu)")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default: the trainer's)")
     parser.add_argument("--steps", type=positive_int, default=4, help="timed optimizer steps per method (default 4)")
@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "operations (torch.utils.flop_counter), and MAT/clean's FLOP ratio: the time ratio of a "
                              "device bound by its arithmetic; 0: skip")
     parser.add_argument("--keep", default=None, metavar="DIR", help="write the source and runs here and keep them")
-    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     try:
         width, height = (int(v) for v in args.image_size.lower().split("x"))

@@ -45,14 +45,14 @@ DEFAULT_OUT = "outputs/bench/trainer.json"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_trainer", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--source", default=None, help="dataset to train on (default: a fresh 200-scene sample world)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--pgd-steps", type=positive_int, default=10)
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps per method (after one warm-up step)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="items per training step (default 64)")
+    parser.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations of MAT's image attack (default 10)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps per method, after one warm-up step (default 3)")
     parser.add_argument("--model", default="tiny-clip",
-                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights")
-    parser.add_argument("--mlm", default="tiny-mlm", help="the text attack's masked LM")
+                        help="victim: a model name; an open_clip architecture without a tag (ViT-B-16) has random weights (default tiny-clip)")
+    parser.add_argument("--mlm", default="tiny-mlm", help="the text attack's masked LM (default tiny-mlm)")
     parser.add_argument("--text-attack-only", action="store_true", help="time only the text attack, not the steps")
-    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     return parser.parse_args(argv)
 
 

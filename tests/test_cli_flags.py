@@ -338,6 +338,9 @@ def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
     (["score", "pool", "--confidence", "2"], "argument --confidence: 2: must lie strictly between 0 and 1"),
     (["make-sample", "dir", "--expressions", "-1"], "argument --expressions: -1: must not be negative"),
     (["generate", "--method", "t2t-tiny-paraphraser", "--top-k", "-1"], "argument --top-k: -1: must not be negative"),
+    # negative seeds were taken here while score, train, train eval and the study refuse them
+    (["generate", "--method", "eda", "--seed", "-1"], "argument --seed: -1: must not be negative"),
+    (["make-sample", "dir", "--seed", "-5"], "argument --seed: -5: must not be negative"),
 ])
 def test_out_of_range_numbers_are_refused_by_the_parser(argv, message, tmp_path, capsys):
     """Each was a traceback (ZeroDivisionError, ValueError) or a silently empty or interval-less result."""
@@ -377,6 +380,16 @@ def test_eval_help_default_attacks_are_the_evaluation_defaults():
     from train import commands_eval, evaluate
 
     assert commands_eval.DEFAULT_ATTACKS.split(",") == list(evaluate.DEFAULT_ATTACKS)
+    # the help names it as grounding's default too, and spells out captioning's
+    from train.evaluate_captioning import DEFAULT_CAPTION_ATTACKS
+    from train.evaluate_grounding import DEFAULT_GROUNDING_ATTACKS
+
+    assert commands_eval.DEFAULT_ATTACKS.split(",") == list(DEFAULT_GROUNDING_ATTACKS)
+    parser = train_parser()
+    eval_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
+    help_text = " ".join(next(a for a in eval_parser._actions if a.dest == "attacks").help.split())
+    assert f"retrieval and grounding default: {commands_eval.DEFAULT_ATTACKS};" in help_text
+    assert f"captioning default: {','.join(DEFAULT_CAPTION_ATTACKS)}," in help_text
 
 
 def test_the_selectable_text_guides_are_guides_the_attack_knows():

@@ -100,7 +100,7 @@ def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
                        help="ALBEF's momentum encoders and queue with distillation (default: on for clean, off for adversarial methods)")
     group.add_argument("--train-data", help="dataset: Karpathy/ALBEF JSON, CSV/TSV (open_clip's), parquet, datasets folder, "
                        "imagefolder or Hub id")
-    group.add_argument("--image-root", help="image folder for JSON/CSV sources")
+    group.add_argument("--image-root", help="image folder for JSON/CSV sources (default: the file's folder, then images/ beside it)")
     group.add_argument("--train-split", help="split of the source to train on" + _default("train_split"))
     group.add_argument("--csv-img-key", help="CSV/TSV column of image paths" + _default("csv_img_key"))
     group.add_argument("--csv-caption-key", help="CSV/TSV column of captions" + _default("csv_caption_key"))
@@ -143,7 +143,7 @@ def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--warmup", type=int, help="linear warm-up steps before the cosine decay" + _default("warmup"))
     opt.add_argument("--grad-accum", type=int, help="micro steps per optimizer step" + _default("grad_accum"))
     # open_clip_train's name first (the help shows it); the old one stays, so saved commands keep working
-    opt.add_argument("--grad-clip-norm", "--max-grad-norm", dest="max_grad_norm", type=number,
+    opt.add_argument("--grad-clip-norm", "--max-grad-norm", dest="max_grad_norm", type=number, metavar="NORM",
                      help="clip gradients to this norm (default: no clipping)")
     opt.add_argument("--precision", choices=PRECISIONS,
                      help=f"open_clip's names; mixed precision through accelerate: {', '.join(ACCELERATE_PRECISION)} "
@@ -155,7 +155,7 @@ def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     opt.add_argument("--lock-image", action=argparse.BooleanOptionalAction, help="freeze the image tower")
     opt.add_argument("--lock-text", action=argparse.BooleanOptionalAction,
-                     help="freeze the text tower (default: locked for tecoa and fare, trained otherwise)")
+                     help="freeze the text tower (default: locked for tecoa and fare unless --lock-image is given, trained otherwise)")
 
 
 def _add_attack_options(parser: argparse.ArgumentParser, method: str) -> None:
@@ -173,20 +173,21 @@ def _add_attack_options(parser: argparse.ArgumentParser, method: str) -> None:
         text.add_argument("--text-candidates", choices=TEXT_CANDIDATES,
                           help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms, as train eval's"
                           + _default("text_candidates"))
-        text.add_argument("--mlm", help="masked LM for --text-candidates mlm (default: tiny-mlm for tiny models, else the registry's default)")
+        text.add_argument("--mlm", help="masked LM for --text-candidates mlm (default: tiny-mlm for a tiny twin or a model trained "
+                          "from one, else the registry's default)")
         text.add_argument("--top-k", type=int, help="substitutes per word (masked LM or WordNet), as train eval's"
                           + _default("top_k"))
         text.add_argument("--word-budget", type=int, help="words changed per caption at most" + _default("word_budget"))
         text.add_argument("--text-attack-filter", choices=["truth"],
                           help="keep only substitutions this checker calls true of the image (truth: the sample world's; "
-                               "see train/text_filter.py for others) (default: every substitution)")
+                               "filters of your own are registered from Python, train/text_filter.py) (default: every substitution)")
 
 
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:
     """Checkpoints, resuming and loggers."""
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, help="checkpoint every N steps (default: only at the end)")
-    run.add_argument("--log-every-n-steps", "--log-every", dest="log_every", type=int,
+    run.add_argument("--log-every-n-steps", "--log-every", dest="log_every", type=int, metavar="N",
                      help="metrics.jsonl line every N steps" + _default("log_every"))
     run.add_argument("--resume", metavar="latest|CKPT", help="continue from a checkpoint: 'latest' (the one in --out) "
                      "or a checkpoint folder such as RUN/ckpt")
@@ -200,7 +201,8 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
 def _add_validation_options(parser: argparse.ArgumentParser, method: str) -> None:
     """Robust validation during training."""
     val = parser.add_argument_group("validation during training (robust R@1, CIDEr or grounding accuracy; best checkpoint in RUN/best)")
-    val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never")
+    val.add_argument("--val-frequency", type=int, help="validate every N epochs (and after the last step); 0: never"
+                     + _default("val_frequency"))
     val.add_argument("--val-data", help="source to validate on (default: --train-data); one that names no splits "
                      "(an open_clip CSV/TSV) is validated on whole")
     val.add_argument("--val-image-root", help="image folder for --val-data's JSON/CSV (--image-root is --train-data's)")
@@ -209,7 +211,7 @@ def _add_validation_options(parser: argparse.ArgumentParser, method: str) -> Non
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
     if method not in MULTIMODAL_METHODS:  # mat and mat+ name it among their text attack's options
         val.add_argument("--mlm", help="masked LM of a --val-attack that reads one (bert-attack, sep, co-attack, sga; "
-                         "captioning's prompt attacks) (default: tiny-mlm for tiny models, else the registry's default)")
+                         "captioning's prompt attacks) (default: tiny-mlm for a tiny twin or a model trained from one, else the registry's default)")
 
 
 @functools.lru_cache(maxsize=None)  # the parsers are fixed: built once per method, not per study run

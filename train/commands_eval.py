@@ -1,4 +1,4 @@
-"""`train eval`: retrieval robustness of any vision-language model, clean and under attacks.
+"""`train eval`: robustness of any vision-language model (retrieval, captioning, grounding), clean and under attacks.
 
     train eval CKPT --source SRC --split test --attacks clean,pgd,bert-attack,sep,co-attack,sga --out DIR
 
@@ -253,7 +253,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     from train.attacks.settings import ATTACKED_EMBEDDINGS, REFERENCE_BUGS, SELECTABLE_GUIDES, TEXT_CANDIDATES
 
     parser = subparsers.add_parser(
-        "eval", help="retrieval recall and attack success rates under image, text and multimodal attacks",
+        "eval", help="retrieval recall, captioning scores or grounding accuracy, clean and under image, text and multimodal attacks",
         description=__doc__.split("\n\n")[0] + " " + "Defaults follow the attack papers' protocol.",
         allow_abbrev=False,
     )
@@ -270,8 +270,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="retrieval (default; recall@K), captioning (captioners: BLEU-4, METEOR, ROUGE-L, CIDEr) "
                              "or grounding (referring expressions: accuracy at IoU 0.5)")
     parser.add_argument("--attacks", type=_attack_names, default=None,
-                        help=f"comma-separated attacks (retrieval default: {DEFAULT_ATTACKS}; also: synonym; "
-                             "captioning: clean,pgd,pgd-targeted[,prompt,prompt-pgd])")
+                        help=f"comma-separated attacks (retrieval and grounding default: {DEFAULT_ATTACKS}; also: synonym; "
+                             "captioning default: clean,pgd,pgd-targeted, and prompt,prompt-pgd for a captioner with a prompt)")
     parser.add_argument("--out", required=True, type=folder_path, help="folder for eval.json and eval.md")
 
     transfer = parser.add_argument_group("transfer attacks (default: white-box, the attacker is the evaluated model)")
@@ -290,7 +290,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     text = parser.add_argument_group("text attack (word substitutions)")
     text.add_argument("--text-candidates", choices=TEXT_CANDIDATES, default=D.candidates,
                       help="substitutes from a masked LM (BERT-Attack) or WordNet synonyms (default: mlm)")
-    text.add_argument("--mlm", default=None, help="masked LM (default: tiny-mlm for tiny models, else the registry's default)")
+    text.add_argument("--mlm", default=None, help="masked LM (default: tiny-mlm for a tiny twin or a model trained from one, "
+                                                     "else the registry's default)")
     text.add_argument("--top-k", type=int, default=D.top_k, help="substitutes per word (default: 10)")
     text.add_argument("--word-budget", type=int, default=D.budget, help="words changed per caption at most (default: 1)")
     text.add_argument("--max-length", type=int, default=None,
@@ -343,7 +344,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--workers", type=int, default=None,
                          help="DataLoader processes decoding the next batches' images, 0: none (default: the usable CPUs less one, at most 8)")
     runtime.add_argument("--truth-checker", choices=("auto", "world", "none"), default="auto",
-                         help="judge attacked captions with the sample world's truth checker: 'auto' when every image has a scene (default)")
+                         help="judge attacked captions with the sample world's truth checker: auto (default): when every evaluated "
+                              "image has a scene; world: always (refused when one has none); none: never")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar (default: yes)")
     from train.commands_grounding import add_grounding_arguments
 

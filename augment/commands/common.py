@@ -8,9 +8,9 @@ from augment.source_formats import TABLE_KEYS
 def add_source_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--source", required=required, help="dataset: Karpathy/ALBEF JSON, CSV, parquet, datasets folder, imagefolder, or Hub id")
     parser.add_argument("--image-root", default=None, help="image folder for JSON/CSV sources (default: the file's folder, then images/ beside it)")
-    parser.add_argument("--source-split", default=None, help="split for sources that name none (CSV, ALBEF files without train/val/test in the name)")
+    parser.add_argument("--source-split", default=None, help="split for sources that name none (CSV/TSV, ALBEF files without train/val/test in the name; default: train)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad records and write a report of them instead of stopping (decodes every image first)")
-    parser.add_argument("--skip-report", default=None, type=file_path, help="where --skip-bad writes its report (default: beside --out where the command has one, else ./skipped.json)")
+    parser.add_argument("--skip-report", default=None, type=file_path, help="where --skip-bad writes its report (default: OUT.skipped.json beside --out where the command has one, else ./skipped.json)")
     parser.add_argument("--validate", action="store_true",
                         help="decode every source image before starting (default: each image is checked when it is used)")
     parser.add_argument("--allow-outside-root", action="store_true",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from augment.arguments import folder_path, positive_int
+from augment.arguments import folder_path, non_negative_int, positive_int
 from augment.commands.common import add_source_arguments, read_source, source_meta
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import run_generation
@@ -29,17 +29,17 @@ def register(subparsers) -> None:
     parser.add_argument("--n", "--augmentations", dest="n", type=positive_int, default=4,
                         help="augmentations per source caption or image (default 4); spell it --augmentations "
                              "under torchrun, whose parser takes --n for one of its own options")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed of every row's random draws (default 0)")
     parser.add_argument("--split", default="train", help="source split to augment (default train; 'all' for every split)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first LIMIT source images (quick subset)")
-    parser.add_argument("--shard-size", type=positive_int, default=256, help="source images per written shard (the resume unit)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (" + MODEL_METHODS + ")")
+    parser.add_argument("--shard-size", type=positive_int, default=256, help="source images per written shard (the resume unit; default 256)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default 16; " + MODEL_METHODS + ")")
     parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's; " + MODEL_METHODS + ")")
     parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model (" + MODEL_METHODS + ")")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model dtype, fp16/bf16 on GPU (" + MODEL_METHODS + ")")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (under accelerate launch: each process's own)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model weights' dtype, fp16/bf16 on GPU (default fp32; " + MODEL_METHODS + ")")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu; under accelerate launch: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_workers_argument(parser, used_at_most=SHARD_WORKERS)
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("dir", metavar="DIR", help="output folder (must be missing or empty)")
     parser.add_argument("--n", type=int, default=4000, help="number of images (default 4000)")
-    parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="world seed (default 0)")
     parser.add_argument("--val-frac", type=finite_number, default=VAL_FRAC, help=f"share of images in val (default {VAL_FRAC})")
     parser.add_argument("--test-frac", type=finite_number, default=TEST_FRAC, help=f"share of images in test (default {TEST_FRAC})")
     parser.add_argument("--captions", type=int, default=None, help="captions per image (default 5; not with --expressions)")

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
         description="Upload a pool as a Hub dataset (parquet shards, README.md data card, pool.json, "
         "scores.json), or write that repository to a local folder with --to-dir.",
     )
-    parser.add_argument("pool", help="the pool folder (or a Hub id of a pool)")
+    parser.add_argument("pool", metavar="POOL", help="the pool folder (or a Hub id of a pool)")
     parser.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub dataset repository to push to (with --to-dir: only named in the card)")
     parser.add_argument("--to-dir", metavar="DIR", help="write the repository to DIR instead of uploading it")
     parser.add_argument("--private", action="store_true", help="create the repository as private (an existing one keeps its visibility)")

@@ -41,21 +41,21 @@ def register(subparsers) -> None:
                              "(default: the registry's default CLIP, ViT-B-16 openai)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or checkpoint file) for --scorer")
     add_source_arguments(parser, required=False)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="scorer batch size")
+    parser.add_argument("--device", default="cpu", help="where the scorer runs: cpu, cuda, cuda:1 ... (default cpu)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="scorer batch size (default 64)")
     parser.add_argument("--bootstrap", type=non_negative_int, default=1000,
                         help="bootstrap resamples for the CIs of means (default 1000; 0: no interval)")
     parser.add_argument("--gap-bootstrap", type=non_negative_int, default=200,
                         help="bootstrap resamples for the gap CIs (default 200; 0: no interval)")
     parser.add_argument("--confidence", type=confidence_level, default=0.95, help="CI level, in (0, 1) (default 0.95)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the gap samples")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the gap samples (default 0)")
     parser.add_argument("--gap-samples", type=_gap_sample_size, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
-    parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time")
+    parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time (default 1024)")
     parser.add_argument("--cache-dir", default=None,
                         help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
     parser.add_argument("--table", default=None, type=file_path, metavar="FILE", help="write the comparison table (Markdown) here")
     parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true",
                         help="score again even when the pool, source, scorer and settings are those of its stored scores")
     parser.add_argument("--allow-pool-mismatch", action="store_true",
