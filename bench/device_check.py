@@ -1,4 +1,4 @@
-"""The prepared GPU run: the real-size measurements issues 18 and 19 still owe, in one command.
+"""The prepared GPU run: the benchmarks' real-size measurements on a GPU, in one command.
 
     python -m bench.device_check [--out DIR] [--smoke]
 

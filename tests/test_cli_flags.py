@@ -458,3 +458,14 @@ def test_the_grounding_tasks_text_attack_takes_a_twins_masked_lm_from_python():
 
     attack = build_task("grounding").text_attack(load_model("tiny-albef"), TrainConfig(task="grounding", model="tiny-albef"))
     assert attack.params()["mlm"] == "tiny-mlm"
+
+
+def test_the_trainers_task_metavar_names_the_tasks_eval_offers():
+    """`train METHOD --task` is checked by the config (one line), so its usage shows the tasks through a
+    spelt-out metavar (no torch import for `train --help`): it must not drift from the tasks there are."""
+    from tasks import TASKS
+
+    subparsers = next(a for a in train_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown = next(a for a in subparsers["mat"]._actions if a.dest == "task").metavar
+    assert set(shown.strip("{}").split(",")) == set(TASKS)
+    assert set(next(a for a in subparsers["eval"]._actions if a.dest == "task").choices) == set(TASKS)

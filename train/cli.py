@@ -83,13 +83,14 @@ def add_method_parser(subparsers, method: str) -> argparse.ArgumentParser:
 def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     """The model, its task and family options, and the training data."""
     group = parser.add_argument_group("model and data")
-    group.add_argument("--task", help="what to train for: retrieval, captioning, grounding" + _default("task"))
+    group.add_argument("--task", metavar="{retrieval,captioning,grounding}", help="what to train for: retrieval, captioning, grounding" + _default("task"))
     group.add_argument("--counterfactual-pairs", action=argparse.BooleanOptionalAction,
                        help="grounding on the sample world: also pair each expression with its scene re-rendered with one "
                        "object edited, labelled by the world's checker (default: on; off = ALBEF's pairs only)")
     group.add_argument("--model", help="any model name: open_clip architecture (with --pretrained), Hub id (BLIP, CLIP), "
                        "local folder, or a tiny twin (tiny-clip, tiny-siglip, tiny-blip, ...)" + _default("model"))
-    group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name")
+    group.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file for an architecture name "
+                       "(albef, tcl: the checkpoint file)")
     group.add_argument("--prompt", help="--task captioning: text the decoder starts from, left out of the loss and saved "
                        "with the checkpoint (BLIP's COCO setting: 'a picture of'; default: the model's own)")
     albef = parser.add_argument_group("ALBEF / TCL checkpoints (models/albef)")

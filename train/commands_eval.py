@@ -260,7 +260,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", metavar="CKPT", help="model: open_clip name (with --pretrained), Hub id, checkpoint folder, or a tiny twin")
     # the trainer's spelling: one line saying where the model goes, not argparse's "unrecognized arguments"
     parser.add_argument("--model", type=_model_is_positional, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for an architecture name")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file for an architecture "
+                        "name (albef, tcl: the checkpoint file)")
     parser.add_argument("--albef-config", default=None, help="ALBEF/TCL checkpoint of another size: ALBEF's YAML (image_res, vision sizes)")
     parser.add_argument("--albef-bert-config", default=None, help="ALBEF/TCL: ALBEF's BERT config JSON (with fusion_layer)")
     parser.add_argument("--albef-tokenizer", default=None, help="ALBEF/TCL: BERT tokenizer name or folder (default: bert-base-uncased)")
@@ -329,8 +330,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--rerank-k", type=int, default=None,
                          help="fusion models (BLIP, ALBEF): ITM re-ranks each query's top k of the ITC ranking; 0: ITC only "
                               "(default: 128, the Flickr30k protocol; ALBEF/BLIP's COCO configs use 256)")
-    runtime.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split only")
-    runtime.add_argument("--captions-per-image", type=int, default=None, help="use the first N captions of each image (default: all)")
+    runtime.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images of the split only")
+    runtime.add_argument("--captions-per-image", type=int, default=None, metavar="N", help="use the first N captions of each image (default: all)")
     runtime.add_argument("--save-adv", default=None, type=folder_path, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     runtime.add_argument("--precision", default="fp32", metavar="{fp32,tf32,amp,amp_fp16,amp_bf16}",
