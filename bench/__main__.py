@@ -20,9 +20,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     names = parser.parse_args(argv).names or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}", file=sys.stderr)
-        return 2
+    if unknown:  # argparse's usage line and `error:`, exit status 2, as every other bad argument
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     import torch
 
     threads = torch.get_num_threads()  # each benchmark starts from torch's default, not the last one's setting

@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_text_generators", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--captions", type=positive_int, default=10_000, help="captions for the EDA comparison (default 10000)")
-    parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs per EDA measurement, best kept (default 3)")
+    parser.add_argument("--repeats", "--repeat", dest="repeat", type=positive_int, default=3, help="timed runs per EDA measurement, best kept (default 3)")
     parser.add_argument("--alpha", type=positive_fraction, default=0.1, help="EDA alpha = nlpaug aug_p (default 0.1)")
     parser.add_argument("--batch-sizes", default="1,4,16", help="batch sizes for the model generators (default 1,4,16)")
     parser.add_argument("--model-captions", type=positive_int, default=48, help="captions paraphrased per batch size (default 48)")

@@ -77,3 +77,15 @@ def test_the_trainer_benchmarks_give_clean_runs_no_masked_lm(tmp_path, sample_wo
     args = Namespace(model="tiny-clip", mlm="tiny-mlm", batch_size=4, pgd_steps=1)
     assert _trainer("clean", str(sample_world_dir), tmp_path / "clean", args).cfg.mlm is None
     assert _trainer("mat", str(sample_world_dir), tmp_path / "mat", args).cfg.mlm == "tiny-mlm"
+
+
+def test_an_unknown_benchmark_name_is_an_argparse_error(capsys):
+    """`python -m bench nosuch` printed a bare line, not the `error:` line every other bad argument gets."""
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["scoring", "nosuch"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "python -m bench: error: unknown benchmark(s) nosuch; choose from" in err
+    # every benchmark spells its repeat count --repeats (text_generators' old --repeat still works)
+    assert importlib.import_module("bench.bench_text_generators").parse_args(["--repeats", "2"]).repeat == 2

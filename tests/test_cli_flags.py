@@ -299,6 +299,9 @@ def test_every_generate_option_is_common_or_read_by_some_method():
      "--method t2i-sd --guidance-scale 1 (no classifier-free guidance) does not read --negative-prompt ("),
     (["--method", "i2t-scene", "--captions-per-image", "2"], "--method i2t-scene does not read --captions-per-image ("),
     (["--method", "i2t-tiny-blip", "--prompt-template", "{caption}"], "--method i2t-tiny-blip does not read --prompt-template ("),
+    # named by its first spelling (`train`'s --top-k is substitutes per word); the old --top-k is still read
+    (["--method", "eda", "--top-k", "5"], "--method eda does not read --sampling-top-k ("),
+    (["--method", "eda", "--sampling-top-k", "5"], "--method eda does not read --sampling-top-k ("),
 ])
 def test_generate_refuses_an_option_its_method_does_not_read(extra, line, tmp_path, capsys):
     from augment.cli import main
@@ -337,7 +340,7 @@ def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
     (["score", "pool", "--gap-samples", "1"], "argument --gap-samples: 1: must be at least 2"),
     (["score", "pool", "--confidence", "2"], "argument --confidence: 2: must lie strictly between 0 and 1"),
     (["make-sample", "dir", "--expressions", "-1"], "argument --expressions: -1: must not be negative"),
-    (["generate", "--method", "t2t-tiny-paraphraser", "--top-k", "-1"], "argument --top-k: -1: must not be negative"),
+    (["generate", "--method", "t2t-tiny-paraphraser", "--top-k", "-1"], "argument --sampling-top-k/--top-k: -1: must not be negative"),
     # negative seeds were taken here while score, train, train eval and the study refuse them
     (["generate", "--method", "eda", "--seed", "-1"], "argument --seed: -1: must not be negative"),
     (["make-sample", "dir", "--seed", "-5"], "argument --seed: -5: must not be negative"),
@@ -469,3 +472,15 @@ def test_the_trainers_task_metavar_names_the_tasks_eval_offers():
     shown = next(a for a in subparsers["mat"]._actions if a.dest == "task").metavar
     assert set(shown.strip("{}").split(",")) == set(TASKS)
     assert set(next(a for a in subparsers["eval"]._actions if a.dest == "task").choices) == set(TASKS)
+
+
+@pytest.mark.parametrize("argv", [["generate", "--method", "eda", "--source", "s", "--out", "o"], ["score", "pool"],
+                                  ["inspect", "--source", "s"]])
+def test_augment_spells_progress_both_ways_as_train_does(argv):
+    """augment took `--no-progress` only, train `--progress/--no-progress`: both forms now, the last one wins."""
+    from augment.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(argv).no_progress is False
+    assert parser.parse_args([*argv, "--no-progress"]).no_progress is True
+    assert parser.parse_args([*argv, "--no-progress", "--progress"]).no_progress is False

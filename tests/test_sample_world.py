@@ -300,3 +300,7 @@ def test_make_sample_command(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert augment_main(["make-sample", str(out), "--n", "8", "--overwrite"]) == 0
     assert len(json.loads((out / "dataset_sample.json").read_text())["images"]) == 8
+    # the first spellings (generate's --n is augmentations per item); the old ones above still work
+    assert augment_main(["make-sample", str(out), "--images", "4", "--captions-per-image", "2", "--overwrite"]) == 0
+    data = json.loads((out / "dataset_sample.json").read_text())
+    assert len(data["images"]) == 4 and all(len(i["sentences"]) == 2 for i in data["images"])

@@ -334,7 +334,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument("--captions-per-image", type=int, default=None, metavar="N", help="use the first N captions of each image (default: all)")
     runtime.add_argument("--save-adv", default=None, type=folder_path, metavar="DIR", help="write each attack's adversarial examples as a pool under DIR/<attack>/")
     runtime.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    runtime.add_argument("--precision", default="fp32", metavar="{fp32,tf32,amp,amp_fp16,amp_bf16}",
+    runtime.add_argument("--precision", default="fp32", metavar="{fp32,tf32,amp,amp_fp16,amp_bf16,amp_bfloat16}",
                          help="as the trainer's (open_clip_train's names): autocast of every task's forward passes, "
                               "weights kept fp32 (amp = amp_fp16, on a GPU; amp_bfloat16 = amp_bf16; its attack gradients are loss-scaled; "
                               "tf32: fp32 with TF32 products on a GPU; default: fp32)")

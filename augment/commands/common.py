@@ -34,6 +34,13 @@ def source_meta(args, source_format: str | None = None) -> dict:
             **{key: value for key, value in table.items() if value is not None}}
 
 
+def add_progress_arguments(parser, what: str = "progress bars") -> None:
+    """`--progress` / `--no-progress`, as `train` spells them (one `no_progress` flag underneath)."""
+    parser.add_argument("--progress", dest="no_progress", action="store_false", default=False,
+                        help=f"{what} (default)")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true", default=False, help=f"no {what}")
+
+
 def shows_progress(args) -> bool:
     """Whether a command draws progress bars: augment's `--no-progress`, or `train eval`'s `--no-progress`
     (its `--progress` flag set to False)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from augment.arguments import folder_path, non_negative_int, positive_int
-from augment.commands.common import add_source_arguments, read_source, source_meta
+from augment.commands.common import add_progress_arguments, add_source_arguments, read_source, source_meta
 from augment.generators import available_modules, build_generator, check_options_read, method_names, method_options
 from augment.generators.base import run_generation
 from augment.loading import SHARD_WORKERS, add_workers_argument
@@ -39,13 +39,14 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model weights' dtype, fp16/bf16 on GPU (default fp32; " + MODEL_METHODS + ")")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu; under accelerate launch: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arguments(parser)
     add_workers_argument(parser, used_at_most=SHARD_WORKERS)
     for module in available_modules():
         group = parser.add_argument_group(f"{module.__name__.rsplit('.', 1)[-1]} options")
         module.add_arguments(group)
     # SIGTERM (kill, timeout, a scheduler) stops it as Ctrl-C does: one line, exit 143, finished shards kept
-    parser.set_defaults(func=run, option_default=parser.get_default, sigterm_interrupts=True)
+    parser.set_defaults(func=run, option_default=parser.get_default, sigterm_interrupts=True,
+                        option_flags={a.dest: a.option_strings[0] for a in parser._actions if a.option_strings})
 
 
 def options_given(args) -> set[str]:
@@ -55,7 +56,7 @@ def options_given(args) -> set[str]:
 
 def run(args) -> int:
     # before anything is read or launched: an option the method ignores would silently change nothing
-    check_options_read(args.method, args, options_given(args))
+    check_options_read(args.method, args, options_given(args), flags=args.option_flags)
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)

@@ -5,14 +5,14 @@ import io
 import json
 from collections import Counter
 
-from augment.commands.common import add_source_arguments, read_source
+from augment.commands.common import add_progress_arguments, add_source_arguments, read_source
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("inspect", allow_abbrev=False, help="validate a source dataset and print a summary")
     add_source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar while every image is decoded")
+    add_progress_arguments(parser, "a progress bar while every image is decoded")
     parser.set_defaults(func=run, interrupted="nothing was written")
 
 

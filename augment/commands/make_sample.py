@@ -12,14 +12,16 @@ def register(subparsers) -> None:
         "make-sample", allow_abbrev=False,
         help="write the procedural captioned-scenes sample dataset",
         description="Write DIR/dataset_sample.json and DIR/images/*.png: 64x64 scenes of 1-3 "
-        "shapes with true captions. The same --n and --seed always give identical files.",
+        "shapes with true captions. The same --images and --seed always give identical files.",
     )
     parser.add_argument("dir", metavar="DIR", help="output folder (must be missing or empty)")
-    parser.add_argument("--n", type=int, default=4000, help="number of images (default 4000)")
+    # --images / --captions-per-image first: generate's --n means augmentations per item; the old spellings stay
+    parser.add_argument("--images", "--n", dest="n", type=int, default=4000, metavar="N", help="number of images (default 4000)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="world seed (default 0)")
     parser.add_argument("--val-frac", type=finite_number, default=VAL_FRAC, help=f"share of images in val (default {VAL_FRAC})")
     parser.add_argument("--test-frac", type=finite_number, default=TEST_FRAC, help=f"share of images in test (default {TEST_FRAC})")
-    parser.add_argument("--captions", type=int, default=None, help="captions per image (default 5; not with --expressions)")
+    parser.add_argument("--captions-per-image", "--captions", dest="captions", type=int, default=None, metavar="N",
+                        help="captions per image (default 5; not with --expressions)")
     parser.add_argument("--expressions", type=non_negative_int, default=0, metavar="N",
                         help="grounding: captions are referring expressions, N per object, with true boxes (default: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from augment.errors import SourceError
 
     if args.expressions and args.captions is not None:  # it would be silently ignored
-        raise SourceError("--captions is not read with --expressions (each object's captions are its expressions): leave one out")
+        raise SourceError("--captions-per-image is not read with --expressions (each object's captions are its expressions): leave one out")
     n_captions = 5 if args.captions is None else args.captions
     out_dir = write_sample(
         args.dir,

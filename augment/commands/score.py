@@ -27,7 +27,7 @@ def _gap_sample_size(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from augment.commands.common import add_source_arguments
+    from augment.commands.common import add_progress_arguments, add_source_arguments
     from augment.loading import add_workers_argument
 
     parser = subparsers.add_parser(
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
                         help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
     parser.add_argument("--table", default=None, type=file_path, metavar="FILE", help="write the comparison table (Markdown) here")
     parser.add_argument("--no-plot", action="store_true", help="skip scores.png")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="score again even when the pool, source, scorer and settings are those of its stored scores")
     parser.add_argument("--allow-pool-mismatch", action="store_true",

@@ -97,15 +97,16 @@ def method_options() -> frozenset[str]:
     return MODEL_OPTIONS | {action.dest for action in parser._actions}
 
 
-def check_options_read(method: str, args, given: set[str]) -> None:
+def check_options_read(method: str, args, given: set[str], flags: dict[str, str] | None = None) -> None:
     """Refuse, in one line, the method options in `given` (those set to a value other than their
-    default) that `method` does not read with these `args`."""
+    default) that `method` does not read with these `args`; `flags`: each option's first spelling
+    by its dest (default: the dest spelt as a flag)."""
     module = module_for(method)
     unread = sorted(given - set(module.options_read(method, args)))
     if not unread:
         return
     context = module.options_context(args) if hasattr(module, "options_context") else ""
-    named = ", ".join("--" + dest.replace("_", "-") for dest in unread)
+    named = ", ".join((flags or {}).get(dest) or "--" + dest.replace("_", "-") for dest in unread)
     raise MatPlusError(
         f"--method {method}{context} does not read {named} ({'options' if len(unread) > 1 else 'an option'} of "
         "other methods or settings; `augment generate --help` says which method reads each); nothing was written"

@@ -6,7 +6,7 @@ transformers image-text-to-text model, a local folder, or `tiny-captioner`. (`i2
 method of its own, the dataset's other human captions: see `human.py`.)
 
 Images are batched (`--batch-size` images per `generate` call) and captioned with nucleus
-sampling (the `--top-p`/`--top-k`/`--temperature`/`--max-new-tokens`/`--max-rounds` options
+sampling (the `--top-p`/`--sampling-top-k`/`--temperature`/`--max-new-tokens`/`--max-rounds` options
 shared with `t2t-`, defined in `paraphrase.py`; a model's saved beam and penalty settings are
 overridden there). Each image gets up to N distinct captions (lower case, whitespace and final
 punctuation normalised), empty ones dropped, re-sampled for up to `--max-rounds` rounds; rows of

@@ -13,7 +13,7 @@ folder or `tiny-paraphraser`.
   only its first line.
 
 Captions are batched (`--batch-size` captions per `generate` call) and sampled with nucleus
-sampling (`--top-p`, `--temperature`, `--top-k` 0 = off) and nothing else: beam search, penalties
+sampling (`--top-p`, `--temperature`, `--sampling-top-k` 0 = off) and nothing else: beam search, penalties
 and other decoding settings a model's generation_config.json (or legacy config.json) saves are
 overridden (`PLAIN_DECODING`). Each caption gets up to N paraphrases
 that differ from each other and from the caption (compared in lower case, whitespace and final
@@ -27,7 +27,7 @@ The rows depend on how captions are grouped, so they are deterministic for a fix
 `--batch-size` (which is therefore part of the pool's parameters: resuming with another batch
 size is refused).
 
-The sampling options defined here (`--top-p`, `--top-k`, `--temperature`, `--max-new-tokens`,
+The sampling options defined here (`--top-p`, `--sampling-top-k`, `--temperature`, `--max-new-tokens`,
 `--max-rounds`) are shared with `i2t-<model>` captioners (argparse allows one definition).
 """
 from __future__ import annotations
@@ -122,8 +122,9 @@ def add_sampling_arguments(group) -> None:
     defaults = Sampling()
     group.add_argument("--top-p", type=positive_fraction, default=defaults.top_p,
                        help=f"t2t-/i2t-: nucleus sampling mass (default {defaults.top_p})")
-    group.add_argument("--top-k", type=non_negative_int, default=defaults.top_k,
-                       help="t2t-/i2t-: also keep only the k likeliest tokens (default 0: off)")
+    # --sampling-top-k first: `train`'s and `train eval`'s --top-k is substitutes per word; --top-k stays
+    group.add_argument("--sampling-top-k", "--top-k", dest="top_k", type=non_negative_int, default=defaults.top_k,
+                       metavar="K", help="t2t-/i2t-: also keep only the k likeliest tokens (default 0: off)")
     group.add_argument("--temperature", type=positive_number, default=defaults.temperature,
                        help=f"t2t-/i2t-: sampling temperature (default {defaults.temperature})")
     group.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
