@@ -66,6 +66,7 @@ from datasets import Image  # augment.schema imports datasets already
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
     from PIL import Image as PILImage
 
 log = logging.getLogger(__name__)
