@@ -46,14 +46,27 @@ def exit_with_parent(parent: int, _worker_id: int = 0) -> None:
     """DataLoader `worker_init_fn` (bind the parent's pid with functools.partial): on Linux the
     kernel kills this worker when its parent dies (PR_SET_PDEATHSIG). torch's own check runs only
     while a worker waits for work, so a worker decoding or handing over a batch when its parent was
-    killed with SIGKILL lived on, holding its memory (seen: 610 MB, for more than 20 minutes)."""
+    killed with SIGKILL lived on, holding its memory (seen: 610 MB, for more than 20 minutes).
+
+    The kernel's parent is the process that forked the worker: `parent` itself with the fork and
+    spawn start methods, the fork server with `forkserver` (Python 3.14's default on Linux), which
+    ends when `parent` does (it reads a pipe `parent` holds), so the worker goes with it then too.
+    There the kernel's parent pid is the fork server's, not `parent`'s (which made every worker
+    exit at once): whether `parent` is alive is asked of multiprocessing (its sentinel pipe)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
+    import multiprocessing
     import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if os.getppid() == parent:
+        return
+    # else `parent` died before the request took effect (this worker was handed to another process),
+    # unless a fork server forked this worker and `parent`, which started it, is still alive
+    creator = multiprocessing.parent_process()  # the process that started this one, whatever the start method
+    served = multiprocessing.get_start_method(allow_none=True) == "forkserver"
+    if not (served and creator is not None and creator.pid == parent and creator.is_alive()):
         os._exit(1)
 
 

@@ -110,18 +110,25 @@ def resume_settings(victim, attacker, gallery: "Gallery", resumable: bool, split
     }
 
 
+def _decoded_row(preprocess: Callable[[Any], torch.Tensor], row: dict) -> tuple[torch.Tensor, dict]:
+    """(pixels, the row without its image): what a `gallery_pixels` worker hands back for one row."""
+    return preprocess(row["image"]), {k: v for k, v in row.items() if k != "image"}
+
+
 def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
                    indices: Sequence[int], workers: int):
     """(pixels preprocessed by one model, rows without their image) of the gallery batches
     `indices`, in that order. `augment.loading.ordered_batches` decodes them in `workers`
     DataLoader processes, so batch i+1 is read while batch i is attacked, and a bad image still
     fails with its own one-line error."""
+    import functools
+
     from augment.loading import ordered_batches
 
-    def decode(row: dict) -> tuple[torch.Tensor, dict]:
-        return preprocess(row["image"]), {k: v for k, v in row.items() if k != "image"}
-
     batches = [range(i * batch_size, min((i + 1) * batch_size, len(gallery))) for i in indices]
+    # a module-level function bound with partial: a local function cannot be pickled for workers
+    # started with spawn or forkserver (macOS's default start method)
+    decode = functools.partial(_decoded_row, preprocess)
     for batch in ordered_batches(gallery.rows, batches, workers, decode):
         yield torch.stack([pixels for pixels, _ in batch]), [row for _, row in batch]
 

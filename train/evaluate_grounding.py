@@ -167,6 +167,12 @@ def _image_views(modality: str, model, attacker, transfer: bool) -> list[Callabl
     return views
 
 
+def _decoded_views(views: list[Callable], image: GroundingImage) -> list[torch.Tensor]:
+    """The image preprocessed by each view: what a `_resumable_batches` worker hands back."""
+    picture = image.load()
+    return [preprocess(picture) for preprocess in views]
+
+
 def _resumable_batches(data: GroundingData, spans: list[tuple[int, int]], views: list[Callable], workers: int,
                        store, name: str):
     """(batch index, stacked pixels per view or None) for every batch: None where a resumed
@@ -174,10 +180,7 @@ def _resumable_batches(data: GroundingData, spans: list[tuple[int, int]], views:
     `workers` DataLoader processes (`augment.loading.ordered_batches`), in order, whatever `workers` is."""
     from augment.loading import ordered_batches
 
-    def decode(image: GroundingImage) -> list[torch.Tensor]:
-        picture = image.load()
-        return [preprocess(picture) for preprocess in views]
-
+    decode = partial(_decoded_views, views)  # not a local function: workers may be spawned
     done = [store is not None and store.has(name, b) for b in range(len(spans))]
     pending = [range(*span) for span, finished in zip(spans, done) if not finished]
     decoded = ordered_batches(data.images, pending, workers, decode)

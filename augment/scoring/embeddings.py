@@ -81,11 +81,11 @@ def decode_image(image_bytes: bytes, path: str | None = None, name: str | None =
     return open_image({"path": path, "bytes": image_bytes}, where=where)
 
 
-def _prepared_batch(scorer, payloads: list[dict], positions: range):
-    """The images at `positions` ({"path", "bytes"}, bytes read) decoded, preprocessed and
-    stacked: what a DataLoader worker hands the scorer's model."""
-    return scorer.prepare_images([decode_image(payloads[k]["bytes"], payloads[k]["path"], payloads[k].get("name"))
-                                  for k in positions])
+def _prepared_batch(prepare, payloads: list[dict], positions: range):
+    """The images at `positions` ({"path", "bytes"}, bytes read) decoded, preprocessed by `prepare`
+    (the scorer's `image_preparer`) and stacked: what a DataLoader worker hands the scorer's model."""
+    return prepare([decode_image(payloads[k]["bytes"], payloads[k]["path"], payloads[k].get("name"))
+                    for k in positions])
 
 
 class EmbeddingCache:
@@ -335,7 +335,8 @@ class Embedder:
         workers = self.workers if enough else 0
         # a loader item is a whole model batch, stacked in the worker: one tensor crosses the
         # process boundary per batch (per-image tensors would each open a shared-memory handle)
-        prepare = functools.partial(_prepared_batch, self.scorer, payloads)
+        # (the scorer's preprocessing only, not its model: this is pickled for spawned workers)
+        prepare = functools.partial(_prepared_batch, self.scorer.image_preparer(), payloads)
         try:
             parts = [self.scorer.encode_prepared(pixels) for [pixels]
                      in ordered_batches(index_batches, [[k] for k in range(len(index_batches))], workers, prepare)]

@@ -52,6 +52,12 @@ class Scorer(ABC):
         stacked): the part of image encoding that DataLoader workers can do ahead of the model
         (`encode_prepared`)."""
 
+    def image_preparer(self):
+        """`prepare_images` as a callable that DataLoader workers receive: pickled for each worker
+        where workers are spawned (macOS's default start method, `forkserver`), so it carries the
+        preprocessing alone, never the model (a model is large, and some cannot be pickled)."""
+        return self.prepare_images
+
     def encode_prepared(self, pixels):
         """(n, d) unit-norm embeddings of a batch `prepare_images` made."""
         import torch
@@ -118,13 +124,23 @@ class ModelScorer(Scorer):
         self.groups_texts = model.family != "open_clip"
 
     def prepare_images(self, images: Sequence[Any]):
-        return prepare_batch(self.model.preprocess_eval, [_rgb(image) for image in images])
+        return prepare_rgb_batch(self.model.preprocess_eval, images)
+
+    def image_preparer(self):
+        import functools
+
+        return functools.partial(prepare_rgb_batch, self.model.preprocess_eval)
 
     def _encode_pixel_batch(self, pixels):
         return self.model.encode_image(pixels.to(self.device), normalize=False)
 
     def _encode_text_batch(self, texts: list[str]):
         return self.model.encode_text(texts, normalize=False)
+
+
+def prepare_rgb_batch(transform, images: Sequence[Any]):
+    """`prepare_batch` of the images converted to RGB (a module-level function: it pickles)."""
+    return prepare_batch(transform, [_rgb(image) for image in images])
 
 
 def prepare_batch(transform, images: list):
