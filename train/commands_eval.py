@@ -425,14 +425,9 @@ def _check_option_values(args) -> None:
     if args.workers is not None and args.workers < 0:  # before --restart empties anything
         raise MatPlusError("--workers must be non-negative")
     if args.device is not None:  # was blamed on the model: "cannot load CLIP model ...: Expected one of cpu, ..."
-        import torch
+        from augment.devices import check_device
 
-        try:
-            device = torch.device(args.device)
-        except (RuntimeError, ValueError):
-            raise MatPlusError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MatPlusError(f"--device {args.device}: torch sees no CUDA device here")
+        check_device(args.device)
     if args.attacker_pretrained is not None and not args.attacker_model:  # it would be silently ignored
         raise MatPlusError("--attacker-pretrained is read only with --attacker-model: leave it out or add "
                            "--attacker-model ARCH")

@@ -57,6 +57,9 @@ def options_given(args) -> set[str]:
 def run(args) -> int:
     # before anything is read or launched: an option the method ignores would silently change nothing
     check_options_read(args.method, args, options_given(args), flags=args.option_flags)
+    from augment.devices import check_device
+
+    check_device(args.device)  # one line naming --device, not "cannot load captioner ..." (the model loads later)
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)

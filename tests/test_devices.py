@@ -1,0 +1,57 @@
+"""`--device` checked before anything loads (one line naming it, exit status 2, not blamed on the model),
+and the trainer's log step making no float64 tensor on its device (MPS has none)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("text, available, count, message", [
+    ("gpu", False, 0, "--device gpu: not a torch device (cpu, cuda, cuda:1, mps, ...)"),
+    ("cuda", False, 0, "--device cuda: torch sees no CUDA device here"),
+    ("cuda:1", True, 1, "--device cuda:1: torch sees 1 CUDA device here (cuda:0)"),
+    ("cuda:2", True, 2, "--device cuda:2: torch sees 2 CUDA devices here (cuda:0 to cuda:1)"),
+    ("mps", False, 0, "--device mps: torch sees no MPS device here (Apple silicon, with a torch built for it)"),
+])
+def test_an_unavailable_device_is_one_line_naming_it(text, available, count, message, monkeypatch):
+    from augment.devices import check_device
+    from augment.errors import MatPlusError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(MatPlusError) as raised:
+        check_device(text)
+    assert str(raised.value) == message
+
+
+def test_devices_this_machine_has_pass(monkeypatch):
+    from augment.devices import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cpu:0") == torch.device("cpu", 0)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    assert check_device("cuda") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("command", ["generate", "score"])
+def test_augment_names_the_device_not_the_model(command, tmp_path, capsys):
+    """Was "error: cannot load CLIP model 'tiny-clip': RuntimeError: Expected one of cpu, cuda, ..."."""
+    from augment.cli import main
+
+    args = (["generate", "--method", "i2t-tiny-captioner", "--source", str(tmp_path / "missing"), "--out",
+             str(tmp_path / "pool")] if command == "generate" else ["score", str(tmp_path / "pool"), "--scorer", "tiny-clip"])
+    assert main([*args, "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --device gpu: not a torch device (cpu, cuda, cuda:1, mps, ...)"
+
+
+def test_a_single_process_reduce_makes_no_device_tensor():
+    """The trainer's log step made a float64 tensor on its device: MPS has no float64 (every log step
+    would fail there), and one process has nothing to reduce."""
+    from train.trainer import Trainer
+
+    stub = SimpleNamespace(world_size=1, accelerator=SimpleNamespace(device=torch.device("meta")))
+    assert Trainer._reduce(stub, [2.5, None, 1.25]) == [2.5, None, 1.25]
