@@ -196,3 +196,15 @@ def test_loader_workers_stopped_by_ctrl_c_are_the_interrupt_not_a_death(monkeypa
     finally:
         signal.signal(signal.SIGINT, previous)
     assert worker_death(died) is not None  # and forgotten once the command ended
+
+
+def test_a_worker_that_exited_by_itself_is_not_called_out_of_memory():
+    """A worker that failed at start-up (every forkserver worker did, audit S) was reported only as "likely
+    out of memory: use fewer --workers": an exit (an OOM kill seen from the queue, or the worker's own
+    failure) also points to --workers 0, which shows such an error; the OOM killer's signal does not."""
+    from augment.loading import worker_death
+
+    exited = worker_death(RuntimeError("DataLoader worker (pid(s) 14683) exited unexpectedly"), workers=2)
+    assert "use fewer --workers (2 now) (--workers 0 shows an error of the worker's own), then" in str(exited)
+    killed = worker_death(RuntimeError("DataLoader worker (pid 14683) is killed by signal: Killed."), workers=2)
+    assert "likely out of memory: use fewer --workers (2 now), then" in str(killed)

@@ -138,7 +138,7 @@ def test_a_killed_loader_worker_is_one_line_saying_what_to_do():
     from augment.loading import DataWorkerDied, ordered_batches
 
     with pytest.raises(DataWorkerDied, match=r"^a data-loading worker process died \(DataLoader worker \(pid(\(s\))? \d+\).*"
-                                             r"likely out of memory: use fewer --workers, then resume it$"):
+                                             r"likely out of memory: use fewer --workers.*, then resume it$"):
         list(ordered_batches(list(range(4)), [[0], [1], [2], [3]], 1, _die_in_worker, after_worker_death="resume it"))
 
 
