@@ -1,5 +1,9 @@
-"""`--device`: one check shared by every command that takes one (`augment generate`, `augment score`,
-`train eval`), before anything is read or loaded.
+"""`--device`: one default and one check shared by every command that takes one (`augment generate`,
+`augment score`, `train eval`), before anything is read or loaded.
+
+The default is `default_device()`: cuda when torch sees a GPU, else cpu (MPS only when asked:
+the trainer's accelerate picks it by itself, `train --cpu` declines it). `generate` and `score`
+defaulted to cpu, `train eval` to cuda: a GPU machine scored on its CPU unless told.
 
 A device torch cannot parse (`gpu`) or one this machine does not have (`cuda` without CUDA, `cuda:1`
 on a one-GPU machine, `mps` off Apple silicon) is one line naming the option, exit status 2: it used
@@ -9,6 +13,13 @@ blamed the model.
 from __future__ import annotations
 
 from augment.errors import MatPlusError
+
+
+def default_device() -> str:
+    """cuda when torch sees a GPU, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(text: str, option: str = "--device"):

@@ -55,3 +55,21 @@ def test_a_single_process_reduce_makes_no_device_tensor():
 
     stub = SimpleNamespace(world_size=1, accelerator=SimpleNamespace(device=torch.device("meta")))
     assert Trainer._reduce(stub, [2.5, None, 1.25]) == [2.5, None, 1.25]
+
+
+@pytest.mark.parametrize("command", ["generate", "score"])
+def test_augment_runs_where_train_eval_does_by_default(command, tmp_path, capsys, monkeypatch):
+    """`generate` and `score` defaulted to cpu, `train eval` to cuda when available: a GPU machine scored
+    on its CPU unless told. One default now (`default_device`): here a GPU torch sees is checked, then used."""
+    from augment.cli import build_parser, main
+    from augment.devices import default_device
+
+    args = (["generate", "--method", "eda", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "pool")]
+            if command == "generate" else ["score", str(tmp_path / "pool")])
+    assert build_parser().parse_args(args).device is None
+    assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # "available" yet none counted: the check speaks
+    assert default_device() == "cuda"
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == "error: --device cuda: torch sees no CUDA device here"

@@ -519,7 +519,9 @@ def _run(args: argparse.Namespace) -> int:
         return commands_grounding.run(args)
     options = attack_options_from_arguments(args)
     _check_attack_options(options)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from augment.devices import default_device
+
+    device = args.device or default_device()
     torch.manual_seed(args.seed)
     from train.trainer import model_options
 

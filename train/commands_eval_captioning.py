@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from train.eval_report import EVAL_JSON, EVAL_MD
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from augment.devices import default_device
+
+    device = args.device or default_device()
     for option in ("num_beams", "gen_max_length"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")

@@ -54,7 +54,9 @@ def run(args) -> int:
     else:  # the project's attacks lower a grounding objective; its reports have always recorded no protocol
         del options["protocol"], options["reference_bugs"]
         options["objective"] = objective
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from augment.devices import default_device
+
+    device = args.device or default_device()
     torch.manual_seed(args.seed)
     # the data first: a wrong path or split stops in one line before any model loads
     data = load_grounding(args.source, image_root=args.image_root, dets_file=args.dets, refs_file=args.refs,

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's; " + MODEL_METHODS + ")")
     parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model (" + MODEL_METHODS + ")")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model weights' dtype, fp16/bf16 on GPU (default fp32; " + MODEL_METHODS + ")")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu; under accelerate launch: each process's own)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda when available, else cpu; "
+                        "under accelerate launch on GPUs: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     add_progress_arguments(parser)
     add_workers_argument(parser, used_at_most=SHARD_WORKERS)
@@ -57,9 +58,10 @@ def options_given(args) -> set[str]:
 def run(args) -> int:
     # before anything is read or launched: an option the method ignores would silently change nothing
     check_options_read(args.method, args, options_given(args), flags=args.option_flags)
-    from augment.devices import check_device
+    from augment.devices import check_device, default_device
 
-    check_device(args.device)  # one line naming --device, not "cannot load captioner ..." (the model loads later)
+    # one line naming --device, not "cannot load captioner ..." (the model loads later)
+    args.device = str(check_device(args.device or default_device()))
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)

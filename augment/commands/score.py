@@ -41,7 +41,8 @@ def register(subparsers) -> None:
                              "(default: the registry's default CLIP, ViT-B-16 openai)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or checkpoint file) for --scorer")
     add_source_arguments(parser, required=False)
-    parser.add_argument("--device", default="cpu", help="where the scorer runs: cpu, cuda, cuda:1 ... (default cpu)")
+    parser.add_argument("--device", default=None, help="where the scorer runs: cpu, cuda, cuda:1, mps ... "
+                        "(default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="scorer batch size (default 64)")
     parser.add_argument("--bootstrap", type=non_negative_int, default=1000,
                         help="bootstrap resamples for the CIs of means (default 1000; 0: no interval)")
@@ -96,9 +97,10 @@ def run(args) -> int:
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
-    from augment.devices import check_device
+    from augment.devices import check_device, default_device
 
-    check_device(args.device)  # one line naming --device, not "cannot load CLIP model" (the scorer loads later)
+    # one line naming --device, not "cannot load CLIP model" (the scorer loads later)
+    args.device = str(check_device(args.device or default_device()))
     refuse_replacing_another_file(args.table)  # before anything is read: a pool.json or a source named by mistake
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():  # was "File exists"
         raise PoolError(f"--cache-dir {args.cache_dir}: is a file, not a folder: name a folder for the embedding cache")
