@@ -257,7 +257,7 @@ def test_make_sample_expressions_count_is_the_true_one(tmp_path, capsys):
     assert total < 150 * sum(len(record["objects"]) for record in records)  # the scenes offer fewer wordings
     assert "up to 150 referring expressions per object" in printed and f"({total} for " in printed, printed
     fails(capsys, ["make-sample", tmp_path / "ref2", "--n", "2", "--expressions", "2", "--captions", "3"],
-          "--captions is not read with --expressions")
+          "--captions-per-image is not read with --expressions")
 
 
 @pytest.mark.parametrize("names", ["", ",", " , "])
