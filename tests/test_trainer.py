@@ -439,6 +439,39 @@ def test_pool_sampling_draws_views_of_the_item_and_none_with_p_original_1(source
     assert len(set(keys)) < len(keys)
 
 
+def test_pool_views_show_each_modalitys_own_content_and_pools_are_drawn_by_weight(tmp_path, source, pools):
+    """Guards MAT+'s views (a pair row: its own image AND caption; a text row: the source image) and the
+    pool choice in proportion to --pool-weights (mutation audit)."""
+    import numpy as np
+    from PIL import ImageOps
+
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    train = pools["train"]
+    pair_rows = [_pool_row("q", row["image_id"], 0, 0, "pair", caption="a very different caption",
+                           image=ImageOps.flip(row["image"])) for row in train]
+    pair_pool = load_pool(_write_pool(tmp_path / "own-pair-pool", pair_rows, pools["fingerprint"], "q"))
+    data = TrainData(source, [load_pool(pools["text"]), pair_pool], p_original=0.0, seed=0, pool_weights=[1, 1])
+    seen = set()
+    for step in range(4):
+        for view in data.plan(step, 16).views:
+            image, caption, name = data.view_content(view)
+            source_image = data.source_image(view.key).convert("RGB")
+            if name == "own-pair-pool":
+                assert caption == "a very different caption"
+                assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(ImageOps.flip(source_image)))
+            else:
+                assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(source_image))
+            seen.add(name)
+    assert seen == {"text-pool", "own-pair-pool"}
+    # items tied to caption 0 have views in both pools: weights 9:1 draw the text pool ~90% of the time
+    weighted = TrainData(source, [load_pool(pools["text"]), pair_pool], p_original=0.0, seed=0, pool_weights=[9, 1])
+    names = [weighted.pools[v.pool].name for step in range(30) for v in weighted.plan(step, 16).views if v.caption == 0]
+    share = names.count("text-pool") / len(names)
+    assert len(names) > 50 and 0.8 < share < 0.98, (share, len(names))
+
+
 def test_pool_images_follow_the_sources_decoding_rule_and_a_bad_one_names_its_pool_row(tmp_path, source, pools):
     """A pool image is decoded as source images are (EXIF orientation ignored) and an unreadable one
     is a SourceError naming the pool and the row, not a library traceback."""

@@ -1,0 +1,311 @@
+"""Guards found by a hand mutation audit: each test kills a plausible bug that no other test caught.
+
+Every expected value is computed here, by hand or by a plain formula, not by the code under test.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- retrieval re-ranking
+
+
+class _Tokens:
+    def __init__(self, ids):
+        self.input_ids = ids
+
+    def __getitem__(self, index):
+        return _Tokens(self.input_ids[index])
+
+
+def test_rerank_floor_puts_every_itc_only_candidate_below_the_reranked_ones():
+    """Guards the ITC floor's sign: unranked candidates at `itc - top + lowest - 1`, not above the re-ranked top k."""
+    from tasks.retrieval import rerank_scores
+
+    fake = types.SimpleNamespace(device="cpu", tokenize=lambda texts: _Tokens(torch.arange(len(texts))),
+                                 image_features=lambda pixels: pixels.flatten(1)[:, :1],
+                                 itm_logits=lambda features, tokens: torch.zeros(len(features)))
+    sims = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.3, 0.95]])
+    i2t, _ = rerank_scores(fake, sims, torch.zeros(2, 3, 2, 2), ["a", "b", "c"], k=1)
+    top, lowest = 0.95, 0.0  # the largest ITC score; the lowest re-ranked score (every logit is 0)
+    expected = torch.tensor([[0.0, 0.8 - top + lowest - 1, 0.1 - top + lowest - 1],
+                             [0.2 - top + lowest - 1, 0.3 - top + lowest - 1, 0.0]])
+    assert torch.allclose(i2t, expected, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- PGD
+
+
+def test_pgd_symmetric_start_is_uniform_in_minus_eps_to_eps():
+    """Guards the default random start: images + (2u - 1) * eps, not a one-sided u * eps."""
+    from train.attacks.pgd import pgd_linf
+
+    images, eps = torch.full((1, 3, 4, 4), 0.5), 0.1
+    seen = []
+
+    def loss(adv):
+        seen.append(adv.detach().clone())
+        return adv.sum() * 0
+
+    pgd_linf(images, loss, eps, 1, eps, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[0], 0.5 + (noise * 2 - 1) * eps, atol=1e-7)
+    assert float(seen[0].min()) < 0.5 < float(seen[0].max())
+
+
+# ----------------------------------------------------------------------------- SGA and Co-Attack parts
+
+
+class _Victim:
+    """Deterministic encoders with positive unit embeddings (so pair similarities are far from 0)."""
+
+    device = torch.device("cpu")
+    logit_scale = 1.0
+
+    def __init__(self):
+        self.weights = torch.randn(3 * 8 * 8, 4, generator=torch.Generator().manual_seed(0))
+        self.image_batches = []
+
+    def encode_image(self, pixels, normalize=True):
+        self.image_batches.append(len(pixels))
+        return F.normalize((pixels.flatten(1) @ self.weights).abs() + 0.1, dim=-1)
+
+    def encode_text(self, texts, normalize=True):
+        rows = [torch.rand(4, generator=torch.Generator().manual_seed(sum(map(ord, t)))) + 0.1 for t in texts]
+        return F.normalize(torch.stack(rows), dim=-1)
+
+
+class _TextStub:
+    budget, text_batch, needs_image, loss = 1, 8, True, "pair"
+
+    def __init__(self, change: bool = True):
+        self.calls, self.change = [], change
+
+    def prepare(self, texts):
+        return None
+
+    def perturb(self, texts, guide, pairing, prepared=None):
+        self.calls.append(list(texts))
+        if not self.change:
+            return list(texts), [[] for _ in texts]
+        return [t + " x" for t in texts], [[{"position": len(t.split()), "from": "", "to": "x"}] for t in texts]
+
+
+class _ImageStub:
+    generator, loss = None, "pair"
+
+    def __init__(self):
+        self.losses = []
+
+    def run(self, images, loss_fn):
+        with torch.no_grad():
+            self.losses.append(float(loss_fn(images)))
+        return images.clone()
+
+
+def _batch():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return images, ["a red circle", "a circle on the left", "a blue square", "a square"], torch.tensor([0, 0, 1, 1])
+
+
+def test_sga_attacks_the_original_captions_again_in_its_last_step():
+    """Guards SGA step (3): it perturbs the ORIGINAL captions, not step (1)'s attacked ones (budget doubled)."""
+    from train.attacks.multimodal import SGA
+
+    images, texts, pairing = _batch()
+    text_attack = _TextStub()
+    SGA(_Victim(), image_attack=_ImageStub(), text_attack=text_attack, noise_std=0.0)(images, texts, pairing)
+    assert text_attack.calls == [texts, texts]
+
+
+def test_sga_image_loss_sums_the_pair_loss_over_the_image_and_its_views():
+    """Guards SGA step (2): the loss sums over the adversarial image itself AND its resized views."""
+    from train.attacks.multimodal import SGA, resized_views
+
+    images, texts, pairing = _batch()
+    victim, image_attack = _Victim(), _ImageStub()
+    SGA(victim, image_attack=image_attack, text_attack=_TextStub(), noise_std=0.0, scales=(0.5, 1.5))(
+        images, texts, pairing)
+    captions = victim.encode_text([t + " x" for t in texts])  # step (1)'s attacked captions
+    views = [images, *resized_views(images, (0.5, 1.5))]
+    expected = sum(-(victim.encode_image(v)[pairing] * captions).sum(-1).mean() for v in views)
+    assert image_attack.losses[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_sga_view_noise_is_gaussian_with_zero_mean():
+    """Guards the views' noise: N(0, std^2) as the SGA code adds it, not uniform [0, std) (a brightness shift)."""
+    from train.attacks.multimodal import resized_views
+
+    images = torch.full((1, 3, 64, 64), 0.5)
+    (view,) = resized_views(images, (1.0,), noise_std=0.05, generator=torch.Generator().manual_seed(0))
+    shift = view - 0.5
+    assert abs(float(shift.mean())) < 0.003  # uniform noise would shift it by 0.025
+    assert float(shift.std()) == pytest.approx(0.05, rel=0.15)
+
+
+def test_co_attack_image_objective_weights_every_caption_pair_by_alpha():
+    """Guards Co-Attack's per-image objective: sum(1 - cos(adv, clean)) - alpha * SUM of pair cosines (not their mean)."""
+    from train.attacks.multimodal import CoAttack
+
+    images, texts, pairing = _batch()
+    victim, image_attack = _Victim(), _ImageStub()
+    CoAttack(victim, image_attack=image_attack, text_attack=_TextStub(change=False), alpha=3.0)(images, texts, pairing)
+    pair_cosines = (victim.encode_image(images)[pairing] * victim.encode_text(texts)).sum(-1)
+    # at the clean image the first term is 0
+    assert image_attack.losses[0] == pytest.approx(-3.0 * float(pair_cosines.sum()), rel=1e-5, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- select
+
+
+class _Pool:
+    def __init__(self, rows):
+        from datasets import Dataset
+
+        self.dataset = Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
+        self.path = "pool"
+
+    def __len__(self):
+        return len(self.dataset)
+
+
+def _scored_pool(monkeypatch):
+    from augment import select
+
+    alignment = np.array([0.1, 0.9, 0.5, 0.3, 0.7])
+    rows = [{"source_image_id": image, "source_caption_index": caption, "modality": "text", "method": "m"}
+            for image, caption in [("a", 0), ("a", 0), ("a", 1), ("a", 1), ("b", 0)]]
+    monkeypatch.setattr(select, "row_alignment", lambda pool, scorer: (alignment, {"scorer": {"id": "s"}}))
+    return _Pool(rows)
+
+
+def test_select_top_k_per_item_keys_items_by_image_and_caption(monkeypatch):
+    """Guards the item key of --top-k-per-item / --max-per-item: (image, caption index), not the image alone."""
+    from augment.select import SelectFilters, select_rows
+
+    pool = _scored_pool(monkeypatch)
+    kept, _ = select_rows(pool, SelectFilters(top_k_per_item=1))
+    assert kept.tolist() == [1, 2, 4]  # best of (a, 0), of (a, 1) and of (b, 0)
+    kept, _ = select_rows(pool, SelectFilters(max_per_item=1))
+    assert kept.tolist() == [0, 2, 4]
+
+
+def test_select_alignment_bounds_are_inclusive(monkeypatch):
+    """Guards --min-alignment / --max-alignment: a row exactly at a bound is kept (>=, <=)."""
+    from augment.select import SelectFilters, select_rows
+
+    pool = _scored_pool(monkeypatch)
+    assert select_rows(pool, SelectFilters(min_alignment=0.5))[0].tolist() == [1, 2, 4]
+    assert select_rows(pool, SelectFilters(max_alignment=0.5))[0].tolist() == [0, 2, 3]
+
+
+# ----------------------------------------------------------------------------- the study's numbers
+
+
+def test_r_at_1_is_the_mean_of_text_and_image_retrieval():
+    """Guards the headline number: robust R@1 = (TR@1 + IR@1) / 2."""
+    from analysis.report import r_at_1
+
+    assert r_at_1({"attacks": {"sga": {"tr@1": 40.0, "ir@1": 20.0}}}, "sga") == 30.0
+    assert r_at_1({"attacks": {"sga": {"tr@1_meaning_preserved": 10.0, "ir@1_meaning_preserved": 30.0}}},
+                  "sga", "_meaning_preserved") == 20.0
+
+
+def test_verdict_needs_a_difference_beyond_twice_the_larger_seed_spread():
+    """Guards the verdict rule: |difference| > 2 x max(spread), not 1 x or the smaller spread."""
+    from analysis.report import verdict
+
+    summary = {"mat+": {"robust": (50.0, 2.0, 3)}, "mat": {"robust": (46.5, 1.0, 3)}}
+    within = verdict(summary, "mat+")
+    assert within["difference"] == pytest.approx(3.5) and within["spread"] == 2.0
+    assert within["beyond_twice_spread"] is False  # 3.5 <= 2 x 2.0
+    summary["mat+"] = {"robust": (51.0, 2.0, 3)}
+    assert verdict(summary, "mat+")["beyond_twice_spread"] is True  # 4.5 > 4.0
+
+
+def test_pool_diversity_property_is_the_mean_vendi_score():
+    """Guards the study's pool properties: diversity is the Vendi score averaged over modalities, gap the Frechet mean."""
+    from analysis.report import pool_properties
+
+    scores = {"alignment": {"all": {"mean": 0.3}},
+              "diversity": {"text": {"vendi": {"mean": 2.0}, "mean_pairwise_distance": {"mean": 0.4}},
+                            "image": {"vendi": {"mean": 4.0}, "mean_pairwise_distance": {"mean": 0.6}}},
+              "gap": {"text": {"frechet": {"value": 1.0}}, "image": {"frechet": {"value": 3.0}}}}
+    assert pool_properties(scores) == {"alignment": 0.3, "diversity": 3.0, "gap": 2.0}
+
+
+# ----------------------------------------------------------------------------- grounding and captioning
+
+
+def test_box_scores_clip_columns_by_width_and_rows_by_height_on_a_wide_image():
+    """Guards box_scores' clipping: x by the heat map's width, y by its height (RefCOCO images are not square)."""
+    from tasks.grounding import box_scores
+
+    heat = torch.zeros(4, 8)
+    heat[:, 6] = 1.0
+    scores = box_scores(heat, [[5, 0, 3, 4], [0, 0, 3, 4]])
+    assert scores.tolist() == pytest.approx([4 / 12 ** 0.5, 0.0])
+
+
+def test_an_iou_of_exactly_one_half_is_a_hit(monkeypatch):
+    """Guards the IoU threshold: IoU >= 0.5 is correct (ALBEF), in the evaluation's hits and both baselines."""
+    import train.evaluate_grounding as evaluate_grounding
+    from tasks.grounding import box_iou, grounding_hits, random_box_accuracy
+
+    box, truth, far = [0, 0, 10, 10], [0, 0, 10, 20], [50, 50, 5, 5]
+    assert box_iou(box, truth) == 0.5  # 100 / 200
+    assert grounding_hits([box], [truth]) == [True]
+    assert random_box_accuracy([[box, far]], [truth]) == 50.0
+    run = evaluate_grounding._GroundingRun.__new__(evaluate_grounding._GroundingRun)
+    run.model, run.candidates, run.truth, run.sizes, run.ground_batch = None, [[far, box]], [truth], [(60, 60)], 4
+    monkeypatch.setattr(evaluate_grounding, "ground", lambda *args, **kwargs: [1])
+    assert run.hits_of(torch.zeros(1, 3, 2, 2), ["x"], [0]) == [True]
+
+
+def test_bleu4_is_the_geometric_mean_of_four_ngram_precisions():
+    """Guards the reported BLEU: BLEU-4 (bleu[3]), checked against the n-gram precisions counted by hand."""
+    pytest.importorskip("pycocoevalcap")
+    from train.caption_metrics import caption_scores
+
+    scores = caption_scores([["a red circle on the left"]], ["a red circle on a table"], java=False, meteor=False)
+    # 1-grams 4/6, 2-grams 3/5, 3-grams 2/4, 4-grams 1/3; equal lengths: no brevity penalty
+    assert scores["bleu4"] == pytest.approx(100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, rel=1e-6)
+
+
+def test_an_empty_caption_scores_zero():
+    """Guards the empty-caption stand-in: it must match no reference word (ROUGE-L and CIDEr 0)."""
+    pytest.importorskip("pycocoevalcap")
+    from train.caption_metrics import caption_scores
+
+    scores = caption_scores([["a red circle"]], [""], java=False, meteor=False)
+    assert scores["rouge_l"] == 0.0 and scores["per_image_cider"] == [0.0]
+
+
+# ----------------------------------------------------------------------------- the trainer's loss
+
+
+def test_adversarial_step_loss_is_robust_plus_clean_weight_times_clean():
+    """Guards MAT/TeCoA's outer loss: robust + clean_weight * clean, the robust half being the attacked forward's."""
+    from models.base import TextTokens
+    from train.methods import TeCoAMethod
+
+    cfg = types.SimpleNamespace(clean_weight=0.25, pgd_steps=0, attack_eps=0.0)
+
+    def forward(pixels, tokens, keys, chunks=1, texts=None):  # one loss per chunk: the mean of its pixels
+        return tuple(part.mean() for part in pixels.chunk(chunks))
+
+    model = types.SimpleNamespace(tokenize=lambda texts: TextTokens(torch.zeros(len(texts), 3, dtype=torch.long)))
+    ctx = types.SimpleNamespace(config=cfg, model=model, forward=forward, task=types.SimpleNamespace(gradient_scale=1.0))
+    method = TeCoAMethod(ctx)
+    method._pgd = lambda pixels, tokens, keys, texts: pixels + 1.0  # the "attacked" images: brighter by 1
+    pixels = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    batch = types.SimpleNamespace(pixels=pixels, texts=["a", "b"], keys=torch.tensor([0, 1]))
+    out = method(batch, 0)
+    clean = float(pixels.mean())
+    assert float(out.robust_loss) == pytest.approx(clean + 1.0) and float(out.clean_loss) == pytest.approx(clean)
+    assert float(out.loss) == pytest.approx(clean + 1.0 + 0.25 * clean)
