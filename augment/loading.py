@@ -49,10 +49,11 @@ def exit_with_parent(parent: int, _worker_id: int = 0) -> None:
     killed with SIGKILL lived on, holding its memory (seen: 610 MB, for more than 20 minutes).
 
     The kernel's parent is the process that forked the worker: `parent` itself with the fork and
-    spawn start methods, the fork server with `forkserver` (Python 3.14's default on Linux), which
-    ends when `parent` does (it reads a pipe `parent` holds), so the worker goes with it then too.
-    There the kernel's parent pid is the fork server's, not `parent`'s (which made every worker
-    exit at once): whether `parent` is alive is asked of multiprocessing (its sentinel pipe)."""
+    spawn start methods, the fork server with `forkserver` (Python 3.14's default on Linux). The
+    fork server does not end with `parent`: it waits for the end of a keep-alive pipe whose write
+    end every worker it forked holds, so the kernel's signal would never come. There a thread
+    watches `parent`'s sentinel pipe (multiprocessing's, closed when `parent` dies) and ends the
+    worker; the kernel's parent pid being the fork server's had made every worker exit at once."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -68,6 +69,17 @@ def exit_with_parent(parent: int, _worker_id: int = 0) -> None:
     served = multiprocessing.get_start_method(allow_none=True) == "forkserver"
     if not (served and creator is not None and creator.pid == parent and creator.is_alive()):
         os._exit(1)
+    import threading
+
+    threading.Thread(target=_exit_when_closed, args=(creator.sentinel,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_when_closed(sentinel: int) -> None:
+    """End this process once `sentinel` (its creator's pipe, see `exit_with_parent`) reads as closed."""
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(1)
 
 
 def worker_options(workers: int) -> dict:
