@@ -64,8 +64,8 @@ def test_augment_runs_where_train_eval_does_by_default(command, tmp_path, capsys
     from augment.cli import build_parser, main
     from augment.devices import default_device
 
-    args = (["generate", "--method", "eda", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "pool")]
-            if command == "generate" else ["score", str(tmp_path / "pool")])
+    args = (["generate", "--method", "i2t-tiny-captioner", "--source", str(tmp_path / "missing"), "--out",
+             str(tmp_path / "pool")] if command == "generate" else ["score", str(tmp_path / "pool")])
     assert build_parser().parse_args(args).device is None
     assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -73,3 +73,29 @@ def test_augment_runs_where_train_eval_does_by_default(command, tmp_path, capsys
     assert default_device() == "cuda"
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == "error: --device cuda: torch sees no CUDA device here"
+
+
+def test_generate_methods_without_a_model_default_to_the_cpu(tmp_path, capsys, monkeypatch):
+    """eda, i2t-human, imgaug ... use no device: a GPU default made a torchrun launch of them a NCCL
+    group, one GPU per process (more processes than GPUs refused), where they ran over gloo."""
+    from augment.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a cuda default would be refused: it is not taken
+    assert main(["generate", "--method", "eda", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "pool")]) == 2
+    assert "--device" not in capsys.readouterr().err
+
+
+def test_generate_under_torchrun_past_the_gpus_names_its_own_cpu_option(tmp_path, capsys, monkeypatch):
+    """More processes than GPUs: the hint was the trainer's `--cpu`, which `generate` does not take."""
+    from augment.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["generate", "--method", "i2t-tiny-captioner", "--source", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "pool")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: LOCAL_RANK 1 but only 1 GPU(s) visible: start at most 1 processes "
+                                               "per machine, or pass --device cpu to run on the CPU (gloo)")

@@ -123,13 +123,14 @@ def end_process_group(finished: bool) -> None:
 
 
 def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = None,
-                             start: bool | None = None) -> LaunchPlan:
+                             start: bool | None = None, cpu_option: str = "--cpu") -> LaunchPlan:
     """The launch plan for this process, or LaunchError (one line).
 
     `cpu` is the trainer's --cpu; `env` and `cuda_devices` default to os.environ and the GPUs
     torch sees (tests pass their own). `start` (default: when `env` is this process's own): start
     the process group of a distributed plan here, with its timeout (`start_process_group`), so
-    that every caller's Accelerator / PartialState uses that timeout.
+    that every caller's Accelerator / PartialState uses that timeout. `cpu_option`: how the
+    caller's command asks for the CPU (the trainer's --cpu, generate's --device cpu), in its hints.
     """
     start = env is None if start is None else start
     env = os.environ if env is None else env
@@ -157,7 +158,7 @@ def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = Non
     on_cpu = cpu or cuda_devices == 0
     if not on_cpu and local_rank >= cuda_devices:
         raise LaunchError(f"LOCAL_RANK {local_rank} but only {cuda_devices} GPU(s) visible: start at most "
-                          f"{cuda_devices} processes per machine, or pass --cpu to train on the CPU (gloo)")
+                          f"{cuda_devices} processes per machine, or pass {cpu_option} to run on the CPU (gloo)")
     plan = LaunchPlan(world_size=world_size, rank=rank, local_rank=local_rank, cpu=on_cpu,
                       backend="gloo" if on_cpu else "nccl", launcher=launcher, timeout=process_group_timeout(env))
     if start:

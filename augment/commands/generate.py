@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="generator model: registry alias, Hub id, local folder or tiny-* twin (default: the method's; " + MODEL_METHODS + ")")
     parser.add_argument("--model-revision", default=None, help="Hub revision (branch, tag or commit) of --model (" + MODEL_METHODS + ")")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model weights' dtype, fp16/bf16 on GPU (default fp32; " + MODEL_METHODS + ")")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda when available, else cpu; "
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda when available, else cpu, "
+                        "for the methods that load a model (" + MODEL_METHODS + "); cpu for the others; "
                         "under accelerate launch on GPUs: each process's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     add_progress_arguments(parser)
@@ -58,10 +59,10 @@ def options_given(args) -> set[str]:
 def run(args) -> int:
     # before anything is read or launched: an option the method ignores would silently change nothing
     check_options_read(args.method, args, options_given(args), flags=args.option_flags)
-    from augment.devices import check_device, default_device
+    from augment.devices import check_device
 
     # one line naming --device, not "cannot load captioner ..." (the model loads later)
-    args.device = str(check_device(args.device or default_device()))
+    args.device = str(check_device(args.device or generation_device(args)))
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
@@ -98,6 +99,18 @@ def run(args) -> int:
 EMPTY_POOL_HINTS = {"i2t-human": "it pairs an image with its OTHER captions: images with one caption have none"}
 
 
+def generation_device(args) -> str:
+    """The default --device: `default_device()` (cuda when torch sees a GPU) for a method that loads a
+    model, cpu for the others (eda, i2t-human, imgaug, ...), which use no device: under torchrun a
+    GPU default made their processes talk over NCCL, one GPU each, and refused more processes than
+    GPUs, where they ran over gloo on the CPU."""
+    from augment.devices import default_device
+    from augment.generators import MODEL_OPTIONS, module_for
+
+    loads_model = bool(MODEL_OPTIONS & set(module_for(args.method).options_read(args.method, args)))
+    return default_device() if loads_model else "cpu"
+
+
 def distributed_state(args):
     """accelerate's PartialState when launched with several processes (torchrun, accelerate launch
     on GPUs), else None (a single process needs no process group).
@@ -109,7 +122,7 @@ def distributed_state(args):
     """
     from train.launch import check_launch_environment, check_process_group
 
-    plan = check_launch_environment(cpu=str(args.device).startswith("cpu"))
+    plan = check_launch_environment(cpu=str(args.device).startswith("cpu"), cpu_option="--device cpu")
     if not plan.distributed:
         return None
     from accelerate import PartialState
