@@ -416,8 +416,8 @@ class Target:
 
 
 def same_pool(ours: dict, theirs: dict) -> bool:
-    # a copy pushed before the recipe was recorded is this pool updated, whatever recipe it assumes
-    unrecorded = {"recipe"} if "recipe" not in ours or "recipe" not in theirs else set()
+    # a copy pushed before the recipe (or the device a model sampled on) was recorded is this pool updated
+    unrecorded = {key for key in ("recipe", "device_type") if key not in ours or key not in theirs}
     return (all(identity_value(ours, k) == identity_value(theirs, k) for k in IDENTITY_KEYS if k not in unrecorded)
             and all(_normalised(ours.get(k)) == _normalised(theirs.get(k)) for k in _EXTRA_IDENTITY_KEYS))
 

@@ -48,10 +48,11 @@ SHARD_PATTERN = "shard-{index:05d}.parquet"
 # these meta keys must match for a re-run to resume into an existing pool ("parent": a selection's, see
 # `identity_value`)
 IDENTITY_KEYS = ("method", "model", "model_revision", "params", "recipe", "seed", "source_fingerprint", "source_images",
-                 "n", "split", "limit", "shard_size", "parent")
-# identity keys a pool written before them lacks (source_images: 2026-12-02): such a pool resumes as it
-# did then, unchecked on that key, and records it from then on
-KEYS_ADDED_SINCE = ("source_images",)
+                 "n", "split", "limit", "shard_size", "parent", "device_type")
+# identity keys a pool written before them lacks (source_images: 2026-12-02; device_type, the device a
+# model method sampled on: 2026-12-05): such a pool resumes as it did then, unchecked on that key, and
+# records it from then on
+KEYS_ADDED_SINCE = ("source_images", "device_type")
 # what a generated pool's `shard_inputs` (one fingerprint per shard of what it is made from: the shard's
 # source records and, for a pixel method, its image files) checks shard by shard in place of these
 # whole-source keys: a change to records of shards not yet written (an image fixed, one --skip-bad
@@ -258,6 +259,9 @@ def resumed_meta(out_dir: Path, old: dict, meta: dict, recipe_since: str | None 
     if changed:
         recipe = (f" (recipe {identity_value(old, 'recipe')}, now {identity_value(meta, 'recipe')}: an earlier "
                   "mat-plus wrote its rows otherwise, and resuming would mix both)") if "recipe" in changed else ""
+        if "device_type" in changed:  # a model samples other rows on another kind of device: say how to go on
+            recipe += (f" (made on {old.get('device_type')}, now {meta.get('device_type')}: a model samples other "
+                       f"rows there; --device {old.get('device_type')} resumes it)")
         raise PoolIdentityError(
             f"{out_dir}: holds a pool made with different {', '.join(changed)}{recipe}; "
             "use another --out, or --overwrite to replace it", changed)

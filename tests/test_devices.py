@@ -99,3 +99,34 @@ def test_generate_under_torchrun_past_the_gpus_names_its_own_cpu_option(tmp_path
                  "--out", str(tmp_path / "pool")]) == 2
     assert capsys.readouterr().err.strip() == ("error: LOCAL_RANK 1 but only 1 GPU(s) visible: start at most 1 processes "
                                                "per machine, or pass --device cpu to run on the CPU (gloo)")
+
+
+def test_a_model_pool_records_its_device_and_a_resume_goes_on_there(sample_world_dir, tmp_path, capsys):
+    """A model samples other rows on another kind of device: with generate's GPU default, a pool begun on a
+    CPU and resumed on a GPU machine mixed both silently. The pool records `device_type`; a re-run without
+    --device goes on there; another kind is refused naming the way on; an older pool without the key resumes."""
+    import json
+
+    from augment.cli import main
+
+    out = tmp_path / "i2t"
+    argv = ["generate", "--method", "i2t-tiny-captioner", "--source", str(sample_world_dir), "--out", str(out),
+            "--n", "1", "--limit", "2", "--max-new-tokens", "4", "--no-progress"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    meta_path = out / "pool.json"
+    assert json.loads(meta_path.read_text())["device_type"] == "cpu"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "device_type": "cuda"}))  # as if begun on a GPU machine
+    capsys.readouterr()
+    assert main(argv) == 2  # no --device: it goes on where the pool was begun, here a device torch lacks
+    assert capsys.readouterr().err.strip() == "error: --device cuda: torch sees no CUDA device here"
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "made with different device_type (made on cuda, now cpu" in err and "--device cuda resumes it" in err
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "device_type"}))  # an older pool
+    assert main(argv) == 0
+    assert json.loads(meta_path.read_text())["device_type"] == "cpu"
+    # a method that loads no model records none (it uses no device)
+    assert main(["generate", "--method", "img-aug", "--source", str(sample_world_dir), "--out", str(tmp_path / "aug"),
+                 "--n", "1", "--limit", "2", "--no-progress"]) == 0
+    assert "device_type" not in json.loads((tmp_path / "aug" / "pool.json").read_text())

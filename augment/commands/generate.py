@@ -77,7 +77,7 @@ def run(args) -> int:
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
             progress=not args.no_progress, source_meta=source_meta(args, report.format), workers=args.workers,
-            **process_share(state),
+            device_type=torch_device_type(args.device) if loads_model(args) else None, **process_share(state),
         )
         finished = True
     finally:
@@ -99,16 +99,42 @@ def run(args) -> int:
 EMPTY_POOL_HINTS = {"i2t-human": "it pairs an image with its OTHER captions: images with one caption have none"}
 
 
-def generation_device(args) -> str:
-    """The default --device: `default_device()` (cuda when torch sees a GPU) for a method that loads a
-    model, cpu for the others (eda, i2t-human, imgaug, ...), which use no device: under torchrun a
-    GPU default made their processes talk over NCCL, one GPU each, and refused more processes than
-    GPUs, where they ran over gloo on the CPU."""
-    from augment.devices import default_device
+def loads_model(args) -> bool:
+    """Whether `--method` loads a model (t2t-, i2t-, t2i-sd, t-i2i-sd: it reads the model options)."""
     from augment.generators import MODEL_OPTIONS, module_for
 
-    loads_model = bool(MODEL_OPTIONS & set(module_for(args.method).options_read(args.method, args)))
-    return default_device() if loads_model else "cpu"
+    return bool(MODEL_OPTIONS & set(module_for(args.method).options_read(args.method, args)))
+
+
+def torch_device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def generation_device(args) -> str:
+    """The default --device: for a method that loads a model, the kind of device a pool already at
+    --out was sampled on (a resume goes on there: another kind samples other rows), else
+    `default_device()` (cuda when torch sees a GPU); cpu for the others (eda, i2t-human, imgaug,
+    ...), which use no device: under torchrun a GPU default made their processes talk over NCCL,
+    one GPU each, and refused more processes than GPUs, where they ran over gloo on the CPU."""
+    from augment.devices import default_device
+
+    if not loads_model(args):
+        return "cpu"
+    if not args.overwrite:
+        from pathlib import Path
+
+        from augment.errors import MatPlusError
+        from augment.pool import holds_pool, read_pool_meta
+
+        try:
+            recorded = read_pool_meta(Path(args.out)).get("device_type") if holds_pool(Path(args.out)) else None
+        except (OSError, ValueError, MatPlusError):  # not a pool, or a damaged pool.json: the writer says so
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return default_device()
 
 
 def distributed_state(args):

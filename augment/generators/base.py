@@ -112,6 +112,7 @@ def run_generation(
     barrier=None,
     source_meta: dict | None = None,
     workers: int = 0,
+    device_type: str | None = None,
 ) -> dict | None:
     """Generate the pool `out` from `source` (a SOURCE_FEATURES dataset); return pool.json's dict.
 
@@ -120,7 +121,9 @@ def run_generation(
     `split`, `limit` and `shard_size`, so the pool is the same whatever the number of processes.
     Returns None on ranks other than 0. `source_meta` (e.g. the image root) joins pool.json.
     `workers` DataLoader processes read and decode the next shards' source items while the
-    generator works (in order: the pool does not depend on it).
+    generator works (in order: the pool does not depend on it). `device_type` (cuda, cpu, ...): where a
+    model method samples, an identity key (another kind of device samples other rows); None for the
+    methods that use no device.
     """
     from tqdm.auto import tqdm
 
@@ -156,6 +159,7 @@ def run_generation(
         # which image files the whole run reads: what a pool written before `shard_inputs` is checked on
         **({"source_images": identities_fingerprint(images)} if images is not None else {}),
         "source_items": len(items),
+        **({"device_type": device_type} if device_type else {}),
         **(source_meta or {}),
     }
     def describe_shard(index: int) -> str:  # a refused kept shard, named with its source images
