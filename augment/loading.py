@@ -108,12 +108,13 @@ def worker_death(exc: BaseException, then: str = "re-run the same command", work
 
     if interrupt_arrived():  # the workers stopped with the main process: the interrupted line, not "out of memory"
         raise KeyboardInterrupt from None
-    now = '' if workers is None else f' ({workers} now)'
+    now = '' if workers is None else f'{workers} now'
     # "exited unexpectedly": the OOM killer's SIGKILL seen from the loader's queue, or a failure of the
     # worker's own at start-up (every forkserver worker once): --workers 0 shows such an error in the process
-    own = "" if "killed by signal" in str(exc) else " (--workers 0 shows an error of the worker's own)"
+    own = "" if "killed by signal" in str(exc) else "--workers 0 shows an error of the worker's own"
+    aside = "; ".join(part for part in (now, own) if part)
     return DataWorkerDied(f"a data-loading worker process died ({first_line(exc).rstrip('.')}), likely out of "
-                          f"memory: use fewer --workers{now}{own}, then {then}")
+                          f"memory: use fewer --workers{f' ({aside})' if aside else ''}, then {then}")
 
 
 def raise_worker_death(exc: RuntimeError, then: str = "re-run the same command", workers: int | None = None) -> NoReturn:

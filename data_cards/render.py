@@ -179,8 +179,8 @@ def _card_params(meta: dict) -> dict:
 
 def card_source(meta: dict, options: CardOptions) -> tuple[str, str | None]:
     """How the card names the source: (its name, the local copy's name or None). `--source-dataset`
-    names the Hub dataset a local source is a copy of: the prose names that, as the YAML header does,
-    and the local copy beside it (a reader looks the dataset up by its Hub id)."""
+    names the Hub dataset a source is a copy of: the prose names that, as the YAML header does, and
+    what the pool was read from beside it (a reader looks the dataset up by its Hub id)."""
     local = source_name(meta.get("source"), source_is_hub(meta))
     if options.source_dataset and options.source_dataset != local:
         return options.source_dataset, local

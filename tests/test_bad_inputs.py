@@ -522,10 +522,10 @@ def test_card_shows_the_scores_language_and_source(scored):
     named, _ = publication(pool, CardOptions(source_dataset="nlphuji/flickr30k"))
     assert named.data.source_datasets == ["extended|nlphuji/flickr30k"]
     # the prose and the title name it too, with the local copy beside it (they named the local folder only)
-    assert "source dataset `nlphuji/flickr30k` (a local copy of it, `captions.csv`)" in named.text
-    assert "| source dataset | nlphuji/flickr30k (local copy: captions.csv) |" in named.text
+    assert "source dataset `nlphuji/flickr30k` (read from `captions.csv`)" in named.text
+    assert "| source dataset | nlphuji/flickr30k (read from captions.csv) |" in named.text
     assert named.data.pretty_name.endswith("pool of nlphuji/flickr30k")
-    assert "source dataset `captions.csv`." in card.text and "local copy" not in card.text
+    assert "source dataset `captions.csv`." in card.text and "read from" not in card.text
 
 
 def test_gap_intervals_contain_their_estimate(scored):

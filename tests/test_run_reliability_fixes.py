@@ -205,6 +205,6 @@ def test_a_worker_that_exited_by_itself_is_not_called_out_of_memory():
     from augment.loading import worker_death
 
     exited = worker_death(RuntimeError("DataLoader worker (pid(s) 14683) exited unexpectedly"), workers=2)
-    assert "use fewer --workers (2 now) (--workers 0 shows an error of the worker's own), then" in str(exited)
+    assert "use fewer --workers (2 now; --workers 0 shows an error of the worker's own), then" in str(exited)
     killed = worker_death(RuntimeError("DataLoader worker (pid 14683) is killed by signal: Killed."), workers=2)
     assert "likely out of memory: use fewer --workers (2 now), then" in str(killed)

@@ -269,7 +269,7 @@ def test_a_killed_loader_worker_is_one_error_naming_workers_and_resume():
     from train.data import micro_batches
 
     with pytest.raises(DataWorkerDied, match=r"^a data-loading worker process died \(DataLoader worker \(pid.*likely out "
-                                             r"of memory: use fewer --workers \(1 now\).*, then --resume latest continues"):
+                                             r"of memory: use fewer --workers \(1 now.*\), then --resume latest continues"):
         list(micro_batches(_KilledInAWorker(), 0, 4, workers=1, pin_memory=False))
     assert list(micro_batches(_KilledInAWorker(), 0, 4, workers=0, pin_memory=False)) == [0, 1, 2, 3]
 

@@ -456,9 +456,8 @@ class Trainer:
         if self.world_size == 1:  # nothing to reduce: no device tensor (each log step paid a host-device round trip)
             return list(values)
         present = [v for v in values if v is not None]
-        # MPS has no float64 (torch refuses to make the tensor there): float32 on it
-        dtype = torch.float32 if self.accelerator.device.type == "mps" else torch.float64
-        tensor = torch.tensor(present or [0.0], device=self.accelerator.device, dtype=dtype)
+        # several processes: CUDA or the CPU (MPS, which has no float64, runs one process: returned above)
+        tensor = torch.tensor(present or [0.0], device=self.accelerator.device, dtype=torch.float64)
         reduced = self.accelerator.reduce(tensor, "mean").tolist()
         it = iter(reduced)
         return [next(it) if v is not None else None for v in values]

@@ -53,9 +53,10 @@ class Scorer(ABC):
         (`encode_prepared`)."""
 
     def image_preparer(self):
-        """`prepare_images` as a callable that DataLoader workers receive: pickled for each worker
-        where workers are spawned (macOS's default start method, `forkserver`), so it carries the
-        preprocessing alone, never the model (a model is large, and some cannot be pickled)."""
+        """`prepare_images` as a callable that DataLoader workers receive, pickled for each worker
+        where workers are spawned (macOS's default start method, `forkserver`). This default is the
+        bound method, which carries the whole scorer, model included: a scorer with a model overrides
+        it with its preprocessing alone (`ModelScorer`: a module-level function and its transform)."""
         return self.prepare_images
 
     def encode_prepared(self, pixels):
