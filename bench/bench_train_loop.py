@@ -75,7 +75,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--methods", default="clean,mat", help="comma list of training methods (default clean,mat)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="items per training step (default 32)")
     parser.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations of MAT's image attack (default 10)")
-    parser.add_argument("--precision", default=None, help="training --precision (default: amp on cuda, fp32 on cpu)")
+    from models.half_precision import PRECISIONS  # the trainer's mixed-precision names
+
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="training --precision (default: amp on cuda, fp32 on cpu)")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default: the trainer's)")
     parser.add_argument("--steps", type=positive_int, default=4, help="timed optimizer steps per method (default 4)")
     parser.add_argument("--warmup", type=positive_int, default=2,

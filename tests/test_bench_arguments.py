@@ -19,6 +19,8 @@ REFUSED = [
     ("bench.bench_train_loop", ["--steps", "0"], "--steps: 0: must be at least 1"),
     ("bench.bench_train_loop", ["--warmup", "0"], "--warmup: 0: must be at least 1"),  # the first starts the workers
     ("bench.bench_trainer", ["--pgd-steps", "0"], "--pgd-steps: 0: must be at least 1"),
+    # a free string: a typo ran the whole benchmark to fail in the trainer's own check
+    ("bench.bench_train_loop", ["--precision", "amp16"], "--precision: invalid choice: 'amp16'"),
     # a ValueError traceback, or (-5) a report of nulls with exit 0
     ("bench.bench_scale", ["--sizes", "abc"], "--sizes: 'abc': expected comma-separated whole numbers"),
     ("bench.bench_scale", ["--sizes=-5"], "--sizes: '-5': every count must be at least 1"),
