@@ -20,6 +20,7 @@ if WORKERS > 1:
 
 import contextlib  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -60,6 +61,57 @@ def evaluation_killed_at_batch(monkeypatch, batch: int, run) -> None:
             run()
     finally:
         monkeypatch.setattr(evaluation.AttackRecord, "add_batch", original)
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from augment.loading import ordered_batches
+
+def slow(value):  # the first batch at once; the worker is busy on the next one when its parent dies
+    if value > 0:
+        time.sleep(120)
+    return os.getpid()
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        multiprocessing.set_start_method(sys.argv[1], force=True)
+    for batch in ordered_batches(list(range(3)), [[0], [1], [2]], 1, slow, prefetch=1):
+        print(batch[0], flush=True)
+        time.sleep(120)
+"""
+
+
+def loader_worker_outlives_killed_parent(folder: Path, start_method: str | None = None, wait_s: float = 10) -> bool:
+    """Run a command whose DataLoader worker is busy (`start_method`: the default when None), kill -9
+    the command, and say whether its worker is still running `wait_s` seconds later (it is then killed)."""
+    import signal
+    import subprocess
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return "(zombie)" not in open(f"/proc/{pid}/status").read()
+        except FileNotFoundError:
+            return False
+
+    script = folder / "orphan.py"  # a file, not -c: spawned workers import its `slow` by name
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), *([start_method] if start_method else [])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert worker != parent.pid and running(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + wait_s
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = running(worker)
+    finally:
+        parent.kill()
+    if alive:
+        os.kill(worker, signal.SIGKILL)  # under forkserver the server then sees its pipe's end and exits
+    return alive
 
 
 def write_image(path: Path, mode: str = "RGB", size=(16, 12), colour=120) -> Path:

@@ -13,6 +13,7 @@ from augment.generators.base import Generator, row_seed, run_generation
 from augment.pool import PoolWriter, load_pool, write_pool
 from augment.schema import POOL_FEATURES, POOL_SCHEMA_VERSION, SchemaError
 from augment.sources import load_source
+from tests.conftest import loader_worker_outlives_killed_parent
 
 
 def _row(i, modality="text", caption="a red circle", image=None):
@@ -315,51 +316,11 @@ def test_hub_pool_id_fails_fast_offline(network_attempts):
     assert network_attempts == []  # offline: not a connection tried, so nothing to time out
 
 
-WORKER_ORPHAN_SCRIPT = """
-import os, sys, time
-from augment.loading import ordered_batches
-
-def slow(value):  # the first batch at once; the worker is busy on the next one when its parent dies
-    if value > 0:
-        time.sleep(60)
-    return os.getpid()
-
-for batch in ordered_batches(list(range(3)), [[0], [1], [2]], 1, slow, prefetch=1):
-    print(batch[0], flush=True)
-    time.sleep(60)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_loader_workers_end_when_their_parent_is_killed():
+def test_loader_workers_end_when_their_parent_is_killed(tmp_path):
     """kill -9 of a command left its DataLoader worker running (busy, it never ran torch's parent
     check); the kernel now kills it with its parent."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    def running(pid: int) -> bool:
-        try:
-            return "(zombie)" not in open(f"/proc/{pid}/status").read()
-        except FileNotFoundError:
-            return False
-
-    parent = subprocess.Popen([sys.executable, "-c", WORKER_ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
-    try:
-        worker = int(parent.stdout.readline())
-        assert worker != parent.pid and running(worker)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 10
-        while running(worker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        alive = running(worker)
-    finally:
-        parent.kill()
-    if alive:
-        os.kill(worker, signal.SIGKILL)
-    assert not alive
+    assert not loader_worker_outlives_killed_parent(tmp_path)
 
 
 def test_loader_workers_raise_the_records_own_error():

@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import loader_worker_outlives_killed_parent
+
 
 def _forced(method: str):
     """torch's DataLoader with `multiprocessing_context=method` (the loaders here take the default one)."""
@@ -83,54 +85,10 @@ def test_exit_with_parent_keeps_a_fork_server_worker_whose_creator_lives():
     assert worker.exitcode == 0  # was 1: os._exit(1), the kernel parent being the fork server
 
 
-ORPHAN_SCRIPT = """
-import multiprocessing, os, sys, time
-from augment.loading import ordered_batches
-
-def slow(value):  # the first batch at once; the worker is busy on the next one when its parent dies
-    if value > 0:
-        time.sleep(120)
-    return os.getpid()
-
-if __name__ == "__main__":
-    multiprocessing.set_start_method(sys.argv[1], force=True)
-    for batch in ordered_batches(list(range(3)), [[0], [1], [2]], 1, slow, prefetch=1):
-        print(batch[0], flush=True)
-        time.sleep(120)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_a_worker_ends_when_its_parent_is_killed_under_spawn_and_forkserver(method, tmp_path):
     """kill -9 of the main process: its busy worker ends too. Under forkserver it lived on (with the
     fork server): the kernel's parent-death signal waits for the server, which waits for its
     keep-alive pipe, whose write end every worker holds (`tests/test_pool.py` checks fork)."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    def running(pid: int) -> bool:
-        try:
-            return "(zombie)" not in open(f"/proc/{pid}/status").read()
-        except FileNotFoundError:
-            return False
-
-    script = tmp_path / "orphan.py"  # a file, not -c: spawned workers import its `slow` by name
-    script.write_text(ORPHAN_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script), method], stdout=subprocess.PIPE, text=True)
-    try:
-        worker = int(parent.stdout.readline())
-        assert worker != parent.pid and running(worker)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 20
-        while running(worker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        alive = running(worker)
-    finally:
-        parent.kill()
-    if alive:
-        os.kill(worker, signal.SIGKILL)  # the fork server then sees its pipe's end and exits
-    assert not alive
+    assert not loader_worker_outlives_killed_parent(tmp_path, method, wait_s=20)
