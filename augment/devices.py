@@ -22,6 +22,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(text: str | None, default: str | None = None) -> str:
+    """The device a command runs on: `--device` as given, else `default`, else `default_device()`;
+    checked (`check_device`) before anything loads."""
+    device = text or default or default_device()
+    check_device(device)
+    return device
+
+
 def check_device(text: str, option: str = "--device"):
     """`torch.device(text)` when this machine has it; else MatPlusError in one line."""
     import torch

@@ -424,10 +424,10 @@ def _check_option_values(args) -> None:
             raise MatPlusError(f"--{option.replace('_', '-')} is out of range: {value}")
     if args.workers is not None and args.workers < 0:  # before --restart empties anything
         raise MatPlusError("--workers must be non-negative")
-    if args.device is not None:  # was blamed on the model: "cannot load CLIP model ...: Expected one of cpu, ..."
-        from augment.devices import check_device
+    from augment.devices import resolve_device
 
-        check_device(args.device)
+    # every task's device, checked here: it was blamed on the model ("cannot load CLIP model ...: Expected one of cpu, ...")
+    args.device = resolve_device(args.device)
     if args.attacker_pretrained is not None and not args.attacker_model:  # it would be silently ignored
         raise MatPlusError("--attacker-pretrained is read only with --attacker-model: leave it out or add "
                            "--attacker-model ARCH")
@@ -519,9 +519,7 @@ def _run(args: argparse.Namespace) -> int:
         return commands_grounding.run(args)
     options = attack_options_from_arguments(args)
     _check_attack_options(options)
-    from augment.devices import default_device
-
-    device = args.device or default_device()
+    device = args.device
     torch.manual_seed(args.seed)
     from train.trainer import model_options
 

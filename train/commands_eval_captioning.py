@@ -46,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from train.eval_report import EVAL_JSON, EVAL_MD
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
-    from augment.devices import default_device
-
-    device = args.device or default_device()
+    device = args.device  # resolved and checked with the other options (commands_eval._check_option_values)
     for option in ("num_beams", "gen_max_length"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")

@@ -54,9 +54,7 @@ def run(args) -> int:
     else:  # the project's attacks lower a grounding objective; its reports have always recorded no protocol
         del options["protocol"], options["reference_bugs"]
         options["objective"] = objective
-    from augment.devices import default_device
-
-    device = args.device or default_device()
+    device = args.device  # resolved and checked with the other options (commands_eval._check_option_values)
     torch.manual_seed(args.seed)
     # the data first: a wrong path or split stops in one line before any model loads
     data = load_grounding(args.source, image_root=args.image_root, dets_file=args.dets, refs_file=args.refs,

@@ -59,10 +59,11 @@ def options_given(args) -> set[str]:
 def run(args) -> int:
     # before anything is read or launched: an option the method ignores would silently change nothing
     check_options_read(args.method, args, options_given(args), flags=args.option_flags)
-    from augment.devices import check_device
+    from augment.devices import resolve_device
 
+    model_method = loads_model(args)
     # one line naming --device, not "cannot load captioner ..." (the model loads later)
-    args.device = str(check_device(args.device or generation_device(args)))
+    args.device = resolve_device(args.device, default=generation_device(args, model_method))
     state = distributed_state(args)
     if state is not None:
         print(f"generate: process {state.process_index + 1} of {state.num_processes} ({state.backend})", file=sys.stderr)
@@ -77,7 +78,7 @@ def run(args) -> int:
             generator, source, args.out, n=args.n, seed=args.seed, split=args.split, limit=args.limit,
             shard_size=args.shard_size, overwrite=args.overwrite, source_name=str(args.source),
             progress=not args.no_progress, source_meta=source_meta(args, report.format), workers=args.workers,
-            device_type=torch_device_type(args.device) if loads_model(args) else None, **process_share(state),
+            device_type=torch_device_type(args.device) if model_method else None, **process_share(state),
         )
         finished = True
     finally:
@@ -112,7 +113,7 @@ def torch_device_type(device: str) -> str:
     return torch.device(device).type
 
 
-def generation_device(args) -> str:
+def generation_device(args, model_method: bool) -> str:
     """The default --device: for a method that loads a model, the kind of device a pool already at
     --out was sampled on (a resume goes on there: another kind samples other rows), else
     `default_device()` (cuda when torch sees a GPU); cpu for the others (eda, i2t-human, imgaug,
@@ -120,7 +121,7 @@ def generation_device(args) -> str:
     one GPU each, and refused more processes than GPUs, where they ran over gloo on the CPU."""
     from augment.devices import default_device
 
-    if not loads_model(args):
+    if not model_method:
         return "cpu"
     if not args.overwrite:
         from pathlib import Path

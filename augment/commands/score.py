@@ -97,10 +97,10 @@ def run(args) -> int:
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
         seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
     )
-    from augment.devices import check_device, default_device
+    from augment.devices import resolve_device
 
     # one line naming --device, not "cannot load CLIP model" (the scorer loads later)
-    args.device = str(check_device(args.device or default_device()))
+    args.device = resolve_device(args.device)
     refuse_replacing_another_file(args.table)  # before anything is read: a pool.json or a source named by mistake
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():  # was "File exists"
         raise PoolError(f"--cache-dir {args.cache_dir}: is a file, not a folder: name a folder for the embedding cache")
