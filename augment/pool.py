@@ -257,13 +257,13 @@ def resumed_meta(out_dir: Path, old: dict, meta: dict, recipe_since: str | None 
                            if _normalised(old["params"].get(k)) != _normalised(meta["params"].get(k)))
         changed[changed.index("params")] = f"params {differing}"
     if changed:
-        recipe = (f" (recipe {identity_value(old, 'recipe')}, now {identity_value(meta, 'recipe')}: an earlier "
-                  "mat-plus wrote its rows otherwise, and resuming would mix both)") if "recipe" in changed else ""
+        why = (f" (recipe {identity_value(old, 'recipe')}, now {identity_value(meta, 'recipe')}: an earlier "
+               "mat-plus wrote its rows otherwise, and resuming would mix both)") if "recipe" in changed else ""
         if "device_type" in changed:  # a model samples other rows on another kind of device: say how to go on
-            recipe += (f" (made on {old.get('device_type')}, now {meta.get('device_type')}: a model samples other "
-                       f"rows there; --device {old.get('device_type')} resumes it)")
+            why += (f" (made on {old.get('device_type')}, now {meta.get('device_type')}: a model samples other "
+                    f"rows there; --device {old.get('device_type')} resumes it)")
         raise PoolIdentityError(
-            f"{out_dir}: holds a pool made with different {', '.join(changed)}{recipe}; "
+            f"{out_dir}: holds a pool made with different {', '.join(changed)}{why}; "
             "use another --out, or --overwrite to replace it", changed)
     return {**old, **meta, "created": old.get("created")}
 

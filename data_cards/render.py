@@ -318,6 +318,7 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
     model = meta.get("model") or generator.get("model")  # a selection's: its generator's
     versions = meta.get("package_versions") or {}
     created = str(meta.get("created") or "")
+    shown_source, source_copy = card_source(meta, options)
     return {
         "card_data": card_data,
         "pretty_name": pretty_name(meta, options),
@@ -336,8 +337,8 @@ def template_context(meta: dict, scores: Any, options: CardOptions, card_data: s
         "split": meta.get("split"),
         "limit": meta.get("limit"),
         "parent": _parent_name(meta.get("parent")),
-        "source_name": card_source(meta, options)[0],
-        "source_copy": card_source(meta, options)[1],
+        "source_name": shown_source,
+        "source_copy": source_copy,
         "source_items": meta.get("source_items"),
         "source_fingerprint": meta.get("source_fingerprint"),
         "source_license": options.source_license,

@@ -275,17 +275,17 @@ def _is_tiny_twin(model: str) -> bool:
 def default_mlm(model: str) -> str:
     """The text attack's masked LM for a model named on the command line: tiny-mlm for tiny twins
     (offline), else the registry's. `default_mlm_of` answers the same for a loaded model."""
-    if _is_tiny_twin(model):
-        return TINY_MLM
-    from augment.registry import DEFAULT_MODELS
-
-    return DEFAULT_MODELS["mlm"]
+    return _default_mlm(tiny=_is_tiny_twin(model))
 
 
 def default_mlm_of(model) -> str:
     """The text attack's masked LM for a loaded model of any task: tiny-mlm when it is, or was trained
     from, a tiny twin (`load_model` records which in `model.tiny_twin`), else the registry's."""
-    if getattr(model, "tiny_twin", None):
+    return _default_mlm(tiny=bool(getattr(model, "tiny_twin", None)))
+
+
+def _default_mlm(tiny: bool) -> str:
+    if tiny:
         return TINY_MLM
     from augment.registry import DEFAULT_MODELS
 

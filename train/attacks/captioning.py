@@ -33,7 +33,8 @@ import torch
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.substitutes import DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes
+from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes,
+                                      load_masked_lm)
 from train.attacks.text import round_fill, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
@@ -153,15 +154,9 @@ def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "defau
         return WordNetSubstitutes(top_k=top_k, max_length=max_length)
     if candidates != "mlm":
         raise ValueError(f"unknown text candidates {candidates!r}; expected 'mlm' or 'wordnet'")
-    if isinstance(mlm, str):
-        from augment.registry import load_mlm
-        from train.config import default_mlm_of
+    from train.config import default_mlm_of
 
-        model_id = default_mlm_of(victim) if mlm == "default" else mlm
-        model, tokenizer = load_mlm(model_id, device=victim.device)
-    else:
-        model, tokenizer, *name = mlm
-        model_id = name[0] if name else getattr(model.config, "name_or_path", None)
+    model, tokenizer, model_id = load_masked_lm(default_mlm_of(victim) if mlm == "default" else mlm, victim.device)
     return MaskedLMSubstitutes(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=mlm_batch,
                                model_id=model_id)
 

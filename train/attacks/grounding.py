@@ -331,19 +331,12 @@ def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: flo
                             generator=generator)
 
     def text_attack(source_name: str) -> GroundingTextAttack:
-        from train.attacks.substitutes import MaskedLMSubstitutes, WordNetSubstitutes
+        from train.attacks.substitutes import MaskedLMSubstitutes, WordNetSubstitutes, load_masked_lm
 
         if source_name == "wordnet":
             source = WordNetSubstitutes(top_k=top_k, max_length=max_length)
         else:
-            if isinstance(mlm, str):
-                from augment.registry import DEFAULT_MODELS, load_mlm
-
-                model_id = DEFAULT_MODELS["mlm"] if mlm == "default" else mlm
-                mlm_model, tokenizer = load_mlm(model_id, device=victim.device)
-            else:
-                mlm_model, tokenizer, *rest = mlm
-                model_id = rest[0] if rest else None
+            mlm_model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
             source = MaskedLMSubstitutes(mlm_model, tokenizer, top_k=top_k, max_length=max_length,
                                          batch_size=mlm_batch, model_id=model_id)
         attack = GroundingTextAttack(victim, source, budget=budget)
