@@ -297,10 +297,23 @@ def test_a_folder_whose_name_starts_with_tiny_is_a_folder(twin, tmp_path, monkey
         load_model("tiny-clp")
 
 
-def _build_default_mlm_attack(task: str, model):
-    """One attack that draws substitutes from the masked LM meant by "default", built as `train eval` does."""
+def _build_default_mlm_attack(task: str, model, route: str = "eval"):
+    """One attack that draws substitutes from the masked LM meant by "default", built as `train eval`
+    does (route "eval") or by the task's attack builder called from Python with its default `mlm`."""
     from train.eval_common import build_attacks
 
+    if route == "python":
+        if task == "captioning":
+            from train.attacks.captioning import substitute_source
+
+            return substitute_source(model)
+        if task == "grounding":
+            from train.attacks.grounding import build_grounding_attack
+
+            return build_grounding_attack("bert-attack", model)
+        from train.attacks import build_attack
+
+        return build_attack("bert-attack", model)
     if task == "captioning":
         from train.evaluate_captioning import build_caption_attacks
 
@@ -312,12 +325,14 @@ def _build_default_mlm_attack(task: str, model):
     return build_attacks(["bert-attack"], model, {})
 
 
+@pytest.mark.parametrize("route", ["eval", "python"])
 @pytest.mark.parametrize("twin, task", [("tiny-clip", "retrieval"), ("tiny-captioner", "captioning"),
                                         ("tiny-albef", "grounding")])
-def test_every_task_means_one_masked_lm_by_default(twin, task, monkeypatch):
+def test_every_task_means_one_masked_lm_by_default(twin, task, route, monkeypatch):
     """The default masked LM was chosen three ways (by the name, by a captioner's tokenizer, by
     `tiny_twin` in grounding's training attack) and retrieval's Python `evaluate` took bert-base-uncased
-    for a tiny twin (not cached offline): one rule now, `default_mlm_of(model)`, for every task."""
+    for a tiny twin (not cached offline): one rule now, `default_mlm_of(model)`, for every task, also
+    when an attack builder is called from Python (retrieval's and grounding's loaded bert-base-uncased)."""
     import augment.registry as registry
     from train.config import default_mlm, default_mlm_of
 
@@ -325,9 +340,9 @@ def test_every_task_means_one_masked_lm_by_default(twin, task, monkeypatch):
     real_load = registry.load_mlm
     monkeypatch.setattr(registry, "load_mlm", lambda name, **kw: asked.append(name) or real_load("tiny-mlm", **kw))
     model = load_model(twin, **({"prompt": "a picture of"} if task == "captioning" else {}))
-    _build_default_mlm_attack(task, model)
+    _build_default_mlm_attack(task, model, route)
     assert asked == ["tiny-mlm"] == [default_mlm_of(model)] == [default_mlm(twin)]
     model.tiny_twin = None  # as a real model loads
     asked.clear()
-    _build_default_mlm_attack(task, model)
+    _build_default_mlm_attack(task, model, route)
     assert asked == ["bert-base-uncased"] == [default_mlm_of(model)]

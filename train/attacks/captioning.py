@@ -154,9 +154,7 @@ def substitute_source(victim, candidates: str = "mlm", mlm: str | tuple = "defau
         return WordNetSubstitutes(top_k=top_k, max_length=max_length)
     if candidates != "mlm":
         raise ValueError(f"unknown text candidates {candidates!r}; expected 'mlm' or 'wordnet'")
-    from train.config import default_mlm_of
-
-    model, tokenizer, model_id = load_masked_lm(default_mlm_of(victim) if mlm == "default" else mlm, victim.device)
+    model, tokenizer, model_id = load_masked_lm(mlm, victim.device, victim)
     return MaskedLMSubstitutes(model, tokenizer, top_k=top_k, max_length=max_length, batch_size=mlm_batch,
                                model_id=model_id)
 

@@ -336,7 +336,7 @@ def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: flo
         if source_name == "wordnet":
             source = WordNetSubstitutes(top_k=top_k, max_length=max_length)
         else:
-            mlm_model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
+            mlm_model, tokenizer, model_id = load_masked_lm(mlm, victim.device, model)
             source = MaskedLMSubstitutes(mlm_model, tokenizer, top_k=top_k, max_length=max_length,
                                          batch_size=mlm_batch, model_id=model_id)
         attack = GroundingTextAttack(victim, source, budget=budget)

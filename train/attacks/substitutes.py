@@ -421,12 +421,15 @@ class WordNetSubstitutes(SubstituteSource):
         return found
 
 
-def load_masked_lm(mlm, device) -> tuple:
-    """(model, tokenizer, name) from a registry name ("default" = the registry's default) or a loaded tuple."""
+def load_masked_lm(mlm, device, victim=None) -> tuple:
+    """(model, tokenizer, name) from a registry name or a loaded tuple. "default" is the attacked
+    model's default (`train.config.default_mlm_of`: tiny-mlm for a tiny twin), the same rule every
+    task and `train eval` follow; with no `victim`, the registry's default."""
     if isinstance(mlm, str):
-        from augment.registry import DEFAULT_MODELS, load_mlm
+        from augment.registry import load_mlm
+        from train.config import default_mlm_of
 
-        model_id = DEFAULT_MODELS["mlm"] if mlm == "default" else mlm
+        model_id = default_mlm_of(victim) if mlm == "default" else mlm
         model, tokenizer = load_mlm(model_id, device=device)
         return model, tokenizer, model_id
     model, tokenizer, *name = mlm

@@ -453,8 +453,8 @@ class WordSubstitutionAttack(Attack):
 class BertAttack(WordSubstitutionAttack):
     """BERT-Attack: substitutes from a masked LM's top-k predictions.
 
-    `mlm`: a name `augment.registry.load_mlm` accepts (default: the registry's default masked LM,
-    bert-base-uncased; `tiny-mlm` offline) or an already loaded `(model, tokenizer[, name])`, so
+    `mlm`: a name `augment.registry.load_mlm` accepts ("default": the victim's default masked LM,
+    bert-base-uncased, or `tiny-mlm` for a tiny twin) or an already loaded `(model, tokenizer[, name])`, so
     several attacks can share one MLM. `max_length`: MLM tokens read per caption (30 in the
     papers' protocol); words past it are not replaced. `reading="reference"` reads the MLM as the
     reference codes do (`ReferenceMLMSubstitutes`, with `reference_bugs`). `masked_unit` (default:
@@ -468,7 +468,7 @@ class BertAttack(WordSubstitutionAttack):
                  text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = DEFAULT_MLM_BATCH, loss: str = "pair",
                  pieces: str = "combine", importance: str = "cosine", reading: str = "project",
                  reference_bugs: bool = False, embedding: str = "unit", masked_unit: bool | None = None):
-        model, tokenizer, model_id = load_masked_lm(mlm, victim.device)
+        model, tokenizer, model_id = load_masked_lm(mlm, victim.device, victim)
         common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
         if reading == "reference":
             source = ReferenceMLMSubstitutes(model, tokenizer, reference_bugs=reference_bugs, **common)
