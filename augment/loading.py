@@ -1,9 +1,9 @@
-"""DataLoader plumbing shared by generation and scoring: `--workers`, ordered prefetching.
+"""DataLoader plumbing shared by generation, scoring and evaluation: `--workers`, ordered prefetching.
 
-Both read items whose decoding (image files) is worth moving off the main process, in a fixed
-order, and hand plain Python objects (source rows, PIL images) to a model wrapper that does
-its own preprocessing. So the loaders here batch with `collate_fn=as_list` (no tensors: pinned
-memory has nothing to pin; the trainer's loaders, which do build tensors, pin theirs) and keep
+Each reads items whose decoding (image files) is worth moving off the main process, in a fixed
+order, and hands what a worker made of them (source rows, PIL images, preprocessed pixels) to a
+model. So the loaders here batch with `collate_fn=as_list` (a list of what the workers returned:
+no collation; the trainer's loaders, which build its batches' tensors, pin theirs) and keep
 torch's order guarantee: the output is the same with 0 or N workers, so resume and the
 1-vs-2-process equality of pools hold whatever `--workers` is.
 """
@@ -177,32 +177,127 @@ class _Raised:
         self.exception = exception
 
 
+class DecodingWorkers:
+    """`workers` DataLoader processes kept for several passes over the same `items`, each pass
+    with one of the named `functions`: `passes("name", batches)` yields
+    `[functions["name"](items[i]) for i in batch]` for each index batch, in order, as
+    `ordered_batches` does (inline with 0 workers; a dead worker is `DataWorkerDied`).
+
+    An evaluation reads its gallery once per attack: a loader per pass started its workers again
+    each time, which under spawn and forkserver (macOS's and Python 3.14's defaults) imports torch
+    in every worker again, seconds per pass. Here the workers start on the first pass that has
+    batches and end with `close()`; the functions and `items` travel to them once, at their start.
+    `items` None: the batches hold the items themselves, not indices (each item then travels with its
+    batch, to the one worker that decodes it: `augment score`'s chunks of images, new at each call)."""
+
+    def __init__(self, items: Sequence | None, functions: dict[str, Callable[[Any], Any]], workers: int,
+                 prefetch: int = PREFETCH_FACTOR, after_worker_death: str = "re-run the same command"):
+        # no more workers than items, where they are known
+        workers = workers if items is None else min(workers, max(len(items), 1))
+        self.items, self.workers, self.prefetch = _Itself() if items is None else items, workers, prefetch
+        self.functions = dict(functions)
+        self.after_worker_death = after_worker_death
+        self._sampler = _PassBatches()
+        self._loader = None
+        self._pass = 0  # the pass whose batches the loader serves now
+
+    def passes(self, function: str, batches: Iterable[Sequence[int]]) -> Iterator[list]:
+        """The batches of one pass, decoded by `functions[function]`; a pass started before another one
+        has yielded all its batches leaves that one unusable (it raises if read on)."""
+        batches = [list(batch) for batch in batches]
+        if function not in self.functions:
+            raise KeyError(f"no decoding function {function!r}; expected one of {', '.join(self.functions)}")
+        self._pass += 1
+        if not batches:
+            return iter(())
+        if self.workers <= 0:
+            sequence = MappedSequence(self.items, self.functions[function])
+            return ([sequence[i] for i in batch] for batch in batches)
+        return self._served(function, batches, self._pass)
+
+    def _served(self, function: str, batches: list[list[int]], number: int) -> Iterator[list]:
+        if self._loader is None:
+            from torch.utils.data import DataLoader
+
+            dataset = _NamedFunctions({name: MappedSequence(self.items, f, catching=True)
+                                       for name, f in self.functions.items()})
+            self._loader = DataLoader(dataset, batch_sampler=self._sampler, collate_fn=as_list,
+                                      num_workers=self.workers,
+                                      prefetch_factor=self.prefetch, persistent_workers=True,
+                                      **worker_options(self.workers))
+        self._sampler.batches = [[(function, i) for i in batch] for batch in batches]
+        read = iter(self._loader)  # persistent workers: the same processes, told to start a new pass
+        for _ in batches:
+            if self._pass != number:
+                raise RuntimeError("a decoding pass was read after a later one started")
+            try:
+                batch = next(read)
+            except RuntimeError as exc:  # not around the yield: the consumer's own errors pass untouched
+                raise_worker_death(exc, self.after_worker_death)
+            for value in batch:
+                if isinstance(value, _Raised):
+                    raise value.exception
+            yield batch
+
+    def close(self) -> None:
+        """End the worker processes (idempotent); a later pass starts new ones."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)  # torch keeps a persistent loader's workers there
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def __enter__(self) -> "DecodingWorkers":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class _Itself:
+    """The items of a `DecodingWorkers` whose batches hold them: item i is i."""
+
+    def __getitem__(self, item):
+        return item
+
+    def __len__(self) -> int:
+        return 0
+
+
+class _PassBatches:
+    """A `DecodingWorkers` loader's batch sampler: the current pass's batches, set before each pass
+    (a persistent loader reads its sampler again at every `iter`)."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _NamedFunctions:
+    """Dataset of a `DecodingWorkers` loader: index (function name, i) -> that function's sequence's item i."""
+
+    def __init__(self, sequences: dict[str, MappedSequence]):
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return len(next(iter(self.sequences.values()), ()))
+
+    def __getitem__(self, index: tuple[str, int]):
+        function, i = index
+        return self.sequences[function][i]
+
+
 def ordered_batches(items: Sequence, batches: Iterable[Sequence[int]], workers: int,
                     function: Callable[[Any], Any] | None = None, prefetch: int = PREFETCH_FACTOR,
                     after_worker_death: str = "re-run the same command") -> Iterator[list]:
     """Lists `[function(items[i]) for i in batch]` for each index batch, in order; computed
     by `workers` DataLoader processes ahead of the consumer (inline when workers is 0). A worker
-    that dies is `DataWorkerDied` (one line ending in `after_worker_death`: what to do then)."""
+    that dies is `DataWorkerDied` (one line ending in `after_worker_death`: what to do then).
+    One pass: its workers end with it (`DecodingWorkers` serves several)."""
     batches = [list(batch) for batch in batches]
-    workers = min(workers, len(batches))
-    if workers <= 0:
-        dataset = MappedSequence(items, function)
-        for batch in batches:
-            yield [dataset[i] for i in batch]
-        return
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(MappedSequence(items, function, catching=True), batch_sampler=batches, collate_fn=as_list,
-                        num_workers=workers, prefetch_factor=prefetch, **worker_options(workers))
-    batches_read = iter(loader)
-    while True:
-        try:
-            batch = next(batches_read)
-        except StopIteration:
-            return
-        except RuntimeError as exc:  # not around the yield: the consumer's own errors pass untouched
-            raise_worker_death(exc, after_worker_death)
-        for value in batch:
-            if isinstance(value, _Raised):
-                raise value.exception
-        yield batch
+    with DecodingWorkers(items, {"": function}, min(workers, len(batches)), prefetch, after_worker_death) as decoding:
+        yield from decoding.passes("", batches)

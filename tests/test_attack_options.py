@@ -69,7 +69,7 @@ def test_grounding_report_head_describes_the_protocol_it_is_given(protocol, word
     data = world_grounding(seed=4, n=2)
     model = SimpleNamespace(describe=lambda: {"name": "stub", "family": "stub"})
     run = _GroundingRun.over(data, [e.text for e in data.expressions], model, model, False, batch_size=2,
-                             ground_batch=8, expression_checker=None, seed=0, workers=0)
+                             ground_batch=8, expression_checker=None, seed=0, decoding=None)
     head = run.report_head({}, {"objective": "heat"}, protocol, "fp32", "none")
     assert words in head["procedure"]
     assert head["settings"]["attack_options"] == {"objective": "heat"}

@@ -1,7 +1,9 @@
 """The pool schema is declared once; writers validate rows, readers refuse anything else."""
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import re
 import sys
 
@@ -336,6 +338,41 @@ def test_loader_workers_raise_the_records_own_error():
     assert list(ordered_batches(list(range(4)), [[0, 1], [2]], 2, lambda v: v * 2)) == [[0, 2], [4]]
     with pytest.raises(SourceError, match="^images.json, record 3: image file missing$"):
         list(ordered_batches(list(range(6)), [[0, 1], [2, 3], [4, 5]], 2, check))
+
+
+def _halve_or_fail(value):
+    from augment.errors import SourceError
+
+    if value == 3:
+        raise SourceError("images.json, record 3: image file missing")
+    return value / 2
+
+
+def test_decoding_workers_serve_several_passes_with_their_own_functions():
+    """`DecodingWorkers` (one evaluation's workers for every attack's pass): each pass's batches in
+    order by the function it names, as inline; a record's error is its own; a pass read after a later
+    one started raises rather than hand over the later pass's batches; close, then a new pass, works."""
+    from augment.errors import SourceError
+    from augment.loading import DecodingWorkers
+
+    functions = {"double": functools.partial(operator.mul, 2), "halve": _halve_or_fail}
+    for workers in (0, 2):
+        with DecodingWorkers(list(range(6)), functions, workers) as decoding:
+            assert list(decoding.passes("double", [[0, 1], [5]])) == [[0, 2], [10]]
+            assert list(decoding.passes("halve", [[4], [0, 2]])) == [[2.0], [0.0, 1.0]]
+            assert list(decoding.passes("double", [])) == []
+            with pytest.raises(SourceError, match="^images.json, record 3: image file missing$"):
+                list(decoding.passes("halve", [[2, 3]]))
+            first = decoding.passes("double", [[0], [1], [2]])
+            assert next(first) == [0]
+            assert list(decoding.passes("halve", [[2]])) == [[1.0]]
+            if workers:
+                with pytest.raises(RuntimeError, match="after a later one started"):
+                    next(first)
+            with pytest.raises(KeyError, match="no decoding function 'triple'"):
+                decoding.passes("triple", [[0]])
+            decoding.close()
+            assert list(decoding.passes("double", [[3]])) == [[6]]
 
 
 def test_writing_a_pool_again_with_fewer_shards_leaves_none_of_the_old_ones(tmp_path):

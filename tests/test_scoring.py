@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from augment.errors import ModelLoadError, PoolError
 from augment.scoring import measures
@@ -859,12 +860,19 @@ def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counte
 
     monkeypatch.setattr(embeddings, "WORKER_MIN_BYTES", 0)  # a few small images: use the workers anyway
     scorer, counter = counted_hf_scorer
-    images = [item["image"] for item in train_items[:12]]
-    scorer.batch_size = 4  # three batches: the workers decode ahead, in order
+    images = [item["image"] for item in train_items[:16]]
+    assert len(images) == 16
+    scorer.batch_size = 4  # two calls of two batches each: the workers decode ahead, in order
     inline = Embedder(scorer, EmbeddingCache(tmp_path / "inline", scorer.id)).images(images)
-    loaded = Embedder(scorer, EmbeddingCache(tmp_path / "loaded", scorer.id), workers=2).images(images)
-    assert counter.calls["image"] == 6
+    started = []
+    real_loader = torch.utils.data.DataLoader
+    monkeypatch.setattr(torch.utils.data, "DataLoader", lambda *a, **kw: started.append(1) or real_loader(*a, **kw))
+    with Embedder(scorer, EmbeddingCache(tmp_path / "loaded", scorer.id), workers=2) as embedder:
+        loaded = np.concatenate([embedder.images(images[:8]), embedder.images(images[8:])])
+    assert counter.calls["image"] == 8
     assert np.array_equal(inline, loaded)
+    # one loader's workers for the run, not one per chunk (a start imports torch in each under spawn)
+    assert started == [1]
 
 
 def test_an_image_that_does_not_decode_is_named_by_its_record(tmp_path, tiny_scorer):

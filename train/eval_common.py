@@ -18,6 +18,7 @@ from train.attacks.base import attack_parts
 from train.attacks.protocols import CLIP_FAMILIES
 
 if TYPE_CHECKING:
+    from augment.loading import DecodingWorkers
     from train.eval_store import BatchStore
 
 
@@ -115,25 +116,32 @@ def _decoded_row(preprocess: Callable[[Any], torch.Tensor], row: dict) -> tuple[
     return preprocess(row["image"]), {k: v for k, v in row.items() if k != "image"}
 
 
-def gallery_pixels(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor],
-                   indices: Sequence[int], workers: int):
-    """(pixels preprocessed by one model, rows without their image) of the gallery batches
-    `indices`, in that order. `augment.loading.ordered_batches` decodes them in `workers`
-    DataLoader processes, so batch i+1 is read while batch i is attacked, and a bad image still
-    fails with its own one-line error."""
+def gallery_decoding(gallery: "Gallery", views: dict[str, Callable[[Any], torch.Tensor]],
+                     workers: int) -> "DecodingWorkers":
+    """The DataLoader workers (`workers`; 0: none) that decode `gallery`'s images for every pass of one
+    evaluation, each pass with one of the named `views` (a model's eval preprocessing): started once,
+    not once per attack (`augment.loading.DecodingWorkers`); close it when the evaluation ends."""
     import functools
 
-    from augment.loading import ordered_batches
+    from augment.loading import DecodingWorkers
 
-    batches = [range(i * batch_size, min((i + 1) * batch_size, len(gallery))) for i in indices]
-    # a module-level function bound with partial: a local function cannot be pickled for workers
+    # module-level functions bound with partial: a local function cannot be pickled for workers
     # started with spawn or forkserver (macOS's default start method)
-    decode = functools.partial(_decoded_row, preprocess)
-    for batch in ordered_batches(gallery.rows, batches, workers, decode):
+    return DecodingWorkers(gallery.rows, {name: functools.partial(_decoded_row, preprocess)
+                                          for name, preprocess in views.items()}, workers)
+
+
+def gallery_pixels(gallery: "Gallery", batch_size: int, decoding: "DecodingWorkers", view: str,
+                   indices: Sequence[int]):
+    """(pixels preprocessed by `view`, rows without their image) of the gallery batches `indices`, in
+    that order, decoded by `decoding`'s workers (`gallery_decoding`), so batch i+1 is read while
+    batch i is attacked, and a bad image still fails with its own one-line error."""
+    batches = [range(i * batch_size, min((i + 1) * batch_size, len(gallery))) for i in indices]
+    for batch in decoding.passes(view, batches):
         yield torch.stack([pixels for pixels, _ in batch]), [row for _, row in batch]
 
 
-def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[[Any], torch.Tensor], workers: int,
+def resumable_batches(gallery: "Gallery", batch_size: int, decoding: "DecodingWorkers", view: str,
                       store: "BatchStore | None", writers: dict, name: str):
     """(batch index, first image, text ids, (pixels, rows) or None) for every gallery batch in order: None
     where a resumed evaluation already has attack `name`'s results for the batch (and its adversarial pool
@@ -141,7 +149,7 @@ def resumable_batches(gallery: "Gallery", batch_size: int, preprocess: Callable[
     count = gallery.batch_count(batch_size)
     done = [store is not None and store.has(name, b) and (name not in writers or writers[name].has_shard(b))
             for b in range(count)]
-    decoded = gallery_pixels(gallery, batch_size, preprocess, [b for b in range(count) if not done[b]], workers)
+    decoded = gallery_pixels(gallery, batch_size, decoding, view, [b for b in range(count) if not done[b]])
     for batch_index, (start, _, text_ids) in enumerate(gallery.batches(batch_size, rows=False)):
         yield batch_index, start, text_ids, None if done[batch_index] else next(decoded)
 

@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from augment.loading import DecodingWorkers
 from models.half_precision import active_precision
 from train.attacks import Attack
 from train.attacks.base import words_changed_of
@@ -54,8 +55,8 @@ from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
 from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, build_attacks,  # noqa: F401
-                               evaluation_bar, gallery_pixels, model_id, plain_attack_options, reseed_attack,
-                               resumable_batches, resume_settings, to_victim_resolution)
+                               evaluation_bar, gallery_decoding, gallery_pixels, model_id, plain_attack_options,
+                               reseed_attack, resumable_batches, resume_settings, to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -312,9 +313,11 @@ def evaluate(
     built.pop("clean", None)  # clean numbers are always computed
     gallery, caption_preprocess = _evaluated_gallery(source_dataset, split, limit, captions_per_image,
                                                      caption_preprocess, options)
-    with captions_read_as_given(caption_preprocess, victim, attacker):
+    decoding = gallery_decoding(gallery, {"victim": victim.preprocess_eval, "attacker": attacker.preprocess_eval},
+                                workers)
+    with captions_read_as_given(caption_preprocess, victim, attacker), decoding:
         run = _RetrievalRun(victim, attacker, gallery, Ranker(victim, rerank_k, gallery.image_of_text, batch_size),
-                            batch_size, text_batch, seed, caption_checker, workers,
+                            batch_size, text_batch, seed, caption_checker, decoding,
                             _transfer_hand_over(options) if attacker is not victim else None)
         settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
                                        resumable=progress_dir is not None)
@@ -384,7 +387,7 @@ class _RetrievalRun:
     text_batch: int
     seed: int
     caption_checker: CaptionChecker | None
-    workers: int
+    decoding: DecodingWorkers  # the gallery's images, by the "victim"'s or the "attacker"'s preprocessing
     hand_over: str | None  # transfer mode: how adversarial images reach the victim (`HAND_OVERS`); None: white-box
     store: BatchStore | None = None  # finished batches kept for resuming (None: not kept)
     pixel_store: BatchStore | None = None  # where re-ranking reads pixels back: `store`, or `scratch`'s
@@ -426,11 +429,11 @@ class _RetrievalRun:
             self.pixel_store = BatchStore(self.scratch.name, settings)
 
     def clean_pixels(self) -> Iterable[torch.Tensor]:
-        return (pixels for pixels, _ in gallery_pixels(self.gallery, self.batch_size, self.victim.preprocess_eval,
-                                                       range(self.batch_count), self.workers))
+        return (pixels for pixels, _ in gallery_pixels(self.gallery, self.batch_size, self.decoding, "victim",
+                                                       range(self.batch_count)))
 
     def clean_pass(self) -> CleanGallery:
-        return _clean_pass(self.victim, self.gallery, self.batch_size, self.text_batch, self.workers, self.ranker,
+        return _clean_pass(self.victim, self.gallery, self.batch_size, self.text_batch, self.decoding, self.ranker,
                            self.store, self.clean_pixels if self.keep_pixels else None)
 
     def attack_gallery(self, name: str, attack: Attack, clean: CleanGallery, bar) -> dict:
@@ -450,7 +453,7 @@ class _RetrievalRun:
             return finished
         record = AttackRecord(attack)
         for batch_index, start, text_ids, decoded in resumable_batches(
-                self.gallery, self.batch_size, self.attacker.preprocess_eval, self.workers, store, self.writers, name):
+                self.gallery, self.batch_size, self.decoding, "attacker", store, self.writers, name):
             if decoded is None:
                 expected = partial(_batch_problem, attack.modality, min(self.batch_size, len(self.gallery) - start),
                                    len(text_ids), clean.image_emb.shape[1], self.caption_checker is not None)
@@ -517,7 +520,7 @@ class _RetrievalRun:
         }
 
 
-def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, workers: int, ranker: Ranker,
+def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, decoding: DecodingWorkers, ranker: Ranker,
                 store: "BatchStore | None", pixel_batches: PixelBatches | None) -> CleanGallery:
     """The victim's clean view of the whole gallery: embeddings and per-query hits (taken from
     `store` when a killed evaluation kept them, else computed and kept there)."""
@@ -525,7 +528,7 @@ def _clean_pass(victim, gallery: Gallery, batch_size: int, text_batch: int, work
     if kept is not None:
         return CleanGallery(kept["image_emb"], kept["text_emb"], pixel_batches, list(gallery.captions), kept["hits"])
     image_emb, text_emb = [], []
-    decoded = gallery_pixels(gallery, batch_size, victim.preprocess_eval, range(gallery.batch_count(batch_size)), workers)
+    decoded = gallery_pixels(gallery, batch_size, decoding, "victim", range(gallery.batch_count(batch_size)))
     for _, _, text_ids in gallery.batches(batch_size, rows=False):
         victim_pixels = next(decoded)[0].to(victim.device)
         image_emb.append(_encode_images(victim, victim_pixels))

@@ -139,15 +139,17 @@ def evaluate_captioning(
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
-    from train.eval_common import (Gallery, adversarial_pool_writers, evaluation_bar, plain_attack_options,
-                                   resume_settings)
+    from train.eval_common import (Gallery, adversarial_pool_writers, evaluation_bar, gallery_decoding,
+                                   plain_attack_options, resume_settings)
     from train.eval_store import BatchStore
 
     require_java_for_meteor(meteor)  # before any caption is generated
     attacker = attacker or victim
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
+    decoding = gallery_decoding(gallery, {"victim": victim.preprocess_eval, "attacker": attacker.preprocess_eval},
+                                workers)
     run = _CaptioningRun(victim, attacker, gallery, _references(gallery, split), batch_size, seed,
-                         dict(generation or {}), caption_checker, workers)
+                         dict(generation or {}), caption_checker, decoding)
     options = {"seed": seed, **(attack_options or {})}
     built = _build_evaluated_attacks(attacks, victim, attacker, options)
     settings = resume_settings(
@@ -162,9 +164,10 @@ def evaluate_captioning(
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
     bar = evaluation_bar(len(gallery) * len(records), "evaluating captions", progress)
-    for name, record in records.items():
-        bar.set_postfix_str(name)
-        run.caption_gallery(name, record, bar)
+    with decoding:
+        for name, record in records.items():
+            bar.set_postfix_str(name)
+            run.caption_gallery(name, record, bar)
     bar.close()
     return run.report(records, settings, meteor, java)
 
@@ -203,7 +206,7 @@ class _CaptioningRun:
     seed: int
     generation: dict
     caption_checker: CaptionChecker | None
-    workers: int
+    decoding: Any  # train.eval_common.gallery_decoding: by the "victim"'s or the "attacker"'s preprocessing
     store: Any = None  # train.eval_store.BatchStore, or None: nothing kept for resuming
     writers: dict = field(default_factory=dict)  # attack name -> its adversarial pool's writer
 
@@ -214,9 +217,9 @@ class _CaptioningRun:
 
         batch_index = -1
         # the clean row captions the victim's pixels; an attack is crafted on the attacker's
-        reader = self.victim if record.attack is None else self.attacker
+        view = "victim" if record.attack is None else "attacker"
         for batch_index, start, text_ids, decoded in resumable_batches(
-                self.gallery, self.batch_size, reader.preprocess_eval, self.workers, self.store, self.writers, name):
+                self.gallery, self.batch_size, self.decoding, view, self.store, self.writers, name):
             if decoded is None:
                 record.extend(self.store.load_state(name, batch_index, _Record.problem))
                 bar.update(min(self.batch_size, len(self.gallery) - start))

@@ -157,14 +157,26 @@ def data_fingerprint(data: GroundingData) -> str:
     return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
 
 
-def _image_views(modality: str, model, attacker, transfer: bool) -> list[Callable]:
-    """The preprocessings one attack needs of each image: the attacker's view (what it crafts on),
-    then the victim's own where the victim grounds the unattacked image (clean; text attacks in
-    transfer). Clean crafts nothing: its one view is the victim's."""
-    views = [attacker.preprocess_eval] if modality != "none" else []
-    if modality == "none" or (transfer and modality == "text"):
-        views.append(model.preprocess_eval)
-    return views
+def _image_view(modality: str, transfer: bool) -> str:
+    """The preprocessings one attack needs of each image, by name (`_decodings`): the attacker's view
+    (what it crafts on), then the victim's own where the victim grounds the unattacked image (clean;
+    text attacks in transfer). Clean crafts nothing: its one view is the victim's."""
+    if modality == "none":
+        return "victim"
+    return "attacker+victim" if transfer and modality == "text" else "attacker"
+
+
+def _decodings(data: GroundingData, model, attacker, workers: int):
+    """The DataLoader workers decoding the images for every attack of one evaluation, each image into
+    the list of its `_image_view` preprocessings (started once, not once per attack)."""
+    from augment.loading import DecodingWorkers
+
+    # partials of a module-level function, not local functions: workers may be spawned
+    return DecodingWorkers(data.images, {
+        "attacker": partial(_decoded_views, [attacker.preprocess_eval]),
+        "victim": partial(_decoded_views, [model.preprocess_eval]),
+        "attacker+victim": partial(_decoded_views, [attacker.preprocess_eval, model.preprocess_eval]),
+    }, workers)
 
 
 def _decoded_views(views: list[Callable], image: GroundingImage) -> list[torch.Tensor]:
@@ -173,17 +185,13 @@ def _decoded_views(views: list[Callable], image: GroundingImage) -> list[torch.T
     return [preprocess(picture) for preprocess in views]
 
 
-def _resumable_batches(data: GroundingData, spans: list[tuple[int, int]], views: list[Callable], workers: int,
-                       store, name: str):
+def _resumable_batches(decoding, spans: list[tuple[int, int]], view: str, store, name: str):
     """(batch index, stacked pixels per view or None) for every batch: None where a resumed
-    evaluation already has attack `name`'s batch. Only the other batches' images are decoded, in
-    `workers` DataLoader processes (`augment.loading.ordered_batches`), in order, whatever `workers` is."""
-    from augment.loading import ordered_batches
-
-    decode = partial(_decoded_views, views)  # not a local function: workers may be spawned
+    evaluation already has attack `name`'s batch. Only the other batches' images are decoded, by
+    `decoding`'s DataLoader processes (`_decodings`), in order, whatever their number."""
     done = [store is not None and store.has(name, b) for b in range(len(spans))]
     pending = [range(*span) for span, finished in zip(spans, done) if not finished]
-    decoded = ordered_batches(data.images, pending, workers, decode)
+    decoded = decoding.passes(view, pending)
     for batch_index in range(len(spans)):
         yield batch_index, None if done[batch_index] else [torch.stack(view) for view in zip(*next(decoded))]
 
@@ -229,14 +237,15 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
     build = build_grounding_attack if protocol == "project" else build_reference_grounding_attack
     built = build_attacks(["clean", *[a for a in attacks if a != "clean"]], attacker, options, build=build)
     run = _GroundingRun.over(data, texts, model, attacker, transfer, batch_size, ground_batch, expression_checker, seed,
-                             workers)
+                             _decodings(data, model, attacker, workers))
     report = run.report_head(built, options, protocol, active_precision(model.device), caption_preprocess)
     if progress_dir is not None:
         run.store = run.batch_store(progress_dir, report, built)
 
     clean_hits: list[bool] | None = None
     bar = evaluation_bar(len(data.images) * len(built), "evaluating grounding", progress)
-    with captions_read_as_given(caption_preprocess, model, attacker):  # cleaned once, as the reference reads them
+    # captions cleaned once, as the reference reads them; the decoding workers end with the evaluation
+    with captions_read_as_given(caption_preprocess, model, attacker), run.decoding:
         for name, attack in built.items():
             bar.set_postfix_str(name)
             tally = run.tally(name, attack, bar)
@@ -295,7 +304,7 @@ class _GroundingRun:
     ground_batch: int
     expression_checker: ExpressionChecker | None
     seed: int
-    workers: int
+    decoding: Any  # `_decodings`: the images, by each `_image_view`'s preprocessings
     store: BatchStore | None = None
     # expressions per split when the evaluated ones span several (RefCOCO+ --split test: testA and
     # testB, which ALBEF reports apart; the pooled accuracy is no published number)
@@ -303,7 +312,7 @@ class _GroundingRun:
 
     @classmethod
     def over(cls, data: GroundingData, texts: list[str], model, attacker, transfer: bool, batch_size: int, ground_batch: int,
-             expression_checker: ExpressionChecker | None, seed: int, workers: int) -> "_GroundingRun":
+             expression_checker: ExpressionChecker | None, seed: int, decoding) -> "_GroundingRun":
         truth = [e.box for e in data.expressions]
         candidates = [data.images[e.image].candidates for e in data.expressions]
         sizes = [(data.images[e.image].height, data.images[e.image].width) for e in data.expressions]
@@ -316,7 +325,7 @@ class _GroundingRun:
         for i, expression in enumerate(data.expressions):
             splits.setdefault(expression.split, []).append(i)
         return cls(model, attacker, transfer, data, texts, truth, candidates, sizes, image_of_text, multi, batch_size, spans,
-                   batch_ids, ground_batch, expression_checker, seed, workers,
+                   batch_ids, ground_batch, expression_checker, seed, decoding,
                    splits=splits if len(splits) > 1 else None)
 
     def report_head(self, built: dict, options: dict, protocol: str, precision: str,
@@ -364,9 +373,9 @@ class _GroundingRun:
         """Attack `name` over every batch, in order: read back where a resumed evaluation kept the
         batch, else attacked, grounded and kept."""
         tally = _Tally(len(self.data))
-        views = _image_views(attack.modality, self.model, self.attacker, self.transfer)
+        view = _image_view(attack.modality, self.transfer)
         # a batch at a time (images decoded, attacked and grounded per batch): memory stays bounded
-        for batch_index, pixels in _resumable_batches(self.data, self.spans, views, self.workers, self.store, name):
+        for batch_index, pixels in _resumable_batches(self.decoding, self.spans, view, self.store, name):
             if pixels is None:
                 expected = partial(_BatchResult.problem, len(self.batch_ids[batch_index]))
                 state = self.store.load_state(name, batch_index, expected)

@@ -43,7 +43,7 @@ KINDS = ("text", "image")
 KEY_BYTES = 16
 OPEN_FILES = 4  # embedding files kept in memory at once
 # encoded image bytes below which images are decoded inline, whatever --workers says: starting
-# a DataLoader worker (fork, shared-memory hand-back) cost ~0.1 s CPU and 0.3 s wall per pass
+# a DataLoader worker (fork, shared-memory hand-back; once per run) costs ~0.1 s CPU and 0.3 s wall
 # on a shared 2-core machine, about what inline decoding of 16 MB of PNG/JPEG costs (1,024
 # small 64 px PNGs, 4 MB, decode in 0.1 s; 1,024 Flickr JPEGs, ~150 MB, take seconds)
 WORKER_MIN_BYTES = 16 * 2**20
@@ -81,11 +81,10 @@ def decode_image(image_bytes: bytes, path: str | None = None, name: str | None =
     return open_image({"path": path, "bytes": image_bytes}, where=where)
 
 
-def _prepared_batch(prepare, payloads: list[dict], positions: range):
-    """The images at `positions` ({"path", "bytes"}, bytes read) decoded, preprocessed by `prepare`
-    (the scorer's `image_preparer`) and stacked: what a DataLoader worker hands the scorer's model."""
-    return prepare([decode_image(payloads[k]["bytes"], payloads[k]["path"], payloads[k].get("name"))
-                    for k in positions])
+def _prepared_batch(prepare, payloads: list[dict]):
+    """The images `payloads` ({"path", "bytes"}, bytes read) decoded, preprocessed by `prepare` (the
+    scorer's `image_preparer`) and stacked: what a DataLoader worker hands the scorer's model."""
+    return prepare([decode_image(payload["bytes"], payload["path"], payload.get("name")) for payload in payloads])
 
 
 class EmbeddingCache:
@@ -286,6 +285,18 @@ class Embedder:
         self.encoded = {"text": 0, "image": 0}
         self.reused = {"text": 0, "image": 0}
         self._path_keys: dict[str, bytes] = {}  # image file path -> key, of the last `images` call
+        self._decoding = None  # the DataLoader workers, started by the first call that needs them
+
+    def close(self) -> None:
+        """End the DataLoader workers (a later call starts them again)."""
+        if self._decoding is not None:
+            self._decoding.close()
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         keys = [text_key(t) for t in texts]
@@ -325,23 +336,29 @@ class Embedder:
         transform, so the main process only runs the model."""
         import torch
 
-        from augment.loading import ordered_batches, raise_worker_death
+        from augment.loading import DecodingWorkers, raise_worker_death
 
         payloads = [data if data.get("bytes") else {**data, "bytes": image_bytes_of(data)} for data in payloads]
         size = self.scorer.batch_size
-        index_batches = [range(start, min(start + size, len(payloads))) for start in range(0, len(payloads), size)]
+        batches = [payloads[start:start + size] for start in range(0, len(payloads), size)]
         # one batch, or too little to decode: a worker's start-up would cost more than it saves
-        enough = len(index_batches) > 1 and sum(len(data["bytes"]) for data in payloads) >= WORKER_MIN_BYTES
-        workers = self.workers if enough else 0
-        # a loader item is a whole model batch, stacked in the worker: one tensor crosses the
-        # process boundary per batch (per-image tensors would each open a shared-memory handle)
+        enough = len(batches) > 1 and sum(len(data["bytes"]) for data in payloads) >= WORKER_MIN_BYTES
         # (the scorer's preprocessing only, not its model: this is pickled for spawned workers)
-        prepare = functools.partial(_prepared_batch, self.scorer.image_preparer(), payloads)
+        prepare = functools.partial(_prepared_batch, self.scorer.image_preparer())
+        if not (enough and self.workers > 0):
+            prepared = (prepare(batch) for batch in batches)
+        else:
+            # started once for the whole run, not once per chunk (each start imports torch in every
+            # worker under spawn and forkserver); a loader item is a whole model batch of payloads,
+            # sent to the one worker that decodes it and stacked there: one tensor crosses the process
+            # boundary per batch (per-image tensors would each open a shared-memory handle)
+            if self._decoding is None:
+                self._decoding = DecodingWorkers(None, {"prepare": prepare}, self.workers)
+            prepared = (pixels for [pixels] in self._decoding.passes("prepare", [[batch] for batch in batches]))
         try:
-            parts = [self.scorer.encode_prepared(pixels) for [pixels]
-                     in ordered_batches(index_batches, [[k] for k in range(len(index_batches))], workers, prepare)]
+            parts = [self.scorer.encode_prepared(pixels) for pixels in prepared]
         except RuntimeError as exc:  # torch's SIGCHLD handler raises a dead worker's error inside the encoding too
-            raise_worker_death(exc, workers=workers)
+            raise_worker_death(exc, workers=self.workers)
         return torch.cat(parts)
 
     def _embed(self, kind: str, keys: list[bytes], payloads: list, encode) -> np.ndarray:

@@ -542,9 +542,9 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
         if stored is not None:
             return stored
         folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
-        embedder = Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers)
-        entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
-                           source_fp=source_fp, inputs_key=key)
+        with Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers) as embedder:
+            entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
+                               source_fp=source_fp, inputs_key=key)
         entry["inputs_key"] = key
         report.update_scores_json(pool.path, entry)  # after the tables: see score_pool
         if plot:
