@@ -716,6 +716,18 @@ def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_d
     assert not (tmp_path / "diverged" / "ckpt").exists() and not (tmp_path / "diverged" / "summary.json").exists()
 
 
+def test_an_update_that_leaves_nan_weights_stops_before_its_checkpoint(tmp_path, sample_world_dir):
+    """A finite loss whose gradient overflows leaves NaN weights: the loss check saw them only a step
+    later, after the step's checkpoint (or the final one, exit status 0) had saved them."""
+    with pytest.raises(MatPlusError, match=r"^step 2: its update left \S+ NaN or infinite \(the step's loss was 2\.0"):
+        _run(tmp_path, "nanweights", sample_world_dir, method="clean", lr=1e3, max_steps=3, save_every=1)
+    assert [m["step"] for m in _metrics(tmp_path / "nanweights")] == [1, 2]
+    state = json.loads((tmp_path / "nanweights" / "ckpt" / "train_state" / "state.json").read_text())
+    assert state["step"] == 1  # the last good checkpoint is kept
+    weights = _checkpoint_state(tmp_path / "nanweights")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
 # ----------------------------------------------------------------------------- two processes
 
 

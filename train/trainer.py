@@ -451,6 +451,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.after_optimizer_step()  # the family's: temperature clamp, momentum encoders
 
+    def _nonfinite_parameter(self) -> str | None:
+        """The name of the first parameter holding a NaN or an infinity, or None (one host sync)."""
+        params = [(name, p) for name, p in self.model.named_parameters() if p.is_floating_point()]
+        if not params:
+            return None
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params])
+        if bool(finite.all()):
+            return None
+        return next(name for (name, _), ok in zip(params, finite.tolist()) if not ok)
+
     def _reduce(self, values: list[float | None]) -> list[float | None]:
         """Mean over processes (identical for gathered contrastive losses, needed for FARE)."""
         if self.world_size == 1:  # nothing to reduce: no device tensor (each log step paid a host-device round trip)
@@ -519,6 +529,13 @@ class Trainer:
                     if last.get("loss") is not None and not math.isfinite(last["loss"]):
                         # stop before a checkpoint holds the diverged weights (the last one saved is kept)
                         raise MatPlusError(f"step {done}: the loss is {last['loss']}: training diverged; stopped "
+                                           f"(lower --lr, or set --grad-clip-norm); metrics.jsonl has every step up to it")
+                    nonfinite = self._nonfinite_parameter()
+                    if nonfinite is not None:
+                        # a finite loss whose gradient overflowed: its update left NaN/inf weights, which the
+                        # next loss would show, after the checkpoint of this step had saved them
+                        raise MatPlusError(f"step {done}: its update left {nonfinite} NaN or infinite (the step's "
+                                           f"loss was {last.get('loss')}): training diverged; stopped "
                                            f"(lower --lr, or set --grad-clip-norm); metrics.jsonl has every step up to it")
                     for name in ("loss", "robust_loss"):
                         if last.get(name) is not None:  # exponential running mean for the bar
