@@ -24,6 +24,7 @@ Readers:
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ def _box(value: Any, where: str) -> Box:
         x, y, w, h = (float(v) for v in value[:4])
     except (TypeError, ValueError):
         raise SourceError(f"{where}: a box needs numbers [x, y, w, h], got {value!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):  # JSON's NaN / Infinity, which Python's reader takes
+        raise SourceError(f"{where}: a box needs finite numbers [x, y, w, h], got {value!r}")
     if w <= 0 or h <= 0:
         raise SourceError(f"{where}: box {value!r} has no area")
     return [x, y, w, h]
@@ -268,9 +271,9 @@ def _check_world_objects(objects, where: str) -> None:
         if not isinstance(obj, dict) or not all(key in obj for key in ("object", "box", "expressions")):
             raise SourceError(f"{named}: needs 'object', 'box' and 'expressions'")
         box = obj["box"]
-        if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) and
-                                                                 not isinstance(v, bool) for v in box):
-            raise SourceError(f"{named}: 'box' must be 4 numbers, got {box!r}")
+        if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                 and math.isfinite(v) for v in box):
+            raise SourceError(f"{named}: 'box' must be 4 finite numbers, got {box!r}")
         if not isinstance(obj["expressions"], list) or not all(isinstance(t, str) for t in obj["expressions"]):
             raise SourceError(f"{named}: 'expressions' must be a list of strings")
 

@@ -159,6 +159,39 @@ def test_refcoco_loader_names_the_bad_record(tmp_path):
         load_refcoco(ann)
 
 
+@pytest.mark.parametrize("where, box", [("dets", [float("nan"), 0, 5, 5]), ("dets", [0, 0, float("inf"), 5]),
+                                        ("instances", [1, 2, 10, float("nan")])])
+def test_refcoco_loader_refuses_a_box_that_is_not_finite(tmp_path, where, box):
+    """JSON's NaN and Infinity (Python's reader takes them) in a box: a NaN candidate stopped the
+    evaluation with "cannot convert float NaN to integer", naming nothing; a NaN or infinite true
+    box was scored as a miss without a word."""
+    ann = _write_refcoco(tmp_path)
+    folder = tmp_path / "refcoco+"
+    if where == "dets":
+        (folder / "dets.json").write_text(json.dumps({"581857": [[1, 2, 10, 12], box], "42": [[3, 4, 8, 7]]}))
+        expected = r"dets.json: 581857\[1\]: a box needs finite numbers"
+    else:
+        instances = json.loads((folder / "instances.json").read_text())
+        instances["annotations"][0]["bbox"] = box
+        (folder / "instances.json").write_text(json.dumps(instances))
+        expected = r"instances.json: annotation 70: a box needs finite numbers"
+    with pytest.raises(SourceError, match=expected):
+        load_refcoco(ann, image_root=tmp_path / "images")
+
+
+def test_world_object_box_that_is_not_finite_is_one_line(tmp_path):
+    from augment.referring import load_grounding
+    from augment.world.writer import write_sample
+
+    world = write_sample(tmp_path / "world", n=4, seed=2, expressions=1)
+    dataset = next(world.glob("dataset_*.json"))
+    data = json.loads(dataset.read_text())
+    data["images"][1]["objects"][0]["box"][2] = float("nan")
+    dataset.write_text(json.dumps(data))
+    with pytest.raises(SourceError, match=r"images\[1\]: objects\[0\]: 'box' must be 4 finite numbers"):
+        load_grounding(world)
+
+
 @pytest.mark.parametrize("file, content, message", [
     ("refs(unc).json", {"7": {"ann_id": 70}}, r"refs must be a list .* got a JSON dict"),
     ("refs(unc).json", [{"ann_id": 70}], r"\[0\] is not a ref with a 'ref_id'"),
