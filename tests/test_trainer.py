@@ -709,10 +709,19 @@ def test_a_damaged_checkpoint_is_one_line_naming_its_file(tmp_path, sample_world
 
 
 def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
-    """A loss that is not finite stops the run (open_clip_train stops too) instead of training on NaN weights."""
+    """A loss that is not finite stops the run instead of training on NaN weights (open_clip_train has
+    no such check). metrics.jsonl stays strict JSON: the diverged line's loss is null, its value named
+    in "nonfinite" (a bare NaN, as Python's json writes it, is refused by jq and JavaScript)."""
     with pytest.raises(MatPlusError, match=r"^step 2: the loss is nan: training diverged; stopped \(lower --lr"):
         _run(tmp_path, "diverged", sample_world_dir, method="clean", lr=1e12, max_steps=3, log_every=1)
     assert [m["step"] for m in _metrics(tmp_path / "diverged")] == [1, 2]
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    lines = [json.loads(line, parse_constant=refuse)
+             for line in (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] is None and lines[-1]["nonfinite"]["loss"] == "nan" and "nonfinite" not in lines[0]
     assert not (tmp_path / "diverged" / "ckpt").exists() and not (tmp_path / "diverged" / "summary.json").exists()
 
 

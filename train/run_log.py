@@ -3,6 +3,7 @@ asks for them (their packages imported only then, and checked before training st
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from augment.atomic import atomic_write_text
@@ -27,6 +28,16 @@ def require_logging_packages(config: TrainConfig) -> None:
             import wandb  # noqa: F401
         except ImportError:
             raise MissingDependencyError("--report-to wandb needs the wandb package: pip install wandb") from None
+
+
+def strict_json_record(record: dict) -> dict:
+    """`record` with each NaN or infinite number as null, named with its value in "nonfinite"
+    ({"loss": "nan"}): Python's json writes a bare NaN, which strict JSON readers (jq, JavaScript,
+    most JSON Lines tools) refuse, and a diverged run's last line has one."""
+    nonfinite = {k: str(v) for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not nonfinite:
+        return record
+    return {**{k: None if k in nonfinite else v for k, v in record.items()}, "nonfinite": nonfinite}
 
 
 class MetricsLog:
@@ -97,8 +108,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.is_main:
             return
+        record = strict_json_record(record)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._to_loggers(record["step"], self._scalars(record))
 
     def report(self, step: int, scalars: dict[str, float]) -> None:
