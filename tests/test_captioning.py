@@ -271,6 +271,11 @@ def test_caption_scores_rank_right_captions_above_wrong_ones():
     assert right["cider"] > 100 and wrong["cider"] == 0.0 and wrong["bleu4"] < 1e-3
     assert right["meteor"] is None and any("METEOR" in n for n in right["notes"])
     assert any("tokenizer" in n for n in right["notes"])
+    # one image: CIDEr's IDF over one image's references weighs every n-gram 0; the note says so
+    alone = caption_scores(references[:1], ["a red circle on the left"], java=False, meteor=False)
+    assert alone["cider"] == 0.0 and alone["bleu4"] == pytest.approx(100.0)
+    assert any(n.startswith("CIDEr is 0 for a single image") for n in alone["notes"])
+    assert not any("CIDEr" in n for n in right["notes"])
 
 
 def test_meteor_and_ptb_tokenizer_with_java():

@@ -54,6 +54,11 @@ def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkey
         "--val-attack prompt attacks the captioner's prompt; tiny-captioner has none: pass --prompt TEXT, or choose "
         "another --val-attack")
     assert not (tmp_path / "y").exists()  # nothing written
+    # one image's CIDEr is 0 whatever the caption: validation would select on a constant
+    assert _train([*common, "--val-frequency", "1", "--val-limit", "1", "--out", str(tmp_path / "z")]) == 2
+    assert "--val-limit 1: captioning validation selects by CIDEr, which is 0 for any caption of a single image" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_grounding_validates_by_robust_accuracy_on_the_splits_boxes(tmp_path, grounding_world_dir, capsys):

@@ -92,6 +92,12 @@ def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, li
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
+# CIDEr weighs an n-gram by its IDF over the evaluated images' references: with one image every
+# n-gram's weight is 0, so is the score, whatever the caption (pycocoevalcap's Cider, as published)
+ONE_IMAGE_CIDER = ("CIDEr is 0 for a single image, whatever its caption: its n-gram weights (IDF) come from the "
+                   "evaluated images' references; evaluate two images or more")
+
+
 def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str], *, meteor: bool | None = None,
                    java: bool | None = None) -> dict:
     """Corpus scores of `candidates[i]` against `references[i]` (several per image).
@@ -115,6 +121,8 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
     notes = []
     if not use_java:
         notes.append("captions tokenised by a lower-casing word tokenizer (no Java for COCO's PTBTokenizer)")
+    if len(references) == 1:
+        notes.append(ONE_IMAGE_CIDER)
     gts = tokenize_all({i: list(refs) for i, refs in enumerate(references)}, use_java)
     res = tokenize_all({i: [c] for i, c in enumerate(candidates)}, use_java)
     # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word

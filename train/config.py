@@ -481,6 +481,10 @@ def _validate(c: TrainConfig) -> None:
     _check(problem is None, problem or "")
     _check(c.val_frequency >= 0, "--val-frequency must be non-negative")
     _check(c.val_limit is None or c.val_limit >= 1, "--val-limit must be at least 1")
+    # captioning selects by CIDEr, which is 0 for any caption of a lone image (its IDF is over the evaluated images)
+    _check(not (c.val_frequency and c.task == "captioning" and c.val_limit == 1),
+           "--val-limit 1: captioning validation selects by CIDEr, which is 0 for any caption of a single image "
+           "(its n-gram weights come from the evaluated images' references); use --val-limit 2 or more")
     if c.val_frequency:
         from train.attacks import ATTACK_NAMES
         from train.attacks.captioning import CAPTION_ATTACK_NAMES
