@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,9 +167,15 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
         if not os.path.isfile(path):  # the default `where` already names the path: say it once
             raise SourceError(f"{where}: {image_not_found(path)}" if named else image_not_found(path))
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():  # Pillow's own warning (two lines) names no record: one line of ours
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and image.width * image.height > limit:  # below twice the limit, Pillow decodes it
+                    log.warning("%s: a very large image (%d x %d, %d pixels; Pillow's safety limit is %d): decoded",
+                                where, image.width, image.height, image.width * image.height, limit)
+                image.load()
+                return to_rgb(image)
     except Image.DecompressionBombError as exc:
         raise SourceError(f"{where}: image too large to decode safely ({first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -97,6 +97,26 @@ def test_decompression_bomb_is_one_line(tmp_path, capsys):
         lazy[1]["image"]
 
 
+def test_a_large_image_below_pillows_error_limit_is_one_warning_line_naming_it(tmp_path, monkeypatch, caplog):
+    """An image over Pillow's pixel limit (89 Mpx) but under twice it decodes; Pillow's own warning was
+    two lines naming no record, now one log line naming it (the limit lowered here: 10 x 9 pixels)."""
+    import warnings
+
+    from PIL import Image
+
+    from augment.sources import open_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)
+    write_image(tmp_path / "big.png", size=(10, 9))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = open_image(str(tmp_path / "big.png"), where="images[3] (big.png)")
+    assert image.size == (10, 9)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "images[3] (big.png): a very large image (10 x 9, 90 pixels; Pillow's safety limit is 60): decoded"]
+
+
 def test_sixteen_bit_png_is_scaled_not_white(tmp_path):
     from PIL import Image
 
