@@ -37,16 +37,28 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
 
 
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike, *temporaries: str | os.PathLike):
+    """Within: an OSError that names no file, or names one of `temporaries`, is raised again naming
+    `path`, the file the user asked for. A full disk (ENOSPC) or a file-size limit (EFBIG) reaches
+    Python from a buffer's write or flush, which names no file: the commands' line was
+    `error: [Errno 28] No space left on device`, without the file it failed on."""
+    try:
+        yield
+    except OSError as exc:
+        hidden = {os.fspath(t) for t in temporaries}
+        if exc.filename is not None and os.fspath(exc.filename) not in hidden:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path)) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is not None and os.fspath(exc.filename) == str(tmp):  # the error names the file the user asked for, not our hidden temporary
-            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
-        raise
+        with naming_write_errors(path, tmp):  # the file the user asked for, not our hidden temporary
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # e.g. a parent that is a file: the write's own error says so
             tmp.unlink(missing_ok=True)
@@ -67,8 +79,9 @@ def save_figure_atomic(figure, path: str | os.PathLike, **savefig_options) -> Pa
     path = Path(path)
     tmp = temporary_path(path, path.suffix)
     try:
-        figure.savefig(tmp, **savefig_options)
-        os.replace(tmp, path)
+        with naming_write_errors(path, tmp):
+            figure.savefig(tmp, **savefig_options)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

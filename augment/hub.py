@@ -39,6 +39,7 @@ from augment.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     is_temporary,
+    naming_write_errors,
     output_folder_problem,
     remove_stale_temporaries,
     temporary_path,
@@ -249,8 +250,9 @@ def _write_shards(pool: Pool, out: Path) -> list[Path]:
         path = out / shard_name(index, num_shards)
         tmp = temporary_path(path)
         try:
-            _embedded(shard).to_parquet(str(tmp), batch_size=_writer_batch_size(shard))
-            os.replace(tmp, path)
+            with naming_write_errors(path, tmp):
+                _embedded(shard).to_parquet(str(tmp), batch_size=_writer_batch_size(shard))
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         paths.append(path)

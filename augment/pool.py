@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 # write_json_atomic lives in augment.atomic; importing it from here keeps working
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
+from augment.atomic import naming_write_errors
 from augment.errors import PoolError, PoolIdentityError, first_line
 from augment.schema import (
     POOL_FEATURES,
@@ -347,8 +348,9 @@ class PoolWriter:
         final = self.shard_path(index)
         tmp = temporary_path(final)
         try:
-            table.to_parquet(str(tmp))
-            os.replace(tmp, final)
+            with naming_write_errors(final, tmp):  # a full disk names the shard
+                table.to_parquet(str(tmp))
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
         self._shards_written += 1

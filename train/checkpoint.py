@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from augment.atomic import swap_folder_into_place
+from augment.atomic import naming_write_errors, swap_folder_into_place
 from augment.errors import MatPlusError, first_line
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
             save_tensors(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
             if scaler is not None:
                 save_tensors(scaler.state_dict(), partial / STATE_DIR / "scaler.pt")
-            (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+            with naming_write_errors(partial / STATE_DIR / STATE_FILE):
+                (partial / STATE_DIR / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         except BaseException:
             # a full disk (or a kill) part-way: the partial copy would hold the space the next try
             # needs; RUN/ckpt, the last complete checkpoint, is untouched

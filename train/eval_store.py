@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from augment.atomic import atomic_write_text, temporary_path
+from augment.atomic import atomic_write_text, naming_write_errors, temporary_path
 from train.checkpoint import load_tensors, save_tensors
 
 SETTINGS_FILE = "settings.json"  # a store's tag: the settings its batches were made with
@@ -202,8 +202,9 @@ class BatchStore:
     def _write(path: Path, value) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_path(path)
-        save_tensors(value, tmp)  # a failed write: an OSError naming it, and no .tmp file left behind
-        os.replace(tmp, path)
+        with naming_write_errors(path, tmp):  # a failed write: an OSError naming `path`, and no .tmp file left behind
+            save_tensors(value, tmp)
+            os.replace(tmp, path)
 
     def save(self, attack: str, batch: int, record) -> None:
         """A finished batch: `record.state()`, and apart from it the record's `images` when it has

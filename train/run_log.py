@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from augment.atomic import atomic_write_text
+from augment.atomic import atomic_write_text, naming_write_errors
 from augment.errors import MissingDependencyError
 from train.config import TrainConfig, report_targets
 
@@ -109,7 +109,7 @@ class MetricsLog:
         if not self.is_main:
             return
         record = strict_json_record(record)
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with naming_write_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:  # a full disk names it
             handle.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         self._to_loggers(record["step"], self._scalars(record))
 

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from augment.atomic import atomic_write_text, swap_folder_into_place
+from augment.atomic import atomic_write_text, naming_write_errors, swap_folder_into_place
 from train.jsonl import read_jsonl
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class Validator:
         robust, clean, true_pct = self._measure(snapshot)
         line = {"step": step, "robust": robust, "clean": clean, "attack": s.attack, "metric": METRICS[s.task][0],
                 "true_pct": true_pct, "settings": self.settings_record()}
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with naming_write_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:  # a full disk names it
             handle.write(json.dumps(line, sort_keys=True) + "\n")
         best = self._is_best(line)
         if best:
@@ -318,7 +318,8 @@ class Validator:
         (`tidy_best` restores `.best-old` when it stopped between the renames)."""
         best, tmp, old = self.run_dir / BEST_DIR, self.run_dir / BEST_PARTIAL, self.run_dir / BEST_OLD
         snapshot.save(tmp)  # no partial copy is left: `validate`'s `_drop_from` ran `tidy_best`
-        (tmp / "validation.json").write_text(json.dumps(line, sort_keys=True) + "\n")
+        with naming_write_errors(tmp / "validation.json"):
+            (tmp / "validation.json").write_text(json.dumps(line, sort_keys=True) + "\n")
         swap_folder_into_place(tmp, best, aside=old)
 
 

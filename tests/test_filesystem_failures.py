@@ -1,0 +1,102 @@
+"""Filesystem and resource failures (audit U): a full disk names the file it failed on, and what was
+written before it stays whole; two writers of one pool; interrupts of commands that write a pool."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from augment.cli import main as augment_main
+
+FULL = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full")
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> Path:
+    from augment.world.writer import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("fsfail") / "sample", n=12, seed=0)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    return err.splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- a full disk names the file
+
+
+@needs_dev_full
+def test_a_full_disk_during_an_atomic_write_names_the_file(tmp_path):
+    from augment.atomic import temporary_path, write_json_atomic
+
+    target = tmp_path / "pool.json"
+    temporary_path(target).symlink_to(FULL)  # this process's temporary lands on a full disk
+    with pytest.raises(OSError) as caught:
+        write_json_atomic(target, {"a": 1})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert not target.exists() and not temporary_path(target).exists()
+
+
+@needs_dev_full
+def test_a_full_disk_while_saving_a_figure_names_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from augment.atomic import save_figure_atomic, temporary_path
+
+    target = tmp_path / "scores.png"
+    temporary_path(target, ".png").symlink_to(FULL)
+    figure = plt.figure()
+    try:
+        with pytest.raises(OSError) as caught:
+            save_figure_atomic(figure, target)
+    finally:
+        plt.close(figure)
+    assert caught.value.filename == str(target)
+
+
+def test_a_full_disk_while_writing_a_shard_names_it_and_keeps_the_earlier_shards(tmp_path, sample_dir, capsys,
+                                                                                   monkeypatch):
+    """was `error: [Errno 28] No space left on device`: the shard's write fails in a buffer's flush,
+    which names no file."""
+    import datasets
+
+    out = tmp_path / "pool"
+    real, calls = datasets.Dataset.to_parquet, []
+
+    def to_parquet(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 1:
+            Path(path).write_bytes(b"PAR1 part")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", to_parquet)
+    command = ["generate", "--method", "i2t-human", "--source", str(sample_dir), "--out", str(out), "--n", "1",
+               "--shard-size", "3", "--no-progress", "--workers", "0"]
+    assert augment_main(command) == 2
+    line = _error_line(capsys)
+    assert line == f"error: {out / 'data' / 'shard-00001.parquet'}: {os.strerror(errno.ENOSPC)}", line
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet"]  # no half-written shard
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", real)
+    assert augment_main(command) == 0  # room again: the same command resumes
+    assert "1 of 3 shards kept" in capsys.readouterr().err
+
+
+@needs_dev_full
+def test_a_full_disk_while_logging_metrics_names_the_file(tmp_path):
+    from train.run_log import METRICS_FILE, MetricsLog
+
+    (tmp_path / METRICS_FILE).symlink_to(FULL)
+    log = MetricsLog.__new__(MetricsLog)  # the appending writer alone: no logger set up
+    log.path, log.is_main, log.tensorboard, log.wandb = tmp_path / METRICS_FILE, True, None, None
+    with pytest.raises(OSError) as caught:
+        log.write({"step": 1, "loss": 1.0})
+    assert caught.value.filename == str(tmp_path / METRICS_FILE)
