@@ -100,3 +100,24 @@ def test_a_full_disk_while_logging_metrics_names_the_file(tmp_path):
     with pytest.raises(OSError) as caught:
         log.write({"step": 1, "loss": 1.0})
     assert caught.value.filename == str(tmp_path / METRICS_FILE)
+
+
+def test_a_full_disk_while_caching_embeddings_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """was safetensors' SafetensorError: `augment score` on a full disk ended in a traceback, exit status 1."""
+    import numpy as np
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    from augment.scoring.embeddings import EmbeddingCache
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+    cache = EmbeddingCache(tmp_path / "embeddings", "scorer-id")
+    with pytest.raises(OSError) as caught:
+        cache.put("text", np.zeros((2, 16), dtype=np.uint8), np.zeros((2, 4), dtype=np.float32))
+    assert caught.value.errno == errno.ENOSPC and caught.value.strerror == os.strerror(errno.ENOSPC)
+    assert Path(caught.value.filename).parent == tmp_path / "embeddings" and caught.value.filename.endswith(".safetensors")
+    assert list((tmp_path / "embeddings").iterdir()) == []  # no part-written temporary left

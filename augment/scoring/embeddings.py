@@ -22,6 +22,7 @@ back a file at a time (a few files kept), so memory does not hold every embeddin
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -176,20 +177,39 @@ class EmbeddingCache:
         return embeddings
 
     def put(self, kind: str, keys: np.ndarray, embeddings: np.ndarray) -> Path:
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}-{os.getpid()}"
         path = self.folder / f"{kind}-{stamp}.safetensors"
-        from augment.atomic import current_umask, temporary_path
+        from augment.atomic import current_umask, naming_write_errors, temporary_path
 
         tmp = temporary_path(path)  # .NAME.tmp-PID: the next run deletes it if this one is killed
         tensors = {"keys": np.ascontiguousarray(keys, dtype=np.uint8), "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
-        save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind, "cache_version": CACHE_VERSION})
-        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600: readable as the umask allows
-        os.replace(tmp, path)
+        try:
+            with naming_write_errors(path, tmp):
+                try:
+                    save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind,
+                                                           "cache_version": CACHE_VERSION})
+                except SafetensorError as exc:  # a full disk: "I/O error: No space left on device (os error 28)"
+                    raise _write_error(exc) from None
+                os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600: readable as the umask allows
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         self._register(kind, path, tensors["keys"])
         return path
+
+
+def _write_error(exc: BaseException) -> OSError:
+    """safetensors' failed write as the OSError it reports in words (`... (os error 28)`), naming no file
+    yet: the commands print an OSError as one line; a SafetensorError was a traceback, exit status 1."""
+    import re
+
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"could not be written ({first_line(exc)})")
 
 
 def _not_openable(path: Path, exc: OSError) -> None:
