@@ -18,6 +18,7 @@ rows, so `datasets.load_dataset(POOL)` reads the rows only, never the side table
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -203,15 +204,52 @@ def make_row_id(method: str, image_id: str, caption_index: int, k: int) -> str:
 
 def _only_leftovers(folder: Path) -> bool:
     """Whether `folder` holds nothing but what a writer killed before its first pool.json leaves: an
-    empty (or temporaries-only) data/ and temporary files: a new pool may be written there."""
+    empty (or temporaries-only) data/, temporary files and its lock file: a new pool may be written there."""
     from augment.atomic import is_temporary
 
     for entry in folder.iterdir():
         if entry.name == DATA_DIR and entry.is_dir() and all(is_temporary(e) for e in entry.iterdir()):
             continue
-        if not is_temporary(entry):
+        if not is_temporary(entry) and entry.name != WRITER_LOCK:
             return False
     return True
+
+
+# held (flock) by the `augment generate` writing the pool in a folder (`sole_pool_writer`): kept there after
+# it, as RUN/.train.lock is; a folder holding nothing else is no pool yet
+WRITER_LOCK = ".generate.lock"
+
+
+@contextlib.contextmanager
+def sole_pool_writer(out_dir: str | os.PathLike, rank: int = 0, world_size: int = 1):
+    """Within: this run alone writes the pool at `out_dir` (its processes: the first one holds the
+    lock, `augment.atomic.sole_writer` on OUT/.generate.lock, and its answer is every process's).
+    Another `augment generate` into OUT meanwhile is PoolError, before it reads or writes anything
+    there: two runs interleaved their shards (an `--overwrite` run swapped its pool in under a running
+    one, which went on writing its shards into it)."""
+    from augment.atomic import sole_writer
+    from augment.errors import MatPlusError
+
+    held = contextlib.ExitStack()
+    refusal = None
+    if rank == 0:
+        try:
+            held.enter_context(sole_writer(out_dir, WRITER_LOCK, "another augment generate is writing this pool; "
+                                           "wait for it to finish, or choose another --out"))
+        except MatPlusError as exc:
+            refusal = str(exc)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            from accelerate.utils import broadcast_object_list
+
+            refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        held.close()
+        raise PoolError(refusal)
+    with held:
+        yield
 
 
 def holds_pool(out_dir: Path) -> bool:

@@ -121,3 +121,54 @@ def test_a_full_disk_while_caching_embeddings_is_an_os_error_naming_the_file(tmp
     assert caught.value.errno == errno.ENOSPC and caught.value.strerror == os.strerror(errno.ENOSPC)
     assert Path(caught.value.filename).parent == tmp_path / "embeddings" and caught.value.filename.endswith(".safetensors")
     assert list((tmp_path / "embeddings").iterdir()) == []  # no part-written temporary left
+
+
+# ----------------------------------------------------------------------------- one generate per pool folder
+
+
+def _generate(sample_dir: Path, out: Path, method: str, *extra: str) -> list[str]:
+    return ["generate", "--method", method, "--source", str(sample_dir), "--out", str(out), "--n", "1",
+            "--shard-size", "3", "--no-progress", "--workers", "0", *extra]
+
+
+def test_a_second_generate_into_a_pool_being_written_is_refused_before_touching_it(tmp_path, sample_dir, capsys):
+    """was: no lock. An `--overwrite` run into the folder of a running generate swapped its pool in,
+    and the running one went on writing its shards into it (a pool.json of one method over rows of
+    both); two runs started together each took the folder for new and wrote their shards over the other's."""
+    from filelock import FileLock
+
+    from augment.pool import WRITER_LOCK
+
+    out = tmp_path / "pool"
+    assert augment_main(_generate(sample_dir, out, "i2t-human")) == 0
+    capsys.readouterr()
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    held = FileLock(out / WRITER_LOCK, timeout=0)
+    held.acquire()  # flock: a second open file description conflicts, in this process as in another
+    try:
+        for extra in ((), ("--overwrite",)):
+            assert augment_main(_generate(sample_dir, out, "shuffle", *extra)) == 2
+            line = _error_line(capsys)
+            assert line == (f"error: {out}: another augment generate is writing this pool; wait for it to finish, "
+                            "or choose another --out"), line
+    finally:
+        held.release()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert augment_main(_generate(sample_dir, out, "shuffle", "--overwrite")) == 0  # the lock is free again
+
+
+def test_a_folder_left_with_only_the_lock_is_written_as_a_new_pool(tmp_path, sample_dir, capsys):
+    """A run killed before its first pool.json leaves the lock file (the kernel releases its flock):
+    the folder is no pool yet, not "exists and is not a pool"; a run that fails first leaves no folder."""
+    from augment.pool import WRITER_LOCK
+
+    out = tmp_path / "pool"
+    out.mkdir()
+    (out / WRITER_LOCK).touch()
+    assert augment_main(_generate(sample_dir, out, "i2t-human")) == 0
+    assert (out / "pool.json").is_file()
+    capsys.readouterr()
+    refused = tmp_path / "refused"  # shuffle refuses a source of one image, before any pool is written
+    assert augment_main(_generate(sample_dir, refused, "shuffle", "--limit", "1")) == 2
+    assert not refused.exists()
+

@@ -219,7 +219,7 @@ def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir
     assert again.calls == 3  # started over
     assert new["shard_size"] == 2 and load_pool(target).meta["finished"] == new["finished"]
     assert (target / "scores.json").read_text() == "{}"
-    assert sorted(p.name for p in target.iterdir()) == ["README.md", "data", "pool.json", "scores.json"]
+    assert sorted(p.name for p in target.iterdir()) == [".generate.lock", "README.md", "data", "pool.json", "scores.json"]
     assert (tmp_path / "work" / "link").is_symlink()
 
 
@@ -425,7 +425,7 @@ def test_a_swap_a_sigkill_cut_short_is_finished_by_the_next_run(karpathy_dir, tm
     again = _CountingGenerator()
     finished = run_generation(again, source, str(out), **kwargs)
     assert again.calls == 0 and finished["finished"] == new["finished"] and load_pool(out).meta["shard_size"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".generate.lock", "README.md", "data", "pool.json"]
 
 
 def test_a_selection_of_a_pool_keeps_its_parent_whether_or_not_the_recipe_is_recorded():
@@ -458,4 +458,4 @@ def test_ctrl_c_during_the_swap_leaves_the_new_pool_and_no_old_files(karpathy_di
     with pytest.raises(KeyboardInterrupt):
         run_generation(_CountingGenerator(), source, str(out), overwrite=True, **kwargs)
     assert load_pool(out).meta["shard_size"] == 2  # the new pool, whole
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".generate.lock", "README.md", "data", "pool.json"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.pool import (DATA_DIR, POOL_META, SHARD_PATTERN, PoolWriter, finish_interrupted_swap, holds_pool,
-                          make_row_id, replacement_folder, swap_in_replacement)
+                          make_row_id, replacement_folder, sole_pool_writer, swap_in_replacement)
 from augment.seeds import row_seed  # noqa: F401  (re-exported: generators import it from here)
 from augment.sources import (arrow_columns, identities_fingerprint, image_identities, select_split,
                              shard_input_fingerprints, source_fingerprint, warn_of_restval_left_out)
@@ -123,12 +123,24 @@ def run_generation(
     `workers` DataLoader processes read and decode the next shards' source items while the
     generator works (in order: the pool does not depend on it). `device_type` (cuda, cpu, ...): where a
     model method samples, an identity key (another kind of device samples other rows); None for the
-    methods that use no device.
+    methods that use no device. One run writes into `out` at a time (`sole_pool_writer`): another
+    `augment generate` there meanwhile is refused in one line.
     """
-    from tqdm.auto import tqdm
-
     if rank is None or world_size is None:
         rank, world_size = distributed_rank()
+    with sole_pool_writer(out, rank, world_size):
+        return _generate(generator, source, out, n=n, seed=seed, split=split, limit=limit, shard_size=shard_size,
+                         overwrite=overwrite, source_name=source_name, progress=progress, rank=rank,
+                         world_size=world_size, barrier=barrier, source_meta=source_meta, workers=workers,
+                         device_type=device_type)
+
+
+def _generate(generator: Generator, source, out: str, *, n: int, seed: int, split: str | None, limit: int | None,
+              shard_size: int, overwrite: bool, source_name: str, progress: bool, rank: int, world_size: int,
+              barrier, source_meta: dict | None, workers: int, device_type: str | None) -> dict | None:
+    """`run_generation`, this process holding the pool's writer lock (or its rank 0 holding it)."""
+    from tqdm.auto import tqdm
+
     items = select_split(source, split)
     if rank == 0:
         warn_of_restval_left_out(source, split, "--split")
