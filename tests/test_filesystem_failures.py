@@ -172,3 +172,42 @@ def test_a_folder_left_with_only_the_lock_is_written_as_a_new_pool(tmp_path, sam
     assert augment_main(_generate(sample_dir, refused, "shuffle", "--limit", "1")) == 2
     assert not refused.exists()
 
+
+# ----------------------------------------------------------------------------- interrupts of select
+
+
+def test_select_stopped_by_sigterm_removes_its_unfinished_copy_and_says_nothing_was_kept(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """was: SIGTERM killed select outright (its unfinished copy `.OUT.partial-PID-...` left beside --out
+    until a later select into OUT), and Ctrl-C said `finished shards are kept; re-run the same command to
+    resume`: a selection has no shards to keep nor a resume."""
+    import signal
+
+    import augment.select as select_module
+    from augment.pool import write_pool
+
+    rows = [{"row_id": f"eda:img{i % 2}:0:{i}", "source_image_id": f"img{i % 2}", "source_caption_index": 0,
+             "split": "train", "modality": "text", "image": None, "caption": f"caption {i}", "method": "eda",
+             "seed": i, "provenance": "{}"} for i in range(6)]
+    parent = tmp_path / "pool"
+    write_pool(parent, rows, {"method": "eda", "modality": "text", "model": None, "params": {}, "seed": 0, "n": 3,
+                              "split": "train", "limit": None, "source": "world", "source_fingerprint": "fp"})
+    real = select_module.iter_rows
+
+    class Killed(Exception):
+        pass
+
+    def iter_rows(pool, indices):
+        for number, row in enumerate(real(pool, indices)):
+            if number == 2:
+                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # unhandled: it would end pytest
+                    raise Killed
+                signal.raise_signal(signal.SIGTERM)
+            yield row
+
+    monkeypatch.setattr(select_module, "iter_rows", iter_rows)
+    out = tmp_path / "sel"
+    assert augment_main(["select", str(parent), "--out", str(out), "--methods", "eda"]) == 143
+    assert _error_line(capsys) == ("interrupted: nothing was written (a pool already at --out is as it was); "
+                                   "re-run the same command")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]  # no unfinished copy, no --out

@@ -27,7 +27,10 @@ def register(subparsers) -> None:
                         help="whose stored scores to use: the model name given to `augment score` or its slug (default: the latest)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
     parser.add_argument("--allow-empty", action="store_true", help="write the pool even when no row passes the filters (default: refuse)")
-    parser.set_defaults(func=run)
+    # a selection is written whole beside --out and swapped in: an interrupted one leaves nothing to resume,
+    # and SIGTERM removes its unfinished copy as Ctrl-C does (a kill left it beside --out)
+    parser.set_defaults(func=run, sigterm_interrupts=True,
+                        interrupted="nothing was written (a pool already at --out is as it was); re-run the same command")
 
 
 def run(args) -> int:
