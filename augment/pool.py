@@ -215,8 +215,8 @@ def _only_leftovers(folder: Path) -> bool:
     return True
 
 
-# held (flock) by the `augment generate` writing the pool in a folder (`sole_pool_writer`): kept there after
-# it, as RUN/.train.lock is; a folder holding nothing else is no pool yet
+# held (flock) by the `augment generate` or `select` writing the pool in a folder (`sole_pool_writer`): kept
+# there after it, as RUN/.train.lock is; a folder holding nothing else is no pool yet
 WRITER_LOCK = ".generate.lock"
 
 
@@ -224,9 +224,9 @@ WRITER_LOCK = ".generate.lock"
 def sole_pool_writer(out_dir: str | os.PathLike, rank: int = 0, world_size: int = 1):
     """Within: this run alone writes the pool at `out_dir` (its processes: the first one holds the
     lock, `augment.atomic.sole_writer` on OUT/.generate.lock, and its answer is every process's).
-    Another `augment generate` into OUT meanwhile is PoolError, before it reads or writes anything
-    there: two runs interleaved their shards (an `--overwrite` run swapped its pool in under a running
-    one, which went on writing its shards into it)."""
+    Another `augment generate` or `select` into OUT meanwhile is PoolError, before it reads or writes
+    anything there: two runs interleaved their shards (an `--overwrite` run swapped its pool in under a
+    running one, which went on writing its shards into it)."""
     from augment.atomic import sole_writer
     from augment.errors import MatPlusError
 
@@ -234,8 +234,8 @@ def sole_pool_writer(out_dir: str | os.PathLike, rank: int = 0, world_size: int 
     refusal = None
     if rank == 0:
         try:
-            held.enter_context(sole_writer(out_dir, WRITER_LOCK, "another augment generate is writing this pool; "
-                                           "wait for it to finish, or choose another --out"))
+            held.enter_context(sole_writer(out_dir, WRITER_LOCK, "another augment generate or select is writing "
+                                           "this pool; wait for it to finish, or choose another --out"))
         except MatPlusError as exc:
             refusal = str(exc)
     if world_size > 1:
@@ -519,11 +519,18 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
     `out_dir` (replaced with `overwrite`, or a re-run of the same selection) stays whole until then,
     so a failure or a kill mid-write leaves it as it was. What else that folder holds (its scores,
     a card or files of the user's own) is carried over."""
-    from augment.atomic import staging_path, swap_folder_into_place
-
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # a link to a pool folder: that folder is replaced, the link kept
         out_dir = out_dir.resolve()
+    # a generate writing into OUT meanwhile would go on writing into the swapped-in selection
+    with sole_pool_writer(out_dir):
+        return _write_whole_pool(out_dir, rows, meta, overwrite, shard_rows)
+
+
+def _write_whole_pool(out_dir: Path, rows: Iterable[dict], meta: dict, overwrite: bool, shard_rows: int) -> dict:
+    """`write_pool`, this process holding the pool folder's writer lock."""
+    from augment.atomic import staging_path, swap_folder_into_place
+
     existing = holds_pool(out_dir)  # refusals first: nothing is written before them
     if existing and not overwrite:  # (with --overwrite the pool there is replaced unread)
         meta = resumed_meta(out_dir, read_pool_meta(out_dir), meta)

@@ -139,8 +139,10 @@ def test_a_second_generate_into_a_pool_being_written_is_refused_before_touching_
 
     from augment.pool import WRITER_LOCK
 
-    out = tmp_path / "pool"
+    out, parent = tmp_path / "pool", tmp_path / "parent"
     assert augment_main(_generate(sample_dir, out, "i2t-human")) == 0
+    assert augment_main(_generate(sample_dir, parent, "i2t-human")) == 0
+    selection = ["select", str(parent), "--out", str(out), "--overwrite", "--max-per-item", "1"]
     capsys.readouterr()
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     held = FileLock(out / WRITER_LOCK, timeout=0)
@@ -149,12 +151,16 @@ def test_a_second_generate_into_a_pool_being_written_is_refused_before_touching_
         for extra in ((), ("--overwrite",)):
             assert augment_main(_generate(sample_dir, out, "shuffle", *extra)) == 2
             line = _error_line(capsys)
-            assert line == (f"error: {out}: another augment generate is writing this pool; wait for it to finish, "
-                            "or choose another --out"), line
+            assert line == (f"error: {out}: another augment generate or select is writing this pool; wait for it "
+                            "to finish, or choose another --out"), line
+        # a selection swapped into OUT under a running generate: that one went on writing into the selection
+        assert augment_main(selection) == 2
+        assert "another augment generate or select is writing this pool" in _error_line(capsys)
     finally:
         held.release()
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert augment_main(_generate(sample_dir, out, "shuffle", "--overwrite")) == 0  # the lock is free again
+    assert augment_main(selection) == 0  # the lock is free again
+    assert augment_main(_generate(sample_dir, out, "shuffle", "--overwrite")) == 0
 
 
 def test_a_folder_left_with_only_the_lock_is_written_as_a_new_pool(tmp_path, sample_dir, capsys):
