@@ -52,6 +52,21 @@ def naming_write_errors(path: str | os.PathLike, *temporaries: str | os.PathLike
         raise OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path)) from None
 
 
+@contextlib.contextmanager
+def naming_staged_errors(staged: str | os.PathLike, final: str | os.PathLike):
+    """Within: an OSError naming `staged` (a folder built to be swapped in as `final`) or a file in it
+    is raised again naming the same place under `final`: the user knows `final`, not the hidden
+    `.NAME.partial-PID-xxxxxxxx` (`select --out ro/sel` in a read-only folder said
+    `ro/.sel.partial-30610-f1f319ad: Read-only file system`)."""
+    try:
+        yield
+    except OSError as exc:
+        staged, named = Path(staged), Path(os.fspath(exc.filename)) if exc.filename is not None else None
+        if named is None or not (named == staged or staged in named.parents):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(Path(final) / named.relative_to(staged))) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     tmp = temporary_path(path)

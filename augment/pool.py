@@ -529,7 +529,7 @@ def write_pool(out_dir: str | os.PathLike, rows: Iterable[dict], meta: dict, ove
 
 def _write_whole_pool(out_dir: Path, rows: Iterable[dict], meta: dict, overwrite: bool, shard_rows: int) -> dict:
     """`write_pool`, this process holding the pool folder's writer lock."""
-    from augment.atomic import staging_path, swap_folder_into_place
+    from augment.atomic import naming_staged_errors, staging_path, swap_folder_into_place
 
     existing = holds_pool(out_dir)  # refusals first: nothing is written before them
     if existing and not overwrite:  # (with --overwrite the pool there is replaced unread)
@@ -537,21 +537,22 @@ def _write_whole_pool(out_dir: Path, rows: Iterable[dict], meta: dict, overwrite
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = staging_path(out_dir)
     try:
-        writer = PoolWriter(staged, {"name": out_dir.name, **meta})
-        buffer: list[dict] = []
-        index = 0
-        for row in rows:
-            buffer.append(row)
-            if len(buffer) >= shard_rows:
+        with naming_staged_errors(staged, out_dir):  # an error names OUT, not the hidden staging folder
+            writer = PoolWriter(staged, {"name": out_dir.name, **meta})
+            buffer: list[dict] = []
+            index = 0
+            for row in rows:
+                buffer.append(row)
+                if len(buffer) >= shard_rows:
+                    writer.write_shard(index, buffer)
+                    buffer, index = [], index + 1
+            if buffer or index == 0:
                 writer.write_shard(index, buffer)
-                buffer, index = [], index + 1
-        if buffer or index == 0:
-            writer.write_shard(index, buffer)
-            index += 1
-        if existing:
-            carry_over(out_dir, staged)
-        written = writer.finalize(expected_shards=index)
-        swap_folder_into_place(staged, out_dir)
+                index += 1
+            if existing:
+                carry_over(out_dir, staged)
+            written = writer.finalize(expected_shards=index)
+            swap_folder_into_place(staged, out_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return written

@@ -270,10 +270,12 @@ def test_select_overwrite_keeps_the_old_pool_whole_until_the_new_one_is_written(
 
     def failing(self, index, rows):
         real_write_shard(self, index, rows)
-        raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device", str(self.shard_path(index)))
 
     monkeypatch.setattr(pool_module.PoolWriter, "write_shard", failing)
-    assert "No space left" in refused(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")
+    line = refused(capsys, "select", second, "--out", out, "--max-per-item", "1", "--overwrite")
+    # the shard is named where it was going, not in the hidden staging folder (.sel.partial-PID-xxxxxxxx)
+    assert f"{out / 'data' / 'shard-00000.parquet'}: No space left on device" in line and ".partial-" not in line
     # the writers' lock file stays where the failed run took it (as a run folder's .train.lock does)
     assert {name: data for name, data in files_under(out).items() if name != ".generate.lock"} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eda", "other", "sel"]  # no staged folder left
