@@ -154,7 +154,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) 
 
 def output_folder_problem(folder: Path) -> str | None:
     """Why `folder` cannot be made or written into ("it is a file, not a folder", an ancestor that
-    is a file, a dangling link), or None: the output commands' one-line refusal before any work."""
+    is a file, a dangling link, a folder that cannot be written to), or None: the output commands'
+    one-line refusal before any work."""
     if folder.is_symlink() and not folder.exists():
         return f"it is a link to a missing {os.readlink(folder)}"
     if folder.exists() and not folder.is_dir():
@@ -166,6 +167,12 @@ def output_folder_problem(folder: Path) -> str | None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"{ancestor} is a file, not a folder"
+    # a read-only file system or no permission: refused now, not after the work (access(2) answers
+    # EROFS for root too, so this holds where root's permissions are otherwise unlimited)
+    writable_at = folder if folder.is_dir() else ancestor
+    if not os.access(writable_at, os.W_OK | os.X_OK):
+        where = "it" if writable_at == folder else str(writable_at)
+        return f"{where} cannot be written to (a read-only file system, or no permission)"
     return None
 
 

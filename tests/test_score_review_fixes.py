@@ -342,6 +342,28 @@ def test_table_and_cache_dir_refuse_a_file_they_are_not(tmp_path, train_items, s
     assert table.read_text() == first
 
 
+def test_an_unwritable_folder_is_refused_before_the_work(tmp_path, train_items, sample_world_dir, capsys, monkeypatch):
+    """--table in a folder that cannot be written (a read-only mount, seen by access(2) even as root) failed
+    after all the scoring; --out of generate (any output folder) likewise after the generation."""
+    import os
+
+    import augment.atomic as atomic
+
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode))
+    pool = text_pool(tmp_path / "pool", train_items, sample_world_dir)
+    common = ["score", pool.path, "--scorer", "tiny-clip", "--no-progress", "--no-plot"]
+    code, err = cli(capsys, *common, "--table", locked / "t.md")
+    assert code == 2 and err.strip() == (f"error: --table {locked / 't.md'}: its folder {locked}: it cannot be written "
+                                         "to (a read-only file system, or no permission)"), err
+    assert not (pool.path / "scores").exists()  # refused before the scoring
+    code, err = cli(capsys, "generate", "--method", "i2t-human", "--source", sample_world_dir,
+                    "--out", locked / "sub" / "pool")
+    assert code == 2 and f"{locked} cannot be written to (a read-only file system, or no permission)" in err, err
+
+
 def test_a_pool_image_that_does_not_decode_names_its_pool_at_the_command_line(tmp_path, train_items, sample_world_dir,
                                                                                capsys):
     """Scoring several pools, the line named the row but not the pool it is in."""

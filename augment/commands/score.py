@@ -75,13 +75,18 @@ SOURCE_SKIP_REPORT = "source.skipped.json"
 
 def refuse_replacing_another_file(table: str | None) -> None:
     """--table replaces an earlier comparison table only (as --skip-report an earlier report): naming a
-    pool's pool.json or a source's JSON by mistake destroyed it."""
+    pool's pool.json or a source's JSON by mistake destroyed it. A folder the table cannot be written
+    into is refused too, before the scoring (it failed after all of it)."""
+    from augment.atomic import output_folder_problem
     from augment.errors import MatPlusError
     from augment.scoring.report import is_comparison_table
 
     if table and Path(table).exists() and not is_comparison_table(Path(table)):
         raise MatPlusError(f"--table {table}: is an existing file that is not an earlier comparison table; the table "
                            "would replace it: name a new file")
+    problem = output_folder_problem(Path(table).parent) if table else None
+    if problem:
+        raise MatPlusError(f"--table {table}: its folder {Path(table).parent}: {problem}")
 
 
 def run(args) -> int:
