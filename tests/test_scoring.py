@@ -875,6 +875,40 @@ def test_decoding_workers_give_the_same_embeddings(tmp_path, train_items, counte
     assert started == [1]
 
 
+def test_a_decoding_worker_dying_between_chunks_is_one_line(tmp_path, source, train_items, sample_world_dir,
+                                                            tiny_scorer, monkeypatch):
+    """The decoding workers live for the whole scoring run: one killed (the OOM killer) or stopped by a
+    SIGTERM to the process group while the main process measures was torch's RuntimeError raised
+    there by its SIGCHLD handler, a traceback (exit 1); it is DataWorkerDied, one line, as inside `images`."""
+    import os
+    import signal
+    import time
+
+    from augment.loading import DataWorkerDied
+    from augment.scoring import embeddings, pool_scores
+    from augment.scoring.pool_scores import score_and_save
+
+    monkeypatch.setattr(embeddings, "WORKER_MIN_BYTES", 0)  # a few small images: use the workers anyway
+    monkeypatch.setattr(tiny_scorer, "batch_size", 4)  # two batches: the workers start
+    rows = [_row(item, 0, 0, "own", "image", image={"bytes": None, "path": item["image"]["path"]})
+            for item in train_items[:8]]
+    pool = _write(tmp_path / "images", rows, sample_world_dir)
+    real_summarise, killed = pool_scores.summarise, []
+
+    def summarise_after_a_worker_died(pool, totals, embedder, *args, **kwargs):
+        workers = embedder._decoding._loader._iterator._workers  # alive: kept for the next chunk
+        os.kill(workers[0].pid, signal.SIGKILL)
+        killed.append(workers[0].pid)
+        for _ in range(100):  # torch's SIGCHLD handler raises here, in the main process's own work
+            time.sleep(0.02)
+        return real_summarise(pool, totals, embedder, *args, **kwargs)
+
+    monkeypatch.setattr(pool_scores, "summarise", summarise_after_a_worker_died)
+    with pytest.raises(DataWorkerDied, match=r"^a data-loading worker process died .*use fewer --workers \(1 now\)"):
+        score_and_save(pool, source, tiny_scorer, _settings(), plot=False, workers=1)
+    assert killed
+
+
 def test_an_image_that_does_not_decode_is_named_by_its_record(tmp_path, tiny_scorer):
     """A pool row's image (embedded bytes) names the row, a source image its id and file."""
     from augment.errors import SourceError

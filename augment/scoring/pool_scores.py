@@ -542,9 +542,15 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
         if stored is not None:
             return stored
         folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
-        with Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers) as embedder:
-            entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name, progress=progress,
-                               source_fp=source_fp, inputs_key=key)
+        try:
+            with Embedder(scorer, EmbeddingCache(folder, scorer.id), workers=workers) as embedder:
+                entry = score_pool(pool, source_dataset, embedder, settings, source_name=source_name,
+                                   progress=progress, source_fp=source_fp, inputs_key=key)
+        except RuntimeError as exc:  # the decoding workers live for the whole run: torch's SIGCHLD handler
+            # raises a dead one's error wherever the scoring is (encoding texts, measuring), not only in `images`
+            from augment.loading import raise_worker_death
+
+            raise_worker_death(exc, "re-run the same command: it reads back the embeddings cached so far", workers)
         entry["inputs_key"] = key
         report.update_scores_json(pool.path, entry)  # after the tables: see score_pool
         if plot:
