@@ -182,14 +182,19 @@ def sole_writer(folder: str | os.PathLike, lock_name: str, busy: str):
     with the folder if need be); another process holding it: MatPlusError `FOLDER: busy`. The lock
     is the kernel's (flock, through filelock), so a killed holder's lock goes with it and never
     blocks the next run. A folder this call created and the block left empty (a run that failed
-    before writing anything) is removed again. `train` and `train eval` each hold one: two runs
-    into one folder would interleave their outputs."""
+    before writing anything) is removed again; in a folder that was there, a lock file this call
+    created is removed again when the block added nothing beside it (a generate refused for a
+    user's folder, or failing on an existing empty one, left it there, and `augment push --to-dir`
+    then refused that folder for holding `.generate.lock`). `train` and `train eval` each hold one:
+    two runs into one folder would interleave their outputs."""
     from filelock import FileLock, Timeout
 
     from augment.errors import MatPlusError
 
     folder = Path(folder)
     created = not folder.exists()
+    # what an existing folder held before this call's lock file: nothing added beside it -> the file goes again
+    before = None if created or (folder / lock_name).exists() else _names(folder)
     lock = FileLock(folder / lock_name, timeout=0)  # creates the folder
     try:
         lock.acquire()
@@ -199,12 +204,22 @@ def sole_writer(folder: str | os.PathLike, lock_name: str, busy: str):
         yield
     finally:
         lock_only = created and folder.is_dir() and [path.name for path in folder.iterdir()] == [lock_name]
-        if lock_only:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
+        after = _names(folder) if before is not None else None
+        untouched = after is not None and after - {lock_name} == before
+        if lock_only or untouched:  # unlinked while held: a run that opened it meanwhile sees it gone and takes a new one
             (folder / lock_name).unlink(missing_ok=True)
         lock.release()
         if lock_only:
             with contextlib.suppress(OSError):  # another run has started writing here since
                 folder.rmdir()
+
+
+def _names(folder: Path) -> set[str] | None:
+    """The names in `folder`; None when it cannot be listed (not a folder, no permission)."""
+    try:
+        return {path.name for path in folder.iterdir()}
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

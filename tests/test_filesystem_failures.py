@@ -179,6 +179,26 @@ def test_a_folder_left_with_only_the_lock_is_written_as_a_new_pool(tmp_path, sam
     assert not refused.exists()
 
 
+
+def test_a_refused_generate_leaves_no_lock_file_in_a_folder_that_was_there(tmp_path, sample_dir, capsys):
+    """was: a generate refused for a user's folder (`exists and is not a pool`) or failing on an
+    existing empty folder left OUT/.generate.lock in it, and `augment push POOL --to-dir` that folder
+    then said `holds files that are not a pool export (.generate.lock)`."""
+    mine, empty = tmp_path / "mine", tmp_path / "empty"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own\n")
+    empty.mkdir()
+    assert augment_main(_generate(sample_dir, mine, "i2t-human")) == 2
+    assert "exists and is not a pool" in _error_line(capsys)
+    assert augment_main(_generate(sample_dir, empty, "shuffle", "--limit", "1")) == 2  # refused before any pool
+    capsys.readouterr()
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert list(empty.iterdir()) == []
+    pool = tmp_path / "pool"
+    assert augment_main(_generate(sample_dir, pool, "i2t-human")) == 0
+    assert augment_main(["push", str(pool), "--to-dir", str(empty)]) == 0
+
+
 # ----------------------------------------------------------------------------- interrupts of select
 
 
