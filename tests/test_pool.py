@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import os
 import re
 import sys
 
@@ -348,6 +349,10 @@ def _halve_or_fail(value):
     return value / 2
 
 
+def _process_id(_item) -> int:
+    return os.getpid()
+
+
 def test_decoding_workers_serve_several_passes_with_their_own_functions():
     """`DecodingWorkers` (one evaluation's workers for every attack's pass): each pass's batches in
     order by the function it names, as inline; a record's error is its own; a pass read after a later
@@ -373,6 +378,12 @@ def test_decoding_workers_serve_several_passes_with_their_own_functions():
                 decoding.passes("triple", [[0]])
             decoding.close()
             assert list(decoding.passes("double", [[3]])) == [[6]]
+    with DecodingWorkers(list(range(4)), {"pid": _process_id}, 2) as decoding:
+        pids = {pid for batch in decoding.passes("pid", [[0], [1], [2], [3]]) for pid in batch}
+        assert len(pids) == 2 and os.getpid() not in pids
+    for pid in pids:  # close() ended and reaped the persistent workers
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_writing_a_pool_again_with_fewer_shards_leaves_none_of_the_old_ones(tmp_path):
