@@ -26,7 +26,11 @@ def _run(tmp_path, name, world, **settings):
 
 
 def _files(folder: Path) -> dict:
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    """Every file's bytes and mtime but RUN/.train.lock's: the run's lock, not an output (taking it may
+    truncate it, as filelock 4.1, Python 3.10's newest, does)."""
+    from train.run_folder import LOCK_FILE
+
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE}
 
 
 # ----------------------------------------------------------------------------- H1: the study's last validation

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from augment.errors import MatPlusError
+from train.run_folder import LOCK_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 # decoding in this process (workers 0): test_workers_* checks that workers give the same weights
@@ -601,12 +602,17 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     with pytest.raises(MatPlusError, match="lr"):
         _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume="latest", **{**common, "lr": 1e-3})
     # resuming the finished run trains and writes nothing: its summary, metrics and checkpoint stay as they are
-    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (tmp_path / "resumed").rglob("*") if path.is_file()}
+    # (RUN/.train.lock aside: taking the lock may truncate it, as filelock 4.1, Python 3.10's newest, does)
+    def outputs():
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "resumed").rglob("*")
+                if p.is_file() and p.name != LOCK_FILE}
+
+    files = outputs()
     capsys.readouterr()
     again, records = _run(tmp_path, "resumed", sample_world_dir, max_steps=4, resume="latest", **common)
     assert records == [] and again == summary
     assert "finished all 4 steps already: nothing to train" in capsys.readouterr().err
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == files
+    assert outputs() == files
     # a checkpoint past --max-steps would be saved as step 2 holding step 4's weights: refused
     with pytest.raises(MatPlusError, match=r"the checkpoint is at step 4, past this run's 2 steps"):
         _run(tmp_path, "resumed", sample_world_dir, max_steps=2, resume="latest", **common)
