@@ -189,14 +189,27 @@ def cached_folder(request, name: str, build: Callable[[Path], object]) -> Path:
     return folder
 
 
+# what else a cached fixture's bytes depend on: a checkout whose venv moved to another Python or other
+# releases of these trained its twins and drew its worlds elsewhere (audit Y: one .pytest_cache, three Pythons)
+CACHE_PACKAGES = ("torch", "numpy", "pillow", "transformers", "open_clip_torch")
+
+
 def _code_key(*modules: str) -> str:
-    """Hash of the source files a cached fixture depends on: edits invalidate the cache."""
+    """Hash of the source files a cached fixture depends on, the Python version and `CACHE_PACKAGES`'
+    versions: edits or another environment invalidate the cache."""
     import hashlib
+    from importlib.metadata import PackageNotFoundError, version
 
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for module in modules:
         digest.update((root / module).read_bytes())
+    for package in CACHE_PACKAGES:
+        try:
+            digest.update(f"{package}=={version(package)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{package} absent".encode())
+    digest.update(f"python {sys.version_info.major}.{sys.version_info.minor}".encode())
     return digest.hexdigest()[:12]
 
 
