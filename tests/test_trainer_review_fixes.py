@@ -292,6 +292,26 @@ def test_train_with_a_killed_loader_worker_exits_2_in_one_line(tmp_path, sample_
     assert err.startswith("error: a data-loading worker process died") and "--resume latest" in err
 
 
+def test_a_worker_dying_in_the_final_validation_is_one_line(tmp_path, sample_world_dir, capsys, monkeypatch):
+    """The validation after the last step runs outside the training loop's conversion: a dead decoding
+    worker of its evaluation (the OOM killer) was torch's traceback, exit 1 (review V)."""
+    from train.validation import Validator
+
+    original = Validator.validate
+
+    def dies_at_the_end(self, step, *args, **kwargs):
+        if step == 1:  # the final validation; step 0's runs as it does
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Validator, "validate", dies_at_the_end)
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--out", tmp_path / "run", "--max-steps", "1",
+                      "--batch-size", "8", "--no-progress", "--workers", "0", "--val-frequency", "1", "--val-limit", "2",
+                      "--val-attack", "clean")
+    last = err.strip().splitlines()[-1]  # after step 0's validation line
+    assert code == 2 and last.startswith("error: a data-loading worker process died") and "--resume latest" in last, err
+
+
 def test_grounding_training_refuses_a_sample_world_without_expressions(tmp_path, capsys):
     """was: trained on its whole-scene captions as expressions, exit 0, then evaluated on the per-object
     expressions `train eval` makes up for such a world."""

@@ -562,8 +562,11 @@ class Trainer:
             bar.close()
             self.stop_loader()
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
-            with self.matmul_precision():
-                self.validator.validate(self.total_steps)
+            try:
+                with self.matmul_precision():
+                    self.validator.validate(self.total_steps)
+            except RuntimeError as exc:  # its evaluation's decoding workers: a dead one is the loop's one line too
+                raise_worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
         elapsed = self.elapsed_before + time.perf_counter() - started
         self._save(self.total_steps, elapsed)
         summary = self._summary(last or self.metrics.last_kept, elapsed)
