@@ -214,6 +214,34 @@ def sole_writer(folder: str | os.PathLike, lock_name: str, busy: str):
                 folder.rmdir()
 
 
+def sole_writer_of_processes(folder: str | os.PathLike, lock_name: str, busy: str, is_main: bool, world_size: int,
+                             error: type[Exception]) -> contextlib.ExitStack:
+    """`sole_writer` for a run of one or several processes: the main one holds the lock until the
+    returned stack is closed, and its answer is every process's (broadcast under torch.distributed),
+    so all are refused alike (`error`) instead of the others waiting at a barrier for a process that
+    left. `train`'s run folder and a pool folder's writers (`augment generate`, `select`) use it."""
+    from augment.errors import MatPlusError
+
+    held = contextlib.ExitStack()
+    refusal = None
+    if is_main:
+        try:
+            held.enter_context(sole_writer(folder, lock_name, busy))
+        except MatPlusError as exc:
+            refusal = str(exc)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            from accelerate.utils import broadcast_object_list
+
+            refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        held.close()
+        raise error(refusal)
+    return held
+
+
 def _names(folder: Path) -> set[str] | None:
     """The names in `folder`; None when it cannot be listed (not a folder, no permission)."""
     try:

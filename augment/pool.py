@@ -220,36 +220,16 @@ def _only_leftovers(folder: Path) -> bool:
 WRITER_LOCK = ".generate.lock"
 
 
-@contextlib.contextmanager
-def sole_pool_writer(out_dir: str | os.PathLike, rank: int = 0, world_size: int = 1):
-    """Within: this run alone writes the pool at `out_dir` (its processes: the first one holds the
-    lock, `augment.atomic.sole_writer` on OUT/.generate.lock, and its answer is every process's).
-    Another `augment generate` or `select` into OUT meanwhile is PoolError, before it reads or writes
+def sole_pool_writer(out_dir: str | os.PathLike, rank: int = 0, world_size: int = 1) -> contextlib.ExitStack:
+    """This run alone writes the pool at `out_dir` until the returned stack is closed (its processes:
+    the first one holds OUT/.generate.lock, `augment.atomic.sole_writer_of_processes`). Another
+    `augment generate` or `select` into OUT meanwhile is PoolError, before it reads or writes
     anything there: two runs interleaved their shards (an `--overwrite` run swapped its pool in under a
     running one, which went on writing its shards into it)."""
-    from augment.atomic import sole_writer
-    from augment.errors import MatPlusError
+    from augment.atomic import sole_writer_of_processes
 
-    held = contextlib.ExitStack()
-    refusal = None
-    if rank == 0:
-        try:
-            held.enter_context(sole_writer(out_dir, WRITER_LOCK, "another augment generate or select is writing "
-                                           "this pool; wait for it to finish, or choose another --out"))
-        except MatPlusError as exc:
-            refusal = str(exc)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            from accelerate.utils import broadcast_object_list
-
-            refusal = broadcast_object_list([refusal], from_process=0)[0]
-    if refusal is not None:
-        held.close()
-        raise PoolError(refusal)
-    with held:
-        yield
+    return sole_writer_of_processes(out_dir, WRITER_LOCK, "another augment generate or select is writing this pool; "
+                                    "wait for it to finish, or choose another --out", rank == 0, world_size, PoolError)
 
 
 def holds_pool(out_dir: Path) -> bool:

@@ -8,7 +8,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from augment.errors import MatPlusError
 from train import checkpoint as ckpt
 from train.config import CONFIG_FILE, ConfigError, TrainConfig, load_saved_config, resume_conflicts
 from train.run_log import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE
@@ -29,30 +28,15 @@ LOCK_FILE = ".train.lock"
 
 
 def lock_run_folder(run_dir: Path, is_main: bool, world_size: int) -> contextlib.ExitStack:
-    """The main process locks RUN (`augment.atomic.sole_writer` on RUN/.train.lock) until the returned
-    stack is closed: two trainers in one RUN (a second `--resume latest` while the first still runs)
-    would share RUN/.ckpt-partial and interleave metrics.jsonl. Taken before `check_run_folder` reads
-    anything, so the second is refused before it touches RUN. The processes of one run are one
-    trainer: the main one's answer is shared, so every process is refused alike instead of the
-    others waiting at the first barrier for a process that left."""
-    from augment.atomic import sole_writer
+    """The main process locks RUN (RUN/.train.lock, `augment.atomic.sole_writer_of_processes`) until the
+    returned stack is closed: two trainers in one RUN (a second `--resume latest` while the first still
+    runs) would share RUN/.ckpt-partial and interleave metrics.jsonl. Taken before `check_run_folder`
+    reads anything, so the second is refused before it touches RUN. The processes of one run are one
+    trainer: the main one's answer is shared, so every process is refused alike (ConfigError)."""
+    from augment.atomic import sole_writer_of_processes
 
-    refusal = None
-    held = contextlib.ExitStack()
-    if is_main:
-        try:
-            held.enter_context(sole_writer(run_dir, LOCK_FILE, "another train is writing here; "
-                                           "wait for it to finish, or choose another --out"))
-        except MatPlusError as exc:
-            refusal = str(exc)
-    if world_size > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal], from_process=0)[0]
-    if refusal is not None:
-        held.close()
-        raise ConfigError(refusal)
-    return held
+    return sole_writer_of_processes(run_dir, LOCK_FILE, "another train is writing here; wait for it to finish, "
+                                    "or choose another --out", is_main, world_size, ConfigError)
 
 
 def check_run_folder(run_dir: Path, config: TrainConfig) -> Path | None:
