@@ -278,6 +278,20 @@ def test_caption_scores_rank_right_captions_above_wrong_ones():
     assert not any("CIDEr" in n for n in right["notes"])
 
 
+@pytest.mark.parametrize("java", [False, True])
+def test_references_of_punctuation_only_give_cider_0_with_a_note_not_a_crash(java):
+    """Every reference tokenised away (punctuation only): pycocoevalcap's Cider asserted on an empty
+    document frequency (ValueError: max() arg is an empty sequence), with Java's tokenizer and without."""
+    from train.caption_metrics import NO_REFERENCE_WORDS_CIDER, caption_scores
+
+    scores = caption_scores([["..."], ["?"]], ["a dog", "a cat"], java=java, meteor=False)
+    assert scores["cider"] == 0.0 and scores["per_image_cider"] == [0.0, 0.0]
+    assert NO_REFERENCE_WORDS_CIDER in scores["notes"]
+    # one reference with a word: pycocoevalcap's own CIDEr, no note
+    assert NO_REFERENCE_WORDS_CIDER not in caption_scores([["..."], ["a dog"]], ["a dog", "a cat"], java=java,
+                                                          meteor=False)["notes"]
+
+
 def test_meteor_and_ptb_tokenizer_with_java():
     import shutil
 

@@ -96,6 +96,10 @@ def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, li
 # n-gram's weight is 0, so is the score, whatever the caption (pycocoevalcap's Cider, as published)
 ONE_IMAGE_CIDER = ("CIDEr is 0 for a single image, whatever its caption: its n-gram weights (IDF) come from the "
                    "evaluated images' references; evaluate two images or more")
+# pycocoevalcap's Cider asserts on a corpus whose references hold no word at all (punctuation only,
+# gone after tokenisation): no n-gram has a weight, so every image's CIDEr is 0, said in the notes
+NO_REFERENCE_WORDS_CIDER = ("CIDEr is 0: no reference caption of the evaluated images holds a word after "
+                            "tokenisation (punctuation only)")
 
 
 def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str], *, meteor: bool | None = None,
@@ -131,7 +135,11 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores["bleu4"] = 100.0 * float(bleu[3])
     scores["rouge_l"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
-    cider, per_image = Cider().compute_score(gts, res)
+    if any(reference.split() for refs in gts.values() for reference in refs):
+        cider, per_image = Cider().compute_score(gts, res)
+    else:
+        cider, per_image = 0.0, [0.0] * len(res)
+        notes.append(NO_REFERENCE_WORDS_CIDER)
     scores["cider"] = 100.0 * float(cider)
     scores["meteor"] = None
     run_meteor = has_java if meteor is None else bool(meteor)
