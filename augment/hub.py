@@ -46,7 +46,7 @@ from augment.atomic import (
 )
 from augment.errors import MatPlusError, PoolError, first_line
 from augment.local_paths import shorten_local_paths
-from augment.pool import DATA_DIR, IDENTITY_KEYS, POOL_META, Pool, identity_value
+from augment.pool import DATA_DIR, IDENTITY_KEYS, KEYS_ADDED_SINCE, POOL_META, Pool, identity_value
 from augment.scoring import store
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
@@ -418,8 +418,9 @@ class Target:
 
 
 def same_pool(ours: dict, theirs: dict) -> bool:
-    # a copy pushed before the recipe (or the device a model sampled on) was recorded is this pool updated
-    unrecorded = {key for key in ("recipe", "device_type") if key not in ours or key not in theirs}
+    # a copy pushed before the recipe (or a key of `KEYS_ADDED_SINCE`: the source's image fingerprint, the
+    # device a model sampled on) was recorded is this pool updated, as `resumed_meta` resumes such a pool
+    unrecorded = {key for key in ("recipe", *KEYS_ADDED_SINCE) if key not in ours or key not in theirs}
     return (all(identity_value(ours, k) == identity_value(theirs, k) for k in IDENTITY_KEYS if k not in unrecorded)
             and all(_normalised(ours.get(k)) == _normalised(theirs.get(k)) for k in _EXTRA_IDENTITY_KEYS))
 

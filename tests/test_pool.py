@@ -160,6 +160,20 @@ def test_a_pool_begun_by_an_earlier_recipe_is_not_resumed_into_a_mix(tmp_path):
     assert same_pool({"method": "eda", "recipe": 1}, {"method": "eda"})  # a pool pushed before the key
 
 
+def test_a_copy_pushed_before_a_key_was_recorded_is_the_same_pool():
+    """Every key of `KEYS_ADDED_SINCE` that one side lacks is unchecked, as a resume leaves it: a copy pushed
+    before the source's image fingerprint was recorded read as another pool (push wanted --force, which
+    deletes the repository's files first); a recorded key that differs still is another pool."""
+    from augment.hub import same_pool
+    from augment.pool import KEYS_ADDED_SINCE
+
+    ours = {"method": "eda", "recipe": 1, "source_images": "abc", "device_type": "cuda"}
+    for key in KEYS_ADDED_SINCE:
+        older = {k: v for k, v in ours.items() if k != key}
+        assert same_pool(ours, older) and same_pool(older, ours), key
+        assert not same_pool(ours, {**ours, key: "other"}), key
+
+
 class _CountingGenerator(Generator):
     """Makes one caption per source caption; can be told to die on a given call (a killed run)."""
 
