@@ -244,6 +244,10 @@ def image_not_found(path: str | None) -> str:
         folder = os.path.dirname(folder)
     if folder and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
         return f"image file {path}: cannot open its folder {folder} (permission denied)"
+    if path and os.path.isdir(path):
+        return f"image file {path}: is a folder, not an image file"
+    if path and os.path.islink(path) and os.path.lexists(path):  # a link to nothing, or a loop of links
+        return f"image file {path}: a symbolic link to no file ({os.readlink(path)})"
     return f"image file not found: {path}"
 
 

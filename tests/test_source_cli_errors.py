@@ -429,3 +429,26 @@ def test_an_image_behind_a_folder_that_cannot_be_opened_is_named_so(tmp_path, mo
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(folder) else real_access(p, mode))
     assert image_not_found(path) == f"image file {path}: cannot open its folder {folder} (permission denied)"
+
+
+def test_a_folder_or_a_dangling_link_where_an_image_should_be_is_named_so(tmp_path):
+    """A folder, a link to nothing or a loop of links at an image's path read "image file not found"
+    (audit U's left finding): the file is there, as something else; open_image's line says what."""
+    import os
+
+    from augment.errors import SourceError
+    from augment.sources import open_image
+
+    folder = tmp_path / "000001.png"
+    folder.mkdir()
+    with pytest.raises(SourceError, match=rf"^image file {folder}: is a folder, not an image file$"):
+        open_image(str(folder))
+    dangling, loop = tmp_path / "000002.png", tmp_path / "000003.png"
+    os.symlink(tmp_path / "gone.png", dangling)
+    os.symlink(loop, loop)
+    with pytest.raises(SourceError, match=rf"^image file {dangling}: a symbolic link to no file \(.*gone\.png\)$"):
+        open_image(str(dangling))
+    with pytest.raises(SourceError, match=rf"^image file {loop}: a symbolic link to no file"):
+        open_image(str(loop))
+    with pytest.raises(SourceError, match=rf"^image file not found: {tmp_path / 'absent.png'}$"):
+        open_image(str(tmp_path / "absent.png"))
