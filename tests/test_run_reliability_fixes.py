@@ -149,6 +149,31 @@ def test_a_checkpoint_write_failing_on_a_full_disk_is_one_line_and_leaves_no_par
     assert (run / "ckpt" / "train_state" / "state.json").read_text() == before  # the last checkpoint kept
 
 
+def test_a_write_over_the_file_size_limit_says_so_not_a_full_disk(tmp_path):
+    """torch's failed write carries no errno: a file-size limit (ulimit -f, EFBIG) was reported as
+    "No space left on device?" (audit U's left finding). The real limit, in a child process."""
+    script = ("import resource, torch; from pathlib import Path; from train.checkpoint import save_tensors\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+              "try:\n    save_tensors({'x': torch.zeros(100_000)}, Path('big.pt'))\n"
+              "except OSError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == ("[Errno 5] could not be written (the file-size limit of this process is reached: "
+                                  "ulimit -f, 100000 bytes): 'big.pt'"), out
+    assert not (tmp_path / "big.pt").exists()
+
+
+def test_a_full_disk_line_says_the_space_left(tmp_path, monkeypatch):
+    import shutil
+
+    from train.checkpoint import save_tensors
+
+    _torch_save_fails_after(monkeypatch, good=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10 * 2 ** 30, 10 * 2 ** 30, 2 ** 20))
+    with pytest.raises(OSError, match=r"could not be written \(No space left on device\? 1 MiB free there now\)"):
+        save_tensors({"x": torch.zeros(1)}, tmp_path / "a.pt")
+
+
 def test_a_progress_batch_failing_on_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
     from train.eval_store import BatchStore
 

@@ -110,10 +110,39 @@ def _write_errors() -> tuple[type[BaseException], ...]:
 
 
 def could_not_write(path: Path, exc: BaseException) -> OSError:
-    """`exc` of a write into `path` as an OSError: the commands print an OSError as one line
+    """`exc` of a write into `path` (a file, or the folder a model was saved into, with what was
+    written so far still there) as an OSError: the commands print an OSError as one line
     (`error: PATH: could not be written (...)`, exit 2), torch's RuntimeError as a traceback."""
     log.debug("writing %s failed: %s", path, first_line(exc))
-    return OSError(errno.EIO, "could not be written (No space left on device?)", str(path))
+    return OSError(errno.EIO, f"could not be written ({_likely_cause(Path(path))})", str(path))
+
+
+def _likely_cause(path: Path) -> str:
+    """Why a write into `path` failed, where torch's and safetensors' errors carry no errno: the
+    process's file-size limit (`ulimit -f`, EFBIG) when a file written reached it, else a full disk,
+    said with the space its file system has left."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit = None if limit == resource.RLIM_INFINITY else limit
+    except (ImportError, OSError, ValueError):  # no such limit here (not POSIX)
+        limit = None
+    try:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        largest = max((p.stat().st_size for p in files), default=0)
+    except OSError:
+        largest = 0
+    if limit is not None and largest >= limit:
+        return f"the file-size limit of this process is reached: ulimit -f, {limit} bytes"
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "No space left on device?"
+    return f"No space left on device? {free / 2 ** 20:.0f} MiB free there now"
 
 
 def save_tensors(value: Any, path: Path) -> None:
@@ -121,10 +150,12 @@ def save_tensors(value: Any, path: Path) -> None:
     try:
         torch.save(value, path)
     except BaseException as exc:
+        # the cause read while the part written is still there (a file-size limit is seen in its size)
+        error = could_not_write(path, exc) if isinstance(exc, _write_errors()) else None
         with contextlib.suppress(OSError):
             Path(path).unlink(missing_ok=True)
-        if isinstance(exc, _write_errors()):
-            raise could_not_write(path, exc) from None
+        if error is not None:
+            raise error from None
         raise
 
 
