@@ -120,14 +120,31 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
 
     # the loss ---------------------------------------------------------------------------------
 
-    def caption_loss(self, pixels: torch.Tensor, tokens: TextTokens, reduction: str = "mean") -> torch.Tensor:
-        """Mean token cross-entropy of each caption given its image (row-aligned); "none" -> [B]."""
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's hidden states of [0, 1] pixels, which the decoder cross-attends to."""
+        return self.model.vision_model(pixel_values=self.normalize(pixels.to(self.device, self._dtype))).last_hidden_state
+
+    def caption_loss(self, pixels: torch.Tensor | None, tokens: TextTokens, reduction: str = "mean", *,
+                     rows: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean token cross-entropy of each caption given its image; "none" -> [B].
+
+        Row-aligned, or caption i given image `rows[i]` of `pixels` (or of `features`, the images'
+        `image_features` computed once): the vision tower then runs once per image, not once per
+        caption (an image's references, a text attack's candidates).
+        """
         if reduction not in ("mean", "none"):
             raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'none'")
         tokens = tokens.to(self.device)
-        pixel_values = self.normalize(pixels.to(self.device, self._dtype))
         mask = tokens.attention_mask if tokens.attention_mask is not None else torch.ones_like(tokens.input_ids)
-        logits = self.model(pixel_values=pixel_values, input_ids=tokens.input_ids, attention_mask=mask).logits
+        if features is None and rows is None:
+            pixel_values = self.normalize(pixels.to(self.device, self._dtype))
+            logits = self.model(pixel_values=pixel_values, input_ids=tokens.input_ids, attention_mask=mask).logits
+        else:
+            features = self.image_features(pixels) if features is None else features
+            if rows is not None:
+                features = features[torch.as_tensor(rows, device=features.device)]
+            logits = self.model.text_decoder(input_ids=tokens.input_ids, attention_mask=mask,
+                                             encoder_hidden_states=features).logits
         targets = tokens.input_ids[:, 1:]
         keep = mask[:, 1:].bool()
         lengths = getattr(tokens, "prompt_lengths", None)

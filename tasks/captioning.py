@@ -69,23 +69,24 @@ class CaptioningTask(Task):
         """Mean over images (rows) of the mean LM loss of that image's references (see module doc)."""
         keys = torch.as_tensor(keys, device=pixels.device)
         image_rows, caption_rows = self._pairs(keys)
+        features = model.image_features(pixels)  # each image through the vision tower once, for all its references
         if len(image_rows) == len(keys) and torch.equal(image_rows, caption_rows):
-            per_pair = model.caption_loss(pixels, tokens, reduction="none")
+            per_pair = model.caption_loss(pixels, tokens, reduction="none", features=features)
         else:
-            per_pair = model.caption_loss(pixels[image_rows], tokens[caption_rows.to(tokens.input_ids.device)],
-                                          reduction="none")
+            per_pair = model.caption_loss(pixels, tokens[caption_rows.to(tokens.input_ids.device)],
+                                          reduction="none", rows=image_rows, features=features)
         per_image = torch.zeros(len(keys), dtype=per_pair.dtype, device=per_pair.device)
         counts = torch.zeros_like(per_image)
         per_image.index_add_(0, image_rows.to(per_pair.device), per_pair)
         counts.index_add_(0, image_rows.to(per_pair.device), torch.ones_like(per_pair))
-        extra = self._table_loss(model, pixels, keys, texts, image_rows, caption_rows)
+        extra = self._table_loss(model, pixels, keys, texts, image_rows, caption_rows, features)
         if extra is not None:
             extra_sum, extra_count = extra
             per_image, counts = per_image + extra_sum, counts + extra_count
         return (per_image / counts.clamp(min=1)).mean()
 
     def _table_loss(self, model, pixels: torch.Tensor, keys: torch.Tensor, texts: Sequence[str] | None,
-                    image_rows: torch.Tensor, caption_rows: torch.Tensor):
+                    image_rows: torch.Tensor, caption_rows: torch.Tensor, features: torch.Tensor | None = None):
         """(sum, count) per row of the LM losses of the row's extra references from the table: its
         key's captions that the batch does not already score for that row (`_pairs`: the row's own
         caption, and with 'batch' its key's other rows; another image's equal caption does not
@@ -105,7 +106,7 @@ class CaptioningTask(Task):
         if not captions:
             return None
         index = torch.tensor(rows, device=pixels.device)
-        losses = model.caption_loss(pixels[index], model.tokenize(captions), reduction="none")
+        losses = model.caption_loss(pixels, model.tokenize(captions), reduction="none", rows=index, features=features)
         total = torch.zeros(len(keys), dtype=losses.dtype, device=losses.device).index_add_(0, index, losses)
         count = torch.zeros_like(total).index_add_(0, index, torch.ones_like(losses))
         return total, count

@@ -194,6 +194,41 @@ def test_captioning_task_loss_decreases_with_a_few_steps(captioner):
     assert losses[-1] < 0.75 * losses[0]
 
 
+def test_the_vision_tower_runs_once_per_image_not_once_per_caption(prompted, tiny_mlm):
+    """An image's references, a text attack's candidates and the training loss's extra references
+    share the image's vision states (at BLIP's 384 px that tower is most of the cost of a caption's
+    loss: every candidate re-encoded its image); the losses are the same as row by row."""
+    from tasks.captioning import CaptioningTask
+    from train.attacks.captioning import CaptionPGD, PromptAttack, ReferenceTextAttack, lm_losses
+
+    calls = []
+    hook = prompted.model.vision_model.register_forward_hook(
+        lambda module, args, out: calls.append(len(out.last_hidden_state)))  # images encoded
+    try:
+        pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+        for attack in (ReferenceTextAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1),
+                       PromptAttack(prompted, mlm=tiny_mlm, top_k=5, budget=1)):
+            calls.clear()
+            attack(pixels, WORLD_TEXTS, WORLD_PAIRING)
+            assert sum(calls) == 3, type(attack).__name__
+        calls.clear()
+        CaptionPGD(prompted, steps=2)(pixels, WORLD_TEXTS, WORLD_PAIRING)
+        assert sum(calls) == 2 * 3  # each step encodes the 3 images once, not their 5 captions' rows
+        task = CaptioningTask()
+        task.set_references([[]] * 7 + [["a circle", "a red circle"]], max_references=4)
+        calls.clear()
+        with torch.no_grad():
+            task.loss(prompted, pixels, prompted.tokenize(["a red circle", "a crimson circle", "a star"]),
+                      torch.tensor([7, 7, 2]), ["a red circle", "a crimson circle", "a star"])
+        assert sum(calls) == 3  # the batch's references and the table's extra ones together
+        expected = torch.stack([torch.tensor(_loss(prompted, pixels[int(r)], t)) for r, t in zip(WORLD_PAIRING, WORLD_TEXTS)])
+        calls.clear()
+        losses = lm_losses(prompted, pixels, WORLD_TEXTS, rows=WORLD_PAIRING)
+        assert sum(calls) == 3 and torch.allclose(losses, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        hook.remove()
+
+
 def test_rows_with_one_key_are_references_of_each_other(captioner):
     from tasks.captioning import CaptioningTask
 

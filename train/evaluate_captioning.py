@@ -261,7 +261,7 @@ class _CaptioningRun:
         part.seconds = time.perf_counter() - began
         with torch.no_grad():
             text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
-            part.reference_losses.append(lm_losses(self.victim, images[pairing.to(images.device)], texts, text_prompts).cpu())
+            part.reference_losses.append(lm_losses(self.victim, images, texts, text_prompts, rows=pairing).cpu())
         part.captions = list(captions)
         part.prompts = list(prompts) if prompts is not None else []
         if "targets" in info:

@@ -54,16 +54,28 @@ def _check_victim(victim) -> None:
 
 
 @torch.no_grad()
-def lm_losses(victim, pixels: torch.Tensor, texts: Sequence[str], prompts: Sequence[str] | None = None,
-              batch_size: int = DEFAULT_LOSS_BATCH) -> torch.Tensor:
-    """[len(texts)] LM loss of each caption given its row of `pixels` (and prompt), no gradients."""
+def lm_losses(victim, pixels: torch.Tensor | None, texts: Sequence[str], prompts: Sequence[str] | None = None,
+              batch_size: int = DEFAULT_LOSS_BATCH, *, rows: torch.Tensor | Sequence[int] | None = None,
+              features: torch.Tensor | None = None) -> torch.Tensor:
+    """[len(texts)] LM loss of each caption given its row of `pixels` (and prompt), no gradients.
+
+    With `rows`, caption i is scored against image `rows[i]` of `pixels`, or of `features` (the
+    victim's `image_features`, when already computed): each image goes through the vision tower
+    once, not once per caption (at BLIP's 384 px that tower is most of a candidate's cost)."""
+    if rows is not None:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if features is None:
+            features = victim.image_features(pixels)
     out = []
     for start in range(0, len(texts), batch_size):
         part = slice(start, start + batch_size)
         chunk_prompts = list(prompts[part]) if prompts is not None else None
         tokens = victim.tokenize(list(texts[part]), prompts=chunk_prompts) if chunk_prompts is not None \
             else victim.tokenize(list(texts[part]))
-        out.append(victim.caption_loss(pixels[part], tokens, reduction="none").float())
+        if rows is None:
+            out.append(victim.caption_loss(pixels[part], tokens, reduction="none").float())
+        else:
+            out.append(victim.caption_loss(None, tokens, reduction="none", rows=rows[part], features=features).float())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -104,8 +116,8 @@ class CaptionPGD(CaptionAttack):
         tokens = self.victim.tokenize(list(texts), prompts=text_prompts) if text_prompts is not None \
             else self.victim.tokenize(list(texts))
 
-        def loss(adv: torch.Tensor) -> torch.Tensor:
-            return sign * self.victim.caption_loss(adv[rows], tokens, reduction="mean")
+        def loss(adv: torch.Tensor) -> torch.Tensor:  # each image through the vision tower once
+            return sign * self.victim.caption_loss(adv, tokens, reduction="mean", rows=rows)
 
         return pgd_linf(images, loss, self.eps, self.steps, self.step_size, self.random_start, self.generator)
 
@@ -184,11 +196,13 @@ class ReferenceTextAttack(_WordAttack):
     def perturb(self, images: torch.Tensor, texts: Sequence[str], image_of_text: torch.Tensor,
                 prompts: Sequence[str] | None = None) -> tuple[list[str], list[list[dict]]]:
         rows = torch.as_tensor(image_of_text, dtype=torch.long)
+        with torch.no_grad():  # once: every candidate of a caption shares its image
+            features = self.victim.image_features(images)
 
         def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
-            image_rows = rows[owners].to(images.device)
             candidate_prompts = [prompts[int(rows[o])] for o in owners] if prompts is not None else None
-            return lm_losses(self.victim, images[image_rows], candidates, candidate_prompts, self.loss_batch)
+            return lm_losses(self.victim, None, candidates, candidate_prompts, self.loss_batch,
+                             rows=rows[owners], features=features)
 
         return substitute_words(texts, self.source, score, self.budget, self.words_per_round,
                                 fill=round_fill(images.device, self.loss_batch))
@@ -229,12 +243,14 @@ class PromptAttack(_WordAttack):
                              "(load it with prompt=..., e.g. 'a picture of')")
         rows = torch.as_tensor(image_of_text, dtype=torch.long).tolist()
         references = [[t for t, r in zip(texts, rows) if r == image] for image in range(len(images))]
+        with torch.no_grad():  # once: every candidate prompt of an image shares it
+            features = self.victim.image_features(images)
 
         def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
             # every reference of the owner image under each candidate prompt, averaged
             pairs = [(c, image, ref) for c, image in enumerate(owners) for ref in references[image]]
-            losses = lm_losses(self.victim, images[torch.tensor([p[1] for p in pairs], device=images.device)],
-                               [p[2] for p in pairs], [candidates[p[0]] for p in pairs], self.loss_batch)
+            losses = lm_losses(self.victim, None, [p[2] for p in pairs], [candidates[p[0]] for p in pairs],
+                               self.loss_batch, rows=[p[1] for p in pairs], features=features)
             counts = torch.tensor([len(references[image]) for image in owners], dtype=losses.dtype)
             owner_of_pair = torch.tensor([p[0] for p in pairs], dtype=torch.long)
             return torch.zeros(len(candidates), dtype=losses.dtype).index_add_(0, owner_of_pair, losses.cpu()) / counts
