@@ -35,6 +35,9 @@ from models.base import CaptioningModel, TextTokens
 SUPPORTED_ARCHITECTURES = ("BlipForConditionalGeneration",)
 # BLIP's COCO captioning evaluation (configs/caption_coco.yaml): beam 3, 20 tokens at most, 5 at least
 DEFAULT_GENERATION = {"num_beams": 3, "max_length": 20, "min_length": 5}
+# BLIP's captioning code (BLIP_Decoder.forward) tokenizes prompt + caption to at most 40 tokens for
+# the LM loss it trains with: the loss here (training, attacks, reference losses) reads the same
+MAX_CAPTION_TOKENS = 40
 # registry aliases that name captioners (`family_of` would otherwise hand them to open_clip)
 CAPTIONER_ALIASES = ("blip", "blip-base", "blip-large")
 # at least this share of a randomly cropped image is kept (open_clip's default); no flips: captions
@@ -90,7 +93,8 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
         text_config = model.config.text_config
         self.bos_id = int(text_config.bos_token_id)
         self.pad_id = int(text_config.pad_token_id)
-        self.context_length = int(min(text_config.max_position_embeddings, self.tokenizer.model_max_length or 512))
+        self.context_length = int(min(text_config.max_position_embeddings, self.tokenizer.model_max_length or 512,
+                                      MAX_CAPTION_TOKENS))
         self.preprocess_train, self.preprocess_eval = _transforms(self.image_size)
 
     def describe(self) -> dict:

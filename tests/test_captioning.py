@@ -118,6 +118,18 @@ def test_prompt_tokens_are_not_scored_and_survive_slicing(captioner):
     assert not torch.allclose(with_prompt, captioner.caption_loss(pixels, unscored, reduction="none"))
 
 
+def test_a_long_caption_is_cut_at_blips_40_tokens_prompt_included(captioner):
+    """BLIP's captioning code tokenizes prompt + caption to at most 40 tokens for its LM loss; the
+    captioner read up to the model's 512 positions (the twin's 64)."""
+    from models.captioner import MAX_CAPTION_TOKENS
+
+    long = " ".join(["red circle"] * 40)
+    for prompt in (None, "a picture of"):
+        tokens = captioner.tokenize([long, "a star"], prompts=prompt)
+        assert tokens.input_ids.shape[1] == MAX_CAPTION_TOKENS == 40
+        assert tokens.attention_mask[1].sum() < MAX_CAPTION_TOKENS  # padded to the longest, not to 40
+
+
 def test_generate_with_and_without_prompt(captioner):
     pixels = torch.rand(2, 3, 64, 64)
     plain = captioner.generate(pixels, max_length=8)
