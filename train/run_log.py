@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from augment.atomic import atomic_write_text, naming_write_errors
-from augment.errors import MissingDependencyError
+from augment.errors import MatPlusError, MissingDependencyError
 from train.config import TrainConfig, report_targets
 
 METRICS_FILE = "metrics.jsonl"
@@ -73,8 +73,13 @@ class MetricsLog:
         if "wandb" in targets:
             import wandb
 
-            self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
-                                    config=config.to_dict(), id=self._wandb_id(run_dir, resume_step), resume="allow")
+            try:
+                self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
+                                        config=config.to_dict(), id=self._wandb_id(run_dir, resume_step),
+                                        resume="allow")
+            except wandb.errors.Error as exc:  # not logged in, no network: wandb's own words, without its traceback
+                raise MatPlusError(f"--report-to wandb: W&B could not start the run: {exc} (or log offline "
+                                   "into RUN/wandb with WANDB_MODE=offline)") from None
 
     @staticmethod
     def _wandb_id(run_dir: Path, resume_step: int) -> str:
