@@ -49,3 +49,57 @@ def test_wandb_that_cannot_start_is_one_line_naming_it(tmp_path, monkeypatch):
     run.mkdir()
     with pytest.raises(MatPlusError, match=r"--report-to wandb: .*No API key configured.*WANDB_MODE=offline"):
         MetricsLog(run, _config(tmp_path, report_to="wandb"), is_main=True, resume_step=0)
+
+
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    """was: a resumed run whose RUN/tensorboard could not be written (a read-only mount, no permission)
+    printed TensorBoard's writer thread's traceback ("Exception in thread Thread-1: ... OSError") beside
+    `error: b'RUN/tensorboard/events.out.tfevents...': Read-only file system` (the path as bytes)."""
+    import errno
+    import io
+    import os
+    import threading
+
+    from train.run_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
+
+    run = tmp_path / "run"
+    folder = run / TENSORBOARD_DIR
+    folder.mkdir(parents=True)
+    (run / METRICS_FILE).write_text('{"step": 1}\n{"step": 2}\n')
+    real_open = io.open
+
+    def read_only(file, mode="r", *args, **kwargs):  # RUN/tensorboard on a read-only file system
+        if any(c in mode for c in "wax+") and Path(os.fsdecode(file)).parent == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
+        return real_open(file, mode, *args, **kwargs)
+
+    class SummaryWriter:
+        """As TensorBoard's: the event file is written by a thread, whose error is raised there (threading's
+        hook prints it) and raised again in the caller (the file named as bytes)."""
+
+        def __init__(self, log_dir, purge_step=None):
+            failed = []
+
+            def write():
+                try:
+                    read_only(os.fsencode(Path(log_dir) / "events.out.tfevents.1.host"), "wb")
+                except OSError as exc:
+                    failed.append(exc)
+                    raise
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join()
+            if failed:
+                raise failed[0]
+
+    monkeypatch.setattr(io, "open", read_only)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    with pytest.raises(OSError) as caught:
+        MetricsLog(run, _config(tmp_path, report_to="tensorboard"), is_main=True, resume_step=1)
+    assert caught.value.filename == str(folder) and caught.value.errno == errno.EROFS
+    assert thread_errors == []  # no traceback of another thread beside the run's one line
+    monkeypatch.setattr(io, "open", real_open)
+    assert (run / METRICS_FILE).read_text() == '{"step": 1}\n{"step": 2}\n'  # nothing changed in RUN

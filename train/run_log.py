@@ -30,6 +30,17 @@ def require_logging_packages(config: TrainConfig) -> None:
             raise MissingDependencyError("--report-to wandb needs the wandb package: pip install wandb") from None
 
 
+def _check_writable(folder: Path) -> None:
+    """Create `folder` and write a file in it, so that a folder that cannot be written is one line naming
+    it: TensorBoard's writer writes from a thread of its own, whose failure printed that thread's traceback
+    beside the run's error line (which named the event file as bytes, `b'RUN/tensorboard/events...'`)."""
+    probe = folder / ".write-check"
+    with naming_write_errors(folder, probe):
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+
+
 def strict_json_record(record: dict) -> dict:
     """`record` with each NaN or infinite number as null, named with its value in "nonfinite"
     ({"loss": "nan"}): Python's json writes a bare NaN, which strict JSON readers (jq, JavaScript,
@@ -55,17 +66,20 @@ class MetricsLog:
         self.last_kept: dict = {}
         if not is_main:
             return
-        kept = self._truncate_after(resume_step)
-        self.last_kept = kept[-1] if kept else {}
         require_logging_packages(config)
         targets = report_targets(config)
+        folder = run_dir / TENSORBOARD_DIR
+        resumed_folder = folder.exists()
+        if "tensorboard" in targets:  # before anything in RUN is changed
+            _check_writable(folder)
+        kept = self._truncate_after(resume_step)
+        self.last_kept = kept[-1] if kept else {}
         if "tensorboard" in targets:
             from torch.utils.tensorboard import SummaryWriter
 
-            folder = run_dir / TENSORBOARD_DIR
             # a resumed run redoes the steps after its checkpoint: TensorBoard drops the killed run's events
             # from `resume_step` on (purge_step), and the kept line of that step is logged again
-            self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if folder.exists() else None)
+            self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
             for record in kept:
                 if record.get("step") == resume_step:
                     for name, value in self._scalars(record).items():
