@@ -103,3 +103,20 @@ def test_a_tensorboard_folder_that_cannot_be_written_is_one_line_naming_it(tmp_p
     assert thread_errors == []  # no traceback of another thread beside the run's one line
     monkeypatch.setattr(io, "open", real_open)
     assert (run / METRICS_FILE).read_text() == '{"step": 1}\n{"step": 2}\n'  # nothing changed in RUN
+
+
+def test_overwrite_removes_the_replaced_runs_wandb_files(tmp_path):
+    """was: --overwrite left RUN/wandb (W&B's files of the replaced run: offline runs, logs), so
+    `wandb sync RUN/wandb/offline-run-*` also uploaded the run that had been replaced."""
+    from train.run_folder import clear_run_outputs
+
+    run = tmp_path / "run"
+    offline = run / "wandb" / "offline-run-20261205_230654-f0d0f8b2c0e84014"
+    offline.mkdir(parents=True)
+    (offline / "run-f0d0f8b2c0e84014.wandb").write_bytes(b":W&B")
+    (run / "wandb" / "latest-run").symlink_to(offline.name)
+    (run / "tensorboard").mkdir()
+    (run / "wandb_run_id.txt").write_text("f0d0f8b2c0e84014\n")
+    (run / "notes.txt").write_text("mine")
+    clear_run_outputs(run)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's own file stays

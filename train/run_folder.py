@@ -10,7 +10,7 @@ from pathlib import Path
 
 from train import checkpoint as ckpt
 from train.config import CONFIG_FILE, ConfigError, TrainConfig, load_saved_config, resume_conflicts
-from train.run_log import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE
+from train.run_log import METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR, WANDB_ID_FILE
 from train.validation import BEST_DIR, BEST_OLD, BEST_PARTIAL, VALIDATION_FILE
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 # what --overwrite may delete in RUN (never anything else the user keeps there)
 RUN_OUTPUTS = (ckpt.CKPT_DIR, ckpt.PARTIAL_DIR, ckpt.OLD_DIR, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, CONFIG_FILE,
-               WANDB_ID_FILE,
+               WANDB_ID_FILE, WANDB_DIR,
                # train.validation's (--val-frequency): the curve, the best weights and a kill's leftovers of them
                VALIDATION_FILE, BEST_DIR, BEST_PARTIAL, BEST_OLD)
 # held (flock) by the one training writing into RUN (`lock_run_folder`); left out of RUN_OUTPUTS so that

@@ -12,6 +12,7 @@ from train.config import TrainConfig, report_targets
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # W&B's own files of the run (`wandb.init(dir=RUN)`): offline runs to sync, logs
 WANDB_ID_FILE = "wandb_run_id.txt"  # the run's W&B id, so a resumed run logs to the same W&B run (no key or token)
 
 
