@@ -120,3 +120,25 @@ def test_overwrite_removes_the_replaced_runs_wandb_files(tmp_path):
     (run / "notes.txt").write_text("mine")
     clear_run_outputs(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's own file stays
+
+
+def test_wandb_config_of_a_resumed_run_is_the_runs_settings(tmp_path, monkeypatch):
+    """was: the resumed run sent `resume: latest` (and a run started with --overwrite `overwrite: true`)
+    to W&B's config, replacing the first start's values: W&B's config of one run changed with each
+    restart, while config.yaml keeps the run's settings with `resume: null`, `overwrite: false`."""
+    import yaml
+
+    from train.config import save_config
+    from train.run_log import MetricsLog
+
+    inits = []
+    _fake_wandb(monkeypatch, lambda **kw: inits.append(kw) or types.SimpleNamespace(finish=lambda: None))
+    run = tmp_path / "run"
+    run.mkdir()
+    first = _config(tmp_path, report_to="wandb", overwrite=True)
+    MetricsLog(run, first, is_main=True, resume_step=0).close()
+    MetricsLog(run, _config(tmp_path, report_to="wandb", resume="latest"), is_main=True, resume_step=1).close()
+    assert inits[0]["id"] == inits[1]["id"] and inits[0]["config"] == inits[1]["config"]
+    save_config(first, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert {k: inits[1]["config"][k] for k in ("resume", "overwrite")} == {k: saved[k] for k in ("resume", "overwrite")}

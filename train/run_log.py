@@ -89,9 +89,11 @@ class MetricsLog:
             import wandb
 
             try:
+                # the run's settings as config.yaml keeps them: how this start was asked for (--resume,
+                # --overwrite) is no setting of the run, and a resumed run's config said resume: latest
+                settings = {**config.to_dict(), "resume": None, "overwrite": False}
                 self.wandb = wandb.init(project=config.wandb_project_name, name=run_dir.name, dir=str(run_dir),
-                                        config=config.to_dict(), id=self._wandb_id(run_dir, resume_step),
-                                        resume="allow")
+                                        config=settings, id=self._wandb_id(run_dir, resume_step), resume="allow")
             except wandb.errors.Error as exc:  # not logged in, no network: wandb's own words, without its traceback
                 raise MatPlusError(f"--report-to wandb: W&B could not start the run: {exc} (or log offline "
                                    "into RUN/wandb with WANDB_MODE=offline)") from None
