@@ -142,3 +142,19 @@ def test_wandb_config_of_a_resumed_run_is_the_runs_settings(tmp_path, monkeypatc
     save_config(first, run)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert {k: inits[1]["config"][k] for k in ("resume", "overwrite")} == {k: saved[k] for k in ("resume", "overwrite")}
+
+
+def test_report_to_all_names_every_missing_logger_package_at_once(tmp_path, monkeypatch):
+    """was: `--report-to all` without either package named tensorboard alone; installed, the next
+    try stopped on wandb."""
+    from augment.errors import MissingDependencyError
+    from train.run_log import require_logging_packages
+
+    for module in ("torch.utils.tensorboard", "wandb"):
+        monkeypatch.setitem(sys.modules, module, None)  # an import of it raises ImportError
+    with pytest.raises(MissingDependencyError) as caught:
+        require_logging_packages(_config(tmp_path, report_to="all"))
+    assert str(caught.value) == ("--report-to tensorboard needs the tensorboard package and --report-to wandb needs "
+                                 "the wandb package: pip install tensorboard wandb (the logging extra)")
+    with pytest.raises(MissingDependencyError, match=r"^--report-to wandb needs the wandb package: pip install wandb "):
+        require_logging_packages(_config(tmp_path, report_to="wandb"))

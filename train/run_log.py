@@ -17,18 +17,20 @@ WANDB_ID_FILE = "wandb_run_id.txt"  # the run's W&B id, so a resumed run logs to
 
 
 def require_logging_packages(config: TrainConfig) -> None:
-    """Fail before training when --report-to names a logger whose package is missing (imported lazily)."""
-    targets = report_targets(config)
-    if "tensorboard" in targets:
+    """Fail before training when --report-to names a logger whose package is missing (imported lazily);
+    every missing one is named at once (`--report-to all` named tensorboard, then, once installed, wandb)."""
+    missing = []
+    for target in sorted(report_targets(config)):
         try:
-            import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+            if target == "tensorboard":
+                import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+            else:
+                import wandb  # noqa: F401
         except ImportError:
-            raise MissingDependencyError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-    if "wandb" in targets:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("--report-to wandb needs the wandb package: pip install wandb") from None
+            missing.append(target)
+    if missing:
+        needs = " and ".join(f"--report-to {name} needs the {name} package" for name in missing)
+        raise MissingDependencyError(f"{needs}: pip install {' '.join(missing)} (the logging extra)")
 
 
 def _check_writable(folder: Path) -> None:
