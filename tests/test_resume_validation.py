@@ -421,3 +421,23 @@ def test_a_resume_on_a_validation_step_keeps_its_line_without_validating_again(t
         measured.append(model.step), {"attacks": {"clean": {"tr@1": scores[model.step], "ir@1": scores[model.step]}}})[1])
     _train(validator, 6, 8)
     assert measured == [6, 8] and (run / "best" / "weights.txt").read_text() == "6"
+
+
+def test_a_resume_with_no_step_left_keeps_the_last_steps_line_without_validating_again(tmp_path, sample_world_dir,
+                                                                                       monkeypatch):
+    """A run killed after its final checkpoint, before summary.json, resumes with no step to train: its
+    validation after the last step was measured again (minutes of attacked evaluation on real models, for
+    the same number), while a resume on any other validation step keeps that step's line."""
+    import train.evaluate
+
+    common = dict(method="clean", seed=1, max_steps=2, val_frequency=1, val_attack="clean", val_limit=4)
+    _run(tmp_path, "run", sample_world_dir, **common)
+    run = tmp_path / "run"
+    lines = (run / "validation.jsonl").read_text()
+    (run / "summary.json").unlink()  # the kill
+    measured = []
+    evaluate = train.evaluate.evaluate
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda *a, **kw: measured.append(1) or evaluate(*a, **kw))
+    summary, _ = _run(tmp_path, "run", sample_world_dir, resume="latest", **common)
+    assert measured == [] and (run / "validation.jsonl").read_text() == lines
+    assert summary["validation"]["last"]["step"] == 2 and (run / "summary.json").is_file()

@@ -564,7 +564,7 @@ class Trainer:
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
             try:
                 with self.matmul_precision():
-                    self.validator.validate(self.total_steps)
+                    self.validator.validate_last(self.total_steps)
             except RuntimeError as exc:  # its evaluation's decoding workers: a dead one is the loop's one line too
                 raise_worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
         elapsed = self.elapsed_before + time.perf_counter() - started

@@ -214,6 +214,21 @@ class Validator:
                 and record.step != self._on_record):
             self.validate(record.step)
 
+    def validate_last(self, step: int) -> dict:
+        """The validation after the last step (`step`: the run's length). A resumed run with no step left
+        (killed after its final checkpoint, before summary.json) keeps that step's line as a resume on
+        any validation step does (it was validated again: minutes of attacked evaluation for the same
+        number), its scalars to the loggers, whose steps from here on were purged."""
+        if not self._started:  # no step was trained: the weights are the final checkpoint's
+            self._drop_from(step + 1)
+            kept = [r for r in self.records() if r["step"] == step]
+            if kept and self._settled(kept[0]):
+                self._started = True
+                if self.report:
+                    self.report(step, self._scalars(kept[0]))
+                return kept[0]
+        return self.validate(step)
+
     def _settled(self, line: dict) -> bool:
         """Whether a kept line of the step a run resumes at needs no validation again: RUN/best holds
         its weights, or an earlier line beats it (a RUN/best of a later step, which the resumed run
