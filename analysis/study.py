@@ -37,6 +37,8 @@ from augment.errors import MatPlusError, first_line
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
+# train: settings that only say where a run's metrics also go: not part of a run's cache key
+LOGGING_SETTINGS = frozenset({"report_to", "wandb_project_name"})
 STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
 
 
@@ -336,8 +338,11 @@ class Study:
         validation = self.config.get("validation")
         # validation also reads the evaluation's attack settings and the headline (Study.validator):
         # left out, a run chose its best/ and drew its curve under settings no longer in force
-        marker = dict(settings, validation=validation, validated_by=self.validation_reads()) if validation \
-            else dict(settings)
+        # where the run's metrics are also sent (TensorBoard, W&B) changes nothing it makes: adding
+        # `report_to: tensorboard` to train: retrained and re-evaluated every finished run from scratch
+        made_by = {key: value for key, value in settings.items() if key not in LOGGING_SETTINGS}
+        marker = dict(made_by, validation=validation, validated_by=self.validation_reads()) if validation \
+            else dict(made_by)
         # what the run reads, by the fingerprints of the stages that made it: the paths above stay the
         # same when the pretrained model, a pool or the fine-tuning set is remade from other settings
         marker.update(pretrained_fingerprint=made(Path(settings["model"]).parent),

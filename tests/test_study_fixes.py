@@ -639,3 +639,13 @@ def test_a_new_task_arm_names_its_own_attacks(monkeypatch):
     _check_task_eval("matching", {**evaluation, "attacks": ["clean", "mine"]})
     with pytest.raises(MatPlusError, match=r"unknown matching attacks \['pgd'\] \(choose from clean, mine\)"):
         _check_task_eval("matching", {**evaluation, "attacks": ["clean", "pgd"]})
+
+
+def test_a_runs_key_leaves_out_where_its_metrics_are_also_logged(tmp_path):
+    """was: adding `report_to: tensorboard` (or a `wandb_project_name`) to a finished study's train:
+    retrained every run from scratch ("redone from scratch (made with other report_to)") and evaluated
+    them all again: the loggers change nothing a run makes, and the trainer resumes across them."""
+    plain = _run_key(tmp_path, {})
+    logged = _run_key(tmp_path, {"train": {"report_to": "tensorboard,wandb", "wandb_project_name": "p"}})
+    assert logged == plain
+    assert _run_key(tmp_path, {"train": {"lr": 5e-5}}) != plain  # a train: setting that changes the run does
