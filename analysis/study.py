@@ -37,8 +37,6 @@ from augment.errors import MatPlusError, first_line
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
-# train: settings that only say where a run's metrics also go: not part of a run's cache key
-LOGGING_SETTINGS = frozenset({"report_to", "wandb_project_name"})
 STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
 
 
@@ -324,6 +322,8 @@ class Study:
     # ------------------------------------------------------------------ 5-6. runs and evaluations
 
     def train(self, spec: RunSpec, seed: int) -> Path:
+        from train.config import OUTPUT_NEUTRAL_SETTINGS
+
         folder = self.out / "runs" / spec.folder_name(seed)
         pools = [str(self.pool(p)) for p in spec.pools]
         # the method's `train:` settings (analysis.config.method_train_settings), then what the study sets
@@ -338,9 +338,10 @@ class Study:
         validation = self.config.get("validation")
         # validation also reads the evaluation's attack settings and the headline (Study.validator):
         # left out, a run chose its best/ and drew its curve under settings no longer in force
-        # where the run's metrics are also sent (TensorBoard, W&B) changes nothing it makes: adding
-        # `report_to: tensorboard` to train: retrained and re-evaluated every finished run from scratch
-        made_by = {key: value for key, value in settings.items() if key not in LOGGING_SETTINGS}
+        # settings that change nothing the run makes (where its metrics also go, its loader workers, how
+        # often it saves): adding `report_to: tensorboard` or `workers: 8` to train: retrained and
+        # re-evaluated every finished run from scratch
+        made_by = {key: value for key, value in settings.items() if key not in OUTPUT_NEUTRAL_SETTINGS}
         marker = dict(made_by, validation=validation, validated_by=self.validation_reads()) if validation \
             else dict(made_by)
         # what the run reads, by the fingerprints of the stages that made it: the paths above stay the

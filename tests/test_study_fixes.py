@@ -648,4 +648,6 @@ def test_a_runs_key_leaves_out_where_its_metrics_are_also_logged(tmp_path):
     plain = _run_key(tmp_path, {})
     logged = _run_key(tmp_path, {"train": {"report_to": "tensorboard,wandb", "wandb_project_name": "p"}})
     assert logged == plain
+    # nor do its loader workers (bit-identical weights) or how often it keeps a checkpoint
+    assert _run_key(tmp_path, {"train": {"workers": 3, "save_every": 7}}) == plain
     assert _run_key(tmp_path, {"train": {"lr": 5e-5}}) != plain  # a train: setting that changes the run does

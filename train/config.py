@@ -184,6 +184,11 @@ RESUMABLE_CHANGES = frozenset({
     "val_frequency", "val_data", "val_image_root", "val_split", "val_attack", "val_limit", "validate", "allow_outside_root", "skip_report",
 })
 
+# settings that change nothing a run makes (its weights, metrics.jsonl, validation): where its metrics
+# also go, its progress bar, the processes decoding its data (bit-identical weights, tests/test_trainer.py)
+# and how often a checkpoint is kept; the study leaves them out of a run's cache key
+OUTPUT_NEUTRAL_SETTINGS = frozenset({"report_to", "wandb_project_name", "progress", "workers", "save_every"})
+
 
 def option_name(name: str) -> str:
     """The command-line option of setting `name` (`max_grad_norm`: --grad-clip-norm)."""
