@@ -158,3 +158,16 @@ def test_report_to_all_names_every_missing_logger_package_at_once(tmp_path, monk
                                  "the wandb package: pip install tensorboard wandb (the logging extra)")
     with pytest.raises(MissingDependencyError, match=r"^--report-to wandb needs the wandb package: pip install wandb "):
         require_logging_packages(_config(tmp_path, report_to="wandb"))
+
+
+@pytest.mark.parametrize("report_to", ["none,tensorboard", "all,none", "tensorboard,all"])
+def test_none_or_all_in_a_list_is_refused_not_half_taken(tmp_path, report_to):
+    """`--report-to none,tensorboard` logged to TensorBoard, `all,none` everywhere: a contradiction,
+    taken silently (audit AA's left finding L6). A list of targets, and repeats, still pass."""
+    from train.config import ConfigError
+
+    alone = "none" if report_to.startswith("none") or report_to.endswith("none") else "all"
+    with pytest.raises(ConfigError, match=rf"--report-to '{report_to}': {alone} stands alone"):
+        _config(tmp_path, report_to=report_to)
+    assert _config(tmp_path, report_to="tensorboard,wandb").report_to == "tensorboard,wandb"
+    assert _config(tmp_path, report_to="none,none").report_to == "none,none"

@@ -479,6 +479,10 @@ def _validate(c: TrainConfig) -> None:
     reports = [r.strip() for r in str(c.report_to).split(",") if r.strip()]
     _check(all(r in REPORT_TO for r in reports),  # "" (open_clip_train's default) = none
            f"unknown --report-to {c.report_to!r}; expected one of {list(REPORT_TO)} or a comma-separated list")
+    alone = [r for r in ("none", "all") if r in reports]
+    # `none,tensorboard` logged to TensorBoard, `all,none` everywhere: a contradiction, taken silently
+    _check(not alone or len(set(reports)) == 1,
+           f"--report-to {c.report_to!r}: {alone[0] if alone else ''} stands alone (not in a list with other targets)")
     _check(c.workers is None or c.workers >= 0, "--workers must be non-negative")
     from augment.source_formats import table_options_problem  # not at the top: `train --help` imports no more than it needs
 
