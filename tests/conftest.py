@@ -169,10 +169,17 @@ def one_torch_thread():
 @contextlib.contextmanager
 def cache_entry(request, name: str):
     """The folder `name` in pytest's cache ("mat-plus"), held under a file lock while the block runs: each
-    pytest-xdist worker runs the session fixtures, and the first builds what the others then find built."""
+    pytest-xdist worker runs the session fixtures, and the first builds what the others then find built.
+    Under `-p no:cacheprovider` (no pytest cache) the folder is in this session's temporary folder instead:
+    built afresh, as in a fresh clone."""
     from filelock import FileLock
 
-    root = Path(request.config.cache.mkdir("mat-plus"))
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        root = Path(cache.mkdir("mat-plus"))
+    else:
+        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "mat-plus-cache"
+        root.mkdir(exist_ok=True)
     with FileLock(str(root / f".{name}.lock")):
         yield root / name
 
