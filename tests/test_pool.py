@@ -110,6 +110,26 @@ def test_the_readers_table_rules_agree_with_the_writers_row_rules():
     assert 0 < sum(flagged) < len(rows)
 
 
+def test_an_empty_shard_passes_the_row_rules(tmp_path):
+    """An empty shard (what `select --allow-empty` writes) reads as columns with no chunks; pyarrow 25, the
+    newest on Python 3.10, segfaulted on indices_nonzero of those (the reader's row rules), killing
+    `train mat+` instead of its "has no rows" line. In a subprocess, so a crash fails only this test."""
+    import subprocess
+
+    code = (
+        "import sys, pyarrow as pa, pyarrow.parquet as pq\n"
+        "from augment.pool import check_shard_rows\n"
+        "from augment.schema import ROW_RULE_COLUMNS\n"
+        "pq.write_table(pa.table({n: pa.array([], pa.string()) for n in ROW_RULE_COLUMNS}), sys.argv[1])\n"
+        "ids = set()\n"
+        "check_shard_rows(pq.ParquetFile(sys.argv[1]), 'empty.parquet', ids)\n"
+        "assert ids == set()\n"
+        "print('checked')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "empty.parquet")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and done.stdout.strip() == "checked", (done.returncode, done.stderr[-2000:])
+
+
 def test_reader_refuses_wrong_schema_and_version(tmp_path):
     write_pool(tmp_path / "p", [_row(0)], {"method": "m"})
     meta_path = tmp_path / "p" / "pool.json"
