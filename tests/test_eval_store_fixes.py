@@ -263,3 +263,26 @@ def test_an_absent_split_of_a_source_without_splits_says_how_to_evaluate_it():
     labelled = datasets.Dataset.from_dict({"image_id": ["a", "b"], "captions": [["x"], ["y"]], "split": ["train", "val"]})
     with pytest.raises(SourceError, match=r"^source has no 'test' rows \(splits present: \['train', 'val'\]\)$"):
         Gallery.from_source(labelled, "test")  # it names its splits: no relabelling offered
+
+
+def test_images_a_resumed_evaluation_kept_leave_the_bars_rate_and_time_left_alone():
+    """A resumed evaluation reads its kept batches back in no time; counting them in the bar's rate made it
+    show thousands of images a second and a time left several times too short (audit AC, ViT-B-16)."""
+    from train.eval_common import advance_resumed, evaluation_bar
+
+    clock = [0.0]
+    bar = evaluation_bar(10, "evaluating", True)
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = 0.0
+    bar.mininterval = 0
+    advance_resumed(bar, 8)  # two kept batches of four
+    clock[0] = 30.0
+    bar.update(1)  # the first image attacked in this run took 30 s
+    assert bar.n == 9
+    assert bar.format_dict["rate"] == pytest.approx(1 / 30)
+    shown = str(bar)  # what the user reads: 30 s an image, one image left
+    assert "9/10" in shown and "30.00s/img" in shown and "<00:30" in shown, shown
+    bar.close()
+    quiet = evaluation_bar(10, "evaluating", False)
+    advance_resumed(quiet, 8)  # --no-progress: nothing to move
+    quiet.close()

@@ -163,6 +163,18 @@ def evaluation_bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=None)
 
 
+def advance_resumed(bar, n: int) -> None:
+    """Move an evaluation bar past `n` images a resumed evaluation kept, without counting them in its rate
+    and time left: read back in no time, they made a plain `update` show thousands of images a second and
+    a remaining time several times too short."""
+    if getattr(bar, "disable", True):
+        return
+    bar.n += n
+    bar.initial += n  # the rate over the whole run counts from `initial`
+    bar.last_print_n = bar.n  # the smoothed rate reads the images since the last print over its time
+    bar.refresh()
+
+
 def to_victim_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
     """The project's transfer hand-over: float pixels, resized (antialiased bicubic, clamped) only when
     the victim's resolution differs."""

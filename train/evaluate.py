@@ -54,7 +54,7 @@ from train.attacks.base import words_changed_of
 from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
-from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, build_attacks,  # noqa: F401
+from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, advance_resumed, build_attacks,  # noqa: F401
                                evaluation_bar, gallery_decoding, gallery_pixels, model_id, plain_attack_options,
                                reseed_attack, resumable_batches, resume_settings, to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
@@ -449,7 +449,7 @@ class _RetrievalRun:
         if finished is not None:  # resumed after this attack's entry was written: nothing to redo
             if name in self.writers:  # opening the kept pool for resuming marked it in progress again
                 self.writers[name].finalize(expected_shards=self.batch_count)
-            bar.update(len(self.gallery))
+            advance_resumed(bar, len(self.gallery))
             return finished
         record = AttackRecord(attack)
         for batch_index, start, text_ids, decoded in resumable_batches(
@@ -458,7 +458,7 @@ class _RetrievalRun:
                 expected = partial(_batch_problem, attack.modality, min(self.batch_size, len(self.gallery) - start),
                                    len(text_ids), clean.image_emb.shape[1], self.caption_checker is not None)
                 record.extend(AttackRecord.from_state(self.store.load_state(name, batch_index, expected)))
-                bar.update(min(self.batch_size, len(self.gallery) - start))
+                advance_resumed(bar, min(self.batch_size, len(self.gallery) - start))
                 continue
             decoded_pixels, rows = decoded
             record.extend(self.attack_batch(name, attack, batch_index, start, text_ids, decoded_pixels, rows))

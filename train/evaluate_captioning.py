@@ -213,7 +213,7 @@ class _CaptioningRun:
     def caption_gallery(self, name: str, record: _Record, bar) -> None:
         """Every batch of attack `name` (clean: none) into `record`, in gallery order: read back where a
         resumed evaluation kept it, else attacked, captioned and kept."""
-        from train.eval_common import resumable_batches
+        from train.eval_common import advance_resumed, resumable_batches
 
         batch_index = -1
         # the clean row captions the victim's pixels; an attack is crafted on the attacker's
@@ -222,7 +222,7 @@ class _CaptioningRun:
                 self.gallery, self.batch_size, self.decoding, view, self.store, self.writers, name):
             if decoded is None:
                 record.extend(self.store.load_state(name, batch_index, _Record.problem))
-                bar.update(min(self.batch_size, len(self.gallery) - start))
+                advance_resumed(bar, min(self.batch_size, len(self.gallery) - start))
                 continue
             pixels, rows = decoded
             part = self.caption_batch(name, record.attack, batch_index, start, text_ids, pixels, rows)

@@ -52,8 +52,8 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import (build_attacks, emptied_in_words, evaluation_bar, plain_attack_options, reseed_attack,
-                               to_victim_resolution)
+from train.eval_common import (advance_resumed, build_attacks, emptied_in_words, evaluation_bar, plain_attack_options,
+                               reseed_attack, to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -385,7 +385,11 @@ class _GroundingRun:
                     self.store.save(name, batch_index, part)
                 state = part.state()
             tally.add(self.batch_ids[batch_index], state)
-            bar.update(self.spans[batch_index][1] - self.spans[batch_index][0])
+            images = self.spans[batch_index][1] - self.spans[batch_index][0]
+            if pixels is None:  # kept by the evaluation this one resumes: not in the bar's rate
+                advance_resumed(bar, images)
+            else:
+                bar.update(images)
         return tally
 
     def attack_batch(self, name: str, attack, views: list[torch.Tensor], batch_index: int) -> _BatchResult:
