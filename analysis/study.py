@@ -577,26 +577,25 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
     (moved or copied since) resumes as it would have there (`relocate_run`).
 
     With a `validator` (train.validation.Validator) the run is validated every K steps and once
-    more after its last step. A run found finished (killed during that last validation, or before
-    the study marked it done) is validated again from its checkpoint's weights."""
+    more after its last step, by the trainer (its scores in the run's loggers too). A run found finished
+    (before the study marked it done) keeps its last line where settled, else its checkpoint's weights are
+    validated again."""
     from train.config import ConfigError, resolve_config
     from train.trainer import Trainer
 
     def run(extra: dict) -> dict:
-        trainer = Trainer(resolve_config({**settings, "out": str(folder), "progress": False, **extra}),
-                          callbacks=[validator] if validator else [])
-        if validator is None:
-            return trainer.run()
-        validator.attach(trainer)
+        # the trainer runs the validator as --val-frequency's: every K steps, then after the final checkpoint
+        # is saved (before summary.json), its scores to the run's loggers
+        trainer = Trainer(resolve_config({**settings, "out": str(folder), "progress": False, **extra}), validator=validator)
         summary = trainer.run()
-        if trainer.finished_summary is None:
-            validator.validate(trainer.total_steps)
-        else:  # nothing trained: the last weights are the checkpoint's (checked whole by the trainer's resume)
+        if validator is not None and trainer.finished_summary is not None:
+            # found finished (a study of an older version was killed in the validation it ran after the trainer's
+            # summary): the last line stands if settled, else the checkpoint's weights are validated again
             from models import load_model
             from train.checkpoint import checkpoint_dir
 
             weights = load_model(str(checkpoint_dir(folder)), device=trainer.accelerator.device)
-            validator.validate(trainer.total_steps, model=weights)
+            validator.validate_last(trainer.total_steps, model=weights)
         return summary
 
     from train.run_folder import RUN_OUTPUTS

@@ -171,3 +171,37 @@ def test_none_or_all_in_a_list_is_refused_not_half_taken(tmp_path, report_to):
         _config(tmp_path, report_to=report_to)
     assert _config(tmp_path, report_to="tensorboard,wandb").report_to == "tensorboard,wandb"
     assert _config(tmp_path, report_to="none,none").report_to == "none,none"
+
+
+def test_a_study_runs_validation_scores_reach_its_loggers(tmp_path, monkeypatch, sample_world_dir):
+    """was: `analysis study` with `validation:` and `train: {report_to: tensorboard}` logged the training
+    losses to TensorBoard but never its validation scores (the study's validator had no logger; only
+    --val-frequency's reached them), and its last validation ran after the trainer had closed them."""
+    from analysis.study import train_resumable
+    from augment.sources import load_source
+    from train.validation import ValidationSettings, Validator
+
+    logged, closed = [], []
+
+    class SummaryWriter:  # records what TensorBoard would be given, and refuses anything after close
+        def __init__(self, log_dir, purge_step=None):
+            pass
+
+        def add_scalar(self, name, value, step):
+            assert not closed, f"{name} at step {step} after close"
+            logged.append((name, step))
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    source, _ = load_source(str(sample_world_dir))
+    folder = tmp_path / "run"
+    validator = Validator(folder, source, ValidationSettings(every=1, attack="clean", limit=4, batch_size=4,
+                                                             captions_per_image=1, captions="all"))
+    summary = train_resumable(folder, dict(method="clean", model="tiny-clip", train_data=str(sample_world_dir),
+                                           max_steps=2, batch_size=8, workers=0, seed=1, report_to="tensorboard"),
+                              validator, log=lambda _: None)
+    assert sorted({step for name, step in logged if name == "val/robust_r1"}) == [0, 1, 2]
+    assert [line["step"] for line in validator.records()] == [0, 1, 2]
+    assert summary["validation"]["last"]["step"] == 2  # the run's summary has its validation too

@@ -310,6 +310,19 @@ def test_a_worker_dying_in_the_final_validation_is_one_line(tmp_path, sample_wor
                       "--val-attack", "clean")
     last = err.strip().splitlines()[-1]  # after step 0's validation line
     assert code == 2 and last.startswith("error: a data-loading worker process died") and "--resume latest" in last, err
+    # the final checkpoint was saved before that validation: --resume latest redoes the validation alone
+    # (it retrained the steps after the last --save-every checkpoint)
+    from train.checkpoint import checkpoint_dir, read_state
+
+    assert read_state(checkpoint_dir(tmp_path / "run"))["step"] == 1
+    monkeypatch.setattr(Validator, "validate", original)
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--out", tmp_path / "run", "--max-steps", "1",
+                      "--batch-size", "8", "--no-progress", "--workers", "0", "--val-frequency", "1", "--val-limit", "2",
+                      "--val-attack", "clean", "--resume", "latest")
+    assert code == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
 def test_grounding_training_refuses_a_sample_world_without_expressions(tmp_path, capsys):

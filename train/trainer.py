@@ -134,9 +134,15 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     """One training run; `run()` returns the summary dict (also written to RUN/summary.json)."""
 
-    def __init__(self, config: TrainConfig, callbacks: Iterable[Callable[[StepRecord], None]] = ()):
+    def __init__(self, config: TrainConfig, callbacks: Iterable[Callable[[StepRecord], None]] = (),
+                 validator=None):
+        """`validator`: a `train.validation.Validator` made by the caller (the study's), run as --val-frequency's
+        is: every K steps, after the last one, its scores to this run's loggers and summary."""
+        if validator is not None and config.val_frequency:
+            raise ValueError("a run is validated either by --val-frequency or by a given validator, not both")
         self.cfg = config
         self.callbacks = list(callbacks)
+        self.given_validator = validator
         self.run_dir = Path(config.out)
         self.step_data_seconds = 0.0  # of the latest optimizer step: waiting for its batches
 
@@ -157,7 +163,13 @@ class Trainer:
         # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
         # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
         self.validation_record: dict | None = None  # what the validation lines are measured under
-        self.validator = self._make_validator() if cfg.val_frequency else None
+        if self.given_validator is not None:
+            self.validation_record = self.given_validator.settings_record()
+            self.validator = self.given_validator.attach(self) if self.is_main else None
+            if self.validator is not None and self.validator not in self.callbacks:
+                self.callbacks.append(self.validator)
+        else:
+            self.validator = self._make_validator() if cfg.val_frequency else None
 
         _seed_everything(cfg.seed)
         model, frozen = self._build_task_and_model()
@@ -561,6 +573,9 @@ class Trainer:
         finally:
             bar.close()
             self.stop_loader()
+        # the final checkpoint before the last validation: a kill during that evaluation (minutes under an attack
+        # at scale) resumes with no step left to train, the validation alone redone (`Validator.validate_last`)
+        self._save(self.total_steps, self.elapsed_before + time.perf_counter() - started)
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
             try:
                 with self.matmul_precision():
@@ -568,7 +583,6 @@ class Trainer:
             except RuntimeError as exc:  # its evaluation's decoding workers: a dead one is the loop's one line too
                 raise_worker_death(exc, AFTER_WORKER_DEATH, cfg.workers)
         elapsed = self.elapsed_before + time.perf_counter() - started
-        self._save(self.total_steps, elapsed)
         summary = self._summary(last or self.metrics.last_kept, elapsed)
         self.metrics.close()
         if self.is_main:

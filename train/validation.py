@@ -1,13 +1,14 @@
 """Validation during training: a robust score on a held-out split every K steps, and the best checkpoint.
 
-A `Validator` is a trainer callback (`Trainer(config, callbacks=[validator])`, then
-`validator.attach(trainer)`): at the first micro step of every K-th optimizer step it evaluates a
+A `Validator` is a trainer callback (`Trainer(config, validator=validator)`, or the trainer's own under
+--val-frequency): at the first micro step of every K-th optimizer step it evaluates a
 copy of the model as it stands after that many steps (before the step's update) under one attack
 with the task's evaluation (`METRICS`: retrieval's R@1 by `train.evaluate.evaluate`, captioning's
 CIDEr by `train.evaluate_captioning.evaluate_captioning`, grounding's accuracy by
 `train.evaluate_grounding.evaluate_grounding`), appends a line to `RUN/validation.jsonl` and, when
 the score is the best so far, writes the weights to `RUN/best/` (the checkpoint layout, loadable
-like `RUN/ckpt/`). Call `validate(step)` once more after the run for the last weights.
+like `RUN/ckpt/`). The trainer validates once more after the last step (`validate_last`), once the final
+checkpoint is saved; its scores reach the run's loggers (--report-to) under `val/`.
 
 The copy is evaluated in eval mode without touching the trained model's weights, gradients or
 RNG streams that matter (the trainer reseeds every micro step), so a run with validation trains
@@ -153,6 +154,9 @@ class Validator:
         self.checker = caption_checker
         self.log = log
         self.report = report  # (step, {name: value}) to the run's loggers (--report-to)
+        # none given (a study's validator, made before its trainer): the attached trainer's loggers, as
+        # --val-frequency's validation reaches them (the study's scores never reached TensorBoard / W&B)
+        self._reports_to_trainer = report is None
         # a bar under the training bar while a validation runs (cleared after: `eval_common.evaluation_bar`);
         # an attack on a few hundred real-size images takes minutes, which the training bar sat through
         self.progress = progress
@@ -173,7 +177,14 @@ class Validator:
 
     def attach(self, trainer) -> "Validator":
         self.trainer = trainer
+        if self._reports_to_trainer:
+            self.report = self._to_trainer_loggers
         return self
+
+    def _to_trainer_loggers(self, step: int, scalars: dict) -> None:
+        metrics = getattr(self.trainer, "metrics", None)  # none in a run found finished (`Trainer.setup` stops first)
+        if metrics is not None:
+            metrics.report(step, scalars)
 
     def records(self) -> list[dict]:
         return read_jsonl(self.path)
@@ -214,11 +225,12 @@ class Validator:
                 and record.step != self._on_record):
             self.validate(record.step)
 
-    def validate_last(self, step: int) -> dict:
+    def validate_last(self, step: int, model=None) -> dict:
         """The validation after the last step (`step`: the run's length). A resumed run with no step left
         (killed after its final checkpoint, before summary.json) keeps that step's line as a resume on
         any validation step does (it was validated again: minutes of attacked evaluation for the same
-        number), its scalars to the loggers, whose steps from here on were purged."""
+        number), its scalars to the loggers, whose steps from here on were purged. `model`: the weights to
+        validate where the trainer has none (a run found finished), else the trainer's."""
         if not self._started:  # no step was trained: the weights are the final checkpoint's
             self._drop_from(step + 1)
             kept = [r for r in self.records() if r["step"] == step]
@@ -227,7 +239,7 @@ class Validator:
                 if self.report:
                     self.report(step, self._scalars(kept[0]))
                 return kept[0]
-        return self.validate(step)
+        return self.validate(step, model)
 
     def _settled(self, line: dict) -> bool:
         """Whether a kept line of the step a run resumes at needs no validation again: RUN/best holds
