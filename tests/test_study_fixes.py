@@ -311,7 +311,7 @@ def test_a_run_without_its_started_record_is_trained_from_scratch(tmp_path, monk
     modes = []
 
     class Recorder:
-        def __init__(self, config, callbacks=()):
+        def __init__(self, config, callbacks=(), validator=None):
             modes.append({key: config.get(key) for key in ("resume", "overwrite")})
 
         def run(self):
