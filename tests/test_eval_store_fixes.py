@@ -286,3 +286,20 @@ def test_images_a_resumed_evaluation_kept_leave_the_bars_rate_and_time_left_alon
     quiet = evaluation_bar(10, "evaluating", False)
     advance_resumed(quiet, 8)  # --no-progress: nothing to move
     quiet.close()
+
+
+def test_each_attack_has_a_bar_of_its_own(sample_world_dir, capsys):
+    """was: one bar over images x attacks ("evaluating", the attack as a postfix): its rate averaged clean-fast
+    and SGA-slow attacks, so while SGA began its time left was several times too short (audit AB)."""
+    import re
+
+    from augment.sources import load_source
+    from models import load_model
+    from train.evaluate import evaluate
+
+    source, _ = load_source(str(sample_world_dir))
+    evaluate(load_model("tiny-clip"), source, split="test", attacks=["pgd", "bert-attack"], batch_size=4,
+             captions_per_image=1, limit=4, attack_options={"steps": 1, "candidates": "wordnet"}, seed=0, progress=True)
+    shown = capsys.readouterr().err
+    for name, number in (("pgd", 1), ("bert-attack", 2)):  # each over the 4 images, not 8 for both
+        assert re.search(rf"evaluating {name} \({number}/2\): +100%.* 4/4 ", shown), shown[-800:]

@@ -100,7 +100,7 @@ def test_in_training_validation_shows_its_own_bar_under_the_training_bar(tmp_pat
     validation = dict(method="clean", val_frequency=1, val_limit=4, val_attack="pgd", pgd_steps=1, schedule_steps=2)
     _run(tmp_path, "valbar", sample_world_dir, progress=True, **validation)
     shown = capsys.readouterr().err
-    assert re.search(r"evaluating: +100%.* 4/4 ", shown), shown[-600:]  # 4 images x the attack (clean is apart)
+    assert re.search(r"evaluating pgd: +100%.* 4/4 ", shown), shown[-600:]  # 4 images, the attack's bar (clean is apart)
     assert re.search(r"step +[0-9]+: val robust", shown), shown[-600:]
     _run(tmp_path, "quiet", sample_world_dir, progress=False, **validation)
     assert "evaluating" not in capsys.readouterr().err

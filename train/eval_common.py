@@ -163,6 +163,20 @@ def evaluation_bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=None)
 
 
+def attack_bars(attacks: dict, images: int, desc: str, progress: bool):
+    """(name, attack, bar) for each of `attacks` in turn: a bar of its own over the `images` it evaluates
+    (`evaluating sga (3/6)`), closed before the next. One bar over images x attacks averaged its rate over
+    attacks of very different costs (clean in seconds, SGA in hours at scale): its time left was several
+    times too short while a slow attack began."""
+    for number, (name, attack) in enumerate(attacks.items(), 1):
+        label = f"{desc} {name}" + (f" ({number}/{len(attacks)})" if len(attacks) > 1 else "")
+        bar = evaluation_bar(images, label, progress)
+        try:
+            yield name, attack, bar
+        finally:
+            bar.close()
+
+
 def advance_resumed(bar, n: int) -> None:
     """Move an evaluation bar past `n` images a resumed evaluation kept, without counting them in its rate
     and time left: read back in no time, they made a plain `update` show thousands of images a second and

@@ -55,7 +55,7 @@ from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
 from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, advance_resumed, build_attacks,  # noqa: F401
-                               evaluation_bar, gallery_decoding, gallery_pixels, model_id, plain_attack_options,
+                               attack_bars, gallery_decoding, gallery_pixels, model_id, plain_attack_options,
                                reseed_attack, resumable_batches, resume_settings, to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem
@@ -326,11 +326,8 @@ def evaluate(
         results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
                                              **attack_success_rates(clean.hits, clean.hits), "params": {}}}
 
-        bar = evaluation_bar(len(gallery) * len(built), "evaluating", progress)
-        for name, attack in built.items():
-            bar.set_postfix_str(name)
+        for name, attack, bar in attack_bars(built, len(gallery), "evaluating", progress):
             results[name] = run.attack_gallery(name, attack, clean, bar)
-        bar.close()
         if run.scratch is not None:
             run.scratch.cleanup()
         return run.report(results, ["clean"] + list(built), settings, options)

@@ -139,7 +139,7 @@ def evaluate_captioning(
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
-    from train.eval_common import (Gallery, adversarial_pool_writers, evaluation_bar, gallery_decoding,
+    from train.eval_common import (Gallery, adversarial_pool_writers, attack_bars, gallery_decoding,
                                    plain_attack_options, resume_settings)
     from train.eval_store import BatchStore
 
@@ -163,12 +163,9 @@ def evaluate_captioning(
                                            row_modality=lambda attack: "image")
     records: dict[str, _Record] = {"clean": _Record(None), **{name: _Record(a) for name, a in built.items()}}
 
-    bar = evaluation_bar(len(gallery) * len(records), "evaluating captions", progress)
     with decoding:
-        for name, record in records.items():
-            bar.set_postfix_str(name)
+        for name, record, bar in attack_bars(records, len(gallery), "evaluating captions", progress):
             run.caption_gallery(name, record, bar)
-    bar.close()
     return run.report(records, settings, meteor, java)
 
 

@@ -52,7 +52,7 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import (advance_resumed, build_attacks, emptied_in_words, evaluation_bar, plain_attack_options,
+from train.eval_common import (advance_resumed, build_attacks, emptied_in_words, attack_bars, plain_attack_options,
                                reseed_attack, to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
@@ -243,18 +243,15 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
         run.store = run.batch_store(progress_dir, report, built)
 
     clean_hits: list[bool] | None = None
-    bar = evaluation_bar(len(data.images) * len(built), "evaluating grounding", progress)
     # captions cleaned once, as the reference reads them; the decoding workers end with the evaluation
     with captions_read_as_given(caption_preprocess, model, attacker), run.decoding:
-        for name, attack in built.items():
-            bar.set_postfix_str(name)
+        for name, attack, bar in attack_bars(built, len(data.images), "evaluating grounding", progress):
             tally = run.tally(name, attack, bar)
             if name == "clean":  # first: every attack's asr is against it
                 clean_hits = tally.hits
             # no line per attack (stdout, under the bar): the report says it, as retrieval's and captioning's
             # evaluations do; in-training validation printed them beside its own one line
             report["attacks"][name] = run.report_entry(name, attack, tally, clean_hits)
-    bar.close()
     return report
 
 
