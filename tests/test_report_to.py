@@ -205,3 +205,66 @@ def test_a_study_runs_validation_scores_reach_its_loggers(tmp_path, monkeypatch,
     assert sorted({step for name, step in logged if name == "val/robust_r1"}) == [0, 1, 2]
     assert [line["step"] for line in validator.records()] == [0, 1, 2]
     assert summary["validation"]["last"]["step"] == 2  # the run's summary has its validation too
+
+
+def test_a_tensorboard_write_failing_mid_run_is_one_line_naming_the_event_file(tmp_path, monkeypatch):
+    """was: a disk filling during a run made TensorBoard's writer thread print its traceback ("Exception in
+    thread ...") beside the run, then the next write raised the error naming the event file as bytes."""
+    import errno
+    import os
+    import threading
+
+    from train.run_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
+
+    run = tmp_path / "run"
+    event_file = run / TENSORBOARD_DIR / "events.out.tfevents.1.host"
+
+    class _AsyncWriterThread(threading.Thread):  # TensorBoard's writer thread, by name
+        pass
+
+    class SummaryWriter:
+        """As TensorBoard's: events are written by a thread, whose OSError is raised there (threading's hook
+        prints it) and again in the caller at the next write (the file named as bytes)."""
+
+        def __init__(self, log_dir, purge_step=None):
+            self.failed, self.calls = [], 0
+
+        def add_scalar(self, name, value, step):
+            if self.failed:
+                raise self.failed[0]
+            self.calls += 1
+            if self.calls == 1:  # the disk fills: the thread's write fails (the caller goes on)
+                def write():
+                    self.failed.append(OSError(errno.ENOSPC, "No space left on device", os.fsencode(event_file)))
+                    raise self.failed[0]
+
+                thread = _AsyncWriterThread(target=write)
+                thread.start()
+                thread.join()
+
+        def close(self):
+            if self.failed:
+                raise self.failed[0]
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)
+    log = MetricsLog(run, _config(tmp_path, report_to="tensorboard"), is_main=True, resume_step=0)
+    log.write({"step": 1, "loss": 1.0})
+    with pytest.raises(OSError) as caught:
+        log.write({"step": 2, "loss": 0.5})
+    assert caught.value.filename == str(event_file) and caught.value.errno == errno.ENOSPC
+    assert printed == []  # no traceback of TensorBoard's thread beside the run's one line
+    assert (run / METRICS_FILE).read_text().count("\n") == 2  # metrics.jsonl keeps both steps
+    with pytest.raises(OSError, match="No space left") as caught:
+        log.close()
+    assert caught.value.filename == str(event_file)
+    assert threading.excepthook == printed.append  # the run's hook removed with its logger
+
+    def other():
+        raise OSError("not TensorBoard's")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert len(printed) == 1  # another thread's error is still shown

@@ -2,8 +2,11 @@
 asks for them (their packages imported only then, and checked before training starts)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import threading
 from pathlib import Path
 
 from augment.atomic import atomic_write_text, naming_write_errors
@@ -44,6 +47,35 @@ def _check_writable(folder: Path) -> None:
         probe.unlink()
 
 
+@contextlib.contextmanager
+def _naming_event_files(folder: Path):
+    """Within: TensorBoard's write errors as one line naming the event file. Its writer thread meets a full
+    disk first (its traceback was printed beside the run), and the error comes back in the run's thread at
+    the next write or close, naming the file as bytes (`b'RUN/tensorboard/events...'`)."""
+    try:
+        yield
+    except OSError as exc:
+        named = os.fsdecode(exc.filename) if exc.filename is not None else str(folder)
+        raise OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, named) from None
+
+
+class _QuietWriterThreads:
+    """threading.excepthook while TensorBoard logs: its writer thread's OSError is not printed as a traceback
+    there (`_naming_event_files` raises it again in the run's thread, in one line); anything else is."""
+
+    def __init__(self):
+        self.previous = threading.excepthook
+
+    def __call__(self, args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        self.previous(args)
+
+    def restore(self) -> None:
+        if threading.excepthook is self:
+            threading.excepthook = self.previous
+
+
 def strict_json_record(record: dict) -> dict:
     """`record` with each NaN or infinite number as null, named with its value in "nonfinite"
     ({"loss": "nan"}): Python's json writes a bare NaN, which strict JSON readers (jq, JavaScript,
@@ -64,6 +96,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         self.is_main = is_main
         self.tensorboard = self.wandb = None
+        self._quiet_threads: _QuietWriterThreads | None = None
         # the last line kept from before a resume: a run killed after its final checkpoint but before
         # summary.json resumes with no step left to run, and its summary's losses are this line's
         self.last_kept: dict = {}
@@ -82,11 +115,18 @@ class MetricsLog:
 
             # a resumed run redoes the steps after its checkpoint: TensorBoard drops the killed run's events
             # from `resume_step` on (purge_step), and the kept line of that step is logged again
-            self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
+            self._quiet_threads = _QuietWriterThreads()
+            threading.excepthook = self._quiet_threads
+            self.tensorboard_folder = folder
+            try:
+                with _naming_event_files(folder):
+                    self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
+            except BaseException:
+                self._quiet_threads.restore()
+                raise
             for record in kept:
-                if record.get("step") == resume_step:
-                    for name, value in self._scalars(record).items():
-                        self.tensorboard.add_scalar(name, value, resume_step)
+                if record.get("step") == resume_step:  # (to TensorBoard alone: W&B, started below, keeps its steps)
+                    self._to_loggers(resume_step, self._scalars(record))
         if "wandb" in targets:
             import wandb
 
@@ -144,13 +184,18 @@ class MetricsLog:
 
     def _to_loggers(self, step: int, scalars: dict[str, float]) -> None:
         if self.tensorboard is not None:
-            for name, value in scalars.items():
-                self.tensorboard.add_scalar(name, value, step)
+            with _naming_event_files(self.tensorboard_folder):
+                for name, value in scalars.items():
+                    self.tensorboard.add_scalar(name, value, step)
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            try:
+                with _naming_event_files(self.tensorboard_folder):
+                    self.tensorboard.close()
+            finally:
+                self._quiet_threads.restore()
         if self.wandb is not None:
             self.wandb.finish()
