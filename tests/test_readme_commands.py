@@ -106,3 +106,19 @@ def test_a_wrong_flag_is_caught(parsers, capsys):
     with pytest.raises((MatPlusError, ValueError)):
         config_from_args(args)
 
+
+
+def test_the_contents_list_every_section_in_order():
+    """The README's Contents links each `## ` section by GitHub's anchor: a section added, renamed or
+    moved without it fails here."""
+    import re
+
+    text = README.read_text(encoding="utf-8")
+    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    contents = text.split("**Contents**", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^- \[(.+)\]\(#([\w-]+)\)$", contents, flags=re.M)
+
+    def anchor(heading: str) -> str:  # GitHub's: lower case, punctuation dropped, spaces to hyphens
+        return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+    assert listed == [(heading.replace("`", ""), anchor(heading)) for heading in sections]
