@@ -570,3 +570,20 @@ def test_a_ready_made_attack_name_that_cannot_key_its_row_is_refused(trained_bun
     attack.name = name
     with pytest.raises(ValueError, match=message):
         evaluate(trained_bundle, world, split="test", attacks=[attack], limit=1, progress=False)
+
+
+def test_the_gallery_is_ranked_in_fp32_under_a_cpus_half_precision_autocast():
+    """`--precision amp_bf16` (or amp) on a CPU: the similarity matrix was computed under the run's autocast, in bf16,
+    whose spacing near 0.3 is 2^-9; two captions 5e-4 apart tied, and ties count as misses (audit AD)."""
+    from models.half_precision import autocast
+    from train.evaluate import Ranker
+
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[0.3010, 0.1], [0.3005, 0.9]])  # image 0's own caption leads image 1's by 5e-4
+    ranker = Ranker(object(), rerank_k=0, image_of_text=torch.tensor([0, 1]), batch_size=2)
+    fp32 = ranker.hits(images, texts, None, None)
+    assert fp32["tr@1"].tolist() == [True, True]
+    for precision in ("amp_bf16", "amp_fp16"):
+        with autocast("cpu", precision):
+            hits = ranker.hits(images, texts, None, None)
+        assert {name: hit.tolist() for name, hit in hits.items()} == {name: hit.tolist() for name, hit in fp32.items()}

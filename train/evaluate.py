@@ -202,7 +202,10 @@ class Ranker:
     def hits(self, image_emb: torch.Tensor, text_emb: torch.Tensor, pixel_batches: "PixelBatches | None",
              texts: Sequence[str] | None) -> dict[str, torch.Tensor]:
         """Hits of the gallery's queries; re-ranking reads the images from `pixel_batches()`."""
-        sims = image_emb @ text_emb.T
+        # in fp32 whatever `--precision`: under a CPU's autocast `@` ran in bf16/fp16 (the embeddings' own device), its
+        # similarities rounded to 2^-9 near 0.3, so near neighbours tied and ties count as misses
+        with torch.autocast(image_emb.device.type, enabled=False):
+            sims = image_emb.float() @ text_emb.float().T
         if not self.rerank_k:
             return retrieval_hits(sims, self.image_of_text)
         from tasks.retrieval import rerank_scores
