@@ -587,3 +587,17 @@ def test_the_gallery_is_ranked_in_fp32_under_a_cpus_half_precision_autocast():
         with autocast("cpu", precision):
             hits = ranker.hits(images, texts, None, None)
         assert {name: hit.tolist() for name, hit in hits.items()} == {name: hit.tolist() for name, hit in fp32.items()}
+
+
+@pytest.mark.parametrize("embedding, reading", [("multimodal", "every state, the caption padded to 30 tokens"),
+                                                ("multimodal-cls", "its [CLS] state")])
+def test_settings_line_says_which_fused_reading_was_attacked(embedding, reading):
+    """eval.md said `multimodal-cls` attacked "the fusion encoder's output of each pair", as for `multimodal`, where
+    that reading attacks only its [CLS] state (audit AD)."""
+    from train.eval_report import settings_markdown
+
+    report = {"settings": {"precision": "fp32", "seed": 0, "attack_options": {"protocol": "co-attack",
+                                                                             "attacked_embedding": embedding}},
+              "attacks": {"clean": {"params": {}}}}
+    assert (f"attacked embedding `{embedding}` (the fusion encoder's output of each pair: {reading})"
+            in settings_markdown(report)[1])

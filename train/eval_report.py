@@ -46,7 +46,10 @@ def settings_markdown(report: dict) -> list[str]:
         said.append(f"attack protocol `{protocol}`"
                     + (" with the reference code's bugs (`--reference-bugs`)" if options.get("reference_bugs") else ""))
     if options.get("attacked_embedding", "unimodal") != "unimodal":
-        said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair)")
+        reading = ("its [CLS] state" if options["attacked_embedding"] == "multimodal-cls"
+                   else "every state, the caption padded to 30 tokens")
+        said.append(f"attacked embedding `{options['attacked_embedding']}` (the fusion encoder's output of each pair: "
+                    f"{reading})")
     if settings.get("transfer_hand_over") == "sga-scripts":
         said.append(f"adversarial images handed to the victim as the SGA transfer scripts do "
                     f"({_sga_scripts_hand_over_words(report.get('victim', {}).get('family'))}; Protocols item 13)")
