@@ -37,6 +37,7 @@ from augment import tiny
 from augment.errors import ModelLoadError
 from models import transformers_io as tio
 from models.base import TextTokens, VisionLanguageModel
+from models.half_precision import score_head
 
 ARCHITECTURE = "BlipForImageTextRetrieval"
 HUB_IDS = (
@@ -139,7 +140,8 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         return ids
 
     def itm_pair_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
-        """[N, 2] the ITM head's (no match, match) logits of row-aligned pairs."""
+        """[N, 2] the ITM head's (no match, match) logits of row-aligned pairs, in float32 under autocast too
+        (`score_head`)."""
         if image_features.shape[0] != len(tokens):
             raise ValueError(f"ITM takes row-aligned pairs: {image_features.shape[0]} images, "
                              f"{len(tokens)} captions")
@@ -147,7 +149,7 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
         ids = TextTokens(self.itm_input_ids(tokens.input_ids), tokens.attention_mask)
         image_mask = torch.ones(image_features.shape[:-1], dtype=torch.long, device=image_features.device)
         states = self._text_states(ids, encoder_hidden_states=image_features, encoder_attention_mask=image_mask)
-        return self.model.itm_head(states[:, 0, :])
+        return score_head(self.model.itm_head, states[:, 0, :])
 
     def itm_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         logits = self.itm_pair_logits(image_features, tokens)

@@ -32,7 +32,7 @@ from augment.words import pre_caption
 from models.albef.config import grounding_layer
 from models.albef.text import tokenize_without_sep
 from models.base import EncoderOutput, TextTokens, VisionLanguageModel
-from models.half_precision import input_gradient
+from models.half_precision import input_gradient, score_head
 
 CONFIG_NAME = "albef_config.json"
 WEIGHTS_NAME = "albef_model.safetensors"
@@ -297,8 +297,8 @@ class AlbefModel(VisionLanguageModel):
         return self.fusion_states(image_features, tokens)[:, 0, :]
 
     def itm_pair_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
-        """[N, 2] ITM head logits (no match, match)."""
-        return self.itm_head(self.fusion_embedding(image_features, tokens))
+        """[N, 2] ITM head logits (no match, match), in float32 under autocast too (`score_head`)."""
+        return score_head(self.itm_head, self.fusion_embedding(image_features, tokens))
 
     def itm_logits(self, image_features: torch.Tensor, tokens: TextTokens) -> torch.Tensor:
         logits = self.itm_pair_logits(image_features, tokens)
