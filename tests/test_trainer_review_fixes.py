@@ -468,3 +468,20 @@ def test_mlm_is_read_by_an_mlm_validation_attack_whatever_the_text_candidates():
         config = resolve_config({**base, **extra, "method": method, "val_frequency": 1, "val_attack": "sga"})
         assert config.mlm == default_mlm("tiny-clip") and "mlm" in config.derived_settings  # recorded as derived
     assert resolve_config({**base, "method": "clean", "text_candidates": "mlm"}).mlm is None  # nothing reads one
+
+
+def test_a_process_other_than_the_main_one_resumes_a_validated_run(tmp_path):
+    """was: under torchrun every resume of a run with --val-frequency (or a study's validator) stopped: the processes
+    other than the main one validate nothing (their `validator` is None), so they took the resume for one without
+    validation and refused it ("... was validated ... but this resume has no --val-frequency"), exit status 2."""
+    from train.config import ConfigError
+    from train.trainer import Trainer
+
+    (tmp_path / "validation.jsonl").write_text(json.dumps({"step": 0, "robust": 1.0, "attack": "clean"}) + "\n")
+    rank_1 = Trainer.__new__(Trainer)  # as `setup` leaves a process other than the main one, at the resume check
+    rank_1.run_dir, rank_1.total_steps, rank_1.callbacks, rank_1.validator = tmp_path, 4, [], None
+    rank_1.validation_record = {"attack": "clean"}  # this run validates (on the main process)
+    rank_1._check_validation_resume(2)
+    rank_1.validation_record = None  # a resume without validation is still refused, on every process
+    with pytest.raises(ConfigError, match="no --val-frequency"):
+        rank_1._check_validation_resume(2)

@@ -350,7 +350,9 @@ class Trainer:
         checking = [c for c in self.callbacks if hasattr(c, "check_resume") and c is not self.validator]
         for callback in checking:
             callback.check_resume(step)
-        if self.validator is None and not checking and step < self.total_steps:  # (a finished run trains nothing)
+        # (a finished run trains nothing; a process other than the main one validates nothing, but checks the
+        # validation settings above: it refused every resume of a validated run under torchrun)
+        if self.validation_record is None and not checking and step < self.total_steps:
             check_resume_keeps_validating(self.run_dir, step)
 
     def _check_resumable(self, state: dict) -> None:
