@@ -268,3 +268,56 @@ def test_a_tensorboard_write_failing_mid_run_is_one_line_naming_the_event_file(t
     thread.start()
     thread.join()
     assert len(printed) == 1  # another thread's error is still shown
+
+
+class _ClosingWriter:
+    """A stand-in TensorBoard writer that counts its closes."""
+
+    closed = 0
+
+    def __init__(self, log_dir, purge_step=None):
+        pass
+
+    def add_scalar(self, name, value, step):
+        pass
+
+    def close(self):
+        _ClosingWriter.closed += 1
+
+
+def test_the_writer_thread_hook_is_taken_out_however_tensorboard_loggers_end(tmp_path, monkeypatch):
+    """was: the hook hiding TensorBoard's writer thread errors stayed in the process for good after a run that
+    failed (only a finished run closed its logger), after a logger whose W&B could not start, and after two
+    loggers closed in the order they were opened (each put back the hook it found: the first's)."""
+    import threading
+
+    from train.run_log import MetricsLog
+    from train.trainer import Trainer
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_ClosingWriter))
+    monkeypatch.setattr(_ClosingWriter, "closed", 0)
+    monkeypatch.setattr(threading, "excepthook", own := lambda args: None)
+    first = MetricsLog(tmp_path / "a", _config(tmp_path, report_to="tensorboard"), is_main=True, resume_step=0)
+    second = MetricsLog(tmp_path / "b", _config(tmp_path, report_to="tensorboard"), is_main=True, resume_step=0)
+    assert threading.excepthook is not own
+    first.close()
+    second.close()
+    assert threading.excepthook is own
+
+    def init(**kw):
+        raise module.errors.UsageError("No API key configured.")
+
+    module = _fake_wandb(monkeypatch, init)
+    with pytest.raises(MatPlusError):
+        MetricsLog(tmp_path / "c", _config(tmp_path, report_to="tensorboard,wandb"), is_main=True, resume_step=0)
+    assert threading.excepthook is own and _ClosingWriter.closed == 3
+
+    def interrupted(self):  # a run stopped by Ctrl-C (or failing) after its loggers started
+        self.metrics = MetricsLog(tmp_path / "d", _config(tmp_path, report_to="tensorboard"), is_main=True,
+                                  resume_step=0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(tmp_path)).run()
+    assert threading.excepthook is own and _ClosingWriter.closed == 4  # the failed run's events flushed too

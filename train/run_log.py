@@ -61,19 +61,34 @@ def _naming_event_files(folder: Path):
 
 class _QuietWriterThreads:
     """threading.excepthook while TensorBoard logs: its writer thread's OSError is not printed as a traceback
-    there (`_naming_event_files` raises it again in the run's thread, in one line); anything else is."""
+    there (`_naming_event_files` raises it again in the run's thread, in one line); anything else is. One hook
+    for every open TensorBoard logger of the process: put in by the first opened, taken out by the last closed,
+    in whatever order they close (each took out its own before: two closed in their opening order left the
+    first's in place for good), and left alone when something else has replaced it since."""
 
-    def __init__(self):
-        self.previous = threading.excepthook
+    _lock = threading.Lock()
+    _holders = 0
+    _previous = None
 
-    def __call__(self, args) -> None:
+    @staticmethod
+    def _hook(args) -> None:
         if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
             return
-        self.previous(args)
+        (_QuietWriterThreads._previous or threading.__excepthook__)(args)
 
-    def restore(self) -> None:
-        if threading.excepthook is self:
-            threading.excepthook = self.previous
+    @classmethod
+    def hold(cls) -> None:
+        with cls._lock:
+            if threading.excepthook is not cls._hook:
+                cls._previous, threading.excepthook = threading.excepthook, cls._hook
+            cls._holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._holders = max(0, cls._holders - 1)
+            if not cls._holders and threading.excepthook is cls._hook:
+                threading.excepthook, cls._previous = cls._previous, None
 
 
 def strict_json_record(record: dict) -> dict:
@@ -96,7 +111,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         self.is_main = is_main
         self.tensorboard = self.wandb = None
-        self._quiet_threads: _QuietWriterThreads | None = None
+        self._quiet_threads = False  # TensorBoard open: `_QuietWriterThreads`' hook held (till `close` / `abandon`)
         # the last line kept from before a resume: a run killed after its final checkpoint but before
         # summary.json resumes with no step left to run, and its summary's losses are this line's
         self.last_kept: dict = {}
@@ -110,20 +125,24 @@ class MetricsLog:
             _check_writable(folder)
         kept = self._truncate_after(resume_step)
         self.last_kept = kept[-1] if kept else {}
+        try:
+            self._start_loggers(targets, config, run_dir, folder, resumed_folder, resume_step, kept)
+        except BaseException:  # TensorBoard's writer closed, its thread hook taken out (W&B could not start, ...)
+            self.abandon()
+            raise
+
+    def _start_loggers(self, targets, config: TrainConfig, run_dir: Path, folder: Path, resumed_folder: bool,
+                       resume_step: int, kept: list[dict]) -> None:
         if "tensorboard" in targets:
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run redoes the steps after its checkpoint: TensorBoard drops the killed run's events
             # from `resume_step` on (purge_step), and the kept line of that step is logged again
-            self._quiet_threads = _QuietWriterThreads()
-            threading.excepthook = self._quiet_threads
+            _QuietWriterThreads.hold()
+            self._quiet_threads = True
             self.tensorboard_folder = folder
-            try:
-                with _naming_event_files(folder):
-                    self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
-            except BaseException:
-                self._quiet_threads.restore()
-                raise
+            with _naming_event_files(folder):
+                self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
             for record in kept:
                 if record.get("step") == resume_step:  # (to TensorBoard alone: W&B, started below, keeps its steps)
                     self._to_loggers(resume_step, self._scalars(record))
@@ -196,6 +215,20 @@ class MetricsLog:
                 with _naming_event_files(self.tensorboard_folder):
                     self.tensorboard.close()
             finally:
-                self._quiet_threads.restore()
+                self._release_quiet_threads()
         if self.wandb is not None:
             self.wandb.finish()
+
+    def abandon(self) -> None:
+        """After a run failed (or this log could not start): TensorBoard's writer closed (the events so far kept)
+        and the thread hook taken out, as `close` does, without raising (the run's error is the one to tell).
+        W&B is left to its own exit handling. Nothing once closed."""
+        if self.tensorboard is not None and self._quiet_threads:  # (not closed yet)
+            with contextlib.suppress(Exception):
+                self.tensorboard.close()
+        self._release_quiet_threads()
+
+    def _release_quiet_threads(self) -> None:
+        if self._quiet_threads:
+            self._quiet_threads = False
+            _QuietWriterThreads.release()

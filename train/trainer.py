@@ -507,6 +507,9 @@ class Trainer:
         try:
             return self._run()
         finally:
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:  # a run that failed: TensorBoard's writer closed, its thread hook taken out
+                metrics.abandon()
             self.release_run_dir()
 
     def _run(self) -> dict:
