@@ -155,9 +155,9 @@ def resumable_batches(gallery: "Gallery", batch_size: int, decoding: "DecodingWo
 
 
 def evaluation_bar(total: int, desc: str, progress: bool):
-    """An evaluation's progress bar (images x attacks). It stays on the screen where it is the only
-    bar (`train eval`) and is cleared when it ran below another (in-training validation, under the
-    training bar): tqdm's leave=None."""
+    """An attack's progress bar over the evaluated images (`attack_bars`). It stays on the screen where it
+    is the only bar (`train eval`) and is cleared when it ran below another (in-training validation, under
+    the training bar): tqdm's leave=None."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=None)

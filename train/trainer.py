@@ -342,7 +342,8 @@ class Trainer:
 
     def _check_validation_resume(self, step: int) -> None:
         """The validation lines a resume keeps were measured as this run will measure (every process
-        checks, so that all stop alike); a study's validator (a callback) checks its own."""
+        checks, so that all stop alike: --val-frequency's settings or a given validator's, e.g. the study's);
+        a validator passed among the callbacks checks its own."""
         from train.validation import check_resume, check_resume_keeps_validating
 
         if self.validation_record is not None:
