@@ -315,6 +315,7 @@ def test_a_worker_dying_in_the_final_validation_is_one_line(tmp_path, sample_wor
     from train.checkpoint import checkpoint_dir, read_state
 
     assert read_state(checkpoint_dir(tmp_path / "run"))["step"] == 1
+    saved = {p: p.stat().st_mtime_ns for p in checkpoint_dir(tmp_path / "run").rglob("*") if p.is_file()}
     monkeypatch.setattr(Validator, "validate", original)
     code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--out", tmp_path / "run", "--max-steps", "1",
                       "--batch-size", "8", "--no-progress", "--workers", "0", "--val-frequency", "1", "--val-limit", "2",
@@ -323,6 +324,8 @@ def test_a_worker_dying_in_the_final_validation_is_one_line(tmp_path, sample_wor
     lines = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1]
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    # nor is the final checkpoint it resumed from written again (GBs at real size)
+    assert {p: p.stat().st_mtime_ns for p in checkpoint_dir(tmp_path / "run").rglob("*") if p.is_file()} == saved
 
 
 def test_grounding_training_refuses_a_sample_world_without_expressions(tmp_path, capsys):

@@ -181,6 +181,7 @@ class Trainer:
                               "pass --prompt TEXT, or choose another --val-attack")
         self.start_step, self.draws_total, self.elapsed_before = 0, Counter(), 0.0
         self.finished_summary: dict | None = None
+        self.holds_final_checkpoint = False  # RUN/ckpt is already this run's last step (nothing to save again)
         state = None
         if resume_from is not None:
             state = ckpt.read_state(resume_from)
@@ -193,6 +194,8 @@ class Trainer:
                 # this run is finished: nothing to train, and nothing of it is written again
                 self.finished_summary = json.loads(summary_file.read_text())
                 return
+            # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size
+            self.holds_final_checkpoint = int(state["step"]) == self.total_steps and this_run
             ckpt.load_model_weights(model, resume_from)
         self._set_trainable(model)
         model.train()
@@ -581,7 +584,8 @@ class Trainer:
             self.stop_loader()
         # the final checkpoint before the last validation: a kill during that evaluation (minutes under an attack
         # at scale) resumes with no step left to train, the validation alone redone (`Validator.validate_last`)
-        self._save(self.total_steps, self.elapsed_before + time.perf_counter() - started)
+        if not self.holds_final_checkpoint:
+            self._save(self.total_steps, self.elapsed_before + time.perf_counter() - started)
         if self.validator is not None:  # the last weights (open_clip also validates after the last epoch)
             try:
                 with self.matmul_precision():
