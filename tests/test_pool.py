@@ -234,6 +234,27 @@ def test_killed_run_resumes_to_the_same_pool(karpathy_dir, tmp_path, capsys):
     assert not any(path.exists() for path in leftovers)  # the next run deleted them
 
 
+def test_a_resumed_run_s_progress_bar_starts_at_its_kept_shards(karpathy_dir, tmp_path, capsys):
+    """The kept shards were added to the bar just after it opened, which tqdm does not draw at once: the
+    bar read 0/6 until the first new shard was done, then jumped (at real size, minutes at 0%), and its
+    rate counted the kept items as made in that shard's time. They are its start now."""
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_CountingGenerator(die_on_call=2), source, str(tmp_path / "p"), progress=False, **kwargs)
+    seen = []
+
+    class Watching(_CountingGenerator):
+        def generate(self, items, n, seed):  # what the bar shows while the first new shard is made
+            seen.append(capsys.readouterr().err)
+            return super().generate(items, n, seed)
+
+    capsys.readouterr()
+    run_generation(Watching(), source, str(tmp_path / "p"), progress=True, **kwargs)
+    frames = [frame for frame in re.split(r"[\r\n]", seen[0]) if "count -> p" in frame]
+    assert frames and all("2/6" in frame for frame in frames), seen[0]
+
+
 def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, monkeypatch):
     """`generate --overwrite` deleted the pool's shards when its writer opened: a bad image or Ctrl-C
     in the new run left neither pool (and the interruption line said finished shards were kept). The

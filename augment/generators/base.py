@@ -207,9 +207,10 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
         print(f"resuming {out}: {len(finished)} of {num_shards} shards kept (--overwrite starts over)", file=sys.stderr)
     mine = [k for k in range(num_shards) if k % world_size == rank]
     todo = [k for k in mine if k not in finished]
-    bar = tqdm(total=len(items), desc=f"{generator.method} -> {meta['name']}", unit="item",
-               disable=not progress or rank != 0)
-    bar.update(sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo))
+    # kept shards as the bar's start (tqdm's `initial`): updated in after the bar opened, they showed only when
+    # the first new shard was done (0 until then) and counted in the rate, as if made in that shard's time
+    bar = tqdm(total=len(items), initial=sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo),
+               desc=f"{generator.method} -> {meta['name']}", unit="item", disable=not progress or rank != 0)
     from augment.loading import SHARD_WORKERS, ordered_batches, raise_worker_death
 
     shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
