@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -635,3 +636,23 @@ def test_a_kept_prompt_with_punctuation_alone_is_dropped(loaded_captioner, train
     _model_returns(monkeypatch, loaded_captioner, ["a picture of:", "a picture of: a red square"])
     rows = loaded_captioner.generate(train_items[:1], 2, seed=0)
     assert [r["caption"] for r in rows] == ["a picture of : a red square"]  # as BLIP returns it
+
+
+def test_a_shards_model_calls_show_on_the_bar(paraphraser, source, train_items, tmp_path, capsys):
+    """was: the bar moved a shard at a time (256 source images by default): at real size minutes of a GPU and
+    hours of a CPU with nothing moving on the screen (audit AF). A model method now reports its progress within
+    the shard, shown as the bar's postfix; nothing is left listening after the run."""
+    run_generation(paraphraser, source, str(tmp_path / "pool"), n=1, seed=0, limit=3, shard_size=2, progress=True)
+    shown = capsys.readouterr().err
+    captions = sum(len(item["captions"]) for item in train_items[:2])  # the first shard's (split train)
+    assert f"shard 1/2: {captions}/{captions} captions" in shown, shown[-600:]
+    assert re.search(r"shard 2/2: (\d+)/\1 captions", shown), shown[-600:]
+    assert paraphraser.on_shard_progress is None
+    reports = []
+    paraphraser.on_shard_progress = lambda *report: reports.append(report)
+    try:
+        paraphraser.generate(train_items[:2], 1, 0)
+    finally:
+        paraphraser.on_shard_progress = None
+    assert [done for done, _, _ in reports] == sorted({done for done, _, _ in reports}) and reports[-1] == (
+        captions, captions, "captions")

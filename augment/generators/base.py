@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,14 @@ class Generator(ABC):
     # when the current recipe began (UTC, its commit's time): a pool without the key created since then
     # was made by it (the key came two days later), so its resume is not refused
     recipe_since: str | None = None
+    # (done, total, unit) within the shard being made, from a model method's loop: set by `run_generation`
+    # to the bar's postfix, since a shard of a real-size model takes minutes on a GPU and hours on a CPU
+    # with nothing else moving on the screen; None: no one listens
+    on_shard_progress: Callable[[int, int, str], None] | None = None
+
+    def shard_progress(self, done: int, total: int, unit: str) -> None:
+        if self.on_shard_progress is not None:
+            self.on_shard_progress(done, total, unit)
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the output (recorded in pool.json and checked on resume)."""
@@ -87,6 +97,10 @@ class Generator(ABC):
         pool is finished, so shards kept from an earlier run count too. Their `note` is printed.
         Called after `close`: it must not need the model."""
         return {}
+
+
+def _show_shard_progress(bar, shard: str, done: int, total: int, unit: str) -> None:
+    bar.set_postfix_str(f"{shard}: {done}/{total} {unit}")
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -222,11 +236,14 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
                              after_worker_death=after_worker_death)
     try:
         for k, batch in zip(todo, loader):
+            if not bar.disable:
+                generator.on_shard_progress = partial(_show_shard_progress, bar, f"shard {k + 1}/{num_shards}")
             writer.write_shard(k, generator.generate(batch, n, seed))
             bar.update(len(batch))
     except RuntimeError as exc:  # torch's SIGCHLD handler raises a worker's death wherever the main process is
         raise_worker_death(exc, after_worker_death)
     finally:
+        generator.on_shard_progress = None
         bar.close()
         generator.close()
     if barrier is not None:

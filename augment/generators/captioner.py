@@ -143,7 +143,7 @@ class CaptionerGenerator(Generator):
     def generate(self, items: list[dict], n: int, seed: int) -> list[dict]:
         if self.captioner is None:  # released by close() at the end of an earlier run
             self._load()
-        rows = []
+        rows, done = [], 0
         for batch in chunked(items, self.batch_size):
             for item, collector in zip(batch, self.caption_batch(batch, n, seed)):
                 note = shortfall_note(len(collector.kept), n, self.sampling.max_rounds, "captions")
@@ -151,6 +151,8 @@ class CaptionerGenerator(Generator):
                     rows.append(self.row(item, NO_CAPTION, k, seed, caption=text, model=self.model,
                                          prompt=self.prompt, round=round_index, top_p=self.sampling.top_p,
                                          temperature=self.sampling.temperature, **note))
+            done += len(batch)
+            self.shard_progress(done, len(items), "images")
         return rows
 
     def close(self) -> None:

@@ -329,7 +329,7 @@ class ParaphraseGenerator(Generator):
         if self.lm is None:  # released by close() at the end of an earlier run
             self._load()
         captions = [(item, c, text) for item in items for c, text in enumerate(item["captions"])]
-        rows = []
+        rows, done = [], 0
         for batch in chunked(captions, self.batch_size):
             for (item, c, _), collector in zip(batch, self.paraphrase_batch(batch, n, seed)):
                 note = shortfall_note(len(collector.kept), n, self.sampling.max_rounds, "paraphrases")
@@ -338,6 +338,8 @@ class ParaphraseGenerator(Generator):
                                          prompt_template=self.prompt_template, round=round_index,
                                          top_p=self.sampling.top_p, temperature=self.sampling.temperature,
                                          **note))
+            done += len(batch)
+            self.shard_progress(done, len(captions), "captions")
         return rows
 
     def close(self) -> None:
