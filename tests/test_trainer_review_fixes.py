@@ -488,3 +488,21 @@ def test_a_process_other_than_the_main_one_resumes_a_validated_run(tmp_path):
     rank_1.validation_record = None  # a resume without validation is still refused, on every process
     with pytest.raises(ConfigError, match="no --val-frequency"):
         rank_1._check_validation_resume(2)
+
+
+def test_a_finished_checkpoint_copied_inside_the_run_folder_resumes_into_run_ckpt(tmp_path, trained_run,
+                                                                                   sample_world_dir, capsys):
+    """was: the final save was skipped for any checkpoint at the last step whose parent is RUN, so `--resume
+    RUN/backup` (a copy, RUN/ckpt lost, no summary.json) finished without RUN/ckpt, its summary naming it."""
+    from train.checkpoint import checkpoint_dir, read_state
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(checkpoint_dir(run), run / "backup")
+    shutil.rmtree(checkpoint_dir(run))
+    (run / "summary.json").unlink()
+    code, err = _main(capsys, "clean", "--train-data", sample_world_dir, "--out", run,
+                      "--max-steps", "1", *FAST, "--resume", run / "backup")
+    assert code == 0, err
+    assert read_state(checkpoint_dir(run))["step"] == 1
+    assert json.loads((run / "summary.json").read_text())["checkpoint"] == str(checkpoint_dir(run))

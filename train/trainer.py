@@ -194,8 +194,10 @@ class Trainer:
                 # this run is finished: nothing to train, and nothing of it is written again
                 self.finished_summary = json.loads(summary_file.read_text())
                 return
-            # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size
-            self.holds_final_checkpoint = int(state["step"]) == self.total_steps and this_run
+            # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size.
+            # Only when the resumed folder IS RUN/ckpt: a copy elsewhere in RUN (RUN/backup) left RUN/ckpt unwritten
+            self.holds_final_checkpoint = (int(state["step"]) == self.total_steps
+                                           and resume_from.resolve() == ckpt.checkpoint_dir(self.run_dir).resolve())
             ckpt.load_model_weights(model, resume_from)
         self._set_trainable(model)
         model.train()
