@@ -255,6 +255,26 @@ def test_a_resumed_run_s_progress_bar_starts_at_its_kept_shards(karpathy_dir, tm
     assert frames and all("2/6" in frame for frame in frames), seen[0]
 
 
+def test_rank_0_s_progress_bar_counts_its_own_shards(karpathy_dir, tmp_path, capsys):
+    """was: under torchrun rank 0's bar had the whole source as its total but counted only its own shards (every
+    WORLD_SIZE-th), so a finished run's bar stopped at 55% (24/44 on two processes). Its total is its shards now."""
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, world_size=2)
+    calls = []
+
+    def barrier():  # the other process: its shards made between rank 0's two barriers
+        calls.append(1)
+        if len(calls) == 2:
+            run_generation(_CountingGenerator(), source, str(tmp_path / "p"), rank=1, progress=False, **kwargs)
+
+    capsys.readouterr()
+    meta = run_generation(_CountingGenerator(), source, str(tmp_path / "p"), rank=0, barrier=barrier, progress=True,
+                          **kwargs)
+    assert meta["source_items"] == 6  # shards 0 and 2 of 3 are rank 0's: 4 of the 6 images
+    frames = [frame for frame in re.split(r"[\r\n]", capsys.readouterr().err) if "count -> p" in frame]
+    assert frames and "4/4" in frames[-1] and "100%" in frames[-1], frames
+
+
 def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, monkeypatch):
     """`generate --overwrite` deleted the pool's shards when its writer opened: a bad image or Ctrl-C
     in the new run left neither pool (and the interruption line said finished shards were kept). The

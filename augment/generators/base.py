@@ -223,7 +223,11 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
     todo = [k for k in mine if k not in finished]
     # kept shards as the bar's start (tqdm's `initial`): updated in after the bar opened, they showed only when
     # the first new shard was done (0 until then) and counted in the rate, as if made in that shard's time
-    bar = tqdm(total=len(items), initial=sum(min(shard_size, len(items) - k * shard_size) for k in mine if k not in todo),
+    # the total is this process's shards (rank 0's bar): the whole source's left it at 1/WORLD_SIZE when done
+    def shard_items(k: int) -> int:
+        return min(shard_size, len(items) - k * shard_size)
+
+    bar = tqdm(total=sum(map(shard_items, mine)), initial=sum(shard_items(k) for k in mine if k not in todo),
                desc=f"{generator.method} -> {meta['name']}", unit="item", disable=not progress or rank != 0)
     from augment.loading import SHARD_WORKERS, ordered_batches, raise_worker_death
 
