@@ -275,6 +275,25 @@ def test_rank_0_s_progress_bar_counts_its_own_shards(karpathy_dir, tmp_path, cap
     assert frames and "4/4" in frames[-1] and "100%" in frames[-1], frames
 
 
+def test_a_new_shard_does_not_show_the_last_shard_s_report(karpathy_dir, tmp_path, capsys):
+    """was: the postfix kept the finished shard's 'shard 1/3: 2/2 images' while the next shard's first model
+    batch ran (minutes at real size); it names the new shard as soon as that begins."""
+    source, _ = load_source(str(karpathy_dir))
+    seen = []
+
+    class Reporting(_CountingGenerator):
+        def generate(self, items, n, seed):
+            seen.append([f for f in re.split(r"[\r\n]", capsys.readouterr().err) if "count -> p" in f][-1:])
+            rows = super().generate(items, n, seed)
+            self.shard_progress(len(items), len(items), "images")
+            return rows
+
+    capsys.readouterr()
+    run_generation(Reporting(), source, str(tmp_path / "p"), n=1, seed=3, split="all", shard_size=2, progress=True)
+    assert [frames[-1].rstrip()[-10:] for frames in seen] == [", ?item/s]", "shard 2/3]", "shard 3/3]"], seen
+    assert "shard 3/3: 2/2 images" in capsys.readouterr().err
+
+
 def test_overwrite_keeps_the_old_pool_until_the_new_one_is_complete(karpathy_dir, tmp_path, monkeypatch):
     """`generate --overwrite` deleted the pool's shards when its writer opened: a bad image or Ctrl-C
     in the new run left neither pool (and the interruption line said finished shards were kept). The

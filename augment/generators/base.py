@@ -242,6 +242,8 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
         for k, batch in zip(todo, loader):
             if not bar.disable:
                 generator.on_shard_progress = partial(_show_shard_progress, bar, f"shard {k + 1}/{num_shards}")
+                if bar.postfix:  # the last shard's report ('shard 1/40: 256/256 images') is not this shard's
+                    bar.set_postfix_str(f"shard {k + 1}/{num_shards}")
             writer.write_shard(k, generator.generate(batch, n, seed))
             bar.update(len(batch))
     except RuntimeError as exc:  # torch's SIGCHLD handler raises a worker's death wherever the main process is
