@@ -535,3 +535,17 @@ def test_sd15_shaped_has_sd15_sizes_and_clip_tokenizer():
     reference = open_clip.get_tokenizer("ViT-L-14")([caption])[0].tolist()  # zero-padded to 77
     assert len(ids) > 10 and ids == reference[:len(ids)] and not any(reference[len(ids):])
     assert pipe.tokenizer.model_max_length == 77
+
+
+def test_the_shard_progress_of_sd_counts_generated_images(train_items):
+    """The bar counts source images; SD's postfix counts the images it makes (n per caption used), and read
+    'shard 1/2: 10/10 images' beside a bar of 2 source images: it says 'generated images' now."""
+    from augment.generators.diffusion import TextToImageGenerator
+
+    generator, reports = TextToImageGenerator(tiny_settings(captions_per_image=1, batch_size=4)), []
+    generator.on_shard_progress = lambda *report: reports.append(report)
+    # the calls' layout and counts only: no pipeline run (nor loaded)
+    generator.call_pipeline = lambda call, seeds: ([None] * len(call.slots), None)
+    generator._row = lambda *args, **kwargs: {}
+    generator.generate(train_items[:3], 2, seed=7)
+    assert reports == [(4, 6, "generated images"), (6, 6, "generated images")]

@@ -268,7 +268,8 @@ class DiffusionGenerator(Generator):
         jobs = self.jobs(items, n)
         for call in self.plan_calls(jobs, n):
             made.update(self._run_call(call, seed))
-            self.shard_progress(len(made), len(jobs), "images")
+            # images it makes (n per caption used), not the source images the bar counts
+            self.shard_progress(len(made), len(jobs), "generated images")
         # a flagged image is the checker's black square, not an augmentation: no row. Each job's
         # image depends only on its own seed and call layout, so a shard made again (a resume)
         # drops the same ones; its caption's other rows say how many it lost
