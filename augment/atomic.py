@@ -42,13 +42,17 @@ def naming_write_errors(path: str | os.PathLike, *temporaries: str | os.PathLike
     """Within: an OSError that names no file, or names one of `temporaries`, is raised again naming
     `path`, the file the user asked for. A full disk (ENOSPC) or a file-size limit (EFBIG) reaches
     Python from a buffer's write or flush, which names no file: the commands' line was
-    `error: [Errno 28] No space left on device`, without the file it failed on."""
+    `error: [Errno 28] No space left on device`, without the file it failed on. A file named as bytes
+    (TensorBoard's event files: `b'RUN/tensorboard/events...'`) is named as text."""
     try:
         yield
     except OSError as exc:
         hidden = {os.fspath(t) for t in temporaries}
-        if exc.filename is not None and os.fspath(exc.filename) not in hidden:
-            raise
+        named = exc.filename
+        if named is not None and os.fspath(named) not in hidden:
+            if not isinstance(named, bytes):
+                raise
+            path = os.fsdecode(named)
         raise OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path)) from None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 from pathlib import Path
 
@@ -47,21 +46,10 @@ def _check_writable(folder: Path) -> None:
         probe.unlink()
 
 
-@contextlib.contextmanager
-def _naming_event_files(folder: Path):
-    """Within: TensorBoard's write errors as one line naming the event file. Its writer thread meets a full
-    disk first (its traceback was printed beside the run), and the error comes back in the run's thread at
-    the next write or close, naming the file as bytes (`b'RUN/tensorboard/events...'`)."""
-    try:
-        yield
-    except OSError as exc:
-        named = os.fsdecode(exc.filename) if exc.filename is not None else str(folder)
-        raise OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, named) from None
-
-
 class _QuietWriterThreads:
     """threading.excepthook while TensorBoard logs: its writer thread's OSError is not printed as a traceback
-    there (`_naming_event_files` raises it again in the run's thread, in one line); anything else is. One hook
+    there (it comes back in the run's thread at the writer's next write or close, which `naming_write_errors`
+    turns into one line naming the event file); anything else is. One hook
     for every open TensorBoard logger of the process: put in by the first opened, taken out by the last closed,
     in whatever order they close (each took out its own before: two closed in their opening order left the
     first's in place for good), and left alone when something else has replaced it since."""
@@ -141,7 +129,7 @@ class MetricsLog:
             _QuietWriterThreads.hold()
             self._quiet_threads = True
             self.tensorboard_folder = folder
-            with _naming_event_files(folder):
+            with naming_write_errors(folder):
                 self.tensorboard = SummaryWriter(str(folder), purge_step=resume_step if resumed_folder else None)
             for record in kept:
                 if record.get("step") == resume_step:  # (to TensorBoard alone: W&B, started below, keeps its steps)
@@ -203,7 +191,7 @@ class MetricsLog:
 
     def _to_loggers(self, step: int, scalars: dict[str, float]) -> None:
         if self.tensorboard is not None:
-            with _naming_event_files(self.tensorboard_folder):
+            with naming_write_errors(self.tensorboard_folder):  # a full disk: the event file named, as text
                 for name, value in scalars.items():
                     self.tensorboard.add_scalar(name, value, step)
         if self.wandb is not None:
@@ -212,7 +200,7 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             try:
-                with _naming_event_files(self.tensorboard_folder):
+                with naming_write_errors(self.tensorboard_folder):
                     self.tensorboard.close()
             finally:
                 self._release_quiet_threads()

@@ -224,14 +224,14 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
     # kept shards as the bar's start (tqdm's `initial`): updated in after the bar opened, they showed only when
     # the first new shard was done (0 until then) and counted in the rate, as if made in that shard's time
     # the total is this process's shards (rank 0's bar): the whole source's left it at 1/WORLD_SIZE when done
-    def shard_items(k: int) -> int:
-        return min(shard_size, len(items) - k * shard_size)
+    def shard_range(k: int) -> range:  # the source rows of shard k
+        return range(k * shard_size, min((k + 1) * shard_size, len(items)))
 
-    bar = tqdm(total=sum(map(shard_items, mine)), initial=sum(shard_items(k) for k in mine if k not in todo),
+    bar = tqdm(total=sum(len(shard_range(k)) for k in mine), initial=sum(len(shard_range(k)) for k in mine if k not in todo),
                desc=f"{generator.method} -> {meta['name']}", unit="item", disable=not progress or rank != 0)
     from augment.loading import SHARD_WORKERS, ordered_batches, raise_worker_death
 
-    shard_rows = [range(k * shard_size, min((k + 1) * shard_size, len(items))) for k in todo]
+    shard_rows = [shard_range(k) for k in todo]
     # a shard is the unit: decoding one takes far less than generating from it, so a worker or
     # two, one shard ahead each, keep the model fed without holding many decoded shards
     read = items if generator.reads_pixels else items.remove_columns(["image"])  # no image decoded for nothing
