@@ -1,5 +1,6 @@
 """`--device` checked before anything loads (one line naming it, exit status 2, not blamed on the model),
-and the trainer's log step making no float64 tensor on its device (MPS has none)."""
+the trainer's log step making no float64 tensor on its device (MPS has none), and the validator's masked LM
+running where the validated model is."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -129,3 +130,44 @@ def test_a_model_pool_records_its_device_and_a_resume_goes_on_there(sample_world
     assert main(["generate", "--method", "img-aug", "--source", str(sample_world_dir), "--out", str(tmp_path / "aug"),
                  "--n", "1", "--limit", "2", "--no-progress"]) == 0
     assert "device_type" not in json.loads((tmp_path / "aug" / "pool.json").read_text())
+
+
+@pytest.mark.parametrize("task, module, function", [("retrieval", "train.evaluate", "evaluate"),
+                                                    ("captioning", "train.evaluate_captioning", "evaluate_captioning"),
+                                                    ("grounding", "train.evaluate_grounding", "evaluate_grounding")])
+def test_validation_runs_its_masked_lm_on_the_models_device(task, module, function, tmp_path, monkeypatch):
+    """Was: the validator loaded its masked LM once, on the CPU (before the trainer's device is known), and handed
+    it to every validation as it was: on a GPU run every substitute search of a validation ran the masked LM on
+    the host. A model on the meta device stands for the GPU here."""
+    import importlib
+
+    from torch import nn
+
+    import augment.registry as registry
+    from train.validation import ValidationSettings, Validator
+
+    class Snapshot(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(2, 2, device="meta")
+
+        @property
+        def device(self) -> torch.device:
+            return next(self.parameters()).device
+
+    class Measured(Exception):
+        """The devices are all this test reads: the evaluation stops there."""
+
+    monkeypatch.setattr(registry, "load_mlm", lambda name, device="cpu", **_: (nn.Linear(2, 2).to(device), "tokenizer"))
+    seen = []
+
+    def evaluation(model, source, **options):
+        seen.append((next(options["attack_options"]["mlm"][0].parameters()).device, model.device))
+        raise Measured
+
+    monkeypatch.setattr(importlib.import_module(module), function, evaluation)
+    validator = Validator(tmp_path, None, ValidationSettings(task=task, attack="bert-attack",
+                                                             attack_options={"mlm": "tiny-mlm"}))
+    with pytest.raises(Measured):
+        validator._measure(Snapshot())
+    assert seen == [(torch.device("meta"), torch.device("meta"))]

@@ -301,6 +301,11 @@ class Validator:
         """(robust score, clean score, percent of attacked texts still true where a checker judged them)
         of `snapshot` on the validation data, by the task's own evaluation."""
         s = self.settings
+        mlm = self._options.get("mlm")
+        if isinstance(mlm, tuple) and callable(getattr(mlm[0], "to", None)):
+            # loaded once, on the CPU, before the trainer's device was known (`__init__`): to the weights' device,
+            # where the attacks' substitute searches run (on a GPU run they ran the masked LM on the host)
+            mlm[0].to(snapshot.device)
         attacks = ["clean"] if s.attack == "clean" else ["clean", s.attack]  # clean: model selection on the clean score
         if s.task == "captioning":
             from train.evaluate_captioning import evaluate_captioning
