@@ -352,6 +352,27 @@ def test_contrastive_substitution_loss_is_exact():
         assert float(fast[c]) == pytest.approx(float(contrastive_loss(image_emb, replaced, image_of_text, 10.0)), abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_contrastive_substitution_loss_is_float32_under_autocast(dtype):
+    """Was: under autocast (MAT's inner text attack runs in the training step's: `--precision amp` on a GPU,
+    amp_bf16) its products ran in half precision, which rounded a candidate's loss about as far as one
+    substitution moves it: another best candidate than float32's, or a tie (no substitution). The CPU's
+    autocast stands for a GPU's here; the embeddings are unit vectors sharing a direction, as CLIP's do."""
+    generator = torch.Generator().manual_seed(0)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    common, specific = torch.randn(64, generator=generator), torch.randn(16, 64, generator=generator)
+    image_emb = unit(common + specific + torch.randn(16, 64, generator=generator))
+    text_emb = unit(common + 0.3 * specific + 1.2 * torch.randn(16, 64, generator=generator))
+    owners = torch.arange(16).repeat_interleave(4)
+    candidates = unit(text_emb[owners] + 0.15 * unit(torch.randn(64, 64, generator=generator)))
+    image_of_text = torch.arange(16)
+    expected = substitution_loss(candidates, owners, image_emb, text_emb, image_of_text, "contrastive", 100.0)
+    with torch.autocast("cpu", dtype=dtype):
+        scores = substitution_loss(candidates, owners, image_emb, text_emb, image_of_text, "contrastive", 100.0)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+
+
 def test_contrastive_text_attack_raises_the_batch_loss(victim, mlm, batch):
     pixels, captions, image_of_text = batch
     attack = BertAttack(victim, mlm=mlm, top_k=5, loss="contrastive")

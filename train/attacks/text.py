@@ -110,7 +110,12 @@ def substitution_loss(candidate_emb: torch.Tensor, caption_of_candidate: torch.T
 
     "pair": only the replaced caption's term changes, so the score is its negated similarity to
     its image. "contrastive": `base.contrastive_loss` of the whole batch with that one column
-    replaced, computed for all candidates at once.
+    replaced, computed for all candidates at once, in float32 with autocast off: under `--precision amp`
+    (fp16) or `amp_bf16` (MAT's inner attack runs in the step's autocast) its products ran in half
+    precision, whose rounding moved a candidate's loss about as far as one substitution does (32-128
+    synthetic captions x 10 candidates: another best candidate than float32's for 5-15% of the captions
+    under fp16, 28-50% under bf16, and ties at the best score, which `greedy_search` takes as no
+    substitution, for up to half of them).
     """
     image_of_text = image_of_text.to(candidate_emb.device)
     own_image = image_of_text[caption_of_candidate]
@@ -118,27 +123,28 @@ def substitution_loss(candidate_emb: torch.Tensor, caption_of_candidate: torch.T
         return -(candidate_emb * image_emb[own_image]).sum(-1)
     if loss != "contrastive":
         raise ValueError(f"unknown attack loss {loss!r}")
-    candidate_emb, image_emb, text_emb = candidate_emb.float(), image_emb.float(), text_emb.float()
-    num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
-    positives = positives_matrix(image_of_text, num_images).to(candidate_emb.device).float()  # [B, T]
-    captions_per_image = positives.sum(1)
-    has_caption = (captions_per_image > 0).float()
-    logits = logit_scale * image_emb @ text_emb.T  # [B, T]
-    candidate_logits = logit_scale * candidate_emb @ image_emb.T  # [C, B]
-    # caption -> image terms: the replaced caption's term changes, the others stay
-    text_terms = logits.logsumexp(dim=0) - logits[image_of_text, torch.arange(num_texts, device=logits.device)]
-    candidate_text_term = candidate_logits.logsumexp(dim=1) - candidate_logits.gather(1, own_image[:, None]).squeeze(1)
-    text_loss = (text_terms.sum() - text_terms[caption_of_candidate] + candidate_text_term) / num_texts
-    # image -> caption terms: every image's normaliser changes, its own image's positives too
-    others = _leave_one_out_logsumexp(logits)[:, caption_of_candidate].T  # [C, B]
-    normaliser = torch.logaddexp(others, candidate_logits)
-    positive_sum = (positives * logits).sum(1)  # [B]
-    replaced_logit = logits[:, caption_of_candidate].T  # [C, B]
-    own = F.one_hot(own_image, num_images).float()  # [C, B]
-    positive_mean = (positive_sum + own * (candidate_logits - replaced_logit)) / captions_per_image.clamp(min=1)
-    image_terms = normaliser - positive_mean  # [C, B]
-    image_loss = (image_terms * has_caption).sum(dim=1) / num_images  # images without a caption add nothing
-    return 0.5 * (image_loss + text_loss)
+    with torch.autocast(candidate_emb.device.type, enabled=False):  # fp32 products: see the docstring
+        candidate_emb, image_emb, text_emb = candidate_emb.float(), image_emb.float(), text_emb.float()
+        num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
+        positives = positives_matrix(image_of_text, num_images).to(candidate_emb.device).float()  # [B, T]
+        captions_per_image = positives.sum(1)
+        has_caption = (captions_per_image > 0).float()
+        logits = logit_scale * image_emb @ text_emb.T  # [B, T]
+        candidate_logits = logit_scale * candidate_emb @ image_emb.T  # [C, B]
+        # caption -> image terms: the replaced caption's term changes, the others stay
+        text_terms = logits.logsumexp(dim=0) - logits[image_of_text, torch.arange(num_texts, device=logits.device)]
+        candidate_text_term = candidate_logits.logsumexp(dim=1) - candidate_logits.gather(1, own_image[:, None]).squeeze(1)
+        text_loss = (text_terms.sum() - text_terms[caption_of_candidate] + candidate_text_term) / num_texts
+        # image -> caption terms: every image's normaliser changes, its own image's positives too
+        others = _leave_one_out_logsumexp(logits)[:, caption_of_candidate].T  # [C, B]
+        normaliser = torch.logaddexp(others, candidate_logits)
+        positive_sum = (positives * logits).sum(1)  # [B]
+        replaced_logit = logits[:, caption_of_candidate].T  # [C, B]
+        own = F.one_hot(own_image, num_images).float()  # [C, B]
+        positive_mean = (positive_sum + own * (candidate_logits - replaced_logit)) / captions_per_image.clamp(min=1)
+        image_terms = normaliser - positive_mean  # [C, B]
+        image_loss = (image_terms * has_caption).sum(dim=1) / num_images  # images without a caption add nothing
+        return 0.5 * (image_loss + text_loss)
 
 
 # ----------------------------------------------------------------------------- the greedy search
