@@ -45,8 +45,8 @@ def write_world(folder: Path, n: int, seed: int) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
-                        folder: str | Path) -> dict:
-    """Evaluate `checkpoint` on `source_dir` under every configured attack; writes folder/eval.json,
+                        folder: str | Path, device: str = "cpu") -> dict:
+    """Evaluate `checkpoint` on `device` on `source_dir` under every configured attack; writes folder/eval.json,
     eval.md and captions.jsonl (train.eval_report.write_report) and returns the report."""
     from augment.world.truth import check_caption_of_row
     from augment.sources import load_source
@@ -57,7 +57,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
     from train.evaluate_captioning import evaluate_captioning
 
     e = {**DEFAULT_EVAL, **eval_settings}
-    victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"])
+    victim = load_model(str(checkpoint), kind="captioning", prompt=e["prompt"], device=device)
     source, _ = load_source(str(source_dir))
     eps = parse_fraction(e["attack_eps"], "eval.attack_eps")
     step = eval_pgd_step_size(e)

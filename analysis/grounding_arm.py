@@ -61,8 +61,8 @@ def attack_options(eval_settings: dict, seed: int) -> dict:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_settings: dict, seed: int,
-                        folder: str | Path) -> dict:
-    """Grounding accuracy of `checkpoint` on the world `source_dir`, clean and under attack;
+                        folder: str | Path, device: str = "cpu") -> dict:
+    """Grounding accuracy of `checkpoint` on `device` on the world `source_dir`, clean and under attack;
     writes folder/eval.json and eval.md and returns the report."""
     import torch
 
@@ -72,7 +72,7 @@ def evaluate_checkpoint(checkpoint: str | Path, source_dir: str | Path, eval_set
 
     e = {**DEFAULT_EVAL, **eval_settings}
     torch.manual_seed(seed)
-    model = load_model(str(checkpoint))
+    model = load_model(str(checkpoint), device=device)
     data = load_grounding(source_dir).select(e["split"], e["limit"])
     report = evaluate_grounding(model, data, attacks=list(e["attacks"]), attack_options=attack_options(e, seed),
                                 batch_size=int(e["batch_size"]), expression_checker=world_expression_checker,

@@ -382,6 +382,14 @@ class Study:
         source, _ = load_source(str(self.source_dir("finetune")))
         return Validator(folder, source, settings, caption_checker=check_caption_of_row, log=self.log)
 
+    def eval_device(self) -> str:
+        """Where the final evaluations run: where the trainer trained, the CPU under `train: {cpu: true}`, else
+        cuda when torch sees a GPU (`augment.devices.default_device`, as `train eval`'s default). They loaded
+        every checkpoint on the CPU: a study on a GPU machine trained there and then attacked on the host."""
+        from augment.devices import default_device
+
+        return "cpu" if self.config["train"].get("cpu") else default_device()
+
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
         from augment.world.truth import check_caption_of_row
         from models import load_model
@@ -400,14 +408,14 @@ class Study:
         key = self.portable(settings, "checkpoint")
         if self.arm is not None and not self.cached("eval", folder, key, in_place=in_place):
             self.log(f"[eval] {name}")
-            self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder)
+            self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder, device=self.eval_device())
             mark_done(folder, key)
         if self.arm is None and not self.cached("eval", folder, key, in_place=in_place):  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
             options = eval_attack_options(e)
             report = evaluate(
-                load_model(str(checkpoint), kind="retrieval"), source, split=e["split"], attacks=e["attacks"],
+                load_model(str(checkpoint), kind="retrieval", device=self.eval_device()), source, split=e["split"], attacks=e["attacks"],
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )

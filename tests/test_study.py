@@ -296,6 +296,52 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
     assert _protocol_words(config["eval"]) == "attack protocol `co-attack` with the reference code's bugs"
 
 
+def test_the_studys_evaluations_run_where_it_trained(tmp_path, monkeypatch, sample_world_dir):
+    """The final evaluations load each checkpoint on the trainer's device: cuda when torch sees a GPU,
+    the CPU under `train: {cpu: true}`. They loaded every checkpoint on the CPU (load_model's default),
+    so a study on a GPU machine trained there and attacked on the host. A fake default device stands
+    for the GPU (load_model is replaced: nothing is loaded)."""
+    import types
+
+    import augment.devices
+    import models
+    import train.eval_report
+    import train.evaluate
+
+    monkeypatch.setattr(augment.devices, "default_device", lambda: "cuda:7")
+    devices = []
+
+    def load_model(*args, **kwargs):
+        devices.append(kwargs.get("device", "cpu"))
+        return "victim"
+
+    def write_report(report, folder, *table):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text("{}")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda victim, source, **kwargs: {"attacks": {}, "settings": {}})
+    monkeypatch.setattr(train.eval_report, "write_report", write_report)
+    checkpoint = tmp_path / "run" / "ckpt"
+    checkpoint.mkdir(parents=True)
+    for train_settings, expected in (({}, "cuda:7"), ({"cpu": True}, "cpu")):
+        config = load_study_config("mini", {"out": str(tmp_path / f"study-{expected}"), "train": train_settings})
+        study = Study(config, log=lambda line: None)
+        monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+        study.evaluate("run", checkpoint, seed=0)
+        assert devices[-1] == expected
+        # a task arm's evaluation is given the same device
+        arm_devices = []
+
+        def evaluate_checkpoint(checkpoint, source_dir, e, seed, folder, device="cpu"):
+            arm_devices.append(device)
+            write_report({}, Path(folder))
+
+        study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=write_report)
+        study.evaluate("arm-run", checkpoint, seed=0)
+        assert arm_devices == [expected]
+
+
 @pytest.fixture(scope="module")
 def one_caption_study(tmp_path_factory):
     """1:1 fine-tuning data, pretraining on the other scenes, validation every step, world-mlm attacks."""
