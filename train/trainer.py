@@ -438,7 +438,7 @@ class Trainer:
                 with acc.autocast():
                     output = self.method(batch, step)
                 acc.backward(output.loss * (output.gradient_scale / cfg.grad_accum))
-            for callback in self.callbacks:  # in-training validation runs in the step's precision
+            for callback in self.callbacks:  # validation: under tf32's products, outside amp's autocast (fp32)
                 callback(StepRecord(step, micro_step, plan, batch, output))
         return output, plan
 
