@@ -257,7 +257,7 @@ class _CaptioningRun:
         captions = self.victim.generate(images, prompts=prompts, **self.generation)
         part.seconds = time.perf_counter() - began
         with torch.no_grad():
-            text_prompts = [prompts[int(i)] for i in pairing] if prompts is not None else None
+            text_prompts = [prompts[i] for i in pairing.tolist()] if prompts is not None else None
             part.reference_losses.append(lm_losses(self.victim, images, texts, text_prompts, rows=pairing).cpu())
         part.captions = list(captions)
         part.prompts = list(prompts) if prompts is not None else []

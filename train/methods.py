@@ -185,7 +185,7 @@ class MATMethod(Method):
         if self._rows is None:  # the train rows without pixels, read once
             train = self.ctx.data.train
             self._rows = train.select_columns([c for c in train.column_names if c != "image"]).to_list()
-        return [self._rows[int(k)] for k in keys]
+        return [self._rows[k] for k in keys.tolist()]  # one device sync, not one per row
 
     def _order(self, step: int) -> str:
         if self.cfg.inner_order == "alternate":

@@ -112,7 +112,7 @@ class CaptionPGD(CaptionAttack):
                 prompts: Sequence[str] | None = None, sign: float = 1.0) -> torch.Tensor:
         """Images maximising `sign` x mean LM loss of `texts` (prompts: one per image, optional)."""
         rows = torch.as_tensor(image_of_text, dtype=torch.long, device=images.device)
-        text_prompts = [prompts[int(i)] for i in rows] if prompts is not None else None
+        text_prompts = [prompts[i] for i in rows.tolist()] if prompts is not None else None  # one device sync
         tokens = self.victim.tokenize(list(texts), prompts=text_prompts) if text_prompts is not None \
             else self.victim.tokenize(list(texts))
 
@@ -200,7 +200,7 @@ class ReferenceTextAttack(_WordAttack):
             features = self.victim.image_features(images)
 
         def score(candidates: list[str], owners: list[int]) -> torch.Tensor:
-            candidate_prompts = [prompts[int(rows[o])] for o in owners] if prompts is not None else None
+            candidate_prompts = [prompts[i] for i in rows[owners].tolist()] if prompts is not None else None
             return lm_losses(self.victim, None, candidates, candidate_prompts, self.loss_batch,
                              rows=rows[owners], features=features)
 
