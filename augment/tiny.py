@@ -387,10 +387,9 @@ def _seed_for(name: str) -> int:
 @contextlib.contextmanager
 def _seeded(name: str):
     """Seed torch for a deterministic init without disturbing the caller's RNG state."""
-    import torch
+    from augment.seeds import cpu_torch_seeded
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed_for(name))
+    with cpu_torch_seeded(_seed_for(name)):
         yield
 
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from augment import tiny
+from augment.seeds import cpu_torch_seeded
 
 WORLD_MLM = "world-mlm"
 WORLD_MLM_NAMES = (WORLD_MLM,)
@@ -75,8 +76,7 @@ def build_world_mlm(out_dir: str | os.PathLike, log=None) -> dict:
     captions = train_captions()
     encoded = tokenizer(captions, truncation=True, max_length=tiny.WORD_MAX_LENGTH)["input_ids"]
     t = TRAINING
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(t["seed"])
+    with cpu_torch_seeded(t["seed"]):
         model = BertForMaskedLM(BertConfig(**MODEL_CONFIG, vocab_size=len(tokenizer), pad_token_id=tiny.PAD_ID))
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=t["mask_probability"], return_tensors="pt")
         optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=0.01)

@@ -171,3 +171,37 @@ def test_validation_runs_its_masked_lm_on_the_models_device(task, module, functi
     with pytest.raises(Measured):
         validator._measure(Snapshot())
     assert seen == [(torch.device("meta"), torch.device("meta"))]
+
+
+def test_seeded_pool_rows_and_tiny_models_leave_the_cuda_generators_alone(monkeypatch):
+    """img-aug's rows, its transforms' dry run and the tiny twins seed torch's CPU generator only:
+    `torch.manual_seed` reseeded every CUDA device's generator too, which `fork_rng(devices=[])` does not
+    restore, so on a GPU each pool row reset the CUDA draws of the process. The CPU draws are those of
+    `torch.manual_seed` (the same rows as before)."""
+    from PIL import Image
+
+    from augment import tiny
+    from augment.generators.imgaug import ImageAugmentGenerator
+    from augment.seeds import cpu_torch_seeded
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    image = Image.new("RGB", (40, 30), (120, 60, 200))
+    generator = ImageAugmentGenerator("crop-flip", {"crop_scale": (0.3, 1.0), "flip_p": 0.5})
+    row_image = generator.augment(image, seed=11)
+    with tiny._seeded("tiny-clip"):
+        tiny_draw = torch.rand(3)
+    state = torch.random.get_rng_state()
+    with cpu_torch_seeded(5):
+        ours = torch.rand(4)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's CPU state is back
+    assert reseeded == []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        assert torch.equal(ours, torch.rand(4))
+        torch.manual_seed(tiny._seed_for("tiny-clip"))
+        assert torch.equal(tiny_draw, torch.rand(3))
+        torch.manual_seed(11)
+        transform = generator.transform_for(image)
+        assert transform(image).convert("RGB").tobytes() == row_image.tobytes()
