@@ -136,6 +136,15 @@ def run_specs(config: dict) -> list[RunSpec]:
     return list(specs.values())
 
 
+def _takes_device(function: Callable) -> bool:
+    """Whether a task arm's evaluate_checkpoint takes `device` (added 2026-12-06): an arm written to the
+    older signature got it all the same and stopped the study with a TypeError after training every run."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 class Study:
     def cached(self, stage: str, folder: Path, settings: Any, in_place: Any = None) -> bool:
         """Whether `folder` holds `stage` made with `settings` (inputs' fingerprints included); an
@@ -408,7 +417,10 @@ class Study:
         key = self.portable(settings, "checkpoint")
         if self.arm is not None and not self.cached("eval", folder, key, in_place=in_place):
             self.log(f"[eval] {name}")
-            self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder, device=self.eval_device())
+            where = {"device": self.eval_device()} if _takes_device(self.arm.evaluate_checkpoint) else {}
+            if not where:  # an arm written before 2026-12-06 (no device): it loads where it chooses, as it did
+                self.log(f"  (the {self.task} arm's evaluate_checkpoint takes no device: not given one)")
+            self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder, **where)
             mark_done(folder, key)
         if self.arm is None and not self.cached("eval", folder, key, in_place=in_place):  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")

@@ -3,7 +3,8 @@
 An arm module defines MODEL, METHODS, DEFAULT_EVAL, attack_names() (what `eval.attacks` may name),
 write_world(folder, n, seed),
 evaluate_checkpoint(checkpoint, source_dir, eval_settings, seed, folder, device) (device: where the study trained,
-`Study.eval_device`), write_report(report, folder)
+`Study.eval_device`;
+an arm whose evaluate_checkpoint takes no device is called without one, as before), write_report(report, folder)
 (eval.json and eval.md again, for an evaluation reused after the study moved) and headline(report)
 (README: The study, `task:`). Arms are imported only when a study asks for their task, so a
 retrieval study never loads captioning or grounding code.

@@ -342,6 +342,31 @@ def test_the_studys_evaluations_run_where_it_trained(tmp_path, monkeypatch, samp
         assert arm_devices == [expected]
 
 
+def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path, monkeypatch, sample_world_dir):
+    """Was: the study passed `device=` to every arm's evaluate_checkpoint, so an arm written to the older
+    signature (checkpoint, source_dir, eval_settings, seed, folder) stopped the study with a TypeError
+    after all its runs had trained. It is called as before, and the log says it was given no device."""
+    import types
+
+    def write_report(report, folder, *table):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text("{}")
+
+    called, lines = [], []
+
+    def evaluate_checkpoint(checkpoint, source_dir, e, seed, folder):
+        called.append(folder)
+        write_report({}, Path(folder))
+
+    checkpoint = tmp_path / "run" / "ckpt"
+    checkpoint.mkdir(parents=True)
+    study = Study(load_study_config("mini", {"out": str(tmp_path / "study")}), log=lines.append)
+    monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+    study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=write_report)
+    study.evaluate("arm-run", checkpoint, seed=0)
+    assert len(called) == 1 and any("takes no device" in line for line in lines)
+
+
 @pytest.fixture(scope="module")
 def one_caption_study(tmp_path_factory):
     """1:1 fine-tuning data, pretraining on the other scenes, validation every step, world-mlm attacks."""
