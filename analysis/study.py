@@ -392,9 +392,10 @@ class Study:
         return Validator(folder, source, settings, caption_checker=check_caption_of_row, log=self.log)
 
     def eval_device(self) -> str:
-        """Where the final evaluations run: where the trainer trained, the CPU under `train: {cpu: true}`, else
-        cuda when torch sees a GPU (`augment.devices.default_device`, as `train eval`'s default). They loaded
-        every checkpoint on the CPU: a study on a GPU machine trained there and then attacked on the host."""
+        """Where the final evaluations run: the CPU under `train: {cpu: true}`, else cuda when torch sees a GPU,
+        else the CPU (`augment.devices.default_device`, as `train eval`'s default): where the trainer trained,
+        except on Apple silicon, where accelerate trains on MPS and this stays on the CPU. They loaded every
+        checkpoint on the CPU: a study on a GPU machine trained there and then attacked on the host."""
         from augment.devices import default_device
 
         return "cpu" if self.config["train"].get("cpu") else default_device()
