@@ -1,6 +1,6 @@
 """`--device` checked before anything loads (one line naming it, exit status 2, not blamed on the model),
-the trainer's log step making no float64 tensor on its device (MPS has none), and the validator's masked LM
-running where the validated model is."""
+the trainer's log step making no float64 tensor on its device (MPS has none), the validator's masked LM
+running where the validated model is, and seeded CPU draws leaving CUDA's generators alone."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -256,6 +256,12 @@ def test_new_config_keys_are_checked():
             load_study_config("mini", {section: typo})
 
 
+def _write_empty_report(report, folder, *table):
+    """A stand-in for `train.eval_report.write_report` (and an arm's): the eval.json the study reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text("{}")
+
+
 def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, monkeypatch, sample_world_dir):
     import models
     import train.eval_report
@@ -279,14 +285,10 @@ def test_eval_protocol_is_checked_and_reaches_the_studys_evaluation(tmp_path, mo
         seen.update(kwargs["attack_options"])
         return {"attacks": {}, "settings": {}}
 
-    def write_report(report, folder, table):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "eval.json").write_text("{}")
-
     monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "victim")
     monkeypatch.setattr(train.evaluate, "evaluate", evaluate)
-    monkeypatch.setattr(train.eval_report, "write_report", write_report)
+    monkeypatch.setattr(train.eval_report, "write_report", _write_empty_report)
     checkpoint = tmp_path / "run" / "ckpt"
     checkpoint.mkdir(parents=True)
     study.evaluate("run", checkpoint, seed=0)
@@ -315,13 +317,9 @@ def test_the_studys_evaluations_run_where_it_trained(tmp_path, monkeypatch, samp
         devices.append(kwargs.get("device", "cpu"))
         return "victim"
 
-    def write_report(report, folder, *table):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "eval.json").write_text("{}")
-
     monkeypatch.setattr(models, "load_model", load_model)
     monkeypatch.setattr(train.evaluate, "evaluate", lambda victim, source, **kwargs: {"attacks": {}, "settings": {}})
-    monkeypatch.setattr(train.eval_report, "write_report", write_report)
+    monkeypatch.setattr(train.eval_report, "write_report", _write_empty_report)
     checkpoint = tmp_path / "run" / "ckpt"
     checkpoint.mkdir(parents=True)
     for train_settings, expected in (({}, "cuda:7"), ({"cpu": True}, "cpu")):
@@ -335,9 +333,9 @@ def test_the_studys_evaluations_run_where_it_trained(tmp_path, monkeypatch, samp
 
         def evaluate_checkpoint(checkpoint, source_dir, e, seed, folder, device="cpu"):
             arm_devices.append(device)
-            write_report({}, Path(folder))
+            _write_empty_report({}, Path(folder))
 
-        study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=write_report)
+        study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=_write_empty_report)
         study.evaluate("arm-run", checkpoint, seed=0)
         assert arm_devices == [expected]
 
@@ -348,21 +346,17 @@ def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path,
     after all its runs had trained. It is called as before, and the log says it was given no device."""
     import types
 
-    def write_report(report, folder, *table):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "eval.json").write_text("{}")
-
     called, lines = [], []
 
     def evaluate_checkpoint(checkpoint, source_dir, e, seed, folder):
         called.append(folder)
-        write_report({}, Path(folder))
+        _write_empty_report({}, Path(folder))
 
     checkpoint = tmp_path / "run" / "ckpt"
     checkpoint.mkdir(parents=True)
     study = Study(load_study_config("mini", {"out": str(tmp_path / "study")}), log=lines.append)
     monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
-    study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=write_report)
+    study.arm = types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint, write_report=_write_empty_report)
     study.evaluate("arm-run", checkpoint, seed=0)
     assert len(called) == 1 and any("takes no device" in line for line in lines)
 
