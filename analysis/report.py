@@ -395,7 +395,8 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
                  if any(r["run"] == run and r["group"] == "main" for r in results) or run == "pretrained"}
     pools = _pool_analysis(out, scores, results, summary, headline, meaning_preserved)
     comparison = _comparison(out, config, results, summary, main_runs, attacks, headline, meaning_preserved)
-    sections = [*_introduction(config, headline, meaning_preserved, _evaluated_images(results)), "", *comparison.lines, "",
+    sections = [*_introduction(config, headline, meaning_preserved, _evaluated_images(results)),
+                *evaluation_devices_words(results), "", *comparison.lines, "",
                 *_tables(main_runs, attacks, pools)]
     plots = {"properties": pools.plot.name}
     if comparison.curves_png is not None:
@@ -507,6 +508,25 @@ def _evaluated_images(results: list[dict]) -> int | None:
         if isinstance(count, int) and count > 0:
             return count
     return None
+
+
+def evaluation_devices_words(results: list[dict]) -> list[str]:
+    """A report line saying where the evaluations ran (their eval.json's `device`, recorded since
+    2026-12-06; nothing for older ones): one device named in passing, several named loudly with the
+    runs on each, since a study resumed on another machine keeps the evaluations it finished (the
+    cache keys on what was evaluated, not where) and different kernels move numbers in the last digits."""
+    runs_by_device: dict[str, list[str]] = defaultdict(list)
+    for result in results:
+        device = ((result.get("eval") or {}).get("settings") or {}).get("device")
+        if device:
+            runs_by_device[device].append(f"{result['run']} seed {result['seed']}")
+    if len(runs_by_device) == 1:
+        return ["", f"Every evaluation ran on `{next(iter(runs_by_device))}`."]
+    if not runs_by_device:
+        return []
+    where = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items()))
+    return ["", f"**The evaluations ran on different devices** ({where}): numbers from other kernels can differ in "
+                "their last digits; delete a run's folder under `evals/` and run the study again to evaluate it anew."]
 
 
 def _pretrained_words(pretrain: dict) -> str:
@@ -662,6 +682,7 @@ def write_task_report(out: Path, config: dict, results: list[dict]) -> Path:
         + f". Evaluation: {e.get('split')} split, up to "
         f"{e.get('limit')} images, attacks {', '.join(e.get('attacks') or [])}, attack eps {e.get('attack_eps')}, "
         f"{e.get('pgd_steps')} PGD steps.",
+        *evaluation_devices_words(results),
         "",
         f"## Clean and robust {metric} per method and pool",
         "",

@@ -67,12 +67,13 @@ def test_grounding_report_head_describes_the_protocol_it_is_given(protocol, word
     from train.evaluate_grounding import _GroundingRun
 
     data = world_grounding(seed=4, n=2)
-    model = SimpleNamespace(describe=lambda: {"name": "stub", "family": "stub"})
+    model = SimpleNamespace(describe=lambda: {"name": "stub", "family": "stub"}, device="cpu")
     run = _GroundingRun.over(data, [e.text for e in data.expressions], model, model, False, batch_size=2,
                              ground_batch=8, expression_checker=None, seed=0, decoding=None)
     head = run.report_head({}, {"objective": "heat"}, protocol, "fp32", "none")
     assert words in head["procedure"]
     assert head["settings"]["attack_options"] == {"objective": "heat"}
+    assert head["settings"]["device"] == "cpu"  # where it ran, as every report says since 2026-12-06
 
 
 

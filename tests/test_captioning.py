@@ -568,7 +568,7 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
     assert len(report["captions"]["pgd"]) == 24 and report["notes"]
     table = markdown_report(report)
     assert "| pgd |" in table and "CIDEr" in table and "METEOR not computed" in table
-    assert "Settings: precision fp32; seed" in table and "- `pgd`: objective lm-loss, eps 8/255, steps 10, step_size 2/255" in table
+    assert "Settings: precision fp32 on cpu; seed" in table and report["settings"]["device"] == "cpu" and "- `pgd`: objective lm-loss, eps 8/255, steps 10, step_size 2/255" in table
     assert "attack protocol" not in table  # the retrieval protocols do not apply to captioning
 
 

@@ -272,7 +272,7 @@ def test_cli_writes_eval_json_and_markdown(trained_clip, sample_world_dir, tmp_p
     assert list(report["attacks"]) == ["clean", "pgd", "bert-attack"]
     assert report["settings"]["attack_options"]["mlm"] == "tiny-mlm"  # a tiny-clip checkpoint gets the tiny MLM
     assert report["settings"]["attack_options"]["eps"] == pytest.approx(2 / 255)
-    assert report["settings"]["precision"] == "fp32"
+    assert report["settings"]["precision"] == "fp32" and report["settings"]["device"] == "cpu"
     # the sample world's truth checker is picked up automatically
     assert report["settings"]["caption_checker"] == "check_caption_of_row"
     assert "meaning_preserved" in report["attacks"]["bert-attack"]
@@ -471,6 +471,8 @@ def test_settings_lines_of_a_report():
     report["attacks"]["pgd"] = {"params": {"eps": 4 / 255, "steps": 5}}
     assert settings_markdown(report)[-2:] == ["", "- `pgd`: eps 4/255, steps 5"]
     assert settings_markdown(report)[1].endswith("seed 3. Each attack ran with:")
+    report["settings"]["device"] = "cuda"  # recorded since 2026-12-06 (older reports: none, nothing said)
+    assert "; precision amp_bf16 on cuda; seed 3." in settings_markdown(report)[1]
 
 
 def test_a_damaged_progress_file_is_one_line_naming_it(tmp_path):

@@ -689,7 +689,7 @@ def test_grounding_eval_precision_is_autocast_over_fp32_weights(grounding_world_
     assert seen == [(torch.float32, "amp_bf16")]
     assert loaded[0].get("precision", "fp32") == "fp32"
     report = _eval_report(out)
-    assert report["settings"]["precision"] == "amp_bf16"
+    assert report["settings"]["precision"] == "amp_bf16" and report["settings"]["device"] == "cpu"
     assert 0 < report["attacks"]["sep"]["linf"] <= 2 / 255 + 1e-6 and 0 <= report["attacks"]["sep"]["accuracy"] <= 100
 
 

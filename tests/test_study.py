@@ -35,6 +35,7 @@ def test_report_has_every_section(mini_study):
                     "## Four ways of using more samples, at equal steps"):
         assert heading in text
     assert f"{config['eval']['pgd_steps']} PGD steps, attack protocol `project`." in text  # under which protocol the numbers were measured
+    assert "Every evaluation ran on `cpu`." in text  # (no GPU in tests: `default_device()`)
     for png in ("properties_vs_robustness.png", "robust_vs_n_augmentations.png", "more_samples.png"):
         assert (out / png).stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())
@@ -603,3 +604,20 @@ def test_task_report_says_which_scenes_the_model_was_pretrained_on(tmp_path, sce
         config["pretrain"]["scenes"] = scenes
     results = [{"run": "mat-s0", "headline": {"metric": "accuracy", "attack": "sga", "clean": 50.0, "robust": 30.0}}]
     assert said in write_task_report(tmp_path, config, results).read_text()
+
+
+def test_report_names_the_runs_of_each_device_when_evaluations_ran_on_several():
+    """A study resumed on another machine keeps the evaluations it finished (their cache keys on what was
+    evaluated, not where): the report says so, naming the runs on each device, rather than table numbers of
+    different kernels side by side silently; one device is named in passing, reports without one say nothing."""
+    from analysis.report import evaluation_devices_words
+
+    def result(run, seed, device):
+        return {"run": run, "seed": seed, "eval": {"settings": {"device": device} if device else {}}}
+
+    mixed = evaluation_devices_words([result("mat", 0, "cpu"), result("mat+:scene", 0, "cuda"), result("mat", 1, "cuda")])
+    assert mixed[1].startswith("**The evaluations ran on different devices** (cpu: mat seed 0; cuda: mat+:scene seed 0, "
+                               "mat seed 1)") and "`evals/`" in mixed[1]
+    assert evaluation_devices_words([result("mat", 0, "cuda"), result("mat", 1, None)]) == [
+        "", "Every evaluation ran on `cuda`."]
+    assert evaluation_devices_words([result("mat", 0, None)]) == []

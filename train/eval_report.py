@@ -55,7 +55,9 @@ def settings_markdown(report: dict) -> list[str]:
                     f"({_sga_scripts_hand_over_words(report.get('victim', {}).get('family'))}; Protocols item 13)")
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
-    said += [f"precision {settings.get('precision', 'fp32')}", f"seed {settings.get('seed')}"]
+    said += [f"precision {settings.get('precision', 'fp32')}"
+             + (f" on {settings['device']}" if settings.get("device") else ""),  # reports before 2026-12-06: none
+             f"seed {settings.get('seed')}"]
     if settings.get("skipped_records"):
         said.append(f"{settings['skipped_records']} bad source records skipped (`--skip-bad`)")
     attacks = [f"- `{name}`: {describe_params(entry['params'])}"

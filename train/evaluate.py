@@ -514,6 +514,7 @@ class _RetrievalRun:
                 "batch_size": self.batch_size, "text_batch": self.text_batch, "seed": self.seed, "ks": list(KS),
                 "rerank_k": self.ranker.rerank_k, "attack_options": plain_attack_options(options),
                 "caption_preprocess": settings["caption_preprocess"], "precision": settings["precision"],
+                "device": torch.device(self.victim.device).type,  # its numbers depend on the kernels that ran it
                 "caption_checker": getattr(self.caption_checker, "__name__", None) if self.caption_checker else None,
             },
             "attacks": {name: results[name] for name in order},

@@ -347,6 +347,7 @@ class _GroundingRun:
                           "expressions_multi": len(multi)},
             "settings": {"attacks": list(built), "batch_size": self.batch_size, "iou_threshold": IOU_THRESHOLD,
                          "mode": "transfer" if self.transfer else "white-box", "seed": self.seed, "precision": precision,
+                         "device": torch.device(self.model.device).type,
                          "caption_preprocess": caption_preprocess, "attack_options": plain_attack_options(options)},
             "attacks": {},
         }
