@@ -131,6 +131,9 @@ def pool_row_problems(table):
     modality, caption = table["modality"], table["caption"]
     known = pc.fill_null(pc.is_in(modality, value_set=pa.array(list(MODALITIES))), False)
     captioned = pc.fill_null(pc.is_in(modality, value_set=pa.array(["text", "pair"])), False)
-    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(caption), ""), True)
+    # `is_blank`'s rule: only whitespace (`str.isspace`'s: separators Z, \t-\r, \x1c-\x1f, \x85) and invisible
+    # format characters (Cf: a zero-width space or joiner, a byte-order mark); anchored, so a caption fails
+    # at its first visible character (arrow's utf8_trim_whitespace kept Cf characters)
+    empty = pc.fill_null(pc.match_substring_regex(caption, pattern=r"^[\p{Z}\p{Cf}\t-\r\x1c-\x1f\x85]*$"), True)
     no_source = pc.fill_null(pc.equal(table["source_image_id"], ""), True)
     return pc.or_(pc.or_(pc.invert(known), pc.and_(captioned, empty)), no_source)

@@ -64,6 +64,7 @@ def test_writer_refuses_bad_rows(tmp_path, bad, message):
 
 @pytest.mark.parametrize("column, value, message", [
     ("caption", "", "shard-00001.parquet, row 1 ('m:3:0:0'): text row has an empty caption"),
+    ("caption", "\u200b\u200d", "shard-00001.parquet, row 1 ('m:3:0:0'): text row has an empty caption"),
     ("modality", "video", "shard-00001.parquet, row 1 ('m:3:0:0'): modality must be one of"),
     ("source_image_id", "", "shard-00001.parquet, row 1 ('m:3:0:0'): row has no source_image_id"),
     ("row_id", "m:0:0:0", "shard-00001.parquet: row 1 has row_id 'm:0:0:0', which another row of the pool has too"),
@@ -92,7 +93,10 @@ def test_the_readers_table_rules_agree_with_the_writers_row_rules():
 
     from augment.schema import ROW_RULE_COLUMNS, check_pool_row, pool_row_problems
 
-    captions = ["a cat", "", " ", "\t\n", "\u3000", "\x1c", "\xa0", "\u2028x", None]
+    # invisible format characters (Cf) alone, as `is_blank` reads them: a zero-width space, joiner, byte-order
+    # mark, left-to-right mark; beside text they are part of a caption (an emoji's joiner, a right-to-left one's mark)
+    captions = ["a cat", "", " ", "\t\n", "\u3000", "\x1c", "\xa0", "\u2028x", None,
+                "\u200b", " \u200d ", "\ufeff", "\u200e\u200f", "\u200bx", "\U0001f468\u200d\U0001f469"]
     rows = [{"row_id": f"r{i}", "modality": modality, "caption": caption, "source_image_id": source}
             for i, (modality, caption, source) in enumerate(
                 (m, c, s) for m in ("text", "image", "pair", "video", "", None) for c in captions for s in ("img", "", None))]
