@@ -14,6 +14,7 @@ punctuation into spaces and keeps the rest (`--caption-preprocess blip_pre_capti
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import AbstractSet, NamedTuple
 
 # leading punctuation, the core (anything), trailing punctuation
@@ -59,6 +60,13 @@ def split_chunk(piece: str, possessive: bool = False) -> Chunk:
     if piece.isalnum():
         return Chunk("", piece, "")
     prefix, core, suffix = _CHUNK.match(piece).groups()
+    if core and suffix and unicodedata.category(suffix[0])[0] == "M":
+        # combining marks (an accent of decomposed text, "e\u0301"; an Indic vowel sign) are not
+        # punctuation, though `\W` matches them: they belong to the word they follow
+        marks = 1
+        while marks < len(suffix) and unicodedata.category(suffix[marks])[0] == "M":
+            marks += 1
+        core, suffix = core + suffix[:marks], suffix[marks:]
     if possessive and len(core) > 2 and core[-2:].lower() == "'s":
         core, suffix = core[:-2], core[-2:] + suffix
     return Chunk(prefix, core, suffix)

@@ -1,0 +1,59 @@
+"""Captions that are not plain English ASCII (Multi30k's German, Czech and French, COCO-CN's Chinese,
+STAIR's Japanese, accents in composed and decomposed form, emoji, joiners, right-to-left scripts)
+through the code that splits, edits, tokenises and reads them."""
+from __future__ import annotations
+
+import random
+import unicodedata
+
+import pytest
+
+from augment.generators import eda
+from augment.words import split_chunk
+
+
+@pytest.mark.parametrize("piece, chunk", [
+    ("e\u0301te\u0301", ("", "e\u0301te\u0301", "")),  # decomposed "été" (macOS file names, some exports)
+    ("e\u0301te\u0301.", ("", "e\u0301te\u0301", ".")),
+    ("hraji\u0301!)", ("", "hraji\u0301", "!)")),
+    ("\u0915\u0941\u0924\u094d\u0924\u093e\u0964", ("", "\u0915\u0941\u0924\u094d\u0924\u093e", "\u0964")),  # Hindi vowel sign, danda
+    ("\u00abcr\u00e8me\u00bb", ("\u00ab", "cr\u00e8me", "\u00bb")),
+    ("dog,", ("", "dog", ",")),
+])
+def test_a_combining_mark_belongs_to_its_word_not_to_the_punctuation_after_it(piece, chunk):
+    assert tuple(split_chunk(piece)) == chunk
+
+
+def test_eda_swaps_and_deletions_keep_each_accent_on_its_word():
+    """A decomposed accent at a word's end was split off as trailing punctuation and stayed in its
+    slot when the words were swapped: "e\u0301te\u0301 a\u0300 Paris" became "Paris\u0301 a\u0300 e\u0301te"."""
+    text = "e\u0301te\u0301 a\u0300 Paris"
+    words = set(text.split())
+    caption = eda.parse_caption(text)
+    seen = 0
+    for seed in range(40):
+        for op in ("rs", "rd"):
+            edit = eda.apply_op(op, caption, 0.3, random.Random(seed))
+            if edit is None:
+                continue
+            out = eda.render_caption(edit.caption)
+            assert set(out.split()) <= words, out
+            seen += 1
+    assert seen
+
+
+def test_eda_leaves_a_caption_without_spaces_alone():
+    """Chinese and Japanese captions have no spaces: one word to EDA, which has nothing to swap, delete or
+    look up in (English) WordNet, so such a caption gets no rows rather than made-up edits."""
+    caption = eda.parse_caption("\u4e00\u53ea\u72d7\u5728\u8349\u5730\u4e0a\u5954\u8dd1\u3002")
+    for op in ("rs", "rd"):
+        assert eda.apply_op(op, caption, 0.5, random.Random(0)) is None
+    assert eda.synonym_replacement(caption, 0.5, random.Random(0), synonyms_of=lambda word: ["x"]) is None
+
+
+def test_nfc_and_nfd_captions_stay_as_given_through_eda():
+    """EDA does not normalise: a caption's untouched words come back byte-equal, in the form they were given."""
+    for form in ("NFC", "NFD"):
+        text = unicodedata.normalize(form, "Ein Mann f\u00e4hrt Fahrrad \u00fcber die Stra\u00dfe")
+        edit = eda.apply_op("rs", eda.parse_caption(text), 0.2, random.Random(1))
+        assert sorted(eda.render_caption(edit.caption).split()) == sorted(text.split())
