@@ -57,3 +57,23 @@ def test_nfc_and_nfd_captions_stay_as_given_through_eda():
         text = unicodedata.normalize(form, "Ein Mann f\u00e4hrt Fahrrad \u00fcber die Stra\u00dfe")
         edit = eda.apply_op("rs", eda.parse_caption(text), 0.2, random.Random(1))
         assert sorted(eda.render_caption(edit.caption).split()) == sorted(text.split())
+
+
+@pytest.mark.parametrize("line_break", ["\r", "\r\n", "\u2028", "\u2029", "\x0b", "\x0c", "\x85"])
+def test_a_line_break_inside_a_caption_does_not_shift_the_other_captions_tokens(line_break):
+    """COCO's PTBTokenizer (Java) reads one caption per line; pycocoevalcap replaces only "\\n" before
+    writing them, so a reference holding a "\\r" (a CRLF in a quoted CSV field) or U+2028 ended a line in
+    Java and every later caption got the tokens of the one before it: BLEU and CIDEr scored the wrong
+    references, silently."""
+    import shutil
+
+    from train.caption_metrics import caption_scores, tokenize_all
+
+    assert shutil.which("java"), "COCO's PTBTokenizer needs Java: apt-get install default-jre-headless"
+    captions = {0: [f"zwei{line_break}Zeilen"], 1: ["three dogs"], 2: ["a cat"]}
+    expected = {0: ["zwei zeilen"], 1: ["three dogs"], 2: ["a cat"]}
+    assert tokenize_all(captions, use_java=True) == expected
+    assert tokenize_all(captions, use_java=False) == expected
+    scores = caption_scores([[f"a red{line_break}circle"], ["two dogs"]], ["a red circle", "two dogs"],
+                            java=True, meteor=False)
+    assert scores["rouge_l"] == pytest.approx(100.0)  # each caption is its reference

@@ -87,8 +87,13 @@ def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, li
     if use_java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+        # PTBTokenizer reads one caption per line and pycocoevalcap pairs its output lines with the
+        # captions in order, replacing only "\n" first: a "\r" (a CRLF inside a quoted CSV field), "\v",
+        # "\f", U+2028 or U+2029 in a caption ended a line in Java too, and every later caption got the
+        # tokens of the one before it (the last ones none); `splitlines` knows all of them
         with _java_stderr_captured():
-            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+            return PTBTokenizer().tokenize({k: [{"caption": " ".join(c.splitlines())} for c in v]
+                                            for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
