@@ -77,3 +77,41 @@ def test_a_line_break_inside_a_caption_does_not_shift_the_other_captions_tokens(
     scores = caption_scores([[f"a red{line_break}circle"], ["two dogs"]], ["a red circle", "two dogs"],
                             java=True, meteor=False)
     assert scores["rouge_l"] == pytest.approx(100.0)  # each caption is its reference
+
+
+# Multi30k's, COCO-CN's, STAIR's and others' kinds of captions: accents composed and decomposed, a
+# curly apostrophe, CJK runs and punctuation, right-to-left scripts, an Indic vowel sign, emoji, a
+# soft hyphen, a zero-width space
+NON_ASCII_CAPTIONS = [
+    "Ein Mann fährt Fahrrad über die Straße.", "Zwei Hunde spielen im Schnee, während ein Kind zuschaut.",
+    "Děti si hrají na hřišti.", "Un homme en veste rouge traverse la rue à vélo.", "L’enfant joue avec l'eau.",
+    "Ça va? C'est ça!", "一只狗在草地上奔跑。", "两个人，一只猫、一条鱼！好吗？", "犬が公園で走っている",
+    "赤いシャツを着た男性が、自転車に乗っている。", "Un café «crème» — naïve Zoë’s “best” dog 🐶",
+    "a\u00a0dog with a | pipe and\u200d zwj", "e\u0301te\u0301 à Paris", "كلب يركض في الحديقة", "שלום עולם",
+    "Αυτοκίνητο στο δρόμο.", "Собака бежит по траве.", "¿Qué hace el perro? ¡Corre!", "कुत्ता दौड़ रहा है।",
+    "Ein 3,5 m langer Tisch bei 20°C heute", "x\u00adx und x\u200by", "Don’t stop; it’s the dog’s bowl",
+    "Łódź Straße ŒUVRE", "（括号）中文：测试；", "Ｆｕｌｌ ｗｉｄｔｈ ２０２３", "a ‘quoted’ word…", "üblich-gute Äpfel",
+]
+
+
+def test_the_fallback_tokenizer_gives_what_ptb_gives_for_non_ascii_captions():
+    """Without Java, the regex standing in for PTB kept only [a-z0-9]: "fährt" became "f hrt", a Chinese,
+    Arabic or Greek caption no token at all (CIDEr 0, BLEU of nothing), so metrics on Multi30k or COCO-CN
+    references were wrong whenever Java was missing. Checked against the real PTBTokenizer (Java)."""
+    import shutil
+
+    from train.caption_metrics import simple_tokenize, tokenize_all
+
+    assert shutil.which("java"), "COCO's PTBTokenizer needs Java: apt-get install default-jre-headless"
+    assert simple_tokenize("Ein Mann fährt über die Straße") == "ein mann fährt über die straße"
+    captions = {i: [caption] for i, caption in enumerate(NON_ASCII_CAPTIONS)}
+    assert tokenize_all(captions, use_java=False) == tokenize_all(captions, use_java=True)
+
+
+def test_captioning_metrics_score_chinese_captions_without_java():
+    from train.caption_metrics import caption_scores
+
+    references = [["一只狗在草地上奔跑。", "狗在跑"], ["两个孩子在玩", "孩子们在公园里玩。"]]
+    scores = caption_scores(references, ["一只狗在草地上奔跑。", "两个孩子在玩"], java=False, meteor=False)
+    assert scores["rouge_l"] == pytest.approx(100.0)
+    assert scores["cider"] > 0 and not any("no reference caption" in note for note in scores["notes"])

@@ -13,11 +13,13 @@ Scores are in percent (x100), as papers print them (BLIP base on COCO: CIDEr ~ 1
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import sys
 import tempfile
+import unicodedata
 from typing import Sequence
 
 METRICS = ("bleu4", "meteor", "rouge_l", "cider")
@@ -51,16 +53,63 @@ _SPLIT_WORD = re.compile(r"\b(" + "|".join(_SPLIT_WORDS) + r")\b")
 _PTB_TOKEN = re.compile(r"-[lr][rsc]b-|n't|'(?:s|re|ve|ll|d|m|em)\b|(?:[a-z]\.){2,}|\b(?:mrs|mr|ms|dr|st|jr|sr)\."
                         r"|[a-z0-9._]*[a-z0-9]@[a-z0-9]+(?:\.[a-z0-9]+)*"
                         r"|(?:\d+(?:[.,:]\d+)+|[a-z0-9]+)(?:[-'][a-z0-9]+)*|[&/%#$+=*<>|~^]")
+# Text in any script is tokenised by the same regexes, run on a "shadow" of the caption that stands each
+# character for its role, one for one, and the tokens cut from the caption itself: a letter, digit or
+# combining mark of any script (Python's \w leaves marks out) is "a" ("0" for a digit), so "fährt",
+# "straße", decomposed "e\u0301te\u0301" and a Chinese run without spaces are one token each, as PTB
+# reads them; a non-ASCII punctuation mark or symbol PTB keeps ("。", "，", "（", "¿", "°") is "^", a
+# token of its own; those it turns into quotes, dashes or an ellipsis (« » “ ” ‘ ’ — – …, CJK corner and
+# angle brackets), which COCO's filter drops, emoji and invisible characters are a space.
+_PTB_DROPPED = "\u2026\u300a\u300b\u3008\u3009\u3014\u3015\u3016\u3017\u3010\u3011\u300c\u300d\u300e\u300f"
+_CURLY_CLITIC = re.compile(r"\u2019(?=(?:s|re|ve|ll|d|m|t)\b)")
+
+
+@functools.lru_cache(maxsize=1)
+def _shadow_table() -> dict[int, str]:
+    """`str.translate`'s table from non-ASCII characters to their roles (see above), built on first use:
+    a few tenths of a second, spent only where Java is absent and a caption is not ASCII."""
+    table = {code: chr(code) for code in range(0x80)}  # found in the table, ASCII translates fast
+    for code in range(0x80, 0x40000):
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category == "Nd":
+            table[code] = "0"
+        elif category[0] == "M" or char.isalnum():
+            table[code] = "a"
+        elif (category[0] == "S" or category in ("Po", "Ps", "Pe")) and code <= 0xFFFF and char not in _PTB_DROPPED:
+            table[code] = "^"
+        else:
+            table[code] = " "
+    table[0x2019] = "'"  # a curly apostrophe inside a word ("l’homme") joins it, as PTB keeps it
+    return table
+
+
+def _with_spaces_at(text: str, positions: list[int]) -> str:
+    pieces, last = [], 0
+    for position in positions:
+        pieces += [text[last:position], " "]
+        last = position
+    return "".join(pieces) + text[last:]
 
 
 def simple_tokenize(text: str) -> str:
     """Lower-case tokens as PTBTokenizer + COCO's punctuation filter give them for captions
     (tested equal on possessives, contractions, hyphens, decimals, clock times, titles and
-    abbreviations, "cannot"/"gonna"): the fallback when Java is absent. Rarer constructions may
+    abbreviations, "cannot"/"gonna", and on German, Czech, French, Chinese, Japanese, Arabic, Hebrew,
+    Greek, Russian and Hindi captions): the fallback when Java is absent. Rarer constructions may
     still differ; the report says when the fallback was used."""
     text = _SPLIT_WORD.sub(lambda word: _SPLIT_WORDS[word.group(1)], text.lower())
-    text = _CLITIC.sub(r" \1", text).translate(str.maketrans(_BRACKETS))
-    return " ".join(_PTB_TOKEN.findall(text))
+    if text.isascii():
+        text = _CLITIC.sub(r" \1", text).translate(str.maketrans(_BRACKETS))
+        return " ".join(_PTB_TOKEN.findall(text))
+    # a soft hyphen is invisible (PTB drops it); a curly apostrophe before a clitic is PTB's "'" ("zoë’s")
+    text = _CURLY_CLITIC.sub("'", text.replace("\u00ad", ""))
+    shadow = text.translate(_shadow_table())
+    spaces = [match.start() for match in _CLITIC.finditer(shadow)]
+    brackets = str.maketrans(_BRACKETS)
+    text = _with_spaces_at(text, spaces).translate(brackets)
+    shadow = _with_spaces_at(shadow, spaces).translate(brackets)
+    return " ".join(text[match.start():match.end()] for match in _PTB_TOKEN.finditer(shadow))
 
 
 @contextlib.contextmanager
