@@ -262,6 +262,19 @@ def _check_image(record: SourceRecord) -> None:
     open_image({"path": record.image_path, "bytes": data}, where=record.where)
 
 
+def _lone_surrogate(text) -> str | None:
+    """The first unpaired UTF-16 surrogate in `text` (`\\ud83d`), or None. JSON may escape one
+    (`"\\ud83d"`, a tool that cut a caption inside an emoji), Python reads it, and arrow, parquet and
+    UTF-8 cannot hold it: a traceback when the table was built, before the record could be named."""
+    if not isinstance(text, str) or text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x}"
+    return None
+
+
 def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> None:
     if record.problem:
         raise SourceError(f"{record.where}: {record.problem}")
@@ -275,6 +288,16 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
         if is_blank(caption):
             where = record.caption_where[number] if record.caption_where else record.where
             raise SourceError(f"{where}: caption {number} is empty")
+        surrogate = _lone_surrogate(caption)
+        if surrogate:
+            where = record.caption_where[number] if record.caption_where else record.where
+            raise SourceError(f"{where}: caption {number} holds {surrogate}, half of a UTF-16 surrogate pair alone "
+                              "(JSON's escape of a character cut in two, e.g. an emoji): not text UTF-8 can hold")
+    for name, value in (("image id", record.image_id), ("image path", record.image_path)):
+        surrogate = _lone_surrogate(value)
+        if surrogate:
+            raise SourceError(f"{record.where}: its {name} holds {surrogate}, half of a UTF-16 surrogate pair alone: "
+                              "not text UTF-8 can hold")
     if record.stored is None and not record.image_found and (not record.image_path or not os.path.isfile(record.image_path)):
         raise SourceError(f"{record.where}: {image_not_found(record.image_path)}")
     if validate:

@@ -115,3 +115,42 @@ def test_captioning_metrics_score_chinese_captions_without_java():
     scores = caption_scores(references, ["一只狗在草地上奔跑。", "两个孩子在玩"], java=False, meteor=False)
     assert scores["rouge_l"] == pytest.approx(100.0)
     assert scores["cider"] > 0 and not any("no reference caption" in note for note in scores["notes"])
+
+
+@pytest.mark.parametrize("layout", ["karpathy", "albef", "imagefolder"])
+def test_a_lone_surrogate_in_a_json_caption_is_one_line_naming_the_record(tmp_path, capsys, layout):
+    """JSON can escape half of a UTF-16 pair alone ("\\ud83d": a caption cut inside an emoji by a tool counting
+    UTF-16 units); Python reads it, arrow cannot hold it: every command stopped in a traceback (UnicodeEncodeError
+    from pyarrow, exit status 1) instead of the one line naming the record, and --skip-bad could not skip it."""
+    import json
+
+    from augment.cli import main as augment_main
+    from tests.conftest import write_image
+
+    write_image(tmp_path / "images" / "a.png")
+    write_image(tmp_path / "images" / "b.png")
+    bad, good = "a dog \ud83d running", "a cat \U0001f431 sleeping"  # the good one: a whole pair, read as one emoji
+    if layout == "karpathy":
+        source = tmp_path / "dataset_x.json"
+        source.write_text(json.dumps({"images": [
+            {"filename": "a.png", "split": "train", "sentences": [{"raw": good}]},
+            {"filename": "b.png", "split": "train", "sentences": [{"raw": "a dog"}, {"raw": bad}]}]}))
+        where = "dataset_x.json: images[1] (b.png): caption 1"
+    elif layout == "albef":
+        source = tmp_path / "flickr30k_train.json"
+        source.write_text(json.dumps([{"image": "images/a.png", "caption": good, "image_id": "a"},
+                                      {"image": "images/b.png", "caption": bad, "image_id": "b"}]))
+        where = "caption 0"
+    else:
+        source = tmp_path / "images"
+        (source / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": good}) + "\n"
+                                               + json.dumps({"file_name": "b.png", "caption": bad}) + "\n")
+        where = "caption 0"
+    assert augment_main(["inspect", "--source", str(source)]) == 2
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1]  # after the reading progress bar
+    assert "Traceback" not in err and line.startswith("error: "), err
+    assert where in line and "\\ud83d" in line and "surrogate" in line, line
+    report = tmp_path / "skipped.json"
+    assert augment_main(["inspect", "--source", str(source), "--skip-bad", "--skip-report", str(report)]) == 0
+    assert "1 images" in capsys.readouterr().out and len(json.loads(report.read_text())["skipped"]) == 1
