@@ -186,3 +186,18 @@ def test_captions_come_back_byte_equal_through_a_pool_and_its_export(tmp_path):
         written = {row for shard in glob.glob(str(tmp_path / folder / "data" / "*.parquet"))
                    for row in pq.read_table(shard, columns=["caption"]).column(0).to_pylist()}
         assert written == expected
+
+
+@pytest.mark.parametrize("text", ["\u0130stanbul has a big red tower", "\u00c4rger im B\u00fcro heute", "\u03a3\u03ae\u03bc\u03b5\u03c1\u03b1 o dog runs",
+                                  "\u2126 sign on a big wall"])
+def test_eda_gives_back_a_first_word_it_did_not_move_byte_equal(text):
+    """EDA lowers the first word out of sentence case and capitalises whatever word ends up first; "\u0130" (Turkish
+    dotted capital I) lowers to two characters and came back as "I\\u0307": an untouched word rewritten."""
+    caption = eda.parse_caption(text)
+    assert eda.render_caption(caption) == text
+    first = text.split()[0]
+    for seed in range(20):
+        edit = eda.apply_op("rd", caption, 0.2, random.Random(seed))
+        out = eda.render_caption(edit.caption).split()
+        if out[0].casefold() == first.casefold():  # the first word kept its place
+            assert out[0] == first, out

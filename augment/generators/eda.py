@@ -16,7 +16,8 @@ punctuation, a core word and trailing punctuation; operations act on the core wo
 punctuation where it was (a swap exchanges words between slots, so "square, a star" becomes
 "star, a square"); the caption's final ".", "!" or "?" is kept; a capitalised first word is
 written in lower case when an operation moves it away from the front, and whatever word ends up
-first is capitalised (all-caps words and "I" keep their case). Replacements take the case of
+first is capitalised (all-caps words and "I" keep their case, and so does a first letter that lower
+case and back would not give back, Turkish "İ"). Replacements take the case of
 the word they replace.
 
 Rows: for each source caption, output slot k (0..N-1) applies op `ops[k % len(ops)]` with a
@@ -81,11 +82,18 @@ def parse_caption(text: str) -> Caption:
             pieces.pop()
     chunks = [split_chunk(piece) for piece in pieces]
     first = next((i for i, chunk in enumerate(chunks) if chunk.core), None)
-    capitalised = first is not None and chunks[first].core[0].isupper()
+    # sentence case only where lowering the letter and capitalising it again gives it back: "İ" lowers to
+    # two characters ("i" + a combining dot) and came back as "I\u0307", another byte string than the word's
+    capitalised = first is not None and chunks[first].core[0].isupper() and _case_round_trips(chunks[first].core[0])
     if capitalised and not keeps_case(chunks[first].core):
         core = chunks[first].core
         chunks[first] = chunks[first].with_core(core[0].lower() + core[1:])
     return Caption(tuple(chunks), end, capitalised)
+
+
+def _case_round_trips(letter: str) -> bool:
+    lowered = letter.lower()
+    return len(lowered) == 1 and lowered.upper() == letter
 
 
 def render_caption(caption: Caption) -> str:
