@@ -201,3 +201,14 @@ def test_eda_gives_back_a_first_word_it_did_not_move_byte_equal(text):
         out = eda.render_caption(edit.caption).split()
         if out[0].casefold() == first.casefold():  # the first word kept its place
             assert out[0] == first, out
+
+
+def test_the_project_attacks_replace_words_spelled_in_a_to_z_only():
+    """What README's protocol table (item 8) says: under the project protocol a word with an accent or in another
+    script is never replaced, and a caption without spaces is one such word. (Behaviour pinned, not changed.)"""
+    from augment.wordnet import STOP_WORDS
+
+    assert split_chunk("dog,").replaceable(STOP_WORDS) and split_chunk("T-shirt").replaceable(STOP_WORDS)
+    for word in ("f\u00e4hrt", "Stra\u00dfe", "e\u0301te\u0301", "\u4e00\u53ea\u72d7\u5728\u8349\u5730\u4e0a\u5954\u8dd1\u3002",
+                 "\u0643\u0644\u0628", "\u0441\u043e\u0431\u0430\u043a\u0430"):
+        assert not split_chunk(word, possessive=True).replaceable(STOP_WORDS), word
