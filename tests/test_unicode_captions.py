@@ -212,3 +212,18 @@ def test_the_project_attacks_replace_words_spelled_in_a_to_z_only():
     for word in ("f\u00e4hrt", "Stra\u00dfe", "e\u0301te\u0301", "\u4e00\u53ea\u72d7\u5728\u8349\u5730\u4e0a\u5954\u8dd1\u3002",
                  "\u0643\u0644\u0628", "\u0441\u043e\u0431\u0430\u043a\u0430"):
         assert not split_chunk(word, possessive=True).replaceable(STOP_WORDS), word
+
+
+def test_paraphrases_and_captions_are_deduplicated_whatever_the_unicode_form():
+    """A sentencepiece paraphraser gives a decomposed (NFD) source caption back composed: it counted as a new
+    paraphrase of itself; a Chinese caption with and without its final "。" counted twice."""
+    from augment.generators.paraphrase import DistinctCollector
+
+    source = unicodedata.normalize("NFD", "\u00e9t\u00e9 \u00e0 Paris")
+    collector = DistinctCollector(3, refuse=[source])
+    collector.offer(unicodedata.normalize("NFC", source), 0)  # the source echoed, composed
+    collector.offer("\u4e00\u53ea\u72d7\u5728\u8dd1\u3002", 0)
+    collector.offer("\u4e00\u53ea\u72d7\u5728\u8dd1", 1)
+    collector.offer("\uff21 dog", 1)  # full-width A
+    collector.offer("a dog", 1)
+    assert [text for text, _ in collector.kept] == ["\u4e00\u53ea\u72d7\u5728\u8dd1\u3002", "\uff21 dog"]

@@ -8,7 +8,7 @@ method of its own, the dataset's other human captions: see `human.py`.)
 Images are batched (`--batch-size` images per `generate` call) and captioned with nucleus
 sampling (the `--top-p`/`--sampling-top-k`/`--temperature`/`--max-new-tokens`/`--max-rounds` options
 shared with `t2t-`, defined in `paraphrase.py`; a model's saved beam and penalty settings are
-overridden there). Each image gets up to N distinct captions (lower case, whitespace and final
+overridden there). Each image gets up to N distinct captions (NFKC, case folded, whitespace and final
 punctuation normalised), empty ones dropped, re-sampled for up to `--max-rounds` rounds; rows of
 an image that ended with fewer than N carry a provenance note.
 Rows belong to the image, not to one of its captions: `source_caption_index` is -1.

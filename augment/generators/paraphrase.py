@@ -16,7 +16,7 @@ Captions are batched (`--batch-size` captions per `generate` call) and sampled w
 sampling (`--top-p`, `--temperature`, `--sampling-top-k` 0 = off) and nothing else: beam search, penalties
 and other decoding settings a model's generation_config.json (or legacy config.json) saves are
 overridden (`PLAIN_DECODING`). Each caption gets up to N paraphrases
-that differ from each other and from the caption (compared in lower case, whitespace and final
+that differ from each other and from the caption (compared in Unicode NFKC, case folded, whitespace and final
 punctuation normalised); empty outputs are dropped, and captions still short of N are sampled
 again, up to `--max-rounds` rounds. Rows of a caption that ended with fewer than N carry a
 provenance note.
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
@@ -137,8 +138,11 @@ def add_sampling_arguments(group) -> None:
 
 
 def normalised(text: str) -> str:
-    """The form outputs are deduplicated in: lower case, single spaces, no final punctuation."""
-    return " ".join(text.lower().split()).rstrip(" .!?")
+    """The form outputs are deduplicated in: Unicode NFKC, case folded, single spaces, no final punctuation
+    (CJK and full-width marks too). NFKC, because a model's tokenizer normalises what it echoes:
+    sentencepiece models (T5, Pegasus) give a decomposed source caption (NFD, "e\u0301te\u0301") back
+    composed, which counted as a new paraphrase of it; "一只狗在跑。" and "一只狗在跑" as two outputs."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(" .!?。")
 
 
 def clean_output(text: str) -> str:
