@@ -10,6 +10,7 @@ import csv
 import functools
 import json
 import os
+import unicodedata
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -389,6 +390,12 @@ def _read_csv(source: Path, image_root: str | None, split: str | None,
         reader = csv.DictReader(handle, delimiter=separator, strict=not tsv)
         line = 1
         try:
+            # a key typed in another Unicode form than the header spells it (a decomposed "le\u0301gende" written
+            # on macOS, typed composed) names that column: both print alike, so the refusal could not be read
+            fields = reader.fieldnames or []
+            header = {unicodedata.normalize("NFC", name): name for name in fields}
+            img_key, caption_key = (key if key in fields else header.get(unicodedata.normalize("NFC", key), key)
+                                    for key in (img_key, caption_key))
             if not reader.fieldnames or not {img_key, caption_key} <= set(reader.fieldnames):
                 found = f"got {reader.fieldnames}" if reader.fieldnames else "the file is empty"
                 raise SourceError(f"{source}: CSV needs a header with {img_key!r} and {caption_key!r} columns "

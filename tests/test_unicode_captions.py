@@ -227,3 +227,18 @@ def test_paraphrases_and_captions_are_deduplicated_whatever_the_unicode_form():
     collector.offer("\uff21 dog", 1)  # full-width A
     collector.offer("a dog", 1)
     assert [text for text, _ in collector.kept] == ["\u4e00\u53ea\u72d7\u5728\u8dd1\u3002", "\uff21 dog"]
+
+
+def test_a_csv_key_typed_in_another_unicode_form_than_the_header_names_that_column(tmp_path, capsys):
+    """A header written decomposed ("le\\u0301gende", macOS) and a key typed composed print alike: the refusal
+    "CSV needs a header with 'légende' ... got ['image', 'légende']" could not be acted on."""
+    from augment.cli import main as augment_main
+    from tests.conftest import write_image
+
+    write_image(tmp_path / "a.png")
+    source = tmp_path / "train.tsv"
+    decomposed = unicodedata.normalize("NFD", "l\u00e9gende")
+    source.write_text("image\t" + decomposed + "\na.png\tun chien\n", encoding="utf-8")
+    assert augment_main(["inspect", "--source", str(source), "--csv-caption-key", "l\u00e9gende"]) == 0
+    assert "1 images, 1 captions" in capsys.readouterr().out
+    assert augment_main(["inspect", "--source", str(source), "--csv-caption-key", "titre"]) == 2
