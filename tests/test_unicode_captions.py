@@ -242,3 +242,15 @@ def test_a_csv_key_typed_in_another_unicode_form_than_the_header_names_that_colu
     assert augment_main(["inspect", "--source", str(source), "--csv-caption-key", "l\u00e9gende"]) == 0
     assert "1 images, 1 captions" in capsys.readouterr().out
     assert augment_main(["inspect", "--source", str(source), "--csv-caption-key", "titre"]) == 2
+
+
+def test_a_targeted_attacks_hit_is_counted_as_an_uncased_bert_tokenizer_writes_the_target():
+    """BLIP decodes through an uncased BERT tokenizer: accents stripped, a space around every CJK ideograph.
+    A `pgd-targeted` target "un chien à la plage" or "一只狗在跑" could never count as reached."""
+    from train.evaluate_captioning import _normalised
+
+    assert _normalised("un chien a la plage") == _normalised("Un chien \u00e0 la plage.")
+    assert _normalised("\u4e00 \u53ea \u72d7 \u5728 \u8dd1") == _normalised("\u4e00\u53ea\u72d7\u5728\u8dd1")
+    assert _normalised("a black triangle") == _normalised("A black triangle.")
+    assert _normalised("a black triangle") != _normalised("a black circle")
+    assert _normalised("\u4e00 \u53ea \u732b") != _normalised("\u4e00\u53ea\u72d7")

@@ -24,7 +24,9 @@ seeded from (seed, attack, batch)), so a killed evaluation resumes to the same r
 from __future__ import annotations
 
 import json
+import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -64,8 +66,18 @@ def build_caption_attacks(names: Sequence[str | CaptionAttack], attacker, option
     return build_attacks(names, attacker, options, build=build_caption_attack, mlm_attacks=PROMPT_ATTACKS)
 
 
+# a space beside a CJK ideograph or kana: BERT's tokenizers (BLIP's) write one around every ideograph
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_SPACE = re.compile(rf"(?<=[{_CJK}]) | (?=[{_CJK}])")
+
+
 def _normalised(text: str) -> str:
-    return simple_tokenize(text)
+    """The form a generated caption and a `pgd-targeted` target are compared in: the metrics' tokens,
+    accents and the spaces beside CJK characters left out, as an uncased BERT tokenizer (BLIP's) writes
+    text: its "un chien a la plage" and "一 只 狗" are the targets "un chien à la plage" and "一只狗"
+    (they never counted as hits)."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return _CJK_SPACE.sub("", simple_tokenize(text))
 
 
 class _Record:
