@@ -254,3 +254,17 @@ def test_a_targeted_attacks_hit_is_counted_as_an_uncased_bert_tokenizer_writes_t
     assert _normalised("a black triangle") == _normalised("A black triangle.")
     assert _normalised("a black triangle") != _normalised("a black circle")
     assert _normalised("\u4e00 \u53ea \u732b") != _normalised("\u4e00\u53ea\u72d7")
+
+
+def test_captioning_metrics_say_when_chinese_or_japanese_captions_are_not_segmented():
+    """A run of CJK characters is one PTB token: whole phrases compared, near-0 numbers against a BERT-decoded
+    "一 只 狗"; the notes (eval.json, eval.md) say so instead of leaving the numbers to be read as a result."""
+    from train.caption_metrics import UNSEGMENTED_CJK, caption_scores
+
+    chinese = caption_scores([["\u4e00\u53ea\u72d7\u5728\u8dd1"], ["\u4e24\u4e2a\u5b69\u5b50"]],
+                             ["\u4e00 \u53ea \u72d7 \u5728 \u8dd1", "\u4e24 \u4e2a \u5b69 \u5b50"], java=False, meteor=False)
+    assert UNSEGMENTED_CJK in chinese["notes"]
+    segmented = caption_scores([["\u4e00 \u53ea \u72d7 \u5728 \u8dd1"], ["\u4e24 \u4e2a \u5b69 \u5b50"]],
+                               ["\u4e00 \u53ea \u72d7 \u5728 \u8dd1", "\u4e24 \u4e2a \u5b69 \u5b50"], java=False, meteor=False)
+    english = caption_scores([["a dog runs"], ["two kids"]], ["a dog runs", "two kids"], java=False, meteor=False)
+    assert UNSEGMENTED_CJK not in segmented["notes"] and UNSEGMENTED_CJK not in english["notes"]

@@ -152,6 +152,13 @@ ONE_IMAGE_CIDER = ("CIDEr is 0 for a single image, whatever its caption: its n-g
                    "evaluated images' references; evaluate two images or more")
 # pycocoevalcap's Cider asserts on a corpus whose references hold no word at all (punctuation only,
 # gone after tokenisation): no n-gram has a weight, so every image's CIDEr is 0, said in the notes
+# Chinese and Japanese are written without spaces: PTB (and the fallback, as PTB) keeps a run of them as
+# one token, so n-grams are whole phrases, and a captioner whose tokenizer decodes with a space around
+# every ideograph (BERT's, BLIP's) matches no such reference token: numbers near 0, said in the notes
+_UNSEGMENTED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2}")
+UNSEGMENTED_CJK = ("captions hold Chinese or Japanese text without spaces: each run of it is one token, as COCO's PTB "
+                   "tokenizer reads it, so BLEU/METEOR/ROUGE/CIDEr compare whole phrases; segment references and "
+                   "generated captions into words (e.g. jieba, as COCO-CN's evaluation does) for comparable numbers")
 NO_REFERENCE_WORDS_CIDER = ("CIDEr is 0: no reference caption of the evaluated images holds a word after "
                             "tokenisation (punctuation only)")
 
@@ -183,6 +190,8 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
         notes.append(ONE_IMAGE_CIDER)
     gts = tokenize_all({i: list(refs) for i, refs in enumerate(references)}, use_java)
     res = tokenize_all({i: [c] for i, c in enumerate(candidates)}, use_java)
+    if any(_UNSEGMENTED.search(caption) for captions in (*gts.values(), *res.values()) for caption in captions):
+        notes.append(UNSEGMENTED_CJK)
     # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word
     res = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res.items()}
     scores: dict = {}
