@@ -103,6 +103,7 @@ def compare_table(evaluations: list[tuple[str, dict]]) -> str:
 
 
 def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
+    from data_cards.render import markdown_cell
     from train.attacks import ATTACK_NAMES
 
     if task not in _COMPARE_CELLS:
@@ -121,7 +122,7 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, report), protocol in zip(evaluations, protocols):
         entries = report.get("attacks", {})
-        cells = ([name] + ([protocol] if by_protocol else [])
+        cells = ([markdown_cell(name)] + ([protocol] if by_protocol else [])  # a folder name may hold "|"
                  + ["-" if entries.get(attack) is None else _cell(cell, entries[attack], name, attack) for attack in attacks])
         if task == "retrieval":
             clean = entries.get("clean", {})

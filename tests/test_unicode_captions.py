@@ -268,3 +268,17 @@ def test_captioning_metrics_say_when_chinese_or_japanese_captions_are_not_segmen
                                ["\u4e00 \u53ea \u72d7 \u5728 \u8dd1", "\u4e24 \u4e2a \u5b69 \u5b50"], java=False, meteor=False)
     english = caption_scores([["a dog runs"], ["two kids"]], ["a dog runs", "two kids"], java=False, meteor=False)
     assert UNSEGMENTED_CJK not in segmented["notes"] and UNSEGMENTED_CJK not in english["notes"]
+
+
+def test_a_folder_name_holding_a_pipe_stays_one_cell_of_the_comparison_tables():
+    """`augment score --table` and `analysis compare` name pools and evaluations by their folders: a "|" in
+    one split its row into one more cell than the header, shifting every number after it (audit AL)."""
+    from analysis.cli import compare_table
+    from augment.scoring.report import TABLE_COLUMNS, comparison_table
+
+    entry = {"pool": {"name": "eda|n8", "method": "eda", "num_rows": 3}, "settings": {"confidence": 0.95},
+             "scorer": {"name": "tiny-clip"}, "alignment": {}, "clipscore": {}}
+    row = comparison_table([entry]).splitlines()[2]
+    assert row.startswith("| eda\\|n8 | eda | 3 |") and row.count(" | ") == len(TABLE_COLUMNS) - 1
+    report = {"attacks": {"clean": {"tr@1": 80.0, "ir@1": 70.0, "rsum": 400.0}}}
+    assert compare_table([("runs|a", report)]).splitlines()[2].startswith("| runs\\|a | ")

@@ -161,7 +161,9 @@ def comparison_table(entries: list[dict]) -> str:
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|",
     ]
-    lines += ["| " + " | ".join(table_row(e)) + " |" for e in entries]
+    from data_cards.render import markdown_cell  # a pool's folder name may hold "|"; its own cell, not two
+
+    lines += ["| " + " | ".join(markdown_cell(cell) for cell in table_row(e)) + " |" for e in entries]
     note = (f"\nScorer: {', '.join(scorers)}. Brackets: {confidence:.0%} bootstrap CI. Alignment = cosine of "
             "image and caption embeddings; diversity = mean pairwise cosine distance within an item's 1:N set; "
             "gap = Frechet distance and unbiased RBF MMD² between the pool's and the source's embeddings.\n")
