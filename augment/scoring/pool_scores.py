@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from augment.errors import PoolError
-from augment.sources import table_rows
+from augment.sources import table_rows, take_table_rows
 from augment.scoring import measures, store
 from augment.scoring.embeddings import Embedder
 
@@ -174,7 +174,7 @@ def take_rows(dataset, columns: list[str], indices) -> dict[str, list]:
     rows = table_rows(dataset)
     if rows is not None:
         positions = rows.to_numpy()[positions]
-    return dataset.data.table.select(columns).take(positions).to_pydict()
+    return take_table_rows(dataset.data.table.select(columns), positions).to_pydict()
 
 
 def read_chunk(dataset, indices: np.ndarray) -> ChunkRows:
