@@ -568,3 +568,45 @@ def test_ctrl_c_during_the_swap_leaves_the_new_pool_and_no_old_files(karpathy_di
         run_generation(_CountingGenerator(), source, str(out), overwrite=True, **kwargs)
     assert load_pool(out).meta["shard_size"] == 2  # the new pool, whole
     assert sorted(p.name for p in out.iterdir()) == [".generate.lock", "README.md", "data", "pool.json"]
+
+
+def test_a_selection_of_large_images_is_held_and_written_a_bounded_number_of_bytes_at_a_time(tmp_path, monkeypatch):
+    """`augment select` held 1,000 rows at a time as Python objects and wrote shards of 5,000 rows whatever
+    their images weighed: 300 rows of 800 KB images (one shard) took 2.1 GB of memory, and a pool of
+    512 px images would have needed tens of GB per shard. Rows are read a block of ROW_BLOCK_BYTES and
+    written in shards of SHARD_IMAGE_BYTES of images at most, the rows unchanged (audit AM)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from datasets import Image as ImageFeature
+
+    import augment.pool as pool_module
+    import augment.select as select_module
+    import augment.sources as sources
+    from augment.select import SelectFilters, select_pool
+
+    def png(i):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = [png(i) for i in range(12)]
+    rows = [_row(i, "image", None, {"bytes": images[i], "path": None}) for i in range(12)]
+    write_pool(tmp_path / "p", rows, {"method": "m"})
+    parent = load_pool(tmp_path / "p")
+    cap = 3 * len(images[0])
+    monkeypatch.setattr(pool_module, "SHARD_IMAGE_BYTES", cap)
+    monkeypatch.setattr(select_module, "ROW_BLOCK_BYTES", 4 * parent.dataset.data.table.nbytes // 12)
+    blocks = []
+    real_take = sources.take_table_rows
+    monkeypatch.setattr(sources, "take_table_rows", lambda table, positions: blocks.append(len(positions)) or
+                        real_take(table, positions))
+    meta = select_pool(parent, str(tmp_path / "sel"), SelectFilters(modality="image"))
+    assert meta["num_rows"] == 12 and max(blocks) <= 4 and sum(blocks) == 12
+    shards = sorted((tmp_path / "sel" / "data").glob("*.parquet"))
+    assert len(shards) >= 4
+    for shard in shards:
+        stored = pq.read_table(shard, columns=["image"])["image"].to_pylist()
+        assert sum(len(image["bytes"]) for image in stored) <= cap + max(map(len, images))
+    selected = load_pool(tmp_path / "sel").dataset.cast_column("image", ImageFeature(decode=False))
+    assert [row["image"]["bytes"] for row in selected] == images
