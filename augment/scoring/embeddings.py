@@ -232,52 +232,56 @@ def _unreadable(path: Path, exc: Exception) -> None:
 
 
 class _KeyIndex:
-    """Sorted 16-byte keys -> (file id, row), looked up with numpy's searchsorted."""
+    """Sorted 16-byte keys -> (file id, row), looked up with numpy's searchsorted.
+
+    The keys are a few sorted runs, oldest first, each at least twice the size of the next (a
+    log-structured merge): a put sorts its own keys and merges runs only while the newest is as large
+    as half the one before, so n keys cost O(n log n) sorting in all. One sorted array re-sorted
+    whole after every put was quadratic in the cache: `augment score` puts once per chunk, 14.6 s
+    of sorting for 612k keys in 2,400 puts, ~1 min at a COCO pool's 1.2M captions."""
 
     def __init__(self):
-        self._parts: list[tuple[np.ndarray, int]] = []
-        self._keys = np.empty(0, dtype=f"S{KEY_BYTES}")
-        self._file_ids = np.empty(0, dtype=np.int32)
-        self._rows = np.empty(0, dtype=np.int32)
-        self._stale = False
+        self._runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, file ids, rows), oldest first
 
     def __len__(self) -> int:
-        return len(self._keys) + sum(len(keys) for keys, _ in self._parts)
+        return sum(len(keys) for keys, _, _ in self._runs)
 
     def add(self, keys: np.ndarray, file_id: int) -> None:
-        self._parts.append((as_key_strings(keys), file_id))
-        self._stale = True
-
-    def _merge(self) -> None:
-        keys = [self._keys] + [part for part, _ in self._parts]
-        file_ids = [self._file_ids] + [np.full(len(part), fid, dtype=np.int32) for part, fid in self._parts]
-        rows = [self._rows] + [np.arange(len(part), dtype=np.int32) for part, _ in self._parts]
-        keys, file_ids, rows = np.concatenate(keys), np.concatenate(file_ids), np.concatenate(rows)
+        keys = as_key_strings(keys)
         order = np.argsort(keys, kind="stable")
-        self._keys, self._file_ids, self._rows = keys[order], file_ids[order], rows[order]
-        self._parts, self._stale = [], False
+        self._runs.append((keys[order], np.full(len(keys), file_id, dtype=np.int32), order.astype(np.int32)))
+        while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
+            newer = self._runs.pop()
+            older = self._runs.pop()
+            merged = [np.concatenate([a, b]) for a, b in zip(older, newer)]
+            order = np.argsort(merged[0], kind="stable")  # a key in both: the older entry first, as it is found
+            self._runs.append(tuple(part[order] for part in merged))
 
     def drop(self, file_id: int) -> None:
         """Forget the keys of file `file_id` (unreadable): they are misses from now on, and the
         same keys written again to another file are found there."""
-        if self._stale:
-            self._merge()
-        kept = self._file_ids != file_id
-        self._keys, self._file_ids, self._rows = self._keys[kept], self._file_ids[kept], self._rows[kept]
+        kept_runs = []
+        for keys, file_ids, rows in self._runs:
+            kept = file_ids != file_id
+            kept_runs.append((keys[kept], file_ids[kept], rows[kept]))
+        self._runs = [run for run in kept_runs if len(run[0])]
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(file id, row) per key; file id -1 where the key is not cached."""
-        if self._stale:
-            self._merge()
+        """(file id, row) per key; file id -1 where the key is not cached. A key in several files is
+        found in the one indexed first."""
         wanted = as_key_strings(keys)
         file_ids = np.full(len(wanted), -1, dtype=np.int32)
         rows = np.zeros(len(wanted), dtype=np.int32)
-        if len(self._keys) == 0:
-            return file_ids, rows
-        positions = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
-        hit = self._keys[positions] == wanted
-        file_ids[hit] = self._file_ids[positions[hit]]
-        rows[hit] = self._rows[positions[hit]]
+        for run_keys, run_files, run_rows in self._runs:  # oldest first: a key found stays found there
+            open_ = file_ids < 0
+            if not open_.any():
+                break
+            query = wanted[open_]
+            positions = np.minimum(np.searchsorted(run_keys, query), len(run_keys) - 1)
+            hit = run_keys[positions] == query
+            where = np.flatnonzero(open_)[hit]
+            file_ids[where] = run_files[positions[hit]]
+            rows[where] = run_rows[positions[hit]]
         return file_ids, rows
 
 
