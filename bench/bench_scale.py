@@ -12,6 +12,12 @@ timed is what the command does):
 * one training step: `train clean --model tiny-clip --max-steps 1 --batch-size 8`;
 * one evaluation batch: `train eval tiny-clip --split test --limit 8 --batch-size 8 --attacks clean`.
 
+Two more jobs, on request (`--jobs pool_select,pool_train_step`), time what a pool's size costs: each
+size's source gets an eda pool (`--n 1`, every train caption: 3.75 rows per source image), made untimed
+before its jobs, and the jobs are `augment select POOL --max-per-item 1` (every row read and written)
+and one MAT+ step drawing from it (`train mat+ --pools POOL --max-steps 1 --batch-size 8`: the pool's
+check and index at start-up).
+
 Reported: seconds per job and size (the fastest of `--repeats` runs: the least disturbed by
 other load on a shared machine; also the least CPU time of the main process, which other load
 disturbs less than wall time), and the ratio of each size's seconds to the smallest
@@ -50,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_scale", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--sizes", type=positive_counts, default=DEFAULT_SIZES, help=f"source sizes in images (default {DEFAULT_SIZES})")
     parser.add_argument("--jobs", default="generate,train_step,eval_batch",
-                        help="which jobs to time, comma-separated, of generate, train_step, eval_batch (default: all)")
+                        help="which jobs to time, comma-separated, of generate, train_step, eval_batch, pool_select, "
+                             "pool_train_step (default: the first three)")
     parser.add_argument("--repeats", type=positive_int, default=2, help="runs per job and size; the fastest counts (default 2)")
     parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"the report, JSON (default {DEFAULT_OUT}); "
                         "a quick look: --sizes 200,2000 --repeats 1 (~1.5 min on 2 cores)")
@@ -107,8 +114,28 @@ def synthetic_source(work: Path, size: int, base: dict, base_images: Path) -> tu
 # ---------------------------------------------------------------------------------------------
 
 
+POOL_JOBS = ("pool_select", "pool_train_step")
+
+
+def pool_of(source: Path) -> Path:
+    """The eda pool the pool jobs read: beside the source's folder, not in it (`make_pool`)."""
+    return source.parent.parent / f"{source.parent.name}-pool-eda"
+
+
+def make_pool(source: Path, images: Path, env: dict | None = None) -> Path:
+    """The pool jobs' pool of `source`, by `augment generate` in a process of its own (this one stays
+    light), untimed; a finished one is kept (generate finds it done)."""
+    command = [sys.executable, "-m", "augment.cli", "generate", "--method", "eda", "--n", "1", "--source", str(source),
+               "--image-root", str(images), "--out", str(pool_of(source)), "--no-progress"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"the pool jobs' pool of {source} could not be made: {lines[-1] if lines else done.returncode}")
+    return pool_of(source)
+
+
 def job_argv(job: str, source: Path, images: Path, out: Path) -> tuple[str, list[str]]:
-    """(CLI module, argv) of one job."""
+    """(CLI module, argv) of one job (a pool job's pool: `make_pool`)."""
     where = ["--source", str(source), "--image-root", str(images)]
     if job == "generate":
         return "augment.cli", ["generate", "--method", "img-aug", *where, "--out", str(out / "pool"), "--n", "1",
@@ -121,6 +148,13 @@ def job_argv(job: str, source: Path, images: Path, out: Path) -> tuple[str, list
         return "train.cli", ["eval", "tiny-clip", *where, "--split", "test", "--limit", str(LIMIT), "--batch-size",
                              str(BATCH), "--attacks", "clean", "--out", str(out / "eval"), "--no-progress",
                              "--restart"]  # each repeat replaces the last one's report, as --overwrite above
+    if job == "pool_select":
+        return "augment.cli", ["select", str(pool_of(source)), "--out", str(out / "selected"), "--max-per-item", "1",
+                               "--overwrite"]
+    if job == "pool_train_step":
+        return "train.cli", ["mat+", "--model", "tiny-clip", "--train-data", str(source), "--image-root", str(images),
+                             "--pools", str(pool_of(source)), "--out", str(out / "run-matplus"), "--max-steps", "1",
+                             "--batch-size", str(BATCH), "--cpu", "--no-progress", "--overwrite"]
     raise ValueError(f"unknown job {job!r}")
 
 
@@ -210,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             if size == sizes[0]:
                 source, images = synthetic_source(work, size, base, base_images)
+                if any(job in POOL_JOBS for job in jobs):
+                    make_pool(source, images, {**os.environ, "MATPLUS_CACHE": str(work / "matplus-cache-pools")})
                 env = {**os.environ, "HF_DATASETS_CACHE": str(work / "datasets-cache-warmup"), "MATPLUS_LOGLEVEL": "ERROR",
                        "MATPLUS_CACHE": str(work / "matplus-cache-warmup")}
                 for job in jobs:
@@ -217,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             source, images = synthetic_source(work, size, base, base_images)
             print(f"source of {size} images written in {time.perf_counter() - started:.1f} s", flush=True)
+            if any(job in POOL_JOBS for job in jobs):
+                started = time.perf_counter()
+                make_pool(source, images, {**os.environ, "MATPLUS_CACHE": str(work / "matplus-cache-pools")})
+                print(f"  its eda pool written in {time.perf_counter() - started:.1f} s", flush=True)
             time.sleep(RACY_SECONDS)  # a source changed within the last RACY_SECONDS is not cached (racy)
             runs: dict[str, list[dict]] = {job: [] for job in jobs}
             for repeat in range(args.repeats):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,28 @@ def test_each_scale_job_runs_again_into_the_folder_of_its_last_run(job, sample_w
     (a finished evaluation's folder was) used to be dropped, so the first run, which parses the
     source, was the only one timed."""
     module, argv = job_argv(job, sample_world_dir / "dataset_sample.json", sample_world_dir / "images", tmp_path)
+    main = importlib.import_module(module).main
+    assert main(argv) == 0
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("job", ["pool_select", "pool_train_step"])
+def test_each_pool_job_runs_on_the_pool_made_for_its_source_again_into_its_folder(job, sample_world_dir, tmp_path):
+    """The opt-in pool jobs (audit AM: `augment select` and MAT+'s start-up were quadratic or row by row
+    in the pool's size) read an eda pool made beside the source's folder, untimed, kept across sizes'
+    repeats; each job runs again into the folder of its last run, as the others do."""
+    import shutil
+
+    from bench.bench_scale import make_pool, parse_args, pool_of
+
+    assert parse_args(["--jobs", f"generate,{job}"]).jobs == f"generate,{job}"
+    folder = tmp_path / "source"
+    folder.mkdir()
+    source = Path(shutil.copy(sample_world_dir / "dataset_sample.json", folder))
+    pool = make_pool(source, sample_world_dir / "images")
+    assert pool == pool_of(source) and pool.parent == tmp_path and (pool / "pool.json").is_file()
+    assert make_pool(source, sample_world_dir / "images") == pool  # kept
+    module, argv = job_argv(job, source, sample_world_dir / "images", tmp_path / "out")
     main = importlib.import_module(module).main
     assert main(argv) == 0
     assert main(argv) == 0
