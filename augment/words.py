@@ -19,8 +19,15 @@ from typing import AbstractSet, NamedTuple
 
 # leading punctuation, the core (anything), trailing punctuation
 _CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
-# a word WordNet or a masked LM may replace: letters, with inner hyphens or apostrophes
+# a word WordNet or a masked LM may replace: letters, with inner hyphens or apostrophes (ASCII text;
+# any other goes through `word_scripts`)
 _WORD = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
+_LATIN = frozenset({"LATIN"})
+_INNER = "'-\u2019"  # inner apostrophes (also the curly one, French "l\u2019homme") and hyphens
+# scripts written without spaces between words: a whitespace chunk of them is a phrase or a sentence,
+# not a word, so no attack or EDA operation replaces it (the first word of a Unicode character's name)
+_UNSPACED = frozenset({"CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "IDEOGRAPHIC", "THAI", "LAO", "KHMER",
+                       "MYANMAR", "TIBETAN", "YI", "JAVANESE", "BALINESE"})
 # what pre_caption deletes (replaced by nothing) and what it turns into a space
 _PRE_CAPTION_DROP = re.compile(r"[,.'!?\"()*#:;~]")
 # what BLIP's pre_caption turns into a space (it keeps , ' ? - /)
@@ -46,7 +53,7 @@ class Chunk(NamedTuple):
         return f"{self.prefix}{self.core}{self.suffix}"
 
     def replaceable(self, stop_words: AbstractSet[str]) -> bool:
-        """An alphabetic word that is not a stop word."""
+        """An alphabetic word (`is_word`: letters of any script written with spaces) that is not a stop word."""
         return is_word(self.core) and self.core.lower() not in stop_words
 
     def replaced_by(self, substitute: str) -> str:
@@ -73,7 +80,56 @@ def split_chunk(piece: str, possessive: bool = False) -> Chunk:
 
 
 def is_word(text: str) -> bool:
-    return bool(_WORD.match(text))
+    """Whether `text` is one word WordNet or a masked LM may replace (`word_scripts`)."""
+    if text.isascii():  # nearly every caption's words: one regex
+        return bool(_WORD.match(text))
+    return word_scripts(text) is not None
+
+
+def word_scripts(text: str) -> frozenset[str] | None:
+    """The scripts of a word's letters (`LATIN`, `CYRILLIC`, `GREEK`, `ARABIC`, ...), or None when `text`
+    is not a word: letters of any script written with spaces between words, each optionally followed by
+    combining marks (decomposed accents, Indic vowel signs), with inner hyphens or apostrophes. So
+    "fährt", "Straße", "собака" and "कुत्ता" are words; a run of Chinese or Japanese (no spaces: a
+    phrase, not a word), digits and punctuation are not. Until 2026-12-06 only A-Z letters were: no word
+    of Multi30k's German with an accent was ever attacked, whatever `--mlm`."""
+    if text.isascii():
+        return _LATIN if _WORD.match(text) else None
+    scripts: set[str] = set()
+    after_joiner = True  # a word starts with a letter
+    for char in text:
+        if char in _INNER:
+            if after_joiner:
+                return None
+            after_joiner = True
+            continue
+        category = unicodedata.category(char)
+        if category[0] == "L":
+            script = _script(char)
+            if script in _UNSPACED:
+                return None
+            scripts.add(script)
+            after_joiner = False
+        elif category[0] != "M" or after_joiner:  # a mark belongs to the letter before it
+            return None
+    return frozenset(scripts) if scripts and not after_joiner else None
+
+
+def _script(letter: str) -> str:
+    """A letter's script: the first word of its Unicode name (`LATIN SMALL LETTER A WITH DIAERESIS`),
+    past a width prefix (`FULLWIDTH LATIN ...`, `HALFWIDTH KATAKANA ...`)."""
+    if letter.isascii():
+        return "LATIN"
+    words = unicodedata.name(letter, "UNKNOWN").split()
+    return words[1] if words[0] in ("FULLWIDTH", "HALFWIDTH") and len(words) > 1 else words[0]
+
+
+def same_script(substitute: str, original: str) -> bool:
+    """Whether `substitute` is written in the scripts of the word it would replace: a multilingual
+    masked LM's top predictions for a German word may be Cyrillic or Chinese tokens, and an English
+    word's Greek letters; a substitute in another script is no word of the caption's language."""
+    found, wanted = word_scripts(substitute), word_scripts(original)
+    return found is not None and wanted is not None and (found is wanted or found <= wanted)
 
 
 def keeps_case(word: str) -> bool:

@@ -212,12 +212,25 @@ def test_substitutes_kept_from_token_ids_as_from_their_words(mlm):
 
     words = [decoded(i) for i in ids]
     kept_any = False
-    for original in ("dog", "Dog", "the", "red", "zebra"):
+    for original in ("dog", "Dog", "the", "red", "zebra", "f\u00e4hrt", "\u0441\u043e\u0431\u0430\u043a\u0430", "\u4e00\u53ea"):
         for chunk in (ids, ids[::-1], ids[: 40] * 2):  # every id, another order, repeated ids
             expected = source._keep([words[i] for i in chunk], original)
             assert source._keep_ids(chunk, original) == expected, original
             kept_any = kept_any or bool(expected)
     assert kept_any and source._keep_ids(ids, "the") != source._keep_ids(ids, "red")
+
+
+def test_an_accented_word_gets_substitutes_a_run_of_chinese_none(mlm):
+    """Under the project protocol the masked LM is asked about every word of a script written with spaces
+    ("f\u00e4hrt" was skipped as non-A-Z until 2026-12-06), not about a Chinese run (a phrase, no word)."""
+    from train.attacks.substitutes import MaskedLMSubstitutes
+
+    model, tokenizer, _ = mlm
+    source = MaskedLMSubstitutes(model, tokenizer, top_k=20)
+    caption = [split_chunk(w, possessive=True) for w in "ein roter ball f\u00e4hrt \u4e00\u53ea\u72d7".split()]
+    found = source.substitutes([caption])[0]
+    assert 3 in found and found[3] and 4 not in found
+    assert all(word.isascii() for word in found[3])  # the tiny MLM's words: Latin, as the word
 
 
 def test_the_masked_lm_head_runs_only_where_predictions_are_read(mlm, monkeypatch):

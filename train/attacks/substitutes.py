@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.wordnet import STOP_WORDS
-from augment.words import Chunk, is_word, split_chunk
+from augment.words import Chunk, is_word, same_script, split_chunk, word_scripts
 
 MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
 # captions per masked-LM call: each call has ~2 ms of fixed cost (tokenizer, small ops) at tiny sizes;
@@ -40,8 +40,9 @@ REFERENCE_LOGIT_THRESHOLD = 0.3  # the reference codes' raw-logit floor for sing
 
 
 def acceptable_substitute(substitute: str, original: str, stop_words: AbstractSet[str] = STOP_WORDS) -> bool:
-    """A single alphabetic non-stop word different from the original."""
-    return is_word(substitute) and substitute.lower() != original.lower() and substitute.lower() not in stop_words
+    """A single alphabetic non-stop word different from the original, in the original's script."""
+    return (is_word(substitute) and substitute.lower() != original.lower() and substitute.lower() not in stop_words
+            and same_script(substitute, original))
 
 
 # ----------------------------------------------------------------------------- substitute sources
@@ -201,24 +202,27 @@ class MaskedLMSubstitutes(SubstituteSource):
                 words.append(chunk.suffix)
         return words, word_of
 
-    def _candidate(self, token_id: int) -> tuple[str, str] | None:
-        """(word, lower case) of a single-piece prediction that `acceptable_substitute` may accept
-        (a non-special, whole, alphabetic, non-stop word); None otherwise."""
+    def _candidate(self, token_id: int) -> tuple[str, str, frozenset[str]] | None:
+        """(word, lower case, scripts) of a single-piece prediction that `acceptable_substitute` may accept
+        (a non-special, whole, alphabetic, non-stop word; its scripts for `same_script`); None otherwise."""
         if token_id not in self._candidates:
             piece = self.tokenizer.convert_ids_to_tokens(token_id)
             word = None if token_id in self._special_ids or piece.startswith("##") else \
                 self.tokenizer.convert_tokens_to_string([piece]).strip()
-            acceptable = word and is_word(word) and word.lower() not in self.stop_words
-            self._candidates[token_id] = (word, word.lower()) if acceptable else None
+            scripts = word_scripts(word) if word else None
+            acceptable = scripts is not None and word.lower() not in self.stop_words
+            self._candidates[token_id] = (word, word.lower(), scripts) if acceptable else None
         return self._candidates[token_id]
 
     def _keep_ids(self, token_ids: list[int], original: str) -> list[str]:
         """`_keep` of the predictions `token_ids` (best first): what it keeps of their decoded words."""
+        scripts = word_scripts(original)  # a substitute in the word's script (`same_script`)
         original, known = original.lower(), self._candidates
         kept: list[str] = []
         for token_id in token_ids:  # a plain loop: this runs once per word of every caption attacked
             candidate = known[token_id] if token_id in known else self._candidate(token_id)
-            if candidate is not None and candidate[1] != original and candidate[0] not in kept:
+            if candidate is not None and candidate[1] != original and candidate[0] not in kept \
+                    and (candidate[2] is scripts or (scripts is not None and candidate[2] <= scripts)):
                 kept.append(candidate[0])
         return kept
 
