@@ -1624,3 +1624,20 @@ def test_the_plot_without_matplotlib_is_one_install_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingDependencyError, match="pip install matplotlib .*--no-plot"):
         plot_scores(tmp_path, {})
+
+
+def test_a_cache_file_of_no_keys_does_not_break_lookups(tmp_path):
+    """A valid cache file holding no keys (written by hand or another tool, in a shared --cache-dir) was
+    indexed as an empty run of the log-structured key index, and every later lookup failed on it with
+    `IndexError: index -1 is out of bounds for axis 0 with size 0` (one sorted array checked for no keys)."""
+    from augment.scoring.embeddings import EmbeddingCache
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 256, size=(5, 16), dtype=np.uint8)
+    cache = EmbeddingCache(tmp_path, "scorer-a")
+    cache.put("text", keys, np.ones((5, 3), dtype=np.float32))
+    cache.put("text", np.zeros((0, 16), dtype=np.uint8), np.zeros((0, 3), dtype=np.float32))
+    others = rng.integers(0, 256, size=(2, 16), dtype=np.uint8)
+    for reader in (cache, EmbeddingCache(tmp_path, "scorer-a")):  # as indexed by the put, and read back
+        found, embeddings = reader.lookup("text", np.concatenate([keys[[3]], others]))
+        assert found.tolist() == [True, False, False] and embeddings.shape == (1, 3)

@@ -248,6 +248,8 @@ class _KeyIndex:
 
     def add(self, keys: np.ndarray, file_id: int) -> None:
         keys = as_key_strings(keys)
+        if not len(keys):  # a file of no keys (a valid one): an empty run would break `find`'s lookups
+            return
         order = np.argsort(keys, kind="stable")
         self._runs.append((keys[order], np.full(len(keys), file_id, dtype=np.int32), order.astype(np.int32)))
         while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
