@@ -512,20 +512,26 @@ def _evaluated_images(results: list[dict]) -> int | None:
 
 def evaluation_devices_words(results: list[dict]) -> list[str]:
     """A report line saying where the evaluations ran (their eval.json's `device`, recorded since
-    2026-12-06; nothing for older ones): one device named in passing, several named loudly with the
+    2026-12-06; nothing when none records one): one device named in passing, several named loudly with the
     runs on each, since a study resumed on another machine keeps the evaluations it finished (the
-    cache keys on what was evaluated, not where) and different kernels move numbers in the last digits."""
+    cache keys on what was evaluated, not where) and different kernels move numbers in the last digits.
+    Evaluations kept from before 2026-12-06 beside ones that record a device are named too: where they
+    ran is unknown (a study resumed on a new machine after the change is that case)."""
     runs_by_device: dict[str, list[str]] = defaultdict(list)
+    unrecorded: list[str] = []
     for result in results:
         device = ((result.get("eval") or {}).get("settings") or {}).get("device")
-        if device:
-            runs_by_device[device].append(f"{result['run']} seed {result['seed']}")
-    if len(runs_by_device) == 1:
-        return ["", f"Every evaluation ran on `{next(iter(runs_by_device))}`."]
+        (runs_by_device[device] if device else unrecorded).append(f"{result['run']} seed {result['seed']}")
     if not runs_by_device:
         return []
-    where = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items()))
-    return ["", f"**The evaluations ran on different devices** ({where}): numbers from other kernels can differ in "
+    if len(runs_by_device) == 1 and not unrecorded:
+        return ["", f"Every evaluation ran on `{next(iter(runs_by_device))}`."]
+    groups = [f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items())]
+    if unrecorded:
+        groups.append(f"no device recorded (evaluated before 2026-12-06): {', '.join(unrecorded)}")
+    lead = ("The evaluations ran on different devices" if len(runs_by_device) > 1
+            else "Not every evaluation records where it ran")
+    return ["", f"**{lead}** ({'; '.join(groups)}): numbers from other kernels can differ in "
                 "their last digits; delete a run's folder under `evals/` and run the study again to evaluate it anew."]
 
 

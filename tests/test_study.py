@@ -618,6 +618,13 @@ def test_report_names_the_runs_of_each_device_when_evaluations_ran_on_several():
     mixed = evaluation_devices_words([result("mat", 0, "cpu"), result("mat+:scene", 0, "cuda"), result("mat", 1, "cuda")])
     assert mixed[1].startswith("**The evaluations ran on different devices** (cpu: mat seed 0; cuda: mat+:scene seed 0, "
                                "mat seed 1)") and "`evals/`" in mixed[1]
-    assert evaluation_devices_words([result("mat", 0, "cuda"), result("mat", 1, None)]) == [
+    assert evaluation_devices_words([result("mat", 0, "cuda"), result("mat", 1, "cuda")]) == [
         "", "Every evaluation ran on `cuda`."]
+    # an evaluation kept from before devices were recorded may have run anywhere: not "every ... on cuda"
+    # (it said so, a resumed study's old CPU evaluations beside its new GPU ones passing unremarked)
+    kept = evaluation_devices_words([result("mat", 0, "cuda"), result("mat", 1, None)])
+    assert kept[1].startswith("**Not every evaluation records where it ran** (cuda: mat seed 0; no device recorded "
+                              "(evaluated before 2026-12-06): mat seed 1)")
+    assert evaluation_devices_words([result("mat", 0, "cpu"), result("mat", 1, "cuda"), result("mat", 2, None)])[1] \
+        .startswith("**The evaluations ran on different devices** (cpu: mat seed 0; cuda: mat seed 1; no device recorded")
     assert evaluation_devices_words([result("mat", 0, None)]) == []
