@@ -74,7 +74,7 @@ def split_chunk(piece: str, possessive: bool = False) -> Chunk:
         while marks < len(suffix) and unicodedata.category(suffix[marks])[0] == "M":
             marks += 1
         core, suffix = core + suffix[:marks], suffix[marks:]
-    if possessive and len(core) > 2 and core[-2:].lower() == "'s":
+    if possessive and len(core) > 2 and core[-2:].lower() in ("'s", "\u2019s"):  # curly too: "dog\u2019s" is a word
         core, suffix = core[:-2], core[-2:] + suffix
     return Chunk(prefix, core, suffix)
 

@@ -77,6 +77,9 @@ def test_chunk_keeps_punctuation_and_case():
     assert split_chunk("t-shirt.").core == "t-shirt"
     assert split_chunk("man's", possessive=True).replaced_by("woman") == "woman's"
     assert split_chunk("man's").core == "man's"  # EDA's split keeps the possessive in the word
+    # a curly apostrophe's possessive too: since words of any script are words (cfb07db), "dog\u2019s" is one,
+    # and it was replaced whole ("cat", the possessive lost) where "dog's" became "cat's"
+    assert split_chunk("Man\u2019s", possessive=True).replaced_by("woman") == "Woman\u2019s"
 
 
 # ----------------------------------------------------------------------------- budgets
