@@ -520,8 +520,12 @@ def evaluation_devices_words(results: list[dict]) -> list[str]:
     runs_by_device: dict[str, list[str]] = defaultdict(list)
     unrecorded: list[str] = []
     for result in results:
-        device = ((result.get("eval") or {}).get("settings") or {}).get("device")
-        (runs_by_device[device] if device else unrecorded).append(f"{result['run']} seed {result['seed']}")
+        for key, which in (("eval", ""), ("eval_best", " (best checkpoint)")):
+            evaluation = result.get(key)
+            if not evaluation or (key == "eval_best" and evaluation is result.get("eval")):  # the last step was the best
+                continue
+            device = (evaluation.get("settings") or {}).get("device")
+            (runs_by_device[device] if device else unrecorded).append(f"{result['run']} seed {result['seed']}{which}")
     if not runs_by_device:
         return []
     if len(runs_by_device) == 1 and not unrecorded:

@@ -628,3 +628,10 @@ def test_report_names_the_runs_of_each_device_when_evaluations_ran_on_several():
     assert evaluation_devices_words([result("mat", 0, "cpu"), result("mat", 1, "cuda"), result("mat", 2, None)])[1] \
         .startswith("**The evaluations ran on different devices** (cpu: mat seed 0; cuda: mat seed 1; no device recorded")
     assert evaluation_devices_words([result("mat", 0, None)]) == []
+    # the best checkpoint's evaluation (`eval_best`, another step's) ran where it ran; the last step's, when
+    # the best, is the same evaluation, named once
+    best = result("mat", 0, "cuda")
+    best["eval_best"] = {"settings": {"device": "cpu"}}
+    assert "(cpu: mat seed 0 (best checkpoint); cuda: mat seed 0)" in evaluation_devices_words([best])[1]
+    best["eval_best"] = best["eval"]
+    assert evaluation_devices_words([best]) == ["", "Every evaluation ran on `cuda`."]
