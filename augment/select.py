@@ -135,13 +135,10 @@ def iter_rows(pool, indices: np.ndarray):
     bytes are copied unchanged: taken from the pool's arrow table a block at a time (datasets' row
     formatting, a select of the rows then one formatted row each, was most of a selection's time: 55 s
     for 600k rows)."""
-    from augment.sources import table_rows, take_table_rows
+    from augment.sources import table_positions, take_table_rows
 
     table = pool.dataset.data.table
-    mapping = table_rows(pool.dataset)  # a selected or shuffled dataset's rows of its table
-    positions = np.asarray(indices, dtype=np.int64)
-    if mapping is not None:
-        positions = mapping.to_numpy()[positions]
+    positions = table_positions(pool.dataset, indices)  # once for all blocks (a selected or shuffled pool's rows)
     # a block of rows is Python objects at once: at most ROW_BLOCK_BYTES of the table's rows on average
     # (1,000 rows of 800 KB images were 800 MB, then as much again in the arrow rows they came from)
     block = int(max(1, min(1000, ROW_BLOCK_BYTES // max(table.nbytes / max(table.num_rows, 1), 1))))

@@ -540,6 +540,16 @@ def table_rows(dataset: "datasets.Dataset"):
     return None if mapping is None else mapping.column(0)
 
 
+def table_positions(dataset: "datasets.Dataset", indices):
+    """The positions in `dataset`'s arrow table of its rows `indices` (numpy int64): the same numbers
+    unless the dataset is a selection or shuffle of its table (`table_rows`)."""
+    import numpy as np
+
+    positions = np.asarray(indices, dtype=np.int64)
+    mapping = table_rows(dataset)
+    return positions if mapping is None else mapping.to_numpy()[positions]
+
+
 # positions further apart than this many rows are taken from separate slices of a table (`take_table_rows`)
 _TAKE_GAP = 1000
 _TAKE_RUNS = 64  # ... from at most this many slices (more: positions all over the table, taken in one go)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from augment.errors import PoolError
-from augment.sources import table_rows, take_table_rows
+from augment.sources import table_positions, table_rows, take_table_rows
 from augment.scoring import measures, store
 from augment.scoring.embeddings import Embedder
 
@@ -170,11 +170,7 @@ def take_rows(dataset, columns: list[str], indices) -> dict[str, list]:
     """Rows `indices` of `dataset`'s `columns` as plain lists, the stored values (images as
     {"bytes", "path"}, undecoded): one arrow take. Dataset.select(...).to_dict() gives the same
     lists at 5-20x the cost (it fingerprints the index list and formats through Python)."""
-    positions = np.asarray(indices, dtype=np.int64)
-    rows = table_rows(dataset)
-    if rows is not None:
-        positions = rows.to_numpy()[positions]
-    return take_table_rows(dataset.data.table.select(columns), positions).to_pydict()
+    return take_table_rows(dataset.data.table.select(columns), table_positions(dataset, indices)).to_pydict()
 
 
 def read_chunk(dataset, indices: np.ndarray) -> ChunkRows:
