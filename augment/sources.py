@@ -286,13 +286,14 @@ def _check_record(record: SourceRecord, seen_ids: set[str], validate: bool) -> N
         raise SourceError(f"{record.where}: image has no captions")
     for number, caption in enumerate(record.captions):
         if is_blank(caption):
-            where = record.caption_where[number] if record.caption_where else record.where
-            raise SourceError(f"{where}: caption {number} is empty")
-        surrogate = _lone_surrogate(caption)
-        if surrogate:
-            where = record.caption_where[number] if record.caption_where else record.where
-            raise SourceError(f"{where}: caption {number} holds {surrogate}, half of a UTF-16 surrogate pair alone "
-                              "(JSON's escape of a character cut in two, e.g. an emoji): not text UTF-8 can hold")
+            problem = "is empty"
+        elif surrogate := _lone_surrogate(caption):
+            problem = (f"holds {surrogate}, half of a UTF-16 surrogate pair alone (JSON's escape of a character cut "
+                       "in two, e.g. an emoji): not text UTF-8 can hold")
+        else:
+            continue
+        where = record.caption_where[number] if record.caption_where else record.where
+        raise SourceError(f"{where}: caption {number} {problem}")
     for name, value in (("image id", record.image_id), ("image path", record.image_path)):
         surrogate = _lone_surrogate(value)
         if surrogate:

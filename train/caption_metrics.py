@@ -155,7 +155,9 @@ ONE_IMAGE_CIDER = ("CIDEr is 0 for a single image, whatever its caption: its n-g
 # Chinese and Japanese are written without spaces: PTB (and the fallback, as PTB) keeps a run of them as
 # one token, so n-grams are whole phrases, and a captioner whose tokenizer decodes with a space around
 # every ideograph (BERT's, BLIP's) matches no such reference token: numbers near 0, said in the notes
-_UNSEGMENTED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2}")
+# kana, CJK ideographs (extension A, unified, compatibility): the characters written without spaces
+CJK_CHARACTERS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_UNSEGMENTED = re.compile(f"[{CJK_CHARACTERS}]{{2}}")
 UNSEGMENTED_CJK = ("captions hold Chinese or Japanese text without spaces: each run of it is one token, as COCO's PTB "
                    "tokenizer reads it, so BLEU/METEOR/ROUGE/CIDEr compare whole phrases; segment references and "
                    "generated captions into words (e.g. jieba, as COCO-CN's evaluation does) for comparable numbers")

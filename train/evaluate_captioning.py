@@ -36,7 +36,7 @@ import torch
 from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, CaptionAttack, build_caption_attack,
                                       lm_losses)
-from train.caption_metrics import METRICS, caption_scores, require_java_for_meteor, simple_tokenize
+from train.caption_metrics import CJK_CHARACTERS, METRICS, caption_scores, require_java_for_meteor, simple_tokenize
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
@@ -67,8 +67,7 @@ def build_caption_attacks(names: Sequence[str | CaptionAttack], attacker, option
 
 
 # a space beside a CJK ideograph or kana: BERT's tokenizers (BLIP's) write one around every ideograph
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_SPACE = re.compile(rf"(?<=[{_CJK}]) | (?=[{_CJK}])")
+_CJK_SPACE = re.compile(rf"(?<=[{CJK_CHARACTERS}]) | (?=[{CJK_CHARACTERS}])")
 
 
 def _normalised(text: str) -> str:
