@@ -24,6 +24,9 @@ _CHUNK = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
 _WORD = re.compile(r"^[A-Za-z]+(?:['-][A-Za-z]+)*$")
 _LATIN = frozenset({"LATIN"})
 _INNER = "'-\u2019"  # inner apostrophes (also the curly one, French "l\u2019homme") and hyphens
+# zero-width non-joiner and joiner: inside Persian ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") and Indic
+# words they choose a letter's joined form; they follow a letter or its marks and belong to the word
+_ZERO_WIDTH_JOINERS = "\u200c\u200d"
 # scripts written without spaces between words: a whitespace chunk of them is a phrase or a sentence,
 # not a word, so no attack or EDA operation replaces it (the first word of a Unicode character's name)
 _UNSPACED = frozenset({"CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "IDEOGRAPHIC", "THAI", "LAO", "KHMER",
@@ -89,16 +92,16 @@ def is_word(text: str) -> bool:
 def word_scripts(text: str) -> frozenset[str] | None:
     """The scripts of a word's letters (`LATIN`, `CYRILLIC`, `GREEK`, `ARABIC`, ...), or None when `text`
     is not a word: letters of any script written with spaces between words, each optionally followed by
-    combining marks (decomposed accents, Indic vowel signs), with inner hyphens or apostrophes. So
-    "fährt", "Straße", "собака" and "कुत्ता" are words; a run of Chinese or Japanese (no spaces: a
-    phrase, not a word), digits and punctuation are not. Until 2026-12-06 only A-Z letters were: no word
+    combining marks (decomposed accents, Indic vowel signs), with inner hyphens, apostrophes or zero-width
+    (non-)joiners. So "fährt", "Straße", "собака", "कुत्ता" and Persian "می‌خواهم" are words; a run of
+    Chinese or Japanese (no spaces: a phrase, not a word), digits and punctuation are not. Until 2026-12-06 only A-Z letters were: no word
     of Multi30k's German with an accent was ever attacked, whatever `--mlm`."""
     if text.isascii():
         return _LATIN if _WORD.match(text) else None
     scripts: set[str] = set()
     after_joiner = True  # a word starts with a letter
     for char in text:
-        if char in _INNER:
+        if char in _INNER or char in _ZERO_WIDTH_JOINERS:
             if after_joiner:
                 return None
             after_joiner = True

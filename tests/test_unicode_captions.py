@@ -212,10 +212,13 @@ def test_the_project_attacks_replace_words_of_every_script_written_with_spaces()
 
     for word in ("dog,", "T-shirt", "f\u00e4hrt", "Stra\u00dfe", "e\u0301te\u0301", "\u0643\u0644\u0628",
                  "\u0441\u043e\u0431\u0430\u043a\u0430", "\u0915\u0941\u0924\u094d\u0924\u093e", "l\u2019homme",
-                 "\uac1c\uac00"):  # Korean is written with spaces
+                 "\uac1c\uac00",  # Korean is written with spaces
+                 # zero-width non-joiner / joiner inside a word (Persian, Devanagari's half forms)
+                 "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0915\u094d\u200d\u0937"):
         assert split_chunk(word, possessive=True).replaceable(STOP_WORDS), word
     for word in ("\u4e00\u53ea\u72d7\u5728\u8349\u5730\u4e0a\u5954\u8dd1", "\u306d\u3053", "\uff88\uff7a",
-                 "\u0e2b\u0e21\u0e32", "12", "x2", "dog-", "\u0301e"):  # Chinese, kana, half-width kana, Thai
+                 "\u0e2b\u0e21\u0e32", "12", "x2", "dog-", "\u0301e",  # Chinese, kana, half-width kana, Thai
+                 "\u200cab\u00e9", "ab\u00e9\u200d", "\u0645\u200c\u200c\u062e"):  # a joiner joins two letters
         assert not is_word(word), word
     assert not split_chunk("\u4e00\u53ea\u72d7\u3002", possessive=True).replaceable(STOP_WORDS)
 
