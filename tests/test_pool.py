@@ -96,7 +96,8 @@ def test_the_readers_table_rules_agree_with_the_writers_row_rules():
     # invisible format characters (Cf) alone, as `is_blank` reads them: a zero-width space, joiner, byte-order
     # mark, left-to-right mark; beside text they are part of a caption (an emoji's joiner, a right-to-left one's mark)
     captions = ["a cat", "", " ", "\t\n", "\u3000", "\x1c", "\xa0", "\u2028x", None,
-                "\u200b", " \u200d ", "\ufeff", "\u200e\u200f", "\u200bx", "\U0001f468\u200d\U0001f469"]
+                "\u200b", " \u200d ", "\ufeff", "\u200e\u200f", "\u200bx", "\U0001f468\u200d\U0001f469",
+                "\U0001343a", "\U00013430\U0001343f"]  # Egyptian format controls: Cf since Unicode 15.0
     rows = [{"row_id": f"r{i}", "modality": modality, "caption": caption, "source_image_id": source}
             for i, (modality, caption, source) in enumerate(
                 (m, c, s) for m in ("text", "image", "pair", "video", "", None) for c in captions for s in ("img", "", None))]
