@@ -283,6 +283,9 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     from augment.registry import load_captioner
     from models.base import read_model_info
 
+    if pretrained:  # an open_clip tag: it was accepted, recorded (summary.json, eval.json) and never read
+        raise ModelLoadError(f"captioner '{name}' takes no pretrained tag (got '{pretrained}'); "
+                             "name a Hub id or a folder")
     folder = Path(str(name).removeprefix("local-dir:")).expanduser()
     info = read_model_info(folder) if folder.is_dir() else None
     if prompt is None and info:
