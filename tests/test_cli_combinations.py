@@ -2,6 +2,8 @@
 each is refused in one line, exit status 2, before anything is written."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from train.cli import main
@@ -32,3 +34,48 @@ def test_captioner_refuses_a_pretrained_tag(command, sample_world_dir, tmp_path,
     assert _error_line(capsys) == ("error: captioner 'tiny-captioner' takes no pretrained tag (got 'openai'); "
                                    "name a Hub id or a folder")
     assert not (out / "summary.json").exists() and not (out / "eval.json").exists()
+
+
+@pytest.mark.parametrize("method", ["mat", "mat+"])
+@pytest.mark.parametrize("given, named", [
+    ({"text_candidates": "wordnet"}, "--text-candidates is not read with --word-budget 0 (no word is changed)"),
+    ({"top_k": 3}, "--top-k is not read with --word-budget 0 (no word is changed)"),
+    ({"text_attack_filter": "truth"}, "--text-attack-filter is not read with --word-budget 0 (no word is changed)"),
+    ({"inner_order": "alternate"}, "--inner-order is not read with --word-budget 0 (no text attack to order against PGD)"),
+    ({"mlm": "tiny-mlm"}, "--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM) or "
+                          "--word-budget 0, or by clean, tecoa and fare, and no --val-attack that reads one"),
+])
+def test_text_attack_options_without_a_word_budget_are_refused(method, given, named):
+    # --word-budget 0: the task's text attack is None, so these were recorded in config.yaml and read by nothing
+    from train.config import ConfigError, resolve_config
+
+    pools = {"pools": ["p"]} if method == "mat+" else {}
+    settings = {"method": method, "train_data": "s.json", "out": "o", **pools}
+    resolve_config({**settings, **given})  # read with a word budget
+    with pytest.raises(ConfigError, match="^" + re.escape(named)):
+        resolve_config({**settings, "word_budget": 0, **given})
+
+
+def test_no_masked_lm_is_derived_without_a_word_budget_and_the_saved_config_feeds_back(tmp_path):
+    from train.config import read_yaml_config, resolve_config, save_config
+
+    config = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0})
+    assert config.mlm is None  # was tiny-mlm, in config.yaml's derived: section, for a masked LM nothing loads
+    save_config(config, tmp_path)
+    assert "tiny-mlm" not in (tmp_path / "config.yaml").read_text()
+    resolve_config(read_yaml_config(tmp_path / "config.yaml"))
+    # a validation attack that reads a masked LM still gets the model's default
+    validated = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0,
+                                "val_frequency": 1, "val_attack": "bert-attack"})
+    assert validated.mlm == "tiny-mlm"
+
+
+def test_word_budget_zero_refusal_through_the_cli_writes_nothing(sample_world_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["mat", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out),
+                 "--word-budget", "0", "--text-attack-filter", "truth", "--max-steps", "1", "--batch-size", "2",
+                 "--workers", "0", "--no-progress"])
+    assert code == 2
+    assert _error_line(capsys) == ("error: --text-attack-filter is not read with --word-budget 0 (no word is changed): "
+                                   "leave it out")
+    assert not out.exists()

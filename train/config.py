@@ -405,9 +405,15 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
                      "with --pool-mode expand (every view of every pool is taken once)"),
     "allow_pool_mismatch": (lambda c: not c.pools, "without --pools"),
     # clean, tecoa and fare attack text only when validating (an MLM --val-attack)
-    "mlm": (lambda c: (c.method not in MULTIMODAL_METHODS or c.text_candidates != "mlm") and not validation_reads_mlm(c),
-            "with --text-candidates wordnet (WordNet synonyms, no masked LM) or by clean, tecoa and fare, and no "
-            "--val-attack that reads one"),
+    "mlm": (lambda c: (not _trains_on_substitutions(c) or c.text_candidates != "mlm") and not validation_reads_mlm(c),
+            "with --text-candidates wordnet (WordNet synonyms, no masked LM) or --word-budget 0, or by clean, tecoa and "
+            "fare, and no --val-attack that reads one"),
+    # mat and mat+ with --word-budget 0 change no word (the task's text attack is None): the substitutes' source, their
+    # number and their filter were recorded in config.yaml and read by nothing
+    **{name: (lambda c: c.method in MULTIMODAL_METHODS and c.word_budget == 0, "with --word-budget 0 (no word is changed)")
+       for name in ("text_candidates", "top_k", "text_attack_filter")},
+    "inner_order": (lambda c: c.method in MULTIMODAL_METHODS and c.word_budget == 0,
+                    "with --word-budget 0 (no text attack to order against PGD)"),
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
@@ -419,6 +425,11 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
               "for a source that is not a .csv/.tsv file")
        for name in ("csv_img_key", "csv_caption_key", "csv_separator")},
 }
+
+
+def _trains_on_substitutions(c: TrainConfig) -> bool:
+    """Whether the training step itself attacks the captions: mat and mat+ with a word budget."""
+    return c.method in MULTIMODAL_METHODS and c.word_budget > 0
 
 
 def validation_reads_mlm(c: TrainConfig) -> bool:
@@ -580,7 +591,7 @@ def _fill_derived(c: TrainConfig) -> frozenset[str]:
         from augment.loading import default_workers
 
         c.workers = default_workers()
-    if c.mlm is None and ((c.method in MULTIMODAL_METHODS and c.text_candidates == "mlm") or validation_reads_mlm(c)):
+    if c.mlm is None and ((_trains_on_substitutions(c) and c.text_candidates == "mlm") or validation_reads_mlm(c)):
         c.mlm = default_mlm(c.model)  # recorded (config.yaml's derived: section): validation reads it too
     if c.pools and c.pool_weights is None:
         c.pool_weights = [1.0] * len(c.pools)
