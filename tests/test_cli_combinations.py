@@ -41,7 +41,8 @@ def test_captioner_refuses_a_pretrained_tag(command, sample_world_dir, tmp_path,
     ({"text_candidates": "wordnet"}, "--text-candidates is not read with --word-budget 0 (no word is changed)"),
     ({"top_k": 3}, "--top-k is not read with --word-budget 0 (no word is changed)"),
     ({"text_attack_filter": "truth"}, "--text-attack-filter is not read with --word-budget 0 (no word is changed)"),
-    ({"inner_order": "alternate"}, "--inner-order is not read with --word-budget 0 (no text attack to order against PGD)"),
+    ({"inner_order": "alternate"}, "--inner-order is not read with --word-budget 0, --pgd-steps 0 or --attack-eps 0 "
+                                   "(one attack only: nothing to order)"),
     ({"mlm": "tiny-mlm"}, "--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM) or "
                           "--word-budget 0, or by clean, tecoa and fare, and no --val-attack that reads one"),
 ])
@@ -79,3 +80,28 @@ def test_word_budget_zero_refusal_through_the_cli_writes_nothing(sample_world_di
     assert _error_line(capsys) == ("error: --text-attack-filter is not read with --word-budget 0 (no word is changed): "
                                    "leave it out")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["tecoa", "fare", "mat"])
+@pytest.mark.parametrize("off", [{"pgd_steps": 0}, {"attack_eps": 0}])
+@pytest.mark.parametrize("given, flag", [({"pgd_step_size": 0.01}, "--pgd-step-size"), ({"random_start": False}, "--no-random-start")])
+def test_pgd_options_without_pgd_are_refused(method, off, given, flag):
+    # PGD of 0 steps or of budget 0 returns the clean images: the step and the start were recorded, never read
+    from train.config import ConfigError, resolve_config
+
+    settings = {"method": method, "train_data": "s.json", "out": "o"}
+    resolve_config({**settings, **given})  # read by a PGD that runs
+    resolve_config({**settings, **off})  # the defaults (a saved config.yaml's) pass
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{flag} is not read with --pgd-steps 0 or --attack-eps 0 "
+                                                          "(PGD leaves the images clean): leave it out")):
+        resolve_config({**settings, **off, **given})
+
+
+@pytest.mark.parametrize("off", [{"pgd_steps": 0}, {"attack_eps": 0}])
+def test_inner_order_without_pgd_is_refused(off):
+    # the text attack alone: image-text attacks the words of the clean image, as text-image does
+    from train.config import ConfigError, resolve_config
+
+    settings = {"method": "mat", "train_data": "s.json", "out": "o", "inner_order": "image-text"}
+    with pytest.raises(ConfigError, match="^--inner-order is not read with --word-budget 0, --pgd-steps 0 or --attack-eps 0"):
+        resolve_config({**settings, **off})

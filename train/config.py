@@ -412,8 +412,12 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     # number and their filter were recorded in config.yaml and read by nothing
     **{name: (lambda c: c.method in MULTIMODAL_METHODS and c.word_budget == 0, "with --word-budget 0 (no word is changed)")
        for name in ("text_candidates", "top_k", "text_attack_filter")},
-    "inner_order": (lambda c: c.method in MULTIMODAL_METHODS and c.word_budget == 0,
-                    "with --word-budget 0 (no text attack to order against PGD)"),
+    "inner_order": (lambda c: c.method in MULTIMODAL_METHODS and (c.word_budget == 0 or c.pgd_steps == 0 or c.attack_eps == 0),
+                    "with --word-budget 0, --pgd-steps 0 or --attack-eps 0 (one attack only: nothing to order)"),
+    # PGD of no step or no budget returns the clean images (train.attacks.pgd_linf, Method._pgd), in training and
+    # in validation alike: its step and its random start were recorded and read by nothing
+    **{name: (lambda c: c.pgd_steps == 0 or c.attack_eps == 0, "with --pgd-steps 0 or --attack-eps 0 (PGD leaves the images clean)")
+       for name in ("pgd_step_size", "random_start")},
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
