@@ -105,3 +105,30 @@ def test_inner_order_without_pgd_is_refused(off):
     settings = {"method": "mat", "train_data": "s.json", "out": "o", "inner_order": "image-text"}
     with pytest.raises(ConfigError, match="^--inner-order is not read with --word-budget 0, --pgd-steps 0 or --attack-eps 0"):
         resolve_config({**settings, **off})
+
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning"])
+def test_truth_filter_on_a_source_without_scenes_is_refused(task, sample_world_dir, tmp_path, capsys):
+    # the world's truth checker answers None without a scene, which the filter rejects: on such a source every
+    # substitution was dropped (0 of 16 captions changed in 2 steps) and MAT trained without its text attack,
+    # config.yaml saying text_attack_filter: truth
+    import json
+
+    data = json.loads((sample_world_dir / "dataset_sample.json").read_text())
+    for image in data["images"]:
+        image.pop("scene", None)
+    plain = tmp_path / "dataset_plain.json"
+    plain.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    model = "tiny-captioner" if task == "captioning" else "tiny-clip"
+    argv = ["mat", "--model", model, "--task", task, "--image-root", str(sample_world_dir / "images"), "--out", str(out),
+            "--text-attack-filter", "truth", "--max-steps", "1", "--batch-size", "2", "--pgd-steps", "1", "--workers", "0",
+            "--no-progress"]
+    assert main([*argv, "--train-data", str(plain)]) == 2
+    assert _error_line(capsys) == (
+        f"error: --text-attack-filter truth judges substitutions against the sample world's scenes, and --train-data "
+        f"{plain} has rows without one (each of their substitutions would be rejected: MAT without its text attack "
+        "there): leave it out, or register a filter for this data (train/text_filter.py)")
+    assert not out.exists()
+    # the world itself: its rows carry their scenes
+    assert main([*argv, "--train-data", str(sample_world_dir)]) == 0

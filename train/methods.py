@@ -172,13 +172,15 @@ class MATMethod(Method):
         self.accept, self._rows = None, None
         name = getattr(self.cfg, "text_attack_filter", None)
         if name and self.text_attack is not None:  # meaning-preserving inner attack: see train.text_filter
-            from train.text_filter import FilteredSubstitutes, get_caption_filter
+            from train.text_filter import FilteredSubstitutes, get_caption_filter, refuse_rows_it_cannot_judge
 
             if not hasattr(self.text_attack, "source"):
                 from train.config import ConfigError
 
                 raise ConfigError(f"--text-attack-filter needs a word-substitution text attack; the {type(context.task).__name__} task's has none")
             self.accept = get_caption_filter(name)
+            if context.data is not None:
+                refuse_rows_it_cannot_judge(name, context.data.train, self.cfg.train_data)
             self.text_attack.source = FilteredSubstitutes(self.text_attack.source, self.accept, name)
 
     def _batch_rows(self, keys: torch.Tensor) -> list[dict]:

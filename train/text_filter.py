@@ -35,6 +35,22 @@ def _world_truth(caption: str, row: dict) -> bool:
 CAPTION_FILTERS: dict[str, CaptionFilter] = {"truth": _world_truth}
 
 
+def refuse_rows_it_cannot_judge(name: str, train: Any, source: str | None) -> None:
+    """One line when the built-in `truth` filter meets training rows without a sample-world scene: it
+    rejects every substitution of those (`check_caption_of_row` is None there), so on a source with
+    none MAT trained without its text attack while config.yaml recorded the filter."""
+    if name != "truth":
+        return
+    from augment.world.truth import has_scenes
+    from train.config import ConfigError
+
+    if "meta" not in getattr(train, "column_names", ()) or not has_scenes(train):
+        raise ConfigError(f"--text-attack-filter truth judges substitutions against the sample world's scenes, and "
+                          f"--train-data {source} has rows without one (each of their substitutions would be rejected: "
+                          "MAT without its text attack there): leave it out, or register a filter for this data "
+                          "(train/text_filter.py)")
+
+
 def get_caption_filter(name: str) -> CaptionFilter:
     if name not in CAPTION_FILTERS:
         raise KeyError(f"unknown text attack filter {name!r}; expected one of {sorted(CAPTION_FILTERS)}")
