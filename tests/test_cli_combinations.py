@@ -132,3 +132,17 @@ def test_truth_filter_on_a_source_without_scenes_is_refused(task, sample_world_d
     assert not out.exists()
     # the world itself: its rows carry their scenes
     assert main([*argv, "--train-data", str(sample_world_dir)]) == 0
+
+
+@pytest.mark.parametrize("method, val_attack", [("tecoa", "clean"), ("mat", "bert-attack")])
+def test_validation_of_a_run_with_no_pgd_budget_runs(method, val_attack, sample_world_dir, tmp_path, capsys):
+    # --attack-eps 0 derived a PGD step of 0, which AttackSettings refuses: the first validation stopped the run with a
+    # ValueError traceback (step_size must be positive), RUN already written, whatever --val-attack was
+    import json
+
+    out = tmp_path / "run"
+    code = main([method, "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out), "--attack-eps", "0",
+                 "--val-frequency", "1", "--val-attack", val_attack, "--val-limit", "2", "--max-steps", "1",
+                 "--batch-size", "2", "--workers", "0", "--no-progress"])
+    assert code == 0, capsys.readouterr().err[-500:]
+    assert json.loads((out / "summary.json").read_text())["validation"]["last"]["attack"] == val_attack

@@ -391,7 +391,9 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
         from augment.wordnet import require_wordnet
 
         require_wordnet()
-    options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size,
+    # --attack-eps 0 derives a PGD step of 0, which the attack settings refuse (PGD of budget 0 leaves the images
+    # clean): it stopped every validation of such a run, --val-attack clean too, with a traceback after RUN was written
+    options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size if cfg.attack_eps > 0 else None,
                "budget": cfg.word_budget, "top_k": cfg.top_k}
     from train.config import default_mlm, validation_reads_mlm
 
