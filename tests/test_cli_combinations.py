@@ -67,7 +67,7 @@ def test_no_masked_lm_is_derived_without_a_word_budget_and_the_saved_config_feed
     resolve_config(read_yaml_config(tmp_path / "config.yaml"))
     # a validation attack that reads a masked LM still gets the model's default
     validated = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0,
-                                "val_frequency": 1, "val_attack": "bert-attack"})
+                                "val_frequency": 1, "val_attack": "sga"})
     assert validated.mlm == "tiny-mlm"
 
 
@@ -146,3 +146,32 @@ def test_validation_of_a_run_with_no_pgd_budget_runs(method, val_attack, sample_
                  "--batch-size", "2", "--workers", "0", "--no-progress"])
     assert code == 0, capsys.readouterr().err[-500:]
     assert json.loads((out / "summary.json").read_text())["validation"]["last"]["attack"] == val_attack
+
+
+@pytest.mark.parametrize("task, method, off, val_attack, given", [
+    ("retrieval", "mat", {"pgd_steps": 0}, "pgd", "--pgd-steps 0"),
+    ("retrieval", "tecoa", {"attack_eps": 0}, "pgd", "--attack-eps 0"),
+    ("retrieval", "mat", {"word_budget": 0}, "bert-attack", "--word-budget 0"),
+    ("retrieval", "mat", {"word_budget": 0}, "synonym", "--word-budget 0"),
+    ("retrieval", "mat", {"word_budget": 0, "pgd_steps": 0}, "sga", "--pgd-steps 0 and --word-budget 0"),
+    ("grounding", "mat", {"pgd_steps": 0}, "pgd", "--pgd-steps 0"),
+    ("captioning", "tecoa", {"pgd_steps": 0}, "pgd-targeted", "--pgd-steps 0"),
+    ("captioning", "mat", {"word_budget": 0}, "prompt", "--word-budget 0"),
+])
+def test_a_validation_attack_the_budgets_switch_off_is_refused(task, method, off, val_attack, given):
+    # validated with the training's budgets: PGD of 0 steps, no word: each line recorded the clean score as the
+    # attack's robust one (robust == clean in summary.json), and RUN/best was chosen by it
+    from train.config import ConfigError, resolve_config
+
+    settings = {"method": method, "task": task, "train_data": "s.json", "out": "o", "val_frequency": 1, "val_attack": val_attack}
+    resolve_config(settings)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"--val-attack {val_attack} with {given} changes nothing")):
+        resolve_config({**settings, **off})
+
+
+@pytest.mark.parametrize("off, val_attack", [({"pgd_steps": 0}, "clean"), ({"pgd_steps": 0}, "bert-attack"),
+                                             ({"word_budget": 0}, "pgd"), ({"pgd_steps": 0}, "sga")])
+def test_a_validation_attack_with_a_part_left_on_is_accepted(off, val_attack):
+    from train.config import resolve_config
+
+    resolve_config({"method": "mat", "train_data": "s.json", "out": "o", "val_frequency": 1, "val_attack": val_attack, **off})

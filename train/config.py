@@ -515,6 +515,7 @@ def _validate(c: TrainConfig) -> None:
 
         names = CAPTION_ATTACK_NAMES if c.task == "captioning" else ATTACK_NAMES  # grounding's: retrieval's names
         _check(c.val_attack in names, f"unknown --val-attack {c.val_attack!r} for --task {c.task}; expected one of {list(names)}")
+    _check_validation_attack_runs(c)
     _check(not (c.method == "fare" and c.lock_image), "--lock-image with fare leaves nothing to train (FARE trains the image tower only)")
     _check(not (c.lock_image and c.lock_text), "--lock-image and --lock-text together leave nothing to train")
     # as the study's seeds (numpy's generators refuse a negative seed)
@@ -567,6 +568,24 @@ def _validate(c: TrainConfig) -> None:
     _check(c.resume is None or c.resume == "latest" or Path(c.resume).is_dir(),
            f"--resume {c.resume}: expected 'latest' or a checkpoint folder (RUN/ckpt)")
     _check_read(c)
+
+
+def _check_validation_attack_runs(c: TrainConfig) -> None:
+    """A --val-attack whose every part the training's budgets switch off (PGD with --pgd-steps 0 or --attack-eps 0,
+    word substitutions with --word-budget 0) changes nothing: each validation line recorded the clean score as
+    the attack's robust one, and RUN/best was chosen by it. Which part an attack reads is train eval's table."""
+    if not c.val_frequency or c.val_attack == "clean":
+        return
+    from train.commands_eval import ATTACK_OPTIONS
+
+    readers = ATTACK_OPTIONS.get(c.task, ATTACK_OPTIONS["retrieval"])
+    off = {"pgd_steps": ("--pgd-steps 0" if c.pgd_steps == 0 else "--attack-eps 0" if c.attack_eps == 0 else None),
+           "word_budget": "--word-budget 0" if c.word_budget == 0 else None}
+    parts = [option for option in off if c.val_attack in readers[option]]
+    if parts and all(off[option] for option in parts):
+        given = " and ".join(off[option] for option in parts)
+        raise ConfigError(f"--val-attack {c.val_attack} with {given} changes nothing (each validation would record the "
+                          "clean score as its robust one): choose --val-attack clean, or an attack the run's budgets leave on")
 
 
 def _use_canonical_spellings(c: TrainConfig) -> None:
