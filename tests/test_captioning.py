@@ -371,6 +371,39 @@ def test_the_fallback_tokenizer_gives_what_ptb_gives_for_captions():
     assert tokenize_all(captions, use_java=False) == tokenize_all(captions, use_java=True)
 
 
+def test_ptb_tokenization_writes_nothing_into_the_installed_pycocoevalcap(monkeypatch):
+    """pycocoevalcap's PTBTokenizer writes its input file beside its jar, inside the installed package:
+    where the environment is read-only (a shared cluster environment, a container image; seen with the
+    wheel installed and pycocoevalcap's folder mounted read-only) every captioning evaluation with Java
+    ended, after all its attacks, with `error: .../pycocoevalcap/tokenizer/tmp...: Read-only file
+    system`. The same jar, flags and punctuation filter now read a file in the temporary folder."""
+    import errno
+    import shutil
+    import tempfile
+
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    from train.caption_metrics import tokenize_all
+
+    assert shutil.which("java"), "COCO's PTBTokenizer needs Java: apt-get install default-jre-headless"
+    captions = {0: ["A man's black-and-white dog, jumping.", "Two dogs (playing) -- on a mat..."],
+                7: ["It's 3,000 o'clock; the U.S. flag!"], 3: ["caf\u00e9 na\u00efve \u00fcber", "One."]}
+    expected = ptbtokenizer.PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    package = Path(ptbtokenizer.__file__).resolve().parent
+    before = sorted(package.iterdir())
+    real = tempfile.NamedTemporaryFile
+
+    def read_only_package(*args, **kwargs):
+        folder = kwargs.get("dir")
+        if folder is not None and Path(folder).resolve() == package:
+            raise OSError(errno.EROFS, "Read-only file system", str(Path(folder) / "tmpfile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only_package)
+    assert tokenize_all(captions, use_java=True) == expected
+    assert sorted(package.iterdir()) == before
+
+
 def test_meteor_asked_for_without_java_is_an_error_not_a_null(monkeypatch, tmp_path, capsys):
     import train.caption_metrics as metrics
     from augment.errors import MissingDependencyError

@@ -134,16 +134,40 @@ def _java_stderr_captured():
 
 def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, list[str]]:
     if use_java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        # PTBTokenizer reads one caption per line and pycocoevalcap pairs its output lines with the
-        # captions in order, replacing only "\n" first: a "\r" (a CRLF inside a quoted CSV field), "\v",
+        # PTBTokenizer reads one caption per line and its output lines are paired with the captions in
+        # order; pycocoevalcap replaced only "\n" first: a "\r" (a CRLF inside a quoted CSV field), "\v",
         # "\f", U+2028 or U+2029 in a caption ended a line in Java too, and every later caption got the
         # tokens of the one before it (the last ones none); `splitlines` knows all of them
         with _java_stderr_captured():
-            return PTBTokenizer().tokenize({k: [{"caption": " ".join(c.splitlines())} for c in v]
-                                            for k, v in captions.items()})
+            return _ptb_tokenize({k: [" ".join(c.splitlines()) for c in v] for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
+
+
+def _ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+    """pycocoevalcap's `PTBTokenizer.tokenize` (1.2): its jar, flags and punctuation filter, the captions
+    one per line, with the input file in the temporary folder. pycocoevalcap writes that file beside its
+    jar, inside the installed package, so wherever the environment is read-only (a shared cluster
+    environment, a container image) every captioning evaluation with Java failed at its end with
+    "Read-only file system"."""
+    import subprocess
+    from pathlib import Path
+
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    jar = Path(ptbtokenizer.__file__).resolve().parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+    image_ids = [k for k, v in captions.items() for _ in v]
+    sentences = "\n".join(c.replace("\n", " ") for v in captions.values() for c in v)
+    with tempfile.TemporaryDirectory() as folder:
+        lines_file = Path(folder) / "captions.txt"
+        lines_file.write_bytes(sentences.encode())
+        command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
+                   str(lines_file)]
+        lines = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE).stdout.decode().split("\n")
+    tokenized: dict[int, list[str]] = {}
+    for image_id, line in zip(image_ids, lines):
+        words = [word for word in line.rstrip().split(" ") if word not in ptbtokenizer.PUNCTUATIONS]
+        tokenized.setdefault(image_id, []).append(" ".join(words))
+    return tokenized
 
 
 # CIDEr weighs an n-gram by its IDF over the evaluated images' references: with one image every
