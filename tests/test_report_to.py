@@ -3,6 +3,7 @@ theirs, and the W&B config of a resumed run. The loggers' packages are stood in 
 dependency of the test suite): `MetricsLog` is built directly, with no training."""
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -155,9 +156,27 @@ def test_report_to_all_names_every_missing_logger_package_at_once(tmp_path, monk
     with pytest.raises(MissingDependencyError) as caught:
         require_logging_packages(_config(tmp_path, report_to="all"))
     assert str(caught.value) == ("--report-to tensorboard needs the tensorboard package and --report-to wandb needs "
-                                 "the wandb package: pip install tensorboard wandb (the logging extra)")
+                                 "the wandb package: pip install tensorboard wandb (or mat-plus's logging extra: "
+                                 "pip install 'mat-plus[logging]')")
     with pytest.raises(MissingDependencyError, match=r"^--report-to wandb needs the wandb package: pip install wandb "):
         require_logging_packages(_config(tmp_path, report_to="wandb"))
+
+
+def test_a_missing_logger_names_the_extra_as_pip_spells_it(tmp_path, monkeypatch):
+    """was: "pip install tensorboard (the logging extra)": a user who installed mat-plus from a wheel or a
+    git URL was not told how to ask pip for that extra; `pip install 'mat-plus[logging]'` installs its
+    packages beside an installed mat-plus (the name and extra are pyproject.toml's)."""
+    from augment.errors import MissingDependencyError
+    from train.run_log import require_logging_packages
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()  # tomllib: Python 3.11+
+    assert '\nname = "mat-plus"\n' in pyproject
+    assert re.search(r'^logging = \[.*"tensorboard[>=<"].*"wandb[>=<"]', pyproject, re.MULTILINE)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(MissingDependencyError) as caught:
+        require_logging_packages(_config(tmp_path, report_to="tensorboard"))
+    assert str(caught.value) == ("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
+                                 "(or mat-plus's logging extra: pip install 'mat-plus[logging]')")
 
 
 @pytest.mark.parametrize("report_to", ["none,tensorboard", "all,none", "tensorboard,all"])

@@ -32,7 +32,8 @@ def require_logging_packages(config: TrainConfig) -> None:
             missing.append(target)
     if missing:
         needs = " and ".join(f"--report-to {name} needs the {name} package" for name in missing)
-        raise MissingDependencyError(f"{needs}: pip install {' '.join(missing)} (the logging extra)")
+        raise MissingDependencyError(f"{needs}: pip install {' '.join(missing)} "
+                                     "(or mat-plus's logging extra: pip install 'mat-plus[logging]')")
 
 
 def _check_writable(folder: Path) -> None:
