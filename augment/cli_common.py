@@ -106,6 +106,40 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
+# mat-plus's top-level packages (pyproject.toml's packages.find): generic names, which a user's own folder
+# or module of the same name hides when it comes first on the path
+OWN_PACKAGES = ("augment", "models", "tasks", "train", "analysis", "data_cards")
+
+
+def check_own_packages() -> None:
+    """Refuse to run when one of mat-plus's packages would be imported from somewhere else. Under
+    `python -m` (torchrun's and accelerate's `-m train.cli` too) the current folder is first on the path,
+    and a user's models/ there was imported in mat-plus's place: an ImportError deep in a traceback. Under
+    an editable install (`pip install -e`, `make setup`) even a models/ folder without __init__.py (of
+    checkpoints, say) was: the path's namespace package is found before the editable finder is asked."""
+    import importlib.util
+    from pathlib import Path
+
+    home = Path(__file__).resolve().parents[1]
+    for name in OWN_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue  # importing it will say what is wrong
+        if spec is None:
+            continue
+        # a package's folders (a namespace package, a folder without __init__.py, has no origin), else the module's file
+        places = [Path(place).resolve() for place in spec.submodule_search_locations or []]
+        if not places and spec.origin:
+            places = [Path(spec.origin).resolve()]
+        if places and home / name not in places:
+            found = places[0]
+            raise MatPlusError(f"'{name}' is imported from {found}, not mat-plus's {home / name}: a folder or module "
+                               f"named {name} in the current folder (first on the path under python -m, torchrun and "
+                               "accelerate launch) or on PYTHONPATH hides it; run from another folder, or start the "
+                               "console script by its path")
+
+
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
     # "warning: ..." as the commands' own "error: ..." lines (logging's default is "WARNING:name:...")
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
@@ -127,6 +161,7 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     global _terminated, _interrupt_arrived
     _terminated = _interrupt_arrived = False
     try:
+        check_own_packages()
         with _interrupts_recorded(), _sigterm_as_interrupt(getattr(args, "sigterm_interrupts", False)):
             code = args.func(args)
     except expected as exc:

@@ -2,6 +2,7 @@
 tracked files (the repository is not written into: setuptools leaves build/ and *.egg-info/ behind)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,52 @@ def test_the_wheel_holds_every_file_of_the_packages(source_copy, tracked, tmp_pa
                             if name.endswith(".dist-info/entry_points.txt"))
     for script in ("augment = augment.cli:main", "train = train.cli:main", "analysis = analysis.cli:main"):
         assert script in entry_points
+
+
+@pytest.mark.parametrize("shadow", ["models/__init__.py", "tasks.py"])
+def test_a_folder_of_the_users_named_like_a_package_is_one_line_not_a_wrong_import(tmp_path, shadow):
+    """mat-plus's top-level packages have generic names (models, tasks, train, ...). Under `python -m`,
+    as README's torchrun and accelerate launches run `-m train.cli`, the current folder comes first on
+    the path, so a user's own models/ package there was imported in mat-plus's place: `train eval`
+    stopped on `ImportError: cannot import name 'load_model' from 'models' (.../models/__init__.py)`
+    deep in a traceback, `augment score` named the scorer as unloadable. Now one line naming both."""
+    import os
+
+    (tmp_path / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / shadow).write_text("# the user's own\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "augment.cli", "inspect", "--source", "missing.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    name = shadow.split("/")[0].removesuffix(".py")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: '{name}' is imported from {tmp_path / shadow.split('/')[0]}, not mat-plus's {ROOT / name}: a folder or "
+        f"module named {name} in the current folder (first on the path under python -m, torchrun and accelerate "
+        "launch) or on PYTHONPATH hides it; run from another folder, or start the console script by its path")
+
+
+def test_a_folder_without_init_found_before_an_editable_install_is_refused_too(tmp_path, monkeypatch):
+    """Under an editable install (make setup) mat-plus's packages are found by setuptools' finder, which
+    is asked after the path: `python -m train.cli` from a folder holding a models/ folder of checkpoints
+    (no __init__.py) imported it as a namespace package (`cannot import name 'load_model' from 'models'
+    (unknown location)`). The path's finder is stood in for here, as this checkout is on PYTHONPATH."""
+    import importlib.machinery
+    import importlib.util
+
+    from augment.cli_common import check_own_packages
+    from augment.errors import MatPlusError
+
+    (tmp_path / "models" / "some-checkpoint").mkdir(parents=True)
+    real = importlib.util.find_spec
+
+    def path_first(name, *args, **kwargs):
+        if name != "models":
+            return real(name, *args, **kwargs)
+        spec = importlib.machinery.ModuleSpec("models", None, is_package=True)
+        spec.submodule_search_locations = [str(tmp_path / "models")]
+        return spec
+
+    check_own_packages()  # this checkout's own packages pass
+    monkeypatch.setattr(importlib.util, "find_spec", path_first)
+    with pytest.raises(MatPlusError, match="^" + re.escape(f"'models' is imported from {tmp_path / 'models'}, not mat-plus's ")):
+        check_own_packages()
