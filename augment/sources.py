@@ -390,7 +390,7 @@ def _parsed_files(path: Path, fmt: str) -> list[Path]:
 def _load_source(source: str, image_root: str | None, split: str | None, skip_bad: bool, validate: bool,
                  progress: bool, allow_outside_root: bool, csv_options: tuple[str, str, str | None],
                  cache: bool | str | os.PathLike = True) -> tuple["datasets.Dataset", LoadReport]:
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
     source = str(source)
     path = Path(source)
@@ -417,7 +417,7 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
     columns: dict[str, Any] = {name: [] for name in SOURCE_FEATURES}
     stored: list[tuple[Any, int] | None] = []  # each kept record's embedded bytes: (their StoredBytes, row)
     seen: set[str] = set()
-    for record in tqdm(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
+    for record in progress_bar(records, desc=f"reading {path.name or source}", unit="img", disable=not progress):
         record.captions = [c.strip() if isinstance(c, str) else c for c in record.captions]
         record.split = SPLIT_ALIASES.get(record.split, record.split)
         try:
@@ -518,10 +518,10 @@ def _dataset_of_table(table, fingerprint: str | None = None, state: str | None =
 
 def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
     """Decode every image of a loaded source once (SourceError naming the first bad one)."""
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
     stored = undecoded(dataset).select_columns(["image_id", "image"])
-    for row in tqdm(stored, total=len(stored), desc="decoding images", unit="img", disable=not progress):
+    for row in progress_bar(stored, total=len(stored), desc="decoding images", unit="img", disable=not progress):
         open_record_image(row["image"], row["image_id"])
 
 

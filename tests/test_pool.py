@@ -280,9 +280,13 @@ def test_rank_0_s_progress_bar_counts_its_own_shards(karpathy_dir, tmp_path, cap
     assert frames and "4/4" in frames[-1] and "100%" in frames[-1], frames
 
 
-def test_a_new_shard_does_not_show_the_last_shard_s_report(karpathy_dir, tmp_path, capsys):
+def test_a_new_shard_does_not_show_the_last_shard_s_report(karpathy_dir, tmp_path, capsys, monkeypatch):
     """was: the postfix kept the finished shard's 'shard 1/3: 2/2 images' while the next shard's first model
     batch ran (minutes at real size); it names the new shard as soon as that begins."""
+    from augment import progress
+
+    # the bar on a terminal, redrawn at each postfix (off one, a line every LOG_INTERVAL_S: test_log_output.py)
+    monkeypatch.setattr(progress, "writes_to_terminal", lambda stream: True)
     source, _ = load_source(str(karpathy_dir))
     seen = []
 

@@ -638,10 +638,14 @@ def test_a_kept_prompt_with_punctuation_alone_is_dropped(loaded_captioner, train
     assert [r["caption"] for r in rows] == ["a picture of : a red square"]  # as BLIP returns it
 
 
-def test_a_shards_model_calls_show_on_the_bar(paraphraser, source, train_items, tmp_path, capsys):
+def test_a_shards_model_calls_show_on_the_bar(paraphraser, source, train_items, tmp_path, capsys, monkeypatch):
     """was: the bar moved a shard at a time (256 source images by default): at real size minutes of a GPU and
     hours of a CPU with nothing moving on the screen (audit AF). A model method now reports its progress within
     the shard, shown as the bar's postfix; nothing is left listening after the run."""
+    from augment import progress
+
+    # the bar on a terminal, redrawn at each postfix (off one, a line every LOG_INTERVAL_S: test_log_output.py)
+    monkeypatch.setattr(progress, "writes_to_terminal", lambda stream: True)
     run_generation(paraphraser, source, str(tmp_path / "pool"), n=1, seed=0, limit=3, shard_size=2, progress=True)
     shown = capsys.readouterr().err
     captions = sum(len(item["captions"]) for item in train_items[:2])  # the first shard's (split train)

@@ -158,9 +158,9 @@ def evaluation_bar(total: int, desc: str, progress: bool):
     """An attack's progress bar over the evaluated images (`attack_bars`). It stays on the screen where it
     is the only bar (`train eval`) and is cleared when it ran below another (in-training validation, under
     the training bar): tqdm's leave=None."""
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=None)
+    return progress_bar(total=total, desc=desc, unit="img", disable=not progress, leave=None)
 
 
 def attack_bars(attacks: dict, images: int, desc: str, progress: bool):

@@ -519,7 +519,7 @@ class Trainer:
             self.release_run_dir()
 
     def _run(self) -> dict:
-        from tqdm.auto import tqdm
+        from augment.progress import progress_bar
 
         self.setup()
         if self.finished_summary is not None:
@@ -529,8 +529,8 @@ class Trainer:
             return self.finished_summary
         cfg = self.cfg
         started = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {cfg.method}", unit="step",
-                   disable=not (self.is_main and cfg.progress), dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.start_step, desc=f"train {cfg.method}", unit="step",
+                           disable=not (self.is_main and cfg.progress), dynamic_ncols=True)
         window = _LogWindow()
         running: dict[str, float] = {}
         last: dict[str, Any] = {}

@@ -153,7 +153,7 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
               shard_size: int, overwrite: bool, source_name: str, progress: bool, rank: int, world_size: int,
               barrier, source_meta: dict | None, workers: int, device_type: str | None) -> dict | None:
     """`run_generation`, this process holding the pool's writer lock (or its rank 0 holding it)."""
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
     items = select_split(source, split)
     if rank == 0:
@@ -227,8 +227,8 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
     def shard_range(k: int) -> range:  # the source rows of shard k
         return range(k * shard_size, min((k + 1) * shard_size, len(items)))
 
-    bar = tqdm(total=sum(len(shard_range(k)) for k in mine), initial=sum(len(shard_range(k)) for k in mine if k not in todo),
-               desc=f"{generator.method} -> {meta['name']}", unit="item", disable=not progress or rank != 0)
+    bar = progress_bar(total=sum(len(shard_range(k)) for k in mine), initial=sum(len(shard_range(k)) for k in mine if k not in todo),
+                       desc=f"{generator.method} -> {meta['name']}", unit="item", disable=not progress or rank != 0)
     from augment.loading import SHARD_WORKERS, ordered_batches, raise_worker_death
 
     shard_rows = [shard_range(k) for k in todo]

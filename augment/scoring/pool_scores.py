@@ -366,7 +366,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     were. `inputs_key` (`inputs_key`) is written into the tables, so an entry is only ever read with
     the tables its own run wrote (a run killed between renaming them and writing its entry leaves
     new tables beside the old entry: `store.read_entry_table` refuses that pair)."""
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
     if len(pool) == 0:
         raise PoolError(f"{pool.path}: pool has no rows to score")
@@ -381,7 +381,7 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
                   "inputs_key": inputs_key}
     rows_writer = store.TableWriter(folder / store.ROWS_FILE, store.row_schema(), table_meta)
     items_writer = store.TableWriter(folder / store.ITEMS_FILE, store.item_schema(), table_meta)
-    bar = tqdm(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
+    bar = progress_bar(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
     try:
         try:
             for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows):
@@ -495,11 +495,11 @@ GAP_BAR_DELAY = 1.0
 
 
 def _gap(totals: Totals, modality: str, settings: ScoreSettings, progress: bool = False) -> dict:
-    from tqdm.auto import tqdm
+    from augment.progress import progress_bar
 
     pool, source = totals.pool_sample[modality], totals.source_sample[modality]
-    bar = tqdm(total=settings.gap_bootstrap, desc=f"{modality} gap bootstrap", unit="resample", delay=GAP_BAR_DELAY,
-               disable=not progress or settings.gap_bootstrap <= 0)
+    bar = progress_bar(total=settings.gap_bootstrap, desc=f"{modality} gap bootstrap", unit="resample", delay=GAP_BAR_DELAY,
+                       disable=not progress or settings.gap_bootstrap <= 0)
     try:
         return measures.gap_measures(
             pool.sample(), source.sample(), n_resamples=settings.gap_bootstrap, confidence=settings.confidence,

@@ -1,0 +1,68 @@
+"""What the commands write when their output is a file or a pipe (a scheduler's log, `nohup`, `| tee`),
+not a terminal: pytest's captured stderr is not a terminal either."""
+from __future__ import annotations
+
+import io
+import re
+
+from augment import progress
+
+
+def test_a_bar_off_a_terminal_is_a_few_plain_lines(monkeypatch):
+    """tqdm redraws in place with carriage returns (and at every set_postfix, which the training bar calls
+    each logged step): in a file that was one "line" growing by a redraw per step, megabytes a run."""
+    out = io.StringIO()
+    bar = progress.progress_bar(total=500, desc="train clean", unit="step", file=out)
+    for step in range(500):
+        bar.set_postfix({"loss_ema": f"{step:.4f}"})
+        bar.update(1)
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text, text[:300]
+    lines = text.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("train clean:   0%") and " 500/500 " in lines[1], lines
+
+    now = [0.0]  # a step every 20 s: a line at most every LOG_INTERVAL_S (30 s), not one per step or postfix
+    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
+    out = io.StringIO()
+    bar = progress.progress_bar(total=30, desc="slow", file=out)
+    for _ in range(30):
+        now[0] += 20
+        bar.set_postfix_str("shard 1/1")
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert 12 <= len(lines) <= 22 and all(line.startswith("slow: ") for line in lines), lines  # 600 s, a line per 30-40 s
+    assert "\r" not in out.getvalue()
+
+
+def test_a_nested_bar_off_a_terminal_moves_no_cursor():
+    """A validation's bar under the training bar: tqdm moved the cursor up and down (ESC[A, blank lines)."""
+    out = io.StringIO()
+    outer = progress.progress_bar(total=4, desc="train", file=out)
+    inner = progress.progress_bar(total=3, desc="evaluating pgd", file=out, leave=None)
+    inner.update(3)
+    inner.close()
+    outer.update(4)
+    outer.close()
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text and "\n\n" not in text, repr(text)
+    assert [line.split(":")[0] for line in text.splitlines()] == ["train", "evaluating pgd", "train"], text
+
+
+def test_training_and_inspect_logs_hold_lines_not_redraws(tmp_path, sample_world_dir, capsys):
+    from augment.cli import main
+    from train.trainer import train_run
+
+    assert main(["inspect", "--source", str(sample_world_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and re.search(r"^reading \S+: .*img", err, re.M), repr(err[:300])
+
+    train_run({"train_data": str(sample_world_dir), "out": str(tmp_path / "run"), "method": "clean", "max_steps": 6,
+               "batch_size": 4, "workers": 0, "val_frequency": 1, "val_limit": 4, "val_attack": "pgd", "pgd_steps": 1,
+               "schedule_steps": 2, "progress": True})
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err, repr(err[:600])
+    bar_lines = [line for line in err.splitlines() if line.startswith("train clean:")]
+    assert 2 <= len(bar_lines) <= 4, err  # its first and last state (a line per step before)
+    assert re.search(r"^step +6: val robust|^ +step +6: val robust", err, re.M), err
