@@ -66,3 +66,22 @@ def test_training_and_inspect_logs_hold_lines_not_redraws(tmp_path, sample_world
     bar_lines = [line for line in err.splitlines() if line.startswith("train clean:")]
     assert 2 <= len(bar_lines) <= 4, err  # its first and last state (a line per step before)
     assert re.search(r"^step +6: val robust|^ +step +6: val robust", err, re.M), err
+
+
+def test_meteor_leaves_no_unclosed_pipe_behind():
+    """pycocoevalcap's Meteor ends its Java process in __del__ but leaves its stdout and stderr pipes open:
+    two ResourceWarnings per scoring (per attack, per validation), printed as tracebacks ("Exception ignored
+    in ...") into the log under PYTHONWARNINGS=error or python -X dev."""
+    import gc
+    import shutil
+    import warnings
+
+    from train.caption_metrics import caption_scores
+
+    assert shutil.which("java"), "METEOR needs Java: apt-get install default-jre-headless"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = caption_scores([["a red circle on the left"]], ["a red circle"], meteor=True)
+        gc.collect()
+    assert scores["meteor"] is not None
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -238,10 +238,15 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
         from pycocoevalcap.meteor.meteor import Meteor
 
         scorer = Meteor()
+        process = scorer.meteor_p
         try:
             scores["meteor"] = 100.0 * float(scorer.compute_score(gts, res)[0])
         finally:
-            del scorer  # ends the Java process
+            del scorer  # ends the Java process (its __del__ closes stdin, kills and waits)
+            # and leaves its stdout and stderr pipes open: each scoring (every attack, every validation) left two
+            # ResourceWarnings, tracebacks in the log under PYTHONWARNINGS=error or -X dev
+            for pipe in (process.stdout, process.stderr):
+                pipe.close()
     elif meteor is False:
         notes.append("METEOR not computed (switched off)")
     scores["per_image_cider"] = [100.0 * float(v) for v in per_image]
