@@ -491,6 +491,20 @@ def test_push_uploads_data_then_merged_card_and_provenance(hub, tmp_path, capsys
     assert "pushed 4 rows to" in out.out and SECRET not in out.out + out.err
 
 
+def test_push_prints_its_result_alone_on_stdout_and_its_notes_on_stderr(hub, tmp_path, capsys):
+    """was: its two notes (the license left 'unknown', an existing public repository) went to stdout beside the
+    'pushed N rows to URL' line, where the other commands' notes (push's own, from hub.py) go to stderr."""
+    pool = make_pool(tmp_path / "pool")
+    hub.repo_exists.return_value = True
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with("README.md", "pool.json")
+    serve(hub, "pool.json", (pool / "pool.json").read_text())
+    assert cli("push", str(pool), "--repo-id", "org/pool", "--private") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"pushed 4 rows to {out.split(' to ', 1)[1].strip()}"], out
+    assert "license as 'unknown'" in err and "stays public" in err, err
+
+
 def test_local_paths_are_published_by_their_last_part_wherever_they_stand():
     """After a scorer prefix or a model name too (`local-dir:/home/u/clip` went out whole); Hub ids,
     URLs and relative paths stay as they are."""

@@ -6,6 +6,7 @@ review the card before publishing, or to publish by other means.
 from __future__ import annotations
 
 import re
+import sys
 
 from augment.errors import MatPlusError
 
@@ -92,8 +93,9 @@ def run(args) -> int:
         return 0
     target = hub.push_pool(pool, args.repo_id, options, private=args.private, revision=args.revision, force=args.force)
     if args.private and target.exists and target.private is False:
-        print(f"note: {args.repo_id} already existed and stays public; --private applies to new repositories only")
+        print(f"note: {args.repo_id} already existed and stays public; --private applies to new repositories only",
+              file=sys.stderr)
     if args.license == "unknown":
-        print("note: the card gives the license as 'unknown'; set one with --license")
+        print("note: the card gives the license as 'unknown'; set one with --license", file=sys.stderr)
     print(f"pushed {len(pool)} rows to {hub.repo_url(args.repo_id, args.revision)}")
     return 0
