@@ -302,8 +302,9 @@ class Study:
         if self.config.get("finetune_captions") is not None:
             settings["finetune_captions"] = self.config["finetune_captions"]
         if not self.cached("pool", folder, settings):
+            source = self.source_dir("finetune")  # the world first, with its own log line: it followed this one's
             self.log(f"[pool] {base}: {spec['method']} x{spec.get('n', 4)}")
-            run_augment(["generate", *generate_arguments(spec), "--source", str(self.source_dir("finetune")),
+            run_augment(["generate", *generate_arguments(spec), "--source", str(source),
                          "--out", str(folder), "--no-progress", "--overwrite"])
             mark_done(folder, settings)
         if not cut:

@@ -27,6 +27,14 @@ def mini_study(tmp_path_factory):
     shutil.rmtree(out.parent, ignore_errors=True)  # ~1.3 GB of checkpoints: free the disk for the rest of the suite
 
 
+def test_the_log_names_the_world_before_the_pool_made_from_it(mini_study):
+    """was: '[pool] human: i2t-human x2', then '[world] 160 scenes': the first pool's line came before the world it
+    needed was built, so a study killed (or failing) while building its world ended its log on the pool's line."""
+    logged = mini_study[3]
+    assert logged[0].startswith("[world] "), logged[:3]
+    assert min(i for i, line in enumerate(logged) if line.startswith("[pool] ")) > 0
+
+
 def test_report_has_every_section(mini_study):
     config, out, report, _ = mini_study
     text = report.read_text()
