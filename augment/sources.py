@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 # modes holding more than 8 bits per grey value: scaled down, never clipped (PIL's convert clips)
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# the images this process has said are over Pillow's limit: once each (training decodes them every epoch)
+_NAMED_LARGE: set[tuple[str, Any]] = set()
 
 
 @dataclass
@@ -171,7 +173,8 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
             warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 limit = Image.MAX_IMAGE_PIXELS
-                if limit and image.width * image.height > limit:  # below twice the limit, Pillow decodes it
+                if limit and image.width * image.height > limit and (where, path) not in _NAMED_LARGE:  # under twice: decoded
+                    _NAMED_LARGE.add((where, path))
                     log.warning("%s: a very large image (%d x %d, %d pixels; Pillow's safety limit is %d): decoded",
                                 where, image.width, image.height, image.width * image.height, limit)
                 image.load()
@@ -182,6 +185,18 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
         # PIL names embedded bytes by their buffer's repr ("<_io.BytesIO object at 0x...>"): nothing to a user
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", first_line(exc))
         raise SourceError(f"{where}: unreadable or corrupt image ({reason})") from None
+
+
+@contextmanager
+def large_images_named():
+    """Pillow's DecompressionBombWarning off while decoded images are transformed: a crop over the limit warns
+    again, in two lines naming no record, every time (a training crop of a 100 Mpx image, every epoch);
+    `open_image` has named the image once already."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        yield
 
 
 def to_rgb(image: "PILImage.Image") -> "PILImage.Image":

@@ -85,3 +85,34 @@ def test_meteor_leaves_no_unclosed_pipe_behind():
         gc.collect()
     assert scores["meteor"] is not None
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+def test_a_very_large_image_is_named_once_and_its_training_crops_add_nothing(tmp_path, sample_world_dir, monkeypatch,
+                                                                               caplog):
+    """An image over Pillow's limit (89-179 Mpx) was named in a warning at every decoding (every epoch, every
+    attack), and each random training crop over the limit added Pillow's own DecompressionBombWarning, two lines
+    naming no record: a dataset of 100 Mpx photos logged three lines per image per epoch. Here every 64x64 image
+    of the world is "very large" (limit 3,000 pixels)."""
+    import logging
+    import warnings
+
+    from PIL import Image
+
+    from augment import sources
+    from train.trainer import train_run
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    monkeypatch.setattr(sources, "_NAMED_LARGE", set(), raising=False)
+    path = next((sample_world_dir / "images").iterdir())
+    with caplog.at_level(logging.WARNING, logger="augment.sources"):
+        for _ in range(3):
+            assert sources.open_image(str(path), where=f"image {path.name}").size == (64, 64)
+    assert [r.getMessage() for r in caplog.records].count(
+        f"image {path.name}: a very large image (64 x 64, 4096 pixels; Pillow's safety limit is 3000): decoded") == 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_run({"train_data": str(sample_world_dir), "out": str(tmp_path / "run"), "method": "clean",
+                   "max_steps": 2, "batch_size": 4, "workers": 0, "progress": False})
+    bombs = [str(w.message) for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert bombs == [], bombs[:2]

@@ -388,6 +388,8 @@ class TrainData:
         Each image's random augmentation is seeded by (seed, epoch, slot), so it does not depend
         on which process or DataLoader worker handles it, nor on the batch size.
         """
+        from augment.sources import large_images_named
+
         views = plan.local(rank, per_process)
         pixels, texts, sources = [], [], []
         for view in views:
@@ -398,7 +400,8 @@ class TrainData:
             torch.default_generator.manual_seed(crop_seed)
             random.seed(crop_seed)
             np.random.seed(crop_seed % (2**32))
-            pixels.append(preprocess(image))
+            with large_images_named():  # a random crop of a very large image: named once by its decoding
+                pixels.append(preprocess(image))
             texts.append(caption)
             sources.append(source)
         keys = torch.tensor([v.key for v in views], dtype=torch.long)
