@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import re
@@ -145,6 +147,11 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
         logging.addLevelName(level, logging.getLevelName(level).lower())
     logging.basicConfig(level=os.environ.get("MATPLUS_LOGLEVEL", "WARNING").upper(), format="%(levelname)s: %(message)s")
+    # stdout line by line in a log file or a pipe too, as on a terminal: block-buffered there, a study's "[eval] ..."
+    # line reached its log only at the next flush (a worker's start), after stderr's later lines, and a killed run
+    # (SIGKILL, the OOM killer) lost the lines still held
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        sys.stdout.reconfigure(line_buffering=True)
     install_log_redaction()
     sys.excepthook = _scrubbed_excepthook
     try:  # datasets' per-shard bars drown our own progress bars

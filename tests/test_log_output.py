@@ -116,3 +116,43 @@ def test_a_very_large_image_is_named_once_and_its_training_crops_add_nothing(tmp
                    "max_steps": 2, "batch_size": 4, "workers": 0, "progress": False})
     bombs = [str(w.message) for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert bombs == [], bombs[:2]
+
+
+STDOUT_SCRIPT = """
+import argparse, sys
+from augment.cli_common import run_main
+
+def step(args):
+    print("[eval] run-s0")  # as the study logs a step, then works on it (here: until the test answers)
+    sys.stdin.readline()
+    return 0
+
+def build():
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=step)
+    return parser
+
+sys.exit(run_main(build, []))
+"""
+
+
+def test_a_command_s_stdout_reaches_a_pipe_or_file_line_by_line():
+    """Python block-buffers stdout off a terminal: a study's '[eval] ...' line reached its log file only at the next
+    flush, after stderr's later lines, and a run killed with SIGKILL (the OOM killer) lost every line still held."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen([sys.executable, "-c", STDOUT_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               env=env)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "the line printed before the command's work was still in its buffer"
+        assert process.stdout.readline() == b"[eval] run-s0\n"
+    finally:
+        process.stdin.write(b"\n")
+        process.stdin.close()
+        process.wait(timeout=60)
+    assert process.returncode == 0
