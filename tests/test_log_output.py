@@ -156,3 +156,24 @@ def test_a_command_s_stdout_reaches_a_pipe_or_file_line_by_line():
         process.stdin.close()
         process.wait(timeout=60)
     assert process.returncode == 0
+
+
+def test_a_launch_s_processes_say_a_warning_about_the_shared_run_once(tmp_path, sample_world_dir):
+    """Every process of a torchrun launch checks the run folder and reads the same data and model: their warnings
+    came once per process (here 2 copies of the --resume latest line; 8 on an 8-GPU node)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MATPLUS_LOGLEVEL": "WARNING", "PYTHONPATH": str(repo)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train.cli",
+               "clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--max-steps", "1",
+               "--batch-size", "8", "--workers", "0", "--no-progress", "--resume", "latest", "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, cwd=repo, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if "has no checkpoint yet" in line]
+    assert lines == [f"warning: --resume latest: {tmp_path / 'run'} has no checkpoint yet; starting from step 0"], \
+        done.stderr[-2000:]

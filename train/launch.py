@@ -20,7 +20,9 @@ longer than that aborted the job.
 """
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -164,6 +166,22 @@ def check_launch_environment(cpu: bool, env=None, cuda_devices: int | None = Non
     if start:
         start_process_group(plan)
     return plan
+
+
+@contextmanager
+def main_process_logs(is_main: bool):
+    """The block's warnings and info lines from the main process only: every process of a launch checks the run
+    folder and reads the same source, pools and model, so each of their lines came once per process (8 GPUs: 8
+    copies of `warning: --resume latest: RUN has no checkpoint yet`). Errors still come from every process."""
+    if is_main:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def check_process_group(plan: LaunchPlan, num_processes: int) -> None:

@@ -57,6 +57,7 @@ from train.data import (
     AFTER_WORKER_DEATH,
     micro_batches,
 )
+from train.launch import main_process_logs
 from train.methods import METHODS, StepContext, StepOutput
 from train.run_folder import SUMMARY_FILE, check_run_folder, clear_run_outputs, lock_run_folder
 from train.run_log import METRICS_FILE, MetricsLog, require_logging_packages
@@ -156,9 +157,11 @@ class Trainer:
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.run_lock = lock_run_folder(self.run_dir, self.is_main, self.world_size)
-        resume_from = check_run_folder(self.run_dir, cfg)
-        require_logging_packages(cfg)
-        self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress, report_skipped=self.is_main)
+        with main_process_logs(self.is_main):  # the same folder and data on every process: their warnings once
+            resume_from = check_run_folder(self.run_dir, cfg)
+            require_logging_packages(cfg)
+            self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress,
+                                                   report_skipped=self.is_main)
         self._plan_steps()
         # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
         # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
@@ -172,7 +175,8 @@ class Trainer:
             self.validator = self._make_validator() if cfg.val_frequency else None
 
         _seed_everything(cfg.seed)
-        model, frozen = self._build_task_and_model()
+        with main_process_logs(self.is_main):
+            model, frozen = self._build_task_and_model()
         from train.attacks.captioning import PROMPT_ATTACKS
 
         if cfg.val_frequency and cfg.task == "captioning" and cfg.val_attack in PROMPT_ATTACKS \
