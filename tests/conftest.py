@@ -257,8 +257,9 @@ def train_twin(request, sample_world_dir: Path, twin: str, *family_code: str, st
         train_run({"method": "clean", "task": task, "model": twin, "train_data": str(sample_world_dir), "out": str(run),
                    "max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup": steps // 10,
                    "wd": 0.1, "seed": 0, "progress": False, "save_every": 50,
-                   # from random weights the momentum model only distils noise (ALBEF fine-tunes from pre-training)
-                   "momentum_distillation": False,
+                   # from random weights the momentum model only distils noise (ALBEF fine-tunes from pre-training);
+                   # the other families have no momentum encoders, and refuse the setting
+                   **({"momentum_distillation": False} if twin == "tiny-albef" else {}),
                    "resume": "latest" if resume else None, "overwrite": not resume})
     return run / "ckpt"
 

@@ -175,3 +175,16 @@ def test_a_validation_attack_with_a_part_left_on_is_accepted(off, val_attack):
     from train.config import resolve_config
 
     resolve_config({"method": "mat", "train_data": "s.json", "out": "o", "val_frequency": 1, "val_attack": val_attack, **off})
+
+
+@pytest.mark.parametrize("flag", ["--momentum-distillation", "--no-momentum-distillation"])
+def test_momentum_distillation_on_a_family_without_momentum_encoders_is_refused(flag, sample_world_dir, tmp_path, capsys):
+    # --no-momentum-distillation was accepted for CLIP, recorded in config.yaml (momentum_distillation: false) and
+    # read by nothing: only ALBEF and TCL have momentum encoders
+    out = tmp_path / "run"
+    code = main(["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out), flag,
+                 "--max-steps", "1", "--batch-size", "2", "--workers", "0", "--no-progress"])
+    assert code == 2
+    assert _error_line(capsys) == (f"error: {flag}: open_clip models have no momentum encoders (ALBEF and TCL have): "
+                                   "leave it out")
+    assert not out.exists()

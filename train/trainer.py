@@ -270,8 +270,9 @@ class Trainer:
             # the optimizer and DDP: the momentum copies are trained state
             distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
             model.set_momentum_distillation(bool(distill))
-        elif cfg.momentum_distillation:
-            raise ConfigError(f"--momentum-distillation: {model.family} models have no momentum encoders")
+        elif cfg.momentum_distillation is not None:  # --no-momentum-distillation too: recorded, read by nothing
+            flag = "--momentum-distillation" if cfg.momentum_distillation else "--no-momentum-distillation"
+            raise ConfigError(f"{flag}: {model.family} models have no momentum encoders (ALBEF and TCL have): leave it out")
         return model, frozen
 
     def _set_trainable(self, model) -> None:
