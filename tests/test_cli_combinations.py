@@ -2,6 +2,7 @@
 each is refused in one line, exit status 2, before anything is written."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -188,3 +189,27 @@ def test_momentum_distillation_on_a_family_without_momentum_encoders_is_refused(
     assert _error_line(capsys) == (f"error: {flag}: open_clip models have no momentum encoders (ALBEF and TCL have): "
                                    "leave it out")
     assert not out.exists()
+
+
+def test_config_yaml_records_the_derived_momentum_distillation(sample_world_dir, tmp_path, capsys):
+    # ALBEF's momentum distillation left to its default (on for clean, off for the adversarial methods) was recorded as
+    # momentum_distillation: null, with no derived: entry, while the checkpoint's matplus_model.json said
+    # itc_loss momentum-distilled
+    import yaml
+
+    common = ["--train-data", str(sample_world_dir), "--batch-size", "2", "--workers", "0", "--no-progress"]
+    for method, distilled in (("clean", True), ("tecoa", False)):
+        out = tmp_path / method
+        assert main([method, "--model", "tiny-albef", "--out", str(out), "--max-steps", "1", "--save-every", "1", *common]) == 0
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        assert saved["momentum_distillation"] is None  # fed back with --config, it is derived again
+        assert saved["derived"]["momentum_distillation"] is distilled
+        info = json.loads((out / "ckpt" / "matplus_model.json").read_text())
+        assert info["itc_loss"] == ("momentum-distilled" if distilled else "softmax")
+    # the run resumes (the setting compared is the one given, null), and its config fed back runs
+    assert main(["clean", "--model", "tiny-albef", "--out", str(tmp_path / "clean"), "--max-steps", "2",
+                 "--resume", "latest", *common]) == 0
+    assert main(["clean", "--config", str(tmp_path / "clean" / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    # a family without momentum encoders derives nothing of it
+    assert main(["clean", "--model", "tiny-clip", "--out", str(tmp_path / "clip"), "--max-steps", "1", *common]) == 0
+    assert "momentum_distillation" not in yaml.safe_load((tmp_path / "clip" / "config.yaml").read_text()).get("derived", {})

@@ -67,6 +67,11 @@ CONFIG_FILE = "config.yaml"
 DERIVED_SECTION = "derived"
 # settings whose None means "from the other settings" (`_fill_derived`)
 DERIVED_SETTINGS = ("pgd_step_size", "lock_text", "mlm", "workers", "pool_weights")
+# settings left null that the trainer's set-up derives from the loaded model (`Trainer._build_task_and_model`:
+# ALBEF's momentum distillation, on for clean, where the family has momentum encoders): config.yaml's `derived:`
+# section records the value (`run_derived`); a resume compares the setting as given (the method and the model
+# it follows from are compared too), so load_saved_config does not read it back
+RUN_DERIVED = ("momentum_distillation",)
 # settings whose option is open_clip_train's name, not the setting's (the old option stays an alias)
 OPTION_NAMES = {"max_grad_norm": "--grad-clip-norm", "log_every": "--log-every-n-steps"}
 # YAML keys of those option names -> the setting (config.yaml keeps the setting's name)
@@ -649,6 +654,8 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     derived_names = [name for name in DERIVED_SETTINGS if name in getattr(config, "derived_settings", ())]
     derived = {name: settings[name] for name in derived_names}
     settings.update(dict.fromkeys(derived_names))
+    # what the set-up derived from the loaded model (RUN_DERIVED): recorded, never read back as a setting
+    derived.update({name: value for name, value in getattr(config, "run_derived", {}).items() if name in RUN_DERIVED})
     text = yaml.safe_dump(settings, sort_keys=False)
     if derived:
         text += ("# the values the null settings above were derived as in this run (from the other settings;\n"

@@ -270,6 +270,8 @@ class Trainer:
             # the optimizer and DDP: the momentum copies are trained state
             distill = cfg.method == "clean" if cfg.momentum_distillation is None else cfg.momentum_distillation
             model.set_momentum_distillation(bool(distill))
+            if cfg.momentum_distillation is None:  # config.yaml's derived: section says which it was (it said null only)
+                cfg.run_derived = {**getattr(cfg, "run_derived", {}), "momentum_distillation": bool(distill)}
         elif cfg.momentum_distillation is not None:  # --no-momentum-distillation too: recorded, read by nothing
             flag = "--momentum-distillation" if cfg.momentum_distillation else "--no-momentum-distillation"
             raise ConfigError(f"{flag}: {model.family} models have no momentum encoders (ALBEF and TCL have): leave it out")
