@@ -213,3 +213,19 @@ def test_config_yaml_records_the_derived_momentum_distillation(sample_world_dir,
     # a family without momentum encoders derives nothing of it
     assert main(["clean", "--model", "tiny-clip", "--out", str(tmp_path / "clip"), "--max-steps", "1", *common]) == 0
     assert "momentum_distillation" not in yaml.safe_load((tmp_path / "clip" / "config.yaml").read_text()).get("derived", {})
+
+
+def test_config_yaml_records_that_tf32_ran_as_fp32_on_a_cpu(sample_world_dir, tmp_path):
+    # --precision tf32 on a CPU (no TF32 products there) was recorded as tf32 alone, though the run was plain fp32;
+    # train eval's report records fp32 there. The setting stays as asked (fed back on a GPU it is TF32 again)
+    import yaml
+
+    common = ["--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "2", "--workers", "0",
+              "--no-progress", "--cpu"]
+    out = tmp_path / "tf32"
+    assert main(["clean", "--out", str(out), "--precision", "tf32", "--max-steps", "1", "--save-every", "1", *common]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["precision"] == "tf32" and saved["derived"]["precision"] == "fp32"
+    assert main(["clean", "--out", str(out), "--precision", "tf32", "--max-steps", "2", "--resume", "latest", *common]) == 0
+    assert main(["clean", "--out", str(tmp_path / "fp32"), "--max-steps", "1", *common]) == 0
+    assert "precision" not in yaml.safe_load((tmp_path / "fp32" / "config.yaml").read_text()).get("derived", {})

@@ -67,11 +67,12 @@ CONFIG_FILE = "config.yaml"
 DERIVED_SECTION = "derived"
 # settings whose None means "from the other settings" (`_fill_derived`)
 DERIVED_SETTINGS = ("pgd_step_size", "lock_text", "mlm", "workers", "pool_weights")
-# settings left null that the trainer's set-up derives from the loaded model (`Trainer._build_task_and_model`:
-# ALBEF's momentum distillation, on for clean, where the family has momentum encoders): config.yaml's `derived:`
-# section records the value (`run_derived`); a resume compares the setting as given (the method and the model
-# it follows from are compared too), so load_saved_config does not read it back
-RUN_DERIVED = ("momentum_distillation",)
+# what the trainer's set-up derives from the loaded model and the device (`run_derived`): ALBEF's momentum
+# distillation left null (on for clean, where the family has momentum encoders: `Trainer._build_task_and_model`),
+# and the precision that ran where it is not the one asked (tf32 off a CUDA device is fp32: `Trainer.setup`).
+# config.yaml's `derived:` section records the value; a resume compares the setting as given (the method, model
+# and precision it follows from are compared too; the device may change), so load_saved_config does not read it back
+RUN_DERIVED = ("momentum_distillation", "precision")
 # settings whose option is open_clip_train's name, not the setting's (the old option stays an alias)
 OPTION_NAMES = {"max_grad_norm": "--grad-clip-norm", "log_every": "--log-every-n-steps"}
 # YAML keys of those option names -> the setting (config.yaml keeps the setting's name)
@@ -654,12 +655,14 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     derived_names = [name for name in DERIVED_SETTINGS if name in getattr(config, "derived_settings", ())]
     derived = {name: settings[name] for name in derived_names}
     settings.update(dict.fromkeys(derived_names))
-    # what the set-up derived from the loaded model (RUN_DERIVED): recorded, never read back as a setting
+    # what the trainer's set-up derived from the loaded model and the device (RUN_DERIVED): recorded, never read back
     derived.update({name: value for name, value in getattr(config, "run_derived", {}).items() if name in RUN_DERIVED})
     text = yaml.safe_dump(settings, sort_keys=False)
     if derived:
+        ran_as = ("# precision: what ran, where it is not the one asked above (tf32 off a CUDA GPU is fp32)\n"
+                  if "precision" in derived else "")
         text += ("# the values the null settings above were derived as in this run (from the other settings;\n"
-                 "# fed back with --config they are derived again: set one above to keep it)\n"
+                 "# fed back with --config they are derived again: set one above to keep it)\n" + ran_as
                  + yaml.safe_dump({DERIVED_SECTION: derived}, sort_keys=False))
     atomic_write_text(path, text)
     return path

@@ -154,6 +154,8 @@ class Trainer:
         checks skipped when the run resumed is finished: `finished_summary`)."""
         cfg = self.cfg
         self.accelerator = make_accelerator(cfg)
+        if cfg.precision == "tf32" and self.accelerator.device.type != "cuda":  # no TF32 products there: plain fp32
+            cfg.run_derived = {**getattr(cfg, "run_derived", {}), "precision": "fp32"}  # config.yaml's derived: says so
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.run_lock = lock_run_folder(self.run_dir, self.is_main, self.world_size)
