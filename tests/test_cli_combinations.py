@@ -229,3 +229,25 @@ def test_config_yaml_records_that_tf32_ran_as_fp32_on_a_cpu(sample_world_dir, tm
     assert main(["clean", "--out", str(out), "--precision", "tf32", "--max-steps", "2", "--resume", "latest", *common]) == 0
     assert main(["clean", "--out", str(tmp_path / "fp32"), "--max-steps", "1", *common]) == 0
     assert "precision" not in yaml.safe_load((tmp_path / "fp32" / "config.yaml").read_text()).get("derived", {})
+
+
+@pytest.mark.parametrize("task, attacks, readers", [
+    ("retrieval", "clean", "pgd, sep, co-attack, sga"),
+    ("retrieval", "clean,bert-attack,synonym", "pgd, sep, co-attack, sga"),
+    ("grounding", "clean", "pgd, sep, co-attack, sga"),
+    ("captioning", "clean", "pgd, pgd-targeted, prompt-pgd"),
+])
+def test_eval_refuses_a_seed_no_chosen_attack_draws_with(task, attacks, readers, tmp_path, capsys):
+    # the seed seeds PGD's random start and SGA's noise: `--attacks clean --seed 3` was accepted and eval.json said
+    # seed 3 for an evaluation that drew nothing
+    model = "tiny-captioner" if task == "captioning" else "tiny-clip"
+    argv = ["eval", model, "--task", task, "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+            "--attacks", attacks]
+    assert main([*argv, "--seed", "3"]) == 2
+    assert _error_line(capsys) == (f"error: --attacks {attacks} does not read --seed ({readers}): leave it out "
+                                   "(or add an attack that reads it)")
+    assert main([*argv, "--seed", "0"]) == 2  # the default: past the check, to the missing source
+    assert "missing" in _error_line(capsys)
+    image_attack = readers.split(",")[0]
+    assert main([*argv[:-1], f"{attacks},{image_attack}", "--seed", "3"]) == 2
+    assert "missing" in _error_line(capsys)
