@@ -251,3 +251,36 @@ def test_eval_refuses_a_seed_no_chosen_attack_draws_with(task, attacks, readers,
     image_attack = readers.split(",")[0]
     assert main([*argv[:-1], f"{attacks},{image_attack}", "--seed", "3"]) == 2
     assert "missing" in _error_line(capsys)
+
+
+def test_a_validation_attack_run_without_one_of_its_parts_says_so(sample_world_dir, tmp_path, capsys):
+    # sep with --word-budget 0 runs as its PGD alone: its lines in validation.jsonl, summary.json and on stderr
+    # said "sep" alone, as a whole multimodal attack
+    out = tmp_path / "run"
+    assert main(["mat", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out), "--word-budget", "0",
+                 "--val-frequency", "1", "--val-attack", "sep", "--val-limit", "2", "--max-steps", "1", "--batch-size", "2",
+                 "--workers", "0", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [line["settings"]["parts_off"] for line in lines] == [{"text": "--word-budget 0"}] * 2
+    assert all(line["attack"] == "sep" for line in lines)  # the name stays, for readers of earlier lines
+    err = capsys.readouterr().err
+    assert "(sep without its text part (--word-budget 0), best so far)" in err
+    assert json.loads((out / "summary.json").read_text())["validation"]["last"]["settings"]["parts_off"] == {
+        "text": "--word-budget 0"}
+
+
+@pytest.mark.parametrize("task, attack, options, off", [
+    ("retrieval", "sga", {"steps": 0}, {"image": "--pgd-steps 0"}),
+    ("retrieval", "co-attack", {"eps": 0.0}, {"image": "--attack-eps 0"}),
+    ("retrieval", "sep", {"budget": 0}, {"text": "--word-budget 0"}),
+    ("captioning", "prompt-pgd", {"budget": 0}, {"text": "--word-budget 0"}),
+    ("retrieval", "sep", {}, {}),  # whole: no parts_off key, the lines read as before
+    ("retrieval", "pgd", {"budget": 0}, {}),  # a unimodal attack's other part is no part of it
+    ("retrieval", "clean", {"steps": 0}, {}),
+])
+def test_parts_switched_off_names_each_part_and_its_flag(task, attack, options, off):
+    from train.validation import ValidationSettings, parts_switched_off
+
+    settings = ValidationSettings(every=1, task=task, attack=attack, split="val", limit=2, captions="all",
+                                  captions_per_image=None, attack_options={"eps": 2 / 255, "steps": 10, "budget": 1, **options})
+    assert parts_switched_off(settings) == off

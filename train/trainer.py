@@ -695,7 +695,9 @@ def _summary_line(summary: dict) -> str:
         best = validation["best"]
         kind = "clean" if best["attack"] == "clean" else "robust"  # --val-attack clean ranks the clean score
         metric = best.get("metric", "R@1")  # lines written before other tasks validated: R@1
-        line += (f"\nvalidation ({best['attack']}): best {kind} {metric} {best['robust']:.1f} at step {best['step']}"
+        from train.validation import attack_as_run
+
+        line += (f"\nvalidation ({attack_as_run(best)}): best {kind} {metric} {best['robust']:.1f} at step {best['step']}"
                  + ("," if kind == "clean" else f" (clean {best['clean']:.1f}),")
                  + (f" weights in {validation['best_weights']}" if validation.get("best_weights") else
                     " its weights not kept") + f"; last {validation['last']['robust']:.1f}")

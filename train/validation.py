@@ -44,7 +44,8 @@ BEST_PARTIAL = ".best-partial"  # a best checkpoint being written
 BEST_OLD = ".best-old"  # the previous one, during the swap
 # the settings a line was measured under: `train` flags naming them (a resume under others is refused)
 SETTING_FLAGS = {"attack": "--val-attack", "split": "--val-split", "data": "--val-data", "limit": "--val-limit",
-                 "captions": "captions", "captions_per_image": "captions_per_image"}
+                 "captions": "captions", "captions_per_image": "captions_per_image",
+                 "parts_off": "--pgd-steps / --attack-eps / --word-budget"}
 
 
 def tidy_best(run_dir: str | os.PathLike) -> None:
@@ -74,8 +75,36 @@ def settings_record(settings: ValidationSettings, source) -> dict:
         from augment.sources import source_fingerprint
 
         data = source_fingerprint(source)
-    return {"attack": settings.attack, "split": settings.split, "data": data,
-            "limit": settings.limit, "captions": settings.captions, "captions_per_image": settings.captions_per_image}
+    record = {"attack": settings.attack, "split": settings.split, "data": data,
+              "limit": settings.limit, "captions": settings.captions, "captions_per_image": settings.captions_per_image}
+    off = parts_switched_off(settings)
+    if off:  # only then: the lines of a multimodal attack that ran whole read as before
+        record["parts_off"] = off
+    return record
+
+
+def attack_as_run(line: dict) -> str:
+    """A validation line's attack as it ran: 'sep without its text part (--word-budget 0)' (`parts_switched_off`)."""
+    off = (line.get("settings") or {}).get("parts_off") or {}
+    return line["attack"] + "".join(f" without its {part} part ({flag})" for part, flag in off.items())
+
+
+def parts_switched_off(settings: ValidationSettings) -> dict[str, str]:
+    """The parts of a multimodal validation attack (image and text: sep, co-attack, sga, captioning's prompt-pgd)
+    that the training's budgets switch off, each with the flag that does: {"text": "--word-budget 0"}. Such an attack
+    runs as its other part alone (sep with --word-budget 0 is its PGD) under its own name, which the lines said alone.
+    A unimodal attack with its part off is refused (`train.config._check_validation_attack_runs`)."""
+    if settings.attack == "clean":
+        return {}
+    from train.commands_eval import ATTACK_OPTIONS
+
+    readers = ATTACK_OPTIONS.get(settings.task, ATTACK_OPTIONS["retrieval"])
+    if settings.attack not in readers["pgd_steps"] or settings.attack not in readers["word_budget"]:
+        return {}
+    options = settings.attack_options
+    why = {"image": ("--pgd-steps 0" if options.get("steps") == 0 else "--attack-eps 0" if options.get("eps") == 0 else None),
+           "text": "--word-budget 0" if options.get("budget") == 0 else None}
+    return {part: flag for part, flag in why.items() if flag}
 
 
 def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
@@ -288,7 +317,7 @@ class Validator:
         if self.log:
             metric = METRICS[s.task][0]
             self.log(f"  step {step:4d}: val robust {metric} {line['robust']:5.1f}  clean {metric} {line['clean']:5.1f}  "
-                     f"({s.attack}{', best so far' if best else ''})")
+                     f"({attack_as_run(line)}{', best so far' if best else ''})")
         return line
 
     def _scalars(self, line: dict) -> dict:
