@@ -284,3 +284,23 @@ def test_parts_switched_off_names_each_part_and_its_flag(task, attack, options, 
     settings = ValidationSettings(every=1, task=task, attack=attack, split="val", limit=2, captions="all",
                                   captions_per_image=None, attack_options={"eps": 2 / 255, "steps": 10, "budget": 1, **options})
     assert parts_switched_off(settings) == off
+
+
+@pytest.mark.parametrize("task, attacks, candidates, mlm", [
+    ("retrieval", "clean,pgd", "mlm", None),
+    ("retrieval", "clean,synonym", "wordnet", None),
+    ("retrieval", "clean,bert-attack", "mlm", "tiny-mlm"),
+    ("captioning", "clean,pgd", "mlm", None),
+])
+def test_eval_json_names_a_masked_lm_only_where_an_attack_read_one(task, attacks, candidates, mlm, sample_world_dir,
+                                                                   tmp_path, wordnet_ready):
+    # settings.attack_options recorded the model's default masked LM (captioning: "default") for evaluations none of
+    # whose attacks reads one: WordNet's substitutes, or no text attack at all
+    out = tmp_path / "eval"
+    model = "tiny-captioner" if task == "captioning" else "tiny-clip"
+    candidates_flag = ["--text-candidates", candidates] if candidates != "mlm" else []
+    assert main(["eval", model, "--task", task, "--source", str(sample_world_dir), "--attacks", attacks, *candidates_flag,
+                 "--limit", "2", "--out", str(out), "--workers", "0", "--no-progress",
+                 *(["--pgd-steps", "1"] if "pgd" in attacks else [])]) == 0
+    options = json.loads((out / "eval.json").read_text())["settings"]["attack_options"]
+    assert options.get("mlm") == mlm

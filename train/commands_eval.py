@@ -172,6 +172,16 @@ def _family_without_loading(name: str) -> str | None:
     return None
 
 
+def record_masked_lm_only_where_read(report: dict, args: argparse.Namespace, attacks: list[str]) -> None:
+    """eval.json's `settings.attack_options` without `mlm` when none of `attacks` draws substitutes from a masked LM
+    (--text-candidates wordnet; clean and the image attacks): the model's default masked LM was recorded there as if one
+    had run, until audit AR. Only the report's: OUT/.progress's settings keep it, so a killed evaluation resumes as before."""
+    readers = attack_option_readers(args.task, getattr(args, "protocol", "project"), args.text_candidates,
+                                    getattr(args, "attacked_embedding", "unimodal"))["mlm"]
+    if args.text_candidates != "mlm" or not set(readers) & set(attacks):
+        report["settings"].get("attack_options", {}).pop("mlm", None)
+
+
 def attack_options_from_arguments(args: argparse.Namespace) -> dict:
     """The attack options (`attack_options` of `evaluate` and `evaluate_grounding`) that `train eval`'s
     arguments set, built here for retrieval and grounding alike. An option left unset (None) is absent,
@@ -549,6 +559,7 @@ def _run(args: argparse.Namespace) -> int:
             caption_preprocess=args.caption_preprocess, workers=_workers(args),
             source_meta=source_meta(args, source_report.format),
         )
+    record_masked_lm_only_where_read(report, args, args.attacks)
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})

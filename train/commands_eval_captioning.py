@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.caption_metrics import require_java_for_meteor
-    from train.commands_eval import _refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder
+    from train.commands_eval import (_refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder,
+                                     record_masked_lm_only_where_read)
     from train.eval_report import EVAL_JSON, EVAL_MD
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
+    record_masked_lm_only_where_read(report, args, attacks)
     report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})

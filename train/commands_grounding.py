@@ -34,7 +34,7 @@ def run(args) -> int:
     from tasks.grounding import GroundingTask
     from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS
     from train.commands_eval import (_check_attack_options, _workers, attack_options_from_arguments, check_fusion_target,
-                                     progress_folder, truth_checker_for)
+                                     progress_folder, record_masked_lm_only_where_read, truth_checker_for)
     from train.evaluate_grounding import (check_attacker, evaluate_grounding, markdown_grounding_report,
                                           world_expression_checker)
     from train.eval_report import EVAL_JSON, EVAL_MD, write_report
@@ -88,6 +88,7 @@ def run(args) -> int:
                                         workers=workers, caption_preprocess=args.caption_preprocess)
     except ValueError as exc:
         raise MatPlusError(str(exc)) from None
+    record_masked_lm_only_where_read(report, args, args.attacks)
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint,
                                "attacker_model": args.attacker_model})
