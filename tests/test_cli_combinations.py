@@ -191,6 +191,21 @@ def test_momentum_distillation_on_a_family_without_momentum_encoders_is_refused(
     assert not out.exists()
 
 
+def test_a_run_saved_with_no_momentum_distillation_on_clip_still_resumes(sample_world_dir, tmp_path, capsys):
+    # a run of before the refusal above recorded momentum_distillation: false: resumed with the flag it was refused,
+    # without it its settings differed, so it could not be resumed at all
+    import yaml
+
+    out = tmp_path / "run"
+    common = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--out", str(out),
+              "--batch-size", "2", "--workers", "0", "--no-progress"]
+    assert main([*common, "--max-steps", "1", "--save-every", "1"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, "momentum_distillation": False}))  # as then written
+    assert main([*common, "--max-steps", "2", "--resume", "latest", "--no-momentum-distillation"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
 def test_config_yaml_records_the_derived_momentum_distillation(sample_world_dir, tmp_path, capsys):
     # ALBEF's momentum distillation left to its default (on for clean, off for the adversarial methods) was recorded as
     # momentum_distillation: null, with no derived: entry, while the checkpoint's matplus_model.json said

@@ -178,7 +178,7 @@ class Trainer:
 
         _seed_everything(cfg.seed)
         with main_process_logs(self.is_main):
-            model, frozen = self._build_task_and_model()
+            model, frozen = self._build_task_and_model(resuming=resume_from is not None)
         from train.attacks.captioning import PROMPT_ATTACKS
 
         if cfg.val_frequency and cfg.task == "captioning" and cfg.val_attack in PROMPT_ATTACKS \
@@ -245,7 +245,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.schedule_steps = cfg.schedule_steps or self.total_steps
 
-    def _build_task_and_model(self):
+    def _build_task_and_model(self, resuming: bool = False):
         """(model, FARE's frozen copy or None): the task checked against the method and the model,
         the momentum encoders built where the family has them."""
         from models import load_model
@@ -274,7 +274,9 @@ class Trainer:
             model.set_momentum_distillation(bool(distill))
             if cfg.momentum_distillation is None:  # config.yaml's derived: section says which it was (it said null only)
                 cfg.run_derived = {**getattr(cfg, "run_derived", {}), "momentum_distillation": bool(distill)}
-        elif cfg.momentum_distillation is not None:  # --no-momentum-distillation too: recorded, read by nothing
+        elif cfg.momentum_distillation is not None and not (resuming and cfg.momentum_distillation is False):
+            # --no-momentum-distillation too: recorded, read by nothing. A run saved before 2026-12-06 with it
+            # resumes (its config.yaml says false, which a resume must match)
             flag = "--momentum-distillation" if cfg.momentum_distillation else "--no-momentum-distillation"
             raise ConfigError(f"{flag}: {model.family} models have no momentum encoders (ALBEF and TCL have): leave it out")
         return model, frozen
