@@ -404,6 +404,26 @@ def test_ptb_tokenization_writes_nothing_into_the_installed_pycocoevalcap(monkey
     assert sorted(package.iterdir()) == before
 
 
+def test_a_java_that_fails_is_one_error_naming_it_not_an_assertion(monkeypatch, tmp_path):
+    """A `java` on the PATH that does not run (macOS's stub without a JDK, a broken JRE) printed its reason
+    into the captured stderr, which was dropped, and no tokens: the first image got an empty caption, the
+    others none, and BLEU stopped with a bare AssertionError (its keys differ) at the end of an evaluation."""
+    import os
+    import stat
+
+    from augment.errors import MatPlusError
+    from train.caption_metrics import caption_scores, tokenize_all
+
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\necho 'No Java runtime present, requesting install.' >&2\nexit 1\n")
+    java.chmod(java.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(MatPlusError, match="PTB tokenizer.*exit status 1.*No Java runtime present"):
+        tokenize_all({0: ["a dog"], 1: ["a cat"]}, use_java=True)
+    with pytest.raises(MatPlusError, match="No Java runtime present"):
+        caption_scores([["a dog"], ["a cat"]], ["a dog", "a cat"], meteor=False)
+
+
 def test_meteor_asked_for_without_java_is_an_error_not_a_null(monkeypatch, tmp_path, capsys):
     import train.caption_metrics as metrics
     from augment.errors import MissingDependencyError

@@ -162,7 +162,17 @@ def _ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
         lines_file.write_bytes(sentences.encode())
         command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
                    str(lines_file)]
-        lines = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE).stdout.decode().split("\n")
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = done.stdout.decode().split("\n")
+    # a java that does not run (macOS's stub without a JDK, a broken JRE) printed its reason to the captured
+    # stderr and no line: the captions got no tokens, and BLEU stopped with a bare AssertionError
+    if done.returncode != 0 or len(lines) < len(image_ids):
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        from augment.errors import MatPlusError
+
+        raise MatPlusError(f"COCO's PTB tokenizer (java -cp {jar.name}) failed with exit status {done.returncode}"
+                           f"{': ' + said[-1] if said else ''} ({len(lines) - 1} of {len(image_ids)} captions "
+                           "tokenised); fix the Java installation, or take java off the PATH for the stand-in tokenizer")
     tokenized: dict[int, list[str]] = {}
     for image_id, line in zip(image_ids, lines):
         words = [word for word in line.rstrip().split(" ") if word not in ptbtokenizer.PUNCTUATIONS]
