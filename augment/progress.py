@@ -62,6 +62,12 @@ def _line_bar_class():
             def clear(self, nolock=False):  # a line written stays: nothing to clear
                 pass
 
+            def close(self):
+                # every bar ends with its last state, one a terminal would clear too (leave=False, or leave=None below
+                # another bar: a validation's under the training bar), which tqdm would write as an empty redraw
+                self.leave = True
+                super().close()
+
             def moveto(self, n):  # lines, not positions on the screen
                 pass
 

@@ -47,7 +47,20 @@ def test_a_nested_bar_off_a_terminal_moves_no_cursor():
     outer.close()
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "\n\n" not in text, repr(text)
-    assert [line.split(":")[0] for line in text.splitlines()] == ["train", "evaluating pgd", "train"], text
+    # the inner bar's last state too: tqdm clears a leave=None bar below another, which in a log left it at 0/3
+    assert [line.split(":")[0] for line in text.splitlines()] == ["train", "evaluating pgd", "evaluating pgd", "train"], text
+    assert " 3/3 " in text.splitlines()[2], text
+
+
+def test_a_bar_off_a_terminal_ends_with_its_last_state_even_one_a_terminal_clears():
+    """leave=False (and leave=None below another bar) clears the bar on a terminal; in a log a line cannot be
+    cleared, and the bar's last line was its first or an earlier one (a validation's attack bar: 0/N)."""
+    out = io.StringIO()
+    bar = progress.progress_bar(total=5, desc="attack", file=out, leave=False)
+    bar.update(5)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and " 0/5 " in lines[0] and " 5/5 " in lines[1], lines
 
 
 def test_training_and_inspect_logs_hold_lines_not_redraws(tmp_path, sample_world_dir, capsys):
