@@ -40,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# mat-plus's packages the augment commands may import: not analysis, so a folder of the user's named so (of notebooks
+# or results) does not stop `python -m augment.cli`
+IMPORTED_PACKAGES = ("augment", "models", "tasks", "train", "data_cards")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return run_main(build_parser, argv, IMPORTED_PACKAGES)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Sequence
 
 from augment.errors import MatPlusError, first_line
 
@@ -113,8 +113,9 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 OWN_PACKAGES = ("augment", "models", "tasks", "train", "analysis", "data_cards")
 
 
-def check_own_packages() -> None:
-    """Refuse to run when one of mat-plus's packages would be imported from somewhere else. Under
+def check_own_packages(names: Sequence[str] = OWN_PACKAGES) -> None:
+    """Refuse to run when one of mat-plus's packages `names` (those the command imports) would be imported
+    from somewhere else. Under
     `python -m` (torchrun's and accelerate's `-m train.cli` too) the current folder is first on the path,
     and a user's models/ there was imported in mat-plus's place: an ImportError deep in a traceback. Under
     an editable install (`pip install -e`, `make setup`) even a models/ folder without __init__.py (of
@@ -123,7 +124,7 @@ def check_own_packages() -> None:
     from pathlib import Path
 
     home = Path(__file__).resolve().parents[1]
-    for name in OWN_PACKAGES:
+    for name in names:
         try:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
@@ -142,7 +143,10 @@ def check_own_packages() -> None:
                                "console script by its path")
 
 
-def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
+def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None,
+             packages: Sequence[str] = OWN_PACKAGES) -> int:
+    """Parse `argv` and run its command; `packages`: those of mat-plus's packages the commands import, which
+    `check_own_packages` checks first (a user's folder named like one they never import stops nothing)."""
     # "warning: ..." as the commands' own "error: ..." lines (logging's default is "WARNING:name:...")
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
         logging.addLevelName(level, logging.getLevelName(level).lower())
@@ -168,7 +172,7 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     global _terminated, _interrupt_arrived
     _terminated = _interrupt_arrived = False
     try:
-        check_own_packages()
+        check_own_packages(packages)
         with _interrupts_recorded(), _sigterm_as_interrupt(getattr(args, "sigterm_interrupts", False)):
             code = args.func(args)
     except expected as exc:

@@ -114,3 +114,33 @@ def test_a_folder_without_init_found_before_an_editable_install_is_refused_too(t
     monkeypatch.setattr(importlib.util, "find_spec", path_first)
     with pytest.raises(MatPlusError, match="^" + re.escape(f"'models' is imported from {tmp_path / 'models'}, not mat-plus's ")):
         check_own_packages()
+
+
+def test_a_folder_named_like_a_package_the_command_never_imports_does_not_stop_it(tmp_path):
+    """train's commands import augment, models, tasks and train, never analysis or data_cards: a user's
+    analysis/ (of notebooks, of results) or data_cards/ in the current folder hid nothing they read, yet
+    `python -m train.cli` (README's torchrun and accelerate launches) stopped on "'analysis' is imported
+    from ..." where it ran before. The packages a command reads are still checked."""
+    import os
+
+    for name in ("analysis", "data_cards"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("# the user's own\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "train.cli", "clean", "--model", "tiny-clip", "--train-data",
+                           "missing.json", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: missing.json"), done.stderr
+    done = subprocess.run([sys.executable, "-m", "augment.cli", "inspect", "--source", "missing.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "'data_cards' is imported from" in done.stderr, done.stderr  # push reads it
+    (tmp_path / "data_cards" / "__init__.py").unlink()
+    (tmp_path / "data_cards").rmdir()
+    done = subprocess.run([sys.executable, "-m", "augment.cli", "inspect", "--source", "missing.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "analysis" not in done.stderr and "missing.json" in done.stderr, done.stderr
+    (tmp_path / "tasks.py").write_text("# the user's own\n")
+    done = subprocess.run([sys.executable, "-m", "train.cli", "clean", "--model", "tiny-clip", "--train-data",
+                           "missing.json", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "error: 'tasks' is imported from" in done.stderr, done.stderr

@@ -301,8 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# mat-plus's packages the train commands import: not analysis nor data_cards, so a folder of the user's named like
+# those (analysis/ of notebooks or results) does not stop `python -m train.cli`, torchrun's and accelerate's launches
+IMPORTED_PACKAGES = ("augment", "models", "tasks", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return run_main(build_parser, argv, IMPORTED_PACKAGES)
 
 
 if __name__ == "__main__":
