@@ -319,3 +319,22 @@ def test_eval_json_names_a_masked_lm_only_where_an_attack_read_one(task, attacks
                  *(["--pgd-steps", "1"] if "pgd" in attacks else [])]) == 0
     options = json.loads((out / "eval.json").read_text())["settings"]["attack_options"]
     assert options.get("mlm") == mlm
+
+
+@pytest.mark.parametrize("settings, recorded", [
+    ({"method": "mat", "word_budget": 0}, {"mlm": "tiny-mlm", "text_candidates": "wordnet", "top_k": 5}),
+    ({"method": "tecoa", "pgd_steps": 0}, {"pgd_step_size": 0.01, "random_start": False}),
+    ({"method": "mat", "attack_eps": 0.0}, {"pgd_step_size": 0.01, "inner_order": "image-text"}),
+])
+def test_a_run_recorded_with_a_setting_now_refused_as_unread_still_resumes(settings, recorded):
+    """A run started before these settings were refused as unread recorded them (mat --word-budget 0 its derived
+    masked LM too): resuming compared them with the values now, and they differed ('--resume latest: settings
+    differ: mlm'), while giving them again is refused; the killed run could not be resumed at all. A setting that
+    nothing reads changes nothing of the result: resume_conflicts leaves it out."""
+    from train.config import UNREAD_WHEN, resolve_config, resume_conflicts
+
+    config = resolve_config({"model": "tiny-clip", "train_data": "data.json", "out": "run", **settings})
+    assert all(UNREAD_WHEN[name][0](config) for name in recorded)
+    assert resume_conflicts(dict(config.to_dict(), **recorded), config) == []
+    # a setting the run reads still differs
+    assert resume_conflicts(dict(config.to_dict(), lr=config.lr * 2), config) == ["lr"]

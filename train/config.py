@@ -724,4 +724,8 @@ def resume_conflicts(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     current = _comparable(json.loads(json.dumps(config.to_dict())))
     defaults = json.loads(json.dumps(_DEFAULTS.to_dict()))  # a setting added since the run was saved had its default
     saved = _comparable({**defaults, **json.loads(json.dumps(saved))})
-    return sorted(k for k in FIELD_NAMES if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    # a setting nothing reads changes nothing (UNREAD_WHEN): a run recorded before one was refused as unread (mat
+    # --word-budget 0 with its derived masked LM, tecoa --pgd-steps 0 with a --pgd-step-size) resumes
+    unread = {name for name, (is_unread, _) in UNREAD_WHEN.items() if is_unread(config)}
+    return sorted(k for k in FIELD_NAMES
+                  if k not in RESUMABLE_CHANGES and k not in unread and saved.get(k) != current.get(k))
