@@ -123,7 +123,9 @@ def check_own_packages(names: Sequence[str] = OWN_PACKAGES) -> None:
     import importlib.util
     from pathlib import Path
 
-    home = Path(__file__).resolve().parents[1]
+    # this package's folder resolved, not this file: an install of linked files (setuptools' strict editable mode)
+    # holds real folders of links, and the file's target is the checkout, where the path finds none of them
+    home = Path(__file__).parent.resolve().parent
     for name in names:
         try:
             spec = importlib.util.find_spec(name)
@@ -135,7 +137,7 @@ def check_own_packages(names: Sequence[str] = OWN_PACKAGES) -> None:
         places = [Path(place).resolve() for place in spec.submodule_search_locations or []]
         if not places and spec.origin:
             places = [Path(spec.origin).resolve()]
-        if places and home / name not in places:
+        if places and (home / name).resolve() not in places:
             found = places[0]
             raise MatPlusError(f"'{name}' is imported from {found}, not mat-plus's {home / name}: a folder or module "
                                f"named {name} in the current folder (first on the path under python -m, torchrun and "

@@ -144,3 +144,28 @@ def test_a_folder_named_like_a_package_the_command_never_imports_does_not_stop_i
                            "missing.json", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2 and "error: 'tasks' is imported from" in done.stderr, done.stderr
+
+
+def test_an_install_of_linked_files_runs(tmp_path):
+    """setuptools' strict editable install (`pip install -e . --config-settings editable_mode=strict`) and other
+    link farms put real folders of linked files on the path: check_own_packages resolved this module's own file
+    into the checkout and compared the folders found on the path with it, so every command of such an install
+    stopped on "'augment' is imported from BUILD/augment, not mat-plus's CHECKOUT/augment"."""
+    import os
+
+    farm = tmp_path / "farm"
+    for name in ("augment", "models", "tasks", "train", "analysis", "data_cards"):
+        for path in (ROOT / name).rglob("*.py"):
+            link = farm / path.relative_to(ROOT)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    env = {**os.environ, "PYTHONPATH": str(farm)}
+    done = subprocess.run([sys.executable, "-m", "augment.cli", "inspect", "--source", "missing.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "is imported from" not in done.stderr and "missing.json" in done.stderr, done.stderr
+    (tmp_path / "models").mkdir()  # a folder of the user's that hides one is still named
+    (tmp_path / "models" / "__init__.py").write_text("# the user's own\n")
+    done = subprocess.run([sys.executable, "-m", "augment.cli", "inspect", "--source", "missing.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert f"error: 'models' is imported from {tmp_path / 'models'}, not mat-plus's {farm / 'models'}" in done.stderr, \
+        done.stderr
