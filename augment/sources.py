@@ -173,8 +173,12 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
             warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 limit = Image.MAX_IMAGE_PIXELS
-                if limit and image.width * image.height > limit and (where, path) not in _NAMED_LARGE:  # under twice: decoded
-                    _NAMED_LARGE.add((where, path))
+                # under twice the limit Pillow decodes it; embedded bytes without a file name are told apart by
+                # their digest (each was "image (embedded bytes)", and only the first such image was named)
+                large = bool(limit) and image.width * image.height > limit
+                key = (where, path or (hashlib.blake2b(data, digest_size=16).hexdigest() if large and data else None))
+                if large and key not in _NAMED_LARGE:
+                    _NAMED_LARGE.add(key)
                     log.warning("%s: a very large image (%d x %d, %d pixels; Pillow's safety limit is %d): decoded",
                                 where, image.width, image.height, image.width * image.height, limit)
                 image.load()

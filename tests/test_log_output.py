@@ -190,3 +190,27 @@ def test_a_launch_s_processes_say_a_warning_about_the_shared_run_once(tmp_path, 
     lines = [line for line in done.stderr.splitlines() if "has no checkpoint yet" in line]
     assert lines == [f"warning: --resume latest: {tmp_path / 'run'} has no checkpoint yet; starting from step 0"], \
         done.stderr[-2000:]
+
+
+def test_each_very_large_image_of_embedded_bytes_without_a_path_is_named(monkeypatch, caplog):
+    """Images decoded without a record to name (datasets' SourceImage feature: an evaluation's gallery rows) of
+    embedded bytes and no file name were all "image (embedded bytes)" with no path: the once-per-image record
+    took them for one image, so only the first very large one of a process was ever named."""
+    import logging
+
+    from PIL import Image
+
+    from augment import sources
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    monkeypatch.setattr(sources, "_NAMED_LARGE", set(), raising=False)
+    blobs = []
+    for colour in ("red", "blue"):
+        out = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(out, format="PNG")
+        blobs.append(out.getvalue())
+    with caplog.at_level(logging.WARNING, logger="augment.sources"):
+        for data in (*blobs, *blobs):
+            assert sources.open_image({"path": None, "bytes": data}).size == (64, 64)
+    named = [r.getMessage() for r in caplog.records if "a very large image" in r.getMessage()]
+    assert len(named) == 2, named  # each image once
