@@ -43,6 +43,30 @@ if TYPE_CHECKING:
 
 IOU_THRESHOLD = 0.5
 AREA_EXPONENT = 0.5  # ALBEF's alpha: a box's heat is divided by area ** 0.5
+# the checker's verdicts and counterfactual scenes `GroundingTask` keeps per (row, text), the latest so many
+# at most: pairs recur across epochs, but a batch of B adds B x B verdicts and under mat / mat+ the texts are the
+# step's attacked expressions, new at almost every step (unbounded, each step's entries stayed for the run)
+TRUTH_CACHE_SIZE = 1 << 16  # ~100 bytes a verdict: ~7 MB
+COUNTERFACTUAL_CACHE_SIZE = 1 << 12  # ~8 KB an expression's edited scenes: ~32 MB
+
+
+class FirstInFirstOut(dict):
+    """A dict of at most `size` entries: `kept(key, make)` returns the value kept, or keeps `make()`'s and
+    drops the oldest entry past `size` (a plain dict's order: no bookkeeping on a hit)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = max(1, int(size))
+
+    def kept(self, key, make):
+        try:
+            return self[key]
+        except KeyError:
+            pass
+        value = self[key] = make()
+        if len(self) > self.size:
+            del self[next(iter(self))]
+        return value
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -257,8 +281,9 @@ class GroundingTask(RetrievalTask):
         # every n-th row of a batch (rows come shuffled) gets counterfactual pairs: each costs two image encodings
         self.counterfactual_every = max(1, int(counterfactual_every))
         self.scenes: list | None = None  # the training rows' world scenes (prepare_training)
-        self._truth: dict[tuple[int, str], bool] = {}  # (row, text) -> the checker's verdict; pairs recur across steps
-        self._counterfactuals: dict[tuple[int, str], list] = {}  # (row, text) -> counterfactual_scenes
+        # (row, text) -> the checker's verdict, and -> counterfactual_scenes: pairs recur across steps
+        self._truth = FirstInFirstOut(TRUTH_CACHE_SIZE)
+        self._counterfactuals = FirstInFirstOut(COUNTERFACTUAL_CACHE_SIZE)
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
@@ -305,9 +330,7 @@ class GroundingTask(RetrievalTask):
         from augment.world.truth import referents
 
         def true_of(key: int, text: str) -> bool:
-            if (key, text) not in self._truth:
-                self._truth[key, text] = bool(referents(text, scenes[key]))
-            return self._truth[key, text]
+            return self._truth.kept((key, text), lambda: bool(referents(text, scenes[key])))
 
         table = [[true_of(key, text) for text in texts] for key in keys.tolist()]
         return torch.tensor(table, dtype=torch.float32, device=keys.device)
@@ -327,9 +350,8 @@ class GroundingTask(RetrievalTask):
         for row, (key, text) in enumerate(zip(keys.tolist(), texts)):
             if row % self.counterfactual_every:
                 continue
-            if (key, text) not in self._counterfactuals:
-                self._counterfactuals[key, text] = counterfactual_scenes(text, self.scenes[key])
-            for label, groups in zip((0.0, 1.0), self._counterfactuals[key, text]):
+            edits = self._counterfactuals.kept((key, text), lambda: counterfactual_scenes(text, self.scenes[key]))
+            for label, groups in zip((0.0, 1.0), edits):
                 if groups:
                     group = groups[int(torch.randint(len(groups), ()))]
                     rows.append(row)

@@ -515,6 +515,35 @@ def test_counterfactual_pixels_label_edits_by_the_checker():
     assert GroundingTask().counterfactual_pixels(model, keys, ["the star"] * 3) is None  # no scenes (real data)
 
 
+def test_grounding_checks_kept_per_expression_stay_bounded_as_attacked_expressions_arrive(monkeypatch):
+    """`true_pairs` and `counterfactual_pixels` keep each (row, text)'s check for the pairs that recur; under mat /
+    mat+ the texts are each step's attacked expressions, new at almost every step, and both kept every one for the
+    whole run (audit AU: `train mat --task grounding`, tiny-albef, batch 8: ~100 verdicts and ~8 edited scenes more
+    a step, RSS +37 MB in 180 steps; a batch of 64 adds 64 x 64 verdicts a step). At most the latest so many now."""
+    from types import SimpleNamespace
+
+    import tasks.grounding as grounding
+
+    monkeypatch.setattr(grounding, "TRUTH_CACHE_SIZE", 10, raising=False)
+    monkeypatch.setattr(grounding, "COUNTERFACTUAL_CACHE_SIZE", 3, raising=False)
+    scenes = [Scene((SceneObject("star", "red", "small", "left"),)),
+              Scene((SceneObject("star", "blue", "large", "right"), SceneObject("circle", "red", "small", "top")))]
+    task = grounding.GroundingTask(counterfactual_every=1)
+    task.scenes = grounding.scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
+    model = SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 4, 4))
+    keys = torch.tensor([0, 1])
+    for step in range(20):  # each step's attacked expressions: unreadable, new ones (checked, kept)
+        texts = [f"the zork {step}", f"the blip {step}"]
+        assert task.true_pairs(keys, texts).tolist() == [[0, 0], [0, 0]]
+        assert task.counterfactual_pixels(model, keys, texts) is None
+        assert len(task._truth) <= 10 and len(task._counterfactuals) <= 3
+    # what is kept is still the checker's verdict, and a pair dropped is checked again alike
+    assert task.true_pairs(keys, ["the star", "the red circle"]).tolist() == [[1, 0], [1, 1]]
+    assert task.true_pairs(keys, ["the star", "the red circle"]).tolist() == [[1, 0], [1, 1]]
+    rows, _, labels = task.counterfactual_pixels(model, keys, ["the star", "the red circle"])
+    assert rows.tolist() == [0, 1, 1] and labels.tolist() == [0.0, 0.0, 1.0]  # the lone star: a false edit only
+
+
 def test_grounding_trains_on_unflipped_uncropped_images():
     from PIL import Image
 
