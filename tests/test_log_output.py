@@ -214,3 +214,14 @@ def test_each_very_large_image_of_embedded_bytes_without_a_path_is_named(monkeyp
             assert sources.open_image({"path": None, "bytes": data}).size == (64, 64)
     named = [r.getMessage() for r in caplog.records if "a very large image" in r.getMessage()]
     assert len(named) == 2, named  # each image once
+
+
+def test_a_large_sample_worlds_progress_reaches_a_log(capsys):
+    # make-sample's bar was off whenever stderr was no terminal: a large world's log said nothing until it was done
+    from augment.world.writer import _progress
+
+    assert list(_progress(range(600), 600)) == list(range(600))
+    err = capsys.readouterr().err
+    assert "sample world" in err and "600/600" in err and "\r" not in err
+    assert list(_progress(range(20), 20)) == list(range(20))  # a small world: seconds, no bar
+    assert capsys.readouterr().err == ""

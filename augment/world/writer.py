@@ -9,7 +9,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -124,12 +123,11 @@ def _move_contents_into(built: Path, out_dir: Path) -> None:
 
 
 def _progress(iterable: Iterable, total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc="sample world", unit="image",
-                disable=total < 500 or not sys.stderr.isatty())
+    """A bar for worlds of 500 images or more (smaller ones take seconds): tqdm on a terminal, lines in a log
+    (`augment.progress`; until 2026-12-06 it was off there, so a large world's log said nothing until it was done)."""
+    from augment.progress import progress_bar
+
+    return progress_bar(iterable, total=total, desc="sample world", unit="image", disable=total < 500)
 
 
 def _image_record(index: int, filename: str, split: str, scene: Scene, captions: list[str],
