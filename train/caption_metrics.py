@@ -12,12 +12,9 @@ Scores are in percent (x100), as papers print them (BLIP base on COCO: CIDEr ~ 1
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import re
 import shutil
-import sys
 import tempfile
 import unicodedata
 from typing import Sequence
@@ -112,34 +109,13 @@ def simple_tokenize(text: str) -> str:
     return " ".join(text[match.start():match.end()] for match in _PTB_TOKEN.finditer(shadow))
 
 
-@contextlib.contextmanager
-def _java_stderr_captured():
-    """Collect what child processes write to file descriptor 2 (PTBTokenizer's Java prints a
-    "tokenized N tokens" line per call, which would swamp logs); re-emitted if the call fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def tokenize_all(captions: dict[int, list[str]], use_java: bool) -> dict[int, list[str]]:
     if use_java:
         # PTBTokenizer reads one caption per line and its output lines are paired with the captions in
         # order; pycocoevalcap replaced only "\n" first: a "\r" (a CRLF inside a quoted CSV field), "\v",
         # "\f", U+2028 or U+2029 in a caption ended a line in Java too, and every later caption got the
         # tokens of the one before it (the last ones none); `splitlines` knows all of them
-        with _java_stderr_captured():
-            return _ptb_tokenize({k: [" ".join(c.splitlines()) for c in v] for k, v in captions.items()})
+        return _ptb_tokenize({k: [" ".join(c.splitlines()) for c in v] for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
@@ -162,6 +138,7 @@ def _ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
         lines_file.write_bytes(sentences.encode())
         command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
                    str(lines_file)]
+        # Java's stderr (a "tokenized N tokens" line per call, which would swamp logs) is read, and said on failure
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = done.stdout.decode().split("\n")
     # a java that does not run (macOS's stub without a JDK, a broken JRE) printed its reason to the captured
