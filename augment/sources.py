@@ -169,8 +169,7 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
         if not os.path.isfile(path):  # the default `where` already names the path: say it once
             raise SourceError(f"{where}: {image_not_found(path)}" if named else image_not_found(path))
     try:
-        with warnings.catch_warnings():  # Pillow's own warning (two lines) names no record: one line of ours
-            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        with large_images_named():  # Pillow's own warning (two lines) names no record: one line of ours
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 limit = Image.MAX_IMAGE_PIXELS
                 # under twice the limit Pillow decodes it; embedded bytes without a file name are told apart by
@@ -193,9 +192,9 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
 
 @contextmanager
 def large_images_named():
-    """Pillow's DecompressionBombWarning off while decoded images are transformed: a crop over the limit warns
-    again, in two lines naming no record, every time (a training crop of a 100 Mpx image, every epoch);
-    `open_image` has named the image once already."""
+    """Pillow's DecompressionBombWarning off while images are decoded (`open_image` names a very large one once, in a
+    line of its own) and transformed: a crop over the limit warns again, in two lines naming no record, every time (a
+    training crop of a 100 Mpx image, every epoch)."""
     from PIL import Image
 
     with warnings.catch_warnings():
