@@ -579,17 +579,14 @@ def _validate(c: TrainConfig) -> None:
 def _check_validation_attack_runs(c: TrainConfig) -> None:
     """A --val-attack whose every part the training's budgets switch off (PGD with --pgd-steps 0 or --attack-eps 0,
     word substitutions with --word-budget 0) changes nothing: each validation line recorded the clean score as
-    the attack's robust one, and RUN/best was chosen by it. Which part an attack reads is train eval's table."""
-    if not c.val_frequency or c.val_attack == "clean":
+    the attack's robust one, and RUN/best was chosen by it (`train.validation.attack_parts`: which part an attack reads)."""
+    if not c.val_frequency:
         return
-    from train.commands_eval import ATTACK_OPTIONS
+    from train.validation import attack_parts
 
-    readers = ATTACK_OPTIONS.get(c.task, ATTACK_OPTIONS["retrieval"])
-    off = {"pgd_steps": ("--pgd-steps 0" if c.pgd_steps == 0 else "--attack-eps 0" if c.attack_eps == 0 else None),
-           "word_budget": "--word-budget 0" if c.word_budget == 0 else None}
-    parts = [option for option in off if c.val_attack in readers[option]]
-    if parts and all(off[option] for option in parts):
-        given = " and ".join(off[option] for option in parts)
+    parts = attack_parts(c.val_attack, c.task, c.pgd_steps, c.attack_eps, c.word_budget)
+    if parts and all(parts.values()):
+        given = " and ".join(parts.values())
         raise ConfigError(f"--val-attack {c.val_attack} with {given} changes nothing (each validation would record the "
                           "clean score as its robust one): choose --val-attack clean, or an attack the run's budgets leave on")
 

@@ -89,22 +89,31 @@ def attack_as_run(line: dict) -> str:
     return line["attack"] + "".join(f" without its {part} part ({flag})" for part, flag in off.items())
 
 
+def attack_parts(attack: str, task: str, steps, eps, budget) -> dict[str, str | None]:
+    """Each part (image, text) `attack` reads under `task` (train eval's table, `ATTACK_OPTIONS`), with the flag
+    that switches it off under these budgets, None where it runs: sep with --word-budget 0 is
+    {"image": None, "text": "--word-budget 0"}; clean reads none."""
+    if attack == "clean":
+        return {}
+    from train.commands_eval import ATTACK_OPTIONS
+
+    readers = ATTACK_OPTIONS.get(task, ATTACK_OPTIONS["retrieval"])
+    parts: dict[str, str | None] = {}
+    if attack in readers["pgd_steps"]:
+        parts["image"] = "--pgd-steps 0" if steps == 0 else "--attack-eps 0" if eps == 0 else None
+    if attack in readers["word_budget"]:
+        parts["text"] = "--word-budget 0" if budget == 0 else None
+    return parts
+
+
 def parts_switched_off(settings: ValidationSettings) -> dict[str, str]:
     """The parts of a multimodal validation attack (image and text: sep, co-attack, sga, captioning's prompt-pgd)
     that the training's budgets switch off, each with the flag that does: {"text": "--word-budget 0"}. Such an attack
     runs as its other part alone (sep with --word-budget 0 is its PGD) under its own name, which the lines said alone.
-    A unimodal attack with its part off is refused (`train.config._check_validation_attack_runs`)."""
-    if settings.attack == "clean":
-        return {}
-    from train.commands_eval import ATTACK_OPTIONS
-
-    readers = ATTACK_OPTIONS.get(settings.task, ATTACK_OPTIONS["retrieval"])
-    if settings.attack not in readers["pgd_steps"] or settings.attack not in readers["word_budget"]:
-        return {}
+    An attack with every part off is refused (`train.config._check_validation_attack_runs`)."""
     options = settings.attack_options
-    why = {"image": ("--pgd-steps 0" if options.get("steps") == 0 else "--attack-eps 0" if options.get("eps") == 0 else None),
-           "text": "--word-budget 0" if options.get("budget") == 0 else None}
-    return {part: flag for part, flag in why.items() if flag}
+    parts = attack_parts(settings.attack, settings.task, options.get("steps"), options.get("eps"), options.get("budget"))
+    return {part: flag for part, flag in parts.items() if flag} if len(parts) == 2 else {}
 
 
 def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
