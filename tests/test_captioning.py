@@ -353,6 +353,39 @@ def test_meteor_and_ptb_tokenizer_with_java():
     assert scores["per_image_cider"][0] > scores["per_image_cider"][1]
 
 
+def test_an_evaluations_attacks_share_one_meteor_process(monkeypatch):
+    """METEOR's jar takes 10-60 s to start: an evaluation started one per attack (six for captioning's
+    attacks) and ran the PTB tokenizer over the same references each time. Now every set of captions is
+    scored with one METEOR process, ended afterwards, with the scores each set gets alone."""
+    import shutil
+
+    from pycocoevalcap.meteor import meteor as meteor_module
+
+    from train.caption_metrics import caption_scores, caption_scores_of_sets
+
+    assert shutil.which("java"), "METEOR needs Java: apt-get install default-jre-headless"
+    started = []
+
+    class CountedMeteor(meteor_module.Meteor):
+        def __init__(self):
+            super().__init__()
+            started.append(self.meteor_p)
+
+    monkeypatch.setattr(meteor_module, "Meteor", CountedMeteor)
+    references = [["A red circle, on the left."], ["Two shapes."]]
+    sets = {"clean": ["a red circle on the left", "two shapes"], "pgd": ["a banana", "two shapes"],
+            "sep": ["a red circle", ""]}
+    scores = caption_scores_of_sets(references, sets)
+    assert len(started) == 1 and started[0].poll() is not None  # one process, and it has ended
+    assert 0 < scores["pgd"]["meteor"] < scores["clean"]["meteor"]
+    for name, candidates in sets.items():
+        alone = caption_scores(references, candidates, meteor=False)
+        assert {k: v for k, v in scores[name].items() if k != "meteor"} == {
+            k: v for k, v in alone.items() if k != "meteor" and k != "notes"} | {"notes": scores[name]["notes"]}
+        assert [n for n in alone["notes"] if "METEOR" not in n] == scores[name]["notes"]
+    assert len(started) == 1
+
+
 def test_the_fallback_tokenizer_gives_what_ptb_gives_for_captions():
     """Without Java the captions are tokenized by a regex meant to equal COCO's PTBTokenizer + its
     punctuation filter: checked against the real one (Java, which make test installs)."""

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from typing import Sequence
+from typing import Mapping, Sequence
 
 METRICS = ("bleu4", "meteor", "rouge_l", "cider")
 
@@ -183,8 +183,19 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
     `meteor`: None = when Java is present. `java`: None = use the PTB tokenizer when Java is
     present. Returns {"bleu4", "meteor", "rouge_l", "cider", "per_image_cider", "notes"}.
     """
-    if len(references) != len(candidates):
-        raise ValueError(f"{len(references)} reference sets for {len(candidates)} captions")
+    return caption_scores_of_sets(references, {"": candidates}, meteor=meteor, java=java)[""]
+
+
+def caption_scores_of_sets(references: Sequence[Sequence[str]], candidate_sets: Mapping[str, Sequence[str]], *,
+                           meteor: bool | None = None, java: bool | None = None) -> dict[str, dict]:
+    """`caption_scores` of each set of candidates (an evaluation's attacks) against the same references:
+    the references tokenised once, every caption in one PTB tokenizer call and one METEOR process for all
+    sets. METEOR's jar takes 10-60 s to start (its paraphrase table); started per attack, it was most of a
+    captioning evaluation's scoring time."""
+    for name, candidates in candidate_sets.items():
+        if len(references) != len(candidates):
+            raise ValueError(f"{len(references)} reference sets for {len(candidates)} captions"
+                             + (f" ({name})" if name else ""))
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -196,46 +207,68 @@ def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str
     require_java_for_meteor(meteor)
     has_java = java_available()
     use_java = has_java if java is None else bool(java) and has_java
-    notes = []
-    if not use_java:
-        notes.append("captions tokenised by a lower-casing word tokenizer (no Java for COCO's PTBTokenizer)")
-    if len(references) == 1:
-        notes.append(ONE_IMAGE_CIDER)
-    gts = tokenize_all({i: list(refs) for i, refs in enumerate(references)}, use_java)
-    res = tokenize_all({i: [c] for i, c in enumerate(candidates)}, use_java)
-    if any(_UNSEGMENTED.search(caption) for captions in (*gts.values(), *res.values()) for caption in captions):
-        notes.append(UNSEGMENTED_CJK)
-    # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word
-    res = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res.items()}
-    scores: dict = {}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    scores["bleu4"] = 100.0 * float(bleu[3])
-    scores["rouge_l"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
-    if any(reference.split() for refs in gts.values() for reference in refs):
-        cider, per_image = Cider().compute_score(gts, res)
-    else:
-        cider, per_image = 0.0, [0.0] * len(res)
-        notes.append(NO_REFERENCE_WORDS_CIDER)
-    scores["cider"] = 100.0 * float(cider)
-    scores["meteor"] = None
     run_meteor = has_java if meteor is None else bool(meteor)
-    if meteor is None and not has_java:
-        notes.append("METEOR not computed: it needs Java (its scorer is a jar); install a JRE")
-    elif run_meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
+    names = list(candidate_sets)
+    # one tokenizer call: keys (None, i) are image i's references, (k, i) set k's caption of it
+    everything = {(None, i): list(refs) for i, refs in enumerate(references)}
+    everything.update({(k, i): [c] for k, name in enumerate(names) for i, c in enumerate(candidate_sets[name])})
+    tokenized = tokenize_all(everything, use_java)
+    gts = {i: tokenized[(None, i)] for i in range(len(references))}
+    reference_words = any(reference.split() for refs in gts.values() for reference in refs)
+    reference_unsegmented = any(_UNSEGMENTED.search(c) for captions in gts.values() for c in captions)
+    results: dict[str, dict] = {}
+    scorer = None
+    try:
+        for k, name in enumerate(names):
+            res = {i: tokenized[(k, i)] for i in range(len(references))}
+            notes = []
+            if not use_java:
+                notes.append("captions tokenised by a lower-casing word tokenizer (no Java for COCO's PTBTokenizer)")
+            if len(references) == 1:
+                notes.append(ONE_IMAGE_CIDER)
+            if reference_unsegmented or any(_UNSEGMENTED.search(c[0]) for c in res.values()):
+                notes.append(UNSEGMENTED_CJK)
+            # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word
+            res = {i: [v[0] if v[0].strip() else "<empty>"] for i, v in res.items()}
+            scores: dict = {}
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            scores["bleu4"] = 100.0 * float(bleu[3])
+            scores["rouge_l"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
+            if reference_words:
+                cider, per_image = Cider().compute_score(gts, res)
+            else:
+                cider, per_image = 0.0, [0.0] * len(res)
+                notes.append(NO_REFERENCE_WORDS_CIDER)
+            scores["cider"] = 100.0 * float(cider)
+            scores["meteor"] = None
+            if meteor is None and not has_java:
+                notes.append("METEOR not computed: it needs Java (its scorer is a jar); install a JRE")
+            elif run_meteor:
+                if scorer is None:
+                    from pycocoevalcap.meteor.meteor import Meteor
 
-        scorer = Meteor()
-        process = scorer.meteor_p
-        try:
-            scores["meteor"] = 100.0 * float(scorer.compute_score(gts, res)[0])
-        finally:
-            del scorer  # ends the Java process (its __del__ closes stdin, kills and waits)
-            # and leaves its stdout and stderr pipes open: each scoring (every attack, every validation) left two
-            # ResourceWarnings, tracebacks in the log under PYTHONWARNINGS=error or -X dev
-            for pipe in (process.stdout, process.stderr):
-                pipe.close()
-    elif meteor is False:
-        notes.append("METEOR not computed (switched off)")
-    scores["per_image_cider"] = [100.0 * float(v) for v in per_image]
-    scores["notes"] = notes
-    return scores
+                    scorer = Meteor()
+                scores["meteor"] = 100.0 * float(scorer.compute_score(gts, res)[0])
+            elif meteor is False:
+                notes.append("METEOR not computed (switched off)")
+            scores["per_image_cider"] = [100.0 * float(v) for v in per_image]
+            scores["notes"] = notes
+            results[name] = scores
+    finally:
+        if scorer is not None:
+            _end_meteor(scorer)
+    return results
+
+
+def _end_meteor(scorer) -> None:
+    """End METEOR's Java process as its `__del__` does (stdin closed, killed, waited for), which pycocoevalcap
+    offers no other way to call, and close the stdout and stderr pipes it leaves open (each scoring left two
+    ResourceWarnings, tracebacks in the log under PYTHONWARNINGS=error or -X dev). Its `__del__` later finds
+    the process ended, which is harmless."""
+    process = scorer.meteor_p
+    with scorer.lock:
+        process.stdin.close()
+        process.kill()
+        process.wait()
+        for pipe in (process.stdout, process.stderr):
+            pipe.close()

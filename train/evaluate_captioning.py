@@ -36,7 +36,8 @@ import torch
 from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, CaptionAttack, build_caption_attack,
                                       lm_losses)
-from train.caption_metrics import CJK_CHARACTERS, METRICS, caption_scores, require_java_for_meteor, simple_tokenize
+from train.caption_metrics import (CJK_CHARACTERS, METRICS, caption_scores_of_sets, require_java_for_meteor,
+                                   simple_tokenize)
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
@@ -308,8 +309,11 @@ class _CaptioningRun:
         """Each attack's report entry (`_report_entry`) with its drop from clean, and the metrics' notes."""
         results: dict[str, Any] = {}
         notes: list[str] = []
+        # one METEOR process and one tokenizer call for every attack (`caption_scores_of_sets`)
+        every_scores = caption_scores_of_sets(self.references, {name: record.captions for name, record in records.items()},
+                                              meteor=meteor, java=java)
         for name, record in records.items():
-            scores = caption_scores(self.references, record.captions, meteor=meteor, java=java)
+            scores = every_scores[name]
             notes += [n for n in scores.pop("notes") if n not in notes]
             results[name] = _report_entry(record, scores, getattr(self.attacker, "prompt", "") or "",
                                           self.caption_checker is not None, self.writers.get(name))
