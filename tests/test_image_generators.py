@@ -549,3 +549,20 @@ def test_the_shard_progress_of_sd_counts_generated_images(train_items):
     generator._row = lambda *args, **kwargs: {}
     generator.generate(train_items[:3], 2, seed=7)
     assert reports == [(4, 6, "generated images"), (6, 6, "generated images")]
+
+
+def test_generation_runs_where_deprecation_warnings_are_errors(train_items):
+    """diffusers' Euler scheduler (SDXL's default) passes a torch tensor to np.array (NumPy 2 warns that its
+    __array__ lacks the copy keyword): under PYTHONWARNINGS=error, which some CI setups use, every t2i-sd and
+    t-i2i-sd run with it stopped at its first pipeline call. Other warnings still reach the user as errors."""
+    import warnings
+
+    from augment.generators.diffusion import ImageToImageGenerator, TextToImageGenerator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        # Euler: SDXL's default scheduler, and any swapped in with --scheduler (tiny-sd's own is DDIM)
+        for generator in (TextToImageGenerator(tiny_settings(batch_size=2, scheduler=I2I_SCHEDULER)),
+                          ImageToImageGenerator(tiny_settings(batch_size=2, strength=0.5, scheduler=I2I_SCHEDULER))):
+            rows = generator.generate([train_items[0]], 1, seed=3)
+            assert len(rows) == len(train_items[0]["captions"])

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -280,7 +281,13 @@ class DiffusionGenerator(Generator):
 
     def _run_call(self, call: Call, seed: int) -> dict[tuple, Made]:
         seeds = [PAD_SEED if t is None else row_seed(seed, t.item["image_id"], t.caption_index, t.k) for t in call.slots]
-        images, nsfw = self.call_pipeline(call, seeds)
+        with warnings.catch_warnings():
+            # diffusers' Euler scheduler hands a torch tensor to np.array, whose __array__ lacks NumPy 2's copy
+            # keyword: a DeprecationWarning of those two libraries, which under PYTHONWARNINGS=error stopped
+            # every t2i-sd / t-i2i-sd run with that scheduler (SDXL's default, or --scheduler) at its first call
+            warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword",
+                                    category=DeprecationWarning)
+            images, nsfw = self.call_pipeline(call, seeds)
         return {job.key: Made(call, slot, images[slot], None if nsfw is None else bool(nsfw[slot]))
                 for slot, job in enumerate(call.slots) if job is not None}
 
