@@ -318,6 +318,19 @@ def test_a_prompt_the_text_encoder_cuts_is_recorded_on_its_rows(train_items):
     assert all("prompt_read" not in p and "note" not in p for p in whole)
 
 
+def test_a_prompt_cut_inside_a_character_records_the_characters_read_whole():
+    """CLIP's byte-level tokens split a Chinese character (3 bytes in UTF-8) in two or three: a cut between them
+    ended prompt_read with U+FFFD, a character the prompt does not hold."""
+    from augment.generators.diffusion import TextToImageGenerator
+
+    generator = TextToImageGenerator(tiny_settings())
+    prompt = "一只红色的猫坐在蓝色的桌子上" * 8
+    read = generator.prompt_cut(prompt)["prompt_read"]
+    assert "\ufffd" not in read and read and prompt.startswith(read)
+    replaced = "\ufffd" + prompt  # one the caption holds itself is kept where the decoding gives it
+    assert generator.prompt_cut(replaced)["prompt_read"].startswith("\ufffd")
+
+
 def test_i2i_keeps_aspect_ratio_of_non_square_source():
     from PIL import Image
 

@@ -314,8 +314,13 @@ class DiffusionGenerator(Generator):
             if tokenizer is not None and isinstance(limit, int) and limit > 2:
                 ids = tokenizer(prompt, truncation=False, verbose=False).input_ids  # start and end tokens included
                 if len(ids) > limit:
+                    read = tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+                    if "\ufffd" not in prompt:
+                        # a cut inside a character's byte tokens (Chinese, Japanese, emoji: 2-4 bytes each)
+                        # decodes its read bytes as U+FFFD: prompt_read keeps the characters read whole
+                        read = read.rstrip("\ufffd")
                     cache[prompt] = {
-                        "prompt_read": tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True),
+                        "prompt_read": read,
                         "prompt_tokens": len(ids) - 2,
                         "note": f"prompt cut to its first {limit - 2} of {len(ids) - 2} tokens by the text "
                                 "encoder: the image follows prompt_read only",
