@@ -182,8 +182,12 @@ def test_alignment_intervals_redraw_items_not_rows():
 
 
 def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkeypatch):
+    import inspect
+
     from scipy.stats import bootstrap
 
+    # scipy 1.15 named the generator `rng`; pyproject's oldest scipy (1.10) takes it as `random_state`
+    seeded = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
     rng = np.random.default_rng(8)
     monkeypatch.setattr(measures.bootstrap, "MEAN_BLOCK_VALUES", 2000)  # 300 values: blocks of 6 resamples
     for size in (7, 300):
@@ -191,7 +195,8 @@ def test_bootstrap_means_equal_scipy_bootstrap_and_share_one_index_matrix(monkey
         ours = measures.bootstrap_mean(values, n_resamples=200, confidence=0.9, seed=4)
         batch = max(1, min(200, measures.bootstrap.MEAN_BLOCK_VALUES // size))
         reference = bootstrap((values,), np.mean, n_resamples=200, batch=batch, confidence_level=0.9,
-                              method="percentile", vectorized=True, rng=np.random.default_rng(4)).confidence_interval
+                              method="percentile", vectorized=True,
+                              **{seeded: np.random.default_rng(4)}).confidence_interval
         assert ours["mean"] == pytest.approx(values.mean(), rel=1e-12)
         assert ours["low"] == pytest.approx(reference.low, rel=1e-12)
         assert ours["high"] == pytest.approx(reference.high, rel=1e-12)
