@@ -39,26 +39,34 @@ NO_CAPTION = -1  # an augmented image stands for all of its source image's capti
 # ----------------------------------------------------------------------------- policies
 
 
+def _interpolation(params: dict):
+    """The recorded name ("nearest") as torchvision's InterpolationMode: torchvision 0.21, pyproject's
+    oldest, refuses the string that newer releases convert themselves (the same mode, the same bytes)."""
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(params["interpolation"])
+
+
 def _randaugment(params: dict, size: tuple[int, int]):
     from torchvision.transforms import v2
 
     return v2.RandAugment(num_ops=params["num_ops"], magnitude=params["magnitude"],
                           num_magnitude_bins=params["num_magnitude_bins"],
-                          interpolation=params["interpolation"])
+                          interpolation=_interpolation(params))
 
 
 def _autoaugment(params: dict, size: tuple[int, int]):
     from torchvision.transforms import v2
 
     policy = v2.AutoAugmentPolicy(params["autoaugment_policy"])
-    return v2.AutoAugment(policy=policy, interpolation=params["interpolation"])
+    return v2.AutoAugment(policy=policy, interpolation=_interpolation(params))
 
 
 def _trivialaugment(params: dict, size: tuple[int, int]):
     from torchvision.transforms import v2
 
     return v2.TrivialAugmentWide(num_magnitude_bins=params["num_magnitude_bins"],
-                                 interpolation=params["interpolation"])
+                                 interpolation=_interpolation(params))
 
 
 def _crop_flip(params: dict, size: tuple[int, int]):
