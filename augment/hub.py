@@ -267,10 +267,17 @@ def _embedded(dataset):
 
 
 def _writer_batch_size(dataset) -> int | None:
-    # image columns get small row groups on the Hub (its viewer reads by row group); same here
-    from datasets.arrow_writer import get_writer_batch_size_from_features
+    # image columns get small row groups on the Hub (its viewer reads by row group); same here.
+    # datasets' own function for it, under its name of each release: 4.1+, 3.1-4.0, 3.0 (pyproject's oldest)
+    try:
+        from datasets.arrow_writer import get_writer_batch_size_from_features as writer_batch_size
+    except ImportError:
+        try:
+            from datasets.arrow_writer import get_writer_batch_size as writer_batch_size
+        except ImportError:
+            from datasets.io.parquet import get_writer_batch_size as writer_batch_size
 
-    return get_writer_batch_size_from_features(dataset.features)
+    return writer_batch_size(dataset.features)
 
 
 def _local_hub_card(pool: Pool, shards: list[Path]):
