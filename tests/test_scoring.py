@@ -570,7 +570,9 @@ def test_rows_are_taken_from_slices_around_them_never_from_the_whole_chunked_tab
     import augment.scoring.pool_scores as pool_scores
     from augment.sources import take_table_rows
 
-    table = pa.Table.from_batches([pa.record_batch({"k": list(range(s, s + 10)), "s": [f"r{i}" for i in range(s, s + 10)]})
+    # RecordBatch.from_pydict: pyarrow 15 (pyproject's oldest) takes no dict in pa.record_batch
+    table = pa.Table.from_batches([pa.RecordBatch.from_pydict({"k": list(range(s, s + 10)),
+                                                               "s": [f"r{i}" for i in range(s, s + 10)]})
                                    for s in range(0, 100_000, 10)])
 
     class Recorded:  # the table, counting what is taken from it whole and what is sliced
