@@ -169,3 +169,45 @@ def test_an_install_of_linked_files_runs(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert f"error: 'models' is imported from {tmp_path / 'models'}, not mat-plus's {farm / 'models'}" in done.stderr, \
         done.stderr
+
+
+def _lower_bounds() -> dict[str, list[str]]:
+    """pyproject.toml's `dependencies`: each one's `>=` versions, by canonical name."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's own tomli
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    bounds = {}
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        bounds[canonicalize_name(requirement.name)] = [spec.version for spec in requirement.specifier
+                                                      if spec.operator == ">="]
+    return bounds
+
+
+def test_constraints_lowest_pins_each_dependency_at_its_lower_bound():
+    """constraints-lowest.txt holds the oldest releases pyproject.toml's ranges allow, those the suite's main
+    files were run on (README, Set-up): one `name==version` line per dependency, at its `>=` bound. A bound
+    raised or lowered without that file (or a dependency added) fails here, so what the file says was
+    checked is what pyproject.toml promises (audit AV: filelock 3.12.0 and transformers 4.45 were allowed,
+    untested, and broke every new pool folder and the tiny Stable Diffusion)."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    pinned = {}
+    for line in (ROOT / "constraints-lowest.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"constraints-lowest.txt: {line!r} is not NAME==VERSION"
+            assert canonicalize_name(name) not in pinned, f"constraints-lowest.txt: {name} twice"
+            pinned[canonicalize_name(name)] = version.strip()
+    bounds = _lower_bounds()
+    assert sorted(pinned) == sorted(bounds)
+    for name, lows in bounds.items():
+        assert len(lows) == 1, f"pyproject.toml: {name} needs one >= bound (has {lows})"
+        assert Version(pinned[name]) == Version(lows[0]), \
+            f"{name}: pyproject.toml says >={lows[0]}, constraints-lowest.txt pins {pinned[name]}"

@@ -46,6 +46,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--max-worker-restart",  # pytest-xdist
     "--adv", "--cls",  # the Co-Attack code's RetrievalEval.py
     "--num_processes",  # accelerate launch
+    "--resolution",  # uv (uv pip install --resolution lowest-direct: constraints-lowest.txt's versions)
 }
 # flags the README names as refused: open_clip_train-era spellings that are gone (its "was" column:
 # "argparse refuses them"), the text attack's former names, an abbreviation; none may be a parser's
