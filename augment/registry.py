@@ -268,14 +268,6 @@ def as_torch_dtype(dtype: Any):
     return names[key]
 
 
-def _transformers_dtype_kwargs(dtype: Any) -> dict:
-    """transformers 5 takes `dtype=`; 4.x takes `torch_dtype=`."""
-    import transformers
-
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    return {key: as_torch_dtype(dtype)}
-
-
 def _diffusers_dtype_kwargs(dtype: Any) -> dict:
     """Newer diffusers take `dtype=` (and deprecate `torch_dtype=`); older ones only `torch_dtype=`."""
     try:
@@ -563,7 +555,7 @@ def load_captioner(
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("captioner", name, getattr(processor, "tokenizer", None), resolved.source)
         model = checked_from_pretrained(_image_text_auto_class(), resolved.source, role="captioner", name=name,
-                                        **kwargs, **_transformers_dtype_kwargs(dtype))
+                                        **kwargs, dtype=as_torch_dtype(dtype))
         model = model.to(device).eval()
     return model, processor
 
@@ -592,7 +584,7 @@ def load_paraphraser(
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("paraphraser", name, tokenizer, resolved.source)
         model = checked_from_pretrained(model_class, resolved.source, role="paraphraser", name=name,
-                                        refuse_unused=False, **kwargs, **_transformers_dtype_kwargs(dtype))
+                                        refuse_unused=False, **kwargs, dtype=as_torch_dtype(dtype))
         model = model.to(device).eval()
     if kind == "causal":
         tokenizer.padding_side = "left"
@@ -618,7 +610,7 @@ def load_mlm(
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("mlm", name, tokenizer, resolved.source)
         model = checked_from_pretrained(AutoModelForMaskedLM, resolved.source, role="mlm", name=name,
-                                        refuse_unused=False, **kwargs, **_transformers_dtype_kwargs(dtype))
+                                        refuse_unused=False, **kwargs, dtype=as_torch_dtype(dtype))
         model = model.to(device).eval()
     if tokenizer.mask_token is None:
         raise ModelLoadError(f"cannot use '{name}' as a masked LM: its tokenizer has no mask token")

@@ -79,14 +79,6 @@ def pretrained_kwargs(resolved: ResolvedSource, revision: str | None = None) -> 
     return kwargs
 
 
-def dtype_kwargs(dtype: torch.dtype) -> dict:
-    """transformers 5 takes `dtype=`; 4.x takes `torch_dtype=`."""
-    import transformers
-
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    return {key: dtype}
-
-
 def loading(resolved: ResolvedSource):
     """Context for from_pretrained calls: one-line errors; tiny twins load without progress bars."""
     import contextlib
@@ -139,7 +131,7 @@ def load_pretrained(name: str, model_class: Any, processor_class: Any, *, family
     kwargs = pretrained_kwargs(resolved, revision)
     with loading(resolved):
         model = checked_from_pretrained(model_class, resolved.source, role=ROLE, name=resolved.name, **kwargs,
-                                        **dtype_kwargs(weights_dtype(precision)))
+                                        dtype=weights_dtype(precision))
         processor = processor_class.from_pretrained(resolved.source, **kwargs)
     # a saved folder without tokenizer.json/tokenizer_config.json loads as its special tokens only
     _check_tokenizer(family, resolved.name, getattr(processor, "tokenizer", None), resolved.source)
