@@ -518,6 +518,7 @@ def _check_retrieval_eval(evaluation: dict) -> None:
         # arms (a 0-step PGD was reported as robust R@1); AttackSettings allows 0 for training's inner attack
         # and names a value of another type
         raise MatPlusError(f"study config: eval.pgd_steps must be a whole number >= 1, got {steps!r}")
+    _check_attacks_change_something(evaluation, "retrieval")
     options = eval_attack_options(evaluation)
     options.pop("mlm")  # a model name, loaded by the evaluation, not an attack setting
     try:
@@ -563,6 +564,21 @@ def _task_config(config: dict, given: dict) -> dict:
     return config
 
 
+def _check_attacks_change_something(evaluation: dict, task: str) -> None:
+    """eval.attacks of which eval.word_budget 0 switches off every part (bert-attack, synonym; captioning's prompt):
+    each reported clean's numbers under its name, as `train eval` now refuses (its budgets' other zeros are refused
+    as values: eval.attack_eps, eval.pgd_steps)."""
+    from train.validation import attack_parts
+
+    budget = evaluation.get("word_budget")
+    inert = [name for name in evaluation.get("attacks") or ()
+             if (parts := attack_parts(name, task, None, None, budget)) and all(parts.values())]
+    if inert:
+        raise MatPlusError(f"study config: eval.attacks {', '.join(inert)} would change nothing with eval.word_budget 0 "
+                           f"(the rows would repeat clean's): leave {'it' if len(inert) == 1 else 'them'} out or raise "
+                           "eval.word_budget")
+
+
 def _check_task_eval(task: str, evaluation: dict) -> None:
     """Another task's eval values that its evaluation would refuse only after every run had trained:
     attack names, the split, counts and the attack budget."""
@@ -571,6 +587,7 @@ def _check_task_eval(task: str, evaluation: dict) -> None:
 
     names = load_arm(task).attack_names()  # each arm's own: a new arm's task was a KeyError here
     _check_attack_names("eval.attacks", evaluation.get("attacks"), names, task)
+    _check_attacks_change_something(evaluation, task)
     _check_gallery(evaluation)
     _check_mlm("eval.mlm", evaluation.get("mlm"))
     # the PGD budget, where the arm's evaluation has one (a new arm's may not: a KeyError here)

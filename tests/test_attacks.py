@@ -420,6 +420,29 @@ def test_synonym_attack_uses_wordnet(victim, batch, wordnet_ready):
     assert any(result.info["words_changed"])
 
 
+def test_a_word_budget_of_zero_loads_no_masked_lm(victim, batch, monkeypatch):
+    # sep, co-attack and sga with --word-budget 0 loaded the masked LM their text part never reads (a download, or an
+    # offline failure, for nothing); the text part now says it has no source
+    import augment.registry
+    from train.eval_report import settings_markdown
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a masked LM was loaded")
+
+    monkeypatch.setattr(augment.registry, "load_mlm", no_loading)
+    pixels, captions, image_of_text = batch
+    for name in ("bert-attack", "sep", "co-attack", "sga"):
+        attack = build_attack(name, victim, mlm="no-such-mlm", seed=0, budget=0, **FAST_PGD)
+        result = attack(pixels, captions, image_of_text)
+        assert result.texts == list(captions), name
+        text = attack.params().get("text", attack.params())
+        assert text["source"] == "none" and text["budget"] == 0, name
+    report = {"settings": {"seed": 0}, "attacks": {"sep": {"params": attack.params()}}}
+    assert "- `sep` (its text part off: budget 0): " in settings_markdown(report)[-1]
+    with pytest.raises(AssertionError, match="a masked LM was loaded"):  # a budget still loads it
+        build_attack("sep", victim, mlm="no-such-mlm", budget=1)
+
+
 def test_build_attack_names_and_options(victim, mlm):
     built = {name: build_attack(name, victim, mlm=mlm, seed=0, **FAST_PGD) for name in ATTACK_NAMES if name != "synonym"}
     assert isinstance(built["clean"], NoAttack)

@@ -486,6 +486,21 @@ def prompted(captioner):
     return model
 
 
+def test_a_prompt_part_of_budget_zero_loads_no_masked_lm(prompted, monkeypatch):
+    import augment.registry
+    from train.attacks.captioning import build_caption_attack
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a masked LM was loaded")
+
+    monkeypatch.setattr(augment.registry, "load_mlm", no_loading)
+    for name in ("prompt", "prompt-pgd"):
+        params = build_caption_attack(name, prompted, mlm="no-such-mlm", budget=0).params()
+        assert params.get("prompt", params)["source"] == "none", name
+    with pytest.raises(AssertionError, match="a masked LM was loaded"):
+        build_caption_attack("prompt-pgd", prompted, mlm="no-such-mlm", budget=1)
+
+
 @pytest.fixture(scope="module")
 def tiny_mlm():
     from augment.registry import load_mlm

@@ -59,7 +59,7 @@ def test_text_attack_options_without_a_word_budget_are_refused(method, given, na
 
 
 def test_no_masked_lm_is_derived_without_a_word_budget_and_the_saved_config_feeds_back(tmp_path):
-    from train.config import read_yaml_config, resolve_config, save_config
+    from train.config import ConfigError, read_yaml_config, resolve_config, save_config
 
     config = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0})
     assert config.mlm is None  # was tiny-mlm, in config.yaml's derived: section, for a masked LM nothing loads
@@ -67,9 +67,16 @@ def test_no_masked_lm_is_derived_without_a_word_budget_and_the_saved_config_feed
     assert "tiny-mlm" not in (tmp_path / "config.yaml").read_text()
     resolve_config(read_yaml_config(tmp_path / "config.yaml"))
     # a validation attack that reads a masked LM still gets the model's default
-    validated = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0,
+    validated = resolve_config({"method": "tecoa", "model": "tiny-clip", "train_data": "s.json", "out": "o",
                                 "val_frequency": 1, "val_attack": "sga"})
     assert validated.mlm == "tiny-mlm"
+    # ... but not under --word-budget 0, which switches its text part off: the masked LM was loaded for nothing
+    off = resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0,
+                          "val_frequency": 1, "val_attack": "sga"})
+    assert off.mlm is None
+    with pytest.raises(ConfigError, match="^--mlm is not read with"):
+        resolve_config({"method": "mat", "model": "tiny-clip", "train_data": "s.json", "out": "o", "word_budget": 0,
+                        "val_frequency": 1, "val_attack": "sga", "mlm": "tiny-mlm"})
 
 
 def test_word_budget_zero_refusal_through_the_cli_writes_nothing(sample_world_dir, tmp_path, capsys):
@@ -338,3 +345,27 @@ def test_a_run_recorded_with_a_setting_now_refused_as_unread_still_resumes(setti
     assert resume_conflicts(dict(config.to_dict(), **recorded), config) == []
     # a setting the run reads still differs
     assert resume_conflicts(dict(config.to_dict(), lr=config.lr * 2), config) == ["lr"]
+
+
+@pytest.mark.parametrize("model, task, flags, said", [
+    ("tiny-clip", "retrieval", ["--attacks", "clean,bert-attack", "--word-budget", "0"],
+     "--attacks has bert-attack (with --word-budget 0), which would change nothing (its row would repeat clean's): "
+     "leave it out or raise the budget"),
+    ("tiny-clip", "retrieval", ["--attacks", "pgd,sep,synonym", "--attack-eps", "0", "--word-budget", "0"],
+     "--attacks has pgd (with --attack-eps 0), sep (with --attack-eps 0 and --word-budget 0), synonym (with "
+     "--word-budget 0), which would change nothing (their rows would repeat clean's): leave them out or raise the budget"),
+    ("tiny-clip", "retrieval", ["--word-budget", "0"],
+     "the default attacks include bert-attack (with --word-budget 0), which would change nothing (its row would repeat "
+     "clean's): leave it out with --attacks or raise the budget"),
+    ("tiny-albef", "grounding", ["--attacks", "bert-attack", "--word-budget", "0"], "--attacks has bert-attack (with"),
+    ("tiny-captioner", "captioning", ["--attacks", "pgd-targeted", "--attack-eps", "0"], "--attacks has pgd-targeted (with"),
+    ("tiny-clip", "retrieval", ["--attacks", "sep", "--word-budget", "0", "--mlm", "tiny-mlm", "--top-k", "3"],
+     "--mlm, --top-k are not read with --word-budget 0 (no word is changed): leave them out"),
+])
+def test_eval_refuses_an_attack_its_budgets_switch_off(model, task, flags, said, tmp_path, capsys):
+    # `train eval --attacks bert-attack --word-budget 0` (or pgd with --attack-eps 0) wrote a row under the attack's
+    # name that was clean's; in-training validation already refused such an attack
+    out = tmp_path / "eval"
+    assert main(["eval", model, "--task", task, "--source", str(tmp_path / "missing"), "--out", str(out), *flags]) == 2
+    assert _error_line(capsys).startswith("error: " + said)
+    assert not out.exists()

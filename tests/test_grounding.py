@@ -295,6 +295,22 @@ def _one_colour(data):
     return [k for k, e in enumerate(data.expressions) if sum(w in COLOURS for w in e.text.split()) == 1]
 
 
+def test_a_grounding_text_part_of_budget_zero_loads_no_masked_lm(monkeypatch):
+    import augment.registry
+    from train.attacks.grounding import build_grounding_attack
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a masked LM was loaded")
+
+    monkeypatch.setattr(augment.registry, "load_mlm", no_loading)
+    model = _ColourGrounder()
+    for name in ("bert-attack", "sep", "co-attack", "sga"):
+        params = build_grounding_attack(name, model, mlm="no-such-mlm", budget=0).params()
+        assert params.get("text", params)["source"] == "none", name
+    with pytest.raises(AssertionError, match="a masked LM was loaded"):
+        build_grounding_attack("sep", model, mlm="no-such-mlm", budget=1)
+
+
 def test_grounding_attacks_lower_the_itm_score_within_budget():
     from augment.registry import load_mlm
     from train.attacks.grounding import build_grounding_attack

@@ -222,6 +222,11 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
     assert (settings.top_k, settings.budget, settings.step_size) == (3, 2, pytest.approx(1 / 255))
     with pytest.raises(MatPlusError, match="mini.yaml: eval.word_budget must be at least 0, got -1$"):
         load_study_config("mini", {"eval": {"word_budget": -1}})
+    # a budget of 0 leaves bert-attack nothing to do: its rows repeated clean's under its name
+    with pytest.raises(MatPlusError, match="eval.attacks bert-attack would change nothing with eval.word_budget 0"):
+        load_study_config("mini", {"eval": {"word_budget": 0}})
+    zero = load_study_config("mini", {"eval": {"word_budget": 0, "attacks": ["clean", "pgd", "sep"]}})["eval"]
+    assert eval_attack_options(zero)["budget"] == 0  # sep runs as its image part
 
 
 def test_values_that_used_to_fail_after_training_are_refused_at_load():

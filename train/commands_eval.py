@@ -122,6 +122,35 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
         raise MatPlusError(f"{chosen} not read {named}: leave {them} out (or add an attack that reads {them})")
 
 
+def refuse_attacks_that_change_nothing(args: argparse.Namespace, attacks: list[str], defaults: bool = False) -> None:
+    """One line when the budgets switch off every part of an attack (bert-attack with --word-budget 0, pgd with
+    --attack-eps 0: its row repeated clean's under the attack's name), or set a text option with --word-budget 0,
+    which no attack then reads (the masked LM was loaded for nothing). A multimodal attack with one part off runs
+    as its other part, as in-training validation runs it (`train.validation.attack_parts`)."""
+    from augment.errors import MatPlusError
+    from train.validation import attack_parts
+
+    inert = {}
+    for name in attacks:
+        parts = attack_parts(name, args.task, args.pgd_steps, args.attack_eps, args.word_budget)
+        if parts and all(parts.values()):
+            inert[name] = " and ".join(dict.fromkeys(parts.values()))
+    if inert:
+        named = ", ".join(f"{name} (with {flags})" for name, flags in inert.items())
+        them = "it" if len(inert) == 1 else "them"
+        where = "the default attacks include" if defaults else "--attacks has"
+        rows = "its row would repeat" if len(inert) == 1 else "their rows would repeat"
+        raise MatPlusError(f"{where} {named}, which would change nothing ({rows} clean's): leave {them} out"
+                           + (" with --attacks" if defaults else "") + " or raise the budget")
+    if args.word_budget == 0:
+        unread = [dest for dest in ("text_candidates", "mlm", "top_k", "max_length", "text_guide")
+                  if getattr(args, dest, None) != args.option_default(dest)]
+        if unread:
+            named = ", ".join(f"--{dest.replace('_', '-')}" for dest in unread)
+            raise MatPlusError(f"{named} {'is' if len(unread) == 1 else 'are'} not read with --word-budget 0 (no word is "
+                               f"changed): leave {'it' if len(unread) == 1 else 'them'} out")
+
+
 def _check_protocol_options(args: argparse.Namespace) -> None:
     """The reference-protocol options' one-line refusals, retrieval's and grounding's alike."""
     from augment.errors import MatPlusError
@@ -174,11 +203,11 @@ def _family_without_loading(name: str) -> str | None:
 
 def record_masked_lm_only_where_read(report: dict, args: argparse.Namespace, attacks: list[str]) -> None:
     """eval.json's `settings.attack_options` without `mlm` when none of `attacks` draws substitutes from a masked LM
-    (--text-candidates wordnet; clean and the image attacks): the model's default masked LM was recorded there as if one
+    (--text-candidates wordnet, --word-budget 0; clean and the image attacks): the model's default masked LM was recorded there as if one
     had run, until audit AR. Only the report's: OUT/.progress's settings keep it, so a killed evaluation resumes as before."""
     readers = attack_option_readers(args.task, getattr(args, "protocol", "project"), args.text_candidates,
                                     getattr(args, "attacked_embedding", "unimodal"))["mlm"]
-    if args.text_candidates != "mlm" or not set(readers) & set(attacks):
+    if args.text_candidates != "mlm" or not set(readers) & set(attacks) or args.word_budget == 0:
         report["settings"].get("attack_options", {}).pop("mlm", None)
 
 
@@ -512,12 +541,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.mlm is not None and args.text_candidates == "wordnet":  # every task's text attacks alike
         raise MatPlusError("--mlm is not read with --text-candidates wordnet (WordNet synonyms, no masked LM): leave it out")
     _check_option_values(args)
+    named = bool(args.attacks)
     if args.task != "captioning":
         args.attacks = args.attacks or DEFAULT_ATTACKS.split(",")
     # named attacks only (known ones: `_check_attack_names`); captioning's defaults are known once the
     # captioner is loaded (the prompt attacks need --prompt)
     if args.attacks:
         _refuse_options_no_attack_reads(args, args.attacks)
+        refuse_attacks_that_change_nothing(args, args.attacks, defaults=not named)
     if args.task == "captioning" or (args.task == "grounding" and args.protocol == "project"):
         # the shared default, recorded in the report (a reference protocol's attacks may pick their own)
         args.pgd_step_size = pgd_step_size(args.attack_eps, args.pgd_step_size)

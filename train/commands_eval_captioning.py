@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.caption_metrics import require_java_for_meteor
     from train.commands_eval import (_refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder,
-                                     record_masked_lm_only_where_read)
+                                     record_masked_lm_only_where_read, refuse_attacks_that_change_nothing)
     from train.eval_report import EVAL_JSON, EVAL_MD
     from train.evaluate_captioning import default_attacks, evaluate_captioning, write_captioning_report
 
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise MatPlusError(f"unknown captioning attack(s) {', '.join(unknown)}; choose from {', '.join(CAPTION_ATTACK_NAMES)}")
     if not args.attacks:  # the defaults are known now (the prompt attacks come with a prompted captioner)
         _refuse_options_no_attack_reads(args, attacks, defaults=True)
+        refuse_attacks_that_change_nothing(args, attacks, defaults=True)
     options = {
         "eps": args.attack_eps, "steps": args.pgd_steps, "step_size": args.pgd_step_size, "target": args.target or DEFAULT_TARGET,
         "candidates": args.text_candidates, "mlm": args.mlm or "default", "top_k": args.top_k,

@@ -449,7 +449,8 @@ def validation_reads_mlm(c: TrainConfig) -> bool:
     from train.attacks.captioning import PROMPT_ATTACKS
     from train.eval_common import MLM_ATTACKS
 
-    return bool(c.val_frequency) and c.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS)
+    # --word-budget 0 switches their text part off (a text-only attack is refused): no masked LM is read
+    return bool(c.val_frequency) and c.val_attack in (*MLM_ATTACKS, *PROMPT_ATTACKS) and c.word_budget > 0
 
 
 def _check_read(c: TrainConfig) -> None:

@@ -235,7 +235,8 @@ def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build:
     `train.config.default_mlm_of`, tiny-mlm for a tiny twin)."""
     build = build or build_attack
     options = {k: v for k, v in options.items() if v is not None}  # unset: each attack's own default
-    needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str))
+    # a budget of 0 changes no word: the text attacks read no masked LM (none loaded, `NoSubstitutes`)
+    needs_mlm = any(n in mlm_attacks for n in names if isinstance(n, str)) and options.get("budget") != 0
     if needs_mlm and options.get("candidates", "mlm") == "mlm" and isinstance(options.get("mlm", "default"), str):
         from augment.registry import load_mlm
         from train.config import default_mlm_of

@@ -60,11 +60,22 @@ def settings_markdown(report: dict) -> list[str]:
              f"seed {settings.get('seed')}"]
     if settings.get("skipped_records"):
         said.append(f"{settings['skipped_records']} bad source records skipped (`--skip-bad`)")
-    attacks = [f"- `{name}`: {describe_params(entry['params'])}"
+    attacks = [f"- `{name}`{_parts_off_words(entry['params'])}: {describe_params(entry['params'])}"
                for name, entry in report["attacks"].items() if entry.get("params")]
     if not attacks:  # clean only
         return ["", "Settings: " + "; ".join(said) + "."]
     return ["", "Settings: " + "; ".join(said) + ". Each attack ran with:", "", *attacks]
+
+
+def _parts_off_words(params: dict) -> str:
+    """" (its text part off: budget 0)" for a multimodal attack whose budgets switch a part off (sep with
+    --word-budget 0 runs as its image attack alone, prompt-pgd as its image attack; `train eval` refuses an attack
+    with every part off), else ""."""
+    off = {part: "budget 0" if value.get("budget") == 0 else "eps 0" for part, value in params.items()
+           if isinstance(value, dict) and (value.get("budget") == 0 or value.get("eps") == 0)}  # image, text, prompt
+    if not off:
+        return ""
+    return f" (its {' and '.join(off)} part{'s' if len(off) > 1 else ''} off: {', '.join(off.values())})"
 
 
 def _sga_scripts_hand_over_words(victim_family: str | None) -> str:

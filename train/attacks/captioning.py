@@ -33,8 +33,8 @@ import torch
 from train.attacks.base import Attack, AttackResult, default_pairing
 from train.attacks.pgd import pgd_linf
 from train.attacks.settings import pgd_step_size
-from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, SubstituteSource, WordNetSubstitutes,
-                                      load_masked_lm)
+from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, NoSubstitutes, SubstituteSource,
+                                      WordNetSubstitutes, load_masked_lm)
 from train.attacks.text import round_fill, substitute_words
 
 CAPTION_ATTACK_NAMES = ("clean", "pgd", "pgd-targeted", "prompt", "prompt-pgd")
@@ -179,7 +179,9 @@ class _WordAttack(CaptionAttack):
         super().__init__(victim)
         if budget < 0 or words_per_round < 1 or loss_batch < 1:
             raise ValueError("budget must be >= 0, words_per_round and loss_batch >= 1")
-        self.source = source if source is not None else substitute_source(victim, **source_options)
+        if source is None:  # a budget of 0 reads no substitute: none is loaded
+            source = NoSubstitutes() if budget == 0 else substitute_source(victim, **source_options)
+        self.source = source
         self.budget, self.words_per_round, self.loss_batch = budget, words_per_round, loss_batch
 
     def params(self) -> dict:

@@ -60,7 +60,7 @@ def build_attack(name: str, victim, settings: AttackSettings | None = None, *, s
     if fused and name not in FUSED_ATTACKS:
         raise ValueError(f"{name}: the Co-Attack code's fused-embedding attacks are {', '.join(FUSED_ATTACKS[1:])}; "
                          f"evaluate {name} without attacked embedding {s.attacked_embedding}")
-    if s.candidates == "mlm" and name in ("bert-attack", "sep", "co-attack", "sga") and isinstance(mlm, str):
+    if s.candidates == "mlm" and name in ("bert-attack", "sep", "co-attack", "sga") and isinstance(mlm, str) and s.budget:
         mlm = load_masked_lm(mlm, victim.device, victim)  # one MLM for both text attacks of a protocol
     # the Co-Attack code reads ALBEF/TCL's encoders' [CLS] states, not the ITC embeddings (its attacks only)
     cls_states = not fused and reads_cls_states(s.protocol, name, getattr(victim, "family", None)) \

@@ -331,9 +331,11 @@ def build_grounding_attack(name: str, model, *, objective: str = "itm", eps: flo
                             generator=generator)
 
     def text_attack(source_name: str) -> GroundingTextAttack:
-        from train.attacks.substitutes import MaskedLMSubstitutes, WordNetSubstitutes, load_masked_lm
+        from train.attacks.substitutes import MaskedLMSubstitutes, NoSubstitutes, WordNetSubstitutes, load_masked_lm
 
-        if source_name == "wordnet":
+        if budget == 0:  # no word changes: no masked LM or WordNet is read, so none is loaded
+            source = NoSubstitutes()
+        elif source_name == "wordnet":
             source = WordNetSubstitutes(top_k=top_k, max_length=max_length)
         else:
             mlm_model, tokenizer, model_id = load_masked_lm(mlm, victim.device, model)

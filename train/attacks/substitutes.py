@@ -81,6 +81,17 @@ class SubstituteSource(ABC):
         return {"source": self.name}
 
 
+class NoSubstitutes(SubstituteSource):
+    """The source of a text attack with a word budget of 0 (the text part of sep, co-attack, sga or prompt-pgd
+    switched off by `--word-budget 0`): no word is changed, so no masked LM is loaded (it was, for nothing: a
+    download, or an offline failure, for an attack that reads none)."""
+
+    name = "none"
+
+    def substitutes(self, captions: list[list[Chunk]]) -> list[dict[int, list[str]]]:
+        return [{} for _ in captions]
+
+
 def reference_join(tokens: list[str]) -> str:
     """Word pieces as text as ALBEF's tokenizer joins them (the SGA and Co-Attack codes' decoding):
     spaces between pieces, "##" joins; no clean-up of the spaces before punctuation."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from augment.words import Chunk
 from train.attacks.base import EMBEDDINGS, Attack, AttackResult, default_pairing, kl_to, positives_matrix
-from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, ReferenceMLMSubstitutes,
+from train.attacks.substitutes import (DEFAULT_MLM_BATCH, MaskedLMSubstitutes, NoSubstitutes, ReferenceMLMSubstitutes,
                                        SubstituteSource, WordNetSubstitutes, load_masked_lm)
 
 GUIDES = ("image", "text", "text-kl")
@@ -474,14 +474,15 @@ class BertAttack(WordSubstitutionAttack):
                  text_batch: int = DEFAULT_TEXT_BATCH, mlm_batch: int = DEFAULT_MLM_BATCH, loss: str = "pair",
                  pieces: str = "combine", importance: str = "cosine", reading: str = "project",
                  reference_bugs: bool = False, embedding: str = "unit", masked_unit: bool | None = None):
-        model, tokenizer, model_id = load_masked_lm(mlm, victim.device, victim)
-        common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
-        if reading == "reference":
-            source = ReferenceMLMSubstitutes(model, tokenizer, reference_bugs=reference_bugs, **common)
-        elif reading == "project":
-            source = MaskedLMSubstitutes(model, tokenizer, pieces=pieces, **common)
-        else:
+        if reading not in ("project", "reference"):
             raise ValueError(f"unknown MLM reading {reading!r}; expected project or reference")
+        if budget == 0:  # no word changes: no masked LM is read, so none is loaded
+            source = NoSubstitutes()
+        else:
+            model, tokenizer, model_id = load_masked_lm(mlm, victim.device, victim)
+            common = dict(top_k=top_k, max_length=max_length, batch_size=mlm_batch, model_id=model_id)
+            source = (ReferenceMLMSubstitutes(model, tokenizer, reference_bugs=reference_bugs, **common)
+                      if reading == "reference" else MaskedLMSubstitutes(model, tokenizer, pieces=pieces, **common))
         super().__init__(victim, source, budget=budget, guide=guide, words_per_round=words_per_round,
                          text_batch=text_batch, loss=loss, importance=importance, embedding=embedding,
                          masked_unit=reference_bugs if masked_unit is None else masked_unit)
