@@ -719,8 +719,13 @@ def test_train_eval_task_captioning_writes_the_reports(trained_captioner, colour
     # a prompt attack without --max-length: the attacks' own default (None, retrieval's "the protocol's", crashed)
     assert main(["eval", str(trained_captioner), "--task", "captioning", "--source", str(colour_world), "--limit", "2",
                  "--attacks", "clean,prompt", "--prompt", "a picture of", "--no-meteor", "--no-progress",
-                 "--out", str(tmp_path / "prompted")]) == 0
-    assert "prompt" in json.loads((tmp_path / "prompted" / "eval.json").read_text())["attacks"]
+                 "--out", str(tmp_path / "prompted"), "--segment-cjk", "chars"]) == 0
+    prompted = json.loads((tmp_path / "prompted" / "eval.json").read_text())
+    assert "prompt" in prompted["attacks"]
+    # --segment-cjk is recorded and said (the default, none, too: report["settings"]["segment_cjk"])
+    assert prompted["settings"]["segment_cjk"] == "chars" and report["settings"]["segment_cjk"] == "none"
+    said = (tmp_path / "prompted" / "eval.md").read_text()
+    assert "Settings: Chinese and Japanese text segmented for the metrics: chars;" in said
 
 
 def test_captioning_default_attacks_refuse_an_option_none_reads(colour_world, tmp_path, capsys):

@@ -291,6 +291,50 @@ def test_captioning_metrics_say_when_chinese_or_japanese_captions_are_not_segmen
     assert UNSEGMENTED_CJK not in segmented["notes"] and UNSEGMENTED_CJK not in english["notes"]
 
 
+@pytest.mark.parametrize("segment", ["chars", "jieba"])
+def test_segment_cjk_makes_a_bert_decoded_chinese_caption_match_its_unspaced_reference(segment):
+    """`--segment-cjk`: a BLIP decoder's "一 只 狗 在 海 滩 上" and the reference "一只狗在海滩上" scored ~0 (one
+    PTB token per run), and the notes only said so; cut the same way on both sides they are the same tokens."""
+    from train.caption_metrics import SEGMENTED_CJK, UNSEGMENTED_CJK, caption_scores, segment_cjk
+
+    reference, decoded = "\u4e00\u53ea\u72d7\u5728\u6d77\u6ee9\u4e0a\u5954\u8dd1", \
+        "\u4e00 \u53ea \u72d7 \u5728 \u6d77 \u6ee9 \u4e0a \u5954 \u8dd1"
+    assert segment_cjk(reference, segment).split() == segment_cjk(decoded, segment).split()
+    words = segment_cjk(reference, segment).split()
+    if segment == "chars":
+        assert words == list(reference)
+    else:  # words, not characters: 海滩 (beach) and 奔跑 (run) whole
+        assert "\u6d77\u6ee9" in words and "\u5954\u8dd1" in words and len(words) < len(reference)
+    assert segment_cjk("a dog, \u4e00\u53ea\u72d7.", segment).split()[:2] == ["a", "dog,"]  # other scripts untouched
+    assert segment_cjk(reference, "none") == reference
+    references = [[reference, "\u72d7\u5728\u8dd1"], ["\u4e24\u4e2a\u5b69\u5b50\u5728\u73a9"]]
+    candidates = [decoded, "\u4e24 \u4e2a \u5b69 \u5b50 \u5728 \u73a9"]
+    plain = caption_scores(references, candidates, java=False, meteor=False)
+    cut = caption_scores(references, candidates, java=False, meteor=False, segment=segment)
+    assert plain["bleu4"] < 1 and UNSEGMENTED_CJK in plain["notes"]
+    assert cut["bleu4"] > 99 and cut["cider"] > plain["cider"] + 100
+    assert UNSEGMENTED_CJK not in cut["notes"] and any(n.startswith(SEGMENTED_CJK[segment][:25]) for n in cut["notes"])
+    english = caption_scores([["a dog runs"]] * 2, ["a dog runs"] * 2, java=False, meteor=False, segment=segment)
+    assert english["notes"] == caption_scores([["a dog runs"]] * 2, ["a dog runs"] * 2, java=False, meteor=False)["notes"]
+
+
+def test_segment_cjk_jieba_missing_or_an_unknown_segmentation_is_one_line(monkeypatch):
+    import sys
+
+    from augment.errors import MissingDependencyError
+    from train import caption_metrics
+
+    caption_metrics._jieba.cache_clear()
+    monkeypatch.setitem(sys.modules, "jieba", None)  # import jieba raises ImportError
+    try:
+        with pytest.raises(MissingDependencyError, match=r"^--segment-cjk jieba needs jieba: pip install jieba"):
+            caption_metrics.require_segmenter("jieba")
+    finally:
+        caption_metrics._jieba.cache_clear()
+    with pytest.raises(ValueError, match="unknown CJK segmentation 'words'"):
+        caption_metrics.caption_scores([["a"]], ["a"], java=False, meteor=False, segment="words")
+
+
 def test_a_folder_name_holding_a_pipe_stays_one_cell_of_the_comparison_tables():
     """`augment score --table` and `analysis compare` name pools and evaluations by their folders: a "|" in
     one split its row into one more cell than the header, shifting every number after it (audit AL)."""

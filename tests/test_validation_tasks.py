@@ -22,15 +22,23 @@ def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkey
     from models import load_model
     from train.run_log import MetricsLog
 
-    reported = []
+    import train.evaluate_captioning
+
+    reported, segmented = [], []
     monkeypatch.setattr(MetricsLog, "report", lambda self, step, scalars: reported.append((step, scalars)))
+    scores_of_sets = train.evaluate_captioning.caption_scores_of_sets
+    monkeypatch.setattr(train.evaluate_captioning, "caption_scores_of_sets",
+                        lambda *a, **k: segmented.append(k["segment"]) or scores_of_sets(*a, **k))
     common = ["tecoa", "--task", "captioning", "--model", "tiny-captioner", "--train-data", str(sample_world_dir),
               "--max-steps", "2", "--batch-size", "8", "--pgd-steps", "1", "--no-progress"]
     run, plain = tmp_path / "validated", tmp_path / "plain"
-    assert _train([*common, "--val-frequency", "1", "--val-limit", "2", "--val-attack", "pgd", "--out", str(run)]) == 0
+    assert _train([*common, "--val-frequency", "1", "--val-limit", "2", "--val-attack", "pgd", "--out", str(run),
+                   "--val-segment-cjk", "chars"]) == 0
     out, err = capsys.readouterr()
     curve = _curve(run)
     assert [(line["step"], line["metric"], line["attack"]) for line in curve] == [(0, "CIDEr", "pgd"), (2, "CIDEr", "pgd")]
+    # --val-segment-cjk reaches CIDEr (train eval's --segment-cjk) and every line records it
+    assert segmented == ["chars", "chars"] and {line["settings"]["segment_cjk"] for line in curve} == {"chars"}
     assert all(line["robust"] >= 0 and line["clean"] >= 0 for line in curve)
     assert curve[0]["settings"]["captions_per_image"] is None  # CIDEr reads every reference of an image
     # the sample world's truth checker judges the attacked captions, as train eval's does (it was always null)
@@ -54,6 +62,10 @@ def test_captioning_validates_by_robust_cider(tmp_path, sample_world_dir, monkey
         "--val-attack prompt attacks the captioner's prompt; tiny-captioner has none: pass --prompt TEXT, or choose "
         "another --val-attack")
     assert not (tmp_path / "y").exists()  # nothing written
+    # retrieval's R@1 reads no caption text's segmentation: refused rather than recorded as if read
+    assert _train([*common[:2], "retrieval", "--model", "tiny-clip", *common[5:], "--val-frequency", "1",
+                   "--val-segment-cjk", "chars", "--out", str(tmp_path / "w")]) == 2
+    assert "--val-segment-cjk is not read without --val-frequency or outside --task captioning" in capsys.readouterr().err
     # one image's CIDEr is 0 whatever the caption: validation would select on a constant
     assert _train([*common, "--val-frequency", "1", "--val-limit", "1", "--out", str(tmp_path / "z")]) == 2
     assert "--val-limit 1: captioning validation selects by CIDEr, which is 0 for any caption of a single image" in \

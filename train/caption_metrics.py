@@ -174,20 +174,67 @@ UNSEGMENTED_CJK = ("captions hold Chinese or Japanese text without spaces: each 
                    "generated captions into words (e.g. jieba, as COCO-CN's evaluation does) for comparable numbers")
 NO_REFERENCE_WORDS_CIDER = ("CIDEr is 0: no reference caption of the evaluated images holds a word after "
                             "tokenisation (punctuation only)")
+# how Chinese and Japanese runs are cut into tokens before PTB reads them (`segment_cjk`, `--segment-cjk`)
+CJK_SEGMENTATIONS = ("none", "chars", "jieba")
+# a run of CJK characters, with the single spaces a BERT tokenizer's decoding writes between them (BLIP's `一 只 狗`)
+_CJK_RUN = re.compile(f"[{CJK_CHARACTERS}]+(?: [{CJK_CHARACTERS}]+)*")
+SEGMENTED_CJK = {
+    "chars": "Chinese and Japanese text cut into one token per character before tokenisation (--segment-cjk chars, "
+             "sacrebleu's rule for Chinese BLEU), references and generated captions alike",
+    "jieba": "Chinese text cut into words by jieba {version} before tokenisation (--segment-cjk jieba, as COCO-CN's "
+             "evaluation), references and generated captions alike",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        from augment.errors import MissingDependencyError
+
+        raise MissingDependencyError("--segment-cjk jieba needs jieba: pip install jieba (or pip install "
+                                     "'mat-plus[cjk]')") from None
+    import logging
+
+    jieba.setLogLevel(logging.WARNING)  # its dictionary's load is two INFO lines on stderr per process
+    return jieba
+
+
+def require_segmenter(segment_cjk: str) -> None:
+    """Before anything loads: an unknown segmentation is a ValueError, jieba missing one install line."""
+    if segment_cjk not in CJK_SEGMENTATIONS:
+        raise ValueError(f"unknown CJK segmentation {segment_cjk!r}; expected one of {', '.join(CJK_SEGMENTATIONS)}")
+    if segment_cjk == "jieba":
+        _jieba()
+
+
+def segment_cjk(text: str, how: str) -> str:
+    """`text` with its Chinese and Japanese runs cut into tokens the metrics can match (PTB, like the fallback,
+    keeps a run written without spaces as one token): "chars" a token per character, "jieba" jieba's words
+    (Chinese), each after the spaces a BERT decoder writes between ideographs are removed, so `一 只 狗` and
+    `一只狗` give the same tokens; "none" leaves it as it is. Other scripts are untouched."""
+    if how == "none" or not _CJK_RUN.search(text):
+        return text
+    if how == "chars":
+        return _CJK_RUN.sub(lambda run: " " + " ".join(run.group().replace(" ", "")) + " ", text)
+    cut = _jieba().lcut
+    return _CJK_RUN.sub(lambda run: " " + " ".join(cut(run.group().replace(" ", ""))) + " ", text)
 
 
 def caption_scores(references: Sequence[Sequence[str]], candidates: Sequence[str], *, meteor: bool | None = None,
-                   java: bool | None = None) -> dict:
+                   java: bool | None = None, segment: str = "none") -> dict:
     """Corpus scores of `candidates[i]` against `references[i]` (several per image).
 
     `meteor`: None = when Java is present. `java`: None = use the PTB tokenizer when Java is
-    present. Returns {"bleu4", "meteor", "rouge_l", "cider", "per_image_cider", "notes"}.
+    present. `segment`: how Chinese and Japanese runs are cut first (`segment_cjk`).
+    Returns {"bleu4", "meteor", "rouge_l", "cider", "per_image_cider", "notes"}.
     """
-    return caption_scores_of_sets(references, {"": candidates}, meteor=meteor, java=java)[""]
+    return caption_scores_of_sets(references, {"": candidates}, meteor=meteor, java=java, segment=segment)[""]
 
 
 def caption_scores_of_sets(references: Sequence[Sequence[str]], candidate_sets: Mapping[str, Sequence[str]], *,
-                           meteor: bool | None = None, java: bool | None = None) -> dict[str, dict]:
+                           meteor: bool | None = None, java: bool | None = None, segment: str = "none") -> dict[str, dict]:
     """`caption_scores` of each set of candidates (an evaluation's attacks) against the same references:
     the references tokenised once, every caption in one PTB tokenizer call and one METEOR process for all
     sets. METEOR's jar takes 10-60 s to start (its paraphrase table); started per attack, it was most of a
@@ -205,6 +252,7 @@ def caption_scores_of_sets(references: Sequence[Sequence[str]], candidate_sets: 
 
         raise MissingDependencyError("captioning metrics need pycocoevalcap: pip install pycocoevalcap") from None
     require_java_for_meteor(meteor)
+    require_segmenter(segment)
     has_java = java_available()
     use_java = has_java if java is None else bool(java) and has_java
     run_meteor = has_java if meteor is None else bool(meteor)
@@ -212,6 +260,13 @@ def caption_scores_of_sets(references: Sequence[Sequence[str]], candidate_sets: 
     # one tokenizer call: keys (None, i) are image i's references, (k, i) set k's caption of it
     everything = {(None, i): list(refs) for i, refs in enumerate(references)}
     everything.update({(k, i): [c] for k, name in enumerate(names) for i, c in enumerate(candidate_sets[name])})
+    segmented_note = None
+    if segment != "none":
+        has_cjk = any(_CJK_RUN.search(c) for captions in everything.values() for c in captions)
+        everything = {key: [segment_cjk(c, segment) for c in captions] for key, captions in everything.items()}
+        if has_cjk:
+            segmented_note = SEGMENTED_CJK[segment].format(version=getattr(_jieba(), "__version__", "")
+                                                           if segment == "jieba" else "")
     tokenized = tokenize_all(everything, use_java)
     gts = {i: tokenized[(None, i)] for i in range(len(references))}
     reference_words = any(reference.split() for refs in gts.values() for reference in refs)
@@ -226,7 +281,9 @@ def caption_scores_of_sets(references: Sequence[Sequence[str]], candidate_sets: 
                 notes.append("captions tokenised by a lower-casing word tokenizer (no Java for COCO's PTBTokenizer)")
             if len(references) == 1:
                 notes.append(ONE_IMAGE_CIDER)
-            if reference_unsegmented or any(_UNSEGMENTED.search(c[0]) for c in res.values()):
+            if segmented_note:
+                notes.append(segmented_note)
+            elif segment == "none" and (reference_unsegmented or any(_UNSEGMENTED.search(c[0]) for c in res.values())):
                 notes.append(UNSEGMENTED_CJK)
             # an empty caption breaks BLEU/METEOR's parsers; score it as a caption with no matching word
             res = {i: [v[0] if v[0].strip() else "<empty>"] for i, v in res.items()}

@@ -40,7 +40,7 @@ TASK_OPTIONS: dict[str, frozenset[str]] = {
                             "caption_preprocess", "sga_scales", "co_alpha", "text_batch", "rerank_k",
                             "captions_per_image", "save_adv"}),
     "captioning": frozenset({*_SOURCE_TABLE, "captions_per_image", "save_adv", "prompt", "target", "num_beams",
-                             "gen_max_length", "gen_min_length", "meteor"}),
+                             "gen_max_length", "gen_min_length", "meteor", "segment_cjk"}),
     "grounding": frozenset({*_ALBEF, "sga_scales", "co_alpha", "text_batch", "grounding_objective", "dets", "refs",
                             "instances", "protocol", "reference_bugs", "attacked_embedding", "caption_preprocess"}),
 }

@@ -21,6 +21,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from train.caption_metrics import CJK_SEGMENTATIONS
+
     group = parser.add_argument_group("captioning (--task captioning)")
     group.add_argument("--prompt", default=None,
                        help="text the captioner starts from, e.g. 'a picture of' (BLIP's COCO setting); enables the prompt attacks")
@@ -31,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gen-min-length", type=int, default=5, help="caption tokens at least, prompt included (default: 5)")
     group.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=None,
                        help="compute METEOR (needs Java; default: when Java is present)")
+    group.add_argument("--segment-cjk", choices=CJK_SEGMENTATIONS, default="none",
+                       help="cut Chinese/Japanese text into tokens before the metrics, references and generated "
+                            "captions alike: chars (a token per character), jieba (Chinese words; pip install jieba); "
+                            "default none: a run without spaces is one token, as COCO's PTB tokenizer reads it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from models import load_model
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
-    from train.caption_metrics import require_java_for_meteor
+    from train.caption_metrics import require_java_for_meteor, require_segmenter
     from train.commands_eval import (_refuse_options_no_attack_reads, _truth_checker, _workers, progress_folder,
                                      record_masked_lm_only_where_read, refuse_attacks_that_change_nothing)
     from train.eval_report import EVAL_JSON, EVAL_MD
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.gen_min_length <= args.gen_max_length:  # transformers only warns, then ignores one of them
         raise MatPlusError(f"--gen-min-length {args.gen_min_length} must lie in [0, --gen-max-length {args.gen_max_length}]")
     require_java_for_meteor(args.meteor)  # a flag asked for and impossible stops before anything loads
+    require_segmenter(args.segment_cjk)  # jieba missing: its install line, before anything loads
     torch.manual_seed(args.seed)
     dataset, source_report = read_source(args)  # the data first: a wrong path stops in one line before any model loads
     victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 victim, dataset, split=args.split, attacks=attacks, attacker=attacker, batch_size=args.batch_size,
                 captions_per_image=args.captions_per_image, limit=args.limit, attack_options=options,
                 caption_checker=_truth_checker(args.truth_checker, dataset, args.split, args.limit), generation=generation, meteor=args.meteor,
+                segment_cjk=args.segment_cjk,
                 seed=args.seed, progress=args.progress, progress_dir=progress_dir, save_adv=args.save_adv,
                 workers=_workers(args),
                 source_meta=source_meta(args, source_report.format),

@@ -176,6 +176,8 @@ class TrainConfig:
     val_split: str = "val"
     val_attack: str = "pgd"
     val_limit: int | None = 50
+    # captioning validation's CIDEr: how Chinese/Japanese text is cut first (train.caption_metrics.segment_cjk)
+    val_segment_cjk: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,6 +190,7 @@ RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "schedule_steps", "save_every", "log_every", "resume", "overwrite", "out",
     "progress", "report_to", "wandb_project_name", "cpu", "workers", "grad_checkpointing",
     "val_frequency", "val_data", "val_image_root", "val_split", "val_attack", "val_limit", "validate", "allow_outside_root", "skip_report",
+    "val_segment_cjk",
 })
 
 # settings that change nothing a run makes (its weights, metrics.jsonl, validation): where its metrics
@@ -427,6 +430,8 @@ UNREAD_WHEN: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
     "lock_text": (lambda c: c.method == "fare" and c.lock_text is False, "by fare (its loss never reaches the text tower)"),
     **{name: (lambda c: c.val_frequency == 0, "without --val-frequency")
        for name in ("val_data", "val_split", "val_attack", "val_limit")},
+    "val_segment_cjk": (lambda c: c.val_frequency == 0 or c.task != "captioning",
+                        "without --val-frequency or outside --task captioning (CIDEr's text)"),
     # without --val-data the train data is validated on, whose images --image-root finds
     "val_image_root": (lambda c: c.val_frequency == 0 or c.val_data is None, "without --val-frequency and --val-data"),
     "wandb_project_name": (lambda c: "wandb" not in report_targets(c), "without --report-to wandb"),
@@ -512,6 +517,10 @@ def _validate(c: TrainConfig) -> None:
     _check(problem is None, problem or "")
     _check(c.val_frequency >= 0, "--val-frequency must be non-negative")
     _check(c.val_limit is None or c.val_limit >= 1, "--val-limit must be at least 1")
+    from train.caption_metrics import CJK_SEGMENTATIONS
+
+    _check(c.val_segment_cjk in CJK_SEGMENTATIONS,
+           f"--val-segment-cjk must be one of {', '.join(CJK_SEGMENTATIONS)}, got {c.val_segment_cjk!r}")
     # captioning selects by CIDEr, which is 0 for any caption of a lone image (its IDF is over the evaluated images)
     _check(not (c.val_frequency and c.task == "captioning" and c.val_limit == 1),
            "--val-limit 1: captioning validation selects by CIDEr, which is 0 for any caption of a single image "

@@ -55,6 +55,8 @@ def settings_markdown(report: dict) -> list[str]:
                     f"({_sga_scripts_hand_over_words(report.get('victim', {}).get('family'))}; Protocols item 13)")
     if settings.get("caption_preprocess"):
         said.append(f"captions preprocessed: {settings['caption_preprocess']}")
+    if settings.get("segment_cjk", "none") != "none":  # captioning's metrics
+        said.append(f"Chinese and Japanese text segmented for the metrics: {settings['segment_cjk']}")
     said += [f"precision {settings.get('precision', 'fp32')}"
              + (f" on {settings['device']}" if settings.get("device") else ""),  # reports before 2026-12-06: none
              f"seed {settings.get('seed')}"]

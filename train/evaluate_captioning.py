@@ -37,7 +37,7 @@ from models.half_precision import active_precision
 from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, CaptionAttack, build_caption_attack,
                                       lm_losses)
 from train.caption_metrics import (CJK_CHARACTERS, METRICS, caption_scores_of_sets, require_java_for_meteor,
-                                   simple_tokenize)
+                                   require_segmenter, simple_tokenize)
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
@@ -129,6 +129,7 @@ def evaluate_captioning(
     generation: dict | None = None,
     meteor: bool | None = None,
     java: bool | None = None,
+    segment_cjk: str = "none",
     seed: int = 0,
     progress: bool = True,
     progress_dir: str | Path | None = None,
@@ -147,7 +148,8 @@ def evaluate_captioning(
     inputs are written there as a pool (`save_adv/<attack>/`, see `_adversarial_rows`), each recording
     `source_meta` (how the source was read: `source`, `image_root`, ...). `workers`:
     DataLoader processes decoding the next batches' images (`train.eval_common.gallery_pixels`, as
-    retrieval; 0: in this process).
+    retrieval; 0: in this process). `segment_cjk`: how the metrics cut Chinese and Japanese text
+    (`train.caption_metrics.segment_cjk`: none, chars, jieba).
     Returns the dict `train eval --task captioning` writes as eval.json; its "captions" entry holds
     every generated caption per attack (`write_captioning_report` writes them to captions.jsonl).
     """
@@ -156,6 +158,7 @@ def evaluate_captioning(
     from train.eval_store import BatchStore
 
     require_java_for_meteor(meteor)  # before any caption is generated
+    require_segmenter(segment_cjk)
     attacker = attacker or victim
     gallery = Gallery.from_source(source_dataset, split, limit, captions_per_image)
     decoding = gallery_decoding(gallery, {"victim": victim.preprocess_eval, "attacker": attacker.preprocess_eval},
@@ -178,7 +181,7 @@ def evaluate_captioning(
     with decoding:
         for name, record, bar in attack_bars(records, len(gallery), "evaluating captions", progress):
             run.caption_gallery(name, record, bar)
-    return run.report(records, settings, meteor, java)
+    return run.report(records, settings, meteor, java, segment_cjk)
 
 
 def _references(gallery, split: str | None) -> list[list[str]]:
@@ -279,9 +282,10 @@ class _CaptioningRun:
             part.verdicts = [self.caption_checker(caption, row) for caption, row in zip(captions, rows)]
         return part
 
-    def report(self, records: dict[str, _Record], settings: dict, meteor: bool | None, java: bool | None) -> dict:
+    def report(self, records: dict[str, _Record], settings: dict, meteor: bool | None, java: bool | None,
+               segment_cjk: str = "none") -> dict:
         """The evaluation's report (`settings`: what it ran with, as its batch store keeps them)."""
-        results, notes = self.scored_entries(records, meteor, java)
+        results, notes = self.scored_entries(records, meteor, java, segment_cjk)
         return {
             "task": "captioning",
             "procedure": PROCEDURE,
@@ -297,6 +301,7 @@ class _CaptioningRun:
                 "caption_checker": getattr(self.caption_checker, "__name__", None) if self.caption_checker else None,
                 "precision": settings["precision"], "device": torch.device(self.victim.device).type,
                 "metrics": "pycocoevalcap " + _version("pycocoevalcap"),
+                "segment_cjk": segment_cjk,
             },
             "notes": notes,
             "attacks": results,
@@ -304,14 +309,14 @@ class _CaptioningRun:
             "image_ids": list(self.gallery.rows["image_id"]),
         }
 
-    def scored_entries(self, records: dict[str, _Record], meteor: bool | None,
-                       java: bool | None) -> tuple[dict[str, Any], list[str]]:
+    def scored_entries(self, records: dict[str, _Record], meteor: bool | None, java: bool | None,
+                       segment_cjk: str = "none") -> tuple[dict[str, Any], list[str]]:
         """Each attack's report entry (`_report_entry`) with its drop from clean, and the metrics' notes."""
         results: dict[str, Any] = {}
         notes: list[str] = []
         # one METEOR process and one tokenizer call for every attack (`caption_scores_of_sets`)
         every_scores = caption_scores_of_sets(self.references, {name: record.captions for name, record in records.items()},
-                                              meteor=meteor, java=java)
+                                              meteor=meteor, java=java, segment=segment_cjk)
         for name, record in records.items():
             scores = every_scores[name]
             notes += [n for n in scores.pop("notes") if n not in notes]

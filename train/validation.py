@@ -45,7 +45,7 @@ BEST_OLD = ".best-old"  # the previous one, during the swap
 # the settings a line was measured under: `train` flags naming them (a resume under others is refused)
 SETTING_FLAGS = {"attack": "--val-attack", "split": "--val-split", "data": "--val-data", "limit": "--val-limit",
                  "captions": "captions", "captions_per_image": "captions_per_image",
-                 "parts_off": "--pgd-steps / --attack-eps / --word-budget"}
+                 "parts_off": "--pgd-steps / --attack-eps / --word-budget", "segment_cjk": "--val-segment-cjk"}
 
 
 def tidy_best(run_dir: str | os.PathLike) -> None:
@@ -80,6 +80,8 @@ def settings_record(settings: ValidationSettings, source) -> dict:
     off = parts_switched_off(settings)
     if off:  # only then: the lines of a multimodal attack that ran whole read as before
         record["parts_off"] = off
+    if settings.task == "captioning":  # CIDEr's text; a line written before it is compared without it
+        record["segment_cjk"] = settings.segment_cjk
     return record
 
 
@@ -173,6 +175,7 @@ class ValidationSettings:
     captions: str = "meaning_preserved"
     attack_options: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
+    segment_cjk: str = "none"  # captioning's CIDEr (train.caption_metrics.segment_cjk)
 
 
 def score_of(report: dict, attack: str, captions: str = "meaning_preserved") -> float:
@@ -351,7 +354,7 @@ class Validator:
             report = evaluate_captioning(snapshot, self.source, split=s.split, attacks=attacks, batch_size=s.batch_size,
                                          captions_per_image=s.captions_per_image, limit=s.limit,
                                          attack_options=self._options, caption_checker=self.checker, meteor=False,
-                                         seed=s.seed, progress=self.progress)
+                                         segment_cjk=s.segment_cjk, seed=s.seed, progress=self.progress)
             entry = report["attacks"][s.attack]
             return entry["cider"], report["attacks"]["clean"]["cider"], (entry.get("truth") or {}).get("true_pct")
         if s.task == "grounding":  # self.source: the split's GroundingData, already cut to the limit
@@ -429,6 +432,10 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
         from augment.wordnet import require_wordnet
 
         require_wordnet()
+    if cfg.val_segment_cjk != "none":  # jieba missing: its install line before anything is written
+        from train.caption_metrics import require_segmenter
+
+        require_segmenter(cfg.val_segment_cjk)
     # --attack-eps 0 derives a PGD step of 0, which the attack settings refuse (PGD of budget 0 leaves the images
     # clean): it stopped every validation of such a run, --val-attack clean too, with a traceback after RUN was written
     options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size if cfg.attack_eps > 0 else None,
@@ -443,7 +450,8 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
                               limit=cfg.val_limit, captions="all",
                               # retrieval: 2 captions per image; a caption's CIDEr reads all its image's references
                               captions_per_image=2 if cfg.task == "retrieval" else None,
-                              attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50))
+                              attack_options=options, seed=cfg.seed, batch_size=min(50, cfg.val_limit or 50),
+                              segment_cjk=cfg.val_segment_cjk)
 
 
 # --skip-bad's report of --val-data's records, beside RUN as the train data's RUN.skipped.json
