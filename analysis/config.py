@@ -468,7 +468,10 @@ def _check_retrieval_headline(config: dict, given: dict) -> None:
                            f"got {config['headline_captions']!r}")
     validation = config.get("validation")
     if isinstance(validation, dict):
-        _check_attack_names("validation.attack", [validation.get("attack", config["headline_attack"])])
+        validated = validation.get("attack", config["headline_attack"])
+        _check_attack_names("validation.attack", [validated])
+        if validated != config["headline_attack"]:  # the headline attack is one of eval.attacks, checked there
+            _check_attacks_change_something({**config["eval"], "attacks": [validated]}, "retrieval", "validation.attack")
         _check_split("validation.split", validation.get("split", "val"))
         if validation.get("split", "val") == config["eval"]["split"]:  # the report calls it best-on-validation
             raise MatPlusError(f"study config: validation.split {config['eval']['split']!r} is eval.split: the best "
@@ -564,19 +567,20 @@ def _task_config(config: dict, given: dict) -> dict:
     return config
 
 
-def _check_attacks_change_something(evaluation: dict, task: str) -> None:
-    """eval.attacks of which eval.word_budget 0 switches off every part (bert-attack, synonym; captioning's prompt):
-    each reported clean's numbers under its name, as `train eval` now refuses (its budgets' other zeros are refused
-    as values: eval.attack_eps, eval.pgd_steps)."""
+def _check_attacks_change_something(evaluation: dict, task: str, key: str = "eval.attacks") -> None:
+    """eval.attacks (or the validation attack, `key`) of which eval.word_budget 0 switches off every part
+    (bert-attack, synonym; captioning's prompt): each reported clean's numbers under its name, as `train eval` now
+    refuses (the budgets' other zeros are refused as values: eval.attack_eps, eval.pgd_steps)."""
     from train.validation import attack_parts
 
     budget = evaluation.get("word_budget")
     inert = [name for name in evaluation.get("attacks") or ()
              if (parts := attack_parts(name, task, None, None, budget)) and all(parts.values())]
     if inert:
-        raise MatPlusError(f"study config: eval.attacks {', '.join(inert)} would change nothing with eval.word_budget 0 "
-                           f"(the rows would repeat clean's): leave {'it' if len(inert) == 1 else 'them'} out or raise "
-                           "eval.word_budget")
+        one = len(inert) == 1
+        raise MatPlusError(f"study config: {key} {', '.join(inert)} would change nothing with eval.word_budget 0 "
+                           f"(clean's numbers under {'its' if one else 'their'} name{'' if one else 's'}): leave "
+                           f"{'it' if one else 'them'} out or raise eval.word_budget")
 
 
 def _check_task_eval(task: str, evaluation: dict) -> None:

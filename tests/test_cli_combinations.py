@@ -291,6 +291,22 @@ def test_a_validation_attack_run_without_one_of_its_parts_says_so(sample_world_d
         "text": "--word-budget 0"}
 
 
+def test_a_validator_of_budget_zero_loads_no_masked_lm(tmp_path, monkeypatch):
+    # the study validates with eval's attack options: eval.word_budget 0 loaded eval.mlm for a text part that never ran
+    import augment.registry
+    from train.validation import ValidationSettings, Validator
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a masked LM was loaded")
+
+    monkeypatch.setattr(augment.registry, "load_mlm", no_loading)
+    options = {"eps": 2 / 255, "steps": 1, "budget": 0, "mlm": "no-such-mlm"}
+    settings = ValidationSettings(every=1, attack="sep", attack_options=options)
+    assert Validator(tmp_path, None, settings)._options["mlm"] == "no-such-mlm"  # a name, never loaded
+    with pytest.raises(AssertionError, match="a masked LM was loaded"):
+        Validator(tmp_path, None, ValidationSettings(every=1, attack="sep", attack_options={**options, "budget": 1}))
+
+
 @pytest.mark.parametrize("task, attack, options, off", [
     ("retrieval", "sga", {"steps": 0}, {"image": "--pgd-steps 0"}),
     ("retrieval", "co-attack", {"eps": 0.0}, {"image": "--attack-eps 0"}),

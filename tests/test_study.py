@@ -225,8 +225,10 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
     # a budget of 0 leaves bert-attack nothing to do: its rows repeated clean's under its name
     with pytest.raises(MatPlusError, match="eval.attacks bert-attack would change nothing with eval.word_budget 0"):
         load_study_config("mini", {"eval": {"word_budget": 0}})
-    zero = load_study_config("mini", {"eval": {"word_budget": 0, "attacks": ["clean", "pgd", "sep"]}})["eval"]
-    assert eval_attack_options(zero)["budget"] == 0  # sep runs as its image part
+    zero = {"word_budget": 0, "attacks": ["clean", "pgd", "sep"]}
+    assert eval_attack_options(load_study_config("mini", {"eval": zero, "headline_attack": "sep"})["eval"])["budget"] == 0
+    with pytest.raises(MatPlusError, match="validation.attack bert-attack would change nothing with eval.word_budget 0"):
+        load_study_config("mini", {"eval": zero, "headline_attack": "sep", "validation": {"every": 5, "attack": "bert-attack"}})
 
 
 def test_values_that_used_to_fail_after_training_are_refused_at_load():

@@ -206,7 +206,8 @@ class Validator:
         self._on_record: int | None = None  # a resumed run's first step whose kept line stands (not validated again)
         self._options = dict(settings.attack_options)
         mlm = self._options.get("mlm")
-        if isinstance(mlm, str) and self._options.get("candidates", "mlm") == "mlm":  # load once, not per validation
+        # load once, not per validation; none for a text part of budget 0 (the study's eval.word_budget 0)
+        if isinstance(mlm, str) and self._options.get("candidates", "mlm") == "mlm" and self._options.get("budget") != 0:
             from augment.registry import load_mlm
 
             model, tokenizer = load_mlm(mlm)
