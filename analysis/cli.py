@@ -117,12 +117,16 @@ def _task_table(task: str, evaluations: list[tuple[str, dict]]) -> str:
     # numbers under a reference protocol are not the project protocol's: say which row is which (retrieval
     # and grounding carry a protocol; captioning refuses them, so its label is always "project")
     by_protocol = any(protocol != "project" for protocol in protocols)
-    header = (["evaluation"] + (["protocol"] if by_protocol else []) + [f"{a} {suffix}" for a in attacks]
-              + (["RSUM (clean)"] if task == "retrieval" else []))
+    # captioning's scores under --segment-cjk read other tokens than unsegmented ones: say which row is which
+    segmentations = [str(report.get("settings", {}).get("segment_cjk") or "none") for _, report in evaluations]
+    by_segmentation = any(segmentation != "none" for segmentation in segmentations)
+    header = (["evaluation"] + (["protocol"] if by_protocol else []) + (["CJK segmented"] if by_segmentation else [])
+              + [f"{a} {suffix}" for a in attacks] + (["RSUM (clean)"] if task == "retrieval" else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (name, report), protocol in zip(evaluations, protocols):
+    for (name, report), protocol, segmentation in zip(evaluations, protocols, segmentations):
         entries = report.get("attacks", {})
         cells = ([markdown_cell(name)] + ([protocol] if by_protocol else [])  # a folder name may hold "|"
+                 + ([markdown_cell(segmentation)] if by_segmentation else [])
                  + ["-" if entries.get(attack) is None else _cell(cell, entries[attack], name, attack) for attack in attacks])
         if task == "retrieval":
             clean = entries.get("clean", {})

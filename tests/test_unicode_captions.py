@@ -318,6 +318,20 @@ def test_segment_cjk_makes_a_bert_decoded_chinese_caption_match_its_unspaced_ref
     assert english["notes"] == caption_scores([["a dog runs"]] * 2, ["a dog runs"] * 2, java=False, meteor=False)["notes"]
 
 
+def test_compare_says_which_captioning_evaluation_segmented_its_cjk_text():
+    """`analysis compare` put a segmented evaluation's CIDEr beside an unsegmented one's as if comparable."""
+    from analysis.cli import compare_table
+
+    def report(segment_cjk):
+        settings = {} if segment_cjk is None else {"segment_cjk": segment_cjk}
+        return {"task": "captioning", "attacks": {"clean": {"cider": 9.0}}, "settings": settings}
+
+    lines = compare_table([("a", report(None)), ("b", report("none")), ("c", report("jieba"))]).splitlines()
+    assert lines[0] == "| evaluation | CJK segmented | clean CIDEr |"
+    assert lines[2:] == ["| a | none | 9.0 |", "| b | none | 9.0 |", "| c | jieba | 9.0 |"]
+    assert "CJK" not in compare_table([("a", report(None)), ("b", report("none"))])
+
+
 def test_segment_cjk_jieba_missing_or_an_unknown_segmentation_is_one_line(monkeypatch):
     import sys
 
