@@ -648,12 +648,18 @@ def test_attacks_lower_cider_and_truth_of_a_trained_captioner(trained_captioner,
         caption_checker=check_caption_of_row,
         # 8/255: the tiny captioner's colour words have wide margins; at the default 2/255 the
         # references' loss rises (test above) but its beam-searched captions do not change yet.
-        # world-mlm proposes the world's words for the prompt: its first, "shape" ("a picture of" ->
-        # "a picture shape"), makes the twin end the sentence (empty captions, not true). Top 1:
-        # where world-mlm ranks colours next depends on the torch build it was trained with
-        # (colours from 2nd place with torch 2.14.1, from 8th before), and after "a picture black"
-        # the twin continues "shape", which the checker calls true (README, Captioning)
-        attack_options={"mlm": world_mlm, "top_k": 1, "target": "a white shape", "eps": 8 / 255, "step_size": 2 / 255},
+        # world-mlm proposes the world's words for the prompt: for "of", "shape" ("a picture of" ->
+        # "a picture shape"), which makes the twin end the sentence (empty captions, not true). Top 2:
+        # world-mlm's first two there are "of" itself (never proposed) and "shape" in either order
+        # (torch 2.6: of 0.90, shape 0.04, then on 0.01; 2.14.1: shape 0.45, of 0.37, then orange
+        # 0.02), so top 1 proposed nothing for "of" on some builds; colours come next, and after
+        # "a picture black" the twin continues "shape", which the checker calls true (README,
+        # Captioning). words_per_round 3: every word of the prompt in one round, the best of all
+        # taken; one word a round tries them in BERT-Attack's importance order and keeps the first
+        # that raises the loss at all ("a a of" on torch 2.6: the twin reads only the last word, so
+        # no caption changed), an order that depends on the build
+        attack_options={"mlm": world_mlm, "top_k": 2, "words_per_round": 3, "target": "a white shape",
+                        "eps": 8 / 255, "step_size": 2 / 255},
         meteor=False, java=False, progress=False,
     )
     clean = report["attacks"]["clean"]
