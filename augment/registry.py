@@ -375,6 +375,29 @@ def _check_hub_id(repo_id: str, role: str, name: str, required_file: str, revisi
             raise ModelLoadError(_offline_message(role, name))
 
 
+class _FastProcessorNotice(logging.Filter):
+    """Drops transformers 5.0-5.3's warning that a checkpoint saved with a slow image processor now loads a
+    fast one ("This is a breaking change and may produce slightly different outputs"); 5.4 on load the fast
+    one without it. The vision-language families read only the processor's settings (their own pixel
+    transforms), so at every BLIP or captioner load it was a second, wrong line on stderr, also under a
+    refusal that is one line (audit AX, transformers 5.0.0)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is now loaded as a fast processor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_fast_processor_notice():
+    """Within the block, transformers' `_FastProcessorNotice` warning is not emitted."""
+    logger = logging.getLogger("transformers.models.auto.image_processing_auto")
+    notice = _FastProcessorNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def _quiet_if_tiny(resolved: ResolvedSource):
     if not resolved.tiny:
         return contextlib.nullcontext()
@@ -551,7 +574,7 @@ def load_captioner(
 
     resolved = resolve_source(name, "captioner", revision=revision)
     kwargs = _hub_kwargs(resolved, revision, trust_remote_code)
-    with _translated_errors("captioner", name), _quiet_if_tiny(resolved):
+    with _translated_errors("captioner", name), _quiet_if_tiny(resolved), without_fast_processor_notice():
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
         _check_tokenizer("captioner", name, getattr(processor, "tokenizer", None), resolved.source)
         model = checked_from_pretrained(_image_text_auto_class(), resolved.source, role="captioner", name=name,

@@ -27,6 +27,7 @@ from augment.registry import (
     as_torch_dtype,
     checked_from_pretrained,
     is_offline,
+    without_fast_processor_notice,
 )
 
 ROLE = "vlm"  # augment.registry's role (and tiny role) of every vision-language model
@@ -132,7 +133,8 @@ def load_pretrained(name: str, model_class: Any, processor_class: Any, *, family
     with loading(resolved):
         model = checked_from_pretrained(model_class, resolved.source, role=ROLE, name=resolved.name, **kwargs,
                                         dtype=weights_dtype(precision))
-        processor = processor_class.from_pretrained(resolved.source, **kwargs)
+        with without_fast_processor_notice():  # it reads only the processor's settings
+            processor = processor_class.from_pretrained(resolved.source, **kwargs)
     # a saved folder without tokenizer.json/tokenizer_config.json loads as its special tokens only
     _check_tokenizer(family, resolved.name, getattr(processor, "tokenizer", None), resolved.source)
     return model, processor

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -346,3 +347,19 @@ def test_every_task_means_one_masked_lm_by_default(twin, task, route, monkeypatc
     asked.clear()
     _build_default_mlm_attack(task, model, route)
     assert asked == ["bert-base-uncased"] == [default_mlm_of(model)]
+
+
+@pytest.mark.parametrize("twin, kind", [("tiny-captioner", "captioning"), ("tiny-blip", "retrieval")])
+def test_loading_a_blip_twin_writes_nothing_on_stderr(twin, kind):
+    """transformers 5.0-5.3 warned at every BLIP processor load that its slow image processor now loads as a
+    fast one ("may produce slightly different outputs"), a second line under the CLI's one-line refusals; the
+    families read only its settings (audit AX). A new process: the warning is transformers' warning_once."""
+    import subprocess
+    import sys
+
+    load_model(twin, kind=kind)  # built into this session's tiny folder first (the child only loads it)
+    code = f"from models import load_model; load_model({twin!r}, kind={kind!r})"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
