@@ -441,3 +441,22 @@ def test_a_resume_with_no_step_left_keeps_the_last_steps_line_without_validating
     summary, _ = _run(tmp_path, "run", sample_world_dir, resume="latest", **common)
     assert measured == [] and (run / "validation.jsonl").read_text() == lines
     assert summary["validation"]["last"]["step"] == 2 and (run / "summary.json").is_file()
+
+
+def test_a_captioning_line_from_before_val_segment_cjk_was_measured_unsegmented(tmp_path):
+    """A captioning run validated before --val-segment-cjk existed wrote lines without `segment_cjk`: their CIDEr
+    was unsegmented. A resume under --val-segment-cjk chars was accepted (a missing key was not compared), ranking
+    segmented and unsegmented CIDEr in one curve and one best/."""
+    from train.config import ConfigError
+    from train.validation import VALIDATION_FILE, check_resume
+
+    line = {"step": 1, "metric": "CIDEr", "attack": "pgd", "robust": 1.0, "clean": 2.0,
+            "settings": {"split": "val", "data": None, "limit": 50, "captions": "all", "captions_per_image": None}}
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(line) + "\n")
+    current = {**line["settings"], "attack": "pgd", "segment_cjk": "none"}
+    check_resume(tmp_path, current, 1)  # unsegmented then and now: resumes
+    with pytest.raises(ConfigError, match=r"^--resume: validation settings differ .*\['--val-segment-cjk'\]"):
+        check_resume(tmp_path, {**current, "segment_cjk": "chars"}, 1)
+    retrieval = {**line, "metric": "R@1"}  # retrieval's lines and settings hold no segmentation: unchanged
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(retrieval) + "\n")
+    check_resume(tmp_path, {**line["settings"], "attack": "pgd"}, 1)

@@ -80,7 +80,7 @@ def settings_record(settings: ValidationSettings, source) -> dict:
     off = parts_switched_off(settings)
     if off:  # only then: the lines of a multimodal attack that ran whole read as before
         record["parts_off"] = off
-    if settings.task == "captioning":  # CIDEr's text; a line written before it is compared without it
+    if settings.task == "captioning":  # CIDEr's text; a line written before it was unsegmented (check_resume)
         record["segment_cjk"] = settings.segment_cjk
     return record
 
@@ -121,7 +121,8 @@ def parts_switched_off(settings: ValidationSettings) -> dict[str, str]:
 def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
     """Before a run resumed at step `start` writes anything: the validation lines it keeps (steps up
     to `start`) must have been measured under the settings `current` (`settings_record`); a line
-    written before they were recorded is compared on its attack only."""
+    written before they were recorded is compared on its attack only, and one written before
+    --val-segment-cjk as unsegmented (`segment_cjk` none: only captioning's `current` holds the key)."""
     from train.config import ConfigError
 
     path = Path(run_dir) / VALIDATION_FILE
@@ -129,6 +130,8 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
     for record in read_jsonl(path):
         if record["step"] <= start:
             saved = dict(record.get("settings") or {}, attack=record.get("attack"))
+            # a line written before --val-segment-cjk (2026-12-06) scored captioning's CIDEr unsegmented
+            saved.setdefault("segment_cjk", "none")
             differ |= {key for key, value in saved.items() if key in current and value != current[key]}
     if differ:
         flags = [SETTING_FLAGS[key] for key in SETTING_FLAGS if key in differ]
