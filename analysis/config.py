@@ -638,7 +638,7 @@ def _refuse_unknown_eval(evaluation: dict, known: tuple) -> None:
 # `validation:`): a value in `train:` would be overwritten or fight the study's own
 STUDY_SETS = ("method", "task", "model", "pretrained", "train_data", "pools", "pool_mode", "pool_weights", "seed",
               "out", "resume", "overwrite", "progress", "val_frequency", "val_data", "val_split", "val_attack",
-              "val_limit", "val_segment_cjk")
+              "val_limit")
 # the study's own old train key -> the trainer's name (with the trainer's renames, train.config.RENAMED:
 # warmup_steps, text_attack, ...; refused with this hint, never aliased)
 RENAMED_TRAIN = {"steps": "max_steps"}

@@ -231,6 +231,14 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
         load_study_config("mini", {"eval": zero, "headline_attack": "sep", "validation": {"every": 5, "attack": "bert-attack"}})
 
 
+def test_train_val_segment_cjk_is_refused_as_unread_not_as_set_by_the_study():
+    """The study's validation is retrieval's and never sets --val-segment-cjk (captioning's CIDEr), yet
+    train.val_segment_cjk was refused as "set by the study for each run": it is refused as unread."""
+    with pytest.raises(MatPlusError, match=r"train \(mat\): --val-segment-cjk is not read without --val-frequency or "
+                                           r"outside --task captioning"):
+        load_study_config("mini", {"train": {"val_segment_cjk": "chars"}})
+
+
 def test_values_that_used_to_fail_after_training_are_refused_at_load():
     """A wrong attack, split, method or headline name surfaced at the first evaluation or validation,
     or in the report, after pretraining and training; now one line when the config is read."""
