@@ -137,7 +137,7 @@ def test_progress_an_earlier_version_wrote_is_named_so(tmp_path):
     folder = tmp_path / ".progress"
     BatchStore(folder, {"a": 1}).save("pgd", 0, _Record())
     marker = folder / SETTINGS_FILE
-    assert json.loads(marker.read_text())[FORMAT_KEY] == 2
+    assert json.loads(marker.read_text())[FORMAT_KEY] == 3
     marker.write_text(json.dumps({"a": 1}))  # as written before the key: the same settings resume
     assert BatchStore(folder, {"a": 1}).finished_batches() == {"pgd": 1}
     marker.write_text(json.dumps({"b": 1}))  # an earlier version recorded its settings otherwise
@@ -145,6 +145,28 @@ def test_progress_an_earlier_version_wrote_is_named_so(tmp_path):
                                            r"version records otherwise \(differ: a, b\)"):
         BatchStore(folder, {"a": 1})
     assert (folder / "pgd").is_dir()  # nothing lost
+
+
+def test_progress_of_a_budget_zero_text_part_from_before_no_substitutes_is_named_an_earlier_versions(tmp_path):
+    """`train eval --attacks sep --word-budget 0` killed before 2026-12-06 recorded its text part's masked LM (source
+    mlm, mlm_weights); this version records source none and loads none. Resumed with the same command, it was refused
+    as "an evaluation with other settings (...): run that evaluation's command again", the one just run."""
+    from augment.errors import MatPlusError
+    from train.eval_store import FORMAT_KEY, SETTINGS_FILE, BatchStore
+
+    image = {"eps": 0.01, "steps": 10}
+    now = {"attacks": {"sep": {"image": image, "text": {"source": "none", "budget": 0}}}}
+    before = {"attacks": {"sep": {"image": image, "text": {"source": "mlm", "mlm": "tiny-mlm", "budget": 0}}},
+              "mlm_weights": ["0123"]}
+    folder = tmp_path / ".progress"
+    BatchStore(folder, before).save("sep", 0, _Record())
+    marker = folder / SETTINGS_FILE
+    marker.write_text(json.dumps({**before, FORMAT_KEY: 2}))  # as the version before NoSubstitutes wrote it
+    with pytest.raises(MatPlusError, match=r"1 finished batches an earlier mat-plus wrote, with settings this version "
+                                           r"records otherwise \(differ: attacks.sep, mlm_weights\)"):
+        BatchStore(folder, now)
+    marker.write_text(json.dumps({**now, FORMAT_KEY: 2}))  # an earlier version's of the same settings: resumes
+    assert BatchStore(folder, now).finished_batches() == {"sep": 1}
 
 
 @pytest.fixture()

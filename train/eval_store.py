@@ -123,8 +123,10 @@ def remove_finished_store(folder: str | Path) -> None:
 
 # settings.json's "progress_format": raised when a change of the code changes what the kept batches
 # hold or how the settings are recorded, so that a version refusing an earlier one's progress says so
-# (the settings that differed were named as if the user had changed them). 2: 2026-12-05.
-FORMAT_KEY, PROGRESS_FORMAT = "progress_format", 2
+# (the settings that differed were named as if the user had changed them). 2: 2026-12-05. 3: 2026-12-06, a text
+# part of budget 0 records `source none` and no `mlm_weights` (`NoSubstitutes`: no masked LM loaded); an earlier
+# format's settings.json holding exactly this version's settings still resumes (`_same_before_format`).
+FORMAT_KEY, PROGRESS_FORMAT = "progress_format", 3
 
 
 class BatchStore:
@@ -341,13 +343,17 @@ _SETTINGS_FLAGS = {"seed": "--seed", "precision": "--precision", "caption_prepro
 
 
 def _same_before_format(found: str | None, settings: dict) -> bool:
-    """Whether a settings.json written before `FORMAT_KEY` was recorded holds exactly `settings`: its
-    batches resume (this version computes them alike; only the key is new)."""
+    """Whether a settings.json of an earlier format (written before `FORMAT_KEY` was recorded, or with a
+    lower one) holds exactly `settings`: its batches resume (this version computes them alike; only what
+    other settings record changed)."""
     try:
         before = json.loads(found) if found is not None else None
     except json.JSONDecodeError:
         return False
-    return (isinstance(before, dict) and FORMAT_KEY not in before
+    if not isinstance(before, dict):
+        return False
+    earlier = before.pop(FORMAT_KEY, 0)  # 0: written before the key
+    return (isinstance(earlier, int) and earlier < PROGRESS_FORMAT
             and json.dumps(before, sort_keys=True) == json.dumps(settings, sort_keys=True, default=str))
 
 
