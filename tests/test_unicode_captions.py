@@ -349,6 +349,27 @@ def test_segment_cjk_jieba_missing_or_an_unknown_segmentation_is_one_line(monkey
         caption_metrics.caption_scores([["a"]], ["a"], java=False, meteor=False, segment="words")
 
 
+def test_val_segment_cjk_jieba_missing_names_the_flag_given(monkeypatch):
+    """`train ... --val-segment-cjk jieba` without jieba said "--segment-cjk jieba needs jieba", a flag of `train eval`
+    the user had not given."""
+    import sys
+
+    from augment.errors import MissingDependencyError
+    from train import caption_metrics
+    from train.config import resolve_config
+    from train.validation import validation_settings
+
+    config = resolve_config({"method": "tecoa", "task": "captioning", "model": "tiny-captioner", "train_data": "s.json",
+                             "out": "o", "val_frequency": 1, "val_segment_cjk": "jieba"})
+    caption_metrics._jieba.cache_clear()
+    monkeypatch.setitem(sys.modules, "jieba", None)  # import jieba raises ImportError
+    try:
+        with pytest.raises(MissingDependencyError, match=r"^--val-segment-cjk jieba needs jieba: pip install jieba"):
+            validation_settings(config, 1)
+    finally:
+        caption_metrics._jieba.cache_clear()
+
+
 def test_a_folder_name_holding_a_pipe_stays_one_cell_of_the_comparison_tables():
     """`augment score --table` and `analysis compare` name pools and evaluations by their folders: a "|" in
     one split its row into one more cell than the header, shifting every number after it (audit AL)."""

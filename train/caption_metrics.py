@@ -186,6 +186,9 @@ SEGMENTED_CJK = {
 }
 
 
+JIEBA_MISSING = "{flag} jieba needs jieba: pip install jieba (or pip install 'mat-plus[cjk]')"
+
+
 @functools.lru_cache(maxsize=1)
 def _jieba():
     try:
@@ -193,20 +196,25 @@ def _jieba():
     except ImportError:
         from augment.errors import MissingDependencyError
 
-        raise MissingDependencyError("--segment-cjk jieba needs jieba: pip install jieba (or pip install "
-                                     "'mat-plus[cjk]')") from None
+        raise MissingDependencyError(JIEBA_MISSING.format(flag="--segment-cjk")) from None
     import logging
 
     jieba.setLogLevel(logging.WARNING)  # its dictionary's load is two INFO lines on stderr per process
     return jieba
 
 
-def require_segmenter(segment_cjk: str) -> None:
-    """Before anything loads: an unknown segmentation is a ValueError, jieba missing one install line."""
+def require_segmenter(segment_cjk: str, flag: str = "--segment-cjk") -> None:
+    """Before anything loads: an unknown segmentation is a ValueError, jieba missing one install line naming
+    `flag`, the option that asked for it (`train`'s --val-segment-cjk, `train eval`'s --segment-cjk)."""
     if segment_cjk not in CJK_SEGMENTATIONS:
         raise ValueError(f"unknown CJK segmentation {segment_cjk!r}; expected one of {', '.join(CJK_SEGMENTATIONS)}")
     if segment_cjk == "jieba":
-        _jieba()
+        from augment.errors import MissingDependencyError
+
+        try:
+            _jieba()
+        except MissingDependencyError:
+            raise MissingDependencyError(JIEBA_MISSING.format(flag=flag)) from None
 
 
 def segment_cjk(text: str, how: str) -> str:

@@ -439,7 +439,7 @@ def validation_settings(cfg: TrainConfig, every: int) -> ValidationSettings:
     if cfg.val_segment_cjk != "none":  # jieba missing: its install line before anything is written
         from train.caption_metrics import require_segmenter
 
-        require_segmenter(cfg.val_segment_cjk)
+        require_segmenter(cfg.val_segment_cjk, "--val-segment-cjk")
     # --attack-eps 0 derives a PGD step of 0, which the attack settings refuse (PGD of budget 0 leaves the images
     # clean): it stopped every validation of such a run, --val-attack clean too, with a traceback after RUN was written
     options = {"eps": cfg.attack_eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size if cfg.attack_eps > 0 else None,
