@@ -385,3 +385,18 @@ def test_eval_refuses_an_attack_its_budgets_switch_off(model, task, flags, said,
     assert main(["eval", model, "--task", task, "--source", str(tmp_path / "missing"), "--out", str(out), *flags]) == 2
     assert _error_line(capsys).startswith("error: " + said)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--attacks", "sep", "--attack-eps", "0", "--pgd-steps", "3"],
+     "--pgd-steps is not read with --attack-eps 0 (no pixel is changed): leave it out"),
+    (["--attacks", "clean,co-attack", "--attack-eps", "0", "--pgd-steps", "3", "--pgd-step-size", "1/255"],
+     "--pgd-steps, --pgd-step-size are not read with --attack-eps 0 (no pixel is changed): leave them out"),
+])
+def test_eval_refuses_the_image_options_with_attack_eps_zero(flags, said, tmp_path, capsys):
+    # the text options with --word-budget 0 were refused, the image ones with --attack-eps 0 accepted and recorded in
+    # eval.md for an image part that never ran (`sep` (its image part off: eps 0): image (eps 0/255, steps 3, ...))
+    out = tmp_path / "eval"
+    assert main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(out), *flags]) == 2
+    assert _error_line(capsys) == "error: " + said
+    assert not out.exists()

@@ -124,8 +124,8 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
 
 def refuse_attacks_that_change_nothing(args: argparse.Namespace, attacks: list[str], defaults: bool = False) -> None:
     """One line when the budgets switch off every part of an attack (bert-attack with --word-budget 0, pgd with
-    --attack-eps 0: its row repeated clean's under the attack's name), or set a text option with --word-budget 0,
-    which no attack then reads (the masked LM was loaded for nothing). A multimodal attack with one part off runs
+    --attack-eps 0: its row repeated clean's under the attack's name), or set a text option with --word-budget 0
+    (the masked LM was loaded for nothing) or a PGD option with --attack-eps 0, which no attack then reads. A multimodal attack with one part off runs
     as its other part, as in-training validation runs it (`train.validation.attack_parts`)."""
     from augment.errors import MatPlusError
     from train.validation import attack_parts
@@ -142,12 +142,14 @@ def refuse_attacks_that_change_nothing(args: argparse.Namespace, attacks: list[s
         rows = "its row would repeat" if len(inert) == 1 else "their rows would repeat"
         raise MatPlusError(f"{where} {named}, which would change nothing ({rows} clean's): leave {them} out"
                            + (" with --attacks" if defaults else "") + " or raise the budget")
-    if args.word_budget == 0:
-        unread = [dest for dest in ("text_candidates", "mlm", "top_k", "max_length", "text_guide")
-                  if getattr(args, dest, None) != args.option_default(dest)]
+    # the options of a part its budget switches off, which no attack then reads
+    for off, flag, change, dests in ((args.word_budget == 0, "--word-budget 0", "word",
+                                      ("text_candidates", "mlm", "top_k", "max_length", "text_guide")),
+                                     (args.attack_eps == 0, "--attack-eps 0", "pixel", ("pgd_steps", "pgd_step_size"))):
+        unread = [dest for dest in dests if off and getattr(args, dest, None) != args.option_default(dest)]
         if unread:
             named = ", ".join(f"--{dest.replace('_', '-')}" for dest in unread)
-            raise MatPlusError(f"{named} {'is' if len(unread) == 1 else 'are'} not read with --word-budget 0 (no word is "
+            raise MatPlusError(f"{named} {'is' if len(unread) == 1 else 'are'} not read with {flag} (no {change} is "
                                f"changed): leave {'it' if len(unread) == 1 else 'them'} out")
 
 
