@@ -443,6 +443,26 @@ def test_a_word_budget_of_zero_loads_no_masked_lm(victim, batch, monkeypatch):
         build_attack("sep", victim, mlm="no-such-mlm", budget=1)
 
 
+def test_a_word_budget_of_zero_reads_no_wordnet_either(victim, batch, monkeypatch):
+    # sep, co-attack and sga with --text-candidates wordnet and a word budget of 0 (the study's eval.text_candidates
+    # wordnet with eval.word_budget 0, its validation too) still built WordNet's source: WordNet was required (offline
+    # without it, a stop after training) and eval.md said "source wordnet" for a text part that never ran, where the
+    # masked LM's said "source none" (grounding's and captioning's text attacks already loaded neither)
+    import augment.wordnet
+
+    def no_wordnet():
+        raise AssertionError("WordNet was required")
+
+    monkeypatch.setattr(augment.wordnet, "require_wordnet", no_wordnet)
+    pixels, captions, image_of_text = batch
+    for name in ("sep", "co-attack", "sga"):
+        attack = build_attack(name, victim, seed=0, budget=0, candidates="wordnet", **FAST_PGD)
+        assert attack(pixels, captions, image_of_text).texts == list(captions), name
+        assert attack.params()["text"]["source"] == "none", name
+    with pytest.raises(AssertionError, match="WordNet was required"):  # a budget still reads it
+        build_attack("sep", victim, budget=1, candidates="wordnet")
+
+
 def test_build_attack_names_and_options(victim, mlm):
     built = {name: build_attack(name, victim, mlm=mlm, seed=0, **FAST_PGD) for name in ATTACK_NAMES if name != "synonym"}
     assert isinstance(built["clean"], NoAttack)

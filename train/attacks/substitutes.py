@@ -83,8 +83,8 @@ class SubstituteSource(ABC):
 
 class NoSubstitutes(SubstituteSource):
     """The source of a text attack with a word budget of 0 (the text part of sep, co-attack, sga or prompt-pgd
-    switched off by `--word-budget 0`): no word is changed, so no masked LM is loaded (it was, for nothing: a
-    download, or an offline failure, for an attack that reads none)."""
+    switched off by `--word-budget 0`): no word is changed, so no masked LM is loaded, nor WordNet required (they
+    were, for nothing: a download, or an offline failure, for an attack that reads none)."""
 
     name = "none"
 

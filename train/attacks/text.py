@@ -499,6 +499,7 @@ class SynonymAttack(WordSubstitutionAttack):
     def __init__(self, victim, top_k: int = 10, budget: int = 1, max_length: int = 30, guide: str = "image",
                  words_per_round: int = 1, text_batch: int = DEFAULT_TEXT_BATCH, pos: str | None = None,
                  loss: str = "pair", importance: str = "cosine", embedding: str = "unit"):
-        super().__init__(victim, WordNetSubstitutes(top_k=top_k, max_length=max_length, pos=pos), budget=budget,
-                         guide=guide, words_per_round=words_per_round, text_batch=text_batch, loss=loss,
-                         importance=importance, embedding=embedding)
+        # no word changes at a budget of 0: WordNet is not read, so not required (as BertAttack's masked LM)
+        source = NoSubstitutes() if budget == 0 else WordNetSubstitutes(top_k=top_k, max_length=max_length, pos=pos)
+        super().__init__(victim, source, budget=budget, guide=guide, words_per_round=words_per_round,
+                         text_batch=text_batch, loss=loss, importance=importance, embedding=embedding)
