@@ -210,7 +210,9 @@ def _add_validation_options(parser: argparse.ArgumentParser, method: str) -> Non
     val.add_argument("--val-split", help="its split, for a source that has splits" + _default("val_split"))
     val.add_argument("--val-attack", help="attack of the robust score (train eval's names)" + _default("val_attack"))
     val.add_argument("--val-limit", type=int, help="images validated" + _default("val_limit"))
-    val.add_argument("--val-segment-cjk", choices=("none", "chars", "jieba"),
+    from train.caption_metrics import CJK_SEGMENTATIONS
+
+    val.add_argument("--val-segment-cjk", choices=CJK_SEGMENTATIONS,
                      help="captioning: cut Chinese/Japanese text before CIDEr, as train eval's --segment-cjk"
                      + _default("val_segment_cjk"))
     if method not in MULTIMODAL_METHODS:  # mat and mat+ name it among their text attack's options

@@ -70,7 +70,7 @@ def settings_markdown(report: dict) -> list[str]:
 
 
 def _parts_off_words(params: dict) -> str:
-    """" (its text part off: budget 0)" for a multimodal attack whose budgets switch a part off (sep with
+    """The words " (its text part off: budget 0)" for a multimodal attack whose budgets switch a part off (sep with
     --word-budget 0 runs as its image attack alone, prompt-pgd as its image attack; `train eval` refuses an attack
     with every part off), else ""."""
     off = {part: "budget 0" if value.get("budget") == 0 else "eps 0" for part, value in params.items()
