@@ -415,7 +415,7 @@ def _refuse_other_tasks_options(args: argparse.Namespace) -> None:
     if stray:
         named = ", ".join(f"--{dest.replace('_', '-')} ({' and '.join(t for t, o in TASK_OPTIONS.items() if dest in o)})"
                           for dest in stray)
-        raise MatPlusError(f"--task {args.task} does not read {named}: leave them out")
+        raise MatPlusError(f"--task {args.task} does not read {named}: leave {'it' if len(stray) == 1 else 'them'} out")
 
 
 def refuse_replacing_a_finished_report(args: argparse.Namespace) -> None:
