@@ -170,8 +170,8 @@ ONE_IMAGE_CIDER = ("CIDEr is 0 for a single image, whatever its caption: its n-g
 CJK_CHARACTERS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _UNSEGMENTED = re.compile(f"[{CJK_CHARACTERS}]{{2}}")
 UNSEGMENTED_CJK = ("captions hold Chinese or Japanese text without spaces: each run of it is one token, as COCO's PTB "
-                   "tokenizer reads it, so BLEU/METEOR/ROUGE/CIDEr compare whole phrases; segment references and "
-                   "generated captions into words (e.g. jieba, as COCO-CN's evaluation does) for comparable numbers")
+                   "tokenizer reads it, so BLEU/METEOR/ROUGE/CIDEr compare whole phrases; --segment-cjk chars|jieba cuts "
+                   "references and generated captions alike for comparable numbers")
 NO_REFERENCE_WORDS_CIDER = ("CIDEr is 0: no reference caption of the evaluated images holds a word after "
                             "tokenisation (punctuation only)")
 # how Chinese and Japanese runs are cut into tokens before PTB reads them (`segment_cjk`, `--segment-cjk`)
