@@ -571,11 +571,10 @@ def _check_attacks_change_something(evaluation: dict, task: str, key: str = "eva
     """eval.attacks (or the validation attack, `key`) of which eval.word_budget 0 switches off every part
     (bert-attack, synonym; captioning's prompt): each reported clean's numbers under its name, as `train eval` now
     refuses (the budgets' other zeros are refused as values: eval.attack_eps, eval.pgd_steps)."""
-    from train.validation import attack_parts
+    from train.validation import every_part_off
 
     budget = evaluation.get("word_budget")
-    inert = [name for name in evaluation.get("attacks") or ()
-             if (parts := attack_parts(name, task, None, None, budget)) and all(parts.values())]
+    inert = [name for name in evaluation.get("attacks") or () if every_part_off(name, task, None, None, budget)]
     if inert:
         one = len(inert) == 1
         raise MatPlusError(f"study config: {key} {', '.join(inert)} would change nothing with eval.word_budget 0 "

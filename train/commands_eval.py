@@ -125,16 +125,14 @@ def _refuse_options_no_attack_reads(args: argparse.Namespace, attacks: list[str]
 def refuse_attacks_that_change_nothing(args: argparse.Namespace, attacks: list[str], defaults: bool = False) -> None:
     """One line when the budgets switch off every part of an attack (bert-attack with --word-budget 0, pgd with
     --attack-eps 0: its row repeated clean's under the attack's name), or set a text option with --word-budget 0
-    (the masked LM was loaded for nothing) or a PGD option with --attack-eps 0, which no attack then reads. A multimodal attack with one part off runs
-    as its other part, as in-training validation runs it (`train.validation.attack_parts`)."""
+    (the masked LM was loaded for nothing) or a PGD option with --attack-eps 0, which no attack then reads. A
+    multimodal attack with one part off runs as its other part, as in-training validation runs it
+    (`train.validation.every_part_off`)."""
     from augment.errors import MatPlusError
-    from train.validation import attack_parts
+    from train.validation import every_part_off
 
-    inert = {}
-    for name in attacks:
-        parts = attack_parts(name, args.task, args.pgd_steps, args.attack_eps, args.word_budget)
-        if parts and all(parts.values()):
-            inert[name] = " and ".join(dict.fromkeys(parts.values()))
+    inert = {name: flags for name in attacks
+             if (flags := every_part_off(name, args.task, args.pgd_steps, args.attack_eps, args.word_budget))}
     if inert:
         named = ", ".join(f"{name} (with {flags})" for name, flags in inert.items())
         them = "it" if len(inert) == 1 else "them"

@@ -592,11 +592,10 @@ def _check_validation_attack_runs(c: TrainConfig) -> None:
     the attack's robust one, and RUN/best was chosen by it (`train.validation.attack_parts`: which part an attack reads)."""
     if not c.val_frequency:
         return
-    from train.validation import attack_parts
+    from train.validation import every_part_off
 
-    parts = attack_parts(c.val_attack, c.task, c.pgd_steps, c.attack_eps, c.word_budget)
-    if parts and all(parts.values()):
-        given = " and ".join(parts.values())
+    given = every_part_off(c.val_attack, c.task, c.pgd_steps, c.attack_eps, c.word_budget)
+    if given:
         raise ConfigError(f"--val-attack {c.val_attack} with {given} changes nothing (each validation would record the "
                           "clean score as its robust one): choose --val-attack clean, or an attack the run's budgets leave on")
 

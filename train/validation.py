@@ -108,6 +108,14 @@ def attack_parts(attack: str, task: str, steps, eps, budget) -> dict[str, str | 
     return parts
 
 
+def every_part_off(attack: str, task: str, steps, eps, budget) -> str | None:
+    """The flags that switch off every part of `attack` under these budgets ("--word-budget 0" for bert-attack,
+    "--pgd-steps 0 and --word-budget 0" for sep), else None: such an attack changes nothing, and the trainer's
+    --val-attack, `train eval`'s --attacks and the study's attacks refuse it (`attack_parts`)."""
+    parts = attack_parts(attack, task, steps, eps, budget)
+    return " and ".join(parts.values()) if parts and all(parts.values()) else None
+
+
 def parts_switched_off(settings: ValidationSettings) -> dict[str, str]:
     """The parts of a multimodal validation attack (image and text: sep, co-attack, sga, captioning's prompt-pgd)
     that the training's budgets switch off, each with the flag that does: {"text": "--word-budget 0"}. Such an attack
