@@ -318,6 +318,28 @@ def test_segment_cjk_makes_a_bert_decoded_chinese_caption_match_its_unspaced_ref
     assert english["notes"] == caption_scores([["a dog runs"]] * 2, ["a dog runs"] * 2, java=False, meteor=False)["notes"]
 
 
+@pytest.mark.parametrize("java", [False, True])
+@pytest.mark.parametrize("segment", ["chars", "jieba"])
+def test_segment_cjk_folds_fullwidth_forms_and_ideographic_punctuation_as_english_punctuation_is_dropped(segment, java):
+    """COCO-CN-style references write "３只狗在跑！" and "两个孩子、一只猫。"; a decoder writes "3 只 狗 在 跑". The
+    fullwidth ３ was another token than 3, and ！/、/。 were tokens of their own (PTB drops "!", "," and "." in
+    English captions): BLEU-4 of the same captions was under 60. Folded first, they score as the same."""
+    import shutil
+
+    from train.caption_metrics import caption_scores, segment_cjk
+
+    if java and shutil.which("java") is None:
+        pytest.skip("no java on the PATH: COCO's PTB tokenizer is not run (the stand-in tokenizer is, java=False)")
+    # (no comma inside the first: jieba cuts a run by its context, and a comma ends a run)
+    reference, decoded = "\uff13\u53ea\u72d7\u5728\u8dd1\uff01", "3 \u53ea \u72d7 \u5728 \u8dd1"
+    assert segment_cjk(reference, segment).split()[0] == "3" and "\uff01" not in segment_cjk(reference, segment)
+    assert segment_cjk("\uff13 dogs\uff0c", segment) == "\uff13 dogs\uff0c"  # no CJK run: untouched, as other scripts
+    references = [[reference], ["\u4e24\u4e2a\u5b69\u5b50\u3001\u4e00\u53ea\u732b\u3002"]]
+    candidates = [decoded, "\u4e24 \u4e2a \u5b69 \u5b50 \u4e00 \u53ea \u732b"]
+    scores = caption_scores(references, candidates, java=java, meteor=False, segment=segment)
+    assert scores["bleu4"] > 99 and scores["rouge_l"] > 99
+
+
 def test_compare_says_which_captioning_evaluation_segmented_its_cjk_text():
     """`analysis compare` put a segmented evaluation's CIDEr beside an unsegmented one's as if comparable."""
     from analysis.cli import compare_table

@@ -217,13 +217,28 @@ def require_segmenter(segment_cjk: str, flag: str = "--segment-cjk") -> None:
             raise MissingDependencyError(JIEBA_MISSING.format(flag=flag)) from None
 
 
+# fullwidth and halfwidth forms (U+FF00-FFEF: ３, ，, ！, halfwidth katakana) to their plain characters by NFKC,
+# and the ideographic full stop, comma and space to ASCII's: COCO-CN and STAIR references write "３只狗，在跑。"
+# where a tokenizer's decoder writes "3"; PTB drops ASCII punctuation as it does in English captions, while the
+# CJK forms were tokens of their own, and a caption without the final "。" lost n-gram matches for it
+_FULLWIDTH = re.compile("[\uff00-\uffef]+")
+_IDEOGRAPHIC_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ",", "\u3000": " "})
+
+
+def _fold_cjk_forms(text: str) -> str:
+    return _FULLWIDTH.sub(lambda run: unicodedata.normalize("NFKC", run.group()), text).translate(_IDEOGRAPHIC_PUNCTUATION)
+
+
 def segment_cjk(text: str, how: str) -> str:
     """`text` with its Chinese and Japanese runs cut into tokens the metrics can match (PTB, like the fallback,
     keeps a run written without spaces as one token): "chars" a token per character, "jieba" jieba's words
     (Chinese), each after the spaces a BERT decoder writes between ideographs are removed, so `一 只 狗` and
-    `一只狗` give the same tokens; "none" leaves it as it is. Other scripts are untouched."""
+    `一只狗` give the same tokens; "none" leaves it as it is. In a caption with such a run, fullwidth forms and
+    the ideographic full stop, comma and space are folded first (`_fold_cjk_forms`: `３只狗，在跑。` reads as
+    `3只狗,在跑.`, whose punctuation the tokenizers drop). Other scripts are untouched."""
     if how == "none" or not _CJK_RUN.search(text):
         return text
+    text = _fold_cjk_forms(text)
     if how == "chars":
         return _CJK_RUN.sub(lambda run: " " + " ".join(run.group().replace(" ", "")) + " ", text)
     cut = _jieba().lcut
