@@ -252,7 +252,6 @@ def test_a_cache_file_that_cannot_be_opened_is_kept_and_computed_again(tmp_path,
     """A PermissionError (another user's file in a shared --cache-dir) was taken for damage and
     the valid file deleted."""
     import safetensors
-    import safetensors.numpy
 
     from augment.scoring.embeddings import EmbeddingCache, Embedder
 
@@ -280,7 +279,7 @@ def test_a_cache_file_that_cannot_be_opened_is_kept_and_computed_again(tmp_path,
         other.unlink()
     cache = EmbeddingCache(tmp_path, tiny_scorer.id)
     with monkeypatch.context() as patched:
-        patched.setattr(safetensors.numpy, "load_file", refusing(safetensors.numpy.load_file))
+        patched.setattr(safetensors, "safe_open", refusing(safetensors.safe_open))  # now the rows' read-back
         embedder = Embedder(tiny_scorer, cache)
         np.testing.assert_allclose(embedder.images(images), first, atol=1e-6)
     assert embedder.encoded["image"] == 3 and theirs.read_bytes() == content

@@ -1032,6 +1032,37 @@ def test_an_unreadable_cache_file_is_a_miss_computed_again_with_a_warning(tmp_pa
     assert embedder.encoded["image"] == 3 and embedder.reused["image"] == 3
 
 
+def test_a_look_up_reads_back_the_rows_asked_for_from_many_files_in_any_order(tmp_path, monkeypatch):
+    """A look-up reads only the rows it needs, a slice per run of consecutive rows of each file (whole files,
+    kept four at a time, were read again chunk after chunk): keys of five files in a shuffled order, a key
+    asked twice, runs and single rows, misses between them, must come back as they were put."""
+    from augment.scoring.embeddings import EmbeddingCache, as_key_strings
+
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path, "scorer")
+    keys, embeddings = [], []
+    for file in range(5):
+        file_keys = rng.integers(0, 256, (40, 16), dtype=np.uint8)
+        file_embeddings = rng.random((40, 8), dtype=np.float32)
+        cache.put("text", file_keys, file_embeddings)
+        keys.append(file_keys)
+        embeddings.append(file_embeddings)
+    keys, embeddings = np.concatenate(keys), np.concatenate(embeddings)
+    chosen = np.concatenate([np.arange(3, 17), [45, 46, 47, 90, 199, 120], rng.choice(200, 30), [5, 5]])
+    rng.shuffle(chosen)
+    missing = rng.integers(0, 256, (7, 16), dtype=np.uint8)
+    asked = np.concatenate([keys[chosen], missing])[rng.permutation(len(chosen) + 7)]
+    import safetensors.numpy
+
+    monkeypatch.setattr(safetensors.numpy, "load_file", lambda *a, **k: pytest.fail("a whole cache file was read"))
+    for reopened in (cache, EmbeddingCache(tmp_path, "scorer")):
+        found, got = reopened.lookup("text", asked)
+        position = {key: i for i, key in enumerate(as_key_strings(keys))}
+        expected = [position.get(key) for key in as_key_strings(asked)]
+        assert found.tolist() == [i is not None for i in expected]
+        np.testing.assert_array_equal(got, embeddings[[i for i in expected if i is not None]])
+
+
 def test_a_cache_file_of_the_wrong_shape_is_a_miss(tmp_path, train_items, tiny_scorer, caplog):
     """Well-formed safetensors with fewer embeddings than keys (or keys of another shape) are damaged
     files too: a miss, not an IndexError."""

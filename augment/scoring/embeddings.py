@@ -17,8 +17,8 @@ an error (one bad file would stop every pool sharing a `--cache-dir`). A file th
 opened (no permission, an I/O error) is a miss too, but kept: it says nothing about its content,
 and in a shared folder it is someone else's valid file.
 
-The in-memory index is numpy arrays (24 bytes per cached embedding), and embeddings are read
-back a file at a time (a few files kept), so memory does not hold every embedding.
+The in-memory index is numpy arrays (24 bytes per cached embedding), and a look-up reads back only
+the rows it needs, so memory does not hold every embedding.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
 KINDS = ("text", "image")
 KEY_BYTES = 16
-OPEN_FILES = 4  # embedding files kept in memory at once
 # encoded image bytes below which images are decoded inline, whatever --workers says: starting
 # a DataLoader worker (fork, shared-memory hand-back; once per run) costs ~0.1 s CPU and 0.3 s wall
 # on a shared 2-core machine, about what inline decoding of 16 MB of PNG/JPEG costs (1,024
@@ -97,7 +96,6 @@ class EmbeddingCache:
         self._files: list[Path] = []
         self._counts: list[int] = []  # each file's number of keys: its embeddings must have as many rows
         self._index = {kind: _KeyIndex() for kind in KINDS}
-        self._loaded: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._read_index()
 
     def __len__(self) -> int:
@@ -140,41 +138,41 @@ class EmbeddingCache:
         out = None
         for file_id in np.unique(file_ids[found]):
             chosen = file_ids == file_id
-            embeddings = self._embeddings_of(int(file_id))
+            embeddings = self._rows_of(int(file_id), rows[chosen])
             if embeddings is None:  # unreadable: its keys are misses, encoded again
                 self._index[kind].drop(int(file_id))
                 found &= ~chosen
                 continue
             if out is None:
                 out = np.empty((len(keys), embeddings.shape[1]), dtype=np.float32)
-            out[chosen] = embeddings[rows[chosen]]
+            out[chosen] = embeddings
         return found, None if out is None else out[found]
 
-    def _embeddings_of(self, file_id: int) -> np.ndarray | None:
-        """The embeddings of file `file_id`, or None when it cannot be read back (it was indexed,
-        then damaged or deleted)."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+    def _rows_of(self, file_id: int, rows: np.ndarray) -> np.ndarray | None:
+        """Rows `rows` of file `file_id`'s embeddings, or None when it cannot be read back (it was indexed,
+        then damaged or deleted). Only those rows are read, a slice per run of consecutive rows: a chunk's
+        captions are often found in many files (a common caption is cached where it first appeared), and
+        whole files kept a few at a time were read again chunk after chunk (5 s of a 37 s re-score)."""
+        from safetensors import SafetensorError, safe_open
 
-        if file_id in self._loaded:
-            self._loaded.move_to_end(file_id)
-            return self._loaded[file_id]
         path = self._files[file_id]
         try:
-            embeddings = load_file(str(path))["embeddings"]
-            if embeddings.dtype != np.float32 or embeddings.ndim != 2 or len(embeddings) != self._counts[file_id]:
-                raise ValueError(f"embeddings of shape {embeddings.shape} and type {embeddings.dtype}, "
-                                 f"not ({self._counts[file_id]}, d) float32")
+            with safe_open(str(path), framework="numpy") as handle:
+                stored = handle.get_slice("embeddings")
+                shape, dtype = stored.get_shape(), stored.get_dtype()
+                if dtype != "F32" or len(shape) != 2 or shape[0] != self._counts[file_id]:
+                    raise ValueError(f"embeddings of shape {tuple(shape)} and type {dtype}, "
+                                     f"not ({self._counts[file_id]}, d) float32")
+                wanted, back = np.unique(rows, return_inverse=True)
+                runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
+                block = np.concatenate([stored[int(run[0]):int(run[-1]) + 1] for run in runs])
         except OSError as exc:
             _not_openable(path, exc)
             return None
         except (SafetensorError, KeyError, ValueError) as exc:
             _unreadable(path, exc)
             return None
-        self._loaded[file_id] = embeddings
-        if len(self._loaded) > OPEN_FILES:
-            self._loaded.popitem(last=False)
-        return embeddings
+        return block[back.reshape(-1)]
 
     def put(self, kind: str, keys: np.ndarray, embeddings: np.ndarray) -> Path:
         from safetensors import SafetensorError
