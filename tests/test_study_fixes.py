@@ -651,3 +651,70 @@ def test_a_runs_key_leaves_out_where_its_metrics_are_also_logged(tmp_path):
     # nor do its loader workers (bit-identical weights) or how often it keeps a checkpoint
     assert _run_key(tmp_path, {"train": {"workers": 3, "save_every": 7}}) == plain
     assert _run_key(tmp_path, {"train": {"lr": 5e-5}}) != plain  # a train: setting that changes the run does
+
+
+def _robust_results(values: dict[str, list[float]]) -> list[dict]:
+    """Hand-made study results: run -> robust R@1 (SGA, meaning-preserved) of seeds 0, 1, 2, ..."""
+    results = []
+    for run, per_seed in values.items():
+        method, pools = (run, []) if ":" not in run else ("mat+", [run.split(":", 1)[1]])
+        for seed, value in enumerate(per_seed):
+            results.append({"run": run, "method": method, "pools": pools, "seed": seed, "group": "main",
+                            "eval": {"attacks": {"clean": {"tr@1": 60.0, "ir@1": 60.0},
+                                                 "sga": {"tr@1": 0.0, "ir@1": 0.0, "tr@1_meaning_preserved": value,
+                                                         "ir@1_meaning_preserved": value}}}})
+    return results
+
+
+def test_verdict_gives_the_seed_paired_difference_beside_the_unpaired_rule(tmp_path):
+    """MAT and MAT+ of one seed share the pretrained weights, the item order, crops and attack starts
+    and the test images: paired runs. The verdict compared unpaired means against twice the larger
+    seed spread only, which said "no difference" when MAT+ gained in every seed (a: +1.0, +1.2, +0.8
+    over seeds spread by 10 points) and "better" for a gain whose paired 95% interval holds 0
+    (b: +4.2, +2.5, +0.8, the pool sweep's eda-0.3 case, +2.5 ± 1.7)."""
+    from scipy import stats
+
+    from analysis.report import _comparison, summarise_runs
+
+    mat = [30.0, 40.0, 50.0]
+    mat_b = [24.3, 25.0, 26.0]
+    results = _robust_results({"mat": mat, "mat+:a": [30.0 + 1.0, 40.0 + 1.2, 50.0 + 0.8]})
+    results_b = _robust_results({"mat": mat_b, "mat+:b": [24.3 + 4.2, 25.0 + 2.5, 26.0 + 0.8]})
+    config = {"name": "t", "seeds": [0, 1, 2], "validation": None, "headline_runs": ["mat"]}
+    for rows, run, diffs, inside in ((results, "mat+:a", [1.0, 1.2, 0.8], "excludes 0"),
+                                     (results_b, "mat+:b", [4.2, 2.5, 0.8], "includes 0")):
+        summary = summarise_runs(rows, ["clean", "sga"], "sga", True)
+        comparison = _comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True)
+        (v,) = comparison.verdicts
+        paired = v["paired"]
+        test = stats.ttest_1samp(diffs, 0.0)
+        half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / 3 ** 0.5
+        assert paired["differences"] == pytest.approx(diffs) and paired["n"] == 3 and paired["higher"] == 3
+        assert paired["mean"] == pytest.approx(sum(diffs) / 3) and paired["sd"] == pytest.approx(stats.tstd(diffs))
+        assert paired["ci95"] == pytest.approx([sum(diffs) / 3 - half, sum(diffs) / 3 + half])
+        assert paired["p"] == pytest.approx(test.pvalue)
+        line = "\n".join(comparison.lines)
+        assert f"paired by seed: {sum(diffs) / 3:+.1f} ± {stats.tstd(diffs):.1f}, higher in 3 of 3 seeds" in line
+        assert inside in line and "twice the larger seed spread" in line  # the old rule's words stay
+        said = "no difference: within" if run == "mat+:a" else "mat+:b better: beyond"
+        assert said in line and v["beyond_twice_spread"] is (run == "mat+:b")  # what the old rule said
+
+
+def test_one_seed_verdict_has_no_paired_statistic():
+    from analysis.report import verdict_lines
+
+    line, = verdict_lines([{"run": "mat+:a", "baseline": "mat", "difference": 1.0, "spread": 0.0, "n": 1,
+                            "beyond_twice_spread": False, "checkpoint": "last",
+                            "paired": {"n": 1, "mean": 1.0, "sd": 0.0, "differences": [1.0], "higher": 1, "lower": 0,
+                                       "ci95": None, "p": None, "seeds": [0]}}])
+    assert line.endswith("one seed: no seed spread to judge it against (run more seeds)")
+
+
+def test_paired_difference_of_equal_gains_in_float_noise_has_no_interval():
+    """Every seed +1.0 (one of them 0.9999999999999964 in floats) has no spread: no t test of a spread of 1e-15."""
+    from analysis.report import paired_difference
+
+    rows = _robust_results({"mat": [18.5, 30.0, 40.0], "mat+:a": [19.5, 31.0, 41.0]})
+    rows[3]["eval"]["attacks"]["sga"]["tr@1_meaning_preserved"] = 19.499999999999996
+    paired = paired_difference(rows, "mat+:a", "sga", True)
+    assert paired["differences"] == [1.0, 1.0, 1.0] and paired["sd"] == 0.0 and paired["ci95"] is None and paired["p"] is None
