@@ -252,6 +252,28 @@ def paired_difference(results: list[dict], run: str, headline: str, meaning_pres
             "higher": sum(d > 0 for d in differences), "lower": sum(d < 0 for d in differences), "ci95": ci95, "p": p}
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together (same order as given)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def adjust_for_comparisons(verdicts: list[dict]) -> None:
+    """Give each paired verdict of a checkpoint kind Holm's p over that kind's verdicts with a p
+    (`p_holm`, and `comparisons`: how many), when there are several: a study comparing eight pools
+    with MAT makes eight tests, and one p below 0.05 among them is what chance alone often gives."""
+    for checkpoint in dict.fromkeys(v.get("checkpoint") for v in verdicts):
+        tested = [v["paired"] for v in verdicts if v.get("checkpoint") == checkpoint
+                  and (v.get("paired") or {}).get("p") is not None]
+        if len(tested) > 1:
+            for paired, adjusted in zip(tested, holm([t["p"] for t in tested])):
+                paired.update(p_holm=adjusted, comparisons=len(tested))
+
+
 def paired_words(paired: dict | None) -> str:
     """The verdict line's paired clause ('' under 2 paired seeds: nothing to judge a spread by)."""
     if not paired or paired["n"] < 2:
@@ -260,7 +282,9 @@ def paired_words(paired: dict | None) -> str:
              f"{paired['n']} seeds")
     if paired.get("ci95"):
         low, high = paired["ci95"]
-        words += (f", 95% t interval {low:+.1f} to {high:+.1f} (paired t p = {paired['p']:.3f}): "
+        holm_words = (f"; Holm over the {paired['comparisons']} MAT+ runs: {paired['p_holm']:.3f}"
+                      if paired.get("p_holm") is not None else "")
+        words += (f", 95% t interval {low:+.1f} to {high:+.1f} (paired t p = {paired['p']:.3f}{holm_words}): "
                   + ("excludes 0" if low > 0 or high < 0 else "includes 0"))
     return words
 
@@ -536,6 +560,7 @@ def _comparison(out: Path, config: dict, results: list[dict], summary: dict, mai
                 for run in mat_plus if (v := verdict(summary, run))]
     verdicts += [dict(v, checkpoint="best-on-val", paired=paired_difference(best_results, run, headline, meaning_preserved))
                  for run in mat_plus if (v := verdict(best_summary, run))]
+    adjust_for_comparisons(verdicts)
     validation = config.get("validation")
     curves_png = plot_curves(out, results, [r for r in compared if r != "pretrained"],
                              f"{config['name']}: validation R@1 under {validation.get('attack', headline) if validation else '-'}"
@@ -552,7 +577,9 @@ def _comparison(out: Path, config: dict, results: list[dict], summary: dict, mai
                   "A MAT+ run and the MAT run of one seed start from the same pretrained weights, see the same items in the "
                   "same order with the same crops and PGD starts, and are evaluated on the same images with the same attack "
                   "seed, so the difference per seed is the paired comparison: its mean ± sd, how many seeds moved up, and "
-                  "the 95% t interval of the mean difference (wide at few seeds: t = 4.30 at 3 seeds, 12.71 at 2)."]
+                  "the 95% t interval of the mean difference (wide at few seeds: t = 4.30 at 3 seeds, 12.71 at 2)."
+                  + (f" {len(mat_plus)} MAT+ runs are each compared with MAT: the intervals are not corrected for "
+                     "that, the Holm-adjusted p (over the runs with a p, per checkpoint) is." if len(mat_plus) > 1 else "")]
     if curves_png is not None:
         lines += ["", "Learning curves on the validation split (robust: solid, shaded ± sd; clean: dotted); "
                   "the best checkpoint is the step with the highest validation robust R@1.", "",

@@ -718,3 +718,31 @@ def test_paired_difference_of_equal_gains_in_float_noise_has_no_interval():
     rows[3]["eval"]["attacks"]["sga"]["tr@1_meaning_preserved"] = 19.499999999999996
     paired = paired_difference(rows, "mat+:a", "sga", True)
     assert paired["differences"] == [1.0, 1.0, 1.0] and paired["sd"] == 0.0 and paired["ci95"] is None and paired["p"] is None
+
+
+def test_verdicts_of_several_pools_say_how_many_comparisons_and_holm_adjust(tmp_path):
+    """Eight pools compared with MAT are eight tests: the verdicts judged each on its own and the
+    report never said how many there were, inviting a reader to pick the one that crossed."""
+    from scipy import stats
+
+    from analysis.report import _comparison, holm, summarise_runs
+
+    gains = {"a": [4.2, 2.5, 0.8], "b": [1.0, 1.2, 0.8], "c": [-1.0, 0.5, 0.2]}
+    mat = [24.3, 25.0, 26.0]
+    rows = _robust_results({"mat": mat, **{f"mat+:{k}": [m + g for m, g in zip(mat, v)] for k, v in gains.items()}})
+    summary = summarise_runs(rows, ["clean", "sga"], "sga", True)
+    config = {"name": "t", "seeds": [0, 1, 2], "validation": None, "headline_runs": ["mat"]}
+    comparison = _comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True)
+    p = {k: stats.ttest_1samp(v, 0.0).pvalue for k, v in gains.items()}
+    ordered = sorted(p.values())  # Holm by hand: 3 x smallest, then max(previous, 2 x next), then max(previous, largest)
+    by_hand = [min(1, 3 * ordered[0])]
+    by_hand += [max(by_hand[0], min(1, 2 * ordered[1]))]
+    by_hand += [max(by_hand[1], min(1, ordered[2]))]
+    assert sorted(holm(list(p.values()))) == pytest.approx(by_hand)
+    for v in comparison.verdicts:
+        pool = v["run"].split(":")[1]
+        assert v["paired"]["comparisons"] == 3
+        assert v["paired"]["p_holm"] == pytest.approx(by_hand[ordered.index(p[pool])])
+    text = "\n".join(comparison.lines)
+    assert text.count("Holm over the 3 MAT+ runs: ") == 3 and "3 MAT+ runs are each compared with MAT" in text
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
