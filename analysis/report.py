@@ -93,6 +93,29 @@ def pool_properties(scores: dict) -> dict[str, float | None]:
     }
 
 
+def pool_content(scores: dict) -> str | None:
+    """What a pool's diversity and gap were measured on (the latest scorer's entry): "text", "image"
+    or "text+image" (their mean, for a pool that changes both), None when its scores hold neither."""
+    entry = scores["scorers"][scores["latest"]] if "scorers" in scores else scores
+    kinds = [m for m in ("text", "image") if isinstance((entry.get("diversity") or {}).get(m), dict)
+             or isinstance((entry.get("gap") or {}).get(m), dict)]
+    return "+".join(kinds) or None
+
+
+def pool_content_words(contents: dict[str, str | None]) -> list[str]:
+    """The pool table's note when pools' diversity and gap come from different embeddings (a rank
+    correlation across them mixes two scales); nothing when every pool is measured on the same."""
+    kinds = {kind for kind in contents.values() if kind}
+    if len(kinds) < 2:
+        return []
+    groups = "; ".join(f"{kind}: {', '.join(p for p, k in contents.items() if k == kind)}" for kind in sorted(kinds))
+    both = ", the mean of the two for text+image" if "text+image" in kinds else ""
+    return ["", f"Diversity and gap are measured on what each pool changes, in that content's embedding ({groups}{both}), "
+            "so across these pools they are not on one scale, and the rank correlations "
+            "below mix them. Vendi is an effective number of distinct members of an item's set (its originals and pool "
+            "rows): a pool with more rows per item can score higher."]
+
+
 def summarise_runs(results: list[dict], attacks: list[str], headline: str, meaning_preserved: bool = False) -> dict[str, dict]:
     """Per run name: mean/std over seeds of clean and attacked R@1 (TR, IR and their mean)."""
     by_run: dict[str, list[dict]] = defaultdict(list)
@@ -484,7 +507,7 @@ def write_report(out: Path, config: dict, scores: dict[str, dict], results: list
     atomic_write_text(out / "report.md", "\n".join(sections) + "\n")
     write_json_atomic(out / "results.json", {
         "config": config, "headline_attack": headline, "headline_meaning_preserved": meaning_preserved,
-        "pool_properties": pools.properties,
+        "pool_properties": pools.properties, "pool_content": pools.content,
         "correlations": pools.correlations, "pool_gains": pools.gains, "correlations_gain": pools.gain_correlations,
         "summary": summary, "summary_best": comparison.best_summary, "headline": comparison.rows,
         "verdicts": comparison.verdicts, "plots": plots, "runs": results,
@@ -519,6 +542,7 @@ class _PoolAnalysis:
     correlations: dict[str, dict]  # property -> Spearman with `robust`
     gain_correlations: dict[str, dict]  # property -> Spearman with `gains`
     plot: Path
+    content: dict[str, str | None]  # pool -> what its diversity and gap were measured on (`pool_content`)
 
 
 def _pool_analysis(out: Path, scores: dict[str, dict], results: list[dict], summary: dict, headline: str,
@@ -533,7 +557,8 @@ def _pool_analysis(out: Path, scores: dict[str, dict], results: list[dict], summ
     for prop in ("alignment", "diversity", "gap"):
         pools = [p for p in properties if properties[p][prop] is not None and gains.get(p, (None,))[0] is not None]
         gain_correlations[prop] = spearman([properties[p][prop] for p in pools], [gains[p][0] for p in pools])
-    return _PoolAnalysis(properties, pool_robust, gains, correlations, gain_correlations, properties_png)
+    content = {name: pool_content(s) for name, s in scores.items() if "@" not in name}
+    return _PoolAnalysis(properties, pool_robust, gains, correlations, gain_correlations, properties_png, content)
 
 
 @dataclass
@@ -680,6 +705,7 @@ def _tables(main_runs: dict, attacks: list[str], pools: _PoolAnalysis) -> list[s
         "## Pool properties and robustness",
         "",
         pool_table(pools.properties, pools.robust, pools.gains),
+        *pool_content_words(pools.content),
         "",
         "Spearman rank correlations over the pools (the gain is MAT+'s robust R@1 minus MAT's, paired by seed; "
         f"p: two-sided, exact permutation test up to {EXACT_SPEARMAN_MAX_N} pools, else scipy's t approximation; "

@@ -746,3 +746,29 @@ def test_verdicts_of_several_pools_say_how_many_comparisons_and_holm_adjust(tmp_
     text = "\n".join(comparison.lines)
     assert text.count("Holm over the 3 MAT+ runs: ") == 3 and "3 MAT+ runs are each compared with MAT" in text
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_pool_table_says_when_pools_diversity_and_gap_come_from_different_embeddings(tmp_path):
+    """A re-rendered-image pool's diversity and gap are image-embedding numbers, a caption pool's
+    text-embedding ones: the pool table put them in one column and the Spearman ranked them together,
+    without a word (the pool sweep's `render`: diversity 1.07, gap 0.003, beside text pools)."""
+    import json
+
+    from analysis.report import _pool_analysis, _tables, pool_properties, summarise_runs
+
+    def scores(kind, vendi, frechet):
+        return {"scorers": {"s": {"alignment": {"all": {"mean": 0.7}}, "diversity": {kind: {"vendi": {"mean": vendi}, "items": 3}},
+                                  "gap": {kind: {"frechet": {"value": frechet}}}}}, "latest": "s"}
+
+    pools = {"scene": scores("text", 1.5, 0.01), "render": scores("image", 1.07, 0.003), "eda": scores("text", 1.4, 0.02)}
+    rows = _robust_results({"mat": [25.0, 26.0], "mat+:scene": [27.0, 28.0], "mat+:render": [24.0, 25.0],
+                            "mat+:eda": [26.0, 26.5]})
+    summary = summarise_runs(rows, ["clean", "sga"], "sga", True)
+    analysis = _pool_analysis(tmp_path, pools, rows, summary, "sga", True)
+    assert analysis.content == {"scene": "text", "render": "image", "eda": "text"}
+    assert analysis.properties["render"] == pool_properties(pools["render"])  # the numbers themselves are unchanged
+    text = "\n".join(_tables(summary, ["clean", "sga"], analysis))
+    assert "(image: render; text: scene, eda)" in text and "not on one scale" in text
+    json.dumps(analysis.content)  # results.json keeps it
+    same = _pool_analysis(tmp_path, {"scene": pools["scene"], "eda": pools["eda"]}, rows, summary, "sga", True)
+    assert "not on one scale" not in "\n".join(_tables(summary, ["clean", "sga"], same))  # one embedding: no note
