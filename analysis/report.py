@@ -312,6 +312,17 @@ def paired_words(paired: dict | None) -> str:
     return words
 
 
+def starting_model_words(results: list[dict], runs: list[str]) -> list[str]:
+    """A verdict-list line naming the runs of `runs` whose best-on-validation checkpoint is step 0,
+    the model fine-tuning started from (validation scores it first, and a later step must beat it):
+    their best-checkpoint numbers are the pretrained model's, not a fine-tuned one's. Nothing if none."""
+    at_start = [f"{r['run']} seed {r['seed']}" for r in results if r["run"] in runs and r.get("best_step") == 0]
+    if not at_start:
+        return []
+    return [f"* best-on-validation checkpoint at step 0, the starting model before any fine-tuning: {', '.join(at_start)} "
+            "(no fine-tuned step beat it on validation; the best-checkpoint numbers of these seeds are the pretrained model's)"]
+
+
 def headline_table(rows: list[dict]) -> str:
     with_best = any(r["robust_best"] is not None for r in rows)
     header = ["model", "clean R@1", "**robust R@1**"] + (["clean R@1 (best val ckpt)", "robust R@1 (best val ckpt)"] if with_best else [])
@@ -596,6 +607,7 @@ def _comparison(out: Path, config: dict, results: list[dict], summary: dict, mai
         headline_table(rows),
         "",
         *verdict_lines(verdicts),
+        *starting_model_words(results, [r for r in compared if r != "pretrained"]),
     ]
     if any((v.get("paired") or {}).get("n", 0) > 1 for v in verdicts):
         lines += ["", "The twice-the-spread rule compares the means over seeds as if the two runs' seeds were independent. "

@@ -772,3 +772,21 @@ def test_pool_table_says_when_pools_diversity_and_gap_come_from_different_embedd
     json.dumps(analysis.content)  # results.json keeps it
     same = _pool_analysis(tmp_path, {"scene": pools["scene"], "eda": pools["eda"]}, rows, summary, "sga", True)
     assert "not on one scale" not in "\n".join(_tables(summary, ["clean", "sga"], same))  # one embedding: no note
+
+
+def test_report_says_when_a_best_on_validation_checkpoint_is_the_starting_model(tmp_path):
+    """Validation scores step 0, the pretrained weights, and a later step must beat it: where none
+    did, the "best val ckpt" columns of MAT showed the pretrained model's numbers under MAT's name."""
+    from analysis.report import _comparison, summarise_runs
+
+    rows = _robust_results({"mat": [25.0, 26.0], "mat+:scene": [27.0, 28.0]})
+    for row, step in zip(rows, (0, 20, 40, 20)):  # mat seed 0 never beat its start on validation
+        row["best_step"], row["eval_best"] = step, row["eval"]
+    config = {"name": "t", "seeds": [0, 1], "validation": None, "headline_runs": ["mat"]}
+    summary = summarise_runs(rows, ["clean", "sga"], "sga", True)
+    text = "\n".join(_comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True).lines)
+    assert "best-on-validation checkpoint at step 0, the starting model before any fine-tuning: mat seed 0 (" in text
+    for row in rows:
+        row["best_step"] = 20
+    text = "\n".join(_comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True).lines)
+    assert "step 0" not in text
