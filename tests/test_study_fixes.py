@@ -790,3 +790,32 @@ def test_report_says_when_a_best_on_validation_checkpoint_is_the_starting_model(
         row["best_step"] = 20
     text = "\n".join(_comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True).lines)
     assert "step 0" not in text
+
+
+@pytest.mark.parametrize("xs, ys", [
+    ([0.1, 0.2, 0.2, 0.3, 0.4], [3.0, 1.0, 1.0, 2.0, 5.0]),  # ties in both
+    ([0.7, 0.75, 0.78, 0.74, 0.34, -0.01], [36.0, 36.0, 37.2, 36.8, 30.8, 21.7]),
+    ([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]),  # n = 3: no p below 1/3
+    ([0.3, 0.1, 0.2, 0.2], [2.0, 2.0, 1.0, 1.0]),
+])
+def test_spearman_exact_p_with_ties_equals_every_pairing_counted_by_scipy(xs, ys):
+    """Guards the exact p-value (audit BA): the share of all n! pairings whose |rho| (scipy's, midranks
+    for ties) is at least the observed one. The pairings counted by hand are scipy's permutation test's
+    (one-sided p equal); its two-sided p doubles the smaller one-sided one instead, which differs where
+    ties make the null distribution lopsided (the first case: 0.567 against 0.55)."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats
+
+    from analysis.report import spearman
+
+    observed = stats.spearmanr(xs, ys).statistic
+    rhos = [stats.spearmanr(xs, list(order)).statistic for order in itertools.permutations(ys)]
+    by_hand = sum(abs(r) >= abs(observed) - 1e-9 for r in rhos) / len(rhos)
+    result = spearman(xs, ys)
+    assert result["rho"] == pytest.approx(observed) and result["p"] == pytest.approx(by_hand)
+    assert result["p_method"] == "exact permutation"
+    scipy_greater = stats.permutation_test((ys,), lambda y: stats.spearmanr(xs, y).statistic, vectorized=False,
+                                           permutation_type="pairings", n_resamples=np.inf, alternative="greater").pvalue
+    assert scipy_greater == pytest.approx(sum(r >= observed - 1e-9 for r in rhos) / len(rhos))
