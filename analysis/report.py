@@ -347,7 +347,7 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
         if v["beyond_twice_spread"]:
             word = f"{v['run']} {'better' if v['difference'] > 0 else 'worse'}: beyond"
         else:
-            word = "no difference: within"
+            word = "no difference shown: within"  # not "no difference": seeds within the spread show none, not its absence
         lines.append(f"* {v['run']} - {v['baseline']}: {v['difference']:+.1f} points of robust R@1 ({v['checkpoint']} checkpoint), "
                      f"{word} twice the larger seed spread (2 x {v['spread']:.1f}, n = {v['n']} seeds)"
                      + paired_words(v.get("paired")))

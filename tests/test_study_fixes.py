@@ -696,7 +696,7 @@ def test_verdict_gives_the_seed_paired_difference_beside_the_unpaired_rule(tmp_p
         line = "\n".join(comparison.lines)
         assert f"paired by seed: {sum(diffs) / 3:+.1f} ± {stats.tstd(diffs):.1f}, higher in 3 of 3 seeds" in line
         assert inside in line and "twice the larger seed spread" in line  # the old rule's words stay
-        said = "no difference: within" if run == "mat+:a" else "mat+:b better: beyond"
+        said = "no difference shown: within" if run == "mat+:a" else "mat+:b better: beyond"
         assert said in line and v["beyond_twice_spread"] is (run == "mat+:b")  # what the old rule said
 
 
@@ -819,3 +819,13 @@ def test_spearman_exact_p_with_ties_equals_every_pairing_counted_by_scipy(xs, ys
     scipy_greater = stats.permutation_test((ys,), lambda y: stats.spearmanr(xs, y).statistic, vectorized=False,
                                            permutation_type="pairings", n_resamples=np.inf, alternative="greater").pvalue
     assert scipy_greater == pytest.approx(sum(r >= observed - 1e-9 for r in rhos) / len(rhos))
+
+
+def test_a_verdict_within_the_spread_says_no_difference_is_shown_not_that_there_is_none():
+    """"no difference: within twice the larger seed spread" claimed equivalence from three seeds that
+    could not resolve one, beside a paired interval that excluded 0 (+1.0 in every seed)."""
+    from analysis.report import verdict_lines
+
+    line, = verdict_lines([{"run": "mat+:a", "baseline": "mat", "difference": 1.0, "spread": 8.2, "n": 3,
+                            "beyond_twice_spread": False, "checkpoint": "last"}])
+    assert "no difference shown: within twice the larger seed spread (2 x 8.2, n = 3 seeds)" in line
