@@ -18,7 +18,8 @@ opened (no permission, an I/O error) is a miss too, but kept: it says nothing ab
 and in a shared folder it is someone else's valid file.
 
 The in-memory index is numpy arrays (24 bytes per cached embedding), and a look-up reads back only
-the rows it needs, so memory does not hold every embedding.
+the rows it needs (a file whole, for that look-up only, when its rows are scattered through it), so
+memory does not hold every embedding.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
 KINDS = ("text", "image")
 KEY_BYTES = 16
+# what one slice of a cache file costs a look-up, in bytes of the file read whole (a slice per run of consecutive
+# rows: 6-9 us each, 9-43 KiB of a whole read on a 2-core machine): a look-up whose runs cost more reads the file
+# whole and takes its rows (100k scattered rows of a 200k x 64 file, one slice each: 0.52 s, 0.12 s read whole)
+SLICE_COST_BYTES = 16 * 2**10
 # encoded image bytes below which images are decoded inline, whatever --workers says: starting
 # a DataLoader worker (fork, shared-memory hand-back; once per run) costs ~0.1 s CPU and 0.3 s wall
 # on a shared 2-core machine, about what inline decoding of 16 MB of PNG/JPEG costs (1,024
@@ -152,7 +157,8 @@ class EmbeddingCache:
         """Rows `rows` of file `file_id`'s embeddings, or None when it cannot be read back (it was indexed,
         then damaged or deleted). Only those rows are read, a slice per run of consecutive rows: a chunk's
         captions are often found in many files (a common caption is cached where it first appeared), and
-        whole files kept a few at a time were read again chunk after chunk (5 s of a 37 s re-score)."""
+        whole files kept a few at a time were read again chunk after chunk (5 s of a 37 s re-score). Rows so scattered
+        that their slices would cost more than the file (`SLICE_COST_BYTES` a slice) are taken from it read whole."""
         from safetensors import SafetensorError, safe_open
 
         path = self._files[file_id]
@@ -164,8 +170,12 @@ class EmbeddingCache:
                     raise ValueError(f"embeddings of shape {tuple(shape)} and type {dtype}, "
                                      f"not ({self._counts[file_id]}, d) float32")
                 wanted, back = np.unique(rows, return_inverse=True)
-                runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
-                block = np.concatenate([stored[int(run[0]):int(run[-1]) + 1] for run in runs])
+                breaks = np.flatnonzero(np.diff(wanted) != 1) + 1  # the runs' bounds (np.split into runs: 0.27 s at 50k)
+                starts, ends = wanted[np.r_[0, breaks]], wanted[np.r_[breaks - 1, -1]] + 1
+                if len(starts) * SLICE_COST_BYTES >= shape[0] * shape[1] * 4:  # many scattered rows: the file whole
+                    block = handle.get_tensor("embeddings")[wanted]
+                else:
+                    block = np.concatenate([stored[int(start):int(end)] for start, end in zip(starts, ends)])
         except OSError as exc:
             _not_openable(path, exc)
             return None
