@@ -340,6 +340,19 @@ def test_segment_cjk_folds_fullwidth_forms_and_ideographic_punctuation_as_englis
     assert scores["bleu4"] > 99 and scores["rouge_l"] > 99
 
 
+@pytest.mark.parametrize("segment", ["chars", "jieba"])
+def test_segment_cjk_reads_a_caption_in_halfwidth_katakana_as_the_same_caption_in_katakana(segment):
+    """Halfwidth katakana (U+FF65-FF9F) is not among the CJK characters a run is made of, and the run was looked for
+    before the fold: "ｲﾇｶﾞﾊｼﾙ" was left whole, one token, where "イヌガハシル" is six. NFKC makes ｶﾞ (two code points)
+    one ガ; a caption without CJK text once folded is still left as it is."""
+    from train.caption_metrics import segment_cjk
+
+    halfwidth, katakana = "\uff72\uff87\uff76\uff9e\uff8a\uff7c\uff99", "\u30a4\u30cc\u30ac\u30cf\u30b7\u30eb"
+    assert segment_cjk(halfwidth, segment) == segment_cjk(katakana, segment)
+    assert segment_cjk(halfwidth, segment).split() == list(katakana)
+    assert segment_cjk("\uff44\uff4f\uff47 \uff13\u3002", segment) == "\uff44\uff4f\uff47 \uff13\u3002"
+
+
 def test_compare_says_which_captioning_evaluation_segmented_its_cjk_text():
     """`analysis compare` put a segmented evaluation's CIDEr beside an unsegmented one's as if comparable."""
     from analysis.cli import compare_table

@@ -236,9 +236,13 @@ def segment_cjk(text: str, how: str) -> str:
     `一只狗` give the same tokens; "none" leaves it as it is. In a caption with such a run, fullwidth forms and
     the ideographic full stop, comma and space are folded first (`_fold_cjk_forms`: `３只狗，在跑。` reads as
     `3只狗,在跑.`, whose punctuation the tokenizers drop). Other scripts are untouched."""
-    if how == "none" or not _CJK_RUN.search(text):
+    if how == "none":
         return text
-    text = _fold_cjk_forms(text)
+    folded = _fold_cjk_forms(text)
+    # the run looked for once folded: a caption in halfwidth katakana (ｲﾇｶﾞﾊｼﾙ) has none before (U+FF65-FF9F)
+    if not _CJK_RUN.search(folded):
+        return text
+    text = folded
     if how == "chars":
         return _CJK_RUN.sub(lambda run: " " + " ".join(run.group().replace(" ", "")) + " ", text)
     cut = _jieba().lcut
