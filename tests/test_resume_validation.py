@@ -460,3 +460,31 @@ def test_a_captioning_line_from_before_val_segment_cjk_was_measured_unsegmented(
     retrieval = {**line, "metric": "R@1"}  # retrieval's lines and settings hold no segmentation: unchanged
     (tmp_path / VALIDATION_FILE).write_text(json.dumps(retrieval) + "\n")
     check_resume(tmp_path, {**line["settings"], "attack": "pgd"}, 1)
+
+
+def test_a_segmented_captioning_line_from_before_the_fullwidth_fold_is_not_ranked_with_folded_ones(tmp_path, monkeypatch):
+    """Since b238406 --val-segment-cjk folds fullwidth forms (３, ，, ！) before cutting, which moves CIDEr (BLEU-4 49 -> 100
+    on COCO-CN-style references); a run validated under --val-segment-cjk chars before it recorded the same settings,
+    so its resume was accepted and ranked unfolded and folded CIDEr in one curve and one best/."""
+    import augment.sources
+    from train.caption_metrics import CJK_FORMS
+    from train.config import ConfigError
+    from train.validation import VALIDATION_FILE, ValidationSettings, check_resume, settings_record
+
+    monkeypatch.setattr(augment.sources, "source_fingerprint", lambda source: "fp")
+    current = settings_record(ValidationSettings(task="captioning", attack="pgd", segment_cjk="chars"), object())
+    assert current["cjk_forms"] == CJK_FORMS
+    assert "cjk_forms" not in settings_record(ValidationSettings(task="captioning", attack="pgd"), object())
+    line = {"step": 1, "metric": "CIDEr", "attack": "pgd", "robust": 1.0, "clean": 2.0,
+            "settings": {key: value for key, value in current.items() if key not in ("attack", "cjk_forms")}}
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(line) + "\n")  # chars, cut unfolded
+    with pytest.raises(ConfigError, match=r"differ .*\[\"--val-segment-cjk's folding of fullwidth forms"):
+        check_resume(tmp_path, current, 1)
+    line["settings"]["cjk_forms"] = CJK_FORMS  # written since: resumes
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(line) + "\n")
+    check_resume(tmp_path, current, 1)
+    unsegmented = {**line, "settings": {**line["settings"], "segment_cjk": "none"}}
+    del unsegmented["settings"]["cjk_forms"]
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(unsegmented) + "\n")  # nothing folded then or now
+    none_now = {key: value for key, value in current.items() if key != "cjk_forms"} | {"segment_cjk": "none"}
+    check_resume(tmp_path, none_now, 1)

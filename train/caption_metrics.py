@@ -222,6 +222,9 @@ def require_segmenter(segment_cjk: str, flag: str = "--segment-cjk") -> None:
 # where a tokenizer's decoder writes "3"; PTB drops ASCII punctuation as it does in English captions, while the
 # CJK forms were tokens of their own, and a caption without the final "。" lost n-gram matches for it
 _FULLWIDTH = re.compile("[\uff00-\uffef]+")
+# what segmented text is folded by, recorded with a captioning run's validation settings: lines segmented before the
+# fold (2026-12-06) scored other CIDEr, and a resume must not rank them with later ones (train.validation.check_resume)
+CJK_FORMS = "nfkc-fullwidth"
 _IDEOGRAPHIC_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ",", "\u3000": " "})
 
 

@@ -45,7 +45,8 @@ BEST_OLD = ".best-old"  # the previous one, during the swap
 # the settings a line was measured under: `train` flags naming them (a resume under others is refused)
 SETTING_FLAGS = {"attack": "--val-attack", "split": "--val-split", "data": "--val-data", "limit": "--val-limit",
                  "captions": "captions", "captions_per_image": "captions_per_image",
-                 "parts_off": "--pgd-steps / --attack-eps / --word-budget", "segment_cjk": "--val-segment-cjk"}
+                 "parts_off": "--pgd-steps / --attack-eps / --word-budget", "segment_cjk": "--val-segment-cjk",
+                 "cjk_forms": "--val-segment-cjk's folding of fullwidth forms (since 2026-12-06)"}
 
 
 def tidy_best(run_dir: str | os.PathLike) -> None:
@@ -82,6 +83,10 @@ def settings_record(settings: ValidationSettings, source) -> dict:
         record["parts_off"] = off
     if settings.task == "captioning":  # CIDEr's text; a line written before it was unsegmented (check_resume)
         record["segment_cjk"] = settings.segment_cjk
+        if settings.segment_cjk != "none":  # segmented text is folded first (`train.caption_metrics.CJK_FORMS`)
+            from train.caption_metrics import CJK_FORMS
+
+            record["cjk_forms"] = CJK_FORMS
     return record
 
 
@@ -130,7 +135,8 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
     """Before a run resumed at step `start` writes anything: the validation lines it keeps (steps up
     to `start`) must have been measured under the settings `current` (`settings_record`); a line
     written before they were recorded is compared on its attack only, and one written before
-    --val-segment-cjk as unsegmented (`segment_cjk` none: only captioning's `current` holds the key)."""
+    --val-segment-cjk as unsegmented (`segment_cjk` none: only captioning's `current` holds the key); a
+    segmented line written before `cjk_forms` was recorded cut its text unfolded (another CIDEr)."""
     from train.config import ConfigError
 
     path = Path(run_dir) / VALIDATION_FILE
@@ -140,6 +146,8 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
             saved = dict(record.get("settings") or {}, attack=record.get("attack"))
             # a line written before --val-segment-cjk (2026-12-06) scored captioning's CIDEr unsegmented
             saved.setdefault("segment_cjk", "none")
+            if saved["segment_cjk"] != "none":  # segmented before fullwidth forms were folded (b238406): other CIDEr
+                saved.setdefault("cjk_forms", "unfolded")
             differ |= {key for key, value in saved.items() if key in current and value != current[key]}
     if differ:
         flags = [SETTING_FLAGS[key] for key in SETTING_FLAGS if key in differ]
