@@ -293,6 +293,43 @@ def test_to_dir_writes_the_hub_layout_and_round_trips(tmp_path, capsys):
     assert len(again) == 4 and again.meta == published
 
 
+def test_an_export_of_images_held_as_bytes_is_not_copied_into_memory_to_embed_them(tmp_path, capsys, monkeypatch):
+    """datasets' embedding (path -> bytes) mapped a whole shard into memory even when every image was bytes
+    already, changing nothing: `push --to-dir` of 800 rows of 640x480 (497 MB) peaked at 2.6 GB (0.7 GB without).
+    The shard is now written as it is read: the same file; a shard with a path-stored image is still embedded."""
+    import datasets
+    from datasets import Image, load_dataset
+
+    from augment import hub
+    from augment.pool import load_pool
+
+    pool = make_pool(tmp_path / "pool", rows=6)
+    embedded = tmp_path / "embedded.parquet"  # the file the map to embed writes
+    shard = load_pool(pool).dataset
+    shard.with_format("arrow").map(datasets.table.embed_table_storage, batched=True, keep_in_memory=True) \
+        .with_format(None).to_parquet(str(embedded), batch_size=hub._writer_batch_size(shard))
+
+    def no_map(*args, **kwargs):
+        raise AssertionError("the shard was mapped (copied) to embed images that are bytes already")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(datasets.Dataset, "map", no_map)
+        assert cli("push", str(pool), "--to-dir", str(tmp_path / "repo")) == 0
+    assert (tmp_path / "repo" / "data" / "train-00000-of-00001.parquet").read_bytes() == embedded.read_bytes()
+
+    # an image stored as its file's path: read into the export, named by its file name (as push_to_hub does)
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(png_bytes(9))
+    records = load_pool(pool).dataset.cast_column("image", Image(decode=False)).to_list()
+    records[2]["image"] = {"bytes": None, "path": str(picture)}
+    write_pool(tmp_path / "paths", records, pool_meta())
+    assert hub._any_image_path(load_pool(tmp_path / "paths").dataset)
+    assert cli("push", str(tmp_path / "paths"), "--to-dir", str(tmp_path / "repo2")) == 0
+    pushed = load_dataset(str(tmp_path / "repo2"), split="train").cast_column("image", Image(decode=False))
+    assert pushed[2]["image"] == {"bytes": png_bytes(9), "path": "picture.png"}
+    assert [row["image"] for row in pushed.select([0, 1, 3, 4, 5])] == [r["image"] for k, r in enumerate(records) if k != 2]
+
+
 def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
     pool = make_pool(tmp_path / "pool", method="eda", modality="text", model=None)
     out = tmp_path / "repo"
