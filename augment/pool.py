@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import json
 import os
 import platform
@@ -46,6 +47,8 @@ from augment.schema import (
 POOL_META = "pool.json"
 DATA_DIR = "data"
 SHARD_PATTERN = "shard-{index:05d}.parquet"
+# rows a shard's writer checks, encodes and takes into arrow at a time (`PoolWriter.write_shard`)
+SHARD_SLICE_ROWS = 64
 
 # these meta keys must match for a re-run to resume into an existing pool ("parent": a selection's, see
 # `identity_value`)
@@ -369,26 +372,37 @@ class PoolWriter:
     def has_shard(self, index: int) -> bool:
         return self.shard_path(index).exists()
 
-    def write_shard(self, index: int, rows: list[dict]) -> Path:
-        """Validate and write one shard atomically; an empty shard is written too (it marks done)."""
+    def write_shard(self, index: int, rows: Iterable[dict]) -> Path:
+        """Validate and write one shard atomically; an empty shard is written too (it marks done).
+
+        `rows` is read once, `SHARD_SLICE_ROWS` at a time: each slice is checked, its images encoded and
+        taken into arrow before the next is read, so rows made lazily (`Generator.iter_generate`) are let go
+        slice by slice instead of all being held as images until the last is made."""
         import pyarrow as pa
         from datasets import Dataset, DatasetInfo
 
-        for row in rows:
-            check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
-
-        columns = {name: [row.get(name) for row in rows] for name in POOL_FEATURES}
         # a generator's PIL images encoded here, one at a time, by the column's own `datasets.Image` (the
         # bytes `Dataset.from_dict` writes); rows copied from a pool (select) hold the stored form already.
         # `from_dict`'s encoding of a whole shard was a third of a selection's time, and the shard's write peaked
-        # at 2.9 GB for 300 img-aug rows of 640x480 (1.2 GB before it; 1.9 GB now)
+        # at 2.9 GB for 300 img-aug rows of 640x480 (1.2 GB before it; 1.9 GB since, 1.2 GB with img-aug's rows made lazily)
         encode = POOL_FEATURES["image"].encode_example
-        columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
         # arrow takes the columns in slices: one builder over a whole shard's image bytes grew by doubling and
         # its freed buffers stayed with arrow's allocator (0.5 GB more for 300 rows of 640x480)
-        step = 64
-        slices = [pa.Table.from_pydict({name: values[start:start + step] for name, values in columns.items()},
-                                       schema=POOL_FEATURES.arrow_schema) for start in range(0, max(len(rows), 1), step)]
+        slices = []
+        rows = iter(rows)
+        while True:
+            part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
+            if not part and slices:
+                break
+            for row in part:
+                check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
+            columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
+            columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
+            slices.append(pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema))
+            full = len(part) == SHARD_SLICE_ROWS
+            part = columns = row = None  # this slice's images go before the next slice's are made
+            if not full:
+                break
         # a fingerprint given: without one datasets hashes the table by pickling it whole (another copy of it)
         table = Dataset(pa.concat_tables(slices), info=DatasetInfo(features=POOL_FEATURES), fingerprint=f"shard-{index}")
         final = self.shard_path(index)

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,9 @@ class Generator(ABC):
     # to the bar's postfix, since a shard of a real-size model takes minutes on a GPU and hours on a CPU
     # with nothing else moving on the screen; None: no one listens
     on_shard_progress: Callable[[int, int, str], None] | None = None
+    # whether a run writes a shard from `iter_generate` (rows made as the writer reads them) rather than from
+    # `generate`'s list: img-aug's, whose rows are all images
+    lazy_rows: bool = False
 
     def shard_progress(self, done: int, total: int, unit: str) -> None:
         if self.on_shard_progress is not None:
@@ -72,6 +75,12 @@ class Generator(ABC):
         Use `self.row(...)` to build rows and `row_seed` for every random draw, so a row's
         content depends only on (seed, image id, caption index, k).
         """
+
+    def iter_generate(self, items: list[dict], n: int, seed: int) -> Iterator[dict]:
+        """`generate`'s rows one at a time (`PoolWriter.write_shard` reads them a slice at a time). A method
+        whose rows hold large images makes them as they are read (and sets `lazy_rows`), so a shard's images
+        are not all held at once; by default, `generate`'s list."""
+        yield from self.generate(items, n, seed)
 
     def row(self, item: dict, caption_index: int, k: int, seed: int, *, caption: str | None = None,
             image: Any = None, modality: str | None = None, **provenance: Any) -> dict:
@@ -244,7 +253,8 @@ def _generate(generator: Generator, source, out: str, *, n: int, seed: int, spli
                 generator.on_shard_progress = partial(_show_shard_progress, bar, f"shard {k + 1}/{num_shards}")
                 if bar.postfix:  # the last shard's report ('shard 1/40: 256/256 images') is not this shard's
                     bar.set_postfix_str(f"shard {k + 1}/{num_shards}")
-            writer.write_shard(k, generator.generate(batch, n, seed))
+            made = generator.iter_generate if generator.lazy_rows else generator.generate
+            writer.write_shard(k, made(batch, n, seed))
             bar.update(len(batch))
     except RuntimeError as exc:  # torch's SIGCHLD handler raises a worker's death wherever the main process is
         raise_worker_death(exc, after_worker_death)
