@@ -376,8 +376,9 @@ class PoolWriter:
         """Validate and write one shard atomically; an empty shard is written too (it marks done).
 
         `rows` is read once, `SHARD_SLICE_ROWS` at a time: each slice is checked, its images encoded and
-        taken into arrow before the next is read, so rows made lazily (`Generator.iter_generate`) are let go
-        slice by slice instead of all being held as images until the last is made."""
+        written into an arrow file beside the shard before the next is read, so rows made lazily
+        (`Generator.iter_generate`) are let go slice by slice instead of all being held as images until the
+        last is made, and the shard's encoded table is not held either: it is written from that file, mapped."""
         import pyarrow as pa
         from datasets import Dataset, DatasetInfo
 
@@ -387,32 +388,40 @@ class PoolWriter:
         # at 2.9 GB for 300 img-aug rows of 640x480 (1.2 GB before it; 1.9 GB since, 1.2 GB with img-aug's rows made lazily)
         encode = POOL_FEATURES["image"].encode_example
         # arrow takes the columns in slices: one builder over a whole shard's image bytes grew by doubling and
-        # its freed buffers stayed with arrow's allocator (0.5 GB more for 300 rows of 640x480)
-        slices = []
-        rows = iter(rows)
-        while True:
-            part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
-            if not part and slices:
-                break
-            for row in part:
-                check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
-            columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
-            columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
-            slices.append(pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema))
-            full = len(part) == SHARD_SLICE_ROWS
-            part = columns = row = None  # this slice's images go before the next slice's are made
-            if not full:
-                break
-        # a fingerprint given: without one datasets hashes the table by pickling it whole (another copy of it)
-        table = Dataset(pa.concat_tables(slices), info=DatasetInfo(features=POOL_FEATURES), fingerprint=f"shard-{index}")
+        # its freed buffers stayed with arrow's allocator (0.5 GB more for 300 rows of 640x480). Each slice goes
+        # to an arrow file beside the shard as it is made, and the shard is written from that file memory-mapped:
+        # a shard's encoded table was held whole until written (0.5 GB for 800 rows of 640x480, ~29 GB for 256
+        # 12-megapixel photos at --n 5); the same table to datasets' own writer, so the same bytes
         final = self.shard_path(index)
-        tmp = temporary_path(final)
+        tmp, staged = temporary_path(final), temporary_path(final, ".arrow")
         try:
-            with naming_write_errors(final, tmp):  # a full disk names the shard
-                table.to_parquet(str(tmp))
+            with naming_write_errors(final, tmp, staged):  # a full disk names the shard
+                with pa.OSFile(str(staged), "wb") as sink, pa.ipc.new_file(sink, POOL_FEATURES.arrow_schema) as arrow_file:
+                    rows, written = iter(rows), 0
+                    while True:
+                        part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
+                        if not part and written:
+                            break
+                        for row in part:
+                            check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
+                        columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
+                        columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
+                        arrow_file.write_table(pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema))
+                        written += 1
+                        full = len(part) == SHARD_SLICE_ROWS
+                        part = columns = row = None  # this slice's images go before the next slice's are made
+                        if not full:
+                            break
+                with pa.memory_map(str(staged)) as source:
+                    # a fingerprint given: without one datasets hashes the table by pickling it whole (another copy)
+                    table = Dataset(pa.ipc.open_file(source).read_all(), info=DatasetInfo(features=POOL_FEATURES),
+                                    fingerprint=f"shard-{index}")
+                    table.to_parquet(str(tmp))
+                    table = None
                 os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
         self._shards_written += 1
         return final
 
