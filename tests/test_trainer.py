@@ -660,6 +660,32 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
     assert all(torch.equal(here[name], there[name]) for name in there)  # 4 of 4 steps: nothing left to train
 
 
+@pytest.mark.parametrize("damage", [b'{"steps": 2, "fin', b"[1, 2]\n", b'{"method": "cl\xffean"}'])
+def test_resuming_a_finished_run_with_a_damaged_summary_is_one_line(tmp_path, sample_world_dir, capsys, damage):
+    """A finished run resumed reads RUN/summary.json back to return it: truncated, not an object or not
+    UTF-8 it was a JSONDecodeError traceback (exit 1, audit AZ). Now one line naming it, exit 2, nothing
+    written; deleted as the line says, the resume writes it again from the final checkpoint."""
+    from train.cli import main
+
+    _run(tmp_path, "done", sample_world_dir, method="clean", pgd_steps=10)  # the CLI default: clean has no --pgd-steps
+    run = tmp_path / "done"
+    whole = (run / "summary.json").read_bytes()
+    (run / "summary.json").write_bytes(damage)
+    argv = ["clean", "--train-data", str(sample_world_dir), "--out", str(run), "--max-steps", "2", "--batch-size", "8",
+            "--lr", "1e-4", "--log-every", "1", "--workers", "0", "--no-progress",
+            "--resume", "latest"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{run / 'summary.json'}: damaged" in lines[0] and "delete it" in lines[0]
+    assert (run / "summary.json").read_bytes() == damage  # nothing written over it
+    (run / "summary.json").unlink()
+    assert main(argv) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == json.loads(whole)["steps"] == 2
+
+
 @pytest.mark.parametrize("warmup, total", [(1, 4), (3, 10), (10, 100), (0, 5)])
 def test_cosine_with_warmup_equals_open_clip_train_cosine_lr(warmup, total):
     import torch

@@ -198,7 +198,7 @@ class Trainer:
             summary_file = self.run_dir / SUMMARY_FILE
             if int(state["step"]) == self.total_steps and this_run and summary_file.is_file():
                 # this run is finished: nothing to train, and nothing of it is written again
-                self.finished_summary = json.loads(summary_file.read_text())
+                self.finished_summary = _read_finished_summary(summary_file)
                 return
             # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size.
             # Only when the resumed folder IS RUN/ckpt: a copy elsewhere in RUN (RUN/backup) left RUN/ckpt unwritten
@@ -682,6 +682,23 @@ class _LogWindow:
 
     def mean(self, name: str) -> float | None:
         return self.sums[name] / self.counts[name] if self.counts.get(name) else None
+
+
+def _read_finished_summary(path: Path) -> dict:
+    """A finished run's summary.json, which a resume of it returns; one line naming it when it is damaged
+    (truncated, edited, not UTF-8, not an object): a traceback before. Deleted, the resume writes it again."""
+    problem = None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = first_line(exc)
+    else:
+        if not isinstance(summary, dict):
+            problem = f"a JSON object expected, got {type(summary).__name__}"
+    if problem is not None:
+        raise MatPlusError(f"{path}: damaged ({problem}); delete it and run this command again to write it anew "
+                           "from the run's final checkpoint")
+    return summary
 
 
 def _summary_line(summary: dict) -> str:
