@@ -54,13 +54,24 @@ def _results_shape_problem(results) -> str | None:
             return "each headline row must be an object naming its run"
         for key in ("clean", "robust", "clean_best", "robust_best"):
             value = row.get(key)
+            # a mean needs its spread and n (`fmt` formats both): [mean, null, null] was a TypeError traceback
             if value and not (isinstance(value, list) and len(value) == 3
-                              and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
-                                      for v in value)):
+                              and all(v is None or _is_number(v) for v in value)
+                              and (value[0] is None or _is_number(value[1]) and _is_number(value[2]))):
                 return f"headline {row['run']}.{key} must be [mean, spread, n], got {value!r}"
     if not isinstance(results.get("verdicts", []), list):
         return "verdicts must be a list"
+    for v in results.get("verdicts", []):  # what `verdict_lines` formats (None: a comparison with no numbers)
+        if v is not None and not (isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("run", "baseline", "checkpoint"))
+                                  and all(_is_number(v.get(k)) for k in ("difference", "spread", "n"))
+                                  and isinstance(v.get("beyond_twice_spread"), bool)):
+            return ("each verdict must be an object with run, baseline, checkpoint, difference, spread, n and "
+                    f"beyond_twice_spread, got {repr(v)[:80]}")
     return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fmt(stat: tuple[float | None, float | None, int]) -> str:

@@ -583,6 +583,16 @@ def test_a_null_oracle_factor_means_the_default(tmp_path):
     ("[]", "not a study's results (an object with a 'config' object)"),
     ('{"config": {"name": "x"}, "headline": [{"run": "mat", "clean": ["abc", 1, 2]}]}',
      "headline mat.clean must be [mean, spread, n]"),
+    # a mean without its spread or n, a verdict that is not one: TypeError / KeyError tracebacks until audit AZ
+    ('{"config": {"name": "x"}, "headline": [{"run": "mat", "robust": [18.75, null, null]}]}',
+     "headline mat.robust must be [mean, spread, n], got [18.75, None, None]"),
+    ('{"config": {"name": "x"}, "headline": [{"run": "mat", "robust": [18.75, null, 2]}]}',
+     "headline mat.robust must be [mean, spread, n]"),
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": ["mat+ better"]}', "each verdict must be an object"),
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "n": 1}]}',
+     "each verdict must be an object with run, baseline, checkpoint, difference, spread, n"),
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "checkpoint": '
+     '"last", "difference": "x", "spread": 0.0, "n": 1, "beyond_twice_spread": false}]}', "each verdict must be"),
 ])
 def test_regimes_names_a_damaged_or_foreign_results_json(tmp_path, capsys, text, named):
     """`analysis regimes` read results.json unchecked: a KeyError, TypeError or JSONDecodeError traceback."""
