@@ -499,7 +499,16 @@ def _check_holds_same_pool(api, repo_id: str, revision: str | None, meta: dict, 
             "choose another --repo-id, or --force to replace its data"
         )
     path = api.hf_hub_download(repo_id, POOL_META, repo_type="dataset", revision=revision)
-    theirs = json.loads(Path(path).read_text())
+    try:
+        theirs = json.loads(Path(path).read_text(encoding="utf-8"))
+        problem = None if isinstance(theirs, dict) else f"a JSON object expected, got {type(theirs).__name__}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # "the Hub client failed: JSONDecodeError" before
+        problem = first_line(exc)
+    if problem is not None:
+        raise HubError(
+            f"{where}: its {POOL_META} is damaged ({problem}), so whether it holds this pool cannot be told; "
+            "push to a branch with --revision NAME, choose another --repo-id, or replace it with --force"
+        )
     if not same_pool(published_document(meta), theirs):  # theirs was published so
         raise HubError(
             f"{where}: holds a different pool (method {theirs.get('method')!r}, "

@@ -828,3 +828,21 @@ def test_the_card_says_how_a_row_joins_back_to_its_source():
 
     meaning = COLUMN_MEANINGS["source_image_id"]
     assert "cocoid" in meaning and "join on it, with split" in meaning
+
+
+@pytest.mark.parametrize("served", ['{"method": "t2i-sd", "num_ro', "[1, 2]", '"a pool"'])
+def test_a_damaged_pool_json_in_the_repo_is_one_line(hub, tmp_path, capsys, served):
+    """The repository's pool.json (an earlier push's, or a hand edit) was read with a bare json.loads:
+    truncated it was a JSONDecodeError traceback, not an object an AttributeError one (audit AZ)."""
+    pool = make_pool(tmp_path / "pool")
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with(".gitattributes", "README.md", "pool.json", "data/train-00000-of-00001.parquet")
+    serve(hub, "pool.json", served)
+    capsys.readouterr()  # the pool's writing
+
+    assert cli("push", str(pool), "--repo-id", "org/pool") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert "org/pool: its pool.json is damaged" in err and "--force" in err, err
+    hub.push_to_hub.assert_not_called()
+    hub.create_commit.assert_not_called()
