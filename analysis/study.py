@@ -49,13 +49,28 @@ def read_study_json(path: Path) -> Any:
         raise MatPlusError(f"{path}: damaged ({first_line(exc)}); delete it to redo the step that wrote it") from None
 
 
+def read_study_record(path: Path, *keys: str) -> dict:
+    """`read_study_json` of a file the study wrote as a JSON object (a stage's .done.json or .started.json,
+    an eval.json, scores.json), holding `keys`: a list or a record without them, hand-edited or foreign, is
+    the same one line (it was an AttributeError or KeyError traceback)."""
+    record = read_study_json(path)
+    if not isinstance(record, dict):
+        problem = f"a JSON object expected, got {'null' if record is None else type(record).__name__}"
+    else:
+        missing = [key for key in keys if key not in record]
+        problem = f"no {missing[0]!r}" if missing else None
+    if problem is not None:
+        raise MatPlusError(f"{path}: damaged ({problem}); delete it to redo the step that wrote it")
+    return record
+
+
 def _settings_hash(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_done(folder: Path, settings: Any) -> bool:
     marker = folder / DONE
-    return marker.exists() and read_study_json(marker).get("settings") == _settings_hash(settings)
+    return marker.exists() and read_study_record(marker).get("settings") == _settings_hash(settings)
 
 
 def mark_done(folder: Path, settings: Any, **extra: Any) -> None:
@@ -79,7 +94,7 @@ def made(folder: Path) -> str | None:
 def done_record(folder: Path) -> dict | None:
     """The cached stage's record in `folder` (None: not made, or not by a study)."""
     marker = folder / DONE
-    return read_study_json(marker) if marker.exists() else None
+    return read_study_record(marker) if marker.exists() else None
 
 
 # how a path inside the study folder is written in a cache key: `<study>/pretrain/ckpt`
@@ -158,10 +173,10 @@ class Study:
         marker = folder / DONE
         if in_place is not None and is_done(folder, in_place):
             # the old record stays beside the new one: an evaluation's key holds its run's whole record
-            mark_done(folder, settings, in_place=read_study_json(marker))
+            mark_done(folder, settings, in_place=read_study_record(marker))
             return True
         if marker.exists():
-            record = read_study_json(marker)
+            record = read_study_record(marker)
             parts = record.get("parts") or {}
             now = _part_hashes(settings)
             changed = sorted(key for key in set(parts) | set(now) if parts.get(key) != now.get(key)) if parts else []
@@ -318,7 +333,7 @@ class Study:
     def score(self, name: str) -> dict:
         folder = self.pool(name)
         scorer = self.config.get("scorer") or str(self.pretrain())
-        settings = {"scorer": scorer, "pool": read_study_json(folder / DONE)["settings"]}
+        settings = {"scorer": scorer, "pool": read_study_record(folder / DONE, "settings")["settings"]}
         if not self.config.get("scorer"):  # the study's pretrained model: its weights change under the same path
             settings["pretrained_fingerprint"] = made(Path(scorer).parent)
         marker = folder / "scores" / DONE
@@ -327,7 +342,7 @@ class Study:
             self.log(f"[score] {name}")
             run_augment(["score", str(folder), "--scorer", scorer, "--source", str(self.source_dir("finetune")), "--no-progress"])
             mark_done(marker.parent, key)
-        return read_study_json(folder / "scores.json")
+        return read_study_record(folder / "scores.json")
 
     # ------------------------------------------------------------------ 5-6. runs and evaluations
 
@@ -435,7 +450,11 @@ class Study:
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, key)
-        report = read_study_json(folder / EVAL_JSON)
+        report = read_study_record(folder / EVAL_JSON)
+        from analysis.cli import _shape_problem  # what `analysis compare` checks of an eval.json
+
+        if problem := _shape_problem(report):
+            raise MatPlusError(f"{folder / EVAL_JSON}: damaged ({problem}); delete it to redo the step that wrote it")
         write = self.arm.write_report if self.arm is not None else lambda r, f: write_report(r, f, markdown_report)
         return renamed_checkpoint(report, checkpoint, self.out, folder, write)
 
@@ -507,7 +526,7 @@ class Study:
 
                 entry["curve"] = read_curve(checkpoint.parent)
                 best = checkpoint.parent / BEST_DIR
-                entry["best_step"] = read_study_json(best / "validation.json")["step"]
+                entry["best_step"] = read_study_record(best / "validation.json", "step")["step"]
                 # the last step's weights are the best ones: the same evaluation
                 entry["eval_best"] = (entry["eval"] if entry["best_step"] == config["train"]["max_steps"]
                                       else self.evaluate(spec.folder_name(seed) + "-best", best, seed))
@@ -624,7 +643,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
 
     if made_from is not None:
         started = folder / STARTED
-        recorded = read_study_json(started).get("made_from") if started.exists() else None
+        recorded = read_study_record(started).get("made_from") if started.exists() else None
         has_run = any((folder / name).exists() for name in RUN_OUTPUTS)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(started, {"made_from": made_from})

@@ -611,6 +611,53 @@ def test_a_damaged_file_of_a_study_folder_is_one_line_naming_it(tmp_path):
         read_study_json(path)
 
 
+@pytest.mark.parametrize("text, problem", [("[]", "a JSON object expected, got list"),
+                                           ('"done"', "a JSON object expected, got str"),
+                                           ("null", "a JSON object expected, got null")])
+def test_a_study_record_that_is_not_an_object_is_one_line_naming_it(tmp_path, text, problem):
+    """A .done.json, .started.json or eval.json of the study folder that is JSON but not an object (a hand
+    edit, a foreign file) was an AttributeError traceback ('list' object has no attribute 'get'), a record
+    without its key a KeyError, an eval.json of the wrong shape a KeyError or TypeError (audit AZ)."""
+    from analysis.config import load_study_config
+    from analysis.study import DONE, STARTED, Study, train_resumable
+    from augment.errors import MatPlusError
+
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=lambda line: None)
+    folder = tmp_path / "out" / "evals" / "mat-s0"
+    folder.mkdir(parents=True)
+    (folder / DONE).write_text(text)
+    damaged = f"^{re.escape(str(folder / DONE))}: damaged \\({problem}\\); delete it to redo the step"
+    with pytest.raises(MatPlusError, match=damaged):
+        study.cached("eval", folder, {"steps": 4})
+    run = tmp_path / "out" / "runs" / "mat-s0"
+    run.mkdir(parents=True)
+    (run / STARTED).write_text(text)
+    with pytest.raises(MatPlusError, match=f"^{re.escape(str(run / STARTED))}: damaged \\({problem}\\)"):
+        train_resumable(run, {"method": "mat"}, made_from="abc")
+    from analysis.study import read_study_record
+
+    (folder / DONE).write_text(json.dumps({"parts": {}}))
+    with pytest.raises(MatPlusError, match=f"^{re.escape(str(folder / DONE))}: damaged \\(no 'settings'\\)"):
+        read_study_record(folder / DONE, "settings")
+
+
+@pytest.mark.parametrize("report, problem", [([], "a JSON object expected, got list"),
+                                             ({"attacks": "x"}, "an object whose 'attacks' map"),
+                                             ({"attacks": {"pgd": {"tr@1": "x"}}}, "attacks.pgd.tr@1 must be a number")])
+def test_a_study_eval_json_of_the_wrong_shape_is_one_line_naming_it(tmp_path, report, problem):
+    from analysis.config import load_study_config
+    from analysis.study import Study
+    from augment.errors import MatPlusError
+
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=lambda line: None)
+    study.cached = lambda *args, **kwargs: True  # the evaluation is recorded done: its eval.json is read back
+    folder = tmp_path / "out" / "evals" / "mat-s0"
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps(report))
+    with pytest.raises(MatPlusError, match=f"^{re.escape(str(folder / 'eval.json'))}: damaged \\({re.escape(problem)}"):
+        study.evaluate("mat-s0", tmp_path / "out" / "runs" / "mat-s0" / "ckpt", 0)
+
+
 def test_a_stage_an_earlier_version_recorded_says_so_when_redone(tmp_path):
     """A study continued by a newer mat-plus redid its stages "made with other settings or inputs",
     for an unchanged config: the earlier version's markers hold no per-setting parts."""
