@@ -766,6 +766,35 @@ def test_a_damaged_checkpoint_is_one_line_naming_its_file(tmp_path, sample_world
         assert err.startswith("error: ") and expected in err, err
 
 
+@pytest.mark.parametrize("change, expected", [
+    ({"step": -1}, "'step' must be a whole number >= 0, got -1"),
+    ({"draws_total": -1}, "'draws_total' must map each source to a whole number of rows drawn, got -1"),
+    ({"draws_total": "original"}, "'draws_total' must map each source"),
+    ({"draws_total": {"original": float("nan")}}, "'draws_total' must map each source"),
+    ({"elapsed_seconds": "x"}, "'elapsed_seconds' must be a number of seconds, got 'x'"),
+])
+def test_a_state_json_of_impossible_counters_is_one_line_naming_it(tmp_path, sample_world_dir, capsys, change, expected):
+    """state.json's 'step' was checked to be an integer only: -1 was resumed "from step -1", exit 0; a
+    draws_total that is a number was a TypeError traceback from Counter, a string was counted letter by
+    letter, a NaN count a ValueError once the run had trained, an elapsed_seconds of text a ValueError (audit AZ)."""
+    from train.cli import main
+
+    run = tmp_path / "run"
+    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
+            "--no-progress", "--out", str(run)]
+    assert main([*argv, "--max-steps", "1"]) == 0
+    path = run / "ckpt" / "train_state" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "2", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{path}: not a training state ({expected}" in lines[0], lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files  # nothing written
+
+
 def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
     """A loss that is not finite stops the run instead of training on NaN weights (open_clip_train has
     no such check). metrics.jsonl stays strict JSON: the diverged line's loss is null, its value named

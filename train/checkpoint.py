@@ -26,6 +26,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -233,8 +234,28 @@ def read_state(folder: Path) -> dict:
                               "--overwrite") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{path}: not a training state (no integer 'step')")
+    problem = _state_problem(state)
+    if problem is not None:  # a resume trained on "from step -1", or stopped with a TypeError in Counter
+        raise CheckpointError(f"{path}: not a training state ({problem}); resume from another checkpoint, or start "
+                              "over with --overwrite")
     check_model_files(folder, state)
     return state
+
+
+def _state_problem(state: dict) -> str | None:
+    """What of a state.json's counters a resume takes up is not what a run writes (None: nothing)."""
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not count(state["step"]):
+        return f"'step' must be a whole number >= 0, got {state['step']!r}"
+    draws = state.get("draws_total", {})
+    if not isinstance(draws, dict) or not all(count(n) for n in draws.values()):
+        return f"'draws_total' must map each source to a whole number of rows drawn, got {str(draws)[:80]}"
+    elapsed = state.get("elapsed_seconds", 0.0)
+    if not (isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and math.isfinite(elapsed) and elapsed >= 0):
+        return f"'elapsed_seconds' must be a number of seconds, got {elapsed!r}"
+    return None
 
 
 def check_model_files(folder: Path, state: dict) -> None:
