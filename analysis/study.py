@@ -338,7 +338,8 @@ class Study:
             settings["pretrained_fingerprint"] = made(Path(scorer).parent)
         marker = folder / "scores" / DONE
         key = self.portable(settings, "scorer")
-        if not self.cached("score", marker.parent, key, in_place=settings):
+        # scores.json deleted (as its damage report says): scored again, not [Errno 2]
+        if not ((folder / "scores.json").is_file() and self.cached("score", marker.parent, key, in_place=settings)):
             self.log(f"[score] {name}")
             run_augment(["score", str(folder), "--scorer", scorer, "--source", str(self.source_dir("finetune")), "--no-progress"])
             mark_done(marker.parent, key)
@@ -432,14 +433,16 @@ class Study:
         # a key made before `portable` held the run's record as it was then (see Study.cached)
         in_place = dict(settings, trained=trained.get("in_place", trained)) if trained else settings
         key = self.portable(settings, "checkpoint")
-        if self.arm is not None and not self.cached("eval", folder, key, in_place=in_place):
+        # an eval.json deleted (as its damage report says) redoes the evaluation: it was [Errno 2] after
+        made = (folder / EVAL_JSON).is_file() and self.cached("eval", folder, key, in_place=in_place)
+        if self.arm is not None and not made:
             self.log(f"[eval] {name}")
             where = {"device": self.eval_device()} if _takes_device(self.arm.evaluate_checkpoint) else {}
             if not where:  # an arm written before 2026-12-06 (no device): it loads where it chooses, as it did
                 self.log(f"  (the {self.task} arm's evaluate_checkpoint takes no device: not given one)")
             self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder, **where)
             mark_done(folder, key)
-        if self.arm is None and not self.cached("eval", folder, key, in_place=in_place):  # (the arm's evaluation is done above)
+        if self.arm is None and not made:  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
             options = eval_attack_options(e)

@@ -658,6 +658,40 @@ def test_a_study_eval_json_of_the_wrong_shape_is_one_line_naming_it(tmp_path, re
         study.evaluate("mat-s0", tmp_path / "out" / "runs" / "mat-s0" / "ckpt", 0)
 
 
+def test_a_deleted_eval_json_or_scores_json_redoes_its_step(tmp_path, monkeypatch):
+    """A damaged eval.json or scores.json says "delete it to redo the step that wrote it", but the step's
+    .done.json still held: the next run stopped with "[Errno 2] No such file or directory" (audit AZ)."""
+    import analysis.study as study_module
+    import augment.sources
+    import models
+    import train.eval_report
+    import train.evaluate
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study, mark_done
+
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out"), "scorer": "tiny-clip"}), log=lambda line: None)
+    study.cached = lambda *args, **kwargs: True  # every step recorded done
+    study.source_dir = lambda name: tmp_path / "world"
+    report = {"attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0}}, "settings": {}, "victim": {"name": "m"}}
+    calls = []
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(augment.sources, "load_source", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda *args, **kwargs: calls.append("eval") or dict(report))
+    monkeypatch.setattr(train.eval_report, "write_report",
+                        lambda report, folder, markdown: folder.mkdir(parents=True, exist_ok=True)
+                        or (folder / "eval.json").write_text(json.dumps(report)))
+    assert study.evaluate("mat-s0", tmp_path / "out" / "runs" / "mat-s0" / "ckpt", 0)["attacks"] == report["attacks"]
+    assert calls == ["eval"] and (tmp_path / "out" / "evals" / "mat-s0" / "eval.json").is_file()
+
+    pool = tmp_path / "out" / "pools" / "scene"
+    mark_done(pool, {"method": "i2t-scene"})
+    study.pool = lambda name: pool
+    monkeypatch.setattr(study_module, "run_augment",
+                        lambda argv: calls.append(argv[0]) or (pool / "scores.json").write_text('{"scorers": {}}'))
+    assert study.score("scene") == {"scorers": {}} and calls == ["eval", "score"]
+    assert (pool / DONE).is_file()
+
+
 def test_a_stage_an_earlier_version_recorded_says_so_when_redone(tmp_path):
     """A study continued by a newer mat-plus redid its stages "made with other settings or inputs",
     for an unchanged config: the earlier version's markers hold no per-setting parts."""
