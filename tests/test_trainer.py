@@ -795,6 +795,31 @@ def test_a_state_json_of_impossible_counters_is_one_line_naming_it(tmp_path, sam
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files  # nothing written
 
 
+@pytest.mark.parametrize("lose", ["delete", "folder"])
+def test_a_lost_rng_file_of_a_process_the_run_had_is_one_line(tmp_path, sample_world_dir, capsys, lose):
+    """train_state/rng-<rank>.pt is absent only when resuming with more processes than the run had; one the
+    run's own process saved, deleted or replaced by a folder, was skipped without a word and the resume
+    drew other random numbers than the run would have, exit 0 (audit AZ)."""
+    from train.cli import main
+
+    run = tmp_path / "run"
+    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
+            "--no-progress", "--out", str(run)]
+    assert main([*argv, "--max-steps", "1"]) == 0
+    rng = run / "ckpt" / "train_state" / "rng-0.pt"
+    rng.unlink()
+    if lose == "folder":
+        rng.mkdir()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "2", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{rng}: missing (the run's process 0 saved its random states there)" in lines[0], lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files  # nothing written
+
+
 def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
     """A loss that is not finite stops the run instead of training on NaN weights (open_clip_train has
     no such check). metrics.jsonl stays strict JSON: the diverged line's loss is null, its value named

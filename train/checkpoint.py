@@ -281,8 +281,10 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     model.load_state_dict(saved.state_dict(), strict=True)
 
 
-def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int) -> None:
-    """Restore optimizer, scheduler, grad scaler and this process's RNG states."""
+def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int,
+                        saved_world_size: int | None = None) -> None:
+    """Restore optimizer, scheduler, grad scaler and this process's RNG states (`saved_world_size`:
+    state.json's, the processes that saved theirs: None when it is not recorded)."""
     state_dir = folder / STATE_DIR
     try:
         optimizer.load_state_dict(_load(state_dir / "optimizer.pt"))
@@ -304,3 +306,8 @@ def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler:
     rng_file = state_dir / f"rng-{rank}.pt"
     if rng_file.is_file():  # absent when resuming with more processes than the run had
         _set_rng_state(_load(rng_file))
+    elif isinstance(saved_world_size, int) and rank < saved_world_size:
+        # a process of the run saved it: lost (a partial copy, a hand edit), the resume drew other
+        # random numbers than the run would have, without a word
+        raise CheckpointError(f"{rng_file}: missing (the run's process {rank} saved its random states there); copy "
+                              "the checkpoint again, resume from another one, or start over with --overwrite")
