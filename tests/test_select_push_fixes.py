@@ -327,6 +327,10 @@ SCORES_DAMAGE = {
     "pool a text": (lambda d, e: e.update(pool="p"), "'pool'"),
     "tables null": (lambda d, e: e.update(tables=None), "'tables'"),
     "scorer without name": (lambda d, e: e["scorer"].pop("name"), "'scorer.name'"),
+    # push's card read these as objects of objects: AttributeError tracebacks until audit AZ
+    "alignment a text": (lambda d, e: e.update(alignment="x"), "'alignment'"),
+    "gap a list": (lambda d, e: e.update(gap=[1]), "'gap'"),
+    "diversity of a text": (lambda d, e: e.update(diversity={"text": "x"}), "'diversity'"),
 }
 
 

@@ -220,6 +220,9 @@ def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
 # edited by hand must fail here in one line, not as a KeyError deep in a reader
 _ENTRY_KEYS = ((("scorer",), dict, "an object"), (("scorer", "name"), str, "a text"), (("scorer", "id"), str, "a text"),
                (("pool",), dict, "an object"), (("tables",), dict, "an object"), (("tables", "rows"), str, "a text"))
+# the measures' summaries, by modality, that push's data card reads where present (data_cards.render): each an
+# object of objects (or nulls); `"alignment": "x"` was an AttributeError traceback of augment push
+_SUMMARY_GROUPS = ("alignment", "clipscore", "diversity", "gap")
 
 
 def check_scores_document(document, path: Path, pool_path: str | os.PathLike) -> None:
@@ -241,6 +244,12 @@ def check_scores_document(document, path: Path, pool_path: str | os.PathLike) ->
             if not isinstance(holder.get(key), kind):
                 found = f"{holder[key]!r}, not {what}" if key in holder else "missing"
                 raise PoolError(f"{path}: in the entry of scorer {slug!r}, {'.'.join((*parents, key))!r} is {found}; {way_out}")
+        for group in _SUMMARY_GROUPS:
+            value = entry.get(group)
+            if value is not None and not (isinstance(value, dict) and all(v is None or isinstance(v, dict)
+                                                                          for v in value.values())):
+                raise PoolError(f"{path}: in the entry of scorer {slug!r}, {group!r} is {str(value)[:60]!r}, not an "
+                                f"object of its modalities' statistics; {way_out}")
     latest = document.get("latest")
     if scorers and not (isinstance(latest, str) and latest in scorers):
         raise PoolError(f"{path}: 'latest' is {latest!r}, not the name of one of its scorers ({', '.join(scorers)}); {way_out}")
