@@ -208,6 +208,24 @@ def test_a_progress_file_with_the_wrong_content_is_one_line(kept_progress, sampl
     assert not (out / "eval.json").exists()
 
 
+def test_a_progress_settings_json_that_is_not_utf8_is_one_line(kept_progress, sample_world_dir, capsys):
+    """OUT/.progress/settings.json with a byte that is not UTF-8 (a damaged disk, a hand edit) was a
+    UnicodeDecodeError traceback, exit 1 (audit AZ); it is damaged as a truncated one is: the finished
+    batches cannot be resumed, the line says --restart, and they are kept until then."""
+    from train.cli import main
+
+    out, _ = kept_progress
+    marker = out / ".progress" / "settings.json"
+    text = marker.read_bytes()
+    marker.write_bytes(text[:20] + b"\xff\xfe" + text[20:])
+    batches = {p: p.read_bytes() for p in (out / ".progress").rglob("batch-*.pt")}
+    assert main(eval_args(sample_world_dir, out)) == 2
+    line = one_line_error(capsys)
+    assert "settings.json is missing or damaged, so no evaluation can resume them" in line and "--restart" in line, line
+    assert {p: p.read_bytes() for p in (out / ".progress").rglob("batch-*.pt")} == batches and batches
+    assert not (out / "eval.json").exists()
+
+
 def test_progress_with_the_right_content_still_resumes_to_the_same_numbers(kept_progress, sample_world_dir):
     from train.cli import main
 

@@ -148,7 +148,10 @@ class BatchStore:
         clear_trash(self.folder)  # a killed clean-up's leftovers: never read as progress
         wanted = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
         marker = self.folder / SETTINGS_FILE
-        found = marker.read_text(encoding="utf-8") if marker.is_file() else None
+        try:
+            found = marker.read_text(encoding="utf-8") if marker.is_file() else None
+        except UnicodeDecodeError:  # damaged (not UTF-8): no evaluation can resume its batches; a traceback before
+            found = ""
         if self.folder.exists() and found != wanted and not _same_before_format(found, settings):
             finished = sorted(self.folder.rglob("batch-*.pt"))
             if finished:
