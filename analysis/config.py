@@ -114,11 +114,14 @@ def load_study_config(path: str | Path | None, overrides: dict | None = None) ->
         if candidate.is_dir():
             raise MatPlusError(f"study config {path}: is a folder, not a YAML file")
         try:
-            layer = load_settings_yaml(candidate.read_text(encoding="utf-8")) or {}
+            layer = load_settings_yaml(candidate.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise MatPlusError(f"study config {candidate}: not UTF-8 text; save it as UTF-8") from None
         except yaml.YAMLError as exc:
             raise MatPlusError(f"study config {candidate}: malformed YAML: {str(exc).splitlines()[0]}") from None
+        if layer is None:  # an empty file (a failed write, one not filled in yet) ran the whole default study
+            raise MatPlusError(f"study config {candidate}: holds no settings (empty, or comments only); leave "
+                               "--config out to run the default study")
         if not isinstance(layer, dict):
             raise MatPlusError(f"study config {candidate}: expected a mapping of settings, got {type(layer).__name__}")
     config = _merge(DEFAULTS, layer)

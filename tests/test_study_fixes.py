@@ -920,3 +920,13 @@ def test_a_verdict_within_the_spread_says_no_difference_is_shown_not_that_there_
     line, = verdict_lines([{"run": "mat+:a", "baseline": "mat", "difference": 1.0, "spread": 8.2, "n": 3,
                             "beyond_twice_spread": False, "checkpoint": "last"}])
     assert "no difference shown: within twice the larger seed spread (2 x 8.2, n = 3 seeds)" in line
+
+
+@pytest.mark.parametrize("text", ["", "# my study, to be filled in\n", "\n\n"])
+def test_an_empty_study_config_file_is_refused_not_read_as_the_default_study(tmp_path, capsys, text):
+    """`analysis study --config FILE` of an empty file (a failed write, one not filled in yet) read as no
+    settings: the whole default study started (thousands of images, hours) into outputs/ (audit AZ)."""
+    config = tmp_path / "my.yaml"
+    config.write_text(text)
+    _fails(capsys, ["study", "--config", config, "--out", tmp_path / "out"], f"study config {config}: holds no settings")
+    assert not (tmp_path / "out").exists()
