@@ -266,6 +266,9 @@ COUNTS = {
     "world": ("n",), "pretrain": ("steps", "batch_size"), "finetune_captions": ("per_image",),
     "validation": ("every", "limit", "captions_per_image", "batch_size"), "more_samples": ("oracle_factor",),
 }
+# the counts a null means something for (every image, every caption, the default factor); another count's
+# null was a TypeError: at load (world.n, finetune_captions.per_image, validation.every) or once pretraining began
+NULLABLE_COUNTS = {("validation", "limit"), ("validation", "captions_per_image"), ("more_samples", "oracle_factor")}
 
 
 def _check_shapes(config: dict) -> None:
@@ -290,7 +293,7 @@ def _check_sections(config: dict) -> None:
         if unknown:
             raise MatPlusError(f"study config: unknown {section} keys {unknown} (known: {', '.join(known)})")
         for key in COUNTS.get(section, ()):
-            if key in value and value[key] is not None and not _is_count(value[key]):
+            if key in value and (value[key] is not None or (section, key) not in NULLABLE_COUNTS) and not _is_count(value[key]):
                 raise MatPlusError(f"study config: {section}.{key} must be a whole number >= 1, got {value[key]!r}")
     for section in ("world", "pretrain"):  # a seed of another type failed only when its stage began
         seed = config[section].get("seed", 0)

@@ -930,3 +930,22 @@ def test_an_empty_study_config_file_is_refused_not_read_as_the_default_study(tmp
     config.write_text(text)
     _fails(capsys, ["study", "--config", config, "--out", tmp_path / "out"], f"study config {config}: holds no settings")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override, named", [
+    ({"world": {"n": None}}, "world.n"), ({"pretrain": {"steps": None}}, "pretrain.steps"),
+    ({"pretrain": {"batch_size": None}}, "pretrain.batch_size"),
+    ({"finetune_captions": {"per_image": None}}, "finetune_captions.per_image"),
+    ({"validation": {"every": None}}, "validation.every"), ({"validation": {"every": 2, "batch_size": None}}, "validation.batch_size"),
+])
+def test_a_null_count_with_no_meaning_is_one_line(override, named):
+    """A count left null passed the check (null was let through for every count): world.n, per_image and
+    validation.every were a TypeError traceback at load, pretrain.steps one once pretraining began (audit AZ).
+    The nulls that mean something (validation.limit: every image, oracle_factor: the default) still load."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match=f"^study config: {re.escape(named)} must be a whole number >= 1, got None$"):
+        load_study_config(None, override)
+    load_study_config(None, {"validation": {"every": 2, "limit": None, "captions_per_image": None},
+                             "more_samples": {"pool": "scene", "oracle_factor": None}})
