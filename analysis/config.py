@@ -163,10 +163,14 @@ def _checked(config: dict, layer: dict, overrides: dict | None) -> dict:
         _check_retrieval_eval(config["eval"])
         _check_retrieval_headline(config, given)
     _check_train(config)
+    from train.config import MAX_SEED
+
     seeds = config.get("seeds")
     if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise MatPlusError(f"study config: seeds must be a list of distinct non-negative whole numbers, got {seeds!r}")
+    if any(s > MAX_SEED for s in seeds):  # refused by the trainer only once the world and the pools were built
+        raise MatPlusError(f"study config: seeds must be at most 2**64 - 1 (torch's largest seed), got {max(seeds)}")
     for name, spec in config["pools"].items():
         _check_pool_spec(name, spec)
     _check_sections(config)

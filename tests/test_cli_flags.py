@@ -189,6 +189,8 @@ def test_eval_refuses_a_masked_lm_with_wordnet_candidates(task, tmp_path, capsys
     (["--task", "retrieval", "--workers", "-1", "--restart"], "--workers must be non-negative"),
     # was blamed on the model ("cannot load CLIP model 'tiny-clip': RuntimeError: Expected one of cpu, ...")
     (["--task", "retrieval", "--seed", "-1"], "--seed must be non-negative, got -1"),
+    # past torch's seed range: an Overflow traceback until audit AZ
+    (["--task", "retrieval", "--seed", str(10**30)], f"--seed must be at most 2**64 - 1 (torch's largest seed), got {10**30}"),
     (["--task", "retrieval", "--device", "nosuch"], "--device nosuch: not a torch device (cpu, cuda, cuda:1, mps, ...)"),
     (["--task", "retrieval", "--attacker-pretrained", "openai"],
      "--attacker-pretrained is read only with --attacker-model: leave it out or add --attacker-model ARCH"),

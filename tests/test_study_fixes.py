@@ -949,3 +949,14 @@ def test_a_null_count_with_no_meaning_is_one_line(override, named):
         load_study_config(None, override)
     load_study_config(None, {"validation": {"every": 2, "limit": None, "captions_per_image": None},
                              "more_samples": {"pool": "scene", "oracle_factor": None}})
+
+
+def test_a_seed_past_torchs_range_is_refused_at_load():
+    """A study seed of 10**30 loaded and stopped the first training (after the world and the pools) in the
+    trainer's check; train METHOD and train eval with such a --seed were an Overflow traceback (audit AZ)."""
+    from analysis.config import load_study_config
+    from augment.errors import MatPlusError
+
+    with pytest.raises(MatPlusError, match=re.escape("seeds must be at most 2**64 - 1 (torch's largest seed), got 10000")):
+        load_study_config(None, {"seeds": [0, 10**30]})
+    load_study_config(None, {"seeds": [0, 2**64 - 1]})

@@ -987,6 +987,10 @@ def test_open_clip_train_flag_names(tmp_path, sample_world_dir, capsys):
           f"--lr must be positive and finite, got -1.0 (lr from {tmp_path / 'bad.yaml'})")
     fails(["clean", "--lr", "inf"], "--lr must be positive and finite, got inf")  # said "must be positive"
     fails(["clean", "--seed", "-1"], "--seed must be non-negative, got -1")
+    # past torch's seed range: "ValueError: Overflow when unpacking long long" traceback until audit AZ
+    fails(["clean", "--seed", str(2**64)], f"--seed must be at most 2**64 - 1 (torch's largest seed), got {2**64}")
+    (tmp_path / "seed.yaml").write_text(f"seed: {10**30}\n")
+    fails(["clean", "--config", str(tmp_path / "seed.yaml")], "--seed must be at most 2**64 - 1")
     # the truth filter judges captions, not whether an expression still singles out its object
     fails(["mat", "--task", "grounding", "--model", "tiny-albef", "--text-attack-filter", "truth"],
           "--text-attack-filter truth judges captions of a scene", "not for --task grounding")

@@ -456,8 +456,12 @@ def _check_option_values(args) -> None:
     for option in ("pgd_steps", "top_k", "batch_size", "text_batch"):
         if getattr(args, option) < 1:
             raise MatPlusError(f"--{option.replace('_', '-')} must be at least 1")
+    from train.config import MAX_SEED
+
     if args.seed < 0:  # as train's and the study's seeds
         raise MatPlusError(f"--seed must be non-negative, got {args.seed}")
+    if args.seed > MAX_SEED:
+        raise MatPlusError(f"--seed must be at most 2**64 - 1 (torch's largest seed), got {args.seed}")
     if args.rerank_k is not None and args.rerank_k < 0:
         raise MatPlusError(f"--rerank-k must not be negative: {args.rerank_k}")
     for option in ("word_budget", "limit", "captions_per_image"):

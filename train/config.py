@@ -63,6 +63,7 @@ SAME_MEANING_RENAMES = ("source", "weight_decay", "warmup_steps", "freeze_text",
 ADAM_EPS_MAX = 1e-3
 
 CONFIG_FILE = "config.yaml"
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest: a larger --seed was "ValueError: Overflow when unpacking long long"
 # config.yaml's section of the values its null (derived) settings had in the run; not a setting
 DERIVED_SECTION = "derived"
 # settings whose None means "from the other settings" (`_fill_derived`)
@@ -536,6 +537,7 @@ def _validate(c: TrainConfig) -> None:
     _check(not (c.lock_image and c.lock_text), "--lock-image and --lock-text together leave nothing to train")
     # as the study's seeds (numpy's generators refuse a negative seed)
     _check(c.seed >= 0, f"--seed must be non-negative, got {c.seed}")
+    _check(c.seed <= MAX_SEED, f"--seed must be at most 2**64 - 1 (torch's largest seed), got {c.seed}")
     _check(c.epochs >= 1, "--epochs must be at least 1")
     _check(c.max_steps is None or c.max_steps >= 1, "--max-steps must be at least 1")
     _check(c.schedule_steps is None or c.schedule_steps >= 1, "--schedule-steps must be at least 1")
