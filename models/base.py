@@ -424,5 +424,9 @@ def read_model_info(folder: Path) -> dict | None:
     if not isinstance(info, dict):
         raise ModelLoadError(f"{path}: damaged (a JSON object expected, got {type(info).__name__}); "
                              "copy the model folder again or retrain it")
+    family = info.get("family")
+    if family is not None and not isinstance(family, str):  # a list was "TypeError: unhashable type" in load_model
+        raise ModelLoadError(f"{path}: damaged ('family' must be a family name, got {json.dumps(family)[:40]}); "
+                             "copy the model folder again or retrain it")
     return info
 

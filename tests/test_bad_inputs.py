@@ -723,6 +723,21 @@ def test_a_config_of_the_wrong_types_is_one_line_and_writes_nothing(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("family", [["open_clip"], {"name": "open_clip"}, 5])
+def test_a_model_info_family_that_is_not_a_name_is_one_line(tmp_path, family):
+    """matplus_model.json's 'family' as a list was "TypeError: unhashable type: 'list'" in load_model's
+    family lookup, a traceback of train eval (audit AZ); a number was silently ignored."""
+    from augment.errors import ModelLoadError
+    from models import load_model
+
+    saved = tmp_path / "clip"
+    load_model("tiny-clip").save(saved)
+    info = saved / "matplus_model.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "family": family}))
+    with pytest.raises(ModelLoadError, match=r"matplus_model.json: damaged \('family' must be a family name, got "):
+        load_model(str(saved))
+
+
 def test_damaged_model_info_and_albef_config_are_one_line(tmp_path):
     from augment.errors import ModelLoadError
     from models import load_model
