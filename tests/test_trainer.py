@@ -777,21 +777,31 @@ def test_a_state_json_of_impossible_counters_is_one_line_naming_it(tmp_path, sam
     """state.json's 'step' was checked to be an integer only: -1 was resumed "from step -1", exit 0; a
     draws_total that is a number was a TypeError traceback from Counter, a string was counted letter by
     letter, a NaN count a ValueError once the run had trained, an elapsed_seconds of text a ValueError (audit AZ)."""
+    def damage(state_dir):
+        path = state_dir / "state.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        return f"{path}: not a training state ({expected}"
+
+    _resume_after_damage_is_one_line(tmp_path, sample_world_dir, capsys, damage)
+
+
+def _resume_after_damage_is_one_line(tmp_path, sample_world_dir, capsys, damage) -> None:
+    """A 1-step clean run, `damage(RUN/ckpt/train_state)` (which returns what the error line must say),
+    then `--resume latest`: one `error:` line saying it, exit 2, no traceback, nothing in RUN written."""
     from train.cli import main
 
     run = tmp_path / "run"
     argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
             "--no-progress", "--out", str(run)]
     assert main([*argv, "--max-steps", "1"]) == 0
-    path = run / "ckpt" / "train_state" / "state.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    said = damage(run / "ckpt" / "train_state")
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
     capsys.readouterr()
     assert main([*argv, "--max-steps", "2", "--resume", "latest"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert f"{path}: not a training state ({expected}" in lines[0], lines[0]
+    assert said in lines[0], lines[0]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files  # nothing written
 
 
@@ -800,24 +810,14 @@ def test_a_lost_rng_file_of_a_process_the_run_had_is_one_line(tmp_path, sample_w
     """train_state/rng-<rank>.pt is absent only when resuming with more processes than the run had; one the
     run's own process saved, deleted or replaced by a folder, was skipped without a word and the resume
     drew other random numbers than the run would have, exit 0 (audit AZ)."""
-    from train.cli import main
+    def damage(state_dir):
+        rng = state_dir / "rng-0.pt"
+        rng.unlink()
+        if lose == "folder":
+            rng.mkdir()
+        return f"{rng}: missing (the run's process 0 saved its random states there)"
 
-    run = tmp_path / "run"
-    argv = ["clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--batch-size", "4", "--workers", "0",
-            "--no-progress", "--out", str(run)]
-    assert main([*argv, "--max-steps", "1"]) == 0
-    rng = run / "ckpt" / "train_state" / "rng-0.pt"
-    rng.unlink()
-    if lose == "folder":
-        rng.mkdir()
-    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
-    capsys.readouterr()
-    assert main([*argv, "--max-steps", "2", "--resume", "latest"]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert f"{rng}: missing (the run's process 0 saved its random states there)" in lines[0], lines[0]
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files  # nothing written
+    _resume_after_damage_is_one_line(tmp_path, sample_world_dir, capsys, damage)
 
 
 def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
