@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import itertools
 import json
 import os
@@ -394,24 +395,38 @@ class PoolWriter:
         # 12-megapixel photos at --n 5); the same table to datasets' own writer, so the same bytes
         final = self.shard_path(index)
         tmp, staged = temporary_path(final), temporary_path(final, ".arrow")
+        # a full disk names the shard; only the writes are in it: an OSError of the rows themselves (a lazy
+        # generator's, naming no file) was said to be the shard's
+        writing = functools.partial(naming_write_errors, final, tmp, staged)
         try:
-            with naming_write_errors(final, tmp, staged):  # a full disk names the shard
-                with pa.OSFile(str(staged), "wb") as sink, pa.ipc.new_file(sink, POOL_FEATURES.arrow_schema) as arrow_file:
-                    rows, written = iter(rows), 0
-                    while True:
-                        part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
-                        if not part and written:
-                            break
-                        for row in part:
-                            check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
-                        columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
-                        columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
-                        arrow_file.write_table(pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema))
-                        written += 1
-                        full = len(part) == SHARD_SLICE_ROWS
-                        part = columns = row = None  # this slice's images go before the next slice's are made
-                        if not full:
-                            break
+            with writing():
+                sink = pa.OSFile(str(staged), "wb")
+            try:
+                with writing():
+                    arrow_file = pa.ipc.new_file(sink, POOL_FEATURES.arrow_schema)
+                rows, written = iter(rows), 0
+                while True:
+                    part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
+                    if not part and written:
+                        break
+                    for row in part:
+                        check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
+                    columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
+                    columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
+                    encoded = pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema)
+                    with writing():
+                        arrow_file.write_table(encoded)
+                    written += 1
+                    full = len(part) == SHARD_SLICE_ROWS
+                    part = columns = row = encoded = None  # this slice's images go before the next slice's are made
+                    if not full:
+                        break
+                with writing():
+                    arrow_file.close()
+            finally:
+                with writing():
+                    sink.close()
+            with writing():
                 with pa.memory_map(str(staged)) as source:
                     # a fingerprint given: without one datasets hashes the table by pickling it whole (another copy)
                     table = Dataset(pa.ipc.open_file(source).read_all(), info=DatasetInfo(features=POOL_FEATURES),

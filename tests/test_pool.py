@@ -135,6 +135,38 @@ def test_a_shards_encoded_slices_are_on_disk_not_in_memory_while_the_rest_is_mad
     assert list((tmp_path / "q" / "data").iterdir()) == []
 
 
+def test_an_oserror_of_a_lazy_generators_rows_is_not_said_to_be_the_shards(tmp_path, monkeypatch):
+    """write_shard reads its rows while writing the staged arrow file: an OSError naming no file raised by the
+    rows themselves (a lazy generator's: PIL's "image file is truncated") was renamed as a write error of the
+    shard (`[Errno None] image file is truncated: OUT/data/shard-00000.parquet`); it is raised as it was, and
+    nothing is left in data/ (audit BD). A full disk while staging still names the shard."""
+    import errno
+
+    import pyarrow.ipc
+
+    def rows():
+        yield _row(0)
+        raise OSError("image file is truncated (3 bytes not processed)")
+
+    with pytest.raises(OSError) as raised:
+        PoolWriter(tmp_path / "p", {"method": "m"}).write_shard(0, rows())
+    assert raised.value.filename is None and str(raised.value) == "image file is truncated (3 bytes not processed)"
+    assert list((tmp_path / "p" / "data").iterdir()) == []
+
+    class FullDisk:  # the staged arrow file's write fails in a buffer, naming no file: the shard is named
+        def __init__(self, sink, schema):
+            pass
+
+        def write_table(self, table):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pyarrow.ipc, "new_file", FullDisk)
+    with pytest.raises(OSError) as raised:
+        PoolWriter(tmp_path / "q", {"method": "m"}).write_shard(0, [_row(0)])
+    assert raised.value.filename == str(tmp_path / "q" / "data" / "shard-00000.parquet")
+    assert list((tmp_path / "q" / "data").iterdir()) == []
+
+
 def test_a_shard_replaced_with_its_old_mtime_is_read_anew(tmp_path):
     """`datasets` keys its Arrow cache on a file's path and mtime: a shard replaced as `cp -p` does was read stale."""
     import os
