@@ -820,6 +820,36 @@ def test_a_lost_rng_file_of_a_process_the_run_had_is_one_line(tmp_path, sample_w
     _resume_after_damage_is_one_line(tmp_path, sample_world_dir, capsys, damage)
 
 
+def test_a_lost_rng_file_of_another_process_stops_every_process_before_anything_is_written(tmp_path, sample_world_dir):
+    """Under torchrun each process checked only its own rng-<rank>.pt: with rng-1.pt lost, process 0 went on,
+    rewrote config.yaml, and was stopped by torchrun for process 1's failure, printing "interrupted: ... add
+    --resume latest to the same command" after the error line. Every process now checks every file of the
+    processes both runs have, before anything is written (audit BD)."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MATPLUS_LOGLEVEL": "WARNING", "PYTHONPATH": str(repo)}
+    run = tmp_path / "run"
+
+    def train(steps):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                   "train.cli", "clean", "--model", "tiny-clip", "--train-data", str(sample_world_dir), "--max-steps",
+                   str(steps), "--batch-size", "8", "--workers", "0", "--no-progress", "--resume", "latest",
+                   "--out", str(run)]
+        return subprocess.run(command, cwd=repo, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=300)
+
+    done = train(1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run / "ckpt" / "train_state" / "rng-1.pt").unlink()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    done = train(2)
+    assert done.returncode != 0
+    lines = {line for line in done.stderr.splitlines() if line.startswith(("error:", "interrupted:"))}
+    assert lines == {f"error: {run / 'ckpt' / 'train_state' / 'rng-1.pt'}: missing (the run's process 1 saved its "
+                     "random states there); copy the checkpoint again, resume from another one, or start over with "
+                     "--overwrite"}, done.stderr[-3000:]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE} == files
+
+
 def test_a_diverged_run_stops_in_one_line_before_saving(tmp_path, sample_world_dir):
     """A loss that is not finite stops the run instead of training on NaN weights (open_clip_train has
     no such check). metrics.jsonl stays strict JSON: the diverged line's loss is null, its value named

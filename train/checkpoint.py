@@ -282,10 +282,21 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
 
 
 def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler: Any, rank: int,
-                        saved_world_size: int | None = None) -> None:
+                        saved_world_size: int | None = None, world_size: int = 1) -> None:
     """Restore optimizer, scheduler, grad scaler and this process's RNG states (`saved_world_size`:
-    state.json's, the processes that saved theirs: None when it is not recorded)."""
+    state.json's, the processes that saved theirs: None when it is not recorded; `world_size`: this run's)."""
     state_dir = folder / STATE_DIR
+    if isinstance(saved_world_size, int):
+        # every process checks every process's file: one that checked only its own went on (process 0
+        # rewrote config.yaml) until torchrun stopped it for another's, which printed "interrupted: ...
+        # add --resume latest" after the line
+        for other in range(min(world_size, saved_world_size)):
+            rng_file = state_dir / f"rng-{other}.pt"
+            if not rng_file.is_file():
+                # a process of the run saved it: lost (a partial copy, a hand edit), the resume drew other
+                # random numbers than the run would have, without a word
+                raise CheckpointError(f"{rng_file}: missing (the run's process {other} saved its random states there); "
+                                      "copy the checkpoint again, resume from another one, or start over with --overwrite")
     try:
         optimizer.load_state_dict(_load(state_dir / "optimizer.pt"))
     except ValueError as exc:  # torch: "... parameter group that doesn't match the size of optimizer's group"
@@ -304,10 +315,5 @@ def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any, scaler:
             raise CheckpointError(f"{folder}: no grad-scaler state (was the run started without fp16?)")
         scaler.load_state_dict(_load(state_dir / "scaler.pt"))
     rng_file = state_dir / f"rng-{rank}.pt"
-    if rng_file.is_file():  # absent when resuming with more processes than the run had
+    if rng_file.is_file():  # absent when resuming with more processes than the run had (checked above)
         _set_rng_state(_load(rng_file))
-    elif isinstance(saved_world_size, int) and rank < saved_world_size:
-        # a process of the run saved it: lost (a partial copy, a hand edit), the resume drew other
-        # random numbers than the run would have, without a word
-        raise CheckpointError(f"{rng_file}: missing (the run's process {rank} saved its random states there); copy "
-                              "the checkpoint again, resume from another one, or start over with --overwrite")

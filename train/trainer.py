@@ -313,7 +313,8 @@ class Trainer:
     def _resume_training_state(self, resume_from, state: dict) -> None:
         """Optimizer, schedule, loss scaler, step and counters of the checkpoint resumed."""
         ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
-                                 scaler=self.accelerator.scaler, rank=self.rank, saved_world_size=state.get("world_size"))
+                                 scaler=self.accelerator.scaler, rank=self.rank, saved_world_size=state.get("world_size"),
+                                 world_size=self.world_size)
         self._set_scheduled_lr()
         self.start_step = int(state["step"])
         self.draws_total = Counter(state.get("draws_total", {}))
