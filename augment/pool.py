@@ -29,7 +29,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 # write_json_atomic lives in augment.atomic; importing it from here keeps working
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
@@ -305,6 +305,34 @@ def _stored_image(image) -> bool:
     return (isinstance(data, bytes) and path is None) or (data is None and isinstance(path, str))
 
 
+def _encoded_slices(rows: Iterable[dict], where: str) -> Iterator:
+    """`rows` checked and taken into arrow tables of the pool's schema, `SHARD_SLICE_ROWS` rows at a time (at
+    least one table, empty for no rows). A generator's PIL images are encoded here by the column's own
+    `datasets.Image` (the bytes `Dataset.from_dict` wrote, a third of a selection's time and, over a whole
+    shard, 2.5x its rows' memory); rows copied from a pool (select) hold the stored form already. Slices,
+    because one arrow builder over a shard's image bytes grew by doubling and its freed buffers stayed with
+    arrow's allocator; each slice's rows are let go before the next slice is read."""
+    import pyarrow as pa
+
+    encode = POOL_FEATURES["image"].encode_example
+    rows, made = iter(rows), 0
+    while True:
+        part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
+        if not part and made:
+            return
+        for row in part:
+            check_pool_row(row, f"{where}, row {row.get('row_id')!r}")
+        columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
+        columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
+        full = len(part) == SHARD_SLICE_ROWS
+        part = row = None  # this slice's images go before the next slice's are made
+        made += 1
+        yield pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema)
+        columns = None
+        if not full:
+            return
+
+
 class PoolWriter:
     """Writes a pool shard by shard; re-opening the same pool with the same identity resumes it.
 
@@ -376,23 +404,13 @@ class PoolWriter:
     def write_shard(self, index: int, rows: Iterable[dict]) -> Path:
         """Validate and write one shard atomically; an empty shard is written too (it marks done).
 
-        `rows` is read once, `SHARD_SLICE_ROWS` at a time: each slice is checked, its images encoded and
-        written into an arrow file beside the shard before the next is read, so rows made lazily
-        (`Generator.iter_generate`) are let go slice by slice instead of all being held as images until the
-        last is made, and the shard's encoded table is not held either: it is written from that file, mapped."""
+        `rows` is read once, a slice at a time (`_encoded_slices`), each slice written into an arrow file beside
+        the shard before the next is read; the shard is then written from that file, memory-mapped. So rows
+        made lazily (`Generator.iter_generate`) are let go slice by slice, and a shard's encoded table is never
+        held whole (0.5 GB for 800 img-aug rows of 640x480, ~29 GB for 256 12-megapixel photos at --n 5)."""
         import pyarrow as pa
         from datasets import Dataset, DatasetInfo
 
-        # a generator's PIL images encoded here, one at a time, by the column's own `datasets.Image` (the
-        # bytes `Dataset.from_dict` writes); rows copied from a pool (select) hold the stored form already.
-        # `from_dict`'s encoding of a whole shard was a third of a selection's time, and the shard's write peaked
-        # at 2.9 GB for 300 img-aug rows of 640x480 (1.2 GB before it; 1.9 GB since, 1.2 GB with img-aug's rows made lazily)
-        encode = POOL_FEATURES["image"].encode_example
-        # arrow takes the columns in slices: one builder over a whole shard's image bytes grew by doubling and
-        # its freed buffers stayed with arrow's allocator (0.5 GB more for 300 rows of 640x480). Each slice goes
-        # to an arrow file beside the shard as it is made, and the shard is written from that file memory-mapped:
-        # a shard's encoded table was held whole until written (0.5 GB for 800 rows of 640x480, ~29 GB for 256
-        # 12-megapixel photos at --n 5); the same table to datasets' own writer, so the same bytes
         final = self.shard_path(index)
         tmp, staged = temporary_path(final), temporary_path(final, ".arrow")
         # a full disk names the shard; only the writes are in it: an OSError of the rows themselves (a lazy
@@ -404,23 +422,9 @@ class PoolWriter:
             try:
                 with writing():
                     arrow_file = pa.ipc.new_file(sink, POOL_FEATURES.arrow_schema)
-                rows, written = iter(rows), 0
-                while True:
-                    part = list(itertools.islice(rows, SHARD_SLICE_ROWS))
-                    if not part and written:
-                        break
-                    for row in part:
-                        check_pool_row(row, f"pool {self.out_dir.name}, row {row.get('row_id')!r}")
-                    columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
-                    columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
-                    encoded = pa.Table.from_pydict(columns, schema=POOL_FEATURES.arrow_schema)
+                for encoded in _encoded_slices(rows, f"pool {self.out_dir.name}"):
                     with writing():
                         arrow_file.write_table(encoded)
-                    written += 1
-                    full = len(part) == SHARD_SLICE_ROWS
-                    part = columns = row = encoded = None  # this slice's images go before the next slice's are made
-                    if not full:
-                        break
                 with writing():
                     arrow_file.close()
             finally:
