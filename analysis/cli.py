@@ -10,7 +10,7 @@ from augment.atomic import atomic_write_text
 from augment.arguments import file_path, folder_path, seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
-from analysis.config import bundled_config_names
+from analysis.config import bundled_config_names, is_number
 from train.eval_report import EVAL_JSON
 
 
@@ -55,10 +55,6 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
 _COMPARED_METRICS = ("tr@1", "ir@1", "rsum", "cider", "accuracy")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _shape_problem(report) -> str | None:
     """What of an eval.json `analysis compare` reads has the wrong shape (None: nothing): every value
     the tables read is checked here, so a hand-edited or foreign file is one line, not a traceback."""
@@ -69,7 +65,7 @@ def _shape_problem(report) -> str | None:
         return "an object whose 'attacks' map names to objects"
     for attack, entry in attacks.items():
         for key in _COMPARED_METRICS:
-            if key in entry and not _is_number(entry[key]):
+            if key in entry and not is_number(entry[key]):
                 return f"attacks.{attack}.{key} must be a number, got {entry[key]!r}"
     if not isinstance(report.get("task", "retrieval"), str):
         return f"'task' must be a task name, got {report['task']!r}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.config import oracle_factor
+from analysis.config import is_number, oracle_factor
 from augment.atomic import atomic_write_text, save_figure_atomic
 from augment.errors import MatPlusError
 from augment.pool import write_json_atomic
@@ -56,22 +56,18 @@ def _results_shape_problem(results) -> str | None:
             value = row.get(key)
             # a mean needs its spread and n (`fmt` formats both): [mean, null, null] was a TypeError traceback
             if value and not (isinstance(value, list) and len(value) == 3
-                              and all(v is None or _is_number(v) for v in value)
-                              and (value[0] is None or _is_number(value[1]) and _is_number(value[2]))):
+                              and all(v is None or is_number(v) for v in value)
+                              and (value[0] is None or is_number(value[1]) and is_number(value[2]))):
                 return f"headline {row['run']}.{key} must be [mean, spread, n], got {value!r}"
     if not isinstance(results.get("verdicts", []), list):
         return "verdicts must be a list"
     for v in results.get("verdicts", []):  # what `verdict_lines` formats (None: a comparison with no numbers)
         if v is not None and not (isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("run", "baseline", "checkpoint"))
-                                  and all(_is_number(v.get(k)) for k in ("difference", "spread", "n"))
+                                  and all(is_number(v.get(k)) for k in ("difference", "spread", "n"))
                                   and isinstance(v.get("beyond_twice_spread"), bool)):
             return ("each verdict must be an object with run, baseline, checkpoint, difference, spread, n and "
                     f"beyond_twice_spread, got {repr(v)[:80]}")
     return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fmt(stat: tuple[float | None, float | None, int]) -> str:
@@ -202,16 +198,13 @@ def robust_of(entry: dict, headline: str, meaning_preserved: bool) -> float | No
 
 def pool_gains(results: list[dict], headline: str, meaning_preserved: bool, baseline: str = "mat") -> dict[str, tuple]:
     """Per pool: mean ± sd over seeds of (MAT+ with the pool - `baseline`) robust R@1, paired by seed."""
-    def robust(entry: dict) -> float | None:
-        return robust_of(entry, headline, meaning_preserved)
-
     # the baseline of any group: `mat` trained only for `more_samples` is still MAT (as `verdict` reads it)
-    base = {r["seed"]: robust(r) for r in results if r["run"] == baseline}
+    base = {r["seed"]: robust_of(r, headline, meaning_preserved) for r in results if r["run"] == baseline}
     gains: dict[str, list] = defaultdict(list)
     for r in results:
         pools = r.get("pools") or []
         if r["method"] == "mat+" and len(pools) == 1 and r["run"] == f"mat+:{pools[0]}" and base.get(r["seed"]) is not None:
-            value = robust(r)
+            value = robust_of(r, headline, meaning_preserved)
             if value is not None:
                 gains[pools[0]].append(value - base[r["seed"]])
     return {pool: mean_std(values) for pool, values in gains.items()}
@@ -287,7 +280,8 @@ def paired_difference(results: list[dict], run: str, headline: str, meaning_pres
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of p-values tested together (same order as given)."""
+    """Holm's step-down adjustment of p-values tested together (same order as given). Written here: scipy
+    has only Benjamini-Hochberg's correction (`false_discovery_control`), and statsmodels would be a new dependency."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
     adjusted, running = [0.0] * len(p_values), 0.0
     for rank, index in enumerate(order):
