@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from augment.atomic import atomic_write_text
 from augment.arguments import file_path, folder_path, seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
+from augment.json_records import DamagedRecord, read_json_object
 from analysis.config import bundled_config_names, is_number
 from train.eval_report import EVAL_JSON
 
@@ -39,12 +39,11 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
             raise MatPlusError(f"{raw}: no eval.json here (run `train eval ... --out DIR` first)")
         for candidate in candidates:
             try:
-                report = json.loads(candidate.read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                raise MatPlusError(f"{candidate}: not UTF-8 text; not an eval.json `train eval` wrote") from None
-            except json.JSONDecodeError as exc:
-                raise MatPlusError(f"{candidate}: malformed JSON: {exc.msg}") from None
-            problem = _shape_problem(report)
+                report = read_json_object(candidate)
+            except DamagedRecord as damage:
+                problem = str(damage)
+            else:
+                problem = _shape_problem(report)
             if problem:
                 raise MatPlusError(f"{candidate}: not an evaluation report ({problem}); run `train eval` again")
             found.append((candidate.parent.name if candidate.name == EVAL_JSON else candidate.stem, report))

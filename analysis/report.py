@@ -847,11 +847,11 @@ def regimes_table(study_dirs: list[Path]) -> str:
     lines = ["| regime | model | clean R@1 | robust R@1 | clean R@1 (best val) | robust R@1 (best val) |",
              "|---|---|---|---|---|---|"]
     verdicts = []
-    from analysis.study import read_study_json
+    from analysis.study import read_study_record
 
     for folder in study_dirs:
         path = Path(folder) / "results.json"
-        results = read_study_json(path)  # a damaged or foreign file: one line naming it, not a traceback
+        results = read_study_record(path)  # a damaged or foreign file: one line naming it, not a traceback
         problem = _results_shape_problem(results)
         if problem:
             raise MatPlusError(f"{path}: not a study's results ({problem})")

@@ -33,32 +33,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.config import generate_arguments, method_train_settings, oracle_factor, run_train_settings
-from augment.errors import MatPlusError, first_line
+from augment.errors import MatPlusError
+from augment.json_records import DamagedRecord, read_json_object
 from augment.pool import write_json_atomic
 
 DONE = ".done.json"
 STUDY_LOCK = ".study.lock"  # held (flock) by the one study writing into its folder
 
 
-def read_study_json(path: Path) -> Any:
-    """A JSON file of the study folder, or one line naming it when it is damaged (truncated, edited,
-    not UTF-8): a traceback before. Deleting it redoes the step that wrote it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MatPlusError(f"{path}: damaged ({first_line(exc)}); delete it to redo the step that wrote it") from None
-
-
 def read_study_record(path: Path, *keys: str) -> dict:
-    """`read_study_json` of a file the study wrote as a JSON object (a stage's .done.json or .started.json,
-    an eval.json, scores.json), holding `keys`: a list or a record without them, hand-edited or foreign, is
-    the same one line (it was an AttributeError or KeyError traceback)."""
-    record = read_study_json(path)
-    if not isinstance(record, dict):
-        problem = f"a JSON object expected, got {'null' if record is None else type(record).__name__}"
-    else:
+    """A JSON object the study wrote (a stage's .done.json or .started.json, an eval.json, scores.json,
+    results.json), holding `keys`; one line naming it when it is damaged (truncated, edited, not UTF-8, not
+    an object, without a key: a JSONDecodeError, AttributeError or KeyError traceback before). Deleting it
+    redoes the step that wrote it."""
+    try:
+        record = read_json_object(path)
         missing = [key for key in keys if key not in record]
         problem = f"no {missing[0]!r}" if missing else None
+    except DamagedRecord as damage:
+        problem = str(damage)
     if problem is not None:
         raise MatPlusError(f"{path}: damaged ({problem}); delete it to redo the step that wrote it")
     return record

@@ -45,6 +45,7 @@ from augment.atomic import (
     temporary_path,
 )
 from augment.errors import MatPlusError, PoolError, first_line
+from augment.json_records import DamagedRecord, read_json_object
 from augment.local_paths import shorten_local_paths
 from augment.pool import DATA_DIR, IDENTITY_KEYS, KEYS_ADDED_SINCE, POOL_META, Pool, identity_value
 from augment.scoring import store
@@ -500,15 +501,12 @@ def _check_holds_same_pool(api, repo_id: str, revision: str | None, meta: dict, 
         )
     path = api.hf_hub_download(repo_id, POOL_META, repo_type="dataset", revision=revision)
     try:
-        theirs = json.loads(Path(path).read_text(encoding="utf-8"))
-        problem = None if isinstance(theirs, dict) else f"a JSON object expected, got {type(theirs).__name__}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # "the Hub client failed: JSONDecodeError" before
-        problem = first_line(exc)
-    if problem is not None:
+        theirs = read_json_object(path)
+    except DamagedRecord as problem:  # "the Hub client failed: JSONDecodeError" before
         raise HubError(
             f"{where}: its {POOL_META} is damaged ({problem}), so whether it holds this pool cannot be told; "
             "push to a branch with --revision NAME, choose another --repo-id, or replace it with --force"
-        )
+        ) from None
     if not same_pool(published_document(meta), theirs):  # theirs was published so
         raise HubError(
             f"{where}: holds a different pool (method {theirs.get('method')!r}, "

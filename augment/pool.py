@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 from augment.atomic import atomic_write_text, remove_stale_temporaries, temporary_path, write_json_atomic  # noqa: F401
 from augment.atomic import naming_write_errors
 from augment.errors import PoolError, PoolIdentityError, first_line
+from augment.json_records import DamagedRecord, read_json_object
 from augment.schema import (
     POOL_FEATURES,
     POOL_SCHEMA_VERSION,
@@ -95,15 +96,10 @@ def read_pool_meta(path: Path) -> dict:
     """pool.json as a dict; PoolError (one line) when it is unreadable, not JSON, or not an object."""
     meta_path = path / POOL_META
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError:
-        raise PoolError(f"{meta_path}: not UTF-8 text; the pool's provenance is damaged") from None
-    except json.JSONDecodeError as exc:
-        raise PoolError(f"{meta_path}: corrupt JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
-                        "the pool's provenance is damaged: regenerate it, or restore pool.json") from None
-    if not isinstance(meta, dict):
-        raise PoolError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; "
-                        "the pool's provenance is damaged: regenerate it, or restore pool.json")
+        meta = read_json_object(meta_path)
+    except DamagedRecord as problem:
+        raise PoolError(f"{meta_path}: {problem}; the pool's provenance is damaged: regenerate it, or restore "
+                        "pool.json") from None
     for key, kinds, what in _META_TYPES:
         value = meta.get(key)
         # bool is an int to isinstance, and no provenance key is a bool

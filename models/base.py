@@ -411,19 +411,16 @@ def bare_name(name: str) -> str:
 
 def read_model_info(folder: Path) -> dict | None:
     """The folder's `matplus_model.json` (None without one); a damaged one is one line naming it."""
-    from augment.errors import ModelLoadError, first_line
+    from augment.errors import ModelLoadError
+    from augment.json_records import DamagedRecord, read_json_object
 
     path = Path(folder) / MODEL_INFO_NAME
     if not path.is_file():
         return None
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: damaged ({type(exc).__name__}: {first_line(exc)}); "
-                             "copy the model folder again or retrain it") from None
-    if not isinstance(info, dict):
-        raise ModelLoadError(f"{path}: damaged (a JSON object expected, got {type(info).__name__}); "
-                             "copy the model folder again or retrain it")
+        info = read_json_object(path)
+    except DamagedRecord as problem:
+        raise ModelLoadError(f"{path}: damaged ({problem}); copy the model folder again or retrain it") from None
     family = info.get("family")
     if family is not None and not isinstance(family, str):  # a list was "TypeError: unhashable type" in load_model
         raise ModelLoadError(f"{path}: damaged ('family' must be a family name, got {json.dumps(family)[:40]}); "

@@ -293,7 +293,7 @@ DAMAGE = {
 }
 EXPECTED = {
     "corrupt pool.json": "pool.json: corrupt JSON",
-    "pool.json not an object": "pool.json: expected a JSON object, got list",
+    "pool.json not an object": "pool.json: a JSON object expected, got list",
     "truncated shard": "shard-00000.parquet: unreadable parquet shard",
     "garbage shard": "shard-00000.parquet: unreadable parquet shard",
     "pool.json of the wrong types": "pool.json: 'source' should be a text, not 5",

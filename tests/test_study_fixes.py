@@ -579,8 +579,9 @@ def test_a_null_oracle_factor_means_the_default(tmp_path):
 
 
 @pytest.mark.parametrize("text, named", [
-    ('{"config": {"name": "x"}, "headline": [', "damaged (Expecting value"),
-    ("[]", "not a study's results (an object with a 'config' object)"),
+    ('{"config": {"name": "x"}, "headline": [', "damaged (corrupt JSON at line 1 column 40: Expecting value"),
+    ("[]", "damaged (a JSON object expected, got list)"),
+    ("{}", "not a study's results (an object with a 'config' object)"),
     ('{"config": {"name": "x"}, "headline": [{"run": "mat", "clean": ["abc", 1, 2]}]}',
      "headline mat.clean must be [mean, spread, n]"),
     # a mean without its spread or n, a verdict that is not one: TypeError / KeyError tracebacks until audit AZ
@@ -602,13 +603,13 @@ def test_regimes_names_a_damaged_or_foreign_results_json(tmp_path, capsys, text,
 
 def test_a_damaged_file_of_a_study_folder_is_one_line_naming_it(tmp_path):
     """A truncated eval.json, .done.json or pool scores.json stopped a re-run study with a traceback."""
-    from analysis.study import read_study_json
+    from analysis.study import read_study_record
     from augment.errors import MatPlusError
 
     path = tmp_path / ".done.json"
     path.write_text('{"settings": "ab')
     with pytest.raises(MatPlusError, match=f"^{re.escape(str(path))}: damaged .*delete it to redo the step"):
-        read_study_json(path)
+        read_study_record(path)
 
 
 @pytest.mark.parametrize("text, problem", [("[]", "a JSON object expected, got list"),

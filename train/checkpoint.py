@@ -39,6 +39,7 @@ import torch
 
 from augment.atomic import naming_write_errors, swap_folder_into_place
 from augment.errors import MatPlusError, first_line
+from augment.json_records import DamagedRecord, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +229,11 @@ def unresumable_reason(folder: Path) -> str | None:
 def read_state(folder: Path) -> dict:
     path = folder / STATE_DIR / STATE_FILE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc}); resume from another checkpoint, or start over with "
+        state = read_json_object(path)
+    except DamagedRecord as problem:
+        raise CheckpointError(f"{path}: unreadable ({problem}); resume from another checkpoint, or start over with "
                               "--overwrite") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+    if not isinstance(state.get("step"), int):
         raise CheckpointError(f"{path}: not a training state (no integer 'step')")
     problem = _state_problem(state)
     if problem is not None:  # a resume trained on "from step -1", or stopped with a TypeError in Counter

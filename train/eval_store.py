@@ -262,13 +262,13 @@ class BatchStore:
         path = self._summary_path(attack)
         if not path.is_file():
             return None
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            from augment.errors import MatPlusError
+        from augment.errors import MatPlusError, first_line
+        from augment.json_records import DamagedRecord, read_json_object
 
-            raise MatPlusError(f"{path}: unreadable ({error}); run train eval with --restart") from error
-        return _checked(path, entry, lambda value: None if isinstance(value, dict) else f"holds a {_kind(value)}, not an entry")
+        try:
+            return read_json_object(path)
+        except (OSError, DamagedRecord) as error:
+            raise MatPlusError(f"{path}: unreadable ({first_line(error)}); {_RESTART}") from None
 
     def load_state(self, attack: str, batch: int, check: Callable[[Any], str | None] | None = None) -> dict:
         """The saved `state()` of a batch (any task's record); `check(state)`: what is wrong with its

@@ -37,6 +37,7 @@ import torch
 
 from augment.atomic import atomic_write_text
 from augment.errors import MatPlusError, first_line
+from augment.json_records import DamagedRecord, read_json_object
 from augment.loading import raise_worker_death
 from train import checkpoint as ckpt
 from train.config import (
@@ -688,18 +689,11 @@ class _LogWindow:
 def _read_finished_summary(path: Path) -> dict:
     """A finished run's summary.json, which a resume of it returns; one line naming it when it is damaged
     (truncated, edited, not UTF-8, not an object): a traceback before. Deleted, the resume writes it again."""
-    problem = None
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problem = first_line(exc)
-    else:
-        if not isinstance(summary, dict):
-            problem = f"a JSON object expected, got {type(summary).__name__}"
-    if problem is not None:
+        return read_json_object(path)
+    except DamagedRecord as problem:
         raise MatPlusError(f"{path}: damaged ({problem}); delete it and run this command again to write it anew "
-                           "from the run's final checkpoint")
-    return summary
+                           "from the run's final checkpoint") from None
 
 
 def _summary_line(summary: dict) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from augment.atomic import atomic_write_text, naming_write_errors, swap_folder_into_place
+from augment.json_records import DamagedRecord, read_json_object
 from train.jsonl import read_jsonl
 
 if TYPE_CHECKING:
@@ -174,10 +175,10 @@ def best_line(run_dir: str | os.PathLike) -> dict | None:
     if not meta.is_file():
         return None
     try:
-        line = json.loads(meta.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        line = read_json_object(meta)
+    except DamagedRecord:
         return None  # written before its folder was renamed into place: only a hand edit gets here
-    return line if isinstance(line, dict) and isinstance(line.get("step"), int) else None
+    return line if isinstance(line.get("step"), int) else None
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from augment.atomic import temporary_path
 from augment.errors import PoolError, first_line
+from augment.json_records import DamagedRecord, read_json_object
 
 SCORES_VERSION = 1
 SCORES_JSON = "scores.json"
@@ -209,9 +210,9 @@ def read_scores_json(pool_path: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PoolError(f"{path}: corrupt ({first_line(exc)}); delete it and run `augment score {pool_path}` again") from None
+        document = read_json_object(path)
+    except DamagedRecord as problem:
+        raise PoolError(f"{path}: corrupt ({problem}); delete it and run `augment score {pool_path}` again") from None
     check_scores_document(document, path, pool_path)
     return document
 

@@ -7,7 +7,6 @@ constants from ALBEF's retrieval YAML plus `bert`, the BERT config JSON ALBEF sh
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +92,12 @@ TINY_CONFIG: dict[str, Any] = {
 
 
 def _read_json(path: str | Path, what: str) -> dict:
+    from augment.json_records import DamagedRecord, read_json_object
+
     try:
-        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        return read_json_object(Path(path).expanduser())
+    except (OSError, DamagedRecord) as exc:
         raise ModelLoadError(f"cannot read ALBEF {what} {path}: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"ALBEF {what} {path} is not a JSON object")
-    return data
 
 
 def read_bert_config(path: str | Path) -> dict:
