@@ -338,6 +338,8 @@ def test_generate_accepts_method_options_it_reads_or_left_at_their_default():
     (["generate", "--method", "t2t-tiny-paraphraser", "--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
     (["score", "pool", "--batch-size", "0"], "argument --batch-size: 0: must be at least 1"),
     (["score", "pool", "--chunk-rows", "0"], "argument --chunk-rows: 0: must be at least 1"),
+    (["score", "pool", "--chunk-bytes", "0"], "argument --chunk-bytes: 0: must be at least 1 byte"),
+    (["score", "pool", "--chunk-bytes", "lots"], "argument --chunk-bytes: 'lots' is not a size (e.g. 1073741824, 512M"),
     (["score", "pool", "--gap-bootstrap", "-1"], "argument --gap-bootstrap: -1: must not be negative"),
     (["score", "pool", "--bootstrap", "-5"], "argument --bootstrap: -5: must not be negative"),
     (["score", "pool", "--gap-samples", "1"], "argument --gap-samples: 1: must be at least 2"),
@@ -487,3 +489,11 @@ def test_augment_spells_progress_both_ways_as_train_does(argv):
     assert parser.parse_args(argv).no_progress is False
     assert parser.parse_args([*argv, "--no-progress"]).no_progress is True
     assert parser.parse_args([*argv, "--no-progress", "--progress"]).no_progress is False
+
+
+@pytest.mark.parametrize("text, size", [("1073741824", 2 ** 30), ("512M", 512 * 2 ** 20), ("2GiB", 2 * 2 ** 30),
+                                        ("1.5g", 3 * 2 ** 29), ("64kb", 64 * 1024), (" 3 ", 3)])
+def test_byte_size_reads_whole_numbers_and_binary_units(text, size):
+    from augment.arguments import byte_size
+
+    assert byte_size(text) == size

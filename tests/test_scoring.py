@@ -877,6 +877,45 @@ def test_rescoring_takes_every_embedding_from_the_cache(tmp_path, source, train_
     assert second["alignment"]["all"]["mean"] == pytest.approx(first["alignment"]["all"]["mean"], abs=1e-9)
 
 
+def test_chunk_bounds_close_at_the_byte_limit_on_item_boundaries():
+    from augment.scoring.pool_scores import chunk_bounds
+
+    starts, sizes = np.array([0, 2, 3, 6]), np.array([10, 10, 50, 1, 1, 1, 5])  # items of 20, 50, 3, 5 bytes
+    assert chunk_bounds(starts, 7, 100) == [(0, 7)]
+    assert chunk_bounds(starts, 7, 100, sizes, 20) == [(0, 2), (2, 3), (3, 7)]  # the 50-byte item alone, whole
+    assert chunk_bounds(starts, 7, 3, sizes, 10 ** 9) == [(0, 3), (3, 6), (6, 7)]  # rows still cap
+
+
+def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tmp_path, source, train_items, tiny_scorer,
+                                                                          sample_world_dir, monkeypatch):
+    """`score` read --chunk-rows rows at a time whatever their images weighed: 1,024 img-aug rows of 12 MP
+    photos held ~23 GB (audit BC). A chunk now also closes once its stored image bytes reach --chunk-bytes."""
+    import augment.scoring.pool_scores as pool_scores
+
+    def stored(item, k):  # the source image's bytes and k zero bytes after PNG's end: another size, same pixels
+        return {"bytes": Path(item["image"]["path"]).read_bytes() + bytes(k), "path": None}
+
+    rows = [_row(item, 0, k, "mixed", "pair", caption=f"{item['captions'][0]} {k}", image=stored(item, k))
+            for item in train_items for k in range(2)]
+    rows += [_row(item, 1, 0, "mixed", "text", caption=f"{item['captions'][1]} again") for item in train_items]
+    pool = _write(tmp_path / "pairs", rows, sample_world_dir)
+    sizes = pool_scores.stored_image_bytes(pool_scores.undecoded_images(pool.dataset))
+    expected = [len(stored(i, k)["bytes"]) for i in train_items for k in range(2)] + [0] * len(train_items)
+    assert sorted(sizes.tolist()) == sorted(expected) and sizes.min() == 0 and sizes.max() > 0
+    chunks, read_chunk = [], pool_scores.read_chunk
+    monkeypatch.setattr(pool_scores, "read_chunk", lambda dataset, indices: chunks.append(
+        sum(int(sizes[i]) for i in indices)) or read_chunk(dataset, indices))
+    whole = _score(pool, source, tiny_scorer, chunk_bytes=2 ** 40)
+    assert len(chunks) == 1
+    chunks.clear()
+    # one byte: each item holding images closes its chunk at once; the caption-1 items (text only, read after
+    # every caption-0 item) share the last one
+    bounded = _score(pool, source, tiny_scorer, chunk_bytes=1)
+    assert chunks == [len(stored(i, 0)["bytes"]) + len(stored(i, 1)["bytes"]) for i in train_items] + [0]
+    for key in ("all", "pair"):
+        assert bounded["alignment"][key]["mean"] == pytest.approx(whole["alignment"][key]["mean"], abs=1e-9)
+
+
 def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_items, counted_hf_scorer, sample_world_dir):
     import os
 

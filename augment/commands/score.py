@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from augment.arguments import confidence_level, file_path, non_negative_int, positive_int
+from augment.arguments import byte_size, confidence_level, file_path, non_negative_int, positive_int
 from augment.errors import ModelLoadError, PoolError, SourceError, first_line
 from augment.source_formats import TABLE_KEYS
 
@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the gap samples (default 0)")
     parser.add_argument("--gap-samples", type=_gap_sample_size, default=2000, help="embeddings per side for the gap (uniform sample; default 2000)")
     parser.add_argument("--chunk-rows", type=positive_int, default=1024, help="pool rows read and embedded at a time (default 1024)")
+    parser.add_argument("--chunk-bytes", type=byte_size, default="1G", metavar="SIZE",
+                        help="... and fewer rows once their stored images reach SIZE (512M, 2G; default 1G): "
+                             "bounds memory for pools of large photos")
     parser.add_argument("--cache-dir", default=None,
                         help="embedding cache folder (share it between pools of one source; default POOL/scores/<slug>/embeddings)")
     parser.add_argument("--table", default=None, type=file_path, metavar="FILE", help="write the comparison table (Markdown) here")
@@ -100,7 +103,7 @@ def run(args) -> int:
 
     settings = ScoreSettings(
         bootstrap=args.bootstrap, gap_bootstrap=args.gap_bootstrap, confidence=args.confidence,
-        seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows,
+        seed=args.seed, gap_samples=args.gap_samples, chunk_rows=args.chunk_rows, chunk_bytes=args.chunk_bytes,
     )
     from augment.devices import resolve_device
 

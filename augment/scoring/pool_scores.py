@@ -22,7 +22,8 @@ Definitions (the reference for everything `augment score` writes):
   the item's pool rows and its source content together.
 
 Rows are read and embedded in chunks that end at item boundaries, so memory does not grow with
-the pool beyond a few numbers per row.
+the pool beyond a few numbers per row: at most `chunk_rows` rows, or fewer whose stored images reach
+`chunk_bytes` (a chunk of 1,024 img-aug rows of 12 MP photos held ~23 GB of image bytes).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class ScoreSettings:
     seed: int = 0
     gap_samples: int = 2000  # per side; the MMD kernel is (2 * gap_samples)^2
     chunk_rows: int = 1024  # pool rows read and embedded at a time (bounds memory with images)
+    chunk_bytes: int = 2 ** 30  # ... and fewer rows when their stored images reach this many bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,15 +76,31 @@ def item_order(dataset) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-def chunk_bounds(starts: np.ndarray, total: int, chunk_rows: int) -> list[tuple[int, int]]:
-    """[begin, end) ranges of the grouped order, about `chunk_rows` long, ending at item starts."""
+def chunk_bounds(starts: np.ndarray, total: int, chunk_rows: int, row_bytes: np.ndarray | None = None,
+                 chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+    """[begin, end) ranges of the grouped order, ending at item starts: each closes at the first item
+    boundary where it holds `chunk_rows` rows or, given `row_bytes` (each row's stored size, in the grouped
+    order), `chunk_bytes` bytes. An item larger than either limit is a chunk of its own, never split."""
+    held = np.concatenate([[0], np.cumsum(row_bytes, dtype=np.int64)]) if row_bytes is not None else None
     bounds, begin = [], 0
     boundaries = list(starts[1:]) + [total]
     for boundary in boundaries:
-        if boundary - begin >= chunk_rows or boundary == total:
+        full = boundary - begin >= chunk_rows or (
+            held is not None and chunk_bytes is not None and held[boundary] - held[begin] >= chunk_bytes)
+        if full or boundary == total:
             bounds.append((begin, int(boundary)))
             begin = int(boundary)
     return bounds
+
+
+def stored_image_bytes(dataset) -> np.ndarray:
+    """Each row's stored image size in bytes (0 for a row without image bytes: a text row, or an image
+    kept as a path), from the arrow offsets alone: no image byte is read."""
+    import pyarrow.compute as pc
+
+    images = table_column(dataset, "image")
+    stored = pc.struct_field(images, [images.type.get_field_index("bytes")])  # by index: pyarrow 15 has no names
+    return pc.fill_null(pc.binary_length(stored), 0).to_numpy().astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +403,8 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     bar = progress_bar(total=len(pool), desc=f"scoring {pool.name}", unit="row", disable=not progress)
     try:
         try:
-            for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows):
+            row_bytes = stored_image_bytes(undecoded)[order]
+            for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows, row_bytes, settings.chunk_bytes):
                 _score_chunk(read_chunk(undecoded, order[begin:end]), source, embedder, totals, rows_writer, items_writer)
                 bar.update(end - begin)
         finally:
