@@ -311,7 +311,7 @@ def test_a_validator_of_budget_zero_loads_no_masked_lm(tmp_path, monkeypatch):
     ("retrieval", "sga", {"steps": 0}, {"image": "--pgd-steps 0"}),
     ("retrieval", "co-attack", {"eps": 0.0}, {"image": "--attack-eps 0"}),
     ("retrieval", "sep", {"budget": 0}, {"text": "--word-budget 0"}),
-    ("captioning", "prompt-pgd", {"budget": 0}, {"text": "--word-budget 0"}),
+    ("captioning", "prompt-pgd", {"budget": 0}, {"prompt": "--word-budget 0"}),  # eval.md's word; "text" before
     ("retrieval", "sep", {}, {}),  # whole: no parts_off key, the lines read as before
     ("retrieval", "pgd", {"budget": 0}, {}),  # a unimodal attack's other part is no part of it
     ("retrieval", "clean", {"steps": 0}, {}),
@@ -322,6 +322,23 @@ def test_parts_switched_off_names_each_part_and_its_flag(task, attack, options, 
     settings = ValidationSettings(every=1, task=task, attack=attack, split="val", limit=2, captions="all",
                                   captions_per_image=None, attack_options={"eps": 2 / 255, "steps": 10, "budget": 1, **options})
     assert parts_switched_off(settings) == off
+
+
+def test_a_run_validated_before_the_prompt_part_was_so_named_resumes(tmp_path):
+    """validation.jsonl named prompt-pgd's switched-off part "text" where eval.md says "prompt"; lines written
+    before the rename read as the same settings on resume, and another part switched off is still refused."""
+    from train.config import ConfigError
+    from train.validation import VALIDATION_FILE, check_resume
+
+    def line(attack, off):
+        return json.dumps({"step": 0, "attack": attack, "settings": {"attack": attack, "parts_off": off}}) + "\n"
+
+    (tmp_path / VALIDATION_FILE).write_text(line("prompt-pgd", {"text": "--word-budget 0"}))
+    check_resume(tmp_path, {"attack": "prompt-pgd", "parts_off": {"prompt": "--word-budget 0"}}, 1)
+    with pytest.raises(ConfigError, match="--pgd-steps / --attack-eps / --word-budget"):
+        check_resume(tmp_path, {"attack": "prompt-pgd", "parts_off": {"image": "--pgd-steps 0"}}, 1)
+    (tmp_path / VALIDATION_FILE).write_text(line("sep", {"text": "--word-budget 0"}))
+    check_resume(tmp_path, {"attack": "sep", "parts_off": {"text": "--word-budget 0"}}, 1)
 
 
 @pytest.mark.parametrize("task, attacks, candidates, mlm", [

@@ -110,8 +110,15 @@ def attack_parts(attack: str, task: str, steps, eps, budget) -> dict[str, str | 
     if attack in readers["pgd_steps"]:
         parts["image"] = "--pgd-steps 0" if steps == 0 else "--attack-eps 0" if eps == 0 else None
     if attack in readers["word_budget"]:
-        parts["text"] = "--word-budget 0" if budget == 0 else None
+        parts[_text_part(attack)] = "--word-budget 0" if budget == 0 else None
     return parts
+
+
+def _text_part(attack: str) -> str:
+    """What the text part of `attack` attacks, as eval.md names it: captioning's prompt attacks the prompt."""
+    from train.attacks.captioning import PROMPT_ATTACKS
+
+    return "prompt" if attack in PROMPT_ATTACKS else "text"
 
 
 def every_part_off(attack: str, task: str, steps, eps, budget) -> str | None:
@@ -145,6 +152,10 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
     for record in read_jsonl(path):
         if record["step"] <= start:
             saved = dict(record.get("settings") or {}, attack=record.get("attack"))
+            if isinstance(saved.get("parts_off"), dict) and "text" in saved["parts_off"]:
+                # prompt-pgd's prompt part was named "text" in lines written before 2026-12-06 (eval.md: "prompt")
+                saved["parts_off"] = {_text_part(saved["attack"]) if part == "text" else part: flag
+                                      for part, flag in saved["parts_off"].items()}
             # a line written before --val-segment-cjk (2026-12-06) scored captioning's CIDEr unsegmented
             saved.setdefault("segment_cjk", "none")
             if saved["segment_cjk"] != "none":  # segmented before fullwidth forms were folded (b238406): other CIDEr
