@@ -291,15 +291,20 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def adjust_for_comparisons(verdicts: list[dict]) -> None:
-    """Give each paired verdict of a checkpoint kind Holm's p over that kind's verdicts with a p
-    (`p_holm`, and `comparisons`: how many), when there are several: a study comparing eight pools
-    with MAT makes eight tests, and one p below 0.05 among them is what chance alone often gives."""
+    """Give each paired verdict of a checkpoint kind Holm's p over that kind's comparisons (`p_holm`, and
+    `comparisons`: how many), when there are several: a study comparing eight pools with MAT makes eight
+    tests, and one p below 0.05 among them is what chance alone often gives. Every comparison of 2 paired
+    seeds or more counts, one without a p too (the same difference in every seed: no t test): it enters the
+    adjustment as p = 1, claiming nothing, rather than shrinking the family (it was left out until a review)."""
     for checkpoint in dict.fromkeys(v.get("checkpoint") for v in verdicts):
-        tested = [v["paired"] for v in verdicts if v.get("checkpoint") == checkpoint
-                  and (v.get("paired") or {}).get("p") is not None]
-        if len(tested) > 1:
-            for paired, adjusted in zip(tested, holm([t["p"] for t in tested])):
-                paired.update(p_holm=adjusted, comparisons=len(tested))
+        compared = [v["paired"] for v in verdicts if v.get("checkpoint") == checkpoint
+                    and (v.get("paired") or {}).get("n", 0) > 1]
+        if len(compared) > 1:
+            adjusted = holm([1.0 if c.get("p") is None else c["p"] for c in compared])
+            for paired, p_holm in zip(compared, adjusted):
+                paired["comparisons"] = len(compared)
+                if paired.get("p") is not None:
+                    paired["p_holm"] = p_holm
 
 
 def paired_words(paired: dict | None) -> str:

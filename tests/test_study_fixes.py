@@ -840,6 +840,26 @@ def test_verdicts_of_several_pools_say_how_many_comparisons_and_holm_adjust(tmp_
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
+def test_holm_counts_a_comparison_without_a_p(tmp_path):
+    """A pool whose gain is the same in every seed has no t test (no spread): it was left out of Holm's family,
+    so two pools compared read as one comparison, unadjusted; it now counts, as p = 1."""
+    from scipy import stats
+
+    from analysis.report import _comparison, summarise_runs
+
+    mat = [24.3, 25.0, 26.0]
+    gains = {"a": [4.2, 2.5, 0.8], "same": [1.0, 1.0, 1.0]}
+    rows = _robust_results({"mat": mat, **{f"mat+:{k}": [m + g for m, g in zip(mat, v)] for k, v in gains.items()}})
+    summary = summarise_runs(rows, ["clean", "sga"], "sga", True)
+    config = {"name": "t", "seeds": [0, 1, 2], "validation": None, "headline_runs": ["mat"]}
+    comparison = _comparison(tmp_path, config, rows, summary, summary, ["clean", "sga"], "sga", True)
+    paired = {v["run"].split(":")[1]: v["paired"] for v in comparison.verdicts}
+    assert paired["same"]["p"] is None and "p_holm" not in paired["same"] and paired["same"]["comparisons"] == 2
+    p = stats.ttest_1samp(gains["a"], 0.0).pvalue
+    assert paired["a"]["comparisons"] == 2 and paired["a"]["p_holm"] == pytest.approx(min(1.0, 2 * p))
+    assert "Holm over the 2 MAT+ runs: " in "\n".join(comparison.lines)
+
+
 def test_pool_table_says_when_pools_diversity_and_gap_come_from_different_embeddings(tmp_path):
     """A re-rendered-image pool's diversity and gap are image-embedding numbers, a caption pool's
     text-embedding ones: the pool table put them in one column and the Spearman ranked them together,
