@@ -67,6 +67,30 @@ def _results_shape_problem(results) -> str | None:
                                   and isinstance(v.get("beyond_twice_spread"), bool)):
             return ("each verdict must be an object with run, baseline, checkpoint, difference, spread, n and "
                     f"beyond_twice_spread, got {repr(v)[:80]}")
+        problem = _paired_problem(v.get("paired")) if v is not None else None
+        if problem:
+            return f"verdict {v['run']}'s paired entry {problem}, got {repr(v['paired'])[:80]}"
+    return None
+
+
+def _paired_problem(paired) -> str | None:
+    """What of a verdict's `paired` entry (`paired_difference`) `paired_words` formats has the wrong shape;
+    None: nothing, or no entry (results.json written before it)."""
+    if paired is None:
+        return None
+    if not isinstance(paired, dict) or not is_number(paired.get("n")):
+        return "must be an object with a number n"
+    if paired["n"] < 2:
+        return None  # one seed: nothing of it is printed
+    if not all(is_number(paired.get(key)) for key in ("mean", "sd", "higher")):
+        return "must hold numbers mean, sd and higher"
+    if paired.get("ci95") is not None:
+        interval = paired["ci95"]
+        if not (isinstance(interval, list) and len(interval) == 2 and all(is_number(x) for x in interval)
+                and is_number(paired.get("p"))):
+            return "must hold ci95 as [low, high] and a number p"
+        if paired.get("p_holm") is not None and not (is_number(paired["p_holm"]) and is_number(paired.get("comparisons"))):
+            return "must hold p_holm and comparisons as numbers"
     return None
 
 

@@ -594,6 +594,16 @@ def test_a_null_oracle_factor_means_the_default(tmp_path):
      "each verdict must be an object with run, baseline, checkpoint, difference, spread, n"),
     ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "checkpoint": '
      '"last", "difference": "x", "spread": 0.0, "n": 1, "beyond_twice_spread": false}]}', "each verdict must be"),
+    # a paired entry of the wrong shape: a KeyError or TypeError traceback until a review
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "checkpoint": '
+     '"last", "difference": 1.0, "spread": 0.5, "n": 3, "beyond_twice_spread": false, "paired": {"n": 3}}]}',
+     "verdict mat+:scene's paired entry must hold numbers mean, sd and higher"),
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "checkpoint": '
+     '"last", "difference": 1.0, "spread": 0.5, "n": 3, "beyond_twice_spread": false, "paired": {"n": 3, "mean": 1, '
+     '"sd": 1, "higher": 2, "ci95": [0.1], "p": 0.2}}]}', "paired entry must hold ci95 as [low, high] and a number p"),
+    ('{"config": {"name": "x"}, "headline": [], "verdicts": [{"run": "mat+:scene", "baseline": "mat", "checkpoint": '
+     '"last", "difference": 1.0, "spread": 0.5, "n": 3, "beyond_twice_spread": false, "paired": [3]}]}',
+     "paired entry must be an object with a number n"),
 ])
 def test_regimes_names_a_damaged_or_foreign_results_json(tmp_path, capsys, text, named):
     """`analysis regimes` read results.json unchecked: a KeyError, TypeError or JSONDecodeError traceback."""
