@@ -261,7 +261,7 @@ class ImageTextModel(nn.Module):
         return folder
 
     def save_native(self, folder: Path) -> None:
-        """Write the family's own files into `folder` (the family loads them back by `load_folder`).
+        """Write the family's own files into `folder` (`load_model` reads them back through the family's `load`).
         Weights go in files named `*.safetensors` (every built-in family; never a pickle), `*.bin`,
         `*.pt` or `*.pth`: `augment score` digests a scorer folder's files and refuses one with none
         of these (it would score with whatever the family builds without weights)."""
@@ -271,11 +271,6 @@ class ImageTextModel(nn.Module):
     def can_load(cls, folder: Path) -> bool:
         """Whether `folder` holds this family's native layout (used when there is no matplus_model.json)."""
         return False
-
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "ImageTextModel":
-        """Load a folder this family saved (or its native layout); eval mode."""
-        raise NotImplementedError
 
 
 class VisionLanguageModel(ImageTextModel):

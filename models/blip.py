@@ -184,10 +184,6 @@ class BlipRetrievalModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     def can_load(cls, folder: Path) -> bool:
         return ARCHITECTURE in tio.folder_architectures(folder)
 
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "BlipRetrievalModel":
-        return load(str(folder), None, device=device, display_name=name)
-
 
 def enc_token_id(tokenizer, text_config) -> int | None:
     """BLIP's [ENC] id, which starts the text of every ITM pass in BLIP (salesforce/BLIP).

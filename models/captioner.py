@@ -232,10 +232,6 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
             return False
         return any(a in SUPPORTED_ARCHITECTURES for a in architectures)
 
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "HFCaptioner":
-        return load(str(folder), None, device=device, display_name=name)
-
 
 def decode_captions(tokenizer, ids) -> list[str]:
     """Generated ids as caption texts, special tokens left out. `tokenizer`: a tokenizer or a

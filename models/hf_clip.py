@@ -144,10 +144,6 @@ class HFClipModel(tio.TransformersEncoderWrapped, VisionLanguageModel):
     def can_load(cls, folder: Path) -> bool:
         return ARCHITECTURE in tio.folder_architectures(folder)
 
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "HFClipModel":
-        return load(str(folder), None, device=device, display_name=name)
-
 
 def claims_name(name: str, pretrained: str | None = None) -> bool:
     """`transformers:NAME` says "read NAME with transformers' CLIPModel"."""

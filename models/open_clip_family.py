@@ -267,10 +267,6 @@ class OpenClipModel(VisionLanguageModel):
     def can_load(cls, folder: Path) -> bool:
         return (Path(folder) / OPEN_CLIP_CONFIG_NAME).is_file()
 
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "OpenClipModel":
-        return load(f"local-dir:{folder}", None, device=device, display_name=name)
-
 
 def load(name: str, pretrained: str | None = None, device: Any = "cpu", precision: str = "fp32", *,
          cache_dir: str | None = None, display_name: str | None = None) -> OpenClipModel:

@@ -496,12 +496,6 @@ class AlbefModel(VisionLanguageModel):
     def can_load(cls, folder: Path) -> bool:
         return (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
 
-    @classmethod
-    def load_folder(cls, folder: Path, name: str, device: Any = "cpu") -> "AlbefModel":
-        from models.albef import load
-
-        return load(str(folder), None, device=device, display_name=name)
-
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """All ranks' rows (ALBEF gathers before enqueueing, so every rank keeps the same queue)."""
