@@ -64,11 +64,3 @@ def momentum_distilled_itc_loss(output: EncoderOutput, keys: torch.Tensor, alpha
         extras["enqueue"](image_m, text_m, keys)
     return (loss_i2t + loss_t2i) / 2
 
-
-def retrieval_itc_loss(model, output: EncoderOutput, keys: torch.Tensor, task) -> torch.Tensor:
-    """`tasks.retrieval.ITC_LOSSES["momentum-distilled"]`: the loss above with the task's alpha.
-
-    `task.distill_alpha` (set by the trainer each step, e.g. ALBEF's warm-up alpha x min(1, step /
-    steps_per_epoch) in the first epoch) overrides the model's alpha when not None.
-    """
-    return momentum_distilled_itc_loss(output, keys, alpha=getattr(task, "distill_alpha", None))
