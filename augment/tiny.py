@@ -343,10 +343,6 @@ def open_clip_config(name: str) -> dict:
     return json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def tiny_clip_config() -> dict:
-    return open_clip_config(TINY_CLIP)
-
-
 # ---------------------------------------------------------------------------------------------
 # Builders: each writes one tiny model into an empty folder with the library's save_pretrained
 # ---------------------------------------------------------------------------------------------
