@@ -24,7 +24,6 @@ from augment import tiny
 from augment.seeds import cpu_torch_seeded
 
 WORLD_MLM = "world-mlm"
-WORLD_MLM_NAMES = (WORLD_MLM,)
 # bump when the builder changes in a way the recipe below does not show
 RECIPE_VERSION = 1
 TRAIN_WORLD = {"seed": 1, "n": 4000, "captions_per_scene": 5}  # its train split: 3,000 scenes, 15,000 captions
