@@ -366,11 +366,3 @@ def load_grounding(source: str | Path, **options) -> GroundingData:
                    and v is not None}
         return load_refcoco(path, **refcoco)
     raise SourceError(f"{source}: a grounding source is a sample-world folder or an ALBEF refcoco+ JSON")
-
-
-def expression_captions(data: GroundingData) -> list[list[str]]:
-    """Per image, the texts of its expressions (what training pairs with the image)."""
-    captions: list[list[str]] = [[] for _ in data.images]
-    for expression in data.expressions:
-        captions[expression.image].append(expression.text)
-    return captions
