@@ -166,7 +166,6 @@ class _Phrase:
     """One noun phrase of a caption and the claims it makes."""
 
     quantity: int | None = None  # a number word: exactly this many matching objects
-    has_determiner: bool = False
     plural: bool = False
     head: str | None = None  # "object", "background", "frame"; None until a noun arrives
     colours: set = field(default_factory=set)
@@ -258,7 +257,7 @@ def _parse(units: list[tuple[str, object]]) -> tuple[list, bool]:
     for index, (kind, value) in enumerate(units):
         next_kind = units[index + 1][0] if index + 1 < len(units) else None
         if kind == "det":
-            start(has_determiner=True)
+            start()
         elif kind == "num" or (kind == "one" and (current is None or not current.has_content())):
             number = value if kind == "num" else 1
             if current is not None and not current.has_content() and current.quantity is None:
