@@ -211,12 +211,6 @@ class AttackSettings:
             raise ValueError(f"unknown attack setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
         return cls(**options)
 
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["scales"] = list(self.scales)
-        out["pgd_step_size"] = self.pgd_step_size
-        return out
-
 
 ATTACK_DEFAULTS = AttackSettings()
 
