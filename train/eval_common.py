@@ -227,12 +227,12 @@ MLM_ATTACKS = ("bert-attack", "sep", "co-attack", "sga")  # retrieval attacks th
 
 
 def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build: Callable | None = None,
-                  mlm_attacks: Sequence[str] = MLM_ATTACKS, default_mlm: Callable | None = None) -> dict[str, Attack]:
+                  mlm_attacks: Sequence[str] = MLM_ATTACKS) -> dict[str, Attack]:
     """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones.
 
-    Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`), the names
-    of those that use a masked LM, and `default_mlm(attacker)`, the LM meant by "default" (default:
-    `train.config.default_mlm_of`, tiny-mlm for a tiny twin)."""
+    Another task's attacks: `build(name, attacker, **options)` (default: `build_attack`) and the names
+    of those that use a masked LM. The LM meant by "default" is `train.config.default_mlm_of(attacker)`
+    (tiny-mlm for a tiny twin)."""
     build = build or build_attack
     options = {k: v for k, v in options.items() if v is not None}  # unset: each attack's own default
     # a budget of 0 changes no word: the text attacks read no masked LM (none loaded, `NoSubstitutes`)
@@ -243,7 +243,7 @@ def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build:
 
         name = options.get("mlm") or "default"
         if name == "default":
-            name = (default_mlm or default_mlm_of)(attacker)
+            name = default_mlm_of(attacker)
         model, tokenizer = load_mlm(name, device=attacker.device)
         options["mlm"] = (model, tokenizer, name)
     attacks: dict[str, Attack] = {}
