@@ -534,12 +534,9 @@ def _dataset_of_table(table, fingerprint: str | None = None, state: str | None =
     return dataset
 
 
-def validate_images(dataset: "datasets.Dataset", progress: bool = False) -> None:
+def validate_images(dataset: "datasets.Dataset") -> None:
     """Decode every image of a loaded source once (SourceError naming the first bad one)."""
-    from augment.progress import progress_bar
-
-    stored = undecoded(dataset).select_columns(["image_id", "image"])
-    for row in progress_bar(stored, total=len(stored), desc="decoding images", unit="img", disable=not progress):
+    for row in undecoded(dataset).select_columns(["image_id", "image"]):
         open_record_image(row["image"], row["image_id"])
 
 
