@@ -78,14 +78,10 @@ def _background(kind: str, noise_seed: int) -> Image.Image:
     return Image.frombytes("L", (IMAGE_SIZE, IMAGE_SIZE), noise.translate(_NOISE_LEVELS)).convert("RGB")
 
 
-def render_scene(scene: Scene, rng: random.Random | None = None) -> Image.Image:
-    """The scene as a 64x64 RGB image.
-
-    Without `rng` the image is fully determined by the scene. With `rng`, a noisy background
-    gets fresh noise drawn from it (objects and their layout are unchanged).
-    """
-    noise_seed = scene.noise_seed if rng is None else rng.getrandbits(32)
-    image = _background(scene.background, noise_seed)
+def render_scene(scene: Scene) -> Image.Image:
+    """The scene as a 64x64 RGB image, fully determined by the scene (a noisy background's noise by
+    its `noise_seed`)."""
+    image = _background(scene.background, scene.noise_seed)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw_object(draw, obj)
