@@ -1,9 +1,9 @@
 """A small deterministic clean captioner fine-tune for fixtures and quick checks.
 
 Captioning tests need a captioner that has learned something of the sample world (random
-weights caption nothing right, so no attack could make it worse). As `train.quick` for CLIP:
-images decoded once into one tensor, seeded batches, no augmentation, plain LM loss. For real
-fine-tuning use `train clean --task captioning`.
+weights caption nothing right, so no attack could make it worse). Images decoded once into one
+tensor, seeded batches, no augmentation, plain LM loss. For real fine-tuning use
+`train clean --task captioning`.
 """
 from __future__ import annotations
 
