@@ -426,6 +426,30 @@ def resolve_name(name: str, pretrained: str | None = None) -> None:
     _resolve_clip(name, pretrained, None)
 
 
+def _local_config_problem(path: Path) -> str | None:
+    """What of a folder's open_clip_config.json open_clip reads has the wrong shape (None: nothing). Checked
+    here because open_clip's own failure names none of it ("'int' object is not subscriptable", "'list' object
+    has no attribute 'timm_model_name'", a randn() TypeError for an embed_dim of "x")."""
+    from augment.json_records import DamagedRecord, json_kind, read_json_object
+
+    try:
+        config = read_json_object(path)
+    except DamagedRecord as damage:
+        return str(damage)
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict):
+        return f"'model_cfg' must be an object, got {json_kind(model_cfg)}"
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(model_cfg.get(key), dict):
+            return f"'model_cfg.{key}' must be an object, got {json_kind(model_cfg.get(key))}"
+    embed_dim = model_cfg.get("embed_dim")
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+        return f"'model_cfg.embed_dim' must be a positive whole number, got {json.dumps(embed_dim)[:40]}"
+    if "preprocess_cfg" in config and not isinstance(config["preprocess_cfg"], dict):
+        return f"'preprocess_cfg' must be an object, got {json_kind(config['preprocess_cfg'])}"
+    return None
+
+
 def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:
     """(open_clip model name, pretrained, force_quick_gelu) for any accepted CLIP name."""
     if not isinstance(name, str) or not name.strip():
@@ -453,6 +477,10 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
             # open_clip would build the architecture with random weights: a partial copy must not pass for the model
             raise ModelLoadError(f"cannot load CLIP '{name}': folder {folder} has no weights file "
                                  f"({OPEN_CLIP_WEIGHTS_NAME}); copy it again")
+        problem = _local_config_problem(folder / OPEN_CLIP_CONFIG_NAME)
+        if problem:
+            raise ModelLoadError(f"{folder / OPEN_CLIP_CONFIG_NAME}: damaged ({problem}); copy the model folder "
+                                 "again or retrain it")
         return f"local-dir:{folder}", None, False
     if name.startswith("hf-hub:"):
         _refuse_a_tag(name, pretrained, "names its weights already")

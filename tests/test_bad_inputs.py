@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -817,3 +818,27 @@ def test_a_garbage_tensor_file_never_advises_unpickling_it(tmp_path):
     with pytest.raises(MatPlusError) as info:
         load_tensors(path, "resume from another checkpoint")
     assert "weights_only" not in str(info.value) and "not plain tensors and numbers" in str(info.value)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda cfg: [1], "a JSON object expected, got list"),
+    (lambda cfg: {**cfg, "model_cfg": 5}, "'model_cfg' must be an object, got number"),
+    (lambda cfg: {**cfg, "model_cfg": {**cfg["model_cfg"], "vision_cfg": [1]}}, "'model_cfg.vision_cfg' must be an object, got list"),
+    (lambda cfg: {**cfg, "model_cfg": {**cfg["model_cfg"], "embed_dim": "x"}}, "'model_cfg.embed_dim' must be a positive whole number, got \"x\""),
+    (lambda cfg: {**cfg, "preprocess_cfg": 5}, "'preprocess_cfg' must be an object, got number"),
+])
+def test_an_open_clip_config_of_the_wrong_shape_names_the_key(tmp_path, change, problem):
+    """A saved CLIP's open_clip_config.json of the wrong shape failed in open_clip, in words that name no key:
+    "'int' object is not subscriptable", "'list' object has no attribute 'timm_model_name'" (audit AZ's left finding)."""
+    import shutil
+
+    from augment import tiny
+    from augment.errors import ModelLoadError
+    from models import load_model
+
+    saved = tmp_path / "clip"
+    shutil.copytree(tiny.tiny_dir("tiny-clip"), saved)
+    config = saved / "open_clip_config.json"
+    config.write_text(json.dumps(change(json.loads(config.read_text()))))
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(str(config))}: damaged \\({re.escape(problem)}\\); copy"):
+        load_model(str(saved))
