@@ -263,6 +263,16 @@ def test_make_sample_expressions_count_is_the_true_one(tmp_path, capsys):
 @pytest.mark.parametrize("names", ["", ",", " , "])
 def test_save_tiny_with_no_names_is_refused(tmp_path, capsys, names):
     fails(capsys, ["save-tiny", tmp_path / "out", "--names", names], "--names lists no model")
+
+
+
+def test_save_tiny_names_a_dir_swallowed_by_names(tmp_path, capsys):
+    """`augment save-tiny --names tiny-clip DIR` (the usage line's order) was argparse's "the following arguments
+    are required: DIR": --names had taken DIR as a model name."""
+    fails(capsys, ["save-tiny", "--names", "tiny-clip", tmp_path / "out"],
+          f"--names takes every word after it, so '{tmp_path / 'out'}' was read as a model name; write DIR first")
+    fails(capsys, ["save-tiny"], "save-tiny: the folder to write into (DIR) is missing")
+    assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out").exists()
 
 
