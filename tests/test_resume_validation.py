@@ -292,6 +292,13 @@ def test_an_incomplete_last_line_of_the_logs_is_dropped_on_resume(tmp_path, samp
     (run / "validation.jsonl").write_text('{"step": 0, "rob\n{"step": 1}\n')
     with pytest.raises(MatPlusError, match=r"validation.jsonl: line 1 is not JSON"):
         read_jsonl(run / "validation.jsonl")
+    # a damaged last line written whole (its line break after it) is no kill's leftover either: it was dropped
+    # as if cut short, and the resume rewrote the file without it
+    (run / "validation.jsonl").write_text('{"step": 0}\n{"step": 1, "rob}\n')
+    with pytest.raises(MatPlusError, match=r"validation.jsonl: line 2 is not JSON"):
+        read_jsonl(run / "validation.jsonl")
+    (run / "validation.jsonl").write_text('{"step": 0}\n{"step": 1, "rob')
+    assert [r["step"] for r in read_jsonl(run / "validation.jsonl")] == [0]
 
 
 # ----------------------------------------------------------------------------- L7: TensorBoard and W&B on resume

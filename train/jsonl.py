@@ -9,16 +9,19 @@ from augment.errors import MatPlusError
 
 def read_jsonl(path: Path) -> list[dict]:
     """The lines of an appended JSON-lines file. An incomplete last line (a kill or a full disk
-    during the append) is left out: the resumed run rewrites it. A damaged line elsewhere is one line."""
+    during the append: no line break after it) is left out: the resumed run rewrites it. A damaged line
+    elsewhere, or a damaged last line that was written whole (its line break there), is one line."""
     if not path.exists():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    cut_short = not text.endswith("\n")  # each record is appended with its line break in one write
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            if number == len(lines):
+            if number == len(lines) and cut_short:
                 break
             raise MatPlusError(f"{path}: line {number} is not JSON ({exc.msg}); repair or delete the line, or start "
                                "over with --overwrite") from None
