@@ -301,6 +301,21 @@ def _stored_image(image) -> bool:
     return (isinstance(data, bytes) and path is None) or (data is None and isinstance(path, str))
 
 
+def _held_in_the_pool(image):
+    """`image` in a form `datasets.Image` encodes to bytes, never to a path outside the pool: it stores a PIL
+    image opened from a file (or a {"bytes", "path"} dict naming a file that exists) as that file's path alone,
+    so a generator returning `Image.open(f)` (even drawn on since) or a temporary file's bytes with its name made
+    a pool that needed the file, and lost the image with it. A file's image becomes a copy (PNG: its pixels,
+    losslessly); a dict's bytes are kept without the path."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image) and getattr(image, "filename", ""):
+        return image.copy()  # a copy has no file behind it
+    if isinstance(image, dict) and isinstance(image.get("bytes"), bytes) and image.get("path") is not None:
+        return {"bytes": image["bytes"], "path": None}
+    return image
+
+
 def _encoded_slices(rows: Iterable[dict], where: str) -> Iterator:
     """`rows` checked and taken into arrow tables of the pool's schema, `SHARD_SLICE_ROWS` rows at a time (at
     least one table, empty for no rows). A generator's PIL images are encoded here by the column's own
@@ -319,7 +334,7 @@ def _encoded_slices(rows: Iterable[dict], where: str) -> Iterator:
         for row in part:
             check_pool_row(row, f"{where}, row {row.get('row_id')!r}")
         columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
-        columns["image"] = [image if _stored_image(image) else encode(image) for image in columns["image"]]
+        columns["image"] = [image if _stored_image(image) else encode(_held_in_the_pool(image)) for image in columns["image"]]
         full = len(part) == SHARD_SLICE_ROWS
         part = row = None  # this slice's images go before the next slice's are made
         made += 1

@@ -34,6 +34,34 @@ def test_round_trip_text_and_image_rows(tmp_path):
     assert pool.dataset[1]["image"].getpixel((0, 0)) == (255, 0, 0)
 
 
+def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path):
+    """datasets.Image stores a PIL image opened from a file, or bytes given with a file's name, as the path
+    alone: a generator returning `Image.open(f)` (drawn on since) or a temporary file's bytes and name made a
+    pool that lost the image with the file (a review's finding; no built-in generator does)."""
+    import io
+
+    from PIL import ImageDraw
+
+    drawn = tmp_path / "drawn.png"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(drawn)
+    opened = Image.open(drawn)
+    ImageDraw.Draw(opened).point((0, 0), fill=(255, 0, 0))  # drawn on after opening: the file no longer holds it
+    named = tmp_path / "named.png"
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(named)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(buffer, format="PNG")
+    rows = [_row(0, "image", None, opened), _row(1, "image", None, {"bytes": buffer.getvalue(), "path": str(named)})]
+    write_pool(tmp_path / "p", rows, {"method": "m"})
+    drawn.unlink()
+    named.unlink()
+    stored = load_pool(tmp_path / "p").dataset.cast_column("image", POOL_FEATURES["image"].__class__(decode=False))
+    assert [row["image"]["path"] for row in stored] == [None, None]
+    pool = load_pool(tmp_path / "p")
+    assert pool.dataset[0]["image"].convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    assert pool.dataset[0]["image"].convert("RGB").getpixel((1, 1)) == (0, 0, 255)
+    assert pool.dataset[1]["image"].getpixel((0, 0)) == (9, 9, 9)
+
+
 def test_a_shard_of_generated_images_is_the_file_datasets_own_encoding_writes(tmp_path, monkeypatch):
     """write_shard encodes a generator's PIL images itself, in slices, without datasets' pickled hash of the
     table (its peak memory was 2.5x the rows'): the file must stay byte for byte what `Dataset.from_dict`
