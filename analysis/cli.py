@@ -9,8 +9,8 @@ from augment.atomic import atomic_write_text
 from augment.arguments import file_path, folder_path, seed_list
 from augment.cli_common import run_main
 from augment.errors import MatPlusError
-from augment.json_records import DamagedRecord, read_json_object
-from analysis.config import bundled_config_names, is_number
+from augment.json_records import DamagedRecord, is_number, read_json_object
+from analysis.config import bundled_config_names
 from train.eval_report import EVAL_JSON
 
 

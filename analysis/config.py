@@ -428,11 +428,6 @@ def _is_positive_number(value) -> bool:
         return False
 
 
-def is_number(value) -> bool:
-    """An int or float as JSON reads one (a bool is no number): what the report and compare readers check."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_count(value) -> bool:
     """A whole number >= 1 (YAML's true is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1

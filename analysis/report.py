@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.config import is_number, oracle_factor
+from analysis.config import oracle_factor
 from augment.atomic import atomic_write_text, save_figure_atomic
 from augment.errors import MatPlusError
+from augment.json_records import is_number
 from augment.pool import write_json_atomic
 
 PROPERTY_LABELS = {

@@ -17,6 +17,12 @@ class DamagedRecord(ValueError):
     line 3 column 5: Expecting ',' delimiter", "a JSON object expected, got list"."""
 
 
+def is_number(value) -> bool:
+    """An int or float as JSON reads one (a bool is no number, though Python counts it an int): what the
+    readers of records check a number field by."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def json_kind(value) -> str:
     """The JSON name of a parsed value's type, as a message says it ("null", not "NoneType")."""
     if value is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from augment.json_records import is_number
 from augment.source_formats import is_hub_id_spelling
 from data_cards import catalog
 
@@ -214,7 +215,7 @@ def score_rows(scores: Any) -> list[dict]:
         return _scorer_rows(scores)
     rows = []
     for name, entry in scores.items():
-        if _is_number(entry):
+        if is_number(entry):
             rows.append({"name": name, "value": _fmt(entry), "ci": "", "details": ""})
         elif isinstance(entry, dict):
             row = _score_entry_row(name, entry)
@@ -233,7 +234,7 @@ def ci_label(scores: Any) -> str:
     if len(levels) > 1:
         return "CI (levels differ by scorer: scores.json)"
     level = levels.pop() if levels else 0.95
-    return f"{level:.0%} CI" if _is_number(level) else "CI"
+    return f"{level:.0%} CI" if is_number(level) else "CI"
 
 
 def _scorer_rows(document: dict) -> list[dict]:
@@ -266,11 +267,11 @@ def _scorer_rows(document: dict) -> list[dict]:
 
 
 def _score_entry_row(name: str, entry: dict) -> dict | None:
-    value_key = next((k for k in ("mean", "value") if _is_number(entry.get(k))), None)
+    value_key = next((k for k in ("mean", "value") if is_number(entry.get(k))), None)
     ci = _fmt_ci(entry.get("ci"))
-    if not ci and _is_number(entry.get("low")) and _is_number(entry.get("high")):
+    if not ci and is_number(entry.get("low")) and is_number(entry.get("high")):
         ci = _fmt_ci([entry["low"], entry["high"]])
-    details = {k: v for k, v in entry.items() if k not in (value_key, "ci", "low", "high") and _is_number(v)}
+    details = {k: v for k, v in entry.items() if k not in (value_key, "ci", "low", "high") and is_number(v)}
     if value_key is None and not ci and not details:
         return None
     return {
@@ -281,18 +282,14 @@ def _score_entry_row(name: str, entry: dict) -> dict | None:
     }
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _fmt_ci(ci: Any) -> str:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(is_number(v) for v in ci):
         return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
-    if _is_number(ci):
+    if is_number(ci):
         return f"± {_fmt(ci)}"
     return ""
 

@@ -75,3 +75,10 @@ def test_every_record_reader_names_the_file_and_the_damage(tmp_path, text):
             reader(argument)
         message = str(caught.value)
         assert message.startswith(str(tmp_path / name)) and expected in message and "\n" not in message, reader
+
+
+def test_is_number_is_a_json_number_and_no_bool():
+    from augment.json_records import is_number
+
+    assert [is_number(v) for v in (0, -2, 1.5, float("nan"), True, False, None, "1", [1])] == [
+        True, True, True, True, False, False, False, False, False]
