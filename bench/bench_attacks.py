@@ -61,7 +61,7 @@ import torch
 
 from augment.arguments import positive_int
 from models.half_precision import PRECISIONS, autocast
-from bench.report import report_path
+from bench.report import offline, report_path
 
 DEFAULT_OUT = "outputs/bench/attacks.json"
 MULTIMODAL = ("bert-attack", "sep", "co-attack", "sga")
@@ -91,11 +91,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "torch.profiler and add the per-operator tables to OUT's folder as NAME.profile.txt")
     parser.add_argument("--out", type=report_path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     return parser.parse_args(argv)
-
-
-def _offline() -> None:
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(name, "1")
 
 
 def _timed(fn):
@@ -429,7 +424,7 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
-    _offline()
+    offline()
     from augment.registry import load_mlm
     from augment.world.writer import write_sample
     from augment.sources import load_source

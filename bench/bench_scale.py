@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import positive_int
-from bench.report import positive_counts, report_path
+from bench.report import offline, positive_counts, report_path
 
 DEFAULT_OUT = "outputs/bench/scale.json"
 DEFAULT_SIZES = "200,2000,20000"
@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(*args.child)
     sizes = sorted(args.sizes)
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(name, "1")
+    offline()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {}

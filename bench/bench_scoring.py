@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import non_negative_int, positive_int
-from bench.report import positive_counts, report_path
+from bench.report import offline, positive_counts, report_path
 
 DEFAULT_OUT = "outputs/bench/scoring.json"
 LABELS = {
@@ -108,11 +108,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # internal: one memory measurement in a fresh process
     parser.add_argument("--memory-child", nargs=3, metavar=("POOL", "SOURCE", "JSON"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _offline() -> None:
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(name, "1")
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -660,7 +655,7 @@ def print_memory(memory: list[dict]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    _offline()
+    offline()
     if args.memory_child:
         return memory_child(*args.memory_child)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from augment.arguments import non_negative_int, positive_fraction, positive_int
-from bench.report import report_path
+from bench.report import offline, report_path
 
 DEFAULT_OUT = "outputs/bench/text_generators.json"
 NLPAUG_MISSING = "nlpaug is not installed: pip install -e '.[bench]' (or pip install nlpaug)"
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(f"error: {NLPAUG_MISSING}", file=sys.stderr)
         return 2
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")  # tiny models only; never reach for the Hub
+    offline()
     import torch
 
     from augment.errors import MatPlusError

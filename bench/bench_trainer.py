@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from augment.arguments import positive_int
-from bench.report import report_path
+from bench.report import offline, report_path
 
 DEFAULT_OUT = "outputs/bench/trainer.json"
 
@@ -154,8 +154,7 @@ def bench_text_attack(mat_trainer, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(name, "1")
+    offline()
     import torch
 
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:

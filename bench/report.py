@@ -9,6 +9,13 @@ import sys
 from pathlib import Path
 
 
+def offline() -> None:
+    """Benchmarks build tiny models or real shapes with random weights: never reach for a hub (a variable the
+    caller set is kept)."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+
+
 def environment(device: str, **extra) -> dict:
     """Python, torch, threads, CPUs, load (a shared machine's speed varies several-fold), the GPU's name."""
     import torch
