@@ -902,6 +902,8 @@ def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tm
     sizes = pool_scores.stored_image_bytes(pool_scores.undecoded_images(pool.dataset))
     expected = [len(stored(i, k)["bytes"]) for i in train_items for k in range(2)] + [0] * len(train_items)
     assert sorted(sizes.tolist()) == sorted(expected) and sizes.min() == 0 and sizes.max() > 0
+    backwards = pool_scores.undecoded_images(pool.dataset).select(range(len(pool.dataset) - 1, -1, -1))
+    assert pool_scores.stored_image_bytes(backwards).tolist() == sizes[::-1].tolist()  # a selection's order
     chunks, read_chunk = [], pool_scores.read_chunk
     monkeypatch.setattr(pool_scores, "read_chunk", lambda dataset, indices: chunks.append(
         sum(int(sizes[i]) for i in indices)) or read_chunk(dataset, indices))

@@ -98,9 +98,10 @@ def stored_image_bytes(dataset) -> np.ndarray:
     kept as a path), from the arrow offsets alone: no image byte is read."""
     import pyarrow.compute as pc
 
-    images = table_column(dataset, "image")
+    images = dataset.data.table.column("image")  # the table's: `table_column` of a selection takes (copies) the bytes
     stored = pc.struct_field(images, [images.type.get_field_index("bytes")])  # by index: pyarrow 15 has no names
-    return pc.fill_null(pc.binary_length(stored), 0).to_numpy().astype(np.int64)
+    sizes = pc.fill_null(pc.binary_length(stored), 0).to_numpy().astype(np.int64)
+    return sizes[table_positions(dataset, np.arange(len(dataset)))]
 
 
 # ---------------------------------------------------------------------------------------------
