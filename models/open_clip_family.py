@@ -261,7 +261,8 @@ class OpenClipModel(VisionLanguageModel):
 
     # saving
     def save_native(self, folder: Path) -> None:
-        save_clip_local_dir(self.model, folder, self.model_cfg, preprocess_cfg=self.preprocess_cfg)
+        save_clip_local_dir(self.model, folder, self.model_cfg, preprocess_cfg=self.preprocess_cfg,
+                            tokenizer=self.tokenizer)
 
     @classmethod
     def can_load(cls, folder: Path) -> bool:
@@ -534,8 +535,10 @@ def save_clip_local_dir(
     state dict), so `open_clip.create_model("local-dir:DIR")` and `load(DIR)` load the same
     weights. `model_name_or_cfg`: an architecture config dict (e.g. `ClipBundle.model_cfg`) or a
     name open_clip resolves (built-in, `hf-hub:`, `local-dir:`). `preprocess_cfg` defaults to the
-    one open_clip attached to `model.visual`. Give `tokenizer` for models whose config names a
-    Hugging Face tokenizer (open_clip then loads it from the same folder).
+    one open_clip attached to `model.visual`. `tokenizer`: the model's; saved in the folder (its
+    `save_pretrained`) when the config names a Hugging Face tokenizer (`text_cfg.hf_tokenizer_name`:
+    SigLIP, SigLIP2, CLIPA, ...), which open_clip then loads from the folder itself, whatever the
+    name says. Without it such a folder loaded nowhere (`save_native` passed none until audit BG).
     """
     import open_clip
     from safetensors.torch import save_file
@@ -561,9 +564,14 @@ def save_clip_local_dir(
     weights_tmp = temporary_path(out_dir / OPEN_CLIP_WEIGHTS_NAME)
     save_file(state, str(weights_tmp), metadata={"format": "pt"})
     os.replace(weights_tmp, out_dir / OPEN_CLIP_WEIGHTS_NAME)
+    text_cfg = model_cfg.get("text_cfg")
+    if isinstance(text_cfg, dict) and text_cfg.get("hf_tokenizer_name"):
+        if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+            raise ModelLoadError(f"cannot save CLIP in {out_dir}: its config names the Hugging Face tokenizer "
+                                 f"{text_cfg['hf_tokenizer_name']!r}, which the folder must hold, and no tokenizer "
+                                 "was given")
+        tokenizer.save_pretrained(str(out_dir))  # before the config: a folder with a config is complete
     atomic_write_text(out_dir / OPEN_CLIP_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(out_dir))
     return out_dir
 
 

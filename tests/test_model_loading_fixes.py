@@ -363,3 +363,38 @@ def test_loading_a_blip_twin_writes_nothing_on_stderr(twin, kind):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_open_clip_with_a_hugging_face_tokenizer_saves_it(tmp_path, monkeypatch):
+    # an open_clip config naming a Hugging Face tokenizer (every SigLIP / SigLIP2, CLIPA, roberta, mt5,
+    # nllb config: `hf_tokenizer_name`) loads it from a saved local-dir folder itself; save_native wrote no
+    # tokenizer, so a trained SigLIP's RUN/ckpt failed to load anywhere ("Couldn't instantiate the backend
+    # tokenizer"), the saving machine included
+    import open_clip.factory
+
+    from augment import tiny
+
+    source = tmp_path / "hf_tokenizer"  # where the config's tokenizer came from: not on the loading machine
+    source.mkdir()
+    word_tokenizer = tiny.build_word_tokenizer(source)
+    word_tokenizer.save_pretrained(str(source))
+    cfg = tiny.open_clip_config(tiny.TINY_SIGLIP)
+    cfg["text_cfg"] = {**cfg["text_cfg"], "hf_tokenizer_name": str(source), "vocab_size": len(word_tokenizer),
+                       "tokenizer_kwargs": {"clean": "canonicalize"}, "no_causal_mask": True,
+                       "pool_type": "last", "proj_bias": True}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "test-hf-tokenizer-siglip", cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("test-hf-tokenizer-siglip")  # random weights (a warning)
+    captions = ["a red cube.", "Über café naïve 東京", " ".join(["a blue sphere left of a cube"] * 10)]
+    folder = save_model(model, tmp_path / "ckpt")
+    for name in TOKENIZER_FILES:
+        assert (folder / name).is_file()
+    for child in source.iterdir():
+        child.unlink()
+    source.rmdir()
+    loaded = load_model(str(folder))
+    assert torch.equal(loaded.tokenize(captions).input_ids, model.tokenize(captions).input_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(captions), model.encode_text(captions), atol=1e-6, rtol=0)
+    assert open_clip.get_tokenizer(f"local-dir:{folder}")(captions).equal(model.tokenize(captions).input_ids)
