@@ -451,6 +451,39 @@ def _local_config_problem(path: Path) -> str | None:
     return None
 
 
+def _text_tower_source_missing(folder: Path, cache_dir: str | None) -> str | None:
+    """Why a saved folder's Hugging Face text tower cannot be built here (None: it can, or it has none).
+
+    open_clip builds a text tower named by `text_cfg.hf_model_name` (roberta-ViT-B-32, xlm-roberta-*,
+    mt5-*, nllb-clip-*) from that model's config.json, read from the Hub or the folder the name is, never
+    from the saved folder: offline without it in the cache, the load failed with the Hub's "not in the
+    local cache ...; pass a local folder" of the folder that was passed (audit BG)."""
+    config = json.loads((folder / OPEN_CLIP_CONFIG_NAME).read_text(encoding="utf-8"))  # its shape was checked
+    text_model = config["model_cfg"]["text_cfg"].get("hf_model_name")
+    if not text_model or not isinstance(text_model, str):
+        return None
+    where = (f"({OPEN_CLIP_CONFIG_NAME} text_cfg.hf_model_name), whose config.json open_clip reads from there, "
+             "not from the saved folder")
+    if os.path.isdir(os.path.expanduser(text_model)):  # transformers reads a folder of that name first
+        return None
+    if _looks_like_path(text_model):
+        return (f"its text tower is the Hugging Face model in {text_model}, a folder that does not exist here "
+                f"{where}; copy that folder to the same path")
+    if not is_offline():
+        return None  # transformers fetches it
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(text_model, "config.json", cache_dir=cache_dir)
+    except HFValidationError:
+        cached = None
+    if isinstance(cached, str):
+        return None
+    return (f"its text tower is the Hugging Face model '{text_model}' {where}: not in the local cache and "
+            "HF_HUB_OFFLINE=1 is set; load it once online on this machine (or copy its Hub cache here)")
+
+
 def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str, str | None, bool]:
     """(open_clip model name, pretrained, force_quick_gelu) for any accepted CLIP name."""
     if not isinstance(name, str) or not name.strip():
@@ -482,6 +515,9 @@ def _resolve_clip(name: str, pretrained: str | None, cache_dir: str | None) -> t
         if problem:
             raise ModelLoadError(f"{folder / OPEN_CLIP_CONFIG_NAME}: damaged ({problem}); copy the model folder "
                                  "again or retrain it")
+        missing = _text_tower_source_missing(folder, cache_dir)
+        if missing:
+            raise ModelLoadError(f"cannot load CLIP '{name}': {missing}")
         return f"local-dir:{folder}", None, False
     if name.startswith("hf-hub:"):
         _refuse_a_tag(name, pretrained, "names its weights already")

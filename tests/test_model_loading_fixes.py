@@ -398,3 +398,53 @@ def test_open_clip_with_a_hugging_face_tokenizer_saves_it(tmp_path, monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(captions), model.encode_text(captions), atol=1e-6, rtol=0)
     assert open_clip.get_tokenizer(f"local-dir:{folder}")(captions).equal(model.tokenize(captions).input_ids)
+
+
+def _hf_text_tower_clip(tmp_path, monkeypatch):
+    """A saved open_clip model whose text tower is a Hugging Face model (text_cfg.hf_model_name, as
+    roberta-ViT-B-32, xlm-roberta-*, mt5-*, nllb-clip-*): built from tiny-mlm's folder."""
+    import shutil
+
+    import open_clip.factory
+
+    from augment import tiny
+
+    source = tmp_path / "text_model"
+    shutil.copytree(tiny.tiny_dir(tiny.TINY_MLM), source)
+    cfg = tiny.open_clip_config(tiny.TINY_CLIP)
+    cfg["text_cfg"] = {"hf_model_name": str(source), "hf_tokenizer_name": str(source), "hf_pooler_type": "mean_pooler",
+                       "hf_proj_type": "linear", "context_length": 32}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "test-hf-text-tower", cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("test-hf-text-tower")
+    return save_model(model, tmp_path / "ckpt"), source
+
+
+def _set_text_model(folder, name):
+    path = folder / "open_clip_config.json"
+    config = json.loads(path.read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = name
+    path.write_text(json.dumps(config))
+
+
+def test_saved_clip_whose_text_tower_is_not_here_names_it(tmp_path, monkeypatch):
+    # open_clip builds a Hugging Face text tower from its config.json, which it reads from the Hub (or the
+    # folder it was built from), not from the saved folder: on a machine without it the load failed with
+    # "not in the local cache ...; run once online or pass a local folder", of the folder that was passed,
+    # or with huggingface_hub's "Repo id must be in the form 'repo_name'" for a folder that is not there
+    folder, source = _hf_text_tower_clip(tmp_path, monkeypatch)
+    assert load_model(str(folder)).encode_text(["a red cube"]).shape == (1, 128)  # its source here: loads
+    _set_text_model(folder, "test-org/text-model-not-cached")  # a Hub id, as roberta-ViT-B-32's "roberta-base"
+    with pytest.raises(ModelLoadError, match="text tower is the Hugging Face model 'test-org/text-model-not-cached'"
+                       ) as info:
+        load_model(str(folder))
+    assert "not in the local cache" in _one_line(info) and "open_clip_config.json" in _one_line(info)
+    _set_text_model(folder, str(source))
+    import shutil
+
+    shutil.rmtree(source)
+    with pytest.raises(ModelLoadError, match=f"text tower is the Hugging Face model in {source}, a folder that "
+                                             "does not exist here") as info:
+        load_model(str(folder))
+    _one_line(info)
