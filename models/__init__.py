@@ -33,6 +33,7 @@ from models.base import (  # noqa: F401  (re-exported: the interface)
     VisionLanguageModel,
     bare_name,
     read_model_info,
+    recorded_tiny_twin,
 )
 from models.sdpa import leave_out_cudnn
 
@@ -192,8 +193,7 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     if bare_name(name) in TINY_FAMILY:  # `transformers:tiny-hf-clip` too
         model.tiny_twin = bare_name(name)
     else:
-        info = read_model_info(Path(bare_name(name)).expanduser()) if _is_folder(name) else None
-        model.tiny_twin = (info or {}).get("tiny_twin")
+        model.tiny_twin = recorded_tiny_twin(Path(bare_name(name)).expanduser()) if _is_folder(name) else None
     if kind is not None and model.kind != kind:
         raise ModelLoadError(f"'{name}' is a {model.kind} model ({family}), not a {kind} model")
     return model

@@ -404,6 +404,19 @@ def bare_name(name: str) -> str:
     return name
 
 
+def recorded_tiny_twin(folder: Path) -> str | None:
+    """The tiny twin a model folder is, or was trained from: its `matplus_model.json`'s `tiny_twin`, else
+    the twin whose `augment.tiny` manifest (`tiny.json`) it holds: `augment save-tiny DIR`'s folders and the
+    tiny cache's, which have no matplus_model.json (tiny-albef's records none), were no twin (audit BG)."""
+    from augment import tiny
+
+    info = read_model_info(folder)
+    if info and info.get("tiny_twin"):
+        return info["tiny_twin"]
+    name = (tiny.read_manifest(folder) or {}).get("name")
+    return name if name in tiny.TINY_NAMES else None
+
+
 def read_model_info(folder: Path) -> dict | None:
     """The folder's `matplus_model.json` (None without one); a damaged one is one line naming it."""
     from augment.errors import ModelLoadError

@@ -448,3 +448,19 @@ def test_saved_clip_whose_text_tower_is_not_here_names_it(tmp_path, monkeypatch)
                                              "does not exist here") as info:
         load_model(str(folder))
     _one_line(info)
+
+
+@pytest.mark.parametrize("twin", ["tiny-clip", "tiny-albef"])
+def test_a_save_tiny_folder_is_its_twin(tmp_path, twin):
+    # `augment save-tiny DIR` writes each twin with its manifest (tiny.json) and, but for tiny-albef, no
+    # matplus_model.json (tiny-albef's records tiny_twin null): `--model DIR/tiny-clip` loaded as no twin, so
+    # a text attack's default masked LM was bert-base-uncased, which an offline machine has not got, where
+    # `--model tiny-clip` takes tiny-mlm; a run trained from it recorded no twin either
+    from augment.tiny import save_tiny
+    from train.config import default_mlm, default_mlm_of
+
+    folder = save_tiny(tmp_path / "twins", [twin])[twin]
+    model = load_model(str(folder))
+    assert model.tiny_twin == twin and default_mlm_of(model) == "tiny-mlm"
+    assert default_mlm(str(folder)) == "tiny-mlm"
+    assert load_model(str(save_model(model, tmp_path / "ckpt"))).tiny_twin == twin

@@ -273,18 +273,18 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _is_tiny_twin(model: str) -> bool:
-    """A tiny twin itself, or a folder holding a model trained from one (e.g. a run's ckpt)."""
+    """A tiny twin itself, a folder holding one (`augment save-tiny DIR`'s) or a model trained from one (e.g. a
+    run's ckpt)."""
     from augment.tiny import is_tiny_name
-    from models.base import bare_name, read_model_info
+    from models.base import bare_name, recorded_tiny_twin
 
     model = bare_name(model)  # `transformers:tiny-hf-clip`, `transformers:RUN/ckpt` too
     if is_tiny_name(model):
         return True
     try:
-        info = read_model_info(Path(model).expanduser())
+        return bool(recorded_tiny_twin(Path(model).expanduser()))
     except (OSError, ValueError):
         return False
-    return bool(info and info.get("tiny_twin"))
 
 
 def default_mlm(model: str) -> str:
