@@ -8,11 +8,13 @@ Saved in open_clip's local-dir layout, so `open_clip.create_model("local-dir:FOL
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
+# the transformers config of a Hugging Face text tower (text_cfg.hf_model_name), which open_clip builds it from
+OPEN_CLIP_TEXT_CONFIG_NAME = "open_clip_text_config.json"
 TINY_NAMES = (tiny.TINY_CLIP, tiny.TINY_SIGLIP)
 WORD_CACHE_LIMIT = 1 << 20  # words whose token ids a model keeps (cleared when full)
 
@@ -281,10 +285,11 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
     import open_clip
 
     checkpoint_file = _checkpoint_file(model_name, tag)
-    with _translated_errors("clip", name if not pretrained else f"{name} {pretrained}"):
+    with _translated_errors("clip", name if not pretrained else f"{name} {pretrained}"), \
+            _with_saved_text_tower(model_name) as buildable_name:
         try:
             model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-                model_name, pretrained=tag, device=device, precision=precision,
+                buildable_name, pretrained=tag, device=device, precision=precision,
                 force_quick_gelu=force_quick_gelu, cache_dir=cache_dir,
             )
         except pickle.UnpicklingError as exc:  # torch's text is many lines and advises weights_only=False
@@ -292,8 +297,8 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
 
             # a folder's (local-dir:, the Hub layout) weights file is open_clip's pick: the folder names it
             raise pickle_refusal_error(checkpoint_file or f"CLIP '{name}'", exc) from None
-        model_cfg = open_clip.get_model_config(model_name) or {}
-        tokenizer = _tokenizer(model_name, model_cfg, cache_dir)
+        model_cfg = open_clip.get_model_config(model_name) or {}  # the folder's own (its text model's name)
+        tokenizer = _tokenizer(buildable_name, model_cfg, cache_dir)
     if force_quick_gelu:
         model_cfg["quick_gelu"] = True
     wrapped = OpenClipModel(
@@ -302,6 +307,32 @@ def load(name: str, pretrained: str | None = None, device: Any = "cpu", precisio
         model_cfg=model_cfg, preprocess_cfg=dict(model.visual.preprocess_cfg),
     )
     return wrapped.eval()
+
+
+@contextlib.contextmanager
+def _with_saved_text_tower(model_name: str):
+    """`model_name`, or for a saved folder holding its Hugging Face text tower's config
+    (`OPEN_CLIP_TEXT_CONFIG_NAME`), a temporary local-dir of links to the folder's files whose
+    open_clip_config.json names that config as `text_cfg.hf_model_name`: open_clip builds such a tower from
+    `AutoConfig.from_pretrained(hf_model_name)`, the Hub's or the model's folder's, never the saved folder's,
+    so a copied checkpoint needed the Hub or a warm cache (audit BG). The folder's weights still fill the tower."""
+    folder = Path(model_name.removeprefix("local-dir:"))
+    text_config = folder / OPEN_CLIP_TEXT_CONFIG_NAME
+    if not model_name.startswith("local-dir:") or not text_config.is_file():
+        yield model_name
+        return
+    config = json.loads((folder / OPEN_CLIP_CONFIG_NAME).read_text(encoding="utf-8"))
+    if not config["model_cfg"]["text_cfg"].get("hf_model_name"):
+        yield model_name
+        return
+    with tempfile.TemporaryDirectory(prefix="matplus-open-clip-") as staging:
+        staging = Path(staging)
+        for path in folder.iterdir():
+            if path.is_file() and path.name != OPEN_CLIP_CONFIG_NAME:
+                (staging / path.name).symlink_to(path.resolve())
+        config["model_cfg"]["text_cfg"]["hf_model_name"] = str(text_config.resolve())
+        (staging / OPEN_CLIP_CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
+        yield f"local-dir:{staging}"
 
 
 # text config (JSON) -> open_clip's tokenizer for it, where that is its own BPE tokenizer (see `_tokenizer`)
@@ -460,8 +491,8 @@ def _text_tower_source_missing(folder: Path, cache_dir: str | None) -> str | Non
     local cache ...; pass a local folder" of the folder that was passed (audit BG)."""
     config = json.loads((folder / OPEN_CLIP_CONFIG_NAME).read_text(encoding="utf-8"))  # its shape was checked
     text_model = config["model_cfg"]["text_cfg"].get("hf_model_name")
-    if not text_model or not isinstance(text_model, str):
-        return None
+    if not text_model or not isinstance(text_model, str) or (folder / OPEN_CLIP_TEXT_CONFIG_NAME).is_file():
+        return None  # none, or saved with its config (`_with_saved_text_tower`)
     where = (f"({OPEN_CLIP_CONFIG_NAME} text_cfg.hf_model_name), whose config.json open_clip reads from there, "
              "not from the saved folder")
     if os.path.isdir(os.path.expanduser(text_model)):  # transformers reads a folder of that name first
@@ -575,6 +606,9 @@ def save_clip_local_dir(
     `save_pretrained`) when the config names a Hugging Face tokenizer (`text_cfg.hf_tokenizer_name`:
     SigLIP, SigLIP2, CLIPA, ...), which open_clip then loads from the folder itself, whatever the
     name says. Without it such a folder loaded nowhere (`save_native` passed none until audit BG).
+    A Hugging Face text tower's transformers config (`text_cfg.hf_model_name`: roberta-ViT-B-32,
+    xlm-roberta-*, mt5-*, nllb-clip-*) is written as `OPEN_CLIP_TEXT_CONFIG_NAME`, which `load` builds
+    the tower from (open_clip's own `create_model("local-dir:DIR")` still reads the Hub's).
     """
     import open_clip
     from safetensors.torch import save_file
@@ -607,6 +641,12 @@ def save_clip_local_dir(
                                  f"{text_cfg['hf_tokenizer_name']!r}, which the folder must hold, and no tokenizer "
                                  "was given")
         tokenizer.save_pretrained(str(out_dir))  # before the config: a folder with a config is complete
+    if isinstance(text_cfg, dict) and text_cfg.get("hf_model_name"):
+        text_config = getattr(getattr(model, "text", None), "config", None)
+        if not hasattr(text_config, "to_json_string"):
+            raise ModelLoadError(f"cannot save CLIP in {out_dir}: its config names the Hugging Face text model "
+                                 f"{text_cfg['hf_model_name']!r} and its text tower has no transformers config")
+        atomic_write_text(out_dir / OPEN_CLIP_TEXT_CONFIG_NAME, text_config.to_json_string(use_diff=False))
     atomic_write_text(out_dir / OPEN_CLIP_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out_dir
 

@@ -433,7 +433,10 @@ def test_saved_clip_whose_text_tower_is_not_here_names_it(tmp_path, monkeypatch)
     # folder it was built from), not from the saved folder: on a machine without it the load failed with
     # "not in the local cache ...; run once online or pass a local folder", of the folder that was passed,
     # or with huggingface_hub's "Repo id must be in the form 'repo_name'" for a folder that is not there
+    from models.open_clip_family import OPEN_CLIP_TEXT_CONFIG_NAME
+
     folder, source = _hf_text_tower_clip(tmp_path, monkeypatch)
+    (folder / OPEN_CLIP_TEXT_CONFIG_NAME).unlink()  # as saved before audit BG, or by open_clip itself
     assert load_model(str(folder)).encode_text(["a red cube"]).shape == (1, 128)  # its source here: loads
     _set_text_model(folder, "test-org/text-model-not-cached")  # a Hub id, as roberta-ViT-B-32's "roberta-base"
     with pytest.raises(ModelLoadError, match="text tower is the Hugging Face model 'test-org/text-model-not-cached'"
@@ -448,6 +451,30 @@ def test_saved_clip_whose_text_tower_is_not_here_names_it(tmp_path, monkeypatch)
                                              "does not exist here") as info:
         load_model(str(folder))
     _one_line(info)
+
+
+def test_saved_clip_with_a_hugging_face_text_tower_loads_without_it(tmp_path, monkeypatch):
+    # the folder holds the text tower's transformers config (open_clip_text_config.json), which the tower
+    # is built from: the folder loaded only where that model's config.json was (the Hub, a warm cache, or
+    # the folder it was built from)
+    import shutil
+
+    folder, source = _hf_text_tower_clip(tmp_path, monkeypatch)
+    model = load_model(str(folder))
+    shutil.rmtree(source)
+    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "ckpt")
+    shutil.rmtree(folder)
+    loaded = load_model(str(copy))
+    captions = ["a red cube.", "Über café naïve 東京", " ".join(["a blue sphere left of a cube"] * 10)]
+    pixels = torch.rand(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.tokenize(captions).input_ids, model.tokenize(captions).input_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(captions), model.encode_text(captions), atol=1e-6, rtol=0)
+        torch.testing.assert_close(loaded.encode_image(pixels), model.encode_image(pixels), atol=1e-6, rtol=0)
+    assert json.loads((copy / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]["hf_model_name"] == \
+        str(source)  # the folder keeps the name it was built from; saved again, it is the same
+    assert load_model(str(save_model(loaded, tmp_path / "again"))).encode_text(captions).equal(
+        loaded.encode_text(captions))
 
 
 @pytest.mark.parametrize("twin", ["tiny-clip", "tiny-albef"])
