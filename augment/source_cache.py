@@ -50,12 +50,18 @@ METADATA_KEY = b"mat-plus-source-cache"
 MAX_ENTRIES = 64  # the folder keeps the most recently used entries: sources come and go (a study writes many)
 MAX_BYTES = 4 * 2**30
 RACY_SECONDS = 2.0  # longer than any file-system timestamp tick in use (FAT: 2 s; ext4, xfs, tmpfs: < 10 ms)
-DEFAULT_ROOT = Path("~/.cache/mat-plus")
+
+
+def cache_home() -> Path:
+    """Where mat-plus keeps its caches by default: `$XDG_CACHE_HOME/mat-plus`, else `~/.cache/mat-plus` (the
+    XDG rule huggingface_hub and torch follow too; a cluster that points XDG_CACHE_HOME at scratch space
+    moves every cache with it)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mat-plus"
 
 
 def default_cache_folder() -> Path:
-    """`$MATPLUS_CACHE/sources` (default `~/.cache/mat-plus/sources`)."""
-    return Path(os.environ.get("MATPLUS_CACHE") or DEFAULT_ROOT).expanduser() / "sources"
+    """`$MATPLUS_CACHE/sources` (default `cache_home()/sources`)."""
+    return (Path(os.environ["MATPLUS_CACHE"]).expanduser() if os.environ.get("MATPLUS_CACHE") else cache_home()) / "sources"
 
 
 def file_identity(path: str | os.PathLike) -> list[int] | None:

@@ -20,7 +20,7 @@ single characters, then a sorted word list = the sample world's words + common E
 
 Models are written with the libraries' own `save_pretrained` (open_clip: `local-dir:` layout)
 into `<dir>/<name>/`; `tiny_dir(name)` keeps them in a cache (env `MATPLUS_TINY_DIR`, default
-`~/.cache/mat-plus/tiny`) and the registry always loads them back FROM that folder, so loading
+`$XDG_CACHE_HOME/mat-plus/tiny`, `~/.cache/mat-plus/tiny` without it) and the registry always loads them back FROM that folder, so loading
 from a local path is exercised whenever a tiny model is used. A `tiny.json` manifest in each
 folder records a fingerprint of the recipe (configs, vocabulary, seed); a folder whose
 fingerprint differs (e.g. the sample world's vocabulary grew) is rebuilt.
@@ -78,7 +78,6 @@ TINY_ROLES = {
 
 MANIFEST_NAME = "tiny.json"
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-DEFAULT_CACHE_ROOT = Path("~/.cache/mat-plus/tiny")
 
 # OpenAI CLIP pixel statistics (the same numbers as open_clip.constants.OPENAI_DATASET_MEAN/STD)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -633,7 +632,10 @@ def _build_in_place(root: Path, name: str, build: Callable[[Path], object]) -> P
 
 
 def tiny_cache_root() -> Path:
-    return Path(os.environ.get("MATPLUS_TINY_DIR") or DEFAULT_CACHE_ROOT).expanduser()
+    """`$MATPLUS_TINY_DIR`, default `augment.source_cache.cache_home()/tiny`."""
+    from augment.source_cache import cache_home
+
+    return Path(os.environ["MATPLUS_TINY_DIR"]).expanduser() if os.environ.get("MATPLUS_TINY_DIR") else cache_home() / "tiny"
 
 
 def tiny_dir(name: str) -> Path:

@@ -156,3 +156,22 @@ def test_the_least_recently_used_entries_are_pruned(tmp_path):
     assert sorted(p.name for p in removed) == ["1.arrow", "2.arrow"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.arrow", "3.arrow", "4.arrow"]
     assert [p.name for p in prune(tmp_path, max_entries=10, max_bytes=25)] == ["0.arrow"]
+
+
+def test_the_caches_follow_xdg_cache_home(tmp_path, monkeypatch):
+    """The source and tiny caches sat in ~/.cache/mat-plus whatever XDG_CACHE_HOME said (audit BG), where
+    huggingface_hub and torch put theirs under it: a cluster pointing it at scratch space kept ours in home."""
+    from augment.source_cache import default_cache_folder
+    from augment.tiny import tiny_cache_root
+
+    for name in ("MATPLUS_CACHE", "MATPLUS_TINY_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_folder() == tmp_path / "xdg" / "mat-plus" / "sources"
+    assert tiny_cache_root() == tmp_path / "xdg" / "mat-plus" / "tiny"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_folder() == tmp_path / "home" / ".cache" / "mat-plus" / "sources"
+    monkeypatch.setenv("MATPLUS_TINY_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("MATPLUS_CACHE", str(tmp_path / "ours"))
+    assert tiny_cache_root() == tmp_path / "mine" and default_cache_folder() == tmp_path / "ours" / "sources"
