@@ -433,6 +433,7 @@ def grounding_cells():
     for name in GROUNDING_ATTACKS:
         yield "tiny-albef", name, "project", "heat", "unimodal"
         yield "tiny-albef", name, "co-attack", "itm", "unimodal"
+        yield "tiny-blip", name, "co-attack", "itm", "unimodal"
     for name in FUSED_ATTACKS:
         for embedding in ("multimodal", "multimodal-cls"):
             yield "tiny-albef", name, "co-attack", "itm", embedding
