@@ -666,3 +666,60 @@ def test_a_grounding_or_captioning_batch_is_attacked_as_its_images_one_at_a_time
         pixels.append(result.images)
     assert list(batched.texts) == texts and batched.info.get("prompts", []) == prompts
     assert torch.equal(torch.cat(pixels), batched.images)
+
+
+def with_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1  # the real BERTs' (ALBEF, BLIP); the twins have none
+    return model
+
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "grounding"])
+def test_an_evaluation_runs_the_models_in_eval_mode_and_leaves_their_modes(task, tmp_path):
+    """`evaluate`, `evaluate_captioning` and `evaluate_grounding` from Python on a model in training mode (one
+    just trained, with its dropout): each evaluated it in training mode (retrieval, captioning: every
+    encoding and attack with dropout on, other numbers than `train eval`'s) or left it in eval mode (grounding)."""
+    from augment.world.writer import write_sample
+
+    attacks, options = ["clean", "pgd"], dict(eps=EPS, steps=STEPS)
+
+    def report_of(model):
+        if task == "retrieval":
+            from augment.sources import load_source
+            from train.evaluate import evaluate
+
+            if not (tmp_path / "world").exists():
+                write_sample(tmp_path / "world", n=12, seed=0)
+            return evaluate(model, load_source(str(tmp_path / "world"))[0], split="all", attacks=attacks, limit=4,
+                            batch_size=2, progress=False, attack_options=options)
+        if task == "captioning":
+            from augment.sources import load_source
+            from train.evaluate_captioning import evaluate_captioning
+
+            if not (tmp_path / "world").exists():
+                write_sample(tmp_path / "world", n=12, seed=0)
+            return evaluate_captioning(model, load_source(str(tmp_path / "world"))[0], split="all", attacks=attacks,
+                                       limit=2, batch_size=2, progress=False, attack_options=options, meteor=False,
+                                       generation={"num_beams": 1, "max_length": 8, "min_length": 2})
+        from augment.referring import world_grounding
+        from train.evaluate_grounding import evaluate_grounding
+
+        return evaluate_grounding(model, world_grounding(seed=5, n=3), attacks=attacks, attack_options=options)
+
+    def load():
+        from models import load_model
+
+        if task == "captioning":
+            return with_dropout(load_model("tiny-captioner", device="cpu", kind="captioning"))
+        return with_dropout(load_model("tiny-albef", device="cpu"))
+
+    def numbers(report):
+        return {name: {k: v for k, v in entry.items() if k != "seconds"} for name, entry in report["attacks"].items()}
+
+    expected = numbers(report_of(load()))  # loaded in eval mode, as `train eval` loads it
+    model = load().train()
+    model.visual_encoder.eval() if task != "captioning" else None  # a tower the caller keeps in eval mode stays so
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert numbers(report_of(model)) == expected
+    assert {name: module.training for name, module in model.named_modules()} == modes

@@ -226,6 +226,38 @@ HAND_OVERS: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
 MLM_ATTACKS = ("bert-attack", "sep", "co-attack", "sga")  # retrieval attacks that draw substitutes from a masked LM
 
 
+def evaluated_in_eval_mode(*parameters: str) -> Callable[[Callable], Callable]:
+    """Decorator of an evaluation: its model arguments named `parameters` (None or a repeat skipped) in eval
+    mode while it runs, each of their modules' modes restored after, also when it raises. A model a
+    caller just trained from Python is in training mode: retrieval's and captioning's evaluations encoded,
+    attacked and captioned it with its dropout on (other numbers than `train eval`'s of the same weights),
+    and grounding's left it in eval mode (audit BF)."""
+    import functools
+    import inspect
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def evaluation(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            models = [bound.arguments.get(name) for name in parameters]
+            modes = {id(module): (module, module.training) for model in models if isinstance(model, torch.nn.Module)
+                     for module in model.modules()}
+            for model in models:
+                if callable(getattr(model, "eval", None)):
+                    model.eval()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                for module, mode in modes.values():
+                    module.training = mode
+
+        return evaluation
+
+    return decorate
+
+
 def build_attacks(names: Sequence[str | Attack], attacker, options: dict, build: Callable | None = None,
                   mlm_attacks: Sequence[str] = MLM_ATTACKS) -> dict[str, Attack]:
     """Attacks by name (built on the attacker, sharing one masked LM) or ready-made ones.

@@ -55,8 +55,9 @@ from train.attacks.settings import canonical_options
 from train.data import derive_seed
 # shared with captioning's and grounding's evaluations; importable from here as before
 from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, advance_resumed, build_attacks,  # noqa: F401
-                               attack_bars, gallery_decoding, gallery_pixels, model_id, plain_attack_options,
-                               reseed_attack, resumable_batches, resume_settings, to_victim_resolution)
+                               attack_bars, evaluated_in_eval_mode, gallery_decoding, gallery_pixels, model_id,
+                               plain_attack_options, reseed_attack, resumable_batches, resume_settings,
+                               to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
@@ -271,6 +272,7 @@ def _summarise(record: AttackRecord, clean: CleanGallery, ranker: Ranker, with_c
     return entry
 
 
+@evaluated_in_eval_mode("victim", "attacker")
 def evaluate(
     victim,
     source_dataset,

@@ -38,6 +38,7 @@ from train.attacks.captioning import (CAPTION_ATTACK_NAMES, PROMPT_ATTACKS, Capt
                                       lm_losses)
 from train.caption_metrics import (CJK_CHARACTERS, METRICS, caption_scores_of_sets, require_java_for_meteor,
                                    require_segmenter, simple_tokenize)
+from train.eval_common import evaluated_in_eval_mode
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
 DEFAULT_CAPTION_ATTACKS = ("clean", "pgd", "pgd-targeted")
@@ -115,6 +116,7 @@ class _Record:
         self.seconds += float(state["seconds"])
 
 
+@evaluated_in_eval_mode("victim", "attacker")
 def evaluate_captioning(
     victim,
     source_dataset,

@@ -52,8 +52,8 @@ from train.attacks.grounding import GROUNDING_ATTACKS, build_grounding_attack
 from train.attacks.grounding_protocols import IMAGE_PER_TEXT
 from train.eval_report import percent_cell, settings_markdown
 from train.eval_store import BatchStore, content_problem, substitute_model_identity, weights_identity
-from train.eval_common import (advance_resumed, build_attacks, emptied_in_words, attack_bars, plain_attack_options,
-                               reseed_attack, to_victim_resolution)
+from train.eval_common import (advance_resumed, build_attacks, emptied_in_words, attack_bars, evaluated_in_eval_mode,
+                               plain_attack_options, reseed_attack, to_victim_resolution)
 
 DEFAULT_GROUNDING_ATTACKS = ("clean", "pgd", "bert-attack", "sep", "co-attack", "sga")
 ExpressionChecker = Callable[[str, GroundingImage, ReferringExpression], "bool | None"]
@@ -196,6 +196,7 @@ def _resumable_batches(decoding, spans: list[tuple[int, int]], view: str, store,
         yield batch_index, None if done[batch_index] else [torch.stack(view) for view in zip(*next(decoded))]
 
 
+@evaluated_in_eval_mode("model", "attacker")
 def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFAULT_GROUNDING_ATTACKS,
                        attack_options: dict | None = None, batch_size: int = 16, ground_batch: int = 64,
                        expression_checker: ExpressionChecker | None = None, seed: int = 0,
@@ -227,11 +228,9 @@ def evaluate_grounding(model, data: GroundingData, attacks: Sequence[str] = DEFA
         caption_preprocess = PROTOCOL_CHOICES[protocol].caption_preprocess
     # first: a text cleaned away stops before any model runs
     texts = _expression_texts(data, caption_preprocess, protocol_default)
-    model.eval()
-    transfer = attacker is not None and attacker is not model
+    transfer = attacker is not None and attacker is not model  # both in eval mode (`evaluated_in_eval_mode`)
     attacker = attacker if transfer else model
     if transfer:
-        attacker.eval()
         if protocol == "project":  # the reference attacks read the encoders' embeddings, not a grounding objective
             check_attacker(attacker, options.get("objective", "itm"))
     build = build_grounding_attack if protocol == "project" else build_reference_grounding_attack
