@@ -443,8 +443,16 @@ BOXES = [[4, 4, 20, 20], [30, 10, 20, 20], [10, 30, 16, 16], [0, 0, 32, 32], [20
 SIZES = [(64, 64)] * 6
 
 
-@pytest.mark.parametrize("family,name,protocol,objective,embedding", list(grounding_cells()))
-def test_grounding_attacks_keep_the_contract(family, name, protocol, objective, embedding, mlm, request):
+def grounding_precision_cells():
+    for cell in grounding_cells():
+        yield (*cell, "fp32")
+    yield "tiny-albef", "pgd", "project", "heat", "unimodal", "amp_bf16"  # Grad-CAM's second order under autocast
+    yield "tiny-albef", "sga", "project", "itm", "unimodal", "amp_fp16"
+    yield "tiny-blip", "co-attack", "co-attack", "itm", "unimodal", "amp_bf16"
+
+
+@pytest.mark.parametrize("family,name,protocol,objective,embedding,precision", list(grounding_precision_cells()))
+def test_grounding_attacks_keep_the_contract(family, name, protocol, objective, embedding, precision, mlm, request):
     from train.attacks.grounding import build_grounding_attack
     from train.attacks.grounding_protocols import IMAGE_PER_TEXT, build_reference_grounding_attack
 
@@ -470,7 +478,7 @@ def test_grounding_attacks_keep_the_contract(family, name, protocol, objective, 
 
     texts = CAPTIONS if protocol != "project" else PUNCTUATED
     run_contract(make, model, clean_images(), texts, PAIRING, modality=MODALITY[name], call=call, copies=copies,
-                 name=f"grounding {family} {name} {protocol} {objective} {embedding}")
+                 name=f"grounding {family} {name} {protocol} {objective} {embedding}", precision=precision)
 
 
 @pytest.mark.parametrize("objective", ["itm", "heat"])
