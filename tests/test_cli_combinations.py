@@ -341,6 +341,25 @@ def test_a_run_validated_before_the_prompt_part_was_so_named_resumes(tmp_path):
     check_resume(tmp_path, {"attack": "sep", "parts_off": {"text": "--word-budget 0"}}, 1)
 
 
+def test_a_line_written_before_the_prompt_part_was_so_named_reads_prompt_in_the_summary(tmp_path):
+    """A run resumed past lines that named prompt-pgd's switched-off part "text" (before 2026-12-06): its summary
+    line on stderr and summary.json's last/best lines said "without its text part" beside the new lines' "prompt"
+    (check_resume alone read the old spelling); sep's text part stays text."""
+    from train.validation import VALIDATION_FILE, ValidationSettings, Validator, attack_as_run
+
+    old = {"step": 0, "attack": "prompt-pgd", "robust": 5.0,
+           "settings": {"attack": "prompt-pgd", "parts_off": {"text": "--word-budget 0"}}}
+    assert attack_as_run(old) == "prompt-pgd without its prompt part (--word-budget 0)"
+    sep = {**old, "attack": "sep", "settings": {"attack": "sep", "parts_off": {"text": "--word-budget 0"}}}
+    assert attack_as_run(sep) == "sep without its text part (--word-budget 0)"
+    (tmp_path / VALIDATION_FILE).write_text(json.dumps(old) + "\n")
+    validator = Validator(tmp_path, None, ValidationSettings(every=1, task="captioning", attack="prompt-pgd",
+                                                             attack_options={"eps": 2 / 255, "steps": 1, "budget": 0}))
+    summary = validator.summary()
+    assert summary["best"]["settings"]["parts_off"] == {"prompt": "--word-budget 0"}
+    assert summary["last"]["settings"]["parts_off"] == {"prompt": "--word-budget 0"}
+
+
 @pytest.mark.parametrize("task, attacks, candidates, mlm", [
     ("retrieval", "clean,pgd", "mlm", None),
     ("retrieval", "clean,synonym", "wordnet", None),

@@ -93,8 +93,25 @@ def settings_record(settings: ValidationSettings, source) -> dict:
 
 def attack_as_run(line: dict) -> str:
     """A validation line's attack as it ran: 'sep without its text part (--word-budget 0)' (`parts_switched_off`)."""
-    off = (line.get("settings") or {}).get("parts_off") or {}
+    off = parts_off_as_named(line.get("attack"), (line.get("settings") or {}).get("parts_off")) or {}
     return line["attack"] + "".join(f" without its {part} part ({flag})" for part, flag in off.items())
+
+
+def parts_off_as_named(attack, off):
+    """A line's `parts_off` under today's part names: prompt-pgd's prompt part was named "text" in lines written
+    before 2026-12-06 (eval.md: "prompt"); anything else as it is."""
+    if not (isinstance(off, dict) and "text" in off and isinstance(attack, str)):
+        return off
+    return {_text_part(attack) if part == "text" else part: flag for part, flag in off.items()}
+
+
+def _as_named(line):
+    """A validation line with `parts_off_as_named` (the line itself when nothing is renamed)."""
+    if not isinstance(line, dict) or not isinstance(line.get("settings"), dict):
+        return line
+    off = line["settings"].get("parts_off")
+    named = parts_off_as_named(line.get("attack"), off)
+    return line if named is off else {**line, "settings": {**line["settings"], "parts_off": named}}
 
 
 def attack_parts(attack: str, task: str, steps, eps, budget) -> dict[str, str | None]:
@@ -152,10 +169,8 @@ def check_resume(run_dir: str | os.PathLike, current: dict, start: int) -> None:
     for record in read_jsonl(path):
         if record["step"] <= start:
             saved = dict(record.get("settings") or {}, attack=record.get("attack"))
-            if isinstance(saved.get("parts_off"), dict) and "text" in saved["parts_off"]:
-                # prompt-pgd's prompt part was named "text" in lines written before 2026-12-06 (eval.md: "prompt")
-                saved["parts_off"] = {_text_part(saved["attack"]) if part == "text" else part: flag
-                                      for part, flag in saved["parts_off"].items()}
+            if "parts_off" in saved:  # prompt-pgd's prompt part was "text" before 2026-12-06 (`parts_off_as_named`)
+                saved["parts_off"] = parts_off_as_named(saved["attack"], saved["parts_off"])
             # a line written before --val-segment-cjk (2026-12-06) scored captioning's CIDEr unsegmented
             saved.setdefault("segment_cjk", "none")
             if saved["segment_cjk"] != "none":  # segmented before fullwidth forms were folded (b238406): other CIDEr
@@ -415,7 +430,7 @@ class Validator:
             return None
         held = best_line(self.run_dir)
         best = held if held is not None else max(records, key=lambda r: (r["robust"], -r["step"]))
-        return {"last": records[-1], "best": best,
+        return {"last": _as_named(records[-1]), "best": _as_named(best),
                 "best_weights": str(self.run_dir / BEST_DIR) if held is not None else None, "curve": str(self.path)}
 
     def _save_best(self, snapshot, line: dict) -> None:
