@@ -886,11 +886,32 @@ def test_chunk_bounds_close_at_the_byte_limit_on_item_boundaries():
     assert chunk_bounds(starts, 7, 3, sizes, 10 ** 9) == [(0, 3), (3, 6), (6, 7)]  # rows still cap
 
 
+def test_chunk_bytes_is_no_input_of_the_stored_scores(tmp_path):
+    """--chunk-bytes changes no score (the test below), yet it went into `inputs_key` with the other settings: every
+    pool scored before it existed was scored again, and so was one scored again with a smaller cap to fit memory."""
+    from types import SimpleNamespace
+
+    from augment.scoring.pool_scores import ScoreSettings, inputs_key
+
+    class Pool:
+        path, meta = tmp_path, {"finished": "2026-12-06T00:00:00"}
+
+        def __len__(self):
+            return 3
+
+    def key(**settings):
+        return inputs_key(Pool(), "source-fp", SimpleNamespace(id="scorer"), ScoreSettings(**settings), "images")
+
+    assert key(chunk_bytes=1) == key() == key(chunk_bytes=2 ** 40)
+    assert key(seed=1) != key()  # a setting that changes the scores still does
+
+
 def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tmp_path, source, train_items, tiny_scorer,
                                                                           sample_world_dir, monkeypatch):
     """`score` read --chunk-rows rows at a time whatever their images weighed: 1,024 img-aug rows of 12 MP
     photos held ~23 GB (audit BC). A chunk now also closes once its stored image bytes reach --chunk-bytes."""
     import augment.scoring.pool_scores as pool_scores
+    from augment.scoring.pool_scores import score_and_save
 
     def stored(item, k):  # the source image's bytes and k zero bytes after PNG's end: another size, same pixels
         return {"bytes": Path(item["image"]["path"]).read_bytes() + bytes(k), "path": None}
@@ -912,7 +933,7 @@ def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tm
     chunks.clear()
     # one byte: each item holding images closes its chunk at once; the caption-1 items (text only, read after
     # every caption-0 item) share the last one
-    bounded = _score(pool, source, tiny_scorer, chunk_bytes=1)
+    bounded = score_and_save(pool, source, tiny_scorer, _settings(chunk_bytes=1), plot=False, force=True)  # the same key
     assert chunks == [len(stored(i, 0)["bytes"]) + len(stored(i, 1)["bytes"]) for i in train_items] + [0]
     for key in ("all", "pair"):
         assert bounded["alignment"][key]["mean"] == pytest.approx(whole["alignment"][key]["mean"], abs=1e-9)

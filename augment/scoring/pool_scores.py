@@ -627,7 +627,10 @@ def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_ima
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
         "pool_files": files, "source": source_fp, "source_images": source_images,
         "scorer": scorer.id,
-        "settings": asdict(settings), "packages": _package_versions(), "resampling": measures.RESAMPLING,
+        # --chunk-bytes bounds memory and changes no score: outside the key, so a pool scored before it existed
+        # (c1a86a1), or scored again with another cap to fit a smaller machine, keeps its scores
+        "settings": {name: value for name, value in asdict(settings).items() if name != "chunk_bytes"},
+        "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
