@@ -468,6 +468,8 @@ def _local_config_problem(path: Path) -> str | None:
         config = read_json_object(path)
     except DamagedRecord as damage:
         return str(damage)
+    if Path(path).read_bytes().startswith(b"\xef\xbb\xbf"):  # read_json_object allows one; open_clip's json.load does not
+        return "a byte-order mark before its JSON, which open_clip does not read; save the file without one"
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict):
         return f"'model_cfg' must be an object, got {json_kind(model_cfg)}"

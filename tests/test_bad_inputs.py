@@ -842,3 +842,22 @@ def test_an_open_clip_config_of_the_wrong_shape_names_the_key(tmp_path, change, 
     config.write_text(json.dumps(change(json.loads(config.read_text()))))
     with pytest.raises(ModelLoadError, match=f"^{re.escape(str(config))}: damaged \\({re.escape(problem)}\\); copy"):
         load_model(str(saved))
+
+
+def test_an_open_clip_config_with_a_byte_order_mark_is_one_line(tmp_path):
+    """The shape check reads open_clip_config.json with augment.json_records, which allows a byte-order mark (an
+    editor on Windows writes one), and passed such a file on: the next reader's json.loads (the text tower check)
+    was a JSONDecodeError traceback ("Unexpected UTF-8 BOM"), and open_clip's own json.load refuses it too."""
+    import codecs
+    import shutil
+
+    from augment import tiny
+    from augment.errors import ModelLoadError
+    from models import load_model
+
+    saved = tmp_path / "clip"
+    shutil.copytree(tiny.tiny_dir("tiny-clip"), saved)
+    config = saved / "open_clip_config.json"
+    config.write_bytes(codecs.BOM_UTF8 + config.read_bytes())
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(str(config))}: damaged \\(a byte-order mark before its JSON"):
+        load_model(str(saved))
