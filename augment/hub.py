@@ -86,8 +86,8 @@ def read_scores(pool: Pool) -> Any | None:
     path = pool.path / SCORES_FILE
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
+    try:  # a byte-order mark allowed, as every other reader of scores.json allows it (`augment.json_records`)
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise PoolError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:

@@ -846,3 +846,17 @@ def test_a_damaged_pool_json_in_the_repo_is_one_line(hub, tmp_path, capsys, serv
     assert "org/pool: its pool.json is damaged" in err and "--force" in err, err
     hub.push_to_hub.assert_not_called()
     hub.create_commit.assert_not_called()
+
+
+def test_push_reads_a_scores_json_with_a_byte_order_mark_as_score_does(tmp_path):
+    """augment score and its report read scores.json with a byte-order mark (an editor on Windows writes one) since
+    they first read it, and f55d8bf made every reader of the project's records allow one; push's own reader
+    (hub.read_scores) read it in the locale's encoding and refused the mark: "not valid JSON (Unexpected UTF-8 BOM
+    ...)"."""
+    from augment.hub import read_scores
+    from augment.scoring.store import read_scores_json
+
+    scores = {"scores_version": 1, "scorers": {}, "caf\u00e9": "\u00e9t\u00e9"}
+    (tmp_path / "scores.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(scores, ensure_ascii=False).encode("utf-8"))
+    assert read_scores(SimpleNamespace(path=tmp_path)) == scores
+    assert read_scores_json(tmp_path) == scores  # score's reader, for comparison
