@@ -581,9 +581,13 @@ def _write_manifest(folder: Path, name: str) -> None:
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """The folder's tiny.json, None when it has none or it is no JSON object (a list, damaged): such a folder is
+    no twin (`models.base.recorded_tiny_twin`), and a cached twin with one is built again."""
+    from augment.json_records import DamagedRecord, read_json_object
+
     try:
-        return json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(Path(folder) / MANIFEST_NAME)
+    except (OSError, DamagedRecord):
         return None
 
 

@@ -491,3 +491,21 @@ def test_a_save_tiny_folder_is_its_twin(tmp_path, twin):
     assert model.tiny_twin == twin and default_mlm_of(model) == "tiny-mlm"
     assert default_mlm(str(folder)) == "tiny-mlm"
     assert load_model(str(save_model(model, tmp_path / "ckpt"))).tiny_twin == twin
+
+
+@pytest.mark.parametrize("manifest", ["[1]", '"tiny-clip"', "null"])
+def test_a_model_folder_whose_tiny_json_is_no_object_is_no_twin(tmp_path, manifest):
+    # 6342d0c reads any model folder's tiny.json to tell a save-tiny twin: one holding a list, a string or null
+    # (a hand edit, another tool's file of that name) stopped load_model and train's default masked LM with an
+    # AttributeError traceback ("'list' object has no attribute 'get'"), where a damaged one was no twin
+    import shutil
+
+    from augment import tiny
+    from train.config import default_mlm
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny.tiny_dir("tiny-clip"), folder)
+    (folder / "tiny.json").write_text(manifest)
+    assert tiny.read_manifest(folder) is None and not tiny.is_current(folder, "tiny-clip")
+    assert load_model(str(folder)).tiny_twin is None
+    assert default_mlm(str(folder)) != "tiny-mlm"
