@@ -44,6 +44,8 @@ def parse_json_object(text: str | bytes) -> dict:
         raise DamagedRecord(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DamagedRecord(f"corrupt JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # json's other refusals: a number of over 4,300 digits, deep nesting
+        raise DamagedRecord(f"unreadable JSON ({str(exc).split(';')[0].splitlines()[0]})") from None
     if not isinstance(value, dict):
         raise DamagedRecord(f"a JSON object expected, got {json_kind(value)}")
     return value

@@ -26,6 +26,20 @@ def test_each_damage_is_one_phrase(tmp_path, data, phrase):
     assert str(caught.value) == phrase
 
 
+
+@pytest.mark.parametrize("data, phrase", [
+    ('{"step": ' + "1" * 5000 + "}", "unreadable JSON (Exceeds the limit (4300 digits) for integer string conversion"),
+    ('{"a": ' + "[" * 100000 + "]" * 100000 + "}", "unreadable JSON (maximum recursion depth exceeded"),
+])
+def test_json_that_python_refuses_past_its_grammar_is_damage_too(tmp_path, data, phrase):
+    """json.loads refuses an integer of over 4,300 digits with a plain ValueError and deep nesting with a
+    RecursionError, neither a JSONDecodeError: they went past DamagedRecord, a traceback in every reader."""
+    path = tmp_path / "record.json"
+    path.write_text(data)
+    with pytest.raises(DamagedRecord) as caught:
+        read_json_object(path)
+    assert str(caught.value).startswith(phrase) and "\n" not in str(caught.value)
+
 def test_an_object_reads_back_with_or_without_a_byte_order_mark(tmp_path):
     record = {"method": "eda", "caption": "f\u00e4hrt"}
     path = tmp_path / "pool.json"
