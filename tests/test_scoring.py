@@ -906,6 +906,33 @@ def test_chunk_bytes_is_no_input_of_the_stored_scores(tmp_path):
     assert key(seed=1) != key()  # a setting that changes the scores still does
 
 
+def test_chunk_bytes_counts_the_source_images_a_chunk_reads(tmp_path, source, train_items, tiny_scorer,
+                                                             sample_world_dir, monkeypatch):
+    """A chunk reads the source image of each of its items (`embed_sources`: all their bytes at once, to hash
+    them), but --chunk-bytes counted the pool's stored images alone: a text pool (eda, back-translation) of a
+    source of 12 MP photos still read 1,024 of them per chunk. Each source image counts once per chunk."""
+    import augment.scoring.pool_scores as pool_scores
+    from augment.scoring.pool_scores import chunk_bounds, score_and_save
+
+    sizes = {item["image_id"]: Path(item["image"]["path"]).stat().st_size for item in train_items}
+    rows = [_row(item, 0, 0, "eda", "text", caption=f"{item['captions'][0]} again") for item in train_items]
+    pool = _write(tmp_path / "texts", rows, sample_world_dir)
+    chunks, read_chunk = [], pool_scores.read_chunk
+    monkeypatch.setattr(pool_scores, "read_chunk", lambda dataset, indices: chunks.append(len(indices))
+                        or read_chunk(dataset, indices))
+    whole = _score(pool, source, tiny_scorer)
+    assert chunks == [len(train_items)]
+    chunks.clear()
+    two = sorted(sizes.values())[0] * 2  # twice the smallest image: some chunk holds two items, and not all do
+    bounded = score_and_save(pool, source, tiny_scorer, _settings(chunk_bytes=two), plot=False, force=True)
+    assert 1 < len(chunks) < len(train_items) and sum(chunks) == len(train_items)
+    assert bounded["alignment"]["all"]["mean"] == pytest.approx(whole["alignment"]["all"]["mean"], abs=1e-9)
+    assert pool_scores.SourceItems(source).image_sizes(list(sizes) + ["no-such-id"]).tolist() == [*sizes.values(), 0]
+    # items 0 and 1 share source image 0: counted once; item 2's image 1 takes the chunk past 15 bytes
+    assert chunk_bounds(np.array([0, 2, 4, 6]), 8, 100, np.zeros(8), 15, np.array([0, 0, 1, 1]),
+                        np.array([10, 10])) == [(0, 6), (6, 8)]
+
+
 def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tmp_path, source, train_items, tiny_scorer,
                                                                           sample_world_dir, monkeypatch):
     """`score` read --chunk-rows rows at a time whatever their images weighed: 1,024 img-aug rows of 12 MP
@@ -931,10 +958,10 @@ def test_a_chunk_closes_once_its_images_reach_chunk_bytes_and_scores_the_same(tm
     whole = _score(pool, source, tiny_scorer, chunk_bytes=2 ** 40)
     assert len(chunks) == 1
     chunks.clear()
-    # one byte: each item holding images closes its chunk at once; the caption-1 items (text only, read after
-    # every caption-0 item) share the last one
+    # one byte: each item closes its chunk at once, the caption-1 items (text only, read after every caption-0
+    # item) too, by their source image, which each chunk reads (they shared the last chunk before audit BJ)
     bounded = score_and_save(pool, source, tiny_scorer, _settings(chunk_bytes=1), plot=False, force=True)  # the same key
-    assert chunks == [len(stored(i, 0)["bytes"]) + len(stored(i, 1)["bytes"]) for i in train_items] + [0]
+    assert chunks == [len(stored(i, 0)["bytes"]) + len(stored(i, 1)["bytes"]) for i in train_items] + [0] * len(train_items)
     for key in ("all", "pair"):
         assert bounded["alignment"][key]["mean"] == pytest.approx(whole["alignment"][key]["mean"], abs=1e-9)
 

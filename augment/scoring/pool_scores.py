@@ -77,19 +77,26 @@ def item_order(dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def chunk_bounds(starts: np.ndarray, total: int, chunk_rows: int, row_bytes: np.ndarray | None = None,
-                 chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+                 chunk_bytes: int | None = None, item_sources: np.ndarray | None = None,
+                 source_bytes: np.ndarray | None = None) -> list[tuple[int, int]]:
     """[begin, end) ranges of the grouped order, ending at item starts: each closes at the first item
     boundary where it holds `chunk_rows` rows or, given `row_bytes` (each row's stored size, in the grouped
-    order), `chunk_bytes` bytes. An item larger than either limit is a chunk of its own, never split."""
+    order), `chunk_bytes` bytes. Given `item_sources` (each item's source image, a number) and `source_bytes`
+    (each source image's size), the bytes also count the source images of a chunk's items, each once (the
+    chunk reads them all: `embed_sources`). An item larger than either limit is a chunk of its own, never split."""
     held = np.concatenate([[0], np.cumsum(row_bytes, dtype=np.int64)]) if row_bytes is not None else None
-    bounds, begin = [], 0
+    counted = chunk_bytes is not None and (held is not None or item_sources is not None)
+    bounds, begin, seen, sources_held = [], 0, set(), 0
     boundaries = list(starts[1:]) + [total]
-    for boundary in boundaries:
-        full = boundary - begin >= chunk_rows or (
-            held is not None and chunk_bytes is not None and held[boundary] - held[begin] >= chunk_bytes)
+    for item, boundary in enumerate(boundaries):
+        if counted and item_sources is not None and int(item_sources[item]) not in seen:
+            seen.add(int(item_sources[item]))
+            sources_held += int(source_bytes[item_sources[item]])
+        stored = (held[boundary] - held[begin] if held is not None else 0) + sources_held
+        full = boundary - begin >= chunk_rows or (counted and stored >= chunk_bytes)
         if full or boundary == total:
             bounds.append((begin, int(boundary)))
-            begin = int(boundary)
+            begin, seen, sources_held = int(boundary), set(), 0
     return bounds
 
 
@@ -121,6 +128,28 @@ class SourceItems:
         if missing:
             raise PoolError(f"{where}: {len(missing)} source image ids are not in the source (e.g. {missing[0]!r}); "
                             "pass the pool's source with --source")
+
+    def image_sizes(self, image_ids: list[str]) -> np.ndarray:
+        """Each source image's size in bytes, as `fetch` and the embedder hold it: its stored bytes, or the size
+        of the file it is kept as (read whole to be hashed); 0 for an id not in the source or a file not there."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        images = self.dataset.data.table.column("image")  # the table's, as `stored_image_bytes`
+        known = [self.row_of.get(i) for i in image_ids]
+        positions = table_positions(self.dataset, [k if k is not None else 0 for k in known])
+        stored = pc.binary_length(pc.struct_field(images, [images.type.get_field_index("bytes")]))
+        sizes = (pc.fill_null(stored, 0).to_numpy().astype(np.int64)[positions] if len(images)
+                 else np.zeros(len(image_ids), np.int64))
+        paths = pc.struct_field(images, [images.type.get_field_index("path")])
+        as_files = np.flatnonzero(sizes == 0)
+        for k, path in zip(as_files, paths.take(pa.array(positions[as_files])).to_pylist() if len(as_files) else []):
+            try:
+                sizes[k] = os.path.getsize(path) if path else 0
+            except OSError:
+                sizes[k] = 0
+        sizes[[k for k, row in enumerate(known) if row is None]] = 0
+        return sizes
 
     def fetch(self, image_ids: list[str]) -> tuple[list, list[list[str]]]:
         rows = take_rows(self.dataset, ["image", "captions"], [self.row_of[i] for i in image_ids])
@@ -405,7 +434,13 @@ def score_pool(pool, source_dataset, embedder: Embedder, settings: ScoreSettings
     try:
         try:
             row_bytes = stored_image_bytes(undecoded)[order]
-            for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows, row_bytes, settings.chunk_bytes):
+            # each item's source image, which its chunk reads too (a text pool of large photos held 1,024 at once)
+            item_ids = table_column(pool.dataset, "source_image_id").take(order[starts]).to_pylist()
+            source_ids = list(dict.fromkeys(item_ids))
+            code = {image_id: k for k, image_id in enumerate(source_ids)}
+            item_sources = np.array([code[i] for i in item_ids], dtype=np.int64)
+            for begin, end in chunk_bounds(starts, len(order), settings.chunk_rows, row_bytes, settings.chunk_bytes,
+                                           item_sources, source.image_sizes(source_ids)):
                 _score_chunk(read_chunk(undecoded, order[begin:end]), source, embedder, totals, rows_writer, items_writer)
                 bar.update(end - begin)
         finally:
