@@ -310,7 +310,11 @@ def _held_in_the_pool(image):
     from PIL import Image
 
     if isinstance(image, Image.Image) and getattr(image, "filename", ""):
-        return image.copy()  # a copy has no file behind it
+        try:
+            return image.copy()  # a copy has no file behind it
+        except (AssertionError, ValueError, OSError):  # closed before its pixels were read: `with Image.open(f) as
+            with Image.open(image.filename) as reopened:  # im: return im`, which datasets stored as its path
+                return reopened.copy()
     if isinstance(image, dict) and isinstance(image.get("bytes"), bytes) and image.get("path") is not None:
         return {"bytes": image["bytes"], "path": None}
     return image
