@@ -709,12 +709,57 @@ def resolve_pool_path(path_or_id: str) -> Path:
     raise PoolError(f"{path_or_id}: no such pool folder")
 
 
+# reads of a pool that another process swapped in meanwhile, tried again before giving up
+SNAPSHOT_TRIES = 5
+
+
+def _pool_files(path: Path) -> tuple:
+    """Which pool.json and data files `path` holds now, with their sizes, modification and change
+    times: a read whose files were the same before and after it read one pool."""
+    from augment.source_cache import file_identity
+
+    shards = sorted((path / DATA_DIR).glob("*.parquet")) if (path / DATA_DIR).is_dir() else []
+    return (file_identity(path / POOL_META), [(s.name, file_identity(s)) for s in shards])
+
+
+def _swap_under_way(path: Path) -> bool:
+    """pool.json gone and an old pool's files aside (`.replaced-PID`): a swap between its renames (or
+    one a SIGKILL cut short, which the next generate finishes)."""
+    return not (path / POOL_META).exists() and path.is_dir() and any(path.glob(".replaced-*"))
+
+
 def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_empty: bool = False) -> Pool:
     """Read and validate a pool; refuse wrong schemas, damaged files, unfinished pools and (unless
-    `allow_empty`) pools without rows, each with one clear line."""
-    from datasets import Features, load_dataset
+    `allow_empty`) pools without rows, each with one clear line. The rows and pool.json are one
+    pool's: a read during which an `augment generate --overwrite` or `augment select` swapped another
+    pool into the folder (`swap_in_replacement`) is read again (the old pool.json with the new rows
+    was read as one pool, and a shard of each was refused as a damaged pool)."""
+    import time
 
     path = resolve_pool_path(str(path_or_id))
+    failure: Exception | None = None
+    for attempt in range(SNAPSHOT_TRIES):
+        before = _pool_files(path)
+        try:
+            pool = _load_pool_once(path, allow_partial, allow_empty)
+        except (PoolError, SchemaError, OSError) as exc:
+            if _pool_files(path) == before and not _swap_under_way(path):
+                raise
+            failure = exc
+        else:
+            if _pool_files(path) == before:
+                return pool
+            failure = None
+        time.sleep(0.05 * (attempt + 1))  # a swap is a few renames
+    if failure is not None and _swap_under_way(path):
+        raise failure
+    raise PoolError(f"{path}: another process kept replacing this pool while it was read (an augment generate "
+                    "--overwrite or select writing it); wait for it to finish, then run again")
+
+
+def _load_pool_once(path: Path, allow_partial: bool, allow_empty: bool) -> Pool:
+    from datasets import Features, load_dataset
+
     meta_path = path / POOL_META
     if not meta_path.exists():
         raise PoolError(f"{path}: not a pool (no {POOL_META})")

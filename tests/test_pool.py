@@ -789,3 +789,57 @@ def test_a_selection_of_large_images_is_held_and_written_a_bounded_number_of_byt
         assert sum(len(image["bytes"]) for image in stored) <= cap + max(map(len, images))
     selected = load_pool(tmp_path / "sel").dataset.cast_column("image", ImageFeature(decode=False))
     assert [row["image"]["bytes"] for row in selected] == images
+
+
+@pytest.mark.parametrize("swapped_after", ["read_pool_meta", "open_shard"])
+def test_a_pool_swapped_in_while_it_is_read_is_read_whole_from_one_pool(karpathy_dir, tmp_path, monkeypatch,
+                                                                       swapped_after):
+    """`augment generate --overwrite` (or `select`) swapping its pool in while `augment score`, `select --from`,
+    `push` or `train --pools` read the folder: swapped after pool.json was read, the old pool.json was read with
+    the new pool's rows as one pool; after the first shard, a shard of each was refused as a damaged pool (a row
+    id twice). The read is done again when the folder's files changed under it."""
+    import augment.pool as pool_module
+    from augment.pool import swap_in_replacement
+
+    source, _ = load_source(str(karpathy_dir))
+    out = tmp_path / "pool"
+    run_generation(_CountingGenerator(), source, str(out), n=1, seed=4, split="all", shard_size=5, progress=False)
+    run_generation(_CountingGenerator(), source, str(out / ".replacement"), n=1, seed=3, split="all", shard_size=2,
+                   progress=False)
+    new_rows = load_pool(out / ".replacement").dataset["seed"]
+    real, swapped = getattr(pool_module, swapped_after), []
+
+    def then_swapped(*args, **kwargs):  # the other command's swap, deterministically at this point of the read
+        result = real(*args, **kwargs)
+        if not swapped:
+            swapped.append(True)
+            swap_in_replacement(out)
+        return result
+
+    monkeypatch.setattr(pool_module, swapped_after, then_swapped)
+    pool = load_pool(out)
+    assert swapped and pool.meta["seed"] == 3 and pool.meta["shard_size"] == 2 and pool.dataset["seed"] == new_rows
+
+
+def test_a_selection_swapped_in_while_the_pool_is_read_is_read_whole(tmp_path, monkeypatch):
+    """`augment select --overwrite --out X` swapping the whole folder X (`write_pool`) while `train --pools X`
+    or `augment score X` read it: after pool.json was read, the read was refused as "a shard is missing or
+    was replaced" (the old pool.json's row count beside the new rows), or, at the same count, the old
+    pool.json went with the new rows."""
+    import augment.pool as pool_module
+
+    out = tmp_path / "selected"
+    write_pool(out, [_row(i) for i in range(4)], {"method": "m", "seed": 1})
+    real, swapped = pool_module.read_pool_meta, []
+
+    def then_selected(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not swapped:
+            swapped.append(True)
+            write_pool(out, [_row(i, caption="a blue square") for i in range(3)], {"method": "m", "seed": 2},
+                       overwrite=True)
+        return result
+
+    monkeypatch.setattr(pool_module, "read_pool_meta", then_selected)
+    pool = load_pool(out)
+    assert swapped and pool.meta["seed"] == 2 and pool.dataset["caption"] == ["a blue square"] * 3
