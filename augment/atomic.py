@@ -189,7 +189,8 @@ def sole_writer(folder: str | os.PathLike, lock_name: str, busy: str):
     before writing anything) is removed again; in a folder that was there, a lock file this call
     created is removed again when the block added nothing beside it (a generate refused for a
     user's folder, or failing on an existing empty one, left it there, and `augment push --to-dir`
-    then refused that folder for holding `.generate.lock`). `train` and `train eval` each hold one:
+    then refused that folder for holding `.generate.lock`; an export accepts it now, and holds it
+    itself). `train` and `train eval` each hold one:
     two runs into one folder would interleave their outputs."""
     from filelock import FileLock, Timeout
 

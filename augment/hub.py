@@ -42,12 +42,13 @@ from augment.atomic import (
     naming_write_errors,
     output_folder_problem,
     remove_stale_temporaries,
+    sole_writer_of_processes,
     temporary_path,
 )
 from augment.errors import MatPlusError, PoolError, first_line
 from augment.json_records import DamagedRecord, read_json_object
 from augment.local_paths import shorten_local_paths
-from augment.pool import DATA_DIR, IDENTITY_KEYS, KEYS_ADDED_SINCE, POOL_META, Pool, identity_value
+from augment.pool import DATA_DIR, IDENTITY_KEYS, KEYS_ADDED_SINCE, POOL_META, WRITER_LOCK, Pool, identity_value
 from augment.scoring import store
 from data_cards.render import SPLIT, CardOptions, merge_cards, render_card
 
@@ -178,15 +179,23 @@ def write_repo_folder(pool: Pool, out_dir: str | Path, options: CardOptions, for
     """Write the Hub repository of `pool` into `out_dir`; return the folder."""
     out = Path(out_dir)
     card, files = publication(pool, options)
-    _check_folder_target(out, pool.path, files[POOL_META], force)
-    _remove_earlier_export(out)
-    shards = _write_shards(pool, out)
-    # pool.json right after the rows: a folder holding it is a finished export of that pool, or this
-    # one killed before its last files (`_holds_this_export`)
-    for name in (POOL_META, SCORES_FILE):
-        if name in files:
-            atomic_write_bytes(out / name, files[name])
-    atomic_write_text(out / CARD_FILE, str(merge_cards(_local_hub_card(pool, shards), card)))
+    _check_folder_target(out, pool.path, files[POOL_META], force)  # before the lock makes the folder
+    with sole_writer_of_processes(out, WRITER_LOCK, "another augment push, generate or select is writing this "
+                                  "folder; wait for it to finish, or choose another --to-dir", True, 1, PoolError):
+        # again, now alone: another export that had written its rows but not its pool.json passed for a
+        # killed one of this pool, so each replaced the other's rows and its pool.json went with the other's rows
+        _check_folder_target(out, pool.path, files[POOL_META], force)
+        _remove_earlier_export(out)
+        shards = _write_shards(pool, out)
+        # pool.json right after the rows: a folder holding it is a finished export of that pool, or this
+        # one killed before its last files (`_holds_this_export`)
+        for name in (POOL_META, SCORES_FILE):
+            if name in files:
+                atomic_write_bytes(out / name, files[name])
+        atomic_write_text(out / CARD_FILE, str(merge_cards(_local_hub_card(pool, shards), card)))
+        # the export is the Hub repository's files alone: its lock file goes, unlinked while held (a run that
+        # opened it meanwhile finds it gone and makes its own); a killed export's is kept, and accepted
+        (out / WRITER_LOCK).unlink(missing_ok=True)
     return out
 
 
@@ -213,7 +222,8 @@ def _not_exported(out: Path) -> list[str]:
     writes aside."""
     data = out / DATA_DIR
     found = [entry.name for entry in sorted(out.iterdir()) if entry != data
-             and not (entry.is_file() and (entry.name in _EXPORT_FILES or is_temporary(entry)))]
+             and not (entry.is_file() and (entry.name in _EXPORT_FILES or entry.name == WRITER_LOCK
+                                           or is_temporary(entry)))]
     if data.is_dir() and not data.is_symlink():
         found += [f"{DATA_DIR}/{entry.name}" for entry in sorted(data.iterdir())
                   if not (entry.is_file() and (_EXPORT_SHARD.fullmatch(entry.name) or is_temporary(entry)))]
@@ -229,7 +239,7 @@ def _holds_this_export(out: Path, published_meta: bytes) -> bool:
     meta = out / POOL_META
     if meta.is_file():
         return meta.read_bytes() == published_meta
-    return all(entry.name == DATA_DIR or is_temporary(entry) for entry in out.iterdir())
+    return all(entry.name in (DATA_DIR, WRITER_LOCK) or is_temporary(entry) for entry in out.iterdir())
 
 
 def _remove_earlier_export(out: Path) -> None:

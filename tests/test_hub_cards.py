@@ -860,3 +860,40 @@ def test_push_reads_a_scores_json_with_a_byte_order_mark_as_score_does(tmp_path)
     (tmp_path / "scores.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(scores, ensure_ascii=False).encode("utf-8"))
     assert read_scores(SimpleNamespace(path=tmp_path)) == scores
     assert read_scores_json(tmp_path) == scores  # score's reader, for comparison
+
+
+def test_a_second_export_into_a_folder_an_export_is_writing_is_refused(tmp_path, capsys, monkeypatch):
+    """Two `augment push --to-dir D` at once (a scheduler's retry, two pools sent to one folder): the second one,
+    run while the first had written its rows but not yet its pool.json, took D for its own killed export, replaced
+    the rows with its pool's, and the first then wrote its pool.json and card over them: D held one pool's
+    provenance with another's rows. The first one's pool and lock stay; the second is refused in one line."""
+    from augment import hub
+    from augment.pool import load_pool
+
+    first, second = make_pool(tmp_path / "first", rows=3), make_pool(tmp_path / "second", method="i2t-blip", rows=4)
+    out = tmp_path / "repo"
+    real, started, answers = hub.atomic_write_bytes, [], []
+
+    def second_push_meanwhile(path, data, *args, **kwargs):  # the first push, its rows written, before its pool.json
+        if not started:
+            started.append(path)
+            answers.append(cli("push", str(second), "--to-dir", str(out)))
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "atomic_write_bytes", second_push_meanwhile)
+    assert cli("push", str(first), "--to-dir", str(out)) == 0
+    assert answers == [2] and "another augment push, generate or select is writing" in capsys.readouterr().err
+    exported = load_pool(out)
+    assert exported.method == "t2i-sd" and exported.dataset["caption"] == load_pool(first).dataset["caption"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
+
+
+def test_an_export_killed_part_way_keeps_its_lock_file_and_the_same_command_finishes_it(tmp_path, capsys):
+    """The export's lock (`.generate.lock`, gone from a finished export) stays after a kill; the re-run accepts it."""
+    pool = make_pool(tmp_path / "pool", rows=3)
+    out = tmp_path / "repo"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "train-00000-of-00001.parquet").write_bytes(b"half")  # the killed export's rows
+    (out / ".generate.lock").touch()
+    assert cli("push", str(pool), "--to-dir", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
