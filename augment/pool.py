@@ -197,6 +197,21 @@ def write_pool_card(out_dir: Path, meta: dict) -> None:
     ))
 
 
+def write_card_of_pool_there(out_dir: str | os.PathLike) -> None:
+    """`write_pool_card` for the pool in `out_dir` now (its pool.json read again), while no `augment
+    generate --overwrite` or `select` can swap another in (their lock, `sole_pool_writer`); skipped while
+    one writes there (its pool comes with its own card) or when no pool is there. A reader's card of the
+    pool it had read (`augment score`) replaced the card of one swapped in meanwhile, with the other's row
+    count, which `datasets.load_dataset(POOL)` then refused (NonMatchingSplitsSizesError)."""
+    out_dir = Path(out_dir)
+    try:
+        with sole_pool_writer(out_dir):
+            if (out_dir / POOL_META).is_file():
+                write_pool_card(out_dir, read_pool_meta(out_dir))
+    except PoolError:
+        return
+
+
 def make_row_id(method: str, image_id: str, caption_index: int, k: int) -> str:
     return f"{method}:{image_id}:{caption_index}:{k}"
 

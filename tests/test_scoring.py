@@ -1861,3 +1861,41 @@ def test_a_cache_file_of_no_keys_does_not_break_lookups(tmp_path):
     for reader in (cache, EmbeddingCache(tmp_path, "scorer-a")):  # as indexed by the put, and read back
         found, embeddings = reader.lookup("text", np.concatenate([keys[[3]], others]))
         assert found.tolist() == [True, False, False] and embeddings.shape == (1, 3)
+
+
+def test_score_writes_the_card_of_the_pool_swapped_in_while_it_scored(tmp_path, capsys, monkeypatch):
+    """`augment generate --overwrite POOL` swapping its pool in while `augment score POOL` scored the old one:
+    score then wrote the old pool's card (its method and row count) over the new pool's, and
+    `datasets.load_dataset(POOL)` refused the folder (NonMatchingSplitsSizesError). The card written is the
+    one of the pool there now, and the scores are those of the old pool, which select refuses for the new."""
+    from datasets import Image, load_dataset
+
+    import augment.scoring.pool_scores as pool_scores
+    from augment.cli import main
+    from augment.pool import swap_in_replacement, write_pool
+    from augment.sources import load_source
+    from augment.world.writer import write_sample
+
+    write_sample(tmp_path / "world", n=12, seed=0)
+    dataset, _ = load_source(str(tmp_path / "world"))
+    items = [item for item in dataset.cast_column("image", Image(decode=False)) if item["split"] == "train"][:4]
+    pool = tmp_path / "pool"
+    _write(pool, [_row(item, 0, 0, "old", "text", caption=item["captions"][1]) for item in items], tmp_path / "world",
+           method="old")
+    write_pool(pool / ".replacement", [_row(item, 0, 0, "new", "text", caption=item["captions"][2]) for item in items[:3]],
+               {"name": "pool", "method": "new", "source": str(tmp_path / "world")})
+    real = pool_scores.score_pool
+
+    def then_swapped(*args, **kwargs):  # the other command's swap, once the old pool is scored
+        entry = real(*args, **kwargs)
+        swap_in_replacement(pool)
+        return entry
+
+    monkeypatch.setattr(pool_scores, "score_pool", then_swapped)
+    assert main(["score", str(pool), "--source", str(tmp_path / "world"), "--scorer", "tiny-clip", "--bootstrap", "20",
+                 "--gap-bootstrap", "5", "--no-progress", "--no-plot"]) == 0
+    assert "method `new`, 3 rows" in (pool / "README.md").read_text()
+    assert len(load_dataset(str(pool), split="train")) == 3
+    capsys.readouterr()
+    assert main(["select", str(pool), "--out", str(tmp_path / "selected"), "--min-alignment", "0"]) == 2
+    assert "data files changed" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def run(args) -> int:
     from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save, source_root
     from augment.scoring.scorers import scorer_identity
     from augment.atomic import atomic_write_text, remove_stale_temporaries
-    from augment.pool import write_pool_card
+    from augment.pool import write_card_of_pool_there
     from augment.scoring.report import comparison_table
     from augment.scoring.store import SCORES_DIR, scoring_lock
 
@@ -161,7 +161,8 @@ def run(args) -> int:
                     )
                 except SourceError as exc:  # an image that does not decode: which of the pools scored it is in
                     raise SourceError(f"{pool.path}: {first_line(exc)}") from None
-        write_pool_card(pool.path, pool.meta)  # pools made before the card existed: load_dataset(POOL) keeps working
+        # pools made before the card existed: load_dataset(POOL) keeps working (the card of the pool there now)
+        write_card_of_pool_there(pool.path)
         if pool.name in shared_names:  # copies of one pool: told apart by their folders
             entry = {**entry, "pool": {**entry["pool"], "name": str(pool.path)}}
         entries.append(entry)
