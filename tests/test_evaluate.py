@@ -603,3 +603,45 @@ def test_settings_line_says_which_fused_reading_was_attacked(embedding, reading)
               "attacks": {"clean": {"params": {}}}}
     assert (f"attacked embedding `{embedding}` (the fusion encoder's output of each pair: {reading})"
             in settings_markdown(report)[1])
+
+
+def test_an_evaluated_checkpoint_a_running_trainer_replaces_records_the_step_of_the_weights_it_read(tmp_path, monkeypatch):
+    """`train eval RUN/ckpt` while `train ... --resume` of RUN goes on and saves (`swap_folder_into_place`): the
+    report named the folder alone, whose weights the next save replaced, so which step was evaluated could not be
+    told. A save during the load (here: right after it) loads again, and eval.json records the step read."""
+    import models
+    import torch
+
+    from augment.atomic import swap_folder_into_place
+    from augment.world.writer import write_sample
+    from models import load_model, save_model
+    from train.cli import main as train_main
+
+    write_sample(tmp_path / "world", n=8, seed=0)
+    run = tmp_path / "run"
+
+    def checkpoint(folder, step, shift):
+        model = load_model("tiny-clip")
+        with torch.no_grad():
+            next(model.parameters()).add_(shift)
+        save_model(model, folder)
+        (folder / "train_state").mkdir()
+        (folder / "train_state" / "state.json").write_text(json.dumps({"step": step}))
+
+    checkpoint(run / "ckpt", 10, 0.0)
+    checkpoint(run / ".ckpt-partial", 20, 1.0)
+    real, loads = models.load_model, []
+
+    def saved_meanwhile(name, *args, **kwargs):  # the trainer's next save, once this load has read the folder
+        loads.append(name)
+        model = real(name, *args, **kwargs)
+        if len(loads) == 1:
+            swap_folder_into_place(run / ".ckpt-partial", run / "ckpt", aside=run / ".ckpt-old")
+        return model
+
+    monkeypatch.setattr(models, "load_model", saved_meanwhile)
+    out = tmp_path / "eval"
+    assert train_main(["eval", str(run / "ckpt"), "--source", str(tmp_path / "world"), "--split", "test", "--limit", "2",
+                       "--attacks", "clean", "--out", str(out), "--no-progress"]) == 0
+    assert loads == [str(run / "ckpt")] * 2
+    assert json.loads((out / "eval.json").read_text())["settings"]["checkpoint_step"] == 20

@@ -533,6 +533,7 @@ def _run(args: argparse.Namespace) -> int:
     from models.half_precision import autocast, check_precision
     from train.attacks.settings import pgd_step_size
     from train.eval_report import EVAL_JSON, EVAL_MD, write_report
+    from train.eval_common import load_evaluated, record_checkpoint_steps
     from train.evaluate import evaluate, markdown_report
 
     refuse_replacing_a_finished_report(args)  # before anything is read or loaded
@@ -574,10 +575,12 @@ def _run(args: argparse.Namespace) -> int:
     # the data first: a wrong path or split stops in one line before minutes of model loading
     dataset, source_report = read_source(args)
     checker = _truth_checker(args.truth_checker, dataset, args.split, args.limit)
-    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval", **model_options(args))
-    attacker = None
+    victim, steps = load_evaluated(args.checkpoint, lambda: load_model(
+        args.checkpoint, pretrained=args.pretrained, device=device, kind="retrieval", **model_options(args)))
+    attacker = attacker_step = None
     if args.attacker_model:
-        attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval")
+        attacker, attacker_step = load_evaluated(args.attacker_model, lambda: load_model(
+            args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="retrieval"))
     if args.rerank_k not in (None, 0) and not getattr(victim, "has_itm", False):  # it would be silently ignored
         raise MatPlusError(f"--rerank-k {args.rerank_k}: re-ranking needs an ITM head, which "
                            f"{victim.name or victim.family} has none of (BLIP, ALBEF and TCL do): leave it out")
@@ -598,6 +601,7 @@ def _run(args: argparse.Namespace) -> int:
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
+    record_checkpoint_steps(report, steps, attacker_step)
     table = write_report(report, out, markdown_report)
     from train.eval_store import remove_finished_store
 

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from augment.commands.common import read_source, source_meta
     from augment.errors import MatPlusError
     from models import load_model
+    from train.eval_common import load_evaluated, record_checkpoint_steps
     from models.half_precision import autocast
     from train.attacks.captioning import CAPTION_ATTACK_NAMES, DEFAULT_TARGET
     from train.caption_metrics import require_java_for_meteor, require_segmenter
@@ -63,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
     require_segmenter(args.segment_cjk)  # jieba missing: its install line, before anything loads
     torch.manual_seed(args.seed)
     dataset, source_report = read_source(args)  # the data first: a wrong path stops in one line before any model loads
-    victim = load_model(args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt)
-    attacker = None
+    victim, victim_step = load_evaluated(args.checkpoint, lambda: load_model(
+        args.checkpoint, pretrained=args.pretrained, device=device, kind="captioning", prompt=args.prompt))
+    attacker = attacker_step = None
     if args.attacker_model:  # transfer: the attacks run on this captioner (with the same --prompt), the victim is evaluated
-        attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="captioning",
-                              prompt=args.prompt)
+        attacker, attacker_step = load_evaluated(args.attacker_model, lambda: load_model(
+            args.attacker_model, pretrained=args.attacker_pretrained, device=device, kind="captioning",
+            prompt=args.prompt))
         if args.prompt is None and attacker.prompt != victim.prompt:
             # each fell back to its own saved prompt: the attacks would be crafted under another prompt than
             # the victim captions with, and nothing in the report said so
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
+    record_checkpoint_steps(report, victim_step, attacker_step)
     table = write_captioning_report(report, out)
     from train.eval_store import remove_finished_store
 

@@ -30,6 +30,7 @@ def run(args) -> int:
     from augment.errors import MatPlusError
     from augment.referring import load_grounding
     from models import load_model
+    from train.eval_common import load_evaluated, record_checkpoint_steps
     from models.half_precision import autocast
     from tasks.grounding import GroundingTask
     from train.attacks.grounding_protocols import GROUNDING_PROTOCOLS
@@ -66,12 +67,14 @@ def run(args) -> int:
         checker = truth_checker_for(args.truth_checker, all(image.scene is not None for image in data.images),
                                     world_expression_checker)
     # fp32 weights: --precision is the autocast the evaluation runs in, as for every task
-    model = load_model(args.checkpoint, pretrained=args.pretrained, device=device, **model_options(args))
-    attacker = None
+    model, victim_step = load_evaluated(args.checkpoint, lambda: load_model(
+        args.checkpoint, pretrained=args.pretrained, device=device, **model_options(args)))
+    attacker = attacker_step = None
     try:
         GroundingTask().check_model(model)
         if args.attacker_model:  # transfer: the attacks craft on the attacker's grounding objective
-            attacker = load_model(args.attacker_model, pretrained=args.attacker_pretrained, device=device)
+            attacker, attacker_step = load_evaluated(args.attacker_model, lambda: load_model(
+                args.attacker_model, pretrained=args.attacker_pretrained, device=device))
             if not reference:  # the reference attacks read the encoders' embeddings, which every family has
                 check_attacker(attacker, objective)
     except ValueError as exc:
@@ -92,6 +95,7 @@ def run(args) -> int:
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint,
                                "attacker_model": args.attacker_model})
+    record_checkpoint_steps(report, victim_step, attacker_step)
     table = write_report(report, out, markdown_grounding_report)
     from train.eval_store import remove_finished_store
 

@@ -92,6 +92,65 @@ def model_id(model) -> dict:
     return model.describe()
 
 
+# loads of a run's checkpoint folder during which its trainer saved a new one, tried again before giving up
+CHECKPOINT_TRIES = 3
+
+
+def _checkpoint_folder_stamp(folder: Path) -> tuple | None:
+    """Which folder is at `folder` now (a trainer's save swaps in a new one: another inode, another change
+    time) and its training state file's identity; None when there is no folder."""
+    from augment.source_cache import file_identity
+
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns, file_identity(folder / "train_state" / "state.json")
+
+
+def _checkpoint_step(folder: Path) -> int | None:
+    from augment.json_records import DamagedRecord, read_json_object
+
+    try:
+        step = read_json_object(folder / "train_state" / "state.json").get("step")
+    except (DamagedRecord, OSError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def record_checkpoint_steps(report: dict, victim_step: int | None, attacker_step: int | None = None) -> None:
+    """eval.json's `settings.checkpoint_step` (and `attacker_checkpoint_step`): the training step of the run
+    checkpoint evaluated (`load_evaluated`), where the model was one."""
+    if victim_step is not None:
+        report["settings"]["checkpoint_step"] = victim_step
+    if attacker_step is not None:
+        report["settings"]["attacker_checkpoint_step"] = attacker_step
+
+
+def load_evaluated(name: str | None, load: Callable[[], Any]) -> tuple[Any, int | None]:
+    """`load()`, the model named `name`, and the training step of the checkpoint it read when `name` is a
+    run's checkpoint folder (`RUN/ckpt`, `RUN/best`: its `train_state/state.json`), else None. A trainer
+    still running saves by swapping a new folder in (`augment.atomic.swap_folder_into_place`): the model is
+    loaded again until the folder was the same one before and after, so that the step recorded is that of
+    the weights evaluated (an evaluation recorded the folder's name only, whose weights a later save
+    replaced)."""
+    from augment.errors import MatPlusError
+    from models.base import bare_name
+
+    if name is None:
+        return load(), None
+    folder = Path(bare_name(name)).expanduser()
+    for _ in range(CHECKPOINT_TRIES):
+        before = _checkpoint_folder_stamp(folder)
+        model = load()
+        step = _checkpoint_step(folder) if before is not None else None
+        if _checkpoint_folder_stamp(folder) == before:
+            return model, step
+        del model
+    raise MatPlusError(f"{folder}: its training run saved a new checkpoint there each of {CHECKPOINT_TRIES} times it "
+                       "was loaded; evaluate a copy of it, or wait until the run is done")
+
+
 def resume_settings(victim, attacker, gallery: "Gallery", resumable: bool, split, limit, captions_per_image,
                     batch_size: int, seed: int, built: dict, **task_settings) -> dict:
     """The settings a resumed evaluation of the attacks `built` must have been made with
