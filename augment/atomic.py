@@ -291,6 +291,27 @@ def remove_dead_swap_leftovers(target: str | os.PathLike, keep: str | os.PathLik
     return removed
 
 
+def wait_out_a_swap(target: str | os.PathLike, tries: int = 5) -> None:
+    """Return once `target` exists, or at once when it is missing for no swap: a reader that met the
+    instant between a swap's two renames (`swap_folder_into_place`: the old folder aside as
+    `.NAME.old-PID` of a live process, or the trainer's `.ckpt-old` / `.best-old`, the new one not yet
+    renamed in) waits for the second rename (a few tries, 0.75 s in all) instead of reporting the folder
+    missing (`augment.pool.load_pool` then asked the Hub for a dataset of that name)."""
+    import time
+
+    target = Path(target)
+    for attempt in range(tries):
+        if target.exists() or not target.parent.is_dir():
+            return
+        aside = [path for path in target.parent.glob(f".{target.name}*") if path.is_dir() and (
+            path.name == f".{target.name}-old" or (
+                (match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
+                and path.name.startswith(f".{target.name}.old-") and _process_alive(int(match.group("pid")))))]
+        if not aside:
+            return
+        time.sleep(0.05 * (attempt + 1))
+
+
 def staging_path(target: str | os.PathLike) -> Path:
     """Where a folder replacing `target` is written first: `.NAME.partial-PID-xxxxxxxx` beside it,
     a name `remove_dead_swap_leftovers` deletes once its process is gone."""

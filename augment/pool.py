@@ -751,6 +751,9 @@ def load_pool(path_or_id: str | os.PathLike, allow_partial: bool = False, allow_
     was read as one pool, and a shard of each was refused as a damaged pool)."""
     import time
 
+    from augment.atomic import wait_out_a_swap
+
+    wait_out_a_swap(path_or_id)  # `select --overwrite` swaps the whole folder: between its renames there is none
     path = resolve_pool_path(str(path_or_id))
     failure: Exception | None = None
     for attempt in range(SNAPSHOT_TRIES):

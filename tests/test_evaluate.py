@@ -645,3 +645,19 @@ def test_an_evaluated_checkpoint_a_running_trainer_replaces_records_the_step_of_
                        "--attacks", "clean", "--out", str(out), "--no-progress"]) == 0
     assert loads == [str(run / "ckpt")] * 2
     assert json.loads((out / "eval.json").read_text())["settings"]["checkpoint_step"] == 20
+
+
+def test_a_checkpoint_evaluated_between_the_two_renames_of_a_save_waits_for_the_second(tmp_path, monkeypatch):
+    """The trainer's save renames RUN/ckpt to RUN/.ckpt-old, then the new folder in: `train eval RUN/ckpt` at that
+    instant said the folder does not exist."""
+    import os
+    import time
+
+    from train.eval_common import load_evaluated
+
+    run = tmp_path / "run"
+    (run / ".ckpt-old").mkdir(parents=True)
+    (run / ".ckpt-partial" / "train_state").mkdir(parents=True)
+    (run / ".ckpt-partial" / "train_state" / "state.json").write_text('{"step": 7}')
+    monkeypatch.setattr(time, "sleep", lambda seconds: os.replace(run / ".ckpt-partial", run / "ckpt"))
+    assert load_evaluated(str(run / "ckpt"), lambda: (run / "ckpt").is_dir()) == (True, 7)

@@ -843,3 +843,24 @@ def test_a_selection_swapped_in_while_the_pool_is_read_is_read_whole(tmp_path, m
     monkeypatch.setattr(pool_module, "read_pool_meta", then_selected)
     pool = load_pool(out)
     assert swapped and pool.meta["seed"] == 2 and pool.dataset["caption"] == ["a blue square"] * 3
+
+
+def test_a_pool_read_between_the_two_renames_of_a_swap_waits_for_the_second(tmp_path, monkeypatch):
+    """`select --overwrite --out X` swaps the whole folder: the old X renamed aside (`.X.old-PID`), then the new
+    one in. A reader at that instant found no X: `no pool folder X here, and cannot fetch pool 'X' from the Hub`
+    (an `org/name`-shaped path was asked of the Hub). It waits for the second rename."""
+    import time
+
+    out = tmp_path / "selected"
+    write_pool(tmp_path / "staged", [_row(i) for i in range(2)], {"method": "m", "seed": 2})
+    (tmp_path / f".selected.old-{os.getpid()}").mkdir()  # the old folder aside, by a live process
+    slept = []
+
+    def second_rename(seconds):
+        slept.append(seconds)
+        os.replace(tmp_path / "staged", out)
+
+    monkeypatch.setattr(time, "sleep", second_rename)
+    pool = load_pool(out)
+    assert slept and pool.meta["seed"] == 2 and len(pool) == 2
+

@@ -139,8 +139,11 @@ def load_evaluated(name: str | None, load: Callable[[], Any]) -> tuple[Any, int 
 
     if name is None:
         return load(), None
+    from augment.atomic import wait_out_a_swap
+
     folder = Path(bare_name(name)).expanduser()
     for _ in range(CHECKPOINT_TRIES):
+        wait_out_a_swap(folder)  # met between the save's two renames: RUN/ckpt missing, RUN/.ckpt-old aside
         before = _checkpoint_folder_stamp(folder)
         model = load()
         step = _checkpoint_step(folder) if before is not None else None
