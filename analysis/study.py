@@ -411,6 +411,20 @@ class Study:
         return "cpu" if self.config["train"].get("cpu") else default_device()
 
     def evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
+        """The evaluation of `checkpoint` (cached); a run of this study (`checkpoint` inside `out`) is held with
+        the trainer's own lock meanwhile (`train.run_folder.lock_run_folder`): a `train ... --resume` of that run
+        by hand is refused while the study evaluates it, and the study stops in one line while one runs (it
+        evaluated whichever checkpoint the other's saves had left, as the run's finished one)."""
+        import contextlib
+
+        from train.run_folder import lock_run_folder
+
+        run = Path(checkpoint).parent
+        inside = run.resolve().is_relative_to(self.out.resolve())
+        with lock_run_folder(run, True, 1) if inside and run.is_dir() else contextlib.nullcontext():
+            return self._evaluate(name, checkpoint, seed)
+
+    def _evaluate(self, name: str, checkpoint: Path, seed: int) -> dict:
         from augment.world.truth import check_caption_of_row
         from models import load_model
         from analysis.config import eval_attack_options

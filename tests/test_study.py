@@ -658,3 +658,36 @@ def test_report_names_the_runs_of_each_device_when_evaluations_ran_on_several():
     assert "(cpu: mat seed 0 (best checkpoint); cuda: mat seed 0)" in evaluation_devices_words([best])[1]
     best["eval_best"] = best["eval"]
     assert evaluation_devices_words([best]) == ["", "Every evaluation ran on `cuda`."]
+
+
+def test_a_run_the_study_evaluates_is_held_against_a_resume_by_hand(tmp_path, monkeypatch, sample_world_dir):
+    """`analysis study` evaluating OUT/runs/X while a `train ... --resume --out OUT/runs/X` by hand extended it:
+    the study held no lock of the run, so it evaluated whichever checkpoint the other's saves had left, and the
+    resume by hand went on beside the study. The study holds the trainer's lock (RUN/.train.lock) while it
+    evaluates one of its runs: either side is refused in one line."""
+    import models
+    import train.eval_report
+    import train.evaluate
+    from augment.errors import MatPlusError
+    from train.run_folder import lock_run_folder
+
+    config = load_study_config("mini", {"out": str(tmp_path / "study")})
+    study, refusals = Study(config, log=lambda line: None), []
+    run = tmp_path / "study" / "runs" / "mat-s0"
+    (run / "ckpt").mkdir(parents=True)
+
+    def evaluate(victim, source, **kwargs):  # a resume by hand, started while the study evaluates
+        with pytest.raises(MatPlusError, match="another train is writing here") as refused:
+            lock_run_folder(run, True, 1)
+        refusals.append(str(refused.value))
+        return {"attacks": {}, "settings": {}}
+
+    monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "victim")
+    monkeypatch.setattr(train.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(train.eval_report, "write_report", _write_empty_report)
+    with lock_run_folder(run, True, 1):  # the resume by hand, running when the study comes to evaluate
+        with pytest.raises(MatPlusError, match="another train is writing here"):
+            study.evaluate("mat-s0", run / "ckpt", seed=0)
+    study.evaluate("mat-s0", run / "ckpt", seed=0)
+    assert len(refusals) == 1 and "analysis study" in refusals[0]

@@ -35,7 +35,8 @@ def lock_run_folder(run_dir: Path, is_main: bool, world_size: int) -> contextlib
     trainer: the main one's answer is shared, so every process is refused alike (ConfigError)."""
     from augment.atomic import sole_writer_of_processes
 
-    return sole_writer_of_processes(run_dir, LOCK_FILE, "another train is writing here; wait for it to finish, "
+    return sole_writer_of_processes(run_dir, LOCK_FILE, "another train is writing here (or an analysis study is "
+                                    "evaluating this run); wait for it to finish, "
                                     "or choose another --out", is_main, world_size, ConfigError)
 
 
