@@ -383,6 +383,30 @@ def test_mat_attacks_text_within_budget_then_image_within_eps(tmp_path, sample_w
 # ----------------------------------------------------------------------------- MAT+ and pools
 
 
+def test_a_resume_refuses_a_pool_made_again_in_its_folder(tmp_path, sample_world_dir, pools):
+    """A pool regenerated in its folder (generate --overwrite) between a kill and the resume: the run went on with
+    other rows, and nothing said so (the config records the pool's path only; audit BH's left finding). Each
+    checkpoint now records its pools' method, rows and finish stamp; the same pool copied elsewhere is the same."""
+    import shutil
+
+    from augment.pool import load_pool
+    from train.config import ConfigError
+
+    pool = tmp_path / "pool"
+    shutil.copytree(pools["text"], pool)
+    settings = dict(method="mat+", pools=[str(pool)], pgd_steps=1, schedule_steps=3)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **settings)
+    saved = json.loads((tmp_path / "run" / "ckpt" / "train_state" / "state.json").read_text())["pools"]
+    assert saved == {"text-pool": {key: load_pool(pool).meta[key] for key in ("method", "num_rows", "finished")}}
+    meta = json.loads((pool / "pool.json").read_text())
+    (pool / "pool.json").write_text(json.dumps({**meta, "finished": "2030-01-01T00:00:00+00:00"}))  # made again
+    with pytest.raises(ConfigError, match="--resume: pool text-pool is another pool than the run trained on"):
+        _run(tmp_path, "run", sample_world_dir, max_steps=2, resume="latest", **settings)
+    (pool / "pool.json").write_text(json.dumps(meta))
+    summary, _ = _run(tmp_path, "run", sample_world_dir, max_steps=2, resume="latest", **settings)
+    assert summary["steps"] == 2
+
+
 def test_mat_plus_draws_pool_rows_and_counts_them(tmp_path, sample_world_dir, pools):
     from train.cli import main
 

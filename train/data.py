@@ -130,6 +130,13 @@ def _pool_names(pools: Sequence[Any]) -> list[str]:
     return names
 
 
+def pool_identity(pool: Any) -> dict:
+    """What tells one pool's rows from another's in the same folder: its method, row count and finish stamp
+    (`augment.pool`: kept by a re-run that writes no shard, new when rows are written), not its path (a
+    pool moved or copied with its pool.json is the same pool)."""
+    return {key: pool.meta.get(key) for key in ("method", "num_rows", "finished")}
+
+
 def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts: Sequence[int],
                all_ids: dict[str, str], fingerprint: str, allow_mismatch: bool) -> PoolViews:
     """Check that `pool` fits the train split and index its rows; refuse it with PoolError if not.
@@ -275,6 +282,9 @@ class TrainData:
         all_ids = dict(zip(*_columns(source, "image_id", "split"))) if pools else {}  # only pools need them
         caption_counts = self.captions.lengths()
         self.pool_names = _pool_names(pools)
+        # which pools' rows are trained on, recorded in a checkpoint's state: a pool regenerated in its folder
+        # (generate --overwrite) between a kill and the resume would otherwise go on with other rows unseen
+        self.pool_identities = {name: pool_identity(pool) for pool, name in zip(pools, self.pool_names)}
         self.pools = [
             index_pool(pool, name, train_index, caption_counts, all_ids, self.fingerprint, allow_pool_mismatch)
             for pool, name in zip(pools, self.pool_names)

@@ -383,6 +383,17 @@ class Trainer:
             raise ConfigError(f"--resume: the source's rows (ids, splits, captions) differ from the ones the run trained "
                               f"on: {self.cfg.train_data} is another dataset now; resume with the run's source, or start "
                               "over with --overwrite")
+        saved_pools = state.get("pools")  # None: saved before it was kept
+        if isinstance(saved_pools, dict):
+            changed = [name for name, identity in self.data.pool_identities.items()
+                       if name in saved_pools and saved_pools[name] != identity]
+            if changed:
+                was, now = saved_pools[changed[0]], self.data.pool_identities[changed[0]]
+                raise ConfigError(
+                    f"--resume: pool {changed[0]} is another pool than the run trained on (finished {was.get('finished')}, "
+                    f"{was.get('num_rows')} rows of {was.get('method')}; now finished {now.get('finished')}, "
+                    f"{now.get('num_rows')} rows of {now.get('method')}): it was made again since; resume with the "
+                    "run's pool, or start over with --overwrite")
         if state.get("global_batch") != self.global_batch:
             raise ConfigError(
                 f"--resume: the run used a global batch of {state.get('global_batch')}, now "
@@ -515,6 +526,7 @@ class Trainer:
             "schedule_steps": self.schedule_steps,
             "elapsed_seconds": elapsed,
             "source_fingerprint": self.data.fingerprint,  # the rows trained on, whatever path they are read from
+            "pools": self.data.pool_identities,  # ... and the pools' (`_check_resumable`)
         }
         ckpt.save_checkpoint(
             self.run_dir, model=self.model,
