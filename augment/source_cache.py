@@ -56,7 +56,9 @@ def cache_home() -> Path:
     """Where mat-plus keeps its caches by default: `$XDG_CACHE_HOME/mat-plus`, else `~/.cache/mat-plus` (the
     XDG rule huggingface_hub and torch follow too; a cluster that points XDG_CACHE_HOME at scratch space
     moves every cache with it)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mat-plus"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # the spec: a relative path in it is invalid and ignored (it would put the cache wherever a command runs)
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path("~/.cache").expanduser()) / "mat-plus"
 
 
 def default_cache_folder() -> Path:

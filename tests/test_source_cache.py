@@ -172,6 +172,8 @@ def test_the_caches_follow_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_folder() == tmp_path / "home" / ".cache" / "mat-plus" / "sources"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid to the spec: ignored
+    assert default_cache_folder() == tmp_path / "home" / ".cache" / "mat-plus" / "sources"
     monkeypatch.setenv("MATPLUS_TINY_DIR", str(tmp_path / "mine"))
     monkeypatch.setenv("MATPLUS_CACHE", str(tmp_path / "ours"))
     assert tiny_cache_root() == tmp_path / "mine" and default_cache_folder() == tmp_path / "ours" / "sources"
