@@ -318,10 +318,10 @@ def _stored_image(image) -> bool:
 
 def _held_in_the_pool(image):
     """`image` in a form `datasets.Image` encodes to bytes, never to a path outside the pool: it stores a PIL
-    image opened from a file (or a {"bytes", "path"} dict naming a file that exists) as that file's path alone,
-    so a generator returning `Image.open(f)` (even drawn on since) or a temporary file's bytes with its name made
-    a pool that needed the file, and lost the image with it. A file's image becomes a copy (PNG: its pixels,
-    losslessly); a dict's bytes are kept without the path."""
+    image opened from a file (or a {"bytes", "path"} dict naming a file that exists: `_bytes_with_a_name`) as
+    that file's path alone, so a generator returning `Image.open(f)` (even drawn on since) or a temporary file's
+    bytes with its name made a pool that needed the file, and lost the image with it. A file's image becomes a
+    copy (PNG: its pixels, losslessly)."""
     from PIL import Image
 
     if isinstance(image, Image.Image) and getattr(image, "filename", ""):
@@ -330,9 +330,16 @@ def _held_in_the_pool(image):
         except (AssertionError, ValueError, OSError):  # closed before its pixels were read: `with Image.open(f) as
             with Image.open(image.filename) as reopened:  # im: return im`, which datasets stored as its path
                 return reopened.copy()
-    if isinstance(image, dict) and isinstance(image.get("bytes"), bytes) and image.get("path") is not None:
-        return {"bytes": image["bytes"], "path": None}
     return image
+
+
+def _bytes_with_a_name(image) -> dict | None:
+    """A {"bytes", "path"} dict holding both (a pool pulled from the Hub, a temporary file's bytes and name) in
+    its stored form, bytes and the name's last part: `datasets.Image` would keep the path alone of a file that
+    exists (relative to the working folder, too), and the name serves error messages; None for anything else."""
+    if isinstance(image, dict) and isinstance(image.get("bytes"), bytes) and isinstance(image.get("path"), str):
+        return {"bytes": image["bytes"], "path": os.path.basename(image["path"]) or None}
+    return None
 
 
 def _encoded_slices(rows: Iterable[dict], where: str) -> Iterator:
@@ -353,7 +360,8 @@ def _encoded_slices(rows: Iterable[dict], where: str) -> Iterator:
         for row in part:
             check_pool_row(row, f"{where}, row {row.get('row_id')!r}")
         columns = {name: [row.get(name) for row in part] for name in POOL_FEATURES}
-        columns["image"] = [image if _stored_image(image) else encode(_held_in_the_pool(image)) for image in columns["image"]]
+        columns["image"] = [image if _stored_image(image) else _bytes_with_a_name(image) or encode(_held_in_the_pool(image))
+                            for image in columns["image"]]
         full = len(part) == SHARD_SLICE_ROWS
         part = row = None  # this slice's images go before the next slice's are made
         made += 1

@@ -34,7 +34,7 @@ def test_round_trip_text_and_image_rows(tmp_path):
     assert pool.dataset[1]["image"].getpixel((0, 0)) == (255, 0, 0)
 
 
-def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path):
+def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path, monkeypatch):
     """datasets.Image stores a PIL image opened from a file, or bytes given with a file's name, as the path
     alone: a generator returning `Image.open(f)` (drawn on since) or a temporary file's bytes and name made a
     pool that lost the image with the file (a review's finding; no built-in generator does)."""
@@ -55,11 +55,20 @@ def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path
     drawn.unlink()
     named.unlink()
     stored = load_pool(tmp_path / "p").dataset.cast_column("image", POOL_FEATURES["image"].__class__(decode=False))
-    assert [row["image"]["path"] for row in stored] == [None, None]
+    assert [row["image"]["path"] for row in stored] == [None, "named.png"]  # the name kept, never the file
     pool = load_pool(tmp_path / "p")
     assert pool.dataset[0]["image"].convert("RGB").getpixel((0, 0)) == (255, 0, 0)
     assert pool.dataset[0]["image"].convert("RGB").getpixel((1, 1)) == (0, 0, 255)
     assert pool.dataset[1]["image"].getpixel((0, 0)) == (9, 9, 9)
+    # a row pulled from the Hub ({"bytes", "path": its name}) written again keeps its bytes and name, even beside
+    # a file of that name in the working folder (datasets.Image would store that file's path instead)
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "pulled.png")
+    write_pool(tmp_path / "q", [_row(2, "image", None, {"bytes": buffer.getvalue(), "path": "pulled.png"})], {"method": "m"})
+    (tmp_path / "pulled.png").unlink()
+    again = load_pool(tmp_path / "q").dataset
+    assert again.cast_column("image", POOL_FEATURES["image"].__class__(decode=False))[0]["image"]["path"] == "pulled.png"
+    assert again[0]["image"].getpixel((0, 0)) == (9, 9, 9)
 
 
 
