@@ -24,7 +24,7 @@ from train.attacks.text import WordSubstitutionAttack
 
 EPS = 2 / 255
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "dog", "cat", "red", "blue", "ball",
-         "runs", "on", "grass", "behind", "sk", "##ate", "##board", "##s", "big", "small", "green", ","]
+         "runs", "on", "grass", "behind", "sk", "##ate", "##board", "##s", "big", "small", "green", ",", "[unused0]"]
 
 
 class ToyVictim:
@@ -636,13 +636,14 @@ def test_sga_transfer_hand_over_floors_to_8_bits_and_resizes_as_the_scripts():
 @pytest.mark.parametrize("bugs", [False, True])
 def test_reference_mlm_reading_and_its_bugs(tokenizer, bugs):
     # "red" at position 2 ([CLS] a red ...): the echo MLM predicts the token it reads first
-    mlm = echo(tokenizer, {"[UNK]": 5, "blue": 4, "green": 0.5, "big": 0.2, "small": 0.1})
-    source = ReferenceMLMSubstitutes(mlm, tokenizer, top_k=6, reference_bugs=bugs)
+    # [unused0]: a BERT vocabulary's placeholder, no special token to the tokenizer; kept only as the reference keeps it
+    mlm = echo(tokenizer, {"[UNK]": 5, "[unused0]": 4.5, "blue": 4, "green": 0.5, "big": 0.2, "small": 0.1})
+    source = ReferenceMLMSubstitutes(mlm, tokenizer, top_k=7, reference_bugs=bugs)
     found = source.substitutes([[Chunk("", w, "") for w in "a red ball".split()]])[0]
     if bugs:
         # read one position early: "red" gets the predictions at "a" (echoed "a" is a filter word);
         # [UNK] is accepted; the list stops at the first raw logit below 0.3 ("big")
-        assert found[1] == ["[UNK]", "blue", "green"]
+        assert found[1] == ["[UNK]", "[unused0]", "blue", "green"]
         assert found[2][0] == "red"  # "ball" gets the echo of "red"
     else:
         assert found[1] == ["blue", "green", "big", "small"]  # echo of "red" = the word itself, dropped

@@ -17,6 +17,7 @@ a caption splits into words and how a word is masked or replaced (`SubstituteSou
 from __future__ import annotations
 
 import itertools
+import re
 from abc import ABC
 from typing import AbstractSet
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from augment.wordnet import STOP_WORDS
 from augment.words import Chunk, is_word, same_script, split_chunk, word_scripts
 
+_PLACEHOLDER = re.compile(r"\[unused\d+\]")  # a BERT vocabulary's reserved, never-trained entries
 MASK_WORD = "[UNK]"  # what a word becomes when its importance is measured (the papers' choice)
 # captions per masked-LM call: each call has ~2 ms of fixed cost (tokenizer, small ops) at tiny sizes;
 # its hidden states are this x <= max_length x width floats, its logits those of the words read only
@@ -184,7 +186,10 @@ class MaskedLMSubstitutes(SubstituteSource):
         self.max_length = min(max_length, limit)  # the MLM cannot read past its position table
         self.model_id = model_id
         self.join = None  # multi-piece substitutes as the tokenizer decodes them
-        self._special_ids = set(tokenizer.all_special_ids)
+        # special tokens, and BERT's never-trained placeholders ([unused0]..[unused993]: plain vocabulary entries
+        # to the tokenizer, no word to a caption), which the reference reading took as substitutes (audit BF)
+        self._special_ids = set(tokenizer.all_special_ids) | {
+            token_id for token, token_id in tokenizer.get_vocab().items() if _PLACEHOLDER.fullmatch(token)}
         # token id -> (word, its lower case) when the word may substitute a word other than itself, else
         # None: the same few ids recur across a batch's k x positions (checked once each, the substitute
         # search on the bench world takes 36 ms instead of 40)
