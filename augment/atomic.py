@@ -303,7 +303,9 @@ def wait_out_a_swap(target: str | os.PathLike, tries: int = 5) -> None:
     for attempt in range(tries):
         if target.exists() or not target.parent.is_dir():
             return
-        aside = [path for path in target.parent.glob(f".{target.name}*") if path.is_dir() and (
+        # the names compared as they are: a glob of the name read `pool[v2]`'s brackets as a set of characters
+        # (its `.pool[v2].old-PID` unseen) and refused `pool**` (ValueError)
+        aside = [path for path in target.parent.iterdir() if path.name.startswith(f".{target.name}") and path.is_dir() and (
             path.name == f".{target.name}-old" or (
                 (match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
                 and path.name.startswith(f".{target.name}.old-") and _process_alive(int(match.group("pid")))))]

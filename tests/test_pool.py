@@ -873,3 +873,41 @@ def test_a_pool_read_between_the_two_renames_of_a_swap_waits_for_the_second(tmp_
     pool = load_pool(out)
     assert slept and pool.meta["seed"] == 2 and len(pool) == 2
 
+
+
+def test_a_pool_named_with_glob_characters_read_between_a_swaps_renames_waits_too(tmp_path, monkeypatch):
+    """`wait_out_a_swap` looked for the old folder aside with a glob of the folder's name: a pool folder `pool*`
+    read between a swap's renames (or missing) stopped load_pool with a traceback (ValueError: Invalid pattern:
+    '**' can only be an entire path component); the names are compared as they are now."""
+    import time
+
+    name = "pool*"
+    out = tmp_path / name
+    write_pool(tmp_path / "staged", [_row(i) for i in range(2)], {"method": "m", "seed": 2})
+    (tmp_path / f".{name}.old-{os.getpid()}").mkdir()  # the old folder aside, by a live process
+    slept = []
+
+    def second_rename(seconds):
+        slept.append(seconds)
+        os.replace(tmp_path / "staged", out)
+
+    monkeypatch.setattr(time, "sleep", second_rename)
+    pool = load_pool(out)
+    assert slept and pool.meta["seed"] == 2 and len(pool) == 2
+
+
+def test_wait_out_a_swap_matches_the_folder_name_as_it_is(tmp_path, monkeypatch):
+    """A folder `ckpt[1]` missing with `.ckpt[1].old-PID` of a live process aside: the glob of the name read `[1]`
+    as a set of characters and found nothing, so no wait; a name with `**` raised ValueError; a missing folder with
+    nothing aside returns at once."""
+    import time
+
+    from augment.atomic import wait_out_a_swap
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    wait_out_a_swap(tmp_path / "nothing**")  # no swap: at once, and no ValueError
+    assert slept == []
+    (tmp_path / f".ckpt[1].old-{os.getpid()}").mkdir()
+    wait_out_a_swap(tmp_path / "ckpt[1]")  # the second rename never comes: a few tries, then it returns
+    assert len(slept) == 5 and sum(slept) < 1
