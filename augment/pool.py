@@ -736,13 +736,25 @@ def resolve_pool_path(path_or_id: str) -> Path:
 SNAPSHOT_TRIES = 5
 
 
-def _pool_files(path: Path) -> tuple:
-    """Which pool.json and data files `path` holds now, with their sizes, modification and change
-    times: a read whose files were the same before and after it read one pool."""
+def _file_stamp(path: Path) -> list | None:
+    """`file_identity` (size, modification and change times) and which file it is (device, inode): a file
+    renamed in is another file even where the times are whole seconds (ext3, HFS+, some NFS servers) or
+    FAT's two, and a pool swapped in within them, of the same sizes, passed for the one read."""
     from augment.source_cache import file_identity
 
+    identity = file_identity(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return identity
+    return None if identity is None else [*identity, stat.st_dev, stat.st_ino]
+
+
+def _pool_files(path: Path) -> tuple:
+    """Which pool.json and data files `path` holds now (`_file_stamp`): a read whose files were the same
+    before and after it read one pool."""
     shards = sorted((path / DATA_DIR).glob("*.parquet")) if (path / DATA_DIR).is_dir() else []
-    return (file_identity(path / POOL_META), [(s.name, file_identity(s)) for s in shards])
+    return (_file_stamp(path / POOL_META), [(s.name, _file_stamp(s)) for s in shards])
 
 
 def _swap_under_way(path: Path) -> bool:
@@ -826,16 +838,14 @@ def _load_pool_once(path: Path, allow_partial: bool, allow_empty: bool) -> Pool:
 
 def _arrow_cache_dir(shards: list[Path]) -> str:
     """The `datasets` cache folder for these shards' Arrow copy, named by the shards' identities
-    (size, modification and change times): `datasets` keys its cache on a file's path and mtime
+    (`_file_stamp`: size, modification and change times, inode): `datasets` keys its cache on a file's path and mtime
     only, so a shard replaced keeping its old mtime (`cp -p`, `rsync -t`, a restored backup) was
     read as the old rows."""
     import hashlib
 
     import datasets
 
-    from augment.source_cache import path_identity
-
-    identities = [path_identity(shard) for shard in shards]
+    identities = [[os.path.abspath(shard), _file_stamp(shard)] for shard in shards]  # a shard renamed in: another file
     key = hashlib.sha256(json.dumps(identities).encode()).hexdigest()[:16]
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "mat-plus-pools" / key)
 

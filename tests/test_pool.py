@@ -911,3 +911,50 @@ def test_wait_out_a_swap_matches_the_folder_name_as_it_is(tmp_path, monkeypatch)
     (tmp_path / f".ckpt[1].old-{os.getpid()}").mkdir()
     wait_out_a_swap(tmp_path / "ckpt[1]")  # the second rename never comes: a few tries, then it returns
     assert len(slept) == 5 and sum(slept) < 1
+
+
+def test_a_pool_swapped_in_within_the_same_second_is_read_whole_on_a_filesystem_of_whole_seconds(tmp_path,
+                                                                                                  monkeypatch):
+    """load_pool told a swap under its read by the files' sizes, modification and change times alone: on a file
+    system keeping coarse times (FAT: two seconds, and Linux reports its change time as the modification time;
+    ext3, HFS+ and some NFS servers whole seconds) a `select --overwrite` of as many rows (pool.json and shards
+    of the same sizes) swapped in within those seconds went unseen, and the old pool.json was read with the new
+    rows as one pool; the pool's Arrow copy, cached under the shards' times and sizes, gave a pool read before
+    its old rows again. A file renamed in is another file (its inode) whatever its times."""
+    import augment.pool as pool_module
+    import augment.source_cache as source_cache
+
+    real_identity, start = source_cache.file_identity, 1_700_000_000 * 10**9  # an even second
+
+    def fat_times(path):  # what such a file system reports
+        identity = real_identity(path)
+        return None if identity is None else [identity[0], identity[1] // (2 * 10**9), identity[1] // (2 * 10**9)]
+
+    def files(folder):
+        return [folder / "pool.json", *sorted((folder / "data").glob("*.parquet"))]
+
+    def written_at(folder, ns):
+        for path in files(folder):
+            os.utime(path, ns=(ns, ns))
+
+    out = tmp_path / "selected"
+    write_pool(out, [_row(i, caption="a red circle") for i in range(4)], {"method": "m", "seed": 1})
+    written_at(out, start)
+    sizes = {p.name: p.stat().st_size for p in files(out)}
+    real, swapped = pool_module.read_pool_meta, []
+
+    def then_selected(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not swapped:
+            swapped.append(True)
+            write_pool(out, [_row(i, caption="a tan circle") for i in range(4)], {"method": "m", "seed": 2},
+                       overwrite=True)
+            written_at(out, start)  # within the same second: what such a file system records
+        return result
+
+    monkeypatch.setattr(source_cache, "file_identity", fat_times)
+    assert load_pool(out).dataset["caption"] == ["a red circle"] * 4  # read before: its Arrow copy cached
+    monkeypatch.setattr(pool_module, "read_pool_meta", then_selected)
+    pool = load_pool(out)
+    assert swapped and sizes == {p.name: p.stat().st_size for p in files(out)}  # as many bytes each
+    assert pool.meta["seed"] == 2 and pool.dataset["caption"] == ["a tan circle"] * 4
