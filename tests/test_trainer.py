@@ -407,6 +407,28 @@ def test_a_resume_refuses_a_pool_made_again_in_its_folder(tmp_path, sample_world
     assert summary["steps"] == 2
 
 
+def test_a_resume_refuses_another_pool_moved_in_under_the_pools_path(tmp_path, sample_world_dir, pools):
+    """A pool made elsewhere and moved in under the run's pool path between a kill and the resume (`augment select
+    --out X.new`, then `mv X.new X`): its pool.json names it `X.new`, and the resume compared the pools by name
+    only, so the pool the run trained on, unmatched, was not compared and the run went on with other rows. The
+    run's pools are the same paths in the same order (config.yaml), so they are compared in order."""
+    import shutil
+
+    from train.config import ConfigError
+
+    pool = tmp_path / "pool"
+    shutil.copytree(pools["text"], pool)
+    settings = dict(method="mat+", pools=[str(pool)], pgd_steps=1, schedule_steps=3)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **settings)
+    meta = json.loads((pool / "pool.json").read_text())
+    (pool / "pool.json").write_text(json.dumps({**meta, "name": "pool.new", "finished": "2030-01-01T00:00:00+00:00"}))
+    with pytest.raises(ConfigError, match="--resume: pool pool.new is another pool than the run trained on"):
+        _run(tmp_path, "run", sample_world_dir, max_steps=2, resume="latest", **settings)
+    (pool / "pool.json").write_text(json.dumps({**meta, "name": "pool.new"}))  # the same pool, renamed: resumes
+    summary, _ = _run(tmp_path, "run", sample_world_dir, max_steps=2, resume="latest", **settings)
+    assert summary["steps"] == 2
+
+
 def test_mat_plus_draws_pool_rows_and_counts_them(tmp_path, sample_world_dir, pools):
     from train.cli import main
 

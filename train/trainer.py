@@ -385,10 +385,13 @@ class Trainer:
                               "over with --overwrite")
         saved_pools = state.get("pools")  # None: saved before it was kept
         if isinstance(saved_pools, dict):
-            changed = [name for name, identity in self.data.pool_identities.items()
-                       if name in saved_pools and saved_pools[name] != identity]
+            # in order, not by name: the pools are config.yaml's paths in its order (a resume's settings are the
+            # run's), and a pool moved in under a path (`select --out X.new`, `mv X.new X`) bears another name
+            changed = [(name, was) for (name, now), was in zip(self.data.pool_identities.items(), saved_pools.values())
+                       if was != now]
             if changed:
-                was, now = saved_pools[changed[0]], self.data.pool_identities[changed[0]]
+                was, now = changed[0][1], self.data.pool_identities[changed[0][0]]
+                changed = [name for name, _ in changed]
                 raise ConfigError(
                     f"--resume: pool {changed[0]} is another pool than the run trained on (finished {was.get('finished')}, "
                     f"{was.get('num_rows')} rows of {was.get('method')}; now finished {now.get('finished')}, "
