@@ -618,7 +618,8 @@ def keep_captions(sentences: list[dict], image: int, captions: dict) -> list[dic
 def train_resumable(folder: Path, settings: dict, validator=None, made_from: str | None = None,
                     made_in_place: str | None = None, study: Path | None = None,
                     log: Callable[[str], None] = print) -> dict:
-    """Train into `folder`: resume a killed run of the same settings, replace one of other settings.
+    """Train into `folder`: resume a killed run of the same settings, replace one of other settings (or
+    of a pool made again since: the trainer refuses that resume, `--resume: pool NAME is another pool`).
 
     `made_from` (the stage's fingerprint: its settings and its inputs') is recorded before training;
     a run in `folder` started from another (or none recorded) is trained again from scratch, never
@@ -671,7 +672,12 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
     try:
         return run({"resume": True})
     except ConfigError as exc:
-        if "settings differ" not in str(exc):
+        if "is another pool than the run trained on" in str(exc):
+            # a pool made again since (same settings, another finish stamp: deleted and re-made): the trainer
+            # refuses the resume and says --overwrite, which the study's user has no way to give
+            log(f"{folder.name}: a pool it trained on is another pool than the run trained on (made again since): "
+                "trained from scratch, not resumed")
+        elif "settings differ" not in str(exc):
             raise
         return run({"overwrite": True})
 

@@ -429,6 +429,29 @@ def test_a_resume_refuses_another_pool_moved_in_under_the_pools_path(tmp_path, s
     assert summary["steps"] == 2
 
 
+def test_a_study_run_whose_pool_was_made_again_is_trained_again_not_stopped(tmp_path, sample_world_dir, pools):
+    """The study resumes a killed run of the same settings (`analysis.study.train_resumable`); a pool it made again
+    since with the same settings (deleted, a damaged shard's pool re-made) has another finish stamp, and the resume's
+    refusal (`--resume: pool NAME is another pool than the run trained on ... start over with --overwrite`) stopped
+    the study, which has no --overwrite to give: the run is trained again from scratch, as for other settings."""
+    import shutil
+
+    from analysis.study import train_resumable
+
+    pool = tmp_path / "pool"
+    shutil.copytree(pools["text"], pool)
+    settings = {"train_data": str(sample_world_dir), **FAST, "method": "mat+", "pools": [str(pool)], "pgd_steps": 1,
+                "schedule_steps": 3}
+    logs = []
+    train_resumable(tmp_path / "run", {**settings, "max_steps": 1}, made_from="fingerprint", log=logs.append)
+    meta = json.loads((pool / "pool.json").read_text())
+    (pool / "pool.json").write_text(json.dumps({**meta, "finished": "2030-01-01T00:00:00+00:00"}))  # made again
+    summary = train_resumable(tmp_path / "run", {**settings, "max_steps": 2}, made_from="fingerprint", log=logs.append)
+    assert summary["steps"] == 2 and any("another pool" in line and "from scratch" in line for line in logs), logs
+    state = json.loads((tmp_path / "run" / "ckpt" / "train_state" / "state.json").read_text())
+    assert state["pools"]["text-pool"]["finished"] == "2030-01-01T00:00:00+00:00"
+
+
 def test_mat_plus_draws_pool_rows_and_counts_them(tmp_path, sample_world_dir, pools):
     from train.cli import main
 
