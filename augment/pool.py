@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import glob
 import itertools
 import json
 import os
@@ -828,7 +829,8 @@ def _load_pool_once(path: Path, allow_partial: bool, allow_empty: bool) -> Pool:
         raise PoolError(f"{path}: the pool has no rows (method {meta.get('method')!r} wrote none); "
                         "nothing to train, score, select or push")
     try:
-        dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", features=POOL_FEATURES,
+        # data_files are glob patterns to datasets: a folder named `pool[v2]` matched no file (glob.escape)
+        dataset = load_dataset("parquet", data_files=[glob.escape(str(s)) for s in shards], split="train", features=POOL_FEATURES,
                                cache_dir=_arrow_cache_dir(shards))
     except Exception as exc:  # a shard whose footer is whole but whose pages are not
         raise PoolError(f"{path}: {_damaged_shard(shards) or 'a data shard'} is damaged "

@@ -34,6 +34,14 @@ def test_round_trip_text_and_image_rows(tmp_path):
     assert pool.dataset[1]["image"].getpixel((0, 0)) == (255, 0, 0)
 
 
+@pytest.mark.parametrize("name", ["pool[v2]", "pool*", "pool?"])
+def test_a_pool_in_a_folder_whose_name_looks_like_a_pattern_loads(tmp_path, name):
+    """datasets reads data_files as glob patterns: a pool in `pool[v2]` matched no file and was reported as a
+    damaged shard ("Instruction 'train' corresponds to no data"; audit BK)."""
+    write_pool(tmp_path / name, [_row(0), _row(1)], {"method": "m"})
+    assert load_pool(tmp_path / name).dataset["caption"] == ["a red circle", "a red circle"]
+
+
 def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path, monkeypatch):
     """datasets.Image stores a PIL image opened from a file, or bytes given with a file's name, as the path
     alone: a generator returning `Image.open(f)` (drawn on since) or a temporary file's bytes and name made a
