@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import glob
 import json
 import os
 import unicodedata
@@ -606,7 +607,8 @@ def _load_table_loudly(datasets, source: str, fmt: str) -> Any:
     if fmt == "parquet":
         path = Path(source)
         files = [str(path)] if path.is_file() else sorted(str(p) for p in list(path.glob("*.parquet")) + list(path.glob("data/*.parquet")))
-        return datasets.load_dataset("parquet", data_files=files, split="train")
+        # data_files are glob patterns to datasets: a folder named `flickr[v2]` matched no file
+        return datasets.load_dataset("parquet", data_files=[glob.escape(f) for f in files], split="train")
     return datasets.load_dataset(source)
 
 

@@ -230,6 +230,11 @@ def test_save_to_disk_and_parquet_round_trip(karpathy_dir, tmp_path):
     assert report.format == "parquet"
     _check_normalised(from_parquet, 6)
     assert from_parquet["split"] == original["split"]
+    # a folder whose name looks like a glob pattern: datasets reads data_files as patterns (it matched nothing)
+    (tmp_path / "flickr[v2]").mkdir()
+    original.to_parquet(str(tmp_path / "flickr[v2]" / "src.parquet"))
+    from_brackets, _ = load_source(str(tmp_path / "flickr[v2]"), image_root=str(tmp_path))
+    assert from_brackets["image_id"] == original["image_id"]
 
 
 def test_table_sources_resolve_stored_paths_like_the_other_formats(tmp_path):
