@@ -862,34 +862,15 @@ def test_a_selection_swapped_in_while_the_pool_is_read_is_read_whole(tmp_path, m
     assert swapped and pool.meta["seed"] == 2 and pool.dataset["caption"] == ["a blue square"] * 3
 
 
-def test_a_pool_read_between_the_two_renames_of_a_swap_waits_for_the_second(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["selected", "pool*"])
+def test_a_pool_read_between_the_two_renames_of_a_swap_waits_for_the_second(tmp_path, monkeypatch, name):
     """`select --overwrite --out X` swaps the whole folder: the old X renamed aside (`.X.old-PID`), then the new
     one in. A reader at that instant found no X: `no pool folder X here, and cannot fetch pool 'X' from the Hub`
-    (an `org/name`-shaped path was asked of the Hub). It waits for the second rename."""
+    (an `org/name`-shaped path was asked of the Hub). It waits for the second rename. `pool*`: the old folder
+    aside was looked for with a glob of the name, a ValueError traceback ('**' can only be an entire path
+    component); the names are compared as they are now."""
     import time
 
-    out = tmp_path / "selected"
-    write_pool(tmp_path / "staged", [_row(i) for i in range(2)], {"method": "m", "seed": 2})
-    (tmp_path / f".selected.old-{os.getpid()}").mkdir()  # the old folder aside, by a live process
-    slept = []
-
-    def second_rename(seconds):
-        slept.append(seconds)
-        os.replace(tmp_path / "staged", out)
-
-    monkeypatch.setattr(time, "sleep", second_rename)
-    pool = load_pool(out)
-    assert slept and pool.meta["seed"] == 2 and len(pool) == 2
-
-
-
-def test_a_pool_named_with_glob_characters_read_between_a_swaps_renames_waits_too(tmp_path, monkeypatch):
-    """`wait_out_a_swap` looked for the old folder aside with a glob of the folder's name: a pool folder `pool*`
-    read between a swap's renames (or missing) stopped load_pool with a traceback (ValueError: Invalid pattern:
-    '**' can only be an entire path component); the names are compared as they are now."""
-    import time
-
-    name = "pool*"
     out = tmp_path / name
     write_pool(tmp_path / "staged", [_row(i) for i in range(2)], {"method": "m", "seed": 2})
     (tmp_path / f".{name}.old-{os.getpid()}").mkdir()  # the old folder aside, by a live process
