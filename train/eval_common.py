@@ -100,19 +100,21 @@ def _checkpoint_folder_stamp(folder: Path) -> tuple | None:
     """Which folder is at `folder` now (a trainer's save swaps in a new one: another inode, another change
     time) and its training state file's identity; None when there is no folder."""
     from augment.source_cache import file_identity
+    from train.checkpoint import STATE_DIR, STATE_FILE
 
     try:
         stat = folder.stat()
     except OSError:
         return None
-    return stat.st_dev, stat.st_ino, stat.st_ctime_ns, file_identity(folder / "train_state" / "state.json")
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns, file_identity(folder / STATE_DIR / STATE_FILE)
 
 
 def _checkpoint_step(folder: Path) -> int | None:
     from augment.json_records import DamagedRecord, read_json_object
+    from train.checkpoint import STATE_DIR, STATE_FILE
 
     try:
-        step = read_json_object(folder / "train_state" / "state.json").get("step")
+        step = read_json_object(folder / STATE_DIR / STATE_FILE).get("step")
     except (DamagedRecord, OSError):
         return None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
