@@ -886,9 +886,10 @@ def test_chunk_bounds_close_at_the_byte_limit_on_item_boundaries():
     assert chunk_bounds(starts, 7, 3, sizes, 10 ** 9) == [(0, 3), (3, 6), (6, 7)]  # rows still cap
 
 
-def test_chunk_bytes_is_no_input_of_the_stored_scores(tmp_path):
-    """--chunk-bytes changes no score (the test below), yet it went into `inputs_key` with the other settings: every
-    pool scored before it existed was scored again, and so was one scored again with a smaller cap to fit memory."""
+def test_chunk_bytes_and_rows_are_no_input_of_the_stored_scores(tmp_path):
+    """--chunk-bytes and --chunk-rows change a score at float32 rounding only (the tests below), as --batch-size does,
+    yet they went into `inputs_key` with the other settings: a pool scored again with a smaller cap or chunk to fit
+    memory was scored again, and every pool scored before --chunk-bytes existed."""
     from types import SimpleNamespace
 
     from augment.scoring.pool_scores import ScoreSettings, inputs_key
@@ -902,8 +903,37 @@ def test_chunk_bytes_is_no_input_of_the_stored_scores(tmp_path):
     def key(**settings):
         return inputs_key(Pool(), "source-fp", SimpleNamespace(id="scorer"), ScoreSettings(**settings), "images")
 
-    assert key(chunk_bytes=1) == key() == key(chunk_bytes=2 ** 40)
+    assert key(chunk_bytes=1) == key() == key(chunk_bytes=2 ** 40) == key(chunk_rows=7)
     assert key(seed=1) != key()  # a setting that changes the scores still does
+
+
+def test_scores_stored_under_the_key_with_chunk_rows_are_reused(tmp_path, source, train_items, counted_hf_scorer,
+                                                                 sample_world_dir, monkeypatch):
+    """Entries scored before 2026-12-07 recorded a key with --chunk-rows in it: taking it out must not score every
+    stored pool again. Such an entry is reused at the --chunk-rows it was scored with; another one scores again
+    (nothing says that entry's chunks were these) and from then on any --chunk-rows reuses the new entry."""
+    import augment.scoring.pool_scores as pool_scores
+
+    scorer, counter = counted_hf_scorer
+    rows = [_row(item, 0, 0, "own", "text", caption=f"{item['captions'][0]} again") for item in train_items]
+    pool = _write(tmp_path / "texts", rows, sample_world_dir)
+    keys = pool_scores.inputs_keys
+    monkeypatch.setattr(pool_scores, "inputs_keys", lambda *args: keys(*args)[::-1])  # as the version before wrote
+    first = _score(pool, source, scorer)
+    monkeypatch.undo()
+    assert "reused" not in first and first["inputs_key"] == keys(pool, *_key_inputs(source, scorer))[1]
+    calls = dict(counter.calls)
+    again = _score(pool, source, scorer)
+    assert again["reused"] is True and counter.calls == calls and again["alignment"] == first["alignment"]
+    assert "reused" not in _score(pool, source, scorer, chunk_rows=7)
+    assert _score(pool, source, scorer)["reused"] is True and _score(pool, source, scorer, chunk_rows=3)["reused"]
+
+
+def _key_inputs(source, scorer):
+    """`inputs_keys`'s arguments after the pool, as `score_and_save` computes them for `_score`."""
+    from augment.sources import image_files_fingerprint, source_fingerprint
+
+    return source_fingerprint(source), scorer, _settings(), image_files_fingerprint(source, root=None)
 
 
 def test_chunk_bytes_counts_the_source_images_a_chunk_reads(tmp_path, source, train_items, tiny_scorer,
@@ -1013,7 +1043,7 @@ def test_unchanged_rescore_reuses_the_stored_scores(tmp_path, source, train_item
     assert stored["reused"] is True
     pool_scores.score_pool(pool, source, Embedder(scorer, EmbeddingCache(tmp_path / "cache", scorer.id)), _settings(),
                            inputs_key="another run's inputs")
-    assert pool_scores.reusable_entry(pool.path, scorer.slug, stored["inputs_key"]) is None
+    assert pool_scores.reusable_entry(pool.path, scorer.slug, (stored["inputs_key"],)) is None
     assert "reused" not in _score(pool, source, scorer)
     # the same rows read from other image files (another --image-root): scored again, not served stale
     import shutil

@@ -94,7 +94,7 @@ def refuse_replacing_another_file(table: str | None) -> None:
 
 def run(args) -> int:
     from augment.pool import load_pool
-    from augment.scoring.pool_scores import ScoreSettings, inputs_key, reuse_stored, score_and_save, source_root
+    from augment.scoring.pool_scores import ScoreSettings, inputs_keys, reuse_stored, score_and_save, source_root
     from augment.scoring.scorers import scorer_identity
     from augment.atomic import atomic_write_text, remove_stale_temporaries
     from augment.pool import write_card_of_pool_there
@@ -147,7 +147,7 @@ def run(args) -> int:
         # held from the look-up to the write: a second run on this pool waits, then finds these scores
         with scoring_lock(pool.path):
             if identity is not None:
-                inputs = inputs_key(pool, fingerprints[key], identity, settings, image_files[key])
+                inputs = inputs_keys(pool, fingerprints[key], identity, settings, image_files[key])
                 entry = reuse_stored(pool, identity, inputs, plot=not args.no_plot, source_name=source_name)
             if entry is None:
                 scorer = scorer or load_scorer_or_fail(args)

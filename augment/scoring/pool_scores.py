@@ -588,9 +588,10 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     settings = settings or ScoreSettings()
     source_fp = source_fp or source_fingerprint(source_dataset)
     source_images = source_images or image_files_fingerprint(source_dataset, root=source_root(source_name))
-    key = inputs_key(pool, source_fp, scorer, settings, source_images)
+    keys = inputs_keys(pool, source_fp, scorer, settings, source_images)
+    key = keys[0]
     with store.scoring_lock(pool.path):  # one run at a time writes this pool's scores (a second waits)
-        stored = None if force else reuse_stored(pool, scorer, key, plot, source_name=source_name)
+        stored = None if force else reuse_stored(pool, scorer, keys, plot, source_name=source_name)
         if stored is not None:
             return stored
         folder = cache_dir or store.default_cache_dir(pool.path, scorer.slug)
@@ -610,9 +611,9 @@ def score_and_save(pool, source_dataset, scorer, settings: ScoreSettings | None 
     return entry
 
 
-def reuse_stored(pool, scorer, key: str, plot: bool = False, source_name: str = "") -> dict | None:
+def reuse_stored(pool, scorer, keys: tuple[str, ...], plot: bool = False, source_name: str = "") -> dict | None:
     """The stored entry (with "reused": True) when `pool` was scored by `scorer` (a `Scorer` or a
-    `ScorerIdentity`: only its id and slug are read) from the inputs `key`, made the pool's latest
+    `ScorerIdentity`: only its id and slug are read) from the inputs of one of `keys` (`inputs_keys`), made the pool's latest
     again (with `plot`, scores.png drawn again for it when that changed the latest, or when missing:
     the plot shows the latest scorer); None when it must be scored. The key holds no place, so a
     pool moved with its source finds its scores: the entry then records where the pool and its
@@ -620,7 +621,7 @@ def reuse_stored(pool, scorer, key: str, plot: bool = False, source_name: str = 
     from augment.scoring import report
 
     with store.scoring_lock(pool.path):
-        stored = reusable_entry(pool.path, scorer.slug, key)
+        stored = reusable_entry(pool.path, scorer.slug, keys)
         if stored is None:
             return None
         became_latest = store.read_scores_json(pool.path).get("latest") != scorer.slug
@@ -644,7 +645,21 @@ def pool_file_stamps(pool) -> list[list]:
     return [[shard.name, *(file_identity(shard) or [None, None])[:2]] for shard in sorted(pool.path.glob("data/*.parquet"))]
 
 
-def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_images: str) -> str:
+# Settings that bound memory only, outside the key: their chunks change which texts share an encoding batch, so a
+# score moves at float32 rounding (~1e-7 a row, ~1e-9 on means), as --batch-size and the device do, also outside
+# it. --chunk-rows was in the key until 2026-12-07: `inputs_keys` also gives the key as written then.
+MEMORY_SETTINGS = ("chunk_rows", "chunk_bytes")
+
+
+def inputs_keys(pool, source_fp: str, scorer, settings: ScoreSettings, source_images: str) -> tuple[str, str]:
+    """(`inputs_key`, the same key as entries scored before 2026-12-07 recorded it, with --chunk-rows in it): a
+    stored entry under either is reused, so no pool scored before is scored again for the change."""
+    return (inputs_key(pool, source_fp, scorer, settings, source_images),
+            inputs_key(pool, source_fp, scorer, settings, source_images, with_chunk_rows=True))
+
+
+def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_images: str,
+               with_chunk_rows: bool = False) -> str:
     """A digest of everything a pool's scores depend on: the pool's data files (name, size,
     modification and change times) and pool.json's finish stamp, the source's fingerprint and
     the identity of its image files (`image_files_fingerprint` of `source_root`: another
@@ -662,9 +677,9 @@ def inputs_key(pool, source_fp: str, scorer, settings: ScoreSettings, source_ima
         "scores_version": store.SCORES_VERSION, "pool_rows": len(pool), "pool_finished": pool.meta.get("finished"),
         "pool_files": files, "source": source_fp, "source_images": source_images,
         "scorer": scorer.id,
-        # --chunk-bytes bounds memory and changes no score: outside the key, so a pool scored before it existed
-        # (c1a86a1), or scored again with another cap to fit a smaller machine, keeps its scores
-        "settings": {name: value for name, value in asdict(settings).items() if name != "chunk_bytes"},
+        # MEMORY_SETTINGS outside: a pool scored again with other chunks to fit a smaller machine keeps its scores
+        "settings": {name: value for name, value in asdict(settings).items()
+                     if name not in MEMORY_SETTINGS or (with_chunk_rows and name == "chunk_rows")},
         "packages": _package_versions(), "resampling": measures.RESAMPLING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
@@ -686,17 +701,17 @@ def _package_versions() -> tuple:
     return tuple(sorted(package_versions().items()))
 
 
-def reusable_entry(pool_path, slug: str, key: str) -> dict | None:
-    """The stored entry of scorer `slug` when it was computed from inputs `key` and both side
+def reusable_entry(pool_path, slug: str, keys: tuple[str, ...]) -> dict | None:
+    """The stored entry of scorer `slug` when it was computed from the inputs of one of `keys` and both side
     tables are present, readable, in this scores version and written by that entry's run; else None."""
     try:
         document = store.read_scores_json(pool_path)
     except (PoolError, ValueError):  # another version or a broken file: score again
         return None
     entry = ((document or {}).get("scorers") or {}).get(slug)
-    if not entry or entry.get("inputs_key") != key:
+    if not entry or entry.get("inputs_key") not in keys:
         return None
     folder = store.scorer_dir(pool_path, slug)
-    if not all(store.table_is_current(folder / name, key) for name in (store.ROWS_FILE, store.ITEMS_FILE)):
+    if not all(store.table_is_current(folder / name, entry["inputs_key"]) for name in (store.ROWS_FILE, store.ITEMS_FILE)):
         return None
     return entry
