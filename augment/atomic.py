@@ -314,6 +314,37 @@ def wait_out_a_swap(target: str | os.PathLike, tries: int = 5) -> None:
         time.sleep(0.05 * (attempt + 1))
 
 
+def swap_leftover_note(target: str | os.PathLike) -> str:
+    """For a one-line error saying `target` does not exist: "" or `; ...` naming the old folder a swap
+    killed between its two renames (SIGKILL, a crash) left beside it, and the `mv` that puts it back:
+    `.NAME.old-PID` (`-xxxxxxxx` after it for make-sample's) of a process that is gone, or the trainer's
+    fixed `.NAME-old` (`RUN/.ckpt-old`, `RUN/.best-old`). Every reader said only that `target` was
+    missing (a pool: `no such pool folder`), and the next swap into `target` deletes the leftover."""
+    import shlex
+
+    target = Path(target)
+    try:
+        siblings = list(target.parent.iterdir()) if not target.exists() and target.name else []
+    except OSError:
+        return ""
+    found = []
+    for path in siblings:
+        if not path.name.startswith(f".{target.name}") or path.is_symlink() or not path.is_dir():
+            continue
+        if path.name == f".{target.name}-old":
+            found.append((path, None))
+        elif ((match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
+              and path.name.startswith(f".{target.name}.old-") and not _process_alive(int(match.group("pid")))):
+            found.append((path, int(match.group("pid"))))
+    if not found:
+        return ""
+    aside, pid = max(found, key=lambda item: item[0].stat().st_mtime)  # the latest swap's
+    by = "a swap" if pid is None else f"a swap by process {pid}, no longer running,"
+    then = "" if pid is None else f" (the next run writing {target.name} deletes it)"
+    return (f"; {by} was killed between its two renames and left the old folder at {aside}: "
+            f"`mv {shlex.quote(str(aside))} {shlex.quote(str(target))}` restores it{then}")
+
+
 def staging_path(target: str | os.PathLike) -> Path:
     """Where a folder replacing `target` is written first: `.NAME.partial-PID-xxxxxxxx` beside it,
     a name `remove_dead_swap_leftovers` deletes once its process is gone."""

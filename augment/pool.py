@@ -715,9 +715,13 @@ class Pool:
 def resolve_pool_path(path_or_id: str) -> Path:
     """A local pool folder, or a Hub dataset id (`org/name` or `org/name@revision`) downloaded,
     or taken from the cache, as one."""
+    from augment.atomic import swap_leftover_note
+
     path = Path(path_or_id)
     if path.exists():
         return path
+    if note := swap_leftover_note(path):  # a local pool a killed swap left aside, not a Hub id
+        raise PoolError(f"{path_or_id}: no such pool folder{note}")
     repo_id, _, revision = str(path_or_id).partition("@")
     parts = repo_id.split("/")
     if len(parts) == 2 and all(parts) and not repo_id.startswith((".", "/", "~")):
@@ -730,7 +734,7 @@ def resolve_pool_path(path_or_id: str) -> Path:
 
             raise PoolError(scrub_secrets(f"no pool folder {path_or_id} here, and cannot fetch pool {path_or_id!r} from the "
                                           f"Hub: {type(exc).__name__}: {first_line(exc)}")) from None
-    raise PoolError(f"{path_or_id}: no such pool folder")
+    raise PoolError(f"{path_or_id}: no such pool folder")  # (a swap's leftover beside it: named above)
 
 
 # reads of a pool that another process swapped in meanwhile, tried again before giving up

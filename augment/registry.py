@@ -351,7 +351,10 @@ def resolve_source(
     if target.startswith("local-dir:") or os.path.isdir(os.path.expanduser(target)) or _looks_like_path(target):
         folder = Path(target.removeprefix("local-dir:")).expanduser()
         if not folder.is_dir():
-            raise ModelLoadError(f"cannot load {_label(role)} '{name}': folder {folder} does not exist")
+            from augment.atomic import swap_leftover_note
+
+            raise ModelLoadError(f"cannot load {_label(role)} '{name}': folder {folder} does not exist"
+                                 f"{swap_leftover_note(folder)}")
         if not (folder / required_file).is_file():
             raise ModelLoadError(f"cannot load {_label(role)} '{name}': folder {folder} has no {required_file}")
         return ResolvedSource(name, str(folder), True)

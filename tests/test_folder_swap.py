@@ -237,3 +237,51 @@ def test_a_plot_written_halfway_leaves_the_previous_one(tmp_path):
     figure = Figure(fail=False)
     save_figure_atomic(figure, path, dpi=100)
     assert path.read_bytes() == b"new" and figure.paths[0].suffix == ".png"  # matplotlib's format follows it
+
+
+def test_a_pool_left_aside_by_a_killed_swap_is_named_with_the_mv_that_restores_it(tmp_path, monkeypatch):
+    """`select --overwrite X` killed between the swap's renames: X missing, the old pool at `.X.old-PID`.
+    Every reader said `X: no such pool folder` (a relative `pools/X`: that the Hub has no dataset of
+    that name), nothing pointing to the old pool, which the next run writing X deletes."""
+    from augment.errors import PoolError
+    from augment.pool import load_pool, write_pool
+    from tests.test_pool import _row
+
+    write_pool(tmp_path / "pools" / "sel", [_row(0), _row(1)], {"method": "m"})
+    aside = tmp_path / "pools" / f".sel.old-{dead_pid()}"
+    (tmp_path / "pools" / "sel").rename(aside)
+    folder(tmp_path / "pools" / f".other.old-{dead_pid()}")  # another folder's: not named
+    monkeypatch.chdir(tmp_path)
+    for given in (tmp_path / "pools" / "sel", "pools/sel"):  # `pools/sel` is no Hub id when its leftover is here
+        with pytest.raises(PoolError) as raised:
+            load_pool(given)
+        message = str(raised.value)
+        assert message.startswith(f"{given}: no such pool folder; a swap by process") and "\n" not in message
+        assert f"`mv {aside if given != 'pools/sel' else 'pools/' + aside.name} {given}` restores it" in message
+    os.rename(aside, tmp_path / "pools" / "sel")  # what it says to run
+    assert len(load_pool("pools/sel")) == 2
+
+
+def test_a_live_swaps_aside_folder_and_a_present_target_are_not_named(tmp_path):
+    from augment.atomic import swap_leftover_note
+
+    folder(tmp_path / f".model.old-{os.getppid()}")  # a swap in progress: its process is alive
+    assert swap_leftover_note(tmp_path / "model") == ""
+    folder(tmp_path / "model")
+    folder(tmp_path / f".model.old-{dead_pid()}")
+    assert swap_leftover_note(tmp_path / "model") == ""
+    assert swap_leftover_note(tmp_path / "missing" / "model") == ""
+
+
+def test_a_checkpoint_folder_left_only_aside_is_named_where_a_model_folder_is_missing(tmp_path):
+    """`train eval --model RUN/ckpt` after a save killed between its renames (RUN/.ckpt-old, the trainer's
+    fixed aside name) said `folder RUN/ckpt does not exist`."""
+    from augment.errors import ModelLoadError
+    from augment.registry import resolve_source
+
+    folder(tmp_path / ".ckpt-old", **{"config.json": "{}"})
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_source(str(tmp_path / "ckpt"), "victim")
+    assert str(raised.value).endswith(f"does not exist; a swap was killed between its two renames and left the old "
+                                      f"folder at {tmp_path / '.ckpt-old'}: `mv {tmp_path / '.ckpt-old'} "
+                                      f"{tmp_path / 'ckpt'}` restores it")
