@@ -260,3 +260,60 @@ def test_the_train_command_ends_the_process_group_whether_or_not_training_finish
     else:
         assert cli.run_method(object()) == 0
     assert ended == [not fails]
+
+
+# ----------------------------------------------------------------------------- the pools every process read
+
+SWAPPED_POOL_SCRIPT = textwrap.dedent('''
+    """`train mat+ --pools POOL` under torchrun, process 1 reading another pool at POOL than process 0 (as when
+    a `select --overwrite` swaps one in between their reads): its refusal, or none, written to argv[4].rank."""
+    import os, sys
+    import augment.pool
+    from augment.errors import MatPlusError
+    from train.trainer import train_run
+    from train.launch import end_process_group
+
+    world, pool, run, out = sys.argv[1:5]
+    real = augment.pool.load_pool
+
+    def swapped_in(path, *args, **kwargs):
+        read = real(path, *args, **kwargs)
+        if os.environ.get("RANK") == "1" and sys.argv[5] == "swapped":
+            read.meta = {**read.meta, "finished": "2026-12-07T00:00:00+00:00"}  # the pool made again meanwhile
+        return read
+
+    augment.pool.load_pool = swapped_in
+    try:
+        train_run({"method": "mat+", "model": "tiny-clip", "train_data": world, "pools": [pool], "out": run,
+                   "max_steps": 1, "batch_size": 8, "pgd_steps": 1, "progress": False, "workers": 0, "cpu": True})
+        said = "trained"
+    except MatPlusError as exc:
+        said = str(exc)
+    with open(f"{out}.{os.environ['RANK']}", "w") as file:
+        file.write(said)
+    end_process_group(finished=True)
+''')
+
+
+@pytest.mark.parametrize("read", ["swapped", "same"])
+def test_processes_that_read_different_pools_at_one_path_refuse_alike(tmp_path, sample_world_dir, read):
+    """Each process calls load_pool itself: a pool swapped in between two processes' reads gave them different
+    rows, unchecked, and the checkpoint's state recorded process 0's pool. Now every process refuses in one line."""
+    from augment.sources import load_source, select_split, source_fingerprint
+    from tests.test_trainer import _pool_row, _write_pool
+
+    source, _ = load_source(str(sample_world_dir))
+    rows = [_pool_row("t", row["image_id"], 0, 0, "text", caption=f"{row['captions'][0]} today")
+            for row in select_split(source, "train")]
+    pool = _write_pool(tmp_path / "pool", rows, source_fingerprint(source), "t")
+    script = tmp_path / "swapped.py"
+    script.write_text(SWAPPED_POOL_SCRIPT)
+    _torchrun(script, str(sample_world_dir), pool, str(tmp_path / "run"), str(tmp_path / "said"), read)
+    said = [(tmp_path / f"said.{rank}").read_text() for rank in (0, 1)]
+    if read == "same":
+        assert said == ["trained", "trained"]
+        return
+    assert said[0] == said[1] and "\n" not in said[0], said
+    assert said[0].startswith("pool pool: process 1 read another pool than process 0 (finished 2026-12-07T00:00:00+00:00, "
+                              f"{len(rows)} rows of t; process 0: finished "), said[0]
+    assert not (tmp_path / "run" / "ckpt").exists()

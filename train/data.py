@@ -137,6 +137,37 @@ def pool_identity(pool: Any) -> dict:
     return {key: pool.meta.get(key) for key in ("method", "num_rows", "finished")}
 
 
+def check_same_data_on_every_process(data: "TrainData", world_size: int) -> None:
+    """Under torchrun every process reads the source and the pools itself: a pool that an `augment generate
+    --overwrite` or `select` swapped in between two processes' reads (or a source replaced meanwhile) gave
+    them different rows, unchecked, while a checkpoint's state records process 0's. After loading, the
+    processes gather their small record (`pool_identity` of each pool, the source's fingerprint) and all
+    refuse in one line when one differs from process 0's."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    from accelerate.utils import gather_object
+
+    every = gather_object([{"source": data.fingerprint, "pools": data.pool_identities}])
+    first = every[0]
+    for rank, record in enumerate(every[1:], start=1):
+        if record["source"] != first["source"]:
+            raise PoolError(f"process {rank} read another training source than process 0 (fingerprint "
+                            f"{record['source']}, process 0's {first['source']}): it was replaced while the processes "
+                            "read it; run again once it is no longer being written")
+        for (name, theirs), ours in zip(record["pools"].items(), first["pools"].values()):
+            if theirs != ours:
+                raise PoolError(
+                    f"pool {name}: process {rank} read another pool than process 0 (finished {theirs.get('finished')}, "
+                    f"{theirs.get('num_rows')} rows of {theirs.get('method')}; process 0: finished "
+                    f"{ours.get('finished')}, {ours.get('num_rows')} rows of {ours.get('method')}): it was replaced "
+                    "while the processes read it (an augment generate --overwrite or select into it); run again "
+                    "once that is done")
+
+
 def index_pool(pool: Any, name: str, train_index: dict[str, int], caption_counts: Sequence[int],
                all_ids: dict[str, str], fingerprint: str, allow_mismatch: bool) -> PoolViews:
     """Check that `pool` fits the train split and index its rows; refuse it with PoolError if not.

@@ -53,6 +53,7 @@ from train.data import (
     BatchPlan,
     MicroBatches,
     TrainData,
+    check_same_data_on_every_process,
     derive_seed,
     load_train_data,
     AFTER_WORKER_DEATH,
@@ -165,6 +166,7 @@ class Trainer:
             require_logging_packages(cfg)
             self.data: TrainData = load_train_data(cfg, progress=self.is_main and cfg.progress,
                                                    report_skipped=self.is_main)
+        check_same_data_on_every_process(self.data, self.world_size)
         self._plan_steps()
         # --val-frequency: its source, split and masked LM are checked (and loaded) before RUN is
         # written; a wrong --val-split used to stop the run at its first validation (step 0), after RUN was written
