@@ -429,6 +429,7 @@ class Study:
         from models import load_model
         from analysis.config import eval_attack_options
         from augment.sources import load_source
+        from train.eval_common import _checkpoint_step
         from train.eval_report import EVAL_JSON, write_report
         from train.evaluate import evaluate, markdown_report
 
@@ -442,13 +443,15 @@ class Study:
         key = self.portable(settings, "checkpoint")
         # an eval.json deleted (as its damage report says) redoes the evaluation: it was [Errno 2] after
         made = (folder / EVAL_JSON).is_file() and self.cached("eval", folder, key, in_place=in_place)
+        step = _checkpoint_step(Path(checkpoint))  # which weights: a run extended by hand since has another
+        made = made and self._same_checkpoint_step(folder, step)
         if self.arm is not None and not made:
             self.log(f"[eval] {name}")
             where = {"device": self.eval_device()} if _takes_device(self.arm.evaluate_checkpoint) else {}
             if not where:  # an arm written before 2026-12-06 (no device): it loads where it chooses, as it did
                 self.log(f"  (the {self.task} arm's evaluate_checkpoint takes no device: not given one)")
             self.arm.evaluate_checkpoint(checkpoint, self.source_dir("finetune"), e, seed, folder, **where)
-            mark_done(folder, key)
+            mark_done(folder, key, checkpoint_step=step)
         if self.arm is None and not made:  # (the arm's evaluation is done above)
             self.log(f"[eval] {name}")
             source, _ = load_source(str(self.source_dir("finetune")))
@@ -459,7 +462,7 @@ class Study:
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
-            mark_done(folder, key)
+            mark_done(folder, key, checkpoint_step=step)
         report = read_study_record(folder / EVAL_JSON)
         from analysis.cli import _shape_problem  # what `analysis compare` checks of an eval.json
 
@@ -467,6 +470,19 @@ class Study:
             raise MatPlusError(f"{folder / EVAL_JSON}: damaged ({problem}); delete it to redo the step that wrote it")
         write = self.arm.write_report if self.arm is not None else lambda r, f: write_report(r, f, markdown_report)
         return renamed_checkpoint(report, checkpoint, self.out, folder, write)
+
+    def _same_checkpoint_step(self, folder: Path, step: int | None) -> bool:
+        """Whether the evaluation cached in `folder` is of the checkpoint's weights now: its marker's
+        `checkpoint_step` (the step of `train_state/state.json` when it was evaluated) is the checkpoint's
+        step. The key hashes the settings, not the weights: a run extended by hand (`train ... --resume
+        --max-steps N`) after the study marked it done kept its old evaluation. A marker written before the
+        step was recorded holds as it did (a study folder of an earlier mat-plus is not evaluated again)."""
+        record = done_record(folder) or {}
+        if "checkpoint_step" not in record or record["checkpoint_step"] == step:
+            return True
+        self.log(f"[eval] {folder.relative_to(self.out) if folder.is_relative_to(self.out) else folder}: redone "
+                 f"(its checkpoint is at step {step} now, evaluated at step {record['checkpoint_step']})")
+        return False
 
     # ------------------------------------------------------------------ 7. everything, then the report
 

@@ -991,3 +991,50 @@ def test_a_seed_past_torchs_range_is_refused_at_load():
     with pytest.raises(MatPlusError, match=re.escape("seeds must be at most 2**64 - 1 (torch's largest seed), got 10000")):
         load_study_config(None, {"seeds": [0, 10**30]})
     load_study_config(None, {"seeds": [0, 2**64 - 1]})
+
+
+def test_a_run_extended_after_its_evaluation_is_evaluated_again_and_an_older_marker_holds(tmp_path, monkeypatch):
+    """The evaluation's key hashes settings, not weights: a run extended by hand (`train ... --resume
+    --max-steps N`) after the study marked it done kept its evaluation of the old step. Now the marker records
+    the checkpoint's step; another step is evaluated again; a marker without one (an earlier mat-plus's) holds."""
+    import augment.sources
+    import models
+    import train.eval_report
+    import train.evaluate
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study
+
+    logged: list[str] = []
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=logged.append)
+    study.source_dir = lambda name: tmp_path / "world"
+    calls = []
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(augment.sources, "load_source", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda *args, **kwargs: calls.append("eval") or {
+        "attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0}}, "settings": {}, "victim": {"name": "m"}})
+    monkeypatch.setattr(train.eval_report, "write_report",
+                        lambda report, folder, markdown: folder.mkdir(parents=True, exist_ok=True)
+                        or (folder / "eval.json").write_text(json.dumps(report)))
+    checkpoint = tmp_path / "out" / "runs" / "mat-s0" / "ckpt"
+    (checkpoint / "train_state").mkdir(parents=True)
+
+    def at_step(step):
+        (checkpoint / "train_state" / "state.json").write_text(json.dumps({"step": step}))
+
+    at_step(100)
+    study.evaluate("mat-s0", checkpoint, 0)
+    marker = tmp_path / "out" / "evals" / "mat-s0" / DONE
+    assert calls == ["eval"] and json.loads(marker.read_text())["checkpoint_step"] == 100
+    study.evaluate("mat-s0", checkpoint, 0)
+    assert calls == ["eval"]  # the same weights: cached
+    at_step(150)  # extended by hand
+    study.evaluate("mat-s0", checkpoint, 0)
+    assert calls == ["eval", "eval"] and json.loads(marker.read_text())["checkpoint_step"] == 150
+    assert logged[-2:] == ["[eval] evals/mat-s0: redone (its checkpoint is at step 150 now, evaluated at step 100)",
+                           "[eval] mat-s0"]
+    record = json.loads(marker.read_text())
+    del record["checkpoint_step"]  # as an earlier mat-plus wrote it
+    marker.write_text(json.dumps(record))
+    at_step(200)
+    study.evaluate("mat-s0", checkpoint, 0)
+    assert calls == ["eval", "eval"]  # today's behaviour kept: not evaluated again
