@@ -83,10 +83,22 @@ def _exit_when_closed(sentinel: int) -> None:
 
 
 def worker_options(workers: int) -> dict:
-    """The DataLoader options every loader here passes with `workers` > 0: workers end with their parent."""
+    """The DataLoader options every loader here passes with `workers` > 0: workers end with their parent, and
+    know when this process read its sources (`augment.sources.check_unchanged_since_read`; fork copies it,
+    spawn and forkserver start without it)."""
     import functools
 
-    return {"worker_init_fn": functools.partial(exit_with_parent, os.getpid())} if workers > 0 else {}
+    from augment.sources import sources_read_at
+
+    return {"worker_init_fn": functools.partial(start_worker, os.getpid(), sources_read_at())} if workers > 0 else {}
+
+
+def start_worker(parent: int, sources_read: dict[str, int], worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn` of `worker_options`."""
+    from augment.sources import restore_sources_read_at
+
+    restore_sources_read_at(sources_read)
+    exit_with_parent(parent, worker_id)
 
 
 class DataWorkerDied(MatPlusError):

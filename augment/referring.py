@@ -352,7 +352,10 @@ def load_grounding(source: str | Path, **options) -> GroundingData:
     `options` go to `load_refcoco` (dets_file, refs_file, instances_file, image_root) or
     `load_world_grounding` (n_expressions, image_root).
     """
+    from augment.sources import note_source_read
+
     path = Path(source)
+    note_source_read(path, options.get("image_root"))  # its images are read lazily: one changed after now is refused
     if path.is_dir() or (path.suffix == ".json" and path.name.startswith("dataset_")):
         unread = [flag for key, flag in (("dets_file", "--dets"), ("refs_file", "--refs"), ("instances_file", "--instances"))
                   if options.get(key) is not None]

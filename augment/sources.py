@@ -52,6 +52,8 @@ import json
 import logging
 import os
 import re
+import stat
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +78,10 @@ log = logging.getLogger(__name__)
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # the images this process has said are over Pillow's limit: once each (training decodes them every epoch)
 _NAMED_LARGE: set[tuple[str, Any]] = set()
+# the folders of the sources this process read (absolute path -> time.time_ns() when the latest read of a
+# source there began): an image file under one that changed after that moment is refused when it is read
+# (`check_unchanged_since_read`); DataLoader workers get it through `augment.loading.worker_options`
+_SOURCES_READ_AT: dict[str, int] = {}
 
 
 @dataclass
@@ -166,8 +172,13 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
     if data is None:
         if not path:
             raise SourceError(f"{where}: no image")
-        if not os.path.isfile(path):  # the default `where` already names the path: say it once
+        try:
+            found = os.stat(path)  # the stat `os.path.isfile` made, its times checked too
+        except (OSError, ValueError):
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):  # the default `where` already names the path: say it once
             raise SourceError(f"{where}: {image_not_found(path)}" if named else image_not_found(path))
+        check_unchanged_since_read(path, found, where)
     try:
         with large_images_named():  # Pillow's own warning (two lines) names no record: one line of ours
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
@@ -188,6 +199,52 @@ def open_image(value: Any, where: str | None = None) -> "PILImage.Image":
         # PIL names embedded bytes by their buffer's repr ("<_io.BytesIO object at 0x...>"): nothing to a user
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", first_line(exc))
         raise SourceError(f"{where}: unreadable or corrupt image ({reason})") from None
+
+
+def note_source_read(source: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
+    """Record that the local source `source` (a folder or a file) is read from now on: its image files lie
+    under its folder (a file's: the folder holding it) or `image_root`. A later read of a source there
+    replaces the record (its captions are then the ones read)."""
+    source, started = Path(source), time.time_ns()
+    if not source.exists():  # a Hub id: its images are bytes, or files of the Hub's cache
+        return
+    for folder in {source if source.is_dir() else source.parent, *([Path(image_root)] if image_root else [])}:
+        _SOURCES_READ_AT[os.path.abspath(folder)] = started
+
+
+def sources_read_at() -> dict[str, int]:
+    """This process's `note_source_read` records (for a worker process: `restore_sources_read_at`)."""
+    return dict(_SOURCES_READ_AT)
+
+
+def restore_sources_read_at(read_at: dict[str, int]) -> None:
+    """In a worker process started by spawn or forkserver (fork copies them): the parent's records."""
+    for folder, started in read_at.items():
+        _SOURCES_READ_AT.setdefault(folder, started)
+
+
+def check_unchanged_since_read(path: str, found: os.stat_result, where: str) -> None:
+    """SourceError when image file `path` (`found`: its stat) lies under the folder of a source this process
+    read and was modified, replaced or had its status changed (mtime or ctime: `cp -p` keeps the old mtime)
+    after that read began. Images are read lazily by path, long after the captions: an `augment make-sample
+    --overwrite` or an edited image during a run paired new pixels with the old captions, unseen. Costs no
+    system call (the stat is the one that found the file) and a few dictionary look-ups."""
+    if not _SOURCES_READ_AT:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    while (started := _SOURCES_READ_AT.get(folder)) is None:
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return  # under no source folder read here (an image outside its root, with --allow-outside-root)
+        folder = parent
+    changed = max(found.st_mtime_ns, found.st_ctime_ns)
+    if changed > started:
+        import datetime
+
+        at = datetime.datetime.fromtimestamp(changed / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise SourceError(f"{where}: the file changed at {at}, after this command read the source's captions: its "
+                          "pixels may no longer be those the captions describe (an augment make-sample --overwrite or "
+                          "an edited image); run the command again once the source is no longer being written")
 
 
 @contextmanager
@@ -412,6 +469,7 @@ def _load_source(source: str, image_root: str | None, split: str | None, skip_ba
 
     source = str(source)
     path = Path(source)
+    note_source_read(path, image_root)  # an image file there changed after now is refused when read
     entry = None if skip_bad else _source_cache(source, image_root, split, allow_outside_root, csv_options, cache)
     if entry is not None and not validate:
         hit = entry.load(lazy_source_features().arrow_schema)

@@ -336,3 +336,74 @@ def test_a_pool_of_restval_images_asks_for_the_split_not_of_leaking(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "images of split(s) ['restval']" in err and "join restval to --train-split" in err, err
     assert "leak" not in err
+
+
+def _world_of(tmp_path, n=4):
+    from augment.world.writer import write_sample
+
+    return write_sample(tmp_path / "world", n=n, seed=0, val_frac=0.25, test_frac=0.25)
+
+
+def _replace_image(path: Path, colour=(255, 0, 0), keep_times=False):
+    from PIL import Image
+
+    before = os.stat(path)
+    replaced = path.with_name(f".{path.name}.new.png")
+    Image.new("RGB", (64, 64), colour).save(replaced)
+    os.replace(replaced, path)  # as make-sample --overwrite moves its new images in
+    if keep_times:  # `cp -p`, `rsync -t`: the old modification time
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("keep_times", [False, True])
+def test_an_image_replaced_after_the_source_was_read_is_refused_when_read(tmp_path, keep_times):
+    """Images are read lazily by path, long after the captions: an image replaced during a run (make-sample
+    --overwrite, an edited image) paired new pixels with the old captions, unseen. Now refused when read, naming
+    it, also with its old mtime kept; read again, the source takes the new file."""
+    from augment.scoring.embeddings import image_bytes_of
+    from augment.sources import open_record_image, undecoded
+
+    world = _world_of(tmp_path)
+    dataset, _ = load_source(str(world))
+    stored = undecoded(dataset)[1]["image"]
+    dataset[0]["image"], dataset[1]["image"]  # noqa: B018 (unchanged: decoded)
+    _replace_image(Path(stored["path"]), keep_times=keep_times)
+    dataset[0]["image"]  # noqa: B018 (another image: still read)
+    with pytest.raises(SourceError) as raised:
+        dataset[1]["image"]  # noqa: B018
+    message = str(raised.value)
+    assert message.startswith(f"image file {stored['path']}: the file changed at ") and "\n" not in message
+    assert "after this command read the source's captions" in message
+    image_id = dataset["image_id"][1]  # a column: nothing decoded
+    with pytest.raises(SourceError, match=rf"^image '{image_id}' \(.*\): the file changed at "):
+        open_record_image(stored, image_id)  # the trainer's and generators' reads name the record
+    with pytest.raises(SourceError, match="the file changed at"):
+        image_bytes_of(stored)  # `augment score` reads source images whole, to hash them
+    again, _ = load_source(str(world))  # read again: the new file is this read's
+    assert again[1]["image"].getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_spawned_data_loader_worker_knows_when_the_source_was_read(tmp_path, monkeypatch):
+    """fork copies the parent's record of its sources' reads; spawn and forkserver workers start without it:
+    `worker_options`' worker_init_fn hands it over."""
+    import augment.loading as loading
+    import augment.sources as sources
+    from augment.loading import start_worker, worker_options
+
+    world = _world_of(tmp_path)
+    dataset, _ = load_source(str(world))
+    read_at = sources.sources_read_at()
+    init = worker_options(1)["worker_init_fn"]
+    assert init.func is start_worker and init.args[0] == os.getpid()  # (start_worker ends with exit_with_parent)
+    sources._SOURCES_READ_AT.clear()  # a spawned worker's
+    try:
+        path = Path(sources.undecoded(dataset)[1]["image"]["path"])
+        _replace_image(path)
+        dataset[1]["image"]  # noqa: B018 (nothing known: read)
+        monkeypatch.setattr(loading, "exit_with_parent", lambda parent, worker_id: None)  # this is no worker
+        init(0)
+        assert sources.sources_read_at() == read_at
+        with pytest.raises(SourceError, match="the file changed at"):
+            dataset[1]["image"]  # noqa: B018
+    finally:
+        sources._SOURCES_READ_AT.update(read_at)

@@ -69,6 +69,9 @@ def image_bytes_of(image: Any) -> bytes:
             return image["bytes"]
         if image.get("path"):
             with open(image["path"], "rb") as handle:  # not pathlib: its parsing cost as much as the read
+                from augment.sources import check_unchanged_since_read
+
+                check_unchanged_since_read(image["path"], os.fstat(handle.fileno()), f"image file {image['path']}")
                 return handle.read()
         raise ValueError("image has neither bytes nor a path")
     buffer = io.BytesIO()
