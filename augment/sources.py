@@ -228,7 +228,8 @@ def check_unchanged_since_read(path: str, found: os.stat_result, where: str) -> 
     read and was modified, replaced or had its status changed (mtime or ctime: `cp -p` keeps the old mtime)
     after that read began. Images are read lazily by path, long after the captions: an `augment make-sample
     --overwrite` or an edited image during a run paired new pixels with the old captions, unseen. Costs no
-    system call (the stat is the one that found the file) and a few dictionary look-ups."""
+    system call (the stat is the one that found the file) and a few dictionary look-ups. A time in the future
+    (a clock's, not a change) does not count."""
     if not _SOURCES_READ_AT:
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -237,8 +238,11 @@ def check_unchanged_since_read(path: str, found: os.stat_result, where: str) -> 
         if parent == folder:
             return  # under no source folder read here (an image outside its root, with --allow-outside-root)
         folder = parent
-    changed = max(found.st_mtime_ns, found.st_ctime_ns)
-    if changed > started:
+    # a time later than now is a clock's, not a change (an archive unpacked with times in the future): it would
+    # refuse that image in every command, so only times between the read and now count
+    now = time.time_ns()
+    changed = max((t for t in (found.st_mtime_ns, found.st_ctime_ns) if started < t <= now), default=None)
+    if changed is not None:
         import datetime
 
         at = datetime.datetime.fromtimestamp(changed / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -383,6 +383,25 @@ def test_an_image_replaced_after_the_source_was_read_is_refused_when_read(tmp_pa
     assert again[1]["image"].getpixel((0, 0)) == (255, 0, 0)
 
 
+def test_an_image_whose_times_are_in_the_future_is_read(tmp_path):
+    """An archive unpacked with modification times in the future (another machine's clock; tar warns and keeps
+    them) gave images "changed after the source was read" in every command, forever: a time later than now is a
+    clock's, not a change. A real change then (a ctime between the read and now) is still refused."""
+    import time
+
+    from augment.sources import undecoded
+
+    world = _world_of(tmp_path)
+    path = Path(undecoded(load_source(str(world))[0])[1]["image"]["path"])
+    future = time.time_ns() + 86_400 * 10 ** 9
+    os.utime(path, ns=(future, future))  # before the read: its ctime is earlier than the read, its mtime tomorrow
+    dataset, _ = load_source(str(world))
+    assert dataset[1]["image"].size == (64, 64)
+    os.chmod(path, 0o644)  # now its ctime is later than the read (and earlier than now)
+    with pytest.raises(SourceError, match="the file changed at"):
+        dataset[1]["image"]  # noqa: B018
+
+
 def test_a_spawned_data_loader_worker_knows_when_the_source_was_read(tmp_path, monkeypatch):
     """fork copies the parent's record of its sources' reads; spawn and forkserver workers start without it:
     `worker_options`' worker_init_fn hands it over."""
