@@ -261,12 +261,16 @@ def holds_pool(out_dir: Path) -> bool:
 
 
 def _recipe_of_unrecorded(old: dict, meta: dict, recipe_since: str | None) -> int | None:
-    """The recipe a pool.json without the key (`old`) is taken to record: this run's (`meta`'s) when the
-    pool was made by its method after that recipe began (`recipe_since`; read as recipe 1, such a pool
-    was refused though this code made it); None otherwise (recipe 1)."""
+    """The recipe a pool.json without the key, or with an earlier recipe (`old`), is taken to record: this
+    run's (`meta`'s) when the pool was made by its method after that recipe began (`recipe_since`; read as
+    recipe 1, such a pool was refused though this code made it: EDA's recipe 2 began after the key, so an
+    EDA pool made since records recipe 1); None otherwise (as recorded, or recipe 1)."""
     import datetime as dt
 
-    if not recipe_since or "recipe" in old or old.get("method") != meta.get("method"):
+    recorded = old.get("recipe")
+    earlier = recorded is None or (isinstance(recorded, int) and isinstance(meta.get("recipe"), int)
+                                   and recorded < meta["recipe"])
+    if not recipe_since or not earlier or old.get("method") != meta.get("method"):
         return None
     try:
         created = dt.datetime.fromisoformat(str(old.get("created")))

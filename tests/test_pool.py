@@ -947,3 +947,25 @@ def test_a_pool_swapped_in_within_the_same_second_is_read_whole_on_a_filesystem_
     pool = load_pool(out)
     assert swapped and sizes == {p.name: p.stat().st_size for p in files(out)}  # as many bytes each
     assert pool.meta["seed"] == 2 and pool.dataset["caption"] == ["a tan circle"] * 4
+
+
+@pytest.mark.parametrize("created, resumed", [("2026-12-05T20:00:00+00:00", False), ("2026-12-06T12:00:00+00:00", True)])
+def test_an_eda_pool_an_earlier_mat_plus_began_is_not_resumed_into_a_mix(karpathy_dir, tmp_path, created, resumed):
+    """EDA changed its rows on 2026-12-06 (Turkish `İstanbul` first came back `I` + a combining dot; a combining
+    accent was left behind by a swap) without raising its recipe, so an EDA pool begun by an earlier
+    mat-plus resumed into a mix of both. One made since the change records recipe 1 (the key came before
+    it) and was made by this code: it resumes."""
+    from augment.generators.eda import EdaGenerator
+
+    assert EdaGenerator(ops=("rs",)).augment("İstanbul is a big old city", 1, [1])[0][2].startswith("İstanbul")
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    run_generation(EdaGenerator(ops=("rs", "rd")), source, str(tmp_path / "p"), **kwargs)
+    meta_path = tmp_path / "p" / "pool.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "recipe": 1, "created": created}))  # as the earlier writer left it
+    if resumed:
+        assert run_generation(EdaGenerator(ops=("rs", "rd")), source, str(tmp_path / "p"), **kwargs)["recipe"] == 2
+    else:
+        with pytest.raises(PoolError, match=r"different recipe \(recipe 1, now 2"):
+            run_generation(EdaGenerator(ops=("rs", "rd")), source, str(tmp_path / "p"), **kwargs)

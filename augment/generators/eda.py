@@ -273,6 +273,10 @@ def apply_op(op: str, caption: Caption, alpha: float, rng: random.Random) -> Edi
 class EdaGenerator(Generator):
     method = "eda"
     modality = "text"
+    # 2 (2026-12-06): a combining accent after a word's last letter moves with its word (a swap left it behind),
+    # a first word whose capital does not survive lower-casing and back (Turkish İ) keeps its case, and words
+    # are split as the word attacks split them: other rows for such captions than an earlier mat-plus wrote
+    recipe, recipe_since = 2, "2026-12-06T10:51:16+00:00"  # a9acf87, b64ee01, cfb07db; its last change 84f1dd6
 
     def __init__(self, ops: tuple[str, ...] = OPS, alphas: dict[str, float] | None = None):
         self.ops = tuple(ops)
