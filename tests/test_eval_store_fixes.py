@@ -137,7 +137,7 @@ def test_progress_an_earlier_version_wrote_is_named_so(tmp_path):
     folder = tmp_path / ".progress"
     BatchStore(folder, {"a": 1}).save("pgd", 0, _Record())
     marker = folder / SETTINGS_FILE
-    assert json.loads(marker.read_text())[FORMAT_KEY] == 3
+    assert json.loads(marker.read_text())[FORMAT_KEY] == 4
     marker.write_text(json.dumps({"a": 1}))  # as written before the key: the same settings resume
     assert BatchStore(folder, {"a": 1}).finished_batches() == {"pgd": 1}
     marker.write_text(json.dumps({"b": 1}))  # an earlier version recorded its settings otherwise
@@ -343,3 +343,42 @@ def test_each_attack_has_a_bar_of_its_own(sample_world_dir, capsys):
     shown = capsys.readouterr().err
     for name, number in (("pgd", 1), ("bert-attack", 2)):  # each over the 4 images, not 8 for both
         assert re.search(rf"evaluating {name} \({number}/2\): +100%.* 4/4 ", shown), shown[-800:]
+
+
+def test_word_attack_progress_of_an_earlier_word_search_is_not_resumed_into_a_mix(tmp_path):
+    """22f3ee6's `train eval --attacks clean,pgd,bert-attack` killed mid-way (progress format 2) resumed under this
+    version with the same settings: batches whose words were split and substitutes accepted before 2026-12-06's
+    changes (other scripts, accents, curly apostrophes) beside batches of today's, one eval.json of two attacks,
+    exit 0. Format 3's reference reading took BERT's [unused] placeholders until later that day. Attacks that search
+    no words (PGD, a text part of budget 0) still resume."""
+    from augment.errors import MatPlusError
+    from train.eval_store import FORMAT_KEY, SETTINGS_FILE, BatchStore
+
+    mlm = {"source": "mlm", "mlm": "tiny-mlm", "top_k": 10, "budget": 1}
+    reference = {**mlm, "source": "mlm-reference", "reading": "reference", "reference_bugs": False}
+    pgd = {"eps": 0.01, "steps": 10}
+    cases = [  # (format, attacks, resumes)
+        (2, {"pgd": pgd, "bert-attack": mlm}, False),
+        (2, {"pgd": pgd, "sep": {"image": pgd, "text": {"source": "none", "budget": 0}}}, True),
+        (3, {"bert-attack": mlm}, True),
+        (3, {"sga": {"image": pgd, "text": reference}}, False),
+        (3, {"sga": {"image": pgd, "text": {**reference, "reference_bugs": True}}}, True),
+        (0, {"bert-attack": mlm}, False),
+    ]
+    for index, (earlier, attacks, resumes) in enumerate(cases):
+        settings = {"attacks": attacks, "seed": 0}
+        folder = tmp_path / f"{index}" / ".progress"
+        name = sorted(attacks)[-1]
+        BatchStore(folder, settings).save(name, 0, _Record())
+        marker = folder / SETTINGS_FILE
+        marker.write_text(json.dumps({**settings, **({FORMAT_KEY: earlier} if earlier else {})}))
+        if resumes:
+            assert BatchStore(folder, settings).finished_batches() == {name: 1}, attacks
+        else:
+            changed = ", ".join(sorted(a for a in attacks if a not in ("pgd",)))
+            with pytest.raises(MatPlusError, match=rf"1 finished batches an earlier mat-plus wrote, whose word attacks "
+                                                   rf"\({changed}\) chose words and substitutes as this version no "
+                                                   r"longer does .*: finish them with that version, or discard them "
+                                                   r"\(train eval --restart\)$"):
+                BatchStore(folder, settings)
+            assert (folder / name / "batch-00000.pt").is_file()  # nothing lost

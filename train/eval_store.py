@@ -125,8 +125,12 @@ def remove_finished_store(folder: str | Path) -> None:
 # hold or how the settings are recorded, so that a version refusing an earlier one's progress says so
 # (the settings that differed were named as if the user had changed them). 2: 2026-12-05. 3: 2026-12-06, a text
 # part of budget 0 records `source none` and no `mlm_weights` (`NoSubstitutes`: no masked LM loaded); an earlier
-# format's settings.json holding exactly this version's settings still resumes (`_same_before_format`).
-FORMAT_KEY, PROGRESS_FORMAT = "progress_format", 3
+# format's settings.json holding exactly this version's settings still resumes (`_same_before_format`). 4: 2026-12-07,
+# a word attack's batches of an earlier format are not resumed (`_word_search_changed`): the project reading split
+# and accepted words otherwise before 2026-12-06 (words of other scripts and accents, curly apostrophes, zero-width
+# joiners: cfb07db, 408f6e5, 84f1dd6, within format 2), and the reference reading took BERT's `[unused]` placeholders
+# as substitutes until 2026-12-06 22:51 (edfba0a, within format 3), neither of which settings.json records.
+FORMAT_KEY, PROGRESS_FORMAT = "progress_format", 4
 
 
 class BatchStore:
@@ -157,6 +161,14 @@ class BatchStore:
             if finished:
                 from augment.errors import MatPlusError
 
+                changed = _word_search_changed(found, settings)
+                if changed:
+                    raise MatPlusError(
+                        f"{self.folder} holds {len(finished)} finished batches an earlier mat-plus wrote, whose word "
+                        f"attacks ({', '.join(changed)}) chose words and substitutes as this version no longer does "
+                        "(2026-12-06: words of other scripts, accents and curly apostrophes; BERT's [unused] "
+                        "placeholders under --protocol sga|co-attack), so resuming would mix both: finish them with "
+                        "that version, or discard them (train eval --restart)")
                 differences = _settings_differences(found, wanted)
                 if differences is None:  # no command can resume batches of unknown settings
                     raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
@@ -345,19 +357,51 @@ _SETTINGS_FLAGS = {"seed": "--seed", "precision": "--precision", "caption_prepro
                    "limit": "--limit", "rerank_k": "--rerank-k", "checker": "--truth-checker", "device": "--device"}
 
 
-def _same_before_format(found: str | None, settings: dict) -> bool:
-    """Whether a settings.json of an earlier format (written before `FORMAT_KEY` was recorded, or with a
-    lower one) holds exactly `settings`: its batches resume (this version computes them alike; only what
-    other settings record changed)."""
+def _earlier_settings(found: str | None, settings: dict) -> int | None:
+    """The format of a settings.json of an earlier format (written before `FORMAT_KEY` was recorded: 0, or with a
+    lower one) that holds exactly `settings`; None for any other."""
     try:
         before = json.loads(found) if found is not None else None
     except json.JSONDecodeError:
-        return False
+        return None
     if not isinstance(before, dict):
-        return False
+        return None
     earlier = before.pop(FORMAT_KEY, 0)  # 0: written before the key
-    return (isinstance(earlier, int) and earlier < PROGRESS_FORMAT
-            and json.dumps(before, sort_keys=True) == json.dumps(settings, sort_keys=True, default=str))
+    same = json.dumps(before, sort_keys=True) == json.dumps(settings, sort_keys=True, default=str)
+    return earlier if isinstance(earlier, int) and earlier < PROGRESS_FORMAT and same else None
+
+
+def _substitute_sources(params) -> list[dict]:
+    """The params of the substitute sources (a dict with a "source") within one attack's params."""
+    if not isinstance(params, dict):
+        return []
+    if isinstance(params.get("source"), str):
+        return [params]
+    return [found for value in params.values() for found in _substitute_sources(value)]
+
+
+def _word_search_changed(found: str | None, settings: dict) -> list[str]:
+    """The attacks of an earlier format's settings.json holding exactly `settings` whose word search this
+    version does otherwise (format 4's note above): every word attack of formats 0-2, the reference reading
+    without --reference-bugs of format 3; a text part of budget 0 (source none) searches nothing."""
+    earlier = _earlier_settings(found, settings)
+    attacks = settings.get("attacks")
+    if earlier is None or not isinstance(attacks, dict):
+        return []
+
+    def changed(source: dict) -> bool:
+        if source["source"] == "none":
+            return False
+        return earlier < 3 or (source.get("reading") == "reference" and source.get("reference_bugs") is not True)
+
+    return sorted(name for name, params in attacks.items() if any(map(changed, _substitute_sources(params))))
+
+
+def _same_before_format(found: str | None, settings: dict) -> bool:
+    """Whether a settings.json of an earlier format holds exactly `settings` and its word attacks searched words
+    as this version does: its batches resume (this version computes them alike; only what other settings record
+    changed)."""
+    return _earlier_settings(found, settings) is not None and not _word_search_changed(found, settings)
 
 
 def _settings_differences(found: str | None, wanted: str) -> str | None:
