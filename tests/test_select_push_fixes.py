@@ -442,3 +442,19 @@ def test_push_says_when_a_pool_of_test_images_is_listed_as_the_hub_split_train(t
     assert code == 0 and "is made from the source's 'test' split; the Hub lists its rows under the split `train`" in err
     code, err = run(capsys, "push", text_pool(tmp_path / "train", "eda"), "--to-dir", tmp_path / "export2")
     assert code == 0 and "split `train`" not in err
+
+
+def test_push_names_scores_under_a_scorer_id_of_an_earlier_version_as_superseded(tmp_path, capsys):
+    """A pool 5236631 scored with tiny-clip (its entry under the id's earlier digest, tiny-clip-c78295e3), scored
+    again now (tiny-clip-b91811a4, published): every push said the old entry was left out and to run `augment
+    score POOL` to publish current ones, which only reused the published entry; the note came back at every push."""
+    pool = text_pool(tmp_path / "pool", "eda")
+    old = write_scores(pool, slug="tiny-clip-c78295e3")["scorers"]
+    old["tiny-clip-c78295e3"].pop("resampling")  # written before the scheme was recorded
+    old["tiny-clip-c78295e3"]["scorer"]["id"] = "open_clip:a9ca7b509367aedb"  # the earlier digest of the same model
+    write_scores(pool, slug="tiny-clip-b91811a4", keep=old)
+    code, err = run(capsys, "push", pool, "--to-dir", tmp_path / "px")
+    assert code == 0 and "the scores of tiny-clip-c78295e3 are left out: tiny-clip is published as " \
+                         "tiny-clip-b91811a4" in err, err
+    assert "augment score" not in err
+    assert list(json.loads((tmp_path / "px" / "scores.json").read_text())["scorers"]) == ["tiny-clip-b91811a4"]
