@@ -225,11 +225,11 @@ def restore_sources_read_at(read_at: dict[str, int]) -> None:
 
 def check_unchanged_since_read(path: str, found: os.stat_result, where: str) -> None:
     """SourceError when image file `path` (`found`: its stat) lies under the folder of a source this process
-    read and was modified, replaced or had its status changed (mtime or ctime: `cp -p` keeps the old mtime)
+    read and was modified, replaced or had its status changed (its ctime: `cp -p` keeps the old mtime)
     after that read began. Images are read lazily by path, long after the captions: an `augment make-sample
     --overwrite` or an edited image during a run paired new pixels with the old captions, unseen. Costs no
-    system call (the stat is the one that found the file) and a few dictionary look-ups. A time in the future
-    (a clock's, not a change) does not count."""
+    system call (the stat is the one that found the file) and a few dictionary look-ups. On POSIX the ctime
+    decides (an mtime may be set to any time); a time in the future (a clock's, not a change) does not count."""
     if not _SOURCES_READ_AT:
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -238,10 +238,13 @@ def check_unchanged_since_read(path: str, found: os.stat_result, where: str) -> 
         if parent == folder:
             return  # under no source folder read here (an image outside its root, with --allow-outside-root)
         folder = parent
-    # a time later than now is a clock's, not a change (an archive unpacked with times in the future): it would
-    # refuse that image in every command, so only times between the read and now count
+    # on POSIX the ctime alone: every change sets it (a write, a rename into place, `cp -p`, `touch -d`), and
+    # nothing sets it ahead, while an mtime can be any time (an archive unpacked with times in the future: still
+    # in the future at the read, then passed during a long run, it refused an unchanged image). Windows' st_ctime
+    # is the creation time: its mtime too. A time later than now is a clock's, not a change (a server's ahead)
     now = time.time_ns()
-    changed = max((t for t in (found.st_mtime_ns, found.st_ctime_ns) if started < t <= now), default=None)
+    times = (found.st_ctime_ns,) if os.name != "nt" else (found.st_mtime_ns, found.st_ctime_ns)
+    changed = max((t for t in times if started < t <= now), default=None)
     if changed is not None:
         import datetime
 

@@ -402,6 +402,28 @@ def test_an_image_whose_times_are_in_the_future_is_read(tmp_path):
         dataset[1]["image"]  # noqa: B018
 
 
+def test_an_image_whose_future_time_passes_during_the_run_is_still_read(tmp_path):
+    """A modification time in the future when the source was read (an archive from a machine whose clock is
+    ahead, unpacked just before) stopped counting only while it was still in the future: a command running past
+    it (a training run) then refused that unchanged image as "changed after the source was read". Its ctime (the
+    unpack, before the read) says it was not changed: a change after the read sets the ctime (a write, a rename
+    into place, `cp -p` and `touch -d` too), so on POSIX the ctime alone decides."""
+    import time
+
+    from augment.sources import undecoded
+
+    world = _world_of(tmp_path)
+    path = Path(undecoded(load_source(str(world))[0])[1]["image"]["path"])
+    future = time.time_ns() + 10 ** 9  # one second ahead
+    os.utime(path, ns=(future, future))  # before the read: its ctime earlier than the read
+    dataset, _ = load_source(str(world))
+    time.sleep(max(0.0, (future - time.time_ns()) / 1e9) + 0.2)  # the run goes on past that time
+    assert dataset[1]["image"].size == (64, 64)
+    _replace_image(path, keep_times=True)  # a real change (`cp -p`: the old, now past, mtime)
+    with pytest.raises(SourceError, match="the file changed at"):
+        dataset[1]["image"]  # noqa: B018
+
+
 def test_a_spawned_data_loader_worker_knows_when_the_source_was_read(tmp_path, monkeypatch):
     """fork copies the parent's record of its sources' reads; spawn and forkserver workers start without it:
     `worker_options`' worker_init_fn hands it over."""
