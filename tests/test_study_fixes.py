@@ -1038,3 +1038,45 @@ def test_a_run_extended_after_its_evaluation_is_evaluated_again_and_an_older_mar
     at_step(200)
     study.evaluate("mat-s0", checkpoint, 0)
     assert calls == ["eval", "eval"]  # today's behaviour kept: not evaluated again
+
+
+def test_a_runs_best_folder_replaced_by_an_extension_is_evaluated_again(tmp_path, monkeypatch):
+    """RUN/best holds no train_state/ (its step is in best/validation.json): the step read for the study's
+    `-best` evaluation was None before and after a run extended by hand found a better step, so the old best's
+    evaluation stood beside the report's new best_step; `train eval RUN/best` recorded no checkpoint_step."""
+    import augment.sources
+    import models
+    import train.eval_report
+    import train.evaluate
+    from analysis.config import load_study_config
+    from analysis.study import DONE, Study
+    from train.eval_common import load_evaluated
+
+    logged: list[str] = []
+    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=logged.append)
+    study.source_dir = lambda name: tmp_path / "world"
+    calls = []
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(augment.sources, "load_source", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(train.evaluate, "evaluate", lambda *args, **kwargs: calls.append("eval") or {
+        "attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0}}, "settings": {}, "victim": {"name": "m"}})
+    monkeypatch.setattr(train.eval_report, "write_report",
+                        lambda report, folder, markdown: folder.mkdir(parents=True, exist_ok=True)
+                        or (folder / "eval.json").write_text(json.dumps(report)))
+    best = tmp_path / "out" / "runs" / "mat-s0" / "best"
+    best.mkdir(parents=True)
+
+    def best_at(step):  # as the validator writes it: its line, the step among its keys
+        (best / "validation.json").write_text(json.dumps({"step": step, "robust": 1.0, "clean": 2.0}) + "\n")
+
+    best_at(100)
+    assert load_evaluated(str(best), lambda: "model") == ("model", 100)  # train eval's settings.checkpoint_step
+    study.evaluate("mat-s0-best", best, 0)
+    marker = tmp_path / "out" / "evals" / "mat-s0-best" / DONE
+    assert calls == ["eval"] and json.loads(marker.read_text())["checkpoint_step"] == 100
+    study.evaluate("mat-s0-best", best, 0)
+    assert calls == ["eval"]  # the same best: cached
+    best_at(150)  # the extension found a better step
+    study.evaluate("mat-s0-best", best, 0)
+    assert calls == ["eval", "eval"] and json.loads(marker.read_text())["checkpoint_step"] == 150
+    assert logged[-2] == "[eval] evals/mat-s0-best: redone (its checkpoint is at step 150 now, evaluated at step 100)"

@@ -110,14 +110,20 @@ def _checkpoint_folder_stamp(folder: Path) -> tuple | None:
 
 
 def _checkpoint_step(folder: Path) -> int | None:
+    """The training step of the weights in a run's checkpoint folder: RUN/ckpt's `train_state/state.json`, or
+    RUN/best's `validation.json` (the validator's line of that step: best/ holds no train_state), else None."""
     from augment.json_records import DamagedRecord, read_json_object
     from train.checkpoint import STATE_DIR, STATE_FILE
 
-    try:
-        step = read_json_object(folder / STATE_DIR / STATE_FILE).get("step")
-    except (DamagedRecord, OSError):
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+    for record in (folder / STATE_DIR / STATE_FILE, folder / "validation.json"):
+        try:
+            step = read_json_object(record).get("step")
+        except FileNotFoundError:
+            continue
+        except (DamagedRecord, OSError):
+            return None
+        return step if isinstance(step, int) and not isinstance(step, bool) else None
+    return None
 
 
 def record_checkpoint_steps(report: dict, victim_step: int | None, attacker_step: int | None = None) -> None:
