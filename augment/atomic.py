@@ -332,13 +332,19 @@ def swap_leftover_note(target: str | os.PathLike) -> str:
         if not path.name.startswith(f".{target.name}") or path.is_symlink() or not path.is_dir():
             continue
         if path.name == f".{target.name}-old":
-            found.append((path, None))
+            pid = None
         elif ((match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
               and path.name.startswith(f".{target.name}.old-") and not _process_alive(int(match.group("pid")))):
-            found.append((path, int(match.group("pid"))))
+            pid = int(match.group("pid"))
+        else:
+            continue
+        try:
+            found.append((path.stat().st_mtime, path, pid))
+        except OSError:  # deleted meanwhile (a writer's swap removes dead processes' leftovers): not there to name
+            continue
     if not found:
         return ""
-    aside, pid = max(found, key=lambda item: item[0].stat().st_mtime)  # the latest swap's
+    _, aside, pid = max(found, key=lambda item: item[0])  # the latest swap's
     by = "a swap" if pid is None else f"a swap by process {pid}, no longer running,"
     then = "" if pid is None else f" (the next run writing {target.name} deletes it)"
     return (f"; {by} was killed between its two renames and left the old folder at {aside}: "

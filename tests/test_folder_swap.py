@@ -285,3 +285,26 @@ def test_a_checkpoint_folder_left_only_aside_is_named_where_a_model_folder_is_mi
     assert str(raised.value).endswith(f"does not exist; a swap was killed between its two renames and left the old "
                                       f"folder at {tmp_path / '.ckpt-old'}: `mv {tmp_path / '.ckpt-old'} "
                                       f"{tmp_path / 'ckpt'}` restores it")
+
+
+def test_a_leftover_removed_while_it_is_named_is_left_out_not_an_error(tmp_path, monkeypatch):
+    """A writer of the same target starting its swap deletes dead processes' leftovers
+    (`remove_dead_swap_leftovers`): one gone between the listing and the look at its time raised
+    FileNotFoundError out of the reader's 'no such pool folder' (or 'folder does not exist') error."""
+    import shutil
+
+    from augment.errors import PoolError
+    from augment.pool import load_pool
+
+    pid = dead_pid()
+    aside = folder(tmp_path / "pools" / f".sel.old-{pid}")
+
+    def removed_meanwhile(checked: int) -> bool:
+        shutil.rmtree(aside, ignore_errors=True)  # the other writer's clean-up, at this moment
+        return False
+
+    monkeypatch.setattr(atomic, "_process_alive", removed_meanwhile)
+    assert atomic.swap_leftover_note(tmp_path / "pools" / "sel") == ""
+    folder(aside)
+    with pytest.raises(PoolError, match=r"sel: no such pool folder$"):
+        load_pool(tmp_path / "pools" / "sel")
