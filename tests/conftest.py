@@ -170,15 +170,19 @@ def one_torch_thread():
 def cache_entry(request, name: str):
     """The folder `name` in pytest's cache ("mat-plus"), held under a file lock while the block runs: each
     pytest-xdist worker runs the session fixtures, and the first builds what the others then find built.
-    Under `-p no:cacheprovider` (no pytest cache) the folder is in this session's temporary folder instead:
-    built afresh, as in a fresh clone."""
+    Under `-p no:cacheprovider` (no pytest cache) the folder is in this run's temporary folder instead:
+    built afresh, as in a fresh clone; a pytest-xdist worker's temporary folder is its own (popen-gwN) inside
+    the run's, so the workers share the run's folder (each built its own twins: ~3 min of training twice)."""
     from filelock import FileLock
 
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         root = Path(cache.mkdir("mat-plus"))
     else:
-        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "mat-plus-cache"
+        base = request.getfixturevalue("tmp_path_factory").getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent  # the run's folder, which pytest-xdist's controller removes after a passing run
+        root = base / "mat-plus-cache"
         root.mkdir(exist_ok=True)
     with FileLock(str(root / f".{name}.lock")):
         yield root / name
