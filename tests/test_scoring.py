@@ -82,6 +82,19 @@ def _naive_mmd2(x, y, gamma):
     return xx + yy - 2 * xy
 
 
+def _direct_mmd2(x, y, gamma):
+    """`_naive_mmd2`'s sums, each pair's squared distance from its difference in float64, broadcast instead
+    of a Python loop (300 x 260 rows: 27 s in the loop, milliseconds here)."""
+    def kernel_mean(a, b, within):
+        values = np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+        if within:
+            return (values.sum() - np.trace(values)) / (len(a) * (len(a) - 1))
+        return values.mean()
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return kernel_mean(x, x, True) + kernel_mean(y, y, True) - 2 * kernel_mean(x, y, False)
+
+
 def test_mmd_matches_a_naive_double_loop_and_the_median_heuristic():
     rng = np.random.default_rng(2)
     x = rng.normal(0.0, 1.0, size=(12, 3))
@@ -225,7 +238,7 @@ def test_resampled_gap_equals_direct_formulas_on_the_resampled_rows(n, m, dims):
     direct = [_sqrtm_frechet(x[ix], y[iy]) for ix, iy in zip(index_x, index_y)]
     np.testing.assert_allclose(frechet, direct, rtol=1e-6, atol=1e-10)
     mmd = measures.resampled_mmd2(measures.rbf_kernel_blocks(x, y, 0.7), counts_x, counts_y)
-    np.testing.assert_allclose(mmd, [_naive_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
+    np.testing.assert_allclose(mmd, [_direct_mmd2(x[ix], y[iy], 0.7) for ix, iy in zip(index_x, index_y)], atol=2e-6)
 
 
 @pytest.mark.parametrize("n, m, dims", [(30, 25, 6), (12, 40, 20), (50, 50, 50)],
