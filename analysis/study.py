@@ -635,7 +635,8 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
                     made_in_place: str | None = None, study: Path | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Train into `folder`: resume a killed run of the same settings, replace one of other settings (or
-    of a pool made again since: the trainer refuses that resume, `--resume: pool NAME is another pool`).
+    of a pool made again since: the trainer refuses that resume, `--resume: pool NAME is another pool`; or
+    whose checkpoint an earlier mat-plus trained otherwise: `train.checkpoint.TRAINED_OTHERWISE`).
 
     `made_from` (the stage's fingerprint: its settings and its inputs') is recorded before training;
     a run in `folder` started from another (or none recorded) is trained again from scratch, never
@@ -648,6 +649,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
     more after its last step, by the trainer (its scores in the run's loggers too). A run found finished
     (before the study marked it done) keeps its last line where settled, else its checkpoint's weights are
     validated again."""
+    from train.checkpoint import TRAINED_OTHERWISE
     from train.config import ConfigError, resolve_config
     from train.trainer import Trainer
 
@@ -692,6 +694,11 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
             # a pool made again since (same settings, another finish stamp: deleted and re-made): the trainer
             # refuses the resume and says --overwrite, which the study's user has no way to give
             log(f"{folder.name}: a pool it trained on is another pool than the run trained on (made again since): "
+                "trained from scratch, not resumed")
+        elif TRAINED_OTHERWISE in str(exc):
+            # a checkpoint of an earlier training format (`train.checkpoint.TRAINING_FORMAT`) whose training this
+            # version does otherwise: the trainer refuses the resume and says --overwrite, as above
+            log(f"{folder.name}: its checkpoint was trained otherwise by an earlier mat-plus (training format): "
                 "trained from scratch, not resumed")
         elif "settings differ" not in str(exc):
             raise

@@ -9,7 +9,7 @@ optimizer from another)::
                                      open_clip_model.safetensors, so open_clip's "local-dir:RUN/ckpt"
                                      loads it; transformers families: save_pretrained's files)
       train_state/
-        state.json                   steps done, draws so far, world size, the model's files
+        state.json                   steps done, draws so far, world size, the model's files, training format
         optimizer.pt                 torch.save'd state dicts, read back with weights_only=True
         scheduler.pt
         scaler.pt                    fp16 only
@@ -49,6 +49,19 @@ STATE_FILE = "state.json"
 PARTIAL_DIR = ".ckpt-partial"  # a checkpoint being written
 OLD_DIR = ".ckpt-old"  # the previous one, during the swap
 MODEL_FILES = "model_files"  # in state.json: what model.save wrote (every family writes *.safetensors)
+# state.json's "training_format": raised when a change of the code changes what a training step computes from the
+# same checkpoint and settings (the attacks inside a step, a loss, which parameters decay, a clamp), so that a
+# resume of a checkpoint written before the change is refused (`training_format_problem`) instead of training one
+# run's weights two ways. 1: 2026-12-07, the first recorded; a checkpoint without the key (0) was written by an
+# earlier mat-plus, which before 2026-12-06 split words and accepted substitutes otherwise in MAT's word attack
+# (a9acf87, cfb07db, 408f6e5, 84f1dd6: other scripts, accents, curly apostrophes, zero-width joiners) and before
+# 2026-12-03 18:33 (87c9042) ran the inner attacks in training mode (dropout, batch norm) and clamped SigLIP's
+# logit scale; ALBEF's and BLIP's ITM head (6faf769, 2026-12-06) and the captioner's caption length (07c071a,
+# 2026-12-06) changed too. Nothing a format-0 checkpoint records tells when it was written, so it resumes only
+# where none of those changes reaches its training (`_unchanged_since_format_0`).
+FORMAT_KEY, TRAINING_FORMAT = "training_format", 1
+# in every refusal of an earlier format (the study trains such a run again from scratch on it)
+TRAINED_OTHERWISE = "an earlier mat-plus trained it otherwise"
 
 
 class CheckpointError(MatPlusError):
@@ -184,7 +197,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, model: Any, optimizer: Any, s
             except _write_errors() as exc:  # safetensors' or torch's failed write: the folder written to
                 raise could_not_write(partial, exc) from None
             # the model's own files, checked on resume: a folder copied without its weights loads random ones
-            state = {**state, MODEL_FILES: sorted(str(path.relative_to(partial)) for path in partial.rglob("*")
+            state = {**state, FORMAT_KEY: TRAINING_FORMAT, MODEL_FILES: sorted(str(path.relative_to(partial)) for path in partial.rglob("*")
                                                   if path.is_file() and STATE_DIR not in path.relative_to(partial).parts)}
             save_tensors(optimizer.state_dict(), partial / STATE_DIR / "optimizer.pt")
             save_tensors(scheduler.state_dict(), partial / STATE_DIR / "scheduler.pt")
@@ -257,6 +270,65 @@ def _state_problem(state: dict) -> str | None:
     if not (isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and math.isfinite(elapsed) and elapsed >= 0):
         return f"'elapsed_seconds' must be a number of seconds, got {elapsed!r}"
     return None
+
+
+def training_format_problem(folder: Path, state: dict, config: Any, model: Any) -> str | None:
+    """Why the checkpoint `folder` (its `state`) may not be resumed by this version's training of `config` on
+    `model` (the built `models.base.ImageTextModel`), as one sentence; None when it may. A checkpoint of this
+    format resumes; one of a later format (a newer mat-plus) never does; one of format 0 (written before the key)
+    resumes only where no change up to format 1 reaches the training (`TRAINING_FORMAT`'s note)."""
+    found = state.get(FORMAT_KEY, 0)
+    if found == TRAINING_FORMAT:
+        return None
+    ways = (f"start again with --overwrite instead of --resume, or train on from its weights with --model {folder} "
+            "and another --out")
+    if not (isinstance(found, int) and not isinstance(found, bool) and 0 <= found < TRAINING_FORMAT):
+        return (f"--resume: {folder} is of training format {found!r}, not this version's {TRAINING_FORMAT} (a newer "
+                f"mat-plus wrote it?): resume it with that version, or {ways}")
+    changed = _unchanged_since_format_0(config, model)
+    if changed is None:
+        return None
+    recorded = f"records {FORMAT_KEY} {found}" if FORMAT_KEY in state else f"records no {FORMAT_KEY}"
+    return (f"--resume: {folder}'s state.json {recorded} (this version's is {TRAINING_FORMAT}): {TRAINED_OTHERWISE} "
+            f"({changed}), so resuming would train one run's weights two ways; {ways}")
+
+
+def _unchanged_since_format_0(config: Any, model: Any) -> str | None:
+    """What of this training (`config` on `model`) changed since format 0 (the changes `TRAINING_FORMAT`'s
+    note names), in words; None when none reaches it: a CLIP (open_clip or transformers, softmax loss) trained
+    by a method that searches no words, whose inner image attack (if any) runs on a model that computes alike in
+    training and eval mode (no dropout, batch norm or patch dropout)."""
+    from train.config import MULTIMODAL_METHODS
+
+    if config.method in MULTIMODAL_METHODS and config.word_budget > 0:
+        return ("its word attack split words and accepted substitutes otherwise before 2026-12-06: words of other "
+                "scripts, accents, curly apostrophes, zero-width joiners")
+    family = getattr(model, "family", None)
+    if family in ("albef", "blip", "captioner"):
+        return {"captioner": "the captioner read prompt and caption to another length before 2026-12-06"}.get(
+            family, f"{family.upper()}'s inner attacks ran in training mode, with dropout, before 2026-12-03 and its ITM "
+                    "head computed in half precision under --precision amp* before 2026-12-06")
+    if getattr(model, "itc_loss", None) == "sigmoid":
+        return "SigLIP's logit scale was clamped at 100 before 2026-12-03"
+    attacks_images = config.method != "clean" and config.pgd_steps > 0 and config.attack_eps > 0
+    if attacks_images and _computes_otherwise_in_training_mode(model):
+        return "its inner attacks ran in training mode, with this model's dropout or batch norm, before 2026-12-03"
+    return None
+
+
+def _computes_otherwise_in_training_mode(model: Any) -> bool:
+    """Whether a module of `model` computes otherwise in training mode: dropout of a probability above 0 (a
+    module, or an attention's rate), batch norm, open_clip's patch dropout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            return True
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        for name in ("dropout", "attention_dropout", "dropout_p", "prob"):  # nn.MultiheadAttention, HF attention, PatchDropout
+            rate = getattr(module, name, None)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                return True
+    return False
 
 
 def check_model_files(folder: Path, state: dict) -> None:

@@ -203,6 +203,10 @@ class Trainer:
                 # this run is finished: nothing to train, and nothing of it is written again
                 self.finished_summary = _read_finished_summary(summary_file)
                 return
+            if int(state["step"]) < self.total_steps:  # steps left to train: trained as the run's earlier steps were?
+                problem = ckpt.training_format_problem(resume_from, state, cfg, model)
+                if problem is not None:
+                    raise ConfigError(problem)
             # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size.
             # Only when the resumed folder IS RUN/ckpt: a copy elsewhere in RUN (RUN/backup) left RUN/ckpt unwritten
             self.holds_final_checkpoint = (int(state["step"]) == self.total_steps
