@@ -115,6 +115,33 @@ def test_what_of_a_training_changed_since_format_0(config, model, changed):
     assert (found is None) if changed is None else (changed in found), found
 
 
+@pytest.mark.parametrize("validation, changed", [
+    ({"attack": "bert-attack"}, "validation attack bert-attack"),
+    ({"attack": "synonym"}, "validation attack synonym"),
+    ({"attack": "sep", "parts_off": {"image": "--pgd-steps 0"}}, "validation attack sep"),
+    ({"attack": "prompt-pgd"}, "validation attack prompt-pgd"),
+    ({"attack": "sep", "parts_off": {"text": "--word-budget 0"}}, None),  # its text part is off
+    ({"attack": "pgd"}, None),
+    (None, None),  # not validated
+])
+def test_a_validation_that_searches_words_changed_since_format_0(validation, changed):
+    """The weights train alike, but the validation curve kept and RUN/best would mix both ways of searching words
+    (--val-frequency's validation, or a given validator's: the study's)."""
+    found = _unchanged_since_format_0(_config("clean"), _Model(), validation)
+    assert (found is None) if changed is None else (changed in found), found
+
+
+def test_a_validated_run_of_an_earlier_format_is_refused(tmp_path, sample_world_dir):
+    """A clean CLIP run validated by a word attack (--val-frequency, --val-attack bert-attack): refused."""
+    from train.config import ConfigError
+
+    settings = dict(method="clean", val_frequency=1, val_limit=4, val_attack="bert-attack", schedule_steps=2)
+    _run(tmp_path, "run", sample_world_dir, max_steps=1, **settings)
+    _written_as(tmp_path / "run", None)
+    with pytest.raises(ConfigError, match="validation attack bert-attack split words"):
+        _run(tmp_path, "run", sample_world_dir, max_steps=2, resume="latest", **settings)
+
+
 def test_a_study_run_of_an_earlier_format_is_trained_again_not_stopped(tmp_path, sample_world_dir):
     """The study resumes a killed run of the same settings (`analysis.study.train_resumable`): a checkpoint an
     earlier mat-plus trained otherwise is refused, with --overwrite as the way on, which the study's user has no

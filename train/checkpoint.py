@@ -272,9 +272,10 @@ def _state_problem(state: dict) -> str | None:
     return None
 
 
-def training_format_problem(folder: Path, state: dict, config: Any, model: Any) -> str | None:
+def training_format_problem(folder: Path, state: dict, config: Any, model: Any, validation: dict | None = None) -> str | None:
     """Why the checkpoint `folder` (its `state`) may not be resumed by this version's training of `config` on
-    `model` (the built `models.base.ImageTextModel`), as one sentence; None when it may. A checkpoint of this
+    `model` (the built `models.base.ImageTextModel`) validated under `validation` (`train.validation.settings_record`:
+    --val-frequency's or a given validator's, e.g. the study's; None: not validated), as one sentence; None when it may. A checkpoint of this
     format resumes; one of a later format (a newer mat-plus) never does; one of format 0 (written before the key)
     resumes only where no change up to format 1 reaches the training (`TRAINING_FORMAT`'s note)."""
     found = state.get(FORMAT_KEY, 0)
@@ -285,7 +286,7 @@ def training_format_problem(folder: Path, state: dict, config: Any, model: Any) 
     if not (isinstance(found, int) and not isinstance(found, bool) and 0 <= found < TRAINING_FORMAT):
         return (f"--resume: {folder} is of training format {found!r}, not this version's {TRAINING_FORMAT} (a newer "
                 f"mat-plus wrote it?): resume it with that version, or {ways}")
-    changed = _unchanged_since_format_0(config, model)
+    changed = _unchanged_since_format_0(config, model, validation)
     if changed is None:
         return None
     recorded = f"records {FORMAT_KEY} {found}" if FORMAT_KEY in state else f"records no {FORMAT_KEY}"
@@ -293,16 +294,24 @@ def training_format_problem(folder: Path, state: dict, config: Any, model: Any) 
             f"({changed}), so resuming would train one run's weights two ways; {ways}")
 
 
-def _unchanged_since_format_0(config: Any, model: Any) -> str | None:
+def _unchanged_since_format_0(config: Any, model: Any, validation: dict | None = None) -> str | None:
     """What of this training (`config` on `model`) changed since format 0 (the changes `TRAINING_FORMAT`'s
     note names), in words; None when none reaches it: a CLIP (open_clip or transformers, softmax loss) trained
-    by a method that searches no words, whose inner image attack (if any) runs on a model that computes alike in
-    training and eval mode (no dropout, batch norm or patch dropout)."""
+    by a method that searches no words, and validated (`validation`) by no attack that does, whose inner image attack
+    (if any) runs on a model that computes alike in training and eval mode (no dropout, batch norm or patch
+    dropout)."""
     from train.config import MULTIMODAL_METHODS
 
     if config.method in MULTIMODAL_METHODS and config.word_budget > 0:
         return ("its word attack split words and accepted substitutes otherwise before 2026-12-06: words of other "
                 "scripts, accents, curly apostrophes, zero-width joiners")
+    val_attack = (validation or {}).get("attack")
+    # a text or prompt part switched off by the budgets (`train.validation.parts_switched_off`) searches no words
+    text_off = set((validation or {}).get("parts_off") or {}) - {"image"}
+    if val_attack not in (None, "clean", "pgd", "pgd-targeted") and not text_off:
+        # the weights train alike, but the validation lines kept and RUN/best were chosen the old way
+        return (f"its validation attack {val_attack} split words and accepted substitutes otherwise before 2026-12-06, "
+                "so its validation curve and best/ would mix both")
     family = getattr(model, "family", None)
     if family in ("albef", "blip", "captioner"):
         return {"captioner": "the captioner read prompt and caption to another length before 2026-12-06"}.get(

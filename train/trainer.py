@@ -204,7 +204,7 @@ class Trainer:
                 self.finished_summary = _read_finished_summary(summary_file)
                 return
             if int(state["step"]) < self.total_steps:  # steps left to train: trained as the run's earlier steps were?
-                problem = ckpt.training_format_problem(resume_from, state, cfg, model)
+                problem = ckpt.training_format_problem(resume_from, state, cfg, model, self.validation_record)
                 if problem is not None:
                     raise ConfigError(problem)
             # killed after its final checkpoint, before summary.json: saving those weights again wrote GBs at real size.
