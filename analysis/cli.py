@@ -31,13 +31,17 @@ def _study(args) -> int:
 
 def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
     """eval.json files from the given folders (an eval folder, a run folder, or a study's evals/)."""
-    found = []
+    found, places, seen = [], [], set()
     for raw in paths:
         path = Path(raw)
         candidates = [path] if path.is_file() else sorted(path.glob(EVAL_JSON)) or sorted(path.glob(f"*/{EVAL_JSON}"))
         if not candidates:
             raise MatPlusError(f"{raw}: no eval.json here (run `train eval ... --out DIR` first)")
         for candidate in candidates:
+            resolved = candidate.resolve()
+            if resolved in seen:  # one file named twice (a folder and its eval.json): one evaluation
+                continue
+            seen.add(resolved)
             try:
                 report = read_json_object(candidate)
             except DamagedRecord as damage:
@@ -46,8 +50,29 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
                 problem = _shape_problem(report)
             if problem:
                 raise MatPlusError(f"{candidate}: not an evaluation report ({problem}); run `train eval` again")
-            found.append((candidate.parent.name if candidate.name == EVAL_JSON else candidate.stem, report))
-    return found
+            found.append(report)
+            places.append(resolved.parent if resolved.name == EVAL_JSON else resolved.with_suffix(""))
+    return list(zip(distinct_suffixes(places), found))
+
+
+def distinct_suffixes(paths: list[Path]) -> list[str]:
+    """Each path's label: its last name, or as many of its last names as tell it apart from the others
+    (`a/done`, `b/done`), as tools that tell files of one name apart do. The same paths give the same
+    labels whatever else is named beside them that does not share their last names."""
+    depth = [1] * len(paths)
+
+    def label(i: int) -> str:
+        return str(Path(*paths[i].parts[-depth[i]:]))
+
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i in range(len(paths)):
+            groups.setdefault(label(i), []).append(i)
+        deeper = [i for group in groups.values() if len(group) > 1 for i in group if depth[i] < len(paths[i].parts)]
+        if not deeper:
+            return [label(i) for i in range(len(paths))]
+        for i in deeper:
+            depth[i] += 1
 
 
 # the metrics `analysis compare` formats as numbers (a string there was a ValueError traceback)
@@ -167,6 +192,48 @@ def _model_label(entry: dict) -> str:
     return f"{name}:{entry['pretrained']}" if entry.get("pretrained") and not entry.get("tiny_twin") else name
 
 
+def _model_identities(report: dict) -> tuple[tuple, tuple]:
+    """(attacker, victim): each model as the evaluation identifies it: its entry (family, name, pretrained
+    tag, ...), and for a run's checkpoint the training step and the absolute path of the folder it was
+    read from (`settings.checkpoint_step`, `checkpoint_path`; the attacker's `attacker_...`), where
+    recorded. A name alone is the path as given: `runs/mat/ckpt` of two study folders is two models."""
+    import json
+
+    settings = report.get("settings", {})
+
+    def identity(entry, step, path) -> tuple:
+        entry = entry if isinstance(entry, dict) else {}
+        return (_model_label(entry), json.dumps(entry, sort_keys=True, default=str),
+                json.dumps(step, default=str), path if isinstance(path, str) else None)
+
+    victim = identity(report.get("victim"), settings.get("checkpoint_step"), settings.get("checkpoint_path"))
+    if settings.get("mode") == "white-box":  # the attacker is the victim (its step and path recorded once)
+        return victim, victim
+    return identity(report.get("attacker"), settings.get("attacker_checkpoint_step"),
+                    settings.get("attacker_checkpoint_path")), victim
+
+
+def _identity_labels(identities: list[tuple]) -> dict[tuple, str]:
+    """Each model identity's label in the transfer tables: its name (`_model_label`), and where two
+    identities share one, what tells them apart: the shortest distinct end of their folders' paths, the
+    training step, or (nothing recorded differs) their order."""
+    by_label: dict[str, list[tuple]] = {}
+    for identity in dict.fromkeys(identities):
+        by_label.setdefault(identity[0], []).append(identity)
+    labels = {}
+    for label, shared in by_label.items():
+        if len(shared) == 1:
+            labels[shared[0]] = label
+            continue
+        paths = [identity[3] for identity in shared]
+        wheres = distinct_suffixes([Path(p) for p in paths]) if all(paths) and len(set(paths)) == len(paths) else None
+        steps = {identity[2] for identity in shared}
+        for k, identity in enumerate(shared):
+            said = ([f"in {wheres[k]}"] if wheres else []) + ([f"step {identity[2]}"] if len(steps) > 1 else [])
+            labels[identity] = f"{label} ({', '.join(said) or f'model {k + 1}'})"
+    return labels
+
+
 def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
     """Source (attacker) x target (victim) tables of mean R@1 ((TR@1 + IR@1) / 2) under each attack
     and protocol, from white-box and transfer evaluations; empty when they hold fewer than two
@@ -176,12 +243,15 @@ def transfer_tables(evaluations: list[tuple[str, dict]]) -> str:
 
     cells: dict[tuple[str, str], dict[tuple[str, str], list[tuple[float, str]]]] = {}
     sources, targets = [], []
+    measured = []
     for name, report in evaluations:
         attacked = {attack: entry for attack, entry in report.get("attacks", {}).items()
                     if attack != "clean" and "tr@1" in entry}
-        if not attacked:  # a captioning or grounding report (or clean only): no retrieval model to tabulate
-            continue
-        attacker, victim = _model_label(report.get("attacker", {})), _model_label(report.get("victim", {}))
+        if attacked:  # else a captioning or grounding report (or clean only): no retrieval model to tabulate
+            measured.append((name, report, attacked, *_model_identities(report)))
+    labels = _identity_labels([identity for *_, attacker, victim in measured for identity in (attacker, victim)])
+    for name, report, attacked, attacker, victim in measured:
+        attacker, victim = labels[attacker], labels[victim]
         protocol = _protocol_label(report)
         for label, seen in ((attacker, sources), (victim, targets)):
             if label not in seen:

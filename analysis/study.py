@@ -429,7 +429,7 @@ class Study:
         from models import load_model
         from analysis.config import eval_attack_options
         from augment.sources import load_source
-        from train.eval_common import _checkpoint_step
+        from train.eval_common import _checkpoint_step, record_checkpoint_steps
         from train.eval_report import EVAL_JSON, write_report
         from train.evaluate import evaluate, markdown_report
 
@@ -461,6 +461,7 @@ class Study:
                 batch_size=e["batch_size"], captions_per_image=e.get("captions_per_image"), limit=e.get("limit"),
                 attack_options=options, caption_checker=check_caption_of_row, seed=seed, progress=False,
             )
+            record_checkpoint_steps(report, step, None, str(checkpoint))  # as `train eval` records them
             write_report(report, folder, markdown_report)  # the same eval.json / eval.md as `train eval`
             mark_done(folder, key, checkpoint_step=step)
         report = read_study_record(folder / EVAL_JSON)

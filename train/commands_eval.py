@@ -601,7 +601,7 @@ def _run(args: argparse.Namespace) -> int:
     report["settings"].update({"source": args.source, "device": device, "command": "train eval",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
-    record_checkpoint_steps(report, steps, attacker_step)
+    record_checkpoint_steps(report, steps, attacker_step, args.checkpoint, args.attacker_model)
     table = write_report(report, out, markdown_report)
     from train.eval_store import remove_finished_store
 

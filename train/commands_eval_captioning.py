@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     report["settings"].update({"source": args.source, "device": device, "command": "train eval --task captioning",
                                # --skip-bad: the gallery is not the source's first images; say how many were left out
                                "skipped_records": len(source_report.skipped)})
-    record_checkpoint_steps(report, victim_step, attacker_step)
+    record_checkpoint_steps(report, victim_step, attacker_step, args.checkpoint, args.attacker_model)
     table = write_captioning_report(report, out)
     from train.eval_store import remove_finished_store
 

@@ -95,7 +95,7 @@ def run(args) -> int:
     report["settings"].update({"source": args.source, "split": args.split, "device": device,
                                "command": "train eval --task grounding", "checkpoint": args.checkpoint,
                                "attacker_model": args.attacker_model})
-    record_checkpoint_steps(report, victim_step, attacker_step)
+    record_checkpoint_steps(report, victim_step, attacker_step, args.checkpoint, args.attacker_model)
     table = write_report(report, out, markdown_grounding_report)
     from train.eval_store import remove_finished_store
 

@@ -126,13 +126,30 @@ def _checkpoint_step(folder: Path) -> int | None:
     return None
 
 
-def record_checkpoint_steps(report: dict, victim_step: int | None, attacker_step: int | None = None) -> None:
+def record_checkpoint_steps(report: dict, victim_step: int | None, attacker_step: int | None = None,
+                           victim_name: str | None = None, attacker_name: str | None = None) -> None:
     """eval.json's `settings.checkpoint_step` (and `attacker_checkpoint_step`): the training step of the run
-    checkpoint evaluated (`load_evaluated`), where the model was one."""
+    checkpoint evaluated (`load_evaluated`), where the model was one; and `checkpoint_path` (and
+    `attacker_checkpoint_path`): the absolute path of the folder a model named by a folder was read from,
+    which `analysis compare` tells models apart by (the name is the path as given, relative or not)."""
     if victim_step is not None:
         report["settings"]["checkpoint_step"] = victim_step
     if attacker_step is not None:
         report["settings"]["attacker_checkpoint_step"] = attacker_step
+    for key, name in (("checkpoint_path", victim_name), ("attacker_checkpoint_path", attacker_name)):
+        if (path := model_folder(name)) is not None:
+            report["settings"][key] = path
+
+
+def model_folder(name: str | None) -> str | None:
+    """The absolute path of the local folder the model `name` was read from; None for a Hub id, an open_clip
+    name or a tiny twin's name (no folder of that name here)."""
+    from models.base import bare_name
+
+    if not name:
+        return None
+    folder = Path(bare_name(name)).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else None
 
 
 def load_evaluated(name: str | None, load: Callable[[], Any]) -> tuple[Any, int | None]:
