@@ -180,17 +180,21 @@ def load_evaluated(name: str | None, load: Callable[[], Any]) -> tuple[Any, int 
 
 
 def resume_settings(victim, attacker, gallery: "Gallery", resumable: bool, split, limit, captions_per_image,
-                    batch_size: int, seed: int, built: dict, **task_settings) -> dict:
+                    batch_size: int, seed: int, built: dict, source_meta: dict | None = None, **task_settings) -> dict:
     """The settings a resumed evaluation of the attacks `built` must have been made with
     (`train.eval_store.BatchStore`), retrieval's and captioning's shared ones first, then
-    `task_settings` in their order."""
+    `task_settings` in their order. `source_meta`: how the source was read (its `source`, whose folder
+    the image paths are recorded relative to)."""
+    from augment.scoring.pool_scores import source_root
     from train.eval_store import data_identity, substitute_model_identity
+
+    root = source_root((source_meta or {}).get("source"))
 
     return {
         "victim": model_id(victim), "attacker": model_id(attacker), "split": split, "limit": limit,
         # what the names do not say, for a resumed evaluation only: another source at the same path, a
         # checkpoint or masked LM retrained in place (a pass over the weights, not paid without progress to resume)
-        **(data_identity(gallery.rows, victim, attacker) if resumable else {}),
+        **(data_identity(gallery.rows, victim, attacker, root) if resumable else {}),
         **(substitute_model_identity(built) if resumable else {}),
         "captions_per_image": captions_per_image, "batch_size": batch_size, "seed": seed,
         "device": torch.device(victim.device).type,  # a batch's numbers depend on the kernels that ran it

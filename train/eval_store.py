@@ -22,14 +22,28 @@ SETTINGS_FILE = "settings.json"  # a store's tag: the settings its batches were 
 _RESTART = "run train eval with --restart (its other finished batches are lost too), or delete that file"
 
 
-def data_identity(rows, victim, attacker) -> dict:
+def data_identity(rows, victim, attacker, root: str | None = None) -> dict:
     """The resume tag's fingerprints of what names do not say: the evaluated rows (ids, captions),
     the files their images are read from (another --image-root, an image replaced in place), and
-    the weights (`weights_identity`)."""
+    the weights (`weights_identity`). `root`: the source's folder, inside which image paths are
+    recorded relative to it (`image_files_fingerprint`), so an evaluation folder moved with its source
+    (`mv` keeps the files' times) resumes, as a pool's scores are kept (`augment score`'s inputs_key)."""
     from augment.sources import image_files_fingerprint, source_fingerprint
 
-    return {"source": source_fingerprint(rows), "images": image_files_fingerprint(rows),
+    return {"source": source_fingerprint(rows), "image_files": image_files_fingerprint(rows, root=root),
             **weights_identity(victim, attacker)}
+
+
+def settings_with_placed_images(settings: dict, rows) -> dict | None:
+    """`settings` as an evaluation recorded them before 2026-12-07: its image files by absolute path, as
+    `images` (`image_files` since); None for settings without image fingerprints. A `BatchStore` accepts
+    a folder tagged so where nothing moved."""
+    from augment.sources import image_files_fingerprint
+
+    if "image_files" not in settings:
+        return None
+    return {**{key: value for key, value in settings.items() if key != "image_files"},
+            "images": image_files_fingerprint(rows)}
 
 
 def substitute_model_identity(built: dict) -> dict:
@@ -147,7 +161,9 @@ class BatchStore:
     evaluation neither encodes nor re-ranks them again and disk holds one attack's pixels.
     """
 
-    def __init__(self, folder: str | Path, settings: dict):
+    def __init__(self, folder: str | Path, settings: dict, placed: dict | None = None):
+        """`placed`: the same settings as recorded before 2026-12-07 (`settings_with_placed_images`), which
+        a folder tagged then is accepted under (and tagged again as now)."""
         self.folder = Path(folder)
         clear_trash(self.folder)  # a killed clean-up's leftovers: never read as progress
         wanted = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
@@ -156,7 +172,12 @@ class BatchStore:
             found = marker.read_text(encoding="utf-8") if marker.is_file() else None
         except UnicodeDecodeError:  # damaged (not UTF-8): no evaluation can resume its batches; a traceback before
             found = ""
-        if self.folder.exists() and found != wanted and not _same_before_format(found, settings):
+        # a folder tagged before image paths were relative to the source: compared with the settings as then
+        placed_form = placed is not None and _recorded_keys(found) >= {"images"} and "image_files" not in _recorded_keys(found)
+        if placed_form:
+            settings = placed
+        if self.folder.exists() and found != json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str) \
+                and not _same_before_format(found, settings):
             finished = sorted(self.folder.rglob("batch-*.pt"))
             if finished:
                 from augment.errors import MatPlusError
@@ -169,12 +190,14 @@ class BatchStore:
                         "(2026-12-06: words of other scripts, accents and curly apostrophes; BERT's [unused] "
                         "placeholders under --protocol sga|co-attack), so resuming would mix both: finish them with "
                         "that version, or discard them (train eval --restart)")
-                differences = _settings_differences(found, wanted)
+                compared = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
+                differences = _settings_differences(found, compared)
                 if differences is None:  # no command can resume batches of unknown settings
                     raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
                                        "missing or damaged, so no evaluation can resume them: discard them "
                                        "(train eval --restart)")
-                if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT:
+                # image files that differ are the files, not how a version recorded them (the same since 2026-12-01)
+                if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT and _differing_keys(found, compared) != {"images"}:
                     # maybe no setting the user changed (keys this version records are missing there): the
                     # command they ran may well be that evaluation's, which the line below tells them to run
                     raise MatPlusError(
@@ -188,7 +211,7 @@ class BatchStore:
                     f"or discard them (train eval --restart)")
             remove_tree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if not marker.is_file():
+        if not marker.is_file() or (placed_form and self.folder.exists()):  # (tagged as now: it resumes once moved)
             atomic_write_text(marker, wanted)  # a half-written marker would refuse the resume it guards
         kept = self.finished_batches()
         if kept:  # say so: a resumed evaluation's progress bar alone does not tell why it starts ahead
@@ -404,6 +427,29 @@ def _same_before_format(found: str | None, settings: dict) -> bool:
     return _earlier_settings(found, settings) is not None and not _word_search_changed(found, settings)
 
 
+# what a differing setting without a flag is, in the refusal's words
+_SETTINGS_WORDS = {
+    "image_files": "an image file replaced or edited, or another --image-root",
+    "images": "an image file replaced or edited, another --image-root, or moved: batches kept before 2026-12-07 "
+              "recorded the image files by absolute path, so they resume only where they were made",
+}
+
+
+def _recorded_keys(found: str | None) -> set:
+    """The top-level keys of a kept settings.json (none where it is missing or unreadable)."""
+    try:
+        before = json.loads(found) if found else None
+    except json.JSONDecodeError:
+        return set()
+    return set(before) if isinstance(before, dict) else set()
+
+
+def _differing_keys(found: str, wanted: str) -> set:
+    """The top-level settings keys whose values differ between two settings.json texts (the format aside)."""
+    before, after = json.loads(found), json.loads(wanted)
+    return {key for key in set(before) | set(after) if key != FORMAT_KEY and before.get(key) != after.get(key)}
+
+
 def _settings_differences(found: str | None, wanted: str) -> str | None:
     """The settings keys (one level into nested ones, as `options.eps`, an attack option with
     its flag: `options.eps (--attack-eps)`) whose values differ; None when `found` (the kept
@@ -428,5 +474,6 @@ def _settings_differences(found: str | None, wanted: str) -> str | None:
                        # the attacks' seed is train eval's --seed, said once by the top-level key
                        and not (key == "options" and sub in _SETTINGS_FLAGS and sub in before | after)]
         else:
-            differ.append(key + (f" ({_SETTINGS_FLAGS[key]})" if key in _SETTINGS_FLAGS else ""))
+            said = _SETTINGS_FLAGS.get(key) or _SETTINGS_WORDS.get(key)
+            differ.append(key + (f" ({said})" if said else ""))
     return "differ: " + ", ".join(differ)

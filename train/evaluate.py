@@ -59,7 +59,7 @@ from train.eval_common import (HAND_OVERS, Gallery, adversarial_pool_writers, ad
                                plain_attack_options, reseed_attack, resumable_batches, resume_settings,
                                to_victim_resolution)
 from train.eval_report import percent_cell, settings_markdown
-from train.eval_store import BatchStore, content_problem
+from train.eval_store import BatchStore, content_problem, settings_with_placed_images
 from train.metrics import KS, attack_success_rates, recall_from_hits, retrieval_hits
 
 CaptionChecker = Callable[[str, dict], "bool | None"]
@@ -325,7 +325,7 @@ def evaluate(
                             batch_size, text_batch, seed, caption_checker, decoding,
                             _transfer_hand_over(options) if attacker is not victim else None)
         settings = run.resume_settings(split, limit, captions_per_image, options, built, caption_preprocess,
-                                       resumable=progress_dir is not None)
+                                       resumable=progress_dir is not None, source_meta=source_meta)
         run.open_stores(progress_dir, save_adv, settings, built, source_dataset, split, limit, source_meta)
         clean = run.clean_pass()
         results: dict[str, Any] = {"clean": {"modality": "none", **recall_from_hits(clean.hits),
@@ -405,11 +405,12 @@ class _RetrievalRun:
         return self.gallery.batch_count(self.batch_size)
 
     def resume_settings(self, split: str | None, limit: int | None, captions_per_image: int | None, options: dict,
-                        built: dict[str, Attack], caption_preprocess: str, resumable: bool) -> dict:
+                        built: dict[str, Attack], caption_preprocess: str, resumable: bool,
+                        source_meta: dict | None = None) -> dict:
         """What a resumed evaluation must have been made with (the batch store's tag)."""
         return resume_settings(
             self.victim, self.attacker, self.gallery, resumable, split, limit, captions_per_image, self.batch_size,
-            self.seed, built, rerank_k=self.ranker.rerank_k, options=plain_attack_options(options),
+            self.seed, built, source_meta, rerank_k=self.ranker.rerank_k, options=plain_attack_options(options),
             checker=getattr(self.caption_checker, "__name__", None),
             caption_preprocess=caption_preprocess, precision=active_precision(self.victim.device))
 
@@ -418,7 +419,8 @@ class _RetrievalRun:
                     source_meta: dict | None = None) -> None:
         """The batch store (with `progress_dir`), the pool writers (with `save_adv`) and, for re-ranking
         without a batch store, a scratch store for the pixels."""
-        self.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+        self.store = (BatchStore(progress_dir, settings, settings_with_placed_images(settings, self.gallery.rows))
+                      if progress_dir is not None else None)
         self.writers = adversarial_pool_writers(save_adv, built, source_dataset, self.attacker, split, limit, self.seed,
                                                 self.batch_size, progress_dir, items=len(self.gallery),
                                                 source_meta=source_meta)

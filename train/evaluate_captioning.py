@@ -157,7 +157,7 @@ def evaluate_captioning(
     """
     from train.eval_common import (Gallery, adversarial_pool_writers, attack_bars, gallery_decoding,
                                    plain_attack_options, resume_settings)
-    from train.eval_store import BatchStore
+    from train.eval_store import BatchStore, settings_with_placed_images
 
     require_java_for_meteor(meteor)  # before any caption is generated
     require_segmenter(segment_cjk)
@@ -171,9 +171,10 @@ def evaluate_captioning(
     built = _build_evaluated_attacks(attacks, victim, attacker, options)
     settings = resume_settings(
         victim, attacker, gallery, progress_dir is not None, split, limit, captions_per_image, batch_size, seed, built,
-        options=plain_attack_options(options), generation=run.generation,
+        source_meta, options=plain_attack_options(options), generation=run.generation,
         checker=getattr(caption_checker, "__name__", None), precision=active_precision(victim.device))
-    run.store = BatchStore(progress_dir, settings) if progress_dir is not None else None
+    run.store = (BatchStore(progress_dir, settings, settings_with_placed_images(settings, gallery.rows))
+                 if progress_dir is not None else None)
     # every row holds an image: the attacked one, or the clean one beside an attacked prompt
     run.writers = adversarial_pool_writers(save_adv, built, source_dataset, attacker, split, limit, seed, batch_size,
                                            progress_dir, items=len(gallery), source_meta=source_meta,
