@@ -369,8 +369,8 @@ def test_a_pool_begun_by_an_earlier_recipe_is_not_resumed_into_a_mix(tmp_path):
 
     PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0}).write_shard(0, [_row(0)])  # no recipe: the old writer
     PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0, "recipe": 1})  # recipe 1 generators resume it
-    with pytest.raises(PoolError, match=r"different recipe \(recipe 1, now 2: an earlier mat-plus wrote its rows "
-                                        r"otherwise"):
+    with pytest.raises(PoolError, match=rf"different recipe \(recipe 1, now {CaptionerGenerator.recipe}: an earlier "
+                                        r"mat-plus wrote its rows otherwise"):
         PoolWriter(tmp_path / "p", {"method": "i2t-x", "seed": 0, "recipe": CaptionerGenerator.recipe})
     assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost
     assert same_pool({"method": "eda", "recipe": 1}, {"method": "eda"})  # a pool pushed before the key
@@ -969,3 +969,33 @@ def test_an_eda_pool_an_earlier_mat_plus_began_is_not_resumed_into_a_mix(karpath
     else:
         with pytest.raises(PoolError, match=r"different recipe \(recipe 1, now 2"):
             run_generation(EdaGenerator(ops=("rs", "rd")), source, str(tmp_path / "p"), **kwargs)
+
+
+@pytest.mark.parametrize("method", ["i2t-x", "t2t-x"])
+@pytest.mark.parametrize("created, resumed", [("2026-12-05T20:00:00+00:00", False), ("2026-12-06T09:00:00+00:00", True)])
+def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a_mix(tmp_path, method, created, resumed):
+    """The i2t-/t2t- duplicate check changed on 2026-12-06 (bdaf9f2: outputs compared after NFKC and case
+    folding, a final '。' ignored) without a raised recipe: a half-made pool of recipe 2 resumed across it kept
+    its first shards' near-duplicates (a paraphrase that is its decomposed source caption composed again)
+    and dropped them in the rest, exit 0. One created since records recipe 2 and was made by this code:
+    it resumes."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import DistinctCollector, ParaphraseGenerator
+
+    collector = DistinctCollector(2, refuse=["e\u0301te\u0301 a\u0300 Paris"])
+    collector.offer("été à Paris", 0)  # the source echoed composed: not a paraphrase
+    collector.offer("ÉTÉ À PARIS。", 0)
+    assert collector.kept == []
+    generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
+    assert generator.recipe == 3
+    PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": 2}).write_shard(0, [_row(0)])
+    meta_path = tmp_path / "p" / "pool.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "created": created}))  # as it was begun
+    now = {"method": method, "seed": 0, "recipe": generator.recipe}
+    if resumed:
+        PoolWriter(tmp_path / "p", now, recipe_since=generator.recipe_since).write_shard(1, [_row(1)])
+        assert json.loads(meta_path.read_text())["recipe"] == 3
+    else:
+        with pytest.raises(PoolError, match=r"different recipe \(recipe 2, now 3: an earlier mat-plus wrote its rows "):
+            PoolWriter(tmp_path / "p", now, recipe_since=generator.recipe_since)
+        assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost

@@ -51,8 +51,10 @@ NO_CAPTION = -1  # source_caption_index of rows made from the image alone
 
 class CaptionerGenerator(Generator):
     # 2 (2026-12-03): captions decoded as the captioning models decode (man's, not man ' s), the
-    # model's saved decoding settings overridden by the recorded ones; a prompt-only output dropped
-    recipe, recipe_since = 2, "2026-12-03T15:36:52+00:00"  # f0f7e70, its last change 1e55541
+    # model's saved decoding settings overridden by the recorded ones; a prompt-only output dropped.
+    # 3 (2026-12-06): outputs deduplicated after NFKC and case folding, a final '。' ignored (`normalised`):
+    # other captions kept for an image whose outputs differ only so (non-ASCII ones)
+    recipe, recipe_since = 3, "2026-12-06T08:25:04+00:00"  # bdaf9f2 (2: f0f7e70, 1e55541)
     reads_pixels = True
     modality = "text"
 

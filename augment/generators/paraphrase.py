@@ -241,8 +241,10 @@ def model_name_for(method: str, prefix: str, args) -> str:
 
 class ParaphraseGenerator(Generator):
     # 2 (2026-12-03): the model's saved num_beams and penalties overridden by the recorded
-    # sampling settings (BART/Pegasus sampled beams before)
-    recipe, recipe_since = 2, "2026-12-03T16:01:38+00:00"  # f0f7e70, its last change 818e86e
+    # sampling settings (BART/Pegasus sampled beams before). 3 (2026-12-06): outputs deduplicated after
+    # NFKC and case folding, a final '。' ignored (`normalised`): a composed echo of a decomposed source
+    # caption refused, other paraphrases kept for captions whose outputs differ only so (non-ASCII ones)
+    recipe, recipe_since = 3, "2026-12-06T08:25:04+00:00"  # bdaf9f2 (2: f0f7e70, 818e86e)
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),
