@@ -604,10 +604,17 @@ def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path
     and the report showed a path that may no longer exist. Unchanged otherwise (a fresh evaluation
     names `checkpoint`; a checkpoint outside the study never moved with it)."""
     named = (report.get("victim") or report.get("model") or {}).get("name")
-    if not isinstance(named, str) or named == str(checkpoint) or not checkpoint.is_relative_to(study):
-        return report
-    old_study = former_study(Path(named), checkpoint.relative_to(study).parts)  # place: ("runs", "mat-s0", "ckpt")
+    # the folder `analysis compare` tells models apart by (absolute: also stale when the names, relative, are not)
+    recorded = (report.get("settings") or {}).get("checkpoint_path")
+    stale = isinstance(recorded, str) and recorded != str(checkpoint.resolve())
+    old_study = None
+    if isinstance(named, str) and named != str(checkpoint) and checkpoint.is_relative_to(study):
+        old_study = former_study(Path(named), checkpoint.relative_to(study).parts)  # place: ("runs", "mat-s0", "ckpt")
     if old_study is None:
+        if not stale:
+            return report
+        report = {**report, "settings": {**report["settings"], "checkpoint_path": str(checkpoint.resolve())}}
+        write(dict(report), folder)
         return report
 
     def moved(value: Any) -> Any:
@@ -620,6 +627,8 @@ def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path
         return value
 
     report = moved(report)
+    if stale:
+        report["settings"]["checkpoint_path"] = str(checkpoint.resolve())
     write(dict(report), folder)  # a copy: the captioning writer takes keys out of what it writes
     return report
 

@@ -3,6 +3,7 @@ what the evaluation recorded of them, not by a name two models can share (audit 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from analysis.cli import compare_table, find_evaluations, transfer_tables
 
@@ -69,3 +70,22 @@ def test_an_evaluation_records_the_folder_of_its_checkpoint(tmp_path):
     report = {"settings": {}}
     record_checkpoint_steps(report, 7, None, str(tmp_path / "run" / "ckpt" / ".." / "ckpt"), "tiny-clip")
     assert report["settings"] == {"checkpoint_step": 7, "checkpoint_path": str((tmp_path / "run" / "ckpt").resolve())}
+
+
+def test_a_moved_study_records_where_its_checkpoints_are_now(tmp_path, monkeypatch):
+    """A study moved and run again with the same relative --out from elsewhere reuses its evaluations, whose
+    names (relative) hold, but whose checkpoint_path was the old place's: rewritten, as the names are."""
+    from analysis.study import renamed_checkpoint
+
+    checkpoint = tmp_path / "b" / "study" / "runs" / "mat-s0" / "ckpt"
+    checkpoint.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "b")  # the study's --out, `study`, given from its new place
+    named = "study/runs/mat-s0/ckpt"
+    report = {"victim": {"name": named}, "attacker": {"name": named}, "attacks": {},
+              "settings": {"checkpoint_path": str(tmp_path / "a" / "study" / "runs" / "mat-s0" / "ckpt")}}
+    written = []
+    renamed = renamed_checkpoint(report, Path(named), Path("study"), tmp_path, lambda r, folder: written.append(r))
+    assert renamed["settings"]["checkpoint_path"] == str(checkpoint.resolve())
+    assert renamed["victim"]["name"] == named and len(written) == 1
+    assert renamed_checkpoint(renamed, Path(named), Path("study"), tmp_path, written.append) is renamed
+    assert len(written) == 1  # nothing stale: not written again
