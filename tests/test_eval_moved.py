@@ -72,3 +72,47 @@ def test_progress_tagged_with_absolute_image_paths_resumes_in_place_and_names_a_
                "absolute path, so they resume only where they were made))" in said, said
         assert "earlier mat-plus" not in said
         assert (folder / "pgd").is_dir()
+
+
+def test_grounding_data_is_fingerprinted_without_its_place(tmp_path):
+    """Grounding's resume tag held each image's absolute path (and the source's name): a RefCOCO+ folder moved
+    with its evaluation was another data set. Relative to the source's folder, a move keeps it; an image
+    replaced in place still changes it."""
+    from augment.referring import GroundingData, GroundingImage
+    from train.evaluate_grounding import data_fingerprint
+
+    (tmp_path / "a" / "refcoco" / "images").mkdir(parents=True)
+    (tmp_path / "a" / "refcoco" / "images" / "1.jpg").write_bytes(b"jpeg")
+
+    def data(where) -> GroundingData:
+        image = GroundingImage("1", 8, 8, [[0, 0, 4, 4]], "test", path=str(where / "refcoco" / "images" / "1.jpg"))
+        return GroundingData([image], [], source=str(where / "refcoco"))
+
+    before = data_fingerprint(data(tmp_path / "a"), str(tmp_path / "a" / "refcoco"))
+    placed = data_fingerprint(data(tmp_path / "a"))
+    os.rename(tmp_path / "a", tmp_path / "b")
+    assert data_fingerprint(data(tmp_path / "b"), str(tmp_path / "b" / "refcoco")) == before
+    assert data_fingerprint(data(tmp_path / "b")) != placed
+    (tmp_path / "b" / "refcoco" / "images" / "1.jpg").write_bytes(b"JPEG")
+    assert data_fingerprint(data(tmp_path / "b"), str(tmp_path / "b" / "refcoco")) != before
+
+
+def test_grounding_progress_tagged_with_absolute_image_paths_resumes_in_place_and_names_a_move(tmp_path):
+    from augment.errors import MatPlusError
+    from train.eval_store import FORMAT_KEY, PROGRESS_FORMAT, SETTINGS_FILE, BatchStore
+
+    now = {"seed": 0, "data": {"images": 4, "files": "relative"}}
+    placed = {"seed": 0, "data": {"images": 4, "source": "/a/refcoco", "fingerprint": "absolute-here"}}
+    folder = tmp_path / ".progress"
+    BatchStore(folder, placed).save("pgd", 0, _Record())  # as written before
+    assert BatchStore(folder, now, placed).finished_batches() == {"pgd": 1}
+    assert json.loads((folder / SETTINGS_FILE).read_text()) == {**now, FORMAT_KEY: PROGRESS_FORMAT}
+    elsewhere = {"seed": 0, "data": {"images": 4, "source": "/a/refcoco", "fingerprint": "absolute-elsewhere"}}
+    for earlier in (PROGRESS_FORMAT, 3):
+        (folder / SETTINGS_FILE).write_text(json.dumps({**placed, FORMAT_KEY: earlier}))
+        with pytest.raises(MatPlusError) as refused:
+            BatchStore(folder, now, elsewhere)
+        said = str(refused.value)
+        assert "other settings (differ: data.fingerprint (other images, boxes or expressions: an image file replaced " \
+               "or edited, another --image-root, or moved: batches kept before 2026-12-07" in said, said
+        assert "earlier mat-plus" not in said

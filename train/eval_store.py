@@ -173,7 +173,7 @@ class BatchStore:
         except UnicodeDecodeError:  # damaged (not UTF-8): no evaluation can resume its batches; a traceback before
             found = ""
         # a folder tagged before image paths were relative to the source: compared with the settings as then
-        placed_form = placed is not None and _recorded_keys(found) >= {"images"} and "image_files" not in _recorded_keys(found)
+        placed_form = placed is not None and bool(_recorded_keys(found) & (_keys_of(placed) - _keys_of(settings)))
         if placed_form:
             settings = placed
         if self.folder.exists() and found != json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str) \
@@ -197,7 +197,8 @@ class BatchStore:
                                        "missing or damaged, so no evaluation can resume them: discard them "
                                        "(train eval --restart)")
                 # image files that differ are the files, not how a version recorded them (the same since 2026-12-01)
-                if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT and _differing_keys(found, compared) != {"images"}:
+                if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT and \
+                        not _differing_keys(found, compared) <= {"images", "data.fingerprint"}:
                     # maybe no setting the user changed (keys this version records are missing there): the
                     # command they ran may well be that evaluation's, which the line below tells them to run
                     raise MatPlusError(
@@ -428,26 +429,44 @@ def _same_before_format(found: str | None, settings: dict) -> bool:
 
 
 # what a differing setting without a flag is, in the refusal's words
+_MOVED = ("or moved: batches kept before 2026-12-07 recorded the image files by absolute path, so they resume only "
+          "where they were made")
 _SETTINGS_WORDS = {
     "image_files": "an image file replaced or edited, or another --image-root",
-    "images": "an image file replaced or edited, another --image-root, or moved: batches kept before 2026-12-07 "
-              "recorded the image files by absolute path, so they resume only where they were made",
+    "images": f"an image file replaced or edited, another --image-root, {_MOVED}",
+    "data.files": "other images, boxes or expressions: an image file replaced or edited, or another --image-root",
+    "data.fingerprint": f"other images, boxes or expressions: an image file replaced or edited, another --image-root, {_MOVED}",
 }
 
 
+def _keys_of(settings: dict) -> set:
+    """The keys of settings, and of a nested object's its own as `key.sub` (one level, as the refusal names them)."""
+    return set(settings) | {f"{key}.{sub}" for key, value in settings.items() if isinstance(value, dict) for sub in value}
+
+
 def _recorded_keys(found: str | None) -> set:
-    """The top-level keys of a kept settings.json (none where it is missing or unreadable)."""
+    """`_keys_of` a kept settings.json (none where it is missing or unreadable)."""
     try:
         before = json.loads(found) if found else None
     except json.JSONDecodeError:
         return set()
-    return set(before) if isinstance(before, dict) else set()
+    return _keys_of(before) if isinstance(before, dict) else set()
 
 
 def _differing_keys(found: str, wanted: str) -> set:
-    """The top-level settings keys whose values differ between two settings.json texts (the format aside)."""
+    """The settings keys whose values differ between two settings.json texts (the format aside), a nested
+    object's as `key.sub`."""
     before, after = json.loads(found), json.loads(wanted)
-    return {key for key in set(before) | set(after) if key != FORMAT_KEY and before.get(key) != after.get(key)}
+    differ = set()
+    for key in set(before) | set(after):
+        old, new = before.get(key), after.get(key)
+        if key == FORMAT_KEY or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            differ |= {f"{key}.{sub}" for sub in set(old) | set(new) if old.get(sub) != new.get(sub)}
+        else:
+            differ.add(key)
+    return differ
 
 
 def _settings_differences(found: str | None, wanted: str) -> str | None:
@@ -469,7 +488,8 @@ def _settings_differences(found: str | None, wanted: str) -> str | None:
         if old == new or key == FORMAT_KEY:  # said in words by the caller
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS else "")
+            differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS
+                                         else f" ({_SETTINGS_WORDS[f'{key}.{sub}']})" if f"{key}.{sub}" in _SETTINGS_WORDS else "")
                        for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)
                        # the attacks' seed is train eval's --seed, said once by the top-level key
                        and not (key == "options" and sub in _SETTINGS_FLAGS and sub in before | after)]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -147,12 +148,19 @@ class _Tally:
         self.seconds += float(state["seconds"])
 
 
-def data_fingerprint(data: GroundingData) -> str:
+def data_fingerprint(data: GroundingData, root: str | None = None) -> str:
     """A digest of the evaluated images (their files too: another --image-root, an image replaced in
-    place), candidates and expressions: a resumed run must see the same ones."""
+    place), candidates and expressions: a resumed run must see the same ones. `root`: the source's folder,
+    inside which image paths are taken relative to it (an evaluation moved with its source resumes)."""
     from augment.source_cache import path_identity
 
-    content = {"images": [[image.image_id, image.candidates, image.path and path_identity(image.path)] for image in data.images],
+    def identity(path: str) -> list:
+        found = path_identity(path)
+        if root is not None and Path(found[0]).is_relative_to(os.path.abspath(root)):
+            found[0] = os.path.relpath(found[0], os.path.abspath(root))
+        return found
+
+    content = {"images": [[image.image_id, image.candidates, image.path and identity(image.path)] for image in data.images],
                "expressions": [[e.ref_id, e.image, e.text, e.box] for e in data.expressions]}
     return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
 
@@ -354,17 +362,24 @@ class _GroundingRun:
     def batch_store(self, progress_dir: str | Path, report: dict, built: dict) -> BatchStore:
         """The store of finished batches under `progress_dir`, tagged with what a resumed run must share
         (the report's models, data and settings, the weights and the data's fingerprint)."""
+        from augment.scoring.pool_scores import source_root
+
         settings = report["settings"]
-        return BatchStore(progress_dir, {
+        # the data by content, image paths relative to the source's folder (not its name: a moved one resumes);
+        # a folder tagged before 2026-12-07 named the source and its images by absolute path (`placed`)
+        data = {key: value for key, value in report["data"].items() if key != "source"}
+        tag = {
             "model": self.model.describe(), "attacker": self.attacker.describe(), "mode": settings["mode"],
             **weights_identity(self.model, self.attacker), **substitute_model_identity(built),
-            "data": {**report["data"], "fingerprint": data_fingerprint(self.data)},
+            "data": {**data, "files": data_fingerprint(self.data, source_root(self.data.source))},
             "attacks": {name: attack.params() for name, attack in built.items()}, "options": settings["attack_options"],
             "batch_size": self.batch_size, "ground_batch": self.ground_batch, "seed": self.seed,
             "caption_preprocess": settings["caption_preprocess"],
             "device": torch.device(self.model.device).type,
             "precision": settings["precision"], "checker": getattr(self.expression_checker, "__name__", None),
-        })
+        }
+        placed = {**tag, "data": {**report["data"], "fingerprint": data_fingerprint(self.data)}}
+        return BatchStore(progress_dir, tag, placed)
 
     def tally(self, name: str, attack, bar) -> _Tally:
         """Attack `name` over every batch, in order: read back where a resumed evaluation kept the
