@@ -993,16 +993,15 @@ def test_a_seed_past_torchs_range_is_refused_at_load():
     load_study_config(None, {"seeds": [0, 2**64 - 1]})
 
 
-def test_a_run_extended_after_its_evaluation_is_evaluated_again_and_an_older_marker_holds(tmp_path, monkeypatch):
-    """The evaluation's key hashes settings, not weights: a run extended by hand (`train ... --resume
-    --max-steps N`) after the study marked it done kept its evaluation of the old step. Now the marker records
-    the checkpoint's step; another step is evaluated again; a marker without one (an earlier mat-plus's) holds."""
+def _study_evaluating_stubs(tmp_path, monkeypatch):
+    """(a Study of OUT tmp_path/out whose evaluations load nothing and write a stub eval.json, the list each
+    evaluation appends "eval" to, the study's log lines)."""
     import augment.sources
     import models
     import train.eval_report
     import train.evaluate
     from analysis.config import load_study_config
-    from analysis.study import DONE, Study
+    from analysis.study import Study
 
     logged: list[str] = []
     study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=logged.append)
@@ -1015,6 +1014,16 @@ def test_a_run_extended_after_its_evaluation_is_evaluated_again_and_an_older_mar
     monkeypatch.setattr(train.eval_report, "write_report",
                         lambda report, folder, markdown: folder.mkdir(parents=True, exist_ok=True)
                         or (folder / "eval.json").write_text(json.dumps(report)))
+    return study, calls, logged
+
+
+def test_a_run_extended_after_its_evaluation_is_evaluated_again_and_an_older_marker_holds(tmp_path, monkeypatch):
+    """The evaluation's key hashes settings, not weights: a run extended by hand (`train ... --resume
+    --max-steps N`) after the study marked it done kept its evaluation of the old step. Now the marker records
+    the checkpoint's step; another step is evaluated again; a marker without one (an earlier mat-plus's) holds."""
+    from analysis.study import DONE
+
+    study, calls, logged = _study_evaluating_stubs(tmp_path, monkeypatch)
     checkpoint = tmp_path / "out" / "runs" / "mat-s0" / "ckpt"
     (checkpoint / "train_state").mkdir(parents=True)
 
@@ -1044,25 +1053,10 @@ def test_a_runs_best_folder_replaced_by_an_extension_is_evaluated_again(tmp_path
     """RUN/best holds no train_state/ (its step is in best/validation.json): the step read for the study's
     `-best` evaluation was None before and after a run extended by hand found a better step, so the old best's
     evaluation stood beside the report's new best_step; `train eval RUN/best` recorded no checkpoint_step."""
-    import augment.sources
-    import models
-    import train.eval_report
-    import train.evaluate
-    from analysis.config import load_study_config
-    from analysis.study import DONE, Study
+    from analysis.study import DONE
     from train.eval_common import load_evaluated
 
-    logged: list[str] = []
-    study = Study(load_study_config(None, {"out": str(tmp_path / "out")}), log=logged.append)
-    study.source_dir = lambda name: tmp_path / "world"
-    calls = []
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: None)
-    monkeypatch.setattr(augment.sources, "load_source", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(train.evaluate, "evaluate", lambda *args, **kwargs: calls.append("eval") or {
-        "attacks": {"clean": {"tr@1": 50.0, "ir@1": 40.0}}, "settings": {}, "victim": {"name": "m"}})
-    monkeypatch.setattr(train.eval_report, "write_report",
-                        lambda report, folder, markdown: folder.mkdir(parents=True, exist_ok=True)
-                        or (folder / "eval.json").write_text(json.dumps(report)))
+    study, calls, logged = _study_evaluating_stubs(tmp_path, monkeypatch)
     best = tmp_path / "out" / "runs" / "mat-s0" / "best"
     best.mkdir(parents=True)
 
