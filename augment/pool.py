@@ -260,17 +260,24 @@ def holds_pool(out_dir: Path) -> bool:
     return True
 
 
+# when pool.json began to record the recipe (972bf4a): every mat-plus since writes the key
+RECIPE_KEY_SINCE = "2026-12-05T15:43:06+00:00"
+
+
 def _recipe_of_unrecorded(old: dict, meta: dict, recipe_since: str | None) -> int | None:
-    """The recipe a pool.json without the key, or with an earlier recipe (`old`), is taken to record: this
-    run's (`meta`'s) when the pool was made by its method after that recipe began (`recipe_since`; read as
-    recipe 1, such a pool was refused though this code made it: EDA's recipe 2 began after the key, so an
-    EDA pool made since records recipe 1); None otherwise (as recorded, or recipe 1)."""
+    """The recipe a pool.json without the key, or with the recipe just before this run's (`old`), is taken
+    to record: this run's (`meta`'s) when the pool was made by its method after that recipe began
+    (`recipe_since`) by a mat-plus that recorded it so (read as recorded, such a pool was refused though
+    this code made it): without the key only before the key came (RECIPE_KEY_SINCE; a pool without it made
+    since is an older mat-plus's), with the recipe before this one since then (EDA's recipe 2 and i2t-'s 3
+    began after the key, and their code recorded 1 and 2 until raised). None otherwise (as recorded, or
+    recipe 1)."""
     import datetime as dt
 
-    recorded = old.get("recipe")
-    earlier = recorded is None or (isinstance(recorded, int) and isinstance(meta.get("recipe"), int)
-                                   and recorded < meta["recipe"])
-    if not recipe_since or not earlier or old.get("method") != meta.get("method"):
+    recorded, current = old.get("recipe"), meta.get("recipe")
+    if not recipe_since or old.get("method") != meta.get("method") or not isinstance(current, int):
+        return None
+    if not (recorded is None or (isinstance(recorded, int) and not isinstance(recorded, bool) and recorded == current - 1)):
         return None
     try:
         created = dt.datetime.fromisoformat(str(old.get("created")))
@@ -278,7 +285,11 @@ def _recipe_of_unrecorded(old: dict, meta: dict, recipe_since: str | None) -> in
         return None
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.timezone.utc)
-    return meta.get("recipe") if created >= dt.datetime.fromisoformat(recipe_since) else None
+    since, key_since = dt.datetime.fromisoformat(recipe_since), dt.datetime.fromisoformat(RECIPE_KEY_SINCE)
+    if recorded is None:  # by a mat-plus before the key
+        return current if since <= created < key_since else None
+    # by one that recorded the recipe before: only where the key came before this recipe (else it came with it)
+    return current if key_since <= since <= created else None
 
 
 def resumed_meta(out_dir: Path, old: dict, meta: dict, recipe_since: str | None = None) -> dict:

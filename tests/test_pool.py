@@ -999,3 +999,26 @@ def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a
         with pytest.raises(PoolError, match=r"different recipe \(recipe 2, now 3: an earlier mat-plus wrote its rows "):
             PoolWriter(tmp_path / "p", now, recipe_since=generator.recipe_since)
         assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost
+
+
+@pytest.mark.parametrize("method, recipe, since, recorded, created", [
+    ("eda", 2, "2026-12-06T10:51:16+00:00", None, "2026-12-06T12:00:00+00:00"),
+    ("i2t-x", 3, "2026-12-06T08:25:04+00:00", None, "2026-12-06T09:00:00+00:00"),
+    ("i2t-x", 3, "2026-12-06T08:25:04+00:00", 1, "2026-12-06T09:00:00+00:00"),
+    ("i2t-x", 2, "2026-12-03T15:36:52+00:00", 1, "2026-12-06T09:00:00+00:00"),  # recipe 2 came with the key
+])
+def test_a_pool_only_an_earlier_mat_plus_could_have_written_is_not_taken_by_its_creation_time(
+        tmp_path, method, recipe, since, recorded, created):
+    """was: a pool without the recipe key (or recording recipe 1 of i2t-) created after the current recipe
+    began was taken as this code's, though every mat-plus since 2026-12-05 15:43 UTC writes the key and the
+    code of the current recipe's rows recorded the recipe just before it (or this one, where it came with the
+    key): only an older mat-plus (its old rows), run after the change, wrote such a pool, and it was resumed
+    into a mix, exit 0."""
+    old = {"method": method, "seed": 0, **({} if recorded is None else {"recipe": recorded})}
+    PoolWriter(tmp_path / "p", old).write_shard(0, [_row(0)])
+    meta_path = tmp_path / "p" / "pool.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("recipe", None)
+    meta_path.write_text(json.dumps({**meta, **old, "created": created}))
+    with pytest.raises(PoolError, match=rf"different recipe \(recipe 1, now {recipe}: "):
+        PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": recipe}, recipe_since=since)

@@ -44,8 +44,9 @@ class Generator(ABC):
     # changes a pool's rows, so a pool an earlier mat-plus began is not resumed into a mix of both
     # (pool.json's "recipe"; a pool written before the key is recipe 1)
     recipe: int = 1
-    # when the current recipe began (UTC, its commit's time): a pool without the key created since then
-    # was made by it (the key came two days later), so its resume is not refused
+    # when the current recipe began (UTC, its commit's time): a pool created since then that records what
+    # that code recorded (no key before pool.RECIPE_KEY_SINCE, the recipe before this one after) was made
+    # by it, so its resume is not refused (pool._recipe_of_unrecorded)
     recipe_since: str | None = None
     # (done, total, unit) within the shard being made, from a model method's loop: set by `run_generation`
     # to the bar's postfix, since a shard of a real-size model takes minutes on a GPU and hours on a CPU
