@@ -157,3 +157,14 @@ def test_a_study_run_of_an_earlier_format_is_trained_again_not_stopped(tmp_path,
     assert [line for line in logs if "trained otherwise" in line and "from scratch" in line], logs
     state = json.loads((tmp_path / "run" / "ckpt" / "train_state" / "state.json").read_text())
     assert state[FORMAT_KEY] == TRAINING_FORMAT
+
+
+def test_a_model_with_drop_path_computes_otherwise_in_training_mode():
+    """was: a timm DropPath (stochastic depth: open_clip's ConvNeXt and ViTamin towers, `timm_drop_path` 0.1) is no
+    dropout module and names its rate `drop_prob`, so a format-0 tecoa/fare/mat checkpoint of such a CLIP, whose inner
+    attack ran in training mode with its drop path before 2026-12-03, was taken as unchanged and resumed: one run's
+    weights trained two ways, exit 0."""
+    layers = pytest.importorskip("timm.layers")
+    assert "training mode" in (_unchanged_since_format_0(_config("tecoa"), _Model("open_clip", "softmax",
+                                                                                    layers.DropPath(0.1))) or "")
+    assert _unchanged_since_format_0(_config("tecoa"), _Model("open_clip", "softmax", layers.DropPath(0.0))) is None

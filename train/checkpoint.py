@@ -327,13 +327,14 @@ def _unchanged_since_format_0(config: Any, model: Any, validation: dict | None =
 
 def _computes_otherwise_in_training_mode(model: Any) -> bool:
     """Whether a module of `model` computes otherwise in training mode: dropout of a probability above 0 (a
-    module, or an attention's rate), batch norm, open_clip's patch dropout."""
+    module, or an attention's rate), batch norm, open_clip's patch dropout, timm's drop path (stochastic depth)."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             return True
         if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
             return True
-        for name in ("dropout", "attention_dropout", "dropout_p", "prob"):  # nn.MultiheadAttention, HF attention, PatchDropout
+        # nn.MultiheadAttention, HF attention, PatchDropout, timm's DropPath (open_clip's ConvNeXt, ViTamin towers)
+        for name in ("dropout", "attention_dropout", "dropout_p", "prob", "drop_prob"):
             rate = getattr(module, name, None)
             if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
                 return True
