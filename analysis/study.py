@@ -605,8 +605,11 @@ def renamed_checkpoint(report: dict, checkpoint: Path, study: Path, folder: Path
     names `checkpoint`; a checkpoint outside the study never moved with it)."""
     named = (report.get("victim") or report.get("model") or {}).get("name")
     # the folder `analysis compare` tells models apart by (absolute: also stale when the names, relative, are not)
-    recorded = (report.get("settings") or {}).get("checkpoint_path")
-    stale = isinstance(recorded, str) and recorded != str(checkpoint.resolve())
+    # (missing in a retrieval evaluation the study wrote before the key, ad519a0: recorded as a fresh one is; an
+    # arm's report records what its command does, and only retrieval's transfer tables tell models apart by it)
+    settings, recorded = report.get("settings"), (report.get("settings") or {}).get("checkpoint_path")
+    stale = isinstance(settings, dict) and recorded != str(checkpoint.resolve()) and (
+        isinstance(recorded, str) or (recorded is None and report.get("task", "retrieval") == "retrieval"))
     old_study = None
     if isinstance(named, str) and named != str(checkpoint) and checkpoint.is_relative_to(study):
         old_study = former_study(Path(named), checkpoint.relative_to(study).parts)  # place: ("runs", "mat-s0", "ckpt")

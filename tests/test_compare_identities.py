@@ -89,3 +89,20 @@ def test_a_moved_study_records_where_its_checkpoints_are_now(tmp_path, monkeypat
     assert renamed["victim"]["name"] == named and len(written) == 1
     assert renamed_checkpoint(renamed, Path(named), Path("study"), tmp_path, written.append) is renamed
     assert len(written) == 1  # nothing stale: not written again
+
+
+def test_a_study_records_the_folder_of_an_evaluation_it_reuses_from_before_the_key(tmp_path, monkeypatch):
+    """was: an eval.json the study wrote before settings.checkpoint_path (ad519a0) was reused without it at every
+    run again, though the study knows its checkpoint: two studies' `runs/mat-s0/ckpt`, named alike (relative
+    --out) at one step, stayed one model in `analysis compare`'s transfer tables. Recorded as a fresh one is."""
+    from analysis.study import renamed_checkpoint
+
+    checkpoint = tmp_path / "study" / "runs" / "mat-s0" / "ckpt"
+    checkpoint.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    named = "study/runs/mat-s0/ckpt"
+    report = {"victim": {"name": named}, "attacker": {"name": named}, "attacks": {}, "settings": {"checkpoint_step": 2}}
+    written = []
+    renamed = renamed_checkpoint(report, Path(named), Path("study"), tmp_path, lambda r, folder: written.append(r))
+    assert renamed["settings"] == {"checkpoint_step": 2, "checkpoint_path": str(checkpoint.resolve())}
+    assert len(written) == 1 and written[0]["settings"]["checkpoint_path"] == str(checkpoint.resolve())
