@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from augment.atomic import atomic_write_text
@@ -51,8 +52,12 @@ def find_evaluations(paths: list[str]) -> list[tuple[str, dict]]:
             if problem:
                 raise MatPlusError(f"{candidate}: not an evaluation report ({problem}); run `train eval` again")
             found.append(report)
-            places.append(resolved.parent if resolved.name == EVAL_JSON else resolved.with_suffix(""))
-    return list(zip(distinct_suffixes(places), found))
+            places.append((resolved.parent, None) if resolved.name == EVAL_JSON else (resolved.with_suffix(""), resolved))
+    # a file is placed at its path without the suffix (`x/mat.json`: `x/mat`), unless another evaluation is placed
+    # there too (`x/mat/eval.json`): then at its own name, which no depth would tell apart otherwise
+    stems = Counter(place for place, _ in places)
+    return list(zip(distinct_suffixes([file if file is not None and stems[place] > 1 else place
+                                       for place, file in places]), found))
 
 
 def distinct_suffixes(paths: list[Path]) -> list[str]:

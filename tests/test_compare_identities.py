@@ -106,3 +106,14 @@ def test_a_study_records_the_folder_of_an_evaluation_it_reuses_from_before_the_k
     renamed = renamed_checkpoint(report, Path(named), Path("study"), tmp_path, lambda r, folder: written.append(r))
     assert renamed["settings"] == {"checkpoint_step": 2, "checkpoint_path": str(checkpoint.resolve())}
     assert len(written) == 1 and written[0]["settings"]["checkpoint_path"] == str(checkpoint.resolve())
+
+
+def test_an_evaluation_file_beside_a_folder_of_its_name_gets_its_own_label(tmp_path):
+    """was: `x/mat.json` (an eval.json kept under another name) and `x/mat/eval.json` were both placed at `x/mat`,
+    so no depth told them apart: two rows labelled with the same full path."""
+    _write(tmp_path / "x" / "mat", _report("a/ckpt"))
+    (tmp_path / "x" / "mat.json").write_text(json.dumps(_report("b/ckpt")))
+    labels = [label for label, _ in find_evaluations([str(tmp_path / "x" / "mat"), str(tmp_path / "x" / "mat.json")])]
+    assert labels == ["mat", "mat.json"]
+    # alone, or beside other names, a file is still labelled by its stem
+    assert [label for label, _ in find_evaluations([str(tmp_path / "x" / "mat.json")])] == ["mat"]
