@@ -972,7 +972,7 @@ def test_an_eda_pool_an_earlier_mat_plus_began_is_not_resumed_into_a_mix(karpath
 
 
 @pytest.mark.parametrize("method", ["i2t-x", "t2t-x"])
-@pytest.mark.parametrize("created, resumed", [("2026-12-05T20:00:00+00:00", False), ("2026-12-06T09:00:00+00:00", True)])
+@pytest.mark.parametrize("created, resumed", [("2026-12-05T20:00:00+00:00", False), ("2026-12-06T09:30:00+00:00", True)])
 def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a_mix(tmp_path, method, created, resumed):
     """The i2t-/t2t- duplicate check changed on 2026-12-06 (bdaf9f2: outputs compared after NFKC and case
     folding, a final '。' ignored) without a raised recipe: a half-made pool of recipe 2 resumed across it kept
@@ -1003,8 +1003,8 @@ def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a
 
 @pytest.mark.parametrize("method, recipe, since, recorded, created", [
     ("eda", 2, "2026-12-06T10:51:16+00:00", None, "2026-12-06T12:00:00+00:00"),
-    ("i2t-x", 3, "2026-12-06T08:25:04+00:00", None, "2026-12-06T09:00:00+00:00"),
-    ("i2t-x", 3, "2026-12-06T08:25:04+00:00", 1, "2026-12-06T09:00:00+00:00"),
+    ("i2t-x", 3, "2026-12-06T09:01:28+00:00", None, "2026-12-06T09:30:00+00:00"),
+    ("i2t-x", 3, "2026-12-06T09:01:28+00:00", 1, "2026-12-06T09:30:00+00:00"),
     ("i2t-x", 2, "2026-12-03T15:36:52+00:00", 1, "2026-12-06T09:00:00+00:00"),  # recipe 2 came with the key
 ])
 def test_a_pool_only_an_earlier_mat_plus_could_have_written_is_not_taken_by_its_creation_time(
@@ -1022,3 +1022,21 @@ def test_a_pool_only_an_earlier_mat_plus_could_have_written_is_not_taken_by_its_
     meta_path.write_text(json.dumps({**meta, **old, "created": created}))
     with pytest.raises(PoolError, match=rf"different recipe \(recipe 1, now {recipe}: "):
         PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": recipe}, recipe_since=since)
+
+
+@pytest.mark.parametrize("method", ["i2t-x", "t2t-x"])
+def test_an_i2t_or_t2t_pool_begun_before_the_dedup_reached_the_code_is_not_taken_as_this_codes(tmp_path, method):
+    """was: recipe 3 was dated by bdaf9f2's author time (2026-12-06 08:25:04 UTC), but the change reached the
+    project's history only when it was committed there, at 09:01:28 (rebased with the day's other work): a pool
+    begun at 08:40 by the code of then (the history's head, 868b5d0: the old duplicate check) was taken as recipe 3 and
+    resumed into a mix, exit 0."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import ParaphraseGenerator
+
+    generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
+    PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": 2}).write_shard(0, [_row(0)])
+    meta_path = tmp_path / "p" / "pool.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "created": "2026-12-06T08:40:00+00:00"}))
+    with pytest.raises(PoolError, match=r"different recipe \(recipe 2, now 3: "):
+        PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": generator.recipe},
+                   recipe_since=generator.recipe_since)

@@ -54,7 +54,8 @@ class CaptionerGenerator(Generator):
     # model's saved decoding settings overridden by the recorded ones; a prompt-only output dropped.
     # 3 (2026-12-06): outputs deduplicated after NFKC and case folding, a final '。' ignored (`normalised`):
     # other captions kept for an image whose outputs differ only so (non-ASCII ones)
-    recipe, recipe_since = 3, "2026-12-06T08:25:04+00:00"  # bdaf9f2 (2: f0f7e70, 1e55541)
+    # (bdaf9f2 was written at 08:25 on another branch; it reached the history, rebased, at 09:01:28: its commit time)
+    recipe, recipe_since = 3, "2026-12-06T09:01:28+00:00"  # bdaf9f2 (2: f0f7e70, 1e55541)
     reads_pixels = True
     modality = "text"
 

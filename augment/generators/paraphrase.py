@@ -244,7 +244,8 @@ class ParaphraseGenerator(Generator):
     # sampling settings (BART/Pegasus sampled beams before). 3 (2026-12-06): outputs deduplicated after
     # NFKC and case folding, a final '。' ignored (`normalised`): a composed echo of a decomposed source
     # caption refused, other paraphrases kept for captions whose outputs differ only so (non-ASCII ones)
-    recipe, recipe_since = 3, "2026-12-06T08:25:04+00:00"  # bdaf9f2 (2: f0f7e70, 818e86e)
+    # (bdaf9f2 was written at 08:25 on another branch; it reached the history, rebased, at 09:01:28: its commit time)
+    recipe, recipe_since = 3, "2026-12-06T09:01:28+00:00"  # bdaf9f2 (2: f0f7e70, 818e86e)
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),
