@@ -303,15 +303,26 @@ def wait_out_a_swap(target: str | os.PathLike, tries: int = 5) -> None:
     for attempt in range(tries):
         if target.exists() or not target.parent.is_dir():
             return
-        # the names compared as they are: a glob of the name read `pool[v2]`'s brackets as a set of characters
-        # (its `.pool[v2].old-PID` unseen) and refused `pool**` (ValueError)
-        aside = [path for path in target.parent.iterdir() if path.name.startswith(f".{target.name}") and path.is_dir() and (
-            path.name == f".{target.name}-old" or (
-                (match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
-                and path.name.startswith(f".{target.name}.old-") and _process_alive(int(match.group("pid")))))]
-        if not aside:
+        if not any(pid is None or _process_alive(pid) for _, pid in _old_folders_aside(target)):
             return
         time.sleep(0.05 * (attempt + 1))
+
+
+def _old_folders_aside(target: Path) -> list[tuple[Path, int | None]]:
+    """The old folders a swap into `target` set aside, with the process that swapped: `.NAME.old-PID`
+    (`-xxxxxxxx` after it for make-sample's), or the trainer's fixed `.NAME-old` (its process: None)."""
+    found = []
+    # the names compared as they are: a glob of the name read `pool[v2]`'s brackets as a set of characters
+    # (its `.pool[v2].old-PID` unseen) and refused `pool**` (ValueError)
+    for path in target.parent.iterdir():
+        if not path.name.startswith(f".{target.name}") or not path.is_dir():
+            continue
+        if path.name == f".{target.name}-old":
+            found.append((path, None))
+        elif ((match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
+              and path.name.startswith(f".{target.name}.old-")):
+            found.append((path, int(match.group("pid"))))
+    return found
 
 
 def swap_leftover_note(target: str | os.PathLike) -> str:
@@ -324,19 +335,12 @@ def swap_leftover_note(target: str | os.PathLike) -> str:
 
     target = Path(target)
     try:
-        siblings = list(target.parent.iterdir()) if not target.exists() and target.name else []
+        aside = _old_folders_aside(target) if not target.exists() and target.name else []
     except OSError:
         return ""
     found = []
-    for path in siblings:
-        if not path.name.startswith(f".{target.name}") or path.is_symlink() or not path.is_dir():
-            continue
-        if path.name == f".{target.name}-old":
-            pid = None
-        elif ((match := _SWAP_LEFTOVER.match(path.name)) is not None and match.group("name") == target.name
-              and path.name.startswith(f".{target.name}.old-") and not _process_alive(int(match.group("pid")))):
-            pid = int(match.group("pid"))
-        else:
+    for path, pid in aside:
+        if path.is_symlink() or (pid is not None and _process_alive(pid)):
             continue
         try:
             found.append((path.stat().st_mtime, path, pid))
