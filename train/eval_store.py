@@ -166,7 +166,7 @@ class BatchStore:
         a folder tagged then is accepted under (and tagged again as now)."""
         self.folder = Path(folder)
         clear_trash(self.folder)  # a killed clean-up's leftovers: never read as progress
-        wanted = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
+        wanted = _tag(settings)
         marker = self.folder / SETTINGS_FILE
         try:
             found = marker.read_text(encoding="utf-8") if marker.is_file() else None
@@ -176,8 +176,8 @@ class BatchStore:
         placed_form = placed is not None and bool(_recorded_keys(found) & (_keys_of(placed) - _keys_of(settings)))
         if placed_form:
             settings = placed
-        if self.folder.exists() and found != json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str) \
-                and not _same_before_format(found, settings):
+        compared = _tag(settings)  # `wanted`, or a folder's tag as then
+        if self.folder.exists() and found != compared and not _same_before_format(found, settings):
             finished = sorted(self.folder.rglob("batch-*.pt"))
             if finished:
                 from augment.errors import MatPlusError
@@ -190,7 +190,6 @@ class BatchStore:
                         "(2026-12-06: words of other scripts, accents and curly apostrophes; BERT's [unused] "
                         "placeholders under --protocol sga|co-attack), so resuming would mix both: finish them with "
                         "that version, or discard them (train eval --restart)")
-                compared = json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
                 differences = _settings_differences(found, compared)
                 if differences is None:  # no command can resume batches of unknown settings
                     raise MatPlusError(f"{self.folder} holds {len(finished)} finished batches whose {SETTINGS_FILE} is "
@@ -198,7 +197,7 @@ class BatchStore:
                                        "(train eval --restart)")
                 # image files that differ are the files, not how a version recorded them (the same since 2026-12-01)
                 if json.loads(found).get(FORMAT_KEY) != PROGRESS_FORMAT and \
-                        not _differing_keys(found, compared) <= {"images", "data.fingerprint"}:
+                        not set(_differing_keys(json.loads(found), json.loads(compared))) <= {("images", None), ("data", "fingerprint")}:
                     # maybe no setting the user changed (keys this version records are missing there): the
                     # command they ran may well be that evaluation's, which the line below tells them to run
                     raise MatPlusError(
@@ -453,19 +452,23 @@ def _recorded_keys(found: str | None) -> set:
     return _keys_of(before) if isinstance(before, dict) else set()
 
 
-def _differing_keys(found: str, wanted: str) -> set:
-    """The settings keys whose values differ between two settings.json texts (the format aside), a nested
-    object's as `key.sub`."""
-    before, after = json.loads(found), json.loads(wanted)
-    differ = set()
-    for key in set(before) | set(after):
+def _tag(settings: dict) -> str:
+    """The settings.json text a store of `settings` is tagged with (this version's format)."""
+    return json.dumps({**settings, FORMAT_KEY: PROGRESS_FORMAT}, sort_keys=True, default=str)
+
+
+def _differing_keys(before: dict, after: dict) -> list[tuple[str, str | None]]:
+    """The settings whose values differ between two settings.json documents (the format aside), in key order:
+    (key, None), or a nested object's (key, sub) one level in."""
+    differ: list[tuple[str, str | None]] = []
+    for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if key == FORMAT_KEY or old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            differ |= {f"{key}.{sub}" for sub in set(old) | set(new) if old.get(sub) != new.get(sub)}
+            differ += [(key, sub) for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
         else:
-            differ.add(key)
+            differ.append((key, None))
     return differ
 
 
@@ -483,17 +486,12 @@ def _settings_differences(found: str | None, wanted: str) -> str | None:
         return None
     after = json.loads(wanted)
     differ = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if old == new or key == FORMAT_KEY:  # said in words by the caller
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            differ += [f"{key}.{sub}" + (f" ({OPTION_FLAGS[sub]})" if key == "options" and sub in OPTION_FLAGS
-                                         else f" ({_SETTINGS_WORDS[f'{key}.{sub}']})" if f"{key}.{sub}" in _SETTINGS_WORDS else "")
-                       for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)
-                       # the attacks' seed is train eval's --seed, said once by the top-level key
-                       and not (key == "options" and sub in _SETTINGS_FLAGS and sub in before | after)]
-        else:
+    for key, sub in _differing_keys(before, after):  # the format is said in words by the caller
+        if sub is None:
             said = _SETTINGS_FLAGS.get(key) or _SETTINGS_WORDS.get(key)
-            differ.append(key + (f" ({said})" if said else ""))
+        elif key == "options" and sub in _SETTINGS_FLAGS and sub in before | after:
+            continue  # the attacks' seed is train eval's --seed, said once by the top-level key
+        else:
+            said = (OPTION_FLAGS.get(sub) if key == "options" else None) or _SETTINGS_WORDS.get(f"{key}.{sub}")
+        differ.append(".".join(filter(None, (key, sub))) + (f" ({said})" if said else ""))
     return "differ: " + ", ".join(differ)
