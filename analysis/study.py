@@ -663,6 +663,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
     (before the study marked it done) keeps its last line where settled, else its checkpoint's weights are
     validated again."""
     from train.checkpoint import TRAINED_OTHERWISE
+    from train.data import POOL_MADE_AGAIN
     from train.config import ConfigError, resolve_config
     from train.trainer import Trainer
 
@@ -703,7 +704,7 @@ def train_resumable(folder: Path, settings: dict, validator=None, made_from: str
     try:
         return run({"resume": True})
     except ConfigError as exc:
-        if "is another pool than the run trained on" in str(exc):
+        if POOL_MADE_AGAIN in str(exc):
             # a pool made again since (same settings, another finish stamp: deleted and re-made): the trainer
             # refuses the resume and says --overwrite, which the study's user has no way to give
             log(f"{folder.name}: a pool it trained on is another pool than the run trained on (made again since): "

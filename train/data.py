@@ -137,6 +137,15 @@ def pool_identity(pool: Any) -> dict:
     return {key: pool.meta.get(key) for key in ("method", "num_rows", "finished")}
 
 
+def described_pool(identity: dict) -> str:
+    """A `pool_identity` in a refusal's words: `finished STAMP, N rows of METHOD`."""
+    return f"finished {identity.get('finished')}, {identity.get('num_rows')} rows of {identity.get('method')}"
+
+
+# in `train --resume`'s refusal of a pool made again since the run began (the study trains such a run again)
+POOL_MADE_AGAIN = "is another pool than the run trained on"
+
+
 def check_same_data_on_every_process(data: "TrainData", world_size: int) -> None:
     """Under torchrun every process reads the source and the pools itself: a pool that an `augment generate
     --overwrite` or `select` swapped in between two processes' reads (or a source replaced meanwhile) gave
@@ -161,9 +170,8 @@ def check_same_data_on_every_process(data: "TrainData", world_size: int) -> None
         for (name, theirs), ours in zip(record["pools"].items(), first["pools"].values()):
             if theirs != ours:
                 raise PoolError(
-                    f"pool {name}: process {rank} read another pool than process 0 (finished {theirs.get('finished')}, "
-                    f"{theirs.get('num_rows')} rows of {theirs.get('method')}; process 0: finished "
-                    f"{ours.get('finished')}, {ours.get('num_rows')} rows of {ours.get('method')}): it was replaced "
+                    f"pool {name}: process {rank} read another pool than process 0 ({described_pool(theirs)}; "
+                    f"process 0: {described_pool(ours)}): it was replaced "
                     "while the processes read it (an augment generate --overwrite or select into it); run again "
                     "once that is done")
 

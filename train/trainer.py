@@ -53,7 +53,9 @@ from train.data import (
     BatchPlan,
     MicroBatches,
     TrainData,
+    POOL_MADE_AGAIN,
     check_same_data_on_every_process,
+    described_pool,
     derive_seed,
     load_train_data,
     AFTER_WORKER_DEATH,
@@ -399,9 +401,8 @@ class Trainer:
                 was, now = changed[0][1], self.data.pool_identities[changed[0][0]]
                 changed = [name for name, _ in changed]
                 raise ConfigError(
-                    f"--resume: pool {changed[0]} is another pool than the run trained on (finished {was.get('finished')}, "
-                    f"{was.get('num_rows')} rows of {was.get('method')}; now finished {now.get('finished')}, "
-                    f"{now.get('num_rows')} rows of {now.get('method')}): it was made again since; resume with the "
+                    f"--resume: pool {changed[0]} {POOL_MADE_AGAIN} ({described_pool(was)}; now {described_pool(now)}): "
+                    "it was made again since; resume with the "
                     "run's pool, or start over with --overwrite")
         if state.get("global_batch") != self.global_batch:
             raise ConfigError(
