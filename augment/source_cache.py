@@ -82,6 +82,13 @@ def path_identity(path: str | os.PathLike) -> list:
     return [path if os.path.isabs(path) else os.path.abspath(path), file_identity(path)]
 
 
+def identity_within(identity: list, base: str) -> list:
+    """A `path_identity` with its path relative to the folder `base` (absolute) when it lies inside it: what
+    a folder moved with its files keeps (a path elsewhere stays absolute)."""
+    inside = Path(identity[0]).is_relative_to(base)
+    return [os.path.relpath(identity[0], base), *identity[1:]] if inside else identity
+
+
 def folder_stamp(path: str | os.PathLike) -> int | None:
     """A folder's mtime_ns (changes when an entry is added, removed or renamed), None when absent."""
     try:

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 from augment.atomic import write_json_atomic
 from augment.errors import SourceError, first_line
 from augment.schema import SOURCE_FEATURES, SPLIT_ALIASES, SPLITS, is_blank
-from augment.source_cache import SourceCache, default_cache_folder, file_identity, path_identity
+from augment.source_cache import SourceCache, default_cache_folder, file_identity, identity_within, path_identity
 from augment.source_formats import FolderListings, SourceRecord, detect_format, forget_parsed_json, read_records
 from datasets import Image  # augment.schema imports datasets already
 
@@ -836,8 +836,7 @@ def image_files_fingerprint(dataset: "datasets.Dataset", root: str | os.PathLike
     identities = image_identities(dataset)
     if root is not None:
         base = os.path.abspath(root)
-        identities = [[os.path.relpath(i[0], base), *i[1:]] if isinstance(i, list) and Path(i[0]).is_relative_to(base)
-                      else i for i in identities]
+        identities = [identity_within(i, base) if isinstance(i, list) else i for i in identities]
     return identities_fingerprint(identities)
 
 

@@ -152,13 +152,12 @@ def data_fingerprint(data: GroundingData, root: str | None = None) -> str:
     """A digest of the evaluated images (their files too: another --image-root, an image replaced in
     place), candidates and expressions: a resumed run must see the same ones. `root`: the source's folder,
     inside which image paths are taken relative to it (an evaluation moved with its source resumes)."""
-    from augment.source_cache import path_identity
+    from augment.source_cache import identity_within, path_identity
+
+    base = os.path.abspath(root) if root is not None else None
 
     def identity(path: str) -> list:
-        found = path_identity(path)
-        if root is not None and Path(found[0]).is_relative_to(os.path.abspath(root)):
-            found[0] = os.path.relpath(found[0], os.path.abspath(root))
-        return found
+        return identity_within(path_identity(path), base) if base is not None else path_identity(path)
 
     content = {"images": [[image.image_id, image.candidates, image.path and identity(image.path)] for image in data.images],
                "expressions": [[e.ref_id, e.image, e.text, e.box] for e in data.expressions]}
