@@ -52,19 +52,36 @@ def test_the_sdist_is_the_whole_source_tree(source_copy, tracked, tmp_path):
     assert sorted(set(tracked) - held) == []
 
 
-def test_the_wheel_holds_every_file_of_the_packages(source_copy, tracked, tmp_path):
+@pytest.fixture(scope="module")
+def built_wheel(source_copy, tmp_path_factory) -> Path:
+    return _build(source_copy, "build_wheel", tmp_path_factory.mktemp("wheel"))
+
+
+def test_the_wheel_holds_every_file_of_the_packages(built_wheel, tracked):
     """Every tracked file of the packages (the study configs, data-card templates and tiny models'
     configs the code opens) is in the wheel, and nothing from outside them: package data is matched by
     pyproject.toml's patterns, so a new kind of data file would be left out of installs silently."""
-    wheel = _build(source_copy, "build_wheel", tmp_path)
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(built_wheel) as archive:
         held = {name for name in archive.namelist() if ".dist-info/" not in name}
     assert held == {name for name in tracked if name.split("/", 1)[0] in PACKAGES}
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(built_wheel) as archive:
         entry_points = next(archive.read(name).decode() for name in archive.namelist()
                             if name.endswith(".dist-info/entry_points.txt"))
     for script in ("augment = augment.cli:main", "train = train.cli:main", "analysis = analysis.cli:main"):
         assert script in entry_points
+
+
+def test_the_wheel_carries_the_license_it_declares(built_wheel):
+    """was: pyproject.toml declared Apache-2.0 and the repository had no LICENSE file, so no install
+    carried the license's text, which Apache-2.0 asks every copy to carry."""
+    with zipfile.ZipFile(built_wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(name for name in names if name.endswith(".dist-info/METADATA"))).decode()
+        licenses = [name for name in names if re.search(r"\.dist-info/licenses/LICENSE$", name)]
+        assert licenses, names
+        text = archive.read(licenses[0]).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
 
 
 @pytest.mark.parametrize("shadow", ["models/__init__.py", "tasks.py"])
