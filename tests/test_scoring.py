@@ -899,6 +899,19 @@ def test_chunk_bounds_close_at_the_byte_limit_on_item_boundaries():
     assert chunk_bounds(starts, 7, 3, sizes, 10 ** 9) == [(0, 3), (3, 6), (6, 7)]  # rows still cap
 
 
+def test_item_order_keeps_an_image_only_item_apart_from_the_last_caption_of_the_image_before():
+    """Guards item_order's code width (max caption index + 2): at + 1, (image b, index -1) took the code of
+    (image a, index 1), and b's row was grouped into a's item, out of the pool's order of first appearance."""
+    from datasets import Dataset, Features, Value
+
+    from augment.scoring.pool_scores import item_order
+
+    rows = Dataset.from_dict({"source_image_id": ["a", "b", "a"], "source_caption_index": [0, -1, 1]},
+                             features=Features({"source_image_id": Value("string"), "source_caption_index": Value("int32")}))
+    order, starts = item_order(rows)
+    assert order.tolist() == [0, 1, 2] and starts.tolist() == [0, 1, 2]  # three items, in pool order
+
+
 def test_chunk_bytes_and_rows_are_no_input_of_the_stored_scores(tmp_path):
     """--chunk-bytes and --chunk-rows change a score at float32 rounding only (the tests below), as --batch-size does,
     yet they went into `inputs_key` with the other settings: a pool scored again with a smaller cap or chunk to fit
