@@ -683,6 +683,17 @@ def test_reservoir_keeps_a_fixed_size_uniform_sample():
     assert 3000 < sample.mean() < 7000  # roughly uniform over 0..9999
 
 
+def test_reservoir_keeps_the_row_at_stream_index_t_with_probability_capacity_over_t_plus_one():
+    """Guards Algorithm R's slot draw over [0, t]: drawn over [0, t) the second of two rows always replaced
+    the first in a reservoir of one (a sample weighted to the end of the stream, the gap's reference too)."""
+    first_kept = 0
+    for seed in range(200):
+        reservoir = measures.Reservoir(1, seed=seed)
+        reservoir.add(np.array([[0.0], [1.0]], dtype=np.float32))
+        first_kept += int(reservoir.sample()[0, 0] == 0.0)
+    assert 70 < first_kept < 130  # each row kept half the time (binomial sd 7)
+
+
 def _unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
