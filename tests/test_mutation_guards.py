@@ -204,6 +204,27 @@ def test_select_alignment_bounds_are_inclusive(monkeypatch):
     assert select_rows(pool, SelectFilters(max_alignment=0.5))[0].tolist() == [0, 2, 3]
 
 
+def test_a_selection_made_again_with_another_scorer_is_another_pool(tmp_path):
+    """Guards the scorer id among a selection's identity params: without it, `augment select` with another
+    --scorer (the same filters) into a selection's folder replaced it without --overwrite, as if a resume."""
+    from augment.errors import PoolIdentityError
+    from augment.pool import resumed_meta
+    from augment.select import SelectFilters, selection_meta
+
+    class Parent:  # what selection_meta reads of the pool selected from
+        meta, path = {"method": "eda", "seed": 0}, tmp_path / "pool"
+
+        def __len__(self):
+            return 5
+
+    parent = Parent()
+    filters, out = SelectFilters(min_alignment=0.2), str(tmp_path / "picked")
+    made = selection_meta(parent, out, filters, {"scorer": {"id": "tiny-clip@a"}}, 3)
+    assert resumed_meta(tmp_path / "picked", made, selection_meta(parent, out, filters, {"scorer": {"id": "tiny-clip@a"}}, 3))
+    with pytest.raises(PoolIdentityError, match=r"params \['scorer'\]"):
+        resumed_meta(tmp_path / "picked", made, selection_meta(parent, out, filters, {"scorer": {"id": "tiny-clip@b"}}, 3))
+
+
 # ----------------------------------------------------------------------------- the study's numbers
 
 
