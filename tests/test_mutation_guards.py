@@ -204,6 +204,18 @@ def test_select_alignment_bounds_are_inclusive(monkeypatch):
     assert select_rows(pool, SelectFilters(max_alignment=0.5))[0].tolist() == [0, 2, 3]
 
 
+def test_select_refuses_a_per_item_limit_below_one():
+    """Guards the filters' check `< 1`: at `< 0`, --max-per-item 0 passed it, and with --allow-empty wrote an empty pool."""
+    from augment.errors import PoolError
+    from augment.select import SelectFilters
+
+    for name in ("max_per_item", "top_k_per_item"):
+        for value in (0, -1):
+            with pytest.raises(PoolError, match=f"--{name.replace('_', '-')} must be at least 1, got {value}"):
+                SelectFilters(**{name: value}).check()
+    SelectFilters(max_per_item=1, top_k_per_item=1).check()
+
+
 def test_a_selection_made_again_with_another_scorer_is_another_pool(tmp_path):
     """Guards the scorer id among a selection's identity params: without it, `augment select` with another
     --scorer (the same filters) into a selection's folder replaced it without --overwrite, as if a resume."""
