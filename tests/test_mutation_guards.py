@@ -204,6 +204,15 @@ def test_select_alignment_bounds_are_inclusive(monkeypatch):
     assert select_rows(pool, SelectFilters(max_alignment=0.5))[0].tolist() == [0, 2, 3]
 
 
+def test_max_per_item_keeps_the_first_rows_in_pool_order_beside_a_score_filter(monkeypatch):
+    """Guards --max-per-item's order: the first rows of an item in pool order even when the scores are read for
+    another filter (ranked by alignment there, it did --top-k-per-item's job)."""
+    from augment.select import SelectFilters, select_rows
+
+    pool = _scored_pool(monkeypatch)
+    assert select_rows(pool, SelectFilters(min_alignment=0.0, max_per_item=1))[0].tolist() == [0, 2, 4]
+
+
 def test_select_refuses_a_per_item_limit_below_one():
     """Guards the filters' check `< 1`: at `< 0`, --max-per-item 0 passed it, and with --allow-empty wrote an empty pool."""
     from augment.errors import PoolError
