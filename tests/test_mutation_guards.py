@@ -270,6 +270,17 @@ def test_verdict_needs_a_difference_beyond_twice_the_larger_seed_spread():
     assert verdict(summary, "mat+")["beyond_twice_spread"] is True  # 4.5 > 4.0
 
 
+def test_a_verdict_with_one_seed_on_either_side_is_never_beyond_the_spread():
+    """Guards `n1 > 1 and n0 > 1`: one run of one seed has no spread, so results.json's verdict claims no
+    difference however large (with `or`, a one-seed MAT+ run 10 points above MAT's three seeds was beyond)."""
+    from analysis.report import verdict
+
+    for ours, base in (((50.0, 0.0, 1), (40.0, 1.0, 3)), ((50.0, 1.0, 3), (40.0, 0.0, 1))):
+        judged = verdict({"mat+": {"robust": ours}, "mat": {"robust": base}}, "mat+")
+        assert judged["difference"] == pytest.approx(10.0) and judged["n"] == 1
+        assert judged["beyond_twice_spread"] is False
+
+
 def test_pool_diversity_property_is_the_mean_vendi_score():
     """Guards the study's pool properties: diversity is the Vendi score averaged over modalities, gap the Frechet mean."""
     from analysis.report import pool_properties
