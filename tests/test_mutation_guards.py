@@ -281,6 +281,18 @@ def test_a_verdict_with_one_seed_on_either_side_is_never_beyond_the_spread():
         assert judged["beyond_twice_spread"] is False
 
 
+def test_a_seed_with_no_paired_difference_is_neither_higher_nor_lower():
+    """Guards the paired counts `d > 0` / `d < 0`: with `>=`, a seed where MAT+ equals MAT counted as higher."""
+    from analysis.report import paired_difference
+
+    results = [{"run": run, "seed": seed, "eval": {"attacks": {"sga": {"tr@1": value, "ir@1": value}}}}
+               for seed, (base, ours) in enumerate([(40.0, 40.0), (40.0, 45.0), (40.0, 38.0)])
+               for run, value in (("mat", base), ("mat+:a", ours))]
+    paired = paired_difference(results, "mat+:a", "sga", False)
+    assert paired["differences"] == [0.0, 5.0, -2.0]
+    assert paired["higher"] == 1 and paired["lower"] == 1
+
+
 def test_pool_diversity_property_is_the_mean_vendi_score():
     """Guards the study's pool properties: diversity is the Vendi score averaged over modalities, gap the Frechet mean."""
     from analysis.report import pool_properties
