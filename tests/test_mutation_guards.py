@@ -293,6 +293,17 @@ def test_a_seed_with_no_paired_difference_is_neither_higher_nor_lower():
     assert paired["higher"] == 1 and paired["lower"] == 1
 
 
+def test_an_expanded_pool_run_is_not_given_p_original():
+    """Guards run_train_settings: --pool-mode expand reads no --p-original (the trainer refuses it there), so a
+    study's train.p_original reaches sampled MAT+ runs only."""
+    from analysis.config import run_train_settings
+
+    settings = {"p_original": 0.3, "lr": 1e-4}
+    assert run_train_settings(settings, pooled=True, pool_mode="expand") == {"lr": 1e-4}
+    assert run_train_settings(settings, pooled=True) == settings
+    assert run_train_settings(settings, pooled=False) == {"lr": 1e-4}
+
+
 def test_pool_diversity_property_is_the_mean_vendi_score():
     """Guards the study's pool properties: diversity is the Vendi score averaged over modalities, gap the Frechet mean."""
     from analysis.report import pool_properties
