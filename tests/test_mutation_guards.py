@@ -293,6 +293,17 @@ def test_a_seed_with_no_paired_difference_is_neither_higher_nor_lower():
     assert paired["higher"] == 1 and paired["lower"] == 1
 
 
+def test_the_runs_more_samples_shares_with_the_main_comparison_stay_in_its_group():
+    """Guards run_specs' first-wins `setdefault`: overwritten by the more-samples section's specs, `mat` and
+    `mat+:scene` became more_samples runs, which the report's main table leaves out."""
+    from analysis.study import run_specs
+
+    config = {"methods": ["mat", "mat+"], "pools": {"scene": {}}, "more_samples": {"pool": "scene"}}
+    groups = {spec.name: spec.group for spec in run_specs(config)}
+    assert groups["mat"] == groups["mat+:scene"] == "main"
+    assert groups["mat+expand:scene"] == groups["mat:oracle"] == "more_samples"
+
+
 def test_an_expanded_pool_run_is_not_given_p_original():
     """Guards run_train_settings: --pool-mode expand reads no --p-original (the trainer refuses it there), so a
     study's train.p_original reaches sampled MAT+ runs only."""
