@@ -508,6 +508,17 @@ def test_img_aug_policy_values_are_checked_before_anything_runs(options, message
     assert policy_params_from_args(args.policy, args)["magnitude"] == 30  # the last bin, asked for
 
 
+def test_img_aug_crop_flip_keeps_a_non_square_images_size():
+    """Guards crop-flip's output size (height, width) as torchvision reads it: given (width, height), a
+    40 x 20 source came back 20 x 40 (the sample world's square images hid it)."""
+    from PIL import Image
+
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    generator = ImageAugmentGenerator("crop-flip", {"crop_scale": [0.5, 1.0], "flip_p": 0.5})
+    assert generator.augment(Image.new("RGB", (40, 20), (90, 30, 200)), seed=0).size == (40, 20)
+
+
 def test_img_aug_leaves_global_rng_alone(train_items):
     import torch
 
