@@ -315,6 +315,27 @@ def test_an_expanded_pool_run_is_not_given_p_original():
     assert run_train_settings(settings, pooled=False) == {"lr": 1e-4}
 
 
+def test_a_study_pool_is_made_again_for_another_finetune_scenes(tmp_path, monkeypatch):
+    """Guards the pool stage's cache key: without finetune_scenes in it, a pool generated from 20 fine-tuning
+    scenes was kept for a config of 10 (its rows of scenes the runs no longer train on)."""
+    from analysis import study
+    from analysis.config import load_study_config
+
+    generated, logged = [], []
+    monkeypatch.setattr(study, "run_augment", generated.append)  # no pool written: the cache key is the point
+
+    def pool_for(scenes: int) -> None:
+        made = study.Study(load_study_config("default", {"out": str(tmp_path), "finetune_scenes": scenes}), log=logged.append)
+        monkeypatch.setattr(made, "source_dir", lambda which: tmp_path / "finetune-source")
+        made.pool("scene")
+
+    pool_for(20)
+    pool_for(20)
+    assert len(generated) == 1  # the same config: cached
+    pool_for(10)
+    assert len(generated) == 2 and any("made with other finetune_scenes" in line for line in logged)
+
+
 def test_pool_diversity_property_is_the_mean_vendi_score():
     """Guards the study's pool properties: diversity is the Vendi score averaged over modalities, gap the Frechet mean."""
     from analysis.report import pool_properties
