@@ -226,6 +226,26 @@ def test_random_deletion_only_removes_words(text):
         _check_shape(text, out)
 
 
+# ten words with a synonym each ("Xs"), between ten stop words: alpha * w counts all twenty words
+GUARD_CAPTION = " ".join(f"the {word}" for word in ("apple", "bear", "cake", "door", "egg", "fern", "goat", "hill",
+                                                    "iris", "jug"))
+
+
+def _one_synonym(word: str) -> list[str]:
+    return [] if word.lower() in STOP_WORDS else [word + "s"]
+
+
+def test_sr_and_ri_edit_alpha_times_the_words_of_the_caption():
+    """Guards EDA's count, max(1, int(alpha * w)) with w every word of the caption: at alpha 0.2 four of the
+    twenty (a count of 1, or alpha times the ten words with synonyms, 2, survived the tests above)."""
+    caption = eda.parse_caption(GUARD_CAPTION)
+    for seed in range(5):
+        replaced = eda.synonym_replacement(caption, 0.2, random.Random(seed), _one_synonym)
+        inserted = eda.random_insertion(caption, 0.2, random.Random(seed), _one_synonym)
+        assert len(replaced.changes) == len(inserted.changes) == 4
+        assert len(eda.render_caption(inserted.caption).split()) == 24
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
