@@ -246,6 +246,17 @@ def test_sr_and_ri_edit_alpha_times_the_words_of_the_caption():
         assert len(eda.render_caption(inserted.caption).split()) == 24
 
 
+def test_ri_may_insert_at_every_position_the_end_included():
+    """Guards random insertion's position, drawn from [0, len(chunks)]: a draw from [0, len - 1] never
+    put the synonym after the caption's last word."""
+    caption = eda.parse_caption("apple bear")
+    positions = set()
+    for seed in range(60):
+        edit = eda.random_insertion(caption, 0.1, random.Random(seed), _one_synonym)
+        positions.add([chunk.core for chunk in edit.caption.chunks].index(edit.changes[0][2]))
+    assert positions == {0, 1, 2}
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
