@@ -257,6 +257,13 @@ def test_ri_may_insert_at_every_position_the_end_included():
     assert positions == {0, 1, 2}
 
 
+def test_rd_deletes_each_word_with_probability_alpha():
+    """Guards the deletion test `random() < alpha`: the inverted test deleted nine words in ten at alpha 0.1."""
+    caption = eda.parse_caption(GUARD_CAPTION)
+    deleted = [len(eda.random_deletion(caption, 0.1, random.Random(seed)).changes) for seed in range(50)]
+    assert 1 <= sum(deleted) / len(deleted) <= 4  # 2 of 20 expected (at least 1 each time)
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
