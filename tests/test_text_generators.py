@@ -264,6 +264,15 @@ def test_rd_deletes_each_word_with_probability_alpha():
     assert 1 <= sum(deleted) / len(deleted) <= 4  # 2 of 20 expected (at least 1 each time)
 
 
+def test_eda_draws_each_caption_of_an_image_with_its_own_row_seeds():
+    """Guards the row seeds' caption index: drawn with caption 0's seeds, every caption of an image got the
+    same edits (two equal captions, the same rows), not the rows their recorded seeds name."""
+    generator = eda.EdaGenerator(ops=("rs",))
+    rows = generator.generate([{"image_id": "x", "captions": [GUARD_CAPTION, GUARD_CAPTION]}], 3, seed=0)
+    by_caption = [[row["caption"] for row in rows if row["source_caption_index"] == c] for c in (0, 1)]
+    assert len(by_caption[0]) == len(by_caption[1]) == 3 and by_caption[0] != by_caption[1]
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
