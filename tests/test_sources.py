@@ -37,6 +37,15 @@ def test_karpathy_json_and_folder(karpathy_dir):
     assert source_fingerprint(by_file) == source_fingerprint(by_folder)
 
 
+def test_the_source_fingerprint_changes_with_an_images_split(karpathy_dir):
+    """Guards the split in `source_fingerprint`: without it, an image moved from train to test kept the source's
+    fingerprint, and a pool of the old train images resumed (or was scored as unchanged) against the new split."""
+    dataset, _ = load_source(str(karpathy_dir))
+    moved = dataset.map(lambda row, index: {"split": "test" if index == 0 else row["split"]}, with_indices=True)
+    assert moved["image_id"] == dataset["image_id"] and moved["captions"] == dataset["captions"]
+    assert source_fingerprint(moved) != source_fingerprint(dataset)
+
+
 def test_image_files_fingerprint_sees_pixels_the_source_fingerprint_does_not(karpathy_dir, tmp_path_factory):
     """Resume tags and the score cache's key hold it: an image replaced in place (even keeping its
     old mtime, as `cp -p` does) or another --image-root changes it; the rows' fingerprint stays."""
