@@ -46,6 +46,20 @@ def test_the_source_fingerprint_changes_with_an_images_split(karpathy_dir):
     assert source_fingerprint(moved) != source_fingerprint(dataset)
 
 
+def test_each_shard_fingerprint_holds_every_record_of_its_shard(karpathy_dir):
+    """Guards `shard_input_fingerprints`' slice [start, start + shard_size): one short, a changed caption of a
+    shard's last record left its fingerprint as it was, and a resume kept that shard's rows of the old caption."""
+    from augment.sources import shard_input_fingerprints
+
+    dataset, _ = load_source(str(karpathy_dir))
+    before = shard_input_fingerprints(dataset, 2)
+    for changed in range(len(dataset)):
+        edited = dataset.map(lambda row, index: {"captions": row["captions"] + ["one more"] if index == changed
+                                                 else row["captions"]}, with_indices=True)
+        after = shard_input_fingerprints(edited, 2)
+        assert [a != b for a, b in zip(before, after)] == [k == changed // 2 for k in range(len(before))]
+
+
 def test_image_files_fingerprint_sees_pixels_the_source_fingerprint_does_not(karpathy_dir, tmp_path_factory):
     """Resume tags and the score cache's key hold it: an image replaced in place (even keeping its
     old mtime, as `cp -p` does) or another --image-root changes it; the rows' fingerprint stays."""
