@@ -132,6 +132,16 @@ def test_albef_train_and_test_files(tmp_path):
     assert test_ds["split"] == ["test"] and test_ds["captions"] == [["a", "b", "c"]] and test_ds["image_id"] == ["x"]
 
 
+def test_an_albef_file_named_by_its_split_alone_is_of_that_split(tmp_path):
+    """Guards `_split_from_name`'s prefix rule: with only `_split` looked for, `test.json` and `val.json` (no
+    dataset name before the split) were read as train data."""
+    write_image(tmp_path / "x.jpg")
+    for split in ("test", "val", "train"):
+        (tmp_path / f"{split}.json").write_text(json.dumps([{"image": "x.jpg", "caption": "a dog"}]))
+        dataset, report = load_source(str(tmp_path / f"{split}.json"))
+        assert report.format == "albef" and dataset["split"] == [split]
+
+
 def test_csv_groups_rows_per_image(tmp_path):
     write_image(tmp_path / "p.png")
     write_image(tmp_path / "q.png", mode="L")
