@@ -352,6 +352,16 @@ def test_csv_separator_backslash_t_is_a_tab_as_open_clip_train_users_type_it(tmp
     assert dataset["captions"] == [["a red shape"]]
 
 
+def test_a_csv_split_column_wins_over_the_split_argument(tmp_path):
+    """Guards the CSV's split order, the row's `split` column, then the argument (the split of a source that
+    names none), then train: read the other way, `--source-split val` relabelled a CSV's test rows as val."""
+    write_image(tmp_path / "p.png")
+    write_image(tmp_path / "q.png")
+    (tmp_path / "caps.csv").write_text("image,caption,split\np.png,a test caption,test\nq.png,no split here,\n")
+    dataset, _ = load_source(str(tmp_path / "caps.csv"), split="val")
+    assert dataset["split"] == ["test", "val"]
+
+
 def test_csv_rows_of_one_image_in_two_splits_are_refused(tmp_path):
     write_image(tmp_path / "p.png")
     (tmp_path / "caps.csv").write_text("image,caption,split\np.png,a test caption,test\np.png,another,train\n")
