@@ -213,6 +213,19 @@ def test_max_per_item_keeps_the_first_rows_in_pool_order_beside_a_score_filter(m
     assert select_rows(pool, SelectFilters(min_alignment=0.0, max_per_item=1))[0].tolist() == [0, 2, 4]
 
 
+def test_a_resumed_pool_records_this_runs_provenance_and_its_first_creation_time(tmp_path):
+    """Guards resumed_meta's merge order, the old pool.json then this run's: the other way round a resume kept
+    the old run's package versions, shard inputs and (where shards are checked one by one) source fingerprint."""
+    from augment.pool import resumed_meta
+
+    old = {"method": "eda", "seed": 0, "created": "2026-12-01T10:00:00+00:00", "package_versions": {"mat-plus": "0.1"},
+           "shard_inputs": ["a", "b"], "source_fingerprint": "before"}
+    now = {"method": "eda", "seed": 0, "package_versions": {"mat-plus": "0.2"}, "shard_inputs": ["a", "c"],
+           "source_fingerprint": "after"}
+    merged = resumed_meta(tmp_path, old, now)
+    assert merged == {**now, "created": "2026-12-01T10:00:00+00:00"}
+
+
 def test_select_refuses_a_per_item_limit_below_one():
     """Guards the filters' check `< 1`: at `< 0`, --max-per-item 0 passed it, and with --allow-empty wrote an empty pool."""
     from augment.errors import PoolError
