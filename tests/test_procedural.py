@@ -62,6 +62,17 @@ def test_shuffle_is_misaligned(sample_world_dir, tmp_path):
     assert sum(v is True for v in verdicts) < 0.2 * len(verdicts)
 
 
+def test_shuffle_draws_again_until_the_caption_is_another_images():
+    """Guards shuffle's `while` redraw: with `if`, a second draw of the row's own image was kept (a quarter of
+    the rows of a two-image run captioned with their own image's captions)."""
+    from augment.generators.procedural import ShuffleGenerator
+
+    generator = ShuffleGenerator()
+    generator.prepare({"image_id": ["a", "b"], "captions": [["a caption of a"], ["a caption of b"]]})
+    rows = generator.generate([{"image_id": "a", "captions": ["a caption of a"]}], 40, seed=0)
+    assert len(rows) == 40 and {json.loads(row["provenance"])["from_image_id"] for row in rows} == {"b"}
+
+
 def test_procedural_refuses_sources_without_scenes(karpathy_dir, tmp_path):
     (karpathy_dir / "images.csv").write_text("image,caption\nimages/000.jpg,a cat\nimages/001.png,a dog\n")
     result = subprocess.run(
