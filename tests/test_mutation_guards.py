@@ -226,6 +226,16 @@ def test_a_resumed_pool_records_this_runs_provenance_and_its_first_creation_time
     assert merged == {**now, "created": "2026-12-01T10:00:00+00:00"}
 
 
+def test_a_pair_row_without_its_image_is_refused():
+    """Guards check_pool_row's image rule for both modalities with a new image: checked for image rows alone, a
+    pair row without its image was written."""
+    from augment.schema import SchemaError, check_pool_row
+
+    for modality in ("image", "pair"):
+        with pytest.raises(SchemaError, match=f"row 3: {modality} row has no image"):
+            check_pool_row({"modality": modality, "caption": "a dog", "image": None, "source_image_id": "x"}, "row 3")
+
+
 def test_select_refuses_a_per_item_limit_below_one():
     """Guards the filters' check `< 1`: at `< 0`, --max-per-item 0 passed it, and with --allow-empty wrote an empty pool."""
     from augment.errors import PoolError
