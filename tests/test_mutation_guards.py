@@ -236,6 +236,21 @@ def test_a_pair_row_without_its_image_is_refused():
             check_pool_row({"modality": modality, "caption": "a dog", "image": None, "source_image_id": "x"}, "row 3")
 
 
+def test_a_pool_column_of_another_value_type_is_refused():
+    """Guards check_pool_features' dtype comparison: without it, a pool whose source_caption_index is int64
+    (or a string) passed as schema v1."""
+    from datasets import Value
+
+    from augment.schema import POOL_FEATURES, SchemaError, check_pool_features
+
+    for dtype in ("int64", "string"):
+        features = POOL_FEATURES.copy()
+        features["source_caption_index"] = Value(dtype)
+        with pytest.raises(SchemaError, match="column 'source_caption_index' has type"):
+            check_pool_features(features, "pool")
+    check_pool_features(POOL_FEATURES.copy(), "pool")
+
+
 def test_select_refuses_a_per_item_limit_below_one():
     """Guards the filters' check `< 1`: at `< 0`, --max-per-item 0 passed it, and with --allow-empty wrote an empty pool."""
     from augment.errors import PoolError
