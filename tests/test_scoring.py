@@ -694,6 +694,27 @@ def test_reservoir_keeps_the_row_at_stream_index_t_with_probability_capacity_ove
     assert 70 < first_kept < 130  # each row kept half the time (binomial sd 7)
 
 
+def test_the_diversity_intervals_draw_bootstrap_resamples_not_the_gaps(tmp_path):
+    """Guards the budget the diversity means are resampled with, --bootstrap: read from --gap-bootstrap (200 by
+    default, not 1,000) their intervals were drawn from a fifth of the resamples asked for."""
+    import types
+
+    from augment.scoring.pool_scores import ScoreSettings, Totals, summarise
+
+    class Pool:  # what summarise reads of a pool with no data files
+        path, name, method, meta = tmp_path, "p", "eda", {}
+
+        def __len__(self):
+            return 3
+
+    settings = ScoreSettings(bootstrap=40, gap_bootstrap=7)
+    totals = Totals(settings)
+    totals.add_items({"modality": ["text"] * 3, "mean_pairwise_distance": [0.1, 0.2, 0.4], "vendi": [1.1, 1.5, 2.0]})
+    scorer = types.SimpleNamespace(describe=lambda: {"name": "s"}, slug="s")
+    entry = summarise(Pool(), totals, types.SimpleNamespace(scorer=scorer), settings, "source", None, source_fp="fp")
+    assert entry["diversity"]["text"]["vendi"] == measures.bootstrap_means([[1.1, 1.5, 2.0]], 40, 0.95, 0)[0]
+
+
 def _unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
