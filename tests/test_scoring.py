@@ -715,6 +715,20 @@ def test_the_diversity_intervals_draw_bootstrap_resamples_not_the_gaps(tmp_path)
     assert entry["diversity"]["text"]["vendi"] == measures.bootstrap_means([[1.1, 1.5, 2.0]], 40, 0.95, 0)[0]
 
 
+def test_a_source_image_read_by_two_chunks_joins_the_source_sample_once():
+    """Guards Totals.add_sources' seen check: an image whose items fall in two chunks was added twice to the gap's
+    reference sample and the source alignment (its captions counted double)."""
+    from augment.scoring.pool_scores import ScoreSettings, SourceVectors, Totals
+
+    totals = Totals(ScoreSettings(gap_samples=100))
+    vectors = SourceVectors(image={"a": np.array([1.0, 0.0], dtype=np.float32)},
+                            captions={"a": np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)})
+    totals.add_sources(vectors)
+    totals.add_sources(vectors)  # the next chunk reads the same source image
+    assert totals.source_alignment == [1.0, 0.0] and totals.source_alignment_items == ["a", "a"]
+    assert len(totals.source_sample["text"].sample()) == 2 and len(totals.source_sample["image"].sample()) == 1
+
+
 def _unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
