@@ -62,6 +62,19 @@ def test_shuffle_is_misaligned(sample_world_dir, tmp_path):
     assert sum(v is True for v in verdicts) < 0.2 * len(verdicts)
 
 
+def test_scene_captions_of_one_image_are_all_different(tmp_path):
+    """Guards i2t-scene's `seen.add`: without it each row was new only against the source captions, and an
+    image's one-object wordings came back several times among its rows."""
+    from augment.generators.procedural import SceneCaptionGenerator
+    from augment.world.writer import write_sample
+
+    source, _ = load_source(str(write_sample(tmp_path / "world", n=4, seed=0)))
+    item = source[0]
+    rows = SceneCaptionGenerator("partial").generate([item], 40, seed=0)
+    captions = [row["caption"].lower() for row in rows]
+    assert captions and len(set(captions)) == len(captions)
+
+
 def test_shuffle_draws_again_until_the_caption_is_another_images():
     """Guards shuffle's `while` redraw: with `if`, a second draw of the row's own image was kept (a quarter of
     the rows of a two-image run captioned with their own image's captions)."""
