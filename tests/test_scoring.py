@@ -729,6 +729,23 @@ def test_a_source_image_read_by_two_chunks_joins_the_source_sample_once():
     assert len(totals.source_sample["text"].sample()) == 2 and len(totals.source_sample["image"].sample()) == 1
 
 
+def test_a_caption_index_one_past_the_source_captions_is_named_by_its_row():
+    """Guards check_caption_indices' bound `index >= len(captions)`: at `>`, an index one past the last caption
+    passed the check and failed later as numpy's IndexError, naming no row."""
+    from augment.scoring.pool_scores import ChunkRows, SourceVectors, check_caption_indices
+
+    source = SourceVectors(image={"a": np.ones(2, np.float32)}, captions={"a": np.ones((2, 2), np.float32)})
+
+    def rows(index):
+        return ChunkRows(["r1"], ["a"], [index], ["image"], ["m"], [None], [None])
+
+    for index in (-1, 0, 1):
+        check_caption_indices(rows(index), source)
+    for index in (2, -2):
+        with pytest.raises(PoolError, match=f"row 'r1': source_caption_index {index} but source image 'a' has 2 captions"):
+            check_caption_indices(rows(index), source)
+
+
 def _unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
