@@ -1,0 +1,39 @@
+"""Guards found by the mutation audit of the attacks and the evaluation metrics (audit BS): each test
+kills a plausible bug in `train.attacks` or the evaluation's metrics that no other test caught.
+
+Every expected value is computed here, by hand or by a plain formula, not by the code under test.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+# ----------------------------------------------------------------------------- retrieval metrics
+
+
+def _own_caption_at_ranks(ranks: dict[int, int], size: int = 12) -> torch.Tensor:
+    """[size, size] scores where image i's own caption i has exactly `ranks[i]` wrong captions above it
+    (other images: their own caption first)."""
+    sims = torch.eye(size)
+    for image, rank in ranks.items():
+        sims[image, image] = 0.5
+        above = [t for t in range(size) if t != image][:rank]
+        sims[image, above] = 0.9
+    return sims
+
+
+def test_a_query_ranked_exactly_k_misses_recall_at_k():
+    """Guards R@K's bound: a 0-based rank of K is the (K+1)-th place, a miss at K (`rank < K`, not `<=`)."""
+    from train.metrics import retrieval_metrics, text_retrieval_ranks
+
+    sims = _own_caption_at_ranks({0: 1, 1: 5, 2: 10})
+    pairing = torch.arange(12)
+    assert text_retrieval_ranks(sims, pairing).tolist()[:4] == [1, 5, 10, 0]
+    text_side = retrieval_metrics(sims, pairing)
+    assert text_side["tr@1"] == pytest.approx(100 * 9 / 12)  # ranks 1, 5 and 10 miss at 1
+    assert text_side["tr@5"] == pytest.approx(100 * 10 / 12)  # rank 1 hits; 5 and 10 miss
+    assert text_side["tr@10"] == pytest.approx(100 * 11 / 12)  # rank 10 misses
+    # the transposed matrix puts caption t's image at the same ranks
+    image_side = retrieval_metrics(sims.T, pairing)
+    assert [image_side[f"ir@{k}"] for k in (1, 5, 10)] == pytest.approx([100 * 9 / 12, 100 * 10 / 12, 100 * 11 / 12])
