@@ -37,3 +37,32 @@ def test_a_query_ranked_exactly_k_misses_recall_at_k():
     # the transposed matrix puts caption t's image at the same ranks
     image_side = retrieval_metrics(sims.T, pairing)
     assert [image_side[f"ir@{k}"] for k in (1, 5, 10)] == pytest.approx([100 * 9 / 12, 100 * 10 / 12, 100 * 11 / 12])
+
+
+# ----------------------------------------------------------------------------- PGD
+
+
+def _recording_loss(direction: float, seen: list):
+    """A loss whose gradient is `direction` on every pixel; it keeps every input it is called on."""
+    def loss(adv):
+        seen.append(adv.detach().clone())
+        return direction * adv.sum()
+    return loss
+
+
+def test_pgd_steps_stay_inside_the_pixel_range_not_only_the_returned_images():
+    """Guards PGD's projection: delta within [max(-eps, -x), min(eps, 1 - x)] at every step, so the loss
+    never sees a pixel outside [0, 1] (an eps-ball-only clamp left delta at -eps under a black pixel;
+    the final clamp hid it from the output, not from the model's forward passes)."""
+    from train.attacks.pgd import pgd_linf
+
+    images = torch.tensor([0.0, 0.01, 0.5, 0.99, 1.0]).view(1, 1, 1, 5)
+    eps = 0.1
+    for direction in (-1.0, 1.0):  # pushed down towards 0, then up towards 1
+        seen = []
+        out = pgd_linf(images, _recording_loss(direction, seen), eps, 4, eps / 2, random_start=False)
+        assert len(seen) == 4
+        assert all(float(x.min()) >= 0.0 and float(x.max()) <= 1.0 for x in seen)
+        expected = (images + direction * eps).clamp(0, 1)  # two steps of eps / 2 reach the ball's edge
+        assert torch.allclose(out, expected, atol=1e-6)
+
