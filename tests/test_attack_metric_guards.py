@@ -66,3 +66,16 @@ def test_pgd_steps_stay_inside_the_pixel_range_not_only_the_returned_images():
         expected = (images + direction * eps).clamp(0, 1)  # two steps of eps / 2 reach the ball's edge
         assert torch.allclose(out, expected, atol=1e-6)
 
+
+
+def test_pgd_with_zero_steps_returns_the_clean_images_without_a_random_start():
+    """Guards the switch-off: `--pgd-steps 0` (or eps 0) is no attack, not a random start left in place."""
+    from train.attacks.pgd import pgd_linf
+
+    images = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    calls = []
+    for eps, steps in ((8 / 255, 0), (0.0, 3)):
+        out = pgd_linf(images, _recording_loss(1.0, calls), eps, steps, 1 / 255,
+                       generator=torch.Generator().manual_seed(1))
+        assert torch.equal(out, images)
+    assert calls == []  # the loss is not even evaluated
