@@ -79,3 +79,50 @@ def test_pgd_with_zero_steps_returns_the_clean_images_without_a_random_start():
                        generator=torch.Generator().manual_seed(1))
         assert torch.equal(out, images)
     assert calls == []  # the loss is not even evaluated
+
+
+# ----------------------------------------------------------------------------- a retrieval report entry
+
+
+class _RecordingRanker:
+    """`evaluate.Ranker`'s interface: plain ITC hits, keeping the pixels and captions each ranking was given."""
+
+    def __init__(self, pairing):
+        self.pairing, self.calls = pairing, []
+
+    def hits(self, image_emb, text_emb, pixel_batches, texts):
+        from train.metrics import retrieval_hits
+
+        self.calls.append((pixel_batches, list(texts)))
+        return retrieval_hits(image_emb @ text_emb.T, self.pairing)
+
+
+def test_a_report_entry_ranks_the_attacked_pixels_and_counts_only_changed_captions():
+    """Guards `_summarise`: re-ranking reads the ADVERSARIAL pixels of an attack that changed images; only
+    changed captions count as changed or judged; only a caption the checker calls false is put back
+    (one it could not judge stays attacked)."""
+    import types
+
+    from train.evaluate import AttackRecord, CleanGallery, _summarise
+    from train.metrics import retrieval_hits
+
+    pairing = torch.arange(4)
+    clean_texts, attacked_texts = ["c0", "c1", "c2", "c3"], ["a0", "a1", "a2", "c3"]
+
+    def clean_pixels():
+        return iter(())
+
+    def adversarial_pixels():
+        return iter(())
+
+    clean = CleanGallery(torch.eye(4), torch.eye(4), clean_pixels, clean_texts,
+                         retrieval_hits(torch.eye(4), pairing))
+    attack = types.SimpleNamespace(modality="multimodal", params=lambda: {})
+    record = AttackRecord(attack, image_emb=[torch.eye(4)], text_emb=[torch.eye(4).roll(1, dims=0)],
+                          texts=attacked_texts, words_changed=[1, 1, 1, 0], checker_verdicts=[False, None, True, None])
+    ranker = _RecordingRanker(pairing)
+    entry = _summarise(record, clean, ranker, True, adversarial_pixels)
+    assert [pixels for pixels, _ in ranker.calls] == [adversarial_pixels, adversarial_pixels]
+    assert ranker.calls[1][1] == ["c0", "a1", "a2", "c3"]  # only the caption judged false is put back
+    assert entry["captions_changed_pct"] == 75.0 and entry["words_changed_max"] == 1
+    assert entry["meaning_preserved"] == {"changed_captions": 3, "judged": 2, "true": 1, "true_pct": 50.0}
