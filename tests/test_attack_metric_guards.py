@@ -126,3 +126,45 @@ def test_a_report_entry_ranks_the_attacked_pixels_and_counts_only_changed_captio
     assert ranker.calls[1][1] == ["c0", "a1", "a2", "c3"]  # only the caption judged false is put back
     assert entry["captions_changed_pct"] == 75.0 and entry["words_changed_max"] == 1
     assert entry["meaning_preserved"] == {"changed_captions": 3, "judged": 2, "true": 1, "true_pct": 50.0}
+
+
+# ----------------------------------------------------------------------------- Sep-Attack and Co-Attack
+
+
+def _multimodal_batch():
+    from tests.test_mutation_guards import _batch, _TextStub, _Victim
+
+    return _Victim(), _TextStub, _batch()
+
+
+class _BrighteningImage:
+    """An image part whose attacked images are the clean ones brightened (and whose loss it evaluates there)."""
+
+    generator, loss = None, "pair"
+
+    def __init__(self):
+        self.losses = []
+
+    def perturb(self, images, text_emb, pairing):
+        return (images + 0.2).clamp(0, 1)
+
+    def run(self, images, loss_fn):
+        adversarial = (images + 0.2).clamp(0, 1)
+        with torch.no_grad():
+            self.losses.append(float(loss_fn(adversarial)))
+        return adversarial
+
+
+def test_co_attack_away_term_sums_over_images_at_an_attacked_image():
+    """Guards Co-Attack's first term away from the clean image: summed over the batch's images, as the
+    caption term is summed over pairs (a mean weighed it 1/images against alpha x the pair sum)."""
+    from train.attacks.multimodal import CoAttack
+
+    victim, text_stub, (images, texts, pairing) = _multimodal_batch()
+    image_attack = _BrighteningImage()
+    CoAttack(victim, image_attack=image_attack, text_attack=text_stub(change=False), alpha=3.0)(images, texts, pairing)
+    adversarial = victim.encode_image((images + 0.2).clamp(0, 1))
+    away = (1 - (adversarial * victim.encode_image(images)).sum(-1)).sum()
+    pair_cosines = (adversarial[pairing] * victim.encode_text(texts)).sum(-1)
+    assert float(away) > 1e-3  # the brightened images moved: the first term counts
+    assert image_attack.losses[0] == pytest.approx(float(away - 3.0 * pair_cosines.sum()), rel=1e-5)
