@@ -168,3 +168,47 @@ def test_co_attack_away_term_sums_over_images_at_an_attacked_image():
     pair_cosines = (adversarial[pairing] * victim.encode_text(texts)).sum(-1)
     assert float(away) > 1e-3  # the brightened images moved: the first term counts
     assert image_attack.losses[0] == pytest.approx(float(away - 3.0 * pair_cosines.sum()), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- a grounding report entry
+
+
+def _grounding_run(**fields):
+    from train.evaluate_grounding import _GroundingRun
+
+    run = _GroundingRun.__new__(_GroundingRun)
+    run.multi, run.splits, run.expression_checker = [], None, (lambda *args: None)
+    run.__dict__.update(fields)
+    return run
+
+
+def test_a_grounding_entry_keeps_the_largest_linf_and_rates_the_checked_hits_apart():
+    """Guards the grounding report: linf is the largest over the batches (not the last batch's), and
+    `asr_meaning_preserved` reads the hits with rejected expressions grounded unattacked."""
+    import types
+
+    from train.evaluate_grounding import _Tally
+
+    tally = _Tally(4)
+    common = {"words_changed": [1, 1], "seconds": 1.0}
+    tally.add([0, 1], {"hits": [False, False], "kept_hits": [True, False], "verdicts": [False, True],
+                       "linf": 0.3, **common})
+    tally.add([2, 3], {"hits": [False, True], "kept_hits": [False, True], "verdicts": [None, True],
+                       "linf": 0.1, **common})
+    attack = types.SimpleNamespace(modality="multimodal", params=lambda: {})
+    entry = _grounding_run().report_entry("sep", attack, tally, clean_hits=[True, True, True, True])
+    assert entry["linf"] == 0.3
+    assert entry["asr"] == 75.0  # 3 of the 4 clean hits broken
+    assert entry["asr_meaning_preserved"] == 50.0  # expression 0, judged false, counts as not attacked
+    assert entry["meaning_preserved"] == {"true": 2, "false": 1, "unknown": 1}
+
+
+def test_only_an_expression_judged_false_is_grounded_again_unattacked():
+    """Guards `hits_with_rejected_unattacked`: an expression the checker could not judge (None) keeps its
+    attacked hit; only one judged false is grounded again with its clean text."""
+    regrounded = []
+    run = _grounding_run(texts=["clean 0", "clean 1", "clean 2"])
+    run.hits_of = lambda pixels, texts, ids: regrounded.append((texts, ids)) or [True] * len(ids)
+    kept = run.hits_with_rejected_unattacked([False, False, False], [False, None, True], torch.zeros(3, 1), [0, 1, 2])
+    assert kept == [True, False, False]
+    assert regrounded == [(["clean 0"], [0])]
