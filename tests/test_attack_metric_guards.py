@@ -212,3 +212,32 @@ def test_only_an_expression_judged_false_is_grounded_again_unattacked():
     kept = run.hits_with_rejected_unattacked([False, False, False], [False, None, True], torch.zeros(3, 1), [0, 1, 2])
     assert kept == [True, False, False]
     assert regrounded == [(["clean 0"], [0])]
+
+
+class _GuideRecordingText:
+    """A text part that changes nothing and keeps the image embeddings it is guided by."""
+
+    budget, text_batch, needs_image, loss = 1, 8, True, "pair"
+
+    def __init__(self):
+        self.guides = []
+
+    def prepare(self, texts):
+        return None
+
+    def perturb(self, texts, guide, pairing, prepared=None):
+        self.guides.append(guide.clone())
+        return list(texts), [[] for _ in texts]
+
+
+def test_sep_attack_guides_its_text_part_by_the_clean_images():
+    """Guards Sep-Attack's independence: its text part scores captions against the CLEAN images, not the
+    image part's adversarial ones (that is SGA's third step, a stronger attack than Sep reports)."""
+    from train.attacks.multimodal import SepAttack
+
+    victim, _, (images, texts, pairing) = _multimodal_batch()
+    text_attack = _GuideRecordingText()
+    result = SepAttack(victim, image_attack=_BrighteningImage(), text_attack=text_attack)(images, texts, pairing)
+    assert not torch.equal(result.images, images)
+    (guide,) = text_attack.guides
+    assert torch.allclose(guide, victim.encode_image(images), atol=1e-6)
