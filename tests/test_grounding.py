@@ -339,6 +339,32 @@ def test_grounding_attacks_lower_the_itm_score_within_budget():
     assert build_grounding_attack("pgd", model, eps=8 / 255).params()["random_start"] is True
 
 
+def test_co_attack_and_sga_images_lower_the_itm_score_of_the_expressions_they_return():
+    """The image part of each multimodal attack on its own: the attacked pixels ground the returned
+    expressions worse than the clean pixels do. Found by audit BS: a sign flipped in Co-Attack's or SGA's
+    image objective (the image pushed toward the expressions) passed every test, the word attack alone
+    lowering the score both modalities together are held to."""
+    from augment.registry import load_mlm
+    from train.attacks.grounding import build_grounding_attack
+
+    data = world_grounding(seed=4, n=6)
+    model = _ColourGrounder()
+    images = torch.stack([model.preprocess_eval(i.load()) for i in data.images])
+    texts = [e.text for e in data.expressions]
+    pairing = torch.tensor(data.image_of_text())
+
+    def itm(pixels, expressions):
+        with torch.no_grad():
+            return model.itm_logits(model.image_features(pixels)[pairing], model.tokenize(list(expressions)))
+
+    mlm = (*load_mlm("tiny-mlm"), "tiny-mlm")
+    for name in ("co-attack", "sga"):
+        result = build_grounding_attack(name, model, eps=8 / 255, steps=5, step_size=2 / 255, mlm=mlm, seed=0)(
+            images, texts, pairing)
+        lowered = itm(images, result.texts) - itm(result.images, result.texts)
+        assert float(lowered.mean()) > 0.05, (name, lowered)
+
+
 def test_evaluate_grounding_report_and_truth_checked_rows(capsys):
     from train.evaluate_grounding import evaluate_grounding, markdown_grounding_report, world_expression_checker
 
