@@ -1,0 +1,51 @@
+"""Guards found by audit BU's mutation audit of training (losses, methods, the 1:N data, the trainer,
+the tasks' training losses): each test kills a plausible bug that every other test let through.
+
+Expected values are computed here by a plain formula, not by the code under test; models are
+stubs of a few lines, so each test runs in well under a second unless it says otherwise.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.base import EncoderOutput
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_fare_loss_sums_the_squared_difference_over_dimensions_and_averages_over_rows():
+    """Guards FARE's loss: ||adv - clean||_2^2 per image (a sum over the embedding), mean over the batch,
+    not a mean over the embedding's dimensions (1/D of it: the logged loss and its gradient shrunk)."""
+    from train.losses import fare_loss
+
+    clean = torch.zeros(2, 3)
+    adversarial = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 1.0]])  # squared distances 9 and 1
+    assert float(fare_loss(adversarial, clean)) == pytest.approx(5.0)
+
+
+def test_sigmoid_itc_loss_sums_over_captions_per_image_with_the_learnt_bias():
+    """Guards SigLIP's loss: -1/N sum over every (image, caption) of log sigmoid(label (scale cos + bias)),
+    not a mean over all N^2 pairs, and with the model's bias added to every logit."""
+    from tasks.retrieval import RetrievalTask, itc_loss
+
+    generator = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    scale, bias, keys = torch.tensor(10.0), torch.tensor(-2.0), torch.tensor([0, 0, 1])
+    model = types.SimpleNamespace(itc_loss="sigmoid", family="stub")
+    loss = itc_loss(model, EncoderOutput(image, text, scale, bias), keys, RetrievalTask())
+    expected = 0.0
+    for i in range(3):
+        for j in range(3):
+            label = 1.0 if keys[i] == keys[j] else -1.0
+            logit = float(scale * image[i] @ text[j] + bias)
+            expected -= math.log(1 / (1 + math.exp(-label * logit)))
+    assert float(loss) == pytest.approx(expected / 3, rel=1e-5)
+
+
