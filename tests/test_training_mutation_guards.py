@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.base import EncoderOutput
+from models.base import EncoderOutput, TextTokens
 
 
 # ----------------------------------------------------------------------------- losses
@@ -47,5 +47,47 @@ def test_sigmoid_itc_loss_sums_over_captions_per_image_with_the_learnt_bias():
             logit = float(scale * image[i] @ text[j] + bias)
             expected -= math.log(1 / (1 + math.exp(-label * logit)))
     assert float(loss) == pytest.approx(expected / 3, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- ITM with hard negatives
+
+
+def test_itm_hard_negatives_are_never_a_positive_column():
+    """Guards the draw: positives (same key) are masked out before the softmax draw, however similar."""
+    from tasks.retrieval import hard_negatives
+
+    similarity = torch.tensor([[0.0, 30.0, 1.0, 1.0], [30.0, 0.0, 1.0, 1.0]])  # each row's most similar: a positive
+    positives = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.stack([hard_negatives(similarity, positives, generator) for _ in range(50)])
+    assert set(drawn.flatten().tolist()) <= {2, 3}
+
+
+def test_itm_scores_negative_captions_and_negative_images_labelled_by_their_keys(monkeypatch):
+    """Guards ITM's three blocks: (image, its caption) matched, (image, drawn caption) and (drawn image,
+    caption) labelled 1 only where the drawn row shares the key; the drawn images are the images'
+    own draw, not the captions' indices."""
+    import tasks.retrieval as retrieval
+
+    draws = iter([torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1])])  # captions per image, then images per caption
+    monkeypatch.setattr(retrieval, "hard_negatives", lambda similarity, positives: next(draws))
+    seen = {}
+
+    class Matcher:
+        def itm_logits(self, features, tokens):
+            seen["features"], seen["ids"] = features, tokens.input_ids
+            return torch.full((len(features),), 5.0)
+
+    features = torch.arange(3.0).view(3, 1, 1).expand(3, 2, 4)  # image row r: all r
+    ids = torch.arange(3).view(3, 1).expand(3, 4)  # caption row r: all r
+    output = EncoderOutput(F.normalize(torch.ones(3, 4), dim=-1), F.normalize(torch.ones(3, 4), dim=-1),
+                           torch.tensor(10.0), image_features=features)
+    loss = retrieval.itm_loss(Matcher(), output, TextTokens(ids), torch.tensor([0, 0, 1]))
+    assert seen["features"][:, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 2, 0, 1]
+    assert seen["ids"][:, 0].tolist() == [0, 1, 2, 1, 2, 0, 0, 1, 2]
+    # labels: matches 1 1 1; image 0 with caption 1 shares key 0 (1), the others 0; caption 1 with image 0 (1)
+    labels = [1, 1, 1, 1, 0, 0, 0, 1, 0]
+    expected = sum(F.softplus(torch.tensor(-5.0 if y else 5.0)).item() for y in labels) / 9
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
