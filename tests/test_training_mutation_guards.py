@@ -91,3 +91,93 @@ def test_itm_scores_negative_captions_and_negative_images_labelled_by_their_keys
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+# ----------------------------------------------------------------------------- momentum distillation
+
+
+def _momentum_output(enqueued: list) -> tuple[EncoderOutput, dict]:
+    """A training forward's output of 2 rows with a momentum provider: momentum embeddings and a queue of 2."""
+    generator = torch.Generator().manual_seed(1)
+    unit = lambda *shape: F.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
+    extras = {"image_emb_m": unit(2, 4), "text_emb_m": unit(2, 4), "image_queue": unit(2, 4), "text_queue": unit(2, 4),
+              "queue_keys": torch.tensor([5, -100]), "alpha": 0.4,
+              "enqueue": lambda image_m, text_m, keys: enqueued.append(keys.tolist())}
+    output = EncoderOutput(unit(2, 4), unit(2, 4), torch.tensor(1 / 0.07), extras={"momentum": lambda: extras})
+    return output, extras
+
+
+def test_momentum_distilled_targets_soften_the_momentum_similarities_by_the_temperature():
+    """Guards ALBEF's distillation targets: alpha softmax(sim_m / temperature) + (1 - alpha) positives /
+    #positives, both directions against the batch and the queue (the targets' softmax on raw cosines is
+    nearly uniform)."""
+    from tasks.momentum_distillation import momentum_distilled_itc_loss
+
+    output, m = _momentum_output([])
+    keys, alpha, scale = torch.tensor([5, 6]), 0.25, 1 / 0.07
+    loss = momentum_distilled_itc_loss(output, keys, alpha=alpha, enqueue=False)
+    texts, images = torch.cat([m["text_emb_m"], m["text_queue"]]), torch.cat([m["image_emb_m"], m["image_queue"]])
+    positives = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]])  # key 5 is in the queue too
+    spread = positives / positives.sum(1, keepdim=True)
+
+    def cross_entropy(queries, queries_m, candidates):
+        targets = alpha * (scale * queries_m @ candidates.T).softmax(1) + (1 - alpha) * spread
+        return -((scale * queries @ candidates.T).log_softmax(1) * targets).sum(1).mean()
+
+    expected = (cross_entropy(output.image_emb, m["image_emb_m"], texts)
+                + cross_entropy(output.text_emb, m["text_emb_m"], images)) / 2
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_loss_only_inspected_leaves_the_momentum_queue_alone():
+    """Guards `inspect`: the clean half of a step (a second chunk, or the clean loss computed without
+    gradient) must not enqueue its momentum features; the trained forward does, once."""
+    from tasks.retrieval import ITC_LOSSES, RetrievalTask
+
+    task, enqueued = RetrievalTask(), []
+    output, _ = _momentum_output(enqueued)
+    model = types.SimpleNamespace(itc_loss="momentum-distilled")
+    for inspecting in (True, False):
+        task.inspecting = inspecting
+        ITC_LOSSES["momentum-distilled"](model, output, torch.tensor([5, 6]), task)
+    assert enqueued == [[5, 6]]
+
+
+def test_the_task_forward_inspects_every_chunk_after_the_first():
+    """Guards TaskForward: of the (adversarial, clean) chunks of one forward only the first trains state."""
+    from tasks.base import TaskForward
+
+    flags = []
+    task = types.SimpleNamespace(loss=lambda model, pixels, tokens, keys, texts, inspect: flags.append(inspect)
+                                 or pixels.sum())
+    TaskForward(torch.nn.Identity(), task)(torch.zeros(4, 1), TextTokens(torch.zeros(4, 2, dtype=torch.long)),
+                                            torch.arange(4), chunks=2, texts=list("abcd"))
+    assert flags == [False, True]
+
+
+def test_the_clean_loss_computed_without_gradient_is_only_inspected():
+    """Guards MAT/TeCoA with --clean-weight 0: the clean loss, logged only, is computed with inspect=True."""
+    from train.methods import TeCoAMethod
+
+    calls = []
+    task = types.SimpleNamespace(gradient_scale=1.0, loss=lambda model, pixels, tokens, keys, texts, inspect: calls.append(
+        inspect) or pixels.mean())
+    model = types.SimpleNamespace(tokenize=lambda texts: TextTokens(torch.zeros(len(texts), 3, dtype=torch.long)))
+    ctx = types.SimpleNamespace(config=types.SimpleNamespace(clean_weight=0.0, pgd_steps=0, attack_eps=0.0), model=model,
+                                task=task, forward=lambda pixels, tokens, keys, texts=None: (pixels.mean(),))
+    batch = types.SimpleNamespace(pixels=torch.rand(2, 3, 4, 4), texts=["a", "b"], keys=torch.tensor([0, 1]))
+    TeCoAMethod(ctx)(batch, 0)
+    assert calls == [True]
+
+
+def test_the_distillation_weight_ramps_up_over_the_first_epoch():
+    """Guards ALBEF's alpha warm-up: alpha x min(1, step / steps per epoch), not alpha from the first step."""
+    from tasks.retrieval import RetrievalTask
+
+    task = RetrievalTask()
+    model = types.SimpleNamespace(alpha=0.4, momentum_distillation=True)
+    ramp = []
+    for step in (0, 5, 10, 30):
+        task.on_step(model, step, 10)
+        ramp.append(task.distill_alpha)
+    assert ramp == pytest.approx([0.0, 0.2, 0.4, 0.4])
+
+
