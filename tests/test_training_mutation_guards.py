@@ -181,3 +181,65 @@ def test_the_distillation_weight_ramps_up_over_the_first_epoch():
     assert ramp == pytest.approx([0.0, 0.2, 0.4, 0.4])
 
 
+# ----------------------------------------------------------------------------- MAT's inner attacks
+
+
+def _recording_mat(order: str, calls: list):
+    """A MATMethod whose text attack and PGD record what they are given (the text attack appends '!',
+    PGD adds 1 to the pixels), over a forward that returns the pixels' mean."""
+    from train.methods import MATMethod
+
+    cfg = types.SimpleNamespace(inner_order=order, clean_weight=0.0)
+    model = types.SimpleNamespace(tokenize=lambda texts: TextTokens(torch.tensor([[len(t)] for t in texts])),
+                                  modules=lambda: [], eval=lambda: None)
+    task = types.SimpleNamespace(gradient_scale=1.0, loss=lambda *args, **kw: torch.tensor(0.0))
+    method = MATMethod.__new__(MATMethod)
+    method.ctx = types.SimpleNamespace(config=cfg, model=model, task=task,
+                                       forward=lambda pixels, tokens, keys, texts=None: (pixels.mean(),))
+    method.cfg, method.accept = cfg, None
+
+    def text_attack(pixels, texts, _):
+        calls.append(("text", float(pixels.mean())))
+        return types.SimpleNamespace(texts=[t + "!" for t in texts])
+
+    def pgd(pixels, tokens, keys, texts):
+        calls.append(("image", tokens.input_ids.view(-1).tolist(), list(texts)))
+        return pixels + 1.0
+
+    method.text_attack, method._pgd = text_attack, pgd
+    return method
+
+
+@pytest.mark.parametrize("order", ["text-image", "image-text", "alternate"])
+def test_mat_attacks_each_modality_against_the_other_ones_attacked_form(order):
+    """Guards MAT's inner order: text-image runs PGD against the ATTACKED captions; image-text searches
+    words against the ADVERSARIAL images; alternate starts with text-image at step 0."""
+    batch = types.SimpleNamespace(pixels=torch.zeros(2, 3, 4, 4), texts=["ab", "c"], keys=torch.tensor([0, 1]))
+    for step in (0, 1):
+        calls = []
+        out = _recording_mat(order, calls)(batch, step)
+        first = order if order != "alternate" else ("text-image", "image-text")[step]
+        if first == "text-image":
+            assert calls == [("text", 0.0), ("image", [3, 2], ["ab!", "c!"])]
+        else:
+            assert calls == [("image", [2, 1], ["ab", "c"]), ("text", 1.0)]
+        assert out.adv_texts == ["ab!", "c!"] and float(out.adv_pixels.mean()) == 1.0
+
+
+def test_fare_pulls_toward_the_frozen_models_clean_embedding(monkeypatch):
+    """Guards FARE's target: the FROZEN original model's clean embedding, not the trained model's own."""
+    import train.attacks
+    from train.methods import FAREMethod
+
+    monkeypatch.setattr(train.attacks, "pgd_linf", lambda pixels, loss, *args: pixels + 1.0)
+    trained = types.SimpleNamespace(encode_image=lambda pixels, normalize=False: pixels.flatten(1),
+                                    modules=lambda: [], eval=lambda: None)
+    frozen = types.SimpleNamespace(encode_image=lambda pixels, normalize=False: torch.zeros(len(pixels), 3))
+    cfg = types.SimpleNamespace(clean_weight=0.0, attack_eps=1.0, pgd_steps=1, pgd_step_size=1.0, random_start=False)
+    ctx = types.SimpleNamespace(config=cfg, model=trained, frozen=frozen, pgd_generator=None,
+                                forward=lambda pixels, image_embeddings: (pixels.flatten(1),))
+    out = FAREMethod(ctx)(types.SimpleNamespace(pixels=torch.full((2, 3, 1, 1), 0.5)), 0)
+    # adversarial embedding 1.5s against the frozen model's 0s (the trained model's own would be 0.5s: 3 and 0)
+    assert float(out.robust_loss) == pytest.approx(3 * 1.5 ** 2) and float(out.clean_loss) == pytest.approx(3 * 0.5 ** 2)
+
+
