@@ -636,6 +636,47 @@ def test_pools_that_do_not_fit_the_source_are_refused_before_training(tmp_path, 
     TrainData(source, [load_pool(tmp_path / "foreign")], allow_pool_mismatch=True)
 
 
+def test_a_pool_row_tied_to_one_caption_past_the_images_last_is_refused(tmp_path, source, pools):
+    """Guards the caption-index check's bound (audit BU): an image of 5 captions has indices 0..4, so 5 is refused
+    (a `>` for `>=` let it through: in sample mode a row never drawn, in expand mode an IndexError mid-run)."""
+    from augment.errors import PoolError
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    row = pools["train"][0]
+    count = len(row["captions"])
+    folder = _write_pool(tmp_path / "one-past", [_pool_row("t", row["image_id"], count, 0, "text", caption="a cat")],
+                         pools["fingerprint"], "t")
+    with pytest.raises(PoolError, match=rf"ties to caption {count} of image .* which has {count} captions"):
+        TrainData(source, [load_pool(folder)])
+
+
+def test_expand_mode_gives_an_untied_image_row_a_caption_drawn_per_epoch(source, pools):
+    """Guards expand mode's untied image rows (audit BU): each epoch draws one of the image's captions, not caption 0."""
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    data = TrainData(source, [load_pool(pools["image"])], pool_mode="expand", seed=0)
+    per_epoch = data.micro_steps_per_epoch(16)
+    captions = {view.caption for step in range(3 * per_epoch) for view in data.plan(step, 16).views if view.pool == 0}
+    assert len(captions) > 1
+
+
+def test_each_epoch_draws_its_pool_views_and_crops_afresh(source, pools):
+    """Guards the seeds of a slot's pool draw and random crop (audit BU): (seed, epoch, slot), so a slot keeps or
+    replaces its item, and crops it, independently in each epoch, not identically every epoch."""
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    data = TrainData(source, [load_pool(pools["text"])], p_original=0.5, seed=0)
+    per_epoch = data.micro_steps_per_epoch(8)
+    plans = [data.plan(epoch * per_epoch, 8) for epoch in range(4)]
+    kept = [[view.pool < 0 for view in plan.views] for plan in plans]  # slots 0..7 of each epoch
+    assert any(len({epoch[slot] for epoch in kept}) > 1 for slot in range(8))
+    crops = [data.materialise(plan, 0, 8, lambda image: torch.rand(1)) for plan in plans[:2]]
+    assert not torch.equal(crops[0].pixels, crops[1].pixels)
+
+
 def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir, monkeypatch):
     """FARE's loss is a per-sample mean, so 2 x 4 accumulated equals one batch of 8 (same crops).
 
