@@ -713,6 +713,17 @@ def test_an_epoch_is_whole_optimizer_steps_under_gradient_accumulation(source):
     assert data.plan(per_epoch, 8).views == TrainData(source, seed=0).plan(whole, 8).views  # epoch 1's first batch
 
 
+def test_the_task_is_told_the_optimizer_step_under_gradient_accumulation(tmp_path, sample_world_dir, monkeypatch):
+    """Guards `Task.on_step`'s step (audit BU): the optimizer step, not the micro step, so ALBEF's alpha ramp
+    and captioning's reference window move once per update whatever --grad-accum is."""
+    from tasks.retrieval import RetrievalTask
+
+    steps = []
+    monkeypatch.setattr(RetrievalTask, "on_step", lambda self, model, step, steps_per_epoch: steps.append(step))
+    _run(tmp_path, "accumulated", sample_world_dir, method="clean", batch_size=4, grad_accum=2)
+    assert steps == [0, 0, 1, 1]
+
+
 # ----------------------------------------------------------------------------- resume
 
 

@@ -243,3 +243,19 @@ def test_fare_pulls_toward_the_frozen_models_clean_embedding(monkeypatch):
     assert float(out.robust_loss) == pytest.approx(3 * 1.5 ** 2) and float(out.clean_loss) == pytest.approx(3 * 0.5 ** 2)
 
 
+# ----------------------------------------------------------------------------- the trainer's step
+
+
+def test_the_optimizer_step_clips_the_gradient_norm_when_asked():
+    """Guards --grad-clip-norm: the update is made with the gradient clipped to that norm first."""
+    from train.trainer import Trainer
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.tensor([3.0, 4.0])  # norm 5
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(clip_grad_norm_=lambda params, norm: torch.nn.utils.clip_grad_norm_(list(params), norm)),
+        cfg=types.SimpleNamespace(max_grad_norm=1.0), optimizer=torch.optim.SGD([weight], lr=1.0),
+        scheduler=types.SimpleNamespace(step=lambda: None),
+        model=types.SimpleNamespace(parameters=lambda: [weight], after_optimizer_step=lambda: None))
+    Trainer._optimizer_step(trainer)
+    assert weight.tolist() == pytest.approx([-0.6, -0.8])
