@@ -181,6 +181,25 @@ def test_the_distillation_weight_ramps_up_over_the_first_epoch():
     assert ramp == pytest.approx([0.0, 0.2, 0.4, 0.4])
 
 
+def test_albef_enqueues_every_staged_batch_of_a_step_and_each_ones_last_rows():
+    """Guards ALBEF's queue under --grad-accum: each micro step's staged batch is enqueued after the update,
+    in order (not the first alone); a batch larger than the queue leaves its last rows, as a queue would."""
+    from models import load_model
+
+    model = load_model("tiny-albef")
+    model.set_momentum_distillation(True)
+    size, dim = model.image_queue.shape
+    for first in (0, 100):
+        keys = torch.arange(first, first + 2)
+        model.stage_for_queue(torch.full((2, dim), float(first)), torch.zeros(2, dim), keys)
+    model.after_optimizer_step()
+    assert model.idx_queue[:4].tolist() == [0, 1, 100, 101] and int(model.queue_ptr) == 4
+    rows = torch.arange(size + 3)
+    model.stage_for_queue(rows[:, None].float().expand(-1, dim), torch.zeros(size + 3, dim), rows)
+    model.after_optimizer_step()
+    assert sorted(model.idx_queue.tolist()) == sorted(model.image_queue[:, 0].tolist()) == list(range(3, size + 3))
+
+
 # ----------------------------------------------------------------------------- MAT's inner attacks
 
 
