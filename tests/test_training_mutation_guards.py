@@ -278,3 +278,20 @@ def test_the_optimizer_step_clips_the_gradient_norm_when_asked():
         model=types.SimpleNamespace(parameters=lambda: [weight], after_optimizer_step=lambda: None))
     Trainer._optimizer_step(trainer)
     assert weight.tolist() == pytest.approx([-0.6, -0.8])
+
+
+def test_a_resume_with_fewer_processes_needs_no_random_states_of_the_processes_it_drops(tmp_path):
+    """Guards the resume's check of the processes' random-state files: those of the processes this run has
+    (min of the two world sizes), not every one the run had, which the resumed run never reads."""
+    from train.checkpoint import STATE_DIR, _rng_state, load_training_state, save_tensors
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state_dir = tmp_path / STATE_DIR
+    state_dir.mkdir()
+    save_tensors(optimizer.state_dict(), state_dir / "optimizer.pt")
+    save_tensors(scheduler.state_dict(), state_dir / "scheduler.pt")
+    save_tensors(_rng_state(), state_dir / "rng-0.pt")  # the run had 2 processes; rng-1.pt is not copied
+    load_training_state(tmp_path, optimizer=optimizer, scheduler=scheduler, scaler=None, rank=0, saved_world_size=2,
+                        world_size=1)
