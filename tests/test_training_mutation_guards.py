@@ -295,3 +295,20 @@ def test_a_resume_with_fewer_processes_needs_no_random_states_of_the_processes_i
     save_tensors(_rng_state(), state_dir / "rng-0.pt")  # the run had 2 processes; rng-1.pt is not copied
     load_training_state(tmp_path, optimizer=optimizer, scheduler=scheduler, scaler=None, rank=0, saved_world_size=2,
                         world_size=1)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_the_summary_names_the_earlier_of_two_equal_validations_best_when_no_weights_are_kept(tmp_path):
+    """Guards the summary's best without RUN/best: the highest robust score, a tie going to the EARLIER
+    step (as `_is_best` keeps the earlier step's weights), not the later one."""
+    import json
+
+    from train.validation import ValidationSettings, Validator
+
+    lines = [{"step": step, "robust": robust, "clean": 90.0, "attack": "clean"}
+             for step, robust in ((0, 50.0), (2, 80.0), (4, 80.0), (6, 70.0))]
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = Validator(tmp_path, None, ValidationSettings(every=2, attack="clean")).summary()
+    assert summary["best"]["step"] == 2 and summary["best_weights"] is None
