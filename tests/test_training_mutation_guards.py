@@ -183,20 +183,24 @@ def test_the_distillation_weight_ramps_up_over_the_first_epoch():
 
 def test_albef_enqueues_every_staged_batch_of_a_step_and_each_ones_last_rows():
     """Guards ALBEF's queue under --grad-accum: each micro step's staged batch is enqueued after the update,
-    in order (not the first alone); a batch larger than the queue leaves its last rows, as a queue would."""
-    from models import load_model
+    in order (not the first alone); a batch larger than the queue leaves its last rows, as a queue would.
+    ALBEF's own methods on a queue of 6 rows (no encoders: loading tiny-albef takes seconds)."""
+    from models.albef.model import AlbefModel
 
-    model = load_model("tiny-albef")
-    model.set_momentum_distillation(True)
-    size, dim = model.image_queue.shape
+    size, dim = 6, 2
+    model = types.SimpleNamespace(temp=torch.tensor(0.07), momentum_distillation=True, momentum=0.995, _staged=[],
+                                  _momentum_pairs=lambda: [], image_queue=torch.zeros(size, dim),
+                                  text_queue=torch.zeros(size, dim), idx_queue=torch.full((size,), -100),
+                                  queue_ptr=torch.zeros(1, dtype=torch.long))
+    model._enqueue = types.MethodType(AlbefModel._enqueue, model)
     for first in (0, 100):
-        keys = torch.arange(first, first + 2)
-        model.stage_for_queue(torch.full((2, dim), float(first)), torch.zeros(2, dim), keys)
-    model.after_optimizer_step()
+        AlbefModel.stage_for_queue(model, torch.full((2, dim), float(first)), torch.zeros(2, dim),
+                                   torch.arange(first, first + 2))
+    AlbefModel.after_optimizer_step(model)
     assert model.idx_queue[:4].tolist() == [0, 1, 100, 101] and int(model.queue_ptr) == 4
     rows = torch.arange(size + 3)
-    model.stage_for_queue(rows[:, None].float().expand(-1, dim), torch.zeros(size + 3, dim), rows)
-    model.after_optimizer_step()
+    AlbefModel.stage_for_queue(model, rows[:, None].float().expand(-1, dim), torch.zeros(size + 3, dim), rows)
+    AlbefModel.after_optimizer_step(model)
     assert sorted(model.idx_queue.tolist()) == sorted(model.image_queue[:, 0].tolist()) == list(range(3, size + 3))
 
 
