@@ -316,3 +316,19 @@ def test_the_summary_names_the_earlier_of_two_equal_validations_best_when_no_wei
     (tmp_path / "validation.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = Validator(tmp_path, None, ValidationSettings(every=2, attack="clean")).summary()
     assert summary["best"]["step"] == 2 and summary["best_weights"] is None
+
+
+# ----------------------------------------------------------------------------- captioning and grounding
+
+
+def test_the_captioning_reference_table_takes_text_views_not_pair_captions():
+    """Guards MAT+'s captioning references: an image's source captions and its pools' TEXT rows; a pair
+    row's caption describes the pair's new image, not the source image."""
+    import numpy as np
+
+    from tasks.captioning import references_from_train_data
+
+    pool = types.SimpleNamespace(modality=["text", "pair", "image"], caption=["a red disc", "a blue disc", None],
+                                 image_index=np.array([0, 0, 0]))
+    data = types.SimpleNamespace(captions=[["a red circle"]], pools=[pool])
+    assert references_from_train_data(data) == [["a red circle", "a red disc"]]
