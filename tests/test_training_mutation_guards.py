@@ -318,6 +318,19 @@ def test_the_summary_names_the_earlier_of_two_equal_validations_best_when_no_wei
     assert summary["best"]["step"] == 2 and summary["best_weights"] is None
 
 
+def test_in_training_validation_attacks_with_the_runs_attack_settings():
+    """Guards validation's attack options: the run's --attack-eps, --pgd-steps, --word-budget and --top-k
+    (a --top-k 3 run validated with the attack's default of candidates per word left --top-k out)."""
+    from train.validation import validation_settings
+
+    cfg = types.SimpleNamespace(val_attack="sga", val_segment_cjk="none", attack_eps=2 / 255, pgd_steps=3,
+                                pgd_step_size=0.5 / 255, word_budget=2, top_k=3, val_frequency=5, mlm="some-mlm",
+                                model="tiny-clip", task="retrieval", val_split="val", val_limit=8, seed=1)
+    options = validation_settings(cfg, 5).attack_options
+    assert {k: options[k] for k in ("eps", "steps", "step_size", "budget", "top_k", "mlm")} == {
+        "eps": 2 / 255, "steps": 3, "step_size": 0.5 / 255, "budget": 2, "top_k": 3, "mlm": "some-mlm"}
+
+
 # ----------------------------------------------------------------------------- captioning and grounding
 
 
