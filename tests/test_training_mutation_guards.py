@@ -301,6 +301,21 @@ def test_a_resume_with_fewer_processes_needs_no_random_states_of_the_processes_i
                         world_size=1)
 
 
+@pytest.mark.parametrize("method, lock_image, lock_text, trained", [
+    ("tecoa", False, True, {"image"}), ("mat", True, False, {"text"}), ("mat", False, False, {"image", "text"}),
+    ("fare", False, False, {"image"})])
+def test_the_locked_towers_are_frozen_and_fare_trains_the_image_tower_alone(method, lock_image, lock_text, trained):
+    """Guards which parameters train: --lock-image and --lock-text (TeCoA's derived default) each freeze their
+    tower; FARE, whose loss never reaches the text tower, trains the image tower only."""
+    from train.trainer import Trainer
+
+    towers = {"image": [torch.nn.Parameter(torch.zeros(1))], "text": [torch.nn.Parameter(torch.zeros(1))]}
+    model = types.SimpleNamespace(tower_parameters=towers.__getitem__, parameters=lambda: towers["image"] + towers["text"])
+    cfg = types.SimpleNamespace(method=method, lock_image=lock_image, lock_text=lock_text, grad_checkpointing=False)
+    Trainer._set_trainable(types.SimpleNamespace(cfg=cfg), model)
+    assert {tower for tower, params in towers.items() if params[0].requires_grad} == trained
+
+
 # ----------------------------------------------------------------------------- validation
 
 
