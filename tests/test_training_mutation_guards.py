@@ -360,3 +360,12 @@ def test_the_captioning_reference_table_takes_text_views_not_pair_captions():
                                  image_index=np.array([0, 0, 0]))
     data = types.SimpleNamespace(captions=[["a red circle"]], pools=[pool])
     assert references_from_train_data(data) == [["a red circle", "a red disc"]]
+
+
+def test_grounding_pgd_lowers_the_match_of_each_row_with_its_expression():
+    """Guards the sign of grounding's attack loss: PGD maximises MINUS the mean match logit."""
+    from tasks.grounding import GroundingTask
+
+    model = types.SimpleNamespace(image_features=lambda pixels: pixels, itm_logits=lambda features, tokens: features.sum(1))
+    loss = GroundingTask.image_attack_loss(None, model, TextTokens(torch.zeros(2, 1, dtype=torch.long)), torch.arange(2))
+    assert float(loss(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))) == pytest.approx(-3.0)
