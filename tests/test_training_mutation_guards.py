@@ -369,3 +369,28 @@ def test_grounding_pgd_lowers_the_match_of_each_row_with_its_expression():
     model = types.SimpleNamespace(image_features=lambda pixels: pixels, itm_logits=lambda features, tokens: features.sum(1))
     loss = GroundingTask.image_attack_loss(None, model, TextTokens(torch.zeros(2, 1, dtype=torch.long)), torch.arange(2))
     assert float(loss(torch.tensor([[1.0, 2.0], [3.0, 0.0]]))) == pytest.approx(-3.0)
+
+
+def test_grounding_positives_are_the_keys_and_equal_expressions_plus_what_the_checker_finds_true(monkeypatch):
+    """Guards the grounding loss's labels: the world checker's true pairs are ADDED to the positives by key
+    and by equal expression (their maximum), for ITC and ITM alike, not put in their place."""
+    import tasks.grounding as grounding
+
+    seen = []
+    monkeypatch.setattr(grounding, "softmax_itc_loss", lambda logits, positives: seen.append(positives) or logits.sum())
+    monkeypatch.setattr(grounding, "grounding_itm_loss", lambda model, output, tokens, positives, extra: seen.append(
+        positives) or torch.tensor(0.0))
+    task = grounding.GroundingTask(counterfactual_pairs=False)
+    truth = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 1]])  # image 2 holds what expression 0 names too
+    task.true_pairs = lambda keys, texts: truth
+
+    class Model:
+        itc_loss = "softmax"
+
+        def __call__(self, pixels, tokens, image_features=False):
+            return EncoderOutput(torch.eye(3), torch.eye(3), torch.tensor(1.0), image_features=torch.zeros(3, 1, 3))
+
+    task.loss(Model(), torch.zeros(3, 3, 2, 2), TextTokens(torch.zeros(3, 1, dtype=torch.long)), torch.tensor([0, 0, 1]),
+              ["a star", "a circle", "a square"])
+    expected = [[1.0, 1, 0], [1, 1, 0], [1, 0, 1]]
+    assert [positives.tolist() for positives in seen] == [expected, expected]
