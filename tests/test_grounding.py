@@ -339,6 +339,30 @@ def test_grounding_attacks_lower_the_itm_score_within_budget():
     assert build_grounding_attack("pgd", model, eps=8 / 255).params()["random_start"] is True
 
 
+def test_the_heat_objective_is_the_heat_share_inside_the_true_box():
+    """The "heat" objective's share of the Grad-CAM heat on the true box ([x, y, w, h] on an image of
+    (height, width)), on a hand-made heat map: all of it in the grid's first column, the box that column.
+    Found by audit BS: the box's mask with x and y swapped passed every test."""
+    from train.attacks.grounding import GroundingVictim
+
+    class HeatInTheFirstColumn:
+        device = torch.device("cpu")
+
+        def tokenize(self, texts):
+            return texts
+
+        def grounding_heatmap(self, pixels, tokens):
+            heat = torch.zeros(len(tokens), 2, 4)  # [n, h, w]: 2 rows, 4 columns of patches
+            heat[:, :, 0] = 1.0
+            return heat
+
+    victim = GroundingVictim(HeatInTheFirstColumn(), objective="heat")
+    pixels, pairing = torch.zeros(1, 3, 8, 8), torch.zeros(2, dtype=torch.long)
+    boxes = [[0, 0, 10, 20], [10, 0, 30, 20]]  # the first quarter of the width at full height; the rest
+    shares = victim.scores(pixels, ["left", "right"], pairing, boxes=boxes, sizes=[(20, 40), (20, 40)])
+    assert shares.tolist() == pytest.approx([1.0, 0.0])
+
+
 def test_co_attack_and_sga_images_lower_the_itm_score_of_the_expressions_they_return():
     """The image part of each multimodal attack on its own: the attacked pixels ground the returned
     expressions worse than the clean pixels do. Found by audit BS: a sign flipped in Co-Attack's or SGA's
