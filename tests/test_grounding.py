@@ -363,6 +363,44 @@ def test_the_heat_objective_is_the_heat_share_inside_the_true_box():
     assert shares.tolist() == pytest.approx([1.0, 0.0])
 
 
+def test_each_expression_is_grounded_in_its_own_copy_under_co_attacks_protocol(monkeypatch):
+    """Co-Attack's grounding code attacks one copy of the image per expression: each expression is grounded in
+    the copy attacked for it, not in its image's row of the copies. Found by audit BS: the copies indexed by
+    the image of each expression again passed every test (they are the same shape)."""
+    import contextlib
+
+    from train import evaluate_grounding as module
+
+    class ReadsCaptionsAsGiven(_ColourGrounder):  # the protocol cleans the expressions itself
+        @contextlib.contextmanager
+        def captions_as_given(self):
+            yield
+
+    data = world_grounding(seed=4, n=2)
+    assert len(set(data.image_of_text())) < len(data.expressions)  # an image with two expressions
+    attacked, grounded = [], []
+    chosen_images = module._GroundingRun.grounded_images
+
+    def kept(self, attack, views, result):
+        images = chosen_images(self, attack, views, result)
+        attacked.append(images)
+        return images
+
+    real_ground = module.ground
+
+    def recorded(model, pixels, texts, *args, **kwargs):
+        grounded.append(pixels)
+        return real_ground(model, pixels, texts, *args, **kwargs)
+
+    monkeypatch.setattr(module._GroundingRun, "grounded_images", kept)
+    monkeypatch.setattr(module, "ground", recorded)
+    module.evaluate_grounding(ReadsCaptionsAsGiven(), data, attacks=["pgd"], batch_size=len(data.images),
+                              attack_options={"protocol": "co-attack", "eps": 8 / 255, "steps": 2})
+    copies = attacked[-1]  # pgd's batch (the clean one came first)
+    assert copies.shape[0] == len(data.expressions)  # one copy per expression
+    assert any(torch.equal(pixels, copies) for pixels in grounded)
+
+
 def test_co_attack_and_sga_images_lower_the_itm_score_of_the_expressions_they_return():
     """The image part of each multimodal attack on its own: the attacked pixels ground the returned
     expressions worse than the clean pixels do. Found by audit BS: a sign flipped in Co-Attack's or SGA's
