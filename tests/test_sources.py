@@ -140,6 +140,9 @@ def test_an_albef_file_named_by_its_split_alone_is_of_that_split(tmp_path):
         (tmp_path / f"{split}.json").write_text(json.dumps([{"image": "x.jpg", "caption": "a dog"}]))
         dataset, report = load_source(str(tmp_path / f"{split}.json"))
         assert report.format == "albef" and dataset["split"] == [split]
+    # --source-split, when given, is the split whatever the file's name (README, Sources)
+    dataset, _ = load_source(str(tmp_path / "test.json"), split="val")
+    assert dataset["split"] == ["val"]
 
 
 def test_csv_groups_rows_per_image(tmp_path):
