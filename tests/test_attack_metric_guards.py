@@ -241,3 +241,20 @@ def test_sep_attack_guides_its_text_part_by_the_clean_images():
     assert not torch.equal(result.images, images)
     (guide,) = text_attack.guides
     assert torch.allclose(guide, victim.encode_image(images), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- audit BV: the rows BS left un-run
+
+
+def test_a_captioning_record_keeps_the_largest_linf_of_its_batches():
+    """Guards `evaluate_captioning._Record.extend`: the report's linf is the largest over the batches,
+    not the last batch's (a smaller last batch hid a budget overrun earlier on)."""
+    from train.evaluate_captioning import _Record
+
+    def batch(linf: float) -> dict:
+        return {**{key: [] for key in _Record.FIELDS}, "linf": linf, "seconds": 1.0}
+
+    record = _Record(None)
+    record.extend(batch(0.03))
+    record.extend(batch(0.01))
+    assert record.linf == 0.03 and record.seconds == 2.0
