@@ -258,3 +258,17 @@ def test_a_captioning_record_keeps_the_largest_linf_of_its_batches():
     record.extend(batch(0.03))
     record.extend(batch(0.01))
     assert record.linf == 0.03 and record.seconds == 2.0
+
+
+def test_the_projects_hand_over_clamps_a_resize_overshoot_to_the_pixel_range():
+    """Guards `to_victim_resolution`: bicubic overshoots a sharp edge below 0 and above 1; the project's
+    hand-over clamps it back (only the SGA scripts' CLIP hand-over keeps the overshoot)."""
+    import torch.nn.functional as F
+
+    from train.eval_common import to_victim_resolution
+
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1
+    resized = F.interpolate(edge, size=(12, 12), mode="bicubic", align_corners=False, antialias=True)
+    assert float(resized.min()) < 0 and float(resized.max()) > 1  # the overshoot this test needs
+    assert torch.equal(to_victim_resolution(edge, 12), resized.clamp(0, 1))
