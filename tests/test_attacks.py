@@ -477,6 +477,13 @@ def test_build_attack_names_and_options(victim, mlm):
         build_attack("fgsm", victim)
 
 
+def test_build_attack_gives_the_text_attacks_their_words_per_round(victim, mlm):
+    """Guards `build_attack`'s text options: `words_per_round` reaches BERT-Attack and SGA's text step
+    (the contract test with 3 words a round checks budgets only, which the default 1 also keeps)."""
+    assert build_attack("bert-attack", victim, mlm=mlm, words_per_round=3).params()["words_per_round"] == 3
+    assert build_attack("sga", victim, mlm=mlm, words_per_round=3).text_attack.words_per_round == 3
+
+
 def test_seeded_pgd_is_reproducible(victim, batch):
     pixels, captions, image_of_text = batch
     first = build_attack("pgd", victim, seed=3, eps=EPS, steps=1)(pixels, captions, image_of_text).images
