@@ -262,3 +262,11 @@ def test_train_eval_attacks_the_fused_embedding(sample_world_dir, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert words in err and "\n" not in err, err
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_fused_co_attack_takes_its_alpha_from_the_settings(albef, mlm):
+    """Guards `build_attack` for the fused embedding: `alpha` reaches the attack (the objective test
+    above uses the default alpha, 3, so an alpha dropped there went unseen)."""
+    attack = build_attack("co-attack", albef, mlm=mlm, protocol="co-attack", attacked_embedding="multimodal",
+                          alpha=1.5, seed=0)
+    assert attack.alpha == 1.5 and attack.params()["alpha"] == 1.5
