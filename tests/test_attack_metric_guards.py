@@ -246,6 +246,23 @@ def test_sep_attack_guides_its_text_part_by_the_clean_images():
 # ----------------------------------------------------------------------------- audit BV: the rows BS left un-run
 
 
+def test_itm_reranked_hits_read_each_query_side_from_its_own_matrix(monkeypatch):
+    """Guards `Ranker.hits` under re-ranking: image queries (tr@K) rank `rerank_scores`' i2t matrix and
+    caption queries (ir@K) its t2i one; here they disagree, so reading one matrix for both shows."""
+    import types
+
+    import tasks.retrieval
+    from train.evaluate import Ranker
+
+    i2t = torch.eye(3)  # every image query finds its own caption first
+    t2i = torch.eye(3).roll(1, dims=0)  # every caption query finds another image first
+    monkeypatch.setattr(tasks.retrieval, "rerank_scores", lambda *args, **kwargs: (i2t, t2i))
+    ranker = Ranker(types.SimpleNamespace(has_itm=True), rerank_k=2, image_of_text=torch.arange(3), batch_size=3)
+    hits = ranker.hits(torch.eye(3), torch.eye(3), lambda: iter(()), ["c0", "c1", "c2"])
+    assert hits["tr@1"].tolist() == [True, True, True]
+    assert hits["ir@1"].tolist() == [False, False, False]
+
+
 def test_a_captioning_record_keeps_the_largest_linf_of_its_batches():
     """Guards `evaluate_captioning._Record.extend`: the report's linf is the largest over the batches,
     not the last batch's (a smaller last batch hid a budget overrun earlier on)."""
