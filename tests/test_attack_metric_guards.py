@@ -289,3 +289,23 @@ def test_the_projects_hand_over_clamps_a_resize_overshoot_to_the_pixel_range():
     resized = F.interpolate(edge, size=(12, 12), mode="bicubic", align_corners=False, antialias=True)
     assert float(resized.min()) < 0 and float(resized.max()) > 1  # the overshoot this test needs
     assert torch.equal(to_victim_resolution(edge, 12), resized.clamp(0, 1))
+
+
+def test_grounding_text_attack_tries_the_word_whose_masking_lowers_the_score_most_first():
+    """Guards `GroundingTextAttack.perturb`'s importance: masking "ball" lowers the expression's score
+    more than masking "red", so with a budget of one word "ball" is replaced, though either change
+    lowers the score (the importance negated tried "red" first and kept it)."""
+    import types
+
+    from tests.test_attacks import FixedSubstitutes
+    from train.attacks.grounding import GroundingTextAttack
+
+    victim = types.SimpleNamespace(objective="heat", device="cpu", text_batch=8)
+    attack = GroundingTextAttack(victim, FixedSubstitutes({"red": ["xa"], "ball": ["xb"]}), budget=1)
+
+    def scores(guides, texts, owners, target, features):  # "ball" carries most of the score
+        return torch.tensor([1.0 - 0.1 * ("red" not in t.split()) - 0.5 * ("ball" not in t.split()) for t in texts])
+
+    attack._guided_scores = scores
+    attacked, changes = attack.perturb([torch.zeros(1, 3, 4, 4)], ["red ball"], target=None)
+    assert attacked == ["red xb"] and changes == [[{"position": 1, "from": "ball", "to": "xb"}]]
