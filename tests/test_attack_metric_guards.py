@@ -309,3 +309,23 @@ def test_grounding_text_attack_tries_the_word_whose_masking_lowers_the_score_mos
     attack._guided_scores = scores
     attacked, changes = attack.perturb([torch.zeros(1, 3, 4, 4)], ["red ball"], target=None)
     assert attacked == ["red xb"] and changes == [[{"position": 1, "from": "ball", "to": "xb"}]]
+
+
+def test_grounding_sga_guides_its_text_step_by_the_image_and_every_scaled_view():
+    """Guards `GroundingSGA.run`'s step (1): the text attack scores against the image and one resized
+    view per scale, as SGA's set-level guidance does (the image alone made it a plain BERT-Attack)."""
+    import types
+
+    from train.attacks.grounding import GroundingSGA
+
+    guides = []
+
+    def text_perturb(views, texts, target):
+        guides.append([tuple(view.shape) for view in views])
+        return list(texts), [[] for _ in texts]
+
+    text = types.SimpleNamespace(perturb=text_perturb, params=lambda: {})
+    image = types.SimpleNamespace(generator=None, perturb=lambda images, loss: images, params=lambda: {})
+    victim = types.SimpleNamespace(objective="heat", device="cpu")
+    GroundingSGA(victim, image, text, scales=(0.5, 0.75))(torch.rand(1, 3, 8, 8), ["a red ball"])
+    assert guides[0] == [(1, 3, 8, 8)] * 3  # step (1); a later step reads the adversarial image alone
