@@ -40,6 +40,16 @@ def test_accepted_prefix_stops_at_the_first_rejected_change():
     assert accepted_prefix("a large red circle", changes, {}, lambda c, r: True) == "a big blue circle"
 
 
+def test_accepted_prefix_keeps_no_change_after_a_rejected_one():
+    # a filter that rejects one combination but would accept a longer one: the caption stays at the prefix
+    # before the rejection, never the longer change that carries the rejected substitution within it
+    from train.text_filter import accepted_prefix
+
+    changes = [{"position": 1, "to": "big"}, {"position": 2, "to": "blue"}, {"position": 3, "to": "square"}]
+    accept = lambda caption, row: caption != "a big blue circle"  # noqa: E731
+    assert accepted_prefix("a large red circle", changes, {}, accept) == "a big red circle"
+
+
 def test_unknown_filter_is_refused():
     from train.config import ConfigError, resolve_config
 
