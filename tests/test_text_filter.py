@@ -50,6 +50,20 @@ def test_accepted_prefix_keeps_no_change_after_a_rejected_one():
     assert accepted_prefix("a large red circle", changes, {}, accept) == "a big red circle"
 
 
+def test_truth_filter_rejects_a_caption_it_cannot_judge():
+    # check_caption_of_row's None (no scene, an unparseable caption) is no verdict of truth: accepting it
+    # would let MAT train on substitutions nobody checked
+    import json
+
+    from augment.world.scene import sample_scene
+    from train.text_filter import get_caption_filter
+
+    truth = get_caption_filter("truth")
+    scene_row = {"meta": json.dumps({"scene": sample_scene(random.Random(0)).to_dict()})}
+    assert truth("zzz qqq", scene_row) is False
+    assert truth("a red circle", {"meta": "{}"}) is False
+
+
 def test_unknown_filter_is_refused():
     from train.config import ConfigError, resolve_config
 
