@@ -382,3 +382,15 @@ def test_word_attack_progress_of_an_earlier_word_search_is_not_resumed_into_a_mi
                                                    r"\(train eval --restart\)$"):
                 BatchStore(folder, settings)
             assert (folder / name / "batch-00000.pt").is_file()  # nothing lost
+
+
+def test_weights_retrained_to_the_same_sum_are_other_weights():
+    """The resume tag's weight fingerprint: a retrained checkpoint whose tensors happen to sum as before (signs
+    moved, values swapped between positive and negative) is other weights, not the finished batches' own."""
+    from train.eval_store import weights_fingerprint
+
+    before, after = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        before.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        after.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    assert weights_fingerprint(before) != weights_fingerprint(after)
