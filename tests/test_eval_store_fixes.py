@@ -394,3 +394,17 @@ def test_weights_retrained_to_the_same_sum_are_other_weights():
         before.weight.copy_(torch.tensor([[0.5, -0.5]]))
         after.weight.copy_(torch.tensor([[0.0, 0.0]]))
     assert weights_fingerprint(before) != weights_fingerprint(after)
+
+
+def test_a_transfer_attackers_weights_are_fingerprinted_apart_from_the_victims():
+    """A transfer evaluation (--attacker another model) resumed with the attacker retrained in place: its own
+    fingerprint changes, so the batches its adversarial examples made are not resumed under the new weights."""
+    from train.eval_store import weights_fingerprint, weights_identity
+
+    victim, attacker = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        attacker.weight.add_(1.0)
+    identity = weights_identity(victim, attacker)
+    assert identity == {"weights": weights_fingerprint(victim), "attacker_weights": weights_fingerprint(attacker)}
+    assert identity["attacker_weights"] != identity["weights"]
+    assert weights_identity(victim, victim)["attacker_weights"] == weights_fingerprint(victim)  # white-box
