@@ -308,3 +308,15 @@ def test_a_leftover_removed_while_it_is_named_is_left_out_not_an_error(tmp_path,
     folder(aside)
     with pytest.raises(PoolError, match=r"sel: no such pool folder$"):
         load_pool(tmp_path / "pools" / "sel")
+
+
+def test_of_two_killed_swaps_leftovers_the_latest_is_named(tmp_path):
+    """Two swaps into `model` killed between their renames: the note's `mv` restores the newer old folder (the
+    last one readers saw), not an older one a later swap had already replaced."""
+    from augment.atomic import swap_leftover_note
+
+    older, newer = folder(tmp_path / f".model.old-{dead_pid()}"), folder(tmp_path / f".model.old-{dead_pid()}")
+    os.utime(older, (1_000_000, 1_000_000))
+    os.utime(newer, (2_000_000, 2_000_000))
+    note = swap_leftover_note(tmp_path / "model")
+    assert f"left the old folder at {newer}:" in note and f"{older}:" not in note
