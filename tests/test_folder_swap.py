@@ -320,3 +320,20 @@ def test_of_two_killed_swaps_leftovers_the_latest_is_named(tmp_path):
     os.utime(newer, (2_000_000, 2_000_000))
     note = swap_leftover_note(tmp_path / "model")
     assert f"left the old folder at {newer}:" in note and f"{older}:" not in note
+
+
+def test_a_reader_waits_out_the_trainers_swap_of_its_fixed_aside_name(tmp_path, monkeypatch):
+    """RUN/ckpt missing with the trainer's `.ckpt-old` beside it (no process id in the name): the instant between
+    the trainer's two renames, waited out as `.NAME.old-PID` of a live process is, not read as no checkpoint."""
+    import time
+
+    slept = []
+
+    def second_rename_done(seconds):
+        slept.append(seconds)
+        (tmp_path / "ckpt").mkdir(exist_ok=True)
+
+    monkeypatch.setattr(time, "sleep", second_rename_done)
+    (tmp_path / ".ckpt-old").mkdir()
+    atomic.wait_out_a_swap(tmp_path / "ckpt")
+    assert len(slept) == 1
