@@ -408,3 +408,24 @@ def test_a_transfer_attackers_weights_are_fingerprinted_apart_from_the_victims()
     assert identity == {"weights": weights_fingerprint(victim), "attacker_weights": weights_fingerprint(attacker)}
     assert identity["attacker_weights"] != identity["weights"]
     assert weights_identity(victim, victim)["attacker_weights"] == weights_fingerprint(victim)  # white-box
+
+
+def test_a_kill_while_a_finished_store_is_removed_keeps_its_settings_while_batches_remain(tmp_path, monkeypatch):
+    """settings.json goes last whatever order the folder lists its entries in: a kill after it went and before an
+    attack's folder did would leave finished batches no evaluation can resume (refused as settings missing)."""
+    import train.eval_store as eval_store
+    from train.eval_store import SETTINGS_FILE, BatchStore, remove_finished_store
+
+    folder = tmp_path / ".progress"
+    BatchStore(folder, {"a": 1}).save("pgd", 0, _Record())
+    listed = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda path: iter(sorted(listed(path), key=lambda p: p.name != SETTINGS_FILE)))
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_store, "remove_tree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_finished_store(folder)
+    monkeypatch.undo()
+    assert BatchStore(folder, {"a": 1}).finished_batches() == {"pgd": 1}
