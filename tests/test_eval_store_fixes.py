@@ -429,3 +429,12 @@ def test_a_kill_while_a_finished_store_is_removed_keeps_its_settings_while_batch
         remove_finished_store(folder)
     monkeypatch.undo()
     assert BatchStore(folder, {"a": 1}).finished_batches() == {"pgd": 1}
+
+
+def test_kept_pixels_of_another_batch_size_are_refused():
+    """A batch's pixels read back for re-ranking with other rows than its queries (a hand copy, another run's
+    file): refused as damaged, not re-ranked against the wrong images."""
+    from train.eval_store import tensors_problem
+
+    assert tensors_problem([torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)], rows=3, dims=4) == "2 rows, not 3"
+    assert tensors_problem(torch.zeros(3, 4), rows=3, width=4) is None
