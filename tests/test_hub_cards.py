@@ -897,3 +897,14 @@ def test_an_export_killed_part_way_keeps_its_lock_file_and_the_same_command_fini
     (out / ".generate.lock").touch()
     assert cli("push", str(pool), "--to-dir", str(out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "pool.json"]
+
+
+def test_the_cards_scores_table_lists_the_latest_scorer_first():
+    """scores.json keeps every scorer's entry; the card's table opens with the latest (`latest`), the one the pool's
+    selection and summary read, whatever order the entries were written in."""
+    from data_cards.render import score_rows
+
+    entry = {"alignment": {"image": {"mean": 0.5, "ci": [0.4, 0.6]}}}
+    document = {"scorers": {"clip-old": {**entry, "scorer": {"name": "old"}},
+                            "clip-new": {**entry, "scorer": {"name": "new"}}}, "latest": "clip-new"}
+    assert [row["details"] for row in score_rows(document)] == ["scorer: new", "scorer: old"]
