@@ -908,3 +908,14 @@ def test_the_cards_scores_table_lists_the_latest_scorer_first():
     document = {"scorers": {"clip-old": {**entry, "scorer": {"name": "old"}},
                             "clip-new": {**entry, "scorer": {"name": "new"}}}, "latest": "clip-new"}
     assert [row["details"] for row in score_rows(document)] == ["scorer: new", "scorer: old"]
+
+
+def test_an_older_pools_source_present_here_is_named_as_a_local_folder(tmp_path, monkeypatch):
+    """A pool from before the source's format was recorded, its card rendered where its source `data/world` is:
+    a local folder (its last part), not the Hub dataset `data/world` its spelling alone would suggest."""
+    from data_cards.render import source_datasets, source_name
+
+    (tmp_path / "data" / "world").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert source_name("data/world") == "world"
+    assert source_datasets("data/world") == ["extended|world"]
