@@ -438,3 +438,13 @@ def test_kept_pixels_of_another_batch_size_are_refused():
 
     assert tensors_problem([torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)], rows=3, dims=4) == "2 rows, not 3"
     assert tensors_problem(torch.zeros(3, 4), rows=3, width=4) is None
+
+
+def test_a_progress_number_that_is_a_bool_is_refused():
+    """True is an int to Python: a kept batch whose count or time is `true` (a hand edit, another program's file)
+    would be summed as 1, so the content check refuses it by name."""
+    from train.eval_store import content_problem
+
+    assert content_problem({"words_changed": True}, {"words_changed": (int, None)}) == "words_changed is a bool"
+    assert content_problem({"seconds": False}, {"seconds": ((int, float), None)}) == "seconds is a bool"
+    assert content_problem({"seconds": 2}, {"seconds": ((int, float), None)}) is None
