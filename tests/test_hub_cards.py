@@ -919,3 +919,15 @@ def test_an_older_pools_source_present_here_is_named_as_a_local_folder(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert source_name("data/world") == "world"
     assert source_datasets("data/world") == ["extended|world"]
+
+
+def test_a_hub_copy_pushed_before_the_recipe_was_recorded_is_the_same_pool():
+    """`augment push` without --force over its own earlier copy: the Hub's pool.json written before `recipe` (or a
+    key added since) was recorded is this pool, as a local resume takes it; a recipe both record that differs is
+    another pool."""
+    from augment.hub import same_pool
+
+    ours = {"method": "m", "seed": 0, "n": 1, "recipe": 2, "source": "s", "source_images": "abc", "device_type": "cpu"}
+    older = {key: value for key, value in ours.items() if key not in ("recipe", "source_images", "device_type")}
+    assert same_pool(ours, older) and same_pool(older, ours)
+    assert not same_pool(ours, {**ours, "recipe": 3})
