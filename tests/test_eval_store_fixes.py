@@ -448,3 +448,17 @@ def test_a_progress_number_that_is_a_bool_is_refused():
     assert content_problem({"words_changed": True}, {"words_changed": (int, None)}) == "words_changed is a bool"
     assert content_problem({"seconds": False}, {"seconds": ((int, float), None)}) == "seconds is a bool"
     assert content_problem({"seconds": 2}, {"seconds": ((int, float), None)}) is None
+
+
+def test_a_finished_attacks_pixels_are_deleted_with_its_summary_kept(tmp_path):
+    """Disk holds one attack's adversarial pixels at a time: once its report entry is kept, its batches' pixels
+    (only re-ranking reads them) go; the batches themselves stay."""
+    from train.eval_store import BatchStore
+
+    store = BatchStore(tmp_path / ".progress", {"a": 1})
+    for batch in (0, 1):
+        store.save("pgd", batch, _Record())
+    assert len(list((store.folder / "pgd").glob("pixels-*.pt"))) == 2
+    store.save_summary("pgd", {"tr@1": 50.0})
+    assert sorted(p.name for p in (store.folder / "pgd").iterdir()) == ["batch-00000.pt", "batch-00001.pt",
+                                                                        "summary.json"]
