@@ -495,3 +495,23 @@ def test_a_segmented_captioning_line_from_before_the_fullwidth_fold_is_not_ranke
     (tmp_path / VALIDATION_FILE).write_text(json.dumps(unsegmented) + "\n")  # nothing folded then or now
     none_now = {key: value for key, value in current.items() if key != "cjk_forms"} | {"segment_cjk": "none"}
     check_resume(tmp_path, none_now, 1)
+
+
+def test_another_runs_checkpoint_resumed_with_overwrite_replaces_the_run_in_out(tmp_path):
+    """`--resume OTHER/ckpt --overwrite` into a folder holding a run: that run is to be replaced (the refusal
+    without --overwrite says to pass it), so the check returns the checkpoint instead of refusing again."""
+    from types import SimpleNamespace
+
+    from train import checkpoint as ckpt
+    from train.config import ConfigError
+    from train.run_folder import check_run_folder
+
+    other = tmp_path / "other" / "ckpt"
+    (other / ckpt.STATE_DIR).mkdir(parents=True)
+    (other / ckpt.STATE_DIR / ckpt.STATE_FILE).write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="already holds another run; pass --overwrite"):
+        check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=False))
+    assert check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=True)) == other
