@@ -110,3 +110,11 @@ def test_a_worker_ends_when_its_parent_is_killed_under_spawn_and_forkserver(meth
     fork server): the kernel's parent-death signal waits for the server, which waits for its
     keep-alive pipe, whose write end every worker holds (`tests/test_pool.py` checks fork)."""
     assert not loader_worker_outlives_killed_parent(tmp_path, method, wait_s=20)
+
+
+def test_default_workers_leave_one_cpu_to_the_main_process(monkeypatch):
+    import augment.loading as loading
+
+    for cpus, workers in ((1, 0), (2, 1), (4, 3), (16, loading.MAX_DEFAULT_WORKERS)):
+        monkeypatch.setattr(loading, "available_cpus", lambda: cpus)
+        assert loading.default_workers() == workers, cpus
