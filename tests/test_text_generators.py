@@ -707,3 +707,24 @@ def test_a_shards_model_calls_show_on_the_bar(paraphraser, source, train_items, 
         paraphraser.on_shard_progress = None
     assert [done for done, _, _ in reports] == sorted({done for done, _, _ in reports}) and reports[-1] == (
         captions, captions, "captions")
+
+
+def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
+    """Round 2 samples only the images round 1 left short of n distinct captions: each with its own pixels, never
+    the batch's first images' (their captions would be kept as the short image's)."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import Sampling
+
+    generator = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: `sample` stands in for it
+    generator.sampling, generator.prompt, generator.keeps_prompt = Sampling(max_rounds=2), None, False
+    rounds = iter(range(2))
+
+    def sample(images, per_image):
+        round_index = next(rounds)
+        return [[f"{image} {k}" if image == "A" or round_index else f"{image} same" for k in range(per_image)]
+                for image in images]
+
+    generator.sample = sample
+    items = [{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}]
+    kept = [[text for text, _ in collector.kept] for collector in generator.caption_batch(items, 2, seed=0)]
+    assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
