@@ -728,3 +728,24 @@ def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
     items = [{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}]
     kept = [[text for text, _ in collector.kept] for collector in generator.caption_batch(items, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
+
+
+def test_a_paraphrasers_later_rounds_sample_the_captions_still_short_of_paraphrases():
+    """Round 2 samples only the captions round 1 left short of n distinct paraphrases, each from its own caption;
+    found by a mutation audit: sampling the batch's first captions in their place (the todo indices lost) passed
+    every test, as the captioner's did."""
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)  # no model: `sample` stands in for it
+    generator.sampling = Sampling(max_rounds=2)
+    rounds = iter(range(2))
+
+    def sample(captions, per_caption):
+        round_index = next(rounds)
+        return [[f"{caption} {k}" if caption == "A" or round_index else f"{caption} same" for k in range(per_caption)]
+                for caption in captions]
+
+    generator.sample = sample
+    batch = [({"image_id": "a"}, 0, "A"), ({"image_id": "b"}, 0, "B")]
+    kept = [[text for text, _ in collector.kept] for collector in generator.paraphrase_batch(batch, 2, seed=0)]
+    assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
