@@ -709,6 +709,19 @@ def test_a_shards_model_calls_show_on_the_bar(paraphraser, source, train_items, 
         captions, captions, "captions")
 
 
+def _b_short_in_the_first_round():
+    """A generator's `sample` stand-in: input "A" gets distinct outputs in every round, any other input one output
+    repeated in the first round (short of n) and distinct ones after."""
+    rounds = iter(range(2))
+
+    def sample(inputs, per_input):
+        round_index = next(rounds)
+        return [[f"{text} {k}" if text == "A" or round_index else f"{text} same" for k in range(per_input)]
+                for text in inputs]
+
+    return sample
+
+
 def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
     """Round 2 samples only the images round 1 left short of n distinct captions: each with its own pixels, never
     the batch's first images' (their captions would be kept as the short image's)."""
@@ -717,14 +730,7 @@ def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
 
     generator = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: `sample` stands in for it
     generator.sampling, generator.prompt, generator.keeps_prompt = Sampling(max_rounds=2), None, False
-    rounds = iter(range(2))
-
-    def sample(images, per_image):
-        round_index = next(rounds)
-        return [[f"{image} {k}" if image == "A" or round_index else f"{image} same" for k in range(per_image)]
-                for image in images]
-
-    generator.sample = sample
+    generator.sample = _b_short_in_the_first_round()
     items = [{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}]
     kept = [[text for text, _ in collector.kept] for collector in generator.caption_batch(items, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
@@ -738,14 +744,7 @@ def test_a_paraphrasers_later_rounds_sample_the_captions_still_short_of_paraphra
 
     generator = ParaphraseGenerator.__new__(ParaphraseGenerator)  # no model: `sample` stands in for it
     generator.sampling = Sampling(max_rounds=2)
-    rounds = iter(range(2))
-
-    def sample(captions, per_caption):
-        round_index = next(rounds)
-        return [[f"{caption} {k}" if caption == "A" or round_index else f"{caption} same" for k in range(per_caption)]
-                for caption in captions]
-
-    generator.sample = sample
+    generator.sample = _b_short_in_the_first_round()
     batch = [({"image_id": "a"}, 0, "A"), ({"image_id": "b"}, 0, "B")]
     kept = [[text for text, _ in collector.kept] for collector in generator.paraphrase_batch(batch, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
