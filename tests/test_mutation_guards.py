@@ -455,3 +455,24 @@ def test_adversarial_step_loss_is_robust_plus_clean_weight_times_clean():
     clean = float(pixels.mean())
     assert float(out.robust_loss) == pytest.approx(clean + 1.0) and float(out.clean_loss) == pytest.approx(clean)
     assert float(out.loss) == pytest.approx(clean + 1.0 + 0.25 * clean)
+
+
+# ----------------------------------------------------------------------------- a source's image files changed since its read
+
+
+def test_an_image_whose_change_time_is_ahead_of_this_clock_is_no_change(tmp_path, monkeypatch):
+    """Guards `check_unchanged_since_read`'s upper bound: a change time later than now is a clock's (a file
+    server's ahead of this machine), not a change after the read; one between the read and now is refused."""
+    import time
+
+    import augment.sources as sources
+    from augment.errors import SourceError
+
+    now = time.time_ns()
+    monkeypatch.setattr(sources, "_SOURCES_READ_AT", {str(tmp_path): now - 60 * 10**9})  # read a minute ago
+    image = str(tmp_path / "images" / "0.png")  # under the source's folder
+    ahead = types.SimpleNamespace(st_ctime_ns=now + 3600 * 10**9, st_mtime_ns=now + 3600 * 10**9)
+    sources.check_unchanged_since_read(image, ahead, "image file 0.png")  # the server's clock: read
+    changed = types.SimpleNamespace(st_ctime_ns=now - 10**9, st_mtime_ns=now - 10**9)
+    with pytest.raises(SourceError, match="^image file 0.png: the file changed at "):
+        sources.check_unchanged_since_read(image, changed, "image file 0.png")
