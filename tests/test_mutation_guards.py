@@ -476,3 +476,24 @@ def test_an_image_whose_change_time_is_ahead_of_this_clock_is_no_change(tmp_path
     changed = types.SimpleNamespace(st_ctime_ns=now - 10**9, st_mtime_ns=now - 10**9)
     with pytest.raises(SourceError, match="^image file 0.png: the file changed at "):
         sources.check_unchanged_since_read(image, changed, "image file 0.png")
+
+
+def test_a_source_read_records_the_folders_its_images_lie_in_and_no_other(tmp_path, monkeypatch):
+    """Guards `note_source_read`'s folders: a source file's own folder (its images beside it), --image-root
+    (images elsewhere), a source folder itself and not its parent (a sibling folder's images are no
+    source's: not refused)."""
+    import augment.sources as sources
+    from augment.errors import SourceError
+
+    monkeypatch.setattr(sources, "_SOURCES_READ_AT", {})
+    for folder in ("captions", "pictures", "world", "elsewhere"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "captions" / "data.json").write_text("{}")
+    sources.note_source_read(tmp_path / "captions" / "data.json", image_root=tmp_path / "pictures")
+    sources.note_source_read(tmp_path / "world")
+    after = max(sources._SOURCES_READ_AT.values()) + 1  # a change just after both reads
+    changed = types.SimpleNamespace(st_ctime_ns=after, st_mtime_ns=after)
+    for image in ("captions/images/0.png", "pictures/0.png", "world/images/0.png"):
+        with pytest.raises(SourceError, match="the file changed at"):
+            sources.check_unchanged_since_read(str(tmp_path / image), changed, image)
+    sources.check_unchanged_since_read(str(tmp_path / "elsewhere" / "0.png"), changed, "elsewhere/0.png")
