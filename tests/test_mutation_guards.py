@@ -497,3 +497,24 @@ def test_a_source_read_records_the_folders_its_images_lie_in_and_no_other(tmp_pa
         with pytest.raises(SourceError, match="the file changed at"):
             sources.check_unchanged_since_read(str(tmp_path / image), changed, image)
     sources.check_unchanged_since_read(str(tmp_path / "elsewhere" / "0.png"), changed, "elsewhere/0.png")
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_has_another_identity(tmp_path):
+    """Guards `path_identity`'s change time: a file replaced in place by one of the same size with its
+    old modification time kept (`cp -p`, `rsync -t` of an edited image) is another file to the score
+    cache's and resume's image fingerprints."""
+    import os
+
+    from augment.source_cache import path_identity
+
+    image = tmp_path / "0.bmp"
+    image.write_bytes(b"A" * 64)
+    before = os.stat(image)
+    identity = path_identity(image)
+    replacement = tmp_path / ".0.bmp.new"
+    replacement.write_bytes(b"B" * 64)
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(replacement, image)
+    after = os.stat(image)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)  # what a copy keeps
+    assert path_identity(image) != identity
