@@ -558,21 +558,33 @@ def test_local_paths_are_published_by_their_last_part_wherever_they_stand():
     assert scorer_slug("/home/u/clip", "x").startswith("clip-")
 
 
-def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
+def _repush(hub, pool: Path) -> list:
+    """Push `pool` to a repository holding this pool and a scores.json; the card commit's operations."""
     from augment.hub import published_json
 
-    # a generator model in a local folder: published by its last part, and still the same pool on a re-push
-    pool = make_pool(tmp_path / "pool", model=str(tmp_path / "my-captioner"))
     hub.repo_info.side_effect = None
     hub.repo_info.return_value = repo_with("README.md", "pool.json", "scores.json", "data/train-00000-of-00001.parquet")
     serve(hub, "pool.json", published_json(pool / "pool.json").decode())
     hub.list_files.return_value = ["README.md", "pool.json", "scores.json"]
     assert cli("push", str(pool), "--repo-id", "org/pool") == 0
-    operations = hub.create_commit.call_args.kwargs["operations"]
+    return hub.create_commit.call_args.kwargs["operations"]
+
+
+def test_repush_of_the_same_pool_updates_it_and_drops_stale_scores(hub, tmp_path):
+    # a generator model in a local folder: published by its last part, and still the same pool on a re-push
+    operations = _repush(hub, make_pool(tmp_path / "pool", model=str(tmp_path / "my-captioner")))
     deleted = [op.path_in_repo for op in operations if not hasattr(op, "path_or_fileobj")]
     assert deleted == ["scores.json"]
     [meta] = [json.loads(op.path_or_fileobj) for op in operations if op.path_in_repo == "pool.json"]
     assert meta["model"] == "my-captioner" and str(tmp_path) not in json.dumps(meta)
+
+
+def test_repush_of_a_scored_pool_replaces_its_scores_and_deletes_nothing(hub, tmp_path):
+    """Guards the stale-scores rule (audit BY): only a scores.json the push does not upload is deleted; one it
+    uploads again is replaced, never also deleted in the same commit."""
+    operations = _repush(hub, make_pool(tmp_path / "pool", scores={"alignment": {"mean": 0.3}}))
+    assert sorted(op.path_in_repo for op in operations) == ["README.md", "pool.json", "scores.json"]
+    assert all(hasattr(op, "path_or_fileobj") for op in operations)  # additions only
 
 
 def test_401_is_one_clear_line(hub, tmp_path, capsys):
