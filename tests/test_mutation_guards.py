@@ -518,3 +518,20 @@ def test_a_file_replaced_by_one_of_the_same_size_and_mtime_has_another_identity(
     after = os.stat(image)
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)  # what a copy keeps
     assert path_identity(image) != identity
+
+
+# ----------------------------------------------------------------------------- augment push
+
+
+def test_a_hub_error_never_shows_the_token_it_was_given(monkeypatch):
+    """Guards `hub_errors`' own scrub of the token it holds: not every token is hf_-shaped (a private endpoint's)
+    or among those the process-wide redaction read when it first looked (its list is read once)."""
+    import augment.cli_common as cli_common
+    from augment.hub import HubError, hub_errors
+
+    token = "endpoint-token-7f3a9c"  # no hf_ prefix
+    monkeypatch.setattr(cli_common, "_known_tokens", [])  # read before this token was set
+    with pytest.raises(HubError) as raised:
+        with hub_errors("uploading the data", "org/pool", token):
+            raise RuntimeError(f"the endpoint refused {token}")
+    assert token not in str(raised.value) and "<token>" in str(raised.value)
