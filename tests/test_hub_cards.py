@@ -587,6 +587,15 @@ def test_repush_of_a_scored_pool_replaces_its_scores_and_deletes_nothing(hub, tm
     assert all(hasattr(op, "path_or_fileobj") for op in operations)  # additions only
 
 
+def test_a_repository_created_empty_on_the_hub_takes_the_pool_without_force(hub, tmp_path):
+    """Guards the empty-repository rule (audit BY): a dataset repository made on the website holds only
+    .gitattributes and a README: no pool to clash with, so the push goes ahead without --force."""
+    hub.repo_info.side_effect = None
+    hub.repo_info.return_value = repo_with(".gitattributes", "README.md")
+    assert cli("push", str(make_pool(tmp_path / "pool")), "--repo-id", "org/pool") == 0
+    hub.push_to_hub.assert_called_once()
+    hub.create_commit.assert_called_once()  # the card and provenance only: nothing deleted first
+
 def test_401_is_one_clear_line(hub, tmp_path, capsys):
     from huggingface_hub.errors import HfHubHTTPError
 
