@@ -535,3 +535,40 @@ def test_a_hub_error_never_shows_the_token_it_was_given(monkeypatch):
         with hub_errors("uploading the data", "org/pool", token):
             raise RuntimeError(f"the endpoint refused {token}")
     assert token not in str(raised.value) and "<token>" in str(raised.value)
+
+
+# ----------------------------------------------------------------------------- make demo
+
+
+def test_make_demo_runs_the_demo_config_and_shows_only_the_comparison(tmp_path, monkeypatch, capsys):
+    """Guards `analysis.demo`: with no argument it runs the bundled demo config (another one when named), then
+    prints the report's comparison section alone and where the report, pools, runs and evaluations are."""
+    import analysis.demo as demo
+
+    report = tmp_path / "out" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# Study\n\n## The comparison that matters\n\n| model | robust R@1 |\n|---|---|\n| mat+ | 40.0 |\n\n"
+                      "Learning curves on the val split:\n\n![curves](learning_curves.png)\n\n## Clean and robust R@1\n\n"
+                      "| other table |\n")
+    loaded = []
+
+    def load_study_config(name):
+        loaded.append(name)
+        return {"out": str(tmp_path / "out")}
+
+    class Study:
+        def __init__(self, config, log):
+            log("[world] built")
+
+        def run(self):
+            return report
+
+    monkeypatch.setattr(demo, "load_study_config", load_study_config)
+    monkeypatch.setattr(demo, "Study", Study)
+    assert demo.main([]) == 0 and demo.main(["mini"]) == 0
+    assert loaded == ["demo", "mini"]
+    shown = capsys.readouterr().out.split("demo finished in ")[-1]
+    assert "| mat+ | 40.0 |" in shown and "Learning curves" not in shown and "other table" not in shown
+    assert f"report: {report} (learning curves: {tmp_path / 'out' / 'learning_curves.png'})" in shown
+    out = tmp_path / "out"
+    assert f"pools:  {out}/pools/   runs: {out}/runs/   evaluations: {out}/evals/" in shown
