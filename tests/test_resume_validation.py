@@ -202,6 +202,19 @@ def test_best_weights_survive_continuing_a_finished_run_and_a_kill_while_saving_
     assert validator.summary()["best"]["step"] == 7
 
 
+def test_a_step_of_several_micro_steps_is_validated_once(tmp_path, monkeypatch):
+    """Guards the callback's micro-step rule (audit BY): under --grad-accum 2 a validated step is evaluated at its
+    first micro step only (its second one sees the same weights: minutes of attacked evaluation again)."""
+    validator = _scripted_validator(monkeypatch, tmp_path / "run", {0: 10, 2: 12})
+    validator.trainer.cfg.grad_accum = 2
+    model, evaluated = validator.trainer.model, []
+    model.frozen_copy = lambda: evaluated.append(model.step) or _Snapshot(model.step)
+    for step in range(3):
+        model.step = step
+        for micro_step in (2 * step, 2 * step + 1):  # counted over the whole run
+            validator(types.SimpleNamespace(step=step, micro_step=micro_step))
+    assert evaluated == [0, 2]
+
 def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sample_world_dir):
     from train.run_folder import RUN_OUTPUTS
 
