@@ -215,6 +215,18 @@ def test_a_step_of_several_micro_steps_is_validated_once(tmp_path, monkeypatch):
             validator(types.SimpleNamespace(step=step, micro_step=micro_step))
     assert evaluated == [0, 2]
 
+def test_a_resume_on_a_step_whose_line_ties_the_best_is_not_validated_again(tmp_path, monkeypatch):
+    """Guards `_settled`'s tie (audit BY): a kept line of the resumed step that only ties an earlier best is
+    settled (RUN/best keeps the earlier weights either way): not minutes of attacked evaluation again."""
+    run, scores = tmp_path / "run", {0: 10, 2: 12, 4: 12}
+    _train(_scripted_validator(monkeypatch, run, scores), 0, 4)
+    validator = _scripted_validator(monkeypatch, run, scores)  # resumed at step 4, the checkpoint's
+    model, evaluated = validator.trainer.model, []
+    model.frozen_copy = lambda: evaluated.append(model.step) or _Snapshot(model.step)
+    model.step = 4
+    validator(types.SimpleNamespace(step=4, micro_step=4))
+    assert evaluated == [] and (run / "best" / "weights.txt").read_text() == "2"
+
 def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sample_world_dir):
     from train.run_folder import RUN_OUTPUTS
 
