@@ -341,9 +341,12 @@ def test_in_training_validation_attacks_with_the_runs_attack_settings():
     cfg = types.SimpleNamespace(val_attack="sga", val_segment_cjk="none", attack_eps=2 / 255, pgd_steps=3,
                                 pgd_step_size=0.5 / 255, word_budget=2, top_k=3, val_frequency=5, mlm="some-mlm",
                                 model="tiny-clip", task="retrieval", val_split="val", val_limit=8, seed=1)
-    options = validation_settings(cfg, 5).attack_options
+    settings = validation_settings(cfg, 5)
+    options = settings.attack_options
     assert {k: options[k] for k in ("eps", "steps", "step_size", "budget", "top_k", "mlm")} == {
         "eps": 2 / 255, "steps": 3, "step_size": 0.5 / 255, "budget": 2, "top_k": 3, "mlm": "some-mlm"}
+    # and the run's own seed (audit BY: a seed fixed at 0 survived), split, limit, a batch no larger than the limit
+    assert (settings.every, settings.seed, settings.split, settings.limit, settings.batch_size) == (5, 1, "val", 8, 8)
 
 
 # ----------------------------------------------------------------------------- captioning and grounding
