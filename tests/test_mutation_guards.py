@@ -572,3 +572,17 @@ def test_make_demo_runs_the_demo_config_and_shows_only_the_comparison(tmp_path, 
     assert f"report: {report} (learning curves: {tmp_path / 'out' / 'learning_curves.png'})" in shown
     out = tmp_path / "out"
     assert f"pools:  {out}/pools/   runs: {out}/runs/   evaluations: {out}/evals/" in shown
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+def test_mixed_precision_names_load_the_weights_in_float32():
+    """Guards `weights_dtype`: under open_clip's autocast names (amp, amp_bf16, tf32) a transformers model's
+    weights stay float32 (autocast casts per operation); only the pure and half names load them narrower."""
+    from models.transformers_io import weights_dtype
+
+    expected = {None: torch.float32, "fp32": torch.float32, "tf32": torch.float32, "amp": torch.float32,
+                "amp_bf16": torch.float32, "amp_bfloat16": torch.float32, "AMP": torch.float32,
+                "fp16": torch.float16, "pure_fp16": torch.float16, "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16}
+    assert {name: weights_dtype(name) for name in expected} == expected
