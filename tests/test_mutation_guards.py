@@ -586,3 +586,21 @@ def test_mixed_precision_names_load_the_weights_in_float32():
                 "amp_bf16": torch.float32, "amp_bfloat16": torch.float32, "AMP": torch.float32,
                 "fp16": torch.float16, "pure_fp16": torch.float16, "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16}
     assert {name: weights_dtype(name) for name in expected} == expected
+
+
+def test_a_safetensors_file_given_as_a_checkpoint_is_taken_as_one(tmp_path):
+    """Guards `looks_like_torch_checkpoint`'s safetensors rule (an 8-byte header length, then its JSON's "{"):
+    `--pretrained weights.safetensors` (open_clip reads it) passed the check; a text file still does not."""
+    from safetensors.torch import save_file
+
+    from augment.errors import ModelLoadError
+    from models.checkpoint_files import check_checkpoint_file, looks_like_torch_checkpoint
+
+    weights = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    assert looks_like_torch_checkpoint(weights)
+    check_checkpoint_file(weights, "CLIP checkpoint")
+    text = tmp_path / "notes.safetensors"
+    text.write_text("12345678 not a header {")
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
+        check_checkpoint_file(text, "CLIP checkpoint")
