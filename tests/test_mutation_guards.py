@@ -604,3 +604,22 @@ def test_a_safetensors_file_given_as_a_checkpoint_is_taken_as_one(tmp_path):
     text.write_text("12345678 not a header {")
     with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
         check_checkpoint_file(text, "CLIP checkpoint")
+
+
+def test_a_model_folder_whose_config_names_no_architecture_is_not_refused_as_another(tmp_path):
+    """Guards `check_architecture`: a config.json naming no `architectures` (a hand-written or older config) is
+    loaded for what it is asked as; one naming another architecture is refused in one line."""
+    import json
+
+    from augment.errors import ModelLoadError
+    from augment.registry import ResolvedSource
+    from models.transformers_io import check_architecture
+
+    folder = tmp_path / "blip"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "blip"}))
+    resolved = ResolvedSource("blip", str(folder), True)
+    check_architecture(resolved, "BlipForImageTextRetrieval", "BLIP")
+    (folder / "config.json").write_text(json.dumps({"model_type": "blip", "architectures": ["BlipForConditionalGeneration"]}))
+    with pytest.raises(ModelLoadError, match="it is a BlipForConditionalGeneration, not a BlipForImageTextRetrieval$"):
+        check_architecture(resolved, "BlipForImageTextRetrieval", "BLIP")
