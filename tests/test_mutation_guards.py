@@ -623,3 +623,20 @@ def test_a_model_folder_whose_config_names_no_architecture_is_not_refused_as_ano
     (folder / "config.json").write_text(json.dumps({"model_type": "blip", "architectures": ["BlipForConditionalGeneration"]}))
     with pytest.raises(ModelLoadError, match="it is a BlipForConditionalGeneration, not a BlipForImageTextRetrieval$"):
         check_architecture(resolved, "BlipForImageTextRetrieval", "BLIP")
+
+
+def test_a_hub_model_loads_from_the_cache_alone_when_offline_is_set_after_import(monkeypatch):
+    """Guards `pretrained_kwargs`: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set after huggingface_hub read its
+    constants still keeps from_pretrained to local files; a folder always; a Hub id online keeps its revision."""
+    from augment.registry import ResolvedSource
+    from models.transformers_io import pretrained_kwargs
+
+    hub_model = ResolvedSource("org/model", "org/model", False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert pretrained_kwargs(hub_model, "v1") == {"trust_remote_code": False, "revision": "v1"}
+    assert pretrained_kwargs(ResolvedSource("m", "/models/m", True), "v1") == {"trust_remote_code": False,
+                                                                              "local_files_only": True}
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert pretrained_kwargs(hub_model, "v1") == {"trust_remote_code": False, "local_files_only": True, "revision": "v1"}
