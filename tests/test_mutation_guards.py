@@ -640,3 +640,25 @@ def test_a_hub_model_loads_from_the_cache_alone_when_offline_is_set_after_import
                                                                               "local_files_only": True}
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     assert pretrained_kwargs(hub_model, "v1") == {"trust_remote_code": False, "local_files_only": True, "revision": "v1"}
+
+
+# ----------------------------------------------------------------------------- generator seeds (audit BX)
+
+
+def test_the_two_captions_of_one_image_get_their_own_diffusion_seeds():
+    """Guards BW's M22: a row's seed without its caption's index gave an image's two captions the same noise."""
+    from augment.generators.base import row_seed
+    from augment.generators.diffusion import DiffusionSettings, TextToImageGenerator
+
+    generator = TextToImageGenerator(DiffusionSettings(model="tiny-sd", batch_size=4), pipe=object())
+    seen = []
+
+    def record(call, seeds):
+        seen.extend(seeds)
+        return [None] * len(call.slots), None
+
+    generator.call_pipeline = record
+    items = [{"image_id": "i0", "captions": ["a red cube", "a blue sphere"], "split": "train"}]
+    (call,) = generator.plan_calls(generator.jobs(items, 1), 1)
+    generator._run_call(call, 5)
+    assert seen == [row_seed(5, "i0", 0, 0), row_seed(5, "i0", 1, 0)] and seen[0] != seen[1]
