@@ -736,6 +736,35 @@ def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
 
 
+def _seeds_of_rounds(seeds: list[int]):
+    """A `sample` stand-in that records each round's torch seed and stays one distinct output short of n."""
+    import torch
+
+    def sample(inputs, per_input):
+        seeds.append(torch.initial_seed())
+        return [[f"{text} same"] * per_input for text in inputs]
+
+    return sample
+
+
+def test_each_sampling_round_is_seeded_from_the_batchs_first_element_and_its_round():
+    """Guards BW's M23 and M25: a batch's seed taken from its last element, or the captioner's from round 0 in
+    every round (its later rounds repeating the first one's samples), passed every test."""
+    from augment.generators.captioner import NO_CAPTION, CaptionerGenerator
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling, batch_seed
+
+    captioner = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: `sample` stands in for it
+    captioner.sampling, captioner.prompt, captioner.keeps_prompt = Sampling(max_rounds=3), None, False
+    captioner.sample = _seeds_of_rounds(captioned := [])
+    captioner.caption_batch([{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}], 2, seed=4)
+    paraphraser = ParaphraseGenerator.__new__(ParaphraseGenerator)
+    paraphraser.sampling = Sampling(max_rounds=3)
+    paraphraser.sample = _seeds_of_rounds(paraphrased := [])
+    paraphraser.paraphrase_batch([({"image_id": "a"}, 1, "A"), ({"image_id": "b"}, 0, "B")], 2, seed=4)
+    assert captioned == [batch_seed(4, "a", NO_CAPTION, r) for r in range(3)] and len(set(captioned)) == 3
+    assert paraphrased == [batch_seed(4, "a", 1, r) for r in range(3)] and len(set(paraphrased)) == 3
+
+
 def test_a_paraphrasers_later_rounds_sample_the_captions_still_short_of_paraphrases():
     """Round 2 samples only the captions round 1 left short of n distinct paraphrases, each from its own caption;
     found by a mutation audit: sampling the batch's first captions in their place (the todo indices lost) passed
