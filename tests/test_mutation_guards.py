@@ -662,3 +662,17 @@ def test_the_two_captions_of_one_image_get_their_own_diffusion_seeds():
     (call,) = generator.plan_calls(generator.jobs(items, 1), 1)
     generator._run_call(call, 5)
     assert seen == [row_seed(5, "i0", 0, 0), row_seed(5, "i0", 1, 0)] and seen[0] != seen[1]
+
+
+# ----------------------------------------------------------------------------- i2t-/t2t- deduplication (audit BX)
+
+
+def test_outputs_differing_only_in_a_final_question_or_exclamation_mark_are_one_output():
+    """Guards a variant of BW's M27: `normalised` keeping a final ?/! (only its "." and "。" stripped) passed the
+    dedup tests, which end their duplicates in "." or "。"; "a dog runs?" then counted as a paraphrase of "A dog runs."."""
+    from augment.generators.paraphrase import DistinctCollector
+
+    collector = DistinctCollector(3, refuse=["A dog runs."])
+    for text in ("a dog runs?", "A dog runs!", "a dog runs", "A cat sits!", "a cat sits?"):
+        collector.offer(text, 0)
+    assert [text for text, _ in collector.kept] == ["A cat sits!"]
