@@ -215,6 +215,20 @@ def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its
     assert not (run / checkpoint.OLD_DIR).exists()
 
 
+def test_a_kill_after_the_swaps_second_rename_resumes_the_new_checkpoint_not_its_leftover(tmp_path):
+    """Guards BW's un-run M45 (audit BX): find_checkpoint preferring RUN/.ckpt-old to RUN/ckpt passed every test, none
+    leaving both; a kill after the swap's second rename leaves both, and `--resume latest` then went back to the
+    checkpoint before the newest one."""
+    import shutil
+
+    import train.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    _save(run)
+    shutil.copytree(checkpoint.checkpoint_dir(run), run / checkpoint.OLD_DIR)  # the previous checkpoint, not yet deleted
+    assert checkpoint.find_checkpoint(run) == checkpoint.checkpoint_dir(run)
+
+
 def test_a_plot_written_halfway_leaves_the_previous_one(tmp_path):
     """The study's and the scorer's PNGs go through `save_figure_atomic` (the study's were written in place)."""
     from augment.atomic import save_figure_atomic
