@@ -676,3 +676,17 @@ def test_outputs_differing_only_in_a_final_question_or_exclamation_mark_are_one_
     for text in ("a dog runs?", "A dog runs!", "a dog runs", "A cat sits!", "a cat sits?"):
         collector.offer(text, 0)
     assert [text for text, _ in collector.kept] == ["A cat sits!"]
+
+
+# ----------------------------------------------------------------------------- checkpoints (audit BX)
+
+
+@pytest.mark.parametrize("elapsed", [-1.0, -1, float("inf")])
+def test_a_training_state_of_negative_or_endless_elapsed_seconds_is_no_training_state(elapsed):
+    """Guards BW's un-run M46: the check's `elapsed >= 0` dropped passed every test (only text was tried); a resume
+    then took up a negative clock and reported a run's seconds below zero."""
+    from train.checkpoint import _state_problem
+
+    assert _state_problem({"step": 3, "elapsed_seconds": elapsed}) == (
+        f"'elapsed_seconds' must be a number of seconds, got {elapsed!r}")
+    assert _state_problem({"step": 3, "elapsed_seconds": 0.0}) is None
