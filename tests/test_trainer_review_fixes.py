@@ -185,6 +185,26 @@ def test_resume_latest_on_weights_without_their_train_state_is_refused(tmp_path,
     assert code == 2 and "has weights but no train_state/" in err and f"--model {run / 'ckpt'}" in err, err
 
 
+def test_a_folder_of_neither_weights_nor_train_state_is_not_said_to_hold_weights(tmp_path):
+    """Guards a mutation (audit BX, BW's un-run M47): a folder holding any file taken for one with weights (the
+    glob for *.safetensors widened), so `--resume` of a folder of a model's config alone advised training on
+    from its weights, unnoticed; only a folder with weights is told so."""
+    from types import SimpleNamespace
+
+    from train.checkpoint import unresumable_reason
+    from train.config import ConfigError
+    from train.run_folder import check_run_folder
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert unresumable_reason(folder) == f"{folder} has no train_state/state.json: it cannot be resumed"
+    with pytest.raises(ConfigError, match=r"not a checkpoint folder \(no train_state/state.json\)$"):
+        check_run_folder(tmp_path / "out", SimpleNamespace(resume=str(folder), overwrite=False))
+    (folder / "open_clip_model.safetensors").write_bytes(b"")
+    assert unresumable_reason(folder) == f"{folder} has weights but no train_state/: it cannot be resumed"
+
+
 # ----------------------------------------------------------------------------- 5. spellings on resume
 
 
