@@ -242,6 +242,23 @@ def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sa
     assert ".best-partial" in RUN_OUTPUTS and ".best-old" in RUN_OUTPUTS
 
 
+def test_a_runs_best_checkpoint_is_one_of_its_outputs(tmp_path):
+    """Guards BW's un-run M17 (audit BX): RUN_OUTPUTS without `best` passed every test; a folder holding only a
+    run's best/ was then written into without --overwrite, and --overwrite kept the earlier run's best/ beside the
+    new run's outputs."""
+    from types import SimpleNamespace
+
+    from train.config import ConfigError
+    from train.run_folder import check_run_folder, clear_run_outputs
+
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    (tmp_path / "run" / "best" / "open_clip_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume latest to continue it or --overwrite"):
+        check_run_folder(tmp_path / "run", SimpleNamespace(resume=None, overwrite=False))
+    clear_run_outputs(tmp_path / "run")
+    assert not (tmp_path / "run" / "best").exists()
+
+
 # ----------------------------------------------------------------------------- M4: validation settings on resume
 
 
@@ -540,3 +557,18 @@ def test_another_runs_checkpoint_resumed_with_overwrite_replaces_the_run_in_out(
     with pytest.raises(ConfigError, match="already holds another run; pass --overwrite"):
         check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=False))
     assert check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=True)) == other
+
+
+def test_resume_latest_into_outputs_without_a_config_yaml_or_checkpoint_is_refused(tmp_path):
+    """Guards BW's un-run M18: with its "config.yaml missing" conflict dropped, `--resume latest` into a folder of
+    another run's outputs (no checkpoint, no config.yaml to compare) started from step 0 over them, unnoticed."""
+    from types import SimpleNamespace
+
+    from train.config import ConfigError
+    from train.run_folder import check_run_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"has no checkpoint to resume: \['config.yaml missing'\]; pass --overwrite"):
+        check_run_folder(out, SimpleNamespace(resume="latest", overwrite=False))
