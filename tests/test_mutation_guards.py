@@ -690,3 +690,20 @@ def test_a_training_state_of_negative_or_endless_elapsed_seconds_is_no_training_
     assert _state_problem({"step": 3, "elapsed_seconds": elapsed}) == (
         f"'elapsed_seconds' must be a number of seconds, got {elapsed!r}")
     assert _state_problem({"step": 3, "elapsed_seconds": 0.0}) is None
+
+
+# ----------------------------------------------------------------------------- recipe keys (audit BX)
+
+
+def test_the_text_generators_recorded_params_name_their_dtype():
+    """Guards BW's un-run M26: the captioner's params without its dtype passed every test; pool.json then recorded
+    nothing of it, and a pool begun in fp32 resumed under --dtype bf16 mixed captions sampled in two precisions."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    captioner = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: params read only the settings
+    captioner.prompt, captioner.batch_size, captioner.dtype, captioner.sampling = None, 4, "bf16", Sampling()
+    paraphraser = ParaphraseGenerator.__new__(ParaphraseGenerator)
+    paraphraser.kind, paraphraser.prompt_template, paraphraser.batch_size = "seq2seq", None, 4
+    paraphraser.dtype, paraphraser.sampling = "bf16", Sampling()
+    assert captioner.params()["dtype"] == "bf16" and paraphraser.params()["dtype"] == "bf16"
