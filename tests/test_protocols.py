@@ -759,6 +759,16 @@ def test_train_eval_runs_every_attack_under_the_reference_protocols(sample_world
     assert "- `pgd`: " + ("loss image-kl" if protocol == "co-attack" else "loss pair") + ", eps 2/255, steps 2," in table
 
 
+def test_mean_gradient_scaling_divides_each_image_by_its_own_mean():
+    """Guards BS's un-run M13 (audit BX): the bug's division by the whole batch's mean absolute gradient passed every
+    test, each of one image; one image's infinite gradient then made every other image of its batch skip the step."""
+    pixels = images(2)
+    one_infinite = lambda adv: (adv[0] * float("inf")).sum() + adv[1].sum()  # noqa: E731
+    moved = pgd_linf(pixels, one_infinite, EPS, 1, EPS, random_start=False, scale_by_mean_gradient=True) - pixels
+    assert torch.equal(moved[0], torch.zeros_like(moved[0]))  # inf / inf: NaN, whose sign is 0
+    assert float(moved[1].max()) > EPS / 2  # its own mean is 1: the plain step up
+
+
 def test_train_eval_accepts_blips_caption_preprocessing(sample_world_dir, tmp_path, capsys):
     """`--caption-preprocess blip_pre_caption` (to compare with BLIP's reference evaluation) runs and is
     recorded; the protocol's default stays; an unknown value is refused before anything loads."""
