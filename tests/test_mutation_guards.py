@@ -678,6 +678,15 @@ def test_outputs_differing_only_in_a_final_question_or_exclamation_mark_are_one_
     assert [text for text, _ in collector.kept] == ["A cat sits!"]
 
 
+def test_a_caption_given_all_n_outputs_carries_no_shortfall_note():
+    """Guards a mutation (audit BX): the shortfall note's `kept >= n` as `kept > n` passed every test (each tried a
+    short caption only); every full caption's rows then said "only n of n distinct ... after R sampling rounds"."""
+    from augment.generators.paraphrase import shortfall_note
+
+    assert shortfall_note(2, 2, 3, "captions") == {}
+    assert shortfall_note(1, 2, 3, "captions") == {"note": "only 1 of 2 distinct captions after 3 sampling rounds"}
+
+
 # ----------------------------------------------------------------------------- checkpoints (audit BX)
 
 
