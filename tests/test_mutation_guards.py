@@ -704,15 +704,26 @@ def test_a_training_state_of_negative_or_endless_elapsed_seconds_is_no_training_
 # ----------------------------------------------------------------------------- recipe keys (audit BX)
 
 
-def test_the_text_generators_recorded_params_name_their_dtype():
-    """Guards BW's un-run M26: the captioner's params without its dtype passed every test; pool.json then recorded
-    nothing of it, and a pool begun in fp32 resumed under --dtype bf16 mixed captions sampled in two precisions."""
+def _text_generators_without_models(batch_size: int, dtype: str) -> tuple:
+    """A captioner and a paraphraser of these settings, built without a model: `params` reads only the settings."""
     from augment.generators.captioner import CaptionerGenerator
     from augment.generators.paraphrase import ParaphraseGenerator, Sampling
 
-    captioner = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: params read only the settings
-    captioner.prompt, captioner.batch_size, captioner.dtype, captioner.sampling = None, 4, "bf16", Sampling()
+    captioner = CaptionerGenerator.__new__(CaptionerGenerator)
+    captioner.prompt, captioner.batch_size, captioner.dtype, captioner.sampling = None, batch_size, dtype, Sampling()
     paraphraser = ParaphraseGenerator.__new__(ParaphraseGenerator)
-    paraphraser.kind, paraphraser.prompt_template, paraphraser.batch_size = "seq2seq", None, 4
-    paraphraser.dtype, paraphraser.sampling = "bf16", Sampling()
-    assert captioner.params()["dtype"] == "bf16" and paraphraser.params()["dtype"] == "bf16"
+    paraphraser.kind, paraphraser.prompt_template, paraphraser.batch_size = "seq2seq", None, batch_size
+    paraphraser.dtype, paraphraser.sampling = dtype, Sampling()
+    return captioner, paraphraser
+
+
+def test_the_text_generators_recorded_params_name_their_dtype():
+    """Guards BW's un-run M26: the captioner's params without its dtype passed every test; pool.json then recorded
+    nothing of it, and a pool begun in fp32 resumed under --dtype bf16 mixed captions sampled in two precisions."""
+    assert all(generator.params()["dtype"] == "bf16" for generator in _text_generators_without_models(4, "bf16"))
+
+
+def test_the_text_generators_recorded_params_name_their_batch_size():
+    """Guards a mutation (audit BX): the paraphraser's params without its batch size passed every test; they seed per
+    batch, so a pool resumed under another --batch-size (which the README says is refused) mixed two seedings."""
+    assert all(generator.params()["batch_size"] == 3 for generator in _text_generators_without_models(3, "fp32"))
