@@ -677,6 +677,18 @@ def test_each_epoch_draws_its_pool_views_and_crops_afresh(source, pools):
     assert not torch.equal(crops[0].pixels, crops[1].pixels)
 
 
+def test_each_epoch_goes_through_the_items_in_its_own_order(source):
+    """Guards a mutation (audit BX): the epoch order's seed without its epoch passed every test; each epoch then
+    went through the items in one order, the same batches every epoch."""
+    from train.data import TrainData
+
+    data = TrainData(source, seed=0)
+    per_epoch = data.micro_steps_per_epoch(4)
+    orders = [[(view.key, view.caption) for step in range(epoch * per_epoch, (epoch + 1) * per_epoch)
+               for view in data.plan(step, 4).views] for epoch in range(2)]
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
+
+
 def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir, monkeypatch):
     """FARE's loss is a per-sample mean, so 2 x 4 accumulated equals one batch of 8 (same crops).
 
