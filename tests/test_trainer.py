@@ -677,6 +677,16 @@ def test_each_epoch_draws_its_pool_views_and_crops_afresh(source, pools):
     assert not torch.equal(crops[0].pixels, crops[1].pixels)
 
 
+def test_each_slot_of_a_batch_gets_its_own_crop(source):
+    """Guards a mutation (audit BX): the crop seed without its slot passed every test (they compared epochs); every
+    image of an epoch was then cropped and flipped alike."""
+    from train.data import TrainData
+
+    data = TrainData(source, seed=0)
+    draws = data.materialise(data.plan(0, 8), 0, 8, lambda image: torch.rand(1)).pixels.flatten().tolist()
+    assert len(set(draws)) == 8
+
+
 def test_each_epoch_goes_through_the_items_in_its_own_order(source):
     """Guards a mutation (audit BX): the epoch order's seed without its epoch passed every test; each epoch then
     went through the items in one order, the same batches every epoch."""
