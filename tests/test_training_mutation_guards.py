@@ -397,3 +397,18 @@ def test_grounding_positives_are_the_keys_and_equal_expressions_plus_what_the_ch
               ["a star", "a circle", "a square"])
     expected = [[1.0, 1, 0], [1, 1, 0], [1, 0, 1]]
     assert [positives.tolist() for positives in seen] == [expected, expected]
+
+
+def test_each_micro_steps_inner_attack_draws_its_own_random_start():
+    """Guards a mutation (audit BX): the inner PGD generator's seed without the micro step passed every training
+    test; every step's adversarial examples then started from one noise pattern."""
+    from augment.seeds import derive_seed
+    from train.trainer import Trainer
+
+    trainer = types.SimpleNamespace(cfg=types.SimpleNamespace(seed=3), rank=1,
+                                    context=types.SimpleNamespace(pgd_generator=torch.Generator()))
+    seeds = []
+    for micro_step in (4, 5):
+        Trainer._seed_micro_step(trainer, micro_step)
+        seeds.append(trainer.context.pgd_generator.initial_seed())
+    assert seeds == [derive_seed(3, "pgd", 4, 1), derive_seed(3, "pgd", 5, 1)]
