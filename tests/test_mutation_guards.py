@@ -717,6 +717,17 @@ def _text_generators_without_models(batch_size: int, dtype: str) -> tuple:
     return captioner, paraphraser
 
 
+def test_a_diffusion_pools_params_leave_out_its_device_and_batch_size():
+    """Guards a mutation (audit BX): t2i-sd's params keeping its batch size passed every test; a killed run resumed
+    on a smaller GPU with a lower --batch-size (each row records its call layout) was then refused as another pool."""
+    from augment.generators.diffusion import DiffusionSettings, TextToImageGenerator
+
+    pipe = types.SimpleNamespace(scheduler=object(), vae_scale_factor=8, default_sample_size=8)  # what params reads
+    params = [TextToImageGenerator(DiffusionSettings(model="tiny-sd", batch_size=size, device=device), pipe=pipe)
+              .params() for size, device in ((4, "cpu"), (2, "cuda"))]
+    assert params[0] == params[1] and "batch_size" not in params[0]
+
+
 def test_the_text_generators_recorded_params_name_their_dtype():
     """Guards BW's un-run M26: the captioner's params without its dtype passed every test; pool.json then recorded
     nothing of it, and a pool begun in fp32 resumed under --dtype bf16 mixed captions sampled in two precisions."""
