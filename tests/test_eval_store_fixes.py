@@ -345,6 +345,23 @@ def test_each_attack_has_a_bar_of_its_own(sample_world_dir, capsys):
         assert re.search(rf"evaluating {name} \({number}/2\): +100%.* 4/4 ", shown), shown[-800:]
 
 
+def test_each_batch_of_an_attack_is_seeded_by_its_own_index(sample_world_dir, monkeypatch):
+    """Guards a mutation (audit BX): a batch's attack seed without the batch's index passed every evaluation test;
+    every batch's PGD then started from the same noise. Pinned as (seed, attack, batch index), what a resumed batch
+    draws again."""
+    import train.evaluate
+    from augment.seeds import derive_seed
+    from augment.sources import load_source
+    from models import load_model
+
+    seeds = []
+    monkeypatch.setattr(train.evaluate, "reseed_attack", lambda attack, seed: seeds.append(seed))
+    source, _ = load_source(str(sample_world_dir))
+    train.evaluate.evaluate(load_model("tiny-clip"), source, split="test", attacks=["pgd"], batch_size=2,
+                            captions_per_image=1, limit=4, attack_options={"steps": 1}, seed=5, progress=False)
+    assert seeds == [derive_seed(5, "pgd", 0), derive_seed(5, "pgd", 1)]
+
+
 def test_word_attack_progress_of_an_earlier_word_search_is_not_resumed_into_a_mix(tmp_path):
     """22f3ee6's `train eval --attacks clean,pgd,bert-attack` killed mid-way (progress format 2) resumed under this
     version with the same settings: batches whose words were split and substitutes accepted before 2026-12-06's
