@@ -950,3 +950,20 @@ def test_model_kinds_are_named_for_what_the_models_are():
         build_task("grounding").check_model(load_model("tiny-captioner"))
     with pytest.raises(ModelLoadError, match="unknown model kind 'grounding'; kinds: retrieval, captioning"):
         load_model("tiny-albef", kind="grounding")
+
+
+def test_each_batch_of_a_caption_attack_is_seeded_by_its_own_index(captioner, sample_world_dir, monkeypatch):
+    """Guards a mutation (audit BX): a batch's attack seed without the batch's index passed every captioning test;
+    every batch's PGD then started from the same noise. Pinned as (seed, attack, batch index), what a resumed batch
+    draws again."""
+    import train.eval_common
+    from augment.seeds import derive_seed
+    from augment.sources import load_source
+    from train.evaluate_captioning import evaluate_captioning
+
+    seeds = []
+    monkeypatch.setattr(train.eval_common, "reseed_attack", lambda attack, seed: seeds.append(seed))
+    evaluate_captioning(captioner, load_source(str(sample_world_dir))[0], split="test", attacks=["pgd"], batch_size=2,
+                        limit=4, attack_options={"steps": 1}, generation=GENERATION, meteor=False, java=False, seed=5,
+                        progress=False)
+    assert seeds == [derive_seed(5, "pgd", 0), derive_seed(5, "pgd", 1)]
