@@ -969,3 +969,17 @@ def test_grounding_files_named_but_missing_or_unread_are_one_line(tmp_path):
     dataset.write_text(json.dumps(data))
     with pytest.raises(SourceError, match=r"images\[1\]: objects\[0\]: needs 'object', 'box' and 'expressions'$"):
         load_grounding(world)
+
+
+def test_each_batch_of_a_grounding_attack_is_seeded_by_its_own_index(monkeypatch):
+    """Guards a mutation (audit BX): a batch's attack seed without the batch's index passed every grounding test;
+    every batch's PGD then started from the same noise. Pinned as (seed, attack, batch index), what a resumed batch
+    draws again."""
+    import train.evaluate_grounding
+    from augment.seeds import derive_seed
+
+    seeds = []
+    monkeypatch.setattr(train.evaluate_grounding, "reseed_attack", lambda attack, seed: seeds.append(seed))
+    train.evaluate_grounding.evaluate_grounding(_ColourGrounder(), world_grounding(seed=5, n=4), attacks=["pgd"],
+                                                batch_size=2, attack_options={"steps": 1}, seed=5)
+    assert seeds[-2:] == [derive_seed(5, "pgd", 0), derive_seed(5, "pgd", 1)]  # after the clean row's two batches
