@@ -738,3 +738,31 @@ def test_the_text_generators_recorded_params_name_their_batch_size():
     """Guards a mutation (audit BX): the paraphraser's params without its batch size passed every test; they seed per
     batch, so a pool resumed under another --batch-size (which the README says is refused) mixed two seedings."""
     assert all(generator.params()["batch_size"] == 3 for generator in _text_generators_without_models(3, "fp32"))
+
+
+# ----------------------------------------------------------------------------- benchmarks' arithmetic (audit CA)
+
+
+def test_interleaved_sides_get_one_untimed_run_then_the_median_of_their_own_wall_and_cpu_times(monkeypatch):
+    """Guards audit CA's M01/M02: `_interleaved` without its untimed first run of each side (first-use costs then
+    all fall on the baseline, timed first), or its `seconds` the median of the CPU times, passed every test."""
+    import bench.bench_attacks as bench
+
+    calls, clock = [], {"a": iter([(5.0, 10.0), (1.0, 30.0), (3.0, 20.0)]), "b": iter([(2.0, 1.0)] * 3)}
+
+    def side(name):
+        return lambda: calls.append(name) or name
+
+    def timed(fn):
+        name = fn()
+        wall, cpu = next(clock[name])
+        calls[-1] += " timed"
+        return wall, cpu, name
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    measured = bench._interleaved({"a": side("a"), "b": side("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a timed", "b timed"] * 3
+    assert measured["a"] == {"seconds": 3.0, "cpu_seconds": 20.0, "result": "a"}
+    assert measured["b"]["seconds"] == 2.0 and measured["b"]["cpu_seconds"] == 1.0
+    # a ratio is baseline over ours: > 1 when ours is faster
+    assert bench._ratio(measured, "a", "b", "seconds") == 1.5 and bench._ratio(measured, "a", "b", "cpu_seconds") == 20
