@@ -766,3 +766,70 @@ def test_interleaved_sides_get_one_untimed_run_then_the_median_of_their_own_wall
     assert measured["b"]["seconds"] == 2.0 and measured["b"]["cpu_seconds"] == 1.0
     # a ratio is baseline over ours: > 1 when ours is faster
     assert bench._ratio(measured, "a", "b", "seconds") == 1.5 and bench._ratio(measured, "a", "b", "cpu_seconds") == 20
+
+
+class _BenchVictim:
+    """What `bench_multimodal` reads of a victim: embeddings, `fast_text` and `library_layers`."""
+    fast_text = True
+
+    def encode_image(self, images):
+        return images.flatten(1)[:, :2]
+
+    def encode_text(self, texts):
+        return torch.tensor([[float(len(text)), 1.0] for text in texts])
+
+    def library_layers(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _bench_multimodal(monkeypatch, attack):
+    """`bench_multimodal` of one fake `attack(victim, pixels, captions, image_of_text) -> (images, texts)` on 2 images
+    of 2 and 1 captions, each side timed by fixed numbers (before loop 8 s, loop 4 s, batched 1 s; CPU 16/6/2 s)."""
+    import bench.bench_attacks as bench
+    import train.attacks
+
+    victim = _BenchVictim()
+    monkeypatch.setattr(train.attacks, "build_attack", lambda *a, **k: lambda p, c, i: types.SimpleNamespace(
+        **dict(zip(("images", "texts"), attack(victim, p, c, i)))))
+    times = {"one_at_a_time_before": (8.0, 16.0), "one_at_a_time": (4.0, 6.0), "batched": (1.0, 2.0)}
+    monkeypatch.setattr(bench, "_interleaved", lambda sides, repeats: {
+        name: {"seconds": times[name][0], "cpu_seconds": times[name][1], "result": fn()} for name, fn in sides.items()})
+    pixels = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) / 24
+    out = bench.bench_multimodal(victim, None, pixels, ["a dog", "the dog runs", "a cat"], torch.tensor([0, 0, 1]),
+                                 repeats=1, names=("sep",))
+    return out["attacks"]["sep"]
+
+
+def test_bench_multimodal_ratios_are_each_loop_over_batched_and_a_faithful_attack_is_identical(monkeypatch):
+    """Guards audit CA's M04/M08/M12/M13: `ratio_loop_over_batched` inverted, the loop's caption offset not
+    advanced (every image attacked with the first image's captions), the CPU ratio of wall times, or the "before"
+    ratio of the product's loop, passed every test: the README's speed-ups come from these fields."""
+    entry = _bench_multimodal(monkeypatch, lambda victim, pixels, captions, image_of_text: (
+        pixels + 1 / 255, [caption.upper() for caption in captions]))
+    assert entry["ratio_loop_over_batched"] == 4.0 and entry["cpu_ratio_loop_over_batched"] == 3.0
+    assert entry["ratio_before_loop_over_batched"] == 8.0 and entry["cpu_ratio_before_loop_over_batched"] == 8.0
+    assert entry["identical_texts"] and entry["identical_texts_before"]
+    assert entry["pixels_differing"] == entry["pixels_differing_before"] == 0 and entry["pixels"] == 24
+
+
+def test_bench_multimodal_flags_a_batched_side_that_attacks_otherwise(monkeypatch):
+    """Guards audit CA's M05/M06/M07: the identity checks comparing the loop's images or captions with themselves,
+    or the "before" loop's captions with the product loop's instead of the batched ones, passed every test; a
+    speed-up that changes the adversarial examples was then reported as the same attack."""
+    def batch_dependent(victim, pixels, captions, image_of_text):
+        # batch-size-dependent pixels; the batch changes its captions as the "before" loop does not
+        batched = len(pixels) > 1
+        return pixels + len(pixels) / 255, [caption + ("!" if batched else "") for caption in captions]
+
+    entry = _bench_multimodal(monkeypatch, batch_dependent)
+    assert not entry["identical_texts"] and not entry["identical_texts_before"]
+    assert entry["pixels_differing"] == entry["pixels_differing_before"] == 24
+    assert entry["max_image_difference"] == pytest.approx(1 / 255)
+
+    def before_differs(victim, pixels, captions, image_of_text):
+        return pixels, [caption + ("" if victim.fast_text else " (before)") for caption in captions]
+
+    entry = _bench_multimodal(monkeypatch, before_differs)
+    assert entry["identical_texts"] and not entry["identical_texts_before"]
