@@ -833,3 +833,16 @@ def test_bench_multimodal_flags_a_batched_side_that_attacks_otherwise(monkeypatc
 
     entry = _bench_multimodal(monkeypatch, before_differs)
     assert entry["identical_texts"] and not entry["identical_texts_before"]
+
+
+def test_attack_bench_fails_on_captions_that_either_loop_makes_otherwise():
+    """Guards audit CA's M10: the exit check's `identical_texts and identical_texts_before` as `or` passed every
+    test (none reached `main`'s check); a batched attack whose captions differ from one loop then exited 0."""
+    from bench.bench_attacks import captions_that_differ
+
+    def entry(same, same_before):
+        return {"identical_texts": same, "identical_texts_before": same_before}
+
+    report = {"multimodal": {"attacks": {"sep": entry(True, True), "sga": entry(True, False),
+                                         "co-attack": entry(False, True), "bert-attack": entry(False, False)}}}
+    assert captions_that_differ(report) == ["sga", "co-attack", "bert-attack"]
