@@ -846,3 +846,57 @@ def test_attack_bench_fails_on_captions_that_either_loop_makes_otherwise():
     report = {"multimodal": {"attacks": {"sep": entry(True, True), "sga": entry(True, False),
                                          "co-attack": entry(False, True), "bert-attack": entry(False, False)}}}
     assert captions_that_differ(report) == ["sga", "co-attack", "bert-attack"]
+
+
+def test_image_generator_bench_takes_each_modes_median_and_the_loop_over_batched_speed_up(monkeypatch):
+    """Guards audit CA's M15/M16/M20: `bench_method`'s speed-up inverted, its same-images bar `<` one 8-bit level
+    instead of `<=`, or the batched median taken of the loop's times, passed every test (none ran `bench_method`)."""
+    from augment.generators import diffusion
+
+    import bench.bench_image_generators as bench
+
+    class Generator:
+        pipe = None
+
+        def __init__(self, settings, pipe=None):
+            pass
+
+        def jobs(self, items, n):
+            return [(item["image_id"], k) for item in items for k in range(n)]
+
+        def params(self):
+            return {}
+
+    runs = {"loop": iter([6.0, 2.0, 4.0]), "batched": iter([1.0, 3.0, 2.0])}
+    images = {"loop": [np.full((2, 2, 3), 10, np.uint8)], "batched": [np.full((2, 2, 3), 11, np.uint8)]}
+    monkeypatch.setitem(diffusion.GENERATOR_CLASSES, "fake", Generator)
+    monkeypatch.setattr(bench, "sample_world_items", lambda count, seed: [{"image_id": i} for i in range(count)])
+    monkeypatch.setattr(bench, "loop_runner", lambda generator, jobs, seed: lambda: "loop")
+    monkeypatch.setattr(bench, "batched_runner", lambda generator, items, n, seed: lambda: "batched")
+
+    def timed(device, run, pipe):
+        mode = run()
+        seconds = next(runs[mode])
+        return images[mode], seconds, {}, {"seconds": {"unet": seconds / 2}}
+
+    monkeypatch.setattr(bench, "timed", timed)
+    args = types.SimpleNamespace(model="tiny-sd", batch_size=2, steps=1, strength=0.5, size=None, images=2, n=1, seed=0,
+                                 repeats=3)
+    result = bench.bench_method("fake", args, "cpu", "fp32")
+    assert result["loop"]["seconds"] == 4.0 and result["batched"]["seconds"] == 2.0 and result["speedup"] == 2.0
+    assert result["loop"]["images_per_s"] == 0.5 and result["batched"]["breakdown"] == {"seconds": {"unet": 1.0}}
+    assert result["max_pixel_difference"] == 1 and result["same_images"]  # within one 8-bit level
+    images["batched"] = [np.full((2, 2, 3), 12, np.uint8)]
+    runs = {"loop": iter([6.0, 2.0, 4.0]), "batched": iter([1.0, 3.0, 2.0])}
+    assert not bench.bench_method("fake", args, "cpu", "fp32")["same_images"]
+
+
+def test_image_generator_bench_helpers_pick_the_median_run_and_the_signed_pixel_gap():
+    """Guards audit CA's M17/M18/M19: `median_run` indexing the breakdowns by rank not by run, the pixel gap taken
+    in uint8 (0 - 1 wraps to 255), or the bound leaving out the VAE's encoding, passed every test."""
+    from bench.bench_image_generators import max_pixel_difference, median_run, per_image_bound
+
+    assert median_run([5.0, 1.0, 3.0, 9.0], ["five", "one", "three", "nine"]) == "three"  # lower median
+    assert max_pixel_difference([np.zeros((2, 2), np.uint8)], [np.ones((2, 2), np.uint8)]) == 1
+    assert max_pixel_difference([np.full((1, 1), 3, np.uint8)] * 2, [np.full((1, 1), 3, np.uint8), np.zeros((1, 1), np.uint8)]) == 3
+    assert per_image_bound(6.0, {"seconds": {"unet": 1.0, "vae_encode": 0.5, "vae_decode": 0.5, "text": 9.0}}) == 3.0
