@@ -900,3 +900,24 @@ def test_image_generator_bench_helpers_pick_the_median_run_and_the_signed_pixel_
     assert max_pixel_difference([np.zeros((2, 2), np.uint8)], [np.ones((2, 2), np.uint8)]) == 1
     assert max_pixel_difference([np.full((1, 1), 3, np.uint8)] * 2, [np.full((1, 1), 3, np.uint8), np.zeros((1, 1), np.uint8)]) == 3
     assert per_image_bound(6.0, {"seconds": {"unet": 1.0, "vae_encode": 0.5, "vae_decode": 0.5, "text": 9.0}}) == 3.0
+
+
+def test_train_loop_step_times_are_the_median_of_the_timed_steps_after_the_untimed(monkeypatch):
+    """Guards audit CA's M22/M23/M25: the timed window from `step > untimed` (one timed step fewer), the step time
+    a mean, or the data share the data wait's mean instead of its share of the timed steps' time, passed every test."""
+    import bench.bench_train_loop as loop
+
+    clock = [0.0]
+    durations, waits = [100.0, 100.0, 1.0, 2.0, 6.0], [50.0, 50.0, 0.5, 1.0, 1.5]
+    trainer = types.SimpleNamespace(cfg=types.SimpleNamespace(workers=2), step_data_seconds=None)
+
+    def train_step(step):
+        clock[0] += durations[step]
+        trainer.step_data_seconds = waits[step]
+
+    trainer.train_step = train_step
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    result = loop.time_steps(trainer, types.SimpleNamespace(batch_size=4), "cpu", untimed=2, timed=3)
+    assert result["step_s_all"] == [1.0, 2.0, 6.0] and result["data_s_all"] == [0.5, 1.0, 1.5]
+    assert result["step_s"] == 2.0 and result["images_per_s"] == 2.0 and result["window_images_per_s"] == 12 / 9
+    assert result["data_s"] == 1.0 and result["data_share"] == pytest.approx(3 / 9)
