@@ -201,6 +201,20 @@ def time_job(job: str, source: Path, images: Path, out: Path, env: dict) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
+def summarise_runs(runs: list[dict]) -> dict:
+    """One job's repeats at one size (`time_job`'s results, in order): the fastest finished run (else
+    the last, failed one) with every run's seconds, the first run's (it parsed the source and wrote
+    the cache) and the least main-process CPU time of the finished runs (less load-dependent)."""
+    timed = [r for r in runs if r["seconds"] is not None]
+    result = dict(min(timed, key=lambda r: r["seconds"]) if timed else runs[-1])
+    result["seconds_all"] = [r["seconds"] for r in runs]
+    result["first_seconds"] = runs[0]["seconds"]
+    result["first_cpu_seconds"] = runs[0].get("cpu_seconds")
+    cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds") is not None and r["seconds"] is not None]
+    result["cpu_seconds"] = min(cpu) if cpu else None
+    return result
+
+
 def ratios(results: dict, sizes: list[int], jobs: list[str], key: str = "seconds") -> dict:
     table = {}
     for job in jobs:
@@ -266,14 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs[job].append(time_job(job, source, images, work / f"out-{size}", job_env))
             results[str(size)] = {}
             for job in jobs:
-                timed = [r for r in runs[job] if r["seconds"] is not None]
-                result = dict(min(timed, key=lambda r: r["seconds"]) if timed else runs[job][-1])
-                result["seconds_all"] = [r["seconds"] for r in runs[job]]
-                result["first_seconds"] = runs[job][0]["seconds"]  # the run that parsed the source
-                result["first_cpu_seconds"] = runs[job][0].get("cpu_seconds")
-                cpu = [r["cpu_seconds"] for r in runs[job] if r.get("cpu_seconds") is not None and r["seconds"] is not None]
-                result["cpu_seconds"] = min(cpu) if cpu else None  # the main process's CPU time: less load-dependent
-                results[str(size)][job] = result
+                results[str(size)][job] = result = summarise_runs(runs[job])
                 shown = (f"{result['seconds']:.2f} s (first run {result['first_seconds'] or float('nan'):.2f} s)"
                          if result["seconds"] is not None else f"failed: {result['error']}")
                 print(f"  {job}: {shown}", flush=True)

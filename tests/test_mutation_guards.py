@@ -921,3 +921,28 @@ def test_train_loop_step_times_are_the_median_of_the_timed_steps_after_the_untim
     assert result["step_s_all"] == [1.0, 2.0, 6.0] and result["data_s_all"] == [0.5, 1.0, 1.5]
     assert result["step_s"] == 2.0 and result["images_per_s"] == 2.0 and result["window_images_per_s"] == 12 / 9
     assert result["data_s"] == 1.0 and result["data_share"] == pytest.approx(3 / 9)
+
+
+def test_scale_ratios_are_each_size_over_the_smallest():
+    """Guards audit CA's M27: `ratios` dividing by the largest size's seconds passed every test (none called it);
+    "flat" then read as every ratio at or below 1 whatever the growth."""
+    from bench.bench_scale import ratios
+
+    results = {"200": {"generate": {"seconds": 2.0}}, "2000": {"generate": {"seconds": 5.0}},
+               "20000": {"generate": {"seconds": None}}}
+    assert ratios(results, [200, 2000, 20000], ["generate"]) == {"generate": {"200": 1.0, "2000": 2.5, "20000": None}}
+
+
+def test_scale_bench_keeps_each_jobs_fastest_finished_run_and_its_first():
+    """Guards audit CA's M28: the repeats' summary keeping the slowest run (`max` for `min`) passed every test
+    (none reached `main`'s summary); the README's "flat" row then showed the most loaded repeat."""
+    from bench.bench_scale import summarise_runs
+
+    runs = [{"seconds": 4.0, "cpu_seconds": 3.0, "run": 1}, {"seconds": None, "cpu_seconds": None, "run": 2},
+            {"seconds": 2.0, "cpu_seconds": 2.5, "run": 3}, {"seconds": 3.0, "cpu_seconds": 1.5, "run": 4}]
+    summary = summarise_runs(runs)
+    assert summary["run"] == 3 and summary["seconds"] == 2.0 and summary["cpu_seconds"] == 1.5
+    assert summary["seconds_all"] == [4.0, None, 2.0, 3.0]
+    assert summary["first_seconds"] == 4.0 and summary["first_cpu_seconds"] == 3.0
+    failed = summarise_runs([{"seconds": None, "cpu_seconds": None, "error": "boom"}])
+    assert failed["error"] == "boom" and failed["seconds"] is None and failed["cpu_seconds"] is None
