@@ -946,3 +946,71 @@ def test_scale_bench_keeps_each_jobs_fastest_finished_run_and_its_first():
     assert summary["first_seconds"] == 4.0 and summary["first_cpu_seconds"] == 3.0
     failed = summarise_runs([{"seconds": None, "cpu_seconds": None, "error": "boom"}])
     assert failed["error"] == "boom" and failed["seconds"] is None and failed["cpu_seconds"] is None
+
+
+def _timed_in_turn(monkeypatch, module, seconds):
+    """`module._timed` giving each call the next (wall, CPU) of `seconds` (cycled), after running the function."""
+    import itertools
+
+    cycle = itertools.cycle(seconds)
+    monkeypatch.setattr(module, "_timed", lambda fn: (next(cycle), fn()))
+
+
+def test_trainer_bench_steps_are_warmed_up_and_report_mat_over_clean(monkeypatch):
+    """Guards audit CA's M33/M37: `bench_steps`' MAT/clean inverted, or its untimed first step of each trainer
+    dropped, passed every test (none ran `bench_steps`)."""
+    import contextlib
+    from pathlib import Path
+
+    import bench.bench_trainer as bench
+
+    steps = []
+
+    def trainer(method):
+        model = types.SimpleNamespace(library_layers=contextlib.nullcontext)
+        return types.SimpleNamespace(model=model, train_step=lambda step: steps.append((method, step)))
+
+    monkeypatch.setattr(bench, "_trainer", lambda method, source, out, args: trainer(method))
+    # per step: clean, clean with the library's layers, mat, mat with the library's layers
+    _timed_in_turn(monkeypatch, bench, [(1.0, 2.0), (1.5, 2.5), (5.0, 4.0), (6.0, 5.0)])
+    result = bench.bench_steps("source", Path("work"), types.SimpleNamespace(repeats=3, pgd_steps=2))
+    assert steps[:2] == [("clean", 0), ("mat", 0)] and len(steps) == 2 + 3 * 4
+    assert result["mat_over_clean"] == 5.0 and result["mat_over_clean_cpu"] == 2.0 and result["target_mat_over_clean"] == 3
+    assert not result["within_target"] and result["within_target_cpu"]
+    assert result["mat_step_library_layers_s"] == 6.0 and result["clean_step_library_layers_cpu_s"] == 2.5
+
+
+def test_trainer_bench_text_attack_ratios_and_same_captions_of_all_three_sides(monkeypatch):
+    """Guards audit CA's M34: `same_captions` comparing the batched side's captions with themselves passed every test
+    (none ran `bench_text_attack`): a one-by-one loop making other captions was reported as the same."""
+    import bench.bench_trainer as bench
+    import train.attacks.text
+
+    def attack_class(loop_suffix):
+        class Attack:
+            def __init__(self, victim, mlm, loss, text_batch=None):
+                self.victim, self.one_by_one = victim, text_batch == 1
+
+            def __call__(self, pixels, texts):
+                # the suffix: the product's one-by-one loop only (its "before" run encodes without fast_text)
+                suffix = loop_suffix if self.one_by_one and self.victim.fast_text else ""
+                return types.SimpleNamespace(texts=[text.upper() + suffix for text in texts])
+        return Attack
+
+    batch = types.SimpleNamespace(pixels=torch.zeros(2, 3, 2, 2), texts=["a dog", "two cats"])
+    victim = _BenchVictim()
+    victim.device = "cpu"
+    mat = types.SimpleNamespace(context=types.SimpleNamespace(model=victim), global_batch=2,
+                                data=types.SimpleNamespace(plan=lambda first, size: None,
+                                                           materialise=lambda plan, first, size, preprocess: batch),
+                                cfg=types.SimpleNamespace(mlm="tiny-mlm", batch_size=2),
+                                model=types.SimpleNamespace(preprocess_eval=None))
+    # per repeat: one by one as before, batched, one by one
+    _timed_in_turn(monkeypatch, bench, [(8.0, 16.0), (1.0, 2.0), (4.0, 6.0)])
+    monkeypatch.setattr(train.attacks.text, "BertAttack", attack_class(""))
+    result = bench.bench_text_attack(mat, repeats=2)
+    assert result["same_captions"] and result["captions_changed"] == 2
+    assert result["loop_over_batched"] == 4.0 and result["loop_over_batched_cpu"] == 3.0
+    assert result["before_loop_over_batched"] == 8.0 and result["before_loop_over_batched_cpu"] == 8.0
+    monkeypatch.setattr(train.attacks.text, "BertAttack", attack_class("!"))
+    assert not bench.bench_text_attack(mat, repeats=2)["same_captions"]
