@@ -1014,3 +1014,24 @@ def test_trainer_bench_text_attack_ratios_and_same_captions_of_all_three_sides(m
     assert result["before_loop_over_batched"] == 8.0 and result["before_loop_over_batched_cpu"] == 8.0
     monkeypatch.setattr(train.attacks.text, "BertAttack", attack_class("!"))
     assert not bench.bench_text_attack(mat, repeats=2)["same_captions"]
+
+
+def test_train_loop_loader_rate_leaves_out_the_untimed_batches(monkeypatch):
+    """Guards audit CA's M26: `time_loader` not drawing its `untimed` batches before the clock (the workers' start-up
+    then timed as the loader's rate) passed every test: the loader test's start-up is too short to tell."""
+    import bench.bench_train_loop as loop
+
+    clock, drawn = [0.0], []
+
+    def batches(trainer, count):
+        for index in range(count):
+            clock[0] += 10.0 if index < 2 else 1.0  # two batches of start-up, then one a second
+            drawn.append(index)
+            yield index
+
+    monkeypatch.setattr(loop, "loader_batches", batches)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    measured = loop.time_loader(types.SimpleNamespace(cfg=types.SimpleNamespace(batch_size=4)), 2, 3)
+    assert drawn == [0, 1, 2, 3, 4]
+    assert measured == {"loader_s_per_batch": 1.0, "loader_images_per_s": 4.0, "loader_untimed_batches": 2,
+                        "loader_timed_batches": 3}
