@@ -1035,3 +1035,16 @@ def test_train_loop_loader_rate_leaves_out_the_untimed_batches(monkeypatch):
     assert drawn == [0, 1, 2, 3, 4]
     assert measured == {"loader_s_per_batch": 1.0, "loader_images_per_s": 4.0, "loader_untimed_batches": 2,
                         "loader_timed_batches": 3}
+
+
+def test_text_generator_bench_keeps_the_best_run(monkeypatch):
+    """Guards audit CA's M35: `captions_per_second` keeping the slowest run (`max` for `min`) passed every test."""
+    import bench.bench_text_generators as bench
+
+    clock, durations = [0.0], iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def augment():
+        clock[0] += next(durations)
+
+    assert bench.captions_per_second(augment, 10, 3) == (10.0, 1.0)
