@@ -84,3 +84,56 @@ def test_profile_adds_each_batched_attacks_tables_to_one_file(tmp_path, one_torc
         calls = entry["aten_calls"]
         assert set(calls) == {"one_at_a_time_before", "one_at_a_time", "batched"} and min(calls.values()) > 0
         assert entry["aten_call_ratio_before_loop_over_batched"] == calls["one_at_a_time_before"] / calls["batched"] > 1
+
+
+def test_pgd_comparison_measures_the_baselines_own_images_and_its_ratio(monkeypatch):
+    """Guards audit CA's M09: the no-random-start check differencing mat-plus's images with themselves passed every
+    test (torchattacks is not installed here, so `bench_pgd` never ran); a baseline making other images then read as
+    the same attack. torchattacks is stood in for by a PGD on mat-plus's loop, faithful or shifted by 1e-3; the
+    victim is a linear one."""
+    import contextlib
+    import sys
+    import types
+
+    import pytest
+    import torch
+    import torch.nn.functional as F
+
+    import bench.bench_attacks as bench
+    import train.attacks
+    from train.attacks import pgd_linf
+
+    weight = torch.linspace(-1, 1, 3 * 4 * 4 * 2).reshape(3 * 4 * 4, 2)
+    victim = types.SimpleNamespace(logit_scale=torch.tensor(10.0), library_layers=contextlib.nullcontext,
+                                   encode_image=lambda pixels: pixels.flatten(1) @ weight,
+                                   encode_text=lambda texts: torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:len(texts)])
+
+    def torchattacks_with(shift):
+        class PGD:
+            def __init__(self, model, eps, alpha, steps, random_start):
+                self.model, self.settings = model, (eps, steps, alpha)
+
+            def __call__(self, images, labels):
+                adversarial = pgd_linf(images, lambda x: F.cross_entropy(self.model(x), labels), *self.settings,
+                                       random_start=False)
+                return torch.cat([adversarial[:1] + shift, adversarial[1:]])
+        return types.SimpleNamespace(PGD=PGD)
+
+    seconds = {"torchattacks, library layers": 6.0, "torchattacks": 3.0, "mat-plus pgd_linf": 2.0,
+               "mat-plus PGD (pair objective)": 1.0}
+    monkeypatch.setattr(bench, "_interleaved", lambda sides, repeats: {
+        name: {"seconds": seconds[name], "cpu_seconds": 2 * seconds[name], "result": fn()} for name, fn in sides.items()})
+    monkeypatch.setattr(train.attacks, "PGD", lambda victim, **settings: lambda pixels, captions:
+                        types.SimpleNamespace(images=pixels))
+    pixels = torch.linspace(0.2, 0.8, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    captions = ["a red cube on the left", "two blue spheres"]
+    monkeypatch.setitem(sys.modules, "torchattacks", torchattacks_with(0.0))
+    report = bench.bench_pgd(victim, pixels, captions, repeats=1)
+    assert report["ratio_torchattacks_over_matplus"] == 3.0 and report["ratio_torchattacks_same_model_over_matplus"] == 1.5
+    assert report["cpu_ratio_torchattacks_over_matplus"] == 3.0 and report["linf"]["mat-plus pgd_linf"] > 0
+    fixed = report["without_random_start"]
+    assert fixed["pixels_differing"] == fixed["pixels_beyond_rounding"] == 0 and fixed["pixels"] == pixels.numel()
+    monkeypatch.setitem(sys.modules, "torchattacks", torchattacks_with(1e-3))
+    fixed = bench.bench_pgd(victim, pixels, captions, repeats=1)["without_random_start"]
+    assert fixed["pixels_differing"] == fixed["pixels_beyond_rounding"] == pixels[0].numel()
+    assert fixed["max_image_difference"] == pytest.approx(1e-3, rel=1e-3)
