@@ -371,3 +371,30 @@ def test_scoring_keeps_its_speed_comparison_when_killed_later_and_gives_a_headli
     assert lines[0].startswith("(partial")
     assert lines[1].startswith("scoring (cpu, 8 pairs): first pass 1.25x CLIPScore reading the files (0.800 s against "
                                "1.000 s; statistics 0.100 s)") and "re-score 50.0x" in lines[1]
+
+
+def test_one_failed_measurement_fails_the_run_and_a_killed_writers_file_is_removed(tmp_path, monkeypatch, capsys):
+    """Guards audit CA's M29/M30: the exit status from `any` measurement passing (not `all`), or the killed writer's
+    `.NAME.tmp-PID` left in `--out` (the device tool brings back at most eight files), passed every test."""
+    import subprocess
+
+    import bench.device_check as device_check
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a finished process: its temporary is stale
+    good, bad = (device_check.Measurement(name, "bench.unused", (), limit_s=60) for name in ("attacks_pgd", "scoring"))
+    monkeypatch.setattr(device_check, "MEASUREMENTS", (good, bad))
+    monkeypatch.setattr(device_check, "preflight", lambda: ["torch (stubbed preflight)"])
+
+    def run_one(measurement, argv, log_path, limit_s):
+        if measurement is good:
+            (tmp_path / "attacks_pgd.json").write_text(json.dumps({"pgd": {
+                "ratio_torchattacks_over_matplus": 1.25, "ratio_torchattacks_same_model_over_matplus": 1.5}}))
+            return {"name": good.name, "status": 0, "seconds": 1.0, "tail": []}
+        (tmp_path / f".scoring.json.tmp-{dead.pid}").write_text("{half")  # killed while writing its report
+        return {"name": bad.name, "status": f"killed after {limit_s} s", "seconds": 60.0, "tail": ["killed"]}
+
+    monkeypatch.setattr(device_check, "run_one", run_one)
+    assert device_check.main(["--smoke", "--out", str(tmp_path)]) == 1
+    assert "PGD: 1.25x torchattacks.PGD" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["attacks_pgd.json", "device_check.log"]
