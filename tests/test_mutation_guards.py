@@ -1048,3 +1048,20 @@ def test_text_generator_bench_keeps_the_best_run(monkeypatch):
         clock[0] += next(durations)
 
     assert bench.captions_per_second(augment, 10, 3) == (10.0, 1.0)
+
+
+def test_scoring_bench_speed_ratios_are_each_sides_rate_over_clipscores():
+    """Guards audit CA's M31: the first pass's ratio against CLIPScore reading the files inverted passed every test
+    (`bench_pairs` only runs in full); the figures are now `speed_ratios`, pinned here with made-up repeats."""
+    from bench.bench_scoring import LABELS, speed_ratios
+
+    times = {name: [1.0] for name in LABELS} | {"ours": [3.0, 1.0, 2.0], "torchmetrics": [4.0],
+                                                "torchmetrics_from_files": [8.0], "pipeline_cold": [4.0, 1.0, 2.0],
+                                                "pipeline_rescore": [0.5]}
+    speed = speed_ratios(times, {"torchmetrics_from_files": [6.0, 3.0, 9.0], "pipeline_cold": [2.0, 5.0, 1.0]}, 8)
+    assert speed["seconds_median"]["ours"] == 2.0 and speed["pairs_per_second"]["ours"] == 4.0
+    assert speed["ratio_ours_vs_torchmetrics"] == 2.0 and speed["ratio_pipeline_cold_vs_torchmetrics"] == 2.0
+    assert speed["ratio_pipeline_cold_vs_torchmetrics_from_files"] == 4.0
+    assert speed["ratio_pipeline_rescore_vs_torchmetrics_from_files"] == 16.0
+    assert speed["cpu_seconds_median"] == {"torchmetrics_from_files": 6.0, "pipeline_cold": 2.0}
+    assert speed["cpu_ratio_pipeline_cold_vs_torchmetrics_from_files"] == 3.0
