@@ -1065,3 +1065,26 @@ def test_scoring_bench_speed_ratios_are_each_sides_rate_over_clipscores():
     assert speed["ratio_pipeline_rescore_vs_torchmetrics_from_files"] == 16.0
     assert speed["cpu_seconds_median"] == {"torchmetrics_from_files": 6.0, "pipeline_cold": 2.0}
     assert speed["cpu_ratio_pipeline_cold_vs_torchmetrics_from_files"] == 3.0
+
+
+def test_text_generator_bench_ratio_is_mat_plus_rate_over_nlpaugs(monkeypatch):
+    """Guards audit CA's M36: the EDA comparison's ratio inverted (nlpaug's rate over mat-plus's) passed every test
+    (nlpaug is not installed here, so `bench_eda` never ran); nlpaug and WordNet are stood in for, the rates fixed."""
+    import sys
+
+    import augment.wordnet
+    import bench.bench_text_generators as bench
+
+    word = types.SimpleNamespace(RandomWordAug=lambda action, aug_p: action)
+    monkeypatch.setitem(sys.modules, "nlpaug", types.SimpleNamespace(augmenter=types.SimpleNamespace(word=word)))
+    monkeypatch.setitem(sys.modules, "nlpaug.augmenter", types.SimpleNamespace(word=word))
+    monkeypatch.setitem(sys.modules, "nlpaug.augmenter.word", word)
+    monkeypatch.setattr(augment.wordnet, "require_wordnet", lambda: None)
+    monkeypatch.setattr(augment.wordnet, "synonyms", lambda word: [])
+    monkeypatch.setattr(bench, "tagger_available", lambda: False)
+    # per op: mat-plus, then nlpaug (rs, rd); then mat-plus alone (sr, ri, all four)
+    rates = iter([(300.0, 0.1), (100.0, 0.3), (200.0, 0.15), (400.0, 0.075), (50.0, 0.6), (60.0, 0.5), (40.0, 0.75)])
+    monkeypatch.setattr(bench, "captions_per_second", lambda run, count, repeat: next(rates))
+    args = types.SimpleNamespace(alpha=0.1, seed=0, repeat=1)
+    rows = bench.bench_eda(args, ["a dog runs", "two cats sit"])["word_level"]
+    assert [(row["op"], row["ratio"]) for row in rows] == [("rs", 3.0), ("rd", 0.5)]
