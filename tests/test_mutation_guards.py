@@ -1088,3 +1088,13 @@ def test_text_generator_bench_ratio_is_mat_plus_rate_over_nlpaugs(monkeypatch):
     args = types.SimpleNamespace(alpha=0.1, seed=0, repeat=1)
     rows = bench.bench_eda(args, ["a dog runs", "two cats sit"])["word_level"]
     assert [(row["op"], row["ratio"]) for row in rows] == [("rs", 3.0), ("rd", 0.5)]
+
+
+def test_scoring_bench_score_gap_is_each_sides_distance_from_clipscore():
+    """Guards audit CA's M32: the gap that fails the scoring bench measured as each side's distance from itself (always
+    0) passed every test (`bench_pairs` only runs in full); it is now `score_agreement`, pinned here."""
+    from bench.bench_scoring import score_agreement
+
+    agreement = score_agreement(30.0, 30.25, 30.5, 29.5)
+    assert agreement["abs_difference"] == 1.0 and agreement["pipeline_cold"] == 30.25 and agreement["torchmetrics"] == 30.5
+    assert score_agreement(30.5, 30.5, 30.5, 30.5)["abs_difference"] == 0.0
