@@ -617,8 +617,16 @@ def test_401_is_one_clear_line(hub, tmp_path, capsys):
     hub.push_to_hub.assert_not_called()
 
 
-@pytest.mark.parametrize("status, expected", [(404, "org/pool: not found on the Hub (404) while uploading the data"),
-                                              (403, "may not write to org/pool (403 Forbidden)")])
+@pytest.mark.parametrize("status, expected", [
+    (404, "org/pool: not found on the Hub (404) while uploading the data"),
+    (403, "may not write to org/pool (403 Forbidden)"),
+    # guards mutations (audit BZ): 409 naming the endpoint instead of the repository, its advice swapped,
+    # 429 falling through to the generic refusal, and HTTP 500 left out of the server failures all passed
+    (409, "org/pool: conflict on the Hub (409) while uploading the data: the name may be taken by a repository "
+          "you cannot see; choose another --repo-id"),
+    (429, "the Hub is rate-limiting requests (429) while uploading the data: wait a few minutes and push again"),
+    (500, "the Hub failed (HTTP 500) while uploading the data: try again later"),
+])
 def test_hub_refusals_during_upload(hub, tmp_path, capsys, status, expected):
     from huggingface_hub.errors import HfHubHTTPError
 
