@@ -340,6 +340,25 @@ def test_an_export_of_images_held_as_bytes_is_not_copied_into_memory_to_embed_th
     assert [row["image"] for row in pushed.select([0, 1, 3, 4, 5])] == [r["image"] for k, r in enumerate(records) if k != 2]
 
 
+def test_to_dir_splits_a_pool_over_the_shard_size_into_contiguous_shards(tmp_path, monkeypatch):
+    """Guards mutations (audit BZ): the shard count as `max(1, bytes // limit)` (one shard fewer, each over
+    the limit) and shards of every n-th row (`contiguous=False`: the rows reordered) passed every test (each
+    pool fitted one shard). A pool of 2.5 times the limit is 3 shards, as datasets' push_to_hub counts."""
+    import pyarrow.parquet as pq
+
+    from augment import hub
+    from augment.pool import load_pool
+
+    pool = make_pool(tmp_path / "pool", rows=5)
+    monkeypatch.setattr(hub, "MAX_SHARD_BYTES", load_pool(pool).dataset.data.nbytes / 2.5)
+    out = tmp_path / "repo"
+    assert cli("push", str(pool), "--to-dir", str(out)) == 0
+    shards = sorted((out / "data").iterdir())
+    assert [p.name for p in shards] == [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+    row_ids = [row_id for shard in shards for row_id in pq.read_table(shard, columns=["row_id"])["row_id"].to_pylist()]
+    assert row_ids == [f"t2i-sd:{i}:0:0" for i in range(5)]
+
+
 def test_to_dir_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
     pool = make_pool(tmp_path / "pool", method="eda", modality="text", model=None)
     out = tmp_path / "repo"
