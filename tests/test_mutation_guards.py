@@ -1098,3 +1098,51 @@ def test_scoring_bench_score_gap_is_each_sides_distance_from_clipscore():
     agreement = score_agreement(30.0, 30.25, 30.5, 29.5)
     assert agreement["abs_difference"] == 1.0 and agreement["pipeline_cold"] == 30.25 and agreement["torchmetrics"] == 30.5
     assert score_agreement(30.5, 30.5, 30.5, 30.5)["abs_difference"] == 0.0
+
+
+# ----------------------------------------------------------------------------- image identities (audit BZ)
+
+
+def test_an_embedded_images_identity_is_the_hash_of_all_its_bytes_even_with_a_file_name():
+    """Guards mutations (audit BZ): hashing only an embedded image's first 4 KB (two images of one header and
+    top rows took one identity: a re-scored pool kept the old scores) and taking the file name an embedded
+    image keeps (`path_identity` of a file that is not read) before its bytes both passed every test."""
+    import hashlib
+
+    import datasets
+
+    from augment.sources import image_identities
+
+    head = bytes(range(256)) * 20  # 5,120 bytes both images share
+    images = [{"bytes": head + b"bottom rows A", "path": "000.png"}, {"bytes": head + b"bottom rows B", "path": None}]
+    dataset = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    assert image_identities(dataset) == [("bytes", hashlib.sha256(image["bytes"]).hexdigest()) for image in images]
+
+
+def test_a_path_identity_is_absolute_and_stays_absolute_outside_the_source_folder(tmp_path, monkeypatch):
+    """Guards mutations (audit BZ): a relative image path kept as given (the same identity for another file
+    under another working folder) and a path outside the source folder made relative to it (`../..`: the
+    score cache missed whenever the source moved without its images) both passed every test."""
+    from augment.source_cache import identity_within, path_identity
+
+    (tmp_path / "a.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    identity = path_identity("a.png")
+    assert identity[0] == str(tmp_path / "a.png") and identity[1][0] == 3
+    assert identity_within(identity, str(tmp_path / "source")) == identity
+    assert identity_within(identity, str(tmp_path)) == ["a.png", identity[1]]
+
+
+def test_each_shards_input_fingerprint_holds_its_last_rows_image():
+    """Guards a mutation (audit BZ): a shard's fingerprint over `images[start:start + shard_size - 1]` passed
+    every test; an image replaced in a kept shard's last row then passed the resume check, and the pool mixed
+    rows of two versions of one image."""
+    import datasets
+
+    from augment.sources import shard_input_fingerprints
+
+    rows = datasets.Dataset.from_dict({"image_id": ["a", "b", "c"], "split": ["train"] * 3,
+                                       "captions": [["x"], ["y"], ["z"]]})
+    before = shard_input_fingerprints(rows, 2, images=[["a.png", [1]], ["b.png", [1]], ["c.png", [1]]])
+    after = shard_input_fingerprints(rows, 2, images=[["a.png", [1]], ["b.png", [2]], ["c.png", [1]]])
+    assert len(before) == 2 and before[0] != after[0] and before[1] == after[1]
