@@ -980,6 +980,27 @@ def test_hf_clip_eval_transform_follows_its_processors_flags():
         hf_clip.HFClipModel(base.model, base.processor, name="oblong")
 
 
+def test_eval_transform_of_a_processor_without_resize_flags_resizes_bicubic():
+    """Guards mutations (audit BZ): an image processor without `do_resize` or `resample` (older or custom
+    processors) read as not resizing, or as resampling bilinearly, passed every test (each set both): it
+    resizes, bicubic, as transformers' processors default to."""
+    import types
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    from models.transformers_io import processor_eval_transform
+
+    processor = types.SimpleNamespace(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    size, transform = processor_eval_transform(processor, default_size=224)
+    expected = transforms.CenterCrop(32)(transforms.Resize(32, interpolation=InterpolationMode.BICUBIC)(image))
+    assert size == 32
+    torch.testing.assert_close(transform(image), transforms.functional.to_tensor(expected), rtol=0, atol=0)
+
+
 def test_transformers_prefix_names_the_same_tiny_twin_and_run_folder(tmp_path):
     """`transformers:NAME` is NAME read with transformers: a tiny twin (or a folder trained from one) keeps
     its tiny defaults (the offline masked LM) and its record, as without the prefix."""
