@@ -237,14 +237,26 @@ def _load_official_from(folder, name, config_folder):
                       bert_config=str(config_folder / "config_bert.json"), tokenizer="unused")
 
 
+def _resized_as_albef(pos: torch.Tensor) -> torch.Tensor:
+    """[1, 1 + 4 * 4, W] -> [1, 1 + 6 * 6, W] as ALBEF's interpolate_pos_embed: [CLS] kept, the grid bicubic."""
+    grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat([pos[:, :1], resized], dim=1)
+
+
 def test_position_embeddings_are_interpolated_as_albef(official):
     folder, state = official
     model = _load_official(folder, image_size=96)
-    pos = state["visual_encoder.pos_embed"]  # [1, 1 + 4 * 4, W] -> [1, 1 + 6 * 6, W]
-    grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
-    torch.testing.assert_close(model.visual_encoder.pos_embed.detach(), torch.cat([pos[:, :1], resized], dim=1))
+    torch.testing.assert_close(model.visual_encoder.pos_embed.detach(), _resized_as_albef(state["visual_encoder.pos_embed"]))
     assert model.encode_image(torch.rand(1, 3, 96, 96)).shape == (1, 16)
+
+
+def test_released_momentum_position_embeddings_are_interpolated_too(official):
+    """Guards a mutation (audit BZ): resampling only the main encoder's pos_embed passed every test; the
+    released momentum encoder, then of another shape, was silently replaced by a copy of the main weights."""
+    folder, state = official
+    model = _load_official(folder, image_size=96, momentum_distillation=True)
+    torch.testing.assert_close(model.visual_encoder_m.pos_embed.detach(), _resized_as_albef(state["visual_encoder_m.pos_embed"]))
 
 
 def test_tokens_are_cls_words_pad_without_sep(tiny_albef):
