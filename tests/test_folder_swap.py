@@ -215,6 +215,26 @@ def test_a_checkpoint_left_only_aside_by_a_kill_survives_the_next_save_until_its
     assert not (run / checkpoint.OLD_DIR).exists()
 
 
+def test_a_checkpoint_save_interrupted_while_writing_the_model_removes_its_partial_copy(tmp_path, monkeypatch):
+    """Guards a mutation (audit BZ): the partial copy's clean-up catching `Exception` instead of `BaseException`
+    passed every test; a Ctrl-C while the weights were written left RUN/.ckpt-partial (a model's size on the disk
+    the next save needs) beside the untouched last checkpoint."""
+    import train.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    _save(run)
+
+    def interrupted(self, folder):
+        (Path(folder) / "weights.safetensors").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_FilesModel, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _save(run)
+    assert not (run / checkpoint.PARTIAL_DIR).exists()
+    assert (checkpoint.checkpoint_dir(run) / "weights.safetensors").read_text() == "w"
+
+
 def test_a_kill_after_the_swaps_second_rename_resumes_the_new_checkpoint_not_its_leftover(tmp_path):
     """Guards BW's un-run M45 (audit BX): find_checkpoint preferring RUN/.ckpt-old to RUN/ckpt passed every test, none
     leaving both; a kill after the swap's second rename leaves both, and `--resume latest` then went back to the
