@@ -636,6 +636,24 @@ def test_401_is_one_clear_line(hub, tmp_path, capsys):
     hub.push_to_hub.assert_not_called()
 
 
+@pytest.mark.parametrize("call, status, expected", [
+    ("whoami", 404, "{endpoint} answered 404 Not Found while checking the token: is HF_ENDPOINT a Hugging Face Hub?"),
+    ("repo_info", 403, "the token may not write to org/pool (403 Forbidden) while checking the repository"),
+    ("create_commit", 429, "the Hub is rate-limiting requests (429) while uploading the data card: wait"),
+])
+def test_each_push_step_names_its_own_record_in_a_refusal(hub, tmp_path, capsys, call, status, expected):
+    """Guards mutations (audit BZ): the token check naming the repository, and the repository check naming
+    none, and the card's upload named as the data's, passed every test; a 404 from whoami (HF_ENDPOINT not a
+    Hub) read "org/pool: not found", sending the user to fix a correct --repo-id, a 403 on the repository named
+    the endpoint, and a card refused after the rows were up read as if the rows had not gone."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    getattr(hub, call).side_effect = http_error(HfHubHTTPError, status)
+    assert cli("push", str(make_pool(tmp_path / "pool")), "--repo-id", "org/pool") == 2
+    assert expected.format(endpoint=constants.ENDPOINT) in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("status, expected", [
     (404, "org/pool: not found on the Hub (404) while uploading the data"),
     (403, "may not write to org/pool (403 Forbidden)"),
