@@ -1001,6 +1001,27 @@ def test_eval_transform_of_a_processor_without_resize_flags_resizes_bicubic():
     torch.testing.assert_close(transform(image), transforms.functional.to_tensor(expected), rtol=0, atol=0)
 
 
+def test_a_processor_size_other_than_the_vision_models_is_refused_or_followed_by_family():
+    """Guards mutations (audit BZ): hf_clip refusing only processors larger than its vision model (`>` for `!=`),
+    and BLIP taking its vision config's size over its processor's, passed every test (each tried one size
+    only). transformers CLIP reads its one size (a smaller one crashed mid-run); BLIP reads the processor's."""
+    from transformers import CLIPImageProcessor
+
+    from augment.errors import ModelLoadError
+    from models import hf_clip
+
+    clip = load_model("tiny-hf-clip")
+    clip.processor.image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with pytest.raises(ModelLoadError, match="makes 32 px images, its vision model reads 64 px"):
+        hf_clip.HFClipModel(clip.model, clip.processor, name="smaller")
+    blip = load_model("tiny-blip")
+    blip.processor.image_processor.size = {"height": 32, "width": 32}
+    resized = type(blip)(blip.model, blip.processor, name="resized", temperature=0.07)
+    from PIL import Image
+
+    assert resized.image_size == 32 and resized.preprocess_eval(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
 def test_transformers_prefix_names_the_same_tiny_twin_and_run_folder(tmp_path):
     """`transformers:NAME` is NAME read with transformers: a tiny twin (or a folder trained from one) keeps
     its tiny defaults (the offline masked LM) and its record, as without the prefix."""
