@@ -235,6 +235,34 @@ def test_a_checkpoint_save_interrupted_while_writing_the_model_removes_its_parti
     assert (checkpoint.checkpoint_dir(run) / "weights.safetensors").read_text() == "w"
 
 
+def test_a_killed_saves_partial_copy_leaves_nothing_in_the_next_checkpoint(tmp_path):
+    """Guards a mutation (audit BZ): save_checkpoint writing into a killed save's RUN/.ckpt-partial without
+    emptying it first passed every test; the dead save's files (another process count's RNG state, a weights
+    file the model no longer writes) went into RUN/ckpt and were listed as its model files."""
+    import train.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    stale = run / checkpoint.PARTIAL_DIR / checkpoint.STATE_DIR
+    stale.mkdir(parents=True)
+    (stale / "rng-1.pt").write_bytes(b"dead")
+    (run / checkpoint.PARTIAL_DIR / "old.safetensors").write_bytes(b"dead")
+    final = _save(run)
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()) == [
+        f"{checkpoint.STATE_DIR}/{name}" for name in ("optimizer.pt", "rng-0.pt", "scheduler.pt", checkpoint.STATE_FILE)
+    ] + ["weights.safetensors"]
+
+
+def test_a_checkpoint_copied_without_its_weights_is_refused_naming_them(tmp_path):
+    """Guards a mutation (audit BZ): check_model_files skipping the first listed model file passed every test; a
+    checkpoint copied without its only weights file resumed, the model starting from random weights."""
+    import train.checkpoint as checkpoint
+
+    final = _save(tmp_path / "run")
+    (final / "weights.safetensors").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"weights\.safetensors is missing; copy the checkpoint again"):
+        checkpoint.read_state(final)
+
+
 def test_a_kill_after_the_swaps_second_rename_resumes_the_new_checkpoint_not_its_leftover(tmp_path):
     """Guards BW's un-run M45 (audit BX): find_checkpoint preferring RUN/.ckpt-old to RUN/ckpt passed every test, none
     leaving both; a kill after the swap's second rename leaves both, and `--resume latest` then went back to the
