@@ -296,14 +296,17 @@ def bench_method(method: str, args, device: str, dtype: str, components: dict | 
     loop_s, batched_s = statistics.median(loop_times), statistics.median(batched_times)
     loop_breakdown = median_run(loop_times, loop_parts)
     images = len(jobs)
+    # the batched side makes n images for each item, so more than the loop where --images is not a multiple of --n
+    batched_count = len(items) * args.n
     return {
         "method": method,
         "images": images,
         "loop": {"seconds": loop_s, "seconds_all": loop_times, "images_per_s": images / loop_s, "memory": loop_memory,
                  "breakdown": loop_breakdown},
-        "batched": {"seconds": batched_s, "seconds_all": batched_times, "images_per_s": images / batched_s,
-                    "memory": batched_memory, "breakdown": median_run(batched_times, batched_parts)},
-        "speedup": loop_s / batched_s,
+        "batched": {"images": batched_count, "seconds": batched_s, "seconds_all": batched_times,
+                    "images_per_s": batched_count / batched_s, "memory": batched_memory,
+                    "breakdown": median_run(batched_times, batched_parts)},
+        "speedup": (batched_count / batched_s) / (images / loop_s),  # images per second, batched over loop
         "per_image_bound": per_image_bound(loop_s, loop_breakdown),
         "max_pixel_difference": max_pixel_difference(loop_images, batched_images),
         # the bar: batching makes the same images as the loop, within one 8-bit level
@@ -328,7 +331,7 @@ def print_table(results: list[dict]) -> None:
             rise = f"{memory['rise_mib']:9.0f}" if "rise_mib" in memory else f"{'-':>9}"
             seconds = " ".join(f"{breakdown['seconds'].get(p, 0.0):13.3f}" for p in parts)
             per_sample = breakdown["unet_ms_per_sample"]
-            print(f"{result['method']:<10} {mode:<8} {result['images']:>6} {entry['seconds']:8.2f} "
+            print(f"{result['method']:<10} {mode:<8} {entry.get('images', result['images']):>6} {entry['seconds']:8.2f} "
                   f"{entry['images_per_s']:8.2f} {memory['peak_mib']:9.0f} {rise} {seconds} "
                   f"{breakdown['rest_s']:7.3f} {per_sample if per_sample is None else round(per_sample, 2):>15}")
         print(f"{result['method']:<10} batched / loop speed: {result['speedup']:.2f}x "

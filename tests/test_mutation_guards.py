@@ -889,6 +889,11 @@ def test_image_generator_bench_takes_each_modes_median_and_the_loop_over_batched
     images["batched"] = [np.full((2, 2, 3), 12, np.uint8)]
     runs = {"loop": iter([6.0, 2.0, 4.0]), "batched": iter([1.0, 3.0, 2.0])}
     assert not bench.bench_method("fake", args, "cpu", "fp32")["same_images"]
+    # --images 5 with --n 2: the loop makes 5 images, the batched side 3 items x 2; the speed-up compares rates
+    runs = {"loop": iter([6.0, 2.0, 4.0]), "batched": iter([1.0, 3.0, 2.0])}
+    result = bench.bench_method("fake", types.SimpleNamespace(**{**vars(args), "images": 5, "n": 2}), "cpu", "fp32")
+    assert result["images"] == 5 and result["batched"]["images"] == 6 and result["batched"]["images_per_s"] == 3.0
+    assert result["speedup"] == 3.0 / 1.25
 
 
 def test_image_generator_bench_helpers_pick_the_median_run_and_the_signed_pixel_gap():
