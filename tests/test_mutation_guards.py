@@ -1151,3 +1151,36 @@ def test_each_shards_input_fingerprint_holds_its_last_rows_image():
     before = shard_input_fingerprints(rows, 2, images=[["a.png", [1]], ["b.png", [1]], ["c.png", [1]]])
     after = shard_input_fingerprints(rows, 2, images=[["a.png", [1]], ["b.png", [2]], ["c.png", [1]]])
     assert len(before) == 2 and before[0] != after[0] and before[1] == after[1]
+
+
+# ----------------------------------------------------------------------------- audit CB: compare tables, truth checker
+
+
+def _compare_report(tr: float, ir: float, victim: str = "v", attacker: str | None = None, **attacks) -> dict:
+    entry = lambda name: {"family": "clip", "name": name, "pretrained": None, "tiny_twin": None}  # noqa: E731
+    return {"victim": entry(victim), "attacker": entry(attacker or victim),
+            "settings": {"mode": "transfer" if attacker else "white-box"},
+            "attacks": {"clean": {"tr@1": 80.0, "ir@1": 70.0, "rsum": 400.0}, "pgd": {"tr@1": tr, "ir@1": ir}, **attacks}}
+
+
+def test_compare_retrieval_cell_is_tr_then_ir_and_keeps_unknown_attacks():
+    """Guards mutations (audit CB): the retrieval cell written IR@1 / TR@1 under its `TR@1/IR@1` header, an
+    attack outside ATTACK_NAMES (a newer eval.json's) dropped from the table, and the `RSUM (clean)` column read
+    from the last attack's entry (always "-") all passed every test."""
+    from analysis.cli import compare_table
+
+    table = compare_table([("run", _compare_report(11.0, 22.0, **{"zz-new": {"tr@1": 5.0, "ir@1": 6.0}}))])
+    header, _, row = table.splitlines()
+    assert header.split(" | ")[2] == "pgd TR@1/IR@1" and row.split(" | ")[2] == "11.0 / 22.0"
+    assert "zz-new TR@1/IR@1" in header and "5.0 / 6.0" in row
+    assert header.endswith("RSUM (clean) |") and row.endswith("| 400.0 |")
+
+
+def test_transfer_tables_leave_out_the_clean_entry():
+    """Guards a mutation (audit CB): the clean entry counted as an attack made a `R@1 under clean` transfer table
+    (clean numbers are no attack's); it passed every test."""
+    from analysis.cli import transfer_tables
+
+    tables = transfer_tables([("white", _compare_report(10.0, 20.0, "a")),
+                              ("transfer", _compare_report(30.0, 40.0, "b", attacker="a"))])
+    assert "R@1 under pgd" in tables and "under clean" not in tables
