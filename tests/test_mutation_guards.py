@@ -1184,3 +1184,23 @@ def test_transfer_tables_leave_out_the_clean_entry():
     tables = transfer_tables([("white", _compare_report(10.0, 20.0, "a")),
                               ("transfer", _compare_report(30.0, 40.0, "b", attacker="a"))])
     assert "R@1 under pgd" in tables and "under clean" not in tables
+
+
+def test_truth_checker_plurals_relations_to_plurals_and_frame_relations():
+    """Guards mutations (audit CB) of augment/world/truth.py that passed every test: a plural phrase true of one
+    matching object ("red circles" of a scene with one), a relation to a plural phrase holding when it held for
+    any one of its objects (not all), "above/below the picture" read as the bottom/top of the frame, and an
+    attribute after its noun added to the noun's filled slot ("a red circle, blue": red and blue) instead of
+    naming another object."""
+    from augment.world.scene import Scene, SceneObject
+    from augment.world.truth import check_caption
+
+    one_circle = Scene((SceneObject("circle", "red", "large", "left"), SceneObject("square", "blue", "small", "right")))
+    assert check_caption("red circles", one_circle) is False
+    assert check_caption("a red circle, blue", one_circle) is True
+    squares_either_side = Scene((SceneObject("star", "red", "large", "centre"), SceneObject("square", "blue", "small", "left"),
+                                 SceneObject("square", "blue", "small", "right")))
+    assert check_caption("a red star to the left of the blue squares", squares_either_side) is False
+    top_circle = Scene((SceneObject("circle", "red", "large", "top"), SceneObject("square", "blue", "small", "bottom")))
+    assert check_caption("a red circle above the picture", top_circle) is True
+    assert check_caption("a red circle below the picture", top_circle) is False
