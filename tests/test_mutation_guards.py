@@ -1204,3 +1204,22 @@ def test_truth_checker_plurals_relations_to_plurals_and_frame_relations():
     top_circle = Scene((SceneObject("circle", "red", "large", "top"), SceneObject("square", "blue", "small", "bottom")))
     assert check_caption("a red circle above the picture", top_circle) is True
     assert check_caption("a red circle below the picture", top_circle) is False
+
+
+def test_grounding_box_arithmetic_and_accuracy_threshold_by_hand():
+    """Guards mutations (audit CB) of tasks/grounding.py's box choice and accuracy, checked against values worked
+    by hand: IoU exactly 0.5 is a hit (ALBEF's >=) and 0.45 is not; the union subtracts the intersection; a box's
+    heat is divided by area ** 0.5 over pixels x .. x + w - 1; the chosen box is the best scored; the random and
+    oracle baselines average over and look across candidates."""
+    from tasks.grounding import box_scores, choose_box, grounding_hits, oracle_accuracy, random_box_accuracy
+
+    truth = [0, 0, 10, 10]
+    assert grounding_hits([[0, 0, 10, 5], [0, 0, 10, 4.5]], [truth, truth]) == [True, False]
+    heat = torch.ones(10, 10)
+    assert box_scores(heat, [[0, 0, 4, 4], [0, 0, 9, 9]]).tolist() == pytest.approx([16 / 4, 81 / 9])
+    patch_heat = torch.zeros(2, 2)
+    patch_heat[1, 1] = 1.0  # the bottom-right quarter of the image is hot
+    assert choose_box(patch_heat, [[0, 0, 8, 8], [8, 8, 8, 8]], 16, 16) == 1
+    candidates = [[[0, 0, 10, 10], [20, 20, 5, 5], [30, 30, 5, 5]], [[0, 0, 10, 10]]]
+    assert random_box_accuracy(candidates, [truth, truth]) == pytest.approx(100 * (1 / 3 + 1) / 2)
+    assert oracle_accuracy(candidates[:1], [truth]) == 100.0
