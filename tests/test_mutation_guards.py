@@ -1223,3 +1223,14 @@ def test_grounding_box_arithmetic_and_accuracy_threshold_by_hand():
     candidates = [[[0, 0, 10, 10], [20, 20, 5, 5], [30, 30, 5, 5]], [[0, 0, 10, 10]]]
     assert random_box_accuracy(candidates, [truth, truth]) == pytest.approx(100 * (1 / 3 + 1) / 2)
     assert oracle_accuracy(candidates[:1], [truth]) == 100.0
+
+
+def test_mat_plus_reference_table_holds_each_caption_once_and_only_text_views():
+    """Guards a mutation (audit CB): the MAT+ reference table keeping a pool text view equal to a source caption
+    twice (scored twice, weighing that caption double in the image's mean loss) passed every test."""
+    from tasks.captioning import references_from_train_data
+
+    pool = types.SimpleNamespace(modality=["text", "text", "image"], caption=["a red circle", "a red disc", "a blue disc"],
+                                 image_index=[0, 0, 1])
+    data = types.SimpleNamespace(captions=[["a red circle"], ["a blue square"]], pools=[pool])
+    assert references_from_train_data(data) == [["a red circle", "a red disc"], ["a blue square"]]
