@@ -1234,3 +1234,20 @@ def test_mat_plus_reference_table_holds_each_caption_once_and_only_text_views():
                                  image_index=[0, 0, 1])
     data = types.SimpleNamespace(captions=[["a red circle"], ["a blue square"]], pools=[pool])
     assert references_from_train_data(data) == [["a red circle", "a red disc"], ["a blue square"]]
+
+
+def test_captioning_evaluation_gives_each_image_its_own_references_and_refuses_one_without():
+    """Guards a mutation (audit CB): the check that every evaluated image has a reference caption weakened to
+    "no image has one" passed every test; an image without references then reached CIDEr with an empty list."""
+    from train.evaluate_captioning import _references
+
+    class TinyGallery:
+        def __init__(self, images: int, captions: list[str], image_of_text: list[int]):
+            self.images, self.captions, self.image_of_text = images, captions, torch.tensor(image_of_text)
+
+        def __len__(self) -> int:
+            return self.images
+
+    assert _references(TinyGallery(2, ["a", "b", "c"], [0, 1, 0]), "test") == [["a", "c"], ["b"]]
+    with pytest.raises(ValueError, match="at least one reference"):
+        _references(TinyGallery(2, ["a", "b"], [0, 0]), "test")
