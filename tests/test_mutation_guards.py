@@ -1251,3 +1251,24 @@ def test_captioning_evaluation_gives_each_image_its_own_references_and_refuses_o
     assert _references(TinyGallery(2, ["a", "b", "c"], [0, 1, 0]), "test") == [["a", "c"], ["b"]]
     with pytest.raises(ValueError, match="at least one reference"):
         _references(TinyGallery(2, ["a", "b"], [0, 0]), "test")
+
+
+def test_ground_upsamples_the_heat_to_each_images_height_by_width():
+    """Guards a mutation (audit CB): `ground` passing an image's (width, height) where `choose_box` takes (height,
+    width) passed every test that runs without training (square images score alike either way); on a wide image
+    the heat was stretched onto the wrong axes and another box chosen."""
+    from tasks.grounding import ground
+
+    class HotTopRight:
+        device = torch.device("cpu")
+
+        def tokenize(self, texts):
+            return torch.zeros(len(texts), 1)
+
+        def grounding_heatmap(self, pixels, tokens):
+            heat = torch.zeros(len(pixels), 2, 2)
+            heat[:, 0, 1] = 1.0
+            return heat
+
+    wide = (8, 16)  # height 8, width 16: the right half is the box [8, 0, 8, 8]
+    assert ground(HotTopRight(), torch.zeros(1, 3, 4, 4), ["the right one"], [[[0, 0, 8, 8], [8, 0, 8, 8]]], [wide]) == [1]
