@@ -227,7 +227,7 @@ def test_image_generators_fail_when_batching_changes_the_images(tmp_path, monkey
     def fake(method, args, device, dtype, components):
         return {"method": method, "images": 2, "speedup": 3.0, "per_image_bound": 3.5, "max_pixel_difference": 9,
                 "same_images": False,
-                **{mode: {"seconds": 1.0, "images_per_s": 2.0, "memory": {"peak_mib": 1.0},
+                **{mode: {"images": 2, "seconds": 1.0, "images_per_s": 2.0, "memory": {"peak_mib": 1.0},
                           "breakdown": {"seconds": {}, "rest_s": 0.0, "unet_ms_per_sample": 1.0}}
                    for mode in ("loop", "batched")}}
 
