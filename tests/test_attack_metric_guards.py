@@ -67,7 +67,6 @@ def test_pgd_steps_stay_inside_the_pixel_range_not_only_the_returned_images():
         assert torch.allclose(out, expected, atol=1e-6)
 
 
-
 def test_pgd_with_zero_steps_returns_the_clean_images_without_a_random_start():
     """Guards the switch-off: `--pgd-steps 0` (or eps 0) is no attack, not a random start left in place."""
     from train.attacks.pgd import pgd_linf

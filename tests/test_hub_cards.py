@@ -625,6 +625,7 @@ def test_a_repository_created_empty_on_the_hub_takes_the_pool_without_force(hub,
     hub.push_to_hub.assert_called_once()
     hub.create_commit.assert_called_once()  # the card and provenance only: nothing deleted first
 
+
 def test_401_is_one_clear_line(hub, tmp_path, capsys):
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -795,7 +796,6 @@ def test_force_leaves_the_pool_alone_in_the_repository(hub, tmp_path, capsys, re
     if revision:
         hub.create_branch.assert_called_once_with("org/pool", branch=revision, repo_type="dataset", exist_ok=True)
     assert SECRET not in capsys.readouterr().out
-
 
 
 def test_force_repush_of_the_same_pool_updates_it_in_place(hub, tmp_path, capsys):

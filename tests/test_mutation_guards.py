@@ -784,6 +784,14 @@ class _BenchVictim:
         return contextlib.nullcontext()
 
 
+def _interleaving_at(monkeypatch, times: dict[str, tuple[float, float]]) -> None:
+    """`bench_attacks._interleaved` stood in for: each side run once, its (wall, CPU) seconds fixed by `times`."""
+    import bench.bench_attacks as bench
+
+    monkeypatch.setattr(bench, "_interleaved", lambda sides, repeats: {
+        name: {"seconds": times[name][0], "cpu_seconds": times[name][1], "result": fn()} for name, fn in sides.items()})
+
+
 def _bench_multimodal(monkeypatch, attack):
     """`bench_multimodal` of one fake `attack(victim, pixels, captions, image_of_text) -> (images, texts)` on 2 images
     of 2 and 1 captions, each side timed by fixed numbers (before loop 8 s, loop 4 s, batched 1 s; CPU 16/6/2 s)."""
@@ -793,9 +801,7 @@ def _bench_multimodal(monkeypatch, attack):
     victim = _BenchVictim()
     monkeypatch.setattr(train.attacks, "build_attack", lambda *a, **k: lambda p, c, i: types.SimpleNamespace(
         **dict(zip(("images", "texts"), attack(victim, p, c, i)))))
-    times = {"one_at_a_time_before": (8.0, 16.0), "one_at_a_time": (4.0, 6.0), "batched": (1.0, 2.0)}
-    monkeypatch.setattr(bench, "_interleaved", lambda sides, repeats: {
-        name: {"seconds": times[name][0], "cpu_seconds": times[name][1], "result": fn()} for name, fn in sides.items()})
+    _interleaving_at(monkeypatch, {"one_at_a_time_before": (8.0, 16.0), "one_at_a_time": (4.0, 6.0), "batched": (1.0, 2.0)})
     pixels = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) / 24
     out = bench.bench_multimodal(victim, None, pixels, ["a dog", "the dog runs", "a cat"], torch.tensor([0, 0, 1]),
                                  repeats=1, names=("sep",))
@@ -833,6 +839,52 @@ def test_bench_multimodal_flags_a_batched_side_that_attacks_otherwise(monkeypatc
 
     entry = _bench_multimodal(monkeypatch, before_differs)
     assert entry["identical_texts"] and not entry["identical_texts_before"]
+
+
+def test_pgd_comparison_measures_the_baselines_own_images_and_its_ratio(monkeypatch):
+    """Guards audit CA's M09: the no-random-start check differencing mat-plus's images with themselves passed every
+    test (torchattacks is not installed here, so `bench_pgd` never ran); a baseline making other images then read as
+    the same attack. torchattacks is stood in for by a PGD on mat-plus's loop, faithful or shifted by 1e-3; the
+    victim is a linear one."""
+    import contextlib
+    import sys
+
+    import bench.bench_attacks as bench
+    import train.attacks
+    from train.attacks import pgd_linf
+
+    weight = torch.linspace(-1, 1, 3 * 4 * 4 * 2).reshape(3 * 4 * 4, 2)
+    victim = types.SimpleNamespace(logit_scale=torch.tensor(10.0), library_layers=contextlib.nullcontext,
+                                   encode_image=lambda pixels: pixels.flatten(1) @ weight,
+                                   encode_text=lambda texts: torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:len(texts)])
+
+    def torchattacks_with(shift):
+        class PGD:
+            def __init__(self, model, eps, alpha, steps, random_start):
+                self.model, self.settings = model, (eps, steps, alpha)
+
+            def __call__(self, images, labels):
+                adversarial = pgd_linf(images, lambda x: F.cross_entropy(self.model(x), labels), *self.settings,
+                                       random_start=False)
+                return torch.cat([adversarial[:1] + shift, adversarial[1:]])
+        return types.SimpleNamespace(PGD=PGD)
+
+    _interleaving_at(monkeypatch, {"torchattacks, library layers": (6.0, 12.0), "torchattacks": (3.0, 6.0),
+                                   "mat-plus pgd_linf": (2.0, 4.0), "mat-plus PGD (pair objective)": (1.0, 2.0)})
+    monkeypatch.setattr(train.attacks, "PGD", lambda victim, **settings: lambda pixels, captions:
+                        types.SimpleNamespace(images=pixels))
+    pixels = torch.linspace(0.2, 0.8, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    captions = ["a red cube on the left", "two blue spheres"]
+    monkeypatch.setitem(sys.modules, "torchattacks", torchattacks_with(0.0))
+    report = bench.bench_pgd(victim, pixels, captions, repeats=1)
+    assert report["ratio_torchattacks_over_matplus"] == 3.0 and report["ratio_torchattacks_same_model_over_matplus"] == 1.5
+    assert report["cpu_ratio_torchattacks_over_matplus"] == 3.0 and report["linf"]["mat-plus pgd_linf"] > 0
+    fixed = report["without_random_start"]
+    assert fixed["pixels_differing"] == fixed["pixels_beyond_rounding"] == 0 and fixed["pixels"] == pixels.numel()
+    monkeypatch.setitem(sys.modules, "torchattacks", torchattacks_with(1e-3))
+    fixed = bench.bench_pgd(victim, pixels, captions, repeats=1)["without_random_start"]
+    assert fixed["pixels_differing"] == fixed["pixels_beyond_rounding"] == pixels[0].numel()
+    assert fixed["max_image_difference"] == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_attack_bench_fails_on_captions_that_either_loop_makes_otherwise():

@@ -183,7 +183,6 @@ def test_a_caption_the_preprocessing_empties_stops_before_any_attack_naming_it()
         Gallery.from_source(rows, "test", caption_preprocess="pre_caption", protocol_default="sga")
 
 
-
 def test_blip_pre_caption_is_blips_reference_preprocessing():
     """salesforce/BLIP data/utils.py: lower case; . ! " ( ) * # : ; ~ become spaces (, ' ? - / kept);
     whitespace runs collapsed; stripped; the first max_words words (30 in its retrieval datasets)."""

@@ -215,6 +215,7 @@ def test_a_step_of_several_micro_steps_is_validated_once(tmp_path, monkeypatch):
             validator(types.SimpleNamespace(step=step, micro_step=micro_step))
     assert evaluated == [0, 2]
 
+
 def test_a_resume_on_a_step_whose_line_ties_the_best_is_not_validated_again(tmp_path, monkeypatch):
     """Guards `_settled`'s tie (audit BY): a kept line of the resumed step that only ties an earlier best is
     settled (RUN/best keeps the earlier weights either way): not minutes of attacked evaluation again."""
@@ -226,6 +227,7 @@ def test_a_resume_on_a_step_whose_line_ties_the_best_is_not_validated_again(tmp_
     model.step = 4
     validator(types.SimpleNamespace(step=4, micro_step=4))
     assert evaluated == [] and (run / "best" / "weights.txt").read_text() == "2"
+
 
 def test_partial_best_copies_are_removed_on_resume_and_by_overwrite(tmp_path, sample_world_dir):
     from train.run_folder import RUN_OUTPUTS
@@ -246,15 +248,13 @@ def test_a_runs_best_checkpoint_is_one_of_its_outputs(tmp_path):
     """Guards BW's un-run M17 (audit BX): RUN_OUTPUTS without `best` passed every test; a folder holding only a
     run's best/ was then written into without --overwrite, and --overwrite kept the earlier run's best/ beside the
     new run's outputs."""
-    from types import SimpleNamespace
-
     from train.config import ConfigError
     from train.run_folder import check_run_folder, clear_run_outputs
 
     (tmp_path / "run" / "best").mkdir(parents=True)
     (tmp_path / "run" / "best" / "open_clip_model.safetensors").write_bytes(b"weights")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume latest to continue it or --overwrite"):
-        check_run_folder(tmp_path / "run", SimpleNamespace(resume=None, overwrite=False))
+        check_run_folder(tmp_path / "run", types.SimpleNamespace(resume=None, overwrite=False))
     clear_run_outputs(tmp_path / "run")
     assert not (tmp_path / "run" / "best").exists()
 
@@ -542,8 +542,6 @@ def test_a_segmented_captioning_line_from_before_the_fullwidth_fold_is_not_ranke
 def test_another_runs_checkpoint_resumed_with_overwrite_replaces_the_run_in_out(tmp_path):
     """`--resume OTHER/ckpt --overwrite` into a folder holding a run: that run is to be replaced (the refusal
     without --overwrite says to pass it), so the check returns the checkpoint instead of refusing again."""
-    from types import SimpleNamespace
-
     from train import checkpoint as ckpt
     from train.config import ConfigError
     from train.run_folder import check_run_folder
@@ -555,15 +553,13 @@ def test_another_runs_checkpoint_resumed_with_overwrite_replaces_the_run_in_out(
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="already holds another run; pass --overwrite"):
-        check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=False))
-    assert check_run_folder(out, SimpleNamespace(resume=str(other), overwrite=True)) == other
+        check_run_folder(out, types.SimpleNamespace(resume=str(other), overwrite=False))
+    assert check_run_folder(out, types.SimpleNamespace(resume=str(other), overwrite=True)) == other
 
 
 def test_resume_latest_into_outputs_without_a_config_yaml_or_checkpoint_is_refused(tmp_path):
     """Guards BW's un-run M18: with its "config.yaml missing" conflict dropped, `--resume latest` into a folder of
     another run's outputs (no checkpoint, no config.yaml to compare) started from step 0 over them, unnoticed."""
-    from types import SimpleNamespace
-
     from train.config import ConfigError
     from train.run_folder import check_run_folder
 
@@ -571,4 +567,4 @@ def test_resume_latest_into_outputs_without_a_config_yaml_or_checkpoint_is_refus
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"has no checkpoint to resume: \['config.yaml missing'\]; pass --overwrite"):
-        check_run_folder(out, SimpleNamespace(resume="latest", overwrite=False))
+        check_run_folder(out, types.SimpleNamespace(resume="latest", overwrite=False))

@@ -436,7 +436,6 @@ def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     assert clean_output('\n  "a square  that is red"\nCaption: more') == "a square that is red"
 
 
-
 @pytest.mark.parametrize("output, answer", [
     ("<think>\nThe caption has a dog.\n</think>\n\nA dog runs.", "A dog runs."),  # Qwen3 / R1 reasoning as text
     ('Here is the new caption:\n\n"A dog runs on grass."', "A dog runs on grass."),  # a lead-in line
@@ -467,7 +466,6 @@ def test_reasoning_opened_by_the_prompt_and_never_closed_is_no_answer():
     assert opens_thinking(prompt) and not opens_thinking("<think>x</think> Rewrite: a dog")
     assert answer_of("Okay, the user wants a rewrite of", thinking_open=True) == ""
     assert answer_of("Okay, the user wants a rewrite of") == "Okay, the user wants a rewrite of"
-
 
 
 def test_a_paraphraser_whose_template_opens_reasoning_keeps_only_answers():

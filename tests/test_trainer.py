@@ -772,6 +772,7 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, sample_worl
         _run(tmp_path, "resumed", sample_world_dir, max_steps=6, resume="latest", **{**common, "lr": 1e-3})
     # resuming the finished run trains and writes nothing: its summary, metrics and checkpoint stay as they are
     # (RUN/.train.lock aside: taking the lock may truncate it, as filelock 4.1, Python 3.10's newest, does)
+
     def outputs():
         return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "resumed").rglob("*")
                 if p.is_file() and p.name != LOCK_FILE}
