@@ -350,6 +350,28 @@ def test_saved_folder_round_trip(tiny_albef, tmp_path):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_a_save_killed_before_its_weights_are_in_place_leaves_no_config(tiny_albef, tmp_path, monkeypatch):
+    """albef_config.json marks a complete folder, so it is written last: a save killed while writing the weights,
+    or while moving them into place, leaves a folder no loader takes for ALBEF's (audit BZ's C2 survivor)."""
+    import safetensors.torch
+
+    from models.albef import model as albef_model
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for target, name in ((safetensors.torch, "save_file"), (albef_model.os, "replace")):
+        folder = tmp_path / name
+        folder.mkdir()
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, killed)
+            with pytest.raises(KeyboardInterrupt):
+                tiny_albef.save_native(folder)
+        assert not (folder / albef_model.CONFIG_NAME).exists(), name
+        assert not (folder / albef_model.WEIGHTS_NAME).exists(), name
+        assert not type(tiny_albef).can_load(folder), name
+
+
 def test_missing_checkpoint_file_is_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="no such file"):
         load_model(str(tmp_path / "absent.pth"))
