@@ -497,20 +497,11 @@ class Study:
             return self._run_quietly()
 
     def _run_quietly(self) -> Path:
-        import datasets
-        from transformers.utils import logging as transformers_logging
+        from augment.progress import quiet_progress_bars
 
-        shown = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # pools are written and read many times: bars would swamp the log
-        loading_bars = transformers_logging.is_progress_bar_enabled()
-        transformers_logging.disable_progress_bar()  # so are checkpoints (transformers' loading bars)
-        try:
+        # pools are written and read many times, checkpoints loaded as often: their bars would swamp the log
+        with quiet_progress_bars(("datasets", "transformers")):
             return self._run()
-        finally:
-            if shown:
-                datasets.enable_progress_bars()
-            if loading_bars:
-                transformers_logging.enable_progress_bar()
 
     def _check_out(self) -> None:
         """Refuse an --out that holds something other than a study (a training run, a pool, a source):

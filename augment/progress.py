@@ -8,6 +8,7 @@ writes the bar's state as a line of its own, at most every `LOG_INTERVAL_S` seco
 and last state, with no carriage returns or cursor moves."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -87,3 +88,28 @@ def progress_bar(*args, **kwargs):
         return tqdm(*args, **kwargs)
     kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, dynamic_ncols=False)
     return _line_bar_class()(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_progress_bars(libraries: tuple[str, ...] = ("transformers",)):
+    """Hide the named Hugging Face libraries' per-call progress bars (transformers' "Loading weights" and
+    "Writing model shards", diffusers' "Loading pipeline components", datasets' "Saving the dataset"):
+    tiny models load in milliseconds, often many times, and a study writes and reads pools by the
+    hundred. Each library's `utils.logging` switch (datasets keeps it there for backward compatibility);
+    the previous settings are restored afterwards."""
+    import importlib
+
+    restore = []
+    for library in libraries:
+        try:
+            hf_logging = importlib.import_module(f"{library}.utils.logging")
+        except ImportError:
+            continue
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            restore.append(hf_logging)
+    try:
+        yield
+    finally:
+        for hf_logging in restore:
+            hf_logging.enable_progress_bar()

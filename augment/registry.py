@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from augment import tiny
 from augment.errors import MissingDependencyError, ModelLoadError, first_line
+from augment.progress import quiet_progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def without_fast_processor_notice():
 def _quiet_if_tiny(resolved: ResolvedSource):
     if not resolved.tiny:
         return contextlib.nullcontext()
-    return tiny.quiet_progress_bars(tiny.progress_bar_libraries(resolved.tiny))
+    return quiet_progress_bars(tiny.progress_bar_libraries(resolved.tiny))
 
 
 def _hub_kwargs(resolved: ResolvedSource, revision: str | None, trust_remote_code: bool) -> dict:

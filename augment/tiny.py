@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from augment.atomic import readable_as_umask, staging_path, swap_folder_into_place
+from augment.progress import quiet_progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -350,29 +351,6 @@ def open_clip_config(name: str) -> dict:
 def progress_bar_libraries(name: str) -> tuple[str, ...]:
     """Libraries whose progress bars building or loading tiny model `name` would show."""
     return {TINY_CLIP: (), TINY_SD: ("transformers", "diffusers")}.get(name, ("transformers",))
-
-
-@contextlib.contextmanager
-def quiet_progress_bars(libraries: tuple[str, ...] = ("transformers",)):
-    """Hide transformers' (and, if named, diffusers') per-call progress bars ("Loading weights",
-    "Writing model shards", "Loading pipeline components"): tiny models load in milliseconds,
-    often many times. The previous settings are restored afterwards."""
-    import importlib
-
-    restore = []
-    for library in libraries:
-        try:
-            hf_logging = importlib.import_module(f"{library}.utils.logging")
-        except ImportError:
-            continue
-        if hf_logging.is_progress_bar_enabled():
-            hf_logging.disable_progress_bar()
-            restore.append(hf_logging)
-    try:
-        yield
-    finally:
-        for hf_logging in restore:
-            hf_logging.enable_progress_bar()
 
 
 def _seed_for(name: str) -> int:

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from augment import tiny
+from augment.progress import quiet_progress_bars
 from augment.seeds import cpu_torch_seeded
 
 WORLD_MLM = "world-mlm"
@@ -117,7 +118,7 @@ def world_mlm_dir(name: str = WORLD_MLM, log=None) -> Path:
     def build(tmp: Path) -> None:
         (log or tiny.log.info)(f"[world-mlm] training a masked LM on sample-world captions into "
                                f"{tiny.tiny_cache_root() / name} (once)")
-        with tiny.quiet_progress_bars():
+        with quiet_progress_bars():
             build_world_mlm(tmp, log=log)
 
     # training takes minutes on a CPU: a second process waits longer for the lock than for a tiny twin

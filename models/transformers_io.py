@@ -18,6 +18,7 @@ import torch
 
 from augment import tiny
 from augment.errors import ModelLoadError
+from augment.progress import quiet_progress_bars
 from augment.registry import (
     ResolvedSource,
     _check_hub_id,
@@ -87,7 +88,7 @@ def loading(resolved: ResolvedSource):
     stack = contextlib.ExitStack()
     stack.enter_context(_translated_errors(ROLE, resolved.name))
     if resolved.tiny:
-        stack.enter_context(tiny.quiet_progress_bars(("transformers",)))
+        stack.enter_context(quiet_progress_bars(("transformers",)))
     return stack
 
 
@@ -147,7 +148,7 @@ def save_pretrained_all_or_nothing(folder: Path, *parts: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".save-", dir=folder))
     try:
-        with tiny.quiet_progress_bars(("transformers",)):  # checkpoints are saved often; no bar per save
+        with quiet_progress_bars(("transformers",)):  # checkpoints are saved often; no bar per save
             for part in parts:
                 part.save_pretrained(str(work))
         for path in sorted(work.iterdir()):

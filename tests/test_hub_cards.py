@@ -56,17 +56,12 @@ def make_pool(path: Path, method="t2i-sd", modality="image", rows=4, scores=None
             "caption": f"a caption number {i}", "method": method, "seed": 100 + i,
             "provenance": json.dumps({"k": i}),
         })
-    import datasets
+    from augment.progress import quiet_progress_bars
 
     # the pool is a test's setup: its parquet write's progress bar is no output of the command under test (a test
     # counting stderr lines failed when it ran before any CLI call had turned datasets' bars off)
-    shown = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
+    with quiet_progress_bars(("datasets",)):
         write_pool(path, records, pool_meta(method, modality, **meta))
-    finally:
-        if shown:
-            datasets.enable_progress_bars()
     if scores is not None:
         (path / "scores.json").write_text(json.dumps(scores))
     return path

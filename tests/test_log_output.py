@@ -63,6 +63,26 @@ def test_a_bar_off_a_terminal_ends_with_its_last_state_even_one_a_terminal_clear
     assert len(lines) == 2 and " 0/5 " in lines[0] and " 5/5 " in lines[1], lines
 
 
+def test_quiet_progress_bars_hides_each_named_librarys_bars_and_restores_each_as_it_was():
+    """A study writes and reads pools by the hundred and loads checkpoints as often: datasets' and transformers'
+    bars are off inside, and afterwards each library is as it was (a bar the caller had turned off stays off)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    was = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    try:
+        datasets.enable_progress_bars()
+        transformers_logging.disable_progress_bar()
+        with progress.quiet_progress_bars(("datasets", "transformers", "no_such_library")):
+            assert not datasets.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
+        assert datasets.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
+        with progress.quiet_progress_bars(("transformers",)):  # only the named ones
+            assert datasets.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bars() if was[0] else datasets.disable_progress_bars()
+        transformers_logging.enable_progress_bar() if was[1] else transformers_logging.disable_progress_bar()
+
+
 def test_training_and_inspect_logs_hold_lines_not_redraws(tmp_path, sample_world_dir, capsys):
     from augment.cli import main
     from train.trainer import train_run

@@ -29,7 +29,8 @@ def save_tiny_transformers_clip(out_dir: str | os.PathLike, seed: int = 0, text_
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from augment.tiny import OPENAI_MEAN, OPENAI_STD, build_clip_tokenizer, quiet_progress_bars
+    from augment.progress import quiet_progress_bars
+    from augment.tiny import OPENAI_MEAN, OPENAI_STD, build_clip_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
