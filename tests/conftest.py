@@ -114,6 +114,14 @@ def loader_worker_outlives_killed_parent(folder: Path, start_method: str | None 
     return alive
 
 
+def without_model(cls, **settings):
+    """An instance of `cls` made without `__init__` (no model loaded) that holds only `settings`: for a test of
+    logic that reads those settings, with a stand-in (e.g. `sample`) where a model would answer."""
+    instance = cls.__new__(cls)
+    vars(instance).update(settings)
+    return instance
+
+
 def write_image(path: Path, mode: str = "RGB", size=(16, 12), colour=120) -> Path:
     from PIL import Image
 

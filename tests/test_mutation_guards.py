@@ -709,12 +709,11 @@ def _text_generators_without_models(batch_size: int, dtype: str) -> tuple:
     from augment.generators.captioner import CaptionerGenerator
     from augment.generators.paraphrase import ParaphraseGenerator, Sampling
 
-    captioner = CaptionerGenerator.__new__(CaptionerGenerator)
-    captioner.prompt, captioner.batch_size, captioner.dtype, captioner.sampling = None, batch_size, dtype, Sampling()
-    paraphraser = ParaphraseGenerator.__new__(ParaphraseGenerator)
-    paraphraser.kind, paraphraser.prompt_template, paraphraser.batch_size = "seq2seq", None, batch_size
-    paraphraser.dtype, paraphraser.sampling = dtype, Sampling()
-    return captioner, paraphraser
+    from tests.conftest import without_model
+
+    return (without_model(CaptionerGenerator, prompt=None, batch_size=batch_size, dtype=dtype, sampling=Sampling()),
+            without_model(ParaphraseGenerator, kind="seq2seq", prompt_template=None, batch_size=batch_size, dtype=dtype,
+                          sampling=Sampling()))
 
 
 def test_a_diffusion_pools_params_leave_out_its_device_and_batch_size():

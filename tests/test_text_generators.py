@@ -24,6 +24,7 @@ from augment.pool import load_pool
 from augment.schema import POOL_FEATURES
 from augment.sources import load_source
 from augment.wordnet import STOP_WORDS
+from tests.conftest import without_model
 
 TINY_SAMPLING = {"max_new_tokens": 6, "max_rounds": 2}
 
@@ -429,9 +430,9 @@ def test_paraphrases_ignore_the_decoding_settings_a_model_saves(paraphraser, tra
 def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     from augment.generators.paraphrase import ParaphraseGenerator, clean_output
 
-    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
-    generator.kind, generator.tokenizer = "causal", type("Plain", (), {"chat_template": None})()
-    generator.prompt_template = "Rewrite: {caption} {not a field}"
+    plain = type("Plain", (), {"chat_template": None})()
+    generator = without_model(ParaphraseGenerator, kind="causal", tokenizer=plain,
+                              prompt_template="Rewrite: {caption} {not a field}")
     assert generator.prompt("a red square") == "Rewrite: a red square {not a field}\nNew caption:"
     assert clean_output('\n  "a square  that is red"\nCaption: more') == "a square that is red"
 
@@ -497,10 +498,8 @@ def test_a_paraphraser_whose_template_opens_reasoning_keeps_only_answers():
             def generate(self, input_ids, num_return_sequences, **kwargs):
                 return torch.ones(len(input_ids) * num_return_sequences, 5, dtype=torch.long)
 
-        generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
-        generator.kind, generator.tokenizer, generator.lm = "causal", Tokenizer(), Model()
-        generator.prompt_template, generator.sampling = "Rewrite: {caption}", Sampling()
-        return generator
+        return without_model(ParaphraseGenerator, kind="causal", tokenizer=Tokenizer(), lm=Model(),
+                             prompt_template="Rewrite: {caption}", sampling=Sampling())
 
     outputs = ["Okay, the user wants a rewrite of", "The words.\n</think>\nA dog runs.",
                "Let me see", "Fine.\n</think>\nA cat sits."]
@@ -519,8 +518,8 @@ def test_chat_templates_are_asked_not_to_reason_first():
             thinking = variables.get("enable_thinking", True)
             return ("<think>\n" if thinking else "") + messages[0]["content"]
 
-    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)
-    generator.kind, generator.tokenizer, generator.prompt_template = "causal", Templated(), "Rewrite: {caption}"
+    generator = without_model(ParaphraseGenerator, kind="causal", tokenizer=Templated(),
+                              prompt_template="Rewrite: {caption}")
     assert generator.prompt("a red square") == "Rewrite: a red square"
 
 
@@ -726,9 +725,8 @@ def test_a_captioners_later_rounds_sample_the_images_still_short_of_captions():
     from augment.generators.captioner import CaptionerGenerator
     from augment.generators.paraphrase import Sampling
 
-    generator = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: `sample` stands in for it
-    generator.sampling, generator.prompt, generator.keeps_prompt = Sampling(max_rounds=2), None, False
-    generator.sample = _b_short_in_the_first_round()
+    generator = without_model(CaptionerGenerator, sampling=Sampling(max_rounds=2), prompt=None, keeps_prompt=False,
+                              sample=_b_short_in_the_first_round())
     items = [{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}]
     kept = [[text for text, _ in collector.kept] for collector in generator.caption_batch(items, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
@@ -751,13 +749,11 @@ def test_each_sampling_round_is_seeded_from_the_batchs_first_element_and_its_rou
     from augment.generators.captioner import NO_CAPTION, CaptionerGenerator
     from augment.generators.paraphrase import ParaphraseGenerator, Sampling, batch_seed
 
-    captioner = CaptionerGenerator.__new__(CaptionerGenerator)  # no model: `sample` stands in for it
-    captioner.sampling, captioner.prompt, captioner.keeps_prompt = Sampling(max_rounds=3), None, False
-    captioner.sample = _seeds_of_rounds(captioned := [])
+    captioner = without_model(CaptionerGenerator, sampling=Sampling(max_rounds=3), prompt=None, keeps_prompt=False,
+                              sample=_seeds_of_rounds(captioned := []))
     captioner.caption_batch([{"image_id": "a", "image": "A"}, {"image_id": "b", "image": "B"}], 2, seed=4)
-    paraphraser = ParaphraseGenerator.__new__(ParaphraseGenerator)
-    paraphraser.sampling = Sampling(max_rounds=3)
-    paraphraser.sample = _seeds_of_rounds(paraphrased := [])
+    paraphraser = without_model(ParaphraseGenerator, sampling=Sampling(max_rounds=3),
+                                sample=_seeds_of_rounds(paraphrased := []))
     paraphraser.paraphrase_batch([({"image_id": "a"}, 1, "A"), ({"image_id": "b"}, 0, "B")], 2, seed=4)
     assert captioned == [batch_seed(4, "a", NO_CAPTION, r) for r in range(3)] and len(set(captioned)) == 3
     assert paraphrased == [batch_seed(4, "a", 1, r) for r in range(3)] and len(set(paraphrased)) == 3
@@ -769,9 +765,8 @@ def test_a_paraphrasers_later_rounds_sample_the_captions_still_short_of_paraphra
     every test, as the captioner's did."""
     from augment.generators.paraphrase import ParaphraseGenerator, Sampling
 
-    generator = ParaphraseGenerator.__new__(ParaphraseGenerator)  # no model: `sample` stands in for it
-    generator.sampling = Sampling(max_rounds=2)
-    generator.sample = _b_short_in_the_first_round()
+    generator = without_model(ParaphraseGenerator, sampling=Sampling(max_rounds=2),
+                              sample=_b_short_in_the_first_round())
     batch = [({"image_id": "a"}, 0, "A"), ({"image_id": "b"}, 0, "B")]
     kept = [[text for text, _ in collector.kept] for collector in generator.paraphrase_batch(batch, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
