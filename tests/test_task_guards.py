@@ -6,6 +6,8 @@ stubs of a few lines, so each test runs in well under a second.
 """
 from __future__ import annotations
 
+import types
+
 
 # ----------------------------------------------------------------------------- captioning
 
@@ -21,4 +23,21 @@ def test_a_captioning_reference_window_moves_by_max_references_a_step():
     assert task.reference_window(candidates) == ["c4", "c5", "c0", "c1"]
     task.on_step(None, 2, 10)
     assert task.reference_window(candidates) == ["c2", "c3", "c4", "c5"]
+
+
+def test_only_mat_plus_scores_the_reference_table_and_it_does_with_the_default_number_of_extras():
+    """Guards two mutations (audit CC) that passed every test: `set_references` without a count keeping
+    max_references 0 (MAT+'s table set but never scored), and `prepare_training` setting the table for mat too
+    (mat then scored every source caption of an image, not the batch's)."""
+    from tasks.captioning import CaptioningTask
+
+    data = types.SimpleNamespace(captions=[["a red circle", "a circle"], ["a blue square"]], pools=[])
+    plus = CaptioningTask()
+    plus.prepare_training(data, "mat+")
+    assert plus.reference_table == [["a red circle", "a circle"], ["a blue square"]]
+    assert plus.max_references == CaptioningTask.POOL_REFERENCES
+    for method in ("clean", "tecoa", "mat"):
+        task = CaptioningTask()
+        task.prepare_training(data, method)
+        assert task.reference_table is None and task.max_references == 0, method
 
