@@ -41,3 +41,18 @@ def test_only_mat_plus_scores_the_reference_table_and_it_does_with_the_default_n
         task.prepare_training(data, method)
         assert task.reference_table is None and task.max_references == 0, method
 
+
+def test_the_captioning_text_attack_takes_the_configs_candidates_top_k_and_masked_lm(monkeypatch):
+    """Guards mutations (audit CC) that passed every test: MAT's reference-caption attack built with the MLM's
+    candidates whatever --text-candidates said, with top_k 10 whatever --top-k said, or with the default masked LM
+    whatever --mlm said."""
+    import train.attacks.captioning as captioning_attacks
+    from tasks.captioning import CaptioningTask
+
+    built = []
+    monkeypatch.setattr(captioning_attacks, "ReferenceTextAttack", lambda model, **options: built.append(options))
+    task = CaptioningTask()
+    task.text_attack(None, types.SimpleNamespace(word_budget=2, text_candidates="wordnet", mlm=None, top_k=3))
+    task.text_attack(None, types.SimpleNamespace(word_budget=1, text_candidates="mlm", mlm="tiny-mlm", top_k=7))
+    assert built == [{"budget": 2, "candidates": "wordnet", "mlm": "default", "top_k": 3},
+                     {"budget": 1, "candidates": "mlm", "mlm": "tiny-mlm", "top_k": 7}]
