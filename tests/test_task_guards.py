@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import types
 
+import pytest
+import torch
+
 
 # ----------------------------------------------------------------------------- captioning
 
@@ -56,3 +59,42 @@ def test_the_captioning_text_attack_takes_the_configs_candidates_top_k_and_maske
     task.text_attack(None, types.SimpleNamespace(word_budget=1, text_candidates="mlm", mlm="tiny-mlm", top_k=7))
     assert built == [{"budget": 2, "candidates": "wordnet", "mlm": "default", "top_k": 3},
                      {"budget": 1, "candidates": "mlm", "mlm": "tiny-mlm", "top_k": 7}]
+
+
+# ----------------------------------------------------------------------------- grounding
+
+
+def test_grounding_itm_draws_image_negatives_by_text_and_labels_every_pair_image_by_text(monkeypatch):
+    """Guards three mutations (audit CC) that passed every test, all with positives that are not symmetric (the
+    checker's true pairs, image row x text row): the image negatives drawn against the positives untransposed, the
+    negatives' labels read text x image, and the counterfactual images paired with the first rows' expressions
+    instead of their own rows'."""
+    import torch.nn.functional as F
+
+    import tasks.grounding as grounding
+    from models.base import EncoderOutput, TextTokens
+
+    # a stand-in for the softmax draw: each row's first non-positive column (column 0 when every one is positive)
+    monkeypatch.setattr(grounding, "hard_negatives", lambda similarity, positives: (positives == 0).float().argmax(1))
+    positives = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 1, 1]])  # image 1 holds what text 0 names too; ...
+    true = {(i, j) for i in range(3) for j in range(3) if positives[i, j]} | {(4, 0)}  # images 3, 4: edits
+    scored = []
+
+    class Matcher:  # image row r's features are all r, text row r's ids all r; match logit +5 where true, else -5
+        def image_features(self, pixels):
+            return pixels
+
+        def itm_logits(self, features, tokens):
+            pairs = list(zip(features[:, 0, 0].long().tolist(), tokens.input_ids[:, 0].tolist()))
+            scored.extend(pairs)
+            return torch.tensor([5.0 if pair in true else -5.0 for pair in pairs])
+
+    features = torch.arange(3.0).view(3, 1, 1).expand(3, 2, 4)
+    output = EncoderOutput(torch.ones(3, 4), torch.ones(3, 4), torch.tensor(10.0), image_features=features)
+    tokens = TextTokens(torch.arange(3).view(3, 1).expand(3, 4))
+    counterfactuals = (torch.tensor([2, 0]), torch.tensor([3.0, 4.0]).view(2, 1, 1).expand(2, 2, 4),
+                       torch.tensor([0.0, 1.0]))  # text 2 with edit 3 (false), text 0 with edit 4 (true)
+    loss = grounding.grounding_itm_loss(Matcher(), output, tokens, positives, counterfactuals)
+    # the matches; each image with its first non-positive text; each text with its first non-positive image
+    assert scored == [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0), (2, 0), (0, 1), (0, 2), (3, 2), (4, 0)]
+    assert float(loss) == pytest.approx(float(F.softplus(torch.tensor(-5.0))), rel=1e-5)  # every label right
