@@ -98,3 +98,24 @@ def test_grounding_itm_draws_image_negatives_by_text_and_labels_every_pair_image
     # the matches; each image with its first non-positive text; each text with its first non-positive image
     assert scored == [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0), (2, 0), (0, 1), (0, 2), (3, 2), (4, 0)]
     assert float(loss) == pytest.approx(float(F.softplus(torch.tensor(-5.0))), rel=1e-5)  # every label right
+
+
+def test_true_counterfactual_edits_of_an_object_listed_before_the_target_keep_every_kind():
+    """Guards a mutation (audit CC): the target's index shifted down for every edit of an earlier object, not only
+    for its removal, passed every test (their scene's target was its first object); recoloured, reshaped and
+    resized earlier objects were then all dropped from the true edits. Also pins README's default of counterfactual
+    pairs on every second row."""
+    from augment.world.scene import Scene, SceneObject
+    from augment.world.truth import referents
+    from tasks.grounding import GroundingTask, counterfactual_scenes
+
+    scene = Scene((SceneObject("square", "blue", "small", "left"), SceneObject("circle", "red", "small", "right"),
+                   SceneObject("star", "green", "large", "centre")), "noisy", 7)
+    false, true = counterfactual_scenes("the red circle", scene)
+    assert len(true) == 8  # each of the two other objects: removed, recoloured, reshaped, resized
+    assert [len(group[0].objects) for group in true] == [2, 3, 3, 3, 2, 3, 3, 3]
+    for group in true:
+        for edited in group:
+            [index] = referents("the red circle", edited)
+            assert edited.objects[index] == scene.objects[1]
+    assert GroundingTask().counterfactual_every == 2
