@@ -119,3 +119,19 @@ def test_true_counterfactual_edits_of_an_object_listed_before_the_target_keep_ev
             [index] = referents("the red circle", edited)
             assert edited.objects[index] == scene.objects[1]
     assert GroundingTask().counterfactual_every == 2
+
+
+def test_the_grounding_text_attack_takes_the_configs_candidates_top_k_budget_and_masked_lm(monkeypatch):
+    """Guards mutations (audit CC) that passed every test: grounding's MAT word attack always bert-attack whatever
+    --text-candidates said, and its word budget read from --top-k."""
+    import train.attacks.grounding as grounding_attacks
+    from tasks.grounding import GroundingTask
+
+    built = []
+    monkeypatch.setattr(grounding_attacks, "build_grounding_attack",
+                        lambda name, model, **options: built.append((name, options)))
+    task = GroundingTask()
+    task.text_attack(None, types.SimpleNamespace(word_budget=2, text_candidates="wordnet", top_k=5, mlm=None))
+    task.text_attack(None, types.SimpleNamespace(word_budget=1, text_candidates="mlm", top_k=3, mlm="tiny-mlm"))
+    assert built == [("synonym", {"top_k": 5, "budget": 2}),
+                     ("bert-attack", {"top_k": 3, "budget": 1, "mlm": "tiny-mlm"})]
