@@ -135,3 +135,27 @@ def test_the_grounding_text_attack_takes_the_configs_candidates_top_k_budget_and
     task.text_attack(None, types.SimpleNamespace(word_budget=1, text_candidates="mlm", top_k=3, mlm="tiny-mlm"))
     assert built == [("synonym", {"top_k": 5, "budget": 2}),
                      ("bert-attack", {"top_k": 3, "budget": 1, "mlm": "tiny-mlm"})]
+
+
+def test_grounding_keeps_a_familys_own_itc_loss_and_weighs_itm_by_the_tasks_weight(monkeypatch):
+    """Guards two mutations (audit CC) that passed every test: the family's own ITC loss (ALBEF's momentum
+    distillation) replaced by the multi-positive softmax, and the ITM term added without `itm_weight`."""
+    import tasks.grounding as grounding
+    from models.base import EncoderOutput, TextTokens
+
+    own = []
+    monkeypatch.setattr(grounding, "itc_loss", lambda model, output, keys, task: own.append(keys.tolist())
+                        or torch.tensor(2.0))
+    monkeypatch.setattr(grounding, "softmax_itc_loss", lambda logits, positives: torch.tensor(100.0))
+    monkeypatch.setattr(grounding, "grounding_itm_loss", lambda *args: torch.tensor(4.0))
+
+    class Distilled:
+        itc_loss = "momentum-distilled"
+
+        def __call__(self, pixels, tokens, image_features=False):
+            return EncoderOutput(torch.eye(2), torch.eye(2), torch.tensor(1.0), image_features=torch.zeros(2, 1, 2))
+
+    task = grounding.GroundingTask(itm_weight=0.5)
+    loss = task.loss(Distilled(), torch.zeros(2, 3, 2, 2), TextTokens(torch.zeros(2, 1, dtype=torch.long)),
+                     torch.tensor([0, 1]), ["a star", "a circle"])
+    assert float(loss) == pytest.approx(2.0 + 0.5 * 4.0) and own == [[0, 1]]
