@@ -159,3 +159,31 @@ def test_grounding_keeps_a_familys_own_itc_loss_and_weighs_itm_by_the_tasks_weig
     loss = task.loss(Distilled(), torch.zeros(2, 3, 2, 2), TextTokens(torch.zeros(2, 1, dtype=torch.long)),
                      torch.tensor([0, 1]), ["a star", "a circle"])
     assert float(loss) == pytest.approx(2.0 + 0.5 * 4.0) and own == [[0, 1]]
+
+
+def test_grounding_checks_keep_the_latest_size_entries_and_a_new_training_set_starts_afresh():
+    """Guards two mutations (audit CC) that passed every test: the bounded cache dropping its oldest entry one
+    entry early (it held size - 1), and `prepare_training` keeping the verdicts of another training set, whose
+    rows (keys) are other scenes."""
+    import json
+
+    from augment.world.scene import Scene, SceneObject
+    from tasks.grounding import FirstInFirstOut, GroundingTask
+
+    kept = FirstInFirstOut(2)
+    for key in "abc":
+        assert kept.kept(key, lambda: key.upper()) == key.upper()
+    assert list(kept.items()) == [("b", "B"), ("c", "C")]
+
+    class Rows(dict):
+        column_names = ("meta",)
+
+    def data(shape):
+        scene = Scene((SceneObject(shape, "red", "small", "left"),))
+        return types.SimpleNamespace(train=Rows(meta=[json.dumps({"scene": scene.to_dict(), "objects": []})]))
+
+    task = GroundingTask()
+    task.prepare_training(data("star"), "clean")
+    assert task.true_pairs(torch.tensor([0]), ["the star"]).tolist() == [[1.0]]
+    task.prepare_training(data("circle"), "clean")
+    assert task.true_pairs(torch.tensor([0]), ["the star"]).tolist() == [[0.0]]
