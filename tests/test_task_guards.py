@@ -187,3 +187,60 @@ def test_grounding_checks_keep_the_latest_size_entries_and_a_new_training_set_st
     assert task.true_pairs(torch.tensor([0]), ["the star"]).tolist() == [[1.0]]
     task.prepare_training(data("circle"), "clean")
     assert task.true_pairs(torch.tensor([0]), ["the star"]).tolist() == [[0.0]]
+
+
+# ----------------------------------------------------------------------------- the study's task arms
+
+
+def _evaluated_by_arm(monkeypatch, arm, evaluation: str, loaded: list, settings: dict) -> dict:
+    """What `arm.evaluate_checkpoint(...)` hands its loader and evaluation (stubs record the calls; nothing runs)."""
+    import importlib
+
+    import models
+
+    calls = {}
+    monkeypatch.setattr(models, "load_model", lambda name, **options: calls.setdefault("load", (name, options)))
+    for module, name, value in loaded:
+        monkeypatch.setattr(importlib.import_module(module), name, value)
+    monkeypatch.setattr(importlib.import_module(f"train.{evaluation}"), evaluation,
+                        lambda model, data, **options: calls.setdefault("evaluate", options) and {"settings": {}})
+    monkeypatch.setattr(arm, "write_report", lambda report, folder: calls.setdefault("written", (report, folder)))
+    calls["report"] = arm.evaluate_checkpoint("ckpt", "world", settings, seed=11, folder="out", device="meta")
+    return calls
+
+
+def test_the_captioning_arm_evaluates_with_the_studys_eval_settings(monkeypatch):
+    """Guards mutations (audit CC) that passed every test, each an eval setting the study's captioning arm
+    dropped for the default: pgd_step_size, captions_per_image, min_length, target, prompt."""
+    from analysis import captioning_arm as arm
+
+    loaded = [("augment.sources", "load_source", lambda folder: ("source", None))]
+    settings = {"split": "val", "limit": 5, "batch_size": 7, "captions_per_image": 2, "attacks": ["clean", "pgd"],
+                "attack_eps": "8/255", "pgd_steps": 3, "pgd_step_size": "1/255", "target": "a red star",
+                "prompt": "a picture of", "min_length": 3, "mlm": "tiny-mlm", "meteor": False}
+    calls = _evaluated_by_arm(monkeypatch, arm, "evaluate_captioning", loaded, settings)
+    assert calls["load"] == ("ckpt", {"kind": "captioning", "prompt": "a picture of", "device": "meta"})
+    options = calls["evaluate"]
+    assert {k: options[k] for k in ("split", "attacks", "batch_size", "captions_per_image", "limit", "generation",
+                                    "meteor", "seed")} == {
+        "split": "val", "attacks": ["clean", "pgd"], "batch_size": 7, "captions_per_image": 2, "limit": 5,
+        "generation": {"min_length": 3}, "meteor": False, "seed": 11}
+    assert options["attack_options"] == {"eps": pytest.approx(8 / 255), "steps": 3, "step_size": pytest.approx(1 / 255),
+                                         "target": "a red star", "mlm": "tiny-mlm"}
+    assert calls["written"] == (calls["report"], "out")
+    defaults = _evaluated_by_arm(monkeypatch, arm, "evaluate_captioning", loaded, {})["evaluate"]
+    assert defaults["attack_options"]["step_size"] == pytest.approx(0.5 / 255)  # attack_eps 2/255 over 4
+
+
+def test_the_captioning_headline_is_robust_under_pgd_or_clean_without_it():
+    """Guards mutations (audit CC) that passed every test: the robust truth share read from the clean row (the
+    arm's test had equal shares), and the headline attack taken as pgd even when the study did not run it."""
+    from analysis import captioning_arm as arm
+
+    clean = {"cider": 50.0, "truth": {"true_pct": 80.0}}
+    report = {"attacks": {"clean": clean, "pgd": {"cider": 20.0, "truth": {"true_pct": 30.0}},
+                          "pgd-targeted": {"cider": 10.0, "truth": {"true_pct": 5.0}}}}
+    assert arm.headline(report) == {"metric": "CIDEr", "clean": 50.0, "robust": 20.0, "attack": "pgd",
+                                    "clean_true_pct": 80.0, "robust_true_pct": 30.0}
+    without = arm.headline({"attacks": {"clean": clean, "pgd-targeted": report["attacks"]["pgd-targeted"]}})
+    assert (without["attack"], without["robust"], without["robust_true_pct"]) == ("clean", 50.0, 80.0)
