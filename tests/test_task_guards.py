@@ -244,3 +244,36 @@ def test_the_captioning_headline_is_robust_under_pgd_or_clean_without_it():
                                     "clean_true_pct": 80.0, "robust_true_pct": 30.0}
     without = arm.headline({"attacks": {"clean": clean, "pgd-targeted": report["attacks"]["pgd-targeted"]}})
     assert (without["attack"], without["robust"], without["robust_true_pct"]) == ("clean", 50.0, 80.0)
+
+
+def test_the_grounding_arm_evaluates_with_the_studys_eval_settings(monkeypatch):
+    """Guards mutations (audit CC) that passed every test, each an eval setting the study's grounding arm dropped
+    or read from the wrong key: pgd_step_size, word_budget, mlm, objective, limit, the seed."""
+    from analysis import grounding_arm as arm
+
+    selected = []
+    world = types.SimpleNamespace(select=lambda split, limit: selected.append((split, limit)) or "selected")
+    loaded = [("augment.referring", "load_grounding", lambda folder: world)]
+    settings = {"split": "val", "limit": 6, "batch_size": 3, "attacks": ["clean", "sga"], "attack_eps": "8/255",
+                "pgd_steps": 5, "pgd_step_size": "1/255", "mlm": "world-mlm", "top_k": 7, "word_budget": 2,
+                "objective": "heat"}
+    calls = _evaluated_by_arm(monkeypatch, arm, "evaluate_grounding", loaded, settings)
+    assert calls["load"] == ("ckpt", {"device": "meta"}) and selected == [("val", 6)]
+    options = calls["evaluate"]
+    assert (options["attacks"], options["batch_size"], options["seed"]) == (["clean", "sga"], 3, 11)
+    assert options["attack_options"] == {"objective": "heat", "eps": pytest.approx(8 / 255), "steps": 5,
+                                         "step_size": pytest.approx(1 / 255), "mlm": "world-mlm", "top_k": 7,
+                                         "budget": 2, "seed": 11}
+    assert calls["report"]["settings"] == {"source": "world", "split": "val", "checkpoint": "ckpt",
+                                           "command": "analysis study (grounding arm)"}
+
+
+def test_the_grounding_headline_reads_each_number_from_its_own_field():
+    """Guards mutations (audit CC) that passed every test: the oracle ceiling given the random-box baseline, and
+    the robust accuracy taken from all attacked expressions instead of the meaning-preserving ones."""
+    from analysis import grounding_arm as arm
+
+    report = {"attacks": {"clean": {"accuracy": 60.0}, "sga": {"accuracy": 20.0, "accuracy_meaning_preserved": 35.0}},
+              "baselines": {"random_box": 25.0, "oracle": 95.0}}
+    assert arm.headline(report) == {"metric": "accuracy", "clean": 60.0, "robust": 35.0, "attack": "sga",
+                                    "robust_all": 20.0, "random_box": 25.0, "oracle": 95.0}
