@@ -277,3 +277,27 @@ def test_the_grounding_headline_reads_each_number_from_its_own_field():
               "baselines": {"random_box": 25.0, "oracle": 95.0}}
     assert arm.headline(report) == {"metric": "accuracy", "clean": 60.0, "robust": 35.0, "attack": "sga",
                                     "robust_all": 20.0, "random_box": 25.0, "oracle": 95.0}
+
+
+def test_an_arm_whose_own_import_fails_shows_that_error_and_an_incomplete_arm_is_named(monkeypatch, tmp_path):
+    """Guards two mutations (audit CC) that passed every test: a missing module that an existing arm imports
+    reported as the arm itself missing from the installation, and an arm lacking a name the study calls loaded
+    (it failed later, after training, on the missing name)."""
+    import sys
+
+    from analysis import task_arms
+    from augment.errors import MatPlusError
+
+    (tmp_path / "arm_with_a_missing_dependency.py").write_text("import no_such_dependency_of_the_arm\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(task_arms.TASK_ARMS, "grounding", "arm_with_a_missing_dependency")
+    with pytest.raises(ModuleNotFoundError) as error:
+        task_arms.load_arm("grounding")
+    assert error.value.name == "no_such_dependency_of_the_arm"
+    incomplete = types.ModuleType("incomplete_arm")
+    for name in task_arms.ARM_NAMES[:-1]:
+        setattr(incomplete, name, None)
+    monkeypatch.setitem(sys.modules, "incomplete_arm", incomplete)
+    monkeypatch.setitem(task_arms.TASK_ARMS, "grounding", "incomplete_arm")
+    with pytest.raises(MatPlusError, match=r"task 'grounding': incomplete_arm lacks headline$"):
+        task_arms.load_arm("grounding")
