@@ -12,6 +12,36 @@ import pytest
 import torch
 
 
+# ----------------------------------------------------------------------------- the task interface
+
+
+def test_the_task_forward_hands_each_chunk_its_own_rows_and_fare_unnormalised_embeddings():
+    """Guards mutations (audit CC) that passed every test: each chunk's loss given every row's keys or every row's
+    texts (the adversarial chunk's texts for the clean chunk too), and FARE's embeddings normalised."""
+    from models.base import TextTokens
+    from tasks.base import TaskForward
+
+    chunks = []
+
+    def loss(model, pixels, tokens, keys, texts, inspect):
+        chunks.append((pixels[:, 0].tolist(), tokens.input_ids[:, 0].tolist(), keys.tolist(), texts))
+        return pixels.sum()
+
+    encoded = []
+
+    def encode_image(pixels, normalize=True):
+        encoded.append(normalize)
+        return pixels
+
+    forward = TaskForward(types.SimpleNamespace(encode_image=encode_image), types.SimpleNamespace(loss=loss))
+    pixels = torch.arange(4.0).view(4, 1)
+    forward.forward(pixels, TextTokens(torch.arange(4).view(4, 1) + 10), torch.tensor([7, 8, 7, 8]), chunks=2,
+                    texts=["adv a", "adv b", "a", "b"])
+    assert chunks == [([0.0, 1.0], [10, 11], [7, 8], ["adv a", "adv b"]), ([2.0, 3.0], [12, 13], [7, 8], ["a", "b"])]
+    embeddings = forward.forward(pixels, chunks=2, image_embeddings=True)
+    assert encoded == [False] and [e.tolist() for e in embeddings] == [[[0.0], [1.0]], [[2.0], [3.0]]]
+
+
 # ----------------------------------------------------------------------------- captioning
 
 
