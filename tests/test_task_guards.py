@@ -219,6 +219,33 @@ def test_grounding_checks_keep_the_latest_size_entries_and_a_new_training_set_st
     assert task.true_pairs(torch.tensor([0]), ["the star"]).tolist() == [[0.0]]
 
 
+
+def test_counterfactual_pairs_draw_every_kind_of_edit_and_every_edit_of_a_kind(monkeypatch):
+    """Guards two mutations (audit CC) that passed every test: the counterfactual draw always taking the first
+    kind of edit (every false image the referred object removed, never recoloured or reshaped), or the first edit
+    of the kind drawn (every recolouring the same colour)."""
+    import json
+
+    import augment.world.render as render
+    from augment.world.scene import Scene, SceneObject
+    from tasks.grounding import GroundingTask, scenes_of_rows
+
+    drawn = []
+    monkeypatch.setattr(render, "render_scene", lambda scene: drawn.append(scene) or scene)
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right")))
+    task = GroundingTask(counterfactual_every=1)
+    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()})])
+    model = types.SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 2, 2))
+    torch.manual_seed(0)
+    for _ in range(40):
+        task.counterfactual_pixels(model, torch.tensor([0]), ["the red circle"])
+    false = drawn[::2]  # each call draws a false edit, then a true one
+    kinds = {"removed" if len(s.objects) == 1 else "colour" if s.objects[0].colour != "red" else "shape"
+             for s in false}
+    assert kinds == {"removed", "colour", "shape"}
+    assert len({s.objects[0].colour for s in false if len(s.objects) == 2 and s.objects[0].colour != "red"}) > 1
+
+
 # ----------------------------------------------------------------------------- the study's task arms
 
 
