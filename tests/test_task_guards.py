@@ -246,6 +246,28 @@ def test_counterfactual_pairs_draw_every_kind_of_edit_and_every_edit_of_a_kind(m
     assert len({s.objects[0].colour for s in false if len(s.objects) == 2 and s.objects[0].colour != "red"}) > 1
 
 
+def test_counterfactual_edits_are_kept_per_image_and_expression_not_per_expression(monkeypatch):
+    """Guards a mutation (audit CC) that passed every test: the kept counterfactual edits keyed by the expression
+    alone, so a second image with the same expression ("the red circle") was paired with the first image's edits."""
+    import json
+
+    import augment.world.render as render
+    from augment.world.scene import Scene, SceneObject
+    from tasks.grounding import GroundingTask, scenes_of_rows
+
+    drawn = []
+    monkeypatch.setattr(render, "render_scene", lambda scene: drawn.append(scene) or scene)
+    scenes = [Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right"))),
+              Scene((SceneObject("circle", "red", "small", "top"), SceneObject("star", "green", "large", "centre")))]
+    task = GroundingTask(counterfactual_every=1)
+    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
+    model = types.SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 2, 2))
+    rows, _, _ = task.counterfactual_pixels(model, torch.tensor([0, 1]), ["the red circle", "the red circle"])
+    positions = [{obj.position for obj in scene.objects} for scene in drawn]
+    assert rows.tolist() == [0, 0, 1, 1]
+    assert all(p <= {"left", "right"} for p in positions[:2]) and all(p <= {"top", "centre"} for p in positions[2:])
+
+
 # ----------------------------------------------------------------------------- the study's task arms
 
 
