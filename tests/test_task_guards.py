@@ -358,6 +358,19 @@ def test_the_grounding_headline_reads_each_number_from_its_own_field():
                                     "robust_all": 20.0, "random_box": 25.0, "oracle": 95.0}
 
 
+def test_each_arm_writes_the_world_of_the_studys_size_and_seed(monkeypatch, tmp_path):
+    """Guards a mutation (audit CC) that passed every test: the captioning arm writing its world with seed 0
+    whatever the study's world.seed (the end-to-end captioning study uses seed 0)."""
+    import augment.world.writer as writer
+    from analysis import captioning_arm, grounding_arm
+
+    written = []
+    monkeypatch.setattr(writer, "write_sample", lambda folder, **options: written.append((folder, options)))
+    captioning_arm.write_world(tmp_path, 12, 5)
+    grounding_arm.write_world(tmp_path, 8, 3)
+    assert written == [(tmp_path, {"n": 12, "seed": 5}), (tmp_path, {"n": 8, "seed": 3, "expressions": 2})]
+
+
 def test_an_arm_whose_own_import_fails_shows_that_error_and_an_incomplete_arm_is_named(monkeypatch, tmp_path):
     """Guards two mutations (audit CC) that passed every test: a missing module that an existing arm imports
     reported as the arm itself missing from the installation, and an arm lacking a name the study calls loaded
