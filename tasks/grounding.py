@@ -380,6 +380,8 @@ class GroundingTask(RetrievalTask):
         else:
             logits = output.logit_scale * output.image_emb.float() @ output.text_emb.float().T
             contrastive = softmax_itc_loss(logits, positives)
+        if self.itm_weight <= 0:  # as retrieval: no ITM term, so no counterfactual scenes rendered for it either
+            return contrastive
         return contrastive + self.itm_weight * grounding_itm_loss(
             model, output, tokens, positives, self.counterfactual_pixels(model, keys, texts))
 

@@ -169,7 +169,8 @@ def test_the_grounding_text_attack_takes_the_configs_candidates_top_k_budget_and
 
 def test_grounding_keeps_a_familys_own_itc_loss_and_weighs_itm_by_the_tasks_weight(monkeypatch):
     """Guards two mutations (audit CC) that passed every test: the family's own ITC loss (ALBEF's momentum
-    distillation) replaced by the multi-positive softmax, and the ITM term added without `itm_weight`."""
+    distillation) replaced by the multi-positive softmax, and the ITM term added without `itm_weight`; at weight 0
+    no ITM work at all."""
     import tasks.grounding as grounding
     from models.base import EncoderOutput, TextTokens
 
@@ -189,6 +190,14 @@ def test_grounding_keeps_a_familys_own_itc_loss_and_weighs_itm_by_the_tasks_weig
     loss = task.loss(Distilled(), torch.zeros(2, 3, 2, 2), TextTokens(torch.zeros(2, 1, dtype=torch.long)),
                      torch.tensor([0, 1]), ["a star", "a circle"])
     assert float(loss) == pytest.approx(2.0 + 0.5 * 4.0) and own == [[0, 1]]
+
+    # no ITM term at weight 0, as retrieval: neither its loss nor the counterfactual scenes it would read are made
+    task = grounding.GroundingTask(itm_weight=0.0)
+    monkeypatch.setattr(grounding, "grounding_itm_loss", lambda *args: pytest.fail("ITM computed at weight 0"))
+    monkeypatch.setattr(task, "counterfactual_pixels", lambda *args: pytest.fail("scenes rendered at weight 0"))
+    loss = task.loss(Distilled(), torch.zeros(2, 3, 2, 2), TextTokens(torch.zeros(2, 1, dtype=torch.long)),
+                     torch.tensor([0, 1]), ["a star", "a circle"])
+    assert float(loss) == pytest.approx(2.0)
 
 
 def test_grounding_checks_keep_the_latest_size_entries_and_a_new_training_set_starts_afresh():
