@@ -1,0 +1,72 @@
+"""Guards found by audit CE's mutation audit of the train command line's argument wiring (train/cli.py,
+train/config.py, train eval's commands, train/launch.py, and where the trainer reads the settings): each
+test kills a plausible bug that every other test let through. The parser and the config builder are
+called directly, the trainer's pieces on stubs of a few lines: no test trains or loads a model.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+
+def _config(*argv: str):
+    """The resolved TrainConfig of a `train METHOD ...` command line (nothing is read or trained)."""
+    from train.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args([*argv, "--train-data", "s.json", "--out", "run"]))
+
+
+# ----------------------------------------------------------------------------- optimisation flags
+
+
+def test_a_weight_decay_of_zero_is_accepted_and_reaches_the_config():
+    """Guards `--wd`'s range: non-negative (README), so 0 (no decay, a common fine-tuning choice) is a setting."""
+    assert _config("clean", "--wd", "0").wd == 0.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--warmup", "-1"], "--warmup must be non-negative"),
+    # README: "a value of 1e-3 or more is refused in one line naming --attack-eps"
+    (["--eps", "1e-3"], "--eps 0.001 is AdamW's epsilon"),
+])
+def test_optimiser_settings_out_of_their_range_are_refused(argv, message):
+    """Guards the refusals of a negative warm-up (a schedule of negative length trained on silently) and of an
+    AdamW epsilon at the PGD-budget-sized bound."""
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + message):
+        _config("clean", *argv)
+    assert _config("clean", "--eps", "9e-4").eps == pytest.approx(9e-4)  # just below the bound: AdamW's epsilon
+
+
+def test_the_optimizer_and_its_schedule_read_wd_eps_lr_and_warmup():
+    """Guards the way from the config to AdamW and the schedule: `--wd` decays the decayed group (not the other),
+    `--eps` is AdamW's epsilon (not its own default, 1e-8), `--lr` its rate, `--warmup` the schedule's linear warm-up."""
+    from train.trainer import Trainer
+
+    decayed, not_decayed = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    model = types.SimpleNamespace(parameter_groups=lambda wd: [{"params": [not_decayed], "weight_decay": 0.0},
+                                                                {"params": [decayed], "weight_decay": wd}])
+    trainer = types.SimpleNamespace(
+        cfg=_config("clean", "--wd", "0.3", "--eps", "1e-7", "--lr", "2e-4", "--warmup", "4"), schedule_steps=20,
+        task=None, accelerator=types.SimpleNamespace(prepare=lambda forward, optimizer: (forward, optimizer)))
+    Trainer._build_optimizer(trainer, model)
+    groups = trainer.optimizer.param_groups
+    assert [group["weight_decay"] for group in groups] == [0.0, 0.3]
+    assert all(group["eps"] == 1e-7 for group in groups)
+    # LambdaLR set the first step's rate: the peak lr times the warm-up's first factor, 1/4
+    assert [group["lr"] for group in groups] == [pytest.approx(2e-4 / 4)] * 2
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_grad_checkpointing_reaches_the_model_only_when_asked(given):
+    """Guards `--grad-checkpointing`: parsed into the config, and the model told to recompute its activations."""
+    from train.trainer import Trainer
+
+    calls = []
+    model = types.SimpleNamespace(tower_parameters=lambda tower: [], set_grad_checkpointing=calls.append)
+    config = _config("clean", *(["--grad-checkpointing"] if given else []))
+    Trainer._set_trainable(types.SimpleNamespace(cfg=config), model)
+    assert calls == ([True] if given else [])
