@@ -70,3 +70,20 @@ def test_grad_checkpointing_reaches_the_model_only_when_asked(given):
     config = _config("clean", *(["--grad-checkpointing"] if given else []))
     Trainer._set_trainable(types.SimpleNamespace(cfg=config), model)
     assert calls == ([True] if given else [])
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+@pytest.mark.parametrize("name, value", [
+    ("wd", 0.2), ("eps", 1e-8), ("warmup", 5), ("lr", 2e-5), ("precision", "amp_bf16"), ("grad_accum", 2),
+    ("max_grad_norm", 1.0), ("batch_size", 8), ("seed", 1), ("pgd_steps", 3), ("clean_weight", 0.5),
+])
+def test_a_resume_with_another_setting_of_the_optimisation_or_attack_is_a_conflict(name, value):
+    """Guards `--resume latest`'s comparison: a setting that changes the trained weights, changed on resuming,
+    is named (not taken as one of the settings a resume may change, RESUMABLE_CHANGES)."""
+    from train.config import resolve_config, resume_conflicts
+
+    base = {"method": "tecoa", "model": "tiny-clip", "train_data": "s.json", "out": "run"}
+    saved = resolve_config(base).to_dict()
+    assert resume_conflicts(saved, resolve_config({**base, name: value})) == [name]
