@@ -87,3 +87,31 @@ def test_a_resume_with_another_setting_of_the_optimisation_or_attack_is_a_confli
     base = {"method": "tecoa", "model": "tiny-clip", "train_data": "s.json", "out": "run"}
     saved = resolve_config(base).to_dict()
     assert resume_conflicts(saved, resolve_config({**base, name: value})) == [name]
+
+
+# ----------------------------------------------------------------------------- defaults and refusals
+
+
+def test_a_bare_command_line_resolves_to_the_defaults_the_readme_states():
+    """Guards the defaults the README's Training section names (open_clip_train's differ on purpose there):
+    a default changed in TrainConfig alone would silently change every run that leaves the flag out."""
+    config = _config("tecoa")
+    assert (config.wd, config.warmup, config.eps, config.precision) == (0.1, 0, 1e-6, "fp32")
+    assert (config.val_frequency, config.val_split, config.val_attack, config.val_limit) == (0, "val", "pgd", 50)
+    assert (config.csv_img_key, config.csv_caption_key, config.csv_separator) == ("image", "caption", None)
+    assert (config.attack_eps, config.pgd_steps, config.pgd_step_size) == (pytest.approx(2 / 255), 10, pytest.approx(0.5 / 255))
+    assert (config.p_original, config.pool_mode, config.log_every, config.report_to) == (0.5, "sample", 1, "none")
+    assert config.lock_text is True and config.lock_image is False and config.grad_checkpointing is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mat", "--top-k", "0"], "--top-k must be at least 1"),
+    (["clean", "--val-frequency", "-1"], "--val-frequency must be non-negative"),
+])
+def test_a_count_out_of_its_range_is_refused(argv, message):
+    """Guards `--top-k 0` (a text attack of no substitute per word changed no word, recorded as run) and a
+    negative `--val-frequency` (it validated never, silently, as 0 does)."""
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + message):
+        _config(*argv)
