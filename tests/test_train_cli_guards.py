@@ -115,3 +115,23 @@ def test_a_count_out_of_its_range_is_refused(argv, message):
 
     with pytest.raises(ConfigError, match="^" + message):
         _config(*argv)
+
+
+# ----------------------------------------------------------------------------- train eval
+
+
+def test_train_eval_hands_each_attack_option_to_its_own_setting():
+    """Guards `attack_options_from_arguments`: every flag reaches the attack setting of its own meaning (the
+    retrieval and grounding evaluations are compared with each other elsewhere, which a swap inside the one
+    builder they share passes)."""
+    from train.cli import build_parser
+    from train.commands_eval import attack_options_from_arguments
+
+    args = build_parser().parse_args([
+        "eval", "tiny-clip", "--source", "s.json", "--out", "o", "--attack-eps", "4/255", "--pgd-steps", "3",
+        "--pgd-step-size", "1/255", "--text-candidates", "mlm", "--top-k", "4", "--word-budget", "2", "--max-length", "20",
+        "--text-guide", "text", "--sga-scales", "0.5,1.5", "--co-alpha", "2", "--text-batch", "64"])
+    assert attack_options_from_arguments(args) == {
+        "eps": pytest.approx(4 / 255), "steps": 3, "step_size": pytest.approx(1 / 255), "candidates": "mlm",
+        "mlm": "tiny-mlm", "top_k": 4, "budget": 2, "max_length": 20, "guide": "text", "scales": (0.5, 1.5), "alpha": 2.0,
+        "text_batch": 64, "protocol": "project", "reference_bugs": False}
