@@ -135,3 +135,37 @@ def test_train_eval_hands_each_attack_option_to_its_own_setting():
         "eps": pytest.approx(4 / 255), "steps": 3, "step_size": pytest.approx(1 / 255), "candidates": "mlm",
         "mlm": "tiny-mlm", "top_k": 4, "budget": 2, "max_length": 20, "guide": "text", "scales": (0.5, 1.5), "alpha": 2.0,
         "text_batch": 64, "protocol": "project", "reference_bugs": False}
+
+
+class _Reached(Exception):
+    """The evaluation was called: its arguments are captured and nothing is evaluated."""
+
+
+def _evaluation_call(monkeypatch, module, name: str, argv: list[str]) -> dict:
+    """The keyword arguments `train eval ARGV` calls `module.name` (the evaluation) with."""
+    from train.cli import main
+
+    reached: dict = {}
+
+    def capture(*args, **kwargs):
+        reached.update(kwargs)
+        raise _Reached
+
+    monkeypatch.setattr(module, name, capture)
+    with pytest.raises(_Reached):
+        main(["eval", *argv, "--no-progress"])
+    return reached
+
+
+def test_train_eval_re_ranks_a_fusion_models_top_128_by_default(sample_world_dir, tmp_path, monkeypatch):
+    """Guards `--rerank-k`'s default, the Flickr30k protocol's k (README, the option's help): ITM re-ranks
+    the top 128 of each query's ITC ranking."""
+    import models
+    import train.evaluate
+
+    # a stand-in fusion model: what is checked is the command line's way to the evaluation, not ALBEF
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: types.SimpleNamespace(
+        has_itm=True, name="tiny-albef", family="albef"))
+    call = _evaluation_call(monkeypatch, train.evaluate, "evaluate", [
+        "tiny-albef", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "clean", "--out", str(tmp_path / "o")])
+    assert call["rerank_k"] == 128
