@@ -169,3 +169,17 @@ def test_train_eval_re_ranks_a_fusion_models_top_128_by_default(sample_world_dir
     call = _evaluation_call(monkeypatch, train.evaluate, "evaluate", [
         "tiny-albef", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "clean", "--out", str(tmp_path / "o")])
     assert call["rerank_k"] == 128
+
+
+def test_train_eval_captioning_hands_its_generation_flags_to_their_own_settings(sample_world_dir, tmp_path, monkeypatch):
+    """Guards captioning's generation settings: --gen-max-length and --gen-min-length each reach their own
+    bound (swapped, every caption was generated under other bounds and nothing refused it), --num-beams the
+    beam width, --target pgd-targeted's target."""
+    import train.evaluate_captioning
+
+    call = _evaluation_call(monkeypatch, train.evaluate_captioning, "evaluate_captioning", [
+        "tiny-captioner", "--task", "captioning", "--source", str(sample_world_dir), "--limit", "2",
+        "--attacks", "clean,pgd-targeted", "--num-beams", "2", "--gen-max-length", "12", "--gen-min-length", "3",
+        "--target", "a red circle", "--out", str(tmp_path / "c")])
+    assert call["generation"] == {"num_beams": 2, "max_length": 12, "min_length": 3}
+    assert call["attack_options"]["target"] == "a red circle"
