@@ -183,3 +183,28 @@ def test_train_eval_captioning_hands_its_generation_flags_to_their_own_settings(
         "--target", "a red circle", "--out", str(tmp_path / "c")])
     assert call["generation"] == {"num_beams": 2, "max_length": 12, "min_length": 3}
     assert call["attack_options"]["target"] == "a red circle"
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+_TWO_PROCESSES = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}
+
+
+def test_a_local_rank_one_past_the_visible_gpus_is_refused():
+    """Guards the GPU count bound: LOCAL_RANK 2 with 2 GPUs (cuda:0 and cuda:1) has no GPU of its own."""
+    from train.launch import LaunchError, check_launch_environment
+
+    with pytest.raises(LaunchError, match=r"LOCAL_RANK 2 but only 2 GPU\(s\) visible"):
+        check_launch_environment(cpu=False, env={**_TWO_PROCESSES, "WORLD_SIZE": "3", "RANK": "2", "LOCAL_RANK": "2"},
+                                 cuda_devices=2)
+    assert check_launch_environment(cpu=False, env={**_TWO_PROCESSES, "RANK": "1", "LOCAL_RANK": "1"},
+                                    cuda_devices=2).backend == "nccl"
+
+
+def test_a_rank_equal_to_the_world_size_is_refused():
+    """Guards the rank bound: ranks are 0 .. WORLD_SIZE - 1; RANK 2 of 2 would wait for a group that never forms."""
+    from train.launch import LaunchError, check_launch_environment
+
+    with pytest.raises(LaunchError, match="inconsistent launch environment: RANK=2, WORLD_SIZE=2"):
+        check_launch_environment(cpu=True, env={**_TWO_PROCESSES, "RANK": "2", "LOCAL_RANK": "0"})
