@@ -208,3 +208,29 @@ def test_a_rank_equal_to_the_world_size_is_refused():
 
     with pytest.raises(LaunchError, match="inconsistent launch environment: RANK=2, WORLD_SIZE=2"):
         check_launch_environment(cpu=True, env={**_TWO_PROCESSES, "RANK": "2", "LOCAL_RANK": "0"})
+
+
+# ----------------------------------------------------------------------------- more refusals
+
+
+@pytest.mark.parametrize("argv, message", [
+    # --max-steps 0 read as "not given" (`max_steps or epochs * ...`): a whole epoch trained, silently
+    (["clean", "--max-steps", "0"], "--max-steps must be at least 1"),
+    (["clean", "--schedule-steps", "0"], "--schedule-steps must be at least 1"),
+    (["clean", "--log-every-n-steps", "0"], "--log-every-n-steps must be at least 1"),
+    (["clean", "--save-every", "-1"], "--save-every must be non-negative"),
+    (["clean", "--workers", "-1"], "--workers must be non-negative"),
+    (["mat", "--lock-image", "--lock-text"], "--lock-image and --lock-text together leave nothing to train"),
+])
+def test_a_training_setting_out_of_its_range_or_training_nothing_is_refused(argv, message):
+    """Guards the one-line refusals of settings that would otherwise train something other than asked."""
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + message):
+        _config(*argv)
+
+
+def test_p_original_takes_both_ends_of_its_range():
+    """Guards `--p-original`'s closed range [0, 1]: 1 keeps every original pair (the pools' control)."""
+    for value in ("0", "1"):
+        assert _config("mat+", "--pools", "p", "--p-original", value).p_original == float(value)
