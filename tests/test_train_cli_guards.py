@@ -234,3 +234,14 @@ def test_p_original_takes_both_ends_of_its_range():
     """Guards `--p-original`'s closed range [0, 1]: 1 keeps every original pair (the pools' control)."""
     for value in ("0", "1"):
         assert _config("mat+", "--pools", "p", "--p-original", value).p_original == float(value)
+
+
+def test_train_eval_refuses_a_pgd_of_no_step_before_loading(tmp_path, capsys):
+    """Guards `train eval --pgd-steps 0`: refused as out of range, also for a multimodal attack, which would
+    otherwise run without its image part under its own name."""
+    from train.cli import main
+
+    code = main(["eval", "tiny-clip", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--attacks", "sep", "--pgd-steps", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --pgd-steps must be at least 1"
