@@ -245,3 +245,15 @@ def test_train_eval_refuses_a_pgd_of_no_step_before_loading(tmp_path, capsys):
                  "--attacks", "sep", "--pgd-steps", "0"])
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: --pgd-steps must be at least 1"
+
+
+def test_train_eval_captioning_attacks_with_the_pgd_step_given(sample_world_dir, tmp_path, monkeypatch):
+    """Guards the PGD step of captioning's (and the project protocol's grounding's) attacks: the step given, not
+    the default eps/4 (the grounding case is compared with retrieval elsewhere at a step equal to eps/4)."""
+    import train.evaluate_captioning
+
+    call = _evaluation_call(monkeypatch, train.evaluate_captioning, "evaluate_captioning", [
+        "tiny-captioner", "--task", "captioning", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "pgd",
+        "--attack-eps", "4/255", "--pgd-step-size", "2/255", "--out", str(tmp_path / "c")])
+    assert (call["attack_options"]["eps"], call["attack_options"]["step_size"]) == (pytest.approx(4 / 255),
+                                                                                     pytest.approx(2 / 255))
