@@ -257,3 +257,13 @@ def test_train_eval_captioning_attacks_with_the_pgd_step_given(sample_world_dir,
         "--attack-eps", "4/255", "--pgd-step-size", "2/255", "--out", str(tmp_path / "c")])
     assert (call["attack_options"]["eps"], call["attack_options"]["step_size"]) == (pytest.approx(4 / 255),
                                                                                      pytest.approx(2 / 255))
+
+
+@pytest.mark.parametrize("given, workers", [("0", 0), ("3", 3)])
+def test_train_eval_decodes_in_the_main_process_with_workers_0(given, workers):
+    """Guards `train eval --workers 0` (README: 0 decodes in the main process), which is not "unset"."""
+    from train.cli import build_parser
+    from train.commands_eval import _workers
+
+    args = build_parser().parse_args(["eval", "tiny-clip", "--source", "s.json", "--out", "o", "--workers", given])
+    assert _workers(args) == workers
