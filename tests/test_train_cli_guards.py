@@ -142,8 +142,14 @@ class _Reached(Exception):
 
 
 def _evaluation_call(monkeypatch, module, name: str, argv: list[str]) -> dict:
-    """The keyword arguments `train eval ARGV` calls `module.name` (the evaluation) with."""
+    """The keyword arguments `train eval ARGV` calls `module.name` (the evaluation) with. The model is a
+    stand-in (a fusion model's ITM head, no prompt): what is checked is the command line's way to the
+    evaluation, not a model."""
+    import models
     from train.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: types.SimpleNamespace(
+        has_itm=True, name="stand-in", family="albef", prompt=None))
 
     reached: dict = {}
 
@@ -160,12 +166,8 @@ def _evaluation_call(monkeypatch, module, name: str, argv: list[str]) -> dict:
 def test_train_eval_re_ranks_a_fusion_models_top_128_by_default(sample_world_dir, tmp_path, monkeypatch):
     """Guards `--rerank-k`'s default, the Flickr30k protocol's k (README, the option's help): ITM re-ranks
     the top 128 of each query's ITC ranking."""
-    import models
     import train.evaluate
 
-    # a stand-in fusion model: what is checked is the command line's way to the evaluation, not ALBEF
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: types.SimpleNamespace(
-        has_itm=True, name="tiny-albef", family="albef"))
     call = _evaluation_call(monkeypatch, train.evaluate, "evaluate", [
         "tiny-albef", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "clean", "--out", str(tmp_path / "o")])
     assert call["rerank_k"] == 128
