@@ -117,6 +117,13 @@ def test_a_count_out_of_its_range_is_refused(argv, message):
         _config(*argv)
 
 
+
+def test_no_masked_lm_is_derived_for_a_text_attack_of_wordnet_synonyms():
+    """Guards the derived `--mlm`: WordNet's substitutes read no masked LM, so none is derived and recorded in
+    config.yaml's `derived:` section as if one had run (the masked LM's default follows from the model's)."""
+    assert _config("mat", "--text-candidates", "wordnet").mlm is None
+    assert _config("mat").mlm == "tiny-mlm"
+
 # ----------------------------------------------------------------------------- train eval
 
 
