@@ -43,7 +43,8 @@ def test_optimiser_settings_out_of_their_range_are_refused(argv, message):
 
 def test_the_optimizer_and_its_schedule_read_wd_eps_lr_and_warmup():
     """Guards the way from the config to AdamW and the schedule: `--wd` decays the decayed group (not the other),
-    `--eps` is AdamW's epsilon (not its own default, 1e-8), `--lr` its rate, `--warmup` the schedule's linear warm-up."""
+    `--eps` is AdamW's epsilon (not its own default, 1e-8), `--lr` its rate, `--warmup` the schedule's linear
+    warm-up."""
     from train.trainer import Trainer
 
     decayed, not_decayed = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
@@ -99,7 +100,8 @@ def test_a_bare_command_line_resolves_to_the_defaults_the_readme_states():
     assert (config.wd, config.warmup, config.eps, config.precision) == (0.1, 0, 1e-6, "fp32")
     assert (config.val_frequency, config.val_split, config.val_attack, config.val_limit) == (0, "val", "pgd", 50)
     assert (config.csv_img_key, config.csv_caption_key, config.csv_separator) == ("image", "caption", None)
-    assert (config.attack_eps, config.pgd_steps, config.pgd_step_size) == (pytest.approx(2 / 255), 10, pytest.approx(0.5 / 255))
+    assert (config.attack_eps, config.pgd_steps, config.pgd_step_size) == (pytest.approx(2 / 255), 10,
+                                                                           pytest.approx(0.5 / 255))
     assert (config.p_original, config.pool_mode, config.log_every, config.report_to) == (0.5, "sample", 1, "none")
     assert config.lock_text is True and config.lock_image is False and config.grad_checkpointing is False
 
@@ -117,12 +119,26 @@ def test_a_count_out_of_its_range_is_refused(argv, message):
         _config(*argv)
 
 
-
 def test_no_masked_lm_is_derived_for_a_text_attack_of_wordnet_synonyms():
     """Guards the derived `--mlm`: WordNet's substitutes read no masked LM, so none is derived and recorded in
     config.yaml's `derived:` section as if one had run (the masked LM's default follows from the model's)."""
     assert _config("mat", "--text-candidates", "wordnet").mlm is None
     assert _config("mat").mlm == "tiny-mlm"
+
+
+@pytest.mark.parametrize("argv, message", [
+    # read by the captioner only: a retrieval run recorded a prompt nothing read
+    (["clean", "--prompt", "a picture of"], "--prompt applies to --task captioning, not retrieval"),
+    # weights of no pool to draw from: every step's views undefined
+    (["mat+", "--pools", "p", "q", "--pool-weights", "0", "0"], "--pool-weights must be non-negative and not all zero"),
+])
+def test_a_setting_its_task_or_pools_cannot_use_is_refused(argv, message):
+    """Guards the refusals of `--prompt` outside captioning and of pool weights that choose no pool."""
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + message):
+        _config(*argv)
+
 
 # ----------------------------------------------------------------------------- train eval
 
@@ -136,12 +152,13 @@ def test_train_eval_hands_each_attack_option_to_its_own_setting():
 
     args = build_parser().parse_args([
         "eval", "tiny-clip", "--source", "s.json", "--out", "o", "--attack-eps", "4/255", "--pgd-steps", "3",
-        "--pgd-step-size", "1/255", "--text-candidates", "mlm", "--top-k", "4", "--word-budget", "2", "--max-length", "20",
-        "--text-guide", "text", "--sga-scales", "0.5,1.5", "--co-alpha", "2", "--text-batch", "64"])
+        "--pgd-step-size", "1/255", "--text-candidates", "mlm", "--top-k", "4", "--word-budget", "2",
+        "--max-length", "20", "--text-guide", "text", "--sga-scales", "0.5,1.5", "--co-alpha", "2",
+        "--text-batch", "64"])
     assert attack_options_from_arguments(args) == {
         "eps": pytest.approx(4 / 255), "steps": 3, "step_size": pytest.approx(1 / 255), "candidates": "mlm",
-        "mlm": "tiny-mlm", "top_k": 4, "budget": 2, "max_length": 20, "guide": "text", "scales": (0.5, 1.5), "alpha": 2.0,
-        "text_batch": 64, "protocol": "project", "reference_bugs": False}
+        "mlm": "tiny-mlm", "top_k": 4, "budget": 2, "max_length": 20, "guide": "text", "scales": (0.5, 1.5),
+        "alpha": 2.0, "text_batch": 64, "protocol": "project", "reference_bugs": False}
 
 
 class _Reached(Exception):
@@ -176,11 +193,13 @@ def test_train_eval_re_ranks_a_fusion_models_top_128_by_default(sample_world_dir
     import train.evaluate
 
     call = _evaluation_call(monkeypatch, train.evaluate, "evaluate", [
-        "tiny-albef", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "clean", "--out", str(tmp_path / "o")])
+        "tiny-albef", "--source", str(sample_world_dir), "--limit", "2", "--attacks", "clean",
+        "--out", str(tmp_path / "o")])
     assert call["rerank_k"] == 128
 
 
-def test_train_eval_captioning_hands_its_generation_flags_to_their_own_settings(sample_world_dir, tmp_path, monkeypatch):
+def test_train_eval_captioning_hands_its_generation_flags_to_their_own_settings(sample_world_dir, tmp_path,
+                                                                                  monkeypatch):
     """Guards captioning's generation settings: --gen-max-length and --gen-min-length each reach their own
     bound (swapped, every caption was generated under other bounds and nothing refused it), --num-beams the
     beam width, --target pgd-targeted's target."""
