@@ -304,3 +304,13 @@ def test_make_sample_command(tmp_path, capsys):
     assert augment_main(["make-sample", str(out), "--images", "4", "--captions-per-image", "2", "--overwrite"]) == 0
     data = json.loads((out / "dataset_sample.json").read_text())
     assert len(data["images"]) == 4 and all(len(i["sentences"]) == 2 for i in data["images"])
+
+
+# ----------------------------------------------------------------------------- mutation guards (audit CD)
+
+
+def test_a_scene_without_objects_is_refused():
+    """Guards a mutation (audit CD): `_scene_problem`'s lower bound weakened to 0 objects passed every test; a
+    source row whose scene lists no object was then read as an empty world image."""
+    with pytest.raises(SourceError, match="0 objects"):
+        Scene.from_dict({"objects": [], "background": "plain"})
