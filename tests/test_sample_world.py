@@ -314,3 +314,24 @@ def test_a_scene_without_objects_is_refused():
     source row whose scene lists no object was then read as an empty world image."""
     with pytest.raises(SourceError, match="0 objects"):
         Scene.from_dict({"objects": [], "background": "plain"})
+
+
+def test_rerender_variant_moves_an_object_even_when_the_draw_repeats_the_layout():
+    """Guards a mutation (audit CD): `rerender_variant` keeping its first draw of layout details passed every
+    test (a repeat is rare); on a plain background the "variant" was then the original image again."""
+    from augment.world.scene import sample_render_details
+
+    dx, dy, rotation = sample_render_details(random.Random(5))  # what the variant's rng draws first
+    scene = Scene((SceneObject("square", "red", "large", "left", dx, dy, rotation),), "plain")
+    variant, image = rerender_variant(scene, random.Random(5))
+    assert (variant.objects[0].dx, variant.objects[0].dy) != (dx, dy)
+    assert image.tobytes() != render_scene(scene).tobytes()
+
+
+def test_rerender_variant_draws_new_background_noise():
+    """Guards a mutation (audit CD): `rerender_variant` keeping the original's `noise_seed` passed every test; a
+    noisy background's noise is a render-only detail that a variant draws anew (t2i-render's "other noise")."""
+    scene = Scene((SceneObject("circle", "blue", "small", "centre"),), "noisy", 11)
+    variant, image = rerender_variant(scene, random.Random(0))
+    corner = (slice(0, 6), slice(0, 6))  # no object reaches the corners: background only
+    assert not np.array_equal(np.asarray(image)[corner], np.asarray(render_scene(scene))[corner])
