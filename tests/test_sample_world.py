@@ -15,7 +15,7 @@ from augment.world.captions import (
     SHAPE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption, world_vocabulary,
 )
 from augment.world.render import render_scene, rerender_variant
-from augment.world.scene import BACKGROUNDS, COLOURS, SHAPES, Scene, SceneObject, sample_scene
+from augment.world.scene import BACKGROUNDS, COLOURS, POSITION_GRID, SHAPES, Scene, SceneObject, sample_scene
 from augment.world.truth import check_caption
 from augment.world.writer import build_item, write_sample
 
@@ -335,3 +335,18 @@ def test_rerender_variant_draws_new_background_noise():
     variant, image = rerender_variant(scene, random.Random(0))
     corner = (slice(0, 6), slice(0, 6))  # no object reaches the corners: background only
     assert not np.array_equal(np.asarray(image)[corner], np.asarray(render_scene(scene))[corner])
+
+
+def _drawn_pixels(obj: SceneObject) -> np.ndarray:
+    """Where `obj`, drawn alone on a plain background, changed the grey (a boolean 64x64 mask)."""
+    return (np.asarray(render_scene(Scene((obj,), "plain"))) != 128).any(-1)
+
+
+def test_each_named_position_is_drawn_on_its_side_of_the_image():
+    """Guards a mutation (audit CD): the renderer's pixel centres of "left" and "right" swapped passed every test
+    (captions and boxes are computed from the same tables); every image then contradicted its captions."""
+    for position in POSITION_GRID:
+        ys, xs = np.nonzero(_drawn_pixels(SceneObject("circle", "red", "large", position)))
+        x_side, y_side = POSITION_GRID[position]  # -1: left / top, 1: right / bottom, 0: the middle
+        for drawn, side in ((xs.mean(), x_side), (ys.mean(), y_side)):
+            assert (drawn < 22 if side < 0 else drawn > 42 if side > 0 else 22 <= drawn <= 42), position
