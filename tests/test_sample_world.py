@@ -350,3 +350,11 @@ def test_each_named_position_is_drawn_on_its_side_of_the_image():
         x_side, y_side = POSITION_GRID[position]  # -1: left / top, 1: right / bottom, 0: the middle
         for drawn, side in ((xs.mean(), x_side), (ys.mean(), y_side)):
             assert (drawn < 22 if side < 0 else drawn > 42 if side > 0 else 22 <= drawn <= 42), position
+
+
+def test_a_large_object_is_drawn_larger_than_a_small_one():
+    """Guards a mutation (audit CD): the renderer's radii of "small" and "large" swapped passed every test; every
+    size word of every caption was then false of its image."""
+    for shape in SHAPES:
+        small, large = (_drawn_pixels(SceneObject(shape, "red", size, "centre")).sum() for size in ("small", "large"))
+        assert large > 2 * small, shape
