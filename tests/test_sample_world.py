@@ -358,3 +358,19 @@ def test_a_large_object_is_drawn_larger_than_a_small_one():
     for shape in SHAPES:
         small, large = (_drawn_pixels(SceneObject(shape, "red", size, "centre")).sum() for size in ("small", "large"))
         assert large > 2 * small, shape
+
+
+def test_unrotated_shapes_have_their_mirror_symmetries():
+    """Guards a mutation (audit CD): the hexagon's outline drawn with 5 corners passed every test. Unrotated, every
+    shape is its own left-right mirror; the circle, square, diamond and hexagon are also their own up-down mirror,
+    the triangle and star (pointing up) are not. A pentagon has a corner on one side and an edge on the other."""
+    def mirror_mismatch(mask: np.ndarray, axis: int) -> float:
+        ys, xs = np.nonzero(mask)
+        crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        return (crop != np.flip(crop, axis)).sum() / crop.sum()
+
+    for shape in SHAPES:
+        for size in ("small", "large"):
+            mask = _drawn_pixels(SceneObject(shape, "red", size, "centre"))
+            assert mirror_mismatch(mask, 1) < 0.1, (shape, size)  # rasterising costs a hexagon a few pixels
+            assert (mirror_mismatch(mask, 0) < 0.1) == (shape not in ("triangle", "star")), (shape, size)
