@@ -374,3 +374,11 @@ def test_unrotated_shapes_have_their_mirror_symmetries():
             mask = _drawn_pixels(SceneObject(shape, "red", size, "centre"))
             assert mirror_mismatch(mask, 1) < 0.1, (shape, size)  # rasterising costs a hexagon a few pixels
             assert (mirror_mismatch(mask, 0) < 0.1) == (shape not in ("triangle", "star")), (shape, size)
+
+
+def test_noisy_background_spreads_evenly_around_the_plain_grey():
+    """Guards a mutation (audit CD): the noise table without its `- NOISE_AMPLITUDE` (every noisy pixel 128 to 176,
+    a lighter background, not a noisy grey one) passed every test."""
+    grey = np.asarray(render_scene(Scene((SceneObject("circle", "black", "small", "centre"),), "noisy", 3)))[:20]
+    assert (grey[..., 0] == grey[..., 2]).all()  # grey: the object lies below row 20
+    assert grey.min() == 128 - 24 and grey.max() == 128 + 24 and abs(grey.mean() - 128) < 2
