@@ -382,3 +382,12 @@ def test_noisy_background_spreads_evenly_around_the_plain_grey():
     grey = np.asarray(render_scene(Scene((SceneObject("circle", "black", "small", "centre"),), "noisy", 3)))[:20]
     assert (grey[..., 0] == grey[..., 2]).all()  # grey: the object lies below row 20
     assert grey.min() == 128 - 24 and grey.max() == 128 + 24 and abs(grey.mean() - 128) < 2
+
+
+def test_synonym_captions_name_the_objects_in_another_order():
+    """Guards a mutation (audit CD): `_reordered` accepting the scene's own order passed every test; the synonym
+    caption of a two-object scene then listed its objects in the canonical caption's order about half the time."""
+    for seed in range(20):
+        caption = describe(TWO, random.Random(seed), "synonyms")
+        first_circle = min(caption.find(word) for word in SHAPE_WORDS["circle"] if word in caption)
+        assert caption.find("square") < first_circle, caption  # TWO lists the circle first
