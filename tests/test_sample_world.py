@@ -12,7 +12,7 @@ from augment.cli import main as augment_main
 from augment.errors import SourceError
 from augment.world import writer as world_writer
 from augment.world.captions import (
-    SHAPE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption, world_vocabulary,
+    FIRST_STYLES, SHAPE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption, world_vocabulary,
 )
 from augment.world.render import render_scene, rerender_variant
 from augment.world.scene import BACKGROUNDS, COLOURS, POSITION_GRID, SHAPES, Scene, SceneObject, sample_scene
@@ -391,3 +391,12 @@ def test_synonym_captions_name_the_objects_in_another_order():
         caption = describe(TWO, random.Random(seed), "synonyms")
         first_circle = min(caption.find(word) for word in SHAPE_WORDS["circle"] if word in caption)
         assert caption.find("square") < first_circle, caption  # TWO lists the circle first
+
+
+def test_the_first_captions_follow_the_first_styles_in_order():
+    """Guards a mutation (audit CD): `captions_for_scene` taking one first style too few (the fifth caption a random
+    style) passed every test; its docstring promises the five first styles, in order."""
+    for index, scene in enumerate(_scenes(10)):
+        expected_rng = random.Random(index)
+        expected = [describe(scene, expected_rng, style) for style in FIRST_STYLES]
+        assert captions_for_scene(scene, random.Random(index), 5) == expected
