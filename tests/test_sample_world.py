@@ -12,7 +12,8 @@ from augment.cli import main as augment_main
 from augment.errors import SourceError
 from augment.world import writer as world_writer
 from augment.world.captions import (
-    FIRST_STYLES, SHAPE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption, world_vocabulary,
+    FIRST_STYLES, SHAPE_WORDS, SIZE_WORDS, STYLES, caption_tokens, captions_for_scene, describe, partial_caption,
+    world_vocabulary,
 )
 from augment.world.render import render_scene, rerender_variant
 from augment.world.scene import BACKGROUNDS, COLOURS, POSITION_GRID, SHAPES, Scene, SceneObject, sample_scene
@@ -400,3 +401,12 @@ def test_the_first_captions_follow_the_first_styles_in_order():
         expected_rng = random.Random(index)
         expected = [describe(scene, expected_rng, style) for style in FIRST_STYLES]
         assert captions_for_scene(scene, random.Random(index), 5) == expected
+
+
+def test_partial_captions_name_an_object_with_and_without_its_size():
+    """Guards a mutation (audit CD): `partial_caption`'s colour-and-shape form keeping the size word passed every
+    test; the form was then the plain one again, and i2t-scene's one-object pool lost its shortest wordings."""
+    size_words = {word for words in SIZE_WORDS.values() for word in words}
+    captions = [partial_caption(TWO, random.Random(seed)) for seed in range(40)]
+    sized = [bool(size_words & set(caption.split())) for caption in captions]
+    assert any(sized) and not all(sized), captions
