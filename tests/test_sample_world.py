@@ -410,3 +410,12 @@ def test_partial_captions_name_an_object_with_and_without_its_size():
     captions = [partial_caption(TWO, random.Random(seed)) for seed in range(40)]
     sized = [bool(size_words & set(caption.split())) for caption in captions]
     assert any(sized) and not all(sized), captions
+
+
+def test_count_captions_agree_in_number():
+    """Guards a mutation (audit CD): `_count_phrase` choosing the singular for two objects passed every test; the
+    count style then said "one shapes: ..." and "two shape: ..."."""
+    one = Scene(TWO.objects[:1], "plain")
+    for seed in range(10):
+        assert describe(one, random.Random(seed), "count").split(":")[0] in ("one shape", "a single shape")
+        assert describe(TWO, random.Random(seed), "count").startswith("two shapes: ")
