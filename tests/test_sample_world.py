@@ -403,12 +403,15 @@ def test_the_first_captions_follow_the_first_styles_in_order():
         assert captions_for_scene(scene, random.Random(index), 5) == expected
 
 
+def _names_a_size(caption: str) -> bool:
+    return any(word in caption.split() for words in SIZE_WORDS.values() for word in words)
+
+
 def test_partial_captions_name_an_object_with_and_without_its_size():
     """Guards a mutation (audit CD): `partial_caption`'s colour-and-shape form keeping the size word passed every
     test; the form was then the plain one again, and i2t-scene's one-object pool lost its shortest wordings."""
-    size_words = {word for words in SIZE_WORDS.values() for word in words}
     captions = [partial_caption(TWO, random.Random(seed)) for seed in range(40)]
-    sized = [bool(size_words & set(caption.split())) for caption in captions]
+    sized = [_names_a_size(caption) for caption in captions]
     assert any(sized) and not all(sized), captions
 
 
@@ -419,3 +422,11 @@ def test_count_captions_agree_in_number():
     for seed in range(10):
         assert describe(one, random.Random(seed), "count").split(":")[0] in ("one shape", "a single shape")
         assert describe(TWO, random.Random(seed), "count").startswith("two shapes: ")
+
+
+def test_background_captions_name_sizes_only_sometimes():
+    """Guards a mutation (audit CD): the background style never naming sizes passed every test; half its captions
+    name them, which is where its wordings differ from the low-detail and picture styles'."""
+    captions = [describe(TWO, random.Random(seed), "background") for seed in range(20)]
+    sized = [_names_a_size(caption) for caption in captions]
+    assert any(sized) and not all(sized), captions
