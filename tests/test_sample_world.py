@@ -430,3 +430,15 @@ def test_background_captions_name_sizes_only_sometimes():
     captions = [describe(TWO, random.Random(seed), "background") for seed in range(20)]
     sized = [_names_a_size(caption) for caption in captions]
     assert any(sized) and not all(sized), captions
+
+
+def test_canonical_expression_is_the_shortest_that_singles_out():
+    """Guards a mutation (audit CD): `singles_out` comparing a form's first attribute only passed every test; "the
+    red circle" (no other red circle here) was then rejected for the red square's colour, and the canonical
+    expression became "the shape on the left"."""
+    from augment.world.expressions import canonical_expression, singles_out
+
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
+                   SceneObject("square", "red", "small", "centre")))
+    assert [canonical_expression(scene, k) for k in range(3)] == ["the red circle", "the blue circle", "the square"]
+    assert singles_out(("colour", "shape"), scene, 0) and not singles_out(("colour",), scene, 0)
