@@ -442,3 +442,21 @@ def test_canonical_expression_is_the_shortest_that_singles_out():
                    SceneObject("square", "red", "small", "centre")))
     assert [canonical_expression(scene, k) for k in range(3)] == ["the red circle", "the blue circle", "the square"]
     assert singles_out(("colour", "shape"), scene, 0) and not singles_out(("colour",), scene, 0)
+
+
+def test_a_relation_expressions_landmark_singles_itself_out():
+    """Guards a mutation (audit CD): `_relation_expression` naming its landmark in any form passed every test (the
+    checker accepts the target either way); "the red circle left of the circle" left the reader two circles to
+    measure from, where the landmark is meant to be one object."""
+    from augment.world.captions import RELATION_PHRASES
+    from augment.world.expressions import _relation_expression
+    from augment.world.truth import referents
+
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("circle", "blue", "small", "right"),
+                   SceneObject("square", "blue", "small", "centre")))
+    phrases = sorted((p for options in RELATION_PHRASES.values() for p in options), key=len, reverse=True)
+    for seed in range(40):
+        text = _relation_expression(scene, 0, random.Random(seed))
+        relation = next(p for p in phrases if f" {p} " in text)
+        landmark = text.split(f" {relation} ", 1)[1]
+        assert len(referents(landmark, scene)) == 1, text
