@@ -460,3 +460,13 @@ def test_a_relation_expressions_landmark_singles_itself_out():
         relation = next(p for p in phrases if f" {p} " in text)
         landmark = text.split(f" {relation} ", 1)[1]
         assert len(referents(landmark, scene)) == 1, text
+
+
+def test_grounding_worlds_give_every_expression_its_own_sentid(tmp_path):
+    """Guards a mutation (audit CD): `write_sample` spacing a grounding world's sentids by the expressions per
+    object instead of per image passed every test; an image's later expressions then took the sentids of the next
+    image's first ones."""
+    world = write_sample(tmp_path / "ref", n=6, expressions=2)
+    images = json.loads((world / "dataset_sample.json").read_text())["images"]
+    sentids = [sentence["sentid"] for image in images for sentence in image["sentences"]]
+    assert len(sentids) == len(set(sentids)) > 2 * len(images)
