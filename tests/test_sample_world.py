@@ -470,3 +470,11 @@ def test_grounding_worlds_give_every_expression_its_own_sentid(tmp_path):
     images = json.loads((world / "dataset_sample.json").read_text())["images"]
     sentids = [sentence["sentid"] for image in images for sentence in image["sentences"]]
     assert len(sentids) == len(set(sentids)) > 2 * len(images)
+
+
+def test_split_sizes_round_to_the_nearest_image():
+    """Guards a mutation (audit CD): `split_sizes` truncating (`int`) instead of rounding passed every test (the
+    worlds the other tests write round alike either way); 12 images gave val and test 1 each instead of 12.5 %
+    rounded, 2."""
+    assert world_writer.split_sizes(12) == {"train": 8, "val": 2, "test": 2}
+    assert world_writer.split_sizes(5) == {"train": 3, "val": 1, "test": 1}  # 0.625 rounds up
