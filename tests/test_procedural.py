@@ -101,3 +101,31 @@ def test_procedural_refuses_sources_without_scenes(karpathy_dir, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "image '000': malformed sample-world scene" in result.stderr
+
+
+# ----------------------------------------------------------------------------- mutation guards (audit CD)
+
+
+def _scene_item(captions: list[str]) -> dict:
+    """A source item of the sample world: two objects on a plain background, `captions` as its captions."""
+    from augment.world.scene import SceneObject
+
+    scene = Scene((SceneObject("circle", "red", "large", "left"), SceneObject("square", "blue", "small", "right")))
+    return {"image_id": "img0", "captions": captions, "split": "train", "meta": json.dumps({"scene": scene.to_dict()})}
+
+
+def test_each_render_row_is_rebuilt_from_its_own_recorded_seed():
+    """Guards a mutation (audit CD): t2i-render seeding every caption's rows with caption index 0 passed every test;
+    the rows of an image's captions were then the same k images over again, and a row's recorded seed (which
+    names its own caption) no longer rebuilt its image."""
+    import random
+
+    from augment.generators.procedural import RenderGenerator
+    from augment.world.render import rerender_variant
+
+    item = _scene_item(["a large red circle and a small blue square", "a red circle", "a blue square"])
+    rows = RenderGenerator().generate([item], 2, seed=0)
+    assert len(rows) == 6 and len({row["image"].tobytes() for row in rows}) == 6
+    scene = Scene.from_dict(json.loads(item["meta"])["scene"])
+    for row in rows:
+        assert row["image"].tobytes() == rerender_variant(scene, random.Random(row["seed"]))[1].tobytes()
