@@ -129,3 +129,12 @@ def test_each_render_row_is_rebuilt_from_its_own_recorded_seed():
     scene = Scene.from_dict(json.loads(item["meta"])["scene"])
     for row in rows:
         assert row["image"].tobytes() == rerender_variant(scene, random.Random(row["seed"]))[1].tobytes()
+
+
+def test_render_reads_only_the_first_captions_per_image():
+    """Guards a mutation (audit CD): t2i-render ignoring `--captions-per-image` passed every test (the tests ran
+    without it); every caption of an image got its rows."""
+    from augment.generators.procedural import RenderGenerator
+
+    rows = RenderGenerator(captions_per_image=1).generate([_scene_item(["a red circle", "a blue square"])], 2, seed=0)
+    assert [row["source_caption_index"] for row in rows] == [0, 0]
