@@ -138,3 +138,18 @@ def test_render_reads_only_the_first_captions_per_image():
 
     rows = RenderGenerator(captions_per_image=1).generate([_scene_item(["a red circle", "a blue square"])], 2, seed=0)
     assert [row["source_caption_index"] for row in rows] == [0, 0]
+
+
+def test_a_caption_no_swap_made_false_comes_back_unchanged():
+    """Guards a mutation (audit CD): `corrupt_attribute` returning its last (still true) candidate when no swap
+    made the caption false passed every test; a noisy row then held a reworded true caption that its note calls
+    "kept as drawn". With one try, a synonym swap ("big" for "large") is such a case."""
+    import random
+
+    from augment.generators.procedural import corrupt_attribute
+
+    item = _scene_item(["a large red circle"])
+    scene = Scene.from_dict(json.loads(item["meta"])["scene"])
+    results = [corrupt_attribute("a large red circle", scene, random.Random(seed), tries=1) for seed in range(30)]
+    assert all(text == "a large red circle" or check_caption(text, scene) is False for text in results)
+    assert "a large red circle" in results and any(text != "a large red circle" for text in results)
