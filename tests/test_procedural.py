@@ -153,3 +153,17 @@ def test_a_caption_no_swap_made_false_comes_back_unchanged():
     results = [corrupt_attribute("a large red circle", scene, random.Random(seed), tries=1) for seed in range(30)]
     assert all(text == "a large red circle" or check_caption(text, scene) is False for text in results)
     assert "a large red circle" in results and any(text != "a large red circle" for text in results)
+
+
+def test_mixed_scene_captions_hold_whole_scene_and_one_object_captions():
+    """Guards a mutation (audit CD): `--caption-style mixed` never drawing a one-object caption passed every test;
+    the style was then `full` under another name."""
+    from augment.generators.procedural import SceneCaptionGenerator
+    from augment.world.captions import COLOUR_WORDS
+
+    colour_words = {word for words in COLOUR_WORDS.values() for word in words}
+    rows = SceneCaptionGenerator("mixed").generate([_scene_item(["a large red circle and a small blue square"])], 20,
+                                                   seed=0)
+    # a one-object caption names one colour; a whole-scene one names both objects' colours (or none: a count)
+    named = [len(colour_words & set(row["caption"].replace(",", "").split())) for row in rows]
+    assert 1 in named and any(count >= 2 for count in named), [row["caption"] for row in rows]
