@@ -167,3 +167,14 @@ def test_mixed_scene_captions_hold_whole_scene_and_one_object_captions():
     # a one-object caption names one colour; a whole-scene one names both objects' colours (or none: a count)
     named = [len(colour_words & set(row["caption"].replace(",", "").split())) for row in rows]
     assert 1 in named and any(count >= 2 for count in named), [row["caption"] for row in rows]
+
+
+def test_shuffle_draws_its_captions_from_every_other_image():
+    """Guards a mutation (audit CD): shuffle's first draw fixed to the bank's first image passed every test; every
+    row of every other image then carried that one image's captions."""
+    from augment.generators.procedural import ShuffleGenerator
+
+    generator = ShuffleGenerator()
+    generator.prepare({"image_id": ["a", "b", "c"], "captions": [["of a"], ["of b"], ["of c"]]})
+    rows = generator.generate([{"image_id": "c", "captions": ["of c"]}], 20, seed=0)
+    assert {json.loads(row["provenance"])["from_image_id"] for row in rows} == {"a", "b"}
