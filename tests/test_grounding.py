@@ -619,6 +619,17 @@ def test_counterfactual_pixels_label_edits_by_the_checker():
     assert GroundingTask().counterfactual_pixels(model, keys, ["the star"] * 3) is None  # no scenes (real data)
 
 
+def test_true_counterfactual_edits_follow_the_target_past_a_removal():
+    """Guards a mutation (audit CD): `counterfactual_scenes` dropping the target's index shift passed every test
+    (the test scene's target came first); removing an object listed before the target was then never a true edit,
+    though the expression still singles out the same object."""
+    from tasks.grounding import counterfactual_scenes
+
+    scene = Scene((SceneObject("square", "blue", "small", "left"), SceneObject("circle", "red", "large", "right")))
+    _, true = counterfactual_scenes("the red circle", scene)
+    assert Scene(scene.objects[1:], scene.background, scene.noise_seed) in [s for group in true for s in group]
+
+
 def test_grounding_checks_kept_per_expression_stay_bounded_as_attacked_expressions_arrive(monkeypatch):
     """`true_pairs` and `counterfactual_pixels` keep each (row, text)'s check for the pairs that recur; under mat /
     mat+ the texts are each step's attacked expressions, new at almost every step, and both kept every one for the
