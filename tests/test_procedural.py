@@ -178,3 +178,14 @@ def test_shuffle_draws_its_captions_from_every_other_image():
     generator.prepare({"image_id": ["a", "b", "c"], "captions": [["of a"], ["of b"], ["of c"]]})
     rows = generator.generate([{"image_id": "c", "captions": ["of c"]}], 20, seed=0)
     assert {json.loads(row["provenance"])["from_image_id"] for row in rows} == {"a", "b"}
+
+
+def test_only_noisy_rows_record_whether_their_caption_is_false():
+    """Guards a mutation (audit CD): the noise record written for every style but `full` passed every test; the
+    true one-object captions of `partial` and `mixed` then carried a note that no swap had made them false."""
+    from augment.generators.procedural import SceneCaptionGenerator
+
+    for style in ("full", "partial", "mixed"):
+        rows = SceneCaptionGenerator(style).generate([_scene_item(["a large red circle and a small blue square"])], 3,
+                                                     seed=0)
+        assert rows and not any({"false_of_image", "note"} & set(json.loads(row["provenance"])) for row in rows)
