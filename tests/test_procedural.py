@@ -189,3 +189,22 @@ def test_only_noisy_rows_record_whether_their_caption_is_false():
         rows = SceneCaptionGenerator(style).generate([_scene_item(["a large red circle and a small blue square"])], 3,
                                                      seed=0)
         assert rows and not any({"false_of_image", "note"} & set(json.loads(row["provenance"])) for row in rows)
+
+
+def test_a_corrupted_word_takes_the_article_it_needs():
+    """`corrupt_attribute` swapped "emerald" for "red" after "an" and "red" for "orange" after "a" (audit CD: about
+    7 noisy captions in 100 read "an scarlet triangle" or "a orange shape", which no true caption does, so the
+    article alone told a model which captions were corrupted); now the article agrees with the new word."""
+    import random
+
+    from augment.generators.procedural import SceneCaptionGenerator, corrupt_attribute
+    from augment.world.scene import SceneObject
+
+    for colour, caption in (("green", "an emerald circle"), ("red", "a red circle")):
+        scene = Scene((SceneObject("circle", colour, "large", "left"),))
+        for seed in range(20):
+            first, second = corrupt_attribute(caption, scene, random.Random(seed)).split()[:2]
+            assert first == ("an" if second[0] in "aeiou" else "a"), (caption, seed)
+    # a half-made noisy pool of the old rows is refused, not finished with the new ones; the other styles' rows
+    # are the same
+    assert [SceneCaptionGenerator(style).recipe for style in ("noisy", "full", "partial", "mixed")] == [2, 1, 1, 1]

@@ -26,7 +26,7 @@ CAPTION_STYLES = ("full", "partial", "mixed", "noisy")
 def corrupt_attribute(caption: str, scene, rng: random.Random, tries: int = 20) -> str:
     """`caption` with one colour, shape or size word swapped for another of its kind so that the
     world's checker calls it false (the caption unchanged if no swap makes it false)."""
-    from augment.world.captions import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS
+    from augment.world.captions import COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, article
     from augment.world.truth import check_caption
 
     kinds = [tuple(w for words in table.values() for w in words) for table in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS)]
@@ -36,7 +36,12 @@ def corrupt_attribute(caption: str, scene, rng: random.Random, tries: int = 20) 
         i, kind = rng.choice(slots)
         original = words[i].lower().strip(",.")
         new = rng.choice([w for w in kind if w != original])
-        candidate = " ".join(words[:i] + [words[i].lower().replace(original, new)] + words[i + 1:])
+        before = words[:i]
+        if before and before[-1].lower() in ("a", "an"):
+            # the article agrees with the new word ("an emerald" -> "a red"): a true caption never has "an red",
+            # so a left-over article would tell a model which captions are the corrupted ones
+            before = before[:-1] + [article(new)]
+        candidate = " ".join(before + [words[i].lower().replace(original, new)] + words[i + 1:])
         if check_caption(candidate, scene) is False:
             return candidate
     return caption
@@ -106,6 +111,10 @@ class SceneCaptionGenerator(Generator):
         if caption_style not in CAPTION_STYLES:
             raise SourceError(f"--caption-style must be one of {', '.join(CAPTION_STYLES)}, not {caption_style!r}")
         self.caption_style = caption_style
+        # noisy rows changed on 2026-12-07 (the article before a swapped word agrees with it), the other styles'
+        # did not: only a half-made noisy pool is refused. No recipe_since: the code that writes the new rows
+        # records recipe 2, so a noisy pool recording 1 (or nothing) holds old rows
+        self.recipe = 2 if caption_style == "noisy" else 1
 
     def params(self) -> dict:
         return {"caption_style": self.caption_style}

@@ -57,7 +57,7 @@ STYLES = ("canonical", "synonyms", "relation", "low_detail", "picture", "positio
 FIRST_STYLES = ("canonical", "synonyms", "relation", "low_detail", "picture")
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
     return "an" if phrase[:1] in "aeiou" else "a"
 
 
@@ -80,7 +80,7 @@ def _with_articles(phrases: list[str]) -> list[str]:
     seen: set[str] = set()
     out = []
     for phrase in phrases:
-        determiner = "another" if phrase in seen else _article(phrase)
+        determiner = "another" if phrase in seen else article(phrase)
         seen.add(phrase)
         out.append(f"{determiner} {phrase}")
     return out
@@ -241,7 +241,7 @@ def partial_caption(scene: Scene, rng: random.Random) -> str:
         phrase = _noun_phrase(obj, rng, size=False)
     else:
         phrase = _noun_phrase(obj, rng)
-    caption = f"{_article(phrase)} {phrase}"
+    caption = f"{article(phrase)} {phrase}"
     if form == "position":
         caption += f" {_position_phrase(obj, rng)}"
     if form == "picture":
