@@ -478,3 +478,10 @@ def test_split_sizes_round_to_the_nearest_image():
     rounded, 2."""
     assert world_writer.split_sizes(12) == {"train": 8, "val": 2, "test": 2}
     assert world_writer.split_sizes(5) == {"train": 3, "val": 1, "test": 1}  # 0.625 rounds up
+
+
+def test_world_records_list_train_then_val_then_test(tmp_path):
+    """Guards a mutation (audit CD): `write_sample` listing test before val passed every test (the counts were
+    right); its docstring promises train, then val, then test."""
+    images = json.loads((write_sample(tmp_path / "world", n=16) / "dataset_sample.json").read_text())["images"]
+    assert [image["split"] for image in images] == ["train"] * 12 + ["val"] * 2 + ["test"] * 2
