@@ -485,3 +485,14 @@ def test_world_records_list_train_then_val_then_test(tmp_path):
     right); its docstring promises train, then val, then test."""
     images = json.loads((write_sample(tmp_path / "world", n=16) / "dataset_sample.json").read_text())["images"]
     assert [image["split"] for image in images] == ["train"] * 12 + ["val"] * 2 + ["test"] * 2
+
+
+def test_world_expressions_include_relations_to_another_object():
+    """Guards a mutation (audit CD): `referring_expressions` never drawing a relation expression passed every test;
+    the docstring promises "a relation to another object" among each object's expressions."""
+    from augment.world.captions import RELATION_PHRASES
+    from augment.world.writer import build_grounding_item
+
+    phrases = [phrase for options in RELATION_PHRASES.values() for phrase in options]
+    texts = [text for index in range(10) for obj in build_grounding_item(0, index)[2] for text in obj["expressions"]]
+    assert any(f" {phrase} " in text for text in texts for phrase in phrases)
