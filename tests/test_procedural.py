@@ -208,3 +208,22 @@ def test_a_corrupted_word_takes_the_article_it_needs():
     # a half-made noisy pool of the old rows is refused, not finished with the new ones; the other styles' rows
     # are the same
     assert [SceneCaptionGenerator(style).recipe for style in ("noisy", "full", "partial", "mixed")] == [2, 1, 1, 1]
+
+
+def test_corrupt_attribute_swaps_one_word_of_any_attribute_kind():
+    """Guards mutations (audit CD) of `corrupt_attribute` that passed every test: the size words left out of the
+    swappable kinds (a caption whose only attribute is its size never made false), and the swap dropping the word
+    after it (two things changed, not one)."""
+    import random
+
+    from augment.generators.procedural import corrupt_attribute
+    from augment.world.scene import SceneObject
+
+    scene = Scene((SceneObject("circle", "red", "large", "left"),))
+    assert check_caption(corrupt_attribute("a large shape on the left", scene, random.Random(0)), scene) is False
+    caption = "a large red circle on the left"
+    for seed in range(20):
+        corrupted = corrupt_attribute(caption, scene, random.Random(seed))
+        changed = [k for k, (a, b) in enumerate(zip(caption.split(), corrupted.split())) if a != b]
+        assert len(corrupted.split()) == len(caption.split()) and changed and changed[-1] in (1, 2, 3), corrupted
+        assert changed == [changed[-1]] or changed == [0, 1], corrupted  # the article changes with its next word
