@@ -496,3 +496,12 @@ def test_world_expressions_include_relations_to_another_object():
     phrases = [phrase for options in RELATION_PHRASES.values() for phrase in options]
     texts = [text for index in range(10) for obj in build_grounding_item(0, index)[2] for text in obj["expressions"]]
     assert any(f" {phrase} " in text for text in texts for phrase in phrases)
+
+
+def test_rerender_variant_jitters_each_object_on_its_own():
+    """Guards a mutation (audit CD): `rerender_variant` drawing one jitter and rotation for all objects passed every
+    test; a variant's objects then always moved together, as one rigid layout."""
+    three = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right"),
+                   SceneObject("star", "green", "large", "centre")))
+    variants = [rerender_variant(three, random.Random(seed))[0] for seed in range(5)]
+    assert any(len({(o.dx, o.dy, o.rotation) for o in variant.objects}) > 1 for variant in variants)
