@@ -505,3 +505,10 @@ def test_rerender_variant_jitters_each_object_on_its_own():
                    SceneObject("star", "green", "large", "centre")))
     variants = [rerender_variant(three, random.Random(seed))[0] for seed in range(5)]
     assert any(len({(o.dx, o.dy, o.rotation) for o in variant.objects}) > 1 for variant in variants)
+
+
+def test_low_detail_captions_include_a_count():
+    """Guards a mutation (audit CD): the low-detail style never drawing its count form passed every test; "two
+    shapes on a plain grey background" was then never a caption."""
+    captions = [describe(TWO, random.Random(seed), "low_detail") for seed in range(30)]
+    assert any(caption.startswith("two shapes ") for caption in captions), captions
