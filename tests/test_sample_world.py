@@ -512,3 +512,12 @@ def test_low_detail_captions_include_a_count():
     shapes on a plain grey background" was then never a caption."""
     captions = [describe(TWO, random.Random(seed), "low_detail") for seed in range(30)]
     assert any(caption.startswith("two shapes ") for caption in captions), captions
+
+
+def test_write_sample_takes_up_to_ten_captions_per_image(tmp_path):
+    """Guards a mutation (audit CD): `_check_arguments` refusing 10 captions per image (`< 10`) passed every test;
+    its error names 10 as the largest count allowed."""
+    images = json.loads((write_sample(tmp_path / "world", n=2, n_captions=10) / "dataset_sample.json").read_text())
+    assert [len(image["sentences"]) for image in images["images"]] == [10, 10]
+    with pytest.raises(SourceError, match="between 1 and 10"):
+        write_sample(tmp_path / "more", n=2, n_captions=11)
