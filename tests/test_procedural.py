@@ -227,3 +227,13 @@ def test_corrupt_attribute_swaps_one_word_of_any_attribute_kind():
         changed = [k for k, (a, b) in enumerate(zip(caption.split(), corrupted.split())) if a != b]
         assert len(corrupted.split()) == len(caption.split()) and changed and changed[-1] in (1, 2, 3), corrupted
         assert changed == [changed[-1]] or changed == [0, 1], corrupted  # the article changes with its next word
+
+
+def test_scene_captions_draw_again_until_each_row_is_new():
+    """Guards a mutation (audit CD): i2t-scene giving each row one draw (`max_tries = 1`) passed every test; a row
+    whose first wording repeated an earlier one was then dropped, though the scene had many more to offer."""
+    from augment.generators.procedural import SceneCaptionGenerator
+
+    rows = SceneCaptionGenerator("partial").generate([_scene_item(["a large red circle and a small blue square"])],
+                                                     30, seed=0)
+    assert len(rows) == 30
