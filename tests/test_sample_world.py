@@ -521,3 +521,22 @@ def test_write_sample_takes_up_to_ten_captions_per_image(tmp_path):
     assert [len(image["sentences"]) for image in images["images"]] == [10, 10]
     with pytest.raises(SourceError, match="between 1 and 10"):
         write_sample(tmp_path / "more", n=2, n_captions=11)
+
+
+def test_relations_between_named_positions_by_hand():
+    """Guards a mutation (audit CD): "below" holding between positions on the same row (`>=`) passed every test;
+    captions then said "on the left ... below ... on the right", and the checker, reading the same table, agreed.
+    Expected here by hand: below means a lower row, left of a column further left."""
+    from augment.world.scene import relation_holds
+
+    middle = ("left", "centre", "right")
+    below = {("bottom", other) for other in ("top",) + middle} | {(other, "top") for other in middle}
+    left_of = {("left", other) for other in ("top", "centre", "bottom", "right")}
+    left_of |= {(other, "right") for other in ("top", "centre", "bottom")}
+    for first in POSITION_GRID:
+        for second in POSITION_GRID:
+            pair, flipped = (first, second), (second, first)
+            assert relation_holds("below", first, second) == (pair in below), pair
+            assert relation_holds("above", first, second) == (flipped in below), pair
+            assert relation_holds("left_of", first, second) == (pair in left_of), pair
+            assert relation_holds("right_of", first, second) == (flipped in left_of), pair
