@@ -540,3 +540,17 @@ def test_relations_between_named_positions_by_hand():
             assert relation_holds("above", first, second) == (flipped in below), pair
             assert relation_holds("left_of", first, second) == (pair in left_of), pair
             assert relation_holds("right_of", first, second) == (flipped in left_of), pair
+
+
+def test_relation_captions_relate_any_two_objects():
+    """Guards a mutation (audit CD): the relation style always relating the scene's first two objects passed every
+    test; in a three-object scene the third was then only ever named by its position."""
+    from augment.world.captions import COLOUR_WORDS
+
+    three = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right"),
+                   SceneObject("star", "green", "large", "centre")))
+    first_colours = set()
+    for seed in range(20):
+        colour_word = describe(three, random.Random(seed), "relation").split()[1]  # "a red circle left of ..."
+        first_colours |= {colour for colour, words in COLOUR_WORDS.items() if colour_word in words}
+    assert first_colours == {"red", "blue", "green"}
