@@ -237,3 +237,14 @@ def test_scene_captions_draw_again_until_each_row_is_new():
     rows = SceneCaptionGenerator("partial").generate([_scene_item(["a large red circle and a small blue square"])],
                                                      30, seed=0)
     assert len(rows) == 30
+
+
+def test_shuffle_draws_any_caption_of_the_other_image():
+    """Guards a mutation (audit CD): shuffle always taking the other image's first caption passed every test; its
+    rows then never held the other captions of the images they drew."""
+    from augment.generators.procedural import ShuffleGenerator
+
+    generator = ShuffleGenerator()
+    generator.prepare({"image_id": ["a", "b"], "captions": [["a0"], ["b0", "b1", "b2"]]})
+    rows = generator.generate([{"image_id": "a", "captions": ["a0"]}], 20, seed=0)
+    assert {row["caption"] for row in rows} == {"b0", "b1", "b2"}
