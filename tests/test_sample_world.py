@@ -554,3 +554,14 @@ def test_relation_captions_relate_any_two_objects():
         colour_word = describe(three, random.Random(seed), "relation").split()[1]  # "a red circle left of ..."
         first_colours |= {colour for colour, words in COLOUR_WORDS.items() if colour_word in words}
     assert first_colours == {"red", "blue", "green"}
+
+
+def test_captions_beyond_the_first_five_include_synonym_captions():
+    """Guards a mutation (audit CD): the extra styles of `captions_for_scene` leaving out `synonyms` passed every
+    test; from the sixth caption on, no plain listing in synonyms (the one style with no frame, position, relation,
+    count or background) was drawn again."""
+    framing = {"background", "backdrop", "left", "right", "top", "bottom", "centre", "center", "middle", "above",
+               "below", "beneath", "picture", "image", "drawing", "shape", "shapes"}
+    extra = [caption for index, scene in enumerate(_scenes(20)) if len(scene.objects) > 1
+             for caption in captions_for_scene(scene, random.Random(index), 10)[5:]]
+    assert any(not framing & set(caption_tokens(caption)) and _names_a_size(caption) for caption in extra)
