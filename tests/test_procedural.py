@@ -248,3 +248,18 @@ def test_shuffle_draws_any_caption_of_the_other_image():
     generator.prepare({"image_id": ["a", "b"], "captions": [["a0"], ["b0", "b1", "b2"]]})
     rows = generator.generate([{"image_id": "a", "captions": ["a0"]}], 20, seed=0)
     assert {row["caption"] for row in rows} == {"b0", "b1", "b2"}
+
+
+def test_corrupt_attribute_keeps_trying_while_swaps_stay_true():
+    """Guards a mutation (audit CD): `corrupt_attribute` giving up after 2 tries instead of 20 passed every test
+    (most captions have a false swap at once). Here most swaps stay true ("small" and "blue" name other circles of
+    the scene), and a noisy caption kept true is a noise row lost."""
+    import random
+
+    from augment.generators.procedural import corrupt_attribute
+    from augment.world.scene import SceneObject
+
+    scene = Scene((SceneObject("circle", "red", "large", "left"), SceneObject("circle", "red", "small", "right"),
+                   SceneObject("circle", "blue", "large", "centre")))
+    for seed in range(30):
+        assert check_caption(corrupt_attribute("a large red circle", scene, random.Random(seed)), scene) is False, seed
