@@ -565,3 +565,13 @@ def test_captions_beyond_the_first_five_include_synonym_captions():
     extra = [caption for index, scene in enumerate(_scenes(20)) if len(scene.objects) > 1
              for caption in captions_for_scene(scene, random.Random(index), 10)[5:]]
     assert any(not framing & set(caption_tokens(caption)) and _names_a_size(caption) for caption in extra)
+
+
+def test_a_scene_with_an_unknown_size_colour_or_position_is_refused():
+    """Guards a mutation (audit CD): `_scene_problem` leaving sizes unchecked passed every test (only an unknown
+    shape was tried); a source row's "medium" object then failed later, in the renderer, as a KeyError."""
+    for name, value in (("size", "medium"), ("colour", "pink"), ("position", "corner")):
+        data = TWO.to_dict()
+        data["objects"][0][name] = value
+        with pytest.raises(SourceError, match=f"unknown {name} '{value}'"):
+            Scene.from_dict(data)
