@@ -575,3 +575,12 @@ def test_a_scene_with_an_unknown_size_colour_or_position_is_refused():
         data["objects"][0][name] = value
         with pytest.raises(SourceError, match=f"unknown {name} '{value}'"):
             Scene.from_dict(data)
+
+
+def test_grounding_items_give_each_object_the_expressions_asked_for():
+    """Guards a mutation (audit CD): `build_grounding_item` passing 3 expressions per object whatever was asked
+    passed every test (3 is the default); `make-sample --expressions 2` said 2 and wrote 3."""
+    from augment.world.writer import build_grounding_item
+
+    for count in (1, 2):
+        assert {len(obj["expressions"]) for obj in build_grounding_item(0, 0, count)[2]} == {count}
