@@ -584,3 +584,12 @@ def test_grounding_items_give_each_object_the_expressions_asked_for():
 
     for count in (1, 2):
         assert {len(obj["expressions"]) for obj in build_grounding_item(0, 0, count)[2]} == {count}
+
+
+def test_object_counts_follow_their_weights():
+    """Guards a mutation (audit CD): the weights of one and two objects swapped passed every test (every count still
+    occurs); 40 % of a world's scenes then held one object instead of a quarter. The weights: a quarter of the
+    scenes hold one object, 40 % two, 35 % three."""
+    counts = [len(scene.objects) for scene in _scenes(2000, seed=3)]
+    for count, share in ((1, 0.25), (2, 0.40), (3, 0.35)):
+        assert abs(counts.count(count) / len(counts) - share) < 0.04, count
