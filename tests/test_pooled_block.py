@@ -40,7 +40,8 @@ def test_class_token_tower_equals_open_clip_with_gradients_and_keeps_checkpoints
     assert all(torch.equal(v, state[k]) for k, v in reloaded.state_dict().items())
 
 
-@pytest.mark.parametrize("vision_cfg", [{"pool_type": "avg"}, {"output_tokens": True}], ids=["avg-pool", "tokens"])
+@pytest.mark.parametrize("vision_cfg", [{"pool_type": "avg"}, {"output_tokens": True}, {"attentional_pool": True}],
+                         ids=["avg-pool", "tokens", "attentional-pool"])  # the pooler reads every token (CoCa)
 def test_towers_that_read_other_tokens_keep_open_clips_transformer(vision_cfg):
     import open_clip
 
@@ -49,3 +50,17 @@ def test_towers_that_read_other_tokens_keep_open_clips_transformer(vision_cfg):
                                 text_cfg={"context_length": 8, "width": 16, "heads": 2, "layers": 1})
     assert use_class_token_transformer(clip) == 0
     assert type(clip.visual.transformer) is open_clip.transformer.Transformer
+
+
+def test_a_masked_call_of_the_class_token_transformer_is_open_clips_whole_stack():
+    """Only the ViT's own unmasked call is cut to the class token: a call with a mask gets every row, masked."""
+    from open_clip.transformer import Transformer
+
+    transformer = load_model("tiny-clip").model.visual.transformer
+    assert type(transformer) is class_token_transformer_class()
+    x = torch.randn(2, 5, transformer.width, generator=torch.Generator().manual_seed(0))
+    mask = torch.full((5, 5), float("-inf")).triu(1)
+    with torch.no_grad():
+        got = transformer(x, attn_mask=mask)
+        expected = Transformer.forward(transformer, x, attn_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
