@@ -150,3 +150,25 @@ def test_open_clip_twin_loads_switched_and_off_restores_the_library_module(tmp_p
     reloaded = load_model(str(save_model(model, tmp_path / "saved")))
     assert reloaded.batch_first_attention
     assert all(torch.equal(v, state[k]) for k, v in reloaded.state_dict().items())
+
+
+@pytest.mark.parametrize("options", [{"add_bias_kv": True}, {"add_zero_attn": True}], ids=["bias-kv", "zero-attn"])
+def test_extra_keys_of_the_library_module_are_kept(options):
+    """`bias_k`/`bias_v` and `add_zero_attn` add a key the batch-first computation does not have."""
+    torch.manual_seed(0)
+    library = nn.MultiheadAttention(32, 4, batch_first=True, **options)
+    switched = copy.deepcopy(library)
+    use_batch_first_attention(switched)
+    x, weights = torch.randn(3, 9, 32), torch.randn(3, 9, 32)
+    for a, b in zip(_forward_backward(switched, x, weights, need_weights=False),
+                    _forward_backward(library, x, weights, need_weights=False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_causal_hint_without_its_mask_is_refused_as_by_the_library():
+    """`is_causal` is a hint about `attn_mask`, not a mask: without one the library refuses the call,
+    and so must the switched module (computing it unmasked would drop the causal mask silently)."""
+    _, switched = _library_and_switched()
+    x = torch.randn(2, 5, 32)
+    with pytest.raises(RuntimeError, match="is_causal"):
+        switched(x, x, x, need_weights=False, is_causal=True)
