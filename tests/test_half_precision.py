@@ -155,3 +155,15 @@ def test_match_heads_score_in_fp32_under_bf16_autocast(name):
         assert torch.allclose(logits, states.float() @ head.weight.T + head.bias, atol=1e-6)
     with torch.no_grad():
         assert model.itm_pair_logits(model.image_features(pixels), tokens).dtype == torch.float32
+
+
+def test_fp16_input_gradient_of_a_half_input_is_unscaled_in_fp32():
+    """The scaled gradient is divided back in fp32 (module doc): for an input held in fp16 the gradient
+    divided in fp16 would underflow to 0 again, the very loss the scale is for."""
+    layer, x = _layer_and_input()
+    (reference,) = torch.autograd.grad(layer(x).sum() * 1e-9, x)
+    half = x.detach().half().requires_grad_(True)
+    with autocast("cpu", "amp_fp16"):
+        gradient = input_gradient(layer(half).float().sum() * 1e-9, half)
+    assert gradient.dtype == torch.float32
+    torch.testing.assert_close(gradient, reference, rtol=2e-2, atol=2e-3 * float(reference.abs().max()))
