@@ -54,6 +54,7 @@ def test_tf32_allows_tf32_products_on_a_gpu_for_the_context_only():
             with autocast(torch.device("cuda", 0), "tf32"):
                 assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, True)
                 assert active_precision("cuda") == "tf32"
+                assert active_precision("cpu") == "fp32"  # the flags are CUDA's: a CPU pass stays IEEE fp32
                 raise RuntimeError("inside")
         assert (flags[0].allow_tf32, flags[1].allow_tf32) == (False, False)
     finally:
