@@ -122,3 +122,10 @@ def test_the_attacks_masked_lm_is_hooked_too():
     model, _ = load_mlm("tiny-mlm")
     hooked = {type(m).__name__ for m in model.modules() if hasattr(m, "_sdpa_contexts")}
     assert hooked and all(name.endswith("Attention") for name in hooked)
+
+
+def test_a_hooked_layer_is_off_the_cpu_on_any_other_device():
+    """The hooks take the GPU's backends wherever `attention` does: any device but the CPU (the meta
+    device standing for one, as above), not CUDA alone; a layer without parameters stays torch's."""
+    assert sdpa._runs_off_cpu(nn.Linear(2, 2).to("meta"))
+    assert not sdpa._runs_off_cpu(nn.Linear(2, 2)) and not sdpa._runs_off_cpu(nn.Identity())
