@@ -64,3 +64,17 @@ def test_a_masked_call_of_the_class_token_transformer_is_open_clips_whole_stack(
         got = transformer(x, attn_mask=mask)
         expected = Transformer.forward(transformer, x, attn_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_only_a_batch_first_stack_of_self_attention_blocks_is_cut_at_the_pooled_token():
+    """`pooled_last_block` indexes rows as [N, L, D] and attends a block to its own input: a
+    sequence-first stack, or one with a cross-attention block (`ln_1_kv`), is not what it computes."""
+    from open_clip.transformer import ResidualAttentionBlock, Transformer
+
+    from models.pooled_block import plain_block_stack
+
+    assert plain_block_stack(Transformer(16, 2, 2))
+    assert not plain_block_stack(Transformer(16, 2, 2, batch_first=False))
+    crossing = Transformer(16, 2, 2)
+    crossing.resblocks[0] = ResidualAttentionBlock(16, 2, is_cross_attention=True, batch_first=True)
+    assert not plain_block_stack(crossing)
