@@ -636,6 +636,7 @@ def test_length_groups_partition_sorted_lengths():
     assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
     assert groups == [(0, 3), (3, 6), (6, 8)]  # cost 3x4 + 3x9 + 2x21 + 3x5 = 96, the least
+    assert length_groups([]) == []  # no texts: no pass (the cost table would read lengths[-1])
 
 
 def test_text_towers_cut_passes_by_their_devices_overhead(monkeypatch):
