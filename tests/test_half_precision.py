@@ -168,3 +168,16 @@ def test_fp16_input_gradient_of_a_half_input_is_unscaled_in_fp32():
         gradient = input_gradient(layer(half).float().sum() * 1e-9, half)
     assert gradient.dtype == torch.float32
     torch.testing.assert_close(gradient, reference, rtol=2e-2, atol=2e-3 * float(reference.abs().max()))
+
+
+def test_fp16_input_gradient_falls_back_to_the_smaller_scale_per_batch():
+    """One image's loss term large enough that 2**16 overflows fp16, the others' small enough that an
+    unscaled fp16 backward rounds them to a few subnormal steps: the smaller scale (2**8) must be tried
+    before the unscaled gradient, or those images' gradients are off by ~20%."""
+    layer, x = _layer_and_input()
+    per_image = torch.tensor([100.0] + [1e-7] * 7)[:, None]
+    (reference,) = torch.autograd.grad((layer(x) * per_image).sum(), x)
+    with autocast("cpu", "amp_fp16"):
+        gradient = input_gradient((layer(x).float() * per_image).sum(), x)
+    error = (gradient - reference).abs().amax(dim=1) / reference.abs().amax(dim=1)
+    assert bool((error < 1e-2).all()), error
