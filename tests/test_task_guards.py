@@ -229,22 +229,29 @@ def test_grounding_checks_keep_the_latest_size_entries_and_a_new_training_set_st
 
 
 
-def test_counterfactual_pairs_draw_every_kind_of_edit_and_every_edit_of_a_kind(monkeypatch):
-    """Guards two mutations (audit CC) that passed every test: the counterfactual draw always taking the first
-    kind of edit (every false image the referred object removed, never recoloured or reshaped), or the first edit
-    of the kind drawn (every recolouring the same colour)."""
+def _counterfactual_task(monkeypatch, scenes) -> tuple:
+    """(a grounding task pairing every row with counterfactuals of `scenes`, a model stand-in, the list of scenes
+    it renders, in order): the scenes themselves stand in for their images."""
     import json
 
     import augment.world.render as render
-    from augment.world.scene import Scene, SceneObject
     from tasks.grounding import GroundingTask, scenes_of_rows
 
     drawn = []
     monkeypatch.setattr(render, "render_scene", lambda scene: drawn.append(scene) or scene)
-    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right")))
     task = GroundingTask(counterfactual_every=1)
-    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()})])
-    model = types.SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 2, 2))
+    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
+    return task, types.SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 2, 2)), drawn
+
+
+def test_counterfactual_pairs_draw_every_kind_of_edit_and_every_edit_of_a_kind(monkeypatch):
+    """Guards two mutations (audit CC) that passed every test: the counterfactual draw always taking the first
+    kind of edit (every false image the referred object removed, never recoloured or reshaped), or the first edit
+    of the kind drawn (every recolouring the same colour)."""
+    from augment.world.scene import Scene, SceneObject
+
+    scene = Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right")))
+    task, model, drawn = _counterfactual_task(monkeypatch, [scene])
     torch.manual_seed(0)
     for _ in range(40):
         task.counterfactual_pixels(model, torch.tensor([0]), ["the red circle"])
@@ -258,19 +265,11 @@ def test_counterfactual_pairs_draw_every_kind_of_edit_and_every_edit_of_a_kind(m
 def test_counterfactual_edits_are_kept_per_image_and_expression_not_per_expression(monkeypatch):
     """Guards a mutation (audit CC) that passed every test: the kept counterfactual edits keyed by the expression
     alone, so a second image with the same expression ("the red circle") was paired with the first image's edits."""
-    import json
-
-    import augment.world.render as render
     from augment.world.scene import Scene, SceneObject
-    from tasks.grounding import GroundingTask, scenes_of_rows
 
-    drawn = []
-    monkeypatch.setattr(render, "render_scene", lambda scene: drawn.append(scene) or scene)
     scenes = [Scene((SceneObject("circle", "red", "small", "left"), SceneObject("square", "blue", "small", "right"))),
               Scene((SceneObject("circle", "red", "small", "top"), SceneObject("star", "green", "large", "centre")))]
-    task = GroundingTask(counterfactual_every=1)
-    task.scenes = scenes_of_rows([json.dumps({"scene": scene.to_dict()}) for scene in scenes])
-    model = types.SimpleNamespace(preprocess_eval=lambda image: torch.zeros(3, 2, 2))
+    task, model, drawn = _counterfactual_task(monkeypatch, scenes)
     rows, _, _ = task.counterfactual_pixels(model, torch.tensor([0, 1]), ["the red circle", "the red circle"])
     positions = [{obj.position for obj in scene.objects} for scene in drawn]
     assert rows.tolist() == [0, 0, 1, 1]
