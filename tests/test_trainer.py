@@ -699,6 +699,79 @@ def test_each_epoch_goes_through_the_items_in_its_own_order(source):
     assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
 
 
+def test_an_epochs_views_are_the_same_whatever_the_batch_size(source, pools):
+    """Guards a mutation (audit CH): a slot counted from each batch's start (not the epoch's) passed every test;
+    every batch of an epoch then drew its pool views and crops from the same seeds, and the views changed with
+    --batch-size (the module's promise: a function of (seed, epoch, slot) only)."""
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    data = TrainData(source, [load_pool(pools["text"])], p_original=0.5, seed=0)
+    assert data.plan(0, 16).views == data.plan(0, 8).views + data.plan(1, 8).views
+
+
+def test_a_pool_of_weight_0_is_never_drawn_and_leaves_the_items_only_it_augments_original(source, pools):
+    """Guards a mutation (audit CH): the weight-0 filter of the pool draw dropped passed every test; an item whose
+    only views were in a pool of --pool-weights 0 then stopped the run (probabilities of 0/0)."""
+    from augment.pool import load_pool
+    from train.data import ORIGINAL, TrainData
+
+    data = TrainData(source, [load_pool(pools["text"]), load_pool(pools["pair"])], p_original=0.0, seed=0,
+                     pool_weights=[0, 1])
+    views = [view for step in range(4) for view in data.plan(step, 16).views]
+    assert {data.pool_names[v.pool] if v.pool >= 0 else ORIGINAL for v in views} == {"pair-pool", ORIGINAL}
+    assert all((v.pool >= 0) == (v.caption == 0) for v in views)  # the pair pool ties caption 0 alone
+
+
+def test_a_pool_given_twice_counts_its_draws_under_two_names(source, pools):
+    """Guards a mutation (audit CH): the second copy's name `NAME#2` numbered from 0 (`NAME#1`) passed every test."""
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    data = TrainData(source, [load_pool(pools["text"])] * 3, seed=0)
+    assert data.pool_names == ["text-pool", "text-pool#2", "text-pool#3"]
+    assert set(data.plan(0, 8).draws) == {"original", "text-pool", "text-pool#2", "text-pool#3"}
+
+
+def test_a_pool_row_tied_to_a_caption_index_below_untied_is_refused(tmp_path, source, pools):
+    """Guards a mutation (audit CH): the caption index's lower bound dropped passed every test; a row of index -2
+    was then taken for an untied row (-1) and drawn for every caption of its image."""
+    from augment.errors import PoolError
+    from augment.pool import load_pool
+    from train.data import TrainData
+
+    row = pools["train"][0]
+    folder = _write_pool(tmp_path / "below", [_pool_row("t", row["image_id"], -2, 0, "text", caption="a cat")],
+                         pools["fingerprint"], "t")
+    with pytest.raises(PoolError, match=r"row 0 \(t:.+:-2:0\) ties to caption -2 of image"):
+        TrainData(source, [load_pool(folder)])
+
+
+def test_the_data_settings_of_a_run_reach_its_training_data(tmp_path, sample_world_dir, source, pools):
+    """Guards mutations (audit CH) of `load_train_data` that passed every test: --csv-separator, --source-split,
+    --pool-weights and --grad-accum left out of what it passes on (the CSV then read with commas, its rows labelled
+    train, the pools drawn alike, an epoch's end no longer a whole optimizer step)."""
+    from augment.sources import select_split, undecoded
+    from train.config import resolve_config
+    from train.data import load_train_data
+
+    train = undecoded(select_split(source, "train"))
+    lines = ["filepath;title"] + [f"{Path(row['image']['path']).relative_to(sample_world_dir)};{row['captions'][0]}"
+                                  for row in train]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    csv = load_train_data(resolve_config({
+        "method": "clean", "train_data": str(tmp_path / "train.csv"), "out": str(tmp_path / "csv-run"),
+        "image_root": str(sample_world_dir), "csv_img_key": "filepath", "csv_caption_key": "title",
+        "csv_separator": ";", "source_split": "restval", "train_split": "restval"}))
+    assert csv.num_items == len(lines) - 1 and csv.captions[0] == [train[0]["captions"][0]]
+    pooled = load_train_data(resolve_config({
+        "method": "mat+", "train_data": str(sample_world_dir), "out": str(tmp_path / "pooled-run"),
+        "pools": [pools["text"], pools["pair"]], "pool_weights": [0, 1], "grad_accum": 3, "p_original": 0.25,
+        "seed": 5}))
+    assert pooled.pool_weights.tolist() == [0, 1] and pooled.grad_accum == 3
+    assert (pooled.p_original, pooled.seed) == (0.25, 5)
+
+
 def test_gradient_accumulation_equals_the_whole_batch(tmp_path, sample_world_dir, monkeypatch):
     """FARE's loss is a per-sample mean, so 2 x 4 accumulated equals one batch of 8 (same crops).
 
