@@ -475,6 +475,24 @@ def test_settings_lines_of_a_report():
     assert "; precision amp_bf16 on cuda; seed 3." in settings_markdown(report)[1]
 
 
+def test_report_cells_parts_off_hand_over_and_skipped_records_in_eval_md():
+    """Guards mutations (audit CH) of eval.md's words that passed every test: an undefined percentage shown as 0.0
+    (not "-"), an image part of eps 0 not said to be off, the SGA scripts' CLIP hand-over said of ALBEF and the
+    other way round, and the skipped records' count left out."""
+    from train.eval_report import percent_cell, settings_markdown
+
+    assert (percent_cell(None), percent_cell(12.345)) == ("-", "12.3")
+    report = {"settings": {"seed": 0, "skipped_records": 2, "transfer_hand_over": "sga-scripts"},
+              "victim": {"family": "albef"},
+              "attacks": {"sep": {"params": {"image": {"eps": 0, "steps": 3}, "text": {"budget": 1}}}}}
+    said = settings_markdown(report)
+    assert "to albef: through an 8-bit image, then bicubic Resize" in said[1]
+    assert "2 bad source records skipped (`--skip-bad`)" in said[1]
+    assert said[-1].startswith("- `sep` (its image part off: eps 0): ")
+    report["victim"]["family"] = "open_clip"
+    assert "to a CLIP (open_clip): float pixels" in settings_markdown(report)[1]
+
+
 def test_a_damaged_progress_file_is_one_line_naming_it(tmp_path):
     """Batches are written atomically; a damaged disk or a hand edit still gets one line, not a traceback."""
     from augment.errors import MatPlusError
