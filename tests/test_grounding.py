@@ -150,6 +150,29 @@ def test_refcoco_loader_reads_albef_layout(tmp_path):
     assert oracle_accuracy(candidates, truth) == 100.0
 
 
+def test_refcoco_splits_image_ids_from_file_names_boxes_and_limits(tmp_path):
+    """Guards mutations (audit CH) of the RefCOCO+ reader that passed every test: the record's split taking
+    precedence over its ref's, `test` matched before `testA` in a file's name, a COCO file name's id kept with its
+    leading zeros (no detections found under it), a box of zero width accepted, and `select`'s limit letting one
+    image more through."""
+    ann = _write_refcoco(tmp_path)
+    records = json.loads(ann.read_text())
+    records[0]["split"] = "val"  # its ref says testA
+    ann.write_text(json.dumps(records))
+    data = load_refcoco(ann, image_root=tmp_path / "images")
+    assert [e.split for e in data.expressions] == ["testA", "testB", "val"]
+    assert len(data.select(None, 1).images) == 1 and len(data.select(None, 1)) == 2
+    by_name = tmp_path / "refcoco+_testA.json"  # records with their box: no ref, the split from the file's name
+    by_name.write_text(json.dumps([{"image": "train2014/COCO_train2014_000000000042.jpg", "text": "the dog",
+                                    "bbox": [3, 3, 8, 8]}]))
+    [dog] = load_refcoco(by_name, image_root=tmp_path / "images").expressions
+    assert dog.split == "testA"
+    by_name.write_text(json.dumps([{"image": "train2014/COCO_train2014_000000000042.jpg", "text": "the dog",
+                                    "bbox": [3, 3, 0, 8]}]))
+    with pytest.raises(SourceError, match=r"refcoco\+_testA.json: \[0\]: box \[3, 3, 0, 8\] has no area"):
+        load_refcoco(by_name, image_root=tmp_path / "images")
+
+
 def test_refcoco_loader_names_the_bad_record(tmp_path):
     ann = _write_refcoco(tmp_path, bad_ref=True)
     with pytest.raises(SourceError, match=r"refcoco\+_val.json: \[2\]: ref_id 99"):
