@@ -145,6 +145,52 @@ def test_wandb_config_of_a_resumed_run_is_the_runs_settings(tmp_path, monkeypatc
     assert {k: inits[1]["config"][k] for k in ("resume", "overwrite")} == {k: saved[k] for k in ("resume", "overwrite")}
 
 
+def test_a_resume_relogs_its_steps_line_alone_and_a_fresh_start_gets_a_new_wandb_run(tmp_path, monkeypatch):
+    """Guards mutations (audit CH) of the run's log that passed every test: TensorBoard given every kept line again
+    on a resume (not the resumed step's alone), the pool draws' scalars left out of what the loggers get, and a run
+    starting from step 0 (a `--resume latest` that found no checkpoint) logging into the W&B run of the folder's id."""
+    import json
+
+    from train.run_log import METRICS_FILE, WANDB_ID_FILE, MetricsLog
+
+    logged = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir, purge_step=None):
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+
+        def add_scalar(self, name, value, step):
+            logged.append((name, value, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": step, "loss": 1.0 / step, "pool_draws": {"original": step}} for step in (1, 2, 3)]
+    (run / METRICS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    MetricsLog(run, _config(tmp_path, report_to="tensorboard"), is_main=True, resume_step=2).close()
+    assert sorted(logged) == [("loss", 0.5, 2), ("pool_draws/original", 2, 2)]
+    (run / WANDB_ID_FILE).write_text("0123456789abcdef\n")
+    assert MetricsLog._wandb_id(run, resume_step=2) == "0123456789abcdef"
+    assert MetricsLog._wandb_id(run, resume_step=0) not in ("0123456789abcdef", "")
+
+
+def test_an_infinite_value_is_written_as_null_and_named(tmp_path):
+    """Guards a mutation (audit CH): `strict_json_record` taking NaN alone passed every test; a loss gone to
+    infinity then stopped the run in metrics.jsonl's writer (strict JSON has no Infinity)."""
+    import json
+
+    from train.run_log import METRICS_FILE, MetricsLog
+
+    log = MetricsLog(tmp_path, _config(tmp_path), is_main=True, resume_step=0)
+    log.write({"step": 1, "loss": float("inf"), "lr": 0.1})
+    log.close()
+    assert json.loads((tmp_path / METRICS_FILE).read_text()) == {"step": 1, "loss": None, "lr": 0.1,
+                                                                  "nonfinite": {"loss": "inf"}}
+
+
 def test_report_to_all_names_every_missing_logger_package_at_once(tmp_path, monkeypatch):
     """was: `--report-to all` without either package named tensorboard alone; installed, the next
     try stopped on wandb."""
