@@ -568,3 +568,48 @@ def test_resume_latest_into_outputs_without_a_config_yaml_or_checkpoint_is_refus
     (out / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"has no checkpoint to resume: \['config.yaml missing'\]; pass --overwrite"):
         check_run_folder(out, types.SimpleNamespace(resume="latest", overwrite=False))
+
+
+@pytest.mark.parametrize("output", ["summary.json", "tensorboard", "validation.jsonl", "config.yaml", "metrics.jsonl",
+                                    "wandb", "wandb_run_id.txt"])
+def test_each_file_a_run_writes_makes_its_folder_a_run_and_overwrite_clears_it(tmp_path, output):
+    """Guards mutations (audit CH): summary.json, tensorboard/ or validation.jsonl left out of RUN_OUTPUTS passed
+    every test; a folder holding it was then written into without --overwrite, and --overwrite kept it beside the
+    new run's outputs (a finished run's summary, another run's curve)."""
+    from train.config import ConfigError
+    from train.run_folder import check_run_folder, clear_run_outputs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if "." in output:  # a file
+        (run / output).write_text("{}\n")
+    else:
+        (run / output).mkdir()
+    (run / "notes.txt").write_text("the user's")
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume latest to continue it or --overwrite"):
+        check_run_folder(run, types.SimpleNamespace(resume=None, overwrite=False))
+    clear_run_outputs(run)
+    assert sorted(path.name for path in run.iterdir()) == ["notes.txt"]
+
+
+def test_another_runs_checkpoint_is_resumed_against_that_runs_settings_wherever_its_path_leads(tmp_path):
+    """Guards mutations (audit CH) that passed every test: the settings of `--resume OTHER/ckpt` compared with
+    --out's saved config (none in a new folder: another run's checkpoint resumed under other settings unnoticed)
+    instead of OTHER's, and the same-run check comparing the paths as written (RUN/../RUN/ckpt, a link: refused as
+    another run's checkpoint)."""
+    from train import checkpoint as ckpt
+    from train.config import ConfigError, resolve_config, save_config
+    from train.run_folder import check_run_folder
+
+    def config(run, **settings):
+        return resolve_config({"method": "clean", "train_data": str(tmp_path / "data"), "out": str(run), **settings})
+
+    other = tmp_path / "other"
+    (other / "ckpt" / ckpt.STATE_DIR).mkdir(parents=True)
+    (other / "ckpt" / ckpt.STATE_DIR / ckpt.STATE_FILE).write_text("{}")
+    save_config(config(other), other)
+    with pytest.raises(ConfigError, match=rf"^--resume: settings differ from the run in {other}: \['lr'\]"):
+        check_run_folder(tmp_path / "new", config(tmp_path / "new", resume=str(other / "ckpt"), lr=0.5))
+    spelled = tmp_path / "elsewhere" / ".." / "other" / "ckpt"
+    (tmp_path / "elsewhere").mkdir()
+    assert check_run_folder(other, config(other, resume=str(spelled))) == spelled
