@@ -747,6 +747,17 @@ def test_a_pool_row_tied_to_a_caption_index_below_untied_is_refused(tmp_path, so
         TrainData(source, [load_pool(folder)])
 
 
+def test_train_split_all_is_refused_for_a_source_with_val_images_and_no_test_ones(source):
+    """Guards a mutation (audit CH): `--train-split all` refused for the test images alone passed every test (the
+    sample world has both); a source of train and val rows was then trained on whole, its val images among them."""
+    from train.config import ConfigError
+    from train.data import TrainData
+
+    without_test = source.filter(lambda split: split != "test", input_columns="split")
+    with pytest.raises(ConfigError, match=r"--train-split all would train on the source's \d+ val/test images"):
+        TrainData(without_test, split="all")
+
+
 def test_the_data_settings_of_a_run_reach_its_training_data(tmp_path, sample_world_dir, source, pools):
     """Guards mutations (audit CH) of `load_train_data` that passed every test: --csv-separator, --source-split,
     --pool-weights and --grad-accum left out of what it passes on (the CSV then read with commas, its rows labelled
