@@ -126,6 +126,9 @@ def test_synonyms_are_wordnet_lemmas_without_the_word(built_wordnet):
     assert wordnet.synonyms("zzzxq") == []
     assert all("_" not in s for s in wordnet.synonyms("red"))
     assert "Canis familiaris" in found  # WordNet's spelling: proper nouns keep their capitals
+    # letters, spaces, hyphens and apostrophes only: WordNet's "5" for five is no word (a mutation dropping the
+    # filter passed every test, audit CH)
+    assert "5" not in wordnet.synonyms("five") and {"quintet", "five-spot"} <= set(wordnet.synonyms("five"))
 
 
 def test_nltk_itself_missing_is_one_install_line(monkeypatch):
