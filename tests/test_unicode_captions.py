@@ -233,6 +233,9 @@ def test_a_substitute_is_written_in_the_script_of_the_word_it_replaces():
     assert acceptable_substitute("caf\u00e9", "dog") and acceptable_substitute("\u043a\u043e\u0442", "\u043f\u0451\u0441")
     assert not acceptable_substitute("\u0434\u043e\u043c", "house") and not acceptable_substitute("cat", "\u043f\u0451\u0441")
     assert not acceptable_substitute("\u732b", "dog")  # no Chinese character stands in for a word
+    # a substitute mixing the word's script with another is refused too (a mutation taking every substitute whose
+    # scripts include the word's passed every test, audit CH): Latin "dog" with a Cyrillic "\u0435"
+    assert not acceptable_substitute("dog\u0435", "f\u00e4hrt") and acceptable_substitute("f\u00e4hrt", "dog\u0435")
 
 
 def test_paraphrases_and_captions_are_deduplicated_whatever_the_unicode_form():
