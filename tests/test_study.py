@@ -364,6 +364,50 @@ def test_the_studys_evaluations_run_where_it_trained(tmp_path, monkeypatch, samp
         assert arm_devices == [expected]
 
 
+def test_each_study_setting_reaches_the_training_and_evaluation_that_read_it(tmp_path, monkeypatch, sample_world_dir):
+    """Guards mutations (audit CH) of what the study hands the trainer and the evaluation that passed every test:
+    pretrain.seed and pretrain.lr left out (the trainer's defaults trained instead), the pretraining warmup's floor
+    of 1 step dropped, a run's seed or its pool mode left out, the more-samples oracle trained on the fine-tuning
+    scenes, and eval's split, limit, captions_per_image and pgd_steps not passed to the evaluation. The trainer and the
+    evaluation are stood in for: what they are given is recorded."""
+    import models
+    import train.eval_report
+    import train.evaluate
+    from analysis import study as study_module
+    from analysis.study import RunSpec
+
+    config = load_study_config("mini", {"out": str(tmp_path / "study"),
+                                        "pretrain": {"steps": 10, "lr": 0.002, "seed": 4},
+                                        "eval": {"split": "val", "limit": 5, "captions_per_image": 2}})
+    study, trained, evaluated = Study(config, log=lambda line: None), [], {}
+    monkeypatch.setattr(study_module, "train_resumable",
+                        lambda folder, settings, *args, **kwargs: trained.append(settings))
+    monkeypatch.setattr(study, "world", lambda: sample_world_dir)
+    monkeypatch.setattr(study, "source_dir", lambda which: tmp_path / which)
+    monkeypatch.setattr(study, "pool", lambda name: tmp_path / "pools" / name)
+    study.pretrain()
+    assert {key: trained[0][key] for key in ("max_steps", "batch_size", "lr", "warmup", "seed")} == {
+        "max_steps": 10, "batch_size": 16, "lr": 0.002, "warmup": 1, "seed": 4}
+    study.train(RunSpec("mat+expand:scene", "mat+", ["scene"], pool_mode="expand", source="oracle"), seed=7)
+    run = trained[1]
+    assert (run["seed"], run["pool_mode"], run["pools"]) == (7, "expand", [str(tmp_path / "pools" / "scene")])
+    assert run["train_data"] == str(tmp_path / "oracle") and (run["max_steps"], run["batch_size"]) == (2, 8)
+
+    def evaluate(victim, source, **kwargs):
+        evaluated.update(kwargs)
+        return {"attacks": {}, "settings": {}}
+
+    monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "victim")
+    monkeypatch.setattr(train.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(train.eval_report, "write_report", _write_empty_report)
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    study.evaluate("run", tmp_path / "run" / "ckpt", seed=3)
+    assert {key: evaluated[key] for key in ("split", "limit", "captions_per_image", "batch_size", "seed")} == {
+        "split": "val", "limit": 5, "captions_per_image": 2, "batch_size": 8, "seed": 3}
+    assert evaluated["attack_options"]["steps"] == 1  # eval.pgd_steps
+
+
 def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path, monkeypatch, sample_world_dir):
     """Was: the study passed `device=` to every arm's evaluate_checkpoint, so an arm written to the older
     signature (checkpoint, source_dir, eval_settings, seed, folder) stopped the study with a TypeError
