@@ -72,6 +72,9 @@ def test_chunk_keeps_punctuation_and_case():
     assert chunk.replaceable(STOP_WORDS)
     assert chunk.replaced_by("cat") == '"Cat,'
     assert split_chunk("RED").replaced_by("blue") == "BLUE"
+    # one capital letter is sentence case, not an acronym (a mutation dropping the length test passed every test,
+    # audit CH: "X" was then replaced by "CROSS")
+    assert split_chunk("X").replaced_by("cross") == "Cross"
     assert not split_chunk("the").replaceable(STOP_WORDS)  # stop word
     assert not split_chunk("3.5").replaceable(STOP_WORDS)
     assert split_chunk("t-shirt.").core == "t-shirt"
