@@ -408,6 +408,22 @@ def test_each_study_setting_reaches_the_training_and_evaluation_that_read_it(tmp
     assert evaluated["attack_options"]["steps"] == 1  # eval.pgd_steps
 
 
+def test_each_validation_setting_reaches_the_runs_validator(tmp_path, monkeypatch, sample_world_dir):
+    """Guards mutations (audit CH) that passed every test: validation.batch_size and validation.split read from
+    eval's batch size and a fixed "val" instead (the section's values were accepted, then not used)."""
+    import train.validation
+
+    config = load_study_config("mini", {"out": str(tmp_path / "study"), "validation": {
+        "every": 5, "attack": "pgd", "split": "train", "limit": 3, "captions_per_image": 1, "batch_size": 4}})
+    study, made = Study(config, log=lambda line: None), []
+    monkeypatch.setattr(study, "source_dir", lambda which: sample_world_dir)
+    monkeypatch.setattr(train.validation, "Validator", lambda folder, source, settings, **kwargs: made.append(settings))
+    study.validator(tmp_path / "run", seed=2)
+    [settings] = made
+    assert (settings.every, settings.attack, settings.split, settings.limit, settings.captions_per_image,
+            settings.batch_size, settings.seed) == (5, "pgd", "train", 3, 1, 4, 2)
+
+
 def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path, monkeypatch, sample_world_dir):
     """Was: the study passed `device=` to every arm's evaluate_checkpoint, so an arm written to the older
     signature (checkpoint, source_dir, eval_settings, seed, folder) stopped the study with a TypeError
