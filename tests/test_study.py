@@ -424,6 +424,20 @@ def test_each_validation_setting_reaches_the_runs_validator(tmp_path, monkeypatc
             settings.batch_size, settings.seed) == (5, "pgd", "train", 3, 1, 4, 2)
 
 
+def test_pretraining_on_the_rest_leaves_out_every_fine_tuned_scene(tmp_path, monkeypatch, sample_world_dir):
+    """Guards a mutation (audit CH): the subset's skip taken as `seen < skip` passed every test; `pretrain.scenes:
+    rest` then pretrained on the last fine-tuning scene too."""
+    config = load_study_config("mini", {"out": str(tmp_path / "study")})
+    study = Study(config, log=lambda line: None)
+    monkeypatch.setattr(study, "world", lambda: sample_world_dir)
+    world = json.loads((sample_world_dir / "dataset_sample.json").read_text())["images"]
+    train_ids = [entry["imgid"] for entry in world if entry["split"] == "train"]
+    folder = study.subset("pretrain-rest", None, skip=40)
+    kept = json.loads((folder / "dataset_sample.json").read_text())["images"]
+    assert [entry["imgid"] for entry in kept if entry["split"] == "train"] == train_ids[40:]
+    assert len(kept) == len(world) - 40  # every val and test scene kept
+
+
 def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path, monkeypatch, sample_world_dir):
     """Was: the study passed `device=` to every arm's evaluate_checkpoint, so an arm written to the older
     signature (checkpoint, source_dir, eval_settings, seed, folder) stopped the study with a TypeError
