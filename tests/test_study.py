@@ -438,6 +438,39 @@ def test_pretraining_on_the_rest_leaves_out_every_fine_tuned_scene(tmp_path, mon
     assert len(kept) == len(world) - 40  # every val and test scene kept
 
 
+def test_a_run_whose_best_step_is_not_its_last_evaluates_its_best_weights(tmp_path, monkeypatch):
+    """Guards two mutations (audit CH) that passed every fast test: the best checkpoint's evaluation taken from the
+    last step's whatever the best step, or the last weights evaluated under the best's name; eval_best then repeated
+    eval for a run whose best weights were earlier. The stages are stood in for: what is evaluated and what reaches
+    the report is recorded."""
+    import analysis.report
+
+    config = load_study_config("mini", {"out": str(tmp_path / "study"), "validation": {"every": 1}})
+    study, evaluated, reported = Study(config, log=lambda line: None), [], []
+    runs = tmp_path / "runs"
+
+    def train(spec, seed):
+        run = runs / spec.folder_name(seed)
+        (run / "best").mkdir(parents=True, exist_ok=True)
+        best_step = 1 if spec.name == "mat" else config["train"]["max_steps"]
+        (run / "best" / "validation.json").write_text(json.dumps({"step": best_step}))
+        (run / "validation.jsonl").write_text("")
+        return run / "ckpt"
+
+    monkeypatch.setattr(study, "score", lambda name: {})
+    monkeypatch.setattr(study, "pretrain", lambda: tmp_path / "pretrain" / "ckpt")
+    monkeypatch.setattr(study, "train", train)
+    monkeypatch.setattr(study, "evaluate",
+                        lambda name, checkpoint, seed: evaluated.append((name, checkpoint)) or {"name": name})
+    monkeypatch.setattr(analysis.report, "write_report", lambda out, config, scores, results: reported.extend(results))
+    study._run()
+    entries = {(entry["run"], entry["seed"]): entry for entry in reported if entry["run"] in ("mat", "mat+:scene")}
+    assert entries["mat", 0]["best_step"] == 1 and entries["mat", 0]["eval_best"] == {"name": "mat-s0-best"}
+    assert entries["mat+:scene", 0]["eval_best"] is entries["mat+:scene", 0]["eval"]  # its last step is its best
+    names = dict(evaluated)
+    assert names["mat-s0-best"] == runs / "mat-s0" / "best" and "matplus-scene-s0-best" not in names
+
+
 def test_a_task_arm_written_before_the_device_argument_still_evaluates(tmp_path, monkeypatch, sample_world_dir):
     """Was: the study passed `device=` to every arm's evaluate_checkpoint, so an arm written to the older
     signature (checkpoint, source_dir, eval_settings, seed, folder) stopped the study with a TypeError
