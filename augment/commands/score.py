@@ -203,12 +203,15 @@ def load_scorer_or_fail(args):
 def source_reading(pool, args) -> dict:
     """--image-root, --source-split, the CSV/TSV column options and --skip-bad as given, else as the
     pool recorded them (when the pool's own source is used). A --skip-bad taken from the record
-    writes its report into the pool's folder (SOURCE_SKIP_REPORT), not the working folder."""
+    writes its report where --skip-report names, else into the pool's folder (SOURCE_SKIP_REPORT),
+    not the working folder."""
     use_recorded = not args.source
     reading = {key: getattr(args, key, None) or (pool.meta.get(key) if use_recorded else None)
                for key in ("image_root", "source_split", *TABLE_KEYS)}
     if use_recorded and pool.meta.get("skip_bad") is True and not args.skip_bad:
-        reading.update(skip_bad=True, skip_report=str(pool.path / SOURCE_SKIP_REPORT))
+        # a --skip-report given is the user's (it was replaced without a word); the pool's folder otherwise
+        reading.update(skip_bad=True,
+                       skip_report=getattr(args, "skip_report", None) or str(pool.path / SOURCE_SKIP_REPORT))
     return reading
 
 
