@@ -3,11 +3,29 @@ leaves the default in force without a word, which no end-to-end test run at the 
 The commands run in-process with the work they start replaced by a recorder; no model is loaded."""
 from __future__ import annotations
 
+import argparse
 import types
 
 import pytest
 
 from augment.cli import build_parser
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+@pytest.mark.parametrize("text, accepted", [("0", False), ("1", False), ("0.5", True), ("1e-9", True),
+                                            ("0.999999", True)])
+def test_a_confidence_level_lies_strictly_between_0_and_1(text, accepted):
+    """Guards a mutation (audit CG): `0 <= value <= 1` passed every test (only 2 was tried); a 0 or 1 level
+    gives an interval of one point or of the whole range."""
+    from augment.arguments import confidence_level
+
+    if accepted:
+        assert confidence_level(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="strictly between 0 and 1"):
+            confidence_level(text)
 
 
 # ----------------------------------------------------------------------------- score
