@@ -8,7 +8,19 @@ import types
 
 import pytest
 
-from augment.cli import build_parser
+from augment.cli import build_parser, main
+
+
+class _Stop(Exception):
+    """Raised by a recorder: the command has handed over what it was given, nothing more to run."""
+
+
+def _recorder(calls: list):
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise _Stop
+
+    return record
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -43,3 +55,86 @@ def test_a_pool_made_with_skip_bad_writes_its_report_where_skip_report_says(give
     pool = types.SimpleNamespace(path=Path("pool"), meta={"source": "src", "skip_bad": True})
     reading = source_reading(pool, build_parser().parse_args(["score", "pool", *given]))
     assert (reading["skip_bad"], reading["skip_report"]) == (True, str(Path(report)))
+
+
+def test_score_hands_every_scoring_setting_to_the_scoring(tmp_path, monkeypatch):
+    """Guards mutations (audit CG): --seed and --chunk-bytes each replaced by its default passed every test (the
+    end-to-end runs keep them at their defaults; a chunk's bytes move a score at float32 rounding only)."""
+    from augment.scoring import pool_scores
+
+    calls = []
+    monkeypatch.setattr(pool_scores, "ScoreSettings", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["score", str(tmp_path / "pool"), "--bootstrap", "11", "--gap-bootstrap", "22", "--confidence", "0.8",
+              "--seed", "3", "--gap-samples", "44", "--chunk-rows", "55", "--chunk-bytes", "2M"])
+    assert calls[0] == ((), {"bootstrap": 11, "gap_bootstrap": 22, "confidence": 0.8, "seed": 3, "gap_samples": 44,
+                             "chunk_rows": 55, "chunk_bytes": 2 * 2 ** 20})
+
+
+def test_score_defaults_are_the_readmes():
+    """Guards mutations (audit CG): --confidence's default 0.9 and --gap-samples' 1,000 passed every test. The
+    README's `augment score` defaults: --bootstrap 1,000, --gap-bootstrap 200, --confidence 0.95, --gap-samples
+    2,000 per side, --chunk-rows 1,024, --chunk-bytes 1G, --batch-size 64, --seed 0."""
+    args = build_parser().parse_args(["score", "pool"])
+    assert (args.bootstrap, args.gap_bootstrap, args.confidence, args.gap_samples, args.chunk_rows, args.chunk_bytes,
+            args.batch_size, args.seed) == (1000, 200, 0.95, 2000, 1024, 2 ** 30, 64, 0)
+
+
+def test_the_scorer_is_loaded_with_the_flags_given(monkeypatch):
+    """Guards mutations (audit CG): --batch-size and --pretrained of `augment score` never reaching the scorer
+    passed every test (the tiny scorer scores the same at any batch size)."""
+    from augment.commands.score import load_scorer_or_fail
+    from augment.scoring import scorers
+
+    calls = []
+    monkeypatch.setattr(scorers, "load_scorer", lambda *args, **kwargs: calls.append((args, kwargs)) or "scorer")
+    args = build_parser().parse_args(["score", "pool", "--scorer", "ViT-B-32", "--pretrained", "laion2b",
+                                      "--batch-size", "5", "--device", "cpu"])
+    assert load_scorer_or_fail(args) == "scorer"
+    assert calls == [(("ViT-B-32",), {"pretrained": "laion2b", "device": "cpu", "batch_size": 5})]
+
+
+def test_a_source_given_is_read_as_given_not_as_the_pool_recorded_its_own():
+    """Guards a mutation (audit CG): `augment score POOL --source OTHER` reading OTHER with the pool's recorded
+    --image-root, --source-split and --skip-bad passed every test; those are the recorded source's, not OTHER's."""
+    from pathlib import Path
+
+    from augment.commands.score import source_reading
+
+    pool = types.SimpleNamespace(path=Path("pool"), meta={"source": "src", "image_root": "recorded-images",
+                                                          "source_split": "val", "skip_bad": True})
+    given = source_reading(pool, build_parser().parse_args(["score", "pool", "--source", "other"]))
+    assert given["image_root"] is None and given["source_split"] is None and "skip_bad" not in given
+    recorded = source_reading(pool, build_parser().parse_args(["score", "pool"]))
+    assert (recorded["image_root"], recorded["source_split"], recorded["skip_bad"]) == ("recorded-images", "val", True)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_score_hands_force_cache_dir_and_plot_to_the_scoring(force, tmp_path, monkeypatch):
+    """Guards a mutation (audit CG): --no-plot left out of the hand-over to `score_and_save` (scores.png drawn
+    anyway) passed every test. --cache-dir, and --force skipping the stored scores' look-up, checked with it."""
+    from augment import pool as pools, sources
+    from augment.commands import score
+    from augment.scoring import pool_scores, scorers
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "src.json").write_text("{}")
+    looked_up, calls = [], []
+    monkeypatch.setattr(pools, "load_pool", lambda path: types.SimpleNamespace(
+        path=tmp_path / "pool", name="pool", meta={"source": str(tmp_path / "src.json")}))
+    monkeypatch.setattr(score, "read_source_named", lambda args, name, reading: "the source")
+    monkeypatch.setattr(sources, "source_fingerprint", lambda dataset: "fingerprint")
+    monkeypatch.setattr(sources, "image_files_fingerprint", lambda dataset, root: "image files")
+    monkeypatch.setattr(scorers, "scorer_identity", lambda name, pretrained: "scorer id")
+    monkeypatch.setattr(pool_scores, "inputs_keys", lambda *args: "inputs")
+    monkeypatch.setattr(pool_scores, "reuse_stored", lambda *args, **kwargs: looked_up.append(kwargs))
+    monkeypatch.setattr(score, "load_scorer_or_fail", lambda args: "the scorer")
+    monkeypatch.setattr(pool_scores, "score_and_save", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["score", str(tmp_path / "pool"), "--cache-dir", str(tmp_path / "cache"), "--no-plot", "--no-progress",
+              *(["--force"] if force else [])])
+    assert looked_up == ([] if force else [{"plot": False, "source_name": str(tmp_path / "src.json")}])
+    (pool, source, scorer, _), kwargs = calls[0]
+    assert (source, scorer) == ("the source", "the scorer")
+    assert {key: kwargs[key] for key in ("cache_dir", "plot", "progress", "force")} == \
+        {"cache_dir": str(tmp_path / "cache"), "plot": False, "progress": False, "force": True}
