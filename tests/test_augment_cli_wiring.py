@@ -138,3 +138,25 @@ def test_score_hands_force_cache_dir_and_plot_to_the_scoring(force, tmp_path, mo
     assert (source, scorer) == ("the source", "the scorer")
     assert {key: kwargs[key] for key in ("cache_dir", "plot", "progress", "force")} == \
         {"cache_dir": str(tmp_path / "cache"), "plot": False, "progress": False, "force": True}
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
+    """Guards a mutation (audit CG): --shard-size left out of `augment generate`'s hand-over to `run_generation`
+    (256 always) passed every test that covers it; --seed, --split, --limit, --n and --overwrite checked with it."""
+    from augment.commands import generate
+
+    calls = []
+    monkeypatch.setattr(generate, "read_source", lambda args: ("the source", types.SimpleNamespace(format="karpathy")))
+    monkeypatch.setattr(generate, "build_generator", lambda method, args: ("generator", method))
+    monkeypatch.setattr(generate, "run_generation", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["generate", "--method", "eda", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "pool"),
+              "--n", "3", "--seed", "7", "--split", "val", "--limit", "5", "--shard-size", "9", "--overwrite",
+              "--no-progress"])
+    (generator, source, out), kwargs = calls[0]
+    assert (generator, source, out) == (("generator", "eda"), "the source", str(tmp_path / "pool"))
+    assert {key: kwargs[key] for key in ("n", "seed", "split", "limit", "shard_size", "overwrite", "progress")} == \
+        {"n": 3, "seed": 7, "split": "val", "limit": 5, "shard_size": 9, "overwrite": True, "progress": False}
