@@ -160,3 +160,46 @@ def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
     assert (generator, source, out) == (("generator", "eda"), "the source", str(tmp_path / "pool"))
     assert {key: kwargs[key] for key in ("n", "seed", "split", "limit", "shard_size", "overwrite", "progress")} == \
         {"n": 3, "seed": 7, "split": "val", "limit": 5, "shard_size": 9, "overwrite": True, "progress": False}
+
+
+def test_generate_refuses_a_model_revision_its_method_does_not_read(tmp_path, capsys):
+    """Guards a mutation (audit CG): --model-revision left out of the options checked against the method passed
+    every test (no test gave it); `--method eda --model-revision v2` then made an EDA pool as if it were not given."""
+    out = tmp_path / "pool"
+    assert main(["generate", "--method", "eda", "--source", str(tmp_path / "src"), "--out", str(out),
+                 "--model-revision", "v2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --method eda does not read --model-revision (an option of other methods") and \
+        "\n" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("module_name, class_name, method", [("paraphrase", "ParaphraseGenerator", "t2t-tiny-paraphraser"),
+                                                              ("captioner", "CaptionerGenerator", "i2t-tiny-blip")])
+def test_the_model_options_reach_the_text_generators(module_name, class_name, method, monkeypatch):
+    """Guards mutations (audit CG): --model-revision (no test gave it), --dtype and --batch-size never reaching the
+    paraphraser or the captioner passed every test; the model would load at main's head in fp32, batches of 16."""
+    import importlib
+
+    from augment.generators import build_generator
+
+    module = importlib.import_module(f"augment.generators.{module_name}")
+    monkeypatch.setattr(module, class_name, lambda *args, **kwargs: (args, kwargs))
+    args = build_parser().parse_args(["generate", "--method", method, "--source", "s", "--out", "o",
+                                      "--model", "tiny-other", "--model-revision", "v2", "--dtype", "bf16",
+                                      "--batch-size", "3", "--device", "cpu"])
+    (given_method, model), kwargs = build_generator(method, args)
+    assert (given_method, model) == (method, "tiny-other")
+    assert {key: kwargs[key] for key in ("revision", "dtype", "batch_size", "device")} == \
+        {"revision": "v2", "dtype": "bf16", "batch_size": 3, "device": "cpu"}
+
+
+def test_the_model_options_reach_the_diffusion_settings():
+    """Guards a mutation (audit CG): the SD methods' --model-revision dropped (revision=None) passed every test, none
+    giving it; their model options are checked the same way (the settings are built before the pipeline loads)."""
+    from augment.generators.diffusion import settings_from_args
+
+    args = build_parser().parse_args(["generate", "--method", "t2i-sd", "--source", "s", "--out", "o", "--model", "sd21",
+                                      "--model-revision", "v2", "--dtype", "bf16", "--batch-size", "3", "--steps", "7"])
+    settings = settings_from_args("t2i-sd", args)
+    assert (settings.model, settings.revision, settings.dtype, settings.batch_size, settings.steps) == \
+        ("sd21", "v2", "bf16", 3, 7)
