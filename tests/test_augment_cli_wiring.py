@@ -203,3 +203,25 @@ def test_the_model_options_reach_the_diffusion_settings():
     settings = settings_from_args("t2i-sd", args)
     assert (settings.model, settings.revision, settings.dtype, settings.batch_size, settings.steps) == \
         ("sd21", "v2", "bf16", 3, 7)
+
+
+# ----------------------------------------------------------------------------- select
+
+
+def test_select_hands_each_filter_to_its_own_field(tmp_path, monkeypatch):
+    """Guards a mutation (audit CG): --methods entries left unstripped passed every test (`--methods "eda, shuffle"`
+    then kept no shuffle row: " shuffle" names no method); each other filter is checked on its own field with it."""
+    from augment import pool, select
+
+    calls = []
+    monkeypatch.setattr(pool, "load_pool", lambda path: types.SimpleNamespace(name="parent", path=path))
+    monkeypatch.setattr(select, "select_pool", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["select", str(tmp_path / "pool"), "--out", str(tmp_path / "out"), "--min-alignment", "0.1",
+              "--max-alignment", "0.9", "--top-k-per-item", "2", "--max-per-item", "3", "--methods", "eda, shuffle,",
+              "--modality", "text", "--scorer", "tiny-clip", "--overwrite", "--allow-empty"])
+    (parent, out, filters), kwargs = calls[0]
+    assert (parent.name, out) == ("parent", str(tmp_path / "out"))
+    assert filters == select.SelectFilters(min_alignment=0.1, max_alignment=0.9, top_k_per_item=2, max_per_item=3,
+                                           methods=["eda", "shuffle"], modality="text")
+    assert kwargs == {"scorer": "tiny-clip", "overwrite": True, "allow_empty": True}
