@@ -225,3 +225,24 @@ def test_select_hands_each_filter_to_its_own_field(tmp_path, monkeypatch):
     assert filters == select.SelectFilters(min_alignment=0.1, max_alignment=0.9, top_k_per_item=2, max_per_item=3,
                                            methods=["eda", "shuffle"], modality="text")
     assert kwargs == {"scorer": "tiny-clip", "overwrite": True, "allow_empty": True}
+
+
+# ----------------------------------------------------------------------------- make-sample
+
+
+def test_make_sample_hands_each_split_share_to_its_own_split(tmp_path, monkeypatch):
+    """Guards a mutation (audit CG): --val-frac and --test-frac swapped passed every test (their defaults are
+    equal); the defaults are the README's 4,000 images of 5 captions."""
+    from augment.commands import make_sample
+
+    calls = []
+    monkeypatch.setattr(make_sample, "write_sample", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["make-sample", str(tmp_path / "world"), "--images", "40", "--seed", "2", "--val-frac", "0.2",
+              "--test-frac", "0.3", "--captions-per-image", "3"])
+    assert calls[0][1] == {"n": 40, "seed": 2, "val_frac": 0.2, "test_frac": 0.3, "n_captions": 3, "overwrite": False,
+                           "expressions": 0}
+    calls.clear()
+    with pytest.raises(_Stop):
+        main(["make-sample", str(tmp_path / "world")])
+    assert {key: calls[0][1][key] for key in ("n", "n_captions")} == {"n": 4000, "n_captions": 5}
