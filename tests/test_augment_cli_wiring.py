@@ -246,3 +246,19 @@ def test_make_sample_hands_each_split_share_to_its_own_split(tmp_path, monkeypat
     with pytest.raises(_Stop):
         main(["make-sample", str(tmp_path / "world")])
     assert {key: calls[0][1][key] for key in ("n", "n_captions")} == {"n": 4000, "n_captions": 5}
+
+
+# ----------------------------------------------------------------------------- model aliases
+
+
+def test_each_size_named_alias_loads_the_model_of_that_size():
+    """Guards mutations (audit CG): clip-b32 naming ViT-B-16, blip-large naming the base captioner, passed every
+    test; an alias that names a size must resolve to a model of that size."""
+    from augment.registry import ALIASES
+
+    clip = {alias: target for alias, target in ALIASES.items() if alias.startswith("clip-")}
+    assert clip == {"clip-b16": ("ViT-B-16", "openai"), "clip-b32": ("ViT-B-32", "openai"),
+                    "clip-l14": ("ViT-L-14", "openai")}
+    for alias, size in (("blip-large", "-large"), ("blip-base", "-base"), ("sd21", "-2-1"), ("sd-turbo", "/sd-turbo"),
+                        ("sdxl", "-xl-"), ("sdxl-turbo", "/sdxl-turbo")):
+        assert size in ALIASES[alias], alias
