@@ -262,3 +262,12 @@ def test_each_size_named_alias_loads_the_model_of_that_size():
     for alias, size in (("blip-large", "-large"), ("blip-base", "-base"), ("sd21", "-2-1"), ("sd-turbo", "/sd-turbo"),
                         ("sdxl", "-xl-"), ("sdxl-turbo", "/sdxl-turbo")):
         assert size in ALIASES[alias], alias
+
+
+def test_a_hub_model_is_loaded_at_the_revision_given():
+    """Guards a mutation (audit CG): the Hub revision left out of the loaders' from_pretrained arguments passed every
+    test (the twins are local folders, which take none); --model-revision then loaded main's head."""
+    from augment.registry import ResolvedSource, _hub_kwargs
+
+    assert _hub_kwargs(ResolvedSource("org/model", "org/model", is_local=False), "v2", False)["revision"] == "v2"
+    assert "revision" not in _hub_kwargs(ResolvedSource("folder", "/models/folder", is_local=True), "v2", False)
