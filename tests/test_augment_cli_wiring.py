@@ -40,6 +40,23 @@ def test_a_confidence_level_lies_strictly_between_0_and_1(text, accepted):
             confidence_level(text)
 
 
+@pytest.mark.parametrize("type_name, lowest, below", [
+    ("positive_int", "1", "0"), ("non_negative_int", "0", "-1"), ("non_negative_number", "0", "-0.001"),
+    ("positive_number", "1e-9", "0"), ("probability", "0", "-0.001"), ("positive_fraction", "1e-9", "0"),
+    ("byte_size", "1", "0"),
+])
+def test_each_bounded_argument_type_takes_its_lowest_value_and_refuses_the_one_below(type_name, lowest, below):
+    """Guards mutations (audit CG): probability refusing 0 (`--flip-p 0` refused) and positive_fraction taking 0
+    (`--alpha-sr 0`, `--top-p 0` taken) passed the tests of their flags; each bounded type's lowest value and the
+    one below it, as the flags meet them."""
+    from augment import arguments
+
+    check = getattr(arguments, type_name)
+    assert check(lowest) == float(lowest)
+    with pytest.raises(argparse.ArgumentTypeError):
+        check(below)
+
+
 # ----------------------------------------------------------------------------- score
 
 
