@@ -222,6 +222,18 @@ def test_the_model_options_reach_the_diffusion_settings():
         ("sd21", "v2", "bf16", 3, 7)
 
 
+@pytest.mark.parametrize("method", ["t2t-", "i2t-"])
+def test_a_bare_method_prefix_names_no_method(method):
+    """Guards a mutation (audit CG): `module_for` taking a prefix with no model after it passed every test;
+    `--method t2t- --model X` then made a pool whose method names no model."""
+    from augment.errors import MatPlusError
+    from augment.generators import module_for
+
+    with pytest.raises(MatPlusError, match=f"unknown method '{method}'"):
+        module_for(method)
+    assert module_for(method + "tiny-model").__name__.rsplit(".", 1)[-1] in ("paraphrase", "captioner")
+
+
 # ----------------------------------------------------------------------------- select
 
 
