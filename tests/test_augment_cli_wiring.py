@@ -300,3 +300,15 @@ def test_a_hub_model_is_loaded_at_the_revision_given():
 
     assert _hub_kwargs(ResolvedSource("org/model", "org/model", is_local=False), "v2", False)["revision"] == "v2"
     assert "revision" not in _hub_kwargs(ResolvedSource("folder", "/models/folder", is_local=True), "v2", False)
+
+
+# ----------------------------------------------------------------------------- push
+
+
+@pytest.mark.parametrize("upload_only", [["--private"], ["--revision", "dev"]])
+def test_push_refuses_the_upload_options_with_to_dir(upload_only, tmp_path, capsys):
+    """Guards a mutation (audit CG): `--to-dir DIR --revision dev` no longer refused (the check kept --private only)
+    passed every test; the export was written as if --revision were not given."""
+    assert main(["push", str(tmp_path / "pool"), "--to-dir", str(tmp_path / "out"), *upload_only]) == 2
+    assert capsys.readouterr().err.strip() == "error: --private and --revision apply to uploads only, not to --to-dir"
+    assert not (tmp_path / "out").exists()
