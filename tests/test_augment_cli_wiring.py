@@ -179,15 +179,24 @@ def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
         {"n": 3, "seed": 7, "split": "val", "limit": 5, "shard_size": 9, "overwrite": True, "progress": False}
 
 
-def test_generate_refuses_a_model_revision_its_method_does_not_read(tmp_path, capsys):
-    """Guards a mutation (audit CG): --model-revision left out of the options checked against the method passed
-    every test (no test gave it); `--method eda --model-revision v2` then made an EDA pool as if it were not given."""
+@pytest.mark.parametrize("flag, value", [("--model-revision", "v2"), ("--dtype", "bf16")])
+def test_generate_refuses_a_model_option_its_method_does_not_read(flag, value, tmp_path, capsys):
+    """Guards mutations (audit CG): --model-revision left out of the options checked against the method, or --dtype
+    exempt from the check, passed every test; `--method eda --model-revision v2` (or `--dtype bf16`) then made an
+    EDA pool as if it were not given."""
     out = tmp_path / "pool"
-    assert main(["generate", "--method", "eda", "--source", str(tmp_path / "src"), "--out", str(out),
-                 "--model-revision", "v2"]) == 2
+    assert main(["generate", "--method", "eda", "--source", str(tmp_path / "src"), "--out", str(out), flag, value]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --method eda does not read --model-revision (an option of other methods") and \
+    assert err.startswith(f"error: --method eda does not read {flag} (an option of other methods") and \
         "\n" not in err and not out.exists()
+
+
+def test_generate_defaults_are_the_readmes():
+    """Guards mutations (audit CG): --n's default 5 and --shard-size's 128 passed every test. The defaults the
+    README and --help give: --n 4, --seed 0, --split train, --shard-size 256, --batch-size 16, --dtype fp32."""
+    args = build_parser().parse_args(["generate", "--method", "eda", "--source", "s", "--out", "o"])
+    assert (args.n, args.seed, args.split, args.limit, args.shard_size, args.batch_size, args.dtype, args.overwrite) == \
+        (4, 0, "train", None, 256, 16, "fp32", False)
 
 
 @pytest.mark.parametrize("module_name, class_name, method", [("paraphrase", "ParaphraseGenerator", "t2t-tiny-paraphraser"),
