@@ -321,3 +321,13 @@ def test_push_refuses_the_upload_options_with_to_dir(upload_only, tmp_path, caps
     assert main(["push", str(tmp_path / "pool"), "--to-dir", str(tmp_path / "out"), *upload_only]) == 2
     assert capsys.readouterr().err.strip() == "error: --private and --revision apply to uploads only, not to --to-dir"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_folder_named_by_a_nested_path_is_named_as_a_folder():
+    """Guards a mutation (audit CG): a name of two slashes no longer read as a path (`count("/") > 2`) passed every
+    test; `--model runs/a/ckpt` missing then said "not ... a valid Hub id", not that the folder does not exist."""
+    from augment.errors import ModelLoadError
+    from augment.registry import resolve_source
+
+    with pytest.raises(ModelLoadError, match="folder runs/a/ckpt does not exist"):
+        resolve_source("runs/a/ckpt", "captioner")
