@@ -747,6 +747,22 @@ def test_a_pool_row_tied_to_a_caption_index_below_untied_is_refused(tmp_path, so
         TrainData(source, [load_pool(folder)])
 
 
+def test_a_pool_of_val_images_is_refused_as_a_leak_not_sent_to_join_val(tmp_path, source, pools):
+    """Guards a mutation (audit CH, its one left open): the leak check reading the test split alone passed every
+    test; a pool of val images was then told to join val to --train-split, i.e. to train on evaluation data."""
+    from augment.errors import PoolError
+    from augment.pool import load_pool
+    from augment.sources import select_split
+    from train.data import TrainData
+
+    val_id = select_split(source, "val")[0]["image_id"]
+    folder = _write_pool(tmp_path / "val-pool", [_pool_row("t", val_id, 0, 0, "text", caption="a cat")],
+                         pools["fingerprint"], "t")
+    with pytest.raises(PoolError, match=r"split\(s\) \['val'\].*would leak evaluation data") as refused:
+        TrainData(source, [load_pool(folder)])
+    assert "--train-split" not in str(refused.value)
+
+
 def test_train_split_all_is_refused_for_a_source_with_val_images_and_no_test_ones(source):
     """Guards a mutation (audit CH): `--train-split all` refused for the test images alone passed every test (the
     sample world has both); a source of train and val rows was then trained on whole, its val images among them."""
