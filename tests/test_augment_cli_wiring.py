@@ -179,6 +179,40 @@ def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
         {"n": 3, "seed": 7, "split": "val", "limit": 5, "shard_size": 9, "overwrite": True, "progress": False}
 
 
+@pytest.mark.parametrize("method, device_type", [("eda", None), ("t2t-tiny-paraphraser", "cpu")])
+def test_generate_records_the_device_kind_of_a_model_method_only(method, device_type, tmp_path, monkeypatch):
+    """Guards a mutation (audit CG's leftover G7): the device kind left out of the hand-over passed every test; a
+    model's pool then kept no device_type, and a resume on another kind of device (which samples other rows) was
+    no longer refused. A method without a model records none."""
+    from augment.commands import generate
+
+    calls = []
+    monkeypatch.setattr(generate, "read_source", lambda args: ("the source", types.SimpleNamespace(format="karpathy")))
+    monkeypatch.setattr(generate, "build_generator", lambda method, args: "generator")
+    monkeypatch.setattr(generate, "run_generation", _recorder(calls))
+    with pytest.raises(_Stop):
+        main(["generate", "--method", method, "--source", str(tmp_path / "src"), "--out", str(tmp_path / "pool"),
+              "--device", "cpu", "--no-progress"])
+    assert calls[0][1]["device_type"] == device_type
+
+
+@pytest.mark.parametrize("overwrite, recorded, expected", [(False, "meta", "meta"), (True, "meta", "default"),
+                                                           (False, None, "default")])
+def test_a_model_pool_resumes_on_the_device_kind_it_was_sampled_on(overwrite, recorded, expected, monkeypatch):
+    """Guards a mutation (audit CG's leftover G6): the resume branch of the default device taken under --overwrite
+    instead of without it. A pool at --out goes on where it was sampled; a replaced one (or none) takes the
+    machine's default; a method without a model runs on the CPU."""
+    from augment import devices, pool
+    from augment.commands.generate import generation_device
+
+    monkeypatch.setattr(devices, "default_device", lambda: "default")
+    monkeypatch.setattr(pool, "holds_pool", lambda folder: recorded is not None)
+    monkeypatch.setattr(pool, "read_pool_meta", lambda folder: {"device_type": recorded})
+    args = types.SimpleNamespace(overwrite=overwrite, out="pool")
+    assert generation_device(args, model_method=True) == expected
+    assert generation_device(args, model_method=False) == "cpu"
+
+
 @pytest.mark.parametrize("flag, value", [("--model-revision", "v2"), ("--dtype", "bf16")])
 def test_generate_refuses_a_model_option_its_method_does_not_read(flag, value, tmp_path, capsys):
     """Guards mutations (audit CG): --model-revision left out of the options checked against the method, or --dtype
@@ -241,6 +275,33 @@ def test_a_bare_method_prefix_names_no_method(method):
     with pytest.raises(MatPlusError, match=f"unknown method '{method}'"):
         module_for(method)
     assert module_for(method + "tiny-model").__name__.rsplit(".", 1)[-1] in ("paraphrase", "captioner")
+
+
+def test_the_source_split_reaches_the_reader_and_the_pools_record(tmp_path, monkeypatch):
+    """Guards mutations (audit CG's leftovers C5, C6): --source-split left out of the source's reading or of what
+    the pool records passed every test (the sources used name their splits); a CSV's rows were then labelled with
+    the default split, and `augment score POOL` read the source otherwise than generate did."""
+    from augment import sources
+    from augment.commands import common
+
+    calls = []
+    monkeypatch.setattr(sources, "load_source", _recorder(calls))  # read_source imports it when called
+    args = build_parser().parse_args(["generate", "--method", "eda", "--source", str(tmp_path / "s.csv"),
+                                      "--out", "o", "--source-split", "restval"])
+    with pytest.raises(_Stop):
+        common.read_source(args)
+    assert calls[0][1]["split"] == "restval"
+    assert common.source_meta(args, "csv")["source_split"] == "restval"
+
+
+@pytest.mark.parametrize("given, shown", [({}, True), ({"no_progress": True}, False), ({"progress": False}, False),
+                                          ({"progress": True}, True)])
+def test_progress_bars_follow_either_commands_flag(given, shown):
+    """Guards a mutation (audit CG's leftover C7): `train eval`'s --no-progress (its `progress` False) ignored by
+    the shared check passed every test; its source reading then drew bars the user had turned off."""
+    from augment.commands.common import shows_progress
+
+    assert shows_progress(types.SimpleNamespace(**given)) is shown
 
 
 # ----------------------------------------------------------------------------- select
