@@ -167,7 +167,7 @@ def load_model(name: str, pretrained: str | None = None, device: Any = "cpu", pr
     `kind`: "retrieval" or "captioning" to refuse a model of the other kind with one line.
     Extra `options` go to the family's loader (e.g. ALBEF's `config=`).
     """
-    family = family_of(name, pretrained)
+    family = family_of(name, pretrained, options.get("revision"))  # the family of that revision, not of main
     module = family_module(family)
     model_class = getattr(module, "MODEL_CLASS", None)
     if kind is not None and kind not in KINDS:  # e.g. a task's name: grounding uses retrieval models

@@ -15,3 +15,19 @@ def test_a_transformers_twins_architecture_names_its_family(twin):
     config = tiny.tiny_dir(twin) / "config.json"
     assert models._architecture_family(config, twin) == models.TINY_FAMILY[twin]
 
+
+def test_load_models_revision_reaches_the_hub_family_lookup(monkeypatch):
+    """`load_model(hub_id, revision=R)` gives R to its family's loader; the family itself must be read
+    from R's config.json too: offline, a cache holding only R had no `main` and was refused as uncached."""
+    from augment.errors import ModelLoadError
+
+    asked = []
+
+    def hub_family(repo_id, revision):
+        asked.append((repo_id, revision))
+        raise ModelLoadError("looked up")
+
+    monkeypatch.setattr(models, "_hub_family", hub_family)
+    with pytest.raises(ModelLoadError, match="looked up"):
+        models.load_model("some-org/some-model", revision="0123abc")
+    assert asked == [("some-org/some-model", "0123abc")]
