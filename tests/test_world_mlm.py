@@ -43,3 +43,16 @@ def test_world_mlm_is_only_a_masked_lm():
 
     with pytest.raises(ModelLoadError, match="masked LM"):
         load_captioner("world-mlm")
+
+
+@pytest.mark.parametrize("part, key, value", [
+    ("TRAINING", "steps", 41), ("TRAINING", "lr", 1e-3), ("TRAIN_WORLD", "seed", 2), ("TRAIN_WORLD", "n", 81),
+    ("MODEL_CONFIG", "hidden_size", 32),
+])
+def test_every_part_of_the_recipe_keys_the_cached_model(monkeypatch, tmp_path, part, key, value):
+    """A cached world-mlm built by another recipe (training, world or BERT size) is stale: built again,
+    never loaded as the current one."""
+    (tmp_path / "tiny.json").write_text(json.dumps({"name": "world-mlm", "fingerprint": world_mlm.fingerprint()}))
+    assert world_mlm.is_current(tmp_path)
+    monkeypatch.setitem(getattr(world_mlm, part), key, value)
+    assert not world_mlm.is_current(tmp_path)
