@@ -31,3 +31,12 @@ def test_load_models_revision_reaches_the_hub_family_lookup(monkeypatch):
     with pytest.raises(ModelLoadError, match="looked up"):
         models.load_model("some-org/some-model", revision="0123abc")
     assert asked == [("some-org/some-model", "0123abc")]
+
+
+def test_a_model_of_the_other_kind_is_refused_before_its_options_are_checked():
+    """A captioning option given with a retrieval model (`--task captioning --model tiny-blip --prompt ...`):
+    the kind is what is wrong, not the option, and nothing is loaded to find that out."""
+    from augment.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"'tiny-blip' is a retrieval model \(blip\), not a captioning model"):
+        models.load_model("tiny-blip", kind="captioning", prompt="a picture of")
