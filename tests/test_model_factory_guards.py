@@ -40,3 +40,12 @@ def test_a_model_of_the_other_kind_is_refused_before_its_options_are_checked():
 
     with pytest.raises(ModelLoadError, match=r"'tiny-blip' is a retrieval model \(blip\), not a captioning model"):
         models.load_model("tiny-blip", kind="captioning", prompt="a picture of")
+
+
+@pytest.mark.parametrize("twin", ["tiny-clip", "tiny-hf-clip"])
+def test_load_models_precision_reaches_the_weights(twin):
+    """`--precision bf16` loads the weights in bf16 in every family (open_clip keeps its norms in fp32)."""
+    import torch
+
+    model = models.load_model(twin, precision="bf16")
+    assert torch.bfloat16 in {parameter.dtype for parameter in model.parameters()}
