@@ -49,3 +49,15 @@ def test_load_models_precision_reaches_the_weights(twin):
 
     model = models.load_model(twin, precision="bf16")
     assert torch.bfloat16 in {parameter.dtype for parameter in model.parameters()}
+
+
+def test_a_transformers_encoder_names_its_hub_commit_and_truncates_at_its_context():
+    """The Hub commit keys cached scores and reports (a re-uploaded model is another model); texts longer
+    than the model's context are cut to it, not to the tokenizer's own limit."""
+    model = models.load_model("tiny-hf-clip")
+    assert "commit" not in model.describe()  # a twin has no Hub commit
+    model.model.config._commit_hash = "0123abc"
+    assert model.describe()["commit"] == "0123abc"
+    model.tokenizer.model_max_length = 10 * model.context_length
+    tokens = model.tokenize(["red " * (3 * model.context_length)])
+    assert tokens.input_ids.shape[1] == model.context_length
