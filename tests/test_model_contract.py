@@ -251,6 +251,9 @@ def test_tower_parameters_partition_the_model(twin):
     # position embeddings are not decayed in any family (open_clip's were, before its no_weight_decay() was read)
     positions = {id(p) for name, p in model.named_parameters() if "position" in name or "pos_embed" in name}
     assert positions and positions <= no_decay
+    # every projection matrix is decayed: a 2-d weight counted as a gain would leave the model undecayed
+    projections = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad}
+    assert projections and projections <= {id(p) for p in groups[1]["params"]}
     with pytest.raises(ValueError):
         model.tower_parameters("audio")
 
