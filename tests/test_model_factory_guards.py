@@ -61,3 +61,13 @@ def test_a_transformers_encoder_names_its_hub_commit_and_truncates_at_its_contex
     model.tokenizer.model_max_length = 10 * model.context_length
     tokens = model.tokenize(["red " * (3 * model.context_length)])
     assert tokens.input_ids.shape[1] == model.context_length
+
+
+def test_a_frozen_copy_is_in_eval_mode_even_from_a_model_in_training():
+    """FARE's reference model is copied from the model being trained: its dropout must be off, or the
+    reference embeddings FARE pulls towards are noise."""
+    model = models.load_model("tiny-hf-clip").train()
+    reference = model.frozen_copy()
+    assert not any(module.training for module in reference.modules())
+    assert not any(parameter.requires_grad for parameter in reference.parameters())
+    assert model.training  # the trained model itself is left as it was
