@@ -71,3 +71,15 @@ def test_a_frozen_copy_is_in_eval_mode_even_from_a_model_in_training():
     assert not any(module.training for module in reference.modules())
     assert not any(parameter.requires_grad for parameter in reference.parameters())
     assert model.training  # the trained model itself is left as it was
+
+
+@pytest.mark.parametrize("recorded, twin", [("tiny-clip", "tiny-clip"), ("world-mlm", None), ("my-own-model", None)])
+def test_a_folders_tiny_json_makes_it_a_twin_only_for_a_twins_name(tmp_path, recorded, twin):
+    """A tiny cache folder that is no vision-language twin (world-mlm's) is no twin: its name would
+    choose the model's default masked LM."""
+    import json
+
+    from models.base import recorded_tiny_twin
+
+    (tmp_path / tiny.MANIFEST_NAME).write_text(json.dumps({"name": recorded}))
+    assert recorded_tiny_twin(tmp_path) == twin
