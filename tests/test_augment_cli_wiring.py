@@ -160,9 +160,9 @@ def test_score_hands_force_cache_dir_and_plot_to_the_scoring(force, tmp_path, mo
 # ----------------------------------------------------------------------------- generate
 
 
-def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
-    """Guards a mutation (audit CG): --shard-size left out of `augment generate`'s hand-over to `run_generation`
-    (256 always) passed every test that covers it; --seed, --split, --limit, --n and --overwrite checked with it."""
+def _generation_handover(monkeypatch, tmp_path, method: str, *flags: str):
+    """What `augment generate --method METHOD FLAGS` hands `run_generation`, the source and the generator stood in
+    for: its (generator, source, out) and its keyword arguments."""
     from augment.commands import generate
 
     calls = []
@@ -170,10 +170,17 @@ def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "build_generator", lambda method, args: ("generator", method))
     monkeypatch.setattr(generate, "run_generation", _recorder(calls))
     with pytest.raises(_Stop):
-        main(["generate", "--method", "eda", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "pool"),
-              "--n", "3", "--seed", "7", "--split", "val", "--limit", "5", "--shard-size", "9", "--overwrite",
-              "--no-progress"])
-    (generator, source, out), kwargs = calls[0]
+        main(["generate", "--method", method, "--source", str(tmp_path / "src"), "--out", str(tmp_path / "pool"),
+              *flags])
+    return calls[0]
+
+
+def test_generate_hands_every_run_setting_to_the_writer(tmp_path, monkeypatch):
+    """Guards a mutation (audit CG): --shard-size left out of `augment generate`'s hand-over to `run_generation`
+    (256 always) passed every test that covers it; --seed, --split, --limit, --n and --overwrite checked with it."""
+    (generator, source, out), kwargs = _generation_handover(
+        monkeypatch, tmp_path, "eda", "--n", "3", "--seed", "7", "--split", "val", "--limit", "5", "--shard-size", "9",
+        "--overwrite", "--no-progress")
     assert (generator, source, out) == (("generator", "eda"), "the source", str(tmp_path / "pool"))
     assert {key: kwargs[key] for key in ("n", "seed", "split", "limit", "shard_size", "overwrite", "progress")} == \
         {"n": 3, "seed": 7, "split": "val", "limit": 5, "shard_size": 9, "overwrite": True, "progress": False}
@@ -184,16 +191,8 @@ def test_generate_records_the_device_kind_of_a_model_method_only(method, device_
     """Guards a mutation (audit CG's leftover G7): the device kind left out of the hand-over passed every test; a
     model's pool then kept no device_type, and a resume on another kind of device (which samples other rows) was
     no longer refused. A method without a model records none."""
-    from augment.commands import generate
-
-    calls = []
-    monkeypatch.setattr(generate, "read_source", lambda args: ("the source", types.SimpleNamespace(format="karpathy")))
-    monkeypatch.setattr(generate, "build_generator", lambda method, args: "generator")
-    monkeypatch.setattr(generate, "run_generation", _recorder(calls))
-    with pytest.raises(_Stop):
-        main(["generate", "--method", method, "--source", str(tmp_path / "src"), "--out", str(tmp_path / "pool"),
-              "--device", "cpu", "--no-progress"])
-    assert calls[0][1]["device_type"] == device_type
+    _, kwargs = _generation_handover(monkeypatch, tmp_path, method, "--device", "cpu", "--no-progress")
+    assert kwargs["device_type"] == device_type
 
 
 @pytest.mark.parametrize("overwrite, recorded, expected", [(False, "meta", "meta"), (True, "meta", "default"),
