@@ -1002,3 +1002,19 @@ def test_a_hub_copy_pushed_before_the_recipe_was_recorded_is_the_same_pool():
     older = {key: value for key, value in ours.items() if key not in ("recipe", "source_images", "device_type")}
     assert same_pool(ours, older) and same_pool(older, ours)
     assert not same_pool(ours, {**ours, "recipe": 3})
+
+
+def test_merge_keeps_the_configs_push_to_hub_wrote_over_the_ones_we_render():
+    """Guards a mutation (audit CK): merge_cards without its HUB_MANAGED_KEYS loop (our `configs` over the
+    Hub's) passed every test, whose Hub card held the very `configs` we render: the files really uploaded
+    are what `push_to_hub` describes, and a card pointing at other files loads nothing."""
+    from huggingface_hub import DatasetCard
+
+    from data_cards.render import CardOptions, merge_cards, render_card
+
+    uploaded = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    existing = DatasetCard("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                           "    path: data/train-*.parquet\n---\ntheirs\n")
+    ours = render_card({**pool_meta(), "num_rows": 4}, None, CardOptions())
+    assert ours.data.to_dict()["configs"] != uploaded  # else the test could not tell whose configs were kept
+    assert merge_cards(existing, ours).data.to_dict()["configs"] == uploaded
