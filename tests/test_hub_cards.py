@@ -1018,3 +1018,26 @@ def test_merge_keeps_the_configs_push_to_hub_wrote_over_the_ones_we_render():
     ours = render_card({**pool_meta(), "num_rows": 4}, None, CardOptions())
     assert ours.data.to_dict()["configs"] != uploaded  # else the test could not tell whose configs were kept
     assert merge_cards(existing, ours).data.to_dict()["configs"] == uploaded
+
+
+def test_a_selection_of_human_captions_is_annotated_as_its_generator_found_them():
+    """Guards a mutation (audit CK): the annotations read from the pool's own method (`select`), not its
+    generator's, passed every test: a selection of i2t-human rows keeps the source's own image-caption
+    pairs, which the Hub's `annotations_creators` then called machine-generated."""
+    from data_cards.render import card_metadata, CardOptions
+
+    human = {"name": "human", "method": "i2t-human", "model": "human", "modality": "text"}
+    meta = {**pool_meta("select", "text", None, parent={"path": "/p/human", "meta": human}), "num_rows": 10}
+    header = card_metadata(meta, CardOptions())
+    assert header["annotations_creators"] == ["found"] and header["language_creators"] == ["found"]
+
+
+def test_a_selections_task_categories_are_its_generators():
+    """Guards a mutation (audit CK): task categories read from the pool's own method (`select`, whose
+    categories follow its modality) passed every test, whose selection was of t2i-sd images: the same
+    `text-to-image` either way. A selection of img2img images is still an image-to-image pool."""
+    from data_cards.render import card_metadata, CardOptions
+
+    img2img = {"name": "i2i", "method": "t-i2i-sd", "model": "runwayml/stable-diffusion-v1-5", "modality": "image"}
+    meta = {**pool_meta("select", "image", None, parent={"path": "/p/i2i", "meta": img2img}), "num_rows": 10}
+    assert card_metadata(meta, CardOptions())["task_categories"] == ["image-to-image", "text-to-image"]
