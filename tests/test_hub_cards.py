@@ -138,6 +138,7 @@ def test_card_for_every_method_family(method, modality, model, limitation, licen
     assert DatasetCard(text).data.license == "cc-by-4.0"  # the Hub's own parser reads it too
 
     body = text.split("---\n", 2)[2]
+    assert "**2500 rows** of method" in body  # the pool's rows, not its `n` (guards a mutation, audit CK)
     assert f"`{model or 'none'}`" in body
     assert license_text in body
     assert "| model revision | `abc123` |" in body
