@@ -892,6 +892,8 @@ def test_the_scores_tables_interval_heading_names_the_level_they_were_computed_a
     assert ci_label(document(0.8)) == "80% CI"
     assert ci_label(document(0.95, 0.95)) == "95% CI"
     assert ci_label(document(0.8, 0.95)).startswith("CI (levels differ")
+    # no level recorded (scores.json before --confidence, or another document): augment score's default 95%
+    assert ci_label(None) == ci_label({"scorers": {"s0": {}}}) == "95% CI"  # guards a mutation (audit CK)
 
 
 def test_the_card_says_how_a_row_joins_back_to_its_source():
