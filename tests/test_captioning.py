@@ -179,6 +179,30 @@ def test_unknown_architecture_is_refused_in_one_line():
         HFCaptioner(torch.nn.Linear(1, 1), object(), name="x")
 
 
+def test_the_loss_is_the_cross_entropy_of_every_caption_token_after_the_prompt(captioner):
+    """Guards mutations (audit CK) that passed every test: the prompt mask compared from position 0 (or
+    with `>`), dropping the caption's first token from the loss; the logits read one position late. The
+    per-caption loss is the mean cross-entropy of exactly the caption's tokens and its [SEP], each
+    predicted from the positions before it, the prompt and the padding left out."""
+    import torch.nn.functional as F
+
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    captions = ["a red circle", "two shapes on a plain grey background"]
+    for prompt in (None, "a picture of"):
+        tokens = captioner.tokenize(captions, prompts=prompt)
+        losses = captioner.caption_loss(pixels, tokens, reduction="none")
+        with torch.no_grad():
+            logits = captioner.model(pixel_values=captioner.normalize(pixels), input_ids=tokens.input_ids,
+                                     attention_mask=tokens.attention_mask).logits
+        for row, caption in enumerate(captions):
+            start = int(tokens.prompt_lengths[row])  # bos (+ the prompt's tokens)
+            ids = tokens.input_ids[row, :int(tokens.attention_mask[row].sum())]
+            caption_ids = captioner.tokenizer(caption)["input_ids"][1:]  # the caption's words and [SEP]
+            assert ids[start:].tolist() == caption_ids
+            expected = F.cross_entropy(logits[row, start - 1:len(ids) - 1], ids[start:])
+            assert torch.isclose(losses[row], expected, atol=1e-5), (prompt, caption)
+
+
 # ----------------------------------------------------------------------------- the task
 
 
