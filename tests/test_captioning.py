@@ -203,6 +203,22 @@ def test_the_loss_is_the_cross_entropy_of_every_caption_token_after_the_prompt(c
             assert torch.isclose(losses[row], expected, atol=1e-5), (prompt, caption)
 
 
+def test_the_decoder_starts_from_the_models_bos_not_the_tokenizers_first_token(captioner):
+    """Guards a mutation (audit CK): tokenize without `ids[:, 0] = bos_id` passed every test, as the twin's
+    bos is its tokenizer's [CLS]; real BLIP's decoder starts from [DEC] (bos 30522), not [CLS] (101)."""
+    import copy
+
+    from augment.tiny import MASK_ID
+    from models.captioner import HFCaptioner
+
+    model = copy.deepcopy(captioner.model)
+    model.config.text_config.bos_token_id = MASK_ID  # a bos the tokenizer never writes first
+    other = HFCaptioner(model, captioner.processor, name="bos-differs")
+    tokens, plain = other.tokenize(["a red circle"]), captioner.tokenize(["a red circle"])
+    assert tokens.input_ids[0, 0] == MASK_ID != plain.input_ids[0, 0]
+    assert tokens.input_ids[0, 1:].tolist() == plain.input_ids[0, 1:].tolist()
+
+
 # ----------------------------------------------------------------------------- the task
 
 
