@@ -219,6 +219,26 @@ def test_the_decoder_starts_from_the_models_bos_not_the_tokenizers_first_token(c
     assert tokens.input_ids[0, 1:].tolist() == plain.input_ids[0, 1:].tolist()
 
 
+def test_generation_defaults_to_blips_coco_settings(captioner, monkeypatch):
+    """Guards mutations (audit CK) that passed every test: another beam count in DEFAULT_GENERATION, and
+    `max_new_tokens` given beside the default `max_length` (transformers then reads one and warns)."""
+    calls = []
+
+    def recording(*args, input_ids=None, **kwargs):
+        calls.append(kwargs)
+        return torch.tensor([[captioner.bos_id, captioner.tokenizer.sep_token_id]])
+
+    monkeypatch.setattr(captioner.model, "generate", recording)
+    pixels = torch.rand(1, 3, 64, 64)
+    captioner.generate(pixels)
+    captioner.generate(pixels, max_new_tokens=7)
+    captioner.generate(pixels, num_beams=1, min_length=1)
+    settings = [{k: v for k, v in call.items() if k != "pixel_values"} for call in calls]
+    assert settings == [{"num_beams": 3, "max_length": 20, "min_length": 5},
+                        {"num_beams": 3, "max_new_tokens": 7, "min_length": 5},
+                        {"num_beams": 1, "max_length": 20, "min_length": 1}]
+
+
 # ----------------------------------------------------------------------------- the task
 
 
