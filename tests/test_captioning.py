@@ -1027,3 +1027,17 @@ def test_each_batch_of_a_caption_attack_is_seeded_by_its_own_index(captioner, sa
                         limit=4, attack_options={"steps": 1}, generation=GENERATION, meteor=False, java=False, seed=5,
                         progress=False)
     assert seeds == [derive_seed(5, "pgd", 0), derive_seed(5, "pgd", 1)]
+
+
+def test_a_prompted_captioner_leaves_its_prompt_out_of_plain_text_tokens(prompted):
+    """Guards a mutation (audit CK): caption_loss without its fallback to the model's prompt for tokens that
+    carry no prompt lengths (TextTokens.cat joins CaptionTokens into plain TextTokens) passed every test:
+    the prompt's words were then scored as targets."""
+    from models.base import TextTokens
+
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    tokens = prompted.tokenize(["a red circle", "a star"])
+    assert tokens.prompt_lengths.tolist() == [4, 4]
+    plain = TextTokens(tokens.input_ids, tokens.attention_mask)
+    assert torch.allclose(prompted.caption_loss(pixels, plain, reduction="none"),
+                          prompted.caption_loss(pixels, tokens, reduction="none"))
