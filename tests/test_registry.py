@@ -267,6 +267,31 @@ def test_tiny_cache_builds_once_and_rebuilds_stale(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == ["tiny-mlm"]
 
 
+@pytest.mark.parametrize("name, probe", [("tiny-captioner", "CAPTIONER_VISION_CONFIG"),
+                                         ("tiny-captioner", "CAPTIONER_TEXT_CONFIG"),
+                                         ("tiny-paraphraser", "PARAPHRASER_CONFIG"), ("tiny-mlm", "MLM_CONFIG"),
+                                         ("tiny-captioner", "sample_world_words"), ("tiny-mlm", "_seed_for")])
+def test_a_change_to_any_part_of_a_twins_recipe_changes_its_fingerprint(name, probe, monkeypatch):
+    """Guards mutations (audit CK) that passed every test: the captioner's text config, the word vocabulary
+    (the sample world's words) or the seed left out of the fingerprint: a twin whose recipe changed kept
+    its stale folder (tiny_dir rebuilds only a folder whose fingerprint differs)."""
+    before = tiny.tiny_fingerprint(name)
+    if probe == "sample_world_words":
+        words = tiny.sample_world_words()
+        monkeypatch.setattr(tiny, "sample_world_words", lambda: [*words, "zeppelin"])
+    elif probe == "_seed_for":
+        monkeypatch.setattr(tiny, "_seed_for", lambda twin: 1234)
+    else:
+        monkeypatch.setitem(getattr(tiny, probe), "layer_norm_eps", 1e-3)  # one setting more
+    tiny.tiny_fingerprint.cache_clear()
+    try:
+        assert tiny.tiny_fingerprint(name) != before
+    finally:
+        monkeypatch.undo()
+        tiny.tiny_fingerprint.cache_clear()
+    assert tiny.tiny_fingerprint(name) == before
+
+
 def test_a_rank_of_a_process_group_builds_the_tiny_cache_in_a_process_without_one(tmp_path, monkeypatch):
     """transformers writes a model's files only on rank 0 while a process group is up: built by
     rank 1 of a torchrun launch, tiny-sd was a manifest over empty folders that no rank could load.
