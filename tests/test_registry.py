@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,26 @@ def test_tiny_mlm_logits_over_vocabulary(tiny_root):
     reloaded, _ = registry.load_mlm(f"local-dir:{tiny.tiny_dir('tiny-mlm')}")
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("name, architecture", [("tiny-captioner", "BlipForConditionalGeneration"),
+                                                ("tiny-paraphraser", "T5ForConditionalGeneration"),
+                                                ("tiny-mlm", "BertForMaskedLM")])
+def test_a_word_level_twins_weights_are_its_configs_under_its_own_seed(name, architecture, tiny_root):
+    """Guards a mutation (audit CK): tiny-captioner initialised under another twin's seed passed every test
+    (a fresh build and the cached one agree with each other, and tiny.json records the name's seed
+    whatever the builder used): the twin is its saved config's model drawn with its own name's seed."""
+    import transformers
+
+    from augment.seeds import cpu_torch_seeded
+
+    folder = tiny.tiny_dir(name)
+    model_class = getattr(transformers, architecture)
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    with cpu_torch_seeded(tiny.read_manifest(folder)["seed"]):
+        drawn = model_class(config)
+    assert tiny.read_manifest(folder)["seed"] == zlib.crc32(name.encode())
+    assert _same_state(model_class.from_pretrained(str(folder)).state_dict(), drawn.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------
