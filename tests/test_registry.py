@@ -313,6 +313,28 @@ def test_a_change_to_any_part_of_a_twins_recipe_changes_its_fingerprint(name, pr
     assert tiny.tiny_fingerprint(name) == before
 
 
+def test_a_manifest_of_the_twin_with_another_fingerprint_is_stale(tmp_path):
+    """Guards a mutation (audit CK): is_current comparing the manifest's name instead of its fingerprint passed
+    every test, whose stale manifests held a fingerprint alone: a twin built from an older recipe was kept."""
+    folder = tmp_path / "tiny-mlm"
+    folder.mkdir()
+    tiny._write_manifest(folder, "tiny-mlm")
+    assert tiny.is_current(folder, "tiny-mlm")
+    manifest = json.loads((folder / tiny.MANIFEST_NAME).read_text())
+    (folder / tiny.MANIFEST_NAME).write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
+    assert not tiny.is_current(folder, "tiny-mlm")
+
+
+def test_a_folder_built_while_waiting_for_the_lock_is_not_built_again(tmp_path, monkeypatch):
+    """Guards a mutation (audit CK): cached_build without its second check under the lock passed every test: a
+    process that waited while another built the folder built it again and swapped it under the other's feet."""
+    monkeypatch.setenv("MATPLUS_TINY_DIR", str(tmp_path))
+    answers = iter([False, True])  # stale when first looked at, built by another process once the lock is ours
+    builds = []
+    assert tiny.cached_build("probe", lambda folder: next(answers), builds.append) == tmp_path / "probe"
+    assert builds == []
+
+
 def test_a_rank_of_a_process_group_builds_the_tiny_cache_in_a_process_without_one(tmp_path, monkeypatch):
     """transformers writes a model's files only on rank 0 while a process group is up: built by
     rank 1 of a torchrun launch, tiny-sd was a manifest over empty folders that no rank could load.
