@@ -239,6 +239,15 @@ def test_generation_defaults_to_blips_coco_settings(captioner, monkeypatch):
                         {"num_beams": 1, "max_length": 20, "min_length": 1}]
 
 
+def test_the_towers_are_the_vision_model_and_the_text_decoder(captioner):
+    """Guards a mutation (audit CK): tower_parameters("image") handing back the text decoder's parameters
+    passed every captioning test: --lock-image then froze the decoder and trained the vision tower."""
+    image = {id(p) for p in captioner.tower_parameters("image")}
+    text = {id(p) for p in captioner.tower_parameters("text")}
+    assert image == {id(p) for p in captioner.model.vision_model.parameters()}
+    assert text == {id(p) for p in captioner.model.text_decoder.parameters()} and not image & text
+
+
 # ----------------------------------------------------------------------------- the task
 
 
