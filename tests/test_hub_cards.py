@@ -1044,3 +1044,13 @@ def test_a_selections_task_categories_are_its_generators():
     img2img = {"name": "i2i", "method": "t-i2i-sd", "model": "runwayml/stable-diffusion-v1-5", "modality": "image"}
     meta = {**pool_meta("select", "image", None, parent={"path": "/p/i2i", "meta": img2img}), "num_rows": 10}
     assert card_metadata(meta, CardOptions())["task_categories"] == ["image-to-image", "text-to-image"]
+
+
+def test_a_blip2_captioners_pool_does_not_cite_blip():
+    """Guards a mutation (audit CK): the BLIP paper cited for any captioner whose name holds "blip" passed every
+    test: a pool of Salesforce/blip2-opt-2.7b captions then cited BLIP (v1), another model's paper."""
+    from data_cards.catalog import PAPERS, method_papers
+
+    assert method_papers("i2t-blip", "Salesforce/blip-image-captioning-base") == [PAPERS["blip"]]
+    assert method_papers("i2t-blip2", "Salesforce/blip2-opt-2.7b") == []
+    assert method_papers("i2t-blip2", "some-org/BLIP-2-finetuned") == []
