@@ -102,6 +102,8 @@ def test_force_never_writes_an_export_among_other_files_inside_data(tmp_path, ca
     ("--license", "CC BY 4.0", "--license 'CC BY 4.0': not a Hub license id (did you mean cc-by-4.0"),
     ("--license", "apache2", "--license 'apache2': not a Hub license id (did you mean apache-2.0"),
     ("--license", "bogus-lic", "--license 'bogus-lic': not a Hub license id"),
+    # another case is not the Hub's id: compared as the Hub lists them (guards a mutation, audit CK)
+    ("--license", "MIT", "--license 'MIT': not a Hub license id (did you mean mit"),
     ("--language", "english", "--language 'english': expected comma-separated ISO 639 codes such as en or en,fr ('english' is not one)"),
     ("--language", ",", "--language ',': expected comma-separated ISO 639 codes"),
     # the Hub refuses a BCP-47 tag in `language` (it goes in language_details)
