@@ -1054,3 +1054,14 @@ def test_a_blip2_captioners_pool_does_not_cite_blip():
     assert method_papers("i2t-blip", "Salesforce/blip-image-captioning-base") == [PAPERS["blip"]]
     assert method_papers("i2t-blip2", "Salesforce/blip2-opt-2.7b") == []
     assert method_papers("i2t-blip2", "some-org/BLIP-2-finetuned") == []
+
+
+def test_a_source_dataset_naming_the_source_itself_is_no_local_copy():
+    """Guards a mutation (audit CK): card_source naming a copy whenever --source-dataset is given passed every
+    test: a pool of the Hub dataset itself then read "generated from `org/x` (read from `org/x`)"."""
+    from data_cards.render import CardOptions, card_source
+
+    options = CardOptions(source_dataset="org/coco-captions")
+    assert card_source({**pool_meta(source="org/coco-captions"), "source_format": "hub"}, options) == \
+        ("org/coco-captions", None)
+    assert card_source(pool_meta(source="/data/coco"), options) == ("org/coco-captions", "coco")
