@@ -1065,3 +1065,15 @@ def test_a_source_dataset_naming_the_source_itself_is_no_local_copy():
     assert card_source({**pool_meta(source="org/coco-captions"), "source_format": "hub"}, options) == \
         ("org/coco-captions", None)
     assert card_source(pool_meta(source="/data/coco"), options) == ("org/coco-captions", "coco")
+
+
+def test_a_selections_card_names_its_generators_model_revision():
+    """Guards a mutation (audit CK): the model revision read from the selection's own pool.json alone passed
+    every test: a selection of Stable Diffusion images then said its model revision was `not recorded`."""
+    from data_cards.render import CardOptions, render_card_text
+
+    generated = {"name": "sd", "method": "t2i-sd", "model": "stabilityai/stable-diffusion-2-1-base",
+                 "model_revision": "abc123", "modality": "image"}
+    meta = {**pool_meta("select", "image", None, parent={"path": "/p/sd", "meta": generated}), "num_rows": 10}
+    del meta["model_revision"]
+    assert "| model revision | `abc123` |" in render_card_text(meta, None, CardOptions())
