@@ -1077,3 +1077,13 @@ def test_a_selections_card_names_its_generators_model_revision():
     meta = {**pool_meta("select", "image", None, parent={"path": "/p/sd", "meta": generated}), "num_rows": 10}
     del meta["model_revision"]
     assert "| model revision | `abc123` |" in render_card_text(meta, None, CardOptions())
+
+
+def test_the_header_names_the_hub_dataset_a_local_source_is_a_copy_of():
+    """Guards a mutation (audit CK): source_datasets ignoring --source-dataset passed every test: the Hub's
+    `source_datasets` then named the local folder (`extended|coco`) instead of the dataset it copies."""
+    from data_cards.render import CardOptions, card_metadata
+
+    meta = {**pool_meta(source="/data/coco"), "num_rows": 4}
+    assert card_metadata(meta, CardOptions())["source_datasets"] == ["extended|coco"]
+    assert card_metadata(meta, CardOptions(source_dataset="org/coco"))["source_datasets"] == ["extended|org/coco"]
