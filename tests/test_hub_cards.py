@@ -1087,3 +1087,12 @@ def test_the_header_names_the_hub_dataset_a_local_source_is_a_copy_of():
     meta = {**pool_meta(source="/data/coco"), "num_rows": 4}
     assert card_metadata(meta, CardOptions())["source_datasets"] == ["extended|coco"]
     assert card_metadata(meta, CardOptions(source_dataset="org/coco"))["source_datasets"] == ["extended|org/coco"]
+
+
+def test_a_local_folder_given_with_a_trailing_slash_gets_no_hub_link():
+    """Guards a mutation (audit CK): model_url taking any two parts split by "/" for a Hub id passed every test:
+    a model given as a relative folder `runs/` was linked to https://huggingface.co/runs/."""
+    from data_cards.catalog import model_url
+
+    assert model_url("org/name") == "https://huggingface.co/org/name"
+    assert model_url("runs/") is None and model_url("/org") is None and model_url("tiny-clip") is None
