@@ -108,6 +108,8 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
         if prompts is None or isinstance(prompts, str):
             prompts = [prompts if isinstance(prompts, str) else (self.prompt or "")] * len(texts)
         prompts = [p or "" for p in prompts]
+        if len(prompts) != len(texts):  # zip would drop the captions past the shorter list
+            raise ValueError(f"{len(prompts)} prompts for {len(texts)} captions")
         full = [_join_prompt(p, t) for p, t in zip(prompts, texts)]
         encoded = self.tokenizer(full, padding="longest", truncation=True, max_length=self.context_length,
                                  return_tensors="pt")

@@ -118,6 +118,15 @@ def test_prompt_tokens_are_not_scored_and_survive_slicing(captioner):
     assert not torch.allclose(with_prompt, captioner.caption_loss(pixels, unscored, reduction="none"))
 
 
+def test_a_prompt_list_of_another_length_than_the_captions_is_refused(captioner):
+    """One prompt per caption: a shorter list dropped the captions past it (zip), a longer one gave more prompt
+    lengths than token rows; `generate` already refused a prompt list of another length than its images."""
+    for prompts in (["a picture of"], ["a picture of"] * 3):
+        with pytest.raises(ValueError, match=f"{len(prompts)} prompts for 2 captions"):
+            captioner.tokenize(["a red circle", "a star"], prompts=prompts)
+    assert captioner.tokenize(["a red circle", "a star"], prompts=["a picture of", ""]).prompt_lengths.tolist() == [4, 1]
+
+
 def test_a_long_caption_is_cut_at_blips_40_tokens_prompt_included(captioner):
     """BLIP's captioning code tokenizes prompt + caption to at most 40 tokens for its LM loss; the
     captioner read up to the model's 512 positions (the twin's 64)."""
