@@ -770,3 +770,22 @@ def test_a_paraphrasers_later_rounds_sample_the_captions_still_short_of_paraphra
     batch = [({"image_id": "a"}, 0, "A"), ({"image_id": "b"}, 0, "B")]
     kept = [[text for text, _ in collector.kept] for collector in generator.paraphrase_batch(batch, 2, seed=0)]
     assert kept == [["A 0", "A 1"], ["B same", "B 0"]]
+
+
+@pytest.mark.parametrize("n, keys", [
+    (2, [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (3, 0), (3, 1)]),
+    (9, [(c, j) for c in range(4) for j in range(4) if j != c]),  # n beyond the others: all of them
+])
+def test_i2t_human_keys_each_caption_to_the_images_other_captions_in_the_datas_order(n, keys):
+    """Each caption c gets the image's other captions (never itself), the first `n` of them, as rows keyed (c, j);
+    found by a mutation audit: taking n - 1 of them, keeping c's own caption, swapping c and j or writing c's text
+    passed every test (audit CJ)."""
+    from augment.generators.human import HumanCaptionsGenerator
+    from augment.generators.base import row_seed
+
+    captions = ["a", "b", "c", "d"]
+    rows = HumanCaptionsGenerator().generate([{"image_id": "i0", "captions": captions, "split": "train"}], n, seed=5)
+    assert [(row["source_caption_index"], row["caption"]) for row in rows] == [(c, captions[j]) for c, j in keys]
+    assert [row["row_id"] for row in rows] == [f"i2t-human:i0:{c}:{j}" for c, j in keys]
+    assert [json.loads(row["provenance"])["human_caption_index"] for row in rows] == [j for _, j in keys]
+    assert [row["seed"] for row in rows] == [row_seed(5, "i0", c, j) for c, j in keys]
