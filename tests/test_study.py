@@ -98,6 +98,15 @@ def test_run_specs_cover_every_section():
             "mat+:scene:n1", "mat+:scene:n2"} <= names
 
 
+def test_a_settings_file_may_merge_an_anchored_mapping_and_override_its_keys():
+    """A merge key (`<<: *base`) is no duplicate, and the keys written beside it override the merged ones, as in
+    yaml.safe_load; found by a mutation audit: checking the merge key as a key of its own (every merge refused) passed
+    every test (audit CJ)."""
+    text = "base: &base {lr: 1, epochs: 2}\nrun:\n  <<: *base\n  lr: 3\nother:\n  <<: [*base]\n"
+    assert load_settings_yaml(text) == {"base": {"lr": 1, "epochs": 2}, "run": {"lr": 3, "epochs": 2},
+                                        "other": {"lr": 1, "epochs": 2}}
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(MatPlusError, match="no such file"):
         load_study_config(str(tmp_path / "missing.yaml"))
