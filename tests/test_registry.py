@@ -497,6 +497,20 @@ def test_generator_registry_names_a_missing_module_and_a_method_served_twice(mon
         generators.module_for("edaa")
 
 
+def test_a_generator_module_missing_a_dependency_is_not_said_not_to_exist(monkeypatch, tmp_path):
+    """A listed module that exists but imports a package that is not installed raises that package's
+    ModuleNotFoundError, not "does not exist (no augment/generators/NAME.py)"; found by a mutation audit:
+    reporting every ModuleNotFoundError as the module's own absence passed every test (audit CJ)."""
+    import augment.generators as generators
+
+    (tmp_path / "needs_dependency.py").write_text("import mat_plus_absent_dependency\n")
+    monkeypatch.setattr(generators, "__path__", [*generators.__path__, str(tmp_path)])
+    monkeypatch.setattr(generators, "GENERATOR_MODULES", [*generators.GENERATOR_MODULES, "needs_dependency"])
+    with pytest.raises(ModuleNotFoundError) as raised:
+        generators.module_for("eda")
+    assert raised.value.name == "mat_plus_absent_dependency"
+
+
 def test_a_family_entry_naming_no_module_is_named(monkeypatch):
     """`FAMILIES["toy"] = "models.toyy"` broke every model's loading with a bare ModuleNotFoundError."""
     import models
