@@ -664,6 +664,23 @@ def test_the_two_captions_of_one_image_get_their_own_diffusion_seeds():
     assert seen == [row_seed(5, "i0", 0, 0), row_seed(5, "i0", 1, 0)] and seen[0] != seen[1]
 
 
+def test_the_seed_hash_is_sha256_of_the_parts_joined_by_a_bar_first_8_bytes_big_endian_63_bits():
+    """augment.seeds' hash is what pools and runs made before it reproduce with: joining the parts with no bar
+    (so (12, 3) and (1, 23) share a seed), 62 bits, little-endian bytes or row_seed's parts in another order
+    passed every test, each test comparing the code with itself (audit CJ)."""
+    import hashlib
+
+    from augment.seeds import derive_seed, row_seed
+
+    def spelled_out(text: bytes) -> int:  # the module's stated rule, on the parts written out by hand
+        return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & (2**63 - 1)
+
+    assert derive_seed(5, "pgd", 0) == spelled_out(b"5|pgd|0") == 3707017337483619137
+    assert row_seed(3, "img 7", 1, 2) == spelled_out(b"3|img 7|1|2") == 118010870569785355
+    assert derive_seed(7, "crop", 3) == spelled_out(b"7|crop|3") == 6126548120234799522  # bit 62 set
+    assert derive_seed(12, 3) != derive_seed(1, 23)
+
+
 # ----------------------------------------------------------------------------- i2t-/t2t- deduplication (audit BX)
 
 
