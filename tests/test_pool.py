@@ -471,6 +471,61 @@ def test_rank_0_s_progress_bar_counts_its_own_shards(karpathy_dir, tmp_path, cap
     assert frames and "4/4" in frames[-1] and "100%" in frames[-1], frames
 
 
+def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_one_process_pool(karpathy_dir, tmp_path,
+                                                                                                monkeypatch):
+    """Rank r of w makes shards r, r + w, ...; the pool is the one a single process makes (rows and seeds). The
+    second process reads its rank from the environment, as under torchrun on a second node (RANK 1, LOCAL_RANK 0);
+    found by a mutation audit: a share by LOCAL_RANK, or a seed that moved with the rank, passed every test (audit CJ)."""
+    source, _ = load_source(str(karpathy_dir))
+    ids = source["image_id"]
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    made = {}
+
+    class Recording(_CountingGenerator):
+        def __init__(self, process):
+            super().__init__()
+            self.process = process
+
+        def generate(self, items, n, seed):
+            made.setdefault(self.process, []).append([item["image_id"] for item in items])
+            return super().generate(items, n, seed)
+
+    calls = []
+
+    def barrier():  # the other process: its shards made once rank 0 has created the pool, before rank 0 makes its own
+        calls.append(1)
+        if len(calls) == 1:
+            with monkeypatch.context() as launch:
+                for name, value in {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+                    launch.setenv(name, value)
+                assert run_generation(Recording("rank 1"), source, str(tmp_path / "two"), **kwargs) is None
+
+    meta = run_generation(Recording("rank 0"), source, str(tmp_path / "two"), rank=0, world_size=2, barrier=barrier,
+                          **kwargs)
+    assert made == {"rank 0": [ids[0:2], ids[4:6]], "rank 1": [ids[2:4]]}
+    assert meta["num_shards"] == 3
+    rows = load_pool(tmp_path / "two").dataset  # in the source's order, each row seeded by its identity alone
+    assert rows["row_id"] == [f"count:{image}:{c}:0" for image in ids for c in range(5)]
+    assert rows["seed"] == [row_seed(3, image, c, 0) for image in ids for c in range(5)]
+
+
+def test_a_pools_rows_and_seeds_do_not_depend_on_its_shard_size_or_limit(karpathy_dir, tmp_path):
+    """Shard boundaries move no row: shards of 4 (the last one partial) give shards of 2's rows, and --limit 3 their
+    first 3 images' rows; found by a mutation audit: a seed moved by the shard's index, or the last partial shard
+    left out, passed every test (audit CJ)."""
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", progress=False)
+    pools = {size: run_generation(_CountingGenerator(), source, str(tmp_path / f"by{size}"), shard_size=size, **kwargs)
+             for size in (2, 4)}
+    limited = run_generation(_CountingGenerator(), source, str(tmp_path / "limited"), shard_size=2, limit=3, **kwargs)
+    assert [pools[size]["num_shards"] for size in (2, 4)] == [3, 2] and limited["num_shards"] == 2
+    rows = {name: load_pool(tmp_path / name).dataset for name in ("by2", "by4", "limited")}
+    ids = source["image_id"]
+    for name, images in (("by2", ids), ("by4", ids), ("limited", ids[:3])):
+        assert rows[name]["row_id"] == [f"count:{image}:{c}:0" for image in images for c in range(5)], name
+        assert rows[name]["seed"] == [row_seed(3, image, c, 0) for image in images for c in range(5)], name
+
+
 def test_a_new_shard_does_not_show_the_last_shard_s_report(karpathy_dir, tmp_path, capsys, monkeypatch):
     """was: the postfix kept the finished shard's 'shard 1/3: 2/2 images' while the next shard's first model
     batch ran (minutes at real size); it names the new shard as soon as that begins."""
