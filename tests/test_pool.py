@@ -526,6 +526,38 @@ def test_a_pools_rows_and_seeds_do_not_depend_on_its_shard_size_or_limit(karpath
         assert rows[name]["seed"] == [row_seed(3, image, c, 0) for image in images for c in range(5)], name
 
 
+class _Settable(_CountingGenerator):
+    """A counting generator with a parameter and a model revision to change between a kill and its resume."""
+
+    def __init__(self, die_on_call=None, alpha=0.1, model_revision="r1"):
+        super().__init__(die_on_call)
+        self.alpha, self.model_revision = alpha, model_revision
+
+    def params(self):
+        return {"alpha": self.alpha}
+
+
+def test_a_resume_with_another_seed_n_setting_parameter_or_revision_is_refused_naming_it(karpathy_dir, tmp_path):
+    """Each setting a shard's rows depend on is checked before a kept shard is resumed into; found by a mutation
+    audit: pool.json's identity without the seed, n, split, limit, shard size, parameters, model revision or
+    device kind resumed such a run into a pool of two kinds of rows, and passed every test (audit CJ)."""
+    source, _ = load_source(str(karpathy_dir))
+    out = str(tmp_path / "p")
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False, device_type="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_Settable(die_on_call=2), source, out, **kwargs)
+    for changed, generator, settings in [
+        ("seed", _Settable(), {"seed": 4}), ("n", _Settable(), {"n": 2}), ("split", _Settable(), {"split": None}),
+        ("limit", _Settable(), {"limit": 5}), ("shard_size", _Settable(), {"shard_size": 3}),
+        ("params ['alpha']", _Settable(alpha=0.2), {}), ("model_revision", _Settable(model_revision="r2"), {}),
+        ("device_type", _Settable(), {"device_type": "cuda"}),
+    ]:
+        with pytest.raises(PoolError, match=re.escape(f"made with different {changed}")):
+            run_generation(generator, source, out, **{**kwargs, **settings})
+        assert generator.calls == 0, changed
+    assert run_generation(_Settable(), source, out, **kwargs)["num_rows"] == 30  # unchanged: resumed
+
+
 def test_a_new_shard_does_not_show_the_last_shard_s_report(karpathy_dir, tmp_path, capsys, monkeypatch):
     """was: the postfix kept the finished shard's 'shard 1/3: 2/2 images' while the next shard's first model
     batch ran (minutes at real size); it names the new shard as soon as that begins."""
