@@ -471,14 +471,19 @@ def test_rank_0_s_progress_bar_counts_its_own_shards(karpathy_dir, tmp_path, cap
     assert frames and "4/4" in frames[-1] and "100%" in frames[-1], frames
 
 
-def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_one_process_pool(karpathy_dir, tmp_path,
-                                                                                                monkeypatch):
-    """Rank r of w makes shards r, r + w, ...; the pool is the one a single process makes (rows and seeds). The
-    second process reads its rank from the environment, as under torchrun on a second node (RANK 1, LOCAL_RANK 0);
-    found by a mutation audit: a share by LOCAL_RANK, or a seed that moved with the rank, passed every test (audit CJ)."""
+@pytest.mark.parametrize("old_pool, overwrite", [(False, False), (False, True), (True, True)])
+def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_one_process_pool(
+        karpathy_dir, tmp_path, monkeypatch, old_pool, overwrite):
+    """Rank r of w makes shards r, r + w, ...; the pool is the one a single process makes (rows and seeds), with or
+    without --overwrite, over an old pool or none. The second process reads its rank from the environment, as under
+    torchrun on a second node (RANK 1, LOCAL_RANK 0); found by a mutation audit: a share by LOCAL_RANK, or a seed that
+    moved with the rank, and the other ranks writing into the replacement folder whenever --overwrite is given passed
+    every test (audit CJ)."""
     source, _ = load_source(str(karpathy_dir))
     ids = source["image_id"]
-    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False)
+    kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False, overwrite=overwrite)
+    if old_pool:
+        run_generation(_CountingGenerator(), source, str(tmp_path / "two"), n=2, seed=4, split="all", progress=False)
     made = {}
 
     class Recording(_CountingGenerator):
@@ -503,7 +508,8 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
     meta = run_generation(Recording("rank 0"), source, str(tmp_path / "two"), rank=0, world_size=2, barrier=barrier,
                           **kwargs)
     assert made == {"rank 0": [ids[0:2], ids[4:6]], "rank 1": [ids[2:4]]}
-    assert meta["num_shards"] == 3
+    assert meta["num_shards"] == 3 and meta["seed"] == 3
+    assert not (tmp_path / "two" / ".replacement").exists()
     rows = load_pool(tmp_path / "two").dataset  # in the source's order, each row seeded by its identity alone
     assert rows["row_id"] == [f"count:{image}:{c}:0" for image in ids for c in range(5)]
     assert rows["seed"] == [row_seed(3, image, c, 0) for image in ids for c in range(5)]
