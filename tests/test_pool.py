@@ -673,6 +673,23 @@ def test_a_resume_reading_other_image_files_is_refused_and_text_methods_decode_n
     assert text_pool["num_rows"] == 30 and decoded == [] and "source_images" not in text_pool
 
 
+def test_a_kept_shard_whose_image_changed_is_named_by_its_own_first_and_last_images(karpathy_dir, tmp_path):
+    """The refusal names the changed shard's own source images (shard 1 of shards of 3: the 4th to 6th); found by a
+    mutation audit: naming the images from the shard's index rather than its first row, or its second image as its
+    last, passed every test, whose changed shard was always the first (audit CJ)."""
+    from tests.conftest import write_image
+
+    source, _ = load_source(str(karpathy_dir))
+    kwargs = dict(n=1, seed=3, split="all", shard_size=3, progress=False)
+    run_generation(_PixelGenerator(), source, str(tmp_path / "pixels"), **kwargs)
+    write_image(karpathy_dir / "images" / "004.jpg", colour=7)  # another picture under the same name, in shard 1
+    changed, _ = load_source(str(karpathy_dir), cache=False)
+    ids = changed["image_id"]
+    with pytest.raises(PoolError, match=re.escape(f"kept shard data/shard-00001.parquet (source images {ids[3]!r} to "
+                                                  f"{ids[5]!r})")):
+        run_generation(_PixelGenerator(), changed, str(tmp_path / "pixels"), **kwargs)
+
+
 def test_a_folder_a_writer_was_killed_in_before_its_first_pool_json_is_reused(tmp_path):
     """was: an empty data/ and a half-written pool.json stopped every later run ("exists and is not a
     pool"), --overwrite included."""
