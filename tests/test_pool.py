@@ -690,6 +690,41 @@ def test_a_kept_shard_whose_image_changed_is_named_by_its_own_first_and_last_ima
         run_generation(_PixelGenerator(), changed, str(tmp_path / "pixels"), **kwargs)
 
 
+def test_a_run_reads_only_the_first_limit_items_of_its_split_and_their_images(karpathy_dir, tmp_path):
+    """`prepare`, the shards, `pool_notes` and each kept shard's recorded inputs all see the split's first --limit
+    items: a caption and an image beyond the limit changing keep the pool, the image within it refuses its shard; found by a mutation
+    audit: `prepare` or `pool_notes` given the whole split, the shards' inputs taken from the whole split, or the
+    image files paired with the source's first rows instead of the split's passed every test (audit CJ)."""
+    from tests.conftest import write_image
+
+    seen = {}
+
+    class Watching(_PixelGenerator):
+        def prepare(self, items):
+            seen["prepare"] = list(items["image_id"])
+
+        def pool_notes(self, items, n, num_rows):
+            seen["pool_notes"] = list(items["image_id"])
+            return {}
+
+    source, _ = load_source(str(karpathy_dir))
+    ids = source["image_id"]  # the test split: its 5th and 6th
+    kwargs = dict(n=1, seed=3, split="test", limit=1, shard_size=2, progress=False)
+    meta = run_generation(Watching(), source, str(tmp_path / "p"), **kwargs)
+    assert seen == {"prepare": [ids[4]], "pool_notes": [ids[4]]} and meta["num_rows"] == 1
+    assert load_pool(tmp_path / "p").dataset["source_image_id"] == [ids[4]]
+    annotations = json.loads((karpathy_dir / "dataset_toy.json").read_text())
+    annotations["images"][5]["sentences"][0]["raw"] = "another caption"  # beyond the limit
+    (karpathy_dir / "dataset_toy.json").write_text(json.dumps(annotations))
+    write_image(karpathy_dir / "images" / "005.jpg", colour=7)
+    changed, _ = load_source(str(karpathy_dir), cache=False)
+    assert run_generation(Watching(), changed, str(tmp_path / "p"), **kwargs)["num_rows"] == 1
+    write_image(karpathy_dir / "images" / "004.jpg", colour=7)  # the pool's one image
+    changed, _ = load_source(str(karpathy_dir), cache=False)
+    with pytest.raises(PoolError, match=re.escape(f"kept shard data/shard-00000.parquet (source images {ids[4]!r})")):
+        run_generation(Watching(), changed, str(tmp_path / "p"), **kwargs)
+
+
 def test_a_folder_a_writer_was_killed_in_before_its_first_pool_json_is_reused(tmp_path):
     """was: an empty data/ and a half-written pool.json stopped every later run ("exists and is not a
     pool"), --overwrite included."""
