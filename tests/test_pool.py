@@ -477,8 +477,8 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
     """Rank r of w makes shards r, r + w, ...; the pool is the one a single process makes (rows and seeds), with or
     without --overwrite, over an old pool or none. The second process reads its rank from the environment, as under
     torchrun on a second node (RANK 1, LOCAL_RANK 0); found by a mutation audit: a share by LOCAL_RANK, or a seed that
-    moved with the rank, and the other ranks writing into the replacement folder whenever --overwrite is given passed
-    every test (audit CJ)."""
+    moved with the rank, the other ranks writing into the replacement folder whenever --overwrite is given, and their
+    returning before the last barrier (rank 0 waiting there for ever) passed every test (audit CJ)."""
     source, _ = load_source(str(karpathy_dir))
     ids = source["image_id"]
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False, overwrite=overwrite)
@@ -495,7 +495,7 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
             made.setdefault(self.process, []).append([item["image_id"] for item in items])
             return super().generate(items, n, seed)
 
-    calls = []
+    calls, other_calls = [], []
 
     def barrier():  # the other process: its shards made once rank 0 has created the pool, before rank 0 makes its own
         calls.append(1)
@@ -503,11 +503,13 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
             with monkeypatch.context() as launch:
                 for name, value in {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
                     launch.setenv(name, value)
-                assert run_generation(Recording("rank 1"), source, str(tmp_path / "two"), **kwargs) is None
+                assert run_generation(Recording("rank 1"), source, str(tmp_path / "two"),
+                                      barrier=lambda: other_calls.append(1), **kwargs) is None
 
     meta = run_generation(Recording("rank 0"), source, str(tmp_path / "two"), rank=0, world_size=2, barrier=barrier,
                           **kwargs)
     assert made == {"rank 0": [ids[0:2], ids[4:6]], "rank 1": [ids[2:4]]}
+    assert len(other_calls) == len(calls) == 2  # each process meets every barrier: one missed leaves the others waiting
     assert meta["num_shards"] == 3 and meta["seed"] == 3
     assert not (tmp_path / "two" / ".replacement").exists()
     rows = load_pool(tmp_path / "two").dataset  # in the source's order, each row seeded by its identity alone
