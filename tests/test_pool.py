@@ -519,8 +519,8 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
 
 def test_a_pools_rows_and_seeds_do_not_depend_on_its_shard_size_or_limit(karpathy_dir, tmp_path):
     """Shard boundaries move no row: shards of 4 (the last one partial) give shards of 2's rows, and --limit 3 their
-    first 3 images' rows; found by a mutation audit: a seed moved by the shard's index, or the last partial shard
-    left out, passed every test (audit CJ)."""
+    first 3 images' rows (audit CJ: a seed moved by the shard's index, or the last partial shard left out, was caught
+    only by a diffusion regeneration test and a --skip-bad resume test)."""
     source, _ = load_source(str(karpathy_dir))
     kwargs = dict(n=1, seed=3, split="all", progress=False)
     pools = {size: run_generation(_CountingGenerator(), source, str(tmp_path / f"by{size}"), shard_size=size, **kwargs)
@@ -547,8 +547,8 @@ class _Settable(_CountingGenerator):
 
 def test_a_resume_with_another_seed_n_setting_parameter_or_revision_is_refused_naming_it(karpathy_dir, tmp_path):
     """Each setting a shard's rows depend on is checked before a kept shard is resumed into; found by a mutation
-    audit: pool.json's identity without the seed, n, split, limit, shard size, parameters, model revision or
-    device kind resumed such a run into a pool of two kinds of rows, and passed every test (audit CJ)."""
+    audit: pool.json's identity without n, split, limit or model revision resumed such a run into a pool of two
+    kinds of rows, and passed every test (audit CJ)."""
     source, _ = load_source(str(karpathy_dir))
     out = str(tmp_path / "p")
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False, device_type="cpu")
@@ -694,9 +694,9 @@ def test_a_kept_shard_whose_image_changed_is_named_by_its_own_first_and_last_ima
 
 def test_a_run_reads_only_the_first_limit_items_of_its_split_and_their_images(karpathy_dir, tmp_path):
     """`prepare`, the shards, `pool_notes` and each kept shard's recorded inputs all see the split's first --limit
-    items: a caption and an image beyond the limit changing keep the pool, the image within it refuses its shard; found by a mutation
-    audit: `prepare` or `pool_notes` given the whole split, the shards' inputs taken from the whole split, or the
-    image files paired with the source's first rows instead of the split's passed every test (audit CJ)."""
+    items: a caption and an image beyond the limit changing keep the pool, the image within it refuses its shard;
+    found by a mutation audit: the shards' inputs taken from the whole split, or the image files paired with the
+    source's first rows instead of the split's, passed every test (audit CJ)."""
     from tests.conftest import write_image
 
     seen = {}
