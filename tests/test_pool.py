@@ -476,9 +476,9 @@ def test_two_processes_take_alternate_shards_by_their_global_rank_and_make_the_o
         karpathy_dir, tmp_path, monkeypatch, old_pool, overwrite):
     """Rank r of w makes shards r, r + w, ...; the pool is the one a single process makes (rows and seeds), with or
     without --overwrite, over an old pool or none. The second process reads its rank from the environment, as under
-    torchrun on a second node (RANK 1, LOCAL_RANK 0); found by a mutation audit: a share by LOCAL_RANK, or a seed that
-    moved with the rank, the other ranks writing into the replacement folder whenever --overwrite is given, and their
-    returning before the last barrier (rank 0 waiting there for ever) passed every test (audit CJ)."""
+    torchrun on a second node (RANK 1, LOCAL_RANK 0); found by a mutation audit: a share by LOCAL_RANK, and the other
+    ranks writing into the replacement folder whenever --overwrite is given, passed every test; a seed moved with the
+    rank, or a rank returning before the last barrier, only the slow torchrun test of test_image_generators (audit CJ)."""
     source, _ = load_source(str(karpathy_dir))
     ids = source["image_id"]
     kwargs = dict(n=1, seed=3, split="all", shard_size=2, progress=False, overwrite=overwrite)
