@@ -44,6 +44,12 @@ def pool_meta(method="t2i-sd", modality="image", model="stabilityai/stable-diffu
     }
 
 
+def selection_of(generated: dict) -> dict:
+    """pool.json of `augment select` (10 rows kept) over the pool whose pool.json is `generated`, at /p/NAME."""
+    return {**pool_meta("select", generated["modality"], None,
+                        parent={"path": f"/p/{generated['name']}", "meta": generated}), "num_rows": 10}
+
+
 def make_pool(path: Path, method="t2i-sd", modality="image", rows=4, scores=None, **meta) -> Path:
     """A small complete pool; image rows carry real PNG bytes."""
     records = []
@@ -1030,8 +1036,7 @@ def test_a_selection_of_human_captions_is_annotated_as_its_generator_found_them(
     from data_cards.render import card_metadata, CardOptions
 
     human = {"name": "human", "method": "i2t-human", "model": "human", "modality": "text"}
-    meta = {**pool_meta("select", "text", None, parent={"path": "/p/human", "meta": human}), "num_rows": 10}
-    header = card_metadata(meta, CardOptions())
+    header = card_metadata(selection_of(human), CardOptions())
     assert header["annotations_creators"] == ["found"] and header["language_creators"] == ["found"]
 
 
@@ -1042,8 +1047,7 @@ def test_a_selections_task_categories_are_its_generators():
     from data_cards.render import card_metadata, CardOptions
 
     img2img = {"name": "i2i", "method": "t-i2i-sd", "model": "runwayml/stable-diffusion-v1-5", "modality": "image"}
-    meta = {**pool_meta("select", "image", None, parent={"path": "/p/i2i", "meta": img2img}), "num_rows": 10}
-    assert card_metadata(meta, CardOptions())["task_categories"] == ["image-to-image", "text-to-image"]
+    assert card_metadata(selection_of(img2img), CardOptions())["task_categories"] == ["image-to-image", "text-to-image"]
 
 
 def test_a_blip2_captioners_pool_does_not_cite_blip():
@@ -1074,7 +1078,7 @@ def test_a_selections_card_names_its_generators_model_revision():
 
     generated = {"name": "sd", "method": "t2i-sd", "model": "stabilityai/stable-diffusion-2-1-base",
                  "model_revision": "abc123", "modality": "image"}
-    meta = {**pool_meta("select", "image", None, parent={"path": "/p/sd", "meta": generated}), "num_rows": 10}
+    meta = selection_of(generated)
     del meta["model_revision"]
     assert "| model revision | `abc123` |" in render_card_text(meta, None, CardOptions())
 
