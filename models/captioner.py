@@ -105,11 +105,7 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
     def tokenize(self, texts: Sequence[str], prompts: Sequence[str] | str | None = None) -> CaptionTokens:
         """(prompt +) caption -> decoder tokens; `prompts` default to the model's prompt (or none)."""
         texts = [str(t) for t in texts]
-        if prompts is None or isinstance(prompts, str):
-            prompts = [prompts if isinstance(prompts, str) else (self.prompt or "")] * len(texts)
-        prompts = [p or "" for p in prompts]
-        if len(prompts) != len(texts):  # zip would drop the captions past the shorter list
-            raise ValueError(f"{len(prompts)} prompts for {len(texts)} captions")
+        prompts = self._prompts_for(prompts, len(texts), "captions")
         full = [_join_prompt(p, t) for p, t in zip(prompts, texts)]
         encoded = self.tokenizer(full, padding="longest", truncation=True, max_length=self.context_length,
                                  return_tensors="pt")
@@ -117,6 +113,16 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
         ids[:, 0] = self.bos_id  # BLIP: [CLS] -> [DEC]
         lengths = torch.tensor([self._prompt_length(p) for p in prompts], dtype=torch.long)
         return CaptionTokens(ids, encoded["attention_mask"], lengths).to(self.device)
+
+    def _prompts_for(self, prompts: Sequence[str] | str | None, count: int, rows: str) -> list[str]:
+        """One prompt ("" for none) per row of `count` `rows`: the model's prompt by default, one string for all;
+        a list of another length is refused (paired with zip, it dropped the rows past the shorter one)."""
+        if prompts is None or isinstance(prompts, str):
+            prompts = [prompts if isinstance(prompts, str) else (self.prompt or "")] * count
+        prompts = [p or "" for p in prompts]
+        if len(prompts) != count:
+            raise ValueError(f"{len(prompts)} prompts for {count} {rows}")
+        return prompts
 
     def _prompt_length(self, prompt: str) -> int:
         """Tokens before the caption: bos plus the prompt's tokens (BLIP: len(tokenize(prompt)) - 1)."""
@@ -181,11 +187,7 @@ class HFCaptioner(tio.TransformersWrapped, CaptioningModel):
             settings["max_new_tokens"] = int(max_new_tokens)
         settings.update(kwargs)
         count = len(pixels)
-        if prompts is None or isinstance(prompts, str):
-            prompts = [prompts if isinstance(prompts, str) else (self.prompt or "")] * count
-        prompts = [p or "" for p in prompts]
-        if len(prompts) != count:
-            raise ValueError(f"{len(prompts)} prompts for {count} images")
+        prompts = self._prompts_for(prompts, count, "images")
         pixel_values = self.normalize(pixels.to(self.device, self._dtype))
         captions: list[str] = [""] * count
         for prompt in dict.fromkeys(prompts):
