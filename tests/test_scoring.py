@@ -287,6 +287,20 @@ def test_the_estimate_of_few_points_in_many_dimensions_skips_sqrtm(monkeypatch):
     assert measures.frechet_between(x, y) == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_sample_against_itself_is_at_distance_zero_never_below(monkeypatch):
+    """Guards the clamp at 0 of each way: for a sample against itself the formula's terms cancel to rounding,
+    -1e-14 at 4 dimensions, -1e-6 where a side has fewer points than dimensions; without its clamp, sqrtm's
+    estimate, the cross matrix's or the eigenvalue way's resamples gave a negative distance."""
+    rng = np.random.default_rng(0)
+    counts = measures.resample_counts(np.random.default_rng(1), 6, 8)
+    for route in ("covariances", "cross"):
+        monkeypatch.setattr(measures.frechet, "frechet_route", lambda *shape, route=route: route)
+        for x in (rng.normal(size=(6, 4)) for _ in range(4)):
+            assert 0.0 <= measures.frechet_between(x, x) < 1e-9
+            resampled = measures.resampled_frechet(x, x, counts, counts)
+            assert (resampled >= 0.0).all() and (resampled < 1e-9).all()
+
+
 def _sqrtm_frechet(x: np.ndarray, y: np.ndarray) -> float:
     """The reference: FID's formula on the two samples' fits, with scipy's sqrtm."""
     return measures.frechet_distance(*measures.gaussian_fit(x), *measures.gaussian_fit(y))
