@@ -301,6 +301,15 @@ def test_a_sample_against_itself_is_at_distance_zero_never_below(monkeypatch):
             assert (resampled >= 0.0).all() and (resampled < 1e-9).all()
 
 
+def test_the_route_is_the_way_with_fewer_multiply_adds():
+    """Guards `frechet_route`'s costs: n1 n2 min(n1, n2) for the cross matrix against (n1 + n2) d^2 + 5 d^3 for
+    the covariances; max(n1, n2) sent 10 and 1,000 points at 64 dimensions to the d x d covariances, and
+    leaving out the eigenvalue problem's 5 d^3 sent 100 and 100 points there (54x and 2x the cross way's multiply-adds)."""
+    assert measures.frechet_route(10, 1000, 64) == measures.frechet_route(1000, 10, 64) == "cross"
+    assert measures.frechet_route(100, 100, 64) == "cross"
+    assert measures.frechet_route(200, 200, 64) == "covariances"
+
+
 def _sqrtm_frechet(x: np.ndarray, y: np.ndarray) -> float:
     """The reference: FID's formula on the two samples' fits, with scipy's sqrtm."""
     return measures.frechet_distance(*measures.gaussian_fit(x), *measures.gaussian_fit(y))
