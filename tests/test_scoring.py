@@ -287,6 +287,28 @@ def test_the_estimate_of_few_points_in_many_dimensions_skips_sqrtm(monkeypatch):
     assert measures.frechet_between(x, y) == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_non_finite_sqrtm_is_retried_with_both_covariances_offset(monkeypatch):
+    """Guards `frechet_distance`'s fallback for a singular C1 C2 whose sqrtm is not finite: pytorch-fid's offset
+    of 1e-6 on both covariances (offsetting C1 alone gave a distance 1e-5 off here, and no test reached the fallback)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(3, 5)), rng.normal(size=(4, 5))  # fewer points than dimensions: C1 C2 singular
+    (mu1, cov1), (mu2, cov2) = measures.gaussian_fit(x), measures.gaussian_fit(y)
+    offset = 1e-6 * np.eye(5)
+    root = np.asarray(scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset)))
+    expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(root).real)
+    real_sqrtm, calls = scipy.linalg.sqrtm, []
+
+    def not_finite_first(matrix):  # what sqrtm gives for some singular products
+        calls.append(matrix)
+        return np.full_like(matrix, np.nan) if len(calls) == 1 else real_sqrtm(matrix)
+
+    monkeypatch.setattr(scipy.linalg, "sqrtm", not_finite_first)
+    assert measures.frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-12)
+    assert len(calls) == 2
+
+
 def test_a_sample_against_itself_is_at_distance_zero_never_below(monkeypatch):
     """Guards the clamp at 0 of each way: for a sample against itself the formula's terms cancel to rounding,
     -1e-14 at 4 dimensions, -1e-6 where a side has fewer points than dimensions; without its clamp, sqrtm's
