@@ -386,6 +386,18 @@ def test_item_resamples_equal_the_statistics_of_the_gathered_rows(dims):
     assert interval["bootstrap_bias"] == pytest.approx(mmd[0] - 0.5)
 
 
+def test_a_resample_with_one_source_point_has_no_frechet_value():
+    """Guards the validity test on the source side as on the pool side: a resample drawing a single source
+    point has no covariance there (NaN); counted valid (`>= 1`), its distance divided by total - 1 = 0."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    counts_x, counts_y = np.ones((2, 6)), np.ones((2, 5))
+    counts_y[1] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    with np.errstate(all="raise"):
+        values = measures.resampled_frechet(x, y, counts_x, counts_y)
+    assert values[0] == pytest.approx(_sqrtm_frechet(x, y), rel=1e-9) and np.isnan(values[1])
+
+
 def test_gap_bootstrap_reports_its_resamples_as_each_block_finishes(monkeypatch):
     """`on_resamples` hears of every resample once: a block at a time (several blocks here), those
     without a value at once; the values are the same with or without it."""
