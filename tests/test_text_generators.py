@@ -274,6 +274,27 @@ def test_eda_draws_each_caption_of_an_image_with_its_own_row_seeds():
     assert len(by_caption[0]) == len(by_caption[1]) == 3 and by_caption[0] != by_caption[1]
 
 
+def test_a_swap_exchanges_two_different_slots_and_two_different_words():
+    """Guards random swap's draws: `_two_slots` gives every ordered pair of different slots (`second > first`
+    drew a slot with itself and never (i, i + 1)), and each swap exchanges two different words, drawn again
+    until they differ (with a single redraw, most swaps in a caption of nine "a" and one "b" exchanged "a" and "a")."""
+    pairs = {eda._two_slots([0, 1, 2], random.Random(seed)) for seed in range(200)}
+    assert pairs == {(a, b) for a in range(3) for b in range(3) if a != b}
+    caption = eda.parse_caption("a a a a a a a a a b")
+    for seed in range(20):
+        changes = eda.random_swap(caption, 0.3, random.Random(seed)).changes
+        assert len(changes) == 3 and all(first != second for _op, first, second in changes)
+
+
+@pytest.mark.timeout(60)  # the mutation this guards loops forever
+def test_a_caption_of_one_spelling_has_nothing_to_swap():
+    """Guards random swap's precondition, two different spellings (not two word slots): "Dog dog" counted as
+    swappable, and the draw for two different words never ended."""
+    for text in ("Dog dog", "the the."):
+        assert eda.random_swap(eda.parse_caption(text), 0.5, random.Random(0)) is None
+    assert eda.EdaGenerator(ops=("rs",)).augment("dog Dog", 2, [1, 2]) == []
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
