@@ -295,6 +295,15 @@ def test_a_caption_of_one_spelling_has_nothing_to_swap():
     assert eda.EdaGenerator(ops=("rs",)).augment("dog Dog", 2, [1, 2]) == []
 
 
+def test_rd_at_alpha_one_keeps_one_word():
+    """Guards random deletion's "at least one stays": at --alpha-rd 1 every word is drawn for deletion, and the
+    caption came out empty (only its final ".") without it."""
+    caption = eda.parse_caption("A red circle beside a blue square.")
+    for seed in range(5):
+        out = eda.render_caption(eda.random_deletion(caption, 1.0, random.Random(seed)).caption)
+        assert len(out.split()) == 1 and out.endswith(".") and out[0].isupper()
+
+
 def _lower(words: list[str]) -> list[str]:
     return [w.lower() for w in words]
 
