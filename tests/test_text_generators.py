@@ -347,6 +347,13 @@ def test_augment_never_returns_the_input_and_skips_captions_too_short(wordnet_re
     assert {op for _k, op, _t, _e in generator.augment("dog", 4, list(range(4)))} <= {"sr", "ri"}
 
 
+def test_augment_never_keeps_an_edit_that_gives_the_source_back():
+    """Guards the source caption in the seen set: two swaps of a two-word caption (--alpha-rs 1) always undo each
+    other, and with the source left out of the set its copy became the caption's rows."""
+    swaps_twice = eda.EdaGenerator(ops=("rs",), alphas={"rs": 1.0})
+    assert swaps_twice.augment("Red dog.", 3, [1, 2, 3]) == []
+
+
 def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
     monkeypatch.setattr(eda, "require_wordnet", _raise_missing)
     with pytest.raises(MissingDependencyError, match="augment setup-wordnet"):
