@@ -354,6 +354,13 @@ def test_augment_never_keeps_an_edit_that_gives_the_source_back():
     assert swaps_twice.augment("Red dog.", 3, [1, 2, 3]) == []
 
 
+def test_augment_never_keeps_a_copy_of_an_earlier_slots_caption():
+    """Guards the kept rows in the seen set: one swap in a three-word caption has three outcomes, and with the
+    kept rows left out of the set six slots returned six rows, copies among them."""
+    texts = [found.text for found in eda.EdaGenerator(ops=("rs",)).augment("red dog runs", 6, list(range(6)))]
+    assert 2 <= len(texts) <= 3 and len({eda.normalised(text) for text in texts}) == len(texts)
+
+
 def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
     monkeypatch.setattr(eda, "require_wordnet", _raise_missing)
     with pytest.raises(MissingDependencyError, match="augment setup-wordnet"):
