@@ -274,6 +274,18 @@ def test_eda_draws_each_caption_of_an_image_with_its_own_row_seeds():
     assert len(by_caption[0]) == len(by_caption[1]) == 3 and by_caption[0] != by_caption[1]
 
 
+def test_row_random_gives_splitmix64s_published_outputs_and_floats_in_0_1():
+    """Guards RowRandom, the generator every EDA row is drawn with, against SplitMix64's published outputs (seed
+    1234567, and a seed past 32 bits): a changed shift, a seed cut to 32 bits or a 64-bit draw taking two words
+    made other rows than the recipe's and passed every test; and its floats' scale, 1/2^52 put half of them
+    above 1 (random deletion then deleted half as often)."""
+    rng = eda.RowRandom(1234567)
+    assert [rng.getrandbits(64) for _ in range(3)] == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    assert eda.RowRandom(1477776061723855037).getrandbits(64) == 1985237415132408290
+    floats = [eda.RowRandom(seed).random() for seed in range(1000)]
+    assert 0.0 <= min(floats) and max(floats) < 1.0 and 0.45 < sum(floats) / len(floats) < 0.55
+
+
 def test_a_swap_exchanges_two_different_slots_and_two_different_words():
     """Guards random swap's draws: `_two_slots` gives every ordered pair of different slots (`second > first`
     drew a slot with itself and never (i, i + 1)), and each swap exchanges two different words, drawn again
