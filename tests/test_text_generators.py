@@ -274,6 +274,16 @@ def test_eda_draws_each_caption_of_an_image_with_its_own_row_seeds():
     assert len(by_caption[0]) == len(by_caption[1]) == 3 and by_caption[0] != by_caption[1]
 
 
+def test_each_eda_row_is_the_edit_its_recorded_seed_draws():
+    """Guards each slot's own seed, the one its row records (so a row can be redrawn alone): drawn with slot 0's
+    seed, the later slots repeated slot 0's edit, were drawn again and kept the second draw."""
+    rows = eda.EdaGenerator(ops=("rs",)).generate([{"image_id": "x", "captions": [GUARD_CAPTION]}], 3, seed=5)
+    caption = eda.parse_caption(GUARD_CAPTION)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["caption"] == eda.render_caption(eda.random_swap(caption, 0.1, eda.RowRandom(row["seed"])).caption)
+
+
 def test_row_random_gives_splitmix64s_published_outputs_and_floats_in_0_1():
     """Guards RowRandom, the generator every EDA row is drawn with, against SplitMix64's published outputs (seed
     1234567, and a seed past 32 bits): a changed shift, a seed cut to 32 bits or a 64-bit draw taking two words
