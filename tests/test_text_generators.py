@@ -284,6 +284,25 @@ def test_each_eda_row_is_the_edit_its_recorded_seed_draws():
         assert row["caption"] == eda.render_caption(eda.random_swap(caption, 0.1, eda.RowRandom(row["seed"])).caption)
 
 
+def test_each_eda_op_draws_and_records_its_own_alpha():
+    """Guards each op's --alpha-<op>, read, drawn with and recorded: every op reading --alpha-sr, every op drawn
+    with the first op's alpha, and a row recording its slot's own op's alpha when the next op made it (a caption
+    of one spelling has nothing to swap) each passed every test."""
+    from augment.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--method", "eda", "--source", "s", "--out", "o", "--eda-ops", "rs,rd",
+                                      "--alpha-sr", "0.5", "--alpha-rs", "0.3", "--alpha-rd", "1"])
+    generator = eda.build("eda", args)
+    assert generator.params() == {"ops": ["rs", "rd"], "alpha_rs": 0.3, "alpha_rd": 1.0}
+    rows = generator.generate([{"image_id": "x", "captions": ["a red circle beside a blue square", "dog dog"]}], 2, seed=0)
+    made = {(row["source_caption_index"], row["row_id"][-1]): (row["caption"], json.loads(row["provenance"])) for row in rows}
+    assert sorted(made) == [(0, "0"), (0, "1"), (1, "0")]
+    swapped, deleted, fell_back = made[(0, "0")], made[(0, "1")], made[(1, "0")]
+    assert swapped[1]["op"] == "rs" and swapped[1]["alpha"] == 0.3 and len(swapped[1]["edits"]) == 2
+    assert deleted[1]["op"] == "rd" and deleted[1]["alpha"] == 1.0 and len(deleted[0].split()) == 1
+    assert fell_back == ("dog", {"op": "rd", "alpha": 1.0, "edits": [["rd", "dog"]]})
+
+
 def test_row_random_gives_splitmix64s_published_outputs_and_floats_in_0_1():
     """Guards RowRandom, the generator every EDA row is drawn with, against SplitMix64's published outputs (seed
     1234567, and a seed past 32 bits): a changed shift, a seed cut to 32 bits or a 64-bit draw taking two words
