@@ -247,6 +247,15 @@ def test_sr_and_ri_edit_alpha_times_the_words_of_the_caption():
         assert len(eda.render_caption(inserted.caption).split()) == 24
 
 
+def test_sr_replaces_each_word_with_synonyms_when_the_count_exceeds_them():
+    """Guards synonym replacement's cap, the words with synonyms: at alpha 1 a caption of five words, two of them
+    with synonyms, gets both replaced (one fewer than the candidates survived every test)."""
+    two_with_synonyms = eda.parse_caption("the apple and the bear")
+    for seed in range(3):
+        edit = eda.synonym_replacement(two_with_synonyms, 1.0, random.Random(seed), _one_synonym)
+        assert eda.render_caption(edit.caption) == "the apples and the bears"
+
+
 def test_ri_may_insert_at_every_position_the_end_included():
     """Guards random insertion's position, drawn from [0, len(chunks)]: a draw from [0, len - 1] never
     put the synonym after the caption's last word."""
