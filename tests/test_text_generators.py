@@ -256,6 +256,18 @@ def test_sr_replaces_each_word_with_synonyms_when_the_count_exceeds_them():
         assert eda.render_caption(edit.caption) == "the apples and the bears"
 
 
+def test_an_all_caps_first_word_keeps_its_case_when_moved():
+    """Guards sentence case only for a first word that is not all caps: "NASA" lowered to "nASA" out of sentence
+    case came back as "nASA" wherever a swap moved it (the shape check looked for "nasa" and "Nasa" only)."""
+    caption = eda.parse_caption("NASA photographs the moon")
+    moved = 0
+    for seed in range(10):
+        words = eda.render_caption(eda.random_swap(caption, 0.3, random.Random(seed)).caption).split()
+        assert "NASA" in words
+        moved += words[0] != "NASA"
+    assert moved
+
+
 def test_ri_may_insert_at_every_position_the_end_included():
     """Guards random insertion's position, drawn from [0, len(chunks)]: a draw from [0, len - 1] never
     put the synonym after the caption's last word."""
