@@ -286,6 +286,14 @@ def test_rd_deletes_each_word_with_probability_alpha():
     assert 1 <= sum(deleted) / len(deleted) <= 4  # 2 of 20 expected (at least 1 each time)
 
 
+def test_rd_at_alpha_one_half_deletes_half_the_words():
+    """Guards the deletion probability, alpha itself: at alpha 0.1 the floor of one deleted word hid alpha / 2 (the
+    test above), at 0.5 ten of twenty words go on average, five with alpha / 2."""
+    caption = eda.parse_caption(GUARD_CAPTION)
+    deleted = [len(eda.random_deletion(caption, 0.5, random.Random(seed)).changes) for seed in range(50)]
+    assert 8 <= sum(deleted) / len(deleted) <= 12
+
+
 def test_eda_draws_each_caption_of_an_image_with_its_own_row_seeds():
     """Guards the row seeds' caption index: drawn with caption 0's seeds, every caption of an image got the
     same edits (two equal captions, the same rows), not the rows their recorded seeds name."""
