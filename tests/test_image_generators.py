@@ -519,6 +519,38 @@ def test_img_aug_crop_flip_keeps_a_non_square_images_size():
     assert generator.augment(Image.new("RGB", (40, 20), (90, 30, 200)), seed=0).size == (40, 20)
 
 
+@pytest.mark.parametrize("options, expected", [
+    (["--policy", "randaugment", "--num-ops", "3", "--magnitude", "12", "--num-magnitude-bins", "20",
+      "--interpolation", "bilinear"],
+     {"num_ops": 3, "magnitude": 12, "num_magnitude_bins": 20, "interpolation": "bilinear"}),
+    (["--policy", "autoaugment", "--autoaugment-policy", "svhn", "--interpolation", "bilinear"],
+     {"policy": "svhn", "interpolation": "bilinear"}),
+    (["--policy", "trivialaugment", "--num-magnitude-bins", "12", "--interpolation", "bilinear"],
+     {"num_magnitude_bins": 12, "interpolation": "bilinear"}),
+    (["--policy", "crop-flip", "--crop-scale", "0.3", "0.6", "--flip-p", "0.9"], {"scale": (0.3, 0.6), "p": 0.9}),
+    (["--policy", "color-jitter", "--jitter", "0.8", "0.5", "0.3", "0.2"],
+     {"brightness": (0.2, 1.8), "contrast": (0.5, 1.5), "saturation": (0.7, 1.3), "hue": (-0.2, 0.2)}),
+], ids=["randaugment", "autoaugment", "trivialaugment", "crop-flip", "color-jitter"])
+def test_img_aug_policies_build_their_transform_from_their_own_options(options, expected):
+    """Guards each policy's options on its torchvision transform: the run and a row's regeneration build the
+    transform from the same recorded parameters, so a parameter read from another option (RandAugment's
+    magnitude from --num-ops), left out (TrivialAugment's bins, the interpolation, AutoAugment's policy, the crop
+    scale, the flip probability) or swapped (brightness and contrast) passed every test."""
+    from PIL import Image
+
+    from augment.cli import build_parser
+    from augment.generators.imgaug import build
+
+    args = build_parser().parse_args(["generate", "--method", "img-aug", "--source", "s", "--out", "o", *options])
+    transform = build("img-aug", args).transform_for(Image.new("RGB", (40, 20)))
+    parts = transform.transforms if hasattr(transform, "transforms") else [transform]
+    found = {name: getattr(part, name) for part in parts for name in expected if hasattr(part, name)}
+    for name, value in found.items():  # enums by their recorded names; ranges rounded (1 - 0.8 = 0.19999...)
+        found[name] = value.value if hasattr(value, "value") else tuple(round(v, 9) for v in value) \
+            if isinstance(value, tuple) else value
+    assert found == expected
+
+
 def test_img_aug_leaves_global_rng_alone(train_items):
     import torch
 
