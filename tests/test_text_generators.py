@@ -431,6 +431,13 @@ def test_augment_never_keeps_a_copy_of_an_earlier_slots_caption():
     assert 2 <= len(texts) <= 3 and len({eda.normalised(text) for text in texts}) == len(texts)
 
 
+def test_augment_compares_captions_in_lower_case():
+    """Guards the seen set's form, lower case: swaps of "x y X Y" give captions that differ only in case ("y x Y X"
+    and "Y X y x"), which compared as written were all kept as different rows."""
+    texts = [found.text for found in eda.EdaGenerator(ops=("rs",), alphas={"rs": 0.5}).augment("x y X Y", 8, list(range(8)))]
+    assert texts and len({text.lower() for text in texts}) == len(texts)
+
+
 def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
     monkeypatch.setattr(eda, "require_wordnet", _raise_missing)
     with pytest.raises(MissingDependencyError, match="augment setup-wordnet"):
