@@ -356,6 +356,14 @@ def test_a_swap_exchanges_two_different_slots_and_two_different_words():
         assert len(changes) == 3 and all(first != second for _op, first, second in changes)
 
 
+def test_a_swap_moves_words_and_leaves_punctuation_in_its_slot():
+    """Guards swapping words between slots, not whole chunks: "square, a star" becomes "star, a square"; swapped
+    with its comma, "star a square," passed the punctuation test above (one comma, in the same order)."""
+    caption = eda.parse_caption("square, a star")
+    outs = {eda.render_caption(eda.random_swap(caption, 0.1, random.Random(seed)).caption) for seed in range(30)}
+    assert outs == {"a, square star", "star, a square", "square, star a"}
+
+
 @pytest.mark.timeout(60)  # the mutation this guards loops forever
 def test_a_caption_of_one_spelling_has_nothing_to_swap():
     """Guards random swap's precondition, two different spellings (not two word slots): "Dog dog" counted as
