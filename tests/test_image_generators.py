@@ -551,6 +551,25 @@ def test_img_aug_policies_build_their_transform_from_their_own_options(options, 
     assert found == expected
 
 
+def test_img_aug_custom_transforms_keep_every_argument():
+    """Guards the custom spec's arguments and names: a container's positional arguments after its list were
+    dropped silently (RandomApply([...], 0.3) ran at p 0.5), and any class of torchvision.transforms.v2 passed
+    the name check."""
+    from PIL import Image
+
+    from augment.generators.imgaug import ImageAugmentGenerator, parse_transforms
+
+    spec = "ColorJitter(0.8); RandomApply(['RandomHorizontalFlip(p=1.0)'], 0.3); RandomOrder(transforms=['GaussianBlur(3)'])"
+    calls = parse_transforms(spec)
+    assert calls[0] == ["ColorJitter", [0.8], {}]
+    jitter, apply, order = ImageAugmentGenerator("custom", {"transforms": calls}).transform_for(Image.new("RGB", (8, 8))).transforms
+    assert jitter.brightness == pytest.approx((0.2, 1.8)) and apply.p == 0.3
+    assert apply.transforms[0].p == 1.0 and order.transforms[0].kernel_size == (3, 3)
+    # a class of v2 that is no transform (an enum) is refused by name, not left to fail in the dry run
+    with pytest.raises(MatPlusError, match="'AutoAugmentPolicy' is not a torchvision.transforms.v2 transform"):
+        parse_transforms("AutoAugmentPolicy('imagenet')")
+
+
 def test_img_aug_leaves_global_rng_alone(train_items):
     import torch
 
