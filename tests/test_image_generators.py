@@ -570,6 +570,20 @@ def test_img_aug_custom_transforms_keep_every_argument():
         parse_transforms("AutoAugmentPolicy('imagenet')")
 
 
+def test_img_aug_rows_of_one_image_have_their_own_seeds():
+    """Guards the row seed's k: seeded with k = 0, every row of an image was the same image (the regeneration
+    test, drawing row k alone from the same seed, passed)."""
+    from PIL import Image
+
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    generator = ImageAugmentGenerator("crop-flip", {"crop_scale": [0.2, 0.5], "flip_p": 0.5})
+    image = Image.linear_gradient("L").resize((32, 32)).convert("RGB")
+    rows = generator.generate([{"image_id": "x", "image": image}], 3, seed=0)
+    assert len({row["seed"] for row in rows}) == 3
+    assert len({png_bytes(row["image"]) for row in rows}) == 3
+
+
 def test_img_aug_leaves_global_rng_alone(train_items):
     import torch
 
