@@ -496,6 +496,8 @@ def test_img_aug_custom_spec_is_parsed_not_executed():
     (["--magnitude", "5", "--num-magnitude-bins", "5"], r"--magnitude 5: must lie in \[0, --num-magnitude-bins 5\)"),
     (["--policy", "color-jitter", "--jitter", "-0.1", "0", "0", "0"], "brightness, contrast and saturation must not be negative"),
     (["--policy", "color-jitter", "--jitter", "0", "0", "0", "0.6"], r"hue must lie in \[0, 0.5\]"),
+    (["--policy", "color-jitter", "--jitter", "0", "0", "-0.1", "0"], "saturation must not be negative"),
+    (["--policy", "crop-flip", "--crop-scale", "0", "0.5"], r"--crop-scale: need 0 < MIN <= MAX, got 0.0 0.5"),
 ])
 def test_img_aug_policy_values_are_checked_before_anything_runs(options, message):
     from augment.cli import build_parser
