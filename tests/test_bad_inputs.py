@@ -367,6 +367,7 @@ def test_empty_pools_are_refused_and_empty_results_are_loud(tmp_path, capsys, ma
     ("Compose([1, 2])", "Compose: 1 is not a transform"),
     ("RandomApply(transforms='RandomHorizontalFlip()')", "RandomApply needs a non-empty list"),
     ("Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])", "does not support PIL images"),
+    ("PILToTensor()", "returns a torch.Tensor, not a PIL image"),  # the dry run checks its result
 ])
 def test_transforms_spec_is_validated_whole_before_anything_is_written(tmp_path, capsys, spec, expected):
     source = small_source(tmp_path / "src", n=2)
