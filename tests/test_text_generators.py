@@ -5,6 +5,7 @@ from nltk's data (built from Debian's wordnet-base by `augment setup-wordnet`).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -444,6 +445,14 @@ def test_augment_compares_captions_in_lower_case():
     and "Y X y x"), which compared as written were all kept as different rows."""
     texts = [found.text for found in eda.EdaGenerator(ops=("rs",), alphas={"rs": 0.5}).augment("x y X Y", 8, list(range(8)))]
     assert texts and len({text.lower() for text in texts}) == len(texts)
+
+
+def test_eda_ops_are_read_once_each_in_the_order_given():
+    """Guards --eda-ops' list: "rs, RS,rd" is rs then rd (a repeated op kept, "rs,rs" cycled rs twice as often
+    and recorded ops ["rs", "rs"]); an unknown op is refused."""
+    assert eda._ops_list("rs, RS,rd") == ("rs", "rd")
+    with pytest.raises(argparse.ArgumentTypeError, match="EDA ops must be a comma list of sr,ri,rs,rd"):
+        eda._ops_list("rs,swap")
 
 
 def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
