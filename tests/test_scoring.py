@@ -1897,6 +1897,20 @@ def test_single_blas_thread_limits_scipys_own_blas_too():
     assert done.returncode == 0, done.stderr
 
 
+def test_threads_share_the_resample_blocks_value_budget(monkeypatch):
+    """Guards the block size, RESAMPLE_BLOCK_VALUES numbers for all the threads' blocks together: at a budget of
+    four resamples' covariances, 2 threads run blocks of 2; sized for one thread each (blocks of 4), the peak
+    memory grew with the threads, unseen by the values."""
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(30, 5)), rng.normal(size=(25, 5))  # the covariances' way: 5 x 5 numbers a resample
+    counts_x = measures.resample_counts(np.random.default_rng(1), 30, 12)
+    counts_y = measures.resample_counts(np.random.default_rng(2), 25, 12)
+    monkeypatch.setattr(measures.frechet, "RESAMPLE_BLOCK_VALUES", 4 * 5 * 5)
+    told: list[int] = []
+    measures.resampled_frechet(x, y, counts_x, counts_y, on_resamples=told.append, threads=2)
+    assert told == [2] * 6
+
+
 def test_resampled_frechet_threads_share_the_blocks_and_give_the_same_values(monkeypatch):
     """`threads` > 1: the blocks of resamples run on that many threads at once (each fits its
     Gaussians on a thread of the pool), the caller hears of them in block order, and every value
