@@ -572,6 +572,15 @@ def test_img_aug_custom_transforms_keep_every_argument():
         parse_transforms("AutoAugmentPolicy('imagenet')")
 
 
+def test_img_aug_custom_spec_skips_empty_parts_and_reads_on():
+    """Guards an empty part of the spec ("A;; B", a trailing ";"): skipped, not the spec's end (ending there
+    dropped every transform after it, silently)."""
+    from augment.generators.imgaug import parse_transforms
+
+    assert [name for name, _args, _kwargs in parse_transforms("RandomHorizontalFlip(p=1.0);; ColorJitter(0.4);")] == [
+        "RandomHorizontalFlip", "ColorJitter"]
+
+
 def test_img_aug_rows_of_one_image_have_their_own_seeds():
     """Guards the row seed's k: seeded with k = 0, every row of an image was the same image (the regeneration
     test, drawing row k alone from the same seed, passed)."""
