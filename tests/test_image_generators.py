@@ -581,6 +581,17 @@ def test_img_aug_custom_spec_skips_empty_parts_and_reads_on():
         "RandomHorizontalFlip", "ColorJitter"]
 
 
+def test_img_aug_images_are_rgb_whatever_the_spec_returns():
+    """Guards the RGB conversion of each augmented image (pool images are RGB, as their sources): without it a
+    custom Grayscale() gave a one-channel "L" image."""
+    from PIL import Image
+
+    from augment.generators.imgaug import ImageAugmentGenerator
+
+    generator = ImageAugmentGenerator("custom", {"transforms": [["Grayscale", [], {}]]})
+    assert generator.augment(Image.new("RGB", (8, 8), (200, 40, 40)), seed=0).mode == "RGB"
+
+
 def test_img_aug_rows_of_one_image_have_their_own_seeds():
     """Guards the row seed's k: seeded with k = 0, every row of an image was the same image (the regeneration
     test, drawing row k alone from the same seed, passed)."""
