@@ -455,6 +455,12 @@ def test_eda_ops_are_read_once_each_in_the_order_given():
         eda._ops_list("rs,swap")
 
 
+def test_a_slot_whose_draw_repeats_an_earlier_one_draws_again():
+    """Guards the redraws (MAX_ATTEMPTS): one swap in a five-word caption has ten outcomes, and eight slots get eight
+    different rows; drawn once, the slots whose draw repeated an earlier slot's got none (five rows of eight)."""
+    assert len(eda.EdaGenerator(ops=("rs",)).augment("the big red dog runs", 8, list(range(8)))) == 8
+
+
 def test_eda_without_wordnet_fails_with_one_line_unless_only_rs_rd(monkeypatch):
     monkeypatch.setattr(eda, "require_wordnet", _raise_missing)
     with pytest.raises(MissingDependencyError, match="augment setup-wordnet"):
