@@ -182,7 +182,7 @@ def _edits(op: str, text: str, seeds=range(40)):
         yield edit, eda.render_caption(edit.caption)
 
 
-@pytest.mark.parametrize("text", CAPTIONS + ["  spaced   out ,  words  ", "Dog", "(a) tricky - case?"])
+@pytest.mark.parametrize("text", CAPTIONS + ["  spaced   out ,  words  ", "Dog", "(a) tricky - case?", "Is that a dog?!"])
 def test_parse_and_render_round_trip(text):
     assert eda.render_caption(eda.parse_caption(text)) == " ".join(text.split())
 
