@@ -49,6 +49,20 @@ def test_sigmoid_itc_loss_sums_over_captions_per_image_with_the_learnt_bias():
     assert float(loss) == pytest.approx(expected / 3, rel=1e-5)
 
 
+def test_softmax_itc_loss_spreads_each_rows_target_over_its_own_positives_on_a_non_square_batch():
+    """Guards the multi-positive targets where positives are not symmetric (the attacks' contrastive loss: images
+    against their captions): each image's target is 1/#its captions (a row's count, not the column's), each
+    caption's 1/#its images, and an image without a caption in the batch adds 0 to the mean, not NaN."""
+    from tasks.retrieval import softmax_itc_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, -2.0, 0.5]])
+    positives = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # image 2 has no caption here
+    by_image, by_caption = logits.log_softmax(1), logits.T.log_softmax(1)
+    image_loss = -(0.5 * by_image[0, 0] + 0.5 * by_image[0, 1] + by_image[1, 2] + 0.0) / 3
+    caption_loss = -(by_caption[0, 0] + by_caption[1, 0] + by_caption[2, 1]) / 3
+    assert float(softmax_itc_loss(logits, positives)) == pytest.approx(float(image_loss + caption_loss) / 2, rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- ITM with hard negatives
 
 
