@@ -104,6 +104,26 @@ def test_itm_scores_negative_captions_and_negative_images_labelled_by_their_keys
     expected = sum(F.softplus(torch.tensor(-5.0 if y else 5.0)).item() for y in labels) / 9
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
+def test_the_itm_term_is_a_local_term_of_the_retrieval_loss_under_several_processes(monkeypatch):
+    """Guards RetrievalTask.loss: ITM covers this process's pairs only, so under 2 processes its gradient is
+    halved (the trainer's backward multiplies by the world size), its logged value is not."""
+    import tasks.retrieval as retrieval
+
+    weight = torch.tensor(2.0, requires_grad=True)
+    monkeypatch.setattr(retrieval, "itc_loss", lambda model, output, keys, task: torch.tensor(1.0))
+    monkeypatch.setattr(retrieval, "itm_loss", lambda model, output, tokens, keys: weight * 3.0)
+
+    class Fusion:
+        has_itm = True
+
+        def __call__(self, pixels, tokens, image_features):
+            return None
+
+    task = retrieval.RetrievalTask(rank=0, world_size=2, itm_weight=0.5)
+    loss = task.loss(Fusion(), torch.zeros(2, 3, 4, 4), None, torch.arange(2))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(1.0 + 0.5 * 6.0) and float(weight.grad) == pytest.approx(0.5 * 3.0 / 2)
+
 
 # ----------------------------------------------------------------------------- momentum distillation
 
