@@ -63,6 +63,24 @@ def test_softmax_itc_loss_spreads_each_rows_target_over_its_own_positives_on_a_n
     assert float(softmax_itc_loss(logits, positives)) == pytest.approx(float(image_loss + caption_loss) / 2, rel=1e-6)
 
 
+def test_the_image_attack_loss_of_a_sigmoid_model_is_its_sigmoid_loss_with_its_bias():
+    """Guards RetrievalTask.image_attack_loss for SigLIP: PGD maximises the sigmoid ITC loss the model trains
+    with, its learnt bias added to every logit (not the softmax loss, not the logits without the bias)."""
+    from tasks.retrieval import RetrievalTask
+
+    generator = torch.Generator().manual_seed(2)
+    image = F.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    keys = torch.tensor([0, 0, 1])
+    model = types.SimpleNamespace(itc_loss="sigmoid", family="stub", logit_scale=torch.tensor(10.0),
+                                  logit_bias_param=lambda: torch.tensor(-2.0), encode_tokens=lambda tokens: text,
+                                  encode_image=lambda pixels: pixels)
+    loss = RetrievalTask().image_attack_loss(model, None, keys)(image)
+    labels = 2 * (keys.view(-1, 1) == keys.view(1, -1)).float() - 1
+    expected = -F.logsigmoid(labels * (10.0 * image @ text.T - 2.0)).sum() / 3
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- ITM with hard negatives
 
 
