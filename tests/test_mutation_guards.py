@@ -38,6 +38,23 @@ def test_rerank_floor_puts_every_itc_only_candidate_below_the_reranked_ones():
     assert torch.allclose(i2t, expected, atol=1e-6)
 
 
+def test_a_nan_match_logit_leaves_the_itc_floor_below_the_other_reranked_scores():
+    """Guards the floor's NaN filter: a NaN ITM logit (a broken pair) ranks as a miss, and the candidates outside
+    the top k still sit below the lowest finite re-ranked score in ITC order, not NaN all of them."""
+    from tasks.retrieval import rerank_scores
+
+    fake = types.SimpleNamespace(device="cpu", tokenize=lambda texts: _Tokens(torch.arange(len(texts))),
+                                 image_features=lambda pixels: pixels.flatten(1)[:, :1],
+                                 itm_logits=lambda features, tokens: torch.where(
+                                     tokens.input_ids == 0, float("nan"), 2.0))
+    sims = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.3, 0.95]])
+    i2t, _ = rerank_scores(fake, sims, torch.zeros(2, 3, 2, 2), ["a", "b", "c"], k=1)
+    top, lowest = 0.95, 2.0  # the largest ITC score; the lowest finite re-ranked score
+    assert i2t[0, 0].isnan() and float(i2t[1, 2]) == 2.0
+    floor = torch.tensor([i2t[0, 1], i2t[0, 2], i2t[1, 0], i2t[1, 1]])
+    assert torch.allclose(floor, torch.tensor([0.8, 0.1, 0.2, 0.3]) - top + lowest - 1, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- PGD
 
 
