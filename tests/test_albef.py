@@ -179,6 +179,25 @@ def test_a_bad_value_in_the_albef_configs_is_one_line(official, tmp_path, edit, 
     assert "\n" not in str(info.value)
 
 
+
+def test_check_config_refuses_a_fusion_layer_outside_the_text_encoder_a_width_mismatch_and_a_partial_patch():
+    """Guards check_config's refusals (each bound at its edge: the layers 1 and 11 of 12 are accepted): a
+    fusion_layer of 0 or num_hidden_layers, a BERT encoder_width other than the vision width (it was
+    overwritten by the vision width without a word), an image_res that is no multiple of patch_size."""
+    from models.albef.config import make_config
+
+    for fusion in (0, 12):
+        with pytest.raises(ModelLoadError, match=f"^ALBEF fusion_layer {fusion} must lie between 1 and "
+                                                 r"num_hidden_layers - 1 \(11\)$"):
+            make_config(bert_config={"fusion_layer": fusion})
+    assert [make_config(bert_config={"fusion_layer": f})["bert"]["fusion_layer"] for f in (1, 11)] == [1, 11]
+    with pytest.raises(ModelLoadError, match="^ALBEF encoder_width 1024 differs from vision_width 768$"):
+        make_config(bert_config={"fusion_layer": 6, "encoder_width": 1024})
+    with pytest.raises(ModelLoadError, match="^ALBEF image_res 100 is not a multiple of patch_size 16$"):
+        make_config(image_size=100)
+    assert make_config(image_size=96)["image_res"] == 96
+
+
 def test_albef_file_options_are_refused_for_a_saved_folder(tiny_albef, tmp_path):
     """--albef-config/--albef-bert-config/--albef-tokenizer shape a .pth; a folder has its own."""
     tiny_albef.save(tmp_path / "albef")
