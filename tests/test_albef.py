@@ -198,6 +198,19 @@ def test_check_config_refuses_a_fusion_layer_outside_the_text_encoder_a_width_mi
     assert make_config(image_size=96)["image_res"] == 96
 
 
+
+def test_the_grounding_layer_is_two_past_the_fusion_layer_clipped_to_the_last_unless_set():
+    """Guards grounding_layer: ALBEF's Grounding.py reads block 8 = fusion_layer 6 + 2, clipped to the last
+    layer for a shallow text encoder; a config's own grounding_layer wins, 0 included."""
+    from models.albef.config import grounding_layer, make_config
+
+    assert grounding_layer(make_config()) == 8
+    assert grounding_layer(make_config(bert_config={"fusion_layer": 3})) == 5
+    assert grounding_layer(make_config(bert_config={"fusion_layer": 10})) == 11
+    assert grounding_layer(make_config({"grounding_layer": 7})) == 7
+    assert grounding_layer({**make_config(), "grounding_layer": 0}) == 0
+
+
 def test_albef_file_options_are_refused_for_a_saved_folder(tiny_albef, tmp_path):
     """--albef-config/--albef-bert-config/--albef-tokenizer shape a .pth; a folder has its own."""
     tiny_albef.save(tmp_path / "albef")
