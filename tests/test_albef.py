@@ -211,6 +211,50 @@ def test_the_grounding_layer_is_two_past_the_fusion_layer_clipped_to_the_last_un
     assert grounding_layer({**make_config(), "grounding_layer": 0}) == 0
 
 
+
+# ALBEF's configs/Retrieval_flickr.yaml and configs/config_bert.json as released (keys the model does not read included)
+RELEASED_RETRIEVAL_YAML = """\
+train_file: ['data/flickr30k_train.json']
+val_file: 'data/flickr30k_val.json'
+test_file: 'data/flickr30k_test.json'
+image_root: '/export/share/datasets/vision/flickr30k/'
+bert_config: 'configs/config_bert.json'
+image_res: 384
+batch_size_train: 32
+batch_size_test: 64
+queue_size: 65536
+momentum: 0.995
+vision_width: 768
+embed_dim: 256
+temp: 0.07
+k_test: 128
+alpha: 0.4
+distill: True
+warm_up: True
+optimizer: {opt: adamW, lr: 1e-5, weight_decay: 0.02}
+"""
+RELEASED_BERT_CONFIG = {
+    "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30522, "fusion_layer": 6,
+    "encoder_width": 768}
+
+
+def test_the_default_albef_config_is_albefs_released_retrieval_config(tmp_path):
+    """Guards the defaults a .pth without config files is built with: every value the model reads from ALBEF's
+    released YAML and BERT JSON equals the default (alpha, queue size, momentum, fusion layer, ...), and the
+    YAML's keys that do not size the model (batch sizes, files) stay out."""
+    from models.albef.config import make_config
+
+    (tmp_path / "Retrieval_flickr.yaml").write_text(RELEASED_RETRIEVAL_YAML)
+    (tmp_path / "config_bert.json").write_text(json.dumps(RELEASED_BERT_CONFIG))
+    released = make_config(tmp_path / "Retrieval_flickr.yaml", tmp_path / "config_bert.json")
+    defaults = make_config()
+    assert {k: released["bert"][k] for k in defaults["bert"]} == defaults["bert"]
+    assert {k: v for k, v in released.items() if k != "bert"} == {k: v for k, v in defaults.items() if k != "bert"}
+
+
 def test_albef_file_options_are_refused_for_a_saved_folder(tiny_albef, tmp_path):
     """--albef-config/--albef-bert-config/--albef-tokenizer shape a .pth; a folder has its own."""
     tiny_albef.save(tmp_path / "albef")
