@@ -255,6 +255,26 @@ def test_the_default_albef_config_is_albefs_released_retrieval_config(tmp_path):
     assert {k: v for k, v in released.items() if k != "bert"} == {k: v for k, v in defaults.items() if k != "bert"}
 
 
+
+def test_albef_config_files_set_each_model_key_and_refuse_what_is_not_albefs(tmp_path):
+    """Guards the config readers: every YAML key that sizes the model (the project's vision-size and max_words
+    extensions too) is read, the others are dropped; a YAML that is no mapping and a BERT JSON without
+    fusion_layer (plain BERT's, not ALBEF's) are refused."""
+    from models.albef.config import read_bert_config, read_yaml_config
+
+    sizes = {"image_res": 224, "vision_width": 1024, "embed_dim": 128, "temp": 0.05, "queue_size": 1024,
+             "momentum": 0.99, "alpha": 0.3, "patch_size": 14, "vision_depth": 24, "vision_heads": 16,
+             "mlp_ratio": 2.0, "max_words": 40}
+    (tmp_path / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in {**sizes, "batch_size_train": 8}.items()))
+    assert read_yaml_config(tmp_path / "config.yaml") == sizes
+    (tmp_path / "list.yaml").write_text("- image_res\n")
+    with pytest.raises(ModelLoadError, match="list.yaml is not a YAML mapping$"):
+        read_yaml_config(tmp_path / "list.yaml")
+    (tmp_path / "bert.json").write_text(json.dumps({k: v for k, v in RELEASED_BERT_CONFIG.items() if k != "fusion_layer"}))
+    with pytest.raises(ModelLoadError, match=r"bert.json has no 'fusion_layer' \(expected ALBEF's config_bert.json\)$"):
+        read_bert_config(tmp_path / "bert.json")
+
+
 def test_albef_file_options_are_refused_for_a_saved_folder(tiny_albef, tmp_path):
     """--albef-config/--albef-bert-config/--albef-tokenizer shape a .pth; a folder has its own."""
     tiny_albef.save(tmp_path / "albef")
