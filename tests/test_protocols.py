@@ -127,6 +127,38 @@ def test_attack_params_in_words_for_reports():
                                        "skipped none, image (eps 4/255, steps 10)")
 
 
+
+@pytest.mark.parametrize("changes, message", [
+    ({"eps": -0.01}, r"^eps must lie in \[0, 1\], got -0.01$"), ({"eps": 1.01}, r"^eps must lie in \[0, 1\], got 1.01$"),
+    ({"steps": -1}, "^steps must be at least 0, got -1$"), ({"budget": -1}, "^budget must be at least 0, got -1$"),
+    ({"top_k": 0}, "^top_k must be at least 1, got 0$"), ({"max_length": 2}, "^max_length must be at least 3, got 2$"),
+    ({"step_size": 0.0}, "^step_size must be positive, got 0.0$"), ({"alpha": -0.5}, "alpha must not be negative"),
+    ({"scales": (0.5, 0.0)}, "^SGA scales must be positive$"), ({"scales": ()}, "^SGA scales must be positive$"),
+    ({"budget": 1.5}, "^budget must be a whole number, got 1.5$"),
+    ({"max_length": 30.0}, "^max_length must be a whole number, got 30.0$"),
+    ({"protocol": "co-attack", "guide": "text"}, "^text guide 'text' is a project-protocol choice: under protocol co-attack"),
+    ({"protocol": "sga", "pieces": "first"}, "^piece mode 'first' is a project-protocol choice: under protocol sga"),
+    ({"attacked_embedding": "multimodal"}, "^attacked embedding 'multimodal' is the Co-Attack code's fused-embedding"),
+    ({"protocol": "sga", "attacked_embedding": "multimodal-cls"}, "^attacked embedding 'multimodal-cls' is the Co-Attack"),
+])
+def test_attack_settings_refuse_one_past_each_bound(changes, message):
+    """Guards __post_init__'s refusals one step past each bound (the bounds themselves are accepted below)."""
+    with pytest.raises(ValueError, match=message):
+        AttackSettings(**changes)
+
+
+def test_attack_settings_accept_each_bound_and_keep_sga_scales_as_floats():
+    """Guards the bounds' edges: eps 0 and 1, no PGD step, no word changed, one substitute, 3 tokens, Co-Attack's
+    alpha 0 are settings a user may give; the fused embeddings with protocol co-attack; scales given as a
+    list (a study's YAML) become a tuple of floats, so settings compare and hash alike however given."""
+    edges = AttackSettings(eps=0.0, steps=0, budget=0, top_k=1, max_length=3, alpha=0.0, scales=[1, 2])
+    assert (edges.eps, edges.steps, edges.budget, edges.top_k, edges.max_length, edges.alpha) == (0.0, 0, 0, 1, 3, 0.0)
+    assert AttackSettings(eps=1.0).eps == 1.0
+    assert AttackSettings(protocol="co-attack", attacked_embedding="multimodal-cls").attacked_embedding == "multimodal-cls"
+    assert edges.scales == (1.0, 2.0) and all(type(s) is float for s in edges.scales)
+    assert hash(edges) == hash(edges.replace(scales=(1.0, 2.0)))
+
+
 @pytest.mark.parametrize("family, sga_code", [("open_clip", 77), ("hf_clip", 77), ("albef", 30)])
 def test_reference_protocols_read_their_max_length(victim, tokenizer, family, sga_code):
     """Per attack, as each code reads them: the Co-Attack code's BertAttack 30 (never passed one); the SGA
