@@ -128,6 +128,19 @@ def test_attack_params_in_words_for_reports():
 
 
 
+def test_attack_defaults_are_the_ones_the_readme_documents():
+    """Guards ATTACK_DEFAULTS against a changed default: README's table of train eval's attacks documents eps 2/255, 10 PGD steps of
+    eps/4, top 10 substitutes, 1 word, 30 tokens, SGA scales 0.5/0.75/1.25/1.5 with noise 0.05, Co-Attack alpha 3."""
+    from train.attacks.settings import ATTACK_DEFAULTS
+
+    d = ATTACK_DEFAULTS
+    assert (d.eps, d.steps, d.pgd_step_size) == (pytest.approx(2 / 255), 10, pytest.approx(0.5 / 255))
+    assert (d.top_k, d.budget, d.max_length) == (10, 1, 30)
+    assert (d.scales, d.noise_std, d.alpha) == ((0.5, 0.75, 1.25, 1.5), 0.05, 3.0)
+    assert (d.random_start, d.candidates, d.guide, d.loss, d.protocol) == (True, "mlm", "image", "pair", "project")
+
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"eps": -0.01}, r"^eps must lie in \[0, 1\], got -0.01$"), ({"eps": 1.01}, r"^eps must lie in \[0, 1\], got 1.01$"),
     ({"steps": -1}, "^steps must be at least 0, got -1$"), ({"budget": -1}, "^budget must be at least 0, got -1$"),
