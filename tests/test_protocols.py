@@ -128,6 +128,21 @@ def test_attack_params_in_words_for_reports():
 
 
 
+def test_unset_options_and_older_spellings_are_read_alike_by_every_tasks_attacks():
+    """Guards canonical_options' readers: an option left unset (None, an absent flag) means the default, not a
+    value; `objective` / `attack_protocol` (older spellings of loss / protocol) are known names for captioning and
+    grounding too (refuse_unknown_options), as for retrieval's from_options; a misspelt name is still refused."""
+    from train.attacks.settings import ATTACK_DEFAULTS, refuse_unknown_options
+
+    read = AttackSettings.from_options(eps=None, steps=None, step_size=None, objective="contrastive")
+    assert read == ATTACK_DEFAULTS.replace(loss="contrastive")
+
+    refuse_unknown_options({"objective": "pair", "attack_protocol": "project", "eps": 0.01}, "captioning")
+    with pytest.raises(ValueError, match=r"^unknown grounding attack setting\(s\) epsilon; expected some of "):
+        refuse_unknown_options({"objective": "pair", "epsilon": 0.01}, "grounding")
+
+
+
 def test_attack_defaults_are_the_ones_the_readme_documents():
     """Guards ATTACK_DEFAULTS against a changed default: README's table of train eval's attacks documents eps 2/255, 10 PGD steps of
     eps/4, top 10 substitutes, 1 word, 30 tokens, SGA scales 0.5/0.75/1.25/1.5 with noise 0.05, Co-Attack alpha 3."""
