@@ -128,6 +128,16 @@ def test_attack_params_in_words_for_reports():
 
 
 
+def test_the_pgd_step_is_the_given_one_else_a_quarter_of_eps():
+    """Guards pgd_step_size: eps / 4 only when no step is given; a given step is kept as it is, 0 included (no
+    entry point passes 0 today, but a step of 0 read as "not given" would attack at eps / 4 unasked)."""
+    from train.attacks.settings import pgd_step_size
+
+    assert pgd_step_size(8 / 255) == pytest.approx(2 / 255)
+    assert [pgd_step_size(8 / 255, step) for step in (1 / 255, 0.0)] == [pytest.approx(1 / 255), 0.0]
+
+
+
 def test_unset_options_and_older_spellings_are_read_alike_by_every_tasks_attacks():
     """Guards canonical_options' readers: an option left unset (None, an absent flag) means the default, not a
     value; `objective` / `attack_protocol` (older spellings of loss / protocol) are known names for captioning and
