@@ -231,6 +231,9 @@ def test_retrieval_eval_takes_train_evals_attack_settings():
     assert (settings.top_k, settings.budget, settings.step_size) == (3, 2, pytest.approx(1 / 255))
     with pytest.raises(MatPlusError, match="mini.yaml: eval.word_budget must be at least 0, got -1$"):
         load_study_config("mini", {"eval": {"word_budget": -1}})
+    # a NaN step (NaN fails `<= 0`) made PGD's every attacked image NaN (audit CM)
+    with pytest.raises(MatPlusError, match="mini.yaml: eval.pgd_step_size must be positive and finite, got nan$"):
+        load_study_config("mini", {"eval": {"pgd_step_size": "nan"}})
     # a budget of 0 leaves bert-attack nothing to do: its rows repeated clean's under its name
     with pytest.raises(MatPlusError, match="eval.attacks bert-attack would change nothing with eval.word_budget 0"):
         load_study_config("mini", {"eval": {"word_budget": 0}})

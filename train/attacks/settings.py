@@ -30,6 +30,7 @@ without `--cls`) or "multimodal-cls" (its [CLS] state) (`train.attacks.fused`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,12 +178,16 @@ class AttackSettings:
         for name, least in (("steps", 0), ("budget", 0), ("top_k", 1), ("max_length", 3)):
             if getattr(self, name) < least:
                 problems.append(f"{name} must be at least {least}, got {getattr(self, name)}")
-        if self.step_size is not None and self.step_size <= 0:
-            problems.append(f"step_size must be positive, got {self.step_size}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            problems.append("SGA scales must be positive")
+        # NaN fails every comparison: `step_size <= 0` let a NaN step through (a study's eval.pgd_step_size: nan),
+        # and PGD then made every attacked image NaN; the command lines refuse NaN and infinity already
+        if self.step_size is not None and not 0 < self.step_size < math.inf:
+            problems.append(f"step_size must be positive and finite, got {self.step_size}")
+        if not self.scales or not all(0 < s < math.inf for s in self.scales):
+            problems.append("SGA scales must be positive finite numbers")
         if self.alpha < 0:
             problems.append(f"Co-Attack's alpha must not be negative, got {self.alpha}")
+        elif not self.alpha < math.inf:
+            problems.append(f"Co-Attack's alpha must be finite, got {self.alpha}")
         if problems:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
