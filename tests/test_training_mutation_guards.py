@@ -193,6 +193,26 @@ def test_a_loss_only_inspected_leaves_the_momentum_queue_alone():
     assert enqueued == [[5, 6]]
 
 
+def test_the_retrieval_loss_passes_its_inspect_flag_to_the_momentum_queue():
+    """Guards RetrievalTask.loss: `inspect` (the clean half of a step, a second chunk) reaches the momentum-distilled
+    ITC loss, so only the trained forward enqueues its momentum features (the flag was set by hand above)."""
+    from tasks.retrieval import RetrievalTask
+
+    enqueued = []
+    output, _ = _momentum_output(enqueued)
+
+    class Momentum:
+        has_itm, itc_loss = False, "momentum-distilled"
+
+        def __call__(self, pixels, tokens, image_features):
+            return output
+
+    task = RetrievalTask()
+    for inspect in (True, False, True):
+        task.loss(Momentum(), torch.zeros(2, 3, 4, 4), None, torch.tensor([5, 6]), inspect=inspect)
+    assert enqueued == [[5, 6]]
+
+
 def test_the_task_forward_inspects_every_chunk_after_the_first():
     """Guards TaskForward: of the (adversarial, clean) chunks of one forward only the first trains state."""
     from tasks.base import TaskForward
