@@ -199,6 +199,15 @@ def test_check_config_refuses_a_fusion_layer_outside_the_text_encoder_a_width_mi
 
 
 
+def test_a_bert_config_without_encoder_width_takes_the_vision_width():
+    """Guards check_config's write of encoder_width: an albef_config.json whose BERT part lacks it (the key is
+    ALBEF's addition to BERT's config) is read with the vision width, not refused for a missing key."""
+    from models.albef.config import DEFAULT_BERT_CONFIG, DEFAULT_CONFIG, check_config
+
+    bert = {k: v for k, v in DEFAULT_BERT_CONFIG.items() if k != "encoder_width"}
+    assert check_config({**DEFAULT_CONFIG, "vision_width": 1024, "bert": bert})["bert"]["encoder_width"] == 1024
+
+
 def test_the_grounding_layer_is_two_past_the_fusion_layer_clipped_to_the_last_unless_set():
     """Guards grounding_layer: ALBEF's Grounding.py reads block 8 = fusion_layer 6 + 2, clipped to the last
     layer for a shallow text encoder; a config's own grounding_layer wins, 0 included."""
