@@ -128,6 +128,13 @@ def test_attack_params_in_words_for_reports():
 
 
 
+def test_from_options_refuses_an_unknown_name_as_a_value_error_naming_it():
+    """Guards from_options' own check: an unknown name is a ValueError naming it, which every caller turns into one
+    line (without the check the constructor's TypeError reached the user as a traceback)."""
+    with pytest.raises(ValueError, match=r"^unknown attack setting\(s\) epsilon; expected some of alpha, "):
+        AttackSettings.from_options(epsilon=0.01, eps=0.01)
+
+
 def test_the_pgd_step_is_the_given_one_else_a_quarter_of_eps():
     """Guards pgd_step_size: eps / 4 only when no step is given; a given step is kept as it is, 0 included (no
     entry point passes 0 today, but a step of 0 read as "not given" would attack at eps / 4 unasked)."""
