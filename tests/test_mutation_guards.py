@@ -55,6 +55,18 @@ def test_a_nan_match_logit_leaves_the_itc_floor_below_the_other_reranked_scores(
     assert torch.allclose(floor, torch.tensor([0.8, 0.1, 0.2, 0.3]) - top + lowest - 1, atol=1e-6)
 
 
+def test_pixel_batches_holding_more_images_than_the_similarities_are_refused_before_scoring():
+    """Guards rerank_scores' in-loop count: a batch past the gallery's images is a ValueError naming the count
+    before it is scored (one batch of 3 images for 2 rows of similarities was an IndexError of shapes)."""
+    from tasks.retrieval import rerank_scores
+
+    fake = types.SimpleNamespace(device="cpu", tokenize=lambda texts: _Tokens(torch.arange(len(texts))),
+                                 image_features=lambda pixels: pixels.flatten(1)[:, :1],
+                                 itm_logits=lambda features, tokens: torch.zeros(len(features)))
+    with pytest.raises(ValueError, match="^the pixel batches hold more than the 2 images of the similarities$"):
+        rerank_scores(fake, torch.rand(2, 3), torch.zeros(3, 3, 2, 2), ["a", "b", "c"], k=1, batch_size=3)
+
+
 # ----------------------------------------------------------------------------- PGD
 
 
