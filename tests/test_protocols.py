@@ -135,6 +135,16 @@ def test_from_options_refuses_an_unknown_name_as_a_value_error_naming_it():
         AttackSettings.from_options(epsilon=0.01, eps=0.01)
 
 
+def test_every_clause_of_a_settings_message_names_its_flag():
+    """Guards renamed_clauses: each clause of a message of several problems names its flag, not only the first."""
+    from train.attacks.settings import with_flag_names
+
+    with pytest.raises(ValueError) as info:
+        AttackSettings(eps=2.0, top_k=0)
+    assert with_flag_names(str(info.value)) == ("--attack-eps must lie in [0, 1], got 2.0; "
+                                                "--top-k must be at least 1, got 0")
+
+
 def test_the_pgd_step_is_the_given_one_else_a_quarter_of_eps():
     """Guards pgd_step_size: eps / 4 only when no step is given; a given step is kept as it is, 0 included (no
     entry point passes 0 today, but a step of 0 read as "not given" would attack at eps / 4 unasked)."""
