@@ -193,6 +193,8 @@ def test_attack_defaults_are_the_ones_the_readme_documents():
     ({"alpha": -0.5}, "alpha must not be negative"), ({"alpha": float("nan")}, "^Co-Attack's alpha must be finite, got nan$"),
     ({"scales": (0.5, 0.0)}, "^SGA scales must be positive finite numbers$"), ({"scales": ()}, "^SGA scales must be positive"),
     ({"scales": (0.5, float("nan"))}, "^SGA scales must be positive finite numbers$"),
+    ({"noise_std": -0.01}, "^SGA's noise_std must be a non-negative finite number, got -0.01$"),
+    ({"noise_std": float("nan")}, "^SGA's noise_std must be a non-negative finite number, got nan$"),
     ({"budget": 1.5}, "^budget must be a whole number, got 1.5$"),
     ({"max_length": 30.0}, "^max_length must be a whole number, got 30.0$"),
     ({"protocol": "co-attack", "guide": "text"}, "^text guide 'text' is a project-protocol choice: under protocol co-attack"),
@@ -208,10 +210,11 @@ def test_attack_settings_refuse_one_past_each_bound(changes, message):
 
 def test_attack_settings_accept_each_bound_and_keep_sga_scales_as_floats():
     """Guards the bounds' edges: eps 0 and 1, no PGD step, no word changed, one substitute, 3 tokens, Co-Attack's
-    alpha 0 are settings a user may give; the fused embeddings with protocol co-attack; scales given as a
+    alpha 0 and SGA's noise 0 are settings a user may give; the fused embeddings with protocol co-attack; scales given as a
     list (a study's YAML) become a tuple of floats, so settings compare and hash alike however given."""
-    edges = AttackSettings(eps=0.0, steps=0, budget=0, top_k=1, max_length=3, alpha=0.0, scales=[1, 2])
+    edges = AttackSettings(eps=0.0, steps=0, budget=0, top_k=1, max_length=3, alpha=0.0, scales=[1, 2], noise_std=0.0)
     assert (edges.eps, edges.steps, edges.budget, edges.top_k, edges.max_length, edges.alpha) == (0.0, 0, 0, 1, 3, 0.0)
+    assert edges.noise_std == 0.0  # SGA's resized copies without noise
     assert AttackSettings(eps=1.0).eps == 1.0
     assert AttackSettings(protocol="co-attack", attacked_embedding="multimodal-cls").attacked_embedding == "multimodal-cls"
     assert edges.scales == (1.0, 2.0) and all(type(s) is float for s in edges.scales)

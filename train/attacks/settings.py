@@ -184,6 +184,9 @@ class AttackSettings:
             problems.append(f"step_size must be positive and finite, got {self.step_size}")
         if not self.scales or not all(0 < s < math.inf for s in self.scales):
             problems.append("SGA scales must be positive finite numbers")
+        # resized_views adds noise only when noise_std > 0: a negative or NaN one meant no noise, silently
+        if not 0 <= self.noise_std < math.inf:
+            problems.append(f"SGA's noise_std must be a non-negative finite number, got {self.noise_std}")
         if self.alpha < 0:
             problems.append(f"Co-Attack's alpha must not be negative, got {self.alpha}")
         elif not self.alpha < math.inf:
