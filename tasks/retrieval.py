@@ -45,7 +45,8 @@ def softmax_itc_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
     logits = logits.float()
     image_targets = positives / positives.sum(1, keepdim=True).clamp(min=1)
     text_targets = positives.T / positives.T.sum(1, keepdim=True).clamp(min=1)
-    # rows without any positive (an image with no caption in the batch) add nothing to the mean
+    # a row without any positive (an image with no caption in the batch) adds zero to the sum but still counts
+    # in the mean's N: training batches hold every image's captions, and PGD's sign steps ignore the scale
     image_loss = -(image_targets * logits.log_softmax(dim=1)).sum(1).mean()
     text_loss = -(text_targets * logits.T.log_softmax(dim=1)).sum(1).mean()
     return (image_loss + text_loss) / 2
