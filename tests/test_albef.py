@@ -221,7 +221,8 @@ def test_the_grounding_layer_is_two_past_the_fusion_layer_clipped_to_the_last_un
 
 
 
-# ALBEF's configs/Retrieval_flickr.yaml and configs/config_bert.json as released (keys the model does not read included)
+# ALBEF's configs/Retrieval_flickr.yaml and configs/config_bert.json as released (commit 91de3c1; keys the model does not
+# read included, the YAML's blank lines and comment left out)
 RELEASED_RETRIEVAL_YAML = """\
 train_file: ['data/flickr30k_train.json']
 val_file: 'data/flickr30k_val.json'
@@ -241,6 +242,7 @@ alpha: 0.4
 distill: True
 warm_up: True
 optimizer: {opt: adamW, lr: 1e-5, weight_decay: 0.02}
+schedular: {sched: cosine, lr: 1e-5, epochs: 10, min_lr: 1e-6, decay_rate: 1, warmup_lr: 1e-5, warmup_epochs: 1, cooldown_epochs: 0}
 """
 RELEASED_BERT_CONFIG = {
     "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
