@@ -179,7 +179,6 @@ def test_a_bad_value_in_the_albef_configs_is_one_line(official, tmp_path, edit, 
     assert "\n" not in str(info.value)
 
 
-
 def test_check_config_refuses_a_fusion_layer_outside_the_text_encoder_a_width_mismatch_and_a_partial_patch():
     """Guards check_config's refusals (each bound at its edge: the layers 1 and 11 of 12 are accepted): a
     fusion_layer of 0 or num_hidden_layers, a BERT encoder_width other than the vision width (it was
@@ -196,7 +195,6 @@ def test_check_config_refuses_a_fusion_layer_outside_the_text_encoder_a_width_mi
     with pytest.raises(ModelLoadError, match="^ALBEF image_res 100 is not a multiple of patch_size 16$"):
         make_config(image_size=100)
     assert make_config(image_size=96)["image_res"] == 96
-
 
 
 def test_a_bert_config_without_encoder_width_takes_the_vision_width():
@@ -218,7 +216,6 @@ def test_the_grounding_layer_is_two_past_the_fusion_layer_clipped_to_the_last_un
     assert grounding_layer(make_config(bert_config={"fusion_layer": 10})) == 11
     assert grounding_layer(make_config({"grounding_layer": 7})) == 7
     assert grounding_layer({**make_config(), "grounding_layer": 0}) == 0
-
 
 
 # ALBEF's configs/Retrieval_flickr.yaml and configs/config_bert.json as released (commit 91de3c1; keys the model does not
@@ -264,7 +261,6 @@ def test_the_default_albef_config_is_albefs_released_retrieval_config(tmp_path):
     defaults = make_config()
     assert {k: released["bert"][k] for k in defaults["bert"]} == defaults["bert"]
     assert {k: v for k, v in released.items() if k != "bert"} == {k: v for k, v in defaults.items() if k != "bert"}
-
 
 
 def test_albef_config_files_set_each_model_key_and_refuse_what_is_not_albefs(tmp_path):

@@ -445,7 +445,6 @@ sys.exit(run_main(parser, []))
     assert "\nwarning: the LR schedule now spans 10 steps\n" in result.stderr and "WARNING:" not in result.stderr
 
 
-
 @pytest.mark.parametrize("traceback_env", [False, True], ids=["unexpected", "MATPLUS_TRACEBACK"])
 def test_a_traceback_never_prints_a_token(traceback_env):
     """An unexpected error's traceback (and MATPLUS_TRACEBACK's re-raise of an expected one) is
@@ -470,6 +469,7 @@ sys.exit(run_main(parser, []))
     assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr, result.stderr
     assert f"{error}: request failed: Authorization: Bearer <redacted>" in result.stderr
     assert secret not in result.stderr and secret not in result.stdout
+
 
 def test_scorer_folder_of_another_kind_is_one_line(tmp_path, capsys, made_pool):
     from augment.tiny import save_tiny

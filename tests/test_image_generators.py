@@ -270,7 +270,6 @@ def test_images_the_safety_checker_flags_are_dropped_and_counted(tmp_path, sampl
         {k: pool.meta[k] for k in ("num_rows", "nsfw_dropped", "note")}
 
 
-
 def test_a_checked_pool_begun_by_an_older_version_is_not_resumed(tmp_path, sample_dir, monkeypatch, t2i_pool, capsys):
     """Shards written before flagged images were dropped hold them (black): their params lack
     `flagged_images`, so a resume refuses them instead of mixing written and dropped flagged images."""

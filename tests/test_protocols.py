@@ -127,7 +127,6 @@ def test_attack_params_in_words_for_reports():
                                        "skipped none, image (eps 4/255, steps 10)")
 
 
-
 def test_from_options_refuses_an_unknown_name_as_a_value_error_naming_it():
     """Guards from_options' own check: an unknown name is a ValueError naming it, which every caller turns into one
     line (without the check the constructor's TypeError reached the user as a traceback)."""
@@ -154,7 +153,6 @@ def test_the_pgd_step_is_the_given_one_else_a_quarter_of_eps():
     assert [pgd_step_size(8 / 255, step) for step in (1 / 255, 0.0)] == [pytest.approx(1 / 255), 0.0]
 
 
-
 def test_unset_options_and_older_spellings_are_read_alike_by_every_tasks_attacks():
     """Guards canonical_options' readers: an option left unset (None, an absent flag) means the default, not a
     value; `objective` / `attack_protocol` (older spellings of loss / protocol) are known names for captioning and
@@ -169,7 +167,6 @@ def test_unset_options_and_older_spellings_are_read_alike_by_every_tasks_attacks
         refuse_unknown_options({"objective": "pair", "epsilon": 0.01}, "grounding")
 
 
-
 def test_attack_defaults_are_the_ones_the_readme_documents():
     """Guards ATTACK_DEFAULTS against a changed default: README's table of train eval's attacks documents eps 2/255, 10 PGD steps of
     eps/4, top 10 substitutes, 1 word, 30 tokens, SGA scales 0.5/0.75/1.25/1.5 with noise 0.05, Co-Attack alpha 3."""
@@ -180,7 +177,6 @@ def test_attack_defaults_are_the_ones_the_readme_documents():
     assert (d.top_k, d.budget, d.max_length) == (10, 1, 30)
     assert (d.scales, d.noise_std, d.alpha) == ((0.5, 0.75, 1.25, 1.5), 0.05, 3.0)
     assert (d.random_start, d.candidates, d.guide, d.loss, d.protocol) == (True, "mlm", "image", "pair", "project")
-
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -167,7 +167,6 @@ def test_gap_measures_and_bootstrap_are_seeded():
     assert ci == measures.bootstrap_mean(np.arange(100.0), n_resamples=500, seed=1)
 
 
-
 def test_alignment_intervals_redraw_items_not_rows():
     """Rows of one item share its source image and move together: redrawn one by one, 200 items x 5
     rows with an item effect gave intervals covering the mean ~70% of the time at a nominal 95%. By

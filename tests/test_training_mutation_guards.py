@@ -122,6 +122,7 @@ def test_itm_scores_negative_captions_and_negative_images_labelled_by_their_keys
     expected = sum(F.softplus(torch.tensor(-5.0 if y else 5.0)).item() for y in labels) / 9
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
+
 def test_the_itm_term_is_a_local_term_of_the_retrieval_loss_under_several_processes(monkeypatch):
     """Guards RetrievalTask.loss: ITM covers this process's pairs only, so under 2 processes its gradient is
     halved (the trainer's backward multiplies by the world size), its logged value is not."""
