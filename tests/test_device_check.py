@@ -91,6 +91,8 @@ class _SlowBatches:
         return index
 
 
+# torch warns of more workers than CPUs: these workers sleep, they need no CPU of their own
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 def test_the_loader_alone_rate_is_the_workers_rate_not_that_of_batches_decoded_before_the_clock(monkeypatch):
     """4 workers, 1 s a batch: 4 batches/s. Timed over the old window (the batches after the
     first, of warm-up + steps, no more than the workers, as device_check's 6 for 12 workers) the
