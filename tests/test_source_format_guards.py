@@ -36,3 +36,56 @@ def test_a_json_rewritten_within_its_modification_time_is_parsed_again(tmp_path)
     _write_json(path, {"images": []})
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert detect_format(str(path)) == "karpathy"
+
+
+def test_a_boolean_id_is_refused_naming_its_record(tmp_path):
+    """Guards `_id`'s bool check (bool is an int to Python): `"cocoid": true` is refused, not read as id "True"."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    path = _write_json(tmp_path / "dataset_x.json", {"images": [
+        {"filename": "a.png", "cocoid": True, "split": "train", "sentences": [{"raw": "a dog"}]}]})
+    with pytest.raises(SourceError, match=r"images\[0\] \(a\.png\): 'cocoid' must be a string or an integer, got bool"):
+        load_source(str(path))
+
+
+def test_ids_keep_their_leading_zeros_so_two_images_stay_two(tmp_path):
+    """Guards ids read as given: "007" and "7" are two images, not one id twice."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    path = _write_json(tmp_path / "pairs_train.json", [{"image": "a.png", "caption": "a dog", "image_id": "007"},
+                                                       {"image": "b.png", "caption": "a cat", "image_id": 7}])
+    dataset, _ = load_source(str(path))
+    assert dataset["image_id"] == ["007", "7"] and dataset["captions"] == [["a dog"], ["a cat"]]
+
+
+def test_csv_images_sharing_a_file_name_in_two_folders_are_two_ids(tmp_path):
+    """Guards the CSV id (the path without its suffix, README): `a/1.png` and `b/1.png` are two images."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a" / "1.png")
+    write_image(tmp_path / "b" / "1.png")
+    (tmp_path / "caps.csv").write_text("image,caption\na/1.png,a dog\nb/1.png,a cat\na/1.png,a brown dog\n")
+    dataset, _ = load_source(str(tmp_path / "caps.csv"))
+    assert dataset["image_id"] == ["a/1", "b/1"] and dataset["captions"] == [["a dog", "a brown dog"], ["a cat"]]
+
+
+def _image_folder(tmp_path, entries):
+    import json
+
+    for entry in entries:
+        write_image(tmp_path / entry["file_name"])
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    return tmp_path
+
+
+def test_an_image_folder_names_its_images_by_stem_when_stems_differ(tmp_path):
+    """Guards the image folder's id rule: the file name's stem unless two files share one (README)."""
+    from augment.sources import load_source
+
+    folder = _image_folder(tmp_path, [{"file_name": "sub/a.png", "caption": "a dog"},
+                                      {"file_name": "b.png", "caption": "a cat"}])
+    dataset, _ = load_source(str(folder))
+    assert dataset["image_id"] == ["a", "b"]
