@@ -89,3 +89,39 @@ def test_an_image_folder_names_its_images_by_stem_when_stems_differ(tmp_path):
                                       {"file_name": "b.png", "caption": "a cat"}])
     dataset, _ = load_source(str(folder))
     assert dataset["image_id"] == ["a", "b"]
+
+
+def test_the_json_folder_is_searched_before_its_images_subfolder(tmp_path):
+    """Guards the default roots' order: the JSON's own folder, then images/ beside it."""
+    from augment.sources import load_source, undecoded
+
+    write_image(tmp_path / "a.png", size=(8, 8))
+    write_image(tmp_path / "images" / "a.png", size=(4, 4))
+    path = _write_json(tmp_path / "pairs_train.json", [{"image": "a.png", "caption": "a dog"}])
+    dataset, _ = load_source(str(path))
+    assert undecoded(dataset)["image"][0]["path"] == str(tmp_path / "a.png")
+
+
+def test_a_folder_linked_to_a_sibling_sharing_the_roots_name_is_outside_the_root(tmp_path):
+    """Guards the inside-the-root test on real paths: `images2` is not inside `images` (a prefix of its name)."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "images2" / "b.png")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "linked").symlink_to(tmp_path / "images2", target_is_directory=True)
+    path = _write_json(tmp_path / "ann" / "pairs_train.json", [{"image": "linked/b.png", "caption": "a dog"}])
+    with pytest.raises(SourceError, match=r"\[0\] \(linked/b\.png\): image path 'linked/b\.png' leads outside the image root"):
+        load_source(str(path), image_root=str(tmp_path / "images"))
+
+
+def test_a_linked_image_inside_a_relative_image_root_is_read(tmp_path, monkeypatch):
+    """Guards the root's resolution on the per-file route (symlinks): `--image-root imgs` (relative) holding a
+    link to another of its files is inside the root, not refused as outside it."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "imgs" / "a.png")
+    (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "imgs" / "a.png")
+    path = _write_json(tmp_path / "pairs_train.json", [{"image": "link.png", "caption": "a dog"}])
+    monkeypatch.chdir(tmp_path)
+    dataset, _ = load_source(str(path), image_root="imgs")
+    assert dataset["image_id"] == ["link"] and dataset[0]["image"].size == (16, 12)
