@@ -81,16 +81,6 @@ def _image_folder(tmp_path, entries):
     return tmp_path
 
 
-def test_an_image_folder_names_its_images_by_stem_when_stems_differ(tmp_path):
-    """Guards the image folder's id rule: the file name's stem unless two files share one (README)."""
-    from augment.sources import load_source
-
-    folder = _image_folder(tmp_path, [{"file_name": "sub/a.png", "caption": "a dog"},
-                                      {"file_name": "b.png", "caption": "a cat"}])
-    dataset, _ = load_source(str(folder))
-    assert dataset["image_id"] == ["a", "b"]
-
-
 def test_the_json_folder_is_searched_before_its_images_subfolder(tmp_path):
     """Guards the default roots' order: the JSON's own folder, then images/ beside it."""
     from augment.sources import load_source, undecoded
@@ -125,3 +115,52 @@ def test_a_linked_image_inside_a_relative_image_root_is_read(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     dataset, _ = load_source(str(path), image_root="imgs")
     assert dataset["image_id"] == ["link"] and dataset[0]["image"].size == (16, 12)
+
+
+def test_a_karpathy_entry_without_a_split_is_refused_not_trained_on(tmp_path):
+    """Guards the Karpathy reader's missing split: no split is refused by name, not read as train."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    path = _write_json(tmp_path / "dataset_x.json", {"images": [{"filename": "a.png", "sentences": [{"raw": "a dog"}]}]})
+    with pytest.raises(SourceError, match=r"images\[0\] \(a\.png\): unknown split ''"):
+        load_source(str(path))
+
+
+def test_csv_rows_of_one_image_in_val_and_validation_are_one_split(tmp_path):
+    """Guards the CSV's split aliases before its one-split-per-image check: `val` and `validation` are one split."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.csv").write_text("image,caption,split\np.png,a dog,val\np.png,a brown dog,validation\n")
+    dataset, _ = load_source(str(tmp_path / "caps.csv"))
+    assert dataset["split"] == ["val"] and dataset["captions"] == [["a dog", "a brown dog"]]
+
+
+def test_an_image_folder_entrys_split_wins_over_the_split_argument(tmp_path):
+    """Guards the image folder's split order: the entry's `split`, then the argument, then train; and the
+    split is not copied into the record's meta."""
+    from augment.sources import load_source
+
+    folder = _image_folder(tmp_path, [{"file_name": "a.png", "caption": "a dog", "split": "test", "source": "web"},
+                                      {"file_name": "b.png", "caption": "a cat"}])
+    dataset, _ = load_source(str(folder), split="val")
+    assert dataset["split"] == ["test", "val"]
+    assert dataset["meta"] == ['{"source": "web"}', "{}"]
+
+
+def test_a_saved_dataset_dicts_rows_keep_their_part_and_their_id(tmp_path):
+    """Guards the table reader's split order on a DatasetDict: each part's own split over the split argument
+    (which is for sources naming none); its rows, without an id column, are `train-0` and `test-0`."""
+    import datasets
+
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    parts = {split: datasets.Dataset.from_dict({"image": [name], "caption": [caption]})
+             for split, name, caption in (("train", "a.png", "a dog"), ("test", "b.png", "a cat"))}
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "saved"))
+    dataset, _ = load_source(str(tmp_path / "saved"), image_root=str(tmp_path), split="val")
+    assert dataset["image_id"] == ["train-0", "test-0"] and dataset["split"] == ["train", "test"]
+    assert dataset["captions"] == [["a dog"], ["a cat"]]
