@@ -164,3 +164,61 @@ def test_a_saved_dataset_dicts_rows_keep_their_part_and_their_id(tmp_path):
     dataset, _ = load_source(str(tmp_path / "saved"), image_root=str(tmp_path), split="val")
     assert dataset["image_id"] == ["train-0", "test-0"] and dataset["split"] == ["train", "test"]
     assert dataset["captions"] == [["a dog"], ["a cat"]]
+
+
+def test_albef_names_the_entry_of_an_empty_caption_after_a_list_of_captions(tmp_path):
+    """Guards ALBEF's caption-to-entry map for merged entries: an entry holding a list of captions counts each
+    of them, so an empty caption after it is named by its own entry."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "x.png")
+    path = _write_json(tmp_path / "pairs_test.json", [{"image": "x.png", "caption": ["a dog", "a brown dog"]},
+                                                      {"image": "x.png", "caption": "a dog running"},
+                                                      {"image": "x.png", "caption": " "}])
+    with pytest.raises(SourceError, match=r"^pairs_test\.json: \[2\] \(x\.png\): caption 3 is empty$"):
+        load_source(str(path))
+
+
+def test_a_null_caption_column_gives_way_to_the_next_one(tmp_path):
+    """Guards `_captions_of`'s null check: a row whose `captions` is null and whose `caption` holds text is
+    read with that text (the null column is the missing one), not refused as a null caption."""
+    from augment.sources import load_source
+
+    folder = _image_folder(tmp_path, [{"file_name": "a.png", "captions": None, "caption": "a dog"}])
+    dataset, _ = load_source(str(folder))
+    assert dataset["captions"] == [["a dog"]]
+
+
+def test_a_table_row_without_bytes_is_read_from_its_path(tmp_path):
+    """Guards the table reader's per-row test of stored bytes: in an image column of bytes and paths, a row
+    whose bytes are null is resolved from its path under the image root, not taken as stored bytes."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from augment.sources import load_source, undecoded
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 5), (200, 10, 10)).save(buffer, format="PNG")
+    write_image(tmp_path / "images" / "b.png")
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = pa.array([{"bytes": buffer.getvalue(), "path": None}, {"bytes": None, "path": "b.png"}], image_type)
+    pq.write_table(pa.table({"image": images, "caption": ["a red square", "a grey square"]}), tmp_path / "rows.parquet")
+    dataset, _ = load_source(str(tmp_path / "rows.parquet"))
+    stored = undecoded(dataset)["image"]
+    assert stored[0]["bytes"] == buffer.getvalue()
+    assert stored[1] == {"bytes": None, "path": str(tmp_path / "images" / "b.png")}
+    assert [dataset[0]["image"].size, dataset[1]["image"].size] == [(6, 5), (16, 12)]
+
+
+def test_a_csv_row_with_an_empty_caption_cell_is_refused_not_dropped(tmp_path):
+    """Guards the CSV's one caption per row: an empty caption cell is a caption to refuse (naming its line),
+    not a row dropped while the image keeps its other captions."""
+    from augment.sources import load_source
+
+    write_image(tmp_path / "p.png")
+    (tmp_path / "caps.csv").write_text("image,caption\np.png,a dog\np.png,\n")
+    with pytest.raises(SourceError, match=r"^caps\.csv: line 3 \(p\.png\): caption 1 is empty$"):
+        load_source(str(tmp_path / "caps.csv"))
