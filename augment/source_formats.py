@@ -509,9 +509,9 @@ def _read_table(dataset_or_dict: Any, name: str, split: str | None, roots: list[
         for index in range(len(table)):
             row = {column: value[index] for column, value in zip(others, values)}
             where = f"{name}: row {index}" + (f" of split {part_split!r}" if part_split else "")
-            image_id = str(row[id_column]) if id_column else f"{part_split or 'row'}-{index}"
+            image_id = row[id_column] if id_column else f"{part_split or 'row'}-{index}"
             record = SourceRecord(
-                where, image_id, _captions_of(row, where),
+                where, "" if image_id is None else str(image_id), _captions_of(row, where),
                 row.get("split") or part_split or split or "train",
             )
             if problem:
@@ -530,6 +530,8 @@ def _read_table(dataset_or_dict: Any, name: str, split: str | None, roots: list[
                     record.meta = json.loads(meta)
                 except json.JSONDecodeError as exc:
                     record.problem = f"'meta' is not JSON ({exc.msg})"
+            if image_id is None:  # read as the id "None", a null cell named one image, two a duplicate
+                record.problem = f"{id_column!r} is missing (null)"
             yield record
 
 

@@ -222,3 +222,21 @@ def test_a_csv_row_with_an_empty_caption_cell_is_refused_not_dropped(tmp_path):
     (tmp_path / "caps.csv").write_text("image,caption\np.png,a dog\np.png,\n")
     with pytest.raises(SourceError, match=r"^caps\.csv: line 3 \(p\.png\): caption 1 is empty$"):
         load_source(str(tmp_path / "caps.csv"))
+
+
+def test_a_table_row_with_a_null_id_is_refused_naming_its_row(tmp_path):
+    """A table's null id cell was read as the image id "None" (and a second one as its duplicate): it is
+    refused naming its row, and skipped with --skip-bad."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    table = pa.table({"image": ["a.png", "b.png"], "caption": ["a dog", "a cat"], "image_id": ["7", None]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    with pytest.raises(SourceError, match=r"rows\.parquet: row 1: 'image_id' is missing \(null\)$"):
+        load_source(str(tmp_path / "rows.parquet"))
+    dataset, report = load_source(str(tmp_path / "rows.parquet"), skip_bad=True)
+    assert dataset["image_id"] == ["7"] and [entry["record"] for entry in report.skipped] == [f"{tmp_path / 'rows.parquet'}: row 1"]
