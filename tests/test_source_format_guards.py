@@ -240,3 +240,11 @@ def test_a_table_row_with_a_null_id_is_refused_naming_its_row(tmp_path):
         load_source(str(tmp_path / "rows.parquet"))
     dataset, report = load_source(str(tmp_path / "rows.parquet"), skip_bad=True)
     assert dataset["image_id"] == ["7"] and [entry["record"] for entry in report.skipped] == [f"{tmp_path / 'rows.parquet'}: row 1"]
+
+
+def test_an_empty_csv_separator_is_refused_not_read_as_the_default():
+    """Guards the separator's length check: `--csv-separator ''` is refused, not silently read as a comma."""
+    from augment.source_formats import table_options_problem
+
+    assert table_options_problem("image", "caption", "") == "--csv-separator must be one character (or \\t for a tab), got ''"
+    assert table_options_problem("image", "caption", ";") is None and table_options_problem("image", "caption", "\\t") is None
