@@ -248,3 +248,18 @@ def test_an_empty_csv_separator_is_refused_not_read_as_the_default():
 
     assert table_options_problem("image", "caption", "") == "--csv-separator must be one character (or \\t for a tab), got ''"
     assert table_options_problem("image", "caption", ";") is None and table_options_problem("image", "caption", "\\t") is None
+
+
+def test_blank_lines_in_an_image_folders_metadata_are_skipped(tmp_path):
+    """Guards the image folder's blank-line skip: an empty or whitespace line in metadata.jsonl (a trailing
+    newline doubled by an editor) is no entry, not a malformed-JSON refusal."""
+    import json
+
+    from augment.sources import load_source
+
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    lines = [json.dumps({"file_name": "a.png", "caption": "a dog"}), "", "  ", json.dumps({"file_name": "b.png", "caption": "a cat"})]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n\n")
+    dataset, _ = load_source(str(tmp_path))
+    assert dataset["image_id"] == ["a", "b"] and dataset["captions"] == [["a dog"], ["a cat"]]
