@@ -263,3 +263,14 @@ def test_blank_lines_in_an_image_folders_metadata_are_skipped(tmp_path):
     (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n\n")
     dataset, _ = load_source(str(tmp_path))
     assert dataset["image_id"] == ["a", "b"] and dataset["captions"] == [["a dog"], ["a cat"]]
+
+
+def test_a_missing_file_named_with_a_suffix_is_no_hub_id(tmp_path, monkeypatch):
+    """Guards `_looks_like_hub_id`'s suffix rule: a mistyped `data/captions.json` (a valid repo id's spelling)
+    is "no such file or folder", not a Hub dataset to look up."""
+    from augment.source_formats import detect_format
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=r"^data/captions\.json: no such file or folder$"):
+        detect_format("data/captions.json")
+    assert detect_format("owner/captions") == "hub"
