@@ -279,6 +279,7 @@ def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool,
     plain = bool(relative) and not os.path.isabs(relative) and os.path.normpath(relative) == relative \
         and not relative.startswith("..")
     candidates = []
+    unlisted = []  # plain candidates no listing names: checked one by one if no root has the file
     for root in roots:
         candidate = os.path.join(str(root), relative) if plain else str(root / relative)
         candidates.append(candidate)
@@ -286,6 +287,7 @@ def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool,
             folder, name = os.path.split(candidate)
             kind = listings.kind(folder, name)
             if kind is None:
+                unlisted.append((root, candidate))
                 continue
             if kind == "file":
                 if allow_outside_root:
@@ -294,15 +296,30 @@ def _resolve_image(relative: str, roots: list[Path], allow_outside_root: bool,
                 if real_folder == base or real_folder.startswith(base.rstrip(os.sep) + os.sep):
                     return candidate, None, True
                 return candidate, _outside_root(relative, root, os.path.join(real_folder, name)), True
-        listings.note(os.path.dirname(candidate) or ".")
-        path = Path(candidate)
-        if path.is_file():
-            if not allow_outside_root:
-                real, base = path.resolve(), root.resolve()
-                if real != base and base not in real.parents:
-                    return candidate, _outside_root(relative, root, real), True
-            return candidate, None, True
+        found = _file_at(candidate, root, relative, allow_outside_root, listings)
+        if found:
+            return found
+    # a listing holds names as stored: on a case- or normalisation-insensitive file system (macOS,
+    # Windows) `Photo.JPG` or a composed `café.jpg` opens a file listed under another spelling
+    for root, candidate in unlisted:
+        found = _file_at(candidate, root, relative, allow_outside_root, listings)
+        if found:
+            return found
     return " or ".join(candidates), None, False
+
+
+def _file_at(candidate: str, root: Path, relative: str, allow_outside_root: bool,
+             listings: FolderListings) -> tuple[str, str | None, bool] | None:
+    """The per-file route (a stat, and a realpath for the root check): `_resolve_image`'s answer, or None."""
+    listings.note(os.path.dirname(candidate) or ".")
+    path = Path(candidate)
+    if not path.is_file():
+        return None
+    if not allow_outside_root:
+        real, base = path.resolve(), root.resolve()
+        if real != base and base not in real.parents:
+            return candidate, _outside_root(relative, root, real), True
+    return candidate, None, True
 
 
 def _outside_root(relative: str, root: Path, real) -> str:

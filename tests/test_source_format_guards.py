@@ -274,3 +274,24 @@ def test_a_missing_file_named_with_a_suffix_is_no_hub_id(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match=r"^data/captions\.json: no such file or folder$"):
         detect_format("data/captions.json")
     assert detect_format("owner/captions") == "hub"
+
+
+def test_an_image_its_folder_lists_under_another_spelling_is_found_by_opening_it(tmp_path, monkeypatch):
+    """On a case- or normalisation-insensitive file system (macOS, Windows) a record's `Photo.PNG` opens the file
+    listed as `photo.png`, but the folder listing holds the stored spelling only: the exact-name lookup missed and
+    the image was "not found" (audit CO's note). Simulated here by a listing that names nothing: a file that
+    opens is found in the first root that has it, still checked against its root; a missing one is still not
+    found, every candidate named."""
+    from augment.source_formats import FolderListings, _resolve_image
+
+    monkeypatch.setattr(FolderListings, "kind", lambda self, folder, name: None)
+    images = tmp_path / "images"
+    write_image(images / "a.png")
+    roots = [tmp_path, images]
+    assert _resolve_image("a.png", roots, False, FolderListings()) == (str(images / "a.png"), None, True)
+    (tmp_path / "outside").mkdir()
+    (images / "link.png").symlink_to(write_image(tmp_path / "outside" / "b.png"))
+    path, problem, found = _resolve_image("link.png", [images], False, FolderListings())
+    assert found and path == str(images / "link.png") and "leads outside the image root" in problem
+    path, problem, found = _resolve_image("c.png", roots, False, FolderListings())
+    assert (path, problem, found) == (f"{tmp_path / 'c.png'} or {images / 'c.png'}", None, False)
