@@ -31,3 +31,54 @@ def test_captions_differing_only_in_whitespace_or_case_are_cached_apart(tmp_path
     reopened = Embedder(ExactTextScorer(), EmbeddingCache(tmp_path, "scorer"))
     np.testing.assert_array_equal(reopened.texts(captions[::-1]), first[::-1])
     assert reopened.reused["text"] == 5 and reopened.encoded["text"] == 0
+
+
+class MeanColourScorer:
+    """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
+
+    batch_size = 8
+
+    def image_preparer(self):
+        return _mean_colours
+
+    def encode_prepared(self, pixels):
+        return pixels
+
+
+def _mean_colours(images):
+    return torch.tensor(np.stack([np.asarray(image.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)) for image in images]))
+
+
+def _write_png(path, colour):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), colour).save(path, format="PNG")
+    return {"path": str(path), "bytes": None}
+
+
+def test_an_image_file_rewritten_between_runs_is_encoded_again(tmp_path):
+    """Mutation E02 (an image keyed by its path instead of its bytes) passed: a source image replaced under
+    the same file name must not get the old picture's cached embedding in the next run."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    image = _write_png(tmp_path / "0001.png", (255, 0, 0))
+    first = Embedder(MeanColourScorer(), EmbeddingCache(tmp_path / "cache", "scorer")).images([image])
+    np.testing.assert_array_equal(first, [[255, 0, 0]])
+    _write_png(tmp_path / "0001.png", (0, 0, 255))
+    again = Embedder(MeanColourScorer(), EmbeddingCache(tmp_path / "cache", "scorer"))
+    np.testing.assert_array_equal(again.images([image]), [[0, 0, 255]])
+    assert again.encoded["image"] == 1
+
+
+def test_an_image_path_key_is_remembered_for_the_next_call_only(tmp_path):
+    """Mutation E03 (the keys of image files read by every earlier call kept, not only the previous call's)
+    passed: a file the run read long ago and rewritten since kept its old key, so its old embedding."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    red = _write_png(tmp_path / "a.png", (255, 0, 0))
+    green = _write_png(tmp_path / "b.png", (0, 255, 0))
+    embedder = Embedder(MeanColourScorer(), EmbeddingCache(tmp_path / "cache", "scorer"))
+    embedder.images([red])
+    embedder.images([green])  # a.png is no longer among the previous call's files
+    _write_png(tmp_path / "a.png", (0, 0, 255))
+    np.testing.assert_array_equal(embedder.images([red]), [[0, 0, 255]])
