@@ -33,6 +33,20 @@ def test_captions_differing_only_in_whitespace_or_case_are_cached_apart(tmp_path
     assert reopened.reused["text"] == 5 and reopened.encoded["text"] == 0
 
 
+def test_cached_embeddings_go_to_their_own_captions_when_a_miss_comes_first(tmp_path):
+    """Mutation E22 (the cached embeddings paired with every asked key, not only the found ones) passed: every
+    test's misses came after its hits, where both pairings agree; a miss first gave each caption after it the
+    next caption's embedding."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    captions = ["a new caption", "a red cube", "a blue cone"]
+    Embedder(ExactTextScorer(), EmbeddingCache(tmp_path, "scorer")).texts(captions[1:])
+    scorer = ExactTextScorer()
+    embedder = Embedder(scorer, EmbeddingCache(tmp_path, "scorer"))
+    np.testing.assert_array_equal(embedder.texts(captions), ExactTextScorer().encode_texts(captions).numpy())
+    assert scorer.encoded == captions[:1] and embedder.reused["text"] == 2
+
+
 class MeanColourScorer:
     """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
 
