@@ -47,6 +47,25 @@ def test_cached_embeddings_go_to_their_own_captions_when_a_miss_comes_first(tmp_
     assert scorer.encoded == captions[:1] and embedder.reused["text"] == 2
 
 
+def test_a_cache_file_of_an_unknown_kind_is_named_and_the_cache_still_opens(tmp_path, caplog):
+    """Mutation E29 (no check of a file's "kind" when the index is read) passed: a file of this scorer whose
+    kind is neither text nor image stopped every run sharing the folder with a KeyError traceback."""
+    from safetensors.numpy import save_file
+
+    from augment.scoring.embeddings import CACHE_VERSION, EmbeddingCache, text_key
+
+    keys = np.frombuffer(text_key("a red cube"), dtype=np.uint8)[None, :]
+    save_file({"keys": keys, "embeddings": np.ones((1, 3), dtype=np.float32)}, str(tmp_path / "video-1.safetensors"),
+              metadata={"scorer_id": "scorer", "kind": "video", "cache_version": CACHE_VERSION})
+    EmbeddingCache(tmp_path, "scorer").put("text", keys, np.full((1, 3), 2, dtype=np.float32))
+    with caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        cache = EmbeddingCache(tmp_path, "scorer")
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"embedding cache file {tmp_path / 'video-1.safetensors'} is unreadable"]
+    found, embeddings = cache.lookup("text", keys)
+    assert found.tolist() == [True] and embeddings.tolist() == [[2, 2, 2]]
+
+
 class MeanColourScorer:
     """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
 
