@@ -66,6 +66,23 @@ def test_a_cache_file_of_an_unknown_kind_is_named_and_the_cache_still_opens(tmp_
     assert found.tolist() == [True] and embeddings.tolist() == [[2, 2, 2]]
 
 
+def test_a_cache_file_of_another_cache_version_is_ignored_and_kept(tmp_path):
+    """Mutation E05 (no check of a file's cache_version) passed: embeddings a cache format of another version
+    wrote were read as this one's."""
+    from safetensors.numpy import save_file
+
+    from augment.scoring.embeddings import EmbeddingCache, text_key
+
+    keys = np.frombuffer(text_key("a red cube"), dtype=np.uint8)[None, :]
+    other_version = tmp_path / "text-1.safetensors"
+    save_file({"keys": keys, "embeddings": np.ones((1, 3), dtype=np.float32)}, str(other_version),
+              metadata={"scorer_id": "scorer", "kind": "text", "cache_version": "0"})
+    cache = EmbeddingCache(tmp_path, "scorer")
+    found, embeddings = cache.lookup("text", keys)
+    assert found.tolist() == [False] and embeddings is None and len(cache) == 0
+    assert other_version.exists()  # another version's reader may share the folder
+
+
 class MeanColourScorer:
     """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
 
