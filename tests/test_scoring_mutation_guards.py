@@ -83,6 +83,22 @@ def test_a_cache_file_of_another_cache_version_is_ignored_and_kept(tmp_path):
     assert other_version.exists()  # another version's reader may share the folder
 
 
+def test_a_cache_file_of_keys_of_another_width_is_named_and_the_cache_still_opens(tmp_path, caplog):
+    """Mutation E07 (no check of the keys' width when the index is read) passed: a file of 8-byte keys
+    (another tool's, in a shared folder) stopped the cache from opening with a numpy traceback."""
+    from safetensors.numpy import save_file
+
+    from augment.scoring.embeddings import CACHE_VERSION, EmbeddingCache
+
+    narrow = tmp_path / "text-1.safetensors"
+    save_file({"keys": np.zeros((2, 8), dtype=np.uint8), "embeddings": np.ones((2, 3), dtype=np.float32)}, str(narrow),
+              metadata={"scorer_id": "scorer", "kind": "text", "cache_version": CACHE_VERSION})
+    with caplog.at_level("WARNING", logger="augment.scoring.embeddings"):
+        cache = EmbeddingCache(tmp_path, "scorer")
+    assert len(cache) == 0 and not narrow.exists()
+    assert f"embedding cache file {narrow} is unreadable (keys of shape (2, 8)" in caplog.text
+
+
 class MeanColourScorer:
     """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
 
