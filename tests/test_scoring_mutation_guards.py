@@ -99,6 +99,21 @@ def test_a_cache_file_of_keys_of_another_width_is_named_and_the_cache_still_open
     assert f"embedding cache file {narrow} is unreadable (keys of shape (2, 8)" in caplog.text
 
 
+
+def test_a_caption_asked_twice_counts_as_reused_twice(tmp_path):
+    """Mutation E21 (reuse counted per distinct key, not per caption asked) passed: the re-score's "encoding"
+    summary said fewer embeddings were taken from the cache than the rows took from it."""
+    from augment.scoring.embeddings import EmbeddingCache, Embedder
+
+    captions = ["a red cube", "a red cube", "a blue cone", "a red cube"]
+    first = Embedder(ExactTextScorer(), EmbeddingCache(tmp_path, "scorer"))
+    first.texts(captions[:2])
+    assert first.encoded["text"] == 1 and first.reused["text"] == 1  # the second copy: the first's embedding
+    again = Embedder(ExactTextScorer(), EmbeddingCache(tmp_path, "scorer"))
+    again.texts(captions)
+    assert again.encoded["text"] == 1 and again.reused["text"] == 3
+
+
 class MeanColourScorer:
     """Encodes an image as its mean colour: an image rewritten in another colour has another embedding."""
 
