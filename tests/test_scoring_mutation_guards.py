@@ -99,6 +99,18 @@ def test_a_cache_file_of_keys_of_another_width_is_named_and_the_cache_still_open
     assert f"embedding cache file {narrow} is unreadable (keys of shape (2, 8)" in caplog.text
 
 
+def test_the_key_index_finds_nothing_after_its_only_file_is_dropped(tmp_path):
+    """Mutation E24 (drop keeping the runs it emptied) passed: the look-up after the only cache file turned
+    unreadable failed with an IndexError instead of a miss."""
+    from augment.scoring.embeddings import _KeyIndex
+
+    keys = np.random.default_rng(0).integers(0, 256, size=(3, 16), dtype=np.uint8)
+    index = _KeyIndex()
+    index.add(keys, 0)
+    index.drop(0)
+    file_ids, _ = index.find(keys)
+    assert file_ids.tolist() == [-1, -1, -1] and len(index) == 0
+
 
 def test_a_caption_asked_twice_counts_as_reused_twice(tmp_path):
     """Mutation E21 (reuse counted per distinct key, not per caption asked) passed: the re-score's "encoding"
