@@ -175,3 +175,15 @@ def test_an_image_path_key_is_remembered_for_the_next_call_only(tmp_path):
     embedder.images([green])  # a.png is no longer among the previous call's files
     _write_png(tmp_path / "a.png", (0, 0, 255))
     np.testing.assert_array_equal(embedder.images([red]), [[0, 0, 255]])
+
+
+def test_intervals_of_an_earlier_resampling_scheme_are_not_current():
+    """Mutation S03 (intervals_are_current true for any recorded scheme) passed: the tests only dropped the
+    "resampling" key, so an entry whose intervals an earlier scheme drew (recorded under its own name) would be
+    reused and published as this version's."""
+    from augment.scoring.measures import RESAMPLING
+    from augment.scoring.store import intervals_are_current
+
+    assert intervals_are_current({"resampling": RESAMPLING})
+    assert not intervals_are_current({"resampling": "index-matrix-2-gap-by-items"})
+    assert not intervals_are_current({})
