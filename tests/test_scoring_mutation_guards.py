@@ -177,6 +177,33 @@ def test_an_image_path_key_is_remembered_for_the_next_call_only(tmp_path):
     np.testing.assert_array_equal(embedder.images([red]), [[0, 0, 255]])
 
 
+def _write_rows_table(path, metadata, row_id="eda:0:0:1"):
+    import pyarrow as pa
+
+    from augment.scoring import store
+
+    writer = store.TableWriter(path, pa.schema([store.row_schema().field("row_id")]), metadata)
+    writer.write({"row_id": [row_id]})
+    return writer.commit()
+
+
+def test_a_side_table_is_current_only_in_this_scores_version_and_for_the_inputs_asked(tmp_path):
+    """Mutation S05 (table_is_current ignoring scores_version) passed: a re-score would reuse tables another
+    version wrote beside its entry (the inputs key, S04, is also checked end to end)."""
+    from augment.scoring.store import SCORES_VERSION, table_is_current
+
+    current = _write_rows_table(tmp_path / "a" / "rows.parquet", {"scores_version": SCORES_VERSION, "inputs_key": "key-a"})
+    assert table_is_current(current) and table_is_current(current, "key-a")
+    assert not table_is_current(current, "key-b")
+    older = _write_rows_table(tmp_path / "b" / "rows.parquet", {"scores_version": SCORES_VERSION + 1, "inputs_key": "key-a"})
+    assert not table_is_current(older) and not table_is_current(older, "key-a")
+    unkeyed = _write_rows_table(tmp_path / "c" / "rows.parquet", {"scores_version": SCORES_VERSION})
+    assert table_is_current(unkeyed) and not table_is_current(unkeyed, "key-a")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "rows.parquet").write_bytes(b"PAR1 cut short")
+    assert not table_is_current(tmp_path / "d" / "rows.parquet", "key-a")
+
+
 def test_intervals_of_an_earlier_resampling_scheme_are_not_current():
     """Mutation S03 (intervals_are_current true for any recorded scheme) passed: the tests only dropped the
     "resampling" key, so an entry whose intervals an earlier scheme drew (recorded under its own name) would be
