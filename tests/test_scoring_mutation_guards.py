@@ -214,3 +214,17 @@ def test_intervals_of_an_earlier_resampling_scheme_are_not_current():
     assert intervals_are_current({"resampling": RESAMPLING})
     assert not intervals_are_current({"resampling": "index-matrix-2-gap-by-items"})
     assert not intervals_are_current({})
+
+
+def test_a_side_table_of_another_scores_version_is_refused_when_read(tmp_path):
+    """Mutation S08 (read_table not checking scores_version) passed: select and the report read a table another
+    version of mat-plus wrote as if its columns meant what this version's do."""
+    import pytest
+
+    from augment.errors import PoolError
+    from augment.scoring.store import read_table
+
+    path = _write_rows_table(tmp_path / "rows.parquet", {"scores_version": 2})
+    with pytest.raises(PoolError, match=rf"^{path}: scores version 2, this mat-plus reads 1; run `augment score` again$"):
+        read_table(path, ["row_id"])
+    assert read_table(_write_rows_table(tmp_path / "now" / "rows.parquet", {"scores_version": 1}), ["row_id"]).num_rows == 1
