@@ -204,6 +204,14 @@ def test_a_side_table_is_current_only_in_this_scores_version_and_for_the_inputs_
     assert not table_is_current(tmp_path / "d" / "rows.parquet", "key-a")
 
 
+def _scores_document():
+    entry = {"scorer": {"name": "tiny-clip", "id": "tiny-id", "slug": "tiny-clip-1"}, "pool": {"finished": "x"},
+             "tables": {"rows": "scores/tiny-clip-1/rows.parquet"},
+             # a modality without a statistic is null (a text-only pool has no image alignment)
+             "alignment": {"all": {"mean": 0.1}, "image": None}, "gap": {"text": None}}
+    return {"scores_version": 1, "latest": "tiny-clip-1", "scorers": {"tiny-clip-1": entry}}
+
+
 def test_intervals_of_an_earlier_resampling_scheme_are_not_current():
     """Mutation S03 (intervals_are_current true for any recorded scheme) passed: the tests only dropped the
     "resampling" key, so an entry whose intervals an earlier scheme drew (recorded under its own name) would be
@@ -228,3 +236,19 @@ def test_a_side_table_of_another_scores_version_is_refused_when_read(tmp_path):
     with pytest.raises(PoolError, match=rf"^{path}: scores version 2, this mat-plus reads 1; run `augment score` again$"):
         read_table(path, ["row_id"])
     assert read_table(_write_rows_table(tmp_path / "now" / "rows.parquet", {"scores_version": 1}), ["row_id"]).num_rows == 1
+
+
+def test_an_open_clip_scorer_is_found_by_its_name_without_the_pretrained_tag(tmp_path):
+    """Mutation S12 (find_scorer_entry matching the full name only) passed: `--scorer ViT-B-16`, the name the
+    README's score commands give, no longer found the scores stored under ViT-B-16:openai."""
+    import json
+
+    from augment.scoring.store import find_scorer_entry
+
+    document = _scores_document()
+    entry = document["scorers"]["tiny-clip-1"]
+    entry["scorer"].update(name="ViT-B-16:openai", slug="vit-b-16-openai")
+    document = {"scores_version": 1, "latest": "vit-b-16-openai", "scorers": {"vit-b-16-openai": entry}}
+    (tmp_path / "scores.json").write_text(json.dumps(document))
+    assert find_scorer_entry(tmp_path, "ViT-B-16") == entry
+    assert find_scorer_entry(tmp_path, "ViT-B-16:openai") == entry
