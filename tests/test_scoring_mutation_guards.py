@@ -207,9 +207,25 @@ def test_a_side_table_is_current_only_in_this_scores_version_and_for_the_inputs_
 def _scores_document():
     entry = {"scorer": {"name": "tiny-clip", "id": "tiny-id", "slug": "tiny-clip-1"}, "pool": {"finished": "x"},
              "tables": {"rows": "scores/tiny-clip-1/rows.parquet"},
-             # a modality without a statistic is null (a text-only pool has no image alignment)
+             # a modality's statistics may be null, which check_scores_document accepts
              "alignment": {"all": {"mean": 0.1}, "image": None}, "gap": {"text": None}}
     return {"scores_version": 1, "latest": "tiny-clip-1", "scorers": {"tiny-clip-1": entry}}
+
+
+def test_a_scores_document_is_refused_without_its_rows_table_and_kept_with_null_statistics(tmp_path):
+    """Mutations S10 (a null modality in a summary refused: a valid scores.json refused) and S17 (an entry
+    without tables.rows accepted: select failed later with a KeyError traceback) passed."""
+    import pytest
+
+    from augment.errors import PoolError
+    from augment.scoring.store import check_scores_document
+
+    path = tmp_path / "scores.json"
+    check_scores_document(_scores_document(), path, tmp_path)
+    without_rows = _scores_document()
+    del without_rows["scorers"]["tiny-clip-1"]["tables"]["rows"]
+    with pytest.raises(PoolError, match=rf"^{path}: in the entry of scorer 'tiny-clip-1', 'tables.rows' is missing;"):
+        check_scores_document(without_rows, path, tmp_path)
 
 
 def test_intervals_of_an_earlier_resampling_scheme_are_not_current():
