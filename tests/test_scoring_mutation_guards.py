@@ -268,3 +268,17 @@ def test_an_open_clip_scorer_is_found_by_its_name_without_the_pretrained_tag(tmp
     (tmp_path / "scores.json").write_text(json.dumps(document))
     assert find_scorer_entry(tmp_path, "ViT-B-16") == entry
     assert find_scorer_entry(tmp_path, "ViT-B-16:openai") == entry
+
+
+def test_without_a_scorer_the_latest_entry_is_read_not_the_first(tmp_path):
+    """Mutation S30 (find_scorer_entry without --scorer returning the first stored entry) passed: every test pool
+    had one scorer, so select and push would read another scorer's scores than the latest."""
+    import json
+
+    from augment.scoring.store import find_scorer_entry
+
+    first, latest = _scores_document()["scorers"]["tiny-clip-1"], _scores_document()["scorers"]["tiny-clip-1"]
+    latest["scorer"].update(name="other-clip", slug="other-clip-1")
+    document = {"scores_version": 1, "latest": "other-clip-1", "scorers": {"tiny-clip-1": first, "other-clip-1": latest}}
+    (tmp_path / "scores.json").write_text(json.dumps(document))
+    assert find_scorer_entry(tmp_path, None)["scorer"]["slug"] == "other-clip-1"
