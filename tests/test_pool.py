@@ -79,7 +79,6 @@ def test_an_image_from_a_file_is_held_in_the_pool_not_named_by_its_path(tmp_path
     assert again[0]["image"].getpixel((0, 0)) == (9, 9, 9)
 
 
-
 def test_an_image_closed_before_it_was_read_is_held_in_the_pool(tmp_path):
     """A generator returning an image from `with Image.open(f) as im: return im` hands over a closed image whose
     pixels were never read: datasets stored it as the file's path (lost with the file), and since the pool
@@ -91,6 +90,7 @@ def test_an_image_closed_before_it_was_read_is_held_in_the_pool(tmp_path):
     write_pool(tmp_path / "p", [_row(0, "image", None, closed)], {"method": "m"})
     source.unlink()
     assert load_pool(tmp_path / "p").dataset[0]["image"].convert("RGB").getpixel((3, 3)) == (0, 0, 255)
+
 
 def test_a_shard_of_generated_images_is_the_file_datasets_own_encoding_writes(tmp_path, monkeypatch):
     """write_shard encodes a generator's PIL images itself, in slices, without datasets' pickled hash of the
