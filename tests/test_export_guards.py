@@ -1,6 +1,7 @@
-"""Guards from mutation audit CQ of `augment push --to-dir` (augment/hub.py): what an export embeds and
-which files in its folder it may replace. Each test fails under a plausible bug that every earlier test let
-pass (named in its docstring); small pools written by the tests' own helpers, no network."""
+"""Guards from mutation audit CQ of publishing a pool (augment/hub.py): what a `push --to-dir` export embeds,
+which files in its folder it may replace, the local paths it publishes and which repository pool counts as
+this one. Each test fails under a plausible bug that every earlier test let pass (named in its docstring);
+small pools written by the tests' own helpers, no network."""
 from __future__ import annotations
 
 from augment.pool import write_pool
@@ -67,6 +68,25 @@ def test_a_dataset_with_a_card_but_no_pool_json_is_not_taken_for_this_export_kil
     pool = make_pool(tmp_path / "pool", method="eda", modality="text", model=None)
     assert "exists and is not empty" in refused(capsys, "push", pool, "--to-dir", out)
     assert files_under(out) == before
+
+
+def test_local_paths_inside_lists_are_published_by_their_last_part():
+    """pool.json and scores.json are published with every local path shortened, in lists too: a list's strings
+    left whole published the uploader's folders (audit CQ)."""
+    from augment.hub import published_document
+
+    document = {"parents": ["/home/u/pools/eda", {"path": "/home/u/pools/sd"}, 3], "seeds": [1, 2], "model": "org/name"}
+    assert published_document(document) == {"parents": ["eda", {"path": "sd"}, 3], "seeds": [1, 2], "model": "org/name"}
+
+
+def test_pools_differing_only_in_modality_are_not_the_same_pool():
+    """A derived pool's modality tells it apart (an adversarial pool's text and image attacks): left out of
+    same_pool, a push replaced the other modality's pool in a repository without --force (audit CQ)."""
+    from augment.hub import same_pool
+
+    ours = {**pool_meta("adversarial", "text", "tiny-clip"), "recipe": 1}
+    assert same_pool(ours, dict(ours))
+    assert not same_pool(ours, {**ours, "modality": "image"})
 
 
 def test_an_export_finished_into_the_folder_while_this_one_waited_for_its_lock_is_not_replaced(tmp_path, capsys,
