@@ -1,0 +1,64 @@
+"""Guards of the Stable Diffusion generators' calls and settings and of the paraphrasers' sampling (audit CP).
+
+Each test here failed under a mutation that had passed every test of its module: the diffusion tests drive the
+generators through a recording stand-in for the diffusers pipeline (no model: what each call is asked for is the
+point), the paraphrase tests call the shared sampling helpers directly.
+"""
+from __future__ import annotations
+
+import json
+import types
+
+
+# ----------------------------------------------------------------------------- Stable Diffusion
+
+
+class RecordingPipe:
+    """A diffusers pipeline stand-in: records each call's arguments and returns one plain image per slot (at the
+    init image's size for img2img, else at the asked size), flagging the slots in `flagged` as the checker does."""
+
+    vae_scale_factor = 8
+
+    def __init__(self, sample_size=8, flagged=(), safety_checker=None):
+        self.unet = types.SimpleNamespace(config=types.SimpleNamespace(sample_size=sample_size))
+        self.scheduler, self.safety_checker, self.flagged, self.calls = object(), safety_checker, set(flagged), []
+
+    def __call__(self, **kwargs):
+        from PIL import Image
+
+        self.calls.append(kwargs)
+        count = len(kwargs["prompt"]) * kwargs["num_images_per_prompt"]
+        sizes = [image.size for image in kwargs["image"]] if "image" in kwargs else \
+            [(kwargs["width"] or 64, kwargs["height"] or 64)] * count
+        images = [Image.new("RGB", size, (slot, 0, 0)) for slot, size in enumerate(sizes)]
+        nsfw = [slot in self.flagged for slot in range(count)] if self.safety_checker else None
+        return types.SimpleNamespace(images=images, nsfw_content_detected=nsfw)
+
+
+def sd_generator(method: str, pipe=None, **settings):
+    from augment.generators.diffusion import GENERATOR_CLASSES, DiffusionSettings
+
+    return GENERATOR_CLASSES[method](DiffusionSettings(**{"model": "tiny-sd", "batch_size": 4, **settings}),
+                                     pipe=pipe or RecordingPipe())
+
+
+def coloured_item(image_id: str, size: tuple[int, int], captions=("a red square", "a blue circle")) -> dict:
+    from PIL import Image
+
+    return {"image_id": image_id, "image": Image.new("RGB", size, (200, 30, 30)), "captions": list(captions),
+            "split": "train"}
+
+
+def test_the_sd_pipelines_are_asked_for_the_settings_guidance_negative_prompt_size_and_strength():
+    """Guards audit CP's D21-D23, D25, D28, D29: either pipeline call run at diffusers' default guidance scale or
+    strength, without the negative prompt, or with --height and --width swapped, passed every test (the tiny
+    runs used the defaults and square images)."""
+    t2i = sd_generator("t2i-sd", guidance_scale=3.0, negative_prompt="blurry", height=48, width=80)
+    rows = t2i.generate([coloured_item("i0", (64, 64))], 1, seed=0)
+    (call,) = t2i.pipe.calls
+    assert (call["guidance_scale"], call["negative_prompt"], call["height"], call["width"]) == (3.0, ["blurry"] * 2, 48, 80)
+    assert [json.loads(row["provenance"])["size"] for row in rows] == [[80, 48]] * 2
+    i2i = sd_generator("t-i2i-sd", guidance_scale=2.0, negative_prompt="dark", strength=0.3)
+    i2i.generate([coloured_item("i0", (64, 64))], 1, seed=0)
+    (call,) = i2i.pipe.calls
+    assert (call["guidance_scale"], call["negative_prompt"], call["strength"]) == (2.0, ["dark"] * 2, 0.3)
