@@ -62,3 +62,13 @@ def test_the_sd_pipelines_are_asked_for_the_settings_guidance_negative_prompt_si
     i2i.generate([coloured_item("i0", (64, 64))], 1, seed=0)
     (call,) = i2i.pipe.calls
     assert (call["guidance_scale"], call["negative_prompt"], call["strength"]) == (2.0, ["dark"] * 2, 0.3)
+
+
+def test_an_i2i_call_holds_sources_of_one_generation_size_only():
+    """Guards audit CP's D24: i2i calls planned without the size check passed every test (each tried one source size);
+    a wide source after a square one was then squeezed to the square's size and its row recorded the wrong size."""
+    generator = sd_generator("t-i2i-sd", strength=0.5)
+    rows = generator.generate([coloured_item("square", (64, 64), ["a"]), coloured_item("wide", (80, 48), ["b"])], 1, 0)
+    assert [[image.size for image in call["image"]] for call in generator.pipe.calls] == [[(64, 64)], [(104, 64)]]
+    assert [json.loads(row["provenance"])["generation_size"] for row in rows] == [[64, 64], [104, 64]]
+    assert [row["image"].size for row in rows] == [(64, 64), (80, 48)]
