@@ -72,3 +72,17 @@ def test_an_i2i_call_holds_sources_of_one_generation_size_only():
     assert [[image.size for image in call["image"]] for call in generator.pipe.calls] == [[(64, 64)], [(104, 64)]]
     assert [json.loads(row["provenance"])["generation_size"] for row in rows] == [[64, 64], [104, 64]]
     assert [row["image"].size for row in rows] == [(64, 64), (80, 48)]
+
+
+# ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
+
+
+def test_outputs_differing_only_in_inner_whitespace_are_one_output():
+    """Guards audit CP's P04: `normalised` keeping runs of inner whitespace passed every test; "a  dog runs" then
+    counted as a paraphrase of "a dog runs"."""
+    from augment.generators.paraphrase import DistinctCollector
+
+    collector = DistinctCollector(3, refuse=["A dog runs."])
+    for text in ("a  dog\truns", "A dog\n runs", "A cat  sits", "a cat sits"):
+        collector.offer(text, 0)
+    assert [text for text, _ in collector.kept] == ["A cat  sits"]
