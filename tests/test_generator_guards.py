@@ -86,3 +86,11 @@ def test_outputs_differing_only_in_inner_whitespace_are_one_output():
     for text in ("a  dog\truns", "A dog\n runs", "A cat  sits", "a cat sits"):
         collector.offer(text, 0)
     assert [text for text, _ in collector.kept] == ["A cat  sits"]
+
+
+def test_every_lead_in_line_of_an_answer_is_dropped():
+    """Guards audit CP's P09: `answer_of` dropping one lead-in line only passed every test (each output had one); the
+    second ("New version:") then became the paraphrase."""
+    from augment.generators.paraphrase import answer_of
+
+    assert answer_of("Okay, here is a rewrite:\nNew version:\nA dog runs on grass.") == "A dog runs on grass."
