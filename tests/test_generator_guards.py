@@ -74,6 +74,17 @@ def test_an_i2i_call_holds_sources_of_one_generation_size_only():
     assert [row["image"].size for row in rows] == [(64, 64), (80, 48)]
 
 
+def test_a_flagged_image_is_noted_on_its_own_captions_rows_only():
+    """Guards audit CP's D13: the flagged images counted per source image (not per caption) passed every test (the
+    checker test used one caption per image); the other captions' rows then said that one of their images was
+    dropped."""
+    generator = sd_generator("t2i-sd", pipe=RecordingPipe(flagged={0}, safety_checker=object()), safety_checker=True)
+    rows = generator.generate([coloured_item("i0", (64, 64))], 2, seed=0)  # one call: 2 captions x 2 images
+    notes = {row["row_id"]: json.loads(row["provenance"]).get("note") for row in rows}
+    assert notes == {"t2i-sd:i0:0:1": "1 of 2 images of this caption dropped: flagged by the safety checker",
+                     "t2i-sd:i0:1:0": None, "t2i-sd:i0:1:1": None}
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
