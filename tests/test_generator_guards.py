@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import types
 
+import pytest
+
 
 # ----------------------------------------------------------------------------- Stable Diffusion
 
@@ -83,6 +85,22 @@ def test_a_flagged_image_is_noted_on_its_own_captions_rows_only():
     notes = {row["row_id"]: json.loads(row["provenance"]).get("note") for row in rows}
     assert notes == {"t2i-sd:i0:0:1": "1 of 2 images of this caption dropped: flagged by the safety checker",
                      "t2i-sd:i0:1:0": None, "t2i-sd:i0:1:1": None}
+
+
+def test_a_swapped_scheduler_keeps_the_models_schedule_and_an_unfitting_one_is_refused():
+    """Guards audit CP's D07 and D08: the scheduler swapped in from its class defaults (not the model's config), or
+    swapped without the compatibility check, passed every test (tiny-sd's schedule is the defaults')."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from augment.errors import MatPlusError
+    from augment.generators.diffusion import swap_scheduler
+
+    pipe = types.SimpleNamespace(scheduler=DDIMScheduler(num_train_timesteps=500, beta_start=0.002, beta_end=0.03))
+    swap_scheduler(pipe, "EulerDiscreteScheduler")
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert (pipe.scheduler.config.num_train_timesteps, pipe.scheduler.config.beta_end) == (500, 0.03)
+    with pytest.raises(MatPlusError, match="does not fit this model"):
+        swap_scheduler(pipe, "FlowMatchEulerDiscreteScheduler")
 
 
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
