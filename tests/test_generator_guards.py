@@ -11,6 +11,8 @@ import types
 
 import pytest
 
+from tests.conftest import without_model
+
 
 # ----------------------------------------------------------------------------- Stable Diffusion
 
@@ -123,3 +125,42 @@ def test_every_lead_in_line_of_an_answer_is_dropped():
     from augment.generators.paraphrase import answer_of
 
     assert answer_of("Okay, here is a rewrite:\nNew version:\nA dog runs on grass.") == "A dog runs on grass."
+
+
+def test_seq2seq_and_untemplated_prompts_are_encoded_with_their_special_tokens():
+    """Guards audit CP's P22: the special tokens added only to untemplated causal prompts passed every test; a T5
+    paraphraser then read its prompt without the end-of-sequence token it was trained with."""
+    import torch
+
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    class Tokenizer:
+        pad_token_id = 0
+
+        def __init__(self, chat_template):
+            self.chat_template, self.added = chat_template, []
+
+        def apply_chat_template(self, messages, **kwargs):
+            return messages[0]["content"]
+
+        def __call__(self, prompts, add_special_tokens, **kwargs):
+            self.added.append(add_special_tokens)
+            ones = torch.ones(len(prompts), 2, dtype=torch.long)
+            return {"input_ids": ones, "attention_mask": ones}
+
+        def batch_decode(self, ids, skip_special_tokens):
+            return ["a dog"] * len(ids)
+
+    class Model:
+        device = torch.device("cpu")
+
+        def generate(self, input_ids, num_return_sequences, **kwargs):
+            return torch.ones(len(input_ids) * num_return_sequences, 4, dtype=torch.long)
+
+    added = {}
+    for kind, template in (("seq2seq", None), ("causal", None), ("causal", "template")):
+        tokenizer = Tokenizer(template)
+        without_model(ParaphraseGenerator, kind=kind, tokenizer=tokenizer, lm=Model(), prompt_template="{caption}",
+                      sampling=Sampling()).sample(["a cat"], 1)
+        added[kind, template] = tokenizer.added
+    assert added == {("seq2seq", None): [True], ("causal", None): [True], ("causal", "template"): [False]}
