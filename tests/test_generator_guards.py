@@ -105,6 +105,14 @@ def test_a_swapped_scheduler_keeps_the_models_schedule_and_an_unfitting_one_is_r
         swap_scheduler(pipe, "FlowMatchEulerDiscreteScheduler")
 
 
+def test_the_model_resolution_is_the_short_side_of_a_non_square_sample_size():
+    """Guards audit CP's D05: the long side of a (height, width) sample size passed every test (all square)."""
+    from augment.generators.diffusion import model_resolution
+
+    assert model_resolution(RecordingPipe(sample_size=(64, 96))) == 512
+    assert model_resolution(types.SimpleNamespace(vae_scale_factor=8, default_sample_size=128)) == 1024
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
