@@ -116,6 +116,18 @@ def test_the_model_resolution_is_the_short_side_of_a_non_square_sample_size():
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
+def test_the_generate_arguments_carry_the_recorded_sampling_settings():
+    """Guards audit CP's P23-P25: `generate_kwargs` without its top-k (transformers' default of 50 applying under
+    --sampling-top-k 0), temperature or top-p passed every test (the CLI tests read them back from params only)."""
+    from augment.generators.paraphrase import Sampling
+
+    kwargs = Sampling(top_p=0.7, top_k=0, temperature=1.3, max_new_tokens=9).generate_kwargs(3)
+    assert {key: kwargs[key] for key in ("do_sample", "top_p", "top_k", "temperature", "max_new_tokens",
+                                         "num_return_sequences", "num_beams")} == \
+        {"do_sample": True, "top_p": 0.7, "top_k": 0, "temperature": 1.3, "max_new_tokens": 9,
+         "num_return_sequences": 3, "num_beams": 1}
+
+
 def test_outputs_differing_only_in_inner_whitespace_are_one_output():
     """Guards audit CP's P04: `normalised` keeping runs of inner whitespace passed every test; "a  dog runs" then
     counted as a paraphrase of "a dog runs"."""
