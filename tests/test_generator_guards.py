@@ -113,6 +113,24 @@ def test_the_model_resolution_is_the_short_side_of_a_non_square_sample_size():
     assert model_resolution(types.SimpleNamespace(vae_scale_factor=8, default_sample_size=128)) == 1024
 
 
+def test_sd_options_are_parsed_into_the_settings_that_shape_the_images():
+    """Guards audit CP's D30, D31, D36-D38: --height/--width off the multiple of 8 accepted, --strength 1 refused,
+    and --negative-prompt, --guidance-scale or the height and width lost or swapped on their way to the settings,
+    passed every test."""
+    import argparse
+
+    from augment.cli import build_parser
+    from augment.generators.diffusion import _size, _strength, settings_from_args
+
+    with pytest.raises(argparse.ArgumentTypeError, match="multiple of 8"):
+        _size("60")
+    assert _size("64") == 64 and _strength("1") == 1.0
+    args = build_parser().parse_args(["generate", "--method", "t2i-sd", "--source", "s", "--out", "o", "--height", "48",
+                                      "--width", "80", "--guidance-scale", "3", "--negative-prompt", "blurry"])
+    settings = settings_from_args("t2i-sd", args)
+    assert (settings.height, settings.width, settings.guidance_scale, settings.negative_prompt) == (48, 80, 3.0, "blurry")
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
