@@ -202,3 +202,15 @@ def test_seq2seq_and_untemplated_prompts_are_encoded_with_their_special_tokens()
                       sampling=Sampling()).sample(["a cat"], 1)
         added[kind, template] = tokenizer.added
     assert added == {("seq2seq", None): [True], ("causal", None): [True], ("causal", "template"): [False]}
+
+
+def test_the_default_paraphraser_is_recorded_by_its_model_id_and_a_closed_one_lets_its_model_go():
+    """Guards audit CP's P33 and P34: `model_id` recording "default" rather than the model it names, and
+    `release_model` keeping the model, passed every test."""
+    from augment import registry
+    from augment.generators.paraphrase import ParaphraseGenerator, model_id
+
+    assert model_id("default", "paraphraser") == str(registry.DEFAULT_MODELS["paraphraser"]) != "default"
+    generator = without_model(ParaphraseGenerator, lm=object())
+    generator.close()
+    assert generator.lm is None
