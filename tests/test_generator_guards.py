@@ -131,6 +131,13 @@ def test_sd_options_are_parsed_into_the_settings_that_shape_the_images():
     assert (settings.height, settings.width, settings.guidance_scale, settings.negative_prompt) == (48, 80, 3.0, "blurry")
 
 
+def test_captions_per_image_above_an_images_caption_count_takes_all_its_captions():
+    """Guards audit CP's D34: `captions_used` not capped by the image's captions passed every test; --captions-per-image
+    5 then planned jobs for captions an image of 2 does not have."""
+    generator = sd_generator("t2i-sd", captions_per_image=5)
+    assert [(job.caption_index, job.k) for job in generator.jobs([coloured_item("i0", (64, 64))], 1)] == [(0, 0), (1, 0)]
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
