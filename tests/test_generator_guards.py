@@ -138,6 +138,16 @@ def test_captions_per_image_above_an_images_caption_count_takes_all_its_captions
     assert [(job.caption_index, job.k) for job in generator.jobs([coloured_item("i0", (64, 64))], 1)] == [(0, 0), (1, 0)]
 
 
+def test_a_checked_pool_that_dropped_nothing_records_no_drop():
+    """Guards audit CP's D35: `pool_notes` noting a drop of zero passed every test (the checker test flags one)."""
+    from datasets import Dataset
+
+    generator = sd_generator("t2i-sd", safety_checker=True)
+    items = Dataset.from_dict({"captions": [["a", "b"], ["c"]]})
+    assert generator.pool_notes(items, 2, num_rows=6) == {}
+    assert generator.pool_notes(items, 2, num_rows=5)["nsfw_dropped"] == 1
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
