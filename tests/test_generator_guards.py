@@ -148,6 +148,12 @@ def test_a_checked_pool_that_dropped_nothing_records_no_drop():
     assert generator.pool_notes(items, 2, num_rows=5)["nsfw_dropped"] == 1
 
 
+def test_the_params_record_the_safety_checker_that_ran_not_the_one_asked_for():
+    """Guards audit CP's D40: params recording --safety-checker as asked passed every test; a model without a checker
+    (tiny-sd, SDXL) then recorded checked images that no checker saw."""
+    assert sd_generator("t2i-sd", safety_checker=True).params()["safety_checker"] is False
+
+
 # ----------------------------------------------------------------------------- paraphrasers' and captioners' sampling
 
 
