@@ -237,3 +237,17 @@ def test_the_default_paraphraser_is_recorded_by_its_model_id_and_a_closed_one_le
     generator = without_model(ParaphraseGenerator, lm=object())
     generator.close()
     assert generator.lm is None
+
+
+def test_a_paraphrase_rows_provenance_records_its_top_p_and_temperature():
+    """Guards audit CP's P40: each row's provenance recording the top-p as its temperature passed every test (they read
+    pool.json's params, not a row's)."""
+    from augment.generators.paraphrase import ParaphraseGenerator, Sampling
+
+    generator = without_model(ParaphraseGenerator, method="t2t-x", lm=object(), model="m", kind="seq2seq",
+                              prompt_template="{caption}", batch_size=4,
+                              sampling=Sampling(top_p=0.8, temperature=1.3, max_rounds=1),
+                              sample=lambda captions, n: [["a new one"] * n for _ in captions])
+    (row,) = generator.generate([{"image_id": "i0", "captions": ["a dog"], "split": "train"}], 1, seed=0)
+    provenance = json.loads(row["provenance"])
+    assert (provenance["top_p"], provenance["temperature"]) == (0.8, 1.3)
