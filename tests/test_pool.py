@@ -1118,6 +1118,11 @@ def test_an_eda_pool_an_earlier_mat_plus_began_is_not_resumed_into_a_mix(karpath
             run_generation(EdaGenerator(ops=("rs", "rd")), source, str(tmp_path / "p"), **kwargs)
 
 
+# i2t-/t2t- recipes: 3 began when bdaf9f2 reached the history; 4 came with its change (the quote pairs)
+RECIPE_3_SINCE = "2026-12-06T09:01:28+00:00"
+RECIPE_OF_THE_QUOTE_PAIRS = 4
+
+
 @pytest.mark.parametrize("method", ["i2t-x", "t2t-x"])
 @pytest.mark.parametrize("created, resumed", [("2026-12-05T20:00:00+00:00", False), ("2026-12-06T09:30:00+00:00", True)])
 def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a_mix(tmp_path, method, created, resumed):
@@ -1133,18 +1138,17 @@ def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a
     collector.offer("été à Paris", 0)  # the source echoed composed: not a paraphrase
     collector.offer("ÉTÉ À PARIS。", 0)
     assert collector.kept == []
-    generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
-    assert generator.recipe == 3
+    assert {CaptionerGenerator.recipe, ParaphraseGenerator.recipe} == {RECIPE_OF_THE_QUOTE_PAIRS}
     PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": 2}).write_shard(0, [_row(0)])
     meta_path = tmp_path / "p" / "pool.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "created": created}))  # as it was begun
-    now = {"method": method, "seed": 0, "recipe": generator.recipe}
+    now = {"method": method, "seed": 0, "recipe": 3}  # the code of recipe 3 (2026-12-06 09:01 to 2026-12-08)
     if resumed:
-        PoolWriter(tmp_path / "p", now, recipe_since=generator.recipe_since).write_shard(1, [_row(1)])
+        PoolWriter(tmp_path / "p", now, recipe_since=RECIPE_3_SINCE).write_shard(1, [_row(1)])
         assert json.loads(meta_path.read_text())["recipe"] == 3
     else:
         with pytest.raises(PoolError, match=r"different recipe \(recipe 2, now 3: an earlier mat-plus wrote its rows "):
-            PoolWriter(tmp_path / "p", now, recipe_since=generator.recipe_since)
+            PoolWriter(tmp_path / "p", now, recipe_since=RECIPE_3_SINCE)
         assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost
 
 
@@ -1177,13 +1181,26 @@ def test_an_i2t_or_t2t_pool_begun_before_the_dedup_reached_the_code_is_not_taken
     project's history only when it was committed there, at 09:01:28 (rebased with the day's other work): a pool
     begun at 08:40 by the code of then (the history's head, 868b5d0: the old duplicate check) was taken as recipe 3 and
     resumed into a mix, exit 0."""
-    from augment.generators.captioner import CaptionerGenerator
-    from augment.generators.paraphrase import ParaphraseGenerator
-
-    generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
     PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": 2}).write_shard(0, [_row(0)])
     meta_path = tmp_path / "p" / "pool.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "created": "2026-12-06T08:40:00+00:00"}))
     with pytest.raises(PoolError, match=r"different recipe \(recipe 2, now 3: "):
+        PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": 3}, recipe_since=RECIPE_3_SINCE)
+
+
+@pytest.mark.parametrize("method", ["i2t-x", "t2t-x"])
+@pytest.mark.parametrize("recorded", [2, 3])
+def test_an_i2t_or_t2t_pool_begun_before_the_quote_pairs_is_not_resumed_into_a_mix(tmp_path, method, recorded):
+    """Recipe 4 (2026-12-08) unwraps an output in paired quotes (‘…’, «…», „…“, 「…」), so a caption echoed
+    in them is no new output: a pool of the recipes before, however recently begun, holds such rows in its
+    first shards and is refused (the recipe came with the change: no time after which recipe 3 was this code's)."""
+    from augment.generators.captioner import CaptionerGenerator
+    from augment.generators.paraphrase import ParaphraseGenerator
+
+    generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
+    assert generator.recipe == RECIPE_OF_THE_QUOTE_PAIRS
+    PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": recorded}).write_shard(0, [_row(0)])
+    with pytest.raises(PoolError, match=rf"different recipe \(recipe {recorded}, now 4: "):
         PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": generator.recipe},
                    recipe_since=generator.recipe_since)
+    assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost

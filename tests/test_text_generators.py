@@ -581,6 +581,28 @@ def test_causal_prompt_is_an_instruction_and_only_new_text_is_kept():
     assert clean_output('\n  "a square  that is red"\nCaption: more') == "a square that is red"
 
 
+@pytest.mark.parametrize("output, cleaned", [
+    ("‘A dog runs on the grass.’", "A dog runs on the grass."),  # British
+    ("«A dog runs on the grass.»", "A dog runs on the grass."),  # French
+    ("„Ein Hund rennt.“", "Ein Hund rennt."),  # German: its closing mark is an English opening one
+    ("「一只狗在跑。」", "一只狗在跑。"),
+    ('"«A dog runs.»"', "A dog runs."),  # nested, mixed
+    ("The dogs’", "The dogs’"),  # a final apostrophe is the caption's, not half of a pair
+    ("‘Tis a dog", "‘Tis a dog"),
+    ("«A dog» and a cat", "«A dog» and a cat"),  # quotes inside: kept
+])
+def test_paired_quotes_of_other_typographies_are_unwrapped(output, cleaned):
+    """was: only ASCII quotes, “ ” and backticks were stripped, so a model echoing the source caption in ‘…’,
+    «…», „…“ or 「…」 gave it back as a new paraphrase or caption (audit CP found it)."""
+    from augment.generators.paraphrase import DistinctCollector, clean_output
+
+    assert clean_output(output) == cleaned
+    collector = DistinctCollector(2, refuse=["A dog runs on the grass."])
+    for echoed in ("‘A dog runs on the grass.’", "«A dog runs on the grass.»", "「A dog runs on the grass.」"):
+        collector.offer(clean_output(echoed), 0)
+    assert collector.kept == []
+
+
 @pytest.mark.parametrize("output, answer", [
     ("<think>\nThe caption has a dog.\n</think>\n\nA dog runs.", "A dog runs."),  # Qwen3 / R1 reasoning as text
     ('Here is the new caption:\n\n"A dog runs on grass."', "A dog runs on grass."),  # a lead-in line

@@ -55,7 +55,10 @@ class CaptionerGenerator(Generator):
     # 3 (2026-12-06): outputs deduplicated after NFKC and case folding, a final '。' ignored (`normalised`):
     # other captions kept for an image whose outputs differ only so (non-ASCII ones)
     # (bdaf9f2 was written at 08:25 on another branch; it reached the history, rebased, at 09:01:28: its commit time)
-    recipe, recipe_since = 3, "2026-12-06T09:01:28+00:00"  # bdaf9f2 (2: f0f7e70, 1e55541)
+    # 4 (2026-12-08): an output wrapped in paired quotes of other typographies (‘…’, «…», „…“, 「…」) unwrapped
+    # (`clean_output`), so a caption echoed in them is no new output. Raised with the change itself, so no
+    # code wrote these rows as recipe 3: no `recipe_since` (a pool recording 3 is always an earlier one's)
+    recipe, recipe_since = 4, None  # 3: bdaf9f2; 2: f0f7e70, 1e55541
     reads_pixels = True
     modality = "text"
 

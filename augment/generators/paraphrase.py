@@ -145,10 +145,30 @@ def normalised(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(" .!?。")
 
 
+# marks stripped from either end of an output line, whether or not the other end has its partner
+_LOOSE_QUOTES = "\"'“”` "
+# quotes other languages' typography wraps a whole answer in: removed as a pair only, so that a final
+# apostrophe (’ in "the dogs’") stays. „…“ is German's; ‘…’, «…», ‹…›, 「…」, 『…』 British, French, CJK
+_QUOTE_PAIRS = {"‘": "’", "«": "»", "‹": "›", "„": "“", "「": "」", "『": "』"}
+
+
+def _unquoted(line: str) -> str:
+    """`line` without the quotes wrapping it, nested or mixed (`"«…»"`)."""
+    while True:
+        before = line
+        if len(line) >= 2 and _QUOTE_PAIRS.get(line[0]) == line[-1]:
+            line = line[1:-1]
+        line = line.strip(_LOOSE_QUOTES)
+        if line == before:
+            return line
+
+
 def clean_output(text: str) -> str:
-    """First non-empty line, whitespace collapsed, wrapping quotes removed."""
+    """First non-empty line, whitespace collapsed, wrapping quotes removed (`_LOOSE_QUOTES` at either
+    end, `_QUOTE_PAIRS` around the line): a model echoing the caption in «…» or ‘…’ gave it back as
+    a new output."""
     for line in text.splitlines():
-        line = " ".join(line.split()).strip("\"'“”` ")
+        line = _unquoted(" ".join(line.split()))
         if line:
             return line
     return ""
@@ -245,7 +265,10 @@ class ParaphraseGenerator(Generator):
     # NFKC and case folding, a final '。' ignored (`normalised`): a composed echo of a decomposed source
     # caption refused, other paraphrases kept for captions whose outputs differ only so (non-ASCII ones)
     # (bdaf9f2 was written at 08:25 on another branch; it reached the history, rebased, at 09:01:28: its commit time)
-    recipe, recipe_since = 3, "2026-12-06T09:01:28+00:00"  # bdaf9f2 (2: f0f7e70, 818e86e)
+    # 4 (2026-12-08): an output wrapped in paired quotes of other typographies (‘…’, «…», „…“, 「…」) unwrapped
+    # (`clean_output`), so a caption echoed in them is no new output. Raised with the change itself, so no
+    # code wrote these rows as recipe 3: no `recipe_since` (a pool recording 3 is always an earlier one's)
+    recipe, recipe_since = 4, None  # 3: bdaf9f2; 2: f0f7e70, 818e86e
     modality = "text"
 
     def __init__(self, method: str, model_name: str, *, sampling: Sampling = Sampling(),
