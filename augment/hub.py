@@ -32,6 +32,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -111,8 +112,22 @@ def published_scores(pool: Pool) -> tuple[Any | None, list[str]]:
         return document, []
     if not current:
         return None, left_out
-    latest = document["latest"] if document["latest"] in current else list(current)[-1]
+    latest = document["latest"] if document["latest"] in current else _newest(current)
     return {**document, "scorers": current, "latest": latest}, left_out
+
+
+def _newest(entries: dict[str, Any]) -> str:
+    """The slug of the entry scored last (its "created" time), for a latest entry left out: scores.json
+    is written with sorted keys, so the last one listed was only the alphabetically last scorer. An entry
+    without a readable time counts as the oldest."""
+    def created(slug: str) -> datetime:
+        try:
+            when = datetime.fromisoformat(str(entries[slug].get("created")))
+        except ValueError:
+            return datetime.min.replace(tzinfo=timezone.utc)
+        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+    return max(entries, key=created)
 
 
 def _superseded(document: Any, published: Any, left_out: list[str]) -> dict[str, tuple[str, str]]:

@@ -460,3 +460,24 @@ def test_push_names_scores_under_a_scorer_id_of_an_earlier_version_as_superseded
                          "tiny-clip-b91811a4" in err, err
     assert "augment score" not in err
     assert list(json.loads((tmp_path / "px" / "scores.json").read_text())["scorers"]) == ["tiny-clip-b91811a4"]
+
+
+def test_push_publishes_the_newest_current_scores_as_latest_when_the_latest_is_left_out(tmp_path, capsys):
+    """The latest entry left out (scored before the pool changed): the published latest was the last entry
+    listed, which in a scores.json written with sorted keys is the alphabetically last scorer, not the one
+    scored last (audit CQ's H03)."""
+    from augment.hub import published_scores
+    from augment.pool import load_pool
+
+    pool = text_pool(tmp_path / "pool", "eda")
+    entries = write_scores(pool, slug="b-scorer")["scorers"]
+    entries = write_scores(pool, slug="z-scorer", keep=entries)["scorers"]
+    entries["b-scorer"]["created"], entries["z-scorer"]["created"] = "2026-12-08T10:00:00+00:00", "2026-12-01T10:00:00+00:00"
+    stale = {**entries["b-scorer"], "pool": {**entries["b-scorer"]["pool"], "finished": "2020-01-01T00:00:00+00:00"}}
+    document = {"scores_version": 1, "latest": "a-stale", "scorers": {**entries, "a-stale": stale}}
+    (pool / "scores.json").write_text(json.dumps(document, sort_keys=True))
+    published, left_out = published_scores(load_pool(pool))
+    assert left_out == ["a-stale"] and list(published["scorers"]) == ["b-scorer", "z-scorer"]
+    assert published["latest"] == "b-scorer"
+    code, err = run(capsys, "push", pool, "--to-dir", tmp_path / "export")
+    assert code == 0 and json.loads((tmp_path / "export" / "scores.json").read_text())["latest"] == "b-scorer", err
