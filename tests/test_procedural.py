@@ -169,6 +169,20 @@ def test_mixed_scene_captions_hold_whole_scene_and_one_object_captions():
     assert 1 in named and any(count >= 2 for count in named), [row["caption"] for row in rows]
 
 
+def test_noisy_scene_captions_corrupt_whole_scene_captions():
+    """Guards a mutation (audit CS): `--caption-style noisy` drawing one-object captions (`partial` taken for
+    every style but `full`) passed every test; the noisy pool then held corrupted one-object captions."""
+    from augment.generators.procedural import SceneCaptionGenerator
+    from augment.world.captions import COLOUR_WORDS
+
+    colour_words = {word for words in COLOUR_WORDS.values() for word in words}
+    rows = SceneCaptionGenerator("noisy").generate([_scene_item(["a large red circle and a small blue square"])], 20,
+                                                   seed=0)
+    # a whole-scene caption names a colour per object (or none: "a disk and a disk"); a one-object caption names one
+    named = [sum(word in colour_words for word in row["caption"].replace(",", "").split()) for row in rows]
+    assert len(rows) == 20 and 1 not in named, [row["caption"] for row in rows]
+
+
 def test_shuffle_draws_its_captions_from_every_other_image():
     """Guards a mutation (audit CD): shuffle's first draw fixed to the bank's first image passed every test; every
     row of every other image then carried that one image's captions."""
