@@ -183,6 +183,22 @@ def test_noisy_scene_captions_corrupt_whole_scene_captions():
     assert len(rows) == 20 and 1 not in named, [row["caption"] for row in rows]
 
 
+def test_a_scene_caption_row_with_no_new_wording_is_skipped_alone():
+    """Guards a mutation (audit CS): `break` for the `continue` after a row's tries ran out passed every test; one
+    row without a new wording then dropped every later row of its image, not just itself."""
+    from augment.generators.procedural import SceneCaptionGenerator
+
+    draws = iter(["new 0"] + ["the source caption"] * SceneCaptionGenerator.max_tries + ["new 2", "new 3"])
+
+    class ScriptedDraws(SceneCaptionGenerator):
+        def _draw(self, scene, rng):
+            return next(draws)
+
+    rows = ScriptedDraws("full").generate([_scene_item(["the source caption"])], 4, seed=0)
+    assert [(row["row_id"].rsplit(":", 1)[1], row["caption"]) for row in rows] == [("0", "new 0"), ("2", "new 2"),
+                                                                                    ("3", "new 3")]
+
+
 def test_shuffle_draws_its_captions_from_every_other_image():
     """Guards a mutation (audit CD): shuffle's first draw fixed to the bank's first image passed every test; every
     row of every other image then carried that one image's captions."""
