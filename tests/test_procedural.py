@@ -199,6 +199,28 @@ def test_a_scene_caption_row_with_no_new_wording_is_skipped_alone():
                                                                                     ("3", "new 3")]
 
 
+def test_each_scene_caption_row_is_drawn_from_its_own_recorded_seed():
+    """Guards a mutation (audit CS): i2t-scene seeding every row of an image with k = 0 passed every test; each row
+    then replayed the first row's draws until one was new, and its recorded seed did not rebuild it."""
+    import random
+
+    from augment.generators.procedural import SceneCaptionGenerator
+
+    item = _scene_item(["a large red circle and a small blue square"])
+    generator = SceneCaptionGenerator("full")
+    rows = generator.generate([item], 6, seed=3)
+    scene = Scene.from_dict(json.loads(item["meta"])["scene"])
+    seen = {caption.lower() for caption in item["captions"]}
+    assert len({row["seed"] for row in rows}) == len(rows) == 6
+    for row in rows:  # replayed by hand: each row's own seed, drawn until the wording is new to the image
+        rng = random.Random(row["seed"])
+        caption = generator._draw(scene, rng)
+        while caption.lower() in seen:
+            caption = generator._draw(scene, rng)
+        assert row["caption"] == caption
+        seen.add(caption.lower())
+
+
 def test_shuffle_draws_its_captions_from_every_other_image():
     """Guards a mutation (audit CD): shuffle's first draw fixed to the bank's first image passed every test; every
     row of every other image then carried that one image's captions."""
