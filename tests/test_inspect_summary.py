@@ -40,6 +40,7 @@ def test_inspect_counts_each_split_and_lists_the_ten_most_common_sizes(tmp_path,
     assert summary["distinct_image_sizes"] == 11
     assert len(summary["image_sizes"]) == 10 and summary["image_sizes"]["16x12"] == 2
     assert set(summary["image_sizes"].values()) == {2, 1}
+    assert summary["image_modes"] == {"RGB": 12}  # counted, not just named (a mutation setting it to 1 survived)
 
     assert augment_main(["inspect", "--source", str(source)]) == 0
     out = capsys.readouterr().out
