@@ -1,11 +1,13 @@
 """The sample world's own generators agree with its scenes (and the shuffle control does not)."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from augment.pool import load_pool
 from augment.world.render import render_scene
@@ -112,6 +114,23 @@ def _scene_item(captions: list[str]) -> dict:
 
     scene = Scene((SceneObject("circle", "red", "large", "left"), SceneObject("square", "blue", "small", "right")))
     return {"image_id": "img0", "captions": captions, "split": "train", "meta": json.dumps({"scene": scene.to_dict()})}
+
+
+@pytest.mark.parametrize("method", ["t2i-render", "i2t-scene"])
+def test_prepare_refuses_an_item_whose_meta_holds_no_scene(method):
+    """Guards a mutation (audit CS): the check before the pool is created refusing only items with no `meta` at all
+    passed every test; an item whose `meta` held other keys and no scene then failed only in the middle of
+    generation, after the pool's folder was made."""
+    from datasets import Dataset
+
+    from augment.errors import SourceError
+    from augment.generators.procedural import build
+
+    items = Dataset.from_dict({"image_id": ["has-scene", "no-scene"],
+                               "meta": [_scene_item([])["meta"], json.dumps({"source_line": 3})]})
+    generator = build(method, argparse.Namespace(caption_style="full"))
+    with pytest.raises(SourceError, match="image 'no-scene' has no scene description"):
+        generator.prepare(items)
 
 
 def test_each_render_row_is_rebuilt_from_its_own_recorded_seed():
