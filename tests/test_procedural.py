@@ -251,6 +251,21 @@ def test_shuffle_draws_its_captions_from_every_other_image():
     assert {json.loads(row["provenance"])["from_image_id"] for row in rows} == {"a", "b"}
 
 
+def test_shuffle_draws_each_other_image_about_equally_often():
+    """Guards a mutation (audit CS): shuffle's first draw never taking the bank's last image
+    (`randrange(len(bank) - 1)`) passed every test: only a redraw reached it, and with three images the row's
+    image's neighbour came three times as often as the last image (152 to 48 of 200 rows here, not about 100 each)."""
+    from collections import Counter
+
+    from augment.generators.procedural import ShuffleGenerator
+
+    generator = ShuffleGenerator()
+    generator.prepare({"image_id": ["a", "b", "c"], "captions": [["of a"], ["of b"], ["of c"]]})
+    rows = generator.generate([{"image_id": "a", "captions": ["of a"]}], 200, seed=0)
+    drawn = Counter(json.loads(row["provenance"])["from_image_id"] for row in rows)
+    assert set(drawn) == {"b", "c"} and min(drawn.values()) >= 75, drawn  # binomial(200, 1/2): 75 is 3.5 sd below
+
+
 def test_only_noisy_rows_record_whether_their_caption_is_false():
     """Guards a mutation (audit CD): the noise record written for every style but `full` passed every test; the
     true one-object captions of `partial` and `mixed` then carried a note that no swap had made them false."""
