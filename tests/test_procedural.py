@@ -64,6 +64,20 @@ def test_shuffle_is_misaligned(sample_world_dir, tmp_path):
     assert sum(v is True for v in verdicts) < 0.2 * len(verdicts)
 
 
+def test_a_scene_caption_pool_is_not_finished_in_another_caption_style(sample_world_dir, tmp_path, capsys):
+    """Guards a mutation (audit CS): i2t-scene recording no params (its caption style left out of the pool's
+    identity) passed every test; a `full` pool rerun with `--caption-style partial` was then finished with
+    one-object captions, two styles in one pool."""
+    from augment.cli import main as augment_main
+
+    argv = ["generate", "--method", "i2t-scene", "--source", str(sample_world_dir), "--out", str(tmp_path / "pool"),
+            "--n", "1", "--limit", "2", "--no-progress"]
+    assert augment_main(argv) == 0
+    capsys.readouterr()
+    assert augment_main([*argv, "--caption-style", "partial"]) == 2
+    assert "different params ['caption_style']" in capsys.readouterr().err
+
+
 def test_scene_captions_of_one_image_are_all_different(tmp_path):
     """Guards i2t-scene's `seen.add`: without it each row was new only against the source captions, and an
     image's one-object wordings came back several times among its rows."""
