@@ -78,6 +78,16 @@ def test_a_scene_caption_pool_is_not_finished_in_another_caption_style(sample_wo
     assert "different params ['caption_style']" in capsys.readouterr().err
 
 
+def test_a_render_pool_records_its_captions_per_image_in_its_params():
+    """Guards a mutation (audit CS): t2i-render recording no params passed every test; `--captions-per-image` was
+    then left out of the pool's identity (its params, compared on every rerun, as the caption style's test above
+    shows end to end), and a pool rerun with another cap was finished under the new one."""
+    from augment.generators.procedural import build
+
+    for cap in (None, 1, 2):
+        assert build("t2i-render", argparse.Namespace(captions_per_image=cap)).params() == {"captions_per_image": cap}
+
+
 def test_scene_captions_of_one_image_are_all_different(tmp_path):
     """Guards i2t-scene's `seen.add`: without it each row was new only against the source captions, and an
     image's one-object wordings came back several times among its rows."""
