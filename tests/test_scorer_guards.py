@@ -1,0 +1,22 @@
+"""Guards from mutation audit CR of the scorers (augment/scoring/scorers.py): each test fails under a plausible
+bug that every earlier test let pass (named in its docstring)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+def _noise(width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+def test_a_resize_is_skipped_only_for_an_image_whose_short_side_is_already_the_size():
+    """`prepare_batch` skips a shortest-side Resize where the image's short side already is the size:
+    deciding that by the long side (`max` for `min`) left a 64 x 48 image unresized, and the centre crop
+    padded it with black instead of cropping the resized image."""
+    from augment.scoring.scorers import prepare_batch
+    from models import transformers_io
+
+    transform = transformers_io.resize_crop_transform(64, 64)
+    images = [_noise(64, 48, 1), _noise(48, 64, 2)]
+    assert torch.equal(prepare_batch(transform, images), torch.stack([transform(image) for image in images]))
