@@ -20,3 +20,17 @@ def test_a_resize_is_skipped_only_for_an_image_whose_short_side_is_already_the_s
     transform = transformers_io.resize_crop_transform(64, 64)
     images = [_noise(64, 48, 1), _noise(48, 64, 2)]
     assert torch.equal(prepare_batch(transform, images), torch.stack([transform(image) for image in images]))
+
+
+def test_a_centre_crop_is_skipped_only_for_an_image_of_the_crops_height_and_width():
+    """torchvision's CenterCrop size is (height, width), PIL's image size (width, height): comparing them
+    the wrong way round skipped an oblong crop on the image of the transposed size."""
+    from torchvision import transforms as T
+
+    from augment.scoring.scorers import prepare_batch
+
+    transform = T.Compose([T.CenterCrop((48, 64)), T.ToTensor()])
+    images = [_noise(48, 64, 3), _noise(48, 64, 4)]
+    batch = prepare_batch(transform, images)
+    assert batch.shape == (2, 3, 48, 64)
+    assert torch.equal(batch, torch.stack([transform(image) for image in images]))
