@@ -34,3 +34,28 @@ def test_a_centre_crop_is_skipped_only_for_an_image_of_the_crops_height_and_widt
     batch = prepare_batch(transform, images)
     assert batch.shape == (2, 3, 48, 64)
     assert torch.equal(batch, torch.stack([transform(image) for image in images]))
+
+
+def test_a_scorer_whose_tag_is_a_weights_file_is_identified_by_the_files_content(tmp_path):
+    """`--pretrained FILE` names weights by a path: the id hashes the file, so a file rewritten in place
+    is another scorer (its cached embeddings are not reused) and the same bytes elsewhere are the same one.
+    Keeping the path as the tag reused stale embeddings after the file was retrained."""
+    from augment.scoring.scorers import _model_id
+
+    weights = tmp_path / "epoch_1.pt"
+    weights.write_bytes(b"first weights")
+
+    class TaggedModel:
+        family, pretrained = "open_clip", str(weights)
+
+        def describe(self):
+            return {}
+
+    before = _model_id("ViT-B-32", TaggedModel())
+    weights.write_bytes(b"retrained weights")
+    after = _model_id("ViT-B-32", TaggedModel())
+    assert before != after and str(weights) not in after
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(b"retrained weights")
+    TaggedModel.pretrained = str(moved)
+    assert _model_id("ViT-B-32", TaggedModel()) == after
