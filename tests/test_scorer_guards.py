@@ -59,3 +59,17 @@ def test_a_scorer_whose_tag_is_a_weights_file_is_identified_by_the_files_content
     moved.write_bytes(b"retrained weights")
     TaggedModel.pretrained = str(moved)
     assert _model_id("ViT-B-32", TaggedModel()) == after
+
+
+def test_a_model_scorers_name_carries_the_pretrained_tag():
+    """The scores entry records the scorer as `ARCH:TAG` (`ViT-B-16:openai`, what `find_scorer_entry`
+    matches a bare `--scorer ViT-B-16` against): a scorer named by its architecture alone described
+    two different weights of one architecture by one name."""
+    from types import SimpleNamespace
+
+    from augment.scoring.scorers import ModelScorer
+
+    tagged = ModelScorer(SimpleNamespace(name="ViT-B-16", pretrained="openai", family="open_clip"), "id")
+    assert tagged.name == "ViT-B-16:openai" and tagged.describe()["name"] == "ViT-B-16:openai"
+    untagged = ModelScorer(SimpleNamespace(name="tiny-hf-clip", pretrained=None, family="hf_clip"), "id")
+    assert untagged.name == "tiny-hf-clip" and untagged.groups_texts and not tagged.groups_texts
