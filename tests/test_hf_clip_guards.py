@@ -22,3 +22,15 @@ def test_hf_clip_pools_the_token_transformers_pools_for_a_non_legacy_eos():
         positions = model._pooled_positions(tokens.input_ids)
     assert positions.tolist() == [2]
     torch.testing.assert_close(out.last_hidden_state[torch.arange(1), positions], out.pooler_output)
+
+
+def test_hf_clip_reads_texts_up_to_its_whole_position_table():
+    """A long caption is cut to the text model's `max_position_embeddings` tokens (77), as CLIPProcessor
+    cuts it, ending in end-of-text: a context one short (`- 1`) passed every test, whose expectation was
+    the model's own `context_length`, and gave long captions other embeddings than transformers'."""
+    model = load_model("tiny-hf-clip")
+    long_caption = "a red cube " * 60
+    tokens = model.tokenize([long_caption])
+    theirs = model.processor(text=[long_caption], truncation=True, max_length=77, return_tensors="pt")
+    assert model.context_length == model.model.config.text_config.max_position_embeddings == 77
+    assert torch.equal(tokens.input_ids, theirs["input_ids"])
