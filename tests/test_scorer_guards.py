@@ -73,3 +73,20 @@ def test_a_model_scorers_name_carries_the_pretrained_tag():
     assert tagged.name == "ViT-B-16:openai" and tagged.describe()["name"] == "ViT-B-16:openai"
     untagged = ModelScorer(SimpleNamespace(name="tiny-hf-clip", pretrained=None, family="hf_clip"), "id")
     assert untagged.name == "tiny-hf-clip" and untagged.groups_texts and not tagged.groups_texts
+
+
+def test_scorer_embeddings_are_unit_vectors_by_batches_and_from_prepared_pixels():
+    """A scorer's rows have unit norm whichever way they are computed (the alignment is their dot product,
+    a cosine): `_batched` or `encode_prepared` returning the model's raw features (normalisation dropped)
+    passed every test, and scaled every alignment and distance by the features' norms."""
+    from augment.scoring.scorers import load_scorer
+
+    scorer = load_scorer("tiny-hf-clip", batch_size=2)
+    images = [_noise(64, 64, seed) for seed in range(3)]
+    captions = ["a red cube", "a blue sphere next to a green cone", "a lamp"]
+    raw = scorer._encode_text_batch(captions).float()
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(3), atol=1e-3)  # the model's features are not unit
+    for rows in (scorer.encode_texts(captions), scorer.encode_images(images),
+                 scorer.encode_prepared(scorer.prepare_images(images))):
+        torch.testing.assert_close(rows.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(scorer.encode_prepared(scorer.prepare_images(images)), scorer.encode_images(images))
