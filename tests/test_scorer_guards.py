@@ -90,3 +90,14 @@ def test_scorer_embeddings_are_unit_vectors_by_batches_and_from_prepared_pixels(
                  scorer.encode_prepared(scorer.prepare_images(images))):
         torch.testing.assert_close(rows.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(scorer.encode_prepared(scorer.prepare_images(images)), scorer.encode_images(images))
+
+
+def test_a_scorers_slug_changes_with_its_id_under_one_name():
+    """The slug keys a scorer's stored scores folder: one name with other weights (another id: a folder
+    retrained in place, another tag file) must get another slug. Hashing the name instead of the id passed
+    every test and would have reused the stale scores."""
+    from augment.scoring.scorers import ScorerIdentity, scorer_slug
+
+    assert scorer_slug("tiny-hf-clip", "hf_clip:0123") != scorer_slug("tiny-hf-clip", "hf_clip:4567")
+    assert scorer_slug("tiny-hf-clip", "hf_clip:0123") == ScorerIdentity("tiny-hf-clip", "hf_clip:0123").slug
+    assert scorer_slug("tiny-hf-clip", "hf_clip:0123").startswith("tiny-hf-clip-")
