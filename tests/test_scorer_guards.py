@@ -101,3 +101,16 @@ def test_a_scorers_slug_changes_with_its_id_under_one_name():
     assert scorer_slug("tiny-hf-clip", "hf_clip:0123") != scorer_slug("tiny-hf-clip", "hf_clip:4567")
     assert scorer_slug("tiny-hf-clip", "hf_clip:0123") == ScorerIdentity("tiny-hf-clip", "hf_clip:0123").slug
     assert scorer_slug("tiny-hf-clip", "hf_clip:0123").startswith("tiny-hf-clip-")
+
+
+def test_images_of_other_sizes_are_never_copied_into_one_batch_array():
+    """The one-array path needs every prepared image of the first one's size: without that check a 64 x 48
+    and a 48 x 64 image (the same number of bytes) were reshaped into one array, pixels scrambled, where
+    stacking the per-image tensors refuses them."""
+    import pytest
+    from torchvision import transforms as T
+
+    from augment.scoring.scorers import prepare_batch
+
+    with pytest.raises(RuntimeError):
+        prepare_batch(T.Compose([T.ToTensor()]), [_noise(64, 48, 5), _noise(48, 64, 6)])
