@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 def _noise(width, height, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
 
 def test_a_resize_is_skipped_only_for_an_image_whose_short_side_is_already_the_size():
     """`prepare_batch` skips a shortest-side Resize where the image's short side already is the size:
