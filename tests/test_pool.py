@@ -1129,8 +1129,8 @@ def test_an_i2t_or_t2t_pool_begun_before_the_unicode_dedup_is_not_resumed_into_a
     """The i2t-/t2t- duplicate check changed on 2026-12-06 (bdaf9f2: outputs compared after NFKC and case
     folding, a final '。' ignored) without a raised recipe: a half-made pool of recipe 2 resumed across it kept
     its first shards' near-duplicates (a paraphrase that is its decomposed source caption composed again)
-    and dropped them in the rest, exit 0. One created since records recipe 2 and was made by this code:
-    it resumes."""
+    and dropped them in the rest, exit 0. One created since records recipe 2 and was made by the code of recipe
+    3: it resumes under that code (recipe 4, the quote pairs, refuses both)."""
     from augment.generators.captioner import CaptionerGenerator
     from augment.generators.paraphrase import DistinctCollector, ParaphraseGenerator
 
@@ -1200,7 +1200,7 @@ def test_an_i2t_or_t2t_pool_begun_before_the_quote_pairs_is_not_resumed_into_a_m
     generator = CaptionerGenerator if method.startswith("i2t-") else ParaphraseGenerator
     assert generator.recipe == RECIPE_OF_THE_QUOTE_PAIRS
     PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": recorded}).write_shard(0, [_row(0)])
-    with pytest.raises(PoolError, match=rf"different recipe \(recipe {recorded}, now 4: "):
+    with pytest.raises(PoolError, match=rf"different recipe \(recipe {recorded}, now {RECIPE_OF_THE_QUOTE_PAIRS}: "):
         PoolWriter(tmp_path / "p", {"method": method, "seed": 0, "recipe": generator.recipe},
                    recipe_since=generator.recipe_since)
     assert len(list((tmp_path / "p" / "data").glob("*.parquet"))) == 1  # nothing lost
